@@ -1,0 +1,107 @@
+"""Shared helpers for the benchmark scripts: timing, memory, scoring, RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+DEFAULT_PHOTOS = ROOT.parent / "shared" / "data" / "imagenet-sample"
+WORK = ROOT / "benchmarks" / "_work"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, AttributeError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "matchkit"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+uncommitted" if dirty else "") if rev else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def run_measured(cmd: list[str], **kw) -> tuple[float, float, int]:
+    """Run a command; return (wall seconds, peak RSS MiB of that process, exit code)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+
+
+def pairs_from_groups(groups) -> set[frozenset]:
+    """All unordered pairs inside each group (the pair-level protocol)."""
+    out = set()
+    for g in groups:
+        for a, b in itertools.combinations(sorted(set(g)), 2):
+            out.add(frozenset((a, b)))
+    return out
+
+
+def score(pred: set, truth: set) -> dict:
+    tp = len(pred & truth)
+    return {
+        "pairs_found": len(pred),
+        "true_pairs": len(truth),
+        "tp": tp,
+        "precision": tp / len(pred) if pred else 1.0,
+        "recall": tp / len(truth) if truth else 1.0,
+    }
+
+
+def clusters_from_json(path: Path) -> list[list[str]]:
+    data = json.loads(Path(path).read_text())
+    return [[os.path.basename(m) for m in c["members"]] for c in data["clusters"]]
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section ``name`` of RESULTS.md."""
+    head = (f"<!-- BEGIN {name} -->\n## {name}\n\n"
+            f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
+            f"- commit: {commit()}\n- machine: {machine()}\n\n")
+    block = head + body.rstrip() + f"\n<!-- END {name} -->\n"
+    text = RESULTS.read_text() if RESULTS.exists() else (
+        "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each section says "
+        "how to reproduce it.\n\n")
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n",
+                         re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block
+    RESULTS.write_text(text)
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if v < 10 else f"{v:.1f}"
+        return str(v)
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out)

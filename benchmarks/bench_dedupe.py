@@ -1,0 +1,118 @@
+"""Dedupe benchmark: matchkit vs imagehash pHash on a synthetic duplicate set.
+
+Builds the set from base photos (default ../shared/data/imagenet-sample), runs
+each method in its own process (wall time and peak RSS of that process) and
+scores pairs: every pair inside a predicted cluster is a predicted pair, every
+pair of files made from the same photo is a true pair.
+
+    python benchmarks/bench_dedupe.py --set transformed            # eval half, writes RESULTS.md
+    python benchmarks/bench_dedupe.py --set transformed --split calib --sweep 60,80,90 --colour-sweep 0.8,0.9
+
+``--sweep`` (for choosing defaults) runs on the split you name and never
+writes RESULTS.md; defaults are chosen on ``calib`` and reported on ``eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+import sets  # noqa: E402
+
+
+def truth_pairs(folder: Path) -> set:
+    groups: dict[str, list[str]] = {}
+    for p in folder.iterdir():
+        if not p.name.startswith("."):
+            groups.setdefault(sets.group_of(p.name), []).append(p.name)
+    return C.pairs_from_groups(groups.values())
+
+
+def run_matchkit(folder: Path, tmp: Path, extra: list[str]) -> dict:
+    out = tmp / "matchkit.json"
+    cmd = [sys.executable, "-m", "matchkit.cli", "dedupe", str(folder), "--json", str(out), "-q",
+           *extra]
+    wall, rss, rc = C.run_measured(cmd)
+    if rc:
+        raise SystemExit(f"matchkit failed ({rc}): {' '.join(cmd)}")
+    return {"wall_s": wall, "peak_rss_mib": rss, "clusters": C.clusters_from_json(out)}
+
+
+def run_imagehash(folder: Path, tmp: Path) -> dict:
+    out = tmp / "imagehash.json"
+    cmd = [sys.executable, str(Path(__file__).parent / "imagehash_baseline.py"), str(folder),
+           str(out)]
+    wall, rss, rc = C.run_measured(cmd)
+    if rc:
+        raise SystemExit("imagehash baseline failed")
+    return {"wall_s": wall, "peak_rss_mib": rss, "clusters": C.clusters_from_json(out)}
+
+
+def sweep(folder: Path, thresholds: list[int], truth: set) -> None:
+    from matchkit import Gallery, Settings
+    from matchkit.dedupe import find_clusters
+    from matchkit.io import iter_image_files
+
+    with tempfile.TemporaryDirectory() as tmp, Gallery(tmp) as g:
+        ids = g.add(list(iter_image_files([folder]))).ids
+        rows = []
+        for t, c in thresholds:
+            clusters, _, _ = find_clusters(g, ids, Settings(phash_max_distance=t, colour_min_similarity=c))
+            pred = C.pairs_from_groups([[Path(m).name for m in c.members] for c in clusters])
+            rows.append({"threshold": t, "colour": c, **C.score(pred, truth)})
+    print(C.table(rows, ["threshold", "colour", "pairs_found", "tp", "precision", "recall"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--set", default="transformed", choices=sorted(sets.BUILDERS))
+    ap.add_argument("--photos", type=Path, default=C.DEFAULT_PHOTOS)
+    ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
+    ap.add_argument("--sweep", default=None, help="comma-separated pHash thresholds to try")
+    ap.add_argument("--colour-sweep", default=None,
+                    help="comma-separated colour-similarity minimums to try with --sweep")
+    ap.add_argument("--methods", default="matchkit,imagehash")
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = ap.parse_args()
+
+    base = sets.photos(args.photos, args.split, args.limit)
+    folder = sets.build(args.set, base, C.WORK / f"{args.set}-{args.split}-{len(base)}")
+    n_images = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
+    truth = truth_pairs(folder)
+    print(f"{args.set} set: {len(base)} photos ({args.split} split) -> {n_images} images, "
+          f"{len(truth)} true pairs", flush=True)
+    if args.sweep:
+        grid = [(int(t), float(c)) for t in args.sweep.split(",")
+                for c in (args.colour_sweep or "0").split(",")]
+        sweep(folder, grid, truth)
+        return
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for method in args.methods.split(","):
+            r = run_matchkit(folder, tmp, []) if method == "matchkit" else run_imagehash(folder, tmp)
+            pred = C.pairs_from_groups(r["clusters"])
+            rows.append({"method": method, **C.score(pred, truth), "wall_s": r["wall_s"],
+                         "images_per_s": n_images / r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]})
+    cols = ["method", "pairs_found", "tp", "precision", "recall", "wall_s", "images_per_s",
+            "peak_rss_mib"]
+    text = C.table(rows, cols)
+    print(text)
+    if not args.no_write and not args.limit:
+        body = (f"Data: {args.set} set built from `{args.photos.name}` ({args.split} split: "
+                f"{len(base)} photos, {n_images} images, {len(truth)} true pairs).\n"
+                f"Command: `python benchmarks/bench_dedupe.py --set {args.set} --split {args.split}`"
+                f"\nEach method runs in its own process; time includes process start and "
+                f"decoding; memory is that process's peak RSS.\n\n{text}\n")
+        C.write_section(f"dedupe: {args.set} set ({args.split} split)", body)
+
+
+if __name__ == "__main__":
+    main()

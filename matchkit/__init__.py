@@ -1,0 +1,12 @@
+"""matchkit: find near-duplicate images and label images by their nearest neighbours."""
+
+__version__ = "0.1.0"
+
+from .config import Settings  # noqa: E402
+from .dedupe import dedupe  # noqa: E402
+from .gallery import Gallery, GalleryError  # noqa: E402
+from .io import ImageLoadError, load_image  # noqa: E402
+from .report import DedupeReport  # noqa: E402
+
+__all__ = ["Settings", "dedupe", "Gallery", "GalleryError", "ImageLoadError",
+           "load_image", "DedupeReport", "__version__"]

@@ -1,0 +1,427 @@
+"""A gallery on disk: SQLite metadata plus USearch index files in one folder.
+
+SQLite is the source of truth: every image's facts and hashes live in its
+``images`` table and change only inside transactions, so a process killed at
+any moment leaves the last committed state. The USearch index files are a
+derived cache, written atomically (temp file, fsync, rename) and stamped with
+the data generation they were built from; when the stamp does not match the
+database (a kill between the two writes), the index is rebuilt from SQLite on
+open. So the folder is always consistent, whatever moment a process died.
+
+Adding a folder again only decodes files that are new or whose size or
+modification time changed. Files that could not be read are remembered with
+their reason, so a later run reports them again without decoding them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Settings
+from .features import ImageRecord, extract_many, full_pixel_digest
+from .hashing import PHASH_BITS
+from .index import HammingIndex
+from .io import ImageLoadError
+
+SCHEMA_VERSION = 1
+DB_NAME = "gallery.sqlite"
+PHASH_INDEX_NAME = "phash.usearch"
+_BATCH = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    pixel_sha256 TEXT,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    format TEXT,
+    phash BLOB NOT NULL,
+    colour BLOB NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    labels TEXT NOT NULL DEFAULT '[]',
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+CREATE TABLE IF NOT EXISTS failures (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+class GalleryError(Exception):
+    """A gallery folder that cannot be opened or used as asked."""
+
+
+@dataclass
+class Skipped:
+    """A file left out of a run, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class StoredImage:
+    """One image's row in the gallery."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    pixel_sha256: str | None
+    width: int
+    height: int
+    format: str | None
+    meta: dict = field(default_factory=dict)
+    labels: list = field(default_factory=list)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass
+class AddReport:
+    """What ``Gallery.add`` did: ids of every readable file asked for, and the rest."""
+
+    ids: list[int] = field(default_factory=list)
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+_COLUMNS = "id, path, size, mtime_ns, sha256, pixel_sha256, width, height, format, meta, labels"
+
+
+def _row_to_image(row) -> StoredImage:
+    return StoredImage(*row[:9], meta=json.loads(row[9]), labels=json.loads(row[10]))
+
+
+def _key(path: str | os.PathLike) -> str:
+    return str(Path(path).resolve())
+
+
+class Gallery:
+    """A persistent collection of images and their features.
+
+    >>> with Gallery("my-gallery") as g:          # doctest: +SKIP
+    ...     report = g.add(["photos/"])
+    ...     g.save()
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: Settings = Settings(),
+                 *, create: bool = True):
+        self.path = Path(path)
+        self.settings = settings
+        db = self.path / DB_NAME
+        if not db.exists():
+            if not create:
+                raise GalleryError(f"no gallery at {self.path} (missing {DB_NAME})")
+            if self.path.exists() and not self.path.is_dir():
+                raise GalleryError(f"gallery path {self.path} is a file, not a folder")
+            self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(db, isolation_level=None)
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            version = self._meta("schema_version")
+        except sqlite3.DatabaseError as e:
+            raise GalleryError(f"{db} is not a usable gallery database: {e}") from None
+        if version is None:
+            self._set_meta("schema_version", SCHEMA_VERSION)
+            self._set_meta("generation", 0)
+        elif int(version) > SCHEMA_VERSION:
+            raise GalleryError(
+                f"gallery {self.path} was written by a newer matchkit (schema {version})")
+        self._phash_index: HammingIndex | None = None
+        self._index_dirty = False
+
+    # -- lifecycle ---------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- meta table --------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+
+    @property
+    def generation(self) -> int:
+        """Counts committed changes to images; index files are stamped with it."""
+        return int(self._meta("generation") or 0)
+
+    # -- reading -----------------------------------------------------------
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def ids(self) -> list[int]:
+        return [r[0] for r in self._db.execute("SELECT id FROM images ORDER BY id")]
+
+    def get(self, image_id: int) -> StoredImage:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE id=?", (image_id,)).fetchone()
+        if row is None:
+            raise KeyError(image_id)
+        return _row_to_image(row)
+
+    def find(self, path: str | os.PathLike) -> StoredImage | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE path=?", (_key(path),)).fetchone()
+        return _row_to_image(row) if row else None
+
+    def images(self, ids: Iterable[int] | None = None) -> dict[int, StoredImage]:
+        """Rows by id (all rows when ``ids`` is None)."""
+        if ids is None:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM images")
+            return {r[0]: _row_to_image(r) for r in rows}
+        out = {}
+        for chunk in _chunks(list(ids), 900):
+            q = f"SELECT {_COLUMNS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update({r[0]: _row_to_image(r) for r in self._db.execute(q, chunk)})
+        return out
+
+    def _blobs(self, column: str, ids: Sequence[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(list(ids), 900):
+            q = f"SELECT id, {column} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update(self._db.execute(q, chunk).fetchall())
+        return found
+
+    def phash_variants(self, ids: Sequence[int]) -> np.ndarray:
+        """The 8 dihedral pHashes of each id, shape (len(ids), 8, PHASH_BYTES) uint8."""
+        found = self._blobs("phash", ids)
+        out = np.zeros((len(ids), 8, PHASH_BITS // 8), np.uint8)
+        for i, k in enumerate(ids):
+            out[i] = np.frombuffer(found[k], np.uint8).reshape(8, -1)
+        return out
+
+    def colours(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Colour histograms by id."""
+        return {k: np.frombuffer(v, "<u4") for k, v in self._blobs("colour", ids).items()}
+
+    def failures(self) -> list[Skipped]:
+        return [Skipped(p, r) for p, r in self._db.execute("SELECT path, reason FROM failures")]
+
+    # -- index -------------------------------------------------------------
+    @property
+    def phash_index(self) -> HammingIndex:
+        """The pHash index, loaded from disk or rebuilt if it is stale."""
+        if self._phash_index is None:
+            self._phash_index = self._load_or_rebuild_phash_index()
+        return self._phash_index
+
+    def _load_or_rebuild_phash_index(self) -> HammingIndex:
+        file = self.path / PHASH_INDEX_NAME
+        stamp = self._meta("phash_index_generation")
+        if file.exists() and stamp is not None and int(stamp) == self.generation:
+            try:
+                idx = HammingIndex.load(file, PHASH_BITS)
+                if len(idx) == len(self):
+                    return idx
+            except Exception:  # unreadable cache: fall through and rebuild
+                pass
+        idx = HammingIndex(PHASH_BITS)
+        ids, codes = [], []
+        for image_id, blob in self._db.execute("SELECT id, phash FROM images"):
+            ids.append(image_id)
+            codes.append(np.frombuffer(blob, np.uint8)[: PHASH_BITS // 8])
+        if ids:
+            idx.add(np.array(ids), np.stack(codes))
+        self._index_dirty = True
+        return idx
+
+    def save(self) -> None:
+        """Persist the index files so the next open need not rebuild them.
+
+        The database itself is always saved (every change is a committed
+        transaction); this only writes the derived index, atomically.
+        """
+        if self._phash_index is None or not self._index_dirty:
+            return
+        generation = self.generation
+        self._phash_index.save(self.path / PHASH_INDEX_NAME)
+        self._set_meta("phash_index_generation", generation)
+        self._index_dirty = False
+
+    # -- writing -----------------------------------------------------------
+    def _bump(self) -> None:
+        self._set_meta("generation", self.generation + 1)
+
+    def add(self, paths: Iterable[str | os.PathLike],
+            progress: Callable[[int], None] | None = None) -> AddReport:
+        """Add image files (already expanded from folders), skipping unchanged ones.
+
+        ``progress(n)`` is called as files are processed. Returns the ids of
+        all readable files in ``paths`` (new, updated or unchanged) and the
+        skipped files with reasons.
+        """
+        report = AddReport()
+        todo: list[str] = []
+        seen: set[str] = set()
+        for p in paths:
+            key = _key(p)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                st = os.stat(key)
+            except OSError as e:
+                report.skipped.append(Skipped(key, f"cannot read file: {e.strerror or e}"))
+                continue
+            row = self._db.execute(
+                "SELECT id, size, mtime_ns FROM images WHERE path=?", (key,)).fetchone()
+            if row and row[1] == st.st_size and row[2] == st.st_mtime_ns:
+                report.ids.append(row[0])
+                report.unchanged += 1
+                continue
+            fail = self._db.execute(
+                "SELECT size, mtime_ns, reason FROM failures WHERE path=?", (key,)).fetchone()
+            if fail and fail[0] == st.st_size and fail[1] == st.st_mtime_ns:
+                report.skipped.append(Skipped(key, fail[2]))
+                continue
+            todo.append(key)
+        if progress and (report.unchanged or report.skipped):
+            progress(report.unchanged + len(report.skipped))
+
+        index = self.phash_index
+        batch: list[tuple[str, ImageRecord | ImageLoadError]] = []
+        for item in extract_many(todo, self.settings, on_done=(lambda: progress(1)) if progress else None):
+            batch.append(item)
+            if len(batch) >= _BATCH:
+                self._write_batch(batch, index, report)
+                batch = []
+        if batch:
+            self._write_batch(batch, index, report)
+        return report
+
+    def _write_batch(self, batch, index: HammingIndex, report: AddReport) -> None:
+        now = time.time()
+        new_keys, new_codes, gone = [], [], []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for path, rec in batch:
+                old = self._db.execute("SELECT id FROM images WHERE path=?", (path,)).fetchone()
+                if isinstance(rec, ImageLoadError):
+                    try:
+                        st = os.stat(path)
+                        size, mtime = st.st_size, st.st_mtime_ns
+                    except OSError:
+                        size, mtime = -1, -1
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO failures(path, size, mtime_ns, reason) VALUES (?,?,?,?)",
+                        (path, size, mtime, rec.reason))
+                    if old:  # a file that changed into something unreadable
+                        self._db.execute("DELETE FROM images WHERE id=?", (old[0],))
+                        gone.append(old[0])
+                    report.skipped.append(Skipped(path, rec.reason))
+                    continue
+                self._db.execute("DELETE FROM failures WHERE path=?", (path,))
+                values = (rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height,
+                          rec.format, rec.phashes.tobytes(), rec.colour.astype("<u4").tobytes())
+                if old:
+                    self._db.execute(
+                        "UPDATE images SET size=?, mtime_ns=?, sha256=?, pixel_sha256=NULL, "
+                        "width=?, height=?, format=?, phash=?, colour=? WHERE id=?", (*values, old[0]))
+                    image_id = old[0]
+                    report.updated += 1
+                else:
+                    cur = self._db.execute(
+                        "INSERT INTO images(path, size, mtime_ns, sha256, width, height, format, "
+                        "phash, colour, added_at) VALUES (?,?,?,?,?,?,?,?,?,?)", (path, *values, now))
+                    image_id = cur.lastrowid
+                    report.added += 1
+                report.ids.append(image_id)
+                new_keys.append(image_id)
+                new_codes.append(rec.phashes[0])
+            self._bump()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        index.remove(gone)
+        if new_keys:
+            index.add(np.array(new_keys), np.stack(new_codes))
+        self._index_dirty = True
+
+    def remove(self, paths_or_ids: Iterable[str | int | os.PathLike]) -> int:
+        """Forget images (by id or path); the files themselves are not touched."""
+        ids = []
+        for item in paths_or_ids:
+            if isinstance(item, (int, np.integer)):
+                ids.append(int(item))
+            else:
+                rec = self.find(item)
+                if rec:
+                    ids.append(rec.id)
+        if not ids:
+            return 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            removed = 0
+            for chunk in _chunks(ids, 900):
+                q = f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+                removed += self._db.execute(q, chunk).rowcount
+            self._bump()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.phash_index.remove(ids)
+        self._index_dirty = True
+        return removed
+
+    def update(self, path_or_id: str | int | os.PathLike, *, meta: dict | None = None,
+               labels: list | None = None, replace: bool = False) -> StoredImage:
+        """Set user metadata (merged unless ``replace``) and/or labels of one image."""
+        rec = self.get(int(path_or_id)) if isinstance(path_or_id, (int, np.integer)) \
+            else self.find(path_or_id)
+        if rec is None:
+            raise KeyError(f"not in the gallery: {path_or_id}")
+        new_meta = dict(meta or {}) if replace else {**rec.meta, **(meta or {})}
+        new_labels = rec.labels if labels is None else list(labels)
+        self._db.execute("UPDATE images SET meta=?, labels=? WHERE id=?",
+                         (json.dumps(new_meta), json.dumps(new_labels), rec.id))
+        return self.get(rec.id)
+
+    def pixel_digest(self, image_id: int) -> str | None:
+        """Digest of the full-resolution pixels, computed on first use and cached."""
+        rec = self.get(image_id)
+        if rec.pixel_sha256:
+            return rec.pixel_sha256
+        try:
+            digest = full_pixel_digest(rec.path, self.settings)
+        except ImageLoadError:
+            return None
+        self._db.execute("UPDATE images SET pixel_sha256=? WHERE id=? AND sha256=?",
+                         (digest, image_id, rec.sha256))
+        return digest
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i: i + n]

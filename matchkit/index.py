@@ -1,0 +1,87 @@
+"""Nearest-neighbour indexes over USearch.
+
+Hashes are stored as packed bits under the Hamming metric, so looking up an
+image's near duplicates is a k-nearest-neighbour query, never a scan of all
+pairs. Small indexes are searched exactly (brute force is both faster and
+exact there); large ones use USearch's HNSW graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from usearch.index import Index
+
+from ._fs import atomic_write
+
+#: Below this many entries, searches are exhaustive.
+EXACT_SEARCH_BELOW = 20_000
+
+
+class HammingIndex:
+    """Packed binary codes keyed by integer ids (image ids)."""
+
+    def __init__(self, nbits: int, *, threads: int = 0):
+        if nbits % 8:
+            raise ValueError("nbits must be a multiple of 8")
+        self.nbits = nbits
+        self.threads = threads
+        self._index = Index(ndim=nbits, metric="hamming", dtype="b1")
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: int) -> bool:
+        return bool(self._index.contains(int(key)))
+
+    def add(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        """Add (or replace) codes, shape (n, nbits/8) uint8, under ``keys``."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        if len(keys) == 0:
+            return
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(keys), -1)
+        present = [k for k in keys.tolist() if self._index.contains(k)]
+        if present:
+            self._index.remove(present)
+        self._index.add(keys, codes, threads=self.threads)
+
+    def remove(self, keys) -> None:
+        keys = [int(k) for k in keys if self._index.contains(int(k))]
+        if keys:
+            self._index.remove(keys)
+
+    def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest codes for each query: (keys, distances), each (n, k).
+
+        Missing neighbours (index smaller than k) have key -1 and distance
+        ``nbits + 1``.
+        """
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, self.nbits // 8)
+        n = len(codes)
+        keys = np.full((n, k), -1, dtype=np.int64)
+        dists = np.full((n, k), self.nbits + 1, dtype=np.int64)
+        if n == 0 or len(self._index) == 0:
+            return keys, dists
+        exact = len(self._index) < EXACT_SEARCH_BELOW
+        res = self._index.search(codes, k, exact=exact, threads=self.threads)
+        rk = np.asarray(res.keys).reshape(n, -1)
+        rd = np.asarray(res.distances).reshape(n, -1)
+        # A single query comes back as Matches (no .counts): all rows valid.
+        counts = np.asarray(getattr(res, "counts", [rk.shape[1]])).reshape(n)
+        valid = np.arange(rk.shape[1])[None, :] < counts[:, None]
+        rd = np.where(valid, rd, self.nbits + 1)
+        keys[:, : rk.shape[1]] = np.where(valid, rk.astype(np.int64), -1)
+        dists[:, : rd.shape[1]] = np.rint(rd).astype(np.int64)
+        return keys, dists
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index atomically (a killed process leaves the old file)."""
+        atomic_write(path, lambda tmp: self._index.save(str(tmp)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, nbits: int, *, threads: int = 0) -> "HammingIndex":
+        idx = cls(nbits, threads=threads)
+        idx._index.load(str(Path(path)))
+        return idx

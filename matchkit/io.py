@@ -1,0 +1,217 @@
+"""Finding image files and decoding them without ever crashing a run.
+
+Every failure becomes an :class:`ImageLoadError` with a short human reason, so a
+caller can list the file as skipped and carry on with the rest of the
+collection. Decoding is defensive: the pixel count is checked before any pixel
+is decoded (decompression bombs), EXIF orientation is applied, every mode is
+brought to 8-bit RGB and animations contribute their first frame.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from struct import error as struct_error
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: File name endings that are treated as images when walking a folder. A file
+#: named explicitly on the command line is always tried, whatever its name.
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
+        ".dib", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
+        ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif",
+    }
+)
+
+#: Default pixel limit (width x height) above which a file is not decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageLoadError(Exception):
+    """A file that cannot be used as an image; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image plus facts about the file it came from.
+
+    ``width``/``height`` are the full-resolution size after EXIF rotation, even
+    when ``image`` itself was decoded smaller (JPEG draft mode) to save time.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str | None
+    n_frames: int = 1
+
+
+def iter_image_files(
+    paths: Iterable[str | os.PathLike], recursive: bool = True
+) -> Iterator[Path]:
+    """Yield image files under ``paths`` in a stable (sorted) order.
+
+    Folders are walked (hidden entries skipped) and filtered by extension;
+    files given directly are yielded as they are. A missing path raises
+    ``FileNotFoundError`` so the CLI can refuse it before any work starts.
+    """
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            yield p
+        elif p.is_dir():
+            walker = sorted(p.rglob("*")) if recursive else sorted(p.iterdir())
+            for f in walker:
+                if any(part.startswith(".") for part in f.relative_to(p).parts):
+                    continue
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                    yield f
+        else:
+            raise FileNotFoundError(f"no such file or folder: {raw}")
+
+
+def load_image(
+    path: str | os.PathLike,
+    *,
+    max_side: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> LoadedImage:
+    """Decode ``path`` to an 8-bit RGB :class:`PIL.Image.Image`.
+
+    ``max_side`` asks only for an image whose longer side is about that many
+    pixels: JPEGs are then decoded at a reduced DCT scale (draft mode), which
+    is several times faster for camera photos, and anything still larger is
+    downsampled. ``max_pixels`` (width x height) guards against decompression
+    bombs: a larger file is refused before its pixels are decoded.
+
+    Raises :class:`ImageLoadError` for every kind of bad input.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageLoadError(path, f"cannot read file: {e.strerror or e}") from None
+    if size == 0:
+        raise ImageLoadError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit applies; Pillow's warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _decode(path, img, max_side, max_pixels)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(path, f"decompression bomb refused: {e}") from None
+    except MemoryError:
+        raise ImageLoadError(path, "out of memory while decoding") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+            struct_error, ZeroDivisionError) as e:
+        raise ImageLoadError(path, f"truncated or corrupt image: {e}") from None
+    except Exception as e:  # a decoder bug must not end the run
+        raise ImageLoadError(path, f"cannot decode: {type(e).__name__}: {e}") from None
+
+
+def _decode(path: Path, img: Image.Image, max_side: int | None,
+            max_pixels: int | None) -> LoadedImage:
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(path, f"invalid size {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(
+            path,
+            f"decompression bomb refused: {width}x{height} = {width * height} pixels "
+            f"is over the limit of {max_pixels}",
+        )
+    fmt = img.format
+    n_frames = getattr(img, "n_frames", 1)
+    if n_frames > 1:
+        img.seek(0)
+    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    if max_side and fmt == "JPEG":
+        # draft() picks the largest DCT scale reduction that still keeps the
+        # image at least this big, so quality at max_side is unaffected.
+        scale = max(img.size) / max_side
+        if scale >= 2:
+            img.draft("RGB", (max(1, int(img.size[0] / scale)), max(1, int(img.size[1] / scale))))
+    img.load()
+    out = _to_rgb(img)
+    if orientation != 1:
+        out = _apply_orientation(out, orientation)
+    if max_side:
+        out = shrink(out, max_side)
+    return LoadedImage(image=out, width=width, height=height, format=fmt, n_frames=n_frames)
+
+
+def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """Downsample so the longer side is at most ``max_side`` (no-op if already)."""
+    w, h = img.size
+    if max(w, h) <= max_side:
+        return img
+    s = max_side / max(w, h)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    # reducing_gap makes Pillow box-reduce first: fast and alias-free.
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Bring any Pillow mode to 8-bit RGB; transparency is flattened onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("I", "F") or mode.startswith("I;"):
+        return Image.fromarray(_to_uint8(np.asarray(img)), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Map 16-bit, 32-bit and float greyscale to 0..255 without wrapping."""
+    is_float = a.dtype.kind == "f"
+    a = a.astype(np.float64)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if is_float and lo >= 0 and 0 < hi <= 1.0:
+        scaled = a * 255.0
+    elif lo >= 0 and hi <= 255:
+        scaled = a
+    elif lo >= 0 and hi <= 65535:
+        scaled = a / 257.0
+    else:
+        scaled = (a - lo) / (hi - lo or 1.0) * 255.0
+    return np.nan_to_num(scaled).clip(0, 255).round().astype(np.uint8)

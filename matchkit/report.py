@@ -1,0 +1,97 @@
+"""Results of a dedupe run as records, JSON, CSV and a short summary.
+
+The JSON shape is a contract with scripts and later tools (the HTML report,
+``undo``): ``{"clusters": [{"keep", "members", "pairs": [{"a", "b", "score",
+"kind"}]}], "skipped": [{"path", "reason"}], "stats": {...}}``. New keys may
+be added; these never change meaning.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from ._fs import atomic_write_bytes
+
+
+@dataclass
+class PairResult:
+    a: str
+    b: str
+    score: float
+    kind: str  # "exact" | "near"
+    evidence: dict = field(default_factory=dict)
+
+
+@dataclass
+class ClusterResult:
+    keep: str
+    members: list[str]  # keeper first
+    pairs: list[PairResult]
+
+
+@dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class DedupeReport:
+    clusters: list[ClusterResult] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "clusters": [asdict(c) for c in self.clusters],
+            "skipped": [asdict(s) for s in self.skipped],
+            "stats": dict(self.stats),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def to_csv(self) -> str:
+        """One row per cluster member; ``score``/``kind`` describe its match to the keeper."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["cluster", "path", "keep", "score", "kind"])
+        for i, c in enumerate(self.clusters):
+            to_keeper = {}
+            for p in c.pairs:
+                if p.a == c.keep:
+                    to_keeper[p.b] = p
+                elif p.b == c.keep:
+                    to_keeper[p.a] = p
+            for m in c.members:
+                p = to_keeper.get(m)
+                w.writerow([i, m, int(m == c.keep),
+                            "" if p is None else f"{p.score:.4f}", "" if p is None else p.kind])
+        return buf.getvalue()
+
+    def summary(self) -> str:
+        s = self.stats
+        dupes = sum(len(c.members) - 1 for c in self.clusters)
+        kinds = {"exact": 0, "near": 0}
+        for c in self.clusters:
+            for p in c.pairs:
+                kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        lines = [
+            f"{s.get('images', 0)} images read, {len(self.skipped)} skipped"
+            f" ({s.get('seconds', 0):.1f} s)",
+            f"{len(self.clusters)} clusters, {dupes} duplicates to review"
+            f" ({kinds['exact']} exact pairs, {kinds['near']} near pairs)",
+        ]
+        if self.skipped:
+            lines.append("skipped files are listed under 'skipped' in the JSON output")
+        return "\n".join(lines)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        atomic_write_bytes(path, self.to_json().encode("utf-8"))
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        atomic_write_bytes(path, self.to_csv().encode("utf-8"))
