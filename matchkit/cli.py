@@ -62,12 +62,12 @@ def cli() -> None:
               help="Write one row per cluster member as CSV.")
 @click.option("--gallery", type=click.Path(file_okay=False),
               help="Keep features in this gallery folder so later runs only read new files.")
-@click.option("--threshold", type=click.IntRange(0, 64), default=None,
-              help="Largest pHash distance (bits of 64) counted as a near duplicate.")
+@click.option("--threshold", type=click.IntRange(0, 256), default=None,
+              help="Largest dihedral pHash distance (bits of 256) counted as a near duplicate.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Skip files with more pixels than this (decompression-bomb guard).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Threads for decoding (default: one per core).")
+              help="Worker processes for decoding (default: one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).

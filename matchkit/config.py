@@ -27,7 +27,7 @@ class Settings:
     exact_check_distance: int = 16
     #: Neighbours fetched per hash variant when looking for candidates.
     neighbours: int = 16
-    #: Worker threads for decoding and feature extraction (0: one per core).
+    #: Worker processes for decoding and feature extraction (0: one per core).
     workers: int = 0
 
     def decode_side(self) -> int:

@@ -176,7 +176,8 @@ def _progress_bar(total: int, enabled: bool):
         return None
     import sys
 
-    from tqdm import tqdm
+    import tqdm
     if not sys.stderr.isatty():
         return None
-    return tqdm(total=total, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+    tqdm.tqdm.monitor_interval = 0  # no monitor thread: worker processes can fork safely
+    return tqdm.tqdm(total=total, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)

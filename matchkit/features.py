@@ -2,15 +2,17 @@
 
 One pass over each file computes its byte digest, decodes a working-size copy
 (JPEG draft mode keeps this cheap for camera photos) and derives the
-perceptual signals from it. Extraction runs on a thread pool: Pillow, OpenCV
-and hashlib release the GIL for the heavy parts.
+perceptual signals from it. Large batches run in worker processes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import itertools
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,27 @@ def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) 
     return pixel_digest(load_image(path, max_pixels=settings.max_pixels).image)
 
 
+def _extract_or_reason(path: str, settings: Settings) -> ImageRecord | tuple[str, str]:
+    """Process-pool worker: failures travel back as (path, reason)."""
+    try:
+        return extract(path, settings)
+    except ImageLoadError as e:
+        return (e.path, e.reason)
+
+
+#: Below this many files a process pool costs more to start than it saves.
+PROCESS_POOL_MIN_FILES = 200
+
+
+def _pool_context():
+    """Fork when it is safe (POSIX, no other threads): workers start in
+    milliseconds with everything imported. Otherwise forkserver or spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def extract_many(
     paths: Iterable[str | os.PathLike],
     settings: Settings = Settings(),
@@ -79,22 +102,26 @@ def extract_many(
     """Extract records for many files in parallel, yielding in input order.
 
     Failures are yielded as :class:`ImageLoadError` values, not raised, so one
-    bad file never stops the others.
+    bad file never stops the others. Large batches use worker processes (the
+    Python part of decoding and hashing holds the GIL, so threads scale
+    poorly); small ones run in this process.
     """
-
-    def work(p):
-        try:
-            result = extract(p, settings)
-        except ImageLoadError as e:
-            result = e
-        if on_done:
-            on_done()
-        return str(p), result
-
-    paths = list(paths)
-    n = settings.n_workers()
-    if n <= 1 or len(paths) < 4:
-        yield from map(work, paths)
-        return
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        yield from pool.map(work, paths, chunksize=1)
+    paths = [str(p) for p in paths]
+    n = min(settings.n_workers(), max(1, len(paths)))
+    if n <= 1 or len(paths) < PROCESS_POOL_MIN_FILES:
+        results: Iterable = (_extract_or_reason(p, settings) for p in paths)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=_pool_context())
+        chunk = max(1, min(32, len(paths) // (n * 8)))
+        results = pool.map(_extract_or_reason, paths, itertools.repeat(settings), chunksize=chunk)
+    try:
+        for path, result in zip(paths, results):
+            if on_done:
+                on_done()
+            if isinstance(result, tuple):
+                result = ImageLoadError(result[0], result[1])
+            yield path, result
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)

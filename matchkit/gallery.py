@@ -29,6 +29,7 @@ from .config import Settings
 from .features import ImageRecord, extract_many, full_pixel_digest
 from .hashing import PHASH_BITS
 from .index import HammingIndex
+from ._fs import remove_stale_temps
 from .io import ImageLoadError
 
 SCHEMA_VERSION = 1
@@ -151,6 +152,7 @@ class Gallery:
         elif int(version) > SCHEMA_VERSION:
             raise GalleryError(
                 f"gallery {self.path} was written by a newer matchkit (schema {version})")
+        remove_stale_temps(self.path)
         self._phash_index: HammingIndex | None = None
         self._index_dirty = False
 

@@ -102,6 +102,8 @@ def load_image(
         size = path.stat().st_size
     except OSError as e:
         raise ImageLoadError(path, f"cannot read file: {e.strerror or e}") from None
+    if path.is_dir():
+        raise ImageLoadError(path, "is a folder, not a file")
     if size == 0:
         raise ImageLoadError(path, "empty file (0 bytes)")
     try:
@@ -140,9 +142,6 @@ def _decode(path: Path, img: Image.Image, max_side: int | None,
     n_frames = getattr(img, "n_frames", 1)
     if n_frames > 1:
         img.seek(0)
-    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
     if max_side and fmt == "JPEG":
         # draft() picks the largest DCT scale reduction that still keeps the
         # image at least this big, so quality at max_side is unaffected.
@@ -150,6 +149,11 @@ def _decode(path: Path, img: Image.Image, max_side: int | None,
         if scale >= 2:
             img.draft("RGB", (max(1, int(img.size[0] / scale)), max(1, int(img.size[1] / scale))))
     img.load()
+    # Read orientation after load(): some plugins (TIFF) rotate while loading
+    # and drop the tag, and then their size is already the rotated one.
+    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
     out = _to_rgb(img)
     if orientation != 1:
         out = _apply_orientation(out, orientation)
@@ -197,21 +201,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in ("I", "F") or mode.startswith("I;"):
-        return Image.fromarray(_to_uint8(np.asarray(img)), "L").convert("RGB")
+        return Image.fromarray(_to_uint8(np.asarray(img), mode), "L").convert("RGB")
     return img.convert("RGB")
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    """Map 16-bit, 32-bit and float greyscale to 0..255 without wrapping."""
-    is_float = a.dtype.kind == "f"
+def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """Map 16-bit, 32-bit and float greyscale to 0..255 without wrapping.
+
+    16-bit modes are scaled by their full range (a dark 16-bit image stays
+    dark); floats in 0..1 are scaled by 255; anything else out of 0..255 is
+    stretched from its minimum to its maximum.
+    """
     a = a.astype(np.float64)
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    if is_float and lo >= 0 and 0 < hi <= 1.0:
+    finite = a[np.isfinite(a)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        scaled = a / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
         scaled = a * 255.0
     elif lo >= 0 and hi <= 255:
         scaled = a
-    elif lo >= 0 and hi <= 65535:
-        scaled = a / 257.0
     else:
         scaled = (a - lo) / (hi - lo or 1.0) * 255.0
-    return np.nan_to_num(scaled).clip(0, 255).round().astype(np.uint8)
+    return np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0).clip(0, 255).round().astype(np.uint8)

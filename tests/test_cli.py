@@ -1,0 +1,74 @@
+"""The CLI through click's CliRunner: outputs, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from matchkit.cli import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_dedupe_writes_json_and_csv(runner, photo_dir, tmp_path):
+    out_json, out_csv = tmp_path / "d.json", tmp_path / "d.csv"
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", str(out_json),
+                            "--csv", str(out_csv), "-q"])
+    assert r.exit_code == 0, r.output
+    assert r.output == ""  # --quiet
+    data = json.loads(out_json.read_text())
+    assert len(data["clusters"]) == 2 and data["stats"]["images"] == 9
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert len(rows) == sum(len(c["members"]) for c in data["clusters"])
+    assert sum(int(r["keep"]) for r in rows) == 2
+
+
+def test_dedupe_prints_summary_and_json_to_stdout(runner, photo_dir):
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", "-"])
+    assert r.exit_code == 0
+    data = json.loads(r.stdout)
+    assert data["stats"]["clusters"] == 2
+    assert "2 clusters" in r.stderr  # summary moves to stderr when stdout carries JSON
+
+
+def test_unreadable_files_listed_and_exit_zero(runner, photo_dir):
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", "-", "-q"])
+    assert r.exit_code == 0
+    skipped = json.loads(r.stdout)["skipped"]
+    assert [Path(s["path"]).name for s in skipped] == ["broken.jpg"] and skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("args", [
+    ["dedupe", "/definitely/not/here"],
+    ["dedupe", "--bogus", "x"],
+    ["dedupe"],
+    ["dedupe", ".", "--threshold", "999"],
+    ["nosuchcommand"],
+])
+def test_bad_arguments_one_line_exit_2(runner, args):
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("matchkit: error:")
+
+
+def test_gallery_path_that_is_a_file_is_an_error(runner, photo_dir, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--gallery", str(f)])
+    assert r.exit_code == 2 and "matchkit: error:" in r.stderr
+
+
+def test_every_command_has_help_with_example(runner):
+    for cmd in [[], *([name] for name in cli.commands)]:
+        r = runner.invoke(cli, [*cmd, "--help"])
+        assert r.exit_code == 0 and "Example" in r.output

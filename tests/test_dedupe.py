@@ -1,0 +1,134 @@
+"""End-to-end dedupe through the Python API on generated photos and edits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from matchkit import Gallery, Settings, dedupe
+
+from conftest import make_photo
+
+
+def _names(paths):
+    return sorted(Path(p).name for p in paths)
+
+
+def _by_keeper(report):
+    return {Path(c.keep).name: _names(c.members) for c in report.clusters}
+
+
+def test_finds_exact_and_near_groups(photo_dir):
+    report = dedupe([photo_dir])
+    clusters = _by_keeper(report)
+    assert len(clusters) == 2
+    a_group = next(v for v in clusters.values() if "a.jpg" in v)
+    b_group = next(v for v in clusters.values() if "b.jpg" in v)
+    assert a_group == ["a.jpg", "a.png", "a_copy.jpg", "a_flip.jpg", "a_small.jpg"]
+    assert b_group == ["b.jpg", "b_rot90.jpg"]
+    assert report.stats["images"] == 9 and report.skipped == []
+
+
+def test_pair_kinds_and_keeper(photo_dir):
+    report = dedupe([photo_dir])
+    a = next(c for c in report.clusters if any(m.endswith("a_flip.jpg") for m in c.members))
+    kinds = {Path(p.b).name: p.kind for p in a.pairs if Path(p.a).name == Path(a.keep).name}
+    # The keeper is the biggest file among the full-size copies.
+    full = [photo_dir / "a.jpg", photo_dir / "a.png", photo_dir / "sub" / "a_copy.jpg"]
+    biggest = max(full, key=lambda p: (p.stat().st_size, -p.stat().st_mtime_ns))
+    assert Path(a.keep).name == biggest.name
+    expect_exact = {p.name for p in full} - {biggest.name}
+    assert {n for n, k in kinds.items() if k == "exact"} == expect_exact
+    assert {n for n, k in kinds.items() if k == "near"} == {"a_flip.jpg", "a_small.jpg"}
+    for p in a.pairs:
+        assert 0.0 <= p.score <= 1.0
+
+
+def test_keeper_prefers_resolution_then_size_then_age(tmp_path):
+    img = make_photo(7, (400, 300))
+    img.save(tmp_path / "big.jpg", quality=60)
+    img.resize((200, 150)).save(tmp_path / "small_but_heavy.png")
+    img.save(tmp_path / "big_heavier.jpg", quality=95)
+    report = dedupe([tmp_path])
+    assert len(report.clusters) == 1
+    assert Path(report.clusters[0].keep).name == "big_heavier.jpg"
+    # Same pixels and bytes: the oldest wins.
+    d = tmp_path / "ages"
+    d.mkdir()
+    for i, name in enumerate(["new.jpg", "old.jpg"]):
+        (d / name).write_bytes((tmp_path / "big.jpg").read_bytes())
+    os.utime(d / "old.jpg", (1_000_000, 1_000_000))
+    report = dedupe([d])
+    assert Path(report.clusters[0].keep).name == "old.jpg"
+
+
+def test_unrelated_images_make_no_cluster(tmp_path):
+    for i in range(12):
+        make_photo(300 + i).save(tmp_path / f"{i}.jpg")
+    assert dedupe([tmp_path]).clusters == []
+
+
+def test_bad_files_are_skipped_with_reasons(photo_dir):
+    (photo_dir / "empty.jpg").write_bytes(b"")
+    (photo_dir / "text.png").write_text("not an image")
+    data = (photo_dir / "c.jpg").read_bytes()
+    (photo_dir / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    report = dedupe([photo_dir])
+    reasons = {Path(s.path).name: s.reason for s in report.skipped}
+    assert set(reasons) >= {"empty.jpg", "text.png"}
+    assert all(reasons.values())
+    assert report.stats["skipped"] == len(report.skipped)
+    assert len(report.clusters) == 2  # the rest still completes
+
+
+def test_json_shape_is_stable(photo_dir):
+    data = json.loads(dedupe([photo_dir]).to_json())
+    assert set(data) == {"clusters", "skipped", "stats"}
+    c = data["clusters"][0]
+    assert {"keep", "members", "pairs"} <= set(c) and c["members"][0] == c["keep"]
+    assert {"a", "b", "score", "kind"} <= set(c["pairs"][0])
+
+
+def test_no_chaining_through_a_middle_image(tmp_path):
+    """A~B and B~C with A !~ C must not put A and C in one cluster."""
+    from matchkit.features import extract
+    from matchkit.hashing import dihedral_distance
+
+    a, c = make_photo(21), make_photo(22)
+    b = Image.blend(a, c, 0.5)
+    # a has the highest resolution, so it is the keeper; b is the bridge.
+    for name, img in (("a.png", a.resize((640, 480))), ("b.png", b), ("c.png", c)):
+        img.save(tmp_path / name)
+    h = {n: extract(tmp_path / f"{n}.png").phashes for n in "abc"}
+    ab, bc, ac = (dihedral_distance(h[x], h[y][0]) for x, y in ("ab", "bc", "ac"))
+    limit = max(ab, bc)
+    assert ac > limit, "precondition: the blend must sit between two unrelated images"
+    settings = Settings(phash_max_distance=limit, colour_min_similarity=0.0)
+    report = dedupe([tmp_path], settings=settings)
+    assert report.clusters, "the blend should match at least one side"
+    assert Path(report.clusters[0].keep).name == "a.png"
+    for cl in report.clusters:
+        names = {Path(m).name for m in cl.members}
+        assert not {"a.png", "c.png"} <= names
+        keeper_pairs = {Path(p.b).name for p in cl.pairs if p.a == cl.keep}
+        assert keeper_pairs == names - {Path(cl.keep).name}
+
+
+def test_gallery_is_reused_between_runs(photo_dir, tmp_path):
+    gdir = tmp_path / "gallery"
+    first = dedupe([photo_dir], gallery=gdir)
+    second = dedupe([photo_dir], gallery=gdir)
+    assert first.stats["added"] == 9 and second.stats["unchanged"] == 9
+    assert _by_keeper(first) == _by_keeper(second)
+    with Gallery(gdir) as g:
+        assert len(g) == 9
+
+
+def test_files_are_never_modified(photo_dir):
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in photo_dir.rglob("*") if p.is_file()}
+    dedupe([photo_dir])
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in photo_dir.rglob("*") if p.is_file()}
+    assert before == after

@@ -1,0 +1,201 @@
+"""Gallery: round trip, incremental re-add, remove/update, atomic saves under kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matchkit import Gallery, GalleryError
+from matchkit.gallery import DB_NAME, PHASH_INDEX_NAME
+from matchkit.io import iter_image_files
+
+from conftest import make_photo
+
+
+def _files(folder):
+    return list(iter_image_files([folder]))
+
+
+def test_round_trip_persists_records_and_index(photo_dir, tmp_path):
+    gdir = tmp_path / "g"
+    with Gallery(gdir) as g:
+        report = g.add(_files(photo_dir))
+        g.save()
+        assert report.added == 9 and not report.skipped
+        before = g.images()
+        variants = g.phash_variants(sorted(before))
+    assert (gdir / DB_NAME).exists() and (gdir / PHASH_INDEX_NAME).exists()
+    with Gallery(gdir, create=False) as g:
+        assert g.images() == before
+        np.testing.assert_array_equal(g.phash_variants(sorted(before)), variants)
+        index = g.phash_index
+        assert len(index) == 9
+        # Each image finds itself at distance 0 (a.jpg has a byte copy: k=2).
+        keys, dists = index.search(variants[:, 0], 2)
+        for i, image_id in enumerate(sorted(before)):
+            assert image_id in keys[i][dists[i] == 0]
+
+
+def test_open_missing_gallery_without_create_fails(tmp_path):
+    with pytest.raises(GalleryError, match="no gallery"):
+        Gallery(tmp_path / "nope", create=False)
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    (tmp_path / DB_NAME).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(GalleryError, match="not a usable gallery"):
+        Gallery(tmp_path)
+
+
+def test_incremental_add_only_processes_new_or_changed(photo_dir, tmp_path):
+    with Gallery(tmp_path / "g") as g:
+        first = g.add(_files(photo_dir))
+        again = g.add(_files(photo_dir))
+        assert (again.added, again.updated, again.unchanged) == (0, 0, 9)
+        assert sorted(again.ids) == sorted(first.ids)
+        # Change one file (new content, new mtime) and add a new one.
+        make_photo(50).save(photo_dir / "c.jpg", quality=90)
+        os.utime(photo_dir / "c.jpg", ns=(time.time_ns(), time.time_ns() + 10**9))
+        make_photo(51).save(photo_dir / "e.jpg", quality=90)
+        third = g.add(_files(photo_dir))
+        assert (third.added, third.updated, third.unchanged) == (1, 1, 8)
+        assert len(g) == 10
+
+
+def test_unreadable_files_are_remembered_not_redecoded(photo_dir, tmp_path, monkeypatch):
+    (photo_dir / "bad.jpg").write_bytes(b"\xff\xd8\xff" + b"garbage" * 10)
+    with Gallery(tmp_path / "g") as g:
+        r1 = g.add(_files(photo_dir))
+        assert [s.path for s in r1.skipped] == [str((photo_dir / "bad.jpg").resolve())]
+        import matchkit.gallery as gallery_mod
+        calls = []
+        real = gallery_mod.extract_many
+        monkeypatch.setattr(gallery_mod, "extract_many",
+                            lambda paths, *a, **k: calls.append(list(paths)) or real(paths, *a, **k))
+        r2 = g.add(_files(photo_dir))
+        assert calls == [[]]  # nothing decoded again
+        assert r2.skipped[0].reason == r1.skipped[0].reason
+
+
+def test_remove_and_update(photo_dir, tmp_path):
+    with Gallery(tmp_path / "g") as g:
+        g.add(_files(photo_dir))
+        rec = g.update(photo_dir / "b.jpg", meta={"year": 2021}, labels=["boat"])
+        assert rec.meta == {"year": 2021} and rec.labels == ["boat"]
+        rec = g.update(photo_dir / "b.jpg", meta={"source": "phone"})
+        assert rec.meta == {"year": 2021, "source": "phone"}
+        assert g.remove([photo_dir / "b.jpg", photo_dir / "nothing.jpg"]) == 1
+        assert g.find(photo_dir / "b.jpg") is None
+        assert rec.id not in g.phash_index
+        g.save()
+    with Gallery(tmp_path / "g") as g:
+        assert len(g) == 8 and len(g.phash_index) == 8
+
+
+def test_stale_index_file_is_rebuilt(photo_dir, tmp_path):
+    gdir = tmp_path / "g"
+    with Gallery(gdir) as g:
+        g.add(_files(photo_dir)[:4])
+        g.save()
+        g.add(_files(photo_dir))  # database moves on, index file is not saved
+    with Gallery(gdir) as g:
+        assert len(g.phash_index) == len(g) == 9
+
+
+# -- atomic saves under SIGKILL ---------------------------------------------
+
+_CHILD = textwrap.dedent("""
+    import sys, time, pathlib
+    sys.path.insert(0, {tests!r})
+    from matchkit import Gallery
+    from matchkit.index import HammingIndex
+    import matchkit._fs as fs
+    from conftest import make_photo
+
+    gdir, photos, mode, marker = sys.argv[1:5]
+    marker = pathlib.Path(marker)
+    real_replace = fs.os.replace
+    real_save = HammingIndex.save
+
+    def slow_replace(src, dst):          # killed after the temp file, before the rename
+        marker.write_text("in-save")
+        time.sleep(30)
+        real_replace(src, dst)
+
+    def save_then_hang(self, path):       # killed after the rename, before the stamp
+        real_save(self, path)
+        marker.write_text("in-save")
+        time.sleep(30)
+
+    with Gallery(gdir) as g:
+        files = sorted(pathlib.Path(photos).glob("*.jpg"))
+        g.add(files[:3]); g.save()        # last good state: 3 images
+        g.add(files[3:])                  # 6 images committed, index not yet saved
+        if mode == "before-rename":
+            fs.os.replace = slow_replace
+        elif mode == "before-stamp":
+            HammingIndex.save = save_then_hang
+        elif mode == "mid-add":
+            import matchkit.gallery as gm
+            gm._BATCH = 1
+            real_write = gm.Gallery._write_batch
+            def write_then_hang(self, *a):
+                real_write(self, *a)
+                marker.write_text("in-save")
+                time.sleep(30)
+            gm.Gallery._write_batch = write_then_hang
+            more = pathlib.Path(photos) / "more"
+            g.add(sorted(more.glob("*.jpg")))
+        g.save()
+""")
+
+
+@pytest.mark.parametrize("mode", ["before-rename", "before-stamp", "mid-add"])
+def test_killed_save_leaves_a_consistent_gallery(tmp_path, mode):
+    photos = tmp_path / "photos"
+    (photos / "more").mkdir(parents=True)
+    for i in range(6):
+        make_photo(100 + i).save(photos / f"p{i}.jpg", quality=90)
+    for i in range(3):
+        make_photo(200 + i).save(photos / "more" / f"m{i}.jpg", quality=90)
+    gdir, marker = tmp_path / "g", tmp_path / "marker"
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(tests=str(Path(__file__).parent)))
+    child = subprocess.Popen([sys.executable, str(script), str(gdir), str(photos), mode,
+                              str(marker)])
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert child.poll() is None, "child ended before reaching the save"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    con = sqlite3.connect(gdir / DB_NAME)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    with Gallery(gdir, create=False) as g:
+        assert not list(gdir.glob(".*tmp*"))  # a dead writer's temp file is cleaned up
+        n = len(g)
+        expected = 7 if mode == "mid-add" else 6  # every committed batch survives
+        assert n == expected
+        ids = g.ids()
+        variants = g.phash_variants(ids)
+        keys, dists = g.phash_index.search(variants[:, 0], 1)
+        assert len(g.phash_index) == n
+        assert keys[:, 0].tolist() == ids and set(dists[:, 0].tolist()) == {0}
+        # And the gallery keeps working after the crash.
+        g.add(sorted(photos.glob("*.jpg")))
+        g.save()
+    with Gallery(gdir) as g:
+        assert len(g.phash_index) == len(g) == expected
