@@ -53,7 +53,7 @@ def run_imagehash(folder: Path, tmp: Path) -> dict:
     return {"wall_s": wall, "peak_rss_mib": rss, "clusters": C.clusters_from_json(out)}
 
 
-def sweep(folder: Path, thresholds: list[int], truth: set) -> None:
+def sweep(folder: Path, thresholds: list, truth: set, margins: list[int]) -> None:
     from matchkit import Gallery, Settings
     from matchkit.dedupe import find_clusters
     from matchkit.io import iter_image_files
@@ -62,10 +62,12 @@ def sweep(folder: Path, thresholds: list[int], truth: set) -> None:
         ids = g.add(list(iter_image_files([folder]))).ids
         rows = []
         for t, c in thresholds:
-            clusters, _, _ = find_clusters(g, ids, Settings(phash_max_distance=t, colour_min_similarity=c))
-            pred = C.pairs_from_groups([[Path(m).name for m in c.members] for c in clusters])
-            rows.append({"threshold": t, "colour": c, **C.score(pred, truth)})
-    print(C.table(rows, ["threshold", "colour", "pairs_found", "tp", "precision", "recall"]))
+            for m in margins:
+                s = Settings(phash_max_distance=t, colour_min_similarity=c, crowd_margin=m)
+                clusters, _, _ = find_clusters(g, ids, s)
+                pred = C.pairs_from_groups([[Path(x).name for x in cl.members] for cl in clusters])
+                rows.append({"threshold": t, "colour": c, "margin": m, **C.score(pred, truth)})
+    print(C.table(rows, ["threshold", "colour", "margin", "pairs_found", "tp", "precision", "recall"]))
 
 
 def main() -> None:
@@ -77,6 +79,8 @@ def main() -> None:
     ap.add_argument("--sweep", default=None, help="comma-separated pHash thresholds to try")
     ap.add_argument("--colour-sweep", default=None,
                     help="comma-separated colour-similarity minimums to try with --sweep")
+    ap.add_argument("--margin-sweep", default=None,
+                    help="comma-separated crowd margins to try with --sweep")
     ap.add_argument("--methods", default="matchkit,imagehash")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
@@ -90,7 +94,7 @@ def main() -> None:
     if args.sweep:
         grid = [(int(t), float(c)) for t in args.sweep.split(",")
                 for c in (args.colour_sweep or "0").split(",")]
-        sweep(folder, grid, truth)
+        sweep(folder, grid, truth, [int(m) for m in (args.margin_sweep or "0").split(",")])
         return
 
     rows = []

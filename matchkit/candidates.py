@@ -11,12 +11,25 @@ bounded number of kNN queries.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .index import HammingIndex
 
 _MAX_NEIGHBOURS = 1024
+
+
+@dataclass
+class Candidates:
+    """Candidate pairs and how crowded each query's neighbourhood is."""
+
+    #: (a, b) with a < b -> smallest dihedral pHash distance.
+    pairs: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: id -> distance to its ``neighbours``-th nearest other image (the
+    #: "crowd" distance). Small for images in dense regions of hash space:
+    #: document scans, screenshots, photos padded onto the same canvas.
+    crowd: dict[int, int] = field(default_factory=dict)
 
 
 def phash_candidates(
@@ -26,7 +39,7 @@ def phash_candidates(
     max_distance: int,
     neighbours: int = 16,
     allowed: set[int] | None = None,
-) -> dict[tuple[int, int], int]:
+) -> Candidates:
     """Pairs ``(a, b)`` with ``a < b`` whose dihedral pHash distance is within limit.
 
     ``variants`` has shape (len(ids), 8, nbytes). Only pairs whose other side
@@ -38,11 +51,16 @@ def phash_candidates(
     n_var = variants.shape[1]
     queries = variants.reshape(len(ids) * n_var, -1)
     owners = np.repeat(ids, n_var)
-    best: dict[tuple[int, int], int] = {}
+    out = Candidates()
+    best = out.pairs
     rows = np.arange(len(queries))
     k = max(1, neighbours)
+    first = True
     while len(rows):
         keys, dists = index.search(queries[rows], k)
+        if first:
+            out.crowd = _crowd(owners, keys, dists, k, index.nbits)
+            first = False
         for owner, krow, drow in zip(owners[rows].tolist(), keys.tolist(), dists.tolist()):
             for key, d in zip(krow, drow):
                 if d > max_distance:
@@ -58,4 +76,20 @@ def phash_candidates(
             break
         rows = rows[saturated]
         k = min(k * 4, _MAX_NEIGHBOURS)
-    return best
+    return out
+
+
+def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
+           nbits: int) -> dict[int, int]:
+    """Distance from each owner to its k-th nearest other image, over all variants."""
+    nearest: dict[int, dict[int, int]] = {}
+    for owner, krow, drow in zip(owners.tolist(), keys.tolist(), dists.tolist()):
+        seen = nearest.setdefault(owner, {})
+        for key, d in zip(krow, drow):
+            if key >= 0 and key != owner and d < seen.get(key, nbits + 1):
+                seen[key] = d
+    out = {}
+    for owner, seen in nearest.items():
+        ds = sorted(seen.values())
+        out[owner] = ds[k - 1] if len(ds) >= k else nbits
+    return out

@@ -21,8 +21,13 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     #: Largest dihedral pHash distance (of 256 bits) accepted as a near duplicate.
     phash_max_distance: int = 90
-    #: Smallest colour-histogram intersection accepted as a near duplicate.
+    #: Pairs at most this far apart match without further evidence.
+    phash_strong_distance: int = 40
+    #: Smallest colour-histogram intersection for matches beyond the strong distance.
     colour_min_similarity: float = 0.9
+    #: ... which must also be this much closer than either image's crowd distance
+    #: (distance to its ``neighbours``-th nearest image).
+    crowd_margin: int = 5
     #: Pairs this close with equal dimensions get their full pixels compared.
     exact_check_distance: int = 16
     #: Neighbours fetched per hash variant when looking for candidates.

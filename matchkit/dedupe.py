@@ -95,10 +95,11 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         if first != i:
             exact.union(first, i)
 
-    near = phash_candidates(
+    found = phash_candidates(
         gallery.phash_index, ids, gallery.phash_variants(ids),
         max_distance=max(settings.phash_max_distance, settings.exact_check_distance),
         neighbours=settings.neighbours, allowed=set(ids))
+    near, crowd = found.pairs, found.crowd
     involved = sorted({i for pair in near for i in pair})
     colours = gallery.colours(involved)
     plain = dict(zip(involved, gallery.phash_variants(involved)[:, 0]))
@@ -116,11 +117,17 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
             if pa is not None and pa == pb:
                 exact.union(a, b)
                 continue
-        if d <= settings.phash_max_distance:
-            c = histogram_similarity(colours[a], colours[b])
-            if c >= settings.colour_min_similarity:
-                near_edges[(a, b)] = d
-                colour_sim[(a, b)] = c
+        if d > settings.phash_max_distance:
+            continue
+        c = histogram_similarity(colours[a], colours[b])
+        # Close enough to be a copy anywhere, or a looser match that agrees in
+        # colour and stands out from both images' crowded neighbourhoods.
+        strong = d <= settings.phash_strong_distance
+        stands_out = d <= min(crowd.get(a, PHASH_BITS), crowd.get(b, PHASH_BITS)) - \
+            settings.crowd_margin
+        if strong or (c >= settings.colour_min_similarity and stands_out):
+            near_edges[(a, b)] = d
+            colour_sim[(a, b)] = c
 
     # Work on exact-copy classes; each class is represented by its best member.
     rep = {}
