@@ -53,7 +53,69 @@ def transformed_edits(path: Path, out: Path) -> None:
     _save(im.resize((side, side), Image.Resampling.LANCZOS), out / f"{stem}__square.jpg")
 
 
-BUILDERS = {"transformed": transformed_edits}
+def _rng(path: Path):
+    import hashlib
+    import random
+    return random.Random(int(hashlib.sha256(path.name.encode()).hexdigest()[:16], 16))
+
+
+def hard_edits(path: Path, out: Path) -> None:
+    """DISC21-style edits with AugLy (seeded per photo, so the set is reproducible).
+
+    crop to ~50% of the area, text overlay, emoji overlay, blur + JPEG q15,
+    padding + grayscale, colour jitter + 10-degree rotation, overlay onto a
+    screenshot template, downscale to 25%.
+    """
+    import pickle
+
+    import augly.image as A
+    import augly.utils as AU
+
+    rng = _rng(path)
+    stem = path.stem
+    shutil.copyfile(path, out / f"{stem}__orig{path.suffix.lower()}")
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    side = 0.5 ** 0.5
+    x1, y1 = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
+    _save(A.crop(im, x1=x1, y1=y1, x2=x1 + side, y2=y1 + side), out / f"{stem}__crop50.jpg")
+
+    fonts = sorted(Path(AU.FONTS_DIR).glob("*.ttf"))
+    colour = tuple(rng.randrange(256) for _ in range(3))
+    size, x, y = rng.uniform(0.1, 0.2), rng.uniform(0, 0.4), rng.uniform(0.1, 0.7)
+    for _ in range(10):  # a few bundled fonts fail to lay out with current Pillow
+        font = fonts[rng.randrange(len(fonts))]
+        with open(font.with_suffix(".pkl"), "rb") as f:
+            n_chars = len(pickle.load(f))
+        text = [rng.randrange(n_chars) for _ in range(rng.randint(6, 14))]
+        try:
+            edited = A.overlay_text(im, text=text, font_file=str(font), font_size=size,
+                                    color=colour, x_pos=x, y_pos=y)
+            break
+        except RuntimeError:
+            continue
+    _save(edited, out / f"{stem}__text.jpg")
+
+    emojis = sorted(Path(AU.EMOJI_DIR).rglob("*.png"))
+    _save(A.overlay_emoji(im, emoji_path=str(emojis[rng.randrange(len(emojis))]),
+                          emoji_size=rng.uniform(0.2, 0.35), x_pos=rng.uniform(0, 0.6),
+                          y_pos=rng.uniform(0, 0.6)), out / f"{stem}__emoji.jpg")
+    _save(A.encoding_quality(A.blur(im, radius=rng.uniform(1.5, 3.0)), quality=15),
+          out / f"{stem}__blurq15.jpg")
+    pad_colour = tuple(rng.randrange(256) for _ in range(3))
+    _save(A.grayscale(A.pad(im, w_factor=rng.uniform(0.1, 0.3), h_factor=rng.uniform(0.1, 0.3),
+                            color=pad_colour)), out / f"{stem}__padgray.jpg")
+    jit = A.color_jitter(im, brightness_factor=rng.uniform(0.7, 1.3),
+                         contrast_factor=rng.uniform(0.7, 1.3),
+                         saturation_factor=rng.uniform(0.5, 1.5))
+    _save(A.rotate(jit, degrees=rng.choice([-10, 10])), out / f"{stem}__jitrot10.jpg")
+    template = Path(AU.SCREENSHOT_TEMPLATES_DIR) / rng.choice(["web.png", "mobile.png"])
+    _save(A.overlay_onto_screenshot(im, template_filepath=str(template)),
+          out / f"{stem}__screenshot.jpg")
+    _save(A.scale(im, factor=0.25), out / f"{stem}__scale25.jpg")
+
+
+BUILDERS = {"transformed": transformed_edits, "hard": hard_edits}
 
 
 def build(kind: str, base: list[Path], out: Path, workers: int = 2) -> Path:

@@ -30,6 +30,8 @@ class Candidates:
     #: "crowd" distance). Small for images in dense regions of hash space:
     #: document scans, screenshots, photos padded onto the same canvas.
     crowd: dict[int, int] = field(default_factory=dict)
+    #: id -> its ``neighbours`` nearest other images as (id, distance), nearest first.
+    nearest: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def phash_candidates(
@@ -39,13 +41,19 @@ def phash_candidates(
     max_distance: int,
     neighbours: int = 16,
     allowed: set[int] | None = None,
+    collect_distance: int | None = None,
+    collect_top: int = 4,
 ) -> Candidates:
     """Pairs ``(a, b)`` with ``a < b`` whose dihedral pHash distance is within limit.
 
     ``variants`` has shape (len(ids), 8, nbytes). Only pairs whose other side
     is in ``allowed`` (default: ``ids``) are returned; the value is the
-    smallest distance over the 8 variants.
+    smallest distance over the 8 variants. Every pair within ``max_distance``
+    is found; pairs up to ``collect_distance`` are kept too when they are
+    among the ``collect_top`` nearest of the query (worth a closer look, not
+    a full search).
     """
+    collect = max(max_distance, collect_distance or 0)
     ids = np.asarray(ids, dtype=np.int64)
     allowed = set(ids.tolist()) if allowed is None else allowed
     n_var = variants.shape[1]
@@ -58,17 +66,27 @@ def phash_candidates(
     first = True
     while len(rows):
         keys, dists = index.search(queries[rows], k)
+        loose: dict[int, dict[int, int]] = {}
         if first:
-            out.crowd = _crowd(owners, keys, dists, k, index.nbits)
+            out.crowd, out.nearest = _crowd(owners, keys, dists, k, index.nbits)
             first = False
         for owner, krow, drow in zip(owners[rows].tolist(), keys.tolist(), dists.tolist()):
             for key, d in zip(krow, drow):
-                if d > max_distance:
+                if d > collect:
                     break
                 if key < 0 or key == owner or key not in allowed:
                     continue
+                if d > max_distance:
+                    seen = loose.setdefault(owner, {})
+                    seen[key] = min(d, seen.get(key, d))
+                    continue
                 pair = (owner, key) if owner < key else (key, owner)
-                if d < best.get(pair, max_distance + 1):
+                if d < best.get(pair, collect + 1):
+                    best[pair] = d
+        for owner, seen in loose.items():
+            for key, d in sorted(seen.items(), key=lambda kv: kv[1])[:collect_top]:
+                pair = (owner, key) if owner < key else (key, owner)
+                if d < best.get(pair, collect + 1):
                     best[pair] = d
         # Rows whose k-th neighbour is still within the limit may have more.
         saturated = dists[:, -1] <= max_distance
@@ -80,16 +98,83 @@ def phash_candidates(
 
 
 def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
-           nbits: int) -> dict[int, int]:
-    """Distance from each owner to its k-th nearest other image, over all variants."""
+           nbits: int) -> tuple[dict[int, int], dict[int, list[tuple[int, int]]]]:
+    """Distance from each owner to its k-th nearest other image, over all variants,
+    and its k nearest other images."""
     nearest: dict[int, dict[int, int]] = {}
     for owner, krow, drow in zip(owners.tolist(), keys.tolist(), dists.tolist()):
         seen = nearest.setdefault(owner, {})
         for key, d in zip(krow, drow):
             if key >= 0 and key != owner and d < seen.get(key, nbits + 1):
                 seen[key] = d
-    out = {}
+    crowd, order = {}, {}
     for owner, seen in nearest.items():
-        ds = sorted(seen.values())
-        out[owner] = ds[k - 1] if len(ds) >= k else nbits
+        ranked = sorted(seen.items(), key=lambda kv: kv[1])[:k]
+        crowd[owner] = ranked[k - 1][1] if len(ranked) >= k else nbits
+        order[owner] = ranked
+    return crowd, order
+
+
+def vote_candidates(
+    index: HammingIndex,
+    queries: dict[int, np.ndarray],
+    *,
+    key_stride: int,
+    neighbours: int = 8,
+    max_distance: int = 56,
+    per_query: int = 8,
+    min_votes: float = 1.0,
+    allowed: set[int] | None = None,
+) -> dict[tuple[int, int], float]:
+    """Images whose indexed local descriptors resemble each query's descriptors.
+
+    Each query descriptor looks up its nearest indexed descriptors and votes
+    once for every other image among them within ``max_distance``; a
+    descriptor that resembles many images (sky, text, a common logo) spreads
+    one vote over all of them, so generic structure cannot outvote a real
+    copy. Per query image the ``per_query`` best-voted images with at least
+    ``min_votes`` are returned as pairs ``(a, b)``, ``a < b``.
+    """
+    out: dict[tuple[int, int], float] = {}
+    if not queries or len(index) == 0:
+        return out
+    owner_list, desc_list = [], []
+    for image_id, desc in queries.items():
+        if len(desc):
+            owner_list.append(np.full(len(desc), image_id, np.int64))
+            desc_list.append(desc)
+    if not desc_list:
+        return out
+    owners = np.concatenate(owner_list)
+    keys, dists = index.search(np.concatenate(desc_list), neighbours)
+    other = np.where(keys >= 0, keys // key_stride, -1)
+    valid = (keys >= 0) & (dists <= max_distance) & (other != owners[:, None])
+    if allowed is not None:
+        allowed_arr = np.fromiter(allowed, np.int64)
+        valid &= np.isin(other, allowed_arr)
+    rows, cols = np.nonzero(valid)
+    if not len(rows):
+        return out
+    # One vote per (query descriptor, other image), shared among the images it hits.
+    pair_code = rows.astype(np.int64) * (other.max() + 1) + other[rows, cols]
+    pair_code = np.unique(pair_code)
+    row_of = pair_code // (other.max() + 1)
+    img_of = pair_code % (other.max() + 1)
+    per_row = np.bincount(row_of, minlength=len(owners))
+    weights = 1.0 / per_row[row_of]
+    owner_of = owners[row_of]
+    stride = int(max(owner_of.max(), img_of.max()) + 1)
+    code = owner_of * stride + img_of
+    uniq, inv = np.unique(code, return_inverse=True)
+    votes = np.bincount(inv, weights=weights)
+    q_of, o_of = uniq // stride, uniq % stride
+    order = np.lexsort((-votes, q_of))
+    taken: dict[int, int] = {}
+    for i in order.tolist():
+        q, o, v = int(q_of[i]), int(o_of[i]), float(votes[i])
+        if v < min_votes or taken.get(q, 0) >= per_query:
+            continue
+        taken[q] = taken.get(q, 0) + 1
+        pair = (q, o) if q < o else (o, q)
+        out[pair] = max(out.get(pair, 0.0), v)
     return out

@@ -60,26 +60,40 @@ def star_clusters(
     no neighbour are not clusters and are dropped.
     """
     adj: dict = defaultdict(set)
-    uf = UnionFind()
-    for n in nodes:
-        uf.find(n)
     for a, b in edges:
-        if a == b:
-            continue
-        adj[a].add(b)
-        adj[b].add(a)
-        uf.union(a, b)
+        if a != b:
+            adj[a].add(b)
+            adj[b].add(a)
+    return lazy_star_clusters(nodes, adj, priority, confirm=lambda center, others: set(others))
+
+
+def lazy_star_clusters(
+    nodes: Iterable[Hashable],
+    candidates: dict,
+    priority: Callable[[Hashable], tuple],
+    confirm: Callable[[Hashable, list], set],
+) -> list[Star]:
+    """Star clustering where edges are confirmed only when they can matter.
+
+    ``candidates[n]`` is the set of possible neighbours of ``n`` (symmetric).
+    Nodes are visited best ``priority`` first; a visited node that is still
+    free asks ``confirm(node, free_candidates)`` which of its free candidates
+    really match, and takes them. The result equals star clustering on the
+    confirmed graph, but an edge between two nodes already taken by a better
+    keeper is never checked, which saves most of the work inside large groups.
+    """
+    taken: set = set()
     stars: list[Star] = []
-    for comp in uf.groups():
-        if len(comp) < 2:
+    for center in sorted(set(nodes) | set(candidates), key=priority):
+        if center in taken:
             continue
-        remaining = set(comp)
-        for center in sorted(comp, key=priority):
-            if center not in remaining:
-                continue
-            remaining.discard(center)
-            take = sorted(adj[center] & remaining, key=priority)
-            if take:
-                remaining.difference_update(take)
-                stars.append(Star(center, [center, *take]))
+        taken.add(center)
+        free = sorted((n for n in candidates.get(center, ()) if n not in taken), key=priority)
+        if not free:
+            continue
+        ok = confirm(center, free)
+        members = [n for n in free if n in ok]
+        if members:
+            taken.update(members)
+            stars.append(Star(center, [center, *members]))
     return stars

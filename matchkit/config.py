@@ -35,9 +35,37 @@ class Settings:
     #: Worker processes for decoding and feature extraction (0: one per core).
     workers: int = 0
 
+    #: Extract ORB local features (crops, rotations, overlays, screenshots).
+    local_features: bool = True
+    #: Longest side of the grey working image local features are found on.
+    work_side: int = 512
+    #: ORB keypoints kept per image (strongest first).
+    n_features: int = 500
+    #: Strongest descriptors per image that go into the descriptor index.
+    index_features: int = 200
+    #: Query descriptors per image when voting for candidates.
+    query_features: int = 100
+    #: Neighbours fetched per query descriptor.
+    vote_neighbours: int = 8
+    #: Largest descriptor distance (bits of 256) that counts as a vote.
+    vote_max_distance: int = 56
+    #: Most voted images per query image that are verified.
+    vote_candidates: int = 8
+    #: Looser pHash distance that still makes a pair worth verifying locally.
+    phash_candidate_distance: int = 110
+    #: Local-feature match: least RANSAC inliers ...
+    min_inliers: int = 12
+    #: ... and least correlation of the aligned overlap (photometric check).
+    min_overlap_correlation: float = 0.5
+    #: Look-alikes within this pHash distance are used to detect a shared
+    #: template (screenshot frame, form); see matchkit/template.py.
+    template_crowd_distance: int = 120
+    #: Longest side of the stored grey thumbnail used by the photometric check.
+    thumb_side: int = 128
+
     def decode_side(self) -> int:
         """Longest side to decode: what the most demanding enabled feature needs."""
-        return self.hash_side
+        return max(self.hash_side, self.work_side if self.local_features else 0)
 
     def n_workers(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)

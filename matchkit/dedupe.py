@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import defaultdict
 import time
 from collections.abc import Iterable
 from contextlib import ExitStack
 
-from .candidates import phash_candidates
-from .cluster import Star, UnionFind, star_clusters
-from .colour import histogram_similarity
+from .cluster import Star, UnionFind, lazy_star_clusters
 from .config import Settings
 from .gallery import Gallery, StoredImage
-from .hashing import PHASH_BITS, hamming
+from .hashing import hamming
 from .io import iter_image_files
+from .match import PairEvidence, PairMatcher
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
 
 
@@ -94,40 +94,26 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         first = by_sha.setdefault(images[i].sha256, i)
         if first != i:
             exact.union(first, i)
+    same_bytes = {(a, b) for g in exact.groups() for a in g for b in g if a < b}
 
-    found = phash_candidates(
-        gallery.phash_index, ids, gallery.phash_variants(ids),
-        max_distance=max(settings.phash_max_distance, settings.exact_check_distance),
-        neighbours=settings.neighbours, allowed=set(ids))
-    near, crowd = found.pairs, found.crowd
-    involved = sorted({i for pair in near for i in pair})
-    colours = gallery.colours(involved)
-    plain = dict(zip(involved, gallery.phash_variants(involved)[:, 0]))
-    near_edges: dict[tuple[int, int], int] = {}
-    colour_sim: dict[tuple[int, int], float] = {}
-    for (a, b), d in near.items():
+    matcher = PairMatcher(gallery, ids, settings, exclude=same_bytes)
+    variants = dict(zip(ids, gallery.phash_variants(ids)))
+    possible: list[PairEvidence] = []
+    for ev in matcher.evidence:
+        a, b = ev.a, ev.b
         ia, ib = images[a], images[b]
-        if exact.find(a) == exact.find(b):
-            continue
         # Identical pixels need equal sizes and near-equal *unrotated* hashes;
         # only then is it worth decoding both files at full resolution.
-        if (d <= settings.exact_check_distance and (ia.width, ia.height) == (ib.width, ib.height)
-                and hamming(plain[a], plain[b]) <= settings.exact_check_distance):
+        if (ev.phash_distance <= settings.exact_check_distance
+                and (ia.width, ia.height) == (ib.width, ib.height)
+                and exact.find(a) != exact.find(b)
+                and hamming(variants[a][0], variants[b][0]) <= settings.exact_check_distance):
             pa, pb = gallery.pixel_digest(a), gallery.pixel_digest(b)
             if pa is not None and pa == pb:
                 exact.union(a, b)
                 continue
-        if d > settings.phash_max_distance:
-            continue
-        c = histogram_similarity(colours[a], colours[b])
-        # Close enough to be a copy anywhere, or a looser match that agrees in
-        # colour and stands out from both images' crowded neighbourhoods.
-        strong = d <= settings.phash_strong_distance
-        stands_out = d <= min(crowd.get(a, PHASH_BITS), crowd.get(b, PHASH_BITS)) - \
-            settings.crowd_margin
-        if strong or (c >= settings.colour_min_similarity and stands_out):
-            near_edges[(a, b)] = d
-            colour_sim[(a, b)] = c
+        if ev.rule or ev.pending:
+            possible.append(ev)
 
     # Work on exact-copy classes; each class is represented by its best member.
     rep = {}
@@ -137,18 +123,28 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         for i in group:
             rep[i] = group[0]
         classes[group[0]] = group
-    # Evidence between two classes: their closest pair of members.
-    class_edge: dict[tuple[int, int], tuple[int, float]] = {}
-    for (a, b), d in near_edges.items():
-        ra, rb = rep[a], rep[b]
-        if ra == rb:
-            continue
-        key = (ra, rb) if ra < rb else (rb, ra)
-        if key not in class_edge or d < class_edge[key][0]:
-            class_edge[key] = (d, colour_sim[(a, b)])
+    between: dict[tuple[int, int], list[PairEvidence]] = defaultdict(list)
+    candidates: dict[int, set[int]] = defaultdict(set)
+    for ev in possible:
+        ra, rb = rep[ev.a], rep[ev.b]
+        if ra != rb:
+            between[(ra, rb) if ra < rb else (rb, ra)].append(ev)
+            candidates[ra].add(rb)
+            candidates[rb].add(ra)
 
-    stars = star_clusters(
-        classes.keys(), class_edge.keys(), priority=lambda r: keeper_priority(images[r]))
+    def confirm(center: int, others: list[int]) -> set[int]:
+        """Verify (in one batch) only class pairs not already matched globally."""
+        keys = [(center, o) if center < o else (o, center) for o in others]
+        todo = [ev for k in keys if not any(e.rule for e in between[k])
+                for ev in between[k] if ev.pending]
+        matcher.verify(todo)
+        return {o for o, k in zip(others, keys) if any(ev.rule for ev in between[k])}
+
+    stars = lazy_star_clusters(classes.keys(), candidates,
+                               lambda r: keeper_priority(images[r]), confirm)
+    # Evidence between two classes: the strongest matched pair of their members.
+    class_edge = {key: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
+                  for key, evs in between.items() if any(ev.rule for ev in evs)}
     in_star = {m for s in stars for m in s.members}
     # Exact classes with no near neighbour are clusters on their own.
     stars += [Star(r, [r]) for r, g in classes.items() if len(g) > 1 and r not in in_star]
@@ -168,10 +164,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
                     pairs.append(PairResult(images[keep].path, images[m].path, 1.0, "exact"))
                     n_exact += 1
                 else:
-                    d, c = class_edge[(keep, r) if keep < r else (r, keep)]
-                    pairs.append(PairResult(
-                        images[keep].path, images[m].path, round(1.0 - d / PHASH_BITS, 4),
-                        "near", {"phash_distance": d, "colour_similarity": round(c, 4)}))
+                    ev = class_edge[(keep, r) if keep < r else (r, keep)]
+                    pairs.append(PairResult(images[keep].path, images[m].path, ev.score(),
+                                            "near", ev.to_evidence()))
                     n_near += 1
         clusters.append(ClusterResult(images[keep].path, [images[m].path for m in members], pairs))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))

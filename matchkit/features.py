@@ -22,6 +22,7 @@ from .colour import colour_histogram
 from .config import Settings
 from .hashing import dihedral_phashes, file_digest, pixel_digest
 from .io import ImageLoadError, load_image, shrink
+from .local import LocalFeatures, extract_local, working_grey
 
 
 @dataclass
@@ -39,6 +40,10 @@ class ImageRecord:
     phashes: np.ndarray
     #: Joint RGB histogram of the thumbnail, (512,) counts.
     colour: np.ndarray
+    #: ORB keypoints on the working image (None when local features are off).
+    local: LocalFeatures | None = None
+    #: Grey thumbnail (longer side ``thumb_side``) for photometric checks.
+    thumb: np.ndarray | None = None
 
     @property
     def pixels(self) -> int:
@@ -55,6 +60,10 @@ def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRe
         raise ImageLoadError(path, f"cannot read file: {e.strerror or e}") from None
     loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels)
     thumb = shrink(loaded.image, settings.hash_side)
+    local = grey_thumb = None
+    if settings.local_features:
+        local = extract_local(working_grey(loaded.image, settings.work_side), settings.n_features)
+        grey_thumb = np.asarray(shrink(loaded.image, settings.thumb_side).convert("L"))
     return ImageRecord(
         path=str(path),
         size=st.st_size,
@@ -65,6 +74,8 @@ def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRe
         format=loaded.format,
         phashes=dihedral_phashes(thumb),
         colour=colour_histogram(thumb),
+        local=local,
+        thumb=grey_thumb,
     )
 
 

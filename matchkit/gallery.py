@@ -31,10 +31,14 @@ from .hashing import PHASH_BITS
 from .index import HammingIndex
 from ._fs import remove_stale_temps
 from .io import ImageLoadError
+from .local import LocalFeatures
 
 SCHEMA_VERSION = 1
 DB_NAME = "gallery.sqlite"
 PHASH_INDEX_NAME = "phash.usearch"
+ORB_INDEX_NAME = "orb.usearch"
+#: Descriptor keys in the ORB index are image_id * ORB_KEY_STRIDE + rank.
+ORB_KEY_STRIDE = 1024
 _BATCH = 256
 
 _SCHEMA = """
@@ -56,6 +60,16 @@ CREATE TABLE IF NOT EXISTS images (
     added_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+CREATE TABLE IF NOT EXISTS local_features (
+    image_id INTEGER PRIMARY KEY,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    xy BLOB NOT NULL,
+    descriptors BLOB NOT NULL,
+    thumb BLOB NOT NULL,
+    thumb_width INTEGER NOT NULL,
+    thumb_height INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -153,8 +167,8 @@ class Gallery:
             raise GalleryError(
                 f"gallery {self.path} was written by a newer matchkit (schema {version})")
         remove_stale_temps(self.path)
-        self._phash_index: HammingIndex | None = None
-        self._index_dirty = False
+        self._indexes: dict[str, HammingIndex] = {}
+        self._dirty: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
@@ -232,43 +246,77 @@ class Gallery:
     # -- index -------------------------------------------------------------
     @property
     def phash_index(self) -> HammingIndex:
-        """The pHash index, loaded from disk or rebuilt if it is stale."""
-        if self._phash_index is None:
-            self._phash_index = self._load_or_rebuild_phash_index()
-        return self._phash_index
+        """pHash index (one code per image, key = image id)."""
+        return self._index("phash")
 
-    def _load_or_rebuild_phash_index(self) -> HammingIndex:
-        file = self.path / PHASH_INDEX_NAME
-        stamp = self._meta("phash_index_generation")
+    @property
+    def orb_index(self) -> HammingIndex:
+        """ORB descriptor index (the strongest ``index_features`` per image)."""
+        return self._index("orb")
+
+    def _index(self, name: str) -> HammingIndex:
+        """An index loaded from disk, or rebuilt from SQLite if its file is stale."""
+        if name not in self._indexes:
+            self._indexes[name] = self._load_or_rebuild(name)
+        return self._indexes[name]
+
+    def _index_file(self, name: str) -> Path:
+        return self.path / {"phash": PHASH_INDEX_NAME, "orb": ORB_INDEX_NAME}[name]
+
+    def _load_or_rebuild(self, name: str) -> HammingIndex:
+        file = self._index_file(name)
+        stamp = self._meta(f"{name}_index_generation")
+        # Local descriptors are many and only vote: a sparser, faster graph is enough.
+        params = {} if name == "phash" else {"connectivity": 8, "expansion_search": 32}
+        nbits = PHASH_BITS if name == "phash" else 256
         if file.exists() and stamp is not None and int(stamp) == self.generation:
             try:
-                idx = HammingIndex.load(file, PHASH_BITS)
-                if len(idx) == len(self):
-                    return idx
+                return HammingIndex.load(file, nbits, **params)
             except Exception:  # unreadable cache: fall through and rebuild
                 pass
-        idx = HammingIndex(PHASH_BITS)
-        ids, codes = [], []
-        for image_id, blob in self._db.execute("SELECT id, phash FROM images"):
-            ids.append(image_id)
-            codes.append(np.frombuffer(blob, np.uint8)[: PHASH_BITS // 8])
-        if ids:
-            idx.add(np.array(ids), np.stack(codes))
-        self._index_dirty = True
+        idx = HammingIndex(nbits, **params)
+        if name == "phash":
+            rows = self._db.execute("SELECT id, phash FROM images")
+            pairs = [(i, np.frombuffer(b, np.uint8)[: PHASH_BITS // 8]) for i, b in rows]
+            if pairs:
+                idx.add(np.array([k for k, _ in pairs]), np.stack([c for _, c in pairs]))
+        else:
+            for image_id, desc in self._db.execute("SELECT image_id, descriptors FROM local_features"):
+                self._add_orb(idx, image_id, np.frombuffer(desc, np.uint8).reshape(-1, 32))
+        self._dirty.add(name)
         return idx
+
+    def _add_orb(self, idx: HammingIndex, image_id: int, desc: np.ndarray) -> None:
+        top = desc[: self.settings.index_features]
+        if len(top):
+            idx.add(image_id * ORB_KEY_STRIDE + np.arange(len(top)), top)
+
+    def _remove_orb(self, idx: HammingIndex, ids: Iterable[int]) -> None:
+        idx.remove([i * ORB_KEY_STRIDE + j for i in ids for j in range(self.settings.index_features)])
 
     def save(self) -> None:
         """Persist the index files so the next open need not rebuild them.
 
         The database itself is always saved (every change is a committed
-        transaction); this only writes the derived index, atomically.
+        transaction); this only writes the derived indexes, atomically, each
+        stamped with the generation it reflects.
         """
-        if self._phash_index is None or not self._index_dirty:
-            return
         generation = self.generation
-        self._phash_index.save(self.path / PHASH_INDEX_NAME)
-        self._set_meta("phash_index_generation", generation)
-        self._index_dirty = False
+        for name in sorted(self._dirty):
+            self._indexes[name].save(self._index_file(name))
+            self._set_meta(f"{name}_index_generation", generation)
+        self._dirty.clear()
+
+    def local_features(self, image_id: int) -> tuple[LocalFeatures, np.ndarray] | None:
+        """ORB features and grey thumbnail of one image (None if not extracted)."""
+        row = self._db.execute(
+            "SELECT width, height, xy, descriptors, thumb, thumb_width, thumb_height "
+            "FROM local_features WHERE image_id=?", (image_id,)).fetchone()
+        if row is None:
+            return None
+        w, h, xy, desc, thumb, tw, th = row
+        return (LocalFeatures.from_bytes(xy, desc, w, h),
+                np.frombuffer(thumb, np.uint8).reshape(th, tw))
 
     # -- writing -----------------------------------------------------------
     def _bump(self) -> None:
@@ -297,7 +345,9 @@ class Gallery:
                 continue
             row = self._db.execute(
                 "SELECT id, size, mtime_ns FROM images WHERE path=?", (key,)).fetchone()
-            if row and row[1] == st.st_size and row[2] == st.st_mtime_ns:
+            if row and row[1] == st.st_size and row[2] == st.st_mtime_ns and (
+                    not self.settings.local_features or self._db.execute(
+                        "SELECT 1 FROM local_features WHERE image_id=?", (row[0],)).fetchone()):
                 report.ids.append(row[0])
                 report.unchanged += 1
                 continue
@@ -310,20 +360,21 @@ class Gallery:
         if progress and (report.unchanged or report.skipped):
             progress(report.unchanged + len(report.skipped))
 
-        index = self.phash_index
         batch: list[tuple[str, ImageRecord | ImageLoadError]] = []
         for item in extract_many(todo, self.settings, on_done=(lambda: progress(1)) if progress else None):
             batch.append(item)
             if len(batch) >= _BATCH:
-                self._write_batch(batch, index, report)
+                self._write_batch(batch, report)
                 batch = []
         if batch:
-            self._write_batch(batch, index, report)
+            self._write_batch(batch, report)
         return report
 
-    def _write_batch(self, batch, index: HammingIndex, report: AddReport) -> None:
+    def _write_batch(self, batch, report: AddReport) -> None:
+        index = self.phash_index
+        orb = self.orb_index if self.settings.local_features else None
         now = time.time()
-        new_keys, new_codes, gone = [], [], []
+        new_keys, new_codes, gone, new_local = [], [], [], []
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for path, rec in batch:
@@ -339,6 +390,7 @@ class Gallery:
                         (path, size, mtime, rec.reason))
                     if old:  # a file that changed into something unreadable
                         self._db.execute("DELETE FROM images WHERE id=?", (old[0],))
+                        self._db.execute("DELETE FROM local_features WHERE image_id=?", (old[0],))
                         gone.append(old[0])
                     report.skipped.append(Skipped(path, rec.reason))
                     continue
@@ -360,6 +412,14 @@ class Gallery:
                 report.ids.append(image_id)
                 new_keys.append(image_id)
                 new_codes.append(rec.phashes[0])
+                self._db.execute("DELETE FROM local_features WHERE image_id=?", (image_id,))
+                if rec.local is not None:
+                    xy, desc = rec.local.to_bytes()
+                    self._db.execute(
+                        "INSERT INTO local_features VALUES (?,?,?,?,?,?,?,?)",
+                        (image_id, rec.local.width, rec.local.height, xy, desc,
+                         rec.thumb.tobytes(), rec.thumb.shape[1], rec.thumb.shape[0]))
+                    new_local.append((image_id, rec.local.desc))
             self._bump()
             self._db.execute("COMMIT")
         except BaseException:
@@ -368,7 +428,12 @@ class Gallery:
         index.remove(gone)
         if new_keys:
             index.add(np.array(new_keys), np.stack(new_codes))
-        self._index_dirty = True
+        self._dirty.add("phash")
+        if orb is not None:
+            self._remove_orb(orb, gone + [k for k, _ in new_local])
+            for image_id, desc in new_local:
+                self._add_orb(orb, image_id, desc)
+            self._dirty.add("orb")
 
     def remove(self, paths_or_ids: Iterable[str | int | os.PathLike]) -> int:
         """Forget images (by id or path); the files themselves are not touched."""
@@ -386,15 +451,18 @@ class Gallery:
         try:
             removed = 0
             for chunk in _chunks(ids, 900):
-                q = f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})"
-                removed += self._db.execute(q, chunk).rowcount
+                marks = ','.join('?' * len(chunk))
+                removed += self._db.execute(f"DELETE FROM images WHERE id IN ({marks})",
+                                            chunk).rowcount
+                self._db.execute(f"DELETE FROM local_features WHERE image_id IN ({marks})", chunk)
             self._bump()
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self.phash_index.remove(ids)
-        self._index_dirty = True
+        self._remove_orb(self.orb_index, ids)
+        self._dirty.update({"phash", "orb"})
         return removed
 
     def update(self, path_or_id: str | int | os.PathLike, *, meta: dict | None = None,

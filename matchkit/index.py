@@ -23,12 +23,14 @@ EXACT_SEARCH_BELOW = 20_000
 class HammingIndex:
     """Packed binary codes keyed by integer ids (image ids)."""
 
-    def __init__(self, nbits: int, *, threads: int = 0):
+    def __init__(self, nbits: int, *, threads: int = 0, connectivity: int = 16,
+                 expansion_search: int = 64):
         if nbits % 8:
             raise ValueError("nbits must be a multiple of 8")
         self.nbits = nbits
         self.threads = threads
-        self._index = Index(ndim=nbits, metric="hamming", dtype="b1")
+        self._index = Index(ndim=nbits, metric="hamming", dtype="b1",
+                            connectivity=connectivity, expansion_search=expansion_search)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -81,7 +83,7 @@ class HammingIndex:
         atomic_write(path, lambda tmp: self._index.save(str(tmp)))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, nbits: int, *, threads: int = 0) -> "HammingIndex":
-        idx = cls(nbits, threads=threads)
+    def load(cls, path: str | os.PathLike, nbits: int, **kw) -> "HammingIndex":
+        idx = cls(nbits, **kw)
         idx._index.load(str(Path(path)))
         return idx

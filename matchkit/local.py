@@ -1,0 +1,194 @@
+"""Local features (ORB) and geometric verification.
+
+Perceptual hashes see the whole frame, so a crop, an arbitrary rotation, an
+overlay or a photo shown inside a screenshot moves them far away. Local
+features survive those edits: two images are the same picture when many of
+their keypoints match under one geometric transform. ORB is binary (256-bit
+descriptors, Hamming distance), fast on a CPU and needs no model weights.
+
+Features are extracted on a grey working image whose longer side is
+``work_side`` pixels, whatever the file's size: a 25% thumbnail and the full
+photo are compared at the same scale. Keypoints are kept sorted by response,
+strongest first, so "the best M" is a prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image
+
+DESC_BYTES = 32
+
+
+@dataclass
+class LocalFeatures:
+    """Keypoints of one image, strongest first."""
+
+    xy: np.ndarray      # (n, 2) float32, working-image pixels
+    desc: np.ndarray    # (n, 32) uint8 ORB descriptors
+    width: int          # working image size the coordinates refer to
+    height: int
+
+    def __len__(self) -> int:
+        return len(self.desc)
+
+    def subset(self, keep: np.ndarray) -> "LocalFeatures":
+        """The keypoints where ``keep`` is true, order preserved."""
+        return LocalFeatures(self.xy[keep], self.desc[keep], self.width, self.height)
+
+    def to_bytes(self) -> tuple[bytes, bytes]:
+        return self.xy.astype("<f4").tobytes(), self.desc.tobytes()
+
+    @classmethod
+    def from_bytes(cls, xy: bytes, desc: bytes, width: int, height: int) -> "LocalFeatures":
+        return cls(np.frombuffer(xy, "<f4").reshape(-1, 2),
+                   np.frombuffer(desc, np.uint8).reshape(-1, DESC_BYTES), width, height)
+
+
+def working_grey(image: Image.Image, work_side: int) -> np.ndarray:
+    """Grey uint8 array of ``image`` scaled so its longer side is ``work_side``.
+
+    Small images are enlarged too, so thumbnails meet originals at one scale.
+    """
+    w, h = image.size
+    s = work_side / max(w, h)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    grey = image.convert("L")
+    if size != grey.size:
+        grey = grey.resize(size, Image.Resampling.BILINEAR if s < 1 else Image.Resampling.BICUBIC,
+                           reducing_gap=2.0 if s < 1 else None)
+    return np.asarray(grey)
+
+
+_ORB_CACHE: dict[int, cv2.ORB] = {}
+
+
+def _orb(n_features: int):
+    orb = _ORB_CACHE.get(n_features)
+    if orb is None:
+        orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8,
+                             edgeThreshold=15, patchSize=31, fastThreshold=10)
+        _ORB_CACHE[n_features] = orb
+    return orb
+
+
+def extract_local(grey: np.ndarray, n_features: int = 500) -> LocalFeatures:
+    """ORB keypoints and descriptors of a grey working image, strongest first."""
+    kps, desc = _orb(n_features).detectAndCompute(grey, None)
+    h, w = grey.shape[:2]
+    if desc is None or not kps:
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESC_BYTES), np.uint8), w, h)
+    order = np.argsort([-k.response for k in kps], kind="stable")
+    xy = np.array([kps[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    return LocalFeatures(xy, np.ascontiguousarray(desc[order]), w, h)
+
+
+def mirror(features_of_mirrored: LocalFeatures) -> LocalFeatures:
+    """Map keypoints found on a left-right mirrored image back to the original frame."""
+    f = features_of_mirrored
+    xy = f.xy.copy()
+    xy[:, 0] = (f.width - 1) - xy[:, 0]
+    return LocalFeatures(xy, f.desc, f.width, f.height)
+
+
+@dataclass
+class Verification:
+    """Outcome of matching two images' keypoints under one similarity transform."""
+
+    matches: int = 0           # matches passing the ratio test
+    inliers: int = 0           # of those, consistent with the transform
+    transform: list = field(default_factory=list)  # 2x3 affine mapping a -> b (working px)
+    mirrored: bool = False     # b was matched as a mirror image
+    #: Inlier keypoint pairs (xa, ya, xb, yb), working-image pixels, for drawing.
+    points: list = field(default_factory=list)
+
+    @property
+    def inlier_ratio(self) -> float:
+        return self.inliers / self.matches if self.matches else 0.0
+
+    @property
+    def scale(self) -> float:
+        if not self.transform:
+            return 0.0
+        (a, b, _), _ = self.transform
+        return float(np.hypot(a, b))
+
+
+def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = 0.8,
+                  max_distance: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ia, ib) of descriptor pairs passing Lowe's ratio test."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros(0, int), np.zeros(0, int)
+    dist, idx = cv2.batchDistance(a, b, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2, crosscheck=False)
+    d1, d2 = dist[:, 0].astype(np.float32), dist[:, 1].astype(np.float32)
+    keep = (d1 <= ratio * d2) & (d1 <= max_distance) & (idx[:, 0] >= 0)
+    ia = np.nonzero(keep)[0]
+    ib = idx[keep, 0]
+    # One-to-one: a keypoint of b claimed by several of a keeps its best.
+    if len(ib):
+        order = np.lexsort((d1[keep], ib))
+        first = np.ones(len(order), bool)
+        first[1:] = ib[order][1:] != ib[order][:-1]
+        sel = order[first]
+        ia, ib = ia[sel], ib[sel]
+    return ia, ib
+
+
+def verify(a: LocalFeatures, b: LocalFeatures, *, ratio: float = 0.8,
+           reproj: float = 6.0, min_matches: int = 6) -> Verification:
+    """Match a against b and fit a similarity transform with RANSAC."""
+    ia, ib = ratio_matches(a.desc, b.desc, ratio)
+    out = Verification(matches=len(ia))
+    if len(ia) < min_matches:
+        return out
+    pa, pb = a.xy[ia], b.xy[ib]
+    m, mask = cv2.estimateAffinePartial2D(pa, pb, method=cv2.RANSAC,
+                                          ransacReprojThreshold=reproj, maxIters=2000,
+                                          confidence=0.995, refineIters=10)
+    if m is None or mask is None:
+        return out
+    inl = mask.ravel().astype(bool)
+    out.inliers = int(inl.sum())
+    out.transform = np.round(m, 5).tolist()
+    out.points = np.round(np.hstack([pa[inl], pb[inl]]), 1).tolist()
+    return out
+
+
+def overlap_correlation(thumb_a: np.ndarray, thumb_b: np.ndarray, transform: list,
+                        work_a: tuple[int, int], work_b: tuple[int, int],
+                        min_pixels: int = 100) -> float:
+    """Correlation of two grey thumbnails where they overlap once aligned.
+
+    Keypoints can agree on a shared part (the same emoji, logo or screenshot
+    frame on two different photos); the pixels of the whole overlap agree only
+    for real copies. ``transform`` maps a's working-image pixels to b's. The
+    image that the transform shrinks is warped into the other's frame, so no
+    detail is invented. Returns the zero-mean normalised cross-correlation of
+    the overlapping pixels, or -1.0 when the overlap is too small to judge.
+    """
+    m = np.asarray(transform, dtype=np.float64).reshape(2, 3)
+    sa = thumb_a.shape[1] / work_a[0]
+    sb = thumb_b.shape[1] / work_b[0]
+    # In thumbnail pixels: x_b = S_b (M (x_a / S_a)).
+    t = np.vstack([m, [0, 0, 1]])
+    t = np.diag([sb, sb, 1]) @ t @ np.diag([1 / sa, 1 / sa, 1])
+    scale = float(np.sqrt(abs(np.linalg.det(t[:2, :2]))))
+    if scale <= 1.0:
+        src, dst, warp = thumb_a, thumb_b, t
+    else:
+        src, dst, warp = thumb_b, thumb_a, np.linalg.inv(t)
+    h, w = dst.shape[:2]
+    src_f = cv2.GaussianBlur(src.astype(np.float32), (0, 0), 1.0)
+    dst_f = cv2.GaussianBlur(dst.astype(np.float32), (0, 0), 1.0)
+    warped = cv2.warpAffine(src_f, warp[:2], (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.ones_like(src_f), warp[:2], (w, h), flags=cv2.INTER_NEAREST)
+    mask = cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0.5
+    if int(mask.sum()) < min_pixels:
+        return -1.0
+    x = warped[mask] - warped[mask].mean()
+    y = dst_f[mask] - dst_f[mask].mean()
+    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else -1.0

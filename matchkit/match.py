@@ -1,0 +1,268 @@
+"""From candidate pairs to evidence to a decision.
+
+Candidates come from two cheap sources: nearest neighbours in pHash space
+(global look) and votes of local descriptors (shared parts). Each candidate
+pair then collects evidence: pHash distance, colour agreement and, where the
+hashes do not settle it, geometric verification of local features followed
+by a photometric check of the aligned overlap. ``decide`` turns evidence into
+match / no match; a calibrated model can replace it (issue: calibration).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .candidates import phash_candidates, vote_candidates
+from .colour import histogram_similarity
+from .config import Settings
+from .gallery import ORB_KEY_STRIDE, Gallery
+from .hashing import PHASH_BITS, dihedral_distance
+from .io import ImageLoadError, load_image
+from .local import (LocalFeatures, Verification, extract_local, overlap_correlation, verify,
+                    working_grey)
+from .template import MIN_LOOKALIKES, content_mask, keypoints_in_mask
+
+
+@dataclass
+class PairEvidence:
+    """Everything measured about one candidate pair (ids a < b)."""
+
+    a: int
+    b: int
+    phash_distance: int
+    colour_similarity: float
+    votes: float = 0.0
+    verification: Verification | None = None
+    overlap_correlation: float | None = None
+    #: Why the pair matched: "phash", "phash+colour", "local" or "" (no match).
+    rule: str = ""
+    #: Local verification still to do (undecided so far).
+    pending: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def inliers(self) -> int:
+        return self.verification.inliers if self.verification else 0
+
+    def score(self) -> float:
+        """A rough similarity in [0, 1] for reports until a calibrated model exists."""
+        s = 1.0 - self.phash_distance / PHASH_BITS
+        if self.verification and self.rule == "local":
+            s = max(s, min(1.0, 0.5 + self.inliers / 100.0))
+        return round(s, 4)
+
+    def to_evidence(self) -> dict:
+        out = {"phash_distance": self.phash_distance,
+               "colour_similarity": round(self.colour_similarity, 4), "rule": self.rule}
+        if self.votes:
+            out["votes"] = round(self.votes, 2)
+        v = self.verification
+        if v is not None:
+            out.update(matches=v.matches, inliers=v.inliers,
+                       inlier_ratio=round(v.inlier_ratio, 3), transform=v.transform)
+            if self.overlap_correlation is not None:
+                out["overlap_correlation"] = round(self.overlap_correlation, 3)
+        return out
+
+
+class _LocalCache:
+    """Small LRU over the gallery's stored local features."""
+
+    def __init__(self, gallery: Gallery, size: int = 4096):
+        self.gallery, self.size, self.data = gallery, size, OrderedDict()
+
+    def get(self, image_id: int):
+        if image_id in self.data:
+            self.data.move_to_end(image_id)
+            return self.data[image_id]
+        value = self.gallery.local_features(image_id)
+        self.data[image_id] = value
+        if len(self.data) > self.size:
+            self.data.popitem(last=False)
+        return value
+
+
+def hash_rule(ev: PairEvidence, crowd: dict[int, int], settings: Settings) -> str:
+    """Match on global signals alone: "phash", "phash+colour" or ""."""
+    d = ev.phash_distance
+    if d <= settings.phash_strong_distance:
+        return "phash"
+    if d > settings.phash_max_distance or ev.colour_similarity < settings.colour_min_similarity:
+        return ""
+    bg = min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS))
+    return "phash+colour" if d <= bg - settings.crowd_margin else ""
+
+
+def local_rule(ev: PairEvidence, settings: Settings) -> str:
+    v = ev.verification
+    if v is None or v.inliers < settings.min_inliers:
+        return ""
+    if ev.overlap_correlation is None or ev.overlap_correlation < settings.min_overlap_correlation:
+        return ""
+    return "local"
+
+
+class PairMatcher:
+    """Candidates and global evidence up front; local verification on demand.
+
+    Building the matcher finds candidate pairs among ``ids`` and decides every
+    pair the global signals can decide. Pairs that need local verification
+    are marked ``pending``; ``verify`` checks a batch of them on worker
+    threads. Callers that cluster lazily (see ``cluster.lazy_star_clusters``)
+    only pay for the verifications that can change the result.
+    """
+
+    def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
+                 exclude: set[tuple[int, int]] = frozenset()):
+        self.settings = settings
+        self.cache = _LocalCache(gallery)
+        allowed = set(ids)
+        variants = gallery.phash_variants(ids)
+        plain = {i: variants[n] for n, i in enumerate(ids)}
+        found = phash_candidates(
+            gallery.phash_index, ids, variants,
+            max_distance=max(settings.phash_max_distance, settings.exact_check_distance),
+            neighbours=settings.neighbours, allowed=allowed,
+            collect_distance=settings.phash_candidate_distance if settings.local_features else None)
+        pairs: dict[tuple[int, int], int] = dict(found.pairs)
+
+        votes: dict[tuple[int, int], float] = {}
+        self.templated: dict[int, LocalFeatures] = {}
+        if settings.local_features:
+            self.templated = _content_features(gallery, ids, found, self.cache, settings)
+            queries = {}
+            for i in ids:
+                lf = self.cache.get(i)
+                if lf is not None:
+                    queries[i] = self.templated.get(i, lf[0]).desc[: settings.query_features]
+            votes = vote_candidates(
+                gallery.orb_index, queries, key_stride=ORB_KEY_STRIDE,
+                neighbours=settings.vote_neighbours, max_distance=settings.vote_max_distance,
+                per_query=settings.vote_candidates, allowed=allowed)
+            for pair in votes:
+                if pair not in pairs:
+                    a, b = pair
+                    pairs[pair] = dihedral_distance(plain[a], plain[b][0])
+
+        colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
+        self.evidence: list[PairEvidence] = []
+        for (a, b), d in sorted(pairs.items()):
+            if (a, b) in exclude:
+                continue
+            ev = PairEvidence(a, b, d, histogram_similarity(colours[a], colours[b]),
+                              votes=votes.get((a, b), 0.0))
+            if a in self.templated or b in self.templated:
+                ev.extra["template"] = True  # the frame is shared; only content may decide
+            else:
+                ev.rule = hash_rule(ev, found.crowd, settings)
+            ev.pending = settings.local_features and not ev.rule and _worth_verifying(ev, settings)
+            self.evidence.append(ev)
+
+    def verify(self, todo: list[PairEvidence]) -> None:
+        """Geometric + photometric verification of pending pairs, on worker threads
+        (OpenCV drops the GIL); features are read from SQLite on this thread."""
+        todo = [ev for ev in todo if ev.pending]
+        settings, templated = self.settings, self.templated
+
+        def work(item):
+            ev, fa, fb = item
+            _verify_pair(ev, fa, fb, templated)
+            ev.rule = local_rule(ev, settings)
+            ev.pending = False
+
+        n = settings.n_workers()
+        pool = ThreadPoolExecutor(max_workers=n) if n > 1 and len(todo) > 32 else None
+        try:
+            for start in range(0, len(todo), 512):
+                chunk = [(ev, self.cache.get(ev.a), self.cache.get(ev.b))
+                         for ev in todo[start:start + 512]]
+                if pool is None:
+                    for item in chunk:
+                        work(item)
+                else:
+                    list(pool.map(work, chunk, chunksize=8))
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+
+def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
+                exclude: set[tuple[int, int]] = frozenset()) -> list[PairEvidence]:
+    """Evidence and decision for every candidate pair among ``ids`` (all verified).
+
+    Returns every candidate pair examined (``rule`` empty when it did not
+    match). Pairs in ``exclude`` (already known exact copies) are skipped.
+    """
+    matcher = PairMatcher(gallery, ids, settings, exclude)
+    matcher.verify(matcher.evidence)
+    return matcher.evidence
+
+
+def _worth_verifying(ev: PairEvidence, settings: Settings) -> bool:
+    return ev.votes > 0 or ev.phash_distance <= settings.phash_candidate_distance
+
+
+def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings: Settings
+                      ) -> dict[int, LocalFeatures]:
+    """Content-only local features of images that sit in a template crowd."""
+    out: dict[int, LocalFeatures] = {}
+    for i in ids:
+        close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
+        if len(close) < MIN_LOOKALIKES:
+            continue
+        fi = cache.get(i)
+        if fi is None:
+            continue
+        looks = [f[1] for f in (cache.get(j) for j in close) if f is not None]
+        mask = content_mask(fi[1], looks)
+        if mask is None:
+            continue
+        feats = fi[0]
+        # The frame took most of the image's keypoints; look again, closely,
+        # at the content region only (it is often small: a photo in a screenshot).
+        closer = _features_in_region(gallery.get(i).path, mask, feats, settings)
+        if closer is not None:
+            feats = closer
+        out[i] = feats.subset(keypoints_in_mask(feats.xy, (feats.width, feats.height), mask))
+    return out
+
+
+def _features_in_region(path: str, mask: np.ndarray, feats: LocalFeatures,
+                        settings: Settings) -> LocalFeatures | None:
+    """ORB features of the mask's bounding box, at up to full resolution,
+    in the coordinates of the image's working frame."""
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return None
+    try:
+        img = load_image(path, max_pixels=settings.max_pixels).image
+    except ImageLoadError:
+        return None
+    mh, mw = mask.shape
+    sx, sy = img.width / mw, img.height / mh
+    box = (int(cols.min() * sx), int(rows.min() * sy),
+           int(np.ceil((cols.max() + 1) * sx)), int(np.ceil((rows.max() + 1) * sy)))
+    crop = img.crop(box)
+    grey = working_grey(crop, min(settings.work_side, max(crop.size)))
+    local = extract_local(grey, settings.n_features)
+    if not len(local):
+        return None
+    to_full = crop.width / grey.shape[1]
+    to_work = feats.width / img.width
+    xy = (local.xy * to_full + np.array(box[:2], np.float32)) * to_work
+    return LocalFeatures(xy.astype(np.float32), local.desc, feats.width, feats.height)
+
+
+def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures]) -> None:
+    if fa is None or fb is None:
+        return
+    (la, ta), (lb, tb) = fa, fb
+    la, lb = templated.get(ev.a, la), templated.get(ev.b, lb)
+    ev.verification = v = verify(la, lb)
+    if v.transform:
+        ev.overlap_correlation = overlap_correlation(
+            ta, tb, v.transform, (la.width, la.height), (lb.width, lb.height))

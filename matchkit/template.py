@@ -1,0 +1,63 @@
+"""Templates: the shared frame of images that only differ in one region.
+
+Screenshots of one app, scans of one form, photos pasted into the same
+social-media frame: such images sit in a dense crowd of look-alikes, and
+their local features match each other by hundreds through the frame alone.
+For an image in such a crowd we estimate the frame as the pixel-wise median
+of its look-alikes (the varying content averages out) and keep as "content"
+only the part of the image that differs from it. Local features of templated
+images vote and verify with their content keypoints only, so two different
+photos in the same frame do not match, while a photo still finds the
+screenshot it was pasted into.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: Fewer look-alikes of the same thumbnail size than this: no template estimate.
+MIN_LOOKALIKES = 8
+
+
+def content_mask(thumb: np.ndarray, lookalikes: list[np.ndarray], *,
+                 threshold: float = 24.0, max_content: float = 0.5) -> np.ndarray | None:
+    """Boolean mask (thumbnail pixels) of where ``thumb`` differs from its crowd's frame.
+
+    Returns None when there is no usable template: too few look-alikes of the
+    same size, or content covering more than ``max_content`` of the image (then
+    the "frame" is not what makes the image).
+    """
+    same = [t for t in lookalikes if t.shape == thumb.shape]
+    if len(same) < MIN_LOOKALIKES:
+        return None
+
+    def blur(a):
+        return cv2.GaussianBlur(a.astype(np.float32), (0, 0), 1.5)
+
+    looks = [blur(t) for t in same]
+    median = np.median(np.stack(looks), axis=0)
+    mask = (np.abs(blur(thumb) - median) > threshold).astype(np.uint8)
+    # Fill the content region (it is a block, not scattered pixels).
+    k = max(3, (min(thumb.shape) // 16) | 1)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
+    mask = cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0
+    if mask.mean() > max_content:
+        return None
+    # A real frame is shared pixel for pixel: enough look-alikes must agree
+    # with the median over this image's frame region (unrelated photos of the
+    # same size only agree where they are all flat).
+    frame = ~mask
+    agree = sum(float((np.abs(t - median)[frame] <= threshold).mean()) >= 0.9 for t in looks)
+    if agree < MIN_LOOKALIKES:
+        return None
+    return mask
+
+
+def keypoints_in_mask(xy: np.ndarray, work_size: tuple[int, int], mask: np.ndarray) -> np.ndarray:
+    """Which keypoints (working-image coordinates) fall inside a thumbnail mask."""
+    h, w = mask.shape
+    sx, sy = w / work_size[0], h / work_size[1]
+    cols = np.clip((xy[:, 0] * sx).astype(int), 0, w - 1)
+    rows = np.clip((xy[:, 1] * sy).astype(int), 0, h - 1)
+    return mask[rows, cols]

@@ -1,0 +1,136 @@
+"""Local features: each hard edit kind on generated images, templates, no chaining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from matchkit import Settings, dedupe
+from matchkit.io import shrink
+from matchkit.local import extract_local, overlap_correlation, verify, working_grey
+
+
+def textured(seed: int, size=(480, 360)) -> Image.Image:
+    """Busy, photo-like texture: many shapes over smooth noise (ORB needs corners)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.normal(128, 40, (h // 8, w // 8, 3)).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
+    d = ImageDraw.Draw(img)
+    for _ in range(60):
+        x0, y0 = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
+        x1, y1 = x0 + int(rng.integers(6, 60)), y0 + int(rng.integers(6, 60))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (d.rectangle if rng.random() < 0.5 else d.ellipse)((x0, y0, x1, y1), fill=fill)
+    return img
+
+
+EDITS = {
+    "crop50": lambda im: im.crop((60, 40, 60 + 340, 40 + 255)),
+    "rot17": lambda im: im.rotate(17, expand=True, fillcolor=(0, 0, 0)),
+    "text": lambda im: _draw(im, lambda d: [d.text((20, 40 + 30 * i), "COPYRIGHT 2024 matchkit",
+                                                   fill=(255, 255, 0)) for i in range(4)]),
+    "emoji": lambda im: _draw(im, lambda d: d.ellipse((150, 100, 290, 240), fill=(255, 220, 0))),
+    "thumb25": lambda im: im.resize((im.width // 4, im.height // 4), Image.Resampling.LANCZOS),
+    "blurjpeg": lambda im: _jpeg(im.filter(ImageFilter.GaussianBlur(1.5)), 15),
+    "padgray": lambda im: _pad(im, 80, (40, 160, 90)).convert("L"),
+    "jitter_rot10": lambda im: Image.eval(im, lambda v: min(255, int(v * 1.2) + 10)).rotate(10),
+}
+
+
+def _draw(im, fn):
+    im = im.copy()
+    fn(ImageDraw.Draw(im))
+    return im
+
+
+def _jpeg(im, q):
+    import io
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=q)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _pad(im, p, colour):
+    out = Image.new("RGB", (im.width + 2 * p, im.height + 2 * p), colour)
+    out.paste(im, (p, p))
+    return out
+
+
+def _features(img):
+    g = working_grey(img, 512)
+    return extract_local(g), np.asarray(shrink(img, 128).convert("L")), (g.shape[1], g.shape[0])
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_each_edit_verifies_against_original(edit):
+    orig = textured(1)
+    (fa, ta, sa), (fb, tb, sb) = _features(orig), _features(EDITS[edit](orig).convert("RGB"))
+    v = verify(fa, fb)
+    assert v.inliers >= 15, (edit, v.matches, v.inliers)
+    assert overlap_correlation(ta, tb, v.transform, sa, sb) > 0.5
+
+
+def test_unrelated_images_do_not_verify():
+    for seed in range(2, 6):
+        v = verify(_features(textured(1))[0], _features(textured(seed + 10))[0])
+        assert v.inliers < 12
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_dedupe_clusters_each_edit_with_its_original(tmp_path, edit):
+    orig = textured(3)
+    orig.save(tmp_path / "orig.png")
+    EDITS[edit](orig).save(tmp_path / f"{edit}.jpg", quality=90)
+    for i in range(4):  # unrelated images must stay out
+        textured(100 + i).save(tmp_path / f"other{i}.jpg", quality=90)
+    report = dedupe([tmp_path])
+    assert len(report.clusters) == 1, [c.members for c in report.clusters]
+    assert {Path(m).name for m in report.clusters[0].members} == {"orig.png", f"{edit}.jpg"}
+
+
+def _frame(size=(900, 600)) -> Image.Image:
+    """A fake app screenshot frame: toolbar, sidebar, text lines; a slot for a photo."""
+    rng = np.random.default_rng(7)
+    img = Image.new("RGB", size, (245, 245, 248))
+    d = ImageDraw.Draw(img)
+    d.rectangle((0, 0, size[0], 50), fill=(40, 60, 120))
+    for i in range(30):
+        y = 70 + 17 * i
+        d.text((10, y), f"Menu item {i} :: {int(rng.integers(1000, 9999))}", fill=(20, 20, 20))
+        d.rectangle((680, y, 680 + int(rng.integers(40, 200)), y + 8), fill=(90, 90, 90))
+    return img
+
+
+def test_screenshot_frame_does_not_match_other_screenshots(tmp_path):
+    """Ten photos pasted into one app frame: each screenshot matches only its photo."""
+    frame = _frame()
+    for i in range(10):
+        photo = textured(200 + i)
+        shot = frame.copy()
+        shot.paste(photo.resize((400, 300)), (230, 120))
+        shot.save(tmp_path / f"shot{i}.png")
+        if i < 3:
+            photo.save(tmp_path / f"photo{i}.jpg", quality=92)
+    report = dedupe([tmp_path])
+    groups = sorted(sorted(Path(m).name for m in c.members) for c in report.clusters)
+    for g in groups:
+        assert sum(n.startswith("shot") for n in g) <= 1, groups  # no frame-only matches
+    assert groups == [[f"photo{i}.jpg", f"shot{i}.png"] for i in range(3)]
+
+
+def test_no_chaining_across_local_matches(tmp_path):
+    """Left part ~ middle ~ right part: the two ends must not share a cluster."""
+    wide = textured(9, (1200, 360))
+    wide.save(tmp_path / "wide.png")  # highest resolution: the keeper
+    wide.crop((0, 0, 520, 360)).save(tmp_path / "left.png")
+    wide.crop((680, 0, 1200, 360)).save(tmp_path / "right.png")
+    report = dedupe([tmp_path])
+    for c in report.clusters:
+        names = {Path(m).name for m in c.members}
+        assert not {"left.png", "right.png"} <= names or Path(c.keep).name == "wide.png"
+        keeper_pairs = {Path(p.b).name for p in c.pairs if p.a == c.keep}
+        assert keeper_pairs == names - {Path(c.keep).name}
