@@ -64,21 +64,23 @@ def star_clusters(
         if a != b:
             adj[a].add(b)
             adj[b].add(a)
-    return lazy_star_clusters(nodes, adj, priority, confirm=lambda center, others: set(others))
+    return lazy_star_clusters(nodes, adj, priority,
+                              confirm=lambda center, others, taken: set(others))
 
 
 def lazy_star_clusters(
     nodes: Iterable[Hashable],
     candidates: dict,
     priority: Callable[[Hashable], tuple],
-    confirm: Callable[[Hashable, list], set],
+    confirm: Callable[[Hashable, list, set], set],
 ) -> list[Star]:
     """Star clustering where edges are confirmed only when they can matter.
 
     ``candidates[n]`` is the set of possible neighbours of ``n`` (symmetric).
     Nodes are visited best ``priority`` first; a visited node that is still
-    free asks ``confirm(node, free_candidates)`` which of its free candidates
-    really match, and takes them. The result equals star clustering on the
+    free asks ``confirm(node, free_candidates, taken)`` which nodes really
+    match it (its free candidates, or other free nodes it found and checked
+    itself), and takes them. The result equals star clustering on the
     confirmed graph, but an edge between two nodes already taken by a better
     keeper is never checked, which saves most of the work inside large groups.
     """
@@ -91,8 +93,8 @@ def lazy_star_clusters(
         free = sorted((n for n in candidates.get(center, ()) if n not in taken), key=priority)
         if not free:
             continue
-        ok = confirm(center, free)
-        members = [n for n in free if n in ok]
+        ok = confirm(center, free, taken)
+        members = sorted((n for n in ok if n not in taken), key=priority)
         if members:
             taken.update(members)
             stars.append(Star(center, [center, *members]))

@@ -42,7 +42,7 @@ class Settings:
     #: ORB keypoints kept per image (strongest first).
     n_features: int = 500
     #: Strongest descriptors per image that go into the descriptor index.
-    index_features: int = 200
+    index_features: int = 100
     #: Query descriptors per image when voting for candidates.
     query_features: int = 100
     #: Neighbours fetched per query descriptor.

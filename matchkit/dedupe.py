@@ -24,9 +24,15 @@ from .match import PairEvidence, PairMatcher
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
 
 
-def keeper_priority(img: StoredImage) -> tuple:
-    """Sort key, best first: highest resolution, then largest file, then oldest."""
-    return (-img.pixels, -img.size, img.mtime_ns, img.path)
+def keeper_priority(img: StoredImage, content_pixels: float | None = None) -> tuple:
+    """Sort key, best first: highest resolution, then largest file, then oldest.
+
+    Resolution counts the picture itself when known (``content_pixels``): a
+    screenshot or a padded copy is bigger than the photo inside it, but is
+    not the better copy of that photo.
+    """
+    effective = img.pixels if content_pixels is None else content_pixels
+    return (-round(effective), -img.size, img.mtime_ns, img.path)
 
 
 def dedupe(
@@ -118,8 +124,12 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
     # Work on exact-copy classes; each class is represented by its best member.
     rep = {}
     classes = {}
+    def priority(i: int) -> tuple:
+        return keeper_priority(images[i], matcher.content_pixels(i, images[i].pixels)
+                               if settings.local_features else None)
+
     for group in exact.groups():
-        group.sort(key=lambda i: keeper_priority(images[i]))
+        group.sort(key=priority)
         for i in group:
             rep[i] = group[0]
         classes[group[0]] = group
@@ -132,16 +142,50 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
             candidates[ra].add(rb)
             candidates[rb].add(ra)
 
-    def confirm(center: int, others: list[int]) -> set[int]:
-        """Verify (in one batch) only class pairs not already matched globally."""
-        keys = [(center, o) if center < o else (o, center) for o in others]
-        todo = [ev for k in keys if not any(e.rule for e in between[k])
-                for ev in between[k] if ev.pending]
-        matcher.verify(todo)
-        return {o for o, k in zip(others, keys) if any(ev.rule for ev in between[k])}
+    def key(x: int, y: int) -> tuple[int, int]:
+        return (x, y) if x < y else (y, x)
 
-    stars = lazy_star_clusters(classes.keys(), candidates,
-                               lambda r: keeper_priority(images[r]), confirm)
+    def matched(x: int, y: int) -> PairEvidence | None:
+        return next((ev for ev in between[key(x, y)] if ev.rule), None)
+
+    def confirm(center: int, others: list[int], taken: set[int]) -> set[int]:
+        """Verify (in one batch) only class pairs not already matched globally;
+        then look one hop further: images matched to a new member are checked
+        against the keeper directly (a flipped copy of the original found via
+        the original). An edge still needs its own verification: no chaining."""
+        todo = [ev for o in others if not matched(center, o)
+                for ev in between[key(center, o)] if ev.pending]
+        matcher.verify(todo)
+        ok = {o for o in others if matched(center, o)}
+        hop: dict[int, bool] = {}
+        for m in ok:
+            via = matched(center, m)
+            for x in candidates[m]:
+                if x == center or x in taken or x in ok:
+                    continue
+                second = matched(m, x) or next(
+                    (ev for ev in between[key(m, x)] if ev.pending), None)
+                if second is None:
+                    continue
+                mirror = _mirrored(via) != _mirrored(second)
+                # Already compared with the keeper? Only worth redoing if the
+                # path says "mirror image" and that was not tried.
+                tried = between.get(key(center, x), [])
+                if not tried or (mirror and not any(ev.extra.get("reflect") for ev in tried)):
+                    hop[x] = mirror
+        if hop:
+            fresh = [matcher.evidence_between(center, x, reflect=r) for x, r in hop.items()]
+            matcher.verify(fresh)
+            for ev in fresh:
+                between.setdefault(key(ev.a, ev.b), []).append(ev)
+                other = ev.b if ev.a == center else ev.a
+                candidates[center].add(other)
+                candidates[other].add(center)
+                if ev.rule:
+                    ok.add(other)
+        return ok
+
+    stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
     # Evidence between two classes: the strongest matched pair of their members.
     class_edge = {key: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
                   for key, evs in between.items() if any(ev.rule for ev in evs)}
@@ -171,6 +215,13 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         clusters.append(ClusterResult(images[keep].path, [images[m].path for m in members], pairs))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near
+
+
+def _mirrored(ev: PairEvidence) -> bool:
+    """Whether a matched pair relates its images through a mirror image."""
+    if ev.rule == "local" and ev.verification is not None:
+        return ev.verification.mirrored
+    return bool(ev.extra.get("reflect"))
 
 
 def _progress_bar(total: int, enabled: bool):

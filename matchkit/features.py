@@ -59,11 +59,15 @@ def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRe
     except OSError as e:
         raise ImageLoadError(path, f"cannot read file: {e.strerror or e}") from None
     loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels)
-    thumb = shrink(loaded.image, settings.hash_side)
+    image = loaded.image
     local = grey_thumb = None
     if settings.local_features:
-        local = extract_local(working_grey(loaded.image, settings.work_side), settings.n_features)
-        grey_thumb = np.asarray(shrink(loaded.image, settings.thumb_side).convert("L"))
+        grey = working_grey(image, settings.work_side)
+        local = extract_local(grey, settings.n_features)
+        # Smaller views come from the (already reduced) decode, not the file.
+        image = shrink(image, max(settings.thumb_side, settings.hash_side))
+        grey_thumb = np.asarray(shrink(image, settings.thumb_side).convert("L"))
+    thumb = shrink(image, settings.hash_side)
     return ImageRecord(
         path=str(path),
         size=st.st_size,

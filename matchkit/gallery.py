@@ -267,7 +267,8 @@ class Gallery:
         file = self._index_file(name)
         stamp = self._meta(f"{name}_index_generation")
         # Local descriptors are many and only vote: a sparser, faster graph is enough.
-        params = {} if name == "phash" else {"connectivity": 8, "expansion_search": 32}
+        params = {} if name == "phash" else {"connectivity": 8, "expansion_add": 32,
+                                             "expansion_search": 32}
         nbits = PHASH_BITS if name == "phash" else 256
         if file.exists() and stamp is not None and int(stamp) == self.generation:
             try:
@@ -281,15 +282,19 @@ class Gallery:
             if pairs:
                 idx.add(np.array([k for k, _ in pairs]), np.stack([c for _, c in pairs]))
         else:
-            for image_id, desc in self._db.execute("SELECT image_id, descriptors FROM local_features"):
-                self._add_orb(idx, image_id, np.frombuffer(desc, np.uint8).reshape(-1, 32))
+            rows = self._db.execute("SELECT image_id, descriptors FROM local_features")
+            self._add_orb(idx, [(i, np.frombuffer(d, np.uint8).reshape(-1, 32)) for i, d in rows])
         self._dirty.add(name)
         return idx
 
-    def _add_orb(self, idx: HammingIndex, image_id: int, desc: np.ndarray) -> None:
-        top = desc[: self.settings.index_features]
-        if len(top):
-            idx.add(image_id * ORB_KEY_STRIDE + np.arange(len(top)), top)
+    def _add_orb(self, idx: HammingIndex, items: list[tuple[int, np.ndarray]]) -> None:
+        """Index the strongest descriptors of each (image_id, descriptors); the
+        caller has removed any earlier ones for these ids."""
+        tops = [(i, d[: self.settings.index_features]) for i, d in items]
+        tops = [(i, d) for i, d in tops if len(d)]
+        if tops:
+            keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in tops])
+            idx.add(keys, np.concatenate([d for _, d in tops]), replace=False)
 
     def _remove_orb(self, idx: HammingIndex, ids: Iterable[int]) -> None:
         idx.remove([i * ORB_KEY_STRIDE + j for i in ids for j in range(self.settings.index_features)])
@@ -427,12 +432,11 @@ class Gallery:
             raise
         index.remove(gone)
         if new_keys:
-            index.add(np.array(new_keys), np.stack(new_codes))
+            index.add(np.array(new_keys), np.stack(new_codes))  # replaces updated images
         self._dirty.add("phash")
         if orb is not None:
             self._remove_orb(orb, gone + [k for k, _ in new_local])
-            for image_id, desc in new_local:
-                self._add_orb(orb, image_id, desc)
+            self._add_orb(orb, new_local)
             self._dirty.add("orb")
 
     def remove(self, paths_or_ids: Iterable[str | int | os.PathLike]) -> int:

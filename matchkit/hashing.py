@@ -111,5 +111,16 @@ def hamming(a: bytes | np.ndarray, b: bytes | np.ndarray) -> int:
 
 def dihedral_distance(variants_a: np.ndarray, b: bytes | np.ndarray) -> int:
     """Smallest Hamming distance between any variant of A and the plain hash of B."""
+    return dihedral_match(variants_a, b)[0]
+
+
+def dihedral_match(variants_a: np.ndarray, b: bytes | np.ndarray) -> tuple[int, int]:
+    """(distance, index into DIHEDRAL) of A's variant closest to the plain hash of B."""
     x = np.asarray(variants_a, np.uint8) ^ np.frombuffer(bytes(b), np.uint8)[None, :]
-    return int(_POPCOUNT[x].sum(axis=1).min())
+    d = _POPCOUNT[x].sum(axis=1)
+    v = int(d.argmin())
+    return int(d[v]), v
+
+
+#: Dihedral variants that mirror the image (determinant -1).
+REFLECTIONS = frozenset({1, 2, 4, 7})

@@ -24,13 +24,14 @@ class HammingIndex:
     """Packed binary codes keyed by integer ids (image ids)."""
 
     def __init__(self, nbits: int, *, threads: int = 0, connectivity: int = 16,
-                 expansion_search: int = 64):
+                 expansion_add: int = 128, expansion_search: int = 64):
         if nbits % 8:
             raise ValueError("nbits must be a multiple of 8")
         self.nbits = nbits
         self.threads = threads
         self._index = Index(ndim=nbits, metric="hamming", dtype="b1",
-                            connectivity=connectivity, expansion_search=expansion_search)
+                            connectivity=connectivity, expansion_add=expansion_add,
+                            expansion_search=expansion_search)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -38,15 +39,17 @@ class HammingIndex:
     def __contains__(self, key: int) -> bool:
         return bool(self._index.contains(int(key)))
 
-    def add(self, keys: np.ndarray, codes: np.ndarray) -> None:
-        """Add (or replace) codes, shape (n, nbits/8) uint8, under ``keys``."""
+    def add(self, keys: np.ndarray, codes: np.ndarray, *, replace: bool = True) -> None:
+        """Add codes, shape (n, nbits/8) uint8, under ``keys``; existing keys are
+        replaced unless the caller promises they are new (``replace=False``)."""
         keys = np.asarray(keys, dtype=np.uint64)
         if len(keys) == 0:
             return
         codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(keys), -1)
-        present = [k for k in keys.tolist() if self._index.contains(k)]
-        if present:
-            self._index.remove(present)
+        if replace:
+            present = [k for k in keys.tolist() if self._index.contains(k)]
+            if present:
+                self._index.remove(present)
         self._index.add(keys, codes, threads=self.threads)
 
     def remove(self, keys) -> None:

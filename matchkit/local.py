@@ -111,10 +111,20 @@ class Verification:
 
     @property
     def scale(self) -> float:
+        """Geometric-mean scale of the transform (area ratio ** 0.5)."""
         if not self.transform:
             return 0.0
-        (a, b, _), _ = self.transform
-        return float(np.hypot(a, b))
+        (a, b, _), (c, d, _) = self.transform
+        return float(abs(a * d - b * c) ** 0.5)
+
+
+def plausible_affine(m: np.ndarray, max_stretch: float = 3.0) -> bool:
+    """An edit, not a degenerate fit: no mirroring, bounded scale and stretch."""
+    a = np.asarray(m, np.float64)[:, :2]
+    if np.linalg.det(a) <= 0:
+        return False
+    s = np.linalg.svd(a, compute_uv=False)
+    return bool(s[1] > 0 and s[0] / s[1] <= max_stretch and 1 / 16 <= s[1] and s[0] <= 16)
 
 
 def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = 0.8,
@@ -145,10 +155,11 @@ def verify(a: LocalFeatures, b: LocalFeatures, *, ratio: float = 0.8,
     if len(ia) < min_matches:
         return out
     pa, pb = a.xy[ia], b.xy[ib]
-    m, mask = cv2.estimateAffinePartial2D(pa, pb, method=cv2.RANSAC,
-                                          ransacReprojThreshold=reproj, maxIters=2000,
-                                          confidence=0.995, refineIters=10)
-    if m is None or mask is None:
+    # Full affine: copies get stretched (resized to a square) as well as
+    # rotated and scaled. Degenerate or mirroring fits are rejected below.
+    m, mask = cv2.estimateAffine2D(pa, pb, method=cv2.RANSAC, ransacReprojThreshold=reproj,
+                                   maxIters=2000, confidence=0.995, refineIters=10)
+    if m is None or mask is None or not plausible_affine(m):
         return out
     inl = mask.ravel().astype(bool)
     out.inliers = int(inl.sum())
@@ -159,15 +170,18 @@ def verify(a: LocalFeatures, b: LocalFeatures, *, ratio: float = 0.8,
 
 def overlap_correlation(thumb_a: np.ndarray, thumb_b: np.ndarray, transform: list,
                         work_a: tuple[int, int], work_b: tuple[int, int],
-                        min_pixels: int = 100) -> float:
+                        min_pixels: int = 100, content_a: np.ndarray | None = None,
+                        content_b: np.ndarray | None = None) -> float:
     """Correlation of two grey thumbnails where they overlap once aligned.
 
     Keypoints can agree on a shared part (the same emoji, logo or screenshot
     frame on two different photos); the pixels of the whole overlap agree only
     for real copies. ``transform`` maps a's working-image pixels to b's. The
     image that the transform shrinks is warped into the other's frame, so no
-    detail is invented. Returns the zero-mean normalised cross-correlation of
-    the overlapping pixels, or -1.0 when the overlap is too small to judge.
+    detail is invented. ``content_a``/``content_b`` (boolean masks, thumbnail
+    pixels) leave out what is not the picture: padding, a screenshot's frame.
+    Returns the zero-mean normalised cross-correlation of the overlapping
+    pixels, or -1.0 when the overlap is too small to judge.
     """
     m = np.asarray(transform, dtype=np.float64).reshape(2, 3)
     sa = thumb_a.shape[1] / work_a[0]
@@ -177,15 +191,18 @@ def overlap_correlation(thumb_a: np.ndarray, thumb_b: np.ndarray, transform: lis
     t = np.diag([sb, sb, 1]) @ t @ np.diag([1 / sa, 1 / sa, 1])
     scale = float(np.sqrt(abs(np.linalg.det(t[:2, :2]))))
     if scale <= 1.0:
-        src, dst, warp = thumb_a, thumb_b, t
+        src, dst, warp, src_keep, dst_keep = thumb_a, thumb_b, t, content_a, content_b
     else:
-        src, dst, warp = thumb_b, thumb_a, np.linalg.inv(t)
+        src, dst, warp, src_keep, dst_keep = thumb_b, thumb_a, np.linalg.inv(t), content_b, content_a
     h, w = dst.shape[:2]
     src_f = cv2.GaussianBlur(src.astype(np.float32), (0, 0), 1.0)
     dst_f = cv2.GaussianBlur(dst.astype(np.float32), (0, 0), 1.0)
     warped = cv2.warpAffine(src_f, warp[:2], (w, h), flags=cv2.INTER_LINEAR)
-    mask = cv2.warpAffine(np.ones_like(src_f), warp[:2], (w, h), flags=cv2.INTER_NEAREST)
+    valid = np.ones_like(src_f) if src_keep is None else src_keep.astype(np.float32)
+    mask = cv2.warpAffine(valid, warp[:2], (w, h), flags=cv2.INTER_NEAREST)
     mask = cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0.5
+    if dst_keep is not None:
+        mask &= dst_keep
     if int(mask.sum()) < min_pixels:
         return -1.0
     x = warped[mask] - warped[mask].mean()

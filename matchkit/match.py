@@ -20,11 +20,11 @@ from .candidates import phash_candidates, vote_candidates
 from .colour import histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import PHASH_BITS, dihedral_distance
+from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match
 from .io import ImageLoadError, load_image
 from .local import (LocalFeatures, Verification, extract_local, overlap_correlation, verify,
                     working_grey)
-from .template import MIN_LOOKALIKES, content_mask, keypoints_in_mask
+from .template import MIN_LOOKALIKES, content_box, content_mask, keypoints_in_mask
 
 
 @dataclass
@@ -119,6 +119,7 @@ class PairMatcher:
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
                  exclude: set[tuple[int, int]] = frozenset()):
         self.settings = settings
+        self.gallery = gallery
         self.cache = _LocalCache(gallery)
         allowed = set(ids)
         variants = gallery.phash_variants(ids)
@@ -132,8 +133,12 @@ class PairMatcher:
 
         votes: dict[tuple[int, int], float] = {}
         self.templated: dict[int, LocalFeatures] = {}
+        #: Content masks (thumbnail pixels): template content or the area inside
+        #: flat borders; None for images that are content edge to edge.
+        self._masks: dict[int, np.ndarray | None] = {}
         if settings.local_features:
-            self.templated = _content_features(gallery, ids, found, self.cache, settings)
+            self.templated = _content_features(gallery, ids, found, self.cache, settings,
+                                               self._masks)
             queries = {}
             for i in ids:
                 lf = self.cache.get(i)
@@ -149,12 +154,16 @@ class PairMatcher:
                     pairs[pair] = dihedral_distance(plain[a], plain[b][0])
 
         colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
+        self.paths = {i: img.path for i, img in gallery.images(ids).items()}
+        self._mirrored: dict[int, tuple | None] = {}
         self.evidence: list[PairEvidence] = []
         for (a, b), d in sorted(pairs.items()):
             if (a, b) in exclude:
                 continue
             ev = PairEvidence(a, b, d, histogram_similarity(colours[a], colours[b]),
                               votes=votes.get((a, b), 0.0))
+            if dihedral_match(plain[a], plain[b][0])[1] in REFLECTIONS:
+                ev.extra["reflect"] = True
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
             else:
@@ -169,8 +178,9 @@ class PairMatcher:
         settings, templated = self.settings, self.templated
 
         def work(item):
-            ev, fa, fb = item
-            _verify_pair(ev, fa, fb, templated)
+            ev, fa, fb, ma, mb = item
+            _verify_pair(ev, fa, fb, templated, settings, ma, mb,
+                         mirrored=(lambda: self.mirrored(ev.b, fb[1])) if fb else None)
             ev.rule = local_rule(ev, settings)
             ev.pending = False
 
@@ -178,8 +188,11 @@ class PairMatcher:
         pool = ThreadPoolExecutor(max_workers=n) if n > 1 and len(todo) > 32 else None
         try:
             for start in range(0, len(todo), 512):
-                chunk = [(ev, self.cache.get(ev.a), self.cache.get(ev.b))
-                         for ev in todo[start:start + 512]]
+                chunk = []
+                for ev in todo[start:start + 512]:
+                    fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
+                    chunk.append((ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
+                                  self.content_mask(ev.b, fb[1] if fb else None)))
                 if pool is None:
                     for item in chunk:
                         work(item)
@@ -188,6 +201,42 @@ class PairMatcher:
         finally:
             if pool is not None:
                 pool.shutdown()
+
+
+    def content_mask(self, image_id: int, thumb: np.ndarray | None = None) -> np.ndarray | None:
+        """Where the picture is, in thumbnail pixels (None: everywhere)."""
+        if image_id not in self._masks:
+            if thumb is None:
+                lf = self.cache.get(image_id)
+                thumb = lf[1] if lf is not None else None
+            box = content_box(thumb) if thumb is not None else None
+            self._masks[image_id] = None if box is None or box.all() else box
+        return self._masks[image_id]
+
+    def content_pixels(self, image_id: int, pixels: int) -> float:
+        """Pixels of the picture itself: without a template frame or flat borders."""
+        mask = self.content_mask(image_id)
+        return pixels * (1.0 if mask is None else float(mask.mean()))
+
+    def evidence_between(self, a: int, b: int, reflect: bool) -> PairEvidence:
+        """Fresh, pending evidence for a pair found outside the candidate search."""
+        a, b = min(a, b), max(a, b)
+        va, vb = self.gallery.phash_variants([a, b])
+        cols = self.gallery.colours([a, b])
+        ev = PairEvidence(a, b, dihedral_distance(va, vb[0]),
+                          histogram_similarity(cols[a], cols[b]))
+        ev.extra["reflect"] = reflect
+        ev.extra["second_hop"] = True
+        ev.pending = self.settings.local_features
+        return ev
+
+    def mirrored(self, image_id: int, thumb: np.ndarray):
+        """Mirrored features of one image, computed once per run (thread-safe enough:
+        a race only computes the same value twice)."""
+        if image_id not in self._mirrored:
+            self._mirrored[image_id] = mirrored_features(
+                self.paths[image_id], thumb, self.settings)
+        return self._mirrored[image_id]
 
 
 def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
@@ -206,9 +255,10 @@ def _worth_verifying(ev: PairEvidence, settings: Settings) -> bool:
     return ev.votes > 0 or ev.phash_distance <= settings.phash_candidate_distance
 
 
-def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings: Settings
-                      ) -> dict[int, LocalFeatures]:
-    """Content-only local features of images that sit in a template crowd."""
+def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings: Settings,
+                      masks: dict[int, np.ndarray]) -> dict[int, LocalFeatures]:
+    """Content-only local features of images that sit in a template crowd;
+    ``masks`` receives each such image's content mask (thumbnail pixels)."""
     out: dict[int, LocalFeatures] = {}
     for i in ids:
         close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
@@ -221,6 +271,7 @@ def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings
         mask = content_mask(fi[1], looks)
         if mask is None:
             continue
+        masks[i] = mask
         feats = fi[0]
         # The frame took most of the image's keypoints; look again, closely,
         # at the content region only (it is often small: a photo in a screenshot).
@@ -257,12 +308,47 @@ def _features_in_region(path: str, mask: np.ndarray, feats: LocalFeatures,
     return LocalFeatures(xy.astype(np.float32), local.desc, feats.width, feats.height)
 
 
-def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures]) -> None:
+def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
+                 settings: Settings, mask_a=None, mask_b=None, mirrored=None) -> None:
+    """Verify a against b; for pairs whose hashes align best under a reflection,
+    also against b mirrored (``mirrored()`` gives b's mirrored features)."""
     if fa is None or fb is None:
         return
     (la, ta), (lb, tb) = fa, fb
     la, lb = templated.get(ev.a, la), templated.get(ev.b, lb)
+    _check(ev, la, ta, lb, tb, mask_a, mask_b)
+    if (mirrored is not None and ev.extra.get("reflect") and ev.b not in templated
+            and not local_rule(ev, settings)):
+        mb = mirrored()
+        if mb is not None:
+            before = (ev.verification, ev.overlap_correlation)
+            _check(ev, la, ta, mb[0], mb[1], mask_a,
+                   None if mask_b is None else np.ascontiguousarray(mask_b[:, ::-1]))
+            if ev.verification.inliers > before[0].inliers:
+                ev.verification.mirrored = True
+            else:
+                ev.verification, ev.overlap_correlation = before
+
+
+def _check(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
     ev.verification = v = verify(la, lb)
+    ev.overlap_correlation = None
     if v.transform:
         ev.overlap_correlation = overlap_correlation(
-            ta, tb, v.transform, (la.width, la.height), (lb.width, lb.height))
+            ta, tb, v.transform, (la.width, la.height), (lb.width, lb.height),
+            content_a=mask_a, content_b=mask_b)
+
+
+def mirrored_features(path: str, thumb: np.ndarray, settings: Settings
+                      ) -> tuple[LocalFeatures, np.ndarray] | None:
+    """Local features and thumbnail of the left-right mirror of an image.
+
+    ORB descriptors are not mirror-symmetric, so a flipped copy is verified
+    against features found on the mirrored picture (in the mirrored frame).
+    """
+    try:
+        img = load_image(path, max_side=settings.work_side, max_pixels=settings.max_pixels).image
+    except ImageLoadError:
+        return None
+    grey = np.ascontiguousarray(working_grey(img, settings.work_side)[:, ::-1])
+    return extract_local(grey, settings.n_features), np.ascontiguousarray(thumb[:, ::-1])

@@ -61,3 +61,39 @@ def keypoints_in_mask(xy: np.ndarray, work_size: tuple[int, int], mask: np.ndarr
     cols = np.clip((xy[:, 0] * sx).astype(int), 0, w - 1)
     rows = np.clip((xy[:, 1] * sy).astype(int), 0, h - 1)
     return mask[rows, cols]
+
+
+def border_box(thumb: np.ndarray, tolerance: float = 4.0) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the thumbnail without flat borders
+    (padding, letterboxing); the whole thumbnail when there are none."""
+    t = thumb.astype(np.float32)
+    h, w = t.shape[:2]
+
+    def flat(line: np.ndarray, ref: float) -> bool:
+        return float(line.std()) <= tolerance and abs(float(line.mean()) - ref) <= tolerance
+
+    ref = float(np.median(np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]])))
+    top, bottom, left, right = 0, h, 0, w
+    while top < bottom - 1 and flat(t[top], ref):
+        top += 1
+    while bottom - 1 > top and flat(t[bottom - 1], ref):
+        bottom -= 1
+    while left < right - 1 and flat(t[top:bottom, left], ref):
+        left += 1
+    while right - 1 > left and flat(t[top:bottom, right - 1], ref):
+        right -= 1
+    return top, bottom, left, right
+
+
+def border_trim(thumb: np.ndarray) -> tuple[float, float]:
+    """Fractions of width and height left after trimming flat borders."""
+    top, bottom, left, right = border_box(thumb)
+    return (right - left) / thumb.shape[1], (bottom - top) / thumb.shape[0]
+
+
+def content_box(thumb: np.ndarray) -> np.ndarray:
+    """Boolean mask of the thumbnail without its flat borders."""
+    top, bottom, left, right = border_box(thumb)
+    mask = np.zeros(thumb.shape[:2], bool)
+    mask[top:bottom, left:right] = True
+    return mask
