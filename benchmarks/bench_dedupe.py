@@ -81,7 +81,7 @@ def main() -> None:
                     help="comma-separated colour-similarity minimums to try with --sweep")
     ap.add_argument("--margin-sweep", default=None,
                     help="comma-separated crowd margins to try with --sweep")
-    ap.add_argument("--methods", default="matchkit,imagehash")
+    ap.add_argument("--methods", default="matchkit,matchkit-hash-only,imagehash")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
 
@@ -101,7 +101,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for method in args.methods.split(","):
-            r = run_matchkit(folder, tmp, []) if method == "matchkit" else run_imagehash(folder, tmp)
+            if method == "matchkit":
+                r = run_matchkit(folder, tmp, [])
+            elif method == "matchkit-hash-only":
+                r = run_matchkit(folder, tmp, ["--hash-only"])
+            else:
+                r = run_imagehash(folder, tmp)
             pred = C.pairs_from_groups(r["clusters"])
             rows.append({"method": method, **C.score(pred, truth), "wall_s": r["wall_s"],
                          "images_per_s": n_images / r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]})

@@ -68,8 +68,11 @@ def cli() -> None:
               help="Skip files with more pixels than this (decompression-bomb guard).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Worker processes for decoding (default: one per core).")
+@click.option("--hash-only", is_flag=True,
+              help="Skip local features: several times faster, but misses crops, "
+                   "arbitrary rotations, overlays and screenshots.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, quiet):
+def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
@@ -80,10 +83,11 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
     Example:
       matchkit dedupe photos/ more-photos/ --json dupes.json --csv dupes.csv
       matchkit dedupe photos/ --gallery ~/.matchkit/photos --json - | jq .stats
+      matchkit dedupe big-archive/ --hash-only --csv dupes.csv
     """
     try:
         settings = Settings().with_(phash_max_distance=threshold, max_pixels=max_pixels,
-                                    workers=workers)
+                                    workers=workers, local_features=False if hash_only else None)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet)
     except FileNotFoundError as e:
         _fail(str(e))

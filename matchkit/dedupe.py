@@ -163,8 +163,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
             for x in candidates[m]:
                 if x == center or x in taken or x in ok:
                     continue
+                # A matched edge, or a pending one the local descriptors voted for.
                 second = matched(m, x) or next(
-                    (ev for ev in between[key(m, x)] if ev.pending), None)
+                    (ev for ev in between[key(m, x)] if ev.pending and ev.votes >= 3.0), None)
                 if second is None:
                     continue
                 mirror = _mirrored(via) != _mirrored(second)
@@ -185,7 +186,10 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
                     ok.add(other)
         return ok
 
-    stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
+    try:
+        stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
+    finally:
+        matcher.close()
     # Evidence between two classes: the strongest matched pair of their members.
     class_edge = {key: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
                   for key, evs in between.items() if any(ev.rule for ev in evs)}

@@ -184,23 +184,32 @@ class PairMatcher:
             ev.rule = local_rule(ev, settings)
             ev.pending = False
 
-        n = settings.n_workers()
-        pool = ThreadPoolExecutor(max_workers=n) if n > 1 and len(todo) > 32 else None
-        try:
-            for start in range(0, len(todo), 512):
-                chunk = []
-                for ev in todo[start:start + 512]:
-                    fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
-                    chunk.append((ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
-                                  self.content_mask(ev.b, fb[1] if fb else None)))
-                if pool is None:
-                    for item in chunk:
-                        work(item)
-                else:
-                    list(pool.map(work, chunk, chunksize=8))
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        pool = self._pool if len(todo) > 8 else None
+        for start in range(0, len(todo), 512):
+            chunk = []
+            for ev in todo[start:start + 512]:
+                fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
+                chunk.append((ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
+                              self.content_mask(ev.b, fb[1] if fb else None)))
+            if pool is None:
+                for item in chunk:
+                    work(item)
+            else:
+                list(pool.map(work, chunk, chunksize=max(1, len(chunk) // 16)))
+
+    @property
+    def _pool(self) -> ThreadPoolExecutor | None:
+        """One worker pool for the matcher's lifetime (threads end with the process)."""
+        if self.settings.n_workers() <= 1:
+            return None
+        if getattr(self, "_threads", None) is None:
+            self._threads = ThreadPoolExecutor(max_workers=self.settings.n_workers())
+        return self._threads
+
+    def close(self) -> None:
+        if getattr(self, "_threads", None) is not None:
+            self._threads.shutdown()
+            self._threads = None
 
 
     def content_mask(self, image_id: int, thumb: np.ndarray | None = None) -> np.ndarray | None:
