@@ -53,13 +53,13 @@ def transformed_edits(path: Path, out: Path) -> None:
     _save(im.resize((side, side), Image.Resampling.LANCZOS), out / f"{stem}__square.jpg")
 
 
-def _rng(path: Path):
+def _rng(path: Path, salt: str = ""):
     import hashlib
     import random
-    return random.Random(int(hashlib.sha256(path.name.encode()).hexdigest()[:16], 16))
+    return random.Random(int(hashlib.sha256((salt + path.name).encode()).hexdigest()[:16], 16))
 
 
-def hard_edits(path: Path, out: Path) -> None:
+def hard_edits(path: Path, out: Path, salt: str = "") -> None:
     """DISC21-style edits with AugLy (seeded per photo, so the set is reproducible).
 
     crop to ~50% of the area, text overlay, emoji overlay, blur + JPEG q15,
@@ -71,14 +71,15 @@ def hard_edits(path: Path, out: Path) -> None:
     import augly.image as A
     import augly.utils as AU
 
-    rng = _rng(path)
+    rng = _rng(path, salt)
     stem = path.stem
-    shutil.copyfile(path, out / f"{stem}__orig{path.suffix.lower()}")
+    if not salt:
+        shutil.copyfile(path, out / f"{stem}__orig{path.suffix.lower()}")
     with Image.open(path) as im:
         im = im.convert("RGB")
     side = 0.5 ** 0.5
     x1, y1 = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
-    _save(A.crop(im, x1=x1, y1=y1, x2=x1 + side, y2=y1 + side), out / f"{stem}__crop50.jpg")
+    _save(A.crop(im, x1=x1, y1=y1, x2=x1 + side, y2=y1 + side), out / f"{stem}__crop50{salt}.jpg")
 
     fonts = sorted(Path(AU.FONTS_DIR).glob("*.ttf"))
     colour = tuple(rng.randrange(256) for _ in range(3))
@@ -94,28 +95,31 @@ def hard_edits(path: Path, out: Path) -> None:
             break
         except RuntimeError:
             continue
-    _save(edited, out / f"{stem}__text.jpg")
+    _save(edited, out / f"{stem}__text{salt}.jpg")
 
     emojis = sorted(Path(AU.EMOJI_DIR).rglob("*.png"))
     _save(A.overlay_emoji(im, emoji_path=str(emojis[rng.randrange(len(emojis))]),
                           emoji_size=rng.uniform(0.2, 0.35), x_pos=rng.uniform(0, 0.6),
-                          y_pos=rng.uniform(0, 0.6)), out / f"{stem}__emoji.jpg")
+                          y_pos=rng.uniform(0, 0.6)), out / f"{stem}__emoji{salt}.jpg")
     _save(A.encoding_quality(A.blur(im, radius=rng.uniform(1.5, 3.0)), quality=15),
-          out / f"{stem}__blurq15.jpg")
+          out / f"{stem}__blurq15{salt}.jpg")
     pad_colour = tuple(rng.randrange(256) for _ in range(3))
     _save(A.grayscale(A.pad(im, w_factor=rng.uniform(0.1, 0.3), h_factor=rng.uniform(0.1, 0.3),
-                            color=pad_colour)), out / f"{stem}__padgray.jpg")
+                            color=pad_colour)), out / f"{stem}__padgray{salt}.jpg")
     jit = A.color_jitter(im, brightness_factor=rng.uniform(0.7, 1.3),
                          contrast_factor=rng.uniform(0.7, 1.3),
                          saturation_factor=rng.uniform(0.5, 1.5))
-    _save(A.rotate(jit, degrees=rng.choice([-10, 10])), out / f"{stem}__jitrot10.jpg")
+    _save(A.rotate(jit, degrees=rng.choice([-10, 10])), out / f"{stem}__jitrot10{salt}.jpg")
     template = Path(AU.SCREENSHOT_TEMPLATES_DIR) / rng.choice(["web.png", "mobile.png"])
     _save(A.overlay_onto_screenshot(im, template_filepath=str(template)),
-          out / f"{stem}__screenshot.jpg")
-    _save(A.scale(im, factor=0.25), out / f"{stem}__scale25.jpg")
+          out / f"{stem}__screenshot{salt}.jpg")
+    _save(A.scale(im, factor=0.25), out / f"{stem}__scale25{salt}.jpg")
 
 
-BUILDERS = {"transformed": transformed_edits, "hard": hard_edits}
+BUILDERS = {"transformed": transformed_edits, "hard": hard_edits,
+            # More edits per photo, for scaling runs (no second copy of the original).
+            "hard-b": lambda p, out: hard_edits(p, out, salt="b"),
+            "hard-c": lambda p, out: hard_edits(p, out, salt="c")}
 
 
 def build(kind: str, base: list[Path], out: Path, workers: int = 2) -> Path:

@@ -171,7 +171,7 @@ def verify(a: LocalFeatures, b: LocalFeatures, *, ratio: float = 0.8,
 def overlap_correlation(thumb_a: np.ndarray, thumb_b: np.ndarray, transform: list,
                         work_a: tuple[int, int], work_b: tuple[int, int],
                         min_pixels: int = 100, content_a: np.ndarray | None = None,
-                        content_b: np.ndarray | None = None) -> float:
+                        content_b: np.ndarray | None = None, min_overlap: float = 0.3) -> float:
     """Correlation of two grey thumbnails where they overlap once aligned.
 
     Keypoints can agree on a shared part (the same emoji, logo or screenshot
@@ -192,8 +192,10 @@ def overlap_correlation(thumb_a: np.ndarray, thumb_b: np.ndarray, transform: lis
     scale = float(np.sqrt(abs(np.linalg.det(t[:2, :2]))))
     if scale <= 1.0:
         src, dst, warp, src_keep, dst_keep = thumb_a, thumb_b, t, content_a, content_b
+        scale_src = scale
     else:
         src, dst, warp, src_keep, dst_keep = thumb_b, thumb_a, np.linalg.inv(t), content_b, content_a
+        scale_src = 1.0 / scale
     h, w = dst.shape[:2]
     src_f = cv2.GaussianBlur(src.astype(np.float32), (0, 0), 1.0)
     dst_f = cv2.GaussianBlur(dst.astype(np.float32), (0, 0), 1.0)
@@ -203,9 +205,21 @@ def overlap_correlation(thumb_a: np.ndarray, thumb_b: np.ndarray, transform: lis
     mask = cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0.5
     if dst_keep is not None:
         mask &= dst_keep
-    if int(mask.sum()) < min_pixels:
+    # Flat areas in both images (fill colour around a rotated photo, plain
+    # backgrounds) agree whatever the pictures are; only texture can testify.
+    mask &= (_local_std(warped) > 2.0) | (_local_std(dst_f) > 2.0)
+    # A copy shows most of the smaller picture; a shared sticker or logo
+    # aligns only a corner of it.
+    src_area = float(src.size if src_keep is None else src_keep.sum())
+    if int(mask.sum()) < max(min_pixels, min_overlap * src_area * scale_src ** 2):
         return -1.0
     x = warped[mask] - warped[mask].mean()
     y = dst_f[mask] - dst_f[mask].mean()
     denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
     return float((x * y).sum() / denom) if denom > 0 else -1.0
+
+
+def _local_std(a: np.ndarray, k: int = 5) -> np.ndarray:
+    mean = cv2.blur(a, (k, k))
+    sq = cv2.blur(a * a, (k, k))
+    return np.sqrt(np.maximum(sq - mean * mean, 0.0))

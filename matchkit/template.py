@@ -21,8 +21,8 @@ MIN_LOOKALIKES = 8
 
 
 def content_mask(thumb: np.ndarray, lookalikes: list[np.ndarray], *,
-                 threshold: float = 24.0, max_content: float = 0.5) -> np.ndarray | None:
-    """Boolean mask (thumbnail pixels) of where ``thumb`` differs from its crowd's frame.
+                 threshold: float = 24.0, max_content: float = 0.75) -> np.ndarray | None:
+    """Boolean mask (thumbnail pixels) of the content slot of ``thumb``'s frame.
 
     Returns None when there is no usable template: too few look-alikes of the
     same size, or content covering more than ``max_content`` of the image (then
@@ -36,12 +36,23 @@ def content_mask(thumb: np.ndarray, lookalikes: list[np.ndarray], *,
         return cv2.GaussianBlur(a.astype(np.float32), (0, 0), 1.5)
 
     looks = [blur(t) for t in same]
-    median = np.median(np.stack(looks), axis=0)
-    mask = (np.abs(blur(thumb) - median) > threshold).astype(np.uint8)
-    # Fill the content region (it is a block, not scattered pixels).
+    stack = np.stack(looks)
+    median = np.median(stack, axis=0)
+    # The content slot is where the look-alikes disagree with each other
+    # (each shows a different picture there); the frame is where they agree.
+    spread = np.median(np.abs(stack - median), axis=0)
+    k = max(3, (min(thumb.shape) // 10) | 1)
+    mask = (cv2.blur(spread, (k, k)) > 3.0).astype(np.uint8)
+    # The content is a block (a photo's slot), not scattered pixels: join the
+    # differing pixels and keep the bounding box of the largest group.
     k = max(3, (min(thumb.shape) // 16) | 1)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
-    mask = cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    mask = np.zeros(thumb.shape[:2], bool)
+    mask[y:y + h, x:x + w] = True
     if mask.mean() > max_content:
         return None
     # A real frame is shared pixel for pixel: enough look-alikes must agree
