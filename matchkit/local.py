@@ -86,14 +86,6 @@ def extract_local(grey: np.ndarray, n_features: int = 500) -> LocalFeatures:
     return LocalFeatures(xy, np.ascontiguousarray(desc[order]), w, h)
 
 
-def mirror(features_of_mirrored: LocalFeatures) -> LocalFeatures:
-    """Map keypoints found on a left-right mirrored image back to the original frame."""
-    f = features_of_mirrored
-    xy = f.xy.copy()
-    xy[:, 0] = (f.width - 1) - xy[:, 0]
-    return LocalFeatures(xy, f.desc, f.width, f.height)
-
-
 @dataclass
 class Verification:
     """Outcome of matching two images' keypoints under one similarity transform."""

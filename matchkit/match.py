@@ -24,7 +24,8 @@ from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match
 from .io import ImageLoadError, load_image
 from .local import (LocalFeatures, Verification, extract_local, overlap_correlation, verify,
                     working_grey)
-from .template import MIN_LOOKALIKES, content_box, content_mask, keypoints_in_mask
+from .template import (MIN_LOOKALIKES, content_mask, content_rect, keypoints_in_mask,
+                       picture_mask)
 
 
 @dataclass
@@ -212,20 +213,26 @@ class PairMatcher:
             self._threads = None
 
 
+    def _thumb(self, image_id: int) -> np.ndarray | None:
+        lf = self.cache.get(image_id)
+        return lf[1] if lf is not None else None
+
     def content_mask(self, image_id: int, thumb: np.ndarray | None = None) -> np.ndarray | None:
-        """Where the picture is, in thumbnail pixels (None: everywhere)."""
+        """Where the picture is, in thumbnail pixels (None: everywhere): a
+        template's content slot, or what lies inside a flat fill."""
         if image_id not in self._masks:
-            if thumb is None:
-                lf = self.cache.get(image_id)
-                thumb = lf[1] if lf is not None else None
-            box = content_box(thumb) if thumb is not None else None
-            self._masks[image_id] = None if box is None or box.all() else box
+            thumb = self._thumb(image_id) if thumb is None else thumb
+            mask = picture_mask(thumb) if thumb is not None else None
+            self._masks[image_id] = None if mask is None or mask.all() else mask
         return self._masks[image_id]
 
     def content_pixels(self, image_id: int, pixels: int) -> float:
-        """Pixels of the picture itself: without a template frame or flat borders."""
-        mask = self.content_mask(image_id)
-        return pixels * (1.0 if mask is None else float(mask.mean()))
+        """Pixels of the picture itself: without a template frame or flat
+        rectangular borders (a stable measure, used to choose keepers)."""
+        if image_id in self.templated:
+            return pixels * float(self._masks[image_id].mean())
+        thumb = self._thumb(image_id)
+        return pixels * (1.0 if thumb is None else float(content_rect(thumb).mean()))
 
     def evidence_between(self, a: int, b: int, reflect: bool) -> PairEvidence:
         """Fresh, pending evidence for a pair found outside the candidate search."""

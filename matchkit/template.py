@@ -96,15 +96,30 @@ def border_box(thumb: np.ndarray, tolerance: float = 4.0) -> tuple[int, int, int
     return top, bottom, left, right
 
 
-def border_trim(thumb: np.ndarray) -> tuple[float, float]:
-    """Fractions of width and height left after trimming flat borders."""
-    top, bottom, left, right = border_box(thumb)
-    return (right - left) / thumb.shape[1], (bottom - top) / thumb.shape[0]
-
-
-def content_box(thumb: np.ndarray) -> np.ndarray:
-    """Boolean mask of the thumbnail without its flat borders."""
+def content_rect(thumb: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rectangle inside flat borders (padding, letterboxing)."""
     top, bottom, left, right = border_box(thumb)
     mask = np.zeros(thumb.shape[:2], bool)
     mask[top:bottom, left:right] = True
     return mask
+
+
+def picture_mask(thumb: np.ndarray, tolerance: float = 6.0) -> np.ndarray:
+    """Boolean mask of the picture inside any flat fill around it.
+
+    The fill is the near-constant colour connected to the image border:
+    padding, letterboxing, the canvas around a rotated photo. Its boundary
+    is left out too (a straight edge against the fill is not content).
+    """
+    t = cv2.GaussianBlur(thumb.astype(np.float32), (0, 0), 1.0)
+    h, w = t.shape[:2]
+    ring = np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]])
+    ref = float(np.median(ring))
+    flat = (np.abs(t - ref) <= tolerance).astype(np.uint8)
+    n, labels = cv2.connectedComponents(flat, connectivity=4)
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = np.isin(labels, edge_labels[edge_labels > 0]) & (flat > 0)
+    if not fill.any():
+        return np.ones((h, w), bool)
+    content = cv2.erode((~fill).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return content if content.mean() >= 0.05 else np.ones((h, w), bool)

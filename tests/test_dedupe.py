@@ -132,3 +132,15 @@ def test_files_are_never_modified(photo_dir):
     dedupe([photo_dir])
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in photo_dir.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_match_pairs_reports_evidence_for_every_candidate(photo_dir, tmp_path):
+    from matchkit.match import match_pairs
+    with Gallery(tmp_path / "g") as g:
+        ids = g.add(sorted(p for p in photo_dir.rglob("*.jpg"))).ids
+        evidence = match_pairs(g, ids, Settings())
+        names = {i: Path(g.get(i).path).name for i in ids}
+    matched = {frozenset((names[e.a], names[e.b])) for e in evidence if e.rule}
+    assert frozenset(("b.jpg", "b_rot90.jpg")) in matched
+    assert not any("c.jpg" in pair or "d.jpg" in pair for pair in matched)
+    assert all(not e.pending for e in evidence)
