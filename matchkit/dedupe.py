@@ -121,13 +121,13 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         if ev.rule or ev.pending:
             possible.append(ev)
 
-    # Work on exact-copy classes; each class is represented by its best member.
-    rep = {}
-    classes = {}
     def priority(i: int) -> tuple:
         return keeper_priority(images[i], matcher.content_pixels(i, images[i].pixels)
                                if settings.local_features else None)
 
+    # Work on exact-copy classes; each class is represented by its best member.
+    rep = {}
+    classes = {}
     for group in exact.groups():
         group.sort(key=priority)
         for i in group:
@@ -191,8 +191,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
     finally:
         matcher.close()
     # Evidence between two classes: the strongest matched pair of their members.
-    class_edge = {key: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
-                  for key, evs in between.items() if any(ev.rule for ev in evs)}
+    class_edge = {k: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
+                  for k, evs in between.items() if any(ev.rule for ev in evs)}
     in_star = {m for s in stars for m in s.members}
     # Exact classes with no near neighbour are clusters on their own.
     stars += [Star(r, [r]) for r, g in classes.items() if len(g) > 1 and r not in in_star]
