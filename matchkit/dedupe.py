@@ -103,7 +103,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
     same_bytes = {(a, b) for g in exact.groups() for a in g for b in g if a < b}
 
     matcher = PairMatcher(gallery, ids, settings, exclude=same_bytes)
-    variants = dict(zip(ids, gallery.phash_variants(ids)))
+    variants = matcher.plain
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:
         a, b = ev.a, ev.b

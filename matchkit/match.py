@@ -4,8 +4,9 @@ Candidates come from two cheap sources: nearest neighbours in pHash space
 (global look) and votes of local descriptors (shared parts). Each candidate
 pair then collects evidence: pHash distance, colour agreement and, where the
 hashes do not settle it, geometric verification of local features followed
-by a photometric check of the aligned overlap. ``decide`` turns evidence into
-match / no match; a calibrated model can replace it (issue: calibration).
+by a photometric check of the aligned overlap. ``hash_rule`` and
+``local_rule`` turn evidence into match / no match; a calibrated model can
+replace them (issue: calibration).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class PairMatcher:
         self.cache = _LocalCache(gallery)
         allowed = set(ids)
         variants = gallery.phash_variants(ids)
-        plain = {i: variants[n] for n, i in enumerate(ids)}
+        #: The 8 dihedral pHashes of every image, loaded once per run.
+        self.plain = plain = {i: variants[n] for n, i in enumerate(ids)}
         found = phash_candidates(
             gallery.phash_index, ids, variants,
             max_distance=max(settings.phash_max_distance, settings.exact_check_distance),
@@ -150,9 +152,7 @@ class PairMatcher:
                 neighbours=settings.vote_neighbours, max_distance=settings.vote_max_distance,
                 per_query=settings.vote_candidates, allowed=allowed)
             for pair in votes:
-                if pair not in pairs:
-                    a, b = pair
-                    pairs[pair] = dihedral_distance(plain[a], plain[b][0])
+                pairs.setdefault(pair, -1)  # distance filled in below
 
         colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
         self.paths = {i: img.path for i, img in gallery.images(ids).items()}
@@ -161,9 +161,11 @@ class PairMatcher:
         for (a, b), d in sorted(pairs.items()):
             if (a, b) in exclude:
                 continue
-            ev = PairEvidence(a, b, d, histogram_similarity(colours[a], colours[b]),
+            best, variant = dihedral_match(plain[a], plain[b][0])
+            ev = PairEvidence(a, b, best if d < 0 else d,
+                              histogram_similarity(colours[a], colours[b]),
                               votes=votes.get((a, b), 0.0))
-            if dihedral_match(plain[a], plain[b][0])[1] in REFLECTIONS:
+            if variant in REFLECTIONS:
                 ev.extra["reflect"] = True
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
@@ -200,7 +202,7 @@ class PairMatcher:
 
     @property
     def _pool(self) -> ThreadPoolExecutor | None:
-        """One worker pool for the matcher's lifetime (threads end with the process)."""
+        """One worker pool for the matcher's lifetime, ended by ``close``."""
         if self.settings.n_workers() <= 1:
             return None
         if getattr(self, "_threads", None) is None:
@@ -237,9 +239,8 @@ class PairMatcher:
     def evidence_between(self, a: int, b: int, reflect: bool) -> PairEvidence:
         """Fresh, pending evidence for a pair found outside the candidate search."""
         a, b = min(a, b), max(a, b)
-        va, vb = self.gallery.phash_variants([a, b])
         cols = self.gallery.colours([a, b])
-        ev = PairEvidence(a, b, dihedral_distance(va, vb[0]),
+        ev = PairEvidence(a, b, dihedral_distance(self.plain[a], self.plain[b][0]),
                           histogram_similarity(cols[a], cols[b]))
         ev.extra["reflect"] = reflect
         ev.extra["second_hop"] = True
