@@ -53,6 +53,10 @@ class Settings:
     vote_candidates: int = 8
     #: Looser pHash distance that still makes a pair worth verifying locally.
     phash_candidate_distance: int = 110
+    #: A pair the descriptors did not vote for is verified only if one image is
+    #: among the other's this many nearest by pHash (most look-alikes in a
+    #: crowd are not copies; verifying them all was most of the run time).
+    verify_top: int = 4
     #: Local-feature match: least RANSAC inliers ...
     min_inliers: int = 12
     #: ... and least correlation of the aligned overlap (photometric check).

@@ -121,9 +121,13 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         if ev.rule or ev.pending:
             possible.append(ev)
 
+    ranks: dict[int, tuple] = {}
+
     def priority(i: int) -> tuple:
-        return keeper_priority(images[i], matcher.content_pixels(i, images[i].pixels)
-                               if settings.local_features else None)
+        if i not in ranks:  # asked for many times by the clustering; compute once
+            ranks[i] = keeper_priority(images[i], matcher.content_pixels(i, images[i].pixels)
+                                       if settings.local_features else None)
+        return ranks[i]
 
     # Work on exact-copy classes; each class is represented by its best member.
     rep = {}

@@ -158,6 +158,7 @@ class PairMatcher:
         self.paths = {i: img.path for i, img in gallery.images(ids).items()}
         self._mirrored: dict[int, tuple | None] = {}
         self.evidence: list[PairEvidence] = []
+        top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
         for (a, b), d in sorted(pairs.items()):
             if (a, b) in exclude:
                 continue
@@ -171,7 +172,8 @@ class PairMatcher:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
             else:
                 ev.rule = hash_rule(ev, found.crowd, settings)
-            ev.pending = settings.local_features and not ev.rule and _worth_verifying(ev, settings)
+            ev.pending = (settings.local_features and not ev.rule
+                          and (ev.votes > 0 or b in top.get(a, ()) or a in top.get(b, ())))
             self.evidence.append(ev)
 
     def verify(self, todo: list[PairEvidence]) -> None:
@@ -266,10 +268,6 @@ def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
     matcher = PairMatcher(gallery, ids, settings, exclude)
     matcher.verify(matcher.evidence)
     return matcher.evidence
-
-
-def _worth_verifying(ev: PairEvidence, settings: Settings) -> bool:
-    return ev.votes > 0 or ev.phash_distance <= settings.phash_candidate_distance
 
 
 def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings: Settings,
