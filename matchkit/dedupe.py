@@ -100,9 +100,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         first = by_sha.setdefault(images[i].sha256, i)
         if first != i:
             exact.union(first, i)
-    same_bytes = {(a, b) for g in exact.groups() for a in g for b in g if a < b}
-
-    matcher = PairMatcher(gallery, ids, settings, exclude=same_bytes)
+    # Byte-identical files are one class up front; pairs inside it are never
+    # examined (a map, not a pair set: 1,000 copies of one file stay cheap).
+    matcher = PairMatcher(gallery, ids, settings, same={i: exact.find(i) for i in ids})
     variants = matcher.plain
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:

@@ -119,7 +119,7 @@ class PairMatcher:
     """
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
-                 exclude: set[tuple[int, int]] = frozenset()):
+                 same: dict[int, int] | None = None):
         self.settings = settings
         self.gallery = gallery
         self.cache = _LocalCache(gallery)
@@ -160,8 +160,8 @@ class PairMatcher:
         self.evidence: list[PairEvidence] = []
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
         for (a, b), d in sorted(pairs.items()):
-            if (a, b) in exclude:
-                continue
+            if same is not None and same.get(a, a) == same.get(b, b):
+                continue  # known copies (same file bytes): nothing to measure
             best, variant = dihedral_match(plain[a], plain[b][0])
             ev = PairEvidence(a, b, best if d < 0 else d,
                               histogram_similarity(colours[a], colours[b]),
@@ -259,13 +259,14 @@ class PairMatcher:
 
 
 def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
-                exclude: set[tuple[int, int]] = frozenset()) -> list[PairEvidence]:
+                same: dict[int, int] | None = None) -> list[PairEvidence]:
     """Evidence and decision for every candidate pair among ``ids`` (all verified).
 
     Returns every candidate pair examined (``rule`` empty when it did not
-    match). Pairs in ``exclude`` (already known exact copies) are skipped.
+    match). Pairs whose images map to the same value in ``same`` (known
+    exact copies, e.g. id -> first id with the same file bytes) are skipped.
     """
-    matcher = PairMatcher(gallery, ids, settings, exclude)
+    matcher = PairMatcher(gallery, ids, settings, same)
     matcher.verify(matcher.evidence)
     return matcher.evidence
 

@@ -144,3 +144,16 @@ def test_match_pairs_reports_evidence_for_every_candidate(photo_dir, tmp_path):
     assert frozenset(("b.jpg", "b_rot90.jpg")) in matched
     assert not any("c.jpg" in pair or "d.jpg" in pair for pair in matched)
     assert all(not e.pending for e in evidence)
+
+
+def test_many_byte_identical_copies_are_one_cluster(tmp_path):
+    src = tmp_path / "orig.jpg"
+    make_photo(7).save(src, quality=90)
+    data = src.read_bytes()
+    for n in range(150):
+        (tmp_path / f"copy{n:03d}.jpg").write_bytes(data)
+    report = dedupe([tmp_path], settings=Settings(workers=1))
+    assert len(report.clusters) == 1
+    (cluster,) = report.clusters
+    assert len(cluster.members) == 151
+    assert {p.kind for p in cluster.pairs} == {"exact"} and len(cluster.pairs) == 150
