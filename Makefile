@@ -4,21 +4,27 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.'
 	touch $(STAMP)
+
+# Tests also exercise CLIP (transformers + the CPU torch wheel) and ONNX models.
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,clip,onnx]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	mkdir -p out
 	$(BIN)/matchkit dedupe examples/images --json out/demo.json --csv out/demo.csv
 	@echo "wrote out/demo.json and out/demo.csv"
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
