@@ -108,8 +108,8 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
     """
     if dry_run and not move_to:
         _fail("--dry-run needs --move-duplicates-to DIR")
-    if html_path and html_path != "-" and os.path.isdir(html_path):
-        _fail(f"--html must name a file, not a folder: {html_path}")
+    if html_path == "-" or (html_path and os.path.isdir(html_path)):
+        _fail(f"--html must name a file (thumbnails go in a folder beside it): {html_path}")
     if move_to and os.path.exists(move_to) and not os.path.isdir(move_to):
         _fail(f"--move-duplicates-to must be a folder: {move_to}")
     try:

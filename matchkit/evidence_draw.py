@@ -58,7 +58,7 @@ class _Working:
 class _FeatureCache:
     """Working images and features per path; a keeper is shared by many pairs."""
 
-    def __init__(self, settings: Settings, size: int = 256):
+    def __init__(self, settings: Settings, size: int = 64):
         self.settings, self.size = settings, size
         self.data: OrderedDict[str, _Working] = OrderedDict()
         self.lock = Lock()

@@ -393,7 +393,10 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
              for c in clusters for p in c.get("pairs", [])
              if (p.get("evidence") or {}).get("rule") == "local"]
     local.sort(key=lambda x: (x[0], x[1], x[2]))
-    todo = [(a, b, pts) for _, a, b, pts in local[:max(0, evidence_limit)]]
+    # The weakest pairs are chosen; they are drawn grouped by keeper, which
+    # then is decoded once for its whole cluster.
+    todo = sorted(((a, b, pts) for _, a, b, pts in local[:max(0, evidence_limit)]),
+                  key=lambda x: (x[0], x[1]))
     bar = _bar(len(todo), progress, "keypoint pictures")
     pictures = draw_pairs(todo, assets, settings=settings, workers=workers,
                           progress=bar.update if bar else None) if todo else {}

@@ -125,11 +125,11 @@ def _free_name(path: str, taken: set[str]) -> str:
         n += 1
 
 
-def plan_moves(report: dict, dest: str | os.PathLike,
+def plan_moves(report, dest: str | os.PathLike,
                roots: Iterable[str | os.PathLike] | None = None) -> list[Move]:
     """Where each non-keeper of a dedupe report would go (nothing is touched).
 
-    ``report`` is the dedupe JSON dict (``DedupeReport.to_dict()``). Paths are
+    ``report`` is a :class:`~matchkit.report.DedupeReport` or its JSON dict. Paths are
     kept relative to the common folder of ``roots`` (the scanned paths;
     default: the folders of all clustered files). A name already used in
     ``dest`` (or twice in the plan) gets ``~1``, ``~2``... before its suffix.
@@ -137,6 +137,8 @@ def plan_moves(report: dict, dest: str | os.PathLike,
     dest = _abspath(dest)
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise MoveError(f"destination is not a folder: {dest}")
+    if hasattr(report, "to_dict"):
+        report = report.to_dict()
     clusters = report.get("clusters", [])
     keepers = {_abspath(c["keep"]) for c in clusters}
     if roots is None:
@@ -428,7 +430,7 @@ def move_files(moves: list[Move], dest: str | os.PathLike, *, manifest: str | os
     return MoveResult(moves, manifest, False)
 
 
-def move_duplicates(report: dict, dest: str | os.PathLike, *,
+def move_duplicates(report, dest: str | os.PathLike, *,
                     roots: Iterable[str | os.PathLike] | None = None,
                     dry_run: bool = False, manifest: str | os.PathLike | None = None,
                     progress: Callable[[int], None] | None = None) -> MoveResult:
