@@ -106,12 +106,14 @@ class HtmlReport:
 def histogram_svg(scores: Sequence[float], *, rejected: Sequence[float] = (),
                   markers: Iterable[tuple[float, str]] = (), bins: int = 40,
                   lo: float | None = None, hi: float = 1.0, width: int = 640,
-                  height: int = 200, title: str = "") -> str:
+                  height: int = 200, title: str = "", log: bool = True) -> str:
     """An inline SVG histogram of scores, with vertical lines at ``markers``.
 
     ``scores`` are accepted pairs (blue); ``rejected`` (optional) are
-    candidate pairs that did not match (grey), drawn behind. Plain SVG so the
-    page needs no plotting library and no network.
+    candidate pairs that did not match (grey), drawn behind. Bar heights are
+    logarithmic by default: the few doubtful pairs near the line are what a
+    reviewer looks for, and thousands of sure ones would flatten them. Plain
+    SVG so the page needs no plotting library and no network.
     """
     scores = [float(s) for s in scores if s is not None and math.isfinite(s)]
     rejected = [float(s) for s in rejected if s is not None and math.isfinite(s)]
@@ -133,6 +135,9 @@ def histogram_svg(scores: Sequence[float], *, rejected: Sequence[float] = (),
 
     cs, cr = counts(scores), counts(rejected)
     top = max(cs + cr + [1])
+
+    def bar_height(c: int) -> float:
+        return ph * (math.log1p(c) / math.log1p(top) if log else c / top)
     bw = pw / bins
     e = html.escape
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="hist" role="img" '
@@ -143,7 +148,7 @@ def histogram_svg(scores: Sequence[float], *, rejected: Sequence[float] = (),
         for i, c in enumerate(series):
             if not c:
                 continue
-            h = ph * c / top
+            h = bar_height(c)
             a, b = lo + i * (hi - lo) / bins, lo + (i + 1) * (hi - lo) / bins
             parts.append(f'<rect x="{ml + i * bw + 0.5:.1f}" y="{mt + ph - h:.1f}" '
                          f'width="{max(bw - 1, 0.5):.1f}" height="{h:.1f}" fill="{colour}">'
@@ -157,11 +162,16 @@ def histogram_svg(scores: Sequence[float], *, rejected: Sequence[float] = (),
                      f'stroke="#555"/><text x="{x:.1f}" y="{mt + ph + 16}" font-size="10" '
                      f'text-anchor="middle" fill="#333">{t:.2f}</text>')
         t += step
-    parts.append(f'<text x="{ml - 6}" y="{mt + 8}" font-size="10" text-anchor="end" '
-                 f'fill="#333">{top}</text><text x="{ml - 6}" y="{mt + ph}" font-size="10" '
-                 f'text-anchor="end" fill="#333">0</text>')
+    ticks = [v for v in (1, 10, 100, 1000, 10000, 100000)
+             if log and bar_height(top) - bar_height(v) > 12] + [top]
+    for v in ticks:
+        y = mt + ph - bar_height(v)
+        parts.append(f'<line x1="{ml - 3}" y1="{y:.1f}" x2="{ml}" y2="{y:.1f}" stroke="#555"/>'
+                     f'<text x="{ml - 5}" y="{y + 3:.1f}" font-size="10" text-anchor="end" '
+                     f'fill="#333">{v}</text>')
     parts.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="11" '
-                 f'text-anchor="middle" fill="#333">pair score</text>')
+                 f'text-anchor="middle" fill="#333">pair score'
+                 f'{" (bar height: pairs, log scale)" if log else " (bar height: pairs)"}</text>')
     for n, (v, label) in enumerate(markers):
         x = ml + (min(max(v, lo), hi) - lo) / (hi - lo) * pw
         parts.append(f'<line class="marker" x1="{x:.1f}" y1="{mt - 4}" x2="{x:.1f}" '
@@ -384,7 +394,8 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
                 size = os.stat(m).st_size
             except OSError:
                 size = None
-            images[m] = ImageEntry(m, file_size=size)
+            images[m] = ImageEntry(m, file_size=size, error="thumbnails were not made"
+                                   if size is not None else "cannot read file")
         else:
             images[m] = ImageEntry(m, f"{assets_url}{t.name}" if t.name else None,
                                    t.width, t.height, t.file_size, t.error)
@@ -416,7 +427,7 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
                ("local-feature pairs", len(local)), ("bytes in duplicates", human_bytes(freed)),
                ("skipped files", len(skipped))]
     if "seconds" in stats:
-        summary.append(("seconds", float(stats["seconds"])))
+        summary.append(("dedupe seconds", float(stats["seconds"])))
     near = [p["score"] for c in clusters for p in c.get("pairs", []) if p.get("kind") != "exact"]
     rejected = stats.get("rejected_scores") or ()
     plots = [histogram_svg(near, rejected=rejected, markers=score_markers(stats),
