@@ -165,6 +165,7 @@ def main() -> None:
     print(f"{args.images} images, {len(report['clusters'])} clusters, "
           f"{len(report['skipped'])} skipped (dedupe JSON {jpath.name}"
           f"{'' if dedupe_s is None else f', made in {dedupe_s:.0f} s'})", flush=True)
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         tmp = Path(tmp)
@@ -227,8 +228,9 @@ def main() -> None:
             "from navigation start (median of "
             f"{args.runs} cold headless-Chromium runs; `ready_max_s` the slowest). "
             "`browser_wall_s`: the whole invocation (chromedriver and browser start, load, "
-            "ready, quit). Other helpers' jobs shared the 2 cores during this run, so times "
-            "are noisy and need a quiet re-run.\n\n"
+            "ready, quit). Load average (1 min) at start / end: "
+            f"{load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; with other "
+            "jobs on the machine the times are noisy and need a quiet re-run.\n\n"
             f"{text}\n\n{extra}\n\n{target}\n"))
 
 
