@@ -92,10 +92,10 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
 
     Files are never modified or deleted. Each cluster names a suggested
     keeper (highest resolution, then largest file, then oldest) and every
-    other member matches that keeper directly. With --move-duplicates-to the
-    non-keepers are moved (never deleted) and 'matchkit undo MANIFEST' puts
-    them back; the exit code is 1 if some file could not be moved (it stays
-    where it was).
+    other member matches that keeper directly. Only with --move-duplicates-to
+    are files moved: the non-keepers, and 'matchkit undo MANIFEST' puts them
+    back; the exit code is 1 if some file could not be moved (it stays where
+    it was).
 
     \b
     Example:
