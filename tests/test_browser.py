@@ -1,0 +1,127 @@
+"""The review page in a real browser (headless Chromium via chromedriver).
+
+Needs the Debian packages ``chromium`` and ``chromium-driver`` (``.ci/run``
+installs them); skipped with a reason where they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import _chromium
+from _report_data import XSS_NAME, build_collection, textured
+from matchkit import dedupe
+from matchkit.html_report import Card, ImageEntry, PairEntry, render_html, write_html_report
+from matchkit.thumbs import make_thumb
+
+pytestmark = pytest.mark.skipif(not _chromium.available(),
+                                reason="needs chromium and chromium-driver (apt)")
+
+READY = ('return document.documentElement.getAttribute("data-mk-ready") === "1" '
+         '&& document.getElementById("mk-state").textContent')
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with _chromium.Chromium(1280, 1600) as b:
+        yield b
+
+
+def test_report_renders_with_thumbnails_and_right_counts(browser, tmp_path):
+    folder = build_collection(tmp_path / "photos")
+    report = dedupe([folder]).to_dict()
+    (tmp_path / "dupes.json").write_text(json.dumps(report))
+    info = write_html_report(report, tmp_path / "report" / "review.html")
+    browser.get(Path(info.path).as_uri())
+    state = json.loads(browser.wait(READY))
+    n = len(json.loads((tmp_path / "dupes.json").read_text())["clusters"])
+    assert n == 2
+    # The count the reader sees equals the JSON's, in the summary and the pager.
+    assert browser.run('return document.getElementById("mk-total").textContent') == str(n)
+    assert browser.run('return document.querySelectorAll("article.card").length') == n
+    assert state["total"] == state["shown"] == n
+    assert browser.run('return document.getElementById("mk-count").textContent') \
+        .startswith(f"1\u2013{n} of {n} clusters")
+    # Every thumbnail really loaded (decoded, not a broken image).
+    thumbs = browser.run('return [].map.call(document.querySelectorAll(".tb img"), '
+                         'function(i){return [i.complete, i.naturalWidth, i.alt]})')
+    assert len(thumbs) == sum(len(c["members"]) for c in report["clusters"]) == 7
+    assert all(done and width > 0 for done, width, _ in thumbs), thumbs
+    assert state["loaded"] == 7 and state["failed"] == 0
+    assert browser.run('return document.querySelectorAll("figure.keep .badge").length') == n
+    # The keypoint picture of the local-feature pair loads when its pairs are opened.
+    browser.run('document.querySelectorAll("details.pairs").forEach(function(d){d.open=true});'
+                'document.querySelectorAll(".pic img").forEach(function(i){i.loading="eager"})')
+    pics = browser.wait('var p=[].slice.call(document.querySelectorAll(".pic img"));'
+                        'return p.length && p.every(function(i){return i.complete}) && '
+                        'p.map(function(i){return i.naturalWidth})')
+    assert len(pics) == 1 and pics[0] > 300
+    # A file name made of markup is shown as text and runs nothing.
+    assert browser.run("return window.__xss === undefined")
+    assert browser.run('return document.querySelectorAll("img[src=x]").length') == 0
+    assert XSS_NAME in browser.run('return [].map.call(document.querySelectorAll(".nm"), '
+                                   'function(s){return s.textContent})')
+    skipped = browser.run('return document.getElementById("mk-skipped").textContent')
+    assert "Skipped files (1)" in skipped and "broken.jpg" in skipped and "not an image" in skipped
+    shot = browser.screenshot(tmp_path / "report.png")
+    assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ten_thousand_clusters_open_filter_and_paginate(browser, tmp_path):
+    assets = tmp_path / "big_files"
+    assets.mkdir()
+    pool = [make_thumb(_save(textured(i, (320, 240)), tmp_path / f"src{i}.jpg"), assets)
+            for i in range(12)]
+    cards, images = [], {}
+    for i in range(10_000):
+        members = [f"/big/{i % 97}/c{i}_{j}.jpg" for j in range(2 + i % 4)]
+        for j, m in enumerate(members):
+            t = pool[(i + j) % len(pool)]
+            images[m] = ImageEntry(m, f"big_files/{t.name}", t.width, t.height, 1000 + j)
+        cards.append(Card(members, members[0], [
+            PairEntry(members[0], m, round(0.6 + ((i * 7 + j) % 400) / 1000, 4), "near", "phash")
+            for j, m in enumerate(members[1:])], title=f"Cluster {i + 1}"))
+    page = tmp_path / "big.html"
+    page.write_text(render_html(cards, images, summary=[("clusters", len(cards))]))
+    browser.get(page.as_uri())
+    state = json.loads(browser.wait(READY))
+    assert state["total"] == 10_000 and state["pages"] == 200 and state["shown"] == 50
+    assert state["loaded"] == state["eager_images"] > 0 and state["failed"] == 0
+    ready_ms = browser.run('return performance.getEntriesByName("mk-ready")[0].startTime')
+    assert ready_ms < 15_000  # generous here; benchmarks/bench_report.py measures it
+    assert browser.run('return document.getElementById("mk-total").textContent') == "10,000"
+    count = 'return document.getElementById("mk-count").textContent'
+    browser.run('document.getElementById("mk-next").click()')
+    assert browser.run(count).startswith("51\u2013100 of 10000")
+    # Largest clusters first (ties in report order): page 2 starts with the 51st of that order.
+    order = sorted(range(len(cards)), key=lambda i: (-len(cards[i].members), i))
+    assert browser.run('return document.querySelector("article.card h2").firstChild.textContent') \
+        == f"Cluster {order[50] + 1}"
+    # Filter: clusters of 5 images whose weakest score is at most 0.65.
+    browser.run('var s=document.getElementById("mk-size");s.value="5";'
+                's.dispatchEvent(new Event("input"));'
+                'var m=document.getElementById("mk-max");m.value="0.65";'
+                'm.dispatchEvent(new Event("input"))')
+    want = sum(1 for c in cards if len(c.members) >= 5 and min(p.score for p in c.pairs) <= 0.65)
+    assert 0 < want < 10_000
+    assert browser.run(count) == f"1\u201350 of {want} clusters \u00b7 page 1/{-(-want // 50)}"
+    sizes = browser.run('return [].map.call(document.querySelectorAll("article.card"), '
+                        'function(a){return a.querySelectorAll("figure").length})')
+    assert sizes and all(s >= 5 for s in sizes)
+    # Sort by weakest match: the first card holds the lowest score of the filtered set.
+    browser.run('var o=document.getElementById("mk-sort");o.value="weak";'
+                'o.dispatchEvent(new Event("change"))')
+    first = browser.run('return Number(document.querySelector("article.card").getAttribute('
+                        '"data-card"))')
+    lowest = min(min(p.score for p in c.pairs) for c in cards
+                 if len(c.members) >= 5 and min(p.score for p in c.pairs) <= 0.65)
+    assert min(p.score for p in cards[first].pairs) == lowest
+    browser.screenshot(tmp_path / "big.png")
+
+
+def _save(img, path: Path) -> Path:
+    img.save(path, quality=90)
+    return path
