@@ -185,9 +185,12 @@ def index(paths, gallery, model, meta_path, workers, max_pixels, hash_only, batc
             if embedder is not None:
                 out["embeddings"] = g.embed(embedder, progress=not quiet,
                                             workers=workers or None).to_dict()
-    except GalleryError as e:
+    except (GalleryError, MetadataError) as e:
         _fail(_one_line(e))
-    except MetadataError as e:
+    except Exception as e:
+        from .embed import EmbedderError
+        if not isinstance(e, EmbedderError):
+            raise
         _fail(_one_line(e))
     click.echo(json.dumps(out, indent=2))
 
@@ -240,6 +243,7 @@ def search(gallery, image, crop, text, where, k, model, fmt):
     from .embed import EmbedderError
     from .filters import FilterError
     from .search import SearchError, search as run_search
+    from .vectors import VectorIndexError  # ModelMismatch is one
 
     if (image is None) == (text is None):
         _fail("give exactly one of --image or --text")
@@ -249,11 +253,7 @@ def search(gallery, image, crop, text, where, k, model, fmt):
     try:
         hits = run_search(gallery, image=image, crop=box, text=text, where=where, k=k,
                           model=model)
-    except (GalleryError, SearchError, FilterError, EmbedderError) as e:
-        _fail(_one_line(e))
-    except Exception as e:
-        if type(e).__name__ != "ModelMismatch":
-            raise
+    except (GalleryError, SearchError, FilterError, EmbedderError, VectorIndexError) as e:
         _fail(_one_line(e))
     if fmt == "table":
         click.echo(_hits_table(hits))

@@ -440,9 +440,13 @@ class Gallery:
         orb = self.orb_index if self.settings.local_features else None
         now = time.time()
         new_keys, new_codes, gone, new_local = [], [], [], []
-        # Every image in the batch was either never seen or changed on disk:
-        # its vectors (if any) are stale and go in the same transaction.
-        stale = self._vector_ids_by_model(self._ids_of_paths([p for p, _ in batch]))
+        # Vectors of images whose bytes changed (or that became unreadable) are
+        # stale and go in the same transaction. A file decoded again only for
+        # features it lacked (same bytes) keeps its vectors.
+        known = self._ids_and_digests([p for p, _ in batch])
+        stale = self._vector_ids_by_model([
+            known[p][0] for p, rec in batch if p in known and (
+                isinstance(rec, ImageLoadError) or rec.sha256 != known[p][1])])
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for path, rec in batch:
@@ -684,12 +688,13 @@ class Gallery:
         info["index_generation"] = info["generation"]
         self._set_model_info(info)
 
-    def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
-        ids: list[int] = []
+    def _ids_and_digests(self, paths: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """path -> (id, sha256) for the paths already in the gallery."""
+        out: dict[str, tuple[int, str]] = {}
         for chunk in _chunks(list(paths), 900):
-            q = f"SELECT id FROM images WHERE path IN ({','.join('?' * len(chunk))})"
-            ids += [r[0] for r in self._db.execute(q, chunk)]
-        return ids
+            q = f"SELECT path, id, sha256 FROM images WHERE path IN ({','.join('?' * len(chunk))})"
+            out.update((p, (i, d)) for p, i, d in self._db.execute(q, chunk))
+        return out
 
     def _vector_ids_by_model(self, ids: Sequence[int]) -> dict[str, list[int]]:
         """Which of ``ids`` have vectors, per model. Loads those models'
