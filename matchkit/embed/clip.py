@@ -98,6 +98,9 @@ def _from_pretrained(loader, source: str, what: str, **kw):
             raise ModelNotFound(
                 f"{what} {source!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. "
                 + HUB_HOWTO.format(repo=source)) from cached_exc
+    if not _hub_reachable():
+        raise ModelNotFound(f"{what} {source!r} is not in the Hugging Face cache and the hub "
+                            "cannot be reached from this machine. " + HUB_HOWTO.format(repo=source))
     try:
         return loader.from_pretrained(source, **kw)
     except Exception as exc:  # network errors come in many classes
@@ -105,9 +108,42 @@ def _from_pretrained(loader, source: str, what: str, **kw):
                             f"({_first_line(exc)}). " + HUB_HOWTO.format(repo=source)) from exc
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub (HF_ENDPOINT honoured) before handing over to
+    huggingface_hub, whose retries take about half a minute to give up offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _fail_fast_if_uncached(source: str) -> None:
+    """Offline and a hub id that is not cached: say so before the slow torch import."""
+    if Path(source).expanduser().exists() or not hub_offline():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return
+    try:
+        cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except Exception:  # invalid repo id etc.: let from_pretrained report it
+        return
+    if not cached:
+        raise ModelNotFound(f"CLIP model {source!r} is not in the Hugging Face cache and "
+                            "HF_HUB_OFFLINE is set. " + HUB_HOWTO.format(repo=source))
 
 
 def _pick_device(torch, device: str):
@@ -166,9 +202,10 @@ class CLIPEmbedder(Embedder):
                  batch_size: int = 32, templates: Sequence[str] | None = None,
                  fp16: bool | None = None, text_model: str | None = None,
                  threads: int | None = None):
+        self.source = str(source)
+        _fail_fast_if_uncached(self.source)
         torch, transformers = _import_backend()
         self._torch = torch
-        self.source = str(source)
         self.name = name or self.source
         self.batch_size = max(1, int(batch_size))
         self.templates = tuple(templates) if templates is not None else DEFAULT_TEMPLATES
