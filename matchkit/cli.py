@@ -115,12 +115,17 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
 @click.option("--gallery", required=True, type=click.Path(file_okay=False),
               help="Gallery folder (created if missing).")
 @click.option("--model", default=None,
-              help="Also compute embeddings with this model: a registered name (e.g. "
+              help="Compute embeddings with this model: a registered name (e.g. "
                    "clip-vit-b32), a CLIP checkpoint folder, a .onnx file or a .toml config. "
-                   "Only images without a vector for it are embedded.")
+                   "Without it, the models the gallery already holds are used. Only images "
+                   "without a vector are embedded.")
+@click.option("--no-embed", is_flag=True,
+              help="Compute no embeddings, not even for the gallery's models.")
 @click.option("--meta", "meta_path", type=click.Path(dir_okay=False),
               help="Metadata to attach: .csv/.tsv with a 'path' column, or .jsonl with a "
                    "\"path\" key, plus any fields (see README, 'Search').")
+@click.option("--no-exif-dates", is_flag=True,
+              help="Do not record taken/year/month from EXIF for new or changed images.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Worker processes/threads for decoding (default: one per core).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
@@ -132,24 +137,29 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
 @click.option("--device", default="cpu", show_default=True,
               help="Where the model runs: cpu, cuda, cuda:N or auto.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def index(paths, gallery, model, meta_path, workers, max_pixels, hash_only, batch_size, device,
-          quiet):
-    """Add images in PATHS to a gallery; optionally attach metadata and embed them.
+def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, max_pixels,
+          hash_only, batch_size, device, quiet):
+    """Add images in PATHS to a gallery; attach metadata and embed them.
 
     Prints a JSON summary on stdout: images added/updated/unchanged, files
     skipped with reasons, metadata rows that matched no image, and how many
-    images were embedded. Running it again only processes what is new or
-    changed.
+    images each model embedded. Running it again only processes what is new
+    or changed. New and changed photos get taken/year/month from their EXIF
+    capture date unless they already have one of these keys.
 
     \b
     Example:
       matchkit index photos/ --gallery ~/.matchkit/photos --model clip-vit-b32
       matchkit index photos/ --gallery g --model ./clip-dir --meta photos.csv
-      matchkit index photos/ --gallery g --meta more.jsonl -q | jq .metadata
+      matchkit index new-photos/ --gallery g -q     # embeds with g's model(s)
+      matchkit index photos/ --gallery g --meta more.jsonl --no-embed | jq .metadata
     """
+    from .gallery import DB_NAME
     from .io import iter_image_files
-    from .metadata import MetadataError, import_metadata, read_metadata
+    from .metadata import MetadataError, add_exif_dates, import_metadata, read_metadata
 
+    if model and no_embed:
+        _fail("--model and --no-embed contradict each other")
     try:
         files = list(iter_image_files(paths))
     except FileNotFoundError as e:
@@ -159,13 +169,27 @@ def index(paths, gallery, model, meta_path, workers, max_pixels, hash_only, batc
             read_metadata(meta_path)  # refuse an unusable file before any work
         except MetadataError as e:
             _fail(_one_line(e))
-    embedder = None
-    if model:
-        from .embed import EmbedderError, load_embedder
+    known: dict[str, int] = {}
+    if (Path(gallery) / DB_NAME).exists():
         try:
-            embedder = load_embedder(model, device=device, batch_size=batch_size)
-        except EmbedderError as e:
+            with Gallery(gallery, create=False) as g:
+                known = g.models()
+        except GalleryError as e:
             _fail(_one_line(e))
+    names = [] if no_embed else [model] if model else list(known)
+    embedders = []
+    if names:  # load every model first: a missing one fails before any work
+        from .embed import EmbedderError, load_embedder
+        for name in names:
+            try:
+                embedders.append(load_embedder(name, device=device, batch_size=batch_size))
+            except EmbedderError as e:
+                _fail(_one_line(e))
+            emb = embedders[-1]
+            if emb.name in known and known[emb.name] != emb.dim:
+                _fail(f"model {emb.name!r} gives {emb.dim}-d vectors but gallery {gallery} "
+                      f"holds {known[emb.name]}-d vectors from a model of that name; use a "
+                      "new gallery")
     settings = Settings().with_(max_pixels=max_pixels, workers=workers,
                                 local_features=False if hash_only else None)
     out: dict = {"gallery": str(gallery)}
@@ -179,12 +203,13 @@ def index(paths, gallery, model, meta_path, workers, max_pixels, hash_only, batc
             out.update(files=len(files), images=len(g), added=added.added,
                        updated=added.updated, unchanged=added.unchanged,
                        skipped=[vars(s) for s in added.skipped])
+            if not no_exif_dates:
+                out["exif_dated"] = add_exif_dates(g, added.changed)
             if meta_path:
                 roots = [p for p in paths if Path(p).is_dir()]
                 out["metadata"] = import_metadata(g, meta_path, roots=roots).to_dict()
-            if embedder is not None:
-                out["embeddings"] = g.embed(embedder, progress=not quiet,
-                                            workers=workers or None).to_dict()
+            out["embeddings"] = [g.embed(emb, progress=not quiet, workers=workers or None
+                                         ).to_dict() for emb in embedders]
     except (GalleryError, MetadataError) as e:
         _fail(_one_line(e))
     except Exception as e:

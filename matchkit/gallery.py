@@ -157,9 +157,13 @@ class EmbedReport:
 
 @dataclass
 class AddReport:
-    """What ``Gallery.add`` did: ids of every readable file asked for, and the rest."""
+    """What ``Gallery.add`` did: ids of every readable file asked for, and the rest.
+
+    ``changed`` lists the ids that were added or updated (decoded this run).
+    """
 
     ids: list[int] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)
     added: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -482,6 +486,7 @@ class Gallery:
                     image_id = cur.lastrowid
                     report.added += 1
                 report.ids.append(image_id)
+                report.changed.append(image_id)
                 new_keys.append(image_id)
                 new_codes.append(rec.phashes[0])
                 self._db.execute("DELETE FROM local_features WHERE image_id=?", (image_id,))

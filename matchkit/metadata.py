@@ -20,6 +20,11 @@ against the metadata file's folder, then against each indexed folder
 (``roots``); finally, if still unmatched, against the end of the gallery's
 paths (``sub/a.jpg`` finds ``/any/where/sub/a.jpg``) when exactly one gallery
 image ends that way.
+
+:func:`add_exif_dates` records when a photo was taken, from its EXIF
+``DateTimeOriginal`` (else ``DateTimeDigitized``, else ``DateTime``), as
+``taken`` (ISO text), ``year`` and ``month``. File dates are never used: a
+copy's modification time says when it was copied, not when it was taken.
 """
 
 from __future__ import annotations
@@ -30,10 +35,14 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from PIL import Image
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gallery import Gallery
@@ -241,3 +250,66 @@ def import_metadata(gallery: "Gallery", path: str | os.PathLike, *,
         report.matched += 1
     report.images = gallery.update_meta(updates, replace=replace)
     return report
+
+
+#: EXIF tags with a capture time, most specific first: DateTimeOriginal and
+#: DateTimeDigitized (in the Exif sub-IFD), then DateTime (IFD0; often the
+#: time of the last edit).
+_EXIF_IFD = 0x8769
+_EXIF_DATE_TAGS = ((_EXIF_IFD, 36867), (_EXIF_IFD, 36868), (None, 306))
+_EXIF_DATE_RE = re.compile(r"^\s*(\d{4})[:\-](\d{2})[:\-](\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?")
+#: Keys written by add_exif_dates; an image that has any of them is left alone.
+DATE_KEYS = ("taken", "year", "month")
+
+
+def parse_exif_datetime(raw) -> datetime | None:
+    """``"2019:05:03 12:34:56"`` as a datetime; None for blanks, zeros and nonsense."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if not isinstance(raw, str):
+        return None
+    m = _EXIF_DATE_RE.match(raw.strip("\x00 "))
+    if not m:
+        return None
+    y, mo, d, h, mi, sec = (int(v) if v else 0 for v in m.groups())
+    if y < 1800:
+        return None
+    try:
+        return datetime(y, mo, d, h, mi, sec)
+    except ValueError:
+        return None
+
+
+def exif_datetime(path: str | os.PathLike) -> datetime | None:
+    """When the photo at ``path`` was taken according to its EXIF, if it says.
+
+    Reads only the file's header (no pixels are decoded); any problem means
+    "unknown", never an error.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                exif = img.getexif()
+                sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else {}
+                for ifd, tag in _EXIF_DATE_TAGS:
+                    found = parse_exif_datetime((sub if ifd else exif).get(tag))
+                    if found is not None:
+                        return found
+    except Exception:  # noqa: BLE001 - unreadable EXIF is simply no date
+        return None
+    return None
+
+
+def add_exif_dates(gallery: "Gallery", ids: Iterable[int]) -> int:
+    """Set ``taken``/``year``/``month`` from EXIF on images that have none of
+    these keys yet (user metadata always wins); returns how many were dated."""
+    updates: dict[int, dict] = {}
+    for image_id, rec in gallery.images(list(ids)).items():
+        if any(k in rec.meta for k in DATE_KEYS):
+            continue
+        when = exif_datetime(rec.path)
+        if when is not None:
+            updates[image_id] = {"taken": when.isoformat(), "year": when.year,
+                                 "month": when.month}
+    return gallery.update_meta(updates)

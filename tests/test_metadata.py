@@ -168,3 +168,55 @@ def test_cli_index_bad_meta_file_is_one_line_exit_2(tmp_path, content):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("matchkit: error:")
     assert not (tmp_path / "g").exists()  # refused before any work
+
+
+def _jpeg_with_exif(path, seed, **tags):
+    from PIL import Image
+    exif = Image.Exif()
+    if "original" in tags:
+        exif.get_ifd(0x8769)[36867] = tags["original"]
+    if "datetime" in tags:
+        exif[306] = tags["datetime"]
+    make_photo(seed, (64, 48)).save(path, exif=exif, quality=90)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("2019:05:03 12:34:56", "2019-05-03T12:34:56"), (b"2020:02:29 10:11:12\x00", "2020-02-29T10:11:12"),
+    ("2021-07-01", "2021-07-01T00:00:00"), ("0000:00:00 00:00:00", None), ("2019:13:01 00:00:00", None),
+    ("    :  :     :  :  ", None), ("", None), (None, None), (20190503, None),
+])
+def test_exif_datetime_parsing(raw, expected):
+    from matchkit.metadata import parse_exif_datetime
+    got = parse_exif_datetime(raw)
+    assert (got.isoformat() if got else None) == expected
+
+
+def test_cli_index_records_exif_dates_without_overriding_user_metadata(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _jpeg_with_exif(photos / "orig.jpg", 1, original="2019:05:03 12:34:56",
+                    datetime="2023:01:01 00:00:00")
+    _jpeg_with_exif(photos / "edited.jpg", 2, datetime="2018:11:30 08:00:00")
+    _jpeg_with_exif(photos / "user.jpg", 3, original="2017:01:01 00:00:00")
+    _jpeg_with_exif(photos / "none.jpg", 4)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
+    gdir = tmp_path / "g"
+    with Gallery(gdir, Settings(local_features=False)) as g:  # user metadata first
+        g.add([photos / "user.jpg"])
+        g.update(photos / "user.jpg", meta={"year": 1999})
+    r = CliRunner().invoke(cli, ["index", str(photos), "--gallery", str(gdir), "--hash-only",
+                                 "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["exif_dated"] == 2
+    with Gallery(gdir) as g:
+        assert g.find(photos / "orig.jpg").meta == {"taken": "2019-05-03T12:34:56", "year": 2019,
+                                                    "month": 5}
+        assert g.find(photos / "edited.jpg").meta["taken"] == "2018-11-30T08:00:00"
+        assert g.find(photos / "user.jpg").meta == {"year": 1999}
+        assert g.find(photos / "none.jpg").meta == {}
+    _jpeg_with_exif(photos / "later.jpg", 9, original="2022:02:02 02:02:02")
+    r = CliRunner().invoke(cli, ["index", str(photos), "--gallery", str(gdir), "--hash-only",
+                                 "--no-exif-dates", "-q"])
+    assert r.exit_code == 0 and "exif_dated" not in json.loads(r.stdout)
+    with Gallery(gdir) as g:
+        assert g.find(photos / "later.jpg").meta == {}

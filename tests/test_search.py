@@ -365,13 +365,24 @@ def test_cli_index_then_search(tmp_path, tiny_clip_dir):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["added"] == 4 and [Path(s["path"]).name for s in out["skipped"]] == ["broken.png"]
-    assert out["embeddings"]["embedded"] == 4 and out["embeddings"]["dim"] == 16
+    [emb] = out["embeddings"]
+    assert emb["embedded"] == 4 and emb["dim"] == 16
     assert out["metadata"]["matched"] == 4
     r = run(cli, ["index", str(photos), "--gallery", str(gdir), "--model", str(tiny_clip_dir),
                   "--hash-only", "-q"])
-    assert json.loads(r.stdout)["embeddings"] == {
+    assert json.loads(r.stdout)["embeddings"] == [{
         "model": str(Path(tiny_clip_dir).resolve()), "dim": 16, "embedded": 0, "unchanged": 4,
-        "skipped": []}
+        "skipped": []}]
+    # Without --model, new images are embedded with the model(s) the gallery holds ...
+    make_photo(905, (64, 48)).save(photos / "c5.png")
+    r = run(cli, ["index", str(photos), "--gallery", str(gdir), "--hash-only", "-q"])
+    out = json.loads(r.stdout)
+    assert out["added"] == 1 and [e["embedded"] for e in out["embeddings"]] == [1]
+    # ... unless asked not to.
+    make_photo(906, (64, 48)).save(photos / "c6.png")
+    r = run(cli, ["index", str(photos), "--gallery", str(gdir), "--hash-only", "--no-embed",
+                  "-q"])
+    assert json.loads(r.stdout)["embeddings"] == []
 
     r = run(cli, ["search", "--gallery", str(gdir), "--image", str(photos / "c2.png"), "-k", "3"])
     assert r.exit_code == 0, r.output
