@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .filters import allowed_ids
-from .gallery import EMBED_DECODE_SIDE, Gallery, GalleryError
+from .gallery import DB_NAME, EMBED_DECODE_SIDE, Gallery, GalleryError
 from .io import ImageLoadError, load_image
 
 
@@ -143,7 +143,7 @@ def search(gallery: Gallery | str | os.PathLike, *,
     where = list(where)
     with ExitStack() as stack:
         if not isinstance(gallery, Gallery):
-            if not (Path(gallery) / "gallery.sqlite").exists():
+            if not (Path(gallery) / DB_NAME).exists():
                 raise GalleryError(f"no gallery at {gallery}")
             gallery = stack.enter_context(Gallery(gallery, create=False))
         allowed = allowed_ids(gallery, where)  # bad filters fail before a model loads
