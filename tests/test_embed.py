@@ -365,3 +365,74 @@ def test_sscd_from_installed_package_ranks_an_edited_copy_first(photos):
     assert unit_rows(v)
     sims = v[0] @ v[1:].T
     assert sims[0] > sims[1:].max() + 0.1, sims
+
+
+# -- multilingual text tower --------------------------------------------------------------
+
+def build_tiny_sentence_model(path: Path, out_dim: int = 16) -> Path:
+    """sentence-transformers folder: tiny random BERT + mean pooling + Dense(out_dim)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "chat", "chien", "gato", "perro",
+             "un", "une", "photo", "de", "foto", "the", "cat", "dog", "."]
+    words += list("abcdefghijklmnopqrstuvwxyzéñ") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyzéñ"]
+    (path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    BertTokenizer(vocab=str(path / "vocab.txt"), model_max_length=32).save_pretrained(path)
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=24, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=64)).eval().save_pretrained(path)
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    (path / "sentence_bert_config.json").write_text('{"max_seq_length": 32}')
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 24, "pooling_mode_cls_token": False,
+         "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}))
+    (path / "2_Dense").mkdir(exist_ok=True)
+    (path / "2_Dense" / "config.json").write_text(json.dumps(
+        {"in_features": 24, "out_features": out_dim, "bias": True,
+         "activation_function": "torch.nn.modules.linear.Identity"}))
+    save_file({"linear.weight": torch.randn(out_dim, 24), "linear.bias": torch.randn(out_dim)},
+              str(path / "2_Dense" / "model.safetensors"))
+    return path
+
+
+def test_multilingual_text_tower_paired_with_clip_images(tiny_clip_dir, tmp_path, photos):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    st = build_tiny_sentence_model(tmp_path / "mtext")
+    emb = load_embedder(str(tiny_clip_dir), text_model=str(st), templates=["{}"])
+    plain = load_embedder(str(tiny_clip_dir))
+    # Images still come from the CLIP image tower.
+    np.testing.assert_allclose(emb.embed_images(photos[:2]), plain.embed_images(photos[:2]),
+                               atol=1e-6)
+    texts = ["un chat", "una foto de un perro", "the dog"]
+    got = emb.embed_texts(texts)
+    assert got.shape == (3, 16) and unit_rows(got)
+    # By hand: BERT -> mean over real tokens -> linear layer -> unit length.
+    tok, bert = AutoTokenizer.from_pretrained(st), AutoModel.from_pretrained(st).eval()
+    dense = load_file(str(st / "2_Dense" / "model.safetensors"))
+    with torch.inference_mode():
+        enc = tok(texts, padding=True, return_tensors="pt")
+        h = bert(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        ref = ((h * m).sum(1) / m.sum(1)) @ dense["linear.weight"].T + dense["linear.bias"]
+    ref = ref.numpy() / np.linalg.norm(ref.numpy(), axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert not np.allclose(got, plain.embed_texts(texts, templates=()), atol=1e-3)
+    # A text tower trained for another image space (other size) is refused.
+    other = build_tiny_sentence_model(tmp_path / "mtext8", out_dim=8)
+    with pytest.raises(EmbedderError, match="not trained together"):
+        load_embedder(str(tiny_clip_dir), text_model=str(other))
+    with pytest.raises(ModelNotFound):
+        load_embedder(str(tiny_clip_dir), text_model=str(tmp_path / "nope"))
