@@ -13,6 +13,12 @@ searched exhaustively (its vectors are fetched and compared directly, which
 is cheaper than walking the graph at that size), and a large one through the
 graph with an oversampled k that grows until every query has k allowed
 neighbours, falling back to the exhaustive scan when it would not.
+
+USearch hands stored vectors back one key at a time (microseconds each), so
+scanning tens of thousands of allowed ids through it would cost more than the
+scan itself. The first scan of a large allowed set therefore builds a row
+copy of the vectors (``n x dim`` half floats, e.g. 1 GB for 1M 512-d), kept
+up to date by ``add``/``remove`` and rebuilt lazily after ``load``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ EXACT_SEARCH_BELOW = 20_000
 EXACT_ALLOWED_MAX = 20_000
 #: ... and so is one keeping at most this fraction of the index.
 EXACT_ALLOWED_FRACTION = 0.02
+#: Allowed sets up to this size are fetched from USearch key by key (no row copy needed).
+DIRECT_GET_MAX = 2_000
 #: Distances computed per candidate a graph walk gathers (about 2 x connectivity).
 GRAPH_COST_PER_CANDIDATE = 16
 #: HNSW parameters, chosen by benchmarks/bench_vectors.py (see RESULTS.md).
@@ -55,6 +63,63 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """Where the model record of the index at ``path`` lives (``PATH.json``)."""
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+class _Rows:
+    """Row copy of the stored vectors for exhaustive scans of allowed subsets.
+
+    Rows are appended; removed keys become tombstones (key -1) until more
+    than half the rows are dead, then the copy is compacted. A sorted view of
+    the keys (rebuilt lazily after changes) maps ids to rows.
+    """
+
+    def __init__(self, dim: int, dtype):
+        self.dim, self.dtype = dim, dtype
+        self.keys = np.empty(0, np.int64)
+        self.mat = np.empty((0, dim), dtype)
+        self.n = 0
+        self.dead = 0
+        self._lookup: tuple[np.ndarray, np.ndarray] | None = None
+
+    def put(self, keys: np.ndarray, vecs: np.ndarray) -> None:
+        """Append rows for keys that have no live row."""
+        need = self.n + len(keys)
+        if need > len(self.keys):
+            cap = max(need, 2 * len(self.keys), 1024)
+            grown_k = np.full(cap, -1, np.int64)
+            grown_k[: self.n] = self.keys[: self.n]
+            grown_m = np.empty((cap, self.dim), self.dtype)
+            grown_m[: self.n] = self.mat[: self.n]
+            self.keys, self.mat = grown_k, grown_m
+        self.keys[self.n:need] = keys
+        self.mat[self.n:need] = vecs
+        self.n = need
+        self._lookup = None
+
+    def drop(self, keys: np.ndarray) -> None:
+        rows = self.rows(keys)
+        if len(rows):
+            self.keys[rows] = -1
+            self.dead += len(rows)
+            self._lookup = None
+        if self.dead > max(1024, self.n // 2):
+            live = np.flatnonzero(self.keys[: self.n] >= 0)
+            self.keys, self.mat = self.keys[live].copy(), self.mat[live].copy()
+            self.n, self.dead = len(live), 0
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """Rows holding ``keys`` (keys without a live row are skipped)."""
+        if self._lookup is None:
+            live = np.flatnonzero(self.keys[: self.n] >= 0)
+            order = np.argsort(self.keys[live], kind="stable")
+            self._lookup = (self.keys[live][order], live[order])
+        sorted_keys, sorted_rows = self._lookup
+        keys = np.asarray(keys, np.int64)
+        pos = np.searchsorted(sorted_keys, keys)
+        pos_c = np.minimum(pos, max(len(sorted_keys) - 1, 0))
+        hit = (pos < len(sorted_keys)) & (sorted_keys[pos_c] == keys) if len(sorted_keys) \
+            else np.zeros(len(keys), bool)
+        return sorted_rows[pos_c[hit]]
 
 
 class VectorIndex:
@@ -87,6 +152,7 @@ class VectorIndex:
         self._index = Index(ndim=self.dim, metric="cos", dtype=dtype,
                             connectivity=connectivity, expansion_add=expansion_add,
                             expansion_search=expansion_search)
+        self._rows: _Rows | None = None
 
     # -- bookkeeping -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -149,7 +215,11 @@ class VectorIndex:
         present = np.asarray(self._index.contains(ids), dtype=bool).reshape(-1)
         if present.any():
             self._index.remove(ids[present])
+            if self._rows is not None:
+                self._rows.drop(ids[present].astype(np.int64))
         self._index.add(ids, vectors, threads=self.threads)
+        if self._rows is not None:
+            self._rows.put(ids.astype(np.int64), vectors)
 
     def remove(self, ids) -> int:
         """Drop ``ids`` (absent ones are ignored); returns how many were removed."""
@@ -160,6 +230,8 @@ class VectorIndex:
         present = ids[np.asarray(self._index.contains(ids), dtype=bool).reshape(-1)]
         if len(present):
             self._index.remove(present)
+            if self._rows is not None:
+                self._rows.drop(present.astype(np.int64))
         return int(len(present))
 
     def get(self, ids) -> np.ndarray:
@@ -229,8 +301,7 @@ class VectorIndex:
     def _subset_search(self, q, k, allowed, out_ids, out_scores, rows=None) -> None:
         """Exhaustive search over the allowed ids only (their stored vectors)."""
         rows = np.arange(len(q)) if rows is None else rows
-        vecs = np.asarray(self._index.get(allowed, dtype=np.float32), dtype=np.float32)
-        vecs = vecs.reshape(len(allowed), self.dim)
+        vecs = self._fetch(allowed)
         norms = np.linalg.norm(vecs, axis=1)
         vecs /= np.where(norms > 0, norms, 1.0)[:, None]
         qn = q[rows] / np.maximum(np.linalg.norm(q[rows], axis=1, keepdims=True), 1e-30)
@@ -245,6 +316,29 @@ class VectorIndex:
             r = rows[start:start + 256]
             out_ids[r, :kk] = allowed[top].astype(np.int64)
             out_scores[r, :kk] = top_s
+
+    def _fetch(self, allowed: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``allowed`` (all present), in that order."""
+        if self._rows is None and len(allowed) <= DIRECT_GET_MAX:
+            got = self._index.get(allowed, dtype=np.float32)
+            return np.asarray(got, dtype=np.float32).reshape(len(allowed), self.dim)
+        if self._rows is None:
+            self._rows = self._copy_rows()
+        rows = self._rows.rows(allowed.astype(np.int64))
+        if len(rows) != len(allowed):  # cannot happen unless the copy fell out of step
+            self._rows = self._copy_rows()
+            rows = self._rows.rows(allowed.astype(np.int64))
+        return self._rows.mat[rows].astype(np.float32)
+
+    def _copy_rows(self) -> _Rows:
+        store = np.float32 if self.dtype in ("f32", "f64") else np.float16
+        copy = _Rows(self.dim, store)
+        keys = np.asarray(self._index.keys, dtype=np.uint64)
+        for start in range(0, len(keys), 20_000):
+            part = keys[start:start + 20_000]
+            vecs = np.asarray(self._index.get(part, dtype=np.float32), dtype=np.float32)
+            copy.put(part.astype(np.int64), vecs.reshape(len(part), self.dim))
+        return copy
 
     def _filtered_graph_search(self, q, k, allowed, out_ids, out_scores) -> None:
         """HNSW search for k / selectivity * margin candidates, keep the allowed ones,

@@ -219,3 +219,35 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert len(VectorIndex.load(path, expect_model="m")) == 10
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_row_copy_used_for_large_scans_follows_updates(monkeypatch):
+    """Scans of big allowed sets read a row copy of the vectors; it must track
+    adds, replacements and removals made after it was built."""
+    monkeypatch.setattr(vectors_mod, "DIRECT_GET_MAX", 0)
+    rng = np.random.default_rng(6)
+    vecs = unit(rng, 3000, 16)
+    idx = VectorIndex("m", 16)
+    idx.add(np.arange(3000), vecs)
+    table = vecs.copy()
+    queries = unit(rng, 8, 16)
+
+    def check(allowed):
+        got, scores = idx.search(queries, 5, allowed=allowed)
+        want, want_s = brute(queries, table, allowed, 5)
+        assert np.isin(got, allowed).all()
+        np.testing.assert_allclose(scores, want_s, atol=2e-3)
+
+    check(np.arange(0, 3000, 7))
+    assert idx._rows is not None
+    idx.remove(np.arange(0, 1500))          # enough to trigger compaction
+    new = unit(rng, 200, 16)
+    idx.add(np.arange(1600, 1800), new)     # replacements
+    table[1600:1800] = new
+    extra = unit(rng, 100, 16)
+    idx.add(np.arange(3000, 3100), extra)   # additions
+    table = np.concatenate([table, extra])
+    allowed = np.arange(1500, 3100, 3)
+    check(allowed)
+    got, _ = idx.search(queries, 5, allowed=np.arange(0, 3100, 2))
+    assert not np.isin(got, np.arange(0, 1500)).any()
