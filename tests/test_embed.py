@@ -81,6 +81,29 @@ def test_uncached_hub_id_offline_says_how_to_get_it(monkeypatch):
         load_embedder("clip-vit-b32")
 
 
+def test_registry_passes_config_fields_and_names_hub_ids(monkeypatch):
+    import inspect
+
+    import matchkit.embed.clip as clip_mod
+
+    calls = []
+
+    class Recorder(clip_mod.CLIPEmbedder):
+        def __init__(self, source, **kw):  # records instead of loading weights
+            calls.append((source, kw))
+
+    Recorder.__init__.__signature__ = inspect.signature(clip_mod.CLIPEmbedder.__init__)
+    monkeypatch.setattr(clip_mod, "CLIPEmbedder", Recorder)
+    load_embedder("clip-vit-b32", batch_size=7)
+    load_embedder("openai/clip-vit-base-patch32")  # same model by hub id: same name
+    load_embedder("someone/other-clip", templates=["{}"])
+    (src, kw), (src2, kw2), (src3, kw3) = calls
+    assert src == src2 == "openai/clip-vit-base-patch32"
+    assert kw["name"] == kw2["name"] == "clip-vit-b32"
+    assert kw["batch_size"] == 7 and kw["templates"] == ["a photo of {}."]
+    assert src3 == kw3["name"] == "someone/other-clip" and kw3["templates"] == ["{}"]
+
+
 def test_missing_package_model_says_how_to_install(tmp_path):
     cfg = tmp_path / "m.toml"
     cfg.write_text('kind = "onnx"\npackage = "matchkit_no_such_pkg"\nfile = "x.onnx"\n'

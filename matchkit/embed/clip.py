@@ -194,6 +194,8 @@ class CLIPEmbedder(Embedder):
         Optional directory or hub id of a multilingual text encoder trained to
         match this image tower (sentence-transformers layout); see
         :mod:`matchkit.embed.mtext`.
+    threads:
+        If given, torch's intra-op thread count (a process-wide setting).
     """
 
     has_text = True

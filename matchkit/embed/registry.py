@@ -176,7 +176,11 @@ def load_embedder(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: st
     looks_like_hub_id = key.count("/") == 1 and not key.startswith((".", "/", "~")) \
         and not path.parent.exists()
     if looks_like_hub_id:
-        cfg = {"kind": "clip", "source": key, "name": key}
+        # A hub id that a registered model uses gets that model's name, so a gallery
+        # indexed with "clip-vit-b32" accepts "openai/clip-vit-base-patch32" and back.
+        same = [c for c in builtin.values() if c.get("kind") == "clip"
+                and c.get("source") == key and not c.get("text_model")]
+        cfg = dict(same[0]) if same else {"kind": "clip", "source": key, "name": key}
         return _build(cfg, base_dir=None, device=device, batch_size=batch_size, kw=kw)
     raise ModelNotFound(f"unknown model {key!r}: not a registered name ({', '.join(builtin)}) "
                         "and no such file or directory. Pass a registered name, a CLIP checkpoint "
