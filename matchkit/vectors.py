@@ -107,8 +107,16 @@ class _Rows:
             self.keys, self.mat = self.keys[live].copy(), self.mat[live].copy()
             self.n, self.dead = len(live), 0
 
+    def has(self, keys: np.ndarray) -> np.ndarray:
+        """Boolean mask: which ``keys`` have a live row."""
+        return self._find(keys)[1]
+
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """Rows holding ``keys`` (keys without a live row are skipped)."""
+        rows, hit = self._find(keys)
+        return rows[hit]
+
+    def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._lookup is None:
             live = np.flatnonzero(self.keys[: self.n] >= 0)
             order = np.argsort(self.keys[live], kind="stable")
@@ -117,9 +125,10 @@ class _Rows:
         keys = np.asarray(keys, np.int64)
         pos = np.searchsorted(sorted_keys, keys)
         pos_c = np.minimum(pos, max(len(sorted_keys) - 1, 0))
-        hit = (pos < len(sorted_keys)) & (sorted_keys[pos_c] == keys) if len(sorted_keys) \
-            else np.zeros(len(keys), bool)
-        return sorted_rows[pos_c[hit]]
+        if not len(sorted_keys):
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        hit = (pos < len(sorted_keys)) & (sorted_keys[pos_c] == keys)
+        return sorted_rows[pos_c], hit
 
 
 class VectorIndex:
@@ -268,9 +277,7 @@ class VectorIndex:
         if allowed is None:
             self._graph_search(q, k, out_ids, out_scores, exact=len(self) < EXACT_SEARCH_BELOW)
             return out_ids, out_scores
-        allowed = np.unique(self._ids(allowed))
-        if len(allowed):
-            allowed = allowed[np.asarray(self._index.contains(allowed), dtype=bool).reshape(-1)]
+        allowed = self._present(allowed)
         m = len(allowed)
         if m == 0:
             return out_ids, out_scores
@@ -283,6 +290,18 @@ class VectorIndex:
         else:
             self._filtered_graph_search(q, k, allowed, out_ids, out_scores)
         return out_ids, out_scores
+
+    def _present(self, allowed) -> np.ndarray:
+        """Sorted unique ids of ``allowed`` that are in the index (uint64)."""
+        allowed = self._ids(allowed)
+        if len(allowed) > 1 and not (allowed[1:] > allowed[:-1]).all():
+            allowed = np.unique(allowed)
+        if len(allowed) == 0:
+            return allowed
+        if self._rows is not None:
+            # The row copy answers membership with one vectorised binary search.
+            return allowed[self._rows.has(allowed.astype(np.int64))]
+        return allowed[np.asarray(self._index.contains(allowed), dtype=bool).reshape(-1)]
 
     def _raw_search(self, q: np.ndarray, count: int, exact: bool):
         res = self._index.search(q, count, exact=exact, threads=self.threads)
@@ -348,12 +367,14 @@ class VectorIndex:
         want = min(len(allowed), k)
         count = int(min(n_total, max(2 * k, math.ceil(k / selectivity * 2))))
         pending = np.arange(len(q))
+        allowed_i = allowed.astype(np.int64)  # sorted, unique
         # A graph walk gathering c candidates computes about GRAPH_COST_PER_CANDIDATE * c
         # distances; past len(allowed) / that, scanning the allowed vectors is cheaper.
         ceiling = max(count, len(allowed) // GRAPH_COST_PER_CANDIDATE)
         while len(pending):
             keys, scores, valid = self._raw_search(q[pending], count, exact=False)
-            ok = valid & np.isin(keys, allowed.astype(np.int64))
+            pos = np.minimum(np.searchsorted(allowed_i, keys), len(allowed_i) - 1)
+            ok = valid & (allowed_i[pos] == keys)
             done = ok.sum(axis=1) >= want
             for j in np.flatnonzero(done):
                 sel = np.flatnonzero(ok[j])[:k]

@@ -115,6 +115,8 @@ def test_filter_larger_than_k_but_smaller_than_index_and_odd_inputs(built, data)
     # Unknown ids in the filter are ignored; an empty filter gives nothing.
     got_ids, _ = built.search(queries[:2], 3, allowed=np.array([10**9, ids[5]]))
     assert got_ids[:, 0].tolist() == [ids[5]] * 2 and (got_ids[:, 1:] == -1).all()
+    got_ids, _ = built.search(queries[:2], 3, allowed=np.array([ids[7], ids[5], ids[7]]))
+    assert sorted(got_ids[0, :2].tolist()) == sorted([ids[5], ids[7]]) and got_ids[0, 2] == -1
     got_ids, _ = built.search(queries[:2], 3, allowed=np.array([], dtype=np.int64))
     assert (got_ids == -1).all()
     # A single 1-d query works; a wrong-sized one is refused.
