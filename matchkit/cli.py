@@ -81,6 +81,13 @@ def cli() -> None:
 @click.option("--hash-only", is_flag=True,
               help="Skip local features: several times faster, but misses crops, "
                    "arbitrary rotations, overlays and screenshots.")
+@click.option("--model", default=None,
+              help="Also compare learned embeddings of this model (name, folder or "
+                   ".onnx/.toml file; 'matchkit models' lists names): its nearest neighbours "
+                   "become candidates, verified with local features.")
+@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), default=None,
+              help="With --model: embedding cosine that counts as a match on its own "
+                   "(model-specific; default: never, candidates are verified).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
               help="Write a review page (HTML plus a PATH_files/ folder of thumbnails).")
 @click.option("--evidence-limit", type=click.IntRange(min=0), default=None,
@@ -93,7 +100,7 @@ def cli() -> None:
               help="With --move-duplicates-to: show what would move, move nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
-           html_path, evidence_limit, move_to, dry_run, quiet):
+           model, min_cosine, html_path, evidence_limit, move_to, dry_run, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
@@ -111,7 +118,10 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
       matchkit dedupe photos/ --move-duplicates-to ~/dupes --json dupes.json
       matchkit dedupe photos/ --gallery ~/.matchkit/photos --json - | jq .stats
       matchkit dedupe big-archive/ --hash-only --csv dupes.csv
+      matchkit dedupe photos/ --model sscd-disc-mixup --json dupes.json
     """
+    if min_cosine is not None and not model:
+        _fail("--min-cosine needs --model")
     if dry_run and not move_to:
         _fail("--dry-run needs --move-duplicates-to DIR")
     if html_path == "-" or (html_path and os.path.isdir(html_path)):
@@ -120,11 +130,17 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         _fail(f"--move-duplicates-to must be a folder: {move_to}")
     try:
         settings = Settings().with_(phash_max_distance=threshold, max_pixels=max_pixels,
-                                    workers=workers, local_features=False if hash_only else None)
+                                    workers=workers, local_features=False if hash_only else None,
+                                    model=model, min_cosine=min_cosine)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet)
     except FileNotFoundError as e:
         _fail(str(e))
     except GalleryError as e:
+        _fail(str(e))
+    except Exception as e:  # a missing or unusable --model: one line, exit 2
+        from .embed import EmbedderError
+        if not isinstance(e, EmbedderError):
+            raise
         _fail(str(e))
     out = sys.stderr if json_path == "-" else sys.stdout
     data = None
@@ -183,6 +199,20 @@ def _echo_moves(result, quiet: bool, out) -> None:
         c = result.counts()
         click.echo(f"moved {c.get('moved', 0)} files, {c.get('failed', 0)} not moved; "
                    f"undo with: matchkit undo {shlex.quote(result.manifest)}", file=out)
+
+
+@cli.command()
+def models():
+    """List the embedding models known by name (JSON), and whether each is usable here.
+
+    \b
+    Example:
+      matchkit models | jq '.[] | select(.available) | .name'
+    """
+    from dataclasses import asdict
+
+    from .embed import list_models
+    click.echo(json.dumps([asdict(m) for m in list_models()], indent=2, default=str))
 
 
 @cli.command()

@@ -67,6 +67,17 @@ class Settings:
     #: Longest side of the stored grey thumbnail used by the photometric check.
     thumb_side: int = 128
 
+    #: Learned embedding model (registry name, directory or file; see
+    #: ``matchkit.embed``) whose cosine joins the signals; None: no model.
+    model: str | None = None
+    #: Nearest images by embedding fetched per image as candidates.
+    embedding_neighbours: int = 8
+    #: Least cosine for an embedding neighbour to become a candidate pair.
+    cosine_candidate: float | None = 0.3
+    #: Cosine at which the embedding alone decides a match (None: it never
+    #: does; its candidates are verified with local features). Model-specific.
+    min_cosine: float | None = None
+
     def decode_side(self) -> int:
         """Longest side to decode: what the most demanding enabled feature needs."""
         return max(self.hash_side, self.work_side if self.local_features else 0)

@@ -50,6 +50,11 @@ def dedupe(
     reported in ``report.skipped``.
     """
     start = time.perf_counter()
+    embedder = None
+    if settings.model:
+        from .embed import load_embedder  # torch/onnxruntime only when asked for
+        embedder = load_embedder(settings.model)  # a missing model fails before any work
+        settings = settings.with_(model=embedder.name)
     files = list(iter_image_files(paths))
     with ExitStack() as stack:
         if gallery is None:
@@ -62,6 +67,8 @@ def dedupe(
         if bar:
             bar.close()
         gallery.save()
+        if embedder is not None:
+            gallery.embed(embedder, added.ids, progress=progress)
         clusters, n_exact, n_near = find_clusters(gallery, added.ids, settings)
         report = DedupeReport(
             clusters=clusters,
@@ -80,6 +87,7 @@ def dedupe(
             "near_pairs": n_near,
             "phash_max_distance": settings.phash_max_distance,
             "colour_min_similarity": settings.colour_min_similarity,
+            "model": settings.model,
             "seconds": round(time.perf_counter() - start, 3),
         }
     return report

@@ -39,6 +39,8 @@ class PairEvidence:
     colour_similarity: float
     votes: float = 0.0
     verification: Verification | None = None
+    #: Cosine of the images' learned embeddings (None: no model configured).
+    cosine: float | None = None
     overlap_correlation: float | None = None
     #: Why the pair matched: "phash", "phash+colour", "local" or "" (no match).
     rule: str = ""
@@ -62,6 +64,8 @@ class PairEvidence:
                "colour_similarity": round(self.colour_similarity, 4), "rule": self.rule}
         if self.votes:
             out["votes"] = round(self.votes, 2)
+        if self.cosine is not None:
+            out["cosine"] = round(self.cosine, 4)
         v = self.verification
         if v is not None:
             out.update(matches=v.matches, inliers=v.inliers,
@@ -97,6 +101,43 @@ def hash_rule(ev: PairEvidence, crowd: dict[int, int], settings: Settings) -> st
         return ""
     bg = min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS))
     return "phash+colour" if d <= bg - settings.crowd_margin else ""
+
+
+def embedding_rule(ev: PairEvidence, settings: Settings) -> str:
+    """Match on the learned embedding alone: "embedding" or "".
+
+    Only with a model and a ``min_cosine`` chosen for that model (a cosine
+    means different things for different models)."""
+    if ev.cosine is None or settings.min_cosine is None:
+        return ""
+    return "embedding" if ev.cosine >= settings.min_cosine else ""
+
+
+def _embedding_vectors(gallery: Gallery, ids: list[int], model: str | None
+                       ) -> dict[int, np.ndarray]:
+    if not model:
+        return {}
+    have = sorted(set(gallery.embedded_ids(model).tolist()) & set(ids))
+    return dict(zip(have, gallery.vectors(model, have))) if have else {}
+
+
+def embedding_candidates(gallery: Gallery, vectors: dict[int, np.ndarray],
+                         settings: Settings) -> set[tuple[int, int]]:
+    """Pairs (a < b) among ``vectors`` that are each other's nearest by the
+    learned embedding (``embedding_neighbours`` per image, cosine at least
+    ``cosine_candidate``): one kNN query per image."""
+    if not vectors or settings.cosine_candidate is None:
+        return set()
+    ids = np.fromiter(vectors, dtype=np.int64, count=len(vectors))
+    index = gallery.vector_index(settings.model)
+    keys, sims = index.search(np.stack([vectors[i] for i in ids.tolist()]),
+                              settings.embedding_neighbours + 1, allowed=np.sort(ids))
+    out = set()
+    for i, krow, srow in zip(ids.tolist(), keys.tolist(), sims.tolist()):
+        for j, c in zip(krow, srow):
+            if j >= 0 and j != i and c >= settings.cosine_candidate:
+                out.add((i, j) if i < j else (j, i))
+    return out
 
 
 def local_rule(ev: PairEvidence, settings: Settings) -> str:
@@ -154,6 +195,11 @@ class PairMatcher:
             for pair in votes:
                 pairs.setdefault(pair, -1)  # distance filled in below
 
+        #: Learned embeddings of the images (model ``settings.model``), if any.
+        self.vectors = _embedding_vectors(gallery, ids, settings.model)
+        for pair in embedding_candidates(gallery, self.vectors, settings):
+            pairs.setdefault(pair, -1)
+
         colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
         self.paths = {i: img.path for i, img in gallery.images(ids).items()}
         self._mirrored: dict[int, tuple | None] = {}
@@ -168,12 +214,16 @@ class PairMatcher:
                               votes=votes.get((a, b), 0.0))
             if variant in REFLECTIONS:
                 ev.extra["reflect"] = True
+            if a in self.vectors and b in self.vectors:
+                ev.cosine = float(self.vectors[a] @ self.vectors[b])
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
             else:
-                ev.rule = hash_rule(ev, found.crowd, settings)
+                ev.rule = hash_rule(ev, found.crowd, settings) or embedding_rule(ev, settings)
+            near = (ev.cosine is not None and settings.cosine_candidate is not None
+                    and ev.cosine >= settings.cosine_candidate)
             ev.pending = (settings.local_features and not ev.rule
-                          and (ev.votes > 0 or b in top.get(a, ()) or a in top.get(b, ())))
+                          and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
             self.evidence.append(ev)
 
     def verify(self, todo: list[PairEvidence]) -> None:
