@@ -25,6 +25,9 @@ import _common as C  # noqa: E402
 import sets  # noqa: E402
 
 
+DEFAULT_METHODS = "matchkit,matchkit-hash-only,imagehash"
+
+
 def truth_pairs(folder: Path) -> set:
     groups: dict[str, list[str]] = {}
     for p in folder.iterdir():
@@ -41,6 +44,35 @@ def run_matchkit(folder: Path, tmp: Path, extra: list[str]) -> dict:
     if rc:
         raise SystemExit(f"matchkit failed ({rc}): {' '.join(cmd)}")
     return {"wall_s": wall, "peak_rss_mib": rss, "clusters": C.clusters_from_json(out)}
+
+
+def method_args(method: str) -> list[str]:
+    """CLI arguments of a method name: ``matchkit``, ``matchkit-hash-only``,
+    ``matchkit+MODEL`` (embedding candidates) or ``matchkit+MODEL@COS``
+    (and the embedding alone matches at cosine >= COS)."""
+    if method == "matchkit":
+        return []
+    if method == "matchkit-hash-only":
+        return ["--hash-only"]
+    if method.startswith("matchkit+"):
+        model, _, cos = method[len("matchkit+"):].partition("@")
+        return ["--model", model] + (["--min-cosine", cos] if cos else [])
+    raise SystemExit(f"unknown method: {method}")
+
+
+def cosine_sweep(folder: Path, tmp: Path, model: str, values: list[str], truth: set) -> None:
+    """Runs with one shared gallery (embeddings computed once), one per
+    ``--min-cosine`` value ('none': the embedding never decides alone)."""
+    rows = []
+    for v in values:
+        extra = ["--model", model, "--gallery", str(tmp / "gallery")]
+        if v != "none":
+            extra += ["--min-cosine", v]
+        r = run_matchkit(folder, tmp, extra)
+        rows.append({"min_cosine": v, **C.score(C.pairs_from_groups(r["clusters"]), truth),
+                     "wall_s": r["wall_s"]})
+        print(C.table(rows[-1:], list(rows[-1])), flush=True)
+    print(C.table(rows, list(rows[0])))
 
 
 def run_imagehash(folder: Path, tmp: Path) -> dict:
@@ -81,7 +113,11 @@ def main() -> None:
                     help="comma-separated colour-similarity minimums to try with --sweep")
     ap.add_argument("--margin-sweep", default=None,
                     help="comma-separated crowd margins to try with --sweep")
-    ap.add_argument("--methods", default="matchkit,matchkit-hash-only,imagehash")
+    ap.add_argument("--methods", default=DEFAULT_METHODS,
+                    help="comma-separated: matchkit, matchkit-hash-only, imagehash, "
+                         "matchkit+MODEL, matchkit+MODEL@MIN_COSINE")
+    ap.add_argument("--cosine-sweep", default=None, metavar="MODEL:V1,V2,...",
+                    help="try --min-cosine values ('none' = never alone) with MODEL")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
 
@@ -91,6 +127,11 @@ def main() -> None:
     truth = truth_pairs(folder)
     print(f"{args.set} set: {len(base)} photos ({args.split} split) -> {n_images} images, "
           f"{len(truth)} true pairs", flush=True)
+    if args.cosine_sweep:
+        model, _, values = args.cosine_sweep.partition(":")
+        with tempfile.TemporaryDirectory() as tmp:
+            cosine_sweep(folder, Path(tmp), model, values.split(","), truth)
+        return
     if args.sweep:
         grid = [(int(t), float(c)) for t in args.sweep.split(",")
                 for c in (args.colour_sweep or "0").split(",")]
@@ -101,12 +142,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for method in args.methods.split(","):
-            if method == "matchkit":
-                r = run_matchkit(folder, tmp, [])
-            elif method == "matchkit-hash-only":
-                r = run_matchkit(folder, tmp, ["--hash-only"])
-            else:
+            if method == "imagehash":
                 r = run_imagehash(folder, tmp)
+            else:
+                r = run_matchkit(folder, tmp, method_args(method))
             pred = C.pairs_from_groups(r["clusters"])
             rows.append({"method": method, **C.score(pred, truth), "wall_s": r["wall_s"],
                          "images_per_s": n_images / r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]})
@@ -117,10 +156,12 @@ def main() -> None:
     if not args.no_write and not args.limit:
         body = (f"Data: {args.set} set built from `{args.photos.name}` ({args.split} split: "
                 f"{len(base)} photos, {n_images} images, {len(truth)} true pairs).\n"
-                f"Command: `python benchmarks/bench_dedupe.py --set {args.set} --split {args.split}`"
+                f"Command: `python benchmarks/bench_dedupe.py --set {args.set} --split {args.split}"
+                f"{'' if args.methods == DEFAULT_METHODS else ' --methods ' + args.methods}`"
                 f"\nEach method runs in its own process; time includes process start and "
                 f"decoding; memory is that process's peak RSS.\n\n{text}\n")
-        C.write_section(f"dedupe: {args.set} set ({args.split} split)", body)
+        extra = "" if args.methods == DEFAULT_METHODS else f", {args.methods}"
+        C.write_section(f"dedupe: {args.set} set ({args.split} split{extra})", body)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,29 +22,35 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
+                 durable: bool = True) -> None:
     """Produce ``path`` by calling ``write(tmp_path)`` and renaming it into place.
 
     A process killed at any moment leaves either the old file or the new
     complete one, never a torn file: readers see ``path`` change in a single
     ``os.replace``. The temporary file is removed if ``write`` fails.
+    ``durable=False`` skips the fsyncs, for files that can be made again
+    (thumbnails): still never torn, but possibly absent after a power cut.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Thread id, then pid: the pid stays last for remove_stale_temps.
+    tmp = path.with_name(f".{path.name}.tmp-{threading.get_ident()}-{os.getpid()}")
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
     """Atomically replace ``path`` with ``data``."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=durable)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> None:

@@ -27,6 +27,7 @@ from threading import Lock
 import cv2
 import numpy as np
 
+from ._fs import atomic_write_bytes
 from .config import Settings
 from .io import ImageLoadError, load_image
 from .local import LocalFeatures, extract_local, verify, working_grey
@@ -161,17 +162,11 @@ def draw_pair(a: str, b: str, folder: str | os.PathLike, *, settings: Settings =
     key = hashlib.blake2b(f"{a}\0{b}\0{height}".encode("utf-8", "surrogateescape"),
                           digest_size=12).hexdigest()
     name = f"pair-{key}.jpg"
-    target = Path(folder) / name
-    tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, target)
+        atomic_write_bytes(Path(folder) / name, data.tobytes(), durable=False)
     except OSError as e:
         out.error = f"cannot write picture: {e.strerror or e}"
         return out
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     out.name = name
     return out
 

@@ -10,13 +10,14 @@ cannot be read become a :class:`Thumb` with an ``error``, never an exception.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._fs import atomic_write
+from .hashing import file_digest
 from .io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 #: Longer side of a report thumbnail (pixels) and its JPEG quality: about
@@ -38,15 +39,6 @@ class Thumb:
     error: str | None = None      # why there is no thumbnail
 
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Short content hash (BLAKE2b, 128 bits) of a file's bytes."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def make_thumb(path: str | os.PathLike, folder: str | os.PathLike, *,
                side: int = DEFAULT_SIDE, quality: int = DEFAULT_QUALITY,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Thumb:
@@ -58,7 +50,7 @@ def make_thumb(path: str | os.PathLike, folder: str | os.PathLike, *,
     out = Thumb(str(path))
     try:
         out.file_size = os.stat(path).st_size
-        out.digest = file_digest(path)
+        out.digest = file_digest(path)[:32]  # names thumbnails: identical files share one
     except OSError as e:
         out.error = f"cannot read file: {e.strerror or e}"
         return out
@@ -71,16 +63,12 @@ def make_thumb(path: str | os.PathLike, folder: str | os.PathLike, *,
         return out
     out.width, out.height = loaded.width, loaded.height
     if not target.exists():
-        tmp = target.with_name(f".{name}.tmp-{os.getpid()}-{id(out)}")
         try:
-            loaded.image.save(tmp, "JPEG", quality=quality, optimize=True, progressive=True)
-            os.replace(tmp, target)
+            atomic_write(target, lambda tmp: loaded.image.save(
+                tmp, "JPEG", quality=quality, optimize=True, progressive=True), durable=False)
         except OSError as e:
             out.error = f"cannot write thumbnail: {e.strerror or e}"
             return out
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     out.name = name
     return out
 

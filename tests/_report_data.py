@@ -8,23 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from conftest import textured  # noqa: E402  (shared with test_local)
+
 #: A file name that would run script if it ever reached the page as HTML.
 XSS_NAME = '<img src=x onerror="window.__xss=1">.jpg'
-
-
-def textured(seed: int, size=(480, 360)) -> Image.Image:
-    """Busy picture with many corners, so local features find it again after a crop."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    base = rng.normal(128, 40, (h // 8, w // 8, 3)).clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
-    d = ImageDraw.Draw(img)
-    for _ in range(60):
-        x0, y0 = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
-        x1, y1 = x0 + int(rng.integers(6, 60)), y0 + int(rng.integers(6, 60))
-        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (d.rectangle if rng.random() < 0.5 else d.ellipse)((x0, y0, x1, y1), fill=fill)
-    return img
 
 
 def build_collection(folder: Path) -> Path:

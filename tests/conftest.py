@@ -66,3 +66,18 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     from tiny_clip import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+def textured(seed: int, size=(480, 360)) -> Image.Image:
+    """Busy, photo-like texture: many shapes over smooth noise (ORB needs corners)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.normal(128, 40, (h // 8, w // 8, 3)).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
+    d = ImageDraw.Draw(img)
+    for _ in range(60):
+        x0, y0 = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
+        x1, y1 = x0 + int(rng.integers(6, 60)), y0 + int(rng.integers(6, 60))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (d.rectangle if rng.random() < 0.5 else d.ellipse)((x0, y0, x1, y1), fill=fill)
+    return img
