@@ -6,14 +6,16 @@ error on stderr and exit code 2; unreadable images are reported, never fatal.
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__
 from .config import Settings
 from .dedupe import dedupe as run_dedupe
-from .gallery import GalleryError
+from .gallery import Gallery, GalleryError
 
 
 class _OneLineErrors(click.Group):
@@ -41,6 +43,11 @@ class _OneLineErrors(click.Group):
 
 def _fail(message: str) -> None:
     raise click.UsageError(message)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (some carry how-to text over several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -311,6 +318,198 @@ def label(queries, gallery, json_path, k, target, calibration, quiet):
         st = out["stats"]
         click.echo(f"{st['queries']} queries: {st['labelled']} labelled, {st['unknown']} unknown"
                    f" ({st['unreadable']} unreadable)", err=True)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--gallery", required=True, type=click.Path(file_okay=False),
+              help="Gallery folder (created if missing).")
+@click.option("--model", default=None,
+              help="Compute embeddings with this model: a registered name (e.g. "
+                   "clip-vit-b32), a CLIP checkpoint folder, a .onnx file or a .toml config. "
+                   "Without it, the models the gallery already holds are used. Only images "
+                   "without a vector are embedded.")
+@click.option("--no-embed", is_flag=True,
+              help="Compute no embeddings, not even for the gallery's models.")
+@click.option("--meta", "meta_path", type=click.Path(dir_okay=False),
+              help="Metadata to attach: .csv/.tsv with a 'path' column, or .jsonl with a "
+                   "\"path\" key, plus any fields (see README, 'Search').")
+@click.option("--no-exif-dates", is_flag=True,
+              help="Do not record taken/year/month from EXIF for new or changed images.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes/threads for decoding (default: one per core).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Skip files with more pixels than this (decompression-bomb guard).")
+@click.option("--hash-only", is_flag=True,
+              help="Skip local features (faster; enough for search, less for dedupe).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass of the model.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the model runs: cpu, cuda, cuda:N or auto.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, max_pixels,
+          hash_only, batch_size, device, quiet):
+    """Add images in PATHS to a gallery; attach metadata and embed them.
+
+    Prints a JSON summary on stdout: images added/updated/unchanged, files
+    skipped with reasons, metadata rows that matched no image, and how many
+    images each model embedded. Running it again only processes what is new
+    or changed. New and changed photos get taken/year/month from their EXIF
+    capture date unless they already have one of these keys.
+
+    \b
+    Example:
+      matchkit index photos/ --gallery ~/.matchkit/photos --model clip-vit-b32
+      matchkit index photos/ --gallery g --model ./clip-dir --meta photos.csv
+      matchkit index new-photos/ --gallery g -q     # embeds with g's model(s)
+      matchkit index photos/ --gallery g --meta more.jsonl --no-embed | jq .metadata
+    """
+    from .gallery import DB_NAME
+    from .io import iter_image_files
+    from .metadata import MetadataError, add_exif_dates, import_metadata, read_metadata
+
+    if model and no_embed:
+        _fail("--model and --no-embed contradict each other")
+    try:
+        files = list(iter_image_files(paths))
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if meta_path:
+        try:
+            read_metadata(meta_path)  # refuse an unusable file before any work
+        except MetadataError as e:
+            _fail(_one_line(e))
+    known: dict[str, int] = {}
+    if (Path(gallery) / DB_NAME).exists():
+        try:
+            with Gallery(gallery, create=False) as g:
+                known = g.models()
+        except GalleryError as e:
+            _fail(_one_line(e))
+    names = [] if no_embed else [model] if model else list(known)
+    embedders = []
+    if names:  # load every model first: a missing one fails before any work
+        from .embed import EmbedderError, load_embedder
+        for name in names:
+            try:
+                embedders.append(load_embedder(name, device=device, batch_size=batch_size))
+            except EmbedderError as e:
+                _fail(_one_line(e))
+            emb = embedders[-1]
+            if emb.name in known and known[emb.name] != emb.dim:
+                _fail(f"model {emb.name!r} gives {emb.dim}-d vectors but gallery {gallery} "
+                      f"holds {known[emb.name]}-d vectors from a model of that name; use a "
+                      "new gallery")
+    settings = Settings().with_(max_pixels=max_pixels, workers=workers,
+                                local_features=False if hash_only else None)
+    out: dict = {"gallery": str(gallery)}
+    try:
+        with Gallery(gallery, settings) as g:
+            bar = _progress_bar(len(files), not quiet)
+            added = g.add(files, progress=bar.update if bar else None)
+            if bar:
+                bar.close()
+            g.save()
+            out.update(files=len(files), images=len(g), added=added.added,
+                       updated=added.updated, unchanged=added.unchanged,
+                       skipped=[vars(s) for s in added.skipped])
+            if not no_exif_dates:
+                out["exif_dated"] = add_exif_dates(g, added.changed)
+            if meta_path:
+                roots = [p for p in paths if Path(p).is_dir()]
+                out["metadata"] = import_metadata(g, meta_path, roots=roots).to_dict()
+            out["embeddings"] = [g.embed(emb, progress=not quiet, workers=workers or None
+                                         ).to_dict() for emb in embedders]
+    except (GalleryError, MetadataError) as e:
+        _fail(_one_line(e))
+    except Exception as e:
+        from .embed import EmbedderError
+        if not isinstance(e, EmbedderError):
+            raise
+        _fail(_one_line(e))
+    click.echo(json.dumps(out, indent=2))
+
+
+def _parse_crop(text: str) -> tuple[int, int, int, int]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        _fail(f"--crop takes four whole numbers x,y,w,h (pixels), not {text!r}")
+    return values
+
+
+@cli.command()
+@click.option("--gallery", required=True, type=click.Path(file_okay=False),
+              help="Gallery folder made by `matchkit index --model`.")
+@click.option("--image", type=click.Path(dir_okay=False),
+              help="Query by this image (file).")
+@click.option("--crop", default=None,
+              help="Query by this region of --image: x,y,w,h in pixels of the image as "
+                   "displayed (after EXIF rotation).")
+@click.option("--text", default=None, help="Query by a text (needs a CLIP-style model).")
+@click.option("--where", multiple=True,
+              help="Metadata filter, repeatable (all must hold): key=v, key!=v, "
+                   "'key in a,b', key>=n, key<n, 'lo<=key<=hi'.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Number of results.")
+@click.option("--model", default=None,
+              help="Model to embed the query with (default: the one the gallery was "
+                   "indexed with; any other is refused).")
+@click.option("--json", "fmt", flag_value="json", default=True,
+              help="JSON list of hits on stdout (default).")
+@click.option("--table", "fmt", flag_value="table", help="A small text table instead.")
+def search(gallery, image, crop, text, where, k, model, fmt):
+    """Find the gallery images most similar to an image, a crop of one, or a text.
+
+    Scores are cosine similarities (1 = same direction). Filters select
+    images before the nearest-neighbour search, so a selective filter still
+    returns the best k matching images.
+
+    \b
+    Example:
+      matchkit search --gallery g --image query.jpg -k 5
+      matchkit search --gallery g --image shelf.jpg --crop 120,40,200,150 --table
+      matchkit search --gallery g --text "a red bicycle" --where 'year>=2019' \\
+          --where 'place in Paris,Lyon' | jq '.[].path'
+    """
+    from .embed import EmbedderError
+    from .filters import FilterError
+    from .search import SearchError, search as run_search
+    from .vectors import VectorIndexError  # ModelMismatch is one
+
+    if (image is None) == (text is None):
+        _fail("give exactly one of --image or --text")
+    if crop is not None and image is None:
+        _fail("--crop needs --image")
+    box = _parse_crop(crop) if crop is not None else None
+    try:
+        hits = run_search(gallery, image=image, crop=box, text=text, where=where, k=k,
+                          model=model)
+    except (GalleryError, SearchError, FilterError, EmbedderError, VectorIndexError) as e:
+        _fail(_one_line(e))
+    if fmt == "table":
+        click.echo(_hits_table(hits))
+    else:
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+
+
+def _hits_table(hits) -> str:
+    if not hits:
+        return "no results"
+    lines = [f"{'#':>3}  {'score':>6}  path  meta"]
+    for rank, h in enumerate(hits, 1):
+        meta = json.dumps(h.meta, ensure_ascii=False, separators=(",", ":")) if h.meta else ""
+        lines.append(f"{rank:>3}  {h.score:6.3f}  {h.path}  {meta}".rstrip())
+    return "\n".join(lines)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from .dedupe import _progress_bar as bar
+
+    return bar(total, enabled)
 
 
 def main() -> None:

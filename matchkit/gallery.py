@@ -11,17 +11,28 @@ open. So the folder is always consistent, whatever moment a process died.
 Adding a folder again only decodes files that are new or whose size or
 modification time changed. Files that could not be read are remembered with
 their reason, so a later run reports them again without decoding them again.
+
+Embeddings (``Gallery.embed``) follow the same scheme, one model at a time:
+the vectors live in SQLite's ``embeddings`` table (source of truth, about
+4 x dim bytes per image and model), and each model has its own vector index
+file, stamped with that model's generation and rebuilt from SQLite when
+stale. A model's name and dimension are recorded in the ``meta`` table; an
+image whose file changed, or that is removed, loses its vectors in the same
+transaction, so ``embed`` is incremental and never serves a stale vector.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,8 +41,12 @@ from .features import ImageRecord, extract_many, full_pixel_digest
 from .hashing import PHASH_BITS
 from .index import HammingIndex
 from ._fs import remove_stale_temps
-from .io import ImageLoadError
+from .io import ImageLoadError, load_image
 from .local import LocalFeatures
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .embed import Embedder
+    from .vectors import VectorIndex
 
 SCHEMA_VERSION = 1
 DB_NAME = "gallery.sqlite"
@@ -40,6 +55,12 @@ ORB_INDEX_NAME = "orb.usearch"
 #: Descriptor keys in the ORB index are image_id * ORB_KEY_STRIDE + rank.
 ORB_KEY_STRIDE = 1024
 _BATCH = 256
+#: Longest side images are decoded at for embedding (JPEGs in draft mode):
+#: CLIP-style models look at ~224 pixels of the shorter side, so this keeps
+#: even 4:1 panoramas above that while decoding camera photos several times faster.
+EMBED_DECODE_SIDE = 1024
+#: Prefix of a model's record in the ``meta`` table (value: JSON).
+_MODEL_KEY = "model:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +97,13 @@ CREATE TABLE IF NOT EXISTS failures (
     mtime_ns INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS embeddings (
+    model TEXT NOT NULL,
+    image_id INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model, image_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS embeddings_image ON embeddings(image_id);
 """
 
 
@@ -113,10 +141,29 @@ class StoredImage:
 
 
 @dataclass
+class EmbedReport:
+    """What ``Gallery.embed`` did for one model."""
+
+    model: str
+    dim: int
+    embedded: int = 0
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "dim": self.dim, "embedded": self.embedded,
+                "unchanged": self.unchanged, "skipped": [vars(s) for s in self.skipped]}
+
+
+@dataclass
 class AddReport:
-    """What ``Gallery.add`` did: ids of every readable file asked for, and the rest."""
+    """What ``Gallery.add`` did: ids of every readable file asked for, and the rest.
+
+    ``changed`` lists the ids that were added or updated (decoded this run).
+    """
 
     ids: list[int] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)
     added: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -132,6 +179,18 @@ def _row_to_image(row) -> StoredImage:
 
 def _key(path: str | os.PathLike) -> str:
     return str(Path(path).resolve())
+
+
+def vector_file_name(model_name: str) -> str:
+    """A safe, stable file name for a model's vector index.
+
+    Readable part from the name (``clip-vit-b32``, or a checkpoint folder's
+    last parts), plus a digest of the exact name so two names that clean up
+    alike (``a/b`` and ``a-b``) never share a file.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")[-48:].strip("-") or "model"
+    digest = hashlib.sha1(model_name.encode("utf-8")).hexdigest()[:10]
+    return f"vectors-{slug}-{digest}.usearch"
 
 
 class Gallery:
@@ -168,6 +227,8 @@ class Gallery:
                 f"gallery {self.path} was written by a newer matchkit (schema {version})")
         remove_stale_temps(self.path)
         self._indexes: dict[str, HammingIndex] = {}
+        self._vectors: dict[str, VectorIndex] = {}
+        #: Index names to save: "phash", "orb", or _MODEL_KEY + model name.
         self._dirty: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------
@@ -308,6 +369,9 @@ class Gallery:
         """
         generation = self.generation
         for name in sorted(self._dirty):
+            if name.startswith(_MODEL_KEY):
+                self._save_vectors(name[len(_MODEL_KEY):])
+                continue
             self._indexes[name].save(self._index_file(name))
             self._set_meta(f"{name}_index_generation", generation)
         self._dirty.clear()
@@ -380,6 +444,13 @@ class Gallery:
         orb = self.orb_index if self.settings.local_features else None
         now = time.time()
         new_keys, new_codes, gone, new_local = [], [], [], []
+        # Vectors of images whose bytes changed (or that became unreadable) are
+        # stale and go in the same transaction. A file decoded again only for
+        # features it lacked (same bytes) keeps its vectors.
+        known = self._ids_and_digests([p for p, _ in batch])
+        stale = self._vector_ids_by_model([
+            known[p][0] for p, rec in batch if p in known and (
+                isinstance(rec, ImageLoadError) or rec.sha256 != known[p][1])])
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for path, rec in batch:
@@ -415,6 +486,7 @@ class Gallery:
                     image_id = cur.lastrowid
                     report.added += 1
                 report.ids.append(image_id)
+                report.changed.append(image_id)
                 new_keys.append(image_id)
                 new_codes.append(rec.phashes[0])
                 self._db.execute("DELETE FROM local_features WHERE image_id=?", (image_id,))
@@ -425,11 +497,13 @@ class Gallery:
                         (image_id, rec.local.width, rec.local.height, xy, desc,
                          rec.thumb.tobytes(), rec.thumb.shape[1], rec.thumb.shape[0]))
                     new_local.append((image_id, rec.local.desc))
+            self._drop_vectors(stale)
             self._bump()
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._forget_vectors(stale)
         index.remove(gone)
         if new_keys:
             index.add(np.array(new_keys), np.stack(new_codes))  # replaces updated images
@@ -451,6 +525,7 @@ class Gallery:
                     ids.append(rec.id)
         if not ids:
             return 0
+        stale = self._vector_ids_by_model(ids)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             removed = 0
@@ -459,11 +534,13 @@ class Gallery:
                 removed += self._db.execute(f"DELETE FROM images WHERE id IN ({marks})",
                                             chunk).rowcount
                 self._db.execute(f"DELETE FROM local_features WHERE image_id IN ({marks})", chunk)
+            self._drop_vectors(stale)
             self._bump()
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._forget_vectors(stale)
         self.phash_index.remove(ids)
         self._remove_orb(self.orb_index, ids)
         self._dirty.update({"phash", "orb"})
@@ -481,6 +558,27 @@ class Gallery:
         self._db.execute("UPDATE images SET meta=?, labels=? WHERE id=?",
                          (json.dumps(new_meta), json.dumps(new_labels), rec.id))
         return self.get(rec.id)
+
+    def update_meta(self, updates: dict[int, dict], *, replace: bool = False) -> int:
+        """Merge (or with ``replace``, set) the ``meta`` of many images in one
+        transaction; returns how many images changed. Unknown ids are ignored."""
+        changed = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for image_id, meta in updates.items():
+                row = self._db.execute("SELECT meta FROM images WHERE id=?",
+                                       (int(image_id),)).fetchone()
+                if row is None:
+                    continue
+                new_meta = dict(meta) if replace else {**json.loads(row[0]), **meta}
+                self._db.execute("UPDATE images SET meta=? WHERE id=?",
+                                 (json.dumps(new_meta), int(image_id)))
+                changed += 1
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return changed
 
     # -- labels ------------------------------------------------------------
     def labelled(self) -> dict[int, list]:
@@ -505,6 +603,19 @@ class Gallery:
             raise
         return changed
 
+    def paths(self) -> dict[int, str]:
+        """Every image's path by id."""
+        return dict(self._db.execute("SELECT id, path FROM images"))
+
+    def ids_where(self, sql: str, params: Sequence = ()) -> np.ndarray:
+        """Sorted ids of images matching a WHERE body over the ``images`` table.
+
+        For :mod:`matchkit.filters`, which builds ``sql`` from constant
+        fragments only; every user-supplied value must be in ``params``.
+        """
+        rows = self._db.execute(f"SELECT id FROM images WHERE {sql} ORDER BY id", list(params))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
     def last_id(self) -> int:
         """Largest image id in use (0 for an empty gallery); ids above it are
         free, e.g. as temporary keys for query images not in the gallery."""
@@ -523,6 +634,252 @@ class Gallery:
         self._db.execute("UPDATE images SET pixel_sha256=? WHERE id=? AND sha256=?",
                          (digest, image_id, rec.sha256))
         return digest
+
+
+    # -- embeddings --------------------------------------------------------
+    def models(self) -> dict[str, int]:
+        """Models this gallery holds embeddings for: name -> vector dimension."""
+        rows = self._db.execute("SELECT value FROM meta WHERE substr(key, 1, ?) = ?",
+                                (len(_MODEL_KEY), _MODEL_KEY))
+        infos = [json.loads(v) for (v,) in rows]
+        return {i["name"]: int(i["dim"]) for i in sorted(infos, key=lambda i: i["name"])}
+
+    def _model_info(self, name: str) -> dict | None:
+        value = self._meta(_MODEL_KEY + name)
+        return json.loads(value) if value else None
+
+    def _set_model_info(self, info: dict) -> None:
+        self._set_meta(_MODEL_KEY + info["name"], json.dumps(info, sort_keys=True))
+
+    def _require_model(self, name: str) -> dict:
+        info = self._model_info(name)
+        if info is not None:
+            return info
+        known = list(self.models())
+        if known:
+            raise GalleryError(
+                f"gallery {self.path} has no embeddings for model {name!r}; it was indexed "
+                f"with {', '.join(repr(k) for k in known)} and queries must use the same model")
+        raise GalleryError(f"gallery {self.path} has no embeddings yet; run `matchkit index "
+                           f"DIR --gallery {self.path} --model NAME` first")
+
+    def embedded_ids(self, model_name: str) -> np.ndarray:
+        """Sorted ids of the images that have a vector for ``model_name``."""
+        rows = self._db.execute("SELECT image_id FROM embeddings WHERE model=? ORDER BY image_id",
+                                (model_name,))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def vectors(self, model_name: str, ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors of ``ids`` (float32, one row each; KeyError if one is missing)."""
+        info = self._require_model(model_name)
+        found: dict[int, bytes] = {}
+        for chunk in _chunks([int(i) for i in ids], 900):
+            q = (f"SELECT image_id, vector FROM embeddings WHERE model=? AND image_id IN "
+                 f"({','.join('?' * len(chunk))})")
+            found.update(self._db.execute(q, [model_name, *chunk]).fetchall())
+        out = np.zeros((len(ids), info["dim"]), np.float32)
+        for row, image_id in enumerate(ids):
+            out[row] = np.frombuffer(found[int(image_id)], "<f4")
+        return out
+
+    def vector_index(self, model_name: str) -> "VectorIndex":
+        """The vector index of one model: loaded from its file, or rebuilt from
+        SQLite when the file is missing, unreadable or stale.
+
+        Raises :class:`GalleryError` if the gallery has no embeddings for
+        ``model_name`` (a query must use the model the gallery was indexed with).
+        """
+        info = self._require_model(model_name)
+        if model_name not in self._vectors:
+            self._vectors[model_name] = self._load_or_rebuild_vectors(info)
+        return self._vectors[model_name]
+
+    def _load_or_rebuild_vectors(self, info: dict) -> "VectorIndex":
+        from .vectors import VectorIndex
+
+        name, dim = info["name"], int(info["dim"])
+        file = self.path / info["file"]
+        if file.exists() and info.get("index_generation") == info["generation"]:
+            try:
+                return VectorIndex.load(file, expect_model=name, expect_dim=dim)
+            except Exception:  # unreadable or foreign cache: rebuild from SQLite
+                pass
+        idx = VectorIndex(name, dim)
+        cur = self._db.execute(
+            "SELECT e.image_id, e.vector FROM embeddings e JOIN images i ON i.id = e.image_id "
+            "WHERE e.model=? ORDER BY e.image_id", (name,))
+        while rows := cur.fetchmany(4096):
+            vecs = np.frombuffer(b"".join(v for _, v in rows), "<f4").reshape(len(rows), dim)
+            idx.add(np.array([i for i, _ in rows], dtype=np.int64), vecs)
+        self._dirty.add(_MODEL_KEY + name)
+        return idx
+
+    def _save_vectors(self, name: str) -> None:
+        info = self._model_info(name)
+        if info is None or name not in self._vectors:
+            return
+        self._vectors[name].save(self.path / info["file"])
+        info["index_generation"] = info["generation"]
+        self._set_model_info(info)
+
+    def _ids_and_digests(self, paths: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """path -> (id, sha256) for the paths already in the gallery."""
+        out: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks(list(paths), 900):
+            q = f"SELECT path, id, sha256 FROM images WHERE path IN ({','.join('?' * len(chunk))})"
+            out.update((p, (i, d)) for p, i, d in self._db.execute(q, chunk))
+        return out
+
+    def _vector_ids_by_model(self, ids: Sequence[int]) -> dict[str, list[int]]:
+        """Which of ``ids`` have vectors, per model. Loads those models'
+        indexes now, while their files still match their stamps."""
+        out: dict[str, list[int]] = {}
+        for chunk in _chunks(list(ids), 900):
+            q = (f"SELECT model, image_id FROM embeddings WHERE image_id IN "
+                 f"({','.join('?' * len(chunk))})")
+            for model, image_id in self._db.execute(q, chunk):
+                out.setdefault(model, []).append(image_id)
+        for model in out:
+            self.vector_index(model)
+        return out
+
+    def _drop_vectors(self, stale: dict[str, list[int]]) -> None:
+        """Inside a transaction: delete the vectors, move the models' stamps on."""
+        for model, ids in stale.items():
+            for chunk in _chunks(ids, 900):
+                self._db.execute(f"DELETE FROM embeddings WHERE model=? AND image_id IN "
+                                 f"({','.join('?' * len(chunk))})", [model, *chunk])
+            info = self._model_info(model)
+            info["generation"] += 1
+            self._set_model_info(info)
+
+    def _forget_vectors(self, stale: dict[str, list[int]]) -> None:
+        """After the commit: the same vectors leave the in-memory indexes."""
+        for model, ids in stale.items():
+            self._vectors[model].remove(np.array(ids, dtype=np.int64))
+            self._dirty.add(_MODEL_KEY + model)
+
+    def embed(self, embedder: "Embedder", ids: Iterable[int] | None = None, *,
+              progress: bool = False, workers: int | None = None) -> EmbedReport:
+        """Compute ``embedder``'s vectors for images that lack them, then save.
+
+        Only images without a vector for this model are decoded (``ids``
+        limits the run to some images), so running it again after adding a
+        folder embeds just the new and changed files. Files that cannot be
+        read now, or changed on disk since they were added, are reported in
+        ``skipped`` and the rest completes. Each batch is committed on its
+        own; the model's index file is written atomically at the end.
+        Decoding runs on ``workers`` threads (default: one per core) while the
+        model embeds the previous batch.
+
+        Raises :class:`GalleryError` if the gallery already holds vectors of
+        another dimension under this model name.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        name, dim = str(embedder.name), int(embedder.dim)
+        info = self._model_info(name)
+        if info is None:
+            info = {"name": name, "dim": dim, "file": vector_file_name(name),
+                    "generation": 0, "index_generation": None}
+            self._set_model_info(info)
+        elif int(info["dim"]) != dim:
+            raise GalleryError(
+                f"model {name!r} gives {dim}-d vectors but gallery {self.path} holds "
+                f"{info['dim']}-d vectors from a model of that name; use a new gallery")
+        index = self.vector_index(name)
+        report = EmbedReport(name, dim)
+        have = set(self.embedded_ids(name).tolist())
+        if ids is None:
+            wanted = self.ids()
+        else:
+            wanted = list(dict.fromkeys(int(i) for i in ids))
+            present = set(self._blobs("id", wanted))
+            missing = [i for i in wanted if i not in present]
+            if missing:
+                raise KeyError(f"not in the gallery: {missing[:5]}")
+        todo = [i for i in wanted if i not in have]
+        report.unchanged = len(wanted) - len(todo)
+        rows = self.images(todo)
+        todo_rows = [rows[i] for i in todo]
+        batch_size = max(1, int(getattr(embedder, "batch_size", 32) or 32))
+        bar = _progress_bar(len(todo_rows), progress)
+        chunks = list(_chunks(todo_rows, batch_size))
+        with ThreadPoolExecutor(max_workers=workers or self.settings.n_workers()) as pool:
+            pending = [pool.submit(self._load_for_embedding, r) for r in chunks[0]] if chunks else []
+            for n, chunk in enumerate(chunks):
+                loaded = [f.result() for f in pending]
+                pending = ([pool.submit(self._load_for_embedding, r) for r in chunks[n + 1]]
+                           if n + 1 < len(chunks) else [])
+                good = [(rec.id, img) for rec, img in zip(chunk, loaded)
+                        if not isinstance(img, Skipped)]
+                report.skipped += [x for x in loaded if isinstance(x, Skipped)]
+                if good:
+                    vecs = np.asarray(embedder.embed_images([img for _, img in good]),
+                                      dtype=np.float32)
+                    if vecs.shape != (len(good), dim):
+                        raise GalleryError(f"model {name!r} returned vectors of shape "
+                                           f"{vecs.shape}, expected ({len(good)}, {dim})")
+                    ok = np.isfinite(vecs).all(axis=1) & (np.linalg.norm(vecs, axis=1) > 0)
+                    for (image_id, _), fine in zip(good, ok):
+                        if not fine:
+                            report.skipped.append(Skipped(
+                                rows[image_id].path, f"model {name!r} returned an invalid vector"))
+                    kept = [image_id for (image_id, _), fine in zip(good, ok) if fine]
+                    self._store_vectors(index, info["name"], kept, vecs[ok])
+                    report.embedded += len(kept)
+                if bar:
+                    bar.update(len(chunk))
+        if bar:
+            bar.close()
+        self.save()
+        return report
+
+    def _load_for_embedding(self, rec: StoredImage):
+        """The image to embed, or a Skipped saying why it cannot be used now."""
+        try:
+            st = os.stat(rec.path)
+        except OSError as e:
+            return Skipped(rec.path, f"cannot read file: {e.strerror or e}")
+        if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
+            return Skipped(rec.path, "file changed since it was added; add it again first")
+        try:
+            return load_image(rec.path, max_side=EMBED_DECODE_SIDE,
+                              max_pixels=self.settings.max_pixels).image
+        except ImageLoadError as e:
+            return Skipped(rec.path, e.reason)
+
+    def _store_vectors(self, index: "VectorIndex", name: str, ids: list[int],
+                       vecs: np.ndarray) -> None:
+        if not ids:
+            return
+        vecs = np.ascontiguousarray(vecs, dtype="<f4")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO embeddings(model, image_id, vector) VALUES (?,?,?)",
+                [(name, image_id, vecs[row].tobytes()) for row, image_id in enumerate(ids)])
+            info = self._model_info(name)
+            info["generation"] += 1
+            self._set_model_info(info)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        index.add(np.array(ids, dtype=np.int64), vecs)
+        self._dirty.add(_MODEL_KEY + name)
+
+
+def _progress_bar(total: int, enabled: bool):
+    """A tqdm bar on stderr when asked for and stderr is a terminal, else None."""
+    if not enabled or total == 0:
+        return None
+    import sys
+
+    import tqdm
+    if not sys.stderr.isatty():
+        return None
+    return tqdm.tqdm(total=total, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def _chunks(items: list, n: int):

@@ -58,3 +58,11 @@ def photo_dir(tmp_path: Path) -> Path:
     make_photo(3).save(d / "c.jpg", quality=90)
     make_photo(4).save(d / "d.jpg", quality=90)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP checkpoint saved like a real one (see tests/tiny_clip.py)."""
+    from tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

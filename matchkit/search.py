@@ -1,0 +1,170 @@
+"""Search a gallery by example image, by a crop of one, or by text.
+
+The query is embedded with the model the gallery was indexed with and
+compared by cosine similarity with the gallery's stored vectors (see
+``Gallery.embed``). Metadata filters (:mod:`matchkit.filters`) pick the
+images that may be returned *before* the nearest-neighbour search, so a
+filter that keeps 1 image in 1,000 still yields the best ``k`` of those
+images, not whatever survived of an unfiltered top ``k``.
+
+A gallery is only ever searched with the model it was indexed with: vectors
+of different models live in different spaces, and comparing them would give
+confident nonsense.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .filters import allowed_ids
+from .gallery import DB_NAME, EMBED_DECODE_SIDE, Gallery, GalleryError
+from .io import ImageLoadError, load_image
+
+
+class SearchError(ValueError):
+    """A query that cannot be answered as asked (bad crop, text without a text
+    model, no query...); the message is one line."""
+
+
+@dataclass
+class SearchHit:
+    """One result: the gallery image, its cosine similarity to the query, its metadata."""
+
+    id: int
+    path: str
+    score: float
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "score": self.score, "meta": self.meta}
+
+
+def resolve_model(gallery: Gallery, model=None):
+    """The embedder to query ``gallery`` with, after checking it matches the index.
+
+    ``model`` may be None (the model the gallery was indexed with, loaded by
+    its recorded name), a name or path for :func:`matchkit.embed.load_embedder`,
+    or an already loaded embedder (reused across queries). A model the
+    gallery holds no vectors for is refused with :class:`GalleryError`.
+    """
+    from .embed import load_embedder
+
+    known = gallery.models()
+    if not known:
+        raise GalleryError(f"gallery {gallery.path} has no embeddings yet; run `matchkit index "
+                           f"DIR --gallery {gallery.path} --model NAME` first")
+    if model is None:
+        if len(known) > 1:
+            raise GalleryError(f"gallery {gallery.path} holds embeddings of several models "
+                               f"({', '.join(repr(k) for k in known)}); choose one with --model")
+        model = next(iter(known))
+    embedder = load_embedder(str(model)) if isinstance(model, (str, os.PathLike)) else model
+    if embedder.name not in known:
+        raise GalleryError(
+            f"model {embedder.name!r} does not match this gallery: it was indexed with "
+            f"{', '.join(repr(k) for k in known)}; query with that model or index the gallery "
+            f"with {embedder.name!r} first")
+    if int(embedder.dim) != known[embedder.name]:
+        raise GalleryError(
+            f"model {embedder.name!r} now gives {embedder.dim}-d vectors but the gallery "
+            f"holds {known[embedder.name]}-d vectors under that name (the checkpoint changed); "
+            "index the images again into a new gallery")
+    return embedder
+
+
+def validate_crop(crop: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """``(x, y, w, h)`` as ints, inside a ``width`` x ``height`` image with a positive size."""
+    values = list(crop) if isinstance(crop, (list, tuple, np.ndarray)) else []
+    if len(values) != 4 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            or isinstance(v, (float, np.floating)) and float(v).is_integer() for v in values):
+        raise SearchError(f"crop must be four whole numbers x,y,w,h, not {crop!r}")
+    x, y, w, h = (int(v) for v in values)
+    if w <= 0 or h <= 0:
+        raise SearchError(f"crop size must be positive, got {w}x{h}")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise SearchError(f"crop {x},{y},{w},{h} (x,y,w,h) is not inside the "
+                          f"{width}x{height} query image")
+    return x, y, w, h
+
+
+def query_image(image: str | os.PathLike | Image.Image,
+                crop: Sequence[int] | None = None) -> Image.Image:
+    """The RGB picture to embed: the image (a path is decoded safely, EXIF-rotated)
+    or the ``crop=(x, y, w, h)`` of it, in pixels of the image as displayed."""
+    if isinstance(image, Image.Image):
+        from .embed.base import as_rgb
+
+        pil = as_rgb(image)
+    else:
+        try:
+            # Whole images are decoded the way the gallery's were; crops need
+            # the full resolution their coordinates refer to.
+            pil = load_image(image, max_side=None if crop is not None else EMBED_DECODE_SIDE).image
+        except ImageLoadError as e:
+            raise SearchError(f"cannot use query image {image}: {e.reason}") from None
+    if crop is not None:
+        x, y, w, h = validate_crop(crop, pil.width, pil.height)
+        pil = pil.crop((x, y, x + w, y + h))
+    return pil
+
+
+def search(gallery: Gallery | str | os.PathLike, *,
+           image: str | os.PathLike | Image.Image | None = None,
+           crop: Sequence[int] | None = None,
+           text: str | None = None,
+           where: Iterable[str] = (),
+           k: int = 10,
+           model=None) -> list[SearchHit]:
+    """The ``k`` gallery images most similar to the query, best first.
+
+    Give exactly one of ``image`` (path or PIL image, optionally with
+    ``crop=(x, y, w, h)``) or ``text`` (needs a model with a text encoder,
+    such as CLIP). ``where`` holds filter expressions (see
+    :mod:`matchkit.filters`), all of which an image must pass; the result
+    then has ``min(k, allowed images with vectors)`` hits. ``model`` defaults
+    to the gallery's; see :func:`resolve_model`.
+    """
+    if (image is None) == (text is None):
+        raise SearchError("give exactly one query: an image (optionally with a crop) or a text")
+    if crop is not None and image is None:
+        raise SearchError("a crop needs an image query")
+    if text is not None and not str(text).strip():
+        raise SearchError("the text query is empty")
+    if int(k) < 1:
+        raise SearchError(f"k must be at least 1, not {k}")
+    where = list(where)
+    with ExitStack() as stack:
+        if not isinstance(gallery, Gallery):
+            if not (Path(gallery) / DB_NAME).exists():
+                raise GalleryError(f"no gallery at {gallery}")
+            gallery = stack.enter_context(Gallery(gallery, create=False))
+        allowed = allowed_ids(gallery, where)  # bad filters fail before a model loads
+        embedder = resolve_model(gallery, model)
+        if text is not None:
+            if not getattr(embedder, "has_text", False):
+                raise SearchError(f"model {embedder.name!r} has no text encoder, so it cannot "
+                                  "answer text queries; query with an image instead")
+            query = embedder.embed_texts([str(text)])
+        else:
+            query = embedder.embed_images([query_image(image, crop)])
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        index = gallery.vector_index(embedder.name)
+        if allowed is not None and len(allowed) == 0:
+            return []
+        ids, scores = index.search(query, int(k), allowed=allowed)
+        ids, scores = np.asarray(ids).reshape(-1), np.asarray(scores).reshape(-1)
+        keep = ids >= 0
+        ids, scores = ids[keep].tolist(), scores[keep].tolist()
+        rows = gallery.images(ids)
+        hits = [SearchHit(i, rows[i].path, float(s), rows[i].meta)
+                for i, s in zip(ids, scores) if i in rows]
+    hits.sort(key=lambda h: -h.score)
+    return hits
