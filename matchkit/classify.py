@@ -63,8 +63,6 @@ CALIBRATION_FILE = "labeler.json"
 #: Raw confidence an answer needs at least, whatever the calibration says:
 #: an exact tie (or no example at all) is never accepted.
 MIN_THRESHOLD = 1e-6
-#: Above this many examples, embedding search uses the HNSW graph, not brute force.
-EXACT_SEARCH_BELOW = 20_000
 
 
 @dataclass
@@ -79,6 +77,9 @@ class Support:
     id: int | None = None
     #: Instance evidence (matchkit/query.py) and/or ``cosine`` similarity.
     evidence: dict = field(default_factory=dict)
+    #: The two signals behind ``score``: instance match strength and cosine.
+    instance: float | None = None
+    cosine: float | None = None
 
     def to_dict(self) -> dict:
         out = {"labels": self.labels, "score": round(self.score, 4), "kind": self.kind}
@@ -295,7 +296,7 @@ class Labeler:
     def __init__(self, k: int = 5, target_accuracy: float = 0.99, *,
                  settings: Settings | None = None, embedder=None,
                  texts: Sequence[str] | str | None = None,
-                 templates: Sequence[str] = ("a photo of a {}.",),
+                 templates: Sequence[str] | None = None,
                  sharpness: float = 4.0, calibration: str | dict | os.PathLike = "auto",
                  calibration_samples: int = 200, edits_per_image: int = 2,
                  zoom: bool = True, random_state: int = 0):
@@ -322,10 +323,11 @@ class Labeler:
         self._own_gallery = False
         self.matcher_ = None
         self.image_labels_: dict[int, list[str]] = {}
-        self._vectors = None          # (n, d) float32, L2-normalised
-        self._vector_ids: list = []   # gallery id or row number, per vector row
-        self._vector_labels: list[list[str]] = []
+        #: Embedding examples: a VectorIndex keyed by gallery id (gallery mode,
+        #: searched within ``_vector_allowed``) or by row number (vector mode).
         self._vector_index = None
+        self._vector_allowed: np.ndarray | None = None
+        self._vector_labels: dict[int, list[str]] = {}
         self._text_vectors = None
         self._text_labels: list[str] = []
         self.embedder_ = _load_embedder(self.embedder)
@@ -338,7 +340,7 @@ class Labeler:
             self._fit_vectors(X, y)
         self._fit_texts()
         classes = {c for v in self.image_labels_.values() for c in v}
-        classes |= {c for v in self._vector_labels for c in v} | set(self._text_labels)
+        classes |= {c for v in self._vector_labels.values() for c in v} | set(self._text_labels)
         if not classes:
             where = f"gallery {self.gallery_.path}" if self.gallery_ is not None else "the data"
             raise LabelError(f"{where} has no labelled examples; import labels first "
@@ -346,7 +348,7 @@ class Labeler:
         self.classes_ = np.array(sorted(classes), dtype=object)
         counts: dict[str, int] = {}
         for values in list(self.image_labels_.values()) + (
-                self._vector_labels if self.gallery_ is None else []):
+                list(self._vector_labels.values()) if self.gallery_ is None else []):
             for c in dict.fromkeys(values):
                 counts[c] = counts.get(c, 0) + 1
         self.n_examples_ = counts
@@ -373,10 +375,17 @@ class Labeler:
             self.matcher_ = QueryMatcher(g, self.settings_, allowed=set(self.image_labels_),
                                          zoom=self.zoom)
         if self.embedder_ is not None and self.image_labels_:
-            ids = sorted(self.image_labels_)
-            paths = {i: img.path for i, img in g.images(ids).items()}
-            vecs, kept = _embed_paths(self.embedder_, [paths[i] for i in ids])
-            self._set_vectors(vecs, [ids[j] for j in kept], [self.image_labels_[ids[j]] for j in kept])
+            # Vectors live in the gallery (matchkit index --model); labelled
+            # images that lack one are embedded now, once, and stored.
+            emb = self.embedder_
+            ids = np.array(sorted(self.image_labels_), np.int64)
+            have = g.embedded_ids(emb.name) if emb.name in g.models() else np.zeros(0, np.int64)
+            missing = np.setdiff1d(ids, have)
+            if len(missing):
+                g.embed(emb, missing.tolist())
+            self._vector_index = g.vector_index(emb.name)
+            self._vector_allowed = np.intersect1d(ids, g.embedded_ids(emb.name))
+            self._vector_labels = self.image_labels_
 
     def _fit_vectors(self, X, y) -> None:
         X = np.asarray(X, np.float32)
@@ -385,19 +394,15 @@ class Labeler:
         if y is None or len(y) != len(X):
             raise ValueError("y must give one label (or list of labels) per vector")
         self.settings_ = self.settings or Settings()
-        labels = [[str(v)] if isinstance(v, (str, int, np.integer)) else [str(x) for x in v]
-                  for v in y]
-        self._set_vectors(X, list(range(len(X))), labels)
+        from .vectors import VectorIndex
 
-    def _set_vectors(self, X: np.ndarray, ids: list, labels: list[list[str]]) -> None:
-        X = _normalise(X)
-        self._vectors, self._vector_ids, self._vector_labels = X, ids, labels
-        from usearch.index import Index
-        index = Index(ndim=X.shape[1], metric="cos", dtype="f32", connectivity=16,
-                      expansion_add=128, expansion_search=64)
+        self._vector_labels = {
+            row: [str(v)] if isinstance(v, (str, int, np.integer)) else [str(x) for x in v]
+            for row, v in enumerate(y)}
+        name = getattr(self.embedder_, "name", None) or "vectors"
+        self._vector_index = VectorIndex(name, X.shape[1])
         if len(X):
-            index.add(np.arange(len(X), dtype=np.uint64), X)
-        self._vector_index = index
+            self._vector_index.add(np.arange(len(X)), _normalise(X))
 
     def _fit_texts(self) -> None:
         if self.texts is None:
@@ -408,17 +413,22 @@ class Labeler:
             if self.texts != "labels":
                 raise ValueError("texts must be a list of class names or 'labels'")
             names = sorted({c for v in self.image_labels_.values() for c in v}
-                           | {c for v in self._vector_labels for c in v})
+                           | {c for v in self._vector_labels.values() for c in v})
         else:
             names = list(dict.fromkeys(str(t) for t in self.texts))
         if not names:
             return
-        rows = []
-        for name in names:
-            prompts = [t.format(name) for t in self.templates] or [name]
-            vecs = _normalise(np.asarray(self.embedder_.embed_texts(prompts), np.float32))
-            rows.append(vecs.mean(axis=0))
-        self._text_vectors = _normalise(np.stack(rows))
+        emb = self.embedder_
+        if self.templates is None:  # the model's own prompt templates
+            vecs = emb.embed_texts(names)
+        else:
+            try:
+                vecs = emb.embed_texts(names, templates=tuple(self.templates))
+            except TypeError:  # an embedder without templates of its own
+                t = list(self.templates) or ["{}"]
+                vecs = np.asarray(emb.embed_texts([x.format(n) for n in names for x in t]),
+                                  np.float32).reshape(len(names), len(t), -1).mean(axis=1)
+        self._text_vectors = _normalise(np.asarray(vecs, np.float32))
         self._text_labels = names
 
     def close(self) -> None:
@@ -538,9 +548,9 @@ class Labeler:
                 for nb in neighbours:
                     found[i][("image", nb.id)] = Support(
                         list(self.image_labels_[nb.id]), nb.score, "image", nb.path, nb.id,
-                        nb.evidence.to_evidence())
+                        nb.evidence.to_evidence(), instance=nb.score)
         if self.embedder_ is not None and live:
-            vecs, kept = _embed_paths(self.embedder_, [records[i].path for i in live])
+            vecs, kept = embed_paths(self.embedder_, [records[i].path for i in live])
             if errors is not None:
                 for j, i in enumerate(live):
                     if j not in set(kept):
@@ -557,8 +567,27 @@ class Labeler:
                         found[i][key] = s
                     else:  # the same gallery image by both signals: the stronger speaks
                         old.evidence["cosine"] = s.evidence["cosine"]
-                        old.score = max(old.score, s.score)
+                        old.cosine = s.cosine
+                        old.score = self._score(old)
         return [sorted(f.values(), key=_support_order)[:k] for f in found]
+
+    def _score(self, s: Support) -> float:
+        """An example's score: the stronger of its instance evidence and its
+        (mapped) cosine similarity."""
+        score = s.instance or 0.0
+        if s.cosine is not None:
+            score = max(score, self._cosine_score(s.cosine, s.kind))
+        return score
+
+    def _cosine_score(self, cos: float, kind: str) -> float:
+        """Cosine similarity on the scale of match strengths: the calibrated
+        P(same class | cosine) for this kind of example (image-image and
+        image-text cosines live on different scales), or the cosine itself."""
+        maps = (self.calibration_ or {}).get("cosine_maps") or {}
+        m = maps.get("text" if kind == "text" else "image")
+        if m:
+            return float(np.interp(cos, m["x"], m["y"]))
+        return max(0.0, min(1.0, float(cos)))
 
     def _path_of(self, image_id: int) -> str | None:
         try:
@@ -578,29 +607,27 @@ class Labeler:
         exclude = list(exclude) if exclude is not None else [set()] * n
         vecs = _normalise(vecs)
         out: list[list[Support]] = [[] for _ in range(n)]
-        if self._vector_index is not None and len(self._vector_index):
-            if vecs.shape[1] != self._vectors.shape[1]:
+        index = self._vector_index
+        if index is not None and len(index):
+            if vecs.shape[1] != index.dim:
                 raise ValueError(f"query vectors have {vecs.shape[1]} dimensions, "
-                                 f"the examples {self._vectors.shape[1]}")
-            extra = max((sum(1 for v in self._vector_labels if e.intersection(v))
-                         for e in exclude if e), default=0)
-            want = min(len(self._vector_index), k + extra)
-            exact = len(self._vector_index) < EXACT_SEARCH_BELOW
-            res = self._vector_index.search(vecs, want, exact=exact)
-            keys = np.asarray(res.keys).reshape(n, -1)
-            dist = np.asarray(res.distances).reshape(n, -1)
-            counts = np.asarray(getattr(res, "counts", [keys.shape[1]] * n)).reshape(n)
-            gallery_mode = self.gallery_ is not None
+                                 f"the examples {index.dim}")
+            extra = max((sum(self.n_examples_.get(c, 0) for c in e) for e in exclude if e),
+                        default=0)
+            allowed = self._vector_allowed
+            size = len(index) if allowed is None else len(allowed)
+            want = max(1, min(size, k + extra))
+            ids, sims = index.search(vecs, want, allowed=allowed)
+            kind = "image" if self.gallery_ is not None else "vector"
             for i in range(n):
-                for row, d in zip(keys[i, :counts[i]].tolist(), dist[i, :counts[i]].tolist()):
-                    labels = self._vector_labels[row]
-                    if exclude[i] and exclude[i].intersection(labels):
+                for key, cos in zip(ids[i].tolist(), sims[i].tolist()):
+                    if key < 0:
+                        break
+                    labels = self._vector_labels.get(key)
+                    if labels is None or (exclude[i] and exclude[i].intersection(labels)):
                         continue
-                    cos = 1.0 - float(d)
-                    ident = self._vector_ids[row]
-                    out[i].append(Support(list(labels), max(0.0, min(1.0, cos)),
-                                          "image" if gallery_mode else "vector",
-                                          None, ident, {"cosine": round(cos, 4)}))
+                    out[i].append(Support(list(labels), self._cosine_score(cos, kind), kind,
+                                          None, key, {"cosine": round(cos, 4)}, cosine=cos))
                     if len(out[i]) >= k:
                         break
         if self._text_vectors is not None:
@@ -611,8 +638,9 @@ class Labeler:
                     if name in exclude[i]:
                         continue
                     cos = float(sims[i, j])
-                    out[i].append(Support([name], max(0.0, min(1.0, cos)), "text", None, None,
-                                          {"cosine": round(cos, 4), "text": name}))
+                    out[i].append(Support([name], self._cosine_score(cos, "text"), "text", None,
+                                          None, {"cosine": round(cos, 4), "text": name},
+                                          cosine=cos))
         return [sorted(s, key=_support_order)[:k] for s in out]
 
     # -- calibration -------------------------------------------------------
@@ -626,14 +654,10 @@ class Labeler:
         self._check_fitted()
         if len(y) != (len(X) if not isinstance(X, (str, os.PathLike)) else 1):
             raise ValueError("y needs one answer per query")
-        answers = self.answers(X)
-        raw = [a.raw for a in answers if a.error is None]
-        truth = [t for a, t in zip(answers, y) if a.error is None]
-        correct = [t != UNKNOWN and a.best == t for a, t in
-                   zip([a for a in answers if a.error is None], truth)]
-        self._set_calibration(fit_open_set(raw, correct, self.target_accuracy), "queries",
-                              known=sum(t != UNKNOWN for t in truth),
-                              unknown=sum(t == UNKNOWN for t in truth))
+        _, sups, errors = self._supports(X, self._wide_k())
+        keep = [i for i, e in enumerate(errors) if e is None]
+        truth = [set() if y[i] == UNKNOWN else {y[i]} for i in keep]
+        self._fit_calibration([sups[i] for i in keep], truth, "queries")
         return self
 
     def calibrate_synthetic(self, samples: int | None = None) -> "Labeler":
@@ -677,17 +701,46 @@ class Labeler:
                 raise ValueError("no calibration query could be made from the gallery")
             known_ex = [set() for _ in records]
             unknown_ex = [set(self.image_labels_[i]) for i in src]
-            sups = self._record_supports(records + records, self.k, known_ex + unknown_ex)
-        raw, correct = [], []
-        for j, s in enumerate(sups):
-            ranked = vote(s, self.sharpness)
-            raw.append(raw_confidence(ranked))
-            i = src[j % len(src)]
-            correct.append(j < len(src) and bool(ranked)
-                           and ranked[0][0] in self.image_labels_[i])
-        self._set_calibration(fit_open_set(raw, correct, self.target_accuracy), "synthetic",
-                              known=len(src), unknown=len(src))
+            sups = self._record_supports(records + records, self._wide_k(),
+                                         known_ex + unknown_ex)
+        truth = [set(self.image_labels_[i]) for i in src] + [set() for _ in src]
+        self._fit_calibration(sups, truth, "synthetic")
         return self
+
+    def _wide_k(self) -> int:
+        """Neighbours gathered for calibration queries: more than ``k``, so the
+        cosine maps see negatives too and examples can be re-ranked."""
+        return max(4 * self.k, self.k + 10)
+
+    def _fit_calibration(self, supports: list[list[Support]], truth: list[set],
+                         source: str) -> None:
+        """Cosine maps from the known queries' neighbours, then the isotonic
+        confidence and the threshold from every query's raw confidence."""
+        maps = {}
+        for kind in ("image", "text"):
+            pairs = [(s.cosine, bool(t.intersection(s.labels)))
+                     for sups, t in zip(supports, truth) if t
+                     for s in sups if s.cosine is not None and (s.kind == "text") == (kind == "text")]
+            same = sum(p for _, p in pairs)
+            if same >= 2 and len(pairs) - same >= 2:
+                from sklearn.isotonic import IsotonicRegression
+
+                iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+                iso.fit([c for c, _ in pairs], [float(p) for _, p in pairs])
+                maps[kind] = {"x": [float(v) for v in iso.X_thresholds_],
+                              "y": [float(v) for v in iso.y_thresholds_]}
+        self.calibration_ = {"cosine_maps": maps}  # so _score uses the new maps
+        raw, correct = [], []
+        for sups, t in zip(supports, truth):
+            for s in sups:
+                s.score = self._score(s)
+            ranked = vote(sorted(sups, key=_support_order)[: self.k], self.sharpness)
+            raw.append(raw_confidence(ranked))
+            correct.append(bool(t) and bool(ranked) and ranked[0][0] in t)
+        cal = fit_open_set(raw, correct, self.target_accuracy)
+        cal["cosine_maps"] = maps
+        self._set_calibration(cal, source, known=sum(bool(t) for t in truth),
+                              unknown=sum(not t for t in truth))
 
     def _set_calibration(self, cal: dict, source: str, known: int, unknown: int) -> None:
         cal.update(source=source, known_queries=known, unknown_queries=unknown,
@@ -722,7 +775,8 @@ class Labeler:
                 "embedder": getattr(emb, "name", None) if emb is not None else None,
                 "texts": self.texts if isinstance(self.texts, str) else (
                     None if self.texts is None else "names"),
-                "templates": list(self.templates) if self.texts is not None else None,
+                "templates": (None if self.texts is None or self.templates is None
+                              else list(self.templates)),
                 "settings": s}
 
     def _load_or_fit_calibration(self) -> None:
@@ -794,24 +848,25 @@ def _read_store(file: Path) -> dict:
 
 
 def _load_embedder(embedder):
-    """An embedder object as given, or one loaded by name/path (matchkit.embed)."""
+    """An embedder object as given, or one loaded by registry name or path."""
     if embedder is None or not isinstance(embedder, (str, os.PathLike)):
         return embedder
-    try:
-        from .embed import load_embedder
-    except ImportError:
-        raise ValueError("embedding models need matchkit.embed (pip install matchkit[clip])") from None
+    from .embed import load_embedder
+
     return load_embedder(str(embedder))
 
 
-def _embed_paths(embedder, paths: Sequence[str], batch: int = 32) -> tuple[np.ndarray, list[int]]:
-    """Embeddings of the readable images among ``paths`` and their positions."""
+def embed_paths(embedder, paths: Sequence[str], batch: int = 32) -> tuple[np.ndarray, list[int]]:
+    """Embeddings of the readable images among ``paths`` and their positions,
+    decoded as the gallery decodes images for embedding."""
+    from .gallery import EMBED_DECODE_SIDE
+
     vecs, kept = [], []
     for start in range(0, len(paths), batch):
         images, where = [], []
         for j, p in enumerate(paths[start:start + batch], start):
             try:
-                images.append(load_image(p).image)
+                images.append(load_image(p, max_side=EMBED_DECODE_SIDE).image)
                 where.append(j)
             except ImageLoadError:
                 continue
@@ -823,4 +878,4 @@ def _embed_paths(embedder, paths: Sequence[str], batch: int = 32) -> tuple[np.nd
 
 
 __all__ = ["Labeler", "Answer", "Support", "vote", "raw_confidence", "fit_open_set",
-           "calibrated", "synthetic_edit", "UNKNOWN", "GalleryError"]
+           "calibrated", "synthetic_edit", "embed_paths", "UNKNOWN", "GalleryError"]

@@ -294,3 +294,52 @@ def test_corrupt_gallery_database_is_a_gallery_error(tmp_path):
     (tmp_path / "g" / "gallery.sqlite").write_bytes(b"garbage" * 1000)
     with pytest.raises(GalleryError):
         Labeler().fit(tmp_path / "g")
+
+
+# -- embeddings (tiny random CLIP: mechanics only, its vectors mean nothing) -------
+
+def test_zero_shot_from_class_names(tiny_clip_dir, labelled):
+    names = ["cat", "dog", "red car"]
+    with Labeler(k=2, embedder=str(tiny_clip_dir), texts=names, calibration="none").fit() as lab:
+        assert list(lab.classes_) == sorted(names) and lab.gallery_ is None
+        files = _queries(labelled, "bolt_crop.jpg", "unknown_50.jpg")
+        answers = lab.answers(files)
+        for a in answers:
+            assert a.best in names and len(a.neighbours) == 2
+            assert all(s.kind == "text" and -1 <= s.evidence["cosine"] <= 1 for s in a.neighbours)
+            assert a.neighbours[0].score >= a.neighbours[1].score
+        assert lab.predict_proba(files).shape == (2, 3)
+        # The same query always gets the same answer.
+        assert [a.to_dict() for a in lab.answers(files)] == [a.to_dict() for a in answers]
+        # Leaving a class out (as calibration does) removes its text example.
+        _, sups, _ = lab._supports(files[:1], 3, exclude=[{answers[0].best}])
+        assert answers[0].best not in {c for s in sups[0] for c in s.labels}
+
+
+def test_mixed_image_and_text_examples(tiny_clip_dir, labelled, tmp_path):
+    import shutil
+
+    g = tmp_path / "g"
+    shutil.copytree(labelled / "g", g)
+    (g / CALIBRATION_FILE).unlink(missing_ok=True)
+    with Labeler(k=4, embedder=str(tiny_clip_dir), texts="labels", calibration="none").fit(g) as lab:
+        name = lab.embedder_.name
+        assert name in lab.gallery_.models()  # labelled images were embedded and stored
+        assert len(lab.gallery_.embedded_ids(name)) == 7
+        files = _queries(labelled, "bolt_crop.jpg", "unknown_50.jpg")
+        a = lab.answers(files[:1])[0]
+        top = a.neighbours[0]  # the verified copy, with its cosine beside the instance evidence
+        assert top.labels == ["bolt"] and top.evidence["rule"] and "cosine" in top.evidence
+        assert top.instance >= 0.5 and top.cosine is not None
+        texts = [s for s in lab.kneighbors(files[1:], 20)[0] if s.kind == "text"]
+        assert texts and all(s.labels[0] in CLASSES for s in texts)
+        # Calibration learns what a cosine is worth for each kind of example
+        # (image-image, image-text) from the synthetic queries' neighbours.
+        lab.calibrate_synthetic()
+        maps = lab.calibration_["cosine_maps"]
+        assert set(maps) <= {"image", "text"}
+        for m in maps.values():
+            assert m["x"] == sorted(m["x"]) and all(0 <= v <= 1 for v in m["y"])
+        a = lab.answers(files[:1])[0]
+        cos_scores = [lab._cosine_score(s.cosine, s.kind) for s in a.neighbours if s.cosine is not None]
+        assert a.neighbours[0].score == max([top.instance] + cos_scores)
