@@ -36,6 +36,12 @@ from .match import (PairEvidence, _LocalCache, _verify_pair, _worth_verifying, h
                     local_rule, mirrored_features)
 from .template import picture_mask
 
+#: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
+#: worth verifying before any other; 7 in 10 chance look-alikes have fewer.
+STRONG_VOTES = 2.0
+#: Best-voted images verified in the zoomed second look.
+ZOOM_CANDIDATES = 4
+
 
 def match_strength(ev: PairEvidence, settings: Settings) -> float:
     """How strongly the evidence says "same picture", in [0, 1].
@@ -167,9 +173,11 @@ class QueryMatcher:
 
         Queries that match nothing get a second, closer look (``zoom``):
         features found on a larger working image, many more of them, vote
-        and verify again. A photo shown small inside a screenshot or a
-        poster has too few of the ordinary keypoints to be found; at twice
-        the size it has enough. Only unmatched queries pay for this.
+        (distinctive votes only, see ``_distinctive_votes``) and the best
+        voted images are verified with them. A photo shown small inside a
+        screenshot or a poster has too few of the ordinary keypoints to be
+        found; at twice the size it has enough. Only unmatched queries pay
+        for this.
         """
         s = self.settings
         n = len(records)
@@ -195,9 +203,10 @@ class QueryMatcher:
                 keys2 = [keys[i] for i in redo]
                 excl2 = [exclude[i] for i in redo]
                 by2, votes2, _ = self._candidates(recs2, keys2, excl2, phash=False)
-                for j, i in enumerate(redo):  # also look again at the first pass's candidates
+                for j, i in enumerate(redo):  # the hashes are those of the first pass
                     for ev in found[i]:
-                        by2[j].setdefault(ev.a, ev.phash_distance)
+                        if ev.a in by2[j]:
+                            by2[j][ev.a] = ev.phash_distance
                 second = self._evidence(recs2, keys2, by2, votes2, crowd, {}, force=True,
                                         settings=self._zoom_settings())
                 for j, i in enumerate(redo):
@@ -268,14 +277,16 @@ class QueryMatcher:
                 i = index_of[q]
                 if g not in exclude[i]:
                     voted[i].append((-v, g))
+            top = s.vote_candidates if phash else ZOOM_CANDIDATES
             for i in range(n):
-                for v, g in sorted(voted[i])[: s.vote_candidates]:
+                for v, g in sorted(voted[i])[:top]:
                     vote_of[i][g] = -v
                     by_query[i].setdefault(g, -1)
         return by_query, vote_of, crowd
 
     def _distinctive_votes(self, records, keys, exclude, ratio: float = 0.8,
-                           neighbours: int = 16) -> dict[tuple[int, int], float]:
+                           neighbours: int = 16, min_votes: int = 3
+                           ) -> dict[tuple[int, int], float]:
         """Votes of query descriptors that are distinctive: nearer to one
         gallery image than to any other by Lowe's ratio.
 
@@ -310,7 +321,8 @@ class QueryMatcher:
             if first >= 0 and d1 <= s.vote_max_distance and d1 <= ratio * d2:
                 pair = (first, keys[i])
                 votes[pair] = votes.get(pair, 0.0) + 1.0
-        return votes
+        # One or two distinctive votes happen by chance; a copy gets several.
+        return {pair: v for pair, v in votes.items() if v >= min_votes}
 
     def _evidence(self, records, keys, by_query, vote_of, crowd, shared, *, force: bool = False,
                   settings: Settings | None = None) -> list[list[PairEvidence]]:
@@ -342,9 +354,24 @@ class QueryMatcher:
                 shared[memo] = ev
                 evs.append(ev)
             per_query.append(evs)
-        self._verify([(ev, rec) for rec, evs in zip(records, per_query) for ev in evs
-                      if ev.pending], settings or s)
+        # Strong candidates first; the weakly voted rest only for queries that
+        # none of their strong candidates matched (most voted candidates are
+        # chance look-alikes, and a query rarely has two real matches).
+        strong = [(ev, rec) for rec, evs in zip(records, per_query) for ev in evs
+                  if ev.pending and (force or self._strong(ev))]
+        self._verify(strong, settings or s)
+        weak = [(ev, rec) for rec, evs in zip(records, per_query)
+                if not any(ev.rule for ev in evs) for ev in evs if ev.pending]
+        self._verify(weak, settings or s)
+        for evs in per_query:
+            for ev in evs:
+                if ev.pending:  # left unverified: a match was found elsewhere
+                    ev.pending = False
+                    ev.extra["unverified"] = True
         return per_query
+
+    def _strong(self, ev: PairEvidence) -> bool:
+        return ev.votes >= STRONG_VOTES or ev.phash_distance <= self.settings.phash_max_distance
 
     def _zoom_settings(self) -> Settings:
         s = self.settings
