@@ -15,8 +15,11 @@ resembles. Three kinds of example can vote:
 
 **Scores and votes.** Each example gets a score in [0, 1]: the match
 strength of the instance evidence (at least 0.5 exactly when dedupe would
-call the two the same picture), or the cosine similarity, whichever is
-larger. The ``k`` best examples vote for their labels with weight
+call the two the same picture), or its cosine similarity, whichever is
+larger. Once calibrated, a cosine counts as the probability that an example
+that similar has the query's class, learned from the calibration queries
+separately for image and text examples (their cosines live on different
+scales), so an embedding that says little cannot outvote a verified copy. The ``k`` best examples vote for their labels with weight
 ``score ** sharpness``; a high ``sharpness`` lets one strong example outvote
 several weak ones. Classes rank by total weight, then by their single best
 example, then by name, so equal evidence always gives the same answer.
@@ -283,14 +286,49 @@ class Labeler:
 
     ``fit`` takes a :class:`~matchkit.gallery.Gallery` (or its folder) with
     labelled images, or an ``(n, d)`` array of embedding vectors with labels
-    ``y``, or nothing (zero-shot, from ``texts`` only). ``calibration`` is
-    "auto" (load the calibration stored with the gallery for these
-    parameters, or fit one from synthetic queries and store it), "stored"
-    (load it if present, else stay uncalibrated), "none", or calibration
-    data from an earlier fit (a dict, or a JSON file written by
-    :meth:`save_calibration`). Uncalibrated answers are accepted when their
-    raw confidence is at least 0.5 (for instance evidence: a verified match
-    with no competing class), and say ``calibrated: false``.
+    ``y``, or nothing (zero-shot, from ``texts`` only). ``predict`` and the
+    other query methods take image paths, or an ``(n, d)`` array of query
+    vectors when there are embedding examples.
+
+    Parameters
+    ----------
+    k:
+        Examples that vote for each query.
+    target_accuracy:
+        Accuracy wanted on accepted (non-``unknown``) answers; calibration
+        picks the threshold for it.
+    settings:
+        Feature settings (default: the gallery's).
+    embedder:
+        An embedding model (:func:`matchkit.embed.load_embedder` name or
+        path, or an ``Embedder``). Labelled gallery images without a vector
+        for it are embedded at ``fit`` and the vectors stored in the gallery.
+    texts:
+        Class names to add as text examples (zero-shot classes; needs a CLIP
+        model), or ``"labels"`` to add every gallery class name as well.
+    templates:
+        Prompt templates for the class names (default: the model's own).
+    sharpness:
+        Vote weight is ``score ** sharpness``.
+    calibration:
+        "auto" (load the calibration stored with the gallery for these
+        parameters, or fit one from synthetic queries and store it),
+        "stored" (load it if present, else stay uncalibrated), "none", or
+        calibration data from an earlier fit (a dict, or a JSON file written
+        by :meth:`save_calibration`). Uncalibrated answers are accepted when
+        their raw confidence is at least 0.5 (for instance evidence: a
+        verified match with no competing class) and say ``calibrated: false``.
+    calibration_samples, edits_per_image, random_state:
+        Size and seed of the synthetic calibration.
+    zoom:
+        Give unmatched queries a closer second look (matchkit/query.py).
+
+    Learned attributes: ``classes_``, ``n_examples_``, ``calibration_``
+    (plain data), ``threshold_``, ``gallery_``, ``embedder_``.
+
+    Ties: classes rank by vote weight, then best single example, then name;
+    an exact tie between the two best classes has raw confidence 0 and is
+    always answered ``unknown`` (its ``best`` is the alphabetically first).
     """
 
     def __init__(self, k: int = 5, target_accuracy: float = 0.99, *,

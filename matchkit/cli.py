@@ -201,27 +201,68 @@ def labels_show(gallery):
         _emit_json({"images": len(g), "labelled": len(g.labelled()), "classes": counts}, None)
 
 
-def _labeler(gallery, k, target, calibration, quiet, samples=200):
-    """A fitted Labeler over an existing gallery, or a one-line usage error."""
-    from pathlib import Path
+def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
+             no_model=False, text_labels=False):
+    """A fitted Labeler over an existing gallery, or a one-line usage error.
 
+    The embedding model is ``model``, else the one model the gallery holds
+    vectors for (``matchkit index --model``), else none.
+    """
     from .classify import Labeler
     from .labels import LabelError
 
     if not (Path(gallery) / "gallery.sqlite").exists():
         _fail(f"no gallery at {gallery} (create one with `matchkit labels import`)")
+    if model and no_model:
+        _fail("--model and --no-model contradict each other")
+    if not model and not no_model:
+        try:
+            with Gallery(gallery, create=False) as g:
+                held = list(g.models())
+        except GalleryError as e:
+            _fail(_one_line(e))
+        if len(held) > 1:
+            _fail(f"gallery {gallery} holds vectors of several models ({', '.join(held)}); "
+                  "choose one with --model or none with --no-model")
+        model = held[0] if held else None
+    embedder = None
+    if model:
+        from .embed import EmbedderError, load_embedder
+        try:
+            embedder = load_embedder(model)
+        except EmbedderError as e:
+            _fail(_one_line(e) + " (or label without embeddings: --no-model)")
+    if text_labels and embedder is None:
+        _fail("--text-labels needs a CLIP model (--model)")
     lab = Labeler(k=k, target_accuracy=target, calibration=calibration,
-                  calibration_samples=samples)
+                  calibration_samples=samples, embedder=embedder,
+                  texts="labels" if text_labels else None)
     try:
         lab.fit(gallery)
-    except (GalleryError, LabelError) as e:
+    except (GalleryError, LabelError, ValueError) as e:
         lab.close()
-        _fail(str(e))
+        _fail(_one_line(e))
     cal = lab.calibration_
     if not quiet and cal is not None and lab.calibrated_now_:
         click.echo(f"matchkit: calibrated the unknown threshold on {cal['queries']} synthetic "
                    f"queries (stored with the gallery for next time)", err=True)
     return lab
+
+
+_MODEL_OPTIONS = [
+    click.option("--model", default=None,
+                 help="Embedding model for look-alike classes (name, folder or .onnx); "
+                      "default: the model the gallery was indexed with, if any."),
+    click.option("--no-model", is_flag=True, help="Use no embeddings, only instance evidence."),
+    click.option("--text-labels", is_flag=True,
+                 help="Also use class names as text examples (CLIP models)."),
+]
+
+
+def _model_options(f):
+    for option in reversed(_MODEL_OPTIONS):
+        f = option(f)
+    return f
 
 
 @labels.command("calibrate")
@@ -235,7 +276,8 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200):
 @click.option("--queries", "queries", type=click.Path(dir_okay=False),
               help='Calibrate on your own queries instead: CSV/JSONL of path,label rows '
                    'with label "unknown" for images of no gallery class.')
-def labels_calibrate(gallery, k, target, samples, queries):
+@_model_options
+def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text_labels):
     """Fit and store the threshold below which answers are "unknown".
 
     \b
@@ -245,7 +287,7 @@ def labels_calibrate(gallery, k, target, samples, queries):
     """
     from .labels import LabelError, table_labels
 
-    lab = _labeler(gallery, k, target, "none", True, samples)
+    lab = _labeler(gallery, k, target, "none", True, samples, model, no_model, text_labels)
     with lab:
         try:
             if queries:
@@ -274,8 +316,10 @@ def labels_calibrate(gallery, k, target, samples, queries):
               show_default=True,
               help="auto: use the stored calibration or fit one; stored: only use a stored one; "
                    "none: uncalibrated (accept verified matches without a rival class).")
+@_model_options
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def label(queries, gallery, json_path, k, target, calibration, quiet):
+def label(queries, gallery, json_path, k, target, calibration, model, no_model, text_labels,
+          quiet):
     """Label each image in QUERIES (files or folders) by its nearest labelled
     gallery examples, or "unknown" when nothing matches well enough.
 
@@ -287,6 +331,7 @@ def label(queries, gallery, json_path, k, target, calibration, quiet):
       matchkit label --gallery parts-gallery photo1.jpg photo2.jpg
       matchkit label --gallery art-gallery new-scans/ -k 3 --json answers.json
       matchkit label --gallery parts-gallery query.jpg | jq -r '.answers[].label'
+      matchkit label --gallery art-gallery scan.jpg --model clip-vit-b32 --text-labels
     """
     import time
 
@@ -297,7 +342,8 @@ def label(queries, gallery, json_path, k, target, calibration, quiet):
         files = [str(p) for p in iter_image_files(queries)]
     except FileNotFoundError as e:
         _fail(str(e))
-    lab = _labeler(gallery, k, target, calibration, quiet)
+    lab = _labeler(gallery, k, target, calibration, quiet, model=model, no_model=no_model,
+                   text_labels=text_labels)
     with lab:
         answers = lab.answers(files)
         cal = lab.calibration_

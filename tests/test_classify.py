@@ -343,3 +343,27 @@ def test_mixed_image_and_text_examples(tiny_clip_dir, labelled, tmp_path):
         a = lab.answers(files[:1])[0]
         cos_scores = [lab._cosine_score(s.cosine, s.kind) for s in a.neighbours if s.cosine is not None]
         assert a.neighbours[0].score == max([top.instance] + cos_scores)
+
+
+def test_cli_label_with_a_model_and_text_labels(tiny_clip_dir, labelled, tmp_path):
+    import shutil
+
+    runner = CliRunner()
+    g = tmp_path / "g"
+    shutil.copytree(labelled / "g", g)
+    q = str(labelled / "queries" / "bolt_crop.jpg")
+    r = runner.invoke(cli, ["label", "--gallery", str(g), q, "--text-labels"])
+    assert r.exit_code == 2 and "needs a CLIP model" in r.stderr
+    r = runner.invoke(cli, ["label", "--gallery", str(g), q, "--model", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(cli, ["label", "--gallery", str(g), q, "--model", str(tiny_clip_dir),
+                            "--text-labels", "--calibration", "none", "-k", "20", "-q"])
+    assert r.exit_code == 0, r.output
+    answer = json.loads(r.stdout)["answers"][0]
+    kinds = {n["kind"] for n in answer["neighbours"]}
+    assert kinds == {"image", "text"} and answer["best"] in CLASSES
+    # The gallery now holds that model's vectors, so later runs use it by default.
+    r = runner.invoke(cli, ["label", "--gallery", str(g), q, "--calibration", "none", "-q",
+                            "-k", "20"])
+    assert {n["kind"] for n in json.loads(r.stdout)["answers"][0]["neighbours"]} >= {"image"}
+    assert any("cosine" in n["evidence"] for n in json.loads(r.stdout)["answers"][0]["neighbours"])
