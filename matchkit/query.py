@@ -32,8 +32,8 @@ from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
 from .io import ImageLoadError, load_image, shrink
 from .local import extract_local, working_grey
-from .match import (PairEvidence, _LocalCache, _verify_pair, _worth_verifying, hash_rule,
-                    local_rule, mirrored_features)
+from .match import (PairEvidence, _LocalCache, _verify_pair, hash_rule, local_rule,
+                    mirrored_features)
 from .template import picture_mask
 
 #: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
@@ -41,6 +41,11 @@ from .template import picture_mask
 STRONG_VOTES = 2.0
 #: Best-voted images verified in the zoomed second look.
 ZOOM_CANDIDATES = 4
+
+
+def _worth_verifying(ev: PairEvidence, s: Settings) -> bool:
+    """A query candidate the descriptors voted for, or close enough in pHash."""
+    return ev.votes > 0 or ev.phash_distance <= s.phash_candidate_distance
 
 
 def match_strength(ev: PairEvidence, settings: Settings) -> float:
