@@ -251,6 +251,262 @@ def undo(manifest, dry_run, quiet):
     return 0 if result.ok else 1
 
 
+def _open_gallery(path: str):
+    """An existing gallery, or a one-line usage error."""
+    from .gallery import Gallery
+
+    try:
+        return Gallery(path, create=False)
+    except GalleryError as e:
+        _fail(str(e))
+
+
+def _emit_json(data, json_path: str | None) -> None:
+    """JSON to stdout, or atomically to a file."""
+    import json
+
+    from ._fs import atomic_write_bytes
+
+    text = json.dumps(data, indent=1)
+    if json_path in (None, "-"):
+        click.echo(text)
+    else:
+        atomic_write_bytes(json_path, (text + "\n").encode())
+
+
+@cli.group()
+def labels() -> None:
+    """Labelled galleries: import labels, calibrate the unknown threshold, list classes.
+
+    \b
+    Example:
+      matchkit labels import cat-gallery --folder catalogue/   # catalogue/<class>/*.jpg
+      matchkit labels import cat-gallery --csv labels.csv      # rows: path,label
+      matchkit labels show cat-gallery
+    """
+
+
+@labels.command("import")
+@click.argument("gallery", type=click.Path(file_okay=False))
+@click.option("--folder", type=click.Path(file_okay=False),
+              help="ImageFolder tree: one subfolder per class.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False),
+              help="CSV of path,label rows (header optional; paths relative to the file).")
+@click.option("--jsonl", "jsonl_file", type=click.Path(dir_okay=False),
+              help='JSON Lines: {"path": ..., "label": ...} per line.')
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the import report here instead of stdout.")
+def labels_import(gallery, folder, csv_file, jsonl_file, json_path):
+    """Add labelled images to GALLERY (created if missing) and set their labels.
+
+    Re-importing is incremental: unchanged files are not decoded again and
+    the labels of every listed image are replaced. Unreadable images and bad
+    rows are listed under "skipped" with a reason.
+
+    \b
+    Example:
+      matchkit labels import parts-gallery --folder bench-photos/
+      matchkit labels import art-gallery --jsonl artworks.jsonl --json import.json
+    """
+    from .gallery import Gallery
+    from .labels import LabelError, import_folder, import_table
+
+    sources = [x for x in (folder, csv_file, jsonl_file) if x]
+    if len(sources) != 1:
+        _fail("give exactly one of --folder, --csv or --jsonl")
+    try:
+        with Gallery(gallery) as g:
+            if folder:
+                report = import_folder(g, folder)
+            else:
+                report = import_table(g, csv_file or jsonl_file, "csv" if csv_file else "jsonl")
+    except (GalleryError, LabelError) as e:
+        _fail(str(e))
+    _emit_json(report.to_dict(), json_path)
+
+
+@labels.command("show")
+@click.argument("gallery", type=click.Path(file_okay=False))
+def labels_show(gallery):
+    """Print the classes of GALLERY with their number of images, as JSON.
+
+    \b
+    Example:
+      matchkit labels show parts-gallery | jq '.classes | length'
+    """
+    from .labels import class_counts
+
+    g = _open_gallery(gallery)
+    with g:
+        counts = class_counts(g)
+        _emit_json({"images": len(g), "labelled": len(g.labelled()), "classes": counts}, None)
+
+
+def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
+             no_model=False, text_labels=False):
+    """A fitted Labeler over an existing gallery, or a one-line usage error.
+
+    The embedding model is ``model``, else the one model the gallery holds
+    vectors for (``matchkit index --model``), else none.
+    """
+    from .classify import Labeler
+    from .labels import LabelError
+
+    if not (Path(gallery) / "gallery.sqlite").exists():
+        _fail(f"no gallery at {gallery} (create one with `matchkit labels import`)")
+    if model and no_model:
+        _fail("--model and --no-model contradict each other")
+    if not model and not no_model:
+        try:
+            with Gallery(gallery, create=False) as g:
+                held = list(g.models())
+        except GalleryError as e:
+            _fail(_one_line(e))
+        if len(held) > 1:
+            _fail(f"gallery {gallery} holds vectors of several models ({', '.join(held)}); "
+                  "choose one with --model or none with --no-model")
+        model = held[0] if held else None
+    embedder = None
+    if model:
+        from .embed import EmbedderError, load_embedder
+        try:
+            embedder = load_embedder(model)
+        except EmbedderError as e:
+            _fail(_one_line(e) + " (or label without embeddings: --no-model)")
+    if text_labels and embedder is None:
+        _fail("--text-labels needs a CLIP model (--model)")
+    lab = Labeler(k=k, target_accuracy=target, calibration=calibration,
+                  calibration_samples=samples, embedder=embedder,
+                  texts="labels" if text_labels else None)
+    try:
+        lab.fit(gallery)
+    except (GalleryError, LabelError, ValueError) as e:
+        lab.close()
+        _fail(_one_line(e))
+    cal = lab.calibration_
+    if not quiet and cal is not None and lab.calibrated_now_:
+        click.echo(f"matchkit: calibrated the unknown threshold on {cal['queries']} synthetic "
+                   f"queries (stored with the gallery for next time)", err=True)
+    return lab
+
+
+_MODEL_OPTIONS = [
+    click.option("--model", default=None,
+                 help="Embedding model for look-alike classes (name, folder or .onnx); "
+                      "default: the model the gallery was indexed with, if any."),
+    click.option("--no-model", is_flag=True, help="Use no embeddings, only instance evidence."),
+    click.option("--text-labels", is_flag=True,
+                 help="Also use class names as text examples (CLIP models)."),
+]
+
+
+def _model_options(f):
+    for option in reversed(_MODEL_OPTIONS):
+        f = option(f)
+    return f
+
+
+@labels.command("calibrate")
+@click.argument("gallery", type=click.Path(file_okay=False))
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Neighbours that vote.")
+@click.option("--target", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.99,
+              show_default=True, help="Accuracy wanted on accepted (non-unknown) answers.")
+@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Gallery images to make synthetic calibration queries from.")
+@click.option("--queries", "queries", type=click.Path(dir_okay=False),
+              help='Calibrate on your own queries instead: CSV/JSONL of path,label rows '
+                   'with label "unknown" for images of no gallery class.')
+@_model_options
+def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text_labels):
+    """Fit and store the threshold below which answers are "unknown".
+
+    \b
+    Example:
+      matchkit labels calibrate parts-gallery --target 0.99
+      matchkit labels calibrate parts-gallery --queries held-out.csv
+    """
+    from .labels import LabelError, table_labels
+
+    lab = _labeler(gallery, k, target, "none", True, samples, model, no_model, text_labels)
+    with lab:
+        try:
+            if queries:
+                rows, _ = table_labels(queries)
+                lab.calibrate([p for p, _ in rows], [c for _, c in rows])
+            else:
+                lab.calibrate_synthetic(samples)
+        except (LabelError, ValueError) as e:
+            _fail(str(e))
+        where = lab.save_calibration()
+        cal = {k: v for k, v in lab.calibration_.items() if k not in ("x", "y")}
+        _emit_json({"stored": str(where), **cal}, None)
+
+
+@cli.command()
+@click.argument("queries", nargs=-1, required=True, type=click.Path())
+@click.option("--gallery", required=True, type=click.Path(file_okay=False),
+              help="A labelled gallery (see `matchkit labels import`).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the answers here instead of stdout.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Neighbours that vote.")
+@click.option("--target", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.99,
+              show_default=True, help="Accuracy wanted on accepted (non-unknown) answers.")
+@click.option("--calibration", type=click.Choice(["auto", "stored", "none"]), default="auto",
+              show_default=True,
+              help="auto: use the stored calibration or fit one; stored: only use a stored one; "
+                   "none: uncalibrated (accept verified matches without a rival class).")
+@_model_options
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+def label(queries, gallery, json_path, k, target, calibration, model, no_model, text_labels,
+          quiet):
+    """Label each image in QUERIES (files or folders) by its nearest labelled
+    gallery examples, or "unknown" when nothing matches well enough.
+
+    Each answer has the label, a calibrated confidence, the best class even
+    when rejected, and the neighbours that support it with their evidence.
+
+    \b
+    Example:
+      matchkit label --gallery parts-gallery photo1.jpg photo2.jpg
+      matchkit label --gallery art-gallery new-scans/ -k 3 --json answers.json
+      matchkit label --gallery parts-gallery query.jpg | jq -r '.answers[].label'
+      matchkit label --gallery art-gallery scan.jpg --model clip-vit-b32 --text-labels
+    """
+    import time
+
+    from .io import iter_image_files
+
+    start = time.perf_counter()
+    try:
+        files = [str(p) for p in iter_image_files(queries)]
+    except FileNotFoundError as e:
+        _fail(str(e))
+    lab = _labeler(gallery, k, target, calibration, quiet, model=model, no_model=no_model,
+                   text_labels=text_labels)
+    with lab:
+        answers = lab.answers(files)
+        cal = lab.calibration_
+    known = [a for a in answers if a.label != "unknown"]
+    out = {
+        "answers": [a.to_dict() for a in answers],
+        "stats": {"queries": len(answers), "labelled": len(known),
+                  "unknown": len(answers) - len(known),
+                  "unreadable": sum(a.error is not None for a in answers),
+                  "classes": len(lab.classes_), "k": k,
+                  "seconds": round(time.perf_counter() - start, 3)},
+        "calibration": None if cal is None else {
+            key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
+                                          "queries", "accuracy_lower_bound", "fitted_at")},
+    }
+    _emit_json(out, json_path)
+    if not quiet:
+        st = out["stats"]
+        click.echo(f"{st['queries']} queries: {st['labelled']} labelled, {st['unknown']} unknown"
+                   f" ({st['unreadable']} unreadable)", err=True)
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--gallery", required=True, type=click.Path(file_okay=False),

@@ -580,6 +580,29 @@ class Gallery:
             raise
         return changed
 
+    # -- labels ------------------------------------------------------------
+    def labelled(self) -> dict[int, list]:
+        """Labels of every image that has any, by id (one query, for labelers)."""
+        rows = self._db.execute("SELECT id, labels FROM images WHERE labels != '[]' ORDER BY id")
+        return {i: json.loads(v) for i, v in rows}
+
+    def set_labels(self, labels: dict[int, list]) -> int:
+        """Replace the labels of many images in one transaction; returns how
+        many rows changed (one commit, not one fsync per image)."""
+        changed = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for image_id, values in labels.items():
+                text = json.dumps(list(values))
+                changed += self._db.execute(
+                    "UPDATE images SET labels=? WHERE id=? AND labels != ?",
+                    (text, int(image_id), text)).rowcount
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return changed
+
     def paths(self) -> dict[int, str]:
         """Every image's path by id."""
         return dict(self._db.execute("SELECT id, path FROM images"))
@@ -592,6 +615,12 @@ class Gallery:
         """
         rows = self._db.execute(f"SELECT id FROM images WHERE {sql} ORDER BY id", list(params))
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def last_id(self) -> int:
+        """Largest image id in use (0 for an empty gallery); ids above it are
+        free, e.g. as temporary keys for query images not in the gallery."""
+        row = self._db.execute("SELECT MAX(id) FROM images").fetchone()
+        return int(row[0] or 0)
 
     def pixel_digest(self, image_id: int) -> str | None:
         """Digest of the full-resolution pixels, computed on first use and cached."""

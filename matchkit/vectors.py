@@ -44,9 +44,9 @@ DIRECT_GET_MAX = 2_000
 #: Distances computed per candidate a graph walk gathers (about 2 x connectivity).
 GRAPH_COST_PER_CANDIDATE = 16
 #: HNSW parameters, chosen by benchmarks/bench_vectors.py (see RESULTS.md).
-CONNECTIVITY = 16
+CONNECTIVITY = 32
 EXPANSION_ADD = 128
-EXPANSION_SEARCH = 128
+EXPANSION_SEARCH = 256
 
 _FORMAT = "matchkit-vectors/1"
 

@@ -1,0 +1,471 @@
+"""Match images that are not in a gallery against it.
+
+Dedupe compares gallery images with each other; a query compares outside
+images with the gallery without adding them: to label a photo by its nearest
+labelled examples, or to ask whether a picture is a copy of one in a
+collection. Candidates come from the same two sources dedupe uses (pHash
+neighbours over all 8 dihedral variants, and votes of local descriptors), and
+evidence and decisions come from the same functions (``hash_rule``,
+geometric + photometric verification with the mirrored retry, ``local_rule``),
+so a query matches a gallery image exactly when dedupe would have linked the
+two.
+
+Each query gets a temporary key above the gallery's largest id; candidate
+pairs are then ``(gallery id, query key)`` like any gallery pair, and
+:class:`~matchkit.match.PairEvidence` describes them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .candidates import phash_candidates, vote_candidates
+from .colour import histogram_similarity
+from .config import Settings
+from .features import ImageRecord, extract_many
+from .gallery import ORB_KEY_STRIDE, Gallery
+from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
+from .io import ImageLoadError, load_image, shrink
+from .local import extract_local, working_grey
+from .match import (PairEvidence, _LocalCache, _verify_pair, hash_rule, local_rule,
+                    mirrored_features)
+from .template import picture_mask
+
+#: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
+#: worth verifying before any other; 7 in 10 chance look-alikes have fewer.
+STRONG_VOTES = 2.0
+#: Best-voted images verified in the zoomed second look.
+ZOOM_CANDIDATES = 4
+
+
+def _worth_verifying(ev: PairEvidence, s: Settings) -> bool:
+    """A query candidate the descriptors voted for, or close enough in pHash."""
+    return ev.votes > 0 or ev.phash_distance <= s.phash_candidate_distance
+
+
+def match_strength(ev: PairEvidence, settings: Settings) -> float:
+    """How strongly the evidence says "same picture", in [0, 1].
+
+    At least 0.5 exactly when a rule matched (``ev.rule``), below 0.5
+    otherwise, and increasing in every signal: closer hashes, more inliers,
+    better-correlated overlap. It only ranks neighbours; what a value means
+    as a probability is learned by calibration (see matchkit/classify.py).
+    """
+    s = settings
+    d = ev.phash_distance
+    strong, loose = max(1, s.phash_strong_distance), max(s.phash_max_distance, s.phash_strong_distance + 1)
+    if ev.rule == "phash":
+        hashed = 0.75 + 0.25 * (1.0 - min(d, strong) / strong)
+    elif ev.rule == "phash+colour":
+        hashed = 0.5 + 0.25 * max(0.0, (loose - d) / (loose - strong))
+    else:  # a random pair sits near PHASH_BITS / 2
+        hashed = 0.49 * max(0.0, 1.0 - d / (PHASH_BITS / 2))
+    local = 0.0
+    v = ev.verification
+    if v is not None and v.inliers:
+        corr = ev.overlap_correlation if ev.overlap_correlation is not None else -1.0
+        if ev.rule == "local":
+            span = max(1e-6, 1.0 - s.min_overlap_correlation)
+            local = (0.5 + 0.25 * min(1.0, v.inliers / (5.0 * max(1, s.min_inliers)))
+                     + 0.25 * min(1.0, max(0.0, (corr - s.min_overlap_correlation) / span)))
+        else:
+            local = 0.49 * min(1.0, v.inliers / max(1, s.min_inliers)) * max(0.0, corr)
+    score = max(hashed, local)
+    return round(min(score, 1.0) if ev.rule else min(score, 0.49), 6)
+
+
+@dataclass
+class Neighbour:
+    """One gallery image's evidence for one query."""
+
+    id: int
+    path: str
+    #: Pair evidence with ``a`` = the gallery image, ``b`` = the query's temporary key.
+    evidence: PairEvidence
+    #: :func:`match_strength` of the evidence.
+    score: float
+
+    @property
+    def matched(self) -> bool:
+        """Whether the dedupe rules call the query a copy of this image."""
+        return bool(self.evidence.rule)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "score": self.score,
+                "matched": self.matched, "evidence": self.evidence.to_evidence()}
+
+
+@dataclass
+class QueryResult:
+    """All gallery neighbours examined for one query file, strongest first."""
+
+    path: str
+    neighbours: list[Neighbour] = field(default_factory=list)
+    #: Why the query could not be read (then ``neighbours`` is empty).
+    error: str | None = None
+
+    @property
+    def matches(self) -> list[Neighbour]:
+        return [n for n in self.neighbours if n.matched]
+
+    def to_dict(self) -> dict:
+        out: dict = {"path": self.path}
+        if self.error:
+            out["error"] = self.error
+        else:
+            out["matches"] = [n.to_dict() for n in self.matches]
+        return out
+
+
+class QueryMatcher:
+    """Candidates, evidence and decisions for query images against one gallery.
+
+    ``allowed`` restricts the search to some gallery ids (a labeler passes
+    its labelled images). The matcher keeps a cache of gallery features and a
+    worker pool between calls; ``close`` ends the pool.
+    """
+
+    def __init__(self, gallery: Gallery, settings: Settings | None = None, *,
+                 allowed: set[int] | None = None, zoom: bool = True, zoom_side: int = 1024,
+                 zoom_features: int = 2000):
+        self.gallery = gallery
+        self.zoom, self.zoom_side, self.zoom_features = zoom, zoom_side, zoom_features
+        self.settings = settings or gallery.settings
+        self.allowed = None if allowed is None else set(allowed)
+        self.cache = _LocalCache(gallery)
+        self._masks: dict[int, np.ndarray | None] = {}
+        self._threads: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> "QueryMatcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
+
+    # -- public ------------------------------------------------------------
+    def match(self, paths: Iterable[str | os.PathLike]) -> list[QueryResult]:
+        """Read each query file and match it; unreadable files get ``error``."""
+        results, records, slots = [], [], []
+        for path, rec in extract_many([str(p) for p in paths], self.settings):
+            if isinstance(rec, ImageLoadError):
+                results.append(QueryResult(path, error=rec.reason))
+            else:
+                results.append(QueryResult(path))
+                records.append(rec)
+                slots.append(len(results) - 1)
+        for slot, neighbours in zip(slots, self.match_records(records)):
+            results[slot].neighbours = neighbours
+        return results
+
+    def match_records(self, records: Sequence[ImageRecord],
+                      exclude: Sequence[set[int]] | None = None) -> list[list[Neighbour]]:
+        """Neighbours of each record, strongest first.
+
+        ``exclude[i]`` leaves gallery ids out of query i's search as if they
+        were not in the gallery (leave-one-out calibration). The same record
+        object may appear several times with different exclusions; its
+        evidence against a gallery image is then computed once.
+
+        Queries that match nothing get a second, closer look (``zoom``):
+        features found on a larger working image, many more of them, vote
+        (distinctive votes only, see ``_distinctive_votes``) and the best
+        voted images are verified with them. A photo shown small inside a
+        screenshot or a poster has too few of the ordinary keypoints to be
+        found; at twice the size it has enough. Only unmatched queries pay
+        for this.
+        """
+        s = self.settings
+        n = len(records)
+        if n == 0:
+            return []
+        exclude = [set(e) for e in exclude] if exclude is not None else [set()] * n
+        if len(exclude) != n:
+            raise ValueError("exclude needs one set per record")
+        base = self.gallery.last_id() + 1
+        keys = list(range(base, base + n))
+        by_query, vote_of, crowd = self._candidates(records, keys, exclude, phash=True)
+        found = self._evidence(records, keys, by_query, vote_of, crowd, {})
+        if self.zoom and s.local_features:
+            redo = [i for i in range(n) if records[i].local is not None
+                    and not any(ev.rule for ev in found[i])]
+            if redo:
+                zoomed: dict[int, ImageRecord] = {}
+                for i in redo:
+                    rec = records[i]
+                    if id(rec) not in zoomed:
+                        zoomed[id(rec)] = self._zoomed(rec)
+                recs2 = [zoomed[id(records[i])] for i in redo]
+                keys2 = [keys[i] for i in redo]
+                excl2 = [exclude[i] for i in redo]
+                by2, votes2, _ = self._candidates(recs2, keys2, excl2, phash=False)
+                for j, i in enumerate(redo):  # the hashes are those of the first pass
+                    for ev in found[i]:
+                        if ev.a in by2[j]:
+                            by2[j][ev.a] = ev.phash_distance
+                second = self._evidence(recs2, keys2, by2, votes2, crowd, {}, force=True,
+                                        settings=self._zoom_settings())
+                for j, i in enumerate(redo):
+                    best = {ev.a: ev for ev in found[i]}
+                    for ev in second[j]:
+                        ev.extra["zoom"] = True
+                        old = best.get(ev.a)
+                        if old is None or (bool(ev.rule), match_strength(ev, s)) > (
+                                bool(old.rule), match_strength(old, s)):
+                            best[ev.a] = ev
+                    found[i] = list(best.values())
+        paths = {i: img.path for i, img in self.gallery.images(
+            sorted({ev.a for evs in found for ev in evs})).items()}
+        out = []
+        for evs in found:
+            neighbours = [Neighbour(ev.a, paths[ev.a], ev, match_strength(ev, s)) for ev in evs]
+            neighbours.sort(key=lambda nb: (-nb.score, nb.id))
+            out.append(neighbours)
+        return out
+
+    def _candidates(self, records, keys, exclude, *, phash: bool):
+        """Per query: gallery id -> pHash distance (-1: not yet known), votes
+        by gallery id, and the pHash crowd distances."""
+        s = self.settings
+        n = len(records)
+        index_of = {k: i for i, k in enumerate(keys)}
+        wider = max(len(e) for e in exclude)
+        by_query: list[dict[int, int]] = [{} for _ in range(n)]
+        crowd: dict[int, int] = {}
+        if phash:
+            base_id = self.gallery.last_id() + 1
+            allowed = self.allowed if self.allowed is not None else range(1, base_id)
+            max_distance = max(s.phash_max_distance, s.exact_check_distance)
+            collect_top = 4
+            found = phash_candidates(
+                self.gallery.phash_index, keys, np.stack([r.phashes for r in records]),
+                max_distance=max_distance, neighbours=s.neighbours + wider, allowed=allowed,
+                collect_distance=s.phash_candidate_distance if s.local_features else None,
+                collect_top=collect_top + wider)
+            crowd = found.crowd
+            # Every pair within max_distance and the closest few looser ones,
+            # after exclusion (as if excluded images were never indexed).
+            loose: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+            for (g, q), d in found.pairs.items():
+                i = index_of[q]
+                if g in exclude[i]:
+                    continue
+                if d <= max_distance:
+                    by_query[i][g] = d
+                else:
+                    loose[i].append((d, g))
+            for i in range(n):
+                for d, g in sorted(loose[i])[:collect_top]:
+                    by_query[i][g] = d
+        vote_of: list[dict[int, float]] = [{} for _ in range(n)]
+        if s.local_features:
+            if phash:
+                queries = {k: r.local.desc[: s.query_features] for k, r in zip(keys, records)
+                           if r.local is not None}
+                votes = vote_candidates(
+                    self.gallery.orb_index, queries, key_stride=ORB_KEY_STRIDE,
+                    neighbours=s.vote_neighbours, max_distance=s.vote_max_distance,
+                    per_query=s.vote_candidates + wider, allowed=self.allowed)
+            else:
+                votes = self._distinctive_votes(records, keys, exclude)
+            voted: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+            for (g, q), v in votes.items():
+                i = index_of[q]
+                if g not in exclude[i]:
+                    voted[i].append((-v, g))
+            top = s.vote_candidates if phash else ZOOM_CANDIDATES
+            for i in range(n):
+                for v, g in sorted(voted[i])[:top]:
+                    vote_of[i][g] = -v
+                    by_query[i].setdefault(g, -1)
+        return by_query, vote_of, crowd
+
+    def _distinctive_votes(self, records, keys, exclude, ratio: float = 0.8,
+                           neighbours: int = 16, min_votes: int = 3
+                           ) -> dict[tuple[int, int], float]:
+        """Votes of query descriptors that are distinctive: nearer to one
+        gallery image than to any other by Lowe's ratio.
+
+        The zoomed view of a screenshot or a poster has hundreds of keypoints
+        on text and interface elements; shared votes would let gallery images
+        full of similar text outvote the photo inside. A descriptor that is
+        about as close to several images says nothing and casts no vote.
+        """
+        s = self.settings
+        owners, descs = [], []
+        for i, r in enumerate(records):
+            if r.local is not None and len(r.local):
+                owners.append(np.full(len(r.local), i))
+                descs.append(r.local.desc)
+        if not descs or len(self.gallery.orb_index) == 0:
+            return {}
+        owner = np.concatenate(owners)
+        found, dists = self.gallery.orb_index.search(np.concatenate(descs), neighbours)
+        images = np.where(found >= 0, found // ORB_KEY_STRIDE, -1)
+        votes: dict[tuple[int, int], float] = {}
+        for i, irow, drow in zip(owner.tolist(), images.tolist(), dists.tolist()):
+            skip = exclude[i]
+            first, d1, d2 = -1, 0, 2 * self.gallery.orb_index.nbits
+            for g, d in zip(irow, drow):
+                if g < 0 or g in skip or (self.allowed is not None and g not in self.allowed):
+                    continue
+                if first < 0:
+                    first, d1 = g, d
+                elif g != first:
+                    d2 = d
+                    break
+            if first >= 0 and d1 <= s.vote_max_distance and d1 <= ratio * d2:
+                pair = (first, keys[i])
+                votes[pair] = votes.get(pair, 0.0) + 1.0
+        # One or two distinctive votes happen by chance; a copy gets several.
+        return {pair: v for pair, v in votes.items() if v >= min_votes}
+
+    def _evidence(self, records, keys, by_query, vote_of, crowd, shared, *, force: bool = False,
+                  settings: Settings | None = None) -> list[list[PairEvidence]]:
+        """Evidence for every candidate pair, verified where the hashes do not
+        decide (``force``: verify every pair the hashes did not match)."""
+        s = self.settings
+        gallery_ids = sorted({g for c in by_query for g in c})
+        if not gallery_ids:
+            return [[] for _ in records]
+        variants = dict(zip(gallery_ids, self.gallery.phash_variants(gallery_ids)))
+        colours = self.gallery.colours(gallery_ids)
+        per_query: list[list[PairEvidence]] = []
+        for i, (rec, key) in enumerate(zip(records, keys)):
+            evs = []
+            for g, d in sorted(by_query[i].items()):
+                memo = (id(rec), g)
+                if memo in shared:
+                    evs.append(shared[memo])
+                    continue
+                best, variant = dihedral_match(variants[g], rec.phashes[0])
+                ev = PairEvidence(g, key, best if d < 0 else d,
+                                  histogram_similarity(colours[g], rec.colour),
+                                  votes=vote_of[i].get(g, 0.0))
+                if variant in REFLECTIONS:
+                    ev.extra["reflect"] = True
+                ev.rule = hash_rule(ev, crowd, s)
+                ev.pending = (s.local_features and rec.local is not None and not ev.rule
+                              and (force or _worth_verifying(ev, s)))
+                shared[memo] = ev
+                evs.append(ev)
+            per_query.append(evs)
+        # Strong candidates first; the weakly voted rest only for queries that
+        # none of their strong candidates matched (most voted candidates are
+        # chance look-alikes, and a query rarely has two real matches).
+        strong = [(ev, rec) for rec, evs in zip(records, per_query) for ev in evs
+                  if ev.pending and (force or self._strong(ev))]
+        self._verify(strong, settings or s)
+        weak = [(ev, rec) for rec, evs in zip(records, per_query)
+                if not any(ev.rule for ev in evs) for ev in evs if ev.pending]
+        self._verify(weak, settings or s)
+        for evs in per_query:
+            for ev in evs:
+                if ev.pending:  # left unverified: a match was found elsewhere
+                    ev.pending = False
+                    ev.extra["unverified"] = True
+        return per_query
+
+    def _strong(self, ev: PairEvidence) -> bool:
+        return ev.votes >= STRONG_VOTES or ev.phash_distance <= self.settings.phash_max_distance
+
+    def _zoom_settings(self) -> Settings:
+        s = self.settings
+        return s.with_(work_side=max(s.work_side, self.zoom_side),
+                       n_features=max(s.n_features, self.zoom_features),
+                       thumb_side=max(s.thumb_side, 2 * s.thumb_side))
+
+    def _zoomed(self, rec: ImageRecord) -> ImageRecord:
+        """The record with local features and thumbnail from a larger view
+        (no larger than the file itself, no smaller than the usual view)."""
+        z = self._zoom_settings()
+        try:
+            img = load_image(rec.path, max_side=z.work_side, max_pixels=z.max_pixels).image
+        except ImageLoadError:
+            return rec
+        side = max(self.settings.work_side, min(z.work_side, max(rec.width, rec.height)))
+        local = extract_local(working_grey(img, side), z.n_features)
+        thumb = np.asarray(shrink(img, z.thumb_side).convert("L"))
+        return replace(rec, local=local, thumb=thumb)
+
+    # -- verification ------------------------------------------------------
+    def _verify(self, todo: list[tuple[PairEvidence, ImageRecord]], settings: Settings) -> None:
+        """Geometric + photometric verification (gallery image a, query b),
+        with the mirrored retry for pairs whose hashes align under a reflection.
+        OpenCV drops the GIL, so pairs run on worker threads."""
+        s = self.settings
+        mirrored: dict[int, object] = {}
+        query_masks: dict[int, np.ndarray | None] = {}
+
+        def work(item):
+            ev, rec, fa, ma = item
+            if id(rec) not in query_masks:
+                query_masks[id(rec)] = _mask(rec.thumb)
+
+            def mirror():  # a race only computes the same value twice
+                if id(rec) not in mirrored:
+                    mirrored[id(rec)] = mirrored_features(rec.path, rec.thumb, settings)
+                return mirrored[id(rec)]
+
+            _verify_pair(ev, fa, (rec.local, rec.thumb), {}, s, ma, query_masks[id(rec)],
+                         mirrored=mirror)
+            ev.rule = local_rule(ev, s)
+            ev.pending = False
+
+        for start in range(0, len(todo), 512):
+            chunk = []
+            for ev, rec in todo[start:start + 512]:
+                fa = self.cache.get(ev.a)
+                chunk.append((ev, rec, fa, self._gallery_mask(ev.a, fa)))
+            pool = self._pool() if len(chunk) > 8 else None
+            if pool is None:
+                for item in chunk:
+                    work(item)
+            else:
+                list(pool.map(work, chunk, chunksize=max(1, len(chunk) // 16)))
+
+    def _pool(self) -> ThreadPoolExecutor | None:
+        if self.settings.n_workers() <= 1:
+            return None
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=self.settings.n_workers())
+        return self._threads
+
+    def _gallery_mask(self, image_id: int, features) -> np.ndarray | None:
+        if image_id not in self._masks:
+            self._masks[image_id] = _mask(features[1]) if features is not None else None
+        return self._masks[image_id]
+
+
+def _mask(thumb: np.ndarray | None) -> np.ndarray | None:
+    """Where the picture is inside any flat fill (None: everywhere), as dedupe does."""
+    if thumb is None:
+        return None
+    mask = picture_mask(thumb)
+    return None if mask.all() else mask
+
+
+def query(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLike],
+          settings: Settings | None = None) -> list[QueryResult]:
+    """Match image files against a gallery without adding them.
+
+    >>> for r in query("my-gallery", ["found-online.jpg"]):   # doctest: +SKIP
+    ...     print(r.path, [m.path for m in r.matches])
+    """
+    own = not isinstance(gallery, Gallery)
+    g = Gallery(gallery, create=False) if own else gallery
+    try:
+        with QueryMatcher(g, settings) as matcher:
+            return matcher.match(paths)
+    finally:
+        if own:
+            g.close()

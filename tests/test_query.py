@@ -1,0 +1,115 @@
+"""Query images that are not in the gallery: candidates, evidence, decisions."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import make_photo
+from matchkit import Gallery, Settings
+from matchkit.features import extract
+from matchkit.query import QueryMatcher, match_strength, query
+
+
+@pytest.fixture
+def gallery(tmp_path: Path):
+    d = tmp_path / "gal"
+    d.mkdir()
+    for seed in range(1, 7):
+        make_photo(seed, (480, 360)).save(d / f"p{seed}.jpg", quality=92)
+    with Gallery(tmp_path / "g") as g:
+        g.add(sorted(d.iterdir()))
+        g.save()
+        yield g
+
+
+def _cluttered_frame(photo: Image.Image, seed: int = 0) -> Image.Image:
+    """The photo shown small inside a big busy frame (a screenshot-like page)."""
+    rng = random.Random(seed)
+    page = Image.new("RGB", (1400, 1000), (235, 235, 235))
+    draw = ImageDraw.Draw(page)
+    for _ in range(100):  # bits of "text" and icons all over the page
+        x, y = rng.randrange(0, 1380), rng.randrange(0, 990)
+        draw.rectangle((x, y, x + rng.randrange(3, 20), y + rng.randrange(3, 10)),
+                       fill=tuple(rng.randrange(0, 120) for _ in range(3)))
+    page.paste(photo.resize((300, 225)), (900, 80))
+    return page
+
+
+def test_edited_query_finds_its_original_with_evidence(gallery, tmp_path):
+    src = make_photo(3, (480, 360))
+    edits = {
+        "crop": src.crop((60, 40, 420, 320)),
+        "rot": src.rotate(12, expand=True, fillcolor=(0, 0, 0)),
+        "flip": src.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        "small": src.resize((160, 120)),
+    }
+    for name, im in edits.items():
+        im.save(tmp_path / f"{name}.jpg", quality=80)
+    make_photo(99, (480, 360)).save(tmp_path / "other.jpg")
+    results = query(gallery, [tmp_path / f"{n}.jpg" for n in edits] + [tmp_path / "other.jpg"])
+    target = gallery.find(gallery.path.parent / "gal" / "p3.jpg").id
+    for r in results[:-1]:
+        best = r.matches[0]
+        assert best.id == target, r.path
+        assert [m.id for m in r.matches] == [target]  # and nothing else
+        ev = best.to_dict()["evidence"]
+        assert ev["rule"] in ("phash", "phash+colour", "local")
+        assert best.score >= 0.5
+    rot = results[1].matches[0].to_dict()["evidence"]
+    assert rot["rule"] == "local" and rot["inliers"] >= 12 and rot["overlap_correlation"] > 0.5
+    assert results[-1].matches == []  # an unrelated photo matches nothing
+    assert all(n.score < 0.5 for n in results[-1].neighbours)
+
+
+def test_exclude_leaves_images_out(gallery, tmp_path):
+    make_photo(2, (480, 360)).crop((0, 0, 400, 300)).save(tmp_path / "q.jpg")
+    rec = extract(tmp_path / "q.jpg")
+    target = gallery.find(gallery.path.parent / "gal" / "p2.jpg").id
+    with QueryMatcher(gallery) as m:
+        plain, without = m.match_records([rec, rec], [set(), {target}])
+    assert plain[0].id == target and plain[0].matched
+    assert target not in {n.id for n in without}
+    assert not any(n.matched for n in without)
+
+
+def test_zoom_finds_a_photo_shown_small_in_a_busy_frame(gallery, tmp_path):
+    _cluttered_frame(make_photo(5, (480, 360))).save(tmp_path / "page.jpg", quality=90)
+    target = gallery.find(gallery.path.parent / "gal" / "p5.jpg").id
+    rec = extract(tmp_path / "page.jpg")
+    with QueryMatcher(gallery, zoom=False) as m:
+        assert not any(n.matched for n in m.match_records([rec])[0])
+    with QueryMatcher(gallery) as m:
+        found = m.match_records([rec])[0]
+    assert found[0].id == target and found[0].matched
+    assert found[0].evidence.extra.get("zoom") is True
+    assert [n.id for n in found if n.matched] == [target]
+
+
+def test_unreadable_query_is_reported_and_others_complete(gallery, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 broken")
+    make_photo(1, (480, 360)).save(tmp_path / "good.jpg", quality=70)
+    bad, good = query(gallery, [tmp_path / "bad.jpg", tmp_path / "good.jpg"])
+    assert bad.error and "corrupt" in bad.error or "not an image" in bad.error
+    assert bad.to_dict()["error"] == bad.error
+    assert good.error is None and good.matches
+
+
+def test_match_strength_orders_evidence():
+    from matchkit.local import Verification
+    from matchkit.match import PairEvidence
+
+    s = Settings()
+    exact = PairEvidence(1, 2, 0, 1.0, rule="phash")
+    near = PairEvidence(1, 2, 35, 1.0, rule="phash")
+    local = PairEvidence(1, 2, 120, 0.5, verification=Verification(40, 30), rule="local",
+                         overlap_correlation=0.9)
+    weak = PairEvidence(1, 2, 120, 0.5, verification=Verification(12, 8), overlap_correlation=0.4)
+    nothing = PairEvidence(1, 2, 128, 0.5)
+    scores = [match_strength(e, s) for e in (exact, near, local, weak, nothing)]
+    assert scores[0] == 1.0 and scores[0] > scores[1] >= 0.75
+    assert 0.5 <= scores[2] < 1.0
+    assert 0 < scores[3] < 0.5 and scores[4] == 0.0
