@@ -31,7 +31,8 @@ scores 0). Calibration turns it into a probability that the answer is right
 (isotonic regression on calibration queries whose answers are known) and
 picks the accept threshold: the lowest raw confidence at which a one-sided
 95% Clopper-Pearson lower bound on the accuracy of accepted calibration
-answers still reaches ``target_accuracy``. Below it the answer is
+answers still reaches ``target_accuracy``, and never so low that answers
+there are more often wrong than right. Below it the answer is
 ``unknown``. Calibration queries come from the user (:meth:`Labeler.calibrate`)
 or are made from the gallery (:meth:`Labeler.calibrate_synthetic`): edits of
 gallery images are known queries, and the same edits with their whole class
@@ -164,7 +165,10 @@ def fit_open_set(raw: Sequence[float], correct: Sequence[bool], target: float = 
     (always False for queries whose true answer is unknown). The threshold is
     the lowest raw value whose accepted set has a one-sided ``1 - alpha``
     Clopper-Pearson lower bound on accuracy of at least ``target``
-    (``certified``). If no threshold can be certified (too few calibration
+    (``certified``), but never one where the calibrated probability of a
+    right answer is below one half (an average over the accepted set could
+    otherwise hide a band of mostly wrong answers). It lies midway between
+    the accepted set's lowest raw value and the next lower one. If no threshold can be certified (too few calibration
     queries), the lowest one whose observed accuracy reaches the target is
     used and ``certified`` is False; if none reaches it, nothing is accepted
     (``threshold`` None).
@@ -197,6 +201,15 @@ def fit_open_set(raw: Sequence[float], correct: Sequence[bool], target: float = 
         i, ok = observed[-1], False
     else:
         i, ok = None, False
+    # Never accept where an answer is more likely wrong than right: the
+    # accuracy of the accepted set is an average, and easy answers must not
+    # pay for a band of mostly wrong ones just above the threshold.
+    if i is not None:
+        likely = np.nonzero(iso.predict(r) >= 0.5)[0]
+        if not len(likely):
+            i, ok = None, False
+        elif likely[-1] < i:
+            i = likely[-1]
     # Any threshold between r[i] and the next lower value accepts the same
     # calibration queries; the middle of that gap leaves room on both sides.
     threshold = None if i is None else max((float(r[i]) + float(below[i])) / 2, MIN_THRESHOLD)

@@ -251,7 +251,11 @@ class QueryMatcher:
                 max_distance=max_distance, neighbours=s.neighbours + wider, allowed=allowed,
                 collect_distance=s.phash_candidate_distance if s.local_features else None,
                 collect_top=collect_top + wider)
-            crowd = found.crowd
+            # Crowd distance: to the query's ``neighbours``-th nearest image,
+            # not counting excluded ones (as the hash rule expects).
+            for key, near in found.nearest.items():
+                kept = [d for g, d in near if g not in exclude[index_of[key]]]
+                crowd[key] = kept[s.neighbours - 1] if len(kept) >= s.neighbours else PHASH_BITS
             # Every pair within max_distance and the closest few looser ones,
             # after exclusion (as if excluded images were never indexed).
             loose: list[list[tuple[int, int]]] = [[] for _ in range(n)]

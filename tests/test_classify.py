@@ -367,3 +367,12 @@ def test_cli_label_with_a_model_and_text_labels(tiny_clip_dir, labelled, tmp_pat
                             "-k", "20"])
     assert {n["kind"] for n in json.loads(r.stdout)["answers"][0]["neighbours"]} >= {"image"}
     assert any("cosine" in n["evidence"] for n in json.loads(r.stdout)["answers"][0]["neighbours"])
+
+
+def test_threshold_never_accepts_mostly_wrong_answers():
+    # Many sure answers make the accepted set's accuracy high enough to
+    # absorb a band of mostly wrong ones; the threshold must not go there.
+    raw = np.r_[np.full(3000, 0.9), np.linspace(0.2, 0.3, 20), np.linspace(0.0, 0.1, 500)]
+    correct = np.r_[np.ones(3000, bool), np.arange(20) % 5 == 0, np.zeros(500, bool)]
+    cal = fit_open_set(raw, correct, target=0.99)
+    assert cal["certified"] and 0.3 < cal["threshold"] <= 0.9
