@@ -121,7 +121,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
         if (ev.phash_distance <= settings.exact_check_distance
                 and (ia.width, ia.height) == (ib.width, ib.height)
                 and exact.find(a) != exact.find(b)
-                and hamming(variants[a][0], variants[b][0]) <= settings.exact_check_distance):
+                and hamming(variants[a][0], variants[b][0]) <= settings.exact_check_distance
+                and matcher.may_share_pixels(a, b)):
             pa, pb = gallery.pixel_digest(a), gallery.pixel_digest(b)
             if pa is not None and pa == pb:
                 exact.union(a, b)

@@ -443,7 +443,7 @@ class Gallery:
         index = self.phash_index
         orb = self.orb_index if self.settings.local_features else None
         now = time.time()
-        new_keys, new_codes, gone, new_local = [], [], [], []
+        new_keys, new_codes, gone, new_local, replaced = [], [], [], [], []
         # Vectors of images whose bytes changed (or that became unreadable) are
         # stale and go in the same transaction. A file decoded again only for
         # features it lacked (same bytes) keeps its vectors.
@@ -478,6 +478,7 @@ class Gallery:
                         "UPDATE images SET size=?, mtime_ns=?, sha256=?, pixel_sha256=NULL, "
                         "width=?, height=?, format=?, phash=?, colour=? WHERE id=?", (*values, old[0]))
                     image_id = old[0]
+                    replaced.append(image_id)
                     report.updated += 1
                 else:
                     cur = self._db.execute(
@@ -509,7 +510,7 @@ class Gallery:
             index.add(np.array(new_keys), np.stack(new_codes))  # replaces updated images
         self._dirty.add("phash")
         if orb is not None:
-            self._remove_orb(orb, gone + [k for k, _ in new_local])
+            self._remove_orb(orb, gone + replaced)  # new ids have nothing to remove
             self._add_orb(orb, new_local)
             self._dirty.add("orb")
 

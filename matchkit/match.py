@@ -15,6 +15,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .candidates import phash_candidates, vote_candidates
@@ -27,6 +28,13 @@ from .local import (LocalFeatures, Verification, extract_local, overlap_correlat
                     working_grey)
 from .template import (MIN_LOOKALIKES, content_mask, content_rect, keypoints_in_mask,
                        picture_mask)
+
+
+#: Thumbnails of images with identical pixels differ by at most this many grey
+#: levels (decode paths differ slightly) ...
+SAME_PIXELS_MAX_DIFF = 48
+#: ... except at this many thumbnail pixels (strong edges).
+SAME_PIXELS_OUTLIERS = 16
 
 
 @dataclass
@@ -270,6 +278,22 @@ class PairMatcher:
     def _thumb(self, image_id: int) -> np.ndarray | None:
         lf = self.cache.get(image_id)
         return lf[1] if lf is not None else None
+
+    def may_share_pixels(self, a: int, b: int) -> bool:
+        """False when the stored grey thumbnails prove the two images' pixels
+        differ (an overlay, a blur, another picture): then the full-resolution
+        decode that compares pixel digests is not worth doing.
+
+        Identical pixels give near-identical thumbnails; they differ only by
+        how each file was reduced (a JPEG decoded in draft mode, a PNG at full
+        size), a few grey levels at strong edges. So only a difference far
+        beyond that, at more than a few thumbnail pixels, counts as proof.
+        Without thumbnails (``--hash-only``) nothing is proven."""
+        ta, tb = self._thumb(a), self._thumb(b)
+        if ta is None or tb is None or ta.shape != tb.shape:
+            return True
+        diff = cv2.absdiff(ta, tb)
+        return int(np.count_nonzero(diff > SAME_PIXELS_MAX_DIFF)) <= SAME_PIXELS_OUTLIERS
 
     def content_mask(self, image_id: int, thumb: np.ndarray | None = None) -> np.ndarray | None:
         """Where the picture is, in thumbnail pixels (None: everywhere): a
