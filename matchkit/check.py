@@ -32,7 +32,7 @@ from .config import Settings
 from .features import full_pixel_digest
 from .gallery import Gallery
 from .hashing import file_digest
-from .io import ImageLoadError
+from .io import ImageLoadError, iter_image_files
 from .match import PairEvidence
 from .query import Neighbour, QueryMatcher
 from .report import SkippedFile
@@ -159,11 +159,14 @@ class _ExactTest:
 
     def __init__(self, gallery: Gallery, settings: Settings):
         self.gallery, self.settings = gallery, settings
+        self._digests: dict[str, str] = {}
 
     def __call__(self, query: str, nb: Neighbour) -> bool:
         stored = self.gallery.get(nb.id)
         try:
-            if file_digest(query) == stored.sha256:
+            if query not in self._digests:
+                self._digests[query] = file_digest(query)
+            if self._digests[query] == stored.sha256:
                 return True
             # Identical pixels give identical pHashes: only then decode in full.
             if nb.evidence.phash_distance != 0:
@@ -173,20 +176,33 @@ class _ExactTest:
             return False
 
 
+def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Folders become their image files (as dedupe reads them); anything else is
+    kept as given, so a missing or unreadable file is reported, not dropped."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out.extend(str(f) for f in iter_image_files([p]))
+        else:
+            out.append(str(p))
+    return out
+
+
 def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLike], *,
           k: int = DEFAULT_K, include_all: bool = False, settings: Settings | None = None,
           scorer: Scorer | None = None, threshold: float = MATCH_STRENGTH_THRESHOLD,
           score_name: str = "match_strength") -> CheckReport:
     """Check image files against a gallery without adding them.
 
-    Each readable query lists up to ``k`` gallery images it matches,
+    ``paths`` are image files or folders (walked like dedupe's). Each
+    readable query lists up to ``k`` gallery images it matches,
     strongest first (``include_all``: the examined non-matches too, so a
     reviewer sees the near misses). Unreadable files go to ``skipped`` with
     their reason; the run never stops for them. ``scorer``/``threshold``/
     ``score_name`` are where a calibrated profile plugs in (module docstring).
 
     >>> report = check("my-gallery", ["found-online.jpg"])   # doctest: +SKIP
-    >>> [(m.path, m.score, m.kind) for m in report.results[0].matches]
+    >>> [(m.path, m.score, m.kind) for m in report.results[0].matches]  # doctest: +SKIP
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -201,7 +217,7 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
         is_exact = _ExactTest(g, s)
         report = CheckReport(str(g.path))
         with QueryMatcher(g, s) as matcher:
-            found = matcher.match(paths)
+            found = matcher.match(_expand(paths))
         for q in found:
             if q.error is not None:
                 report.skipped.append(SkippedFile(q.path, q.error))

@@ -15,7 +15,6 @@ from _check_data import BROKEN, EXPECTED, build_check_case
 from matchkit import Gallery
 from matchkit.check import CheckError, check
 from matchkit.cli import cli
-from matchkit.io import iter_image_files
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def case(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(case):
     gallery, incoming = case
-    return check(gallery, list(iter_image_files([incoming])))
+    return check(gallery, [incoming])  # a folder: its images
 
 
 def page_json(page: str) -> dict:
