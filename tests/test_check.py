@@ -139,6 +139,10 @@ def test_cli_json_to_file_and_quiet(case, tmp_path):
                                  "--json", str(out), "-q"])
     assert r.exit_code == 0 and r.output == ""
     assert json.loads(out.read_text())["stats"]["matched"] == 1
+    r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming / "flip.jpg"),
+                                 "--all", "-k", "2", "-q"])
+    (flip,) = json.loads(r.stdout)["results"]
+    assert [m["matched"] for m in flip["matches"]] == [True, False]
 
 
 def test_cli_wrong_arguments_one_line_exit_2(case, tmp_path):
