@@ -124,8 +124,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         _fail("--min-cosine needs --model")
     if dry_run and not move_to:
         _fail("--dry-run needs --move-duplicates-to DIR")
-    if html_path == "-" or (html_path and os.path.isdir(html_path)):
-        _fail(f"--html must name a file (thumbnails go in a folder beside it): {html_path}")
+    _check_html_path(html_path)
     if move_to and os.path.exists(move_to) and not os.path.isdir(move_to):
         _fail(f"--move-duplicates-to must be a folder: {move_to}")
     try:
@@ -458,9 +457,11 @@ def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text
               help="auto: use the stored calibration or fit one; stored: only use a stored one; "
                    "none: uncalibrated (accept verified matches without a rival class).")
 @_model_options
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write a review page (HTML plus a PATH_files/ folder of thumbnails).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def label(queries, gallery, json_path, k, target, calibration, model, no_model, text_labels,
-          quiet):
+          html_path, quiet):
     """Label each image in QUERIES (files or folders) by its nearest labelled
     gallery examples, or "unknown" when nothing matches well enough.
 
@@ -473,11 +474,13 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
       matchkit label --gallery art-gallery new-scans/ -k 3 --json answers.json
       matchkit label --gallery parts-gallery query.jpg | jq -r '.answers[].label'
       matchkit label --gallery art-gallery scan.jpg --model clip-vit-b32 --text-labels
+      matchkit label --gallery parts-gallery new-photos/ --html answers.html
     """
     import time
 
     from .io import iter_image_files
 
+    _check_html_path(html_path)
     start = time.perf_counter()
     try:
         files = [str(p) for p in iter_image_files(queries)]
@@ -500,12 +503,86 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
             key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
                                           "queries", "accuracy_lower_bound", "fitted_at")},
     }
+    if html_path:
+        from .result_pages import write_label_html
+        try:
+            out["html"] = write_label_html(out, html_path, progress=not quiet).to_dict()
+        except OSError as e:
+            _fail(f"cannot write HTML report {html_path}: {e.strerror or e}")
     _emit_json(out, json_path)
     if not quiet:
         st = out["stats"]
         click.echo(f"{st['queries']} queries: {st['labelled']} labelled, {st['unknown']} unknown"
                    f" ({st['unreadable']} unreadable)", err=True)
 
+
+
+def _check_html_path(html_path: str | None) -> None:
+    if html_path == "-" or (html_path and os.path.isdir(html_path)):
+        _fail(f"--html must name a file (thumbnails go in a folder beside it): {html_path}")
+
+
+@cli.command("check")
+@click.argument("queries", nargs=-1, required=True, type=click.Path())
+@click.option("--gallery", required=True, type=click.Path(file_okay=False),
+              help="The reference gallery (made by `matchkit index` or `dedupe --gallery`).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the result as JSON to this file ('-' or default: stdout).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write one row per (query, match) as CSV.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write a review page (HTML plus a PATH_files/ folder of thumbnails).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Most gallery matches listed per query, strongest first.")
+@click.option("--all", "include_all", is_flag=True,
+              help="Also list examined gallery images that did not match (near misses).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, quiet):
+    """Check each image in QUERIES (files or folders) against a reference gallery.
+
+    For every query: the gallery images it is a copy of (cropped, flipped,
+    overlaid, re-encoded...), each with a score (>= 0.5 means matched), the
+    kind (exact or near), the rule that decided and its evidence (pHash
+    distance, RANSAC inliers and transform, overlap correlation), or no
+    match. Queries are not added to the gallery. Unreadable files are listed
+    under "skipped" with a reason and do not change the exit code.
+
+    \b
+    Example:
+      matchkit index reference/ --gallery ~/.matchkit/ref
+      matchkit check --gallery ~/.matchkit/ref incoming/ > check.json
+      matchkit check --gallery ~/.matchkit/ref found.jpg --html check.html
+      matchkit check --gallery ~/.matchkit/ref incoming/ --csv check.csv --json check.json
+      matchkit check --gallery g new/ | jq -r '.results[] | select(.matched) | .path'
+    """
+    from .check import CheckError, check as run_check
+    from .io import iter_image_files
+
+    _check_html_path(html_path)
+    try:
+        files = [str(p) for p in iter_image_files(queries)]
+    except FileNotFoundError as e:
+        _fail(str(e))
+    try:
+        report = run_check(gallery, files, k=k, include_all=include_all)
+    except (GalleryError, CheckError) as e:
+        _fail(_one_line(e))
+    data = report.to_dict()
+    if html_path:
+        from .result_pages import write_check_html
+        try:
+            data["html"] = write_check_html(report, html_path, progress=not quiet).to_dict()
+        except OSError as e:
+            _fail(f"cannot write HTML report {html_path}: {e.strerror or e}")
+    if csv_path:
+        report.write_csv(csv_path)
+    if json_path in (None, "-"):
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        atomic_write_bytes(json_path, json.dumps(data, indent=2, ensure_ascii=False)
+                           .encode("utf-8"))
+    if not quiet:
+        click.echo(report.summary(), err=True)
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())

@@ -82,6 +82,28 @@ class Card:
     keep: str | None = None
     pairs: list[PairEntry] = field(default_factory=list)
     title: str = ""
+    #: Line under the title (default: size, weakest score, bytes in duplicates).
+    meta: str = ""
+
+
+@dataclass
+class PageText:
+    """The words that make a page about clusters, queries or answers.
+
+    Dedupe's page is the default; a gallery check or a labeling run shows
+    one card per query, whose first image (``keep``) gets ``badge``.
+    """
+
+    #: What a card is, plural ("1-50 of 80 clusters").
+    noun: str = "clusters"
+    #: Summary label whose value is the number of cards.
+    total_label: str = "clusters"
+    #: Badge on a card's ``keep`` image.
+    badge: str = "keep"
+    #: Text of the "most images first" sort.
+    size_sort: str = "largest clusters first"
+    #: Offer the "most bytes in duplicates" sort.
+    bytes_sort: bool = True
 
 
 @dataclass
@@ -106,14 +128,17 @@ class HtmlReport:
 def histogram_svg(scores: Sequence[float], *, rejected: Sequence[float] = (),
                   markers: Iterable[tuple[float, str]] = (), bins: int = 40,
                   lo: float | None = None, hi: float = 1.0, width: int = 640,
-                  height: int = 200, title: str = "", log: bool = True) -> str:
+                  height: int = 200, title: str = "", log: bool = True,
+                  xlabel: str = "pair score",
+                  legend: tuple[str, str] = ("matched pairs", "rejected candidates")) -> str:
     """An inline SVG histogram of scores, with vertical lines at ``markers``.
 
     ``scores`` are accepted pairs (blue); ``rejected`` (optional) are
     candidate pairs that did not match (grey), drawn behind. Bar heights are
     logarithmic by default: the few doubtful pairs near the line are what a
     reviewer looks for, and thousands of sure ones would flatten them. Plain
-    SVG so the page needs no plotting library and no network.
+    SVG so the page needs no plotting library and no network. ``xlabel`` and
+    ``legend`` name the axis and the two series for other kinds of scores.
     """
     scores = [float(s) for s in scores if s is not None and math.isfinite(s)]
     rejected = [float(s) for s in rejected if s is not None and math.isfinite(s)]
@@ -170,19 +195,19 @@ def histogram_svg(scores: Sequence[float], *, rejected: Sequence[float] = (),
                      f'<text x="{ml - 5}" y="{y + 3:.1f}" font-size="10" text-anchor="end" '
                      f'fill="#333">{v}</text>')
     parts.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="11" '
-                 f'text-anchor="middle" fill="#333">pair score'
-                 f'{" (bar height: pairs, log scale)" if log else " (bar height: pairs)"}</text>')
+                 f'text-anchor="middle" fill="#333">{e(xlabel)}'
+                 f'{" (bar height: count, log scale)" if log else " (bar height: count)"}</text>')
     for n, (v, label) in enumerate(markers):
         x = ml + (min(max(v, lo), hi) - lo) / (hi - lo) * pw
         parts.append(f'<line class="marker" x1="{x:.1f}" y1="{mt - 4}" x2="{x:.1f}" '
                      f'y2="{mt + ph}" stroke="#d0312d" stroke-width="2" stroke-dasharray="5 3"/>'
                      f'<text x="{x + 4:.1f}" y="{mt + 8 + 12 * n}" font-size="11" '
                      f'fill="#d0312d">{e(label)} ({v:.3f})</text>')
-    legend = [("#3b73c8", f"matched pairs ({len(scores)})")]
+    keys = [("#3b73c8", f"{legend[0]} ({len(scores)})")]
     if rejected:
-        legend.append(("#b8b8b8", f"rejected candidates ({len(rejected)})"))
+        keys.append(("#b8b8b8", f"{legend[1]} ({len(rejected)})"))
     x = ml
-    for colour, text in legend:
+    for colour, text in keys:
         parts.append(f'<rect x="{x}" y="6" width="10" height="10" fill="{colour}"/>'
                      f'<text x="{x + 14}" y="15" font-size="11" fill="#333">{e(text)}</text>')
         x += 20 + 7 * len(text)
@@ -232,7 +257,8 @@ def _clean_evidence(ev: dict) -> dict:
 
 
 def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: str,
-              skipped: Sequence[dict] = (), per_page: int = PER_PAGE) -> dict:
+              skipped: Sequence[dict] = (), per_page: int = PER_PAGE,
+              text: PageText = PageText()) -> dict:
     """The JSON the page script reads: images by index, cards refer to them."""
     order: dict[str, int] = {}
     for c in cards:
@@ -258,7 +284,10 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
         out_cards.append({"m": [order[m] for m in c.members],
                           "k": order[c.keep] if c.keep is not None else None,
                           "t": c.title, "pairs": pairs})
+        if c.meta:
+            out_cards[-1]["meta"] = c.meta
     return {"v": 1, "title": title, "root": root, "per_page": per_page, "eager": EAGER_CARDS,
+            "noun": text.noun, "badge": text.badge, "bytes": text.bytes_sort,
             "images": imgs, "cards": out_cards,
             "skipped": [{"path": str(s.get("path", "")), "reason": str(s.get("reason", ""))}
                         for s in skipped]}
@@ -267,17 +296,20 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
 def render_html(cards: Sequence[Card], images: dict[str, ImageEntry], *,
                 title: str = "matchkit report", summary: Sequence[tuple[str, object]] = (),
                 skipped: Sequence[dict] = (), plots: Sequence[str] = (),
-                notes: Sequence[str] = (), per_page: int = PER_PAGE) -> str:
+                notes: Sequence[str] = (), per_page: int = PER_PAGE,
+                text: PageText = PageText()) -> str:
     """The complete page as a string.
 
-    ``summary`` are (label, value) counts shown at the top; ``plots`` are
-    trusted SVG strings (see :func:`histogram_svg`); ``notes`` are plain text.
+    ``summary`` are (label, value) counts shown at the top (the one labelled
+    ``text.total_label`` is the number of cards); ``plots`` are trusted SVG
+    strings (see :func:`histogram_svg`); ``notes`` are plain text.
     """
     e = html.escape
     nonce = secrets.token_urlsafe(16)
-    data = page_data(cards, images, title=title, skipped=skipped, per_page=per_page)
+    data = page_data(cards, images, title=title, skipped=skipped, per_page=per_page, text=text)
+    total = text.total_label
     summary_html = "".join(
-        f'<div class="stat"><span class="v"{" id=mk-total" if label == "clusters" else ""}>'
+        f'<div class="stat"><span class="v"{" id=mk-total" if label == total else ""}>'
         f"{e(_fmt(value))}</span><span class=\"l\">{e(str(label))}</span></div>"
         for label, value in summary)
     notes_html = "".join(f"<p class=note>{e(n)}</p>" for n in notes)
@@ -286,7 +318,7 @@ def render_html(cards: Sequence[Card], images: dict[str, ImageEntry], *,
            f"script-src 'nonce-{nonce}'; base-uri 'none'; form-action 'none'")
     values = {"CSP": e(csp, quote=False), "TITLE": e(title), "ROOT": e(data["root"]),
               "SUMMARY": summary_html, "NOTES": notes_html, "PLOTS": plots_html,
-              "NONCE": nonce, "DATA": _json_for_script(data)}
+              "NONCE": nonce, "DATA": _json_for_script(data), "SIZESORT": e(text.size_sort)}
     # One pass: text that came in with a value is never substituted again.
     return re.sub(r"%([A-Z]+)%", lambda m: values.get(m.group(1), m.group(0)), _PAGE)
 
@@ -357,6 +389,84 @@ def _prune(folder: Path, keep: set[str]) -> None:
                 pass
 
 
+def page_folder(path: str | os.PathLike) -> tuple[Path, Path, str]:
+    """(HTML path, its ``<stem>_files`` folder, that folder's URL from the page),
+    both folders created."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"HTML report path is a folder: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assets = path.with_name(f"{path.stem}_files")
+    assets.mkdir(exist_ok=True)
+    return path, assets, quote(assets.name) + "/"
+
+
+@dataclass
+class PageAssets:
+    """Thumbnails and keypoint pictures made for one page."""
+
+    folder: Path
+    url: str
+    images: dict[str, ImageEntry]
+    thumbs: dict
+    pictures: dict
+
+    def picture_of(self, a: str, b: str) -> tuple[str | None, str]:
+        """(URL, note) of the keypoint picture of pair (a, b), if one was drawn."""
+        pic = self.pictures.get((a, b))
+        if pic is None:
+            return None, ""
+        return (f"{self.url}{pic.name}" if pic.name else None), pic.error or ""
+
+
+def make_assets(folder: Path, url: str, paths: Sequence[str], pairs: Sequence[tuple], *,
+                thumbnails: bool = True, thumb_side: int = DEFAULT_SIDE,
+                settings: Settings = Settings(), workers: int | None = None,
+                progress: bool = False) -> PageAssets:
+    """Thumbnails of ``paths`` and keypoint pictures of ``pairs`` ((a, b, points)
+    in drawing order) in ``folder``; every path gets an :class:`ImageEntry`."""
+    bar = _bar(len(paths), progress, "thumbnails")
+    thumbs = make_thumbs(paths, folder, side=thumb_side, max_pixels=settings.max_pixels,
+                         workers=workers, progress=bar.update if bar else None) \
+        if thumbnails else {}
+    if bar:
+        bar.close()
+    images = {}
+    for m in paths:
+        t = thumbs.get(m)
+        if t is None:
+            try:
+                size = os.stat(m).st_size
+            except OSError:
+                size = None
+            images[m] = ImageEntry(m, file_size=size, error="thumbnails were not made"
+                                   if size is not None else "cannot read file")
+        else:
+            images[m] = ImageEntry(m, f"{url}{t.name}" if t.name else None,
+                                   t.width, t.height, t.file_size, t.error)
+    bar = _bar(len(pairs), progress, "keypoint pictures")
+    pictures = draw_pairs(pairs, folder, settings=settings, workers=workers,
+                          progress=bar.update if bar else None) if pairs else {}
+    if bar:
+        bar.close()
+    return PageAssets(folder, url, images, thumbs, pictures)
+
+
+def write_page(path: Path, assets: PageAssets, page: str, cards: int,
+               local_pairs: int) -> HtmlReport:
+    """Write the page, drop this page's stale generated files, and say what was written."""
+    atomic_write_bytes(path, page.encode("utf-8"))
+    folder = assets.folder
+    used = {Path(e.thumb).name for e in assets.images.values() if e.thumb}
+    used |= {p.name for p in assets.pictures.values() if p.name}
+    _prune(folder, used)
+    total = path.stat().st_size + sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    thumbs, pictures = assets.thumbs.values(), assets.pictures.values()
+    return HtmlReport(str(path), str(folder), cards, sum(1 for t in thumbs if t.name),
+                      sum(1 for t in thumbs if t.error), sum(1 for p in pictures if p.name),
+                      local_pairs, total)
+
+
 def write_html_report(report, path: str | os.PathLike, *, title: str | None = None,
                       thumbnails: bool = True, thumb_side: int = DEFAULT_SIDE,
                       evidence_limit: int = DEFAULT_EVIDENCE_LIMIT,
@@ -370,36 +480,9 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
     get a card entry with the reason instead of a thumbnail.
     """
     data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"HTML report path is a folder: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assets = path.with_name(f"{path.stem}_files")
-    assets.mkdir(exist_ok=True)
-    assets_url = quote(assets.name) + "/"
+    path, folder, assets_url = page_folder(path)
     clusters = data.get("clusters", [])
     members = list(dict.fromkeys(m for c in clusters for m in c["members"]))
-
-    bar = _bar(len(members), progress, "thumbnails")
-    thumbs = make_thumbs(members, assets, side=thumb_side, max_pixels=settings.max_pixels,
-                         workers=workers, progress=bar.update if bar else None) \
-        if thumbnails else {}
-    if bar:
-        bar.close()
-    images = {}
-    for m in members:
-        t = thumbs.get(m)
-        if t is None:
-            try:
-                size = os.stat(m).st_size
-            except OSError:
-                size = None
-            images[m] = ImageEntry(m, file_size=size, error="thumbnails were not made"
-                                   if size is not None else "cannot read file")
-        else:
-            images[m] = ImageEntry(m, f"{assets_url}{t.name}" if t.name else None,
-                                   t.width, t.height, t.file_size, t.error)
-
     local = [(p["score"], p["a"], p["b"], (p.get("evidence") or {}).get("points"))
              for c in clusters for p in c.get("pairs", [])
              if (p.get("evidence") or {}).get("rule") == "local"]
@@ -408,11 +491,10 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
     # then is decoded once for its whole cluster.
     todo = sorted(((a, b, pts) for _, a, b, pts in local[:max(0, evidence_limit)]),
                   key=lambda x: (x[0], x[1]))
-    bar = _bar(len(todo), progress, "keypoint pictures")
-    pictures = draw_pairs(todo, assets, settings=settings, workers=workers,
-                          progress=bar.update if bar else None) if todo else {}
-    if bar:
-        bar.close()
+    assets = make_assets(folder, assets_url, members, todo, thumbnails=thumbnails,
+                         thumb_side=thumb_side, settings=settings, workers=workers,
+                         progress=progress)
+    images, pictures = assets.images, assets.pictures
 
     cards = report_cards(data, images, pictures, assets_url)
     stats = data.get("stats", {})
@@ -441,16 +523,7 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
     page = render_html(cards, images, title=title or "matchkit dedupe report",
                        summary=summary, skipped=skipped, plots=plots, notes=notes,
                        per_page=per_page)
-    atomic_write_bytes(path, page.encode("utf-8"))
-    used = {Path(e.thumb).name for e in images.values() if e.thumb}
-    used |= {p.name for p in pictures.values() if p.name}
-    _prune(assets, used)
-    total = path.stat().st_size + sum(f.stat().st_size for f in assets.iterdir() if f.is_file())
-    return HtmlReport(str(path), str(assets), len(cards),
-                      sum(1 for t in thumbs.values() if t.name),
-                      sum(1 for t in thumbs.values() if t.error), sum(1 for p in pictures.values()
-                                                                      if p.name),
-                      len(local), total)
+    return write_page(path, assets, page, len(cards), len(local))
 
 
 def _bar(total: int, enabled: bool, what: str):
@@ -520,7 +593,7 @@ section.skipped li{word-break:break-all}
 </header>
 <div class="controls" id="mk-controls">
 <label>Sort <select id="mk-sort">
-<option value="size">largest clusters first</option>
+<option value="size">%SIZESORT%</option>
 <option value="weak">weakest match first</option>
 <option value="strong">strongest match first</option>
 <option value="bytes">most bytes in duplicates first</option>
@@ -559,6 +632,12 @@ var F=C.map(function(c,i){
   c.m.forEach(function(j){folders[I[j].d.toLowerCase()]=1;if(j!==c.k)bytes+=I[j].s||0});
   return {i:i,size:c.m.length,lo:lo,hi:hi,kinds:kinds,folders:Object.keys(folders),bytes:bytes,first:I[c.m[0]].d+"/"+I[c.m[0]].n};
 });
+// Kinds beyond the usual three (a label page's "label: cat", a check's "no match").
+(function(){var sel=$("mk-kind"),have={};[].forEach.call(sel.options,function(o){have[o.value]=1});
+ var all={};F.forEach(function(f){Object.keys(f.kinds).forEach(function(k){if(k&&!have[k])all[k]=1})});
+ Object.keys(all).sort().forEach(function(k){var o=el("option",null,k);o.value=k;sel.appendChild(o)});
+ if(D.bytes===false){var b=$("mk-sort").querySelector("option[value=bytes]");if(b)b.remove()}})();
+var NOUN=D.noun||"clusters";
 (function(){var cnt={};F.forEach(function(f){f.folders.forEach(function(d){cnt[d]=(cnt[d]||0)+1})});
  var dl=$("mk-folders");Object.keys(cnt).sort(function(a,b){return cnt[b]-cnt[a]}).slice(0,300).forEach(function(d){var o=el("option");o.value=d;dl.appendChild(o)})})();
 var S={page:0,per:D.per_page||50,view:[]};
@@ -591,7 +670,7 @@ function figure(c,j,toKeep,eager){
   else box.appendChild(el("div","err",im.e||"no thumbnail"));
   f.appendChild(box);
   var cap=el("figcaption");
-  if(j===c.k)cap.appendChild(el("span","badge","keep"));
+  if(j===c.k)cap.appendChild(el("span","badge",D.badge||"keep"));
   var nm=el("span","nm",im.n);nm.setAttribute("title",im.p);cap.appendChild(nm);cap.appendChild(el("br"));
   cap.appendChild(el("span","dim",(im.w?im.w+"\\u00d7"+im.h+" \\u00b7 ":"")+kb(im.s)));cap.appendChild(el("br"));
   cap.appendChild(el("span","fold",im.d||"."));
@@ -602,7 +681,7 @@ function figure(c,j,toKeep,eager){
 function card(idx,eager){
   var c=C[idx],f=F[idx],art=el("article","card");art.setAttribute("data-card",String(idx));
   var h=el("h2",null,c.t||("Group "+(idx+1)));
-  h.appendChild(el("span","meta",f.size+" images \\u00b7 "+(f.lo!=null?"weakest "+f.lo.toFixed(3):"")+" \\u00b7 "+kb(f.bytes)+" in duplicates"));
+  h.appendChild(el("span","meta",c.meta||(f.size+" images \\u00b7 "+(f.lo!=null?"weakest "+f.lo.toFixed(3):"")+" \\u00b7 "+kb(f.bytes)+" in duplicates")));
   art.appendChild(h);
   var toKeep={};c.pairs.forEach(function(p){if(p.a===c.k)toKeep[p.b]=p;else if(p.b===c.k)toKeep[p.a]=p});
   var mem=el("div","members");
@@ -630,9 +709,9 @@ function render(){
   box.textContent="";
   var frag=document.createDocumentFragment();
   slice.forEach(function(f,n){frag.appendChild(card(f.i,n<(D.eager||8)))});
-  if(!slice.length)frag.appendChild(el("div","empty","No cluster matches these filters."));
+  if(!slice.length)frag.appendChild(el("div","empty","No "+NOUN+" match these filters."));
   box.appendChild(frag);
-  var txt=(S.view.length?(start+1)+"\\u2013"+(start+slice.length):"0")+" of "+S.view.length+" clusters \\u00b7 page "+(S.page+1)+"/"+pages;
+  var txt=(S.view.length?(start+1)+"\\u2013"+(start+slice.length):"0")+" of "+S.view.length+" "+NOUN+" \\u00b7 page "+(S.page+1)+"/"+pages;
   $("mk-count").textContent=txt;$("mk-count2").textContent=txt;
   ["mk-prev","mk-prev2"].forEach(function(id){$(id).disabled=S.page===0});
   ["mk-next","mk-next2"].forEach(function(id){$(id).disabled=S.page>=pages-1});

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import _chromium
+from _check_data import BROKEN, build_check_case
 from _report_data import XSS_NAME, build_collection, textured
 from matchkit import dedupe
 from matchkit.html_report import Card, ImageEntry, PairEntry, render_html, write_html_report
@@ -53,11 +54,7 @@ def test_report_renders_with_thumbnails_and_right_counts(browser, tmp_path):
     assert state["loaded"] == 7 and state["failed"] == 0
     assert browser.run('return document.querySelectorAll("figure.keep .badge").length') == n
     # The keypoint picture of the local-feature pair loads when its pairs are opened.
-    browser.run('document.querySelectorAll("details.pairs").forEach(function(d){d.open=true});'
-                'document.querySelectorAll(".pic img").forEach(function(i){i.loading="eager"})')
-    pics = browser.wait('var p=[].slice.call(document.querySelectorAll(".pic img"));'
-                        'return p.length && p.every(function(i){return i.complete}) && '
-                        'p.map(function(i){return i.naturalWidth})')
+    pics = _open_keypoint_pictures(browser)
     assert len(pics) == 1 and pics[0] > 300
     # A file name made of markup is shown as text and runs nothing.
     assert browser.run("return window.__xss === undefined")
@@ -120,6 +117,60 @@ def test_ten_thousand_clusters_open_filter_and_paginate(browser, tmp_path):
                  if len(c.members) >= 5 and min(p.score for p in c.pairs) <= 0.65)
     assert min(p.score for p in cards[first].pairs) == lowest
     browser.screenshot(tmp_path / "big.png")
+
+
+def test_check_page_renders_thumbnails_counts_and_keypoints(browser, tmp_path):
+    from matchkit.check import check
+    from matchkit.result_pages import write_check_html
+
+    gallery, incoming = build_check_case(tmp_path / "case")
+    report = check(gallery, sorted(incoming.iterdir()), include_all=True, k=2)
+    (tmp_path / "check.json").write_text(report.to_json())
+    info = write_check_html(report, tmp_path / "out" / "check.html")
+    browser.get(Path(info.path).as_uri())
+    state = json.loads(browser.wait(READY))
+    data = json.loads((tmp_path / "check.json").read_text())
+    n = len(data["results"])
+    assert n == 5 and state["total"] == state["shown"] == n
+    assert browser.run('return document.getElementById("mk-total").textContent') == str(n)
+    assert browser.run('return document.querySelectorAll("article.card").length') == n
+    assert browser.run('return document.getElementById("mk-count").textContent') \
+        .startswith(f"1\u2013{n} of {n} queries")
+    # Every thumbnail loaded: each query and its k listed gallery images.
+    thumbs = browser.run('return [].map.call(document.querySelectorAll(".tb img"), '
+                         'function(i){return [i.complete, i.naturalWidth]})')
+    assert len(thumbs) == sum(1 + len(r["matches"]) for r in data["results"]) == 15
+    assert all(done and width > 0 for done, width in thumbs), thumbs
+    assert state["failed"] == 0
+    badges = browser.run('return [].map.call(document.querySelectorAll("figure.keep .badge"), '
+                         'function(b){return b.textContent})')
+    assert badges == ["query"] * n
+    # Filter by kind: only the matched queries have an "exact" or "near" match.
+    browser.run('var k=document.getElementById("mk-kind");k.value="no match";'
+                'k.dispatchEvent(new Event("change"))')
+    assert browser.run('return document.querySelectorAll("article.card").length') == n
+    browser.run('var k=document.getElementById("mk-kind");k.value="exact";'
+                'k.dispatchEvent(new Event("change"))')
+    assert browser.run('return [].map.call(document.querySelectorAll("article.card h2"), '
+                       'function(h){return h.firstChild.textContent})') == ["same.jpg"]
+    browser.run('var k=document.getElementById("mk-kind");k.value="";'
+                'k.dispatchEvent(new Event("change"))')
+    # The crop's keypoint picture loads when its pairs are opened.
+    pics = _open_keypoint_pictures(browser)
+    assert len(pics) == 1 and pics[0] > 300
+    skipped = browser.run('return document.getElementById("mk-skipped").textContent')
+    assert "Skipped files (1)" in skipped and BROKEN in skipped
+    shot = browser.screenshot(tmp_path / "check.png")
+    assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _open_keypoint_pictures(browser) -> list[int]:
+    """Open every card's pairs, load their keypoint pictures; their decoded widths."""
+    browser.run('document.querySelectorAll("details.pairs").forEach(function(d){d.open=true});'
+                'document.querySelectorAll(".pic img").forEach(function(i){i.loading="eager"})')
+    return browser.wait('var p=[].slice.call(document.querySelectorAll(".pic img"));'
+                        'return p.length && p.every(function(i){return i.complete}) && '
+                        'p.map(function(i){return i.naturalWidth})')
 
 
 def _save(img, path: Path) -> Path:

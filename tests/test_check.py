@@ -1,0 +1,230 @@
+"""Gallery checks: the Python API, the `matchkit check` command and its review page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from _check_data import BROKEN, EXPECTED, build_check_case
+from matchkit import Gallery
+from matchkit.check import CheckError, check
+from matchkit.cli import cli
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return build_check_case(tmp_path_factory.mktemp("check"))
+
+
+@pytest.fixture(scope="module")
+def report(case):
+    gallery, incoming = case
+    return check(gallery, [incoming])  # a folder: its images
+
+
+def page_json(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="mk-data">(.*?)</script>', page, re.S)
+    return json.loads(m.group(1))
+
+
+def _by_name(report) -> dict:
+    return {Path(r.path).name: r for r in report.results}
+
+
+def test_edited_copies_are_found_with_evidence_and_unrelated_is_not(report):
+    results = _by_name(report)
+    assert set(results) == set(EXPECTED)
+    for name, original in EXPECTED.items():
+        r = results[name]
+        if original is None:
+            assert not r.matched and r.matches == [], name
+            continue
+        assert r.matched and [Path(m.path).name for m in r.matches] == [original], name
+        m = r.best
+        assert m.score >= 0.5 and m.rule in ("phash", "phash+colour", "local")
+        assert m.evidence["rule"] == m.rule and isinstance(m.evidence["phash_distance"], int)
+        assert m.kind == ("exact" if name == "same.jpg" else "near"), name
+    crop = results["crop.jpg"].best.evidence
+    assert crop["rule"] == "local" and crop["inliers"] >= 12
+    assert crop["overlap_correlation"] > 0.5 and len(crop["transform"]) == 2
+    assert results["flip.jpg"].best.evidence.get("mirrored") is True
+    assert "mirrored" not in crop  # the crop is not a mirror image
+
+
+def test_unreadable_query_is_reported_and_the_run_completes(case, tmp_path):
+    gallery, incoming = case
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes((incoming / "crop.jpg").read_bytes()[:300])
+    rep = check(gallery, [incoming / BROKEN, truncated, incoming / "crop.jpg",
+                          tmp_path / "gone.jpg"])
+    assert [Path(s.path).name for s in rep.skipped] == [BROKEN, "truncated.jpg", "gone.jpg"]
+    assert all(s.reason for s in rep.skipped)
+    assert [Path(r.path).name for r in rep.results] == ["crop.jpg"] and rep.results[0].matched
+    assert rep.stats["queries"] == 4 and rep.stats["skipped"] == 3 and rep.stats["matched"] == 1
+
+
+def test_all_lists_near_misses_and_k_caps(case):
+    gallery, incoming = case
+    rep = check(gallery, [incoming / "unrelated.jpg", incoming / "crop.jpg"], include_all=True,
+                k=3)
+    unrelated, crop = rep.results
+    assert not unrelated.matched and len(unrelated.matches) == 3
+    assert all(not m.matched and m.kind == "" and m.score < 0.5 for m in unrelated.matches)
+    assert crop.matches[0].matched and not any(m.matched for m in crop.matches[1:])
+    assert len(check(gallery, [incoming / "crop.jpg"], include_all=True, k=1).results[0]
+               .matches) == 1
+
+
+def test_a_scorer_replaces_the_score_and_is_named(case):
+    """The hook a calibrated profile will use: its own score, threshold and name."""
+    gallery, incoming = case
+    seen = []
+
+    def scorer(ev, settings):
+        seen.append(ev.rule)
+        return 0.1 + ev.inliers / 1000
+
+    rep = check(gallery, [incoming / "crop.jpg"], scorer=scorer, threshold=0.9,
+                score_name="profile:test")
+    m = rep.results[0].best
+    assert seen == ["local"] and m.score == pytest.approx(0.1 + m.evidence["inliers"] / 1000)
+    assert rep.stats["score"] == "profile:test" and rep.stats["score_threshold"] == 0.9
+
+
+def test_empty_gallery_is_refused(tmp_path):
+    with Gallery(tmp_path / "empty") as g:
+        g.save()
+    with pytest.raises(CheckError, match="holds no images"):
+        check(tmp_path / "empty", [])
+
+
+def test_cli_json_on_stdout_csv_and_summary(case, tmp_path):
+    gallery, incoming = case
+    out_csv = tmp_path / "c.csv"
+    r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming),
+                                 "--csv", str(out_csv)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert set(data) == {"gallery", "results", "skipped", "stats"}
+    assert data["stats"] | {"seconds": 0} == {
+        "queries": 6, "matched": 4, "unmatched": 1, "skipped": 1, "gallery_images": 6, "k": 5,
+        "include_all": False, "score": "match_strength", "score_threshold": 0.5, "seconds": 0}
+    crop = next(x for x in data["results"] if x["path"].endswith("crop.jpg"))
+    assert crop["matched"] is True
+    assert set(crop["matches"][0]) == {"id", "path", "score", "matched", "kind", "rule",
+                                       "evidence"}
+    assert data["skipped"][0]["path"].endswith(BROKEN) and data["skipped"][0]["reason"]
+    assert "6 queries against 6 gallery images: 4 matched, 1 unmatched, 1 skipped" in r.stderr
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert len(rows) == 6  # 4 matched (one match each), 1 unmatched, 1 skipped
+    status = {Path(row["query"]).name: row for row in rows}
+    assert status[BROKEN]["status"] == "skipped" and status[BROKEN]["reason"]
+    assert status["unrelated.jpg"]["status"] == "unmatched" and status["unrelated.jpg"][
+        "gallery_path"] == ""
+    assert status["crop.jpg"]["rule"] == "local" and int(status["crop.jpg"]["inliers"]) >= 12
+    assert json.loads(status["crop.jpg"]["transform"]) == crop["matches"][0]["evidence"][
+        "transform"]
+
+
+def test_cli_json_to_file_and_quiet(case, tmp_path):
+    gallery, incoming = case
+    out = tmp_path / "c.json"
+    r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming / "flip.jpg"),
+                                 "--json", str(out), "-q"])
+    assert r.exit_code == 0 and r.output == ""
+    assert json.loads(out.read_text())["stats"]["matched"] == 1
+    r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming / "flip.jpg"),
+                                 "--all", "-k", "2", "-q"])
+    (flip,) = json.loads(r.stdout)["results"]
+    assert [m["matched"] for m in flip["matches"]] == [True, False]
+
+
+def test_cli_wrong_arguments_one_line_exit_2(case, tmp_path):
+    gallery, incoming = case
+    with Gallery(tmp_path / "empty") as g:
+        g.save()
+    for args in (["check", "--gallery", str(tmp_path / "nope"), str(incoming)],
+                 ["check", "--gallery", str(tmp_path / "empty"), str(incoming)],
+                 ["check", "--gallery", str(gallery)],
+                 ["check", str(incoming)],
+                 ["check", "--gallery", str(gallery), str(tmp_path / "missing.jpg")],
+                 ["check", "--gallery", str(gallery), str(incoming), "--html", str(tmp_path)],
+                 ["check", "--gallery", str(gallery), str(incoming), "-k", "0"]):
+        r = CliRunner().invoke(cli, args)
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2, (args, r.output)
+        assert len(lines) == 1 and lines[0].startswith("matchkit: error:"), (args, lines)
+
+
+def test_cli_html_page_cards_thumbnails_and_keypoints(case, tmp_path):
+    gallery, incoming = case
+    out = tmp_path / "page" / "check.html"
+    r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming),
+                                 "--html", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    page = out.read_text()
+    shown = page_json(page)
+    assert data["html"]["cards"] == len(shown["cards"]) == len(data["results"]) == 5
+    assert re.search(r'id=mk-total>5</span><span class="l">queries checked', page)
+    assert shown["noun"] == "queries" and shown["badge"] == "query"
+    for card, res in zip(shown["cards"], data["results"]):
+        names = [shown["images"][i]["p"] for i in card["m"]]
+        assert names == [res["path"]] + [m["path"] for m in res["matches"]]
+        assert shown["images"][card["k"]]["p"] == res["path"]  # the query is the anchor
+        assert [p["s"] for p in card["pairs"]] == [m["score"] for m in res["matches"]]
+    thumbs = [im["t"] for im in shown["images"]]
+    assert all(thumbs) and all((out.parent / t).is_file() for t in thumbs)
+    # The local-feature match (the crop) has its keypoint picture beside the page.
+    pics = [p["pic"] for c in shown["cards"] for p in c["pairs"] if p["pic"]]
+    assert len(pics) == 1 and (out.parent / pics[0]).stat().st_size > 5_000
+    assert [Path(s["path"]).name for s in shown["skipped"]] == [BROKEN]
+    assert "https://" not in page and "default-src 'none'" in page
+    unrelated = next(c for c in shown["cards"] if c["t"] == "unrelated.jpg")
+    assert unrelated["meta"] == "no match in the gallery" and unrelated["pairs"] == []
+
+
+def test_label_html_one_card_per_answer_with_supporting_examples(tmp_path):
+    from conftest import make_photo
+
+    tree = tmp_path / "classes"
+    for cls, seeds in {"cat": (1, 2), "dog": (3, 4)}.items():
+        (tree / cls).mkdir(parents=True)
+        for s in seeds:
+            make_photo(s, (480, 360)).save(tree / cls / f"{cls}{s}.jpg", quality=92)
+    q = tmp_path / "q"
+    q.mkdir()
+    make_photo(3, (480, 360)).crop((60, 40, 420, 320)).save(q / "crop3.jpg", quality=85)
+    make_photo(98, (480, 360)).save(q / "stranger.jpg")
+    (q / "bad.jpg").write_bytes(b"nope")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["labels", "import", str(tmp_path / "g"), "--folder", str(tree)])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "labels.html"
+    r = runner.invoke(cli, ["label", "--gallery", str(tmp_path / "g"), str(q), "--no-model",
+                            "--calibration", "none", "-k", "3", "--html", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    answers = {Path(a["path"]).name: a for a in data["answers"]}
+    assert answers["crop3.jpg"]["label"] == "dog" and answers["stranger.jpg"]["label"] == "unknown"
+    page = out.read_text()
+    shown = page_json(page)
+    readable = [a for a in data["answers"] if not a.get("error")]
+    assert data["html"]["cards"] == len(shown["cards"]) == len(readable) == 2
+    assert re.search(r'id=mk-total>2</span><span class="l">answers', page)
+    assert [Path(s["path"]).name for s in shown["skipped"]] == ["bad.jpg"]
+    by_title = {c["t"]: c for c in shown["cards"]}
+    dog = by_title["crop3.jpg \u2192 dog"]
+    assert "dog \u00b7 confidence" in dog["meta"] and "(uncalibrated)" in dog["meta"]
+    assert shown["images"][dog["k"]]["p"] == answers["crop3.jpg"]["path"]
+    support = [n for n in answers["crop3.jpg"]["neighbours"] if n.get("path")]
+    assert [shown["images"][i]["p"] for i in dog["m"][1:]] == [n["path"] for n in support]
+    assert [p["k"] for p in dog["pairs"]] == ["label: " + ", ".join(n["labels"]) for n in support]
+    assert "stranger.jpg \u2192 unknown" in by_title
+    assert all((out.parent / im["t"]).is_file() for im in shown["images"])
