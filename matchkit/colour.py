@@ -30,3 +30,13 @@ def histogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
     if sa == 0 or sb == 0:
         return 0.0
     return float(np.minimum(a / sa, b / sb).sum())
+
+
+def histogram_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`histogram_similarity` of each row pair of ``a`` and ``b`` (n, BINS)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    sa, sb = a.sum(axis=1, keepdims=True), b.sum(axis=1, keepdims=True)
+    ok = (sa[:, 0] > 0) & (sb[:, 0] > 0)
+    out = np.minimum(a / np.where(sa > 0, sa, 1), b / np.where(sb > 0, sb, 1)).sum(axis=1)
+    return np.where(ok, out, 0.0)

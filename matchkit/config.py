@@ -46,17 +46,27 @@ class Settings:
     #: Query descriptors per image when voting for candidates.
     query_features: int = 100
     #: Neighbours fetched per query descriptor.
-    vote_neighbours: int = 8
+    vote_neighbours: int = 4
     #: Largest descriptor distance (bits of 256) that counts as a vote.
     vote_max_distance: int = 56
     #: Most voted images per query image that are verified.
     vote_candidates: int = 8
+    #: Least votes (descriptors, each vote shared among the images it hits)
+    #: that make a voted image a candidate.
+    vote_min_votes: float = 1.0
     #: Looser pHash distance that still makes a pair worth verifying locally.
     phash_candidate_distance: int = 110
     #: A pair the descriptors did not vote for is verified only if one image is
     #: among the other's this many nearest by pHash (most look-alikes in a
     #: crowd are not copies; verifying them all was most of the run time).
     verify_top: int = 4
+    #: Keypoints per image in the first look of a verification (0: always all);
+    #: all ``n_features`` are matched only when the first look is inconclusive:
+    #: at least this many inliers ...
+    verify_features: int = 300
+    verify_retry_inliers: int = 5
+    #: ... or at least this many descriptor votes for the pair.
+    verify_retry_votes: float = 3.0
     #: Local-feature match: least RANSAC inliers ...
     min_inliers: int = 12
     #: ... and least correlation of the aligned overlap (photometric check).

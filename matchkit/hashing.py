@@ -122,5 +122,14 @@ def dihedral_match(variants_a: np.ndarray, b: bytes | np.ndarray) -> tuple[int, 
     return int(d[v]), v
 
 
+def dihedral_match_many(variants_a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dihedral_match` for many pairs: ``variants_a`` (n, 8, nbytes) and
+    plain hashes ``b`` (n, nbytes); returns distances and variant indices, (n,) each."""
+    x = np.asarray(variants_a, np.uint8) ^ np.asarray(b, np.uint8)[:, None, :]
+    d = _POPCOUNT[x].sum(axis=2, dtype=np.int64)
+    v = d.argmin(axis=1)
+    return d[np.arange(len(d)), v], v
+
+
 #: Dihedral variants that mirror the image (determinant -1).
 REFLECTIONS = frozenset({1, 2, 4, 7})

@@ -89,4 +89,6 @@ class HammingIndex:
     def load(cls, path: str | os.PathLike, nbits: int, **kw) -> "HammingIndex":
         idx = cls(nbits, **kw)
         idx._index.load(str(Path(path)))
+        if "expansion_search" in kw:  # a search setting, not part of the stored graph
+            idx._index.expansion_search = kw["expansion_search"]
         return idx

@@ -35,6 +35,10 @@ class LocalFeatures:
     def __len__(self) -> int:
         return len(self.desc)
 
+    def head(self, n: int) -> "LocalFeatures":
+        """The ``n`` strongest keypoints."""
+        return LocalFeatures(self.xy[:n], self.desc[:n], self.width, self.height)
+
     def subset(self, keep: np.ndarray) -> "LocalFeatures":
         """The keypoints where ``keep`` is true, order preserved."""
         return LocalFeatures(self.xy[keep], self.desc[keep], self.width, self.height)

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from .candidates import phash_candidates, vote_candidates
-from .colour import histogram_similarity
+from .colour import BINS, histogram_similarities, histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match
+from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many
 from .io import ImageLoadError, load_image
 from .local import (LocalFeatures, Verification, extract_local, overlap_correlation, verify,
                     working_grey)
@@ -190,7 +190,7 @@ class PairMatcher:
         self._masks: dict[int, np.ndarray | None] = {}
         if settings.local_features:
             self.templated = _content_features(gallery, ids, found, self.cache, settings,
-                                               self._masks)
+                                               self._masks, self._pool)
             queries = {}
             for i in ids:
                 lf = self.cache.get(i)
@@ -199,7 +199,8 @@ class PairMatcher:
             votes = vote_candidates(
                 gallery.orb_index, queries, key_stride=ORB_KEY_STRIDE,
                 neighbours=settings.vote_neighbours, max_distance=settings.vote_max_distance,
-                per_query=settings.vote_candidates, allowed=allowed)
+                per_query=settings.vote_candidates, min_votes=settings.vote_min_votes,
+                allowed=allowed)
             for pair in votes:
                 pairs.setdefault(pair, -1)  # distance filled in below
 
@@ -213,13 +214,18 @@ class PairMatcher:
         self._mirrored: dict[int, tuple | None] = {}
         self.evidence: list[PairEvidence] = []
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
-        for (a, b), d in sorted(pairs.items()):
-            if same is not None and same.get(a, a) == same.get(b, b):
-                continue  # known copies (same file bytes): nothing to measure
-            best, variant = dihedral_match(plain[a], plain[b][0])
-            ev = PairEvidence(a, b, best if d < 0 else d,
-                              histogram_similarity(colours[a], colours[b]),
-                              votes=votes.get((a, b), 0.0))
+        todo = [(a, b, d) for (a, b), d in sorted(pairs.items())
+                if same is None or same.get(a, a) != same.get(b, b)]  # same bytes: nothing to measure
+        # Global evidence of all pairs at once (tens of thousands of pairs).
+        dists, variants_ab = dihedral_match_many(
+            np.array([plain[a] for a, _, _ in todo]).reshape(-1, 8, PHASH_BITS // 8),
+            np.array([plain[b][0] for _, b, _ in todo]).reshape(-1, PHASH_BITS // 8))
+        sims = histogram_similarities(
+            np.array([colours[a] for a, _, _ in todo]).reshape(-1, BINS),
+            np.array([colours[b] for _, b, _ in todo]).reshape(-1, BINS))
+        for (a, b, d), best, variant, sim in zip(todo, dists.tolist(), variants_ab.tolist(),
+                                                 sims.tolist()):
+            ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
             if variant in REFLECTIONS:
                 ev.extra["reflect"] = True
             if a in self.vectors and b in self.vectors:
@@ -247,7 +253,7 @@ class PairMatcher:
             ev.rule = local_rule(ev, settings)
             ev.pending = False
 
-        pool = self._pool if len(todo) > 8 else None
+        pool = self._pool if len(todo) > 1 else None
         for start in range(0, len(todo), 512):
             chunk = []
             for ev in todo[start:start + 512]:
@@ -346,10 +352,12 @@ def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
 
 
 def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings: Settings,
-                      masks: dict[int, np.ndarray]) -> dict[int, LocalFeatures]:
+                      masks: dict[int, np.ndarray], pool: ThreadPoolExecutor | None = None
+                      ) -> dict[int, LocalFeatures]:
     """Content-only local features of images that sit in a template crowd;
-    ``masks`` receives each such image's content mask (thumbnail pixels)."""
-    out: dict[int, LocalFeatures] = {}
+    ``masks`` receives each such image's content mask (thumbnail pixels).
+    The closer look (a decode and ORB, both outside the GIL) runs on ``pool``."""
+    found_masks: list[tuple[int, np.ndarray, LocalFeatures]] = []
     for i in ids:
         close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
         if len(close) < MIN_LOOKALIKES:
@@ -362,14 +370,21 @@ def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings
         if mask is None:
             continue
         masks[i] = mask
-        feats = fi[0]
+        found_masks.append((i, mask, fi[0]))
+    paths = {i: img.path for i, img in gallery.images([i for i, _, _ in found_masks]).items()}
+
+    def content(item) -> LocalFeatures:
+        i, mask, feats = item
         # The frame took most of the image's keypoints; look again, closely,
         # at the content region only (it is often small: a photo in a screenshot).
-        closer = _features_in_region(gallery.get(i).path, mask, feats, settings)
+        closer = _features_in_region(paths[i], mask, feats, settings)
         if closer is not None:
             feats = closer
-        out[i] = feats.subset(keypoints_in_mask(feats.xy, (feats.width, feats.height), mask))
-    return out
+        return feats.subset(keypoints_in_mask(feats.xy, (feats.width, feats.height), mask))
+
+    results = (pool.map(content, found_masks) if pool is not None and len(found_masks) > 1
+               else map(content, found_masks))
+    return {i: feats for (i, _, _), feats in zip(found_masks, results)}
 
 
 def _features_in_region(path: str, mask: np.ndarray, feats: LocalFeatures,
@@ -406,13 +421,13 @@ def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
         return
     (la, ta), (lb, tb) = fa, fb
     la, lb = templated.get(ev.a, la), templated.get(ev.b, lb)
-    _check(ev, la, ta, lb, tb, mask_a, mask_b)
+    _check(ev, la, ta, lb, tb, settings, mask_a, mask_b)
     if (mirrored is not None and ev.extra.get("reflect") and ev.b not in templated
             and not local_rule(ev, settings)):
         mb = mirrored()
         if mb is not None:
             before = (ev.verification, ev.overlap_correlation)
-            _check(ev, la, ta, mb[0], mb[1], mask_a,
+            _check(ev, la, ta, mb[0], mb[1], settings, mask_a,
                    None if mask_b is None else np.ascontiguousarray(mask_b[:, ::-1]))
             if ev.verification.inliers > before[0].inliers:
                 ev.verification.mirrored = True
@@ -420,7 +435,23 @@ def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
                 ev.verification, ev.overlap_correlation = before
 
 
-def _check(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
+def _check(ev: PairEvidence, la, ta, lb, tb, settings: Settings, mask_a=None,
+           mask_b=None) -> None:
+    """Geometric then photometric check, as a cascade: a first look with the
+    strongest ``verify_features`` keypoints of each image (matching cost grows
+    with the product of the two counts), and all keypoints only when that look
+    was inconclusive: no match, but some inliers or strong descriptor votes.
+    Most candidates are look-alikes that the first look rejects outright."""
+    n = settings.verify_features
+    if n and (len(la) > n or len(lb) > n):
+        _fit(ev, la.head(n), ta, lb.head(n), tb, mask_a, mask_b)
+        if local_rule(ev, settings) or (ev.inliers < settings.verify_retry_inliers
+                                        and ev.votes < settings.verify_retry_votes):
+            return
+    _fit(ev, la, ta, lb, tb, mask_a, mask_b)
+
+
+def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
     ev.verification = v = verify(la, lb)
     ev.overlap_correlation = None
     if v.transform:
