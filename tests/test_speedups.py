@@ -1,0 +1,96 @@
+"""The shortcuts taken for speed decide exactly what the slow path would.
+
+Each shortcut (a verification cascade, a thumbnail check before a full-size
+decode, whole-array evidence) is checked against the plain computation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+import matchkit.match as M
+from matchkit import Gallery, Settings, dedupe
+from matchkit.colour import histogram_similarities, histogram_similarity
+from matchkit.hashing import dihedral_match, dihedral_match_many
+
+from conftest import textured
+
+
+def test_many_pair_evidence_equals_pair_by_pair():
+    rng = np.random.default_rng(3)
+    variants = rng.integers(0, 256, (40, 8, 32), dtype=np.uint8)
+    plain = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    plain[5] = variants[5, 3]  # an exact dihedral match
+    d, v = dihedral_match_many(variants, plain)
+    assert [(int(a), int(b)) for a, b in zip(d, v)] == [
+        dihedral_match(variants[i], plain[i]) for i in range(40)]
+    assert (d[5], v[5]) == (0, 3)
+    h1 = rng.integers(0, 30, (40, 512))
+    h2 = rng.integers(0, 30, (40, 512))
+    h2[7] = 0  # an empty histogram
+    sims = histogram_similarities(h1, h2)
+    assert np.allclose(sims, [histogram_similarity(h1[i], h2[i]) for i in range(40)])
+    assert sims[7] == 0.0
+    assert histogram_similarities(np.zeros((0, 512)), np.zeros((0, 512))).shape == (0,)
+
+
+def _gallery_pair(tmp_path, a: Image.Image, b: Image.Image, names=("a.png", "b.png")):
+    d = tmp_path / "imgs"
+    d.mkdir(parents=True, exist_ok=True)
+    a.save(d / names[0])
+    b.save(d / names[1])
+    g = Gallery(tmp_path / "g")
+    ids = g.add([d / names[0], d / names[1]]).ids
+    return g, ids
+
+
+def test_thumbnails_prove_different_pixels_but_never_hide_identical_ones(tmp_path):
+    base = textured(11)
+    marked = base.copy()
+    ImageDraw.Draw(marked).rectangle((40, 40, 200, 120), fill=(255, 0, 0))
+    g, (a, b) = _gallery_pair(tmp_path, base, marked)
+    with g:
+        m = M.PairMatcher(g, [a, b], Settings())
+        assert not m.may_share_pixels(a, b)
+    # Same pixels in two containers (JPEG decoded, stored as PNG and BMP).
+    d = tmp_path / "same"
+    d.mkdir()
+    big = textured(12, (1600, 1200))
+    big.save(d / "x.jpg", quality=90)
+    with Image.open(d / "x.jpg") as im:
+        im.save(d / "x.png")
+    with Gallery(tmp_path / "g2") as g2:
+        ids = g2.add([d / "x.jpg", d / "x.png"]).ids
+        assert M.PairMatcher(g2, ids, Settings()).may_share_pixels(*ids)
+    report = dedupe([d])
+    assert [p.kind for c in report.clusters for p in c.pairs] == ["exact"]
+
+
+def test_verification_cascade_decides_like_full_matching(tmp_path, monkeypatch):
+    img = textured(21)
+    crop = img.crop((50, 30, 50 + 300, 30 + 230))
+    calls = []
+    real = M.verify
+    monkeypatch.setattr(M, "verify", lambda a, b: calls.append((len(a), len(b))) or real(a, b))
+    g, (a, b) = _gallery_pair(tmp_path, img, crop)
+    with g:
+        decisions = {}
+        for n in (0, 300):
+            s = Settings(verify_features=n)
+            m = M.PairMatcher(g, [a, b], s)
+            ev = m.evidence_between(a, b, reflect=False)
+            calls.clear()
+            m.verify([ev])
+            decisions[n] = (ev.rule, list(calls))
+        assert decisions[0][0] == decisions[300][0] == "local"
+        assert all(max(c) > 300 for c in decisions[0][1])       # all keypoints
+        assert decisions[300][1][0] == (300, 300)              # first look: the strongest 300
+    # An unrelated pair with no votes is rejected by the first look alone.
+    g2, (c, d) = _gallery_pair(tmp_path / "u", textured(31), textured(32))
+    with g2:
+        m = M.PairMatcher(g2, [c, d], Settings())
+        ev = m.evidence_between(c, d, reflect=False)
+        calls.clear()
+        m.verify([ev])
+        assert ev.rule == "" and calls == [(300, 300)]
