@@ -24,6 +24,8 @@ switch-over constants in matchkit/vectors.py were chosen.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import sys
 import tempfile
@@ -119,6 +121,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-save", action="store_true", help="skip the save/load timing")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="folder keeping the built index (and its build time) between runs: "
+                         "build once, then time the searches on a quiet machine")
     args = ap.parse_args()
     k, n, dim = args.k, args.n, args.dim
     rng = np.random.default_rng(args.seed)
@@ -133,16 +138,35 @@ def main() -> None:
     cos_to_src = float(np.mean(np.sum(perturbed * gallery[src], axis=1)))
 
     rss0 = rss_mib()
-    idx = VectorIndex("bench", dim, dtype=args.dtype, connectivity=args.connectivity,
-                      expansion_add=args.expansion_add, threads=args.build_threads)
-    print("building ...", flush=True)
-    t = time.perf_counter()
-    step = 100_000
-    for s in range(0, n, step):
-        idx.add(np.arange(s, min(n, s + step)), gallery[s:s + step])
-        print(f"  {min(n, s + step):,} in {time.perf_counter() - t:.0f} s", flush=True)
-    build_s = time.perf_counter() - t
-    rss1 = rss_mib()
+    cached = built_note = None
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        stem = (f"v{n}-{dim}-{args.dtype}-M{args.connectivity}-ea{args.expansion_add}"
+                f"-seed{args.seed}")
+        cached, built_note = args.cache / f"{stem}.usearch", args.cache / f"{stem}.build.json"
+    if cached is not None and cached.exists() and built_note.exists():
+        print(f"loading the index built earlier: {cached}", flush=True)
+        idx = VectorIndex.load(cached, expect_model="bench")
+        note = json.loads(built_note.read_text())
+        build_s, build_when = note["build_s"], note["when"]
+        rss1 = rss_mib()
+    else:
+        idx = VectorIndex("bench", dim, dtype=args.dtype, connectivity=args.connectivity,
+                          expansion_add=args.expansion_add, threads=args.build_threads)
+        print("building ...", flush=True)
+        t = time.perf_counter()
+        step = 100_000
+        for s in range(0, n, step):
+            idx.add(np.arange(s, min(n, s + step)), gallery[s:s + step])
+            print(f"  {min(n, s + step):,} in {time.perf_counter() - t:.0f} s", flush=True)
+        build_s = time.perf_counter() - t
+        build_when = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average " \
+                     f"{os.getloadavg()[0]:.1f} at the end"
+        rss1 = rss_mib()
+        if cached is not None:
+            idx.save(cached)
+            built_note.write_text(json.dumps({"build_s": build_s, "when": build_when}))
+    print(f"build: {build_s:.0f} s ({build_when})", flush=True)
     index_mib = idx.memory_usage / 2**20
     idx.threads = 1  # single-threaded searches from here on
 
@@ -153,6 +177,7 @@ def main() -> None:
     exact_s = (time.perf_counter() - t) / (2 * args.queries)
 
     rows = []
+    search_load = os.getloadavg()[0]
     for ef in [int(x) for x in args.ef.split(",") if x]:
         idx.expansion_search = ef
         for label, qs, truth in (("held-out", held_out, truth_h), ("perturbed", perturbed, truth_p)):
@@ -235,8 +260,8 @@ def main() -> None:
         f"- latency: one query per call, 1 search thread, wall time of VectorIndex.search; "
         f"recall@{k} against exact float32 search\n"
         f"- command: `python benchmarks/bench_vectors.py --n {n} --ef {args.ef}`\n"
-        "- timings were taken while other jobs shared the 2 cores: re-run on a quiet machine\n\n"
-        f"Build: {build_s:.0f} s ({n / build_s:,.0f} vectors/s); index memory {index_mib:,.0f} MiB (USearch's "
+        f"- load average (1 min) when the searches started: {search_load:.1f} on 2 cores\n\n"
+        f"Build: {build_s:.0f} s ({n / build_s:,.0f} vectors/s, built {build_when}); index memory {index_mib:,.0f} MiB (USearch's "
         f"count); RSS grew {rss1 - rss0:,.0f} MiB while building (gallery array of {gallery.nbytes / 2**20:,.0f} MiB excluded); peak RSS "
         f"{peak_rss_mib():,.0f} MiB (includes the float32 gallery and queries). Saved file "
         f"{file_mib:,.0f} MiB; save {save_s:.1f} s, load {load_s:.1f} s, memory-mapped open "
