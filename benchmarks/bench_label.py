@@ -41,12 +41,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common as C  # noqa: E402
 import sets  # noqa: E402
 
-from matchkit import Gallery  # noqa: E402
+from matchkit import Gallery, Settings  # noqa: E402
 from matchkit.classify import Labeler  # noqa: E402
 from matchkit.labels import UNKNOWN, import_labels  # noqa: E402
 
 OMNIGLOT = C.ROOT.parent / "shared" / "data" / "omniglot" / "all_runs.zip"
 HOLD_EVERY = 4
+#: Settings fields that decide instance-level evidence; the benchmark reports them,
+#: so a run after a change of defaults says what it measured.
+REPORTED_SETTINGS = ("work_side", "n_features", "index_features", "query_features",
+                     "vote_candidates", "min_inliers", "min_overlap_correlation",
+                     "phash_max_distance", "phash_strong_distance", "thumb_side")
+
+
+def settings_fingerprint(settings: Settings) -> str:
+    """Short digest of every setting except the worker count: galleries built
+    with other settings (say, after the defaults change) are not reused."""
+    import hashlib
+    from dataclasses import asdict
+
+    d = asdict(settings)
+    d.pop("workers", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def settings_line(settings: Settings) -> str:
+    return ", ".join(f"{f}={getattr(settings, f)}" for f in REPORTED_SETTINGS)
 
 
 # -- instance level ----------------------------------------------------------------
@@ -61,7 +81,9 @@ def instance_half(photos: Path, split: str, limit: int | None):
     edits = [p for p in files if "__orig" not in p.name]
     known = [p for p in edits if sets.group_of(p.name) not in held]
     unknown = [p for p in edits if sets.group_of(p.name) in held]
-    gal = C.WORK / f"label-gallery-{split}-{len(base)}"
+    # Keyed by the settings: stored features are only reused when they were
+    # extracted with the settings in force now.
+    gal = C.WORK / f"label-gallery-{split}-{len(base)}-{settings_fingerprint(Settings())}"
     with Gallery(gal) as g:
         import_labels(g, [(p, sets.group_of(p.name)) for p in originals])
     return gal, known, [sets.group_of(p.name) for p in known], unknown, len(base), len(held)
@@ -153,7 +175,8 @@ def run_instance(args) -> None:
         f"Command: `python benchmarks/bench_label.py --part instance`"
         f"{' --limit ' + str(args.limit) if args.limit else ''}\n"
         f"Settings: defaults (k={args.k}, target accuracy {args.target}, no model weights: pHash, "
-        "colour, ORB verification with the zoomed second look).\n\n"
+        "colour, ORB verification with the zoomed second look); in force: "
+        f"{settings_line(Settings())} (fingerprint {settings_fingerprint(Settings())}).\n\n"
         + C.table(summary, ["metric", "value"]) + "\n\n"
         + C.table(rows, ["queries", "n", "accuracy", "rejected", "answered", "wrong_label"])
         + "\n\nPer edit kind (eval half):\n\n"
