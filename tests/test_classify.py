@@ -376,3 +376,48 @@ def test_threshold_never_accepts_mostly_wrong_answers():
     correct = np.r_[np.ones(3000, bool), np.arange(20) % 5 == 0, np.zeros(500, bool)]
     cal = fit_open_set(raw, correct, target=0.99)
     assert cal["certified"] and 0.3 < cal["threshold"] <= 0.9
+
+
+# -- issue 6 test list: gaps -------------------------------------------------------
+
+def test_label_from_a_csv_gallery(labelled, tmp_path):
+    # Labels from a path,label table (no folder structure): the same answers.
+    table = tmp_path / "catalogue.csv"
+    table.write_text("path,label\n" + "".join(
+        f"{labelled / 'tree' / c / 'a.jpg'},sku-{c}\n" for c in CLASSES))
+    from matchkit.labels import import_table
+
+    with Gallery(tmp_path / "g") as g:
+        rep = import_table(g, table)
+        assert rep.images == len(CLASSES) and not rep.skipped
+        with Labeler(k=3).fit(g) as lab:
+            assert list(lab.classes_) == [f"sku-{c}" for c in CLASSES]
+            pred = lab.predict(_queries(labelled, "bolt_crop.jpg", "apple_small.jpg",
+                                        "unknown_50.jpg"))
+    assert list(pred) == ["sku-bolt", "sku-apple", UNKNOWN]
+
+
+def test_a_class_with_several_examples_is_found_through_each_of_them(labeler, labelled, tmp_path):
+    # "cog" has two different photos (seeds 3 and 7); an edit of either gets "cog".
+    q = tmp_path / "cog_a_crop.jpg"
+    make_photo(3, SIZE).crop((40, 20, 420, 320)).save(q, quality=85)
+    a, b = labeler.answers([q, labelled / "queries" / "cog_rot.jpg"])
+    assert a.label == b.label == "cog"
+    assert labeler.n_examples_["cog"] == 2 and labeler.n_examples_["bolt"] == 1
+    # The two examples are different gallery images of the same class.
+    assert a.neighbours[0].path != b.neighbours[0].path
+    assert {Path(a.neighbours[0].path).name, Path(b.neighbours[0].path).name} == {"a.jpg", "b.jpg"}
+
+
+def test_a_gallery_of_only_unreadable_images_gives_a_clear_error(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "x").mkdir(parents=True)
+    (tree / "x" / "bad.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (tree / "x" / "empty.png").write_bytes(b"")
+    with Gallery(tmp_path / "g") as g:
+        rep = import_folder(g, tree)
+        assert rep.images == 0 and len(rep.skipped) == 2
+    with pytest.raises(LabelError, match="empty|no labelled"):
+        Labeler().fit(tmp_path / "g")
+    r = CliRunner().invoke(cli, ["label", "--gallery", str(tmp_path / "g"), str(tree / "x" / "bad.jpg")])
+    assert r.exit_code == 2 and r.stderr.startswith("matchkit: error:")
