@@ -60,21 +60,28 @@ def working_grey(image: Image.Image, work_side: int) -> np.ndarray:
     w, h = image.size
     s = work_side / max(w, h)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    grey = image.convert("L")
-    if size != grey.size:
-        grey = grey.resize(size, Image.Resampling.BILINEAR if s < 1 else Image.Resampling.BICUBIC,
-                           reducing_gap=2.0 if s < 1 else None)
-    return np.asarray(grey)
+    grey = np.asarray(image.convert("L"))
+    if size != (w, h):
+        # OpenCV's resize is about 3x faster than Pillow's here; area
+        # averaging when shrinking (no aliasing), bicubic when enlarging.
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    return grey
 
 
 _ORB_CACHE: dict[int, cv2.ORB] = {}
+
+
+#: FAST corner threshold of the ORB detector. 15 rather than 10: ORB runs 17%
+#: faster (3.5 vs 4.2 ms per 512-pixel image) for 0.4% less recall on the calib
+#: half of the hard set (0.950 vs 0.954); 20 lost 0.9%.
+FAST_THRESHOLD = 15
 
 
 def _orb(n_features: int):
     orb = _ORB_CACHE.get(n_features)
     if orb is None:
         orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8,
-                             edgeThreshold=15, patchSize=31, fastThreshold=10)
+                             edgeThreshold=15, patchSize=31, fastThreshold=FAST_THRESHOLD)
         _ORB_CACHE[n_features] = orb
     return orb
 
