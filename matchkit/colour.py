@@ -32,11 +32,17 @@ def histogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.minimum(a / sa, b / sb).sum())
 
 
-def histogram_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`histogram_similarity` of each row pair of ``a`` and ``b`` (n, BINS)."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    sa, sb = a.sum(axis=1, keepdims=True), b.sum(axis=1, keepdims=True)
-    ok = (sa[:, 0] > 0) & (sb[:, 0] > 0)
-    out = np.minimum(a / np.where(sa > 0, sa, 1), b / np.where(sb > 0, sb, 1)).sum(axis=1)
-    return np.where(ok, out, 0.0)
+
+def histogram_similarities(hists: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
+                           chunk: int = 8192) -> np.ndarray:
+    """:func:`histogram_similarity` of ``hists[rows_a[k]]`` and ``hists[rows_b[k]]``
+    for every k: many pairs over few images, normalised once, in bounded memory."""
+    h = np.asarray(hists, np.float64).reshape(-1, BINS)
+    total = h.sum(axis=1, keepdims=True)
+    h = np.where(total > 0, h / np.where(total > 0, total, 1), np.nan)  # empty: similarity 0
+    rows_a, rows_b = np.asarray(rows_a, np.int64), np.asarray(rows_b, np.int64)
+    out = np.empty(len(rows_a))
+    for s in range(0, len(rows_a), chunk):
+        ra, rb = rows_a[s:s + chunk], rows_b[s:s + chunk]
+        out[s:s + chunk] = np.minimum(h[ra], h[rb]).sum(axis=1)
+    return np.nan_to_num(out, nan=0.0)

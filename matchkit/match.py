@@ -220,9 +220,9 @@ class PairMatcher:
         dists, variants_ab = dihedral_match_many(
             np.array([plain[a] for a, _, _ in todo]).reshape(-1, 8, PHASH_BITS // 8),
             np.array([plain[b][0] for _, b, _ in todo]).reshape(-1, PHASH_BITS // 8))
-        sims = histogram_similarities(
-            np.array([colours[a] for a, _, _ in todo]).reshape(-1, BINS),
-            np.array([colours[b] for _, b, _ in todo]).reshape(-1, BINS))
+        row = {i: r for r, i in enumerate(colours)}
+        sims = histogram_similarities(np.array(list(colours.values())).reshape(-1, BINS),
+                                      [row[a] for a, _, _ in todo], [row[b] for _, b, _ in todo])
         for (a, b, d), best, variant, sim in zip(todo, dists.tolist(), variants_ab.tolist(),
                                                  sims.tolist()):
             ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))

@@ -26,13 +26,14 @@ def test_many_pair_evidence_equals_pair_by_pair():
     assert [(int(a), int(b)) for a, b in zip(d, v)] == [
         dihedral_match(variants[i], plain[i]) for i in range(40)]
     assert (d[5], v[5]) == (0, 3)
-    h1 = rng.integers(0, 30, (40, 512))
-    h2 = rng.integers(0, 30, (40, 512))
-    h2[7] = 0  # an empty histogram
-    sims = histogram_similarities(h1, h2)
-    assert np.allclose(sims, [histogram_similarity(h1[i], h2[i]) for i in range(40)])
-    assert sims[7] == 0.0
-    assert histogram_similarities(np.zeros((0, 512)), np.zeros((0, 512))).shape == (0,)
+    hists = rng.integers(0, 30, (12, 512))
+    hists[7] = 0  # an empty histogram
+    ra, rb = rng.integers(0, 12, 40), rng.integers(0, 12, 40)
+    ra[0] = 7
+    sims = histogram_similarities(hists, ra, rb, chunk=16)
+    assert np.allclose(sims, [histogram_similarity(hists[a], hists[b]) for a, b in zip(ra, rb)])
+    assert sims[0] == 0.0
+    assert histogram_similarities(hists, [], []).shape == (0,)
 
 
 def _gallery_pair(tmp_path, a: Image.Image, b: Image.Image, names=("a.png", "b.png")):
