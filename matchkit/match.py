@@ -53,7 +53,10 @@ class PairEvidence:
         return self.verification.inliers if self.verification else 0
 
     def score(self) -> float:
-        """A rough similarity in [0, 1] for reports until a calibrated model exists."""
+        """The calibrated P(duplicate) when a profile decided the pair, else a
+        rough similarity in [0, 1]."""
+        if "p" in self.extra:
+            return round(float(self.extra["p"]), 4)
         s = 1.0 - self.phash_distance / PHASH_BITS
         if self.verification and self.rule == "local":
             s = max(s, min(1.0, 0.5 + self.inliers / 100.0))
@@ -62,6 +65,8 @@ class PairEvidence:
     def to_evidence(self) -> dict:
         out = {"phash_distance": self.phash_distance,
                "colour_similarity": round(self.colour_similarity, 4), "rule": self.rule}
+        if "p" in self.extra:
+            out["probability"] = round(float(self.extra["p"]), 4)
         if self.votes:
             out["votes"] = round(self.votes, 2)
         if self.cosine is not None:
@@ -160,8 +165,10 @@ class PairMatcher:
     """
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
-                 same: dict[int, int] | None = None):
+                 same: dict[int, int] | None = None, calibrator=None):
         self.settings = settings
+        #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
+        self.calibrator = calibrator
         self.gallery = gallery
         self.cache = _LocalCache(gallery)
         allowed = set(ids)
@@ -201,7 +208,11 @@ class PairMatcher:
             pairs.setdefault(pair, -1)
 
         colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
-        self.paths = {i: img.path for i, img in gallery.images(ids).items()}
+        stored = gallery.images(ids)
+        self.paths = {i: img.path for i, img in stored.items()}
+        #: Per-image context of the pair features: crowd distance and size.
+        self.crowd = found.crowd
+        self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self._mirrored: dict[int, tuple | None] = {}
         self.evidence: list[PairEvidence] = []
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
@@ -218,13 +229,33 @@ class PairMatcher:
                 ev.cosine = float(self.vectors[a] @ self.vectors[b])
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
-            else:
+            elif calibrator is None:
                 ev.rule = hash_rule(ev, found.crowd, settings) or embedding_rule(ev, settings)
             near = (ev.cosine is not None and settings.cosine_candidate is not None
                     and ev.cosine >= settings.cosine_candidate)
-            ev.pending = (settings.local_features and not ev.rule
-                          and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
+            #: Worth verifying locally if the global signals do not settle it.
+            ev.extra["verifiable"] = bool(
+                settings.local_features
+                and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
             self.evidence.append(ev)
+        if calibrator is not None:
+            self.decide([ev for ev in self.evidence if not ev.extra.get("template")], "model")
+        for ev in self.evidence:
+            ev.pending = ev.extra["verifiable"] and not ev.rule
+
+    def decide(self, evidence: list[PairEvidence], rule: str) -> None:
+        """Calibrated decision of ``evidence`` as it stands: ``rule`` if the
+        calibrator accepts the pair, else ""; P(duplicate) goes to ``extra["p"]``."""
+        from .pairfeatures import feature_matrix
+
+        if not evidence:
+            return
+        X = feature_matrix(evidence, self.crowd, self.sizes)
+        scores = self.calibrator.score(X)
+        probs = self.calibrator.predict_proba(X)[:, 1]
+        for ev, s, p in zip(evidence, scores.tolist(), probs.tolist()):
+            ev.extra["p"] = p
+            ev.rule = rule if s >= self.calibrator.threshold_ else ""
 
     def verify(self, todo: list[PairEvidence]) -> None:
         """Geometric + photometric verification of pending pairs, on worker threads
@@ -236,7 +267,8 @@ class PairMatcher:
             ev, fa, fb, ma, mb = item
             _verify_pair(ev, fa, fb, templated, settings, ma, mb,
                          mirrored=(lambda: self.mirrored(ev.b, fb[1])) if fb else None)
-            ev.rule = local_rule(ev, settings)
+            if self.calibrator is None:
+                ev.rule = local_rule(ev, settings)
             ev.pending = False
 
         pool = self._pool if len(todo) > 8 else None
@@ -251,6 +283,8 @@ class PairMatcher:
                     work(item)
             else:
                 list(pool.map(work, chunk, chunksize=max(1, len(chunk) // 16)))
+            if self.calibrator is not None:
+                self.decide([item[0] for item in chunk], "local")
 
     @property
     def _pool(self) -> ThreadPoolExecutor | None:
@@ -309,14 +343,14 @@ class PairMatcher:
 
 
 def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
-                same: dict[int, int] | None = None) -> list[PairEvidence]:
+                same: dict[int, int] | None = None, calibrator=None) -> list[PairEvidence]:
     """Evidence and decision for every candidate pair among ``ids`` (all verified).
 
     Returns every candidate pair examined (``rule`` empty when it did not
     match). Pairs whose images map to the same value in ``same`` (known
     exact copies, e.g. id -> first id with the same file bytes) are skipped.
     """
-    matcher = PairMatcher(gallery, ids, settings, same)
+    matcher = PairMatcher(gallery, ids, settings, same, calibrator)
     matcher.verify(matcher.evidence)
     return matcher.evidence
 
