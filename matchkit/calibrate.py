@@ -6,14 +6,20 @@ attributes ending in ``_``). It fits in two steps on two disjoint parts of
 the data, because a threshold picked on the data the model was fitted on
 is optimistic:
 
-1. a logistic regression on standardised ``pairfeatures.FEATURES`` (fit part);
-2. on the held-out part: an isotonic map from the logistic score to the
+1. a model on ``pairfeatures.FEATURES`` (fit part): gradient-boosted trees
+   (``model="boosting"``, the default) or a logistic regression on
+   standardised features (``model="logistic"``). Measured on the calib half
+   of the shared photos with the copy-detection suite (held-out pairs, target
+   0.99; 13,920 pairs): boosting accepted 98.8% of the duplicate pairs at
+   precision 0.995, logistic regression 95.9% at 0.992 (the hand-set rules
+   on the same pairs: 97.9% at 0.997);
+2. on the held-out part: an isotonic map from the model's score to the
    probability that the pair is a duplicate, and the accept threshold, the
    lowest score at which a one-sided 95% Clopper-Pearson lower bound on the
    precision of the accepted held-out pairs still reaches
    ``target_precision`` (``classify.fit_open_set``, shared with the labeler).
 
-Decisions compare the logistic score with ``threshold_`` (isotonic
+Decisions compare the model's score with ``threshold_`` (isotonic
 probabilities are step functions, so thresholds on them are coarse);
 ``predict_proba`` gives the calibrated probability for reports. A pair can
 be scored before local verification and after it (``pairfeatures`` marks
@@ -35,7 +41,8 @@ import numpy as np
 
 from .pairfeatures import FEATURES
 
-MODELS = ("logistic",)
+MODELS = ("boosting", "logistic")
+_TREE_KEYS = ("feature", "threshold", "left", "right", "leaf", "missing_left", "value")
 
 
 class CalibratorError(ValueError):
@@ -45,20 +52,27 @@ class CalibratorError(ValueError):
 class PairCalibrator:
     """Maps pair feature rows to P(duplicate) and a precision-calibrated decision.
 
-    Parameters: ``model`` (only "logistic" for now), ``target_precision``
+    Parameters: ``model`` ("boosting" or "logistic"), ``target_precision``
     the held-out precision the threshold is certified for, ``alpha`` the
     one-sided error of that bound, ``holdout`` the fraction of pairs held out
     when ``fit`` is not told which rows are held out, ``C`` the inverse
-    regularisation strength of the logistic regression.
+    regularisation strength of the logistic regression, ``n_trees`` and
+    ``max_leaf_nodes`` the size of the boosted model (scikit-learn's
+    HistGradientBoostingClassifier, fitted with a fixed seed; its trees are
+    kept as plain arrays and evaluated here, so a loaded profile needs no
+    pickle and no particular scikit-learn version).
     """
 
-    def __init__(self, model: str = "logistic", target_precision: float = 0.99,
-                 alpha: float = 0.05, holdout: float = 0.5, C: float = 1.0):
+    def __init__(self, model: str = "boosting", target_precision: float = 0.99,
+                 alpha: float = 0.05, holdout: float = 0.5, C: float = 1.0,
+                 n_trees: int = 100, max_leaf_nodes: int = 15):
         self.model = model
         self.target_precision = target_precision
         self.alpha = alpha
         self.holdout = holdout
         self.C = C
+        self.n_trees = n_trees
+        self.max_leaf_nodes = max_leaf_nodes
 
     # -- fitting -------------------------------------------------------------
 
@@ -71,8 +85,6 @@ class PairCalibrator:
         ``held_out`` marks the held-out rows; default: a stable hash of the
         pair id puts a ``holdout`` fraction of pairs aside.
         """
-        from sklearn.linear_model import LogisticRegression
-
         from .classify import fit_open_set
 
         if self.model not in MODELS:
@@ -93,14 +105,11 @@ class PairCalibrator:
             if len(set(y[part].tolist())) < 2:
                 raise ValueError(f"the {name} part needs both duplicate and non-duplicate pairs")
 
-        self.mean_ = X[fit].mean(axis=0)
-        scale = X[fit].std(axis=0)
-        self.scale_ = np.where(scale > 1e-12, scale, 1.0)
-        lr = LogisticRegression(C=self.C, max_iter=5000)
-        lr.fit((X[fit] - self.mean_) / self.scale_, y[fit])
-        self.coef_ = lr.coef_[0].astype(np.float64)
-        self.intercept_ = float(lr.intercept_[0])
         self.features_ = FEATURES
+        if self.model == "logistic":
+            self._fit_logistic(X[fit], y[fit])
+        else:
+            self._fit_boosting(X[fit], y[fit])
 
         s_fit, y_fit = _per_pair(self.score(X[fit]), y[fit], pairs[fit])
         s_held, y_held = _per_pair(self.score(X[held]), y[held], pairs[held])
@@ -125,13 +134,64 @@ class PairCalibrator:
         self.held_out_ = (s_held, y_held)
         return self
 
+    def _fit_logistic(self, X: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self.mean_ = X.mean(axis=0)
+        scale = X.std(axis=0)
+        self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        lr = LogisticRegression(C=self.C, max_iter=5000)
+        lr.fit((X - self.mean_) / self.scale_, y)
+        self.coef_ = lr.coef_[0].astype(np.float64)
+        self.intercept_ = float(lr.intercept_[0])
+
+    def _fit_boosting(self, X: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        gb = HistGradientBoostingClassifier(max_iter=self.n_trees,
+                                            max_leaf_nodes=self.max_leaf_nodes,
+                                            early_stopping=False, random_state=0)
+        gb.fit(X, y)
+        self.intercept_ = float(np.ravel(gb._baseline_prediction)[0])
+        trees = []
+        for (predictor,) in gb._predictors:
+            n = predictor.nodes
+            if n["is_categorical"].any():  # pragma: no cover - no categorical features
+                raise RuntimeError("categorical splits are not supported")
+            trees.append({
+                "feature": n["feature_idx"].astype(int).tolist(),
+                "threshold": n["num_threshold"].astype(float).tolist(),
+                "left": n["left"].astype(int).tolist(), "right": n["right"].astype(int).tolist(),
+                "leaf": n["is_leaf"].astype(int).tolist(),
+                "missing_left": n["missing_go_to_left"].astype(int).tolist(),
+                "value": n["value"].astype(float).tolist()})
+        self.trees_ = _pack_trees(trees)
+
     # -- prediction ------------------------------------------------------------
 
-    def score(self, X) -> np.ndarray:
-        """Uncalibrated logistic probability of each row (what ``threshold_`` applies to)."""
+    def raw(self, X) -> np.ndarray:
+        """The model's log-odds of each row."""
         self._check_fitted()
         X = np.atleast_2d(np.asarray(X, np.float64))
-        z = ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        if self.model == "logistic":
+            return ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        out = np.full(len(X), self.intercept_)
+        rows = np.arange(len(X))
+        for t in self.trees_:
+            node = np.zeros(len(X), np.int64)
+            while True:
+                inner = ~t["leaf"][node]
+                if not inner.any():
+                    break
+                x = X[rows, t["feature"][node]]
+                go_left = np.where(np.isnan(x), t["missing_left"][node], x <= t["threshold"][node])
+                node = np.where(inner, np.where(go_left, t["left"][node], t["right"][node]), node)
+            out += t["value"][node]
+        return out
+
+    def score(self, X) -> np.ndarray:
+        """Uncalibrated model probability of each row (what ``threshold_`` applies to)."""
+        z = self.raw(X)
         return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
     def predict_proba(self, X) -> np.ndarray:
@@ -149,7 +209,7 @@ class PairCalibrator:
         return float(np.interp(self.threshold_, self.isotonic_x_, self.isotonic_y_))
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "coef_"):
+        if not hasattr(self, "intercept_"):
             raise RuntimeError("PairCalibrator is not fitted; call fit() first")
 
     # -- plain data -------------------------------------------------------------
@@ -157,26 +217,38 @@ class PairCalibrator:
     def to_dict(self) -> dict:
         """Everything needed to predict, as plain numbers, lists and strings."""
         self._check_fitted()
-        return {
+        out = {
             "model": self.model, "features": list(self.features_),
             "target_precision": float(self.target_precision), "alpha": float(self.alpha),
-            "holdout": float(self.holdout), "C": float(self.C),
-            "mean": [float(v) for v in self.mean_], "scale": [float(v) for v in self.scale_],
-            "coef": [float(v) for v in self.coef_], "intercept": float(self.intercept_),
+            "holdout": float(self.holdout), "C": float(self.C), "n_trees": int(self.n_trees),
+            "max_leaf_nodes": int(self.max_leaf_nodes), "intercept": float(self.intercept_),
             "isotonic_x": [float(v) for v in self.isotonic_x_],
             "isotonic_y": [float(v) for v in self.isotonic_y_],
             "threshold": float(self.threshold_), "train_threshold": float(self.train_threshold_),
             "stats": dict(self.stats_),
         }
+        if self.model == "logistic":
+            out.update(mean=[float(v) for v in self.mean_], scale=[float(v) for v in self.scale_],
+                       coef=[float(v) for v in self.coef_])
+        else:
+            out["trees"] = {k: [t[k].tolist() for t in self.trees_] for k in _TREE_KEYS}
+            out["trees"]["leaf"] = [[int(v) for v in t["leaf"]] for t in self.trees_]
+            out["trees"]["missing_left"] = [[int(v) for v in t["missing_left"]]
+                                            for t in self.trees_]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "PairCalibrator":
         """Rebuild a fitted calibrator; raises ``CalibratorError`` on anything off."""
         if not isinstance(data, dict):
             raise CalibratorError("calibrator must be a table")
-        need = {"model", "features", "target_precision", "alpha", "holdout", "C", "mean",
-                "scale", "coef", "intercept", "isotonic_x", "isotonic_y", "threshold",
+        need = {"model", "features", "target_precision", "alpha", "holdout", "C", "n_trees",
+                "max_leaf_nodes", "intercept", "isotonic_x", "isotonic_y", "threshold",
                 "train_threshold", "stats"}
+        if data.get("model") == "logistic":
+            need |= {"mean", "scale", "coef"}
+        else:
+            need |= {"trees"}
         missing, unknown = need - set(data), set(data) - need
         if missing:
             raise CalibratorError(f"calibrator is missing: {', '.join(sorted(missing))}")
@@ -193,12 +265,16 @@ class PairCalibrator:
         n = len(FEATURES)
         c = cls(model=data["model"], target_precision=_number(data, "target_precision"),
                 alpha=_number(data, "alpha"), holdout=_number(data, "holdout"),
-                C=_number(data, "C"))
+                C=_number(data, "C"), n_trees=int(_number(data, "n_trees")),
+                max_leaf_nodes=int(_number(data, "max_leaf_nodes")))
         if not 0.0 < c.target_precision < 1.0:
             raise CalibratorError("target_precision must be in (0, 1)")
-        c.mean_, c.scale_, c.coef_ = (_vector(data, k, n) for k in ("mean", "scale", "coef"))
-        if (c.scale_ <= 0).any():
-            raise CalibratorError("calibrator scale must be positive")
+        if c.model == "logistic":
+            c.mean_, c.scale_, c.coef_ = (_vector(data, k, n) for k in ("mean", "scale", "coef"))
+            if (c.scale_ <= 0).any():
+                raise CalibratorError("calibrator scale must be positive")
+        else:
+            c.trees_ = _check_trees(data["trees"], n)
         c.intercept_ = _number(data, "intercept")
         c.isotonic_x_ = _vector(data, "isotonic_x")
         c.isotonic_y_ = _vector(data, "isotonic_y", len(c.isotonic_x_))
@@ -214,6 +290,50 @@ class PairCalibrator:
         c.stats_ = dict(data["stats"])
         c.features_ = FEATURES
         return c
+
+
+def _pack_trees(trees: list[dict]) -> list[dict]:
+    """Trees as numpy arrays, the form ``raw`` evaluates."""
+    out = []
+    for t in trees:
+        out.append({"feature": np.asarray(t["feature"], np.int64),
+                    "threshold": np.asarray(t["threshold"], np.float64),
+                    "left": np.asarray(t["left"], np.int64),
+                    "right": np.asarray(t["right"], np.int64),
+                    "leaf": np.asarray(t["leaf"], bool),
+                    "missing_left": np.asarray(t["missing_left"], bool),
+                    "value": np.asarray(t["value"], np.float64)})
+    return out
+
+
+def _check_trees(data, n_features: int) -> list[dict]:
+    """Validate stored trees: equal-length arrays, finite numbers, in-range
+    features, children that point forward (so evaluation always ends at a leaf)."""
+    if not isinstance(data, dict) or set(data) != set(_TREE_KEYS):
+        raise CalibratorError(f"calibrator trees must have exactly: {', '.join(_TREE_KEYS)}")
+    lists = [data[k] for k in _TREE_KEYS]
+    if not all(isinstance(v, list) for v in lists) or len({len(v) for v in lists}) != 1:
+        raise CalibratorError("calibrator trees: every key needs one list per tree")
+    trees = []
+    for i in range(len(data["feature"])):
+        t = {}
+        for k in _TREE_KEYS:
+            t[k] = _vector({k: data[k][i]}, k)
+        size = len(t["feature"])
+        if size == 0 or any(len(v) != size for v in t.values()):
+            raise CalibratorError(f"calibrator tree {i}: arrays of different lengths")
+        for k in ("feature", "left", "right", "leaf", "missing_left"):
+            if (t[k] != np.round(t[k])).any():
+                raise CalibratorError(f"calibrator tree {i}: {k} must be integers")
+        inner = t["leaf"] == 0
+        idx = np.arange(size)
+        if (inner & ((t["feature"] < 0) | (t["feature"] >= n_features))).any():
+            raise CalibratorError(f"calibrator tree {i}: feature index out of range")
+        if (inner & ((t["left"] <= idx) | (t["right"] <= idx) | (t["left"] >= size)
+                     | (t["right"] >= size))).any():
+            raise CalibratorError(f"calibrator tree {i}: child index out of range")
+        trees.append(t)
+    return _pack_trees(trees)
 
 
 def _number(data: dict, key: str) -> float:
