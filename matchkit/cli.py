@@ -214,12 +214,15 @@ def _load_profile(name):
               help="Edit suite that makes the positives: a name in configs/edits/ "
                    "(exact-ish, transformed, copy-detection) or a .toml file.")
 @click.option("--name", default=None, help="Profile name (default: the --out file's stem).")
+@click.option("--source", default=None,
+              help="What the photos are, recorded in the profile (default: the PATHS).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Precision-recall plot (PNG; default: beside --out, same stem).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Worker processes for decoding (default: one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def calibrate(paths, out_path, target_precision, suite_name, name, plot_path, workers, quiet):
+def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
+              quiet):
     """Fit a calibrated pair decision on edits of your own photos in PATHS.
 
     Photos are split in two halves by a hash of their name. Positives are
@@ -247,7 +250,7 @@ def calibrate(paths, out_path, target_precision, suite_name, name, plot_path, wo
     try:
         run = calibrate_folder(list(paths), suite, name=name, target_precision=target_precision,
                                settings=Settings().with_(workers=workers), plot=plot_path,
-                               source=" ".join(paths), progress=say)
+                               source=source or " ".join(paths), progress=say)
         save_profile(run.profile, out_path)
     except (ValueError, ProfileError, EditError) as e:
         _fail(_one_line(e))
