@@ -26,7 +26,7 @@ from .config import Settings
 from .edits import EditSuite, write_edit
 from .gallery import Gallery
 from .match import PairMatcher
-from .pairfeatures import feature_matrix
+from .pairfeatures import FEATURES, feature_matrix
 
 
 @dataclass
@@ -49,35 +49,57 @@ def split_half(path: str | Path) -> str:
 
 def build_pairs(photos: list[Path], suite: EditSuite, settings: Settings = Settings(),
                 workdir: str | Path | None = None, progress=None) -> PairSet:
-    """Synthesise, match and label pairs for both halves of ``photos``."""
+    """Synthesise, match and label pairs for both halves of ``photos``.
+
+    With two or more workers the halves run side by side in two processes
+    (one core each): most of a half's time is single-threaded Python.
+    """
+    from .features import _pool_context
+
     halves: dict[str, list[Path]] = {"fit": [], "held": []}
     for p in photos:
         halves[split_half(p)].append(Path(p))
+    jobs = [(half, members) for half, members in halves.items() if members]
+    out = PairSet(np.zeros((0, len(FEATURES))), np.zeros(0, bool), np.zeros(0, object),
+                  np.zeros(0, bool))
     rows, labels, ids, held = [], [], [], []
-    out = PairSet(np.zeros((0, 0)), np.zeros(0, bool), np.zeros(0, object), np.zeros(0, bool))
     with tempfile.TemporaryDirectory(prefix="matchkit-calib-", dir=workdir) as tmp:
-        for half, members in halves.items():
-            if not members:
-                continue
-            t = time.perf_counter()
-            folder = Path(tmp) / half
-            folder.mkdir()
-            files = _make_edits(members, suite, folder, settings.n_workers())
-            out.seconds[f"edits_{half}"] = time.perf_counter() - t
-            X, y, keys = _pairs_of(files, settings, Path(tmp) / f"gallery-{half}", out, half)
+        if settings.n_workers() >= 2 and len(jobs) == 2:
+            from concurrent.futures import ProcessPoolExecutor
+            one = settings.with_(workers=1)
+            with ProcessPoolExecutor(2, mp_context=_pool_context()) as pool:
+                results = list(pool.map(_half_pairs, [h for h, _ in jobs], [m for _, m in jobs],
+                                        [suite] * 2, [one] * 2, [tmp] * 2))
+        else:
+            results = [_half_pairs(h, m, suite, settings, tmp) for h, m in jobs]
+        for (half, members), (X, y, keys, n_images, seconds) in zip(jobs, results):
             rows.append(X)
             labels.append(y)
             ids += [f"{half}:{k}" for k in keys]
             held += [half == "held"] * len(y)
-            out.photos[half], out.images[half] = len(members), len(files)
+            out.photos[half], out.images[half] = len(members), n_images
+            out.seconds.update(seconds)
             if progress:
-                progress(f"{half}: {len(members)} photos, {len(files)} images, "
+                progress(f"{half}: {len(members)} photos, {n_images} images, "
                          f"{len(set(keys))} candidate pairs")
-    out.X = np.concatenate(rows) if rows else np.zeros((0, 0))
-    out.y = np.concatenate(labels) if labels else np.zeros(0, bool)
+    if rows:
+        out.X, out.y = np.concatenate(rows), np.concatenate(labels)
     out.pairs = np.array(ids, dtype=object)
     out.held_out = np.array(held, bool)
     return out
+
+
+def _half_pairs(half: str, members: list[Path], suite: EditSuite, settings: Settings,
+                tmp: str) -> tuple[np.ndarray, np.ndarray, list[str], int, dict]:
+    """One half's images, matched and labelled (runs in a worker process)."""
+    seconds: dict = {}
+    t = time.perf_counter()
+    folder = Path(tmp) / half
+    folder.mkdir()
+    files = _make_edits(members, suite, folder, settings.n_workers())
+    seconds[f"edits_{half}"] = time.perf_counter() - t
+    X, y, keys = _pairs_of(files, settings, Path(tmp) / f"gallery-{half}", seconds, half)
+    return X, y, keys, len(files), seconds
 
 
 def _make_edits(photos: list[Path], suite: EditSuite, folder: Path, workers: int
@@ -104,12 +126,12 @@ def _make_edits(photos: list[Path], suite: EditSuite, folder: Path, workers: int
     return out
 
 
-def _pairs_of(files: dict[Path, str], settings: Settings, gallery_dir: Path, out: PairSet,
+def _pairs_of(files: dict[Path, str], settings: Settings, gallery_dir: Path, seconds: dict,
               half: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     t = time.perf_counter()
     with Gallery(gallery_dir, settings) as g:
         added = g.add(sorted(map(str, files)))
-        out.seconds[f"add_{half}"] = time.perf_counter() - t
+        seconds[f"add_{half}"] = time.perf_counter() - t
         t = time.perf_counter()
         source = {i: files[Path(img.path)] for i, img in g.images(added.ids).items()}
         matcher = PairMatcher(g, added.ids, settings)
@@ -127,7 +149,7 @@ def _pairs_of(files: dict[Path, str], settings: Settings, gallery_dir: Path, out
         X = feature_matrix(views, matcher.crowd, matcher.sizes)
         y = np.array([source[ev.a] == source[ev.b] for ev in views], bool)
         keys = [f"{ev.a}:{ev.b}" for ev in views]
-        out.seconds[f"match_{half}"] = time.perf_counter() - t
+        seconds[f"match_{half}"] = time.perf_counter() - t
     return X, y, keys
 
 
@@ -141,8 +163,8 @@ def draw_pr_curve(precision: np.ndarray, recall: np.ndarray, path: str | Path, *
     W, H, m = 640, 480, 60
     im = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(im)
-    lo = min(0.9, float(np.min(precision)) if len(precision) else 0.9)
-    lo = np.floor(lo * 20) / 20
+    # Precision below 0.9 is of no interest for a duplicate finder; zoom in.
+    lo = 0.9
 
     def xy(r, p):
         return (m + r * (W - 2 * m), H - m - (p - lo) / (1 - lo) * (H - 2 * m))
