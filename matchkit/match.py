@@ -239,23 +239,28 @@ class PairMatcher:
                 and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
             self.evidence.append(ev)
         if calibrator is not None:
-            self.decide([ev for ev in self.evidence if not ev.extra.get("template")], "model")
+            from .pairfeatures import globally_decidable
+            self.decide(self.evidence, "model",
+                        [globally_decidable(ev, self.crowd) for ev in self.evidence])
         for ev in self.evidence:
             ev.pending = ev.extra["verifiable"] and not ev.rule
 
-    def decide(self, evidence: list[PairEvidence], rule: str) -> None:
+    def decide(self, evidence: list[PairEvidence], rule: str,
+               allowed: list[bool] | None = None) -> None:
         """Calibrated decision of ``evidence`` as it stands: ``rule`` if the
-        calibrator accepts the pair, else ""; P(duplicate) goes to ``extra["p"]``."""
+        calibrator accepts the pair (and ``allowed`` says it may be decided
+        now), else ""; P(duplicate) goes to ``extra["p"]``."""
         from .pairfeatures import feature_matrix
 
         if not evidence:
             return
-        X = feature_matrix(evidence, self.crowd, self.sizes)
+        X = feature_matrix(evidence, self.crowd, self.sizes, self.picture_fractions(evidence))
         scores = self.calibrator.score(X)
         probs = self.calibrator.predict_proba(X)[:, 1]
-        for ev, s, p in zip(evidence, scores.tolist(), probs.tolist()):
+        allowed = allowed or [True] * len(evidence)
+        for ev, s, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
             ev.extra["p"] = p
-            ev.rule = rule if s >= self.calibrator.threshold_ else ""
+            ev.rule = rule if ok and s >= self.calibrator.threshold_ else ""
 
     def verify(self, todo: list[PairEvidence]) -> None:
         """Geometric + photometric verification of pending pairs, on worker threads
@@ -313,6 +318,15 @@ class PairMatcher:
             mask = picture_mask(thumb) if thumb is not None else None
             self._masks[image_id] = None if mask is None or mask.all() else mask
         return self._masks[image_id]
+
+    def picture_fractions(self, evidence: list[PairEvidence]) -> dict[int, float]:
+        """Share of each image of ``evidence`` that is picture (``content_mask``;
+        1 without local features, where no thumbnail is stored)."""
+        out = {}
+        for i in {x for ev in evidence for x in (ev.a, ev.b)}:
+            mask = self.content_mask(i) if self.settings.local_features else None
+            out[i] = 1.0 if mask is None else float(mask.mean())
+        return out
 
     def content_pixels(self, image_id: int, pixels: int) -> float:
         """Pixels of the picture itself: without a template frame or flat

@@ -6,8 +6,9 @@ edits an edit suite makes of it, added to a temporary gallery and run
 through the real candidate search (``PairMatcher``). Candidate pairs made
 from the same photo are positives; all others are negatives, and they are
 the hard ones: the nearest non-duplicates the search itself proposes. Every
-pair contributes its global-only view and, if it is one the matcher would
-verify, its verified view too (see ``pairfeatures``).
+pair contributes its global-only view if the matcher may decide it on
+global signals (``pairfeatures.globally_decidable``) and, if it is one the
+matcher would verify, its verified view too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .config import Settings
 from .edits import EditSuite, write_edit
 from .gallery import Gallery
 from .match import PairMatcher
-from .pairfeatures import FEATURES, feature_matrix
+from .pairfeatures import FEATURES, feature_matrix, globally_decidable
 
 
 @dataclass
@@ -137,8 +138,10 @@ def _pairs_of(files: dict[Path, str], settings: Settings, gallery_dir: Path, sec
         matcher = PairMatcher(g, added.ids, settings)
         try:
             evidence = matcher.evidence
-            # The global-only view of every candidate, before anything is verified.
-            unverified = [copy.copy(ev) for ev in evidence]
+            # The global-only view of every candidate the global signals may
+            # decide (as the matcher does), before anything is verified.
+            unverified = [copy.copy(ev) for ev in evidence
+                          if globally_decidable(ev, matcher.crowd)]
             todo = [ev for ev in evidence if ev.extra.get("verifiable")]
             for ev in todo:
                 ev.pending = True
@@ -146,7 +149,8 @@ def _pairs_of(files: dict[Path, str], settings: Settings, gallery_dir: Path, sec
         finally:
             matcher.close()
         views = unverified + todo
-        X = feature_matrix(views, matcher.crowd, matcher.sizes)
+        X = feature_matrix(views, matcher.crowd, matcher.sizes,
+                           matcher.picture_fractions(views))
         y = np.array([source[ev.a] == source[ev.b] for ev in views], bool)
         keys = [f"{ev.a}:{ev.b}" for ev in views]
         seconds[f"match_{half}"] = time.perf_counter() - t

@@ -79,7 +79,7 @@ def test_stored_trees_reproduce_scikit_learn():
     rng = np.random.default_rng(0)
     X, y = _data(1500, rng)
     Xh, yh = _data(1500, rng)
-    cal = PairCalibrator().fit(np.vstack([X, Xh]), np.r_[y, yh],
+    cal = PairCalibrator(model="boosting").fit(np.vstack([X, Xh]), np.r_[y, yh],
                                held_out=np.r_[np.zeros(1500, bool), np.ones(1500, bool)])
     gb = HistGradientBoostingClassifier(max_iter=cal.n_trees, max_leaf_nodes=cal.max_leaf_nodes,
                                         early_stopping=False, random_state=0).fit(X, y)
@@ -94,7 +94,7 @@ def test_stored_trees_reproduce_scikit_learn():
     (lambda d: d["trees"].pop("value"), "exactly"),
 ])
 def test_bad_trees_are_refused(change, message):
-    d = _fitted().to_dict()
+    d = _fitted(model="boosting").to_dict()
     change(d)
     with pytest.raises(CalibratorError, match=message):
         PairCalibrator.from_dict(d)
