@@ -8,7 +8,7 @@
     predicted cluster vs every pair made from the same photo).
 
     python benchmarks/bench_calibrate.py                      # (b), writes RESULTS.md
-    python benchmarks/bench_calibrate.py --timing             # (a) as well
+    python benchmarks/bench_calibrate.py --timing --sets ""   # (a) only, own RESULTS.md section
     python benchmarks/bench_calibrate.py --profile configs/default.toml   # reuse a profile
     python benchmarks/bench_calibrate.py --split calib --no-write         # check on calib halves
 
@@ -72,10 +72,16 @@ def main() -> None:
             everything = sets.photos(args.photos, "all")
             wall, rss = calibrate(everything, tmp / "all.toml", args.edits, args.target_precision)
             data = _profile_data(tmp / "all.toml")
-            notes.append(f"Calibrating on all {len(everything)} photos ({data['images']} images, "
-                         f"{args.edits} edits): {wall:.0f} s wall, peak RSS {rss:.0f} MiB "
-                         f"(one run, shared machine: provisional).")
-            print(notes[-1], flush=True)
+            timing = (f"Calibrating on all {len(everything)} photos ({data['images']} images, "
+                      f"{args.edits} edits, target {args.target_precision}): {wall:.0f} s wall, "
+                      f"peak RSS {rss:.0f} MiB (one run on a shared machine: provisional).")
+            print(timing, flush=True)
+            if not args.no_write:
+                C.write_section("calibrate: time on all photos", (
+                    f"Command: `python benchmarks/bench_calibrate.py --timing --sets \"\"`\n\n"
+                    f"{timing}\n"))
+        if not args.sets:
+            return
         if args.profile is None:
             calib = sets.photos(args.photos, "calib")
             profile = tmp / "calib-half.toml"
@@ -106,13 +112,13 @@ def main() -> None:
     text = C.table(rows, cols)
     print(text)
     if not args.no_write and args.split == "eval":
-        cmd = "python benchmarks/bench_calibrate.py" + (" --timing" if args.timing else "") + (
+        cmd = "python benchmarks/bench_calibrate.py" + (
             f" --profile {args.profile}" if args.profile else "")
         body = ("Calibrated pair decisions vs the hand-set rules. The profile saw only "
                 "calib-half photos (even sorted positions of "
                 f"`{args.photos.name}`); the sets are built from the eval half (odd "
                 "positions).\n"
-                f"Command: `{cmd}`\n" + "\n".join(f"{n}\n" for n in notes) +
+                f"Command: `{cmd}`\n\n" + "\n".join(f"{n}\n" for n in notes) +
                 "\nScoring: every pair inside a predicted cluster vs every pair of files made "
                 "from the same photo. Each set is added to one gallery, reused by the second "
                 "run, so wall_s of the second (calibrated) run excludes decoding.\n\n"

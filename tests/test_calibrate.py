@@ -204,3 +204,16 @@ def test_halves_in_two_processes_give_the_same_pairs(tmp_path):
                                           ps.held_out.tolist()) if t}
     assert positives(one) == positives(two)
     assert one.photos == two.photos and one.images == two.images
+
+
+def test_profile_scores_are_calibrated_probabilities(calibrated, photo_dir):
+    r, out, _ = calibrated
+    assert r.exit_code == 0, r.output
+    res = CliRunner().invoke(cli, ["dedupe", str(photo_dir), "--profile", str(out), "--json",
+                                   "-", "-q", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    near = [p for c in json.loads(res.output)["clusters"] for p in c["pairs"]
+            if p["kind"] == "near"]
+    assert near, "the edited copies in photo_dir should match"
+    for p in near:
+        assert p["score"] == p["evidence"]["probability"] and 0.0 <= p["score"] <= 1.0
