@@ -76,9 +76,12 @@ def save_profile(profile: Profile, path: str | os.PathLike) -> Path:
     payload["checksum"] = checksum(payload)
     text = ("# matchkit calibration profile, written by `matchkit calibrate`.\n"
             "# Do not edit: the checksum covers every value below.\n" + dump_toml(payload))
-    # Writing what we read back must give the same checksum (floats round-trip via repr).
-    if checksum(tomllib.loads(text)) != payload["checksum"]:
+    # Writing what we read back must give the same checksum (floats round-trip via
+    # repr), and a profile that would be refused on loading is not written at all.
+    back = tomllib.loads(text)
+    if checksum(back) != payload["checksum"]:
         raise ProfileError("internal error: profile does not round-trip through TOML")
+    profile_from_dict(back, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -100,3 +100,23 @@ def test_cli_refuses_bad_profile_in_one_line(tmp_path, photo_dir, saved):
         assert r.exit_code == 2
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("matchkit: error: ")
+
+
+def test_profiles_are_found_by_name_in_matchkit_configs(tmp_path, monkeypatch, calibrator):
+    folder = tmp_path / "profiles"
+    with pytest.raises(ProfileError, match="differs from the calibrator"):
+        save_profile(Profile("shop", 0.95, calibrator), folder / "shop.toml")
+    assert not (folder / "shop.toml").exists()
+    save_profile(Profile("shop", 0.99, calibrator), folder / "shop.toml")
+    monkeypatch.setenv("MATCHKIT_CONFIGS", str(folder))
+    assert load_profile("shop").name == "shop"
+    with pytest.raises(ProfileError, match="available: .*shop"):
+        load_profile("shops")
+
+
+def test_calibrate_cli_refuses_unknown_suite(tmp_path, photo_dir):
+    r = CliRunner().invoke(cli, ["calibrate", str(photo_dir), "--out", str(tmp_path / "x.toml"),
+                                 "--edits", "nonsense"])
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("matchkit: error: unknown edit suite 'nonsense'")
+    assert not (tmp_path / "x.toml").exists()
