@@ -98,9 +98,13 @@ def cli() -> None:
                    "write a manifest for 'matchkit undo'. Nothing is ever deleted.")
 @click.option("--dry-run", is_flag=True,
               help="With --move-duplicates-to: show what would move, move nothing.")
+@click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
+              help="Decide pairs with a calibrated profile (a name in configs/, e.g. "
+                   "'default', or a .toml file from 'matchkit calibrate') instead of the "
+                   "hand-set rules.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
-           model, min_cosine, html_path, evidence_limit, move_to, dry_run, quiet):
+           model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
@@ -119,7 +123,9 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
       matchkit dedupe photos/ --gallery ~/.matchkit/photos --json - | jq .stats
       matchkit dedupe big-archive/ --hash-only --csv dupes.csv
       matchkit dedupe photos/ --model sscd-disc-mixup --json dupes.json
+      matchkit dedupe photos/ --profile default --json dupes.json
     """
+    profile = _load_profile(profile_name)
     if min_cosine is not None and not model:
         _fail("--min-cosine needs --model")
     if dry_run and not move_to:
@@ -131,7 +137,8 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         settings = Settings().with_(phash_max_distance=threshold, max_pixels=max_pixels,
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine)
-        report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet)
+        report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
+                            profile=profile)
     except FileNotFoundError as e:
         _fail(str(e))
     except GalleryError as e:
@@ -181,6 +188,85 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
     if moved is not None:
         _echo_moves(moved, quiet, out)
         return 0 if moved.ok else 1
+
+
+def _load_profile(name):
+    """The profile named on the command line (None: hand-set rules); errors exit 2."""
+    if name is None:
+        return None
+    from .profiles import ProfileError, load_profile
+    try:
+        return load_profile(name)
+    except ProfileError as e:
+        _fail(_one_line(e))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Profile file to write (TOML), e.g. configs/products.toml.")
+@click.option("--target-precision", type=click.FloatRange(0.5, 1.0, max_open=True),
+              default=0.99, show_default=True,
+              help="Precision the decision threshold is certified for on held-out pairs "
+                   "(one-sided 95% Clopper-Pearson lower bound).")
+@click.option("--edits", "suite_name", default="copy-detection", show_default=True,
+              help="Edit suite that makes the positives: a name in configs/edits/ "
+                   "(exact-ish, transformed, copy-detection) or a .toml file.")
+@click.option("--name", default=None, help="Profile name (default: the --out file's stem).")
+@click.option("--source", default=None,
+              help="What the photos are, recorded in the profile (default: the PATHS).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Precision-recall plot (PNG; default: beside --out, same stem).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes for decoding (default: one per core).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
+              quiet):
+    """Fit a calibrated pair decision on edits of your own photos in PATHS.
+
+    Photos are split in two halves by a hash of their name. Positives are
+    edits of the same photo (the --edits suite); negatives are the other
+    photos' images the candidate search proposes (the hardest non-duplicates).
+    The model is fitted on one half; the threshold is chosen on the other, as
+    the lowest whose lower precision bound reaches --target-precision.
+
+    \b
+    Example:
+      matchkit calibrate ~/product-shots --out configs/products.toml --edits copy-detection
+      matchkit dedupe ~/product-shots --profile configs/products.toml --json dupes.json
+    """
+    from .edits import EditError, load_suite
+    from .pairsets import calibrate_folder
+    from .profiles import ProfileError, save_profile
+
+    try:
+        suite = load_suite(suite_name)
+    except EditError as e:
+        _fail(_one_line(e))
+    name = name or Path(out_path).stem
+    plot_path = plot_path or str(Path(out_path).with_suffix(".png"))
+    say = None if quiet else (lambda msg: click.echo(msg, err=True))
+    try:
+        run = calibrate_folder(list(paths), suite, name=name, target_precision=target_precision,
+                               settings=Settings().with_(workers=workers), plot=plot_path,
+                               source=source or " ".join(paths), progress=say)
+        save_profile(run.profile, out_path)
+    except (ValueError, ProfileError, EditError) as e:
+        _fail(_one_line(e))
+    cal = run.profile.calibrator
+    st = cal.stats_
+    click.echo(
+        f"calibrated {name!r} on {run.profile.data['photos']} photos "
+        f"({run.profile.data['images']} images, {suite.name} edits) in {run.seconds:.0f} s\n"
+        f"fit half: {st['fit_pairs']} pairs ({st['fit_positives']} duplicates); "
+        f"held-out half: {st['held_out_pairs']} pairs ({st['held_out_positives']} duplicates)\n"
+        f"threshold {cal.threshold_:.4f} (P(duplicate) {cal.probability_threshold_:.3f}; "
+        f"fit-half optimum would be {cal.train_threshold_:.4f})\n"
+        f"held-out: precision {st['precision']:.4f} (95% lower bound "
+        f"{st['precision_lower_bound']:.4f}, target {target_precision}"
+        f"{'' if st['certified'] else ', NOT certified: too few pairs'}), "
+        f"recall {st['recall']:.4f}\n"
+        f"profile: {out_path}\nplot: {plot_path}")
 
 
 def _echo_moves(result, quiet: bool, out) -> None:

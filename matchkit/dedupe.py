@@ -41,15 +41,20 @@ def dedupe(
     gallery: Gallery | str | os.PathLike | None = None,
     settings: Settings = Settings(),
     progress: bool = False,
+    profile=None,
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
     ``gallery`` keeps features for later runs (a :class:`Gallery` or a folder);
     without one, a temporary gallery is used and removed afterwards. Raises
     ``FileNotFoundError`` if a path does not exist; unreadable files are
-    reported in ``report.skipped``.
+    reported in ``report.skipped``. With a ``profile`` (``profiles.Profile``)
+    its calibrated decision replaces the hand-set rules and its settings
+    overrides apply.
     """
     start = time.perf_counter()
+    if profile is not None:
+        settings = profile.apply(settings)
     embedder = None
     if settings.model:
         from .embed import load_embedder  # torch/onnxruntime only when asked for
@@ -69,7 +74,8 @@ def dedupe(
         gallery.save()
         if embedder is not None:
             gallery.embed(embedder, added.ids, progress=progress)
-        clusters, n_exact, n_near = find_clusters(gallery, added.ids, settings)
+        clusters, n_exact, n_near = find_clusters(
+            gallery, added.ids, settings, calibrator=profile.calibrator if profile else None)
         report = DedupeReport(
             clusters=clusters,
             skipped=[SkippedFile(s.path, s.reason) for s in added.skipped],
@@ -88,14 +94,19 @@ def dedupe(
             "phash_max_distance": settings.phash_max_distance,
             "colour_min_similarity": settings.colour_min_similarity,
             "model": settings.model,
+            "profile": profile.name if profile else None,
+            "target_precision": profile.target_precision if profile else None,
             "seconds": round(time.perf_counter() - start, 3),
         }
     return report
 
 
-def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
+def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None
                   ) -> tuple[list[ClusterResult], int, int]:
-    """Cluster the given gallery images; returns clusters and pair counts."""
+    """Cluster the given gallery images; returns clusters and pair counts.
+
+    ``calibrator`` (a fitted ``calibrate.PairCalibrator``) decides pairs
+    instead of the hand-set rules; exact copies and clustering are unchanged."""
     ids = sorted(set(ids))
     if not ids:
         return [], 0, 0
@@ -110,7 +121,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings
             exact.union(first, i)
     # Byte-identical files are one class up front; pairs inside it are never
     # examined (a map, not a pair set: 1,000 copies of one file stay cheap).
-    matcher = PairMatcher(gallery, ids, settings, same={i: exact.find(i) for i in ids})
+    matcher = PairMatcher(gallery, ids, settings, same={i: exact.find(i) for i in ids},
+                          calibrator=calibrator)
     variants = matcher.plain
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:

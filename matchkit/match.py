@@ -61,7 +61,10 @@ class PairEvidence:
         return self.verification.inliers if self.verification else 0
 
     def score(self) -> float:
-        """A rough similarity in [0, 1] for reports until a calibrated model exists."""
+        """The calibrated P(duplicate) when a profile decided the pair, else a
+        rough similarity in [0, 1]."""
+        if "p" in self.extra:
+            return round(float(self.extra["p"]), 4)
         s = 1.0 - self.phash_distance / PHASH_BITS
         if self.verification and self.rule == "local":
             s = max(s, min(1.0, 0.5 + self.inliers / 100.0))
@@ -70,6 +73,8 @@ class PairEvidence:
     def to_evidence(self) -> dict:
         out = {"phash_distance": self.phash_distance,
                "colour_similarity": round(self.colour_similarity, 4), "rule": self.rule}
+        if "p" in self.extra:
+            out["probability"] = round(float(self.extra["p"]), 4)
         if self.votes:
             out["votes"] = round(self.votes, 2)
         if self.cosine is not None:
@@ -168,8 +173,10 @@ class PairMatcher:
     """
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
-                 same: dict[int, int] | None = None):
+                 same: dict[int, int] | None = None, calibrator=None):
         self.settings = settings
+        #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
+        self.calibrator = calibrator
         self.gallery = gallery
         self.cache = _LocalCache(gallery)
         allowed = set(ids)
@@ -210,7 +217,11 @@ class PairMatcher:
             pairs.setdefault(pair, -1)
 
         colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
-        self.paths = {i: img.path for i, img in gallery.images(ids).items()}
+        stored = gallery.images(ids)
+        self.paths = {i: img.path for i, img in stored.items()}
+        #: Per-image context of the pair features: crowd distance and size.
+        self.crowd = found.crowd
+        self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self._mirrored: dict[int, tuple | None] = {}
         self.evidence: list[PairEvidence] = []
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
@@ -232,13 +243,38 @@ class PairMatcher:
                 ev.cosine = float(self.vectors[a] @ self.vectors[b])
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
-            else:
+            elif calibrator is None:
                 ev.rule = hash_rule(ev, found.crowd, settings) or embedding_rule(ev, settings)
             near = (ev.cosine is not None and settings.cosine_candidate is not None
                     and ev.cosine >= settings.cosine_candidate)
-            ev.pending = (settings.local_features and not ev.rule
-                          and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
+            #: Worth verifying locally if the global signals do not settle it.
+            ev.extra["verifiable"] = bool(
+                settings.local_features
+                and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
             self.evidence.append(ev)
+        if calibrator is not None:
+            from .pairfeatures import globally_decidable
+            self.decide(self.evidence, "model",
+                        [globally_decidable(ev, self.crowd) for ev in self.evidence])
+        for ev in self.evidence:
+            ev.pending = ev.extra["verifiable"] and not ev.rule
+
+    def decide(self, evidence: list[PairEvidence], rule: str,
+               allowed: list[bool] | None = None) -> None:
+        """Calibrated decision of ``evidence`` as it stands: ``rule`` if the
+        calibrator accepts the pair (and ``allowed`` says it may be decided
+        now), else ""; P(duplicate) goes to ``extra["p"]``."""
+        from .pairfeatures import feature_matrix
+
+        if not evidence:
+            return
+        X = feature_matrix(evidence, self.crowd, self.sizes, self.picture_fractions(evidence))
+        scores = self.calibrator.score(X)
+        probs = self.calibrator.predict_proba(X)[:, 1]
+        allowed = allowed or [True] * len(evidence)
+        for ev, s, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
+            ev.extra["p"] = p
+            ev.rule = rule if ok and s >= self.calibrator.threshold_ else ""
 
     def verify(self, todo: list[PairEvidence]) -> None:
         """Geometric + photometric verification of pending pairs, on worker threads
@@ -250,7 +286,8 @@ class PairMatcher:
             ev, fa, fb, ma, mb = item
             _verify_pair(ev, fa, fb, templated, settings, ma, mb,
                          mirrored=(lambda: self.mirrored(ev.b, fb[1])) if fb else None)
-            ev.rule = local_rule(ev, settings)
+            if self.calibrator is None:
+                ev.rule = local_rule(ev, settings)
             ev.pending = False
 
         pool = self._pool if len(todo) > 1 else None
@@ -265,6 +302,8 @@ class PairMatcher:
                     work(item)
             else:
                 list(pool.map(work, chunk, chunksize=max(1, len(chunk) // 16)))
+            if self.calibrator is not None:
+                self.decide([item[0] for item in chunk], "local")
 
     @property
     def _pool(self) -> ThreadPoolExecutor | None:
@@ -310,6 +349,15 @@ class PairMatcher:
             self._masks[image_id] = None if mask is None or mask.all() else mask
         return self._masks[image_id]
 
+    def picture_fractions(self, evidence: list[PairEvidence]) -> dict[int, float]:
+        """Share of each image of ``evidence`` that is picture (``content_mask``;
+        1 without local features, where no thumbnail is stored)."""
+        out = {}
+        for i in {x for ev in evidence for x in (ev.a, ev.b)}:
+            mask = self.content_mask(i) if self.settings.local_features else None
+            out[i] = 1.0 if mask is None else float(mask.mean())
+        return out
+
     def content_pixels(self, image_id: int, pixels: int) -> float:
         """Pixels of the picture itself: without a template frame or flat
         rectangular borders (a stable measure, used to choose keepers)."""
@@ -339,14 +387,14 @@ class PairMatcher:
 
 
 def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
-                same: dict[int, int] | None = None) -> list[PairEvidence]:
+                same: dict[int, int] | None = None, calibrator=None) -> list[PairEvidence]:
     """Evidence and decision for every candidate pair among ``ids`` (all verified).
 
     Returns every candidate pair examined (``rule`` empty when it did not
     match). Pairs whose images map to the same value in ``same`` (known
     exact copies, e.g. id -> first id with the same file bytes) are skipped.
     """
-    matcher = PairMatcher(gallery, ids, settings, same)
+    matcher = PairMatcher(gallery, ids, settings, same, calibrator)
     matcher.verify(matcher.evidence)
     return matcher.evidence
 

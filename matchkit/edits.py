@@ -1,0 +1,284 @@
+"""Edit suites as data: how positives are synthesised for calibration.
+
+A suite (``configs/edits/NAME.toml``) lists named edits; each edit is a list
+of operations applied in order. A parameter given as ``[lo, hi]`` is drawn
+uniformly per photo from a generator seeded by the photo's name and the
+edit's name, so a calibration run is reproducible. Only Pillow and numpy are
+used (AugLy, which built the benchmark sets, is not a dependency).
+
+    name = "exact-ish"
+    [[edit]]
+    name = "half"
+    ops = [{op = "resize", scale = 0.5}, {op = "jpeg", quality = 80}]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EDITS_DIR = "edits"
+
+
+class EditError(ValueError):
+    """A suite that cannot be read or names an unknown operation."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    name: str
+    ops: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class EditSuite:
+    name: str
+    edits: tuple[Edit, ...]
+    description: str = ""
+    #: Edits made per photo, drawn from ``edits`` (0: all of them); keeps
+    #: calibration time bounded for large suites.
+    per_photo: int = 0
+    path: str = ""
+
+    def choose(self, photo: str) -> list[Edit]:
+        if not self.per_photo or self.per_photo >= len(self.edits):
+            return list(self.edits)
+        return _rng(photo, self.name).sample(list(self.edits), self.per_photo)
+
+
+@dataclass
+class _State:
+    image: Image.Image
+    save: dict = field(default_factory=lambda: {"format": "JPEG", "quality": 90})
+
+
+def configs_dirs() -> list[Path]:
+    """Where profiles and suites are looked up: ``$MATCHKIT_CONFIGS`` (os.pathsep
+    separated), then the ``configs/`` folder beside the package (a source
+    checkout or an editable install)."""
+    out = [Path(p) for p in os.environ.get("MATCHKIT_CONFIGS", "").split(os.pathsep) if p]
+    out.append(Path(__file__).resolve().parent.parent / "configs")
+    return out
+
+
+def available_suites() -> list[str]:
+    return sorted({p.stem for d in configs_dirs() for p in (d / EDITS_DIR).glob("*.toml")})
+
+
+def load_suite(name_or_path: str | os.PathLike) -> EditSuite:
+    """A suite by name (``configs/edits/NAME.toml``) or by path to a .toml file."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" or path.exists()):
+        found = [d / EDITS_DIR / f"{name_or_path}.toml" for d in configs_dirs()]
+        path = next((p for p in found if p.exists()), None)
+        if path is None:
+            raise EditError(f"unknown edit suite {str(name_or_path)!r} "
+                            f"(available: {', '.join(available_suites()) or 'none'})")
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise EditError(f"cannot read edit suite {path}: {e}") from None
+    edits = []
+    for e in data.get("edit", []):
+        if not isinstance(e, dict) or "name" not in e or not isinstance(e.get("ops"), list):
+            raise EditError(f"{path}: every [[edit]] needs a name and a list of ops")
+        for op in e["ops"]:
+            if not isinstance(op, dict) or op.get("op") not in OPS:
+                raise EditError(f"{path}: edit {e['name']!r}: unknown op {op!r} "
+                                f"(known: {', '.join(sorted(OPS))})")
+        edits.append(Edit(str(e["name"]), tuple(dict(o) for o in e["ops"])))
+    if not edits:
+        raise EditError(f"{path}: no edits")
+    return EditSuite(str(data.get("name", Path(path).stem)), tuple(edits),
+                     str(data.get("description", "")), int(data.get("per_photo", 0)), str(path))
+
+
+def apply_edit(image: Image.Image, edit: Edit, photo: str) -> tuple[Image.Image, dict]:
+    """The edited image and the Pillow ``save`` arguments its last encode needs."""
+    rng = _rng(photo, edit.name)
+    st = _State(image.convert("RGB"))
+    for op in edit.ops:
+        params = {k: _draw(v, rng) for k, v in op.items() if k != "op"}
+        try:
+            OPS[op["op"]](st, rng, **params)
+        except TypeError as e:
+            raise EditError(f"edit {edit.name!r}, op {op['op']!r}: {e}") from None
+    return st.image, st.save
+
+
+def write_edit(src: Path, edit: Edit, out_dir: Path, stem: str) -> Path:
+    """Apply ``edit`` to the photo at ``src``; write ``out_dir/<stem>__<edit>.<ext>``."""
+    with Image.open(src) as im:
+        im.load()
+        edited, save = apply_edit(im, edit, src.name)
+    ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}[save["format"]]
+    out = out_dir / f"{stem}__{edit.name}{ext}"
+    edited.save(out, **save)
+    return out
+
+
+def _rng(photo: str, salt: str) -> random.Random:
+    return random.Random(int(hashlib.sha256(f"{salt}/{photo}".encode()).hexdigest()[:16], 16))
+
+
+def _draw(value, rng: random.Random):
+    if isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        lo, hi = value
+        if isinstance(lo, int) and isinstance(hi, int):
+            return rng.randint(lo, hi)
+        return rng.uniform(lo, hi)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return rng.choice(value)
+    return value
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    return tuple(rng.randrange(256) for _ in range(3))
+
+
+# -- operations ------------------------------------------------------------------
+
+def _resize(st, rng, scale: float = 0.5, side: int | None = None):
+    w, h = st.image.size
+    if side:
+        scale = side / max(w, h)
+    st.image = st.image.resize((max(8, round(w * scale)), max(8, round(h * scale))),
+                               Image.Resampling.LANCZOS)
+
+
+def _square(st, rng):
+    side = min(st.image.size)
+    st.image = st.image.resize((side, side), Image.Resampling.LANCZOS)
+
+
+def _jpeg(st, rng, quality: int = 75):
+    st.save = {"format": "JPEG", "quality": int(quality)}
+
+
+def _png(st, rng):
+    st.save = {"format": "PNG"}
+
+
+def _crop(st, rng, frac: float = 0.875, center: bool = False):
+    """Keep ``frac`` of each side (random position unless ``center``)."""
+    w, h = st.image.size
+    cw, ch = max(8, round(w * frac)), max(8, round(h * frac))
+    x, y = ((w - cw) // 2, (h - ch) // 2) if center else (rng.randint(0, w - cw),
+                                                          rng.randint(0, h - ch))
+    st.image = st.image.crop((x, y, x + cw, y + ch))
+
+
+def _rotate(st, rng, degrees: float = 10.0, fill: str = "black", signed: bool = False):
+    if signed:
+        degrees *= rng.choice([-1, 1])
+    colour = _colour(rng) if fill == "random" else (0, 0, 0)
+    st.image = st.image.rotate(degrees, expand=True, resample=Image.Resampling.BILINEAR,
+                               fillcolor=colour)
+
+
+def _flip(st, rng, axis: str = "horizontal"):
+    st.image = (ImageOps.mirror if axis == "horizontal" else ImageOps.flip)(st.image)
+
+
+def _blur(st, rng, radius: float = 2.0):
+    st.image = st.image.filter(ImageFilter.GaussianBlur(radius))
+
+
+def _pad(st, rng, frac: float = 0.2):
+    w, h = st.image.size
+    st.image = ImageOps.expand(st.image, (round(w * frac), round(h * frac)), fill=_colour(rng))
+
+
+def _grey(st, rng):
+    st.image = ImageOps.grayscale(st.image).convert("RGB")
+
+
+def _jitter(st, rng, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0):
+    im = ImageEnhance.Brightness(st.image).enhance(brightness)
+    im = ImageEnhance.Contrast(im).enhance(contrast)
+    st.image = ImageEnhance.Color(im).enhance(saturation)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _text(st, rng, size: float = 0.12, length: int = 10):
+    """Random capitals and digits in a random colour, PIL's default font."""
+    im = st.image.copy()
+    w, h = im.size
+    text = "".join(rng.choice("ABCDEFGHJKLMNPRSTUVWXYZ0123456789 ") for _ in range(int(length)))
+    ImageDraw.Draw(im).text((int(w * rng.uniform(0, 0.4)), int(h * rng.uniform(0.1, 0.7))),
+                            text, fill=_colour(rng), font=_font(max(10, int(h * size))))
+    st.image = im
+
+
+def _sticker(st, rng, size: float = 0.3):
+    """An emoji-like face: a filled disc with eyes and a smile, PIL shapes only."""
+    im = st.image.copy()
+    w, h = im.size
+    d = max(8, int(min(w, h) * size))
+    x, y = rng.randint(0, max(0, w - d)), rng.randint(0, max(0, h - d))
+    draw = ImageDraw.Draw(im)
+    draw.ellipse((x, y, x + d, y + d), fill=_colour(rng), outline=(0, 0, 0), width=max(1, d // 30))
+    e = max(2, d // 8)
+    for ex in (x + d * 0.3, x + d * 0.7):
+        draw.ellipse((ex - e / 2, y + d * 0.35 - e / 2, ex + e / 2, y + d * 0.35 + e / 2),
+                     fill=(0, 0, 0))
+    draw.arc((x + d * 0.25, y + d * 0.4, x + d * 0.75, y + d * 0.8), 20, 160, fill=(0, 0, 0),
+             width=max(1, d // 15))
+    st.image = im
+
+
+def _screenshot(st, rng, layout: str = "web", scale: float = 0.6):
+    """The picture pasted, smaller, into a synthetic app frame: title bar,
+    toolbar, side panel and lines of text around it."""
+    pic = st.image
+    if layout == "mobile":
+        W, H = 540, 1100
+    else:
+        W, H = 1280, 800
+    frame = Image.new("RGB", (W, H), (245, 245, 247))
+    draw = ImageDraw.Draw(frame)
+    draw.rectangle((0, 0, W, 60), fill=(40, 44, 52))
+    draw.rectangle((0, 60, W, 100), fill=(225, 228, 232))
+    for i in range(3):
+        draw.ellipse((16 + 24 * i, 22, 32 + 24 * i, 38), fill=[(237, 106, 94), (245, 191, 79),
+                                                             (98, 197, 84)][i])
+    left = 0 if layout == "mobile" else 240
+    if left:
+        draw.rectangle((0, 100, left, H), fill=(232, 234, 237))
+    font = _font(14)
+    for row in range(120, H - 20, 28):
+        if left:
+            draw.text((16, row), f"Item {row // 28}", fill=(80, 80, 80), font=font)
+    area_w, area_h = W - left - 40, H - 100 - 160
+    f = min(area_w / pic.width, area_h / pic.height) * scale
+    pic = pic.resize((max(8, int(pic.width * f)), max(8, int(pic.height * f))),
+                     Image.Resampling.LANCZOS)
+    px, py = left + 20 + (area_w - pic.width) // 2, 120
+    frame.paste(pic, (px, py))
+    for row in range(py + pic.height + 20, H - 20, 24):
+        draw.rectangle((left + 20, row, left + 20 + rng.randint(200, area_w), row + 10),
+                       fill=(200, 200, 205))
+    st.image = frame
+
+
+OPS = {"resize": _resize, "square": _square, "jpeg": _jpeg, "png": _png, "crop": _crop,
+       "rotate": _rotate, "flip": _flip, "blur": _blur, "pad": _pad, "grey": _grey,
+       "jitter": _jitter, "text": _text, "sticker": _sticker, "screenshot": _screenshot}

@@ -1,0 +1,225 @@
+"""Calibration profiles: a calibrated pair decision saved as a TOML file.
+
+A profile is plain data: metadata (name, target precision, what it was
+calibrated on, when, with which matchkit), optional ``Settings`` overrides
+and the fitted ``PairCalibrator``. Loading never executes anything, and a
+SHA-256 checksum over the canonical payload refuses files edited after
+calibration (by mistake or on purpose; it is an integrity check, not a
+signature: re-run ``matchkit calibrate`` to change a profile). Every
+problem is a ``ProfileError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from . import __version__
+from ._fs import atomic_write_bytes
+from .calibrate import CalibratorError, PairCalibrator
+from .config import Settings
+from .edits import configs_dirs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FORMAT = 1
+_TOP = {"format", "name", "target_precision", "created", "matchkit_version", "checksum",
+        "data", "settings", "calibrator"}
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be found, read or trusted."""
+
+
+@dataclass
+class Profile:
+    name: str
+    target_precision: float
+    calibrator: PairCalibrator
+    #: Settings overrides applied before matching (field name -> value).
+    settings: dict = field(default_factory=dict)
+    #: What the profile was calibrated on (folder, photos, suite, pairs...).
+    data: dict = field(default_factory=dict)
+    created: str = ""
+    matchkit_version: str = __version__
+    path: str = ""
+
+    def apply(self, settings: Settings) -> Settings:
+        return settings.with_(**self.settings) if self.settings else settings
+
+    def payload(self) -> dict:
+        return {"format": FORMAT, "name": self.name,
+                "target_precision": float(self.target_precision),
+                "created": self.created or _now(), "matchkit_version": self.matchkit_version,
+                "data": _plain(self.data), "settings": dict(self.settings),
+                "calibrator": _plain(self.calibrator.to_dict())}
+
+
+def checksum(payload: dict) -> str:
+    """SHA-256 of the payload's canonical JSON (sorted keys, no checksum key)."""
+    body = {k: v for k, v in payload.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_profile(profile: Profile, path: str | os.PathLike) -> Path:
+    payload = profile.payload()
+    payload["checksum"] = checksum(payload)
+    text = ("# matchkit calibration profile, written by `matchkit calibrate`.\n"
+            "# Do not edit: the checksum covers every value below.\n" + dump_toml(payload))
+    # Writing what we read back must give the same checksum (floats round-trip via
+    # repr), and a profile that would be refused on loading is not written at all.
+    back = tomllib.loads(text)
+    if checksum(back) != payload["checksum"]:
+        raise ProfileError("internal error: profile does not round-trip through TOML")
+    profile_from_dict(back, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile:
+    """A profile by path (``x.toml``) or by name (``configs/NAME.toml``)."""
+    path = resolve_profile(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"profile {path} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"cannot read profile {path}: {e}") from None
+    return profile_from_dict(data, str(path))
+
+
+def profile_from_dict(data: dict, where: str = "profile") -> Profile:
+    missing = _TOP - set(data) - {"settings", "data"}
+    if missing:
+        raise ProfileError(f"{where}: missing {', '.join(sorted(missing))}")
+    unknown = set(data) - _TOP
+    if unknown:
+        raise ProfileError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    if data["format"] != FORMAT:
+        raise ProfileError(f"{where}: profile format {data['format']!r} is not supported "
+                           f"(this matchkit reads format {FORMAT})")
+    if data["checksum"] != checksum(data):
+        raise ProfileError(f"{where}: checksum mismatch, the file was changed after "
+                           f"calibration (re-run matchkit calibrate)")
+    for key in ("name", "created", "matchkit_version"):
+        if not isinstance(data[key], str):
+            raise ProfileError(f"{where}: {key} must be a string")
+    tp = data["target_precision"]
+    if isinstance(tp, bool) or not isinstance(tp, (int, float)) or not 0 < tp < 1:
+        raise ProfileError(f"{where}: target_precision must be a number in (0, 1), got {tp!r}")
+    for key in ("data", "settings", "calibrator"):
+        if key in data and not isinstance(data[key], dict):
+            raise ProfileError(f"{where}: [{key}] must be a table")
+    settings = _check_settings(data.get("settings", {}), where)
+    try:
+        cal = PairCalibrator.from_dict(data["calibrator"])
+    except CalibratorError as e:
+        raise ProfileError(f"{where}: {e}") from None
+    if cal.target_precision != tp:
+        raise ProfileError(f"{where}: target_precision {tp} differs from the calibrator's "
+                           f"{cal.target_precision}")
+    return Profile(data["name"], float(tp), cal, settings, dict(data.get("data", {})),
+                   data["created"], data["matchkit_version"], where)
+
+
+def resolve_profile(name_or_path: str | os.PathLike) -> Path:
+    """The file of a profile: a path to an existing file, or ``NAME`` in a configs
+    folder (``$MATCHKIT_CONFIGS``, then the repository's ``configs/``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix == ".toml" or os.sep in str(name_or_path):
+        raise ProfileError(f"profile file not found: {name_or_path}")
+    for d in configs_dirs():
+        if (d / f"{name_or_path}.toml").is_file():
+            return d / f"{name_or_path}.toml"
+    raise ProfileError(f"unknown profile {str(name_or_path)!r} "
+                       f"(available: {', '.join(available_profiles()) or 'none'}; "
+                       f"or give a path to a .toml file)")
+
+
+def available_profiles() -> list[str]:
+    return sorted({p.stem for d in configs_dirs() for p in d.glob("*.toml")})
+
+
+def _check_settings(overrides: dict, where: str) -> dict:
+    kinds = {f.name: f.type for f in fields(Settings)}
+    defaults = Settings()
+    for key, value in overrides.items():
+        if key not in kinds:
+            raise ProfileError(f"{where}: unknown setting {key!r}")
+        want = type(getattr(defaults, key))
+        ok = (isinstance(value, want) and not (want is int and isinstance(value, bool))) or (
+            want is float and isinstance(value, int) and not isinstance(value, bool)) or (
+            getattr(defaults, key) is None and isinstance(value, (int, float, str)))
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ProfileError(f"{where}: setting {key} has a wrong value {value!r}")
+    return dict(overrides)
+
+
+def _plain(value):
+    """Numpy scalars and tuples to plain Python values; None entries dropped (TOML has no null)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- a small TOML writer for the structure above ----------------------------------
+
+def dump_toml(data: dict) -> str:
+    """TOML text of a dict of scalars, lists of scalars and nested dicts (tables)."""
+    lines: list[str] = []
+    _table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _table(data: dict, prefix: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if prefix:
+        lines.append("")
+        lines.append("[" + ".".join(_key(k) for k in prefix) + "]")
+    for k, v in scalars.items():
+        lines.append(f"{_key(k)} = {_value(v)}")
+    for k, v in tables.items():
+        _table(v, prefix + [k], lines)
+
+
+def _key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ProfileError(f"cannot save a non-finite number ({v})")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a valid TOML basic string (\uXXXX escapes)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    raise ProfileError(f"cannot save a {type(v).__name__} in a profile")
