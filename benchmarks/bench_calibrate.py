@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -70,11 +71,13 @@ def main() -> None:
         tmp = Path(tmp)
         if args.timing:
             everything = sets.photos(args.photos, "all")
+            load = os.getloadavg()[0]
             wall, rss = calibrate(everything, tmp / "all.toml", args.edits, args.target_precision)
             data = _profile_data(tmp / "all.toml")
             timing = (f"Calibrating on all {len(everything)} photos ({data['images']} images, "
                       f"{args.edits} edits, target {args.target_precision}): {wall:.0f} s wall, "
-                      f"peak RSS {rss:.0f} MiB (one run on a shared machine: provisional).")
+                      f"peak RSS {rss:.0f} MiB (one run; load average {load:.1f} on "
+                      f"{os.cpu_count()} cores when it started).")
             print(timing, flush=True)
             if not args.no_write:
                 C.write_section("calibrate: time on all photos", (
