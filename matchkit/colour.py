@@ -32,7 +32,6 @@ def histogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.minimum(a / sa, b / sb).sum())
 
 
-
 def histogram_similarities(hists: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
                            chunk: int = 8192) -> np.ndarray:
     """:func:`histogram_similarity` of ``hists[rows_a[k]]`` and ``hists[rows_b[k]]``

@@ -195,8 +195,10 @@ class PairMatcher:
         #: Content masks (thumbnail pixels): template content or the area inside
         #: flat borders; None for images that are content edge to edge.
         self._masks: dict[int, np.ndarray | None] = {}
+        stored = gallery.images(ids)
+        self.paths = {i: img.path for i, img in stored.items()}
         if settings.local_features:
-            self.templated = _content_features(gallery, ids, found, self.cache, settings,
+            self.templated = _content_features(ids, self.paths, found, self.cache, settings,
                                                self._masks, self._pool)
             queries = {}
             for i in ids:
@@ -217,16 +219,15 @@ class PairMatcher:
             pairs.setdefault(pair, -1)
 
         colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
-        stored = gallery.images(ids)
-        self.paths = {i: img.path for i, img in stored.items()}
         #: Per-image context of the pair features: crowd distance and size.
         self.crowd = found.crowd
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self._mirrored: dict[int, tuple | None] = {}
         self.evidence: list[PairEvidence] = []
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
+        # Known copies (same file bytes) have nothing to measure.
         todo = [(a, b, d) for (a, b), d in sorted(pairs.items())
-                if same is None or same.get(a, a) != same.get(b, b)]  # same bytes: nothing to measure
+                if same is None or same.get(a, a) != same.get(b, b)]
         # Global evidence of all pairs at once (tens of thousands of pairs).
         dists, variants_ab = dihedral_match_many(
             np.array([plain[a] for a, _, _ in todo]).reshape(-1, 8, PHASH_BITS // 8),
@@ -399,7 +400,7 @@ def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
     return matcher.evidence
 
 
-def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings: Settings,
+def _content_features(ids, paths: dict[int, str], found, cache: _LocalCache, settings: Settings,
                       masks: dict[int, np.ndarray], pool: ThreadPoolExecutor | None = None
                       ) -> dict[int, LocalFeatures]:
     """Content-only local features of images that sit in a template crowd;
@@ -419,7 +420,6 @@ def _content_features(gallery: Gallery, ids, found, cache: _LocalCache, settings
             continue
         masks[i] = mask
         found_masks.append((i, mask, fi[0]))
-    paths = {i: img.path for i, img in gallery.images([i for i, _, _ in found_masks]).items()}
 
     def content(item) -> LocalFeatures:
         i, mask, feats = item
