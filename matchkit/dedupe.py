@@ -20,19 +20,9 @@ from .config import Settings
 from .gallery import Gallery, StoredImage
 from .hashing import hamming
 from .io import iter_image_files
+from .keeper import GREY_MASS, grey_share, keeper_priority
 from .match import PairEvidence, PairMatcher
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
-
-
-def keeper_priority(img: StoredImage, content_pixels: float | None = None) -> tuple:
-    """Sort key, best first: highest resolution, then largest file, then oldest.
-
-    Resolution counts the picture itself when known (``content_pixels``): a
-    screenshot or a padded copy is bigger than the photo inside it, but is
-    not the better copy of that photo.
-    """
-    effective = img.pixels if content_pixels is None else content_pixels
-    return (-round(effective), -img.size, img.mtime_ns, img.path)
 
 
 def dedupe(
@@ -146,8 +136,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
 
     def priority(i: int) -> tuple:
         if i not in ranks:  # asked for many times by the clustering; compute once
-            ranks[i] = keeper_priority(images[i], matcher.content_pixels(i, images[i].pixels)
-                                       if settings.local_features else None)
+            ranks[i] = keeper_priority(
+                images[i], matcher.picture_share(i) if settings.local_features else None,
+                grey=grey_share(gallery.colours([i])[i]) >= GREY_MASS)
         return ranks[i]
 
     # Work on exact-copy classes; each class is represented by its best member.

@@ -24,9 +24,10 @@ from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many
 from .io import ImageLoadError, load_image
+from .keeper import FILL_TOLERANCE
 from .local import (LocalFeatures, Verification, extract_local, overlap_correlation, verify,
                     working_grey)
-from .template import (MIN_LOOKALIKES, content_mask, content_rect, keypoints_in_mask,
+from .template import (MIN_LOOKALIKES, content_mask, keypoints_in_mask,
                        picture_mask)
 
 
@@ -359,13 +360,17 @@ class PairMatcher:
             out[i] = 1.0 if mask is None else float(mask.mean())
         return out
 
-    def content_pixels(self, image_id: int, pixels: int) -> float:
-        """Pixels of the picture itself: without a template frame or flat
-        rectangular borders (a stable measure, used to choose keepers)."""
+    def picture_share(self, image_id: int) -> float:
+        """Fraction of the image that is the picture itself: without a template
+        frame (screenshot furniture) or flat synthetic fill connected to the
+        border (padding, the canvas of a rotated copy). Used to choose keepers;
+        1.0 when no thumbnail is stored (``--hash-only``)."""
         if image_id in self.templated:
-            return pixels * float(self._masks[image_id].mean())
+            return float(self._masks[image_id].mean())
         thumb = self._thumb(image_id)
-        return pixels * (1.0 if thumb is None else float(content_rect(thumb).mean()))
+        if thumb is None:
+            return 1.0
+        return float(picture_mask(thumb, tolerance=FILL_TOLERANCE).mean())
 
     def evidence_between(self, a: int, b: int, reflect: bool) -> PairEvidence:
         """Fresh, pending evidence for a pair found outside the candidate search."""
