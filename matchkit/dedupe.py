@@ -184,12 +184,16 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                     (ev for ev in between[key(m, x)] if ev.pending and ev.votes >= 3.0), None)
                 if second is None:
                     continue
-                mirror = _mirrored(via) != _mirrored(second)
+                # Mirror image of the keeper? Known only if both steps are
+                # (None: try both ways).
+                steps = (_mirrored(via), _mirrored(second))
+                mirror = None if None in steps else steps[0] != steps[1]
                 # Already compared with the keeper? Only worth redoing if the
-                # path says "mirror image" and that was not tried.
+                # path may mean "mirror image" and that was not tried.
                 tried = between.get(key(center, x), [])
-                if not tried or (mirror and not any(ev.extra.get("reflect") for ev in tried)):
-                    hop[x] = mirror
+                if not tried or (mirror is not False
+                                 and not any(ev.extra.get("reflect") for ev in tried)):
+                    hop[x] = mirror is not False
         if hop:
             fresh = [matcher.evidence_between(center, x, reflect=r) for x, r in hop.items()]
             matcher.verify(fresh)
@@ -237,11 +241,15 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     return clusters, n_exact, n_near
 
 
-def _mirrored(ev: PairEvidence) -> bool:
-    """Whether a matched pair relates its images through a mirror image."""
+def _mirrored(ev: PairEvidence) -> bool | None:
+    """Whether a pair relates its images through a mirror image; None when
+    not known yet. A pending pair's pHash variant says nothing: far apart
+    hashes align best under a reflection half the time by chance."""
     if ev.rule == "local" and ev.verification is not None:
         return ev.verification.mirrored
-    return bool(ev.extra.get("reflect"))
+    if ev.rule:
+        return bool(ev.extra.get("reflect"))
+    return None
 
 
 def _progress_bar(total: int, enabled: bool):
