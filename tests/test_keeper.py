@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from matchkit import dedupe
@@ -93,3 +94,29 @@ def test_natural_flat_border_is_not_fill(tmp_path):
     shares = {Path(g.get(i).path).name: m.picture_share(i) for i in ids}
     assert shares["studio.png"] > 0.9
     assert shares["rot.png"] < 0.75
+
+
+@pytest.mark.parametrize("seed", [12, 13, 16, 18])  # each failed before the fix
+def test_rotated_copy_joins_a_mirrored_keeper(tmp_path, seed):
+    """Keeper = a flipped copy (the biggest file); the rotated copy relates to
+    it through a mirror image, which the second hop must try."""
+    photo = textured(seed)
+    photo.save(tmp_path / "photo.jpg", quality=75)
+    photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(tmp_path / "flipped.png")
+    photo.rotate(25, expand=True, fillcolor=(0, 0, 0)).save(tmp_path / "rot25.jpg", quality=75)
+    report = dedupe([tmp_path])
+    assert len(report.clusters) == 1, [c.members for c in report.clusters]
+    assert Path(report.clusters[0].keep).name == "flipped.png"
+    assert {Path(m).name for m in report.clusters[0].members} == {
+        "photo.jpg", "flipped.png", "rot25.jpg"}
+
+
+def test_pending_pair_has_no_known_mirror_state():
+    from matchkit.dedupe import _mirrored
+    from matchkit.match import PairEvidence
+
+    ev = PairEvidence(1, 2, 110, 0.5)
+    ev.extra["reflect"] = True  # the best-aligning variant of far-apart hashes: chance
+    assert _mirrored(ev) is None
+    ev.rule = "phash"
+    assert _mirrored(ev) is True
