@@ -9,12 +9,14 @@ can read: per query its matches with a score, the kind of match, the rule
 that decided it and the evidence (pHash distance, RANSAC inliers, transform,
 overlap correlation), unreadable queries with their reason, and counts.
 
-Scores: today a match's ``score`` is :func:`matchkit.query.match_strength`
-(>= 0.5 exactly when a rule matched; it ranks, it is not a probability).
-Calibrated profiles will replace it: pass ``scorer=`` (evidence, settings ->
-value in [0, 1]) and ``threshold=`` (the value at which a profile accepts),
-and name it with ``score_name=``; the JSON's ``stats.score`` says which
-scale the scores are on and ``stats.score_threshold`` where the line is.
+Scores: with the hand rules a match's ``score`` is
+:func:`matchkit.query.match_strength` (>= 0.5 exactly when a rule matched; it
+ranks, it is not a probability). With a calibrated ``profile`` the profile
+decides and the score is its calibrated P(duplicate). A custom ``scorer=``
+(evidence, settings -> value in [0, 1]) with ``threshold=`` and
+``score_name=`` re-scores matches for display. The JSON's ``stats.score``
+says which scale the scores are on, ``stats.score_threshold`` where the line
+is, and ``stats.profile`` / ``stats.target_precision`` which profile decided.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
 def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLike], *,
           k: int = DEFAULT_K, include_all: bool = False, settings: Settings | None = None,
           scorer: Scorer | None = None, threshold: float = MATCH_STRENGTH_THRESHOLD,
-          score_name: str = "match_strength") -> CheckReport:
+          score_name: str = "match_strength", profile=None) -> CheckReport:
     """Check image files against a gallery without adding them.
 
     ``paths`` are image files or folders (walked like dedupe's). Each
@@ -199,7 +201,8 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     strongest first (``include_all``: the examined non-matches too, so a
     reviewer sees the near misses). Unreadable files go to ``skipped`` with
     their reason; the run never stops for them. ``scorer``/``threshold``/
-    ``score_name`` are where a calibrated profile plugs in (module docstring).
+    ``score_name`` re-score matches; a ``profile`` (``profiles.Profile``)
+    replaces the hand rules with its calibrated decision (module docstring).
 
     >>> report = check("my-gallery", ["found-online.jpg"])   # doctest: +SKIP
     >>> [(m.path, m.score, m.kind) for m in report.results[0].matches]  # doctest: +SKIP
@@ -214,9 +217,14 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
         if n_gallery == 0:
             raise CheckError(f"gallery {g.path} holds no images (add some with `matchkit index`)")
         s = settings or g.settings
+        calibrator = None
+        if profile is not None:
+            s, calibrator = profile.apply(s), profile.calibrator
+            if scorer is None:
+                threshold, score_name = calibrator.probability_threshold_, "p_duplicate"
         is_exact = _ExactTest(g, s)
         report = CheckReport(str(g.path))
-        with QueryMatcher(g, s) as matcher:
+        with QueryMatcher(g, s, calibrator=calibrator) as matcher:
             found = matcher.match(_expand(paths))
         for q in found:
             if q.error is not None:
@@ -240,5 +248,7 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
         "unmatched": len(report.results) - matched, "skipped": len(report.skipped),
         "gallery_images": n_gallery, "k": k, "include_all": include_all,
         "score": score_name, "score_threshold": threshold,
+        "profile": profile.name if profile is not None else None,
+        "target_precision": profile.target_precision if profile is not None else None,
         "seconds": round(time.perf_counter() - start, 3)}
     return report

@@ -335,6 +335,10 @@ class Labeler:
         Size and seed of the synthetic calibration.
     zoom:
         Give unmatched queries a closer second look (matchkit/query.py).
+    profile:
+        A calibrated pair profile (``profiles.Profile``) that decides whether
+        a query is a copy of a gallery example, instead of the hand rules;
+        its settings overrides apply. Stored calibrations are kept per profile.
 
     Learned attributes: ``classes_``, ``n_examples_``, ``calibration_``
     (plain data), ``threshold_``, ``gallery_``, ``embedder_``.
@@ -350,7 +354,7 @@ class Labeler:
                  templates: Sequence[str] | None = None,
                  sharpness: float = 4.0, calibration: str | dict | os.PathLike = "auto",
                  calibration_samples: int = 200, edits_per_image: int = 2,
-                 zoom: bool = True, random_state: int = 0):
+                 zoom: bool = True, profile=None, random_state: int = 0):
         self.k = k
         self.target_accuracy = target_accuracy
         self.settings = settings
@@ -362,6 +366,7 @@ class Labeler:
         self.calibration_samples = calibration_samples
         self.edits_per_image = edits_per_image
         self.zoom = zoom
+        self.profile = profile
         self.random_state = random_state
 
     # -- fitting -----------------------------------------------------------
@@ -421,10 +426,13 @@ class Labeler:
             raise LabelError(f"gallery {g.path} is empty; add labelled images first "
                              "(matchkit labels import GALLERY --folder DIR)")
         self.settings_ = self.settings or g.settings
+        if self.profile is not None:
+            self.settings_ = self.profile.apply(self.settings_)
         self.image_labels_ = {i: [str(v) for v in values] for i, values in g.labelled().items()}
         if self.image_labels_:
-            self.matcher_ = QueryMatcher(g, self.settings_, allowed=set(self.image_labels_),
-                                         zoom=self.zoom)
+            self.matcher_ = QueryMatcher(
+                g, self.settings_, allowed=set(self.image_labels_), zoom=self.zoom,
+                calibrator=self.profile.calibrator if self.profile is not None else None)
         if self.embedder_ is not None and self.image_labels_:
             # Vectors live in the gallery (matchkit index --model); labelled
             # images that lack one are embedded now, once, and stored.
@@ -828,7 +836,9 @@ class Labeler:
                     None if self.texts is None else "names"),
                 "templates": (None if self.texts is None or self.templates is None
                               else list(self.templates)),
-                "settings": s}
+                "settings": s,
+                "pair_profile": (None if self.profile is None
+                                 else _profile_key(self.profile.payload()))}
 
     def _load_or_fit_calibration(self) -> None:
         mode = self.calibration

@@ -428,7 +428,7 @@ def labels_show(gallery):
 
 
 def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
-             no_model=False, text_labels=False):
+             no_model=False, text_labels=False, profile=None):
     """A fitted Labeler over an existing gallery, or a one-line usage error.
 
     The embedding model is ``model``, else the one model the gallery holds
@@ -462,7 +462,7 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
         _fail("--text-labels needs a CLIP model (--model)")
     lab = Labeler(k=k, target_accuracy=target, calibration=calibration,
                   calibration_samples=samples, embedder=embedder,
-                  texts="labels" if text_labels else None)
+                  texts="labels" if text_labels else None, profile=profile)
     try:
         lab.fit(gallery)
     except (GalleryError, LabelError, ValueError) as e:
@@ -545,9 +545,12 @@ def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text
 @_model_options
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
               help="Also write a review page (HTML plus a PATH_files/ folder of thumbnails).")
+@click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
+              help="Decide whether a query copies a labelled example with a calibrated "
+                   "profile (a name in configs/ or a .toml file) instead of the hand rules.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def label(queries, gallery, json_path, k, target, calibration, model, no_model, text_labels,
-          html_path, quiet):
+          html_path, profile_name, quiet):
     """Label each image in QUERIES (files or folders) by its nearest labelled
     gallery examples, or "unknown" when nothing matches well enough.
 
@@ -561,6 +564,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
       matchkit label --gallery parts-gallery query.jpg | jq -r '.answers[].label'
       matchkit label --gallery art-gallery scan.jpg --model clip-vit-b32 --text-labels
       matchkit label --gallery parts-gallery new-photos/ --html answers.html
+      matchkit label --gallery parts-gallery new-photos/ --profile default
     """
     import time
 
@@ -572,8 +576,9 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
         files = [str(p) for p in iter_image_files(queries)]
     except FileNotFoundError as e:
         _fail(str(e))
+    profile = _load_profile(profile_name)
     lab = _labeler(gallery, k, target, calibration, quiet, model=model, no_model=no_model,
-                   text_labels=text_labels)
+                   text_labels=text_labels, profile=profile)
     with lab:
         answers = lab.answers(files)
         cal = lab.calibration_
@@ -584,6 +589,8 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
                   "unknown": len(answers) - len(known),
                   "unreadable": sum(a.error is not None for a in answers),
                   "classes": len(lab.classes_), "k": k,
+                  "profile": profile.name if profile else None,
+                  "target_precision": profile.target_precision if profile else None,
                   "seconds": round(time.perf_counter() - start, 3)},
         "calibration": None if cal is None else {
             key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
@@ -622,15 +629,20 @@ def _check_html_path(html_path: str | None) -> None:
               help="Most gallery matches listed per query, strongest first.")
 @click.option("--all", "include_all", is_flag=True,
               help="Also list examined gallery images that did not match (near misses).")
+@click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
+              help="Decide with a calibrated profile (a name in configs/, e.g. 'default', "
+                   "or a .toml file); scores are then its P(duplicate).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, quiet):
+def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, profile_name,
+              quiet):
     """Check each image in QUERIES (files or folders) against a reference gallery.
 
     For every query: the gallery images it is a copy of (cropped, flipped,
-    overlaid, re-encoded...), each with a score (>= 0.5 means matched), the
-    kind (exact or near), the rule that decided and its evidence (pHash
-    distance, RANSAC inliers and transform, overlap correlation), or no
-    match. Queries are not added to the gallery. Unreadable files are listed
+    overlaid, re-encoded...), each with a score (>= 0.5 means matched; with
+    --profile it is the profile's P(duplicate), thresholded where the profile
+    says), the kind (exact or near), the rule that decided and its evidence
+    (pHash distance, RANSAC inliers and transform, overlap correlation), or
+    no match. Queries are not added to the gallery. Unreadable files are listed
     under "skipped" with a reason and do not change the exit code.
 
     \b
@@ -640,6 +652,7 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
       matchkit check --gallery ~/.matchkit/ref found.jpg --html check.html
       matchkit check --gallery ~/.matchkit/ref incoming/ --csv check.csv --json check.json
       matchkit check --gallery g new/ | jq -r '.results[] | select(.matched) | .path'
+      matchkit check --gallery ~/.matchkit/ref incoming/ --profile default
     """
     from .check import CheckError, check as run_check
     from .io import iter_image_files
@@ -650,7 +663,8 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
     except FileNotFoundError as e:
         _fail(str(e))
     try:
-        report = run_check(gallery, files, k=k, include_all=include_all)
+        report = run_check(gallery, files, k=k, include_all=include_all,
+                           profile=_load_profile(profile_name))
     except (GalleryError, CheckError) as e:
         _fail(_one_line(e))
     data = report.to_dict()

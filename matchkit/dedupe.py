@@ -86,6 +86,9 @@ def dedupe(
             "model": settings.model,
             "profile": profile.name if profile else None,
             "target_precision": profile.target_precision if profile else None,
+            # Pair scores are the profile's P(duplicate); it accepts from here.
+            "score_threshold": (round(profile.calibrator.probability_threshold_, 4)
+                                if profile else None),
             "seconds": round(time.perf_counter() - start, 3),
         }
     return report

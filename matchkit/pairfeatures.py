@@ -61,7 +61,7 @@ def pair_features(ev: PairEvidence, crowd: Mapping[int, int],
     """
     picture = picture or {}
     d = ev.phash_distance
-    bg = min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS))
+    bg = crowd_distance(ev, crowd)
     v = ev.verification
     wa, ha = sizes.get(ev.a, (1, 1))
     wb, hb = sizes.get(ev.b, (1, 1))
@@ -88,6 +88,19 @@ def pair_features(ev: PairEvidence, crowd: Mapping[int, int],
     ], dtype=np.float64)
 
 
+#: Crowd distance used when a collection is too small to have a crowd (fewer
+#: images than ``Settings.neighbours``; the search then reports PHASH_BITS):
+#: the distance of two unrelated pictures' hashes. Without the cap a small
+#: gallery made every unrelated pair look far closer than its "crowd", and a
+#: profile fitted on large collections accepted them.
+UNKNOWN_CROWD = PHASH_BITS // 2
+
+
+def crowd_distance(ev: PairEvidence, crowd: Mapping[int, int]) -> int:
+    """The closer crowd distance of the pair's two images, capped at UNKNOWN_CROWD."""
+    return min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS), UNKNOWN_CROWD)
+
+
 def globally_decidable(ev: PairEvidence, crowd: Mapping[int, int]) -> bool:
     """Whether global signals alone may accept this pair.
 
@@ -102,7 +115,7 @@ def globally_decidable(ev: PairEvidence, crowd: Mapping[int, int]) -> bool:
     """
     if ev.extra.get("template"):
         return False
-    return ev.phash_distance <= min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS))
+    return ev.phash_distance <= crowd_distance(ev, crowd)
 
 
 def feature_matrix(evidence: Sequence[PairEvidence], crowd: Mapping[int, int],

@@ -13,6 +13,11 @@ two.
 Each query gets a temporary key above the gallery's largest id; candidate
 pairs are then ``(gallery id, query key)`` like any gallery pair, and
 :class:`~matchkit.match.PairEvidence` describes them.
+
+With a calibrator (a profile's ``calibrate.PairCalibrator``) the calibrated
+decision replaces the hand rules, exactly as in dedupe: pairs may be accepted
+on global signals only where ``pairfeatures.globally_decidable`` allows, the
+rest after verification, and a neighbour's score is its calibrated P(duplicate).
 """
 
 from __future__ import annotations
@@ -132,8 +137,14 @@ class QueryMatcher:
 
     def __init__(self, gallery: Gallery, settings: Settings | None = None, *,
                  allowed: set[int] | None = None, zoom: bool = True, zoom_side: int = 1024,
-                 zoom_features: int = 2000):
+                 zoom_features: int = 2000, calibrator=None):
         self.gallery = gallery
+        #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
+        self.calibrator = calibrator
+        # Pair-feature inputs of the calibrated decision, by gallery id or query key.
+        self._sizes: dict[int, tuple[int, int]] = {}
+        self._pictures: dict[int, float] = {}
+        self._crowd: dict[int, int] = {}
         self.zoom, self.zoom_side, self.zoom_features = zoom, zoom_side, zoom_features
         self.settings = settings or gallery.settings
         self.allowed = None if allowed is None else set(allowed)
@@ -219,18 +230,52 @@ class QueryMatcher:
                     for ev in second[j]:
                         ev.extra["zoom"] = True
                         old = best.get(ev.a)
-                        if old is None or (bool(ev.rule), match_strength(ev, s)) > (
-                                bool(old.rule), match_strength(old, s)):
+                        if old is None or (bool(ev.rule), self.strength(ev)) > (
+                                bool(old.rule), self.strength(old)):
                             best[ev.a] = ev
                     found[i] = list(best.values())
         paths = {i: img.path for i, img in self.gallery.images(
             sorted({ev.a for evs in found for ev in evs})).items()}
         out = []
         for evs in found:
-            neighbours = [Neighbour(ev.a, paths[ev.a], ev, match_strength(ev, s)) for ev in evs]
+            neighbours = [Neighbour(ev.a, paths[ev.a], ev, self.strength(ev)) for ev in evs]
             neighbours.sort(key=lambda nb: (-nb.score, nb.id))
             out.append(neighbours)
         return out
+
+    def strength(self, ev: PairEvidence) -> float:
+        """A neighbour's score: calibrated P(duplicate) under a calibrator,
+        else :func:`match_strength`."""
+        if self.calibrator is not None:
+            return round(float(ev.extra.get("p", 0.0)), 6)
+        return match_strength(ev, self.settings)
+
+    def _decide(self, evidence: list[PairEvidence], rule: str,
+                allowed: list[bool] | None = None) -> None:
+        """Calibrated decision of ``evidence`` as it stands (see ``PairMatcher.decide``)."""
+        from .pairfeatures import feature_matrix
+
+        if not evidence:
+            return
+        cal = self.calibrator
+        X = feature_matrix(evidence, self._crowd, self._sizes, self._pictures)
+        scores, probs = cal.score(X), cal.predict_proba(X)[:, 1]
+        allowed = allowed or [True] * len(evidence)
+        for ev, sc, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
+            ev.extra["p"] = p
+            ev.rule = rule if ok and sc >= cal.threshold_ else ""
+
+    def _note_pictures(self, records, keys, gallery_ids) -> None:
+        """Sizes and picture shares the calibrated decision needs."""
+        for rec, key in zip(records, keys):
+            self._sizes[key] = (rec.width, rec.height)
+            mask = _mask(rec.thumb)
+            self._pictures[key] = 1.0 if mask is None else float(mask.mean())
+        new = [g for g in gallery_ids if g not in self._sizes]
+        for g, img in self.gallery.images(new).items():
+            self._sizes[g] = (img.width, img.height)
+            mask = self._gallery_mask(g, self.cache.get(g)) if self.settings.local_features else None
+            self._pictures[g] = 1.0 if mask is None else float(mask.mean())
 
     def _candidates(self, records, keys, exclude, *, phash: bool):
         """Per query: gallery id -> pHash distance (-1: not yet known), votes
@@ -357,12 +402,22 @@ class QueryMatcher:
                                   votes=vote_of[i].get(g, 0.0))
                 if variant in REFLECTIONS:
                     ev.extra["reflect"] = True
-                ev.rule = hash_rule(ev, crowd, s)
-                ev.pending = (s.local_features and rec.local is not None and not ev.rule
-                              and (force or _worth_verifying(ev, s)))
+                if self.calibrator is None:
+                    ev.rule = hash_rule(ev, crowd, s)
                 shared[memo] = ev
                 evs.append(ev)
             per_query.append(evs)
+        if self.calibrator is not None:
+            from .pairfeatures import globally_decidable
+
+            self._crowd.update(crowd)
+            self._note_pictures(records, keys, gallery_ids)
+            fresh = [ev for evs in per_query for ev in evs if "p" not in ev.extra]
+            self._decide(fresh, "model", [globally_decidable(ev, crowd) for ev in fresh])
+        for rec, evs in zip(records, per_query):
+            for ev in evs:
+                ev.pending = (s.local_features and rec.local is not None and not ev.rule
+                              and not ev.verification and (force or _worth_verifying(ev, s)))
         # Strong candidates first; the weakly voted rest only for queries that
         # none of their strong candidates matched (most voted candidates are
         # chance look-alikes, and a query rarely has two real matches).
@@ -422,7 +477,8 @@ class QueryMatcher:
 
             _verify_pair(ev, fa, (rec.local, rec.thumb), {}, s, ma, query_masks[id(rec)],
                          mirrored=mirror)
-            ev.rule = local_rule(ev, s)
+            if self.calibrator is None:
+                ev.rule = local_rule(ev, s)
             ev.pending = False
 
         for start in range(0, len(todo), 512):
@@ -436,6 +492,8 @@ class QueryMatcher:
                     work(item)
             else:
                 list(pool.map(work, chunk, chunksize=max(1, len(chunk) // 16)))
+            if self.calibrator is not None:
+                self._decide([item[0] for item in chunk], "local")
 
     def _pool(self) -> ThreadPoolExecutor | None:
         if self.settings.n_workers() <= 1:

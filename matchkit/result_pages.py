@@ -111,10 +111,16 @@ def write_check_html(report, path: str | os.PathLike, *, title: str | None = Non
                            rejected=[m["score"] for m in listed if not m.get("matched")],
                            markers=score_markers(stats), title="Scores of gallery matches",
                            xlabel="match score", legend=("matches", "near misses"))]
-    notes = [f"Scores are {stats.get('score', 'match_strength')}: a score at or above the "
-             "threshold means a dedupe rule (pHash, pHash + colour, or verified local "
-             "features) called the query a copy. They rank matches; they are not "
-             "probabilities. Gallery: " + str(data.get("gallery", ""))]
+    if stats.get("profile"):
+        why = (f"Scores are the calibrated probability that the query is a copy, from profile "
+               f"{stats['profile']!r} (calibrated for precision {stats.get('target_precision')}"
+               "); at or above the threshold the profile calls the query a copy.")
+    else:
+        why = (f"Scores are {stats.get('score', 'match_strength')}: a score at or above the "
+               "threshold means a dedupe rule (pHash, pHash + colour, or verified local "
+               "features) called the query a copy. They rank matches; they are not "
+               "probabilities.")
+    notes = [why + " Gallery: " + str(data.get("gallery", ""))]
     return _write(path, title or "matchkit gallery check", lambda a: check_cards(data, a),
                   paths, todo, summary=summary, skipped=data.get("skipped", []), plots=plots,
                   notes=notes, text=CHECK_TEXT, n_local=len(local), thumb_side=thumb_side,

@@ -217,3 +217,19 @@ def test_profile_scores_are_calibrated_probabilities(calibrated, photo_dir):
     assert near, "the edited copies in photo_dir should match"
     for p in near:
         assert p["score"] == p["evidence"]["probability"] and 0.0 <= p["score"] <= 1.0
+
+
+def test_a_small_collection_without_a_crowd_gets_no_false_matches(tmp_path):
+    """Fewer images than the crowd needs: the crowd distance is capped at an
+    unrelated pair's, so the profile does not accept unrelated photos."""
+    from matchkit import dedupe
+    from matchkit.match import PairEvidence
+    from matchkit.pairfeatures import FEATURES, UNKNOWN_CROWD, pair_features
+    from matchkit.profiles import load_profile
+
+    ev = PairEvidence(1, 2, 118, 0.2)
+    gap = pair_features(ev, {}, {})[FEATURES.index("crowd_gap")]
+    assert gap == pytest.approx((UNKNOWN_CROWD - 118) / 256)
+    for i in range(6):
+        make_photo(400 + i, (320, 240)).save(tmp_path / f"{i}.jpg", quality=90)
+    assert dedupe([tmp_path], profile=load_profile("default")).clusters == []

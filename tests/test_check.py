@@ -114,7 +114,8 @@ def test_cli_json_on_stdout_csv_and_summary(case, tmp_path):
     assert set(data) == {"gallery", "results", "skipped", "stats"}
     assert data["stats"] | {"seconds": 0} == {
         "queries": 6, "matched": 4, "unmatched": 1, "skipped": 1, "gallery_images": 6, "k": 5,
-        "include_all": False, "score": "match_strength", "score_threshold": 0.5, "seconds": 0}
+        "include_all": False, "score": "match_strength", "score_threshold": 0.5,
+            "profile": None, "target_precision": None, "seconds": 0}
     crop = next(x for x in data["results"] if x["path"].endswith("crop.jpg"))
     assert crop["matched"] is True
     assert set(crop["matches"][0]) == {"id", "path", "score", "matched", "kind", "rule",
@@ -228,3 +229,39 @@ def test_label_html_one_card_per_answer_with_supporting_examples(tmp_path):
     assert [p["k"] for p in dog["pairs"]] == ["label: " + ", ".join(n["labels"]) for n in support]
     assert "stranger.jpg \u2192 unknown" in by_title
     assert all((out.parent / im["t"]).is_file() for im in shown["images"])
+
+
+def test_a_profile_decides_and_scores_are_its_probabilities(case, report):
+    """configs/default.toml decides instead of the hand rules; scores are its
+    P(duplicate), the line is its probability threshold, the JSON records it."""
+    from matchkit.profiles import load_profile
+
+    profile = load_profile("default")
+    gallery, incoming = case
+    rep = check(gallery, [incoming], include_all=True, profile=profile)
+    thr = profile.calibrator.probability_threshold_
+    assert rep.stats["profile"] == "default" and rep.stats["score"] == "p_duplicate"
+    assert rep.stats["score_threshold"] == pytest.approx(thr)
+    assert rep.stats["target_precision"] == profile.target_precision
+    for r in rep.results:
+        for m in r.matches:
+            assert 0.0 <= m.score <= 1.0
+            assert (m.score >= thr) if m.matched else (m.score <= thr), (r.path, m)
+    results = _by_name(rep)
+    assert not results["unrelated.jpg"].matched
+    for name in ("crop.jpg", "flip.jpg", "same.jpg"):
+        assert results[name].matched and Path(results[name].best.path).name == EXPECTED[name]
+    # The hand rules' scores are on another scale.
+    assert report.stats["profile"] is None and report.stats["score"] == "match_strength"
+
+
+def test_cli_check_profile_and_a_missing_one(case, tmp_path):
+    gallery, incoming = case
+    r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming / "crop.jpg"),
+                                 "--profile", "default", "-q"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["stats"]["profile"] == "default" and data["results"][0]["matched"]
+    r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming / "crop.jpg"),
+                                 "--profile", str(tmp_path / "nope.toml")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1

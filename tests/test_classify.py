@@ -421,3 +421,30 @@ def test_a_gallery_of_only_unreadable_images_gives_a_clear_error(tmp_path):
         Labeler().fit(tmp_path / "g")
     r = CliRunner().invoke(cli, ["label", "--gallery", str(tmp_path / "g"), str(tree / "x" / "bad.jpg")])
     assert r.exit_code == 2 and r.stderr.startswith("matchkit: error:")
+
+
+def test_labels_under_a_profile_and_calibrations_kept_apart(labelled):
+    """A pair profile decides the instance matches; its calibration is stored
+    under its own key, next to the hand rules' one."""
+    from matchkit.profiles import load_profile
+
+    profile = load_profile("default")
+    with Labeler(k=3, profile=profile, calibration="none").fit(labelled / "g") as lab:
+        answers = {Path(a.path).name: a for a in lab.answers(_queries(
+            labelled, "bolt_crop.jpg", "eel_flip.jpg", "unknown_50.jpg"))}
+        assert answers["bolt_crop.jpg"].best == "bolt" and answers["eel_flip.jpg"].best == "eel"
+        for a in answers.values():
+            for n in a.neighbours:
+                assert 0.0 <= n.score <= 1.0
+        assert lab.profile_["pair_profile"] is not None
+    with Labeler(k=3, calibration="none").fit(labelled / "g") as plain:
+        assert plain.profile_["pair_profile"] is None
+
+
+def test_cli_label_records_the_profile(labelled):
+    r = CliRunner().invoke(cli, ["label", "--gallery", str(labelled / "g"), "--profile",
+                                 "default", "--calibration", "none", "-q",
+                                 str(labelled / "queries" / "bolt_crop.jpg")])
+    assert r.exit_code == 0, r.output
+    stats = json.loads(r.output)["stats"]
+    assert stats["profile"] == "default" and stats["target_precision"] == 0.99
