@@ -180,6 +180,11 @@ def test_dedupe_with_profile_records_it(calibrated):
     assert res.exit_code == 0, res.output
     stats = json.loads(res.output)["stats"]
     assert stats["profile"] == "mine" and stats["target_precision"] == 0.9
+    # The report draws its decision line here (html_report.score_markers).
+    from matchkit.html_report import score_markers
+    thr = load_profile(out).calibrator.probability_threshold_
+    assert stats["score_threshold"] == pytest.approx(thr, abs=1e-4)
+    assert score_markers(stats) == [(stats["score_threshold"], "decision threshold")]
 
 
 def test_halves_in_two_processes_give_the_same_pairs(tmp_path):
