@@ -195,7 +195,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                 # path may mean "mirror image" and that was not tried.
                 tried = between.get(key(center, x), [])
                 if not tried or (mirror is not False
-                                 and not any(ev.extra.get("reflect") for ev in tried)):
+                                 and not any(ev.extra.get("mirror_tried") for ev in tried)):
                     hop[x] = mirror is not False
         if hop:
             fresh = [matcher.evidence_between(center, x, reflect=r) for x, r in hop.items()]

@@ -286,8 +286,12 @@ class PairMatcher:
 
         def work(item):
             ev, fa, fb, ma, mb = item
+            mirror = fb is not None and (ev.extra.get("second_hop")
+                                         or ev.phash_distance <= settings.mirror_max_distance)
+            if mirror and ev.extra.get("reflect"):
+                ev.extra["mirror_tried"] = True  # (if the straight look fails)
             _verify_pair(ev, fa, fb, templated, settings, ma, mb,
-                         mirrored=(lambda: self.mirrored(ev.b, fb[1])) if fb else None)
+                         mirrored=(lambda: self.mirrored(ev.b, fb[1])) if mirror else None)
             if self.calibrator is None:
                 ev.rule = local_rule(ev, settings)
             ev.pending = False

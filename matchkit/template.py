@@ -114,11 +114,13 @@ def picture_mask(thumb: np.ndarray, tolerance: float = 6.0) -> np.ndarray:
     t = cv2.GaussianBlur(thumb.astype(np.float32), (0, 0), 1.0)
     h, w = t.shape[:2]
     ring = np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]])
-    ref = float(np.median(ring))
+    ref = float(np.partition(ring, len(ring) // 2)[len(ring) // 2])  # median, cheaply
     flat = (np.abs(t - ref) <= tolerance).astype(np.uint8)
     n, labels = cv2.connectedComponents(flat, connectivity=4)
-    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = np.isin(labels, edge_labels[edge_labels > 0]) & (flat > 0)
+    at_edge = np.zeros(n, bool)
+    at_edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    at_edge[0] = False  # label 0: the pixels that are not flat
+    fill = at_edge[labels]
     if not fill.any():
         return np.ones((h, w), bool)
     content = cv2.erode((~fill).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0

@@ -95,3 +95,31 @@ def test_verification_cascade_decides_like_full_matching(tmp_path, monkeypatch):
         calls.clear()
         m.verify([ev])
         assert ev.rule == "" and calls == [(300, 300)]
+
+
+def test_mirrored_view_is_tried_only_when_the_hashes_mean_it(tmp_path):
+    """A far-apart pair whose hashes happen to align best under a reflection
+    is not verified mirrored in the first pass (chance); a close one is, and
+    so is a second-hop pair that asks for it."""
+    img = textured(23)
+    rotated_flip = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(
+        25, expand=True, fillcolor=(0, 0, 0))
+    g, (a, b) = _gallery_pair(tmp_path, img, rotated_flip)
+    with g:
+        s = Settings()
+        m = M.PairMatcher(g, [a, b], s)
+        outcomes = {}
+        for label, distance, hop in (("far", s.mirror_max_distance + 10, False),
+                                     ("near", s.mirror_max_distance, False),
+                                     ("hop", s.mirror_max_distance + 10, True)):
+            ev = M.PairEvidence(a, b, distance, 0.5)
+            ev.extra["reflect"] = True
+            if hop:
+                ev.extra["second_hop"] = True
+            ev.pending = True
+            m.verify([ev])
+            outcomes[label] = (ev.rule, ev.verification.mirrored, "mirror_tried" in ev.extra)
+        m.close()
+    assert outcomes["far"] == ("", False, False)
+    assert outcomes["near"] == ("local", True, True)
+    assert outcomes["hop"] == ("local", True, True)
