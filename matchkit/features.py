@@ -109,6 +109,14 @@ def _pool_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def _one_thread_each() -> None:
+    """Worker processes already use every core between them: OpenCV's own
+    thread pool in each would only oversubscribe the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def extract_many(
     paths: Iterable[str | os.PathLike],
     settings: Settings = Settings(),
@@ -127,7 +135,8 @@ def extract_many(
         results: Iterable = (_extract_or_reason(p, settings) for p in paths)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=n, mp_context=_pool_context())
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=_pool_context(),
+                                   initializer=_one_thread_each)
         chunk = max(1, min(32, len(paths) // (n * 8)))
         results = pool.map(_extract_or_reason, paths, itertools.repeat(settings), chunksize=chunk)
     try:
