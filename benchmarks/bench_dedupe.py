@@ -153,14 +153,17 @@ def main() -> None:
             "peak_rss_mib"]
     text = C.table(rows, cols)
     print(text)
-    if not args.no_write and not args.limit:
-        body = (f"Data: {args.set} set built from `{args.photos.name}` ({args.split} split: "
+    if not args.no_write:
+        limit = f" --limit {args.limit}" if args.limit else ""
+        body = (f"Data: {args.set} set built from `{args.photos.name}` ({args.split} split"
+                f"{', first photos only' if args.limit else ''}: "
                 f"{len(base)} photos, {n_images} images, {len(truth)} true pairs).\n"
                 f"Command: `python benchmarks/bench_dedupe.py --set {args.set} --split {args.split}"
-                f"{'' if args.methods == DEFAULT_METHODS else ' --methods ' + args.methods}`"
+                f"{limit}{'' if args.methods == DEFAULT_METHODS else ' --methods ' + args.methods}`"
                 f"\nEach method runs in its own process; time includes process start and "
                 f"decoding; memory is that process's peak RSS.\n\n{text}\n")
-        extra = "" if args.methods == DEFAULT_METHODS else f", {args.methods}"
+        extra = ("" if args.methods == DEFAULT_METHODS else f", {args.methods}") + (
+            f", {len(base)} photos" if args.limit else "")
         C.write_section(f"dedupe: {args.set} set ({args.split} split{extra})", body)
 
 
