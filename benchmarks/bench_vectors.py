@@ -66,6 +66,23 @@ def random_unit(rng, n: int, dim: int, chunk: int = 100_000) -> np.ndarray:
     return out
 
 
+def structured_unit(rng, n: int, dim: int, intrinsic: int = 32, noise: float = 0.1,
+                    chunk: int = 100_000) -> np.ndarray:
+    """Unit vectors near a random ``intrinsic``-dimensional subspace (plus a
+    little isotropic noise): a stand-in for learned embeddings, whose
+    neighbourhoods live on a low-dimensional manifold, unlike i.i.d. noise."""
+    basis = np.linalg.qr(rng.standard_normal((dim, intrinsic)))[0].astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        x = rng.standard_normal((m, intrinsic), dtype=np.float32) @ basis.T
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x += rng.standard_normal((m, dim), dtype=np.float32) * (noise / np.sqrt(dim))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[s:s + m] = x
+    return out
+
+
 def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int, ids: np.ndarray | None = None,
                chunk: int = 200_000) -> np.ndarray:
     """Exact top-k rows by inner product (= cosine for unit vectors), chunked."""
@@ -118,6 +135,9 @@ def main() -> None:
                     help="fractions of the gallery kept by filters ('' to skip)")
     ap.add_argument("--filter-queries", type=int, default=200)
     ap.add_argument("--build-threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--data", default="random", choices=["random", "structured"],
+                    help="random: i.i.d. unit vectors (the worst case); structured: near a "
+                         "32-d subspace, like learned embeddings")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-save", action="store_true", help="skip the save/load timing")
     ap.add_argument("--no-write", action="store_true")
@@ -129,8 +149,12 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
 
     print(f"generating {n:,} x {dim} gallery ...", flush=True)
-    gallery = random_unit(rng, n, dim)
-    held_out = random_unit(rng, args.queries, dim)
+    if args.data == "random":
+        gallery = random_unit(rng, n, dim)
+        held_out = random_unit(rng, args.queries, dim)
+    else:
+        both = structured_unit(rng, n + args.queries, dim)
+        gallery, held_out = both[:n], both[n:]
     src = rng.choice(n, size=args.queries, replace=False)
     noise = random_unit(rng, args.queries, dim) * args.noise
     perturbed = gallery[src] + noise
@@ -142,7 +166,7 @@ def main() -> None:
     if args.cache is not None:
         args.cache.mkdir(parents=True, exist_ok=True)
         stem = (f"v{n}-{dim}-{args.dtype}-M{args.connectivity}-ea{args.expansion_add}"
-                f"-seed{args.seed}")
+                f"-seed{args.seed}" + ("" if args.data == "random" else f"-{args.data}"))
         cached, built_note = args.cache / f"{stem}.usearch", args.cache / f"{stem}.build.json"
     if cached is not None and cached.exists() and built_note.exists():
         print(f"loading the index built earlier: {cached}", flush=True)
@@ -251,15 +275,18 @@ def main() -> None:
     print(summary)
     cfg = (f"connectivity={args.connectivity}, expansion_add={args.expansion_add}, "
            f"storage {args.dtype}, build threads={args.build_threads or 'all'}")
+    what = ("random unit vectors (standard normal, normalised)" if args.data == "random" else
+            "unit vectors near a random 32-d subspace (plus noise 0.1), like learned embeddings")
     body = (
-        f"- data: {n:,} random unit vectors, {dim}-d, seed {args.seed} (standard normal, "
-        f"normalised); queries: {args.queries} held-out random unit vectors and {args.queries} "
+        f"- data: {n:,} {what}, {dim}-d, seed {args.seed}; queries: {args.queries} held-out "
+        f"vectors of the same kind and {args.queries} "
         f"perturbed gallery vectors (noise {args.noise} of the norm, mean cosine to source "
         f"{cos_to_src:.3f})\n"
         f"- index: {cfg}\n"
         f"- latency: one query per call, 1 search thread, wall time of VectorIndex.search; "
         f"recall@{k} against exact float32 search\n"
-        f"- command: `python benchmarks/bench_vectors.py --n {n} --ef {args.ef}`\n"
+        f"- command: `python benchmarks/bench_vectors.py --n {n} --ef {args.ef}"
+        f"{'' if args.data == 'random' else ' --data ' + args.data}`\n"
         f"- load average (1 min) when the searches started: {search_load:.1f} on 2 cores\n\n"
         f"Build: {build_s:.0f} s ({n / build_s:,.0f} vectors/s, built {build_when}); index memory {index_mib:,.0f} MiB (USearch's "
         f"count); RSS grew {rss1 - rss0:,.0f} MiB while building (gallery array of {gallery.nbytes / 2**20:,.0f} MiB excluded); peak RSS "
@@ -275,7 +302,7 @@ def main() -> None:
                           "p50 ms", "p99 ms"]))
     print(body)
     if not args.no_write:
-        C.write_section(f"vectors: {n:,} x {dim}-d random ({args.dtype}, M={args.connectivity})",
+        C.write_section(f"vectors: {n:,} x {dim}-d {args.data} ({args.dtype}, M={args.connectivity})",
                         body)
 
 
