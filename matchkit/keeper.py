@@ -53,10 +53,10 @@ def picture_score(pixels: float, picture_share: float = 1.0, grey: bool = False)
     """Quality of a copy as pixels: picture pixels, less for fill and for grey.
 
     ``picture_share`` is the fraction of the image that is picture (not
-    fill, frame or screen furniture); from WHOLE_SHARE up it counts as 1. The
-    fill discount (``0.5 + 0.5 *
-    share``) makes a rotated or padded copy lose to the plain copy with the
-    same picture pixels, while a much larger copy still wins.
+    fill, frame or screen furniture); from WHOLE_SHARE up it counts as 1.
+    The fill discount (``0.5 + 0.5 * share``) makes a rotated or padded copy
+    lose to the plain copy with the same picture pixels, while a much larger
+    copy still wins.
     """
     share = float(picture_share)
     share = 1.0 if share >= WHOLE_SHARE else max(0.0, share)

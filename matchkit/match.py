@@ -270,17 +270,11 @@ class PairMatcher:
         """Calibrated decision of ``evidence`` as it stands: ``rule`` if the
         calibrator accepts the pair (and ``allowed`` says it may be decided
         now), else ""; P(duplicate) goes to ``extra["p"]``."""
-        from .pairfeatures import feature_matrix
+        from .pairfeatures import decide
 
-        if not evidence:
-            return
-        X = feature_matrix(evidence, self.crowd, self.sizes, self.picture_fractions(evidence))
-        scores = self.calibrator.score(X)
-        probs = self.calibrator.predict_proba(X)[:, 1]
-        allowed = allowed or [True] * len(evidence)
-        for ev, s, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
-            ev.extra["p"] = p
-            ev.rule = rule if ok and s >= self.calibrator.threshold_ else ""
+        if evidence:
+            decide(self.calibrator, evidence, self.crowd, self.sizes,
+                   self.picture_fractions(evidence), rule, allowed)
 
     def verify(self, todo: list[PairEvidence]) -> None:
         """Geometric + photometric verification of pending pairs, on worker threads

@@ -125,3 +125,22 @@ def feature_matrix(evidence: Sequence[PairEvidence], crowd: Mapping[int, int],
     if not evidence:
         return np.zeros((0, len(FEATURES)))
     return np.stack([pair_features(ev, crowd, sizes, picture) for ev in evidence])
+
+
+def decide(calibrator, evidence: Sequence[PairEvidence], crowd: Mapping[int, int],
+           sizes: Mapping[int, tuple[int, int]], picture: Mapping[int, float] | None,
+           rule: str, allowed: Sequence[bool] | None = None) -> None:
+    """The calibrated decision of each pair as its evidence stands, in place:
+    ``ev.rule`` becomes ``rule`` where ``calibrator`` (a fitted
+    ``calibrate.PairCalibrator``) accepts the pair and ``allowed`` says it may
+    be decided now, else ""; its P(duplicate) goes to ``ev.extra["p"]``.
+    Dedupe (``match.PairMatcher``) and queries (``query.QueryMatcher``) both
+    decide through here."""
+    if not evidence:
+        return
+    X = feature_matrix(evidence, crowd, sizes, picture)
+    scores, probs = calibrator.score(X), calibrator.predict_proba(X)[:, 1]
+    allowed = allowed or [True] * len(evidence)
+    for ev, s, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
+        ev.extra["p"] = p
+        ev.rule = rule if ok and s >= calibrator.threshold_ else ""

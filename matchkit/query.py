@@ -252,18 +252,11 @@ class QueryMatcher:
 
     def _decide(self, evidence: list[PairEvidence], rule: str,
                 allowed: list[bool] | None = None) -> None:
-        """Calibrated decision of ``evidence`` as it stands (see ``PairMatcher.decide``)."""
-        from .pairfeatures import feature_matrix
+        """Calibrated decision of ``evidence`` as it stands (``pairfeatures.decide``)."""
+        from .pairfeatures import decide
 
-        if not evidence:
-            return
-        cal = self.calibrator
-        X = feature_matrix(evidence, self._crowd, self._sizes, self._pictures)
-        scores, probs = cal.score(X), cal.predict_proba(X)[:, 1]
-        allowed = allowed or [True] * len(evidence)
-        for ev, sc, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
-            ev.extra["p"] = p
-            ev.rule = rule if ok and sc >= cal.threshold_ else ""
+        decide(self.calibrator, evidence, self._crowd, self._sizes, self._pictures, rule,
+               allowed)
 
     def _note_pictures(self, records, keys, gallery_ids) -> None:
         """Sizes and picture shares the calibrated decision needs."""
