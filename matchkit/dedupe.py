@@ -196,7 +196,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                 tried = between.get(key(center, x), [])
                 if not tried or (mirror is not False
                                  and not any(ev.extra.get("mirror_tried") for ev in tried)):
-                    hop[x] = mirror is not False
+                    # Any path that may mean "mirror" asks for the mirrored
+                    # look, whichever path is met first (no order dependence).
+                    hop[x] = hop.get(x, False) or mirror is not False
         if hop:
             fresh = [matcher.evidence_between(center, x, reflect=r) for x, r in hop.items()]
             matcher.verify(fresh)

@@ -430,6 +430,10 @@ class Gallery:
             todo.append(key)
         if progress and (report.unchanged or report.skipped):
             progress(report.unchanged + len(report.skipped))
+        # New images get ids in path order, not in the order the caller listed
+        # them: ids break ties and orient pairs (a < b), so the same files must
+        # get the same ids however they were given (extract_many keeps order).
+        todo.sort()
 
         batch: list[tuple[str, ImageRecord | ImageLoadError]] = []
         for item in extract_many(todo, self.settings, on_done=(lambda: progress(1)) if progress else None):
