@@ -55,7 +55,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_set_arguments(ap, default="hard")
     ap.add_argument("--runs", type=int, default=2, help="runs per worker count")
-    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument("--workers", default="1,2",
+                    help="comma-separated worker counts (repeat one to run it again)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     try:
@@ -71,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         for w in workers:
-            for run in range(1, args.runs + 1):
+            for _ in range(args.runs):
                 cmd = [sys.executable, "-m", "matchkit.cli", "dedupe", str(folder), "--json",
                        str(out), "-q", "--workers", str(w)]
                 wall, _, rc = C.run_measured(cmd)
@@ -82,7 +83,8 @@ def main() -> None:
                     reference = report
                 pred = C.pairs_from_groups(C.clusters_from_json(out))
                 same = report == reference
-                rows.append({"workers": w, "run": run, "clusters": len(report["clusters"]),
+                rows.append({"workers": w, "run": len(rows) + 1,
+                             "clusters": len(report["clusters"]),
                              **C.score(pred, truth), "digest": digest(report),
                              "identical": "yes" if same else "NO",
                              "difference": "" if same else first_difference(reference, report),
