@@ -708,10 +708,11 @@ class Gallery:
         file = self.path / info["file"]
         if file.exists() and info.get("index_generation") == info["generation"]:
             try:
-                return VectorIndex.load(file, expect_model=name, expect_dim=dim)
+                return VectorIndex.load(file, expect_model=name, expect_dim=dim, add_threads=1)
             except Exception:  # unreadable or foreign cache: rebuild from SQLite
                 pass
-        idx = VectorIndex(name, dim)
+        # Single-threaded adds: the same vectors give the same graph (neighbours).
+        idx = VectorIndex(name, dim, add_threads=1)
         cur = self._db.execute(
             "SELECT e.image_id, e.vector FROM embeddings e JOIN images i ON i.id = e.image_id "
             "WHERE e.model=? ORDER BY e.image_id", (name,))

@@ -77,3 +77,21 @@ def test_hamming_index_graph_does_not_depend_on_threads():
             idx.add(np.arange(start, start + 4000), codes[start:start + 4000], replace=False)
         graphs.append(bytes(idx._index.save()))
     assert graphs[0] == graphs[1]
+
+
+def test_gallery_vector_index_graph_does_not_depend_on_threads(tmp_path):
+    """The gallery's embedding index is built with single-threaded adds."""
+    from matchkit import Gallery
+
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(6000, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    graphs = []
+    for n in range(2):
+        with Gallery(tmp_path / f"g{n}") as g:
+            idx = g._load_or_rebuild_vectors({"name": "m", "dim": 16, "file": "m.usearch",
+                                              "generation": 0, "index_generation": None})
+            for start in range(0, len(vecs), 2000):
+                idx.add(np.arange(start, start + 2000), vecs[start:start + 2000])
+            graphs.append(bytes(idx._index.save()))
+    assert graphs[0] == graphs[1]
