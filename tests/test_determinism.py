@@ -54,9 +54,9 @@ def test_same_report_whatever_workers_order_and_completion(edited_set, monkeypat
     assert sum(len(c["members"]) for c in reference["clusters"]) >= 30  # it found copies
 
     # Two workers: extraction in worker processes (the pool forced on for a
-    # small set; forkserver, since forking a process whose OpenCV thread pool
-    # has run can hang the workers), verification and searches on threads,
-    # the input paths in reverse order; twice.
+    # small set; forkserver, so workers never inherit the test process's
+    # threads), verification and searches on threads, the input paths in
+    # reverse order; twice.
     monkeypatch.setattr(matchkit.features, "PROCESS_POOL_MIN_FILES", 0)
     monkeypatch.setattr(matchkit.features, "_pool_context",
                         lambda: multiprocessing.get_context("forkserver"))
