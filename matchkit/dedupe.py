@@ -68,7 +68,8 @@ def dedupe(
             gallery, added.ids, settings, calibrator=profile.calibrator if profile else None)
         report = DedupeReport(
             clusters=clusters,
-            skipped=[SkippedFile(s.path, s.reason) for s in added.skipped],
+            skipped=[SkippedFile(s.path, s.reason)  # in path order, as given or not
+                     for s in sorted(added.skipped, key=lambda s: s.path)],
         )
         report.stats = {
             "files": len(files),

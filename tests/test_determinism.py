@@ -37,6 +37,8 @@ def edited_set(tmp_path_factory):
     for seed in range(14):
         for name, im in _edits(textured(100 + seed), seed).items():
             im.save(folder / f"p{seed:02d}_{name}.jpg", quality=88)
+    (folder / "z_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (folder / "a_empty.png").write_bytes(b"")
     return folder
 
 
@@ -52,6 +54,7 @@ def test_same_report_whatever_workers_order_and_completion(edited_set, monkeypat
     files = sorted(edited_set.iterdir())
     reference = _content(dedupe(files, settings=Settings(workers=1)))
     assert sum(len(c["members"]) for c in reference["clusters"]) >= 30  # it found copies
+    assert len(reference["skipped"]) == 2
 
     # Two workers: extraction in worker processes (the pool forced on for a
     # small set; forkserver, so workers never inherit the test process's
