@@ -133,6 +133,7 @@ def plan_moves(report, dest: str | os.PathLike,
     kept relative to the common folder of ``roots`` (the scanned paths;
     default: the folders of all clustered files). A name already used in
     ``dest`` (or twice in the plan) gets ``~1``, ``~2``... before its suffix.
+    Keepers and the files a cluster lists under ``references`` never move.
     """
     dest = _abspath(dest)
     if os.path.exists(dest) and not os.path.isdir(dest):
@@ -141,6 +142,8 @@ def plan_moves(report, dest: str | os.PathLike,
         report = report.to_dict()
     clusters = report.get("clusters", [])
     keepers = {_abspath(c["keep"]) for c in clusters}
+    # Files in a reference folder (--keep-in) stay, even when not the keeper.
+    keepers |= {_abspath(r) for c in clusters for r in c.get("references") or ()}
     if roots is None:
         roots = [os.path.dirname(_abspath(m)) for c in clusters for m in c["members"]]
     roots = list(roots)
