@@ -21,8 +21,8 @@ from .config import Settings
 from .gallery import Gallery, StoredImage
 from .hashing import hamming
 from .io import iter_image_files
-from .keeper import (GREY_MASS, Candidate, KeeperPolicy, grey_share, near_criteria,
-                     same_pixels_criteria, sort_key, why)
+from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
+                     same_pixels_criteria, sort_key)
 from .match import PairEvidence, PairMatcher
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
 
@@ -285,14 +285,15 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                     pairs.append(PairResult(images[keep].path, images[m].path, ev.score(),
                                             "near", ev.to_evidence()))
                     n_near += 1
-        reason = []
-        if len(s.members) > 1:  # why this picture, against the best other one
-            reason.append(why(near_order, candidate(keep), candidate(s.members[1])))
-        if len(classes[keep]) > 1:  # why this file, against its exact copies
-            reason.append(why(same_order, candidate(keep), candidate(classes[keep][1])))
+        # Why this picture (against the other pictures), and why this file
+        # (against its exact copies).
+        reason = [explain(near_order, policy, candidate(keep),
+                          [candidate(r) for r in s.members[1:]]),
+                  explain(same_order, policy, candidate(keep),
+                          [candidate(m) for m in classes[keep][1:]])]
         clusters.append(ClusterResult(
             images[keep].path, [images[m].path for m in members], pairs,
-            keep_reason="; ".join(dict.fromkeys(reason)),
+            keep_reason="; ".join(dict.fromkeys(r for r in reason if r)),
             references=[images[m].path for m in members if policy.reference(images[m].path)]))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near

@@ -297,12 +297,34 @@ def sort_key(criteria: Sequence[Criterion], c: Candidate) -> tuple:
     return tuple(cr.key(c) for cr in criteria)
 
 
+def _deciding(criteria: Sequence[Criterion], keeper: Candidate, other: Candidate) -> int:
+    """Index of the first criterion that tells ``keeper`` and ``other`` apart."""
+    return next((n for n, cr in enumerate(criteria) if cr.key(keeper) != cr.key(other)),
+                len(criteria))
+
+
 def why(criteria: Sequence[Criterion], keeper: Candidate, runner_up: Candidate) -> str:
     """Why ``keeper`` ranks before ``runner_up``: the first criterion that tells them apart."""
-    for cr in criteria:
-        if cr.key(keeper) != cr.key(runner_up):
-            return cr.why(keeper, runner_up)
-    return "first by path"
+    n = _deciding(criteria, keeper, runner_up)
+    return criteria[n].why(keeper, runner_up) if n < len(criteria) else "first by path"
+
+
+def explain(criteria: Sequence[Criterion], policy: KeeperPolicy, keeper: Candidate,
+            others: Sequence[Candidate]) -> str:
+    """Why ``keeper`` beat ``others`` (best first), in a few words.
+
+    Against the runner-up (the closest call); a user rule (reference folder,
+    ``--prefer``) that set the keeper above some other member is named first,
+    even when the runner-up lost on a later criterion (two reference files)."""
+    if not others:
+        return ""
+    parts = []
+    n_user = 1 + len(policy.prefer)
+    first = min(others, key=lambda o: _deciding(criteria, keeper, o))
+    if _deciding(criteria, keeper, first) < n_user:
+        parts.append(why(criteria, keeper, first))
+    parts.append(why(criteria, keeper, others[0]))
+    return "; ".join(dict.fromkeys(parts))
 
 
 def keeper_priority(img: StoredImage, picture_share: float | None = None,
