@@ -134,3 +134,27 @@ def test_partly_transparent_photo_matches_its_copy(tmp_path, photo):
     img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS).save(
         tmp_path / "logo_half.png")
     assert _clusters(tmp_path) == [{"logo.png", "logo_half.png"}]
+
+
+def test_check_matches_a_blank_query_only_to_its_byte_copy(tmp_path):
+    from matchkit import Gallery
+    from matchkit.check import check
+
+    gal, q = tmp_path / "gal", tmp_path / "q"
+    gal.mkdir()
+    q.mkdir()
+    Image.new("RGBA", (200, 150), (0, 0, 0, 0)).save(gal / "empty.png")
+    Image.new("RGBA", (100, 80), (9, 9, 9, 0)).save(gal / "empty_other.png")
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(gal / "grey.jpg", quality=90)
+    _alpha_icon("disc", 255).save(gal / "disc.png")
+    shutil.copyfile(gal / "empty.png", q / "empty_copy.png")
+    Image.new("RGBA", (120, 90), (0, 0, 0, 0)).save(q / "empty_new.png")
+    _alpha_icon("disc", 255, 128).save(q / "disc_small.png")
+    with Gallery(tmp_path / "g") as g:
+        g.add(sorted(gal.iterdir()))
+        g.save()
+    report = check(tmp_path / "g", [q])
+    got = {Path(r.path).name: sorted(Path(m.path).name for m in r.matches)
+           for r in report.results}
+    assert got == {"empty_copy.png": ["empty.png"], "empty_new.png": [],
+                   "disc_small.png": ["disc.png"]}
