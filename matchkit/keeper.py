@@ -57,10 +57,11 @@ WHOLE_SHARE = 0.9
 moves the measured share by a few percent between copies of the same
 picture; those copies must tie, so that encoding quality decides."""
 
-#: Formats that store pixels exactly. A file in one of them with another
-#: file's pixels is a re-save of that file, never its source.
+#: Formats that store any RGB picture exactly. A file in one of them with
+#: another file's pixels is a re-save of that file, never its source. (GIF
+#: is left out: 256 colours lose a photo's colours, as a JPEG loses detail.)
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "DIB", "TIFF", "PPM", "PGM", "PBM", "PNM", "TGA",
-                              "ICO", "GIF", "QOI"})
+                              "ICO", "QOI"})
 #: Formats that lose information when saving: the source of a lossless copy.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "AVIF", "HEIF", "JPEG2000"})
 #: Quality rank of a lossless file, above every JPEG quality (1-100).
@@ -171,7 +172,10 @@ class KeeperPolicy:
     @classmethod
     def make(cls, keep_in: Iterable[str | os.PathLike] = (),
              prefer: Iterable[str | Preference] = ()) -> "KeeperPolicy":
-        """Folders resolved like gallery paths; preferences parsed (ValueError)."""
+        """Folders resolved like gallery paths; preferences parsed (ValueError).
+        A single string is one folder or one rule, not a sequence of letters."""
+        keep_in = [keep_in] if isinstance(keep_in, (str, os.PathLike)) else keep_in
+        prefer = [prefer] if isinstance(prefer, (str, Preference)) else prefer
         folders = tuple(str(Path(f).resolve()) for f in keep_in)
         prefs = tuple(p if isinstance(p, Preference) else parse_preference(p) for p in prefer)
         return cls(folders, prefs)

@@ -313,3 +313,14 @@ def test_keep_reason_in_csv_and_html(tmp_path):
     html = Path(page.path).read_text()
     assert json.dumps(report.clusters[0].keep_reason)[1:-1] in html
     assert '"refs"' in html
+
+
+def test_policy_accepts_one_string_and_gif_is_not_lossless(tmp_path):
+    from matchkit.keeper import KeeperPolicy, quality_rank
+
+    policy = KeeperPolicy.make(keep_in=str(tmp_path), prefer="oldest")
+    assert policy.keep_in == (str(tmp_path.resolve()),) and str(policy.prefer[0]) == "oldest"
+    gif = StoredImage(0, "a.gif", 1, 0, "", None, 8, 8, "GIF")
+    png = StoredImage(0, "a.png", 1, 0, "", None, 8, 8, "PNG")
+    jpg = StoredImage(0, "a.jpg", 1, 0, "", None, 8, 8, "JPEG", jpeg_quality=75)
+    assert quality_rank(png) > quality_rank(jpg) > quality_rank(gif)
