@@ -271,19 +271,38 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
 
 def _echo_moves(result, quiet: bool, out) -> None:
     """Moves as lines people can read (problems are always printed, on stderr)."""
-    if result.dry_run:
-        if not quiet:
-            for m in result.moves:
+    skipped = [m for m in result.moves if m.state == "skipped"]
+    if result.dry_run and not quiet:
+        for m in result.moves:
+            if m.state != "skipped":
                 click.echo(f"would move: {m.src} -> {m.dst}", file=out)
-            click.echo(f"dry run: {len(result.moves)} files would move; nothing was changed",
-                       file=out)
-        return
     for m in result.problems:
         click.echo(f"matchkit: not moved: {m.src}: {m.error}", err=True)
-    if not quiet:
-        c = result.counts()
-        click.echo(f"moved {c.get('moved', 0)} files, {c.get('failed', 0)} not moved; "
+    if quiet:
+        return
+    by_reason: dict[str, list] = {}
+    for m in skipped:
+        by_reason.setdefault(m.error, []).append(m)
+    for reason, ms in by_reason.items():
+        if len(ms) <= _SHOWN:
+            for m in ms:
+                click.echo(f"not moved, {reason}: {m.src}", file=out)
+        else:
+            click.echo(f"not moved, {reason}: {len(ms)} files, e.g. {ms[0].src}", file=out)
+    n_planned = len(result.moves) - len(skipped)
+    if result.dry_run:
+        click.echo(f"dry run: {n_planned} files would move; nothing was changed", file=out)
+    elif result.manifest is None:
+        click.echo("nothing to move", file=out)
+    else:
+        failed = result.counts().get("failed", 0)
+        could_not = f", {failed} could not be moved" if failed else ""
+        click.echo(f"moved {result.counts().get('moved', 0)} files{could_not}; "
                    f"undo with: matchkit undo {shlex.quote(result.manifest)}", file=out)
+
+
+#: Files listed one per line for one reason before a count takes over.
+_SHOWN = 3
 
 
 @cli.command()
@@ -303,14 +322,21 @@ def models():
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Show what would be put back; change nothing.")
-@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def undo(manifest, dry_run, quiet):
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the entries this run looked at as JSON ('-' for stdout).")
+@click.option("-v", "--verbose", is_flag=True, help="One line per file.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary (problems are still printed).")
+def undo(manifest, dry_run, json_path, verbose, quiet):
     """Put files moved by 'dedupe --move-duplicates-to' back where they were.
 
-    Prints the updated manifest entries as JSON. Hashes are checked before a
+    The manifest is checked as a whole first: every file must come from the
+    destination folder (where the manifest is), go back under a folder that
+    was scanned, and carry its SHA-256; a manifest that breaks a rule is
+    refused (exit code 2) and nothing changes. Hashes are checked before a
     file goes back; a file that now exists at an original path is never
     overwritten (that entry is reported and left alone, exit code 1). Works
-    on the manifest of an interrupted run too, and can be run again.
+    on the manifest of an interrupted run too, and can be run again: files
+    already put back are left alone.
 
     \b
     Example:
@@ -321,19 +347,41 @@ def undo(manifest, dry_run, quiet):
     try:
         result = run_undo(manifest, dry_run=dry_run)
     except MoveError as e:
-        _fail(str(e))
-    click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        _fail(_one_line(e))
+    out = sys.stderr if json_path == "-" else sys.stdout
+    if json_path == "-":
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    elif json_path:
+        atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=2,
+                                                 ensure_ascii=False).encode("utf-8"))
     for m in result.problems:
         click.echo(f"matchkit: not restored: {m.src}: {m.error}", err=True)
+    if verbose:
+        for m in result.moves:
+            if m.state == "restored":
+                click.echo(f"restored: {m.src}", file=out)
+            elif m.state == "would_restore":
+                click.echo(f"would restore: {m.dst} -> {m.src}", file=out)
+            elif m.state == "not_moved":
+                click.echo(f"was not moved: {m.src}", file=out)
     if not quiet:
-        c = result.counts()
-        if dry_run:
-            click.echo(f"dry run: {c.get('would_restore', 0)} files would be put back, "
-                       f"{c.get('undo_failed', 0)} could not", err=True)
-        else:
-            click.echo(f"restored {c.get('restored', 0)} files, {c.get('undo_failed', 0)} "
-                       "could not be restored", err=True)
+        click.echo(_undo_summary(result), file=out)
     return 0 if result.ok else 1
+
+
+def _undo_summary(result) -> str:
+    c = result.counts()
+    failed = c.get("undo_failed", 0)
+    could_not = f", {failed} could not" if failed else ""
+    if result.dry_run:
+        return (f"dry run: {c.get('would_restore', 0)} files would be put back{could_not}; "
+                "nothing was changed")
+    if not result.moves:
+        before = result.already.get("restored", 0)
+        return "nothing to restore" + (f" ({before} files were restored before)" if before
+                                       else "")
+    return f"restored {c.get('restored', 0)} files{could_not}" + (
+        f" ({c['not_moved']} had not been moved)" if c.get("not_moved") else "")
 
 
 def _open_gallery(path: str):
