@@ -618,3 +618,16 @@ def test_cli_symlinks_never_move_files_from_outside_and_second_run_moves_nothing
     assert again["moves"]["counts"].get("moved", 0) == 0 and again["moves"]["manifest"] is None
     assert not (dest / "dupes").exists()
     assert {str(p.relative_to(dest)) for p in dest.rglob("*.*") if p.suffix != ".json"} == moved
+
+
+def test_file_name_that_is_not_utf8_moves_and_comes_back(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    keep, odd = root / "keep.jpg", os.fsdecode(os.fsencode(str(root)) + b"/caf\xe9.jpg")
+    keep.write_bytes(b"K" * 10)
+    Path(odd).write_bytes(b"K" * 10)
+    report = {"clusters": [{"keep": str(keep), "members": [str(keep), odd]}]}
+    res = move_duplicates(report, tmp_path / "dupes", roots=[root])
+    assert res.ok and res.counts() == {"moved": 1} and not os.path.lexists(odd)
+    assert undo(res.manifest).counts() == {"restored": 1}
+    assert Path(odd).read_bytes() == b"K" * 10
