@@ -48,6 +48,34 @@ def _fail(message: str) -> None:
     raise click.UsageError(message)
 
 
+class _Setting(click.ParamType):
+    """An option that sets a ``Settings`` field: parsed and range-checked exactly
+    as ``Settings`` and profiles check it (``config.RANGES``)."""
+
+    def __init__(self, setting: str):
+        from .config import RANGES, setting_kind
+        self.setting, self.kind = setting, setting_kind(setting)
+        self.range = RANGES[setting]
+        self.name = "integer" if self.kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        from .config import SettingsError, check_setting
+        if isinstance(value, str):
+            try:
+                value = self.kind(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a {'whole ' if self.kind is int else ''}number",
+                          param, ctx)
+        try:
+            return check_setting(self.setting, value)
+        except SettingsError as e:
+            self.fail(str(e), param, ctx)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        lo, hi = self.range
+        return f"{self.name.upper()} [{lo}..{hi}]"
+
+
 def _one_line(error: BaseException) -> str:
     """An exception's message on one line (some carry how-to text over several)."""
     return " ".join(str(error).split()) or type(error).__name__
@@ -72,11 +100,11 @@ def cli() -> None:
               help="Write one row per cluster member as CSV.")
 @click.option("--gallery", type=click.Path(file_okay=False),
               help="Keep features in this gallery folder so later runs only read new files.")
-@click.option("--threshold", type=click.IntRange(0, 256), default=None,
+@click.option("--threshold", type=_Setting("phash_max_distance"), default=None,
               help="Largest dihedral pHash distance (bits of 256) counted as a near duplicate.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+@click.option("--max-pixels", type=_Setting("max_pixels"), default=None,
               help="Skip files with more pixels than this (decompression-bomb guard).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
 @click.option("--hash-only", is_flag=True,
               help="Skip local features: several times faster, but misses crops, "
@@ -85,7 +113,7 @@ def cli() -> None:
               help="Also compare learned embeddings of this model (name, folder or "
                    ".onnx/.toml file; 'matchkit models' lists names): its nearest neighbours "
                    "become candidates, verified with local features.")
-@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), default=None,
+@click.option("--min-cosine", type=_Setting("min_cosine"), default=None,
               help="With --model: embedding cosine that counts as a match on its own "
                    "(model-specific; default: never, candidates are verified).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
@@ -217,7 +245,7 @@ def _load_profile(name):
               help="What the photos are, recorded in the profile (default: the PATHS).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Precision-recall plot (PNG; default: beside --out, same stem).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
@@ -748,9 +776,9 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
                    "\"path\" key, plus any fields (see README, 'Search').")
 @click.option("--no-exif-dates", is_flag=True,
               help="Do not record taken/year/month from EXIF for new or changed images.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes/threads for decoding (default: one per core).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+@click.option("--max-pixels", type=_Setting("max_pixels"), default=None,
               help="Skip files with more pixels than this (decompression-bomb guard).")
 @click.option("--hash-only", is_flag=True,
               help="Skip local features (faster; enough for search, less for dedupe).")
