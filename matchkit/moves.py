@@ -33,9 +33,10 @@ inside the recorded destination, which lies in the manifest's own folder;
 every entry with a SHA-256 that the file must still match; no path twice.
 Refusing the whole file, rather than skipping bad entries, is deliberate: a
 manifest with one forged entry cannot be trusted for the others either.
-Undo never deletes a file; the one name it removes is a second name (or a
+Undo never deletes a file; what it removes is a second name (or a
 byte-identical copy, checked against the recorded hash) that an interrupted
-move left in the destination while the original is still in place.
+move left in the destination while the original is still in place, and its
+own partial copies (``.NAME.matchkit-part``) there.
 
 Moves never follow a symbolic link out of the scanned folders: sources are
 compared with the roots after resolving the folders on their path, so a

@@ -535,8 +535,10 @@ def test_undo_does_not_follow_a_folder_replaced_by_a_link_out_of_the_roots(moved
 def test_second_undo_restores_nothing_and_says_so(moved):
     root, dest, outside, manifest = moved
     assert undo(manifest).counts() == {"restored": 4}
+    before = disk_state(manifest.parent.parent)
     again = undo(manifest)
     assert again.ok and again.counts() == {} and again.already == {"restored": 4}
+    assert disk_state(manifest.parent.parent) == before  # not even the manifest changed
 
 
 def test_cli_undo_prints_a_summary_and_details_on_request(moved):
