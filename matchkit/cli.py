@@ -130,13 +130,25 @@ def cli() -> None:
               help="Decide pairs with a calibrated profile (a name in configs/, e.g. "
                    "'default', or a .toml file from 'matchkit calibrate') instead of the "
                    "hand-set rules.")
+@click.option("--keep-in", "keep_in", multiple=True, type=click.Path(), metavar="DIR",
+              help="Reference folder (repeatable): scanned too; its files are always "
+                   "keepers and are never moved.")
+@click.option("--prefer", multiple=True, metavar="RULE",
+              help="Keeper preference, repeatable, applied in order before the built-in "
+                   "rule: oldest, newest, largest, smallest (file size), format:FMT "
+                   "(e.g. format:png) or path:GLOB (matched against the full path).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
-           model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name, quiet):
+           model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name,
+           keep_in, prefer, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
-    keeper (highest resolution, then largest file, then oldest) and every
+    keeper and says why (keep_reason): a file in a --keep-in folder, then
+    the --prefer rules, then the most picture pixels (fill and grey copies
+    discounted), a lossless file or the highest JPEG quality, the largest
+    file, the oldest; among files with the same pixels the original (a JPEG
+    before its PNG re-save), then the oldest, then the smallest. Every
     other member matches that keeper directly. Only with --move-duplicates-to
     are files moved: the non-keepers, and 'matchkit undo MANIFEST' puts them
     back; the exit code is 1 if some file could not be moved (it stays where
@@ -152,8 +164,19 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
       matchkit dedupe big-archive/ --hash-only --csv dupes.csv
       matchkit dedupe photos/ --model sscd-disc-mixup --json dupes.json
       matchkit dedupe photos/ --profile default --json dupes.json
+      matchkit dedupe inbox/ --keep-in archive/ --move-duplicates-to ~/dupes
+      matchkit dedupe photos/ --prefer oldest --prefer 'path:*/originals/*'
     """
     profile = _load_profile(profile_name)
+    from .keeper import parse_preference
+    for rule in prefer:
+        try:
+            parse_preference(rule)
+        except ValueError as e:
+            _fail(str(e))
+    for folder in keep_in:
+        if not os.path.isdir(folder):
+            _fail(f"--keep-in must be an existing folder: {folder}")
     if min_cosine is not None and not model:
         _fail("--min-cosine needs --model")
     if dry_run and not move_to:
@@ -166,7 +189,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
-                            profile=profile)
+                            profile=profile, keep_in=keep_in, prefer=prefer)
     except FileNotFoundError as e:
         _fail(str(e))
     except GalleryError as e:

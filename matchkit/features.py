@@ -44,6 +44,10 @@ class ImageRecord:
     local: LocalFeatures | None = None
     #: Grey thumbnail (longer side ``thumb_side``) for photometric checks.
     thumb: np.ndarray | None = None
+    #: Estimated JPEG quality from the quantisation tables (None: not a JPEG).
+    jpeg_quality: int | None = None
+    #: Nothing to see: one flat colour once transparency is composited.
+    blank: bool = False
 
     @property
     def pixels(self) -> int:
@@ -80,7 +84,25 @@ def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRe
         colour=colour_histogram(thumb),
         local=local,
         thumb=grey_thumb,
+        jpeg_quality=loaded.jpeg_quality,
+        blank=is_blank(thumb),
     )
+
+
+#: Largest difference (levels, any channel) from the median colour that a
+#: blank image's hash thumbnail may have anywhere: JPEG noise on a flat
+#: colour stays well under it, a visible shape does not.
+BLANK_SPREAD = 6
+
+
+def is_blank(thumb) -> bool:
+    """Whether a (small RGB) image shows nothing: one flat colour. A fully
+    transparent image is one, composited over the background; blank images
+    are alike by construction and never near-duplicates of each other."""
+    a = np.asarray(thumb.convert("RGB"), np.int16).reshape(-1, 3)
+    if a.size == 0:
+        return True
+    return bool(np.abs(a - np.median(a, axis=0)).max() <= BLANK_SPREAD)
 
 
 def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str:

@@ -78,7 +78,9 @@ CREATE TABLE IF NOT EXISTS images (
     colour BLOB NOT NULL,
     meta TEXT NOT NULL DEFAULT '{}',
     labels TEXT NOT NULL DEFAULT '[]',
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    jpeg_quality INTEGER,
+    blank INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 CREATE TABLE IF NOT EXISTS local_features (
@@ -134,6 +136,10 @@ class StoredImage:
     format: str | None
     meta: dict = field(default_factory=dict)
     labels: list = field(default_factory=list)
+    #: Estimated JPEG quality (quantisation tables) at extraction; None otherwise.
+    jpeg_quality: int | None = None
+    #: One flat colour after compositing transparency: matched only exactly.
+    blank: bool = False
 
     @property
     def pixels(self) -> int:
@@ -170,11 +176,18 @@ class AddReport:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-_COLUMNS = "id, path, size, mtime_ns, sha256, pixel_sha256, width, height, format, meta, labels"
+_COLUMNS = ("id, path, size, mtime_ns, sha256, pixel_sha256, width, height, format, meta, labels, "
+            "jpeg_quality, blank")
 
 
 def _row_to_image(row) -> StoredImage:
-    return StoredImage(*row[:9], meta=json.loads(row[9]), labels=json.loads(row[10]))
+    return StoredImage(*row[:9], meta=json.loads(row[9]), labels=json.loads(row[10]),
+                       jpeg_quality=row[11], blank=bool(row[12]))
+
+
+#: Columns added after schema 1 was released, with their SQL types. Galleries
+#: written before get them on open (``_migrate``).
+_ADDED_COLUMNS = {"jpeg_quality": "INTEGER", "blank": "INTEGER"}
 
 
 def _key(path: str | os.PathLike) -> str:
@@ -225,11 +238,41 @@ class Gallery:
         elif int(version) > SCHEMA_VERSION:
             raise GalleryError(
                 f"gallery {self.path} was written by a newer matchkit (schema {version})")
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise GalleryError(f"cannot update gallery {self.path}: {e}") from None
         remove_stale_temps(self.path)
         self._indexes: dict[str, HammingIndex] = {}
         self._vectors: dict[str, VectorIndex] = {}
         #: Index names to save: "phash", "orb", or _MODEL_KEY + model name.
         self._dirty: set[str] = set()
+
+    def _migrate(self) -> None:
+        """Add the columns of ``_ADDED_COLUMNS`` to a gallery written before them.
+
+        Their values come from decoding the file (JPEG quantisation tables;
+        transparency composited over grey, where older versions flattened it
+        onto white), so the rows they are added to are marked for one more
+        decode: their stored modification time is cleared, and the next
+        ``add`` of those files treats them as changed. Runs in one
+        transaction, checked again inside it, so two processes opening an
+        old gallery at once migrate it once."""
+        def missing() -> list[str]:
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+            return [c for c in _ADDED_COLUMNS if c not in have]
+
+        if not missing():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for column in missing():
+                self._db.execute(f"ALTER TABLE images ADD COLUMN {column} {_ADDED_COLUMNS[column]}")
+            self._db.execute("UPDATE images SET mtime_ns = -1")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
@@ -474,18 +517,21 @@ class Gallery:
                     continue
                 self._db.execute("DELETE FROM failures WHERE path=?", (path,))
                 values = (rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height,
-                          rec.format, rec.phashes.tobytes(), rec.colour.astype("<u4").tobytes())
+                          rec.format, rec.phashes.tobytes(), rec.colour.astype("<u4").tobytes(),
+                          rec.jpeg_quality, int(rec.blank))
                 if old:
                     self._db.execute(
                         "UPDATE images SET size=?, mtime_ns=?, sha256=?, pixel_sha256=NULL, "
-                        "width=?, height=?, format=?, phash=?, colour=? WHERE id=?", (*values, old[0]))
+                        "width=?, height=?, format=?, phash=?, colour=?, jpeg_quality=?, blank=? "
+                        "WHERE id=?", (*values, old[0]))
                     image_id = old[0]
                     replaced.append(image_id)
                     report.updated += 1
                 else:
                     cur = self._db.execute(
                         "INSERT INTO images(path, size, mtime_ns, sha256, width, height, format, "
-                        "phash, colour, added_at) VALUES (?,?,?,?,?,?,?,?,?,?)", (path, *values, now))
+                        "phash, colour, jpeg_quality, blank, added_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (path, *values, now))
                     image_id = cur.lastrowid
                     report.added += 1
                 report.ids.append(image_id)

@@ -84,6 +84,10 @@ class Card:
     title: str = ""
     #: Line under the title (default: size, weakest score, bytes in duplicates).
     meta: str = ""
+    #: Why ``keep`` is the suggested keeper (shown under the title).
+    why: str = ""
+    #: Members that are never moved (in a reference folder), marked on the card.
+    references: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -286,6 +290,10 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
                           "t": c.title, "pairs": pairs})
         if c.meta:
             out_cards[-1]["meta"] = c.meta
+        if c.why:
+            out_cards[-1]["why"] = c.why
+        if c.references:
+            out_cards[-1]["refs"] = [order[r] for r in c.references if r in order]
     return {"v": 1, "title": title, "root": root, "per_page": per_page, "eager": EAGER_CARDS,
             "noun": text.noun, "badge": text.badge, "bytes": text.bytes_sort,
             "images": imgs, "cards": out_cards,
@@ -373,7 +381,9 @@ def report_cards(report: dict, images: dict[str, ImageEntry] | None = None,
                 p["a"], p["b"], p.get("score"), p.get("kind", ""), ev.get("rule", ""), ev,
                 picture=f"{assets_url}{pic.name}" if pic is not None and pic.name else None,
                 note=(pic.error or "") if pic is not None else ""))
-        cards.append(Card(list(c["members"]), c.get("keep"), pairs, title=f"Cluster {i + 1}"))
+        cards.append(Card(list(c["members"]), c.get("keep"), pairs, title=f"Cluster {i + 1}",
+                          why=str(c.get("keep_reason") or ""),
+                          references=list(c.get("references") or [])))
     return cards
 
 
@@ -671,6 +681,7 @@ function figure(c,j,toKeep,eager){
   f.appendChild(box);
   var cap=el("figcaption");
   if(j===c.k)cap.appendChild(el("span","badge",D.badge||"keep"));
+  if(c.refs&&c.refs.indexOf(j)>=0)cap.appendChild(el("span","badge","reference"));
   var nm=el("span","nm",im.n);nm.setAttribute("title",im.p);cap.appendChild(nm);cap.appendChild(el("br"));
   cap.appendChild(el("span","dim",(im.w?im.w+"\\u00d7"+im.h+" \\u00b7 ":"")+kb(im.s)));cap.appendChild(el("br"));
   cap.appendChild(el("span","fold",im.d||"."));
@@ -683,6 +694,7 @@ function card(idx,eager){
   var h=el("h2",null,c.t||("Group "+(idx+1)));
   h.appendChild(el("span","meta",c.meta||(f.size+" images \\u00b7 "+(f.lo!=null?"weakest "+f.lo.toFixed(3):"")+" \\u00b7 "+kb(f.bytes)+" in duplicates")));
   art.appendChild(h);
+  if(c.why)art.appendChild(el("p","note why","Keeper: "+c.why));
   var toKeep={};c.pairs.forEach(function(p){if(p.a===c.k)toKeep[p.b]=p;else if(p.b===c.k)toKeep[p.a]=p});
   var mem=el("div","members");
   c.m.forEach(function(j){mem.appendChild(figure(c,j,toKeep[j],eager))});

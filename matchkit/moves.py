@@ -184,7 +184,8 @@ def plan_moves(report, dest: str | os.PathLike,
     Members that must not move come back with state ``skipped`` and the
     reason: a file outside every root (reached through a symbolic link), a
     file already in ``dest`` (moved by an earlier run), and the members of a
-    cluster whose keeper is in ``dest``.
+    cluster whose keeper is in ``dest``. Keepers and the files a cluster
+    lists under ``references`` (reference folders) are never moved.
     """
     dest = os.path.realpath(_abspath(dest))
     if os.path.exists(dest) and not os.path.isdir(dest):
@@ -193,6 +194,8 @@ def plan_moves(report, dest: str | os.PathLike,
         report = report.to_dict()
     clusters = report.get("clusters", [])
     keepers = {_real_folders(c["keep"]) for c in clusters}
+    # Files in a reference folder (--keep-in) stay, even when not the keeper.
+    keepers |= {_real_folders(r) for c in clusters for r in c.get("references") or ()}
     if roots is None:
         roots = [os.path.dirname(_abspath(m)) for c in clusters for m in c["members"]]
     roots = real_roots(roots)

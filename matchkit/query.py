@@ -234,11 +234,13 @@ class QueryMatcher:
                                 bool(old.rule), self.strength(old)):
                             best[ev.a] = ev
                     found[i] = list(best.values())
-        paths = {i: img.path for i, img in self.gallery.images(
-            sorted({ev.a for evs in found for ev in evs})).items()}
+        stored = self.gallery.images(sorted({ev.a for evs in found for ev in evs}))
         out = []
-        for evs in found:
-            neighbours = [Neighbour(ev.a, paths[ev.a], ev, self.strength(ev)) for ev in evs]
+        for rec, evs in zip(records, found):
+            # Blank images (one flat colour) all look alike: only a byte copy matches.
+            evs = [ev for ev in evs if not (rec.blank or stored[ev.a].blank)
+                   or rec.sha256 == stored[ev.a].sha256]
+            neighbours = [Neighbour(ev.a, stored[ev.a].path, ev, self.strength(ev)) for ev in evs]
             neighbours.sort(key=lambda nb: (-nb.score, nb.id))
             out.append(neighbours)
         return out

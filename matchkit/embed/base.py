@@ -65,7 +65,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 def as_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB view of ``image``, by the same rules as :func:`matchkit.io.load_image`
-    (transparency flattened onto white, 16-bit and palette modes converted), so an
+    (transparency composited over mid-grey, 16-bit and palette modes converted), so an
     image embeds the same whether it came from a file or from the caller."""
     if not isinstance(image, Image.Image):
         raise EmbedderError(f"expected a PIL image, got {type(image).__name__}")
