@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from ._fs import atomic_write_bytes
+from .fspath import display, json_text
 from .config import Settings
 from .dedupe import dedupe as run_dedupe
 from .gallery import Gallery, GalleryError
@@ -170,14 +171,12 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         data = data or report.to_dict()
         data["moves"] = moved.to_dict()
     if json_path == "-":
-        click.echo(report.to_json() if data is None else json.dumps(data, indent=2,
-                                                                    ensure_ascii=False))
+        click.echo(report.to_json() if data is None else json_text(data, indent=2))
     elif json_path:
         if data is None:
             report.write_json(json_path)
         else:
-            atomic_write_bytes(json_path, json.dumps(data, indent=2, ensure_ascii=False)
-                               .encode("utf-8"))
+            atomic_write_bytes(json_path, json_text(data, indent=2).encode("utf-8"))
     if csv_path:
         report.write_csv(csv_path)
     if not quiet:
@@ -322,7 +321,7 @@ def undo(manifest, dry_run, quiet):
         result = run_undo(manifest, dry_run=dry_run)
     except MoveError as e:
         _fail(str(e))
-    click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    click.echo(json_text(result.to_dict(), indent=2))
     for m in result.problems:
         click.echo(f"matchkit: not restored: {m.src}: {m.error}", err=True)
     if not quiet:
@@ -677,10 +676,9 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
     if csv_path:
         report.write_csv(csv_path)
     if json_path in (None, "-"):
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json_text(data, indent=2))
     else:
-        atomic_write_bytes(json_path, json.dumps(data, indent=2, ensure_ascii=False)
-                           .encode("utf-8"))
+        atomic_write_bytes(json_path, json_text(data, indent=2).encode("utf-8"))
     if not quiet:
         click.echo(report.summary(), err=True)
 
@@ -865,8 +863,8 @@ def _hits_table(hits) -> str:
         return "no results"
     lines = [f"{'#':>3}  {'score':>6}  path  meta"]
     for rank, h in enumerate(hits, 1):
-        meta = json.dumps(h.meta, ensure_ascii=False, separators=(",", ":")) if h.meta else ""
-        lines.append(f"{rank:>3}  {h.score:6.3f}  {h.path}  {meta}".rstrip())
+        meta = json_text(h.meta, separators=(",", ":")) if h.meta else ""
+        lines.append(f"{rank:>3}  {h.score:6.3f}  {display(h.path)}  {meta}".rstrip())
     return "\n".join(lines)
 
 

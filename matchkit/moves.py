@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._fs import atomic_write_bytes, fsync_dir
+from .fspath import json_text
 
 MANIFEST_VERSION = 1
 #: Suffix of a partial cross-filesystem copy (never under the final name).
@@ -334,7 +335,7 @@ def _manifest_dict(moves: list[Move], *, dest: str, status: str, created: list[s
 
 
 def _write_manifest(path: str, data: dict) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8"))
+    atomic_write_bytes(path, json_text(data, indent=1).encode("utf-8"))
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
