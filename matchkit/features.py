@@ -105,8 +105,13 @@ def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
 
 
 def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str:
-    """Digest of the full-resolution pixels; only needed for exact-match checks."""
-    return pixel_digest(load_image(path, max_pixels=settings.max_pixels).image)
+    """Digest of the full-resolution pixels; only needed for exact-match checks.
+    Raises :class:`ImageLoadError` for any failure."""
+    image = load_image(path, max_pixels=settings.max_pixels).image
+    try:
+        return pixel_digest(image)
+    except Exception as e:  # e.g. out of memory on a huge image: not an exact match then
+        raise ImageLoadError(path, f"cannot digest pixels: {type(e).__name__}: {e}") from None
 
 
 def _extract_or_reason(path: str, settings: Settings

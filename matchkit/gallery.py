@@ -787,6 +787,8 @@ class Gallery:
         """
         from concurrent.futures import ThreadPoolExecutor
 
+        from .embed.base import embed_isolated
+
         name, dim = str(embedder.name), int(embedder.dim)
         info = self._model_info(name)
         if info is None:
@@ -825,8 +827,11 @@ class Gallery:
                         if not isinstance(img, Skipped)]
                 report.skipped += [x for x in loaded if isinstance(x, Skipped)]
                 if good:
-                    vecs = np.asarray(embedder.embed_images([img for _, img in good]),
-                                      dtype=np.float32)
+                    vecs, failed = embed_isolated(embedder, [img for _, img in good])
+                    report.skipped += [Skipped(rows[good[i][0]].path, why)
+                                       for i, why in failed.items()]
+                    good = [g for i, g in enumerate(good) if i not in failed]
+                    vecs = np.delete(vecs, list(failed), axis=0)
                     if vecs.shape != (len(good), dim):
                         raise GalleryError(f"model {name!r} returned vectors of shape "
                                            f"{vecs.shape}, expected ({len(good)}, {dim})")

@@ -255,3 +255,38 @@ def test_unchanged_bad_file_is_not_read_again(tmp_path, monkeypatch):
                             lambda paths, *a, **k: pytest.fail("read again") if paths else iter(()))
         again = g.add([bad])
     assert len(again.skipped) == 1 and again.skipped[0].reason
+
+
+# -- embedding: one image the model fails on ----------------------------------
+
+class _PickyEmbedder:
+    """Fails on any batch holding a narrow image (a model bug stand-in)."""
+
+    name, dim, batch_size, has_text = "picky", 4, 8, False
+
+    def embed_images(self, images):
+        if any(min(im.size) < 8 for im in images):
+            raise RuntimeError("picky model")
+        return np.array([[1.0, im.size[0] % 7 + 1, 0, 0] for im in images], np.float32)
+
+
+def test_embedding_failure_skips_only_that_image(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        make_photo(50 + i).save(d / f"p{i}.jpg")
+    Image.new("RGB", (600, 4), "red").save(d / "strip.png")
+    with Gallery(tmp_path / "g") as g:
+        g.add(sorted(d.iterdir()))
+        report = g.embed(_PickyEmbedder())
+    assert report.embedded == 3
+    assert [Path(s.path).name for s in report.skipped] == ["strip.png"]
+    assert "RuntimeError: picky model" in report.skipped[0].reason
+
+
+def test_extreme_strips_are_cut_before_embedding():
+    from matchkit.embed.base import MAX_ASPECT, as_rgb
+
+    assert as_rgb(Image.new("RGB", (1024, 1))).size == (MAX_ASPECT, 1)
+    assert as_rgb(Image.new("L", (3, 900))).size == (3, 3 * MAX_ASPECT)
+    assert as_rgb(Image.new("RGB", (640, 100))).size == (640, 100)
