@@ -32,13 +32,13 @@ class _OneLineErrors(click.Group):
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
         except click.UsageError as e:
-            click.echo(f"matchkit: error: {e.format_message()}", err=True)
+            click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(2)
         except click.Abort:
             click.echo("matchkit: aborted", err=True)
             sys.exit(130)
         except click.ClickException as e:
-            click.echo(f"matchkit: error: {e.format_message()}", err=True)
+            click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         if not standalone_mode:
             return rv
@@ -273,12 +273,12 @@ def _echo_moves(result, quiet: bool, out) -> None:
     if result.dry_run:
         if not quiet:
             for m in result.moves:
-                click.echo(f"would move: {m.src} -> {m.dst}", file=out)
+                click.echo(f"would move: {display(m.src)} -> {display(m.dst)}", file=out)
             click.echo(f"dry run: {len(result.moves)} files would move; nothing was changed",
                        file=out)
         return
     for m in result.problems:
-        click.echo(f"matchkit: not moved: {m.src}: {m.error}", err=True)
+        click.echo(f"matchkit: not moved: {display(m.src)}: {display(m.error)}", err=True)
     if not quiet:
         c = result.counts()
         click.echo(f"moved {c.get('moved', 0)} files, {c.get('failed', 0)} not moved; "
@@ -323,7 +323,7 @@ def undo(manifest, dry_run, quiet):
         _fail(str(e))
     click.echo(json_text(result.to_dict(), indent=2))
     for m in result.problems:
-        click.echo(f"matchkit: not restored: {m.src}: {m.error}", err=True)
+        click.echo(f"matchkit: not restored: {display(m.src)}: {display(m.error)}", err=True)
     if not quiet:
         c = result.counts()
         if dry_run:

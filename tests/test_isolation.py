@@ -290,3 +290,22 @@ def test_extreme_strips_are_cut_before_embedding():
     assert as_rgb(Image.new("RGB", (1024, 1))).size == (MAX_ASPECT, 1)
     assert as_rgb(Image.new("L", (3, 900))).size == (3, 3 * MAX_ASPECT)
     assert as_rgb(Image.new("RGB", (640, 100))).size == (640, 100)
+
+
+def test_strict_utf8_terminal_gets_escaped_names(odd_dir, tmp_path):
+    """With a strict UTF-8 stdout (most desktop locales), printing a
+    surrogate-escaped name used to raise UnicodeEncodeError."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = subprocess.run([sys.executable, "-m", "matchkit.cli", "dedupe", str(odd_dir),
+                          "--move-duplicates-to", str(tmp_path / "d"), "--dry-run"],
+                         capture_output=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-1500:]
+    assert b"caf\\xe9.jpg" in run.stdout + run.stderr
+    run = subprocess.run([sys.executable, "-m", "matchkit.cli", "dedupe", str(odd_dir),
+                          "--json", "-", "--quiet"], capture_output=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-1500:]
+    members = json.loads(run.stdout)["clusters"][0]["members"]
+    assert odd_path(odd_dir) in members
