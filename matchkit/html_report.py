@@ -286,7 +286,8 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
                   "note": p.note} for p in c.pairs]
         out_cards.append({"m": [order[m] for m in c.members],
                           "k": order[c.keep] if c.keep is not None else None,
-                          "t": c.title, "pairs": pairs})
+                          "t": display(c.title) if isinstance(c.title, str) else c.title,
+                          "pairs": pairs})
         if c.meta:
             out_cards[-1]["meta"] = c.meta
     return {"v": 1, "title": title, "root": display(root), "per_page": per_page,

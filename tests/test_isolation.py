@@ -179,6 +179,7 @@ def test_dedupe_json_csv_html_round_trip_non_utf8_names(odd_dir, tmp_path):
     page = (out / "r.html").read_text(encoding="utf-8")
     assert "caf\\\\xe9.jpg" in page  # shown escaped (inside the page's JSON)
     assert "caf%E9.jpg" in page      # the link keeps the exact bytes
+    assert "udce9" not in page       # no lone surrogate reaches the page
     stdout = CliRunner().invoke(cli, ["dedupe", str(odd_dir), "--json", "-"])
     assert stdout.exit_code == 0
     text = stdout.output[stdout.output.index("{"):]
@@ -191,9 +192,11 @@ def test_index_then_check_csv_with_non_utf8_names(odd_dir, tmp_path):
     r = CliRunner().invoke(cli, ["index", str(odd_dir), "--gallery", g], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["check", str(odd_dir), "--gallery", g, "--csv",
-                                 str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")],
-                           catch_exceptions=False)
+                                 str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json"),
+                                 "--html", str(tmp_path / "c.html")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    page = (tmp_path / "c.html").read_text(encoding="utf-8")
+    assert "caf\\\\xe9.jpg" in page and "udce9" not in page  # card titles too
     raw = (tmp_path / "c.csv").read_bytes()
     assert b"/" + ODD in raw
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape"))))
