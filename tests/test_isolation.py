@@ -312,3 +312,20 @@ def test_strict_utf8_terminal_gets_escaped_names(odd_dir, tmp_path):
     assert run.returncode == 0, run.stderr.decode(errors="replace")[-1500:]
     members = json.loads(run.stdout)["clusters"][0]["members"]
     assert odd_path(odd_dir) in members
+
+
+def test_search_query_the_model_fails_on_is_a_one_line_error(tmp_path):
+    from matchkit.search import SearchError, search
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        make_photo(60 + i).save(d / f"p{i}.jpg")
+    Image.new("RGB", (900, 5), "blue").save(tmp_path / "strip.png")
+    with Gallery(tmp_path / "g") as g:
+        g.add(sorted(d.iterdir()))
+        g.embed(_PickyEmbedder())
+        hits = search(g, image=d / "p0.jpg", model=_PickyEmbedder(), k=2)
+        assert len(hits) == 2
+        with pytest.raises(SearchError, match="picky model"):
+            search(g, image=tmp_path / "strip.png", model=_PickyEmbedder())
