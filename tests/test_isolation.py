@@ -273,12 +273,17 @@ class _PickyEmbedder:
         return np.array([[1.0, im.size[0] % 7 + 1, 0, 0] for im in images], np.float32)
 
 
-def test_embedding_failure_skips_only_that_image(tmp_path):
-    d = tmp_path / "in"
-    d.mkdir()
+def _photos_and_strip(folder: Path, strip: Path) -> Path:
+    """Three photos in ``folder`` and a 900x5 strip the picky model fails on."""
+    folder.mkdir()
     for i in range(3):
-        make_photo(50 + i).save(d / f"p{i}.jpg")
-    Image.new("RGB", (600, 4), "red").save(d / "strip.png")
+        make_photo(50 + i).save(folder / f"p{i}.jpg")
+    Image.new("RGB", (900, 5), "blue").save(strip)
+    return folder
+
+
+def test_embedding_failure_skips_only_that_image(tmp_path):
+    d = _photos_and_strip(tmp_path / "in", tmp_path / "in" / "strip.png")
     with Gallery(tmp_path / "g") as g:
         g.add(sorted(d.iterdir()))
         report = g.embed(_PickyEmbedder())
@@ -317,11 +322,7 @@ def test_strict_utf8_terminal_gets_escaped_names(odd_dir, tmp_path):
 def test_search_query_the_model_fails_on_is_a_one_line_error(tmp_path):
     from matchkit.search import SearchError, search
 
-    d = tmp_path / "in"
-    d.mkdir()
-    for i in range(3):
-        make_photo(60 + i).save(d / f"p{i}.jpg")
-    Image.new("RGB", (900, 5), "blue").save(tmp_path / "strip.png")
+    d = _photos_and_strip(tmp_path / "in", tmp_path / "strip.png")
     with Gallery(tmp_path / "g") as g:
         g.add(sorted(d.iterdir()))
         g.embed(_PickyEmbedder())
