@@ -49,6 +49,34 @@ def _fail(message: str) -> None:
     raise click.UsageError(message)
 
 
+class _Setting(click.ParamType):
+    """An option that sets a ``Settings`` field: parsed and range-checked exactly
+    as ``Settings`` and profiles check it (``config.RANGES``)."""
+
+    def __init__(self, setting: str):
+        from .config import RANGES, setting_kind
+        self.setting, self.kind = setting, setting_kind(setting)
+        self.range = RANGES[setting]
+        self.name = "integer" if self.kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        from .config import SettingsError, check_setting
+        if isinstance(value, str):
+            try:
+                value = self.kind(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a {'whole ' if self.kind is int else ''}number",
+                          param, ctx)
+        try:
+            return check_setting(self.setting, value)
+        except SettingsError as e:
+            self.fail(str(e), param, ctx)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        lo, hi = self.range
+        return f"{self.name.upper()} [{lo}..{hi}]"
+
+
 def _one_line(error: BaseException) -> str:
     """An exception's message on one line (some carry how-to text over several)."""
     return " ".join(str(error).split()) or type(error).__name__
@@ -73,11 +101,11 @@ def cli() -> None:
               help="Write one row per cluster member as CSV.")
 @click.option("--gallery", type=click.Path(file_okay=False),
               help="Keep features in this gallery folder so later runs only read new files.")
-@click.option("--threshold", type=click.IntRange(0, 256), default=None,
+@click.option("--threshold", type=_Setting("phash_max_distance"), default=None,
               help="Largest dihedral pHash distance (bits of 256) counted as a near duplicate.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+@click.option("--max-pixels", type=_Setting("max_pixels"), default=None,
               help="Skip files with more pixels than this (decompression-bomb guard).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
 @click.option("--hash-only", is_flag=True,
               help="Skip local features: several times faster, but misses crops, "
@@ -86,7 +114,7 @@ def cli() -> None:
               help="Also compare learned embeddings of this model (name, folder or "
                    ".onnx/.toml file; 'matchkit models' lists names): its nearest neighbours "
                    "become candidates, verified with local features.")
-@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), default=None,
+@click.option("--min-cosine", type=_Setting("min_cosine"), default=None,
               help="With --model: embedding cosine that counts as a match on its own "
                    "(model-specific; default: never, candidates are verified).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
@@ -216,7 +244,7 @@ def _load_profile(name):
               help="What the photos are, recorded in the profile (default: the PATHS).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Precision-recall plot (PNG; default: beside --out, same stem).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
@@ -270,19 +298,39 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
 
 def _echo_moves(result, quiet: bool, out) -> None:
     """Moves as lines people can read (problems are always printed, on stderr)."""
-    if result.dry_run:
-        if not quiet:
-            for m in result.moves:
+    skipped = [m for m in result.moves if m.state == "skipped"]
+    if result.dry_run and not quiet:
+        for m in result.moves:
+            if m.state != "skipped":
                 click.echo(f"would move: {display(m.src)} -> {display(m.dst)}", file=out)
-            click.echo(f"dry run: {len(result.moves)} files would move; nothing was changed",
-                       file=out)
-        return
     for m in result.problems:
         click.echo(f"matchkit: not moved: {display(m.src)}: {display(m.error)}", err=True)
-    if not quiet:
-        c = result.counts()
-        click.echo(f"moved {c.get('moved', 0)} files, {c.get('failed', 0)} not moved; "
+    if quiet:
+        return
+    by_reason: dict[str, list] = {}
+    for m in skipped:
+        by_reason.setdefault(m.error, []).append(m)
+    for reason, ms in by_reason.items():
+        if len(ms) <= _SHOWN:
+            for m in ms:
+                click.echo(f"not moved, {reason}: {display(m.src)}", file=out)
+        else:
+            click.echo(f"not moved, {reason}: {len(ms)} files, e.g. {display(ms[0].src)}",
+                       file=out)
+    n_planned = len(result.moves) - len(skipped)
+    if result.dry_run:
+        click.echo(f"dry run: {n_planned} files would move; nothing was changed", file=out)
+    elif result.manifest is None:
+        click.echo("nothing to move", file=out)
+    else:
+        failed = result.counts().get("failed", 0)
+        could_not = f", {failed} could not be moved" if failed else ""
+        click.echo(f"moved {result.counts().get('moved', 0)} files{could_not}; "
                    f"undo with: matchkit undo {shlex.quote(result.manifest)}", file=out)
+
+
+#: Files listed one per line for one reason before a count takes over.
+_SHOWN = 3
 
 
 @cli.command()
@@ -302,14 +350,21 @@ def models():
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Show what would be put back; change nothing.")
-@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def undo(manifest, dry_run, quiet):
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the entries this run looked at as JSON ('-' for stdout).")
+@click.option("-v", "--verbose", is_flag=True, help="One line per file.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary (problems are still printed).")
+def undo(manifest, dry_run, json_path, verbose, quiet):
     """Put files moved by 'dedupe --move-duplicates-to' back where they were.
 
-    Prints the updated manifest entries as JSON. Hashes are checked before a
+    The manifest is checked as a whole first: every file must come from the
+    destination folder (where the manifest is), go back under a folder that
+    was scanned, and carry its SHA-256; a manifest that breaks a rule is
+    refused (exit code 2) and nothing changes. Hashes are checked before a
     file goes back; a file that now exists at an original path is never
     overwritten (that entry is reported and left alone, exit code 1). Works
-    on the manifest of an interrupted run too, and can be run again.
+    on the manifest of an interrupted run too, and can be run again: files
+    already put back are left alone.
 
     \b
     Example:
@@ -320,19 +375,40 @@ def undo(manifest, dry_run, quiet):
     try:
         result = run_undo(manifest, dry_run=dry_run)
     except MoveError as e:
-        _fail(str(e))
-    click.echo(json_text(result.to_dict(), indent=2))
+        _fail(_one_line(e))
+    out = sys.stderr if json_path == "-" else sys.stdout
+    if json_path == "-":
+        click.echo(json_text(result.to_dict(), indent=2))
+    elif json_path:
+        atomic_write_bytes(json_path, json_text(result.to_dict(), indent=2).encode("utf-8"))
     for m in result.problems:
         click.echo(f"matchkit: not restored: {display(m.src)}: {display(m.error)}", err=True)
+    if verbose:
+        for m in result.moves:
+            if m.state == "restored":
+                click.echo(f"restored: {display(m.src)}", file=out)
+            elif m.state == "would_restore":
+                click.echo(f"would restore: {display(m.dst)} -> {display(m.src)}", file=out)
+            elif m.state == "not_moved":
+                click.echo(f"was not moved: {display(m.src)}", file=out)
     if not quiet:
-        c = result.counts()
-        if dry_run:
-            click.echo(f"dry run: {c.get('would_restore', 0)} files would be put back, "
-                       f"{c.get('undo_failed', 0)} could not", err=True)
-        else:
-            click.echo(f"restored {c.get('restored', 0)} files, {c.get('undo_failed', 0)} "
-                       "could not be restored", err=True)
+        click.echo(_undo_summary(result), file=out)
     return 0 if result.ok else 1
+
+
+def _undo_summary(result) -> str:
+    c = result.counts()
+    failed = c.get("undo_failed", 0)
+    could_not = f", {failed} could not" if failed else ""
+    if result.dry_run:
+        return (f"dry run: {c.get('would_restore', 0)} files would be put back{could_not}; "
+                "nothing was changed")
+    if not result.moves:
+        before = result.already.get("restored", 0)
+        return "nothing to restore" + (f" ({before} files were restored before)" if before
+                                       else "")
+    return f"restored {c.get('restored', 0)} files{could_not}" + (
+        f" ({c['not_moved']} had not been moved)" if c.get("not_moved") else "")
 
 
 def _open_gallery(path: str):
@@ -698,9 +774,9 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
                    "\"path\" key, plus any fields (see README, 'Search').")
 @click.option("--no-exif-dates", is_flag=True,
               help="Do not record taken/year/month from EXIF for new or changed images.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes/threads for decoding (default: one per core).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+@click.option("--max-pixels", type=_Setting("max_pixels"), default=None,
               help="Skip files with more pixels than this (decompression-bomb guard).")
 @click.option("--hash-only", is_flag=True,
               help="Skip local features (faster; enough for search, less for dedupe).")

@@ -31,7 +31,7 @@ import numpy as np
 
 from .candidates import phash_candidates, vote_candidates
 from .colour import histogram_similarity
-from .config import Settings
+from .config import Settings, clamp_setting
 from .features import ImageRecord, extract_many
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
@@ -432,9 +432,10 @@ class QueryMatcher:
 
     def _zoom_settings(self) -> Settings:
         s = self.settings
-        return s.with_(work_side=max(s.work_side, self.zoom_side),
-                       n_features=max(s.n_features, self.zoom_features),
-                       thumb_side=max(s.thumb_side, 2 * s.thumb_side))
+        return s.with_(work_side=clamp_setting("work_side", max(s.work_side, self.zoom_side)),
+                       n_features=clamp_setting("n_features",
+                                                max(s.n_features, self.zoom_features)),
+                       thumb_side=clamp_setting("thumb_side", 2 * s.thumb_side))
 
     def _zoomed(self, rec: ImageRecord) -> ImageRecord:
         """The record with local features and thumbnail from a larger view
