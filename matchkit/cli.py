@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from ._fs import atomic_write_bytes
+from .fspath import display, json_text
 from .config import Settings
 from .dedupe import dedupe as run_dedupe
 from .gallery import Gallery, GalleryError
@@ -31,13 +32,13 @@ class _OneLineErrors(click.Group):
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
         except click.UsageError as e:
-            click.echo(f"matchkit: error: {e.format_message()}", err=True)
+            click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(2)
         except click.Abort:
             click.echo("matchkit: aborted", err=True)
             sys.exit(130)
         except click.ClickException as e:
-            click.echo(f"matchkit: error: {e.format_message()}", err=True)
+            click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         if not standalone_mode:
             return rv
@@ -221,14 +222,12 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         data = data or report.to_dict()
         data["moves"] = moved.to_dict()
     if json_path == "-":
-        click.echo(report.to_json() if data is None else json.dumps(data, indent=2,
-                                                                    ensure_ascii=False))
+        click.echo(report.to_json() if data is None else json_text(data, indent=2))
     elif json_path:
         if data is None:
             report.write_json(json_path)
         else:
-            atomic_write_bytes(json_path, json.dumps(data, indent=2, ensure_ascii=False)
-                               .encode("utf-8"))
+            atomic_write_bytes(json_path, json_text(data, indent=2).encode("utf-8"))
     if csv_path:
         report.write_csv(csv_path)
     if not quiet:
@@ -326,9 +325,9 @@ def _echo_moves(result, quiet: bool, out) -> None:
     if result.dry_run and not quiet:
         for m in result.moves:
             if m.state != "skipped":
-                click.echo(f"would move: {m.src} -> {m.dst}", file=out)
+                click.echo(f"would move: {display(m.src)} -> {display(m.dst)}", file=out)
     for m in result.problems:
-        click.echo(f"matchkit: not moved: {m.src}: {m.error}", err=True)
+        click.echo(f"matchkit: not moved: {display(m.src)}: {display(m.error)}", err=True)
     if quiet:
         return
     by_reason: dict[str, list] = {}
@@ -337,9 +336,10 @@ def _echo_moves(result, quiet: bool, out) -> None:
     for reason, ms in by_reason.items():
         if len(ms) <= _SHOWN:
             for m in ms:
-                click.echo(f"not moved, {reason}: {m.src}", file=out)
+                click.echo(f"not moved, {reason}: {display(m.src)}", file=out)
         else:
-            click.echo(f"not moved, {reason}: {len(ms)} files, e.g. {ms[0].src}", file=out)
+            click.echo(f"not moved, {reason}: {len(ms)} files, e.g. {display(ms[0].src)}",
+                       file=out)
     n_planned = len(result.moves) - len(skipped)
     if result.dry_run:
         click.echo(f"dry run: {n_planned} files would move; nothing was changed", file=out)
@@ -401,20 +401,19 @@ def undo(manifest, dry_run, json_path, verbose, quiet):
         _fail(_one_line(e))
     out = sys.stderr if json_path == "-" else sys.stdout
     if json_path == "-":
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(json_text(result.to_dict(), indent=2))
     elif json_path:
-        atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=2,
-                                                 ensure_ascii=False).encode("utf-8"))
+        atomic_write_bytes(json_path, json_text(result.to_dict(), indent=2).encode("utf-8"))
     for m in result.problems:
-        click.echo(f"matchkit: not restored: {m.src}: {m.error}", err=True)
+        click.echo(f"matchkit: not restored: {display(m.src)}: {display(m.error)}", err=True)
     if verbose:
         for m in result.moves:
             if m.state == "restored":
-                click.echo(f"restored: {m.src}", file=out)
+                click.echo(f"restored: {display(m.src)}", file=out)
             elif m.state == "would_restore":
-                click.echo(f"would restore: {m.dst} -> {m.src}", file=out)
+                click.echo(f"would restore: {display(m.dst)} -> {display(m.src)}", file=out)
             elif m.state == "not_moved":
-                click.echo(f"was not moved: {m.src}", file=out)
+                click.echo(f"was not moved: {display(m.src)}", file=out)
     if not quiet:
         click.echo(_undo_summary(result), file=out)
     return 0 if result.ok else 1
@@ -776,10 +775,9 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
     if csv_path:
         report.write_csv(csv_path)
     if json_path in (None, "-"):
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json_text(data, indent=2))
     else:
-        atomic_write_bytes(json_path, json.dumps(data, indent=2, ensure_ascii=False)
-                           .encode("utf-8"))
+        atomic_write_bytes(json_path, json_text(data, indent=2).encode("utf-8"))
     if not quiet:
         click.echo(report.summary(), err=True)
 
@@ -964,8 +962,8 @@ def _hits_table(hits) -> str:
         return "no results"
     lines = [f"{'#':>3}  {'score':>6}  path  meta"]
     for rank, h in enumerate(hits, 1):
-        meta = json.dumps(h.meta, ensure_ascii=False, separators=(",", ":")) if h.meta else ""
-        lines.append(f"{rank:>3}  {h.score:6.3f}  {h.path}  {meta}".rstrip())
+        meta = json_text(h.meta, separators=(",", ":")) if h.meta else ""
+        lines.append(f"{rank:>3}  {h.score:6.3f}  {display(h.path)}  {meta}".rstrip())
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ from urllib.parse import quote
 from ._fs import atomic_write_bytes
 from .config import Settings
 from .evidence_draw import draw_pairs
+from .fspath import display
 from .hashing import PHASH_BITS
 from .thumbs import DEFAULT_SIDE, make_thumbs
 
@@ -277,7 +278,9 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
         e = images.get(path) or ImageEntry(path)
         folder = os.path.dirname(os.path.abspath(path))
         rel = os.path.relpath(folder, root) if root else folder
-        imgs.append({"p": path, "n": os.path.basename(path), "d": "" if rel == "." else rel,
+        # Names are shown with undecodable bytes as \xNN; the link keeps the bytes.
+        imgs.append({"p": display(path), "n": display(os.path.basename(path)),
+                     "d": "" if rel == "." else display(rel),
                      "u": _file_url(path), "t": e.thumb, "w": e.width, "h": e.height,
                      "s": e.file_size, "e": e.error})
     out_cards = []
@@ -287,17 +290,19 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
                   "note": p.note} for p in c.pairs]
         out_cards.append({"m": [order[m] for m in c.members],
                           "k": order[c.keep] if c.keep is not None else None,
-                          "t": c.title, "pairs": pairs})
+                          "t": display(c.title) if isinstance(c.title, str) else c.title,
+                          "pairs": pairs})
         if c.meta:
             out_cards[-1]["meta"] = c.meta
         if c.why:
             out_cards[-1]["why"] = c.why
         if c.references:
             out_cards[-1]["refs"] = [order[r] for r in c.references if r in order]
-    return {"v": 1, "title": title, "root": root, "per_page": per_page, "eager": EAGER_CARDS,
+    return {"v": 1, "title": title, "root": display(root), "per_page": per_page, "eager": EAGER_CARDS,
             "noun": text.noun, "badge": text.badge, "bytes": text.bytes_sort,
             "images": imgs, "cards": out_cards,
-            "skipped": [{"path": str(s.get("path", "")), "reason": str(s.get("reason", ""))}
+            "skipped": [{"path": display(str(s.get("path", ""))),
+                         "reason": display(str(s.get("reason", "")))}
                         for s in skipped]}
 
 

@@ -38,10 +38,15 @@ DEFAULT_MAX_PIXELS = 100_000_000
 class ImageLoadError(Exception):
     """A file that cannot be used as an image; ``reason`` says why in a few words."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str, *,
+                 size: int | None = None, mtime_ns: int | None = None):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+        #: The file's size and mtime when it was read (None if it could not
+        #: be stat-ed): a failure is remembered for that state of the file only.
+        self.size = size
+        self.mtime_ns = mtime_ns
 
 
 @dataclass

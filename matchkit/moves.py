@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._fs import atomic_write_bytes, fsync_dir
+from .fspath import json_text
 
 MANIFEST_VERSION = 2
 #: States an entry of a manifest's ``moves`` can be in.
@@ -399,12 +400,7 @@ def _manifest_dict(moves: list[Move], *, dest: str, roots: list[str], status: st
 
 
 def _write_manifest(path: str, data: dict) -> None:
-    text = json.dumps(data, indent=1, ensure_ascii=False)
-    try:
-        raw = text.encode("utf-8")
-    except UnicodeEncodeError:  # a name that is not UTF-8: \udcXX escapes round-trip
-        raw = json.dumps(data, indent=1).encode("ascii")
-    atomic_write_bytes(path, raw)
+    atomic_write_bytes(path, json_text(data, indent=1).encode("utf-8"))
 
 
 @dataclass

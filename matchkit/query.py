@@ -445,11 +445,11 @@ class QueryMatcher:
         z = self._zoom_settings()
         try:
             img = load_image(rec.path, max_side=z.work_side, max_pixels=z.max_pixels).image
-        except ImageLoadError:
+            side = max(self.settings.work_side, min(z.work_side, max(rec.width, rec.height)))
+            local = extract_local(working_grey(img, side), z.n_features)
+            thumb = np.asarray(shrink(img, z.thumb_side).convert("L"))
+        except Exception:  # changed or odd file: the usual view has to do
             return rec
-        side = max(self.settings.work_side, min(z.work_side, max(rec.width, rec.height)))
-        local = extract_local(working_grey(img, side), z.n_features)
-        thumb = np.asarray(shrink(img, z.thumb_side).convert("L"))
         return replace(rec, local=local, thumb=thumb)
 
     # -- verification ------------------------------------------------------

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ._fs import atomic_write_bytes
+from .fspath import csv_bytes, json_text
 
 
 @dataclass
@@ -61,7 +62,7 @@ class DedupeReport:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        return json_text(self.to_dict(), indent=indent)
 
     def to_csv(self) -> str:
         """One row per cluster member; ``score``/``kind`` describe its match to the
@@ -109,4 +110,4 @@ class DedupeReport:
         atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
     def write_csv(self, path: str | os.PathLike) -> None:
-        atomic_write_bytes(path, self.to_csv().encode("utf-8"))
+        atomic_write_bytes(path, csv_bytes(self.to_csv()))
