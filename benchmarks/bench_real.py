@@ -71,7 +71,8 @@ def run(images: Path, extra: list[str]) -> tuple[dict, float]:
 def evaluate(report: dict, truth: dict, images: Path) -> dict:
     """All scores of one dedupe report against the dev-set truth."""
     clusters = [[_rel(m, images) for m in c["members"]] for c in report.get("clusters", [])]
-    pred = C.pairs_from_groups(clusters)
+    pred = C.pairs_from_groups(clusters) - {frozenset((p["a"], p["b"]))
+                                            for p in truth.get("unscored", [])}
     true_rel = {frozenset((p["a"], p["b"])): p["relation"] for p in truth["pairs"]}
     look = {frozenset((p["a"], p["b"])): p for p in truth["lookalikes"]}
     scores = C.score(pred, set(true_rel))

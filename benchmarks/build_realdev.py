@@ -63,6 +63,7 @@ PACKAGES = {
     "mate-icon-theme": "1.26.0-1",
     "mint-y-icons": "1.6.5-1",
     "tuxpaint-data": "1:0.9.28-sdl2-1",
+    "scribus-template": "1.2.4.1-6",
 }
 
 #: Reserved for held-out evaluation: never downloaded, opened or tuned on.
@@ -83,6 +84,7 @@ class Item:
     group: str                  # ground-truth group: files that are the same picture
     families: tuple[str, ...] = ()  # look-alike families: cross-group pairs must not match
     edited: bool = False        # an edited copy (overlay, logo, UI) of its group's picture
+    unscored: str = ""          # files sharing this key and not a group or family: not scored
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Truth:
     groups: dict[str, list[str]] = field(default_factory=dict)
     pairs: list[dict] = field(default_factory=list)
     lookalikes: list[dict] = field(default_factory=list)
+    unscored: list[dict] = field(default_factory=list)
 
 
 def _forbidden(name: str) -> bool:
@@ -230,7 +233,47 @@ def select(trees: dict[str, Path]) -> list[Item]:
         if p.suffix.lower() in (".png", ".jpeg", ".jpg") and p.name not in TUXPAINT_EXCLUDED:
             fam = re.split(r"[-_]", p.stem)[0]
             add("tuxpaint-data", p, f"tuxpaint-{p.stem}", [f"tuxpaint-{fam}"])
+    # Scribus templates: each page preview beside its thumbnail (``<name>tn.png``), the
+    # photos the templates use, a greyscale copy of one, translated screenshots.
+    t = trees["scribus-template"]
+    for p in _files(t, "usr/share/scribus/templates/*/*"):
+        if p.suffix.lower() not in (".png", ".jpg") or p.name in SCRIBUS_EXCLUDED:
+            continue
+        stem = p.stem[:-2] if p.stem.endswith("tn") else p.stem
+        group = SCRIBUS_GROUPS.get(p.name, f"scribus-{p.parent.name}-{stem}")
+        add("scribus-template", p, group, SCRIBUS_FAMILIES.get(p.name, ()),
+            p.name in SCRIBUS_EDITED)
+        # A page preview shows the folder's photos laid out on a page (a small part
+        # of it): those pairs are neither copies nor look-alikes, and are not scored.
+        items[-1].unscored = f"scribus-{p.parent.name}"
     return items
+
+
+#: Scribus: thumbnails too small to be pictures (13 px high) are left out.
+SCRIBUS_EXCLUDED = {"ad1-sixth-bwtn.png", "ad3tn.png"}
+#: One picture across template folders (checked by eye, sheets/scribus.png): the
+#: greyscale teriyaki photo of the b/w menu; the splash screenshot whose status line
+#: says "Initialisierung" in one language and "Inicjalizacja" in the other.
+SCRIBUS_GROUPS = {"teriyaki.png": "scribus-teriyaki", "teriyaki-bw.png": "scribus-teriyaki",
+                  "initialisierung.png": "scribus-splash", "inicjalizacja.png": "scribus-splash"}
+SCRIBUS_EDITED = {"teriyaki-bw.png", "inicjalizacja.png"}
+#: Look-alikes: different photographs of the moon and of one eclipse (same scene),
+#: the app screenshot and project page in German and in Polish (translated UI:
+#: a variant), the colour and black-and-white menus, blank label sheets.
+SCRIBUS_FAMILIES = {
+    "brightness.jpg": ("scribus-moon",), "halfmoon.jpg": ("scribus-moon",),
+    "moon.jpg": ("scribus-moon",),
+    "scribus_min_de.png": ("scribus-translated-app",), "scribus_min.png": ("scribus-translated-app",),
+    "scribus_project_de.png": ("scribus-translated-page",),
+    "scribus_project_pl.png": ("scribus-translated-page",),
+    "scribus_project_detn.png": ("scribus-translated-page",),
+    "scribus_project_pltn.png": ("scribus-translated-page",),
+    "menu1.png": ("scribus-menu",), "menu1tn.png": ("scribus-menu",),
+    "menu1-a4-3cols-bw.png": ("scribus-menu",), "menu1-a4-3cols-bwtn.png": ("scribus-menu",),
+    "Avery5162.png": ("scribus-labels",), "Avery8254.png": ("scribus-labels",),
+    "Avery8660.png": ("scribus-labels",), "Avery5162tn.png": ("scribus-labels",),
+    "Avery8254tn.png": ("scribus-labels",), "Avery8660tn.png": ("scribus-labels",),
+}
 
 
 #: Left out after looking: a foreground layer (sky or water cut away to transparency)
@@ -282,6 +325,9 @@ FAMILY_WHY = [
     (r"^mint-state-", "variant", "icon state"),
     (r"^tuxpaint-", "different", "colouring-book starter"),
     (r"^alpha$", "different", "picture only in the alpha channel"),
+    (r"^scribus-moon$", "same-scene", "other photos of the moon / one eclipse"),
+    (r"^scribus-translated", "variant", "translated screenshot or page"),
+    (r"^scribus-(menu|labels)$", "variant", "b/w layout or blank label sheet"),
 ]
 
 
@@ -316,8 +362,11 @@ def relation(a: Path, b: Path, edited: bool) -> str:
         return "same-pixels"
     if edited:
         return "edited"
-    ra, rb = sa[0] / sa[1], sb[0] / sb[1]
-    return "resized" if abs(ra - rb) / max(ra, rb) < 0.015 else "crop"
+    (bw, bh), (sw, sh) = sorted((sa, sb), reverse=True)
+    f = sw / bw
+    # Same aspect ratio within 1.5 %, or within the rounding of a small thumbnail's side.
+    same_ratio = abs(bw / bh - sw / sh) / (bw / bh) < 0.015 or abs(bh * f - sh) <= 1.5
+    return "resized" if same_ratio else "crop"
 
 
 def alpha_only(p: Path) -> bool:
@@ -426,6 +475,14 @@ def build_truth(items: list[Item]) -> Truth:
             seen.add(key)
             truth.lookalikes.append({"a": a.dest, "b": b.dest, "relation": rel, "why": why,
                                      "family": fam})
+    by_key: dict[str, list[Item]] = {}
+    for it in items:
+        if it.unscored:
+            by_key.setdefault(it.unscored, []).append(it)
+    for key, members in sorted(by_key.items()):
+        for a, b in itertools.combinations(sorted(members, key=lambda m: m.dest), 2):
+            if a.group != b.group and (a.dest, b.dest) not in seen:
+                truth.unscored.append({"a": a.dest, "b": b.dest, "why": key})
     return truth
 
 
@@ -443,7 +500,9 @@ def write_truth(truth: Truth, root: Path = ROOT) -> Path:
     data = {"packages": [{"name": n, "version": v} for n, v in PACKAGES.items()],
             "images": truth.images,
             "groups": [{"id": g, "members": m} for g, m in truth.groups.items()],
-            "pairs": truth.pairs, "lookalikes": truth.lookalikes}
+            "pairs": truth.pairs, "lookalikes": truth.lookalikes,
+            # Pairs neither counted as found nor as false (a page and a photo on it).
+            "unscored": truth.unscored}
     path = root / "truth.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
