@@ -125,6 +125,8 @@ def main() -> None:
     folder = sets.build(args.set, base, C.WORK / f"{args.set}-{args.split}-{len(base)}")
     n_images = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
     truth = truth_pairs(folder)
+    # Pairs made to look alike on purpose (two photos on one monitor): how many merge.
+    negatives = sets.hard_negatives(args.set, folder)
     print(f"{args.set} set: {len(base)} photos ({args.split} split) -> {n_images} images, "
           f"{len(truth)} true pairs", flush=True)
     if args.cosine_sweep:
@@ -147,9 +149,12 @@ def main() -> None:
             else:
                 r = run_matchkit(folder, tmp, method_args(method))
             pred = C.pairs_from_groups(r["clusters"])
-            rows.append({"method": method, **C.score(pred, truth), "wall_s": r["wall_s"],
+            extra = {"negatives_merged": f"{len(pred & negatives)}/{len(negatives)}"} \
+                if negatives else {}
+            rows.append({"method": method, **C.score(pred, truth), **extra, "wall_s": r["wall_s"],
                          "images_per_s": n_images / r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]})
-    cols = ["method", "pairs_found", "tp", "precision", "recall", "wall_s", "images_per_s",
+    cols = ["method", "pairs_found", "tp", "precision", "recall",
+            *(["negatives_merged"] if negatives else []), "wall_s", "images_per_s",
             "peak_rss_mib"]
     text = C.table(rows, cols)
     print(text)

@@ -105,9 +105,17 @@ def evaluate(report: dict, truth: dict, images: Path) -> dict:
             if k in stated:
                 confusion[(p["relation"], stated[k])] += 1
 
+    per_pkg = []
+    pkg = lambda path: path.split("/", 1)[0]  # noqa: E731 - images/<package>/...
+    for name in sorted({pkg(m) for m in truth["images"]}):
+        mine = [k for k in true_rel if pkg(min(k)) == name]
+        false = [k for k in pred - set(true_rel) if name in {pkg(x) for x in k}]
+        per_pkg.append({"package": name, "true_pairs": len(mine),
+                        "found": sum(1 for k in mine if k in pred), "false_pairs": len(false)})
+
     false_pairs = sorted(tuple(sorted(k)) for k in pred - set(true_rel))
     misses = sorted(tuple(sorted(k)) for k in set(true_rel) - pred)
-    return {"scores": scores, "per_kind": per_kind, "per_why": per_why,
+    return {"scores": scores, "per_kind": per_kind, "per_why": per_why, "per_pkg": per_pkg,
             "lookalike_pairs": len(look), "lookalike_merged": merged_all,
             "confusion": confusion, "false_pairs": false_pairs, "misses": misses,
             "true_rel": true_rel, "look": look, "skipped": report.get("skipped", [])}
@@ -164,6 +172,7 @@ def main() -> None:
                    ["images", "true_pairs", "pairs_found", "tp", "precision", "recall",
                     "lookalike_pairs", "lookalike_merged_pct", "wall_s"])
     kinds = C.table(ev["per_kind"], ["relation", "true_pairs", "found", "recall"])
+    pkgs = C.table(ev["per_pkg"], ["package", "true_pairs", "found", "false_pairs"])
     whys = C.table(ev["per_why"], ["look-alike", "relation", "pairs", "merged", "merged_pct"])
     conf = (confusion_table(ev["confusion"]) if ev["confusion"] else
             "(the JSON has no `relation` per pair: no confusion table)")
@@ -171,6 +180,8 @@ def main() -> None:
     level_note = (f"`--level {args.level}`" if level else
                   "default settings (this matchkit has no `--level` option)")
     text = (f"{head}\n\nRecall per true relation:\n\n{kinds}\n\n"
+            f"Per package (false pairs: found pairs with a file of the package that are "
+            f"not true pairs):\n\n{pkgs}\n\n"
             f"Look-alike pairs merged (must not match at `--level copies`):\n\n{whys}\n\n"
             f"True vs reported relation (pairs the JSON lists):\n\n{conf}\n")
     print(text)

@@ -122,6 +122,28 @@ def hard_edits(path: Path, out: Path, salt: str = "") -> None:
 RECAPTURE_SETUPS = 6
 
 
+def recapture_setup(photo_name: str) -> int:
+    """The shared monitor setup a photo is shown on in the recapture set."""
+    import hashlib
+
+    return int(hashlib.sha256(photo_name.encode()).hexdigest()[:8], 16) % RECAPTURE_SETUPS
+
+
+def hard_negatives(kind: str, folder: Path) -> set[frozenset]:
+    """Pairs of files made from *different* photos that a set makes look alike on
+    purpose (recapture: two photos shown on one monitor setup); empty for sets
+    without such pairs."""
+    if kind != "recapture":
+        return set()
+    by_setup: dict[int, list[str]] = {}
+    for p in Path(folder).glob("*__monitor.jpg"):
+        originals = list(Path(folder).glob(f"{group_of(p.name)}__orig.*"))
+        if originals:
+            by_setup.setdefault(recapture_setup(originals[0].name), []).append(p.name)
+    return {frozenset((a, b)) for names in by_setup.values()
+            for i, a in enumerate(names) for b in names[i + 1:]}
+
+
 def recapture_edits(path: Path, out: Path) -> None:
     """A photo re-photographed (``matchkit.edits`` op ``recapture``, seeded per photo):
 
@@ -130,13 +152,11 @@ def recapture_edits(path: Path, out: Path) -> None:
     pose; ``print``: a print with a white border. All at 10-35 degrees off-axis,
     with a lighting gradient, blur, noise and a new background.
     """
-    import hashlib
-
     from matchkit.edits import Edit, apply_edit
 
     stem = path.stem
     shutil.copyfile(path, out / f"{stem}__orig{path.suffix.lower()}")
-    setup = int(hashlib.sha256(path.name.encode()).hexdigest()[:8], 16) % RECAPTURE_SETUPS
+    setup = recapture_setup(path.name)
     common = {"op": "recapture", "degrees": [10, 35], "blur": [0.6, 1.8], "noise": [3, 8]}
     edits = [Edit("monitor", ({**common, "kind": "monitor", "setup": setup},)),
              Edit("screen", ({**common, "kind": "monitor"},)),
