@@ -122,11 +122,12 @@ def hard_edits(path: Path, out: Path, salt: str = "") -> None:
 RECAPTURE_SETUPS = 6
 
 
-def recapture_setup(photo_name: str) -> int:
-    """The shared monitor setup a photo is shown on in the recapture set."""
+def recapture_setup(stem: str) -> int:
+    """The shared monitor setup a photo (by its file stem, the set's group name)
+    is shown on in the recapture set."""
     import hashlib
 
-    return int(hashlib.sha256(photo_name.encode()).hexdigest()[:8], 16) % RECAPTURE_SETUPS
+    return int(hashlib.sha256(stem.encode()).hexdigest()[:8], 16) % RECAPTURE_SETUPS
 
 
 def hard_negatives(kind: str, folder: Path) -> set[frozenset]:
@@ -136,10 +137,8 @@ def hard_negatives(kind: str, folder: Path) -> set[frozenset]:
     if kind != "recapture":
         return set()
     by_setup: dict[int, list[str]] = {}
-    for p in Path(folder).glob("*__monitor.jpg"):
-        originals = list(Path(folder).glob(f"{group_of(p.name)}__orig.*"))
-        if originals:
-            by_setup.setdefault(recapture_setup(originals[0].name), []).append(p.name)
+    for p in sorted(Path(folder).glob("*__monitor.jpg")):
+        by_setup.setdefault(recapture_setup(group_of(p.name)), []).append(p.name)
     return {frozenset((a, b)) for names in by_setup.values()
             for i, a in enumerate(names) for b in names[i + 1:]}
 
@@ -156,7 +155,7 @@ def recapture_edits(path: Path, out: Path) -> None:
 
     stem = path.stem
     shutil.copyfile(path, out / f"{stem}__orig{path.suffix.lower()}")
-    setup = recapture_setup(path.name)
+    setup = recapture_setup(stem)
     common = {"op": "recapture", "degrees": [10, 35], "blur": [0.6, 1.8], "noise": [3, 8]}
     edits = [Edit("monitor", ({**common, "kind": "monitor", "setup": setup},)),
              Edit("screen", ({**common, "kind": "monitor"},)),

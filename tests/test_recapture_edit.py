@@ -40,3 +40,22 @@ def test_one_setup_gives_different_photos_the_same_frame():
 def test_recapture_suite_loads():
     suite = load_suite("recapture")
     assert {e.name for e in suite.edits} == {"monitor", "print"}
+
+
+def test_recapture_set_negatives_are_photos_on_one_setup(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import sets
+
+    stems = [f"p{i}" for i in range(20)]
+    for s in stems:
+        (tmp_path / f"{s}__orig.jpg").write_bytes(b"")
+        (tmp_path / f"{s}__monitor.jpg").write_bytes(b"")
+    neg = sets.hard_negatives("recapture", tmp_path)
+    setup = {s: sets.recapture_setup(s) for s in stems}
+    want = {frozenset((f"{a}__monitor.jpg", f"{b}__monitor.jpg"))
+            for i, a in enumerate(stems) for b in stems[i + 1:] if setup[a] == setup[b]}
+    assert neg == want and len(set(setup.values())) > 1
+    assert sets.hard_negatives("hard", tmp_path) == set()
