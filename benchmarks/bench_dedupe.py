@@ -8,6 +8,10 @@ pair of files made from the same photo is a true pair.
     python benchmarks/bench_dedupe.py --set transformed            # eval half, writes RESULTS.md
     python benchmarks/bench_dedupe.py --set transformed --split calib --sweep 60,80,90 --colour-sweep 0.8,0.9
 
+``--set recapture`` re-photographs each photo (monitor on a shared setup, monitor at
+its own pose, print; ``sets.recapture_edits``); its table adds ``negatives_merged``:
+pairs of different photos shown on one monitor setup that ended in one cluster.
+
 ``--sweep`` (for choosing defaults) runs on the split you name and never
 writes RESULTS.md; defaults are chosen on ``calib`` and reported on ``eval``.
 """
