@@ -40,6 +40,26 @@ def truth_pairs(folder: Path) -> set:
     return C.pairs_from_groups(groups.values())
 
 
+def add_set_arguments(ap: argparse.ArgumentParser, default: str = "transformed") -> None:
+    """The options that choose a benchmark set: kind, base photos, split, limit."""
+    ap.add_argument("--set", default=default, choices=sorted(sets.BUILDERS))
+    ap.add_argument("--photos", type=Path, default=C.DEFAULT_PHOTOS)
+    ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
+
+
+def load_set(args) -> tuple[list[Path], Path, int, set]:
+    """Build (or reuse) the set the options name: base photos, folder, image
+    count and true pairs."""
+    base = sets.photos(args.photos, args.split, args.limit)
+    folder = sets.build(args.set, base, C.WORK / f"{args.set}-{args.split}-{len(base)}")
+    n_images = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
+    truth = truth_pairs(folder)
+    print(f"{args.set} set: {len(base)} photos ({args.split} split) -> {n_images} images, "
+          f"{len(truth)} true pairs", flush=True)
+    return base, folder, n_images, truth
+
+
 def run_matchkit(folder: Path, tmp: Path, extra: list[str]) -> dict:
     out = tmp / "matchkit.json"
     cmd = [sys.executable, "-m", "matchkit.cli", "dedupe", str(folder), "--json", str(out), "-q",
@@ -108,10 +128,7 @@ def sweep(folder: Path, thresholds: list, truth: set, margins: list[int]) -> Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", default="transformed", choices=sorted(sets.BUILDERS))
-    ap.add_argument("--photos", type=Path, default=C.DEFAULT_PHOTOS)
-    ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
+    add_set_arguments(ap)
     ap.add_argument("--sweep", default=None, help="comma-separated pHash thresholds to try")
     ap.add_argument("--colour-sweep", default=None,
                     help="comma-separated colour-similarity minimums to try with --sweep")
@@ -125,14 +142,9 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
 
-    base = sets.photos(args.photos, args.split, args.limit)
-    folder = sets.build(args.set, base, C.WORK / f"{args.set}-{args.split}-{len(base)}")
-    n_images = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
-    truth = truth_pairs(folder)
+    base, folder, n_images, truth = load_set(args)
     # Pairs made to look alike on purpose (two photos on one monitor): how many merge.
     negatives = sets.hard_negatives(args.set, folder)
-    print(f"{args.set} set: {len(base)} photos ({args.split} split) -> {n_images} images, "
-          f"{len(truth)} true pairs", flush=True)
     if args.cosine_sweep:
         model, _, values = args.cosine_sweep.partition(":")
         with tempfile.TemporaryDirectory() as tmp:

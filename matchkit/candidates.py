@@ -86,7 +86,7 @@ def phash_candidates(
                 if d < best.get(pair, collect + 1):
                     best[pair] = d
         for owner, seen in loose.items():
-            for key, d in sorted(seen.items(), key=lambda kv: kv[1])[:collect_top]:
+            for key, d in sorted(seen.items(), key=_by_distance_then_id)[:collect_top]:
                 pair = (owner, key) if owner < key else (key, owner)
                 if d < best.get(pair, collect + 1):
                     best[pair] = d
@@ -97,6 +97,12 @@ def phash_candidates(
         rows = rows[saturated]
         k = min(k * 4, _MAX_NEIGHBOURS)
     return out
+
+
+def _by_distance_then_id(item: tuple[int, int]) -> tuple[int, int]:
+    """Sort key of (id, distance) items: equal distances in id order, not in
+    the order the index happened to return them."""
+    return item[1], item[0]
 
 
 def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
@@ -111,7 +117,7 @@ def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
                 seen[key] = d
     crowd, order = {}, {}
     for owner, seen in nearest.items():
-        ranked = sorted(seen.items(), key=lambda kv: kv[1])[:k]
+        ranked = sorted(seen.items(), key=_by_distance_then_id)[:k]
         crowd[owner] = ranked[k - 1][1] if len(ranked) >= k else nbits
         order[owner] = ranked
     return crowd, order

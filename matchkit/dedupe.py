@@ -87,7 +87,8 @@ def dedupe(
         blank = sorted(img.path for img in gallery.images(added.ids).values() if img.blank)
         report = DedupeReport(
             clusters=clusters,
-            skipped=[SkippedFile(s.path, s.reason) for s in added.skipped],
+            skipped=[SkippedFile(s.path, s.reason)  # in path order, as given or not
+                     for s in sorted(added.skipped, key=lambda s: s.path)],
             blank=blank,
         )
         report.stats = {
@@ -242,7 +243,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                 tried = between.get(key(center, x), [])
                 if not tried or (mirror is not False
                                  and not any(ev.extra.get("mirror_tried") for ev in tried)):
-                    hop[x] = mirror is not False
+                    # Any path that may mean "mirror" asks for the mirrored
+                    # look, whichever path is met first (no order dependence).
+                    hop[x] = hop.get(x, False) or mirror is not False
         if hop:
             fresh = [matcher.evidence_between(center, x, reflect=r) for x, r in hop.items()]
             matcher.verify(fresh)

@@ -478,6 +478,10 @@ class Gallery:
             todo.append(key)
         if progress and (report.unchanged or report.skipped):
             progress(report.unchanged + len(report.skipped))
+        # New images get ids in path order, not in the order the caller listed
+        # them: ids break ties and orient pairs (a < b), so the same files must
+        # get the same ids however they were given (extract_many keeps order).
+        todo.sort()
 
         batch: list[tuple[str, ImageRecord | ImageLoadError]] = []
         for item in extract_many(todo, self.settings, on_done=(lambda: progress(1)) if progress else None):
@@ -755,10 +759,11 @@ class Gallery:
         file = self.path / info["file"]
         if file.exists() and info.get("index_generation") == info["generation"]:
             try:
-                return VectorIndex.load(file, expect_model=name, expect_dim=dim)
+                return VectorIndex.load(file, expect_model=name, expect_dim=dim, add_threads=1)
             except Exception:  # unreadable or foreign cache: rebuild from SQLite
                 pass
-        idx = VectorIndex(name, dim)
+        # Single-threaded adds: the same vectors give the same graph (neighbours).
+        idx = VectorIndex(name, dim, add_threads=1)
         cur = self._db.execute(
             "SELECT e.image_id, e.vector FROM embeddings e JOIN images i ON i.id = e.image_id "
             "WHERE e.model=? ORDER BY e.image_id", (name,))

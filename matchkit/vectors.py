@@ -145,11 +145,16 @@ class VectorIndex:
         HNSW graph degree and beam widths while building and searching.
     threads:
         Threads for batch add/search (0 = all cores).
+    add_threads:
+        Threads for batch add if not ``threads``. 1 makes the HNSW graph (so
+        the neighbours a large index finds) depend only on the vectors and
+        their order: concurrent inserts link nodes in scheduling order.
     """
 
     def __init__(self, model: str, dim: int, *, dtype: str = "f16",
                  connectivity: int = CONNECTIVITY, expansion_add: int = EXPANSION_ADD,
-                 expansion_search: int = EXPANSION_SEARCH, threads: int = 0):
+                 expansion_search: int = EXPANSION_SEARCH, threads: int = 0,
+                 add_threads: int | None = None):
         if not model:
             raise ValueError("a VectorIndex needs the model name")
         if int(dim) <= 0:
@@ -158,6 +163,7 @@ class VectorIndex:
         self.dim = int(dim)
         self.dtype = dtype
         self.threads = int(threads)
+        self.add_threads = self.threads if add_threads is None else int(add_threads)
         self._index = Index(ndim=self.dim, metric="cos", dtype=dtype,
                             connectivity=connectivity, expansion_add=expansion_add,
                             expansion_search=expansion_search)
@@ -226,7 +232,7 @@ class VectorIndex:
             self._index.remove(ids[present])
             if self._rows is not None:
                 self._rows.drop(ids[present].astype(np.int64))
-        self._index.add(ids, vectors, threads=self.threads)
+        self._index.add(ids, vectors, threads=self.add_threads)
         if self._rows is not None:
             self._rows.put(ids.astype(np.int64), vectors)
 
@@ -425,7 +431,7 @@ class VectorIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, expect_model: str | None = None, *,
              expect_dim: int | None = None, view: bool = False,
-             threads: int = 0) -> "VectorIndex":
+             threads: int = 0, add_threads: int | None = None) -> "VectorIndex":
         """Open a saved index, refusing one built by another model.
 
         ``view=True`` memory-maps the file instead of reading it (fast to
@@ -455,7 +461,7 @@ class VectorIndex:
                   connectivity=int(record.get("connectivity", CONNECTIVITY)),
                   expansion_add=int(record.get("expansion_add", EXPANSION_ADD)),
                   expansion_search=int(record.get("expansion_search", EXPANSION_SEARCH)),
-                  threads=threads)
+                  threads=threads, add_threads=add_threads)
         try:
             if view:
                 idx._index.view(str(path))
