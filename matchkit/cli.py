@@ -102,9 +102,15 @@ def cli() -> None:
               help="Decide pairs with a calibrated profile (a name in configs/, e.g. "
                    "'default', or a .toml file from 'matchkit calibrate') instead of the "
                    "hand-set rules.")
+@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
+              show_default=True,
+              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
+                   "recapture), variants (also recolours, light/dark and state variants) or "
+                   "similar (also other shots of the same scene).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
-           model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name, quiet):
+           model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name, level,
+           quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
@@ -124,6 +130,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
       matchkit dedupe big-archive/ --hash-only --csv dupes.csv
       matchkit dedupe photos/ --model sscd-disc-mixup --json dupes.json
       matchkit dedupe photos/ --profile default --json dupes.json
+      matchkit dedupe wallpapers/ --level variants --html review.html
     """
     profile = _load_profile(profile_name)
     if min_cosine is not None and not model:
@@ -138,7 +145,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
-                            profile=profile)
+                            profile=profile, level=level)
     except FileNotFoundError as e:
         _fail(str(e))
     except GalleryError as e:
@@ -428,7 +435,7 @@ def labels_show(gallery):
 
 
 def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
-             no_model=False, text_labels=False, profile=None):
+             no_model=False, text_labels=False, profile=None, level=None):
     """A fitted Labeler over an existing gallery, or a one-line usage error.
 
     The embedding model is ``model``, else the one model the gallery holds
@@ -462,7 +469,7 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
         _fail("--text-labels needs a CLIP model (--model)")
     lab = Labeler(k=k, target_accuracy=target, calibration=calibration,
                   calibration_samples=samples, embedder=embedder,
-                  texts="labels" if text_labels else None, profile=profile)
+                  texts="labels" if text_labels else None, profile=profile, level=level)
     try:
         lab.fit(gallery)
     except (GalleryError, LabelError, ValueError) as e:
@@ -548,9 +555,14 @@ def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text
 @click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
               help="Decide whether a query copies a labelled example with a calibrated "
                    "profile (a name in configs/ or a .toml file) instead of the hand rules.")
+@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
+              show_default=True,
+              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
+                   "recapture), variants (also recolours, light/dark and state variants) or "
+                   "similar (also other shots of the same scene).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def label(queries, gallery, json_path, k, target, calibration, model, no_model, text_labels,
-          html_path, profile_name, quiet):
+          html_path, profile_name, level, quiet):
     """Label each image in QUERIES (files or folders) by its nearest labelled
     gallery examples, or "unknown" when nothing matches well enough.
 
@@ -578,7 +590,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
         _fail(str(e))
     profile = _load_profile(profile_name)
     lab = _labeler(gallery, k, target, calibration, quiet, model=model, no_model=no_model,
-                   text_labels=text_labels, profile=profile)
+                   text_labels=text_labels, profile=profile, level=level)
     with lab:
         answers = lab.answers(files)
         cal = lab.calibration_
@@ -591,6 +603,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
                   "classes": len(lab.classes_), "k": k,
                   "profile": profile.name if profile else None,
                   "target_precision": profile.target_precision if profile else None,
+                  "level": level,
                   "seconds": round(time.perf_counter() - start, 3)},
         "calibration": None if cal is None else {
             key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
@@ -632,9 +645,14 @@ def _check_html_path(html_path: str | None) -> None:
 @click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
               help="Decide with a calibrated profile (a name in configs/, e.g. 'default', "
                    "or a .toml file); scores are then its P(duplicate).")
+@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
+              show_default=True,
+              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
+                   "recapture), variants (also recolours, light/dark and state variants) or "
+                   "similar (also other shots of the same scene).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, profile_name,
-              quiet):
+              level, quiet):
     """Check each image in QUERIES (files or folders) against a reference gallery.
 
     For every query: the gallery images it is a copy of (cropped, flipped,
@@ -664,7 +682,7 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(str(e))
     try:
         report = run_check(gallery, files, k=k, include_all=include_all,
-                           profile=_load_profile(profile_name))
+                           profile=_load_profile(profile_name), level=level)
     except (GalleryError, CheckError) as e:
         _fail(_one_line(e))
     data = report.to_dict()

@@ -22,6 +22,7 @@ from .hashing import hamming
 from .io import iter_image_files
 from .keeper import GREY_MASS, grey_share, keeper_priority
 from .match import PairEvidence, PairMatcher
+from .relation import check_level
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
 
 
@@ -32,6 +33,7 @@ def dedupe(
     settings: Settings = Settings(),
     progress: bool = False,
     profile=None,
+    level: str | None = None,
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
@@ -40,11 +42,14 @@ def dedupe(
     ``FileNotFoundError`` if a path does not exist; unreadable files are
     reported in ``report.skipped``. With a ``profile`` (``profiles.Profile``)
     its calibrated decision replaces the hand-set rules and its settings
-    overrides apply.
+    overrides apply. ``level`` (``relation.LEVELS``: "copies", "variants" or
+    "similar"; default ``settings.level``) chooses which relations form clusters.
     """
     start = time.perf_counter()
     if profile is not None:
         settings = profile.apply(settings)
+    if level is not None:
+        settings = settings.with_(level=check_level(level))
     embedder = None
     if settings.model:
         from .embed import load_embedder  # torch/onnxruntime only when asked for
@@ -84,6 +89,7 @@ def dedupe(
             "phash_max_distance": settings.phash_max_distance,
             "colour_min_similarity": settings.colour_min_similarity,
             "model": settings.model,
+            "level": settings.level,
             "profile": profile.name if profile else None,
             "target_precision": profile.target_precision if profile else None,
             # Pair scores are the profile's P(duplicate); it accepts from here.
@@ -232,12 +238,15 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                 if m == keep:
                     continue
                 if r == keep:
-                    pairs.append(PairResult(images[keep].path, images[m].path, 1.0, "exact"))
+                    same = images[keep].sha256 == images[m].sha256
+                    pairs.append(PairResult(images[keep].path, images[m].path, 1.0, "exact",
+                                            relation="exact" if same else "same-pixels"))
                     n_exact += 1
                 else:
                     ev = class_edge[(keep, r) if keep < r else (r, keep)]
                     pairs.append(PairResult(images[keep].path, images[m].path, ev.score(),
-                                            "near", ev.to_evidence()))
+                                            "near", ev.to_evidence(),
+                                            relation=matcher.settle_relation(ev) or "edited"))
                     n_near += 1
         clusters.append(ClusterResult(images[keep].path, [images[m].path for m in members], pairs))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))

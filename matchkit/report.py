@@ -24,6 +24,9 @@ class PairResult:
     score: float
     kind: str  # "exact" | "near"
     evidence: dict = field(default_factory=dict)
+    #: How the two images relate (``relation.KINDS``): "exact", "same-pixels",
+    #: "resized", "crop", "edited", "recapture", "variant" or "same-scene".
+    relation: str = ""
 
 
 @dataclass
@@ -59,7 +62,7 @@ class DedupeReport:
         """One row per cluster member; ``score``/``kind`` describe its match to the keeper."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["cluster", "path", "keep", "score", "kind"])
+        w.writerow(["cluster", "path", "keep", "score", "kind", "relation"])
         for i, c in enumerate(self.clusters):
             to_keeper = {}
             for p in c.pairs:
@@ -70,7 +73,8 @@ class DedupeReport:
             for m in c.members:
                 p = to_keeper.get(m)
                 w.writerow([i, m, int(m == c.keep),
-                            "" if p is None else f"{p.score:.4f}", "" if p is None else p.kind])
+                            "" if p is None else f"{p.score:.4f}", "" if p is None else p.kind,
+                            "" if p is None else p.relation])
         return buf.getvalue()
 
     def summary(self) -> str:
