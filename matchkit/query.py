@@ -256,7 +256,7 @@ class QueryMatcher:
         from .pairfeatures import decide
 
         decide(self.calibrator, evidence, self._crowd, self._sizes, self._pictures, rule,
-               allowed)
+               allowed, level=self.settings.level)
 
     def _note_pictures(self, records, keys, gallery_ids) -> None:
         """Sizes and picture shares the calibrated decision needs."""

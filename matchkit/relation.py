@@ -70,6 +70,8 @@ class RelationEvidence:
     #: Share of each image's picture inside the aligned overlap.
     coverage_a: float = 1.0
     coverage_b: float = 1.0
+    #: The aligned pixels agree: over the whole overlap, or in most of its cells.
+    pixels_agree: bool = True
     #: Share of the textured overlap where the aligned pixels agree (None: not measured).
     agreement: float | None = None
     #: The colours agree where the pictures overlap (False: a recolour).
@@ -93,9 +95,7 @@ def classify(ev: RelationEvidence) -> str:
     if not ev.geometry:
         # Matches that no single plane explains: a 3-D scene seen twice.
         return "same-scene"
-    from .match import VARIANT_AGREEMENT  # the copy decision's threshold
-
-    if ev.agreement is not None and ev.agreement < VARIANT_AGREEMENT:
+    if not ev.pixels_agree:
         # The layout lines up but the pixels do not: light/dark versions,
         # state variants, another rendering of the same artwork.
         return "variant"

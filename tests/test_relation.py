@@ -122,7 +122,7 @@ def test_strong_keystone_recapture_matches(tmp_path):
     assert _relations(report)[frozenset(("original.png", "photo_of_screen.jpg"))] == "recapture"
 
 
-def caption_bar(im: Image.Image, share: float = 0.3) -> Image.Image:
+def caption_bar(im: Image.Image, share: float = 0.4) -> Image.Image:
     out = im.convert("RGB").copy()
     d = ImageDraw.Draw(out)
     top = int(out.height * (1 - share))
@@ -221,7 +221,8 @@ def test_levels_are_nested_in_kind_order():
      "recapture"),
     (RelationEvidence(coverage_a=0.99, coverage_b=0.99, agreement=0.9, colour_agree=False),
      "variant"),
-    (RelationEvidence(coverage_a=0.99, coverage_b=0.99, agreement=0.1, geometry=True), "variant"),
+    (RelationEvidence(coverage_a=0.99, coverage_b=0.99, agreement=0.1, pixels_agree=False),
+     "variant"),
     (RelationEvidence(coverage_a=0.6, coverage_b=0.6, agreement=0.3, geometry=False),
      "same-scene"),
 ])
