@@ -408,7 +408,8 @@ def _cell_agreement(x: np.ndarray, y: np.ndarray, mask: np.ndarray, aligned: np.
     bad = (judged & (r < CELL_AGREE)).astype(np.uint8)
     count, labels = cv2.connectedComponents(np.pad(bad, 1), connectivity=4)
     outside = np.pad(cells(aligned).sum(axis=2) < CELL * CELL / 4, 1, constant_values=True)
-    touching = np.unique(labels[cv2.dilate(outside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0])
+    near_outside = cv2.dilate(outside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    touching = np.unique(labels[near_outside])
     weights = np.pad(n * judged, 1)
     enclosed = max((float(weights[labels == k].sum()) for k in range(1, count)
                     if k not in touching), default=0.0)

@@ -200,9 +200,9 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     rotated = abs(np.degrees(np.arctan2(c - b, a + d))) > 2.0
     return classify(RelationEvidence(
         geometry=geometry, pixels_agree=pixels_agree, coverage_a=o.coverage_a,
-        coverage_b=o.coverage_b, agreement=o.agreement, perspective=ev.extra.get("perspective", 0.0),
+        coverage_b=o.coverage_b, agreement=o.agreement,
+        perspective=ev.extra.get("perspective", 0.0),
         reoriented=v.mirrored or rotated, padded=bool(ev.extra.get("padded")), **base))
-
 
 
 def embedding_rule(ev: PairEvidence, settings: Settings) -> str:

@@ -81,7 +81,8 @@ def bezel_frame(size=(900, 640), seed=5) -> tuple[Image.Image, tuple[int, int, i
     d.text((w // 2 - 30, h - 135), "ACME VIEW 27", fill=(200, 200, 210))
     for i in range(6):
         x = w - 160 + 12 * i
-        d.rectangle((x, h - 128, x + 6, h - 122), fill=tuple(int(v) for v in rng.integers(80, 255, 3)))
+        colour = tuple(int(v) for v in rng.integers(80, 255, 3))
+        d.rectangle((x, h - 128, x + 6, h - 122), fill=colour)
     return img, screen
 
 
@@ -228,3 +229,44 @@ def test_levels_are_nested_in_kind_order():
 ])
 def test_classify(evidence, kind):
     assert classify(evidence) == kind
+
+
+def test_level_in_cli_check_and_csv(tmp_path):
+    """--level reaches dedupe and check from the command line; the JSON and
+    CSV carry each pair's relation; an unknown level is a usage error."""
+    import csv
+    import io
+    import json
+
+    from click.testing import CliRunner
+
+    from matchkit.check import check
+    from matchkit.cli import cli
+    from matchkit.gallery import Gallery
+
+    ref, inc = tmp_path / "ref", tmp_path / "inc"
+    ref.mkdir()
+    inc.mkdir()
+    pic = tinted(620)
+    pic.save(ref / "blue.png")
+    unrelated(ref, 630)
+    recolour(pic).save(inc / "red.png")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["dedupe", str(ref), str(inc), "--level", "variants", "-q",
+                            "--json", "-", "--csv", str(tmp_path / "d.csv")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["stats"]["level"] == "variants"
+    assert [p["relation"] for c in data["clusters"] for p in c["pairs"]] == ["variant"]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "d.csv").read_text())))
+    assert sorted(row["relation"] for row in rows) == ["", "variant"]
+    r = runner.invoke(cli, ["dedupe", str(ref), "--level", "everything"])
+    assert r.exit_code == 2 and "everything" in r.output
+    with Gallery(tmp_path / "g") as g:
+        g.add(sorted(ref.iterdir()))
+        g.save()
+    assert not check(tmp_path / "g", [inc]).results[0].matched
+    found = check(tmp_path / "g", [inc], level="variants").results[0]
+    assert found.matched and found.best.relation == "variant"
+    with pytest.raises(ValueError, match="unknown level"):
+        dedupe([ref], level="everything")
