@@ -377,6 +377,9 @@ class Labeler:
         """Learn the examples: a gallery (or its folder), vectors with labels, or nothing."""
         if self.k < 1:
             raise ValueError("k must be at least 1")
+        if self.level is not None:
+            from .relation import check_level
+            check_level(self.level)  # before any gallery is opened
         self.close()
         self.gallery_ = None
         self._own_gallery = False
@@ -432,8 +435,7 @@ class Labeler:
         if self.profile is not None:
             self.settings_ = self.profile.apply(self.settings_)
         if self.level is not None:
-            from .relation import check_level
-            self.settings_ = self.settings_.with_(level=check_level(self.level))
+            self.settings_ = self.settings_.with_(level=self.level)
         self.image_labels_ = {i: [str(v) for v in values] for i, values in g.labelled().items()}
         if self.image_labels_:
             self.matcher_ = QueryMatcher(
