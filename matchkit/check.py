@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
+from .relation import check_level
 from ._fs import atomic_write_bytes
 from .config import Settings
 from .features import full_pixel_digest
@@ -66,6 +67,8 @@ class CheckMatch:
     #: The rule that decided: "phash", "phash+colour", "local" or "".
     rule: str
     evidence: dict = field(default_factory=dict)
+    #: How the query relates to this image (``relation.KINDS``; "" when not matched).
+    relation: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,10 +117,10 @@ class CheckReport:
         w = csv.writer(buf)
         w.writerow(["query", "status", "gallery_path", "gallery_id", "matched", "score", "kind",
                     "rule", "phash_distance", "inliers", "overlap_correlation", "transform",
-                    "reason"])
+                    "reason", "relation"])
         for r in self.results:
             if not r.matches:
-                w.writerow([r.path, "unmatched"] + [""] * 11)
+                w.writerow([r.path, "unmatched"] + [""] * 12)
             for m in r.matches:
                 ev = m.evidence
                 corr = ev.get("overlap_correlation")
@@ -125,9 +128,10 @@ class CheckReport:
                             int(m.matched), f"{m.score:.4f}", m.kind, m.rule,
                             ev.get("phash_distance", ""), ev.get("inliers", ""),
                             "" if corr is None else corr,
-                            json.dumps(ev["transform"]) if ev.get("transform") else "", ""])
+                            json.dumps(ev["transform"]) if ev.get("transform") else "", "",
+                            m.relation])
         for s in self.skipped:
-            w.writerow([s.path, "skipped"] + [""] * 10 + [s.reason])
+            w.writerow([s.path, "skipped"] + [""] * 10 + [s.reason, ""])
         return buf.getvalue()
 
     def summary(self) -> str:
@@ -194,7 +198,8 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
 def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLike], *,
           k: int = DEFAULT_K, include_all: bool = False, settings: Settings | None = None,
           scorer: Scorer | None = None, threshold: float = MATCH_STRENGTH_THRESHOLD,
-          score_name: str = "match_strength", profile=None) -> CheckReport:
+          score_name: str = "match_strength", profile=None,
+          level: str | None = None) -> CheckReport:
     """Check image files against a gallery without adding them.
 
     ``paths`` are image files or folders (walked like dedupe's). Each
@@ -204,6 +209,8 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     their reason; the run never stops for them. ``scorer``/``threshold``/
     ``score_name`` re-score matches; a ``profile`` (``profiles.Profile``)
     replaces the hand rules with its calibrated decision (module docstring).
+    ``level`` ("copies", "variants" or "similar"; default the settings')
+    chooses which relations count as a match.
 
     >>> report = check("my-gallery", ["found-online.jpg"])   # doctest: +SKIP
     >>> [(m.path, m.score, m.kind) for m in report.results[0].matches]  # doctest: +SKIP
@@ -223,6 +230,8 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
             s, calibrator = profile.apply(s), profile.calibrator
             if scorer is None:
                 threshold, score_name = calibrator.probability_threshold_, "p_duplicate"
+        if level is not None:
+            s = s.with_(level=check_level(level))
         is_exact = _ExactTest(g, s)
         report = CheckReport(str(g.path))
         with QueryMatcher(g, s, calibrator=calibrator) as matcher:
@@ -236,8 +245,10 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
             for nb in chosen:
                 score = nb.score if scorer is None else round(float(scorer(nb.evidence, s)), 6)
                 kind = ("exact" if is_exact(q.path, nb) else "near") if nb.matched else ""
+                relation = ("exact" if kind == "exact" else
+                            (nb.evidence.relation() or "") if nb.matched else "")
                 matches.append(CheckMatch(nb.id, nb.path, score, nb.matched, kind,
-                                          nb.evidence.rule, _evidence(nb.evidence)))
+                                          nb.evidence.rule, _evidence(nb.evidence), relation))
             matches.sort(key=lambda m: (not m.matched, -m.score, m.id))
             report.results.append(CheckResult(q.path, matches))
     finally:
@@ -251,5 +262,6 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
         "score": score_name, "score_threshold": threshold,
         "profile": profile.name if profile is not None else None,
         "target_precision": profile.target_precision if profile is not None else None,
+        "level": s.level,
         "seconds": round(time.perf_counter() - start, 3)}
     return report

@@ -354,8 +354,11 @@ class Labeler:
                  templates: Sequence[str] | None = None,
                  sharpness: float = 4.0, calibration: str | dict | os.PathLike = "auto",
                  calibration_samples: int = 200, edits_per_image: int = 2,
-                 zoom: bool = True, profile=None, random_state: int = 0):
+                 zoom: bool = True, profile=None, random_state: int = 0,
+                 level: str | None = None):
         self.k = k
+        #: Which relations count as a copy of a labelled example (None: the settings').
+        self.level = level
         self.target_accuracy = target_accuracy
         self.settings = settings
         self.embedder = embedder
@@ -374,6 +377,9 @@ class Labeler:
         """Learn the examples: a gallery (or its folder), vectors with labels, or nothing."""
         if self.k < 1:
             raise ValueError("k must be at least 1")
+        if self.level is not None:
+            from .relation import check_level
+            check_level(self.level)  # before any gallery is opened
         self.close()
         self.gallery_ = None
         self._own_gallery = False
@@ -428,6 +434,8 @@ class Labeler:
         self.settings_ = self.settings or g.settings
         if self.profile is not None:
             self.settings_ = self.profile.apply(self.settings_)
+        if self.level is not None:
+            self.settings_ = self.settings_.with_(level=self.level)
         self.image_labels_ = {i: [str(v) for v in values] for i, values in g.labelled().items()}
         if self.image_labels_:
             self.matcher_ = QueryMatcher(

@@ -138,10 +138,15 @@ def cli() -> None:
               help="Keeper preference, repeatable, applied in order before the built-in "
                    "rule: oldest, newest, largest, smallest (file size), format:FMT "
                    "(e.g. format:png) or path:GLOB (matched against the full path).")
+@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
+              show_default=True,
+              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
+                   "recapture), variants (also recolours, light/dark and state variants) or "
+                   "similar (also other shots of the same scene).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
            model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name,
-           keep_in, prefer, quiet):
+           keep_in, prefer, level, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
@@ -167,6 +172,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
       matchkit dedupe photos/ --profile default --json dupes.json
       matchkit dedupe inbox/ --keep-in archive/ --move-duplicates-to ~/dupes
       matchkit dedupe photos/ --prefer oldest --prefer 'path:*/originals/*'
+      matchkit dedupe wallpapers/ --level variants --html review.html
     """
     profile = _load_profile(profile_name)
     from .keeper import parse_preference
@@ -190,7 +196,8 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
-                            profile=profile, keep_in=keep_in, prefer=prefer)
+                            profile=profile, keep_in=keep_in, prefer=prefer,
+                            level=level)
     except FileNotFoundError as e:
         _fail(str(e))
     except GalleryError as e:
@@ -526,7 +533,7 @@ def labels_show(gallery):
 
 
 def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
-             no_model=False, text_labels=False, profile=None):
+             no_model=False, text_labels=False, profile=None, level=None):
     """A fitted Labeler over an existing gallery, or a one-line usage error.
 
     The embedding model is ``model``, else the one model the gallery holds
@@ -560,7 +567,7 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
         _fail("--text-labels needs a CLIP model (--model)")
     lab = Labeler(k=k, target_accuracy=target, calibration=calibration,
                   calibration_samples=samples, embedder=embedder,
-                  texts="labels" if text_labels else None, profile=profile)
+                  texts="labels" if text_labels else None, profile=profile, level=level)
     try:
         lab.fit(gallery)
     except (GalleryError, LabelError, ValueError) as e:
@@ -646,9 +653,14 @@ def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text
 @click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
               help="Decide whether a query copies a labelled example with a calibrated "
                    "profile (a name in configs/ or a .toml file) instead of the hand rules.")
+@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
+              show_default=True,
+              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
+                   "recapture), variants (also recolours, light/dark and state variants) or "
+                   "similar (also other shots of the same scene).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def label(queries, gallery, json_path, k, target, calibration, model, no_model, text_labels,
-          html_path, profile_name, quiet):
+          html_path, profile_name, level, quiet):
     """Label each image in QUERIES (files or folders) by its nearest labelled
     gallery examples, or "unknown" when nothing matches well enough.
 
@@ -676,7 +688,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
         _fail(str(e))
     profile = _load_profile(profile_name)
     lab = _labeler(gallery, k, target, calibration, quiet, model=model, no_model=no_model,
-                   text_labels=text_labels, profile=profile)
+                   text_labels=text_labels, profile=profile, level=level)
     with lab:
         answers = lab.answers(files)
         cal = lab.calibration_
@@ -689,6 +701,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
                   "classes": len(lab.classes_), "k": k,
                   "profile": profile.name if profile else None,
                   "target_precision": profile.target_precision if profile else None,
+                  "level": level,
                   "seconds": round(time.perf_counter() - start, 3)},
         "calibration": None if cal is None else {
             key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
@@ -730,9 +743,14 @@ def _check_html_path(html_path: str | None) -> None:
 @click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
               help="Decide with a calibrated profile (a name in configs/, e.g. 'default', "
                    "or a .toml file); scores are then its P(duplicate).")
+@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
+              show_default=True,
+              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
+                   "recapture), variants (also recolours, light/dark and state variants) or "
+                   "similar (also other shots of the same scene).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, profile_name,
-              quiet):
+              level, quiet):
     """Check each image in QUERIES (files or folders) against a reference gallery.
 
     For every query: the gallery images it is a copy of (cropped, flipped,
@@ -762,7 +780,7 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(str(e))
     try:
         report = run_check(gallery, files, k=k, include_all=include_all,
-                           profile=_load_profile(profile_name))
+                           profile=_load_profile(profile_name), level=level)
     except (GalleryError, CheckError) as e:
         _fail(_one_line(e))
     data = report.to_dict()

@@ -132,6 +132,9 @@ class Settings:
     template_crowd_distance: int = 120
     #: Longest side of the stored grey thumbnail used by the photometric check.
     thumb_side: int = 128
+    #: Which relations form clusters and matches (``relation.LEVELS``):
+    #: "copies" (exact through recapture), "variants" or "similar".
+    level: str = "copies"
 
     #: Learned embedding model (registry name, directory or file; see
     #: ``matchkit.embed``) whose cosine joins the signals; None: no model.

@@ -24,6 +24,7 @@ from .io import iter_image_files
 from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
                      same_pixels_criteria, sort_key)
 from .match import PairEvidence, PairMatcher
+from .relation import check_level
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
 
 
@@ -36,6 +37,7 @@ def dedupe(
     profile=None,
     keep_in: Iterable[str | os.PathLike] = (),
     prefer: Iterable[str] = (),
+    level: str | None = None,
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
@@ -44,7 +46,8 @@ def dedupe(
     ``FileNotFoundError`` if a path does not exist; unreadable files are
     reported in ``report.skipped``. With a ``profile`` (``profiles.Profile``)
     its calibrated decision replaces the hand-set rules and its settings
-    overrides apply.
+    overrides apply. ``level`` (``relation.LEVELS``: "copies", "variants" or
+    "similar"; default ``settings.level``) chooses which relations form clusters.
 
     ``keep_in`` names reference folders: they are scanned too, their files
     are always keepers and are listed under each cluster's ``references``
@@ -60,6 +63,8 @@ def dedupe(
             raise FileNotFoundError(f"no such reference folder: {folder}")
     if profile is not None:
         settings = profile.apply(settings)
+    if level is not None:
+        settings = settings.with_(level=check_level(level))
     embedder = None
     if settings.model:
         from .embed import load_embedder  # torch/onnxruntime only when asked for
@@ -106,6 +111,7 @@ def dedupe(
             "phash_max_distance": settings.phash_max_distance,
             "colour_min_similarity": settings.colour_min_similarity,
             "model": settings.model,
+            "level": settings.level,
             "profile": profile.name if profile else None,
             "target_precision": profile.target_precision if profile else None,
             # Pair scores are the profile's P(duplicate); it accepts from here.
@@ -281,12 +287,15 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                 if m == keep:
                     continue
                 if r == keep:
-                    pairs.append(PairResult(images[keep].path, images[m].path, 1.0, "exact"))
+                    same = images[keep].sha256 == images[m].sha256
+                    pairs.append(PairResult(images[keep].path, images[m].path, 1.0, "exact",
+                                            relation="exact" if same else "same-pixels"))
                     n_exact += 1
                 else:
                     ev = class_edge[(keep, r) if keep < r else (r, keep)]
                     pairs.append(PairResult(images[keep].path, images[m].path, ev.score(),
-                                            "near", ev.to_evidence()))
+                                            "near", ev.to_evidence(),
+                                            relation=matcher.settle_relation(ev) or "edited"))
                     n_near += 1
         # Why this picture (against the other pictures), and why this file
         # (against its exact copies).

@@ -73,6 +73,7 @@ class PairEntry:
     evidence: dict = field(default_factory=dict)
     picture: str | None = None    # URL of a keypoint picture, relative to the HTML file
     note: str = ""
+    relation: str = ""            # how the images relate ("resized", "crop", ...; relation.KINDS)
 
 
 @dataclass
@@ -287,7 +288,7 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
     for c in cards:
         pairs = [{"a": order[p.a], "b": order[p.b], "s": _clean_float(p.score), "k": p.kind,
                   "r": p.rule, "ev": _clean_evidence(p.evidence), "pic": p.picture,
-                  "note": p.note} for p in c.pairs]
+                  "note": p.note, "rel": p.relation} for p in c.pairs]
         out_cards.append({"m": [order[m] for m in c.members],
                           "k": order[c.keep] if c.keep is not None else None,
                           "t": display(c.title) if isinstance(c.title, str) else c.title,
@@ -385,7 +386,7 @@ def report_cards(report: dict, images: dict[str, ImageEntry] | None = None,
             pairs.append(PairEntry(
                 p["a"], p["b"], p.get("score"), p.get("kind", ""), ev.get("rule", ""), ev,
                 picture=f"{assets_url}{pic.name}" if pic is not None and pic.name else None,
-                note=(pic.error or "") if pic is not None else ""))
+                note=(pic.error or "") if pic is not None else "", relation=p.get("relation", "")))
         cards.append(Card(list(c["members"]), c.get("keep"), pairs, title=f"Cluster {i + 1}",
                           why=str(c.get("keep_reason") or ""),
                           references=list(c.get("references") or [])))
@@ -619,6 +620,7 @@ section.skipped li{word-break:break-all}
 <label>Size at least <input type="number" id="mk-size" step="1" min="2"></label>
 <label>Kind <select id="mk-kind"><option value="">any</option><option value="exact">exact</option>
 <option value="near">near</option><option value="local">local features</option></select></label>
+<label>Relation <select id="mk-rel"><option value="">any</option></select></label>
 <label>Folder contains <input type="search" id="mk-folder" list="mk-folders" size="18"></label>
 <datalist id="mk-folders"></datalist>
 <label>Per page <select id="mk-per"><option>25</option><option>50</option><option>100</option><option>200</option></select></label>
@@ -642,15 +644,20 @@ function kb(n){if(n==null)return "?";var u=["B","KB","MB","GB"],i=0;while(n>=102
 function kindOf(p){return p.r==="local"?"local":(p.k||"")}
 // Per-card facts for sorting and filtering, computed once.
 var F=C.map(function(c,i){
-  var lo=null,hi=null,kinds={},folders={},bytes=0;
-  c.pairs.forEach(function(p){if(p.s!=null){lo=lo==null?p.s:Math.min(lo,p.s);hi=hi==null?p.s:Math.max(hi,p.s)}kinds[kindOf(p)]=1;if(p.k&&p.k!==kindOf(p))kinds[p.k]=1});
+  var lo=null,hi=null,kinds={},rels={},folders={},bytes=0;
+  c.pairs.forEach(function(p){if(p.s!=null){lo=lo==null?p.s:Math.min(lo,p.s);hi=hi==null?p.s:Math.max(hi,p.s)}kinds[kindOf(p)]=1;if(p.k&&p.k!==kindOf(p))kinds[p.k]=1;if(p.rel)rels[p.rel]=1});
   c.m.forEach(function(j){folders[I[j].d.toLowerCase()]=1;if(j!==c.k)bytes+=I[j].s||0});
-  return {i:i,size:c.m.length,lo:lo,hi:hi,kinds:kinds,folders:Object.keys(folders),bytes:bytes,first:I[c.m[0]].d+"/"+I[c.m[0]].n};
+  return {i:i,size:c.m.length,lo:lo,hi:hi,kinds:kinds,rels:rels,folders:Object.keys(folders),bytes:bytes,first:I[c.m[0]].d+"/"+I[c.m[0]].n};
 });
 // Kinds beyond the usual three (a label page's "label: cat", a check's "no match").
 (function(){var sel=$("mk-kind"),have={};[].forEach.call(sel.options,function(o){have[o.value]=1});
  var all={};F.forEach(function(f){Object.keys(f.kinds).forEach(function(k){if(k&&!have[k])all[k]=1})});
  Object.keys(all).sort().forEach(function(k){var o=el("option",null,k);o.value=k;sel.appendChild(o)});
+ // Relations present on the page, closest first (the order of relation.KINDS).
+ var ORDER=["exact","same-pixels","resized","crop","edited","recapture","variant","same-scene"],rs={},rsel=$("mk-rel");
+ F.forEach(function(f){Object.keys(f.rels).forEach(function(r){rs[r]=1})});
+ var rank=function(r){var i=ORDER.indexOf(r);return i<0?99:i};
+ Object.keys(rs).sort(function(a,b){return rank(a)-rank(b)||(a<b?-1:1)}).forEach(function(r){var o=el("option",null,r);o.value=r;rsel.appendChild(o)});
  if(D.bytes===false){var b=$("mk-sort").querySelector("option[value=bytes]");if(b)b.remove()}})();
 var NOUN=D.noun||"clusters";
 (function(){var cnt={};F.forEach(function(f){f.folders.forEach(function(d){cnt[d]=(cnt[d]||0)+1})});
@@ -659,12 +666,13 @@ var S={page:0,per:D.per_page||50,view:[]};
 $("mk-per").value=String(S.per);
 function num(id){var v=$(id).value;return v===""?null:Number(v)}
 function compute(){
-  var mn=num("mk-min"),mx=num("mk-max"),sz=num("mk-size"),kind=$("mk-kind").value,fold=$("mk-folder").value.trim().toLowerCase();
+  var mn=num("mk-min"),mx=num("mk-max"),sz=num("mk-size"),kind=$("mk-kind").value,rel=$("mk-rel").value,fold=$("mk-folder").value.trim().toLowerCase();
   var v=F.filter(function(f){
     if(mn!=null&&(f.lo==null||f.lo<mn))return false;
     if(mx!=null&&(f.lo==null||f.lo>mx))return false;
     if(sz!=null&&f.size<sz)return false;
     if(kind&&!f.kinds[kind])return false;
+    if(rel&&!f.rels[rel])return false;
     if(fold&&!f.folders.some(function(d){return d.indexOf(fold)>=0}))return false;
     return true});
   var s=$("mk-sort").value;
@@ -691,7 +699,7 @@ function figure(c,j,toKeep,eager){
   cap.appendChild(el("span","dim",(im.w?im.w+"\\u00d7"+im.h+" \\u00b7 ":"")+kb(im.s)));cap.appendChild(el("br"));
   cap.appendChild(el("span","fold",im.d||"."));
   if(toKeep){cap.appendChild(el("br"));var k=kindOf(toKeep);
-    cap.appendChild(el("span","sc k-"+k,(toKeep.s!=null?toKeep.s.toFixed(3):"")+" "+k))}
+    cap.appendChild(el("span","sc k-"+k,(toKeep.s!=null?toKeep.s.toFixed(3):"")+" "+k+(toKeep.rel?" \u00b7 "+toKeep.rel:"")))}
   f.appendChild(cap);return f;
 }
 function card(idx,eager){
@@ -709,7 +717,7 @@ function card(idx,eager){
     d.appendChild(el("summary",null,"Pairs ("+c.pairs.length+")"+(nPic?" with "+nPic+" keypoint picture"+(nPic>1?"s":""):"")));
     var t=el("table"),hr=el("tr");["image","matched to","score","kind","evidence"].forEach(function(x){hr.appendChild(el("th",null,x))});t.appendChild(hr);
     c.pairs.forEach(function(p){var tr=el("tr");tr.appendChild(el("td",null,I[p.b].n));tr.appendChild(el("td",null,I[p.a].n));
-      tr.appendChild(el("td","sc",p.s!=null?p.s.toFixed(4):""));tr.appendChild(el("td",null,(p.k||"")+(p.r?" / "+p.r:"")));
+      tr.appendChild(el("td","sc",p.s!=null?p.s.toFixed(4):""));tr.appendChild(el("td",null,(p.k||"")+(p.r?" / "+p.r:"")+(p.rel?" ("+p.rel+")":"")));
       var ev=[];Object.keys(p.ev||{}).forEach(function(k){var v=p.ev[k];if(k==="rule"||k==="transform")return;ev.push(k+"="+(typeof v==="object"?JSON.stringify(v):v))});
       var td=el("td",null,ev.join(", "));
       if(p.pic){var pd=el("div","pic"),pi=el("img");pi.setAttribute("loading","lazy");pi.setAttribute("alt","matched keypoints");pi.setAttribute("src",p.pic);pd.appendChild(pi);td.appendChild(pd)}
@@ -747,7 +755,7 @@ function render(){
     else{img.addEventListener("load",function(){done(true)},{once:true});img.addEventListener("error",function(){done(false)},{once:true})}});
 }
 function refresh(){compute();S.page=0;render()}
-["mk-sort","mk-kind","mk-per"].forEach(function(id){$(id).addEventListener("change",function(){S.per=Number($("mk-per").value)||50;refresh()})});
+["mk-sort","mk-kind","mk-rel","mk-per"].forEach(function(id){$(id).addEventListener("change",function(){S.per=Number($("mk-per").value)||50;refresh()})});
 ["mk-min","mk-max","mk-size","mk-folder"].forEach(function(id){$(id).addEventListener("input",refresh)});
 function go(d){S.page+=d;render();window.scrollTo(0,$("mk-controls").offsetTop)}
 ["mk-prev","mk-prev2"].forEach(function(id){$(id).addEventListener("click",function(){go(-1)})});

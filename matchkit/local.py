@@ -117,6 +117,9 @@ class Verification:
     inliers: int = 0           # of those, consistent with the transform
     transform: list = field(default_factory=list)  # 2x3 affine mapping a -> b (working px)
     mirrored: bool = False     # b was matched as a mirror image
+    #: 3x3 homography a -> b (working px) when a perspective transform explained
+    #: the matches clearly better than an affine one (a recapture); else empty.
+    homography: list = field(default_factory=list)
     #: Inlier keypoint pairs (xa, ya, xb, yb), working-image pixels, for drawing.
     points: list = field(default_factory=list)
 
@@ -131,6 +134,12 @@ class Verification:
             return 0.0
         (a, b, _), (c, d, _) = self.transform
         return float(abs(a * d - b * c) ** 0.5)
+
+    def matrix(self) -> np.ndarray:
+        """The transform a -> b as a 3x3 matrix (the homography if there is one)."""
+        if self.homography:
+            return np.asarray(self.homography, np.float64)
+        return np.vstack([np.asarray(self.transform, np.float64).reshape(2, 3), [0, 0, 1]])
 
 
 def plausible_affine(m: np.ndarray, max_stretch: float = 3.0) -> bool:
@@ -162,9 +171,42 @@ def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float = 0.8,
     return ia, ib
 
 
+def perspective_strength(h: np.ndarray, width: float, height: float) -> float:
+    """How much a homography's depth term varies over a ``width`` x ``height``
+    image: 0 for an affine map, about 0.05 for a 10-degree keystone. Inf when
+    the image's corners do not all stay in front of the camera."""
+    h = np.asarray(h, np.float64)
+    corners = np.array([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]], np.float64)
+    w = corners @ h[2]
+    if (w <= 0).any():
+        return float("inf")
+    return float((w.max() - w.min()) / w.max())
+
+
+#: Strongest perspective a recapture may show (a 45-degree keystone is about 0.5).
+MAX_PERSPECTIVE = 0.6
+
+
+def plausible_homography(h: np.ndarray, width: float, height: float) -> bool:
+    """A photographed picture, not a degenerate fit: bounded perspective, and
+    the image's corners map to a convex, non-mirrored quadrilateral whose
+    affine part is plausible."""
+    if perspective_strength(h, width, height) > MAX_PERSPECTIVE:
+        return False
+    h = np.asarray(h, np.float64) / h[2, 2]
+    corners = np.float64([[0, 0], [width, 0], [width, height], [0, height]]).reshape(-1, 1, 2)
+    quad = cv2.perspectiveTransform(corners, h).reshape(-1, 2)
+    edges = np.roll(quad, -1, axis=0) - quad
+    nxt = np.roll(edges, -1, axis=0)
+    turns = edges[:, 0] * nxt[:, 1] - edges[:, 1] * nxt[:, 0]
+    return bool((turns > 0).all() and plausible_affine(h[:2]))
+
+
 def verify(a: LocalFeatures, b: LocalFeatures, *, ratio: float = 0.8,
            reproj: float = 6.0, min_matches: int = 6) -> Verification:
-    """Match a against b and fit a similarity transform with RANSAC."""
+    """Match a against b and fit one planar transform with RANSAC: affine, or
+    a homography where perspective (a re-photographed screen or print)
+    explains clearly more matches."""
     ia, ib = ratio_matches(a.desc, b.desc, ratio)
     out = Verification(matches=len(ia))
     if len(ia) < min_matches:
@@ -174,64 +216,216 @@ def verify(a: LocalFeatures, b: LocalFeatures, *, ratio: float = 0.8,
     # rotated and scaled. Degenerate or mirroring fits are rejected below.
     m, mask = cv2.estimateAffine2D(pa, pb, method=cv2.RANSAC, ransacReprojThreshold=reproj,
                                    maxIters=2000, confidence=0.995, refineIters=10)
-    if m is None or mask is None or not plausible_affine(m):
+    inl = (mask.ravel().astype(bool) if m is not None and mask is not None
+           and plausible_affine(m) else np.zeros(len(pa), bool))
+    homography = None
+    n_inl = int(inl.sum())
+    if HOMOGRAPHY_MIN_INLIERS <= n_inl < HOMOGRAPHY_SHARE * len(pa):
+        # Matches off the affine fit: perhaps a keystoned recapture.
+        hm, hmask = cv2.findHomography(pa, pb, cv2.RANSAC, reproj, maxIters=2000,
+                                       confidence=0.995)
+        if hm is not None and hmask is not None and plausible_homography(hm, a.width, a.height):
+            hinl = hmask.ravel().astype(bool)
+            n_h = int(hinl.sum())
+            if n_h >= max(HOMOGRAPHY_GAIN * n_inl, n_inl + 8) or (
+                    n_h > n_inl and perspective_strength(hm, a.width, a.height) >= KEYSTONE):
+                homography, inl = hm / hm[2, 2], hinl
+                # The affine map closest to it on the inliers, for whoever reads
+                # a 2x3 transform (reports, the evidence drawing).
+                m = cv2.estimateAffine2D(pa[inl], pb[inl], method=cv2.LMEDS)[0]
+                if m is None:
+                    m = homography[:2]
+    if not inl.any() or m is None:
         return out
-    inl = mask.ravel().astype(bool)
     out.inliers = int(inl.sum())
     out.transform = np.round(m, 5).tolist()
+    if homography is not None:
+        out.homography = np.round(homography, 8).tolist()
     out.points = np.round(np.hstack([pa[inl], pb[inl]]), 1).tolist()
     return out
+
+
+#: A homography is tried only when the affine fit explains less than this
+#: share of the ratio-test matches but at least this many of them (unrelated
+#: pairs rarely get 6; the fit would cost time for nothing) ...
+HOMOGRAPHY_SHARE = 0.9
+HOMOGRAPHY_MIN_INLIERS = 6
+#: ... and is taken when it explains this many times the affine inliers (more
+#: freedom fits more chance matches) or more of them with a clear keystone.
+HOMOGRAPHY_GAIN = 1.5
+KEYSTONE = 0.05
+
+
+@dataclass
+class Overlap:
+    """How the aligned pixels of two images compare where they overlap."""
+
+    #: Zero-mean normalised cross-correlation of the whole textured overlap
+    #: (-1.0: the overlap is too small to judge).
+    correlation: float = -1.0
+    #: Share of the textured overlap (by pixels, judged in cells) whose cell
+    #: correlates at ``CELL_AGREE`` or more: a copy agrees nearly everywhere
+    #: except under an overlay; a shared sticker or frame agrees only there.
+    agreement: float = 0.0
+    #: Share judged in cells that correlate at ``-CELL_AGREE`` or less
+    #: (light/dark versions of one artwork).
+    inverted: float = 0.0
+    #: Share of each image's picture that lies inside the overlap.
+    coverage_a: float = 0.0
+    coverage_b: float = 0.0
+    #: Convex hull of the inliers over the area of the overlap, in the frame
+    #: the comparison is made in: matches spread over the shared picture, or
+    #: sit on one corner, logo or sticker.
+    spread: float = 0.0
+    #: Share of the judged overlap in the largest block of disagreeing cells
+    #: that agreeing cells enclose on every side: another picture inside a
+    #: shared frame (a monitor's bezel, a phone's UI), never an overlay on a copy
+    #: (those are small, or reach the edge like a caption bar).
+    enclosed: float = 0.0
+
+
+#: Cell side (thumbnail pixels) and the correlation at which a cell agrees.
+CELL = 16
+CELL_AGREE = 0.5
 
 
 def overlap_correlation(thumb_a: np.ndarray, thumb_b: np.ndarray, transform: list,
                         work_a: tuple[int, int], work_b: tuple[int, int],
                         min_pixels: int = 100, content_a: np.ndarray | None = None,
                         content_b: np.ndarray | None = None, min_overlap: float = 0.3) -> float:
-    """Correlation of two grey thumbnails where they overlap once aligned.
+    """The correlation of ``compare_overlap`` alone."""
+    return compare_overlap(thumb_a, thumb_b, transform, work_a, work_b, min_pixels=min_pixels,
+                           content_a=content_a, content_b=content_b,
+                           min_overlap=min_overlap).correlation
+
+
+def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
+                    work_a: tuple[int, int], work_b: tuple[int, int],
+                    min_pixels: int = 100, content_a: np.ndarray | None = None,
+                    content_b: np.ndarray | None = None, min_overlap: float = 0.3,
+                    points: list | None = None) -> Overlap:
+    """Compare two grey thumbnails where they overlap once aligned.
 
     Keypoints can agree on a shared part (the same emoji, logo or screenshot
     frame on two different photos); the pixels of the whole overlap agree only
-    for real copies. ``transform`` maps a's working-image pixels to b's. The
-    image that the transform shrinks is warped into the other's frame, so no
-    detail is invented. ``content_a``/``content_b`` (boolean masks, thumbnail
-    pixels) leave out what is not the picture: padding, a screenshot's frame.
-    Returns the zero-mean normalised cross-correlation of the overlapping
-    pixels, or -1.0 when the overlap is too small to judge.
+    for real copies. ``transform`` maps a's working-image pixels to b's (2x3
+    affine or 3x3 homography). The image that the transform shrinks is warped
+    into the other's frame, so no detail is invented. ``content_a``/
+    ``content_b`` (boolean masks, thumbnail pixels) leave out what is not the
+    picture: padding, a screenshot's frame. ``points`` (inlier rows xa, ya,
+    xb, yb in working pixels) give the spread of the matches.
     """
-    m = np.asarray(transform, dtype=np.float64).reshape(2, 3)
+    out = Overlap()
+    m = np.asarray(transform, dtype=np.float64)
+    t = m if m.shape == (3, 3) else np.vstack([m.reshape(2, 3), [0, 0, 1]])
     sa = thumb_a.shape[1] / work_a[0]
     sb = thumb_b.shape[1] / work_b[0]
     # In thumbnail pixels: x_b = S_b (M (x_a / S_a)).
-    t = np.vstack([m, [0, 0, 1]])
     t = np.diag([sb, sb, 1]) @ t @ np.diag([1 / sa, 1 / sa, 1])
-    scale = float(np.sqrt(abs(np.linalg.det(t[:2, :2]))))
+    t = t / t[2, 2]
+    centre = np.array([thumb_a.shape[1] / 2, thumb_a.shape[0] / 2])
+    scale = float(np.sqrt(abs(np.linalg.det(_jacobian(t, centre)))))
     if scale <= 1.0:
         src, dst, warp, src_keep, dst_keep = thumb_a, thumb_b, t, content_a, content_b
-        scale_src = scale
+        scale_src, to_dst = scale, (slice(0, 2), sb)
     else:
         src, dst, warp, src_keep, dst_keep = thumb_b, thumb_a, np.linalg.inv(t), content_b, content_a
-        scale_src = 1.0 / scale
+        scale_src, to_dst = 1.0 / scale, (slice(2, 4), sa)
     h, w = dst.shape[:2]
     src_f = cv2.GaussianBlur(src.astype(np.float32), (0, 0), 1.0)
     dst_f = cv2.GaussianBlur(dst.astype(np.float32), (0, 0), 1.0)
-    warped = cv2.warpAffine(src_f, warp[:2], (w, h), flags=cv2.INTER_LINEAR)
-    valid = np.ones_like(src_f) if src_keep is None else src_keep.astype(np.float32)
-    mask = cv2.warpAffine(valid, warp[:2], (w, h), flags=cv2.INTER_NEAREST)
-    mask = cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0.5
+    def warp_to_dst(a: np.ndarray, flags: int) -> np.ndarray:
+        if m.shape == (3, 3):
+            return cv2.warpPerspective(a, warp, (w, h), flags=flags)
+        return cv2.warpAffine(a, warp[:2], (w, h), flags=flags)
+
+    def inside(valid: np.ndarray) -> np.ndarray:
+        return cv2.erode(warp_to_dst(valid, cv2.INTER_NEAREST), np.ones((3, 3), np.uint8)) > 0.5
+
+    warped = warp_to_dst(src_f, cv2.INTER_LINEAR)
+    ones = np.ones_like(src_f)
+    # ``aligned``: where the two frames overlap at all, pictures or not.
+    aligned = inside(ones)
+    mask = aligned.copy() if src_keep is None else inside(src_keep.astype(np.float32))
     if dst_keep is not None:
         mask &= dst_keep
+    overlap = int(mask.sum())
+    src_area = float(src.size if src_keep is None else src_keep.sum())
+    dst_area = float(dst.size if dst_keep is None else dst_keep.sum())
+    cov_dst = overlap / max(dst_area, 1.0)
+    cov_src = min(1.0, overlap / max(scale_src ** 2, 1e-9) / max(src_area, 1.0))
+    out.coverage_a, out.coverage_b = (cov_src, cov_dst) if scale <= 1.0 else (cov_dst, cov_src)
+    if points is not None and len(points) >= 3 and overlap:
+        xy = np.asarray(points, np.float32)[:, to_dst[0]] * to_dst[1]
+        hull = cv2.contourArea(cv2.convexHull(xy.reshape(-1, 1, 2)))
+        out.spread = float(min(1.0, hull / overlap))
     # Flat areas in both images (fill colour around a rotated photo, plain
     # backgrounds) agree whatever the pictures are; only texture can testify.
     mask &= (_local_std(warped) > 2.0) | (_local_std(dst_f) > 2.0)
     # A copy shows most of the smaller picture; a shared sticker or logo
     # aligns only a corner of it.
-    src_area = float(src.size if src_keep is None else src_keep.sum())
     if int(mask.sum()) < max(min_pixels, min_overlap * src_area * scale_src ** 2):
-        return -1.0
+        return out
     x = warped[mask] - warped[mask].mean()
     y = dst_f[mask] - dst_f[mask].mean()
     denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / denom) if denom > 0 else -1.0
+    out.correlation = float((x * y).sum() / denom) if denom > 0 else -1.0
+    out.agreement, out.inverted, out.enclosed = _cell_agreement(warped, dst_f, mask, aligned)
+    return out
+
+
+def _jacobian(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The 2x2 derivative of the homography ``t`` at point ``p``."""
+    x, y = p
+    u, v, w = t @ np.array([x, y, 1.0])
+    return (t[:2, :2] * w - np.outer([u, v], t[2, :2])) / (w * w)
+
+
+def _cell_agreement(x: np.ndarray, y: np.ndarray, mask: np.ndarray, aligned: np.ndarray
+                    ) -> tuple[float, float, float]:
+    """Shares of the masked pixels whose CELL x CELL cell correlates at
+    +CELL_AGREE or more / -CELL_AGREE or less, and the share in the largest
+    enclosed block of disagreeing cells (see ``Overlap.enclosed``). Cells with
+    few masked pixels are not judged; a cell flat in one image and textured in
+    the other disagrees (something covers the picture there). ``aligned``
+    is the whole overlap, flat parts included: outside it is the edge."""
+    h, w = mask.shape
+    hc, wc = -(-h // CELL), -(-w // CELL)
+
+    def cells(a):
+        pad = np.zeros((hc * CELL, wc * CELL), np.float64)
+        pad[:h, :w] = a
+        return pad.reshape(hc, CELL, wc, CELL).swapaxes(1, 2).reshape(hc, wc, -1)
+
+    m = cells(mask)
+    n = m.sum(axis=2)
+    xs, ys = cells(x) * m, cells(y) * m
+    nn = np.maximum(n, 1)
+    mx, my = xs.sum(axis=2) / nn, ys.sum(axis=2) / nn
+    vx = (xs * xs).sum(axis=2) / nn - mx ** 2
+    vy = (ys * ys).sum(axis=2) / nn - my ** 2
+    cxy = (xs * ys).sum(axis=2) / nn - mx * my
+    judged = n >= CELL * CELL / 4
+    textured = (vx > 4.0) | (vy > 4.0)
+    judged &= textured
+    total = float(n[judged].sum())
+    if total == 0:
+        return 0.0, 0.0, 0.0
+    r = cxy / np.sqrt(np.maximum(vx, 1e-3) * np.maximum(vy, 1e-3))
+    r = np.where((vx > 4.0) & (vy > 4.0), r, 0.0)
+    agree = float(n[judged & (r >= CELL_AGREE)].sum()) / total
+    inverted = float(n[judged & (r <= -CELL_AGREE)].sum()) / total
+    # Disagreeing blocks that touch the overlap's edge (outside cells or the
+    # grid border) are overlays from the side; the rest are enclosed.
+    bad = (judged & (r < CELL_AGREE)).astype(np.uint8)
+    count, labels = cv2.connectedComponents(np.pad(bad, 1), connectivity=4)
+    outside = np.pad(cells(aligned).sum(axis=2) < CELL * CELL / 4, 1, constant_values=True)
+    near_outside = cv2.dilate(outside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    touching = np.unique(labels[near_outside])
+    weights = np.pad(n * judged, 1)
+    enclosed = max((float(weights[labels == k].sum()) for k in range(1, count)
+                    if k not in touching), default=0.0)
+    return agree, inverted, enclosed / total
 
 
 def _local_std(a: np.ndarray, k: int = 5) -> np.ndarray:

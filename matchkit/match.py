@@ -25,9 +25,11 @@ from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many
 from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
-from .local import (LocalFeatures, Verification, extract_local, overlap_correlation, verify,
-                    working_grey)
-from .template import (MIN_LOOKALIKES, content_mask, keypoints_in_mask,
+from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
+                    perspective_strength, verify, working_grey)
+from .relation import (UNCHANGED_AGREEMENT, RelationEvidence, classify, colours_agree,
+                       in_level)
+from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 
 
@@ -55,6 +57,8 @@ class PairEvidence:
     #: Cosine of the images' learned embeddings (None: no model configured).
     cosine: float | None = None
     overlap_correlation: float | None = None
+    #: The aligned overlap in full (agreement, coverage, spread), when compared.
+    overlap: Overlap | None = None
     #: Why the pair matched: "phash", "phash+colour", "local" or "" (no match).
     rule: str = ""
     #: Local verification still to do (undecided so far).
@@ -90,7 +94,20 @@ class PairEvidence:
                        inlier_ratio=round(v.inlier_ratio, 3), transform=v.transform)
             if self.overlap_correlation is not None:
                 out["overlap_correlation"] = round(self.overlap_correlation, 3)
+            if self.overlap is not None and self.overlap.correlation > -1.0:
+                o = self.overlap
+                out.update(agreement=round(o.agreement, 3), spread=round(o.spread, 3),
+                           coverage=[round(o.coverage_a, 3), round(o.coverage_b, 3)])
+            if v.homography:
+                out["homography"] = v.homography
         return out
+
+    def relation(self) -> str | None:
+        """The relation kind of a matched pair (``relation.KINDS``)."""
+        if "relation" not in self.extra:
+            self.extra["relation"] = relation_of(
+                self, global_only=self.rule not in ("local", "model") or self.overlap is None)
+        return self.extra["relation"]
 
 
 class _LocalCache:
@@ -111,14 +128,81 @@ class _LocalCache:
 
 
 def hash_rule(ev: PairEvidence, crowd: dict[int, int], settings: Settings) -> str:
-    """Match on global signals alone: "phash", "phash+colour" or ""."""
+    """Match on global signals alone: "phash", "phash+colour" or "" (also
+    when the pair's relation is looser than ``settings.level`` allows)."""
     d = ev.phash_distance
     if d <= settings.phash_strong_distance:
-        return "phash"
-    if d > settings.phash_max_distance or ev.colour_similarity < settings.colour_min_similarity:
+        rule = "phash"
+    elif d > settings.phash_max_distance or ev.colour_similarity < settings.colour_min_similarity:
         return ""
-    bg = min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS))
-    return "phash+colour" if d <= bg - settings.crowd_margin else ""
+    else:
+        bg = min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS))
+        rule = "phash+colour" if d <= bg - settings.crowd_margin else ""
+    if not rule:
+        return ""
+    ev.extra["relation"] = kind = relation_of(ev, global_only=True)
+    return rule if in_level(kind, settings.level) else ""
+
+
+# Local decision, chosen on the calib half of the hard set (all candidate
+# pairs verified, 7,720 true and 7 false pairs with 12+ inliers; see
+# RESULTS.md "relations"):
+#: Inliers must spread over at least this share of the overlap (their convex
+#: hull): a shared sticker, logo or corner gathers them in a small part of it
+#: (false pairs: 0.01-0.12; 1% of true pairs fall below 0.15) ...
+MIN_SPREAD = 0.15
+#: ... unless this share of the overlap's cells agree (false pairs with a low
+#: spread: at most 0.50), as when the inliers sit on the one textured object.
+SPREAD_EXEMPT_AGREEMENT = 0.7
+#: A block of disagreeing overlap cells enclosed by agreeing ones larger than
+#: this share is another picture in a shared frame: a monitor bezel or a
+#: screenshot template (false pairs: 0.41-0.44; an emoji on a copy: up to 0.26
+#: of a partial overlap).
+MAX_ENCLOSED = 0.35
+#: Overlap cells that agree (see ``local.Overlap.agreement``): at or above this
+#: share (most of the overlap) the pixels prove a copy even when an overlay
+#: (a caption bar) pulls the whole overlap's correlation under
+#: ``Settings.min_overlap_correlation`` ...
+COPY_AGREEMENT = 0.5
+#: ... below this share, with a whole-overlap correlation under it too, the
+#: layout lines up but the pixels differ (a variant).
+VARIANT_AGREEMENT = 0.4
+#: Variants need their matches to fit one transform well: inlier share of
+#: the ratio-test matches and spread over the overlap.
+VARIANT_INLIER_RATIO = 0.5
+VARIANT_SPREAD = 0.4
+
+
+def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
+    """The relation kind of a pair as its evidence stands (see
+    ``relation.classify``); None when the evidence relates the two images
+    through a shared part only (a sticker, a frame) or not at all.
+    ``global_only``: judge by global signals (the pair was not verified)."""
+    grey_a, grey_b = ev.extra.get("grey", (False, False))
+    base = dict(colour_agree=ev.extra.get("colour_agree", True), grey_a=grey_a, grey_b=grey_b)
+    v, o = ev.verification, ev.overlap
+    if global_only or v is None or not v.transform:
+        if not global_only:
+            return None
+        return classify(RelationEvidence(reoriented=bool(ev.extra.get("reflect")), **base))
+    if o is None or o.correlation <= -1.0 or o.enclosed > MAX_ENCLOSED or (
+            o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT):
+        return None  # a shared part only: a sticker, a logo, a frame
+    pixels_agree = (o.correlation >= ev.extra.get("min_correlation", 0.5)
+                    or o.agreement >= COPY_AGREEMENT)
+    # Pixels that disagree over a layout that lines up everywhere: a variant;
+    # over a partial fit (matches of one depth plane, or a part that agrees):
+    # another shot of the scene.
+    geometry = pixels_agree or (o.agreement < VARIANT_AGREEMENT
+                                and v.inlier_ratio >= VARIANT_INLIER_RATIO
+                                and o.spread >= VARIANT_SPREAD)
+    (a, b, _), (c, d, _) = v.transform
+    rotated = abs(np.degrees(np.arctan2(c - b, a + d))) > 2.0
+    return classify(RelationEvidence(
+        geometry=geometry, pixels_agree=pixels_agree, coverage_a=o.coverage_a,
+        coverage_b=o.coverage_b, agreement=o.agreement,
+        perspective=ev.extra.get("perspective", 0.0),
+        reoriented=v.mirrored or rotated, padded=bool(ev.extra.get("padded")), **base))
 
 
 def embedding_rule(ev: PairEvidence, settings: Settings) -> str:
@@ -159,12 +243,26 @@ def embedding_candidates(gallery: Gallery, vectors: dict[int, np.ndarray],
 
 
 def local_rule(ev: PairEvidence, settings: Settings) -> str:
+    """Match on verified local features: "local" when enough inliers of one
+    planar transform relate the pictures as ``settings.level`` allows."""
     v = ev.verification
     if v is None or v.inliers < settings.min_inliers:
         return ""
-    if ev.overlap_correlation is None or ev.overlap_correlation < settings.min_overlap_correlation:
-        return ""
-    return "local"
+    ev.extra["min_correlation"] = settings.min_overlap_correlation
+    ev.extra["relation"] = kind = relation_of(ev)
+    return "local" if kind is not None and in_level(kind, settings.level) else ""
+
+
+def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray]) -> None:
+    """Record whether the pair's colours agree and which images are grey
+    (from the stored colour histograms), for ``relation_of``."""
+    from .keeper import GREY_MASS, grey_share
+
+    ha, hb = colours.get(ev.a), colours.get(ev.b)
+    if ha is None or hb is None:
+        return
+    ev.extra["grey"] = (grey_share(ha) >= GREY_MASS, grey_share(hb) >= GREY_MASS)
+    ev.extra["colour_agree"] = colours_agree(ha, hb)
 
 
 class PairMatcher:
@@ -245,6 +343,7 @@ class PairMatcher:
             ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
             if variant in REFLECTIONS:
                 ev.extra["reflect"] = True
+            colour_evidence(ev, colours)
             if a in self.vectors and b in self.vectors:
                 ev.cosine = float(self.vectors[a] @ self.vectors[b])
             if a in self.templated or b in self.templated:
@@ -274,7 +373,7 @@ class PairMatcher:
 
         if evidence:
             decide(self.calibrator, evidence, self.crowd, self.sizes,
-                   self.picture_fractions(evidence), rule, allowed)
+                   self.picture_fractions(evidence), rule, allowed, level=self.settings.level)
 
     def verify(self, todo: list[PairEvidence]) -> None:
         """Geometric + photometric verification of pending pairs, on worker threads
@@ -344,6 +443,11 @@ class PairMatcher:
         diff = cv2.absdiff(ta, tb)
         return int(np.count_nonzero(diff > SAME_PIXELS_MAX_DIFF)) <= SAME_PIXELS_OUTLIERS
 
+    def settle_relation(self, ev: PairEvidence) -> str | None:
+        """The pair's relation, with ``settle_global_relation`` applied."""
+        settle_global_relation(ev, self.cache.get(ev.a), self.cache.get(ev.b))
+        return ev.relation()
+
     def content_mask(self, image_id: int, thumb: np.ndarray | None = None) -> np.ndarray | None:
         """Where the picture is, in thumbnail pixels (None: everywhere): a
         template's content slot, or what lies inside a flat fill."""
@@ -382,6 +486,7 @@ class PairMatcher:
         ev = PairEvidence(a, b, dihedral_distance(self.plain[a], self.plain[b][0]),
                           histogram_similarity(cols[a], cols[b]))
         ev.extra["reflect"] = reflect
+        colour_evidence(ev, cols)
         ev.extra["second_hop"] = True
         ev.pending = self.settings.local_features
         return ev
@@ -482,13 +587,13 @@ def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
             and not local_rule(ev, settings)):
         mb = mirrored()
         if mb is not None:
-            before = (ev.verification, ev.overlap_correlation)
+            before = (ev.verification, ev.overlap_correlation, ev.overlap)
             _check(ev, la, ta, mb[0], mb[1], settings, mask_a,
                    None if mask_b is None else np.ascontiguousarray(mask_b[:, ::-1]))
             if ev.verification.inliers > before[0].inliers:
                 ev.verification.mirrored = True
             else:
-                ev.verification, ev.overlap_correlation = before
+                ev.verification, ev.overlap_correlation, ev.overlap = before
 
 
 def _check(ev: PairEvidence, la, ta, lb, tb, settings: Settings, mask_a=None,
@@ -509,11 +614,51 @@ def _check(ev: PairEvidence, la, ta, lb, tb, settings: Settings, mask_a=None,
 
 def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
     ev.verification = v = verify(la, lb)
-    ev.overlap_correlation = None
+    ev.overlap_correlation = ev.overlap = None
     if v.transform:
-        ev.overlap_correlation = overlap_correlation(
-            ta, tb, v.transform, (la.width, la.height), (lb.width, lb.height),
-            content_a=mask_a, content_b=mask_b)
+        ev.overlap = compare_overlap(
+            ta, tb, v.matrix() if v.homography else v.transform, (la.width, la.height),
+            (lb.width, lb.height), content_a=mask_a, content_b=mask_b, points=v.points)
+        ev.overlap_correlation = ev.overlap.correlation
+        ev.extra["perspective"] = (perspective_strength(v.homography, la.width, la.height)
+                                   if v.homography else 0.0)
+        ev.extra["padded"] = abs(_border_share(ta) - _border_share(tb)) > PADDING_SHARE
+
+
+def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
+    """A pair matched on global signals alone was not verified, so its
+    relation says "resized" for want of evidence. Its stored thumbnails, laid
+    on each other frame to frame, tell: agreeing cells a resize (stretched or
+    not); another aspect ratio that does not agree stretched a crop; the same
+    aspect ratio that does not agree an edit (an overlay, a blur) or a crop
+    that kept the aspect ratio (told apart only by verification, which such
+    pairs did not need). ``fa``/``fb`` are (local features, thumbnail) of a
+    and b, or None."""
+    if ev.relation() != "resized" or ev.overlap is not None or fa is None or fb is None:
+        return
+    if ev.extra.get("reflect"):
+        return
+    (la, ta), (lb, tb) = fa, fb
+    # Laid on each other frame to frame (stretched if the aspects differ).
+    sx, sy = lb.width / max(la.width, 1), lb.height / max(la.height, 1)
+    o = compare_overlap(ta, tb, [[sx, 0, 0], [0, sy, 0]], (la.width, la.height),
+                        (lb.width, lb.height))
+    unchanged = o.correlation > -1.0 and o.agreement >= UNCHANGED_AGREEMENT
+    if abs(sx - sy) > 0.02 * max(sx, sy):
+        ev.extra["relation"] = "resized" if unchanged else "crop"
+    elif not unchanged:
+        ev.extra["relation"] = "edited"
+
+
+#: One image has this much more flat border (padding, letterboxing) than the
+#: other, as a share of its area: a padded copy.
+PADDING_SHARE = 0.05
+
+
+def _border_share(thumb: np.ndarray) -> float:
+    """Share of a thumbnail taken by flat borders (``template.border_box``)."""
+    top, bottom, left, right = border_box(thumb)
+    return 1.0 - (bottom - top) * (right - left) / max(thumb.size, 1)
 
 
 def mirrored_features(path: str, thumb: np.ndarray, settings: Settings

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .hashing import PHASH_BITS
-from .match import PairEvidence
+from .match import PairEvidence, relation_of
+from .relation import in_level
 
 FEATURES: tuple[str, ...] = (
     "phash_distance",      # dihedral-minimum pHash distance / 256
@@ -129,13 +130,17 @@ def feature_matrix(evidence: Sequence[PairEvidence], crowd: Mapping[int, int],
 
 def decide(calibrator, evidence: Sequence[PairEvidence], crowd: Mapping[int, int],
            sizes: Mapping[int, tuple[int, int]], picture: Mapping[int, float] | None,
-           rule: str, allowed: Sequence[bool] | None = None) -> None:
+           rule: str, allowed: Sequence[bool] | None = None, level: str | None = None) -> None:
     """The calibrated decision of each pair as its evidence stands, in place:
     ``ev.rule`` becomes ``rule`` where ``calibrator`` (a fitted
     ``calibrate.PairCalibrator``) accepts the pair and ``allowed`` says it may
     be decided now, else ""; its P(duplicate) goes to ``ev.extra["p"]``.
     Dedupe (``match.PairMatcher``) and queries (``query.QueryMatcher``) both
-    decide through here."""
+    decide through here. With a ``level`` an accepted pair also needs a
+    relation (``match.relation_of``) that the level groups: the profile scores
+    how likely a pair is a duplicate, the relation says what kind, so a
+    shared sticker or frame (no relation) or a recolour at the copies level
+    is refused whatever the score."""
     if not evidence:
         return
     X = feature_matrix(evidence, crowd, sizes, picture)
@@ -144,3 +149,7 @@ def decide(calibrator, evidence: Sequence[PairEvidence], crowd: Mapping[int, int
     for ev, s, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
         ev.extra["p"] = p
         ev.rule = rule if ok and s >= calibrator.threshold_ else ""
+        if ev.rule and level is not None:
+            ev.extra["relation"] = kind = relation_of(ev, global_only=ev.verification is None)
+            if kind is None or not in_level(kind, level):
+                ev.rule = ""

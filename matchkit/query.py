@@ -37,8 +37,8 @@ from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
 from .io import ImageLoadError, load_image, shrink
 from .local import extract_local, working_grey
-from .match import (PairEvidence, _LocalCache, _verify_pair, hash_rule, local_rule,
-                    mirrored_features)
+from .match import (PairEvidence, _LocalCache, _verify_pair, colour_evidence, hash_rule,
+                    local_rule, mirrored_features, settle_global_relation)
 from .template import picture_mask
 
 #: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
@@ -258,7 +258,7 @@ class QueryMatcher:
         from .pairfeatures import decide
 
         decide(self.calibrator, evidence, self._crowd, self._sizes, self._pictures, rule,
-               allowed)
+               allowed, level=self.settings.level)
 
     def _note_pictures(self, records, keys, gallery_ids) -> None:
         """Sizes and picture shares the calibrated decision needs."""
@@ -397,6 +397,7 @@ class QueryMatcher:
                                   votes=vote_of[i].get(g, 0.0))
                 if variant in REFLECTIONS:
                     ev.extra["reflect"] = True
+                colour_evidence(ev, {g: colours[g], key: rec.colour})
                 if self.calibrator is None:
                     ev.rule = hash_rule(ev, crowd, s)
                 shared[memo] = ev
@@ -422,11 +423,13 @@ class QueryMatcher:
         weak = [(ev, rec) for rec, evs in zip(records, per_query)
                 if not any(ev.rule for ev in evs) for ev in evs if ev.pending]
         self._verify(weak, settings or s)
-        for evs in per_query:
+        for rec, evs in zip(records, per_query):
             for ev in evs:
                 if ev.pending:  # left unverified: a match was found elsewhere
                     ev.pending = False
                     ev.extra["unverified"] = True
+                elif ev.rule and ev.verification is None and rec.local is not None:
+                    settle_global_relation(ev, self.cache.get(ev.a), (rec.local, rec.thumb))
         return per_query
 
     def _strong(self, ev: PairEvidence) -> bool:

@@ -25,6 +25,9 @@ class PairResult:
     score: float
     kind: str  # "exact" | "near"
     evidence: dict = field(default_factory=dict)
+    #: How the two images relate (``relation.KINDS``): "exact", "same-pixels",
+    #: "resized", "crop", "edited", "recapture", "variant" or "same-scene".
+    relation: str = ""
 
 
 @dataclass
@@ -70,7 +73,8 @@ class DedupeReport:
         whether the file is in a reference folder."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["cluster", "path", "keep", "score", "kind", "keep_reason", "reference"])
+        w.writerow(["cluster", "path", "keep", "score", "kind", "relation", "keep_reason",
+                    "reference"])
         for i, c in enumerate(self.clusters):
             to_keeper = {}
             for p in c.pairs:
@@ -83,6 +87,7 @@ class DedupeReport:
                 p = to_keeper.get(m)
                 w.writerow([i, m, int(m == c.keep),
                             "" if p is None else f"{p.score:.4f}", "" if p is None else p.kind,
+                            "" if p is None else p.relation,
                             c.keep_reason if m == c.keep else "", int(m in refs)])
         return buf.getvalue()
 

@@ -176,3 +176,34 @@ def _open_keypoint_pictures(browser) -> list[int]:
 def _save(img, path: Path) -> Path:
     img.save(path, quality=90)
     return path
+
+
+def test_relation_is_shown_and_filters_clusters(browser, tmp_path):
+    """Each pair's relation is on the page; the Relation select keeps only the
+    clusters with a pair of that relation."""
+    assets = tmp_path / "rel_files"
+    assets.mkdir()
+    t = make_thumb(_save(textured(1, (320, 240)), tmp_path / "src.jpg"), assets)
+    relations = ["resized", "crop", "edited", "crop", "exact"]
+    cards, images = [], {}
+    for i, rel in enumerate(relations):
+        members = [f"/r/{i}_a.jpg", f"/r/{i}_b.jpg"]
+        for m in members:
+            images[m] = ImageEntry(m, f"rel_files/{t.name}", t.width, t.height, 1000)
+        cards.append(Card(members, members[0], [PairEntry(members[0], members[1], 0.9, "near",
+                                                          "local", relation=rel)]))
+    page = tmp_path / "rel.html"
+    page.write_text(render_html(cards, images, summary=[("clusters", len(cards))]))
+    browser.get(page.as_uri())
+    json.loads(browser.wait(READY))
+    options = browser.run('return [].map.call(document.getElementById("mk-rel").options, '
+                          'function(o){return o.value})')
+    assert options == ["", "exact", "resized", "crop", "edited"]  # closest first
+    browser.run('var r=document.getElementById("mk-rel");r.value="crop";'
+                'r.dispatchEvent(new Event("change"))')
+    cards_shown = browser.run('return [].map.call(document.querySelectorAll("article.card"), '
+                              'function(a){return Number(a.getAttribute("data-card"))})')
+    assert cards_shown == [1, 3]
+    captions = browser.run('return [].map.call(document.querySelectorAll("figcaption .sc"), '
+                           'function(s){return s.textContent})')
+    assert captions and all(c.endswith("\u00b7 crop") for c in captions), captions

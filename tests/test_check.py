@@ -115,11 +115,12 @@ def test_cli_json_on_stdout_csv_and_summary(case, tmp_path):
     assert data["stats"] | {"seconds": 0} == {
         "queries": 6, "matched": 4, "unmatched": 1, "skipped": 1, "gallery_images": 6, "k": 5,
         "include_all": False, "score": "match_strength", "score_threshold": 0.5,
-            "profile": None, "target_precision": None, "seconds": 0}
+            "profile": None, "target_precision": None, "level": "copies", "seconds": 0}
     crop = next(x for x in data["results"] if x["path"].endswith("crop.jpg"))
     assert crop["matched"] is True
     assert set(crop["matches"][0]) == {"id", "path", "score", "matched", "kind", "rule",
-                                       "evidence"}
+                                       "evidence", "relation"}
+    assert crop["matches"][0]["relation"] == "crop"
     assert data["skipped"][0]["path"].endswith(BROKEN) and data["skipped"][0]["reason"]
     assert "6 queries against 6 gallery images: 4 matched, 1 unmatched, 1 skipped" in r.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))

@@ -448,3 +448,12 @@ def test_cli_label_records_the_profile(labelled):
     assert r.exit_code == 0, r.output
     stats = json.loads(r.output)["stats"]
     assert stats["profile"] == "default" and stats["target_precision"] == 0.99
+
+
+def test_level_reaches_the_labeler_and_unknown_levels_are_refused(labelled):
+    """Labeler(level=) sets the relations a query may have with an example;
+    an unknown level fails at fit with a clear message."""
+    with Labeler(k=3, level="variants", calibration="none").fit(labelled / "g") as lab:
+        assert lab.settings_.level == "variants"
+    with pytest.raises(ValueError, match="unknown level"):
+        Labeler(k=3, level="everything", calibration="none").fit(labelled / "g")

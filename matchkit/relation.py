@@ -1,0 +1,171 @@
+"""What relates two matched images, and which relations a run groups.
+
+A user who asks for duplicates means copies of one picture, not the dark
+version of a wallpaper or another shot of the same scene. Every reported pair
+therefore says how its images relate, as one of ``KINDS`` (ordered from the
+closest to the loosest relation), and a *level* says which kinds form
+clusters: ``copies`` (the default: exact through recapture), ``variants``
+(also the same artwork recoloured) or ``similar`` (also different shots).
+
+``classify`` is the one place that turns measured evidence (see
+``RelationEvidence``; verification fills it in ``match.py``) into a kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+KINDS: tuple[str, ...] = (
+    "exact",        # the same file bytes
+    "same-pixels",  # the same decoded pixels in another file or container
+    "resized",      # the whole picture resampled, re-encoded or converted
+    "crop",         # one image shows only part of the other
+    "edited",       # overlay, caption, sticker, blur, padding, grey, flip or rotation
+    "recapture",    # re-photographed print or screen: a perspective transform
+    "variant",      # the same artwork in other colours or lightness, a state variant
+    "same-scene",   # different shots: bursts, stereo, video frames, exposure series
+)
+
+#: The loosest kind that each level groups; levels are nested.
+LEVELS: dict[str, str] = {"copies": "recapture", "variants": "variant", "similar": "same-scene"}
+DEFAULT_LEVEL = "copies"
+
+#: Overlap cells that agree at least this much: the copy shows the picture
+#: unchanged apart from resampling and re-encoding (below: an overlay or a
+#: blur changed part of it).
+UNCHANGED_AGREEMENT = 0.97
+#: Smaller share of either picture inside the overlap that still counts as the
+#: whole picture (borders lost to resampling, a thin frame).
+WHOLE_COVERAGE = 0.9
+#: Perspective strength (how much the homography's depth term varies across
+#: the image) from which a copy counts as a recapture: flat scans and resizes
+#: stay near 0; a 10-degree keystone is about 0.05.
+RECAPTURE_PERSPECTIVE = 0.03
+
+
+def check_level(level: str) -> str:
+    """``level`` itself if known, else ValueError naming the known levels."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r} (choose from {', '.join(LEVELS)})")
+    return level
+
+
+def in_level(kind: str, level: str) -> bool:
+    """Whether pairs of relation ``kind`` form clusters at ``level``."""
+    return KINDS.index(kind) <= KINDS.index(LEVELS[check_level(level)])
+
+
+@dataclass
+class RelationEvidence:
+    """What was measured about a matched pair, for ``classify``. Defaults are
+    the neutral values: a field a pair has no measurement for does not steer it."""
+
+    same_bytes: bool = False
+    same_pixels: bool = False
+    #: One planar transform (affine or homography) maps the whole overlap:
+    #: its inliers spread over the picture both images share.
+    geometry: bool = True
+    #: Share of each image's picture inside the aligned overlap.
+    coverage_a: float = 1.0
+    coverage_b: float = 1.0
+    #: The aligned pixels agree: over the whole overlap, or in most of its cells.
+    pixels_agree: bool = True
+    #: Share of the textured overlap where the aligned pixels agree (None: not measured).
+    agreement: float | None = None
+    #: The colours agree where the pictures overlap (False: a recolour).
+    colour_agree: bool = True
+    #: Either image is a grey copy.
+    grey_a: bool = False
+    grey_b: bool = False
+    #: Perspective strength of the transform (0: affine).
+    perspective: float = 0.0
+    #: Mirror image, rotation or padding on a flat canvas: geometry edits.
+    reoriented: bool = False
+    padded: bool = False
+
+
+def classify(ev: RelationEvidence) -> str:
+    """The relation kind of one matched pair."""
+    if ev.same_bytes:
+        return "exact"
+    if ev.same_pixels:
+        return "same-pixels"
+    if not ev.geometry:
+        # Matches that no single plane explains: a 3-D scene seen twice.
+        return "same-scene"
+    if not ev.pixels_agree:
+        # The layout lines up but the pixels do not: light/dark versions,
+        # state variants, another rendering of the same artwork.
+        return "variant"
+    if not ev.colour_agree and not (ev.grey_a or ev.grey_b):
+        # Same shapes and light, other colours: a recolour (a grey copy has
+        # lost its colours, which is an edit).
+        return "variant"
+    if ev.perspective >= RECAPTURE_PERSPECTIVE:
+        return "recapture"
+    if (ev.grey_a != ev.grey_b or ev.reoriented or ev.padded
+            or (ev.agreement is not None and ev.agreement < UNCHANGED_AGREEMENT)):
+        return "edited"
+    if min(ev.coverage_a, ev.coverage_b) < WHOLE_COVERAGE:
+        return "crop"
+    return "resized"
+
+
+#: Hue histogram bins, and the chroma (0-255 RGB spread) below which a colour
+#: cell counts as grey and has no hue.
+HUE_BINS = 12
+MIN_CHROMA = 40.0
+#: Share of an image's pixels that must have a hue for its colours to be
+#: compared (greyish pictures carry no colour evidence).
+MIN_COLOURFUL = 0.1
+#: Least hue-histogram intersection of two copies. Colour jitter, JPEG and a
+#: different white balance keep most hues; a recolour moves them all. On the
+#: recapture calib set screen photos of a picture reach 0.24-0.42 against it
+#: (a colour cast), the recolours of tests/test_relation.py 0.0; 0.5 turned
+#: recaptures into variants.
+MIN_HUE_SIMILARITY = 0.15
+
+
+def _hue_table() -> tuple[np.ndarray, np.ndarray]:
+    from .colour import LEVELS as CL
+
+    centres = (np.arange(CL) + 0.5) * (256 / CL)
+    r, g, b = np.meshgrid(centres, centres, centres, indexing="ij")
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    chroma = mx - mn
+    safe = np.where(chroma > 0, chroma, 1)
+    hue = np.where(mx == r, ((g - b) / safe) % 6,
+                   np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    bins = np.minimum((hue * HUE_BINS).astype(int), HUE_BINS - 1).ravel()
+    return bins, (chroma >= MIN_CHROMA).ravel()
+
+
+_HUE = None
+
+
+def hue_histogram(colour_histogram: np.ndarray) -> np.ndarray | None:
+    """Normalised hue histogram of a ``colour.colour_histogram`` (its colourful
+    cells only); None when too few pixels have a hue to compare."""
+    global _HUE
+    if _HUE is None:
+        _HUE = _hue_table()
+    bins, colourful = _HUE
+    h = np.asarray(colour_histogram, np.float64).ravel()
+    total = h.sum()
+    if total == 0 or h[colourful].sum() < MIN_COLOURFUL * total:
+        return None
+    out = np.bincount(bins[colourful], weights=h[colourful], minlength=HUE_BINS)
+    return out / out.sum()
+
+
+def colours_agree(hist_a: np.ndarray, hist_b: np.ndarray) -> bool:
+    """Whether two images' colours are those of one picture: their hue
+    distributions overlap (True when either has too little colour to say)."""
+    ha, hb = hue_histogram(hist_a), hue_histogram(hist_b)
+    if ha is None or hb is None:
+        return True
+    # Neighbouring hue bins count half: a slight white-balance shift is no recolour.
+    soft = lambda h: 0.5 * h + 0.25 * (np.roll(h, 1) + np.roll(h, -1))  # noqa: E731
+    return float(np.minimum(soft(ha), soft(hb)).sum()) >= MIN_HUE_SIMILARITY
