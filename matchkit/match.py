@@ -184,7 +184,8 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     if global_only or v is None or not v.transform:
         if not global_only:
             return None
-        return classify(RelationEvidence(reoriented=bool(ev.extra.get("reflect")), **base))
+        return classify(RelationEvidence(
+            reoriented=bool(ev.extra.get("reflect") or ev.extra.get("dihedral")), **base))
     if o is None or o.correlation <= -1.0 or o.enclosed > MAX_ENCLOSED or (
             o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT):
         return None  # a shared part only: a sticker, a logo, a frame
@@ -343,6 +344,8 @@ class PairMatcher:
             ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
             if variant in REFLECTIONS:
                 ev.extra["reflect"] = True
+            if variant:
+                ev.extra["dihedral"] = variant  # turned or mirrored: an edit
             colour_evidence(ev, colours)
             if a in self.vectors and b in self.vectors:
                 ev.cosine = float(self.vectors[a] @ self.vectors[b])
@@ -636,8 +639,8 @@ def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
     and b, or None."""
     if ev.relation() != "resized" or ev.overlap is not None or fa is None or fb is None:
         return
-    if ev.extra.get("reflect"):
-        return
+    if ev.extra.get("reflect") or ev.extra.get("dihedral"):
+        return  # turned or mirrored: frame to frame says nothing
     (la, ta), (lb, tb) = fa, fb
     # Laid on each other frame to frame (stretched if the aspects differ).
     sx, sy = lb.width / max(la.width, 1), lb.height / max(la.height, 1)

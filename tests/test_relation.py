@@ -270,3 +270,19 @@ def test_level_in_cli_check_and_csv(tmp_path):
     assert found.matched and found.best.relation == "variant"
     with pytest.raises(ValueError, match="unknown level"):
         dedupe([ref], level="everything")
+
+
+def test_rotated_and_flipped_copies_are_edits_not_crops(tmp_path):
+    """A copy turned by 90 degrees has its width and height swapped; matched on
+    its dihedral hash alone it must not be taken for a crop (the bundled demo
+    reported chelsea_rot90.jpg as a crop of chelsea.jpg)."""
+    from conftest import make_photo
+
+    im = make_photo(3, (400, 260))
+    im.save(tmp_path / "a.jpg", quality=92)
+    im.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "a_rot90.jpg", quality=92)
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "a_flip.jpg", quality=92)
+    report = dedupe([tmp_path])
+    assert len(report.clusters) == 1
+    relations = {(Path(p.a).name, Path(p.b).name): p.relation for p in report.clusters[0].pairs}
+    assert len(relations) == 2 and set(relations.values()) == {"edited"}, relations
