@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, fields, replace
 
 from .io import DEFAULT_MAX_PIXELS
+from .relation import LEVELS
 
 #: Distances between 256-bit hashes or descriptors, in bits.
 _BITS = (0, 256)
@@ -174,6 +175,10 @@ def _kind(name: str) -> tuple[str, bool]:
     return parts[0], "None" in parts
 
 
+#: Text settings with a fixed set of values (numbers have ``RANGES``).
+CHOICES: dict[str, tuple[str, ...]] = {"level": tuple(LEVELS)}
+
+
 def check_setting(name: str, value):
     """``value`` if it is allowed for setting ``name``, else :class:`SettingsError`."""
     if name not in Settings.__dataclass_fields__:
@@ -188,6 +193,8 @@ def check_setting(name: str, value):
     if kind == "str":
         if not isinstance(value, str):
             raise SettingsError(f"{name} must be text, got {value!r}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise SettingsError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
         return value
     lo, hi = RANGES[name]
     whole = kind == "int"

@@ -160,8 +160,12 @@ def test_cli_refuses_out_of_range_profile_before_reading_images(saved, photo_dir
 def test_settings_and_profiles_share_one_range_table(calibrator, tmp_path):
     from matchkit.config import RANGES, Settings, SettingsError
 
+    from matchkit.config import CHOICES
+
     assert set(RANGES) == {f for f in Settings.__dataclass_fields__
-                           if f not in ("local_features", "model")}
+                           if f not in ("local_features", "model", *CHOICES)}
+    with pytest.raises(SettingsError, match="level must be one of copies, variants, similar"):
+        Settings(level="dupes")
     for name, (lo, hi) in RANGES.items():
         Settings().with_(**{name: lo}).with_(**{name: hi})  # the bounds themselves are fine
     with pytest.raises(SettingsError, match="^work_side must be between 64 and 4096, got 4097$"):
