@@ -289,7 +289,10 @@ class Gallery:
                 "the images again")
         try:
             self._db = sqlite3.connect(db, isolation_level=None, timeout=_BUSY_TIMEOUT)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            try:  # (new galleries are made in WAL mode; this converts older ones)
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:  # read-only folder, or a writer busy: keep as is
+                pass
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             version = self._meta("schema_version")
