@@ -74,7 +74,9 @@ def build_model(path: Path, seed: int = 0) -> Path:
              + _field(12, _value_info("embedding", FLOAT, ["batch", 64])))
     model = (_field(1, 7) + _field(2, "matchkit-bench") + _field(7, graph)
              + _field(8, _field(1, "") + _field(2, 13)))
-    path.write_bytes(model)
+    if not path.exists() or path.read_bytes() != model:  # (parallel runs share it)
+        from matchkit._fs import atomic_write_bytes
+        atomic_write_bytes(path, model)
     return path
 
 
@@ -224,6 +226,10 @@ def main() -> None:
     ap.add_argument("--cache-photos", type=int, default=100)
     ap.add_argument("--cache-queries", type=int, default=12)
     ap.add_argument("--cache-trials", type=int, default=20)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help="comma-separated subset of " + ", ".join(SCENARIOS) + " (run "
+                         "separately, e.g. in parallel; the RESULTS.md section shows every "
+                         "scenario's last run)")
     ap.add_argument("--skip-writers", action="store_true")
     ap.add_argument("--skip-caches", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -236,7 +242,9 @@ def main() -> None:
     started = time.perf_counter()
     summary, rows = [], []
     if not args.skip_writers:
-        for scenario in SCENARIOS:
+        for scenario in [x.strip() for x in args.scenarios.split(",") if x.strip()]:
+            if scenario not in SCENARIOS:
+                raise SystemExit(f"unknown scenario {scenario!r}")
             for rnd in range(args.rounds):
                 row = writers_round(scenario, rnd, photos, model, args.per_writer, work)
                 rows.append(row)
@@ -250,8 +258,13 @@ def main() -> None:
                 "found by search": sum(r["search_found"] for r in mine),
                 "verify differences": sum(r["differences"] for r in mine),
                 "stale files after": sum(r["stale"] for r in mine),
-                "rounds a writer waited": sum(r["waited"] > 0 for r in mine)})
+                "rounds a writer waited": sum(r["waited"] > 0 for r in mine),
+                "per-writer": args.per_writer})
+            (work / f"summary-{scenario}.json").write_text(json.dumps(summary[-1]))
         print(C.table(summary, list(summary[0])))
+        # Scenarios run by separate invocations are reported together.
+        summary = [json.loads((work / f"summary-{s}.json").read_text())
+                   for s in SCENARIOS if (work / f"summary-{s}.json").exists()]
     cache_rows = []
     if not args.skip_caches:
         cache_rows = cache_trials(photos, model, args.cache_photos, args.cache_queries,
