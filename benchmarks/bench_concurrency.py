@@ -277,6 +277,7 @@ def main() -> None:
                f"--per-writer {args.per_writer} --cache-photos {args.cache_photos} "
                f"--cache-queries {args.cache_queries} --cache-trials {args.cache_trials}"
                f"{' --skip-caches' if args.skip_caches else ''}"
+               f"{'' if args.scenarios == ','.join(SCENARIOS) else ' --scenarios ' + args.scenarios}"
                f"{' --skip-writers' if args.skip_writers else ''}` on "
                f"{args.photos.name} ({len(photos)} photos), {minutes:.0f} min on a shared, "
                "busy machine.")

@@ -140,6 +140,8 @@ def damaged_database_message(error: sqlite3.DatabaseError, gallery: Path | None 
     if isinstance(error, sqlite3.OperationalError) and "locked" in detail:
         return (f"gallery database {db} stayed locked by another process ({detail}); "
                 "try again when it has finished")
+    if isinstance(error, sqlite3.OperationalError) and "readonly" in detail:
+        return f"gallery database {db} cannot be written ({detail})"
     return (f"{db} is not a usable gallery database, it is damaged ({detail}); recover "
             f"what it holds with "
             f"`sqlite3 {db} .recover | sqlite3 recovered.sqlite` and put that in its place, "
@@ -333,6 +335,9 @@ class Gallery:
             self._writer.acquire()
         except LockTimeout as e:
             raise GalleryError(str(e)) from None
+        except OSError as e:  # e.g. a read-only folder
+            raise GalleryError(f"cannot write to gallery {self.path}: "
+                               f"{e.strerror or e}") from None
 
     @contextmanager
     def _snapshot(self) -> Iterator[None]:
