@@ -8,15 +8,16 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+# Installs use constraints.txt: the exact versions the tests passed on.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.'
 	touch $(STAMP)
 
 # Tests also exercise CLIP (transformers + the CPU torch wheel) and ONNX models.
-$(TEST_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test,clip,onnx]'
+$(TEST_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,clip,onnx]'
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)

@@ -8,6 +8,10 @@ pair of files made from the same photo is a true pair.
     python benchmarks/bench_dedupe.py --set transformed            # eval half, writes RESULTS.md
     python benchmarks/bench_dedupe.py --set transformed --split calib --sweep 60,80,90 --colour-sweep 0.8,0.9
 
+``--set recapture`` re-photographs each photo (monitor on a shared setup, monitor at
+its own pose, print; ``sets.recapture_edits``); its table adds ``negatives_merged``:
+pairs of different photos shown on one monitor setup that ended in one cluster.
+
 ``--sweep`` (for choosing defaults) runs on the split you name and never
 writes RESULTS.md; defaults are chosen on ``calib`` and reported on ``eval``.
 """
@@ -125,6 +129,8 @@ def main() -> None:
     folder = sets.build(args.set, base, C.WORK / f"{args.set}-{args.split}-{len(base)}")
     n_images = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
     truth = truth_pairs(folder)
+    # Pairs made to look alike on purpose (two photos on one monitor): how many merge.
+    negatives = sets.hard_negatives(args.set, folder)
     print(f"{args.set} set: {len(base)} photos ({args.split} split) -> {n_images} images, "
           f"{len(truth)} true pairs", flush=True)
     if args.cosine_sweep:
@@ -147,9 +153,12 @@ def main() -> None:
             else:
                 r = run_matchkit(folder, tmp, method_args(method))
             pred = C.pairs_from_groups(r["clusters"])
-            rows.append({"method": method, **C.score(pred, truth), "wall_s": r["wall_s"],
+            extra = {"negatives_merged": f"{len(pred & negatives)}/{len(negatives)}"} \
+                if negatives else {}
+            rows.append({"method": method, **C.score(pred, truth), **extra, "wall_s": r["wall_s"],
                          "images_per_s": n_images / r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]})
-    cols = ["method", "pairs_found", "tp", "precision", "recall", "wall_s", "images_per_s",
+    cols = ["method", "pairs_found", "tp", "precision", "recall",
+            *(["negatives_merged"] if negatives else []), "wall_s", "images_per_s",
             "peak_rss_mib"]
     text = C.table(rows, cols)
     print(text)

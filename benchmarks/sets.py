@@ -116,7 +116,58 @@ def hard_edits(path: Path, out: Path, salt: str = "") -> None:
     _save(A.scale(im, factor=0.25), out / f"{stem}__scale25{salt}.jpg")
 
 
-BUILDERS = {"transformed": transformed_edits, "hard": hard_edits,
+#: Monitor setups shared by many photos in the recapture set: one bezel, camera pose,
+#: background and light each, so different photos shot on one setup share an
+#: identical frame (the negatives of the set).
+RECAPTURE_SETUPS = 6
+
+
+def recapture_setup(stem: str) -> int:
+    """The shared monitor setup a photo (by its file stem, the set's group name)
+    is shown on in the recapture set."""
+    import hashlib
+
+    return int(hashlib.sha256(stem.encode()).hexdigest()[:8], 16) % RECAPTURE_SETUPS
+
+
+def hard_negatives(kind: str, folder: Path) -> set[frozenset]:
+    """Pairs of files made from *different* photos that a set makes look alike on
+    purpose (recapture: two photos shown on one monitor setup); empty for sets
+    without such pairs."""
+    if kind != "recapture":
+        return set()
+    by_setup: dict[int, list[str]] = {}
+    for p in sorted(Path(folder).glob("*__monitor.jpg")):
+        by_setup.setdefault(recapture_setup(group_of(p.name)), []).append(p.name)
+    return {frozenset((a, b)) for names in by_setup.values()
+            for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def recapture_edits(path: Path, out: Path) -> None:
+    """A photo re-photographed (``matchkit.edits`` op ``recapture``, seeded per photo):
+
+    ``monitor``: on one of ``RECAPTURE_SETUPS`` shared monitor setups (the hard
+    negatives: other photos on the same bezel); ``screen``: on a monitor at its own
+    pose; ``print``: a print with a white border. All at 10-35 degrees off-axis,
+    with a lighting gradient, blur, noise and a new background.
+    """
+    from matchkit.edits import Edit, apply_edit
+
+    stem = path.stem
+    shutil.copyfile(path, out / f"{stem}__orig{path.suffix.lower()}")
+    setup = recapture_setup(stem)
+    common = {"op": "recapture", "degrees": [10, 35], "blur": [0.6, 1.8], "noise": [3, 8]}
+    edits = [Edit("monitor", ({**common, "kind": "monitor", "setup": setup},)),
+             Edit("screen", ({**common, "kind": "monitor"},)),
+             Edit("print", ({**common, "kind": "print"},))]
+    with Image.open(path) as im:
+        im.load()
+        for e in edits:
+            edited, save = apply_edit(im, e, path.name)
+            edited.save(out / f"{stem}__{e.name}.jpg", **save)
+
+
+BUILDERS = {"transformed": transformed_edits, "hard": hard_edits, "recapture": recapture_edits,
             # More edits per photo, for scaling runs (no second copy of the original).
             "hard-b": lambda p, out: hard_edits(p, out, salt="b"),
             "hard-c": lambda p, out: hard_edits(p, out, salt="c")}

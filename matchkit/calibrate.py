@@ -267,9 +267,9 @@ class PairCalibrator:
                 + (f" (differ: {', '.join(map(str, diff))})" if diff else " (order differs)"))
         n = len(FEATURES)
         c = cls(model=data["model"], target_precision=_number(data, "target_precision"),
-                alpha=_number(data, "alpha"), holdout=_number(data, "holdout"),
-                C=_number(data, "C"), n_trees=int(_number(data, "n_trees")),
-                max_leaf_nodes=int(_number(data, "max_leaf_nodes")))
+                alpha=_number(data, "alpha", 0.0, 1.0), holdout=_number(data, "holdout", 0.0, 1.0),
+                C=_number(data, "C", 1e-12, 1e12), n_trees=int(_number(data, "n_trees", 1, 10_000)),
+                max_leaf_nodes=int(_number(data, "max_leaf_nodes", 2, 10_000)))
         if not 0.0 < c.target_precision < 1.0:
             raise CalibratorError("target_precision must be in (0, 1)")
         if c.model == "logistic":
@@ -286,8 +286,9 @@ class PairCalibrator:
             raise CalibratorError("isotonic knots must be non-empty and non-decreasing")
         if c.isotonic_y_.min() < 0 or c.isotonic_y_.max() > 1:
             raise CalibratorError("isotonic probabilities must lie in [0, 1]")
-        c.threshold_ = _number(data, "threshold")
-        c.train_threshold_ = _number(data, "train_threshold")
+        # Scores are probabilities; a threshold just above 1 means "never".
+        c.threshold_ = _number(data, "threshold", 0.0, _NEVER)
+        c.train_threshold_ = _number(data, "train_threshold", 0.0, _NEVER)
         if not isinstance(data["stats"], dict):
             raise CalibratorError("calibrator stats must be a table")
         c.stats_ = dict(data["stats"])
@@ -339,12 +340,20 @@ def _check_trees(data, n_features: int) -> list[dict]:
     return _pack_trees(trees)
 
 
-def _number(data: dict, key: str) -> float:
+#: Largest threshold a profile may hold: fitting uses 1 + 1e-9 when no
+#: threshold reaches the target precision (nothing is ever a duplicate).
+_NEVER = 1.0 + 1e-6
+
+
+def _number(data: dict, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """``data[key]`` as a finite float in [lo, hi], else ``CalibratorError``."""
     v = data[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise CalibratorError(f"calibrator {key} must be a number, not {type(v).__name__}")
     if not math.isfinite(v):
         raise CalibratorError(f"calibrator {key} is not finite ({v})")
+    if not lo <= v <= hi:
+        raise CalibratorError(f"calibrator {key} must be between {lo} and {hi}, got {v!r}")
     return float(v)
 
 

@@ -55,6 +55,8 @@ def phash_candidates(
     """
     collect = max(max_distance, collect_distance or 0)
     ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:  # e.g. every image of a run is blank
+        return Candidates()
     allowed = set(ids.tolist()) if allowed is None else allowed
     n_var = variants.shape[1]
     queries = variants.reshape(len(ids) * n_var, -1)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from ._fs import atomic_write_bytes
 from .config import Settings
 from .features import full_pixel_digest
+from .fspath import csv_bytes, json_text
 from .gallery import Gallery
 from .hashing import file_digest
 from .io import ImageLoadError, iter_image_files
@@ -105,7 +106,7 @@ class CheckReport:
                 "skipped": [asdict(s) for s in self.skipped], "stats": dict(self.stats)}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        return json_text(self.to_dict(), indent=indent)
 
     def to_csv(self) -> str:
         """One row per (query, match); a query without matches, or unreadable, gets one row."""
@@ -139,7 +140,7 @@ class CheckReport:
         atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
     def write_csv(self, path: str | os.PathLike) -> None:
-        atomic_write_bytes(path, self.to_csv().encode("utf-8"))
+        atomic_write_bytes(path, csv_bytes(self.to_csv()))
 
 
 def _evidence(ev: PairEvidence) -> dict:

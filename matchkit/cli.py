@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from ._fs import atomic_write_bytes
+from .fspath import display, json_text
 from .config import Settings
 from .dedupe import dedupe as run_dedupe
 from .gallery import Gallery, GalleryError
@@ -32,13 +33,13 @@ class _OneLineErrors(click.Group):
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
         except click.UsageError as e:
-            click.echo(f"matchkit: error: {e.format_message()}", err=True)
+            click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(2)
         except click.Abort:
             click.echo("matchkit: aborted", err=True)
             sys.exit(130)
         except click.ClickException as e:
-            click.echo(f"matchkit: error: {e.format_message()}", err=True)
+            click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         except sqlite3.DatabaseError as e:  # a damaged gallery database, met mid-run
             from .gallery import damaged_database_message
@@ -51,6 +52,34 @@ class _OneLineErrors(click.Group):
 
 def _fail(message: str) -> None:
     raise click.UsageError(message)
+
+
+class _Setting(click.ParamType):
+    """An option that sets a ``Settings`` field: parsed and range-checked exactly
+    as ``Settings`` and profiles check it (``config.RANGES``)."""
+
+    def __init__(self, setting: str):
+        from .config import RANGES, setting_kind
+        self.setting, self.kind = setting, setting_kind(setting)
+        self.range = RANGES[setting]
+        self.name = "integer" if self.kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        from .config import SettingsError, check_setting
+        if isinstance(value, str):
+            try:
+                value = self.kind(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a {'whole ' if self.kind is int else ''}number",
+                          param, ctx)
+        try:
+            return check_setting(self.setting, value)
+        except SettingsError as e:
+            self.fail(str(e), param, ctx)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        lo, hi = self.range
+        return f"{self.name.upper()} [{lo}..{hi}]"
 
 
 def _one_line(error: BaseException) -> str:
@@ -77,11 +106,11 @@ def cli() -> None:
               help="Write one row per cluster member as CSV.")
 @click.option("--gallery", type=click.Path(file_okay=False),
               help="Keep features in this gallery folder so later runs only read new files.")
-@click.option("--threshold", type=click.IntRange(0, 256), default=None,
+@click.option("--threshold", type=_Setting("phash_max_distance"), default=None,
               help="Largest dihedral pHash distance (bits of 256) counted as a near duplicate.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+@click.option("--max-pixels", type=_Setting("max_pixels"), default=None,
               help="Skip files with more pixels than this (decompression-bomb guard).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
 @click.option("--hash-only", is_flag=True,
               help="Skip local features: several times faster, but misses crops, "
@@ -90,7 +119,7 @@ def cli() -> None:
               help="Also compare learned embeddings of this model (name, folder or "
                    ".onnx/.toml file; 'matchkit models' lists names): its nearest neighbours "
                    "become candidates, verified with local features.")
-@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), default=None,
+@click.option("--min-cosine", type=_Setting("min_cosine"), default=None,
               help="With --model: embedding cosine that counts as a match on its own "
                    "(model-specific; default: never, candidates are verified).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
@@ -107,13 +136,25 @@ def cli() -> None:
               help="Decide pairs with a calibrated profile (a name in configs/, e.g. "
                    "'default', or a .toml file from 'matchkit calibrate') instead of the "
                    "hand-set rules.")
+@click.option("--keep-in", "keep_in", multiple=True, type=click.Path(), metavar="DIR",
+              help="Reference folder (repeatable): scanned too; its files are always "
+                   "keepers and are never moved.")
+@click.option("--prefer", multiple=True, metavar="RULE",
+              help="Keeper preference, repeatable, applied in order before the built-in "
+                   "rule: oldest, newest, largest, smallest (file size), format:FMT "
+                   "(e.g. format:png) or path:GLOB (matched against the full path).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
-           model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name, quiet):
+           model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name,
+           keep_in, prefer, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
-    keeper (highest resolution, then largest file, then oldest) and every
+    keeper and says why (keep_reason): a file in a --keep-in folder, then
+    the --prefer rules, then the most picture pixels (fill and grey copies
+    discounted), a lossless file or the highest JPEG quality, the largest
+    file, the oldest; among files with the same pixels the original (a JPEG
+    before its PNG re-save), then the oldest, then the smallest. Every
     other member matches that keeper directly. Only with --move-duplicates-to
     are files moved: the non-keepers, and 'matchkit undo MANIFEST' puts them
     back; the exit code is 1 if some file could not be moved (it stays where
@@ -129,8 +170,19 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
       matchkit dedupe big-archive/ --hash-only --csv dupes.csv
       matchkit dedupe photos/ --model sscd-disc-mixup --json dupes.json
       matchkit dedupe photos/ --profile default --json dupes.json
+      matchkit dedupe inbox/ --keep-in archive/ --move-duplicates-to ~/dupes
+      matchkit dedupe photos/ --prefer oldest --prefer 'path:*/originals/*'
     """
     profile = _load_profile(profile_name)
+    from .keeper import parse_preference
+    for rule in prefer:
+        try:
+            parse_preference(rule)
+        except ValueError as e:
+            _fail(str(e))
+    for folder in keep_in:
+        if not os.path.isdir(folder):
+            _fail(f"--keep-in must be an existing folder: {folder}")
     if min_cosine is not None and not model:
         _fail("--min-cosine needs --model")
     if dry_run and not move_to:
@@ -143,7 +195,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
-                            profile=profile)
+                            profile=profile, keep_in=keep_in, prefer=prefer)
     except FileNotFoundError as e:
         _fail(str(e))
     except GalleryError as e:
@@ -175,14 +227,12 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         data = data or report.to_dict()
         data["moves"] = moved.to_dict()
     if json_path == "-":
-        click.echo(report.to_json() if data is None else json.dumps(data, indent=2,
-                                                                    ensure_ascii=False))
+        click.echo(report.to_json() if data is None else json_text(data, indent=2))
     elif json_path:
         if data is None:
             report.write_json(json_path)
         else:
-            atomic_write_bytes(json_path, json.dumps(data, indent=2, ensure_ascii=False)
-                               .encode("utf-8"))
+            atomic_write_bytes(json_path, json_text(data, indent=2).encode("utf-8"))
     if csv_path:
         report.write_csv(csv_path)
     if not quiet:
@@ -222,7 +272,7 @@ def _load_profile(name):
               help="What the photos are, recorded in the profile (default: the PATHS).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Precision-recall plot (PNG; default: beside --out, same stem).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
@@ -276,19 +326,39 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
 
 def _echo_moves(result, quiet: bool, out) -> None:
     """Moves as lines people can read (problems are always printed, on stderr)."""
-    if result.dry_run:
-        if not quiet:
-            for m in result.moves:
-                click.echo(f"would move: {m.src} -> {m.dst}", file=out)
-            click.echo(f"dry run: {len(result.moves)} files would move; nothing was changed",
-                       file=out)
-        return
+    skipped = [m for m in result.moves if m.state == "skipped"]
+    if result.dry_run and not quiet:
+        for m in result.moves:
+            if m.state != "skipped":
+                click.echo(f"would move: {display(m.src)} -> {display(m.dst)}", file=out)
     for m in result.problems:
-        click.echo(f"matchkit: not moved: {m.src}: {m.error}", err=True)
-    if not quiet:
-        c = result.counts()
-        click.echo(f"moved {c.get('moved', 0)} files, {c.get('failed', 0)} not moved; "
+        click.echo(f"matchkit: not moved: {display(m.src)}: {display(m.error)}", err=True)
+    if quiet:
+        return
+    by_reason: dict[str, list] = {}
+    for m in skipped:
+        by_reason.setdefault(m.error, []).append(m)
+    for reason, ms in by_reason.items():
+        if len(ms) <= _SHOWN:
+            for m in ms:
+                click.echo(f"not moved, {reason}: {display(m.src)}", file=out)
+        else:
+            click.echo(f"not moved, {reason}: {len(ms)} files, e.g. {display(ms[0].src)}",
+                       file=out)
+    n_planned = len(result.moves) - len(skipped)
+    if result.dry_run:
+        click.echo(f"dry run: {n_planned} files would move; nothing was changed", file=out)
+    elif result.manifest is None:
+        click.echo("nothing to move", file=out)
+    else:
+        failed = result.counts().get("failed", 0)
+        could_not = f", {failed} could not be moved" if failed else ""
+        click.echo(f"moved {result.counts().get('moved', 0)} files{could_not}; "
                    f"undo with: matchkit undo {shlex.quote(result.manifest)}", file=out)
+
+
+#: Files listed one per line for one reason before a count takes over.
+_SHOWN = 3
 
 
 @cli.command()
@@ -308,14 +378,21 @@ def models():
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Show what would be put back; change nothing.")
-@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def undo(manifest, dry_run, quiet):
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the entries this run looked at as JSON ('-' for stdout).")
+@click.option("-v", "--verbose", is_flag=True, help="One line per file.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary (problems are still printed).")
+def undo(manifest, dry_run, json_path, verbose, quiet):
     """Put files moved by 'dedupe --move-duplicates-to' back where they were.
 
-    Prints the updated manifest entries as JSON. Hashes are checked before a
+    The manifest is checked as a whole first: every file must come from the
+    destination folder (where the manifest is), go back under a folder that
+    was scanned, and carry its SHA-256; a manifest that breaks a rule is
+    refused (exit code 2) and nothing changes. Hashes are checked before a
     file goes back; a file that now exists at an original path is never
     overwritten (that entry is reported and left alone, exit code 1). Works
-    on the manifest of an interrupted run too, and can be run again.
+    on the manifest of an interrupted run too, and can be run again: files
+    already put back are left alone.
 
     \b
     Example:
@@ -326,19 +403,40 @@ def undo(manifest, dry_run, quiet):
     try:
         result = run_undo(manifest, dry_run=dry_run)
     except MoveError as e:
-        _fail(str(e))
-    click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        _fail(_one_line(e))
+    out = sys.stderr if json_path == "-" else sys.stdout
+    if json_path == "-":
+        click.echo(json_text(result.to_dict(), indent=2))
+    elif json_path:
+        atomic_write_bytes(json_path, json_text(result.to_dict(), indent=2).encode("utf-8"))
     for m in result.problems:
-        click.echo(f"matchkit: not restored: {m.src}: {m.error}", err=True)
+        click.echo(f"matchkit: not restored: {display(m.src)}: {display(m.error)}", err=True)
+    if verbose:
+        for m in result.moves:
+            if m.state == "restored":
+                click.echo(f"restored: {display(m.src)}", file=out)
+            elif m.state == "would_restore":
+                click.echo(f"would restore: {display(m.dst)} -> {display(m.src)}", file=out)
+            elif m.state == "not_moved":
+                click.echo(f"was not moved: {display(m.src)}", file=out)
     if not quiet:
-        c = result.counts()
-        if dry_run:
-            click.echo(f"dry run: {c.get('would_restore', 0)} files would be put back, "
-                       f"{c.get('undo_failed', 0)} could not", err=True)
-        else:
-            click.echo(f"restored {c.get('restored', 0)} files, {c.get('undo_failed', 0)} "
-                       "could not be restored", err=True)
+        click.echo(_undo_summary(result), file=out)
     return 0 if result.ok else 1
+
+
+def _undo_summary(result) -> str:
+    c = result.counts()
+    failed = c.get("undo_failed", 0)
+    could_not = f", {failed} could not" if failed else ""
+    if result.dry_run:
+        return (f"dry run: {c.get('would_restore', 0)} files would be put back{could_not}; "
+                "nothing was changed")
+    if not result.moves:
+        before = result.already.get("restored", 0)
+        return "nothing to restore" + (f" ({before} files were restored before)" if before
+                                       else "")
+    return f"restored {c.get('restored', 0)} files{could_not}" + (
+        f" ({c['not_moved']} had not been moved)" if c.get("not_moved") else "")
 
 
 def _open_gallery(path: str):
@@ -682,10 +780,9 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
     if csv_path:
         report.write_csv(csv_path)
     if json_path in (None, "-"):
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json_text(data, indent=2))
     else:
-        atomic_write_bytes(json_path, json.dumps(data, indent=2, ensure_ascii=False)
-                           .encode("utf-8"))
+        atomic_write_bytes(json_path, json_text(data, indent=2).encode("utf-8"))
     if not quiet:
         click.echo(report.summary(), err=True)
 
@@ -705,9 +802,9 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
                    "\"path\" key, plus any fields (see README, 'Search').")
 @click.option("--no-exif-dates", is_flag=True,
               help="Do not record taken/year/month from EXIF for new or changed images.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes/threads for decoding (default: one per core).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+@click.option("--max-pixels", type=_Setting("max_pixels"), default=None,
               help="Skip files with more pixels than this (decompression-bomb guard).")
 @click.option("--hash-only", is_flag=True,
               help="Skip local features (faster; enough for search, less for dedupe).")
@@ -897,8 +994,8 @@ def _hits_table(hits) -> str:
         return "no results"
     lines = [f"{'#':>3}  {'score':>6}  path  meta"]
     for rank, h in enumerate(hits, 1):
-        meta = json.dumps(h.meta, ensure_ascii=False, separators=(",", ":")) if h.meta else ""
-        lines.append(f"{rank:>3}  {h.score:6.3f}  {h.path}  {meta}".rstrip())
+        meta = json_text(h.meta, separators=(",", ":")) if h.meta else ""
+        lines.append(f"{rank:>3}  {h.score:6.3f}  {display(h.path)}  {meta}".rstrip())
     return "\n".join(lines)
 
 

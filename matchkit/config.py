@@ -2,14 +2,63 @@
 
 Later profiles (``configs/*.toml``) override these fields; keeping them in one
 place means every command and the Python API agree on the defaults.
+
+Every numeric setting has an allowed range in :data:`RANGES`. ``Settings``
+refuses a value outside it (:class:`SettingsError`, one line), and profiles
+and the command-line options that set the same fields use the same check,
+so a value is judged the same way wherever it comes from. The bounds are
+where the pipeline still works in bounded memory and time (a 100,000-pixel
+working image took 7.4 GB and crashed OpenCV), not tuned optima.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from dataclasses import dataclass, fields, replace
 
 from .io import DEFAULT_MAX_PIXELS
+
+#: Distances between 256-bit hashes or descriptors, in bits.
+_BITS = (0, 256)
+#: Allowed values of each numeric setting, inclusive: (min, max).
+RANGES: dict[str, tuple[float, float]] = {
+    "hash_side": (32, 1024),               # pHash reads a 32x32 image
+    "max_pixels": (1, 1_000_000_000),      # 1 gigapixel: ~3 GB decoded
+    "phash_max_distance": _BITS,
+    "phash_strong_distance": _BITS,
+    "colour_min_similarity": (0.0, 1.0),
+    "crowd_margin": (-256, 256),
+    "exact_check_distance": _BITS,
+    "neighbours": (1, 1000),
+    "workers": (0, 1024),
+    "work_side": (64, 4096),               # images are scaled (up, too) to this side
+    "n_features": (1, 10_000),
+    "index_features": (1, 10_000),
+    "query_features": (1, 10_000),
+    "vote_neighbours": (1, 256),
+    "vote_max_distance": _BITS,
+    "vote_candidates": (1, 1000),
+    "vote_min_votes": (0.0, 1000.0),
+    "phash_candidate_distance": _BITS,
+    "verify_top": (0, 1000),
+    "verify_features": (0, 10_000),
+    "verify_retry_inliers": (0, 10_000),
+    "verify_retry_votes": (0.0, 1000.0),
+    "mirror_max_distance": _BITS,
+    "min_inliers": (3, 10_000),            # an affine fit needs 3 points
+    "min_overlap_correlation": (-1.0, 1.0),
+    "template_crowd_distance": _BITS,
+    "thumb_side": (16, 1024),
+    "embedding_neighbours": (1, 1000),
+    "cosine_candidate": (-1.0, 1.0),
+    "min_cosine": (-1.0, 1.0),
+}
+
+
+class SettingsError(ValueError):
+    """A setting with a value of the wrong kind or outside its range (one line)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +144,10 @@ class Settings:
     #: does; its candidates are verified with local features). Model-specific.
     min_cosine: float | None = None
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_setting(f.name, getattr(self, f.name))
+
     def decode_side(self) -> int:
         """Longest side to decode: what the most demanding enabled feature needs."""
         return max(self.hash_side, self.work_side if self.local_features else 0)
@@ -108,3 +161,49 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@functools.lru_cache(maxsize=None)
+def _kind(name: str) -> tuple[str, bool]:
+    """A setting's base type name ("int", "float", "bool", "str") and whether None is allowed."""
+    annotation = str(Settings.__dataclass_fields__[name].type)
+    parts = [p.strip() for p in annotation.split("|")]
+    return parts[0], "None" in parts
+
+
+def check_setting(name: str, value):
+    """``value`` if it is allowed for setting ``name``, else :class:`SettingsError`."""
+    if name not in Settings.__dataclass_fields__:
+        raise SettingsError(f"unknown setting {name!r}")
+    kind, optional = _kind(name)
+    if value is None and optional:
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise SettingsError(f"{name} must be text, got {value!r}")
+        return value
+    lo, hi = RANGES[name]
+    whole = kind == "int"
+    number = not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+    if not number or (isinstance(value, float) and not math.isfinite(value)):
+        what = "a whole number" if whole else "a number"
+        raise SettingsError(f"{name} must be {what} between {lo} and {hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def clamp_setting(name: str, value):
+    """``value`` moved into the range of setting ``name`` (for derived values,
+    such as a zoomed-in view that doubles a size)."""
+    lo, hi = RANGES[name]
+    return type(value)(min(max(value, lo), hi))
+
+
+def setting_kind(name: str) -> type:
+    """The Python type a setting's value has (int, float, bool or str)."""
+    return {"int": int, "float": float, "bool": bool, "str": str}[_kind(name)[0]]

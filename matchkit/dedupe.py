@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 from collections import defaultdict
 import time
 from collections.abc import Iterable
@@ -20,7 +21,8 @@ from .config import Settings
 from .gallery import Gallery, StoredImage
 from .hashing import hamming
 from .io import iter_image_files
-from .keeper import GREY_MASS, grey_share, keeper_priority
+from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
+                     same_pixels_criteria, sort_key)
 from .match import PairEvidence, PairMatcher
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
 
@@ -32,6 +34,8 @@ def dedupe(
     settings: Settings = Settings(),
     progress: bool = False,
     profile=None,
+    keep_in: Iterable[str | os.PathLike] = (),
+    prefer: Iterable[str] = (),
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
@@ -41,8 +45,19 @@ def dedupe(
     reported in ``report.skipped``. With a ``profile`` (``profiles.Profile``)
     its calibrated decision replaces the hand-set rules and its settings
     overrides apply.
+
+    ``keep_in`` names reference folders: they are scanned too, their files
+    are always keepers and are listed under each cluster's ``references``
+    (``moves`` never moves them). ``prefer`` rules (``oldest``, ``newest``,
+    ``largest``, ``smallest``, ``format:FMT``, ``path:GLOB``) choose keepers
+    in order before the built-in rule (``keeper``); a malformed one raises
+    ``ValueError`` before any file is read.
     """
     start = time.perf_counter()
+    policy = KeeperPolicy.make(keep_in, prefer)
+    for folder in policy.keep_in:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"no such reference folder: {folder}")
     if profile is not None:
         settings = profile.apply(settings)
     embedder = None
@@ -50,7 +65,9 @@ def dedupe(
         from .embed import load_embedder  # torch/onnxruntime only when asked for
         embedder = load_embedder(settings.model)  # a missing model fails before any work
         settings = settings.with_(model=embedder.name)
-    files = list(iter_image_files(paths))
+    paths = list(paths)
+    files = list(iter_image_files(paths + [f for f in policy.keep_in
+                                           if not _inside_any(f, paths)]))
     with ExitStack() as stack:
         if gallery is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="matchkit-"))
@@ -65,10 +82,13 @@ def dedupe(
         if embedder is not None:
             gallery.embed(embedder, added.ids, progress=progress)
         clusters, n_exact, n_near = find_clusters(
-            gallery, added.ids, settings, calibrator=profile.calibrator if profile else None)
+            gallery, added.ids, settings, calibrator=profile.calibrator if profile else None,
+            policy=policy)
+        blank = sorted(img.path for img in gallery.images(added.ids).values() if img.blank)
         report = DedupeReport(
             clusters=clusters,
             skipped=[SkippedFile(s.path, s.reason) for s in added.skipped],
+            blank=blank,
         )
         report.stats = {
             "files": len(files),
@@ -77,6 +97,7 @@ def dedupe(
             "added": added.added,
             "updated": added.updated,
             "unchanged": added.unchanged,
+            "blank": len(blank),
             "clusters": len(clusters),
             "duplicates": sum(len(c.members) - 1 for c in clusters),
             "exact_pairs": n_exact,
@@ -94,12 +115,25 @@ def dedupe(
     return report
 
 
-def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None
+def _inside_any(folder: str, paths: list) -> bool:
+    """Whether ``folder`` is one of ``paths`` or inside one of them."""
+    for p in paths:
+        p = str(Path(p).resolve())
+        if folder == p or folder.startswith(p.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None,
+                  policy: KeeperPolicy = KeeperPolicy()
                   ) -> tuple[list[ClusterResult], int, int]:
     """Cluster the given gallery images; returns clusters and pair counts.
 
     ``calibrator`` (a fitted ``calibrate.PairCalibrator``) decides pairs
-    instead of the hand-set rules; exact copies and clustering are unchanged."""
+    instead of the hand-set rules; exact copies and clustering are unchanged.
+    ``policy`` carries the user's reference folders and preferences.
+    Blank images (one flat colour, e.g. fully transparent) take part in
+    exact matching only: same bytes, or same size and pixels."""
     ids = sorted(set(ids))
     if not ids:
         return [], 0, 0
@@ -112,9 +146,11 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         first = by_sha.setdefault(images[i].sha256, i)
         if first != i:
             exact.union(first, i)
+    _union_same_pixel_blanks(gallery, [i for i in ids if images[i].blank], images, exact)
+    visible = [i for i in ids if not images[i].blank]
     # Byte-identical files are one class up front; pairs inside it are never
     # examined (a map, not a pair set: 1,000 copies of one file stay cheap).
-    matcher = PairMatcher(gallery, ids, settings, same={i: exact.find(i) for i in ids},
+    matcher = PairMatcher(gallery, visible, settings, same={i: exact.find(i) for i in visible},
                           calibrator=calibrator)
     variants = matcher.plain
     possible: list[PairEvidence] = []
@@ -135,20 +171,30 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         if ev.rule or ev.pending:
             possible.append(ev)
 
+    near_order, same_order = near_criteria(policy), same_pixels_criteria(policy)
+    facts: dict[int, Candidate] = {}
+
+    def candidate(i: int) -> Candidate:
+        if i not in facts:
+            share = (matcher.picture_share(i) if settings.local_features
+                     and not images[i].blank else 1.0)
+            facts[i] = Candidate(images[i], share,
+                                 grey=grey_share(gallery.colours([i])[i]) >= GREY_MASS)
+        return facts[i]
+
     ranks: dict[int, tuple] = {}
 
     def priority(i: int) -> tuple:
         if i not in ranks:  # asked for many times by the clustering; compute once
-            ranks[i] = keeper_priority(
-                images[i], matcher.picture_share(i) if settings.local_features else None,
-                grey=grey_share(gallery.colours([i])[i]) >= GREY_MASS)
+            ranks[i] = sort_key(near_order, candidate(i))
         return ranks[i]
 
-    # Work on exact-copy classes; each class is represented by its best member.
+    # Work on exact-copy classes; each class is represented by its best member:
+    # among the same pixels, the source file, not the biggest re-save.
     rep = {}
     classes = {}
     for group in exact.groups():
-        group.sort(key=priority)
+        group.sort(key=lambda i: sort_key(same_order, candidate(i)))
         for i in group:
             rep[i] = group[0]
         classes[group[0]] = group
@@ -239,9 +285,39 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                     pairs.append(PairResult(images[keep].path, images[m].path, ev.score(),
                                             "near", ev.to_evidence()))
                     n_near += 1
-        clusters.append(ClusterResult(images[keep].path, [images[m].path for m in members], pairs))
+        # Why this picture (against the other pictures), and why this file
+        # (against its exact copies).
+        reason = [explain(near_order, policy, candidate(keep),
+                          [candidate(r) for r in s.members[1:]]),
+                  explain(same_order, policy, candidate(keep),
+                          [candidate(m) for m in classes[keep][1:]])]
+        clusters.append(ClusterResult(
+            images[keep].path, [images[m].path for m in members], pairs,
+            keep_reason="; ".join(dict.fromkeys(r for r in reason if r)),
+            references=[images[m].path for m in members if policy.reference(images[m].path)]))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near
+
+
+def _union_same_pixel_blanks(gallery: Gallery, blank: list[int], images: dict,
+                             exact: UnionFind) -> None:
+    """Blank images are the same picture only with the same size and pixels
+    (byte copies are already joined): compared by full pixel digest, and
+    only within groups of one size and one colour."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    if len(blank) < 2:
+        return
+    colours = gallery.colours(blank)
+    for i in blank:
+        groups[(images[i].width, images[i].height, colours[i].tobytes())].append(i)
+    for group in groups.values():
+        by_digest: dict[str, int] = {}
+        for i in group:
+            if len(group) < 2:
+                break
+            digest = gallery.pixel_digest(i)
+            if digest is not None:
+                exact.union(by_digest.setdefault(digest, i), i)
 
 
 def _mirrored(ev: PairEvidence) -> bool | None:

@@ -279,6 +279,123 @@ def _screenshot(st, rng, layout: str = "web", scale: float = 0.6):
     st.image = frame
 
 
-OPS = {"resize": _resize, "square": _square, "jpeg": _jpeg, "png": _png, "crop": _crop,
+def _homography(src: list[tuple[float, float]], dst: list[tuple[float, float]]) -> list[float]:
+    """The 8 coefficients Pillow's PERSPECTIVE transform takes: they map output
+    pixel ``dst`` back to input pixel ``src``."""
+    import numpy as np
+
+    a, b = [], []
+    for (x, y), (u, v) in zip(src, dst):
+        a.append([u, v, 1, 0, 0, 0, -x * u, -x * v])
+        a.append([0, 0, 0, u, v, 1, -y * u, -y * v])
+        b += [x, y]
+    return list(np.linalg.solve(np.asarray(a, float), np.asarray(b, float)))
+
+
+def _tilted_quad(w: int, h: int, degrees: float, rng: random.Random) -> list[tuple[float, float]]:
+    """Corners of a ``w`` x ``h`` rectangle seen by a pinhole camera turned by
+    ``degrees`` (split between yaw and pitch, signs random) plus a small roll."""
+    import math
+
+    import numpy as np
+
+    share = rng.uniform(0.0, 1.0)
+    yaw = math.radians(degrees) * math.sqrt(share) * rng.choice([-1, 1])
+    pitch = math.radians(degrees) * math.sqrt(1 - share) * rng.choice([-1, 1])
+    roll = math.radians(rng.uniform(-4, 4))
+    cy, sy, cp, sp, cr, sr = (math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch),
+                              math.cos(roll), math.sin(roll))
+    rot = (np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+           @ np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+           @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]))
+    f = 1.1 * max(w, h)
+    pts = []
+    for x, y in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
+        X = rot @ np.array([x, y, 0.0]) + np.array([0, 0, 1.6 * f])
+        pts.append((f * X[0] / X[2], f * X[1] / X[2]))
+    return pts
+
+
+def _recapture(st, rng, kind: str = "monitor", degrees: float = 20.0, setup: int = -1,
+               blur: float = 1.2, noise: float = 5.0, side: int = 1024):
+    """The picture shown on a monitor (dark bezel, glare) or printed (white
+    border), photographed at ``degrees`` off-axis on a new background with a
+    lighting gradient, blur and sensor noise. With ``setup`` >= 0 the monitor,
+    camera pose, background and light come from that setup alone, so different
+    pictures shot on one setup share an identical frame (hard negatives)."""
+    import numpy as np
+
+    geo = random.Random(f"recapture-setup/{setup}") if setup >= 0 else rng
+    pic = st.image.convert("RGB")
+    scale = 0.62 * side / max(pic.size)
+    pic = pic.resize((max(8, round(pic.width * scale)), max(8, round(pic.height * scale))),
+                     Image.Resampling.LANCZOS)
+    if kind == "monitor":
+        # A fixed 16:10 panel: the picture is letterboxed on black like a viewer app.
+        pw, ph = round(0.62 * side), round(0.62 * side * 10 / 16)
+        f = min(pw / pic.width, ph / pic.height)
+        pic = pic.resize((max(8, round(pic.width * f)), max(8, round(pic.height * f))),
+                         Image.Resampling.LANCZOS)
+        panel = Image.new("RGB", (pw, ph), (8, 8, 10))
+        panel.paste(pic, ((pw - pic.width) // 2, (ph - pic.height) // 2))
+        b = max(6, round(pw * geo.uniform(0.03, 0.06)))
+        grey = geo.randint(15, 60)
+        framed = ImageOps.expand(panel, (b, b, b, round(b * 1.8)), fill=(grey, grey, grey + 4))
+        d = ImageDraw.Draw(framed)
+        d.ellipse((framed.width - 3 * b, framed.height - b, framed.width - 3 * b + 6,
+                   framed.height - b + 6), fill=(40, 200, 90))
+        d.rectangle((framed.width // 2 - b, framed.height - b, framed.width // 2 + b,
+                     framed.height - b // 2), fill=(grey + 30,) * 3)
+    else:
+        b = max(4, round(max(pic.size) * rng.uniform(0.03, 0.06)))
+        framed = ImageOps.expand(pic, b, fill=(245, 243, 238))
+    # Background: a two-colour gradient with soft blobs (a desk, a wall), drawn at
+    # 1/8 scale and enlarged (the blur that softens it is then cheap).
+    W, H = side, round(side * 0.75)
+    w8, h8 = max(8, W // 8), max(6, H // 8)
+    c1, c2 = _colour(geo), _colour(geo)
+    t = np.linspace(0, 1, w8, dtype=np.float32)[None, :, None]
+    bg = (np.array(c1)[None, None] * (1 - t) + np.array(c2)[None, None] * t) * np.ones((h8, 1, 1))
+    back = Image.fromarray(bg.astype(np.uint8))
+    bd = ImageDraw.Draw(back)
+    for _ in range(6):
+        x, y, r = geo.randrange(w8), geo.randrange(h8), geo.randint(w8 // 12 + 1, w8 // 4 + 1)
+        bd.ellipse((x - r, y - r, x + r, y + r), fill=_colour(geo))
+    back = back.filter(ImageFilter.GaussianBlur(w8 / 40)).resize((W, H), Image.Resampling.BILINEAR)
+    # Perspective: the framed picture as a camera turned by `degrees` sees it.
+    quad = _tilted_quad(framed.width, framed.height, degrees, geo)
+    xs, ys = [q[0] for q in quad], [q[1] for q in quad]
+    fit = 0.9 * min(W / (max(xs) - min(xs)), H / (max(ys) - min(ys)))
+    ox = (W - fit * (max(xs) - min(xs))) / 2 - fit * min(xs) + geo.uniform(-0.03, 0.03) * W
+    oy = (H - fit * (max(ys) - min(ys))) / 2 - fit * min(ys) + geo.uniform(-0.03, 0.03) * H
+    dst = [(ox + fit * x, oy + fit * y) for x, y in quad]
+    src = [(0, 0), (framed.width, 0), (framed.width, framed.height), (0, framed.height)]
+    coeffs = _homography(src, dst)
+    warped = framed.transform((W, H), Image.Transform.PERSPECTIVE, coeffs,
+                              Image.Resampling.BICUBIC)
+    mask = Image.new("L", framed.size, 255).transform((W, H), Image.Transform.PERSPECTIVE,
+                                                        coeffs, Image.Resampling.BILINEAR)
+    back.paste(warped, (0, 0), mask)
+    # Light: a linear gradient in a random direction, a glare spot on screens.
+    arr = np.asarray(back, dtype=np.float32)
+    ang = geo.uniform(0, 2 * np.pi)
+    yy, xx = np.ogrid[0:H, 0:W]
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
+    ramp = (np.cos(ang) * xx / W + np.sin(ang) * yy / H)
+    ramp = (ramp - ramp.min()) / max(1e-6, float(ramp.max() - ramp.min()))
+    lo, hi = geo.uniform(0.65, 0.85), geo.uniform(1.0, 1.15)
+    arr *= (lo + (hi - lo) * ramp)[..., None]
+    if kind == "monitor":
+        gx, gy, gr = geo.uniform(0.2, 0.8) * W, geo.uniform(0.2, 0.8) * H, geo.uniform(0.1, 0.25) * W
+        arr += (60 * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * gr * gr)))[..., None]
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    out = out.filter(ImageFilter.GaussianBlur(max(0.0, float(blur))))
+    noisy = np.asarray(out, dtype=np.float32) + np.random.default_rng(
+        rng.randrange(2**32)).standard_normal((H, W, 3), dtype=np.float32) * float(noise)
+    st.image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    st.save = {"format": "JPEG", "quality": 88}
+
+
+OPS = {"recapture": _recapture, "resize": _resize, "square": _square, "jpeg": _jpeg, "png": _png, "crop": _crop,
        "rotate": _rotate, "flip": _flip, "blur": _blur, "pad": _pad, "grey": _grey,
        "jitter": _jitter, "text": _text, "sticker": _sticker, "screenshot": _screenshot}

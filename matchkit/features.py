@@ -44,6 +44,10 @@ class ImageRecord:
     local: LocalFeatures | None = None
     #: Grey thumbnail (longer side ``thumb_side``) for photometric checks.
     thumb: np.ndarray | None = None
+    #: Estimated JPEG quality from the quantisation tables (None: not a JPEG).
+    jpeg_quality: int | None = None
+    #: Nothing to see: one flat colour once transparency is composited.
+    blank: bool = False
 
     @property
     def pixels(self) -> int:
@@ -51,13 +55,34 @@ class ImageRecord:
 
 
 def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRecord:
-    """Compute an :class:`ImageRecord` for one file; raises ImageLoadError."""
+    """Compute an :class:`ImageRecord` for one file.
+
+    Raises :class:`ImageLoadError` for any failure, whatever raised it
+    (decoder, OpenCV, numpy), stamped with the size and mtime the file had
+    when it was read, so a file that changes afterwards is read again.
+    """
     path = Path(path)
     try:
         st = path.stat()
-        digest = file_digest(path)
     except OSError as e:
         raise ImageLoadError(path, f"cannot read file: {e.strerror or e}") from None
+    try:
+        return _extract(path, st, settings)
+    except ImageLoadError as e:
+        raise ImageLoadError(path, e.reason, size=st.st_size, mtime_ns=st.st_mtime_ns) from None
+    except OSError as e:
+        raise ImageLoadError(path, f"cannot read file: {e.strerror or e}",
+                             size=st.st_size, mtime_ns=st.st_mtime_ns) from None
+    except MemoryError:
+        raise ImageLoadError(path, "out of memory while processing",
+                             size=st.st_size, mtime_ns=st.st_mtime_ns) from None
+    except Exception as e:  # one file's failure must never end a run
+        raise ImageLoadError(path, f"cannot process image: {type(e).__name__}: {e}",
+                             size=st.st_size, mtime_ns=st.st_mtime_ns) from None
+
+
+def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
+    digest = file_digest(path)
     loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels)
     image = loaded.image
     local = grey_thumb = None
@@ -80,20 +105,44 @@ def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRe
         colour=colour_histogram(thumb),
         local=local,
         thumb=grey_thumb,
+        jpeg_quality=loaded.jpeg_quality,
+        blank=is_blank(thumb),
     )
 
 
+#: Largest difference (levels, any channel) from the median colour that a
+#: blank image's hash thumbnail may have anywhere: JPEG noise on a flat
+#: colour stays well under it, a visible shape does not.
+BLANK_SPREAD = 6
+
+
+def is_blank(thumb) -> bool:
+    """Whether a (small RGB) image shows nothing: one flat colour. A fully
+    transparent image is one, composited over the background; blank images
+    are alike by construction and never near-duplicates of each other."""
+    a = np.asarray(thumb.convert("RGB"), np.int16).reshape(-1, 3)
+    if a.size == 0:
+        return True
+    return bool(np.abs(a - np.median(a, axis=0)).max() <= BLANK_SPREAD)
+
+
 def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str:
-    """Digest of the full-resolution pixels; only needed for exact-match checks."""
-    return pixel_digest(load_image(path, max_pixels=settings.max_pixels).image)
+    """Digest of the full-resolution pixels; only needed for exact-match checks.
+    Raises :class:`ImageLoadError` for any failure."""
+    image = load_image(path, max_pixels=settings.max_pixels).image
+    try:
+        return pixel_digest(image)
+    except Exception as e:  # e.g. out of memory on a huge image: not an exact match then
+        raise ImageLoadError(path, f"cannot digest pixels: {type(e).__name__}: {e}") from None
 
 
-def _extract_or_reason(path: str, settings: Settings) -> ImageRecord | tuple[str, str]:
-    """Process-pool worker: failures travel back as (path, reason)."""
+def _extract_or_reason(path: str, settings: Settings
+                       ) -> ImageRecord | tuple[str, str, int | None, int | None]:
+    """Process-pool worker: failures travel back as (path, reason, size, mtime_ns)."""
     try:
         return extract(path, settings)
     except ImageLoadError as e:
-        return (e.path, e.reason)
+        return (e.path, e.reason, e.size, e.mtime_ns)
 
 
 #: Below this many files a process pool costs more to start than it saves.
@@ -144,7 +193,7 @@ def extract_many(
             if on_done:
                 on_done()
             if isinstance(result, tuple):
-                result = ImageLoadError(result[0], result[1])
+                result = ImageLoadError(result[0], result[1], size=result[2], mtime_ns=result[3])
             yield path, result
     finally:
         if pool is not None:

@@ -55,6 +55,7 @@ from .hashing import PHASH_BITS
 from .index import HammingIndex
 from ._fs import fsync_dir, remove_stale_temps, verified_bytes
 from ._lock import LockTimeout, WriterLock, default_timeout
+from .fspath import from_db, to_db
 from .io import ImageLoadError, load_image
 from .local import LocalFeatures
 
@@ -99,7 +100,9 @@ CREATE TABLE IF NOT EXISTS images (
     colour BLOB NOT NULL,
     meta TEXT NOT NULL DEFAULT '{}',
     labels TEXT NOT NULL DEFAULT '[]',
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    jpeg_quality INTEGER,
+    blank INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 CREATE TABLE IF NOT EXISTS local_features (
@@ -196,6 +199,10 @@ class StoredImage:
     format: str | None
     meta: dict = field(default_factory=dict)
     labels: list = field(default_factory=list)
+    #: Estimated JPEG quality (quantisation tables) at extraction; None otherwise.
+    jpeg_quality: int | None = None
+    #: One flat colour after compositing transparency: matched only exactly.
+    blank: bool = False
 
     @property
     def pixels(self) -> int:
@@ -232,15 +239,24 @@ class AddReport:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-_COLUMNS = "id, path, size, mtime_ns, sha256, pixel_sha256, width, height, format, meta, labels"
+_COLUMNS = ("id, path, size, mtime_ns, sha256, pixel_sha256, width, height, format, meta, labels, "
+            "jpeg_quality, blank")
 
 
 def _row_to_image(row) -> StoredImage:
-    return StoredImage(*row[:9], meta=json.loads(row[9]), labels=json.loads(row[10]))
+    return StoredImage(row[0], from_db(row[1]), *row[2:9], meta=json.loads(row[9]),
+                       labels=json.loads(row[10]), jpeg_quality=row[11], blank=bool(row[12]))
 
 
-def _key(path: str | os.PathLike) -> str:
-    return str(Path(path).resolve())
+#: Columns added after schema 1 was released, with their SQL types. Galleries
+#: written before get them on open (``_migrate``).
+_ADDED_COLUMNS = {"jpeg_quality": "INTEGER", "blank": "INTEGER"}
+
+
+def _key(path: str | bytes | os.PathLike) -> str:
+    """The absolute path an image is stored under (surrogate-escaped when its
+    name is not UTF-8; ``fspath.to_db`` makes the SQLite value)."""
+    return str(Path(os.fsdecode(path)).resolve())
 
 
 def vector_file_name(model_name: str) -> str:
@@ -306,6 +322,10 @@ class Gallery:
         elif int(version) > SCHEMA_VERSION:
             raise GalleryError(
                 f"gallery {self.path} was written by a newer matchkit (schema {version})")
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise GalleryError(f"cannot update gallery {self.path}: {e}") from None
         remove_stale_temps(self.path)
         last_opened = self.path
         self._writer = WriterLock(self.path, default_timeout() if lock_timeout is None
@@ -321,6 +341,32 @@ class Gallery:
         self._last_bump: tuple[int, int] = (-1, -1)
         #: The same for models whose vectors a commit in progress drops.
         self._model_bumps: dict[str, tuple[int, int]] = {}
+
+    def _migrate(self) -> None:
+        """Add the columns of ``_ADDED_COLUMNS`` to a gallery written before them.
+
+        Their values come from decoding the file (JPEG quantisation tables;
+        transparency composited over grey, where older versions flattened it
+        onto white), so the rows they are added to are marked for one more
+        decode: their stored modification time is cleared, and the next
+        ``add`` of those files treats them as changed. Runs in one
+        transaction, checked again inside it, so two processes opening an
+        old gallery at once migrate it once."""
+        def missing() -> list[str]:
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+            return [c for c in _ADDED_COLUMNS if c not in have]
+
+        if not missing():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for column in missing():
+                self._db.execute(f"ALTER TABLE images ADD COLUMN {column} {_ADDED_COLUMNS[column]}")
+            self._db.execute("UPDATE images SET mtime_ns = -1")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
@@ -395,7 +441,8 @@ class Gallery:
         return _row_to_image(row)
 
     def find(self, path: str | os.PathLike) -> StoredImage | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE path=?", (_key(path),)).fetchone()
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE path=?",
+                               (to_db(_key(path)),)).fetchone()
         return _row_to_image(row) if row else None
 
     def images(self, ids: Iterable[int] | None = None) -> dict[int, StoredImage]:
@@ -429,7 +476,8 @@ class Gallery:
         return {k: np.frombuffer(v, "<u4") for k, v in self._blobs("colour", ids).items()}
 
     def failures(self) -> list[Skipped]:
-        return [Skipped(p, r) for p, r in self._db.execute("SELECT path, reason FROM failures")]
+        return [Skipped(from_db(p), r)
+                for p, r in self._db.execute("SELECT path, reason FROM failures")]
 
     # -- index -------------------------------------------------------------
     @property
@@ -684,7 +732,7 @@ class Gallery:
                 report.skipped.append(Skipped(key, f"cannot read file: {e.strerror or e}"))
                 continue
             row = self._db.execute(
-                "SELECT id, size, mtime_ns FROM images WHERE path=?", (key,)).fetchone()
+                "SELECT id, size, mtime_ns FROM images WHERE path=?", (to_db(key),)).fetchone()
             if row and row[1] == st.st_size and row[2] == st.st_mtime_ns and (
                     not self.settings.local_features or self._db.execute(
                         "SELECT 1 FROM local_features WHERE image_id=?", (row[0],)).fetchone()):
@@ -692,7 +740,7 @@ class Gallery:
                 report.unchanged += 1
                 continue
             fail = self._db.execute(
-                "SELECT size, mtime_ns, reason FROM failures WHERE path=?", (key,)).fetchone()
+                "SELECT size, mtime_ns, reason FROM failures WHERE path=?", (to_db(key),)).fetchone()
             if fail and fail[0] == st.st_size and fail[1] == st.st_mtime_ns:
                 report.skipped.append(Skipped(key, fail[2]))
                 continue
@@ -725,36 +773,39 @@ class Gallery:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for path, rec in batch:
-                old = self._db.execute("SELECT id FROM images WHERE path=?", (path,)).fetchone()
+                stored = to_db(path)
+                old = self._db.execute("SELECT id FROM images WHERE path=?", (stored,)).fetchone()
                 if isinstance(rec, ImageLoadError):
-                    try:
-                        st = os.stat(path)
-                        size, mtime = st.st_size, st.st_mtime_ns
-                    except OSError:
-                        size, mtime = -1, -1
+                    # Stamped with the file's state when it was read (not now):
+                    # a file caught mid-copy has grown since, so it is read again.
+                    size = -1 if rec.size is None else rec.size
+                    mtime = -1 if rec.mtime_ns is None else rec.mtime_ns
                     self._db.execute(
                         "INSERT OR REPLACE INTO failures(path, size, mtime_ns, reason) VALUES (?,?,?,?)",
-                        (path, size, mtime, rec.reason))
+                        (stored, size, mtime, rec.reason))
                     if old:  # a file that changed into something unreadable
                         self._db.execute("DELETE FROM images WHERE id=?", (old[0],))
                         self._db.execute("DELETE FROM local_features WHERE image_id=?", (old[0],))
                         gone.append(old[0])
                     report.skipped.append(Skipped(path, rec.reason))
                     continue
-                self._db.execute("DELETE FROM failures WHERE path=?", (path,))
+                self._db.execute("DELETE FROM failures WHERE path=?", (stored,))
                 values = (rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height,
-                          rec.format, rec.phashes.tobytes(), rec.colour.astype("<u4").tobytes())
+                          rec.format, rec.phashes.tobytes(), rec.colour.astype("<u4").tobytes(),
+                          rec.jpeg_quality, int(rec.blank))
                 if old:
                     self._db.execute(
                         "UPDATE images SET size=?, mtime_ns=?, sha256=?, pixel_sha256=NULL, "
-                        "width=?, height=?, format=?, phash=?, colour=? WHERE id=?", (*values, old[0]))
+                        "width=?, height=?, format=?, phash=?, colour=?, jpeg_quality=?, blank=? "
+                        "WHERE id=?", (*values, old[0]))
                     image_id = old[0]
                     replaced.append(image_id)
                     report.updated += 1
                 else:
                     cur = self._db.execute(
                         "INSERT INTO images(path, size, mtime_ns, sha256, width, height, format, "
-                        "phash, colour, added_at) VALUES (?,?,?,?,?,?,?,?,?,?)", (path, *values, now))
+                        "phash, colour, jpeg_quality, blank, added_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (stored, *values, now))
                     image_id = cur.lastrowid
                     report.added += 1
                 report.ids.append(image_id)
@@ -880,7 +931,7 @@ class Gallery:
 
     def paths(self) -> dict[int, str]:
         """Every image's path by id."""
-        return dict(self._db.execute("SELECT id, path FROM images"))
+        return {i: from_db(p) for i, p in self._db.execute("SELECT id, path FROM images")}
 
     def ids_where(self, sql: str, params: Sequence = ()) -> np.ndarray:
         """Sorted ids of images matching a WHERE body over the ``images`` table.
@@ -1021,7 +1072,8 @@ class Gallery:
         out: dict[str, tuple[int, str]] = {}
         for chunk in _chunks(list(paths), 900):
             q = f"SELECT path, id, sha256 FROM images WHERE path IN ({','.join('?' * len(chunk))})"
-            out.update((p, (i, d)) for p, i, d in self._db.execute(q, chunk))
+            out.update((from_db(p), (i, d))
+                       for p, i, d in self._db.execute(q, [to_db(p) for p in chunk]))
         return out
 
     def _vector_ids_by_model(self, ids: Sequence[int]) -> dict[str, list[int]]:
@@ -1074,6 +1126,8 @@ class Gallery:
         from concurrent.futures import ThreadPoolExecutor
 
         self._lock_for_writing()
+        from .embed.base import embed_isolated
+
         name, dim = str(embedder.name), int(embedder.dim)
         info = self._model_info(name)
         if info is None:
@@ -1112,8 +1166,11 @@ class Gallery:
                         if not isinstance(img, Skipped)]
                 report.skipped += [x for x in loaded if isinstance(x, Skipped)]
                 if good:
-                    vecs = np.asarray(embedder.embed_images([img for _, img in good]),
-                                      dtype=np.float32)
+                    vecs, failed = embed_isolated(embedder, [img for _, img in good])
+                    report.skipped += [Skipped(rows[good[i][0]].path, why)
+                                       for i, why in failed.items()]
+                    good = [g for i, g in enumerate(good) if i not in failed]
+                    vecs = np.delete(vecs, list(failed), axis=0)
                     if vecs.shape != (len(good), dim):
                         raise GalleryError(f"model {name!r} returned vectors of shape "
                                            f"{vecs.shape}, expected ({len(good)}, {dim})")

@@ -37,6 +37,7 @@ from urllib.parse import quote
 from ._fs import atomic_write_bytes
 from .config import Settings
 from .evidence_draw import draw_pairs
+from .fspath import display
 from .hashing import PHASH_BITS
 from .thumbs import DEFAULT_SIDE, make_thumbs
 
@@ -84,6 +85,10 @@ class Card:
     title: str = ""
     #: Line under the title (default: size, weakest score, bytes in duplicates).
     meta: str = ""
+    #: Why ``keep`` is the suggested keeper (shown under the title).
+    why: str = ""
+    #: Members that are never moved (in a reference folder), marked on the card.
+    references: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -273,7 +278,9 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
         e = images.get(path) or ImageEntry(path)
         folder = os.path.dirname(os.path.abspath(path))
         rel = os.path.relpath(folder, root) if root else folder
-        imgs.append({"p": path, "n": os.path.basename(path), "d": "" if rel == "." else rel,
+        # Names are shown with undecodable bytes as \xNN; the link keeps the bytes.
+        imgs.append({"p": display(path), "n": display(os.path.basename(path)),
+                     "d": "" if rel == "." else display(rel),
                      "u": _file_url(path), "t": e.thumb, "w": e.width, "h": e.height,
                      "s": e.file_size, "e": e.error})
     out_cards = []
@@ -283,13 +290,19 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
                   "note": p.note} for p in c.pairs]
         out_cards.append({"m": [order[m] for m in c.members],
                           "k": order[c.keep] if c.keep is not None else None,
-                          "t": c.title, "pairs": pairs})
+                          "t": display(c.title) if isinstance(c.title, str) else c.title,
+                          "pairs": pairs})
         if c.meta:
             out_cards[-1]["meta"] = c.meta
-    return {"v": 1, "title": title, "root": root, "per_page": per_page, "eager": EAGER_CARDS,
+        if c.why:
+            out_cards[-1]["why"] = c.why
+        if c.references:
+            out_cards[-1]["refs"] = [order[r] for r in c.references if r in order]
+    return {"v": 1, "title": title, "root": display(root), "per_page": per_page, "eager": EAGER_CARDS,
             "noun": text.noun, "badge": text.badge, "bytes": text.bytes_sort,
             "images": imgs, "cards": out_cards,
-            "skipped": [{"path": str(s.get("path", "")), "reason": str(s.get("reason", ""))}
+            "skipped": [{"path": display(str(s.get("path", ""))),
+                         "reason": display(str(s.get("reason", "")))}
                         for s in skipped]}
 
 
@@ -373,7 +386,9 @@ def report_cards(report: dict, images: dict[str, ImageEntry] | None = None,
                 p["a"], p["b"], p.get("score"), p.get("kind", ""), ev.get("rule", ""), ev,
                 picture=f"{assets_url}{pic.name}" if pic is not None and pic.name else None,
                 note=(pic.error or "") if pic is not None else ""))
-        cards.append(Card(list(c["members"]), c.get("keep"), pairs, title=f"Cluster {i + 1}"))
+        cards.append(Card(list(c["members"]), c.get("keep"), pairs, title=f"Cluster {i + 1}",
+                          why=str(c.get("keep_reason") or ""),
+                          references=list(c.get("references") or [])))
     return cards
 
 
@@ -671,6 +686,7 @@ function figure(c,j,toKeep,eager){
   f.appendChild(box);
   var cap=el("figcaption");
   if(j===c.k)cap.appendChild(el("span","badge",D.badge||"keep"));
+  if(c.refs&&c.refs.indexOf(j)>=0)cap.appendChild(el("span","badge","reference"));
   var nm=el("span","nm",im.n);nm.setAttribute("title",im.p);cap.appendChild(nm);cap.appendChild(el("br"));
   cap.appendChild(el("span","dim",(im.w?im.w+"\\u00d7"+im.h+" \\u00b7 ":"")+kb(im.s)));cap.appendChild(el("br"));
   cap.appendChild(el("span","fold",im.d||"."));
@@ -683,6 +699,7 @@ function card(idx,eager){
   var h=el("h2",null,c.t||("Group "+(idx+1)));
   h.appendChild(el("span","meta",c.meta||(f.size+" images \\u00b7 "+(f.lo!=null?"weakest "+f.lo.toFixed(3):"")+" \\u00b7 "+kb(f.bytes)+" in duplicates")));
   art.appendChild(h);
+  if(c.why)art.appendChild(el("p","note why","Keeper: "+c.why));
   var toKeep={};c.pairs.forEach(function(p){if(p.a===c.k)toKeep[p.b]=p;else if(p.b===c.k)toKeep[p.a]=p});
   var mem=el("div","members");
   c.m.forEach(function(j){mem.appendChild(figure(c,j,toKeep[j],eager))});

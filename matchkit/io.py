@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .jpeg_quality import jpeg_quality
+
 #: File name endings that are treated as images when walking a folder. A file
 #: named explicitly on the command line is always tried, whatever its name.
 IMAGE_EXTENSIONS = frozenset(
@@ -36,10 +38,15 @@ DEFAULT_MAX_PIXELS = 100_000_000
 class ImageLoadError(Exception):
     """A file that cannot be used as an image; ``reason`` says why in a few words."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str, *,
+                 size: int | None = None, mtime_ns: int | None = None):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+        #: The file's size and mtime when it was read (None if it could not
+        #: be stat-ed): a failure is remembered for that state of the file only.
+        self.size = size
+        self.mtime_ns = mtime_ns
 
 
 @dataclass
@@ -55,6 +62,8 @@ class LoadedImage:
     height: int
     format: str | None
     n_frames: int = 1
+    #: Estimated quality of a JPEG from its quantisation tables (None: not a JPEG).
+    jpeg_quality: int | None = None
 
 
 def iter_image_files(
@@ -139,6 +148,7 @@ def _decode(path: Path, img: Image.Image, max_side: int | None,
             f"is over the limit of {max_pixels}",
         )
     fmt = img.format
+    quality = jpeg_quality(getattr(img, "quantization", None)) if fmt in ("JPEG", "MPO") else None
     n_frames = getattr(img, "n_frames", 1)
     if n_frames > 1:
         img.seek(0)
@@ -159,7 +169,8 @@ def _decode(path: Path, img: Image.Image, max_side: int | None,
         out = _apply_orientation(out, orientation)
     if max_side:
         out = shrink(out, max_side)
-    return LoadedImage(image=out, width=width, height=height, format=fmt, n_frames=n_frames)
+    return LoadedImage(image=out, width=width, height=height, format=fmt, n_frames=n_frames,
+                       jpeg_quality=quality)
 
 
 def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
@@ -186,19 +197,27 @@ def shrink(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
+#: What transparent pixels show: a fixed mid-grey. A picture drawn only in
+#: the alpha channel (an icon whose colour is all black or all white) stays
+#: visible over it either way, where white or black would hide one kind.
+TRANSPARENT_BACKGROUND = (128, 128, 128)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Bring any Pillow mode to 8-bit RGB; transparency is flattened onto white."""
+    """Bring any Pillow mode to 8-bit RGB; transparency is composited over
+    ``TRANSPARENT_BACKGROUND``, so images are compared as a viewer sees them."""
     mode = img.mode
+    if "transparency" in img.info and mode in ("P", "RGB", "L"):
+        img = img.convert("RGBA")  # palette or colour-key transparency
+        mode = img.mode
+    elif mode == "P":
+        img = img.convert("RGB")
+        return img
     if mode == "RGB":
         return img
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-        if mode == "RGB":
-            return img
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in ("I", "F") or mode.startswith("I;"):
         return Image.fromarray(_to_uint8(np.asarray(img), mode), "L").convert("RGB")

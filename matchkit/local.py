@@ -77,19 +77,31 @@ _ORB_CACHE: dict[int, cv2.ORB] = {}
 FAST_THRESHOLD = 15
 
 
+#: ORB ignores this many pixels at every border (and its patch is 31 wide).
+EDGE_THRESHOLD = 15
+#: ORB finds no keypoint in an image whose shorter side is below this, and
+#: OpenCV 5 fails an assertion (resize, inv_scale_x > 0) on a side of 1 pixel
+#: while building its pyramid: such images simply have no local features.
+ORB_MIN_SIDE = 2 * EDGE_THRESHOLD + 1
+
+
 def _orb(n_features: int):
     orb = _ORB_CACHE.get(n_features)
     if orb is None:
         orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8,
-                             edgeThreshold=15, patchSize=31, fastThreshold=FAST_THRESHOLD)
+                             edgeThreshold=EDGE_THRESHOLD, patchSize=31,
+                             fastThreshold=FAST_THRESHOLD)
         _ORB_CACHE[n_features] = orb
     return orb
 
 
 def extract_local(grey: np.ndarray, n_features: int = 500) -> LocalFeatures:
     """ORB keypoints and descriptors of a grey working image, strongest first."""
-    kps, desc = _orb(n_features).detectAndCompute(grey, None)
     h, w = grey.shape[:2]
+    if min(h, w) < ORB_MIN_SIDE:
+        kps, desc = (), None
+    else:
+        kps, desc = _orb(n_features).detectAndCompute(grey, None)
     if desc is None or not kps:
         return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESC_BYTES), np.uint8), w, h)
     order = np.argsort([-k.response for k in kps], kind="stable")

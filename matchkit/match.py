@@ -24,7 +24,7 @@ from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many
 from .io import ImageLoadError, load_image
-from .keeper import FILL_TOLERANCE
+from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Verification, extract_local, overlap_correlation, verify,
                     working_grey)
 from .template import (MIN_LOOKALIKES, content_mask, keypoints_in_mask,
@@ -372,7 +372,8 @@ class PairMatcher:
         thumb = self._thumb(image_id)
         if thumb is None:
             return 1.0
-        return float(picture_mask(thumb, tolerance=FILL_TOLERANCE).mean())
+        # The hull: flat patches inside the picture (a dark sky) are not fill.
+        return hull_share(picture_mask(thumb, tolerance=FILL_TOLERANCE))
 
     def evidence_between(self, a: int, b: int, reflect: bool) -> PairEvidence:
         """Fresh, pending evidence for a pair found outside the candidate search."""

@@ -2,11 +2,23 @@
 
 A profile is plain data: metadata (name, target precision, what it was
 calibrated on, when, with which matchkit), optional ``Settings`` overrides
-and the fitted ``PairCalibrator``. Loading never executes anything, and a
-SHA-256 checksum over the canonical payload refuses files edited after
-calibration (by mistake or on purpose; it is an integrity check, not a
-signature: re-run ``matchkit calibrate`` to change a profile). Every
-problem is a ``ProfileError`` with a one-line message.
+and the fitted ``PairCalibrator``. Loading never executes anything.
+
+A SHA-256 checksum over the canonical payload refuses files changed after
+calibration by accident (a bad copy, an edit by someone who did not read
+the header). It is unkeyed, so it proves nothing against someone who means
+it: anyone can edit a value and recompute the checksum. So every value is
+checked anyway: each setting against its range in ``config.RANGES`` (the
+same check ``Settings`` and the command-line options use), the calibrator's
+numbers against theirs. To change a profile, re-run ``matchkit calibrate``.
+
+The matchkit version recorded in a profile is compared with the running
+one: a profile written by a newer major or minor release is refused (it
+may rely on features or settings this version computes differently, and
+a silently different decision is worse than an error); one from the same
+or an older release, or from a newer patch release, loads.
+
+Every problem is a ``ProfileError`` with a one-line message.
 """
 
 from __future__ import annotations
@@ -16,14 +28,15 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
 from ._fs import atomic_write_bytes
 from .calibrate import CalibratorError, PairCalibrator
-from .config import Settings
+from .config import Settings, SettingsError, check_setting
 from .edits import configs_dirs
 
 if sys.version_info >= (3, 11):
@@ -100,7 +113,9 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     return profile_from_dict(data, str(path))
 
 
-def profile_from_dict(data: dict, where: str = "profile") -> Profile:
+def profile_from_dict(data: dict, path: str = "") -> Profile:
+    """Check every value of a loaded profile (see the module docstring)."""
+    where = f"profile {path}" if path else "profile"
     missing = _TOP - set(data) - {"settings", "data"}
     if missing:
         raise ProfileError(f"{where}: missing {', '.join(sorted(missing))}")
@@ -110,6 +125,7 @@ def profile_from_dict(data: dict, where: str = "profile") -> Profile:
     if data["format"] != FORMAT:
         raise ProfileError(f"{where}: profile format {data['format']!r} is not supported "
                            f"(this matchkit reads format {FORMAT})")
+    _check_version(data["matchkit_version"], where)
     if data["checksum"] != checksum(data):
         raise ProfileError(f"{where}: checksum mismatch, the file was changed after "
                            f"calibration (re-run matchkit calibrate)")
@@ -131,7 +147,7 @@ def profile_from_dict(data: dict, where: str = "profile") -> Profile:
         raise ProfileError(f"{where}: target_precision {tp} differs from the calibrator's "
                            f"{cal.target_precision}")
     return Profile(data["name"], float(tp), cal, settings, dict(data.get("data", {})),
-                   data["created"], data["matchkit_version"], where)
+                   data["created"], data["matchkit_version"], path)
 
 
 def resolve_profile(name_or_path: str | os.PathLike) -> Path:
@@ -155,18 +171,31 @@ def available_profiles() -> list[str]:
 
 
 def _check_settings(overrides: dict, where: str) -> dict:
-    kinds = {f.name: f.type for f in fields(Settings)}
-    defaults = Settings()
     for key, value in overrides.items():
-        if key not in kinds:
-            raise ProfileError(f"{where}: unknown setting {key!r}")
-        want = type(getattr(defaults, key))
-        ok = (isinstance(value, want) and not (want is int and isinstance(value, bool))) or (
-            want is float and isinstance(value, int) and not isinstance(value, bool)) or (
-            getattr(defaults, key) is None and isinstance(value, (int, float, str)))
-        if not ok or (isinstance(value, float) and not math.isfinite(value)):
-            raise ProfileError(f"{where}: setting {key} has a wrong value {value!r}")
+        try:
+            check_setting(key, value)
+        except SettingsError as e:
+            raise ProfileError(f"{where}: {e}") from None
     return dict(overrides)
+
+
+def _release(version) -> tuple[int, int] | None:
+    """(major, minor) of a version text such as ``0.1.0`` or ``1.2.0rc1``."""
+    m = re.match(r"(\d+)\.(\d+)(?![\d])", version) if isinstance(version, str) else None
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def _check_version(version, where: str) -> None:
+    """Refuse a profile written by a newer major or minor release than this one."""
+    if not isinstance(version, str):
+        raise ProfileError(f"{where}: matchkit_version must be a string")
+    theirs = _release(version)
+    if theirs is None:
+        raise ProfileError(f"{where}: matchkit_version {version!r} is not a version number")
+    ours = _release(__version__)
+    if ours is not None and theirs > ours:
+        raise ProfileError(f"{where}: written by matchkit {version}, newer than this matchkit "
+                           f"{__version__}; upgrade matchkit or re-run matchkit calibrate")
 
 
 def _plain(value):

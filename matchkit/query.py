@@ -31,7 +31,7 @@ import numpy as np
 
 from .candidates import phash_candidates, vote_candidates
 from .colour import histogram_similarity
-from .config import Settings
+from .config import Settings, clamp_setting
 from .features import ImageRecord, extract_many
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
@@ -234,11 +234,13 @@ class QueryMatcher:
                                 bool(old.rule), self.strength(old)):
                             best[ev.a] = ev
                     found[i] = list(best.values())
-        paths = {i: img.path for i, img in self.gallery.images(
-            sorted({ev.a for evs in found for ev in evs})).items()}
+        stored = self.gallery.images(sorted({ev.a for evs in found for ev in evs}))
         out = []
-        for evs in found:
-            neighbours = [Neighbour(ev.a, paths[ev.a], ev, self.strength(ev)) for ev in evs]
+        for rec, evs in zip(records, found):
+            # Blank images (one flat colour) all look alike: only a byte copy matches.
+            evs = [ev for ev in evs if not (rec.blank or stored[ev.a].blank)
+                   or rec.sha256 == stored[ev.a].sha256]
+            neighbours = [Neighbour(ev.a, stored[ev.a].path, ev, self.strength(ev)) for ev in evs]
             neighbours.sort(key=lambda nb: (-nb.score, nb.id))
             out.append(neighbours)
         return out
@@ -432,9 +434,10 @@ class QueryMatcher:
 
     def _zoom_settings(self) -> Settings:
         s = self.settings
-        return s.with_(work_side=max(s.work_side, self.zoom_side),
-                       n_features=max(s.n_features, self.zoom_features),
-                       thumb_side=max(s.thumb_side, 2 * s.thumb_side))
+        return s.with_(work_side=clamp_setting("work_side", max(s.work_side, self.zoom_side)),
+                       n_features=clamp_setting("n_features",
+                                                max(s.n_features, self.zoom_features)),
+                       thumb_side=clamp_setting("thumb_side", 2 * s.thumb_side))
 
     def _zoomed(self, rec: ImageRecord) -> ImageRecord:
         """The record with local features and thumbnail from a larger view
@@ -442,11 +445,11 @@ class QueryMatcher:
         z = self._zoom_settings()
         try:
             img = load_image(rec.path, max_side=z.work_side, max_pixels=z.max_pixels).image
-        except ImageLoadError:
+            side = max(self.settings.work_side, min(z.work_side, max(rec.width, rec.height)))
+            local = extract_local(working_grey(img, side), z.n_features)
+            thumb = np.asarray(shrink(img, z.thumb_side).convert("L"))
+        except Exception:  # changed or odd file: the usual view has to do
             return rec
-        side = max(self.settings.work_side, min(z.work_side, max(rec.width, rec.height)))
-        local = extract_local(working_grey(img, side), z.n_features)
-        thumb = np.asarray(shrink(img, z.thumb_side).convert("L"))
         return replace(rec, local=local, thumb=thumb)
 
     # -- verification ------------------------------------------------------

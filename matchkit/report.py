@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ._fs import atomic_write_bytes
+from .fspath import csv_bytes, json_text
 
 
 @dataclass
@@ -31,6 +32,10 @@ class ClusterResult:
     keep: str
     members: list[str]  # keeper first
     pairs: list[PairResult]
+    #: Why ``keep`` was chosen, in a few words ("highest JPEG quality (90 vs 30)").
+    keep_reason: str = ""
+    #: Members in a reference folder (``--keep-in``): never moved.
+    references: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -44,22 +49,28 @@ class DedupeReport:
     clusters: list[ClusterResult] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    #: Images that show one flat colour (e.g. fully transparent): read, but
+    #: matched only as exact copies (same bytes, or same size and pixels).
+    blank: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "clusters": [asdict(c) for c in self.clusters],
             "skipped": [asdict(s) for s in self.skipped],
+            "blank": list(self.blank),
             "stats": dict(self.stats),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        return json_text(self.to_dict(), indent=indent)
 
     def to_csv(self) -> str:
-        """One row per cluster member; ``score``/``kind`` describe its match to the keeper."""
+        """One row per cluster member; ``score``/``kind`` describe its match to the
+        keeper, ``keep_reason`` (keeper row) why it was chosen, ``reference``
+        whether the file is in a reference folder."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["cluster", "path", "keep", "score", "kind"])
+        w.writerow(["cluster", "path", "keep", "score", "kind", "keep_reason", "reference"])
         for i, c in enumerate(self.clusters):
             to_keeper = {}
             for p in c.pairs:
@@ -67,10 +78,12 @@ class DedupeReport:
                     to_keeper[p.b] = p
                 elif p.b == c.keep:
                     to_keeper[p.a] = p
+            refs = set(c.references)
             for m in c.members:
                 p = to_keeper.get(m)
                 w.writerow([i, m, int(m == c.keep),
-                            "" if p is None else f"{p.score:.4f}", "" if p is None else p.kind])
+                            "" if p is None else f"{p.score:.4f}", "" if p is None else p.kind,
+                            c.keep_reason if m == c.keep else "", int(m in refs)])
         return buf.getvalue()
 
     def summary(self) -> str:
@@ -86,6 +99,9 @@ class DedupeReport:
             f"{len(self.clusters)} clusters, {dupes} duplicates to review"
             f" ({kinds['exact']} exact pairs, {kinds['near']} near pairs)",
         ]
+        if self.blank:
+            lines.append(f"{len(self.blank)} blank images (one flat colour): matched only as "
+                         "exact copies; listed under 'blank' in the JSON output")
         if self.skipped:
             lines.append("skipped files are listed under 'skipped' in the JSON output")
         return "\n".join(lines)
@@ -94,4 +110,4 @@ class DedupeReport:
         atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
     def write_csv(self, path: str | os.PathLike) -> None:
-        atomic_write_bytes(path, self.to_csv().encode("utf-8"))
+        atomic_write_bytes(path, csv_bytes(self.to_csv()))

@@ -154,7 +154,16 @@ def search(gallery: Gallery | str | os.PathLike, *,
                                   "answer text queries; query with an image instead")
             query = embedder.embed_texts([str(text)])
         else:
-            query = embedder.embed_images([query_image(image, crop)])
+            from .embed.base import EmbedderError
+
+            picture = query_image(image, crop)
+            try:
+                query = embedder.embed_images([picture])
+            except EmbedderError:
+                raise
+            except Exception as e:  # the model failing on this picture: a one-line error
+                raise SearchError(f"model {embedder.name!r} cannot embed the query image: "
+                                  f"{type(e).__name__}: {e}") from None
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         index = gallery.vector_index(embedder.name)
         if allowed is not None and len(allowed) == 0:

@@ -72,3 +72,35 @@ def test_every_command_has_help_with_example(runner):
     for cmd in [[], *([name] for name in cli.commands)]:
         r = runner.invoke(cli, [*cmd, "--help"])
         assert r.exit_code == 0 and "Example" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prefer", "biggest"], "unknown --prefer 'biggest'"),
+    (["--prefer", "format:"], "unknown --prefer 'format:'"),
+    (["--keep-in", "/no/such/folder"], "--keep-in must be an existing folder"),
+])
+def test_dedupe_bad_keeper_options_exit_2(runner, photo_dir, args, message):
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "-q", *args])
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and message in r.stderr
+
+
+def test_dedupe_keep_in_and_prefer(runner, photo_dir, tmp_path):
+    """photo_dir's a-group: a.jpg is the keeper by default; with sub/ as a
+    reference folder its byte copy there is kept and never planned to move."""
+    dest = tmp_path / "dupes"
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--keep-in", str(photo_dir / "sub"),
+                            "--move-duplicates-to", str(dest), "--dry-run", "--json", "-", "-q"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    a = next(c for c in data["clusters"] if any(m.endswith("a_flip.jpg") for m in c["members"]))
+    assert Path(a["keep"]).name == "a_copy.jpg" and a["keep_reason"].startswith(
+        "in reference folder")
+    assert [Path(p).name for p in a["references"]] == ["a_copy.jpg"]
+    planned = {Path(m["src"]).name for m in data["moves"]["moves"]}
+    assert "a_copy.jpg" not in planned and "a.jpg" in planned
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--prefer", "format:png", "--json", "-",
+                            "-q"])
+    assert r.exit_code == 0, r.output
+    keeps = {Path(c["keep"]).name: c["keep_reason"] for c in json.loads(r.stdout)["clusters"]}
+    assert keeps["a.png"] == "preferred: format:PNG"

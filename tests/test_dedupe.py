@@ -36,11 +36,11 @@ def test_pair_kinds_and_keeper(photo_dir):
     report = dedupe([photo_dir])
     a = next(c for c in report.clusters if any(m.endswith("a_flip.jpg") for m in c.members))
     kinds = {Path(p.b).name: p.kind for p in a.pairs if Path(p.a).name == Path(a.keep).name}
-    # The keeper is the biggest file among the full-size copies.
+    # The keeper is the original JPEG (the oldest of its byte copies), not the
+    # bigger PNG re-save with the same pixels.
     full = [photo_dir / "a.jpg", photo_dir / "a.png", photo_dir / "sub" / "a_copy.jpg"]
-    biggest = max(full, key=lambda p: (p.stat().st_size, -p.stat().st_mtime_ns))
-    assert Path(a.keep).name == biggest.name
-    expect_exact = {p.name for p in full} - {biggest.name}
+    assert Path(a.keep).name == "a.jpg"
+    expect_exact = {p.name for p in full} - {"a.jpg"}
     assert {n for n, k in kinds.items() if k == "exact"} == expect_exact
     assert {n for n, k in kinds.items() if k == "near"} == {"a_flip.jpg", "a_small.jpg"}
     for p in a.pairs:
@@ -86,9 +86,10 @@ def test_bad_files_are_skipped_with_reasons(photo_dir):
 
 def test_json_shape_is_stable(photo_dir):
     data = json.loads(dedupe([photo_dir]).to_json())
-    assert set(data) == {"clusters", "skipped", "stats"}
+    assert set(data) == {"clusters", "skipped", "blank", "stats"}
     c = data["clusters"][0]
-    assert {"keep", "members", "pairs"} <= set(c) and c["members"][0] == c["keep"]
+    assert {"keep", "members", "pairs", "keep_reason", "references"} <= set(c)
+    assert c["members"][0] == c["keep"] and c["keep_reason"]
     assert {"a", "b", "score", "kind"} <= set(c["pairs"][0])
 
 

@@ -199,3 +199,32 @@ def test_killed_save_leaves_a_consistent_gallery(tmp_path, mode):
         g.save()
     with Gallery(gdir) as g:
         assert len(g.phash_index) == len(g) == expected
+
+
+def test_gallery_written_before_quality_and_blank_columns_is_migrated(tmp_path):
+    """An existing gallery gains the new columns on open; its rows are decoded
+    once more on the next add (to fill them), then stay unchanged."""
+    from PIL import Image
+
+    from matchkit.gallery import SCHEMA_VERSION
+
+    make_photo(40).save(tmp_path / "a.jpg", quality=70)
+    Image.new("RGBA", (50, 40), (0, 0, 0, 0)).save(tmp_path / "empty.png")
+    files = [tmp_path / "a.jpg", tmp_path / "empty.png"]
+    with Gallery(tmp_path / "g") as g:
+        g.add(files)
+    db = sqlite3.connect(tmp_path / "g" / DB_NAME)
+    for column in ("jpeg_quality", "blank"):  # what an older matchkit wrote
+        db.execute(f"ALTER TABLE images DROP COLUMN {column}")
+    db.commit()
+    db.close()
+    with Gallery(tmp_path / "g") as g:
+        assert g.find(tmp_path / "a.jpg").jpeg_quality is None
+        report = g.add(files)
+        assert (report.updated, report.unchanged) == (2, 0)
+        assert g.find(tmp_path / "a.jpg").jpeg_quality == 70
+        assert g.find(tmp_path / "empty.png").blank
+        assert not g.find(tmp_path / "a.jpg").blank
+    with Gallery(tmp_path / "g") as g:
+        assert g.add(files).unchanged == 2
+        assert g._meta("schema_version") == str(SCHEMA_VERSION)

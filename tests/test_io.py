@@ -150,7 +150,7 @@ def test_cmyk_is_converted_to_rgb(tmp_path, ext):
 
 
 @pytest.mark.parametrize("ext", ["png", "gif"])
-def test_palette_transparency_becomes_white(tmp_path, ext):
+def test_palette_transparency_becomes_grey(tmp_path, ext):
     img = Image.new("P", (20, 20), 0)
     img.putpalette([200, 30, 40, 0, 0, 0] + [0] * (256 * 3 - 6))
     img.paste(1, (10, 0, 20, 20))  # right half uses the (black) transparent index
@@ -161,7 +161,7 @@ def test_palette_transparency_becomes_white(tmp_path, ext):
     out = load_image(p).image
     assert out.mode == "RGB"
     assert out.getpixel((3, 5)) == (200, 30, 40)
-    assert out.getpixel((15, 5)) == (255, 255, 255)  # not black
+    assert out.getpixel((15, 5)) == (128, 128, 128)  # the background, not black
 
 
 def test_palette_without_transparency(tmp_path):
@@ -173,7 +173,7 @@ def test_palette_without_transparency(tmp_path):
     assert out.mode == "RGB" and out.getpixel((4, 4)) == (10, 120, 250)
 
 
-def test_la_alpha_flattened_on_white(tmp_path):
+def test_la_alpha_composited_on_grey(tmp_path):
     grey = Image.new("L", (30, 10), 40)
     alpha = Image.new("L", (30, 10), 255)
     alpha.paste(0, (10, 0, 20, 10))     # fully transparent middle third
@@ -184,12 +184,12 @@ def test_la_alpha_flattened_on_white(tmp_path):
     out = load_image(p).image
     assert out.mode == "RGB"
     assert out.getpixel((5, 5)) == (40, 40, 40)
-    assert out.getpixel((15, 5)) == (255, 255, 255)
-    expected = round(40 * 128 / 255 + 255 * 127 / 255)  # ~147
+    assert out.getpixel((15, 5)) == (128, 128, 128)
+    expected = round(40 * 128 / 255 + 128 * 127 / 255)  # ~84
     assert all(abs(v - expected) <= 2 for v in out.getpixel((25, 5)))
 
 
-def test_rgba_alpha_flattened_on_white(tmp_path):
+def test_rgba_alpha_composited_on_grey(tmp_path):
     img = Image.new("RGBA", (30, 10), (0, 0, 255, 255))
     img.paste((255, 0, 0, 0), (10, 0, 20, 10))    # transparent red: must not show
     img.paste((0, 0, 0, 128), (20, 0, 30, 10))    # half transparent black
@@ -198,18 +198,18 @@ def test_rgba_alpha_flattened_on_white(tmp_path):
     out = load_image(p).image
     assert out.mode == "RGB"
     assert out.getpixel((5, 5)) == (0, 0, 255)
-    assert out.getpixel((15, 5)) == (255, 255, 255)
-    assert all(abs(v - 127) <= 2 for v in out.getpixel((25, 5)))
+    assert out.getpixel((15, 5)) == (128, 128, 128)
+    assert all(abs(v - 64) <= 2 for v in out.getpixel((25, 5)))
 
 
-def test_rgba_webp_alpha_flattened_on_white(tmp_path):
+def test_rgba_webp_alpha_composited_on_grey(tmp_path):
     img = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     img.paste((0, 200, 0, 255), (0, 0, 8, 16))
     p = tmp_path / "rgba.webp"
     img.save(p, lossless=True)
     out = load_image(p).image
     assert out.getpixel((3, 8)) == (0, 200, 0)
-    assert out.getpixel((12, 8)) == (255, 255, 255)
+    assert out.getpixel((12, 8)) == (128, 128, 128)
 
 
 def test_16bit_grey_png_is_scaled_not_wrapped(tmp_path):

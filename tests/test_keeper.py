@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,205 @@ def test_pending_pair_has_no_known_mirror_state():
     assert _mirrored(ev) is None
     ev.rule = "phash"
     assert _mirrored(ev) is True
+
+
+# ---------------------------------------------------------------- quality and source
+
+def _cluster(folder, **kw):
+    report = dedupe([folder], **kw)
+    assert len(report.clusters) == 1, [c.members for c in report.clusters]
+    return report.clusters[0]
+
+
+def test_jpeg_quality_is_read_from_quantisation_tables(tmp_path):
+    import io as _io
+    from matchkit.jpeg_quality import jpeg_quality
+    from matchkit.io import load_image
+
+    img = textured(3)
+    for q in (5, 30, 50, 75, 90, 95, 100):
+        buf = _io.BytesIO()
+        img.save(buf, "JPEG", quality=q)
+        buf.seek(0)
+        assert jpeg_quality(Image.open(buf).quantization) == q
+    img.save(tmp_path / "a.jpg", quality=42)
+    img.save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.jpg").jpeg_quality == 42
+    assert load_image(tmp_path / "a.png").jpeg_quality is None
+    assert jpeg_quality(None) is None and jpeg_quality({0: [1, 2]}) is None
+
+
+def test_low_quality_reencode_of_same_size_is_never_kept(tmp_path):
+    photo = textured(21)
+    photo.save(tmp_path / "original.jpg", quality=90)
+    with Image.open(tmp_path / "original.jpg") as im:
+        im.save(tmp_path / "reencoded_q30.jpg", quality=30)
+    os.utime(tmp_path / "reencoded_q30.jpg", ns=(1, 1))  # even when it looks older
+    c = _cluster(tmp_path)
+    assert Path(c.keep).name == "original.jpg"
+    assert c.keep_reason == "highest JPEG quality (90 vs 30)"
+
+
+def _star_field(seed: int, size=(480, 420)) -> Image.Image:
+    """A deep-field-like picture: mostly black sky with faint noise and stars."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    sky = rng.normal(3, 1.5, (h, w, 3))
+    yy, xx = np.ogrid[:h, :w]
+    for _ in range(300):
+        x, y, r = rng.integers(0, w), rng.integers(0, h), rng.uniform(0.6, 4)
+        sky += rng.uniform(60, 255, 3) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r * r))[..., None]
+    return Image.fromarray(sky.clip(0, 255).astype(np.uint8))
+
+
+def test_dark_sky_is_picture_not_fill(tmp_path):
+    """The demo's Hubble deep field: its q30 copy had less 'fill' than the
+    original (smoothed sky noise) and so was kept. Failed before the fix."""
+    sky = _star_field(5)
+    sky.save(tmp_path / "deep_field.jpg", quality=90)
+    with Image.open(tmp_path / "deep_field.jpg") as im:
+        im.save(tmp_path / "deep_field_q30.jpg", quality=30)
+    c = _cluster(tmp_path)
+    assert Path(c.keep).name == "deep_field.jpg"
+
+
+def test_same_pixels_png_resave_never_beats_its_jpeg(tmp_path):
+    textured(22).save(tmp_path / "photo.jpg", quality=85)
+    with Image.open(tmp_path / "photo.jpg") as im:
+        im.convert("RGB").save(tmp_path / "photo_resave.png")
+    os.utime(tmp_path / "photo_resave.png", ns=(1, 1))  # older and far bigger
+    c = _cluster(tmp_path)
+    assert Path(c.keep).name == "photo.jpg"
+    assert c.keep_reason == "original JPEG; the PNG has the same pixels"
+    assert [p.kind for p in c.pairs] == ["exact"]
+
+
+def test_demo_keepers_are_the_originals():
+    """examples/images: the q30 re-encodes and the PNG re-saves are never kept."""
+    demo = Path(__file__).resolve().parent.parent / "examples" / "images"
+    report = dedupe([demo])
+    keeps = sorted(Path(c.keep).name for c in report.clusters)
+    assert keeps == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "hubble_deep_field.jpg",
+                     "rocket.jpg"]
+    assert all(c.keep_reason for c in report.clusters)
+
+
+def test_lossless_source_beats_its_jpeg_export(tmp_path):
+    photo = textured(23)
+    photo.save(tmp_path / "master.png")
+    photo.save(tmp_path / "export.jpg", quality=95)
+    c = _cluster(tmp_path)
+    assert Path(c.keep).name == "master.png"
+    assert c.keep_reason == "lossless PNG over JPEG quality 95"
+
+
+# ---------------------------------------------------------------- user policy
+
+def _three_copies(folder: Path) -> None:
+    """Same picture, same size: a q80 JPEG (oldest), a q90 JPEG and a PNG (newest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = textured(24)
+    photo.save(folder / "a_q80.jpg", quality=80)
+    photo.save(folder / "b_q90.jpg", quality=90)
+    photo.save(folder / "c.png")
+    for n, name in enumerate(["a_q80.jpg", "b_q90.jpg", "c.png"]):
+        os.utime(folder / name, ns=(10**18 + n * 10**9, 10**18 + n * 10**9))
+
+
+@pytest.mark.parametrize("prefer,keep", [
+    ([], "c.png"),                          # built-in: lossless first
+    (["oldest"], "a_q80.jpg"),
+    (["newest"], "c.png"),
+    (["smallest"], "a_q80.jpg"),
+    (["largest"], "c.png"),
+    (["format:jpg"], "b_q90.jpg"),          # then the built-in rule among JPEGs
+    (["format:png"], "c.png"),
+    (["path:*/a_*"], "a_q80.jpg"),
+    (["format:jpeg", "oldest"], "a_q80.jpg"),  # in order
+    (["path:*/nothing*", "smallest"], "a_q80.jpg"),
+])
+def test_prefer_rules_apply_in_order(tmp_path, prefer, keep):
+    _three_copies(tmp_path / "p")
+    c = _cluster(tmp_path / "p", prefer=prefer)
+    assert Path(c.keep).name == keep
+    assert c.keep_reason  # against the runner-up, e.g. another JPEG for format:jpg
+
+
+def test_prefer_reason_names_the_rule(tmp_path):
+    _three_copies(tmp_path / "p")
+    assert _cluster(tmp_path / "p", prefer=["oldest"]).keep_reason == "preferred: oldest"
+    assert _cluster(tmp_path / "p", prefer=["format:png"]).keep_reason == "preferred: format:PNG"
+    # The rule that beat the PNG, then why the other JPEG (the runner-up) lost.
+    assert _cluster(tmp_path / "p", prefer=["format:jpg"]).keep_reason == (
+        "preferred: format:JPEG; highest JPEG quality (90 vs 80)")
+    assert _cluster(tmp_path / "p", prefer=["path:*/a_*"]).keep_reason == "preferred: path:*/a_*"
+
+
+@pytest.mark.parametrize("bad", ["biggest", "format:", "path:", "oldest:1", ""])
+def test_bad_prefer_is_refused_before_any_work(tmp_path, bad):
+    from matchkit.keeper import parse_preference
+
+    with pytest.raises(ValueError, match="--prefer"):
+        parse_preference(bad)
+    with pytest.raises(ValueError):
+        dedupe([tmp_path], prefer=[bad])
+
+
+def test_reference_folder_files_are_kept_and_never_moved(tmp_path):
+    from matchkit.moves import plan_moves
+
+    photo = textured(25)
+    inbox, ref = tmp_path / "inbox", tmp_path / "archive"
+    inbox.mkdir()
+    ref.mkdir()
+    photo.save(inbox / "best.jpg", quality=95)
+    photo.resize((240, 180)).save(ref / "small.jpg", quality=60)
+    photo.resize((200, 150)).save(ref / "smaller.jpg", quality=50)
+    photo.save(inbox / "other.jpg", quality=70)
+    # The reference folder is scanned although only the inbox is named.
+    c = _cluster(inbox, keep_in=[ref])
+    names = {Path(m).name for m in c.members}
+    assert names == {"best.jpg", "small.jpg", "smaller.jpg", "other.jpg"}
+    assert Path(c.keep).name == "small.jpg"
+    assert c.keep_reason == (f"in reference folder {ref.resolve()}; "
+                             "most picture pixels (240x180 vs 200x150)")
+    assert {Path(r).name for r in c.references} == {"small.jpg", "smaller.jpg"}
+    report = dedupe([inbox], keep_in=[ref])
+    moves = plan_moves(report, tmp_path / "dupes", roots=[inbox])
+    assert {Path(m.src).name for m in moves} == {"best.jpg", "other.jpg"}
+    # The same from the JSON a script would read.
+    moves = plan_moves(json.loads(report.to_json()), tmp_path / "dupes", roots=[inbox])
+    assert {Path(m.src).name for m in moves} == {"best.jpg", "other.jpg"}
+
+
+def test_missing_reference_folder_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        dedupe([tmp_path], keep_in=[tmp_path / "nope"])
+
+
+def test_keep_reason_in_csv_and_html(tmp_path):
+    import csv as _csv
+
+    from matchkit.html_report import write_html_report
+
+    _three_copies(tmp_path / "p")
+    report = dedupe([tmp_path / "p"], keep_in=[tmp_path / "p"])
+    rows = list(_csv.DictReader(report.to_csv().splitlines()))
+    keeper_rows = [r for r in rows if r["keep"] == "1"]
+    assert len(keeper_rows) == 1 and keeper_rows[0]["keep_reason"] == report.clusters[0].keep_reason
+    assert all(r["reference"] == "1" for r in rows)
+    page = write_html_report(report, tmp_path / "review.html")
+    html = Path(page.path).read_text()
+    assert json.dumps(report.clusters[0].keep_reason)[1:-1] in html
+    assert '"refs"' in html
+
+
+def test_policy_accepts_one_string_and_gif_is_not_lossless(tmp_path):
+    from matchkit.keeper import KeeperPolicy, quality_rank
+
+    policy = KeeperPolicy.make(keep_in=str(tmp_path), prefer="oldest")
+    assert policy.keep_in == (str(tmp_path.resolve()),) and str(policy.prefer[0]) == "oldest"
+    gif = StoredImage(0, "a.gif", 1, 0, "", None, 8, 8, "GIF")
+    png = StoredImage(0, "a.png", 1, 0, "", None, 8, 8, "PNG")
+    jpg = StoredImage(0, "a.jpg", 1, 0, "", None, 8, 8, "JPEG", jpeg_quality=75)
+    assert quality_rank(png) > quality_rank(jpg) > quality_rank(gif)

@@ -77,8 +77,9 @@ def test_move_then_undo_is_byte_identical_at_original_paths(tree):
     # The folders the move created are gone again; only the manifest is left.
     assert [p.name for p in dest.iterdir()] == [Path(res.manifest).name]
     assert read_manifest(res.manifest)["status"] == "undone"
-    # Undo twice is harmless.
-    assert undo(res.manifest).counts() == {"restored": 4}
+    # Undo twice is harmless, and says it did nothing.
+    again = undo(res.manifest)
+    assert again.counts() == {} and again.already == {"restored": 4}
     assert snapshot(root) == before
 
 
@@ -361,11 +362,12 @@ def test_cli_move_dry_run_undo(photo_dir, tmp_path):
     assert moved == set(before) - keepers - {"c.jpg", "d.jpg"}  # relative paths kept
 
     r = runner.invoke(cli, ["undo", out["moves"]["manifest"], "--dry-run"])
-    assert r.exit_code == 0 and "5 files would be put back" in r.stderr
+    assert r.exit_code == 0 and "5 files would be put back" in r.stdout
     assert len(snapshot(photo_dir)) == 4
-    r = runner.invoke(cli, ["undo", out["moves"]["manifest"]])
+    r = runner.invoke(cli, ["undo", out["moves"]["manifest"], "--json", "-"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["counts"] == {"restored": 5}
+    assert "restored 5 files" in r.stderr
     assert snapshot(photo_dir) == before
 
 
@@ -392,6 +394,242 @@ def test_cli_undo_conflict_exits_1(tree):
     root, report, dest = tree
     res = move_duplicates(report, dest, roots=[root])
     (root / "other" / "b_more.jpg").write_bytes(b"new")
-    r = CliRunner().invoke(cli, ["undo", res.manifest])
+    r = CliRunner().invoke(cli, ["undo", res.manifest, "--json", "-"])
     assert r.exit_code == 1
     assert "not restored" in r.stderr and json.loads(r.stdout)["counts"]["undo_failed"] == 1
+    assert "restored 3 files, 1 could not" in r.stderr
+
+
+# ---------------------------------------------------------------- manifests are data, not commands
+
+def disk_state(folder: Path) -> dict[str, object]:
+    """Every entry under ``folder``: folders, links (target) and files (bytes, mtime)."""
+    out: dict[str, object] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_dir():
+            out[rel] = ("dir",)
+        else:
+            out[rel] = ("file", p.read_bytes(), p.stat().st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def moved(tree, tmp_path):
+    """A real move of ``tree`` and things outside it a hostile manifest could aim at."""
+    root, report, dest = tree
+    outside = tmp_path / "outside"
+    (outside / "empty").mkdir(parents=True)
+    (outside / "victim.txt").write_bytes(b"precious, lives outside the scanned folder")
+    res = move_duplicates(report, dest, roots=[root])
+    assert res.ok
+    return root, dest, outside, Path(res.manifest)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _entry(src, dst, sha="", state="moved"):
+    return {"src": str(src), "dst": str(dst), "cluster": 0, "size": 1, "sha256": sha,
+            "state": state, "error": ""}
+
+
+def _hostile(kind: str, data: dict, root: Path, dest: Path, outside: Path,
+             manifest: Path) -> None:
+    victim = outside / "victim.txt"
+    first = data["moves"][0]
+    if kind == "dst_outside":          # move any file anywhere ...
+        data["moves"].append(_entry(root / "stolen.txt", victim, _sha(victim)))
+    elif kind == "sha_null":           # ... or without the hash check
+        data["moves"].append(_entry(root / "stolen.txt", victim, None))
+    elif kind == "sha_null_own_entry":
+        first["sha256"] = None
+    elif kind == "src_equals_dst":     # "restoring" a file onto itself deletes it
+        data["moves"].append(_entry(victim, victim, _sha(victim)))
+    elif kind == "src_equals_dst_in_root":  # ... even the keeper itself
+        keeper = root / "a.jpg"
+        data["moves"].append(_entry(keeper, keeper, _sha(keeper)))
+    elif kind == "dotdot":
+        first["src"] = f"{root}/sub/../../outside/escaped.jpg"
+    elif kind == "relative":           # resolved against the current folder
+        first["src"] = "escaped.jpg"
+    elif kind == "src_outside_roots":
+        first["src"] = str(outside / "escaped.jpg")
+    elif kind == "created_dirs_outside":  # undo removes listed (empty) folders
+        data["created_dirs"].append(str(outside / "empty"))
+    elif kind == "roots_missing":
+        del data["roots"]
+    elif kind == "root_relative":
+        data["roots"] = ["photos"]
+    elif kind == "duplicate_src":
+        data["moves"][1]["src"] = first["src"]
+    elif kind == "unknown_state":
+        first["state"] = "rm -rf"
+    elif kind == "dst_is_the_manifest":
+        first["dst"], first["sha256"] = str(manifest), _sha(manifest)
+    else:
+        raise AssertionError(kind)
+
+
+HOSTILE = ["dst_outside", "sha_null", "sha_null_own_entry", "src_equals_dst",
+           "src_equals_dst_in_root", "dotdot",
+           "relative", "src_outside_roots", "created_dirs_outside", "roots_missing",
+           "root_relative", "duplicate_src", "unknown_state", "dst_is_the_manifest"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_manifest_is_refused_whole_and_changes_no_file(moved, tmp_path, monkeypatch,
+                                                               kind):
+    root, dest, outside, manifest = moved
+    data = json.loads(manifest.read_text())
+    _hostile(kind, data, root, dest, outside, manifest)
+    manifest.write_text(json.dumps(data))
+    monkeypatch.chdir(outside)
+    before = disk_state(tmp_path)
+    for args in (["undo", str(manifest), "--dry-run"], ["undo", str(manifest)]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2, (kind, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("matchkit: error: "), r.stderr
+        assert disk_state(tmp_path) == before
+    with pytest.raises(MoveError):
+        undo(manifest)
+    assert disk_state(tmp_path) == before
+
+
+def test_manifest_records_scanned_roots_and_undo_checks_them(moved):
+    root, dest, outside, manifest = moved
+    data = read_manifest(manifest)
+    assert data["roots"] == [str(root)] and data["dest"] == str(dest)
+    assert all(os.path.isabs(m["src"]) and len(m["sha256"]) == 64 for m in data["moves"])
+    assert undo(manifest).ok
+
+
+def test_old_manifest_without_roots_is_refused(moved, tmp_path):
+    root, dest, outside, manifest = moved
+    data = json.loads(manifest.read_text())
+    data["matchkit_manifest"] = 1
+    del data["roots"]
+    manifest.write_text(json.dumps(data))
+    before = disk_state(tmp_path)
+    with pytest.raises(MoveError, match="format 1"):
+        undo(manifest)
+    assert disk_state(tmp_path) == before
+
+
+def test_undo_does_not_follow_a_folder_replaced_by_a_link_out_of_the_roots(moved, tmp_path):
+    """The manifest is fine but the disk changed: ``photos/other`` now leads outside."""
+    root, dest, outside, manifest = moved
+    (root / "other").rmdir()
+    (root / "other").symlink_to(outside)
+    back = undo(manifest)
+    assert {Path(m.src).name for m in back.problems} == {"b_edit.jpg", "b_more.jpg"}
+    assert all("symbolic link" in m.error for m in back.problems)
+    assert sorted(p.name for p in outside.iterdir()) == ["empty", "victim.txt"]
+    assert (dest / "other" / "b_edit.jpg").exists()
+
+
+def test_second_undo_restores_nothing_and_says_so(moved):
+    root, dest, outside, manifest = moved
+    assert undo(manifest).counts() == {"restored": 4}
+    before = disk_state(manifest.parent.parent)
+    again = undo(manifest)
+    assert again.ok and again.counts() == {} and again.already == {"restored": 4}
+    assert disk_state(manifest.parent.parent) == before  # not even the manifest changed
+
+
+def test_cli_undo_prints_a_summary_and_details_on_request(moved):
+    root, dest, outside, manifest = moved
+    runner = CliRunner()
+    r = runner.invoke(cli, ["undo", str(manifest), "--dry-run"])
+    assert r.exit_code == 0 and "4 files would be put back" in r.stdout
+    assert "{" not in r.stdout  # no JSON unless asked for
+    r = runner.invoke(cli, ["undo", str(manifest), "-v"])
+    assert r.exit_code == 0, r.output
+    assert "restored 4 files" in r.stdout
+    assert r.stdout.count("restored: ") == 4 and "{" not in r.stdout
+    r = runner.invoke(cli, ["undo", str(manifest)])
+    assert r.exit_code == 0
+    assert r.stdout.strip() == "nothing to restore (4 files were restored before)"
+    r = runner.invoke(cli, ["undo", str(manifest), "--json", "-"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["counts"] == {}
+    assert "nothing to restore" in r.stderr
+
+
+def test_link_to_a_file_outside_the_roots_is_skipped_with_a_reason(tree, tmp_path):
+    root, report, dest = tree
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "twin.jpg").write_bytes(b"a" * 300)
+    (root / "twin.jpg").symlink_to(outside / "twin.jpg")
+    # A gallery reports the file a link leads to, not the link.
+    report["clusters"][0]["members"].append(str(outside / "twin.jpg"))
+    res = move_duplicates(report, dest, roots=[root])
+    assert res.ok and res.counts() == {"moved": 4, "skipped": 1}
+    [skip] = [m for m in res.moves if m.state == "skipped"]
+    assert skip.src == str(outside / "twin.jpg") and "outside the scanned folders" in skip.error
+    assert (outside / "twin.jpg").read_bytes() == b"a" * 300 and (root / "twin.jpg").is_symlink()
+    assert undo(res.manifest).ok
+
+
+def test_root_given_through_a_link_keeps_the_layout(tree, tmp_path):
+    root, report, dest = tree
+    link = tmp_path / "link_to_photos"
+    link.symlink_to(root)
+    res = move_duplicates(report, dest, roots=[link])
+    assert res.ok
+    assert {Path(m.dst).relative_to(dest).as_posix() for m in res.moves} == {
+        "sub/a_copy.jpg", "sub/deep/a_small.jpg", "other/b_edit.jpg", "other/b_more.jpg"}
+    assert read_manifest(res.manifest)["roots"] == [str(root)]
+    assert undo(res.manifest).ok
+
+
+def _run_move(runner, scan, dest):
+    r = runner.invoke(cli, ["dedupe", str(scan), "--move-duplicates-to", str(dest),
+                            "--json", "-", "-q"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_cli_symlinks_never_move_files_from_outside_and_second_run_moves_nothing(
+        photo_dir, tmp_path):
+    runner = CliRunner()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "twin.jpg").write_bytes((photo_dir / "a_small.jpg").read_bytes())
+    (photo_dir / "twin_link.jpg").symlink_to(outside / "twin.jpg")
+    link = tmp_path / "link"
+    link.symlink_to(photo_dir)
+    before = snapshot(photo_dir)
+    out = _run_move(runner, link, link / "dupes")
+    dest = photo_dir / "dupes"
+    assert (outside / "twin.jpg").is_file() and (photo_dir / "twin_link.jpg").is_symlink()
+    skipped = [m for m in out["moves"]["moves"] if m["state"] == "skipped"]
+    assert [Path(m["src"]).name for m in skipped] == ["twin.jpg"]
+    keepers = {str(Path(c["keep"]).relative_to(photo_dir)) for c in out["clusters"]
+               if Path(c["keep"]).parent != outside}
+    moved = {str(p.relative_to(dest)) for p in dest.rglob("*.*") if p.suffix != ".json"}
+    assert any("/" in rel for rel in moved)  # sub/... kept, not flattened
+    assert moved == set(before) - keepers - {"c.jpg", "d.jpg", "twin_link.jpg"}
+    # The destination lies inside the scanned folder: a second run finds the
+    # moved files again and must not move them a second time.
+    again = _run_move(runner, link, link / "dupes")
+    assert again["moves"]["counts"].get("moved", 0) == 0 and again["moves"]["manifest"] is None
+    assert not (dest / "dupes").exists()
+    assert {str(p.relative_to(dest)) for p in dest.rglob("*.*") if p.suffix != ".json"} == moved
+
+
+def test_file_name_that_is_not_utf8_moves_and_comes_back(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    keep, odd = root / "keep.jpg", os.fsdecode(os.fsencode(str(root)) + b"/caf\xe9.jpg")
+    keep.write_bytes(b"K" * 10)
+    Path(odd).write_bytes(b"K" * 10)
+    report = {"clusters": [{"keep": str(keep), "members": [str(keep), odd]}]}
+    res = move_duplicates(report, tmp_path / "dupes", roots=[root])
+    assert res.ok and res.counts() == {"moved": 1} and not os.path.lexists(odd)
+    assert undo(res.manifest).counts() == {"restored": 1}
+    assert Path(odd).read_bytes() == b"K" * 10

@@ -64,7 +64,8 @@ def test_edited_number_is_refused(saved):
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace("intercept = ", "intercept = nan #", 1), "not finite"),
     (lambda t: t.replace('"phash_distance"', '"phash_distanse"', 1), "features do not match"),
-    (lambda t: t.replace("phash_max_distance = 80", 'phash_max_distance = "80"'), "wrong value"),
+    (lambda t: t.replace("phash_max_distance = 80", 'phash_max_distance = "80"'),
+     "must be a whole number"),
     (lambda t: t.replace("phash_max_distance = 80", "run_shell = 1"), "unknown setting"),
     (lambda t: re.sub(r"^target_precision = .*$", "target_precision = 1.5", t, count=1,
                       flags=re.M), "target_precision"),
@@ -120,3 +121,109 @@ def test_calibrate_cli_refuses_unknown_suite(tmp_path, photo_dir):
     assert r.exit_code == 2
     assert r.output.strip().startswith("matchkit: error: unknown edit suite 'nonsense'")
     assert not (tmp_path / "x.toml").exists()
+
+
+# ---------------------------------------------------------------- every value range-checked
+
+def _with_settings(path, lines: str):
+    """Replace the [settings] table and fix the checksum (anyone can: it is unkeyed)."""
+    _rewrite(path, lambda t: t.replace("phash_max_distance = 80", lines), fix_checksum=True)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("work_side = 100000", "work_side must be between 64 and 4096, got 100000"),
+    ("n_features = 1000000000", "n_features must be between 1 and 10000, got 1000000000"),
+    ("n_features = 1e9", "n_features must be a whole number between 1 and 10000, got 1000000000.0"),
+    ("hash_side = 0", "hash_side must be between 32 and 1024, got 0"),
+    ("hash_side = -8", "hash_side must be between 32 and 1024, got -8"),
+    ("max_pixels = 0", "max_pixels must be between 1 and 1000000000, got 0"),
+    ("workers = -1", "workers must be between 0 and 1024, got -1"),
+    ("colour_min_similarity = 1.5", "colour_min_similarity must be between 0.0 and 1.0, got 1.5"),
+    ("min_cosine = -3.0", "min_cosine must be between -1.0 and 1.0, got -3.0"),
+    ("local_features = 1", "local_features must be true or false, got 1"),
+])
+def test_out_of_range_setting_is_refused_with_one_line(saved, line, message):
+    _with_settings(saved, line)
+    with pytest.raises(ProfileError) as info:
+        load_profile(saved)
+    assert str(info.value) == f"profile {saved}: {message}"
+
+
+def test_cli_refuses_out_of_range_profile_before_reading_images(saved, photo_dir):
+    _with_settings(saved, "work_side = 100000")
+    r = CliRunner().invoke(cli, ["dedupe", str(photo_dir), "--profile", str(saved), "-q"])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (f"matchkit: error: profile {saved}: work_side must be "
+                                "between 64 and 4096, got 100000")
+
+
+def test_settings_and_profiles_share_one_range_table(calibrator, tmp_path):
+    from matchkit.config import RANGES, Settings, SettingsError
+
+    assert set(RANGES) == {f for f in Settings.__dataclass_fields__
+                           if f not in ("local_features", "model")}
+    for name, (lo, hi) in RANGES.items():
+        Settings().with_(**{name: lo}).with_(**{name: hi})  # the bounds themselves are fine
+    with pytest.raises(SettingsError, match="^work_side must be between 64 and 4096, got 4097$"):
+        Settings(work_side=4097)
+    with pytest.raises(SettingsError, match="hash_side"):
+        Settings().with_(hash_side=0)
+    # A profile that would be refused on loading is never written.
+    with pytest.raises(ProfileError, match="work_side must be between"):
+        save_profile(Profile("big", 0.99, calibrator, settings={"work_side": 100000}),
+                     tmp_path / "big.toml")
+    assert not (tmp_path / "big.toml").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--workers", "5000", "workers must be between 0 and 1024, got 5000"),
+    ("--max-pixels", "0", "max_pixels must be between 1 and 1000000000, got 0"),
+    ("--threshold", "300", "phash_max_distance must be between 0 and 256, got 300"),
+])
+def test_cli_options_that_set_settings_use_the_same_check(photo_dir, option, value, message):
+    r = CliRunner().invoke(cli, ["dedupe", str(photo_dir), option, value, "-q"])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("matchkit: error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("alpha = ", "alpha = 7.0 #", 1), "alpha must be between"),
+    (lambda t: t.replace("\nC = ", "\nC = -1.0 #", 1), "C must be between"),
+    (lambda t: re.sub(r"^threshold = .*$", "threshold = 5.0", t, count=1, flags=re.M),
+     "threshold must be between"),
+])
+def test_calibrator_numbers_are_range_checked(saved, edit, message):
+    _rewrite(saved, edit, fix_checksum=True)
+    with pytest.raises(ProfileError, match=message):
+        load_profile(saved)
+
+
+# ---------------------------------------------------------------- version recorded in a profile
+
+def _with_version(path, version: str):
+    _rewrite(path, lambda t: re.sub(r'^matchkit_version = .*$', f'matchkit_version = "{version}"',
+                                    t, count=1, flags=re.M), fix_checksum=True)
+
+
+@pytest.mark.parametrize("version", ["99.0.0", "0.2.0", "1.0", "0.2.0.dev1"])
+def test_profile_from_a_newer_matchkit_is_refused(saved, version):
+    import matchkit
+    _with_version(saved, version)
+    with pytest.raises(ProfileError) as info:
+        load_profile(saved)
+    assert str(info.value) == (
+        f"profile {saved}: written by matchkit {version}, newer than this matchkit "
+        f"{matchkit.__version__}; upgrade matchkit or re-run matchkit calibrate")
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.1.9", "0.0.3"])
+def test_profile_from_this_or_an_older_release_or_a_newer_patch_loads(saved, version):
+    _with_version(saved, version)
+    assert load_profile(saved).matchkit_version == version
+
+
+def test_profile_with_no_version_number_is_refused(saved):
+    _with_version(saved, "banana")
+    with pytest.raises(ProfileError, match="matchkit_version 'banana' is not a version number"):
+        load_profile(saved)

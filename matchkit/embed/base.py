@@ -63,13 +63,58 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
+#: Longest side / shortest side an image is embedded with. Models resize the
+#: shorter side to about 224 pixels, so a 1024x1 strip would become a
+#: 229,376 x 224 picture (hundreds of MB) before its centre is cropped: the
+#: centre of a longer image is cut to this ratio first. Photos and panoramas
+#: (up to about 10:1) are unaffected.
+MAX_ASPECT = 16
+
+
 def as_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB view of ``image``, by the same rules as :func:`matchkit.io.load_image`
-    (transparency flattened onto white, 16-bit and palette modes converted), so an
-    image embeds the same whether it came from a file or from the caller."""
+    (transparency composited over mid-grey, 16-bit and palette modes converted), so an
+    image embeds the same whether it came from a file or from the caller.
+    Extreme strips are cut to :data:`MAX_ASPECT` around their centre."""
     if not isinstance(image, Image.Image):
         raise EmbedderError(f"expected a PIL image, got {type(image).__name__}")
-    return _to_rgb(image)
+    image = _to_rgb(image)
+    w, h = image.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        long = MAX_ASPECT * min(w, h)
+        if w > h:
+            image = image.crop(((w - long) // 2, 0, (w - long) // 2 + long, h))
+        else:
+            image = image.crop((0, (h - long) // 2, w, (h - long) // 2 + long))
+    return image
+
+
+def embed_isolated(embedder: "Embedder", images: Sequence[Image.Image]
+                   ) -> tuple[np.ndarray, dict[int, str]]:
+    """``embedder.embed_images(images)``, but an image the model fails on only
+    loses its own row: when the batch raises, each image is embedded alone.
+    Returns the vectors (failed rows zero) and ``{row: reason}`` of failures."""
+    def one(batch) -> np.ndarray:
+        return np.asarray(embedder.embed_images(list(batch)), dtype=np.float32)
+
+    if len(images) > 1:
+        try:
+            return one(images), {}
+        except Exception:  # noqa: BLE001 -- find the image(s) it was, below
+            pass
+    rows, failed = [], {}
+    for i, im in enumerate(images):
+        try:
+            rows.append(one([im]).reshape(-1))
+        except Exception as e:  # one image's failure must not end the run
+            failed[i] = f"model {embedder.name!r} failed on this image: {type(e).__name__}: {e}"
+            rows.append(None)
+    dim = next((len(r) for r in rows if r is not None), int(embedder.dim))
+    out = np.zeros((len(images), dim), np.float32)
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i] = r
+    return out, failed
 
 
 def batches(items: Sequence, size: int):
