@@ -1,10 +1,14 @@
-"""Crash-safe file replacement: write beside, fsync, rename, fsync the folder."""
+"""Crash-safe file replacement (write beside, fsync, rename, fsync the folder),
+and fingerprints that let a cache file be checked before it is trusted."""
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -72,3 +76,55 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: How cache files are fingerprinted in the gallery database.
+DIGEST = "sha256"
+
+
+def file_stamp(path: str | os.PathLike) -> dict:
+    """Size and SHA-256 of a file's bytes, as recorded beside a cache file's stamp."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, DIGEST: h.hexdigest()}
+
+
+@contextmanager
+def verified_bytes(path: str | os.PathLike, stamp: dict | None) -> Iterator[memoryview | None]:
+    """The bytes of ``path`` if they match ``stamp`` (see :func:`file_stamp`), else None.
+
+    The file is memory-mapped once and the very bytes that were hashed are
+    handed on, so a file replaced or damaged between the check and the use
+    cannot slip through (a rename leaves the mapped old file intact).
+    """
+    if not stamp or not isinstance(stamp.get("size"), int) or not stamp.get(DIGEST):
+        yield None
+        return
+    try:
+        f = open(path, "rb")
+    except OSError:
+        yield None
+        return
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size != stamp["size"] or size == 0:
+            yield None
+            return
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            yield None
+            return
+        try:
+            view = memoryview(mm)
+            try:
+                ok = hashlib.sha256(view).hexdigest() == stamp[DIGEST]
+                yield view if ok else None
+            finally:
+                view.release()
+        finally:
+            mm.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -40,6 +41,10 @@ class _OneLineErrors(click.Group):
         except click.ClickException as e:
             click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(e.exit_code)
+        except sqlite3.DatabaseError as e:  # a damaged gallery database, met mid-run
+            from .gallery import damaged_database_message
+            click.echo(f"matchkit: error: {damaged_database_message(e)}", err=True)
+            sys.exit(2)
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -907,6 +912,33 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
             raise
         _fail(_one_line(e))
     click.echo(json.dumps(out, indent=2))
+
+
+@cli.command()
+@click.argument("gallery", type=click.Path(file_okay=False))
+@click.option("--repair", is_flag=True,
+              help="Rebuild stale or damaged index files from the database and save them.")
+def verify(gallery, repair):
+    """Check a gallery's index and vector files against its database.
+
+    Prints JSON: "differences" lists index files that claim to be current
+    but whose keys differ from the database rows (exit code 1; should never
+    happen), "stale" lists files that are missing, older or damaged and are
+    rebuilt from the database whenever they are used (--repair rebuilds and
+    saves them once). Safe to run while another matchkit writes.
+
+    \b
+    Example:
+      matchkit verify ~/.matchkit/photos | jq .differences
+      matchkit verify ~/.matchkit/photos --repair
+    """
+    with _open_gallery(gallery) as g:
+        try:
+            report = g.verify(repair=repair)
+        except GalleryError as e:
+            _fail(_one_line(e))
+    _emit_json(report.to_dict(), None)
+    return 0 if report.ok else 1
 
 
 def _parse_crop(text: str) -> tuple[int, int, int, int]:

@@ -4,9 +4,21 @@ SQLite is the source of truth: every image's facts and hashes live in its
 ``images`` table and change only inside transactions, so a process killed at
 any moment leaves the last committed state. The USearch index files are a
 derived cache, written atomically (temp file, fsync, rename) and stamped with
-the data generation they were built from; when the stamp does not match the
-database (a kill between the two writes), the index is rebuilt from SQLite on
-open. So the folder is always consistent, whatever moment a process died.
+the data generation they really contain, plus their size, SHA-256 and key
+count. A file is loaded only if its stamp names the database's generation and
+its bytes hash to the recorded digest (the very bytes hashed are handed to
+USearch, so a damaged file never reaches its loader); anything else (a kill
+between the two writes, a flipped bit, an older or swapped file) is rebuilt
+from SQLite. So the folder is always consistent, whatever moment a process died.
+
+One writer at a time, any number of readers: a process that changes the
+gallery (``add``, ``remove``, ``embed``, ``save``) first takes an OS lock on
+``gallery.lock`` and holds it until ``close`` (see ``_lock.py``); another
+writer waits, saying so on stderr. Each in-memory index remembers the
+generation it reflects, and after each commit it moves on only if it was
+current before it, so a stamp can never claim changes an index lacks. The
+database runs in WAL mode, so readers see one committed state while a
+writer commits.
 
 Adding a folder again only decodes files that are new or whose size or
 modification time changed. Files that could not be read are remembered with
@@ -29,7 +41,8 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +53,8 @@ from .config import Settings
 from .features import ImageRecord, extract_many, full_pixel_digest
 from .hashing import PHASH_BITS
 from .index import HammingIndex
-from ._fs import remove_stale_temps
+from ._fs import fsync_dir, remove_stale_temps, verified_bytes
+from ._lock import LockTimeout, WriterLock, default_timeout
 from .fspath import from_db, to_db
 from .io import ImageLoadError, load_image
 from .local import LocalFeatures
@@ -62,6 +76,13 @@ _BATCH = 256
 EMBED_DECODE_SIDE = 1024
 #: Prefix of a model's record in the ``meta`` table (value: JSON).
 _MODEL_KEY = "model:"
+#: Prefix of an index file's record in the ``meta`` table (value: JSON with
+#: generation, size, sha256 and keys of the file last saved).
+_FILE_KEY = "index:"
+#: Seconds a statement waits for another connection's write transaction.
+_BUSY_TIMEOUT = 60.0
+#: The gallery opened last in this process, for the CLI's damaged-database hint.
+last_opened: Path | None = None
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,6 +133,47 @@ CREATE INDEX IF NOT EXISTS embeddings_image ON embeddings(image_id);
 
 class GalleryError(Exception):
     """A gallery folder that cannot be opened or used as asked."""
+
+
+def damaged_database_message(error: sqlite3.DatabaseError, gallery: Path | None = None) -> str:
+    """One line for an SQLite error met while using a gallery, with a way out."""
+    gallery = gallery or last_opened
+    db = (gallery / DB_NAME) if gallery else Path("GALLERY") / DB_NAME
+    detail = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, sqlite3.OperationalError) and "locked" in detail:
+        return (f"gallery database {db} stayed locked by another process ({detail}); "
+                "try again when it has finished")
+    if isinstance(error, sqlite3.OperationalError) and "readonly" in detail:
+        return f"gallery database {db} cannot be written ({detail})"
+    return (f"{db} is not a usable gallery database, it is damaged ({detail}); recover "
+            f"what it holds with "
+            f"`sqlite3 {db} .recover | sqlite3 recovered.sqlite` and put that in its place, "
+            "or index the images again into a new gallery")
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`Gallery.verify` found.
+
+    ``differences`` are real inconsistencies: a cache file whose stamp and
+    checksum say it is current but whose keys differ from the database rows
+    (never expected; each one is a bug). ``stale`` lists cache files that do
+    not match the database and would be rebuilt from it on next use (missing,
+    older, damaged or foreign files): harmless, but slower until repaired.
+    """
+
+    keys: dict[str, int] = field(default_factory=dict)
+    differences: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "keys": self.keys, "differences": self.differences,
+                "stale": self.stale, "repaired": self.repaired}
 
 
 @dataclass
@@ -218,7 +280,14 @@ class Gallery:
     """
 
     def __init__(self, path: str | os.PathLike, settings: Settings = Settings(),
-                 *, create: bool = True):
+                 *, create: bool = True, lock_timeout: float | None = None):
+        """Open (or with ``create``, make) the gallery in folder ``path``.
+
+        ``lock_timeout``: seconds a write waits for another process writing
+        to this gallery before raising :class:`GalleryError` (default:
+        ``$MATCHKIT_LOCK_TIMEOUT``, else wait as long as it takes).
+        """
+        global last_opened
         self.path = Path(path)
         self.settings = settings
         db = self.path / DB_NAME
@@ -228,13 +297,25 @@ class Gallery:
             if self.path.exists() and not self.path.is_dir():
                 raise GalleryError(f"gallery path {self.path} is a file, not a folder")
             self.path.mkdir(parents=True, exist_ok=True)
+            _create_database(db)
+        elif db.is_file() and db.stat().st_size == 0 and not _has_wal(db):
+            # sqlite3 would take it for a new database; a gallery is never 0 bytes
+            # (it is created complete, then renamed into place): this one lost its data.
+            raise GalleryError(
+                f"{db} is empty (0 bytes): its contents were lost (truncated or copied "
+                f"while being written). Restore it from a backup, or delete {db} and index "
+                "the images again")
         try:
-            self._db = sqlite3.connect(db, isolation_level=None)
+            self._db = sqlite3.connect(db, isolation_level=None, timeout=_BUSY_TIMEOUT)
+            try:  # (new galleries are made in WAL mode; this converts older ones)
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:  # read-only folder, or a writer busy: keep as is
+                pass
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             version = self._meta("schema_version")
         except sqlite3.DatabaseError as e:
-            raise GalleryError(f"{db} is not a usable gallery database: {e}") from None
+            raise GalleryError(damaged_database_message(e, self.path)) from None
         if version is None:
             self._set_meta("schema_version", SCHEMA_VERSION)
             self._set_meta("generation", 0)
@@ -246,10 +327,20 @@ class Gallery:
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"cannot update gallery {self.path}: {e}") from None
         remove_stale_temps(self.path)
+        last_opened = self.path
+        self._writer = WriterLock(self.path, default_timeout() if lock_timeout is None
+                                  else lock_timeout)
         self._indexes: dict[str, HammingIndex] = {}
         self._vectors: dict[str, VectorIndex] = {}
         #: Index names to save: "phash", "orb", or _MODEL_KEY + model name.
         self._dirty: set[str] = set()
+        #: The generation each loaded index reflects, by the same names (for a
+        #: model, that model's generation). Saves stamp files with it.
+        self._have: dict[str, int] = {}
+        #: (old, new) generation of the last commit that bumped it.
+        self._last_bump: tuple[int, int] = (-1, -1)
+        #: The same for models whose vectors a commit in progress drops.
+        self._model_bumps: dict[str, tuple[int, int]] = {}
 
     def _migrate(self) -> None:
         """Add the columns of ``_ADDED_COLUMNS`` to a gallery written before them.
@@ -279,7 +370,43 @@ class Gallery:
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._writer.release()
+
+    def _lock_for_writing(self) -> None:
+        """Become this gallery's only writer (wait for another, or GalleryError)."""
+        try:
+            self._writer.acquire()
+        except LockTimeout as e:
+            raise GalleryError(str(e)) from None
+        except OSError as e:  # e.g. a read-only folder
+            raise GalleryError(f"cannot write to gallery {self.path}: "
+                               f"{e.strerror or e}") from None
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Reads inside see one committed state, even while another process
+        commits (a WAL read transaction); inside a transaction already, a no-op."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def __enter__(self) -> "Gallery":
         return self
@@ -372,31 +499,97 @@ class Gallery:
     def _index_file(self, name: str) -> Path:
         return self.path / {"phash": PHASH_INDEX_NAME, "orb": ORB_INDEX_NAME}[name]
 
-    def _load_or_rebuild(self, name: str) -> HammingIndex:
-        file = self._index_file(name)
-        stamp = self._meta(f"{name}_index_generation")
+    @staticmethod
+    def _index_params(name: str) -> tuple[int, dict]:
         # Local descriptors are many and only vote: a sparser, faster graph is
         # enough, searched shallowly (half the search cost of depth 32, the
         # same recall of copies on the calib halves of the benchmark sets).
         params = {} if name == "phash" else {"connectivity": 8, "expansion_add": 32,
                                              "expansion_search": 16}
-        nbits = PHASH_BITS if name == "phash" else 256
-        if file.exists() and stamp is not None and int(stamp) == self.generation:
+        return (PHASH_BITS if name == "phash" else 256), params
+
+    def _file_record(self, key: str) -> dict | None:
+        """The stamp recorded when an index file was last saved (None: none usable)."""
+        if key.startswith(_MODEL_KEY):
+            info = self._model_info(key[len(_MODEL_KEY):]) or {}
+            record = info.get("index_file")
+            if isinstance(record, dict) and info.get("index_generation") is not None:
+                return {**record, "generation": info["index_generation"]}
+            return None
+        try:
+            record = json.loads(self._meta(_FILE_KEY + key) or "null")
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _load_file(self, key: str, file: Path, generation: int, loader):
+        """The cache file's index if its stamp names ``generation`` and its bytes
+        match the recorded size, digest and key count; else (None, why)."""
+        record = self._file_record(key)
+        if record is None:
+            return None, "no checksum recorded"
+        if record.get("generation") != generation:
+            return None, f"holds generation {record.get('generation')}, database is at {generation}"
+        with verified_bytes(file, record) as data:
+            if data is None:
+                why = "missing" if not file.exists() else "size or checksum differs from the record"
+                return None, why
             try:
-                return HammingIndex.load(file, nbits, **params)
-            except Exception:  # unreadable cache: fall through and rebuild
-                pass
+                idx = loader(data)
+            except Exception as e:  # verified bytes: only a foreign record gets here
+                return None, f"unreadable ({e})"
+        if len(idx) != record.get("keys"):
+            return None, f"holds {len(idx)} keys, the record says {record.get('keys')}"
+        return idx, ""
+
+    def _load_or_rebuild(self, name: str) -> HammingIndex:
+        nbits, params = self._index_params(name)
+        with self._snapshot():
+            generation = self.generation
+        idx, _ = self._load_file(name, self._index_file(name), generation,
+                                 lambda data: HammingIndex.load(data, nbits, **params))
+        if idx is not None:
+            self._have[name] = generation
+            return idx
         idx = HammingIndex(nbits, **params)
+        with self._snapshot():  # the rows and the generation they make, together
+            generation = self.generation
+            if name == "phash":
+                rows = self._db.execute("SELECT id, phash FROM images").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT image_id, descriptors FROM local_features").fetchall()
         if name == "phash":
-            rows = self._db.execute("SELECT id, phash FROM images")
             pairs = [(i, np.frombuffer(b, np.uint8)[: PHASH_BITS // 8]) for i, b in rows]
             if pairs:
                 idx.add(np.array([k for k, _ in pairs]), np.stack([c for _, c in pairs]))
         else:
-            rows = self._db.execute("SELECT image_id, descriptors FROM local_features")
             self._add_orb(idx, [(i, np.frombuffer(d, np.uint8).reshape(-1, 32)) for i, d in rows])
+        self._have[name] = generation
         self._dirty.add(name)
         return idx
+
+    def _changed(self, name: str, bump: tuple[int, int] | None = None) -> None:
+        """After a commit moved ``name``'s generation from old to new and its
+        in-memory index got the same changes: it now reflects new, if it
+        reflected old before. Otherwise (another writer committed in between,
+        which the lock prevents) it is dropped and rebuilt on next use, so a
+        stamp never claims changes an index lacks."""
+        old, new = bump or self._last_bump
+        have = self._have.get(name)
+        if have == old:
+            self._have[name] = new
+            self._dirty.add(name)
+        elif have != new:  # (== new: loaded after the commit, already current)
+            self._drop_cached(name)
+
+    def _drop_cached(self, name: str) -> None:
+        if name.startswith(_MODEL_KEY):
+            self._vectors.pop(name[len(_MODEL_KEY):], None)
+        else:
+            self._indexes.pop(name, None)
+        self._have.pop(name, None)
+        self._dirty.discard(name)
 
     def _add_orb(self, idx: HammingIndex, items: list[tuple[int, np.ndarray]]) -> None:
         """Index the strongest descriptors of each (image_id, descriptors); the
@@ -415,16 +608,89 @@ class Gallery:
 
         The database itself is always saved (every change is a committed
         transaction); this only writes the derived indexes, atomically, each
-        stamped with the generation it reflects.
+        stamped with the generation it really reflects, its size, checksum
+        and key count (so it is verified before the next load).
         """
-        generation = self.generation
+        if not self._dirty:
+            return
+        self._lock_for_writing()
         for name in sorted(self._dirty):
             if name.startswith(_MODEL_KEY):
                 self._save_vectors(name[len(_MODEL_KEY):])
                 continue
-            self._indexes[name].save(self._index_file(name))
-            self._set_meta(f"{name}_index_generation", generation)
+            if name not in self._indexes or name not in self._have:
+                continue
+            idx = self._indexes[name]
+            stamp = idx.save(self._index_file(name))
+            record = {**stamp, "keys": len(idx), "generation": self._have[name]}
+            # One statement: the generation stamp and the checksum change together.
+            self._set_meta(_FILE_KEY + name, json.dumps(record, sort_keys=True))
         self._dirty.clear()
+
+    # -- consistency -------------------------------------------------------
+    def verify(self, *, repair: bool = False) -> VerifyReport:
+        """Compare every index and vector file with the database.
+
+        Each cache file is judged as the next open would judge it: a file
+        whose stamp names the current generation and whose bytes match the
+        recorded checksum is loaded, and its keys must equal the database's
+        rows (pHash: image ids; ORB: the strongest ``index_features``
+        descriptors of each image; vectors: embedded ids). Any difference is
+        reported in ``differences``. Files that would be rebuilt are listed in
+        ``stale``; with ``repair`` they are rebuilt from SQLite and saved
+        (taking the writer lock).
+        """
+        report = VerifyReport()
+        with self._snapshot():
+            generation = self.generation
+            expected = {"phash": set(self.ids())}
+            n = self.settings.index_features
+            expected["orb"] = {
+                i * ORB_KEY_STRIDE + r
+                for i, size in self._db.execute(
+                    "SELECT image_id, length(descriptors) FROM local_features")
+                for r in range(min(size // 32, n))}
+            infos = {name: self._model_info(name) for name in self.models()}
+            for name in infos:
+                expected[_MODEL_KEY + name] = set(self._db.execute(
+                    "SELECT e.image_id FROM embeddings e JOIN images i ON i.id = e.image_id "
+                    "WHERE e.model=?", (name,)).fetchall())
+                expected[_MODEL_KEY + name] = {i for (i,) in expected[_MODEL_KEY + name]}
+        checks = []
+        for name in ("phash", "orb"):
+            nbits, params = self._index_params(name)
+            checks.append((name, self._index_file(name), generation,
+                           lambda data, b=nbits, p=params: HammingIndex.load(data, b, **p)))
+        for name, info in infos.items():
+            key = _MODEL_KEY + name
+            checks.append((key, self.path / info["file"], info["generation"],
+                           lambda data, k=key, m=name, d=int(info["dim"]):
+                           self._vectors_from_bytes(data, k, m, d)))
+        for key, file, gen, loader in checks:
+            want = expected[key]
+            idx, why = self._load_file(key, file, gen, loader)
+            if idx is None:
+                if want or file.exists():
+                    report.stale.append(f"{file.name}: {why}; rebuilt from the database on use")
+                    if repair:
+                        self._drop_cached(key)
+                        if key.startswith(_MODEL_KEY):
+                            self.vector_index(key[len(_MODEL_KEY):])
+                        else:
+                            self._index(key)
+                        report.repaired.append(file.name)
+                continue
+            got = set(idx.keys().tolist())
+            report.keys[file.name] = len(got)
+            if got != want:
+                missing, extra = sorted(want - got), sorted(got - want)
+                report.differences.append(
+                    f"{file.name}: stamped current, but {len(missing)} database rows are "
+                    f"missing from it (e.g. {missing[:3]}) and {len(extra)} keys are not in the "
+                    f"database (e.g. {extra[:3]})")
+        if report.repaired:
+            self.save()
+        return report
 
     def local_features(self, image_id: int) -> tuple[LocalFeatures, np.ndarray] | None:
         """ORB features and grey thumbnail of one image (None if not extracted)."""
@@ -439,7 +705,9 @@ class Gallery:
 
     # -- writing -----------------------------------------------------------
     def _bump(self) -> None:
-        self._set_meta("generation", self.generation + 1)
+        old = self.generation
+        self._set_meta("generation", old + 1)
+        self._last_bump = (old, old + 1)
 
     def add(self, paths: Iterable[str | os.PathLike],
             progress: Callable[[int], None] | None = None) -> AddReport:
@@ -449,6 +717,7 @@ class Gallery:
         all readable files in ``paths`` (new, updated or unchanged) and the
         skipped files with reasons.
         """
+        self._lock_for_writing()
         report = AddReport()
         todo: list[str] = []
         seen: set[str] = set()
@@ -565,11 +834,11 @@ class Gallery:
         index.remove(gone)
         if new_keys:
             index.add(np.array(new_keys), np.stack(new_codes))  # replaces updated images
-        self._dirty.add("phash")
+        self._changed("phash")
         if orb is not None:
             self._remove_orb(orb, gone + replaced)  # new ids have nothing to remove
             self._add_orb(orb, new_local)
-            self._dirty.add("orb")
+            self._changed("orb")
 
     def remove(self, paths_or_ids: Iterable[str | int | os.PathLike]) -> int:
         """Forget images (by id or path); the files themselves are not touched."""
@@ -583,6 +852,7 @@ class Gallery:
                     ids.append(rec.id)
         if not ids:
             return 0
+        self._lock_for_writing()
         stale = self._vector_ids_by_model(ids)
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -598,10 +868,12 @@ class Gallery:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        bump = self._last_bump
         self._forget_vectors(stale)
         self.phash_index.remove(ids)
         self._remove_orb(self.orb_index, ids)
-        self._dirty.update({"phash", "orb"})
+        self._changed("phash", bump)
+        self._changed("orb", bump)
         return removed
 
     def update(self, path_or_id: str | int | os.PathLike, *, meta: dict | None = None,
@@ -756,30 +1028,49 @@ class Gallery:
         from .vectors import VectorIndex
 
         name, dim = info["name"], int(info["dim"])
-        file = self.path / info["file"]
-        if file.exists() and info.get("index_generation") == info["generation"]:
-            try:
-                return VectorIndex.load(file, expect_model=name, expect_dim=dim, add_threads=1)
-            except Exception:  # unreadable or foreign cache: rebuild from SQLite
-                pass
+        key = _MODEL_KEY + name
+        with self._snapshot():
+            info = self._model_info(name) or info
+            generation = info["generation"]
+        idx, _ = self._load_file(key, self.path / info["file"], generation,
+                                 lambda data: self._vectors_from_bytes(data, key, name, dim))
+        if idx is not None:
+            self._have[key] = generation
+            return idx
         # Single-threaded adds: the same vectors give the same graph (neighbours).
         idx = VectorIndex(name, dim, add_threads=1)
-        cur = self._db.execute(
-            "SELECT e.image_id, e.vector FROM embeddings e JOIN images i ON i.id = e.image_id "
-            "WHERE e.model=? ORDER BY e.image_id", (name,))
-        while rows := cur.fetchmany(4096):
-            vecs = np.frombuffer(b"".join(v for _, v in rows), "<f4").reshape(len(rows), dim)
-            idx.add(np.array([i for i, _ in rows], dtype=np.int64), vecs)
-        self._dirty.add(_MODEL_KEY + name)
+        with self._snapshot():  # the vectors and the generation they make, together
+            generation = (self._model_info(name) or info)["generation"]
+            cur = self._db.execute(
+                "SELECT e.image_id, e.vector FROM embeddings e JOIN images i ON i.id = e.image_id "
+                "WHERE e.model=? ORDER BY e.image_id", (name,))
+            while rows := cur.fetchmany(4096):
+                vecs = np.frombuffer(b"".join(v for _, v in rows), "<f4").reshape(len(rows), dim)
+                idx.add(np.array([i for i, _ in rows], dtype=np.int64), vecs)
+        self._have[key] = generation
+        self._dirty.add(key)
         return idx
 
+    def _vectors_from_bytes(self, data, key: str, name: str, dim: int) -> "VectorIndex":
+        from .vectors import VectorIndex, VectorIndexError
+
+        record = (self._file_record(key) or {}).get("record") or {}
+        if record.get("model") != name or int(record.get("dim", -1)) != dim:
+            raise VectorIndexError(f"record names {record.get('model')!r}, not {name!r}")
+        return VectorIndex.from_bytes(data, record, add_threads=1)  # deterministic graph
+
     def _save_vectors(self, name: str) -> None:
+        key = _MODEL_KEY + name
         info = self._model_info(name)
-        if info is None or name not in self._vectors:
+        if info is None or name not in self._vectors or key not in self._have:
             return
-        self._vectors[name].save(self.path / info["file"])
-        info["index_generation"] = info["generation"]
-        self._set_model_info(info)
+        idx = self._vectors[name]
+        stamp = idx.save(self.path / info["file"])
+        with self._transaction():  # the stamp and the checksum change together
+            info = self._model_info(name)
+            info["index_generation"] = self._have[key]
+            info["index_file"] = {**stamp, "keys": len(idx)}
+            self._set_model_info(info)
 
     def _ids_and_digests(self, paths: Sequence[str]) -> dict[str, tuple[int, str]]:
         """path -> (id, sha256) for the paths already in the gallery."""
@@ -812,12 +1103,14 @@ class Gallery:
             info = self._model_info(model)
             info["generation"] += 1
             self._set_model_info(info)
+            self._model_bumps[model] = (info["generation"] - 1, info["generation"])
 
     def _forget_vectors(self, stale: dict[str, list[int]]) -> None:
         """After the commit: the same vectors leave the in-memory indexes."""
         for model, ids in stale.items():
-            self._vectors[model].remove(np.array(ids, dtype=np.int64))
-            self._dirty.add(_MODEL_KEY + model)
+            if model in self._vectors:
+                self._vectors[model].remove(np.array(ids, dtype=np.int64))
+            self._changed(_MODEL_KEY + model, self._model_bumps.pop(model, None) or (-1, -1))
 
     def embed(self, embedder: "Embedder", ids: Iterable[int] | None = None, *,
               progress: bool = False, workers: int | None = None) -> EmbedReport:
@@ -837,6 +1130,7 @@ class Gallery:
         """
         from concurrent.futures import ThreadPoolExecutor
 
+        self._lock_for_writing()
         from .embed.base import embed_isolated
 
         name, dim = str(embedder.name), int(embedder.dim)
@@ -919,20 +1213,50 @@ class Gallery:
         if not ids:
             return
         vecs = np.ascontiguousarray(vecs, dtype="<f4")
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO embeddings(model, image_id, vector) VALUES (?,?,?)",
                 [(name, image_id, vecs[row].tobytes()) for row, image_id in enumerate(ids)])
             info = self._model_info(name)
             info["generation"] += 1
             self._set_model_info(info)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        index.add(np.array(ids, dtype=np.int64), vecs)
-        self._dirty.add(_MODEL_KEY + name)
+        if self._vectors.get(name) is index:  # (else dropped: rebuilt from SQLite on use)
+            index.add(np.array(ids, dtype=np.int64), vecs)
+            self._changed(_MODEL_KEY + name, (info["generation"] - 1, info["generation"]))
+
+
+def _create_database(db: Path) -> None:
+    """Make a new, complete gallery database at ``db`` (unless one appeared meanwhile).
+
+    It is built under a temporary name and linked into place, so ``db`` is
+    never seen empty or half-made: a 0-byte database is then always damage.
+    """
+    tmp = db.with_name(f".{db.name}.tmp-{os.getpid()}")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+        leftover.unlink(missing_ok=True)
+    try:
+        con = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+            con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                            [("schema_version", str(SCHEMA_VERSION)), ("generation", "0")])
+        finally:
+            con.close()  # checkpoints the WAL into the file
+        try:
+            os.link(tmp, db)  # fails if another process created it first: use theirs
+        except FileExistsError:
+            pass
+        fsync_dir(db.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _has_wal(db: Path) -> bool:
+    try:
+        return os.path.getsize(f"{db}-wal") > 0
+    except OSError:
+        return False
 
 
 def _progress_bar(total: int, enabled: bool):

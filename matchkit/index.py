@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from usearch.index import Index
 
-from ._fs import atomic_write
+from ._fs import atomic_write, file_stamp
 
 #: Below this many entries, searches are exhaustive.
 EXACT_SEARCH_BELOW = 20_000
@@ -39,6 +39,10 @@ class HammingIndex:
 
     def __contains__(self, key: int) -> bool:
         return bool(self._index.contains(int(key)))
+
+    def keys(self) -> np.ndarray:
+        """Every key in the index (int64, unordered)."""
+        return np.asarray(self._index.keys, dtype=np.int64)
 
     def add(self, keys: np.ndarray, codes: np.ndarray, *, replace: bool = True) -> None:
         """Add codes, shape (n, nbits/8) uint8, under ``keys``; existing keys are
@@ -87,14 +91,28 @@ class HammingIndex:
         dists[:, : rd.shape[1]] = np.rint(rd).astype(np.int64)
         return keys, dists
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index atomically (a killed process leaves the old file)."""
-        atomic_write(path, lambda tmp: self._index.save(str(tmp)))
+    def save(self, path: str | os.PathLike) -> dict:
+        """Write the index atomically (a killed process leaves the old file).
+
+        Returns the stamp (size, SHA-256) of the bytes written, for the
+        caller to record so the file can be verified before it is loaded.
+        """
+        stamp: dict = {}
+
+        def write(tmp: Path) -> None:
+            self._index.save(str(tmp))
+            stamp.update(file_stamp(tmp))
+
+        atomic_write(path, write)
+        return stamp
 
     @classmethod
-    def load(cls, path: str | os.PathLike, nbits: int, **kw) -> "HammingIndex":
+    def load(cls, source: str | os.PathLike | bytes | memoryview, nbits: int,
+             **kw) -> "HammingIndex":
+        """Open a saved index from a file, or from its bytes (already verified)."""
         idx = cls(nbits, **kw)
-        idx._index.load(str(Path(path)))
+        idx._index.load(source if isinstance(source, (bytes, bytearray, memoryview))
+                        else str(Path(source)))
         if "expansion_search" in kw:  # a search setting, not part of the stored graph
             idx._index.expansion_search = kw["expansion_search"]
         return idx

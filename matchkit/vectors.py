@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from usearch.index import Index
 
-from ._fs import atomic_write, atomic_write_bytes
+from ._fs import atomic_write, atomic_write_bytes, file_stamp
 
 #: Below this many vectors the whole index is scanned (exact and as fast as HNSW).
 EXACT_SEARCH_BELOW = 20_000
@@ -396,22 +396,50 @@ class VectorIndex:
             count = min(n_total, count * 4)
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike) -> dict:
         """Write the index and its model record atomically.
 
         The graph goes to ``path`` and the record (model, dim, storage) to
         ``path.json``, each replaced in one rename: a killed process leaves
         the old files. The record is written second and is cross-checked
-        against the index file's own header on load.
+        against the index file's own header on load. Returns the stamp (size,
+        SHA-256) of the index bytes written, and the record, for a caller
+        that verifies the file before loading it (:meth:`from_bytes`).
         """
         path = Path(path)
-        atomic_write(path, lambda tmp: self._index.save(str(tmp)))
+        stamp: dict = {}
+
+        def write(tmp: Path) -> None:
+            self._index.save(str(tmp))
+            stamp.update(file_stamp(tmp))
+
+        atomic_write(path, write)
         record = {"format": _FORMAT, "model": self.model, "dim": self.dim, "dtype": self.dtype,
                   "metric": "cos", "count": len(self),
                   "connectivity": int(self._index.connectivity),
                   "expansion_add": int(self._index.expansion_add),
                   "expansion_search": int(self._index.expansion_search)}
-        atomic_write_bytes(sidecar_path(path), (json.dumps(record, indent=1) + "\n").encode())
+        text = (json.dumps(record, indent=1) + "\n").encode()
+        atomic_write_bytes(sidecar_path(path), text)
+        return {**stamp, "record": record}
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview, record: dict, *,
+                   threads: int = 0, add_threads: int | None = None) -> "VectorIndex":
+        """An index from the bytes of a saved file and the record :meth:`save`
+        returned (both already verified by the caller, e.g. a gallery that
+        recorded the file's checksum)."""
+        idx = cls(str(record["model"]), int(record["dim"]), dtype=str(record.get("dtype", "f16")),
+                  connectivity=int(record.get("connectivity", CONNECTIVITY)),
+                  expansion_add=int(record.get("expansion_add", EXPANSION_ADD)),
+                  expansion_search=int(record.get("expansion_search", EXPANSION_SEARCH)),
+                  threads=threads, add_threads=add_threads)
+        idx._index.load(data)
+        if int(idx._index.ndim) != idx.dim:
+            raise VectorIndexError(f"index bytes hold {idx._index.ndim}-d vectors, "
+                                   f"record says {idx.dim}-d")
+        idx._index.expansion_search = int(record.get("expansion_search", EXPANSION_SEARCH))
+        return idx
 
     @staticmethod
     def read_record(path: str | os.PathLike) -> dict:
