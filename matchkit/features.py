@@ -8,6 +8,7 @@ perceptual signals from it. Large batches run in worker processes.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 import itertools
 import multiprocessing
@@ -150,12 +151,17 @@ PROCESS_POOL_MIN_FILES = 200
 
 
 def _pool_context():
-    """Fork when it is safe (POSIX, no other threads): workers start in
-    milliseconds with everything imported. Otherwise forkserver or spawn."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    """Worker processes start from a forkserver (spawn where there is none),
+    never by forking this process: a child forked while one of this process's
+    native thread pools held a lock waits for it for ever (seen: ``dedupe``
+    in a process that had run label and query work before; no Python-level
+    check sees those threads). The server imports this module once, so each
+    worker still starts in milliseconds."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
 
 
 def _one_thread_each() -> None:
