@@ -27,8 +27,8 @@ from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .relation import (UNCHANGED_AGREEMENT, RelationEvidence, classify, colours_agree,
-                       in_level)
+from .relation import (LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
+                       colours_agree, in_level)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 
@@ -179,7 +179,9 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     through a shared part only (a sticker, a frame) or not at all.
     ``global_only``: judge by global signals (the pair was not verified)."""
     grey_a, grey_b = ev.extra.get("grey", (False, False))
-    base = dict(colour_agree=ev.extra.get("colour_agree", True), grey_a=grey_a, grey_b=grey_b)
+    base = dict(colour_agree=ev.extra.get("colour_agree", True), grey_a=grey_a, grey_b=grey_b,
+                lightness_shift=ev.extra.get("lightness_shift", 0.0),
+                colour_similarity=ev.colour_similarity)
     v, o = ev.verification, ev.overlap
     if global_only or v is None or not v.transform:
         if not global_only:
@@ -266,6 +268,14 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray]) -> None:
     ev.extra["colour_agree"] = colours_agree(ha, hb)
 
 
+def lightness_evidence(ev: PairEvidence, mean_a: float | None, mean_b: float | None) -> None:
+    """Record how far the mean grey level moved between the two images'
+    thumbnails (``relation.light_dark``); only pairs whose colours changed can
+    be light/dark versions, so only those need it."""
+    if mean_a is not None and mean_b is not None and ev.colour_similarity < LIGHT_DARK_COLOUR:
+        ev.extra["lightness_shift"] = abs(mean_a - mean_b)
+
+
 class PairMatcher:
     """Candidates and global evidence up front; local verification on demand.
 
@@ -327,6 +337,7 @@ class PairMatcher:
         self.crowd = found.crowd
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self._mirrored: dict[int, tuple | None] = {}
+        self._lightness: dict[int, float | None] = {}
         self.evidence: list[PairEvidence] = []
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
         # Known copies (same file bytes) have nothing to measure.
@@ -347,6 +358,8 @@ class PairMatcher:
             if variant:
                 ev.extra["dihedral"] = variant  # turned or mirrored: an edit
             colour_evidence(ev, colours)
+            if sim < LIGHT_DARK_COLOUR:
+                lightness_evidence(ev, self.lightness(a), self.lightness(b))
             if a in self.vectors and b in self.vectors:
                 ev.cosine = float(self.vectors[a] @ self.vectors[b])
             if a in self.templated or b in self.templated:
@@ -426,6 +439,13 @@ class PairMatcher:
             self._threads = None
 
 
+    def lightness(self, image_id: int) -> float | None:
+        """Mean grey level of the image's stored thumbnail (None without one)."""
+        if image_id not in self._lightness:
+            thumb = self._thumb(image_id) if self.settings.local_features else None
+            self._lightness[image_id] = None if thumb is None else float(thumb.mean())
+        return self._lightness[image_id]
+
     def _thumb(self, image_id: int) -> np.ndarray | None:
         lf = self.cache.get(image_id)
         return lf[1] if lf is not None else None
@@ -490,6 +510,7 @@ class PairMatcher:
                           histogram_similarity(cols[a], cols[b]))
         ev.extra["reflect"] = reflect
         colour_evidence(ev, cols)
+        lightness_evidence(ev, self.lightness(a), self.lightness(b))
         ev.extra["second_hop"] = True
         ev.pending = self.settings.local_features
         return ev

@@ -43,6 +43,16 @@ WHOLE_COVERAGE = 0.9
 #: the image) from which a copy counts as a recapture: flat scans and resizes
 #: stay near 0; a 10-degree keystone is about 0.05.
 RECAPTURE_PERSPECTIVE = 0.03
+#: Light/dark versions of one artwork: the mean grey level of the two
+#: thumbnails moves by at least this much (0-255) while the colour histograms
+#: share less than ``LIGHT_DARK_COLOUR`` ... Chosen on the real dev set
+#: (benchmarks/REALDEV.md): its light/dark wallpapers move 30 levels at a
+#: colour similarity of 0.34-0.36 (b/w layouts 17, 0.33); its true copies
+#: (shipped previews, icons at two sizes) move at most 13 levels and keep a
+#: similarity of 0.79 or more. Both tests together: a brightness edit of a
+#: photo moves the lightness but keeps most of its colour histogram.
+LIGHT_DARK_SHIFT = 20.0
+LIGHT_DARK_COLOUR = 0.5
 
 
 def check_level(level: str) -> str:
@@ -79,6 +89,10 @@ class RelationEvidence:
     #: Either image is a grey copy.
     grey_a: bool = False
     grey_b: bool = False
+    #: Mean grey level moved between the two thumbnails (0-255), and the
+    #: colour-histogram similarity (``colour.histogram_similarity``).
+    lightness_shift: float = 0.0
+    colour_similarity: float = 1.0
     #: Perspective strength of the transform (0: affine).
     perspective: float = 0.0
     #: Mirror image, rotation or padding on a flat canvas: geometry edits.
@@ -99,6 +113,9 @@ def classify(ev: RelationEvidence) -> str:
         # The layout lines up but the pixels do not: light/dark versions,
         # state variants, another rendering of the same artwork.
         return "variant"
+    if light_dark(ev):
+        # The same shapes over another ground: the light and dark theme.
+        return "variant"
     if not ev.colour_agree and not (ev.grey_a or ev.grey_b):
         # Same shapes and light, other colours: a recolour (a grey copy has
         # lost its colours, which is an edit).
@@ -111,6 +128,13 @@ def classify(ev: RelationEvidence) -> str:
     if min(ev.coverage_a, ev.coverage_b) < WHOLE_COVERAGE:
         return "crop"
     return "resized"
+
+
+def light_dark(ev: RelationEvidence) -> bool:
+    """Whether a pair is a light and a dark version of one artwork: lightness
+    moved far and the colours changed with it (a grey copy is an edit)."""
+    return (ev.lightness_shift >= LIGHT_DARK_SHIFT and ev.colour_similarity < LIGHT_DARK_COLOUR
+            and not (ev.grey_a or ev.grey_b))
 
 
 #: Hue histogram bins, and the chroma (0-255 RGB spread) below which a colour

@@ -286,3 +286,23 @@ def test_rotated_and_flipped_copies_are_edits_not_crops(tmp_path):
     assert len(report.clusters) == 1
     relations = {(Path(p.a).name, Path(p.b).name): p.relation for p in report.clusters[0].pairs}
     assert len(relations) == 2 and set(relations.values()) == {"edited"}, relations
+
+
+def light_dark(seed: int) -> tuple[Image.Image, Image.Image]:
+    """One wallpaper in a light and a dark theme: the same shapes (so the same
+    luminance structure and pHash) over a pale and over a deep-navy ground."""
+    pic = textured(seed).convert("L").convert("RGB")
+    light = Image.blend(pic, Image.new("RGB", pic.size, (235, 240, 250)), 0.55)
+    dark = Image.blend(pic, Image.new("RGB", pic.size, (10, 20, 60)), 0.55)
+    return light, dark
+
+
+def test_light_and_dark_versions_are_variants_not_copies(tmp_path):
+    light, dark = light_dark(800)
+    light.save(tmp_path / "light.png")
+    dark.save(tmp_path / "dark.png")
+    unrelated(tmp_path, 810)
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="variants")
+    assert _names(report) == [["dark.png", "light.png"]]
+    assert _relations(report)[frozenset(("dark.png", "light.png"))] == "variant"
