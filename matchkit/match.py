@@ -28,7 +28,7 @@ from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
 from .relation import (LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
-                       colours_agree, in_level)
+                       colours_agree, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 
@@ -181,7 +181,7 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     grey_a, grey_b = ev.extra.get("grey", (False, False))
     base = dict(colour_agree=ev.extra.get("colour_agree", True), grey_a=grey_a, grey_b=grey_b,
                 lightness_shift=ev.extra.get("lightness_shift", 0.0),
-                colour_similarity=ev.colour_similarity)
+                colour_similarity=ev.colour_similarity, redrawn=bool(ev.extra.get("redrawn")))
     v, o = ev.verification, ev.overlap
     if global_only or v is None or not v.transform:
         if not global_only:
@@ -336,6 +336,7 @@ class PairMatcher:
         #: Per-image context of the pair features: crowd distance and size.
         self.crowd = found.crowd
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
+        self.formats = {i: img.format for i, img in stored.items()}
         self._mirrored: dict[int, tuple | None] = {}
         self._lightness: dict[int, float | None] = {}
         self.evidence: list[PairEvidence] = []
@@ -358,6 +359,7 @@ class PairMatcher:
             if variant:
                 ev.extra["dihedral"] = variant  # turned or mirrored: an edit
             colour_evidence(ev, colours)
+            self.mark_redrawn(ev)
             if sim < LIGHT_DARK_COLOUR:
                 lightness_evidence(ev, self.lightness(a), self.lightness(b))
             if a in self.vectors and b in self.vectors:
@@ -439,6 +441,12 @@ class PairMatcher:
             self._threads = None
 
 
+    def mark_redrawn(self, ev: PairEvidence) -> None:
+        """Flag a pair of lossless icons of one size (``relation.redrawn_icons``)."""
+        if ev.a in self.sizes and ev.b in self.sizes and redrawn_icons(
+                self.sizes[ev.a], self.formats[ev.a], self.sizes[ev.b], self.formats[ev.b]):
+            ev.extra["redrawn"] = True
+
     def lightness(self, image_id: int) -> float | None:
         """Mean grey level of the image's stored thumbnail (None without one)."""
         if image_id not in self._lightness:
@@ -510,6 +518,7 @@ class PairMatcher:
                           histogram_similarity(cols[a], cols[b]))
         ev.extra["reflect"] = reflect
         colour_evidence(ev, cols)
+        self.mark_redrawn(ev)
         lightness_evidence(ev, self.lightness(a), self.lightness(b))
         ev.extra["second_hop"] = True
         ev.pending = self.settings.local_features

@@ -52,6 +52,14 @@ RECAPTURE_PERSPECTIVE = 0.03
 #: similarity of 0.79 or more. Both tests together: a brightness edit of a
 #: photo moves the lightness but keeps most of its colour histogram.
 LIGHT_DARK_SHIFT = 20.0
+#: Icon-sized pictures (both sides at most this many pixels) ...
+ICON_SIDE = 256
+#: ... in these lossless formats, at the same size and with other pixels, were
+#: drawn apart on purpose (a state badge, a folder colour, another member of
+#: an icon family): a codec or a resize would have changed the size or the
+#: format. The real dev set's 5,000 icon look-alikes are of this kind; none
+#: of its true pairs is (identical files are found by their bytes or pixels).
+LOSSLESS_FORMATS = frozenset({"PNG", "GIF", "BMP", "TIFF", "ICO", "PPM"})
 LIGHT_DARK_COLOUR = 0.5
 
 
@@ -93,6 +101,9 @@ class RelationEvidence:
     #: colour-histogram similarity (``colour.histogram_similarity``).
     lightness_shift: float = 0.0
     colour_similarity: float = 1.0
+    #: Both images are lossless icons of one size with different pixels
+    #: (``ICON_SIDE``): drawn apart on purpose.
+    redrawn: bool = False
     #: Perspective strength of the transform (0: affine).
     perspective: float = 0.0
     #: Mirror image, rotation or padding on a flat canvas: geometry edits.
@@ -113,6 +124,10 @@ def classify(ev: RelationEvidence) -> str:
         # The layout lines up but the pixels do not: light/dark versions,
         # state variants, another rendering of the same artwork.
         return "variant"
+    if ev.redrawn and ev.grey_a == ev.grey_b:
+        # One icon drawn twice at one size: a state or colour variant (a
+        # grey copy stays an edit).
+        return "variant"
     if light_dark(ev):
         # The same shapes over another ground: the light and dark theme.
         return "variant"
@@ -128,6 +143,15 @@ def classify(ev: RelationEvidence) -> str:
     if min(ev.coverage_a, ev.coverage_b) < WHOLE_COVERAGE:
         return "crop"
     return "resized"
+
+
+def redrawn_icons(size_a: tuple[int, int], format_a: str | None, size_b: tuple[int, int],
+                  format_b: str | None) -> bool:
+    """Whether two images (not the same pixels) are one icon drawn twice: both
+    lossless, icon-sized and of one size (see ``ICON_SIDE``)."""
+    return (size_a == size_b and max(size_a) <= ICON_SIDE
+            and (format_a or "").upper() in LOSSLESS_FORMATS
+            and (format_b or "").upper() in LOSSLESS_FORMATS)
 
 
 def light_dark(ev: RelationEvidence) -> bool:

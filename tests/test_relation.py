@@ -306,3 +306,36 @@ def test_light_and_dark_versions_are_variants_not_copies(tmp_path):
     report = dedupe([tmp_path], level="variants")
     assert _names(report) == [["dark.png", "light.png"]]
     assert _relations(report)[frozenset(("dark.png", "light.png"))] == "variant"
+
+
+def icon(seed: int, side: int = 64, badge: bool = False) -> Image.Image:
+    """A theme icon (a shape on a transparent canvas); ``badge``: the same
+    icon in another state, a small emblem in its corner."""
+    im = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    pic = textured(seed, (side, side)).convert("RGBA")
+    mask = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(mask).rounded_rectangle((4, 8, side - 5, side - 5), radius=side // 8, fill=255)
+    im.paste(pic, (0, 0), mask)
+    if badge:
+        ImageDraw.Draw(im).ellipse((side * 3 // 4, side * 3 // 4, side - 6, side - 6),
+                                   fill=(220, 30, 30, 255), outline=(255, 255, 255, 255))
+    return im
+
+
+def test_icon_state_badge_is_a_variant_not_a_copy(tmp_path):
+    icon(900, side=128).save(tmp_path / "trash-empty.png")
+    icon(900, side=128, badge=True).save(tmp_path / "trash-full.png")
+    unrelated(tmp_path, 910)
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="variants")
+    assert _names(report) == [["trash-empty.png", "trash-full.png"]]
+    assert _relations(report)[frozenset(("trash-empty.png", "trash-full.png"))] == "variant"
+
+
+def test_icon_resized_to_another_size_stays_a_copy(tmp_path):
+    """Only same-size lossless icons count as redrawn: a resize is a copy."""
+    big = icon(920, side=128)
+    big.save(tmp_path / "big.png")
+    big.resize((96, 96), Image.Resampling.LANCZOS).save(tmp_path / "small.png")
+    unrelated(tmp_path, 930)
+    assert _names(dedupe([tmp_path])) == [["big.png", "small.png"]]
