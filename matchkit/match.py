@@ -201,6 +201,9 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
                                 and o.spread >= VARIANT_SPREAD)
     (a, b, _), (c, d, _) = v.transform
     rotated = abs(np.degrees(np.arctan2(c - b, a + d))) > 2.0
+    # Verified: lightness compared where the pictures overlap, not over whole
+    # frames (a photo inside a white screenshot frame is a copy).
+    base["lightness_shift"] = o.lightness_shift
     return classify(RelationEvidence(
         geometry=geometry, pixels_agree=pixels_agree, coverage_a=o.coverage_a,
         coverage_b=o.coverage_b, agreement=o.agreement,

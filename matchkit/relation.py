@@ -156,9 +156,11 @@ def redrawn_icons(size_a: tuple[int, int], format_a: str | None, size_b: tuple[i
 
 def light_dark(ev: RelationEvidence) -> bool:
     """Whether a pair is a light and a dark version of one artwork: lightness
-    moved far and the colours changed with it (a grey copy is an edit)."""
+    moved far and the colours changed with it. Not for a grey copy (an edit),
+    nor for a turned one: a rotation's canvas (black corners) moves the
+    whole-frame measures, and the hard set's colour-jittered copies are turned."""
     return (ev.lightness_shift >= LIGHT_DARK_SHIFT and ev.colour_similarity < LIGHT_DARK_COLOUR
-            and not (ev.grey_a or ev.grey_b))
+            and not (ev.grey_a or ev.grey_b or ev.reoriented))
 
 
 #: Hue histogram bins, and the chroma (0-255 RGB spread) below which a colour
