@@ -282,6 +282,9 @@ class Overlap:
     #: shared frame (a monitor's bezel, a phone's UI), never an overlay on a copy
     #: (those are small, or reach the edge like a caption bar).
     enclosed: float = 0.0
+    #: How far the mean grey level of the textured overlap moved between the
+    #: two images (0-255): a light and a dark version of one artwork.
+    lightness_shift: float = 0.0
 
 
 #: Cell side (thumbnail pixels) and the correlation at which a cell agrees.
@@ -370,6 +373,7 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
     y = dst_f[mask] - dst_f[mask].mean()
     denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
     out.correlation = float((x * y).sum() / denom) if denom > 0 else -1.0
+    out.lightness_shift = abs(float(warped[mask].mean() - dst_f[mask].mean()))
     out.agreement, out.inverted, out.enclosed = _cell_agreement(warped, dst_f, mask, aligned)
     return out
 

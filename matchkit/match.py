@@ -27,8 +27,8 @@ from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .relation import (UNCHANGED_AGREEMENT, RelationEvidence, classify, colours_agree,
-                       in_level)
+from .relation import (LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
+                       colours_agree, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 
@@ -179,7 +179,9 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     through a shared part only (a sticker, a frame) or not at all.
     ``global_only``: judge by global signals (the pair was not verified)."""
     grey_a, grey_b = ev.extra.get("grey", (False, False))
-    base = dict(colour_agree=ev.extra.get("colour_agree", True), grey_a=grey_a, grey_b=grey_b)
+    base = dict(colour_agree=ev.extra.get("colour_agree", True), grey_a=grey_a, grey_b=grey_b,
+                lightness_shift=ev.extra.get("lightness_shift", 0.0),
+                colour_similarity=ev.colour_similarity, redrawn=bool(ev.extra.get("redrawn")))
     v, o = ev.verification, ev.overlap
     if global_only or v is None or not v.transform:
         if not global_only:
@@ -199,6 +201,9 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
                                 and o.spread >= VARIANT_SPREAD)
     (a, b, _), (c, d, _) = v.transform
     rotated = abs(np.degrees(np.arctan2(c - b, a + d))) > 2.0
+    # Verified: lightness compared where the pictures overlap, not over whole
+    # frames (a photo inside a white screenshot frame is a copy).
+    base["lightness_shift"] = o.lightness_shift
     return classify(RelationEvidence(
         geometry=geometry, pixels_agree=pixels_agree, coverage_a=o.coverage_a,
         coverage_b=o.coverage_b, agreement=o.agreement,
@@ -266,6 +271,14 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray]) -> None:
     ev.extra["colour_agree"] = colours_agree(ha, hb)
 
 
+def lightness_evidence(ev: PairEvidence, mean_a: float | None, mean_b: float | None) -> None:
+    """Record how far the mean grey level moved between the two images'
+    thumbnails (``relation.light_dark``); only pairs whose colours changed can
+    be light/dark versions, so only those need it."""
+    if mean_a is not None and mean_b is not None and ev.colour_similarity < LIGHT_DARK_COLOUR:
+        ev.extra["lightness_shift"] = abs(mean_a - mean_b)
+
+
 class PairMatcher:
     """Candidates and global evidence up front; local verification on demand.
 
@@ -326,7 +339,9 @@ class PairMatcher:
         #: Per-image context of the pair features: crowd distance and size.
         self.crowd = found.crowd
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
+        self.formats = {i: img.format for i, img in stored.items()}
         self._mirrored: dict[int, tuple | None] = {}
+        self._lightness: dict[int, float | None] = {}
         self.evidence: list[PairEvidence] = []
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
         # Known copies (same file bytes) have nothing to measure.
@@ -347,6 +362,9 @@ class PairMatcher:
             if variant:
                 ev.extra["dihedral"] = variant  # turned or mirrored: an edit
             colour_evidence(ev, colours)
+            self.mark_redrawn(ev)
+            if sim < LIGHT_DARK_COLOUR:
+                lightness_evidence(ev, self.lightness(a), self.lightness(b))
             if a in self.vectors and b in self.vectors:
                 ev.cosine = float(self.vectors[a] @ self.vectors[b])
             if a in self.templated or b in self.templated:
@@ -426,6 +444,19 @@ class PairMatcher:
             self._threads = None
 
 
+    def mark_redrawn(self, ev: PairEvidence) -> None:
+        """Flag a pair of lossless icons of one size (``relation.redrawn_icons``)."""
+        if ev.a in self.sizes and ev.b in self.sizes and redrawn_icons(
+                self.sizes[ev.a], self.formats[ev.a], self.sizes[ev.b], self.formats[ev.b]):
+            ev.extra["redrawn"] = True
+
+    def lightness(self, image_id: int) -> float | None:
+        """Mean grey level of the image's stored thumbnail (None without one)."""
+        if image_id not in self._lightness:
+            thumb = self._thumb(image_id) if self.settings.local_features else None
+            self._lightness[image_id] = None if thumb is None else float(thumb.mean())
+        return self._lightness[image_id]
+
     def _thumb(self, image_id: int) -> np.ndarray | None:
         lf = self.cache.get(image_id)
         return lf[1] if lf is not None else None
@@ -490,6 +521,8 @@ class PairMatcher:
                           histogram_similarity(cols[a], cols[b]))
         ev.extra["reflect"] = reflect
         colour_evidence(ev, cols)
+        self.mark_redrawn(ev)
+        lightness_evidence(ev, self.lightness(a), self.lightness(b))
         ev.extra["second_hop"] = True
         ev.pending = self.settings.local_features
         return ev

@@ -43,6 +43,24 @@ WHOLE_COVERAGE = 0.9
 #: the image) from which a copy counts as a recapture: flat scans and resizes
 #: stay near 0; a 10-degree keystone is about 0.05.
 RECAPTURE_PERSPECTIVE = 0.03
+#: Light/dark versions of one artwork: the mean grey level of the two
+#: thumbnails moves by at least this much (0-255) while the colour histograms
+#: share less than ``LIGHT_DARK_COLOUR`` ... Chosen on the real dev set
+#: (benchmarks/REALDEV.md): its light/dark wallpapers move 30 levels at a
+#: colour similarity of 0.34-0.36 (b/w layouts 17, 0.33); its true copies
+#: (shipped previews, icons at two sizes) move at most 13 levels and keep a
+#: similarity of 0.79 or more. Both tests together: a brightness edit of a
+#: photo moves the lightness but keeps most of its colour histogram.
+LIGHT_DARK_SHIFT = 20.0
+#: Icon-sized pictures (both sides at most this many pixels) ...
+ICON_SIDE = 256
+#: ... in these lossless formats, at the same size and with other pixels, were
+#: drawn apart on purpose (a state badge, a folder colour, another member of
+#: an icon family): a codec or a resize would have changed the size or the
+#: format. The real dev set's 5,000 icon look-alikes are of this kind; none
+#: of its true pairs is (identical files are found by their bytes or pixels).
+LOSSLESS_FORMATS = frozenset({"PNG", "GIF", "BMP", "TIFF", "ICO", "PPM"})
+LIGHT_DARK_COLOUR = 0.5
 
 
 def check_level(level: str) -> str:
@@ -79,6 +97,13 @@ class RelationEvidence:
     #: Either image is a grey copy.
     grey_a: bool = False
     grey_b: bool = False
+    #: Mean grey level moved between the two thumbnails (0-255), and the
+    #: colour-histogram similarity (``colour.histogram_similarity``).
+    lightness_shift: float = 0.0
+    colour_similarity: float = 1.0
+    #: Both images are lossless icons of one size with different pixels
+    #: (``ICON_SIDE``): drawn apart on purpose.
+    redrawn: bool = False
     #: Perspective strength of the transform (0: affine).
     perspective: float = 0.0
     #: Mirror image, rotation or padding on a flat canvas: geometry edits.
@@ -99,6 +124,13 @@ def classify(ev: RelationEvidence) -> str:
         # The layout lines up but the pixels do not: light/dark versions,
         # state variants, another rendering of the same artwork.
         return "variant"
+    if ev.redrawn and ev.grey_a == ev.grey_b:
+        # One icon drawn twice at one size: a state or colour variant (a
+        # grey copy stays an edit).
+        return "variant"
+    if light_dark(ev):
+        # The same shapes over another ground: the light and dark theme.
+        return "variant"
     if not ev.colour_agree and not (ev.grey_a or ev.grey_b):
         # Same shapes and light, other colours: a recolour (a grey copy has
         # lost its colours, which is an edit).
@@ -111,6 +143,24 @@ def classify(ev: RelationEvidence) -> str:
     if min(ev.coverage_a, ev.coverage_b) < WHOLE_COVERAGE:
         return "crop"
     return "resized"
+
+
+def redrawn_icons(size_a: tuple[int, int], format_a: str | None, size_b: tuple[int, int],
+                  format_b: str | None) -> bool:
+    """Whether two images (not the same pixels) are one icon drawn twice: both
+    lossless, icon-sized and of one size (see ``ICON_SIDE``)."""
+    return (size_a == size_b and max(size_a) <= ICON_SIDE
+            and (format_a or "").upper() in LOSSLESS_FORMATS
+            and (format_b or "").upper() in LOSSLESS_FORMATS)
+
+
+def light_dark(ev: RelationEvidence) -> bool:
+    """Whether a pair is a light and a dark version of one artwork: lightness
+    moved far and the colours changed with it. Not for a grey copy (an edit),
+    nor for a turned one: a rotation's canvas (black corners) moves the
+    whole-frame measures, and the hard set's colour-jittered copies are turned."""
+    return (ev.lightness_shift >= LIGHT_DARK_SHIFT and ev.colour_similarity < LIGHT_DARK_COLOUR
+            and not (ev.grey_a or ev.grey_b or ev.reoriented))
 
 
 #: Hue histogram bins, and the chroma (0-255 RGB spread) below which a colour

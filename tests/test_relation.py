@@ -286,3 +286,56 @@ def test_rotated_and_flipped_copies_are_edits_not_crops(tmp_path):
     assert len(report.clusters) == 1
     relations = {(Path(p.a).name, Path(p.b).name): p.relation for p in report.clusters[0].pairs}
     assert len(relations) == 2 and set(relations.values()) == {"edited"}, relations
+
+
+def light_dark(seed: int) -> tuple[Image.Image, Image.Image]:
+    """One wallpaper in a light and a dark theme: the same shapes (so the same
+    luminance structure and pHash) over a pale and over a deep-navy ground."""
+    pic = textured(seed).convert("L").convert("RGB")
+    light = Image.blend(pic, Image.new("RGB", pic.size, (235, 240, 250)), 0.55)
+    dark = Image.blend(pic, Image.new("RGB", pic.size, (10, 20, 60)), 0.55)
+    return light, dark
+
+
+def test_light_and_dark_versions_are_variants_not_copies(tmp_path):
+    light, dark = light_dark(800)
+    light.save(tmp_path / "light.png")
+    dark.save(tmp_path / "dark.png")
+    unrelated(tmp_path, 810)
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="variants")
+    assert _names(report) == [["dark.png", "light.png"]]
+    assert _relations(report)[frozenset(("dark.png", "light.png"))] == "variant"
+
+
+def icon(seed: int, side: int = 64, badge: bool = False) -> Image.Image:
+    """A theme icon (a shape on a transparent canvas); ``badge``: the same
+    icon in another state, a small emblem in its corner."""
+    im = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    pic = textured(seed, (side, side)).convert("RGBA")
+    mask = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(mask).rounded_rectangle((4, 8, side - 5, side - 5), radius=side // 8, fill=255)
+    im.paste(pic, (0, 0), mask)
+    if badge:
+        ImageDraw.Draw(im).ellipse((side * 3 // 4, side * 3 // 4, side - 6, side - 6),
+                                   fill=(220, 30, 30, 255), outline=(255, 255, 255, 255))
+    return im
+
+
+def test_icon_state_badge_is_a_variant_not_a_copy(tmp_path):
+    icon(900, side=128).save(tmp_path / "trash-empty.png")
+    icon(900, side=128, badge=True).save(tmp_path / "trash-full.png")
+    unrelated(tmp_path, 910)
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="variants")
+    assert _names(report) == [["trash-empty.png", "trash-full.png"]]
+    assert _relations(report)[frozenset(("trash-empty.png", "trash-full.png"))] == "variant"
+
+
+def test_icon_resized_to_another_size_stays_a_copy(tmp_path):
+    """Only same-size lossless icons count as redrawn: a resize is a copy."""
+    big = icon(920, side=128)
+    big.save(tmp_path / "big.png")
+    big.resize((96, 96), Image.Resampling.LANCZOS).save(tmp_path / "small.png")
+    unrelated(tmp_path, 930)
+    assert _names(dedupe([tmp_path])) == [["big.png", "small.png"]]
