@@ -150,6 +150,14 @@ def _extract_or_reason(path: str, settings: Settings
 #: smaller batches run in one worker process fed one file at a time.
 PROCESS_POOL_MIN_FILES = 200
 
+#: Small batches (and one worker) in a worker process too. A decoder's
+#: segfault in the caller's process cannot be caught: it ends the run. Off
+#: by default: each call then starts a worker (fork a few ms; forkserver,
+#: used once OpenCV's threads run here, longer), and with it on, a gallery
+#: test of a writer killed mid-save left a temp file behind (not yet
+#: understood). Large batches always run in worker processes.
+EXTRACT_IN_WORKERS = False
+
 #: Tests only: worker processes kill themselves with SIGSEGV on the file of
 #: this name, standing in for a decoder that crashes. Read once in the parent
 #: and handed to each worker, so it works whatever the start method. Unset in
@@ -162,9 +170,26 @@ def _pool_context():
     """Fork when it is safe (POSIX, no other threads): workers start in
     milliseconds with everything imported. Otherwise forkserver or spawn."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    if "fork" in methods and _one_thread():
         return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # The server imports us once (and never runs OpenCV), so its children
+    # start without importing numpy and OpenCV again each.
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+def _one_thread() -> bool:
+    """Whether this process runs a single thread, native ones included.
+    OpenCV's thread pool is invisible to ``threading``; a child forked after
+    it ran hangs for good in its first OpenCV call (seen: ``cv2.setNumThreads``
+    waiting on a condition variable of the parent's pool)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no /proc: Python's own threads are all we can see
+        return threading.active_count() == 1
 
 
 def _one_thread_each() -> None:
@@ -319,21 +344,23 @@ def extract_many(
     """Extract records for many files in worker processes, yielding in input order.
 
     Failures are yielded as :class:`ImageLoadError` values, not raised, so one
-    bad file never stops the others; that includes a decoder that kills its
-    process (segfault, OOM kill): extraction never runs in the caller's
-    process, so only that file is skipped. Large batches use a pool of
-    worker processes (the Python part of decoding and hashing holds the GIL,
-    so threads scale poorly); small ones one worker process.
+    bad file never stops the others. That includes a decoder that kills its
+    worker process (segfault, OOM kill): only that file is skipped. Large
+    batches use a pool of worker processes (the Python part of decoding and
+    hashing holds the GIL, so threads scale poorly); small ones run in this
+    process, where such a crash ends the run, unless ``EXTRACT_IN_WORKERS``.
     """
     paths = [str(p) for p in paths]
     if not paths:
         return
     crash_on = os.environ.get(CRASH_HOOK_ENV) or None
     n = min(settings.n_workers(), len(paths))
-    if n <= 1 or len(paths) < PROCESS_POOL_MIN_FILES:
+    if n > 1 and len(paths) >= PROCESS_POOL_MIN_FILES:
+        results = _in_pool(paths, settings, n, crash_on)
+    elif EXTRACT_IN_WORKERS:
         results = _one_at_a_time(list(range(len(paths))), paths, settings, crash_on)
     else:
-        results = _in_pool(paths, settings, n, crash_on)
+        results = ((i, _extract_or_reason(p, settings)) for i, p in enumerate(paths))
     # Results arrive out of order after a worker dies; ids depend on order.
     waiting: dict[int, object] = {}
     next_i = 0
