@@ -8,12 +8,12 @@ perceptual signals from it. Large batches run in worker processes.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
-import itertools
 import multiprocessing
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +146,24 @@ def _extract_or_reason(path: str, settings: Settings
         return (e.path, e.reason, e.size, e.mtime_ns)
 
 
-#: Below this many files a process pool costs more to start than it saves.
+#: Below this many files a process pool costs more to start than it saves;
+#: smaller batches run in one worker process fed one file at a time.
 PROCESS_POOL_MIN_FILES = 200
+
+#: Small batches (and one worker) in a worker process too. A decoder's
+#: segfault in the caller's process cannot be caught: it ends the run. Off
+#: by default: each call then starts a worker (fork a few ms; forkserver,
+#: used once OpenCV's threads run here, longer), and with it on, a gallery
+#: test of a writer killed mid-save left a temp file behind (not yet
+#: understood). Large batches always run in worker processes.
+EXTRACT_IN_WORKERS = False
+
+#: Tests only: worker processes kill themselves with SIGSEGV on the file of
+#: this name, standing in for a decoder that crashes. Read once in the parent
+#: and handed to each worker, so it works whatever the start method. Unset in
+#: production, where it does nothing.
+CRASH_HOOK_ENV = "MATCHKIT_TEST_CRASH_ON"
+_crash_on: str | None = None
 
 
 def _pool_context():
@@ -172,35 +188,181 @@ def _one_thread_each() -> None:
     cv2.setNumThreads(1)
 
 
+def _worker_init(crash_on: str | None) -> None:
+    global _crash_on
+    _crash_on = crash_on
+    _one_thread_each()
+
+
+def _in_worker(path: str, settings: Settings):
+    """Extraction as a worker process runs it (never in the caller's process)."""
+    if _crash_on is not None and os.path.basename(path) == _crash_on:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _extract_or_reason(path, settings)
+
+
+def _extract_chunk(paths: list[str], settings: Settings) -> list:
+    return [_in_worker(p, settings) for p in paths]
+
+
+def _solo_loop(conn, settings: Settings, crash_on: str | None) -> None:
+    """Body of a :class:`_SoloWorker` process: one path in, one result out."""
+    _worker_init(crash_on)
+    while True:
+        try:
+            path = conn.recv()
+        except EOFError:
+            return
+        if path is None:
+            return
+        conn.send(_in_worker(path, settings))
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"signal {-exitcode}"
+    else:
+        how = f"exit code {exitcode}"
+    return f"the decoder crashed on this file (worker process died: {how})"
+
+
+class _SoloWorker:
+    """One worker process fed one file at a time. A segfault or an OOM kill
+    cannot be caught inside the process it hits; here it only ends this
+    worker, and the file it was given is the one that killed it."""
+
+    def __init__(self, settings: Settings, crash_on: str | None):
+        self._settings, self._crash_on = settings, crash_on
+        self._proc = None
+
+    def _start(self) -> None:
+        ctx = _pool_context()
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_solo_loop, args=(child, self._settings, self._crash_on),
+                                 daemon=True)
+        self._proc.start()
+        child.close()
+
+    def run(self, path: str):
+        """The worker's result for ``path``; an :class:`ImageLoadError` if the
+        worker died on it (a fresh worker takes the next file)."""
+        try:  # stamped with the file's state when it was read, as extract() does
+            st = os.stat(path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:
+            size = mtime_ns = None
+        if self._proc is None:
+            self._start()
+        try:
+            self._conn.send(path)
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join()
+            code = self._proc.exitcode
+            self._conn.close()
+            self._proc = None
+            return ImageLoadError(path, _death(code), size=size, mtime_ns=mtime_ns)
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+        self._proc = None
+
+
+def _one_at_a_time(indices: list[int], paths: list[str], settings: Settings,
+                   crash_on: str | None) -> Iterator[tuple[int, object]]:
+    solo = _SoloWorker(settings, crash_on)
+    try:
+        for i in indices:
+            yield i, solo.run(paths[i])
+    finally:
+        solo.close()
+
+
+def _in_pool(paths: list[str], settings: Settings, n: int,
+             crash_on: str | None) -> Iterator[tuple[int, object]]:
+    """(index, result) for every path, from a pool of ``n`` worker processes;
+    not necessarily in input order.
+
+    A worker that dies (segfault, OOM kill) breaks the whole pool and fails
+    every unfinished chunk. Workers take chunks in submission order, so the
+    chunks they held are the first ``n`` unfinished ones: those files run
+    again one at a time in a single worker (which names the culprit), the
+    rest go to a fresh pool. Each round settles at least one chunk for good,
+    so a culprit missed by that bound only costs another round.
+    """
+    size = max(1, min(32, len(paths) // (n * 8)))
+    todo = [list(range(i, min(i + size, len(paths)))) for i in range(0, len(paths), size)]
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=_pool_context(),
+                                   initializer=_worker_init, initargs=(crash_on,))
+        broken: list[list[int]] = []
+        try:
+            futures = [pool.submit(_extract_chunk, [paths[i] for i in c], settings) for c in todo]
+            for chunk, future in zip(todo, futures):
+                try:
+                    results = future.result()
+                except BrokenProcessPool:
+                    broken.append(chunk)
+                    continue
+                yield from zip(chunk, results)
+        finally:
+            pool.shutdown(cancel_futures=True)
+        held, todo = broken[:n], broken[n:]
+        yield from _one_at_a_time([i for c in held for i in c], paths, settings, crash_on)
+
+
 def extract_many(
     paths: Iterable[str | os.PathLike],
     settings: Settings = Settings(),
     on_done: Callable[[], None] | None = None,
 ) -> Iterator[tuple[str, ImageRecord | ImageLoadError]]:
-    """Extract records for many files in parallel, yielding in input order.
+    """Extract records for many files in worker processes, yielding in input order.
 
     Failures are yielded as :class:`ImageLoadError` values, not raised, so one
-    bad file never stops the others. Large batches use worker processes (the
-    Python part of decoding and hashing holds the GIL, so threads scale
-    poorly); small ones run in this process.
+    bad file never stops the others. That includes a decoder that kills its
+    worker process (segfault, OOM kill): only that file is skipped. Large
+    batches use a pool of worker processes (the Python part of decoding and
+    hashing holds the GIL, so threads scale poorly); small ones run in this
+    process, where such a crash ends the run, unless ``EXTRACT_IN_WORKERS``.
     """
     paths = [str(p) for p in paths]
-    n = min(settings.n_workers(), max(1, len(paths)))
-    if n <= 1 or len(paths) < PROCESS_POOL_MIN_FILES:
-        results: Iterable = (_extract_or_reason(p, settings) for p in paths)
-        pool = None
+    if not paths:
+        return
+    crash_on = os.environ.get(CRASH_HOOK_ENV) or None
+    n = min(settings.n_workers(), len(paths))
+    if n > 1 and len(paths) >= PROCESS_POOL_MIN_FILES:
+        results = _in_pool(paths, settings, n, crash_on)
+    elif EXTRACT_IN_WORKERS:
+        results = _one_at_a_time(list(range(len(paths))), paths, settings, crash_on)
     else:
-        pool = ProcessPoolExecutor(max_workers=n, mp_context=_pool_context(),
-                                   initializer=_one_thread_each)
-        chunk = max(1, min(32, len(paths) // (n * 8)))
-        results = pool.map(_extract_or_reason, paths, itertools.repeat(settings), chunksize=chunk)
+        results = ((i, _extract_or_reason(p, settings)) for i, p in enumerate(paths))
+    # Results arrive out of order after a worker dies; ids depend on order.
+    waiting: dict[int, object] = {}
+    next_i = 0
     try:
-        for path, result in zip(paths, results):
-            if on_done:
-                on_done()
-            if isinstance(result, tuple):
-                result = ImageLoadError(result[0], result[1], size=result[2], mtime_ns=result[3])
-            yield path, result
+        for i, result in results:
+            waiting[i] = result
+            while next_i in waiting:
+                result = waiting.pop(next_i)
+                if on_done:
+                    on_done()
+                if isinstance(result, tuple):
+                    result = ImageLoadError(result[0], result[1], size=result[2],
+                                            mtime_ns=result[3])
+                yield paths[next_i], result
+                next_i += 1
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        results.close()
