@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 import multiprocessing
 import signal
-import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -146,16 +145,17 @@ def _extract_or_reason(path: str, settings: Settings
         return (e.path, e.reason, e.size, e.mtime_ns)
 
 
-#: Below this many files a process pool costs more to start than it saves;
-#: smaller batches run in one worker process fed one file at a time.
+#: Below this many files a process pool costs more to start than it saves:
+#: smaller batches (and ``--workers 1``) run in this process, unless
+#: ``EXTRACT_IN_WORKERS``.
 PROCESS_POOL_MIN_FILES = 200
 
 #: Small batches (and one worker) in a worker process too. A decoder's
 #: segfault in the caller's process cannot be caught: it ends the run. Off
-#: by default: each call then starts a worker (fork a few ms; forkserver,
-#: used once OpenCV's threads run here, longer), and with it on, a gallery
-#: test of a writer killed mid-save left a temp file behind (not yet
-#: understood). Large batches always run in worker processes.
+#: by default: each call would start a forkserver worker (cost not yet
+#: measured), and with it on, a gallery test of a writer killed mid-save left
+#: a temp file behind (not yet understood). Large batches always run in
+#: worker processes, where a crash skips only its file.
 EXTRACT_IN_WORKERS = False
 
 #: Tests only: worker processes kill themselves with SIGSEGV on the file of
