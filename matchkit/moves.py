@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._fs import atomic_write_bytes, fsync_dir
+from ._fs import DIGEST, atomic_write_bytes, file_stamp, fsync_dir
 from .fspath import json_text
 
 MANIFEST_VERSION = 2
@@ -233,13 +233,8 @@ def _identity(path: str) -> tuple[int, str]:
     if os.path.islink(path):
         target = os.readlink(path)
         return len(target), "link:" + target
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
+    stamp = file_stamp(path)
+    return stamp["size"], stamp[DIGEST]
 
 
 def _same_filesystem(src: str, dst_dir: str) -> bool:
