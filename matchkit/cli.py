@@ -21,6 +21,7 @@ from .fspath import display, json_text
 from .config import Settings
 from .dedupe import dedupe as run_dedupe
 from .gallery import Gallery, GalleryError
+from .relation import DEFAULT_LEVEL, LEVELS
 
 
 class _OneLineErrors(click.Group):
@@ -48,6 +49,14 @@ class _OneLineErrors(click.Group):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: ``--level`` of dedupe, check and label: which relations form matches.
+_LEVEL_OPTION = click.option(
+    "--level", type=click.Choice(list(LEVELS)), default=DEFAULT_LEVEL, show_default=True,
+    help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
+         "recapture), variants (also recolours, light/dark and state variants) or "
+         "similar (also other shots of the same scene).")
 
 
 def _fail(message: str) -> None:
@@ -143,11 +152,7 @@ def cli() -> None:
               help="Keeper preference, repeatable, applied in order before the built-in "
                    "rule: oldest, newest, largest, smallest (file size), format:FMT "
                    "(e.g. format:png) or path:GLOB (matched against the full path).")
-@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
-              show_default=True,
-              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
-                   "recapture), variants (also recolours, light/dark and state variants) or "
-                   "similar (also other shots of the same scene).")
+@_LEVEL_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
            model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name,
@@ -658,11 +663,7 @@ def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text
 @click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
               help="Decide whether a query copies a labelled example with a calibrated "
                    "profile (a name in configs/ or a .toml file) instead of the hand rules.")
-@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
-              show_default=True,
-              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
-                   "recapture), variants (also recolours, light/dark and state variants) or "
-                   "similar (also other shots of the same scene).")
+@_LEVEL_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def label(queries, gallery, json_path, k, target, calibration, model, no_model, text_labels,
           html_path, profile_name, level, quiet):
@@ -748,11 +749,7 @@ def _check_html_path(html_path: str | None) -> None:
 @click.option("--profile", "profile_name", default=None, metavar="NAME|PATH",
               help="Decide with a calibrated profile (a name in configs/, e.g. 'default', "
                    "or a .toml file); scores are then its P(duplicate).")
-@click.option("--level", type=click.Choice(["copies", "variants", "similar"]), default="copies",
-              show_default=True,
-              help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
-                   "recapture), variants (also recolours, light/dark and state variants) or "
-                   "similar (also other shots of the same scene).")
+@_LEVEL_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, profile_name,
               level, quiet):
