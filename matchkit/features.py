@@ -68,17 +68,20 @@ def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRe
         raise ImageLoadError(path, f"cannot read file: {e.strerror or e}") from None
     try:
         return _extract(path, st, settings)
-    except ImageLoadError as e:
-        raise ImageLoadError(path, e.reason, size=st.st_size, mtime_ns=st.st_mtime_ns) from None
-    except OSError as e:
-        raise ImageLoadError(path, f"cannot read file: {e.strerror or e}",
-                             size=st.st_size, mtime_ns=st.st_mtime_ns) from None
-    except MemoryError:
-        raise ImageLoadError(path, "out of memory while processing",
-                             size=st.st_size, mtime_ns=st.st_mtime_ns) from None
     except Exception as e:  # one file's failure must never end a run
-        raise ImageLoadError(path, f"cannot process image: {type(e).__name__}: {e}",
-                             size=st.st_size, mtime_ns=st.st_mtime_ns) from None
+        raise ImageLoadError(path, _failure_reason(e), size=st.st_size,
+                             mtime_ns=st.st_mtime_ns) from None
+
+
+def _failure_reason(e: Exception) -> str:
+    """What a user is told about a file whose extraction raised ``e``."""
+    if isinstance(e, ImageLoadError):
+        return e.reason
+    if isinstance(e, OSError):
+        return f"cannot read file: {e.strerror or e}"
+    if isinstance(e, MemoryError):
+        return "out of memory while processing"
+    return f"cannot process image: {type(e).__name__}: {e}"
 
 
 def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
