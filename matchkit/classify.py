@@ -433,7 +433,7 @@ class Labeler:
                              "(matchkit labels import GALLERY --folder DIR)")
         self.settings_ = self.settings or g.settings
         if self.profile is not None:
-            self.settings_ = self.profile.apply(self.settings_)
+            self.settings_ = self.profile.apply(self.settings_, self.level)
         if self.level is not None:
             self.settings_ = self.settings_.with_(level=self.level)
         self.image_labels_ = {i: [str(v) for v in values] for i, values in g.labelled().items()}

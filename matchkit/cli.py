@@ -53,10 +53,11 @@ class _OneLineErrors(click.Group):
 
 #: ``--level`` of dedupe, check and label: which relations form matches.
 _LEVEL_OPTION = click.option(
-    "--level", type=click.Choice(list(LEVELS)), default=DEFAULT_LEVEL, show_default=True,
+    "--level", type=click.Choice(list(LEVELS)), default=None,
     help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
          "recapture), variants (also recolours, light/dark and state variants) or "
-         "similar (also other shots of the same scene).")
+         f"similar (also other shots of the same scene). Default: {DEFAULT_LEVEL}, or "
+         "the level a --profile was calibrated for.")
 
 
 def _fail(message: str) -> None:
@@ -184,7 +185,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
       matchkit dedupe photos/ --prefer oldest --prefer 'path:*/originals/*'
       matchkit dedupe wallpapers/ --level variants --html review.html
     """
-    profile = _load_profile(profile_name)
+    profile = _load_profile(profile_name, level)
     from .keeper import parse_preference
     for rule in prefer:
         try:
@@ -257,13 +258,16 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         return 0 if moved.ok else 1
 
 
-def _load_profile(name):
-    """The profile named on the command line (None: hand-set rules); errors exit 2."""
+def _load_profile(name, level=None):
+    """The profile named on the command line (None: hand-set rules); errors,
+    and a --level the profile was not calibrated for, exit 2."""
     if name is None:
         return None
     from .profiles import ProfileError, load_profile
     try:
-        return load_profile(name)
+        profile = load_profile(name)
+        profile.apply(Settings(), level)
+        return profile
     except ProfileError as e:
         _fail(_one_line(e))
 
@@ -286,9 +290,14 @@ def _load_profile(name):
               help="Precision-recall plot (PNG; default: beside --out, same stem).")
 @click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
+@click.option("--level", type=click.Choice(list(LEVELS)), default=DEFAULT_LEVEL,
+              show_default=True,
+              help="Which relations are duplicates: the suite's variant edits (recolours, "
+                   "light/dark) are negatives at copies and positives at variants/similar. "
+                   "Use the profile at this level.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
-              quiet):
+              level, quiet):
     """Fit a calibrated pair decision on edits of your own photos in PATHS.
 
     Photos are split in two halves by a hash of their name. Positives are
@@ -301,6 +310,7 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
     Example:
       matchkit calibrate ~/product-shots --out configs/products.toml --edits copy-detection
       matchkit dedupe ~/product-shots --profile configs/products.toml --json dupes.json
+      matchkit calibrate ~/wallpapers --level variants --out configs/variants.toml
     """
     from .edits import EditError, load_suite
     from .pairsets import calibrate_folder
@@ -315,7 +325,8 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
         run = calibrate_folder(list(paths), suite, name=name, target_precision=target_precision,
-                               settings=Settings().with_(workers=workers), plot=plot_path,
+                               settings=Settings().with_(workers=workers, level=level),
+                               plot=plot_path,
                                source=source or " ".join(paths), progress=say)
         save_profile(run.profile, out_path)
     except (ValueError, ProfileError, EditError) as e:
@@ -324,7 +335,8 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
     st = cal.stats_
     click.echo(
         f"calibrated {name!r} on {run.profile.data['photos']} photos "
-        f"({run.profile.data['images']} images, {suite.name} edits) in {run.seconds:.0f} s\n"
+        f"({run.profile.data['images']} images, {suite.name} edits, --level {level}) "
+        f"in {run.seconds:.0f} s\n"
         f"fit half: {st['fit_pairs']} pairs ({st['fit_positives']} duplicates); "
         f"held-out half: {st['held_out_pairs']} pairs ({st['held_out_positives']} duplicates)\n"
         f"threshold {cal.threshold_:.4f} (P(duplicate) {cal.probability_threshold_:.3f}; "
@@ -692,7 +704,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
         files = [str(p) for p in iter_image_files(queries)]
     except FileNotFoundError as e:
         _fail(str(e))
-    profile = _load_profile(profile_name)
+    profile = _load_profile(profile_name, level)
     lab = _labeler(gallery, k, target, calibration, quiet, model=model, no_model=no_model,
                    text_labels=text_labels, profile=profile, level=level)
     with lab:
@@ -707,7 +719,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
                   "classes": len(lab.classes_), "k": k,
                   "profile": profile.name if profile else None,
                   "target_precision": profile.target_precision if profile else None,
-                  "level": level,
+                  "level": lab.settings_.level,
                   "seconds": round(time.perf_counter() - start, 3)},
         "calibration": None if cal is None else {
             key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
@@ -782,7 +794,7 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(str(e))
     try:
         report = run_check(gallery, files, k=k, include_all=include_all,
-                           profile=_load_profile(profile_name), level=level)
+                           profile=_load_profile(profile_name, level), level=level)
     except (GalleryError, CheckError) as e:
         _fail(_one_line(e))
     data = report.to_dict()

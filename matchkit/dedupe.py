@@ -62,7 +62,7 @@ def dedupe(
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"no such reference folder: {folder}")
     if profile is not None:
-        settings = profile.apply(settings)
+        settings = profile.apply(settings, level)
     if level is not None:
         settings = settings.with_(level=check_level(level))
     embedder = None

@@ -5,7 +5,11 @@ held-out). Each half becomes its own small collection: every photo plus the
 edits an edit suite makes of it, added to a temporary gallery and run
 through the real candidate search (``PairMatcher``). Candidate pairs made
 from the same photo are positives; all others are negatives, and they are
-the hard ones: the nearest non-duplicates the search itself proposes. Every
+the hard ones: the nearest non-duplicates the search itself proposes. Edits
+that make a variant of the photo (``relation = "variant"`` in the suite: a
+recolour, the dark version) are positives only at the levels that group
+variants (``Settings.level``), so a profile fitted for ``--level copies``
+learns to reject them. Every
 pair contributes its global-only view if the matcher may decide it on
 global signals (``pairfeatures.globally_decidable``) and, if it is one the
 matcher would verify, its verified view too.
@@ -24,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
-from .edits import EditSuite, write_edit
+from .edits import EditSuite, same_picture_at, write_edit
 from .gallery import Gallery
 from .match import PairMatcher
 from .pairfeatures import FEATURES, feature_matrix, globally_decidable
@@ -104,30 +108,31 @@ def _half_pairs(half: str, members: list[Path], suite: EditSuite, settings: Sett
 
 
 def _make_edits(photos: list[Path], suite: EditSuite, folder: Path, workers: int
-                ) -> dict[Path, str]:
-    """Original (re-saved copy) and edits of every photo; file -> source photo."""
+                ) -> dict[Path, tuple[str, str]]:
+    """Original (re-saved copy) and edits of every photo; file -> (source
+    photo, the edit's relation to it: empty for the original and copies)."""
     def one(item):
         n, src = item
         stem = f"{n:05d}"
         made = {}
         target = folder / f"{stem}__orig{src.suffix.lower()}"
         target.write_bytes(src.read_bytes())
-        made[target] = str(src)
+        made[target] = (str(src), "")
         for edit in suite.choose(src.name):
             try:
-                made[write_edit(src, edit, folder, stem)] = str(src)
+                made[write_edit(src, edit, folder, stem)] = (str(src), edit.relation)
             except OSError:
                 pass  # an unreadable photo: its copy is skipped by the gallery as well
         return made
 
-    out: dict[Path, str] = {}
+    out: dict[Path, tuple[str, str]] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for made in pool.map(one, enumerate(photos)):
             out.update(made)
     return out
 
 
-def _pairs_of(files: dict[Path, str], settings: Settings, gallery_dir: Path, seconds: dict,
+def _pairs_of(files: dict[Path, tuple[str, str]], settings: Settings, gallery_dir: Path, seconds: dict,
               half: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     t = time.perf_counter()
     with Gallery(gallery_dir, settings) as g:
@@ -151,7 +156,9 @@ def _pairs_of(files: dict[Path, str], settings: Settings, gallery_dir: Path, sec
         views = unverified + todo
         X = feature_matrix(views, matcher.crowd, matcher.sizes,
                            matcher.picture_fractions(views))
-        y = np.array([source[ev.a] == source[ev.b] for ev in views], bool)
+        y = np.array([source[ev.a][0] == source[ev.b][0]
+                      and same_picture_at(source[ev.a][1], source[ev.b][1], settings.level)
+                      for ev in views], bool)
         keys = [f"{ev.a}:{ev.b}" for ev in views]
         seconds[f"match_{half}"] = time.perf_counter() - t
     return X, y, keys
@@ -242,5 +249,6 @@ def calibrate_folder(paths: list[str | Path], suite: EditSuite, *, name: str,
               "held_out_photos": data.photos.get("held", 0),
               "images": sum(data.images.values()), "edits": suite.name,
               "edits_per_photo": suite.per_photo or len(suite.edits),
-              "rows": int(len(data.y)), "seconds": round(seconds, 1)})
+              "rows": int(len(data.y)), "seconds": round(seconds, 1),
+              "level": settings.level})
     return CalibrationRun(profile, data, seconds)

@@ -238,3 +238,67 @@ def test_a_small_collection_without_a_crowd_gets_no_false_matches(tmp_path):
     for i in range(6):
         make_photo(400 + i, (320, 240)).save(tmp_path / f"{i}.jpg", quality=90)
     assert dedupe([tmp_path], profile=load_profile("default")).clusters == []
+
+
+def test_variant_edits_change_colour_not_structure():
+    """The recolour and light/dark ops keep the drawing (same edges) and change
+    what a copy must keep: hues, or lightness."""
+    from matchkit.edits import Edit
+    img = make_photo(7, (160, 120))
+    grey = np.asarray(img.convert("L"), float)
+    recol, _ = apply_edit(img, Edit("r", ({"op": "recolour", "degrees": 180},), "variant"), "p")
+    dark, _ = apply_edit(img, Edit("d", ({"op": "lightdark"},), "variant"), "p")
+    rgb, rec = np.asarray(img, float), np.asarray(recol, float)
+    assert np.abs(rgb - rec).mean() > 20                       # other colours
+    inv = np.asarray(dark.convert("L"), float)
+    assert np.corrcoef(grey.ravel(), inv.ravel())[0, 1] < -0.8  # lightness inverted
+
+
+def test_suite_relations_decide_positives_per_level(tmp_path):
+    from matchkit.edits import same_picture_at
+    suite = load_suite("copy-detection")
+    relations = {e.name: e.relation for e in suite.edits}
+    assert relations["recolour"] == relations["lightdark"] == "variant"
+    assert relations["monitor"] == "recapture" and relations["crop50"] == ""
+    assert same_picture_at("", "recapture", "copies")
+    assert not same_picture_at("", "variant", "copies")
+    assert not same_picture_at("recapture", "variant", "copies")
+    assert same_picture_at("crop", "variant", "variants")
+    assert same_picture_at("variant", "variant", "similar")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[[edit]]\nname = "x"\nrelation = "cousin"\n'
+                   'ops = [{op = "grey"}]\n')
+    with pytest.raises(EditError, match="unknown relation 'cousin'"):
+        load_suite(bad)
+
+
+def test_variant_edits_are_negatives_at_copies_and_positives_at_variants(tmp_path):
+    """A recolour of a photo: not a duplicate for a copies profile, a duplicate
+    for a variants one; a plain copy is a duplicate at both."""
+    from matchkit.config import Settings
+    from matchkit.edits import Edit, EditSuite
+    from matchkit.pairsets import build_pairs
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"v{i}.jpg"
+        make_photo(400 + i, (220, 160)).save(p, quality=92)
+        paths.append(p)
+    suite = EditSuite("t", (Edit("half", ({"op": "resize", "scale": 0.5},)),
+                            Edit("recolour", ({"op": "recolour", "degrees": 180},), "variant")))
+
+    def labels(level):
+        ps = build_pairs(paths, suite, Settings(workers=1, level=level))
+        out = {}
+        for key, y in zip(ps.pairs.tolist(), ps.y.tolist()):
+            out.setdefault(key, set()).add(y)
+        return ps, out
+
+    copies, at_copies = labels("copies")
+    _, at_variants = labels("variants")
+    assert copies.y.any()
+    # Some candidate pair is a same-photo recolour: negative at copies only.
+    flipped = [k for k in at_copies if at_copies[k] == {False} and at_variants.get(k) == {True}]
+    assert flipped, "no recolour pair was proposed by the candidate search"
+    # Nothing positive at copies turns negative at variants (levels nest).
+    assert not [k for k in at_copies if True in at_copies[k] and at_variants.get(k) == {False}]
