@@ -290,6 +290,10 @@ def _load_profile(name, level=None):
               help="Precision-recall plot (PNG; default: beside --out, same stem).")
 @click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
+@click.option("--model", type=click.Choice(["boosting", "logistic"]), default="boosting",
+              show_default=True,
+              help="The decision model: gradient-boosted trees, or a logistic regression "
+                   "(smoother, but it cannot tell recolours from grey copies).")
 @click.option("--level", type=click.Choice(list(LEVELS)), default=DEFAULT_LEVEL,
               show_default=True,
               help="Which relations are duplicates: the suite's variant edits (recolours, "
@@ -297,7 +301,7 @@ def _load_profile(name, level=None):
                    "Use the profile at this level.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
-              level, quiet):
+              model, level, quiet):
     """Fit a calibrated pair decision on edits of your own photos in PATHS.
 
     Photos are split in two halves by a hash of their name. Positives are
@@ -325,6 +329,7 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
         run = calibrate_folder(list(paths), suite, name=name, target_precision=target_precision,
+                               model=model,
                                settings=Settings().with_(workers=workers, level=level),
                                plot=plot_path,
                                source=source or " ".join(paths), progress=say)

@@ -232,12 +232,16 @@ def _jitter(st, rng, brightness: float = 1.0, contrast: float = 1.0, saturation:
     st.image = ImageEnhance.Color(im).enhance(saturation)
 
 
-def _recolour(st, rng, degrees: float = 120.0):
+def _recolour(st, rng, degrees: float = 120.0, saturation: float = 1.0):
     """The same artwork in other colours: every hue turned by ``degrees``
-    (a colour variant of a wallpaper or an icon), lightness kept."""
-    hsv = np.asarray(st.image.convert("HSV")).copy()
-    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + round(degrees / 360 * 256)) % 256
-    st.image = Image.fromarray(hsv, "HSV").convert("RGB")
+    (a colour variant of a wallpaper or an icon), lightness kept. A
+    ``saturation`` above 1 makes the new colours vivid, so that a pale photo
+    is visibly recoloured too (turning hues a photo hardly has changes
+    nothing a viewer sees, and would teach calibration that a copy is not one)."""
+    hsv = np.asarray(st.image.convert("HSV")).astype(np.int32)
+    hsv[..., 0] = (hsv[..., 0] + round(degrees / 360 * 256)) % 256
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+    st.image = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
 
 
 def _lightdark(st, rng):

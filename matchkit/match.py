@@ -27,8 +27,8 @@ from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .relation import (LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
-                       colours_agree, in_level, redrawn_icons)
+from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
+                       colours_agree, hue_similarity, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 
@@ -269,6 +269,7 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray]) -> None:
         return
     ev.extra["grey"] = (grey_share(ha) >= GREY_MASS, grey_share(hb) >= GREY_MASS)
     ev.extra["colour_agree"] = colours_agree(ha, hb)
+    ev.extra["hue_similarity"] = hue_similarity(ha, hb, FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL)
 
 
 def lightness_evidence(ev: PairEvidence, mean_a: float | None, mean_b: float | None) -> None:

@@ -21,7 +21,10 @@ from conftest import make_photo
 def _data(n: int, rng):
     """Rows whose first feature says how likely a duplicate is: mixed classes
     up to 0.9, only duplicates above."""
-    X = rng.normal(0, 0.05, (n, len(FEATURES)))
+    # Noise columns are drawn for the first 17 features only (zero beyond), so
+    # the rows stay the same when a feature is added to FEATURES.
+    X = np.zeros((n, len(FEATURES)))
+    X[:, :17] = rng.normal(0, 0.05, (n, 17))
     X[:, 0] = rng.random(n)
     y = rng.random(n) < np.clip((X[:, 0] - 0.2) / 0.7, 0, 1) ** 2
     return X, y
@@ -297,8 +300,7 @@ def test_variant_edits_are_negatives_at_copies_and_positives_at_variants(tmp_pat
     copies, at_copies = labels("copies")
     _, at_variants = labels("variants")
     assert copies.y.any()
-    # Some candidate pair is a same-photo recolour: negative at copies only.
-    flipped = [k for k in at_copies if at_copies[k] == {False} and at_variants.get(k) == {True}]
-    assert flipped, "no recolour pair was proposed by the candidate search"
-    # Nothing positive at copies turns negative at variants (levels nest).
-    assert not [k for k in at_copies if True in at_copies[k] and at_variants.get(k) == {False}]
+    pos_copies = {k for k, v in at_copies.items() if True in v}
+    pos_variants = {k for k, v in at_variants.items() if True in v}
+    # The recolour pairs are positives at variants only; levels nest.
+    assert pos_copies < pos_variants, "no recolour pair became a positive at variants"
