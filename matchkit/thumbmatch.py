@@ -16,15 +16,17 @@ at most ``relation.ICON_SIDE`` and drawn on transparency) this module:
 - compares two views on what survives a redraw at another size: the
   silhouette (alpha IoU), the luminance layout (correlation on a coarse
   grid) and, pixel by pixel with a one-pixel tolerance for hinting, colour
-  and lightness; a region that changed (a recoloured ribbon, a full trash
-  can) is measured as its share of the icon;
-- ``decide_icons`` keeps a pair only when it passes these absolute tests
-  *and* each image is the other's closest view among the candidates of the
-  other's size: a theme draws each picture once per size, so a 128 px
-  folder's own 64 px rendering is nearer to it than the 64 px folder of
-  another colour or state, whose ribbon or badge differs on top of the same
-  redraw noise. Identical copies (a theme's colour shipped twice) tie and
-  are all kept.
+  and lightness; a region that changed (a full trash can, a badge) or was
+  recoloured to another hue (a folder's ribbon) is measured as its share of
+  the icon;
+- ``IconDecider`` keeps a pair of two sizes only when it passes these
+  absolute tests *and* each image is the other's closest view among the
+  candidates of the other's size: a theme draws each picture once per size,
+  so a 128 px folder's own 64 px rendering is nearer to it than the 64 px
+  folder of another colour or state, whose ribbon or badge differs on top of
+  the same redraw noise. Identical copies (a theme's colour shipped twice)
+  tie and are all kept. Two icons of one size with a drawn difference are
+  not copies (there is no redraw to excuse it).
 
 Candidates for such images come from a small cosine index over a 16x16
 luminance view of each icon (``icon_candidates``): k nearest neighbours per
@@ -62,14 +64,16 @@ CHANGE_ALPHA = 40.0
 
 # Absolute tests (chosen on the real dev set's 303 icon pairs at two sizes
 # against its 2,600 icon look-alikes at two sizes, see benchmarks/REALDEV.md;
-# each keeps about 95% of the true pairs, for a reason given per test).
+# each keeps 95% or more of the true pairs, for a reason given per test).
 #: The opaque parts' bounding boxes have about one shape: hinting moves an
 #: edge by a pixel or two (a few percent at 48 px); another member of an icon
 #: family often has another silhouette.
 MAX_ASPECT_LOG = 0.2
 #: Soft IoU of the aligned alpha masks: the same drawing covers the same area.
 MIN_ALPHA_IOU = 0.7
-#: Correlation of the coarse luminance layouts.
+#: Correlation of the coarse luminance layouts: one drawing has its light and
+#: dark parts in the same places at every size; another glyph on the same
+#: page or device moves them.
 MIN_CORRELATION = 0.6
 #: Largest connected changed region, as a share of the icon area: a badge,
 #: a state part or another drawing forms a block; hinting noise is thin.
@@ -86,8 +90,8 @@ RECOLOUR_AB = 50.0
 #: of the folder-colour look-alikes exceed it (the rest differ in colours
 #: closer than that, and only ``IconDecider``'s closest-view rule parts them).
 MAX_RECOLOURED = 0.025
-#: Two views tie for "closest" within this factor (plus ``TIE_SLACK``).
-TIE_FACTOR = 1.0
+#: Views this close to the closest one tie with it: identical copies (a
+#: theme's colour shipped twice) give the same distance, not a similar one.
 TIE_SLACK = 1e-3
 #: Nearest neighbours asked of the candidate index per icon.
 NEIGHBOURS = 16
@@ -97,8 +101,8 @@ NEIGHBOURS = 16
 class IconView:
     """One icon as compared here: cropped to its opaque part."""
 
-    #: Lab composite over mid-grey (float32, H x W x 3) and alpha (H x W, 0-1).
-    lab: np.ndarray
+    #: RGB composite over mid-grey (float32 0-1, H x W x 3) and alpha (H x W, 0-1).
+    rgb: np.ndarray
     alpha: np.ndarray
     #: Unit luminance vector (COARSE x COARSE) for the candidate index.
     code: np.ndarray
@@ -200,7 +204,7 @@ def compare(va: IconView, vb: IconView) -> IconComparison:
 
     def channels(v: IconView) -> tuple[np.ndarray, np.ndarray]:
         alpha = _resample(v.alpha, h, w)
-        lab = cv2.cvtColor(_resample(v.lab, h, w), cv2.COLOR_RGB2Lab)
+        lab = cv2.cvtColor(_resample(v.rgb, h, w), cv2.COLOR_RGB2Lab)
         return np.concatenate([lab, alpha[..., None] * 100.0], -1), alpha
 
     xa, aa = channels(va)
@@ -244,22 +248,29 @@ def icon_views(paths: dict[int, str], sizes: dict[int, tuple[int, int]]) -> dict
 def icon_candidates(views: dict[int, IconView], neighbours: int = NEIGHBOURS
                     ) -> set[tuple[int, int]]:
     """Pairs (a < b) of icons of different sizes that are among each other's
-    ``neighbours`` nearest by their coarse luminance view (one kNN query per
-    icon in a cosine index; flat icons, with no layout to compare, are left out)."""
+    ``neighbours`` nearest by their coarse luminance view: one kNN query per
+    icon in a cosine index, restricted to icons of other sizes (a theme's
+    colour and state variants of one size would otherwise fill the
+    neighbour list). Flat icons, with no layout to compare, are left out."""
     from .vectors import VectorIndex
 
     ids = [i for i, v in views.items() if float(np.abs(v.code).sum()) > 0]
     if len(ids) < 2:
         return set()
     index = VectorIndex("icon-view", COARSE * COARSE, dtype="f32", threads=1)
-    codes = np.stack([views[i].code for i in ids])
-    index.add(np.array(ids, np.int64), codes)
-    keys, _ = index.search(codes, min(neighbours + 1, len(ids)))
+    index.add(np.array(ids, np.int64), np.stack([views[i].code for i in ids]))
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i in ids:
+        by_size.setdefault(views[i].size, []).append(i)
     out = set()
-    for i, row in zip(ids, keys.tolist()):
-        for j in row:
-            if j >= 0 and j != i and views[j].size != views[i].size:
-                out.add((i, j) if i < j else (j, i))
+    for size, group in by_size.items():
+        others = np.array(sorted(i for i in ids if views[i].size != size), np.int64)
+        if not len(others):
+            continue
+        keys, _ = index.search(np.stack([views[i].code for i in group]),
+                               min(neighbours, len(others)), allowed=others)
+        for i, row in zip(group, keys.tolist()):
+            out.update((i, j) if i < j else (j, i) for j in row if j >= 0)
     return out
 
 
@@ -311,4 +322,4 @@ class IconDecider:
 
     def _closest(self, x: int, y: int, c: IconComparison) -> bool:
         best = self.best.get((x, self.views[y].size), c.distance)
-        return c.distance <= best * TIE_FACTOR + TIE_SLACK
+        return c.distance <= best + TIE_SLACK
