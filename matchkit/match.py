@@ -358,7 +358,7 @@ class PairMatcher:
         #: Icons drawn on transparency at up to 256 px (``thumbmatch``): their
         #: pairs of two sizes are decided on aligned thumbnails, not keypoints.
         self.icons = icon_views(self.paths, {i: (img.width, img.height)
-                                             for i, img in stored.items()})
+                                             for i, img in stored.items()}, self._pool)
         for pair in icon_candidates(self.icons):
             pairs.setdefault(pair, -1)
 
@@ -405,7 +405,8 @@ class PairMatcher:
                 settings.local_features
                 and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
             self.evidence.append(ev)
-        self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in self.evidence])
+        self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in self.evidence],
+                                        self._pool)
         if calibrator is None:
             for ev in self.evidence:
                 icon_rule(ev, self.icon_decider, settings)

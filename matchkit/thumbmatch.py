@@ -35,6 +35,7 @@ icon, so the cost per image is bounded, unlike an all-pairs scan.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import cv2
@@ -233,16 +234,14 @@ def _largest(mask: np.ndarray) -> float:
     return float(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0.0
 
 
-def icon_views(paths: dict[int, str], sizes: dict[int, tuple[int, int]]) -> dict[int, IconView]:
+def icon_views(paths: dict[int, str], sizes: dict[int, tuple[int, int]],
+               pool: Executor | None = None) -> dict[int, IconView]:
     """Views of the icon-like images among ``paths`` (``sizes`` from the
-    gallery: larger images are not even opened)."""
-    out = {}
-    for i, path in paths.items():
-        if icon_like(sizes.get(i, (0, 0))):
-            view = icon_view(path)
-            if view is not None:
-                out[i] = view
-    return out
+    gallery: larger images are not even opened), decoded on ``pool`` if given."""
+    todo = [i for i in paths if icon_like(sizes.get(i, (0, 0)))]
+    views = (pool.map if pool is not None and len(todo) > 1 else map)(
+        icon_view, [paths[i] for i in todo])
+    return {i: v for i, v in zip(todo, views) if v is not None}
 
 
 def icon_candidates(views: dict[int, IconView], neighbours: int = NEIGHBOURS
@@ -288,14 +287,18 @@ class IconDecider:
     icon's closest view at every other size; pairs met later (a second hop
     while clustering) are judged against the same closest views."""
 
-    def __init__(self, views: dict[int, IconView], pairs: list[tuple[int, int]]):
+    def __init__(self, views: dict[int, IconView], pairs: list[tuple[int, int]],
+                 pool: Executor | None = None):
         self.views = views
-        self.compared: dict[tuple[int, int], IconComparison] = {}
+        todo = sorted({(min(a, b), max(a, b)) for a, b in pairs
+                       if a in views and b in views and a != b})
+        results = (pool.map if pool is not None and len(todo) > 1 else map)(
+            lambda ab: compare(views[ab[0]], views[ab[1]]), todo)
+        self.compared: dict[tuple[int, int], IconComparison] = dict(zip(todo, results))
         #: Closest distance per (image, size of the other image), passing or not.
         self.best: dict[tuple[int, tuple[int, int]], float] = {}
-        for a, b in pairs:
-            c = self._compare(a, b)
-            if c is not None and self.views[a].size != self.views[b].size:
+        for (a, b), c in self.compared.items():
+            if self.views[a].size != self.views[b].size:
                 for x, y in ((a, b), (b, a)):
                     key = (x, views[y].size)
                     self.best[key] = min(self.best.get(key, c.distance), c.distance)
