@@ -93,8 +93,9 @@ def test_same_size_icons_with_a_drawn_difference_are_not_copies(tmp_path):
 def test_only_small_images_on_transparency_are_icons(tmp_path):
     _icon(256).convert("RGB").save(tmp_path / "opaque.png")
     _icon(256).resize((512, 512)).save(tmp_path / "large.png")
+    _icon(16).save(tmp_path / "tiny.png")  # a few pixels per glyph: left to other rules
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    for name in ("opaque.png", "large.png", "broken.png"):
+    for name in ("opaque.png", "large.png", "tiny.png", "broken.png"):
         assert icon_view(str(tmp_path / name)) is None
     assert icon_view(str(tmp_path / "missing.png")) is None
 
