@@ -28,9 +28,10 @@ at most ``relation.ICON_SIDE`` and drawn on transparency) this module:
   tie and are all kept. Two icons of one size with a drawn difference are
   not copies (there is no redraw to excuse it).
 
-Candidates for such images come from a small cosine index over a 16x16
-luminance view of each icon (``icon_candidates``): k nearest neighbours per
-icon, so the cost per image is bounded, unlike an all-pairs scan.
+Candidates for such images come from a small cosine index over a coarse
+view of each icon (16x16 luminance layout plus 8x8 colour, ``_code``): k
+nearest neighbours of other sizes per icon (``icon_candidates``), so the
+cost per image is bounded, unlike an all-pairs scan.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class IconView:
     #: RGB composite over mid-grey (float32 0-1, H x W x 3) and alpha (H x W, 0-1).
     rgb: np.ndarray
     alpha: np.ndarray
-    #: Unit luminance vector (COARSE x COARSE) for the candidate index.
+    #: Unit candidate vector (``_code``) for the candidate index.
     code: np.ndarray
     #: Pixel size of the file.
     size: tuple[int, int]
