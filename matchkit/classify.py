@@ -420,7 +420,7 @@ class Labeler:
         if not classes:
             where = f"gallery {self.gallery_.path}" if self.gallery_ is not None else "the data"
             raise LabelError(f"{where} has no labelled examples; import labels first "
-                             "(matchkit labels import GALLERY --folder DIR)")
+                             "(matchkit labels import --gallery GALLERY --folder DIR)")
         self.classes_ = np.array(sorted(classes), dtype=object)
         counts: dict[str, int] = {}
         for values in list(self.image_labels_.values()) + (
@@ -444,7 +444,7 @@ class Labeler:
         self.gallery_ = g
         if len(g) == 0:
             raise LabelError(f"gallery {g.path} is empty; add labelled images first "
-                             "(matchkit labels import GALLERY --folder DIR)")
+                             "(matchkit labels import --gallery GALLERY --folder DIR)")
         self.settings_ = self.settings or g.settings
         if self.profile is not None:
             self.settings_ = self.profile.apply(self.settings_)
