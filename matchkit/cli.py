@@ -248,7 +248,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
     if csv_path:
         report.write_csv(csv_path)
     if not quiet:
-        click.echo(report.summary(json_output=bool(json_path)), file=out)
+        click.echo(report.summary(json_output=json_path), file=out)
         if html_path:
             click.echo(f"review page: {html_path} ({page.thumbnails} thumbnails, "
                        f"{page.pictures} keypoint pictures, {page.bytes / 2**20:.1f} MB)", file=out)
@@ -427,7 +427,7 @@ def _models_table(found) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="One line per file.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary (problems are still printed).")
 def undo(manifest, dry_run, json_path, verbose, quiet):
-    """Put files moved by 'dedupe --move-duplicates-to' back where they were.
+    """Put files moved by 'dedupe --move-duplicates-to' or 'apply' back where they were.
 
     The manifest is checked as a whole first: every file must come from the
     destination folder (where the manifest is), go back under a folder that
@@ -469,7 +469,7 @@ def undo(manifest, dry_run, json_path, verbose, quiet):
 
 
 @cli.command("apply")
-@click.argument("review", type=click.Path(dir_okay=False))
+@click.argument("review", type=click.Path(dir_okay=False), metavar="REVIEW.json")
 @click.option("--to", "dest", type=click.Path(file_okay=False),
               help="Folder to move the files into (default: the one the review names).")
 @click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")

@@ -625,7 +625,7 @@ section.skipped li{word-break:break-all}
 .rvbar{display:flex;flex-wrap:wrap;gap:8px;align-items:center;width:100%;font-size:13px}
 .rvbar button{font:inherit;padding:2px 10px;font-weight:600}
 .rv{margin-top:4px;font-size:12px;display:flex;gap:8px;align-items:center;flex-wrap:wrap}
-.rv button{font:inherit;font-size:11px;padding:0 6px}
+.rv button,.card h2 button{font:inherit;font-size:11px;padding:0 6px}
 figure.m.off{opacity:.45}
 .card.changed{border-color:var(--keep)}
 </style></head>
@@ -757,6 +757,8 @@ function card(idx,eager){
   var c=C[idx],f=F[idx],art=el("article","card"+(RV[idx].k!==c.k?" changed":""));art.setAttribute("data-card",String(idx));
   var h=el("h2",null,c.t||("Group "+(idx+1)));
   h.appendChild(el("span","meta",c.meta||(f.size+" images \\u00b7 "+(f.lo!=null?"weakest "+f.lo.toFixed(3):"")+" \\u00b7 "+kb(f.bytes)+" in duplicates")));
+  if(R){var movable=c.m.filter(function(j){return j!==RV[idx].k&&!isRef(c,j)}),anyOn=movable.some(function(j){return !RV[idx].off[j]});
+    if(movable.length){var all=el("button","mk-all",anyOn?"untick all":"tick all");all.type="button";all.setAttribute("data-card",String(idx));all.setAttribute("data-on",anyOn?"0":"1");h.appendChild(all)}}
   art.appendChild(h);
   if(RV[idx].k!==c.k)art.appendChild(el("p","note why","Keeper chosen by you; suggested was "+I[c.k].n+(c.why?" ("+c.why+")":"")));
   else if(c.why)art.appendChild(el("p","note why","Keeper: "+c.why));
@@ -846,10 +848,11 @@ if(R){
   $("mk-cards").addEventListener("change",function(e){var t=e.target;if(!t.classList||!t.classList.contains("mv"))return;
     var i=Number(t.getAttribute("data-card")),j=Number(t.getAttribute("data-img"));
     if(t.checked)delete RV[i].off[j];else RV[i].off[j]=1;
-    var fig=t.closest("figure");if(fig)fig.classList.toggle("off",!t.checked);counts()});
-  $("mk-cards").addEventListener("click",function(e){var t=e.target;if(!t.classList||!t.classList.contains("mk-keep"))return;
+    var old=document.querySelector('article[data-card="'+i+'"]');if(old)old.parentNode.replaceChild(card(i,true),old);counts()});
+  $("mk-cards").addEventListener("click",function(e){var t=e.target;if(!t.classList||!(t.classList.contains("mk-keep")||t.classList.contains("mk-all")))return;
     var i=Number(t.getAttribute("data-card")),j=Number(t.getAttribute("data-img"));
-    RV[i].k=j;delete RV[i].off[j];
+    if(t.classList.contains("mk-all")){var on=t.getAttribute("data-on")==="1";C[i].m.forEach(function(m){if(on)delete RV[i].off[m];else RV[i].off[m]=1})}
+    else{RV[i].k=j;delete RV[i].off[j]}
     var old=document.querySelector('article[data-card="'+i+'"]');if(old)old.parentNode.replaceChild(card(i,true),old);counts()});
   $("mk-save").addEventListener("click",save);
   counts();

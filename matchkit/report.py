@@ -111,10 +111,10 @@ class DedupeReport:
                             c.keep_reason if m == c.keep else "", int(m in refs)])
         return buf.getvalue()
 
-    def summary(self, json_output: bool = False) -> str:
+    def summary(self, json_output: str | None = None) -> str:
         """A few lines for people. Skipped files are listed with their reasons
-        (the first few, then a count) unless ``json_output`` says the JSON
-        written by the same run lists them all."""
+        (the first few, then a count) unless the same run writes the JSON,
+        which lists them all: ``json_output`` is its file ('-': stdout)."""
         s = self.stats
         dupes = sum(len(c.members) - 1 for c in self.clusters)
         kinds = {"exact": 0, "near": 0}
@@ -131,7 +131,8 @@ class DedupeReport:
             lines.append(f"{len(self.blank)} blank images (one flat colour): matched only as "
                          "exact copies; listed under 'blank' in the JSON output")
         if self.skipped and json_output:
-            lines.append("skipped files are listed under 'skipped' in the JSON output")
+            where = "the JSON on stdout" if json_output == "-" else display(json_output)
+            lines.append(f"skipped files are listed with their reasons under 'skipped' in {where}")
         elif self.skipped:
             lines += skipped_lines([(f.path, f.reason) for f in self.skipped])
         return "\n".join(lines)

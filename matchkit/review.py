@@ -243,8 +243,11 @@ def refusal(changed: list[tuple[str, str]]) -> str:
     named = "; ".join(f"{display(p)} {how}" for p, how in changed[:_NAMED])
     more = f" and {len(changed) - _NAMED} more" if len(changed) > _NAMED else ""
     n = len(changed)
+    hint = ("run dedupe again and review the new report" if any(
+        how != "is gone" for _, how in changed) else "was this review applied already? "
+        "Its manifest in the destination undoes it; or run dedupe again")
     return (f"{n} file{'s' if n != 1 else ''} changed since the report ({named}{more}); "
-            "nothing was moved: run dedupe again and review the new report")
+            f"nothing was moved: {hint}")
 
 
 def apply_review(review: Review, dest: str | os.PathLike, *, dry_run: bool = False,

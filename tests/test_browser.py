@@ -237,6 +237,13 @@ def test_review_changes_keeper_unticks_saves_and_apply_moves_exactly_that(photo_
         text = b.run(count)
         assert text.startswith("4 files to move (") and text.endswith(
             ", 1 keeper changed, 1 unticked"), text
+        # "untick all" leaves a whole cluster alone; "tick all" brings it back.
+        all_b = FIGURE.replace("return ", "var f=", 1) + \
+            ';f.closest("article").querySelector("button.mk-all").click()'
+        b.run(all_b, "b.jpg")
+        assert b.run(count).startswith("3 files to move (")
+        b.run(all_b, "b.jpg")
+        assert b.run(count).startswith("4 files to move (")
         keepers = b.run('return [].map.call(document.querySelectorAll("figure.keep .nm"), '
                         'function(s){return s.textContent})')
         assert "a_flip.jpg" in keepers and "a.jpg" not in keepers

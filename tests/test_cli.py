@@ -120,7 +120,8 @@ def test_summary_lists_skipped_files_when_no_json_is_written(runner, photo_dir):
     assert "... and 2 more skipped files" in r.stdout
     # With JSON written, the summary points there instead of listing.
     r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", "-"])
-    assert "skipped files are listed under 'skipped' in the JSON output" in r.stderr
+    assert "skipped files are listed with their reasons under 'skipped' in the JSON on " \
+        "stdout" in r.stderr
     assert "skipped: " not in r.stderr
     assert len(json.loads(r.stdout)["skipped"]) == 7
 
