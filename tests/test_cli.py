@@ -69,7 +69,12 @@ def test_gallery_path_that_is_a_file_is_an_error(runner, photo_dir, tmp_path):
 
 
 def test_every_command_has_help_with_example(runner):
-    for cmd in [[], *([name] for name in cli.commands)]:
+    import click
+
+    subs = [[name, sub] for name, group in cli.commands.items()
+            if isinstance(group, click.Group) for sub in group.commands]
+    assert ["labels", "import"] in subs
+    for cmd in [[], *([name] for name in cli.commands), *subs]:
         r = runner.invoke(cli, [*cmd, "--help"])
         assert r.exit_code == 0 and "Example" in r.output
 
