@@ -149,3 +149,21 @@ def test_review_round_trips_and_mtime_may_be_text(reviewed):
     stamp["mtime_ns"] = "soon"
     with pytest.raises(ReviewError, match="mtime_ns"):
         parse_review(data)
+
+
+def test_a_name_that_is_not_utf8_survives_the_review_file(photo_dir, tmp_path):
+    """Such names travel as \\udcNN escapes (as the page's JSON.stringify writes
+    them) and name the very same bytes when the review is applied."""
+    odd = os.fsdecode(b"c_copy_\xe9.jpg")
+    (photo_dir / odd).write_bytes((photo_dir / "c.jpg").read_bytes())
+    rev = review_of_report(dedupe([photo_dir]).to_dict()).to_dict()
+    c = next(c for c in rev["clusters"] if Path(c["keep"]).name in ("c.jpg", odd))
+    assert {Path(p).name for p in [c["keep"], *c["move"]]} == {"c.jpg", odd}
+    text = json.dumps(rev)
+    assert "\\udce9" in text
+    review = tmp_path / "review.json"
+    review.write_text(text)
+    r = apply(review, "--to", tmp_path / "dupes")
+    assert r.exit_code == 0, r.output
+    moved = Path(c["move"][0]).name
+    assert (tmp_path / "dupes" / moved).exists() and not (photo_dir / moved).exists()
