@@ -168,12 +168,14 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
     other member matches that keeper directly. Only with --move-duplicates-to
     are files moved: the non-keepers, and 'matchkit undo MANIFEST' puts them
     back; the exit code is 1 if some file could not be moved (it stays where
-    it was).
+    it was). To move a reviewed selection instead, change keepers and untick
+    members on the --html page, press "Save review", and run 'matchkit apply'.
 
     \b
     Example:
       matchkit dedupe photos/ more-photos/ --json dupes.json --csv dupes.csv
       matchkit dedupe photos/ --html review.html
+      matchkit apply ~/Downloads/matchkit-review.json --to ~/dupes   # saved from the page
       matchkit dedupe photos/ --move-duplicates-to ~/dupes --dry-run
       matchkit dedupe photos/ --move-duplicates-to ~/dupes --json dupes.json
       matchkit dedupe photos/ --gallery ~/.matchkit/photos --json - | jq .stats
@@ -251,7 +253,9 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         click.echo(report.summary(json_output=json_path), file=out)
         if html_path:
             click.echo(f"review page: {html_path} ({page.thumbnails} thumbnails, "
-                       f"{page.pictures} keypoint pictures, {page.bytes / 2**20:.1f} MB)", file=out)
+                       f"{page.pictures} keypoint pictures, {page.bytes / 2**20:.1f} MB); "
+                       "its \"Save review\" file moves with: matchkit apply FILE --to DIR",
+                       file=out)
     if moved is not None:
         _echo_moves(moved, quiet, out)
         return 0 if moved.ok else 1
@@ -674,7 +678,8 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
     from .labels import LabelError
 
     if not (Path(gallery) / "gallery.sqlite").exists():
-        _fail(f"no gallery at {gallery} (create one with `matchkit labels import`)")
+        _fail(f"no gallery at {gallery} (create one with `matchkit labels import --gallery "
+              f"{shlex.quote(str(gallery))} --folder DIR`)")
     if model and no_model:
         _fail("--model and --no-model contradict each other")
     if not model and not no_model:
