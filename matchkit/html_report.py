@@ -658,7 +658,7 @@ figure.m.off{opacity:.45}
 <span id="mk-count"></span><button id="mk-next" type="button">next &rsaquo;</button></div>
 <div class="rvbar" id="mk-review" hidden><span id="mk-review-count"></span>
 <label>Move to folder <input type="text" id="mk-to" size="24" placeholder="or: matchkit apply --to DIR"></label>
-<button type="button" id="mk-save">Save review</button><a id="mk-download" hidden></a>
+<button type="button" id="mk-save">Save review</button><button type="button" id="mk-reset">Reset</button><a id="mk-download" hidden></a>
 <span id="mk-saved" class="dim"></span></div>
 </div>
 <main id="mk-cards"></main>
@@ -824,7 +824,15 @@ function plan(){var mv=0,bytes=0,changed=0,stay=0;
   C.forEach(function(c,i){var k=RV[i].k;if(k!==c.k)changed++;
     c.m.forEach(function(j){if(j===k||isRef(c,j))return;if(RV[i].off[j]){stay++;return}mv++;bytes+=I[j].s||0})});
   return {move:mv,bytes:bytes,changed:changed,stay:stay}}
-function counts(){if(!R)return;var p=plan();
+// Decisions survive a reload of this very page (same files, same clusters).
+var KEY=null;
+if(R){try{var src=JSON.stringify([D.title,R.paths,R.stamps,C.map(function(c){return c.k})]),h=0;
+  for(var q=0;q<src.length;q++)h=(h*31+src.charCodeAt(q))|0;KEY="matchkit-review:"+h+":"+src.length}catch(e){}}
+function store(){if(!KEY)return;try{var o={};RV.forEach(function(r,i){if(r.k!==C[i].k||Object.keys(r.off).length)o[i]=r});
+  if(Object.keys(o).length)localStorage.setItem(KEY,JSON.stringify(o));else localStorage.removeItem(KEY)}catch(e){}}
+function restore(){if(!KEY)return;try{var o=JSON.parse(localStorage.getItem(KEY)||"{}");
+  Object.keys(o).forEach(function(i){var r=o[i];if(RV[i]&&C[i].m.indexOf(r.k)>=0){RV[i].k=r.k;RV[i].off=r.off||{}}})}catch(e){}}
+function counts(){if(!R)return;store();var p=plan();
   $("mk-review-count").textContent=pl(p.move,"file")+" to move ("+kb(p.bytes)+")"+(p.changed?", "+pl(p.changed,"keeper")+" changed":"")+(p.stay?", "+p.stay+" unticked":"")}
 function pl(n,w){return n+" "+w+(n===1?"":"s")}
 function review(){
@@ -855,7 +863,8 @@ if(R){
     else{RV[i].k=j;delete RV[i].off[j]}
     var old=document.querySelector('article[data-card="'+i+'"]');if(old)old.parentNode.replaceChild(card(i,true),old);counts()});
   $("mk-save").addEventListener("click",save);
-  counts();
+  $("mk-reset").addEventListener("click",function(){RV.forEach(function(r,i){r.k=C[i].k;r.off={}});counts();render()});
+  restore();counts();
 }
 window.mkReport={data:D,state:S,go:go,refresh:refresh,review:review,reviewState:RV,save:save};
 compute();render();

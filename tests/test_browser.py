@@ -248,6 +248,10 @@ def test_review_changes_keeper_unticks_saves_and_apply_moves_exactly_that(photo_
                         'function(s){return s.textContent})')
         assert "a_flip.jpg" in keepers and "a.jpg" not in keepers
         assert "your keeper" in b.run(FIGURE + ".textContent", "a_flip.jpg")
+        # A reload of the page keeps the decisions (saved below from the restored state).
+        b.get(Path(info.path).as_uri())
+        b.wait(READY)
+        assert b.run(count) == text
         assert "Keeper chosen by you; suggested was a.jpg" in b.run(
             'return document.querySelector("article.card.changed").textContent')
         b.run('document.getElementById("mk-save").click()')
@@ -257,6 +261,9 @@ def test_review_changes_keeper_unticks_saves_and_apply_moves_exactly_that(photo_
                 break
             time.sleep(0.05)
         b.screenshot(tmp_path / "review.png")
+        b.run('document.getElementById("mk-reset").click()')
+        assert b.run(count).startswith("5 files to move (")
+        assert not b.run('return document.querySelector("article.card.changed")')
     data = json.loads(saved.read_text())
     assert data["matchkit_review"] == 1 and data["report"]["roots"] == [str(photo_dir)]
     r = CliRunner().invoke(cli, ["apply", str(saved), "--to", str(tmp_path / "dupes")])
