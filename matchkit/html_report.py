@@ -21,6 +21,7 @@ injected ``onerror=`` attribute could not run.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -36,7 +37,7 @@ from urllib.parse import quote
 from ._fs import atomic_write_bytes
 from .config import Settings
 from .evidence_draw import draw_pairs
-from .fspath import display
+from .fspath import display, json_text
 from .hashing import PHASH_BITS
 from .thumbs import DEFAULT_SIDE, make_thumbs
 
@@ -311,14 +312,18 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
                        for s in skipped]}
     if review is not None:
         stamps = review.get("stamps") or {}
+        rv_stamps = [None if p not in stamps else
+                     {**stamps[p], "mtime_ns": str(stamps[p].get("mtime_ns"))} for p in order]
         out["review"] = {
             "report": {k: v for k, v in review.items() if k != "stamps"},
+            # Names this page's decisions in the browser's storage: the same
+            # files (as read) in the same clusters give the same key.
+            "key": hashlib.sha256(json_text([title, list(order), rv_stamps, [
+                c["k"] for c in out_cards]]).encode("utf-8")).hexdigest()[:32],
             # Exact paths (the names shown above may have \xNN for odd bytes) and
             # each file as read; mtime_ns as text, beyond JavaScript's exact integers.
             "paths": list(order),
-            "stamps": [None if p not in stamps else
-                       {**stamps[p], "mtime_ns": str(stamps[p].get("mtime_ns"))}
-                       for p in order]}
+            "stamps": rv_stamps}
     return out
 
 
@@ -825,9 +830,7 @@ function plan(){var mv=0,bytes=0,changed=0,stay=0;
     c.m.forEach(function(j){if(j===k||isRef(c,j))return;if(RV[i].off[j]){stay++;return}mv++;bytes+=I[j].s||0})});
   return {move:mv,bytes:bytes,changed:changed,stay:stay}}
 // Decisions survive a reload of this very page (same files, same clusters).
-var KEY=null;
-if(R){try{var src=JSON.stringify([D.title,R.paths,R.stamps,C.map(function(c){return c.k})]),h=0;
-  for(var q=0;q<src.length;q++)h=(h*31+src.charCodeAt(q))|0;KEY="matchkit-review:"+h+":"+src.length}catch(e){}}
+var KEY=R&&R.key?"matchkit-review:"+R.key:null;
 function store(){if(!KEY)return;try{var o={};RV.forEach(function(r,i){if(r.k!==C[i].k||Object.keys(r.off).length)o[i]=r});
   if(Object.keys(o).length)localStorage.setItem(KEY,JSON.stringify(o));else localStorage.removeItem(KEY)}catch(e){}}
 function restore(){if(!KEY)return;try{var o=JSON.parse(localStorage.getItem(KEY)||"{}");

@@ -188,6 +188,15 @@ def test_dedupe_page_carries_what_a_saved_review_needs(collection, tmp_path):
     assert set(rv["paths"]) == set(stamps)
     for path, st in zip(rv["paths"], rv["stamps"]):
         assert st == {**stamps[path], "mtime_ns": str(stamps[path]["mtime_ns"])}
+    # The key that keeps decisions over a reload: same page, same key; other
+    # file stamps (a file changed), another key.
+    again = page_json(Path(write_html_report(report, tmp_path / "r.html").path).read_text())
+    assert again["review"]["key"] == rv["key"] and len(rv["key"]) == 32
+    changed = json.loads(json.dumps(report))
+    first = changed["clusters"][0]
+    first["stamps"][first["keep"]]["size"] += 1
+    other = page_json(Path(write_html_report(changed, tmp_path / "r.html").path).read_text())
+    assert other["review"]["key"] != rv["key"]
 
 
 def test_rerun_reuses_and_prunes_only_its_own_files(collection, tmp_path):
