@@ -506,7 +506,11 @@ def apply_cmd(review, dest, dry_run, json_path, quiet):
         sel = read_review(review)
     except ReviewError as e:
         _fail(_one_line(e))
-    dest = dest or sel.to
+    if not dest and sel.to:
+        dest = os.path.expanduser(sel.to)  # typed on the page: no shell expanded it
+        if not os.path.isabs(dest):
+            _fail(f"the review's destination {sel.to!r} is not an absolute path; "
+                  "give one with --to DIR")
     if not dest:
         _fail("the review names no destination folder; give one with --to DIR")
     if os.path.exists(dest) and not os.path.isdir(dest):

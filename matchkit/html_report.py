@@ -662,7 +662,7 @@ figure.m.off{opacity:.45}
 <div class="pager" id="mk-pager"><button id="mk-prev" type="button">&lsaquo; prev</button>
 <span id="mk-count"></span><button id="mk-next" type="button">next &rsaquo;</button></div>
 <div class="rvbar" id="mk-review" hidden><span id="mk-review-count"></span>
-<label>Move to folder <input type="text" id="mk-to" size="24" placeholder="or: matchkit apply --to DIR"></label>
+<label>Move to folder <input type="text" id="mk-to" size="24" placeholder="e.g. ~/dupes (or apply --to DIR)"></label>
 <button type="button" id="mk-save">Save review</button><button type="button" id="mk-reset">Reset</button><a id="mk-download" hidden></a>
 <span id="mk-saved" class="dim"></span></div>
 </div>

@@ -103,6 +103,10 @@ def test_dry_run_and_destination_from_the_review(reviewed):
     assert r.exit_code == 2 and r.stderr.strip() == (
         "matchkit: error: the review names no destination folder; give one with --to DIR")
     data = json.loads(review.read_text())
+    data["to"] = "dupes"  # typed on the page; relative to what?
+    review.write_text(json.dumps(data))
+    r = apply(review)
+    assert r.exit_code == 2 and "'dupes' is not an absolute path" in r.stderr
     data["to"] = str(dest)
     review.write_text(json.dumps(data))
     r = apply(review, "--json", "-", "-q")
