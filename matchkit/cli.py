@@ -671,8 +671,23 @@ def labels_show(gallery, gallery_opt):
         _emit_json({"images": len(g), "labelled": len(g.labelled()), "classes": counts}, None)
 
 
+def _calibration_bars(intro: str):
+    """Progress of a synthetic calibration on stderr: ``intro`` once it starts,
+    then a line and (on a terminal) a bar per stage (``Labeler(progress=)``)."""
+    from .progress import StageBars
+
+    started: list[bool] = []
+
+    def say(line: str) -> None:
+        if not started:
+            started.append(True)
+            click.echo(f"matchkit: {intro}", err=True)
+        click.echo(f"matchkit: {line}", err=True)
+    return StageBars(say)
+
+
 def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
-             no_model=False, text_labels=False, profile=None, level=None):
+             no_model=False, text_labels=False, profile=None, level=None, bars=None):
     """A fitted Labeler over an existing gallery, or a one-line usage error.
 
     The embedding model is ``model``, else the one model the gallery holds
@@ -705,19 +720,9 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
             _fail(_one_line(e) + " (or label without embeddings: --no-model)")
     if text_labels and embedder is None:
         _fail("--text-labels needs a CLIP model (--model)")
-    bars = None
-    if not quiet:
-        from .progress import StageBars
-
-        started: list[bool] = []
-
-        def say(line: str) -> None:
-            if not started:
-                started.append(True)
-                click.echo("matchkit: first answer from this gallery: calibrating the unknown "
-                           "threshold (once; it is stored with the gallery)", err=True)
-            click.echo(f"matchkit: {line}", err=True)
-        bars = StageBars(say)
+    bars = bars if bars is not None or quiet else _calibration_bars(
+        "first answer from this gallery: calibrating the unknown threshold (once; it is "
+        "stored with the gallery)")
     lab = Labeler(k=k, target_accuracy=target, calibration=calibration,
                   calibration_samples=samples, embedder=embedder,
                   texts="labels" if text_labels else None, profile=profile, level=level,
@@ -765,8 +770,9 @@ def _model_options(f):
               help='Calibrate on your own queries instead: CSV/JSONL of path,label rows '
                    'with label "unknown" for images of no gallery class.')
 @_model_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def labels_calibrate(gallery, gallery_opt, k, target, samples, queries, model, no_model,
-                     text_labels):
+                     text_labels, quiet):
     """Fit and store the threshold below which answers are "unknown".
 
     GALLERY as first argument (instead of --gallery) is deprecated and still accepted.
@@ -779,7 +785,10 @@ def labels_calibrate(gallery, gallery_opt, k, target, samples, queries, model, n
     gallery = _pick_gallery(gallery, gallery_opt)
     from .labels import LabelError, table_labels
 
-    lab = _labeler(gallery, k, target, "none", True, samples, model, no_model, text_labels)
+    bars = None if quiet or queries else _calibration_bars(
+        "calibrating the unknown threshold on edited copies of gallery images")
+    lab = _labeler(gallery, k, target, "none", True, samples, model, no_model, text_labels,
+                   bars=bars)
     with lab:
         try:
             if queries:
@@ -789,6 +798,9 @@ def labels_calibrate(gallery, gallery_opt, k, target, samples, queries, model, n
                 lab.calibrate_synthetic(samples)
         except (LabelError, ValueError) as e:
             _fail(str(e))
+        finally:
+            if bars is not None:
+                bars.close()
         where = lab.save_calibration()
         cal = {k: v for k, v in lab.calibration_.items() if k not in ("x", "y")}
         _emit_json({"stored": str(where), **cal}, None)

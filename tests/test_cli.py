@@ -204,3 +204,9 @@ def test_first_label_shows_calibration_progress_then_not_again(runner, tmp_path)
     assert "calibrat" not in r.stderr
     r = runner.invoke(cli, ["label", "--gallery", str(g), str(query), "-q"])
     assert r.stderr == ""
+    # `labels calibrate` shows the same progress (and none with -q).
+    r = runner.invoke(cli, ["labels", "calibrate", "--gallery", str(g), "--samples", "2"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["source"] == "synthetic"
+    assert f"matchkit: {CALIBRATION_STAGES[2]} (4)" in r.stderr
+    r = runner.invoke(cli, ["labels", "calibrate", "--gallery", str(g), "--samples", "2", "-q"])
+    assert r.exit_code == 0 and r.stderr == ""
