@@ -543,7 +543,7 @@ def _undo_summary(result) -> str:
     c = result.counts()
     failed = c.get("undo_failed", 0)
     could_not = f", {failed} could not" if failed else ""
-    if result.dry_run:
+    if result.dry_run and result.moves:
         return (f"dry run: {c.get('would_restore', 0)} files would be put back{could_not}; "
                 "nothing was changed")
     if not result.moves:
