@@ -427,6 +427,11 @@ class Gallery:
         """Counts committed changes to images; index files are stamped with it."""
         return int(self._meta("generation") or 0)
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection
+        commits, so a long-lived reader knows when its loaded indexes are stale."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     # -- reading -----------------------------------------------------------
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

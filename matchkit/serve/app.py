@@ -1,0 +1,101 @@
+"""The FastAPI application: galleries, images, search, check and label over HTTP.
+
+``create_app`` wires the pieces: JSON errors (``errors``), keys and scopes
+(``auth``), body, pixel and rate limits (``limits``), content-addressed
+uploads (``uploads``), one writer and many readers per gallery
+(``workers``) and the routes (``routes_*``), which call the same Python API
+as the CLI and answer with the same JSON.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..config import Settings
+from ..gallery import DB_NAME, GalleryError
+from . import errors, routes_galleries, routes_images, routes_query
+from .keys import KeyStore
+from .limits import BodyLimit, RateLimiter
+from .state import ServeSettings, ServerState
+from .workers import Pools
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def gallery_names(galleries) -> dict[str, Path]:
+    """Names for the served galleries: a dict as given, else each folder's
+    name (made unique with -2, -3...). Every folder must hold a gallery."""
+    if isinstance(galleries, dict):
+        named = {str(k): Path(v) for k, v in galleries.items()}
+    else:
+        named = {}
+        for path in galleries:
+            base = Path(path).resolve().name or "gallery"
+            name, n = base, 1
+            while name in named:
+                n += 1
+                name = f"{base}-{n}"
+            named[name] = Path(path)
+    for name, path in named.items():
+        if not (path / DB_NAME).is_file():
+            raise GalleryError(f"no gallery at {path} (missing {DB_NAME}); make one with "
+                               "`matchkit index DIR --gallery PATH`")
+        if not name or "/" in name:
+            raise GalleryError(f"unusable gallery name {name!r}")
+    return {name: path.resolve() for name, path in named.items()}
+
+
+def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
+               gallery_settings: Settings | None = None, host: str | None = None) -> FastAPI:
+    """A FastAPI app serving ``galleries`` (paths, or a dict name -> path).
+
+    ``host`` is where it will listen: ``settings.no_auth`` is refused unless
+    it is a loopback address (``None``: in-process use, e.g. tests).
+    """
+    if settings.no_auth and host is not None and host not in LOOPBACK:
+        raise ValueError(f"--no-auth is only allowed on a loopback host, not {host}")
+    named = gallery_names(galleries)
+    gs = gallery_settings or Settings()
+    pools = Pools(named, gs, settings.readers, settings.writer_idle_seconds)
+    st = ServerState(settings=settings, galleries=named,
+                     keys={name: KeyStore(path) for name, path in named.items()},
+                     pools=pools, limiter=RateLimiter(settings.rate, settings.burst),
+                     gallery_settings=gs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        pools.close()
+
+    app = FastAPI(title="matchkit", version=__version__, lifespan=lifespan,
+                  description="Near-duplicate search, copy checks and labels over image "
+                              "galleries. Every error is JSON: "
+                              '{"error": {"status": N, "message": "..."}}.',
+                  openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
+                  responses={code: {"description": why, "content": {
+                      "application/json": {"schema": errors.ERROR_SCHEMA}}}
+                      for code, why in ((401, "No or unknown API key"),
+                                        (403, "Key not valid for this gallery or scope"),
+                                        (413, "Upload too large"),
+                                        (422, "Invalid request"),
+                                        (429, "Rate limit exceeded"),
+                                        (504, "Timed out"))})
+    app.state.matchkit = st
+    errors.install(app)
+
+    @app.get("/api/health", tags=["server"], summary="Liveness (no key needed)")
+    async def health() -> dict:
+        return {"ok": True, "version": __version__}
+
+    for module in (routes_galleries, routes_images, routes_query):
+        app.include_router(module.router, prefix="/api")
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    return app
