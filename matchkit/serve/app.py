@@ -78,8 +78,12 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
                   openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
                   responses={code: {"description": why, "content": {
                       "application/json": {"schema": errors.ERROR_SCHEMA}}}
-                      for code, why in ((401, "No or unknown API key"),
+                      for code, why in ((400, "Malformed request body"),
+                                        (401, "No or unknown API key"),
                                         (403, "Key not valid for this gallery or scope"),
+                                        (404, "No such gallery or image"),
+                                        (409, "The gallery cannot answer this (e.g. no "
+                                              "embeddings for a search)"),
                                         (413, "Upload too large"),
                                         (422, "Invalid request"),
                                         (429, "Rate limit exceeded"),
@@ -98,4 +102,69 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    app.openapi = lambda: _openapi(app, list(named))
     return app
+
+
+#: Form fields sent as JSON (an object or a list) in a multipart upload.
+_JSON_FIELDS = {"meta": {"type": "object", "additionalProperties": True},
+                "labels": {"type": "array", "items": {"type": "string", "minLength": 1}}}
+
+
+def _multipart_fields(schema: dict) -> None:
+    """Describe multipart bodies as clients send them: an optional field is
+    left out, never "null" (no anyOf with null), and ``meta``/``labels`` are
+    JSON parts (OpenAPI ``encoding``), which is how the server parses them."""
+    bodies = schema.get("components", {}).get("schemas", {})
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            content = op.get("requestBody", {}).get("content", {})
+            form = content.get("multipart/form-data")
+            if not form:
+                continue
+            ref = form["schema"].get("$ref", "").rsplit("/", 1)[-1]
+            props = bodies.get(ref, {}).get("properties", {})
+            for name, prop in props.items():
+                options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+                if len(options) == 1:
+                    prop.pop("anyOf")
+                    prop.update(options[0])
+                if name in _JSON_FIELDS:
+                    for key in ("type", "format", "contentMediaType"):
+                        prop.pop(key, None)
+                    prop.update(_JSON_FIELDS[name])
+                    form.setdefault("encoding", {})[name] = {"contentType": "application/json"}
+
+
+#: OpenAPI links: an added image's id leads to the operations on that image.
+_IMAGE_OPS = [("/api/galleries/{gallery}/images/{image_id}", m) for m in ("get", "patch",
+                                                                          "delete")]
+_IMAGE_OPS.append(("/api/galleries/{gallery}/images/{image_id}/thumbnail", "get"))
+
+
+def _openapi(app: FastAPI, names: list[str]) -> dict:
+    """The generated schema, plus what a client (or a fuzzer) needs to reach real
+    data: the served gallery names as an enum, and links from an added image."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if param["name"] == "gallery" and param["in"] == "path":
+                    param["schema"] = {"type": "string", "enum": names, "title": "Gallery"}
+    _multipart_fields(schema)
+    add = schema["paths"]["/api/galleries/{gallery}/images"]["post"]["responses"]
+    links = {}
+    for path, method in _IMAGE_OPS:
+        op_id = schema["paths"][path][method]["operationId"]
+        links[op_id] = {"operationId": op_id, "parameters": {
+            "gallery": "$request.path.gallery", "image_id": "$response.body#/image/id"}}
+    for code in ("200", "201"):
+        add.setdefault(code, {"description": "Added (201) or already there (200)"})
+        add[code]["links"] = links
+    app.openapi_schema = schema
+    return schema

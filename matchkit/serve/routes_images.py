@@ -11,11 +11,12 @@ import asyncio
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..fspath import display
 from ..gallery import Gallery
@@ -27,6 +28,8 @@ from .uploads import discard, is_upload, read_upload, stage, store
 from .workers import run
 
 router = APIRouter(tags=["images"])
+#: Image ids are SQLite row ids: positive 64-bit integers.
+ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The image's id")]
 THUMBS_DIR = "thumbs"
 
 
@@ -40,7 +43,7 @@ def image_dict(gallery: str, rec) -> dict:
 
 def json_field(text: str | None, kind: type, what: str) -> Any:
     """A JSON object or list sent as a form field (None when absent)."""
-    if text is None or text == "":
+    if text is None or text == "" or text == "null":
         return None
     try:
         value = json.loads(text)
@@ -114,7 +117,7 @@ async def list_images(request: Request, gallery: str,
     def read(entry) -> dict:
         from ..filters import allowed_ids
         g = entry.gallery
-        allowed = allowed_ids(g, where)
+        allowed = allowed_ids(g, [w for w in where if w.strip()])
         ids = g.ids() if allowed is None else [int(i) for i in allowed]
         page = ids[offset:offset + limit]
         rows = g.images(page)
@@ -125,7 +128,7 @@ async def list_images(request: Request, gallery: str,
 
 
 @router.get("/galleries/{gallery}/images/{image_id}", summary="One image's record")
-async def get_image(request: Request, gallery: str, image_id: int,
+async def get_image(request: Request, gallery: str, image_id: ImageId,
                     who: Caller = Depends(access("read"))) -> dict:
     st = state(request)
     return await run(st.pools.read(gallery, lambda e: image_dict(gallery, _get(e.gallery, image_id))),
@@ -135,17 +138,18 @@ async def get_image(request: Request, gallery: str, image_id: int,
 class ImageUpdate(BaseModel):
     """New metadata (merged into the old unless ``replace``) and/or labels."""
 
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     meta: dict[str, Any] | None = None
-    labels: list[str] | None = Field(None, description="Replaces the image's labels.")
+    labels: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, description="Replaces the image's labels.")
     replace: bool = Field(False, description="Replace the metadata instead of merging.")
 
 
 @router.patch("/galleries/{gallery}/images/{image_id}", summary="Change metadata or labels")
-async def update_image(request: Request, gallery: str, image_id: int, body: ImageUpdate,
+async def update_image(request: Request, gallery: str, image_id: ImageId, body: ImageUpdate,
                        who: Caller = Depends(access("write"))) -> dict:
     st = state(request)
-    if body.labels is not None and not all(body.labels):
-        raise ApiError(422, "labels must be non-empty strings")
 
     def write(g: Gallery) -> dict:
         _get(g, image_id)
@@ -156,7 +160,7 @@ async def update_image(request: Request, gallery: str, image_id: int, body: Imag
 
 
 @router.delete("/galleries/{gallery}/images/{image_id}", summary="Remove an image")
-async def remove_image(request: Request, gallery: str, image_id: int,
+async def remove_image(request: Request, gallery: str, image_id: ImageId,
                        who: Caller = Depends(access("write"))) -> dict:
     st = state(request)
 
@@ -172,8 +176,9 @@ async def remove_image(request: Request, gallery: str, image_id: int,
 
 @router.get("/galleries/{gallery}/images/{image_id}/thumbnail",
             summary="A JPEG thumbnail", response_class=FileResponse,
-            responses={200: {"content": {"image/jpeg": {}}}})
-async def thumbnail(request: Request, gallery: str, image_id: int,
+            responses={200: {"content": {"image/jpeg": {}}},
+                       410: {"description": "The image file can no longer be read"}})
+async def thumbnail(request: Request, gallery: str, image_id: ImageId,
                     side: int = Query(200, ge=16, le=1024),
                     who: Caller = Depends(access("read"))):
     from ..thumbs import make_thumb

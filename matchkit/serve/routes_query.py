@@ -97,7 +97,7 @@ async def search(request: Request, gallery: str,
         models = list(g.models())
         model = st.embedder(models[0]) if len(models) == 1 else None
         hits = run_search(g, image=staged, crop=box, text=None if file else text,
-                          where=where, k=k, model=model)
+                          where=[w for w in where if w.strip()], k=k, model=model)
         return [h.to_dict() for h in hits]
 
     return await _ask(request, gallery, file, read)
