@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import DEFAULT_PHOTOS, WORK, commit, machine, write_section  # noqa: E402
+from _common import DEFAULT_PHOTOS, WORK, write_section  # noqa: E402
 from _serve import build_gallery, free_port, start_server  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main() -> int:
              "-H", f"Authorization: Bearer {key}", "--max-examples", str(args.max_examples),
              "--generation-deterministic", "--report", "ndjson",
              "--report-ndjson-path", str(report)],
-            capture_output=True, text=True)
+            capture_output=True, text=True, cwd=work)  # (its cache folder goes there)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -59,7 +59,7 @@ def main() -> int:
     tail = "\n".join(run.stdout.strip().splitlines()[-25:])
     print(run.stdout[-6000:], run.stderr[-2000:])
     body = (f"`python benchmarks/fuzz_serve_schema.py --photos {args.photos} --max-examples "
-            f"{args.max_examples}` on {machine()}, commit {commit()}: schemathesis "
+            f"{args.max_examples}`: schemathesis "
             f"{'passed' if run.returncode == 0 else f'FAILED (exit {run.returncode})'} "
             f"in {seconds:.0f} s (all checks but positive_data_acceptance, every operation, admin key).\n\n"
             f"```\n{tail}\n```\n")
