@@ -10,7 +10,6 @@ and writes a RESULTS.md section. Needs ``pip install schemathesis``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys

@@ -432,6 +432,21 @@ class Gallery:
         commits, so a long-lived reader knows when its loaded indexes are stale."""
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
+    def index_files_current(self) -> bool:
+        """Whether every index file's stamp names the database's current state,
+        so opening the gallery now loads them instead of rebuilding (a long-lived
+        reader can keep its older snapshot until a writer has saved)."""
+        with self._snapshot():
+            generation = self.generation
+            if any((self._file_record(n) or {}).get("generation") != generation
+                   for n in ("phash", "orb")):
+                return False
+            for name in self.models():
+                info = self._model_info(name) or {}
+                if info.get("index_generation") != info.get("generation"):
+                    return False
+        return True
+
     # -- reading -----------------------------------------------------------
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

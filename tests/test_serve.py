@@ -23,7 +23,6 @@ from PIL import Image  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from matchkit.cli import cli  # noqa: E402
-from matchkit.config import Settings  # noqa: E402
 from matchkit.embed import load_embedder  # noqa: E402
 from matchkit.gallery import Gallery  # noqa: E402
 from matchkit.serve import ServeSettings, create_app  # noqa: E402

@@ -5,13 +5,23 @@ indexes are loaded once per ``Gallery`` object, so work is not run on
 whatever thread answers the request:
 
 * Reads run on a bounded pool of reader threads. Each keeps its own open
-  ``Gallery`` per folder (and the labelers fitted on it) and reopens it when
-  ``PRAGMA data_version`` says another connection committed, so a read sees
-  one committed state (SQLite WAL) and never a half-applied write.
+  ``Gallery`` per folder (and the labelers fitted on it), so its indexes are
+  loaded once. When ``PRAGMA data_version`` says another connection
+  committed, the reader reopens once the index files are saved for the new
+  state (loading them takes milliseconds; rebuilding the local-feature
+  index from SQLite takes seconds per thousand images), or after
+  ``MAX_STALE_SECONDS`` whatever the files say (e.g. a CLI writer that has
+  not saved). Until then it answers from its older state, which is still one
+  committed state: a read never sees a half-applied write. A reopen loads
+  every index at once, under the gallery's :class:`SharedLock` in shared
+  mode, which this process's writer holds exclusively from a job's first
+  commit to its save: so a reopen never loads a file the writer is about to
+  replace (and then rebuilds it).
 * Writes to a gallery go through one queue served by one writer thread,
-  which holds the gallery's writer lock while work is queued and, once idle
-  for ``idle_seconds``, saves the index files and closes the gallery
-  (releasing the lock for the CLI).
+  which holds the gallery's writer lock while work is queued. When the
+  queue is empty after a job it saves the index files *before* the job is
+  answered, so a client that got its 2xx reads its own write; once idle for
+  ``idle_seconds`` it closes the gallery (releasing the lock for the CLI).
 
 A request waits for its job with a timeout (``run``); a job still queued
 when its request gives up is cancelled, one already running finishes.
@@ -20,9 +30,9 @@ when its request gives up is cancelled, one already running finishes.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,15 +40,81 @@ from typing import Any
 
 from ..config import Settings
 from ..gallery import Gallery
-from .errors import ApiError, library_error
+from .errors import ApiError, library_error, log
 
 _local = threading.local()
+#: Longest a reader answers from an older state while the index files lag.
+MAX_STALE_SECONDS = 10.0
+
+
+class SharedLock:
+    """Many holders in shared mode, or one in exclusive mode (writer preferred)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_writers = 0
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._exclusive or self._waiting_writers:
+                self._cond.wait()
+            self._shared += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._exclusive = True
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+
+#: One lock per gallery folder in this process (see the module docstring).
+_LOCKS: dict[Path, SharedLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def gallery_lock(path: Path) -> SharedLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(Path(path), SharedLock())
+
+
+def _open_loaded(path: Path, settings: Settings) -> Gallery:
+    """A gallery with all its indexes loaded, while no writer here is mid-job."""
+    lock = gallery_lock(path)
+    lock.acquire_shared()
+    try:
+        g = Gallery(path, settings, create=False)
+        try:
+            g.phash_index, g.orb_index
+            for model in g.models():
+                g.vector_index(model)
+        except BaseException:
+            g.close()
+            raise
+        return g
+    finally:
+        lock.release_shared()
 
 
 class _ReaderEntry:
     def __init__(self, gallery: Gallery):
         self.gallery = gallery
         self.version = gallery.data_version()
+        #: When this state was first seen to be behind the database (None: current).
+        self.behind_since: float | None = None
         #: Per-thread caches built on this gallery state (labelers), closed with it.
         self.cache: dict[Any, Any] = {}
 
@@ -55,10 +131,14 @@ def reader_state(path: Path, settings: Settings) -> _ReaderEntry:
     entries: dict[Path, _ReaderEntry] = _local.__dict__.setdefault("entries", {})
     entry = entries.get(path)
     if entry is not None and entry.gallery.data_version() != entry.version:
-        entry.close()
-        entry = None
+        now = time.monotonic()
+        entry.behind_since = entry.behind_since or now
+        if (now - entry.behind_since >= MAX_STALE_SECONDS
+                or entry.gallery.index_files_current()):
+            entry.close()
+            entry = None
     if entry is None:
-        entry = entries[path] = _ReaderEntry(Gallery(path, settings, create=False))
+        entry = entries[path] = _ReaderEntry(_open_loaded(path, settings))
     return entry
 
 
@@ -76,6 +156,7 @@ class Writer:
         self.settings = settings
         self.idle_seconds = idle_seconds
         self._jobs: queue.Queue = queue.Queue()
+        self._lock = gallery_lock(path)
         self._thread = threading.Thread(target=self._loop, name=f"matchkit-writer-{path.name}",
                                         daemon=True)
         self._thread.start()
@@ -95,7 +176,11 @@ class Writer:
             try:
                 job = self._jobs.get(timeout=self.idle_seconds if g is not None else None)
             except queue.Empty:
-                g = self._close(g)
+                self._lock.acquire_exclusive()
+                try:
+                    g = self._close(g)
+                finally:
+                    self._lock.release_exclusive()
                 continue
             if job is None:
                 self._close(g)
@@ -103,13 +188,31 @@ class Writer:
             fn, fut = job
             if not fut.set_running_or_notify_cancel():
                 continue
+            self._lock.acquire_exclusive()
             try:
-                if g is None:
-                    g = Gallery(self.path, self.settings, create=False)
-                fut.set_result(fn(g))
-            except BaseException as e:  # the job's error goes to its request
-                fut.set_exception(e)
-                g = self._close(g, save=False)
+                g, outcome = self._run(g, fn)
+            finally:
+                self._lock.release_exclusive()
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome[0])
+
+    def _run(self, g: Gallery | None, fn) -> tuple[Gallery | None, Any]:
+        """Run one job; save the indexes if no other job waits (so readers load,
+        rather than rebuild, what was written, before the client hears of it)."""
+        try:
+            if g is None:
+                g = Gallery(self.path, self.settings, create=False)
+            result = fn(g)
+        except BaseException as e:  # the job's error goes to its request
+            return self._close(g, save=False), e
+        if self._jobs.empty():
+            try:
+                g.save()
+            except Exception:  # committed all the same; readers rebuild instead
+                log.exception("could not save the index files of %s", self.path)
+        return g, (result,)
 
     def _close(self, g: Gallery | None, save: bool = True) -> None:
         if g is None:
