@@ -122,6 +122,8 @@ def main() -> int:
             g.embed(load_embedder(model))
             g.save()
     build_s = time.perf_counter() - t0
+    with Gallery(gallery, create=False) as g:
+        n_start = len(g)  # a reused gallery also holds earlier runs' adds
     key, _ = KeyStore(gallery).add("admin", "bench")
     port = free_port()
     server = start_server(gallery, port, "--rate", "0", "--readers", str(args.readers),
@@ -185,7 +187,7 @@ def main() -> int:
     total_err = sum(errors.values())
     late = samples[len(samples) // 4:] or [rss_end]
     body = (f"`python benchmarks/bench_serve.py --images {args.images} --clients {args.clients} "
-            f"--seconds {args.seconds:g} --mix {args.mix}`: gallery of {args.images} images "
+            f"--seconds {args.seconds:g} --mix {args.mix}`: gallery of {n_start} images "
             f"(built in {build_s:.0f} s{'' if fresh else ', reused'}), model "
             f"{'tiny random CLIP (plumbing only)' if args.model is None else args.model}, "
             f"{args.readers} reader threads, loopback. Errors: {total_err}. Server RSS after "

@@ -32,8 +32,14 @@ def main() -> int:
     st = shutil.which("st") or str(Path(sys.executable).with_name("st"))
     work = WORK / "fuzz-serve"
     shutil.rmtree(work, ignore_errors=True)
-    photos = sorted(DEFAULT_PHOTOS.rglob("*.JPEG"))[: args.photos] or sorted(
-        DEFAULT_PHOTOS.rglob("*.jp*g"))[: args.photos]
+    # Copies: the fuzzer may apply dedupe moves, which must not touch the shared data.
+    (work / "photos").mkdir(parents=True)
+    photos = []
+    for src in sorted(DEFAULT_PHOTOS.glob("*.JPEG"))[: args.photos]:
+        photos.append(work / "photos" / src.name)
+        shutil.copyfile(src, photos[-1])
+    shutil.copyfile(photos[0], work / "photos" / "copy_of_first.jpg")  # one cluster
+    photos.append(work / "photos" / "copy_of_first.jpg")
     gallery = build_gallery(work / "g", photos)
     from matchkit.serve.keys import KeyStore
     key, _ = KeyStore(gallery).add("admin", "fuzz")

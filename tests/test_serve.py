@@ -56,6 +56,7 @@ def _gallery(folder: Path, seeds, labels=None) -> Path:
 @pytest.fixture(scope="module")
 def galleries(tmp_path_factory, tiny_clip_dir):
     """Gallery 'g' (labelled photos, embedded with the tiny CLIP) and 'other'."""
+    pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("serve")
     seeds = list(range(10, 16))
     g = _gallery(root / "a", seeds, {s: "odd" if s % 2 else "even" for s in seeds})
@@ -396,3 +397,64 @@ def test_openapi_schema_lists_every_route(client):
             "/api/galleries/{gallery}/search", "/api/galleries/{gallery}/check",
             "/api/galleries/{gallery}/label"} <= paths
     assert {"HTTPBearer", "APIKeyHeader"} <= set(schema["components"]["securitySchemes"])
+
+
+def _wait_done(c, url: str, key: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = c.get(url, headers=auth(key)).json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(job)
+
+
+def test_dedupe_job_review_apply_undo(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_photo(80).save(photos / "a.jpg", quality=92)
+    make_photo(80).resize((160, 120)).save(photos / "a_small.jpg", quality=80)
+    make_photo(80).save(photos / "a_copy.png")
+    make_photo(81).save(photos / "b.jpg", quality=90)
+    with Gallery(tmp_path / "g") as g:
+        g.add(sorted(photos.iterdir()))
+        g.save()
+    gdir = tmp_path / "g"
+    write, _ = KeyStore(gdir).add("write")
+    admin, _ = KeyStore(gdir).add("admin")
+    with TestClient(create_app([gdir])) as c:
+        base = "/api/galleries/g/dedupe"
+        r = c.post(base, json={"level": "copies"}, headers=auth(write))
+        assert r.status_code == 202, r.text
+        job = _wait_done(c, f"{base}/{r.json()['id']}", write)
+        assert job["state"] == "done" and job["stats"]["clusters"] == 1
+        url = f"{base}/{job['id']}"
+        report = c.get(f"{url}/result", headers=auth(write)).json()
+        cluster = report["clusters"][0]
+        assert set(Path(m).name for m in cluster["members"]) == {"a.jpg", "a_small.jpg",
+                                                                 "a_copy.png"}
+        by_name = {Path(m).name: m for m in cluster["members"]}
+        assert cluster["keep"] == by_name["a_copy.png"]  # lossless wins
+        other, png, small = by_name["a.jpg"], by_name["a_copy.png"], by_name["a_small.jpg"]
+        # review: another keeper, the PNG stays where it is
+        bad = c.put(f"{url}/review", json={"keepers": {"0": "/nope.jpg"}}, headers=auth(write))
+        _is_json_error(bad, 422)
+        r = c.put(f"{url}/review", json={"keepers": {"0": other}, "excluded": [png]},
+                  headers=auth(write))
+        assert r.status_code == 200, r.text
+        reviewed = c.get(f"{url}/result?reviewed=true", headers=auth(write)).json()
+        assert reviewed["clusters"][0]["keep"] == other
+        assert png not in reviewed["clusters"][0]["members"]
+        _is_json_error(c.post(f"{url}/apply", headers=auth(write)), 403)  # admin only
+        applied = c.post(f"{url}/apply", headers=auth(admin)).json()
+        moved = [m for m in applied["moves"] if m["state"] == "moved"]
+        assert [m["src"] for m in moved] == [small]
+        assert not Path(small).exists() and Path(png).exists() and Path(other).exists()
+        assert Path(moved[0]["dst"]).is_relative_to(gdir / "serve" / "jobs")
+        _is_json_error(c.post(f"{url}/apply", headers=auth(admin)), 409)  # not twice
+        undone = c.post(f"{url}/undo", headers=auth(admin)).json()
+        assert undone["counts"] == {"restored": 1} and Path(small).exists()
+        _is_json_error(c.get(f"{base}/0123456789abcdef", headers=auth(write)), 404)
+        _is_json_error(c.get(f"{base}/../../x", headers=auth(write)), 404)
+        listed = c.get(base, headers=auth(write)).json()
+        assert [j["id"] for j in listed] == [job["id"]] and "report" not in listed[0]

@@ -17,7 +17,8 @@ from fastapi import FastAPI
 from .. import __version__
 from ..config import Settings
 from ..gallery import DB_NAME, GalleryError
-from . import errors, routes_galleries, routes_images, routes_query
+from . import errors, routes_dedupe, routes_galleries, routes_images, routes_query
+from .jobs import Jobs
 from .keys import KeyStore
 from .limits import BodyLimit, RateLimiter
 from .state import ServeSettings, ServerState
@@ -63,6 +64,7 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
     pools = Pools(named, gs, settings.readers, settings.writer_idle_seconds)
     st = ServerState(settings=settings, galleries=named,
                      keys={name: KeyStore(path) for name, path in named.items()},
+                     jobs={name: Jobs(path) for name, path in named.items()},
                      pools=pools, limiter=RateLimiter(settings.rate, settings.burst),
                      gallery_settings=gs)
 
@@ -95,7 +97,7 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
     async def health() -> dict:
         return {"ok": True, "version": __version__}
 
-    for module in (routes_galleries, routes_images, routes_query):
+    for module in (routes_galleries, routes_images, routes_query, routes_dedupe):
         app.include_router(module.router, prefix="/api")
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -136,15 +138,23 @@ def _multipart_fields(schema: dict) -> None:
                     form.setdefault("encoding", {})[name] = {"contentType": "application/json"}
 
 
-#: OpenAPI links: an added image's id leads to the operations on that image.
-_IMAGE_OPS = [("/api/galleries/{gallery}/images/{image_id}", m) for m in ("get", "patch",
-                                                                          "delete")]
-_IMAGE_OPS.append(("/api/galleries/{gallery}/images/{image_id}/thumbnail", "get"))
+#: OpenAPI links: (operation that makes something, its responses, the value's
+#: place in the body, the path parameter it fills, operations that take it).
+_G = "/api/galleries/{gallery}"
+_LINKS = [
+    ((_G + "/images", "post"), ("200", "201"), "/image/id", "image_id",
+     [(_G + "/images/{image_id}", m) for m in ("get", "patch", "delete")]
+     + [(_G + "/images/{image_id}/thumbnail", "get")]),
+    ((_G + "/dedupe", "post"), ("202",), "/id", "job_id",
+     [(_G + "/dedupe/{job_id}", m) for m in ("get", "delete")]
+     + [(_G + "/dedupe/{job_id}/" + what, m) for what, m in
+        (("result", "get"), ("review", "put"), ("apply", "post"), ("undo", "post"))]),
+]
 
 
 def _openapi(app: FastAPI, names: list[str]) -> dict:
     """The generated schema, plus what a client (or a fuzzer) needs to reach real
-    data: the served gallery names as an enum, and links from an added image."""
+    data: the served gallery names as an enum, and links from what a POST made."""
     if app.openapi_schema:
         return app.openapi_schema
     from fastapi.openapi.utils import get_openapi
@@ -157,14 +167,14 @@ def _openapi(app: FastAPI, names: list[str]) -> dict:
                 if param["name"] == "gallery" and param["in"] == "path":
                     param["schema"] = {"type": "string", "enum": names, "title": "Gallery"}
     _multipart_fields(schema)
-    add = schema["paths"]["/api/galleries/{gallery}/images"]["post"]["responses"]
-    links = {}
-    for path, method in _IMAGE_OPS:
-        op_id = schema["paths"][path][method]["operationId"]
-        links[op_id] = {"operationId": op_id, "parameters": {
-            "gallery": "$request.path.gallery", "image_id": "$response.body#/image/id"}}
-    for code in ("200", "201"):
-        add.setdefault(code, {"description": "Added (201) or already there (200)"})
-        add[code]["links"] = links
+    for (path, method), codes, pointer, param, targets in _LINKS:
+        links = {}
+        for target, target_method in targets:
+            op_id = schema["paths"][target][target_method]["operationId"]
+            links[op_id] = {"operationId": op_id, "parameters": {
+                "gallery": "$request.path.gallery", param: f"$response.body#{pointer}"}}
+        responses = schema["paths"][path][method]["responses"]
+        for code in codes:
+            responses.setdefault(code, {"description": "Created"})["links"] = links
     app.openapi_schema = schema
     return schema

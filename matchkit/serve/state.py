@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import Request
 
 from ..config import Settings
+from .jobs import Jobs
 from .keys import KeyStore
 from .limits import RateLimiter
 from .workers import Pools
@@ -44,6 +45,7 @@ class ServerState:
     settings: ServeSettings
     galleries: dict[str, Path]
     keys: dict[str, KeyStore]
+    jobs: dict[str, Jobs]
     pools: Pools
     limiter: RateLimiter
     gallery_settings: Settings = field(default_factory=Settings)
