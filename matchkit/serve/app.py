@@ -99,6 +99,7 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
 
     for module in (routes_galleries, routes_images, routes_query, routes_dedupe):
         app.include_router(module.router, prefix="/api")
+    _web_app(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
@@ -136,6 +137,23 @@ def _multipart_fields(schema: dict) -> None:
                         prop.pop(key, None)
                     prop.update(_JSON_FIELDS[name])
                     form.setdefault("encoding", {})[name] = {"contentType": "application/json"}
+
+
+STATIC = Path(__file__).with_name("static")
+
+
+def _web_app(app: FastAPI) -> None:
+    """The web app: static files (no CDN), talking to the API with the user's key."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/app", StaticFiles(directory=STATIC), name="app")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html", headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                                       "style-src 'self'; script-src 'self'"})
 
 
 #: OpenAPI links: (operation that makes something, its responses, the value's
