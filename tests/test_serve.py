@@ -458,3 +458,21 @@ def test_dedupe_job_review_apply_undo(tmp_path):
         _is_json_error(c.get(f"{base}/../../x", headers=auth(write)), 404)
         listed = c.get(base, headers=auth(write)).json()
         assert [j["id"] for j in listed] == [job["id"]] and "report" not in listed[0]
+
+
+def test_cors_off_unless_asked_and_slow_requests_time_out(galleries, monkeypatch):
+    import matchkit.serve.routes_galleries as rg
+
+    read = auth(galleries["keys"]["read"])
+    origin = {"Origin": "https://evil.example", **read}
+    with TestClient(create_app({"g": galleries["g"]})) as c:
+        r = c.get("/api/galleries/g", headers=origin)
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    app = create_app({"g": galleries["g"]}, ServeSettings(cors_origins=("https://ok.example",),
+                                                          timeout=0.2))
+    real = rg._stats
+    monkeypatch.setattr(rg, "_stats", lambda name, g: time.sleep(1.0) or real(name, g))
+    with TestClient(app) as c:
+        ok = c.get("/api/galleries", headers={"Origin": "https://ok.example", **read})
+        assert ok.headers["access-control-allow-origin"] == "https://ok.example"
+        assert "took longer" in _is_json_error(c.get("/api/galleries/g", headers=read), 504)

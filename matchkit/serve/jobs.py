@@ -114,8 +114,9 @@ class Jobs:
         job = {"id": secrets.token_hex(8), "state": "queued", "created": _now(),
                "started": None, "finished": None, "params": params, "error": None,
                "report": None, "review": {"keepers": {}, "excluded": []}, "moves": None}
-        self.save(job)
-        with self._lock:
+        with self._lock:  # registered before its record exists: never "interrupted"
+            self._futures[job["id"]] = Future()
+            self.save(job)
             fut = submit(lambda g: self._run(job["id"], g))
             self._futures[job["id"]] = fut
         fut.add_done_callback(lambda f: self._futures.pop(job["id"], None))

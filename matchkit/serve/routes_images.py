@@ -69,6 +69,7 @@ def _add(st: ServerState, name: str, g: Gallery, staged: Path, sha: str,
          meta: dict | None, labels: list | None) -> dict:
     from ..metadata import add_exif_dates
 
+    embedders = [st.embedder(model) for model in g.models()]  # a missing one fails first
     target = store(g.path, staged, sha)
     report = g.add([target])
     if report.skipped:
@@ -78,7 +79,7 @@ def _add(st: ServerState, name: str, g: Gallery, staged: Path, sha: str,
         add_exif_dates(g, report.changed)
     if meta is not None or labels is not None:
         g.update(image_id, meta=meta, labels=labels)
-    embeddings = [g.embed(st.embedder(model), [image_id]).to_dict() for model in g.models()]
+    embeddings = [g.embed(emb, [image_id]).to_dict() for emb in embedders]
     return {"gallery": name, "added": report.added, "updated": report.updated,
             "unchanged": report.unchanged, "sha256": sha, "embeddings": embeddings,
             "image": image_dict(name, g.get(image_id))}
