@@ -258,6 +258,10 @@ def test_no_auth_only_on_loopback(galleries):
     r = CliRunner().invoke(cli, ["serve", "--gallery", str(galleries["g"]), "--no-auth",
                                  "--host", "0.0.0.0"])
     assert r.exit_code == 2 and "loopback" in r.output
+    r = CliRunner().invoke(cli, ["serve"])
+    assert r.exit_code == 2 and "--gallery" in r.output
+    r = CliRunner().invoke(cli, ["serve", "--gallery", str(galleries["g"].parent)])
+    assert r.exit_code == 2 and "no gallery" in r.output
     app = create_app({"g": galleries["g"]}, ServeSettings(no_auth=True), host="127.0.0.1")
     with TestClient(app) as c:
         assert c.get("/api/galleries/g").status_code == 200
