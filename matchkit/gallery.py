@@ -447,6 +447,19 @@ class Gallery:
                     return False
         return True
 
+    def load_indexes(self, *, only_current: bool = False) -> bool:
+        """Load every index (pHash, ORB, each model's vectors) in one read
+        snapshot, so all reflect the same committed state. With
+        ``only_current``, load nothing and return False unless every file is
+        stamped with that state (a reader that would rather wait than rebuild)."""
+        with self._snapshot():
+            if only_current and not self.index_files_current():
+                return False
+            self.phash_index, self.orb_index
+            for model in self.models():
+                self.vector_index(model)
+        return True
+
     # -- reading -----------------------------------------------------------
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

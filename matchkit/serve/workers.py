@@ -13,10 +13,11 @@ whatever thread answers the request:
   ``MAX_STALE_SECONDS`` whatever the files say (e.g. a CLI writer that has
   not saved). Until then it answers from its older state, which is still one
   committed state: a read never sees a half-applied write. A reopen loads
-  every index at once, under the gallery's :class:`SharedLock` in shared
-  mode, which this process's writer holds exclusively from a job's first
-  commit to its save: so a reopen never loads a file the writer is about to
-  replace (and then rebuilds it).
+  every index in one SQLite read snapshot, under the gallery's
+  :class:`SharedLock` in shared mode, which this process's writer holds
+  exclusively for each job up to its save: so a reopen never loads a file
+  the writer is replacing (and then rebuilds it), and never waits for the
+  writer either (it tries again on its next request).
 * Writes to a gallery go through one queue served by one writer thread,
   which holds the gallery's writer lock while work is queued. When the
   queue is empty after a job it saves the index files *before* the job is
@@ -62,6 +63,14 @@ class SharedLock:
                 self._cond.wait()
             self._shared += 1
 
+    def try_acquire_shared(self) -> bool:
+        """Shared mode if no writer holds or waits for the lock, without waiting."""
+        with self._cond:
+            if self._exclusive or self._waiting_writers:
+                return False
+            self._shared += 1
+            return True
+
     def release_shared(self) -> None:
         with self._cond:
             self._shared -= 1
@@ -91,20 +100,26 @@ def gallery_lock(path: Path) -> SharedLock:
         return _LOCKS.setdefault(Path(path), SharedLock())
 
 
-def _open_loaded(path: Path, settings: Settings) -> Gallery:
-    """A gallery with all its indexes loaded, while no writer here is mid-job."""
+def _open_loaded(path: Path, settings: Settings, *, only_current: bool) -> Gallery | None:
+    """A gallery with all its indexes loaded from one committed state, while
+    this process's writer is not saving index files; with ``only_current``,
+    None instead of rebuilding an index whose file lags behind the database, or
+    instead of waiting for this process's writer to finish its job."""
     lock = gallery_lock(path)
-    lock.acquire_shared()
+    if not only_current:
+        lock.acquire_shared()
+    elif not lock.try_acquire_shared():
+        return None  # the writer is mid-job: answer from the older state meanwhile
     try:
         g = Gallery(path, settings, create=False)
         try:
-            g.phash_index, g.orb_index
-            for model in g.models():
-                g.vector_index(model)
+            if g.load_indexes(only_current=only_current):
+                return g
         except BaseException:
             g.close()
             raise
-        return g
+        g.close()
+        return None
     finally:
         lock.release_shared()
 
@@ -127,18 +142,20 @@ class _ReaderEntry:
 
 
 def reader_state(path: Path, settings: Settings) -> _ReaderEntry:
-    """This reader thread's open gallery at ``path``, current with the database."""
+    """This reader thread's open gallery at ``path``: reopened onto the newest
+    committed state once its index files are saved (see the module docstring)."""
     entries: dict[Path, _ReaderEntry] = _local.__dict__.setdefault("entries", {})
     entry = entries.get(path)
-    if entry is not None and entry.gallery.data_version() != entry.version:
+    if entry is None:
+        entry = entries[path] = _ReaderEntry(_open_loaded(path, settings, only_current=False))
+    elif entry.gallery.data_version() != entry.version:
         now = time.monotonic()
         entry.behind_since = entry.behind_since or now
-        if (now - entry.behind_since >= MAX_STALE_SECONDS
-                or entry.gallery.index_files_current()):
+        waited_enough = now - entry.behind_since >= MAX_STALE_SECONDS
+        fresh = _open_loaded(path, settings, only_current=not waited_enough)
+        if fresh is not None:
             entry.close()
-            entry = None
-    if entry is None:
-        entry = entries[path] = _ReaderEntry(_open_loaded(path, settings))
+            entry = entries[path] = _ReaderEntry(fresh)
     return entry
 
 
