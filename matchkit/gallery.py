@@ -131,6 +131,10 @@ CREATE INDEX IF NOT EXISTS embeddings_image ON embeddings(image_id);
 """
 
 
+class _StaleIndexFile(Exception):
+    """An index file that would have to be rebuilt (``load_indexes(only_current=True)``)."""
+
+
 class GalleryError(Exception):
     """A gallery folder that cannot be opened or used as asked."""
 
@@ -341,6 +345,9 @@ class Gallery:
         self._last_bump: tuple[int, int] = (-1, -1)
         #: The same for models whose vectors a commit in progress drops.
         self._model_bumps: dict[str, tuple[int, int]] = {}
+        #: Set by ``load_indexes(only_current=True)``: a stale file raises
+        #: _StaleIndexFile instead of being rebuilt.
+        self._load_only = False
 
     def _migrate(self) -> None:
         """Add the columns of ``_ADDED_COLUMNS`` to a gallery written before them.
@@ -450,14 +457,23 @@ class Gallery:
     def load_indexes(self, *, only_current: bool = False) -> bool:
         """Load every index (pHash, ORB, each model's vectors) in one read
         snapshot, so all reflect the same committed state. With
-        ``only_current``, load nothing and return False unless every file is
-        stamped with that state (a reader that would rather wait than rebuild)."""
-        with self._snapshot():
-            if only_current and not self.index_files_current():
-                return False
-            self.phash_index, self.orb_index
-            for model in self.models():
-                self.vector_index(model)
+        ``only_current``, rebuild nothing: if any file is not the current
+        one (stale stamp, or replaced by a writer meanwhile), drop what was
+        loaded and return False (a reader that would rather wait than rebuild)."""
+        self._load_only = only_current
+        try:
+            with self._snapshot():
+                if only_current and not self.index_files_current():
+                    return False
+                self.phash_index, self.orb_index
+                for model in self.models():
+                    self.vector_index(model)
+        except _StaleIndexFile:
+            for name in ("phash", "orb", *(_MODEL_KEY + m for m in self.models())):
+                self._drop_cached(name)
+            return False
+        finally:
+            self._load_only = False
         return True
 
     # -- reading -----------------------------------------------------------
@@ -584,6 +600,8 @@ class Gallery:
         if idx is not None:
             self._have[name] = generation
             return idx
+        if self._load_only:
+            raise _StaleIndexFile(name)
         idx = HammingIndex(nbits, **params)
         with self._snapshot():  # the rows and the generation they make, together
             generation = self.generation
@@ -1070,6 +1088,8 @@ class Gallery:
         if idx is not None:
             self._have[key] = generation
             return idx
+        if self._load_only:
+            raise _StaleIndexFile(name)
         # Single-threaded adds: the same vectors give the same graph (neighbours).
         idx = VectorIndex(name, dim, add_threads=1)
         with self._snapshot():  # the vectors and the generation they make, together

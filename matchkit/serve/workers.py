@@ -13,16 +13,16 @@ whatever thread answers the request:
   ``MAX_STALE_SECONDS`` whatever the files say (e.g. a CLI writer that has
   not saved). Until then it answers from its older state, which is still one
   committed state: a read never sees a half-applied write. A reopen loads
-  every index in one SQLite read snapshot, under the gallery's
-  :class:`SharedLock` in shared mode, which this process's writer holds
-  exclusively for each job up to its save: so a reopen never loads a file
-  the writer is replacing (and then rebuilds it), and never waits for the
-  writer either (it tries again on its next request).
+  every index in one SQLite read snapshot and gives up (trying again on its
+  next request) rather than rebuild when a file is not the one that
+  snapshot names, e.g. because the writer was replacing it just then.
 * Writes to a gallery go through one queue served by one writer thread,
   which holds the gallery's writer lock while work is queued. When the
-  queue is empty after a job it saves the index files *before* the job is
-  answered, so a client that got its 2xx reads its own write; once idle for
-  ``idle_seconds`` it closes the gallery (releasing the lock for the CLI).
+  queue is empty after a job (or every ``SAVE_EVERY`` seconds while jobs
+  keep coming) it saves the index files *before* the job is answered, so a
+  client that got its 2xx reads its own write when no other writes queue
+  up; once idle for ``idle_seconds`` it closes the gallery (releasing the
+  lock for the CLI).
 
 A request waits for its job with a timeout (``run``); a job still queued
 when its request gives up is cancelled, one already running finishes.
@@ -46,82 +46,23 @@ from .errors import ApiError, library_error, log
 _local = threading.local()
 #: Longest a reader answers from an older state while the index files lag.
 MAX_STALE_SECONDS = 10.0
-
-
-class SharedLock:
-    """Many holders in shared mode, or one in exclusive mode (writer preferred)."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-        self._waiting_writers = 0
-
-    def acquire_shared(self) -> None:
-        with self._cond:
-            while self._exclusive or self._waiting_writers:
-                self._cond.wait()
-            self._shared += 1
-
-    def try_acquire_shared(self) -> bool:
-        """Shared mode if no writer holds or waits for the lock, without waiting."""
-        with self._cond:
-            if self._exclusive or self._waiting_writers:
-                return False
-            self._shared += 1
-            return True
-
-    def release_shared(self) -> None:
-        with self._cond:
-            self._shared -= 1
-            self._cond.notify_all()
-
-    def acquire_exclusive(self) -> None:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._exclusive or self._shared:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._exclusive = True
-
-    def release_exclusive(self) -> None:
-        with self._cond:
-            self._exclusive = False
-            self._cond.notify_all()
-
-
-#: One lock per gallery folder in this process (see the module docstring).
-_LOCKS: dict[Path, SharedLock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def gallery_lock(path: Path) -> SharedLock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(Path(path), SharedLock())
+#: Longest the writer goes without saving the index files while jobs keep coming.
+SAVE_EVERY = 2.0
 
 
 def _open_loaded(path: Path, settings: Settings, *, only_current: bool) -> Gallery | None:
-    """A gallery with all its indexes loaded from one committed state, while
-    this process's writer is not saving index files; with ``only_current``,
-    None instead of rebuilding an index whose file lags behind the database, or
-    instead of waiting for this process's writer to finish its job."""
-    lock = gallery_lock(path)
-    if not only_current:
-        lock.acquire_shared()
-    elif not lock.try_acquire_shared():
-        return None  # the writer is mid-job: answer from the older state meanwhile
+    """A gallery with all its indexes loaded from one committed state; with
+    ``only_current``, None instead of rebuilding an index whose file lags
+    behind the database (or was replaced by the writer meanwhile)."""
+    g = Gallery(path, settings, create=False)
     try:
-        g = Gallery(path, settings, create=False)
-        try:
-            if g.load_indexes(only_current=only_current):
-                return g
-        except BaseException:
-            g.close()
-            raise
+        if g.load_indexes(only_current=only_current):
+            return g
+    except BaseException:
         g.close()
-        return None
-    finally:
-        lock.release_shared()
+        raise
+    g.close()
+    return None
 
 
 class _ReaderEntry:
@@ -173,7 +114,7 @@ class Writer:
         self.settings = settings
         self.idle_seconds = idle_seconds
         self._jobs: queue.Queue = queue.Queue()
-        self._lock = gallery_lock(path)
+        self._last_save = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=f"matchkit-writer-{path.name}",
                                         daemon=True)
         self._thread.start()
@@ -193,11 +134,7 @@ class Writer:
             try:
                 job = self._jobs.get(timeout=self.idle_seconds if g is not None else None)
             except queue.Empty:
-                self._lock.acquire_exclusive()
-                try:
-                    g = self._close(g)
-                finally:
-                    self._lock.release_exclusive()
+                g = self._close(g)
                 continue
             if job is None:
                 self._close(g)
@@ -205,38 +142,41 @@ class Writer:
             fn, fut = job
             if not fut.set_running_or_notify_cancel():
                 continue
-            self._lock.acquire_exclusive()
-            try:
-                g, outcome = self._run(g, fn)
-            finally:
-                self._lock.release_exclusive()
+            g, outcome = self._run(g, fn)
             if isinstance(outcome, BaseException):
                 fut.set_exception(outcome)
             else:
                 fut.set_result(outcome[0])
 
     def _run(self, g: Gallery | None, fn) -> tuple[Gallery | None, Any]:
-        """Run one job; save the indexes if no other job waits (so readers load,
-        rather than rebuild, what was written, before the client hears of it)."""
+        """Run one job, then save the index files when no other job waits or the
+        last save is ``SAVE_EVERY`` seconds old (so readers load, rather than
+        rebuild, what was written; a client hears of its write after that)."""
         try:
             if g is None:
                 g = Gallery(self.path, self.settings, create=False)
+                g.load_indexes()  # all of them, so every save stamps every file
             result = fn(g)
         except BaseException as e:  # the job's error goes to its request
             return self._close(g, save=False), e
-        if self._jobs.empty():
-            try:
-                g.save()
-            except Exception:  # committed all the same; readers rebuild instead
-                log.exception("could not save the index files of %s", self.path)
+        if self._jobs.empty() or time.monotonic() - self._last_save >= SAVE_EVERY:
+            self._save(g)
         return g, (result,)
+
+    def _save(self, g: Gallery) -> None:
+        try:
+            g.load_indexes()
+            g.save()
+        except Exception:  # committed all the same; readers rebuild instead
+            log.exception("could not save the index files of %s", self.path)
+        self._last_save = time.monotonic()
 
     def _close(self, g: Gallery | None, save: bool = True) -> None:
         if g is None:
             return None
         try:
             if save:
-                g.save()
+                self._save(g)
         finally:
             g.close()
         return None
