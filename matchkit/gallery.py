@@ -1166,8 +1166,11 @@ class Gallery:
             self._changed(_MODEL_KEY + model, self._model_bumps.pop(model, None) or (-1, -1))
 
     def embed(self, embedder: "Embedder", ids: Iterable[int] | None = None, *,
-              progress: bool = False, workers: int | None = None) -> EmbedReport:
-        """Compute ``embedder``'s vectors for images that lack them, then save.
+              progress: bool = False, workers: int | None = None,
+              save: bool = True) -> EmbedReport:
+        """Compute ``embedder``'s vectors for images that lack them, then save
+        (``save=False``: leave saving the index files to the caller, e.g. a
+        server that saves once for many small writes).
 
         Only images without a vector for this model are decoded (``ids``
         limits the run to some images), so running it again after adding a
@@ -1244,7 +1247,8 @@ class Gallery:
                     bar.update(len(chunk))
         if bar:
             bar.close()
-        self.save()
+        if save:
+            self.save()
         return report
 
     def _load_for_embedding(self, rec: StoredImage):

@@ -79,7 +79,8 @@ def _add(st: ServerState, name: str, g: Gallery, staged: Path, sha: str,
         add_exif_dates(g, report.changed)
     if meta is not None or labels is not None:
         g.update(image_id, meta=meta, labels=labels)
-    embeddings = [g.embed(emb, [image_id]).to_dict() for emb in embedders]
+    # (the writer saves the index files: once for many adds under load)
+    embeddings = [g.embed(emb, [image_id], save=False).to_dict() for emb in embedders]
     return {"gallery": name, "added": report.added, "updated": report.updated,
             "unchanged": report.unchanged, "sha256": sha, "embeddings": embeddings,
             "image": image_dict(name, g.get(image_id))}
