@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.'
 	touch $(STAMP)
 
-# Tests also exercise CLIP (transformers + the CPU torch wheel) and ONNX models.
+# Tests also exercise CLIP (transformers + the CPU torch wheel), ONNX models and the
+# HTTP API (serve).
 $(TEST_STAMP): $(STAMP) pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,clip,onnx]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,clip,onnx,serve]'
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)

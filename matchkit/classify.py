@@ -572,6 +572,27 @@ class Labeler:
         paths, supports, errors = self._supports(X, self.k)
         return [self._answer(p, s, e) for p, s, e in zip(paths, supports, errors)]
 
+    def report(self, answers: Sequence[Answer], seconds: float = 0.0) -> dict:
+        """The JSON of ``matchkit label`` (and of the API's label endpoint):
+        answers, counts, and the calibration they were judged with."""
+        known = [a for a in answers if a.label != "unknown"]
+        cal = self.calibration_
+        profile = self.profile
+        return {
+            "answers": [a.to_dict() for a in answers],
+            "stats": {"queries": len(answers), "labelled": len(known),
+                      "unknown": len(answers) - len(known),
+                      "unreadable": sum(a.error is not None for a in answers),
+                      "classes": len(self.classes_), "k": self.k,
+                      "profile": profile.name if profile else None,
+                      "target_precision": profile.target_precision if profile else None,
+                      "level": self.settings_.level, "seconds": round(seconds, 3)},
+            "calibration": None if cal is None else {
+                key: cal.get(key) for key in ("threshold", "target_accuracy", "certified",
+                                              "source", "queries", "accuracy_lower_bound",
+                                              "fitted_at")},
+        }
+
     def _answer(self, path, supports: list[Support], error: str | None = None) -> Answer:
         ranked = vote(supports, self.sharpness)
         raw = raw_confidence(ranked)

@@ -131,6 +131,10 @@ CREATE INDEX IF NOT EXISTS embeddings_image ON embeddings(image_id);
 """
 
 
+class _StaleIndexFile(Exception):
+    """An index file that would have to be rebuilt (``load_indexes(only_current=True)``)."""
+
+
 class GalleryError(Exception):
     """A gallery folder that cannot be opened or used as asked."""
 
@@ -341,6 +345,9 @@ class Gallery:
         self._last_bump: tuple[int, int] = (-1, -1)
         #: The same for models whose vectors a commit in progress drops.
         self._model_bumps: dict[str, tuple[int, int]] = {}
+        #: Set by ``load_indexes(only_current=True)``: a stale file raises
+        #: _StaleIndexFile instead of being rebuilt.
+        self._load_only = False
 
     def _migrate(self) -> None:
         """Add the columns of ``_ADDED_COLUMNS`` to a gallery written before them.
@@ -426,6 +433,48 @@ class Gallery:
     def generation(self) -> int:
         """Counts committed changes to images; index files are stamped with it."""
         return int(self._meta("generation") or 0)
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection
+        commits, so a long-lived reader knows when its loaded indexes are stale."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def index_files_current(self) -> bool:
+        """Whether every index file's stamp names the database's current state,
+        so opening the gallery now loads them instead of rebuilding (a long-lived
+        reader can keep its older snapshot until a writer has saved)."""
+        with self._snapshot():
+            generation = self.generation
+            if any((self._file_record(n) or {}).get("generation") != generation
+                   for n in ("phash", "orb")):
+                return False
+            for name in self.models():
+                info = self._model_info(name) or {}
+                if info.get("index_generation") != info.get("generation"):
+                    return False
+        return True
+
+    def load_indexes(self, *, only_current: bool = False) -> bool:
+        """Load every index (pHash, ORB, each model's vectors) in one read
+        snapshot, so all reflect the same committed state. With
+        ``only_current``, rebuild nothing: if any file is not the current
+        one (stale stamp, or replaced by a writer meanwhile), drop what was
+        loaded and return False (a reader that would rather wait than rebuild)."""
+        self._load_only = only_current
+        try:
+            with self._snapshot():
+                if only_current and not self.index_files_current():
+                    return False
+                self.phash_index, self.orb_index
+                for model in self.models():
+                    self.vector_index(model)
+        except _StaleIndexFile:
+            for name in ("phash", "orb", *(_MODEL_KEY + m for m in self.models())):
+                self._drop_cached(name)
+            return False
+        finally:
+            self._load_only = False
+        return True
 
     # -- reading -----------------------------------------------------------
     def __len__(self) -> int:
@@ -551,6 +600,8 @@ class Gallery:
         if idx is not None:
             self._have[name] = generation
             return idx
+        if self._load_only:
+            raise _StaleIndexFile(name)
         idx = HammingIndex(nbits, **params)
         with self._snapshot():  # the rows and the generation they make, together
             generation = self.generation
@@ -1037,6 +1088,8 @@ class Gallery:
         if idx is not None:
             self._have[key] = generation
             return idx
+        if self._load_only:
+            raise _StaleIndexFile(name)
         # Single-threaded adds: the same vectors give the same graph (neighbours).
         idx = VectorIndex(name, dim, add_threads=1)
         with self._snapshot():  # the vectors and the generation they make, together
@@ -1113,8 +1166,11 @@ class Gallery:
             self._changed(_MODEL_KEY + model, self._model_bumps.pop(model, None) or (-1, -1))
 
     def embed(self, embedder: "Embedder", ids: Iterable[int] | None = None, *,
-              progress: bool = False, workers: int | None = None) -> EmbedReport:
-        """Compute ``embedder``'s vectors for images that lack them, then save.
+              progress: bool = False, workers: int | None = None,
+              save: bool = True) -> EmbedReport:
+        """Compute ``embedder``'s vectors for images that lack them, then save
+        (``save=False``: leave saving the index files to the caller, e.g. a
+        server that saves once for many small writes).
 
         Only images without a vector for this model are decoded (``ids``
         limits the run to some images), so running it again after adding a
@@ -1191,7 +1247,8 @@ class Gallery:
                     bar.update(len(chunk))
         if bar:
             bar.close()
-        self.save()
+        if save:
+            self.save()
         return report
 
     def _load_for_embedding(self, rec: StoredImage):

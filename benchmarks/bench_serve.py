@@ -1,0 +1,204 @@
+"""Load test of the HTTP API: concurrent clients mixing search, check, label and add.
+
+Builds (or reuses) a gallery of sample photos, labelled by name, embedded
+with ``--model`` (default: the tiny random CLIP the tests build, so search
+measures the API's plumbing, not a real model), starts ``matchkit serve``
+with an admin key, warms every endpoint up once (the first label calibrates),
+then runs ``--clients`` threads for ``--seconds``: each picks an operation by
+the ``--mix`` weights and sends a photo (check/label/search: a gallery photo,
+re-encoded; add: a random crop of one, so new content). Reports per endpoint
+requests, errors (non-2xx or transport errors), p50/p99 latency, and the
+server's resident memory after warm-up and at the end.
+
+    python benchmarks/bench_serve.py --clients 32 --seconds 60
+    python benchmarks/bench_serve.py --images 10000 --clients 32 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import DEFAULT_PHOTOS, ROOT, WORK, table, write_section  # noqa: E402
+from _serve import build_gallery, free_port, start_server  # noqa: E402
+
+
+def photos_for(n: int, work: Path) -> list[Path]:
+    """``n`` photo files: the sample photos, then crops of them (new content)."""
+    from PIL import Image
+
+    base = sorted(DEFAULT_PHOTOS.glob("*.JPEG"))
+    out = base[:n]
+    extra = work / "extra"
+    rng = random.Random(0)
+    i = 0
+    while len(out) < n:
+        src = base[i % len(base)]
+        target = extra / f"{src.stem}_crop{i}.jpg"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(src) as im:
+                w, h = im.size
+                cw, ch = int(w * rng.uniform(0.6, 0.9)), int(h * rng.uniform(0.6, 0.9))
+                x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+                im.convert("RGB").crop((x, y, x + cw, y + ch)).save(target, quality=88)
+        out.append(target)
+        i += 1
+    return out
+
+
+def jpeg_bytes(path: Path, rng: random.Random, crop: bool) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((512, 512))
+        if crop:
+            w, h = im.size
+            cw, ch = int(w * rng.uniform(0.5, 0.9)), int(h * rng.uniform(0.5, 0.9))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            im = im.crop((x, y, x + cw, y + ch))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=rng.randint(70, 92))
+        return buf.getvalue()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=706)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--mix", default="search=3,check=3,label=2,add=1")
+    ap.add_argument("--model", default=None, help="Embedding model (default: tiny random CLIP).")
+    ap.add_argument("--readers", type=int, default=4)
+    ap.add_argument("--no-write", action="store_true", help="Do not touch RESULTS.md.")
+    args = ap.parse_args()
+    import httpx
+
+    from matchkit.embed import load_embedder
+    from matchkit.gallery import DB_NAME, Gallery
+    from matchkit.serve.keys import KeyStore
+
+    work = WORK / "serve-bench"
+    model = args.model
+    if model is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny_clip import build_tiny_clip
+        model = str(build_tiny_clip(work / "tiny-clip"))
+    photos = photos_for(args.images, work)
+    gallery = work / f"g{args.images}"
+    fresh = not (gallery / DB_NAME).exists()
+    if not fresh:
+        with Gallery(gallery, create=False) as g:
+            fresh = len(g) < args.images
+    t0 = time.perf_counter()
+    if fresh:
+        shutil.rmtree(gallery, ignore_errors=True)
+        build_gallery(gallery, photos)
+        with Gallery(gallery) as g:
+            g.embed(load_embedder(model))
+            g.save()
+    build_s = time.perf_counter() - t0
+    with Gallery(gallery, create=False) as g:
+        n_start = len(g)  # a reused gallery also holds earlier runs' adds
+    key, _ = KeyStore(gallery).add("admin", "bench")
+    port = free_port()
+    server = start_server(gallery, port, "--rate", "0", "--readers", str(args.readers),
+                          "--timeout", "120")
+    base = f"http://127.0.0.1:{port}/api/galleries/{gallery.name}"
+    headers = {"Authorization": f"Bearer {key}"}
+    weights = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(","))}
+    queries = photos[:200]
+
+    def request(c: httpx.Client, op: str, rng: random.Random) -> int:
+        photo = rng.choice(queries)
+        files = {"file": ("q.jpg", jpeg_bytes(photo, rng, crop=op == "add"), "image/jpeg")}
+        url = f"{base}/images" if op == "add" else f"{base}/{op}"
+        data = {"k": "5"} if op != "add" else {}
+        return c.post(url, files=files, data=data, headers=headers).status_code
+
+    warm = {}
+    with httpx.Client(timeout=600) as c:
+        for op in weights:
+            t = time.perf_counter()
+            code = request(c, op, random.Random(1))
+            warm[op] = (code, time.perf_counter() - t)
+    rss_warm = rss_mib(server.pid)
+    lat: dict[str, list[float]] = {op: [] for op in weights}
+    errors: dict[str, int] = {op: 0 for op in weights}
+    samples: list[float] = []
+    stop = time.monotonic() + args.seconds
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        rng = random.Random(100 + n)
+        ops, w = list(weights), list(weights.values())
+        with httpx.Client(timeout=300) as c:
+            while time.monotonic() < stop:
+                op = rng.choices(ops, w)[0]
+                t = time.perf_counter()
+                try:
+                    ok = 200 <= request(c, op, rng) < 300
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    lat[op].append(time.perf_counter() - t)
+                    errors[op] += not ok
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        samples.append(rss_mib(server.pid))
+        time.sleep(1)
+    for t in threads:
+        t.join()
+    rss_end = rss_mib(server.pid)
+    server.terminate()
+    server.wait(timeout=60)
+    rows = [{"endpoint": op, "requests": len(lat[op]), "errors": errors[op],
+             "req/s": round(len(lat[op]) / args.seconds, 2),
+             "p50 ms": round(1000 * percentile(lat[op], 0.5)),
+             "p99 ms": round(1000 * percentile(lat[op], 0.99)),
+             "warm-up s": round(warm[op][1], 2)} for op in weights]
+    total_err = sum(errors.values())
+    late = samples[len(samples) // 4:] or [rss_end]
+    body = (f"`python benchmarks/bench_serve.py --images {args.images} --clients {args.clients} "
+            f"--seconds {args.seconds:g} --mix {args.mix}`: gallery of {n_start} images "
+            f"(built in {build_s:.0f} s{'' if fresh else ', reused'}), model "
+            f"{'tiny random CLIP (plumbing only)' if args.model is None else args.model}, "
+            f"{args.readers} reader threads, loopback. Errors: {total_err}. Server RSS after "
+            f"warm-up {rss_warm:.0f} MiB; over the last 3/4 of the run {min(late):.0f}-"
+            f"{max(late):.0f} MiB; at the end {rss_end:.0f} MiB.\n\n"
+            + table(rows, list(rows[0])) + "\n")
+    print(body)
+    if not args.no_write:
+        write_section("HTTP API load test", body)
+    return 0 if total_err == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
