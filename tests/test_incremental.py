@@ -1,0 +1,113 @@
+"""Incremental matching: a gallery run that reuses stored decisions reports
+exactly what a run from scratch on the same files reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import textured
+from matchkit import Settings
+from matchkit.dedupe import dedupe
+from matchkit.gallery import Gallery
+from test_determinism import _content, _edits
+
+
+def _make(folder, seeds):
+    folder.mkdir(exist_ok=True)
+    for seed in seeds:
+        for name, im in _edits(textured(100 + seed), seed).items():
+            im.save(folder / f"p{seed:02d}_{name}.jpg", quality=88)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """An old set of 8 pictures with edited copies, and 2 more pictures."""
+    root = tmp_path_factory.mktemp("incremental")
+    old = _make(root / "old", range(8))
+    new = _make(root / "new", range(8, 10))
+    return old, new
+
+
+def _fresh(files, settings=Settings(workers=1), **kw):
+    return dedupe(files, settings=settings, **kw)
+
+
+def test_adding_images_matches_a_run_from_scratch(sets, tmp_path):
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    first = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert first.stats["pairs_verified"] > 0 and first.stats["pairs_reused"] == 0
+    assert _content(first) == _content(_fresh([folder]))
+
+    again = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(again) == _content(first)
+    assert again.stats["images_searched"] == 0 and again.stats["pairs_verified"] == 0
+    assert again.stats["pairs_reused"] > 0
+
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(grown) == _content(_fresh([folder]))
+    assert 0 < grown.stats["images_searched"] <= len(list(folder.iterdir()))
+    assert grown.stats["pairs_reused"] > 0
+
+
+def _touching(gal, image_id) -> int:
+    rows = [k for key in json.loads(gal._meta("match_keys")) for k in gal.match_pairs(key)]
+    recs = [i for key in json.loads(gal._meta("match_keys")) for i in gal.match_records(key)]
+    return sum(image_id in (a, b) for a, b, _ in rows) + recs.count(image_id)
+
+
+def test_removed_and_changed_images_drop_their_decisions(sets, tmp_path):
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    gone, changed = folder / "p03_crop.jpg", folder / "p05_over.jpg"
+    with Gallery(g) as gal:
+        gone_id, changed_id = gal.find(gone).id, gal.find(changed).id
+        assert _touching(gal, gone_id) > 1 and _touching(gal, changed_id) > 1
+        gone.unlink()
+        gal.remove([gone])
+        shutil.copy(new / "p08_orig.jpg", changed)  # other content, same path and id
+        gal.add([changed])
+        assert gal.find(changed).id == changed_id
+        # Dropped in the transactions that removed and changed them.
+        assert _touching(gal, gone_id) == 0 and _touching(gal, changed_id) == 0
+    after = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(after) == _content(_fresh([folder]))
+    assert after.stats["images_searched"] >= 1
+
+
+def test_changing_a_threshold_verifies_again_and_rematch_forces_it(sets, tmp_path):
+    old, _ = sets
+    g = tmp_path / "g"
+    base = dedupe([old], gallery=g, settings=Settings(workers=1))
+    strict = Settings(workers=1, min_inliers=40)
+    changed = dedupe([old], gallery=g, settings=strict)
+    assert changed.stats["pairs_reused"] == 0 and changed.stats["pairs_verified"] > 0
+    assert changed.stats["images_searched"] == len(list(old.iterdir()))
+    assert _content(changed) == _content(_fresh([old], strict))
+    # Each key keeps its own decisions: back to the default reuses them all.
+    back = dedupe([old], gallery=g, settings=Settings(workers=1))
+    assert back.stats["pairs_verified"] == 0 and _content(back) == _content(base)
+    # More workers is not another key.
+    two = dedupe([old], gallery=g, settings=Settings(workers=2))
+    assert two.stats["pairs_verified"] == 0
+    forced = dedupe([old], gallery=g, settings=Settings(workers=1), rematch=True)
+    assert forced.stats["pairs_reused"] == 0
+    assert forced.stats["pairs_verified"] == base.stats["pairs_verified"]
+    assert _content(forced) == _content(base)
+
+
+def test_a_run_without_gallery_reports_no_reuse(sets):
+    old, _ = sets
+    report = dedupe([old], settings=Settings(workers=1))
+    assert "pairs_reused" not in report.stats
