@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS match_pairs (
     before TEXT NOT NULL,
     after TEXT,
     same_pixels INTEGER,
+    live INTEGER NOT NULL,
+    relation TEXT,
     PRIMARY KEY (key, a, b, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS match_pairs_a ON match_pairs(a);
@@ -938,16 +940,17 @@ class Gallery:
             "SELECT image_id, sha256, record FROM match_images WHERE key=?", (key,))
         return {i: (d, r) for i, d, r in rows}
 
-    def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple[str, str | None, int | None]]:
-        """Stored pair evidence under ``key``: (a, b, kind) -> (before, after, same_pixels)."""
+    def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
+        """Stored pair evidence under ``key``: (a, b, kind) -> (before, after,
+        same_pixels, live, relation); see ``incremental.PairRow``."""
         if not self._has_match_tables():
             return {}
-        rows = self._db.execute(
-            "SELECT a, b, kind, before, after, same_pixels FROM match_pairs WHERE key=?", (key,))
-        return {(a, b, k): (x, y, z) for a, b, k, x, y, z in rows}
+        rows = self._db.execute("SELECT a, b, kind, before, after, same_pixels, live, relation "
+                                "FROM match_pairs WHERE key=?", (key,))
+        return {(r[0], r[1], r[2]): r[3:] for r in rows}
 
     def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
-                         pairs: dict[tuple[int, int, int], tuple[str, str | None, int | None]],
+                         pairs: dict[tuple[int, int, int], tuple],
                          *, replace: bool = False) -> None:
         """Write records and pair rows under ``key`` in one transaction (the
         writer lock held): a killed run leaves the state of the run before.
@@ -974,8 +977,8 @@ class Gallery:
                 "VALUES (?,?,?,?)",
                 [(key, i, d, r) for i, (d, r) in records.items() if present.get(i) == d])
             self._db.executemany(
-                "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels) "
-                "VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "
+                "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
                 [(key, a, b, k, *row) for (a, b, k), row in pairs.items()
                  if a in present and b in present])
 

@@ -110,6 +110,29 @@ def evidence_from_json(text: str, into: PairEvidence | None = None) -> PairEvide
     return ev
 
 
+@dataclasses.dataclass
+class PairRow:
+    """One stored pair: its evidence as the global signals left it, as local
+    verification left it (None: not verified yet), whether the two images
+    have the same pixels (None: not checked), whether it can matter to
+    clustering at all (``live``: matched, pending, or near enough to be an
+    exact copy), and its settled relation in a report (None: not asked)."""
+
+    before: str
+    after: str | None = None
+    same: int | None = None
+    live: int = 1
+    relation: str | None = None
+
+    @classmethod
+    def of(cls, ev: PairEvidence, exact_check_distance: int) -> "PairRow":
+        return cls(evidence_json(ev), live=int(bool(
+            ev.rule or ev.pending or ev.phash_distance <= exact_check_distance)))
+
+    def astuple(self) -> tuple:
+        return self.before, self.after, self.same, self.live, self.relation
+
+
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, np.uint8).tobytes()).decode()
 
@@ -146,7 +169,8 @@ class IncrementalMatcher(PairMatcher):
         ids = sorted(ids)
         current = gallery.image_digests()
         stored = {} if rematch else gallery.match_records(self.key)
-        self._rows = {} if rematch else gallery.match_pairs(self.key)
+        self._rows = {} if rematch else {k: PairRow(*v) for k, v in
+                                         gallery.match_pairs(self.key).items()}
         self._changed_rows: set[tuple[int, int, int]] = set()
         records = {i: json.loads(r) for i, (d, r) in stored.items()
                    if i in current and current[i][0] == d}
@@ -293,7 +317,8 @@ class IncrementalMatcher(PairMatcher):
                 continue
             row = self._rows.get((a, b, CANDIDATE))
             if row is not None and a not in searched and b not in searched:
-                keep.append(evidence_from_json(row[0]))
+                if row.live:  # (the others cannot change any cluster)
+                    keep.append(evidence_from_json(row.before))
             else:
                 fresh[(a, b)] = d
         need = sorted({i for p in fresh for i in p})
@@ -305,9 +330,9 @@ class IncrementalMatcher(PairMatcher):
             k = (ev.a, ev.b, CANDIDATE)
             text, old = evidence_json(ev), self._rows.get(k)
             templated = ev.a in self.templated_flags or ev.b in self.templated_flags
-            if old is not None and old[0] == text and not templated:
+            if old is not None and old.before == text and not templated:
                 continue  # measured again, the same: its verification still holds
-            self._rows[k] = (text, None, None)
+            self._rows[k] = PairRow.of(ev, s.exact_check_distance)
             self._changed_rows.add(k)
         return sorted(keep + made, key=lambda ev: (ev.a, ev.b))
 
@@ -325,8 +350,8 @@ class IncrementalMatcher(PairMatcher):
         text, old = evidence_json(ev), self._rows.get(k)
         templated = {ev.a, ev.b} & self.templated_flags
         touched = {ev.a, ev.b} & set(self.searched)
-        if old is None or old[0] != text or (templated and touched):
-            self._rows[k] = (text, None, None)
+        if old is None or old.before != text or (templated and touched):
+            self._rows[k] = PairRow.of(ev, self.settings.exact_check_distance)
             self._changed_rows.add(k)
         return ev
 
@@ -335,8 +360,8 @@ class IncrementalMatcher(PairMatcher):
         work = []
         for ev in todo:
             row = self._rows.get(self._kind(ev))
-            if row is not None and row[1] is not None:
-                evidence_from_json(row[1], into=ev)
+            if row is not None and row.after is not None:
+                evidence_from_json(row.after, into=ev)
                 self.reused += 1
             else:
                 work.append(ev)
@@ -346,22 +371,33 @@ class IncrementalMatcher(PairMatcher):
         super().verify(work)
         self.verified += len(work)
         for ev in work:
-            k = self._kind(ev)
-            before = self._rows.get(k, (evidence_json(ev), None, None))
-            self._rows[k] = (before[0], evidence_json(ev), before[2])
-            self._changed_rows.add(k)
+            row = self._rows[self._kind(ev)]
+            row.after, row.relation = evidence_json(ev), None
+            self._changed_rows.add(self._kind(ev))
 
     def same_pixels(self, ev: PairEvidence) -> bool:
         k = (ev.a, ev.b, CANDIDATE)
         row = self._rows.get(k)
-        if row is not None and row[2] is not None:
-            return bool(row[2])
+        if row is not None and row.same is not None:
+            return bool(row.same)
         for i in (ev.a, ev.b):
             if i not in self.plain:
                 self.plain[i] = self.gallery.phash_variants([i])[0]
         out = super().same_pixels(ev)
         if row is not None:
-            self._rows[k] = (row[0], row[1], int(out))
+            row.same = int(out)
+            self._changed_rows.add(k)
+        return out
+
+    def settle_relation(self, ev: PairEvidence) -> str | None:
+        k = self._kind(ev)
+        row = self._rows.get(k)
+        if row is not None and row.relation is not None:
+            ev.extra["relation"] = row.relation or None
+            return ev.extra["relation"]
+        out = super().settle_relation(ev)
+        if row is not None:
+            row.relation = out or ""
             self._changed_rows.add(k)
         return out
 
@@ -400,5 +436,5 @@ class IncrementalMatcher(PairMatcher):
         """Store the records and pair rows this run made or completed (one transaction)."""
         records = {i: (self.digests[i][0], json.dumps(self.records[i], sort_keys=True))
                    for i in self._write if i in self.digests}
-        rows = {k: self._rows[k] for k in self._changed_rows}
+        rows = {k: self._rows[k].astuple() for k in self._changed_rows}
         self.gallery.save_match_state(self.key, records, rows, replace=self.rematch)
