@@ -152,10 +152,11 @@ class VoteDetail:
     by_owner: dict[int, dict[int, float]] = field(default_factory=dict)
     #: query id -> sorted ids any of its descriptors voted for (before the cut).
     hits: dict[int, list[int]] = field(default_factory=dict)
-    #: query id -> per descriptor, the distance of its farthest neighbour
-    #: searched (uint8; 255 when fewer were found): a new descriptor nearer than
-    #: that would have taken a place in its neighbour list.
-    kth: dict[int, np.ndarray] = field(default_factory=dict)
+    #: query id -> its descriptors' neighbour lists as searched: image ids
+    #: (int32, -1: none) and distances (uint8, 255 for none or farther), shape
+    #: (descriptors, neighbours) each; merged with new images' descriptors,
+    #: they give the votes a new search would (``tally_votes``).
+    lists: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def vote_candidates(
@@ -192,20 +193,33 @@ def vote_candidates(
         return out
     owners = np.concatenate(owner_list)
     keys, dists = index.search(np.concatenate(desc_list), neighbours)
+    other = np.where(keys >= 0, keys // key_stride, -1)
     if detail is not None:
-        far = np.where(keys[:, -1] < 0, 255, np.minimum(dists[:, -1], 255)).astype(np.uint8)
+        ids32, d8 = other.astype(np.int32), np.minimum(dists, 255).astype(np.uint8)
         start = 0
         for owner_ids in owner_list:
-            detail.kth[int(owner_ids[0])] = far[start:start + len(owner_ids)]
-            start += len(owner_ids)
-    other = np.where(keys >= 0, keys // key_stride, -1)
-    valid = (keys >= 0) & (dists <= max_distance) & (other != owners[:, None])
+            end = start + len(owner_ids)
+            detail.lists[int(owner_ids[0])] = (ids32[start:end], d8[start:end])
+            start = end
+    return tally_votes(owners, other, dists, max_distance=max_distance, per_query=per_query,
+                       min_votes=min_votes, allowed=allowed, detail=detail)
+
+
+def tally_votes(owners: np.ndarray, other: np.ndarray, dists: np.ndarray, *, max_distance: int,
+                per_query: int, min_votes: float, allowed: set[int] | None = None,
+                detail: VoteDetail | None = None) -> dict[tuple[int, int], float]:
+    """The votes of ``vote_candidates`` from its descriptors' neighbour lists:
+    ``owners[r]`` is the query image of row ``r``, ``other[r]`` the images of its
+    neighbours (-1: none) and ``dists[r]`` their distances."""
+    out: dict[tuple[int, int], float] = {}
+    valid = (other >= 0) & (dists <= max_distance) & (other != owners[:, None])
     if allowed is not None:
         allowed_arr = np.fromiter(allowed, np.int64)
         valid &= np.isin(other, allowed_arr)
     rows, cols = np.nonzero(valid)
     if not len(rows):
         return out
+    other = other.astype(np.int64)
     # One vote per (query descriptor, other image), shared among the images it hits.
     pair_code = rows.astype(np.int64) * (other.max() + 1) + other[rows, cols]
     pair_code = np.unique(pair_code)

@@ -46,13 +46,13 @@ import json
 import numpy as np
 
 from . import __version__
-from .candidates import VoteDetail, phash_candidates, vote_candidates
+from .candidates import VoteDetail, phash_candidates, tally_votes, vote_candidates
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
 from .index import HammingIndex
 from .local import Overlap, Verification
-from .match import PairEvidence, PairMatcher, _content_features
+from .match import PairEvidence, PairMatcher, _content_features, mark_verifiable
 
 #: Bump when what a record or a stored pair means changes.
 STATE_VERSION = 1
@@ -133,6 +133,48 @@ class PairRow:
         return self.before, self.after, self.same, self.live, self.relation
 
 
+def _phash_fields(found, i: int) -> dict:
+    """What an image's record keeps of its hash search."""
+    return {"crowd": found.crowd[i], "near": [list(x) for x in found.nearest.get(i, [])],
+            "ph": sorted([j, d] for j, d in found.by_owner.get(i, {}).items()),
+            "reach": found.reach.get(i)}
+
+
+def _vote_fields(detail: VoteDetail, i: int) -> dict:
+    """What an image's record keeps of its descriptor votes."""
+    return {"vo": sorted([j, v] for j, v in detail.by_owner.get(i, {}).items()),
+            "hits": detail.hits.get(i, [])}
+
+
+def _pack_lists(ids: np.ndarray, dists: np.ndarray) -> list:
+    return [ids.shape[1] if ids.ndim == 2 else 0,
+            base64.b64encode(np.ascontiguousarray(ids, "<i4").tobytes()).decode(), _b64(dists)]
+
+
+def _lists(rec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A record's descriptor neighbour lists (image ids, distances)."""
+    k, ids, dists = rec["nb"]
+    ids = np.frombuffer(base64.b64decode(ids), "<i4")
+    return ids.reshape(-1, k or 1), _unb64(dists).reshape(-1, k or 1)
+
+
+def _within(index: HammingIndex, queries: np.ndarray, limit: int):
+    """(query row, key, distance) of every indexed code within ``limit`` of
+    each query (the neighbour count grows while the farthest is still within)."""
+    rows, k = np.arange(len(queries)), 16
+    seen: dict[tuple[int, int], int] = {}
+    while len(rows) and len(index):
+        keys, dists = index.search(queries[rows], min(k, len(index)))
+        ok = (keys >= 0) & (dists <= limit)
+        for r, c in zip(*np.nonzero(ok)):
+            seen[(int(rows[r]), int(keys[r, c]))] = int(dists[r, c])
+        more = ok[:, -1]
+        if not more.any() or k >= len(index):
+            break
+        rows, k = rows[more], k * 4
+    return [(q, key, d) for (q, key), d in seen.items()]
+
+
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, np.uint8).tobytes()).decode()
 
@@ -175,80 +217,190 @@ class IncrementalMatcher(PairMatcher):
         records = {i: json.loads(r) for i, (d, r) in stored.items()
                    if i in current and current[i][0] == d}
         allowed = set(ids)
-        entering = [i for i in current if i not in records
-                    or (i in allowed and not records[i].get("run"))]
-        dirty = self._dirty(records, allowed, entering)
+        #: Images new to the indexes since the records were made (new or changed).
+        fresh = [i for i in current if i not in records]
+        entering = fresh + [i for i in ids if i in records and not records[i].get("run")]
+        self.records, self.digests = records, current
         self._write: set[int] = set()
+        #: Images whose record changed this run beyond their votes (their
+        #: pairs are measured again).
+        self.changed: set[int] = set()
+        #: Images whose votes alone changed: their stored votes, by other image.
+        self.old_votes: dict[int, dict[int, float]] = {}
+        searched = [i for i, r in records.items() if r.get("q")]
+        full = self._stale(searched, allowed)
+        if entering:
+            rest = [i for i in searched if i not in full]
+            full |= self._refresh_phash(self._phash_reached(rest, entering), allowed)
+            if self.settings.local_features:
+                self._patch_votes([i for i in searched if i not in full], fresh, allowed,
+                                  retally=len(entering) > len(fresh))
         for i, (digest, _) in current.items():  # markers: seen, not searched
-            if i not in records or i in dirty or bool(records[i].get("run")) != (i in allowed):
-                rec = records.get(i) if i not in dirty else None
+            if i not in records or i in full or bool(records[i].get("run")) != (i in allowed):
+                rec = records.get(i) if i not in full else None
                 records[i] = {**(rec or {"q": 0}), "run": int(i in allowed)}
                 self._write.add(i)
-        self.records, self.digests = records, current
-        #: Images searched again this run (their pairs are measured again).
+        #: Images searched again this run.
         self.searched = [i for i in ids if not records[i].get("q")]
         self._search(self.searched, allowed)
+        self.changed.update(self.searched)
         self.plain = {}
         self.crowd = {i: records[i]["crowd"] for i in ids}
         self.evidence = self._evidence(ids, same)
 
     # -- which records still hold ------------------------------------------
-    def _dirty(self, records: dict[int, dict], allowed: set[int], entering: list[int]) -> set[int]:
-        """Searched records that a search now could answer differently."""
-        searched = [i for i, r in records.items() if r.get("q")]
-        dirty = set()
+    def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:
+        """Records naming an image that left (removed, changed, out of the run):
+        searched again from scratch."""
+        records, out = self.records, set()
+        limit = self.settings.vote_max_distance
         for i in searched:
             r = records[i]
             if (any(j not in records for j, _ in r["near"])
                     or any(j not in allowed for j, _ in r["ph"])
                     or any(j not in allowed for j, _ in r["vo"])
                     or any(j not in allowed for j in r["hits"])):
-                dirty.add(i)
-        if not entering:
-            return dirty
-        s = self.settings
-        collect = max(max(s.phash_max_distance, s.exact_check_distance),
-                      s.phash_candidate_distance if s.local_features else 0)
-        # pHash: an entering image as near as the crowd or collect distance.
-        # pHash: an entering image nearer than the crowd distance (it joins
-        # the neighbour list), or within the collect distance and within
-        # some hash variant's reach (it joins that search's results).
-        rest = [i for i in searched if i not in dirty]
+                out.add(i)
+            elif "nb" in r:  # a near descriptor of a gone image held a place
+                ids, dists = _lists(r)
+                if any(j not in records for j in set(ids[dists <= limit].tolist())):
+                    out.add(i)
+        return out
+
+    def _phash_reached(self, rest: list[int], entering: list[int]) -> list[int]:
+        """Records whose hash search an entering image would join: nearer than
+        the crowd distance (the neighbour list), or within the collect
+        distance and some hash variant's reach (that search's results)."""
+        if not rest:
+            return []
+        collect = self._phash_limits()
+        collect = max(collect["max_distance"], collect["collect_distance"] or 0)
         codes = self.gallery.phash_variants(entering)[:, 0]
-        if rest:
-            near = _nearest_distance(self.gallery.phash_variants(rest).reshape(-1, PHASH_BITS // 8),
-                                     codes, PHASH_BITS).reshape(len(rest), 8)
-            for i, d in zip(rest, near.tolist()):
-                r = records[i]
-                reach = r.get("reach") or [collect] * 8
-                if min(d) <= r["crowd"] or any(x <= min(y, collect) for x, y in zip(d, reach)):
-                    dirty.add(i)
-        if not s.local_features:
-            return dirty
-        # Descriptors: an entering image's indexed descriptor nearer than a
-        # query descriptor's farthest neighbour (within the vote distance).
-        rest = [i for i in searched if i not in dirty]
-        new_desc = [lf[0].desc[: s.index_features] for lf in
-                    (self.gallery.local_features(i) for i in entering) if lf is not None] \
-            if rest else []
-        if not new_desc:
-            return dirty
-        owners, queries, limits = [], [], []
-        for i in rest:
-            r = records[i]
+        near = _nearest_distance(self.gallery.phash_variants(rest).reshape(-1, PHASH_BITS // 8),
+                                 codes, PHASH_BITS).reshape(len(rest), 8)
+        out = []
+        for i, d in zip(rest, near.tolist()):
+            r = self.records[i]
+            reach = r.get("reach") or [collect] * 8
+            if min(d) <= r["crowd"] or any(x <= min(y, collect) for x, y in zip(d, reach)):
+                out.append(i)
+        return out
+
+    def _refresh_phash(self, todo: list[int], allowed: set[int]) -> set[int]:
+        """Hash searches of ``todo`` again (cheap), and their template check;
+        returns the images that must be searched in full: those templated
+        before or now (their votes come from content-only features), and
+        those outside the run."""
+        if not todo:
+            return set()
+        full = {i for i in todo if i not in self.paths or self.records[i].get("tmpl")}
+        todo = [i for i in todo if i not in full]
+        s = self.settings
+        found = phash_candidates(self.gallery.phash_index, todo, self.gallery.phash_variants(todo),
+                                 neighbours=s.neighbours, allowed=allowed, per_owner=True,
+                                 **self._phash_limits())
+        if s.local_features:
+            masks: dict[int, np.ndarray] = {}
+            full.update(_content_features(todo, self.paths, found, self.cache, s, masks))
+        for i in todo:
+            if i not in full:
+                self._update(i, _phash_fields(found, i))
+        return full
+
+    def _patch_votes(self, todo: list[int], fresh: list[int], allowed: set[int],
+                     retally: bool) -> None:
+        """Votes of ``todo`` as a search now would give them: each stored
+        neighbour list merged with the descriptors of the images new to the
+        index that come near enough to count (within the vote distance), then
+        counted again over the current run (all of ``todo`` if ``retally``:
+        images joined the run; else only those whose lists changed)."""
+        s = self.settings
+        todo = [i for i in todo if "nb" in self.records[i]]
+        if not todo:
+            return
+        lists = {i: _lists(self.records[i]) for i in todo}
+        new = [(i, lf[0].desc[: s.index_features]) for i, lf in
+               ((i, self.gallery.local_features(i)) for i in fresh) if lf is not None]
+        new = [(i, d) for i, d in new if len(d)]
+        touched: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        if new:
+            keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
+            descs = np.concatenate([d for _, d in new])
+            todo_set = set(todo)
+            by_index = s.query_features <= s.index_features
+            plain = {i for i in todo if by_index and not self.records[i].get("tdesc")}
+            # Stored images' query descriptors are in the index: ask from the
+            # new side which of them a new descriptor comes near.
+            for qrow, key, d in _within(self.gallery.orb_index, descs, s.vote_max_distance):
+                j, r = divmod(int(key), ORB_KEY_STRIDE)
+                if j in plain and r < len(lists[j][0]):
+                    touched.setdefault((j, r), []).append((d, int(keys[qrow])))
+            # The rest (content-only features of templated images) ask the new ones.
+            others = [i for i in todo if i not in plain]
+            if others:
+                small = HammingIndex(256)
+                small.add(keys, descs, replace=False)
+                queries = self._query_descriptors(others)
+                owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
+                ranks = np.concatenate([np.arange(len(queries[i])) for i in others])
+                for qrow, key, d in _within(small, np.concatenate([queries[i] for i in others]),
+                                            s.vote_max_distance):
+                    touched.setdefault((int(owners[qrow]), int(ranks[qrow])), []).append(
+                        (d, int(key)))
+        for (j, r), found in touched.items():
+            ids, ds = lists[j]
+            if ids.base is not None or not ids.flags.writeable:
+                ids, ds = ids.copy(), ds.copy()
+            # Nearest first; at equal distance the descriptor indexed last
+            # ranks first, as the index's own search ranks them (new ones
+            # were indexed after every stored one).
+            found.sort(key=lambda x: (x[0], -x[1]))
+            row_ids = np.array([k // ORB_KEY_STRIDE for _, k in found] + ids[r].tolist())
+            row_d = np.array([d for d, _ in found] + ds[r].tolist())
+            order = np.argsort(row_d, kind="stable")[: ids.shape[1]]
+            ids[r], ds[r] = row_ids[order], row_d[order]
+            lists[j] = (ids, ds)
+        recount = todo if retally else sorted({j for j, _ in touched})
+        if not recount:
+            return
+        owners = np.concatenate([np.full(len(lists[i][0]), i, np.int64) for i in recount])
+        detail = VoteDetail()
+        tally_votes(owners, np.concatenate([lists[i][0] for i in recount]).astype(np.int64),
+                    np.concatenate([lists[i][1] for i in recount]).astype(np.int64),
+                    allowed=allowed, detail=detail, **{k: v for k, v in self._vote_limits().items()
+                                                       if k != "neighbours"})
+        for i in recount:
+            old = self.records[i].get("vo")
+            self._update(i, {**_vote_fields(detail, i), "nb": _pack_lists(*lists[i])})
+            if self.records[i]["vo"] != old:
+                self.old_votes[i] = dict(map(tuple, old or []))
+
+    def _query_descriptors(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """The descriptors each stored image voted with (content-only ones for
+        templated images, kept in their records)."""
+        out = {}
+        for i in ids:
+            r = self.records[i]
             if r.get("tdesc"):
-                q = _unb64(r["tdesc"]).reshape(-1, 32)
+                out[i] = _unb64(r["tdesc"]).reshape(-1, 32)
             else:
                 lf = self.cache.get(i)
-                q = lf[0].desc[: s.query_features] if lf is not None else np.zeros((0, 32), np.uint8)
-            kth = _unb64(r["kth"]) if r.get("kth") else np.full(len(q), 255, np.uint8)
-            owners.append(np.full(len(q), i))
-            queries.append(q)
-            limits.append(np.minimum(kth[:len(q)].astype(np.int64), s.vote_max_distance))
-        near = _nearest_distance(np.concatenate(queries), np.concatenate(new_desc), 256)
-        hit = near <= np.concatenate(limits)
-        dirty.update(np.unique(np.concatenate(owners)[hit]).tolist())
-        return dirty
+                out[i] = (lf[0].desc[: self.settings.query_features] if lf is not None
+                          else np.zeros((0, 32), np.uint8))
+        return out
+
+    def _update(self, image_id: int, fields: dict) -> None:
+        """Set fields of a record. If its hash neighbourhood or pairs changed,
+        its pairs are measured again; votes are patched into its pairs'
+        evidence (``_evidence``); neighbour lists alone change nothing. (Its
+        per-image values, ``memo``, depend on the image alone.)"""
+        rec = self.records[image_id]
+        if any(rec.get(k) != v for k, v in fields.items()):
+            if any(rec.get(k) != v for k, v in fields.items()
+                   if k not in ("nb", "reach", "vo", "hits")):
+                self.changed.add(image_id)
+            rec.update(fields)
+            self._write.add(image_id)
 
     # -- searching the images that need it ---------------------------------
     def _search(self, todo: list[int], allowed: set[int]) -> None:
@@ -266,14 +418,10 @@ class IncrementalMatcher(PairMatcher):
             vote_candidates(g.orb_index, self.vote_queries(todo), key_stride=ORB_KEY_STRIDE,
                             allowed=allowed, detail=detail, **self._vote_limits())
         for i in todo:
-            rec = {"q": 1, "run": 1, "crowd": found.crowd[i],
-                   "near": [list(x) for x in found.nearest.get(i, [])],
-                   "ph": sorted([j, d] for j, d in found.by_owner.get(i, {}).items()),
-                   "vo": sorted([j, v] for j, v in detail.by_owner.get(i, {}).items()),
-                   "hits": detail.hits.get(i, []), "tmpl": int(i in self.templated),
-                   "reach": found.reach.get(i)}
-            if i in detail.kth:
-                rec["kth"] = _b64(detail.kth[i])
+            rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
+                   "tmpl": int(i in self.templated)}
+            if i in detail.lists:
+                rec["nb"] = _pack_lists(*detail.lists[i])
             if i in self.templated:
                 rec["tdesc"] = _b64(self.templated[i].desc[: s.query_features])
             self.records[i] = rec
@@ -296,9 +444,10 @@ class IncrementalMatcher(PairMatcher):
         s, records = self.settings, self.records
         pairs: dict[tuple[int, int], int] = {}
         votes: dict[tuple[int, int], float] = {}
-        top = {}
+        top, vo = {}, {}
         for q in ids:
             r = records[q]
+            vo[q] = dict(map(tuple, r["vo"]))
             for j, d in r["ph"]:
                 p = (q, j) if q < j else (j, q)
                 if d < pairs.get(p, 1 << 30):
@@ -309,32 +458,66 @@ class IncrementalMatcher(PairMatcher):
             top[q] = {j for j, _ in r["near"][:s.verify_top]}
         for p in votes:
             pairs.setdefault(p, -1)
-        searched = set(self.searched)
+        changed, old_votes = self.changed, self.old_votes
+        self.templated_flags = {i for i in ids if records[i].get("tmpl")}
         keep: list[PairEvidence] = []
         fresh: dict[tuple[int, int], int] = {}
         for (a, b), d in pairs.items():
             if same is not None and same.get(a, a) == same.get(b, b):
                 continue
             row = self._rows.get((a, b, CANDIDATE))
-            if row is not None and a not in searched and b not in searched:
-                if row.live:  # (the others cannot change any cluster)
-                    keep.append(evidence_from_json(row.before))
-            else:
+            if row is None or a in changed or b in changed:
                 fresh[(a, b)] = d
+            elif (a in old_votes or b in old_votes) and votes.get((a, b), 0.0) != max(
+                    old_votes.get(a, vo[a]).get(b, 0.0), old_votes.get(b, vo[b]).get(a, 0.0)):
+                if self.calibrator is not None:  # (the votes are one of its features)
+                    fresh[(a, b)] = d
+                    continue
+                # Only the votes changed (a new image took a share): the same
+                # evidence with the new votes, as a new measurement would give.
+                ev = evidence_from_json(row.before)
+                ev.votes = votes.get((a, b), 0.0)
+                mark_verifiable(ev, top, s)
+                ev.pending = ev.extra["verifiable"] and not ev.rule
+                self._replace_row(ev, row)
+                if self._rows[(a, b, CANDIDATE)].live:
+                    keep.append(ev)
+            elif row.live:  # (the others cannot change any cluster)
+                keep.append(evidence_from_json(row.before))
         need = sorted({i for p in fresh for i in p})
         self.plain.update(zip(need, self.gallery.phash_variants(need)))
-        self.templated_flags = {i for i in ids if records[i].get("tmpl")}
         self._ensure_templated(need)  # "template" evidence: who is templated
         made = self.global_evidence(fresh, votes, top, same) if fresh else []
         for ev in made:
-            k = (ev.a, ev.b, CANDIDATE)
-            text, old = evidence_json(ev), self._rows.get(k)
-            templated = ev.a in self.templated_flags or ev.b in self.templated_flags
-            if old is not None and old.before == text and not templated:
-                continue  # measured again, the same: its verification still holds
-            self._rows[k] = PairRow.of(ev, s.exact_check_distance)
-            self._changed_rows.add(k)
+            self._replace_row(ev, self._rows.get((ev.a, ev.b, CANDIDATE)))
         return sorted(keep + made, key=lambda ev: (ev.a, ev.b))
+
+    def _replace_row(self, ev: PairEvidence, old: PairRow | None) -> None:
+        """Store a candidate pair's new evidence, keeping what was stored of
+        it where that still holds: all of it if the evidence is the same, its
+        verification if only the votes moved (``_same_verification``); never
+        for templated images (their content features depend on neighbours)."""
+        k = (ev.a, ev.b, CANDIDATE)
+        text = evidence_json(ev)
+        templated = ev.a in self.templated_flags or ev.b in self.templated_flags
+        if old is not None and old.before == text and not templated:
+            return
+        row = self._rows[k] = PairRow.of(ev, self.settings.exact_check_distance)
+        self._changed_rows.add(k)
+        if old is not None and not templated and self._same_verification(old.before, text):
+            row.after, row.same, row.relation = old.after, old.same, old.relation
+
+    def _same_verification(self, old: str, new: str) -> bool:
+        """Whether evidence ``new`` would be verified as ``old`` was: the same
+        but for the descriptor votes (a new image took a share of them), which
+        verification only asks about as "at least ``verify_retry_votes``".
+        A calibrated decision reads the votes themselves: then never."""
+        if self.calibrator is not None:
+            return False
+        a, b = json.loads(old), json.loads(new)
+        limit = self.settings.verify_retry_votes
+        va, vb = a.pop("v"), b.pop("v")
+        return a == b and (va < limit) == (vb < limit)
 
     def _kind(self, ev: PairEvidence) -> tuple[int, int, int]:
         kind = (HOP_MIRRORED if ev.extra.get("reflect") else HOP) if ev.extra.get(
@@ -349,7 +532,7 @@ class IncrementalMatcher(PairMatcher):
         k = self._kind(ev)
         text, old = evidence_json(ev), self._rows.get(k)
         templated = {ev.a, ev.b} & self.templated_flags
-        touched = {ev.a, ev.b} & set(self.searched)
+        touched = {ev.a, ev.b} & self.changed
         if old is None or old.before != text or (templated and touched):
             self._rows[k] = PairRow.of(ev, self.settings.exact_check_distance)
             self._changed_rows.add(k)
@@ -361,7 +544,9 @@ class IncrementalMatcher(PairMatcher):
         for ev in todo:
             row = self._rows.get(self._kind(ev))
             if row is not None and row.after is not None:
+                votes = ev.votes  # (a verification made under other votes: see _same_verification)
                 evidence_from_json(row.after, into=ev)
+                ev.votes = votes
                 self.reused += 1
             else:
                 work.append(ev)

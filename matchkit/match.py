@@ -248,6 +248,17 @@ def embedding_candidates(gallery: Gallery, vectors: dict[int, np.ndarray],
     return out
 
 
+def mark_verifiable(ev: PairEvidence, top: dict[int, set[int]], settings: Settings) -> None:
+    """Whether the pair is worth verifying locally (if the global signals do
+    not settle it): descriptors voted for it, the embeddings are close, or
+    one is among the other's ``verify_top`` nearest by hash (``top``)."""
+    near = (ev.cosine is not None and settings.cosine_candidate is not None
+            and ev.cosine >= settings.cosine_candidate)
+    ev.extra["verifiable"] = bool(
+        settings.local_features
+        and (ev.votes > 0 or near or ev.b in top.get(ev.a, ()) or ev.a in top.get(ev.b, ())))
+
+
 def local_rule(ev: PairEvidence, settings: Settings) -> str:
     """Match on verified local features: "local" when enough inliers of one
     planar transform relate the pictures as ``settings.level`` allows."""
@@ -395,12 +406,7 @@ class PairMatcher:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
             elif calibrator is None:
                 ev.rule = hash_rule(ev, self.crowd, settings) or embedding_rule(ev, settings)
-            near = (ev.cosine is not None and settings.cosine_candidate is not None
-                    and ev.cosine >= settings.cosine_candidate)
-            #: Worth verifying locally if the global signals do not settle it.
-            ev.extra["verifiable"] = bool(
-                settings.local_features
-                and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
+            mark_verifiable(ev, top, settings)
             evidence.append(ev)
         if calibrator is not None:
             from .pairfeatures import globally_decidable
