@@ -40,6 +40,9 @@ class Candidates:
     #: reached (its k-th distance; the collect distance when the list was
     #: extended): an image entering the index further away changes nothing.
     reach: dict[int, list[int]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> distance of the farthest of the
+    #: ``collect_top`` pairs kept beyond ``max_distance`` (when that many were).
+    loose_reach: dict[int, int] = field(default_factory=dict)
 
 
 def phash_candidates(
@@ -96,10 +99,16 @@ def phash_candidates(
                     continue
                 _keep(out, owner, key, d, collect, per_owner)
         for owner, seen in loose.items():
-            for key, d in sorted(seen.items(), key=_by_distance_then_id)[:collect_top]:
+            kept = sorted(seen.items(), key=_by_distance_then_id)[:collect_top]
+            for key, d in kept:
                 _keep(out, owner, key, d, collect, per_owner)
+            if per_owner and len(kept) == collect_top and owner not in out.loose_reach:
+                out.loose_reach[owner] = kept[-1][1]
         # Rows whose k-th neighbour is still within the limit may have more.
         saturated = dists[:, -1] <= max_distance
+        if per_owner:  # (searched again: their loose ones are not all known yet)
+            for owner in set(owners[rows[saturated]].tolist()):
+                out.loose_reach[owner] = collect
         if k >= min(_MAX_NEIGHBOURS, len(index)) or not saturated.any():
             break
         rows = rows[saturated]

@@ -137,7 +137,7 @@ def _phash_fields(found, i: int) -> dict:
     """What an image's record keeps of its hash search."""
     return {"crowd": found.crowd[i], "near": [list(x) for x in found.nearest.get(i, [])],
             "ph": sorted([j, d] for j, d in found.by_owner.get(i, {}).items()),
-            "reach": found.reach.get(i)}
+            "reach": found.reach.get(i), "lreach": found.loose_reach.get(i)}
 
 
 def _vote_fields(detail: VoteDetail, i: int) -> dict:
@@ -158,21 +158,49 @@ def _lists(rec: dict) -> tuple[np.ndarray, np.ndarray]:
     return ids.reshape(-1, k or 1), _unb64(dists).reshape(-1, k or 1)
 
 
+def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour lists (ids, dists: rows x k) with new neighbours merged in:
+    ``found`` rows are (row, distance, descriptor key). Nearest first; at
+    equal distance the descriptor indexed last ranks first, as the index's
+    own search ranks them (new ones were indexed after every stored one)."""
+    k = ids.shape[1]
+    found = found[np.lexsort((-found[:, 2], found[:, 1], found[:, 0]))]
+    rows, start = np.unique(found[:, 0], return_index=True)
+    pos = np.arange(len(found)) - np.repeat(start, np.diff(np.append(start, len(found))))
+    width = int(pos.max()) + 1
+    slot = np.searchsorted(rows, found[:, 0])
+    new_ids = np.full((len(rows), width), -1, np.int64)
+    new_d = np.full((len(rows), width), 255, np.int64)
+    new_ids[slot, pos] = found[:, 2] // ORB_KEY_STRIDE
+    new_d[slot, pos] = found[:, 1]
+    all_ids = np.concatenate([new_ids, ids[rows].astype(np.int64)], 1)
+    all_d = np.concatenate([new_d, dists[rows].astype(np.int64)], 1)
+    order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+    ids, dists = ids.copy(), dists.copy()
+    ids[rows] = np.take_along_axis(all_ids, order, 1)
+    dists[rows] = np.take_along_axis(all_d, order, 1)
+    return ids, dists
+
+
 def _within(index: HammingIndex, queries: np.ndarray, limit: int):
     """(query row, key, distance) of every indexed code within ``limit`` of
     each query (the neighbour count grows while the farthest is still within)."""
     rows, k = np.arange(len(queries)), 16
-    seen: dict[tuple[int, int], int] = {}
+    found = []
     while len(rows) and len(index):
         keys, dists = index.search(queries[rows], min(k, len(index)))
         ok = (keys >= 0) & (dists <= limit)
-        for r, c in zip(*np.nonzero(ok)):
-            seen[(int(rows[r]), int(keys[r, c]))] = int(dists[r, c])
         more = ok[:, -1]
-        if not more.any() or k >= len(index):
+        last = not more.any() or k >= len(index)
+        done = ok & ~more[:, None] if not last else ok  # (rows searched again: later)
+        r, c = np.nonzero(done)
+        found.append(np.stack([rows[r], keys[r, c], dists[r, c]], 1))
+        if last:
             break
         rows, k = rows[more], k * 4
-    return [(q, key, d) for (q, key), d in seen.items()]
+    out = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+    return out.tolist()
 
 
 def _b64(a: np.ndarray) -> str:
@@ -273,16 +301,20 @@ class IncrementalMatcher(PairMatcher):
         distance and some hash variant's reach (that search's results)."""
         if not rest:
             return []
-        collect = self._phash_limits()
-        collect = max(collect["max_distance"], collect["collect_distance"] or 0)
+        limits = self._phash_limits()
+        max_distance = limits["max_distance"]
+        collect = max(max_distance, limits["collect_distance"] or 0)
         codes = self.gallery.phash_variants(entering)[:, 0]
         near = _nearest_distance(self.gallery.phash_variants(rest).reshape(-1, PHASH_BITS // 8),
                                  codes, PHASH_BITS).reshape(len(rest), 8)
         out = []
         for i, d in zip(rest, near.tolist()):
             r = self.records[i]
+            # Beyond the pair distance, a new image counts only if it is
+            # among the nearest few kept there (``collect_top``).
+            limit = max(max_distance, min(r.get("lreach") or collect, collect))
             reach = r.get("reach") or [collect] * 8
-            if min(d) <= r["crowd"] or any(x <= min(y, collect) for x, y in zip(d, reach)):
+            if min(d) <= r["crowd"] or any(x <= min(y, limit) for x, y in zip(d, reach)):
                 out.append(i)
         return out
 
@@ -299,9 +331,14 @@ class IncrementalMatcher(PairMatcher):
         found = phash_candidates(self.gallery.phash_index, todo, self.gallery.phash_variants(todo),
                                  neighbours=s.neighbours, allowed=allowed, per_owner=True,
                                  **self._phash_limits())
-        if s.local_features:
-            masks: dict[int, np.ndarray] = {}
-            full.update(_content_features(todo, self.paths, found, self.cache, s, masks))
+        if s.local_features:  # the template check, where its look-alikes changed
+
+            def close(near) -> list:
+                return [list(x) for x in near if x[1] <= s.template_crowd_distance]
+
+            moved = [i for i in todo if close(found.nearest.get(i, []))
+                     != close(self.records[i]["near"])]
+            full.update(_content_features(moved, self.paths, found, self.cache, s, {}))
         for i in todo:
             if i not in full:
                 self._update(i, _phash_fields(found, i))
@@ -322,45 +359,40 @@ class IncrementalMatcher(PairMatcher):
         new = [(i, lf[0].desc[: s.index_features]) for i, lf in
                ((i, self.gallery.local_features(i)) for i in fresh) if lf is not None]
         new = [(i, d) for i, d in new if len(d)]
-        touched: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        hits = []  # (stored image, its descriptor row, distance, new descriptor key)
         if new:
             keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
             descs = np.concatenate([d for _, d in new])
-            todo_set = set(todo)
             by_index = s.query_features <= s.index_features
-            plain = {i for i in todo if by_index and not self.records[i].get("tdesc")}
+            plain = np.array(sorted(i for i in todo if by_index
+                                    and not self.records[i].get("tdesc")), np.int64)
             # Stored images' query descriptors are in the index: ask from the
             # new side which of them a new descriptor comes near.
-            for qrow, key, d in _within(self.gallery.orb_index, descs, s.vote_max_distance):
-                j, r = divmod(int(key), ORB_KEY_STRIDE)
-                if j in plain and r < len(lists[j][0]):
-                    touched.setdefault((j, r), []).append((d, int(keys[qrow])))
+            near = np.array(_within(self.gallery.orb_index, descs, s.vote_max_distance),
+                            np.int64).reshape(-1, 3)
+            j, r = near[:, 1] // ORB_KEY_STRIDE, near[:, 1] % ORB_KEY_STRIDE
+            mine = np.isin(j, plain)
+            hits.append(np.stack([j, r, near[:, 2], keys[near[:, 0]]], 1)[mine])
             # The rest (content-only features of templated images) ask the new ones.
-            others = [i for i in todo if i not in plain]
+            others = [i for i in todo if i not in set(plain.tolist())]
             if others:
                 small = HammingIndex(256)
                 small.add(keys, descs, replace=False)
                 queries = self._query_descriptors(others)
                 owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
                 ranks = np.concatenate([np.arange(len(queries[i])) for i in others])
-                for qrow, key, d in _within(small, np.concatenate([queries[i] for i in others]),
-                                            s.vote_max_distance):
-                    touched.setdefault((int(owners[qrow]), int(ranks[qrow])), []).append(
-                        (d, int(key)))
-        for (j, r), found in touched.items():
-            ids, ds = lists[j]
-            if ids.base is not None or not ids.flags.writeable:
-                ids, ds = ids.copy(), ds.copy()
-            # Nearest first; at equal distance the descriptor indexed last
-            # ranks first, as the index's own search ranks them (new ones
-            # were indexed after every stored one).
-            found.sort(key=lambda x: (x[0], -x[1]))
-            row_ids = np.array([k // ORB_KEY_STRIDE for _, k in found] + ids[r].tolist())
-            row_d = np.array([d for d, _ in found] + ds[r].tolist())
-            order = np.argsort(row_d, kind="stable")[: ids.shape[1]]
-            ids[r], ds[r] = row_ids[order], row_d[order]
-            lists[j] = (ids, ds)
-        recount = todo if retally else sorted({j for j, _ in touched})
+                near = np.array(_within(small, np.concatenate([queries[i] for i in others]),
+                                        s.vote_max_distance), np.int64).reshape(-1, 3)
+                hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
+                                      near[:, 1]], 1))
+        hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
+        hits = hits[hits[:, 1] < np.array([len(lists[int(i)][0]) for i in hits[:, 0]] or [0])]
+        hits = hits[np.argsort(hits[:, 0], kind="stable")]
+        touched, starts = np.unique(hits[:, 0], return_index=True)
+        for j, part in zip(touched.tolist(), np.split(hits[:, 1:], starts[1:])):
+            lists[j] = _merge_rows(*lists[j], part)
+        touched = touched.tolist()
+        recount = todo if retally else touched
         if not recount:
             return
         owners = np.concatenate([np.full(len(lists[i][0]), i, np.int64) for i in recount])
@@ -397,7 +429,7 @@ class IncrementalMatcher(PairMatcher):
         rec = self.records[image_id]
         if any(rec.get(k) != v for k, v in fields.items()):
             if any(rec.get(k) != v for k, v in fields.items()
-                   if k not in ("nb", "reach", "vo", "hits")):
+                   if k not in ("nb", "reach", "lreach", "vo", "hits")):
                 self.changed.add(image_id)
             rec.update(fields)
             self._write.add(image_id)
