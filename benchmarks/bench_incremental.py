@@ -46,12 +46,11 @@ def collection(photos: Path, n: int) -> list[Path]:
 def run(folder: Path, gallery: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "matchkit.cli", "dedupe", str(folder), "--gallery", str(gallery),
            "--json", str(out), "-q", *extra]
-    wall, rss, rc = C.run_measured(cmd, env={**os.environ, "PYTHONPATH": str(C.ROOT)})
-    if rc:
-        raise SystemExit(f"failed ({rc}): {' '.join(cmd)}")
+    m = C.run_measured_cpu(cmd, env={**os.environ, "PYTHONPATH": str(C.ROOT)})
+    if m["rc"]:
+        raise SystemExit(f"failed ({m['rc']}): {' '.join(cmd)}")
     data = json.loads(out.read_text())
-    return {"wall_s": wall, "peak_rss_mib": rss, "stats": data["stats"],
-            "clusters": data["clusters"]}
+    return {**m, "stats": data["stats"], "clusters": data["clusters"]}
 
 
 def outline(clusters: list[dict]) -> list:
@@ -90,6 +89,8 @@ def main() -> None:
             s = r["stats"]
             rows.append({"run": name, "images": s["images"], "wall_s": r["wall_s"],
                          "vs_reference": f"{r['wall_s'] / base['wall_s']:.1%}" if base else "",
+                         "cpu_s": r["cpu_s"],
+                         "cpu_vs_reference": f"{r['cpu_s'] / base['cpu_s']:.1%}" if base else "",
                          "same_clusters": (outline(r["clusters"]) == outline(ref["clusters"]))
                          if ref else "",
                          "same_evidence": (r["clusters"] == ref["clusters"]) if ref else "",
@@ -98,7 +99,8 @@ def main() -> None:
                          "pairs_reused": s.get("pairs_reused"),
                          "clusters": s["clusters"], "peak_rss_mib": r["peak_rss_mib"]})
             print(rows[-1], flush=True)
-    cols = ["run", "images", "wall_s", "vs_reference", "same_clusters", "same_evidence",
+    cols = ["run", "images", "wall_s", "vs_reference", "cpu_s", "cpu_vs_reference",
+            "same_clusters", "same_evidence",
             "images_searched", "pairs_verified", "pairs_reused", "clusters", "peak_rss_mib"]
     text = C.table(rows, cols)
     print(text)
@@ -113,7 +115,9 @@ def main() -> None:
             "Each run is `matchkit dedupe DIR --gallery G` in its own process (start-up, "
             "listing and reading the gallery included). The no-op re-run is compared with "
             "the first run, the incremental add with a run from scratch on the same files "
-            "(`vs_reference`: wall time as a share of the reference's; targets 3% and 5%); "
+            "(`vs_reference`: wall time as a share of the reference's; targets 3% and 5%; "
+            "`cpu_s`: CPU seconds of the process and the workers it reaped, steadier than wall "
+            "time on this shared machine); "
             "`same_clusters`: the same clusters, keepers and pair relations; `same_evidence`: "
             "also every pair's scores and evidence (descriptor votes come from the approximate "
             "HNSW index, whose answers for an unchanged image move when other images are "

@@ -388,10 +388,14 @@ class IncrementalMatcher(PairMatcher):
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
         hits = hits[hits[:, 1] < np.array([len(lists[int(i)][0]) for i in hits[:, 0]] or [0])]
         hits = hits[np.argsort(hits[:, 0], kind="stable")]
-        touched, starts = np.unique(hits[:, 0], return_index=True)
-        for j, part in zip(touched.tolist(), np.split(hits[:, 1:], starts[1:])):
-            lists[j] = _merge_rows(*lists[j], part)
-        touched = touched.tolist()
+        images, starts = np.unique(hits[:, 0], return_index=True)
+        touched = []
+        for j, part in zip(images.tolist(), np.split(hits[:, 1:], starts[1:])):
+            merged = _merge_rows(*lists[j], part)
+            if not (np.array_equal(merged[0], lists[j][0])
+                    and np.array_equal(merged[1], lists[j][1])):
+                lists[j] = merged
+                touched.append(j)  # (else every new descriptor was farther than its lists)
         recount = todo if retally else touched
         if not recount:
             return
