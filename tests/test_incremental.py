@@ -113,3 +113,24 @@ def test_a_run_without_gallery_reports_no_reuse(sets):
     old, _ = sets
     report = dedupe([old], settings=Settings(workers=1))
     assert "pairs_reused" not in report.stats
+
+
+def test_cli_rematch_and_summary(sets, tmp_path):
+    from click.testing import CliRunner
+
+    from matchkit.cli import cli
+
+    old, _ = sets
+    runner = CliRunner()
+    r = runner.invoke(cli, ["dedupe", str(old), "--rematch"])
+    assert r.exit_code == 2 and "--rematch needs --gallery" in r.output
+    args = ["dedupe", str(old), "--gallery", str(tmp_path / "g"), "--workers", "1",
+            "--json", str(tmp_path / "out.json")]
+    assert runner.invoke(cli, args).exit_code == 0
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0 and "0 pairs verified" in r.output
+    stats = json.loads((tmp_path / "out.json").read_text())["stats"]
+    assert stats["pairs_verified"] == 0 and stats["pairs_reused"] > 0
+    r = runner.invoke(cli, args + ["--rematch"])
+    stats = json.loads((tmp_path / "out.json").read_text())["stats"]
+    assert r.exit_code == 0 and stats["pairs_reused"] == 0 and stats["rematch"] is True
