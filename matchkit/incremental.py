@@ -4,30 +4,42 @@ A ``dedupe --gallery`` run keeps, in the gallery, two things per settings key
 (``settings_key``: every setting that changes matching, the calibration
 profile, matchkit's version):
 
-- per image, a *record* of its own candidate search: its pHash neighbours and
-  crowd distance, the pairs its hash and descriptor searches found (with
-  distances and votes), which images its descriptors voted for at all, and
-  how far each descriptor's neighbour list reached;
+- per image, a *record* of its own candidate search: its pHash neighbours,
+  crowd distance and how far each hash variant's search reached, the pairs its
+  hash and descriptor searches found (with distances and votes), and each
+  query descriptor's neighbour list (image ids and distances);
 - per candidate pair, its evidence as the global signals left it ("before")
   and, once local verification ran, as verification left it ("after"), plus
-  the outcome of the same-pixels check.
+  the same-pixels check and the relation a report settled for it.
 
-A run then loads the records, and searches again only for images whose
-record is missing (new, changed, never in a run) or *dirty*: an image its
-record names is gone or changed, or a new image is near enough to have
-entered its neighbour lists (its pHash within the crowd or collect distance,
-or one of its indexed descriptors nearer than some query descriptor's
-farthest neighbour). Every other record is exactly what a search would
-return now, so the candidate pairs, their pHash distances, votes, crowd and
-"verify top" sets, and hence the global evidence, are those of a full run.
-Pairs between two clean images reuse their stored evidence; pairs touching a
-re-searched image are measured again and keep their stored verification
-only when the new evidence is identical to the stored one (and no
-template-content features, which depend on neighbours, are involved).
-Verification itself is looked up first: a pair is verified only when no
-stored "after" exists. Clustering then runs unchanged over this evidence, so
-the clusters, keepers and relations are those of a full run, as long as the
-approximate (HNSW) index searches return what a fresh index would.
+A run brings every record up to date instead of searching again:
+
+- a record naming an image that is gone, changed or out of the run: searched
+  again from scratch (as are new images and those never searched);
+- a new image whose pHash is within the record's crowd distance, or within
+  some variant's reach and the pair (or nearest looser pair) distance: the
+  hash search is redone (cheap), and the template check where the image's
+  look-alikes changed (templated images are searched again in full);
+- descriptors: each new image's indexed descriptors ask the index which
+  stored query descriptors they come within the vote distance of, and are
+  merged into those neighbour lists as the index's own search would rank them
+  (at equal distance, the one indexed last first); the votes are counted
+  again from the lists.
+
+With exact searches (below ``index.EXACT_SEARCH_BELOW`` codes) every record
+is then what a search now would return, so the candidate pairs, distances,
+votes, crowd and "verify top" sets are those of a full run. Pairs between
+two images whose neighbourhood did not change reuse their stored evidence
+(votes patched in where only they moved); pairs touching a changed one are
+measured again, keeping their stored verification when the new evidence is
+the same but for the votes, on the same side of ``verify_retry_votes`` (no
+templated image: content features depend on neighbours; no calibrator: it
+reads the votes). A verification is looked up before it is done. Clustering
+runs unchanged over this evidence, so the clusters, keepers and relations are
+those of a full run. Above that size the index is an approximate (HNSW)
+graph, whose answer for an unchanged image can move when others are
+inserted: a stored answer is kept, so a pair's votes can differ from a fresh
+run's by such noise (measured: identical clusters, keepers and relations).
 
 Records of images outside the run are kept as markers (seen, not searched),
 so a later run knows they are not new. Changing any setting, the profile or
