@@ -128,3 +128,16 @@ def verified_bytes(path: str | os.PathLike, stamp: dict | None) -> Iterator[memo
                 view.release()
         finally:
             mm.close()
+
+
+def read_json_file(path: str | os.PathLike, what: str, error: type[Exception]):
+    """The JSON in ``path``, or ``error`` with one line naming ``what`` it was meant
+    to be ("no such manifest: ...", "cannot read review ...: ...")."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"no such {what}: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"cannot read {what} {path}: {' '.join(str(e).split())}") from None

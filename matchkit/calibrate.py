@@ -6,16 +6,20 @@ attributes ending in ``_``). It fits in two steps on two disjoint parts of
 the data, because a threshold picked on the data the model was fitted on
 is optimistic:
 
-1. a model on ``pairfeatures.FEATURES`` (fit part): a logistic regression on
-   standardised features (``model="logistic"``, the default) or
-   gradient-boosted trees (``model="boosting"``). Chosen by measurement:
-   fitted on pairs synthesised from the calib half of the shared photos
-   (copy-detection suite), boosting did better on its own held-out pairs
-   (recall 0.995 vs 0.981, precision 0.998 vs 0.995) but worse on the
-   AugLy-made calib-half hard set it had not seen: 394 false pairs among
-   its verified candidates (precision 0.967) against 36 (0.997) for the
-   logistic model. Trees learn the synthetic suite's particulars; the
-   monotone logistic model carries over;
+1. a model on ``pairfeatures.FEATURES`` (fit part): gradient-boosted trees
+   (``model="boosting"``, what ``matchkit calibrate`` fits) or a logistic
+   regression on standardised features (``model="logistic"``, this class's
+   default for backward compatibility). Chosen by measurement: before the
+   suites had variant edits, trees did better on their own held-out pairs
+   but worse on the AugLy-made calib-half hard set they had not seen (394
+   false pairs among its verified candidates against 36), so logistic was
+   the default. Once the copy-detection suite gained recolours (negatives
+   at --level copies) the linear model could no longer separate them from
+   grey and jittered copies (held-out recall at precision 0.99: 0.61 vs 0.97
+   for trees), and with the relation gate in front (``pairfeatures.decide``)
+   the trees' profile carried over: on the calib-half sets it had not seen,
+   transformed P 1.000 R 0.992, hard P 1.000 R 0.964 (hand rules 0.990 and
+   0.9695; RESULTS.md "calibrated decisions");
 2. on the held-out part: an isotonic map from the model's score to the
    probability that the pair is a duplicate, and the accept threshold, the
    lowest score at which a one-sided 95% Clopper-Pearson lower bound on the

@@ -227,7 +227,7 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
         s = settings or g.settings
         calibrator = None
         if profile is not None:
-            s, calibrator = profile.apply(s), profile.calibrator
+            s, calibrator = profile.apply(s, level), profile.calibrator
             if scorer is None:
                 threshold, score_name = calibrator.probability_threshold_, "p_duplicate"
         if level is not None:

@@ -49,7 +49,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -282,6 +282,12 @@ def synthetic_edit(image, kind: str, rng: random.Random):
     raise ValueError(f"unknown edit {kind!r}")
 
 
+#: What a synthetic calibration reports to ``Labeler.progress``, in order.
+CALIBRATION_STAGES = ("making calibration queries", "reading calibration queries",
+                      "matching calibration queries")
+#: Records matched per call during calibration (progress granularity only).
+CALIBRATION_CHUNK = 25
+
 EDITS = ("crop", "rotate", "scale", "blur_jpeg", "jitter", "pad_grey", "text", "flip")
 
 
@@ -333,6 +339,10 @@ class Labeler:
         verified match with no competing class) and say ``calibrated: false``.
     calibration_samples, edits_per_image, random_state:
         Size and seed of the synthetic calibration.
+    progress:
+        Called as ``progress(stage, done, total)`` while a synthetic
+        calibration runs, for each of ``CALIBRATION_STAGES`` (a progress bar
+        for the minute the first ``label`` on a gallery spends on it).
     zoom:
         Give unmatched queries a closer second look (matchkit/query.py).
     profile:
@@ -355,8 +365,12 @@ class Labeler:
                  sharpness: float = 4.0, calibration: str | dict | os.PathLike = "auto",
                  calibration_samples: int = 200, edits_per_image: int = 2,
                  zoom: bool = True, profile=None, random_state: int = 0,
-                 level: str | None = None):
+                 level: str | None = None,
+                 progress: Callable[[str, int, int], None] | None = None):
         self.k = k
+        #: Told ``(stage, done, total)`` as a synthetic calibration runs (it can
+        #: take a minute on the first query of a gallery): see ``CALIBRATION_STAGES``.
+        self.progress = progress
         #: Which relations count as a copy of a labelled example (None: the settings').
         self.level = level
         self.target_accuracy = target_accuracy
@@ -406,7 +420,7 @@ class Labeler:
         if not classes:
             where = f"gallery {self.gallery_.path}" if self.gallery_ is not None else "the data"
             raise LabelError(f"{where} has no labelled examples; import labels first "
-                             "(matchkit labels import GALLERY --folder DIR)")
+                             "(matchkit labels import --gallery GALLERY --folder DIR)")
         self.classes_ = np.array(sorted(classes), dtype=object)
         counts: dict[str, int] = {}
         for values in list(self.image_labels_.values()) + (
@@ -430,10 +444,10 @@ class Labeler:
         self.gallery_ = g
         if len(g) == 0:
             raise LabelError(f"gallery {g.path} is empty; add labelled images first "
-                             "(matchkit labels import GALLERY --folder DIR)")
+                             "(matchkit labels import --gallery GALLERY --folder DIR)")
         self.settings_ = self.settings or g.settings
         if self.profile is not None:
-            self.settings_ = self.profile.apply(self.settings_)
+            self.settings_ = self.profile.apply(self.settings_, self.level)
         if self.level is not None:
             self.settings_ = self.settings_.with_(level=self.level)
         self.image_labels_ = {i: [str(v) for v in values] for i, values in g.labelled().items()}
@@ -744,14 +758,18 @@ class Labeler:
         ids = sorted(self.image_labels_)
         ids = rng.sample(ids, min(len(ids), samples or self.calibration_samples))
         paths = {i: img.path for i, img in self.gallery_.images(ids).items()}
+        tell = self.progress or (lambda stage, done, total: None)
         with tempfile.TemporaryDirectory(prefix="matchkit-calib-") as tmp:
             files, sources = [], []
-            for i in ids:
+            tell(CALIBRATION_STAGES[0], 0, len(ids))
+            for n, i in enumerate(ids, 1):
                 try:
                     image = load_image(paths[i], max_side=1024,
                                        max_pixels=self.settings_.max_pixels).image
                 except ImageLoadError:
                     continue
+                finally:
+                    tell(CALIBRATION_STAGES[0], n, len(ids))
                 for kind in rng.sample(EDITS, min(len(EDITS), self.edits_per_image)):
                     edited = synthetic_edit(image, kind, rng)
                     out = Path(tmp) / f"{i}-{kind}.jpg"
@@ -759,17 +777,35 @@ class Labeler:
                     edited.save(out, quality=quality)
                     files.append(out)
                     sources.append(i)
+            read = [0]
+
+            def one_read() -> None:
+                read[0] += 1
+                tell(CALIBRATION_STAGES[1], read[0], len(files))
+
             records, src = [], []
-            for (path, rec), i in zip(extract_many(files, self.settings_), sources):
+            tell(CALIBRATION_STAGES[1], 0, len(files))
+            for (path, rec), i in zip(extract_many(files, self.settings_, on_done=one_read),
+                                      sources):
                 if not isinstance(rec, ImageLoadError):
                     records.append(rec)
                     src.append(i)
             if not records:
                 raise ValueError("no calibration query could be made from the gallery")
-            known_ex = [set() for _ in records]
-            unknown_ex = [set(self.image_labels_[i]) for i in src]
-            sups = self._record_supports(records + records, self._wide_k(),
-                                         known_ex + unknown_ex)
+            # Each query is asked twice: with the gallery as it is (known) and
+            # with its class left out (unknown). Asked in chunks only to report
+            # progress; a chunk keeps both askings of a record together.
+            known, unknown = [], []
+            tell(CALIBRATION_STAGES[2], 0, len(records))
+            for start in range(0, len(records), CALIBRATION_CHUNK):
+                chunk = records[start:start + CALIBRATION_CHUNK]
+                excl = [set(self.image_labels_[i]) for i in src[start:start + CALIBRATION_CHUNK]]
+                sups = self._record_supports(chunk + chunk, self._wide_k(),
+                                             [set() for _ in chunk] + excl)
+                known += sups[:len(chunk)]
+                unknown += sups[len(chunk):]
+                tell(CALIBRATION_STAGES[2], start + len(chunk), len(records))
+            sups = known + unknown
         truth = [set(self.image_labels_[i]) for i in src] + [set() for _ in src]
         self._fit_calibration(sups, truth, "synthetic")
         return self

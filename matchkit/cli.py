@@ -53,10 +53,11 @@ class _OneLineErrors(click.Group):
 
 #: ``--level`` of dedupe, check and label: which relations form matches.
 _LEVEL_OPTION = click.option(
-    "--level", type=click.Choice(list(LEVELS)), default=DEFAULT_LEVEL, show_default=True,
+    "--level", type=click.Choice(list(LEVELS)), default=None,
     help="Which relations count: copies (exact, same pixels, resized, crop, edited, "
          "recapture), variants (also recolours, light/dark and state variants) or "
-         "similar (also other shots of the same scene).")
+         f"similar (also other shots of the same scene). Default: {DEFAULT_LEVEL}, or "
+         "the level a --profile was calibrated for.")
 
 
 def _fail(message: str) -> None:
@@ -171,12 +172,14 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
     other member matches that keeper directly. Only with --move-duplicates-to
     are files moved: the non-keepers, and 'matchkit undo MANIFEST' puts them
     back; the exit code is 1 if some file could not be moved (it stays where
-    it was).
+    it was). To move a reviewed selection instead, change keepers and untick
+    members on the --html page, press "Save review", and run 'matchkit apply'.
 
     \b
     Example:
       matchkit dedupe photos/ more-photos/ --json dupes.json --csv dupes.csv
       matchkit dedupe photos/ --html review.html
+      matchkit apply ~/Downloads/matchkit-review.json --to ~/dupes   # saved from the page
       matchkit dedupe photos/ --move-duplicates-to ~/dupes --dry-run
       matchkit dedupe photos/ --move-duplicates-to ~/dupes --json dupes.json
       matchkit dedupe photos/ --gallery ~/.matchkit/photos --json - | jq .stats
@@ -187,7 +190,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
       matchkit dedupe photos/ --prefer oldest --prefer 'path:*/originals/*'
       matchkit dedupe wallpapers/ --level variants --html review.html
     """
-    profile = _load_profile(profile_name)
+    profile = _load_profile(profile_name, level)
     from .keeper import parse_preference
     for rule in prefer:
         try:
@@ -253,22 +256,27 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
     if csv_path:
         report.write_csv(csv_path)
     if not quiet:
-        click.echo(report.summary(), file=out)
+        click.echo(report.summary(json_output=json_path), file=out)
         if html_path:
             click.echo(f"review page: {html_path} ({page.thumbnails} thumbnails, "
-                       f"{page.pictures} keypoint pictures, {page.bytes / 2**20:.1f} MB)", file=out)
+                       f"{page.pictures} keypoint pictures, {page.bytes / 2**20:.1f} MB); "
+                       "its \"Save review\" file moves with: matchkit apply FILE --to DIR",
+                       file=out)
     if moved is not None:
         _echo_moves(moved, quiet, out)
         return 0 if moved.ok else 1
 
 
-def _load_profile(name):
-    """The profile named on the command line (None: hand-set rules); errors exit 2."""
+def _load_profile(name, level=None):
+    """The profile named on the command line (None: hand-set rules); errors,
+    and a --level the profile was not calibrated for, exit 2."""
     if name is None:
         return None
     from .profiles import ProfileError, load_profile
     try:
-        return load_profile(name)
+        profile = load_profile(name)
+        profile.apply(Settings(), level)
+        return profile
     except ProfileError as e:
         _fail(_one_line(e))
 
@@ -291,9 +299,18 @@ def _load_profile(name):
               help="Precision-recall plot (PNG; default: beside --out, same stem).")
 @click.option("--workers", type=_Setting("workers"), default=None,
               help="Worker processes for decoding (default: one per core).")
+@click.option("--model", type=click.Choice(["boosting", "logistic"]), default="boosting",
+              show_default=True,
+              help="The decision model: gradient-boosted trees, or a logistic regression "
+                   "(smoother, but it cannot tell recolours from grey copies).")
+@click.option("--level", type=click.Choice(list(LEVELS)), default=DEFAULT_LEVEL,
+              show_default=True,
+              help="Which relations are duplicates: the suite's variant edits (recolours, "
+                   "light/dark) are negatives at copies and positives at variants/similar. "
+                   "Use the profile at this level.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_path, workers,
-              quiet):
+              model, level, quiet):
     """Fit a calibrated pair decision on edits of your own photos in PATHS.
 
     Photos are split in two halves by a hash of their name. Positives are
@@ -306,6 +323,7 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
     Example:
       matchkit calibrate ~/product-shots --out configs/products.toml --edits copy-detection
       matchkit dedupe ~/product-shots --profile configs/products.toml --json dupes.json
+      matchkit calibrate ~/wallpapers --level variants --out configs/variants.toml
     """
     from .edits import EditError, load_suite
     from .pairsets import calibrate_folder
@@ -320,7 +338,9 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
         run = calibrate_folder(list(paths), suite, name=name, target_precision=target_precision,
-                               settings=Settings().with_(workers=workers), plot=plot_path,
+                               model=model,
+                               settings=Settings().with_(workers=workers, level=level),
+                               plot=plot_path,
                                source=source or " ".join(paths), progress=say)
         save_profile(run.profile, out_path)
     except (ValueError, ProfileError, EditError) as e:
@@ -329,7 +349,8 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
     st = cal.stats_
     click.echo(
         f"calibrated {name!r} on {run.profile.data['photos']} photos "
-        f"({run.profile.data['images']} images, {suite.name} edits) in {run.seconds:.0f} s\n"
+        f"({run.profile.data['images']} images, {suite.name} edits, --level {level}) "
+        f"in {run.seconds:.0f} s\n"
         f"fit half: {st['fit_pairs']} pairs ({st['fit_positives']} duplicates); "
         f"held-out half: {st['held_out_pairs']} pairs ({st['held_out_positives']} duplicates)\n"
         f"threshold {cal.threshold_:.4f} (P(duplicate) {cal.probability_threshold_:.3f}; "
@@ -379,17 +400,49 @@ _SHOWN = 3
 
 
 @cli.command()
-def models():
-    """List the embedding models known by name (JSON), and whether each is usable here.
+@click.option("--json", "fmt", flag_value="json",
+              help="JSON list (the default when stdout is not a terminal).")
+@click.option("--table", "fmt", flag_value="table",
+              help="A text table (the default on a terminal).")
+def models(fmt):
+    """List the embedding models known by name, and whether each is usable here.
+
+    On a terminal: a table, with how to get each model that is missing.
+    With --json (or when piped): a JSON list with every field.
 
     \b
     Example:
-      matchkit models | jq '.[] | select(.available) | .name'
+      matchkit models
+      matchkit models --json | jq -r '.[] | select(.available) | .name'
     """
     from dataclasses import asdict
 
     from .embed import list_models
-    click.echo(json.dumps([asdict(m) for m in list_models()], indent=2, default=str))
+    found = list_models()
+    if fmt is None:
+        fmt = "table" if sys.stdout.isatty() else "json"
+    if fmt == "json":
+        click.echo(json.dumps([asdict(m) for m in found], indent=2, default=str))
+    else:
+        click.echo(_models_table(found))
+
+
+def _models_table(found) -> str:
+    """One row per model, then how to get the missing ones (each instruction once)."""
+    rows = [("name", "usable", "text", "description")]
+    rows += [(m.name, "yes" if m.available else "no", "yes" if m.has_text else "no",
+              m.description) for m in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3] for r in rows]
+    how: dict[str, list[str]] = {}
+    for m in found:
+        if not m.available and m.how_to_get:
+            how.setdefault(m.how_to_get, []).append(m.name)
+    for text, names in how.items():
+        lines.append(f"to get {', '.join(names)}: {text}")
+    if not found:
+        lines.append("no models registered")
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -400,7 +453,7 @@ def models():
 @click.option("-v", "--verbose", is_flag=True, help="One line per file.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary (problems are still printed).")
 def undo(manifest, dry_run, json_path, verbose, quiet):
-    """Put files moved by 'dedupe --move-duplicates-to' back where they were.
+    """Put files moved by 'dedupe --move-duplicates-to' or 'apply' back where they were.
 
     The manifest is checked as a whole first: every file must come from the
     destination folder (where the manifest is), go back under a folder that
@@ -441,18 +494,85 @@ def undo(manifest, dry_run, json_path, verbose, quiet):
     return 0 if result.ok else 1
 
 
+@cli.command("apply")
+@click.argument("review", type=click.Path(dir_okay=False), metavar="REVIEW.json")
+@click.option("--to", "dest", type=click.Path(file_okay=False),
+              help="Folder to move the files into (default: the one the review names).")
+@click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the moves as JSON ('-' for stdout).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary (problems are still printed).")
+def apply_cmd(review, dest, dry_run, json_path, quiet):
+    """Move the duplicates of a reviewed selection (REVIEW.json) out of the way.
+
+    REVIEW.json is what the review page's "Save review" button downloads
+    (after changing keepers and unticking members) or what the web app
+    saves: per cluster, the file to keep and the members to move. Exactly
+    those members move, keeping their paths relative to the scanned
+    folders, with a manifest for 'matchkit undo'; nothing is deleted. If
+    any listed file changed or vanished since the report was made, the
+    review is refused (exit code 2) and nothing moves. Exit code 1 if some
+    file could not be moved (it stays where it was).
+
+    \b
+    Example:
+      matchkit dedupe photos/ --html review.html   # review, then "Save review"
+      matchkit apply ~/Downloads/matchkit-review.json --to ~/dupes --dry-run
+      matchkit apply ~/Downloads/matchkit-review.json --to ~/dupes
+      matchkit undo ~/dupes/matchkit-moves-20250101-120000.json
+    """
+    from .moves import MoveError
+    from .review import ReviewError, apply_review, read_review
+
+    try:
+        sel = read_review(review)
+    except ReviewError as e:
+        _fail(_one_line(e))
+    if not dest and sel.to:
+        dest = os.path.expanduser(sel.to)  # typed on the page: no shell expanded it
+        if not os.path.isabs(dest):
+            _fail(f"the review's destination {sel.to!r} is not an absolute path; "
+                  "give one with --to DIR")
+    if not dest:
+        _fail("the review names no destination folder; give one with --to DIR")
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        _fail(f"--to must be a folder: {dest}")
+    out = sys.stderr if json_path == "-" else sys.stdout
+    if not quiet:
+        kept = sum(len(c.stay) for c in sel.clusters)
+        click.echo(f"review: {_n(len(sel.clusters), 'cluster')}, "
+                   f"{_n(len(sel.to_move), 'file')} to move"
+                   + (f", {_n(kept, 'unticked member')} left in place" if kept else ""),
+                   file=out)
+    try:
+        moved = apply_review(sel, dest, dry_run=dry_run)
+    except (ReviewError, MoveError) as e:
+        _fail(f"review {review} refused: {_one_line(e)}")
+    if json_path == "-":
+        click.echo(json_text(moved.to_dict(), indent=2))
+    elif json_path:
+        atomic_write_bytes(json_path, json_text(moved.to_dict(), indent=2).encode("utf-8"))
+    _echo_moves(moved, quiet, out)
+    return 0 if moved.ok else 1
+
+
+def _n(count: int, word: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _undo_summary(result) -> str:
     c = result.counts()
     failed = c.get("undo_failed", 0)
     could_not = f", {failed} could not" if failed else ""
-    if result.dry_run:
+    if result.dry_run and result.moves:
         return (f"dry run: {c.get('would_restore', 0)} files would be put back{could_not}; "
                 "nothing was changed")
     if not result.moves:
         before = result.already.get("restored", 0)
-        return "nothing to restore" + (f" ({before} files were restored before)" if before
-                                       else "")
-    return f"restored {c.get('restored', 0)} files{could_not}" + (
+        return "nothing left to restore" + (
+            f": all {before} moved files were put back by an earlier undo" if before else "")
+    return f"restored {_n(c.get('restored', 0), 'file')}{could_not}" + (
         f" ({c['not_moved']} had not been moved)" if c.get("not_moved") else "")
 
 
@@ -479,20 +599,42 @@ def _emit_json(data, json_path: str | None) -> None:
         atomic_write_bytes(json_path, (text + "\n").encode())
 
 
+def _gallery_argument(f):
+    """``--gallery G`` like every other command, and the older positional
+    ``GALLERY`` (deprecated, still accepted) of the ``labels`` commands."""
+    f = click.option("--gallery", "gallery_opt", type=click.Path(file_okay=False),
+                     help="The labelled gallery folder.")(f)
+    return click.argument("gallery", required=False, type=click.Path(file_okay=False),
+                          metavar="[GALLERY]")(f)
+
+
+def _pick_gallery(positional: str | None, option: str | None) -> str:
+    """The gallery named by ``--gallery`` or (deprecated) positionally; usage error otherwise."""
+    if positional and option and positional != option:
+        _fail(f"two galleries given ({positional} and --gallery {option}); give only --gallery")
+    if not (positional or option):
+        _fail("give the gallery with --gallery G")
+    return option or positional
+
+
 @cli.group()
 def labels() -> None:
     """Labelled galleries: import labels, calibrate the unknown threshold, list classes.
 
+    The gallery is named with --gallery G, as in every other command (the
+    older form with the gallery as first argument still works, but is
+    deprecated).
+
     \b
     Example:
-      matchkit labels import cat-gallery --folder catalogue/   # catalogue/<class>/*.jpg
-      matchkit labels import cat-gallery --csv labels.csv      # rows: path,label
-      matchkit labels show cat-gallery
+      matchkit labels import --gallery cat-gallery --folder catalogue/  # catalogue/<class>/*.jpg
+      matchkit labels import --gallery cat-gallery --csv labels.csv     # rows: path,label
+      matchkit labels show --gallery cat-gallery
     """
 
 
 @labels.command("import")
-@click.argument("gallery", type=click.Path(file_okay=False))
+@_gallery_argument
 @click.option("--folder", type=click.Path(file_okay=False),
               help="ImageFolder tree: one subfolder per class.")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False),
@@ -501,18 +643,19 @@ def labels() -> None:
               help='JSON Lines: {"path": ..., "label": ...} per line.')
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the import report here instead of stdout.")
-def labels_import(gallery, folder, csv_file, jsonl_file, json_path):
-    """Add labelled images to GALLERY (created if missing) and set their labels.
+def labels_import(gallery, gallery_opt, folder, csv_file, jsonl_file, json_path):
+    """Add labelled images to the --gallery (created if missing) and set their labels.
 
     Re-importing is incremental: unchanged files are not decoded again and
     the labels of every listed image are replaced. Unreadable images and bad
-    rows are listed under "skipped" with a reason.
+    rows are listed under "skipped" with a reason. GALLERY as first argument (instead of --gallery) is deprecated and still accepted.
 
     \b
     Example:
-      matchkit labels import parts-gallery --folder bench-photos/
-      matchkit labels import art-gallery --jsonl artworks.jsonl --json import.json
+      matchkit labels import --gallery parts-gallery --folder bench-photos/
+      matchkit labels import --gallery art-gallery --jsonl artworks.jsonl --json import.json
     """
+    gallery = _pick_gallery(gallery, gallery_opt)
     from .gallery import Gallery
     from .labels import LabelError, import_folder, import_table
 
@@ -531,14 +674,17 @@ def labels_import(gallery, folder, csv_file, jsonl_file, json_path):
 
 
 @labels.command("show")
-@click.argument("gallery", type=click.Path(file_okay=False))
-def labels_show(gallery):
-    """Print the classes of GALLERY with their number of images, as JSON.
+@_gallery_argument
+def labels_show(gallery, gallery_opt):
+    """Print the classes of the --gallery with their number of images, as JSON.
+
+    GALLERY as first argument (instead of --gallery) is deprecated and still accepted.
 
     \b
     Example:
-      matchkit labels show parts-gallery | jq '.classes | length'
+      matchkit labels show --gallery parts-gallery | jq '.classes | length'
     """
+    gallery = _pick_gallery(gallery, gallery_opt)
     from .labels import class_counts
 
     g = _open_gallery(gallery)
@@ -547,8 +693,23 @@ def labels_show(gallery):
         _emit_json({"images": len(g), "labelled": len(g.labelled()), "classes": counts}, None)
 
 
+def _calibration_bars(intro: str):
+    """Progress of a synthetic calibration on stderr: ``intro`` once it starts,
+    then a line and (on a terminal) a bar per stage (``Labeler(progress=)``)."""
+    from .progress import StageBars
+
+    started: list[bool] = []
+
+    def say(line: str) -> None:
+        if not started:
+            started.append(True)
+            click.echo(f"matchkit: {intro}", err=True)
+        click.echo(f"matchkit: {line}", err=True)
+    return StageBars(say)
+
+
 def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
-             no_model=False, text_labels=False, profile=None, level=None):
+             no_model=False, text_labels=False, profile=None, level=None, bars=None):
     """A fitted Labeler over an existing gallery, or a one-line usage error.
 
     The embedding model is ``model``, else the one model the gallery holds
@@ -558,7 +719,8 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
     from .labels import LabelError
 
     if not (Path(gallery) / "gallery.sqlite").exists():
-        _fail(f"no gallery at {gallery} (create one with `matchkit labels import`)")
+        _fail(f"no gallery at {gallery} (create one with `matchkit labels import --gallery "
+              f"{shlex.quote(str(gallery))} --folder DIR`)")
     if model and no_model:
         _fail("--model and --no-model contradict each other")
     if not model and not no_model:
@@ -580,14 +742,21 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
             _fail(_one_line(e) + " (or label without embeddings: --no-model)")
     if text_labels and embedder is None:
         _fail("--text-labels needs a CLIP model (--model)")
+    bars = bars if bars is not None or quiet else _calibration_bars(
+        "first answer from this gallery: calibrating the unknown threshold (once; it is "
+        "stored with the gallery)")
     lab = Labeler(k=k, target_accuracy=target, calibration=calibration,
                   calibration_samples=samples, embedder=embedder,
-                  texts="labels" if text_labels else None, profile=profile, level=level)
+                  texts="labels" if text_labels else None, profile=profile, level=level,
+                  progress=bars)
     try:
         lab.fit(gallery)
     except (GalleryError, LabelError, ValueError) as e:
         lab.close()
         _fail(_one_line(e))
+    finally:
+        if bars is not None:
+            bars.close()
     cal = lab.calibration_
     if not quiet and cal is not None and lab.calibrated_now_:
         click.echo(f"matchkit: calibrated the unknown threshold on {cal['queries']} synthetic "
@@ -612,7 +781,7 @@ def _model_options(f):
 
 
 @labels.command("calibrate")
-@click.argument("gallery", type=click.Path(file_okay=False))
+@_gallery_argument
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Neighbours that vote.")
 @click.option("--target", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.99,
@@ -623,17 +792,25 @@ def _model_options(f):
               help='Calibrate on your own queries instead: CSV/JSONL of path,label rows '
                    'with label "unknown" for images of no gallery class.')
 @_model_options
-def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text_labels):
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def labels_calibrate(gallery, gallery_opt, k, target, samples, queries, model, no_model,
+                     text_labels, quiet):
     """Fit and store the threshold below which answers are "unknown".
+
+    GALLERY as first argument (instead of --gallery) is deprecated and still accepted.
 
     \b
     Example:
-      matchkit labels calibrate parts-gallery --target 0.99
-      matchkit labels calibrate parts-gallery --queries held-out.csv
+      matchkit labels calibrate --gallery parts-gallery --target 0.99
+      matchkit labels calibrate --gallery parts-gallery --queries held-out.csv
     """
+    gallery = _pick_gallery(gallery, gallery_opt)
     from .labels import LabelError, table_labels
 
-    lab = _labeler(gallery, k, target, "none", True, samples, model, no_model, text_labels)
+    bars = None if quiet or queries else _calibration_bars(
+        "calibrating the unknown threshold on edited copies of gallery images")
+    lab = _labeler(gallery, k, target, "none", True, samples, model, no_model, text_labels,
+                   bars=bars)
     with lab:
         try:
             if queries:
@@ -643,6 +820,9 @@ def labels_calibrate(gallery, k, target, samples, queries, model, no_model, text
                 lab.calibrate_synthetic(samples)
         except (LabelError, ValueError) as e:
             _fail(str(e))
+        finally:
+            if bars is not None:
+                bars.close()
         where = lab.save_calibration()
         cal = {k: v for k, v in lab.calibration_.items() if k not in ("x", "y")}
         _emit_json({"stored": str(where), **cal}, None)
@@ -697,7 +877,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
         files = [str(p) for p in iter_image_files(queries)]
     except FileNotFoundError as e:
         _fail(str(e))
-    profile = _load_profile(profile_name)
+    profile = _load_profile(profile_name, level)
     lab = _labeler(gallery, k, target, calibration, quiet, model=model, no_model=no_model,
                    text_labels=text_labels, profile=profile, level=level)
     with lab:
@@ -712,7 +892,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
                   "classes": len(lab.classes_), "k": k,
                   "profile": profile.name if profile else None,
                   "target_precision": profile.target_precision if profile else None,
-                  "level": level,
+                  "level": lab.settings_.level,
                   "seconds": round(time.perf_counter() - start, 3)},
         "calibration": None if cal is None else {
             key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
@@ -787,7 +967,7 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(str(e))
     try:
         report = run_check(gallery, files, k=k, include_all=include_all,
-                           profile=_load_profile(profile_name), level=level)
+                           profile=_load_profile(profile_name, level), level=level)
     except (GalleryError, CheckError) as e:
         _fail(_one_line(e))
     data = report.to_dict()
@@ -1020,9 +1200,9 @@ def _hits_table(hits) -> str:
 
 
 def _progress_bar(total: int, enabled: bool):
-    from .dedupe import _progress_bar as bar
+    from .progress import progress_bar
 
-    return bar(total, enabled)
+    return progress_bar(total, enabled)
 
 
 def main() -> None:

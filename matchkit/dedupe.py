@@ -69,7 +69,7 @@ def dedupe(
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"no such reference folder: {folder}")
     if profile is not None:
-        settings = profile.apply(settings)
+        settings = profile.apply(settings, level)
     if level is not None:
         settings = settings.with_(level=check_level(level))
     embedder = None
@@ -114,6 +114,7 @@ def dedupe(
             skipped=[SkippedFile(s.path, s.reason)  # in path order, as given or not
                      for s in sorted(added.skipped, key=lambda s: s.path)],
             blank=blank,
+            roots=[os.path.abspath(p) for p in paths],
         )
         report.stats = {
             "files": len(files),
@@ -328,7 +329,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         clusters.append(ClusterResult(
             images[keep].path, [images[m].path for m in members], pairs,
             keep_reason="; ".join(dict.fromkeys(r for r in reason if r)),
-            references=[images[m].path for m in members if policy.reference(images[m].path)]))
+            references=[images[m].path for m in members if policy.reference(images[m].path)],
+            stamps={images[m].path: {"size": images[m].size, "mtime_ns": images[m].mtime_ns,
+                                     "sha256": images[m].sha256} for m in members}))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near
 
@@ -366,12 +369,6 @@ def _mirrored(ev: PairEvidence) -> bool | None:
 
 
 def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    import sys
+    from .progress import progress_bar
 
-    import tqdm
-    if not sys.stderr.isatty():
-        return None
-    tqdm.tqdm.monitor_interval = 0  # no monitor thread: worker processes can fork safely
-    return tqdm.tqdm(total=total, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+    return progress_bar(total, enabled)

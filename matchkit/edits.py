@@ -21,7 +21,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
+
+from .relation import KINDS, in_level
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +42,11 @@ class EditError(ValueError):
 class Edit:
     name: str
     ops: tuple[dict, ...]
+    #: What the edited image is to its photo, as a ``relation.KINDS`` entry.
+    #: Empty: a copy (positive at every level). ``variant`` (a recolour, the
+    #: dark version) is a positive only from ``--level variants`` on, so a
+    #: profile calibrated for copies learns to reject it.
+    relation: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,11 +105,24 @@ def load_suite(name_or_path: str | os.PathLike) -> EditSuite:
             if not isinstance(op, dict) or op.get("op") not in OPS:
                 raise EditError(f"{path}: edit {e['name']!r}: unknown op {op!r} "
                                 f"(known: {', '.join(sorted(OPS))})")
-        edits.append(Edit(str(e["name"]), tuple(dict(o) for o in e["ops"])))
+        relation = str(e.get("relation", ""))
+        if relation and relation not in KINDS:
+            raise EditError(f"{path}: edit {e['name']!r}: unknown relation {relation!r} "
+                            f"(known: {', '.join(KINDS)})")
+        edits.append(Edit(str(e["name"]), tuple(dict(o) for o in e["ops"]), relation))
     if not edits:
         raise EditError(f"{path}: no edits")
     return EditSuite(str(data.get("name", Path(path).stem)), tuple(edits),
                      str(data.get("description", "")), int(data.get("per_photo", 0)), str(path))
+
+
+def same_picture_at(a: str, b: str, level: str) -> bool:
+    """Whether two edits of one photo, with edit relations ``a`` and ``b``
+    (``Edit.relation``; empty for a copy, or the original), count as one
+    picture at ``level``: the looser of the two relations must be in it (a
+    recolour and a crop of one photo are variants of each other)."""
+    loosest = max((r for r in (a, b) if r), key=KINDS.index, default="")
+    return not loosest or in_level(loosest, level)
 
 
 def apply_edit(image: Image.Image, edit: Edit, photo: str) -> tuple[Image.Image, dict]:
@@ -211,6 +232,26 @@ def _jitter(st, rng, brightness: float = 1.0, contrast: float = 1.0, saturation:
     st.image = ImageEnhance.Color(im).enhance(saturation)
 
 
+def _recolour(st, rng, degrees: float = 120.0, saturation: float = 1.0):
+    """The same artwork in other colours: every hue turned by ``degrees``
+    (a colour variant of a wallpaper or an icon), lightness kept. A
+    ``saturation`` above 1 makes the new colours vivid, so that a pale photo
+    is visibly recoloured too (turning hues a photo hardly has changes
+    nothing a viewer sees, and would teach calibration that a copy is not one)."""
+    hsv = np.asarray(st.image.convert("HSV")).astype(np.int32)
+    hsv[..., 0] = (hsv[..., 0] + round(degrees / 360 * 256)) % 256
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+    st.image = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+
+
+def _lightdark(st, rng):
+    """The dark version of a light artwork (or the reverse): luma inverted,
+    chroma kept (YCbCr), so the hues stay where they were."""
+    ycc = np.asarray(st.image.convert("YCbCr")).copy()
+    ycc[..., 0] = 255 - ycc[..., 0]
+    st.image = Image.fromarray(ycc, "YCbCr").convert("RGB")
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -282,7 +323,6 @@ def _screenshot(st, rng, layout: str = "web", scale: float = 0.6):
 def _homography(src: list[tuple[float, float]], dst: list[tuple[float, float]]) -> list[float]:
     """The 8 coefficients Pillow's PERSPECTIVE transform takes: they map output
     pixel ``dst`` back to input pixel ``src``."""
-    import numpy as np
 
     a, b = [], []
     for (x, y), (u, v) in zip(src, dst):
@@ -297,7 +337,6 @@ def _tilted_quad(w: int, h: int, degrees: float, rng: random.Random) -> list[tup
     ``degrees`` (split between yaw and pitch, signs random) plus a small roll."""
     import math
 
-    import numpy as np
 
     share = rng.uniform(0.0, 1.0)
     yaw = math.radians(degrees) * math.sqrt(share) * rng.choice([-1, 1])
@@ -323,7 +362,6 @@ def _recapture(st, rng, kind: str = "monitor", degrees: float = 20.0, setup: int
     lighting gradient, blur and sensor noise. With ``setup`` >= 0 the monitor,
     camera pose, background and light come from that setup alone, so different
     pictures shot on one setup share an identical frame (hard negatives)."""
-    import numpy as np
 
     geo = random.Random(f"recapture-setup/{setup}") if setup >= 0 else rng
     pic = st.image.convert("RGB")
@@ -398,4 +436,4 @@ def _recapture(st, rng, kind: str = "monitor", degrees: float = 20.0, setup: int
 
 OPS = {"recapture": _recapture, "resize": _resize, "square": _square, "jpeg": _jpeg, "png": _png, "crop": _crop,
        "rotate": _rotate, "flip": _flip, "blur": _blur, "pad": _pad, "grey": _grey,
-       "jitter": _jitter, "text": _text, "sticker": _sticker, "screenshot": _screenshot}
+       "jitter": _jitter, "recolour": _recolour, "lightdark": _lightdark, "text": _text, "sticker": _sticker, "screenshot": _screenshot}

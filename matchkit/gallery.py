@@ -1366,15 +1366,9 @@ def _has_wal(db: Path) -> bool:
 
 
 def _progress_bar(total: int, enabled: bool):
-    """A tqdm bar on stderr when asked for and stderr is a terminal, else None."""
-    if not enabled or total == 0:
-        return None
-    import sys
+    from .progress import progress_bar
 
-    import tqdm
-    if not sys.stderr.isatty():
-        return None
-    return tqdm.tqdm(total=total, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+    return progress_bar(total, enabled)
 
 
 def _chunks(items: list, n: int):

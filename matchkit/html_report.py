@@ -21,13 +21,13 @@ injected ``onerror=`` attribute could not run.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
 import os
 import re
 import secrets
-import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from urllib.parse import quote
 from ._fs import atomic_write_bytes
 from .config import Settings
 from .evidence_draw import draw_pairs
-from .fspath import display
+from .fspath import display, json_text
 from .hashing import PHASH_BITS
 from .thumbs import DEFAULT_SIDE, make_thumbs
 
@@ -264,8 +264,13 @@ def _clean_evidence(ev: dict) -> dict:
 
 def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: str,
               skipped: Sequence[dict] = (), per_page: int = PER_PAGE,
-              text: PageText = PageText()) -> dict:
-    """The JSON the page script reads: images by index, cards refer to them."""
+              text: PageText = PageText(), review: dict | None = None) -> dict:
+    """The JSON the page script reads: images by index, cards refer to them.
+
+    With ``review`` (see :func:`review_section`) the page lets the reader
+    change keepers, untick members and save the result as a review file
+    for ``matchkit apply``.
+    """
     order: dict[str, int] = {}
     for c in cards:
         for m in c.members:
@@ -299,19 +304,45 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
             out_cards[-1]["why"] = c.why
         if c.references:
             out_cards[-1]["refs"] = [order[r] for r in c.references if r in order]
-    return {"v": 1, "title": title, "root": display(root), "per_page": per_page, "eager": EAGER_CARDS,
-            "noun": text.noun, "badge": text.badge, "bytes": text.bytes_sort,
-            "images": imgs, "cards": out_cards,
-            "skipped": [{"path": display(str(s.get("path", ""))),
-                         "reason": display(str(s.get("reason", "")))}
-                        for s in skipped]}
+    out = {"v": 1, "title": title, "root": display(root), "per_page": per_page,
+           "eager": EAGER_CARDS, "noun": text.noun, "badge": text.badge,
+           "bytes": text.bytes_sort, "images": imgs, "cards": out_cards,
+           "skipped": [{"path": display(str(s.get("path", ""))),
+                        "reason": display(str(s.get("reason", "")))}
+                       for s in skipped]}
+    if review is not None:
+        stamps = review.get("stamps") or {}
+        rv_stamps = [None if p not in stamps else
+                     {**stamps[p], "mtime_ns": str(stamps[p].get("mtime_ns"))} for p in order]
+        out["review"] = {
+            "report": {k: v for k, v in review.items() if k != "stamps"},
+            # Names this page's decisions in the browser's storage: the same
+            # files (as read) in the same clusters give the same key.
+            "key": hashlib.sha256(json_text([title, list(order), rv_stamps, [
+                c["k"] for c in out_cards]]).encode("utf-8")).hexdigest()[:32],
+            # Exact paths (the names shown above may have \xNN for odd bytes) and
+            # each file as read; mtime_ns as text, beyond JavaScript's exact integers.
+            "paths": list(order),
+            "stamps": rv_stamps}
+    return out
+
+
+def review_section(report: dict, page: str) -> dict:
+    """What a dedupe page needs to save a review file (``matchkit.review``):
+    the report's scanned folders and stats, and every member's recorded stamp."""
+    stats = report.get("stats") or {}
+    keys = ("files", "images", "clusters", "duplicates", "level", "profile", "model")
+    return {"roots": list(report.get("roots") or []), "page": page,
+            "stats": {k: stats[k] for k in keys if k in stats},
+            "stamps": {p: st for c in report.get("clusters", [])
+                       for p, st in (c.get("stamps") or {}).items()}}
 
 
 def render_html(cards: Sequence[Card], images: dict[str, ImageEntry], *,
                 title: str = "matchkit report", summary: Sequence[tuple[str, object]] = (),
                 skipped: Sequence[dict] = (), plots: Sequence[str] = (),
                 notes: Sequence[str] = (), per_page: int = PER_PAGE,
-                text: PageText = PageText()) -> str:
+                text: PageText = PageText(), review: dict | None = None) -> str:
     """The complete page as a string.
 
     ``summary`` are (label, value) counts shown at the top (the one labelled
@@ -320,7 +351,8 @@ def render_html(cards: Sequence[Card], images: dict[str, ImageEntry], *,
     """
     e = html.escape
     nonce = secrets.token_urlsafe(16)
-    data = page_data(cards, images, title=title, skipped=skipped, per_page=per_page, text=text)
+    data = page_data(cards, images, title=title, skipped=skipped, per_page=per_page, text=text,
+                     review=review)
     total = text.total_label
     summary_html = "".join(
         f'<div class="stat"><span class="v"{" id=mk-total" if label == total else ""}>'
@@ -538,17 +570,14 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
                      f"{len(local)} local-feature pairs (raise --evidence-limit for more).")
     page = render_html(cards, images, title=title or "matchkit dedupe report",
                        summary=summary, skipped=skipped, plots=plots, notes=notes,
-                       per_page=per_page)
+                       per_page=per_page, review=review_section(data, path.name))
     return write_page(path, assets, page, len(cards), len(local))
 
 
 def _bar(total: int, enabled: bool, what: str):
-    if not enabled or not total or not sys.stderr.isatty():
-        return None
-    import tqdm
-    tqdm.tqdm.monitor_interval = 0
-    return tqdm.tqdm(total=total, unit="img", desc=what, file=sys.stderr, leave=False,
-                     dynamic_ncols=True)
+    from .progress import progress_bar
+
+    return progress_bar(total, enabled, what)
 
 
 _PAGE = """<!DOCTYPE html>
@@ -598,6 +627,12 @@ td,th{border-bottom:1px solid #eee;padding:3px 6px;text-align:left;vertical-alig
 section.skipped{padding:12px 20px 40px}
 section.skipped li{word-break:break-all}
 .empty{color:var(--mut);padding:20px}
+.rvbar{display:flex;flex-wrap:wrap;gap:8px;align-items:center;width:100%;font-size:13px}
+.rvbar button{font:inherit;padding:2px 10px;font-weight:600}
+.rv{margin-top:4px;font-size:12px;display:flex;gap:8px;align-items:center;flex-wrap:wrap}
+.rv button,.card h2 button{font:inherit;font-size:11px;padding:0 6px}
+figure.m.off{opacity:.45}
+.card.changed{border-color:var(--keep)}
 </style></head>
 <body>
 <header class="top">
@@ -626,6 +661,10 @@ section.skipped li{word-break:break-all}
 <label>Per page <select id="mk-per"><option>25</option><option>50</option><option>100</option><option>200</option></select></label>
 <div class="pager" id="mk-pager"><button id="mk-prev" type="button">&lsaquo; prev</button>
 <span id="mk-count"></span><button id="mk-next" type="button">next &rsaquo;</button></div>
+<div class="rvbar" id="mk-review" hidden><span id="mk-review-count"></span>
+<label>Move to folder <input type="text" id="mk-to" size="24" placeholder="e.g. ~/dupes (or apply --to DIR)"></label>
+<button type="button" id="mk-save">Save review</button><button type="button" id="mk-reset">Reset</button><a id="mk-download" hidden></a>
+<span id="mk-saved" class="dim"></span></div>
 </div>
 <main id="mk-cards"></main>
 <div class="controls" style="position:static"><div class="pager"><button id="mk-prev2" type="button">&lsaquo; prev</button>
@@ -637,7 +676,11 @@ section.skipped li{word-break:break-all}
 (function(){
 "use strict";
 var D=JSON.parse(document.getElementById("mk-data").textContent);
-var I=D.images, C=D.cards;
+var I=D.images, C=D.cards, R=D.review||null;
+// Review state per card: the keeper (image index) and the unticked members.
+var RV=C.map(function(c){return {k:c.k,off:{}}});
+function keepOf(idx){return RV[idx].k}
+function isRef(c,j){return !!(c.refs&&c.refs.indexOf(j)>=0)}
 var $=function(id){return document.getElementById(id)};
 function el(tag,cls,text){var e=document.createElement(tag);if(cls)e.className=cls;if(text!=null)e.textContent=String(text);return e}
 function kb(n){if(n==null)return "?";var u=["B","KB","MB","GB"],i=0;while(n>=1024&&i<3){n/=1024;i++}return (i?n.toFixed(1):n)+" "+u[i]}
@@ -683,8 +726,8 @@ function compute(){
     folder:function(a,b){return a.first<b.first?-1:a.first>b.first?1:a.i-b.i}}[s];
   v.sort(cmp);S.view=v;
 }
-function figure(c,j,toKeep,eager){
-  var im=I[j],f=el("figure","m"+(j===c.k?" keep":""));
+function figure(c,j,toKeep,eager,idx){
+  var kp=keepOf(idx),im=I[j],f=el("figure","m"+(j===kp?" keep":"")+(RV[idx].off[j]?" off":""));
   var box=el("div","tb");
   if(im.t){var a=el("a");if(im.u)a.setAttribute("href",im.u);a.setAttribute("target","_blank");a.setAttribute("rel","noopener");
     var img=el("img");img.setAttribute("alt",im.n);img.setAttribute("loading",eager?"eager":"lazy");img.setAttribute("decoding","async");
@@ -693,24 +736,40 @@ function figure(c,j,toKeep,eager){
   else box.appendChild(el("div","err",im.e||"no thumbnail"));
   f.appendChild(box);
   var cap=el("figcaption");
-  if(j===c.k)cap.appendChild(el("span","badge",D.badge||"keep"));
+  if(j===kp)cap.appendChild(el("span","badge",D.badge||"keep"));
   if(c.refs&&c.refs.indexOf(j)>=0)cap.appendChild(el("span","badge","reference"));
   var nm=el("span","nm",im.n);nm.setAttribute("title",im.p);cap.appendChild(nm);cap.appendChild(el("br"));
   cap.appendChild(el("span","dim",(im.w?im.w+"\\u00d7"+im.h+" \\u00b7 ":"")+kb(im.s)));cap.appendChild(el("br"));
   cap.appendChild(el("span","fold",im.d||"."));
   if(toKeep){cap.appendChild(el("br"));var k=kindOf(toKeep);
     cap.appendChild(el("span","sc k-"+k,(toKeep.s!=null?toKeep.s.toFixed(3):"")+" "+k+(toKeep.rel?" \u00b7 "+toKeep.rel:"")))}
+  if(R)cap.appendChild(reviewControls(idx,c,j,kp));
   f.appendChild(cap);return f;
 }
+// Under each image of a dedupe page: move it or not, or make it the keeper.
+function reviewControls(idx,c,j,kp){
+  var d=el("div","rv");
+  if(j===kp){d.appendChild(el("span","dim",kp===c.k?"suggested keeper":"your keeper"));return d}
+  if(isRef(c,j)){d.appendChild(el("span","dim","reference: never moved"));return d}
+  var lab=el("label"),cb=el("input");cb.type="checkbox";cb.className="mv";cb.checked=!RV[idx].off[j];
+  cb.setAttribute("data-card",String(idx));cb.setAttribute("data-img",String(j));
+  lab.appendChild(cb);lab.appendChild(document.createTextNode(" move"));d.appendChild(lab);
+  var b=el("button","mk-keep","make keeper");b.type="button";
+  b.setAttribute("data-card",String(idx));b.setAttribute("data-img",String(j));d.appendChild(b);
+  return d;
+}
 function card(idx,eager){
-  var c=C[idx],f=F[idx],art=el("article","card");art.setAttribute("data-card",String(idx));
+  var c=C[idx],f=F[idx],art=el("article","card"+(RV[idx].k!==c.k?" changed":""));art.setAttribute("data-card",String(idx));
   var h=el("h2",null,c.t||("Group "+(idx+1)));
   h.appendChild(el("span","meta",c.meta||(f.size+" images \\u00b7 "+(f.lo!=null?"weakest "+f.lo.toFixed(3):"")+" \\u00b7 "+kb(f.bytes)+" in duplicates")));
+  if(R){var movable=c.m.filter(function(j){return j!==RV[idx].k&&!isRef(c,j)}),anyOn=movable.some(function(j){return !RV[idx].off[j]});
+    if(movable.length){var all=el("button","mk-all",anyOn?"untick all":"tick all");all.type="button";all.setAttribute("data-card",String(idx));all.setAttribute("data-on",anyOn?"0":"1");h.appendChild(all)}}
   art.appendChild(h);
-  if(c.why)art.appendChild(el("p","note why","Keeper: "+c.why));
+  if(RV[idx].k!==c.k)art.appendChild(el("p","note why","Keeper chosen by you; suggested was "+I[c.k].n+(c.why?" ("+c.why+")":"")));
+  else if(c.why)art.appendChild(el("p","note why","Keeper: "+c.why));
   var toKeep={};c.pairs.forEach(function(p){if(p.a===c.k)toKeep[p.b]=p;else if(p.b===c.k)toKeep[p.a]=p});
   var mem=el("div","members");
-  c.m.forEach(function(j){mem.appendChild(figure(c,j,toKeep[j],eager))});
+  c.m.forEach(function(j){mem.appendChild(figure(c,j,toKeep[j],eager,idx))});
   art.appendChild(mem);
   if(c.pairs.length){
     var d=el("details","pairs");var nPic=c.pairs.filter(function(p){return p.pic}).length;
@@ -765,7 +824,52 @@ var sk=$("mk-skipped");
 if(D.skipped.length){sk.appendChild(el("h2",null,"Skipped files ("+D.skipped.length+")"));var ul=el("ul");
   D.skipped.forEach(function(s){var li=el("li");li.appendChild(el("code",null,s.path));li.appendChild(document.createTextNode(" \\u2014 "+s.reason));ul.appendChild(li)});sk.appendChild(ul)}
 else sk.appendChild(el("p","note","No files were skipped."));
-window.mkReport={data:D,state:S,go:go,refresh:refresh};
+// The review: what moves, counted in the bar; saved as a file for `matchkit apply`.
+function plan(){var mv=0,bytes=0,changed=0,stay=0;
+  C.forEach(function(c,i){var k=RV[i].k;if(k!==c.k)changed++;
+    c.m.forEach(function(j){if(j===k||isRef(c,j))return;if(RV[i].off[j]){stay++;return}mv++;bytes+=I[j].s||0})});
+  return {move:mv,bytes:bytes,changed:changed,stay:stay}}
+// Decisions survive a reload of this very page (same files, same clusters).
+var KEY=R&&R.key?"matchkit-review:"+R.key:null;
+function store(){if(!KEY)return;try{var o={};RV.forEach(function(r,i){if(r.k!==C[i].k||Object.keys(r.off).length)o[i]=r});
+  if(Object.keys(o).length)localStorage.setItem(KEY,JSON.stringify(o));else localStorage.removeItem(KEY)}catch(e){}}
+function restore(){if(!KEY)return;try{var o=JSON.parse(localStorage.getItem(KEY)||"{}");
+  Object.keys(o).forEach(function(i){var r=o[i];if(RV[i]&&C[i].m.indexOf(r.k)>=0){RV[i].k=r.k;RV[i].off=r.off||{}}})}catch(e){}}
+function counts(){if(!R)return;store();var p=plan();
+  $("mk-review-count").textContent=pl(p.move,"file")+" to move ("+kb(p.bytes)+")"+(p.changed?", "+pl(p.changed,"keeper")+" changed":"")+(p.stay?", "+p.stay+" unticked":"")}
+function pl(n,w){return n+" "+w+(n===1?"":"s")}
+function review(){
+  var P=R.paths,files={};
+  function stamp(j){if(R.stamps[j])files[P[j]]=R.stamps[j]}
+  var clusters=C.map(function(c,i){var k=RV[i].k,o={keep:P[k],move:[],stay:[],references:[]};stamp(k);
+    c.m.forEach(function(j){if(j===k)return;if(isRef(c,j)){o.references.push(P[j]);return}
+      if(RV[i].off[j])o.stay.push(P[j]);else{o.move.push(P[j]);stamp(j)}});return o});
+  var rep={};Object.keys(R.report).forEach(function(x){rep[x]=R.report[x]});rep.title=D.title;rep.saved=new Date().toISOString();
+  return {matchkit_review:1,report:rep,to:$("mk-to").value.trim()||null,clusters:clusters,files:files};
+}
+function save(){
+  var text=JSON.stringify(review(),null,1)+"\\n",a=$("mk-download");
+  if(a.href&&a.href.indexOf("blob:")===0)URL.revokeObjectURL(a.href);
+  a.href=URL.createObjectURL(new Blob([text],{type:"application/json"}));a.download="matchkit-review.json";a.click();
+  var p=plan();$("mk-saved").textContent="saved matchkit-review.json ("+p.move+" to move); then: matchkit apply matchkit-review.json --to DIR";
+  return text;
+}
+if(R){
+  $("mk-review").hidden=false;
+  $("mk-cards").addEventListener("change",function(e){var t=e.target;if(!t.classList||!t.classList.contains("mv"))return;
+    var i=Number(t.getAttribute("data-card")),j=Number(t.getAttribute("data-img"));
+    if(t.checked)delete RV[i].off[j];else RV[i].off[j]=1;
+    var old=document.querySelector('article[data-card="'+i+'"]');if(old)old.parentNode.replaceChild(card(i,true),old);counts()});
+  $("mk-cards").addEventListener("click",function(e){var t=e.target;if(!t.classList||!(t.classList.contains("mk-keep")||t.classList.contains("mk-all")))return;
+    var i=Number(t.getAttribute("data-card")),j=Number(t.getAttribute("data-img"));
+    if(t.classList.contains("mk-all")){var on=t.getAttribute("data-on")==="1";C[i].m.forEach(function(m){if(on)delete RV[i].off[m];else RV[i].off[m]=1})}
+    else{RV[i].k=j;delete RV[i].off[j]}
+    var old=document.querySelector('article[data-card="'+i+'"]');if(old)old.parentNode.replaceChild(card(i,true),old);counts()});
+  $("mk-save").addEventListener("click",save);
+  $("mk-reset").addEventListener("click",function(){RV.forEach(function(r,i){r.k=C[i].k;r.off={}});counts();render()});
+  restore();counts();
+}
+window.mkReport={data:D,state:S,go:go,refresh:refresh,review:review,reviewState:RV,save:save};
 compute();render();
 })();
 </script>

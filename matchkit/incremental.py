@@ -65,6 +65,7 @@ from .hashing import PHASH_BITS
 from .index import HammingIndex
 from .local import Overlap, Verification
 from .match import PairEvidence, PairMatcher, _content_features, mark_verifiable
+from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 
 #: Bump when what a record or a stored pair means changes.
 STATE_VERSION = 1
@@ -96,6 +97,8 @@ def _plain(o):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
+    if isinstance(o, IconComparison):  # (``extra["icon"]``)
+        return dataclasses.asdict(o)
     raise TypeError(f"not JSON: {type(o).__name__}")
 
 
@@ -117,6 +120,8 @@ def evidence_from_json(text: str, into: PairEvidence | None = None) -> PairEvide
     ev.phash_distance, ev.colour_similarity, ev.votes = d["d"], d["c"], d["v"]
     ev.cosine, ev.overlap_correlation, ev.rule, ev.pending = d["cos"], d["oc"], d["r"], d["p"]
     ev.extra = d["x"]
+    if "icon" in ev.extra:
+        ev.extra["icon"] = IconComparison(**ev.extra["icon"])
     ev.verification = Verification(**d["ver"]) if d["ver"] else None
     ev.overlap = Overlap(**d["ov"]) if d["ov"] else None
     return ev
@@ -286,6 +291,12 @@ class IncrementalMatcher(PairMatcher):
         self.changed.update(self.searched)
         self.plain = {}
         self.crowd = {i: records[i]["crowd"] for i in ids}
+        # Icons (``thumbmatch``) are judged against each other's closest views
+        # in this run: their pairs are measured again every run (icons are
+        # small files; decoding them is cheap).
+        self.icons = icon_views(self.paths, self.sizes, self._pool)
+        self.icon_decider = IconDecider(self.icons, [], self._pool)
+        self.changed.update(self.icons)
         self.evidence = self._evidence(ids, same)
 
     # -- which records still hold ------------------------------------------
@@ -505,6 +516,8 @@ class IncrementalMatcher(PairMatcher):
                 votes[p] = max(votes.get(p, 0.0), v)
             top[q] = {j for j, _ in r["near"][:s.verify_top]}
         for p in votes:
+            pairs.setdefault(p, -1)
+        for p in icon_candidates(self.icons):
             pairs.setdefault(p, -1)
         changed, old_votes = self.changed, self.old_votes
         self.templated_flags = {i for i in ids if records[i].get("tmpl")}

@@ -27,10 +27,11 @@ from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .relation import (LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
-                       colours_agree, in_level, redrawn_icons)
+from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
+                       colours_agree, hue_similarity, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
+from .thumbmatch import IconDecider, icon_candidates, icon_views
 
 
 #: Thumbnails of images with identical pixels differ by at most this many grey
@@ -100,6 +101,8 @@ class PairEvidence:
                            coverage=[round(o.coverage_a, 3), round(o.coverage_b, 3)])
             if v.homography:
                 out["homography"] = v.homography
+        if "icon" in self.extra:
+            out["icon"] = self.extra["icon"].to_evidence()
         return out
 
     def relation(self) -> str | None:
@@ -270,6 +273,24 @@ def local_rule(ev: PairEvidence, settings: Settings) -> str:
     return "local" if kind is not None and in_level(kind, settings.level) else ""
 
 
+def icon_rule(ev: PairEvidence, decider: IconDecider, settings: Settings) -> None:
+    """A pair of icons (``thumbmatch.IconDecider``) is decided by aligned
+    thumbnails, whatever the hash rules said: at two sizes "icon" with the
+    relation ``resized`` (a theme's rendering of one drawing at another size)
+    or no match; at one size, a drawn difference (a state, a colour) is a
+    variant. Either way no local verification: ORB has too few keypoints on a
+    48 px drawing to prove or refute anything."""
+    ok, cmp = decider.decide(ev.a, ev.b)
+    if ok is None:
+        return
+    ev.extra["verifiable"] = False
+    ev.extra["icon"] = cmp
+    ev.pending = False
+    same_size = decider.views[ev.a].size == decider.views[ev.b].size
+    ev.extra["relation"] = kind = "resized" if ok else ("variant" if same_size else None)
+    ev.rule = "icon" if kind is not None and in_level(kind, settings.level) else ""
+
+
 def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray]) -> None:
     """Record whether the pair's colours agree and which images are grey
     (from the stored colour histograms), for ``relation_of``."""
@@ -280,6 +301,7 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray]) -> None:
         return
     ev.extra["grey"] = (grey_share(ha) >= GREY_MASS, grey_share(hb) >= GREY_MASS)
     ev.extra["colour_agree"] = colours_agree(ha, hb)
+    ev.extra["hue_similarity"] = hue_similarity(ha, hb, FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL)
 
 
 def lightness_evidence(ev: PairEvidence, mean_a: float | None, mean_b: float | None) -> None:
@@ -324,6 +346,11 @@ class PairMatcher:
         #: Learned embeddings of the images (model ``settings.model``), if any.
         self.vectors = _embedding_vectors(gallery, ids, settings.model)
         for pair in embedding_candidates(gallery, self.vectors, settings):
+            pairs.setdefault(pair, -1)
+        #: Icons drawn on transparency at up to 256 px (``thumbmatch``): their
+        #: pairs of two sizes are decided on aligned thumbnails, not keypoints.
+        self.icons = icon_views(self.paths, self.sizes, self._pool)
+        for pair in icon_candidates(self.icons):
             pairs.setdefault(pair, -1)
         #: Per-image context of the pair features: crowd distance.
         self.crowd = found.crowd
@@ -408,6 +435,10 @@ class PairMatcher:
                 ev.rule = hash_rule(ev, self.crowd, settings) or embedding_rule(ev, settings)
             mark_verifiable(ev, top, settings)
             evidence.append(ev)
+        self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence], self._pool)
+        if calibrator is None:
+            for ev in evidence:
+                icon_rule(ev, self.icon_decider, settings)
         if calibrator is not None:
             from .pairfeatures import globally_decidable
             self.decide(evidence, "model", [globally_decidable(ev, self.crowd) for ev in evidence])
@@ -566,6 +597,8 @@ class PairMatcher:
         lightness_evidence(ev, self.lightness(a), self.lightness(b))
         ev.extra["second_hop"] = True
         ev.pending = self.settings.local_features
+        if self.calibrator is None:
+            icon_rule(ev, self.icon_decider, self.settings)
         return ev
 
     def mirrored(self, image_id: int, thumb: np.ndarray):
@@ -711,7 +744,8 @@ def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
     that kept the aspect ratio (told apart only by verification, which such
     pairs did not need). ``fa``/``fb`` are (local features, thumbnail) of a
     and b, or None."""
-    if ev.relation() != "resized" or ev.overlap is not None or fa is None or fb is None:
+    if (ev.relation() != "resized" or ev.overlap is not None or fa is None or fb is None
+            or ev.rule == "icon"):
         return
     if ev.extra.get("reflect") or ev.extra.get("dihedral"):
         return  # turned or mirrored: frame to frame says nothing

@@ -51,16 +51,14 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from ._fs import DIGEST, atomic_write_bytes, file_stamp, fsync_dir
+from ._fs import DIGEST, atomic_write_bytes, file_stamp, fsync_dir, read_json_file
 from .fspath import json_text
 
 MANIFEST_VERSION = 2
@@ -501,20 +499,11 @@ def _check_entry(e, roots: list[str], dest: str, manifest: str, hashes: bool) ->
 
 
 def _load_manifest(path: str) -> tuple[dict, _Checked]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MoveError(f"no such manifest: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MoveError(f"cannot read manifest {path}: {_one_line(e)}") from None
+    data = read_json_file(path, "manifest", MoveError)
     try:
         return data, _check_manifest(data, path)
     except MoveError as e:
         raise MoveError(f"manifest {path} refused, nothing was changed: {e}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

@@ -44,6 +44,7 @@ FEATURES: tuple[str, ...] = (
     "log_pixel_ratio",     # |log(pixels a / pixels b)|
     "aspect_difference",   # |log(aspect a / aspect b)|
     "picture_fraction",    # smaller share of picture (not flat fill / template frame) of the two
+    "hue_similarity",      # hue-histogram intersection (1 when either image has too little colour)
 )
 
 
@@ -86,6 +87,7 @@ def pair_features(ev: PairEvidence, crowd: Mapping[int, int],
         abs(math.log((wa * ha) / (wb * hb))),
         abs(math.log((wa / ha) / (wb / hb))),
         min(picture.get(ev.a, 1.0), picture.get(ev.b, 1.0)),
+        1.0 if ev.extra.get("hue_similarity") is None else float(ev.extra["hue_similarity"]),
     ], dtype=np.float64)
 
 
@@ -149,7 +151,13 @@ def decide(calibrator, evidence: Sequence[PairEvidence], crowd: Mapping[int, int
     for ev, s, p, ok in zip(evidence, scores.tolist(), probs.tolist(), allowed):
         ev.extra["p"] = p
         ev.rule = rule if ok and s >= calibrator.threshold_ else ""
-        if ev.rule and level is not None:
-            ev.extra["relation"] = kind = relation_of(ev, global_only=ev.verification is None)
-            if kind is None or not in_level(kind, level):
-                ev.rule = ""
+        if ev.rule and level is not None and not level_allows(ev, level):
+            ev.rule = ""
+
+
+def level_allows(ev: PairEvidence, level: str) -> bool:
+    """Whether the pair's relation, as its evidence stands (``match.relation_of``,
+    recorded in ``ev.extra["relation"]``), is one ``level`` groups. A calibrated
+    decision is gated by this, so calibration fits only the pairs it lets through."""
+    ev.extra["relation"] = kind = relation_of(ev, global_only=ev.verification is None)
+    return kind is not None and in_level(kind, level)

@@ -38,6 +38,7 @@ from ._fs import atomic_write_bytes
 from .calibrate import CalibratorError, PairCalibrator
 from .config import Settings, SettingsError, check_setting
 from .edits import configs_dirs
+from .relation import DEFAULT_LEVEL, LEVELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,8 +67,25 @@ class Profile:
     matchkit_version: str = __version__
     path: str = ""
 
-    def apply(self, settings: Settings) -> Settings:
-        return settings.with_(**self.settings) if self.settings else settings
+    @property
+    def level(self) -> str:
+        """The ``--level`` the profile was calibrated for: its positives were
+        the edits that level groups (older profiles: "copies")."""
+        return str(self.data.get("level", DEFAULT_LEVEL))
+
+    def apply(self, settings: Settings, level: str | None = None) -> Settings:
+        """``settings`` with the profile's overrides, at the profile's level.
+
+        Its threshold only means something at the level it was fitted for (a
+        copies profile learned that a recolour is a non-match), so asking for
+        another ``level`` raises ``ProfileError`` rather than deciding with it.
+        """
+        if level is not None and level != self.level:
+            raise ProfileError(
+                f"profile {self.name!r} was calibrated for --level {self.level}, not {level} "
+                f"(fit one with: matchkit calibrate PHOTOS --level {level} --out FILE)")
+        settings = settings.with_(**self.settings) if self.settings else settings
+        return settings.with_(level=self.level)
 
     def payload(self) -> dict:
         return {"format": FORMAT, "name": self.name,
@@ -138,6 +156,9 @@ def profile_from_dict(data: dict, path: str = "") -> Profile:
     for key in ("data", "settings", "calibrator"):
         if key in data and not isinstance(data[key], dict):
             raise ProfileError(f"{where}: [{key}] must be a table")
+    level = data.get("data", {}).get("level", DEFAULT_LEVEL)
+    if level not in LEVELS:
+        raise ProfileError(f"{where}: level must be one of {', '.join(LEVELS)}, got {level!r}")
     settings = _check_settings(data.get("settings", {}), where)
     try:
         cal = PairCalibrator.from_dict(data["calibrator"])

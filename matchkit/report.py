@@ -2,8 +2,9 @@
 
 The JSON shape is a contract with scripts and later tools (the HTML report,
 ``undo``): ``{"clusters": [{"keep", "members", "pairs": [{"a", "b", "score",
-"kind"}]}], "skipped": [{"path", "reason"}], "stats": {...}}``. New keys may
-be added; these never change meaning.
+"kind"}], "stamps": {path: {"size", "mtime_ns", "sha256"}}}], "skipped": [{"path",
+"reason"}], "roots": [scanned paths], "stats": {...}}``. New keys may be
+added; these never change meaning.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ._fs import atomic_write_bytes
-from .fspath import csv_bytes, json_text
+from .fspath import csv_bytes, display, json_text
 
 
 @dataclass
@@ -39,12 +40,28 @@ class ClusterResult:
     keep_reason: str = ""
     #: Members in a reference folder (``--keep-in``): never moved.
     references: list[str] = field(default_factory=list)
+    #: Each member's file as it was read: {path: {"size", "mtime_ns", "sha256"}}, so
+    #: a later ``matchkit apply`` can refuse files that changed since (``review``).
+    stamps: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
 class SkippedFile:
     path: str
     reason: str
+
+
+#: Skipped files a summary names one by one before it only counts the rest.
+SKIPPED_SHOWN = 5
+
+
+def skipped_lines(skipped: list[tuple[str, str]], shown: int = SKIPPED_SHOWN) -> list[str]:
+    """``skipped: PATH: REASON`` for the first ``shown`` files, then how many more."""
+    lines = [f"skipped: {display(path)}: {display(reason)}" for path, reason in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"... and {len(skipped) - shown} more skipped files "
+                     "(--json lists them all with their reasons)")
+    return lines
 
 
 @dataclass
@@ -55,12 +72,15 @@ class DedupeReport:
     #: Images that show one flat colour (e.g. fully transparent): read, but
     #: matched only as exact copies (same bytes, or same size and pixels).
     blank: list[str] = field(default_factory=list)
+    #: The scanned paths (absolute): where moves keep relative paths from.
+    roots: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "clusters": [asdict(c) for c in self.clusters],
             "skipped": [asdict(s) for s in self.skipped],
             "blank": list(self.blank),
+            "roots": list(self.roots),
             "stats": dict(self.stats),
         }
 
@@ -91,7 +111,10 @@ class DedupeReport:
                             c.keep_reason if m == c.keep else "", int(m in refs)])
         return buf.getvalue()
 
-    def summary(self) -> str:
+    def summary(self, json_output: str | None = None) -> str:
+        """A few lines for people. Skipped files are listed with their reasons
+        (the first few, then a count) unless the same run writes the JSON,
+        which lists them all: ``json_output`` is its file ('-': stdout)."""
         s = self.stats
         dupes = sum(len(c.members) - 1 for c in self.clusters)
         kinds = {"exact": 0, "near": 0}
@@ -111,8 +134,11 @@ class DedupeReport:
         if self.blank:
             lines.append(f"{len(self.blank)} blank images (one flat colour): matched only as "
                          "exact copies; listed under 'blank' in the JSON output")
-        if self.skipped:
-            lines.append("skipped files are listed under 'skipped' in the JSON output")
+        if self.skipped and json_output:
+            where = "the JSON on stdout" if json_output == "-" else display(json_output)
+            lines.append(f"skipped files are listed with their reasons under 'skipped' in {where}")
+        elif self.skipped:
+            lines += skipped_lines([(f.path, f.reason) for f in self.skipped])
         return "\n".join(lines)
 
     def write_json(self, path: str | os.PathLike) -> None:

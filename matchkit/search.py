@@ -15,6 +15,7 @@ confident nonsense.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -58,8 +59,11 @@ def resolve_model(gallery: Gallery, model=None):
 
     known = gallery.models()
     if not known:
-        raise GalleryError(f"gallery {gallery.path} has no embeddings yet; run `matchkit index "
-                           f"DIR --gallery {gallery.path} --model NAME` first")
+        g = shlex.quote(str(gallery.path))
+        raise GalleryError(
+            f"gallery {gallery.path} has no embeddings yet; run `matchkit index DIR --gallery "
+            f"{g} --model NAME` first (`matchkit models` lists names), or find copies of an "
+            f"image without any model: `matchkit check --gallery {g} IMAGE`")
     if model is None:
         if len(known) > 1:
             raise GalleryError(f"gallery {gallery.path} holds embeddings of several models "

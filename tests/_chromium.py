@@ -45,7 +45,8 @@ class WebDriverError(RuntimeError):
 class Chromium:
     """One headless browser session; use as a context manager."""
 
-    def __init__(self, width: int = 1280, height: int = 1000, timeout: float = 30.0):
+    def __init__(self, width: int = 1280, height: int = 1000, timeout: float = 30.0,
+                 downloads: str | os.PathLike | None = None):
         self.port = _free_port()
         self.profile = tempfile.mkdtemp(prefix="matchkit-chromium-")
         driver = CHROMEDRIVER if Path(CHROMEDRIVER).exists() else shutil.which("chromedriver")
@@ -70,6 +71,10 @@ class Chromium:
                 "goog:chromeOptions": {"binary": binary, "args": [
                     *ARGS, f"--window-size={width},{height}", f"--user-data-dir={self.profile}"]},
             }}}
+            if downloads is not None:  # files the page downloads land here, unasked
+                caps["capabilities"]["alwaysMatch"]["goog:chromeOptions"]["prefs"] = {
+                    "download.default_directory": str(downloads),
+                    "download.prompt_for_download": False}
             self.session = self._call("POST", "/session", caps)["sessionId"]
         except BaseException:
             self.close()

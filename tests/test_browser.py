@@ -7,6 +7,7 @@ installs them); skipped with a reason where they are missing.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,66 @@ def test_relation_is_shown_and_filters_clusters(browser, tmp_path):
     captions = browser.run('return [].map.call(document.querySelectorAll("figcaption .sc"), '
                            'function(s){return s.textContent})')
     assert captions and all(c.endswith("\u00b7 crop") for c in captions), captions
+
+
+#: The figure of the image named arguments[0] (a script prefix: "return" it or use it).
+FIGURE = ('var n=arguments[0];return [].filter.call(document.querySelectorAll("figure.m"), '
+          'function(f){return f.querySelector(".nm").textContent === n})[0]')
+
+
+def test_review_changes_keeper_unticks_saves_and_apply_moves_exactly_that(photo_dir, tmp_path):
+    """The dedupe page as a review: make another member the keeper, untick one,
+    "Save review" downloads the file, and `matchkit apply` moves what it says."""
+    from click.testing import CliRunner
+
+    from matchkit.cli import cli
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    info = write_html_report(dedupe([photo_dir]).to_dict(), tmp_path / "page" / "review.html")
+    count = 'return document.getElementById("mk-review-count").textContent'
+    with _chromium.Chromium(1280, 1600, downloads=downloads) as b:
+        b.get(Path(info.path).as_uri())
+        b.wait(READY)
+        assert b.run(count).startswith("5 files to move (")  # a: 4 besides its keeper; b: 1
+        b.run(FIGURE.replace("return ", "var f=", 1) + ';f.querySelector("button.mk-keep")'
+              '.click()', "a_flip.jpg")
+        b.run(FIGURE.replace("return ", "var f=", 1) + ';f.querySelector("input.mv").click()',
+              "a_small.jpg")
+        text = b.run(count)
+        assert text.startswith("4 files to move (") and text.endswith(
+            ", 1 keeper changed, 1 unticked"), text
+        # "untick all" leaves a whole cluster alone; "tick all" brings it back.
+        all_b = FIGURE.replace("return ", "var f=", 1) + \
+            ';f.closest("article").querySelector("button.mk-all").click()'
+        b.run(all_b, "b.jpg")
+        assert b.run(count).startswith("3 files to move (")
+        b.run(all_b, "b.jpg")
+        assert b.run(count).startswith("4 files to move (")
+        keepers = b.run('return [].map.call(document.querySelectorAll("figure.keep .nm"), '
+                        'function(s){return s.textContent})')
+        assert "a_flip.jpg" in keepers and "a.jpg" not in keepers
+        assert "your keeper" in b.run(FIGURE + ".textContent", "a_flip.jpg")
+        # A reload of the page keeps the decisions (saved below from the restored state).
+        b.get(Path(info.path).as_uri())
+        b.wait(READY)
+        assert b.run(count) == text
+        assert "Keeper chosen by you; suggested was a.jpg" in b.run(
+            'return document.querySelector("article.card.changed").textContent')
+        b.run('document.getElementById("mk-save").click()')
+        saved = downloads / "matchkit-review.json"
+        for _ in range(200):
+            if saved.exists() and not list(downloads.glob("*.crdownload")):
+                break
+            time.sleep(0.05)
+        b.screenshot(tmp_path / "review.png")
+        b.run('document.getElementById("mk-reset").click()')
+        assert b.run(count).startswith("5 files to move (")
+        assert not b.run('return document.querySelector("article.card.changed")')
+    data = json.loads(saved.read_text())
+    assert data["matchkit_review"] == 1 and data["report"]["roots"] == [str(photo_dir)]
+    r = CliRunner().invoke(cli, ["apply", str(saved), "--to", str(tmp_path / "dupes")])
+    assert r.exit_code == 0, r.output
+    left = {str(p.relative_to(photo_dir)) for p in photo_dir.rglob("*") if p.is_file()}
+    b_cluster = next(c for c in data["clusters"] if Path(c["keep"]).name.startswith("b"))
+    assert left == {"a_flip.jpg", "a_small.jpg", Path(b_cluster["keep"]).name, "c.jpg", "d.jpg"}

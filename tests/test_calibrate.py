@@ -21,7 +21,10 @@ from conftest import make_photo
 def _data(n: int, rng):
     """Rows whose first feature says how likely a duplicate is: mixed classes
     up to 0.9, only duplicates above."""
-    X = rng.normal(0, 0.05, (n, len(FEATURES)))
+    # Noise columns are drawn for the first 17 features only (zero beyond), so
+    # the rows stay the same when a feature is added to FEATURES.
+    X = np.zeros((n, len(FEATURES)))
+    X[:, :17] = rng.normal(0, 0.05, (n, 17))
     X[:, 0] = rng.random(n)
     y = rng.random(n) < np.clip((X[:, 0] - 0.2) / 0.7, 0, 1) ** 2
     return X, y
@@ -238,3 +241,66 @@ def test_a_small_collection_without_a_crowd_gets_no_false_matches(tmp_path):
     for i in range(6):
         make_photo(400 + i, (320, 240)).save(tmp_path / f"{i}.jpg", quality=90)
     assert dedupe([tmp_path], profile=load_profile("default")).clusters == []
+
+
+def test_variant_edits_change_colour_not_structure():
+    """The recolour and light/dark ops keep the drawing (same edges) and change
+    what a copy must keep: hues, or lightness."""
+    from matchkit.edits import Edit
+    img = make_photo(7, (160, 120))
+    grey = np.asarray(img.convert("L"), float)
+    recol, _ = apply_edit(img, Edit("r", ({"op": "recolour", "degrees": 180},), "variant"), "p")
+    dark, _ = apply_edit(img, Edit("d", ({"op": "lightdark"},), "variant"), "p")
+    rgb, rec = np.asarray(img, float), np.asarray(recol, float)
+    assert np.abs(rgb - rec).mean() > 20                       # other colours
+    inv = np.asarray(dark.convert("L"), float)
+    assert np.corrcoef(grey.ravel(), inv.ravel())[0, 1] < -0.8  # lightness inverted
+
+
+def test_suite_relations_decide_positives_per_level(tmp_path):
+    from matchkit.edits import same_picture_at
+    suite = load_suite("copy-detection")
+    relations = {e.name: e.relation for e in suite.edits}
+    assert relations["recolour"] == relations["lightdark"] == "variant"
+    assert relations["monitor"] == "recapture" and relations["crop50"] == ""
+    assert same_picture_at("", "recapture", "copies")
+    assert not same_picture_at("", "variant", "copies")
+    assert not same_picture_at("recapture", "variant", "copies")
+    assert same_picture_at("crop", "variant", "variants")
+    assert same_picture_at("variant", "variant", "similar")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[[edit]]\nname = "x"\nrelation = "cousin"\n'
+                   'ops = [{op = "grey"}]\n')
+    with pytest.raises(EditError, match="unknown relation 'cousin'"):
+        load_suite(bad)
+
+
+def test_variant_edits_are_negatives_at_copies_and_positives_at_variants(tmp_path):
+    """A recolour of a photo: not a duplicate for a copies profile, a duplicate
+    for a variants one; a plain copy is a duplicate at both."""
+    from matchkit.config import Settings
+    from matchkit.edits import Edit, EditSuite
+    from matchkit.pairsets import build_pairs
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"v{i}.jpg"
+        make_photo(400 + i, (220, 160)).save(p, quality=92)
+        paths.append(p)
+    suite = EditSuite("t", (Edit("half", ({"op": "resize", "scale": 0.5},)),
+                            Edit("recolour", ({"op": "recolour", "degrees": 180},), "variant")))
+
+    def labels(level):
+        ps = build_pairs(paths, suite, Settings(workers=1, level=level))
+        out = {}
+        for key, y in zip(ps.pairs.tolist(), ps.y.tolist()):
+            out.setdefault(key, set()).add(y)
+        return ps, out
+
+    copies, at_copies = labels("copies")
+    _, at_variants = labels("variants")
+    assert copies.y.any()
+    pos_copies = {k for k, v in at_copies.items() if True in v}
+    pos_variants = {k for k, v in at_variants.items() if True in v}
+    # The recolour pairs are positives at variants only; levels nest.
+    assert pos_copies < pos_variants, "no recolour pair became a positive at variants"

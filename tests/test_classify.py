@@ -457,3 +457,30 @@ def test_level_reaches_the_labeler_and_unknown_levels_are_refused(labelled):
         assert lab.settings_.level == "variants"
     with pytest.raises(ValueError, match="unknown level"):
         Labeler(k=3, level="everything", calibration="none").fit(labelled / "g")
+
+
+def test_synthetic_calibration_reports_progress_and_chunks_change_nothing(labelled,
+                                                                           monkeypatch):
+    """The first `label` on a gallery calibrates for a minute: each stage reports
+    (done, total) from 0 to its end; matching in chunks (for those reports)
+    gives the very calibration of one big batch."""
+    from matchkit import classify
+
+    def calibrated(chunk: int):
+        monkeypatch.setattr(classify, "CALIBRATION_CHUNK", chunk)
+        seen = []
+        with Labeler(k=3, calibration="none",
+                     progress=lambda *a: seen.append(a)).fit(labelled / "g") as lab:
+            lab.calibrate_synthetic(4)
+            cal = {k: v for k, v in lab.calibration_.items() if k != "fitted_at"}
+        return seen, cal
+
+    seen, cal = calibrated(3)
+    assert list(dict.fromkeys(s for s, _, _ in seen)) == list(classify.CALIBRATION_STAGES)
+    for stage in classify.CALIBRATION_STAGES:
+        done = [d for s, d, _ in seen if s == stage]
+        total = {t for s, _, t in seen if s == stage}
+        assert len(total) == 1 and done[0] == 0 and done[-1] == total.pop() > 0
+        assert done == sorted(done)
+    assert len([s for s, _, _ in seen if s == classify.CALIBRATION_STAGES[2]]) == 1 + 3  # 8 / 3
+    assert calibrated(1000)[1] == cal

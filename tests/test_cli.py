@@ -69,7 +69,12 @@ def test_gallery_path_that_is_a_file_is_an_error(runner, photo_dir, tmp_path):
 
 
 def test_every_command_has_help_with_example(runner):
-    for cmd in [[], *([name] for name in cli.commands)]:
+    import click
+
+    subs = [[name, sub] for name, group in cli.commands.items()
+            if isinstance(group, click.Group) for sub in group.commands]
+    assert ["labels", "import"] in subs
+    for cmd in [[], *([name] for name in cli.commands), *subs]:
         r = runner.invoke(cli, [*cmd, "--help"])
         assert r.exit_code == 0 and "Example" in r.output
 
@@ -104,3 +109,104 @@ def test_dedupe_keep_in_and_prefer(runner, photo_dir, tmp_path):
     assert r.exit_code == 0, r.output
     keeps = {Path(c["keep"]).name: c["keep_reason"] for c in json.loads(r.stdout)["clusters"]}
     assert keeps["a.png"] == "preferred: format:PNG"
+
+
+# ---------------------------------------------------------------- rough edges (issue 17)
+
+def test_summary_lists_skipped_files_when_no_json_is_written(runner, photo_dir):
+    for i in range(7):
+        (photo_dir / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
+    r = runner.invoke(cli, ["dedupe", str(photo_dir)])
+    assert r.exit_code == 0, r.output
+    assert "in the JSON output" not in r.stdout  # no JSON was asked for
+    named = [line for line in r.stdout.splitlines() if line.startswith("skipped: ")]
+    assert len(named) == 5 and all(line.count(": ") >= 2 for line in named)
+    assert f"skipped: {photo_dir / 'broken0.jpg'}: " in r.stdout
+    assert "... and 2 more skipped files" in r.stdout
+    # With JSON written, the summary points there instead of listing.
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", "-"])
+    assert "skipped files are listed with their reasons under 'skipped' in the JSON on " \
+        "stdout" in r.stderr
+    assert "skipped: " not in r.stderr
+    assert len(json.loads(r.stdout)["skipped"]) == 7
+
+
+def test_models_table_and_json(runner):
+    r = runner.invoke(cli, ["models", "--table"])
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["name", "usable", "text", "description"]
+    r2 = runner.invoke(cli, ["models", "--json"])
+    models = json.loads(r2.stdout)
+    assert models and all(any(line.startswith(m["name"] + " ") for line in lines)
+                          for m in models)
+    assert "{" not in r.stdout
+    # Not a terminal (a pipe, as here): JSON, so `matchkit models | jq` keeps working.
+    assert json.loads(runner.invoke(cli, ["models"]).stdout) == models
+
+
+def _labelled_tree(root: Path) -> Path:
+    from conftest import make_photo
+
+    for cls, seeds in {"red": (11, 12), "blue": (13, 14)}.items():
+        (root / cls).mkdir(parents=True)
+        for s in seeds:
+            make_photo(s).save(root / cls / f"{s}.jpg", quality=90)
+    return root
+
+
+def test_labels_commands_take_gallery_option_and_still_the_positional(runner, tmp_path):
+    tree = _labelled_tree(tmp_path / "cat")
+    g = tmp_path / "g"
+    r = runner.invoke(cli, ["labels", "import", "--gallery", str(g), "--folder", str(tree)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["images"] == 4
+    r = runner.invoke(cli, ["labels", "show", "--gallery", str(g)])
+    assert json.loads(r.stdout)["classes"] == {"blue": 2, "red": 2}
+    # The older positional form still works (deprecated, said in --help).
+    r = runner.invoke(cli, ["labels", "show", str(g)])
+    assert r.exit_code == 0 and json.loads(r.stdout)["labelled"] == 4
+    assert "deprecated" in runner.invoke(cli, ["labels", "import", "--help"]).stdout
+    for args in (["labels", "import", "--folder", str(tree)],
+                 ["labels", "import", str(g), "--gallery", str(tmp_path / "h"),
+                  "--folder", str(tree)]):
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1
+        assert r.stderr.startswith("matchkit: error:") and "--gallery" in r.stderr
+    assert not (tmp_path / "h").exists()
+
+
+def test_search_without_embeddings_says_check_needs_no_model(runner, photo_dir, tmp_path):
+    g = tmp_path / "g"
+    assert runner.invoke(cli, ["index", str(photo_dir), "--gallery", str(g), "-q"]).exit_code == 0
+    r = runner.invoke(cli, ["search", "--gallery", str(g), "--image", str(photo_dir / "a.jpg")])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+    assert "no embeddings yet" in r.stderr
+    assert f"matchkit check --gallery {g} IMAGE" in r.stderr
+
+
+def test_first_label_shows_calibration_progress_then_not_again(runner, tmp_path):
+    tree = _labelled_tree(tmp_path / "cat")
+    g = tmp_path / "g"
+    runner.invoke(cli, ["labels", "import", "--gallery", str(g), "--folder", str(tree)])
+    query = tree / "red" / "11.jpg"
+    r = runner.invoke(cli, ["label", "--gallery", str(g), str(query)])
+    assert r.exit_code == 0, r.output
+    from matchkit.classify import CALIBRATION_STAGES
+    lines = r.stderr.splitlines()
+    assert "calibrating the unknown threshold" in lines[0]
+    # Each stage announced with its size, in order, before the answer.
+    at = [next(i for i, line in enumerate(lines) if line.startswith(f"matchkit: {stage} ("))
+          for stage in CALIBRATION_STAGES]
+    assert at == sorted(at) and at[0] == 1
+    assert json.loads(r.stdout)["answers"][0]["label"] == "red"
+    r = runner.invoke(cli, ["label", "--gallery", str(g), str(query)])  # stored now
+    assert "calibrat" not in r.stderr
+    r = runner.invoke(cli, ["label", "--gallery", str(g), str(query), "-q"])
+    assert r.stderr == ""
+    # `labels calibrate` shows the same progress (and none with -q).
+    r = runner.invoke(cli, ["labels", "calibrate", "--gallery", str(g), "--samples", "2"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["source"] == "synthetic"
+    assert f"matchkit: {CALIBRATION_STAGES[2]} (4)" in r.stderr
+    r = runner.invoke(cli, ["labels", "calibrate", "--gallery", str(g), "--samples", "2", "-q"])
+    assert r.exit_code == 0 and r.stderr == ""

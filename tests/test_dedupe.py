@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -86,9 +87,16 @@ def test_bad_files_are_skipped_with_reasons(photo_dir):
 
 def test_json_shape_is_stable(photo_dir):
     data = json.loads(dedupe([photo_dir]).to_json())
-    assert set(data) == {"clusters", "skipped", "blank", "stats"}
+    assert set(data) == {"clusters", "skipped", "blank", "roots", "stats"}
+    assert data["roots"] == [str(Path(photo_dir).absolute())]
     c = data["clusters"][0]
-    assert {"keep", "members", "pairs", "keep_reason", "references"} <= set(c)
+    assert {"keep", "members", "pairs", "keep_reason", "references", "stamps"} <= set(c)
+    # Each member as it was read, for `matchkit apply` to refuse changed files.
+    assert set(c["stamps"]) == set(c["members"])
+    keep = Path(c["keep"])
+    assert c["stamps"][c["keep"]]["size"] == keep.stat().st_size
+    assert c["stamps"][c["keep"]]["mtime_ns"] == keep.stat().st_mtime_ns
+    assert c["stamps"][c["keep"]]["sha256"] == hashlib.sha256(keep.read_bytes()).hexdigest()
     assert c["members"][0] == c["keep"] and c["keep_reason"]
     assert {"a", "b", "score", "kind"} <= set(c["pairs"][0])
 

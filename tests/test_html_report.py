@@ -173,6 +173,30 @@ def test_generic_cards_for_other_results():
     assert data["cards"][0]["k"] is None and data["cards"][0]["t"] == "query.jpg"
     assert [p["s"] for p in data["cards"][0]["pairs"]] == [0.93, None]  # NaN is not JSON
     assert data["images"][1]["t"] == "t/1.jpg" and data["images"][1]["d"] == "g"
+    assert "review" not in data  # only a dedupe page saves a review
+
+
+def test_dedupe_page_carries_what_a_saved_review_needs(collection, tmp_path):
+    """Exact paths and each member's stamp (mtime_ns as text: JavaScript numbers
+    cannot hold it), and the scanned folders, for `matchkit apply`."""
+    folder, report = collection
+    data = page_json(Path(write_html_report(report, tmp_path / "r.html").path).read_text())
+    rv = data["review"]
+    assert rv["report"]["roots"] == report["roots"] == [str(folder)]
+    assert rv["report"]["page"] == "r.html" and rv["report"]["stats"]["clusters"] == 2
+    stamps = {p: st for c in report["clusters"] for p, st in c["stamps"].items()}
+    assert set(rv["paths"]) == set(stamps)
+    for path, st in zip(rv["paths"], rv["stamps"]):
+        assert st == {**stamps[path], "mtime_ns": str(stamps[path]["mtime_ns"])}
+    # The key that keeps decisions over a reload: same page, same key; other
+    # file stamps (a file changed), another key.
+    again = page_json(Path(write_html_report(report, tmp_path / "r.html").path).read_text())
+    assert again["review"]["key"] == rv["key"] and len(rv["key"]) == 32
+    changed = json.loads(json.dumps(report))
+    first = changed["clusters"][0]
+    first["stamps"][first["keep"]]["size"] += 1
+    other = page_json(Path(write_html_report(changed, tmp_path / "r.html").path).read_text())
+    assert other["review"]["key"] != rv["key"]
 
 
 def test_rerun_reuses_and_prunes_only_its_own_files(collection, tmp_path):

@@ -134,3 +134,25 @@ def test_cli_rematch_and_summary(sets, tmp_path):
     r = runner.invoke(cli, args + ["--rematch"])
     stats = json.loads((tmp_path / "out.json").read_text())["stats"]
     assert r.exit_code == 0 and stats["pairs_reused"] == 0 and stats["rematch"] is True
+
+
+def test_icons_added_later_match_as_in_a_run_from_scratch(sets, tmp_path):
+    """Icons are judged against each other's closest views in the run
+    (``thumbmatch``): their pairs are measured again every run."""
+    from test_thumbmatch import RED, _icon
+
+    old, _ = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    _icon(256).save(folder / "folder-256.png")
+    _icon(48, ribbon=RED).save(folder / "folder-red-48.png")
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    # The closer one at 48 px (named to sort last: a fresh gallery numbers the
+    # files in path order, and ids break ties, as in an incremental add).
+    _icon(48).save(folder / "z-folder-48.png")
+    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    fresh = _fresh([folder])
+    assert _content(grown) == _content(fresh)
+    assert any({"folder-256.png", "z-folder-48.png"} <= {m.rsplit("/", 1)[-1] for m in c.members}
+               for c in fresh.clusters)

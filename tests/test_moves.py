@@ -553,10 +553,14 @@ def test_cli_undo_prints_a_summary_and_details_on_request(moved):
     assert r.stdout.count("restored: ") == 4 and "{" not in r.stdout
     r = runner.invoke(cli, ["undo", str(manifest)])
     assert r.exit_code == 0
-    assert r.stdout.strip() == "nothing to restore (4 files were restored before)"
+    assert r.stdout.strip() == ("nothing left to restore: all 4 moved files were put back "
+                                "by an earlier undo")
+    assert "restored" not in r.stdout and "{" not in r.stdout
+    r = runner.invoke(cli, ["undo", str(manifest), "--dry-run"])
+    assert r.exit_code == 0 and r.stdout.startswith("nothing left to restore")
     r = runner.invoke(cli, ["undo", str(manifest), "--json", "-"])
     assert r.exit_code == 0 and json.loads(r.stdout)["counts"] == {}
-    assert "nothing to restore" in r.stderr
+    assert "nothing left to restore" in r.stderr
 
 
 def test_link_to_a_file_outside_the_roots_is_skipped_with_a_reason(tree, tmp_path):

@@ -231,3 +231,34 @@ def test_profile_with_no_version_number_is_refused(saved):
     _with_version(saved, "banana")
     with pytest.raises(ProfileError, match="matchkit_version 'banana' is not a version number"):
         load_profile(saved)
+
+
+def test_profile_keeps_its_level_and_refuses_another(tmp_path, calibrator, photo_dir):
+    from matchkit.config import Settings
+    old = load_profile(save_profile(Profile("old", 0.99, calibrator), tmp_path / "old.toml"))
+    assert old.level == "copies"        # profiles from before levels
+    var = save_profile(Profile("wide", 0.99, calibrator, data={"level": "variants"}),
+                       tmp_path / "wide.toml")
+    profile = load_profile(var)
+    assert profile.level == "variants"
+    assert profile.apply(Settings()).level == "variants"    # no --level: the profile's
+    with pytest.raises(ProfileError, match="calibrated for --level variants, not copies"):
+        profile.apply(Settings(), "copies")
+    r = CliRunner().invoke(cli, ["dedupe", str(photo_dir), "--profile", str(var),
+                                 "--level", "copies", "-q"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        "matchkit: error: profile 'wide' was calibrated for --level variants, not copies "
+        "(fit one with: matchkit calibrate PHOTOS --level copies --out FILE)"]
+    r = CliRunner().invoke(cli, ["dedupe", str(photo_dir), "--profile", str(var), "--json", "-",
+                                 "-q", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    import json
+    assert json.loads(r.output)["stats"]["level"] == "variants"
+
+
+def test_profile_with_an_unknown_level_is_refused(tmp_path, calibrator):
+    with pytest.raises(ProfileError, match="level must be one of"):
+        save_profile(Profile("odd", 0.99, calibrator, data={"level": "cousins"}),
+                     tmp_path / "odd.toml")
+    assert not (tmp_path / "odd.toml").exists()

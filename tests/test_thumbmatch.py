@@ -1,0 +1,128 @@
+"""Icons drawn at two sizes match on aligned thumbnails; their look-alikes do not.
+
+Made-up icons stand in for an icon theme: a folder-like body with a corner
+ribbon, drawn at 256 px and again at 48 px (each rendered from its own
+supersampled drawing, as a theme renders each size). The look-alikes are
+the same body with the ribbon in another colour (a folder colour) and with
+an added part (papers sticking out: "full" against "empty").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from matchkit import dedupe
+from matchkit.thumbmatch import (IconDecider, compare, icon_candidates, icon_view,
+                                 icon_views)
+
+BLUE, RED, TAN = (40, 90, 200), (210, 40, 40), (230, 190, 120)
+
+
+def _icon(side: int, ribbon=BLUE, body=TAN, part: bool = False) -> Image.Image:
+    """The made-up icon at ``side`` px on transparency (drawn 4x, then reduced)."""
+    s = side * 4
+    img = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.rounded_rectangle((s * .08, s * .12, s * .45, s * .3), radius=s * .04, fill=(*body, 255))
+    d.rounded_rectangle((s * .08, s * .22, s * .92, s * .88), radius=s * .06,
+                        fill=(*body, 255), outline=(90, 70, 40, 255), width=max(1, s // 64))
+    d.polygon([(s * .92, s * .6), (s * .92, s * .88), (s * .64, s * .88)], fill=(*ribbon, 255))
+    d.rectangle((s * .3, s * .45, s * .7, s * .55), fill=(60, 60, 60, 255))  # an emblem
+    if part:  # papers sticking out of the top: another state of the icon
+        d.rectangle((s * .25, s * .02, s * .75, s * .4), fill=(250, 250, 250, 255),
+                    outline=(60, 60, 60, 255), width=max(1, s // 48))
+    return img.resize((side, side), Image.Resampling.LANCZOS)
+
+
+def _view(tmp_path: Path, name: str, img: Image.Image):
+    path = tmp_path / name
+    img.save(path)
+    return icon_view(str(path))
+
+
+def test_one_drawing_at_256_and_48_px_matches(tmp_path):
+    big, small = _view(tmp_path, "a256.png", _icon(256)), _view(tmp_path, "a48.png", _icon(48))
+    c = compare(big, small)
+    assert c.passes(), c
+    assert c.alpha_iou > 0.9 and c.correlation > 0.9
+    decider = IconDecider({1: big, 2: small}, [(1, 2)])
+    assert decider.decide(1, 2)[0] is True
+
+
+def test_recoloured_ribbon_does_not_match(tmp_path):
+    big = _view(tmp_path, "blue256.png", _icon(256, BLUE))
+    red = _view(tmp_path, "red48.png", _icon(48, RED))
+    c = compare(big, red)
+    assert c.alpha_iou > 0.9  # the same silhouette ...
+    assert not c.passes(), c  # ... but a corner recoloured from blue to red
+    assert c.recoloured > 0.025
+
+
+def test_changed_part_does_not_match(tmp_path):
+    empty = _view(tmp_path, "empty256.png", _icon(256))
+    full = _view(tmp_path, "full48.png", _icon(48, part=True))
+    assert not compare(empty, full).passes()
+
+
+def test_closest_rendering_wins_among_look_alikes(tmp_path):
+    """With both 48 px renderings present, the 256 px icon pairs with its own
+    (a theme draws each picture once per size); a slightly different shade
+    of the ribbon, too close for the recolour test, loses to it."""
+    shade = (60, 100, 190)
+    views = {1: _view(tmp_path, "blue256.png", _icon(256, BLUE)),
+             2: _view(tmp_path, "blue48.png", _icon(48, BLUE)),
+             3: _view(tmp_path, "shade48.png", _icon(48, shade))}
+    assert compare(views[1], views[3]).passes()  # alone, the shade would pass
+    decider = IconDecider(views, [(1, 2), (1, 3), (2, 3)])
+    assert decider.decide(1, 2)[0] is True
+    assert decider.decide(1, 3)[0] is False
+
+
+def test_same_size_icons_with_a_drawn_difference_are_not_copies(tmp_path):
+    views = {1: _view(tmp_path, "blue.png", _icon(128, BLUE)),
+             2: _view(tmp_path, "red.png", _icon(128, RED)),
+             3: _view(tmp_path, "blue_again.png", _icon(128, BLUE))}
+    decider = IconDecider(views, [(1, 2), (1, 3)])
+    assert decider.decide(1, 2)[0] is False
+    assert decider.decide(1, 3)[0] is None  # no difference: left to the other rules
+
+
+def test_only_small_images_on_transparency_are_icons(tmp_path):
+    _icon(256).convert("RGB").save(tmp_path / "opaque.png")
+    _icon(256).resize((512, 512)).save(tmp_path / "large.png")
+    _icon(16).save(tmp_path / "tiny.png")  # a few pixels per glyph: left to other rules
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    for name in ("opaque.png", "large.png", "tiny.png", "broken.png"):
+        assert icon_view(str(tmp_path / name)) is None
+    assert icon_view(str(tmp_path / "missing.png")) is None
+
+
+def test_candidates_pair_icons_of_different_sizes(tmp_path):
+    paths, sizes = {}, {}
+    for i, (name, img) in enumerate([("a256.png", _icon(256)), ("a48.png", _icon(48)),
+                                      ("b256.png", _icon(256, RED, part=True))]):
+        img.save(tmp_path / name)
+        paths[i], sizes[i] = str(tmp_path / name), img.size
+    pairs = icon_candidates(icon_views(paths, sizes))
+    assert (0, 1) in pairs
+    assert (0, 2) not in pairs  # one size: not a pair of renderings
+
+
+def _clusters(folder: Path) -> list[set[str]]:
+    return [{Path(m).name for m in c.members} for c in dedupe([folder]).clusters]
+
+
+@pytest.mark.parametrize("other", ["red", "full"])
+def test_dedupe_groups_the_two_sizes_and_not_the_look_alike(tmp_path, other):
+    _icon(256).save(tmp_path / "icon256.png")
+    _icon(48).save(tmp_path / "icon48.png")
+    look = _icon(48, RED) if other == "red" else _icon(48, part=True)
+    look.save(tmp_path / f"{other}48.png")
+    result = dedupe([tmp_path])
+    assert [{Path(m).name for m in c.members} for c in result.clusters] == [
+        {"icon256.png", "icon48.png"}]
+    relations = {p.relation for c in result.clusters for p in c.pairs}
+    assert relations == {"resized"}
