@@ -49,12 +49,21 @@ def commit() -> str:
 
 def run_measured(cmd: list[str], **kw) -> tuple[float, float, int]:
     """Run a command; return (wall seconds, peak RSS MiB of that process, exit code)."""
+    m = run_measured_cpu(cmd, **kw)
+    return m["wall_s"], m["peak_rss_mib"], m["rc"]
+
+
+def run_measured_cpu(cmd: list[str], **kw) -> dict:
+    """Run a command; wall seconds, CPU seconds (user + system) and peak RSS
+    MiB of that process, and its exit code. CPU time is the steadier measure
+    on a shared machine, where wall time grows with other processes' load."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, **kw)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mib": usage.ru_maxrss / 1024.0, "rc": proc.returncode}
 
 
 def pairs_from_groups(groups) -> set[frozenset]:

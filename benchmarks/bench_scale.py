@@ -32,12 +32,7 @@ def main() -> None:
     base = sets.photos(args.photos)
     folders = [sets.build(kind, base, C.WORK / f"{kind}-all-{len(base)}")
                for kind in ("hard", "hard-b", "hard-c", "transformed")]
-    by_photo: dict[str, list[Path]] = {}
-    for folder in folders:
-        for p in sorted(folder.iterdir()):
-            if not p.name.startswith("."):
-                by_photo.setdefault(sets.group_of(p.name), []).append(p)
-    ordered = [p for group in sorted(by_photo) for p in by_photo[group]]
+    ordered = sets.by_photo_order(folders)
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
         if n > len(ordered):

@@ -173,6 +173,17 @@ BUILDERS = {"transformed": transformed_edits, "hard": hard_edits, "recapture": r
             "hard-c": lambda p, out: hard_edits(p, out, salt="c")}
 
 
+def by_photo_order(folders: list[Path]) -> list[Path]:
+    """Every image of the built sets in ``folders``, photo group by photo group
+    (so taking the first N keeps duplicate groups whole)."""
+    groups: dict[str, list[Path]] = {}
+    for folder in folders:
+        for p in sorted(Path(folder).iterdir()):
+            if not p.name.startswith("."):
+                groups.setdefault(group_of(p.name), []).append(p)
+    return [p for group in sorted(groups) for p in groups[group]]
+
+
 def build(kind: str, base: list[Path], out: Path, workers: int = 2) -> Path:
     """Build set ``kind`` from ``base`` photos into ``out`` (reused if complete)."""
     out = Path(out)

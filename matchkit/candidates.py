@@ -32,6 +32,17 @@ class Candidates:
     crowd: dict[int, int] = field(default_factory=dict)
     #: id -> its ``neighbours`` nearest other images as (id, distance), nearest first.
     nearest: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> {other id: distance} of the pairs its own
+    #: search found (``pairs`` is their union, smallest distance); what an
+    #: incremental run stores per image and combines again.
+    by_owner: dict[int, dict[int, int]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> per hash variant, how far its search
+    #: reached (its k-th distance; the collect distance when the list was
+    #: extended): an image entering the index further away changes nothing.
+    reach: dict[int, list[int]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> distance of the farthest of the
+    #: ``collect_top`` pairs kept beyond ``max_distance`` (when that many were).
+    loose_reach: dict[int, int] = field(default_factory=dict)
 
 
 def phash_candidates(
@@ -43,6 +54,7 @@ def phash_candidates(
     allowed: set[int] | None = None,
     collect_distance: int | None = None,
     collect_top: int = 4,
+    per_owner: bool = False,
 ) -> Candidates:
     """Pairs ``(a, b)`` with ``a < b`` whose dihedral pHash distance is within limit.
 
@@ -51,7 +63,7 @@ def phash_candidates(
     smallest distance over the 8 variants. Every pair within ``max_distance``
     is found; pairs up to ``collect_distance`` are kept too when they are
     among the ``collect_top`` nearest of the query (worth a closer look, not
-    a full search).
+    a full search). ``per_owner`` also fills ``Candidates.by_owner``.
     """
     collect = max(max_distance, collect_distance or 0)
     ids = np.asarray(ids, dtype=np.int64)
@@ -62,7 +74,6 @@ def phash_candidates(
     queries = variants.reshape(len(ids) * n_var, -1)
     owners = np.repeat(ids, n_var)
     out = Candidates()
-    best = out.pairs
     rows = np.arange(len(queries))
     k = max(1, neighbours)
     first = True
@@ -72,6 +83,10 @@ def phash_candidates(
         if first:
             out.crowd, out.nearest = _crowd(owners, keys, dists, k, index.nbits)
             first = False
+            if per_owner:
+                far = np.where(dists[:, -1] <= max_distance, collect, dists[:, -1])
+                for r, owner in enumerate(ids.tolist()):
+                    out.reach[owner] = far[r * n_var:(r + 1) * n_var].tolist()
         for owner, krow, drow in zip(owners[rows].tolist(), keys.tolist(), dists.tolist()):
             for key, d in zip(krow, drow):
                 if d > collect:
@@ -82,21 +97,34 @@ def phash_candidates(
                     seen = loose.setdefault(owner, {})
                     seen[key] = min(d, seen.get(key, d))
                     continue
-                pair = (owner, key) if owner < key else (key, owner)
-                if d < best.get(pair, collect + 1):
-                    best[pair] = d
+                _keep(out, owner, key, d, collect, per_owner)
         for owner, seen in loose.items():
-            for key, d in sorted(seen.items(), key=_by_distance_then_id)[:collect_top]:
-                pair = (owner, key) if owner < key else (key, owner)
-                if d < best.get(pair, collect + 1):
-                    best[pair] = d
+            kept = sorted(seen.items(), key=_by_distance_then_id)[:collect_top]
+            for key, d in kept:
+                _keep(out, owner, key, d, collect, per_owner)
+            if per_owner and len(kept) == collect_top and owner not in out.loose_reach:
+                out.loose_reach[owner] = kept[-1][1]
         # Rows whose k-th neighbour is still within the limit may have more.
         saturated = dists[:, -1] <= max_distance
+        if per_owner:  # (searched again: their loose ones are not all known yet)
+            for owner in set(owners[rows[saturated]].tolist()):
+                out.loose_reach[owner] = collect
         if k >= min(_MAX_NEIGHBOURS, len(index)) or not saturated.any():
             break
         rows = rows[saturated]
         k = min(k * 4, _MAX_NEIGHBOURS)
     return out
+
+
+def _keep(out: Candidates, owner: int, key: int, d: int, collect: int, per_owner: bool) -> None:
+    """Record pair (owner, key) at distance ``d`` if nearer than before."""
+    pair = (owner, key) if owner < key else (key, owner)
+    if d < out.pairs.get(pair, collect + 1):
+        out.pairs[pair] = d
+    if per_owner:
+        mine = out.by_owner.setdefault(owner, {})
+        if d < mine.get(key, collect + 1):
+            mine[key] = d
 
 
 def _by_distance_then_id(item: tuple[int, int]) -> tuple[int, int]:
@@ -123,6 +151,23 @@ def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
     return crowd, order
 
 
+@dataclass
+class VoteDetail:
+    """What each query image's own descriptor search found (``vote_candidates``
+    fills it when given one): enough to combine the pairs again later, and to
+    tell whether a newly indexed image could change them."""
+
+    #: query id -> {other id: votes} of the pairs its descriptors chose.
+    by_owner: dict[int, dict[int, float]] = field(default_factory=dict)
+    #: query id -> sorted ids any of its descriptors voted for (before the cut).
+    hits: dict[int, list[int]] = field(default_factory=dict)
+    #: query id -> its descriptors' neighbour lists as searched: image ids
+    #: (int32, -1: none) and distances (uint8, 255 for none or farther), shape
+    #: (descriptors, neighbours) each; merged with new images' descriptors,
+    #: they give the votes a new search would (``tally_votes``).
+    lists: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
 def vote_candidates(
     index: HammingIndex,
     queries: dict[int, np.ndarray],
@@ -133,6 +178,7 @@ def vote_candidates(
     per_query: int = 8,
     min_votes: float = 1.0,
     allowed: set[int] | None = None,
+    detail: VoteDetail | None = None,
 ) -> dict[tuple[int, int], float]:
     """Images whose indexed local descriptors resemble each query's descriptors.
 
@@ -141,7 +187,8 @@ def vote_candidates(
     descriptor that resembles many images (sky, text, a common logo) spreads
     one vote over all of them, so generic structure cannot outvote a real
     copy. Per query image the ``per_query`` best-voted images with at least
-    ``min_votes`` are returned as pairs ``(a, b)``, ``a < b``.
+    ``min_votes`` are returned as pairs ``(a, b)``, ``a < b``. ``detail``
+    receives each query's own share of that (see :class:`VoteDetail`).
     """
     out: dict[tuple[int, int], float] = {}
     if not queries or len(index) == 0:
@@ -156,13 +203,32 @@ def vote_candidates(
     owners = np.concatenate(owner_list)
     keys, dists = index.search(np.concatenate(desc_list), neighbours)
     other = np.where(keys >= 0, keys // key_stride, -1)
-    valid = (keys >= 0) & (dists <= max_distance) & (other != owners[:, None])
+    if detail is not None:
+        ids32, d8 = other.astype(np.int32), np.minimum(dists, 255).astype(np.uint8)
+        start = 0
+        for owner_ids in owner_list:
+            end = start + len(owner_ids)
+            detail.lists[int(owner_ids[0])] = (ids32[start:end], d8[start:end])
+            start = end
+    return tally_votes(owners, other, dists, max_distance=max_distance, per_query=per_query,
+                       min_votes=min_votes, allowed=allowed, detail=detail)
+
+
+def tally_votes(owners: np.ndarray, other: np.ndarray, dists: np.ndarray, *, max_distance: int,
+                per_query: int, min_votes: float, allowed: set[int] | None = None,
+                detail: VoteDetail | None = None) -> dict[tuple[int, int], float]:
+    """The votes of ``vote_candidates`` from its descriptors' neighbour lists:
+    ``owners[r]`` is the query image of row ``r``, ``other[r]`` the images of its
+    neighbours (-1: none) and ``dists[r]`` their distances."""
+    out: dict[tuple[int, int], float] = {}
+    valid = (other >= 0) & (dists <= max_distance) & (other != owners[:, None])
     if allowed is not None:
         allowed_arr = np.fromiter(allowed, np.int64)
         valid &= np.isin(other, allowed_arr)
     rows, cols = np.nonzero(valid)
     if not len(rows):
         return out
+    other = other.astype(np.int64)
     # One vote per (query descriptor, other image), shared among the images it hits.
     pair_code = rows.astype(np.int64) * (other.max() + 1) + other[rows, cols]
     pair_code = np.unique(pair_code)
@@ -171,6 +237,11 @@ def vote_candidates(
     per_row = np.bincount(row_of, minlength=len(owners))
     weights = 1.0 / per_row[row_of]
     owner_of = owners[row_of]
+    if detail is not None:
+        for q, o in set(zip(owner_of.tolist(), img_of.tolist())):
+            detail.hits.setdefault(q, []).append(o)
+        for hit in detail.hits.values():
+            hit.sort()
     stride = int(max(owner_of.max(), img_of.max()) + 1)
     code = owner_of * stride + img_of
     uniq, inv = np.unique(code, return_inverse=True)
@@ -185,4 +256,6 @@ def vote_candidates(
         taken[q] = taken.get(q, 0) + 1
         pair = (q, o) if q < o else (o, q)
         out[pair] = max(out.get(pair, 0.0), v)
+        if detail is not None:
+            detail.by_owner.setdefault(q, {})[o] = v
     return out

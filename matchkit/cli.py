@@ -115,7 +115,10 @@ def cli() -> None:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True),
               help="Write one row per cluster member as CSV.")
 @click.option("--gallery", type=click.Path(file_okay=False),
-              help="Keep features in this gallery folder so later runs only read new files.")
+              help="Keep features and pair decisions in this gallery folder so later runs "
+                   "only read new files and match only what they change.")
+@click.option("--rematch", is_flag=True,
+              help="With --gallery: match every pair again instead of reusing stored decisions.")
 @click.option("--threshold", type=_Setting("phash_max_distance"), default=None,
               help="Largest dihedral pHash distance (bits of 256) counted as a near duplicate.")
 @click.option("--max-pixels", type=_Setting("max_pixels"), default=None,
@@ -155,7 +158,7 @@ def cli() -> None:
                    "(e.g. format:png) or path:GLOB (matched against the full path).")
 @_LEVEL_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, hash_only,
+def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, workers, hash_only,
            model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name,
            keep_in, prefer, level, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
@@ -201,6 +204,8 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
         _fail("--min-cosine needs --model")
     if dry_run and not move_to:
         _fail("--dry-run needs --move-duplicates-to DIR")
+    if rematch and not gallery:
+        _fail("--rematch needs --gallery DIR")
     _check_html_path(html_path)
     if move_to and os.path.exists(move_to) and not os.path.isdir(move_to):
         _fail(f"--move-duplicates-to must be a folder: {move_to}")
@@ -210,7 +215,7 @@ def dedupe(paths, json_path, csv_path, gallery, threshold, max_pixels, workers, 
                                     model=model, min_cosine=min_cosine)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
                             profile=profile, keep_in=keep_in, prefer=prefer,
-                            level=level)
+                            level=level, rematch=rematch)
     except FileNotFoundError as e:
         _fail(str(e))
     except GalleryError as e:

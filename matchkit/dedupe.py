@@ -19,10 +19,10 @@ from contextlib import ExitStack
 from .cluster import Star, UnionFind, lazy_star_clusters
 from .config import Settings
 from .gallery import Gallery, StoredImage
-from .hashing import hamming
 from .io import iter_image_files
 from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
                      same_pixels_criteria, sort_key)
+from .incremental import IncrementalMatcher
 from .match import PairEvidence, PairMatcher
 from .relation import check_level
 from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
@@ -38,6 +38,7 @@ def dedupe(
     keep_in: Iterable[str | os.PathLike] = (),
     prefer: Iterable[str] = (),
     level: str | None = None,
+    rematch: bool = False,
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
@@ -48,6 +49,12 @@ def dedupe(
     its calibrated decision replaces the hand-set rules and its settings
     overrides apply. ``level`` (``relation.LEVELS``: "copies", "variants" or
     "similar"; default ``settings.level``) chooses which relations form clusters.
+
+    With a ``gallery``, matching is incremental (``incremental.py``): candidate
+    searches and pair decisions are stored there, and a later run redoes only
+    what new, changed or removed images affect, with the same result as a run
+    from scratch. ``rematch`` ignores (and replaces) what is stored. Runs with a
+    learned ``model`` always match from scratch.
 
     ``keep_in`` names reference folders: they are scanned too, their files
     are always keepers and are listed under each cluster's ``references``
@@ -73,6 +80,7 @@ def dedupe(
     paths = list(paths)
     files = list(iter_image_files(paths + [f for f in policy.keep_in
                                            if not _inside_any(f, paths)]))
+    gallery_given = gallery is not None
     with ExitStack() as stack:
         if gallery is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="matchkit-"))
@@ -86,9 +94,20 @@ def dedupe(
         gallery.save()
         if embedder is not None:
             gallery.embed(embedder, added.ids, progress=progress)
+        incremental = gallery_given and not settings.model
+        calibrator = profile.calibrator if profile else None
+        made: list[IncrementalMatcher] = []
+
+        def make_matcher(visible: list[int], same: dict[int, int]) -> IncrementalMatcher:
+            made.append(IncrementalMatcher(gallery, visible, settings, same, calibrator,
+                                           rematch=rematch))
+            return made[-1]
+
         clusters, n_exact, n_near = find_clusters(
-            gallery, added.ids, settings, calibrator=profile.calibrator if profile else None,
-            policy=policy)
+            gallery, added.ids, settings, calibrator=calibrator, policy=policy,
+            make_matcher=make_matcher if incremental else None)
+        for m in made:
+            m.save()
         blank = sorted(img.path for img in gallery.images(added.ids).values() if img.blank)
         report = DedupeReport(
             clusters=clusters,
@@ -120,6 +139,12 @@ def dedupe(
                                 if profile else None),
             "seconds": round(time.perf_counter() - start, 3),
         }
+        if incremental:  # what the stored decisions saved
+            report.stats.update(
+                images_searched=sum(len(m.searched) for m in made),
+                pairs_reused=sum(m.reused for m in made),
+                pairs_verified=sum(m.verified for m in made),
+                rematch=rematch)
     return report
 
 
@@ -133,7 +158,7 @@ def _inside_any(folder: str, paths: list) -> bool:
 
 
 def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None,
-                  policy: KeeperPolicy = KeeperPolicy()
+                  policy: KeeperPolicy = KeeperPolicy(), make_matcher=None
                   ) -> tuple[list[ClusterResult], int, int]:
     """Cluster the given gallery images; returns clusters and pair counts.
 
@@ -141,7 +166,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     instead of the hand-set rules; exact copies and clustering are unchanged.
     ``policy`` carries the user's reference folders and preferences.
     Blank images (one flat colour, e.g. fully transparent) take part in
-    exact matching only: same bytes, or same size and pixels."""
+    exact matching only: same bytes, or same size and pixels.
+    ``make_matcher(visible_ids, same)`` builds the pair matcher instead of a
+    fresh ``PairMatcher`` (an incremental one reusing stored decisions)."""
     ids = sorted(set(ids))
     if not ids:
         return [], 0, 0
@@ -158,24 +185,19 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     visible = [i for i in ids if not images[i].blank]
     # Byte-identical files are one class up front; pairs inside it are never
     # examined (a map, not a pair set: 1,000 copies of one file stay cheap).
-    matcher = PairMatcher(gallery, visible, settings, same={i: exact.find(i) for i in visible},
-                          calibrator=calibrator)
-    variants = matcher.plain
+    same = {i: exact.find(i) for i in visible}
+    matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator)
+               if make_matcher is None else make_matcher(visible, same))
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:
         a, b = ev.a, ev.b
         ia, ib = images[a], images[b]
-        # Identical pixels need equal sizes and near-equal *unrotated* hashes;
-        # only then is it worth decoding both files at full resolution.
+        # Identical pixels need equal sizes and near-equal hashes.
         if (ev.phash_distance <= settings.exact_check_distance
                 and (ia.width, ia.height) == (ib.width, ib.height)
-                and exact.find(a) != exact.find(b)
-                and hamming(variants[a][0], variants[b][0]) <= settings.exact_check_distance
-                and matcher.may_share_pixels(a, b)):
-            pa, pb = gallery.pixel_digest(a), gallery.pixel_digest(b)
-            if pa is not None and pa == pb:
-                exact.union(a, b)
-                continue
+                and exact.find(a) != exact.find(b) and matcher.same_pixels(ev)):
+            exact.union(a, b)
+            continue
         if ev.rule or ev.pending:
             possible.append(ev)
 

@@ -79,6 +79,39 @@ _MODEL_KEY = "model:"
 #: Prefix of an index file's record in the ``meta`` table (value: JSON with
 #: generation, size, sha256 and keys of the file last saved).
 _FILE_KEY = "index:"
+#: Tables of incremental matching (``incremental.py``): per image, what its
+#: candidate search found; per pair, its evidence before and after local
+#: verification; both under the key of the settings they were made with.
+#: Created on first use by a writer, so read-only galleries open as before.
+_MATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS match_images (
+    key TEXT NOT NULL,
+    image_id INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (key, image_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS match_images_image ON match_images(image_id);
+CREATE TABLE IF NOT EXISTS match_pairs (
+    key TEXT NOT NULL,
+    a INTEGER NOT NULL,
+    b INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    before TEXT NOT NULL,
+    after TEXT,
+    same_pixels INTEGER,
+    live INTEGER NOT NULL,
+    relation TEXT,
+    PRIMARY KEY (key, a, b, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS match_pairs_a ON match_pairs(a);
+CREATE INDEX IF NOT EXISTS match_pairs_b ON match_pairs(b);
+"""
+#: Settings keys whose matching state is kept (most recently used first).
+_MATCH_KEYS = "match_keys"
+#: How many settings keys keep their matching state: switching ``--level``
+#: back and forth reuses both, and an old key's rows do not pile up.
+MAX_MATCH_KEYS = 4
 #: Seconds a statement waits for another connection's write transaction.
 _BUSY_TIMEOUT = 60.0
 #: The gallery opened last in this process, for the CLI's damaged-database hint.
@@ -505,6 +538,11 @@ class Gallery:
             out.update({r[0]: _row_to_image(r) for r in self._db.execute(q, chunk)})
         return out
 
+    def image_digests(self) -> dict[int, tuple[str, bool]]:
+        """Every image's (sha256, blank) by id, in one query."""
+        return {i: (d, bool(b)) for i, d, b in
+                self._db.execute("SELECT id, sha256, blank FROM images")}
+
     def _blobs(self, column: str, ids: Sequence[int]) -> dict[int, bytes]:
         found: dict[int, bytes] = {}
         for chunk in _chunks(list(ids), 900):
@@ -876,6 +914,7 @@ class Gallery:
                          rec.thumb.tobytes(), rec.thumb.shape[1], rec.thumb.shape[0]))
                     new_local.append((image_id, rec.local.desc))
             self._drop_vectors(stale)
+            self._drop_matches(gone + replaced)
             self._bump()
             self._db.execute("COMMIT")
         except BaseException:
@@ -914,6 +953,7 @@ class Gallery:
                                             chunk).rowcount
                 self._db.execute(f"DELETE FROM local_features WHERE image_id IN ({marks})", chunk)
             self._drop_vectors(stale)
+            self._drop_matches(ids)
             self._bump()
             self._db.execute("COMMIT")
         except BaseException:
@@ -926,6 +966,72 @@ class Gallery:
         self._changed("phash", bump)
         self._changed("orb", bump)
         return removed
+
+    # -- incremental matching state (see incremental.py) -------------------
+    def _has_match_tables(self) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                "name='match_pairs'").fetchone() is not None
+
+    def _drop_matches(self, ids: Sequence[int]) -> None:
+        """Inside a transaction: images that changed or left lose their stored
+        candidate searches and pair decisions, under every key."""
+        if not ids or not self._has_match_tables():
+            return
+        for chunk in _chunks(list(ids), 900):
+            marks = ','.join('?' * len(chunk))
+            self._db.execute(f"DELETE FROM match_images WHERE image_id IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM match_pairs WHERE a IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM match_pairs WHERE b IN ({marks})", chunk)
+
+    def match_records(self, key: str) -> dict[int, tuple[str, str]]:
+        """Stored candidate-search records under ``key``: id -> (sha256, JSON)."""
+        if not self._has_match_tables():
+            return {}
+        rows = self._db.execute(
+            "SELECT image_id, sha256, record FROM match_images WHERE key=?", (key,))
+        return {i: (d, r) for i, d, r in rows}
+
+    def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
+        """Stored pair evidence under ``key``: (a, b, kind) -> (before, after,
+        same_pixels, live, relation); see ``incremental.PairRow``."""
+        if not self._has_match_tables():
+            return {}
+        rows = self._db.execute("SELECT a, b, kind, before, after, same_pixels, live, relation "
+                                "FROM match_pairs WHERE key=?", (key,))
+        return {(r[0], r[1], r[2]): r[3:] for r in rows}
+
+    def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
+                         pairs: dict[tuple[int, int, int], tuple],
+                         *, replace: bool = False) -> None:
+        """Write records and pair rows under ``key`` in one transaction (the
+        writer lock held): a killed run leaves the state of the run before.
+        ``replace`` first drops everything stored under ``key``. Only the
+        ``MAX_MATCH_KEYS`` keys used last keep their rows. Rows of images no
+        longer in the gallery (removed meanwhile) are not written."""
+        self._lock_for_writing()
+        with self._transaction():
+            for statement in _MATCH_SCHEMA.split(";"):  # (executescript would commit)
+                if statement.strip():
+                    self._db.execute(statement)
+            keys = [k for k in json.loads(self._meta(_MATCH_KEYS) or "[]") if k != key]
+            keys = [key] + keys
+            for old in keys[MAX_MATCH_KEYS:]:
+                self._db.execute("DELETE FROM match_images WHERE key=?", (old,))
+                self._db.execute("DELETE FROM match_pairs WHERE key=?", (old,))
+            self._set_meta(_MATCH_KEYS, json.dumps(keys[:MAX_MATCH_KEYS]))
+            if replace:
+                self._db.execute("DELETE FROM match_images WHERE key=?", (key,))
+                self._db.execute("DELETE FROM match_pairs WHERE key=?", (key,))
+            present = {i: d for i, d in self._db.execute("SELECT id, sha256 FROM images")}
+            self._db.executemany(
+                "INSERT OR REPLACE INTO match_images(key, image_id, sha256, record) "
+                "VALUES (?,?,?,?)",
+                [(key, i, d, r) for i, (d, r) in records.items() if present.get(i) == d])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "
+                "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(key, a, b, k, *row) for (a, b, k), row in pairs.items()
+                 if a in present and b in present])
 
     def update(self, path_or_id: str | int | os.PathLike, *, meta: dict | None = None,
                labels: list | None = None, replace: bool = False) -> StoredImage:

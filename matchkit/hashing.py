@@ -18,7 +18,6 @@ import hashlib
 import os
 
 import numpy as np
-import scipy.fftpack
 from PIL import Image
 
 #: 16x16 coefficients = 256 bits: on the calibration half of the transformed
@@ -63,6 +62,7 @@ def phash_coefficients(image: Image.Image, hash_size: int = PHASH_SIZE) -> np.nd
     size = hash_size * _HIGHFREQ_FACTOR
     grey = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
     pixels = np.asarray(grey, dtype=np.float64)
+    import scipy.fftpack  # (0.4 s to import: only runs that hash an image pay it)
     dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
     return dct[:hash_size, :hash_size]
 

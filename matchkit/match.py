@@ -22,7 +22,7 @@ from .candidates import phash_candidates, vote_candidates
 from .colour import BINS, histogram_similarities, histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many
+from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many, hamming
 from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
@@ -251,6 +251,17 @@ def embedding_candidates(gallery: Gallery, vectors: dict[int, np.ndarray],
     return out
 
 
+def mark_verifiable(ev: PairEvidence, top: dict[int, set[int]], settings: Settings) -> None:
+    """Whether the pair is worth verifying locally (if the global signals do
+    not settle it): descriptors voted for it, the embeddings are close, or
+    one is among the other's ``verify_top`` nearest by hash (``top``)."""
+    near = (ev.cosine is not None and settings.cosine_candidate is not None
+            and ev.cosine >= settings.cosine_candidate)
+    ev.extra["verifiable"] = bool(
+        settings.local_features
+        and (ev.votes > 0 or near or ev.b in top.get(ev.a, ()) or ev.a in top.get(ev.b, ())))
+
+
 def local_rule(ev: PairEvidence, settings: Settings) -> str:
     """Match on verified local features: "local" when enough inliers of one
     planar transform relate the pictures as ``settings.level`` allows."""
@@ -313,42 +324,22 @@ class PairMatcher:
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
                  same: dict[int, int] | None = None, calibrator=None):
-        self.settings = settings
-        #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
-        self.calibrator = calibrator
-        self.gallery = gallery
-        self.cache = _LocalCache(gallery)
+        self._setup(gallery, ids, settings, calibrator)
         allowed = set(ids)
         variants = gallery.phash_variants(ids)
         #: The 8 dihedral pHashes of every image, loaded once per run.
-        self.plain = plain = {i: variants[n] for n, i in enumerate(ids)}
+        self.plain = {i: variants[n] for n, i in enumerate(ids)}
         found = phash_candidates(
-            gallery.phash_index, ids, variants,
-            max_distance=max(settings.phash_max_distance, settings.exact_check_distance),
-            neighbours=settings.neighbours, allowed=allowed,
-            collect_distance=settings.phash_candidate_distance if settings.local_features else None)
+            gallery.phash_index, ids, variants, neighbours=settings.neighbours, allowed=allowed,
+            **self._phash_limits())
         pairs: dict[tuple[int, int], int] = dict(found.pairs)
-
         votes: dict[tuple[int, int], float] = {}
-        self.templated: dict[int, LocalFeatures] = {}
-        #: Content masks (thumbnail pixels): template content or the area inside
-        #: flat borders; None for images that are content edge to edge.
-        self._masks: dict[int, np.ndarray | None] = {}
-        stored = gallery.images(ids)
-        self.paths = {i: img.path for i, img in stored.items()}
         if settings.local_features:
             self.templated = _content_features(ids, self.paths, found, self.cache, settings,
                                                self._masks, self._pool)
-            queries = {}
-            for i in ids:
-                lf = self.cache.get(i)
-                if lf is not None:
-                    queries[i] = self.templated.get(i, lf[0]).desc[: settings.query_features]
-            votes = vote_candidates(
-                gallery.orb_index, queries, key_stride=ORB_KEY_STRIDE,
-                neighbours=settings.vote_neighbours, max_distance=settings.vote_max_distance,
-                per_query=settings.vote_candidates, min_votes=settings.vote_min_votes,
-                allowed=allowed)
+            votes = vote_candidates(gallery.orb_index, self.vote_queries(ids),
+                                    key_stride=ORB_KEY_STRIDE, allowed=allowed,
+                                    **self._vote_limits())
             for pair in votes:
                 pairs.setdefault(pair, -1)  # distance filled in below
 
@@ -358,20 +349,63 @@ class PairMatcher:
             pairs.setdefault(pair, -1)
         #: Icons drawn on transparency at up to 256 px (``thumbmatch``): their
         #: pairs of two sizes are decided on aligned thumbnails, not keypoints.
-        self.icons = icon_views(self.paths, {i: (img.width, img.height)
-                                             for i, img in stored.items()}, self._pool)
+        self.icons = icon_views(self.paths, self.sizes, self._pool)
         for pair in icon_candidates(self.icons):
             pairs.setdefault(pair, -1)
-
-        colours = gallery.colours(sorted({i for pair in pairs for i in pair}))
-        #: Per-image context of the pair features: crowd distance and size.
+        #: Per-image context of the pair features: crowd distance.
         self.crowd = found.crowd
+        top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
+        self.evidence = self.global_evidence(pairs, votes, top, same)
+
+    def _setup(self, gallery: Gallery, ids: list[int], settings: Settings, calibrator) -> None:
+        """What every matcher holds before any pair is looked at."""
+        self.settings = settings
+        #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
+        self.calibrator = calibrator
+        self.gallery = gallery
+        self.cache = _LocalCache(gallery)
+        self.templated: dict[int, LocalFeatures] = {}
+        #: Content masks (thumbnail pixels): template content or the area inside
+        #: flat borders; None for images that are content edge to edge.
+        self._masks: dict[int, np.ndarray | None] = {}
+        stored = gallery.images(ids)
+        self.paths = {i: img.path for i, img in stored.items()}
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self.formats = {i: img.format for i, img in stored.items()}
         self._mirrored: dict[int, tuple | None] = {}
         self._lightness: dict[int, float | None] = {}
-        self.evidence: list[PairEvidence] = []
-        top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
+        self.vectors: dict[int, np.ndarray] = {}
+
+    def _phash_limits(self) -> dict:
+        s = self.settings
+        return dict(max_distance=max(s.phash_max_distance, s.exact_check_distance),
+                    collect_distance=s.phash_candidate_distance if s.local_features else None)
+
+    def _vote_limits(self) -> dict:
+        s = self.settings
+        return dict(neighbours=s.vote_neighbours, max_distance=s.vote_max_distance,
+                    per_query=s.vote_candidates, min_votes=s.vote_min_votes)
+
+    def vote_queries(self, ids) -> dict[int, np.ndarray]:
+        """The descriptors each image votes with: its strongest (content-only
+        for templated images)."""
+        queries = {}
+        for i in ids:
+            lf = self.cache.get(i)
+            if lf is not None:
+                queries[i] = self.templated.get(i, lf[0]).desc[: self.settings.query_features]
+        return queries
+
+    def global_evidence(self, pairs: dict[tuple[int, int], int], votes: dict[tuple[int, int], float],
+                        top: dict[int, set[int]], same: dict[int, int] | None
+                        ) -> list[PairEvidence]:
+        """Evidence of every candidate pair (a < b -> pHash distance, -1 when
+        unknown) from the global signals, decided where those settle it and
+        marked ``pending`` where local verification is still worth doing.
+        ``self.crowd`` and ``self.templated`` must be known for the pairs' images."""
+        settings, plain, calibrator = self.settings, self.plain, self.calibrator
+        colours = self.gallery.colours(sorted({i for pair in pairs for i in pair}))
+        evidence: list[PairEvidence] = []
         # Known copies (same file bytes) have nothing to measure.
         todo = [(a, b, d) for (a, b), d in sorted(pairs.items())
                 if same is None or same.get(a, a) != same.get(b, b)]
@@ -398,25 +432,19 @@ class PairMatcher:
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
             elif calibrator is None:
-                ev.rule = hash_rule(ev, found.crowd, settings) or embedding_rule(ev, settings)
-            near = (ev.cosine is not None and settings.cosine_candidate is not None
-                    and ev.cosine >= settings.cosine_candidate)
-            #: Worth verifying locally if the global signals do not settle it.
-            ev.extra["verifiable"] = bool(
-                settings.local_features
-                and (ev.votes > 0 or near or b in top.get(a, ()) or a in top.get(b, ())))
-            self.evidence.append(ev)
-        self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in self.evidence],
-                                        self._pool)
+                ev.rule = hash_rule(ev, self.crowd, settings) or embedding_rule(ev, settings)
+            mark_verifiable(ev, top, settings)
+            evidence.append(ev)
+        self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence], self._pool)
         if calibrator is None:
-            for ev in self.evidence:
+            for ev in evidence:
                 icon_rule(ev, self.icon_decider, settings)
         if calibrator is not None:
             from .pairfeatures import globally_decidable
-            self.decide(self.evidence, "model",
-                        [globally_decidable(ev, self.crowd) for ev in self.evidence])
-        for ev in self.evidence:
+            self.decide(evidence, "model", [globally_decidable(ev, self.crowd) for ev in evidence])
+        for ev in evidence:
             ev.pending = ev.extra["verifiable"] and not ev.rule
+        return evidence
 
     def decide(self, evidence: list[PairEvidence], rule: str,
                allowed: list[bool] | None = None) -> None:
@@ -509,6 +537,17 @@ class PairMatcher:
             return True
         diff = cv2.absdiff(ta, tb)
         return int(np.count_nonzero(diff > SAME_PIXELS_MAX_DIFF)) <= SAME_PIXELS_OUTLIERS
+
+    def same_pixels(self, ev: PairEvidence) -> bool:
+        """Whether two images of one size with near-equal *unrotated* hashes
+        have identical pixels; only then is it worth decoding both files at
+        full resolution (the digests are kept in the gallery)."""
+        a, b = ev.a, ev.b
+        if (hamming(self.plain[a][0], self.plain[b][0]) > self.settings.exact_check_distance
+                or not self.may_share_pixels(a, b)):
+            return False
+        digest = self.gallery.pixel_digest(a)
+        return digest is not None and digest == self.gallery.pixel_digest(b)
 
     def settle_relation(self, ev: PairEvidence) -> str | None:
         """The pair's relation, with ``settle_global_relation`` applied."""

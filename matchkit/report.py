@@ -127,6 +127,10 @@ class DedupeReport:
             f"{len(self.clusters)} clusters, {dupes} duplicates to review"
             f" ({kinds['exact']} exact pairs, {kinds['near']} near pairs)",
         ]
+        if "pairs_reused" in s:  # an incremental (gallery) run
+            lines.append(f"{s['images_searched']} images matched again, "
+                         f"{s['pairs_verified']} pairs verified, {s['pairs_reused']} reused "
+                         "from the gallery" + (" (--rematch)" if s.get("rematch") else ""))
         if self.blank:
             lines.append(f"{len(self.blank)} blank images (one flat colour): matched only as "
                          "exact copies; listed under 'blank' in the JSON output")

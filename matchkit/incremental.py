@@ -1,0 +1,686 @@
+"""Incremental matching: a gallery run redoes only what new or changed images affect.
+
+A ``dedupe --gallery`` run keeps, in the gallery, two things per settings key
+(``settings_key``: every setting that changes matching, the calibration
+profile, matchkit's version):
+
+- per image, a *record* of its own candidate search: its pHash neighbours,
+  crowd distance and how far each hash variant's search reached, the pairs its
+  hash and descriptor searches found (with distances and votes), and each
+  query descriptor's neighbour list (image ids and distances);
+- per candidate pair, its evidence as the global signals left it ("before")
+  and, once local verification ran, as verification left it ("after"), plus
+  the same-pixels check and the relation a report settled for it.
+
+A run brings every record up to date instead of searching again:
+
+- a record naming an image that is gone, changed or out of the run: searched
+  again from scratch (as are new images and those never searched);
+- a new image whose pHash is within the record's crowd distance, or within
+  some variant's reach and the pair (or nearest looser pair) distance: the
+  hash search is redone (cheap), and the template check where the image's
+  look-alikes changed (templated images are searched again in full);
+- descriptors: each new image's indexed descriptors ask the index which
+  stored query descriptors they come within the vote distance of, and are
+  merged into those neighbour lists as the index's own search would rank them
+  (at equal distance, the one indexed last first); the votes are counted
+  again from the lists.
+
+With exact searches (below ``index.EXACT_SEARCH_BELOW`` codes) every record
+is then what a search now would return, so the candidate pairs, distances,
+votes, crowd and "verify top" sets are those of a full run. Pairs between
+two images whose neighbourhood did not change reuse their stored evidence
+(votes patched in where only they moved); pairs touching a changed one are
+measured again, keeping their stored verification when the new evidence is
+the same but for the votes, on the same side of ``verify_retry_votes`` (no
+templated image: content features depend on neighbours; no calibrator: it
+reads the votes). A verification is looked up before it is done. Clustering
+runs unchanged over this evidence, so the clusters, keepers and relations are
+those of a full run. Above that size the index is an approximate (HNSW)
+graph, whose answer for an unchanged image can move when others are
+inserted: a stored answer is kept, so a pair's votes can differ from a fresh
+run's by such noise (measured: identical clusters, keepers and relations).
+
+Records of images outside the run are kept as markers (seen, not searched),
+so a later run knows they are not new. Changing any setting, the profile or
+the version gives another key; each key keeps its own state (the last
+``gallery.MAX_MATCH_KEYS`` keys used), so switching ``--level`` back and forth
+reuses both, and nothing made under one key is read under another.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+
+from . import __version__
+from .candidates import VoteDetail, phash_candidates, tally_votes, vote_candidates
+from .config import Settings
+from .gallery import ORB_KEY_STRIDE, Gallery
+from .hashing import PHASH_BITS
+from .index import HammingIndex
+from .local import Overlap, Verification
+from .match import PairEvidence, PairMatcher, _content_features, mark_verifiable
+from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
+
+#: Bump when what a record or a stored pair means changes.
+STATE_VERSION = 1
+#: Settings that do not change any decision (only how many threads run).
+_NOT_MATCHING = ("workers",)
+#: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second
+#: look a cluster takes at a pair outside the candidates (straight, mirrored).
+CANDIDATE, HOP, HOP_MIRRORED = 0, 1, 2
+
+
+def settings_key(settings: Settings, calibrator=None) -> str:
+    """What every stored decision depends on besides the two images: the
+    matching settings (level, thresholds, features, model), the calibrated
+    decision (``calibrator``, a fitted ``calibrate.PairCalibrator``), and
+    matchkit's version (feature extraction and rules)."""
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_MATCHING}
+    cal = None
+    if calibrator is not None:
+        cal = hashlib.sha256(json.dumps(calibrator.to_dict(), sort_keys=True,
+                                        default=_plain).encode()).hexdigest()
+    text = json.dumps({"settings": values, "calibrator": cal, "version": __version__,
+                       "state": STATE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _plain(o):
+    """JSON for numpy values (exact: float32 widens to the same value)."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, IconComparison):  # (``extra["icon"]``)
+        return dataclasses.asdict(o)
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+def evidence_json(ev: PairEvidence) -> str:
+    """A pair's evidence as canonical JSON (equal evidence, equal text)."""
+    return json.dumps({
+        "a": ev.a, "b": ev.b, "d": ev.phash_distance, "c": ev.colour_similarity,
+        "v": ev.votes, "cos": ev.cosine, "oc": ev.overlap_correlation, "r": ev.rule,
+        "p": ev.pending, "x": ev.extra,
+        "ver": dataclasses.asdict(ev.verification) if ev.verification else None,
+        "ov": dataclasses.asdict(ev.overlap) if ev.overlap else None,
+    }, sort_keys=True, default=_plain)
+
+
+def evidence_from_json(text: str, into: PairEvidence | None = None) -> PairEvidence:
+    """The evidence ``evidence_json`` wrote (filling ``into`` in place if given)."""
+    d = json.loads(text)
+    ev = into if into is not None else PairEvidence(d["a"], d["b"], d["d"], d["c"])
+    ev.phash_distance, ev.colour_similarity, ev.votes = d["d"], d["c"], d["v"]
+    ev.cosine, ev.overlap_correlation, ev.rule, ev.pending = d["cos"], d["oc"], d["r"], d["p"]
+    ev.extra = d["x"]
+    if "icon" in ev.extra:
+        ev.extra["icon"] = IconComparison(**ev.extra["icon"])
+    ev.verification = Verification(**d["ver"]) if d["ver"] else None
+    ev.overlap = Overlap(**d["ov"]) if d["ov"] else None
+    return ev
+
+
+@dataclasses.dataclass
+class PairRow:
+    """One stored pair: its evidence as the global signals left it, as local
+    verification left it (None: not verified yet), whether the two images
+    have the same pixels (None: not checked), whether it can matter to
+    clustering at all (``live``: matched, pending, or near enough to be an
+    exact copy), and its settled relation in a report (None: not asked)."""
+
+    before: str
+    after: str | None = None
+    same: int | None = None
+    live: int = 1
+    relation: str | None = None
+
+    @classmethod
+    def of(cls, ev: PairEvidence, exact_check_distance: int) -> "PairRow":
+        return cls(evidence_json(ev), live=int(bool(
+            ev.rule or ev.pending or ev.phash_distance <= exact_check_distance)))
+
+    def astuple(self) -> tuple:
+        return self.before, self.after, self.same, self.live, self.relation
+
+
+def _phash_fields(found, i: int) -> dict:
+    """What an image's record keeps of its hash search."""
+    return {"crowd": found.crowd[i], "near": [list(x) for x in found.nearest.get(i, [])],
+            "ph": sorted([j, d] for j, d in found.by_owner.get(i, {}).items()),
+            "reach": found.reach.get(i), "lreach": found.loose_reach.get(i)}
+
+
+def _vote_fields(detail: VoteDetail, i: int) -> dict:
+    """What an image's record keeps of its descriptor votes."""
+    return {"vo": sorted([j, v] for j, v in detail.by_owner.get(i, {}).items()),
+            "hits": detail.hits.get(i, [])}
+
+
+def _pack_lists(ids: np.ndarray, dists: np.ndarray) -> list:
+    return [ids.shape[1] if ids.ndim == 2 else 0,
+            base64.b64encode(np.ascontiguousarray(ids, "<i4").tobytes()).decode(), _b64(dists)]
+
+
+def _lists(rec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A record's descriptor neighbour lists (image ids, distances)."""
+    k, ids, dists = rec["nb"]
+    ids = np.frombuffer(base64.b64decode(ids), "<i4")
+    return ids.reshape(-1, k or 1), _unb64(dists).reshape(-1, k or 1)
+
+
+def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour lists (ids, dists: rows x k) with new neighbours merged in:
+    ``found`` rows are (row, distance, descriptor key). Nearest first; at
+    equal distance the descriptor indexed last ranks first, as the index's
+    own search ranks them (new ones were indexed after every stored one)."""
+    k = ids.shape[1]
+    found = found[np.lexsort((-found[:, 2], found[:, 1], found[:, 0]))]
+    rows, start = np.unique(found[:, 0], return_index=True)
+    pos = np.arange(len(found)) - np.repeat(start, np.diff(np.append(start, len(found))))
+    width = int(pos.max()) + 1
+    slot = np.searchsorted(rows, found[:, 0])
+    new_ids = np.full((len(rows), width), -1, np.int64)
+    new_d = np.full((len(rows), width), 255, np.int64)
+    new_ids[slot, pos] = found[:, 2] // ORB_KEY_STRIDE
+    new_d[slot, pos] = found[:, 1]
+    all_ids = np.concatenate([new_ids, ids[rows].astype(np.int64)], 1)
+    all_d = np.concatenate([new_d, dists[rows].astype(np.int64)], 1)
+    order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+    ids, dists = ids.copy(), dists.copy()
+    ids[rows] = np.take_along_axis(all_ids, order, 1)
+    dists[rows] = np.take_along_axis(all_d, order, 1)
+    return ids, dists
+
+
+def _within(index: HammingIndex, queries: np.ndarray, limit: int):
+    """(query row, key, distance) of every indexed code within ``limit`` of
+    each query (the neighbour count grows while the farthest is still within)."""
+    rows, k = np.arange(len(queries)), 16
+    found = []
+    while len(rows) and len(index):
+        keys, dists = index.search(queries[rows], min(k, len(index)))
+        ok = (keys >= 0) & (dists <= limit)
+        more = ok[:, -1]
+        last = not more.any() or k >= len(index)
+        done = ok & ~more[:, None] if not last else ok  # (rows searched again: later)
+        r, c = np.nonzero(done)
+        found.append(np.stack([rows[r], keys[r, c], dists[r, c]], 1))
+        if last:
+            break
+        rows, k = rows[more], k * 4
+    out = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+    return out.tolist()
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, np.uint8).tobytes()).decode()
+
+
+def _unb64(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), np.uint8)
+
+
+def _nearest_distance(queries: np.ndarray, codes: np.ndarray, nbits: int) -> np.ndarray:
+    """Per query row (packed bits), the Hamming distance to the nearest row of
+    ``codes`` (exact below ``index.EXACT_SEARCH_BELOW`` codes)."""
+    if not len(queries):
+        return np.zeros(0, np.int64)
+    index = HammingIndex(nbits)
+    index.add(np.arange(len(codes)), codes, replace=False)
+    return index.search(queries, 1)[1][:, 0]
+
+
+class IncrementalMatcher(PairMatcher):
+    """A ``PairMatcher`` whose candidate searches, global evidence and
+    verifications come from the gallery's stored state where it is still
+    exact, and are computed (and stored by ``save``) where it is not.
+
+    ``reused`` and ``verified`` count the verifications looked up and done.
+    """
+
+    def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
+                 same: dict[int, int] | None = None, calibrator=None, *,
+                 rematch: bool = False):
+        self._setup(gallery, ids, settings, calibrator)
+        self.key = settings_key(settings, calibrator)
+        self.rematch = rematch
+        self.reused = self.verified = 0
+        ids = sorted(ids)
+        current = gallery.image_digests()
+        stored = {} if rematch else gallery.match_records(self.key)
+        self._rows = {} if rematch else {k: PairRow(*v) for k, v in
+                                         gallery.match_pairs(self.key).items()}
+        self._changed_rows: set[tuple[int, int, int]] = set()
+        records = {i: json.loads(r) for i, (d, r) in stored.items()
+                   if i in current and current[i][0] == d}
+        allowed = set(ids)
+        #: Images new to the indexes since the records were made (new or changed).
+        fresh = [i for i in current if i not in records]
+        entering = fresh + [i for i in ids if i in records and not records[i].get("run")]
+        self.records, self.digests = records, current
+        self._write: set[int] = set()
+        #: Images whose record changed this run beyond their votes (their
+        #: pairs are measured again).
+        self.changed: set[int] = set()
+        #: Images whose votes alone changed: their stored votes, by other image.
+        self.old_votes: dict[int, dict[int, float]] = {}
+        searched = [i for i, r in records.items() if r.get("q")]
+        full = self._stale(searched, allowed)
+        if entering:
+            rest = [i for i in searched if i not in full]
+            full |= self._refresh_phash(self._phash_reached(rest, entering), allowed)
+            if self.settings.local_features:
+                self._patch_votes([i for i in searched if i not in full], fresh, allowed,
+                                  retally=len(entering) > len(fresh))
+        for i, (digest, _) in current.items():  # markers: seen, not searched
+            if i not in records or i in full or bool(records[i].get("run")) != (i in allowed):
+                rec = records.get(i) if i not in full else None
+                records[i] = {**(rec or {"q": 0}), "run": int(i in allowed)}
+                self._write.add(i)
+        #: Images searched again this run.
+        self.searched = [i for i in ids if not records[i].get("q")]
+        self._search(self.searched, allowed)
+        self.changed.update(self.searched)
+        self.plain = {}
+        self.crowd = {i: records[i]["crowd"] for i in ids}
+        # Icons (``thumbmatch``) are judged against each other's closest views
+        # in this run: their pairs are measured again every run (icons are
+        # small files; decoding them is cheap).
+        self.icons = icon_views(self.paths, self.sizes, self._pool)
+        self.icon_decider = IconDecider(self.icons, [], self._pool)
+        self.changed.update(self.icons)
+        self.evidence = self._evidence(ids, same)
+
+    # -- which records still hold ------------------------------------------
+    def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:
+        """Records naming an image that left (removed, changed, out of the run):
+        searched again from scratch."""
+        records, out = self.records, set()
+        limit = self.settings.vote_max_distance
+        for i in searched:
+            r = records[i]
+            if (any(j not in records for j, _ in r["near"])
+                    or any(j not in allowed for j, _ in r["ph"])
+                    or any(j not in allowed for j, _ in r["vo"])
+                    or any(j not in allowed for j in r["hits"])):
+                out.add(i)
+            elif "nb" in r:  # a near descriptor of a gone image held a place
+                ids, dists = _lists(r)
+                if any(j not in records for j in set(ids[dists <= limit].tolist())):
+                    out.add(i)
+        return out
+
+    def _phash_reached(self, rest: list[int], entering: list[int]) -> list[int]:
+        """Records whose hash search an entering image would join: nearer than
+        the crowd distance (the neighbour list), or within the collect
+        distance and some hash variant's reach (that search's results)."""
+        if not rest:
+            return []
+        limits = self._phash_limits()
+        max_distance = limits["max_distance"]
+        collect = max(max_distance, limits["collect_distance"] or 0)
+        codes = self.gallery.phash_variants(entering)[:, 0]
+        near = _nearest_distance(self.gallery.phash_variants(rest).reshape(-1, PHASH_BITS // 8),
+                                 codes, PHASH_BITS).reshape(len(rest), 8)
+        out = []
+        for i, d in zip(rest, near.tolist()):
+            r = self.records[i]
+            # Beyond the pair distance, a new image counts only if it is
+            # among the nearest few kept there (``collect_top``).
+            limit = max(max_distance, min(r.get("lreach") or collect, collect))
+            reach = r.get("reach") or [collect] * 8
+            if min(d) <= r["crowd"] or any(x <= min(y, limit) for x, y in zip(d, reach)):
+                out.append(i)
+        return out
+
+    def _refresh_phash(self, todo: list[int], allowed: set[int]) -> set[int]:
+        """Hash searches of ``todo`` again (cheap), and their template check;
+        returns the images that must be searched in full: those templated
+        before or now (their votes come from content-only features), and
+        those outside the run."""
+        if not todo:
+            return set()
+        full = {i for i in todo if i not in self.paths or self.records[i].get("tmpl")}
+        todo = [i for i in todo if i not in full]
+        s = self.settings
+        found = phash_candidates(self.gallery.phash_index, todo, self.gallery.phash_variants(todo),
+                                 neighbours=s.neighbours, allowed=allowed, per_owner=True,
+                                 **self._phash_limits())
+        if s.local_features:  # the template check, where its look-alikes changed
+
+            def close(near) -> list:
+                return [list(x) for x in near if x[1] <= s.template_crowd_distance]
+
+            moved = [i for i in todo if close(found.nearest.get(i, []))
+                     != close(self.records[i]["near"])]
+            full.update(_content_features(moved, self.paths, found, self.cache, s, {}))
+        for i in todo:
+            if i not in full:
+                self._update(i, _phash_fields(found, i))
+        return full
+
+    def _patch_votes(self, todo: list[int], fresh: list[int], allowed: set[int],
+                     retally: bool) -> None:
+        """Votes of ``todo`` as a search now would give them: each stored
+        neighbour list merged with the descriptors of the images new to the
+        index that come near enough to count (within the vote distance), then
+        counted again over the current run (all of ``todo`` if ``retally``:
+        images joined the run; else only those whose lists changed)."""
+        s = self.settings
+        todo = [i for i in todo if "nb" in self.records[i]]
+        if not todo:
+            return
+        lists = {i: _lists(self.records[i]) for i in todo}
+        new = [(i, lf[0].desc[: s.index_features]) for i, lf in
+               ((i, self.gallery.local_features(i)) for i in fresh) if lf is not None]
+        new = [(i, d) for i, d in new if len(d)]
+        hits = []  # (stored image, its descriptor row, distance, new descriptor key)
+        if new:
+            keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
+            descs = np.concatenate([d for _, d in new])
+            by_index = s.query_features <= s.index_features
+            plain = np.array(sorted(i for i in todo if by_index
+                                    and not self.records[i].get("tdesc")), np.int64)
+            # Stored images' query descriptors are in the index: ask from the
+            # new side which of them a new descriptor comes near.
+            near = np.array(_within(self.gallery.orb_index, descs, s.vote_max_distance),
+                            np.int64).reshape(-1, 3)
+            j, r = near[:, 1] // ORB_KEY_STRIDE, near[:, 1] % ORB_KEY_STRIDE
+            mine = np.isin(j, plain)
+            hits.append(np.stack([j, r, near[:, 2], keys[near[:, 0]]], 1)[mine])
+            # The rest (content-only features of templated images) ask the new ones.
+            others = [i for i in todo if i not in set(plain.tolist())]
+            if others:
+                small = HammingIndex(256)
+                small.add(keys, descs, replace=False)
+                queries = self._query_descriptors(others)
+                owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
+                ranks = np.concatenate([np.arange(len(queries[i])) for i in others])
+                near = np.array(_within(small, np.concatenate([queries[i] for i in others]),
+                                        s.vote_max_distance), np.int64).reshape(-1, 3)
+                hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
+                                      near[:, 1]], 1))
+        hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
+        hits = hits[hits[:, 1] < np.array([len(lists[int(i)][0]) for i in hits[:, 0]] or [0])]
+        hits = hits[np.argsort(hits[:, 0], kind="stable")]
+        images, starts = np.unique(hits[:, 0], return_index=True)
+        touched = []
+        for j, part in zip(images.tolist(), np.split(hits[:, 1:], starts[1:])):
+            merged = _merge_rows(*lists[j], part)
+            if not (np.array_equal(merged[0], lists[j][0])
+                    and np.array_equal(merged[1], lists[j][1])):
+                lists[j] = merged
+                touched.append(j)  # (else every new descriptor was farther than its lists)
+        recount = todo if retally else touched
+        if not recount:
+            return
+        owners = np.concatenate([np.full(len(lists[i][0]), i, np.int64) for i in recount])
+        detail = VoteDetail()
+        tally_votes(owners, np.concatenate([lists[i][0] for i in recount]).astype(np.int64),
+                    np.concatenate([lists[i][1] for i in recount]).astype(np.int64),
+                    allowed=allowed, detail=detail, **{k: v for k, v in self._vote_limits().items()
+                                                       if k != "neighbours"})
+        for i in recount:
+            old = self.records[i].get("vo")
+            self._update(i, {**_vote_fields(detail, i), "nb": _pack_lists(*lists[i])})
+            if self.records[i]["vo"] != old:
+                self.old_votes[i] = dict(map(tuple, old or []))
+
+    def _query_descriptors(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """The descriptors each stored image voted with (content-only ones for
+        templated images, kept in their records)."""
+        out = {}
+        for i in ids:
+            r = self.records[i]
+            if r.get("tdesc"):
+                out[i] = _unb64(r["tdesc"]).reshape(-1, 32)
+            else:
+                lf = self.cache.get(i)
+                out[i] = (lf[0].desc[: self.settings.query_features] if lf is not None
+                          else np.zeros((0, 32), np.uint8))
+        return out
+
+    def _update(self, image_id: int, fields: dict) -> None:
+        """Set fields of a record. If its hash neighbourhood or pairs changed,
+        its pairs are measured again; votes are patched into its pairs'
+        evidence (``_evidence``); neighbour lists alone change nothing. (Its
+        per-image values, ``memo``, depend on the image alone.)"""
+        rec = self.records[image_id]
+        if any(rec.get(k) != v for k, v in fields.items()):
+            if any(rec.get(k) != v for k, v in fields.items()
+                   if k not in ("nb", "reach", "lreach", "vo", "hits")):
+                self.changed.add(image_id)
+            rec.update(fields)
+            self._write.add(image_id)
+
+    # -- searching the images that need it ---------------------------------
+    def _search(self, todo: list[int], allowed: set[int]) -> None:
+        """Candidate searches of ``todo`` against the whole gallery, as records."""
+        if not todo:
+            return
+        s, g = self.settings, self.gallery
+        variants = g.phash_variants(todo)
+        found = phash_candidates(g.phash_index, todo, variants, neighbours=s.neighbours,
+                                 allowed=allowed, per_owner=True, **self._phash_limits())
+        detail = VoteDetail()
+        if s.local_features:
+            self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
+                                                    self._masks, self._pool))
+            vote_candidates(g.orb_index, self.vote_queries(todo), key_stride=ORB_KEY_STRIDE,
+                            allowed=allowed, detail=detail, **self._vote_limits())
+        for i in todo:
+            rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
+                   "tmpl": int(i in self.templated)}
+            if i in detail.lists:
+                rec["nb"] = _pack_lists(*detail.lists[i])
+            if i in self.templated:
+                rec["tdesc"] = _b64(self.templated[i].desc[: s.query_features])
+            self.records[i] = rec
+            self._write.add(i)
+
+    def _ensure_templated(self, ids) -> None:
+        """Template-content features of clean images that need them (a
+        verification or keeper choice touching them), from their records."""
+        from .candidates import Candidates
+
+        todo = [i for i in ids if self.records.get(i, {}).get("tmpl") and i not in self.templated]
+        if todo:
+            found = Candidates(nearest={i: [tuple(x) for x in self.records[i]["near"]]
+                                        for i in todo})
+            self.templated.update(_content_features(todo, self.paths, found, self.cache,
+                                                    self.settings, self._masks, self._pool))
+
+    # -- evidence -----------------------------------------------------------
+    def _evidence(self, ids: list[int], same: dict[int, int] | None) -> list[PairEvidence]:
+        s, records = self.settings, self.records
+        pairs: dict[tuple[int, int], int] = {}
+        votes: dict[tuple[int, int], float] = {}
+        top, vo = {}, {}
+        for q in ids:
+            r = records[q]
+            vo[q] = dict(map(tuple, r["vo"]))
+            for j, d in r["ph"]:
+                p = (q, j) if q < j else (j, q)
+                if d < pairs.get(p, 1 << 30):
+                    pairs[p] = d
+            for j, v in r["vo"]:
+                p = (q, j) if q < j else (j, q)
+                votes[p] = max(votes.get(p, 0.0), v)
+            top[q] = {j for j, _ in r["near"][:s.verify_top]}
+        for p in votes:
+            pairs.setdefault(p, -1)
+        for p in icon_candidates(self.icons):
+            pairs.setdefault(p, -1)
+        changed, old_votes = self.changed, self.old_votes
+        self.templated_flags = {i for i in ids if records[i].get("tmpl")}
+        keep: list[PairEvidence] = []
+        fresh: dict[tuple[int, int], int] = {}
+        for (a, b), d in pairs.items():
+            if same is not None and same.get(a, a) == same.get(b, b):
+                continue
+            row = self._rows.get((a, b, CANDIDATE))
+            if row is None or a in changed or b in changed:
+                fresh[(a, b)] = d
+            elif (a in old_votes or b in old_votes) and votes.get((a, b), 0.0) != max(
+                    old_votes.get(a, vo[a]).get(b, 0.0), old_votes.get(b, vo[b]).get(a, 0.0)):
+                if self.calibrator is not None:  # (the votes are one of its features)
+                    fresh[(a, b)] = d
+                    continue
+                # Only the votes changed (a new image took a share): the same
+                # evidence with the new votes, as a new measurement would give.
+                ev = evidence_from_json(row.before)
+                ev.votes = votes.get((a, b), 0.0)
+                mark_verifiable(ev, top, s)
+                ev.pending = ev.extra["verifiable"] and not ev.rule
+                self._replace_row(ev, row)
+                if self._rows[(a, b, CANDIDATE)].live:
+                    keep.append(ev)
+            elif row.live:  # (the others cannot change any cluster)
+                keep.append(evidence_from_json(row.before))
+        need = sorted({i for p in fresh for i in p})
+        self.plain.update(zip(need, self.gallery.phash_variants(need)))
+        self._ensure_templated(need)  # "template" evidence: who is templated
+        made = self.global_evidence(fresh, votes, top, same) if fresh else []
+        for ev in made:
+            self._replace_row(ev, self._rows.get((ev.a, ev.b, CANDIDATE)))
+        return sorted(keep + made, key=lambda ev: (ev.a, ev.b))
+
+    def _replace_row(self, ev: PairEvidence, old: PairRow | None) -> None:
+        """Store a candidate pair's new evidence, keeping what was stored of
+        it where that still holds: all of it if the evidence is the same, its
+        verification if only the votes moved (``_same_verification``); never
+        for templated images (their content features depend on neighbours)."""
+        k = (ev.a, ev.b, CANDIDATE)
+        text = evidence_json(ev)
+        templated = ev.a in self.templated_flags or ev.b in self.templated_flags
+        if old is not None and old.before == text and not templated:
+            return
+        row = self._rows[k] = PairRow.of(ev, self.settings.exact_check_distance)
+        self._changed_rows.add(k)
+        if old is not None and not templated and self._same_verification(old.before, text):
+            row.after, row.same, row.relation = old.after, old.same, old.relation
+
+    def _same_verification(self, old: str, new: str) -> bool:
+        """Whether evidence ``new`` would be verified as ``old`` was: the same
+        but for the descriptor votes (a new image took a share of them), which
+        verification only asks about as "at least ``verify_retry_votes``".
+        A calibrated decision reads the votes themselves: then never."""
+        if self.calibrator is not None:
+            return False
+        a, b = json.loads(old), json.loads(new)
+        limit = self.settings.verify_retry_votes
+        va, vb = a.pop("v"), b.pop("v")
+        return a == b and (va < limit) == (vb < limit)
+
+    def _kind(self, ev: PairEvidence) -> tuple[int, int, int]:
+        kind = (HOP_MIRRORED if ev.extra.get("reflect") else HOP) if ev.extra.get(
+            "second_hop") else CANDIDATE
+        return ev.a, ev.b, kind
+
+    def evidence_between(self, a: int, b: int, reflect: bool) -> PairEvidence:
+        if a not in self.plain or b not in self.plain:
+            need = [i for i in (a, b) if i not in self.plain]
+            self.plain.update(zip(need, self.gallery.phash_variants(need)))
+        ev = super().evidence_between(a, b, reflect)
+        k = self._kind(ev)
+        text, old = evidence_json(ev), self._rows.get(k)
+        templated = {ev.a, ev.b} & self.templated_flags
+        touched = {ev.a, ev.b} & self.changed
+        if old is None or old.before != text or (templated and touched):
+            self._rows[k] = PairRow.of(ev, self.settings.exact_check_distance)
+            self._changed_rows.add(k)
+        return ev
+
+    def verify(self, todo: list[PairEvidence]) -> None:
+        todo = [ev for ev in todo if ev.pending]
+        work = []
+        for ev in todo:
+            row = self._rows.get(self._kind(ev))
+            if row is not None and row.after is not None:
+                votes = ev.votes  # (a verification made under other votes: see _same_verification)
+                evidence_from_json(row.after, into=ev)
+                ev.votes = votes
+                self.reused += 1
+            else:
+                work.append(ev)
+        if not work:
+            return
+        self._ensure_templated({i for ev in work for i in (ev.a, ev.b)})
+        super().verify(work)
+        self.verified += len(work)
+        for ev in work:
+            row = self._rows[self._kind(ev)]
+            row.after, row.relation = evidence_json(ev), None
+            self._changed_rows.add(self._kind(ev))
+
+    def same_pixels(self, ev: PairEvidence) -> bool:
+        k = (ev.a, ev.b, CANDIDATE)
+        row = self._rows.get(k)
+        if row is not None and row.same is not None:
+            return bool(row.same)
+        for i in (ev.a, ev.b):
+            if i not in self.plain:
+                self.plain[i] = self.gallery.phash_variants([i])[0]
+        out = super().same_pixels(ev)
+        if row is not None:
+            row.same = int(out)
+            self._changed_rows.add(k)
+        return out
+
+    def settle_relation(self, ev: PairEvidence) -> str | None:
+        k = self._kind(ev)
+        row = self._rows.get(k)
+        if row is not None and row.relation is not None:
+            ev.extra["relation"] = row.relation or None
+            return ev.extra["relation"]
+        out = super().settle_relation(ev)
+        if row is not None:
+            row.relation = out or ""
+            self._changed_rows.add(k)
+        return out
+
+    # -- per-image values, kept in the records -------------------------------
+    def _memo(self, image_id: int, name: str, compute):
+        rec = self.records.get(image_id)
+        if rec is None or not rec.get("q"):
+            return compute()
+        memo = rec.setdefault("memo", {})
+        if name not in memo:
+            memo[name] = compute()
+            self._write.add(image_id)
+        return memo[name]
+
+    def picture_share(self, image_id: int) -> float:
+        def compute():
+            self._ensure_templated([image_id])
+            return PairMatcher.picture_share(self, image_id)
+        return self._memo(image_id, "share", compute)
+
+    def lightness(self, image_id: int) -> float | None:
+        return self._memo(image_id, "light", lambda: PairMatcher.lightness(self, image_id))
+
+    def picture_fractions(self, evidence: list[PairEvidence]) -> dict[int, float]:
+        out = {}
+        for i in {x for ev in evidence for x in (ev.a, ev.b)}:
+            def compute(i=i):
+                self._ensure_templated([i])
+                return PairMatcher.picture_fractions(
+                    self, [PairEvidence(i, i, 0, 1.0)])[i]
+            out[i] = self._memo(i, "frac", compute)
+        return out
+
+    # -- writing back ---------------------------------------------------------
+    def save(self) -> None:
+        """Store the records and pair rows this run made or completed (one transaction)."""
+        records = {i: (self.digests[i][0], json.dumps(self.records[i], sort_keys=True))
+                   for i in self._write if i in self.digests}
+        rows = {k: self._rows[k].astuple() for k in self._changed_rows}
+        self.gallery.save_match_state(self.key, records, rows, replace=self.rematch)

@@ -1,0 +1,158 @@
+"""Incremental matching: a gallery run that reuses stored decisions reports
+exactly what a run from scratch on the same files reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import textured
+from matchkit import Settings
+from matchkit.dedupe import dedupe
+from matchkit.gallery import Gallery
+from test_determinism import _content, _edits
+
+
+def _make(folder, seeds):
+    folder.mkdir(exist_ok=True)
+    for seed in seeds:
+        for name, im in _edits(textured(100 + seed), seed).items():
+            im.save(folder / f"p{seed:02d}_{name}.jpg", quality=88)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """An old set of 8 pictures with edited copies, and 2 more pictures."""
+    root = tmp_path_factory.mktemp("incremental")
+    old = _make(root / "old", range(8))
+    new = _make(root / "new", range(8, 10))
+    return old, new
+
+
+def _fresh(files, settings=Settings(workers=1), **kw):
+    return dedupe(files, settings=settings, **kw)
+
+
+def test_adding_images_matches_a_run_from_scratch(sets, tmp_path):
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    first = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert first.stats["pairs_verified"] > 0 and first.stats["pairs_reused"] == 0
+    assert _content(first) == _content(_fresh([folder]))
+
+    again = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(again) == _content(first)
+    assert again.stats["images_searched"] == 0 and again.stats["pairs_verified"] == 0
+    assert again.stats["pairs_reused"] > 0
+
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(grown) == _content(_fresh([folder]))
+    # The new images are searched; the stored searches of the others are
+    # brought up to date (new neighbours merged in), not redone.
+    assert 12 <= grown.stats["images_searched"] < len(list(folder.iterdir())) // 2
+    assert grown.stats["pairs_reused"] > 0
+
+
+def _touching(gal, image_id) -> int:
+    rows = [k for key in json.loads(gal._meta("match_keys")) for k in gal.match_pairs(key)]
+    recs = [i for key in json.loads(gal._meta("match_keys")) for i in gal.match_records(key)]
+    return sum(image_id in (a, b) for a, b, _ in rows) + recs.count(image_id)
+
+
+def test_removed_and_changed_images_drop_their_decisions(sets, tmp_path):
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    gone, changed = folder / "p03_crop.jpg", folder / "p05_over.jpg"
+    with Gallery(g) as gal:
+        gone_id, changed_id = gal.find(gone).id, gal.find(changed).id
+        assert _touching(gal, gone_id) > 1 and _touching(gal, changed_id) > 1
+        gone.unlink()
+        gal.remove([gone])
+        shutil.copy(new / "p08_orig.jpg", changed)  # other content, same path and id
+        gal.add([changed])
+        assert gal.find(changed).id == changed_id
+        # Dropped in the transactions that removed and changed them.
+        assert _touching(gal, gone_id) == 0 and _touching(gal, changed_id) == 0
+    after = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(after) == _content(_fresh([folder]))
+    assert after.stats["images_searched"] >= 1
+
+
+def test_changing_a_threshold_verifies_again_and_rematch_forces_it(sets, tmp_path):
+    old, _ = sets
+    g = tmp_path / "g"
+    base = dedupe([old], gallery=g, settings=Settings(workers=1))
+    strict = Settings(workers=1, min_inliers=40)
+    changed = dedupe([old], gallery=g, settings=strict)
+    assert changed.stats["pairs_reused"] == 0 and changed.stats["pairs_verified"] > 0
+    assert changed.stats["images_searched"] == len(list(old.iterdir()))
+    assert _content(changed) == _content(_fresh([old], strict))
+    # Each key keeps its own decisions: back to the default reuses them all.
+    back = dedupe([old], gallery=g, settings=Settings(workers=1))
+    assert back.stats["pairs_verified"] == 0 and _content(back) == _content(base)
+    # More workers is not another key.
+    two = dedupe([old], gallery=g, settings=Settings(workers=2))
+    assert two.stats["pairs_verified"] == 0
+    forced = dedupe([old], gallery=g, settings=Settings(workers=1), rematch=True)
+    assert forced.stats["pairs_reused"] == 0
+    assert forced.stats["pairs_verified"] == base.stats["pairs_verified"]
+    assert _content(forced) == _content(base)
+
+
+def test_a_run_without_gallery_reports_no_reuse(sets):
+    old, _ = sets
+    report = dedupe([old], settings=Settings(workers=1))
+    assert "pairs_reused" not in report.stats
+
+
+def test_cli_rematch_and_summary(sets, tmp_path):
+    from click.testing import CliRunner
+
+    from matchkit.cli import cli
+
+    old, _ = sets
+    runner = CliRunner()
+    r = runner.invoke(cli, ["dedupe", str(old), "--rematch"])
+    assert r.exit_code == 2 and "--rematch needs --gallery" in r.output
+    args = ["dedupe", str(old), "--gallery", str(tmp_path / "g"), "--workers", "1",
+            "--json", str(tmp_path / "out.json")]
+    assert runner.invoke(cli, args).exit_code == 0
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0 and "0 pairs verified" in r.output
+    stats = json.loads((tmp_path / "out.json").read_text())["stats"]
+    assert stats["pairs_verified"] == 0 and stats["pairs_reused"] > 0
+    r = runner.invoke(cli, args + ["--rematch"])
+    stats = json.loads((tmp_path / "out.json").read_text())["stats"]
+    assert r.exit_code == 0 and stats["pairs_reused"] == 0 and stats["rematch"] is True
+
+
+def test_icons_added_later_match_as_in_a_run_from_scratch(sets, tmp_path):
+    """Icons are judged against each other's closest views in the run
+    (``thumbmatch``): their pairs are measured again every run."""
+    from test_thumbmatch import RED, _icon
+
+    old, _ = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    _icon(256).save(folder / "folder-256.png")
+    _icon(48, ribbon=RED).save(folder / "folder-red-48.png")
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    # The closer one at 48 px (named to sort last: a fresh gallery numbers the
+    # files in path order, and ids break ties, as in an incremental add).
+    _icon(48).save(folder / "z-folder-48.png")
+    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    fresh = _fresh([folder])
+    assert _content(grown) == _content(fresh)
+    assert any({"folder-256.png", "z-folder-48.png"} <= {m.rsplit("/", 1)[-1] for m in c.members}
+               for c in fresh.clusters)
