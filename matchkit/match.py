@@ -27,7 +27,8 @@ from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .picture import compare_picture, inner_share, picture_proves_copy, shared_frame
+from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_copy,
+                      shared_frame)
 from .relation import (LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
                        colours_agree, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
@@ -678,7 +679,7 @@ def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
         ev.overlap = compare_overlap(
             ta, tb, transform, (la.width, la.height),
             (lb.width, lb.height), content_a=mask_a, content_b=mask_b, points=v.points)
-        if v.inliers >= PICTURE_MIN_INLIERS:
+        if v.inliers >= PICTURE_MIN_INLIERS and _needs_picture(ev):
             ev.extra["picture"] = compare_picture(ta, tb, transform, v.points,
                                                   (la.width, la.height), (lb.width, lb.height),
                                                   mask_a, mask_b)
@@ -717,6 +718,20 @@ def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
 #: Pairs with fewer inliers are not worth the picture comparison (no rule
 #: accepts them: ``Settings.min_inliers`` defaults to 12).
 PICTURE_MIN_INLIERS = 12
+
+
+def _needs_picture(ev: PairEvidence) -> bool:
+    """Whether the picture comparison can change ``relation_of``'s answer:
+    few inliers (a shared frame?), whole-overlap tests that fail (at the
+    default correlation), or whole-image colours that would make a variant.
+    Most verified copies need none of it."""
+    o = ev.overlap
+    copy = (o.correlation > -1.0 and o.enclosed <= MAX_ENCLOSED
+            and (o.spread >= MIN_SPREAD or o.agreement >= SPREAD_EXEMPT_AGREEMENT)
+            and (o.correlation >= 0.5 or o.agreement >= COPY_AGREEMENT))
+    return (ev.verification.inliers < RIM_INLIERS or not copy
+            or not ev.extra.get("colour_agree", True)
+            or ev.colour_similarity < LIGHT_DARK_COLOUR)
 
 
 #: One image has this much more flat border (padding, letterboxing) than the

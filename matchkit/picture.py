@@ -66,11 +66,17 @@ def inner_share(xy: np.ndarray, shrink: float = 0.6) -> float:
     p = np.ascontiguousarray(np.asarray(xy, np.float32).reshape(-1, 2))
     if len(p) < 3:
         return 0.0
-    hull = cv2.convexHull(p.reshape(-1, 1, 2)).reshape(-1, 2)
+    hull = cv2.convexHull(p.reshape(-1, 1, 2)).reshape(-1, 2).astype(np.float64)
+    if len(hull) < 3:
+        return 0.0
     centre = p.mean(axis=0)
-    inner = ((hull - centre) * shrink + centre).astype(np.float32).reshape(-1, 1, 2)
-    return float(np.mean([cv2.pointPolygonTest(inner, (float(x), float(y)), False) >= 0
-                          for x, y in p]))
+    inner = (hull - centre) * shrink + centre
+    # Inside a convex polygon: on the same side of every edge (no Python loop).
+    edge = np.roll(inner, -1, axis=0) - inner
+    rel = p[:, None, :].astype(np.float64) - inner[None, :, :]
+    cross = edge[None, :, 0] * rel[..., 1] - edge[None, :, 1] * rel[..., 0]
+    inside = (cross >= 0).all(axis=1) | (cross <= 0).all(axis=1)
+    return float(inside.mean())
 
 
 # Chosen on calib halves only (60-photo subsets of the recapture and hard
