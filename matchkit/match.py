@@ -27,8 +27,11 @@ from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR, UNCHANGED_AGREEMENT, RelationEvidence, classify,
-                       colours_agree, hue_similarity, in_level, redrawn_icons)
+from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_copy,
+                      shared_frame)
+from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
+                       UNCHANGED_AGREEMENT, RelationEvidence, classify, colours_agree,
+                       hue_similarity, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 from .thumbmatch import IconDecider, icon_candidates, icon_views
@@ -174,6 +177,11 @@ VARIANT_AGREEMENT = 0.4
 #: the ratio-test matches and spread over the overlap.
 VARIANT_INLIER_RATIO = 0.5
 VARIANT_SPREAD = 0.4
+#: Whole-image colour histograms say whether the pictures' colours agree only
+#: when the overlap (or the picture the inliers span) is at least this share
+#: of both images: a recapture's picture is 0.2-0.4 of its frame, the rest is
+#: a desk, a wall, a bezel (a recoloured copy in tests/test_relation.py: 0.5).
+WHOLE_COLOURS = 0.45
 
 
 def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
@@ -191,11 +199,22 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
             return None
         return classify(RelationEvidence(
             reoriented=bool(ev.extra.get("reflect") or ev.extra.get("dihedral")), **base))
-    if o is None or o.correlation <= -1.0 or o.enclosed > MAX_ENCLOSED or (
-            o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT):
+    picture = ev.extra.get("picture")
+    if shared_frame(picture, v.inliers, ev.extra.get("inner", 1.0)):
+        return None  # matches on a frame around two different pictures
+    # The picture the inliers span agrees, whatever surrounds it (a recapture
+    # on a new background): the whole-overlap tests below do not apply.
+    recaptured = picture_proves_copy(picture, v.inliers)
+    if not recaptured and (o is None or o.correlation <= -1.0 or o.enclosed > MAX_ENCLOSED or (
+            o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT)):
         return None  # a shared part only: a sticker, a logo, a frame
-    pixels_agree = (o.correlation >= ev.extra.get("min_correlation", 0.5)
-                    or o.agreement >= COPY_AGREEMENT)
+    pixels_agree = recaptured or (o.correlation >= ev.extra.get("min_correlation", 0.5)
+                                  or o.agreement >= COPY_AGREEMENT)
+    if min(o.coverage_a, o.coverage_b) < WHOLE_COLOURS or (
+            recaptured and min(picture.coverage_a, picture.coverage_b) < WHOLE_COLOURS):
+        # Whole-image colours compare mostly what surrounds the shared picture:
+        # no evidence of a recolour or of a light/dark version.
+        base["colour_agree"], base["colour_similarity"] = True, 1.0
     # Pixels that disagree over a layout that lines up everywhere: a variant;
     # over a partial fit (matches of one depth plane, or a part that agrees):
     # another shot of the scene.
@@ -206,10 +225,10 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     rotated = abs(np.degrees(np.arctan2(c - b, a + d))) > 2.0
     # Verified: lightness compared where the pictures overlap, not over whole
     # frames (a photo inside a white screenshot frame is a copy).
-    base["lightness_shift"] = o.lightness_shift
+    base["lightness_shift"] = (picture if recaptured else o).lightness_shift
     return classify(RelationEvidence(
         geometry=geometry, pixels_agree=pixels_agree, coverage_a=o.coverage_a,
-        coverage_b=o.coverage_b, agreement=o.agreement,
+        coverage_b=o.coverage_b, agreement=(picture if recaptured else o).agreement,
         perspective=ev.extra.get("perspective", 0.0),
         reoriented=v.mirrored or rotated, padded=bool(ev.extra.get("padded")), **base))
 
@@ -697,13 +716,16 @@ def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
             and not local_rule(ev, settings)):
         mb = mirrored()
         if mb is not None:
-            before = (ev.verification, ev.overlap_correlation, ev.overlap)
+            before = (ev.verification, ev.overlap_correlation, ev.overlap,
+                      ev.extra.get("picture"), ev.extra.get("inner"))
             _check(ev, la, ta, mb[0], mb[1], settings, mask_a,
                    None if mask_b is None else np.ascontiguousarray(mask_b[:, ::-1]))
             if ev.verification.inliers > before[0].inliers:
                 ev.verification.mirrored = True
             else:
-                ev.verification, ev.overlap_correlation, ev.overlap = before
+                ev.verification, ev.overlap_correlation, ev.overlap = before[:3]
+                if before[3] is not None:
+                    ev.extra["picture"], ev.extra["inner"] = before[3], before[4]
 
 
 def _check(ev: PairEvidence, la, ta, lb, tb, settings: Settings, mask_a=None,
@@ -725,10 +747,18 @@ def _check(ev: PairEvidence, la, ta, lb, tb, settings: Settings, mask_a=None,
 def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
     ev.verification = v = verify(la, lb)
     ev.overlap_correlation = ev.overlap = None
+    ev.extra.pop("picture", None)
+    ev.extra.pop("inner", None)
     if v.transform:
+        transform = v.matrix() if v.homography else v.transform
         ev.overlap = compare_overlap(
-            ta, tb, v.matrix() if v.homography else v.transform, (la.width, la.height),
+            ta, tb, transform, (la.width, la.height),
             (lb.width, lb.height), content_a=mask_a, content_b=mask_b, points=v.points)
+        if v.inliers >= PICTURE_MIN_INLIERS and _needs_picture(ev):
+            ev.extra["picture"] = compare_picture(ta, tb, transform, v.points,
+                                                  (la.width, la.height), (lb.width, lb.height),
+                                                  mask_a, mask_b)
+            ev.extra["inner"] = inner_share(np.asarray(v.points, np.float32)[:, :2])
         ev.overlap_correlation = ev.overlap.correlation
         ev.extra["perspective"] = (perspective_strength(v.homography, la.width, la.height)
                                    if v.homography else 0.0)
@@ -759,6 +789,25 @@ def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
         ev.extra["relation"] = "resized" if unchanged else "crop"
     elif not unchanged:
         ev.extra["relation"] = "edited"
+
+
+#: Pairs with fewer inliers are not worth the picture comparison (no rule
+#: accepts them: ``Settings.min_inliers`` defaults to 12).
+PICTURE_MIN_INLIERS = 12
+
+
+def _needs_picture(ev: PairEvidence) -> bool:
+    """Whether the picture comparison can change ``relation_of``'s answer:
+    few inliers (a shared frame?), whole-overlap tests that fail (at the
+    default correlation), or whole-image colours that would make a variant.
+    Most verified copies need none of it."""
+    o = ev.overlap
+    copy = (o.correlation > -1.0 and o.enclosed <= MAX_ENCLOSED
+            and (o.spread >= MIN_SPREAD or o.agreement >= SPREAD_EXEMPT_AGREEMENT)
+            and (o.correlation >= 0.5 or o.agreement >= COPY_AGREEMENT))
+    return (ev.verification.inliers < RIM_INLIERS or not copy
+            or not ev.extra.get("colour_agree", True)
+            or ev.colour_similarity < LIGHT_DARK_COLOUR)
 
 
 #: One image has this much more flat border (padding, letterboxing) than the

@@ -1,0 +1,66 @@
+"""Recaptures (issue 13): a picture re-photographed off a monitor or a print
+matches its original and its other photos; different pictures shown on one
+monitor setup (same bezel, desk and light) do not match through the frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from matchkit import dedupe
+from matchkit.edits import Edit, apply_edit
+from matchkit.picture import hull_mask, inner_share
+
+from conftest import textured
+
+
+def _recapture(pic, name: str, **kw):
+    edit = Edit(name, ({"op": "recapture", "blur": 1.0, "noise": 5, **kw},))
+    return apply_edit(pic, edit, name)[0]
+
+
+def _names(report) -> list[list[str]]:
+    return sorted(sorted(Path(m).name for m in c.members) for c in report.clusters)
+
+
+def test_different_pictures_on_one_monitor_setup_do_not_match(tmp_path):
+    for i in range(4):
+        _recapture(textured(800 + i), f"p{i}.jpg", kind="monitor", setup=2, degrees=20
+                   ).save(tmp_path / f"p{i}_on_monitor.jpg", quality=88)
+    assert _names(dedupe([tmp_path])) == []
+
+
+def test_keystoned_rephotographs_match_the_original_and_each_other(tmp_path):
+    pic = textured(820)
+    pic.save(tmp_path / "original.png")
+    _recapture(pic, "screen.jpg", kind="monitor", degrees=35).save(
+        tmp_path / "screen.jpg", quality=88)
+    _recapture(pic, "print.jpg", kind="print", degrees=30).save(
+        tmp_path / "print.jpg", quality=88)
+    for i in range(2):
+        _recapture(textured(830 + i), f"o{i}.jpg", kind="print", degrees=30).save(
+            tmp_path / f"other{i}.jpg", quality=88)
+    report = dedupe([tmp_path])
+    assert _names(report) == [["original.png", "print.jpg", "screen.jpg"]]
+    kinds = {p.relation for c in report.clusters for p in c.pairs}
+    assert "recapture" in kinds
+
+
+def test_inner_share_tells_a_rim_from_a_spread():
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0, 100, (200, 2))
+    t = rng.uniform(0, 4, 200)
+    # Points on the border of a 100 x 100 square (a frame around a picture).
+    side = t.astype(int)
+    u = (t - side) * 100
+    rim = np.stack([np.choose(side, [u, 100 + 0 * u, 100 - u, 0 * u]),
+                    np.choose(side, [0 * u, u, 100 + 0 * u, 100 - u])], axis=1)
+    assert inner_share(spread) > 0.25
+    assert inner_share(rim) == 0.0
+
+
+def test_hull_mask_scales_working_pixels_to_the_thumbnail():
+    pts = np.array([[0, 0], [256, 0], [256, 256], [0, 256]], np.float32)
+    mask = hull_mask(pts, (512, 512), (128, 128))
+    assert abs(mask.mean() - 0.25) < 0.03 and mask[10, 10] and not mask[100, 100]
