@@ -403,6 +403,21 @@ def test_openapi_schema_lists_every_route(client):
     assert {"HTTPBearer", "APIKeyHeader"} <= set(schema["components"]["securitySchemes"])
 
 
+def test_api_docs_load_swagger_ui_from_the_server_not_a_cdn(client):
+    import re
+
+    page = client.get("/api/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert not re.search(r"https?://", page.text), page.text  # nothing outside the server
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert {a.rsplit("/", 1)[-1] for a in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css"}
+    for asset in assets:
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 500, asset
+    licence = client.get("/app/swagger-ui/LICENSE")
+    assert licence.status_code == 200 and "Apache License" in licence.text
+
+
 def _wait_done(c, url: str, key: str) -> dict:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
