@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import random
 import shutil
 import sys
@@ -155,6 +156,7 @@ def main() -> int:
             code = request(c, op, random.Random(1))
             warm[op] = (code, time.perf_counter() - t)
     rss_warm = rss_mib(server.pid)
+    load_start = os.getloadavg()[0]
     lat: dict[str, list[float]] = {op: [] for op in weights}
     errors: dict[str, int] = {op: 0 for op in weights}
     samples: list[float] = []
@@ -185,6 +187,7 @@ def main() -> int:
     for t in threads:
         t.join()
     rss_end = rss_mib(server.pid)
+    load_end = os.getloadavg()[0]
     server.terminate()
     server.wait(timeout=60)
     rows = [{"endpoint": op, "requests": len(lat[op]), "errors": errors[op],
@@ -200,7 +203,10 @@ def main() -> int:
             f"{'tiny random CLIP (plumbing only)' if args.model is None else args.model}, "
             f"{args.readers} reader threads, loopback. Errors: {total_err}. Server RSS after "
             f"warm-up {rss_warm:.0f} MiB; over the last 3/4 of the run {min(late):.0f}-"
-            f"{max(late):.0f} MiB; at the end {rss_end:.0f} MiB.\n\n"
+            f"{max(late):.0f} MiB; at the end {rss_end:.0f} MiB. Machine load average "
+            f"(1 min, {os.cpu_count()} cores, shared with other jobs) {load_start:.1f} at the "
+            f"start of the run, {load_end:.1f} at its end; benchmark and server at "
+            f"niceness {os.nice(0)}.\n\n"
             + table(rows, list(rows[0])) + "\n")
     print(body)
     if not args.no_write:
