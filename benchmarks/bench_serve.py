@@ -21,6 +21,7 @@ import io
 import os
 import random
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -188,8 +189,14 @@ def main() -> int:
         t.join()
     rss_end = rss_mib(server.pid)
     load_end = os.getloadavg()[0]
-    server.terminate()
-    server.wait(timeout=60)
+    server.terminate()  # a graceful stop finishes the requests still queued
+    t = time.perf_counter()
+    try:
+        server.wait(timeout=300)
+        stop_note = f"It stopped {time.perf_counter() - t:.0f} s after SIGTERM."
+    except subprocess.TimeoutExpired:
+        server.kill()
+        stop_note = "It did not stop within 300 s of SIGTERM and was killed."
     rows = [{"endpoint": op, "requests": len(lat[op]), "errors": errors[op],
              "req/s": round(len(lat[op]) / args.seconds, 2),
              "p50 ms": round(1000 * percentile(lat[op], 0.5)),
@@ -206,7 +213,7 @@ def main() -> int:
             f"{max(late):.0f} MiB; at the end {rss_end:.0f} MiB. Machine load average "
             f"(1 min, {os.cpu_count()} cores, shared with other jobs) {load_start:.1f} at the "
             f"start of the run, {load_end:.1f} at its end; benchmark and server at "
-            f"niceness {os.nice(0)}.\n\n"
+            f"niceness {os.nice(0)}. {stop_note}\n\n"
             + table(rows, list(rows[0])) + "\n")
     print(body)
     if not args.no_write:
