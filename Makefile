@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean swagger-ui
 
 # Installs use constraints.txt: the exact versions the tests passed on.
 $(STAMP): pyproject.toml constraints.txt
@@ -35,3 +35,22 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out benchmarks/_work
+
+# The interactive API docs (/api/docs) load Swagger UI from the package, not a CDN,
+# so they work offline: this re-fetches the pinned swagger-ui-dist from the npm
+# registry and keeps the files the page needs, with their licences.
+SWAGGER_UI_VERSION := 5.35.0
+SWAGGER_UI_DIR := matchkit/serve/static/swagger-ui
+SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css \
+	favicon-32x32.png LICENSE NOTICE
+
+swagger-ui:
+	rm -rf $(SWAGGER_UI_DIR).tmp && mkdir -p $(SWAGGER_UI_DIR).tmp
+	cd $(SWAGGER_UI_DIR).tmp && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null \
+		&& tar -xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz --strip-components=1 \
+			$(addprefix package/,$(SWAGGER_UI_FILES)) \
+		&& rm swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz \
+		&& sed -i '/^\/\/# sourceMappingURL=/d' swagger-ui-bundle.js \
+		&& sed -i 's|/\*# sourceMappingURL=[^*]*\*/||' swagger-ui.css \
+		&& echo "swagger-ui-dist $(SWAGGER_UI_VERSION) (npm), files: $(SWAGGER_UI_FILES)" > VERSION
+	rm -rf $(SWAGGER_UI_DIR) && mv $(SWAGGER_UI_DIR).tmp $(SWAGGER_UI_DIR)

@@ -18,9 +18,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def label_of(path: str) -> str:
+    """The class name in a sample photo's file name, edits included."""
+    return Path(path).name.split("__", 1)[0].rsplit(".", 1)[0].split("_", 1)[-1]
+
+
 def build_gallery(folder: Path, photos: list[Path], *, labels: bool = True,
                   hash_only: bool = False) -> Path:
-    """A gallery of ``photos``, labelled by their names (``n0144_tench.JPEG``: tench)."""
+    """A gallery of ``photos``, labelled by their names (``n0144_tench.JPEG`` and its
+    edits ``n0144_tench__crop50.jpg``: tench)."""
     from matchkit.config import Settings
     from matchkit.gallery import Gallery
 
@@ -28,7 +34,7 @@ def build_gallery(folder: Path, photos: list[Path], *, labels: bool = True,
     with Gallery(folder, settings) as g:
         report = g.add(photos)
         if labels:
-            g.set_labels({i: [Path(g.get(i).path).stem.split("_", 1)[-1]] for i in report.ids})
+            g.set_labels({i: [label_of(g.get(i).path)] for i in report.ids})
         g.save()
     return folder
 

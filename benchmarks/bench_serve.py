@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import random
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -32,28 +34,31 @@ from _common import DEFAULT_PHOTOS, ROOT, WORK, table, write_section  # noqa: E4
 from _serve import build_gallery, free_port, start_server  # noqa: E402
 
 
-def photos_for(n: int, work: Path) -> list[Path]:
-    """``n`` photo files: the sample photos, then crops of them (new content)."""
-    from PIL import Image
+#: Benchmark sets whose edits fill a gallery beyond the sample photos, in order
+#: (each a ``sets.build`` folder; the hard builders need AugLy). Calib then eval
+#: halves of each; ``hard-b``/``hard-c`` are further seeded rounds of hard edits.
+FILL_SETS = [("hard", "calib"), ("hard", "eval"), ("transformed", "calib"),
+             ("transformed", "eval"), ("hard-b", "calib"), ("hard-b", "eval"),
+             ("hard-c", "calib"), ("hard-c", "eval")]
+
+
+def photos_for(n: int) -> list[Path]:
+    """``n`` photo files: the sample photos when they are enough, else the edits the
+    benchmark set builders make of them (``sets.build``, reused when built), in
+    ``FILL_SETS`` order, so a 10k gallery holds realistic near-duplicate groups."""
+    import sets
 
     base = sorted(DEFAULT_PHOTOS.glob("*.JPEG"))
-    out = base[:n]
-    extra = work / "extra"
-    rng = random.Random(0)
-    i = 0
-    while len(out) < n:
-        src = base[i % len(base)]
-        target = extra / f"{src.stem}_crop{i}.jpg"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with Image.open(src) as im:
-                w, h = im.size
-                cw, ch = int(w * rng.uniform(0.6, 0.9)), int(h * rng.uniform(0.6, 0.9))
-                x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-                im.convert("RGB").crop((x, y, x + cw, y + ch)).save(target, quality=88)
-        out.append(target)
-        i += 1
-    return out
+    if n <= len(base):
+        return base[:n]
+    out: list[Path] = []
+    for kind, split in FILL_SETS:
+        half = sets.photos(DEFAULT_PHOTOS, split)
+        folder = sets.build(kind, half, WORK / f"{kind}-{split}-{len(half)}")
+        out += sorted(p for p in folder.iterdir() if p.suffix.lower() in sets.EXTS)
+        if len(out) >= n:
+            return out[:n]
+    raise SystemExit(f"the benchmark sets hold only {len(out)} images, fewer than {n}")
 
 
 def jpeg_bytes(path: Path, rng: random.Random, crop: bool) -> bytes:
@@ -95,6 +100,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="Embedding model (default: tiny random CLIP).")
     ap.add_argument("--readers", type=int, default=4)
     ap.add_argument("--no-write", action="store_true", help="Do not touch RESULTS.md.")
+    ap.add_argument("--build-only", action="store_true",
+                    help="Build (or check) the gallery, then stop before the load test.")
     args = ap.parse_args()
     import httpx
 
@@ -108,7 +115,7 @@ def main() -> int:
         sys.path.insert(0, str(ROOT / "tests"))
         from tiny_clip import build_tiny_clip
         model = str(build_tiny_clip(work / "tiny-clip"))
-    photos = photos_for(args.images, work)
+    photos = photos_for(args.images)
     gallery = work / f"g{args.images}"
     fresh = not (gallery / DB_NAME).exists()
     if not fresh:
@@ -122,6 +129,9 @@ def main() -> int:
             g.embed(load_embedder(model))
             g.save()
     build_s = time.perf_counter() - t0
+    if args.build_only:
+        print(f"gallery {gallery} ready ({'built' if fresh else 'reused'} in {build_s:.0f} s)")
+        return 0
     with Gallery(gallery, create=False) as g:
         n_start = len(g)  # a reused gallery also holds earlier runs' adds
     key, _ = KeyStore(gallery).add("admin", "bench")
@@ -131,7 +141,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}/api/galleries/{gallery.name}"
     headers = {"Authorization": f"Bearer {key}"}
     weights = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(","))}
-    queries = photos[:200]
+    queries = photos[::max(1, len(photos) // 200)][:200]  # spread over the groups
 
     def request(c: httpx.Client, op: str, rng: random.Random) -> int:
         photo = rng.choice(queries)
@@ -147,6 +157,7 @@ def main() -> int:
             code = request(c, op, random.Random(1))
             warm[op] = (code, time.perf_counter() - t)
     rss_warm = rss_mib(server.pid)
+    load_start = os.getloadavg()[0]
     lat: dict[str, list[float]] = {op: [] for op in weights}
     errors: dict[str, int] = {op: 0 for op in weights}
     samples: list[float] = []
@@ -177,8 +188,15 @@ def main() -> int:
     for t in threads:
         t.join()
     rss_end = rss_mib(server.pid)
-    server.terminate()
-    server.wait(timeout=60)
+    load_end = os.getloadavg()[0]
+    server.terminate()  # a graceful stop finishes the requests still queued
+    t = time.perf_counter()
+    try:
+        server.wait(timeout=300)
+        stop_note = f"It stopped {time.perf_counter() - t:.0f} s after SIGTERM."
+    except subprocess.TimeoutExpired:
+        server.kill()
+        stop_note = "It did not stop within 300 s of SIGTERM and was killed."
     rows = [{"endpoint": op, "requests": len(lat[op]), "errors": errors[op],
              "req/s": round(len(lat[op]) / args.seconds, 2),
              "p50 ms": round(1000 * percentile(lat[op], 0.5)),
@@ -192,7 +210,10 @@ def main() -> int:
             f"{'tiny random CLIP (plumbing only)' if args.model is None else args.model}, "
             f"{args.readers} reader threads, loopback. Errors: {total_err}. Server RSS after "
             f"warm-up {rss_warm:.0f} MiB; over the last 3/4 of the run {min(late):.0f}-"
-            f"{max(late):.0f} MiB; at the end {rss_end:.0f} MiB.\n\n"
+            f"{max(late):.0f} MiB; at the end {rss_end:.0f} MiB. Machine load average "
+            f"(1 min, {os.cpu_count()} cores, shared with other jobs) {load_start:.1f} at the "
+            f"start of the run, {load_end:.1f} at its end; benchmark and server at "
+            f"niceness {os.nice(0)}. {stop_note}\n\n"
             + table(rows, list(rows[0])) + "\n")
     print(body)
     if not args.no_write:

@@ -882,22 +882,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
                    text_labels=text_labels, profile=profile, level=level)
     with lab:
         answers = lab.answers(files)
-        cal = lab.calibration_
-    known = [a for a in answers if a.label != "unknown"]
-    out = {
-        "answers": [a.to_dict() for a in answers],
-        "stats": {"queries": len(answers), "labelled": len(known),
-                  "unknown": len(answers) - len(known),
-                  "unreadable": sum(a.error is not None for a in answers),
-                  "classes": len(lab.classes_), "k": k,
-                  "profile": profile.name if profile else None,
-                  "target_precision": profile.target_precision if profile else None,
-                  "level": lab.settings_.level,
-                  "seconds": round(time.perf_counter() - start, 3)},
-        "calibration": None if cal is None else {
-            key: cal.get(key) for key in ("threshold", "target_accuracy", "certified", "source",
-                                          "queries", "accuracy_lower_bound", "fitted_at")},
-    }
+        out = lab.report(answers, seconds=time.perf_counter() - start)  # = the API's JSON
     if html_path:
         from .result_pages import write_label_html
         try:

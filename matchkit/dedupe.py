@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from collections import defaultdict
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
 from .cluster import Star, UnionFind, lazy_star_clusters
@@ -39,6 +39,7 @@ def dedupe(
     prefer: Iterable[str] = (),
     level: str | None = None,
     rematch: bool = False,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
@@ -49,6 +50,9 @@ def dedupe(
     its calibrated decision replaces the hand-set rules and its settings
     overrides apply. ``level`` (``relation.LEVELS``: "copies", "variants" or
     "similar"; default ``settings.level``) chooses which relations form clusters.
+    ``on_progress(phase, done, total)`` is told of each phase ("add", "embed",
+    "match", "cluster") as it goes; an exception it raises stops the run there
+    (how the server cancels a job).
 
     With a ``gallery``, matching is incremental (``incremental.py``): candidate
     searches and pair decisions are stored there, and a later run redoes only
@@ -88,11 +92,13 @@ def dedupe(
         elif not isinstance(gallery, Gallery):
             gallery = stack.enter_context(Gallery(gallery, settings))
         bar = _progress_bar(len(files), progress)
-        added = gallery.add(files, progress=bar.update if bar else None)
+        added = gallery.add(files, progress=_counter(bar, on_progress, "add", len(files)))
         if bar:
             bar.close()
         gallery.save()
         if embedder is not None:
+            if on_progress:
+                on_progress("embed", 0, len(added.ids))
             gallery.embed(embedder, added.ids, progress=progress)
         incremental = gallery_given and not settings.model
         calibrator = profile.calibrator if profile else None
@@ -105,7 +111,7 @@ def dedupe(
 
         clusters, n_exact, n_near = find_clusters(
             gallery, added.ids, settings, calibrator=calibrator, policy=policy,
-            make_matcher=make_matcher if incremental else None)
+            make_matcher=make_matcher if incremental else None, progress=on_progress)
         for m in made:
             m.save()
         blank = sorted(img.path for img in gallery.images(added.ids).values() if img.blank)
@@ -158,13 +164,14 @@ def _inside_any(folder: str, paths: list) -> bool:
 
 
 def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None,
-                  policy: KeeperPolicy = KeeperPolicy(), make_matcher=None
+                  policy: KeeperPolicy = KeeperPolicy(), make_matcher=None, progress=None
                   ) -> tuple[list[ClusterResult], int, int]:
     """Cluster the given gallery images; returns clusters and pair counts.
 
     ``calibrator`` (a fitted ``calibrate.PairCalibrator``) decides pairs
     instead of the hand-set rules; exact copies and clustering are unchanged.
     ``policy`` carries the user's reference folders and preferences.
+    ``progress(phase, done, total)``: see ``dedupe``.
     Blank images (one flat colour, e.g. fully transparent) take part in
     exact matching only: same bytes, or same size and pixels.
     ``make_matcher(visible_ids, same)`` builds the pair matcher instead of a
@@ -172,6 +179,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     ids = sorted(set(ids))
     if not ids:
         return [], 0, 0
+    if progress:
+        progress("match", 0, len(ids))
     images = gallery.images(ids)
     exact = UnionFind()
     for i in ids:
@@ -248,6 +257,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         then look one hop further: images matched to a new member are checked
         against the keeper directly (a flipped copy of the original found via
         the original). An edge still needs its own verification: no chaining."""
+        if progress:
+            progress("cluster", len(taken), len(classes))
         todo = [ev for o in others if not matched(center, o)
                 for ev in between[key(center, o)] if ev.pending]
         matcher.verify(todo)
@@ -366,6 +377,22 @@ def _mirrored(ev: PairEvidence) -> bool | None:
     if ev.rule:
         return bool(ev.extra.get("reflect"))
     return None
+
+
+def _counter(bar, on_progress, phase: str, total: int):
+    """A ``progress(n)`` for ``Gallery.add`` feeding the bar and ``on_progress``."""
+    if on_progress is None:
+        return bar.update if bar else None
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if bar:
+            bar.update(n)
+        on_progress(phase, done, total)
+    on_progress(phase, 0, total)
+    return step
 
 
 def _progress_bar(total: int, enabled: bool):

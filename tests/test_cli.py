@@ -185,6 +185,31 @@ def test_search_without_embeddings_says_check_needs_no_model(runner, photo_dir, 
     assert f"matchkit check --gallery {g} IMAGE" in r.stderr
 
 
+def test_label_json_is_built_by_labeler_report_as_for_the_api(runner, tmp_path, monkeypatch):
+    from matchkit.classify import Labeler
+
+    tree = _labelled_tree(tmp_path / "cat")
+    g = tmp_path / "g"
+    runner.invoke(cli, ["labels", "import", "--gallery", str(g), "--folder", str(tree)])
+    built = []
+    real = Labeler.report
+
+    def report(self, answers, seconds=0.0):
+        built.append(real(self, answers, seconds))
+        return built[-1]
+
+    monkeypatch.setattr(Labeler, "report", report)
+    r = runner.invoke(cli, ["label", "--gallery", str(g), str(tree / "blue" / "13.jpg"),
+                            "--calibration", "none", "-k", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert len(built) == 1 and out == built[0]
+    assert list(out) == ["answers", "stats", "calibration"] and out["calibration"] is None
+    assert list(out["stats"]) == ["queries", "labelled", "unknown", "unreadable", "classes", "k",
+                                  "profile", "target_precision", "level", "seconds"]
+    assert out["stats"]["k"] == 3 and out["answers"][0]["label"] == "blue"
+
+
 def test_first_label_shows_calibration_progress_then_not_again(runner, tmp_path):
     tree = _labelled_tree(tmp_path / "cat")
     g = tmp_path / "g"

@@ -403,6 +403,21 @@ def test_openapi_schema_lists_every_route(client):
     assert {"HTTPBearer", "APIKeyHeader"} <= set(schema["components"]["securitySchemes"])
 
 
+def test_api_docs_load_swagger_ui_from_the_server_not_a_cdn(client):
+    import re
+
+    page = client.get("/api/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert not re.search(r"https?://", page.text), page.text  # nothing outside the server
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert {a.rsplit("/", 1)[-1] for a in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css"}
+    for asset in assets:
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 500, asset
+    licence = client.get("/app/swagger-ui/LICENSE")
+    assert licence.status_code == 200 and "Apache License" in licence.text
+
+
 def _wait_done(c, url: str, key: str) -> dict:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -462,6 +477,42 @@ def test_dedupe_job_review_apply_undo(tmp_path):
         _is_json_error(c.get(f"{base}/../../x", headers=auth(write)), 404)
         listed = c.get(base, headers=auth(write)).json()
         assert [j["id"] for j in listed] == [job["id"]] and "report" not in listed[0]
+
+
+def test_cancel_stops_a_running_dedupe_job_which_reports_progress(tmp_path, monkeypatch):
+    from matchkit.serve.jobs import Jobs
+
+    gdir = _gallery(tmp_path, range(90, 96))
+    write, _ = KeyStore(gdir).add("write")
+    phases: list[tuple] = []
+    real = Jobs.progress
+
+    def progress(self, job_id, phase, done, total):
+        phases.append((job_id, phase))
+        if phase == "match" and len({j for j, _ in phases}) == 1:
+            self.cancel(job_id)  # as DELETE does, while the first job runs
+        real(self, job_id, phase, done, total)
+
+    monkeypatch.setattr(Jobs, "progress", progress)
+    with TestClient(create_app([gdir])) as c:
+        base = "/api/galleries/g/dedupe"
+        first = c.post(base, json={}, headers=auth(write)).json()["id"]
+        deadline = time.monotonic() + 60
+        while (job := c.get(f"{base}/{first}", headers=auth(write)).json())["stopped"] is None:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        assert job["state"] == "cancelled" and "stats" not in job
+        assert job["progress"] == {"phase": "match", "done": 0, "total": 6}
+        assert [p for _, p in phases] == ["add", "add", "match"]  # stopped there
+        _is_json_error(c.get(f"{base}/{first}/result", headers=auth(write)), 409)
+        # the writer is free again: the next job runs to the end, with its progress
+        second = c.post(base, json={}, headers=auth(write)).json()["id"]
+        job = _wait_done(c, f"{base}/{second}", write)
+        assert job["state"] == "done" and job["stopped"] is None
+        assert [p for j, p in phases if j == second][-1] in ("match", "cluster")
+        assert set(job["progress"]) == {"phase", "done", "total"}
+        # a finished job cannot be cancelled any more
+        assert c.delete(f"{base}/{second}", headers=auth(write)).json()["state"] == "done"
 
 
 def test_cors_off_unless_asked_and_slow_requests_time_out(galleries, monkeypatch):

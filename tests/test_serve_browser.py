@@ -1,7 +1,8 @@
 """The web app of `matchkit serve` in a real browser (headless Chromium).
 
-Upload by drop, search by a dragged crop box, check, label, and the dedupe
-review (another keeper, an unticked member, apply, undo), with screenshots
+Upload by drop, search by a dragged crop box, check, label, the dedupe
+review (another keeper, an unticked member, apply, undo) and the API docs
+(Swagger UI served by the package, no CDN), with screenshots
 saved by the test (in its tmp folder, and in $MATCHKIT_SCREENSHOTS if set).
 Needs ``chromium`` and ``chromium-driver`` (apt), like tests/test_browser.py.
 """
@@ -135,6 +136,15 @@ def test_web_app_upload_crop_search_check_label_review_apply_undo(tmp_path, tiny
             b.run('document.getElementById("review-undo").click()')
             assert b.wait(_attr("data-mk-moves") + ' === "undone"')
             assert Path(keeper).exists()
+
+            # the interactive API docs render from the server alone (no CDN)
+            b.get(f"http://127.0.0.1:{port}/api/docs")
+            b.wait('return (document.querySelector(".swagger-ui .info .title") || {})'
+                   '.textContent?.includes("matchkit")')
+            b.wait('return document.querySelectorAll(".opblock").length > 10')
+            loaded = b.run('return performance.getEntriesByType("resource").map(e => e.name)')
+            assert loaded and all(u.startswith(f"http://127.0.0.1:{port}/") for u in loaded)
+            _shot(b, tmp_path, "serve-api-docs.png")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=20)

@@ -77,7 +77,7 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
                   description="Near-duplicate search, copy checks and labels over image "
                               "galleries. Every error is JSON: "
                               '{"error": {"status": N, "message": "..."}}.',
-                  openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
                   responses={code: {"description": why, "content": {
                       "application/json": {"schema": errors.ERROR_SCHEMA}}}
                       for code, why in ((400, "Malformed request body"),
@@ -140,6 +140,8 @@ def _multipart_fields(schema: dict) -> None:
 
 
 STATIC = Path(__file__).with_name("static")
+#: Where the vendored swagger-ui-dist files (``static/swagger-ui``) are served.
+SWAGGER_UI = "/app/swagger-ui"
 
 
 def _web_app(app: FastAPI) -> None:
@@ -148,6 +150,18 @@ def _web_app(app: FastAPI) -> None:
     from fastapi.staticfiles import StaticFiles
 
     app.mount("/app", StaticFiles(directory=STATIC), name="app")
+
+    @app.get("/api/docs", include_in_schema=False)
+    async def docs():
+        """Swagger UI from the package (``make swagger-ui``), not a CDN: works offline."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API",
+            swagger_js_url=SWAGGER_UI + "/swagger-ui-bundle.js",
+            swagger_css_url=SWAGGER_UI + "/swagger-ui.css",
+            swagger_favicon_url=SWAGGER_UI + "/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no badge from swagger.io
 
     @app.get("/", include_in_schema=False)
     async def index():

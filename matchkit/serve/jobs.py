@@ -11,8 +11,13 @@ non-keepers of the *reviewed* clusters into ``G/serve/jobs/<id>-moved/``
 manifest that ``undo`` replays backwards. The gallery's rows are left as
 they are, as with ``matchkit dedupe --move-duplicates-to``.
 
-Cancelling a queued job drops it; a running one finishes its work, but its
-result is thrown away (dedupe has no way to stop halfway).
+While a job runs, its record shows ``progress``: the pipeline's phase
+("add", "embed", "match", "cluster") with done and total counts, as
+``dedupe(on_progress=...)`` reports them (kept in memory, stored when the run
+ends). Cancelling a queued job drops it; a running one is told through that
+same callback, which raises at its next call, so the run stops at the next
+phase boundary or clustered group (the candidate search inside "match" is one
+step) and frees the gallery's writer. ``stopped`` records when it did.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from .keys import SERVE_DIR
 JOBS_DIR = "jobs"
 #: Job states; "interrupted": the server stopped while it ran.
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+
+
+class Cancelled(Exception):
+    """Raised inside a running dedupe (from its progress callback) to stop it."""
 
 
 def _now() -> str:
@@ -84,6 +93,9 @@ class Jobs:
         self.folder = Path(gallery) / SERVE_DIR / JOBS_DIR
         self._futures: dict[str, Future] = {}
         self._lock = threading.Lock()
+        #: Progress of running jobs (phase, done, total), and jobs told to stop.
+        self._progress: dict[str, dict] = {}
+        self._stop: set[str] = set()
 
     def _file(self, job_id: str) -> Path:
         if not (len(job_id) == 16 and all(c in "0123456789abcdef" for c in job_id)):
@@ -97,6 +109,8 @@ class Jobs:
             raise ApiError(404, f"no dedupe job {job_id!r}") from None
         if job["state"] in ("queued", "running") and job_id not in self._futures:
             job["state"] = "interrupted"  # left by a server that stopped
+        if job_id in self._progress:
+            job["progress"] = dict(self._progress[job_id])
         return job
 
     def save(self, job: dict) -> None:
@@ -112,8 +126,8 @@ class Jobs:
     def start(self, params: dict, submit) -> dict:
         """Record a new job and queue ``run(job)`` with ``submit(fn) -> Future``."""
         job = {"id": secrets.token_hex(8), "state": "queued", "created": _now(),
-               "started": None, "finished": None, "params": params, "error": None,
-               "report": None, "review": {"keepers": {}, "excluded": []}, "moves": None}
+               "started": None, "finished": None, "stopped": None, "progress": None,
+               "params": params, "error": None, "report": None, "review": {"keepers": {}, "excluded": []}, "moves": None}
         with self._lock:  # registered before its record exists: never "interrupted"
             self._futures[job["id"]] = Future()
             self.save(job)
@@ -122,37 +136,56 @@ class Jobs:
         fut.add_done_callback(lambda f: self._futures.pop(job["id"], None))
         return job
 
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        """The run's ``on_progress``: records where it is, and raises
+        ``Cancelled`` once the job was cancelled (the run stops there)."""
+        self._progress[job_id] = {"phase": phase, "done": done, "total": total}
+        if job_id in self._stop:
+            raise Cancelled(job_id)
+
     def _run(self, job_id: str, gallery) -> None:
         from ..config import Settings
         from ..dedupe import dedupe
 
-        job = self.load(job_id)
-        if job["state"] == "cancelled":
-            return
-        job.update(state="running", started=_now())
-        self.save(job)
+        with self._lock:  # a cancel sees either "queued" or "running", never both
+            job = self.load(job_id)
+            if job["state"] == "cancelled":
+                return
+            job.update(state="running", started=_now())
+            self.save(job)
+        report = error = None
         try:
             report = dedupe(list(gallery.paths().values()), gallery=gallery,
                             settings=Settings(), level=job["params"].get("level"),
-                            prefer=job["params"].get("prefer") or ())
+                            prefer=job["params"].get("prefer") or (),
+                            on_progress=lambda *a: self.progress(job_id, *a))
+        except Cancelled:
+            pass
         except Exception as e:  # the job fails, the server does not
+            error = " ".join(str(e).split())
+        with self._lock:
             job = self.load(job_id)
-            job.update(state="failed", finished=_now(), error=" ".join(str(e).split()))
-            self.save(job)
-            return
-        job = self.load(job_id)
-        if job["state"] != "cancelled":
-            job.update(state="done", finished=_now(), report=report.to_dict())
+            self._stop.discard(job_id)
+            job["progress"] = self._progress.pop(job_id, None)
+            if job["state"] == "cancelled" or report is None and error is None:
+                job.update(state="cancelled", stopped=_now())
+            elif error is not None:
+                job.update(state="failed", finished=_now(), error=error)
+            else:
+                job.update(state="done", finished=_now(), report=report.to_dict())
             self.save(job)
 
     def cancel(self, job_id: str) -> dict:
-        job = self.load(job_id)
-        if job["state"] in ("queued", "running"):
-            fut = self._futures.get(job_id)
-            if fut is not None:
-                fut.cancel()  # only a queued job really stops
-            job.update(state="cancelled", finished=_now())
-            self.save(job)
+        """Cancel a job: a queued one never runs, a running one stops at its next
+        progress report (``stopped`` is set when it has)."""
+        with self._lock:
+            job = self.load(job_id)
+            if job["state"] in ("queued", "running"):
+                fut = self._futures.get(job_id)
+                if fut is not None and not fut.cancel():
+                    self._stop.add(job_id)  # running: it sees this at its next progress call
+                job.update(state="cancelled", finished=_now())
+                self.save(job)
         return job
 
     def set_review(self, job_id: str, review: Review) -> dict:
