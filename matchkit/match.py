@@ -31,6 +31,7 @@ from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COL
                        colours_agree, hue_similarity, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
+from .thumbcheck import thumbnails_refute
 from .thumbmatch import IconDecider, icon_candidates, icon_views
 
 
@@ -398,7 +399,10 @@ class PairMatcher:
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
             elif calibrator is None:
-                ev.rule = hash_rule(ev, found.crowd, settings) or embedding_rule(ev, settings)
+                ev.rule = hash_rule(ev, found.crowd, settings)
+                if ev.rule and self.thumbnails_refute(ev):
+                    ev.rule = ""
+                ev.rule = ev.rule or embedding_rule(ev, settings)
             near = (ev.cosine is not None and settings.cosine_candidate is not None
                     and ev.cosine >= settings.cosine_candidate)
             #: Worth verifying locally if the global signals do not settle it.
@@ -489,6 +493,20 @@ class PairMatcher:
             thumb = self._thumb(image_id) if self.settings.local_features else None
             self._lightness[image_id] = None if thumb is None else float(thumb.mean())
         return self._lightness[image_id]
+
+    def thumbnails_refute(self, ev: PairEvidence) -> bool:
+        """Whether the stored thumbnails refute a match decided on global
+        signals alone (``thumbcheck.thumbnails_refute``: a near-blank picture
+        whose few marks lie elsewhere, or thumbnails that clearly disagree);
+        then local verification, if the pair qualifies, decides it."""
+        ta, tb = self._thumb(ev.a), self._thumb(ev.b)
+        if ta is None or tb is None:
+            return False
+        turned = bool(ev.extra.get("dihedral"))
+        if thumbnails_refute(ta, tb, turned):
+            ev.extra["thumbnails_refute"] = True
+            return True
+        return False
 
     def _thumb(self, image_id: int) -> np.ndarray | None:
         lf = self.cache.get(image_id)

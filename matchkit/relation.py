@@ -40,6 +40,13 @@ UNCHANGED_AGREEMENT = 0.97
 #: Smaller share of either picture inside the overlap that still counts as the
 #: whole picture (borders lost to resampling, a thin frame).
 WHOLE_COVERAGE = 0.9
+#: Two pictures that each show less than this share of themselves in their
+#: overlap are neighbouring views (map sheets of one atlas, frames of a
+#: panorama), not re-framings of one picture: a re-framing or a crop lies
+#: (almost) whole inside the other picture. Real dev set: re-framed
+#: wallpapers keep 0.89 or more on the side of the smaller picture; two
+#: Tux Paint map sheets (Africa, Europe) overlap 0.33-0.38 of each.
+NEIGHBOUR_OVERLAP = 0.5
 #: Perspective strength (how much the homography's depth term varies across
 #: the image) from which a copy counts as a recapture: flat scans and resizes
 #: stay near 0; a 10-degree keystone is about 0.05.
@@ -62,6 +69,14 @@ ICON_SIDE = 256
 #: of its true pairs is (identical files are found by their bytes or pixels).
 LOSSLESS_FORMATS = frozenset({"PNG", "GIF", "BMP", "TIFF", "ICO", "PPM"})
 LIGHT_DARK_COLOUR = 0.5
+#: Two whole pictures (neither grey, neither turned) whose colour histograms
+#: share less than this are a recolour even when the lightness stayed: the
+#: same layout in other colours, which a hue test misses when the colours are
+#: pale (LXQt origami green vs dark 0.30, waves blue vs purple 0.00, a menu in
+#: sepia vs violet-grey 0.33). True copies of the real dev set that are not
+#: grey keep 0.86 or more; pHash-matched copies of the hard calib half (blur,
+#: captions, emoji, downscale) 0.59 or more.
+RECOLOUR_COLOUR = 0.45
 
 
 def check_level(level: str) -> str:
@@ -121,6 +136,9 @@ def classify(ev: RelationEvidence) -> str:
     if not ev.geometry:
         # Matches that no single plane explains: a 3-D scene seen twice.
         return "same-scene"
+    if max(ev.coverage_a, ev.coverage_b) < NEIGHBOUR_OVERLAP:
+        # Each shows only a margin of the other: neighbouring views.
+        return "same-scene"
     if not ev.pixels_agree:
         # The layout lines up but the pixels do not: light/dark versions,
         # state variants, another rendering of the same artwork.
@@ -131,6 +149,9 @@ def classify(ev: RelationEvidence) -> str:
         return "variant"
     if light_dark(ev):
         # The same shapes over another ground: the light and dark theme.
+        return "variant"
+    if recoloured(ev):
+        # The whole picture in other colours at the same lightness.
         return "variant"
     if not ev.colour_agree and not (ev.grey_a or ev.grey_b):
         # Same shapes and light, other colours: a recolour (a grey copy has
@@ -161,6 +182,17 @@ def light_dark(ev: RelationEvidence) -> bool:
     nor for a turned one: a rotation's canvas (black corners) moves the
     whole-frame measures, and the hard set's colour-jittered copies are turned."""
     return (ev.lightness_shift >= LIGHT_DARK_SHIFT and ev.colour_similarity < LIGHT_DARK_COLOUR
+            and not (ev.grey_a or ev.grey_b or ev.reoriented))
+
+
+def recoloured(ev: RelationEvidence) -> bool:
+    """Whether two whole pictures are one layout in other colours: their
+    colour histograms barely overlap (``RECOLOUR_COLOUR``). Not for a grey
+    copy (an edit), a turned one (a rotation's canvas and the hard set's
+    colour-jittered copies), nor a crop (a part has other colours than the
+    whole)."""
+    return (ev.colour_similarity < RECOLOUR_COLOUR
+            and min(ev.coverage_a, ev.coverage_b) >= WHOLE_COVERAGE
             and not (ev.grey_a or ev.grey_b or ev.reoriented))
 
 

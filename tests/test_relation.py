@@ -226,6 +226,14 @@ def test_levels_are_nested_in_kind_order():
      "variant"),
     (RelationEvidence(coverage_a=0.6, coverage_b=0.6, agreement=0.3, geometry=False),
      "same-scene"),
+    # The whole layout in other, pale colours (no hue to compare): a recolour ...
+    (RelationEvidence(colour_similarity=0.3), "variant"),
+    # ... but a grey copy is an edit, and a crop may show other colours than the whole.
+    (RelationEvidence(colour_similarity=0.3, grey_b=True), "edited"),
+    (RelationEvidence(coverage_a=0.99, coverage_b=0.5, agreement=0.98, colour_similarity=0.3),
+     "crop"),
+    # Each shows only a margin of the other: neighbouring map sheets, not a crop.
+    (RelationEvidence(coverage_a=0.35, coverage_b=0.4, agreement=1.0), "same-scene"),
 ])
 def test_classify(evidence, kind):
     assert classify(evidence) == kind
@@ -339,3 +347,4 @@ def test_icon_resized_to_another_size_stays_a_copy(tmp_path):
     big.resize((96, 96), Image.Resampling.LANCZOS).save(tmp_path / "small.png")
     unrelated(tmp_path, 930)
     assert _names(dedupe([tmp_path])) == [["big.png", "small.png"]]
+
