@@ -40,13 +40,6 @@ UNCHANGED_AGREEMENT = 0.97
 #: Smaller share of either picture inside the overlap that still counts as the
 #: whole picture (borders lost to resampling, a thin frame).
 WHOLE_COVERAGE = 0.9
-#: Two pictures that each show less than this share of themselves in their
-#: overlap are neighbouring views (map sheets of one atlas, frames of a
-#: panorama), not re-framings of one picture: a re-framing or a crop lies
-#: (almost) whole inside the other picture. Real dev set: re-framed
-#: wallpapers keep 0.89 or more on the side of the smaller picture; two
-#: Tux Paint map sheets (Africa, Europe) overlap 0.33-0.38 of each.
-NEIGHBOUR_OVERLAP = 0.5
 #: Perspective strength (how much the homography's depth term varies across
 #: the image) from which a copy counts as a recapture: flat scans and resizes
 #: stay near 0; a 10-degree keystone is about 0.05.
@@ -136,9 +129,6 @@ def classify(ev: RelationEvidence) -> str:
     if not ev.geometry:
         # Matches that no single plane explains: a 3-D scene seen twice.
         return "same-scene"
-    if max(ev.coverage_a, ev.coverage_b) < NEIGHBOUR_OVERLAP:
-        # Each shows only a margin of the other: neighbouring views.
-        return "same-scene"
     if not ev.pixels_agree:
         # The layout lines up but the pixels do not: light/dark versions,
         # state variants, another rendering of the same artwork.
@@ -159,10 +149,13 @@ def classify(ev: RelationEvidence) -> str:
         return "variant"
     if ev.perspective >= RECAPTURE_PERSPECTIVE:
         return "recapture"
-    if (ev.grey_a != ev.grey_b or ev.reoriented or ev.padded
+    whole = min(ev.coverage_a, ev.coverage_b) >= WHOLE_COVERAGE
+    # Padding frames the whole picture; one that shows only part of the other
+    # is a crop, whatever its flat borders (a portrait slice of a wallpaper).
+    if (ev.grey_a != ev.grey_b or ev.reoriented or (ev.padded and whole)
             or (ev.agreement is not None and ev.agreement < UNCHANGED_AGREEMENT)):
         return "edited"
-    if min(ev.coverage_a, ev.coverage_b) < WHOLE_COVERAGE:
+    if not whole:
         return "crop"
     return "resized"
 

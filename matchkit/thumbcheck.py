@@ -103,9 +103,25 @@ def frame_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray) -> Overlap:
     return compare_overlap(thumb_a, thumb_b, [[wb / wa, 0, 0], [0, hb / ha, 0]], (wa, ha), (wb, hb))
 
 
+def coarse(thumb: np.ndarray) -> np.ndarray:
+    """The thumbnail on the ``GRID`` x ``GRID`` grid (both frames stretched)."""
+    return cv2.resize(np.asarray(thumb, np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    d = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum()) / d if d > 0 else 0.0
+
+
 def frame_disagrees(thumb_a: np.ndarray, thumb_b: np.ndarray, turned: bool = False) -> bool:
     """Whether the textured thumbnails clearly show different pictures, frame
-    to frame (False when there is too little texture to tell)."""
+    to frame (False when there is too little texture to tell). A coarse look
+    first: most pairs agree on the ``GRID`` grid already and need no more."""
+    ca = coarse(thumb_a)
+    if any(_correlation(ca, b) >= DISAGREE_CORRELATION
+           for b in _orientations(coarse(thumb_b), turned)):
+        return False
     for b in _orientations(thumb_b, turned):
         o = frame_overlap(thumb_a, b)
         if o.correlation <= -1.0 or not (o.correlation < DISAGREE_CORRELATION
@@ -114,9 +130,12 @@ def frame_disagrees(thumb_a: np.ndarray, thumb_b: np.ndarray, turned: bool = Fal
     return True
 
 
-def thumbnails_refute(thumb_a: np.ndarray, thumb_b: np.ndarray, turned: bool = False) -> bool:
+def thumbnails_refute(thumb_a: np.ndarray, thumb_b: np.ndarray, turned: bool = False,
+                      marked: tuple[float, float] | None = None) -> bool:
     """Whether the stored thumbnails refute a match decided on global signals
-    alone (see the module docstring)."""
-    if min(marks(thumb_a)[0], marks(thumb_b)[0]) < NEAR_BLANK:
+    alone (see the module docstring). ``marked``: the two thumbnails' shares
+    of marks (``marks``), when the caller keeps them per image."""
+    share_a, share_b = marked or (marks(thumb_a)[0], marks(thumb_b)[0])
+    if min(share_a, share_b) < NEAR_BLANK:
         return structure_agreement(thumb_a, thumb_b, turned) < MIN_STRUCTURE_AGREEMENT
     return frame_disagrees(thumb_a, thumb_b, turned)

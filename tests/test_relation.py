@@ -232,8 +232,9 @@ def test_levels_are_nested_in_kind_order():
     (RelationEvidence(colour_similarity=0.3, grey_b=True), "edited"),
     (RelationEvidence(coverage_a=0.99, coverage_b=0.5, agreement=0.98, colour_similarity=0.3),
      "crop"),
-    # Each shows only a margin of the other: neighbouring map sheets, not a crop.
-    (RelationEvidence(coverage_a=0.35, coverage_b=0.4, agreement=1.0), "same-scene"),
+    # Padding frames the whole picture; a portrait slice with flat borders is a crop.
+    (RelationEvidence(coverage_a=0.99, coverage_b=0.99, agreement=1.0, padded=True), "edited"),
+    (RelationEvidence(coverage_a=0.92, coverage_b=0.28, agreement=1.0, padded=True), "crop"),
 ])
 def test_classify(evidence, kind):
     assert classify(evidence) == kind
@@ -348,3 +349,13 @@ def test_icon_resized_to_another_size_stays_a_copy(tmp_path):
     unrelated(tmp_path, 930)
     assert _names(dedupe([tmp_path])) == [["big.png", "small.png"]]
 
+
+
+def test_reframed_tells_rounding_from_another_framing():
+    from matchkit.match import reframed
+
+    assert not reframed((160, 120), (29, 21))       # a thumbnail rounded to whole pixels
+    assert not reframed((1920, 1080), (1366, 768))  # 16:9 at two sizes
+    assert reframed((1024, 768), (1920, 1200))      # 4:3 and 16:10 of one wallpaper
+    assert reframed((1080, 1920), (1920, 1080))     # portrait slice of a landscape one
+    assert not reframed(None, (10, 10))
