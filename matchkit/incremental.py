@@ -67,8 +67,10 @@ from .local import Overlap, Verification
 from .match import PairEvidence, PairMatcher, _content_features, mark_verifiable
 from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 
-#: Bump when what a record or a stored pair means changes.
-STATE_VERSION = 1
+#: Bump when what a record or a stored pair means changes, and when the
+#: decision rules change within one matchkit version (2: recapture pictures,
+#: thumbnail checks of pHash matches, recolours by histogram).
+STATE_VERSION = 2
 #: Settings that do not change any decision (only how many threads run).
 _NOT_MATCHING = ("workers",)
 #: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second

@@ -34,6 +34,7 @@ from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COL
                        hue_similarity, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
+from .thumbcheck import marks, thumbnails_refute
 from .thumbmatch import IconDecider, icon_candidates, icon_views
 
 
@@ -394,6 +395,8 @@ class PairMatcher:
         self._mirrored: dict[int, tuple | None] = {}
         self._lightness: dict[int, float | None] = {}
         self.vectors: dict[int, np.ndarray] = {}
+        #: Share of each image's thumbnail that stands out from its background.
+        self._marked: dict[int, float] = {}
 
     def _phash_limits(self) -> dict:
         s = self.settings
@@ -451,7 +454,10 @@ class PairMatcher:
             if a in self.templated or b in self.templated:
                 ev.extra["template"] = True  # the frame is shared; only content may decide
             elif calibrator is None:
-                ev.rule = hash_rule(ev, self.crowd, settings) or embedding_rule(ev, settings)
+                ev.rule = hash_rule(ev, self.crowd, settings)
+                if ev.rule and self.thumbnails_refute(ev):
+                    ev.rule = ""
+                ev.rule = ev.rule or embedding_rule(ev, settings)
             mark_verifiable(ev, top, settings)
             evidence.append(ev)
         self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence], self._pool)
@@ -537,6 +543,23 @@ class PairMatcher:
             self._lightness[image_id] = None if thumb is None else float(thumb.mean())
         return self._lightness[image_id]
 
+    def thumbnails_refute(self, ev: PairEvidence) -> bool:
+        """Whether the stored thumbnails refute a match decided on global
+        signals alone (``thumbcheck.thumbnails_refute``: a near-blank picture
+        whose few marks lie elsewhere, or thumbnails that clearly disagree);
+        then local verification, if the pair qualifies, decides it."""
+        ta, tb = self._thumb(ev.a), self._thumb(ev.b)
+        if ta is None or tb is None:
+            return False
+        for i, t in ((ev.a, ta), (ev.b, tb)):
+            if i not in self._marked:
+                self._marked[i] = marks(t)[0]
+        turned = bool(ev.extra.get("dihedral"))
+        if thumbnails_refute(ta, tb, turned, (self._marked[ev.a], self._marked[ev.b])):
+            ev.extra["thumbnails_refute"] = True
+            return True
+        return False
+
     def _thumb(self, image_id: int) -> np.ndarray | None:
         lf = self.cache.get(image_id)
         return lf[1] if lf is not None else None
@@ -570,7 +593,8 @@ class PairMatcher:
 
     def settle_relation(self, ev: PairEvidence) -> str | None:
         """The pair's relation, with ``settle_global_relation`` applied."""
-        settle_global_relation(ev, self.cache.get(ev.a), self.cache.get(ev.b))
+        settle_global_relation(ev, self.cache.get(ev.a), self.cache.get(ev.b),
+                               (self.sizes.get(ev.a), self.sizes.get(ev.b)))
         return ev.relation()
 
     def content_mask(self, image_id: int, thumb: np.ndarray | None = None) -> np.ndarray | None:
@@ -765,7 +789,9 @@ def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
         ev.extra["padded"] = abs(_border_share(ta) - _border_share(tb)) > PADDING_SHARE
 
 
-def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
+def settle_global_relation(ev: PairEvidence, fa, fb,
+                           sizes: tuple[tuple[int, int] | None, tuple[int, int] | None]
+                           = (None, None)) -> None:
     """A pair matched on global signals alone was not verified, so its
     relation says "resized" for want of evidence. Its stored thumbnails, laid
     on each other frame to frame, tell: agreeing cells a resize (stretched or
@@ -773,7 +799,12 @@ def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
     aspect ratio that does not agree an edit (an overlay, a blur) or a crop
     that kept the aspect ratio (told apart only by verification, which such
     pairs did not need). ``fa``/``fb`` are (local features, thumbnail) of a
-    and b, or None."""
+    and b, or None; ``sizes`` their (width, height) in pixels, when known:
+    then an aspect ratio that differs more than rounding either side to whole
+    pixels explains is a re-framing (a crop), however well the stretched
+    thumbnails agree (smooth wallpapers stretch without a trace). Thumbnails
+    too flat to compare say nothing (a blank page and its thumbnail stay
+    resized)."""
     if (ev.relation() != "resized" or ev.overlap is not None or fa is None or fb is None
             or ev.rule == "icon"):
         return
@@ -784,9 +815,11 @@ def settle_global_relation(ev: PairEvidence, fa, fb) -> None:
     sx, sy = lb.width / max(la.width, 1), lb.height / max(la.height, 1)
     o = compare_overlap(ta, tb, [[sx, 0, 0], [0, sy, 0]], (la.width, la.height),
                         (lb.width, lb.height))
-    unchanged = o.correlation > -1.0 and o.agreement >= UNCHANGED_AGREEMENT
+    if o.correlation <= -1.0:
+        return  # too little texture to tell
+    unchanged = o.agreement >= UNCHANGED_AGREEMENT
     if abs(sx - sy) > 0.02 * max(sx, sy):
-        ev.extra["relation"] = "resized" if unchanged else "crop"
+        ev.extra["relation"] = ("resized" if unchanged and not reframed(*sizes) else "crop")
     elif not unchanged:
         ev.extra["relation"] = "edited"
 
@@ -808,6 +841,18 @@ def _needs_picture(ev: PairEvidence) -> bool:
     return (ev.verification.inliers < RIM_INLIERS or not copy
             or not ev.extra.get("colour_agree", True)
             or ev.colour_similarity < LIGHT_DARK_COLOUR)
+
+
+def reframed(size_a: tuple[int, int] | None, size_b: tuple[int, int] | None) -> bool:
+    """Whether two images' aspect ratios differ by more than rounding one of
+    them to whole pixels explains (one pixel either side): another framing
+    (False when a size is unknown)."""
+    if not size_a or not size_b or min(*size_a, *size_b) <= 0:
+        return False
+    (wa, ha), (wb, hb) = size_a, size_b
+    small_w, small_h, big_w, big_h = (wa, ha, wb, hb) if wa * ha <= wb * hb else (wb, hb, wa, ha)
+    return (abs(small_w - small_h * big_w / big_h) > 1.0
+            and abs(small_h - small_w * big_h / big_w) > 1.0)
 
 
 #: One image has this much more flat border (padding, letterboxing) than the

@@ -62,6 +62,14 @@ ICON_SIDE = 256
 #: of its true pairs is (identical files are found by their bytes or pixels).
 LOSSLESS_FORMATS = frozenset({"PNG", "GIF", "BMP", "TIFF", "ICO", "PPM"})
 LIGHT_DARK_COLOUR = 0.5
+#: Two whole pictures (neither grey, neither turned) whose colour histograms
+#: share less than this are a recolour even when the lightness stayed: the
+#: same layout in other colours, which a hue test misses when the colours are
+#: pale (LXQt origami green vs dark 0.30, waves blue vs purple 0.00, a menu in
+#: sepia vs violet-grey 0.33). True copies of the real dev set that are not
+#: grey keep 0.86 or more; pHash-matched copies of the hard calib half (blur,
+#: captions, emoji, downscale) 0.59 or more.
+RECOLOUR_COLOUR = 0.45
 
 
 def check_level(level: str) -> str:
@@ -132,16 +140,22 @@ def classify(ev: RelationEvidence) -> str:
     if light_dark(ev):
         # The same shapes over another ground: the light and dark theme.
         return "variant"
+    if recoloured(ev):
+        # The whole picture in other colours at the same lightness.
+        return "variant"
     if not ev.colour_agree and not (ev.grey_a or ev.grey_b):
         # Same shapes and light, other colours: a recolour (a grey copy has
         # lost its colours, which is an edit).
         return "variant"
     if ev.perspective >= RECAPTURE_PERSPECTIVE:
         return "recapture"
-    if (ev.grey_a != ev.grey_b or ev.reoriented or ev.padded
+    whole = min(ev.coverage_a, ev.coverage_b) >= WHOLE_COVERAGE
+    # Padding frames the whole picture; one that shows only part of the other
+    # is a crop, whatever its flat borders (a portrait slice of a wallpaper).
+    if (ev.grey_a != ev.grey_b or ev.reoriented or (ev.padded and whole)
             or (ev.agreement is not None and ev.agreement < UNCHANGED_AGREEMENT)):
         return "edited"
-    if min(ev.coverage_a, ev.coverage_b) < WHOLE_COVERAGE:
+    if not whole:
         return "crop"
     return "resized"
 
@@ -161,6 +175,17 @@ def light_dark(ev: RelationEvidence) -> bool:
     nor for a turned one: a rotation's canvas (black corners) moves the
     whole-frame measures, and the hard set's colour-jittered copies are turned."""
     return (ev.lightness_shift >= LIGHT_DARK_SHIFT and ev.colour_similarity < LIGHT_DARK_COLOUR
+            and not (ev.grey_a or ev.grey_b or ev.reoriented))
+
+
+def recoloured(ev: RelationEvidence) -> bool:
+    """Whether two whole pictures are one layout in other colours: their
+    colour histograms barely overlap (``RECOLOUR_COLOUR``). Not for a grey
+    copy (an edit), a turned one (a rotation's canvas and the hard set's
+    colour-jittered copies), nor a crop (a part has other colours than the
+    whole)."""
+    return (ev.colour_similarity < RECOLOUR_COLOUR
+            and min(ev.coverage_a, ev.coverage_b) >= WHOLE_COVERAGE
             and not (ev.grey_a or ev.grey_b or ev.reoriented))
 
 

@@ -226,6 +226,15 @@ def test_levels_are_nested_in_kind_order():
      "variant"),
     (RelationEvidence(coverage_a=0.6, coverage_b=0.6, agreement=0.3, geometry=False),
      "same-scene"),
+    # The whole layout in other, pale colours (no hue to compare): a recolour ...
+    (RelationEvidence(colour_similarity=0.3), "variant"),
+    # ... but a grey copy is an edit, and a crop may show other colours than the whole.
+    (RelationEvidence(colour_similarity=0.3, grey_b=True), "edited"),
+    (RelationEvidence(coverage_a=0.99, coverage_b=0.5, agreement=0.98, colour_similarity=0.3),
+     "crop"),
+    # Padding frames the whole picture; a portrait slice with flat borders is a crop.
+    (RelationEvidence(coverage_a=0.99, coverage_b=0.99, agreement=1.0, padded=True), "edited"),
+    (RelationEvidence(coverage_a=0.92, coverage_b=0.28, agreement=1.0, padded=True), "crop"),
 ])
 def test_classify(evidence, kind):
     assert classify(evidence) == kind
@@ -339,3 +348,14 @@ def test_icon_resized_to_another_size_stays_a_copy(tmp_path):
     big.resize((96, 96), Image.Resampling.LANCZOS).save(tmp_path / "small.png")
     unrelated(tmp_path, 930)
     assert _names(dedupe([tmp_path])) == [["big.png", "small.png"]]
+
+
+
+def test_reframed_tells_rounding_from_another_framing():
+    from matchkit.match import reframed
+
+    assert not reframed((160, 120), (29, 21))       # a thumbnail rounded to whole pixels
+    assert not reframed((1920, 1080), (1366, 768))  # 16:9 at two sizes
+    assert reframed((1024, 768), (1920, 1200))      # 4:3 and 16:10 of one wallpaper
+    assert reframed((1080, 1920), (1920, 1080))     # portrait slice of a landscape one
+    assert not reframed(None, (10, 10))
