@@ -118,7 +118,11 @@ def test_no_chaining_through_a_middle_image(tmp_path):
     settings = Settings(phash_max_distance=limit, colour_min_similarity=0.0)
     report = dedupe([tmp_path], settings=settings)
     assert report.clusters, "the blend should match at least one side"
-    assert Path(report.clusters[0].keep).name == "a.png"
+    # A blend is no copy of either side; the thumbnail check may refuse one of
+    # its pHash matches. Where a.png is clustered, it is the keeper.
+    for cl in report.clusters:
+        if "a.png" in {Path(m).name for m in cl.members}:
+            assert Path(cl.keep).name == "a.png"
     for cl in report.clusters:
         names = {Path(m).name for m in cl.members}
         assert not {"a.png", "c.png"} <= names
