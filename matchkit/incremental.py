@@ -99,7 +99,7 @@ def _plain(o):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, IconComparison):  # (``extra["icon"]``)
+    if isinstance(o, (IconComparison, Overlap)):  # (``extra["icon"]``, ``extra["picture"]``)
         return dataclasses.asdict(o)
     raise TypeError(f"not JSON: {type(o).__name__}")
 
@@ -124,6 +124,8 @@ def evidence_from_json(text: str, into: PairEvidence | None = None) -> PairEvide
     ev.extra = d["x"]
     if "icon" in ev.extra:
         ev.extra["icon"] = IconComparison(**ev.extra["icon"])
+    if isinstance(ev.extra.get("picture"), dict):
+        ev.extra["picture"] = Overlap(**ev.extra["picture"])
     ev.verification = Verification(**d["ver"]) if d["ver"] else None
     ev.overlap = Overlap(**d["ov"]) if d["ov"] else None
     return ev

@@ -209,12 +209,17 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     if not recaptured and (o is None or o.correlation <= -1.0 or o.enclosed > MAX_ENCLOSED or (
             o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT)):
         return None  # a shared part only: a sticker, a logo, a frame
-    pixels_agree = recaptured or (o.correlation >= ev.extra.get("min_correlation", 0.5)
-                                  or o.agreement >= COPY_AGREEMENT)
+    frames_agree = o.correlation >= ev.extra.get("min_correlation", 0.5) or (
+        o.agreement >= COPY_AGREEMENT)
+    pixels_agree = recaptured or frames_agree
     if min(o.coverage_a, o.coverage_b) < WHOLE_COLOURS or (
-            recaptured and min(picture.coverage_a, picture.coverage_b) < WHOLE_COLOURS):
-        # Whole-image colours compare mostly what surrounds the shared picture:
-        # no evidence of a recolour or of a light/dark version.
+            recaptured and not frames_agree
+            and min(picture.coverage_a, picture.coverage_b) < WHOLE_COLOURS):
+        # Whole-image colours compare mostly what surrounds the shared picture
+        # (a small overlap, or a picture on two different backgrounds): no
+        # evidence of a recolour or of a light/dark version. Where the whole
+        # frames line up and agree (light and dark versions of one wallpaper,
+        # whose matches crowd on a few details), they are that evidence.
         base["colour_agree"], base["colour_similarity"] = True, 1.0
     # Pixels that disagree over a layout that lines up everywhere: a variant;
     # over a partial fit (matches of one depth plane, or a part that agrees):

@@ -156,3 +156,25 @@ def test_icons_added_later_match_as_in_a_run_from_scratch(sets, tmp_path):
     assert _content(grown) == _content(fresh)
     assert any({"folder-256.png", "z-folder-48.png"} <= {m.rsplit("/", 1)[-1] for m in c.members}
                for c in fresh.clusters)
+
+
+def test_stored_evidence_round_trips_every_extra():
+    """Whatever verification leaves in ``extra`` (the picture comparison of a
+    recapture, an icon comparison, grey flags) is stored and read back as the
+    same objects, so a reused decision is judged on the same evidence."""
+    from matchkit.incremental import evidence_from_json, evidence_json
+    from matchkit.local import Overlap, Verification
+    from matchkit.match import PairEvidence, relation_of
+
+    ev = PairEvidence(1, 2, 30, 0.8, votes=5.0)
+    ev.verification = Verification(matches=60, inliers=50,
+                                   transform=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    ev.overlap = Overlap(correlation=0.3, agreement=0.4, spread=0.5, coverage_a=0.3,
+                         coverage_b=0.9)
+    ev.extra.update(picture=Overlap(correlation=0.9, agreement=0.95, coverage_a=0.3,
+                                    coverage_b=0.9), grey=(False, True), inner=0.3)
+    back = evidence_from_json(evidence_json(ev))
+    assert isinstance(back.extra["picture"], Overlap)
+    assert back.extra["picture"] == ev.extra["picture"] and back.overlap == ev.overlap
+    assert evidence_json(back) == evidence_json(ev)
+    assert relation_of(back) == relation_of(ev)
