@@ -30,6 +30,7 @@ from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extra
 from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_copy,
                       shared_frame)
 from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
+                       RECAPTURE_PERSPECTIVE,
                        UNCHANGED_AGREEMENT, RelationEvidence, classify, colours_agree,
                        hue_similarity, in_level, redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
@@ -212,14 +213,18 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     frames_agree = o.correlation >= ev.extra.get("min_correlation", 0.5) or (
         o.agreement >= COPY_AGREEMENT)
     pixels_agree = recaptured or frames_agree
-    if min(o.coverage_a, o.coverage_b) < WHOLE_COLOURS or (
+    photographed = ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE
+    if (photographed and min(o.coverage_a, o.coverage_b) < WHOLE_COLOURS) or (
             recaptured and not frames_agree
             and min(picture.coverage_a, picture.coverage_b) < WHOLE_COLOURS):
         # Whole-image colours compare mostly what surrounds the shared picture
-        # (a small overlap, or a picture on two different backgrounds): no
-        # evidence of a recolour or of a light/dark version. Where the whole
-        # frames line up and agree (light and dark versions of one wallpaper,
-        # whose matches crowd on a few details), they are that evidence.
+        # (a re-photograph whose overlap is a small part of its frame, or a
+        # picture on two different backgrounds): no evidence of a recolour or
+        # of a light/dark version. Where the whole frames line up and agree
+        # (light and dark versions of one wallpaper, whose matches crowd on a
+        # few details), or one is a flat crop of the other (a portrait slice
+        # of a landscape wallpaper: the rest is more of the same artwork,
+        # not surroundings), they are that evidence.
         base["colour_agree"], base["colour_similarity"] = True, 1.0
     # Pixels that disagree over a layout that lines up everywhere: a variant;
     # over a partial fit (matches of one depth plane, or a part that agrees):
