@@ -47,14 +47,23 @@ def commit() -> str:
         return "unknown"
 
 
-def run_measured(cmd: list[str], **kw) -> tuple[float, float, int]:
-    """Run a command; return (wall seconds, peak RSS MiB of that process, exit code)."""
+def run_usage(cmd: list[str], **kw) -> dict:
+    """Run a command; return its wall seconds, CPU seconds (user + system, with
+    the worker processes it waited for: fairer than wall on a shared machine),
+    peak RSS MiB of the largest single process, and exit code."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, **kw)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mib": usage.ru_maxrss / 1024.0, "rc": proc.returncode}
+
+
+def run_measured(cmd: list[str], **kw) -> tuple[float, float, int]:
+    """Run a command; return (wall seconds, peak RSS MiB of that process, exit code)."""
+    u = run_usage(cmd, **kw)
+    return u["wall_s"], u["peak_rss_mib"], u["rc"]
 
 
 def pairs_from_groups(groups) -> set[frozenset]:
