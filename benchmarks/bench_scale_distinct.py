@@ -11,8 +11,9 @@ each size N (a multiple of 2,000) it makes the first N + 1% slots if missing
 3. ``add 1%``: the folders plus the next N/100 files (with their copies, half
    of them of pictures already in the gallery).
 
-Recorded per run: wall time, images/s, CPU seconds (the process and its
-workers: steadier than wall on a shared machine), peak RSS, gallery disk per
+Recorded per run: wall time, images/s, CPU seconds (of the dedupe process:
+steadier than wall on a shared machine; its forkserver decoding workers are
+probably not included), peak RSS, gallery disk per
 image, time per image relative to the smallest size, pair precision and
 recall against the planted groups, and the load average before the run.
 
@@ -118,11 +119,14 @@ def main() -> None:
             f"Data: `benchmarks/scale_set.py` seed {args.seed}: distinct procedural pictures "
             "(`synth.py`: fractal-noise textures, shapes, strokes, text, lighting, grain; "
             "640x480 to 1024x768 JPEG, no region shared between pictures) and 5% edited copies "
-            "(copy-detection suite edits minus re-photographs), ground truth from the generator.\n"
+            "(copy-detection suite edits minus re-photographs and screenshots, whose shared frames "
+            "would be regions common to different pictures), ground truth from the generator.\n"
             f"Command: `nice -n 5 python benchmarks/bench_scale_distinct.py --sizes {args.sizes}`\n"
             "Runs: `first` = `matchkit dedupe <folders> --gallery G` on a fresh gallery; `no-op` "
             "= the same again; `add 1%` = the folders plus the next 1% of files. Each in its own "
-            "process; `cpu_s` includes the decoding workers; `load_before` is the 1-minute load "
+            "process; `cpu_s` is the CPU time of the dedupe process and the children it reaped (the "
+            "decoding workers run under a forkserver and are probably not included: read it as "
+            "main-process CPU); `load_before` is the 1-minute load "
             f"average on this shared {os.cpu_count()}-core machine before the run (wall times "
             "scale with it; compare `cpu_s` across runs made under different loads). Precision "
             "and recall are pair-level against the planted groups.\n\n"

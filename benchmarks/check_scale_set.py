@@ -69,8 +69,10 @@ def main() -> None:
     args = ap.parse_args()
     root = args.root or scale_set.default_root(args.seed)
     slots = distinct_slots(max(args.distinct, args.hash_sample))
-    scale_set.build(args.seed, root, (slots[-1] // scale_set.BLOCK + 1) * scale_set.BLOCK)
     files = [root / "img" / scale_set.Slot(i).name for i in slots]
+    if not all(f.exists() for f in files):
+        raise SystemExit(f"make the collection first: python benchmarks/scale_set.py "
+                         f"--size {(slots[-1] // scale_set.BLOCK + 1) * scale_set.BLOCK}")
     with tempfile.TemporaryDirectory() as tmp:
         coll = Path(tmp) / "distinct"
         coll.mkdir()
