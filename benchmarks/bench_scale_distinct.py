@@ -115,7 +115,7 @@ def main() -> None:
     text = C.table(rows, cols)
     print(text)
     if not args.no_write:
-        C.write_section("scaling: distinct pictures with planted copies (issue 15)", (
+        C.write_section(f"scaling: distinct pictures with planted copies, {args.sizes}", (
             f"Data: `benchmarks/scale_set.py` seed {args.seed}: distinct procedural pictures "
             "(`synth.py`: fractal-noise textures, shapes, strokes, text, lighting, grain; "
             "640x480 to 1024x768 JPEG, no region shared between pictures) and 5% edited copies "
