@@ -103,9 +103,17 @@ def main() -> None:
         ap.error(f"--sizes: positive multiples of {STEP}")
     root = args.root or scale_set.default_root(args.seed)
     rows = [r for n in sizes for r in run_size(n, args.seed, root, args.workers, args.keep_gallery)]
-    base = {r["run"]: r for r in rows if r["images"] in (sizes[0], sizes[0] + sizes[0] // 100)}
+    # Smaller sizes measured by earlier invocations on this collection (their
+    # results-N.json) join the table, so a 100k run is compared with the 10k.
+    earlier = sorted((int(f.stem.split("-")[1]), f) for f in root.glob("results-*.json"))
+    earlier = [(n, f) for n, f in earlier if n < sizes[0]]
+    rows = [{**r, "run": r["run"] + " (earlier)"} for _, f in earlier
+            for r in json.loads(f.read_text())] + rows
+    smallest = earlier[0][0] if earlier else sizes[0]
+    base = {r["run"].replace(" (earlier)", ""): r for r in rows
+            if r["images"] in (smallest, smallest + smallest // 100)}
     for r in rows:
-        b = base[r["run"]]
+        b = base[r["run"].replace(" (earlier)", "")]
         r["time_per_image_vs_smallest"] = (
             f"{(r['wall_s'] / r['images']) / (b['wall_s'] / b['images']):.2f}x wall, "
             f"{(r['cpu_s'] / r['images']) / (b['cpu_s'] / b['images']):.2f}x cpu")
@@ -128,7 +136,8 @@ def main() -> None:
             "decoding workers run under a forkserver and are probably not included: read it as "
             "main-process CPU); `load_before` is the 1-minute load "
             f"average on this shared {os.cpu_count()}-core machine before the run (wall times "
-            "scale with it; compare `cpu_s` across runs made under different loads). Precision "
+            "scale with it; compare `cpu_s` across runs made under different loads). Rows marked "
+            "`(earlier)` come from an earlier invocation's `results-N.json`. Precision "
             "and recall are pair-level against the planted groups.\n\n"
             f"{text}\n"))
 
