@@ -66,6 +66,10 @@ def run_measured_cpu(cmd: list[str], **kw) -> dict:
             "peak_rss_mib": usage.ru_maxrss / 1024.0, "rc": proc.returncode}
 
 
+#: The same measurement under the name the scale benchmarks use.
+run_usage = run_measured_cpu
+
+
 def pairs_from_groups(groups) -> set[frozenset]:
     """All unordered pairs inside each group (the pair-level protocol)."""
     out = set()

@@ -1,0 +1,53 @@
+"""The scale-benchmark collection: deterministic per slot, 5% copies, resumable."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import scale_set  # noqa: E402
+import synth  # noqa: E402
+
+
+def test_render_is_a_function_of_seed_and_index():
+    a, b = synth.render(0, 5), synth.render(0, 5)
+    assert a.tobytes() == b.tobytes()
+    assert synth.render(0, 6).tobytes() != a.tobytes()
+    assert synth.render(1, 5).tobytes() != a.tobytes()
+    assert a.size in synth.SIZES or a.size[::-1] in synth.SIZES
+    # A photo-like picture, not a flat one: plenty of grey-level variation.
+    assert np.asarray(a.convert("L"), np.float32).std() > 10
+
+
+def test_plan_has_five_percent_copies_of_earlier_pictures():
+    n = 2000
+    slots = [scale_set.slot(0, i) for i in range(n)]
+    copies = [s for s in slots if s.source >= 0]
+    assert len(copies) == n // 20
+    assert all(0 <= s.source < s.index and s.source % 20 != 19 and s.edit for s in copies)
+    assert any(s.source // 20 < s.index // 20 for s in copies)  # some copy earlier blocks
+
+
+def test_truth_of_a_prefix_is_part_of_the_larger_truth():
+    small = {tuple(g) for g in scale_set.truth(0, 400)}
+    large = scale_set.truth(0, 800)
+    names = {n for g in large for n in g}
+    assert small and all(set(g) <= names for g in small)
+    assert sum(len(g) - 1 for g in large) == 800 // 20
+
+
+def test_build_writes_missing_files_only(tmp_path):
+    r = scale_set.build(0, tmp_path, 20, workers=1, progress=False)
+    assert r["made"] == 20 and r["failed"] == 0
+    files = sorted((tmp_path / "img").rglob("*.jpg"))
+    assert len(files) == 20
+    copy = tmp_path / "img" / scale_set.Slot(19).name
+    with Image.open(copy) as im:
+        assert im.format == "JPEG"
+    files[0].unlink()
+    assert scale_set.missing(tmp_path / "img", 0, 20) == [0]
+    assert scale_set.build(0, tmp_path, 20, workers=1, progress=False)["made"] == 1
+    assert (tmp_path / "truth-20.json").exists()
