@@ -30,9 +30,9 @@ from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extra
 from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_copy,
                       shared_frame)
 from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
-                       RECAPTURE_PERSPECTIVE,
-                       UNCHANGED_AGREEMENT, RelationEvidence, classify, colours_agree,
-                       hue_similarity, in_level, redrawn_icons)
+                       MIN_HUE_SIMILARITY, RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT,
+                       RelationEvidence, classify, hue_histogram, hue_overlap, in_level,
+                       redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 from .thumbcheck import marks, thumbnails_refute
@@ -321,17 +321,39 @@ def icon_rule(ev: PairEvidence, decider: IconDecider, settings: Settings) -> Non
     ev.rule = "icon" if kind is not None and in_level(kind, settings.level) else ""
 
 
-def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray]) -> None:
-    """Record whether the pair's colours agree and which images are grey
-    (from the stored colour histograms), for ``relation_of``."""
+def colour_facts(histogram: np.ndarray) -> tuple:
+    """What the pair colour checks need of one image's colour histogram: is it
+    grey, and its hue histograms for ``colours_agree`` and for the
+    ``hue_similarity`` feature. One image is in tens of candidate pairs, so a
+    matcher computes these once per image (``colour_evidence``'s ``cache``)."""
     from .keeper import GREY_MASS, grey_share
 
+    return (grey_share(histogram) >= GREY_MASS, hue_histogram(histogram),
+            hue_histogram(histogram, FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL))
+
+
+def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray],
+                    cache: dict | None = None) -> None:
+    """Record whether the pair's colours agree and which images are grey
+    (from the stored colour histograms), for ``relation_of``; and the hue
+    similarity feature. ``cache`` (image id -> ``colour_facts``) must only be
+    shared while ids name the same images."""
     ha, hb = colours.get(ev.a), colours.get(ev.b)
     if ha is None or hb is None:
         return
-    ev.extra["grey"] = (grey_share(ha) >= GREY_MASS, grey_share(hb) >= GREY_MASS)
-    ev.extra["colour_agree"] = colours_agree(ha, hb)
-    ev.extra["hue_similarity"] = hue_similarity(ha, hb, FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL)
+    facts = []
+    for i, h in ((ev.a, ha), (ev.b, hb)):
+        if cache is None:
+            facts.append(colour_facts(h))
+        else:
+            if i not in cache:
+                cache[i] = colour_facts(h)
+            facts.append(cache[i])
+    (grey_a, hue_a, feat_a), (grey_b, hue_b, feat_b) = facts
+    ev.extra["grey"] = (grey_a, grey_b)
+    sim = hue_overlap(hue_a, hue_b)
+    ev.extra["colour_agree"] = sim is None or sim >= MIN_HUE_SIMILARITY
+    ev.extra["hue_similarity"] = hue_overlap(feat_a, feat_b)
 
 
 def lightness_evidence(ev: PairEvidence, mean_a: float | None, mean_b: float | None) -> None:
@@ -407,6 +429,8 @@ class PairMatcher:
         self.vectors: dict[int, np.ndarray] = {}
         #: Share of each image's thumbnail that stands out from its background.
         self._marked: dict[int, float] = {}
+        #: Image id -> ``colour_facts`` (ids name the same images for the run).
+        self._colour_facts: dict[int, tuple] = {}
 
     def _phash_limits(self) -> dict:
         s = self.settings
@@ -455,7 +479,7 @@ class PairMatcher:
                 ev.extra["reflect"] = True
             if variant:
                 ev.extra["dihedral"] = variant  # turned or mirrored: an edit
-            colour_evidence(ev, colours)
+            colour_evidence(ev, colours, self._colour_facts)
             self.mark_redrawn(ev)
             if sim < LIGHT_DARK_COLOUR:
                 lightness_evidence(ev, self.lightness(a), self.lightness(b))
@@ -645,7 +669,7 @@ class PairMatcher:
         ev = PairEvidence(a, b, dihedral_distance(self.plain[a], self.plain[b][0]),
                           histogram_similarity(cols[a], cols[b]))
         ev.extra["reflect"] = reflect
-        colour_evidence(ev, cols)
+        colour_evidence(ev, cols, self._colour_facts)
         self.mark_redrawn(ev)
         lightness_evidence(ev, self.lightness(a), self.lightness(b))
         ev.extra["second_hop"] = True

@@ -246,8 +246,12 @@ def hue_similarity(hist_a: np.ndarray, hist_b: np.ndarray, min_chroma: float = M
     ``colour.colour_histogram``; None when either has too little colour to
     say. Neighbouring hue bins count half: a slight white-balance shift is no
     recolour."""
-    ha = hue_histogram(hist_a, min_chroma, min_colourful)
-    hb = hue_histogram(hist_b, min_chroma, min_colourful)
+    return hue_overlap(hue_histogram(hist_a, min_chroma, min_colourful),
+                       hue_histogram(hist_b, min_chroma, min_colourful))
+
+
+def hue_overlap(ha: np.ndarray | None, hb: np.ndarray | None) -> float | None:
+    """``hue_similarity`` of two ``hue_histogram`` results (None if either is)."""
     if ha is None or hb is None:
         return None
     soft = lambda h: 0.5 * h + 0.25 * (np.roll(h, 1) + np.roll(h, -1))  # noqa: E731
