@@ -30,8 +30,8 @@ from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extra
 from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_copy,
                       shared_frame)
 from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
-                       MIN_HUE_SIMILARITY, RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT,
-                       RelationEvidence, classify, hue_histogram, hue_overlap, in_level,
+                       RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT, RelationEvidence,
+                       classify, hue_histogram, hue_overlap, hues_agree, in_level,
                        redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
@@ -323,7 +323,7 @@ def icon_rule(ev: PairEvidence, decider: IconDecider, settings: Settings) -> Non
 
 def colour_facts(histogram: np.ndarray) -> tuple:
     """What the pair colour checks need of one image's colour histogram: is it
-    grey, and its hue histograms for ``colours_agree`` and for the
+    grey, and its hue histograms for ``hues_agree`` and for the
     ``hue_similarity`` feature. One image is in tens of candidate pairs, so a
     matcher computes these once per image (``colour_evidence``'s ``cache``)."""
     from .keeper import GREY_MASS, grey_share
@@ -341,18 +341,13 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray],
     ha, hb = colours.get(ev.a), colours.get(ev.b)
     if ha is None or hb is None:
         return
-    facts = []
+    cache = {} if cache is None else cache
     for i, h in ((ev.a, ha), (ev.b, hb)):
-        if cache is None:
-            facts.append(colour_facts(h))
-        else:
-            if i not in cache:
-                cache[i] = colour_facts(h)
-            facts.append(cache[i])
-    (grey_a, hue_a, feat_a), (grey_b, hue_b, feat_b) = facts
+        if i not in cache:
+            cache[i] = colour_facts(h)
+    (grey_a, hue_a, feat_a), (grey_b, hue_b, feat_b) = cache[ev.a], cache[ev.b]
     ev.extra["grey"] = (grey_a, grey_b)
-    sim = hue_overlap(hue_a, hue_b)
-    ev.extra["colour_agree"] = sim is None or sim >= MIN_HUE_SIMILARITY
+    ev.extra["colour_agree"] = hues_agree(hue_a, hue_b)
     ev.extra["hue_similarity"] = hue_overlap(feat_a, feat_b)
 
 

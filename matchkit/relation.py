@@ -204,7 +204,7 @@ MIN_COLOURFUL = 0.1
 MIN_HUE_SIMILARITY = 0.15
 
 
-#: The calibration feature ``hue_similarity`` looks at paler colours too
+#: The calibration feature ``hue_similarity`` (``pairfeatures``) looks at paler colours too
 #: (a colour cell one histogram step from grey), so that photos with little
 #: saturated colour still say whether their hues moved: with the thresholds
 #: above, 61% of the recoloured calib-half photos had no hue to compare.
@@ -240,26 +240,19 @@ def hue_histogram(colour_histogram: np.ndarray, min_chroma: float = MIN_CHROMA,
     return out / out.sum()
 
 
-def hue_similarity(hist_a: np.ndarray, hist_b: np.ndarray, min_chroma: float = MIN_CHROMA,
-                   min_colourful: float = MIN_COLOURFUL) -> float | None:
-    """Intersection (0-1) of two images' hue distributions, from their
-    ``colour.colour_histogram``; None when either has too little colour to
-    say. Neighbouring hue bins count half: a slight white-balance shift is no
-    recolour."""
-    return hue_overlap(hue_histogram(hist_a, min_chroma, min_colourful),
-                       hue_histogram(hist_b, min_chroma, min_colourful))
-
-
 def hue_overlap(ha: np.ndarray | None, hb: np.ndarray | None) -> float | None:
-    """``hue_similarity`` of two ``hue_histogram`` results (None if either is)."""
+    """Intersection (0-1) of two images' hue distributions (``hue_histogram``
+    results); None when either has too little colour to say. Neighbouring hue
+    bins count half: a slight white-balance shift is no recolour."""
     if ha is None or hb is None:
         return None
     soft = lambda h: 0.5 * h + 0.25 * (np.roll(h, 1) + np.roll(h, -1))  # noqa: E731
     return float(np.minimum(soft(ha), soft(hb)).sum())
 
 
-def colours_agree(hist_a: np.ndarray, hist_b: np.ndarray) -> bool:
+def hues_agree(ha: np.ndarray | None, hb: np.ndarray | None) -> bool:
     """Whether two images' colours are those of one picture: their hue
-    distributions overlap (True when either has too little colour to say)."""
-    sim = hue_similarity(hist_a, hist_b)
+    distributions (``hue_histogram``) overlap (True when either has too
+    little colour to say)."""
+    sim = hue_overlap(ha, hb)
     return sim is None or sim >= MIN_HUE_SIMILARITY
