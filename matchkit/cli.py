@@ -275,7 +275,7 @@ def _load_profile(name, level=None):
     from .profiles import ProfileError, load_profile
     try:
         profile = load_profile(name)
-        profile.apply(Settings(), level)
+        profile.check_level(level)
         return profile
     except ProfileError as e:
         _fail(_one_line(e))

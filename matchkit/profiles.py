@@ -73,6 +73,15 @@ class Profile:
         the edits that level groups (older profiles: "copies")."""
         return str(self.data.get("level", DEFAULT_LEVEL))
 
+    def check_level(self, level: str | None) -> None:
+        """Raise ``ProfileError`` when ``level`` (None: the profile's own) is
+        not the level the profile was fitted for; callers check before a run
+        starts so a wrong flag fails in one line, not after extraction."""
+        if level is not None and level != self.level:
+            raise ProfileError(
+                f"profile {self.name!r} was calibrated for --level {self.level}, not {level} "
+                f"(fit one with: matchkit calibrate PHOTOS --level {level} --out FILE)")
+
     def apply(self, settings: Settings, level: str | None = None) -> Settings:
         """``settings`` with the profile's overrides, at the profile's level.
 
@@ -80,10 +89,7 @@ class Profile:
         copies profile learned that a recolour is a non-match), so asking for
         another ``level`` raises ``ProfileError`` rather than deciding with it.
         """
-        if level is not None and level != self.level:
-            raise ProfileError(
-                f"profile {self.name!r} was calibrated for --level {self.level}, not {level} "
-                f"(fit one with: matchkit calibrate PHOTOS --level {level} --out FILE)")
+        self.check_level(level)
         settings = settings.with_(**self.settings) if self.settings else settings
         return settings.with_(level=self.level)
 
