@@ -651,3 +651,82 @@ def test_readers_share_indexes_follow_saved_states_and_keep_their_labelers(tmp_p
         for n, r in enumerate(readers):
             r.submit(workers.forget_reader_state).result()
             r.shutdown()
+
+
+def test_sigterm_answers_queued_uploads_503_and_exits_without_running_them(tmp_path):
+    """A stop does not work through the queue: queued uploads get 503 (not
+    acknowledged, so not in the gallery), acknowledged ones are kept."""
+    import httpx
+
+    g = _gallery(tmp_path, [71])
+    port = _free_port()
+    proc = _start_server(g, port)
+    codes: list[int] = []
+    acked: list[str] = []
+    go = threading.Event()
+
+    def client(worker: int):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            for i in range(100):
+                data = jpeg(3000 + worker * 100 + i, (96, 72))
+                try:
+                    r = c.post(f"/api/galleries/{g.name}/images",
+                               files={"file": ("u.jpg", data, "image/jpeg")})
+                except httpx.HTTPError:
+                    return  # the server closed the connection: it is stopping
+                codes.append(r.status_code)
+                if r.status_code in (200, 201):
+                    acked.append(r.json()["sha256"])
+                    go.set()
+                if r.status_code == 503:
+                    return
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    assert go.wait(30)
+    time.sleep(1.0)  # eight clients, one writer: uploads queue up
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    proc.wait(timeout=30)
+    stopped_in = time.monotonic() - t0
+    for t in threads:
+        t.join(30)
+    assert set(codes) <= {200, 201, 503}, codes
+    assert 503 in codes  # queued uploads were answered, not run
+    assert stopped_in < 10
+    with Gallery(g, create=False) as gal:
+        have = {r.sha256 for r in gal.images().values()}
+    assert set(acked) <= have
+
+
+def test_a_stopping_server_interrupts_its_running_dedupe_job(tmp_path, monkeypatch):
+    import matchkit.candidates as candidates
+    from matchkit.index import HammingIndex
+
+    gdir = _gallery(tmp_path, range(90, 96))
+    write, _ = KeyStore(gdir).add("write")
+    searches: list[float] = []
+    real_search = HammingIndex.search
+
+    def slow_search(self, codes, k):
+        searches.append(time.monotonic())
+        time.sleep(0.2)
+        return real_search(self, codes, k)
+
+    monkeypatch.setattr(HammingIndex, "search", slow_search)
+    monkeypatch.setattr(candidates, "SEARCH_CHUNK", 10)
+    app = create_app([gdir])
+    with TestClient(app) as c:
+        base = "/api/galleries/g/dedupe"
+        job_id = c.post(base, json={}, headers=auth(write)).json()["id"]
+        deadline = time.monotonic() + 30
+        while not searches:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        app.state.matchkit.drain()  # what SIGTERM does first
+        while (job := app.state.matchkit.jobs["g"].load(job_id))["stopped"] is None:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+    assert job["state"] == "interrupted" and job["report"] is None
+    assert len(searches) < 20  # of 60
