@@ -206,11 +206,14 @@ def main() -> int:
             t.join()
         return samples
 
-    warm_samples = load(args.warmup, 10_000, record=False)
+    # Seeds from the gallery's size: a reused gallery gets crops it does not
+    # hold yet, so every add really writes (the same crops again are "unchanged").
+    seed = 1000 * n_start
+    warm_samples = load(args.warmup, seed + 500, record=False)
     rss_warm = max([m for t, m in warm_samples if t >= args.warmup / 2]
                    or [rss_mib(server.pid)])
     load_start = os.getloadavg()[0]
-    samples = load(args.seconds, 100, record=True)
+    samples = load(args.seconds, seed, record=True)
     rss_end = rss_mib(server.pid)
     samples.append((args.seconds, rss_end))
     load_end = os.getloadavg()[0]
@@ -222,6 +225,8 @@ def main() -> int:
     except subprocess.TimeoutExpired:
         server.kill()
         stop_note = "It did not stop within 300 s of SIGTERM and was killed."
+    with Gallery(gallery, create=False) as g:
+        n_end = len(g)
     rows = [{"endpoint": op, "requests": len(lat[op]), "errors": errors[op],
              "req/s": round(len(lat[op]) / args.seconds, 2),
              "p50 ms": round(1000 * percentile(lat[op], 0.5)),
@@ -239,7 +244,8 @@ def main() -> int:
             f"(built in {build_s:.0f} s{'' if fresh else ', reused'}), model "
             f"{'tiny random CLIP (plumbing only)' if args.model is None else args.model}, "
             f"{args.readers} reader threads, loopback, after {args.warmup:g} s of the same load "
-            f"as warm-up (not counted). Errors: {total_err}. Server RSS after warm-up "
+            f"as warm-up (not counted); the adds put {n_end - n_start} new images into the "
+            f"gallery (warm-up included). Errors: {total_err}. Server RSS after warm-up "
             f"{rss_warm:.0f} MiB (highest sample of its second half); during the run "
             + ", ".join(f"{k} {v:.0f}" for k, v in trend.items())
             + f" MiB (at that share of the run); peak {peak:.0f} MiB, {100 * growth:+.1f}% over "
