@@ -25,11 +25,11 @@ whatever thread answers the request:
 * Writes to a gallery go through one queue served by one writer thread,
   which holds the gallery's writer lock while work is queued. A job is
   answered only once the index files holding it are saved, so a client that
-  got its 2xx reads its own write; saves are at least ``SAVE_EVERY`` seconds
-  apart (a write right after a save waits for the rest of that gap, and the
-  writes of a burst share one save: saving the local-feature index of
-  10,000 images writes ~120 MB, and every save is a new state for the
-  readers to load). Once idle for ``idle_seconds`` it closes the gallery
+  got its 2xx reads its own write; saves are spaced so that saving takes
+  at most ``SAVE_SHARE`` of the writer's time (a write right after a save
+  waits for the rest of that gap, and the writes of a burst share one save:
+  saving the local-feature index of 10,000 images writes ~120 MB, and every
+  save is a new state for the readers to load). Once idle for ``idle_seconds`` it closes the gallery
   (releasing the lock for the CLI).
 
 A request waits for its job with a timeout (``run``); a job still queued
@@ -60,8 +60,12 @@ _local = threading.local()
 #: Longest a reader answers from an older state while the database changes
 #: and the index files do not (a writer that does not save), before rebuilding.
 MAX_STALE_SECONDS = 30.0
-#: Shortest gap between two saves of the index files by the writer.
-SAVE_EVERY = 1.0
+#: Share of its time the writer may spend saving index files: the gap between
+#: two saves is at least the last save's duration divided by this (a save of a
+#: 10,000-image gallery takes about a second, of a small one milliseconds)...
+SAVE_SHARE = 0.2
+#: ...and at most this many seconds (the longest a write waits for its answer).
+MAX_SAVE_GAP = 10.0
 #: Labelers a reader keeps per gallery (one per parameter set asked for, least
 #: recently used dropped first): each holds a feature cache.
 LABELERS_PER_READER = 4
@@ -216,7 +220,8 @@ class Writer:
         self.settings = settings
         self.idle_seconds = idle_seconds
         self._jobs: queue.Queue = queue.Queue()
-        self._last_save = time.monotonic() - SAVE_EVERY  # the first write saves at once
+        self._last_save = time.monotonic() - MAX_SAVE_GAP  # the first write saves at once
+        self._save_gap = 0.0
         self._thread = threading.Thread(target=self._loop, name=f"matchkit-writer-{path.name}",
                                         daemon=True)
         self._thread.start()
@@ -250,7 +255,7 @@ class Writer:
         held: list[tuple[Future, Any]] = []
         while True:
             if held:  # save when the gap since the last one is over
-                timeout = max(0.0, self._last_save + SAVE_EVERY - time.monotonic())
+                timeout = max(0.0, self._last_save + self._save_gap - time.monotonic())
             else:
                 timeout = self.idle_seconds if g is not None else None
             try:
@@ -276,7 +281,7 @@ class Writer:
                 fut.set_exception(outcome)
             else:
                 held.append((fut, outcome[0]))
-                if time.monotonic() - self._last_save >= SAVE_EVERY:
+                if time.monotonic() - self._last_save >= self._save_gap:
                     self._save(g)
                     self._answer(held)
             self.busy = bool(held) or not self._jobs.empty()
@@ -299,12 +304,14 @@ class Writer:
             return self._close(g, save=False), e
 
     def _save(self, g: Gallery) -> None:
+        start = time.monotonic()
         try:
             g.load_indexes()
             g.save()
         except Exception:  # committed all the same; readers rebuild instead
             log.exception("could not save the index files of %s", self.path)
         self._last_save = time.monotonic()
+        self._save_gap = min(MAX_SAVE_GAP, (self._last_save - start) / SAVE_SHARE)
 
     def _close(self, g: Gallery | None, save: bool = True) -> None:
         if g is None:
