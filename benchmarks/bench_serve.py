@@ -4,11 +4,18 @@ Builds (or reuses) a gallery of sample photos, labelled by name, embedded
 with ``--model`` (default: the tiny random CLIP the tests build, so search
 measures the API's plumbing, not a real model), starts ``matchkit serve``
 with an admin key, warms every endpoint up once (the first label calibrates),
-then runs ``--clients`` threads for ``--seconds``: each picks an operation by
-the ``--mix`` weights and sends a photo (check/label/search: a gallery photo,
+then runs the full load for ``--warmup`` seconds (not counted), then for
+``--seconds``: ``--clients`` threads, each picking an operation by the
+``--mix`` weights and sending a photo (check/label/search: a gallery photo,
 re-encoded; add: a random crop of one, so new content). Reports per endpoint
 requests, errors (non-2xx or transport errors), p50/p99 latency, and the
-server's resident memory after warm-up and at the end.
+server's resident memory (RSS, sampled every second): its level after
+warm-up, then at 25/50/75/100% of the run. The RSS of a loaded server
+swings by a few hundred MiB (after each save of the writer the readers load
+the new index files while still answering from the old ones), so the level
+after warm-up is the highest sample of the warm-up's second half, and memory
+is called flat when no sample of the run exceeds it by ``FLAT_GROWTH`` (10%)
+or more: the run needs no memory the warm-up did not.
 
     python benchmarks/bench_serve.py --clients 32 --seconds 60
     python benchmarks/bench_serve.py --images 10000 --clients 32 --seconds 60
@@ -77,6 +84,10 @@ def jpeg_bytes(path: Path, rng: random.Random, crop: bool) -> bytes:
         return buf.getvalue()
 
 
+#: Largest growth of the server's RSS over its value after warm-up still called flat.
+FLAT_GROWTH = 0.10
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -96,6 +107,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=706)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--warmup", type=float, default=30,
+                    help="Seconds of full load before the measured run (not counted).")
     ap.add_argument("--mix", default="search=3,check=3,label=2,add=1")
     ap.add_argument("--model", default=None, help="Embedding model (default: tiny random CLIP).")
     ap.add_argument("--readers", type=int, default=4)
@@ -156,38 +169,53 @@ def main() -> int:
             t = time.perf_counter()
             code = request(c, op, random.Random(1))
             warm[op] = (code, time.perf_counter() - t)
-    rss_warm = rss_mib(server.pid)
-    load_start = os.getloadavg()[0]
     lat: dict[str, list[float]] = {op: [] for op in weights}
     errors: dict[str, int] = {op: 0 for op in weights}
-    samples: list[float] = []
-    stop = time.monotonic() + args.seconds
     lock = threading.Lock()
 
-    def client(n: int) -> None:
-        rng = random.Random(100 + n)
-        ops, w = list(weights), list(weights.values())
-        with httpx.Client(timeout=300) as c:
-            while time.monotonic() < stop:
-                op = rng.choices(ops, w)[0]
-                t = time.perf_counter()
-                try:
-                    ok = 200 <= request(c, op, rng) < 300
-                except httpx.HTTPError:
-                    ok = False
-                with lock:
-                    lat[op].append(time.perf_counter() - t)
-                    errors[op] += not ok
+    def load(seconds: float, seed: int, record: bool) -> list[tuple[float, float]]:
+        """``args.clients`` clients for ``seconds``; the server's RSS each second
+        as (seconds since start, MiB)."""
+        stop = time.monotonic() + seconds
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        samples.append(rss_mib(server.pid))
-        time.sleep(1)
-    for t in threads:
-        t.join()
+        def client(n: int) -> None:
+            rng = random.Random(seed + n)
+            ops, w = list(weights), list(weights.values())
+            with httpx.Client(timeout=300) as c:
+                while time.monotonic() < stop:
+                    op = rng.choices(ops, w)[0]
+                    t = time.perf_counter()
+                    try:
+                        ok = 200 <= request(c, op, rng) < 300
+                    except httpx.HTTPError:
+                        ok = False
+                    if record:
+                        with lock:
+                            lat[op].append(time.perf_counter() - t)
+                            errors[op] += not ok
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        samples = []
+        while any(t.is_alive() for t in threads):
+            samples.append((time.monotonic() - t0, rss_mib(server.pid)))
+            time.sleep(1)
+        for t in threads:
+            t.join()
+        return samples
+
+    # Seeds from the gallery's size: a reused gallery gets crops it does not
+    # hold yet, so every add really writes (the same crops again are "unchanged").
+    seed = 1000 * n_start
+    warm_samples = load(args.warmup, seed + 500, record=False)
+    rss_warm = max([m for t, m in warm_samples if t >= args.warmup / 2]
+                   or [rss_mib(server.pid)])
+    load_start = os.getloadavg()[0]
+    samples = load(args.seconds, seed, record=True)
     rss_end = rss_mib(server.pid)
+    samples.append((args.seconds, rss_end))
     load_end = os.getloadavg()[0]
     server.terminate()  # a graceful stop finishes the requests still queued
     t = time.perf_counter()
@@ -197,20 +225,32 @@ def main() -> int:
     except subprocess.TimeoutExpired:
         server.kill()
         stop_note = "It did not stop within 300 s of SIGTERM and was killed."
+    with Gallery(gallery, create=False) as g:
+        n_end = len(g)
     rows = [{"endpoint": op, "requests": len(lat[op]), "errors": errors[op],
              "req/s": round(len(lat[op]) / args.seconds, 2),
              "p50 ms": round(1000 * percentile(lat[op], 0.5)),
              "p99 ms": round(1000 * percentile(lat[op], 0.99)),
              "warm-up s": round(warm[op][1], 2)} for op in weights]
     total_err = sum(errors.values())
-    late = samples[len(samples) // 4:] or [rss_end]
+    def rss_at(share: float) -> float:  # the last sample at or before that share of the run
+        return [m for t, m in samples if t <= share * args.seconds + 0.5][-1]
+    trend = {f"{int(100 * q)}%": rss_at(q) for q in (0.25, 0.5, 0.75, 1.0)}
+    peak = max(m for _, m in samples)
+    growth = peak / rss_warm - 1
+    flat = growth < FLAT_GROWTH
     body = (f"`python benchmarks/bench_serve.py --images {args.images} --clients {args.clients} "
             f"--seconds {args.seconds:g} --mix {args.mix}`: gallery of {n_start} images "
             f"(built in {build_s:.0f} s{'' if fresh else ', reused'}), model "
             f"{'tiny random CLIP (plumbing only)' if args.model is None else args.model}, "
-            f"{args.readers} reader threads, loopback. Errors: {total_err}. Server RSS after "
-            f"warm-up {rss_warm:.0f} MiB; over the last 3/4 of the run {min(late):.0f}-"
-            f"{max(late):.0f} MiB; at the end {rss_end:.0f} MiB. Machine load average "
+            f"{args.readers} reader threads, loopback, after {args.warmup:g} s of the same load "
+            f"as warm-up (not counted); the adds put {n_end - n_start} new images into the "
+            f"gallery (warm-up included). Errors: {total_err}. Server RSS after warm-up "
+            f"{rss_warm:.0f} MiB (highest sample of its second half); during the run "
+            + ", ".join(f"{k} {v:.0f}" for k, v in trend.items())
+            + f" MiB (at that share of the run); peak {peak:.0f} MiB, {100 * growth:+.1f}% over "
+            f"the RSS after warm-up: memory {'flat' if flat else 'NOT flat'} (flat: every "
+            f"sample less than {100 * FLAT_GROWTH:.0f}% above it). Machine load average "
             f"(1 min, {os.cpu_count()} cores, shared with other jobs) {load_start:.1f} at the "
             f"start of the run, {load_end:.1f} at its end; benchmark and server at "
             f"niceness {os.nice(0)}. {stop_note}\n\n"

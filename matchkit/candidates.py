@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checkpoint import checkpoint
 from .index import HammingIndex
 
 _MAX_NEIGHBOURS = 1024
@@ -201,7 +202,7 @@ def vote_candidates(
     if not desc_list:
         return out
     owners = np.concatenate(owner_list)
-    keys, dists = index.search(np.concatenate(desc_list), neighbours)
+    keys, dists = _search_in_chunks(index, np.concatenate(desc_list), neighbours)
     other = np.where(keys >= 0, keys // key_stride, -1)
     if detail is not None:
         ids32, d8 = other.astype(np.int32), np.minimum(dists, 255).astype(np.uint8)
@@ -212,6 +213,24 @@ def vote_candidates(
             start = end
     return tally_votes(owners, other, dists, max_distance=max_distance, per_query=per_query,
                        min_votes=min_votes, allowed=allowed, detail=detail)
+
+
+#: Query descriptors searched per index call: a cancelled run stops between two.
+SEARCH_CHUNK = 50_000
+
+
+def _search_in_chunks(index: HammingIndex, desc: np.ndarray, k: int):
+    """``index.search(desc, k)`` in chunks, with a ``checkpoint`` between them
+    (a million descriptors take minutes on a busy machine)."""
+    if len(desc) <= SEARCH_CHUNK:
+        return index.search(desc, k)
+    keys, dists = [], []
+    for start in range(0, len(desc), SEARCH_CHUNK):
+        checkpoint()
+        kk, dd = index.search(desc[start:start + SEARCH_CHUNK], k)
+        keys.append(kk)
+        dists.append(dd)
+    return np.concatenate(keys), np.concatenate(dists)
 
 
 def tally_votes(owners: np.ndarray, other: np.ndarray, dists: np.ndarray, *, max_distance: int,

@@ -345,6 +345,9 @@ class Labeler:
         for the minute the first ``label`` on a gallery spends on it).
     zoom:
         Give unmatched queries a closer second look (matchkit/query.py).
+    cache_size:
+        Gallery images whose local features (~32 KB each) the labeler keeps
+        in memory between queries.
     profile:
         A calibrated pair profile (``profiles.Profile``) that decides whether
         a query is a copy of a gallery example, instead of the hand rules;
@@ -365,9 +368,10 @@ class Labeler:
                  sharpness: float = 4.0, calibration: str | dict | os.PathLike = "auto",
                  calibration_samples: int = 200, edits_per_image: int = 2,
                  zoom: bool = True, profile=None, random_state: int = 0,
-                 level: str | None = None,
+                 level: str | None = None, cache_size: int = 4096,
                  progress: Callable[[str, int, int], None] | None = None):
         self.k = k
+        self.cache_size = cache_size
         #: Told ``(stage, done, total)`` as a synthetic calibration runs (it can
         #: take a minute on the first query of a gallery): see ``CALIBRATION_STAGES``.
         self.progress = progress
@@ -452,9 +456,7 @@ class Labeler:
             self.settings_ = self.settings_.with_(level=self.level)
         self.image_labels_ = {i: [str(v) for v in values] for i, values in g.labelled().items()}
         if self.image_labels_:
-            self.matcher_ = QueryMatcher(
-                g, self.settings_, allowed=set(self.image_labels_), zoom=self.zoom,
-                calibrator=self.profile.calibrator if self.profile is not None else None)
+            self.matcher_ = self._matcher(g)
         if self.embedder_ is not None and self.image_labels_:
             # Vectors live in the gallery (matchkit index --model); labelled
             # images that lack one are embedded now, once, and stored.
@@ -467,6 +469,40 @@ class Labeler:
             self._vector_index = g.vector_index(emb.name)
             self._vector_allowed = np.intersect1d(ids, g.embedded_ids(emb.name))
             self._vector_labels = self.image_labels_
+
+    def _matcher(self, g: Gallery) -> QueryMatcher:
+        return QueryMatcher(g, self.settings_, allowed=set(self.image_labels_), zoom=self.zoom,
+                            calibrator=self.profile.calibrator if self.profile is not None
+                            else None, cache_size=self.cache_size)
+
+    def refresh(self, gallery: Gallery) -> bool:
+        """Answer from ``gallery``, a newer open state of the gallery this
+        labeler was fitted on, keeping the fit and its calibration: True if
+        its labelled examples (and their vectors) are the same there. A
+        server's reader reopens its gallery after writes; adding unlabelled
+        images need not cost a new fit. False (and nothing changed) when the
+        examples changed or the labeler was fitted some other way: fit again."""
+        self._check_fitted()
+        if self.gallery_ is None or self._own_gallery or self.texts is not None:
+            return False
+        labels = {i: [str(v) for v in values] for i, values in gallery.labelled().items()}
+        if labels != self.image_labels_ or not labels:
+            return False
+        emb = self.embedder_
+        if emb is not None:
+            ids = np.array(sorted(labels), np.int64)
+            have = (gallery.embedded_ids(emb.name) if emb.name in gallery.models()
+                    else np.zeros(0, np.int64))
+            allowed = np.intersect1d(ids, have)
+            if len(allowed) != len(ids):
+                return False  # some examples need a vector: fit embeds them
+            self._vector_index = gallery.vector_index(emb.name)
+            self._vector_allowed = allowed
+        old, self.matcher_ = self.matcher_, self._matcher(gallery)
+        if old is not None:
+            old.close()
+        self.gallery_ = gallery
+        return True
 
     def _fit_vectors(self, X, y) -> None:
         X = np.asarray(X, np.float32)

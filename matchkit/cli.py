@@ -1230,7 +1230,7 @@ def serve(ctx, galleries, host, port, no_auth, max_upload_mb, max_pixels, rate, 
     if not galleries:
         _fail("give at least one --gallery to serve")
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serve extra is installed)
 
         from .serve import ServeSettings, create_app
     except ImportError as e:
@@ -1244,7 +1244,9 @@ def serve(ctx, galleries, host, port, no_auth, max_upload_mb, max_pixels, rate, 
         _fail(_one_line(e))
     click.echo(f"matchkit: serving {', '.join(app.state.matchkit.galleries)} on "
                f"http://{host}:{port}/api/ (docs: /api/docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    from .serve.server import serve_app
+
+    serve_app(app, host, port)
 
 
 @serve.group("keys")

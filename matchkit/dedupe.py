@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
+from .checkpoint import watching
 from .cluster import Star, UnionFind, lazy_star_clusters
 from .config import Settings
 from .gallery import Gallery, StoredImage
@@ -52,7 +53,9 @@ def dedupe(
     "similar"; default ``settings.level``) chooses which relations form clusters.
     ``on_progress(phase, done, total)`` is told of each phase ("add", "embed",
     "match", "cluster") as it goes; an exception it raises stops the run there
-    (how the server cancels a job).
+    (how the server cancels a job). Inside a phase it is called again with
+    the last values every half second or so from the long loops
+    (``checkpoint``), so such a stop takes effect within about a second.
 
     With a ``gallery``, matching is incremental (``incremental.py``): candidate
     searches and pair decisions are stored there, and a later run redoes only
@@ -86,6 +89,8 @@ def dedupe(
                                            if not _inside_any(f, paths)]))
     gallery_given = gallery is not None
     with ExitStack() as stack:
+        if on_progress is not None:
+            on_progress = _watched(on_progress, stack)
         if gallery is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="matchkit-"))
             gallery = stack.enter_context(Gallery(tmp, settings))
@@ -377,6 +382,18 @@ def _mirrored(ev: PairEvidence) -> bool | None:
     if ev.rule:
         return bool(ev.extra.get("reflect"))
     return None
+
+
+def _watched(on_progress: Callable[[str, int, int], None], stack: ExitStack):
+    """``on_progress``, also called with its last values from this thread's
+    ``checkpoint``s while the run is inside a phase."""
+    last = ["start", 0, 0]
+
+    def report(phase: str, done: int, total: int) -> None:
+        last[:] = [phase, done, total]
+        on_progress(phase, done, total)
+    stack.enter_context(watching(lambda: on_progress(*last)))
+    return report
 
 
 def _counter(bar, on_progress, phase: str, total: int):

@@ -381,6 +381,12 @@ class Gallery:
         #: Set by ``load_indexes(only_current=True)``: a stale file raises
         #: _StaleIndexFile instead of being rebuilt.
         self._load_only = False
+        #: Set by ``load_indexes(as_saved=True)``: take each index file at the
+        #: generation it was saved with, even if the database moved on since.
+        self._as_saved = False
+        #: Index objects shared with other open galleries of this process
+        #: (``index_cache.SharedIndexes``, for read-only use), or None.
+        self.shared_indexes = None
 
     def _migrate(self) -> None:
         """Add the columns of ``_ADDED_COLUMNS`` to a gallery written before them.
@@ -416,7 +422,14 @@ class Gallery:
             self._writer.release()
 
     def _lock_for_writing(self) -> None:
-        """Become this gallery's only writer (wait for another, or GalleryError)."""
+        """Become this gallery's only writer (wait for another, or GalleryError).
+
+        A gallery that used shared index objects drops them first (it would
+        change them under the galleries it shares them with) and loads its own."""
+        if self.shared_indexes is not None:
+            self.shared_indexes = None
+            for name in ("phash", "orb", *(_MODEL_KEY + m for m in list(self._vectors))):
+                self._drop_cached(name)
         try:
             self._writer.acquire()
         except LockTimeout as e:
@@ -487,16 +500,22 @@ class Gallery:
                     return False
         return True
 
-    def load_indexes(self, *, only_current: bool = False) -> bool:
+    def load_indexes(self, *, only_current: bool = False, as_saved: bool = False) -> bool:
         """Load every index (pHash, ORB, each model's vectors) in one read
         snapshot, so all reflect the same committed state. With
         ``only_current``, rebuild nothing: if any file is not the current
         one (stale stamp, or replaced by a writer meanwhile), drop what was
-        loaded and return False (a reader that would rather wait than rebuild)."""
+        loaded and return False (a reader that would rather wait than rebuild).
+        With ``as_saved`` (and ``only_current``), take each file as its writer
+        last saved it, even when the database has moved on since: a reader
+        then answers from the indexes of a committed state a little older
+        than the rows (new images are found once the writer saves again;
+        removed ones are dropped by the row lookup) instead of rebuilding."""
         self._load_only = only_current
+        self._as_saved = as_saved
         try:
             with self._snapshot():
-                if only_current and not self.index_files_current():
+                if only_current and not as_saved and not self.index_files_current():
                     return False
                 self.phash_index, self.orb_index
                 for model in self.models():
@@ -506,8 +525,17 @@ class Gallery:
                 self._drop_cached(name)
             return False
         finally:
-            self._load_only = False
+            self._load_only = self._as_saved = False
         return True
+
+    def saved_index_stamps(self) -> tuple:
+        """The checksums and generations the index files were last saved with:
+        changes when a writer saves new files (a reader's cue to reload)."""
+        with self._snapshot():
+            stamps = [(n, (self._file_record(n) or {}).get("sha256"),
+                       (self._file_record(n) or {}).get("generation"))
+                      for n in ("phash", "orb", *(_MODEL_KEY + m for m in self.models()))]
+        return tuple(stamps)
 
     # -- reading -----------------------------------------------------------
     def __len__(self) -> int:
@@ -615,18 +643,32 @@ class Gallery:
         record = self._file_record(key)
         if record is None:
             return None, "no checksum recorded"
-        if record.get("generation") != generation:
+        if record.get("generation") != generation and not self._as_saved:
             return None, f"holds generation {record.get('generation')}, database is at {generation}"
-        with verified_bytes(file, record) as data:
-            if data is None:
-                why = "missing" if not file.exists() else "size or checksum differs from the record"
-                return None, why
-            try:
-                idx = loader(data)
-            except Exception as e:  # verified bytes: only a foreign record gets here
-                return None, f"unreadable ({e})"
-        if len(idx) != record.get("keys"):
-            return None, f"holds {len(idx)} keys, the record says {record.get('keys')}"
+        why = [""]
+
+        def load():
+            with verified_bytes(file, record) as data:
+                if data is None:
+                    why[0] = ("missing" if not file.exists()
+                              else "size or checksum differs from the record")
+                    return None
+                try:
+                    idx = loader(data)
+                except Exception as e:  # verified bytes: only a foreign record gets here
+                    why[0] = f"unreadable ({e})"
+                    return None
+            if len(idx) != record.get("keys"):
+                why[0] = f"holds {len(idx)} keys, the record says {record.get('keys')}"
+                return None
+            return idx
+
+        shared = self.shared_indexes
+        idx = (load() if shared is None else shared.get_or_load(
+            (str(file), key, record.get("sha256"), record.get("generation")), load))
+        if idx is None:
+            return None, why[0]
+        self._have[key] = record.get("generation")
         return idx, ""
 
     def _load_or_rebuild(self, name: str) -> HammingIndex:
@@ -635,8 +677,7 @@ class Gallery:
             generation = self.generation
         idx, _ = self._load_file(name, self._index_file(name), generation,
                                  lambda data: HammingIndex.load(data, nbits, **params))
-        if idx is not None:
-            self._have[name] = generation
+        if idx is not None:  # (_load_file noted the generation it reflects)
             return idx
         if self._load_only:
             raise _StaleIndexFile(name)
@@ -1191,8 +1232,7 @@ class Gallery:
             generation = info["generation"]
         idx, _ = self._load_file(key, self.path / info["file"], generation,
                                  lambda data: self._vectors_from_bytes(data, key, name, dim))
-        if idx is not None:
-            self._have[key] = generation
+        if idx is not None:  # (_load_file noted the generation it reflects)
             return idx
         if self._load_only:
             raise _StaleIndexFile(name)

@@ -59,6 +59,7 @@ import numpy as np
 
 from . import __version__
 from .candidates import VoteDetail, phash_candidates, tally_votes, vote_candidates
+from .checkpoint import checkpoint
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
@@ -310,6 +311,7 @@ class IncrementalMatcher(PairMatcher):
         records, out = self.records, set()
         limit = self.settings.vote_max_distance
         for i in searched:
+            checkpoint()
             r = records[i]
             if (any(j not in records for j, _ in r["near"])
                     or any(j not in allowed for j, _ in r["ph"])

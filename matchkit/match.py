@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .candidates import phash_candidates, vote_candidates
+from .checkpoint import checkpoint
 from .colour import BINS, histogram_similarities, histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
@@ -442,6 +443,7 @@ class PairMatcher:
         for templated images)."""
         queries = {}
         for i in ids:
+            checkpoint()
             lf = self.cache.get(i)
             if lf is not None:
                 queries[i] = self.templated.get(i, lf[0]).desc[: self.settings.query_features]
@@ -703,6 +705,7 @@ def _content_features(ids, paths: dict[int, str], found, cache: _LocalCache, set
     The closer look (a decode and ORB, both outside the GIL) runs on ``pool``."""
     found_masks: list[tuple[int, np.ndarray, LocalFeatures]] = []
     for i in ids:
+        checkpoint()
         close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
         if len(close) < MIN_LOOKALIKES:
             continue

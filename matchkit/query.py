@@ -23,6 +23,7 @@ rest after verification, and a neighbour's score is its calibrated P(duplicate).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -137,7 +138,7 @@ class QueryMatcher:
 
     def __init__(self, gallery: Gallery, settings: Settings | None = None, *,
                  allowed: set[int] | None = None, zoom: bool = True, zoom_side: int = 1024,
-                 zoom_features: int = 2000, calibrator=None):
+                 zoom_features: int = 2000, calibrator=None, cache_size: int = 4096):
         self.gallery = gallery
         #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
         self.calibrator = calibrator
@@ -148,8 +149,10 @@ class QueryMatcher:
         self.zoom, self.zoom_side, self.zoom_features = zoom, zoom_side, zoom_features
         self.settings = settings or gallery.settings
         self.allowed = None if allowed is None else set(allowed)
-        self.cache = _LocalCache(gallery)
-        self._masks: dict[int, np.ndarray | None] = {}
+        #: Gallery images whose local features (~32 KB each) and picture masks
+        #: stay in memory between calls, least recently used dropped first.
+        self.cache = _LocalCache(gallery, cache_size)
+        self._masks: OrderedDict[int, np.ndarray | None] = OrderedDict()
         self._threads: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "QueryMatcher":
@@ -504,6 +507,8 @@ class QueryMatcher:
     def _gallery_mask(self, image_id: int, features) -> np.ndarray | None:
         if image_id not in self._masks:
             self._masks[image_id] = _mask(features[1]) if features is not None else None
+            if len(self._masks) > self.cache.size:
+                self._masks.popitem(last=False)
         return self._masks[image_id]
 
 

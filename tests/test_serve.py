@@ -503,7 +503,8 @@ def test_cancel_stops_a_running_dedupe_job_which_reports_progress(tmp_path, monk
             time.sleep(0.05)
         assert job["state"] == "cancelled" and "stats" not in job
         assert job["progress"] == {"phase": "match", "done": 0, "total": 6}
-        assert [p for _, p in phases] == ["add", "add", "match"]  # stopped there
+        assert [p for _, p in phases][:3] == ["add", "add", "match"]
+        assert "cluster" not in [p for _, p in phases]  # stopped in "match"
         _is_json_error(c.get(f"{base}/{first}/result", headers=auth(write)), 409)
         # the writer is free again: the next job runs to the end, with its progress
         second = c.post(base, json={}, headers=auth(write)).json()["id"]
@@ -513,6 +514,82 @@ def test_cancel_stops_a_running_dedupe_job_which_reports_progress(tmp_path, monk
         assert set(job["progress"]) == {"phase", "done", "total"}
         # a finished job cannot be cancelled any more
         assert c.delete(f"{base}/{second}", headers=auth(write)).json()["state"] == "done"
+
+
+def test_cancel_takes_effect_inside_a_long_phase_not_at_its_end(tmp_path, monkeypatch):
+    """The candidate search of a big gallery is one phase for minutes: a cancel
+    must stop it from inside (checkpoints between index calls), within seconds."""
+    import matchkit.candidates as candidates
+    from matchkit.index import HammingIndex
+
+    gdir = _gallery(tmp_path, range(90, 96))
+    write, _ = KeyStore(gdir).add("write")
+    searches: list[float] = []
+    real_search = HammingIndex.search
+
+    def slow_search(self, codes, k):  # as a 10,000-image gallery would be
+        searches.append(time.monotonic())
+        time.sleep(0.2)
+        return real_search(self, codes, k)
+
+    monkeypatch.setattr(HammingIndex, "search", slow_search)
+    monkeypatch.setattr(candidates, "SEARCH_CHUNK", 10)  # 6 x 100 descriptors: 60 calls, 12 s
+    with TestClient(create_app([gdir])) as c:
+        base = "/api/galleries/g/dedupe"
+        job_id = c.post(base, json={}, headers=auth(write)).json()["id"]
+        deadline = time.monotonic() + 30
+        while not searches:  # inside the candidate search
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        cancelled_at = time.monotonic()
+        assert c.delete(f"{base}/{job_id}", headers=auth(write)).json()["state"] == "cancelled"
+        while (job := c.get(f"{base}/{job_id}", headers=auth(write)).json())["stopped"] is None:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+    assert job["state"] == "cancelled" and job["progress"]["phase"] == "match"
+    after = [t for t in searches if t > cancelled_at]
+    assert len(after) <= 8, len(after)  # stopped a few index calls in, not after 60
+    assert not after or after[-1] - cancelled_at < 3.0
+
+
+def test_draining_answers_queued_requests_503_and_lets_running_ones_finish(galleries,
+                                                                          monkeypatch):
+    """What SIGTERM does first (serve.server): queued reads are not waited for."""
+    import matchkit.serve.routes_galleries as rg
+
+    read = auth(galleries["keys"]["read"])
+    app = create_app({"g": galleries["g"]}, ServeSettings(readers=1))
+    started, release = threading.Event(), threading.Event()
+    real = rg._stats
+
+    def held(name, g):
+        started.set()
+        release.wait(20)
+        return real(name, g)
+
+    with TestClient(app) as c:
+        c.get("/api/galleries/g", headers=read)  # the reader is open (warm) before the test
+        monkeypatch.setattr(rg, "_stats", held)
+        codes: dict[int, int] = {}
+
+        def ask(n):
+            codes[n] = c.get("/api/galleries/g", headers=read).status_code
+        first = threading.Thread(target=ask, args=(0,))
+        first.start()
+        assert started.wait(20)  # request 0 runs on the only reader; the others queue
+        queued = [threading.Thread(target=ask, args=(n,)) for n in (1, 2, 3)]
+        for t in queued:
+            t.start()
+        time.sleep(0.5)
+        app.state.matchkit.pools.drain()
+        for t in queued:
+            t.join(10)
+        assert [codes.get(n) for n in (1, 2, 3)] == [503, 503, 503]  # not waited for
+        assert 0 not in codes  # the running one is still running
+        release.set()
+        first.join(20)
+        assert codes[0] == 200
+        assert "shutting down" in _is_json_error(c.get("/api/galleries/g", headers=read), 503)
 
 
 def test_cors_off_unless_asked_and_slow_requests_time_out(galleries, monkeypatch):
@@ -531,3 +608,125 @@ def test_cors_off_unless_asked_and_slow_requests_time_out(galleries, monkeypatch
         ok = c.get("/api/galleries", headers={"Origin": "https://ok.example", **read})
         assert ok.headers["access-control-allow-origin"] == "https://ok.example"
         assert "took longer" in _is_json_error(c.get("/api/galleries/g", headers=read), 504)
+
+
+def test_readers_share_indexes_follow_saved_states_and_keep_their_labelers(tmp_path):
+    """Two reader threads hold one copy of each index; after a write is saved
+    they move to the saved state (loaded, not rebuilt), their labeler carried
+    over; a write not yet saved leaves them on the older state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matchkit.classify import Labeler
+    from matchkit.config import Settings
+    from matchkit.serve import workers
+
+    seeds = range(110, 116)
+    gdir = _gallery(tmp_path, seeds, labels={s: "ab"[s % 2] for s in seeds}).resolve()
+    readers = [ThreadPoolExecutor(1) for _ in range(2)]
+
+    def state(n):
+        return readers[n].submit(workers.reader_state, gdir, Settings()).result()
+
+    def fit(g):
+        return Labeler(k=3, calibration="none").fit(g)
+
+    try:
+        a, b = state(0), state(1)
+        assert a.gallery is not b.gallery  # each thread its own connection...
+        assert a.gallery.orb_index is b.gallery.orb_index  # ...one copy of each index
+        lab = readers[0].submit(a.labeler, "key", fit).result()
+        n_orb = len(a.gallery.orb_index)
+        extra = tmp_path / "extra.jpg"
+        extra.write_bytes(jpeg(999))
+        with Gallery(gdir, create=False) as g:
+            g.add([extra])  # committed, index files not saved yet
+            assert state(0) is a  # answers from the older state meanwhile
+            g.save()
+        a2, b2 = state(0), state(1)
+        assert a2 is not a and a2.gallery.orb_index is b2.gallery.orb_index
+        assert len(a2.gallery.orb_index) > n_orb and not a2.gallery._dirty  # loaded, not rebuilt
+        assert readers[0].submit(a2.labeler, "key", fit).result() is lab  # no new fit
+        assert lab.gallery_ is a2.gallery
+    finally:
+        for n, r in enumerate(readers):
+            r.submit(workers.forget_reader_state).result()
+            r.shutdown()
+
+
+def test_sigterm_answers_queued_uploads_503_and_exits_without_running_them(tmp_path):
+    """A stop does not work through the queue: queued uploads get 503 (not
+    acknowledged, so not in the gallery), acknowledged ones are kept."""
+    import httpx
+
+    g = _gallery(tmp_path, [71])
+    port = _free_port()
+    proc = _start_server(g, port)
+    codes: list[int] = []
+    acked: list[str] = []
+    go = threading.Event()
+
+    def client(worker: int):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            for i in range(100):
+                data = jpeg(3000 + worker * 100 + i, (96, 72))
+                try:
+                    r = c.post(f"/api/galleries/{g.name}/images",
+                               files={"file": ("u.jpg", data, "image/jpeg")})
+                except httpx.HTTPError:
+                    return  # the server closed the connection: it is stopping
+                codes.append(r.status_code)
+                if r.status_code in (200, 201):
+                    acked.append(r.json()["sha256"])
+                    go.set()
+                if r.status_code == 503:
+                    return
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    assert go.wait(30)
+    time.sleep(1.0)  # eight clients, one writer: uploads queue up
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    proc.wait(timeout=30)
+    stopped_in = time.monotonic() - t0
+    for t in threads:
+        t.join(30)
+    assert set(codes) <= {200, 201, 503}, codes
+    assert 503 in codes  # queued uploads were answered, not run
+    assert stopped_in < 10
+    with Gallery(g, create=False) as gal:
+        have = {r.sha256 for r in gal.images().values()}
+    assert set(acked) <= have
+
+
+def test_a_stopping_server_interrupts_its_running_dedupe_job(tmp_path, monkeypatch):
+    import matchkit.candidates as candidates
+    from matchkit.index import HammingIndex
+
+    gdir = _gallery(tmp_path, range(90, 96))
+    write, _ = KeyStore(gdir).add("write")
+    searches: list[float] = []
+    real_search = HammingIndex.search
+
+    def slow_search(self, codes, k):
+        searches.append(time.monotonic())
+        time.sleep(0.2)
+        return real_search(self, codes, k)
+
+    monkeypatch.setattr(HammingIndex, "search", slow_search)
+    monkeypatch.setattr(candidates, "SEARCH_CHUNK", 10)
+    app = create_app([gdir])
+    with TestClient(app) as c:
+        base = "/api/galleries/g/dedupe"
+        job_id = c.post(base, json={}, headers=auth(write)).json()["id"]
+        deadline = time.monotonic() + 30
+        while not searches:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        app.state.matchkit.drain()  # what SIGTERM does first
+        while (job := app.state.matchkit.jobs["g"].load(job_id))["stopped"] is None:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+    assert job["state"] == "interrupted" and job["report"] is None
+    assert len(searches) < 20  # of 60

@@ -70,6 +70,7 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        pools.warm()  # every reader opens every gallery now, not under load
         yield
         pools.close()
 
@@ -89,6 +90,7 @@ def create_app(galleries, settings: ServeSettings = ServeSettings(), *,
                                         (413, "Upload too large"),
                                         (422, "Invalid request"),
                                         (429, "Rate limit exceeded"),
+                                        (503, "The server is shutting down"),
                                         (504, "Timed out"))})
     app.state.matchkit = st
     errors.install(app)

@@ -16,8 +16,9 @@ While a job runs, its record shows ``progress``: the pipeline's phase
 ``dedupe(on_progress=...)`` reports them (kept in memory, stored when the run
 ends). Cancelling a queued job drops it; a running one is told through that
 same callback, which raises at its next call, so the run stops at the next
-phase boundary or clustered group (the candidate search inside "match" is one
-step) and frees the gallery's writer. ``stopped`` records when it did.
+checkpoint inside the phase (``matchkit.checkpoint``: about a second) and
+frees the gallery's writer. ``stopped`` records when it did. A server that
+is stopping interrupts its running jobs the same way (state "interrupted").
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class Jobs:
         #: Progress of running jobs (phase, done, total), and jobs told to stop.
         self._progress: dict[str, dict] = {}
         self._stop: set[str] = set()
+        #: Jobs stopped because the server is stopping.
+        self._interrupted: set[str] = set()
 
     def _file(self, job_id: str) -> Path:
         if not (len(job_id) == 16 and all(c in "0123456789abcdef" for c in job_id)):
@@ -167,7 +170,9 @@ class Jobs:
             job = self.load(job_id)
             self._stop.discard(job_id)
             job["progress"] = self._progress.pop(job_id, None)
-            if job["state"] == "cancelled" or report is None and error is None:
+            if job_id in self._interrupted and report is None:
+                job.update(state="interrupted", stopped=_now())
+            elif job["state"] == "cancelled" or report is None and error is None:
                 job.update(state="cancelled", stopped=_now())
             elif error is not None:
                 job.update(state="failed", finished=_now(), error=error)
@@ -187,6 +192,14 @@ class Jobs:
                 job.update(state="cancelled", finished=_now())
                 self.save(job)
         return job
+
+    def interrupt(self) -> None:
+        """Stop every running job at its next checkpoint (the server is stopping;
+        queued ones are dropped with the writer's queue)."""
+        with self._lock:
+            running = list(self._futures)
+        self._interrupted.update(running)
+        self._stop.update(running)
 
     def set_review(self, job_id: str, review: Review) -> dict:
         job = self.done(job_id)

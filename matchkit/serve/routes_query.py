@@ -21,7 +21,7 @@ from .auth import Caller, access
 from .errors import ApiError
 from .state import state
 from .uploads import discard, read_upload, stage
-from .workers import run
+from .workers import LABELER_CACHE_IMAGES, run
 
 router = APIRouter(tags=["queries"])
 
@@ -140,14 +140,13 @@ async def label(request: Request, gallery: str, file: UploadFile = _QUERY, k: in
         start = time.perf_counter()
         g = entry.gallery
         models = list(g.models())
-        key = ("labeler", k, target, calibration.value, lvl, tuple(models))
-        lab = entry.cache.get(key)
-        if lab is None:
+        def fit(g) -> Labeler:
             embedder = st.embedder(models[0]) if len(models) == 1 else None
-            lab = Labeler(k=k, target_accuracy=target, calibration=calibration.value,
-                          embedder=embedder, level=lvl)
-            lab.fit(g)
-            entry.cache[key] = lab
+            return Labeler(k=k, target_accuracy=target, calibration=calibration.value,
+                           embedder=embedder, level=lvl,
+                           cache_size=LABELER_CACHE_IMAGES).fit(g)
+
+        lab = entry.labeler((k, target, calibration.value, lvl, tuple(models)), fit)
         answers = lab.answers([staged])
         for a in answers:
             a.path = name

@@ -52,6 +52,12 @@ class ServerState:
     _embedders: dict = field(default_factory=dict)
     _embed_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def drain(self) -> None:
+        """The server is stopping: queued requests get 503, running dedupe jobs stop."""
+        self.pools.drain()
+        for jobs in self.jobs.values():
+            jobs.interrupt()
+
     def embedder(self, name: str):
         """A model loaded once per process (its forward passes are thread-safe)."""
         with self._embed_lock:
