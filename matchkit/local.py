@@ -273,6 +273,11 @@ class Overlap:
     #: Share of each image's picture that lies inside the overlap.
     coverage_a: float = 0.0
     coverage_b: float = 0.0
+    #: The larger of the two frames' shares that lie inside the other frame,
+    #: whole frames, pictures or not (1.0: one image lies inside the other, a
+    #: crop or a resize; less: each shows what the other lacks, two windows
+    #: onto a larger picture). 1.0 when not measured.
+    contained: float = 1.0
     #: Convex hull of the inliers over the area of the overlap, in the frame
     #: the comparison is made in: matches spread over the shared picture, or
     #: sit on one corner, logo or sticker.
@@ -358,6 +363,10 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
     cov_dst = overlap / max(dst_area, 1.0)
     cov_src = min(1.0, overlap / max(scale_src ** 2, 1e-9) / max(src_area, 1.0))
     out.coverage_a, out.coverage_b = (cov_src, cov_dst) if scale <= 1.0 else (cov_dst, cov_src)
+    # Frames only, not eroded: how much of either frame the other holds.
+    framed = float((warp_to_dst(ones, cv2.INTER_NEAREST) > 0.5).sum())
+    out.contained = min(1.0, max(framed / max(float(dst.size), 1.0),
+                                 framed / max(scale_src ** 2, 1e-9) / max(float(src.size), 1.0)))
     if points is not None and len(points) >= 3 and overlap:
         xy = np.asarray(points, np.float32)[:, to_dst[0]] * to_dst[1]
         hull = cv2.contourArea(cv2.convexHull(xy.reshape(-1, 1, 2)))

@@ -239,6 +239,7 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     base["lightness_shift"] = (picture if recaptured else o).lightness_shift
     return classify(RelationEvidence(
         geometry=geometry, pixels_agree=pixels_agree, coverage_a=o.coverage_a,
+        contained=o.contained,
         coverage_b=o.coverage_b, agreement=(picture if recaptured else o).agreement,
         perspective=ev.extra.get("perspective", 0.0),
         reoriented=v.mirrored or rotated, padded=bool(ev.extra.get("padded")), **base))

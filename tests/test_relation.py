@@ -201,6 +201,21 @@ def test_different_shots_of_a_scene_are_same_scene(tmp_path):
     assert _relations(report)[frozenset(("left.png", "right.png"))] == "same-scene"
 
 
+def test_two_windows_onto_one_picture_are_not_crops(tmp_path):
+    """Neighbouring pages cut from one big map overlap, but neither is a part
+    of the other: not copies; a real crop (inside the picture) still is."""
+    big = textured(720, (700, 360))
+    big.crop((0, 0, 440, 360)).save(tmp_path / "west.png")
+    big.crop((260, 0, 700, 360)).save(tmp_path / "east.png")
+    unrelated(tmp_path, 730)
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="similar")
+    assert _names(report) == [["east.png", "west.png"]]
+    assert _relations(report)[frozenset(("east.png", "west.png"))] == "same-scene"
+    big.crop((60, 40, 360, 300)).save(tmp_path / "part.png")
+    assert ["part.png", "west.png"] in _names(dedupe([tmp_path]))
+
+
 def test_levels_are_nested_in_kind_order():
     assert KINDS.index("exact") == 0 and KINDS[-1] == "same-scene"
     assert [k for k in KINDS if in_level(k, "copies")] == list(KINDS[:KINDS.index("recapture") + 1])
@@ -235,6 +250,9 @@ def test_levels_are_nested_in_kind_order():
     # Padding frames the whole picture; a portrait slice with flat borders is a crop.
     (RelationEvidence(coverage_a=0.99, coverage_b=0.99, agreement=1.0, padded=True), "edited"),
     (RelationEvidence(coverage_a=0.92, coverage_b=0.28, agreement=1.0, padded=True), "crop"),
+    # Two windows onto one larger picture, neither inside the other: not a crop.
+    (RelationEvidence(coverage_a=0.83, coverage_b=0.82, contained=0.84), "same-scene"),
+    (RelationEvidence(coverage_a=0.86, coverage_b=0.47, contained=1.0), "crop"),
 ])
 def test_classify(evidence, kind):
     assert classify(evidence) == kind
