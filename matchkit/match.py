@@ -103,7 +103,8 @@ class PairEvidence:
             if self.overlap is not None and self.overlap.correlation > -1.0:
                 o = self.overlap
                 out.update(agreement=round(o.agreement, 3), spread=round(o.spread, 3),
-                           coverage=[round(o.coverage_a, 3), round(o.coverage_b, 3)])
+                           coverage=[round(o.coverage_a, 3), round(o.coverage_b, 3)],
+                           contained=round(o.contained, 3))
             if v.homography:
                 out["homography"] = v.homography
         if "icon" in self.extra:
