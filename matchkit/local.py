@@ -298,6 +298,10 @@ class Overlap:
 #: padded copy, whose frames each hold what the other lacks, flat UI and
 #: padding: 0.24-0.76).
 WINDOW_SCALE = 1.18
+#: ... or share less than this of either picture (``Overlap.coverage_a/b``;
+#: real dev set: a sunset photo cut by the edge of the brochure page it is
+#: laid out on, 0.16 and 0.46; the hard calib screenshots 0.83 and more).
+WINDOW_SHARE = 0.5
 
 
 #: Cell side (thumbnail pixels) and the correlation at which a cell agrees.
@@ -373,9 +377,12 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
     out.coverage_a, out.coverage_b = (cov_src, cov_dst) if scale <= 1.0 else (cov_dst, cov_src)
     # Frames only, not eroded: how much of either frame the other holds, for
     # frames that show the picture at about one scale (windows cut from one
-    # canvas); a picture shown small inside another frame (a screenshot, a
-    # padded canvas) has surroundings that are no picture, and is not judged.
-    if 1.0 / WINDOW_SCALE <= scale <= WINDOW_SCALE:
+    # canvas) or that share less than half of either picture (a photo laid
+    # out, cut by the page's edge, as a small part of a page); a picture
+    # shown small but whole inside another frame (a screenshot, a padded
+    # canvas) has surroundings that are no picture, and is not judged.
+    if (1.0 / WINDOW_SCALE <= scale <= WINDOW_SCALE
+            or max(out.coverage_a, out.coverage_b) < WINDOW_SHARE):
         framed = float((warp_to_dst(ones, cv2.INTER_NEAREST) > 0.5).sum())
         out.contained = min(1.0, max(
             framed / max(float(dst.size), 1.0),

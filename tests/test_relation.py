@@ -216,6 +216,22 @@ def test_two_windows_onto_one_picture_are_not_crops(tmp_path):
     assert ["part.png", "west.png"] in _names(dedupe([tmp_path]))
 
 
+def test_photo_cut_by_the_edge_of_a_page_is_not_a_copy_of_the_page(tmp_path):
+    """A photo laid out enlarged on a page, cut by the page's edge, shares a
+    part of each picture only: not copies, whatever the scale."""
+    photo = textured(740, (480, 360))
+    photo.save(tmp_path / "photo.jpg", quality=92)
+    page = Image.new("RGB", (560, 400), "white")
+    d = ImageDraw.Draw(page)
+    for i in range(12):  # a column of text lines
+        d.rectangle((300, 20 + 30 * i, 540, 32 + 30 * i), fill=(60, 60, 60))
+    page.paste(photo.resize((720, 540)).crop((400, 100, 680, 400)), (0, 50))
+    page.save(tmp_path / "page.png")
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="similar")
+    assert _relations(report)[frozenset(("page.png", "photo.jpg"))] == "same-scene"
+
+
 def test_levels_are_nested_in_kind_order():
     assert KINDS.index("exact") == 0 and KINDS[-1] == "same-scene"
     assert [k for k in KINDS if in_level(k, "copies")] == list(KINDS[:KINDS.index("recapture") + 1])
