@@ -109,3 +109,13 @@ def test_evaluate_counts_pairs_lookalikes_and_relations(tmp_path):
     assert ev["misses"] == [("c", "d")]
     out = bench_real.write_errors(ev, tmp_path / "errors.txt").read_text()
     assert "a\tc\tlook-alike: colour (variant)" in out and "b\tc\tunrelated" in out
+
+
+def test_relation_summary_counts_listed_and_unlisted_true_pairs():
+    ev = {"true_rel": {1: "resized", 2: "crop"},
+          "confusion": Counter({("resized", "resized"): 8, ("resized", "edited"): 2,
+                                ("crop", "(same cluster, no pair)"): 10,
+                                ("variant", "resized"): 3})}
+    text = bench_real.relation_summary(ev)
+    assert "right on 8 of 10 listed true pairs (80.0%)" in text
+    assert "10 more found true pairs" in text and "(40.0% of all 20" in text
