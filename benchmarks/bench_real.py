@@ -129,6 +129,28 @@ def confusion_table(confusion: Counter) -> str:
     return C.table(rows, ["true \\ reported", *cols_k])
 
 
+def relation_summary(ev: dict) -> str:
+    """How often the stated relation of a found true pair is its true one: of
+    the pairs the JSON lists (keeper and member), and of all found true pairs
+    (two members of one cluster have no stated relation: the engine compared
+    each with the keeper, not with each other)."""
+    kinds = set(ev["true_rel"].values())
+    listed = right = unlisted = 0
+    for (t, r), n in ev["confusion"].items():
+        if t not in kinds:
+            continue
+        if r == "(same cluster, no pair)":
+            unlisted += n
+        else:
+            listed += n
+            right += n if r == t else 0
+    found = listed + unlisted
+    return (f"Relation right on {right} of {listed} listed true pairs "
+            f"({100.0 * right / max(1, listed):.1f}%); {unlisted} more found true pairs "
+            f"are two members of one cluster with no stated relation "
+            f"({100.0 * right / max(1, found):.1f}% of all {found} found true pairs).")
+
+
 def write_errors(ev: dict, path: Path = ERRORS) -> Path:
     lines = [f"# bench_real errors: {len(ev['false_pairs'])} false pairs, "
              f"{len(ev['misses'])} missed true pairs", "", "## false pairs (a, b, why)"]
@@ -174,7 +196,8 @@ def main() -> None:
     kinds = C.table(ev["per_kind"], ["relation", "true_pairs", "found", "recall"])
     pkgs = C.table(ev["per_pkg"], ["package", "true_pairs", "found", "false_pairs"])
     whys = C.table(ev["per_why"], ["look-alike", "relation", "pairs", "merged", "merged_pct"])
-    conf = (confusion_table(ev["confusion"]) if ev["confusion"] else
+    conf = (confusion_table(ev["confusion"]) + "\n\n" + relation_summary(ev)
+            if ev["confusion"] else
             "(the JSON has no `relation` per pair: no confusion table)")
     errors = write_errors(ev)
     level_note = (f"`--level {args.level}`" if level else

@@ -273,6 +273,11 @@ class Overlap:
     #: Share of each image's picture that lies inside the overlap.
     coverage_a: float = 0.0
     coverage_b: float = 0.0
+    #: The larger of the two frames' shares that lie inside the other frame,
+    #: whole frames, pictures or not (1.0: one image lies inside the other, a
+    #: crop or a resize; less: each shows what the other lacks, two windows
+    #: onto a larger picture). 1.0 when not measured (``WINDOW_SCALE``).
+    contained: float = 1.0
     #: Convex hull of the inliers over the area of the overlap, in the frame
     #: the comparison is made in: matches spread over the shared picture, or
     #: sit on one corner, logo or sticker.
@@ -285,6 +290,18 @@ class Overlap:
     #: How far the mean grey level of the textured overlap moved between the
     #: two images (0-255): a light and a dark version of one artwork.
     lightness_shift: float = 0.0
+
+
+#: Thumbnails related by at most this scale (either way) show the picture at
+#: about one size: only then is ``Overlap.contained`` measured (the real dev
+#: set's map pages: 1.0 and 1.1; the hard calib half's screenshot against a
+#: padded copy, whose frames each hold what the other lacks, flat UI and
+#: padding: 0.24-0.76).
+WINDOW_SCALE = 1.18
+#: ... or share less than this of either picture (``Overlap.coverage_a/b``;
+#: real dev set: a sunset photo cut by the edge of the brochure page it is
+#: laid out on, 0.16 and 0.46; the hard calib screenshots 0.83 and more).
+WINDOW_SHARE = 0.5
 
 
 #: Cell side (thumbnail pixels) and the correlation at which a cell agrees.
@@ -358,6 +375,18 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
     cov_dst = overlap / max(dst_area, 1.0)
     cov_src = min(1.0, overlap / max(scale_src ** 2, 1e-9) / max(src_area, 1.0))
     out.coverage_a, out.coverage_b = (cov_src, cov_dst) if scale <= 1.0 else (cov_dst, cov_src)
+    # Frames only, not eroded: how much of either frame the other holds, for
+    # frames that show the picture at about one scale (windows cut from one
+    # canvas) or that share less than half of either picture (a photo laid
+    # out, cut by the page's edge, as a small part of a page); a picture
+    # shown small but whole inside another frame (a screenshot, a padded
+    # canvas) has surroundings that are no picture, and is not judged.
+    if (1.0 / WINDOW_SCALE <= scale <= WINDOW_SCALE
+            or max(out.coverage_a, out.coverage_b) < WINDOW_SHARE):
+        framed = float((warp_to_dst(ones, cv2.INTER_NEAREST) > 0.5).sum())
+        out.contained = min(1.0, max(
+            framed / max(float(dst.size), 1.0),
+            framed / max(scale_src ** 2, 1e-9) / max(float(src.size), 1.0)))
     if points is not None and len(points) >= 3 and overlap:
         xy = np.asarray(points, np.float32)[:, to_dst[0]] * to_dst[1]
         hull = cv2.contourArea(cv2.convexHull(xy.reshape(-1, 1, 2)))

@@ -36,7 +36,7 @@ from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COL
                        redrawn_icons)
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
-from .thumbcheck import marks, thumbnails_refute
+from .thumbcheck import frames_prove_copy, marks, thumbnails_refute
 from .thumbmatch import IconDecider, icon_candidates, icon_views
 
 
@@ -66,7 +66,7 @@ class PairEvidence:
     overlap_correlation: float | None = None
     #: The aligned overlap in full (agreement, coverage, spread), when compared.
     overlap: Overlap | None = None
-    #: Why the pair matched: "phash", "phash+colour", "local" or "" (no match).
+    #: Why the pair matched: "phash", "phash+colour", "frames", "local" or "" (no match).
     rule: str = ""
     #: Local verification still to do (undecided so far).
     pending: bool = False
@@ -104,7 +104,8 @@ class PairEvidence:
             if self.overlap is not None and self.overlap.correlation > -1.0:
                 o = self.overlap
                 out.update(agreement=round(o.agreement, 3), spread=round(o.spread, 3),
-                           coverage=[round(o.coverage_a, 3), round(o.coverage_b, 3)])
+                           coverage=[round(o.coverage_a, 3), round(o.coverage_b, 3)],
+                           contained=round(o.contained, 3))
             if v.homography:
                 out["homography"] = v.homography
         if "icon" in self.extra:
@@ -240,6 +241,7 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     base["lightness_shift"] = (picture if recaptured else o).lightness_shift
     return classify(RelationEvidence(
         geometry=geometry, pixels_agree=pixels_agree, coverage_a=o.coverage_a,
+        contained=o.contained,
         coverage_b=o.coverage_b, agreement=(picture if recaptured else o).agreement,
         perspective=ev.extra.get("perspective", 0.0),
         reoriented=v.mirrored or rotated, padded=bool(ev.extra.get("padded")), **base))
@@ -488,6 +490,8 @@ class PairMatcher:
                 ev.rule = hash_rule(ev, self.crowd, settings)
                 if ev.rule and self.thumbnails_refute(ev):
                     ev.rule = ""
+                if not ev.rule:
+                    self.frames_rule(ev)
                 ev.rule = ev.rule or embedding_rule(ev, settings)
             mark_verifiable(ev, top, settings)
             evidence.append(ev)
@@ -579,17 +583,48 @@ class PairMatcher:
         signals alone (``thumbcheck.thumbnails_refute``: a near-blank picture
         whose few marks lie elsewhere, or thumbnails that clearly disagree);
         then local verification, if the pair qualifies, decides it."""
-        ta, tb = self._thumb(ev.a), self._thumb(ev.b)
-        if ta is None or tb is None:
+        marked = self._marked_thumbs(ev)
+        if marked is None:
             return False
-        for i, t in ((ev.a, ta), (ev.b, tb)):
-            if i not in self._marked:
-                self._marked[i] = marks(t)[0]
-        turned = bool(ev.extra.get("dihedral"))
-        if thumbnails_refute(ta, tb, turned, (self._marked[ev.a], self._marked[ev.b])):
+        ta, tb, shares = marked
+        if thumbnails_refute(ta, tb, bool(ev.extra.get("dihedral")), shares):
             ev.extra["thumbnails_refute"] = True
             return True
         return False
+
+    def frames_rule(self, ev: PairEvidence) -> bool:
+        """Decide ``ev`` as "frames" when its thumbnails prove a copy whose
+        relation the level groups (``frames_prove_copy``); whether it did."""
+        if not self.frames_prove_copy(ev):
+            return False
+        kind = relation_of(ev, global_only=True)
+        # The pHash moved far over pixels that stayed: something was laid
+        # over the picture (a logo), not a mere resize.
+        ev.extra["relation"] = kind = "edited" if kind == "resized" else kind
+        ev.rule = "frames" if in_level(kind, self.settings.level) else ""
+        return bool(ev.rule)
+
+    def frames_prove_copy(self, ev: PairEvidence) -> bool:
+        """Whether the stored thumbnails of two images of one aspect ratio,
+        frame to frame, prove a copy that the pHash missed
+        (``thumbcheck.frames_prove_copy``: a logo on a smooth wallpaper)."""
+        if (ev.extra.get("dihedral") or ev.a not in self.sizes or ev.b not in self.sizes
+                or reframed(self.sizes[ev.a], self.sizes[ev.b])):
+            return False
+        marked = self._marked_thumbs(ev)
+        return marked is not None and frames_prove_copy(*marked)
+
+    def _marked_thumbs(self, ev: PairEvidence
+                       ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]] | None:
+        """The pair's stored thumbnails and their shares of marks
+        (``thumbcheck.marks``, kept per image); None without thumbnails."""
+        ta, tb = self._thumb(ev.a), self._thumb(ev.b)
+        if ta is None or tb is None:
+            return None
+        for i, t in ((ev.a, ta), (ev.b, tb)):
+            if i not in self._marked:
+                self._marked[i] = marks(t)[0]
+        return ta, tb, (self._marked[ev.a], self._marked[ev.b])
 
     def _thumb(self, image_id: int) -> np.ndarray | None:
         lf = self.cache.get(image_id)
@@ -672,6 +707,8 @@ class PairMatcher:
         ev.extra["second_hop"] = True
         ev.pending = self.settings.local_features
         if self.calibrator is None:
+            if not reflect and self.frames_rule(ev):
+                ev.pending = False
             icon_rule(ev, self.icon_decider, self.settings)
         return ev
 

@@ -67,7 +67,7 @@ def match_strength(ev: PairEvidence, settings: Settings) -> float:
     strong, loose = max(1, s.phash_strong_distance), max(s.phash_max_distance, s.phash_strong_distance + 1)
     if ev.rule == "phash":
         hashed = 0.75 + 0.25 * (1.0 - min(d, strong) / strong)
-    elif ev.rule == "phash+colour":
+    elif ev.rule in ("phash+colour", "frames"):  # frames: the pHash missed it
         hashed = 0.5 + 0.25 * max(0.0, (loose - d) / (loose - strong))
     else:  # a random pair sits near PHASH_BITS / 2
         hashed = 0.49 * max(0.0, 1.0 - d / (PHASH_BITS / 2))

@@ -40,6 +40,14 @@ UNCHANGED_AGREEMENT = 0.97
 #: Smaller share of either picture inside the overlap that still counts as the
 #: whole picture (borders lost to resampling, a thin frame).
 WHOLE_COVERAGE = 0.9
+#: A crop shows part of the other picture: one image's frame lies inside the
+#: other's. When neither frame has more than this share inside the other,
+#: they are two windows onto a larger picture, each showing what the other
+#: lacks (neighbouring pages cut from one map, a pan across a scene), not a
+#: copy of either. The share is measured on whole frames (``local.Overlap.
+#: contained``): a contained crop gives 0.95-1.0 (thumbnail pixel rounding);
+#: two Tux Paint maps cut from one world map (real dev set) about 0.8 and 0.4.
+CONTAINED_FRAME = 0.9
 #: Perspective strength (how much the homography's depth term varies across
 #: the image) from which a copy counts as a recapture: flat scans and resizes
 #: stay near 0; a 10-degree keystone is about 0.05.
@@ -97,6 +105,8 @@ class RelationEvidence:
     #: Share of each image's picture inside the aligned overlap.
     coverage_a: float = 1.0
     coverage_b: float = 1.0
+    #: The larger of the two frames' shares inside the other (``local.Overlap.contained``).
+    contained: float = 1.0
     #: The aligned pixels agree: over the whole overlap, or in most of its cells.
     pixels_agree: bool = True
     #: Share of the textured overlap where the aligned pixels agree (None: not measured).
@@ -149,6 +159,10 @@ def classify(ev: RelationEvidence) -> str:
         return "variant"
     if ev.perspective >= RECAPTURE_PERSPECTIVE:
         return "recapture"
+    if ev.contained < CONTAINED_FRAME:
+        # Neither lies inside the other: two windows onto one larger
+        # picture (a pan across it), not a copy of either.
+        return "same-scene"
     whole = min(ev.coverage_a, ev.coverage_b) >= WHOLE_COVERAGE
     # Padding frames the whole picture; one that shows only part of the other
     # is a crop, whatever its flat borders (a portrait slice of a wallpaper).

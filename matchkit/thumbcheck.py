@@ -20,6 +20,13 @@ accepted only if the thumbnails that matchkit stores anyway agree as well:
 
 Turned or mirrored matches (a dihedral pHash variant) are compared in every
 orientation, the best one counting.
+
+The same thumbnails also *prove* a copy that the pHash misses
+(``frames_prove_copy``): on a smooth picture (a wallpaper of soft gradients)
+the lowest frequencies carry little energy, so a logo laid over it moves the
+pHash far (100 of 256 bits on the real dev set's LXQt waves with and without
+their logo) while frame to frame nearly every cell of the two pictures still
+agrees.
 """
 
 from __future__ import annotations
@@ -139,3 +146,50 @@ def thumbnails_refute(thumb_a: np.ndarray, thumb_b: np.ndarray, turned: bool = F
     if min(share_a, share_b) < NEAR_BLANK:
         return structure_agreement(thumb_a, thumb_b, turned) < MIN_STRUCTURE_AGREEMENT
     return frame_disagrees(thumb_a, thumb_b, turned)
+
+
+#: Frame to frame, a pair of textured thumbnails of one aspect ratio is a copy
+#: when the whole overlap correlates at least this much ... (real dev set: a
+#: wallpaper and the same wallpaper with a logo 0.96; light/dark and
+#: recoloured wallpapers reach 0.9 and more in grey too, and are left out by
+#: ``PROOF_EQUAL`` and the colour rules)
+PROOF_CORRELATION = 0.9
+#: ... and this share of its cells agree (the logo: 4% of the cells) ...
+PROOF_AGREEMENT = 0.9
+#: ... and this share of the pixels are equal, within ``EQUAL_LEVEL`` grey
+#: levels (after a one-pixel blur): the copy keeps the picture's pixels
+#: outside the overlay. Correlation alone does not tell two different smooth
+#: gradients apart (0.9 and more); they have 0.14-0.34 of equal pixels (tests/
+#: test_thumbcheck.py), recoloured and light/dark wallpapers 0.27-0.42 (real
+#: dev set), the waves and their logo 0.93-0.94.
+PROOF_EQUAL = 0.85
+EQUAL_LEVEL = 6.0
+
+
+def equal_share(thumb_a: np.ndarray, thumb_b: np.ndarray) -> float:
+    """Share of a's thumbnail pixels that b's, laid frame to frame, equals
+    within ``EQUAL_LEVEL`` grey levels."""
+    a = cv2.GaussianBlur(np.asarray(thumb_a, np.float32), (0, 0), 1.0)
+    b = cv2.GaussianBlur(np.asarray(thumb_b, np.float32), (0, 0), 1.0)
+    if a.shape != b.shape:
+        shrink = b.shape[0] >= a.shape[0] and b.shape[1] >= a.shape[1]
+        b = cv2.resize(b, (a.shape[1], a.shape[0]),
+                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return float((np.abs(a - b) <= EQUAL_LEVEL).mean())
+
+
+def frames_prove_copy(thumb_a: np.ndarray, thumb_b: np.ndarray,
+                      marked: tuple[float, float] | None = None) -> bool:
+    """Whether two thumbnails of one framing, laid frame to frame, show one
+    picture however far their pHashes are (see the module docstring). Needs
+    texture: near-blank pictures (``NEAR_BLANK``) prove nothing. A coarse
+    look first: most candidate pairs fail it at once."""
+    share_a, share_b = marked or (marks(thumb_a)[0], marks(thumb_b)[0])
+    if min(share_a, share_b) < NEAR_BLANK:
+        return False
+    if _correlation(coarse(thumb_a), coarse(thumb_b)) < PROOF_CORRELATION:
+        return False
+    if equal_share(thumb_a, thumb_b) < PROOF_EQUAL:
+        return False
+    o = frame_overlap(thumb_a, thumb_b)
+    return o.correlation >= PROOF_CORRELATION and o.agreement >= PROOF_AGREEMENT

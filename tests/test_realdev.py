@@ -68,6 +68,25 @@ def test_identical_pixels_join_groups(tmp_path, monkeypatch):
     assert items[0].group == items[1].group != items[2].group
 
 
+def test_mate_split_and_generic_drawing_join(tmp_path, monkeypatch):
+    """A MATE 256 px icon whose own 48 px file is another drawing leaves that
+    file's group and joins the 48 px name that ships its (generic) drawing."""
+    monkeypatch.setattr(R, "ROOT", tmp_path)
+    rng = np.random.default_rng(3)
+    base = "mate-icon-theme/icons/mate"
+    items = []
+    for size, stem, group in ((256, "application-x-java", "java"),
+                              (48, "application-x-java", "java"),
+                              (48, "text-x-generic", "generic")):
+        dest = f"{base}/{size}x{size}/mimetypes/{stem}.png"
+        (tmp_path / "images" / dest).parent.mkdir(parents=True, exist_ok=True)
+        _save(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), tmp_path / "images" / dest)
+        items.append(R.Item(tmp_path / "images" / dest, dest, group))
+    R.refine_groups(items, log=lambda *_: None)
+    big, own_small, generic = (it.group for it in items)
+    assert big == generic != own_small
+
+
 def test_evaluate_counts_pairs_lookalikes_and_relations(tmp_path):
     images = tmp_path / "images"
     truth = {"images": ["a", "b", "c", "d", "e"],
@@ -90,3 +109,13 @@ def test_evaluate_counts_pairs_lookalikes_and_relations(tmp_path):
     assert ev["misses"] == [("c", "d")]
     out = bench_real.write_errors(ev, tmp_path / "errors.txt").read_text()
     assert "a\tc\tlook-alike: colour (variant)" in out and "b\tc\tunrelated" in out
+
+
+def test_relation_summary_counts_listed_and_unlisted_true_pairs():
+    ev = {"true_rel": {1: "resized", 2: "crop"},
+          "confusion": Counter({("resized", "resized"): 8, ("resized", "edited"): 2,
+                                ("crop", "(same cluster, no pair)"): 10,
+                                ("variant", "resized"): 3})}
+    text = bench_real.relation_summary(ev)
+    assert "right on 8 of 10 listed true pairs (80.0%)" in text
+    assert "10 more found true pairs" in text and "(40.0% of all 20" in text

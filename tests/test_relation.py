@@ -201,6 +201,37 @@ def test_different_shots_of_a_scene_are_same_scene(tmp_path):
     assert _relations(report)[frozenset(("left.png", "right.png"))] == "same-scene"
 
 
+def test_two_windows_onto_one_picture_are_not_crops(tmp_path):
+    """Neighbouring pages cut from one big map overlap, but neither is a part
+    of the other: not copies; a real crop (inside the picture) still is."""
+    big = textured(720, (700, 360))
+    big.crop((0, 0, 440, 360)).save(tmp_path / "west.png")
+    big.crop((260, 0, 700, 360)).save(tmp_path / "east.png")
+    unrelated(tmp_path, 730)
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="similar")
+    assert _names(report) == [["east.png", "west.png"]]
+    assert _relations(report)[frozenset(("east.png", "west.png"))] == "same-scene"
+    big.crop((60, 40, 360, 300)).save(tmp_path / "part.png")
+    assert ["part.png", "west.png"] in _names(dedupe([tmp_path]))
+
+
+def test_photo_cut_by_the_edge_of_a_page_is_not_a_copy_of_the_page(tmp_path):
+    """A photo laid out enlarged on a page, cut by the page's edge, shares a
+    part of each picture only: not copies, whatever the scale."""
+    photo = textured(740, (480, 360))
+    photo.save(tmp_path / "photo.jpg", quality=92)
+    page = Image.new("RGB", (560, 400), "white")
+    d = ImageDraw.Draw(page)
+    for i in range(12):  # a column of text lines
+        d.rectangle((300, 20 + 30 * i, 540, 32 + 30 * i), fill=(60, 60, 60))
+    page.paste(photo.resize((720, 540)).crop((400, 100, 680, 400)), (0, 50))
+    page.save(tmp_path / "page.png")
+    assert _names(dedupe([tmp_path])) == []
+    report = dedupe([tmp_path], level="similar")
+    assert _relations(report)[frozenset(("page.png", "photo.jpg"))] == "same-scene"
+
+
 def test_levels_are_nested_in_kind_order():
     assert KINDS.index("exact") == 0 and KINDS[-1] == "same-scene"
     assert [k for k in KINDS if in_level(k, "copies")] == list(KINDS[:KINDS.index("recapture") + 1])
@@ -235,6 +266,9 @@ def test_levels_are_nested_in_kind_order():
     # Padding frames the whole picture; a portrait slice with flat borders is a crop.
     (RelationEvidence(coverage_a=0.99, coverage_b=0.99, agreement=1.0, padded=True), "edited"),
     (RelationEvidence(coverage_a=0.92, coverage_b=0.28, agreement=1.0, padded=True), "crop"),
+    # Two windows onto one larger picture, neither inside the other: not a crop.
+    (RelationEvidence(coverage_a=0.83, coverage_b=0.82, contained=0.84), "same-scene"),
+    (RelationEvidence(coverage_a=0.86, coverage_b=0.47, contained=1.0), "crop"),
 ])
 def test_classify(evidence, kind):
     assert classify(evidence) == kind

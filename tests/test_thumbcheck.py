@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from matchkit import dedupe
-from matchkit.thumbcheck import NEAR_BLANK, marks, structure_agreement, thumbnails_refute
+from matchkit.thumbcheck import (NEAR_BLANK, PROOF_CORRELATION, equal_share, frame_overlap,
+                                 frames_prove_copy, marks, structure_agreement,
+                                 thumbnails_refute)
 
 from conftest import textured
 
@@ -84,3 +86,53 @@ def test_dedupe_keeps_blank_page_thumbnails_but_not_other_sheets(tmp_path):
     sheet(FAINT_A).resize((61, 86), Image.Resampling.LANCZOS).save(tmp_path / "labelstn.png")
     sheet(FAINT_B).save(tmp_path / "cards.png")
     assert _names(dedupe([tmp_path])) == [["labels.png", "labelstn.png"]]
+
+
+def smooth_wallpaper(seed: int, size=(800, 500)) -> Image.Image:
+    """A wallpaper of soft gradients and a few soft wave lines, like LXQt's
+    waves: little energy in the pHash's frequencies."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = x / w * rng.uniform(0.5, 1.5) + y / h * rng.uniform(0.5, 1.5)
+    f += 0.5 * np.sin(x / w * 3.14 * rng.uniform(0.5, 1.5) + rng.uniform(0, 6))
+    for k in range(3):
+        yy = h * (0.3 + 0.2 * k) + 60 * np.sin(x / w * 6.28 * (1 + k * 0.3) + seed)
+        f += 0.25 * np.exp(-((y - yy) / (3 + 2 * k)) ** 2)
+    f = (f - f.min()) / (f.max() - f.min())
+    rgb = np.stack([10 + 100 * f, 30 + 150 * f, 60 + 190 * f], -1)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def with_logo(im: Image.Image) -> Image.Image:
+    out = im.copy()
+    ImageDraw.Draw(out).polygon([(300, 150), (348, 162), (330, 192), (312, 180), (294, 204)],
+                                fill=(150, 210, 250))
+    return out
+
+
+def test_frames_prove_a_logo_copy_of_a_smooth_wallpaper_but_not_another_gradient():
+    wall = smooth_wallpaper(5)
+    a, b = grey(wall), grey(with_logo(wall))
+    assert frames_prove_copy(a, b)
+    # Two different smooth gradients correlate frame to frame as well as the
+    # copy does; their pixels are not equal.
+    for seed in (11, 12, 13):
+        other = grey(smooth_wallpaper(seed))
+        if frame_overlap(a, other).correlation >= PROOF_CORRELATION:
+            assert equal_share(a, other) < 0.5
+        assert not frames_prove_copy(a, other)
+
+
+def test_dedupe_finds_a_logo_on_a_smooth_wallpaper_that_the_phash_misses(tmp_path):
+    wall = smooth_wallpaper(5)
+    wall.save(tmp_path / "waves.png")
+    with_logo(wall).save(tmp_path / "waves-logo.png")
+    for seed in (11, 12, 13):
+        smooth_wallpaper(seed).save(tmp_path / f"other{seed}.png")
+    report = dedupe([tmp_path])
+    assert [sorted(Path(m).name for m in c.members) for c in report.clusters] == [
+        ["waves-logo.png", "waves.png"]]
+    pair = report.clusters[0].pairs[0]
+    assert pair.evidence["rule"] == "frames" and pair.evidence["phash_distance"] > 90
+    assert pair.relation == "edited"

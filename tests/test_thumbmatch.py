@@ -52,6 +52,35 @@ def test_one_drawing_at_256_and_48_px_matches(tmp_path):
     assert decider.decide(1, 2)[0] is True
 
 
+def _hinted(side: int = 48) -> Image.Image:
+    """The icon as a theme hand-hints its small size: a 3 px dark outline
+    round the body and a bigger, bolder emblem (GNOME's 48 px icons)."""
+    img = _icon(side)
+    d = ImageDraw.Draw(img)
+    s = side
+    d.rounded_rectangle((s * .08, s * .22, s * .92, s * .88), radius=s * .06,
+                        outline=(70, 55, 30, 255), width=3)
+    d.rectangle((s * .26, s * .42, s * .74, s * .58), fill=(60, 60, 60, 255))
+    d.polygon([(s * .92 - 1, s * .6), (s * .92 - 1, s * .88 - 1), (s * .64, s * .88 - 1)],
+              fill=(*BLUE, 255))
+    return img
+
+
+def test_hand_hinted_small_size_matches_and_a_changed_part_still_does_not(tmp_path):
+    """Hinting changes a third of the small icon's pixels and a block round
+    the emblem (over the first, tighter limits of 0.3 and 0.15); the other
+    state (papers sticking out) changes a bigger block and loses."""
+    views = {1: _view(tmp_path, "a256.png", _icon(256)),
+             2: _view(tmp_path, "a48.png", _hinted()),
+             3: _view(tmp_path, "full48.png", _icon(48, part=True))}
+    hinted = compare(views[1], views[2])
+    assert hinted.changed > 0.3 and hinted.changed_blob > 0.15
+    assert hinted.passes(), hinted
+    assert not compare(views[1], views[3]).passes()
+    decider = IconDecider(views, [(1, 2), (1, 3), (2, 3)])
+    assert decider.decide(1, 2)[0] is True and decider.decide(1, 3)[0] is False
+
+
 def test_recoloured_ribbon_does_not_match(tmp_path):
     big = _view(tmp_path, "blue256.png", _icon(256, BLUE))
     red = _view(tmp_path, "red48.png", _icon(48, RED))
