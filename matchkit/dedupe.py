@@ -42,6 +42,7 @@ def dedupe(
     rematch: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
     ray: str | None = None,
+    shards: int | None = None,
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
@@ -67,6 +68,8 @@ def dedupe(
     (``distributed.py``): files are read on its workers, each shard of the
     gallery is held by an actor, pairs are verified in tasks; clusters and
     report are built here as on one machine, with the same result.
+    ``shards`` makes a new ``gallery`` folder a sharded gallery of that many
+    shards (with ``ray``, the default is one per node).
 
     ``keep_in`` names reference folders: they are scanned too, their files
     are always keepers and are listed under each cluster's ``references``
@@ -104,13 +107,13 @@ def dedupe(
                 gallery = gallery.path  # (the run opens its shards itself)
             if gallery is None:
                 gallery = stack.enter_context(tempfile.TemporaryDirectory(prefix="matchkit-"))
-            run = stack.enter_context(RayRun(ray, gallery, settings))
+            run = stack.enter_context(RayRun(ray, gallery, settings, shards=shards))
             gallery = run.gallery
         elif gallery is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="matchkit-"))
             gallery = stack.enter_context(Gallery(tmp, settings))
         elif not isinstance(gallery, (Gallery, ShardedGallery)):
-            gallery = stack.enter_context(open_gallery(gallery, settings))
+            gallery = stack.enter_context(open_gallery(gallery, settings, shards=shards))
         bar = _progress_bar(len(files), progress)
         count = _counter(bar, on_progress, "add", len(files))
         added = (run or gallery).add(files, progress=count)

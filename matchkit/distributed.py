@@ -57,11 +57,15 @@ VERIFY_CHUNK = 32
 KILL_ONCE_ENV = "MATCHKIT_TEST_RAY_KILL_ONCE"
 
 
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or no cluster could be joined."""
+
+
 def _ray():
     try:
         import ray
     except ImportError:
-        raise RuntimeError("--ray needs Ray: pip install 'matchkit[ray]'") from None
+        raise RayUnavailable("--ray needs Ray: pip install 'matchkit[ray]'") from None
     return ray
 
 
@@ -70,8 +74,13 @@ def connect(address: str | None) -> None:
     belongs to; "local" or None: start one in this process) unless joined."""
     ray = _ray()
     if not ray.is_initialized():
-        ray.init(address=None if address in (None, "local") else address,
-                 log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=None if address in (None, "local") else address,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayUnavailable(f"cannot join Ray cluster {address!r}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                 ) from None
 
 
 def _node() -> str:
@@ -257,10 +266,13 @@ class RayRun:
     is what matching reads; ``add`` extracts files in tasks."""
 
     def __init__(self, address: str | None, path: str | os.PathLike, settings: Settings,
-                 shards: int | None = None):
+                 shards: int | None = None, create: bool = True):
         ray = _ray()
-        connect(address)
         path = Path(path).resolve()
+        if not create and not is_sharded(path):
+            raise GalleryError(f"no sharded gallery at {path} (--ray needs one: "
+                               "matchkit index --shards N)")
+        connect(address)
         if not is_sharded(path):
             if (path / DB_NAME).exists():
                 raise GalleryError(f"{path} is a one-machine gallery; --ray needs a sharded "

@@ -420,6 +420,10 @@ class ShardedGallery:
             self._merged[name] = MergedIndex(parts)
         return self._merged[name]
 
+    def update_meta(self, updates: dict[int, dict], *, replace: bool = False) -> int:
+        return sum(self.parts[s].update_meta({i: updates[i] for i in part}, replace=replace)
+                   for s, part in self._by_shard(updates).items())
+
     # embeddings: per shard only, for now
     def models(self) -> dict[str, int]:
         return {}
