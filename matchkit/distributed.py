@@ -51,9 +51,9 @@ TASK_RETRIES = 4
 ACTOR_RESTARTS = 4
 #: Candidate pairs per verification task.
 VERIFY_CHUNK = 32
-#: Test hook: a folder; each kind of task ("extract", "verify") kills its own
-#: worker once, after its work is sent but before it returns (a marker file
-#: in the folder records that it happened).
+#: Test hook: a folder; while it holds a file ``armed``, each kind of task
+#: ("extract", "verify") kills its own worker once, after its work is sent
+#: but before it returns (a marker file in the folder records that it happened).
 KILL_ONCE_ENV = "MATCHKIT_TEST_RAY_KILL_ONCE"
 
 
@@ -89,7 +89,7 @@ def _node() -> str:
 
 def _kill_once(kind: str) -> None:
     folder = os.environ.get(KILL_ONCE_ENV)
-    if folder:
+    if folder and os.path.exists(os.path.join(folder, "armed")):
         marker = Path(folder) / kind
         try:
             marker.touch(exist_ok=False)
@@ -293,6 +293,7 @@ class RayRun:
         self.gallery = None
         try:
             self.shard_nodes = ray.get([a.node.remote() for a in self.actors])
+            self.shard_pids = ray.get([a.pid.remote() for a in self.actors])
             self.gallery = ShardedGallery(path, settings, create=False, indexes=self._indexes)
         except BaseException:
             self.close()
@@ -353,7 +354,9 @@ class RayRun:
         return make
 
     def stats(self) -> dict:
+        pids = _ray().get([a.pid.remote() for a in self.actors])
         return {"shards": len(self.names), "shard_nodes": self.shard_nodes,
+                "actor_restarts": sum(a != b for a, b in zip(pids, self.shard_pids)),
                 "work": self.work.to_dict()}
 
     def close(self) -> None:
