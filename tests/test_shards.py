@@ -97,3 +97,34 @@ def test_manifest_errors_are_gallery_errors(tmp_path):
         ShardedGallery(tmp_path / "plain", shards=2)  # not a new folder
     with pytest.raises(GalleryError):
         ShardedGallery(tmp_path / "none", create=False)
+
+
+def test_cli_index_shards_then_dedupe_and_check(dup_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from matchkit.cli import cli
+
+    run = CliRunner().invoke
+    g = str(tmp_path / "g")
+    out = run(cli, ["index", str(dup_dir), "--gallery", g, "--shards", "3", "-q"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["added"] == 16
+    assert (tmp_path / "g" / MANIFEST_NAME).is_file()
+    out = run(cli, ["index", str(dup_dir), "--gallery", g, "-q"])  # found sharded again
+    assert json.loads(out.output)["unchanged"] == 16
+    out = run(cli, ["check", "--gallery", g, str(dup_dir / "p1.jpg"), "-q"])
+    assert out.exit_code == 0 and json.loads(out.output)["results"][0]["matched"]
+    out = run(cli, ["dedupe", str(dup_dir), "--gallery", g, "--json", "-", "-q"])
+    assert out.exit_code == 0
+    assert _key_json(json.loads(out.output)) == _key_json(dedupe([dup_dir]).to_dict())
+    # Usage errors: one line, exit 2.
+    for args in (["dedupe", str(dup_dir), "--shards", "2"],
+                 ["index", str(dup_dir), "--gallery", g, "--shards", "2", "-q"],
+                 ["index", str(dup_dir), "--gallery", g, "--model", "x", "-q"]):
+        out = run(cli, args)
+        assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def _key_json(data):
+    return sorted((c["keep"], c["members"], [(p["a"], p["b"], p["relation"]) for p in c["pairs"]])
+                  for c in data["clusters"])
