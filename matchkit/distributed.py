@@ -36,7 +36,7 @@ import pickle
 import sqlite3
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Settings

@@ -428,8 +428,9 @@ class ShardedGallery:
     def models(self) -> dict[str, int]:
         return {}
 
-    def embedded_ids(self, model_name: str) -> np.ndarray:
+    def embedded_ids(self, model_name: str, *args, **kw) -> np.ndarray:
         raise GalleryError("learned embeddings (--model) are not supported on sharded "
                            "galleries yet")
 
+    # (each asks for embeddings, which the shards do not offer together yet)
     vectors = vector_index = embed = embedded_ids

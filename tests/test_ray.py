@@ -146,7 +146,9 @@ def test_killed_shard_actors_are_rebuilt_from_disk(images, cluster, reference, t
     assert _result(report) == _result(reference)
 
 
-def test_index_then_check_on_the_cluster(images, cluster, tmp_path):
+def test_index_then_check_and_dedupe_on_the_cluster(images, cluster, reference, tmp_path):
+    """``index --ray`` fills the shards; a later ``dedupe --ray`` (e.g. after
+    the driver died) reads nothing again; ``check --ray`` answers as locally."""
     from click.testing import CliRunner
 
     from matchkit.cli import cli
@@ -154,6 +156,9 @@ def test_index_then_check_on_the_cluster(images, cluster, tmp_path):
     out = CliRunner().invoke(cli, ["index", str(images), "--gallery", str(tmp_path / "g"),
                                    "--ray", "auto", "--shards", "2", "-q"])
     assert out.exit_code == 0, out.output
+    again = dedupe([images], gallery=tmp_path / "g", ray="auto")
+    assert again.stats["unchanged"] == len(list(images.iterdir())) and again.stats["added"] == 0
+    assert _result(again) == _result(reference)
     queries = sorted(images.iterdir())[:6]
     local = check(tmp_path / "g", queries)
     remote = check(tmp_path / "g", queries, ray="auto")
