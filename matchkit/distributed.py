@@ -288,8 +288,11 @@ class RayRun:
             name=f"matchkit-shard-{self.token}-{name}", num_cpus=0, max_restarts=ACTOR_RESTARTS,
             max_task_retries=TASK_RETRIES, scheduling_strategy="SPREAD").remote(
                 str(path / name), settings) for name in self.names]
-        self.extract_task = ray.remote(_extract_and_store).options(max_retries=TASK_RETRIES)
-        self.verify_task = ray.remote(_verify_pairs).options(max_retries=TASK_RETRIES)
+        # SPREAD: tasks go round the nodes (not all to the first one with a free CPU).
+        self.extract_task = ray.remote(_extract_and_store).options(
+            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
+        self.verify_task = ray.remote(_verify_pairs).options(
+            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
         self.gallery = None
         try:
             self.shard_nodes = ray.get([a.node.remote() for a in self.actors])
