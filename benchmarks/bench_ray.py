@@ -91,13 +91,15 @@ def per_node(work: dict, n_images: int) -> dict:
     nodes = sorted(n for n in work if n != "driver")
     extracted = [work[n].get("images_extracted", 0) for n in nodes]
     verified = [work[n].get("pairs_verified", 0) for n in nodes]
-    shipped = sum(work[n].get("bytes_shipped", 0) for n in work)
+    records = sum(work[n].get("bytes_shipped", 0) for n in nodes)
+    queries = work.get("driver", {}).get("bytes_shipped", 0)
     read = sum(work[n].get("bytes_read", 0) for n in nodes)
     busy = [e for e in extracted if e]
     return {"extracted_per_node": "/".join(map(str, extracted)),
             "verified_per_node": "/".join(map(str, verified)),
             "extract_max_over_even": (max(busy) / (sum(busy) / len(busy))) if busy else 0.0,
-            "shipped_kb_per_image": shipped / 1024 / max(1, n_images),
+            "records_kb_per_image": records / 1024 / max(1, n_images),
+            "queries_kb_per_image": queries / 1024 / max(1, n_images),
             "features_read_kb_per_pair": read / 1024 / max(1, sum(verified))}
 
 
@@ -147,7 +149,7 @@ def main() -> None:
                 print(C.table(rows[-1:], list(rows[-1])), flush=True)
         cols = ["nodes", "wall_s", "driver_peak_rss_mib", "identical", "clusters",
                 "extracted_per_node", "verified_per_node", "extract_max_over_even",
-                "shipped_kb_per_image", "features_read_kb_per_pair"]
+                "records_kb_per_image", "queries_kb_per_image", "features_read_kb_per_pair"]
         table = C.table(rows, cols)
         print(table)
         sections.append(f"### {name} set, {args.split} split"
@@ -160,8 +162,10 @@ def main() -> None:
             "machine, one shard per node). `wall_s`: the dedupe call (one machine: the whole "
             "CLI run); `identical`: clusters, keepers and pair relations equal the "
             "one-machine run's; `extracted`/`verified` per node; `extract_max_over_even`: "
-            "busiest node over the even share; `shipped_kb_per_image`: records sent to shard "
-            "actors plus index queries and answers; `features_read_kb_per_pair`: stored "
+            "busiest node over the even share; `records_kb_per_image`: extracted records sent "
+            "to the shard actors; `queries_kb_per_image`: candidate queries (pHash variants, "
+            "the descriptors each image votes with) and the shards' answers, between driver "
+            "and actors; `features_read_kb_per_pair`: stored "
             "features verification tasks read from the shards. All nodes share this "
             "machine's cores, so wall time measures overhead, not speed-up.\n\n"
             + "\n".join(sections)))

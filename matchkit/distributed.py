@@ -39,6 +39,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+
 from .config import Settings
 from .features import extract_many
 from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
@@ -132,7 +134,10 @@ class ShardServer:
         return index.nbits, len(index)
 
     def search(self, name: str, codes, k: int):
-        return getattr(self.gallery, f"{name}_index").search(codes, k)
+        """k nearest of each code; distances as uint16 (they are at most
+        nbits + 1), a quarter of the bytes to ship back."""
+        keys, dists = getattr(self.gallery, f"{name}_index").search(codes, k)
+        return keys, dists.astype(np.uint16)
 
 
 class RemoteIndex:
@@ -149,10 +154,9 @@ class RemoteIndex:
         self.stats.add("driver", "queries", len(codes))
 
         def result():
-            found = _ray().get(ref)
-            self.stats.add("driver", "bytes_shipped", codes.nbytes + found[0].nbytes
-                           + found[1].nbytes)
-            return found
+            keys, dists = _ray().get(ref)
+            self.stats.add("driver", "bytes_shipped", codes.nbytes + keys.nbytes + dists.nbytes)
+            return keys, dists.astype(np.int64)
         return result
 
 
