@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Tests also exercise CLIP (transformers + the CPU torch wheel), ONNX models and the
-# HTTP API (serve).
+# HTTP API (serve), and Ray (a simulated cluster).
 $(TEST_STAMP): $(STAMP) pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,clip,onnx,serve]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,clip,onnx,serve,ray]'
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)

@@ -7,6 +7,7 @@ from .dedupe import dedupe  # noqa: E402
 from .gallery import Gallery, GalleryError  # noqa: E402
 from .io import ImageLoadError, load_image  # noqa: E402
 from .report import DedupeReport  # noqa: E402
+from .shards import ShardedGallery, open_gallery  # noqa: E402
 
 __all__ = ["Settings", "dedupe", "Gallery", "GalleryError", "ImageLoadError",
-           "load_image", "DedupeReport", "__version__"]
+           "load_image", "DedupeReport", "ShardedGallery", "open_gallery", "__version__"]

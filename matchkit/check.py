@@ -40,6 +40,7 @@ from .io import ImageLoadError, iter_image_files
 from .match import PairEvidence
 from .query import Neighbour, QueryMatcher
 from .report import SkippedFile
+from .shards import ShardedGallery, open_gallery
 
 #: Scores a query's matches: (pair evidence, settings) -> value in [0, 1].
 Scorer = Callable[[PairEvidence, Settings], float]
@@ -199,7 +200,7 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
           k: int = DEFAULT_K, include_all: bool = False, settings: Settings | None = None,
           scorer: Scorer | None = None, threshold: float = MATCH_STRENGTH_THRESHOLD,
           score_name: str = "match_strength", profile=None,
-          level: str | None = None) -> CheckReport:
+          level: str | None = None, ray: str | None = None) -> CheckReport:
     """Check image files against a gallery without adding them.
 
     ``paths`` are image files or folders (walked like dedupe's). Each
@@ -210,7 +211,10 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     ``score_name`` re-score matches; a ``profile`` (``profiles.Profile``)
     replaces the hand rules with its calibrated decision (module docstring).
     ``level`` ("copies", "variants" or "similar"; default the settings')
-    chooses which relations count as a match.
+    chooses which relations count as a match. ``gallery`` may be sharded
+    (``shards.py``); ``ray`` (an address, "auto" or "local") has its shards'
+    actors on a Ray cluster answer the candidate searches (``distributed.py``;
+    the query files are read here).
 
     >>> report = check("my-gallery", ["found-online.jpg"])   # doctest: +SKIP
     >>> [(m.path, m.score, m.kind) for m in report.results[0].matches]  # doctest: +SKIP
@@ -218,8 +222,14 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     if k < 1:
         raise ValueError("k must be at least 1")
     start = time.perf_counter()
-    own = not isinstance(gallery, Gallery)
-    g = Gallery(gallery, create=False) if own else gallery
+    run = None
+    if ray is not None:
+        from .distributed import RayRun
+        run = RayRun(ray, getattr(gallery, "path", gallery), settings or Settings(), create=False)
+        own, g = False, run.gallery
+    else:
+        own = not isinstance(gallery, (Gallery, ShardedGallery))
+        g = open_gallery(gallery, create=False) if own else gallery
     try:
         n_gallery = len(g)
         if n_gallery == 0:
@@ -254,6 +264,8 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     finally:
         if own:
             g.close()
+        if run is not None:
+            run.close()
     matched = sum(r.matched for r in report.results)
     report.stats = {
         "queries": len(report.results) + len(report.skipped), "matched": matched,

@@ -20,7 +20,9 @@ from ._fs import atomic_write_bytes
 from .fspath import display, json_text
 from .config import Settings
 from .dedupe import dedupe as run_dedupe
+from .distributed import RayUnavailable
 from .gallery import Gallery, GalleryError
+from .shards import is_sharded, open_gallery
 from .relation import DEFAULT_LEVEL, LEVELS
 
 
@@ -58,6 +60,16 @@ _LEVEL_OPTION = click.option(
          "recapture), variants (also recolours, light/dark and state variants) or "
          f"similar (also other shots of the same scene). Default: {DEFAULT_LEVEL}, or "
          "the level a --profile was calibrated for.")
+
+_RAY_OPTION = click.option(
+    "--ray", default=None, metavar="ADDRESS|auto|local",
+    help="Run on a Ray cluster (pip install 'matchkit[ray]'): 'auto' joins the cluster of "
+         "this machine, 'local' starts one here. Files must be at the same paths on every "
+         "node (shared storage); the gallery is sharded, one shard per node by default.")
+_SHARDS_OPTION = click.option(
+    "--shards", type=click.IntRange(min=1), default=None,
+    help="Make a new gallery of this many shards (folders under --gallery, one manifest); "
+         "an image's shard is chosen by a hash of its content.")
 
 
 def _fail(message: str) -> None:
@@ -157,10 +169,12 @@ def cli() -> None:
                    "rule: oldest, newest, largest, smallest (file size), format:FMT "
                    "(e.g. format:png) or path:GLOB (matched against the full path).")
 @_LEVEL_OPTION
+@_SHARDS_OPTION
+@_RAY_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, workers, hash_only,
            model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name,
-           keep_in, prefer, level, quiet):
+           keep_in, prefer, level, shards, ray, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
@@ -189,6 +203,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
       matchkit dedupe inbox/ --keep-in archive/ --move-duplicates-to ~/dupes
       matchkit dedupe photos/ --prefer oldest --prefer 'path:*/originals/*'
       matchkit dedupe wallpapers/ --level variants --html review.html
+      matchkit dedupe /shared/archive/ --ray auto --gallery /shared/g --json dupes.json
     """
     profile = _load_profile(profile_name, level)
     from .keeper import parse_preference
@@ -206,6 +221,10 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
         _fail("--dry-run needs --move-duplicates-to DIR")
     if rematch and not gallery:
         _fail("--rematch needs --gallery DIR")
+    if shards and not (gallery or ray):
+        _fail("--shards needs --gallery DIR (or --ray)")
+    if ray is not None and model:
+        _fail("--model is not supported with --ray yet")
     _check_html_path(html_path)
     if move_to and os.path.exists(move_to) and not os.path.isdir(move_to):
         _fail(f"--move-duplicates-to must be a folder: {move_to}")
@@ -215,11 +234,11 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
                                     model=model, min_cosine=min_cosine)
         report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
                             profile=profile, keep_in=keep_in, prefer=prefer,
-                            level=level, rematch=rematch)
+                            level=level, rematch=rematch, ray=ray, shards=shards)
     except FileNotFoundError as e:
         _fail(str(e))
-    except GalleryError as e:
-        _fail(str(e))
+    except (GalleryError, RayUnavailable) as e:
+        _fail(_one_line(e))
     except Exception as e:  # a missing or unusable --model: one line, exit 2
         from .embed import EmbedderError
         if not isinstance(e, EmbedderError):
@@ -920,9 +939,10 @@ def _check_html_path(html_path: str | None) -> None:
               help="Decide with a calibrated profile (a name in configs/, e.g. 'default', "
                    "or a .toml file); scores are then its P(duplicate).")
 @_LEVEL_OPTION
+@_RAY_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, profile_name,
-              level, quiet):
+              level, ray, quiet):
     """Check each image in QUERIES (files or folders) against a reference gallery.
 
     For every query: the gallery images it is a copy of (cropped, flipped,
@@ -952,8 +972,8 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(str(e))
     try:
         report = run_check(gallery, files, k=k, include_all=include_all,
-                           profile=_load_profile(profile_name, level), level=level)
-    except (GalleryError, CheckError) as e:
+                           profile=_load_profile(profile_name, level), level=level, ray=ray)
+    except (GalleryError, CheckError, RayUnavailable) as e:
         _fail(_one_line(e))
     data = report.to_dict()
     if html_path:
@@ -997,9 +1017,11 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
               help="Images per forward pass of the model.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the model runs: cpu, cuda, cuda:N or auto.")
+@_SHARDS_OPTION
+@_RAY_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, max_pixels,
-          hash_only, batch_size, device, quiet):
+          hash_only, batch_size, device, shards, ray, quiet):
     """Add images in PATHS to a gallery; attach metadata and embed them.
 
     Prints a JSON summary on stdout: images added/updated/unchanged, files
@@ -1014,6 +1036,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
       matchkit index photos/ --gallery g --model ./clip-dir --meta photos.csv
       matchkit index new-photos/ --gallery g -q     # embeds with g's model(s)
       matchkit index photos/ --gallery g --meta more.jsonl --no-embed | jq .metadata
+      matchkit index archive/ --gallery big --shards 8 --ray auto -q
     """
     from .gallery import DB_NAME
     from .io import iter_image_files
@@ -1021,6 +1044,9 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
 
     if model and no_embed:
         _fail("--model and --no-embed contradict each other")
+    sharded = (shards or 1) > 1 or ray is not None or is_sharded(gallery)
+    if sharded and (model or meta_path):
+        _fail("--model and --meta are not supported on sharded galleries (--shards, --ray) yet")
     try:
         files = list(iter_image_files(paths))
     except FileNotFoundError as e:
@@ -1031,7 +1057,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
         except MetadataError as e:
             _fail(_one_line(e))
     known: dict[str, int] = {}
-    if (Path(gallery) / DB_NAME).exists():
+    if (Path(gallery) / DB_NAME).exists() and not sharded:
         try:
             with Gallery(gallery, create=False) as g:
                 known = g.models()
@@ -1055,11 +1081,13 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
                                 local_features=False if hash_only else None)
     out: dict = {"gallery": str(gallery)}
     try:
-        with Gallery(gallery, settings) as g:
-            bar = _progress_bar(len(files), not quiet)
-            added = g.add(files, progress=bar.update if bar else None)
-            if bar:
-                bar.close()
+        if ray is not None:
+            from .distributed import RayRun
+            with RayRun(ray, gallery, settings, shards=shards) as run:
+                added = _add_with_bar(run, files, quiet)
+        with open_gallery(gallery, settings, shards=shards) as g:
+            if ray is None:
+                added = _add_with_bar(g, files, quiet)
             g.save()
             out.update(files=len(files), images=len(g), added=added.added,
                        updated=added.updated, unchanged=added.unchanged,
@@ -1071,7 +1099,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
                 out["metadata"] = import_metadata(g, meta_path, roots=roots).to_dict()
             out["embeddings"] = [g.embed(emb, progress=not quiet, workers=workers or None
                                          ).to_dict() for emb in embedders]
-    except (GalleryError, MetadataError) as e:
+    except (GalleryError, MetadataError, RayUnavailable) as e:
         _fail(_one_line(e))
     except Exception as e:
         from .embed import EmbedderError
@@ -1079,6 +1107,16 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
             raise
         _fail(_one_line(e))
     click.echo(json.dumps(out, indent=2))
+
+
+def _add_with_bar(gallery, files: list, quiet: bool):
+    """``gallery.add(files)`` (a gallery, sharded one or Ray run) with a progress bar."""
+    bar = _progress_bar(len(files), not quiet)
+    try:
+        return gallery.add(files, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from .checkpoint import watching
 from .cluster import Star, UnionFind, lazy_star_clusters
 from .config import Settings
 from .gallery import Gallery, StoredImage
+from .shards import ShardedGallery, open_gallery
 from .io import iter_image_files
 from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
                      same_pixels_criteria, sort_key)
@@ -41,6 +42,8 @@ def dedupe(
     level: str | None = None,
     rematch: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
+    ray: str | None = None,
+    shards: int | None = None,
 ) -> DedupeReport:
     """Find exact and near-duplicate images among the files under ``paths``.
 
@@ -61,7 +64,15 @@ def dedupe(
     searches and pair decisions are stored there, and a later run redoes only
     what new, changed or removed images affect, with the same result as a run
     from scratch. ``rematch`` ignores (and replaces) what is stored. Runs with a
-    learned ``model`` always match from scratch.
+    learned ``model`` always match from scratch. A folder holding a shard
+    manifest (``shards.py``) is a sharded gallery; it matches from scratch too.
+
+    ``ray`` (an address, or "auto"/"local") runs the work on a Ray cluster
+    (``distributed.py``): files are read on its workers, each shard of the
+    gallery is held by an actor, pairs are verified in tasks; clusters and
+    report are built here as on one machine, with the same result.
+    ``shards`` makes a new ``gallery`` folder a sharded gallery of that many
+    shards (with ``ray``, the default is one per node).
 
     ``keep_in`` names reference folders: they are scanned too, their files
     are always keepers and are listed under each cluster's ``references``
@@ -91,13 +102,26 @@ def dedupe(
     with ExitStack() as stack:
         if on_progress is not None:
             on_progress = _watched(on_progress, stack)
-        if gallery is None:
+        run = None
+        if ray is not None:
+            from .distributed import RayRun
+
+            if settings.model:
+                raise ValueError("--model is not supported with --ray yet")
+            if isinstance(gallery, (Gallery, ShardedGallery)):
+                gallery = gallery.path  # (the run opens its shards itself)
+            if gallery is None:
+                gallery = stack.enter_context(tempfile.TemporaryDirectory(prefix="matchkit-"))
+            run = stack.enter_context(RayRun(ray, gallery, settings, shards=shards))
+            gallery = run.gallery
+        elif gallery is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="matchkit-"))
             gallery = stack.enter_context(Gallery(tmp, settings))
-        elif not isinstance(gallery, Gallery):
-            gallery = stack.enter_context(Gallery(gallery, settings))
+        elif not isinstance(gallery, (Gallery, ShardedGallery)):
+            gallery = stack.enter_context(open_gallery(gallery, settings, shards=shards))
         bar = _progress_bar(len(files), progress)
-        added = gallery.add(files, progress=_counter(bar, on_progress, "add", len(files)))
+        count = _counter(bar, on_progress, "add", len(files))
+        added = (run or gallery).add(files, progress=count)
         if bar:
             bar.close()
         gallery.save()
@@ -105,7 +129,7 @@ def dedupe(
             if on_progress:
                 on_progress("embed", 0, len(added.ids))
             gallery.embed(embedder, added.ids, progress=progress)
-        incremental = gallery_given and not settings.model
+        incremental = gallery_given and not settings.model and isinstance(gallery, Gallery)
         calibrator = profile.calibrator if profile else None
         made: list[IncrementalMatcher] = []
 
@@ -114,9 +138,11 @@ def dedupe(
                                            rematch=rematch))
             return made[-1]
 
+        if run is not None:
+            make_matcher = run.matcher(calibrator)
         clusters, n_exact, n_near = find_clusters(
             gallery, added.ids, settings, calibrator=calibrator, policy=policy,
-            make_matcher=make_matcher if incremental else None, progress=on_progress)
+            make_matcher=make_matcher if incremental or run else None, progress=on_progress)
         for m in made:
             m.save()
         blank = sorted(img.path for img in gallery.images(added.ids).values() if img.blank)
@@ -150,6 +176,8 @@ def dedupe(
                                 if profile else None),
             "seconds": round(time.perf_counter() - start, 3),
         }
+        if run is not None:
+            report.stats["ray"] = run.stats()
         if incremental:  # what the stored decisions saved
             report.stats.update(
                 images_searched=sum(len(m.searched) for m in made),

@@ -69,7 +69,6 @@ PHASH_INDEX_NAME = "phash.usearch"
 ORB_INDEX_NAME = "orb.usearch"
 #: Descriptor keys in the ORB index are image_id * ORB_KEY_STRIDE + rank.
 ORB_KEY_STRIDE = 1024
-_BATCH = 256
 #: Longest side images are decoded at for embedding (JPEGs in draft mode):
 #: CLIP-style models look at ~224 pixels of the shorter side, so this keeps
 #: even 4:1 panoramas above that while decoding camera photos several times faster.
@@ -824,14 +823,7 @@ class Gallery:
 
     def local_features(self, image_id: int) -> tuple[LocalFeatures, np.ndarray] | None:
         """ORB features and grey thumbnail of one image (None if not extracted)."""
-        row = self._db.execute(
-            "SELECT width, height, xy, descriptors, thumb, thumb_width, thumb_height "
-            "FROM local_features WHERE image_id=?", (image_id,)).fetchone()
-        if row is None:
-            return None
-        w, h, xy, desc, thumb, tw, th = row
-        return (LocalFeatures.from_bytes(xy, desc, w, h),
-                np.frombuffer(thumb, np.uint8).reshape(th, tw))
+        return read_local_features(self._db, image_id)
 
     # -- writing -----------------------------------------------------------
     def _bump(self) -> None:
@@ -845,54 +837,47 @@ class Gallery:
 
         ``progress(n)`` is called as files are processed. Returns the ids of
         all readable files in ``paths`` (new, updated or unchanged) and the
-        skipped files with reasons.
+        skipped files with reasons. A gallery is the one-shard case of a
+        sharded one: the same code (``shards.add_files``) does the work.
         """
+        from .shards import add_files
+
+        return add_files([self], paths, self.settings, progress, extract=extract_many)
+
+    def plan_add(self, files: Sequence[tuple[str, int, int]]) -> list[tuple[str, object]]:
+        """What this gallery holds of each file ``(key, size, mtime_ns)`` about to
+        be added: ``("unchanged", id)``, ``("failed", reason)`` (failed before with
+        the same size and time), ``("changed", id)`` or ``("new", None)``.
+        Takes the writer lock first: adding follows."""
         self._lock_for_writing()
-        report = AddReport()
-        todo: list[str] = []
-        seen: set[str] = set()
-        for p in paths:
-            key = _key(p)
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                st = os.stat(key)
-            except OSError as e:
-                report.skipped.append(Skipped(key, f"cannot read file: {e.strerror or e}"))
-                continue
+        out: list[tuple[str, object]] = []
+        for key, size, mtime in files:
             row = self._db.execute(
                 "SELECT id, size, mtime_ns FROM images WHERE path=?", (to_db(key),)).fetchone()
-            if row and row[1] == st.st_size and row[2] == st.st_mtime_ns and (
+            if row and row[1] == size and row[2] == mtime and (
                     not self.settings.local_features or self._db.execute(
                         "SELECT 1 FROM local_features WHERE image_id=?", (row[0],)).fetchone()):
-                report.ids.append(row[0])
-                report.unchanged += 1
+                out.append(("unchanged", row[0]))
                 continue
             fail = self._db.execute(
                 "SELECT size, mtime_ns, reason FROM failures WHERE path=?", (to_db(key),)).fetchone()
-            if fail and fail[0] == st.st_size and fail[1] == st.st_mtime_ns:
-                report.skipped.append(Skipped(key, fail[2]))
-                continue
-            todo.append(key)
-        if progress and (report.unchanged or report.skipped):
-            progress(report.unchanged + len(report.skipped))
-        # New images get ids in path order, not in the order the caller listed
-        # them: ids break ties and orient pairs (a < b), so the same files must
-        # get the same ids however they were given (extract_many keeps order).
-        todo.sort()
+            if fail and fail[0] == size and fail[1] == mtime:
+                out.append(("failed", fail[2]))
+            else:
+                out.append(("changed", row[0]) if row else ("new", None))
+        return out
 
-        batch: list[tuple[str, ImageRecord | ImageLoadError]] = []
-        for item in extract_many(todo, self.settings, on_done=(lambda: progress(1)) if progress else None):
-            batch.append(item)
-            if len(batch) >= _BATCH:
-                self._write_batch(batch, report)
-                batch = []
-        if batch:
-            self._write_batch(batch, report)
+    def write_records(self, batch: list[tuple[str, "ImageRecord | ImageLoadError"]],
+                      ids: dict[str, int]) -> AddReport:
+        """Store extracted records (and failures) in one transaction; a new
+        image gets the id ``ids`` names for its path (ids are chosen by the
+        caller so that they stay unique and in path order across shards)."""
+        self._lock_for_writing()
+        report = AddReport()
+        self._write_batch(batch, report, ids)
         return report
 
-    def _write_batch(self, batch, report: AddReport) -> None:
+    def _write_batch(self, batch, report: AddReport, ids: dict[str, int]) -> None:
         index = self.phash_index
         orb = self.orb_index if self.settings.local_features else None
         now = time.time()
@@ -936,11 +921,11 @@ class Gallery:
                     replaced.append(image_id)
                     report.updated += 1
                 else:
-                    cur = self._db.execute(
-                        "INSERT INTO images(path, size, mtime_ns, sha256, width, height, format, "
-                        "phash, colour, jpeg_quality, blank, added_at) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (stored, *values, now))
-                    image_id = cur.lastrowid
+                    image_id = ids[path]
+                    self._db.execute(
+                        "INSERT INTO images(id, path, size, mtime_ns, sha256, width, height, "
+                        "format, phash, colour, jpeg_quality, blank, added_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (image_id, stored, *values, now))
                     report.added += 1
                 report.ids.append(image_id)
                 report.changed.append(image_id)
@@ -1426,6 +1411,20 @@ class Gallery:
         if self._vectors.get(name) is index:  # (else dropped: rebuilt from SQLite on use)
             index.add(np.array(ids, dtype=np.int64), vecs)
             self._changed(_MODEL_KEY + name, (info["generation"] - 1, info["generation"]))
+
+
+def read_local_features(db: sqlite3.Connection, image_id: int
+                        ) -> tuple[LocalFeatures, np.ndarray] | None:
+    """One image's stored ORB features and grey thumbnail from a gallery
+    database (also opened read-only by verification tasks on other machines)."""
+    row = db.execute(
+        "SELECT width, height, xy, descriptors, thumb, thumb_width, thumb_height "
+        "FROM local_features WHERE image_id=?", (image_id,)).fetchone()
+    if row is None:
+        return None
+    w, h, xy, desc, thumb, tw, th = row
+    return (LocalFeatures.from_bytes(xy, desc, w, h),
+            np.frombuffer(thumb, np.uint8).reshape(th, tw))
 
 
 def _create_database(db: Path) -> None:

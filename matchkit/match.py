@@ -521,19 +521,10 @@ class PairMatcher:
         """Geometric + photometric verification of pending pairs, on worker threads
         (OpenCV drops the GIL); features are read from SQLite on this thread."""
         todo = [ev for ev in todo if ev.pending]
-        settings, templated = self.settings, self.templated
 
         def work(item):
-            ev, fa, fb, ma, mb = item
-            mirror = fb is not None and (ev.extra.get("second_hop")
-                                         or ev.phash_distance <= settings.mirror_max_distance)
-            if mirror and ev.extra.get("reflect"):
-                ev.extra["mirror_tried"] = True  # (if the straight look fails)
-            _verify_pair(ev, fa, fb, templated, settings, ma, mb,
-                         mirrored=(lambda: self.mirrored(ev.b, fb[1])) if mirror else None)
-            if self.calibrator is None:
-                ev.rule = local_rule(ev, settings)
-            ev.pending = False
+            verify_stored(*item, self.templated, self.settings, self.calibrator is None,
+                          self.mirrored)
 
         pool = self._pool if len(todo) > 1 else None
         for start in range(0, len(todo), 512):
@@ -667,9 +658,8 @@ class PairMatcher:
         """Where the picture is, in thumbnail pixels (None: everywhere): a
         template's content slot, or what lies inside a flat fill."""
         if image_id not in self._masks:
-            thumb = self._thumb(image_id) if thumb is None else thumb
-            mask = picture_mask(thumb) if thumb is not None else None
-            self._masks[image_id] = None if mask is None or mask.all() else mask
+            self._masks[image_id] = thumb_content_mask(
+                self._thumb(image_id) if thumb is None else thumb)
         return self._masks[image_id]
 
     def picture_fractions(self, evidence: list[PairEvidence]) -> dict[int, float]:
@@ -794,6 +784,32 @@ def _features_in_region(path: str, mask: np.ndarray, feats: LocalFeatures,
     to_work = feats.width / img.width
     xy = (local.xy * to_full + np.array(box[:2], np.float32)) * to_work
     return LocalFeatures(xy.astype(np.float32), local.desc, feats.width, feats.height)
+
+
+def thumb_content_mask(thumb: np.ndarray | None) -> np.ndarray | None:
+    """The area inside flat borders of a stored thumbnail (None: everywhere)."""
+    mask = picture_mask(thumb) if thumb is not None else None
+    return None if mask is None or mask.all() else mask
+
+
+def verify_stored(ev: PairEvidence, fa, fb, mask_a, mask_b, templated: dict[int, LocalFeatures],
+                  settings: Settings, hand_rules: bool, mirrored) -> None:
+    """Local verification of one pending pair from its images' stored
+    features ``fa``/``fb`` (``Gallery.local_features``) and content masks; a
+    function of its arguments, so it runs the same in a thread or in a task
+    on another machine. Reads a file only for the mirrored look
+    (``mirrored(image_id, thumb)``, ``mirrored_features``), and for templated
+    images (whose content features ``templated`` holds, extracted from the
+    files by ``_content_features``)."""
+    mirror = fb is not None and (ev.extra.get("second_hop")
+                                 or ev.phash_distance <= settings.mirror_max_distance)
+    if mirror and ev.extra.get("reflect"):
+        ev.extra["mirror_tried"] = True  # (if the straight look fails)
+    _verify_pair(ev, fa, fb, templated, settings, mask_a, mask_b,
+                 mirrored=(lambda: mirrored(ev.b, fb[1])) if mirror else None)
+    if hand_rules:
+        ev.rule = local_rule(ev, settings)
+    ev.pending = False
 
 
 def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],

@@ -146,7 +146,8 @@ _CHILD = textwrap.dedent("""
             HammingIndex.save = save_then_hang
         elif mode == "mid-add":
             import matchkit.gallery as gm
-            gm._BATCH = 1
+            import matchkit.shards as sh
+            sh.BATCH = 1
             real_write = gm.Gallery._write_batch
             def write_then_hang(self, *a):
                 real_write(self, *a)

@@ -1,0 +1,175 @@
+"""Ray benchmark: dedupe on 1, 2 and 3 simulated nodes against one machine.
+
+For each set (eval halves of ``transformed`` and ``hard``, see ``sets.py``)
+the one-machine run (``matchkit dedupe``) is the reference. Then, for each
+node count, a child process starts a ``ray.cluster_utils.Cluster`` of that
+many 1-CPU nodes on this machine, runs ``dedupe(..., ray="auto")`` into a
+new sharded gallery (one shard per node) and reports: wall time of the
+dedupe call (cluster start excluded), the driver's peak RSS, per-node work
+(images extracted, pairs verified, bytes shipped) and whether clusters,
+keepers and pair relations are identical to the one-machine run.
+
+    python benchmarks/bench_ray.py --limit 40          # first 40 photos of each eval half
+    python benchmarks/bench_ray.py --set hard --nodes 1,3 --no-write
+
+All "nodes" share this machine's cores, so wall time shows overhead, not
+speed-up; per-node work shows how evenly the work spreads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+import bench_dedupe  # noqa: E402
+import sets  # noqa: E402
+
+
+def result_key(clusters: list[dict]) -> list:
+    """Clusters, keepers and pair relations of a report's JSON."""
+    return sorted((c["keep"], sorted(c["members"]),
+                   sorted((p["a"], p["b"], p["relation"]) for p in c["pairs"]))
+                  for c in clusters)
+
+
+def child(folder: str, nodes: int, out: str) -> None:
+    """Start a cluster of ``nodes`` 1-CPU nodes, dedupe ``folder`` on it,
+    write the report and measurements as JSON to ``out``."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from matchkit.dedupe import dedupe
+
+    temp = tempfile.mkdtemp(prefix="mkbench-")
+    os.makedirs(os.path.join(temp, "ray"))
+    os.environ["RAY_TMPDIR"] = temp
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "temp_dir": os.path.join(temp, "ray"), "include_dashboard": False})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        start = time.perf_counter()
+        report = dedupe([folder], gallery=os.path.join(temp, "gallery"), ray="auto",
+                        shards=nodes)
+        wall = time.perf_counter() - start
+        data = report.to_dict()
+        data["bench"] = {"wall_s": wall,
+                         "driver_peak_rss_mib": resource.getrusage(
+                             resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+        Path(out).write_text(json.dumps(data))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def first_photos(folder: Path, n: int, out: Path) -> Path:
+    """The files of the first ``n`` photos of a built set, linked into ``out``
+    (the full set is built once; some builders need extra packages)."""
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    keep = sorted({sets.group_of(p.name) for p in files})[:n]
+    out.mkdir()
+    for p in files:
+        if sets.group_of(p.name) in keep:
+            os.link(p, out / p.name)
+    return out
+
+
+def per_node(work: dict, n_images: int) -> dict:
+    nodes = sorted(n for n in work if n != "driver")
+    extracted = [work[n].get("images_extracted", 0) for n in nodes]
+    verified = [work[n].get("pairs_verified", 0) for n in nodes]
+    records = sum(work[n].get("bytes_shipped", 0) for n in nodes)
+    queries = work.get("driver", {}).get("bytes_shipped", 0)
+    read = sum(work[n].get("bytes_read", 0) for n in nodes)
+    busy = [e for e in extracted if e]
+    return {"extracted_per_node": "/".join(map(str, extracted)),
+            "verified_per_node": "/".join(map(str, verified)),
+            "extract_max_over_even": (max(busy) / (sum(busy) / len(busy))) if busy else 0.0,
+            "records_kb_per_image": records / 1024 / max(1, n_images),
+            "queries_kb_per_image": queries / 1024 / max(1, n_images),
+            "features_read_kb_per_pair": read / 1024 / max(1, sum(verified))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--set", default="transformed,hard", help="comma-separated sets")
+    ap.add_argument("--photos", type=Path, default=C.DEFAULT_PHOTOS)
+    ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
+    ap.add_argument("--nodes", default="1,2,3")
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    ap.add_argument("--child", nargs=3, metavar=("FOLDER", "NODES", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.child[2])
+        return
+    sections = []
+    for name in args.set.split(","):
+        set_args = argparse.Namespace(set=name, photos=args.photos, split=args.split,
+                                      limit=None)
+        _, folder, n_images, _ = bench_dedupe.load_set(set_args)
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.limit:
+                folder = first_photos(folder, args.limit, Path(tmp) / "set")
+                n_images = sum(1 for _ in folder.iterdir())
+            single = bench_dedupe.run_matchkit(folder, Path(tmp), [])
+            reference = result_key(json.loads((Path(tmp) / "matchkit.json").read_text())
+                                   ["clusters"])
+            rows.append({"nodes": "one machine", "wall_s": single["wall_s"],
+                         "driver_peak_rss_mib": single["peak_rss_mib"], "identical": "-",
+                         "clusters": len(reference)})
+            print(C.table(rows, list(rows[0])), flush=True)
+            for n in [int(x) for x in args.nodes.split(",")]:
+                out = Path(tmp) / f"ray-{n}.json"
+                wall, _, rc = C.run_measured([sys.executable, __file__, "--child", str(folder),
+                                              str(n), str(out)])
+                if rc:
+                    raise SystemExit(f"ray run on {n} nodes failed ({rc})")
+                data = json.loads(out.read_text())
+                bench = data["bench"]
+                rows.append({"nodes": n, "wall_s": bench["wall_s"],
+                             "driver_peak_rss_mib": bench["driver_peak_rss_mib"],
+                             "identical": result_key(data["clusters"]) == reference,
+                             "clusters": len(data["clusters"]),
+                             **per_node(data["stats"]["ray"]["work"], n_images)})
+                print(C.table(rows[-1:], list(rows[-1])), flush=True)
+        cols = ["nodes", "wall_s", "driver_peak_rss_mib", "identical", "clusters",
+                "extracted_per_node", "verified_per_node", "extract_max_over_even",
+                "records_kb_per_image", "queries_kb_per_image", "features_read_kb_per_pair"]
+        table = C.table(rows, cols)
+        print(table)
+        sections.append(f"### {name} set, {args.split} split"
+                        f"{f', first {args.limit} photos' if args.limit else ''}: "
+                        f"{n_images} images\n\n{table}\n")
+    if not args.no_write:
+        cmd = "python benchmarks/bench_ray.py" + (f" --limit {args.limit}" if args.limit else "")
+        C.write_section("ray: dedupe on simulated nodes", (
+            f"`{cmd}` (Ray 2.60, `ray.cluster_utils.Cluster`, nodes of 1 CPU on this one "
+            "machine, one shard per node). `wall_s`: the dedupe call (one machine: the whole "
+            "CLI run); `identical`: clusters, keepers and pair relations equal the "
+            "one-machine run's; `extracted`/`verified` per node; `extract_max_over_even`: "
+            "busiest node over the even share; `records_kb_per_image`: extracted records sent "
+            "to the shard actors; `queries_kb_per_image`: candidate queries (pHash variants, "
+            "the descriptors each image votes with) and the shards' answers, between driver "
+            "and actors; `features_read_kb_per_pair`: stored "
+            "features verification tasks read from the shards. All nodes share this "
+            "machine's cores, so wall time measures overhead, not speed-up.\n\n"
+            + "\n".join(sections)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""Dedupe, index and check on a Ray cluster (``pip install 'matchkit[ray]'``).
+
+The work splits along the lines of a sharded gallery (``shards.py``):
+
+* **listing** happens on the driver (this process): which files, which of
+  them the shards already hold unchanged;
+* **extraction** runs in Ray tasks, a chunk of files each: a task reads and
+  decodes its files (shared storage: every node sees the same paths) and
+  sends each record to the actor of the shard its digest hashes to;
+* **each shard is held by an actor** (:class:`ShardServer`) that writes its
+  records and answers candidate queries (pHash neighbours, descriptor votes)
+  against its own indexes; the driver merges the answers per query
+  (``shards.MergedIndex``), exactly as one index would have answered;
+* **verification** of candidate pairs runs in Ray tasks that read the two
+  images' stored features from their shards (``match.verify_stored``);
+* the accepted pairs come back to the driver, which builds the clusters,
+  keepers and report with the one-machine code (``dedupe.find_clusters``),
+  so the result is the same as on one machine.
+
+Faults: tasks are retried by Ray (``max_retries``); writing a record again is
+harmless (the same path, the same id). A shard actor that dies is restarted
+by Ray (``max_restarts``) and opens its shard again from disk, where every
+committed record is (the index files are rebuilt from SQLite when stale);
+calls it missed are retried (``max_task_retries``).
+
+Still read on the driver: the stored rows, hashes and thumbnails the global
+evidence uses (``PairMatcher``), the descriptors images vote with, the
+files of templated and icon-like images, and full-resolution pixels when
+two images may be identical (``Gallery.pixel_digest``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .config import Settings
+from .features import extract_many
+from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
+from .match import PairEvidence, PairMatcher, mirrored_features, thumb_content_mask, verify_stored
+from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
+                     read_manifest, route, stat_files)
+
+#: How often Ray retries a task whose worker died, and restarts a dead shard actor.
+TASK_RETRIES = 4
+ACTOR_RESTARTS = 4
+#: Candidate pairs per verification task.
+VERIFY_CHUNK = 32
+#: Test hook: a folder; while it holds a file ``armed``, each kind of task
+#: ("extract", "verify") kills its own worker once, after its work is sent
+#: but before it returns (a marker file in the folder records that it happened).
+KILL_ONCE_ENV = "MATCHKIT_TEST_RAY_KILL_ONCE"
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or no cluster could be joined."""
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--ray needs Ray: pip install 'matchkit[ray]'") from None
+    return ray
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` ("auto": the one this machine
+    belongs to; "local" or None: start one in this process) unless joined."""
+    ray = _ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=None if address in (None, "local") else address,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayUnavailable(f"cannot join Ray cluster {address!r}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                 ) from None
+
+
+def _node() -> str:
+    return _ray().get_runtime_context().get_node_id()
+
+
+def _kill_once(kind: str) -> None:
+    folder = os.environ.get(KILL_ONCE_ENV)
+    if folder and os.path.exists(os.path.join(folder, "armed")):
+        marker = Path(folder) / kind
+        try:
+            marker.touch(exist_ok=False)
+        except FileExistsError:
+            return
+        os._exit(1)
+
+
+class ShardServer:
+    """One shard of a gallery, held in a Ray actor: writes its records,
+    answers index searches. Opening the shard is all its state, so a
+    restarted actor is the same shard again."""
+
+    def __init__(self, path: str, settings: Settings):
+        self.gallery = Gallery(path, settings)
+
+    def node(self) -> str:
+        return _node()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def plan_add(self, files):
+        return self.gallery.plan_add(files)
+
+    def last_id(self) -> int:
+        return self.gallery.last_id()
+
+    def write_records(self, batch, ids) -> AddReport:
+        return self.gallery.write_records(batch, ids)
+
+    def remove(self, ids) -> int:
+        return self.gallery.remove(ids)
+
+    def save(self) -> None:
+        self.gallery.save()
+
+    def index_info(self, name: str) -> tuple[int, int]:
+        index = getattr(self.gallery, f"{name}_index")
+        return index.nbits, len(index)
+
+    def search(self, name: str, codes, k: int):
+        """k nearest of each code; distances as uint16 (they are at most
+        nbits + 1), a quarter of the bytes to ship back."""
+        keys, dists = getattr(self.gallery, f"{name}_index").search(codes, k)
+        return keys, dists.astype(np.uint16)
+
+
+class RemoteIndex:
+    """A shard's index held by its actor (a part of ``shards.MergedIndex``)."""
+
+    def __init__(self, actor, name: str, nbits: int, size: int, stats: "Work"):
+        self.actor, self.name, self.nbits, self.size, self.stats = actor, name, nbits, size, stats
+
+    def __len__(self) -> int:
+        return self.size
+
+    def search_async(self, codes, k: int):
+        ref = self.actor.search.remote(self.name, codes, k)
+        self.stats.add("driver", "queries", len(codes))
+
+        def result():
+            keys, dists = _ray().get(ref)
+            self.stats.add("driver", "bytes_shipped", codes.nbytes + keys.nbytes + dists.nbytes)
+            return keys, dists.astype(np.int64)
+        return result
+
+
+class Work:
+    """Per-node counts of the work done (images extracted, pairs verified,
+    bytes shipped between processes), for ``report.stats["ray"]``."""
+
+    def __init__(self):
+        self.by_node: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, node: str, what: str, n: int) -> None:
+        self.by_node[node][what] += int(n)
+
+    def to_dict(self) -> dict:
+        return {node: dict(sorted(v.items())) for node, v in sorted(self.by_node.items())}
+
+
+def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
+                       names: list[str], actors: list, settings: Settings) -> tuple:
+    """Ray task: extract a chunk of files, send each record to its shard's actor."""
+    ray = _ray()
+    per_shard: dict[int, list] = defaultdict(list)
+    for path, rec in extract_many(paths, settings.with_(workers=1)):
+        shard = route(path, rec, where, names)
+        old = where.get(path)
+        if old and old[0] != shard:
+            ray.get(actors[old[0]].remove.remote([old[1]]))
+        per_shard[shard].append((path, rec))
+    sent = sum(len(pickle.dumps(b, protocol=5)) for b in per_shard.values())
+    reports = ray.get([actors[s].write_records.remote(b, ids) for s, b in per_shard.items()])
+    _kill_once("extract")
+    report = AddReport()
+    for r in reports:
+        merge_report(report, r)
+    return report, _node(), len(paths), sent
+
+
+_CONNECTIONS: dict[str, sqlite3.Connection] = {}
+
+
+def _shard_db(path: str) -> sqlite3.Connection:
+    """A read-only connection to a shard's database, kept per worker process."""
+    if path not in _CONNECTIONS:
+        _CONNECTIONS[path] = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                             check_same_thread=False, timeout=60.0)
+    return _CONNECTIONS[path]
+
+
+def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict, templated: dict,
+                  paths: dict[int, str], settings: Settings, hand_rules: bool) -> tuple:
+    """Ray task: verify candidate pairs from their images' stored features."""
+    feats = {i: read_local_features(_shard_db(db), i) for i, db in dbs.items()}
+    read = sum(len(f[0].desc.tobytes()) + f[1].nbytes for f in feats.values() if f is not None)
+    mirrors: dict[int, object] = {}
+
+    def mirrored(image_id: int, thumb):
+        if image_id not in mirrors:
+            mirrors[image_id] = mirrored_features(paths[image_id], thumb, settings)
+        return mirrors[image_id]
+
+    def mask(i: int):
+        if i not in masks:
+            masks[i] = thumb_content_mask(feats[i][1] if feats[i] is not None else None)
+        return masks[i]
+
+    for ev in evidence:
+        verify_stored(ev, feats[ev.a], feats[ev.b], mask(ev.a), mask(ev.b), templated, settings,
+                      hand_rules, mirrored)
+    _kill_once("verify")
+    return evidence, _node(), read
+
+
+class RayPairMatcher(PairMatcher):
+    """``PairMatcher`` whose local verification runs in Ray tasks."""
+
+    def __init__(self, run: "RayRun", ids: list[int], settings: Settings,
+                 same: dict[int, int] | None = None, calibrator=None):
+        self.run = run
+        super().__init__(run.gallery, ids, settings, same, calibrator)
+
+    def verify(self, todo: list[PairEvidence]) -> None:
+        ray, run = _ray(), self.run
+        todo = [ev for ev in todo if ev.pending]
+        if not todo:
+            return
+        refs = []
+        for start in range(0, len(todo), VERIFY_CHUNK):
+            chunk = todo[start:start + VERIFY_CHUNK]
+            ids = {i for ev in chunk for i in (ev.a, ev.b)}
+            dbs = {i: str(run.gallery.path / run.names[run.gallery.owner(i)] / DB_NAME)
+                   for i in ids}
+            args = (chunk, dbs, {i: self._masks[i] for i in ids if i in self._masks},
+                    {i: self.templated[i] for i in ids if i in self.templated},
+                    {i: self.paths[i] for i in ids}, self.settings, self.calibrator is None)
+            refs.append(run.verify_task.remote(*args))
+        for chunk_start, ref in zip(range(0, len(todo), VERIFY_CHUNK), refs):
+            done, node, read = ray.get(ref)
+            for ev, new in zip(todo[chunk_start:chunk_start + VERIFY_CHUNK], done):
+                ev.__dict__.update(new.__dict__)
+            run.work.add(node, "pairs_verified", len(done))
+            run.work.add(node, "bytes_read", read)
+        if self.calibrator is not None:
+            for start in range(0, len(todo), 512):
+                self.decide(todo[start:start + 512], "local")
+
+
+class RayRun:
+    """A sharded gallery worked on by a Ray cluster: one actor per shard.
+
+    ``gallery`` (a :class:`ShardedGallery` whose indexes are the actors')
+    is what matching reads; ``add`` extracts files in tasks."""
+
+    def __init__(self, address: str | None, path: str | os.PathLike, settings: Settings,
+                 shards: int | None = None, create: bool = True):
+        ray = _ray()
+        path = Path(path).resolve()
+        if not create and not is_sharded(path):
+            raise GalleryError(f"no sharded gallery at {path} (--ray needs one: "
+                               "matchkit index --shards N)")
+        connect(address)
+        if not is_sharded(path):
+            if (path / DB_NAME).exists():
+                raise GalleryError(f"{path} is a one-machine gallery; --ray needs a sharded "
+                                   "one (matchkit index --shards N) or a new folder")
+            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+            create_sharded(path, shards or max(1, alive))
+        self.names = read_manifest(path)
+        self.settings = settings
+        self.work = Work()
+        self.token = uuid.uuid4().hex[:8]
+        server = ray.remote(ShardServer)
+        self.actors = [server.options(
+            name=f"matchkit-shard-{self.token}-{name}", num_cpus=0, max_restarts=ACTOR_RESTARTS,
+            max_task_retries=TASK_RETRIES, scheduling_strategy="SPREAD").remote(
+                str(path / name), settings) for name in self.names]
+        # SPREAD: tasks go round the nodes (not all to the first one with a free CPU).
+        self.extract_task = ray.remote(_extract_and_store).options(
+            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
+        self.verify_task = ray.remote(_verify_pairs).options(
+            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
+        self.gallery = None
+        try:
+            self.shard_nodes = ray.get([a.node.remote() for a in self.actors])
+            self.shard_pids = ray.get([a.pid.remote() for a in self.actors])
+            self.gallery = ShardedGallery(path, settings, create=False, indexes=self._indexes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _indexes(self, name: str) -> list[RemoteIndex]:
+        infos = _ray().get([a.index_info.remote(name) for a in self.actors])
+        return [RemoteIndex(a, name, nbits, size, self.work)
+                for a, (nbits, size) in zip(self.actors, infos)]
+
+    def add(self, paths: Iterable[str | os.PathLike],
+            progress: Callable[[int], None] | None = None, chunk: int | None = None) -> AddReport:
+        """``Gallery.add`` on the cluster: files listed here, read in tasks."""
+        ray = _ray()
+        report = AddReport()
+        stats = stat_files(paths)
+        files = [(k, *s) for k, s in stats if isinstance(s, tuple)]
+        answers = ray.get([a.plan_add.remote(files) for a in self.actors])
+        todo, where = plan_files(answers, stats, report)
+        if progress and (report.unchanged or report.skipped):
+            progress(report.unchanged + len(report.skipped))
+        first_new = max(ray.get([a.last_id.remote() for a in self.actors])) + 1
+        ids, next_id = {}, first_new
+        for p in todo:  # (in path order; a file that turns out unreadable leaves a gap)
+            if p in where:
+                ids[p] = where[p][1]
+            else:
+                ids[p], next_id = next_id, next_id + 1
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        size = chunk or max(1, min(64, -(-len(todo) // (4 * cpus))))
+        pending = []
+        for start in range(0, len(todo), size):
+            part = todo[start:start + size]
+            pending.append(self.extract_task.remote(
+                part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
+                self.names, self.actors, self.settings))
+        changed = []
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            part, node, n, sent = ray.get(done[0])
+            changed += part.changed
+            part.added = part.updated = 0  # (counted below: a retried task re-writes)
+            merge_report(report, part)
+            self.work.add(node, "images_extracted", n)
+            self.work.add(node, "bytes_shipped", sent)
+            if progress:
+                progress(n)
+        report.added = sum(1 for i in changed if i >= first_new)
+        report.updated = len(changed) - report.added
+        ray.get([a.save.remote() for a in self.actors])
+        self.gallery.changed()
+        return report
+
+    def matcher(self, calibrator=None):
+        """A ``make_matcher`` for ``dedupe.find_clusters``."""
+        def make(ids: list[int], same: dict[int, int]) -> RayPairMatcher:
+            return RayPairMatcher(self, ids, self.settings, same, calibrator)
+        return make
+
+    def stats(self) -> dict:
+        pids = _ray().get([a.pid.remote() for a in self.actors])
+        return {"shards": len(self.names), "shard_nodes": self.shard_nodes,
+                "actor_restarts": sum(a != b for a, b in zip(pids, self.shard_pids)),
+                "work": self.work.to_dict()}
+
+    def close(self) -> None:
+        ray = _ray()
+        if self.gallery is not None:
+            self.gallery.close()
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # already gone
+                pass
+
+    def __enter__(self) -> "RayRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def shard_actors(prefix: str = "matchkit-shard-") -> list:
+    """Handles of the live shard actors (for tests that kill one)."""
+    ray = _ray()
+    from ray.util import list_named_actors
+
+    return [ray.get_actor(n) for n in list_named_actors() if n.startswith(prefix)]

@@ -1,0 +1,436 @@
+"""Sharded galleries: one manifest naming N ordinary gallery folders.
+
+A collection too big for one gallery is split into shards, each a complete
+gallery folder (usable alone with every command). An image lives in the shard
+chosen by rendezvous (highest random weight) hashing of its content digest:
+every shard name scores the digest, the highest score wins. The choice needs
+no table, is the same on every machine, and adding a shard moves only the
+images the new name now wins, about 1/(N+1) of them; none move between the
+old shards. (A file that cannot be read has no digest; its failure is kept in
+the shard its path hashes to.)
+
+Image ids stay unique across the shards and in path order, as in a single
+gallery: a new image gets the next id above the largest one in any shard,
+given in path order. So ids mean the same as on one machine (they break ties
+and orient pairs), and matching a sharded gallery gives the same result.
+
+A plain :class:`~matchkit.gallery.Gallery` is the one-shard case: its ``add``
+is :func:`add_files` with itself as the only shard. :class:`ShardedGallery`
+offers the reading side of a gallery (what matching, dedupe and check use)
+over all its shards; its indexes are merged per query (:class:`MergedIndex`),
+so a shard's index may also live in another process (``distributed.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._fs import atomic_write
+from .config import Settings
+from .features import extract_many
+from .gallery import (AddReport, Gallery, GalleryError, ImageLoadError, Skipped, StoredImage,
+                      _key)
+
+#: The manifest file of a sharded gallery (a folder holding it and its shards).
+MANIFEST_NAME = "shards.json"
+MANIFEST_FORMAT = "matchkit-shards"
+#: Records written per shard transaction.
+BATCH = 256
+
+
+def shard_of(digest: str, names: Sequence[str]) -> int:
+    """Index of the shard (by name) that owns ``digest``: rendezvous hashing."""
+    if len(names) == 1:
+        return 0
+    return max(range(len(names)), key=lambda i: (_weight(names[i], digest), i))
+
+
+def _weight(name: str, digest: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{name}\0{digest}".encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "big")
+
+
+def shard_names(n: int) -> list[str]:
+    """Folder names of ``n`` new shards."""
+    return [f"shard-{i:03d}" for i in range(n)]
+
+
+def is_sharded(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def read_manifest(path: str | os.PathLike) -> list[str]:
+    """Shard folder names listed by the manifest in folder ``path``."""
+    file = Path(path) / MANIFEST_NAME
+    try:
+        data = json.loads(file.read_text())
+        names = data["shards"]
+        if data.get("format") != MANIFEST_FORMAT or not names or not all(
+                isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in names):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GalleryError(f"{file} is not a matchkit shard manifest") from None
+    return list(names)
+
+
+def write_manifest(path: str | os.PathLike, names: Sequence[str]) -> None:
+    text = json.dumps({"format": MANIFEST_FORMAT, "version": 1, "shards": list(names)}, indent=2)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path) / MANIFEST_NAME, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def create_sharded(path: str | os.PathLike, shards: int) -> list[str]:
+    """Make folder ``path`` a sharded gallery of ``shards`` shards (new, or
+    already one with that many); returns the shard names."""
+    if shards < 1:
+        raise ValueError("a sharded gallery needs at least one shard")
+    path = Path(path)
+    if is_sharded(path):
+        names = read_manifest(path)
+        if len(names) != shards:
+            raise GalleryError(f"{path} already has {len(names)} shards, not {shards}")
+        return names
+    if path.exists() and any(path.iterdir()):
+        raise GalleryError(f"{path} is not empty: a sharded gallery needs a new folder")
+    names = shard_names(shards)
+    write_manifest(path, names)
+    return names
+
+
+def open_gallery(path: str | os.PathLike, settings: Settings = Settings(), *,
+                 create: bool = True, shards: int | None = None,
+                 lock_timeout: float | None = None) -> "Gallery | ShardedGallery":
+    """The gallery in folder ``path``: sharded if it holds a manifest (or
+    ``shards`` asks for a new sharded one), else a plain gallery."""
+    if shards is not None and shards > 1 or is_sharded(path):
+        return ShardedGallery(path, settings, create=create, shards=shards,
+                              lock_timeout=lock_timeout)
+    return Gallery(path, settings, create=create, lock_timeout=lock_timeout)
+
+
+# -- adding files: the same code for one shard or many ---------------------
+
+def stat_files(paths: Iterable[str | os.PathLike]) -> list[tuple[str, object]]:
+    """Each distinct file's key with ``(size, mtime_ns)``, or a ``Skipped``."""
+    out: list[tuple[str, object]] = []
+    seen: set[str] = set()
+    for p in paths:
+        key = _key(p)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            st = os.stat(key)
+        except OSError as e:
+            out.append((key, Skipped(key, f"cannot read file: {e.strerror or e}")))
+            continue
+        out.append((key, (st.st_size, st.st_mtime_ns)))
+    return out
+
+
+def plan_files(answers: list[list[tuple[str, object]]], stats: list[tuple[str, object]],
+               report: AddReport) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """Merge what each shard holds of the files (``Gallery.plan_add`` answers,
+    one list per shard, for the files of ``stats`` that exist) into ``report``
+    (unchanged ids, skipped files, in the order given); returns the files to
+    extract, in path order, and where each one that some shard holds lives
+    (key -> (shard, id))."""
+    todo: list[str] = []
+    where: dict[str, tuple[int, int]] = {}
+    row = 0
+    for key, stat in stats:
+        if isinstance(stat, Skipped):
+            report.skipped.append(stat)
+            continue
+        found = [shard[row] for shard in answers]
+        row += 1
+        unchanged = [v for what, v in found if what == "unchanged"]
+        failed = [v for what, v in found if what == "failed"]
+        if unchanged:
+            report.ids.append(unchanged[0])
+            report.unchanged += 1
+        elif failed:
+            report.skipped.append(Skipped(key, failed[0]))
+        else:
+            todo.append(key)
+            for shard, (what, v) in enumerate(found):
+                if what == "changed":
+                    where[key] = (shard, v)
+    # New images get ids in path order, not in the order the caller listed
+    # them: ids break ties and orient pairs (a < b), so the same files must
+    # get the same ids however they were given (extract_many keeps order).
+    todo.sort()
+    return todo, where
+
+
+def merge_report(into: AddReport, part: AddReport) -> None:
+    into.ids += part.ids
+    into.changed += part.changed
+    into.added += part.added
+    into.updated += part.updated
+    into.skipped += part.skipped
+
+
+def route(path: str, rec, where: dict[str, tuple[int, int]], names: Sequence[str]) -> int:
+    """The shard a record (or a failure) of ``path`` is written to."""
+    if isinstance(rec, ImageLoadError):
+        old = where.get(path)
+        return old[0] if old else shard_of(path, names)  # (drops the old row there)
+    return shard_of(rec.sha256, names)
+
+
+def add_files(stores: Sequence[Gallery], paths: Iterable[str | os.PathLike], settings: Settings,
+              progress: Callable[[int], None] | None = None,
+              names: Sequence[str] | None = None, extract=extract_many) -> AddReport:
+    """Add image files to the shards ``stores`` (named ``names`` for hashing),
+    skipping unchanged ones; what ``Gallery.add`` does, for any number of shards.
+
+    Files are decoded in path order (``extract_many``) and new images get ids
+    in that order, counting on from the largest id of any shard. An image
+    whose new bytes belong to another shard leaves its old one. ``extract``:
+    ``features.extract_many`` or a stand-in with its signature."""
+    names = names or shard_names(len(stores))
+    report = AddReport()
+    stats = stat_files(paths)
+    files = [(k, *s) for k, s in stats if not isinstance(s, Skipped)]
+    todo, where = plan_files([s.plan_add(files) for s in stores], stats, report)
+    if progress and (report.unchanged or report.skipped):
+        progress(report.unchanged + len(report.skipped))
+    next_id = max(s.last_id() for s in stores) + 1
+    pending: list[list] = [[] for _ in stores]
+    ids: dict[str, int] = {}
+
+    def flush(shard: int) -> None:
+        merge_report(report, stores[shard].write_records(pending[shard], ids))
+        pending[shard] = []
+
+    on_done = (lambda: progress(1)) if progress else None
+    for path, rec in extract(todo, settings, on_done=on_done):
+        shard = route(path, rec, where, names)
+        old = where.get(path)
+        if not isinstance(rec, ImageLoadError):
+            if old:
+                ids[path] = old[1]
+            else:
+                ids[path], next_id = next_id, next_id + 1
+        if old and old[0] != shard:  # its new bytes hash to another shard
+            stores[old[0]].remove([old[1]])
+        pending[shard].append((path, rec))
+        if len(pending[shard]) >= BATCH:
+            flush(shard)
+    for shard in range(len(stores)):
+        if pending[shard]:
+            flush(shard)
+    return report
+
+
+# -- reading: indexes merged per query --------------------------------------
+
+class MergedIndex:
+    """The k nearest codes over several shards' indexes: each shard's k
+    nearest, merged by (distance, key). A part is a ``HammingIndex`` or
+    anything with ``nbits``, ``__len__`` and ``search_async(codes, k)``
+    returning a function that gives the result (an index in another process)."""
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+        self.nbits = self.parts[0].nbits
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.parts) == 1:
+            return _result(self.parts[0], codes, k)()
+        waiting = [_result(p, codes, k) for p in self.parts]  # all started first
+        found = [get() for get in waiting]
+        keys = np.concatenate([f[0] for f in found], axis=1)
+        dists = np.concatenate([f[1] for f in found], axis=1)
+        order = np.lexsort((keys, dists), axis=1)[:, :k]
+        return (np.take_along_axis(keys, order, axis=1),
+                np.take_along_axis(dists, order, axis=1))
+
+
+def _result(part, codes: np.ndarray, k: int):
+    if hasattr(part, "search_async"):
+        return part.search_async(codes, k)
+    found = part.search(codes, k)
+    return lambda: found
+
+
+class ShardedGallery:
+    """Several gallery folders read as one gallery (see module docstring).
+
+    Adding, reading rows and features, and searching the pHash and ORB
+    indexes work as on a :class:`Gallery`; embeddings, labels and
+    incremental matching state stay per shard (not yet across them).
+    ``indexes(name)`` may give the index parts instead of the shards'
+    own (``distributed.py``: indexes held by shard actors)."""
+
+    def __init__(self, path: str | os.PathLike, settings: Settings = Settings(), *,
+                 create: bool = True, shards: int | None = None,
+                 lock_timeout: float | None = None, indexes=None):
+        self.path = Path(path)
+        self.settings = settings
+        if not is_sharded(self.path):
+            if not create or shards is None:
+                raise GalleryError(f"no sharded gallery at {self.path} (missing {MANIFEST_NAME})")
+            create_sharded(self.path, shards)
+        self.names = read_manifest(self.path)
+        if shards is not None and shards != len(self.names):
+            raise GalleryError(f"{self.path} has {len(self.names)} shards, not {shards}")
+        self.parts: list[Gallery] = []
+        try:
+            for name in self.names:
+                self.parts.append(Gallery(self.path / name, settings, create=create,
+                                          lock_timeout=lock_timeout))
+        except BaseException:
+            self.close()
+            raise
+        self._index_parts = indexes
+        self._merged: dict[str, MergedIndex] = {}
+        self._owner: dict[int, int] | None = None
+
+    # lifecycle
+    def close(self) -> None:
+        for g in self.parts:
+            g.close()
+
+    def __enter__(self) -> "ShardedGallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def save(self) -> None:
+        for g in self.parts:
+            g.save()
+
+    # writing
+    def add(self, paths: Iterable[str | os.PathLike],
+            progress: Callable[[int], None] | None = None) -> AddReport:
+        """As ``Gallery.add``; each image goes to the shard its digest hashes to."""
+        try:
+            return add_files(self.parts, paths, self.settings, progress, self.names)
+        finally:
+            self.changed()
+
+    def remove(self, paths_or_ids: Iterable[str | int | os.PathLike]) -> int:
+        items = list(paths_or_ids)
+        try:
+            return sum(g.remove(items) for g in self.parts)
+        finally:
+            self.changed()
+
+    def changed(self) -> None:
+        """Forget what was cached about the shards' contents."""
+        self._owner = None
+        self._merged.clear()
+
+    # reading
+    def owner(self, image_id: int) -> int:
+        """Index of the shard holding image ``image_id`` (KeyError if none)."""
+        if self._owner is None:
+            self._owner = {i: s for s, g in enumerate(self.parts) for i in g.ids()}
+        return self._owner[image_id]
+
+    def _by_shard(self, ids: Iterable[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in ids:
+            try:
+                out.setdefault(self.owner(i), []).append(i)
+            except KeyError:
+                continue
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.parts)
+
+    def ids(self) -> list[int]:
+        return sorted(i for g in self.parts for i in g.ids())
+
+    def last_id(self) -> int:
+        return max(g.last_id() for g in self.parts)
+
+    def get(self, image_id: int) -> StoredImage:
+        return self.parts[self.owner(image_id)].get(image_id)
+
+    def find(self, path: str | os.PathLike) -> StoredImage | None:
+        return next((r for r in (g.find(path) for g in self.parts) if r is not None), None)
+
+    def images(self, ids: Iterable[int] | None = None) -> dict[int, StoredImage]:
+        if ids is None:
+            found = {k: v for g in self.parts for k, v in g.images().items()}
+        else:
+            found = {k: v for s, part in self._by_shard(ids).items()
+                     for k, v in self.parts[s].images(part).items()}
+        return dict(sorted(found.items()))
+
+    def paths(self) -> dict[int, str]:
+        return dict(sorted((k, v) for g in self.parts for k, v in g.paths().items()))
+
+    def failures(self) -> list[Skipped]:
+        return [f for g in self.parts for f in g.failures()]
+
+    def phash_variants(self, ids: Sequence[int]) -> np.ndarray:
+        ids = list(ids)
+        out = None
+        for s, part in self._by_shard(ids).items():
+            got = self.parts[s].phash_variants(part)
+            if out is None:
+                out = np.zeros((len(ids), *got.shape[1:]), got.dtype)
+            row = {i: n for n, i in enumerate(part)}
+            for n, i in enumerate(ids):
+                if i in row:
+                    out[n] = got[row[i]]
+        return out if out is not None else self.parts[0].phash_variants([])
+
+    def colours(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        found = {k: v for s, part in self._by_shard(ids).items()
+                 for k, v in self.parts[s].colours(part).items()}
+        return dict(sorted(found.items()))
+
+    def local_features(self, image_id: int):
+        try:
+            return self.parts[self.owner(image_id)].local_features(image_id)
+        except KeyError:
+            return None
+
+    def pixel_digest(self, image_id: int) -> str | None:
+        return self.parts[self.owner(image_id)].pixel_digest(image_id)
+
+    @property
+    def phash_index(self) -> MergedIndex:
+        return self._index("phash")
+
+    @property
+    def orb_index(self) -> MergedIndex:
+        return self._index("orb")
+
+    def _index(self, name: str) -> MergedIndex:
+        if name not in self._merged:
+            parts = (self._index_parts(name) if self._index_parts is not None
+                     else [getattr(g, f"{name}_index") for g in self.parts])
+            self._merged[name] = MergedIndex(parts)
+        return self._merged[name]
+
+    def update_meta(self, updates: dict[int, dict], *, replace: bool = False) -> int:
+        return sum(self.parts[s].update_meta({i: updates[i] for i in part}, replace=replace)
+                   for s, part in self._by_shard(updates).items())
+
+    # embeddings: per shard only, for now
+    def models(self) -> dict[str, int]:
+        return {}
+
+    def embedded_ids(self, model_name: str, *args, **kw) -> np.ndarray:
+        raise GalleryError("learned embeddings (--model) are not supported on sharded "
+                           "galleries yet")
+
+    # (each asks for embeddings, which the shards do not offer together yet)
+    vectors = vector_index = embed = embedded_ids

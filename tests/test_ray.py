@@ -1,0 +1,169 @@
+"""dedupe, index and check on a Ray cluster simulated on this machine
+(``ray.cluster_utils.Cluster``: 3 nodes of 1 CPU each) give the one-machine
+result, also when a worker or a shard actor dies during the run.
+
+One cluster for the whole module (starting one takes seconds); Ray's
+temporary files go under a fresh temporary folder, removed at the end."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from matchkit.check import check  # noqa: E402
+from matchkit.dedupe import dedupe  # noqa: E402
+from matchkit.distributed import KILL_ONCE_ENV, shard_actors  # noqa: E402
+from matchkit.edits import load_suite, write_edit  # noqa: E402
+from matchkit.shards import ShardedGallery  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-sample"
+PHOTOS = 16  # x up to 3 files each
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Photos with two edits each (``transformed`` suite) and one byte copy."""
+    if not DATA.is_dir():
+        pytest.skip(f"no sample photos at {DATA}")
+    out = tmp_path_factory.mktemp("images")
+    edits = load_suite("transformed").edits
+    for n, src in enumerate(sorted(DATA.iterdir())[:PHOTOS]):
+        shutil.copy(src, out / src.name)
+        for e in (edits[n % len(edits)], edits[(n * 7 + 3) % len(edits)]):
+            write_edit(src, e, out, src.stem)
+    first = sorted(out.iterdir())[0]
+    shutil.copy(first, out / f"copy-of-{first.name}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three simulated nodes of one CPU; the driver is connected to it."""
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="mkray-")  # short: Ray's socket paths must fit
+    os.makedirs(os.path.join(temp, "ray"))
+    kill_dir = os.path.join(temp, "kills")
+    os.makedirs(kill_dir)
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", KILL_ONCE_ENV)}
+    os.environ["RAY_TMPDIR"] = temp  # (Ray's own files; workers inherit the hook)
+    os.environ[KILL_ONCE_ENV] = kill_dir
+    c = None
+    try:
+        c = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "temp_dir": os.path.join(temp, "ray"), "include_dashboard": False})
+        for _ in range(2):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False, configure_logging=False)
+    except Exception as e:  # no Ray here (sandbox, no sockets...): say why
+        reason = f"Ray cannot start: {type(e).__name__}: {e}".splitlines()[0]
+        print(reason)
+        if c is not None:
+            c.shutdown()
+        _restore(saved)
+        shutil.rmtree(temp, ignore_errors=True)
+        pytest.skip(reason)
+    try:
+        yield Path(kill_dir)
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        _restore(saved)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _restore(saved: dict) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def reference(images):
+    """The one-machine result."""
+    return dedupe([images])
+
+
+def _result(report):
+    """Clusters, keepers and pair relations."""
+    return sorted((c.keep, tuple(c.members), tuple((p.a, p.b, p.relation) for p in c.pairs))
+                  for c in report.clusters)
+
+
+def test_dedupe_on_three_nodes_equals_one_machine(images, cluster, reference, tmp_path):
+    phases = []
+    report = dedupe([images], gallery=tmp_path / "g", ray="auto",
+                    on_progress=lambda phase, done, total: phases.append(phase))
+    assert _result(report) == _result(reference)
+    assert len(reference.clusters) >= PHOTOS
+    work = report.stats["ray"]["work"]
+    nodes = [n for n in work if n != "driver"]
+    n_files = len(list(images.iterdir()))
+    assert sum(work[n].get("images_extracted", 0) for n in nodes) == n_files
+    assert sum(1 for n in nodes if work[n].get("images_extracted")) >= 2  # spread out
+    assert sum(work[n].get("pairs_verified", 0) for n in nodes) > 0
+    assert report.stats["ray"]["shards"] == 3
+    assert {"add", "match", "cluster"} <= set(phases)
+    with ShardedGallery(tmp_path / "g", create=False) as g:  # the shards stay on disk
+        assert len(g) == n_files and sum(1 for p in g.parts if len(p)) == 3
+
+
+def test_killed_workers_change_nothing(images, cluster, reference, tmp_path):
+    """Each kind of task (extraction after sending its records, verification)
+    loses its worker once; Ray runs it again."""
+    (cluster / "armed").touch()
+    try:
+        report = dedupe([images], gallery=tmp_path / "g", ray="auto")
+    finally:
+        (cluster / "armed").unlink()
+    assert (cluster / "extract").exists() and (cluster / "verify").exists()  # they did die
+    assert _result(report) == _result(reference)
+    assert report.stats["added"] == len(list(images.iterdir()))
+
+
+def test_killed_shard_actors_are_rebuilt_from_disk(images, cluster, reference, tmp_path):
+    """One shard actor killed while files are being added (writes to it are
+    retried), another after the files were added (before the candidate
+    searches): each restarts, opens its shard from disk, answers as before."""
+    killed = []
+
+    def kill(phase, done, total):
+        if (phase, len(killed)) in (("add", 0), ("match", 1)) and (done or phase == "match"):
+            actor = shard_actors()[len(killed)]
+            killed.append(phase)
+            ray.kill(actor, no_restart=False)
+
+    report = dedupe([images], gallery=tmp_path / "g", ray="auto", on_progress=kill)
+    assert killed == ["add", "match"]
+    assert report.stats["ray"]["actor_restarts"] == 2
+    assert _result(report) == _result(reference)
+
+
+def test_index_then_check_and_dedupe_on_the_cluster(images, cluster, reference, tmp_path):
+    """``index --ray`` fills the shards; a later ``dedupe --ray`` (e.g. after
+    the driver died) reads nothing again; ``check --ray`` answers as locally."""
+    from click.testing import CliRunner
+
+    from matchkit.cli import cli
+
+    out = CliRunner().invoke(cli, ["index", str(images), "--gallery", str(tmp_path / "g"),
+                                   "--ray", "auto", "--shards", "2", "-q"])
+    assert out.exit_code == 0, out.output
+    again = dedupe([images], gallery=tmp_path / "g", ray="auto")
+    assert again.stats["unchanged"] == len(list(images.iterdir())) and again.stats["added"] == 0
+    assert _result(again) == _result(reference)
+    queries = sorted(images.iterdir())[:6]
+    local = check(tmp_path / "g", queries)
+    remote = check(tmp_path / "g", queries, ray="auto")
+
+    def matches(rep):
+        return [(r.path, [(m.id, m.matched, m.kind, m.relation) for m in r.matches])
+                for r in rep.results]
+    assert matches(remote) == matches(local) and all(r.matched for r in local.results)

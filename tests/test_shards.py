@@ -1,0 +1,130 @@
+"""Sharded galleries (shards.py): hashing, manifest, same result as one gallery."""
+
+import hashlib
+import json
+
+import pytest
+
+from matchkit.dedupe import dedupe
+from matchkit.gallery import Gallery, GalleryError
+from matchkit.shards import (MANIFEST_NAME, ShardedGallery, open_gallery, shard_names,
+                             shard_of)
+
+from conftest import make_photo
+
+
+def _digests(n: int) -> list[str]:
+    return [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+
+
+def test_adding_a_shard_moves_about_one_in_n_plus_one_and_nothing_else():
+    digests = _digests(6000)
+    three, four = shard_names(3), shard_names(4)
+    before = [shard_of(d, three) for d in digests]
+    after = [shard_of(d, four) for d in digests]
+    moved = [(b, a) for b, a in zip(before, after) if b != a]
+    assert all(a == 3 for _, a in moved)  # only into the new shard, never between old ones
+    assert abs(len(moved) / len(digests) - 1 / 4) < 0.03
+    # Even shares: each shard holds about a third.
+    assert all(abs(before.count(s) / len(digests) - 1 / 3) < 0.03 for s in range(3))
+    assert [shard_of(d, three) for d in digests[:50]] == before[:50]  # stable
+
+
+def _key(report):
+    return sorted((c.keep, tuple(c.members), tuple((p.a, p.b, p.relation) for p in c.pairs))
+                  for c in report.clusters)
+
+
+@pytest.fixture
+def dup_dir(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        img = make_photo(300 + i)
+        img.save(folder / f"p{i}.jpg", quality=92)
+        img.resize((200, 150)).save(folder / f"p{i}_small.jpg", quality=80)
+        if i % 2:
+            img.transpose(0).save(folder / f"p{i}_flip.png")
+    (folder / "p0_copy.jpg").write_bytes((folder / "p0.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return folder
+
+
+def test_sharded_gallery_gives_the_one_gallery_result(dup_dir, tmp_path):
+    single = dedupe([dup_dir])
+    with ShardedGallery(tmp_path / "g", shards=3) as g:
+        sharded = dedupe([dup_dir], gallery=g)
+        sizes = [len(p) for p in g.parts]
+        ids = g.ids()
+    assert _key(sharded) == _key(single) and single.clusters
+    assert [s.path for s in sharded.skipped] == [s.path for s in single.skipped]
+    assert sum(sizes) == 16 and sum(1 for n in sizes if n) >= 2
+    assert ids == list(range(1, 17))  # unique across shards, in path order
+    # Each shard is an ordinary gallery, usable alone.
+    with Gallery(tmp_path / "g" / "shard-000", create=False) as alone:
+        assert len(alone) == sizes[0]
+
+
+def test_sharded_add_again_is_unchanged_and_a_changed_file_may_move(dup_dir, tmp_path):
+    files = sorted(str(p) for p in dup_dir.iterdir())
+    with open_gallery(tmp_path / "g", shards=2) as g:
+        assert isinstance(g, ShardedGallery)
+        first = g.add(files)
+        again = g.add(files)
+        assert (again.added, again.updated, again.unchanged) == (0, 0, 16)
+        assert sorted(again.ids) == sorted(first.ids)
+        assert len(again.skipped) == 1  # the broken file, remembered
+        target = dup_dir / "p2.jpg"
+        old = g.find(target)
+        make_photo(999).save(target, quality=70)
+        third = g.add(files)
+        assert (third.added, third.updated) == (0, 1)
+        new = g.find(target)
+        assert new.id == old.id and new.sha256 != old.sha256
+        assert len(g) == 16  # wherever it lives now, it lives once
+        assert [p.find(target) is not None for p in g.parts].count(True) == 1
+        assert g.owner(new.id) == shard_of(new.sha256, g.names)
+
+
+def test_manifest_errors_are_gallery_errors(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / MANIFEST_NAME).write_text(json.dumps({"shards": ["../x"]}))
+    with pytest.raises(GalleryError):
+        open_gallery(tmp_path / "bad")
+    with Gallery(tmp_path / "plain"):
+        pass
+    with pytest.raises(GalleryError):
+        ShardedGallery(tmp_path / "plain", shards=2)  # not a new folder
+    with pytest.raises(GalleryError):
+        ShardedGallery(tmp_path / "none", create=False)
+
+
+def test_cli_index_shards_then_dedupe_and_check(dup_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from matchkit.cli import cli
+
+    run = CliRunner().invoke
+    g = str(tmp_path / "g")
+    out = run(cli, ["index", str(dup_dir), "--gallery", g, "--shards", "3", "-q"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["added"] == 16
+    assert (tmp_path / "g" / MANIFEST_NAME).is_file()
+    out = run(cli, ["index", str(dup_dir), "--gallery", g, "-q"])  # found sharded again
+    assert json.loads(out.output)["unchanged"] == 16
+    out = run(cli, ["check", "--gallery", g, str(dup_dir / "p1.jpg"), "-q"])
+    assert out.exit_code == 0 and json.loads(out.output)["results"][0]["matched"]
+    out = run(cli, ["dedupe", str(dup_dir), "--gallery", g, "--json", "-", "-q"])
+    assert out.exit_code == 0
+    assert _key_json(json.loads(out.output)) == _key_json(dedupe([dup_dir]).to_dict())
+    # Usage errors: one line, exit 2.
+    for args in (["dedupe", str(dup_dir), "--shards", "2"],
+                 ["index", str(dup_dir), "--gallery", g, "--shards", "2", "-q"],
+                 ["index", str(dup_dir), "--gallery", g, "--model", "x", "-q"]):
+        out = run(cli, args)
+        assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def _key_json(data):
+    return sorted((c["keep"], c["members"], [(p["a"], p["b"], p["relation"]) for p in c["pairs"]])
+                  for c in data["clusters"])
