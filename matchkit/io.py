@@ -178,10 +178,13 @@ def _decode(path: Path, img: Image.Image, max_side: int | None,
         out = _apply_orientation(out, orientation)
     pixels = None
     if digest:
-        if not reduced:  # the full-resolution pixels: hash them
-            pixels = pixel_digest(out)
-        elif fmt == "JPEG":
-            pixels = jpeg_stream_digest(path.read_bytes(), orientation)
+        try:
+            if not reduced:  # the full-resolution pixels: hash them
+                pixels = pixel_digest(out)
+            elif fmt == "JPEG":
+                pixels = jpeg_stream_digest(path.read_bytes(), orientation)
+        except (MemoryError, OSError):  # no digest then: never an exact match by pixels
+            pixels = None
     if max_side:
         out = shrink(out, max_side)
     return LoadedImage(image=out, width=width, height=height, format=fmt, n_frames=n_frames,

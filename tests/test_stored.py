@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import sqlite3
+import sys
 
 import numpy as np
 import PIL.Image
@@ -15,10 +17,9 @@ from matchkit.dedupe import find_clusters
 from matchkit.features import extract
 from matchkit.gallery import DB_NAME, SCHEMA_VERSION
 from matchkit.hashing import jpeg_stream_digest
-from matchkit.local import LocalFeatures
+from matchkit.local import LocalFeatures, verify
 from matchkit.stored import (decode_colour, encode_colour, encode_local, stored_features,
                              thumb_features)
-from matchkit.local import verify
 from test_thumbmatch import _icon
 
 
@@ -51,8 +52,6 @@ def test_mirrored_look_from_thumbnails_finds_a_flip(photo_dir):
 
 def test_jpeg_stream_digest_ignores_metadata_only():
     img = PIL.Image.new("RGB", (64, 48), (10, 200, 30))
-    import io
-
     plain, tagged = io.BytesIO(), io.BytesIO()
     img.save(plain, "JPEG", quality=90)
     exif = PIL.Image.Exif()
@@ -117,7 +116,10 @@ def test_matching_reads_no_file(photo_dir, tmp_path, monkeypatch):
         raise AssertionError(f"load_image({path}) during matching")
 
     monkeypatch.setattr(PIL.Image, "open", no_files)
-    monkeypatch.setattr(matchkit.io, "load_image", no_load)
+    for module in list(sys.modules.values()):  # every ``from .io import load_image`` too
+        if (getattr(module, "__name__", "").startswith("matchkit")
+                and getattr(module, "load_image", None) is matchkit.io.load_image):
+            monkeypatch.setattr(module, "load_image", no_load)
     with Gallery(tmp_path / "g", s) as g2:
         after = _outcome(g2, ids, photo_dir, s)
     assert opened == []
