@@ -28,7 +28,8 @@ def test_stored_features_round_trip(photo_dir):
     local, thumb = stored_features(encode_local(rec.local, rec.thumb))
     assert np.abs(local.xy - rec.local.xy).max() <= 1 / 32
     assert np.array_equal(local.desc, rec.local.desc)
-    assert np.array_equal(thumb, rec.thumb)  # lossless: photometric checks see the same
+    # JPEG: a few grey levels of noise, no more
+    assert np.abs(thumb.astype(int) - rec.thumb).mean() < 2 and thumb.shape == rec.thumb.shape
     assert np.array_equal(decode_colour(encode_colour(rec.colour)), rec.colour)
     assert len(encode_colour(rec.colour)) < 2048
     # Rows written before (encoding 1: raw float32 and raw pixels) stay readable.
@@ -151,7 +152,7 @@ def test_old_gallery_is_migrated_and_extracted_again(photo_dir, tmp_path):
         for i in ids:
             local, thumb = g.local_features(i)
             assert np.abs(local.xy - want[i][0].xy).max() <= 1 / 32
-            assert np.array_equal(thumb, want[i][1])
+            assert np.abs(thumb.astype(int) - want[i][1]).max() <= 16
         report = g.add(files)
         assert report.updated == len(ids) and sorted(report.ids) == sorted(ids)
         encodings = {r[0] for r in g._db.execute("SELECT encoding FROM local_features")}
