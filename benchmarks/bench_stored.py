@@ -10,6 +10,11 @@ RESULTS.md shows them side by side.
 
     PYTHONPATH=/work/main python benchmarks/bench_stored.py --set hard --label before
     PYTHONPATH=$PWD python benchmarks/bench_stored.py --set hard --label after
+
+``--speed CHECKOUT [CHECKOUT ...]`` instead runs ``matchkit dedupe`` on the set
+with each checkout in turn (back to back) and prints pairs, precision,
+recall, wall and CPU seconds (user + system, workers included): on a shared
+machine CPU seconds are the comparable measure.
 """
 
 from __future__ import annotations
@@ -59,15 +64,42 @@ def measure(gallery: Path) -> dict:
     return out
 
 
+def speed(folder: Path, truth: set, checkouts: list[str]) -> None:
+    """``matchkit dedupe`` of ``folder`` with each checkout, back to back."""
+    import os
+
+    rows = []
+    for root in checkouts:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.json"
+            m = C.run_measured_cpu([sys.executable, "-m", "matchkit.cli", "dedupe",
+                                    str(folder.resolve()), "--json", str(out), "-q"],
+                                   cwd=tmp, env={**os.environ, "PYTHONPATH": root})
+            if m["rc"]:
+                raise SystemExit(f"matchkit ({root}) failed: {m['rc']}")
+            score = C.score(C.pairs_from_groups(C.clusters_from_json(out)), truth)
+        rows.append({"checkout": root, **score, "wall_s": m["wall_s"], "cpu_s": m["cpu_s"],
+                     "peak_rss_mib": m["peak_rss_mib"]})
+        print(C.table(rows[-1:], list(rows[-1])), flush=True)
+    print(C.table(rows, list(rows[0])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_set_arguments(ap, default="hard")
-    ap.add_argument("--label", required=True, help="name of this run's column (e.g. before)")
+    ap.add_argument("--label", help="name of this run's column (e.g. before)")
+    ap.add_argument("--speed", nargs="+", metavar="CHECKOUT",
+                    help="compare dedupe recall and time of these checkouts instead")
     ap.add_argument("--rows", type=Path, default=C.WORK / "stored-bytes.json",
                     help="JSON file the runs accumulate in")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
-    _, folder, n_images, _ = load_set(args)
+    if not args.speed and not args.label:
+        ap.error("--label or --speed is required")
+    _, folder, n_images, truth = load_set(args)
+    if args.speed:
+        speed(folder, truth, args.speed)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         gallery = Path(tmp) / "g"
         # (run from the temp folder: ``-m`` puts the working directory first
