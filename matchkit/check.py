@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from .relation import check_level
 from ._fs import atomic_write_bytes
 from .config import Settings
-from .features import full_pixel_digest
+from .features import stored_pixel_digest
 from .fspath import csv_bytes, json_text
 from .gallery import Gallery
 from .hashing import file_digest
@@ -176,10 +176,11 @@ class _ExactTest:
                 self._digests[query] = file_digest(query)
             if self._digests[query] == stored.sha256:
                 return True
-            # Identical pixels give identical pHashes: only then decode in full.
+            # Identical pixels give identical pHashes: only then decode again.
             if nb.evidence.phash_distance != 0:
                 return False
-            return full_pixel_digest(query, self.settings) == self.gallery.pixel_digest(nb.id)
+            digest = stored_pixel_digest(query, self.settings)
+            return digest is not None and digest == self.gallery.pixel_digest(nb.id)
         except (OSError, ImageLoadError):
             return False
 

@@ -44,7 +44,7 @@ import numpy as np
 from .config import Settings
 from .features import extract_many
 from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
-from .match import PairEvidence, PairMatcher, mirrored_features, thumb_content_mask, verify_stored
+from .match import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
 from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
                      read_manifest, route, stat_files)
 
@@ -206,16 +206,10 @@ def _shard_db(path: str) -> sqlite3.Connection:
 
 
 def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict, templated: dict,
-                  paths: dict[int, str], settings: Settings, hand_rules: bool) -> tuple:
+                  settings: Settings, hand_rules: bool) -> tuple:
     """Ray task: verify candidate pairs from their images' stored features."""
     feats = {i: read_local_features(_shard_db(db), i) for i, db in dbs.items()}
     read = sum(len(f[0].desc.tobytes()) + f[1].nbytes for f in feats.values() if f is not None)
-    mirrors: dict[int, object] = {}
-
-    def mirrored(image_id: int, thumb):
-        if image_id not in mirrors:
-            mirrors[image_id] = mirrored_features(paths[image_id], thumb, settings)
-        return mirrors[image_id]
 
     def mask(i: int):
         if i not in masks:
@@ -224,7 +218,7 @@ def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict
 
     for ev in evidence:
         verify_stored(ev, feats[ev.a], feats[ev.b], mask(ev.a), mask(ev.b), templated, settings,
-                      hand_rules, mirrored)
+                      hand_rules)
     _kill_once("verify")
     return evidence, _node(), read
 
@@ -250,7 +244,7 @@ class RayPairMatcher(PairMatcher):
                    for i in ids}
             args = (chunk, dbs, {i: self._masks[i] for i in ids if i in self._masks},
                     {i: self.templated[i] for i in ids if i in self.templated},
-                    {i: self.paths[i] for i in ids}, self.settings, self.calibrator is None)
+                    self.settings, self.calibrator is None)
             refs.append(run.verify_task.remote(*args))
         for chunk_start, ref in zip(range(0, len(todo), VERIFY_CHUNK), refs):
             done, node, read = ray.get(ref)

@@ -20,9 +20,10 @@ import numpy as np
 
 from .colour import colour_histogram
 from .config import Settings
-from .hashing import dihedral_phashes, file_digest, pixel_digest
+from .hashing import dihedral_phashes, file_digest
 from .io import ImageLoadError, load_image, shrink
 from .local import LocalFeatures, extract_local, working_grey
+from .thumbmatch import icon_blob, icon_like
 
 
 @dataclass
@@ -48,6 +49,11 @@ class ImageRecord:
     jpeg_quality: int | None = None
     #: Nothing to see: one flat colour once transparency is composited.
     blank: bool = False
+    #: Digest of the pixels (``io.LoadedImage.pixel_sha256``): equal digests
+    #: mean equal pixels, whatever the container or metadata.
+    pixel_sha256: str | None = None
+    #: PNG of an icon drawn on transparency (``thumbmatch.icon_blob``), else None.
+    icon: bytes | None = None
 
     @property
     def pixels(self) -> int:
@@ -86,7 +92,8 @@ def _failure_reason(e: Exception) -> str:
 
 def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
     digest = file_digest(path)
-    loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels)
+    loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels,
+                        digest=True)
     image = loaded.image
     local = grey_thumb = None
     if settings.local_features:
@@ -110,6 +117,8 @@ def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
         thumb=grey_thumb,
         jpeg_quality=loaded.jpeg_quality,
         blank=is_blank(thumb),
+        pixel_sha256=loaded.pixel_sha256,
+        icon=icon_blob(path) if icon_like((loaded.width, loaded.height)) else None,
     )
 
 
@@ -129,14 +138,11 @@ def is_blank(thumb) -> bool:
     return bool(np.abs(a - np.median(a, axis=0)).max() <= BLANK_SPREAD)
 
 
-def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str:
-    """Digest of the full-resolution pixels; only needed for exact-match checks.
-    Raises :class:`ImageLoadError` for any failure."""
-    image = load_image(path, max_pixels=settings.max_pixels).image
-    try:
-        return pixel_digest(image)
-    except Exception as e:  # e.g. out of memory on a huge image: not an exact match then
-        raise ImageLoadError(path, f"cannot digest pixels: {type(e).__name__}: {e}") from None
+def stored_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str | None:
+    """The pixel digest extraction stores for ``path`` (``ImageRecord.pixel_sha256``),
+    for comparing a file with gallery images. Raises :class:`ImageLoadError`."""
+    return load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels,
+                      digest=True).pixel_sha256
 
 
 def _extract_or_reason(path: str, settings: Settings

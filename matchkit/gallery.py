@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import Settings
-from .features import ImageRecord, extract_many, full_pixel_digest
+from .features import ImageRecord, extract_many
 from .hashing import PHASH_BITS
 from .index import HammingIndex
 from ._fs import fsync_dir, remove_stale_temps, verified_bytes
@@ -58,12 +58,15 @@ from ._lock import LockTimeout, WriterLock, default_timeout
 from .fspath import from_db, to_db
 from .io import ImageLoadError, load_image
 from .local import LocalFeatures
+from .stored import decode_colour, encode_colour, encode_local, stored_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embed import Embedder
     from .vectors import VectorIndex
 
-SCHEMA_VERSION = 1
+#: 2: compact stored features (``stored.py``: encoding column of
+#: ``local_features``, icon views, pixel digests made at extraction).
+SCHEMA_VERSION = 2
 DB_NAME = "gallery.sqlite"
 PHASH_INDEX_NAME = "phash.usearch"
 ORB_INDEX_NAME = "orb.usearch"
@@ -134,7 +137,8 @@ CREATE TABLE IF NOT EXISTS images (
     labels TEXT NOT NULL DEFAULT '[]',
     added_at REAL NOT NULL,
     jpeg_quality INTEGER,
-    blank INTEGER
+    blank INTEGER,
+    icon BLOB
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 CREATE TABLE IF NOT EXISTS local_features (
@@ -145,7 +149,8 @@ CREATE TABLE IF NOT EXISTS local_features (
     descriptors BLOB NOT NULL,
     thumb BLOB NOT NULL,
     thumb_width INTEGER NOT NULL,
-    thumb_height INTEGER NOT NULL
+    thumb_height INTEGER NOT NULL,
+    encoding INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY,
@@ -286,7 +291,7 @@ def _row_to_image(row) -> StoredImage:
 
 #: Columns added after schema 1 was released, with their SQL types. Galleries
 #: written before get them on open (``_migrate``).
-_ADDED_COLUMNS = {"jpeg_quality": "INTEGER", "blank": "INTEGER"}
+_ADDED_COLUMNS = {"jpeg_quality": "INTEGER", "blank": "INTEGER", "icon": "BLOB"}
 
 
 def _key(path: str | bytes | os.PathLike) -> str:
@@ -401,12 +406,20 @@ class Gallery:
             have = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
             return [c for c in _ADDED_COLUMNS if c not in have]
 
-        if not missing():
+        def old_local() -> bool:
+            return "encoding" not in {r[1] for r in self._db.execute(
+                "PRAGMA table_info(local_features)")}
+
+        if not missing() and not old_local():
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for column in missing():
                 self._db.execute(f"ALTER TABLE images ADD COLUMN {column} {_ADDED_COLUMNS[column]}")
+            if old_local():  # encoding-1 rows stay readable until re-extracted
+                self._db.execute("ALTER TABLE local_features ADD COLUMN encoding "
+                                 "INTEGER NOT NULL DEFAULT 1")
+            self._set_meta("schema_version", SCHEMA_VERSION)
             self._db.execute("UPDATE images SET mtime_ns = -1")
             self._db.execute("COMMIT")
         except BaseException:
@@ -587,7 +600,7 @@ class Gallery:
 
     def colours(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Colour histograms by id."""
-        return {k: np.frombuffer(v, "<u4") for k, v in self._blobs("colour", ids).items()}
+        return {k: decode_colour(v) for k, v in self._blobs("colour", ids).items()}
 
     def failures(self) -> list[Skipped]:
         return [Skipped(from_db(p), r)
@@ -825,6 +838,10 @@ class Gallery:
         """ORB features and grey thumbnail of one image (None if not extracted)."""
         return read_local_features(self._db, image_id)
 
+    def icons(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """Stored icon views (``thumbmatch.icon_blob``) of those of ``ids`` that have one."""
+        return {k: v for k, v in self._blobs("icon", ids).items() if v is not None}
+
     # -- writing -----------------------------------------------------------
     def _bump(self) -> None:
         old = self.generation
@@ -910,13 +927,13 @@ class Gallery:
                     continue
                 self._db.execute("DELETE FROM failures WHERE path=?", (stored,))
                 values = (rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height,
-                          rec.format, rec.phashes.tobytes(), rec.colour.astype("<u4").tobytes(),
-                          rec.jpeg_quality, int(rec.blank))
+                          rec.format, rec.phashes.tobytes(), encode_colour(rec.colour),
+                          rec.jpeg_quality, int(rec.blank), rec.pixel_sha256, rec.icon)
                 if old:
                     self._db.execute(
-                        "UPDATE images SET size=?, mtime_ns=?, sha256=?, pixel_sha256=NULL, "
-                        "width=?, height=?, format=?, phash=?, colour=?, jpeg_quality=?, blank=? "
-                        "WHERE id=?", (*values, old[0]))
+                        "UPDATE images SET size=?, mtime_ns=?, sha256=?, "
+                        "width=?, height=?, format=?, phash=?, colour=?, jpeg_quality=?, blank=?, "
+                        "pixel_sha256=?, icon=? WHERE id=?", (*values, old[0]))
                     image_id = old[0]
                     replaced.append(image_id)
                     report.updated += 1
@@ -924,8 +941,8 @@ class Gallery:
                     image_id = ids[path]
                     self._db.execute(
                         "INSERT INTO images(id, path, size, mtime_ns, sha256, width, height, "
-                        "format, phash, colour, jpeg_quality, blank, added_at) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (image_id, stored, *values, now))
+                        "format, phash, colour, jpeg_quality, blank, pixel_sha256, icon, added_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (image_id, stored, *values, now))
                     report.added += 1
                 report.ids.append(image_id)
                 report.changed.append(image_id)
@@ -933,11 +950,10 @@ class Gallery:
                 new_codes.append(rec.phashes[0])
                 self._db.execute("DELETE FROM local_features WHERE image_id=?", (image_id,))
                 if rec.local is not None:
-                    xy, desc = rec.local.to_bytes()
                     self._db.execute(
-                        "INSERT INTO local_features VALUES (?,?,?,?,?,?,?,?)",
-                        (image_id, rec.local.width, rec.local.height, xy, desc,
-                         rec.thumb.tobytes(), rec.thumb.shape[1], rec.thumb.shape[0]))
+                        "INSERT INTO local_features(image_id, width, height, xy, descriptors, "
+                        "thumb, thumb_width, thumb_height, encoding) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (image_id, *encode_local(rec.local, rec.thumb)))
                     new_local.append((image_id, rec.local.desc))
             self._drop_vectors(stale)
             self._drop_matches(gone + replaced)
@@ -1136,17 +1152,10 @@ class Gallery:
         return int(row[0] or 0)
 
     def pixel_digest(self, image_id: int) -> str | None:
-        """Digest of the full-resolution pixels, computed on first use and cached."""
-        rec = self.get(image_id)
-        if rec.pixel_sha256:
-            return rec.pixel_sha256
-        try:
-            digest = full_pixel_digest(rec.path, self.settings)
-        except ImageLoadError:
-            return None
-        self._db.execute("UPDATE images SET pixel_sha256=? WHERE id=? AND sha256=?",
-                         (digest, image_id, rec.sha256))
-        return digest
+        """Digest of the pixels as extraction made it (``features.PixelDigest``;
+        None: not known, e.g. a row written before digests were stored). The
+        file is not read: matching needs nothing but stored records."""
+        return self.get(image_id).pixel_sha256
 
 
     # -- embeddings --------------------------------------------------------
@@ -1418,13 +1427,9 @@ def read_local_features(db: sqlite3.Connection, image_id: int
     """One image's stored ORB features and grey thumbnail from a gallery
     database (also opened read-only by verification tasks on other machines)."""
     row = db.execute(
-        "SELECT width, height, xy, descriptors, thumb, thumb_width, thumb_height "
+        "SELECT width, height, xy, descriptors, thumb, thumb_width, thumb_height, encoding "
         "FROM local_features WHERE image_id=?", (image_id,)).fetchone()
-    if row is None:
-        return None
-    w, h, xy, desc, thumb, tw, th = row
-    return (LocalFeatures.from_bytes(xy, desc, w, h),
-            np.frombuffer(thumb, np.uint8).reshape(th, tw))
+    return None if row is None else stored_features(row)
 
 
 def _create_database(db: Path) -> None:

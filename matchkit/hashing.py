@@ -57,6 +57,46 @@ def pixel_digest(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+#: JPEG markers whose segments are metadata (APP0-APP13, APP15, COM): they
+#: do not change the decoded pixels. APP14 (Adobe: the colour transform) does.
+_JPEG_METADATA = {*range(0xE0, 0xEE), 0xEF, 0xFE}
+
+
+def jpeg_stream_digest(data: bytes, orientation: int = 1) -> str | None:
+    """SHA-256 of a JPEG's coded picture (tables, frame header and scans,
+    without metadata segments) and its EXIF orientation, hex, prefixed
+    ``jpeg:`` so it never equals a :func:`pixel_digest`; None if ``data`` is
+    not a JPEG this parser follows.
+
+    Two files with equal stream digests decode to the same pixels (a copy
+    with its metadata stripped or edited), without decoding either at full
+    size. Pixel-identical files coded differently (Huffman tables optimised
+    again) are not found this way: a conservative answer.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    h = hashlib.sha256(f"orientation:{orientation}:".encode())
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan: the rest is picture data
+            h.update(data[i:])
+            return "jpeg:" + h.hexdigest()
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker not in _JPEG_METADATA:
+            h.update(data[i:end])
+        i = end
+    return None
+
+
 def phash_coefficients(image: Image.Image, hash_size: int = PHASH_SIZE) -> np.ndarray:
     """The low-frequency DCT block that imagehash's pHash thresholds."""
     size = hash_size * _HIGHFREQ_FACTOR

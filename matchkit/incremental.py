@@ -70,8 +70,9 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 
 #: Bump when what a record or a stored pair means changes, and when the
 #: decision rules change within one matchkit version (2: recapture pictures,
-#: thumbnail checks of pHash matches, recolours by histogram).
-STATE_VERSION = 2
+#: thumbnail checks of pHash matches, recolours by histogram; 3: mirrored
+#: looks and icon views made from stored features, ``stored.py``).
+STATE_VERSION = 3
 #: Settings that do not change any decision (only how many threads run).
 _NOT_MATCHING = ("workers",)
 #: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second
@@ -297,9 +298,9 @@ class IncrementalMatcher(PairMatcher):
         self.plain = {}
         self.crowd = {i: records[i]["crowd"] for i in ids}
         # Icons (``thumbmatch``) are judged against each other's closest views
-        # in this run: their pairs are measured again every run (icons are
-        # small files; decoding them is cheap).
-        self.icons = icon_views(self.paths, self.sizes, self._pool)
+        # in this run: their pairs are measured again every run (from the
+        # small stored icon views; cheap).
+        self.icons = icon_views(self.gallery.icons(ids), self.sizes, self._pool)
         self.icon_decider = IconDecider(self.icons, [], self._pool)
         self.changed.update(self.icons)
         self.evidence = self._evidence(ids, same)

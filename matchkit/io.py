@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .hashing import jpeg_stream_digest, pixel_digest
 from .jpeg_quality import jpeg_quality
 
 #: File name endings that are treated as images when walking a folder. A file
@@ -64,6 +65,10 @@ class LoadedImage:
     n_frames: int = 1
     #: Estimated quality of a JPEG from its quantisation tables (None: not a JPEG).
     jpeg_quality: int | None = None
+    #: With ``load_image(digest=True)``: ``hashing.pixel_digest`` of the
+    #: full-resolution pixels when they were decoded, else (a JPEG decoded
+    #: in draft mode) ``hashing.jpeg_stream_digest``; None if neither is known.
+    pixel_sha256: str | None = None
 
 
 def iter_image_files(
@@ -95,6 +100,7 @@ def load_image(
     *,
     max_side: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    digest: bool = False,
 ) -> LoadedImage:
     """Decode ``path`` to an 8-bit RGB :class:`PIL.Image.Image`.
 
@@ -103,6 +109,8 @@ def load_image(
     is several times faster for camera photos, and anything still larger is
     downsampled. ``max_pixels`` (width x height) guards against decompression
     bombs: a larger file is refused before its pixels are decoded.
+    ``digest`` also fills ``LoadedImage.pixel_sha256`` (at the cost of
+    hashing the decoded pixels, or reading a draft-decoded JPEG's bytes).
 
     Raises :class:`ImageLoadError` for every kind of bad input.
     """
@@ -120,7 +128,7 @@ def load_image(
             # Our own pixel limit applies; Pillow's warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                return _decode(path, img, max_side, max_pixels)
+                return _decode(path, img, max_side, max_pixels, digest)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -137,8 +145,8 @@ def load_image(
 
 
 def _decode(path: Path, img: Image.Image, max_side: int | None,
-            max_pixels: int | None) -> LoadedImage:
-    width, height = img.size
+            max_pixels: int | None, digest: bool = False) -> LoadedImage:
+    width, height = coded = img.size
     if width <= 0 or height <= 0:
         raise ImageLoadError(path, f"invalid size {width}x{height}")
     if max_pixels is not None and width * height > max_pixels:
@@ -158,6 +166,7 @@ def _decode(path: Path, img: Image.Image, max_side: int | None,
         scale = max(img.size) / max_side
         if scale >= 2:
             img.draft("RGB", (max(1, int(img.size[0] / scale)), max(1, int(img.size[1] / scale))))
+    reduced = img.size != coded  # draft mode took effect
     img.load()
     # Read orientation after load(): some plugins (TIFF) rotate while loading
     # and drop the tag, and then their size is already the rotated one.
@@ -167,10 +176,19 @@ def _decode(path: Path, img: Image.Image, max_side: int | None,
     out = _to_rgb(img)
     if orientation != 1:
         out = _apply_orientation(out, orientation)
+    pixels = None
+    if digest:
+        try:
+            if not reduced:  # the full-resolution pixels: hash them
+                pixels = pixel_digest(out)
+            elif fmt == "JPEG":
+                pixels = jpeg_stream_digest(path.read_bytes(), orientation)
+        except (MemoryError, OSError):  # no digest then: never an exact match by pixels
+            pixels = None
     if max_side:
         out = shrink(out, max_side)
     return LoadedImage(image=out, width=width, height=height, format=fmt, n_frames=n_frames,
-                       jpeg_quality=quality)
+                       jpeg_quality=quality, pixel_sha256=pixels)
 
 
 def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:

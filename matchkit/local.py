@@ -43,14 +43,6 @@ class LocalFeatures:
         """The keypoints where ``keep`` is true, order preserved."""
         return LocalFeatures(self.xy[keep], self.desc[keep], self.width, self.height)
 
-    def to_bytes(self) -> tuple[bytes, bytes]:
-        return self.xy.astype("<f4").tobytes(), self.desc.tobytes()
-
-    @classmethod
-    def from_bytes(cls, xy: bytes, desc: bytes, width: int, height: int) -> "LocalFeatures":
-        return cls(np.frombuffer(xy, "<f4").reshape(-1, 2),
-                   np.frombuffer(desc, np.uint8).reshape(-1, DESC_BYTES), width, height)
-
 
 def working_grey(image: Image.Image, work_side: int) -> np.ndarray:
     """Grey uint8 array of ``image`` scaled so its longer side is ``work_side``.

@@ -34,6 +34,7 @@ from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COL
                        RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT, RelationEvidence,
                        classify, hue_histogram, hue_overlap, hues_agree, in_level,
                        redrawn_icons)
+from .stored import thumb_features
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
 from .thumbcheck import frames_prove_copy, marks, thumbnails_refute
@@ -399,7 +400,7 @@ class PairMatcher:
             pairs.setdefault(pair, -1)
         #: Icons drawn on transparency at up to 256 px (``thumbmatch``): their
         #: pairs of two sizes are decided on aligned thumbnails, not keypoints.
-        self.icons = icon_views(self.paths, self.sizes, self._pool)
+        self.icons = icon_views(gallery.icons(ids), self.sizes, self._pool)
         for pair in icon_candidates(self.icons):
             pairs.setdefault(pair, -1)
         #: Per-image context of the pair features: crowd distance.
@@ -422,7 +423,6 @@ class PairMatcher:
         self.paths = {i: img.path for i, img in stored.items()}
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self.formats = {i: img.format for i, img in stored.items()}
-        self._mirrored: dict[int, tuple | None] = {}
         self._lightness: dict[int, float | None] = {}
         self.vectors: dict[int, np.ndarray] = {}
         #: Share of each image's thumbnail that stands out from its background.
@@ -523,8 +523,7 @@ class PairMatcher:
         todo = [ev for ev in todo if ev.pending]
 
         def work(item):
-            verify_stored(*item, self.templated, self.settings, self.calibrator is None,
-                          self.mirrored)
+            verify_stored(*item, self.templated, self.settings, self.calibrator is None)
 
         pool = self._pool if len(todo) > 1 else None
         for start in range(0, len(todo), 512):
@@ -702,14 +701,6 @@ class PairMatcher:
             icon_rule(ev, self.icon_decider, self.settings)
         return ev
 
-    def mirrored(self, image_id: int, thumb: np.ndarray):
-        """Mirrored features of one image, computed once per run (thread-safe enough:
-        a race only computes the same value twice)."""
-        if image_id not in self._mirrored:
-            self._mirrored[image_id] = mirrored_features(
-                self.paths[image_id], thumb, self.settings)
-        return self._mirrored[image_id]
-
 
 def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
                 same: dict[int, int] | None = None, calibrator=None) -> list[PairEvidence]:
@@ -729,7 +720,11 @@ def _content_features(ids, paths: dict[int, str], found, cache: _LocalCache, set
                       ) -> dict[int, LocalFeatures]:
     """Content-only local features of images that sit in a template crowd;
     ``masks`` receives each such image's content mask (thumbnail pixels).
-    The closer look (a decode and ORB, both outside the GIL) runs on ``pool``."""
+    The closer look (a decode and ORB, both outside the GIL) runs on ``pool``.
+    It is the one look of verification that still reads the image file: the
+    stored keypoints alone, inside the mask, lost most screenshot pairs of the
+    hard set (a frame takes most of an image's 500 keypoints; see RESULTS.md
+    "Compact stored features")."""
     found_masks: list[tuple[int, np.ndarray, LocalFeatures]] = []
     for i in ids:
         checkpoint()
@@ -793,41 +788,41 @@ def thumb_content_mask(thumb: np.ndarray | None) -> np.ndarray | None:
 
 
 def verify_stored(ev: PairEvidence, fa, fb, mask_a, mask_b, templated: dict[int, LocalFeatures],
-                  settings: Settings, hand_rules: bool, mirrored) -> None:
+                  settings: Settings, hand_rules: bool) -> None:
     """Local verification of one pending pair from its images' stored
     features ``fa``/``fb`` (``Gallery.local_features``) and content masks; a
     function of its arguments, so it runs the same in a thread or in a task
-    on another machine. Reads a file only for the mirrored look
-    (``mirrored(image_id, thumb)``, ``mirrored_features``), and for templated
-    images (whose content features ``templated`` holds, extracted from the
-    files by ``_content_features``)."""
+    on another machine. The mirrored look comes from the stored thumbnails
+    (``mirrored_look``); only templated images' content features
+    (``templated``, from ``_content_features``) were read from their files."""
     mirror = fb is not None and (ev.extra.get("second_hop")
                                  or ev.phash_distance <= settings.mirror_max_distance)
     if mirror and ev.extra.get("reflect"):
         ev.extra["mirror_tried"] = True  # (if the straight look fails)
-    _verify_pair(ev, fa, fb, templated, settings, mask_a, mask_b,
-                 mirrored=(lambda: mirrored(ev.b, fb[1])) if mirror else None)
+    _verify_pair(ev, fa, fb, templated, settings, mask_a, mask_b, mirror=mirror)
     if hand_rules:
         ev.rule = local_rule(ev, settings)
     ev.pending = False
 
 
 def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
-                 settings: Settings, mask_a=None, mask_b=None, mirrored=None) -> None:
-    """Verify a against b; for pairs whose hashes align best under a reflection,
-    also against b mirrored (``mirrored()`` gives b's mirrored features)."""
+                 settings: Settings, mask_a=None, mask_b=None, mirror: bool = False) -> None:
+    """Verify a against b; with ``mirror``, for pairs whose hashes align best
+    under a reflection, also against b mirrored (``mirrored_look``)."""
     if fa is None or fb is None:
         return
     (la, ta), (lb, tb) = fa, fb
     la, lb = templated.get(ev.a, la), templated.get(ev.b, lb)
     _check(ev, la, ta, lb, tb, settings, mask_a, mask_b)
-    if (mirrored is not None and ev.extra.get("reflect") and ev.b not in templated
+    if (mirror and ev.extra.get("reflect") and ev.b not in templated
             and not local_rule(ev, settings)):
-        mb = mirrored()
-        if mb is not None:
+        ma, mb, mtb = mirrored_look(fa, fb, settings)
+        if ev.a in templated and mask_a is not None:  # content only, as in the straight look
+            ma = ma.subset(keypoints_in_mask(ma.xy, (ma.width, ma.height), mask_a))
+        if len(mb):
             before = (ev.verification, ev.overlap_correlation, ev.overlap,
                       ev.extra.get("picture"), ev.extra.get("inner"))
-            _check(ev, la, ta, mb[0], mb[1], settings, mask_a,
+            _check(ev, ma, ta, mb, mtb, settings, mask_a,
                    None if mask_b is None else np.ascontiguousarray(mask_b[:, ::-1]))
             if ev.verification.inliers > before[0].inliers:
                 ev.verification.mirrored = True
@@ -951,16 +946,13 @@ def _border_share(thumb: np.ndarray) -> float:
     return 1.0 - (bottom - top) * (right - left) / max(thumb.size, 1)
 
 
-def mirrored_features(path: str, thumb: np.ndarray, settings: Settings
-                      ) -> tuple[LocalFeatures, np.ndarray] | None:
-    """Local features and thumbnail of the left-right mirror of an image.
-
-    ORB descriptors are not mirror-symmetric, so a flipped copy is verified
-    against features found on the mirrored picture (in the mirrored frame).
-    """
-    try:
-        img = load_image(path, max_side=settings.work_side, max_pixels=settings.max_pixels).image
-    except ImageLoadError:
-        return None
-    grey = np.ascontiguousarray(working_grey(img, settings.work_side)[:, ::-1])
-    return extract_local(grey, settings.n_features), np.ascontiguousarray(thumb[:, ::-1])
+def mirrored_look(fa, fb, settings: Settings) -> tuple:
+    """Features of a and of b mirrored left-right, both from their stored
+    thumbnails (``stored.thumb_features``), and b's mirrored thumbnail: the
+    look at a flipped copy, made of stored data only. ``fa``/``fb`` are
+    (local features, thumbnail) of a and b."""
+    (la, ta), (lb, tb) = fa, fb
+    n = settings.n_features
+    return (thumb_features(ta, (la.width, la.height), n),
+            thumb_features(tb, (lb.width, lb.height), n, mirror=True),
+            np.ascontiguousarray(tb[:, ::-1]))

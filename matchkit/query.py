@@ -39,7 +39,7 @@ from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
 from .io import ImageLoadError, load_image, shrink
 from .local import extract_local, working_grey
 from .match import (PairEvidence, _LocalCache, _verify_pair, colour_evidence, hash_rule,
-                    local_rule, mirrored_features, settle_global_relation)
+                    local_rule, settle_global_relation)
 from .template import picture_mask
 
 #: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
@@ -226,8 +226,7 @@ class QueryMatcher:
                     for ev in found[i]:
                         if ev.a in by2[j]:
                             by2[j][ev.a] = ev.phash_distance
-                second = self._evidence(recs2, keys2, by2, votes2, crowd, {}, force=True,
-                                        settings=self._zoom_settings())
+                second = self._evidence(recs2, keys2, by2, votes2, crowd, {}, force=True)
                 for j, i in enumerate(redo):
                     best = {ev.a: ev for ev in found[i]}
                     for ev in second[j]:
@@ -376,8 +375,8 @@ class QueryMatcher:
         # One or two distinctive votes happen by chance; a copy gets several.
         return {pair: v for pair, v in votes.items() if v >= min_votes}
 
-    def _evidence(self, records, keys, by_query, vote_of, crowd, shared, *, force: bool = False,
-                  settings: Settings | None = None) -> list[list[PairEvidence]]:
+    def _evidence(self, records, keys, by_query, vote_of, crowd, shared, *, force: bool = False
+                  ) -> list[list[PairEvidence]]:
         """Evidence for every candidate pair, verified where the hashes do not
         decide (``force``: verify every pair the hashes did not match)."""
         s = self.settings
@@ -422,10 +421,10 @@ class QueryMatcher:
         # chance look-alikes, and a query rarely has two real matches).
         strong = [(ev, rec) for rec, evs in zip(records, per_query) for ev in evs
                   if ev.pending and (force or self._strong(ev))]
-        self._verify(strong, settings or s)
+        self._verify(strong)
         weak = [(ev, rec) for rec, evs in zip(records, per_query)
                 if not any(ev.rule for ev in evs) for ev in evs if ev.pending]
-        self._verify(weak, settings or s)
+        self._verify(weak)
         for rec, evs in zip(records, per_query):
             for ev in evs:
                 if ev.pending:  # left unverified: a match was found elsewhere
@@ -459,26 +458,19 @@ class QueryMatcher:
         return replace(rec, local=local, thumb=thumb)
 
     # -- verification ------------------------------------------------------
-    def _verify(self, todo: list[tuple[PairEvidence, ImageRecord]], settings: Settings) -> None:
+    def _verify(self, todo: list[tuple[PairEvidence, ImageRecord]]) -> None:
         """Geometric + photometric verification (gallery image a, query b),
         with the mirrored retry for pairs whose hashes align under a reflection.
         OpenCV drops the GIL, so pairs run on worker threads."""
         s = self.settings
-        mirrored: dict[int, object] = {}
         query_masks: dict[int, np.ndarray | None] = {}
 
         def work(item):
             ev, rec, fa, ma = item
             if id(rec) not in query_masks:
                 query_masks[id(rec)] = _mask(rec.thumb)
-
-            def mirror():  # a race only computes the same value twice
-                if id(rec) not in mirrored:
-                    mirrored[id(rec)] = mirrored_features(rec.path, rec.thumb, settings)
-                return mirrored[id(rec)]
-
             _verify_pair(ev, fa, (rec.local, rec.thumb), {}, s, ma, query_masks[id(rec)],
-                         mirrored=mirror)
+                         mirror=True)
             if self.calibrator is None:
                 ev.rule = local_rule(ev, s)
             ev.pending = False

@@ -396,6 +396,10 @@ class ShardedGallery:
                  for k, v in self.parts[s].colours(part).items()}
         return dict(sorted(found.items()))
 
+    def icons(self, ids: Sequence[int]) -> dict[int, bytes]:
+        return {k: v for s, part in self._by_shard(ids).items()
+                for k, v in self.parts[s].icons(part).items()}
+
     def local_features(self, image_id: int):
         try:
             return self.parts[self.owner(image_id)].local_features(image_id)

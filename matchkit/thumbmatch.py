@@ -36,6 +36,8 @@ cost per image is bounded, unlike an all-pairs scan.
 
 from __future__ import annotations
 
+import io
+import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -172,24 +174,44 @@ def icon_like(size: tuple[int, int]) -> bool:
     return MIN_SIDE <= max(size) <= ICON_SIDE
 
 
-def icon_view(path: str, max_side: int = ICON_SIDE) -> IconView | None:
-    """The view of an icon file, or None when it is not icon-like: larger
-    than ``max_side``, unreadable, or without transparent pixels (a photo
-    thumbnail has keypoints and a pHash that work; only drawings on
-    transparency are left to this module)."""
+def _icon_rgba(source: str | bytes, max_side: int = ICON_SIDE) -> np.ndarray | None:
+    """RGBA pixels (uint8) of an icon-like file or stored blob, else None:
+    larger than ``max_side``, unreadable, or without transparent pixels."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             if not icon_like(img.size) or max(img.size) > max_side:
                 return None
             if img.mode not in ("RGBA", "LA", "PA") and "transparency" not in img.info:
                 return None
             img.seek(0)
-            rgba = np.asarray(img.convert("RGBA"), np.float32) / 255.0
+            rgba = np.asarray(img.convert("RGBA"))
     except Exception:  # any bad file: not compared here, never a crash
         return None
-    alpha = rgba[..., 3]
-    if alpha.min() >= 1.0:
+    return rgba if rgba[..., 3].min() < 255 else None
+
+
+def icon_blob(path: str | os.PathLike) -> bytes | None:
+    """What a gallery stores of an icon-like file so that ``icon_view`` needs
+    no file later: its RGBA pixels as PNG (lossless: the same view), or None
+    for anything ``icon_view`` would not view."""
+    rgba = _icon_rgba(str(path))
+    if rgba is None:
         return None
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(out, "PNG", compress_level=6)
+    return out.getvalue()
+
+
+def icon_view(source: str | bytes, max_side: int = ICON_SIDE) -> IconView | None:
+    """The view of an icon (a file's path, or its stored ``icon_blob``), or
+    None when it is not icon-like: larger than ``max_side``, unreadable, or
+    without transparent pixels (a photo thumbnail has keypoints and a pHash
+    that work; only drawings on transparency are left to this module)."""
+    rgba = _icon_rgba(source, max_side)
+    if rgba is None:
+        return None
+    rgba = rgba.astype(np.float32) / 255.0
+    alpha = rgba[..., 3]
     ys, xs = np.nonzero(alpha > OPAQUE)
     if not len(ys):
         return None  # all transparent: nothing to see
@@ -275,13 +297,14 @@ def _largest(mask: np.ndarray) -> float:
     return float(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0.0
 
 
-def icon_views(paths: dict[int, str], sizes: dict[int, tuple[int, int]],
+def icon_views(sources: dict[int, str | bytes], sizes: dict[int, tuple[int, int]],
                pool: Executor | None = None) -> dict[int, IconView]:
-    """Views of the icon-like images among ``paths`` (``sizes`` from the
-    gallery: larger images are not even opened), decoded on ``pool`` if given."""
-    todo = [i for i in paths if icon_like(sizes.get(i, (0, 0)))]
+    """Views of the icon-like images among ``sources`` (paths, or the stored
+    ``icon_blob`` a gallery keeps; ``sizes`` from the gallery: larger images
+    are not even opened), decoded on ``pool`` if given."""
+    todo = [i for i in sources if icon_like(sizes.get(i, (0, 0)))]
     views = (pool.map if pool is not None and len(todo) > 1 else map)(
-        icon_view, [paths[i] for i in todo])
+        icon_view, [sources[i] for i in todo])
     return {i: v for i, v in zip(todo, views) if v is not None}
 
 
