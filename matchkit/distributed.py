@@ -17,11 +17,21 @@ The work splits along the lines of a sharded gallery (``shards.py``):
   keepers and report with the one-machine code (``dedupe.find_clusters``),
   so the result is the same as on one machine.
 
+Extraction is scheduled dynamically: small chunks, one per CPU in flight,
+each finished one replaced by the next (``ray.wait``), so a node that is
+faster or less loaded takes more chunks and all nodes finish together
+(submitting every chunk up front queued a fixed share on each node).
+
 Faults: tasks are retried by Ray (``max_retries``); writing a record again is
-harmless (the same path, the same id). A shard actor that dies is restarted
-by Ray (``max_restarts``) and opens its shard again from disk, where every
-committed record is (the index files are rebuilt from SQLite when stale);
-calls it missed are retried (``max_task_retries``).
+harmless (the same path, the same id). A chunk whose task still fails after
+its retries because its worker died (a decoder's segfault or ``os._exit``, an
+OOM kill, a ``MemoryError``) is split in two and each half tried again, down to
+one file: the file that still kills its worker is skipped with a reason and
+recorded as failed in its shard, as ``extract_many`` does on one machine.
+A shard actor that dies is restarted by Ray (``max_restarts``) and opens its
+shard again from disk, where every committed record is (the index files are
+rebuilt from SQLite when stale); calls it missed are retried
+(``max_task_retries``).
 
 Still read on the driver: the stored rows, hashes and thumbnails the global
 evidence uses (``PairMatcher``), the descriptors images vote with, the
@@ -33,17 +43,20 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sqlite3
+import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .config import Settings
-from .features import extract_many
+from .features import CRASH_HOOK_ENV, extract_many
 from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
+from .io import ImageLoadError
 from .match import PairEvidence, PairMatcher, mirrored_features, thumb_content_mask, verify_stored
 from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
                      read_manifest, route, stat_files)
@@ -51,6 +64,16 @@ from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, p
 #: How often Ray retries a task whose worker died, and restarts a dead shard actor.
 TASK_RETRIES = 4
 ACTOR_RESTARTS = 4
+#: Retries of the halves of a chunk whose worker kept dying: one, for a worker
+#: lost to something else; the file that kills every worker is found by
+#: halving, not by retrying (each retry costs a new worker process).
+SPLIT_RETRIES = 1
+#: Files per extraction task at most, chunks per CPU at least, and tasks in
+#: flight per CPU: many small chunks, each sent to the first node free, even
+#: out the work per node (a chunk takes 0.2-1 s on a loaded node).
+EXTRACT_CHUNK = 16
+CHUNKS_PER_CPU = 16
+IN_FLIGHT_PER_CPU = 1
 #: Candidate pairs per verification task.
 VERIFY_CHUNK = 32
 #: Test hook: a folder; while it holds a file ``armed``, each kind of task
@@ -161,8 +184,9 @@ class RemoteIndex:
 
 
 class Work:
-    """Per-node counts of the work done (images extracted, pairs verified,
-    bytes shipped between processes), for ``report.stats["ray"]``."""
+    """Per-node counts of the work done (images extracted and the task time
+    it took, pairs verified, bytes shipped between processes), for
+    ``report.stats["ray"]``."""
 
     def __init__(self):
         self.by_node: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -175,9 +199,17 @@ class Work:
 
 
 def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
-                       names: list[str], actors: list, settings: Settings) -> tuple:
-    """Ray task: extract a chunk of files, send each record to its shard's actor."""
+                       names: list[str], actors: list, settings: Settings,
+                       crash_on: str | None = None) -> tuple:
+    """Ray task: extract a chunk of files, send each record to its shard's actor.
+
+    ``crash_on`` (tests only, ``features.CRASH_HOOK_ENV`` on the driver): a
+    file name on which this worker kills itself, standing in for a decoder
+    that segfaults."""
+    start = time.perf_counter()
     ray = _ray()
+    if crash_on is not None and any(os.path.basename(p) == crash_on for p in paths):
+        os.kill(os.getpid(), signal.SIGSEGV)
     per_shard: dict[int, list] = defaultdict(list)
     for path, rec in extract_many(paths, settings.with_(workers=1)):
         shard = route(path, rec, where, names)
@@ -191,7 +223,7 @@ def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
     report = AddReport()
     for r in reports:
         merge_report(report, r)
-    return report, _node(), len(paths), sent
+    return report, _node(), len(paths), sent, time.perf_counter() - start
 
 
 _CONNECTIONS: dict[str, sqlite3.Connection] = {}
@@ -227,6 +259,20 @@ def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict
                       hand_rules, mirrored)
     _kill_once("verify")
     return evidence, _node(), read
+
+
+def worker_death(e: BaseException) -> str | None:
+    """Why a task failed for good if its worker process died or ran out of
+    memory (what a decoder can do to it on bad input); None for anything else,
+    a fault of ours, which must not be taken for bad input."""
+    ray = _ray()
+    if isinstance(e, ray.exceptions.OutOfMemoryError):
+        return "out of memory while processing (Ray killed its worker)"
+    if isinstance(e, ray.exceptions.WorkerCrashedError):
+        return "the decoder crashed on this file (its Ray worker process died)"
+    if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, MemoryError):
+        return "out of memory while processing"
+    return None
 
 
 class RayPairMatcher(PairMatcher):
@@ -293,8 +339,7 @@ class RayRun:
             max_task_retries=TASK_RETRIES, scheduling_strategy="SPREAD").remote(
                 str(path / name), settings) for name in self.names]
         # SPREAD: tasks go round the nodes (not all to the first one with a free CPU).
-        self.extract_task = ray.remote(_extract_and_store).options(
-            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
+        self.extract_task = ray.remote(_extract_and_store)  # (retries set per chunk)
         self.verify_task = ray.remote(_verify_pairs).options(
             max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
         self.gallery = None
@@ -330,22 +375,41 @@ class RayRun:
             else:
                 ids[p], next_id = next_id, next_id + 1
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = chunk or max(1, min(64, -(-len(todo) // (4 * cpus))))
-        pending = []
-        for start in range(0, len(todo), size):
-            part = todo[start:start + size]
-            pending.append(self.extract_task.remote(
-                part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
-                self.names, self.actors, self.settings))
+        size = chunk or max(1, min(EXTRACT_CHUNK, -(-len(todo) // (CHUNKS_PER_CPU * cpus))))
+        queue = deque((todo[s:s + size], TASK_RETRIES) for s in range(0, len(todo), size))
+        crash_on = os.environ.get(CRASH_HOOK_ENV) or None
+        running: dict = {}  # task -> its files
         changed = []
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            part, node, n, sent = ray.get(done[0])
-            changed += part.changed
-            part.added = part.updated = 0  # (counted below: a retried task re-writes)
-            merge_report(report, part)
-            self.work.add(node, "images_extracted", n)
-            self.work.add(node, "bytes_shipped", sent)
+        while queue or running:
+            while queue and len(running) < IN_FLIGHT_PER_CPU * cpus:
+                part, retries = queue.popleft()
+                ref = self.extract_task.options(
+                    max_retries=retries, scheduling_strategy="SPREAD").remote(
+                    part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
+                    self.names, self.actors, self.settings, crash_on)
+                running[ref] = part
+            done, _ = ray.wait(list(running), num_returns=1)
+            part = running.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except Exception as e:
+                reason = worker_death(e)
+                if reason is None:
+                    raise
+                if len(part) > 1:  # halves first, before the rest of the queue
+                    half = (len(part) + 1) // 2
+                    queue.extendleft([(part[half:], SPLIT_RETRIES), (part[:half], SPLIT_RETRIES)])
+                    continue
+                result = (self._record_failure(part[0], reason, dict(stats), where),
+                          "driver", 1, 0, 0.0)  # (no node extracted it)
+            part_report, node, n, sent, seconds = result
+            changed += part_report.changed
+            part_report.added = part_report.updated = 0  # (counted below: a retried task re-writes)
+            merge_report(report, part_report)
+            if node != "driver":
+                self.work.add(node, "images_extracted", n)
+                self.work.add(node, "bytes_shipped", sent)
+                self.work.add(node, "extract_ms", 1000 * seconds)
             if progress:
                 progress(n)
         report.added = sum(1 for i in changed if i >= first_new)
@@ -353,6 +417,16 @@ class RayRun:
         ray.get([a.save.remote() for a in self.actors])
         self.gallery.changed()
         return report
+
+    def _record_failure(self, path: str, reason: str, stats: dict, where: dict) -> AddReport:
+        """Skip ``path``, whose worker died however small its chunk: record the
+        failure in its shard (stamped with the size and mtime listed), so an
+        unchanged file is not handed to a decoder again, as on one machine."""
+        stat = stats.get(path)
+        err = ImageLoadError(path, reason, size=stat[0] if isinstance(stat, tuple) else None,
+                             mtime_ns=stat[1] if isinstance(stat, tuple) else None)
+        shard = route(path, err, where, self.names)
+        return _ray().get(self.actors[shard].write_records.remote([(path, err)], {}))
 
     def matcher(self, calibrator=None):
         """A ``make_matcher`` for ``dedupe.find_clusters``."""
