@@ -18,9 +18,11 @@ The work splits along the lines of a sharded gallery (``shards.py``):
   so the result is the same as on one machine.
 
 Extraction is scheduled dynamically: small chunks, one per CPU in flight,
-each finished one replaced by the next (``ray.wait``), so a node that is
-faster or less loaded takes more chunks and all nodes finish together
-(submitting every chunk up front queued a fixed share on each node).
+each finished one replaced by the next on the node that ran it (``ray.wait``,
+soft node affinity), so a node that is faster or less loaded takes more
+chunks and all nodes finish together (submitting every chunk up front with
+SPREAD queued a fixed share on each node). Verification chunks go to the node
+given the fewest pairs so far.
 
 Faults: tasks are retried by Ray (``max_retries``); writing a record again is
 harmless (the same path, the same id). A chunk whose task still fails after
@@ -68,12 +70,11 @@ ACTOR_RESTARTS = 4
 #: lost to something else; the file that kills every worker is found by
 #: halving, not by retrying (each retry costs a new worker process).
 SPLIT_RETRIES = 1
-#: Files per extraction task at most, chunks per CPU at least, and tasks in
-#: flight per CPU: many small chunks, each sent to the first node free, even
-#: out the work per node (a chunk takes 0.2-1 s on a loaded node).
+#: Files per extraction task at most, and chunks per CPU at least: many small
+#: chunks, each sent to the first node free, even out the work per node (a
+#: chunk takes 0.2-1 s on a loaded node).
 EXTRACT_CHUNK = 16
 CHUNKS_PER_CPU = 16
-IN_FLIGHT_PER_CPU = 1
 #: Candidate pairs per verification task.
 VERIFY_CHUNK = 32
 #: Test hook: a folder; while it holds a file ``armed``, each kind of task
@@ -285,22 +286,33 @@ class RayPairMatcher(PairMatcher):
 
     def verify(self, todo: list[PairEvidence]) -> None:
         ray, run = _ray(), self.run
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         todo = [ev for ev in todo if ev.pending]
         if not todo:
             return
+        # At least one chunk per node, each to the node given the fewest pairs
+        # so far (soft: elsewhere if it is gone); most calls bring a handful of
+        # pairs, which SPREAD sent mostly to one node.
+        size = min(VERIFY_CHUNK, -(-len(todo) // len(run.node_ids)))
+        starts = range(0, len(todo), size)
         refs = []
-        for start in range(0, len(todo), VERIFY_CHUNK):
-            chunk = todo[start:start + VERIFY_CHUNK]
+        for start in starts:
+            chunk = todo[start:start + size]
             ids = {i for ev in chunk for i in (ev.a, ev.b)}
             dbs = {i: str(run.gallery.path / run.names[run.gallery.owner(i)] / DB_NAME)
                    for i in ids}
             args = (chunk, dbs, {i: self._masks[i] for i in ids if i in self._masks},
                     {i: self.templated[i] for i in ids if i in self.templated},
                     {i: self.paths[i] for i in ids}, self.settings, self.calibrator is None)
-            refs.append(run.verify_task.remote(*args))
-        for chunk_start, ref in zip(range(0, len(todo), VERIFY_CHUNK), refs):
+            node = min(run.node_ids, key=lambda n: run.verify_given[n])
+            run.verify_given[node] += len(chunk)
+            refs.append(run.verify_task.options(
+                max_retries=TASK_RETRIES, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    node, soft=True)).remote(*args))
+        for chunk_start, ref in zip(starts, refs):
             done, node, read = ray.get(ref)
-            for ev, new in zip(todo[chunk_start:chunk_start + VERIFY_CHUNK], done):
+            for ev, new in zip(todo[chunk_start:chunk_start + size], done):
                 ev.__dict__.update(new.__dict__)
             run.work.add(node, "pairs_verified", len(done))
             run.work.add(node, "bytes_read", read)
@@ -338,10 +350,14 @@ class RayRun:
             name=f"matchkit-shard-{self.token}-{name}", num_cpus=0, max_restarts=ACTOR_RESTARTS,
             max_task_retries=TASK_RETRIES, scheduling_strategy="SPREAD").remote(
                 str(path / name), settings) for name in self.names]
-        # SPREAD: tasks go round the nodes (not all to the first one with a free CPU).
         self.extract_task = ray.remote(_extract_and_store)  # (retries set per chunk)
-        self.verify_task = ray.remote(_verify_pairs).options(
-            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
+        self.verify_task = ray.remote(_verify_pairs)  # (to a node chosen per chunk)
+        self.node_cpus = {n["NodeID"]: max(1, int(n["Resources"]["CPU"])) for n in ray.nodes()
+                          if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0}
+        self.node_ids = sorted(self.node_cpus)
+        if not self.node_ids:
+            raise RayUnavailable("no node of the Ray cluster has a CPU for tasks")
+        self.verify_given = dict.fromkeys(self.node_ids, 0)
         self.gallery = None
         try:
             self.shard_nodes = ray.get([a.node.remote() for a in self.actors])
@@ -360,6 +376,8 @@ class RayRun:
             progress: Callable[[int], None] | None = None, chunk: int | None = None) -> AddReport:
         """``Gallery.add`` on the cluster: files listed here, read in tasks."""
         ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         report = AddReport()
         stats = stat_files(paths)
         files = [(k, *s) for k, s in stats if isinstance(s, tuple)]
@@ -374,22 +392,29 @@ class RayRun:
                 ids[p] = where[p][1]
             else:
                 ids[p], next_id = next_id, next_id + 1
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = chunk or max(1, min(EXTRACT_CHUNK, -(-len(todo) // (CHUNKS_PER_CPU * cpus))))
+        # One chunk in flight per CPU slot of each node; a finished chunk's
+        # next one goes to the node that ran it (soft: elsewhere if it died).
+        # SPREAD alone sent it round the nodes, so a free node could idle
+        # while the next chunk waited behind a busy one.
+        slots = [n for n in self.node_ids for _ in range(self.node_cpus[n])]
+        size = chunk or max(1, min(EXTRACT_CHUNK,
+                                   -(-len(todo) // (CHUNKS_PER_CPU * len(slots)))))
         queue = deque((todo[s:s + size], TASK_RETRIES) for s in range(0, len(todo), size))
         crash_on = os.environ.get(CRASH_HOOK_ENV) or None
-        running: dict = {}  # task -> its files
+        running: dict = {}  # task -> (its files, the node it was sent to)
         changed = []
         while queue or running:
-            while queue and len(running) < IN_FLIGHT_PER_CPU * cpus:
-                part, retries = queue.popleft()
+            while queue and slots:
+                (part, retries), node = queue.popleft(), slots.pop()
                 ref = self.extract_task.options(
-                    max_retries=retries, scheduling_strategy="SPREAD").remote(
+                    max_retries=retries, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                        node, soft=True)).remote(
                     part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
                     self.names, self.actors, self.settings, crash_on)
-                running[ref] = part
+                running[ref] = part, node
             done, _ = ray.wait(list(running), num_returns=1)
-            part = running.pop(done[0])
+            part, slot = running.pop(done[0])
+            slots.append(slot)
             try:
                 result = ray.get(done[0])
             except Exception as e:
