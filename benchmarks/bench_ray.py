@@ -94,8 +94,10 @@ def per_node(work: dict, n_images: int) -> dict:
     records = sum(work[n].get("bytes_shipped", 0) for n in nodes)
     queries = work.get("driver", {}).get("bytes_shipped", 0)
     read = sum(work[n].get("bytes_read", 0) for n in nodes)
+    seconds = [work[n].get("extract_ms", 0) / 1000 for n in nodes]
     busy = [e for e in extracted if e]
     return {"extracted_per_node": "/".join(map(str, extracted)),
+            "extract_s_per_node": "/".join(f"{s:.1f}" for s in seconds),
             "verified_per_node": "/".join(map(str, verified)),
             "extract_max_over_even": (max(busy) / (sum(busy) / len(busy))) if busy else 0.0,
             "records_kb_per_image": records / 1024 / max(1, n_images),
@@ -148,7 +150,8 @@ def main() -> None:
                              **per_node(data["stats"]["ray"]["work"], n_images)})
                 print(C.table(rows[-1:], list(rows[-1])), flush=True)
         cols = ["nodes", "wall_s", "driver_peak_rss_mib", "identical", "clusters",
-                "extracted_per_node", "verified_per_node", "extract_max_over_even",
+                "extracted_per_node", "extract_s_per_node", "verified_per_node",
+                "extract_max_over_even",
                 "records_kb_per_image", "queries_kb_per_image", "features_read_kb_per_pair"]
         table = C.table(rows, cols)
         print(table)
@@ -161,7 +164,9 @@ def main() -> None:
             f"`{cmd}` (Ray 2.60, `ray.cluster_utils.Cluster`, nodes of 1 CPU on this one "
             "machine, one shard per node). `wall_s`: the dedupe call (one machine: the whole "
             "CLI run); `identical`: clusters, keepers and pair relations equal the "
-            "one-machine run's; `extracted`/`verified` per node; `extract_max_over_even`: "
+            "one-machine run's; `extracted`/`verified` per node; `extract_s_per_node`: time "
+            "in extraction tasks per node (chunks go to the first free node, so times even "
+            "out; counts follow each node's speed); `extract_max_over_even`: "
             "busiest node over the even share; `records_kb_per_image`: extracted records sent "
             "to the shard actors; `queries_kb_per_image`: candidate queries (pHash variants, "
             "the descriptors each image votes with) and the shards' answers, between driver "

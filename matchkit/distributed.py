@@ -17,11 +17,23 @@ The work splits along the lines of a sharded gallery (``shards.py``):
   keepers and report with the one-machine code (``dedupe.find_clusters``),
   so the result is the same as on one machine.
 
+Extraction is scheduled dynamically: small chunks, one per CPU in flight,
+each finished one replaced by the next on the node that ran it (``ray.wait``,
+soft node affinity), so a node that is faster or less loaded takes more
+chunks and all nodes finish together (submitting every chunk up front with
+SPREAD queued a fixed share on each node). Verification chunks go to the node
+given the fewest pairs so far.
+
 Faults: tasks are retried by Ray (``max_retries``); writing a record again is
-harmless (the same path, the same id). A shard actor that dies is restarted
-by Ray (``max_restarts``) and opens its shard again from disk, where every
-committed record is (the index files are rebuilt from SQLite when stale);
-calls it missed are retried (``max_task_retries``).
+harmless (the same path, the same id). A chunk whose task still fails after
+its retries because its worker died (a decoder's segfault or ``os._exit``, an
+OOM kill, a ``MemoryError``) is split in two and each half tried again, down to
+one file: the file that still kills its worker is skipped with a reason and
+recorded as failed in its shard, as ``extract_many`` does on one machine.
+A shard actor that dies is restarted by Ray (``max_restarts``) and opens its
+shard again from disk, where every committed record is (the index files are
+rebuilt from SQLite when stale); calls it missed are retried
+(``max_task_retries``).
 
 Still read on the driver: the stored rows, hashes and thumbnails the global
 evidence uses (``PairMatcher``), the descriptors images vote with, the
@@ -33,17 +45,20 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sqlite3
+import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .config import Settings
-from .features import extract_many
+from .features import CRASH_HOOK_ENV, extract_many
 from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
+from .io import ImageLoadError
 from .match import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
 from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
                      read_manifest, route, stat_files)
@@ -51,6 +66,15 @@ from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, p
 #: How often Ray retries a task whose worker died, and restarts a dead shard actor.
 TASK_RETRIES = 4
 ACTOR_RESTARTS = 4
+#: Retries of the halves of a chunk whose worker kept dying: one, for a worker
+#: lost to something else; the file that kills every worker is found by
+#: halving, not by retrying (each retry costs a new worker process).
+SPLIT_RETRIES = 1
+#: Files per extraction task at most, and chunks per CPU at least: many small
+#: chunks, each sent to the first node free, even out the work per node (a
+#: chunk takes 0.2-1 s on a loaded node).
+EXTRACT_CHUNK = 16
+CHUNKS_PER_CPU = 16
 #: Candidate pairs per verification task.
 VERIFY_CHUNK = 32
 #: Test hook: a folder; while it holds a file ``armed``, each kind of task
@@ -161,8 +185,9 @@ class RemoteIndex:
 
 
 class Work:
-    """Per-node counts of the work done (images extracted, pairs verified,
-    bytes shipped between processes), for ``report.stats["ray"]``."""
+    """Per-node counts of the work done (images extracted and the task time
+    it took, pairs verified, bytes shipped between processes), for
+    ``report.stats["ray"]``."""
 
     def __init__(self):
         self.by_node: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -175,9 +200,17 @@ class Work:
 
 
 def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
-                       names: list[str], actors: list, settings: Settings) -> tuple:
-    """Ray task: extract a chunk of files, send each record to its shard's actor."""
+                       names: list[str], actors: list, settings: Settings,
+                       crash_on: str | None = None) -> tuple:
+    """Ray task: extract a chunk of files, send each record to its shard's actor.
+
+    ``crash_on`` (tests only, ``features.CRASH_HOOK_ENV`` on the driver): a
+    file name on which this worker kills itself, standing in for a decoder
+    that segfaults."""
+    start = time.perf_counter()
     ray = _ray()
+    if crash_on is not None and any(os.path.basename(p) == crash_on for p in paths):
+        os.kill(os.getpid(), signal.SIGSEGV)
     per_shard: dict[int, list] = defaultdict(list)
     for path, rec in extract_many(paths, settings.with_(workers=1)):
         shard = route(path, rec, where, names)
@@ -191,7 +224,7 @@ def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
     report = AddReport()
     for r in reports:
         merge_report(report, r)
-    return report, _node(), len(paths), sent
+    return report, _node(), len(paths), sent, time.perf_counter() - start
 
 
 _CONNECTIONS: dict[str, sqlite3.Connection] = {}
@@ -223,6 +256,20 @@ def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict
     return evidence, _node(), read
 
 
+def worker_death(e: BaseException) -> str | None:
+    """Why a task failed for good if its worker process died or ran out of
+    memory (what a decoder can do to it on bad input); None for anything else,
+    a fault of ours, which must not be taken for bad input."""
+    ray = _ray()
+    if isinstance(e, ray.exceptions.OutOfMemoryError):
+        return "out of memory while processing (Ray killed its worker)"
+    if isinstance(e, ray.exceptions.WorkerCrashedError):
+        return "the decoder crashed on this file (its Ray worker process died)"
+    if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, MemoryError):
+        return "out of memory while processing"
+    return None
+
+
 class RayPairMatcher(PairMatcher):
     """``PairMatcher`` whose local verification runs in Ray tasks."""
 
@@ -233,22 +280,33 @@ class RayPairMatcher(PairMatcher):
 
     def verify(self, todo: list[PairEvidence]) -> None:
         ray, run = _ray(), self.run
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         todo = [ev for ev in todo if ev.pending]
         if not todo:
             return
+        # At least one chunk per node, each to the node given the fewest pairs
+        # so far (soft: elsewhere if it is gone); most calls bring a handful of
+        # pairs, which SPREAD sent mostly to one node.
+        size = min(VERIFY_CHUNK, -(-len(todo) // len(run.node_ids)))
+        starts = range(0, len(todo), size)
         refs = []
-        for start in range(0, len(todo), VERIFY_CHUNK):
-            chunk = todo[start:start + VERIFY_CHUNK]
+        for start in starts:
+            chunk = todo[start:start + size]
             ids = {i for ev in chunk for i in (ev.a, ev.b)}
             dbs = {i: str(run.gallery.path / run.names[run.gallery.owner(i)] / DB_NAME)
                    for i in ids}
             args = (chunk, dbs, {i: self._masks[i] for i in ids if i in self._masks},
                     {i: self.templated[i] for i in ids if i in self.templated},
                     self.settings, self.calibrator is None)
-            refs.append(run.verify_task.remote(*args))
-        for chunk_start, ref in zip(range(0, len(todo), VERIFY_CHUNK), refs):
+            node = min(run.node_ids, key=lambda n: run.verify_given[n])
+            run.verify_given[node] += len(chunk)
+            refs.append(run.verify_task.options(
+                max_retries=TASK_RETRIES, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    node, soft=True)).remote(*args))
+        for chunk_start, ref in zip(starts, refs):
             done, node, read = ray.get(ref)
-            for ev, new in zip(todo[chunk_start:chunk_start + VERIFY_CHUNK], done):
+            for ev, new in zip(todo[chunk_start:chunk_start + size], done):
                 ev.__dict__.update(new.__dict__)
             run.work.add(node, "pairs_verified", len(done))
             run.work.add(node, "bytes_read", read)
@@ -286,11 +344,14 @@ class RayRun:
             name=f"matchkit-shard-{self.token}-{name}", num_cpus=0, max_restarts=ACTOR_RESTARTS,
             max_task_retries=TASK_RETRIES, scheduling_strategy="SPREAD").remote(
                 str(path / name), settings) for name in self.names]
-        # SPREAD: tasks go round the nodes (not all to the first one with a free CPU).
-        self.extract_task = ray.remote(_extract_and_store).options(
-            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
-        self.verify_task = ray.remote(_verify_pairs).options(
-            max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")
+        self.extract_task = ray.remote(_extract_and_store)  # (retries set per chunk)
+        self.verify_task = ray.remote(_verify_pairs)  # (to a node chosen per chunk)
+        self.node_cpus = {n["NodeID"]: max(1, int(n["Resources"]["CPU"])) for n in ray.nodes()
+                          if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0}
+        self.node_ids = sorted(self.node_cpus)
+        if not self.node_ids:
+            raise RayUnavailable("no node of the Ray cluster has a CPU for tasks")
+        self.verify_given = dict.fromkeys(self.node_ids, 0)
         self.gallery = None
         try:
             self.shard_nodes = ray.get([a.node.remote() for a in self.actors])
@@ -309,6 +370,8 @@ class RayRun:
             progress: Callable[[int], None] | None = None, chunk: int | None = None) -> AddReport:
         """``Gallery.add`` on the cluster: files listed here, read in tasks."""
         ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         report = AddReport()
         stats = stat_files(paths)
         files = [(k, *s) for k, s in stats if isinstance(s, tuple)]
@@ -323,23 +386,49 @@ class RayRun:
                 ids[p] = where[p][1]
             else:
                 ids[p], next_id = next_id, next_id + 1
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        size = chunk or max(1, min(64, -(-len(todo) // (4 * cpus))))
-        pending = []
-        for start in range(0, len(todo), size):
-            part = todo[start:start + size]
-            pending.append(self.extract_task.remote(
-                part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
-                self.names, self.actors, self.settings))
+        # One chunk in flight per CPU slot of each node; a finished chunk's
+        # next one goes to the node that ran it (soft: elsewhere if it died).
+        # SPREAD alone sent it round the nodes, so a free node could idle
+        # while the next chunk waited behind a busy one.
+        slots = [n for n in self.node_ids for _ in range(self.node_cpus[n])]
+        size = chunk or max(1, min(EXTRACT_CHUNK,
+                                   -(-len(todo) // (CHUNKS_PER_CPU * len(slots)))))
+        queue = deque((todo[s:s + size], TASK_RETRIES) for s in range(0, len(todo), size))
+        crash_on = os.environ.get(CRASH_HOOK_ENV) or None
+        running: dict = {}  # task -> (its files, the node it was sent to)
         changed = []
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            part, node, n, sent = ray.get(done[0])
-            changed += part.changed
-            part.added = part.updated = 0  # (counted below: a retried task re-writes)
-            merge_report(report, part)
-            self.work.add(node, "images_extracted", n)
-            self.work.add(node, "bytes_shipped", sent)
+        while queue or running:
+            while queue and slots:
+                (part, retries), node = queue.popleft(), slots.pop()
+                ref = self.extract_task.options(
+                    max_retries=retries, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                        node, soft=True)).remote(
+                    part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
+                    self.names, self.actors, self.settings, crash_on)
+                running[ref] = part, node
+            done, _ = ray.wait(list(running), num_returns=1)
+            part, slot = running.pop(done[0])
+            slots.append(slot)
+            try:
+                result = ray.get(done[0])
+            except Exception as e:
+                reason = worker_death(e)
+                if reason is None:
+                    raise
+                if len(part) > 1:  # halves first, before the rest of the queue
+                    half = (len(part) + 1) // 2
+                    queue.extendleft([(part[half:], SPLIT_RETRIES), (part[:half], SPLIT_RETRIES)])
+                    continue
+                result = (self._record_failure(part[0], reason, dict(stats), where),
+                          "driver", 1, 0, 0.0)  # (no node extracted it)
+            part_report, node, n, sent, seconds = result
+            changed += part_report.changed
+            part_report.added = part_report.updated = 0  # (counted below: a retried task re-writes)
+            merge_report(report, part_report)
+            if node != "driver":
+                self.work.add(node, "images_extracted", n)
+                self.work.add(node, "bytes_shipped", sent)
+                self.work.add(node, "extract_ms", 1000 * seconds)
             if progress:
                 progress(n)
         report.added = sum(1 for i in changed if i >= first_new)
@@ -347,6 +436,16 @@ class RayRun:
         ray.get([a.save.remote() for a in self.actors])
         self.gallery.changed()
         return report
+
+    def _record_failure(self, path: str, reason: str, stats: dict, where: dict) -> AddReport:
+        """Skip ``path``, whose worker died however small its chunk: record the
+        failure in its shard (stamped with the size and mtime listed), so an
+        unchanged file is not handed to a decoder again, as on one machine."""
+        stat = stats.get(path)
+        err = ImageLoadError(path, reason, size=stat[0] if isinstance(stat, tuple) else None,
+                             mtime_ns=stat[1] if isinstance(stat, tuple) else None)
+        shard = route(path, err, where, self.names)
+        return _ray().get(self.actors[shard].write_records.remote([(path, err)], {}))
 
     def matcher(self, calibrator=None):
         """A ``make_matcher`` for ``dedupe.find_clusters``."""

@@ -49,6 +49,12 @@ class ImageLoadError(Exception):
         self.size = size
         self.mtime_ns = mtime_ns
 
+    def __reduce__(self):
+        """Pickles whole (an exception pickles only its message by default, and
+        this one cannot be rebuilt from it): failures travel between
+        processes, e.g. from a Ray task to the actor of a shard."""
+        return (type(self), (self.path, self.reason), dict(self.__dict__))
+
 
 @dataclass
 class LoadedImage:

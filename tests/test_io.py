@@ -701,3 +701,12 @@ def test_dark_16bit_image_stays_dark_and_folder_reason(tmp_path):
     (tmp_path / "folder.jpg").mkdir()
     with pytest.raises(ImageLoadError, match="folder"):
         load_image(tmp_path / "folder.jpg")
+
+
+def test_load_error_survives_pickling():
+    """Failures travel between processes (a Ray task sends them to its shard's actor)."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ImageLoadError("a/b.jpg", "not an image", size=3, mtime_ns=7)))
+    assert (e.path, e.reason, e.size, e.mtime_ns, str(e)) == (
+        "a/b.jpg", "not an image", 3, 7, "a/b.jpg: not an image")

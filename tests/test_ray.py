@@ -167,3 +167,54 @@ def test_index_then_check_and_dedupe_on_the_cluster(images, cluster, reference, 
         return [(r.path, [(m.id, m.matched, m.kind, m.relation) for m in r.matches])
                 for r in rep.results]
     assert matches(remote) == matches(local) and all(r.matched for r in local.results)
+
+
+CRASH = "crash_me.png"
+
+
+def test_a_file_that_kills_its_worker_is_skipped_as_on_one_machine(images, cluster, tmp_path,
+                                                                   monkeypatch):
+    """A decoder that kills its Ray worker on one file (SIGSEGV, through the
+    test hook ``test_worker_crash.py`` uses) fails its chunk after Ray's
+    retries; the chunk is halved down to that file, which is skipped with a
+    reason and remembered; the rest equals the one-machine run, which skips
+    it too."""
+    from matchkit import features
+
+    folder = tmp_path / "in"
+    shutil.copytree(images, folder)
+    # A byte copy of a photo: were it not skipped, it would join that photo's cluster.
+    shutil.copy(sorted(images.iterdir())[1], folder / CRASH)
+    (folder / "broken.jpg").write_bytes(b"not an image")  # a failure a task reports itself
+    monkeypatch.setenv(features.CRASH_HOOK_ENV, CRASH)
+    monkeypatch.setattr(features, "EXTRACT_IN_WORKERS", True)  # one machine: in a worker too
+    local = dedupe([folder])
+    skipped = ["broken.jpg", CRASH]
+    assert [Path(s.path).name for s in local.skipped] == skipped
+
+    report = dedupe([folder], gallery=tmp_path / "g", ray="auto")
+    assert [Path(s.path).name for s in report.skipped] == skipped
+    assert "Ray worker process died" in report.skipped[1].reason
+    assert _result(report) == _result(local)
+    assert report.stats["added"] == len(list(images.iterdir()))
+    again = dedupe([folder], gallery=tmp_path / "g", ray="auto")  # not handed to a decoder again
+    assert again.stats["added"] == 0 and [Path(s.path).name for s in again.skipped] == skipped
+    assert _result(again) == _result(local)
+
+
+def test_only_worker_deaths_count_as_bad_input():
+    """A dead worker or memory exhausted: the chunk is split and the file
+    skipped; any other task failure is ours and ends the run as before."""
+    from matchkit.distributed import worker_death
+
+    def raised(exc):
+        try:
+            raise exc
+        except Exception as e:
+            return ray.exceptions.RayTaskError("_extract_and_store", "traceback", e)
+
+    assert "worker process died" in worker_death(ray.exceptions.WorkerCrashedError())
+    assert "out of memory" in worker_death(ray.exceptions.OutOfMemoryError("node full"))
+    assert worker_death(raised(MemoryError())) == "out of memory while processing"
+    assert worker_death(raised(KeyError("bug"))) is None
+    assert worker_death(ValueError("bug")) is None
