@@ -173,7 +173,7 @@ def _band(thumb: np.ndarray, p0: np.ndarray, p1: np.ndarray, normal: np.ndarray,
 # with 3 or more framed sides, hard set 0 of 261 originals or captioned copies
 # against their crop):
 #: Thumbnail pixels either side of the shown picture's edge that are compared.
-BAND_OFFSET = 3.5
+BAND_OFFSETS = (3.5,)
 #: Samples per side of the edge.
 BAND_SAMPLES = 24
 #: A side is a frame (a bezel, a print's border) when the grey levels just
@@ -183,6 +183,11 @@ FRAME_ROUGHNESS = 0.5
 #: Least roughness inside (grey levels between neighbouring samples) for a
 #: side to say anything: along a flat part of the picture (sky) both are flat.
 MIN_ROUGHNESS = 2.0
+
+
+def _roughness(levels: np.ndarray | None) -> float | None:
+    """Mean change of grey level between neighbouring samples."""
+    return None if levels is None else float(np.abs(np.diff(levels)).mean())
 
 
 def framed_sides(thumb: np.ndarray, quad: np.ndarray) -> tuple[int, int]:
@@ -202,15 +207,22 @@ def framed_sides(thumb: np.ndarray, quad: np.ndarray) -> tuple[int, int]:
         normal = np.array([d[1], -d[0]]) / length
         if normal @ ((p0 + p1) / 2 - centre) < 0:
             normal = -normal  # outward
-        inside = _band(thumb, p0, p1, normal, -BAND_OFFSET, BAND_SAMPLES)
-        outside = _band(thumb, p0, p1, normal, BAND_OFFSET, BAND_SAMPLES)
-        if inside is None or outside is None:
+        # The frame may lie a few pixels off where the transform puts it (an
+        # affine fit of a keystone): the roughest look inside and the
+        # smoothest outside count.
+        inside = [_roughness(_band(thumb, p0, p1, normal, -off, BAND_SAMPLES))
+                  for off in BAND_OFFSETS]
+        outside = [_roughness(_band(thumb, p0, p1, normal, off, BAND_SAMPLES))
+                   for off in BAND_OFFSETS]
+        inside = [r for r in inside if r is not None]
+        outside = [r for r in outside if r is not None]
+        if not inside or not outside:
             continue
-        rough_in = float(np.abs(np.diff(inside)).mean())
+        rough_in = max(inside)
         if rough_in < MIN_ROUGHNESS:
             continue
         judged_sides += 1
-        if float(np.abs(np.diff(outside)).mean()) < FRAME_ROUGHNESS * rough_in:
+        if min(outside) < FRAME_ROUGHNESS * rough_in:
             framed += 1
     return framed, judged_sides
 
