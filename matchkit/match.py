@@ -833,7 +833,8 @@ def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
         # One image a photograph of the other inside a frame (a print, a screen)?
         ev.extra["rephoto"] = rephotograph(ta, tb, v.matrix(), (la.width, la.height),
                                            (lb.width, lb.height), ev.overlap.coverage_a,
-                                           ev.overlap.coverage_b)
+                                           ev.overlap.coverage_b,
+                                           None if v.homography else v.points)
 
 
 def settle_global_relation(ev: PairEvidence, fa, fb,
