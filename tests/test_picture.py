@@ -98,14 +98,19 @@ def test_a_picture_inside_a_smooth_border_is_framed_and_a_crop_is_not():
 
 
 def test_the_original_is_kept_over_its_rephotographs(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
     pic = textured(850)
-    pic.save(tmp_path / "original.jpg", quality=92)
+    pic.save(pics / "original.jpg", quality=92)
     for name, kind, deg in (("monitor", "monitor", 25), ("screen", "monitor", 15)):
         _recapture(pic, f"{name}.jpg", kind=kind, degrees=deg).save(
-            tmp_path / f"{name}.jpg", quality=92)
-    report = dedupe([tmp_path])
-    assert _names(report) == [["monitor.jpg", "original.jpg", "screen.jpg"]]
-    (cluster,) = report.clusters
-    # The photos have 4.5 times the pixels, but their picture is the original's.
-    assert Path(cluster.keep).name == "original.jpg"
-    assert "re-photograph" in cluster.keep_reason
+            pics / f"{name}.jpg", quality=92)
+    # From scratch, then twice with a gallery (the second run reuses the
+    # stored pair decisions, which must still say which is the photo).
+    for gallery in (None, tmp_path / "g", tmp_path / "g"):
+        report = dedupe([pics], gallery=gallery)
+        assert _names(report) == [["monitor.jpg", "original.jpg", "screen.jpg"]]
+        (cluster,) = report.clusters
+        # The photos have 4.5 times the pixels, but their picture is the original's.
+        assert Path(cluster.keep).name == "original.jpg"
+        assert "re-photograph" in cluster.keep_reason
