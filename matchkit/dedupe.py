@@ -312,12 +312,11 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         # Whether a member is a re-photograph of another (a print or a screen
         # photographed) is known only once their pair is verified, and a
         # keeper that turns out to be one must give way to the original it
-        # shows: its star and the images left in no star are clustered again
-        # with what was learnt (verified pairs are kept, so a pass costs only
-        # the pairs the new keepers need).
-        stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
-        for _ in range(KEEPER_PASSES - 1):
-            new: dict[int, float] = {}
+        # shows: cluster again with what was learnt (verified pairs are kept,
+        # so a pass costs only the pairs the new keepers need).
+        for _ in range(KEEPER_PASSES):
+            stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
+            new = {}
             for evs in between.values():
                 for ev in evs:
                     found = matcher.rephotographed(ev) if ev.rule else None
@@ -329,13 +328,6 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                 break
             facts.clear()
             ranks.clear()
-            stars = [s for s in stars if s.keeper not in new]
-            settled = {m for s in stars for m in s.members}
-            free = {n: {x for x in candidates.get(n, ()) if x not in settled}
-                    for n in set(classes) | set(candidates) if n not in settled}
-            stars += lazy_star_clusters(free, free, priority,
-                                        lambda c, others, taken: confirm(c, others,
-                                                                         taken | settled))
     finally:
         matcher.close()
     # Evidence between two classes: the strongest matched pair of their members.
