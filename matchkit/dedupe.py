@@ -196,6 +196,11 @@ def _inside_any(folder: str, paths: list) -> bool:
     return False
 
 
+#: Clustering passes at most: each pass may find keepers that re-photograph
+#: another member (one per pass in a group of an original and its photos).
+KEEPER_PASSES = 5
+
+
 def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None,
                   policy: KeeperPolicy = KeeperPolicy(), make_matcher=None, progress=None
                   ) -> tuple[list[ClusterResult], int, int]:
@@ -246,12 +251,17 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     near_order, same_order = near_criteria(policy), same_pixels_criteria(policy)
     facts: dict[int, Candidate] = {}
 
+    #: Class representative -> share of its frame that the picture it
+    #: re-photographs takes (learnt from verified pairs; see below).
+    rephotos: dict[int, float] = {}
+
     def candidate(i: int) -> Candidate:
         if i not in facts:
             share = (matcher.picture_share(i) if settings.local_features
                      and not images[i].blank else 1.0)
-            facts[i] = Candidate(images[i], share,
-                                 grey=grey_share(gallery.colours([i])[i]) >= GREY_MASS)
+            facts[i] = Candidate(images[i], min(share, rephotos.get(i, 1.0)),
+                                 grey=grey_share(gallery.colours([i])[i]) >= GREY_MASS,
+                                 rephotographed=i in rephotos)
         return facts[i]
 
     ranks: dict[int, tuple] = {}
@@ -332,7 +342,25 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         return ok
 
     try:
-        stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
+        # Whether a member is a re-photograph of another (a print or a screen
+        # photographed) is known only once their pair is verified, and a
+        # keeper that turns out to be one must give way to the original it
+        # shows: cluster again with what was learnt (verified pairs are kept,
+        # so a pass costs only the pairs the new keepers need).
+        for _ in range(KEEPER_PASSES):
+            stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
+            new = {}
+            for evs in between.values():
+                for ev in evs:
+                    found = matcher.rephotographed(ev) if ev.rule else None
+                    if found is not None and rep[found[0]] not in rephotos:
+                        r = rep[found[0]]
+                        new[r] = min(new.get(r, 1.0), found[1])
+            rephotos.update(new)
+            if not any(s.keeper in new for s in stars):
+                break
+            facts.clear()
+            ranks.clear()
     finally:
         matcher.close()
     # Evidence between two classes: the strongest matched pair of their members.

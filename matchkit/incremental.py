@@ -71,8 +71,9 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: Bump when what a record or a stored pair means changes, and when the
 #: decision rules change within one matchkit version (2: recapture pictures,
 #: thumbnail checks of pHash matches, recolours by histogram; 3: mirrored
-#: looks and icon views made from stored features, ``stored.py``).
-STATE_VERSION = 3
+#: looks and icon views made from stored features, ``stored.py``; 4: re-photographs
+#: found by the frame around the shown picture).
+STATE_VERSION = 4
 #: Settings that do not change any decision (only how many threads run).
 _NOT_MATCHING = ("workers",)
 #: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second

@@ -14,6 +14,11 @@ encoded: a lossless file, then the highest JPEG quality (estimated from the
 quantisation tables, so a quality-30 re-encode never beats its source), then
 the larger file, the older file and the path (a stable order).
 
+A re-photograph (a print or a screen photographed, with the bezel, border
+and desk around the picture) is never kept over the original it shows,
+however many pixels it has: its picture was resampled through a camera, and
+the rest of its frame is not picture.
+
 Copies with the same pixels are one picture in several files; there a
 bigger file is not a better one. The file in a lossy format is the source
 (a PNG with a JPEG's pixels was made from that JPEG, never the other way
@@ -198,6 +203,8 @@ class Candidate:
     image: StoredImage
     picture_share: float = 1.0
     grey: bool = False
+    #: A re-photograph of another member (``picture.rephotograph``).
+    rephotographed: bool = False
 
     @property
     def path(self) -> str:
@@ -272,6 +279,8 @@ _PLAIN_TAIL = [
 def near_criteria(policy: KeeperPolicy = KeeperPolicy()) -> list[Criterion]:
     """The order among copies that differ in pixels (members of a cluster)."""
     return _user_criteria(policy) + [
+        Criterion(lambda c: c.rephotographed,
+                  lambda k, r: "the original, not a re-photograph of it"),
         Criterion(lambda c: -c.score(), _why_picture),
         Criterion(lambda c: -quality_rank(c.image), _why_quality),
         Criterion(lambda c: -c.image.size,

@@ -29,7 +29,7 @@ from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
 from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_copy,
-                      shared_frame)
+                      rephotograph, shared_frame)
 from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
                        RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT, RelationEvidence,
                        classify, hue_histogram, hue_overlap, hues_agree, in_level,
@@ -216,7 +216,10 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     frames_agree = o.correlation >= ev.extra.get("min_correlation", 0.5) or (
         o.agreement >= COPY_AGREEMENT)
     pixels_agree = recaptured or frames_agree
-    photographed = ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE
+    # Re-photographed: a keystone, or the one picture shown inside a frame (a
+    # bezel, a print's border) of the other image (``picture.rephotograph``).
+    photographed = (ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE
+                    or ev.extra.get("rephoto") is not None)
     if (photographed and min(o.coverage_a, o.coverage_b) < WHOLE_COLOURS) or (
             recaptured and not frames_agree
             and min(picture.coverage_a, picture.coverage_b) < WHOLE_COLOURS):
@@ -683,6 +686,15 @@ class PairMatcher:
         # The hull: flat patches inside the picture (a dark sky) are not fill.
         return hull_share(picture_mask(thumb, tolerance=FILL_TOLERANCE))
 
+    def rephotographed(self, ev: PairEvidence) -> tuple[int, float] | None:
+        """The image of a matched pair that is a re-photograph of the other
+        (``picture.rephotograph``, found when the pair was verified) and the
+        share of its frame the shown picture takes; None when neither is."""
+        side, o = ev.extra.get("rephoto"), ev.overlap
+        if not ev.rule or side not in ("a", "b") or o is None:
+            return None
+        return (ev.a, o.coverage_a) if side == "a" else (ev.b, o.coverage_b)
+
     def evidence_between(self, a: int, b: int, reflect: bool) -> PairEvidence:
         """Fresh, pending evidence for a pair found outside the candidate search."""
         a, b = min(a, b), max(a, b)
@@ -821,7 +833,7 @@ def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
             ma = ma.subset(keypoints_in_mask(ma.xy, (ma.width, ma.height), mask_a))
         if len(mb):
             before = (ev.verification, ev.overlap_correlation, ev.overlap,
-                      ev.extra.get("picture"), ev.extra.get("inner"))
+                      ev.extra.get("picture"), ev.extra.get("inner"), ev.extra.get("rephoto"))
             _check(ev, ma, ta, mb, mtb, settings, mask_a,
                    None if mask_b is None else np.ascontiguousarray(mask_b[:, ::-1]))
             if ev.verification.inliers > before[0].inliers:
@@ -830,6 +842,7 @@ def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
                 ev.verification, ev.overlap_correlation, ev.overlap = before[:3]
                 if before[3] is not None:
                     ev.extra["picture"], ev.extra["inner"] = before[3], before[4]
+                ev.extra["rephoto"] = before[5]
 
 
 def _check(ev: PairEvidence, la, ta, lb, tb, settings: Settings, mask_a=None,
@@ -853,6 +866,7 @@ def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
     ev.overlap_correlation = ev.overlap = None
     ev.extra.pop("picture", None)
     ev.extra.pop("inner", None)
+    ev.extra.pop("rephoto", None)
     if v.transform:
         transform = v.matrix() if v.homography else v.transform
         ev.overlap = compare_overlap(
@@ -867,6 +881,11 @@ def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
         ev.extra["perspective"] = (perspective_strength(v.homography, la.width, la.height)
                                    if v.homography else 0.0)
         ev.extra["padded"] = abs(_border_share(ta) - _border_share(tb)) > PADDING_SHARE
+        # One image a photograph of the other inside a frame (a print, a screen)?
+        ev.extra["rephoto"] = rephotograph(ta, tb, v.matrix(), (la.width, la.height),
+                                           (lb.width, lb.height), ev.overlap.coverage_a,
+                                           ev.overlap.coverage_b,
+                                           None if v.homography else v.points)
 
 
 def settle_global_relation(ev: PairEvidence, fa, fb,

@@ -10,7 +10,7 @@ import numpy as np
 
 from matchkit import dedupe
 from matchkit.edits import Edit, apply_edit
-from matchkit.picture import hull_mask, inner_share
+from matchkit.picture import frame_quad, framed_sides, hull_mask, inner_share, rephotograph
 
 from conftest import textured
 
@@ -64,3 +64,53 @@ def test_hull_mask_scales_working_pixels_to_the_thumbnail():
     pts = np.array([[0, 0], [256, 0], [256, 256], [0, 256]], np.float32)
     mask = hull_mask(pts, (512, 512), (128, 128))
     assert abs(mask.mean() - 0.25) < 0.03 and mask[10, 10] and not mask[100, 100]
+
+
+def _grey(img) -> np.ndarray:
+    return np.asarray(img.convert("L").resize((128, 96)), np.uint8)
+
+
+def test_a_picture_inside_a_smooth_border_is_framed_and_a_crop_is_not():
+    pic = np.asarray(textured(840).convert("L"), np.float64)  # 480 x 360
+    # The picture shown at (200..840, 140..620) of a 1024 x 768 frame on a
+    # smooth grey gradient (a monitor's bezel, a print's border, a desk).
+    frame = np.tile(np.linspace(60, 110, 1024), (768, 1))
+    from PIL import Image
+    shown = np.asarray(Image.fromarray(pic.astype(np.uint8)).resize((640, 480)), np.float64)
+    frame[140:620, 200:840] = shown
+    thumb = _grey(Image.fromarray(frame.astype(np.uint8)))
+    # picture (working 512 x 384) -> frame (working 512 x 384): scale 1.25 / 2 and shift.
+    to_frame = np.array([[0.625, 0, 100], [0, 0.625, 70], [0, 0, 1]])
+    assert rephotograph(_grey(textured(840)), thumb, to_frame, (512, 384), (512, 384),
+                        0.95, 0.39) == "b"
+    # The same geometry inside a bigger picture (a crop of it): no frame.
+    big = np.asarray(textured(841, size=(1024, 768)).convert("L"), np.uint8)
+    crop = big[140:620, 200:840]
+    from PIL import Image as I
+    sides = framed_sides(_grey(I.fromarray(big)),
+                         frame_quad(to_frame, (512, 384), (512, 384), (96, 128)))
+    assert sides[0] == 0 and sides[1] >= 3
+    assert rephotograph(_grey(I.fromarray(crop)), _grey(I.fromarray(big)), to_frame,
+                        (512, 384), (512, 384), 0.95, 0.39) is None
+    # Coverage that does not nest says nothing.
+    assert rephotograph(_grey(textured(840)), thumb, to_frame, (512, 384), (512, 384),
+                        0.8, 0.8) is None
+
+
+def test_the_original_is_kept_over_its_rephotographs(tmp_path):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    pic = textured(850)
+    pic.save(pics / "original.jpg", quality=92)
+    for name, kind, deg in (("monitor", "monitor", 25), ("screen", "monitor", 15)):
+        _recapture(pic, f"{name}.jpg", kind=kind, degrees=deg).save(
+            pics / f"{name}.jpg", quality=92)
+    # From scratch, then twice with a gallery (the second run reuses the
+    # stored pair decisions, which must still say which is the photo).
+    for gallery in (None, tmp_path / "g", tmp_path / "g"):
+        report = dedupe([pics], gallery=gallery)
+        assert _names(report) == [["monitor.jpg", "original.jpg", "screen.jpg"]]
+        (cluster,) = report.clusters
+        # The photos have 4.5 times the pixels, but their picture is the original's.
+        assert Path(cluster.keep).name == "original.jpg"
+        assert "re-photograph" in cluster.keep_reason
