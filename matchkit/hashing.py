@@ -62,6 +62,10 @@ def pixel_digest(image: Image.Image) -> str:
 _JPEG_METADATA = {*range(0xE0, 0xEE), 0xEF, 0xFE}
 
 
+#: Prefix of :func:`jpeg_stream_digest` values.
+JPEG_STREAM_PREFIX = "jpeg:"
+
+
 def jpeg_stream_digest(data: bytes, orientation: int = 1) -> str | None:
     """SHA-256 of a JPEG's coded picture (tables, frame header and scans,
     without metadata segments) and its EXIF orientation, hex, prefixed
@@ -89,7 +93,7 @@ def jpeg_stream_digest(data: bytes, orientation: int = 1) -> str | None:
             continue
         if marker == 0xDA:  # start of scan: the rest is picture data
             h.update(data[i:])
-            return "jpeg:" + h.hexdigest()
+            return JPEG_STREAM_PREFIX + h.hexdigest()
         end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
         if marker not in _JPEG_METADATA:
             h.update(data[i:end])

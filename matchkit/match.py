@@ -23,7 +23,8 @@ from .checkpoint import checkpoint
 from .colour import BINS, histogram_similarities, histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many, hamming
+from .hashing import (JPEG_STREAM_PREFIX, PHASH_BITS, REFLECTIONS, dihedral_distance,
+                      dihedral_match_many, hamming)
 from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
@@ -424,6 +425,7 @@ class PairMatcher:
         self._masks: dict[int, np.ndarray | None] = {}
         stored = gallery.images(ids)
         self.paths = {i: img.path for i, img in stored.items()}
+        self._full_digests: dict[int, str | None] = {}
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self.formats = {i: img.format for i, img in stored.items()}
         self._lightness: dict[int, float | None] = {}
@@ -647,8 +649,29 @@ class PairMatcher:
         if (hamming(self.plain[a][0], self.plain[b][0]) > self.settings.exact_check_distance
                 or not self.may_share_pixels(a, b)):
             return False
-        digest = self.gallery.pixel_digest(a)
-        return digest is not None and digest == self.gallery.pixel_digest(b)
+        da, db = self.gallery.pixel_digest(a), self.gallery.pixel_digest(b)
+        if da is None or db is None:
+            return False
+        if da == db:
+            return True
+        if not (da.startswith(JPEG_STREAM_PREFIX) or db.startswith(JPEG_STREAM_PREFIX)):
+            return False  # both are digests of the full-resolution pixels
+        # A JPEG decoded in draft mode has only its coded stream's digest, which
+        # says nothing against another container of the same pixels (a PNG
+        # re-save). Only this rare pair (one size, equal hashes, thumbnails
+        # that agree) is decoded again at full size: the one file read of
+        # matching outside templated images.
+        return (self._full_pixel_digest(a) or "a") == (self._full_pixel_digest(b) or "b")
+
+    def _full_pixel_digest(self, image_id: int) -> str | None:
+        if image_id not in self._full_digests:
+            try:
+                self._full_digests[image_id] = load_image(
+                    self.paths[image_id], max_pixels=self.settings.max_pixels,
+                    digest=True).pixel_sha256
+            except (ImageLoadError, KeyError):
+                self._full_digests[image_id] = None  # file gone or changed: not proven
+        return self._full_digests[image_id]
 
     def settle_relation(self, ev: PairEvidence) -> str | None:
         """The pair's relation, with ``settle_global_relation`` applied."""
