@@ -426,6 +426,7 @@ class PairMatcher:
         stored = gallery.images(ids)
         self.paths = {i: img.path for i, img in stored.items()}
         self._full_digests: dict[int, str | None] = {}
+        self._picture_shares: dict[int, float] = {}
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self.formats = {i: img.format for i, img in stored.items()}
         self._lightness: dict[int, float | None] = {}
@@ -703,11 +704,12 @@ class PairMatcher:
         1.0 when no thumbnail is stored (``--hash-only``)."""
         if image_id in self.templated:
             return float(self._masks[image_id].mean())
-        thumb = self._thumb(image_id)
-        if thumb is None:
-            return 1.0
-        # The hull: flat patches inside the picture (a dark sky) are not fill.
-        return hull_share(picture_mask(thumb, tolerance=FILL_TOLERANCE))
+        if image_id not in self._picture_shares:  # (keepers are chosen again per pass)
+            thumb = self._thumb(image_id)
+            # The hull: flat patches inside the picture (a dark sky) are not fill.
+            self._picture_shares[image_id] = (
+                1.0 if thumb is None else hull_share(picture_mask(thumb, tolerance=FILL_TOLERANCE)))
+        return self._picture_shares[image_id]
 
     def rephotographed(self, ev: PairEvidence) -> tuple[int, float] | None:
         """The image of a matched pair that is a re-photograph of the other
