@@ -324,3 +324,28 @@ def test_policy_accepts_one_string_and_gif_is_not_lossless(tmp_path):
     png = StoredImage(0, "a.png", 1, 0, "", None, 8, 8, "PNG")
     jpg = StoredImage(0, "a.jpg", 1, 0, "", None, 8, 8, "JPEG", jpeg_quality=75)
     assert quality_rank(png) > quality_rank(jpg) > quality_rank(gif)
+
+
+def test_hull_share_equals_the_hull_of_every_mask_pixel():
+    """hull_share hulls only each row's end pixels; the share must be that of
+    the hull of all mask pixels (holes inside count as picture)."""
+    import cv2
+
+    from matchkit.keeper import hull_share
+
+    def every_pixel(mask):
+        hull = cv2.convexHull(cv2.findNonZero(mask.astype(np.uint8)))
+        out = np.zeros(mask.shape, np.uint8)
+        cv2.fillConvexPoly(out, hull, 1)
+        return float(out.mean())
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        h, w = rng.integers(4, 120, 2)
+        mask = rng.random((h, w)) < rng.uniform(0.001, 0.2)
+        mask[rng.integers(0, h), rng.integers(0, w)] = True
+        assert hull_share(mask) == every_pixel(mask)
+    ring = np.zeros((50, 80), bool)
+    ring[5:45, 10:70] = True
+    ring[15:35, 20:60] = False  # a dark sky inside the picture is picture
+    assert hull_share(ring) == every_pixel(ring) == 40 * 60 / (50 * 80)
