@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from .relation import check_level
 from ._fs import atomic_write_bytes
 from .config import Settings
-from .features import stored_pixel_digest
+from .features import digests_prove_same_pixels, full_pixel_digest, stored_pixel_digest
 from .fspath import csv_bytes, json_text
 from .gallery import Gallery
 from .hashing import file_digest
@@ -179,8 +179,10 @@ class _ExactTest:
             # Identical pixels give identical pHashes: only then decode again.
             if nb.evidence.phash_distance != 0:
                 return False
-            digest = stored_pixel_digest(query, self.settings)
-            return digest is not None and digest == self.gallery.pixel_digest(nb.id)
+            return digests_prove_same_pixels(
+                stored_pixel_digest(query, self.settings), self.gallery.pixel_digest(nb.id),
+                lambda: full_pixel_digest(query, self.settings),
+                lambda: full_pixel_digest(stored.path, self.settings))
         except (OSError, ImageLoadError):
             return False
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .colour import colour_histogram
 from .config import Settings
-from .hashing import dihedral_phashes, file_digest
+from .hashing import JPEG_STREAM_PREFIX, dihedral_phashes, file_digest
 from .io import ImageLoadError, load_image, shrink
 from .local import LocalFeatures, extract_local, working_grey
 from .thumbmatch import icon_blob, icon_like
@@ -143,6 +143,34 @@ def stored_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()
     for comparing a file with gallery images. Raises :class:`ImageLoadError`."""
     return load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels,
                       digest=True).pixel_sha256
+
+
+def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str | None:
+    """``hashing.pixel_digest`` of ``path`` decoded at full size (no draft
+    mode); None when the file cannot be decoded now (gone, changed, too big)."""
+    try:
+        return load_image(path, max_pixels=settings.max_pixels, digest=True).pixel_sha256
+    except ImageLoadError:
+        return None
+
+
+def digests_prove_same_pixels(da: str | None, db: str | None,
+                              full_a: Callable[[], str | None],
+                              full_b: Callable[[], str | None]) -> bool:
+    """Whether two stored pixel digests (``stored_pixel_digest``) mean identical
+    pixels. Equal digests do. A JPEG decoded in draft mode has only its coded
+    stream's digest (``hashing.JPEG_STREAM_PREFIX``), which says nothing
+    against another container of the same pixels (a PNG re-save): only then
+    are both decoded at full size (``full_a()``/``full_b()``, called lazily;
+    callers ask only for pairs whose hashes already say "same pixels")."""
+    if da is None or db is None:
+        return False
+    if da == db:
+        return True
+    if not (da.startswith(JPEG_STREAM_PREFIX) or db.startswith(JPEG_STREAM_PREFIX)):
+        return False  # both are digests of the full-resolution pixels
+    fa = full_a()
+    return fa is not None and fa == full_b()
 
 
 def _extract_or_reason(path: str, settings: Settings

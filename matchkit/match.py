@@ -23,8 +23,8 @@ from .checkpoint import checkpoint
 from .colour import BINS, histogram_similarities, histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import (JPEG_STREAM_PREFIX, PHASH_BITS, REFLECTIONS, dihedral_distance,
-                      dihedral_match_many, hamming)
+from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many, hamming
+from .features import digests_prove_same_pixels, full_pixel_digest
 from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
@@ -650,28 +650,18 @@ class PairMatcher:
         if (hamming(self.plain[a][0], self.plain[b][0]) > self.settings.exact_check_distance
                 or not self.may_share_pixels(a, b)):
             return False
-        da, db = self.gallery.pixel_digest(a), self.gallery.pixel_digest(b)
-        if da is None or db is None:
-            return False
-        if da == db:
-            return True
-        if not (da.startswith(JPEG_STREAM_PREFIX) or db.startswith(JPEG_STREAM_PREFIX)):
-            return False  # both are digests of the full-resolution pixels
-        # A JPEG decoded in draft mode has only its coded stream's digest, which
-        # says nothing against another container of the same pixels (a PNG
-        # re-save). Only this rare pair (one size, equal hashes, thumbnails
-        # that agree) is decoded again at full size: the one file read of
-        # matching outside templated images.
-        return (self._full_pixel_digest(a) or "a") == (self._full_pixel_digest(b) or "b")
+        return digests_prove_same_pixels(
+            self.gallery.pixel_digest(a), self.gallery.pixel_digest(b),
+            lambda: self._full_pixel_digest(a), lambda: self._full_pixel_digest(b))
 
     def _full_pixel_digest(self, image_id: int) -> str | None:
+        """``features.full_pixel_digest`` of a stored image's file, once per
+        matcher: the one file read of matching outside templated images, for
+        the rare pair ``same_pixels`` cannot settle from stored digests."""
         if image_id not in self._full_digests:
-            try:
-                self._full_digests[image_id] = load_image(
-                    self.paths[image_id], max_pixels=self.settings.max_pixels,
-                    digest=True).pixel_sha256
-            except (ImageLoadError, KeyError):
-                self._full_digests[image_id] = None  # file gone or changed: not proven
+            path = self.paths.get(image_id)
+            self._full_digests[image_id] = (
+                None if path is None else full_pixel_digest(path, self.settings))
         return self._full_digests[image_id]
 
     def settle_relation(self, ev: PairEvidence) -> str | None:

@@ -266,3 +266,25 @@ def test_cli_check_profile_and_a_missing_one(case, tmp_path):
     r = CliRunner().invoke(cli, ["check", "--gallery", str(gallery), str(incoming / "crop.jpg"),
                                  "--profile", str(tmp_path / "nope.toml")])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_png_resave_of_a_large_gallery_jpeg_is_exact(tmp_path):
+    """The gallery keeps only the coded-stream digest of a JPEG it decoded in
+    draft mode; a query with the same pixels in another container (PNG) is
+    still an exact copy, and a re-encode of it is not."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 256, (30, 40, 3), np.uint8)  # smooth: equal pHashes
+    Image.fromarray(small).resize((1600, 1200), Image.BICUBIC).save(tmp_path / "x.jpg", quality=90)
+    with Image.open(tmp_path / "x.jpg") as im:
+        im.save(tmp_path / "x.png")
+        im.save(tmp_path / "x_q60.jpg", quality=60)
+    with Gallery(tmp_path / "g") as g:
+        g.add([tmp_path / "x.jpg"])
+        assert g.get(g.ids()[0]).pixel_sha256.startswith("jpeg:")
+    kinds = {Path(r.path).name: [m.kind for m in r.matches if m.matched]
+             for r in check(tmp_path / "g", [tmp_path / "x.png", tmp_path / "x_q60.jpg"]).results}
+    assert kinds["x.png"] == ["exact"]
+    assert kinds["x_q60.jpg"] == ["near"]
