@@ -33,8 +33,8 @@ from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_
                       rephotograph, shared_frame)
 from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
                        RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT, RelationEvidence,
-                       classify, hue_histogram, hue_overlap, hues_agree, in_level,
-                       redrawn_icons)
+                       classify, hue_histogram, in_level, redrawn_icons, soft_hues_agree,
+                       soft_overlap, soften_hues)
 from .stored import thumb_features
 from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
@@ -336,8 +336,8 @@ def colour_facts(histogram: np.ndarray) -> tuple:
     matcher computes these once per image (``colour_evidence``'s ``cache``)."""
     from .keeper import GREY_MASS, grey_share
 
-    return (grey_share(histogram) >= GREY_MASS, hue_histogram(histogram),
-            hue_histogram(histogram, FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL))
+    return (grey_share(histogram) >= GREY_MASS, soften_hues(hue_histogram(histogram)),
+            soften_hues(hue_histogram(histogram, FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL)))
 
 
 def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray],
@@ -355,8 +355,8 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray],
             cache[i] = colour_facts(h)
     (grey_a, hue_a, feat_a), (grey_b, hue_b, feat_b) = cache[ev.a], cache[ev.b]
     ev.extra["grey"] = (grey_a, grey_b)
-    ev.extra["colour_agree"] = hues_agree(hue_a, hue_b)
-    ev.extra["hue_similarity"] = hue_overlap(feat_a, feat_b)
+    ev.extra["colour_agree"] = soft_hues_agree(hue_a, hue_b)
+    ev.extra["hue_similarity"] = soft_overlap(feat_a, feat_b)
 
 
 def lightness_evidence(ev: PairEvidence, mean_a: float | None, mean_b: float | None) -> None:

@@ -260,8 +260,26 @@ def hue_overlap(ha: np.ndarray | None, hb: np.ndarray | None) -> float | None:
     bins count half: a slight white-balance shift is no recolour."""
     if ha is None or hb is None:
         return None
-    soft = lambda h: 0.5 * h + 0.25 * (np.roll(h, 1) + np.roll(h, -1))  # noqa: E731
-    return float(np.minimum(soft(ha), soft(hb)).sum())
+    return soft_overlap(soften_hues(ha), soften_hues(hb))
+
+
+#: Each hue bin's neighbours on the hue circle (what ``np.roll`` by 1 and -1 gives).
+_PREV = np.roll(np.arange(HUE_BINS), 1)
+_NEXT = np.roll(np.arange(HUE_BINS), -1)
+
+
+def soften_hues(h: np.ndarray | None) -> np.ndarray | None:
+    """A ``hue_histogram`` with half of each bin spread to its two neighbours:
+    what ``hue_overlap`` compares. Computed once per image by callers that
+    compare one image with many (``match.colour_facts``)."""
+    return None if h is None else 0.5 * h + 0.25 * (h[_PREV] + h[_NEXT])
+
+
+def soft_overlap(sa: np.ndarray | None, sb: np.ndarray | None) -> float | None:
+    """``hue_overlap`` of two ``soften_hues`` results."""
+    if sa is None or sb is None:
+        return None
+    return float(np.minimum(sa, sb).sum())
 
 
 def hues_agree(ha: np.ndarray | None, hb: np.ndarray | None) -> bool:
@@ -269,4 +287,10 @@ def hues_agree(ha: np.ndarray | None, hb: np.ndarray | None) -> bool:
     distributions (``hue_histogram``) overlap (True when either has too
     little colour to say)."""
     sim = hue_overlap(ha, hb)
+    return sim is None or sim >= MIN_HUE_SIMILARITY
+
+
+def soft_hues_agree(sa: np.ndarray | None, sb: np.ndarray | None) -> bool:
+    """``hues_agree`` of two ``soften_hues`` results."""
+    sim = soft_overlap(sa, sb)
     return sim is None or sim >= MIN_HUE_SIMILARITY

@@ -393,3 +393,25 @@ def test_reframed_tells_rounding_from_another_framing():
     assert reframed((1024, 768), (1920, 1200))      # 4:3 and 16:10 of one wallpaper
     assert reframed((1080, 1920), (1920, 1080))     # portrait slice of a landscape one
     assert not reframed(None, (10, 10))
+
+
+def test_softened_hue_overlap_is_the_pairwise_one():
+    """``match.colour_facts`` softens each image's hues once; the overlap of
+    two softened histograms must equal ``hue_overlap`` of the raw ones, bit for
+    bit (a threshold sits on it), including white-balance shifts by one bin."""
+    from matchkit.relation import HUE_BINS, hue_overlap, soft_overlap, soften_hues
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        a = rng.random(HUE_BINS) ** 4
+        a /= a.sum()
+        b = np.roll(a, int(rng.integers(-1, 2))) if rng.random() < 0.5 else rng.random(HUE_BINS)
+        b = b / b.sum()
+        soft = 0.5 * a + 0.25 * (np.roll(a, 1) + np.roll(a, -1))
+        assert np.array_equal(soften_hues(a), soft)
+        assert soft_overlap(soften_hues(a), soften_hues(b)) == hue_overlap(a, b)
+    assert hue_overlap(None, a) is None and soft_overlap(soften_hues(None), soft) is None
+    one = np.zeros(HUE_BINS)
+    one[0] = 1.0
+    # The neighbour across the circle's seam counts half, like any other neighbour.
+    assert hue_overlap(one, np.roll(one, -1)) == 0.5
