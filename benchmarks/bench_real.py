@@ -90,10 +90,11 @@ def evaluate(report: dict, truth: dict, images: Path) -> dict:
             "pairs": n, "merged": merged, "merged_pct": 100.0 * merged / n})
     merged_all = sum(1 for k in look if k in pred)
 
-    # Relations the report states, for pairs it lists (keeper-member pairs).
+    # Relations the report states: keeper-member pairs, and member-member
+    # pairs of clusters small enough to list them (``member_relations``).
     stated = {}
     for c in report.get("clusters", []):
-        for p in c.get("pairs", []):
+        for p in [*c.get("pairs", []), *c.get("member_relations", [])]:
             if "relation" in p:
                 stated[frozenset((_rel(p["a"], images), _rel(p["b"], images)))] = p["relation"]
     confusion: Counter = Counter()
@@ -132,8 +133,9 @@ def confusion_table(confusion: Counter) -> str:
 def relation_summary(ev: dict) -> str:
     """How often the stated relation of a found true pair is its true one: of
     the pairs the JSON lists (keeper and member), and of all found true pairs
-    (two members of one cluster have no stated relation: the engine compared
-    each with the keeper, not with each other)."""
+    (keeper-member pairs and ``member_relations``), and of all found true
+    pairs (members of clusters too large for ``member_relations`` have no
+    stated relation to each other)."""
     kinds = set(ev["true_rel"].values())
     listed = right = unlisted = 0
     for (t, r), n in ev["confusion"].items():

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 from collections import defaultdict
+from itertools import combinations
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -26,8 +27,9 @@ from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, ne
                      same_pixels_criteria, sort_key)
 from .incremental import IncrementalMatcher
 from .match import PairEvidence, PairMatcher
-from .relation import check_level
-from .report import ClusterResult, DedupeReport, PairResult, SkippedFile
+from .relation import check_level, compose
+from .report import (MEMBER_RELATIONS_UP_TO, ClusterResult, DedupeReport, MemberRelation,
+                     PairResult, SkippedFile)
 
 
 def dedupe(
@@ -392,6 +394,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                                             "near", ev.to_evidence(),
                                             relation=matcher.settle_relation(ev) or "edited"))
                     n_near += 1
+        member_relations = _member_relations(s, keep, classes, images, pairs, class_edge,
+                                             matcher)
         # Why this picture (against the other pictures), and why this file
         # (against its exact copies).
         reason = [explain(near_order, policy, candidate(keep),
@@ -403,9 +407,35 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
             keep_reason="; ".join(dict.fromkeys(r for r in reason if r)),
             references=[images[m].path for m in members if policy.reference(images[m].path)],
             stamps={images[m].path: {"size": images[m].size, "mtime_ns": images[m].mtime_ns,
-                                     "sha256": images[m].sha256} for m in members}))
+                                     "sha256": images[m].sha256} for m in members},
+            member_relations=member_relations))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near
+
+
+def _member_relations(star, keep: int, classes: dict, images: dict, pairs: list[PairResult],
+                      class_edge: dict, matcher) -> list[MemberRelation]:
+    """How each two non-keeper members relate: same bytes or pixels inside one
+    exact class; their own verified pair where the run accepted one between
+    their classes; else composed through the keeper (``relation.compose``)."""
+    members = [(r, m) for r in star.members for m in classes[r] if m != keep]
+    if len(members) + 1 > MEMBER_RELATIONS_UP_TO or len(members) < 2:
+        return []
+    to_keeper = {p.b: p.relation for p in pairs}
+    out = []
+    for (ra, a), (rb, b) in combinations(members, 2):
+        pa, pb = images[a].path, images[b].path
+        if ra == rb:
+            rel = "exact" if images[a].sha256 == images[b].sha256 else "same-pixels"
+            out.append(MemberRelation(pa, pb, rel, "exact"))
+            continue
+        ev = class_edge.get((ra, rb) if ra < rb else (rb, ra))
+        if ev is not None:
+            out.append(MemberRelation(pa, pb, matcher.settle_relation(ev) or "edited",
+                                      "verified"))
+        else:
+            out.append(MemberRelation(pa, pb, compose(to_keeper[pa], to_keeper[pb]), "keeper"))
+    return out
 
 
 def _union_same_pixel_blanks(gallery: Gallery, blank: list[int], images: dict,

@@ -29,6 +29,14 @@ KINDS: tuple[str, ...] = (
     "same-scene",   # different shots: bursts, stereo, video frames, exposure series
 )
 
+def compose(first: str, second: str) -> str:
+    """The relation of B and C when A relates to each (``first``: A-B,
+    ``second``: A-C): the looser of the two in ``KINDS`` order. Two resized
+    copies of one picture are resized copies of each other; a crop and a
+    resized copy of it, a crop; anything and an edited copy, edited."""
+    return max(first, second, key=KINDS.index)
+
+
 #: The loosest kind that each level groups; levels are nested.
 LEVELS: dict[str, str] = {"copies": "recapture", "variants": "variant", "similar": "same-scene"}
 DEFAULT_LEVEL = "copies"

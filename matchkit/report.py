@@ -2,7 +2,8 @@
 
 The JSON shape is a contract with scripts and later tools (the HTML report,
 ``undo``): ``{"clusters": [{"keep", "members", "pairs": [{"a", "b", "score",
-"kind"}], "stamps": {path: {"size", "mtime_ns", "sha256"}}}], "skipped": [{"path",
+"kind", "relation"}], "member_relations": [{"a", "b", "relation", "via"}],
+"stamps": {path: {"size", "mtime_ns", "sha256"}}}], "skipped": [{"path",
 "reason"}], "roots": [scanned paths], "stats": {...}}``. New keys may be
 added; these never change meaning.
 """
@@ -32,6 +33,20 @@ class PairResult:
 
 
 @dataclass
+class MemberRelation:
+    """How two members of a cluster relate when neither is the keeper (the
+    keeper's pairs are in ``ClusterResult.pairs``). ``via`` says how it is
+    known: ``"verified"`` (their own pair was verified and accepted),
+    ``"exact"`` (same bytes or same pixels) or ``"keeper"`` (each matched the
+    keeper; the looser of their two relations, see ``relation.compose``)."""
+
+    a: str
+    b: str
+    relation: str
+    via: str
+
+
+@dataclass
 class ClusterResult:
     keep: str
     members: list[str]  # keeper first
@@ -43,6 +58,14 @@ class ClusterResult:
     #: Each member's file as it was read: {path: {"size", "mtime_ns", "sha256"}}, so
     #: a later ``matchkit apply`` can refuse files that changed since (``review``).
     stamps: dict[str, dict] = field(default_factory=dict)
+    #: Members that are not the keeper, pairwise, with their relation, for
+    #: clusters of up to ``MEMBER_RELATIONS_UP_TO`` members (empty above: the
+    #: list grows with the square of the size).
+    member_relations: list[MemberRelation] = field(default_factory=list)
+
+
+#: Largest cluster whose member pairs get ``ClusterResult.member_relations``.
+MEMBER_RELATIONS_UP_TO = 16
 
 
 @dataclass

@@ -170,3 +170,40 @@ def test_many_byte_identical_copies_are_one_cluster(tmp_path):
     (cluster,) = report.clusters
     assert len(cluster.members) == 151
     assert {p.kind for p in cluster.pairs} == {"exact"} and len(cluster.pairs) == 150
+
+
+def test_every_member_pair_of_a_small_cluster_has_a_relation(photo_dir):
+    """Members other than the keeper relate to each other too: each pair of a
+    small cluster appears once in ``member_relations``, with a relation no
+    tighter than what their pairs with the keeper allow."""
+    from itertools import combinations
+
+    from matchkit.relation import KINDS, compose
+
+    data = json.loads(dedupe([photo_dir]).to_json())
+    c = next(c for c in data["clusters"] if len(c["members"]) == 5)  # group a
+    rel = {frozenset((p["a"], p["b"])): p for p in c["member_relations"]}
+    others = [m for m in c["members"] if m != c["keep"]]
+    assert set(rel) == {frozenset(pair) for pair in combinations(others, 2)}
+    assert not set(rel) & {frozenset((p["a"], p["b"])) for p in c["pairs"]}
+    to_keeper = {p["b"]: p["relation"] for p in c["pairs"]}
+    for pair, p in rel.items():
+        assert p["relation"] in KINDS and p["via"] in {"exact", "verified", "keeper"}
+        if p["via"] == "keeper":
+            assert p["relation"] == compose(*(to_keeper[m] for m in pair))
+    name = {Path(m).name: m for m in c["members"]}
+    if "a.png" in name and "a_copy.jpg" in name and c["keep"] == name["a.jpg"]:
+        assert rel[frozenset((name["a.png"], name["a_copy.jpg"]))]["relation"] == "same-pixels"
+    flip_small = rel[frozenset((name["a_flip.jpg"], name["a_small.jpg"]))]
+    assert flip_small["relation"] == "edited"  # a flipped copy is an edit of any copy
+
+
+def test_relations_compose_to_the_looser_one():
+    from matchkit.relation import compose
+
+    assert compose("exact", "exact") == "exact"
+    assert compose("exact", "same-pixels") == "same-pixels"
+    assert compose("resized", "resized") == "resized"
+    assert compose("crop", "resized") == compose("resized", "crop") == "crop"
+    assert compose("edited", "crop") == "edited"
+    assert compose("recapture", "edited") == "recapture"
