@@ -36,6 +36,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
 
 
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages (how busy the shared machine was:
+    wall times grow with them)."""
+    try:
+        return "{:.1f} / {:.1f} / {:.1f} (1 / 5 / 15 min)".format(*os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def commit() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -99,7 +108,8 @@ def write_section(name: str, body: str) -> None:
     """Replace (or append) the section ``name`` of RESULTS.md."""
     head = (f"<!-- BEGIN {name} -->\n## {name}\n\n"
             f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
-            f"- commit: {commit()}\n- machine: {machine()}\n\n")
+            f"- commit: {commit()}\n- machine: {machine()}\n"
+            f"- load average when written: {load_average()}\n\n")
     block = head + body.rstrip() + f"\n<!-- END {name} -->\n"
     text = RESULTS.read_text() if RESULTS.exists() else (
         "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each section says "
