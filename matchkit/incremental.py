@@ -58,7 +58,7 @@ import json
 import numpy as np
 
 from . import __version__
-from .candidates import VoteDetail, phash_candidates, tally_votes, vote_candidates
+from .candidates import VoteDetail, phash_candidates, tally_votes
 from .checkpoint import checkpoint
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
@@ -482,8 +482,7 @@ class IncrementalMatcher(PairMatcher):
         if s.local_features:
             self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
                                                     self._masks, self._pool))
-            vote_candidates(g.orb_index, self.vote_queries(todo), key_stride=ORB_KEY_STRIDE,
-                            allowed=allowed, detail=detail, **self._vote_limits())
+            self.vote_search(todo, allowed, detail)
         for i in todo:
             rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
                    "tmpl": int(i in self.templated)}
