@@ -30,8 +30,11 @@ With exact searches (below ``index.EXACT_SEARCH_BELOW`` codes) every record
 is then what a search now would return, so the candidate pairs, distances,
 votes, crowd and "verify top" sets are those of a full run. Pairs between
 two images whose neighbourhood did not change reuse their stored evidence
-(votes patched in where only they moved); pairs touching a changed one are
-measured again, keeping their stored verification when the new evidence is
+(votes patched in where only they moved); pairs touching an image whose
+crowd distance changed are measured again, as are the pairs that a changed
+hash search added, dropped or moved into or out of an image's nearest few
+(``_note_change``; its other pairs keep their evidence); these are measured
+again, keeping their stored verification when the new evidence is
 the same but for the votes, on the same side of ``verify_retry_votes`` (no
 templated image: content features depend on neighbours; no calibrator: it
 reads the votes). A verification is looked up before it is done. Clustering
@@ -277,6 +280,9 @@ class IncrementalMatcher(PairMatcher):
         #: Images whose record changed this run beyond their votes (their
         #: pairs are measured again).
         self.changed: set[int] = set()
+        #: Images whose record changed only for some pairs: the other images
+        #: of those pairs (measured again; ``_note_change``).
+        self.partners: dict[int, set[int]] = {}
         #: Images whose votes alone changed: their stored votes, by other image.
         self.old_votes: dict[int, dict[int, float]] = {}
         searched = [i for i, r in records.items() if r.get("q")]
@@ -458,16 +464,39 @@ class IncrementalMatcher(PairMatcher):
 
     def _update(self, image_id: int, fields: dict) -> None:
         """Set fields of a record. If its hash neighbourhood or pairs changed,
-        its pairs are measured again; votes are patched into its pairs'
-        evidence (``_evidence``); neighbour lists alone change nothing. (Its
-        per-image values, ``memo``, depend on the image alone.)"""
+        the pairs that can change are measured again (``_note_change``); votes
+        are patched into its pairs' evidence (``_evidence``); neighbour lists
+        alone change nothing. (Its per-image values, ``memo``, depend on the
+        image alone.)"""
         rec = self.records[image_id]
         if any(rec.get(k) != v for k, v in fields.items()):
-            if any(rec.get(k) != v for k, v in fields.items()
-                   if k not in ("nb", "reach", "lreach", "vo", "hits")):
-                self.changed.add(image_id)
+            moved = [k for k, v in fields.items()
+                     if k not in ("nb", "reach", "lreach", "vo", "hits") and rec.get(k) != v]
+            if moved:
+                self._note_change(image_id, rec, fields, moved)
             rec.update(fields)
             self._write.add(image_id)
+
+    def _note_change(self, i: int, rec: dict, fields: dict, moved: list[str]) -> None:
+        """What a change of image ``i``'s hash search (fields ``moved``, from
+        ``rec`` to ``fields``) can alter among its pairs' global evidence:
+        all of them when its crowd distance changed (the hash rule and the
+        calibrated decision read it) or anything but its nearest list and
+        hash pairs; else only the pairs to images whose hash distance entry
+        changed (new pairs) or that entered or left its ``verify_top``
+        nearest (``mark_verifiable``). A pair's evidence depends on nothing
+        else of the record (``global_evidence``)."""
+        if self.calibrator is not None or any(k not in ("near", "ph") for k in moved):
+            self.changed.add(i)
+            return
+        partners = self.partners.setdefault(i, set())
+        if "near" in moved:
+            top = self.settings.verify_top
+            partners.update({j for j, _ in rec.get("near", [])[:top]}
+                            ^ {j for j, _ in fields["near"][:top]})
+        if "ph" in moved:
+            old, new = dict(map(tuple, rec.get("ph", []))), dict(map(tuple, fields["ph"]))
+            partners.update(j for j in old.keys() | new.keys() if old.get(j) != new.get(j))
 
     # -- searching the images that need it ---------------------------------
     def _search(self, todo: list[int], allowed: set[int]) -> None:
@@ -526,7 +555,7 @@ class IncrementalMatcher(PairMatcher):
             pairs.setdefault(p, -1)
         for p in icon_candidates(self.icons):
             pairs.setdefault(p, -1)
-        changed, old_votes = self.changed, self.old_votes
+        changed, old_votes, partners = self.changed, self.old_votes, self.partners
         self.templated_flags = {i for i in ids if records[i].get("tmpl")}
         keep: list[PairEvidence] = []
         fresh: dict[tuple[int, int], int] = {}
@@ -534,7 +563,8 @@ class IncrementalMatcher(PairMatcher):
             if same is not None and same.get(a, a) == same.get(b, b):
                 continue
             row = self._rows.get((a, b, CANDIDATE))
-            if row is None or a in changed or b in changed:
+            if (row is None or a in changed or b in changed
+                    or b in partners.get(a, ()) or a in partners.get(b, ())):
                 fresh[(a, b)] = d
             elif (a in old_votes or b in old_votes) and votes.get((a, b), 0.0) != max(
                     old_votes.get(a, vo[a]).get(b, 0.0), old_votes.get(b, vo[b]).get(a, 0.0)):

@@ -178,3 +178,42 @@ def test_stored_evidence_round_trips_every_extra():
     assert back.extra["picture"] == ev.extra["picture"] and back.overlap == ev.overlap
     assert evidence_json(back) == evidence_json(ev)
     assert relation_of(back) == relation_of(ev)
+
+
+def test_an_add_measures_again_only_the_pairs_it_can_change(sets, tmp_path, monkeypatch):
+    """Images whose hash search gained only new pairs (or whose nearest few
+    changed) keep the stored evidence of their other pairs: every candidate
+    pair's stored evidence is still what a --rematch run measures."""
+    from matchkit.incremental import CANDIDATE, IncrementalMatcher, settings_key
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    settings = Settings(workers=1)
+    dedupe([folder], gallery=g, settings=settings)
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    seen = {}
+    real = IncrementalMatcher._evidence
+
+    def spying(self, ids, same):
+        out = real(self, ids, same)
+        seen.update(partners=dict(self.partners), changed=set(self.changed),
+                    pairs=[(ev.a, ev.b) for ev in out])
+        return out
+    monkeypatch.setattr(IncrementalMatcher, "_evidence", spying)
+    grown = dedupe([folder], gallery=g, settings=settings)
+    monkeypatch.undo()
+    assert seen["partners"]  # some images changed for a few pairs only
+    assert set(seen["partners"]) - seen["changed"]
+    shutil.copytree(g, tmp_path / "g2")
+    forced = dedupe([folder], gallery=tmp_path / "g2", settings=settings, rematch=True)
+    assert _content(forced) == _content(grown)
+    key = settings_key(settings)
+    with Gallery(g, settings) as a, Gallery(tmp_path / "g2", settings) as b:
+        kept, fresh = a.match_pairs(key), b.match_pairs(key)
+    candidates = [k for k in fresh if k[2] == CANDIDATE]
+    assert len(candidates) > 50
+    for k in candidates:
+        assert json.loads(kept[k][0]) == json.loads(fresh[k][0]), k
