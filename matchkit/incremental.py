@@ -198,7 +198,7 @@ def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
     width = int(pos.max()) + 1
     slot = np.searchsorted(rows, found[:, 0])
     new_ids = np.full((len(rows), width), -1, np.int64)
-    new_d = np.full((len(rows), width), 255, np.int64)
+    new_d = np.full((len(rows), width), 1 << 20, np.int64)  # (padding: after every stored entry)
     new_ids[slot, pos] = found[:, 2] // ORB_KEY_STRIDE
     new_d[slot, pos] = found[:, 1]
     all_ids = np.concatenate([new_ids, ids[rows].astype(np.int64)], 1)
@@ -210,9 +210,52 @@ def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
     return ids, dists
 
 
+def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray) -> list[int]:
+    """Merge new neighbours into the lists of every image at once (as
+    ``_merge_rows`` of each image's lists would): ``hits`` rows are (image,
+    its descriptor row, distance, new descriptor key); rows an image does not
+    have are ignored. Replaces the lists that changed in ``lists`` and
+    returns those images, ascending (else every new descriptor was farther
+    than its lists)."""
+    images = np.unique(hits[:, 0]).tolist()
+    if not images:
+        return []
+    touched: list[int] = []
+    by_width: dict[int, list[int]] = {}
+    for j in images:
+        by_width.setdefault(lists[j][0].shape[1], []).append(j)
+    for group in by_width.values():  # (one group: every list has vote_neighbours columns)
+        counts = np.array([len(lists[j][0]) for j in group], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        at = np.searchsorted(group, hits[:, 0])
+        mine = (at < len(group)) & (np.asarray(group, np.int64)[np.minimum(at, len(group) - 1)]
+                                    == hits[:, 0])
+        part, at = hits[mine], at[mine]
+        part = part[part[:, 1] < counts[at]]
+        if not len(part):
+            continue
+        ids = np.concatenate([lists[j][0] for j in group])
+        dists = np.concatenate([lists[j][1] for j in group])
+        found = np.stack([starts[np.searchsorted(group, part[:, 0])] + part[:, 1],
+                          part[:, 2], part[:, 3]], 1)
+        # A neighbour farther than a list's last (of its k, all stored before
+        # it) never enters it: most of a crowded descriptor's many neighbours.
+        found = found[found[:, 1] <= dists[found[:, 0], -1]]
+        if not len(found):
+            continue
+        new_ids, new_d = _merge_rows(ids, dists, found)
+        moved = np.nonzero((new_ids != ids).any(1) | (new_d != dists).any(1))[0]
+        for n in np.unique(np.searchsorted(starts, moved, "right") - 1).tolist():
+            j, a = group[n], int(starts[n])
+            lists[j] = (new_ids[a:a + counts[n]], new_d[a:a + counts[n]])
+            touched.append(j)
+    return sorted(touched)
+
+
 def _within(index: HammingIndex, queries: np.ndarray, limit: int):
-    """(query row, key, distance) of every indexed code within ``limit`` of
-    each query (the neighbour count grows while the farthest is still within)."""
+    """(query row, key, distance) rows (int64, n x 3) of every indexed code
+    within ``limit`` of each query (the neighbour count grows while the
+    farthest is still within)."""
     rows, k = np.arange(len(queries)), 16
     found = []
     while len(rows) and len(index):
@@ -226,8 +269,7 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int):
         if last:
             break
         rows, k = rows[more], k * 4
-    out = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
-    return out.tolist()
+    return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
 def _b64(a: np.ndarray) -> str:
@@ -405,34 +447,25 @@ class IncrementalMatcher(PairMatcher):
                                     and not self.records[i].get("tdesc")), np.int64)
             # Stored images' query descriptors are in the index: ask from the
             # new side which of them a new descriptor comes near.
-            near = np.array(_within(self.gallery.orb_index, descs, s.vote_max_distance),
-                            np.int64).reshape(-1, 3)
+            near = _within(self.gallery.orb_index, descs, s.vote_max_distance)
             j, r = near[:, 1] // ORB_KEY_STRIDE, near[:, 1] % ORB_KEY_STRIDE
             mine = np.isin(j, plain)
             hits.append(np.stack([j, r, near[:, 2], keys[near[:, 0]]], 1)[mine])
             # The rest (content-only features of templated images) ask the new ones.
-            others = [i for i in todo if i not in set(plain.tolist())]
+            in_plain = set(plain.tolist())
+            others = [i for i in todo if i not in in_plain]
             if others:
                 small = HammingIndex(256)
                 small.add(keys, descs, replace=False)
                 queries = self._query_descriptors(others)
                 owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
                 ranks = np.concatenate([np.arange(len(queries[i])) for i in others])
-                near = np.array(_within(small, np.concatenate([queries[i] for i in others]),
-                                        s.vote_max_distance), np.int64).reshape(-1, 3)
+                near = _within(small, np.concatenate([queries[i] for i in others]),
+                               s.vote_max_distance)
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
-        hits = hits[hits[:, 1] < np.array([len(lists[int(i)][0]) for i in hits[:, 0]] or [0])]
-        hits = hits[np.argsort(hits[:, 0], kind="stable")]
-        images, starts = np.unique(hits[:, 0], return_index=True)
-        touched = []
-        for j, part in zip(images.tolist(), np.split(hits[:, 1:], starts[1:])):
-            merged = _merge_rows(*lists[j], part)
-            if not (np.array_equal(merged[0], lists[j][0])
-                    and np.array_equal(merged[1], lists[j][1])):
-                lists[j] = merged
-                touched.append(j)  # (else every new descriptor was farther than its lists)
+        touched = _merge_all(lists, hits)
         recount = todo if retally else touched
         if not recount:
             return

@@ -217,3 +217,38 @@ def test_an_add_measures_again_only_the_pairs_it_can_change(sets, tmp_path, monk
     assert len(candidates) > 50
     for k in candidates:
         assert json.loads(kept[k][0]) == json.loads(fresh[k][0]), k
+
+
+def test_merging_every_list_at_once_equals_merging_each_image_alone():
+    """``_merge_all`` (all images' neighbour lists in one merge, hits farther
+    than a list's last dropped first) gives each image's ``_merge_rows``."""
+    import numpy as np
+
+    from matchkit.gallery import ORB_KEY_STRIDE
+    from matchkit.incremental import _merge_all, _merge_rows
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        lists = {}
+        for j in range(int(rng.integers(1, 8))):
+            n = int(rng.integers(0, 6))
+            lists[3 * j] = (rng.integers(-1, 50, (n, 4)).astype(np.int32),
+                            np.sort(rng.integers(0, 60, (n, 4)), 1).astype(np.uint8))
+        images = list(lists)
+        hits = np.array([[images[rng.integers(len(images))], rng.integers(0, 7),
+                          rng.integers(0, 60),
+                          rng.integers(100, 110) * ORB_KEY_STRIDE + rng.integers(0, 5)]
+                         for _ in range(int(rng.integers(0, 30)))], np.int64).reshape(-1, 4)
+        each, touched = {j: (a.copy(), d.copy()) for j, (a, d) in lists.items()}, []
+        for j in sorted(set(hits[:, 0].tolist())):
+            part = hits[(hits[:, 0] == j) & (hits[:, 1] < len(lists[j][0]))][:, 1:]
+            if len(part):
+                merged = _merge_rows(*each[j], part)
+                if not all(np.array_equal(x, y) for x, y in zip(merged, each[j])):
+                    each[j] = merged
+                    touched.append(j)
+        together = {j: (a.copy(), d.copy()) for j, (a, d) in lists.items()}
+        assert _merge_all(together, hits) == touched
+        for j in lists:
+            assert all(np.array_equal(x, y) and x.dtype == y.dtype
+                       for x, y in zip(each[j], together[j]))
