@@ -8,6 +8,7 @@ chain. Nothing on disk except the gallery is ever written by this module.
 
 from __future__ import annotations
 
+import bisect
 import os
 import tempfile
 from pathlib import Path
@@ -201,6 +202,10 @@ def _inside_any(folder: str, paths: list) -> bool:
     return False
 
 
+#: Colour histograms read at once for the keepers' grey test (the next ones
+#: by id after the image asked for: a run asks for nearly all of them).
+GREY_BATCH = 1024
+
 #: Clustering passes at most: each pass may find keepers that re-photograph
 #: another member (one per pass in a group of an original and its photos).
 KEEPER_PASSES = 5
@@ -264,12 +269,21 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     #: re-photographs takes (learnt from verified pairs; see below).
     rephotos: dict[int, float] = {}
 
+    #: Whether each image is grey (for keepers), read in batches as asked for.
+    greys: dict[int, bool] = {}
+
+    def grey(i: int) -> bool:
+        if i not in greys:
+            at = bisect.bisect_left(ids, i)  # (ids are sorted)
+            part = [j for j in ids[at:at + GREY_BATCH] if j not in greys] or [i]
+            greys.update((j, grey_share(h) >= GREY_MASS) for j, h in gallery.colours(part).items())
+        return greys[i]
+
     def candidate(i: int) -> Candidate:
         if i not in facts:
             share = (matcher.picture_share(i) if settings.local_features
                      and not images[i].blank else 1.0)
-            facts[i] = Candidate(images[i], min(share, rephotos.get(i, 1.0)),
-                                 grey=grey_share(gallery.colours([i])[i]) >= GREY_MASS,
+            facts[i] = Candidate(images[i], min(share, rephotos.get(i, 1.0)), grey=grey(i),
                                  rephotographed=i in rephotos)
         return facts[i]
 
