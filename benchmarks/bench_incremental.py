@@ -55,7 +55,7 @@ def collection(photos: Path, n: int) -> list[Path]:
 
 def scale_collection(root: Path, n: int) -> list[Path]:
     """The first ``n`` slots of a ``scale_set.py`` collection (slot order)."""
-    files = sorted((root / "img").glob("d*/*.jpg"))[:n]
+    files = sorted((root.resolve() / "img").glob("d*/*.jpg"))[:n]
     if len(files) < n or files[-1].stem != f"{n - 1:07d}":
         raise SystemExit(f"{root} does not hold slots 0-{n - 1}: "
                          f"python benchmarks/scale_set.py --size {n} --root {root}")
@@ -103,6 +103,9 @@ def main() -> None:
             os.symlink(p, coll / f"{i:05d}_{p.name}")
         g = tmp / "gallery"
         first = run(coll, g, tmp / "first.json")
+        if first["stats"]["images"] != len(images) - n_new:
+            raise SystemExit(f"the first run read {first['stats']['images']} images, "
+                             f"not {len(images) - n_new}")
         # The short runs are repeated (best of REPEAT): on a shared machine a
         # few seconds' wall time is mostly other processes' load.
         noop = min((run(coll, g, tmp / "noop.json") for _ in range(args.repeat)),
