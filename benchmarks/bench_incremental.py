@@ -10,6 +10,13 @@ Each run is `matchkit dedupe` in its own process (start-up included).
 
     python benchmarks/bench_incremental.py              # 2000 images, 1% added
     python benchmarks/bench_incremental.py --images 500 --no-write
+    python benchmarks/scale_set.py --size 5000 --root benchmarks/_work/scale10k
+    python benchmarks/bench_incremental.py --scale-root benchmarks/_work/scale10k --images 5000
+
+With ``--scale-root`` the collection is the first slots of a ``scale_set.py``
+collection instead (distinct synthetic pictures, every 20th an edited copy of
+an earlier one, so the added 1% brings copies of pictures already in the
+gallery): the larger sizes.
 """
 
 from __future__ import annotations
@@ -46,10 +53,21 @@ def collection(photos: Path, n: int) -> list[Path]:
     return ordered[:n]
 
 
+def scale_collection(root: Path, n: int) -> list[Path]:
+    """The first ``n`` slots of a ``scale_set.py`` collection (slot order)."""
+    files = sorted((root.resolve() / "img").glob("d*/*.jpg"))[:n]
+    if len(files) < n or files[-1].stem != f"{n - 1:07d}":
+        raise SystemExit(f"{root} does not hold slots 0-{n - 1}: "
+                         f"python benchmarks/scale_set.py --size {n} --root {root}")
+    return files
+
+
 def run(folder: Path, gallery: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "matchkit.cli", "dedupe", str(folder), "--gallery", str(gallery),
            "--json", str(out), "-q", *extra]
+    before = os.getloadavg()[0]
     m = C.run_measured_cpu(cmd, env={**os.environ, "PYTHONPATH": str(C.ROOT)})
+    m["load"] = f"{before:.1f}-{os.getloadavg()[0]:.1f}"
     if m["rc"]:
         raise SystemExit(f"failed ({m['rc']}): {' '.join(cmd)}")
     data = json.loads(out.read_text())
@@ -67,9 +85,14 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=C.DEFAULT_PHOTOS)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--added", type=float, default=0.01, help="share of images added")
+    ap.add_argument("--scale-root", type=Path, default=None,
+                    help="use the first slots of this scale_set.py collection")
+    ap.add_argument("--repeat", type=int, default=REPEAT,
+                    help="runs of the no-op and of the add (the fastest is reported)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    images = collection(args.photos, args.images)
+    images = (scale_collection(args.scale_root, args.images) if args.scale_root
+              else collection(args.photos, args.images))
     n_new = max(1, round(args.images * args.added))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,14 +103,17 @@ def main() -> None:
             os.symlink(p, coll / f"{i:05d}_{p.name}")
         g = tmp / "gallery"
         first = run(coll, g, tmp / "first.json")
+        if first["stats"]["images"] != len(images) - n_new:
+            raise SystemExit(f"the first run read {first['stats']['images']} images, "
+                             f"not {len(images) - n_new}")
         # The short runs are repeated (best of REPEAT): on a shared machine a
         # few seconds' wall time is mostly other processes' load.
-        noop = min((run(coll, g, tmp / "noop.json") for _ in range(REPEAT)),
+        noop = min((run(coll, g, tmp / "noop.json") for _ in range(args.repeat)),
                    key=lambda r: r["wall_s"])
         for i, p in enumerate(images[-n_new:], start=len(images) - n_new):
             os.symlink(p, coll / f"{i:05d}_{p.name}")
         tries = []
-        for n in range(REPEAT):  # each on a copy of the gallery as the no-op left it
+        for n in range(args.repeat):  # each on a copy of the gallery as the no-op left it
             shutil.copytree(g, tmp / f"gallery-{n}")
             tries.append(run(coll, tmp / f"gallery-{n}", tmp / "added.json"))
         added = min(tries, key=lambda r: r["wall_s"])
@@ -106,24 +132,41 @@ def main() -> None:
                          "images_searched": s.get("images_searched"),
                          "pairs_verified": s.get("pairs_verified"),
                          "pairs_reused": s.get("pairs_reused"),
-                         "clusters": s["clusters"], "peak_rss_mib": r["peak_rss_mib"]})
+                         "clusters": s["clusters"], "peak_rss_mib": r["peak_rss_mib"],
+                         "load": r["load"]})
             print(rows[-1], flush=True)
     cols = ["run", "images", "wall_s", "vs_reference", "main_cpu_s",
             "same_clusters", "same_evidence",
-            "images_searched", "pairs_verified", "pairs_reused", "clusters", "peak_rss_mib"]
+            "images_searched", "pairs_verified", "pairs_reused", "clusters", "peak_rss_mib",
+            "load"]
     text = C.table(rows, cols)
     print(text)
     if not args.no_write:
-        C.write_section("incremental matching: no-op re-run and 1% added", (
-            f"Data: transformed-set edits (original, 87.5% crop, h/v flip, 25-degree rotation, "
-            f"squashed to a square) of the first photos of "
-            f"`{args.photos.name}` in photo order ({args.images} images, whole photo groups); "
-            f"the last {n_new} are added for the third run.\n"
-            f"Command: `python benchmarks/bench_incremental.py --images {args.images} "
-            f"--added {args.added}`\n"
+        if args.scale_root:
+            name = f"incremental matching: no-op re-run and 1% added, scale set ({args.images})"
+            data = (f"Data: the first {args.images} slots of the `scale_set.py` collection "
+                    f"`{args.scale_root.name}` (distinct synthetic pictures, every 20th an "
+                    "edited copy of an earlier one); the last "
+                    f"{n_new} are added for the third run (they include copies of pictures "
+                    "already in the gallery).\n"
+                    f"Command: `python benchmarks/bench_incremental.py --scale-root "
+                    f"{args.scale_root} --images {args.images} --added {args.added} "
+                    f"--repeat {args.repeat}`\n")
+        else:
+            name = "incremental matching: no-op re-run and 1% added"
+            data = (f"Data: transformed-set edits (original, 87.5% crop, h/v flip, 25-degree "
+                    f"rotation, squashed to a square) of the first photos of "
+                    f"`{args.photos.name}` in photo order ({args.images} images, whole photo "
+                    f"groups); the last {n_new} are added for the third run.\n"
+                    f"Command: `python benchmarks/bench_incremental.py --images {args.images} "
+                    f"--added {args.added}`\n")
+        C.write_section(name, (
+            data +
             "Each run is `matchkit dedupe DIR --gallery G` in its own process (start-up, "
             "listing and reading the gallery included); the no-op and the add are the best "
-            f"of {REPEAT} (the add each time on a copy of the gallery). The no-op re-run is "
+            f"of {args.repeat} (the add each time on a copy of the gallery). `load`: the "
+            "1-minute load average when the run started and ended (2 cores; other sessions' "
+            "jobs share them). The no-op re-run is "
             "compared with the first run, the incremental add with a run from scratch on the same files "
             "(`vs_reference`: wall time as a share of the reference's; targets 3% and 5%; "
             "`main_cpu_s`: CPU seconds of the dedupe process itself, steadier than wall time "

@@ -18,6 +18,7 @@ import click
 from . import __version__
 from ._fs import atomic_write_bytes
 from .fspath import display, json_text
+from .progress import PhaseProgress
 from .config import Settings
 from .dedupe import dedupe as run_dedupe
 from .distributed import RayUnavailable
@@ -232,9 +233,12 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
         settings = Settings().with_(phash_max_distance=threshold, max_pixels=max_pixels,
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine)
-        report = run_dedupe(paths, gallery=gallery, settings=settings, progress=not quiet,
+        shown = None if quiet else PhaseProgress()
+        report = run_dedupe(paths, gallery=gallery, settings=settings, on_progress=shown,
                             profile=profile, keep_in=keep_in, prefer=prefer,
                             level=level, rematch=rematch, ray=ray, shards=shards)
+        if shown is not None:
+            shown.close()
     except FileNotFoundError as e:
         _fail(str(e))
     except (GalleryError, RayUnavailable) as e:
@@ -246,6 +250,16 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
         _fail(str(e))
     out = sys.stderr if json_path == "-" else sys.stdout
     data = None
+    # Output files written so far, of ``writing`` (shown as phase "write").
+    writing = [p for p in (html_path, json_path, csv_path) if p and p != "-"]
+    files_written = 0
+
+    def written(n: int) -> None:
+        nonlocal files_written
+        files_written += n
+        if shown is not None and writing:
+            shown("write", files_written, len(writing))
+    written(0)
     if html_path:
         from .html_report import DEFAULT_EVIDENCE_LIMIT, write_html_report
         try:
@@ -256,6 +270,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
             _fail(f"cannot write HTML report {html_path}: {e.strerror or e}")
         data = report.to_dict()
         data["html"] = page.to_dict()
+        written(1)
     moved = None
     if move_to:
         from .moves import MoveError, move_duplicates
@@ -272,8 +287,12 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
             report.write_json(json_path)
         else:
             atomic_write_bytes(json_path, json_text(data, indent=2).encode("utf-8"))
+        written(1)
     if csv_path:
         report.write_csv(csv_path)
+        written(1)
+    if shown is not None:
+        shown.close()
     if not quiet:
         click.echo(report.summary(json_output=json_path), file=out)
         if html_path:

@@ -8,6 +8,7 @@ chain. Nothing on disk except the gallery is ever written by this module.
 
 from __future__ import annotations
 
+import bisect
 import os
 import tempfile
 from pathlib import Path
@@ -56,8 +57,13 @@ def dedupe(
     its calibrated decision replaces the hand-set rules and its settings
     overrides apply. ``level`` (``relation.LEVELS``: "copies", "variants" or
     "similar"; default ``settings.level``) chooses which relations form clusters.
-    ``on_progress(phase, done, total)`` is told of each phase ("add", "embed",
-    "match", "cluster") as it goes; an exception it raises stops the run there
+    ``on_progress(phase, done, total)`` is told of each phase as it goes:
+    "add" (files read), "embed", "match" (images whose candidates were
+    searched), "cluster" (exact-copy classes placed in clusters), "verify"
+    (candidate pairs verified or looked up so far, of those pending: told
+    between "cluster" calls, as clustering asks for them), "keepers" (classes
+    placed again in a further keeper pass) and "report" (clusters written
+    up); an exception it raises stops the run there
     (how the server cancels a job). Inside a phase it is called again with
     the last values every half second or so from the long loops
     (``checkpoint``), so such a stop takes effect within about a second.
@@ -198,6 +204,10 @@ def _inside_any(folder: str, paths: list) -> bool:
     return False
 
 
+#: Colour histograms read at once for the keepers' grey test (the next ones
+#: by id after the image asked for: a run asks for nearly all of them).
+GREY_BATCH = 1024
+
 #: Clustering passes at most: each pass may find keepers that re-photograph
 #: another member (one per pass in a group of an original and its photos).
 KEEPER_PASSES = 5
@@ -251,18 +261,31 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
             possible.append(ev)
 
     near_order, same_order = near_criteria(policy), same_pixels_criteria(policy)
+    #: Verifications asked for so far, of at least this many (pending pairs).
+    checked = [0, sum(1 for ev in possible if ev.pending)]
+    #: Clustering pass (the first, then keeper passes).
+    passes = [0]
     facts: dict[int, Candidate] = {}
 
     #: Class representative -> share of its frame that the picture it
     #: re-photographs takes (learnt from verified pairs; see below).
     rephotos: dict[int, float] = {}
 
+    #: Whether each image is grey (for keepers), read in batches as asked for.
+    greys: dict[int, bool] = {}
+
+    def grey(i: int) -> bool:
+        if i not in greys:
+            at = bisect.bisect_left(ids, i)  # (ids are sorted)
+            part = [j for j in ids[at:at + GREY_BATCH] if j not in greys] or [i]
+            greys.update((j, grey_share(h) >= GREY_MASS) for j, h in gallery.colours(part).items())
+        return greys[i]
+
     def candidate(i: int) -> Candidate:
         if i not in facts:
             share = (matcher.picture_share(i) if settings.local_features
                      and not images[i].blank else 1.0)
-            facts[i] = Candidate(images[i], min(share, rephotos.get(i, 1.0)),
-                                 grey=grey_share(gallery.colours([i])[i]) >= GREY_MASS,
+            facts[i] = Candidate(images[i], min(share, rephotos.get(i, 1.0)), grey=grey(i),
                                  rephotographed=i in rephotos)
         return facts[i]
 
@@ -297,16 +320,25 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     def matched(x: int, y: int) -> PairEvidence | None:
         return next((ev for ev in between[key(x, y)] if ev.rule), None)
 
+    def told(n: int, hop: bool = False) -> None:
+        """Count ``n`` more verifications (second looks raise the total too)."""
+        checked[0] += n
+        if hop:
+            checked[1] += n
+        if progress and n:
+            progress("verify", checked[0], max(checked))
+
     def confirm(center: int, others: list[int], taken: set[int]) -> set[int]:
         """Verify (in one batch) only class pairs not already matched globally;
         then look one hop further: images matched to a new member are checked
         against the keeper directly (a flipped copy of the original found via
         the original). An edge still needs its own verification: no chaining."""
         if progress:
-            progress("cluster", len(taken), len(classes))
+            progress("cluster" if passes[0] == 0 else "keepers", len(taken), len(classes))
         todo = [ev for o in others if not matched(center, o)
                 for ev in between[key(center, o)] if ev.pending]
         matcher.verify(todo)
+        told(len(todo))
         ok = {o for o in others if matched(center, o)}
         hop: dict[int, bool] = {}
         for m in ok:
@@ -333,7 +365,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                     hop[x] = hop.get(x, False) or mirror is not False
         if hop:
             fresh = [matcher.evidence_between(center, x, reflect=r) for x, r in hop.items()]
+            asked = sum(1 for ev in fresh if ev.pending)
             matcher.verify(fresh)
+            told(asked, hop=True)
             for ev in fresh:
                 between.setdefault(key(ev.a, ev.b), []).append(ev)
                 other = ev.b if ev.a == center else ev.a
@@ -349,8 +383,10 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         # keeper that turns out to be one must give way to the original it
         # shows: cluster again with what was learnt (verified pairs are kept,
         # so a pass costs only the pairs the new keepers need).
-        for _ in range(KEEPER_PASSES):
+        for passes[0] in range(KEEPER_PASSES):
             stars = lazy_star_clusters(classes.keys(), candidates, priority, confirm)
+            if progress:
+                progress("cluster" if passes[0] == 0 else "keepers", len(classes), len(classes))
             new = {}
             for evs in between.values():
                 for ev in evs:
@@ -374,7 +410,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
 
     clusters: list[ClusterResult] = []
     n_exact = n_near = 0
-    for s in stars:
+    for n, s in enumerate(stars):
+        if progress and n % 256 == 0:
+            progress("report", n, len(stars))
         keep = s.keeper
         pairs: list[PairResult] = []
         members: list[int] = []
@@ -409,6 +447,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
             stamps={images[m].path: {"size": images[m].size, "mtime_ns": images[m].mtime_ns,
                                      "sha256": images[m].sha256} for m in members},
             member_relations=member_relations))
+    if progress:
+        progress("report", len(stars), len(stars))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near
 
@@ -478,7 +518,7 @@ def _watched(on_progress: Callable[[str, int, int], None], stack: ExitStack):
     def report(phase: str, done: int, total: int) -> None:
         last[:] = [phase, done, total]
         on_progress(phase, done, total)
-    stack.enter_context(watching(lambda: on_progress(*last)))
+    stack.enter_context(watching(lambda: on_progress(*last), on_progress=report))
     return report
 
 

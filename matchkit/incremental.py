@@ -30,8 +30,11 @@ With exact searches (below ``index.EXACT_SEARCH_BELOW`` codes) every record
 is then what a search now would return, so the candidate pairs, distances,
 votes, crowd and "verify top" sets are those of a full run. Pairs between
 two images whose neighbourhood did not change reuse their stored evidence
-(votes patched in where only they moved); pairs touching a changed one are
-measured again, keeping their stored verification when the new evidence is
+(votes patched in where only they moved); pairs touching an image whose
+crowd distance changed are measured again, as are the pairs that a changed
+hash search added, dropped or moved into or out of an image's nearest few
+(``_note_change``; its other pairs keep their evidence); these are measured
+again, keeping their stored verification when the new evidence is
 the same but for the votes, on the same side of ``verify_retry_votes`` (no
 templated image: content features depend on neighbours; no calibrator: it
 reads the votes). A verification is looked up before it is done. Clustering
@@ -58,7 +61,7 @@ import json
 import numpy as np
 
 from . import __version__
-from .candidates import VoteDetail, phash_candidates, tally_votes, vote_candidates
+from .candidates import VoteDetail, phash_candidates, tally_votes
 from .checkpoint import checkpoint
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
@@ -195,7 +198,7 @@ def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
     width = int(pos.max()) + 1
     slot = np.searchsorted(rows, found[:, 0])
     new_ids = np.full((len(rows), width), -1, np.int64)
-    new_d = np.full((len(rows), width), 255, np.int64)
+    new_d = np.full((len(rows), width), 1 << 20, np.int64)  # (padding: after every stored entry)
     new_ids[slot, pos] = found[:, 2] // ORB_KEY_STRIDE
     new_d[slot, pos] = found[:, 1]
     all_ids = np.concatenate([new_ids, ids[rows].astype(np.int64)], 1)
@@ -207,9 +210,52 @@ def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
     return ids, dists
 
 
+def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray) -> list[int]:
+    """Merge new neighbours into the lists of every image at once (as
+    ``_merge_rows`` of each image's lists would): ``hits`` rows are (image,
+    its descriptor row, distance, new descriptor key); rows an image does not
+    have are ignored. Replaces the lists that changed in ``lists`` and
+    returns those images, ascending (else every new descriptor was farther
+    than its lists)."""
+    images = np.unique(hits[:, 0]).tolist()
+    if not images:
+        return []
+    touched: list[int] = []
+    by_width: dict[int, list[int]] = {}
+    for j in images:
+        by_width.setdefault(lists[j][0].shape[1], []).append(j)
+    for group in by_width.values():  # (one group: every list has vote_neighbours columns)
+        counts = np.array([len(lists[j][0]) for j in group], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        at = np.searchsorted(group, hits[:, 0])
+        mine = (at < len(group)) & (np.asarray(group, np.int64)[np.minimum(at, len(group) - 1)]
+                                    == hits[:, 0])
+        part, at = hits[mine], at[mine]
+        part = part[part[:, 1] < counts[at]]
+        if not len(part):
+            continue
+        ids = np.concatenate([lists[j][0] for j in group])
+        dists = np.concatenate([lists[j][1] for j in group])
+        found = np.stack([starts[np.searchsorted(group, part[:, 0])] + part[:, 1],
+                          part[:, 2], part[:, 3]], 1)
+        # A neighbour farther than a list's last (of its k, all stored before
+        # it) never enters it: most of a crowded descriptor's many neighbours.
+        found = found[found[:, 1] <= dists[found[:, 0], -1]]
+        if not len(found):
+            continue
+        new_ids, new_d = _merge_rows(ids, dists, found)
+        moved = np.nonzero((new_ids != ids).any(1) | (new_d != dists).any(1))[0]
+        for n in np.unique(np.searchsorted(starts, moved, "right") - 1).tolist():
+            j, a = group[n], int(starts[n])
+            lists[j] = (new_ids[a:a + counts[n]], new_d[a:a + counts[n]])
+            touched.append(j)
+    return sorted(touched)
+
+
 def _within(index: HammingIndex, queries: np.ndarray, limit: int):
-    """(query row, key, distance) of every indexed code within ``limit`` of
-    each query (the neighbour count grows while the farthest is still within)."""
+    """(query row, key, distance) rows (int64, n x 3) of every indexed code
+    within ``limit`` of each query (the neighbour count grows while the
+    farthest is still within)."""
     rows, k = np.arange(len(queries)), 16
     found = []
     while len(rows) and len(index):
@@ -223,8 +269,7 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int):
         if last:
             break
         rows, k = rows[more], k * 4
-    out = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
-    return out.tolist()
+    return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
 def _b64(a: np.ndarray) -> str:
@@ -277,6 +322,9 @@ class IncrementalMatcher(PairMatcher):
         #: Images whose record changed this run beyond their votes (their
         #: pairs are measured again).
         self.changed: set[int] = set()
+        #: Images whose record changed only for some pairs: the other images
+        #: of those pairs (measured again; ``_note_change``).
+        self.partners: dict[int, set[int]] = {}
         #: Images whose votes alone changed: their stored votes, by other image.
         self.old_votes: dict[int, dict[int, float]] = {}
         searched = [i for i, r in records.items() if r.get("q")]
@@ -399,34 +447,25 @@ class IncrementalMatcher(PairMatcher):
                                     and not self.records[i].get("tdesc")), np.int64)
             # Stored images' query descriptors are in the index: ask from the
             # new side which of them a new descriptor comes near.
-            near = np.array(_within(self.gallery.orb_index, descs, s.vote_max_distance),
-                            np.int64).reshape(-1, 3)
+            near = _within(self.gallery.orb_index, descs, s.vote_max_distance)
             j, r = near[:, 1] // ORB_KEY_STRIDE, near[:, 1] % ORB_KEY_STRIDE
             mine = np.isin(j, plain)
             hits.append(np.stack([j, r, near[:, 2], keys[near[:, 0]]], 1)[mine])
             # The rest (content-only features of templated images) ask the new ones.
-            others = [i for i in todo if i not in set(plain.tolist())]
+            in_plain = set(plain.tolist())
+            others = [i for i in todo if i not in in_plain]
             if others:
                 small = HammingIndex(256)
                 small.add(keys, descs, replace=False)
                 queries = self._query_descriptors(others)
                 owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
                 ranks = np.concatenate([np.arange(len(queries[i])) for i in others])
-                near = np.array(_within(small, np.concatenate([queries[i] for i in others]),
-                                        s.vote_max_distance), np.int64).reshape(-1, 3)
+                near = _within(small, np.concatenate([queries[i] for i in others]),
+                               s.vote_max_distance)
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
-        hits = hits[hits[:, 1] < np.array([len(lists[int(i)][0]) for i in hits[:, 0]] or [0])]
-        hits = hits[np.argsort(hits[:, 0], kind="stable")]
-        images, starts = np.unique(hits[:, 0], return_index=True)
-        touched = []
-        for j, part in zip(images.tolist(), np.split(hits[:, 1:], starts[1:])):
-            merged = _merge_rows(*lists[j], part)
-            if not (np.array_equal(merged[0], lists[j][0])
-                    and np.array_equal(merged[1], lists[j][1])):
-                lists[j] = merged
-                touched.append(j)  # (else every new descriptor was farther than its lists)
+        touched = _merge_all(lists, hits)
         recount = todo if retally else touched
         if not recount:
             return
@@ -458,16 +497,39 @@ class IncrementalMatcher(PairMatcher):
 
     def _update(self, image_id: int, fields: dict) -> None:
         """Set fields of a record. If its hash neighbourhood or pairs changed,
-        its pairs are measured again; votes are patched into its pairs'
-        evidence (``_evidence``); neighbour lists alone change nothing. (Its
-        per-image values, ``memo``, depend on the image alone.)"""
+        the pairs that can change are measured again (``_note_change``); votes
+        are patched into its pairs' evidence (``_evidence``); neighbour lists
+        alone change nothing. (Its per-image values, ``memo``, depend on the
+        image alone.)"""
         rec = self.records[image_id]
         if any(rec.get(k) != v for k, v in fields.items()):
-            if any(rec.get(k) != v for k, v in fields.items()
-                   if k not in ("nb", "reach", "lreach", "vo", "hits")):
-                self.changed.add(image_id)
+            moved = [k for k, v in fields.items()
+                     if k not in ("nb", "reach", "lreach", "vo", "hits") and rec.get(k) != v]
+            if moved:
+                self._note_change(image_id, rec, fields, moved)
             rec.update(fields)
             self._write.add(image_id)
+
+    def _note_change(self, i: int, rec: dict, fields: dict, moved: list[str]) -> None:
+        """What a change of image ``i``'s hash search (fields ``moved``, from
+        ``rec`` to ``fields``) can alter among its pairs' global evidence:
+        all of them when its crowd distance changed (the hash rule and the
+        calibrated decision read it) or anything but its nearest list and
+        hash pairs; else only the pairs to images whose hash distance entry
+        changed (new pairs) or that entered or left its ``verify_top``
+        nearest (``mark_verifiable``). A pair's evidence depends on nothing
+        else of the record (``global_evidence``)."""
+        if self.calibrator is not None or any(k not in ("near", "ph") for k in moved):
+            self.changed.add(i)
+            return
+        partners = self.partners.setdefault(i, set())
+        if "near" in moved:
+            top = self.settings.verify_top
+            partners.update({j for j, _ in rec.get("near", [])[:top]}
+                            ^ {j for j, _ in fields["near"][:top]})
+        if "ph" in moved:
+            old, new = dict(map(tuple, rec.get("ph", []))), dict(map(tuple, fields["ph"]))
+            partners.update(j for j in old.keys() | new.keys() if old.get(j) != new.get(j))
 
     # -- searching the images that need it ---------------------------------
     def _search(self, todo: list[int], allowed: set[int]) -> None:
@@ -482,8 +544,7 @@ class IncrementalMatcher(PairMatcher):
         if s.local_features:
             self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
                                                     self._masks, self._pool))
-            vote_candidates(g.orb_index, self.vote_queries(todo), key_stride=ORB_KEY_STRIDE,
-                            allowed=allowed, detail=detail, **self._vote_limits())
+            self.vote_search(todo, allowed, detail)
         for i in todo:
             rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
                    "tmpl": int(i in self.templated)}
@@ -527,7 +588,7 @@ class IncrementalMatcher(PairMatcher):
             pairs.setdefault(p, -1)
         for p in icon_candidates(self.icons):
             pairs.setdefault(p, -1)
-        changed, old_votes = self.changed, self.old_votes
+        changed, old_votes, partners = self.changed, self.old_votes, self.partners
         self.templated_flags = {i for i in ids if records[i].get("tmpl")}
         keep: list[PairEvidence] = []
         fresh: dict[tuple[int, int], int] = {}
@@ -535,7 +596,8 @@ class IncrementalMatcher(PairMatcher):
             if same is not None and same.get(a, a) == same.get(b, b):
                 continue
             row = self._rows.get((a, b, CANDIDATE))
-            if row is None or a in changed or b in changed:
+            if (row is None or a in changed or b in changed
+                    or b in partners.get(a, ()) or a in partners.get(b, ())):
                 fresh[(a, b)] = d
             elif (a in old_votes or b in old_votes) and votes.get((a, b), 0.0) != max(
                     old_votes.get(a, vo[a]).get(b, 0.0), old_votes.get(b, vo[b]).get(a, 0.0)):

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .candidates import phash_candidates, vote_candidates
-from .checkpoint import checkpoint
+from . import candidates as _candidates
+from .candidates import VoteDetail, phash_candidates, vote_candidates
+from .checkpoint import checkpoint, report
 from .colour import BINS, histogram_similarities, histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
@@ -392,9 +393,7 @@ class PairMatcher:
         if settings.local_features:
             self.templated = _content_features(ids, self.paths, found, self.cache, settings,
                                                self._masks, self._pool)
-            votes = vote_candidates(gallery.orb_index, self.vote_queries(ids),
-                                    key_stride=ORB_KEY_STRIDE, allowed=allowed,
-                                    **self._vote_limits())
+            votes = self.vote_search(ids, allowed)
             for pair in votes:
                 pairs.setdefault(pair, -1)  # distance filled in below
 
@@ -456,6 +455,28 @@ class PairMatcher:
             if lf is not None:
                 queries[i] = self.templated.get(i, lf[0]).desc[: self.settings.query_features]
         return queries
+
+    def vote_search(self, ids: list[int], allowed: set[int],
+                    detail: VoteDetail | None = None) -> dict[tuple[int, int], float]:
+        """``vote_candidates`` of ``ids`` against the descriptor index, in parts
+        of about ``candidates.SEARCH_CHUNK`` query descriptors, reporting the
+        images done as phase "match" (``checkpoint.report``) between parts.
+        The same result as one search: an image's votes come from its own
+        descriptors' neighbour lists alone (parts' pairs combine by maximum,
+        as one call combines its two directions)."""
+        out: dict[tuple[int, int], float] = {}
+        step = max(1, _candidates.SEARCH_CHUNK // max(1, self.settings.query_features))
+        report("match", 0, len(ids))
+        for start in range(0, len(ids), step):
+            part = ids[start:start + step]
+            found = vote_candidates(self.gallery.orb_index, self.vote_queries(part),
+                                    key_stride=ORB_KEY_STRIDE, allowed=allowed, detail=detail,
+                                    **self._vote_limits())
+            for pair, v in found.items():
+                if v > out.get(pair, 0.0):
+                    out[pair] = v
+            report("match", start + len(part), len(ids))
+        return out
 
     def global_evidence(self, pairs: dict[tuple[int, int], int], votes: dict[tuple[int, int], float],
                         top: dict[int, set[int]], same: dict[int, int] | None

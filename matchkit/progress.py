@@ -49,3 +49,109 @@ class StageBars:
         if self.bar is not None:
             self.bar.close()
         self.bar = None
+
+
+#: How ``dedupe``'s phases (``dedupe(on_progress=)``) are named on the command
+#: line, and what they count.
+DEDUPE_PHASES = {
+    "add": ("extraction", "files"),
+    "embed": ("embeddings", "images"),
+    "match": ("candidates", "images"),
+    "cluster": ("clustering", "classes"),
+    "keepers": ("keeper pass", "classes"),
+    "report": ("report", "clusters"),
+    "write": ("writing", "files"),
+}
+
+
+class PhaseProgress:
+    """A ``progress(phase, done, total)`` callback for the command line: one
+    bar per phase on a terminal, else a line ``matchkit: NAME done/total
+    UNIT`` when a phase starts, at most every ``every`` seconds while it
+    runs, and when it ends. Phase "verify" (pairs verified, told while
+    clustering asks for them) is shown with the phase it happens in.
+    ``names``: phase -> (name, unit); unknown phases show as they are."""
+
+    def __init__(self, names: dict[str, tuple[str, str]] = DEDUPE_PHASES, *,
+                 stream=None, every: float = 2.0, terminal: bool | None = None):
+        self.names = names
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = every
+        self.terminal = self.stream.isatty() if terminal is None else terminal
+        self.phase: str | None = None
+        self.done = self.total = 0
+        self.verified: tuple[int, int] | None = None
+        self.bar = None
+        self.passes = 0
+        self.shown: tuple | None = None
+        self.last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        import time
+
+        if phase == "verify":
+            self.verified = (done, max(done, total))
+        else:
+            if phase != self.phase or (phase == "keepers" and done < self.done):
+                self.close()
+                self.phase, self.total = phase, total
+                if phase == "keepers":
+                    self.passes += 1
+                self._open()
+            self.done, self.total = done, max(total, done)
+        if self.bar is not None:
+            if self.bar.total != self.total:
+                self.bar.total = self.total
+            self.bar.n = self.done
+            if self.verified:
+                self.bar.set_postfix_str(self._verified(), refresh=False)
+            self.bar.refresh()  # (tqdm limits its own redraws)
+        elif self.phase is not None and time.monotonic() - self.last >= self.every:
+            self._line()
+
+    def _name(self) -> tuple[str, str]:
+        name, unit = self.names.get(self.phase, (self.phase, ""))
+        if self.phase == "keepers":
+            name = f"{name} {self.passes + 1}"
+        return name, unit
+
+    def _verified(self) -> str:
+        done, total = self.verified
+        return f"{done}/{total} pairs verified"
+
+    def _open(self) -> None:
+        self.shown, self.last, self.verified = None, 0.0, None
+        if self.terminal and self.total:
+            import tqdm
+            tqdm.tqdm.monitor_interval = 0  # no monitor thread: worker processes fork safely
+            name, unit = self._name()
+            self.bar = tqdm.tqdm(total=self.total, unit=f" {unit}" if unit else "it", desc=name,
+                                 file=self.stream, leave=False, dynamic_ncols=True,
+                                 mininterval=0.5)
+
+    def _line(self) -> None:
+        import time
+
+        name, unit = self._name()
+        state = (self.phase, self.done, self.total, self.verified)
+        if state == self.shown:
+            return
+        text = f"matchkit: {name} {self.done}/{self.total}" + (f" {unit}" if unit else "")
+        if self.verified:
+            text += f", {self._verified()}"
+        print(text, file=self.stream, flush=True)
+        self.shown, self.last = state, time.monotonic()
+
+    def close(self) -> None:
+        """End the current phase (its last count shown)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            name, unit = self._name()
+            text = f"matchkit: {name} {self.done}/{self.total}" + (f" {unit}" if unit else "")
+            if self.verified:
+                text += f", {self._verified()}"
+            print(text, file=self.stream, flush=True)
+        elif self.phase is not None:
+            self._line()
+        self.phase = None

@@ -39,6 +39,46 @@ def test_dedupe_prints_summary_and_json_to_stdout(runner, photo_dir):
     assert "2 clusters" in r.stderr  # summary moves to stderr when stdout carries JSON
 
 
+def test_dedupe_shows_progress_of_every_phase_with_counts(runner, photo_dir, tmp_path):
+    """Without a terminal: plain lines on stderr, each phase named with done/total."""
+    out = tmp_path / "out.json"
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", str(out),
+                            "--csv", str(tmp_path / "out.csv")])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if line.startswith("matchkit: ")]
+    for name, unit in (("extraction", "files"), ("candidates", "images"),
+                       ("clustering", "classes"), ("report", "clusters"), ("writing", "files")):
+        last = [line for line in lines if line.startswith(f"matchkit: {name} ")][-1]
+        done, total = last.split()[2].split("/")
+        assert done == total and last.split()[3].startswith(unit), last
+    assert [line.split()[1] for line in lines] == sorted(  # phases in pipeline order
+        (line.split()[1] for line in lines),
+        key=["extraction", "candidates", "clustering", "report", "writing"].index)
+    assert "9/9 files" in r.stderr and "2/2 files" in r.stderr
+    assert "pairs verified" in r.stderr  # shown with the clustering that asks for them
+    r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", str(out), "-q"])
+    assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_phase_progress_on_a_terminal_draws_bars(tmp_path):
+    """A terminal gets a bar per phase (and the phase's last count as a line);
+    a repeated keeper pass is a new bar."""
+    from matchkit.progress import PhaseProgress
+
+    stream = io.StringIO()
+    shown = PhaseProgress(stream=stream, terminal=True)
+    for phase, done, total in [("add", 0, 3), ("add", 3, 3), ("match", 3, 3), ("cluster", 1, 2),
+                               ("verify", 4, 10), ("cluster", 2, 2), ("keepers", 2, 2),
+                               ("keepers", 0, 2), ("keepers", 2, 2)]:
+        shown(phase, done, total)
+    shown.close()
+    lines = [line for line in stream.getvalue().splitlines() if line.startswith("matchkit:")]
+    assert lines == ["matchkit: extraction 3/3 files", "matchkit: candidates 3/3 images",
+                     "matchkit: clustering 2/2 classes, 4/10 pairs verified",
+                     "matchkit: keeper pass 2 2/2 classes", "matchkit: keeper pass 3 2/2 classes"]
+    assert "\r" in stream.getvalue()  # bars were drawn
+
+
 def test_unreadable_files_listed_and_exit_zero(runner, photo_dir):
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
     r = runner.invoke(cli, ["dedupe", str(photo_dir), "--json", "-", "-q"])

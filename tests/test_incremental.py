@@ -178,3 +178,77 @@ def test_stored_evidence_round_trips_every_extra():
     assert back.extra["picture"] == ev.extra["picture"] and back.overlap == ev.overlap
     assert evidence_json(back) == evidence_json(ev)
     assert relation_of(back) == relation_of(ev)
+
+
+def test_an_add_measures_again_only_the_pairs_it_can_change(sets, tmp_path, monkeypatch):
+    """Images whose hash search gained only new pairs (or whose nearest few
+    changed) keep the stored evidence of their other pairs: every candidate
+    pair's stored evidence is still what a --rematch run measures."""
+    from matchkit.incremental import CANDIDATE, IncrementalMatcher, settings_key
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    settings = Settings(workers=1)
+    dedupe([folder], gallery=g, settings=settings)
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    seen = {}
+    real = IncrementalMatcher._evidence
+
+    def spying(self, ids, same):
+        out = real(self, ids, same)
+        seen.update(partners=dict(self.partners), changed=set(self.changed),
+                    pairs=[(ev.a, ev.b) for ev in out])
+        return out
+    monkeypatch.setattr(IncrementalMatcher, "_evidence", spying)
+    grown = dedupe([folder], gallery=g, settings=settings)
+    monkeypatch.undo()
+    assert seen["partners"]  # some images changed for a few pairs only
+    assert set(seen["partners"]) - seen["changed"]
+    shutil.copytree(g, tmp_path / "g2")
+    forced = dedupe([folder], gallery=tmp_path / "g2", settings=settings, rematch=True)
+    assert _content(forced) == _content(grown)
+    key = settings_key(settings)
+    with Gallery(g, settings) as a, Gallery(tmp_path / "g2", settings) as b:
+        kept, fresh = a.match_pairs(key), b.match_pairs(key)
+    candidates = [k for k in fresh if k[2] == CANDIDATE]
+    assert len(candidates) > 50
+    for k in candidates:
+        assert json.loads(kept[k][0]) == json.loads(fresh[k][0]), k
+
+
+def test_merging_every_list_at_once_equals_merging_each_image_alone():
+    """``_merge_all`` (all images' neighbour lists in one merge, hits farther
+    than a list's last dropped first) gives each image's ``_merge_rows``."""
+    import numpy as np
+
+    from matchkit.gallery import ORB_KEY_STRIDE
+    from matchkit.incremental import _merge_all, _merge_rows
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        lists = {}
+        for j in range(int(rng.integers(1, 8))):
+            n = int(rng.integers(0, 6))
+            lists[3 * j] = (rng.integers(-1, 50, (n, 4)).astype(np.int32),
+                            np.sort(rng.integers(0, 60, (n, 4)), 1).astype(np.uint8))
+        images = list(lists)
+        hits = np.array([[images[rng.integers(len(images))], rng.integers(0, 7),
+                          rng.integers(0, 60),
+                          rng.integers(100, 110) * ORB_KEY_STRIDE + rng.integers(0, 5)]
+                         for _ in range(int(rng.integers(0, 30)))], np.int64).reshape(-1, 4)
+        each, touched = {j: (a.copy(), d.copy()) for j, (a, d) in lists.items()}, []
+        for j in sorted(set(hits[:, 0].tolist())):
+            part = hits[(hits[:, 0] == j) & (hits[:, 1] < len(lists[j][0]))][:, 1:]
+            if len(part):
+                merged = _merge_rows(*each[j], part)
+                if not all(np.array_equal(x, y) for x, y in zip(merged, each[j])):
+                    each[j] = merged
+                    touched.append(j)
+        together = {j: (a.copy(), d.copy()) for j, (a, d) in lists.items()}
+        assert _merge_all(together, hits) == touched
+        for j in lists:
+            assert all(np.array_equal(x, y) and x.dtype == y.dtype
+                       for x, y in zip(each[j], together[j]))
