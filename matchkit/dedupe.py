@@ -408,8 +408,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         across (a shared sticker, a look-alike) is never enough.
 
         Across a leftover image and a star, candidate pairs not verified yet
-        are verified; once one pair across matches, the other pairs across
-        are compared directly, until the count is reached or out of reach."""
+        are verified; once one pair across matches, pairs across that a
+        matched path of two steps joins are compared directly (``dense``)."""
         groups = [list(s.members) for s in stars]
         placed = {m for g in groups for m in g}
         groups += [[r] for r in sorted(classes, key=priority)
