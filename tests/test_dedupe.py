@@ -207,3 +207,73 @@ def test_relations_compose_to_the_looser_one():
     assert compose("crop", "resized") == compose("resized", "crop") == "crop"
     assert compose("edited", "crop") == "edited"
     assert compose("recapture", "edited") == "recapture"
+
+
+class _TableMatcher:
+    """A pair matcher whose decisions come from a table (for the clustering)."""
+
+    def __init__(self, ids, matches, candidates):
+        from matchkit.match import PairEvidence
+
+        self.matches = {frozenset(p) for p in matches}
+        self.evidence = [PairEvidence(min(a, b), max(a, b), 100, 0.5, pending=True)
+                         for a, b in candidates]
+        self.asked = []
+
+    def verify(self, todo):
+        for ev in todo:
+            if ev.pending:
+                ev.pending = False
+                ev.rule = "local" if frozenset((ev.a, ev.b)) in self.matches else ""
+                self.asked.append((ev.a, ev.b))
+
+    def evidence_between(self, a, b, reflect):
+        from matchkit.match import PairEvidence
+
+        return PairEvidence(min(a, b), max(a, b), 100, 0.5, pending=True)
+
+    def same_pixels(self, ev):
+        return False
+
+    def picture_share(self, image_id):
+        return 1.0
+
+    def rephotographed(self, ev):
+        return None
+
+    def settle_relation(self, ev):
+        return "recapture"
+
+    def close(self):
+        pass
+
+
+def test_leftover_image_joins_a_cluster_it_matches_through_a_member(tmp_path):
+    """An original and three photos of it. X is a candidate of one member
+    only (after the keeper took that member, so nobody asked); it matches
+    that member and, compared afresh, the keeper: it joins. Y matches the
+    member only: one pair of three is no join (no chaining)."""
+    from matchkit.dedupe import find_clusters
+
+    sizes = {"k": (640, 480), "a": (320, 240), "b": (300, 225), "x": (280, 210),
+             "y": (260, 195)}
+    for n, (seed, size) in zip(sizes, enumerate(sizes.values(), 40)):
+        make_photo(seed).resize(size).save(tmp_path / f"{n}.png")
+    with Gallery(tmp_path / "g", Settings()) as g:
+        added = g.add(sorted(str(p) for p in tmp_path.glob("*.png")))
+        ids = {Path(img.path).stem: i for i, img in g.images(added.ids).items()}
+        k, a, b, x, y = (ids[n] for n in "kabxy")
+        made = []
+
+        def make(visible, same):
+            made.append(_TableMatcher(visible, [(k, a), (k, b), (x, a), (x, k), (y, a)],
+                                      [(k, a), (k, b), (x, a), (y, a)]))
+            return made[0]
+
+        clusters, _, n_near = find_clusters(g, added.ids, Settings(), make_matcher=make)
+    assert [(_names([c.keep]), _names(c.members)) for c in clusters] == [
+        (["k.png"], ["a.png", "b.png", "k.png", "x.png"])]
+    assert {Path(p.b).name for p in clusters[0].pairs if Path(p.a).name == "k.png"} == {
+        "a.png", "b.png", "x.png"} and n_near == 3
+    asked = {frozenset(p) for p in made[0].asked}
+    assert {frozenset((x, k)), frozenset((y, k))} <= asked  # compared afresh
