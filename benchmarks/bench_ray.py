@@ -88,21 +88,39 @@ def first_photos(folder: Path, n: int, out: Path) -> Path:
 
 
 def per_node(work: dict, n_images: int) -> dict:
+    """Per-node work and bytes of a run's ``stats["ray"]["work"]``. Bytes are
+    counted twice: serialised (every object handed to Ray: records to the shard
+    actors, listings, candidate queries and answers, verification chunks) and
+    across nodes (only what left the node it was made on: an object between
+    two processes of one node stays in that node's object store)."""
     nodes = sorted(n for n in work if n != "driver")
+    every = [work[n] for n in work]
     extracted = [work[n].get("images_extracted", 0) for n in nodes]
     verified = [work[n].get("pairs_verified", 0) for n in nodes]
-    records = sum(work[n].get("bytes_shipped", 0) for n in nodes)
-    queries = work.get("driver", {}).get("bytes_shipped", 0)
-    read = sum(work[n].get("bytes_read", 0) for n in nodes)
+
+    def total(key: str) -> int:
+        return sum(w.get(key, 0) for w in every)
+
+    def kb(key: str, per: int) -> float:
+        return total(key) / 1024 / max(1, per)
+
+    images, pairs = n_images, sum(verified)
+    parts = ("records", "listing", "query", "answer")
     seconds = [work[n].get("extract_ms", 0) / 1000 for n in nodes]
     busy = [e for e in extracted if e]
     return {"extracted_per_node": "/".join(map(str, extracted)),
             "extract_s_per_node": "/".join(f"{s:.1f}" for s in seconds),
             "verified_per_node": "/".join(map(str, verified)),
             "extract_max_over_even": (max(busy) / (sum(busy) / len(busy))) if busy else 0.0,
-            "records_kb_per_image": records / 1024 / max(1, n_images),
-            "queries_kb_per_image": queries / 1024 / max(1, n_images),
-            "features_read_kb_per_pair": read / 1024 / max(1, sum(verified))}
+            "across_kb_per_image": sum(kb(f"{p}_bytes_across_nodes", images) for p in parts),
+            "across_rec/list/query/answer": "/".join(
+                f"{kb(f'{p}_bytes_across_nodes', images):.2f}" for p in parts),
+            "serialised_kb_per_image": sum(kb(f"{p}_bytes", images) for p in parts),
+            "serialised_rec/list/query/answer": "/".join(
+                f"{kb(f'{p}_bytes', images):.2f}" for p in parts),
+            "verify_across_kb_per_pair": kb("verify_bytes_across_nodes", pairs),
+            "verify_serialised_kb_per_pair": kb("verify_bytes", pairs),
+            "features_read_kb_per_pair": kb("features_read_bytes", pairs)}
 
 
 def main() -> None:
@@ -151,8 +169,10 @@ def main() -> None:
                 print(C.table(rows[-1:], list(rows[-1])), flush=True)
         cols = ["nodes", "wall_s", "driver_peak_rss_mib", "identical", "clusters",
                 "extracted_per_node", "extract_s_per_node", "verified_per_node",
-                "extract_max_over_even",
-                "records_kb_per_image", "queries_kb_per_image", "features_read_kb_per_pair"]
+                "extract_max_over_even", "across_kb_per_image", "across_rec/list/query/answer",
+                "serialised_kb_per_image", "serialised_rec/list/query/answer",
+                "verify_across_kb_per_pair", "verify_serialised_kb_per_pair",
+                "features_read_kb_per_pair"]
         table = C.table(rows, cols)
         print(table)
         sections.append(f"### {name} set, {args.split} split"

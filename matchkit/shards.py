@@ -185,6 +185,17 @@ def route(path: str, rec, where: dict[str, tuple[int, int]], names: Sequence[str
     return shard_of(rec.sha256, names)
 
 
+def place(path: str, rec, where: dict[str, tuple[int, int]],
+          names: Sequence[str]) -> tuple[int, tuple[int, int] | None]:
+    """Where the record (or failure) of ``path`` goes: its shard, and the
+    ``(shard, id)`` it must leave when its new bytes hash to another shard
+    than the one holding it (None when it stays or is new). The one rule of
+    moving images between shards, for ``add_files`` and the Ray tasks."""
+    shard = route(path, rec, where, names)
+    old = where.get(path)
+    return shard, (old if old and old[0] != shard else None)
+
+
 def add_files(stores: Sequence[Gallery], paths: Iterable[str | os.PathLike], settings: Settings,
               progress: Callable[[int], None] | None = None,
               names: Sequence[str] | None = None, extract=extract_many) -> AddReport:
@@ -212,15 +223,14 @@ def add_files(stores: Sequence[Gallery], paths: Iterable[str | os.PathLike], set
 
     on_done = (lambda: progress(1)) if progress else None
     for path, rec in extract(todo, settings, on_done=on_done):
-        shard = route(path, rec, where, names)
-        old = where.get(path)
+        shard, leaves = place(path, rec, where, names)
         if not isinstance(rec, ImageLoadError):
-            if old:
-                ids[path] = old[1]
+            if path in where:
+                ids[path] = where[path][1]
             else:
                 ids[path], next_id = next_id, next_id + 1
-        if old and old[0] != shard:  # its new bytes hash to another shard
-            stores[old[0]].remove([old[1]])
+        if leaves:
+            stores[leaves[0]].remove([leaves[1]])
         pending[shard].append((path, rec))
         if len(pending[shard]) >= BATCH:
             flush(shard)
