@@ -277,9 +277,9 @@ def _result(part, codes: np.ndarray, k: int):
 class ShardedGallery:
     """Several gallery folders read as one gallery (see module docstring).
 
-    Adding, reading rows and features, and searching the pHash and ORB
-    indexes work as on a :class:`Gallery`; embeddings, labels and
-    incremental matching state stay per shard (not yet across them).
+    Adding, reading rows and features, searching the pHash and ORB indexes
+    and keeping incremental matching state work as on a :class:`Gallery`;
+    embeddings and labels stay per shard (not yet across them).
     ``indexes(name)`` may give the index parts instead of the shards'
     own (``distributed.py``: indexes held by shard actors)."""
 
@@ -327,16 +327,33 @@ class ShardedGallery:
             progress: Callable[[int], None] | None = None) -> AddReport:
         """As ``Gallery.add``; each image goes to the shard its digest hashes to."""
         try:
-            return add_files(self.parts, paths, self.settings, progress, self.names)
+            report = add_files(self.parts, paths, self.settings, progress, self.names)
         finally:
             self.changed()
+        self.forget_matches(report.changed)
+        return report
 
     def remove(self, paths_or_ids: Iterable[str | int | os.PathLike]) -> int:
         items = list(paths_or_ids)
+        ids = []
+        for item in items:
+            if isinstance(item, (int, np.integer)):
+                ids.append(int(item))
+            elif (rec := self.find(item)) is not None:
+                ids.append(rec.id)
         try:
             return sum(g.remove(items) for g in self.parts)
         finally:
             self.changed()
+            self.forget_matches(ids)
+
+    def forget_matches(self, ids: Sequence[int]) -> None:
+        """Changed or removed images lose their stored matching state in every
+        shard: a pair is stored in the shard of its first image, so it may
+        name an image of another shard (its own shard forgets it as on one
+        machine)."""
+        for g in self.parts:
+            g.forget_matches(ids)
 
     def changed(self) -> None:
         """Forget what was cached about the shards' contents."""
@@ -437,6 +454,30 @@ class ShardedGallery:
     def update_meta(self, updates: dict[int, dict], *, replace: bool = False) -> int:
         return sum(self.parts[s].update_meta({i: updates[i] for i in part}, replace=replace)
                    for s, part in self._by_shard(updates).items())
+
+    # incremental matching state (``incremental.py``): each image's record
+    # in its shard, each pair in the shard of its first image
+    def image_digests(self) -> dict[int, tuple[str, bool]]:
+        return dict(sorted((k, v) for g in self.parts for k, v in g.image_digests().items()))
+
+    def match_records(self, key: str) -> dict[int, tuple[str, str]]:
+        return {k: v for g in self.parts for k, v in g.match_records(key).items()}
+
+    def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
+        return {k: v for g in self.parts for k, v in g.match_pairs(key).items()}
+
+    def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
+                         pairs: dict[tuple[int, int, int], tuple],
+                         *, replace: bool = False) -> None:
+        """As ``Gallery.save_match_state``, one transaction per shard (a run
+        killed between two shards leaves each shard's state valid on its own:
+        records are checked against the images' digests when read)."""
+        mine = {i: s for s, g in enumerate(self.parts) for i in g.ids()}
+        for s, g in enumerate(self.parts):
+            g.save_match_state(
+                key, {i: r for i, r in records.items() if mine.get(i) == s},
+                {k: r for k, r in pairs.items() if mine.get(k[0]) == s},
+                replace=replace, elsewhere={i for i, t in mine.items() if t != s})
 
     # embeddings: per shard only, for now
     def models(self) -> dict[str, int]:

@@ -128,3 +128,31 @@ def test_cli_index_shards_then_dedupe_and_check(dup_dir, tmp_path):
 def _key_json(data):
     return sorted((c["keep"], c["members"], [(p["a"], p["b"], p["relation"]) for p in c["pairs"]])
                   for c in data["clusters"])
+
+
+def test_sharded_gallery_keeps_matching_state_across_shards(dup_dir, tmp_path):
+    """A re-run with nothing new reuses every stored decision, also those of
+    pairs whose images live in different shards; a changed file is measured
+    again (its stored pairs in other shards forgotten), as on one gallery."""
+    single = dedupe([dup_dir])
+    first = dedupe([dup_dir], gallery=tmp_path / "g", shards=3)
+    assert _key(first) == _key(single) and first.stats["pairs_verified"] > 0
+    with ShardedGallery(tmp_path / "g", create=False) as g:
+        owner = {i: g.owner(i) for i in g.ids()}
+        assert any(owner[a] != owner[b] for a, b, _ in g.match_pairs(_state_key(g)))
+    again = dedupe([dup_dir], gallery=tmp_path / "g")
+    assert _key(again) == _key(single)
+    assert again.stats["images_searched"] == 0 and again.stats["pairs_verified"] == 0
+    assert again.stats["pairs_reused"] > 0
+    make_photo(999).save(dup_dir / "p2.jpg", quality=70)  # a photo no longer like its copies
+    third = dedupe([dup_dir], gallery=tmp_path / "g")
+    assert third.stats["updated"] == 1 and third.stats["images_searched"] >= 1
+    assert _key(third) == _key(dedupe([dup_dir]))
+    assert _key(third) != _key(single)
+
+
+def _state_key(g) -> str:
+    from matchkit.config import Settings
+    from matchkit.incremental import settings_key
+
+    return settings_key(Settings())
