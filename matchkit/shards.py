@@ -277,9 +277,11 @@ def _result(part, codes: np.ndarray, k: int):
 class ShardedGallery:
     """Several gallery folders read as one gallery (see module docstring).
 
-    Adding, reading rows and features, searching the pHash and ORB indexes
-    and keeping incremental matching state work as on a :class:`Gallery`;
-    embeddings and labels stay per shard (not yet across them).
+    Adding, reading rows and features, searching the pHash and ORB indexes,
+    keeping incremental matching state, metadata filters and embeddings
+    (each shard embeds its images; vector searches are merged,
+    :class:`MergedVectorIndex`) work as on a :class:`Gallery`; labels stay
+    per shard (not yet across them).
     ``indexes(name)`` may give the index parts instead of the shards'
     own (``distributed.py``: indexes held by shard actors)."""
 
@@ -479,13 +481,76 @@ class ShardedGallery:
                 {k: r for k, r in pairs.items() if mine.get(k[0]) == s},
                 replace=replace, elsewhere={i for i, t in mine.items() if t != s})
 
-    # embeddings: per shard only, for now
+    def ids_where(self, sql: str, params: Sequence = ()) -> np.ndarray:
+        """As ``Gallery.ids_where`` (metadata filters), over every shard."""
+        return np.sort(np.concatenate([g.ids_where(sql, params) for g in self.parts]))
+
+    # embeddings: each image's vector in its shard, searches merged
     def models(self) -> dict[str, int]:
-        return {}
+        found: dict[str, int] = {}
+        for g in self.parts:
+            found.update(g.models())
+        return dict(sorted(found.items()))
 
-    def embedded_ids(self, model_name: str, *args, **kw) -> np.ndarray:
-        raise GalleryError("learned embeddings (--model) are not supported on sharded "
-                           "galleries yet")
+    def embedded_ids(self, model_name: str) -> np.ndarray:
+        return np.sort(np.concatenate([g.embedded_ids(model_name) for g in self.parts]))
 
-    # (each asks for embeddings, which the shards do not offer together yet)
-    vectors = vector_index = embed = embedded_ids
+    def vectors(self, model_name: str, ids: Sequence[int]) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        if not ids:  # (the usual error when no shard has the model)
+            return next((g for g in self.parts if model_name in g.models()),
+                        self.parts[0]).vectors(model_name, [])
+        found: dict[int, np.ndarray] = {}
+        for s, part in self._by_shard(ids).items():
+            found.update(zip(part, self.parts[s].vectors(model_name, part)))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(missing[0])
+        return np.stack([found[i] for i in ids]).astype(np.float32)
+
+    def vector_index(self, model_name: str) -> "MergedVectorIndex":
+        """The shards' vector indexes of one model, searched as one (GalleryError
+        when no shard has embeddings of ``model_name``)."""
+        parts = [g.vector_index(model_name) for g in self.parts if model_name in g.models()]
+        if not parts:
+            return self.parts[0].vector_index(model_name)  # (raises the usual error)
+        return MergedVectorIndex(parts)
+
+    def embed(self, embedder, ids: Iterable[int] | None = None, *, progress: bool = False,
+              workers: int | None = None, save: bool = True):
+        """As ``Gallery.embed``: each shard embeds its own images."""
+        by_shard = (None if ids is None else self._by_shard(ids))
+        report = None
+        for s, g in enumerate(self.parts):
+            part = g.embed(embedder, None if by_shard is None else by_shard.get(s, []),
+                           progress=progress, workers=workers, save=save)
+            if report is None:
+                report = part
+            else:
+                report.embedded += part.embedded
+                report.unchanged += part.unchanged
+                report.skipped += part.skipped
+        return report
+
+
+class MergedVectorIndex:
+    """The k most similar vectors over several shards' vector indexes: each
+    shard's best k (``allowed`` ids of other shards are ignored there), merged
+    by score, then id."""
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+        self.model, self.dim = self.parts[0].model, self.parts[0].dim
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def search(self, vectors, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        found = [p.search(vectors, k, allowed=allowed) for p in self.parts]
+        ids = np.concatenate([np.asarray(f[0]).reshape(len(f[0]), -1) for f in found], axis=1)
+        scores = np.concatenate([np.asarray(f[1]).reshape(len(f[1]), -1) for f in found], axis=1)
+        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores),
+                           axis=1)[:, :int(k)]
+        return (np.take_along_axis(ids, order, axis=1),
+                np.take_along_axis(scores, order, axis=1).astype(np.float32))
