@@ -156,3 +156,25 @@ def _state_key(g) -> str:
     from matchkit.incremental import settings_key
 
     return settings_key(Settings())
+
+
+def test_shard_answers_shipped_compactly_lose_nothing():
+    """A shard actor's answer (``distributed._compact``): int32 keys and uint8
+    distances where they fit, the wider types where not; the driver gets the
+    index's own arrays back (``_expand``), -1 keys at distance nbits + 1."""
+    import numpy as np
+
+    from matchkit.distributed import _compact, _expand
+
+    keys = np.array([[5, 7, -1], [2 ** 20, 3, -1]], np.int64)
+    dists = np.array([[0, 200, 257], [12, 254, 257]], np.int64)
+    small_k, small_d = _compact(keys, dists)
+    assert small_k.dtype == np.int32 and small_d.dtype == np.uint8
+    for k, d in ((keys, dists), (keys * 2 ** 12, dists), (keys, np.where(dists == 254, 256, dists))):
+        ck, cd = _compact(k, d)
+        assert (cd.dtype == np.uint16) == bool(((d > 255) & (k >= 0)).any())
+        assert (ck.dtype == np.int64) == bool(k.max() >= 2 ** 31)
+        back_k, back_d = _expand(ck, cd, 256)
+        assert np.array_equal(back_k, k) and np.array_equal(back_d, d)
+    empty = _expand(*_compact(np.zeros((0, 4), np.int64), np.zeros((0, 4), np.int64)), 64)
+    assert empty[0].shape == (0, 4) and empty[0].dtype == np.int64
