@@ -60,12 +60,13 @@ def child(folder: str, nodes: int, out: str) -> None:
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        joined = _rss_mib()
         start = time.perf_counter()
         report = dedupe([folder], gallery=os.path.join(temp, "gallery"), ray="auto",
                         shards=nodes)
         wall = time.perf_counter() - start
         data = report.to_dict()
-        data["bench"] = {"wall_s": wall,
+        data["bench"] = {"wall_s": wall, "driver_joined_rss_mib": joined,
                          "driver_peak_rss_mib": resource.getrusage(
                              resource.RUSAGE_SELF).ru_maxrss / 1024.0}
         Path(out).write_text(json.dumps(data))
@@ -73,6 +74,15 @@ def child(folder: str, nodes: int, out: str) -> None:
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (MiB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
 
 
 def first_photos(folder: Path, n: int, out: Path) -> Path:
@@ -88,21 +98,39 @@ def first_photos(folder: Path, n: int, out: Path) -> Path:
 
 
 def per_node(work: dict, n_images: int) -> dict:
+    """Per-node work and bytes of a run's ``stats["ray"]["work"]``. Bytes are
+    counted twice: serialised (every object handed to Ray: records to the shard
+    actors, listings, candidate queries and answers, verification chunks) and
+    across nodes (only what left the node it was made on: an object between
+    two processes of one node stays in that node's object store)."""
     nodes = sorted(n for n in work if n != "driver")
+    every = [work[n] for n in work]
     extracted = [work[n].get("images_extracted", 0) for n in nodes]
     verified = [work[n].get("pairs_verified", 0) for n in nodes]
-    records = sum(work[n].get("bytes_shipped", 0) for n in nodes)
-    queries = work.get("driver", {}).get("bytes_shipped", 0)
-    read = sum(work[n].get("bytes_read", 0) for n in nodes)
+
+    def total(key: str) -> int:
+        return sum(w.get(key, 0) for w in every)
+
+    def kb(key: str, per: int) -> float:
+        return total(key) / 1024 / max(1, per)
+
+    images, pairs = n_images, sum(verified)
+    parts = ("records", "listing", "query", "answer")
     seconds = [work[n].get("extract_ms", 0) / 1000 for n in nodes]
     busy = [e for e in extracted if e]
     return {"extracted_per_node": "/".join(map(str, extracted)),
             "extract_s_per_node": "/".join(f"{s:.1f}" for s in seconds),
             "verified_per_node": "/".join(map(str, verified)),
             "extract_max_over_even": (max(busy) / (sum(busy) / len(busy))) if busy else 0.0,
-            "records_kb_per_image": records / 1024 / max(1, n_images),
-            "queries_kb_per_image": queries / 1024 / max(1, n_images),
-            "features_read_kb_per_pair": read / 1024 / max(1, sum(verified))}
+            "across_kb_per_image": sum(kb(f"{p}_bytes_across_nodes", images) for p in parts),
+            "across_rec/list/query/answer": "/".join(
+                f"{kb(f'{p}_bytes_across_nodes', images):.2f}" for p in parts),
+            "serialised_kb_per_image": sum(kb(f"{p}_bytes", images) for p in parts),
+            "serialised_rec/list/query/answer": "/".join(
+                f"{kb(f'{p}_bytes', images):.2f}" for p in parts),
+            "verify_across_kb_per_pair": kb("verify_bytes_across_nodes", pairs),
+            "verify_serialised_kb_per_pair": kb("verify_bytes", pairs),
+            "features_read_kb_per_pair": kb("features_read_bytes", pairs)}
 
 
 def main() -> None:
@@ -145,34 +173,50 @@ def main() -> None:
                 bench = data["bench"]
                 rows.append({"nodes": n, "wall_s": bench["wall_s"],
                              "driver_peak_rss_mib": bench["driver_peak_rss_mib"],
+                             "driver_kb_per_image": 1024 * (bench["driver_peak_rss_mib"]
+                                                            - bench["driver_joined_rss_mib"])
+                             / n_images,
                              "identical": result_key(data["clusters"]) == reference,
                              "clusters": len(data["clusters"]),
                              **per_node(data["stats"]["ray"]["work"], n_images)})
                 print(C.table(rows[-1:], list(rows[-1])), flush=True)
-        cols = ["nodes", "wall_s", "driver_peak_rss_mib", "identical", "clusters",
+        cols = ["nodes", "wall_s", "driver_peak_rss_mib", "driver_kb_per_image", "identical",
+                "clusters",
                 "extracted_per_node", "extract_s_per_node", "verified_per_node",
-                "extract_max_over_even",
-                "records_kb_per_image", "queries_kb_per_image", "features_read_kb_per_pair"]
+                "extract_max_over_even", "across_kb_per_image", "across_rec/list/query/answer",
+                "serialised_kb_per_image", "serialised_rec/list/query/answer",
+                "verify_across_kb_per_pair", "verify_serialised_kb_per_pair",
+                "features_read_kb_per_pair"]
         table = C.table(rows, cols)
         print(table)
         sections.append(f"### {name} set, {args.split} split"
                         f"{f', first {args.limit} photos' if args.limit else ''}: "
                         f"{n_images} images\n\n{table}\n")
     if not args.no_write:
-        cmd = "python benchmarks/bench_ray.py" + (f" --limit {args.limit}" if args.limit else "")
+        cmd = " ".join(["python benchmarks/bench_ray.py", f"--set {args.set}",
+                        f"--split {args.split}", f"--nodes {args.nodes}"]
+                       + ([f"--limit {args.limit}"] if args.limit else []))
         C.write_section("ray: dedupe on simulated nodes", (
             f"`{cmd}` (Ray 2.60, `ray.cluster_utils.Cluster`, nodes of 1 CPU on this one "
-            "machine, one shard per node). `wall_s`: the dedupe call (one machine: the whole "
-            "CLI run); `identical`: clusters, keepers and pair relations equal the "
-            "one-machine run's; `extracted`/`verified` per node; `extract_s_per_node`: time "
-            "in extraction tasks per node (chunks go to the first free node, so times even "
-            "out; counts follow each node's speed); `extract_max_over_even`: "
-            "busiest node over the even share; `records_kb_per_image`: extracted records sent "
-            "to the shard actors; `queries_kb_per_image`: candidate queries (pHash variants, "
-            "the descriptors each image votes with) and the shards' answers, between driver "
-            "and actors; `features_read_kb_per_pair`: stored "
-            "features verification tasks read from the shards. All nodes share this "
-            "machine's cores, so wall time measures overhead, not speed-up.\n\n"
+            "machine, one shard per node; the machine is shared with other sessions, so "
+            "wall times are measured under load). `wall_s`: the dedupe call (one machine: "
+            "the whole CLI run); `driver_kb_per_image`: the driver's peak RSS less its RSS "
+            "once joined to the cluster, per image; `identical`: clusters, keepers and pair "
+            "relations equal the one-machine run's; `extracted`/`verified` per node; "
+            "`extract_s_per_node`: time in extraction tasks per node (each node extracts "
+            "the images of its own shard); `extract_max_over_even`: busiest node over the "
+            "even share. Bytes: `across_*` counts only what left the node it was made on "
+            "(between processes of one node, Ray's object store moves nothing between "
+            "machines), `serialised_*` everything handed to Ray; `rec` the extracted "
+            "records (worker to shard actor), `list` the listing (plans of the shards, "
+            "owning shard of each file), `query` candidate queries (pHash variants, the "
+            "descriptors each image votes with; put once per search, so once per node), "
+            "`answer` the shards' answers (int32 keys, uint8 distances); "
+            "`verify_*_kb_per_pair`: verification chunks and their results; "
+            "`features_read_kb_per_pair`: stored features the verification tasks read from "
+            "the shards' files (shared storage). All nodes share this machine's cores, so "
+            "wall time measures overhead, not speed-up. Load average (1 min) at the end: "
+            f"{os.getloadavg()[0]:.1f}.\n\n"
             + "\n".join(sections)))
 
 

@@ -1064,8 +1064,8 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
     if model and no_embed:
         _fail("--model and --no-embed contradict each other")
     sharded = (shards or 1) > 1 or ray is not None or is_sharded(gallery)
-    if sharded and (model or meta_path):
-        _fail("--model and --meta are not supported on sharded galleries (--shards, --ray) yet")
+    if sharded and meta_path:
+        _fail("--meta is not supported on sharded galleries (--shards, --ray) yet")
     try:
         files = list(iter_image_files(paths))
     except FileNotFoundError as e:
@@ -1076,9 +1076,9 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
         except MetadataError as e:
             _fail(_one_line(e))
     known: dict[str, int] = {}
-    if (Path(gallery) / DB_NAME).exists() and not sharded:
+    if (Path(gallery) / DB_NAME).exists() and not sharded or is_sharded(gallery):
         try:
-            with Gallery(gallery, create=False) as g:
+            with open_gallery(gallery, create=False) as g:
                 known = g.models()
         except GalleryError as e:
             _fail(_one_line(e))

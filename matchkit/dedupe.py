@@ -75,7 +75,8 @@ def dedupe(
     what new, changed or removed images affect, with the same result as a run
     from scratch. ``rematch`` ignores (and replaces) what is stored. Runs with a
     learned ``model`` always match from scratch. A folder holding a shard
-    manifest (``shards.py``) is a sharded gallery; it matches from scratch too.
+    manifest (``shards.py``) is a sharded gallery; it keeps the same state
+    across its shards (with ``ray``, matching starts from scratch).
 
     ``ray`` (an address, or "auto"/"local") runs the work on a Ray cluster
     (``distributed.py``): files are read on its workers, each shard of the
@@ -139,7 +140,8 @@ def dedupe(
             if on_progress:
                 on_progress("embed", 0, len(added.ids))
             gallery.embed(embedder, added.ids, progress=progress)
-        incremental = gallery_given and not settings.model and isinstance(gallery, Gallery)
+        incremental = (gallery_given and not settings.model and run is None
+                       and isinstance(gallery, (Gallery, ShardedGallery)))
         calibrator = profile.calibrator if profile else None
         made: list[IncrementalMatcher] = []
 

@@ -4,9 +4,11 @@ The work splits along the lines of a sharded gallery (``shards.py``):
 
 * **listing** happens on the driver (this process): which files, which of
   them the shards already hold unchanged;
-* **extraction** runs in Ray tasks, a chunk of files each: a task reads and
-  decodes its files (shared storage: every node sees the same paths) and
-  sends each record to the actor of the shard its digest hashes to;
+* **extraction** runs in Ray tasks, a chunk of files each: a first pass of
+  small tasks reads and hashes the files (the digest names the owning
+  shard); then each chunk runs on the node of the actor that owns its files
+  (shared storage: every node sees the same paths), decodes them and hands
+  the records to that actor, so no record crosses a node boundary;
 * **each shard is held by an actor** (:class:`ShardServer`) that writes its
   records and answers candidate queries (pHash neighbours, descriptor votes)
   against its own indexes; the driver merges the answers per query
@@ -17,12 +19,17 @@ The work splits along the lines of a sharded gallery (``shards.py``):
   keepers and report with the one-machine code (``dedupe.find_clusters``),
   so the result is the same as on one machine.
 
-Extraction is scheduled dynamically: small chunks, one per CPU in flight,
-each finished one replaced by the next on the node that ran it (``ray.wait``,
-soft node affinity), so a node that is faster or less loaded takes more
-chunks and all nodes finish together (submitting every chunk up front with
-SPREAD queued a fixed share on each node). Verification chunks go to the node
-given the fewest pairs so far.
+Shard actors are placed one per node (shard i on node i mod n). Each node
+extracts the files of its own shards, one chunk per CPU in flight, a
+finished chunk replaced by the next of that node's queue; per-node work is
+then each shard's share of the images (rendezvous hashing: even but for
+sampling noise). Verification chunks go to the node given the fewest pairs
+so far. Candidate queries are put in the object store once per search (so
+they reach each node once) and answered compactly (int32 keys, uint8
+distances where they fit).
+
+Bytes are counted per node (``Work``): serialised (everything handed to
+Ray) and across nodes (only what left the node it was made on).
 
 Faults: tasks are retried by Ray (``max_retries``); writing a record again is
 harmless (the same path, the same id). A chunk whose task still fails after
@@ -59,9 +66,10 @@ from .config import Settings
 from .features import CRASH_HOOK_ENV, extract_many
 from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
 from .io import ImageLoadError
+from .hashing import file_digest
 from .match import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
-from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
-                     read_manifest, route, stat_files)
+from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, place, plan_files,
+                     read_manifest, route, shard_of, stat_files)
 
 #: How often Ray retries a task whose worker died, and restarts a dead shard actor.
 TASK_RETRIES = 4
@@ -75,6 +83,12 @@ SPLIT_RETRIES = 1
 #: chunk takes 0.2-1 s on a loaded node).
 EXTRACT_CHUNK = 16
 CHUNKS_PER_CPU = 16
+#: Logical memory a shard actor asks for (see ``RayRun.__init__``).
+ACTOR_MEMORY = 1 << 20
+#: Files per task that finds the owning shard of each (reads and hashes them).
+OWNER_CHUNK = 256
+#: The queue of extraction chunks any node may run.
+ANY_NODE = "any"
 #: Candidate pairs per verification task.
 VERIFY_CHUNK = 32
 #: Test hook: a folder; while it holds a file ``armed``, each kind of task
@@ -158,36 +172,70 @@ class ShardServer:
         return index.nbits, len(index)
 
     def search(self, name: str, codes, k: int):
-        """k nearest of each code; distances as uint16 (they are at most
-        nbits + 1), a quarter of the bytes to ship back."""
+        """k nearest of each code, compactly: keys as int32 when they fit,
+        distances as uint8 when they fit (0 where no neighbour: the caller
+        knows ``nbits + 1`` from the key -1); the same values otherwise."""
         keys, dists = getattr(self.gallery, f"{name}_index").search(codes, k)
-        return keys, dists.astype(np.uint16)
+        return _compact(keys, dists)
+
+
+def _compact(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    found = keys >= 0
+    if not len(keys) or keys.max() < 2 ** 31:
+        keys = keys.astype(np.int32)
+    dists = np.where(found, dists, 0)
+    return keys, dists.astype(np.uint8 if not found.any() or dists.max() < 256 else np.uint16)
+
+
+def _expand(keys: np.ndarray, dists: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``HammingIndex.search``'s arrays again from ``_compact``'s."""
+    keys = keys.astype(np.int64)
+    return keys, np.where(keys >= 0, dists.astype(np.int64), nbits + 1)
 
 
 class RemoteIndex:
-    """A shard's index held by its actor (a part of ``shards.MergedIndex``)."""
+    """A shard's index held by its actor (a part of ``shards.MergedIndex``).
+    The parts of one merged index share ``sent``: the codes of a search are
+    put in the object store once, and reach each node once, however many
+    shards it holds."""
 
-    def __init__(self, actor, name: str, nbits: int, size: int, stats: "Work"):
+    def __init__(self, actor, name: str, nbits: int, size: int, stats: "Work", node: str,
+                 driver_node: str, sent: dict):
         self.actor, self.name, self.nbits, self.size, self.stats = actor, name, nbits, size, stats
+        self.node, self.driver_node, self.sent = node, driver_node, sent
 
     def __len__(self) -> int:
         return self.size
 
     def search_async(self, codes, k: int):
-        ref = self.actor.search.remote(self.name, codes, k)
+        ray = _ray()
+        if self.sent.get("codes") is not codes:
+            self.sent.update(codes=codes, ref=ray.put(codes), nodes=set())
+            self.stats.add("driver", "query_bytes", codes.nbytes)
+        if self.node != self.driver_node and self.node not in self.sent["nodes"]:
+            self.sent["nodes"].add(self.node)
+            self.stats.add("driver", "query_bytes_across_nodes", codes.nbytes)
+        ref = self.actor.search.remote(self.name, self.sent["ref"], k)
         self.stats.add("driver", "queries", len(codes))
 
         def result():
-            keys, dists = _ray().get(ref)
-            self.stats.add("driver", "bytes_shipped", codes.nbytes + keys.nbytes + dists.nbytes)
-            return keys, dists.astype(np.int64)
+            keys, dists = ray.get(ref)
+            answer = keys.nbytes + dists.nbytes
+            self.stats.add("driver", "answer_bytes", answer)
+            if self.node != self.driver_node:
+                self.stats.add("driver", "answer_bytes_across_nodes", answer)
+            return _expand(keys, dists, self.nbits)
         return result
 
 
 class Work:
     """Per-node counts of the work done (images extracted and the task time
-    it took, pairs verified, bytes shipped between processes), for
-    ``report.stats["ray"]``."""
+    it took, pairs verified) and of the bytes handed to Ray, for
+    ``report.stats["ray"]``: ``<what>_bytes`` serialised and
+    ``<what>_bytes_across_nodes`` of those that left their node, for the
+    records, the listing (plans and owning shards), the queries and answers,
+    and the verification chunks (``features_read_bytes``: stored features
+    the verification tasks read from the shards' files)."""
 
     def __init__(self):
         self.by_node: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -199,10 +247,27 @@ class Work:
         return {node: dict(sorted(v.items())) for node, v in sorted(self.by_node.items())}
 
 
+def _owners(paths: list[str], where: dict, names: list[str]) -> tuple:
+    """Ray task: the shard that owns each file (its bytes' digest hashed over
+    the shard names; a file that cannot be read: the shard its failure goes
+    to), as int32, so that its extraction can run on that shard's node."""
+    owners = np.empty(len(paths), np.int32)
+    for n, path in enumerate(paths):
+        try:
+            owners[n] = shard_of(file_digest(path), names)
+        except OSError:
+            owners[n] = route(path, ImageLoadError(path, "unreadable"), where, names)
+    return owners, _node()
+
+
 def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
-                       names: list[str], actors: list, settings: Settings,
-                       crash_on: str | None = None) -> tuple:
-    """Ray task: extract a chunk of files, send each record to its shard's actor.
+                       names: list[str], actors: list, shard_nodes: list[str],
+                       settings: Settings, crash_on: str | None = None) -> tuple:
+    """Ray task: extract a chunk of files, send each record to its shard's actor
+    (``shards.place``: the same rule as on one machine). The driver runs a
+    chunk on the node of the actor that owns its files, so a record normally
+    crosses no node boundary; ``shard_nodes`` (each actor's node) tells which
+    bytes did.
 
     ``crash_on`` (tests only, ``features.CRASH_HOOK_ENV`` on the driver): a
     file name on which this worker kills itself, standing in for a decoder
@@ -211,20 +276,22 @@ def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
     ray = _ray()
     if crash_on is not None and any(os.path.basename(p) == crash_on for p in paths):
         os.kill(os.getpid(), signal.SIGSEGV)
+    node = _node()
     per_shard: dict[int, list] = defaultdict(list)
     for path, rec in extract_many(paths, settings.with_(workers=1)):
-        shard = route(path, rec, where, names)
-        old = where.get(path)
-        if old and old[0] != shard:
-            ray.get(actors[old[0]].remove.remote([old[1]]))
+        shard, leaves = place(path, rec, where, names)
+        if leaves:
+            ray.get(actors[leaves[0]].remove.remote([leaves[1]]))
         per_shard[shard].append((path, rec))
-    sent = sum(len(pickle.dumps(b, protocol=5)) for b in per_shard.values())
+    sizes = {s: len(pickle.dumps(b, protocol=5)) for s, b in per_shard.items()}
+    sent = sum(sizes.values())
+    across = sum(n for s, n in sizes.items() if shard_nodes[s] != node)
     reports = ray.get([actors[s].write_records.remote(b, ids) for s, b in per_shard.items()])
     _kill_once("extract")
     report = AddReport()
     for r in reports:
         merge_report(report, r)
-    return report, _node(), len(paths), sent, time.perf_counter() - start
+    return report, node, len(paths), sent, across, time.perf_counter() - start
 
 
 _CONNECTIONS: dict[str, sqlite3.Connection] = {}
@@ -290,7 +357,7 @@ class RayPairMatcher(PairMatcher):
         # pairs, which SPREAD sent mostly to one node.
         size = min(VERIFY_CHUNK, -(-len(todo) // len(run.node_ids)))
         starts = range(0, len(todo), size)
-        refs = []
+        refs, sizes = [], []
         for start in starts:
             chunk = todo[start:start + size]
             ids = {i for ev in chunk for i in (ev.a, ev.b)}
@@ -301,15 +368,21 @@ class RayPairMatcher(PairMatcher):
                     self.settings, self.calibrator is None)
             node = min(run.node_ids, key=lambda n: run.verify_given[n])
             run.verify_given[node] += len(chunk)
+            sizes.append(len(pickle.dumps(args, protocol=5)))
             refs.append(run.verify_task.options(
                 max_retries=TASK_RETRIES, scheduling_strategy=NodeAffinitySchedulingStrategy(
                     node, soft=True)).remote(*args))
-        for chunk_start, ref in zip(starts, refs):
+        here = _node()
+        for chunk_start, ref, sent in zip(starts, refs, sizes):
             done, node, read = ray.get(ref)
             for ev, new in zip(todo[chunk_start:chunk_start + size], done):
                 ev.__dict__.update(new.__dict__)
             run.work.add(node, "pairs_verified", len(done))
-            run.work.add(node, "bytes_read", read)
+            run.work.add(node, "features_read_bytes", read)
+            shipped = sent + len(pickle.dumps(done, protocol=5))
+            run.work.add(node, "verify_bytes", shipped)
+            if node != here:
+                run.work.add(node, "verify_bytes_across_nodes", shipped)
         if self.calibrator is not None:
             for start in range(0, len(todo), 512):
                 self.decide(todo[start:start + 512], "local")
@@ -339,18 +412,30 @@ class RayRun:
         self.settings = settings
         self.work = Work()
         self.token = uuid.uuid4().hex[:8]
-        server = ray.remote(ShardServer)
-        self.actors = [server.options(
-            name=f"matchkit-shard-{self.token}-{name}", num_cpus=0, max_restarts=ACTOR_RESTARTS,
-            max_task_retries=TASK_RETRIES, scheduling_strategy="SPREAD").remote(
-                str(path / name), settings) for name in self.names]
-        self.extract_task = ray.remote(_extract_and_store)  # (retries set per chunk)
-        self.verify_task = ray.remote(_verify_pairs)  # (to a node chosen per chunk)
         self.node_cpus = {n["NodeID"]: max(1, int(n["Resources"]["CPU"])) for n in ray.nodes()
                           if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0}
         self.node_ids = sorted(self.node_cpus)
         if not self.node_ids:
             raise RayUnavailable("no node of the Ray cluster has a CPU for tasks")
+        # Shard i on node i mod n (of those with CPUs), as its images are
+        # extracted there (SPREAD alone put two shards on one node and left
+        # another without work); soft: a restarted actor goes elsewhere if
+        # its node is gone. The actor asks for 1 MiB of (logical) memory: with
+        # no resource request at all, Ray 2.x picks a random node despite a
+        # soft node affinity (ray-project/ray#25360 fixed only the hard case;
+        # measured here: 3 actors aimed at 3 nodes landed on 2).
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        server = ray.remote(ShardServer)
+        self.actors = [server.options(
+            name=f"matchkit-shard-{self.token}-{name}", num_cpus=0, memory=ACTOR_MEMORY,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=TASK_RETRIES, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                self.node_ids[i % len(self.node_ids)], soft=True)).remote(
+                str(path / name), settings) for i, name in enumerate(self.names)]
+        self.extract_task = ray.remote(_extract_and_store)  # (retries set per chunk)
+        self.owner_task = ray.remote(_owners)
+        self.verify_task = ray.remote(_verify_pairs)  # (to a node chosen per chunk)
         self.verify_given = dict.fromkeys(self.node_ids, 0)
         self.gallery = None
         try:
@@ -363,8 +448,10 @@ class RayRun:
 
     def _indexes(self, name: str) -> list[RemoteIndex]:
         infos = _ray().get([a.index_info.remote(name) for a in self.actors])
-        return [RemoteIndex(a, name, nbits, size, self.work)
-                for a, (nbits, size) in zip(self.actors, infos)]
+        sent: dict = {}
+        here = _node()
+        return [RemoteIndex(a, name, nbits, size, self.work, node, here, sent)
+                for a, (nbits, size), node in zip(self.actors, infos, self.shard_nodes)]
 
     def add(self, paths: Iterable[str | os.PathLike],
             progress: Callable[[int], None] | None = None, chunk: int | None = None) -> AddReport:
@@ -376,6 +463,14 @@ class RayRun:
         stats = stat_files(paths)
         files = [(k, *s) for k, s in stats if isinstance(s, tuple)]
         answers = ray.get([a.plan_add.remote(files) for a in self.actors])
+        if files:  # (the listing goes to every shard; each answers for every file)
+            here = _node()
+            asked = len(pickle.dumps(files, protocol=5))
+            for answer, node in zip(answers, self.shard_nodes):
+                shipped = asked + len(pickle.dumps(answer, protocol=5))
+                self.work.add("driver", "listing_bytes", shipped)
+                if node != here:
+                    self.work.add("driver", "listing_bytes_across_nodes", shipped)
         todo, where = plan_files(answers, stats, report)
         if progress and (report.unchanged or report.skipped):
             progress(report.unchanged + len(report.skipped))
@@ -386,28 +481,41 @@ class RayRun:
                 ids[p] = where[p][1]
             else:
                 ids[p], next_id = next_id, next_id + 1
-        # One chunk in flight per CPU slot of each node; a finished chunk's
-        # next one goes to the node that ran it (soft: elsewhere if it died).
-        # SPREAD alone sent it round the nodes, so a free node could idle
-        # while the next chunk waited behind a busy one.
+        # Each file's owning shard first (its digest: a cheap read, any
+        # node), then its extraction on the node of that shard's actor, so the
+        # record is written without crossing nodes. Chunks of files whose
+        # shard sits on a node without CPUs for tasks go to any free node.
+        owner = self._owners(todo, where)
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for p in todo:
+            node = self.shard_nodes[owner[p]]
+            by_node[node if node in self.node_cpus else ANY_NODE].append(p)
         slots = [n for n in self.node_ids for _ in range(self.node_cpus[n])]
         size = chunk or max(1, min(EXTRACT_CHUNK,
                                    -(-len(todo) // (CHUNKS_PER_CPU * len(slots)))))
-        queue = deque((todo[s:s + size], TASK_RETRIES) for s in range(0, len(todo), size))
+        queues = {n: deque((files[s:s + size], TASK_RETRIES) for s in range(0, len(files), size))
+                  for n, files in by_node.items()}
         crash_on = os.environ.get(CRASH_HOOK_ENV) or None
-        running: dict = {}  # task -> (its files, the node it was sent to)
+        running: dict = {}  # task -> (its files, the queue it came from, its slot)
         changed = []
-        while queue or running:
-            while queue and slots:
-                (part, retries), node = queue.popleft(), slots.pop()
+        while any(queues.values()) or running:
+            for slot in list(slots):  # each free slot takes its node's next chunk
+                queue = queues.get(slot) or queues.get(ANY_NODE)
+                if not queue:
+                    continue
+                slots.remove(slot)
+                part, retries = queue.popleft()
+                home = slot if queue is queues.get(slot) else ANY_NODE
                 ref = self.extract_task.options(
                     max_retries=retries, scheduling_strategy=NodeAffinitySchedulingStrategy(
-                        node, soft=True)).remote(
+                        slot, soft=True)).remote(
                     part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
-                    self.names, self.actors, self.settings, crash_on)
-                running[ref] = part, node
+                    self.names, self.actors, self.shard_nodes, self.settings, crash_on)
+                running[ref] = part, home, slot
+            if not running:  # (cannot happen: every queue's node has slots)
+                raise RuntimeError("extraction chunks left with no node to run them")
             done, _ = ray.wait(list(running), num_returns=1)
-            part, slot = running.pop(done[0])
+            part, home, slot = running.pop(done[0])
             slots.append(slot)
             try:
                 result = ray.get(done[0])
@@ -417,17 +525,19 @@ class RayRun:
                     raise
                 if len(part) > 1:  # halves first, before the rest of the queue
                     half = (len(part) + 1) // 2
-                    queue.extendleft([(part[half:], SPLIT_RETRIES), (part[:half], SPLIT_RETRIES)])
+                    queues[home].extendleft([(part[half:], SPLIT_RETRIES),
+                                             (part[:half], SPLIT_RETRIES)])
                     continue
                 result = (self._record_failure(part[0], reason, dict(stats), where),
-                          "driver", 1, 0, 0.0)  # (no node extracted it)
-            part_report, node, n, sent, seconds = result
+                          "driver", 1, 0, 0, 0.0)  # (no node extracted it)
+            part_report, node, n, sent, across, seconds = result
             changed += part_report.changed
             part_report.added = part_report.updated = 0  # (counted below: a retried task re-writes)
             merge_report(report, part_report)
             if node != "driver":
                 self.work.add(node, "images_extracted", n)
-                self.work.add(node, "bytes_shipped", sent)
+                self.work.add(node, "records_bytes", sent)
+                self.work.add(node, "records_bytes_across_nodes", across)
                 self.work.add(node, "extract_ms", 1000 * seconds)
             if progress:
                 progress(n)
@@ -436,6 +546,33 @@ class RayRun:
         ray.get([a.save.remote() for a in self.actors])
         self.gallery.changed()
         return report
+
+    def _owners(self, todo: list[str], where: dict) -> dict[str, int]:
+        """The shard owning each file of ``todo`` (``_owners`` tasks, chunks
+        spread over the nodes, a bounded number in flight)."""
+        ray = _ray()
+        size = OWNER_CHUNK
+        chunks = deque(todo[s:s + size] for s in range(0, len(todo), size))
+        most = 2 * sum(self.node_cpus.values())
+        here = _node()
+        running: dict = {}
+        out: dict[str, int] = {}
+        while chunks or running:
+            while chunks and len(running) < most:
+                part = chunks.popleft()
+                ref = self.owner_task.options(max_retries=TASK_RETRIES,
+                                              scheduling_strategy="SPREAD").remote(
+                    part, {p: where[p] for p in part if p in where}, self.names)
+                running[ref] = part
+            done, _ = ray.wait(list(running), num_returns=1)
+            part = running.pop(done[0])
+            owners, node = ray.get(done[0])
+            out.update(zip(part, owners.tolist()))
+            shipped = owners.nbytes + sum(len(p) for p in part)  # (paths out, owners back)
+            self.work.add(node, "listing_bytes", shipped)
+            if node != here:
+                self.work.add(node, "listing_bytes_across_nodes", shipped)
+        return out
 
     def _record_failure(self, path: str, reason: str, stats: dict, where: dict) -> AddReport:
         """Skip ``path``, whose worker died however small its chunk: record the

@@ -41,7 +41,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1042,14 +1042,28 @@ class Gallery:
                                 "FROM match_pairs WHERE key=?", (key,))
         return {(r[0], r[1], r[2]): r[3:] for r in rows}
 
+    def forget_matches(self, ids: Sequence[int]) -> None:
+        """Drop the stored candidate searches and pair decisions naming any of
+        ``ids``, under every key (what a change of those images does here; a
+        sharded gallery asks every shard, as a pair may name an image of
+        another shard)."""
+        ids = [int(i) for i in ids]
+        if not ids or not self._has_match_tables():
+            return
+        self._lock_for_writing()
+        with self._transaction():
+            self._drop_matches(ids)
+
     def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
                          pairs: dict[tuple[int, int, int], tuple],
-                         *, replace: bool = False) -> None:
+                         *, replace: bool = False, elsewhere: Collection[int] = ()) -> None:
         """Write records and pair rows under ``key`` in one transaction (the
         writer lock held): a killed run leaves the state of the run before.
         ``replace`` first drops everything stored under ``key``. Only the
         ``MAX_MATCH_KEYS`` keys used last keep their rows. Rows of images no
-        longer in the gallery (removed meanwhile) are not written."""
+        longer in the gallery (removed meanwhile) are not written; a pair's
+        second image may also be one of ``elsewhere`` (the ids of the other
+        shards of a sharded gallery)."""
         self._lock_for_writing()
         with self._transaction():
             for statement in _MATCH_SCHEMA.split(";"):  # (executescript would commit)
@@ -1073,7 +1087,7 @@ class Gallery:
                 "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "
                 "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
                 [(key, a, b, k, *row) for (a, b, k), row in pairs.items()
-                 if a in present and b in present])
+                 if a in present and (b in present or b in elsewhere)])
 
     def update(self, path_or_id: str | int | os.PathLike, *, meta: dict | None = None,
                labels: list | None = None, replace: bool = False) -> StoredImage:

@@ -27,6 +27,7 @@ from PIL import Image
 from .filters import allowed_ids
 from .gallery import DB_NAME, EMBED_DECODE_SIDE, Gallery, GalleryError
 from .io import ImageLoadError, load_image
+from .shards import ShardedGallery, is_sharded
 
 
 class SearchError(ValueError):
@@ -146,10 +147,13 @@ def search(gallery: Gallery | str | os.PathLike, *,
         raise SearchError(f"k must be at least 1, not {k}")
     where = list(where)
     with ExitStack() as stack:
-        if not isinstance(gallery, Gallery):
-            if not (Path(gallery) / DB_NAME).exists():
+        if not isinstance(gallery, (Gallery, ShardedGallery)):
+            if is_sharded(gallery):
+                gallery = stack.enter_context(ShardedGallery(gallery, create=False))
+            elif not (Path(gallery) / DB_NAME).exists():
                 raise GalleryError(f"no gallery at {gallery}")
-            gallery = stack.enter_context(Gallery(gallery, create=False))
+            else:
+                gallery = stack.enter_context(Gallery(gallery, create=False))
         allowed = allowed_ids(gallery, where)  # bad filters fail before a model loads
         embedder = resolve_model(gallery, model)
         if text is not None:

@@ -185,6 +185,17 @@ def route(path: str, rec, where: dict[str, tuple[int, int]], names: Sequence[str
     return shard_of(rec.sha256, names)
 
 
+def place(path: str, rec, where: dict[str, tuple[int, int]],
+          names: Sequence[str]) -> tuple[int, tuple[int, int] | None]:
+    """Where the record (or failure) of ``path`` goes: its shard, and the
+    ``(shard, id)`` it must leave when its new bytes hash to another shard
+    than the one holding it (None when it stays or is new). The one rule of
+    moving images between shards, for ``add_files`` and the Ray tasks."""
+    shard = route(path, rec, where, names)
+    old = where.get(path)
+    return shard, (old if old and old[0] != shard else None)
+
+
 def add_files(stores: Sequence[Gallery], paths: Iterable[str | os.PathLike], settings: Settings,
               progress: Callable[[int], None] | None = None,
               names: Sequence[str] | None = None, extract=extract_many) -> AddReport:
@@ -212,15 +223,14 @@ def add_files(stores: Sequence[Gallery], paths: Iterable[str | os.PathLike], set
 
     on_done = (lambda: progress(1)) if progress else None
     for path, rec in extract(todo, settings, on_done=on_done):
-        shard = route(path, rec, where, names)
-        old = where.get(path)
+        shard, leaves = place(path, rec, where, names)
         if not isinstance(rec, ImageLoadError):
-            if old:
-                ids[path] = old[1]
+            if path in where:
+                ids[path] = where[path][1]
             else:
                 ids[path], next_id = next_id, next_id + 1
-        if old and old[0] != shard:  # its new bytes hash to another shard
-            stores[old[0]].remove([old[1]])
+        if leaves:
+            stores[leaves[0]].remove([leaves[1]])
         pending[shard].append((path, rec))
         if len(pending[shard]) >= BATCH:
             flush(shard)
@@ -267,9 +277,11 @@ def _result(part, codes: np.ndarray, k: int):
 class ShardedGallery:
     """Several gallery folders read as one gallery (see module docstring).
 
-    Adding, reading rows and features, and searching the pHash and ORB
-    indexes work as on a :class:`Gallery`; embeddings, labels and
-    incremental matching state stay per shard (not yet across them).
+    Adding, reading rows and features, searching the pHash and ORB indexes,
+    keeping incremental matching state, metadata filters and embeddings
+    (each shard embeds its images; vector searches are merged,
+    :class:`MergedVectorIndex`) work as on a :class:`Gallery`; labels stay
+    per shard (not yet across them).
     ``indexes(name)`` may give the index parts instead of the shards'
     own (``distributed.py``: indexes held by shard actors)."""
 
@@ -317,16 +329,33 @@ class ShardedGallery:
             progress: Callable[[int], None] | None = None) -> AddReport:
         """As ``Gallery.add``; each image goes to the shard its digest hashes to."""
         try:
-            return add_files(self.parts, paths, self.settings, progress, self.names)
+            report = add_files(self.parts, paths, self.settings, progress, self.names)
         finally:
             self.changed()
+        self.forget_matches(report.changed)
+        return report
 
     def remove(self, paths_or_ids: Iterable[str | int | os.PathLike]) -> int:
         items = list(paths_or_ids)
+        ids = []
+        for item in items:
+            if isinstance(item, (int, np.integer)):
+                ids.append(int(item))
+            elif (rec := self.find(item)) is not None:
+                ids.append(rec.id)
         try:
             return sum(g.remove(items) for g in self.parts)
         finally:
             self.changed()
+            self.forget_matches(ids)
+
+    def forget_matches(self, ids: Sequence[int]) -> None:
+        """Changed or removed images lose their stored matching state in every
+        shard: a pair is stored in the shard of its first image, so it may
+        name an image of another shard (its own shard forgets it as on one
+        machine)."""
+        for g in self.parts:
+            g.forget_matches(ids)
 
     def changed(self) -> None:
         """Forget what was cached about the shards' contents."""
@@ -428,13 +457,100 @@ class ShardedGallery:
         return sum(self.parts[s].update_meta({i: updates[i] for i in part}, replace=replace)
                    for s, part in self._by_shard(updates).items())
 
-    # embeddings: per shard only, for now
+    # incremental matching state (``incremental.py``): each image's record
+    # in its shard, each pair in the shard of its first image
+    def image_digests(self) -> dict[int, tuple[str, bool]]:
+        return dict(sorted((k, v) for g in self.parts for k, v in g.image_digests().items()))
+
+    def match_records(self, key: str) -> dict[int, tuple[str, str]]:
+        return {k: v for g in self.parts for k, v in g.match_records(key).items()}
+
+    def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
+        return {k: v for g in self.parts for k, v in g.match_pairs(key).items()}
+
+    def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
+                         pairs: dict[tuple[int, int, int], tuple],
+                         *, replace: bool = False) -> None:
+        """As ``Gallery.save_match_state``, one transaction per shard (a run
+        killed between two shards leaves each shard's state valid on its own:
+        records are checked against the images' digests when read)."""
+        mine = {i: s for s, g in enumerate(self.parts) for i in g.ids()}
+        for s, g in enumerate(self.parts):
+            g.save_match_state(
+                key, {i: r for i, r in records.items() if mine.get(i) == s},
+                {k: r for k, r in pairs.items() if mine.get(k[0]) == s},
+                replace=replace, elsewhere={i for i, t in mine.items() if t != s})
+
+    def ids_where(self, sql: str, params: Sequence = ()) -> np.ndarray:
+        """As ``Gallery.ids_where`` (metadata filters), over every shard."""
+        return np.sort(np.concatenate([g.ids_where(sql, params) for g in self.parts]))
+
+    # embeddings: each image's vector in its shard, searches merged
     def models(self) -> dict[str, int]:
-        return {}
+        found: dict[str, int] = {}
+        for g in self.parts:
+            found.update(g.models())
+        return dict(sorted(found.items()))
 
-    def embedded_ids(self, model_name: str, *args, **kw) -> np.ndarray:
-        raise GalleryError("learned embeddings (--model) are not supported on sharded "
-                           "galleries yet")
+    def embedded_ids(self, model_name: str) -> np.ndarray:
+        return np.sort(np.concatenate([g.embedded_ids(model_name) for g in self.parts]))
 
-    # (each asks for embeddings, which the shards do not offer together yet)
-    vectors = vector_index = embed = embedded_ids
+    def vectors(self, model_name: str, ids: Sequence[int]) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        if not ids:  # (the usual error when no shard has the model)
+            return next((g for g in self.parts if model_name in g.models()),
+                        self.parts[0]).vectors(model_name, [])
+        found: dict[int, np.ndarray] = {}
+        for s, part in self._by_shard(ids).items():
+            found.update(zip(part, self.parts[s].vectors(model_name, part)))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(missing[0])
+        return np.stack([found[i] for i in ids]).astype(np.float32)
+
+    def vector_index(self, model_name: str) -> "MergedVectorIndex":
+        """The shards' vector indexes of one model, searched as one (GalleryError
+        when no shard has embeddings of ``model_name``)."""
+        parts = [g.vector_index(model_name) for g in self.parts if model_name in g.models()]
+        if not parts:
+            return self.parts[0].vector_index(model_name)  # (raises the usual error)
+        return MergedVectorIndex(parts)
+
+    def embed(self, embedder, ids: Iterable[int] | None = None, *, progress: bool = False,
+              workers: int | None = None, save: bool = True):
+        """As ``Gallery.embed``: each shard embeds its own images."""
+        by_shard = (None if ids is None else self._by_shard(ids))
+        report = None
+        for s, g in enumerate(self.parts):
+            part = g.embed(embedder, None if by_shard is None else by_shard.get(s, []),
+                           progress=progress, workers=workers, save=save)
+            if report is None:
+                report = part
+            else:
+                report.embedded += part.embedded
+                report.unchanged += part.unchanged
+                report.skipped += part.skipped
+        return report
+
+
+class MergedVectorIndex:
+    """The k most similar vectors over several shards' vector indexes: each
+    shard's best k (``allowed`` ids of other shards are ignored there), merged
+    by score, then id."""
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+        self.model, self.dim = self.parts[0].model, self.parts[0].dim
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def search(self, vectors, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        found = [p.search(vectors, k, allowed=allowed) for p in self.parts]
+        ids = np.concatenate([np.asarray(f[0]).reshape(len(f[0]), -1) for f in found], axis=1)
+        scores = np.concatenate([np.asarray(f[1]).reshape(len(f[1]), -1) for f in found], axis=1)
+        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores),
+                           axis=1)[:, :int(k)]
+        return (np.take_along_axis(ids, order, axis=1),
+                np.take_along_axis(scores, order, axis=1).astype(np.float32))

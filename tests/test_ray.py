@@ -20,7 +20,11 @@ from matchkit.distributed import KILL_ONCE_ENV, shard_actors  # noqa: E402
 from matchkit.edits import load_suite, write_edit  # noqa: E402
 from matchkit.shards import ShardedGallery  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-sample"
+# The sample photos sit beside the repository (``../shared/data``), also seen
+# from a git worktree one level further down.
+DATA = next((d for d in (p / "shared" / "data" / "imagenet-sample"
+                         for p in Path(__file__).resolve().parents[1:4]) if d.is_dir()),
+            Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-sample")
 PHOTOS = 16  # x up to 3 files each
 
 
@@ -108,6 +112,11 @@ def test_dedupe_on_three_nodes_equals_one_machine(images, cluster, reference, tm
     n_files = len(list(images.iterdir()))
     assert sum(work[n].get("images_extracted", 0) for n in nodes) == n_files
     assert sum(1 for n in nodes if work[n].get("images_extracted")) >= 2  # spread out
+    # Each chunk ran on the node of the shard owning its files: no record
+    # crossed a node boundary (only the listing, queries and pairs did).
+    assert sum(work[n].get("records_bytes", 0) for n in nodes) > 0
+    assert sum(work[n].get("records_bytes_across_nodes", 0) for n in nodes) == 0
+    assert len(set(report.stats["ray"]["shard_nodes"])) == 3  # one shard per node
     assert sum(work[n].get("pairs_verified", 0) for n in nodes) > 0
     assert report.stats["ray"]["shards"] == 3
     assert {"add", "match", "cluster"} <= set(phases)

@@ -477,3 +477,35 @@ def test_interrupted_embed_keeps_committed_batches(tmp_path, embedder, monkeypat
         assert (r.embedded, r.unchanged) == (3, 4)
         hits = search(g, image=photos / "k6.png", k=1, model=embedder)
         assert hits[0].path.endswith("k6.png")
+
+
+def test_search_and_filters_on_a_sharded_gallery(indexed, embedder, tmp_path):
+    """``index --shards 3 --model`` embeds each image in its shard; ``search``
+    (CLI and Python, with a filter) merges the shards' answers into the one
+    gallery's ranking."""
+    from matchkit.shards import ShardedGallery
+
+    gdir, photos = indexed
+    sdir = tmp_path / "sharded"
+    r = CliRunner().invoke(cli, ["index", str(photos), "--gallery", str(sdir), "--shards", "3",
+                                 "--hash-only", "--model", str(embedder.name), "-q"])
+    assert r.exit_code == 0, r.output
+    with ShardedGallery(sdir, create=False) as sg, Gallery(gdir, create=False) as g:
+        assert sum(1 for p in sg.parts if len(p)) >= 2
+        assert sg.models() == g.models()
+        assert len(sg.embedded_ids(embedder.name)) == N
+        for i in range(N):
+            p = photos / f"p{i:02d}.jpg"
+            sg.update_meta({sg.find(p).id: {"year": 2015 + i % 6}})
+    query = photos / "p03.jpg"
+    one = search(gdir, image=query, k=5)
+    many = search(sdir, image=query, k=5)
+    assert [Path(h.path).name for h in many] == [Path(h.path).name for h in one]
+    assert np.allclose([h.score for h in many], [h.score for h in one], atol=TOL)
+    older = search(sdir, image=query, k=N, where=["year<2017"])
+    assert older and all(h.meta["year"] < 2017 for h in older)
+    assert len(older) == sum(1 for i in range(N) if 2015 + i % 6 < 2017)
+    r = CliRunner().invoke(cli, ["search", "--gallery", str(sdir), "--image", str(query),
+                                 "-k", "3"])
+    assert r.exit_code == 0, r.output
+    assert [h["path"] for h in json.loads(r.output)] == [h.path for h in many[:3]]

@@ -128,3 +128,53 @@ def test_cli_index_shards_then_dedupe_and_check(dup_dir, tmp_path):
 def _key_json(data):
     return sorted((c["keep"], c["members"], [(p["a"], p["b"], p["relation"]) for p in c["pairs"]])
                   for c in data["clusters"])
+
+
+def test_sharded_gallery_keeps_matching_state_across_shards(dup_dir, tmp_path):
+    """A re-run with nothing new reuses every stored decision, also those of
+    pairs whose images live in different shards; a changed file is measured
+    again (its stored pairs in other shards forgotten), as on one gallery."""
+    single = dedupe([dup_dir])
+    first = dedupe([dup_dir], gallery=tmp_path / "g", shards=3)
+    assert _key(first) == _key(single) and first.stats["pairs_verified"] > 0
+    with ShardedGallery(tmp_path / "g", create=False) as g:
+        owner = {i: g.owner(i) for i in g.ids()}
+        assert any(owner[a] != owner[b] for a, b, _ in g.match_pairs(_state_key(g)))
+    again = dedupe([dup_dir], gallery=tmp_path / "g")
+    assert _key(again) == _key(single)
+    assert again.stats["images_searched"] == 0 and again.stats["pairs_verified"] == 0
+    assert again.stats["pairs_reused"] > 0
+    make_photo(999).save(dup_dir / "p2.jpg", quality=70)  # a photo no longer like its copies
+    third = dedupe([dup_dir], gallery=tmp_path / "g")
+    assert third.stats["updated"] == 1 and third.stats["images_searched"] >= 1
+    assert _key(third) == _key(dedupe([dup_dir]))
+    assert _key(third) != _key(single)
+
+
+def _state_key(g) -> str:
+    from matchkit.config import Settings
+    from matchkit.incremental import settings_key
+
+    return settings_key(Settings())
+
+
+def test_shard_answers_shipped_compactly_lose_nothing():
+    """A shard actor's answer (``distributed._compact``): int32 keys and uint8
+    distances where they fit, the wider types where not; the driver gets the
+    index's own arrays back (``_expand``), -1 keys at distance nbits + 1."""
+    import numpy as np
+
+    from matchkit.distributed import _compact, _expand
+
+    keys = np.array([[5, 7, -1], [2 ** 20, 3, -1]], np.int64)
+    dists = np.array([[0, 200, 257], [12, 254, 257]], np.int64)
+    small_k, small_d = _compact(keys, dists)
+    assert small_k.dtype == np.int32 and small_d.dtype == np.uint8
+    for k, d in ((keys, dists), (keys * 2 ** 12, dists), (keys, np.where(dists == 254, 256, dists))):
+        ck, cd = _compact(k, d)
+        assert (cd.dtype == np.uint16) == bool(((d > 255) & (k >= 0)).any())
+        assert (ck.dtype == np.int64) == bool(k.max() >= 2 ** 31)
+        back_k, back_d = _expand(ck, cd, 256)
+        assert np.array_equal(back_k, k) and np.array_equal(back_d, d)
+    empty = _expand(*_compact(np.zeros((0, 4), np.int64), np.zeros((0, 4), np.int64)), 64)
+    assert empty[0].shape == (0, 4) and empty[0].dtype == np.int64
