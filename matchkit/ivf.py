@@ -37,11 +37,11 @@ import numpy as np
 
 from ._fs import atomic_write, file_stamp
 
-#: Keys must be below this (the search packs distance and key in one int64).
+#: Keys must be below this (the search packs row, distance and key in one int64).
 MAX_KEY = 1 << 46
 _MAGIC = b"MKIVF1\n"
 #: Query descriptors searched at once (bounds the temporary candidate arrays).
-_CHUNK = 2048
+_CHUNK = 1024
 VOCAB_FILE = Path(__file__).with_name("data") / "orb_vocab.npz"
 
 
@@ -294,15 +294,17 @@ class IVFIndex:
         first = np.cumsum(length) - length
         post = np.arange(total) - np.repeat(first - start, length)
         d = np.bitwise_count(qsig[row] ^ psigs[post]).astype(np.int64)
-        score = (d << 47) | pkeys[post].astype(np.int64)
-        order = np.lexsort((score, row))
-        row, score = row[order], score[order]
+        # One int64 per candidate orders by (row, distance, key): bits 53-62
+        # the row (< _CHUNK = 1024), 46-52 the distance (<= 64), 0-45 the key.
+        packed = (row << 53) | (d << 46) | pkeys[post].astype(np.int64)
+        packed.sort()
+        row = packed >> 53
         head = np.searchsorted(row, np.arange(n))
         rank = np.arange(total) - head[row]
         keep = rank < k
-        r, c, sc = row[keep], rank[keep], score[keep]
-        keys[r, c] = sc & ((1 << 47) - 1)
-        dists[r, c] = (sc >> 47) * self._scale
+        r, c, sc = row[keep], rank[keep], packed[keep]
+        keys[r, c] = sc & (MAX_KEY - 1)
+        dists[r, c] = ((sc >> 46) & 127) * self._scale
         return keys, dists
 
     # -- files --------------------------------------------------------------

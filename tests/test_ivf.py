@@ -178,3 +178,75 @@ def test_shipped_vocabulary():
     three = vocab.assign(codes, 3)
     assert np.array_equal(three[:, 0], one)  # (a query looks first where an entry is filed)
     assert (np.diff(np.sort(three, 1), axis=1) != 0).all()
+
+
+# -- in a gallery ------------------------------------------------------------
+
+def test_incremental_with_ivf_matches_a_run_from_scratch(tmp_path):
+    import shutil
+
+    from matchkit import Settings
+    from matchkit.dedupe import dedupe
+    from test_determinism import _content
+    from test_incremental import _make
+
+    s = Settings(workers=1, vote_index="ivf")
+    old, new = _make(tmp_path / "old", range(5)), _make(tmp_path / "new", range(5, 7))
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    first = dedupe([folder], gallery=tmp_path / "g", settings=s)
+    assert _content(first) == _content(dedupe([folder], settings=s))
+    assert (tmp_path / "g" / "orb.ivf").exists() and not (tmp_path / "g" / "orb.usearch").exists()
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    grown = dedupe([folder], gallery=tmp_path / "g", settings=s)
+    assert _content(grown) == _content(dedupe([folder], settings=s))
+    assert grown.stats["pairs_reused"] > 0
+
+
+def test_gallery_keeps_one_file_per_kind(tmp_path):
+    from matchkit import Settings
+    from matchkit.gallery import Gallery
+    from test_incremental import _make
+
+    photo_dir = _make(tmp_path / "photos", range(2))
+
+    ivf, hnsw = Settings(workers=1, vote_index="ivf"), Settings(workers=1)
+    with Gallery(tmp_path / "g", ivf) as g:
+        g.add(sorted(photo_dir.iterdir()))
+        n = len(g.orb_index)
+        assert isinstance(g.orb_index, IVFIndex) and n > 0
+        g.save()
+    with Gallery(tmp_path / "g", hnsw) as g:  # the other kind: rebuilt, saved alongside
+        assert len(g.orb_index) == n and not isinstance(g.orb_index, IVFIndex)
+        g.save()
+    with Gallery(tmp_path / "g", ivf) as g:   # the IVF file is still current: loaded
+        assert g.index_files_current()
+        assert g.load_indexes(only_current=True)
+        assert isinstance(g.orb_index, IVFIndex) and len(g.orb_index) == n
+        report = g.verify()
+        assert not report.differences and not report.stale
+    (tmp_path / "g" / "orb.ivf").write_bytes(b"MKIVF1\n garbage")
+    with Gallery(tmp_path / "g", ivf) as g:   # damaged: rebuilt from the database
+        assert g.verify().stale and len(g.orb_index) == n
+
+
+def test_sharded_ivf_search_equals_one_gallery(tmp_path):
+    from matchkit import Settings
+    from matchkit.gallery import Gallery
+    from matchkit.shards import ShardedGallery
+    from test_incremental import _make
+
+    photo_dir = _make(tmp_path / "photos", range(3))
+
+    s = Settings(workers=1, vote_index="ivf")
+    with Gallery(tmp_path / "one", s) as one, \
+            ShardedGallery(tmp_path / "many", s, shards=3) as many:
+        one.add(sorted(photo_dir.iterdir()))
+        many.add(sorted(photo_dir.iterdir()))
+        # (ids differ between the two layouts: compare by image path)
+        q = np.concatenate([one.local_features(i)[0].desc[:50] for i in one.ids()])
+        for k in (4, 30):
+            a_keys, a_d = one.orb_index.search(q, k)
+            b_keys, b_d = many.orb_index.search(q, k)
+            assert np.array_equal(a_d, b_d)
