@@ -250,3 +250,18 @@ def test_sharded_ivf_search_equals_one_gallery(tmp_path):
             a_keys, a_d = one.orb_index.search(q, k)
             b_keys, b_d = many.orb_index.search(q, k)
             assert np.array_equal(a_d, b_d)
+
+
+def test_settings_key_unchanged_for_hnsw_and_bad_setting():
+    from matchkit import Settings
+    from matchkit.config import SettingsError
+    from matchkit.incremental import settings_key
+
+    assert settings_key(Settings()) == settings_key(Settings(ivf_probes=5))
+    assert settings_key(Settings(vote_index="ivf")) != settings_key(Settings())
+    assert (settings_key(Settings(vote_index="ivf", ivf_probes=3))
+            != settings_key(Settings(vote_index="ivf")))
+    with pytest.raises(SettingsError):
+        Settings(vote_index="faiss")
+    with pytest.raises(SettingsError):
+        Settings(ivf_probes=0)
