@@ -703,8 +703,10 @@ class Gallery:
             return idx
 
         shared = self.shared_indexes
+        # (an IVF index's probes are a search setting held by the object: part of the key)
+        probes = self.settings.ivf_probes if key == "orb" and self._ivf() else None
         idx = (load() if shared is None else shared.get_or_load(
-            (str(file), key, record.get("sha256"), record.get("generation")), load))
+            (str(file), key, record.get("sha256"), record.get("generation"), probes), load))
         if idx is None:
             return None, why[0]
         self._have[key] = record.get("generation")
