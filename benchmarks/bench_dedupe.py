@@ -72,12 +72,15 @@ def run_matchkit(folder: Path, tmp: Path, extra: list[str]) -> dict:
 
 def method_args(method: str) -> list[str]:
     """CLI arguments of a method name: ``matchkit``, ``matchkit-hash-only``,
+    ``matchkit-ivf`` (the IVF descriptor index),
     ``matchkit+MODEL`` (embedding candidates) or ``matchkit+MODEL@COS``
     (and the embedding alone matches at cosine >= COS)."""
     if method == "matchkit":
         return []
     if method == "matchkit-hash-only":
         return ["--hash-only"]
+    if method == "matchkit-ivf":  # the IVF descriptor index (matchkit/ivf.py)
+        return ["--vote-index", "ivf"]
     if method.startswith("matchkit+"):
         model, _, cos = method[len("matchkit+"):].partition("@")
         return ["--model", model] + (["--min-cosine", cos] if cos else [])

@@ -42,6 +42,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "vote_max_distance": _BITS,
     "vote_candidates": (1, 1000),
     "vote_min_votes": (0.0, 1000.0),
+    "ivf_probes": (1, 16),
     "phash_candidate_distance": _BITS,
     "verify_top": (0, 1000),
     "verify_features": (0, 10_000),
@@ -104,6 +105,13 @@ class Settings:
     #: Least votes (descriptors, each vote shared among the images it hits)
     #: that make a voted image a candidate.
     vote_min_votes: float = 1.0
+    #: Descriptor index the votes search: "hnsw" (USearch graph, approximate
+    #: beyond 20,000 descriptors) or "ivf" (inverted file over visual words,
+    #: ``matchkit/ivf.py``: about 1.2 KB per image instead of 12-28 KB, and
+    #: exact for its own score, so shards merge to the same neighbours).
+    vote_index: str = "hnsw"
+    #: With ``vote_index="ivf"``: visual words each query descriptor looks in.
+    ivf_probes: int = 2
     #: Looser pHash distance that still makes a pair worth verifying locally.
     phash_candidate_distance: int = 110
     #: A pair the descriptors did not vote for is verified only if one image is
@@ -176,7 +184,7 @@ def _kind(name: str) -> tuple[str, bool]:
 
 
 #: Text settings with a fixed set of values (numbers have ``RANGES``).
-CHOICES: dict[str, tuple[str, ...]] = {"level": tuple(LEVELS)}
+CHOICES: dict[str, tuple[str, ...]] = {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf")}
 
 
 def check_setting(name: str, value):

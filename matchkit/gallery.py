@@ -53,6 +53,7 @@ from .config import Settings
 from .features import ImageRecord, extract_many
 from .hashing import PHASH_BITS
 from .index import HammingIndex
+from .ivf import IVFIndex
 from ._fs import fsync_dir, remove_stale_temps, verified_bytes
 from ._lock import LockTimeout, WriterLock, default_timeout
 from .fspath import from_db, to_db
@@ -70,6 +71,8 @@ SCHEMA_VERSION = 2
 DB_NAME = "gallery.sqlite"
 PHASH_INDEX_NAME = "phash.usearch"
 ORB_INDEX_NAME = "orb.usearch"
+#: The ORB index file with ``Settings.vote_index = "ivf"`` (its own stamp, too).
+ORB_IVF_INDEX_NAME = "orb.ivf"
 #: Descriptor keys in the ORB index are image_id * ORB_KEY_STRIDE + rank.
 ORB_KEY_STRIDE = 1024
 #: Longest side images are decoded at for embedding (JPEGs in draft mode):
@@ -613,7 +616,7 @@ class Gallery:
         return self._index("phash")
 
     @property
-    def orb_index(self) -> HammingIndex:
+    def orb_index(self) -> HammingIndex | IVFIndex:
         """ORB descriptor index (the strongest ``index_features`` per image)."""
         return self._index("orb")
 
@@ -624,7 +627,31 @@ class Gallery:
         return self._indexes[name]
 
     def _index_file(self, name: str) -> Path:
+        if name == "orb" and self._ivf():
+            return self.path / ORB_IVF_INDEX_NAME
         return self.path / {"phash": PHASH_INDEX_NAME, "orb": ORB_INDEX_NAME}[name]
+
+    def _ivf(self) -> bool:
+        return self.settings.vote_index == "ivf"
+
+    def _record_name(self, name: str) -> str:
+        """The meta key suffix of an index file's stamp: the IVF file has its
+        own, so galleries opened with either kind never trust the other's."""
+        return "orb-ivf" if name == "orb" and self._ivf() else name
+
+    def _new_index(self, name: str):
+        """An empty index of the kind the settings ask for."""
+        if name == "orb" and self._ivf():
+            return IVFIndex(probes=self.settings.ivf_probes)
+        nbits, params = self._index_params(name)
+        return HammingIndex(nbits, **params)
+
+    def _index_loader(self, name: str):
+        """A function from a saved file's bytes to its index (raises if foreign)."""
+        if name == "orb" and self._ivf():
+            return lambda data, p=self.settings.ivf_probes: IVFIndex.load(data, probes=p)
+        nbits, params = self._index_params(name)
+        return lambda data: HammingIndex.load(data, nbits, **params)
 
     @staticmethod
     def _index_params(name: str) -> tuple[int, dict]:
@@ -644,7 +671,7 @@ class Gallery:
                 return {**record, "generation": info["index_generation"]}
             return None
         try:
-            record = json.loads(self._meta(_FILE_KEY + key) or "null")
+            record = json.loads(self._meta(_FILE_KEY + self._record_name(key)) or "null")
         except ValueError:
             return None
         return record if isinstance(record, dict) else None
@@ -676,24 +703,25 @@ class Gallery:
             return idx
 
         shared = self.shared_indexes
+        # (an IVF index's probes are a search setting held by the object: part of the key)
+        probes = self.settings.ivf_probes if key == "orb" and self._ivf() else None
         idx = (load() if shared is None else shared.get_or_load(
-            (str(file), key, record.get("sha256"), record.get("generation")), load))
+            (str(file), key, record.get("sha256"), record.get("generation"), probes), load))
         if idx is None:
             return None, why[0]
         self._have[key] = record.get("generation")
         return idx, ""
 
-    def _load_or_rebuild(self, name: str) -> HammingIndex:
-        nbits, params = self._index_params(name)
+    def _load_or_rebuild(self, name: str) -> HammingIndex | IVFIndex:
         with self._snapshot():
             generation = self.generation
         idx, _ = self._load_file(name, self._index_file(name), generation,
-                                 lambda data: HammingIndex.load(data, nbits, **params))
+                                 self._index_loader(name))
         if idx is not None:  # (_load_file noted the generation it reflects)
             return idx
         if self._load_only:
             raise _StaleIndexFile(name)
-        idx = HammingIndex(nbits, **params)
+        idx = self._new_index(name)
         with self._snapshot():  # the rows and the generation they make, together
             generation = self.generation
             if name == "phash":
@@ -766,7 +794,8 @@ class Gallery:
             stamp = idx.save(self._index_file(name))
             record = {**stamp, "keys": len(idx), "generation": self._have[name]}
             # One statement: the generation stamp and the checksum change together.
-            self._set_meta(_FILE_KEY + name, json.dumps(record, sort_keys=True))
+            self._set_meta(_FILE_KEY + self._record_name(name),
+                           json.dumps(record, sort_keys=True))
         self._dirty.clear()
 
     # -- consistency -------------------------------------------------------
@@ -800,9 +829,7 @@ class Gallery:
                 expected[_MODEL_KEY + name] = {i for (i,) in expected[_MODEL_KEY + name]}
         checks = []
         for name in ("phash", "orb"):
-            nbits, params = self._index_params(name)
-            checks.append((name, self._index_file(name), generation,
-                           lambda data, b=nbits, p=params: HammingIndex.load(data, b, **p)))
+            checks.append((name, self._index_file(name), generation, self._index_loader(name)))
         for name, info in infos.items():
             key = _MODEL_KEY + name
             checks.append((key, self.path / info["file"], info["generation"],

@@ -67,6 +67,7 @@ from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
 from .index import HammingIndex
+from .ivf import IVFIndex
 from .local import Overlap, Verification
 from .match import PairEvidence, PairMatcher, _content_features, mark_verifiable
 from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
@@ -90,6 +91,9 @@ def settings_key(settings: Settings, calibrator=None) -> str:
     decision (``calibrator``, a fitted ``calibrate.PairCalibrator``), and
     matchkit's version (feature extraction and rules)."""
     values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_MATCHING}
+    if values.get("vote_index") == "hnsw":  # (the default, as before the IVF index existed)
+        values.pop("vote_index")
+        values.pop("ivf_probes", None)
     cal = None
     if calibrator is not None:
         cal = hashlib.sha256(json.dumps(calibrator.to_dict(), sort_keys=True,
@@ -185,14 +189,16 @@ def _lists(rec: dict) -> tuple[np.ndarray, np.ndarray]:
     return ids.reshape(-1, k or 1), _unb64(dists).reshape(-1, k or 1)
 
 
-def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray, *,
+                by_key: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour lists (ids, dists: rows x k) with new neighbours merged in:
     ``found`` rows are (row, distance, descriptor key). Nearest first; at
-    equal distance the descriptor indexed last ranks first, as the index's
-    own search ranks them (new ones were indexed after every stored one)."""
+    equal distance the descriptor indexed last ranks first, as the HNSW
+    index's own search ranks them (new ones were indexed after every stored
+    one); ``by_key``: the smaller key first, as the IVF index ranks them."""
     k = ids.shape[1]
-    found = found[np.lexsort((-found[:, 2], found[:, 1], found[:, 0]))]
+    found = found[np.lexsort((found[:, 2] if by_key else -found[:, 2], found[:, 1],
+                              found[:, 0]))]
     rows, start = np.unique(found[:, 0], return_index=True)
     pos = np.arange(len(found)) - np.repeat(start, np.diff(np.append(start, len(found))))
     width = int(pos.max()) + 1
@@ -203,20 +209,25 @@ def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray
     new_d[slot, pos] = found[:, 1]
     all_ids = np.concatenate([new_ids, ids[rows].astype(np.int64)], 1)
     all_d = np.concatenate([new_d, dists[rows].astype(np.int64)], 1)
-    order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+    if by_key:  # (equal distance: smaller image id, i.e. smaller key, first; none last)
+        order = np.lexsort((np.where(all_ids < 0, np.iinfo(np.int64).max, all_ids), all_d),
+                           axis=1)[:, :k]
+    else:
+        order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
     ids, dists = ids.copy(), dists.copy()
     ids[rows] = np.take_along_axis(all_ids, order, 1)
     dists[rows] = np.take_along_axis(all_d, order, 1)
     return ids, dists
 
 
-def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray) -> list[int]:
+def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray, *,
+               by_key: bool = False) -> list[int]:
     """Merge new neighbours into the lists of every image at once (as
     ``_merge_rows`` of each image's lists would): ``hits`` rows are (image,
     its descriptor row, distance, new descriptor key); rows an image does not
     have are ignored. Replaces the lists that changed in ``lists`` and
     returns those images, ascending (else every new descriptor was farther
-    than its lists)."""
+    than its lists). ``by_key``: ties ordered as ``_merge_rows`` says."""
     images = np.unique(hits[:, 0]).tolist()
     if not images:
         return []
@@ -243,7 +254,7 @@ def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray
         found = found[found[:, 1] <= dists[found[:, 0], -1]]
         if not len(found):
             continue
-        new_ids, new_d = _merge_rows(ids, dists, found)
+        new_ids, new_d = _merge_rows(ids, dists, found, by_key=by_key)
         moved = np.nonzero((new_ids != ids).any(1) | (new_d != dists).any(1))[0]
         for n in np.unique(np.searchsorted(starts, moved, "right") - 1).tolist():
             j, a = group[n], int(starts[n])
@@ -442,12 +453,16 @@ class IncrementalMatcher(PairMatcher):
         if new:
             keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
             descs = np.concatenate([d for _, d in new])
-            by_index = s.query_features <= s.index_features
+            # (IVF: a query looks in several words, an entry sits in one, so
+            # "near" is not symmetric: every stored image asks the new ones.)
+            ivf = s.vote_index == "ivf"
+            by_index = s.query_features <= s.index_features and not ivf
             plain = np.array(sorted(i for i in todo if by_index
                                     and not self.records[i].get("tdesc")), np.int64)
             # Stored images' query descriptors are in the index: ask from the
             # new side which of them a new descriptor comes near.
-            near = _within(self.gallery.orb_index, descs, s.vote_max_distance)
+            near = (_within(self.gallery.orb_index, descs, s.vote_max_distance)
+                    if len(plain) else np.zeros((0, 3), np.int64))
             j, r = near[:, 1] // ORB_KEY_STRIDE, near[:, 1] % ORB_KEY_STRIDE
             mine = np.isin(j, plain)
             hits.append(np.stack([j, r, near[:, 2], keys[near[:, 0]]], 1)[mine])
@@ -455,7 +470,8 @@ class IncrementalMatcher(PairMatcher):
             in_plain = set(plain.tolist())
             others = [i for i in todo if i not in in_plain]
             if others:
-                small = HammingIndex(256)
+                small = (IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes) if ivf
+                         else HammingIndex(256))
                 small.add(keys, descs, replace=False)
                 queries = self._query_descriptors(others)
                 owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
@@ -465,7 +481,7 @@ class IncrementalMatcher(PairMatcher):
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
-        touched = _merge_all(lists, hits)
+        touched = _merge_all(lists, hits, by_key=s.vote_index == "ivf")
         recount = todo if retally else touched
         if not recount:
             return

@@ -1,0 +1,267 @@
+"""The IVF descriptor index: exact merge over shards, determinism, add/remove,
+files (bytes, memory-mapped), bad and empty input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matchkit.ivf import IVFIndex, Vocabulary, default_vocabulary
+from matchkit.shards import MergedIndex
+
+
+def _vocab(rng, top=4, leaves=4, sig=32):
+    return Vocabulary(rng.integers(0, 256, (top, 32), dtype=np.uint8),
+                      rng.integers(0, 256, (top, leaves, 32), dtype=np.uint8),
+                      np.sort(rng.choice(256, sig, replace=False)))
+
+
+def _codes(rng, n, base=None, flips=20):
+    """Codes near a few shared bases, so words and distances repeat a lot."""
+    if base is None:
+        base = rng.integers(0, 256, (5, 32), dtype=np.uint8)
+    bits = np.unpackbits(base[rng.integers(0, len(base), n)], axis=1)
+    flip = rng.random(bits.shape) < flips / 256
+    return np.packbits(bits ^ flip, axis=1)
+
+
+def _brute(vocab, probes, keys, codes, queries, k):
+    """Reference: every entry in a probed word, sorted by (distance, key)."""
+    ew = vocab.assign(codes, 1)[:, 0]
+    qw = vocab.assign(queries, probes)
+    es, qs = vocab.signatures(codes), vocab.signatures(queries)
+    out_k = np.full((len(queries), k), -1, np.int64)
+    out_d = np.full((len(queries), k), 257, np.int64)
+    for r in range(len(queries)):
+        hits = sorted((int(np.bitwise_count(qs[r] ^ es[j])) * (256 // vocab.nbits), int(keys[j]))
+                      for j in range(len(keys)) if ew[j] in set(qw[r].tolist()))[:k]
+        for c, (d, key) in enumerate(hits):
+            out_k[r, c], out_d[r, c] = key, d
+    return out_k, out_d
+
+
+@pytest.mark.parametrize("probes", [1, 2, 3])
+def test_search_equals_brute_force(probes):
+    rng = np.random.default_rng(1)
+    vocab = _vocab(rng)
+    codes = _codes(rng, 300)
+    keys = rng.permutation(10_000)[:300]
+    idx = IVFIndex(vocab, probes=probes)
+    idx.add(keys, codes)
+    queries = _codes(rng, 40)
+    got = idx.search(queries, 7)
+    want = _brute(vocab, probes, keys, codes, queries, 7)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_merge_of_shards_equals_one_index_with_many_ties():
+    rng = np.random.default_rng(2)
+    vocab = _vocab(rng, sig=8)  # 8 signature bits: distances tie all the time
+    codes = _codes(rng, 900, flips=6)
+    keys = np.arange(900) * 3 + 1
+    whole = IVFIndex(vocab, probes=2)
+    whole.add(keys, codes)
+    parts = [IVFIndex(vocab, probes=2) for _ in range(3)]
+    owner = (keys * 2654435761) % 3
+    for s, part in enumerate(parts):
+        part.add(keys[owner == s], codes[owner == s])
+    queries = _codes(rng, 60, flips=6)
+    for k in (1, 5, 40, 2000):
+        a = whole.search(queries, k)
+        b = MergedIndex(parts).search(queries, k)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    _, d = whole.search(queries, 40)
+    assert (np.diff(d, axis=1) == 0).mean() > 0.5  # (the ties were really there)
+
+
+def test_insertion_order_and_batches_do_not_matter():
+    rng = np.random.default_rng(3)
+    vocab = _vocab(rng)
+    codes, keys = _codes(rng, 500), np.arange(500)
+    a = IVFIndex(vocab, probes=2)
+    a.add(keys, codes)
+    b = IVFIndex(vocab, probes=2)
+    order = rng.permutation(500)
+    for chunk in np.array_split(order, 7):
+        b.add(keys[chunk], codes[chunk])
+    q = _codes(rng, 50)
+    assert all(np.array_equal(x, y) for x, y in zip(a.search(q, 10), b.search(q, 10)))
+    assert np.array_equal(a.keys(), b.keys())
+    assert a.to_bytes() == b.to_bytes()
+
+
+def test_add_replace_and_remove():
+    rng = np.random.default_rng(4)
+    vocab = _vocab(rng)
+    codes = _codes(rng, 200)
+    idx = IVFIndex(vocab)
+    idx.add(np.arange(200), codes)
+    assert len(idx) == 200 and 7 in idx and 200 not in idx
+    idx.add([7], codes[8:9])  # replaced, not duplicated
+    assert len(idx) == 200
+    k, d = idx.search(codes[8:9], 3)
+    assert set(k[0, :2].tolist()) == {7, 8} and d[0, 0] == d[0, 1] == 0
+    idx.remove([7, 8, 12345])
+    assert len(idx) == 198 and 7 not in idx
+    assert not np.isin([7, 8], idx.search(codes[8:9], 200)[0]).any()
+    fresh = IVFIndex(vocab)
+    keep = np.setdiff1d(np.arange(200), [7, 8])
+    fresh.add(keep, codes[keep])
+    assert fresh.to_bytes() == idx.to_bytes()
+
+
+def test_save_load_bytes_and_mmap(tmp_path):
+    rng = np.random.default_rng(5)
+    vocab = _vocab(rng)
+    codes = _codes(rng, 300)
+    idx = IVFIndex(vocab, probes=2)
+    idx.add(np.arange(300) + 2**33, codes)  # 64-bit keys
+    small = IVFIndex(vocab, probes=2)
+    small.add(np.arange(300), codes)        # 32-bit keys on disk
+    q = _codes(rng, 30)
+    for index in (idx, small):
+        path = tmp_path / "orb.ivf"
+        stamp = index.save(path)
+        assert stamp["size"] == path.stat().st_size
+        want = index.search(q, 9)
+        for other in (IVFIndex.load(path, vocabulary=vocab, probes=2),
+                      IVFIndex.load(path, vocabulary=vocab, probes=2, mmap=True),
+                      IVFIndex.load(path.read_bytes(), vocabulary=vocab, probes=2)):
+            assert len(other) == 300
+            got = other.search(q, 9)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        mapped = IVFIndex.load(path, vocabulary=vocab, probes=2, mmap=True)
+        mapped.add([5_000_000_000], codes[:1])  # a mapped index still changes (in memory)
+        mapped.remove([int(index.keys()[0])])
+        assert len(mapped) == 300
+
+
+def test_bad_files_and_other_vocabulary(tmp_path):
+    rng = np.random.default_rng(6)
+    vocab = _vocab(rng)
+    idx = IVFIndex(vocab)
+    idx.add(np.arange(50), _codes(rng, 50))
+    data = idx.to_bytes()
+    with pytest.raises(ValueError):
+        IVFIndex.load(data, vocabulary=_vocab(np.random.default_rng(7)))
+    for bad in (b"", b"junk", data[:40], data[:-8], b"MKIVF1\n\xff\xff\xff\x7f{"):
+        with pytest.raises(ValueError):
+            IVFIndex.load(bad, vocabulary=vocab)
+
+
+def test_bad_and_empty_input():
+    rng = np.random.default_rng(8)
+    idx = IVFIndex(_vocab(rng))
+    k, d = idx.search(np.zeros((3, 32), np.uint8), 4)
+    assert (k == -1).all() and (d == 257).all()
+    k, d = idx.search(np.zeros((0, 32), np.uint8), 4)
+    assert k.shape == (0, 4)
+    idx.add(np.zeros(0, np.int64), np.zeros((0, 32), np.uint8))
+    idx.remove([])
+    assert len(idx) == 0 and idx.keys().shape == (0,)
+    with pytest.raises(ValueError):
+        idx.add([-1], np.zeros((1, 32), np.uint8))
+    with pytest.raises(ValueError):
+        idx.add([1, 1], np.zeros((2, 32), np.uint8))
+    with pytest.raises(ValueError):
+        idx.add([1], np.zeros((1, 16), np.uint8))
+    with pytest.raises(ValueError):
+        IVFIndex(_vocab(rng), probes=0)
+
+
+def test_shipped_vocabulary():
+    vocab = default_vocabulary()
+    assert vocab.words >= 4096 and 256 % vocab.nbits == 0
+    rng = np.random.default_rng(9)
+    codes = rng.integers(0, 256, (100, 32), dtype=np.uint8)
+    one = vocab.assign(codes, 1)[:, 0]
+    three = vocab.assign(codes, 3)
+    assert np.array_equal(three[:, 0], one)  # (a query looks first where an entry is filed)
+    assert (np.diff(np.sort(three, 1), axis=1) != 0).all()
+
+
+# -- in a gallery ------------------------------------------------------------
+
+def test_incremental_with_ivf_matches_a_run_from_scratch(tmp_path):
+    import shutil
+
+    from matchkit import Settings
+    from matchkit.dedupe import dedupe
+    from test_determinism import _content
+    from test_incremental import _make
+
+    s = Settings(workers=1, vote_index="ivf")
+    old, new = _make(tmp_path / "old", range(5)), _make(tmp_path / "new", range(5, 7))
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    first = dedupe([folder], gallery=tmp_path / "g", settings=s)
+    assert _content(first) == _content(dedupe([folder], settings=s))
+    assert (tmp_path / "g" / "orb.ivf").exists() and not (tmp_path / "g" / "orb.usearch").exists()
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    grown = dedupe([folder], gallery=tmp_path / "g", settings=s)
+    assert _content(grown) == _content(dedupe([folder], settings=s))
+    assert grown.stats["pairs_reused"] > 0
+
+
+def test_gallery_keeps_one_file_per_kind(tmp_path):
+    from matchkit import Settings
+    from matchkit.gallery import Gallery
+    from test_incremental import _make
+
+    photo_dir = _make(tmp_path / "photos", range(2))
+
+    ivf, hnsw = Settings(workers=1, vote_index="ivf"), Settings(workers=1)
+    with Gallery(tmp_path / "g", ivf) as g:
+        g.add(sorted(photo_dir.iterdir()))
+        n = len(g.orb_index)
+        assert isinstance(g.orb_index, IVFIndex) and n > 0
+        g.save()
+    with Gallery(tmp_path / "g", hnsw) as g:  # the other kind: rebuilt, saved alongside
+        assert len(g.orb_index) == n and not isinstance(g.orb_index, IVFIndex)
+        g.save()
+    with Gallery(tmp_path / "g", ivf) as g:   # the IVF file is still current: loaded
+        assert g.index_files_current()
+        assert g.load_indexes(only_current=True)
+        assert isinstance(g.orb_index, IVFIndex) and len(g.orb_index) == n
+        report = g.verify()
+        assert not report.differences and not report.stale
+    (tmp_path / "g" / "orb.ivf").write_bytes(b"MKIVF1\n garbage")
+    with Gallery(tmp_path / "g", ivf) as g:   # damaged: rebuilt from the database
+        assert g.verify().stale and len(g.orb_index) == n
+
+
+def test_sharded_ivf_search_equals_one_gallery(tmp_path):
+    from matchkit import Settings
+    from matchkit.gallery import Gallery
+    from matchkit.shards import ShardedGallery
+    from test_incremental import _make
+
+    photo_dir = _make(tmp_path / "photos", range(3))
+
+    s = Settings(workers=1, vote_index="ivf")
+    with Gallery(tmp_path / "one", s) as one, \
+            ShardedGallery(tmp_path / "many", s, shards=3) as many:
+        one.add(sorted(photo_dir.iterdir()))
+        many.add(sorted(photo_dir.iterdir()))
+        # (ids differ between the two layouts: compare by image path)
+        q = np.concatenate([one.local_features(i)[0].desc[:50] for i in one.ids()])
+        for k in (4, 30):
+            a_keys, a_d = one.orb_index.search(q, k)
+            b_keys, b_d = many.orb_index.search(q, k)
+            assert np.array_equal(a_d, b_d)
+
+
+def test_settings_key_unchanged_for_hnsw_and_bad_setting():
+    from matchkit import Settings
+    from matchkit.config import SettingsError
+    from matchkit.incremental import settings_key
+
+    assert settings_key(Settings()) == settings_key(Settings(ivf_probes=5))
+    assert settings_key(Settings(vote_index="ivf")) != settings_key(Settings())
+    assert (settings_key(Settings(vote_index="ivf", ivf_probes=3))
+            != settings_key(Settings(vote_index="ivf")))
+    with pytest.raises(SettingsError):
+        Settings(vote_index="faiss")
+    with pytest.raises(SettingsError):
+        Settings(ivf_probes=0)
