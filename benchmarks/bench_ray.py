@@ -42,9 +42,10 @@ def result_key(clusters: list[dict]) -> list:
                   for c in clusters)
 
 
-def child(folder: str, nodes: int, out: str) -> None:
+def child(folder: str, nodes: int, out: str, vote_index: str = "hnsw") -> None:
     """Start a cluster of ``nodes`` 1-CPU nodes, dedupe ``folder`` on it,
     write the report and measurements as JSON to ``out``."""
+    from matchkit.config import Settings
     import ray
     from ray.cluster_utils import Cluster
 
@@ -63,7 +64,7 @@ def child(folder: str, nodes: int, out: str) -> None:
         joined = _rss_mib()
         start = time.perf_counter()
         report = dedupe([folder], gallery=os.path.join(temp, "gallery"), ray="auto",
-                        shards=nodes)
+                        shards=nodes, settings=Settings().with_(vote_index=vote_index))
         wall = time.perf_counter() - start
         data = report.to_dict()
         data["bench"] = {"wall_s": wall, "driver_joined_rss_mib": joined,
@@ -140,11 +141,14 @@ def main() -> None:
     ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
     ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
     ap.add_argument("--nodes", default="1,2,3")
+    ap.add_argument("--vote-index", default="hnsw", choices=["hnsw", "ivf"],
+                    help="descriptor index for votes, on one machine and on the nodes "
+                         "(default %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--child", nargs=3, metavar=("FOLDER", "NODES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), args.child[2])
+        child(args.child[0], int(args.child[1]), args.child[2], args.vote_index)
         return
     sections = []
     for name in args.set.split(","):
@@ -156,7 +160,8 @@ def main() -> None:
             if args.limit:
                 folder = first_photos(folder, args.limit, Path(tmp) / "set")
                 n_images = sum(1 for _ in folder.iterdir())
-            single = bench_dedupe.run_matchkit(folder, Path(tmp), [])
+            single = bench_dedupe.run_matchkit(folder, Path(tmp),
+                                               ["--vote-index", args.vote_index])
             reference = result_key(json.loads((Path(tmp) / "matchkit.json").read_text())
                                    ["clusters"])
             rows.append({"nodes": "one machine", "wall_s": single["wall_s"],
@@ -166,7 +171,8 @@ def main() -> None:
             for n in [int(x) for x in args.nodes.split(",")]:
                 out = Path(tmp) / f"ray-{n}.json"
                 wall, _, rc = C.run_measured([sys.executable, __file__, "--child", str(folder),
-                                              str(n), str(out)])
+                                              str(n), str(out), "--vote-index",
+                                              args.vote_index])
                 if rc:
                     raise SystemExit(f"ray run on {n} nodes failed ({rc})")
                 data = json.loads(out.read_text())
@@ -195,8 +201,10 @@ def main() -> None:
     if not args.no_write:
         cmd = " ".join(["python benchmarks/bench_ray.py", f"--set {args.set}",
                         f"--split {args.split}", f"--nodes {args.nodes}"]
+                       + ([f"--vote-index {args.vote_index}"] if args.vote_index != "hnsw" else [])
                        + ([f"--limit {args.limit}"] if args.limit else []))
-        C.write_section("ray: dedupe on simulated nodes", (
+        C.write_section("ray: dedupe on simulated nodes"
+                        + (f" ({args.vote_index} votes)" if args.vote_index != "hnsw" else ""), (
             f"`{cmd}` (Ray 2.60, `ray.cluster_utils.Cluster`, nodes of 1 CPU on this one "
             "machine, one shard per node; the machine is shared with other sessions, so "
             "wall times are measured under load). `wall_s`: the dedupe call (one machine: "
