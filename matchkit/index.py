@@ -18,6 +18,11 @@ from ._fs import atomic_write, file_stamp
 
 #: Below this many entries, searches are exhaustive.
 EXACT_SEARCH_BELOW = 20_000
+#: An exact search asks for this many more neighbours than wanted and keeps
+#: the k nearest by (distance, key): equal distances then rank the same way in
+#: one index as in shards merged by ``shards.MergedIndex`` (USearch's own
+#: order among equal distances is not the key's).
+TIE_MARGIN = 16
 
 
 class HammingIndex:
@@ -80,15 +85,21 @@ class HammingIndex:
         if n == 0 or len(self._index) == 0:
             return keys, dists
         exact = len(self._index) < EXACT_SEARCH_BELOW
-        res = self._index.search(codes, k, exact=exact, threads=self.threads)
+        wanted = min(k + TIE_MARGIN, len(self._index)) if exact else k
+        res = self._index.search(codes, wanted, exact=exact, threads=self.threads)
         rk = np.asarray(res.keys).reshape(n, -1)
         rd = np.asarray(res.distances).reshape(n, -1)
         # A single query comes back as Matches (no .counts): all rows valid.
         counts = np.asarray(getattr(res, "counts", [rk.shape[1]])).reshape(n)
         valid = np.arange(rk.shape[1])[None, :] < counts[:, None]
-        rd = np.where(valid, rd, self.nbits + 1)
-        keys[:, : rk.shape[1]] = np.where(valid, rk.astype(np.int64), -1)
-        dists[:, : rd.shape[1]] = np.rint(rd).astype(np.int64)
+        rk = np.where(valid, rk.astype(np.int64), -1)
+        rd = np.where(valid, np.rint(rd).astype(np.int64), self.nbits + 1)
+        if exact:  # (distance, key) order, missing last; then the k nearest
+            order = np.lexsort((np.where(rk < 0, np.iinfo(np.int64).max, rk), rd),
+                               axis=1)[:, :k]
+            rk, rd = np.take_along_axis(rk, order, 1), np.take_along_axis(rd, order, 1)
+        keys[:, : rk.shape[1]] = rk
+        dists[:, : rd.shape[1]] = rd
         return keys, dists
 
     def save(self, path: str | os.PathLike) -> dict:
