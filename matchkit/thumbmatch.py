@@ -171,10 +171,19 @@ class IconComparison:
 
     def passes(self) -> bool:
         """The absolute tests: one silhouette, one layout, no changed part."""
-        return (self.aspect <= MAX_ASPECT_LOG and self.alpha_iou >= MIN_ALPHA_IOU
-                and self.correlation >= MIN_CORRELATION
-                and self.changed_blob <= MAX_CHANGED_BLOB and self.changed <= MAX_CHANGED
-                and self.recoloured <= MAX_RECOLOURED)
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        """The absolute tests this pair fails, as "measure value limit"
+        (for diagnostics: ``benchmarks/bench_real.py --misses``)."""
+        tests = (("aspect", self.aspect, "<=", MAX_ASPECT_LOG),
+                 ("alpha_iou", self.alpha_iou, ">=", MIN_ALPHA_IOU),
+                 ("correlation", self.correlation, ">=", MIN_CORRELATION),
+                 ("changed_blob", self.changed_blob, "<=", MAX_CHANGED_BLOB),
+                 ("changed", self.changed, "<=", MAX_CHANGED),
+                 ("recoloured", self.recoloured, "<=", MAX_RECOLOURED))
+        return [f"{name} {value:.3f} (limit {op} {limit})" for name, value, op, limit in tests
+                if not (value <= limit if op == "<=" else value >= limit)]
 
 
 #: Icons smaller than this (longer side) are not compared here: the one-pixel

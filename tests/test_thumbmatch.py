@@ -88,6 +88,7 @@ def test_recoloured_ribbon_does_not_match(tmp_path):
     assert c.alpha_iou > 0.9  # the same silhouette ...
     assert not c.passes(), c  # ... but a corner recoloured from blue to red
     assert c.recoloured > 0.025
+    assert [f.split()[0] for f in c.failures()] == ["recoloured"]  # (bench_real --misses)
 
 
 def test_changed_part_does_not_match(tmp_path):
