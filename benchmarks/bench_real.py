@@ -12,6 +12,7 @@ confusion table of true against reported relations.
     python benchmarks/build_realdev.py        # once (downloads ~200 MB of .debs)
     python benchmarks/bench_real.py           # writes its RESULTS.md section
     python benchmarks/bench_real.py --no-write --level variants
+    python benchmarks/bench_real.py --no-write --misses   # why each true pair was missed
 
 The false pairs and the misses go to ``benchmarks/_work/realdev_errors.txt``.
 """
