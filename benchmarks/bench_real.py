@@ -12,6 +12,7 @@ confusion table of true against reported relations.
     python benchmarks/build_realdev.py        # once (downloads ~200 MB of .debs)
     python benchmarks/bench_real.py           # writes its RESULTS.md section
     python benchmarks/bench_real.py --no-write --level variants
+    python benchmarks/bench_real.py --no-write --misses   # why each true pair was missed
 
 The false pairs and the misses go to ``benchmarks/_work/realdev_errors.txt``.
 """
@@ -172,12 +173,80 @@ def write_errors(ev: dict, path: Path = ERRORS) -> Path:
     return path
 
 
+def _icon_reasons(pairs: list[tuple[str, str]], images: Path, names: list[str]) -> dict:
+    """Why ``thumbmatch`` did not pair each of ``pairs`` (files under
+    ``images``) that are both icons: the icon views of all ``names``, their
+    candidates and one ``IconDecider``, as a run builds them."""
+    from matchkit.thumbmatch import IconDecider, icon_candidates, icon_view
+
+    ids = {n: i for i, n in enumerate(names)}
+    views = {ids[n]: v for n in names if (v := icon_view(str(images / n))) is not None}
+    cands = icon_candidates(views)
+    decider = IconDecider(views, list(cands))
+    out = {}
+    for a, b in pairs:
+        x, y = ids.get(a), ids.get(b)
+        if x not in views or y not in views:
+            continue
+        ok, c = decider.decide(x, y)
+        if views[x].size == views[y].size:
+            out[(a, b)] = "icons of one size: " + ("a drawn difference" if ok is False
+                                                    else "left to the other rules")
+            continue
+        why = [] if (min(x, y), max(x, y)) in cands else ["not an icon candidate"]
+        why += [f"fails {f}" for f in c.failures()]
+        for u, v in ((x, y), (y, x)):
+            rivals = sorted((d.rank(), names[o]) for (p, q), d in decider.compared.items()
+                            if u in (p, q) and (o := q if p == u else p) != v
+                            and views[o].size == views[v].size and d.rank() < c.rank() - 1e-3)
+            if rivals:
+                why.append(f"{Path(names[u]).name} @{views[u].size[0]}: {len(rivals)} closer "
+                           f"views, nearest {rivals[0][1]} ({rivals[0][0]:.1f} < {c.rank():.1f})")
+        out[(a, b)] = "; ".join(why) if why else "accepted (lost in clustering?)"
+    return out
+
+
+def explain_misses(ev: dict, report: dict, truth: dict, images: Path) -> str:
+    """One line per missed true pair: relation, pixel sizes, which output
+    cluster each file ended in and, for two icons, why ``thumbmatch`` did not
+    pair them (no candidate, a failed absolute test, closer views)."""
+    from PIL import Image
+
+    where = {}
+    for k, c in enumerate(report.get("clusters", [])):
+        for m in c["members"]:
+            where[_rel(m, images)] = (k, len(c["members"]))
+
+    def size(name: str) -> str:
+        try:
+            with Image.open(images / name) as im:
+                return f"{im.size[0]}x{im.size[1]}"
+        except Exception:  # noqa: BLE001 - a diagnostic never stops the report
+            return "?"
+
+    def fate(name: str) -> str:
+        k, n = where.get(name, (None, 1))
+        return "alone" if k is None else f"cluster {k} ({n} files)"
+
+    icons = _icon_reasons(ev["misses"], images, list(truth["images"]))
+    lines = [f"## missed true pairs: {len(ev['misses'])} (relation, sizes, where each went, why)"]
+    for a, b in ev["misses"]:
+        lines.append(f"{a}  {b}\n    {ev['true_rel'][frozenset((a, b))]}, {size(a)} vs {size(b)}; "
+                     f"{fate(a)} / {fate(b)}" + (f"; icon: {icons[(a, b)]}" if (a, b) in icons
+                                                 else ""))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--level", default="copies",
                     help="--level passed to matchkit when it supports it (default copies)")
     ap.add_argument("--root", type=Path, default=REALDEV, help="the built dev set")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    ap.add_argument("--misses", action="store_true",
+                    help="also print every missed true pair with its sizes, the output "
+                         "clusters its files went to and, for icons, why thumbmatch did not "
+                         "pair them (e.g. --no-write --misses)")
     args = ap.parse_args()
 
     truth = load_truth(args.root)
@@ -211,6 +280,8 @@ def main() -> None:
             f"True vs reported relation (pairs the JSON lists):\n\n{conf}\n")
     print(text)
     print(f"errors: {errors}")
+    if args.misses:
+        print("\n" + explain_misses(ev, report, truth, images))
     if not args.no_write:
         pk = ", ".join(f"{p['name']}={p['version']}" for p in truth["packages"])
         body = (f"Data: the real dev set (`benchmarks/build_realdev.py`, rule and checks in "

@@ -119,3 +119,28 @@ def test_relation_summary_counts_listed_and_unlisted_true_pairs():
     text = bench_real.relation_summary(ev)
     assert "right on 8 of 10 listed true pairs (80.0%)" in text
     assert "10 more found true pairs" in text and "(40.0% of all 20" in text
+
+
+def test_explain_misses_names_sizes_clusters_and_icon_reasons(tmp_path):
+    """--misses: one line per missed pair; a file that cannot be read gets "?"
+    for its size, never a crash; two icons at two sizes get thumbmatch's reason."""
+    from PIL import Image, ImageDraw
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, side, colour in (("big.png", 256, (40, 90, 200)), ("small.png", 48, (210, 40, 40))):
+        img = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        ImageDraw.Draw(img).ellipse((side * .1, side * .1, side * .9, side * .9),
+                                    fill=(*colour, 255))
+        img.save(images / name)
+    truth = {"images": ["big.png", "small.png", "c", "d"],
+             "pairs": [{"a": "big.png", "b": "small.png", "relation": "resized"},
+                       {"a": "c", "b": "d", "relation": "crop"}],
+             "lookalikes": [], "unscored": []}
+    report = {"clusters": [{"members": [str(images / "c"), str(images / "big.png")],
+                            "pairs": []}]}
+    ev = bench_real.evaluate(report, truth, images)
+    text = bench_real.explain_misses(ev, report, truth, images)
+    assert "resized, 256x256 vs 48x48; cluster 0 (2 files) / alone; icon: " in text
+    assert "fails recoloured 0.9" in text  # a blue disc against a red one
+    assert "crop, ? vs ?; cluster 0 (2 files) / alone" in text

@@ -88,6 +88,7 @@ def test_recoloured_ribbon_does_not_match(tmp_path):
     assert c.alpha_iou > 0.9  # the same silhouette ...
     assert not c.passes(), c  # ... but a corner recoloured from blue to red
     assert c.recoloured > 0.025
+    assert [f.split()[0] for f in c.failures()] == ["recoloured"]  # (bench_real --misses)
 
 
 def test_changed_part_does_not_match(tmp_path):
@@ -155,3 +156,46 @@ def test_dedupe_groups_the_two_sizes_and_not_the_look_alike(tmp_path, other):
         {"icon256.png", "icon48.png"}]
     relations = {p.relation for c in result.clusters for p in c.pairs}
     assert relations == {"resized"}
+
+
+_HOUSE = [(.5, .36), (.72, .54), (.66, .54), (.66, .78), (.34, .78), (.34, .54), (.28, .54)]
+
+
+def _folder(side: int, emblem: bool, small: bool) -> Image.Image:
+    """A GNOME-like folder, with or without a house engraved on it: the big
+    drawing engraves the house as a faint darker fill inside a thin outline;
+    the small one is redrawn with a heavier outline and the house as dark
+    lines (GNOME's 48 px user-home against its 256 px file)."""
+    s = side * 4
+    img = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.rounded_rectangle((s * .08, s * .12, s * .45, s * .3), radius=s * .04,
+                        fill=(170, 135, 80, 255))
+    d.rounded_rectangle((s * .08, s * .22, s * .92, s * .88), radius=s * .06, fill=(*TAN, 255),
+                        outline=(150, 120, 70, 255), width=6 if small else 16)
+    if emblem:
+        house = [(x * s, y * s) for x, y in _HOUSE]
+        if small:
+            d.polygon(house, fill=(*TAN, 255), outline=(110, 85, 45, 255), width=6)
+        else:
+            d.polygon(house, fill=(185, 145, 85, 255))
+    return img.resize((side, side), Image.Resampling.LANCZOS)
+
+
+def test_closest_view_is_judged_on_the_coarse_layout(tmp_path):
+    """The redraw (heavier outline, the emblem as lines) costs the own 48 px
+    file more pixel by pixel than the missing emblem costs the plain folder,
+    so on the full grid the plain folder is the closer view and the pair was
+    refused; on the coarse layout the redraw averages out and the emblem's
+    cells decide. The plain folder's own 256 px file is absent (an orphan):
+    it must still not pair with the emblem folder."""
+    views = {1: _view(tmp_path, "home256.png", _folder(256, True, False)),
+             2: _view(tmp_path, "home48.png", _folder(48, True, True)),
+             3: _view(tmp_path, "folder48.png", _folder(48, False, True))}
+    own, plain = compare(views[1], views[2]), compare(views[1], views[3])
+    assert own.passes() and plain.passes()
+    assert plain.distance < own.distance  # the full grid prefers the look-alike ...
+    assert own.closeness < plain.closeness  # ... the coarse layout the own rendering
+    decider = IconDecider(views, [(1, 2), (1, 3), (2, 3)])
+    assert decider.decide(1, 2)[0] is True
+    assert decider.decide(1, 3)[0] is False
