@@ -69,6 +69,7 @@ from .hashing import PHASH_BITS
 from .index import HammingIndex
 from .ivf import IVFIndex
 from .local import Overlap, Verification
+from .framed import framed_pairs, unframed
 from .match import PairEvidence, PairMatcher, _content_features, mark_verifiable
 from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 
@@ -76,8 +77,9 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: decision rules change within one matchkit version (2: recapture pictures,
 #: thumbnail checks of pHash matches, recolours by histogram; 3: mirrored
 #: looks and icon views made from stored features, ``stored.py``; 4: re-photographs
-#: found by the frame around the shown picture).
-STATE_VERSION = 4
+#: found by the frame around the shown picture; 5: candidates from the picture
+#: inside a frame, records "fh" and "fr", ``framed.py``).
+STATE_VERSION = 5
 #: Settings that do not change any decision (only how many threads run).
 _NOT_MATCHING = ("workers",)
 #: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second
@@ -346,6 +348,8 @@ class IncrementalMatcher(PairMatcher):
             if self.settings.local_features:
                 self._patch_votes([i for i in searched if i not in full], fresh, allowed,
                                   retally=len(entering) > len(fresh))
+        if self.settings.local_features:
+            self._regate([i for i in searched if i not in full and i in allowed], allowed)
         for i, (digest, _) in current.items():  # markers: seen, not searched
             if i not in records or i in full or bool(records[i].get("run")) != (i in allowed):
                 rec = records.get(i) if i not in full else None
@@ -377,7 +381,8 @@ class IncrementalMatcher(PairMatcher):
             if (any(j not in records for j, _ in r["near"])
                     or any(j not in allowed for j, _ in r["ph"])
                     or any(j not in allowed for j, _ in r["vo"])
-                    or any(j not in allowed for j in r["hits"])):
+                    or any(j not in allowed for j in r["hits"])
+                    or any(j not in allowed for j, _ in r.get("fr", ()))):
                 out.add(i)
             elif "nb" in r:  # a near descriptor of a gone image held a place
                 ids, dists = _lists(r)
@@ -561,15 +566,56 @@ class IncrementalMatcher(PairMatcher):
             self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
                                                     self._masks, self._pool))
             self.vote_search(todo, allowed, detail)
+            framed = self._framed_search(todo, allowed, found.nearest)
         for i in todo:
             rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
                    "tmpl": int(i in self.templated)}
+            if s.local_features:
+                rec.update(framed.get(i, {}))
             if i in detail.lists:
                 rec["nb"] = _pack_lists(*detail.lists[i])
             if i in self.templated:
                 rec["tdesc"] = _b64(self.templated[i].desc[: s.query_features])
             self.records[i] = rec
             self._write.add(i)
+
+    def _framed_search(self, todo: list[int], allowed: set[int],
+                       nearest: dict[int, list]) -> dict[int, dict]:
+        """Record fields of ``framed`` pairs for ``todo``: "fh", the plain
+        hashes of the pictures inside its frames; "fr", the images those pair
+        it with, by distance; "fx", whether its frames were looked for (not
+        ``framed.unframed`` by its ``nearest`` images). Searched against every
+        image of the run (other images' pictures from their records), in both
+        directions, so an image entering later finds the pairs of the ones
+        searched before."""
+        look = {i for i in todo if not unframed(nearest.get(i), self.settings)}
+        pictures = self.picture_hashes(sorted(look))
+        asked = set(todo)
+        for i in allowed:
+            fh = self.records.get(i, {}).get("fh") if i not in asked else None
+            if fh:
+                pictures[i] = _unb64(fh).reshape(-1, 1, PHASH_BITS // 8)
+        plain = dict(zip(todo, self.gallery.phash_variants(todo)))
+        found = framed_pairs(self.gallery.phash_index, pictures, plain, todo, allowed)
+        out = {}
+        for i in todo:
+            fields = {"fr": sorted([j, d] for j, d in found.get(i, {}).items()),
+                      "fx": int(i in look)}
+            fields["fh"] = _b64(pictures[i][:, 0]) if i in pictures else ""
+            out[i] = fields
+        return out
+
+    def _regate(self, kept: list[int], allowed: set[int]) -> None:
+        """Frames looked for again where an image's hash neighbours now say
+        otherwise (``framed.unframed``: a copy entered near it), as a search
+        from scratch would."""
+        todo = [i for i in kept if bool(self.records[i].get("fx"))
+                == unframed(self.records[i]["near"], self.settings)]
+        if todo:
+            framed = self._framed_search(todo, allowed,
+                                         {i: self.records[i]["near"] for i in todo})
+            for i in todo:
+                self._update(i, framed[i])
 
     def _ensure_templated(self, ids) -> None:
         """Template-content features of clean images that need them (a
@@ -600,6 +646,10 @@ class IncrementalMatcher(PairMatcher):
                 p = (q, j) if q < j else (j, q)
                 votes[p] = max(votes.get(p, 0.0), v)
             top[q] = {j for j, _ in r["near"][:s.verify_top]}
+        for q in ids:  # ``framed``: the picture inside a frame (worth verifying)
+            for j, _ in records[q].get("fr", ()):
+                pairs.setdefault((q, j) if q < j else (j, q), -1)
+                top[q].add(j)
         for p in votes:
             pairs.setdefault(p, -1)
         for p in icon_candidates(self.icons):

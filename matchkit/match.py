@@ -26,6 +26,7 @@ from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many, hamming
 from .features import digests_prove_same_pixels, full_pixel_digest
+from .framed import framed_pairs, pairs_of, picture_hashes, unframed
 from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
@@ -409,7 +410,44 @@ class PairMatcher:
         #: Per-image context of the pair features: crowd distance.
         self.crowd = found.crowd
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
+        if settings.local_features:
+            self.add_framed(ids, allowed, pairs, top, found.nearest)
         self.evidence = self.global_evidence(pairs, votes, top, same)
+
+    def add_framed(self, ids: list[int], allowed: set[int], pairs: dict[tuple[int, int], int],
+                   top: dict[int, set[int]], nearest: dict[int, list[tuple[int, int]]]) -> None:
+        """Candidate pairs of the pictures inside frames (``framed``: a print's
+        border, a monitor's bezel, photographed at an angle), added to
+        ``pairs`` and to ``top`` (worth verifying). Images with a strong pHash
+        match (``nearest``: their nearest images) are copies the hashes found;
+        their frames are not looked for (``framed.unframed``)."""
+        look = [i for i in ids if not unframed(nearest.get(i), self.settings)]
+        found = framed_pairs(self.gallery.phash_index, self.picture_hashes(look), self.plain,
+                             ids, allowed)
+        for (a, b) in pairs_of(found):
+            pairs.setdefault((a, b), -1)
+            top.setdefault(a, set()).add(b)
+
+    def picture_hashes(self, ids) -> dict[int, np.ndarray]:
+        """``framed.picture_hashes`` of those of ``ids`` that have any, from
+        their stored grey thumbnails (read here, hashed on the worker threads:
+        OpenCV's edge and contour search drops the GIL)."""
+        out = {}
+        pool = self._pool
+        for start in range(0, len(ids), 512):
+            checkpoint()
+            part = []
+            for i in ids[start:start + 512]:
+                lf = self.cache.get(i)
+                if lf is not None:
+                    part.append((i, lf[1]))
+            thumbs = [t for _, t in part]
+            found = (pool.map(picture_hashes, thumbs, chunksize=16) if pool is not None
+                     and len(part) > 1 else map(picture_hashes, thumbs))
+            for (i, _), h in zip(part, found):
+                if len(h):
+                    out[i] = h
+        return out
 
     def _setup(self, gallery: Gallery, ids: list[int], settings: Settings, calibrator) -> None:
         """What every matcher holds before any pair is looked at."""

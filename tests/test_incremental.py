@@ -252,3 +252,36 @@ def test_merging_every_list_at_once_equals_merging_each_image_alone():
         for j in lists:
             assert all(np.array_equal(x, y) and x.dtype == y.dtype
                        for x, y in zip(each[j], together[j]))
+
+
+def test_an_original_added_after_its_recaptures_is_paired_by_their_framed_pictures(tmp_path):
+    """``framed``: the pictures inside a print's border or a monitor's bezel
+    are extra hash keys; an original that enters later finds the recaptures
+    searched before from its side (the records keep their pictures' hashes)."""
+    from matchkit.edits import Edit, apply_edit
+    from matchkit.incremental import settings_key
+
+    def recapture(pic, name, **kw):
+        edit = Edit(name, ({"op": "recapture", "blur": 1.0, "noise": 5, **kw},))
+        return apply_edit(pic, edit, name)[0]
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pic = textured(870)
+    recapture(pic, "print.jpg", kind="print", degrees=30).save(folder / "print.jpg", quality=88)
+    for i in range(2):
+        recapture(textured(871 + i), f"o{i}.jpg", kind="monitor", degrees=25).save(
+            folder / f"other{i}.jpg", quality=88)
+    g = tmp_path / "g"
+    settings = Settings(workers=1)
+    dedupe([folder], gallery=g, settings=settings)
+    # (Named to sort last: a fresh gallery numbers the files in path order.)
+    pic.save(folder / "z-original.png")
+    grown = dedupe([folder], gallery=g, settings=settings)
+    assert _content(grown) == _content(_fresh([folder]))
+    with Gallery(g, settings) as gallery:
+        ids = {p.rsplit("/", 1)[-1]: i for i, p in gallery.paths().items()}
+        records = {i: json.loads(r) for i, (_, r) in
+                   gallery.match_records(settings_key(settings)).items()}
+    assert records[ids["print.jpg"]]["fh"]  # the print's picture, kept
+    assert ids["print.jpg"] in {j for j, _ in records[ids["z-original.png"]]["fr"]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from matchkit import dedupe
 from matchkit.edits import Edit, apply_edit
@@ -114,3 +115,60 @@ def test_the_original_is_kept_over_its_rephotographs(tmp_path):
         # The photos have 4.5 times the pixels, but their picture is the original's.
         assert Path(cluster.keep).name == "original.jpg"
         assert "re-photograph" in cluster.keep_reason
+
+
+# ------------------------------------------------------------ framed pictures as keys
+
+def _grey_thumb(img, side: int = 128) -> np.ndarray:
+    from matchkit.io import shrink
+
+    return np.asarray(shrink(img.convert("RGB"), side).convert("L"))
+
+
+def _distance(hashes: np.ndarray, code: np.ndarray) -> int:
+    x = np.bitwise_xor(hashes.reshape(-1, hashes.shape[-1]), code[None])
+    return int(np.unpackbits(x, axis=1).sum(axis=1).min())
+
+
+def test_the_picture_inside_a_frame_hashes_like_the_original():
+    from matchkit.framed import MAX_DISTANCE, frame_quads, picture_hashes
+    from matchkit.hashing import dihedral_phashes
+    from matchkit.io import shrink
+
+    pic = textured(840)
+    plain = dihedral_phashes(shrink(pic, 64))[0]
+    for kind, degrees in (("print", 30), ("monitor", 35)):
+        photo = _recapture(pic, f"{kind}.jpg", kind=kind, degrees=degrees)
+        thumb = _grey_thumb(photo)
+        assert frame_quads(thumb)
+        whole = dihedral_phashes(shrink(photo, 64))
+        assert _distance(whole, plain) > MAX_DISTANCE  # the whole photo does not
+        assert _distance(picture_hashes(thumb), plain) <= MAX_DISTANCE
+    # A photo with no frame in it gives no extra keys.
+    assert len(picture_hashes(_grey_thumb(Image.new("RGB", (160, 120), (90, 90, 90))))) == 0
+
+
+def test_framed_pairs_pair_a_recapture_with_its_original_only():
+    from matchkit.framed import framed_pairs, pairs_of, picture_hashes
+    from matchkit.hashing import dihedral_phashes
+    from matchkit.index import HammingIndex
+    from matchkit.io import shrink
+
+    pics = [textured(850 + i) for i in range(4)]
+    plain = {i: dihedral_phashes(shrink(p, 64)) for i, p in enumerate(pics)}
+    index = HammingIndex(256, threads=1)
+    index.add(np.arange(4), np.stack([plain[i][0] for i in range(4)]))
+    photo = picture_hashes(_grey_thumb(_recapture(pics[2], "print.jpg", kind="print",
+                                                  degrees=25)))
+    found = framed_pairs(index, {9: photo}, {}, [9], allowed={0, 1, 2, 3, 9})
+    assert pairs_of(found) == {(2, 9): found[9][2]}
+    # Images outside the run are never proposed.
+    assert framed_pairs(index, {9: photo}, {}, [9], allowed={0, 1, 3, 9}) == {}
+    # The original finds the recapture too, from its own hash (an image that
+    # enters a gallery after its recapture).
+    assert set(framed_pairs(HammingIndex(256, threads=1), {9: photo}, plain, [2])[2]) == {9}
+    # A second photo of the same picture pairs with the first through the pictures.
+    other = picture_hashes(_grey_thumb(_recapture(pics[2], "screen.jpg", kind="monitor",
+                                                  degrees=30)))
+    found = framed_pairs(HammingIndex(256, threads=1), {9: photo, 10: other}, {}, [10])
+    assert set(found[10]) == {9}
