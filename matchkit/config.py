@@ -189,8 +189,21 @@ def _kind(name: str) -> tuple[str, bool]:
     return parts[0], "None" in parts
 
 
-#: Text settings with a fixed set of values (numbers have ``RANGES``).
-CHOICES: dict[str, tuple[str, ...]] = {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf")}
+class _Choices(dict):
+    """``CHOICES``; the names ``signals`` takes are read from the signal
+    registry when asked for (``matchkit.signals``: plugins may register late)."""
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        if name == "signals":
+            from .signals import available
+            return tuple(available())
+        return super().__getitem__(name)
+
+
+#: Text settings with a fixed set of values (numbers have ``RANGES``), and
+#: ``signals``, a list of names from the signal registry.
+CHOICES: dict[str, tuple[str, ...]] = _Choices(
+    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "signals": ()})
 
 
 def check_setting(name: str, value):
