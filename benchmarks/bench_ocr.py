@@ -44,8 +44,11 @@ def method_args(method: str) -> list[str]:
     return _method_args(method)
 
 
-def search_bench(folder: Path, k: int = 10) -> dict:
-    """Index ``folder`` with the ocr signal, time each image's OCR, ask every query."""
+def search_bench(folder: Path, k: int = 10, keep: Path | None = None,
+                 index_only: bool = False) -> dict:
+    """Index ``folder`` with the ocr signal, time each image's OCR, ask every query.
+    ``keep``: the gallery folder to index into and keep (with the OCR times
+    in ``ocr_cost.json``); one indexed already is searched as it is."""
     import time
 
     import numpy as np
@@ -71,12 +74,21 @@ def search_bench(folder: Path, k: int = 10) -> dict:
     type(sig).extract = timed
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            where = keep if keep is not None else Path(tmp) / "g"
+            costs = where / "ocr_cost.json"
             settings = Settings(workers=1, local_features=False, signals=("ocr",))
-            with Gallery(Path(tmp) / "g", settings) as g:
-                t0 = time.perf_counter()
-                g.add(sorted(p for p in folder.iterdir() if p.suffix.lower() in sets.EXTS))
-                g.save()
-                index_s = time.perf_counter() - t0
+            with Gallery(where, settings) as g:
+                if costs.exists():
+                    saved = json.loads(costs.read_text())
+                    cost, read, index_s = saved["cost"], saved["read"], saved["index_s"]
+                else:
+                    t0 = time.perf_counter()
+                    g.add(sorted(p for p in folder.iterdir() if p.suffix.lower() in sets.EXTS))
+                    g.save()
+                    index_s = time.perf_counter() - t0
+                    costs.write_text(json.dumps({"cost": cost, "read": read, "index_s": index_s}))
+                if index_only:
+                    return {"indexed": str(where), "index_s": round(index_s, 1)}
                 recalls, misses, t0 = [], [], time.perf_counter()
                 for q, right in sorted(truth["queries"].items()):
                     if len(q.split()) < 2 or not right:
@@ -115,12 +127,19 @@ def main() -> None:
                     help="a screens set built elsewhere (a dev set: another --seed)")
     ap.add_argument("--search", type=Path, default=None, metavar="TEXT_SET",
                     help="measure text search on this --set text folder instead")
+    ap.add_argument("--gallery", type=Path, default=None,
+                    help="with --search: index into this gallery folder and keep it (with "
+                         "the OCR times); a gallery indexed before is searched as it is")
+    ap.add_argument("--index-only", action="store_true",
+                    help="with --search --gallery: index, ask no query")
     args = ap.parse_args()
     if args.count < 2:
         ap.error("--count must be at least 2")
     if args.search is not None:
-        r = search_bench(args.search)
+        r = search_bench(args.search, keep=args.gallery, index_only=args.index_only)
         print(r, flush=True)
+        if args.index_only:
+            return
         cols = ["images", "queries", "recall@10", "queries_all_found", "text_images_read",
                 "plain_images_with_text_found", "ocr_s_per_text_image",
                 "ocr_s_per_plain_image", "index_s", "search_ms_per_query"]

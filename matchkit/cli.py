@@ -1236,7 +1236,7 @@ def _parse_crop(text: str) -> tuple[int, int, int, int]:
 @click.option("--contains", default=None,
               help="Find images whose own text (read by OCR) holds these words, fuzzily; "
                    "needs no model, but a gallery indexed with --signal ocr. Scores: query "
-                   "words found (each up to 1) plus 0.1 per pair of them in order. Example: "
+                   "words found (each up to 1) plus 1 per two of them in the query's order. Example: "
                    "matchkit search --gallery g --contains 'invoice 2023' --where year=2023")
 @click.option("--where", multiple=True,
               help="Metadata filter, repeatable (all must hold): key=v, key!=v, "
