@@ -929,6 +929,8 @@ class Labeler:
         """Everything that changes what raw confidences mean."""
         s = asdict(self.settings_)
         s.pop("workers", None)
+        if not s.get("signals"):  # (the default, as before signals existed)
+            s.pop("signals", None)
         emb = self.embedder_
         return {"k": self.k, "sharpness": self.sharpness, "zoom": self.zoom,
                 "target_accuracy": self.target_accuracy,

@@ -80,6 +80,28 @@ _VOTE_INDEX_OPTION = click.option(
          "per kind. Example: matchkit dedupe photos/ --gallery g --vote-index ivf")
 
 
+def _check_signals(ctx, param, value) -> tuple[str, ...]:
+    """``--signal`` names, checked against the registry (``matchkit.signals``)
+    and able to run here, else a one-line error (exit 2)."""
+    from .signals import SignalUnavailable, UnknownSignal, check_names, get
+
+    try:
+        names = check_names(value)
+        for name in names:
+            get(name).check()
+    except (UnknownSignal, SignalUnavailable) as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+    return names
+
+
+def _signal_option(what: str):
+    from .signals import available
+
+    return click.option(
+        "--signal", "signals", multiple=True, callback=_check_signals, metavar="NAME",
+        help=f"Extra signal, repeatable ({', '.join(available())}): {what}")
+
+
 def _fail(message: str) -> None:
     raise click.UsageError(message)
 
@@ -180,10 +202,14 @@ def cli() -> None:
 @_SHARDS_OPTION
 @_RAY_OPTION
 @_VOTE_INDEX_OPTION
+@_signal_option("read with each image; a pair it vetoes is refused, its evidence is in "
+                "the pair's JSON and review page. 'ocr' reads text with Tesseract "
+                "(apt-get install tesseract-ocr): two screenshots of one app with different "
+                "text are different pictures. Example: matchkit dedupe shots/ --signal ocr")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, workers, hash_only,
            model, min_cosine, html_path, evidence_limit, move_to, dry_run, profile_name,
-           keep_in, prefer, level, shards, ray, vote_index, quiet):
+           keep_in, prefer, level, shards, ray, vote_index, signals, quiet):
     """Find exact and near-duplicate images in PATHS (folders or files).
 
     Files are never modified or deleted. Each cluster names a suggested
@@ -213,6 +239,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
       matchkit dedupe photos/ --prefer oldest --prefer 'path:*/originals/*'
       matchkit dedupe wallpapers/ --level variants --html review.html
       matchkit dedupe /shared/archive/ --ray auto --gallery /shared/g --json dupes.json
+      matchkit dedupe screenshots/ --signal ocr --html review.html
     """
     profile = _load_profile(profile_name, level)
     from .keeper import parse_preference
@@ -234,6 +261,8 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
         _fail("--shards needs --gallery DIR (or --ray)")
     if ray is not None and model:
         _fail("--model is not supported with --ray yet")
+    if ray is not None and signals:
+        _fail("--signal is not supported with --ray yet")
     _check_html_path(html_path)
     if move_to and os.path.exists(move_to) and not os.path.isdir(move_to):
         _fail(f"--move-duplicates-to must be a folder: {move_to}")
@@ -241,7 +270,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
         settings = Settings().with_(phash_max_distance=threshold, max_pixels=max_pixels,
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine,
-                                    vote_index=vote_index)
+                                    vote_index=vote_index, signals=signals or None)
         shown = None if quiet else PhaseProgress()
         report = run_dedupe(paths, gallery=gallery, settings=settings, on_progress=shown,
                             profile=profile, keep_in=keep_in, prefer=prefer,
@@ -1048,9 +1077,12 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
 @_SHARDS_OPTION
 @_RAY_OPTION
 @_VOTE_INDEX_OPTION
+@_signal_option("read with each image and kept in the gallery; 'ocr' (Tesseract) makes "
+                "`matchkit search --contains TEXT` possible. Example: matchkit index docs/ "
+                "--gallery g --signal ocr --no-embed")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, max_pixels,
-          hash_only, batch_size, device, shards, ray, vote_index, quiet):
+          hash_only, batch_size, device, shards, ray, vote_index, signals, quiet):
     """Add images in PATHS to a gallery; attach metadata and embed them.
 
     Prints a JSON summary on stdout: images added/updated/unchanged, files
@@ -1066,6 +1098,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
       matchkit index new-photos/ --gallery g -q     # embeds with g's model(s)
       matchkit index photos/ --gallery g --meta more.jsonl --no-embed | jq .metadata
       matchkit index archive/ --gallery big --shards 8 --ray auto -q
+      matchkit index scans/ --gallery g --signal ocr --no-embed   # then: search --contains
     """
     from .gallery import DB_NAME
     from .io import iter_image_files
@@ -1073,6 +1106,8 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
 
     if model and no_embed:
         _fail("--model and --no-embed contradict each other")
+    if ray is not None and signals:
+        _fail("--signal is not supported with --ray yet")
     sharded = (shards or 1) > 1 or ray is not None or is_sharded(gallery)
     if sharded and meta_path:
         _fail("--meta is not supported on sharded galleries (--shards, --ray) yet")
@@ -1108,7 +1143,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
                       "new gallery")
     settings = Settings().with_(max_pixels=max_pixels, workers=workers,
                                 local_features=False if hash_only else None,
-                                vote_index=vote_index)
+                                vote_index=vote_index, signals=signals or None)
     out: dict = {"gallery": str(gallery)}
     try:
         if ray is not None:
@@ -1198,6 +1233,11 @@ def _parse_crop(text: str) -> tuple[int, int, int, int]:
               help="Query by this region of --image: x,y,w,h in pixels of the image as "
                    "displayed (after EXIF rotation).")
 @click.option("--text", default=None, help="Query by a text (needs a CLIP-style model).")
+@click.option("--contains", default=None,
+              help="Find images whose own text (read by OCR) holds these words, fuzzily; "
+                   "needs no model, but a gallery indexed with --signal ocr. Scores: query "
+                   "words found (each up to 1) plus 1 per two of them in the query's order. Example: "
+                   "matchkit search --gallery g --contains 'invoice 2023' --where year=2023")
 @click.option("--where", multiple=True,
               help="Metadata filter, repeatable (all must hold): key=v, key!=v, "
                    "'key in a,b', key>=n, key<n, 'lo<=key<=hi'.")
@@ -1209,7 +1249,7 @@ def _parse_crop(text: str) -> tuple[int, int, int, int]:
 @click.option("--json", "fmt", flag_value="json", default=True,
               help="JSON list of hits on stdout (default).")
 @click.option("--table", "fmt", flag_value="table", help="A small text table instead.")
-def search(gallery, image, crop, text, where, k, model, fmt):
+def search(gallery, image, crop, text, contains, where, k, model, fmt):
     """Find the gallery images most similar to an image, a crop of one, or a text.
 
     Scores are cosine similarities (1 = same direction). Filters select
@@ -1222,20 +1262,22 @@ def search(gallery, image, crop, text, where, k, model, fmt):
       matchkit search --gallery g --image shelf.jpg --crop 120,40,200,150 --table
       matchkit search --gallery g --text "a red bicycle" --where 'year>=2019' \\
           --where 'place in Paris,Lyon' | jq '.[].path'
+      matchkit index scans/ --gallery g --signal ocr --no-embed
+      matchkit search --gallery g --contains "invoice 2023" --table
     """
     from .embed import EmbedderError
     from .filters import FilterError
     from .search import SearchError, search as run_search
     from .vectors import VectorIndexError  # ModelMismatch is one
 
-    if (image is None) == (text is None):
-        _fail("give exactly one of --image or --text")
+    if sum(q is not None for q in (image, text, contains)) != 1:
+        _fail("give exactly one of --image or --text (or --contains)")
     if crop is not None and image is None:
         _fail("--crop needs --image")
     box = _parse_crop(crop) if crop is not None else None
     try:
-        hits = run_search(gallery, image=image, crop=box, text=text, where=where, k=k,
-                          model=model)
+        hits = run_search(gallery, image=image, crop=box, text=text, contains=contains,
+                          where=where, k=k, model=model)
     except (GalleryError, SearchError, FilterError, EmbedderError, VectorIndexError) as e:
         _fail(_one_line(e))
     if fmt == "table":

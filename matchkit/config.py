@@ -156,9 +156,15 @@ class Settings:
     #: does; its candidates are verified with local features). Model-specific.
     min_cosine: float | None = None
 
+    #: Extra pair signals by registry name (``matchkit.signals``, e.g. "ocr"):
+    #: extracted with each image, and a pair they veto is refused. Opt-in.
+    signals: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         for f in fields(self):
             check_setting(f.name, getattr(self, f.name))
+        if not isinstance(self.signals, tuple):  # (a list from a profile or JSON)
+            object.__setattr__(self, "signals", tuple(self.signals))
 
     def decode_side(self) -> int:
         """Longest side to decode: what the most demanding enabled feature needs."""
@@ -183,8 +189,21 @@ def _kind(name: str) -> tuple[str, bool]:
     return parts[0], "None" in parts
 
 
-#: Text settings with a fixed set of values (numbers have ``RANGES``).
-CHOICES: dict[str, tuple[str, ...]] = {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf")}
+class _Choices(dict):
+    """``CHOICES``; the names ``signals`` takes are read from the signal
+    registry when asked for (``matchkit.signals``: plugins may register late)."""
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        if name == "signals":
+            from .signals import available
+            return tuple(available())
+        return super().__getitem__(name)
+
+
+#: Text settings with a fixed set of values (numbers have ``RANGES``), and
+#: ``signals``, a list of names from the signal registry.
+CHOICES: dict[str, tuple[str, ...]] = _Choices(
+    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "signals": ()})
 
 
 def check_setting(name: str, value):
@@ -193,6 +212,16 @@ def check_setting(name: str, value):
         raise SettingsError(f"unknown setting {name!r}")
     kind, optional = _kind(name)
     if value is None and optional:
+        return value
+    if kind.startswith("tuple"):  # names of registered signals
+        from .signals import UnknownSignal, check_names
+
+        if isinstance(value, str) or not isinstance(value, (tuple, list)):
+            raise SettingsError(f"{name} must be a list of names, got {value!r}")
+        try:
+            check_names(value)
+        except UnknownSignal as e:
+            raise SettingsError(f"{name}: {e}") from None
         return value
     if kind == "bool":
         if not isinstance(value, bool):

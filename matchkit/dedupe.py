@@ -31,6 +31,7 @@ from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, ne
 from .incremental import IncrementalMatcher
 from .match import PairEvidence, PairMatcher
 from .relation import check_level, compose
+from .signals import configured as configured_signals, vetoing
 from .report import (MEMBER_RELATIONS_UP_TO, ClusterResult, DedupeReport, MemberRelation,
                      PairResult, SkippedFile)
 
@@ -101,6 +102,7 @@ def dedupe(
         settings = profile.apply(settings, level)
     if level is not None:
         settings = settings.with_(level=check_level(level))
+    configured_signals(settings)  # a signal that cannot run here fails before any work
     embedder = None
     if settings.model:
         from .embed import load_embedder  # torch/onnxruntime only when asked for
@@ -119,6 +121,8 @@ def dedupe(
 
             if settings.model:
                 raise ValueError("--model is not supported with --ray yet")
+            if settings.signals:
+                raise ValueError("--signal is not supported with --ray yet")
             if isinstance(gallery, (Gallery, ShardedGallery)):
                 gallery = gallery.path  # (the run opens its shards itself)
             if gallery is None:
@@ -263,6 +267,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     same = {i: exact.find(i) for i in visible}
     matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator)
                if make_matcher is None else make_matcher(visible, same))
+    matcher = vetoing(matcher, gallery, settings)  # the extra signals' say (``signals``)
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:
         a, b = ev.a, ev.b

@@ -23,6 +23,7 @@ from .config import Settings
 from .hashing import JPEG_STREAM_PREFIX, dihedral_phashes, file_digest
 from .io import ImageLoadError, load_image, shrink
 from .local import LocalFeatures, extract_local, working_grey
+from .signals import extract_payloads
 from .thumbmatch import icon_blob, icon_like
 
 
@@ -54,6 +55,9 @@ class ImageRecord:
     pixel_sha256: str | None = None
     #: PNG of an icon drawn on transparency (``thumbmatch.icon_blob``), else None.
     icon: bytes | None = None
+    #: Payload of each configured extra signal (``matchkit.signals``), None
+    #: where it has nothing to say; None when no signal is configured.
+    signals: dict[str, bytes | None] | None = None
 
     @property
     def pixels(self) -> int:
@@ -95,6 +99,9 @@ def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
     loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels,
                         digest=True)
     image = loaded.image
+    payloads = extract_payloads(
+        image, str(path), settings,
+        load=lambda p, side: load_image(p, max_side=side, max_pixels=settings.max_pixels).image)
     local = grey_thumb = None
     if settings.local_features:
         grey = working_grey(image, settings.work_side)
@@ -119,6 +126,7 @@ def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
         blank=is_blank(thumb),
         pixel_sha256=loaded.pixel_sha256,
         icon=icon_blob(path) if icon_like((loaded.width, loaded.height)) else None,
+        signals=payloads,
     )
 
 

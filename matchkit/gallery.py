@@ -112,6 +112,18 @@ CREATE TABLE IF NOT EXISTS match_pairs (
 CREATE INDEX IF NOT EXISTS match_pairs_a ON match_pairs(a);
 CREATE INDEX IF NOT EXISTS match_pairs_b ON match_pairs(b);
 """
+#: Payloads of the extra signals (``matchkit.signals``): one row per image and
+#: configured signal, written with the image's record (payload NULL: the
+#: signal had nothing to say). Created by the first writer that has signals
+#: configured, so galleries without them, and read-only ones, open as before.
+_SIGNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signal_data (
+    image_id INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    payload BLOB,
+    PRIMARY KEY (image_id, signal)
+) WITHOUT ROWID
+"""
 #: Settings keys whose matching state is kept (most recently used first).
 _MATCH_KEYS = "match_keys"
 #: How many settings keys keep their matching state: switching ``--level``
@@ -900,7 +912,8 @@ class Gallery:
                 "SELECT id, size, mtime_ns FROM images WHERE path=?", (to_db(key),)).fetchone()
             if row and row[1] == size and row[2] == mtime and (
                     not self.settings.local_features or self._db.execute(
-                        "SELECT 1 FROM local_features WHERE image_id=?", (row[0],)).fetchone()):
+                        "SELECT 1 FROM local_features WHERE image_id=?", (row[0],)).fetchone()
+            ) and self._has_signals(row[0]):
                 out.append(("unchanged", row[0]))
                 continue
             fail = self._db.execute(
@@ -949,6 +962,7 @@ class Gallery:
                     if old:  # a file that changed into something unreadable
                         self._db.execute("DELETE FROM images WHERE id=?", (old[0],))
                         self._db.execute("DELETE FROM local_features WHERE image_id=?", (old[0],))
+                        self._drop_signals([old[0]])
                         gone.append(old[0])
                     report.skipped.append(Skipped(path, rec.reason))
                     continue
@@ -982,6 +996,8 @@ class Gallery:
                         "thumb, thumb_width, thumb_height, encoding) VALUES (?,?,?,?,?,?,?,?,?)",
                         (image_id, *encode_local(rec.local, rec.thumb)))
                     new_local.append((image_id, rec.local.desc))
+                self._drop_signals([image_id])
+                self._store_signals(image_id, rec.signals)
             self._drop_vectors(stale)
             self._drop_matches(gone + replaced)
             self._bump()
@@ -1021,6 +1037,7 @@ class Gallery:
                 removed += self._db.execute(f"DELETE FROM images WHERE id IN ({marks})",
                                             chunk).rowcount
                 self._db.execute(f"DELETE FROM local_features WHERE image_id IN ({marks})", chunk)
+                self._drop_signals(chunk)
             self._drop_vectors(stale)
             self._drop_matches(ids)
             self._bump()
@@ -1035,6 +1052,55 @@ class Gallery:
         self._changed("phash", bump)
         self._changed("orb", bump)
         return removed
+
+    # -- extra signals (matchkit.signals) -----------------------------------
+    def _has_signal_table(self) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                "name='signal_data'").fetchone() is not None
+
+    def _has_signals(self, image_id: int) -> bool:
+        """Whether the image has a row for every configured signal."""
+        names = self.settings.signals
+        if not names:
+            return True
+        if not self._has_signal_table():
+            return False
+        got = self._db.execute(
+            f"SELECT COUNT(*) FROM signal_data WHERE image_id=? AND signal IN "
+            f"({','.join('?' * len(names))})", (image_id, *names)).fetchone()[0]
+        return got == len(names)
+
+    def _drop_signals(self, ids: Sequence[int]) -> None:
+        """Inside a transaction: forget the images' signal payloads."""
+        if ids and self._has_signal_table():
+            marks = ','.join('?' * len(ids))
+            self._db.execute(f"DELETE FROM signal_data WHERE image_id IN ({marks})", list(ids))
+
+    def _store_signals(self, image_id: int, payloads: dict | None) -> None:
+        """Inside a transaction: one row per signal payload of an image."""
+        if not payloads:
+            return
+        self._db.execute(_SIGNAL_SCHEMA)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO signal_data(image_id, signal, payload) VALUES (?,?,?)",
+            [(image_id, name, payload) for name, payload in payloads.items()])
+
+    def signal_payloads(self, signal: str, ids: Sequence[int] | None = None
+                        ) -> dict[int, bytes | None]:
+        """Stored payloads of ``signal``: image id -> bytes (None: nothing to
+        say); images never read with the signal are absent."""
+        if not self._has_signal_table():
+            return {}
+        if ids is None:
+            rows = self._db.execute(
+                "SELECT image_id, payload FROM signal_data WHERE signal=?", (signal,)).fetchall()
+        else:
+            rows = []
+            for chunk in _chunks(list(ids), 900):
+                rows += self._db.execute(
+                    f"SELECT image_id, payload FROM signal_data WHERE signal=? AND image_id IN "
+                    f"({','.join('?' * len(chunk))})", (signal, *chunk)).fetchall()
+        return {int(i): (None if p is None else bytes(p)) for i, p in rows}
 
     # -- incremental matching state (see incremental.py) -------------------
     def _has_match_tables(self) -> bool:

@@ -256,6 +256,9 @@ def _clean_evidence(ev: dict) -> dict:
     for k, v in (ev or {}).items():
         if k == "points":
             continue
+        if k == "signals" and isinstance(v, dict):  # extra signals: each says it in words
+            from .signals import describe
+            v = describe(v)
         if isinstance(v, float):
             v = _clean_float(v)
         out[str(k)] = v

@@ -96,6 +96,8 @@ def settings_key(settings: Settings, calibrator=None) -> str:
     if values.get("vote_index") == "hnsw":  # (the default, as before the IVF index existed)
         values.pop("vote_index")
         values.pop("ivf_probes", None)
+    if not values.get("signals"):  # (none: the default, as before signals existed)
+        values.pop("signals", None)
     cal = None
     if calibrator is not None:
         cal = hashlib.sha256(json.dumps(calibrator.to_dict(), sort_keys=True,

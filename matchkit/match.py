@@ -114,6 +114,8 @@ class PairEvidence:
                 out["homography"] = v.homography
         if "icon" in self.extra:
             out["icon"] = self.extra["icon"].to_evidence()
+        if self.extra.get("signals"):  # extra signals' evidence (``matchkit.signals``)
+            out["signals"] = self.extra["signals"]
         return out
 
     def relation(self) -> str | None:

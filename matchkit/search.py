@@ -127,7 +127,8 @@ def search(gallery: Gallery | str | os.PathLike, *,
            text: str | None = None,
            where: Iterable[str] = (),
            k: int = 10,
-           model=None) -> list[SearchHit]:
+           model=None,
+           contains: str | None = None) -> list[SearchHit]:
     """The ``k`` gallery images most similar to the query, best first.
 
     Give exactly one of ``image`` (path or PIL image, optionally with
@@ -136,7 +137,17 @@ def search(gallery: Gallery | str | os.PathLike, *,
     :mod:`matchkit.filters`), all of which an image must pass; the result
     then has ``min(k, allowed images with vectors)`` hits. ``model`` defaults
     to the gallery's; see :func:`resolve_model`.
+
+    ``contains`` (instead of ``image`` or ``text``) finds images by the text
+    they show: words read by the "ocr" signal (``matchkit.signals.ocr``), at
+    ``Gallery.add`` with ``Settings(signals=("ocr",))``; fuzzy, no model
+    needed. Scores: query words found (each up to 1, by closeness) plus 1
+    for each two of them in the query's order (``signals.ocr.search_text``).
     """
+    if contains is not None:
+        if image is not None or text is not None:
+            raise SearchError("give exactly one query: an image, a text or contains")
+        return _search_contains(gallery, str(contains), list(where), int(k))
     if (image is None) == (text is None):
         raise SearchError("give exactly one query: an image (optionally with a crop) or a text")
     if crop is not None and image is None:
@@ -185,3 +196,39 @@ def search(gallery: Gallery | str | os.PathLike, *,
                 for i, s in zip(ids, scores) if i in rows]
     hits.sort(key=lambda h: -h.score)
     return hits
+
+
+def _open_for_reading(gallery, stack: ExitStack):
+    if isinstance(gallery, (Gallery, ShardedGallery)):
+        return gallery
+    if is_sharded(gallery):
+        return stack.enter_context(ShardedGallery(gallery, create=False))
+    if not (Path(gallery) / DB_NAME).exists():
+        raise GalleryError(f"no gallery at {gallery}")
+    return stack.enter_context(Gallery(gallery, create=False))
+
+
+#: The signal ``search(contains=...)`` asks.
+CONTAINS_SIGNAL = "ocr"
+
+
+def _search_contains(gallery, query: str, where: list[str], k: int) -> list[SearchHit]:
+    """``search(contains=query)``: see there."""
+    from .signals import get
+
+    if not query.strip():
+        raise SearchError("the contains query is empty")
+    if k < 1:
+        raise SearchError(f"k must be at least 1, not {k}")
+    with ExitStack() as stack:
+        gallery = _open_for_reading(gallery, stack)
+        allowed = allowed_ids(gallery, where)
+        if not gallery.signal_payloads(CONTAINS_SIGNAL):
+            g = shlex.quote(str(gallery.path))
+            raise GalleryError(f"gallery {gallery.path} holds no text read from its images; run "
+                               f"`matchkit index DIR --gallery {g} --signal ocr` first")
+        ids = None if allowed is None else [int(i) for i in allowed]
+        found = get(CONTAINS_SIGNAL).search(gallery, query, ids, k)
+        rows = gallery.images([i for i, _ in found])
+        return [SearchHit(i, rows[i].path, float(s), rows[i].meta)
+                for i, s in found if i in rows]

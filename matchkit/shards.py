@@ -435,6 +435,17 @@ class ShardedGallery:
         except KeyError:
             return None
 
+    def signal_payloads(self, signal: str, ids: Sequence[int] | None = None
+                        ) -> dict[int, bytes | None]:
+        out: dict[int, bytes | None] = {}
+        if ids is None:
+            for g in self.parts:
+                out.update(g.signal_payloads(signal))
+            return out
+        for shard, part in self._by_shard(ids).items():
+            out.update(self.parts[shard].signal_payloads(signal, part))
+        return out
+
     def pixel_digest(self, image_id: int) -> str | None:
         return self.parts[self.owner(image_id)].pixel_digest(image_id)
 

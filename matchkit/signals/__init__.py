@@ -1,0 +1,250 @@
+"""Pluggable pair signals: a small registry, configuration as data.
+
+A *signal* reads something from each decoded image (its payload), keeps it in
+the gallery, and has a say about pairs: named numbers as evidence, and a veto
+when that evidence says "a different picture". The pipeline knows signals
+only through this interface; it loops over the names in
+``Settings.signals`` (opt-in, default none) at three places, once each:
+
+- extraction (``features._extract``): ``Signal.extract(image, path)`` on the
+  decoded image, stored by ``Gallery`` in its generic ``signal_data`` table in
+  the same transaction as the image's record (``None``: nothing to say,
+  stored as such so the image is not read again);
+- pair decisions (``dedupe.find_clusters`` through :func:`vetoing`): a pair
+  the other signals matched or would verify is refused when a configured
+  signal vetoes it; its evidence goes into the pair's ``extra["signals"]``;
+- report pages: ``Signal.describe(evidence)`` for each signal's evidence.
+
+Signals register like timm/open_clip models, by name::
+
+    from matchkit import signals
+    signals.register("mysignal", "mypackage.module:MySignal")   # lazy: imported when used
+    signals.available()          # ['mysignal', 'ocr']
+    signals.get("ocr")           # the instance (one per process)
+
+The built-in registrations are at the bottom of this module, one line each.
+This module imports nothing heavy: a signal's own dependencies load only when
+it is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+
+class UnknownSignal(ValueError):
+    """A signal name the registry does not know (one line)."""
+
+
+class SignalUnavailable(RuntimeError):
+    """A registered signal that cannot run here (a missing program or package);
+    the message says what to install (one line)."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Base of a pair signal. Subclasses set ``name`` and override what they do.
+
+    Payloads are bytes (the signal chooses the encoding); evidence is a flat
+    dict of named numbers, ``None`` where a value is missing."""
+
+    #: Registry name (also the key in ``signal_data`` and in pair evidence).
+    name: str = ""
+    #: Longest side of the decode the signal needs (None: the pipeline's
+    #: working decode is enough). A larger one is decoded once for all
+    #: configured signals that ask for it, only when they are configured.
+    decode_side: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`SignalUnavailable` if the signal cannot run here."""
+
+    def extract(self, image, path: str) -> bytes | None:
+        """The payload of one decoded image (a PIL RGB image, ``path`` its
+        file); None when there is nothing to say (no text, say)."""
+        raise NotImplementedError
+
+    def pair_evidence(self, pa: bytes | None, pb: bytes | None) -> dict[str, float | None]:
+        """Named numbers about a pair from its two payloads (None: missing)."""
+        return {}
+
+    def veto(self, evidence: dict[str, float | None]) -> str | None:
+        """A reason when ``evidence`` says the pair shows different pictures."""
+        return None
+
+    def describe(self, evidence: dict[str, float | None]) -> str:
+        """One line for report pages."""
+        return ", ".join(f"{k} {v}" for k, v in evidence.items() if v is not None)
+
+    def search(self, gallery, query: str, ids: Sequence[int] | None = None,
+               k: int = 10) -> list[tuple[int, float]]:
+        """(image id, score) of the images that best answer ``query``, best first
+        (among ``ids`` if given). Optional: not every signal can be searched."""
+        raise NotImplementedError(f"signal {self.name!r} cannot be searched")
+
+
+#: name -> Signal subclass, factory, or "module:attribute" text (imported on first use).
+_REGISTRY: dict[str, Callable[[], Signal] | str] = {}
+_INSTANCES: dict[str, Signal] = {}
+
+
+def register(name: str, factory: Callable[[], Signal] | str) -> None:
+    """Make signal ``name`` available; ``factory`` builds it (a class, a
+    callable, or ``"module:attribute"`` imported lazily). Registering a name
+    again replaces it."""
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"a signal name is letters, digits, '-' or '_', not {name!r}")
+    _REGISTRY[name] = factory
+    _INSTANCES.pop(name, None)
+
+
+def available() -> list[str]:
+    """Names of the registered signals, sorted."""
+    return sorted(_REGISTRY)
+
+
+def check_names(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` as a tuple, each once in the order given; UnknownSignal for a
+    name the registry does not know."""
+    out: list[str] = []
+    for n in names:
+        if not isinstance(n, str) or n not in _REGISTRY:
+            raise UnknownSignal(f"unknown signal {n!r} (available: {', '.join(available())})")
+        if n not in out:
+            out.append(n)
+    return tuple(out)
+
+
+def get(name: str) -> Signal:
+    """The signal registered as ``name`` (one instance per process)."""
+    check_names([name])
+    if name not in _INSTANCES:
+        factory = _REGISTRY[name]
+        if isinstance(factory, str):
+            module, _, attr = factory.partition(":")
+            factory = getattr(importlib.import_module(module), attr)
+        sig = factory()
+        if sig.name != name:
+            raise ValueError(f"signal registered as {name!r} calls itself {sig.name!r}")
+        _INSTANCES[name] = sig
+    return _INSTANCES[name]
+
+
+def configured(settings) -> list[Signal]:
+    """The signals ``settings.signals`` names, checked to run here
+    (``SignalUnavailable`` otherwise, before any file is read)."""
+    out = [get(n) for n in getattr(settings, "signals", ())]
+    for sig in out:
+        sig.check()
+    return out
+
+
+# -- the generic hooks -------------------------------------------------------
+
+def extract_payloads(image, path: str, settings, load=None) -> dict[str, bytes | None] | None:
+    """Each configured signal's payload of one image (None without signals).
+    ``image`` is the pipeline's decode; signals wanting a larger one get a
+    decode at the largest ``decode_side`` asked for (``load(path, side)``)."""
+    sigs = [get(n) for n in settings.signals]
+    if not sigs:
+        return None
+    big = max((s.decode_side or 0 for s in sigs), default=0)
+    larger = None
+    if big and load is not None and max(image.size) < big:
+        try:
+            larger = load(path, big)
+        except Exception:  # (the pipeline's decode worked: signals make do with it)
+            larger = None
+    out = {}
+    for s in sigs:
+        use = larger if (s.decode_side and larger is not None) else image
+        try:
+            out[s.name] = s.extract(use, path)
+        except Exception:  # one signal failing on one file must not lose the file
+            out[s.name] = None
+    return out
+
+
+def pair_evidence(gallery, names: Sequence[str], pairs: Iterable[tuple[int, int]],
+                  cache: dict | None = None) -> dict[tuple[int, int], dict]:
+    """Evidence of each named signal for each pair: {(a, b): {signal: evidence}}."""
+    pairs = list(pairs)
+    cache = {} if cache is None else cache
+    out: dict[tuple[int, int], dict] = {p: {} for p in pairs}
+    for name in names:
+        sig = get(name)
+        need = sorted({i for p in pairs for i in p if (name, i) not in cache})
+        if need:
+            got = gallery.signal_payloads(name, need)
+            for i in need:
+                cache[(name, i)] = got.get(i)
+        for a, b in pairs:
+            out[(a, b)][name] = sig.pair_evidence(cache[(name, a)], cache[(name, b)])
+    return out
+
+
+def apply_vetoes(evidence: list, gallery, names: Sequence[str], cache: dict) -> None:
+    """Refuse matched or pending pairs (``match.PairEvidence``) that a
+    configured signal vetoes: ``rule`` cleared, ``pending`` off, the reason in
+    ``extra["veto"]``; each signal's evidence in ``extra["signals"]``."""
+    todo = [ev for ev in evidence if (ev.rule or ev.pending) and "signals" not in ev.extra]
+    if not todo or not names:
+        return
+    found = pair_evidence(gallery, names, [(ev.a, ev.b) for ev in todo], cache)
+    for ev in todo:
+        ev.extra["signals"] = found[(ev.a, ev.b)]
+        for name in names:
+            reason = get(name).veto(ev.extra["signals"][name])
+            if reason:
+                ev.extra["veto"] = f"{name}: {reason}"
+                ev.rule, ev.pending = "", False
+                break
+
+
+class VetoingMatcher:
+    """A pair matcher (``match.PairMatcher`` or one with its interface) whose
+    decisions pass the configured signals' vetoes: its initial evidence, every
+    batch it verifies and every pair it is asked about afresh."""
+
+    def __init__(self, matcher, gallery, names: Sequence[str]):
+        self._m, self._gallery, self._names = matcher, gallery, tuple(names)
+        self._cache: dict = {}
+        apply_vetoes(matcher.evidence, gallery, self._names, self._cache)
+
+    def __getattr__(self, attr):
+        return getattr(self._m, attr)
+
+    def verify(self, todo) -> None:
+        # Vetoed before verifying (which they then skip): a veto reads only
+        # the payloads, so verification could not change it.
+        todo = list(todo)
+        apply_vetoes(todo, self._gallery, self._names, self._cache)
+        self._m.verify(todo)
+
+    def evidence_between(self, a: int, b: int, reflect: bool):
+        ev = self._m.evidence_between(a, b, reflect)
+        apply_vetoes([ev], self._gallery, self._names, self._cache)
+        return ev
+
+
+def vetoing(matcher, gallery, settings):
+    """``matcher`` wrapped in :class:`VetoingMatcher` when signals are configured."""
+    names = tuple(getattr(settings, "signals", ()))
+    return VetoingMatcher(matcher, gallery, names) if names else matcher
+
+
+def describe(signal_evidence: dict | None) -> str:
+    """One line from a pair's ``extra["signals"]`` / report ``signals`` entry."""
+    parts = []
+    for name, ev in (signal_evidence or {}).items():
+        try:
+            text = get(name).describe(ev)
+        except (UnknownSignal, ImportError):
+            text = ", ".join(f"{k} {v}" for k, v in ev.items())
+        parts.append(f"{name}: {text}")
+    return "; ".join(parts)
+
+
+# -- built-in signals: one line each -----------------------------------------
+register("ocr", "matchkit.signals.ocr:OCRSignal")

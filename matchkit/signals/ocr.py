@@ -1,0 +1,311 @@
+"""Text in images (OCR with Tesseract) as a pair signal and a search key.
+
+Tesseract (Debian ``tesseract-ocr``, at least its ``eng`` data) is run as a
+program, one call per image, and only on images with text-like regions: a
+cheap gate on a downscaled grey copy looks for short, wide clusters of strong
+edges (lines of glyphs); photos without any are not read at all.
+
+Payload (JSON, UTF-8): the text as read, lowercased with whitespace
+collapsed, and its words with confidence and box (fractions of the image).
+
+Evidence of a pair, over words of at least ``MIN_WORD`` letters or digits:
+``words_a``/``words_b`` (distinct words each image holds) and
+``text_similarity`` (shared pairs of consecutive words over the smaller
+image's pairs, so a crop that keeps part of the text still agrees, while
+two texts drawn from one vocabulary do not; None when either image has no
+words). Equal text is evidence for a copy; a pair where both images hold at
+least ``VETO_MIN_WORDS`` words and share less than ``VETO_SIMILARITY`` of them
+shows different texts in one layout (two screenshots of one app) and is
+vetoed.
+
+Search (``matchkit search --contains "invoice 2023"``): images ranked by how
+many query words they hold, fuzzily (``difflib`` ratio at least
+``FUZZY_CUTOFF`` against the gallery's vocabulary), plus ``ORDER_BONUS`` for
+each two query words that follow each other in their text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import Signal, SignalUnavailable
+
+#: Words shorter than this (letters or digits) are ignored by pair evidence:
+#: OCR reads noise in pictures as one- and two-letter words.
+MIN_WORD = 3
+#: A pair is vetoed only when both images hold at least this many words ...
+VETO_MIN_WORDS = 5
+#: ... and share less than this fraction of the smaller image's words
+#: (chosen on the dev screens set: see benchmarks/bench_ocr.py).
+VETO_SIMILARITY = 0.5
+#: Words Tesseract is less sure of than this (0-100) are dropped.
+MIN_CONFIDENCE = 40
+#: Longest side the image is read at (the pipeline's own decode is 512 px:
+#: too small for body text).
+READ_SIDE = 2048
+#: Images with a shorter longest side than this are enlarged 2x before
+#: reading (Tesseract wants glyphs some 20 px tall).
+UPSCALE_BELOW = 1000
+#: The text gate works on a grey copy with this longest side.
+GATE_SIDE = 1024
+#: Seconds one image may take to read.
+TIMEOUT = 60.0
+#: Least difflib ratio for a query word to count as found (fuzzy search).
+#: (Chosen with ``ORDER_BONUS`` on the calib text set: 0.75-0.85 and 0.1-1.0
+#: were within 0.01 of recall@10; most misses are words OCR did not read.)
+FUZZY_CUTOFF = 0.75
+#: Search score added for each two query words found in the query's order.
+ORDER_BONUS = 1.0
+
+#: Channel levels a caption's fill must reach to be in the white (>=) or black (<=) mask.
+WHITE_FILL, BLACK_FILL = 225, 45
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Lowercased, whitespace collapsed."""
+    return " ".join(text.lower().split())
+
+
+def words(text: str, min_len: int = 1) -> list[str]:
+    """The words (runs of letters and digits) of ``text``, lowercased."""
+    return [w for w in _WORD.findall(text.lower()) if len(w) >= min_len]
+
+
+def text_like_regions(image) -> int:
+    """How many text-line-like regions a (PIL) image has, on a copy of
+    ``GATE_SIDE`` pixels: short, wide clusters (joined along rows) of strong
+    edges (a morphological gradient), of near-white or of near-black pixels
+    (captions), half-filled as glyphs are."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    scale = GATE_SIDE / max(h, w)
+    if scale < 1:
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                         interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    grad = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    layers = [grad >= 60, rgb.min(axis=2) >= WHITE_FILL, rgb.max(axis=2) <= BLACK_FILL]
+    row = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 1))
+    H = grey.shape[0]
+    count = 0
+    for layer in layers:
+        bw = layer.astype(np.uint8) * 255
+        joined = cv2.morphologyEx(bw, cv2.MORPH_CLOSE, row)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+        for x, y, bw_, bh, area in stats[1:]:
+            if 6 <= bh <= 0.2 * H and bw_ >= 3 * bh and bw_ >= 30:
+                fill = np.count_nonzero(bw[y:y + bh, x:x + bw_]) / float(bw_ * bh)
+                if 0.2 <= fill <= 0.75:
+                    count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class OCRSignal(Signal):
+    name: str = "ocr"
+    decode_side: int | None = READ_SIDE
+    #: Tesseract language(s), e.g. "eng" or "eng+deu" (installed data only).
+    lang: str = "eng"
+
+    def check(self) -> None:
+        if shutil.which("tesseract") is None:
+            raise SignalUnavailable(
+                "the ocr signal needs the tesseract program (Debian/Ubuntu: apt-get install "
+                "tesseract-ocr; macOS: brew install tesseract)")
+
+    # -- extraction ----------------------------------------------------------
+    def extract(self, image, path: str) -> bytes | None:
+        if text_like_regions(image) == 0:
+            return None
+        found = read_text(image, self.lang)
+        if not found["words"]:
+            return None
+        return json.dumps(found, separators=(",", ":"), ensure_ascii=False).encode()
+
+    # -- pairs -----------------------------------------------------------------
+    def pair_evidence(self, pa: bytes | None, pb: bytes | None) -> dict[str, float | None]:
+        wa, wb = _text_words(pa), _text_words(pb)
+        sim = None
+        if wa and wb:
+            ba, bb = _shingles(wa), _shingles(wb)
+            sim = round(len(ba & bb) / max(1, min(len(ba), len(bb))), 4)
+        return {"words_a": len(set(wa)), "words_b": len(set(wb)), "text_similarity": sim}
+
+    def veto(self, evidence: dict[str, float | None]) -> str | None:
+        sim = evidence.get("text_similarity")
+        if (sim is not None and min(evidence.get("words_a") or 0, evidence.get("words_b") or 0)
+                >= VETO_MIN_WORDS and sim < VETO_SIMILARITY):
+            return (f"different text ({sim:.0%} of words shared, "
+                    f"{evidence['words_a']} and {evidence['words_b']} words)")
+        return None
+
+    def describe(self, evidence: dict[str, float | None]) -> str:
+        sim = evidence.get("text_similarity")
+        if sim is None:
+            return f"text: {evidence.get('words_a', 0)} and {evidence.get('words_b', 0)} words"
+        return (f"text {sim:.0%} shared ({evidence.get('words_a')} and "
+                f"{evidence.get('words_b')} words)")
+
+    # -- search ----------------------------------------------------------------
+    def search(self, gallery, query: str, ids: Sequence[int] | None = None,
+               k: int = 10) -> list[tuple[int, float]]:
+        return search_text(gallery.signal_payloads(self.name, ids), query, k)
+
+
+#: An image is "a page" (a document, a screenshot) when at least this share
+#: of its grey pixels lie within ``FLAT_LEVELS`` of its most common level;
+#: pages are read once as they are, pictures also through masks of their
+#: near-white and near-black pixels (captions drawn with an outline: memes).
+PAGE_SHARE = 0.4
+FLAT_LEVELS = 4
+
+
+def _is_page(grey: np.ndarray) -> bool:
+    hist = np.bincount(grey.reshape(-1), minlength=256)
+    m = int(hist.argmax())
+    return hist[max(0, m - FLAT_LEVELS):m + FLAT_LEVELS + 1].sum() >= PAGE_SHARE * grey.size
+
+
+def _tesseract(image, lang: str, psm: int) -> list[list]:
+    """Tesseract's words of a PIL image: [text, confidence, block, par, line, x, y, w, h]."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    try:
+        out = subprocess.run(["tesseract", "stdin", "stdout", "-l", lang, "--psm", str(psm),
+                              "tsv"], input=buf.getvalue(), capture_output=True, timeout=TIMEOUT)
+    except FileNotFoundError:
+        raise SignalUnavailable("the ocr signal needs the tesseract program "
+                                "(apt-get install tesseract-ocr)") from None
+    except subprocess.TimeoutExpired:
+        return []
+    found = []
+    for row in out.stdout.decode("utf-8", "replace").splitlines()[1:]:
+        f = row.split("\t")
+        if len(f) < 12 or f[0] != "5" or not f[11].strip():
+            continue
+        try:
+            conf = float(f[10])
+            box = [int(v) for v in f[6:10]]
+        except ValueError:
+            continue
+        if conf >= MIN_CONFIDENCE:
+            found.append([f[11].strip(), conf, f[2], f[3], f[4], *box])
+    return found
+
+
+def read_text(image, lang: str = "eng") -> dict:
+    """The text of a PIL image: {"text": normalised text, "words": [[word,
+    confidence, x, y, w, h], ...]} with boxes in fractions of the image. A
+    page is read once; a picture also through its white and black masks
+    (words of all reads, each read's lines in order)."""
+    from PIL import Image
+
+    grey = image.convert("L")
+    if max(grey.size) < UPSCALE_BELOW:
+        image = image.resize((image.width * 2, image.height * 2), Image.Resampling.LANCZOS)
+        grey = image.convert("L")
+    g = np.asarray(grey)
+    reads = [(grey, 3)]
+    if not _is_page(g):
+        rgb = np.asarray(image.convert("RGB"))
+        lo, hi = rgb.min(axis=2), rgb.max(axis=2)
+        for mask in (lo >= WHITE_FILL, hi <= BLACK_FILL):
+            if mask.mean() > 0.0005:
+                reads.append((Image.fromarray(np.where(mask, 0, 255).astype(np.uint8)), 11))
+    W, H = grey.size
+    found, lines, seen = [], [], set()
+    for n, (img, psm) in enumerate(reads):
+        by_line: dict[tuple, list[str]] = {}
+        for text, conf, block, par, line, x, y, w, h in _tesseract(img, lang, psm):
+            by_line.setdefault((block, par, line), []).append(text)
+            found.append([text.lower(), round(conf), round(x / W, 4), round(y / H, 4),
+                          round(w / W, 4), round(h / H, 4)])
+        for v in by_line.values():
+            line = normalise(" ".join(v))
+            if line not in seen:  # (the same line read twice counts once)
+                seen.add(line)
+                lines.append(line)
+    return {"text": normalise("\n".join(lines)), "words": found}
+
+
+def _payload(p: bytes | None) -> dict | None:
+    if not p:
+        return None
+    try:
+        return json.loads(p)
+    except ValueError:
+        return None
+
+
+def payload_text(p: bytes | None) -> str:
+    """The normalised text of a stored payload ("" without one)."""
+    d = _payload(p)
+    return d.get("text", "") if d else ""
+
+
+def _text_words(p: bytes | None) -> list[str]:
+    """The payload's words of at least ``MIN_WORD`` characters, in reading order."""
+    return words(payload_text(p), MIN_WORD)
+
+
+def _shingles(ws: list[str]) -> set[tuple[str, ...]]:
+    """Pairs of consecutive words (the word itself for a one-word text):
+    texts drawn from one vocabulary share words, rarely word pairs."""
+    return {tuple(ws[i:i + 2]) for i in range(max(1, len(ws) - 1))}
+
+
+def search_text(payloads: dict[int, bytes | None], query: str, k: int = 10,
+                order_bonus: float | None = None) -> list[tuple[int, float]]:
+    """(image id, score) of the ``k`` images whose text best holds ``query``'s
+    words: score = the sum over query words of the best difflib ratio of an
+    image word (at least ``FUZZY_CUTOFF``), plus ``order_bonus`` (default
+    ``ORDER_BONUS``) for each two query words that follow each other in the
+    image's text as in the query (one word between them allowed: a word
+    misread beyond recognition)."""
+    bonus = ORDER_BONUS if order_bonus is None else order_bonus
+    q = words(query)
+    if not q:
+        return []
+    texts = {i: words(payload_text(p)) for i, p in payloads.items() if p}
+    vocabulary = sorted({w for ws in texts.values() for w in ws})
+    known = set(vocabulary)
+    # Query word -> {vocabulary word: ratio} for the words close enough.
+    close: list[dict[str, float]] = []
+    for qw in q:
+        near = {qw: 1.0} if qw in known else {}
+        for w in difflib.get_close_matches(qw, vocabulary, n=50, cutoff=FUZZY_CUTOFF):
+            near.setdefault(w, difflib.SequenceMatcher(None, qw, w).ratio())
+        close.append(near)
+    hits = []
+    for i, ws in texts.items():
+        have = set(ws)
+        best = [max((r for w, r in near.items() if w in have), default=0.0) for near in close]
+        score = sum(best)
+        if score <= 0:
+            continue
+        if bonus and len(q) > 1:
+            pos: dict[str, list[int]] = {}
+            for n, w in enumerate(ws):
+                pos.setdefault(w, []).append(n)
+            for j in range(len(q) - 1):
+                a = [p for w in close[j] for p in pos.get(w, ())]
+                b = {p for w in close[j + 1] for p in pos.get(w, ())}
+                if any(p + 1 in b or p + 2 in b for p in a):
+                    score += bonus
+        hits.append((i, round(score, 4)))
+    hits.sort(key=lambda h: (-h[1], h[0]))
+    return hits[:k]

@@ -1,0 +1,149 @@
+"""The OCR signal (matchkit/signals/ocr.py) on rendered screenshots.
+
+Needs the tesseract program (Debian ``tesseract-ocr``; CI installs it):
+skipped with that reason where it is missing. Text is drawn large (28 px)
+in PIL's scalable default font, which Tesseract reads reliably.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw, ImageFont
+
+from matchkit import signals
+from matchkit.cli import cli
+from matchkit.config import Settings
+from matchkit.dedupe import dedupe
+from matchkit.signals.ocr import normalise, search_text, text_like_regions
+
+needs_tesseract = pytest.mark.skipif(
+    shutil.which("tesseract") is None,
+    reason="tesseract is not installed (apt-get install tesseract-ocr)")
+
+TEXT_A = ["quarterly invoice summary", "payment received from customer",
+          "delivery address station street", "approved final version today"]
+TEXT_B = ["holiday booking request", "mountain cabin reservation friday",
+          "breakfast included every morning", "welcome party saturday evening"]
+
+
+def screen(lines: list[str]) -> Image.Image:
+    """A made-up app window: the same chrome, a document of ``lines``."""
+    img = Image.new("RGB", (900, 560), (246, 247, 249))
+    d = ImageDraw.Draw(img)
+    small = ImageFont.load_default(size=18)
+    font = ImageFont.load_default(size=28)
+    d.rectangle((0, 0, 900, 40), fill=(44, 62, 80))
+    d.text((14, 10), "Ledger Documents", font=small, fill=(240, 240, 240))
+    d.rectangle((0, 40, 180, 560), fill=(230, 234, 240))
+    for i, item in enumerate(["Inbox", "Drafts", "Archive", "Settings"]):
+        d.text((20, 70 + 40 * i), item, font=small, fill=(50, 60, 70))
+    for i, line in enumerate(lines):
+        d.text((220, 90 + 60 * i), line, font=font, fill=(25, 25, 30))
+    return img
+
+
+@pytest.fixture
+def shots(tmp_path):
+    d = tmp_path / "shots"
+    d.mkdir()
+    a = screen(TEXT_A)
+    a.save(d / "a.png")
+    a.resize((720, 448), Image.Resampling.LANCZOS).save(d / "a_small.jpg", quality=85)
+    screen(TEXT_B).save(d / "b.png")
+    return d
+
+
+def test_words_and_normalise():
+    assert normalise("  Invoice\n 2023\tTOTAL ") == "invoice 2023 total"
+    payloads = {1: json.dumps({"text": "total invoice 2023 amount"}).encode(),
+                2: json.dumps({"text": "invoce from 2023"}).encode(),  # a misread word
+                3: json.dumps({"text": "holiday photos"}).encode(), 4: None}
+    found = search_text(payloads, "Invoice 2023")
+    assert [i for i, _ in found] == [1, 2]  # exact words first, the fuzzy match next
+    assert found[0][1] > found[1][1] > 1.0
+    assert search_text(payloads, "  ") == []
+
+
+def test_gate_skips_a_plain_picture(photo):
+    # A smooth colour field has no text-like regions; a rendered page has many.
+    flat = Image.new("RGB", (400, 300), (120, 160, 200))
+    assert text_like_regions(flat) == 0
+    assert text_like_regions(screen(TEXT_A)) >= 4
+
+
+@needs_tesseract
+def test_veto_on_different_text_and_none_on_copies(shots):
+    sig = signals.get("ocr")
+    pay = {}
+    for name in ("a.png", "a_small.jpg", "b.png"):
+        with Image.open(shots / name) as im:
+            pay[name] = sig.extract(im.convert("RGB"), str(shots / name))
+    text = json.loads(pay["a.png"])["text"]
+    assert "quarterly invoice summary" in text
+    same = sig.pair_evidence(pay["a.png"], pay["a_small.jpg"])
+    other = sig.pair_evidence(pay["a.png"], pay["b.png"])
+    assert same["text_similarity"] >= 0.8 and sig.veto(same) is None
+    assert other["text_similarity"] < 0.3 and other["words_a"] >= 5
+    assert "different text" in sig.veto(other)
+    assert sig.veto(sig.pair_evidence(pay["a.png"], None)) is None  # missing: no say
+
+
+@needs_tesseract
+def test_dedupe_with_ocr_keeps_copies_and_splits_different_text(shots, tmp_path):
+    r = dedupe([shots], settings=Settings(workers=1, signals=("ocr",)))
+    groups = [sorted(os.path.basename(m) for m in c.members) for c in r.clusters]
+    assert ["a.png", "a_small.jpg"] in groups
+    assert not any("b.png" in g for g in groups)
+    ev = r.clusters[0].pairs[0].evidence["signals"]["ocr"]
+    assert ev["text_similarity"] >= 0.8
+
+
+@needs_tesseract
+def test_search_contains_finds_the_image(shots, tmp_path):
+    g = tmp_path / "g"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["index", str(shots), "--gallery", str(g), "--signal", "ocr",
+                            "--no-embed", "--hash-only", "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["search", "--gallery", str(g), "--contains", "cabin reservaton"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    assert os.path.basename(hits[0]["path"]) == "b.png"
+    assert all(os.path.basename(h["path"]) != "b.png" for h in hits[1:])
+    from matchkit.gallery import Gallery
+    from matchkit.search import search
+    hits = search(g, contains="quarterly invoice", k=5)
+    assert {os.path.basename(h.path) for h in hits[:2]} == {"a.png", "a_small.jpg"}
+    # Metadata filters apply: with b.png filtered out, its words find nothing of it.
+    with Gallery(g) as gal:
+        gal.update_meta({i: {"kind": "doc"} for i, rec in gal.images().items()
+                         if not rec.path.endswith("b.png")})
+    hits = search(g, contains="cabin reservation", where=["kind=doc"])
+    assert all(not h.path.endswith("b.png") for h in hits)
+    assert search(g, contains="cabin reservation")[0].path.endswith("b.png")
+
+
+def test_search_contains_needs_ocr_gallery(tmp_path, photo):
+    d = tmp_path / "p"
+    d.mkdir()
+    photo(1).save(d / "x.jpg")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["index", str(d), "--gallery", str(tmp_path / "g"), "--no-embed",
+                               "-q"]).exit_code == 0
+    r = runner.invoke(cli, ["search", "--gallery", str(tmp_path / "g"), "--contains", "x y"])
+    assert r.exit_code == 2
+    assert "--signal ocr" in r.output
+
+
+def test_review_page_shows_signal_evidence_in_words():
+    from matchkit.html_report import _clean_evidence
+
+    ev = _clean_evidence({"rule": "phash", "signals": {"ocr": {
+        "words_a": 40, "words_b": 38, "text_similarity": 0.93}}})
+    assert ev["signals"] == "ocr: text 93% shared (40 and 38 words)"
+    assert ev["rule"] == "phash"
