@@ -23,7 +23,8 @@ A run brings every record up to date instead of searching again:
 - descriptors: each new image's indexed descriptors ask the index which
   stored query descriptors they come within the vote distance of, and are
   merged into those neighbour lists as the index's own search would rank them
-  (at equal distance, the one indexed last first); the votes are counted
+  (at equal distance the smaller key first, as exact and IVF searches rank
+  them; in an approximate HNSW search, the one indexed last); the votes are counted
   again from the lists.
 
 With exact searches (below ``index.EXACT_SEARCH_BELOW`` codes) every record
@@ -66,7 +67,7 @@ from .checkpoint import checkpoint
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
-from .index import HammingIndex
+from .index import EXACT_SEARCH_BELOW, HammingIndex
 from .ivf import IVFIndex
 from .local import Overlap, Verification
 from .framed import framed_pairs, unframed
@@ -197,9 +198,9 @@ def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray, *,
                 by_key: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour lists (ids, dists: rows x k) with new neighbours merged in:
     ``found`` rows are (row, distance, descriptor key). Nearest first; at
-    equal distance the descriptor indexed last ranks first, as the HNSW
-    index's own search ranks them (new ones were indexed after every stored
-    one); ``by_key``: the smaller key first, as the IVF index ranks them."""
+    equal distance the descriptor indexed last ranks first, as an approximate
+    HNSW search ranks them (new ones were indexed after every stored one);
+    ``by_key``: the smaller key first, as exact and IVF searches rank them."""
     k = ids.shape[1]
     found = found[np.lexsort((found[:, 2] if by_key else -found[:, 2], found[:, 1],
                               found[:, 0]))]
@@ -488,7 +489,8 @@ class IncrementalMatcher(PairMatcher):
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
-        touched = _merge_all(lists, hits, by_key=s.vote_index == "ivf")
+        exact = len(self.gallery.orb_index) < EXACT_SEARCH_BELOW
+        touched = _merge_all(lists, hits, by_key=s.vote_index == "ivf" or exact)
         recount = todo if retally else touched
         if not recount:
             return
