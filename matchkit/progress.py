@@ -57,8 +57,8 @@ DEDUPE_PHASES = {
     "add": ("extraction", "files"),
     "embed": ("embeddings", "images"),
     "match": ("candidates", "images"),
-    "cluster": ("clustering", "classes"),
-    "keepers": ("keeper pass", "classes"),
+    "cluster": ("clustering", "distinct images"),
+    "keepers": ("keeper pass", "distinct images"),
     "report": ("report", "clusters"),
     "write": ("writing", "files"),
 }

@@ -47,10 +47,10 @@ def test_dedupe_shows_progress_of_every_phase_with_counts(runner, photo_dir, tmp
     assert r.exit_code == 0, r.output
     lines = [line for line in r.stderr.splitlines() if line.startswith("matchkit: ")]
     for name, unit in (("extraction", "files"), ("candidates", "images"),
-                       ("clustering", "classes"), ("report", "clusters"), ("writing", "files")):
+                       ("clustering", "distinct images"), ("report", "clusters"), ("writing", "files")):
         last = [line for line in lines if line.startswith(f"matchkit: {name} ")][-1]
         done, total = last.split()[2].split("/")
-        assert done == total and last.split()[3].startswith(unit), last
+        assert done == total and " ".join(last.split()[3:]).startswith(unit), last
     assert [line.split()[1] for line in lines] == sorted(  # phases in pipeline order
         (line.split()[1] for line in lines),
         key=["extraction", "candidates", "clustering", "report", "writing"].index)
@@ -74,8 +74,9 @@ def test_phase_progress_on_a_terminal_draws_bars(tmp_path):
     shown.close()
     lines = [line for line in stream.getvalue().splitlines() if line.startswith("matchkit:")]
     assert lines == ["matchkit: extraction 3/3 files", "matchkit: candidates 3/3 images",
-                     "matchkit: clustering 2/2 classes, 4/10 pairs verified",
-                     "matchkit: keeper pass 2 2/2 classes", "matchkit: keeper pass 3 2/2 classes"]
+                     "matchkit: clustering 2/2 distinct images, 4/10 pairs verified",
+                     "matchkit: keeper pass 2 2/2 distinct images",
+                     "matchkit: keeper pass 3 2/2 distinct images"]
     assert "\r" in stream.getvalue()  # bars were drawn
 
 
