@@ -31,7 +31,7 @@ from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, ne
 from .incremental import IncrementalMatcher
 from .match import PairEvidence, PairMatcher
 from .relation import check_level, compose
-from .signals import configured as configured_signals, vetoing
+from .signals import configured as configured_signals, shown as signals_shown, vetoing
 from .report import (MEMBER_RELATIONS_UP_TO, ClusterResult, DedupeReport, MemberRelation,
                      PairResult, SkippedFile)
 
@@ -169,6 +169,12 @@ def dedupe(
             blank=blank,
             roots=[os.path.abspath(p) for p in paths],
         )
+        if settings.signals and clusters:  # what each signal shows of the members
+            path_of = {i: img.path for i, img in gallery.images(added.ids).items()}
+            ids = {p: i for i, p in path_of.items()}
+            member_ids = [ids[m] for c in clusters for m in c.members if m in ids]
+            by_id = signals_shown(gallery, settings.signals, member_ids)
+            report.shown = {path_of[i]: v for i, v in sorted(by_id.items())}
         report.stats = {
             "files": len(files),
             "images": len(added.ids),

@@ -59,6 +59,7 @@ class ImageEntry:
     height: int | None = None
     file_size: int | None = None
     error: str | None = None      # why there is no thumbnail
+    shown: dict[str, str] | None = None  # what the signals show (``DedupeReport.shown``)
 
 
 @dataclass
@@ -291,7 +292,8 @@ def page_data(cards: Sequence[Card], images: dict[str, ImageEntry], *, title: st
         imgs.append({"p": display(path), "n": display(os.path.basename(path)),
                      "d": "" if rel == "." else display(rel),
                      "u": _file_url(path), "t": e.thumb, "w": e.width, "h": e.height,
-                     "s": e.file_size, "e": e.error})
+                     "s": e.file_size, "e": e.error,
+                     **({"x": dict(e.shown)} if e.shown else {})})
     out_cards = []
     for c in cards:
         pairs = [{"a": order[p.a], "b": order[p.b], "s": _clean_float(p.score), "k": p.kind,
@@ -546,6 +548,9 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
                          thumb_side=thumb_side, settings=settings, workers=workers,
                          progress=progress)
     images, pictures = assets.images, assets.pictures
+    for m, shown in (data.get("shown") or {}).items():  # (e.g. the text OCR read)
+        if m in images and isinstance(shown, dict):
+            images[m].shown = {str(k): str(v) for k, v in shown.items()}
 
     cards = report_cards(data, images, pictures, assets_url)
     stats = data.get("stats", {})
@@ -616,6 +621,7 @@ figure.m{margin:0;width:176px;border:2px solid transparent;border-radius:6px;pad
 figure.m.keep{border-color:var(--keep);background:#f1faf3}
 .tb{width:166px;height:166px;display:flex;align-items:center;justify-content:center;background:#eee;border-radius:4px;overflow:hidden}
 .tb img{max-width:166px;max-height:166px;width:auto;height:auto;display:block}
+.shown{font-size:11px;color:#444;background:#f7f8fa;border-left:2px solid var(--line);padding:2px 4px;margin:3px 0;max-height:4.2em;overflow:hidden;word-break:break-word}
 .tb .err{color:var(--warn);font-size:11px;padding:6px;text-align:center}
 figcaption{font-size:12px;margin-top:4px;word-break:break-all}
 .badge{display:inline-block;background:var(--keep);color:#fff;border-radius:3px;padding:0 5px;font-size:11px;font-weight:600;margin-right:4px}
@@ -744,6 +750,7 @@ function figure(c,j,toKeep,eager,idx){
   var nm=el("span","nm",im.n);nm.setAttribute("title",im.p);cap.appendChild(nm);cap.appendChild(el("br"));
   cap.appendChild(el("span","dim",(im.w?im.w+"\\u00d7"+im.h+" \\u00b7 ":"")+kb(im.s)));cap.appendChild(el("br"));
   cap.appendChild(el("span","fold",im.d||"."));
+  if(im.x)Object.keys(im.x).forEach(function(k){var t=el("div","shown",im.x[k]);t.setAttribute("title",k+": "+im.x[k]);cap.appendChild(t)});
   if(toKeep){cap.appendChild(el("br"));var k=kindOf(toKeep);
     cap.appendChild(el("span","sc k-"+k,(toKeep.s!=null?toKeep.s.toFixed(3):"")+" "+k+(toKeep.rel?" \u00b7 "+toKeep.rel:"")))}
   if(R)cap.appendChild(reviewControls(idx,c,j,kp));

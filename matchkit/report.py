@@ -97,6 +97,10 @@ class DedupeReport:
     blank: list[str] = field(default_factory=list)
     #: The scanned paths (absolute): where moves keep relative paths from.
     roots: list[str] = field(default_factory=list)
+    #: What the configured signals show of each cluster member (path ->
+    #: {signal: text}, e.g. the text OCR read); empty without signals, and
+    #: then left out of the JSON.
+    shown: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -105,6 +109,7 @@ class DedupeReport:
             "blank": list(self.blank),
             "roots": list(self.roots),
             "stats": dict(self.stats),
+            **({"shown": dict(self.shown)} if self.shown else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -101,6 +101,20 @@ def test_dedupe_with_ocr_keeps_copies_and_splits_different_text(shots, tmp_path)
     assert not any("b.png" in g for g in groups)
     ev = r.clusters[0].pairs[0].evidence["signals"]["ocr"]
     assert ev["text_similarity"] >= 0.8
+    # The text each member holds is in the JSON and under its picture on the page.
+    shown = json.loads(r.to_json())["shown"]
+    members = r.clusters[0].members
+    assert set(shown) == set(members)
+    assert all("quarterly invoice" in shown[m]["ocr"] for m in members)
+    from matchkit.html_report import write_html_report
+    write_html_report(r, tmp_path / "page.html", thumbnails=False)
+    page = (tmp_path / "page.html").read_text()
+    assert "quarterly invoice" in page and '"x":{"ocr":' in page
+
+
+def test_no_signals_no_shown_key(tmp_path):
+    from matchkit.report import DedupeReport
+    assert "shown" not in DedupeReport().to_dict()
 
 
 @needs_tesseract
@@ -147,3 +161,33 @@ def test_review_page_shows_signal_evidence_in_words():
         "words_a": 40, "words_b": 38, "text_similarity": 0.93}}})
     assert ev["signals"] == "ocr: text 93% shared (40 and 38 words)"
     assert ev["rule"] == "phash"
+
+
+def outlined_caption(text: str) -> Image.Image:
+    """White text drawn with a black outline across a light, noisy photo-like
+    background: the plain white mask holds the background too."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(200, 256, (6, 14, 3), dtype=np.uint8)  # light, smooth blobs
+    img = Image.fromarray(base).resize((700, 300), Image.Resampling.BICUBIC)
+    d = ImageDraw.Draw(img)
+    d.text((30, 120), text, font=ImageFont.load_default(size=40), fill=(255, 255, 255),
+           stroke_width=3, stroke_fill=(0, 0, 0))
+    return img
+
+
+def test_caption_masks_keep_an_outlined_caption_not_its_light_background():
+    import numpy as np
+
+    from matchkit.signals.ocr import _caption_masks
+
+    img = outlined_caption("station quarterly delivery")
+    rgb = np.asarray(img)
+    white, _, light_near_dark, _ = _caption_masks(rgb)
+    band = np.zeros(white.shape, bool)
+    band[110:180, 20:690] = True  # where the caption is drawn
+    # The plain white mask is mostly background; the outline mask is the caption.
+    assert white[~band].sum() > 2 * white[band].sum()
+    assert light_near_dark[band].sum() > 10 * max(1, light_near_dark[~band].sum())
+

@@ -13,7 +13,9 @@ only through this interface; it loops over the names in
 - pair decisions (``dedupe.find_clusters`` through :func:`vetoing`): a pair
   the other signals matched or would verify is refused when a configured
   signal vetoes it; its evidence goes into the pair's ``extra["signals"]``;
-- report pages: ``Signal.describe(evidence)`` for each signal's evidence.
+- report pages: ``Signal.describe(evidence)`` for each signal's evidence,
+  and ``Signal.show(payload)`` under each image (:func:`shown`; the text an
+  image holds, say), kept in the report's JSON as ``shown``.
 
 Signals register like timm/open_clip models, by name::
 
@@ -76,6 +78,11 @@ class Signal:
     def describe(self, evidence: dict[str, float | None]) -> str:
         """One line for report pages."""
         return ", ".join(f"{k} {v}" for k, v in evidence.items() if v is not None)
+
+    def show(self, payload: bytes | None) -> str | None:
+        """What report pages show under an image of its payload (plain text,
+        short), or None: nothing worth showing."""
+        return None
 
     def search(self, gallery, query: str, ids: Sequence[int] | None = None,
                k: int = 10) -> list[tuple[int, float]]:
@@ -244,6 +251,19 @@ def describe(signal_evidence: dict | None) -> str:
             text = ", ".join(f"{k} {v}" for k, v in ev.items())
         parts.append(f"{name}: {text}")
     return "; ".join(parts)
+
+
+def shown(gallery, names: Sequence[str], ids: Sequence[int]) -> dict[int, dict[str, str]]:
+    """image id -> {signal name: what ``Signal.show`` says of its payload}
+    for the configured signals ``names``; images with nothing to show are left out."""
+    out: dict[int, dict[str, str]] = {}
+    for name in names:
+        sig = get(name)
+        for i, payload in gallery.signal_payloads(name, list(ids)).items():
+            text = sig.show(payload)
+            if text:
+                out.setdefault(i, {})[name] = text
+    return out
 
 
 # -- built-in signals: one line each -----------------------------------------
