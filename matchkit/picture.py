@@ -130,11 +130,34 @@ def shared_frame(picture: Overlap | None, inliers: int, inner: float = 1.0) -> b
                      and picture.correlation >= RIM_CORRELATION))
 
 
-def picture_proves_copy(picture: Overlap | None, inliers: int) -> bool:
-    """The shared picture agrees pixel for pixel, whatever surrounds it."""
+#: A picture under ``PICTURE_SHARE`` may still be the shared picture rather
+#: than a sticker: ORB keypoints crowd on its most textured part (two photos
+#: of one print or screen: 40-230 inliers within 2-5% of each frame, the
+#: rest of the picture too smooth or too differently lit to match). Alone
+#: that proves nothing (a shared sticker looks the same), but it supports a
+#: join of two clusters that a matched pair already links
+#: (``dedupe.find_clusters``), with at least this many inliers (false pairs
+#: of the recapture calib half, every candidate verified: at most 27, all on
+#: a shared monitor frame).
+DENSE_INLIERS = 40
+
+
+def agrees(picture: Overlap | None, inliers: int) -> bool:
+    """The picture the inliers span agrees pixel for pixel (of any size)."""
     return (judged(picture) and inliers >= PICTURE_INLIERS
             and picture.agreement >= PICTURE_AGREEMENT
-            and picture.correlation >= PICTURE_CORRELATION
+            and picture.correlation >= PICTURE_CORRELATION)
+
+
+def dense_picture(picture: Overlap | None, inliers: int) -> bool:
+    """Many inliers on a part of the picture that agrees, however small:
+    one picture shown twice, or one sticker on two pictures."""
+    return inliers >= DENSE_INLIERS and agrees(picture, inliers)
+
+
+def picture_proves_copy(picture: Overlap | None, inliers: int) -> bool:
+    """The shared picture agrees pixel for pixel, whatever surrounds it."""
+    return (agrees(picture, inliers)
             and min(picture.coverage_a, picture.coverage_b) >= PICTURE_SHARE)
 
 

@@ -172,3 +172,23 @@ def test_framed_pairs_pair_a_recapture_with_its_original_only():
                                                   degrees=30)))
     found = framed_pairs(HammingIndex(256, threads=1), {9: photo, 10: other}, {}, [10])
     assert set(found[10]) == {9}
+
+
+
+def test_a_dense_agreeing_picture_of_any_size_backs_a_join_but_proves_no_copy():
+    from matchkit.local import Overlap
+    from matchkit.picture import DENSE_INLIERS, dense_picture, picture_proves_copy
+
+    # Two photos of one print: the keypoints crowd on its one textured part,
+    # 3% of each frame, whose pixels agree (a shared sticker looks the same).
+    small = Overlap(correlation=0.98, agreement=1.0, coverage_a=0.03, coverage_b=0.03)
+    assert not picture_proves_copy(small, 200)
+    assert dense_picture(small, 200)
+    # Few inliers (a shared monitor frame's corner) or pixels that differ: no.
+    assert not dense_picture(small, DENSE_INLIERS - 1)
+    assert not dense_picture(Overlap(correlation=0.5, agreement=0.6, coverage_a=0.03,
+                                     coverage_b=0.03), 200)
+    assert not dense_picture(None, 200)
+    # A large enough picture proves the copy by itself, as before.
+    assert picture_proves_copy(Overlap(correlation=0.98, agreement=1.0, coverage_a=0.3,
+                                       coverage_b=0.3), 30)
