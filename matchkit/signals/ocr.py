@@ -94,8 +94,8 @@ def words(text: str, min_len: int = 1) -> list[str]:
 def text_like_regions(image) -> int:
     """How many text-line-like regions a (PIL) image has, on a copy of
     ``GATE_SIDE`` pixels: short, wide clusters (joined along rows) of strong
-    edges (a morphological gradient), of near-white or of near-black pixels
-    (captions), half-filled as glyphs are."""
+    edges (a morphological gradient) or of a caption mask's pixels
+    (``_caption_masks``), half-filled as glyphs are."""
     import cv2
 
     rgb = np.asarray(image.convert("RGB"))
@@ -106,7 +106,7 @@ def text_like_regions(image) -> int:
                          interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     grad = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-    layers = [grad >= 60, rgb.min(axis=2) >= WHITE_FILL, rgb.max(axis=2) <= BLACK_FILL]
+    layers = [grad >= 60, *_caption_masks(rgb)]  # (edges; plain and outlined captions)
     row = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 1))
     H = grey.shape[0]
     count = 0
