@@ -162,7 +162,8 @@ def dedupe(
             make_matcher=make_matcher if incremental or run else None, progress=on_progress)
         for m in made:
             m.save()
-        blank = sorted(img.path for img in gallery.images(added.ids).values() if img.blank)
+        rows = gallery.images(added.ids)
+        blank = sorted(img.path for img in rows.values() if img.blank)
         report = DedupeReport(
             clusters=clusters,
             skipped=[SkippedFile(s.path, s.reason)  # in path order, as given or not
@@ -171,11 +172,10 @@ def dedupe(
             roots=[os.path.abspath(p) for p in paths],
         )
         if settings.signals and clusters:  # what each signal shows of the members
-            path_of = {i: img.path for i, img in gallery.images(added.ids).items()}
-            ids = {p: i for i, p in path_of.items()}
+            ids = {img.path: i for i, img in rows.items()}
             member_ids = [ids[m] for c in clusters for m in c.members if m in ids]
             by_id = signals_shown(gallery, settings.signals, member_ids)
-            report.shown = {path_of[i]: v for i, v in sorted(by_id.items())}
+            report.shown = {rows[i].path: v for i, v in sorted(by_id.items())}
         report.stats = {
             "files": len(files),
             "images": len(added.ids),
