@@ -30,6 +30,7 @@ from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, ne
                      same_pixels_criteria, sort_key)
 from .incremental import IncrementalMatcher
 from .match import PairEvidence, PairMatcher
+from ._cvthreads import single_opencv_thread
 from .picture import dense_picture
 from .relation import check_level, compose
 from .signals import configured as configured_signals, shown as signals_shown, vetoing
@@ -240,6 +241,7 @@ JOIN_ASK_ALL = 4
 KEEPER_PASSES = 5
 
 
+@single_opencv_thread
 def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None,
                   policy: KeeperPolicy = KeeperPolicy(), make_matcher=None, progress=None
                   ) -> tuple[list[ClusterResult], int, int]:

@@ -77,13 +77,11 @@ def frame_quads(thumb: np.ndarray) -> list[np.ndarray]:
             break
         edges = cv2.dilate(cv2.Canny(blurred, lo, hi), kernel)
         contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-        large = False
-        for c in contours:
-            # (A contour's bounding box holds its area: most are small.)
-            _, _, bw, bh = cv2.boundingRect(c)
-            if bw * bh < MIN_AREA * area:
-                continue
-            large = True
+        # A contour's bounding box holds its area: most (hundreds per photo)
+        # are too small, found at once from all their points together.
+        wide = _boxes_at_least(contours, MIN_AREA * area)
+        large = bool(len(wide))
+        for c in (contours[n] for n in wide):
             if cv2.contourArea(c) < MIN_AREA * area:
                 continue
             hull = cv2.convexHull(c)
@@ -100,6 +98,20 @@ def frame_quads(thumb: np.ndarray) -> list[np.ndarray]:
                 break
     found.sort(key=lambda item: -item[0])
     return [q for _, q in found[:MAX_QUADS]]
+
+
+def _boxes_at_least(contours, least: float) -> np.ndarray:
+    """Indices of the contours whose bounding box (as ``cv2.boundingRect``)
+    covers at least ``least`` pixels, in order."""
+    if not contours:
+        return np.zeros(0, np.int64)
+    lengths = np.fromiter((len(c) for c in contours), np.int64, len(contours))
+    points = np.concatenate(contours).reshape(-1, 2)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    lo = np.minimum.reduceat(points, starts, axis=0).astype(np.int64)
+    hi = np.maximum.reduceat(points, starts, axis=0).astype(np.int64)
+    size = hi - lo + 1
+    return np.flatnonzero(size[:, 0] * size[:, 1] >= least)
 
 
 def _trim(grey: np.ndarray) -> tuple[int, int, int, int]:
@@ -206,7 +218,7 @@ def framed_pairs(index, pictures: dict[int, np.ndarray], plain: dict[int, np.nda
         _collect(out, np.concatenate(mine_owner), keys, dists, allowed, max_distance)
     if rows:
         codes, code_owner = np.concatenate(rows), np.concatenate(row_owner)
-        pics = HammingIndex(codes.shape[1] * 8, threads=1)
+        pics = HammingIndex(codes.shape[1] * 8)
         pics.add(np.arange(len(codes)), codes)
         k = min(len(codes), neighbours + 2 * MAX_QUADS)
         for q, q_owner in ((mine, mine_owner), (own, own_owner)):
