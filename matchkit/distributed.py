@@ -167,9 +167,9 @@ class ShardServer:
     def save(self) -> None:
         self.gallery.save()
 
-    def index_info(self, name: str) -> tuple[int, int]:
+    def index_info(self, name: str) -> tuple[int, int, bool]:
         index = getattr(self.gallery, f"{name}_index")
-        return index.nbits, len(index)
+        return index.nbits, len(index), bool(getattr(index, "ranks_ties_by_key", False))
 
     def search(self, name: str, codes, k: int):
         """k nearest of each code, compactly: keys as int32 when they fit,
@@ -200,8 +200,10 @@ class RemoteIndex:
     shards it holds."""
 
     def __init__(self, actor, name: str, nbits: int, size: int, stats: "Work", node: str,
-                 driver_node: str, sent: dict):
+                 driver_node: str, sent: dict, ranks_ties_by_key: bool = False):
         self.actor, self.name, self.nbits, self.size, self.stats = actor, name, nbits, size, stats
+        #: The actor's index's ``ranks_ties_by_key`` when this view was made.
+        self.ranks_ties_by_key = ranks_ties_by_key
         self.node, self.driver_node, self.sent = node, driver_node, sent
 
     def __len__(self) -> int:
@@ -450,8 +452,8 @@ class RayRun:
         infos = _ray().get([a.index_info.remote(name) for a in self.actors])
         sent: dict = {}
         here = _node()
-        return [RemoteIndex(a, name, nbits, size, self.work, node, here, sent)
-                for a, (nbits, size), node in zip(self.actors, infos, self.shard_nodes)]
+        return [RemoteIndex(a, name, nbits, size, self.work, node, here, sent, by_key)
+                for a, (nbits, size, by_key), node in zip(self.actors, infos, self.shard_nodes)]
 
     def add(self, paths: Iterable[str | os.PathLike],
             progress: Callable[[int], None] | None = None, chunk: int | None = None) -> AddReport:

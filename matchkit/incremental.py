@@ -27,7 +27,8 @@ A run brings every record up to date instead of searching again:
   them; in an approximate HNSW search, the one indexed last); the votes are counted
   again from the lists.
 
-With exact searches (below ``index.EXACT_SEARCH_BELOW`` codes) every record
+With exact searches (an index whose ``ranks_ties_by_key``: below
+``index.EXACT_SEARCH_BELOW`` codes per index or shard, or IVF) every record
 is then what a search now would return, so the candidate pairs, distances,
 votes, crowd and "verify top" sets are those of a full run. Pairs between
 two images whose neighbourhood did not change reuse their stored evidence
@@ -67,7 +68,7 @@ from .checkpoint import checkpoint
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
-from .index import EXACT_SEARCH_BELOW, HammingIndex
+from .index import HammingIndex
 from .ivf import IVFIndex
 from .local import Overlap, Verification
 from .framed import framed_pairs, unframed
@@ -489,8 +490,8 @@ class IncrementalMatcher(PairMatcher):
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
-        exact = len(self.gallery.orb_index) < EXACT_SEARCH_BELOW
-        touched = _merge_all(lists, hits, by_key=s.vote_index == "ivf" or exact)
+        touched = _merge_all(lists, hits, by_key=s.vote_index == "ivf" or bool(
+            getattr(self.gallery.orb_index, "ranks_ties_by_key", False)))
         recount = todo if retally else touched
         if not recount:
             return

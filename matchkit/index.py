@@ -45,6 +45,14 @@ class HammingIndex:
     def __contains__(self, key: int) -> bool:
         return bool(self._index.contains(int(key)))
 
+    @property
+    def ranks_ties_by_key(self) -> bool:
+        """Whether ``search`` orders equal distances by key (exact searches,
+        below ``EXACT_SEARCH_BELOW`` codes; a graph search's order among them
+        is its own). Incremental matching merges new neighbours into stored
+        lists by the same rule, so that they equal a search from scratch."""
+        return len(self._index) < EXACT_SEARCH_BELOW
+
     def keys(self) -> np.ndarray:
         """Every key in the index (int64, unordered)."""
         return np.asarray(self._index.keys, dtype=np.int64)

@@ -158,6 +158,9 @@ class IVFIndex:
     ``index.HammingIndex`` (same ``search`` result shapes and padding)."""
 
     nbits = 256
+    #: Equal distances come back smaller key first (``index.HammingIndex``'s
+    #: exact searches do the same).
+    ranks_ties_by_key = True
 
     def __init__(self, vocabulary: Vocabulary | None = None, *, probes: int = 1):
         self.vocab = vocabulary if vocabulary is not None else default_vocabulary()

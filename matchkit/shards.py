@@ -255,6 +255,14 @@ class MergedIndex:
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
 
+    @property
+    def ranks_ties_by_key(self) -> bool:
+        """Whether equal distances come back in key order: always when parts
+        are merged (by distance, then key), else as the one part does. Not
+        from the total size: three shards of 10,000 codes each are searched
+        exactly, though together they pass ``index.EXACT_SEARCH_BELOW``."""
+        return len(self.parts) > 1 or bool(getattr(self.parts[0], "ranks_ties_by_key", False))
+
     def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.parts) == 1:
             return _result(self.parts[0], codes, k)()

@@ -285,3 +285,62 @@ def test_an_original_added_after_its_recaptures_is_paired_by_their_framed_pictur
                    gallery.match_records(settings_key(settings)).items()}
     assert records[ids["print.jpg"]]["fh"]  # the print's picture, kept
     assert ids["print.jpg"] in {j for j, _ in records[ids["z-original.png"]]["fr"]}
+
+
+def test_indexes_say_whether_they_rank_ties_by_key(monkeypatch):
+    """Exact searches (per index, or per shard) and IVF rank equal distances
+    by key; a graph search does not; merged shards do (by distance, then
+    key), whatever their total size."""
+    import numpy as np
+
+    from matchkit import index
+    from matchkit.index import HammingIndex
+    from matchkit.ivf import IVFIndex
+    from matchkit.shards import MergedIndex
+
+    rng = np.random.default_rng(1)
+    parts = []
+    for p in range(3):
+        part = HammingIndex(256)
+        part.add(np.arange(p * 40, p * 40 + 40), rng.integers(0, 256, (40, 32), dtype=np.uint8))
+        parts.append(part)
+    monkeypatch.setattr(index, "EXACT_SEARCH_BELOW", 100)  # each part below, all three above
+    assert all(p.ranks_ties_by_key for p in parts)
+    assert MergedIndex(parts).ranks_ties_by_key
+    monkeypatch.setattr(index, "EXACT_SEARCH_BELOW", 30)  # graph searches now
+    assert not parts[0].ranks_ties_by_key and not MergedIndex(parts[:1]).ranks_ties_by_key
+    assert MergedIndex(parts).ranks_ties_by_key
+    assert IVFIndex().ranks_ties_by_key
+
+
+def test_a_sharded_add_matches_a_sharded_run_from_scratch(sets, tmp_path, monkeypatch):
+    """Shards each searched exactly while together they pass the exact-search
+    size: the add merges new neighbours by key, as the shards rank them."""
+    from matchkit import incremental, index
+    from matchkit.shards import ShardedGallery
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    with ShardedGallery(tmp_path / "probe", shards=2) as g:
+        dedupe([folder], gallery=g, settings=Settings(workers=1))
+        sizes = [len(p.orb_index) for p in g.parts]
+    for module in (index, incremental):  # (wherever the size is read)
+        monkeypatch.setattr(module, "EXACT_SEARCH_BELOW", max(sizes) + 1, raising=False)
+    assert sum(sizes) >= index.EXACT_SEARCH_BELOW  # the whole would be a graph search
+
+    for f in new.iterdir():
+        (folder / f.name).unlink()
+    dedupe([folder], gallery=tmp_path / "g", shards=2, settings=Settings(workers=1))
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    merge, asked = incremental._merge_all, []
+    monkeypatch.setattr(incremental, "_merge_all",
+                        lambda *a, by_key=False: asked.append(by_key) or merge(*a, by_key=by_key))
+    grown = dedupe([folder], gallery=tmp_path / "g", shards=2, settings=Settings(workers=1))
+    assert asked and all(asked)  # merged as the shards' exact searches rank
+    fresh = dedupe([folder], gallery=tmp_path / "fresh", shards=2, settings=Settings(workers=1))
+    assert grown.stats["pairs_reused"] > 0
+    assert _content(grown) == _content(fresh)
