@@ -6,7 +6,9 @@ would also split each call over its own pool of one thread per core: on two
 cores the threads then wait on each other. Measured on the hard eval half
 (clustering 3,177 images on two cores): with OpenCV's pool, 10.2 s of system
 time and 61k involuntary context switches; with one OpenCV thread, 2.8 s and
-5.6k, the same wall time and 9 s less CPU.
+5.6k, the same wall time and 9 s less CPU. Checking 400 of its images
+against the hard calib half: 17 s of system time with OpenCV's pool, 7 s
+without, the same results.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
+from ._cvthreads import single_opencv_thread
 from .relation import check_level
 from ._fs import atomic_write_bytes
 from .config import Settings
@@ -199,6 +200,7 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
     return out
 
 
+@single_opencv_thread
 def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLike], *,
           k: int = DEFAULT_K, include_all: bool = False, settings: Settings | None = None,
           scorer: Scorer | None = None, threshold: float = MATCH_STRENGTH_THRESHOLD,
