@@ -1,0 +1,117 @@
+"""Speed of two checkouts of matchkit, back to back on the same sets.
+
+Issue 13 asks that the engine stay within 10% of the speed of commit a26e2d7
+on the eval halves. On this shared 2-core machine one run's wall time moves
+by 10-25% from run to run (the same commit, minutes apart), so one pair of
+runs settles nothing: this script alternates the checkouts for several
+rounds (the order flips every round, so neither always runs second) and
+reports per-run numbers and the median of each, with their ratio.
+
+Each run is ``python -m matchkit.cli dedupe SET --json OUT -q`` in its own
+process with ``PYTHONPATH`` set to the checkout; wall and CPU (user + system
+of that process and the workers it waited for) come from ``wait4``; pairs,
+precision and recall are scored against the set's truth, so a faster
+checkout that finds other pairs shows it.
+
+Usage (checkouts from ``git worktree add /tmp/sp-X X``):
+    python benchmarks/ab_speed.py /tmp/sp-NEW /tmp/sp-a26e2d7 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+from bench_dedupe import load_set  # noqa: E402
+
+
+def _commit(checkout: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return checkout.name
+
+
+def run_once(checkout: Path, folder: Path, truth: set, tmp: Path) -> dict:
+    out = tmp / "run.json"
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    load = os.getloadavg()[0]
+    m = C.run_measured_cpu([sys.executable, "-m", "matchkit.cli", "dedupe", str(folder),
+                            "--json", str(out), "-q"], env=env, cwd=tmp)
+    if m["rc"]:
+        raise SystemExit(f"matchkit at {checkout} failed ({m['rc']})")
+    score = C.score(C.pairs_from_groups(C.clusters_from_json(out)), truth)
+    return {"load_1min": round(load, 2), "pairs_found": score["pairs_found"],
+            "precision": score["precision"], "recall": score["recall"],
+            "wall_s": m["wall_s"], "cpu_s": m["cpu_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Example: python benchmarks/ab_speed.py "
+                                        "/tmp/sp-NEW /tmp/sp-a26e2d7 --rounds 3")
+    ap.add_argument("new", type=Path, help="checkout of the commit measured")
+    ap.add_argument("old", type=Path, help="checkout of the commit compared with")
+    ap.add_argument("--sets", default="transformed,hard", help="comma-separated set kinds")
+    ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = ap.parse_args()
+    for c in (args.new, args.old):
+        if not (c / "matchkit" / "__init__.py").exists():
+            ap.error(f"{c} is not a matchkit checkout")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    names = {args.new: _commit(args.new), args.old: _commit(args.old)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.sets.split(","):
+            ns = argparse.Namespace(set=kind, photos=C.DEFAULT_PHOTOS, split=args.split,
+                                    limit=None)
+            _, folder, _, truth = load_set(ns)
+            for r in range(1, args.rounds + 1):
+                order = (args.new, args.old) if r % 2 else (args.old, args.new)
+                for c in order:
+                    row = {"set": kind, "round": r, "commit": names[c],
+                           **run_once(c, folder, truth, Path(tmp))}
+                    print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+                    rows.append(row)
+    cols = ["set", "round", "commit", "load_1min", "pairs_found", "precision", "recall",
+            "wall_s", "cpu_s"]
+    summary = []
+    for kind in args.sets.split(","):
+        med = {}
+        for c in (args.new, args.old):
+            mine = [r for r in rows if r["set"] == kind and r["commit"] == names[c]]
+            med[c] = {k: statistics.median(r[k] for r in mine) for k in ("wall_s", "cpu_s")}
+        summary.append({"set": kind, "new": names[args.new], "old": names[args.old],
+                        "new_wall_s": med[args.new]["wall_s"], "old_wall_s": med[args.old]["wall_s"],
+                        "wall_ratio": round(med[args.new]["wall_s"] / med[args.old]["wall_s"], 3),
+                        "new_cpu_s": med[args.new]["cpu_s"], "old_cpu_s": med[args.old]["cpu_s"],
+                        "cpu_ratio": round(med[args.new]["cpu_s"] / med[args.old]["cpu_s"], 3)})
+    text = C.table(rows, cols)
+    medians = C.table(summary, list(summary[0]))
+    print(text + "\n\nMedians over rounds, new / old:\n\n" + medians)
+    if not args.no_write:
+        body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {args.sets} "
+                f"--split {args.split} --rounds {args.rounds}` (worktrees of {names[args.new]} "
+                f"and {names[args.old]}; each run `matchkit dedupe SET --json OUT -q` in its own "
+                f"process, the checkouts alternating, the order flipped every round; CPU is user "
+                f"+ system of that process and the workers it waited for).\n\n{text}\n\n"
+                f"Medians over rounds, new / old:\n\n{medians}\n")
+        C.write_section(f"speed: {names[args.new]} vs {names[args.old]} ({args.split} halves, "
+                        f"{args.rounds} rounds)", body)
+
+
+if __name__ == "__main__":
+    main()
