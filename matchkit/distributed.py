@@ -169,7 +169,7 @@ class ShardServer:
 
     def index_info(self, name: str) -> tuple[int, int, bool]:
         index = getattr(self.gallery, f"{name}_index")
-        return index.nbits, len(index), bool(getattr(index, "ranks_ties_by_key", False))
+        return index.nbits, len(index), index.ranks_ties_by_key
 
     def search(self, name: str, codes, k: int):
         """k nearest of each code, compactly: keys as int32 when they fit,

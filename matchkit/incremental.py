@@ -490,8 +490,7 @@ class IncrementalMatcher(PairMatcher):
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
-        touched = _merge_all(lists, hits, by_key=s.vote_index == "ivf" or bool(
-            getattr(self.gallery.orb_index, "ranks_ties_by_key", False)))
+        touched = _merge_all(lists, hits, by_key=self.gallery.orb_index.ranks_ties_by_key)
         recount = todo if retally else touched
         if not recount:
             return

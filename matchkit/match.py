@@ -439,12 +439,9 @@ class PairMatcher:
         out = {}
         for start in range(0, len(ids), 512):
             checkpoint()
-            part = []
             for i in ids[start:start + 512]:
                 lf = self.cache.get(i)
-                if lf is not None:
-                    part.append((i, lf[1]))
-            for i, h in ((i, picture_hashes(t)) for i, t in part):
+                h = picture_hashes(lf[1]) if lf is not None else ()
                 if len(h):
                     out[i] = h
         return out

@@ -245,8 +245,9 @@ def add_files(stores: Sequence[Gallery], paths: Iterable[str | os.PathLike], set
 class MergedIndex:
     """The k nearest codes over several shards' indexes: each shard's k
     nearest, merged by (distance, key). A part is a ``HammingIndex`` or
-    anything with ``nbits``, ``__len__`` and ``search_async(codes, k)``
-    returning a function that gives the result (an index in another process)."""
+    anything with ``nbits``, ``ranks_ties_by_key``, ``__len__`` and
+    ``search_async(codes, k)`` returning a function that gives the result (an
+    index in another process)."""
 
     def __init__(self, parts: Sequence):
         self.parts = list(parts)
@@ -261,7 +262,7 @@ class MergedIndex:
         are merged (by distance, then key), else as the one part does. Not
         from the total size: three shards of 10,000 codes each are searched
         exactly, though together they pass ``index.EXACT_SEARCH_BELOW``."""
-        return len(self.parts) > 1 or bool(getattr(self.parts[0], "ranks_ties_by_key", False))
+        return len(self.parts) > 1 or self.parts[0].ranks_ties_by_key
 
     def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.parts) == 1:
