@@ -542,11 +542,12 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
             facts.clear()
             ranks.clear()
         stars = join_clusters(stars)
+        # Evidence between two classes: the strongest matched pair of their members.
+        class_edge = {k: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
+                      for k, evs in between.items() if any(ev.rule for ev in evs)}
+        matcher.settle_relations(_reported_edges(stars, classes, class_edge))
     finally:
         matcher.close()
-    # Evidence between two classes: the strongest matched pair of their members.
-    class_edge = {k: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
-                  for k, evs in between.items() if any(ev.rule for ev in evs)}
     in_star = {m for s in stars for m in s.members}
     # Exact classes with no near neighbour are clusters on their own.
     stars += [Star(r, [r]) for r, g in classes.items() if len(g) > 1 and r not in in_star]
@@ -570,11 +571,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                                             relation="exact" if same else "same-pixels"))
                     n_exact += 1
                 else:
-                    # A member joined with its cluster (``join_clusters``)
-                    # may not match the keeper: its best pair in the cluster.
-                    ev = class_edge.get(key(keep, r)) or max(
-                        (class_edge[key(o, r)] for o in s.members
-                         if o != r and key(o, r) in class_edge), key=PairEvidence.score)
+                    ev = _member_edge(s, r, class_edge)
                     near = images[keep] if ev is class_edge.get(key(keep, r)) else images[
                         rep[ev.a] if rep[ev.a] != r else rep[ev.b]]
                     pairs.append(PairResult(near.path, images[m].path, ev.score(),
@@ -600,6 +597,29 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         progress("report", len(stars), len(stars))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near
+
+
+def _member_edge(star: Star, r: int, class_edge: dict) -> PairEvidence:
+    """The evidence that puts class ``r`` in ``star``: its pair with the
+    keeper, or (a class joined with its cluster by ``join_clusters``, which
+    need not match the keeper) its best pair in the cluster."""
+    keep = star.keeper
+    return class_edge.get((keep, r) if keep < r else (r, keep)) or max(
+        (class_edge[(o, r) if o < r else (r, o)] for o in star.members
+         if o != r and ((o, r) if o < r else (r, o)) in class_edge), key=PairEvidence.score)
+
+
+def _reported_edges(stars: list[Star], classes: dict, class_edge: dict) -> list[PairEvidence]:
+    """The pairs whose relations the report will name: each member class's
+    ``_member_edge`` and, in clusters small enough for ``_member_relations``,
+    every matched pair between two member classes."""
+    out = []
+    for s in stars:
+        out += [_member_edge(s, r, class_edge) for r in s.members[1:]]
+        if sum(len(classes[r]) for r in s.members) <= MEMBER_RELATIONS_UP_TO:
+            out += [class_edge[k] for x, y in combinations(s.members[1:], 2)
+                    if (k := (x, y) if x < y else (y, x)) in class_edge]
+    return out
 
 
 def _member_relations(star, keep: int, classes: dict, images: dict, pairs: list[PairResult],

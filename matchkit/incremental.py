@@ -775,6 +775,10 @@ class IncrementalMatcher(PairMatcher):
             self._changed_rows.add(k)
         return out
 
+    def _unsettled(self, ev: PairEvidence) -> bool:
+        row = self._rows.get(self._kind(ev))
+        return row is None or row.relation is None
+
     def settle_relation(self, ev: PairEvidence) -> str | None:
         k = self._kind(ev)
         row = self._rows.get(k)

@@ -12,6 +12,7 @@ replace them (issue: calibration).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -461,6 +462,8 @@ class PairMatcher:
         self.paths = {i: img.path for i, img in stored.items()}
         self._full_digests: dict[int, str | None] = {}
         self._picture_shares: dict[int, float] = {}
+        #: id -> pair whose relation ``settle_relation`` has settled.
+        self._settled: dict[int, PairEvidence] = {}
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self.formats = {i: img.format for i, img in stored.items()}
         self._lightness: dict[int, float | None] = {}
@@ -721,10 +724,40 @@ class PairMatcher:
         return self._full_digests[image_id]
 
     def settle_relation(self, ev: PairEvidence) -> str | None:
-        """The pair's relation, with ``settle_global_relation`` applied."""
-        settle_global_relation(ev, self.cache.get(ev.a), self.cache.get(ev.b),
-                               (self.sizes.get(ev.a), self.sizes.get(ev.b)))
+        """The pair's relation, with ``settle_global_relation`` applied (once
+        per pair: a report asks for one pair's relation many times, as a
+        keeper pair and between members)."""
+        if self._settled.get(id(ev)) is not ev:
+            settle_global_relation(ev, self.cache.get(ev.a), self.cache.get(ev.b),
+                                   (self.sizes.get(ev.a), self.sizes.get(ev.b)))
+            self._settled[id(ev)] = ev  # (kept alive here, so the id stays its own)
         return ev.relation()
+
+    def settle_relations(self, evidence: Iterable[PairEvidence]) -> None:
+        """``settle_relation`` of many pairs at once, on the worker threads
+        (the thumbnail comparison is OpenCV work that drops the GIL), before a
+        report asks for them one by one. Features are read on this thread."""
+        todo = {id(ev): ev for ev in evidence
+                if self._settled.get(id(ev)) is not ev and self._unsettled(ev)}
+        items = [(ev, self.cache.get(ev.a), self.cache.get(ev.b)) for ev in todo.values()]
+
+        def work(item) -> None:
+            ev, fa, fb = item
+            settle_global_relation(ev, fa, fb, (self.sizes.get(ev.a), self.sizes.get(ev.b)))
+
+        pool = self._pool if len(items) > 1 else None
+        if pool is None:
+            for item in items:
+                work(item)
+        else:
+            list(pool.map(work, items, chunksize=max(1, len(items) // 16)))
+        for ev, _, _ in items:
+            self._settled[id(ev)] = ev
+
+    def _unsettled(self, ev: PairEvidence) -> bool:
+        """Whether ``settle_relation`` has anything to compute for ``ev``
+        (subclasses that store relations know more)."""
+        return True
 
     def content_mask(self, image_id: int, thumb: np.ndarray | None = None) -> np.ndarray | None:
         """Where the picture is, in thumbnail pixels (None: everywhere): a

@@ -198,6 +198,31 @@ def test_every_member_pair_of_a_small_cluster_has_a_relation(photo_dir):
     assert flip_small["relation"] == "edited"  # a flipped copy is an edit of any copy
 
 
+def test_relations_are_settled_once_each_on_any_number_of_workers(photo_dir, monkeypatch):
+    """A report asks for a pair's relation as a keeper pair and again between
+    members; the thumbnail comparison behind it runs once per pair, and on
+    worker threads it gives what it gives on one thread."""
+    from matchkit import match
+
+    calls = []
+    real = match.settle_global_relation
+
+    def counted(ev, *a, **kw):
+        calls.append(id(ev))
+        return real(ev, *a, **kw)
+
+    monkeypatch.setattr(match, "settle_global_relation", counted)
+    reports = {}
+    for workers in (1, 2):
+        calls.clear()
+        data = json.loads(dedupe([photo_dir], settings=Settings(workers=workers)).to_json())
+        assert calls and len(calls) == len(set(calls))
+        reports[workers] = [(c["keep"], sorted((p["a"], p["b"], p["relation"]) for p in c["pairs"]),
+                             sorted((p["a"], p["b"], p["relation"]) for p in c["member_relations"]))
+                            for c in data["clusters"]]
+    assert reports[1] == reports[2]
+
+
 def test_relations_compose_to_the_looser_one():
     from matchkit.relation import compose
 
@@ -243,6 +268,9 @@ class _TableMatcher:
 
     def settle_relation(self, ev):
         return "recapture"
+
+    def settle_relations(self, evidence):
+        pass
 
     def close(self):
         pass
