@@ -12,7 +12,7 @@ replace them (issue: calibration).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -394,9 +394,16 @@ class PairMatcher:
             **self._phash_limits())
         pairs: dict[tuple[int, int], int] = dict(found.pairs)
         votes: dict[tuple[int, int], float] = {}
+        pictures: dict[int, np.ndarray] = {}
         if settings.local_features:
-            self.templated = _content_features(ids, self.paths, found, self.cache, settings,
+            closer = _content_features_started(ids, self.paths, found, self.cache, settings,
                                                self._masks, self._pool)
+            # While the pool looks closer at templated images (decodes and
+            # ORB, outside the GIL), this thread hashes the pictures inside
+            # frames (work that holds the GIL): the two overlap.
+            look = [i for i in ids if not unframed(found.nearest.get(i), settings)]
+            pictures = self.picture_hashes(look)
+            self.templated = closer()
             votes = self.vote_search(ids, allowed)
             for pair in votes:
                 pairs.setdefault(pair, -1)  # distance filled in below
@@ -414,19 +421,22 @@ class PairMatcher:
         self.crowd = found.crowd
         top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
         if settings.local_features:
-            self.add_framed(ids, allowed, pairs, top, found.nearest)
+            self.add_framed(ids, allowed, pairs, top, found.nearest, pictures)
         self.evidence = self.global_evidence(pairs, votes, top, same)
 
     def add_framed(self, ids: list[int], allowed: set[int], pairs: dict[tuple[int, int], int],
-                   top: dict[int, set[int]], nearest: dict[int, list[tuple[int, int]]]) -> None:
+                   top: dict[int, set[int]], nearest: dict[int, list[tuple[int, int]]],
+                   pictures: dict[int, np.ndarray] | None = None) -> None:
         """Candidate pairs of the pictures inside frames (``framed``: a print's
         border, a monitor's bezel, photographed at an angle), added to
         ``pairs`` and to ``top`` (worth verifying). Images with a strong pHash
         match (``nearest``: their nearest images) are copies the hashes found;
-        their frames are not looked for (``framed.unframed``)."""
-        look = [i for i in ids if not unframed(nearest.get(i), self.settings)]
-        found = framed_pairs(self.gallery.phash_index, self.picture_hashes(look), self.plain,
-                             ids, allowed)
+        their frames are not looked for (``framed.unframed``). ``pictures``:
+        their ``picture_hashes`` when already computed."""
+        if pictures is None:
+            pictures = self.picture_hashes(
+                [i for i in ids if not unframed(nearest.get(i), self.settings)])
+        found = framed_pairs(self.gallery.phash_index, pictures, self.plain, ids, allowed)
         for (a, b) in pairs_of(found):
             pairs.setdefault((a, b), -1)
             top.setdefault(a, set()).add(b)
@@ -834,8 +844,19 @@ def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
 def _content_features(ids, paths: dict[int, str], found, cache: _LocalCache, settings: Settings,
                       masks: dict[int, np.ndarray], pool: ThreadPoolExecutor | None = None
                       ) -> dict[int, LocalFeatures]:
-    """Content-only local features of images that sit in a template crowd;
-    ``masks`` receives each such image's content mask (thumbnail pixels).
+    """Content-only local features of images that sit in a template crowd
+    (``_content_features_started``, waited for)."""
+    return _content_features_started(ids, paths, found, cache, settings, masks, pool)()
+
+
+def _content_features_started(ids, paths: dict[int, str], found, cache: _LocalCache,
+                              settings: Settings, masks: dict[int, np.ndarray],
+                              pool: ThreadPoolExecutor | None = None
+                              ) -> Callable[[], dict[int, LocalFeatures]]:
+    """Content-only local features of images that sit in a template crowd,
+    started: the returned function gives them (waiting for the pool, if one
+    was given, or computing them then); ``masks`` receives each such image's
+    content mask (thumbnail pixels) at once.
     The closer look (a decode and ORB, both outside the GIL) runs on ``pool``.
     It is the one look of verification that still reads the image file: the
     stored keypoints alone, inside the mask, lost most screenshot pairs of the
@@ -866,9 +887,11 @@ def _content_features(ids, paths: dict[int, str], found, cache: _LocalCache, set
             feats = closer
         return feats.subset(keypoints_in_mask(feats.xy, (feats.width, feats.height), mask))
 
-    results = (pool.map(content, found_masks) if pool is not None and len(found_masks) > 1
-               else map(content, found_masks))
-    return {i: feats for (i, _, _), feats in zip(found_masks, results)}
+    if pool is not None and len(found_masks) > 1:
+        results = pool.map(content, found_masks)  # (submitted now, collected when asked)
+    else:
+        results = map(content, found_masks)
+    return lambda: {i: feats for (i, _, _), feats in zip(found_masks, results)}
 
 
 def _features_in_region(path: str, mask: np.ndarray, feats: LocalFeatures,
