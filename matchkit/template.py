@@ -76,24 +76,40 @@ def keypoints_in_mask(xy: np.ndarray, work_size: tuple[int, int], mask: np.ndarr
 
 def border_box(thumb: np.ndarray, tolerance: float = 4.0) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the thumbnail without flat borders
-    (padding, letterboxing); the whole thumbnail when there are none."""
+    (padding, letterboxing); the whole thumbnail when there are none.
+
+    A line (row, then column inside the kept rows) is flat when its pixels
+    vary by at most ``tolerance`` (standard deviation) around a mean within
+    ``tolerance`` of the median of the outermost ring. All lines are judged
+    at once: this runs for every verified pair."""
     t = thumb.astype(np.float32)
     h, w = t.shape[:2]
-
-    def flat(line: np.ndarray, ref: float) -> bool:
-        return float(line.std()) <= tolerance and abs(float(line.mean()) - ref) <= tolerance
-
     ref = float(np.median(np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]])))
-    top, bottom, left, right = 0, h, 0, w
-    while top < bottom - 1 and flat(t[top], ref):
-        top += 1
-    while bottom - 1 > top and flat(t[bottom - 1], ref):
-        bottom -= 1
-    while left < right - 1 and flat(t[top:bottom, left], ref):
-        left += 1
-    while right - 1 > left and flat(t[top:bottom, right - 1], ref):
-        right -= 1
+    if h > 1 and w > 1 and not any(
+            float(line.std()) <= tolerance and abs(float(line.mean()) - ref) <= tolerance
+            for line in (t[0], t[-1], t[:, 0], t[:, -1])):
+        return 0, h, 0, w  # (most photos: no edge line is flat)
+    rows = _flat_lines(t.reshape(h, -1), ref, tolerance)
+    top = _first_false(rows[:h - 1], h - 1)
+    bottom = h - _first_false(rows[top + 1:][::-1], h - top - 1)
+    band = np.ascontiguousarray(np.swapaxes(t[top:bottom], 0, 1)).reshape(w, -1)
+    cols = _flat_lines(band, ref, tolerance)
+    left = _first_false(cols[:w - 1], w - 1)
+    right = w - _first_false(cols[left + 1:][::-1], w - left - 1)
     return top, bottom, left, right
+
+
+def _flat_lines(lines: np.ndarray, ref: float, tolerance: float) -> np.ndarray:
+    """Per row of ``lines``: standard deviation and distance of the mean
+    from ``ref`` both at most ``tolerance``."""
+    return ((lines.std(axis=1) <= tolerance)
+            & (np.abs(lines.mean(axis=1).astype(np.float64) - ref) <= tolerance))
+
+
+def _first_false(flags: np.ndarray, default: int) -> int:
+    """Index of the first False in ``flags``; ``default`` if there is none."""
+    off = np.flatnonzero(~flags)
+    return int(off[0]) if len(off) else default
 
 
 def content_rect(thumb: np.ndarray) -> np.ndarray:

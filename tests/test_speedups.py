@@ -123,3 +123,48 @@ def test_mirrored_view_is_tried_only_when_the_hashes_mean_it(tmp_path):
     assert outcomes["far"] == ("", False, False)
     assert outcomes["near"] == ("local", True, True)
     assert outcomes["hop"] == ("local", True, True)
+
+
+def _border_box_line_by_line(thumb, tolerance=4.0):
+    """``template.border_box`` as first written: one line at a time inwards."""
+    t = thumb.astype(np.float32)
+    h, w = t.shape[:2]
+
+    def flat(line, ref):
+        return float(line.std()) <= tolerance and abs(float(line.mean()) - ref) <= tolerance
+
+    ref = float(np.median(np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]])))
+    top, bottom, left, right = 0, h, 0, w
+    while top < bottom - 1 and flat(t[top], ref):
+        top += 1
+    while bottom - 1 > top and flat(t[bottom - 1], ref):
+        bottom -= 1
+    while left < right - 1 and flat(t[top:bottom, left], ref):
+        left += 1
+    while right - 1 > left and flat(t[top:bottom, right - 1], ref):
+        right -= 1
+    return top, bottom, left, right
+
+
+def test_border_box_judges_all_lines_at_once_as_line_by_line():
+    """Padded, letterboxed, flat, one-pixel, noisy-border and colour
+    thumbnails: the whole-array border box equals the line-by-line one."""
+    from matchkit.template import border_box
+
+    rng = np.random.default_rng(11)
+    seen = set()
+    for _ in range(1500):
+        h, w = (int(v) for v in rng.integers(1, 48, 2))
+        a = np.full((h, w), int(rng.integers(0, 256)), np.uint8)
+        if rng.random() < 0.8:  # a picture somewhere inside the fill
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            y1, x1 = int(rng.integers(y0, h + 1)), int(rng.integers(x0, w + 1))
+            a[y0:y1, x0:x1] = rng.integers(0, 256, (y1 - y0, x1 - x0))
+        if rng.random() < 0.3:  # fill that is nearly, not quite, flat
+            a = np.clip(a.astype(int) + rng.integers(-6, 7, a.shape), 0, 255).astype(np.uint8)
+        if rng.random() < 0.1:
+            a = np.stack([a, a // 2, a], -1)
+        box = border_box(a)
+        assert box == _border_box_line_by_line(a), (a.shape, box)
+        seen.add(box == (0, h, 0, w))
+    assert seen == {True, False}  # both bordered and borderless cases were met
