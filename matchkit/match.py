@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import cv2
@@ -26,6 +27,7 @@ from .colour import BINS, histogram_similarities, histogram_similarity
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many, hamming
+from . import features as _features
 from .features import digests_prove_same_pixels, full_pixel_digest
 from .framed import framed_pairs, pairs_of, picture_hashes, unframed
 from .io import ImageLoadError, load_image
@@ -443,10 +445,14 @@ class PairMatcher:
 
     def picture_hashes(self, ids) -> dict[int, np.ndarray]:
         """``framed.picture_hashes`` of those of ``ids`` that have any, from
-        their stored grey thumbnails. On this thread: the work on a thumbnail
-        is small steps that mostly hold the GIL, and on the worker threads it
-        took longer than here (hard eval half, 1,302 images: 3.3-3.8 s on
-        two threads, 2.7 s on one)."""
+        their stored grey thumbnails. The work on a thumbnail is small steps
+        that mostly hold the GIL: on two worker threads it took longer than on
+        one (hard eval half, 1,302 images: 3.3-3.8 s against 2.7 s), so it
+        runs in the worker processes (``_processes``) or on this thread."""
+        if len(ids) >= PROCESS_BATCH and self._processes is not None:
+            thumbs = [(i, lf[1]) for i in ids if (lf := self.cache.get(i)) is not None]
+            return {i: h for (i, _), h in zip(thumbs, self._in_processes(_picture_hashes_many,
+                                                                         thumbs)) if len(h)}
         out = {}
         for start in range(0, len(ids), 512):
             checkpoint()
@@ -624,10 +630,49 @@ class PairMatcher:
             self._threads = ThreadPoolExecutor(max_workers=self.settings.n_workers())
         return self._threads
 
+    @property
+    def _processes(self) -> ProcessPoolExecutor | None:
+        """Worker processes for the matcher's lifetime (ended by ``close``),
+        for large batches of work whose Python glue holds the GIL (settling
+        relations: thousands of thumbnail comparisons; hashing the pictures
+        inside frames), where two threads did the work of 1.0-1.3 cores (hard
+        eval half). None with one worker, in runs under ``PROCESSES_FROM``
+        images (starting processes would cost more than it saves), and after
+        a worker died (``_in_processes`` then works here)."""
+        if (self.settings.n_workers() <= 1 or len(self.sizes) < PROCESSES_FROM
+                or getattr(self, "_processes_broken", False)):
+            return None
+        if getattr(self, "_procs", None) is None:
+            self._procs = ProcessPoolExecutor(
+                max_workers=self.settings.n_workers(), mp_context=_features._pool_context(),
+                initializer=_features._one_thread_each)
+        return self._procs
+
+    def _in_processes(self, fn: Callable[[list], list], items: list) -> list:
+        """``fn(part)`` over parts of ``items`` in the worker processes, the
+        results joined in order; a part whose worker died runs here."""
+        procs = self._processes
+        if procs is None:
+            return fn(items)
+        size = max(1, -(-len(items) // (4 * self.settings.n_workers())))
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+        futures = [procs.submit(fn, part) for part in parts]
+        out = []
+        for part, future in zip(parts, futures):
+            try:
+                out += future.result()
+            except BrokenProcessPool:
+                self._processes_broken = True
+                out += fn(part)
+        return out
+
     def close(self) -> None:
         if getattr(self, "_threads", None) is not None:
             self._threads.shutdown()
             self._threads = None
+        if getattr(self, "_procs", None) is not None:
+            self._procs.shutdown(cancel_futures=True)
+            self._procs = None
 
 
     def mark_redrawn(self, ev: PairEvidence) -> None:
@@ -749,19 +794,26 @@ class PairMatcher:
         report asks for them one by one. Features are read on this thread."""
         todo = {id(ev): ev for ev in evidence
                 if self._settled.get(id(ev)) is not ev and self._unsettled(ev)}
-        items = [(ev, self.cache.get(ev.a), self.cache.get(ev.b)) for ev in todo.values()]
-
-        def work(item) -> None:
-            ev, fa, fb = item
-            settle_global_relation(ev, fa, fb, (self.sizes.get(ev.a), self.sizes.get(ev.b)))
-
-        pool = self._pool if len(items) > 1 else None
-        if pool is None:
-            for item in items:
-                work(item)
+        items = [(ev, self.cache.get(ev.a), self.cache.get(ev.b),
+                  (self.sizes.get(ev.a), self.sizes.get(ev.b))) for ev in todo.values()
+                 if _settles(ev)]
+        procs = self._processes if len(items) >= PROCESS_BATCH else None
+        if procs is not None:
+            # Only the thumbnails and sizes travel; the relation comes back.
+            sent = [(_Settle(ev.rule, {"relation": ev.relation()}),
+                     fa and (_Size(fa[0]), fa[1]), fb and (_Size(fb[0]), fb[1]), sizes)
+                    for ev, fa, fb, sizes in items]
+            for (ev, *_), rel in zip(items, self._in_processes(_settle_many, sent)):
+                ev.extra["relation"] = rel
         else:
-            list(pool.map(work, items, chunksize=max(1, len(items) // 16)))
-        for ev, _, _ in items:
+            pool = self._pool if len(items) > 1 else None
+            if pool is None:
+                for item in items:
+                    settle_global_relation(*item)
+            else:
+                list(pool.map(lambda item: settle_global_relation(*item), items,
+                              chunksize=max(1, len(items) // 16)))
+        for ev in todo.values():
             self._settled[id(ev)] = ev
 
     def _unsettled(self, ev: PairEvidence) -> bool:
@@ -1013,6 +1065,55 @@ def _fit(ev: PairEvidence, la, ta, lb, tb, mask_a=None, mask_b=None) -> None:
                                            (lb.width, lb.height), ev.overlap.coverage_a,
                                            ev.overlap.coverage_b,
                                            None if v.homography else v.points)
+
+
+#: Runs of this many images or more use worker processes (``PairMatcher._processes``).
+PROCESSES_FROM = 1000
+#: Smallest batch of work sent to the worker processes.
+PROCESS_BATCH = 256
+
+
+@dataclass
+class _Size:
+    """What ``settle_global_relation`` reads of an image's local features."""
+
+    width: int
+    height: int
+
+    def __init__(self, feats):
+        self.width, self.height = feats.width, feats.height
+
+
+@dataclass
+class _Settle:
+    """What ``settle_global_relation`` reads and writes of a pair's evidence
+    (sent to a worker process instead of the whole of it)."""
+
+    rule: str
+    extra: dict
+    overlap: None = None
+
+    def relation(self) -> str | None:
+        return self.extra["relation"]
+
+
+def _settle_many(items: list) -> list[str | None]:
+    """Worker process: ``settle_global_relation`` of each (pair, a, b,
+    sizes); the relation each pair has then."""
+    for ev, fa, fb, sizes in items:
+        settle_global_relation(ev, fa, fb, sizes)
+    return [ev.relation() for ev, _, _, _ in items]
+
+
+def _picture_hashes_many(thumbs: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+    """Worker process: ``framed.picture_hashes`` of each (id, thumbnail)."""
+    return [picture_hashes(t) for _, t in thumbs]
+
+
+def _settles(ev: PairEvidence) -> bool:
+    """Whether ``settle_global_relation`` may change ``ev`` (the cheap part of its test)."""
+    return ev.relation() == "resized" and ev.overlap is None and ev.rule != "icon" and not (
+        ev.extra.get("reflect") or ev.extra.get("dihedral"))
 
 
 def settle_global_relation(ev: PairEvidence, fa, fb,

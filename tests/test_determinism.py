@@ -98,3 +98,26 @@ def test_gallery_vector_index_graph_does_not_depend_on_threads(tmp_path):
                 idx.add(np.arange(start, start + 2000), vecs[start:start + 2000])
             graphs.append(bytes(idx._index.save()))
     assert graphs[0] == graphs[1]
+
+
+def test_worker_processes_settle_relations_and_hash_pictures_as_threads_do(edited_set,
+                                                                           monkeypatch):
+    """Large runs settle relations and hash the pictures inside frames in
+    worker processes (forced on here for a small set): the same report."""
+    import matchkit.match as M
+
+    files = sorted(edited_set.iterdir())
+    reference = _content(dedupe(files, settings=Settings(workers=2)))
+    monkeypatch.setattr(M, "PROCESSES_FROM", 0)
+    monkeypatch.setattr(M, "PROCESS_BATCH", 1)
+    used = []
+    real = M.PairMatcher._in_processes
+
+    def spy(self, fn, items):
+        used.append((fn.__name__, len(items), self._processes is not None))
+        return real(self, fn, items)
+
+    monkeypatch.setattr(M.PairMatcher, "_in_processes", spy)
+    assert _content(dedupe(files, settings=Settings(workers=2))) == reference
+    assert {name for name, n, procs in used if procs and n} == {"_settle_many",
+                                                                "_picture_hashes_many"}
