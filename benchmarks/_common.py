@@ -75,6 +75,22 @@ def run_measured_cpu(cmd: list[str], **kw) -> dict:
             "peak_rss_mib": usage.ru_maxrss / 1024.0, "rc": proc.returncode}
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds this machine (all cores) has spent busy since boot, from
+    ``/proc/stat`` (None elsewhere). The difference over a run counts every
+    process it started, including workers that a forkserver started (their
+    time never reaches the run's own ``wait4``), and anything else running."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 #: The same measurement under the name the scale benchmarks use.
 run_usage = run_measured_cpu
 

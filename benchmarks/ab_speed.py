@@ -9,7 +9,9 @@ reports per-run numbers and the median of each, with their ratio.
 
 Each run is ``python -m matchkit.cli dedupe SET --json OUT -q`` in its own
 process with ``PYTHONPATH`` set to the checkout; wall and CPU (user + system
-of that process and the workers it waited for) come from ``wait4``; pairs,
+of that process and the workers it waited for) come from ``wait4``; that CPU
+misses the workers a forkserver starts, so the machine's busy CPU over the
+run (``/proc/stat``) is reported too, and its medians are compared; pairs,
 precision and recall are scored against the set's truth, so a faster
 checkout that finds other pairs shows it.
 
@@ -45,14 +47,16 @@ def run_once(checkout: Path, folder: Path, truth: set, tmp: Path) -> dict:
     out = tmp / "run.json"
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     load = os.getloadavg()[0]
+    busy = C.machine_busy_seconds()
     m = C.run_measured_cpu([sys.executable, "-m", "matchkit.cli", "dedupe", str(folder),
                             "--json", str(out), "-q"], env=env, cwd=tmp)
+    busy = None if busy is None else round(C.machine_busy_seconds() - busy, 1)
     if m["rc"]:
         raise SystemExit(f"matchkit at {checkout} failed ({m['rc']})")
     score = C.score(C.pairs_from_groups(C.clusters_from_json(out)), truth)
     return {"load_1min": round(load, 2), "pairs_found": score["pairs_found"],
             "precision": score["precision"], "recall": score["recall"],
-            "wall_s": m["wall_s"], "cpu_s": m["cpu_s"]}
+            "wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "busy_cpu_s": busy}
 
 
 def main() -> None:
@@ -87,18 +91,21 @@ def main() -> None:
                     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                     rows.append(row)
     cols = ["set", "round", "commit", "load_1min", "pairs_found", "precision", "recall",
-            "wall_s", "cpu_s"]
+            "wall_s", "cpu_s", "busy_cpu_s"]
     summary = []
     for kind in args.sets.split(","):
         med = {}
         for c in (args.new, args.old):
             mine = [r for r in rows if r["set"] == kind and r["commit"] == names[c]]
-            med[c] = {k: statistics.median(r[k] for r in mine) for k in ("wall_s", "cpu_s")}
+            med[c] = {k: statistics.median(r[k] for r in mine) if all(
+                r[k] is not None for r in mine) else None for k in ("wall_s", "busy_cpu_s")}
+        new, old = med[args.new], med[args.old]
         summary.append({"set": kind, "new": names[args.new], "old": names[args.old],
-                        "new_wall_s": med[args.new]["wall_s"], "old_wall_s": med[args.old]["wall_s"],
-                        "wall_ratio": round(med[args.new]["wall_s"] / med[args.old]["wall_s"], 3),
-                        "new_cpu_s": med[args.new]["cpu_s"], "old_cpu_s": med[args.old]["cpu_s"],
-                        "cpu_ratio": round(med[args.new]["cpu_s"] / med[args.old]["cpu_s"], 3)})
+                        "new_wall_s": new["wall_s"], "old_wall_s": old["wall_s"],
+                        "wall_ratio": round(new["wall_s"] / old["wall_s"], 3),
+                        "new_busy_cpu_s": new["busy_cpu_s"], "old_busy_cpu_s": old["busy_cpu_s"],
+                        "busy_cpu_ratio": round(new["busy_cpu_s"] / old["busy_cpu_s"], 3)
+                        if new["busy_cpu_s"] and old["busy_cpu_s"] else None})
     text = C.table(rows, cols)
     medians = C.table(summary, list(summary[0]))
     print(text + "\n\nMedians over rounds, new / old:\n\n" + medians)
@@ -106,8 +113,11 @@ def main() -> None:
         body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {args.sets} "
                 f"--split {args.split} --rounds {args.rounds}` (worktrees of {names[args.new]} "
                 f"and {names[args.old]}; each run `matchkit dedupe SET --json OUT -q` in its own "
-                f"process, the checkouts alternating, the order flipped every round; CPU is user "
-                f"+ system of that process and the workers it waited for).\n\n{text}\n\n"
+                f"process, the checkouts alternating, the order flipped every round). `cpu_s`: "
+                f"user + system of that process and the children it waited for, which misses "
+                f"the workers a forkserver starts (extraction; settling relations and frame "
+                f"hashes in large runs); `busy_cpu_s`: busy CPU of the whole machine during the "
+                f"run (`/proc/stat`), which counts them, and anything else running.\n\n{text}\n\n"
                 f"Medians over rounds, new / old:\n\n{medians}\n")
         C.write_section(f"speed: {names[args.new]} vs {names[args.old]} ({args.split} halves, "
                         f"{args.rounds} rounds)", body)
