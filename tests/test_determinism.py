@@ -121,3 +121,42 @@ def test_worker_processes_settle_relations_and_hash_pictures_as_threads_do(edite
     assert _content(dedupe(files, settings=Settings(workers=2))) == reference
     assert {name for name, n, procs in used if procs and n} == {"_settle_many",
                                                                 "_picture_hashes_many"}
+
+
+def test_a_dead_worker_process_leaves_its_part_to_the_main_process(edited_set, monkeypatch):
+    """A worker process that dies (a broken pool) costs its part a second
+    run here, and later batches stay here: the same report."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import matchkit.match as M
+
+    files = sorted(edited_set.iterdir())
+    reference = _content(dedupe(files, settings=Settings(workers=2)))
+
+    class Broken:
+        submitted = 0
+
+        def submit(self, fn, *args):
+            Broken.submitted += 1
+            f = Future()
+            f.set_exception(BrokenProcessPool("a worker died"))
+            return f
+
+        def shutdown(self, **kw):
+            pass
+
+    monkeypatch.setattr(M, "PROCESSES_FROM", 0)
+    monkeypatch.setattr(M, "PROCESS_BATCH", 1)
+    monkeypatch.setattr(M.PairMatcher, "_procs", Broken(), raising=False)
+    broken = []
+    real = M.PairMatcher._in_processes
+
+    def spy(self, fn, items):
+        out = real(self, fn, items)
+        broken.append(getattr(self, "_processes_broken", False))
+        return out
+
+    monkeypatch.setattr(M.PairMatcher, "_in_processes", spy)
+    assert _content(dedupe(files, settings=Settings(workers=2))) == reference
+    assert Broken.submitted >= 1 and broken and all(broken)
