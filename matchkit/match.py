@@ -789,9 +789,11 @@ class PairMatcher:
         return ev.relation()
 
     def settle_relations(self, evidence: Iterable[PairEvidence]) -> None:
-        """``settle_relation`` of many pairs at once, on the worker threads
-        (the thumbnail comparison is OpenCV work that drops the GIL), before a
-        report asks for them one by one. Features are read on this thread."""
+        """``settle_relation`` of many pairs at once, before a report asks
+        for them one by one: in the worker processes (``_processes``: large
+        batches in large runs; the thumbnail comparisons' Python glue holds
+        the GIL) or else on the worker threads. Features are read on this
+        thread."""
         todo = {id(ev): ev for ev in evidence
                 if self._settled.get(id(ev)) is not ev and self._unsettled(ev)}
         items = [(ev, self.cache.get(ev.a), self.cache.get(ev.b),
@@ -801,7 +803,8 @@ class PairMatcher:
         if procs is not None:
             # Only the thumbnails and sizes travel; the relation comes back.
             sent = [(_Settle(ev.rule, {"relation": ev.relation()}),
-                     fa and (_Size(fa[0]), fa[1]), fb and (_Size(fb[0]), fb[1]), sizes)
+                     fa and (_Size(fa[0].width, fa[0].height), fa[1]),
+                     fb and (_Size(fb[0].width, fb[0].height), fb[1]), sizes)
                     for ev, fa, fb, sizes in items]
             for (ev, *_), rel in zip(items, self._in_processes(_settle_many, sent)):
                 ev.extra["relation"] = rel
@@ -1080,9 +1083,6 @@ class _Size:
     width: int
     height: int
 
-    def __init__(self, feats):
-        self.width, self.height = feats.width, feats.height
-
 
 @dataclass
 class _Settle:
@@ -1111,7 +1111,10 @@ def _picture_hashes_many(thumbs: list[tuple[int, np.ndarray]]) -> list[np.ndarra
 
 
 def _settles(ev: PairEvidence) -> bool:
-    """Whether ``settle_global_relation`` may change ``ev`` (the cheap part of its test)."""
+    """Whether ``settle_global_relation`` has anything to settle for ``ev``
+    given both images' features: a pair called "resized" for want of a
+    verification, not an icon pair, not turned or mirrored (frame to frame
+    says nothing then)."""
     return ev.relation() == "resized" and ev.overlap is None and ev.rule != "icon" and not (
         ev.extra.get("reflect") or ev.extra.get("dihedral"))
 
@@ -1132,11 +1135,8 @@ def settle_global_relation(ev: PairEvidence, fa, fb,
     thumbnails agree (smooth wallpapers stretch without a trace). Thumbnails
     too flat to compare say nothing (a blank page and its thumbnail stay
     resized)."""
-    if (ev.relation() != "resized" or ev.overlap is not None or fa is None or fb is None
-            or ev.rule == "icon"):
+    if fa is None or fb is None or not _settles(ev):
         return
-    if ev.extra.get("reflect") or ev.extra.get("dihedral"):
-        return  # turned or mirrored: frame to frame says nothing
     (la, ta), (lb, tb) = fa, fb
     # Laid on each other frame to frame (stretched if the aspects differ).
     sx, sy = lb.width / max(la.width, 1), lb.height / max(la.height, 1)
