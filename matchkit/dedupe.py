@@ -616,10 +616,17 @@ def _reported_edges(stars: list[Star], classes: dict, class_edge: dict) -> list[
     out = []
     for s in stars:
         out += [_member_edge(s, r, class_edge) for r in s.members[1:]]
-        if sum(len(classes[r]) for r in s.members) <= MEMBER_RELATIONS_UP_TO:
+        if _relates_members(s, classes):
             out += [class_edge[k] for x, y in combinations(s.members[1:], 2)
                     if (k := (x, y) if x < y else (y, x)) in class_edge]
     return out
+
+
+def _relates_members(star: Star, classes: dict) -> bool:
+    """Whether the report relates the cluster's non-keeper members to each
+    other: two or more of them, and no more than ``MEMBER_RELATIONS_UP_TO``
+    members in all."""
+    return 3 <= sum(len(classes[r]) for r in star.members) <= MEMBER_RELATIONS_UP_TO
 
 
 def _member_relations(star, keep: int, classes: dict, images: dict, pairs: list[PairResult],
@@ -627,9 +634,9 @@ def _member_relations(star, keep: int, classes: dict, images: dict, pairs: list[
     """How each two non-keeper members relate: same bytes or pixels inside one
     exact class; their own verified pair where the run accepted one between
     their classes; else composed through the keeper (``relation.compose``)."""
-    members = [(r, m) for r in star.members for m in classes[r] if m != keep]
-    if len(members) + 1 > MEMBER_RELATIONS_UP_TO or len(members) < 2:
+    if not _relates_members(star, classes):
         return []
+    members = [(r, m) for r in star.members for m in classes[r] if m != keep]
     to_keeper = {p.b: p.relation for p in pairs}
     out = []
     for (ra, a), (rb, b) in combinations(members, 2):
