@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from matchkit import Gallery, GalleryError
-from matchkit.gallery import DB_NAME, PHASH_INDEX_NAME
+from matchkit.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
 from matchkit.io import iter_image_files
 
 from conftest import make_photo
@@ -105,10 +105,28 @@ def test_stale_index_file_is_rebuilt(photo_dir, tmp_path):
     gdir = tmp_path / "g"
     with Gallery(gdir) as g:
         g.add(_files(photo_dir)[:4])
-        g.save()
-        g.add(_files(photo_dir))  # database moves on, index file is not saved
+    older = (gdir / PHASH_INDEX_NAME).read_bytes()
+    with Gallery(gdir) as g:
+        g.add(_files(photo_dir))
+    (gdir / PHASH_INDEX_NAME).write_bytes(older)  # a file from before the last add
     with Gallery(gdir) as g:
         assert len(g.phash_index) == len(g) == 9
+
+
+def test_closing_a_writer_saves_the_indexes_it_changed(photo_dir, tmp_path, monkeypatch):
+    gdir = tmp_path / "g"
+    with Gallery(gdir) as g:
+        g.add(_files(photo_dir))
+    assert (gdir / PHASH_INDEX_NAME).exists() and (gdir / ORB_INDEX_NAME).exists()
+    rebuilt = []
+    real = Gallery._new_index
+    monkeypatch.setattr(Gallery, "_new_index", lambda self, name: rebuilt.append(name)
+                        or real(self, name))
+    with Gallery(gdir, create=False) as g:  # a reader: takes the saved files
+        assert len(g.phash_index) == 9 and len(g.orb_index) > 0
+        report = g.verify()
+        assert report.differences == [] and report.stale == []
+    assert rebuilt == []
 
 
 # -- atomic saves under SIGKILL ---------------------------------------------
