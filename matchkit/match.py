@@ -1000,9 +1000,11 @@ def verify_stored(ev: PairEvidence, fa, fb, mask_a, mask_b, templated: dict[int,
 
 
 def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
-                 settings: Settings, mask_a=None, mask_b=None, mirror: bool = False) -> None:
+                 settings: Settings, mask_a=None, mask_b=None, mirror: bool = False,
+                 looks: ThumbLooks | None = None) -> None:
     """Verify a against b; with ``mirror``, for pairs whose hashes align best
-    under a reflection, also against b mirrored (``mirrored_look``)."""
+    under a reflection, also against b mirrored (``mirrored_look``, its
+    thumbnail features kept in ``looks``)."""
     if fa is None or fb is None:
         return
     (la, ta), (lb, tb) = fa, fb
@@ -1010,7 +1012,7 @@ def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
     _check(ev, la, ta, lb, tb, settings, mask_a, mask_b)
     if (mirror and ev.extra.get("reflect") and ev.b not in templated
             and not local_rule(ev, settings)):
-        ma, mb, mtb = mirrored_look(fa, fb, settings)
+        ma, mb, mtb = mirrored_look(fa, fb, settings, looks)
         if ev.a in templated and mask_a is not None:  # content only, as in the straight look
             ma = ma.subset(keypoints_in_mask(ma.xy, (ma.width, ma.height), mask_a))
         if len(mb):
@@ -1193,13 +1195,53 @@ def _border_share(thumb: np.ndarray) -> float:
     return 1.0 - (bottom - top) * (right - left) / max(thumb.size, 1)
 
 
-def mirrored_look(fa, fb, settings: Settings) -> tuple:
+class ThumbLooks:
+    """ORB features of stored thumbnails (``stored.thumb_features``) kept for
+    the next pair of the same image.
+
+    Why: the mirrored look runs ORB on both thumbnails of a pair (about 2 ms
+    each), and one check query is compared with a dozen gallery images, so
+    recomputing its mirrored features per pair was about a sixth of an
+    unmatched query's time. Entries are keyed by the thumbnail object itself
+    (its ``id`` checked against the object kept with the entry, so a freed
+    and reused id never answers for another image); the least recently used
+    are dropped beyond ``size``. Threads may share one: a race computes an
+    entry twice, with the same result.
+    """
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self._entries: OrderedDict[tuple, tuple[np.ndarray, LocalFeatures]] = OrderedDict()
+
+    def features(self, thumb: np.ndarray, work_size: tuple[int, int], n_features: int,
+                 mirror: bool = False) -> LocalFeatures:
+        key = (id(thumb), tuple(work_size), n_features, mirror)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is thumb:
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:  # dropped by another thread meanwhile
+                pass
+            return hit[1]
+        found = thumb_features(thumb, work_size, n_features, mirror=mirror)
+        self._entries[key] = (thumb, found)
+        while len(self._entries) > self.size:
+            try:
+                self._entries.popitem(last=False)
+            except KeyError:
+                break
+        return found
+
+
+def mirrored_look(fa, fb, settings: Settings, looks: ThumbLooks | None = None) -> tuple:
     """Features of a and of b mirrored left-right, both from their stored
     thumbnails (``stored.thumb_features``), and b's mirrored thumbnail: the
     look at a flipped copy, made of stored data only. ``fa``/``fb`` are
-    (local features, thumbnail) of a and b."""
+    (local features, thumbnail) of a and b; ``looks`` keeps features found
+    for the next pair of the same image."""
     (la, ta), (lb, tb) = fa, fb
     n = settings.n_features
-    return (thumb_features(ta, (la.width, la.height), n),
-            thumb_features(tb, (lb.width, lb.height), n, mirror=True),
+    find = thumb_features if looks is None else looks.features
+    return (find(ta, (la.width, la.height), n),
+            find(tb, (lb.width, lb.height), n, mirror=True),
             np.ascontiguousarray(tb[:, ::-1]))

@@ -38,8 +38,8 @@ from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
 from .io import ImageLoadError, load_image, shrink
 from .local import extract_local, working_grey
-from .match import (PairEvidence, _LocalCache, _verify_pair, colour_evidence, hash_rule,
-                    local_rule, settle_global_relation)
+from .match import (PairEvidence, ThumbLooks, _LocalCache, _verify_pair, colour_evidence,
+                    hash_rule, local_rule, settle_global_relation)
 from .template import picture_mask
 
 #: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
@@ -153,6 +153,8 @@ class QueryMatcher:
         #: stay in memory between calls, least recently used dropped first.
         self.cache = _LocalCache(gallery, cache_size)
         self._masks: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        #: Thumbnail features of the mirrored look, by image (``match.ThumbLooks``).
+        self._looks = ThumbLooks()
         self._threads: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "QueryMatcher":
@@ -357,21 +359,26 @@ class QueryMatcher:
         owner = np.concatenate(owners)
         found, dists = self.gallery.orb_index.search(np.concatenate(descs), neighbours)
         images = np.where(found >= 0, found // ORB_KEY_STRIDE, -1)
-        votes: dict[tuple[int, int], float] = {}
-        for i, irow, drow in zip(owner.tolist(), images.tolist(), dists.tolist()):
-            skip = exclude[i]
-            first, d1, d2 = -1, 0, 2 * self.gallery.orb_index.nbits
-            for g, d in zip(irow, drow):
-                if g < 0 or g in skip or (self.allowed is not None and g not in self.allowed):
-                    continue
-                if first < 0:
-                    first, d1 = g, d
-                elif g != first:
-                    d2 = d
-                    break
-            if first >= 0 and d1 <= s.vote_max_distance and d1 <= ratio * d2:
-                pair = (first, keys[i])
-                votes[pair] = votes.get(pair, 0.0) + 1.0
+        usable = images >= 0
+        if self.allowed is not None:
+            usable &= np.isin(images, np.fromiter(self.allowed, np.int64, len(self.allowed)))
+        for i, skip in enumerate(exclude):
+            if skip and (rows := np.flatnonzero(owner == i)).size:
+                usable[rows] &= ~np.isin(images[rows], np.fromiter(skip, np.int64, len(skip)))
+        # Per descriptor: the nearest usable image, and the nearest usable
+        # neighbour of another image (none: twice the code length away).
+        row = np.arange(len(images))
+        has = usable.any(axis=1)
+        at = usable.argmax(axis=1)
+        first, d1 = images[row, at], dists[row, at].astype(np.float64)
+        other = usable & (images != first[:, None])
+        d2 = np.where(other.any(axis=1), dists[row, other.argmax(axis=1)],
+                      2 * self.gallery.orb_index.nbits).astype(np.float64)
+        cast = has & (d1 <= s.vote_max_distance) & (d1 <= ratio * d2)
+        key_of = np.asarray(keys, np.int64)
+        pairs, counts = np.unique(np.stack([first[cast], key_of[owner[cast]]], axis=1),
+                                  axis=0, return_counts=True)
+        votes = {(int(g), int(k)): float(c) for (g, k), c in zip(pairs.tolist(), counts.tolist())}
         # One or two distinctive votes happen by chance; a copy gets several.
         return {pair: v for pair, v in votes.items() if v >= min_votes}
 
@@ -470,7 +477,7 @@ class QueryMatcher:
             if id(rec) not in query_masks:
                 query_masks[id(rec)] = _mask(rec.thumb)
             _verify_pair(ev, fa, (rec.local, rec.thumb), {}, s, ma, query_masks[id(rec)],
-                         mirror=True)
+                         mirror=True, looks=self._looks)
             if self.calibrator is None:
                 ev.rule = local_rule(ev, s)
             ev.pending = False

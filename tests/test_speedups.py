@@ -168,3 +168,88 @@ def test_border_box_judges_all_lines_at_once_as_line_by_line():
         assert box == _border_box_line_by_line(a), (a.shape, box)
         seen.add(box == (0, h, 0, w))
     assert seen == {True, False}  # both bordered and borderless cases were met
+
+
+def _distinctive_votes_one_by_one(images, dists, owner, keys, exclude, allowed, nbits,
+                                  max_distance, ratio=0.8, min_votes=3):
+    """The descriptor-by-descriptor reading of ``QueryMatcher._distinctive_votes``."""
+    votes = {}
+    for i, irow, drow in zip(owner.tolist(), images.tolist(), dists.tolist()):
+        first, d1, d2 = -1, 0, 2 * nbits
+        for g, d in zip(irow, drow):
+            if g < 0 or g in exclude[i] or (allowed is not None and g not in allowed):
+                continue
+            if first < 0:
+                first, d1 = g, d
+            elif g != first:
+                d2 = d
+                break
+        if first >= 0 and d1 <= max_distance and d1 <= ratio * d2:
+            votes[(first, keys[i])] = votes.get((first, keys[i]), 0.0) + 1.0
+    return {p: v for p, v in votes.items() if v >= min_votes}
+
+
+def test_distinctive_votes_count_as_descriptor_by_descriptor():
+    from types import SimpleNamespace
+
+    from matchkit.gallery import ORB_KEY_STRIDE
+    from matchkit.query import QueryMatcher
+
+    rng = np.random.default_rng(11)
+    voted = 0
+    for trial in range(30):
+        n_rec, k = int(rng.integers(1, 4)), 16
+        sizes = rng.integers(0, 120, n_rec)
+        total = int(sizes.sum())
+        images = rng.integers(1, 9, (total, k))           # few images: repeats in a row
+        images[rng.random((total, k)) < 0.1] = -1           # missing neighbours
+        dists = np.sort(rng.integers(0, 90, (total, k)), axis=1)
+        found = np.where(images >= 0, images * ORB_KEY_STRIDE + rng.integers(0, 50, images.shape),
+                         -1)
+        owner = np.repeat(np.arange(n_rec), sizes)
+        keys = [100 + i for i in range(n_rec)]
+        exclude = [set(rng.choice(8, int(rng.integers(0, 3)), replace=False).tolist())
+                   if trial % 2 else set() for _ in range(n_rec)]
+        allowed = set(range(1, 7)) if trial % 3 == 0 else None
+        index = type("Index", (), {"nbits": 256, "__len__": lambda self: 5,
+                                   "search": lambda self, codes, kk: (found, dists)})()
+        fake = SimpleNamespace(settings=Settings(), gallery=SimpleNamespace(orb_index=index),
+                               allowed=allowed)
+        records = [SimpleNamespace(local=type("Local", (), {
+            "desc": np.zeros((int(m), 32), np.uint8), "__len__": lambda self, m=int(m): m})())
+            for m in sizes]
+        got = QueryMatcher._distinctive_votes(fake, records, keys, exclude)
+        want = _distinctive_votes_one_by_one(np.where(found >= 0, found // ORB_KEY_STRIDE, -1),
+                                             dists, owner, keys, exclude, allowed, 256,
+                                             Settings().vote_max_distance)
+        assert got == want
+        voted += bool(want)
+    assert voted >= 20  # the data does cast votes
+
+
+def test_thumbnail_looks_are_found_once_per_image_and_equal_a_fresh_look(monkeypatch):
+    from matchkit.stored import thumb_features
+
+    rng = np.random.default_rng(5)
+    thumbs = [np.ascontiguousarray(
+        np.kron(rng.integers(0, 256, (16, 12)), np.ones((8, 8))).astype(np.uint8))
+        for _ in range(3)]
+    calls = []
+    monkeypatch.setattr(M, "thumb_features",
+                        lambda *a, **kw: calls.append(1) or thumb_features(*a, **kw))
+    looks = M.ThumbLooks(size=2)
+    first = looks.features(thumbs[0], (384, 512), 500, mirror=True)
+    again = looks.features(thumbs[0], (384, 512), 500, mirror=True)
+    assert again is first and len(calls) == 1
+    fresh = thumb_features(thumbs[0], (384, 512), 500, mirror=True)
+    assert np.array_equal(first.xy, fresh.xy) and np.array_equal(first.desc, fresh.desc)
+    looks.features(thumbs[0], (384, 512), 500)                 # not mirrored: its own entry
+    assert len(calls) == 2
+    looks.features(thumbs[1], (384, 512), 500)
+    looks.features(thumbs[2], (384, 512), 500)                 # the mirrored entry dropped
+    looks.features(thumbs[0], (384, 512), 500, mirror=True)
+    assert len(calls) == 5
+    looks.features(thumbs[2], (384, 512), 500)                 # still kept
+    assert len(calls) == 5
+    looks.features(thumbs[2].copy(), (384, 512), 500)          # equal, but another image's
+    assert len(calls) == 6
