@@ -41,11 +41,10 @@ def _edit(name: str) -> str:
     return Path(name).stem.split("__", 1)[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--unrelated", type=int, default=100, help="calib-half originals as queries")
-    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
-    args = ap.parse_args()
+def hard_check_set(unrelated: int) -> tuple[list[Path], list[Path], list[Path]]:
+    """(gallery originals, edited copies, unrelated photos): the originals of
+    the hard eval half, one edited copy of each (edit kinds in turn) and the
+    first ``unrelated`` originals of the calib half."""
     eval_set, calib_set = C.WORK / "hard-eval-353", C.WORK / "hard-calib-353"
     if not eval_set.is_dir() or not calib_set.is_dir():
         raise SystemExit("needs benchmarks/_work/hard-eval-353 and hard-calib-353 "
@@ -59,9 +58,17 @@ def main() -> None:
         q = by_group.get((sets.group_of(o.name), edits[i % len(edits)]))
         if q is not None:
             queries.append(q)
-    unrelated = sorted(p for p in calib_set.iterdir()
-                       if p.suffix.lower() in sets.EXTS and _edit(p.name) == "orig")
-    unrelated = unrelated[:args.unrelated]
+    others = sorted(p for p in calib_set.iterdir()
+                    if p.suffix.lower() in sets.EXTS and _edit(p.name) == "orig")
+    return originals, queries, others[:unrelated]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--unrelated", type=int, default=100, help="calib-half originals as queries")
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = ap.parse_args()
+    originals, queries, unrelated = hard_check_set(args.unrelated)
 
     with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
         tmp = Path(tmp)
