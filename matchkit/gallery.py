@@ -443,19 +443,20 @@ class Gallery:
             raise
 
     # -- lifecycle ---------------------------------------------------------
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
         """Close the database and give up the writer lock.
 
-        A writer first saves the indexes it changed since its last ``save``
-        (``with Gallery(p) as g: g.add(files)`` leaves usable index files):
-        rebuilding them costs more than writing them (about 100 s of graph
-        building for 10,000 images), and a reader that finds no current file
-        rebuilds on every open. The database is committed already; if the
-        index files cannot be written, a warning says so and the next open
-        rebuilds them.
+        With ``save``, a writer first saves the indexes it changed since its
+        last ``save`` (``with Gallery(p) as g: g.add(files)`` leaves usable
+        index files): rebuilding them costs more than writing them (about
+        100 s of graph building for 10,000 images), and a reader that finds
+        no current file rebuilds on every open. Leaving a ``with`` block by
+        an exception does not save (the run stopped part way). The database
+        is committed already; if the index files cannot be written, a
+        warning says so and the next open rebuilds them.
         """
         try:
-            if self._dirty and self._writer.held:
+            if save and self._dirty and self._writer.held:
                 try:
                     self.save()
                 except (OSError, sqlite3.Error, GalleryError) as e:
@@ -508,8 +509,8 @@ class Gallery:
     def __enter__(self) -> "Gallery":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(save=exc_type is None)
 
     # -- meta table --------------------------------------------------------
     def _meta(self, key: str) -> str | None:

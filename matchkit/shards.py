@@ -319,15 +319,16 @@ class ShardedGallery:
         self._owner: dict[int, int] | None = None
 
     # lifecycle
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
+        """Close every shard (``Gallery.close``: a writer saves its changed indexes)."""
         for g in self.parts:
-            g.close()
+            g.close(save)
 
     def __enter__(self) -> "ShardedGallery":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(save=exc_type is None)
 
     def save(self) -> None:
         for g in self.parts:

@@ -247,3 +247,14 @@ def test_gallery_written_before_quality_and_blank_columns_is_migrated(tmp_path):
     with Gallery(tmp_path / "g") as g:
         assert g.add(files).unchanged == 2
         assert g._meta("schema_version") == str(SCHEMA_VERSION)
+
+
+def test_leaving_a_with_block_by_an_exception_saves_no_index(photo_dir, tmp_path):
+    gdir = tmp_path / "g"
+    with pytest.raises(KeyboardInterrupt):
+        with Gallery(gdir) as g:
+            g.add(_files(photo_dir))
+            raise KeyboardInterrupt
+    assert not (gdir / PHASH_INDEX_NAME).exists()
+    with Gallery(gdir) as g:  # rebuilt from the committed rows
+        assert len(g.phash_index) == len(g) == 9

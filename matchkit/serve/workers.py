@@ -320,7 +320,7 @@ class Writer:
             if save:
                 self._save(g)
         finally:
-            g.close()
+            g.close(save=False)  # saved above when it should be
         return None
 
 
