@@ -219,7 +219,9 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     chooses which relations count as a match. ``gallery`` may be sharded
     (``shards.py``); ``ray`` (an address, "auto" or "local") has its shards'
     actors on a Ray cluster answer the candidate searches (``distributed.py``;
-    the query files are read here).
+    the query files are read here). A gallery opened here from its path
+    without ``settings`` is searched with the descriptor index it was written
+    with (``Gallery.saved_vote_index``).
 
     >>> report = check("my-gallery", ["found-online.jpg"])   # doctest: +SKIP
     >>> [(m.path, m.score, m.kind) for m in report.results[0].matches]  # doctest: +SKIP
@@ -234,7 +236,7 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
         own, g = False, run.gallery
     else:
         own = not isinstance(gallery, (Gallery, ShardedGallery))
-        g = open_gallery(gallery, create=False) if own else gallery
+        g = open_gallery(gallery, settings, create=False) if own else gallery
     try:
         n_gallery = len(g)
         if n_gallery == 0:

@@ -997,9 +997,12 @@ def _check_html_path(html_path: str | None) -> None:
                    "or a .toml file); scores are then its P(duplicate).")
 @_LEVEL_OPTION
 @_RAY_OPTION
+@click.option("--vote-index", type=click.Choice(["hnsw", "ivf"]), default=None,
+              help="Descriptor index to search (default: the kind the gallery was last "
+                   "written with). Example: matchkit check q.jpg --gallery g --vote-index ivf")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, profile_name,
-              level, ray, quiet):
+              level, ray, vote_index, quiet):
     """Check each image in QUERIES (files or folders) against a reference gallery.
 
     For every query: the gallery images it is a copy of (cropped, flipped,
@@ -1029,6 +1032,8 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(str(e))
     try:
         report = run_check(gallery, files, k=k, include_all=include_all,
+                           settings=None if vote_index is None else Settings().with_(
+                               vote_index=vote_index),
                            profile=_load_profile(profile_name, level), level=level, ray=ray)
     except (GalleryError, CheckError, RayUnavailable) as e:
         _fail(_one_line(e))

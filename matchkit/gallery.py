@@ -336,9 +336,13 @@ class Gallery:
     ...     g.save()
     """
 
-    def __init__(self, path: str | os.PathLike, settings: Settings = Settings(),
+    def __init__(self, path: str | os.PathLike, settings: Settings | None = None,
                  *, create: bool = True, lock_timeout: float | None = None):
         """Open (or with ``create``, make) the gallery in folder ``path``.
+
+        ``settings``: default ``Settings()``, with the descriptor index kind
+        the gallery was last written with (``saved_vote_index``), so a reader
+        that is not told searches what the writer built.
 
         ``lock_timeout``: seconds a write waits for another process writing
         to this gallery before raising :class:`GalleryError` (default:
@@ -346,7 +350,7 @@ class Gallery:
         """
         global last_opened
         self.path = Path(path)
-        self.settings = settings
+        self.settings = settings or Settings()
         db = self.path / DB_NAME
         if not db.exists():
             if not create:
@@ -385,6 +389,8 @@ class Gallery:
             raise GalleryError(f"cannot update gallery {self.path}: {e}") from None
         remove_stale_temps(self.path)
         last_opened = self.path
+        if settings is None and (kind := self.saved_vote_index()) is not None:
+            self.settings = self.settings.with_(vote_index=kind)
         self._writer = WriterLock(self.path, default_timeout() if lock_timeout is None
                                   else lock_timeout)
         self._indexes: dict[str, HammingIndex] = {}
@@ -661,6 +667,26 @@ class Gallery:
             return self.path / ORB_IVF_INDEX_NAME
         return self.path / {"phash": PHASH_INDEX_NAME, "orb": ORB_INDEX_NAME}[name]
 
+    def saved_vote_index(self) -> str | None:
+        """The descriptor index kind ("hnsw" or "ivf") whose file was saved
+        last, i.e. what the gallery was last written with (None: no file).
+
+        Why: the kind is a setting of each run, and a reader that is not told
+        should search what the writer built; otherwise ``check`` on a gallery
+        made with ``--vote-index ivf`` rebuilt an HNSW graph from SQLite on
+        every run (minutes for 10,000 images) and searched another index."""
+        best = None
+        for kind, name in (("hnsw", "orb"), ("ivf", "orb-ivf")):
+            try:
+                record = json.loads(self._meta(_FILE_KEY + name) or "null")
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("generation"), int):
+                when = (record["generation"], record.get("saved_at", 0))
+                if best is None or when > best[0]:
+                    best = (when, kind)
+        return None if best is None else best[1]
+
     def _ivf(self) -> bool:
         return self.settings.vote_index == "ivf"
 
@@ -822,7 +848,8 @@ class Gallery:
                 continue
             idx = self._indexes[name]
             stamp = idx.save(self._index_file(name))
-            record = {**stamp, "keys": len(idx), "generation": self._have[name]}
+            record = {**stamp, "keys": len(idx), "generation": self._have[name],
+                      "saved_at": round(time.time(), 3)}
             # One statement: the generation stamp and the checksum change together.
             self._set_meta(_FILE_KEY + self._record_name(name),
                            json.dumps(record, sort_keys=True))

@@ -103,13 +103,14 @@ def create_sharded(path: str | os.PathLike, shards: int) -> list[str]:
     return names
 
 
-def open_gallery(path: str | os.PathLike, settings: Settings = Settings(), *,
+def open_gallery(path: str | os.PathLike, settings: Settings | None = None, *,
                  create: bool = True, shards: int | None = None,
                  lock_timeout: float | None = None) -> "Gallery | ShardedGallery":
     """The gallery in folder ``path``: sharded if it holds a manifest (or
-    ``shards`` asks for a new sharded one), else a plain gallery."""
+    ``shards`` asks for a new sharded one), else a plain gallery (without
+    ``settings``, one searched with the descriptor index it was written with)."""
     if shards is not None and shards > 1 or is_sharded(path):
-        return ShardedGallery(path, settings, create=create, shards=shards,
+        return ShardedGallery(path, settings or Settings(), create=create, shards=shards,
                               lock_timeout=lock_timeout)
     return Gallery(path, settings, create=create, lock_timeout=lock_timeout)
 

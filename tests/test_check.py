@@ -288,3 +288,31 @@ def test_a_png_resave_of_a_large_gallery_jpeg_is_exact(tmp_path):
              for r in check(tmp_path / "g", [tmp_path / "x.png", tmp_path / "x_q60.jpg"]).results}
     assert kinds["x.png"] == ["exact"]
     assert kinds["x_q60.jpg"] == ["near"]
+
+
+def test_check_searches_the_vote_index_the_gallery_was_written_with(tmp_path, monkeypatch):
+    from conftest import make_photo
+    from matchkit import Settings
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        make_photo(i, (480, 360)).save(src / f"p{i}.jpg", quality=90)
+    make_photo(2, (480, 360)).crop((40, 30, 440, 330)).save(tmp_path / "q.jpg", quality=80)
+    gdir = tmp_path / "g"
+    with Gallery(gdir, Settings(vote_index="ivf")) as g:
+        g.add(sorted(src.iterdir()))
+    with Gallery(gdir, create=False) as g:
+        assert g.saved_vote_index() == "ivf"
+    built = []
+    real = Gallery._new_index
+    monkeypatch.setattr(Gallery, "_new_index", lambda self, name: built.append(
+        (name, self.settings.vote_index)) or real(self, name))
+    found = check(gdir, [tmp_path / "q.jpg"]).results[0].matches
+    assert [Path(m.path).name for m in found if m.matched] == ["p2.jpg"]
+    assert built == []  # the saved IVF file was searched; no graph built
+    check(gdir, [tmp_path / "q.jpg"], settings=Settings(vote_index="hnsw"))
+    assert ("orb", "hnsw") in built
+    out = CliRunner().invoke(cli, ["check", str(tmp_path / "q.jpg"), "--gallery", str(gdir),
+                                   "--vote-index", "hnsw", "-q"])
+    assert out.exit_code == 0 and '"matched": true' in out.output

@@ -462,11 +462,12 @@ def test_interrupted_embed_keeps_committed_batches(tmp_path, embedder, monkeypat
             raise KeyboardInterrupt
 
     monkeypatch.setattr(gm.Gallery, "_store_vectors", store_then_stop)
-    with Gallery(gdir, Settings(local_features=False)) as g:
-        g.add(sorted(photos.glob("*.png")))
-        g.save()
-        with pytest.raises(KeyboardInterrupt):
-            g.embed(small)
+    g = Gallery(gdir, Settings(local_features=False))
+    g.add(sorted(photos.glob("*.png")))
+    g.save()
+    with pytest.raises(KeyboardInterrupt):
+        g.embed(small)
+    g.close(save=False)  # what a kill leaves: the index file is not saved
     monkeypatch.setattr(gm.Gallery, "_store_vectors", real)
     name = embedder.name
     with Gallery(gdir, Settings(local_features=False)) as g:
