@@ -253,3 +253,29 @@ def test_thumbnail_looks_are_found_once_per_image_and_equal_a_fresh_look(monkeyp
     assert len(calls) == 5
     looks.features(thumbs[2].copy(), (384, 512), 500)          # equal, but another image's
     assert len(calls) == 6
+
+
+def test_report_records_become_the_dicts_asdict_makes():
+    from collections import namedtuple
+    from dataclasses import asdict
+
+    from matchkit.report import ClusterResult, MemberRelation, PairResult, SkippedFile, plain
+
+    Point = namedtuple("Point", "x y")
+    cluster = ClusterResult(
+        "a.jpg", ["a.jpg", "b.jpg", "c.jpg"],
+        [PairResult("a.jpg", "b.jpg", 0.91, "near", {"inliers": 40, "transform": [[1.0, 0.0]],
+                                                    "at": (1, 2), "p": Point(3, 4),
+                                                    "tags": {"x"}, "n": np.float64(0.5)},
+                    "crop"),
+         PairResult("a.jpg", "c.jpg", 1.0, "exact")],
+        "highest JPEG quality", ["a.jpg"], {"a.jpg": {"size": 10, "sha256": "ff"}},
+        [MemberRelation("b.jpg", "c.jpg", "edited", "keeper")])
+    for record in (cluster, SkippedFile("bad.jpg", "truncated")):
+        got, want = plain(record), asdict(record)
+        assert got == want and type(got) is dict
+    got = plain(cluster)["pairs"][0]["evidence"]
+    assert got["p"] == Point(3, 4) and type(got["p"]) is Point and type(got["at"]) is tuple
+    assert got["tags"] is not cluster.pairs[0].evidence["tags"]  # copied, as asdict copies
+    got["transform"][0][0] = 9.0
+    assert cluster.pairs[0].evidence["transform"][0][0] == 1.0
