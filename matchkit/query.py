@@ -476,8 +476,10 @@ class QueryMatcher:
             ev, rec, fa, ma = item
             if id(rec) not in query_masks:
                 query_masks[id(rec)] = _mask(rec.thumb)
+            # The mirrored look only where the hashes align under a reflection
+            # closely enough to mean it, as in dedupe (``mirror_max_distance``).
             _verify_pair(ev, fa, (rec.local, rec.thumb), {}, s, ma, query_masks[id(rec)],
-                         mirror=True, looks=self._looks)
+                         mirror=ev.phash_distance <= s.mirror_max_distance, looks=self._looks)
             if self.calibrator is None:
                 ev.rule = local_rule(ev, s)
             ev.pending = False

@@ -113,3 +113,39 @@ def test_match_strength_orders_evidence():
     assert scores[0] == 1.0 and scores[0] > scores[1] >= 0.75
     assert 0.5 <= scores[2] < 1.0
     assert 0 < scores[3] < 0.5 and scores[4] == 0.0
+
+
+def test_the_mirrored_look_is_taken_only_where_the_hashes_mean_it(gallery, tmp_path,
+                                                                   monkeypatch):
+    import matchkit.match as M
+
+    make_photo(4, (480, 360)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop(
+        (12, 9, 468, 351)).rotate(3).save(tmp_path / "flip.jpg", quality=85)
+    for i in range(6):
+        make_photo(300 + i, (480, 360)).save(tmp_path / f"other{i}.jpg", quality=85)
+    recs = [extract(p) for p in sorted(tmp_path.glob("*.jpg"))]
+    looked = []
+    real = M.mirrored_look
+    monkeypatch.setattr(M, "mirrored_look", lambda fa, fb, s, looks=None: looked.append(
+        s.mirror_max_distance) or real(fa, fb, s, looks))
+    distances = []
+    real_verify = M._verify_pair
+
+    def verify(ev, *a, **kw):
+        if kw.get("mirror") and ev.extra.get("reflect"):
+            distances.append(ev.phash_distance)
+        return real_verify(ev, *a, **kw)
+
+    import matchkit.query as Q
+    monkeypatch.setattr(Q, "_verify_pair", verify)
+    for limit in (256, 100):
+        looked.clear()
+        distances.clear()
+        with QueryMatcher(gallery, gallery.settings.with_(mirror_max_distance=limit)) as m:
+            found = m.match_records(recs)
+        flip = [n for n in found[0] if n.matched]  # found by its mirrored look
+        assert flip and flip[0].path.endswith("p4.jpg") and flip[0].evidence.rule == "local"
+        assert all(d <= limit for d in distances)
+        if limit == 256:
+            tried_all = len(looked)
+    assert tried_all > len(looked)  # farther reflections were looked at before, not now
