@@ -75,6 +75,11 @@ def run_measured_cpu(cmd: list[str], **kw) -> dict:
             "peak_rss_mib": usage.ru_maxrss / 1024.0, "rc": proc.returncode}
 
 
+def folder_size(path: str | os.PathLike) -> int:
+    """Bytes of all files under ``path`` (a gallery's size on disk)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds this machine (all cores) has spent busy since boot, from
     ``/proc/stat`` (None elsewhere). The difference over a run counts every

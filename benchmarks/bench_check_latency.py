@@ -48,10 +48,6 @@ import sets  # noqa: E402
 ROOT = C.WORK / "check-latency"
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def build(size: int, vote_index: str, originals: list[Path], scale_root: Path) -> dict:
     """The gallery of ``originals`` + the first ``size`` scale slots (made if missing)."""
     from matchkit.config import Settings
@@ -90,7 +86,6 @@ def build(size: int, vote_index: str, originals: list[Path], scale_root: Path) -
 def measure(gallery: str, queries: list[str]) -> dict:
     """In this process (pinned to one core): open, then check each query alone."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    from matchkit.config import Settings
     from matchkit.features import extract_many
     from matchkit.gallery import Gallery
     from matchkit.io import ImageLoadError
@@ -188,7 +183,7 @@ def main() -> None:
         (ROOT / f"last-{gpath.name}.json").write_text(proc.stdout)
         row = {"label": args.label or C.commit(), "vote_index": args.vote_index,
                "gallery_images": info["images"],
-               "disk_kb_per_image": folder_bytes(gpath) / 1024 / info["images"],
+               "disk_kb_per_image": C.folder_size(gpath) / 1024 / info["images"],
                **score(json.loads(proc.stdout), copies)}
         rows.append(row)
         print(C.table([row], list(row)), flush=True)

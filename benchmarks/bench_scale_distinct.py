@@ -38,10 +38,6 @@ import scale_set  # noqa: E402
 STEP = 2000  # N and N/100 must be whole blocks of 20 copies
 
 
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def score_run(out_json: Path, groups: list[list[str]]) -> dict:
     truth = C.pairs_from_groups([[os.path.basename(n) for n in g] for g in groups])
     pred = C.pairs_from_groups(C.clusters_from_json(out_json))
@@ -68,7 +64,7 @@ def run_size(n: int, seed: int, root: Path, workers: int, keep: bool) -> list[di
         u = C.run_usage(cmd)
         if u["rc"] not in (0, 1):
             raise SystemExit(f"dedupe failed ({u['rc']}) at {n}, run {name}")
-        disk = folder_size(gallery)
+        disk = C.folder_size(gallery)
         row = {"images": count, "run": name, **{k: u[k] for k in ("wall_s", "cpu_s", "peak_rss_mib")},
                "images_per_s": count / u["wall_s"], "cpu_ms_per_image": 1000 * u["cpu_s"] / count,
                "gallery_mb": disk / 2**20, "kb_per_image": disk / 1024 / count,
