@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._arrays import unique
 from .checkpoint import checkpoint
 from .index import HammingIndex
 
@@ -238,41 +239,51 @@ def tally_votes(owners: np.ndarray, other: np.ndarray, dists: np.ndarray, *, max
                 detail: VoteDetail | None = None) -> dict[tuple[int, int], float]:
     """The votes of ``vote_candidates`` from its descriptors' neighbour lists:
     ``owners[r]`` is the query image of row ``r``, ``other[r]`` the images of its
-    neighbours (-1: none) and ``dists[r]`` their distances."""
+    neighbours (-1: none) and ``dists[r]`` their distances.
+
+    Array operations throughout (an incremental run counts again the votes of
+    most of a gallery's images after an add); the loop at the end visits only
+    the pairs that are kept."""
     out: dict[tuple[int, int], float] = {}
     valid = (other >= 0) & (dists <= max_distance) & (other != owners[:, None])
-    if allowed is not None:
-        allowed_arr = np.fromiter(allowed, np.int64)
-        valid &= np.isin(other, allowed_arr)
+    if allowed is not None and valid.any():
+        wanted = np.fromiter(allowed, np.int64)
+        lut = np.zeros(int(max(other.max(), wanted.max(initial=0))) + 1, bool)
+        lut[wanted[wanted >= 0]] = True
+        valid &= lut[np.maximum(other, 0)]
     rows, cols = np.nonzero(valid)
     if not len(rows):
         return out
     other = other.astype(np.int64)
+    span = other.max() + 1
     # One vote per (query descriptor, other image), shared among the images it hits.
-    pair_code = rows.astype(np.int64) * (other.max() + 1) + other[rows, cols]
-    pair_code = np.unique(pair_code)
-    row_of = pair_code // (other.max() + 1)
-    img_of = pair_code % (other.max() + 1)
+    pair_code = unique(rows.astype(np.int64) * span + other[rows, cols])
+    row_of, img_of = pair_code // span, pair_code % span
     per_row = np.bincount(row_of, minlength=len(owners))
     weights = 1.0 / per_row[row_of]
-    owner_of = owners[row_of]
-    if detail is not None:
-        for q, o in set(zip(owner_of.tolist(), img_of.tolist())):
-            detail.hits.setdefault(q, []).append(o)
-        for hit in detail.hits.values():
-            hit.sort()
+    owner_of = np.asarray(owners, np.int64)[row_of]
     stride = int(max(owner_of.max(), img_of.max()) + 1)
-    code = owner_of * stride + img_of
-    uniq, inv = np.unique(code, return_inverse=True)
+    uniq, inv = np.unique(owner_of * stride + img_of, return_inverse=True)
     votes = np.bincount(inv, weights=weights)
     q_of, o_of = uniq // stride, uniq % stride
-    order = np.lexsort((-votes, q_of))
-    taken: dict[int, int] = {}
-    for i in order.tolist():
-        q, o, v = int(q_of[i]), int(o_of[i]), float(votes[i])
-        if v < min_votes or taken.get(q, 0) >= per_query:
-            continue
-        taken[q] = taken.get(q, 0) + 1
+    if detail is not None:  # (``uniq`` is sorted: by query, then other image)
+        qs, starts = np.unique(q_of, return_index=True)
+        others = o_of.tolist()
+        for q, a, b in zip(qs.tolist(), starts.tolist(), [*starts[1:].tolist(), len(others)]):
+            detail.hits.setdefault(q, []).extend(others[a:b])
+        for hit in detail.hits.values():
+            hit.sort()
+    # Per query, its pairs by votes (descending; ties by other image), at
+    # least ``min_votes``, the first ``per_query`` of them.
+    keep = np.nonzero(votes >= min_votes)[0]
+    order = keep[np.lexsort((-votes[keep], q_of[keep]))]
+    q_sorted = q_of[order]
+    first = np.ones(len(order), bool)
+    first[1:] = q_sorted[1:] != q_sorted[:-1]
+    at = np.arange(len(order))
+    rank = at - np.maximum.accumulate(np.where(first, at, 0))
+    order = order[rank < per_query]
+    for q, o, v in zip(q_of[order].tolist(), o_of[order].tolist(), votes[order].tolist()):
         pair = (q, o) if q < o else (o, q)
         out[pair] = max(out.get(pair, 0.0), v)
         if detail is not None:

@@ -31,6 +31,7 @@ from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, ne
 from .incremental import IncrementalMatcher
 from .match import PairEvidence, PairMatcher
 from ._cvthreads import single_opencv_thread
+from ._gc import with_fewer_collections
 from .picture import dense_picture
 from .relation import check_level, compose
 from .signals import configured as configured_signals, shown as signals_shown, vetoing
@@ -38,6 +39,7 @@ from .report import (MEMBER_RELATIONS_UP_TO, ClusterResult, DedupeReport, Member
                      PairResult, SkippedFile)
 
 
+@with_fewer_collections
 def dedupe(
     paths: Iterable[str | os.PathLike],
     *,

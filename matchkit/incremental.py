@@ -63,6 +63,7 @@ import json
 import numpy as np
 
 from . import __version__
+from ._arrays import unique
 from .candidates import VoteDetail, phash_candidates, tally_votes
 from .checkpoint import checkpoint
 from .config import Settings
@@ -234,7 +235,7 @@ def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray
     have are ignored. Replaces the lists that changed in ``lists`` and
     returns those images, ascending (else every new descriptor was farther
     than its lists). ``by_key``: ties ordered as ``_merge_rows`` says."""
-    images = np.unique(hits[:, 0]).tolist()
+    images = unique(hits[:, 0]).tolist()
     if not images:
         return []
     touched: list[int] = []
@@ -262,7 +263,7 @@ def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray
             continue
         new_ids, new_d = _merge_rows(ids, dists, found, by_key=by_key)
         moved = np.nonzero((new_ids != ids).any(1) | (new_d != dists).any(1))[0]
-        for n in np.unique(np.searchsorted(starts, moved, "right") - 1).tolist():
+        for n in unique(np.searchsorted(starts, moved, "right") - 1).tolist():
             j, a = group[n], int(starts[n])
             lists[j] = (new_ids[a:a + counts[n]], new_d[a:a + counts[n]])
             touched.append(j)

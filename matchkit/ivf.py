@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._arrays import unique
 from ._fs import atomic_write, file_stamp
 
 #: Keys must be below this (the search packs row, distance and key in one int64).
@@ -213,7 +214,7 @@ class IVFIndex:
             raise ValueError("codes must be 256 bits (32 bytes) each")
         if keys.min() < 0 or keys.max() >= MAX_KEY:
             raise ValueError(f"keys must be in [0, {MAX_KEY})")
-        if len(np.unique(keys)) != len(keys):
+        if len(unique(keys)) != len(keys):
             raise ValueError("duplicate keys in one add")
         words = self.vocab.assign(codes, 1)[:, 0]
         sigs = self.vocab.signatures(codes)

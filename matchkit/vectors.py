@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from usearch.index import Index
 
+from ._arrays import unique
 from ._fs import atomic_write, atomic_write_bytes, file_stamp
 
 #: Below this many vectors the whole index is scanned (exact and as fast as HNSW).
@@ -222,7 +223,7 @@ class VectorIndex:
         vectors = self._vectors(vectors, len(ids))
         if len(ids) == 0:
             return
-        if len(np.unique(ids)) != len(ids):
+        if len(unique(ids)) != len(ids):
             # Keep the last vector given for a repeated id, as repeated dict updates would.
             _, last = np.unique(ids[::-1], return_index=True)
             keep = np.sort(len(ids) - 1 - last)
@@ -241,7 +242,7 @@ class VectorIndex:
         ids = self._ids(ids)
         if len(ids) == 0 or len(self) == 0:
             return 0
-        ids = np.unique(ids)
+        ids = unique(ids)
         present = ids[np.asarray(self._index.contains(ids), dtype=bool).reshape(-1)]
         if len(present):
             self._index.remove(present)
@@ -301,7 +302,7 @@ class VectorIndex:
         """Sorted unique ids of ``allowed`` that are in the index (uint64)."""
         allowed = self._ids(allowed)
         if len(allowed) > 1 and not (allowed[1:] > allowed[:-1]).all():
-            allowed = np.unique(allowed)
+            allowed = unique(allowed)
         if len(allowed) == 0:
             return allowed
         if self._rows is not None:

@@ -279,3 +279,89 @@ def test_report_records_become_the_dicts_asdict_makes():
     assert got["tags"] is not cluster.pairs[0].evidence["tags"]  # copied, as asdict copies
     got["transform"][0][0] = 9.0
     assert cluster.pairs[0].evidence["transform"][0][0] == 1.0
+
+
+def _tally_votes_pair_by_pair(owners, other, dists, *, max_distance, per_query, min_votes,
+                              allowed, detail):
+    """``candidates.tally_votes`` as a plain loop: each descriptor row gives
+    one vote, shared equally by the distinct images it hit; per query image,
+    its best ``per_query`` pairs of at least ``min_votes`` (ties: smaller id)."""
+    votes: dict[tuple[int, int], float] = {}
+    for r in range(len(owners)):
+        q = int(owners[r])
+        hit = sorted({int(o) for o, d in zip(other[r], dists[r])
+                      if o >= 0 and d <= max_distance and o != q
+                      and (allowed is None or o in allowed)})
+        for o in hit:
+            votes[(q, o)] = votes.get((q, o), 0.0) + 1.0 / len(hit)
+    for q, o in votes:
+        detail.hits.setdefault(q, []).append(o)
+    for hit in detail.hits.values():
+        hit.sort()
+    out: dict[tuple[int, int], float] = {}
+    for q in sorted({q for q, _ in votes}):
+        mine = sorted(((v, o) for (qq, o), v in votes.items() if qq == q),
+                      key=lambda x: (-x[0], x[1]))
+        for v, o in [x for x in mine if x[0] >= min_votes][:per_query]:
+            pair = (min(q, o), max(q, o))
+            out[pair] = max(out.get(pair, 0.0), v)
+            detail.by_owner.setdefault(q, {})[o] = v
+    return out
+
+
+def test_vote_tally_counts_as_row_by_row():
+    from matchkit.candidates import VoteDetail, tally_votes
+
+    rng = np.random.default_rng(5)
+    kept = 0
+    for trial in range(40):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(1, 9))
+        owners = rng.integers(0, 12, n)
+        other = rng.integers(-1, 15, (n, k))
+        dists = rng.integers(0, 100, (n, k))
+        allowed = set(rng.choice(15, 10, replace=False).tolist()) if trial % 2 else None
+        limits = dict(max_distance=int(rng.integers(20, 90)), per_query=int(rng.integers(0, 6)),
+                      min_votes=float(rng.choice([0.0, 0.5, 1.0, 2.5])))
+        got, want = VoteDetail(), VoteDetail()
+        a = tally_votes(owners, other, dists, allowed=allowed, detail=got, **limits)
+        b = _tally_votes_pair_by_pair(owners, other, dists, allowed=allowed, detail=want,
+                                      **limits)
+        assert a.keys() == b.keys() and all(abs(a[p] - b[p]) < 1e-9 for p in a)
+        assert got.hits == want.hits
+        # the same kept pairs per query image, in the same order (best first)
+        assert {q: list(d) for q, d in got.by_owner.items()} == \
+               {q: list(d) for q, d in want.by_owner.items()}
+        kept += len(a)
+    assert kept > 200  # the data does keep pairs
+
+
+def test_unique_by_sorting_equals_numpy_unique():
+    from matchkit._arrays import unique
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 7, 1000):
+        for dtype in (np.int64, np.uint64, np.int32):
+            x = rng.integers(0, max(2, n // 3), n).astype(dtype)
+            got, want = unique(x), np.unique(x)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_fewer_collections_raises_the_thresholds_and_the_last_block_restores_them():
+    import gc
+
+    from matchkit._gc import JOB_THRESHOLDS, fewer_collections
+
+    before = gc.get_threshold()
+    assert before != JOB_THRESHOLDS
+    with fewer_collections():
+        assert gc.get_threshold() == JOB_THRESHOLDS
+        with fewer_collections():  # (another thread's job, say)
+            assert gc.get_threshold() == JOB_THRESHOLDS
+        assert gc.get_threshold() == JOB_THRESHOLDS
+    assert gc.get_threshold() == before
+    try:
+        with fewer_collections():
+            raise KeyError
+    except KeyError:
+        pass
+    assert gc.get_threshold() == before
