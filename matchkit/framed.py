@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .hashing import PHASH_BITS, dihedral_phashes
-from .index import HammingIndex
+from .index import transient_index
 
 #: Least share of the thumbnail a frame's quadrilateral covers (a smaller
 #: one is a door, a sign or a window in a scene).
@@ -218,8 +218,7 @@ def framed_pairs(index, pictures: dict[int, np.ndarray], plain: dict[int, np.nda
         _collect(out, np.concatenate(mine_owner), keys, dists, allowed, max_distance)
     if rows:
         codes, code_owner = np.concatenate(rows), np.concatenate(row_owner)
-        pics = HammingIndex(codes.shape[1] * 8)
-        pics.add(np.arange(len(codes)), codes)
+        pics = transient_index(np.arange(len(codes)), codes, codes.shape[1] * 8)
         k = min(len(codes), neighbours + 2 * MAX_QUADS)
         for q, q_owner in ((mine, mine_owner), (own, own_owner)):
             if q:

@@ -69,7 +69,7 @@ from .checkpoint import checkpoint
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
-from .index import HammingIndex
+from .index import HammingIndex, transient_index
 from .ivf import IVFIndex
 from .local import Overlap, Verification
 from .framed import framed_pairs, unframed
@@ -303,9 +303,7 @@ def _nearest_distance(queries: np.ndarray, codes: np.ndarray, nbits: int) -> np.
     ``codes`` (exact below ``index.EXACT_SEARCH_BELOW`` codes)."""
     if not len(queries):
         return np.zeros(0, np.int64)
-    index = HammingIndex(nbits)
-    index.add(np.arange(len(codes)), codes, replace=False)
-    return index.search(queries, 1)[1][:, 0]
+    return transient_index(np.arange(len(codes)), codes, nbits).search(queries, 1)[1][:, 0]
 
 
 class IncrementalMatcher(PairMatcher):
@@ -480,9 +478,11 @@ class IncrementalMatcher(PairMatcher):
             in_plain = set(plain.tolist())
             others = [i for i in todo if i not in in_plain]
             if others:
-                small = (IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes) if ivf
-                         else HammingIndex(256))
-                small.add(keys, descs, replace=False)
+                if ivf:
+                    small = IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes)
+                    small.add(keys, descs, replace=False)
+                else:
+                    small = transient_index(keys, descs, 256)
                 queries = self._query_descriptors(others)
                 owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
                 ranks = np.concatenate([np.arange(len(queries[i])) for i in others])

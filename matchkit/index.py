@@ -135,3 +135,18 @@ class HammingIndex:
         if "expansion_search" in kw:  # a search setting, not part of the stored graph
             idx._index.expansion_search = kw["expansion_search"]
         return idx
+
+
+def transient_index(keys: np.ndarray, codes: np.ndarray, nbits: int) -> HammingIndex:
+    """An index of distinct ``keys`` built to be searched now and dropped.
+
+    Below ``EXACT_SEARCH_BELOW`` codes its searches are exhaustive, so the
+    HNSW graph USearch builds on every add is never walked: a sparse one is
+    built instead (connectivity 2), with the same answers. Measured on 6,500
+    picture hashes: 0.67 s to build with the default graph, 0.011 s sparse;
+    incremental runs build such indexes on every add (``framed_pairs``).
+    """
+    sparse = dict(connectivity=2, expansion_add=2) if len(keys) < EXACT_SEARCH_BELOW else {}
+    index = HammingIndex(nbits, **sparse)
+    index.add(keys, codes, replace=False)
+    return index

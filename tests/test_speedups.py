@@ -365,3 +365,19 @@ def test_fewer_collections_raises_the_thresholds_and_the_last_block_restores_the
     except KeyError:
         pass
     assert gc.get_threshold() == before
+
+
+def test_transient_index_answers_as_a_fully_built_one():
+    from matchkit.index import HammingIndex, transient_index
+
+    rng = np.random.default_rng(8)
+    codes = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    codes[1000:1040] = codes[7]           # many equal codes: ties at distance 0
+    queries = codes[rng.integers(0, 3000, 300)].copy()
+    queries[:, :2] ^= rng.integers(0, 256, (300, 2), dtype=np.uint8)
+    keys = rng.permutation(10**6)[:3000]
+    full = HammingIndex(256)
+    full.add(keys, codes, replace=False)
+    for k in (1, 5, 40):
+        got, want = transient_index(keys, codes, 256).search(queries, k), full.search(queries, k)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
