@@ -344,3 +344,30 @@ def test_a_sharded_add_matches_a_sharded_run_from_scratch(sets, tmp_path, monkey
     fresh = dedupe([folder], gallery=tmp_path / "fresh", shards=2, settings=Settings(workers=1))
     assert grown.stats["pairs_reused"] > 0
     assert _content(grown) == _content(fresh)
+
+
+def test_a_stored_verification_brings_the_evidence_to_what_verifying_left(sets, tmp_path):
+    """Only what verification changed is stored ("after"); applied to the
+    evidence it was made from, it gives the verified evidence exactly."""
+    from matchkit.incremental import (apply_verification, evidence_from_json, evidence_json,
+                                      verification_json)
+    from matchkit.match import PairMatcher
+
+    old, _ = sets
+    settings = Settings(workers=1)
+    with Gallery(tmp_path / "g", settings) as g:
+        g.add(sorted(old.glob("*.jpg")))
+        ids = g.ids()
+        matcher = PairMatcher(g, ids, settings)
+        pending = [ev for ev in matcher.evidence if ev.pending]
+        before = [evidence_json(ev) for ev in pending]
+        matcher.verify(pending)
+    changed_extra = 0
+    for text, ev in zip(before, pending):
+        stored = verification_json(text, ev)
+        assert '"v"' not in stored  # (votes stay the pair's own)
+        again = evidence_from_json(text)
+        apply_verification(again, stored)
+        assert evidence_json(again) == evidence_json(ev)
+        changed_extra += "x+" in stored or "x-" in stored
+    assert len(pending) > 20 and changed_extra  # verification did change the extra entries
