@@ -31,17 +31,22 @@ class LocalFeatures:
     desc: np.ndarray    # (n, 32) uint8 ORB descriptors
     width: int          # working image size the coordinates refer to
     height: int
+    #: (n,) ORB pyramid level of each keypoint (0: the working image itself),
+    #: when asked for (``extract_local(octaves=True)``); never stored.
+    octave: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.desc)
 
     def head(self, n: int) -> "LocalFeatures":
         """The ``n`` strongest keypoints."""
-        return LocalFeatures(self.xy[:n], self.desc[:n], self.width, self.height)
+        return LocalFeatures(self.xy[:n], self.desc[:n], self.width, self.height,
+                             None if self.octave is None else self.octave[:n])
 
     def subset(self, keep: np.ndarray) -> "LocalFeatures":
         """The keypoints where ``keep`` is true, order preserved."""
-        return LocalFeatures(self.xy[keep], self.desc[keep], self.width, self.height)
+        return LocalFeatures(self.xy[keep], self.desc[keep], self.width, self.height,
+                             None if self.octave is None else self.octave[keep])
 
 
 def working_grey(image: Image.Image, work_side: int) -> np.ndarray:
@@ -87,18 +92,22 @@ def _orb(n_features: int):
     return orb
 
 
-def extract_local(grey: np.ndarray, n_features: int = 500) -> LocalFeatures:
-    """ORB keypoints and descriptors of a grey working image, strongest first."""
+def extract_local(grey: np.ndarray, n_features: int = 500, *,
+                  octaves: bool = False) -> LocalFeatures:
+    """ORB keypoints and descriptors of a grey working image, strongest first
+    (with each keypoint's pyramid level if ``octaves``)."""
     h, w = grey.shape[:2]
     if min(h, w) < ORB_MIN_SIDE:
         kps, desc = (), None
     else:
         kps, desc = _orb(n_features).detectAndCompute(grey, None)
     if desc is None or not kps:
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESC_BYTES), np.uint8), w, h)
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESC_BYTES), np.uint8), w, h,
+                             np.zeros(0, np.int8) if octaves else None)
     order = np.argsort([-k.response for k in kps], kind="stable")
     xy = np.array([kps[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
-    return LocalFeatures(xy, np.ascontiguousarray(desc[order]), w, h)
+    level = np.array([kps[i].octave for i in order], np.int8) if octaves else None
+    return LocalFeatures(xy, np.ascontiguousarray(desc[order]), w, h, level)
 
 
 @dataclass

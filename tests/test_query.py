@@ -149,3 +149,39 @@ def test_the_mirrored_look_is_taken_only_where_the_hashes_mean_it(gallery, tmp_p
         if limit == 256:
             tried_all = len(looked)
     assert tried_all > len(looked)  # farther reflections were looked at before, not now
+
+
+def test_the_zoomed_look_votes_with_its_finest_pyramid_levels_only(gallery, tmp_path,
+                                                                   monkeypatch):
+    """The closer look's keypoints carry their ORB pyramid level; only levels
+    below ``ZOOM_VOTE_LEVELS`` vote (the coarser ones repeat the first look's
+    scales); the usual look's query features vote whatever their level."""
+    import numpy as np
+
+    from matchkit.local import extract_local, working_grey
+    from matchkit.query import ZOOM_VOTE_LEVELS
+
+    page = _cluttered_frame(make_photo(5, (480, 360)))
+    grey = working_grey(page, 1024)
+    plain, levelled = extract_local(grey, 2000), extract_local(grey, 2000, octaves=True)
+    assert plain.octave is None
+    assert np.array_equal(plain.desc, levelled.desc) and np.array_equal(plain.xy, levelled.xy)
+    assert levelled.octave.min() == 0 and levelled.octave.max() >= ZOOM_VOTE_LEVELS
+    assert np.array_equal(levelled.head(10).octave, levelled.octave[:10])
+
+    searched = []
+    index = gallery.orb_index
+    real = index.search
+    monkeypatch.setattr(index, "search", lambda codes, k: searched.append(len(codes))
+                        or real(codes, k))
+    page.save(tmp_path / "page.jpg", quality=90)
+    rec = extract(tmp_path / "page.jpg")
+    with QueryMatcher(gallery) as m:
+        found = m.match_records([rec])[0]
+        zoomed = m._zoomed(rec)
+    assert found[0].evidence.extra.get("zoom") is True  # (the closer look was taken)
+    fine = int((zoomed.local.octave < ZOOM_VOTE_LEVELS).sum())
+    assert 0 < fine < len(zoomed.local)
+    assert searched[-1] == fine  # the closer look's vote search: fine levels only
+    # the first look's: its usual query descriptors, whatever their level
+    assert searched[0] == min(len(rec.local), gallery.settings.query_features)

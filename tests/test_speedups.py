@@ -216,7 +216,8 @@ def test_distinctive_votes_count_as_descriptor_by_descriptor():
         fake = SimpleNamespace(settings=Settings(), gallery=SimpleNamespace(orb_index=index),
                                allowed=allowed)
         records = [SimpleNamespace(local=type("Local", (), {
-            "desc": np.zeros((int(m), 32), np.uint8), "__len__": lambda self, m=int(m): m})())
+            "desc": np.zeros((int(m), 32), np.uint8), "octave": None,
+            "__len__": lambda self, m=int(m): m})())
             for m in sizes]
         got = QueryMatcher._distinctive_votes(fake, records, keys, exclude)
         want = _distinctive_votes_one_by_one(np.where(found >= 0, found // ORB_KEY_STRIDE, -1),
