@@ -65,8 +65,9 @@ def dedupe(
     overrides apply. ``level`` (``relation.LEVELS``: "copies", "variants" or
     "similar"; default ``settings.level``) chooses which relations form clusters.
     ``on_progress(phase, done, total)`` is told of each phase as it goes:
-    "add" (files read), "embed", "match" (images whose candidates were
-    searched), "cluster" (exact-copy classes placed in clusters), "verify"
+    "add" (files read), "embed", "stored" (with a gallery: steps of bringing
+    its stored matching up to date, ``incremental.UPDATE_STEPS``), "match"
+    (images whose candidates were searched), "cluster" (exact-copy classes placed in clusters), "verify"
     (candidate pairs verified or looked up so far, of those pending: told
     between "cluster" calls, as clustering asks for them), "keepers" (classes
     placed again in a further keeper pass) and "report" (clusters written

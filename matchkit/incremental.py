@@ -66,7 +66,7 @@ import numpy as np
 from . import __version__
 from ._arrays import unique
 from .candidates import VoteDetail, phash_candidates, tally_votes
-from .checkpoint import checkpoint
+from .checkpoint import checkpoint, report
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
@@ -85,6 +85,11 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: inside a frame, records "fh" and "fr", ``framed.py``; 6: a pair's "after"
 #: holds only what verification changed, ``verification_json``).
 STATE_VERSION = 6
+#: Steps of bringing the stored state up to date, told as phase "stored"
+#: (``checkpoint.report``): stored records read, gone images found, hash
+#: searches redone, votes patched, frames looked for again, new images
+#: searched (phase "match" inside it), pair evidence read or made.
+UPDATE_STEPS = 7
 #: Settings that do not change any decision (only how many threads run).
 _NOT_MATCHING = ("workers",)
 #: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second
@@ -368,6 +373,7 @@ class IncrementalMatcher(PairMatcher):
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
                  same: dict[int, int] | None = None, calibrator=None, *,
                  rematch: bool = False):
+        report("stored", 0, UPDATE_STEPS)
         self._setup(gallery, ids, settings, calibrator)
         self.key = settings_key(settings, calibrator)
         self.rematch = rematch
@@ -380,6 +386,7 @@ class IncrementalMatcher(PairMatcher):
         self._changed_rows: set[tuple[int, int, int]] = set()
         records = {i: json.loads(r) for i, (d, r) in stored.items()
                    if i in current and current[i][0] == d}
+        report("stored", 1, UPDATE_STEPS)
         allowed = set(ids)
         #: Images new to the indexes since the records were made (new or changed).
         fresh = [i for i in current if i not in records]
@@ -396,14 +403,18 @@ class IncrementalMatcher(PairMatcher):
         self.old_votes: dict[int, dict[int, float]] = {}
         searched = [i for i, r in records.items() if r.get("q")]
         full = self._stale(searched, allowed)
+        report("stored", 2, UPDATE_STEPS)
         if entering:
             rest = [i for i in searched if i not in full]
             full |= self._refresh_phash(self._phash_reached(rest, entering), allowed)
+            report("stored", 3, UPDATE_STEPS)
             if self.settings.local_features:
                 self._patch_votes([i for i in searched if i not in full], fresh, allowed,
                                   retally=len(entering) > len(fresh))
+        report("stored", 4, UPDATE_STEPS)
         if self.settings.local_features:
             self._regate([i for i in searched if i not in full and i in allowed], allowed)
+        report("stored", 5, UPDATE_STEPS)
         for i, (digest, _) in current.items():  # markers: seen, not searched
             if i not in records or i in full or bool(records[i].get("run")) != (i in allowed):
                 rec = records.get(i) if i not in full else None
@@ -421,7 +432,9 @@ class IncrementalMatcher(PairMatcher):
         self.icons = icon_views(self.gallery.icons(ids), self.sizes, self._pool)
         self.icon_decider = IconDecider(self.icons, [], self._pool)
         self.changed.update(self.icons)
+        report("stored", 6, UPDATE_STEPS)
         self.evidence = self._evidence(ids, same)
+        report("stored", UPDATE_STEPS, UPDATE_STEPS)
 
     # -- which records still hold ------------------------------------------
     def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:

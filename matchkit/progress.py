@@ -56,6 +56,7 @@ class StageBars:
 DEDUPE_PHASES = {
     "add": ("extraction", "files"),
     "embed": ("embeddings", "images"),
+    "stored": ("stored matches", "steps"),
     "match": ("candidates", "images"),
     "cluster": ("clustering", "distinct images"),
     "keepers": ("keeper pass", "distinct images"),

@@ -371,3 +371,26 @@ def test_a_stored_verification_brings_the_evidence_to_what_verifying_left(sets, 
         assert evidence_json(again) == evidence_json(ev)
         changed_extra += "x+" in stored or "x-" in stored
     assert len(pending) > 20 and changed_extra  # verification did change the extra entries
+
+
+def test_bringing_the_stored_state_up_to_date_is_told_step_by_step(sets, tmp_path):
+    """A gallery run tells phase "stored" from 0 to every step done, around
+    the search of the new images (phase "match")."""
+    from matchkit.incremental import UPDATE_STEPS
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    dedupe([folder], gallery=tmp_path / "g", settings=Settings(workers=1))
+    for p in sorted(new.iterdir())[:3]:
+        shutil.copy(p, folder / p.name)
+    told = []
+    dedupe([folder], gallery=tmp_path / "g", settings=Settings(workers=1),
+           on_progress=lambda phase, done, total: told.append((phase, done, total)))
+    stored = [(done, total) for phase, done, total in told if phase == "stored"]
+    assert stored[0] == (0, UPDATE_STEPS) and stored[-1] == (UPDATE_STEPS, UPDATE_STEPS)
+    assert [d for d, _ in stored] == sorted(d for d, _ in stored)
+    phases = [phase for phase, _, _ in told if phase != "verify"]
+    first_stored, last_stored = phases.index("stored"), len(phases) - phases[::-1].index("stored")
+    assert "match" in phases[first_stored:last_stored]  # the 3 new images searched inside it
+    assert phases.index("add") < first_stored and phases.index("cluster") >= last_stored

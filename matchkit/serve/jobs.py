@@ -12,7 +12,7 @@ manifest that ``undo`` replays backwards. The gallery's rows are left as
 they are, as with ``matchkit dedupe --move-duplicates-to``.
 
 While a job runs, its record shows ``progress``: the pipeline's phase
-("add", "embed", "match", "cluster", "verify", "keepers", "report") with done
+("add", "embed", "stored", "match", "cluster", "verify", "keepers", "report") with done
 and total counts, as ``dedupe(on_progress=...)`` reports them (kept in
 memory, stored when the run ends). Cancelling a queued job drops it; a running one is told through that
 same callback, which raises at its next call, so the run stops at the next
