@@ -246,11 +246,8 @@ def tally_votes(owners: np.ndarray, other: np.ndarray, dists: np.ndarray, *, max
     the pairs that are kept."""
     out: dict[tuple[int, int], float] = {}
     valid = (other >= 0) & (dists <= max_distance) & (other != owners[:, None])
-    if allowed is not None and valid.any():
-        wanted = np.fromiter(allowed, np.int64)
-        lut = np.zeros(int(max(other.max(), wanted.max(initial=0))) + 1, bool)
-        lut[wanted[wanted >= 0]] = True
-        valid &= lut[np.maximum(other, 0)]
+    if allowed is not None:
+        valid &= np.isin(other, np.fromiter(allowed, np.int64))
     rows, cols = np.nonzero(valid)
     if not len(rows):
         return out
