@@ -677,11 +677,8 @@ class Gallery:
         every run (minutes for 10,000 images) and searched another index."""
         best = None
         for kind, name in (("hnsw", "orb"), ("ivf", "orb-ivf")):
-            try:
-                record = json.loads(self._meta(_FILE_KEY + name) or "null")
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("generation"), int):
+            record = self._saved_stamp(name)
+            if record is not None and isinstance(record.get("generation"), int):
                 when = (record["generation"], record.get("saved_at", 0))
                 if best is None or when > best[0]:
                     best = (when, kind)
@@ -726,8 +723,12 @@ class Gallery:
             if isinstance(record, dict) and info.get("index_generation") is not None:
                 return {**record, "generation": info["index_generation"]}
             return None
+        return self._saved_stamp(self._record_name(key))
+
+    def _saved_stamp(self, name: str) -> dict | None:
+        """The stamp stored under meta key ``_FILE_KEY + name`` (None: none, or unreadable)."""
         try:
-            record = json.loads(self._meta(_FILE_KEY + self._record_name(key)) or "null")
+            record = json.loads(self._meta(_FILE_KEY + name) or "null")
         except ValueError:
             return None
         return record if isinstance(record, dict) else None
