@@ -178,3 +178,40 @@ def test_shard_answers_shipped_compactly_lose_nothing():
         assert np.array_equal(back_k, k) and np.array_equal(back_d, d)
     empty = _expand(*_compact(np.zeros((0, 4), np.int64), np.zeros((0, 4), np.int64)), 64)
     assert empty[0].shape == (0, 4) and empty[0].dtype == np.int64
+
+
+def test_files_are_keyed_by_their_resolved_path_links_and_loops_included(tmp_path):
+    """``stat_files`` resolves each folder once and follows links to files by
+    hand; every key equals the full resolution (``gallery._key``), and a loop
+    of links is a skipped file, not an error that ends the run."""
+    import os
+
+    from matchkit.gallery import Skipped, _key
+    from matchkit.shards import stat_files
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "a.jpg").write_bytes(b"x" * 10)
+    (tmp_path / "lnk").symlink_to("real/sub")
+    (tmp_path / "alink.jpg").symlink_to("real/sub/a.jpg")
+    (tmp_path / "chain.jpg").symlink_to(tmp_path / "alink.jpg")
+    (tmp_path / "real" / "rel.jpg").symlink_to("sub/a.jpg")
+    (tmp_path / "dangling.jpg").symlink_to("nowhere.jpg")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    target = str(tmp_path / "real" / "sub" / "a.jpg")
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        paths = ["lnk/a.jpg", "alink.jpg", "chain.jpg", "real/rel.jpg", "lnk/../sub/a.jpg",
+                 "real/./sub//a.jpg", str(tmp_path / "lnk" / "a.jpg"), b"real/sub/a.jpg"]
+        for p in paths:
+            (key, info), = stat_files([p])
+            assert key == _key(p) == target, p
+            assert info == (10, os.stat(target).st_mtime_ns)
+        assert [k for k, _ in stat_files(paths)] == [target]  # one file, listed once
+        (key, info), = stat_files(["dangling.jpg"])
+        assert key == _key("dangling.jpg") and isinstance(info, Skipped)
+        (key, info), = stat_files(["loop1"])
+        assert isinstance(info, Skipped) and key.endswith("loop1")
+    finally:
+        os.chdir(here)
