@@ -65,6 +65,7 @@ import numpy as np
 
 from . import __version__
 from ._arrays import unique
+from ._json import loads
 from .candidates import VoteDetail, phash_candidates, tally_votes
 from .checkpoint import checkpoint, report
 from .config import Settings
@@ -74,7 +75,8 @@ from .index import HammingIndex, transient_index
 from .ivf import IVFIndex
 from .local import Overlap, Verification
 from .framed import framed_pairs, unframed
-from .match import PairEvidence, PairMatcher, _content_features, mark_verifiable
+from .match import (PairEvidence, PairMatcher, _content_features, content_masks,
+                    mark_verifiable)
 from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 
 #: Bump when what a record or a stored pair means changes, and when the
@@ -169,7 +171,7 @@ def verification_json(before: str, ev: PairEvidence) -> str:
 def apply_verification(ev: PairEvidence, text: str) -> None:
     """Bring ``ev`` (the evidence a stored verification was made from) to
     what that verification left (``verification_json``)."""
-    d = json.loads(text)
+    d = loads(text)
     for key, name in _CHANGEABLE.items():
         if key in d:
             setattr(ev, name, d[key])
@@ -194,7 +196,7 @@ def _extra_objects(extra: dict) -> dict:
 
 def evidence_from_json(text: str, into: PairEvidence | None = None) -> PairEvidence:
     """The evidence ``evidence_json`` wrote (filling ``into`` in place if given)."""
-    d = json.loads(text)
+    d = loads(text)
     ev = into if into is not None else PairEvidence(d["a"], d["b"], d["d"], d["c"])
     ev.phash_distance, ev.colour_similarity, ev.votes = d["d"], d["c"], d["v"]
     ev.cosine, ev.overlap_correlation, ev.rule, ev.pending = d["cos"], d["oc"], d["r"], d["p"]
@@ -384,7 +386,7 @@ class IncrementalMatcher(PairMatcher):
         self._rows = {} if rematch else {k: PairRow(*v) for k, v in
                                          gallery.match_pairs(self.key).items()}
         self._changed_rows: set[tuple[int, int, int]] = set()
-        records = {i: json.loads(r) for i, (d, r) in stored.items()
+        records = {i: loads(r) for i, (d, r) in stored.items()
                    if i in current and current[i][0] == d}
         report("stored", 1, UPDATE_STEPS)
         allowed = set(ids)
@@ -435,6 +437,8 @@ class IncrementalMatcher(PairMatcher):
         report("stored", 6, UPDATE_STEPS)
         self.evidence = self._evidence(ids, same)
         report("stored", UPDATE_STEPS, UPDATE_STEPS)
+        self._ahead: set[tuple[int, int, int]] = set()
+        self._verify_ahead()
 
     # -- which records still hold ------------------------------------------
     def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:
@@ -500,7 +504,7 @@ class IncrementalMatcher(PairMatcher):
 
             moved = [i for i in todo if close(found.nearest.get(i, []))
                      != close(self.records[i]["near"])]
-            full.update(_content_features(moved, self.paths, found, self.cache, s, {}))
+            full.update(i for i, _, _ in content_masks(moved, found, self.cache, s))
         for i in todo:
             if i not in full:
                 self._update(i, _phash_fields(found, i))
@@ -804,6 +808,38 @@ class IncrementalMatcher(PairMatcher):
             self._changed_rows.add(k)
         return ev
 
+    def _verify_ahead(self) -> None:
+        """Verify now, in batches shared by the workers, every pending
+        candidate pair with no stored verification (on a 1% add: the new
+        images' pairs, and those whose evidence moved). Clustering asks for
+        them a star at a time: 668 requests for 1,233 pairs on a 50-image add
+        to 4,950, mostly too few to share across the workers (2.9 s against
+        1.4-1.8 s verified ahead, two workers). Copies are verified and the results stored; the
+        pairs stay pending until clustering asks (``verify`` then applies
+        the result), so clustering sees what it saw before. Pairs it never
+        asks for (about 1% in a full run) are verified for nothing; their
+        results are kept for later runs."""
+        rows = []
+        for ev in self.evidence:
+            if ev.pending:
+                row = self._rows.get((ev.a, ev.b, CANDIDATE))
+                if row is not None and row.after is None:
+                    rows.append(row)
+        if not rows:
+            return
+        step = 512
+        for start in range(0, len(rows), step):
+            report("ahead", start, len(rows))
+            part = [(row, evidence_from_json(row.before)) for row in rows[start:start + step]]
+            self._ensure_templated({i for _, ev in part for i in (ev.a, ev.b)})
+            PairMatcher.verify(self, [ev for _, ev in part])
+            for row, ev in part:
+                row.after, row.relation = verification_json(row.before, ev), None
+                self._changed_rows.add((ev.a, ev.b, CANDIDATE))
+                self._ahead.add((ev.a, ev.b, CANDIDATE))
+        report("ahead", len(rows), len(rows))
+        self.verified += len(rows)
+
     def verify(self, todo: list[PairEvidence]) -> None:
         todo = [ev for ev in todo if ev.pending]
         work = []
@@ -811,7 +847,7 @@ class IncrementalMatcher(PairMatcher):
             row = self._rows.get(self._kind(ev))
             if row is not None and row.after is not None:
                 apply_verification(ev, row.after)
-                self.reused += 1
+                self.reused += self._kind(ev) not in self._ahead
             else:
                 work.append(ev)
         if not work:

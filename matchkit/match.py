@@ -917,21 +917,8 @@ def _content_features_started(ids, paths: dict[int, str], found, cache: _LocalCa
     stored keypoints alone, inside the mask, lost most screenshot pairs of the
     hard set (a frame takes most of an image's 500 keypoints; see RESULTS.md
     "Compact stored features")."""
-    found_masks: list[tuple[int, np.ndarray, LocalFeatures]] = []
-    for i in ids:
-        checkpoint()
-        close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
-        if len(close) < MIN_LOOKALIKES:
-            continue
-        fi = cache.get(i)
-        if fi is None:
-            continue
-        looks = [f[1] for f in (cache.get(j) for j in close) if f is not None]
-        mask = content_mask(fi[1], looks)
-        if mask is None:
-            continue
-        masks[i] = mask
-        found_masks.append((i, mask, fi[0]))
+    found_masks = content_masks(ids, found, cache, settings)
+    masks.update((i, mask) for i, mask, _ in found_masks)
 
     def content(item) -> LocalFeatures:
         i, mask, feats = item
@@ -947,6 +934,27 @@ def _content_features_started(ids, paths: dict[int, str], found, cache: _LocalCa
     else:
         results = map(content, found_masks)
     return lambda: {i: feats for (i, _, _), feats in zip(found_masks, results)}
+
+
+def content_masks(ids, found, cache: _LocalCache, settings: Settings
+                  ) -> list[tuple[int, np.ndarray, LocalFeatures]]:
+    """(image, content mask, stored features) of the images among ``ids``
+    that sit in a template crowd: enough look-alikes among their ``found``
+    hash neighbours that a shared frame shows (from stored thumbnails only)."""
+    out: list[tuple[int, np.ndarray, LocalFeatures]] = []
+    for i in ids:
+        checkpoint()
+        close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
+        if len(close) < MIN_LOOKALIKES:
+            continue
+        fi = cache.get(i)
+        if fi is None:
+            continue
+        looks = [f[1] for f in (cache.get(j) for j in close) if f is not None]
+        mask = content_mask(fi[1], looks)
+        if mask is not None:
+            out.append((i, mask, fi[0]))
+    return out
 
 
 def _features_in_region(path: str, mask: np.ndarray, feats: LocalFeatures,

@@ -57,6 +57,7 @@ DEDUPE_PHASES = {
     "add": ("extraction", "files"),
     "embed": ("embeddings", "images"),
     "stored": ("stored matches", "steps"),
+    "ahead": ("verification", "pairs"),
     "match": ("candidates", "images"),
     "cluster": ("clustering", "distinct images"),
     "keepers": ("keeper pass", "distinct images"),

@@ -394,3 +394,80 @@ def test_bringing_the_stored_state_up_to_date_is_told_step_by_step(sets, tmp_pat
     first_stored, last_stored = phases.index("stored"), len(phases) - phases[::-1].index("stored")
     assert "match" in phases[first_stored:last_stored]  # the 3 new images searched inside it
     assert phases.index("add") < first_stored and phases.index("cluster") >= last_stored
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_path,
+                                                                      monkeypatch, workers):
+    """An add verifies its changed pairs up front, in one batch
+    (``_verify_ahead``); clustering then sees the same results, in the same
+    order, as when it verified each pair on asking."""
+    from matchkit.incremental import IncrementalMatcher, settings_key
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    settings = Settings(workers=workers)
+    dedupe([folder], gallery=tmp_path / "g", settings=settings)
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    shutil.copytree(tmp_path / "g", tmp_path / "lazy")
+    ahead = []
+    real = IncrementalMatcher._verify_ahead
+
+    def counting(self):
+        real(self)
+        ahead.append(len(self._ahead))
+    monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", counting)
+    grown = dedupe([folder], gallery=tmp_path / "g", settings=settings)
+    monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", lambda self: None)
+    lazy = dedupe([folder], gallery=tmp_path / "lazy", settings=settings)
+    monkeypatch.undo()
+    assert ahead and ahead[0] > 10
+    assert _content(grown) == _content(lazy) == _content(_fresh([folder]))
+    # Pairs verified ahead count as verified, never also as reused.
+    assert grown.stats["pairs_verified"] >= lazy.stats["pairs_verified"]
+    assert grown.stats["pairs_reused"] == lazy.stats["pairs_reused"]
+    key = settings_key(settings)
+    with Gallery(tmp_path / "g", settings) as a, Gallery(tmp_path / "lazy", settings) as b:
+        mine, theirs = a.match_pairs(key), b.match_pairs(key)
+    both = [k for k in theirs if theirs[k][1] is not None]
+    assert len(both) > 50
+    for k in both:
+        assert mine[k][:2] == theirs[k][:2], k  # same evidence, same verification
+
+
+def test_a_shared_stored_verification_is_never_shared_between_pairs():
+    """Pairs whose stored verifications are the same text each get their
+    own lists and dicts (one pair's evidence changed leaves the other's)."""
+    from matchkit.incremental import apply_verification
+    from matchkit.match import PairEvidence
+
+    text = json.dumps({"p": False, "ver": {"homography": [[1.0, 0.0], [0.0, 1.0]],
+                                           "inliers": 9, "matches": 12, "mirrored": False,
+                                           "points": [[1.0, 2.0]], "transform": []},
+                       "x+": {"grey": [False, True]}}, sort_keys=True)
+    one, two = PairEvidence(1, 2, 10, 0.5), PairEvidence(3, 4, 10, 0.5)
+    apply_verification(one, text)
+    apply_verification(two, text)
+    assert one.verification == two.verification and one.verification.inliers == 9
+    one.verification.points.append([5.0, 6.0])
+    one.verification.homography[0][0] = 7.0
+    one.extra["grey"][0] = True
+    assert two.verification.points == [[1.0, 2.0]]
+    assert two.verification.homography[0][0] == 1.0 and two.extra["grey"] == [False, True]
+    assert one.pending is False and two.pending is False
+
+
+def test_stored_json_reads_back_as_the_standard_library_reads_it():
+    """``_json.loads`` (orjson where installed) gives ``json.loads``'s values,
+    NaN and infinities included (orjson refuses those: the fallback)."""
+    from matchkit._json import loads
+
+    doc = {"a": 1, "c": 0.24034792877906977, "x": {"grey": [False, True], "s": "é\u2603"},
+           "n": None, "big": 2 ** 62, "neg": -1e-300}
+    text = json.dumps(doc, sort_keys=True)
+    assert loads(text) == json.loads(text) == doc
+    odd = json.dumps({"nan": float("nan"), "inf": float("inf"), "ninf": -float("inf")})
+    got = loads(odd)
+    assert got["nan"] != got["nan"] and got["inf"] == float("inf") and got["ninf"] < 0
