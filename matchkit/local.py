@@ -14,6 +14,7 @@ strongest first, so "the best M" is a prefix.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import cv2
@@ -65,7 +66,10 @@ def working_grey(image: Image.Image, work_side: int) -> np.ndarray:
     return grey
 
 
-_ORB_CACHE: dict[int, cv2.ORB] = {}
+#: One ORB detector per thread and feature count: extraction and
+#: verification call it from several threads at once, and OpenCV does not
+#: promise that one detector object may be used that way.
+_ORB_CACHE = threading.local()
 
 
 #: FAST corner threshold of the ORB detector. 15 rather than 10: ORB runs 17%
@@ -83,12 +87,13 @@ ORB_MIN_SIDE = 2 * EDGE_THRESHOLD + 1
 
 
 def _orb(n_features: int):
-    orb = _ORB_CACHE.get(n_features)
+    mine = _ORB_CACHE.__dict__.setdefault("by_count", {})
+    orb = mine.get(n_features)
     if orb is None:
         orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8,
                              edgeThreshold=EDGE_THRESHOLD, patchSize=31,
                              fastThreshold=FAST_THRESHOLD)
-        _ORB_CACHE[n_features] = orb
+        mine[n_features] = orb
     return orb
 
 
