@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -404,6 +405,10 @@ class IncrementalMatcher(PairMatcher):
         #: Images whose votes alone changed: their stored votes, by other image.
         self.old_votes: dict[int, dict[int, float]] = {}
         searched = [i for i, r in records.items() if r.get("q")]
+        # The new images' descriptor search (``_patch_votes``) runs on a
+        # worker thread while this one checks the stored hash searches.
+        new = (self._new_descriptors(fresh) if entering and searched
+               and self.settings.local_features else None)
         full = self._stale(searched, allowed)
         report("stored", 2, UPDATE_STEPS)
         if entering:
@@ -411,7 +416,7 @@ class IncrementalMatcher(PairMatcher):
             full |= self._refresh_phash(self._phash_reached(rest, entering), allowed)
             report("stored", 3, UPDATE_STEPS)
             if self.settings.local_features:
-                self._patch_votes([i for i in searched if i not in full], fresh, allowed,
+                self._patch_votes([i for i in searched if i not in full], new, allowed,
                                   retally=len(entering) > len(fresh))
         report("stored", 4, UPDATE_STEPS)
         if self.settings.local_features:
@@ -510,35 +515,52 @@ class IncrementalMatcher(PairMatcher):
                 self._update(i, _phash_fields(found, i))
         return full
 
-    def _patch_votes(self, todo: list[int], fresh: list[int], allowed: set[int],
-                     retally: bool) -> None:
+    def _new_descriptors(self, fresh: list[int]):
+        """The index descriptors of the images new to the index (keys and
+        codes), and the search that finds every indexed descriptor each comes
+        near (``_within``), started on a worker thread (a function giving
+        its result); None without any descriptor.
+        (Asked from the new side only where stored images' query descriptors
+        are in the index, see ``_patch_votes``.)"""
+        s = self.settings
+        new = [(i, lf[0].desc[: s.index_features]) for i, lf in
+               ((i, self.gallery.local_features(i)) for i in fresh) if lf is not None]
+        new = [(i, d) for i, d in new if len(d)]
+        if not new:
+            return None
+        keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
+        descs = np.concatenate([d for _, d in new])
+        near = None
+        if s.query_features <= s.index_features and s.vote_index != "ivf":
+            index, pool = self.gallery.orb_index, self._pool
+            near = (pool.submit(_within, index, descs, s.vote_max_distance).result
+                    if pool is not None
+                    else functools.partial(_within, index, descs, s.vote_max_distance))
+        return keys, descs, near
+
+    def _patch_votes(self, todo: list[int], new, allowed: set[int], retally: bool) -> None:
         """Votes of ``todo`` as a search now would give them: each stored
         neighbour list merged with the descriptors of the images new to the
-        index that come near enough to count (within the vote distance), then
-        counted again over the current run (all of ``todo`` if ``retally``:
-        images joined the run; else only those whose lists changed)."""
+        index (``new``: ``_new_descriptors``) that come near enough to count
+        (within the vote distance), then counted again over the current run
+        (all of ``todo`` if ``retally``: images joined the run; else only
+        those whose lists changed)."""
         s = self.settings
         todo = [i for i in todo if "nb" in self.records[i]]
         if not todo:
             return
         lists = {i: _lists(self.records[i]) for i in todo}
-        new = [(i, lf[0].desc[: s.index_features]) for i, lf in
-               ((i, self.gallery.local_features(i)) for i in fresh) if lf is not None]
-        new = [(i, d) for i, d in new if len(d)]
         hits = []  # (stored image, its descriptor row, distance, new descriptor key)
-        if new:
-            keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
-            descs = np.concatenate([d for _, d in new])
+        if new is not None:
+            keys, descs, near = new
             # (IVF: a query looks in several words, an entry sits in one, so
             # "near" is not symmetric: every stored image asks the new ones.)
             ivf = s.vote_index == "ivf"
-            by_index = s.query_features <= s.index_features and not ivf
-            plain = np.array(sorted(i for i in todo if by_index
+            plain = np.array(sorted(i for i in todo if near is not None
                                     and not self.records[i].get("tdesc")), np.int64)
             # Stored images' query descriptors are in the index: ask from the
             # new side which of them a new descriptor comes near.
-            near = (_within(self.gallery.orb_index, descs, s.vote_max_distance)
-                    if len(plain) else np.zeros((0, 3), np.int64))
+            near = near() if near is not None else np.zeros((0, 3), np.int64)
             j, r = near[:, 1] // ORB_KEY_STRIDE, near[:, 1] % ORB_KEY_STRIDE
             mine = np.isin(j, plain)
             hits.append(np.stack([j, r, near[:, 2], keys[near[:, 0]]], 1)[mine])
