@@ -82,8 +82,9 @@ def iter_image_files(
 ) -> Iterator[Path]:
     """Yield image files under ``paths`` in a stable (sorted) order.
 
-    Folders are walked (hidden entries skipped) and filtered by extension;
-    files given directly are yielded as they are. A missing path raises
+    Folders are walked (hidden entries skipped) and filtered by extension
+    (links to files included, broken ones too); files given directly are
+    yielded as they are. A missing path raises
     ``FileNotFoundError`` so the CLI can refuse it before any work starts.
     """
     for raw in paths:
@@ -95,7 +96,11 @@ def iter_image_files(
             for f in walker:
                 if any(part.startswith(".") for part in f.relative_to(p).parts):
                     continue
-                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                # (A broken link, or a loop of links, with an image's name
+                # is listed too: it is then reported as unreadable, with the
+                # reason, not silently left out.)
+                if f.suffix.lower() in IMAGE_EXTENSIONS and (
+                        f.is_file() or (f.is_symlink() and not f.is_dir())):
                     yield f
         else:
             raise FileNotFoundError(f"no such file or folder: {raw}")

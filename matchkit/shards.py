@@ -143,10 +143,11 @@ def stat_files(paths: Iterable[str | os.PathLike]) -> list[tuple[str, object]]:
         return os.path.join(folders[folder], name), st
 
     for p in paths:
+        text = os.fsdecode(p)
         try:
-            key, st = resolved(os.fsdecode(p))
+            key, st = resolved(text)
         except (OSError, RuntimeError) as e:  # (a loop of links: Path.resolve's error)
-            key = os.path.abspath(os.fsdecode(p))
+            key = os.path.abspath(text)
             if key not in seen:
                 seen.add(key)
                 out.append((key, Skipped(key, f"cannot read file: {e}")))
@@ -157,7 +158,10 @@ def stat_files(paths: Iterable[str | os.PathLike]) -> list[tuple[str, object]]:
         try:
             st = st or os.stat(key)
         except OSError as e:
-            out.append((key, Skipped(key, f"cannot read file: {e.strerror or e}")))
+            reason = f"cannot read file: {e.strerror or e}"
+            if os.path.islink(text):  # (named as the user has it, not by its target)
+                key, reason = os.path.abspath(text), f"{reason} (a broken link to {key})"
+            out.append((key, Skipped(key, reason)))
             continue
         out.append((key, (st.st_size, st.st_mtime_ns)))
     return out

@@ -710,3 +710,33 @@ def test_load_error_survives_pickling():
     e = pickle.loads(pickle.dumps(ImageLoadError("a/b.jpg", "not an image", size=3, mtime_ns=7)))
     assert (e.path, e.reason, e.size, e.mtime_ns, str(e)) == (
         "a/b.jpg", "not an image", 3, 7, "a/b.jpg: not an image")
+
+
+def test_broken_links_with_image_names_are_listed_and_reported_unreadable(tmp_path):
+    """A folder's broken link, or loop of links, named like an image is
+    listed, and a run reports it as skipped with the reason, under the name
+    the user has for it; links to folders are not followed into."""
+    import json
+
+    from matchkit.dedupe import dedupe
+
+    from conftest import make_photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_photo(1).save(folder / "x.jpg", quality=90)
+    make_photo(1).save(folder / "y.jpg", quality=90)
+    (folder / "linked.jpg").symlink_to("x.jpg")
+    (folder / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "loop1.jpg").symlink_to("loop2.jpg")
+    (folder / "loop2.jpg").symlink_to("loop1.jpg")
+    (folder / "up.jpg").symlink_to(tmp_path)  # a link to a folder: not an image
+    names = [p.name for p in iter_image_files([folder])]
+    assert names == ["dangling.jpg", "linked.jpg", "loop1.jpg", "loop2.jpg", "x.jpg", "y.jpg"]
+    for gallery in (None, tmp_path / "g"):
+        report = json.loads(json.dumps(dedupe([folder], gallery=gallery).to_dict()))
+        skipped = {s["path"]: s["reason"] for s in report["skipped"]}
+        assert set(skipped) == {str(folder / n) for n in ("dangling.jpg", "loop1.jpg",
+                                                           "loop2.jpg")}, skipped
+        assert "broken link" in skipped[str(folder / "dangling.jpg")]
+        assert report["stats"]["images"] == 2  # x.jpg once (linked.jpg is the same file)
