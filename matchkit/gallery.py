@@ -60,7 +60,7 @@ from ._lock import LockTimeout, WriterLock, default_timeout
 from .fspath import from_db, to_db
 from .io import ImageLoadError, load_image
 from .local import LocalFeatures
-from .stored import decode_colour, encode_colour, encode_local, stored_features
+from .stored import decode_colour, decode_thumb, encode_colour, encode_local, stored_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embed import Embedder
@@ -922,6 +922,14 @@ class Gallery:
     def local_features(self, image_id: int) -> tuple[LocalFeatures, np.ndarray] | None:
         """ORB features and grey thumbnail of one image (None if not extracted)."""
         return read_local_features(self._db, image_id)
+
+    def thumbnail(self, image_id: int) -> np.ndarray | None:
+        """One image's stored grey thumbnail alone (None if not extracted):
+        a template check reads those of 16 look-alikes per image, at 56 us
+        each against 131 us for all the image's local features."""
+        row = self._db.execute("SELECT thumb, thumb_width, thumb_height, encoding "
+                               "FROM local_features WHERE image_id=?", (image_id,)).fetchone()
+        return None if row is None else decode_thumb(*row)
 
     def icons(self, ids: Sequence[int]) -> dict[int, bytes]:
         """Stored icon views (``thumbmatch.icon_blob``) of those of ``ids`` that have one."""

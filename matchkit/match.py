@@ -130,10 +130,32 @@ class PairEvidence:
 
 
 class _LocalCache:
-    """Small LRU over the gallery's stored local features."""
+    """Small LRU over the gallery's stored local features (and one over
+    thumbnails read alone, ``thumb``)."""
 
     def __init__(self, gallery: Gallery, size: int = 4096):
         self.gallery, self.size, self.data = gallery, size, OrderedDict()
+        self.thumbs: OrderedDict = OrderedDict()
+
+    def thumb(self, image_id: int) -> np.ndarray | None:
+        """An image's grey thumbnail: from its cached features, else read
+        alone (template checks look at many look-alikes' thumbnails only)."""
+        if image_id in self.data:
+            value = self.data[image_id]
+            return None if value is None else value[1]
+        if image_id in self.thumbs:
+            self.thumbs.move_to_end(image_id)
+            return self.thumbs[image_id]
+        reader = getattr(self.gallery, "thumbnail", None)
+        if reader is None:  # (a stand-in gallery with local features only)
+            value = self.gallery.local_features(image_id)
+            thumb = None if value is None else value[1]
+        else:
+            thumb = reader(image_id)
+        self.thumbs[image_id] = thumb
+        if len(self.thumbs) > self.size:
+            self.thumbs.popitem(last=False)
+        return thumb
 
     def get(self, image_id: int):
         if image_id in self.data:
@@ -947,13 +969,13 @@ def content_masks(ids, found, cache: _LocalCache, settings: Settings
         close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
         if len(close) < MIN_LOOKALIKES:
             continue
-        fi = cache.get(i)
-        if fi is None:
+        thumb = cache.thumb(i)
+        if thumb is None:
             continue
-        looks = [f[1] for f in (cache.get(j) for j in close) if f is not None]
-        mask = content_mask(fi[1], looks)
+        looks = [t for t in (cache.thumb(j) for j in close) if t is not None]
+        mask = content_mask(thumb, looks)
         if mask is not None:
-            out.append((i, mask, fi[0]))
+            out.append((i, mask, cache.get(i)[0]))
     return out
 
 

@@ -478,6 +478,12 @@ class ShardedGallery:
         except KeyError:
             return None
 
+    def thumbnail(self, image_id: int):
+        try:
+            return self.parts[self.owner(image_id)].thumbnail(image_id)
+        except KeyError:
+            return None
+
     def signal_payloads(self, signal: str, ids: Sequence[int] | None = None
                         ) -> dict[int, bytes | None]:
         out: dict[int, bytes | None] = {}
