@@ -419,6 +419,7 @@ def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_
         real(self)
         ahead.append(len(self._ahead))
     monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", counting)
+    monkeypatch.setattr("matchkit.incremental.AHEAD_MAX_UNASKED", 1.0)  # (whatever the history)
     grown = dedupe([folder], gallery=tmp_path / "g", settings=settings)
     monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", lambda self: None)
     lazy = dedupe([folder], gallery=tmp_path / "lazy", settings=settings)
@@ -471,3 +472,36 @@ def test_stored_json_reads_back_as_the_standard_library_reads_it():
     odd = json.dumps({"nan": float("nan"), "inf": float("inf"), "ninf": -float("inf")})
     got = loads(odd)
     assert got["nan"] != got["nan"] and got["inf"] == float("inf") and got["ninf"] < 0
+
+
+def test_pairs_are_verified_ahead_only_where_earlier_runs_asked_for_nearly_all(
+        sets, tmp_path, monkeypatch):
+    """No verification ahead in a first run (no history), nor where earlier
+    runs left more than ``AHEAD_MAX_UNASKED`` of their pending pairs unasked;
+    only this run's new or changed pairs otherwise."""
+    from matchkit import incremental
+    from matchkit.incremental import IncrementalMatcher
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    seen = []
+    real = IncrementalMatcher._verify_ahead
+
+    def spying(self):
+        real(self)
+        seen.append((set(self._ahead), tuple(self._unasked), set(self._changed_rows)))
+    monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", spying)
+    first = dedupe([folder], gallery=tmp_path / "g", settings=Settings(workers=1))
+    assert not seen[-1][0] and seen[-1][1] == (0, 0)  # a first run: lazy
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    shutil.copytree(tmp_path / "g", tmp_path / "g2")
+    monkeypatch.setattr(incremental, "AHEAD_MAX_UNASKED", 1.0)
+    dedupe([folder], gallery=tmp_path / "g", settings=Settings(workers=1))
+    done, (unasked, pending), changed = seen[-1]
+    assert pending > 0 and done and done <= changed  # this run's pairs only
+    monkeypatch.setattr(incremental, "AHEAD_MAX_UNASKED", (unasked - 0.5) / pending)
+    dedupe([folder], gallery=tmp_path / "g2", settings=Settings(workers=1))
+    assert not seen[-1][0] and seen[-1][1] == (unasked, pending)
+    assert first.stats["pairs_verified"] > 0
