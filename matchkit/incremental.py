@@ -76,8 +76,8 @@ from .index import HammingIndex, transient_index
 from .ivf import IVFIndex
 from .local import Overlap, Verification
 from .framed import framed_pairs, unframed
-from .match import (PairEvidence, PairMatcher, _content_features, content_masks,
-                    mark_verifiable)
+from .match import (VERIFY_BATCH, PairEvidence, PairMatcher, _content_features,
+                    content_masks, mark_verifiable)
 from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 
 #: Bump when what a record or a stored pair means changes, and when the
@@ -164,7 +164,7 @@ def verification_json(before: str, ev: PairEvidence) -> str:
     Stored instead of the whole verified evidence: on 5,000 images, 150
     bytes per verified pair against 440, and less to read back on every run
     (``apply_verification``)."""
-    old, new = json.loads(before), json.loads(evidence_json(ev))
+    old, new = loads(before), loads(evidence_json(ev))
     out = {k: new[k] for k in (*_CHANGEABLE, "ver", "ov") if new[k] != old[k]}
     plus = {k: v for k, v in new["x"].items() if k not in old["x"] or old["x"][k] != v}
     gone = sorted(k for k in old["x"] if k not in new["x"])
@@ -529,8 +529,9 @@ class IncrementalMatcher(PairMatcher):
         (Asked from the new side only where stored images' query descriptors
         are in the index, see ``_patch_votes``.)"""
         s = self.settings
+        # (Through the cache: the new images' own search reads them next.)
         new = [(i, lf[0].desc[: s.index_features]) for i, lf in
-               ((i, self.gallery.local_features(i)) for i in fresh) if lf is not None]
+               ((i, self.cache.get(i)) for i in fresh) if lf is not None]
         new = [(i, d) for i, d in new if len(d)]
         if not new:
             return None
@@ -817,7 +818,7 @@ class IncrementalMatcher(PairMatcher):
         A calibrated decision reads the votes themselves: then never."""
         if self.calibrator is not None:
             return False
-        a, b = json.loads(old), json.loads(new)
+        a, b = loads(old), loads(new)
         limit = self.settings.verify_retry_votes
         va, vb = a.pop("v"), b.pop("v")
         return a == b and (va < limit) == (vb < limit)
@@ -868,15 +869,14 @@ class IncrementalMatcher(PairMatcher):
                     rows.append(row)
         if not rows:
             return
-        step = 512
-        for start in range(0, len(rows), step):
+        for start in range(0, len(rows), VERIFY_BATCH):
             report("ahead", start, len(rows))
-            part = [(row, evidence_from_json(row.before)) for row in rows[start:start + step]]
+            part = [(row, evidence_from_json(row.before))
+                    for row in rows[start:start + VERIFY_BATCH]]
             self._ensure_templated({i for _, ev in part for i in (ev.a, ev.b)})
             PairMatcher.verify(self, [ev for _, ev in part])
-            for row, ev in part:
+            for row, ev in part:  # (each row is among ``_changed_rows`` already)
                 row.after, row.relation = verification_json(row.before, ev), None
-                self._changed_rows.add((ev.a, ev.b, CANDIDATE))
                 self._ahead.add((ev.a, ev.b, CANDIDATE))
         report("ahead", len(rows), len(rows))
         self.verified += len(rows)

@@ -129,6 +129,10 @@ class PairEvidence:
         return self.extra["relation"]
 
 
+#: Pairs whose stored features are read before the workers verify them, at once.
+VERIFY_BATCH = 512
+
+
 class _LocalCache:
     """Small LRU over the gallery's stored local features (and one over
     thumbnails read alone, ``thumb``)."""
@@ -146,13 +150,7 @@ class _LocalCache:
         if image_id in self.thumbs:
             self.thumbs.move_to_end(image_id)
             return self.thumbs[image_id]
-        reader = getattr(self.gallery, "thumbnail", None)
-        if reader is None:  # (a stand-in gallery with local features only)
-            value = self.gallery.local_features(image_id)
-            thumb = None if value is None else value[1]
-        else:
-            thumb = reader(image_id)
-        self.thumbs[image_id] = thumb
+        thumb = self.thumbs[image_id] = self.gallery.thumbnail(image_id)
         if len(self.thumbs) > self.size:
             self.thumbs.popitem(last=False)
         return thumb
@@ -629,9 +627,9 @@ class PairMatcher:
             verify_stored(*item, self.templated, self.settings, self.calibrator is None)
 
         pool = self._pool if len(todo) > 1 else None
-        for start in range(0, len(todo), 512):
+        for start in range(0, len(todo), VERIFY_BATCH):
             chunk = []
-            for ev in todo[start:start + 512]:
+            for ev in todo[start:start + VERIFY_BATCH]:
                 fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
                 chunk.append((ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
                               self.content_mask(ev.b, fb[1] if fb else None)))
