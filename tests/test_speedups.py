@@ -382,3 +382,19 @@ def test_transient_index_answers_as_a_fully_built_one():
     for k in (1, 5, 40):
         got, want = transient_index(keys, codes, 256).search(queries, k), full.search(queries, k)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_pixel_median_equals_numpy_median():
+    """The template check's per-pixel median gives ``np.median``'s values
+    exactly, for odd and even look-alike counts and tied values."""
+    from matchkit.template import pixel_median
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 8, 16, 17):
+        stack = rng.normal(100, 30, (n, 24, 32)).astype(np.float32)
+        stack[:, :4] = np.round(stack[:, :4] / 20) * 20  # ties
+        got, want = pixel_median(stack), np.median(stack, axis=0)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert np.array_equal(got, want)
+    diff = np.abs(stack - np.median(stack, axis=0))
+    assert np.array_equal(pixel_median(diff), np.median(diff, axis=0))
