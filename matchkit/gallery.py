@@ -931,6 +931,17 @@ class Gallery:
                                "FROM local_features WHERE image_id=?", (image_id,)).fetchone()
         return None if row is None else decode_thumb(*row)
 
+    def thumb_shapes(self, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """(height, width) of the stored thumbnails of those of ``ids`` that have
+        one, without decoding any: a template check needs look-alikes of its
+        image's shape only, and most look-alikes of a photo have another."""
+        found: dict[int, tuple[int, int]] = {}
+        for chunk in _chunks([int(i) for i in ids], 900):
+            q = ("SELECT image_id, thumb_height, thumb_width FROM local_features "
+                 f"WHERE image_id IN ({','.join('?' * len(chunk))})")
+            found.update((i, (h, w)) for i, h, w in self._db.execute(q, chunk))
+        return found
+
     def icons(self, ids: Sequence[int]) -> dict[int, bytes]:
         """Stored icon views (``thumbmatch.icon_blob``) of those of ``ids`` that have one."""
         return {k: v for k, v in self._blobs("icon", ids).items() if v is not None}

@@ -155,6 +155,19 @@ class _LocalCache:
             self.thumbs.popitem(last=False)
         return thumb
 
+    def thumb_shapes(self, ids) -> dict[int, tuple[int, int]]:
+        """(height, width) of the thumbnails of those of ``ids`` that have one
+        (``Gallery.thumb_shapes``), from this cache where it holds them."""
+        out, need = {}, []
+        for i in ids:
+            value = self.data[i][1] if self.data.get(i) is not None else self.thumbs.get(i)
+            if value is not None:
+                out[i] = value.shape[:2]
+            elif i not in self.data and i not in self.thumbs:
+                need.append(i)
+        out.update(self.gallery.thumb_shapes(need))
+        return out
+
     def get(self, image_id: int):
         if image_id in self.data:
             self.data.move_to_end(image_id)
@@ -962,14 +975,24 @@ def content_masks(ids, found, cache: _LocalCache, settings: Settings
     that sit in a template crowd: enough look-alikes among their ``found``
     hash neighbours that a shared frame shows (from stored thumbnails only)."""
     out: list[tuple[int, np.ndarray, LocalFeatures]] = []
+    crowds = {}
     for i in ids:
-        checkpoint()
         close = [j for j, d in found.nearest.get(i, []) if d <= settings.template_crowd_distance]
+        if len(close) >= MIN_LOOKALIKES:
+            crowds[i] = close
+    # Only look-alikes of the image's own thumbnail shape take part
+    # (``content_mask``): the others are not decoded, and an image with too
+    # few of them has no template (most photos: they differ in aspect).
+    shapes = cache.thumb_shapes({j for i, close in crowds.items() for j in (i, *close)})
+    for i, close in crowds.items():
+        checkpoint()
+        shape = shapes.get(i)
+        if shape is None:
+            continue
+        close = [j for j in close if shapes.get(j) == shape]
         if len(close) < MIN_LOOKALIKES:
             continue
         thumb = cache.thumb(i)
-        if thumb is None:
-            continue
         looks = [t for t in (cache.thumb(j) for j in close) if t is not None]
         mask = content_mask(thumb, looks)
         if mask is not None:

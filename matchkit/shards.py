@@ -472,6 +472,10 @@ class ShardedGallery:
         return {k: v for s, part in self._by_shard(ids).items()
                 for k, v in self.parts[s].icons(part).items()}
 
+    def thumb_shapes(self, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        return {k: v for s, part in self._by_shard(ids).items()
+                for k, v in self.parts[s].thumb_shapes(part).items()}
+
     def local_features(self, image_id: int):
         try:
             return self.parts[self.owner(image_id)].local_features(image_id)

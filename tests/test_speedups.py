@@ -398,3 +398,43 @@ def test_pixel_median_equals_numpy_median():
         assert np.array_equal(got, want)
     diff = np.abs(stack - np.median(stack, axis=0))
     assert np.array_equal(pixel_median(diff), np.median(diff, axis=0))
+
+
+def test_template_check_reads_only_lookalikes_of_its_own_shape(tmp_path, monkeypatch):
+    """``content_masks`` decodes only look-alikes whose stored thumbnail has
+    the image's shape (``thumb_shapes``, read without decoding) and finds the
+    same masks as a check over every look-alike's decoded thumbnail."""
+    from matchkit.candidates import Candidates
+    from matchkit.template import content_mask
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    frame = textured(40, (480, 360))
+    for i in range(12):  # one frame, a different picture in its slot
+        shot = frame.copy()
+        shot.paste(textured(100 + i, (200, 150)), (140, 100))
+        shot.save(d / f"shot{i:02d}.png")
+    for i in range(6):  # other shapes
+        textured(200 + i, (360, 480)).save(d / f"tall{i}.png")
+    with Gallery(tmp_path / "g") as g:
+        ids = g.add(sorted(d.iterdir())).ids
+        g.save()
+        shapes = g.thumb_shapes(ids)
+        assert shapes == {i: g.thumbnail(i).shape for i in ids}
+        cache = M._LocalCache(g)
+        cache.get(ids[0])  # one from the features cache, the rest read
+        assert cache.thumb_shapes(ids) == shapes
+        found = Candidates()
+        found.nearest = {i: [(j, 10) for j in ids if j != i] for i in ids}
+        decoded = []
+        real_thumb = M._LocalCache.thumb
+        monkeypatch.setattr(M._LocalCache, "thumb",
+                            lambda self, i: decoded.append(i) or real_thumb(self, i))
+        got = M.content_masks(ids, found, cache, Settings())
+        assert len(got) == 12  # every screenshot: the frame is found
+        tall = set(ids[12:])
+        assert all(shapes[i] != shapes[ids[0]] for i in tall)
+        assert decoded and not tall & set(decoded)  # (not decoded: their shape differs)
+        for i, mask, _ in got:
+            want = content_mask(g.thumbnail(i), [g.thumbnail(j) for j in ids if j != i])
+            assert np.array_equal(mask, want)
