@@ -633,26 +633,53 @@ class PairMatcher:
 
     def verify(self, todo: list[PairEvidence]) -> None:
         """Geometric + photometric verification of pending pairs, on worker threads
-        (OpenCV drops the GIL); features are read from SQLite on this thread."""
+        (OpenCV drops the GIL); features are read from SQLite on this thread,
+        the next batch's while the workers verify this one. The content masks
+        are made by the workers (from the thumbnails read here): made here,
+        they were a third of this thread's time while the workers waited."""
         todo = [ev for ev in todo if ev.pending]
 
+        def read(part: list[PairEvidence]) -> list:
+            out = []
+            for ev in part:
+                fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
+                if fa is None:  # (its mask would read SQLite: here, not on a worker)
+                    self.content_mask(ev.a)
+                if fb is None:
+                    self.content_mask(ev.b)
+                out.append((ev, fa, fb))
+            return out
+
         def work(item):
-            verify_stored(*item, self.templated, self.settings, self.calibrator is None)
+            ev, fa, fb = item
+            # (Two workers may make one image's mask at once: the same mask.)
+            verify_stored(ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
+                          self.content_mask(ev.b, fb[1] if fb else None), self.templated,
+                          self.settings, self.calibrator is None)
 
         pool = self._pool if len(todo) > 1 else None
-        for start in range(0, len(todo), VERIFY_BATCH):
-            chunk = []
-            for ev in todo[start:start + VERIFY_BATCH]:
-                fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
-                chunk.append((ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
-                              self.content_mask(ev.b, fb[1] if fb else None)))
+        parts = [todo[i:i + VERIFY_BATCH] for i in range(0, len(todo), VERIFY_BATCH)]
+        running = None  # (the batch the workers have, its results)
+        for part in parts:
+            chunk = read(part)
             if pool is None:
                 for item in chunk:
                     work(item)
-            else:
-                list(pool.map(work, chunk, chunksize=max(1, len(chunk) // 16)))
-            if self.calibrator is not None:
-                self.decide([item[0] for item in chunk], "local")
+                self._decided(part)
+                continue
+            if running is not None:
+                list(running[1])
+                self._decided(running[0])
+            running = part, pool.map(work, chunk, chunksize=max(1, len(chunk) // 16))
+        if running is not None:
+            list(running[1])
+            self._decided(running[0])
+
+    def _decided(self, part: list[PairEvidence]) -> None:
+        """The calibrated decision of freshly verified pairs (hand-set rules
+        are applied as each pair is verified)."""
+        if self.calibrator is not None:
+            self.decide(part, "local")
 
     @property
     def _pool(self) -> ThreadPoolExecutor | None:
