@@ -5,8 +5,12 @@ again (53,000 pairs at 5,000 images): with the standard library that was
 1.4 s of the run, with orjson 0.5 s (same texts, this machine). orjson gives
 the same Python values for every document ``json.dumps`` writes here, except
 ``NaN`` and ``Infinity``, which it refuses: those fall back to ``json``.
-Writing stays ``json.dumps``: stored evidence is compared as text
-(``incremental.evidence_json``), and orjson formats differently.
+Stored evidence is still written with ``json.dumps``: it is compared as
+text (``incremental.evidence_json``), and orjson formats differently. The
+indented JSON files people and scripts read (the ``--json`` reports) are
+written by orjson when that gives the same values (``dumps_indented``): the
+standard library's indented encoder is pure Python, 0.08 s for the 2.8 MB
+report of 2,000 images here against 0.015 s, and grows with the report.
 """
 
 from __future__ import annotations
@@ -28,3 +32,23 @@ def loads(text: str | bytes) -> Any:
         except _orjson.JSONDecodeError:
             pass
     return json.loads(text)
+
+
+def dumps_indented(data: Any) -> str | None:
+    """``data`` as JSON indented by two spaces, by orjson; None where that
+    would not read back as ``data`` (then ``json.dumps`` must write it).
+
+    Read back with orjson and compared: orjson writes NaN and infinities as
+    ``null`` and refuses non-text keys, huge integers and surrogate-escaped
+    names, and a tuple reads back as a list; each of those falls back. Where
+    the values are equal, only number spelling differs from ``json.dumps``
+    (``1e-5`` for ``1e-05``), which every JSON reader takes as the same."""
+    if _orjson is None:  # pragma: no cover
+        return None
+    try:
+        out = _orjson.dumps(data, option=_orjson.OPT_INDENT_2)
+    except (_orjson.JSONEncodeError, TypeError):
+        return None
+    if _orjson.loads(out) != data:
+        return None
+    return out.decode("utf-8")

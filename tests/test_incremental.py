@@ -4,6 +4,7 @@ exactly what a run from scratch on the same files reports."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -472,6 +473,32 @@ def test_stored_json_reads_back_as_the_standard_library_reads_it():
     odd = json.dumps({"nan": float("nan"), "inf": float("inf"), "ninf": -float("inf")})
     got = loads(odd)
     assert got["nan"] != got["nan"] and got["inf"] == float("inf") and got["ninf"] < 0
+
+
+
+def test_indented_reports_read_back_as_the_standard_library_writes_them():
+    """``json_text(indent=2)`` (orjson where it can) writes the same values and
+    layout as ``json.dumps(indent=2)``; where orjson would change a value
+    (NaN, infinities, tuples, text keys made of numbers, surrogate-escaped
+    names) the standard library writes it, exactly as before."""
+    from matchkit._json import dumps_indented
+    from matchkit.fspath import json_text
+
+    doc = {"clusters": [{"keep": "/a/é.jpg", "pairs": [{"score": 1e-05, "n": None,
+                                                         "ok": True, "xy": [1, 2.5]}]}],
+           "skipped": [], "stats": {"images": 3, "big": 2 ** 62, "tiny": -5.49e-06}}
+    fast = json_text(doc, indent=2)
+    assert dumps_indented(doc) == fast
+    assert json.loads(fast) == doc
+    slow = json.dumps(doc, ensure_ascii=False, indent=2)
+    assert [ln.split(":")[0] for ln in fast.splitlines()] == \
+        [ln.split(":")[0] for ln in slow.splitlines()]  # same keys on the same lines
+    for odd in ({"x": float("nan")}, {"x": [float("inf")]}, {"x": (1, 2)}, {1: "a"},
+                {"p": os.fsdecode(b"/x/caf\xe9.jpg")}, {"n": 2 ** 70}):
+        assert dumps_indented(odd) is None
+        assert json_text(odd, indent=2) == json_text(odd, indent=2, sort_keys=False)
+    nan_text = json_text({"x": float("nan"), "y": float("inf")}, indent=2)
+    assert "NaN" in nan_text and "Infinity" in nan_text  # as json.dumps writes them
 
 
 def test_pairs_are_verified_ahead_only_where_earlier_runs_asked_for_nearly_all(
