@@ -92,18 +92,53 @@ def iter_image_files(
         if p.is_file():
             yield p
         elif p.is_dir():
-            walker = sorted(p.rglob("*")) if recursive else sorted(p.iterdir())
-            for f in walker:
-                if any(part.startswith(".") for part in f.relative_to(p).parts):
-                    continue
-                # (A broken link, or a loop of links, with an image's name
-                # is listed too: it is then reported as unreadable, with the
-                # reason, not silently left out.)
-                if f.suffix.lower() in IMAGE_EXTENSIONS and (
-                        f.is_file() or (f.is_symlink() and not f.is_dir())):
-                    yield f
+            # (Paths order by their parts: the same order, sorted three times faster.)
+            yield from sorted(_image_entries(p, recursive), key=lambda f: f.parts)
         else:
             raise FileNotFoundError(f"no such file or folder: {raw}")
+
+
+def _image_entries(root: Path, recursive: bool) -> list[Path]:
+    """The image files of a folder walk, unsorted: what ``root.rglob("*")``
+    (or ``iterdir``) lists, filtered as ``iter_image_files`` says.
+
+    Walked with ``os.scandir``: a plain file is known from its directory
+    entry, so it costs no ``stat`` (``Path.is_file`` on every path of an
+    ``rglob`` did one each, and built a path for every entry). As ``rglob``,
+    links to folders are not followed, and folders that cannot be read are
+    left out. Hidden folders are not entered (nothing in them is listed)."""
+    out: list[Path] = []
+    todo = [root]
+    while todo:
+        folder = todo.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except PermissionError:
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if recursive and _is(entry.is_dir) and not entry.is_symlink():
+                todo.append(folder / name)
+            elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and (
+                    _is(entry.is_file)
+                    # (A broken link, or a loop of links, with an image's name
+                    # is listed too: it is then reported as unreadable, with
+                    # the reason, not silently left out.)
+                    or (entry.is_symlink() and not _is(entry.is_dir))):
+                out.append(folder / name)
+    return out
+
+
+def _is(test) -> bool:
+    """A ``DirEntry`` test that follows links; False where the link cannot be
+    followed (a loop, a vanished target), as ``Path.is_file`` answers."""
+    try:
+        return test()
+    except OSError:
+        return False
 
 
 def load_image(

@@ -740,3 +740,44 @@ def test_broken_links_with_image_names_are_listed_and_reported_unreadable(tmp_pa
                                                            "loop2.jpg")}, skipped
         assert "broken link" in skipped[str(folder / "dangling.jpg")]
         assert report["stats"]["images"] == 2  # x.jpg once (linked.jpg is the same file)
+
+
+def _rglob_listing(root: Path, recursive: bool = True) -> list[Path]:
+    """The listing as ``iter_image_files`` made it before its own walk
+    (``rglob`` and ``is_file`` on every path): the reference it must equal."""
+    from matchkit.io import IMAGE_EXTENSIONS
+
+    walker = sorted(root.rglob("*")) if recursive else sorted(root.iterdir())
+    return [f for f in walker
+            if not any(part.startswith(".") for part in f.relative_to(root).parts)
+            and f.suffix.lower() in IMAGE_EXTENSIONS
+            and (f.is_file() or (f.is_symlink() and not f.is_dir()))]
+
+
+def test_iter_walk_lists_what_rglob_listed(tree, tmp_path):
+    """Same files in the same order as the ``rglob`` walk, with links to
+    files, to folders (not followed), broken links, loops of links, folders
+    with image names, hidden folders and names that sort differently as
+    strings than as paths ("a-b" before "a/..." as text, after as paths)."""
+    outside = tmp_path / "outside"
+    touch_image(outside / "o.jpg")
+    touch_image(outside / "deep" / "od.png")
+    touch_image(tree / "a" / "z.jpg")
+    touch_image(tree / "a-b.jpg")
+    touch_image(tree / "a.b" / "y.JPEG")
+    (tree / "link-file.jpg").symlink_to(outside / "o.jpg")
+    (tree / "link-dir").symlink_to(outside)
+    (tree / "link-dir.jpg").symlink_to(outside)
+    (tree / "broken.png").symlink_to(tree / "nowhere.png")
+    (tree / "loop1.jpg").symlink_to(tree / "loop2.jpg")
+    (tree / "loop2.jpg").symlink_to(tree / "loop1.jpg")
+    (tree / "sub" / "up").symlink_to(tree)  # a loop through a folder link
+    (tree / ".hid").mkdir()
+    (tree / ".hid" / "l.jpg").symlink_to(outside / "o.jpg")
+    for recursive in (True, False):
+        got = list(iter_image_files([tree], recursive=recursive))
+        assert got == _rglob_listing(tree, recursive)
+    names = rel(iter_image_files([tree]), tree)
+    assert {"link-file.jpg", "broken.png", "loop1.jpg", "a/z.jpg", "a-b.jpg"} <= set(names)
+    assert not any(n.startswith(("link-dir", "sub/up", ".")) for n in names)
+    assert names.index("a/z.jpg") < names.index("a-b.jpg")  # path order, as before
