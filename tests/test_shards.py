@@ -56,6 +56,8 @@ def test_sharded_gallery_gives_the_one_gallery_result(dup_dir, tmp_path):
         sharded = dedupe([dup_dir], gallery=g)
         sizes = [len(p) for p in g.parts]
         ids = g.ids()
+        shapes = g.thumb_shapes([*ids, 999])  # (an id no shard holds: left out)
+        assert shapes == {i: g.thumbnail(i).shape for i in ids}
     assert _key(sharded) == _key(single) and single.clusters
     assert [s.path for s in sharded.skipped] == [s.path for s in single.skipped]
     assert sum(sizes) == 16 and sum(1 for n in sizes if n) >= 2
