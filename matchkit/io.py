@@ -106,7 +106,8 @@ def _image_entries(root: Path, recursive: bool) -> list[Path]:
     entry, so it costs no ``stat`` (``Path.is_file`` on every path of an
     ``rglob`` did one each, and built a path for every entry). As ``rglob``,
     links to folders are not followed, and folders that cannot be read are
-    left out. Hidden folders are not entered (nothing in them is listed)."""
+    left out (and, unlike ``rglob``, one removed during the walk). Hidden
+    folders are not entered (nothing in them is listed)."""
     out: list[Path] = []
     todo = [root]
     while todo:
@@ -114,8 +115,8 @@ def _image_entries(root: Path, recursive: bool) -> list[Path]:
         try:
             with os.scandir(folder) as it:
                 entries = list(it)
-        except PermissionError:
-            continue
+        except (PermissionError, FileNotFoundError, NotADirectoryError):
+            continue  # (unreadable, or gone since its parent was listed)
         for entry in entries:
             name = entry.name
             if name.startswith("."):

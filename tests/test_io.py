@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -781,3 +782,19 @@ def test_iter_walk_lists_what_rglob_listed(tree, tmp_path):
     assert {"link-file.jpg", "broken.png", "loop1.jpg", "a/z.jpg", "a-b.jpg"} <= set(names)
     assert not any(n.startswith(("link-dir", "sub/up", ".")) for n in names)
     assert names.index("a/z.jpg") < names.index("a-b.jpg")  # path order, as before
+
+
+def test_iter_walk_leaves_out_a_folder_removed_while_walking(tree, monkeypatch):
+    """A folder that vanishes between its parent's listing and its own is
+    left out (the rest is listed), not the end of the run."""
+    import matchkit.io as mio
+
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "deeper":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real(path)
+
+    monkeypatch.setattr(mio.os, "scandir", scandir)
+    assert rel(iter_image_files([tree]), tree) == ["a.PNG", "b.jpg", "sub/d.webp"]
