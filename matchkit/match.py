@@ -657,29 +657,26 @@ class PairMatcher:
                           self.content_mask(ev.b, fb[1] if fb else None), self.templated,
                           self.settings, self.calibrator is None)
 
+        def finish(batch) -> None:
+            """Wait for a batch's results; then the calibrated decision (hand-set
+            rules were applied as each pair was verified)."""
+            if batch is not None:
+                part, results = batch
+                list(results)
+                if self.calibrator is not None:
+                    self.decide(part, "local")
+
         pool = self._pool if len(todo) > 1 else None
-        parts = [todo[i:i + VERIFY_BATCH] for i in range(0, len(todo), VERIFY_BATCH)]
         running = None  # (the batch the workers have, its results)
-        for part in parts:
+        for start in range(0, len(todo), VERIFY_BATCH):
+            part = todo[start:start + VERIFY_BATCH]
             chunk = read(part)
             if pool is None:
-                for item in chunk:
-                    work(item)
-                self._decided(part)
-                continue
-            if running is not None:
-                list(running[1])
-                self._decided(running[0])
-            running = part, pool.map(work, chunk, chunksize=max(1, len(chunk) // 16))
-        if running is not None:
-            list(running[1])
-            self._decided(running[0])
-
-    def _decided(self, part: list[PairEvidence]) -> None:
-        """The calibrated decision of freshly verified pairs (hand-set rules
-        are applied as each pair is verified)."""
-        if self.calibrator is not None:
-            self.decide(part, "local")
+                finish((part, map(work, chunk)))
+            else:
+                finish(running)
+                running = part, pool.map(work, chunk, chunksize=max(1, len(chunk) // 16))
+        finish(running)
 
     @property
     def _pool(self) -> ThreadPoolExecutor | None:
