@@ -6,7 +6,10 @@ again (53,000 pairs at 5,000 images): with the standard library that was
 the same Python values for every document ``json.dumps`` writes here, except
 ``NaN`` and ``Infinity``, which it refuses: those fall back to ``json``.
 Stored evidence is still written with ``json.dumps``: it is compared as
-text (``incremental.evidence_json``), and orjson formats differently. The
+text (``incremental.evidence_json``), and orjson formats differently.
+Stored match records, read back as values only, are written by orjson
+(``dumps_sorted``): 3,900 records changed by a 50-image add to 4,950 took
+0.15 s to encode with the standard library. The
 indented JSON files people and scripts read (the ``--json`` reports) are
 written by orjson when that gives the same values (``dumps_indented``): the
 standard library's indented encoder is pure Python, 0.08 s for the 2.8 MB
@@ -52,3 +55,19 @@ def dumps_indented(data: Any) -> str | None:
     if _orjson.loads(out) != data:
         return None
     return out.decode("utf-8")
+
+
+def dumps_sorted(data: Any) -> str:
+    """``data`` as compact JSON with sorted keys, by orjson where that reads
+    back as ``data`` (see ``dumps_indented`` for what does not), else by
+    ``json.dumps(data, sort_keys=True)``. For texts read back as values,
+    never compared as text: the two writers space and spell numbers
+    differently."""
+    if _orjson is not None:
+        try:
+            out = _orjson.dumps(data, option=_orjson.OPT_SORT_KEYS)
+        except (_orjson.JSONEncodeError, TypeError):
+            out = None
+        if out is not None and _orjson.loads(out) == data:
+            return out.decode("utf-8")
+    return json.dumps(data, sort_keys=True)

@@ -66,7 +66,7 @@ import numpy as np
 
 from . import __version__
 from ._arrays import unique
-from ._json import loads
+from ._json import dumps_sorted, loads
 from .candidates import VoteDetail, phash_candidates, tally_votes
 from .checkpoint import checkpoint, report
 from .config import Settings
@@ -390,6 +390,13 @@ class IncrementalMatcher(PairMatcher):
         ids = sorted(ids)
         current = gallery.image_digests()
         stored = {} if rematch else gallery.match_records(self.key)
+        #: Images new to the indexes since the records were made (new or changed).
+        fresh = [i for i in current if i not in stored or stored[i][0] != current[i][0]]
+        # The new images' descriptor search (``_patch_votes``) starts first, on
+        # a worker thread, while this one reads the stored state and checks
+        # the stored hash searches (it is the longest step of an add).
+        new = (self._new_descriptors(fresh) if fresh and stored
+               and self.settings.local_features else None)
         self._rows = {} if rematch else {k: PairRow(*v) for k, v in
                                          gallery.match_pairs(self.key).items()}
         self._changed_rows: set[tuple[int, int, int]] = set()
@@ -397,8 +404,6 @@ class IncrementalMatcher(PairMatcher):
                    if i in current and current[i][0] == d}
         report("stored", 1, UPDATE_STEPS)
         allowed = set(ids)
-        #: Images new to the indexes since the records were made (new or changed).
-        fresh = [i for i in current if i not in records]
         entering = fresh + [i for i in ids if i in records and not records[i].get("run")]
         self.records, self.digests = records, current
         self._write: set[int] = set()
@@ -411,10 +416,6 @@ class IncrementalMatcher(PairMatcher):
         #: Images whose votes alone changed: their stored votes, by other image.
         self.old_votes: dict[int, dict[int, float]] = {}
         searched = [i for i, r in records.items() if r.get("q")]
-        # The new images' descriptor search (``_patch_votes``) runs on a
-        # worker thread while this one checks the stored hash searches.
-        new = (self._new_descriptors(fresh) if entering and searched
-               and self.settings.local_features else None)
         full = self._stale(searched, allowed)
         report("stored", 2, UPDATE_STEPS)
         if entering:
@@ -964,7 +965,7 @@ class IncrementalMatcher(PairMatcher):
     # -- writing back ---------------------------------------------------------
     def save(self) -> None:
         """Store the records and pair rows this run made or completed (one transaction)."""
-        records = {i: (self.digests[i][0], json.dumps(self.records[i], sort_keys=True))
+        records = {i: (self.digests[i][0], dumps_sorted(self.records[i]))
                    for i in self._write if i in self.digests}
         rows = {k: self._rows[k].astuple() for k in self._changed_rows}
         self.gallery.save_match_state(self.key, records, rows, replace=self.rematch)

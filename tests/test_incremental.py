@@ -501,6 +501,21 @@ def test_indented_reports_read_back_as_the_standard_library_writes_them():
     assert "NaN" in nan_text and "Infinity" in nan_text  # as json.dumps writes them
 
 
+def test_stored_records_are_written_compact_and_read_back_as_the_same_values():
+    """Match records are written by orjson with sorted keys where the text
+    reads back as the same values, else by ``json.dumps(sort_keys=True)``."""
+    from matchkit._json import dumps_sorted, loads
+
+    rec = {"q": 1, "near": [[3, 40], [9, 41]], "crowd": 88, "memo": {"light": 0.30000001192092896,
+           "share": 1e-05}, "nb": [4, "AAAA", "BB=="], "reach": None, "tmpl": 0}
+    text = dumps_sorted(rec)
+    assert loads(text) == rec and json.loads(text) == rec
+    assert list(json.loads(text)) == sorted(rec)  # keys sorted
+    assert " " not in text  # compact
+    for odd in ({"x": float("nan")}, {"x": (1, 2)}, {1: "a"}, {"n": 2 ** 70}):
+        assert dumps_sorted(odd) == json.dumps(odd, sort_keys=True)
+
+
 def test_pairs_are_verified_ahead_only_where_earlier_runs_asked_for_nearly_all(
         sets, tmp_path, monkeypatch):
     """No verification ahead in a first run (no history), nor where earlier
