@@ -521,6 +521,10 @@ class PairMatcher:
         self._marked: dict[int, float] = {}
         #: Image id -> ``colour_facts`` (ids name the same images for the run).
         self._colour_facts: dict[int, tuple] = {}
+        #: Thumbnail features of the mirrored look, by image (``ThumbLooks``):
+        #: a new image's flipped look serves all its pairs (a 50-image add to
+        #: 4,950 made 136 mirrored looks of 50 images).
+        self._looks = ThumbLooks()
 
     def _phash_limits(self) -> dict:
         s = self.settings
@@ -655,7 +659,7 @@ class PairMatcher:
             # (Two workers may make one image's mask at once: the same mask.)
             verify_stored(ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
                           self.content_mask(ev.b, fb[1] if fb else None), self.templated,
-                          self.settings, self.calibrator is None)
+                          self.settings, self.calibrator is None, self._looks)
 
         def finish(batch) -> None:
             """Wait for a batch's results; then the calibrated decision (hand-set
@@ -1057,18 +1061,19 @@ def thumb_content_mask(thumb: np.ndarray | None) -> np.ndarray | None:
 
 
 def verify_stored(ev: PairEvidence, fa, fb, mask_a, mask_b, templated: dict[int, LocalFeatures],
-                  settings: Settings, hand_rules: bool) -> None:
+                  settings: Settings, hand_rules: bool, looks: ThumbLooks | None = None) -> None:
     """Local verification of one pending pair from its images' stored
     features ``fa``/``fb`` (``Gallery.local_features``) and content masks; a
     function of its arguments, so it runs the same in a thread or in a task
     on another machine. The mirrored look comes from the stored thumbnails
-    (``mirrored_look``); only templated images' content features
+    (``mirrored_look``; ``looks`` keeps its features for the next pair of
+    the same image); only templated images' content features
     (``templated``, from ``_content_features``) were read from their files."""
     mirror = fb is not None and (ev.extra.get("second_hop")
                                  or ev.phash_distance <= settings.mirror_max_distance)
     if mirror and ev.extra.get("reflect"):
         ev.extra["mirror_tried"] = True  # (if the straight look fails)
-    _verify_pair(ev, fa, fb, templated, settings, mask_a, mask_b, mirror=mirror)
+    _verify_pair(ev, fa, fb, templated, settings, mask_a, mask_b, mirror=mirror, looks=looks)
     if hand_rules:
         ev.rule = local_rule(ev, settings)
     ev.pending = False

@@ -51,6 +51,39 @@ def test_mirrored_look_from_thumbnails_finds_a_flip(photo_dir):
     assert isinstance(mirrored, LocalFeatures) and mirrored.width == size[0]
 
 
+def test_a_flipped_images_mirrored_look_is_made_once_for_all_its_pairs(photo_dir, monkeypatch):
+    """``verify_stored`` with a ``ThumbLooks`` (as ``PairMatcher.verify`` passes
+    it) makes an image's mirrored thumbnail features once for all its pairs,
+    with the same verification as without."""
+    import matchkit.match as M
+
+    recs = {n: extract(photo_dir / n) for n in ("a.jpg", "c.jpg", "a_flip.jpg")}
+    feats = {n: (r.local, r.thumb) for n, r in recs.items()}
+    settings = Settings()
+
+    def run(looks):
+        out = []
+        for a in ("a.jpg", "c.jpg"):
+            ev = M.PairEvidence(1 if a == "a.jpg" else 2, 3, 20, 0.9,
+                                extra={"reflect": True, "verifiable": True}, pending=True)
+            M.verify_stored(ev, feats[a], feats["a_flip.jpg"], None, None, {}, settings,
+                            True, looks)
+            out.append((ev.verification, ev.rule, ev.extra.get("mirror_tried")))
+        return out
+
+    calls = []
+    real = M.thumb_features
+    monkeypatch.setattr(M, "thumb_features", lambda thumb, *a, **kw: calls.append(
+        (id(thumb), kw.get("mirror", False))) or real(thumb, *a, **kw))
+    plain = run(None)
+    assert calls.count((id(recs["a_flip.jpg"].thumb), True)) == 2  # once per pair
+    calls.clear()
+    shared = run(M.ThumbLooks())
+    assert calls.count((id(recs["a_flip.jpg"].thumb), True)) == 1  # once for both
+    assert shared == plain
+    assert plain[0][0].mirrored and plain[0][0].inliers >= 30  # the flip was found mirrored
+
+
 def test_jpeg_stream_digest_ignores_metadata_only():
     img = PIL.Image.new("RGB", (64, 48), (10, 200, 30))
     plain, tagged = io.BytesIO(), io.BytesIO()
