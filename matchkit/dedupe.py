@@ -549,6 +549,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         class_edge = {k: max((ev for ev in evs if ev.rule), key=PairEvidence.score)
                       for k, evs in between.items() if any(ev.rule for ev in evs)}
         matcher.settle_relations(_reported_edges(stars, classes, class_edge))
+        matcher.finish()
     finally:
         matcher.close()
     in_star = {m for s in stars for m in s.members}

@@ -61,6 +61,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -99,6 +100,10 @@ UPDATE_STEPS = 7
 #: unasked (5,000 scale-set images: 41 of 50,052, 0.1%; 2,000 transformed-set
 #: images: 7,707 of 9,185, 84%).
 AHEAD_MAX_UNASKED = 0.1
+#: At most this many pairs are verified ahead in the background, while
+#: clustering starts (``IncrementalMatcher._verify_in_background``); more are
+#: verified ahead in batches before it (their features would all be held).
+AHEAD_IN_BACKGROUND = 4096
 #: Settings that do not change any decision (only how many threads run).
 _NOT_MATCHING = ("workers",)
 #: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second
@@ -450,6 +455,10 @@ class IncrementalMatcher(PairMatcher):
         self.evidence = self._evidence(ids, same)
         report("stored", UPDATE_STEPS, UPDATE_STEPS)
         self._ahead: set[tuple[int, int, int]] = set()
+        #: Pairs being verified in the background (``_verify_in_background``):
+        #: key -> (row, evidence, future).
+        self._running: dict[tuple[int, int, int], tuple] = {}
+        self._background: ThreadPoolExecutor | None = None
         self._verify_ahead()
 
     # -- which records still hold ------------------------------------------
@@ -857,7 +866,14 @@ class IncrementalMatcher(PairMatcher):
         clustering verifies as it asks. Copies are
         verified and the results stored; the pairs stay pending until
         clustering asks (``verify`` then applies the result), so clustering
-        sees what it saw before; results it never asks for are kept."""
+        sees what it saw before; results it never asks for are kept.
+
+        Up to ``AHEAD_IN_BACKGROUND`` pairs (hand-set rules) are verified in
+        the background: their features are read here, then workers of their
+        own verify them while clustering starts; when clustering asks for a
+        pair, ``verify`` takes its result, or verifies it at once if the
+        background has not started it (``_collect``); ``finish`` waits for
+        the rest."""
         unasked, pending = self._unasked
         if not pending or unasked > AHEAD_MAX_UNASKED * pending:
             return
@@ -869,6 +885,10 @@ class IncrementalMatcher(PairMatcher):
                 if row is not None and row.after is None:
                     rows.append(row)
         if not rows:
+            return
+        if (self.calibrator is None and self._pool is not None
+                and len(rows) <= AHEAD_IN_BACKGROUND):
+            self._verify_in_background(rows)
             return
         for start in range(0, len(rows), VERIFY_BATCH):
             report("ahead", start, len(rows))
@@ -882,8 +902,54 @@ class IncrementalMatcher(PairMatcher):
         report("ahead", len(rows), len(rows))
         self.verified += len(rows)
 
+    def _verify_in_background(self, rows: list[PairRow]) -> None:
+        """Start verifying ``rows`` (pending pairs, none verified) on workers
+        of their own; ``_collect`` takes each result (in the order clustering
+        asks for them), as the batches of ``_verify_ahead`` would have left it.
+        Their features are read here (SQLite belongs to this thread): at most
+        ``AHEAD_IN_BACKGROUND`` pairs, so what the queued work holds stays small."""
+        report("ahead", 0, len(rows))
+        part = [(row, evidence_from_json(row.before)) for row in rows]
+        self._ensure_templated({i for _, ev in part for i in (ev.a, ev.b)})
+        items = self._read_pairs([ev for _, ev in part])
+        self._background = ThreadPoolExecutor(max_workers=self.settings.n_workers())
+        for (row, ev), item in zip(part, items):
+            self._running[(ev.a, ev.b, CANDIDATE)] = (
+                row, ev, self._background.submit(self._verify_read, item))
+        report("ahead", len(rows), len(rows))
+        self.verified += len(rows)
+
+    def _collect(self, keys) -> None:
+        """Take the background verification of those of ``keys`` it holds and
+        store each result, as ``_verify_ahead`` does; one not started yet is
+        taken back (``verify`` then verifies it at once, as a pair not
+        verified ahead), so clustering never waits for the queue."""
+        for k in keys:
+            job = self._running.pop(k, None)
+            if job is not None:
+                row, ev, done = job
+                if done.cancel():
+                    self.verified -= 1  # (counted again as ``verify`` does it)
+                    continue
+                done.result()
+                row.after, row.relation = verification_json(row.before, ev), None
+                self._ahead.add(k)
+
+    def finish(self) -> None:
+        self._collect(sorted(self._running))
+
+    def close(self) -> None:
+        """Workers end; background verification not yet taken is dropped (a
+        stopped run: those pairs stay unverified, as if never asked)."""
+        if self._background is not None:
+            self._background.shutdown(cancel_futures=True)
+            self._background = None
+        self._running.clear()
+        super().close()
+
     def verify(self, todo: list[PairEvidence]) -> None:
         todo = [ev for ev in todo if ev.pending]
+        self._collect([self._kind(ev) for ev in todo])
         work = []
         for ev in todo:
             row = self._rows.get(self._kind(ev))

@@ -642,24 +642,7 @@ class PairMatcher:
         are made by the workers (from the thumbnails read here): made here,
         they were a third of this thread's time while the workers waited."""
         todo = [ev for ev in todo if ev.pending]
-
-        def read(part: list[PairEvidence]) -> list:
-            out = []
-            for ev in part:
-                fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
-                if fa is None:  # (its mask would read SQLite: here, not on a worker)
-                    self.content_mask(ev.a)
-                if fb is None:
-                    self.content_mask(ev.b)
-                out.append((ev, fa, fb))
-            return out
-
-        def work(item):
-            ev, fa, fb = item
-            # (Two workers may make one image's mask at once: the same mask.)
-            verify_stored(ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
-                          self.content_mask(ev.b, fb[1] if fb else None), self.templated,
-                          self.settings, self.calibrator is None, self._looks)
+        read, work = self._read_pairs, self._verify_read
 
         def finish(batch) -> None:
             """Wait for a batch's results; then the calibrated decision (hand-set
@@ -681,6 +664,33 @@ class PairMatcher:
                 finish(running)
                 running = part, pool.map(work, chunk, chunksize=max(1, len(chunk) // 16))
         finish(running)
+
+    def _read_pairs(self, part: list[PairEvidence]) -> list[tuple]:
+        """What verifying each pair reads from the gallery (SQLite: on the
+        calling thread), as items for ``_verify_read``."""
+        out = []
+        for ev in part:
+            fa, fb = self.cache.get(ev.a), self.cache.get(ev.b)
+            if fa is None:  # (its mask would read SQLite: here, not on a worker)
+                self.content_mask(ev.a)
+            if fb is None:
+                self.content_mask(ev.b)
+            out.append((ev, fa, fb))
+        return out
+
+    def _verify_read(self, item: tuple) -> None:
+        """Verify one pair read by ``_read_pairs`` (on a worker thread; the
+        hand-set rules apply as it is verified)."""
+        ev, fa, fb = item
+        # (Two workers may make one image's mask at once: the same mask.)
+        verify_stored(ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
+                      self.content_mask(ev.b, fb[1] if fb else None), self.templated,
+                      self.settings, self.calibrator is None, self._looks)
+
+    def finish(self) -> None:
+        """Clustering ended normally: work started in the background is done
+        when this returns (an incremental matcher's verification ahead,
+        ``incremental.IncrementalMatcher``); ``close`` follows."""
 
     @property
     def _pool(self) -> ThreadPoolExecutor | None:

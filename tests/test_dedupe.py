@@ -272,6 +272,9 @@ class _TableMatcher:
     def settle_relations(self, evidence):
         pass
 
+    def finish(self):
+        pass
+
     def close(self):
         pass
 

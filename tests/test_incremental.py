@@ -400,8 +400,8 @@ def test_bringing_the_stored_state_up_to_date_is_told_step_by_step(sets, tmp_pat
 @pytest.mark.parametrize("workers", [1, 2])
 def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_path,
                                                                       monkeypatch, workers):
-    """An add verifies its changed pairs up front, in one batch
-    (``_verify_ahead``); clustering then sees the same results, in the same
+    """An add verifies its changed pairs up front, in one batch or in the
+    background (``_verify_ahead``); clustering then sees the same results, in the same
     order, as when it verified each pair on asking."""
     from matchkit.incremental import IncrementalMatcher, settings_key
 
@@ -418,7 +418,7 @@ def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_
 
     def counting(self):
         real(self)
-        ahead.append(len(self._ahead))
+        ahead.append(len(self._ahead) + len(self._running))  # (done, or in the background)
     monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", counting)
     monkeypatch.setattr("matchkit.incremental.AHEAD_MAX_UNASKED", 1.0)  # (whatever the history)
     grown = dedupe([folder], gallery=tmp_path / "g", settings=settings)
@@ -547,3 +547,61 @@ def test_pairs_are_verified_ahead_only_where_earlier_runs_asked_for_nearly_all(
     dedupe([folder], gallery=tmp_path / "g2", settings=Settings(workers=1))
     assert not seen[-1][0] and seen[-1][1] == (unasked, pending)
     assert first.stats["pairs_verified"] > 0
+
+
+def test_verifying_ahead_in_the_background_leaves_what_batches_leave(sets, tmp_path,
+                                                                      monkeypatch):
+    """With workers, an add's pairs verified ahead run in the background while
+    clustering starts; the report, the counts and every stored pair row are
+    those of verifying them in batches first. A run stopped meanwhile stores
+    nothing, and the next run is the same again."""
+    from matchkit import incremental
+    from matchkit.incremental import IncrementalMatcher, settings_key
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    settings = Settings(workers=2)
+    dedupe([folder], gallery=tmp_path / "g", settings=settings)
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    for copy in ("g2", "g3"):
+        shutil.copytree(tmp_path / "g", tmp_path / copy)
+    monkeypatch.setattr(incremental, "AHEAD_MAX_UNASKED", 1.0)
+    started = []
+    real = IncrementalMatcher._verify_in_background
+    monkeypatch.setattr(IncrementalMatcher, "_verify_in_background",
+                        lambda self, rows: started.append(len(rows)) or real(self, rows))
+    background = dedupe([folder], gallery=tmp_path / "g", settings=settings)
+    assert started and started[0] > 0
+    monkeypatch.setattr(incremental, "AHEAD_IN_BACKGROUND", 0)
+    batches = dedupe([folder], gallery=tmp_path / "g2", settings=settings)
+    assert len(started) == 1  # (this run verified ahead in batches)
+
+    class Stop(Exception):
+        pass
+
+    def stop(phase, done, total):
+        if phase == "cluster" and done:
+            raise Stop
+    monkeypatch.setattr(incremental, "AHEAD_IN_BACKGROUND", 4096)
+    with pytest.raises(Stop):
+        dedupe([folder], gallery=tmp_path / "g3", settings=settings, on_progress=stop)
+    assert len(started) == 2
+    again = dedupe([folder], gallery=tmp_path / "g3", settings=settings)
+
+    def outline(report):
+        return ([(c.keep, c.members, [(p.a, p.b, p.kind, p.relation) for p in c.pairs])
+                 for c in report.clusters],
+                {k: report.stats[k] for k in ("images_searched", "pairs_verified",
+                                              "pairs_reused", "clusters", "duplicates",
+                                              "exact_pairs", "near_pairs")})
+    assert outline(background) == outline(batches) == outline(again)
+    assert background.stats["pairs_verified"] > 0
+    key = settings_key(settings)
+    rows = []
+    for g in ("g", "g2", "g3"):
+        with Gallery(tmp_path / g) as gallery:
+            rows.append(gallery.match_pairs(key))
+    assert rows[0] == rows[1] == rows[2]
+    assert sum(r[1] is not None for r in rows[0].values()) > 0  # verifications stored
