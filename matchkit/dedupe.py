@@ -334,7 +334,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     rep = {}
     classes = {}
     for group in exact.groups():
-        group.sort(key=lambda i: sort_key(same_order, candidate(i)))
+        if len(group) > 1:  # (a key for every image alone: 0.3 s at 5,000 images)
+            group.sort(key=lambda i: sort_key(same_order, candidate(i)))
         for i in group:
             rep[i] = group[0]
         classes[group[0]] = group
