@@ -352,7 +352,12 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         return (x, y) if x < y else (y, x)
 
     def matched(x: int, y: int) -> PairEvidence | None:
-        return next((ev for ev in between[key(x, y)] if ev.rule), None)
+        # (A plain loop: asked ~200,000 times in a 5,000-image run, where a
+        # generator per call cost 0.5 s.)
+        for ev in between[(x, y) if x < y else (y, x)]:
+            if ev.rule:
+                return ev
+        return None
 
     def told(n: int, hop: bool = False) -> None:
         """Count ``n`` more verifications (second looks raise the total too)."""

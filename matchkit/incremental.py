@@ -360,6 +360,12 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int):
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
+def _named(rows) -> np.ndarray:
+    """The image ids (first items) of a record's ``[id, value]`` rows."""
+    a = np.array(rows, np.int64)
+    return a[:, 0] if a.ndim == 2 else a.reshape(0)
+
+
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, np.uint8).tobytes()).decode()
 
@@ -464,22 +470,36 @@ class IncrementalMatcher(PairMatcher):
     # -- which records still hold ------------------------------------------
     def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:
         """Records naming an image that left (removed, changed, out of the run):
-        searched again from scratch."""
-        records, out = self.records, set()
-        limit = self.settings.vote_max_distance
+        searched again from scratch. Each record's named images are gathered
+        as arrays and checked at once (a loop over every name took 0.4 s of a
+        5,000-image run)."""
+        records, limit = self.records, self.settings.vote_max_distance
+        # (owner of each array, its ids) for the names that must still have a
+        # record (hash neighbours, near descriptors' images) and for those
+        # that must be in this run (pairs, votes, hits, framed pictures).
+        kept: tuple[list, list] = ([], [])
+        run: tuple[list, list] = ([], [])
         for i in searched:
             checkpoint()
             r = records[i]
-            if (any(j not in records for j, _ in r["near"])
-                    or any(j not in allowed for j, _ in r["ph"])
-                    or any(j not in allowed for j, _ in r["vo"])
-                    or any(j not in allowed for j in r["hits"])
-                    or any(j not in allowed for j, _ in r.get("fr", ()))):
-                out.add(i)
-            elif "nb" in r:  # a near descriptor of a gone image held a place
+            kept[0].append(i)
+            kept[1].append(_named(r["near"]))
+            for field in ("ph", "vo", "fr"):
+                run[0].append(i)
+                run[1].append(_named(r.get(field, ())))
+            run[0].append(i)
+            run[1].append(np.asarray(r["hits"], np.int64))
+            if "nb" in r:  # a near descriptor of a gone image held a place
                 ids, dists = _lists(r)
-                if any(j not in records for j in set(ids[dists <= limit].tolist())):
-                    out.add(i)
+                kept[0].append(i)
+                kept[1].append(ids[dists <= limit].astype(np.int64))
+        out: set[int] = set()
+        for (owners, names), known in ((kept, records), (run, allowed)):
+            if owners:
+                owner = np.repeat(owners, [len(n) for n in names])
+                names = np.concatenate(names)
+                known = np.fromiter(known, np.int64, len(known))
+                out.update(unique(owner[~np.isin(names, known)]).tolist())
         return out
 
     def _phash_reached(self, rest: list[int], entering: list[int]) -> list[int]:

@@ -255,6 +255,68 @@ def test_merging_every_list_at_once_equals_merging_each_image_alone():
                        for x, y in zip(each[j], together[j]))
 
 
+def test_stale_records_are_those_naming_an_image_gone_or_out_of_the_run():
+    """``_stale`` (every record's names checked at once) picks the records a
+    check of each name alone picks: a hash neighbour or a near descriptor's
+    image (within the vote distance) without a record; a pair, vote, hit or
+    framed picture outside the run."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from matchkit.incremental import IncrementalMatcher, _lists, _pack_lists
+
+    settings = Settings()
+    limit = settings.vote_max_distance
+
+    def one_by_one(records, searched, allowed):
+        out = set()
+        for i in searched:
+            r = records[i]
+            if (any(j not in records for j, _ in r["near"])
+                    or any(j not in allowed for j, _ in r["ph"])
+                    or any(j not in allowed for j, _ in r["vo"])
+                    or any(j not in allowed for j in r["hits"])
+                    or any(j not in allowed for j, _ in r.get("fr", ()))):
+                out.add(i)
+            elif "nb" in r:
+                ids, dists = _lists(r)
+                if any(j not in records for j in set(ids[dists <= limit].tolist())):
+                    out.add(i)
+        return out
+
+    rng = np.random.default_rng(3)
+    picked = mixed = 0
+    for _ in range(200):
+        ids = sorted(set(rng.integers(0, 40, 25).tolist()))
+        allowed = {i for i in ids if rng.random() < 0.97}
+
+        def name() -> int:  # (40, 41: images gone since)
+            return int(rng.choice([40, 41]) if rng.random() < 0.02 else rng.choice(ids))
+
+        def some(n, value=lambda: int(rng.integers(0, 120))):
+            return [[name(), value()] for _ in range(int(rng.integers(0, n)))]
+        records = {}
+        for i in ids:
+            r = {"near": some(4), "ph": some(3), "vo": some(3, lambda: float(rng.random() * 4)),
+                 "hits": sorted(name() for _ in range(int(rng.integers(0, 3))))}
+            if rng.random() < 0.3:
+                r["fr"] = some(2)
+            if rng.random() < 0.6:
+                rows = int(rng.integers(0, 5))
+                nb = [[-1 if rng.random() < 0.1 else name() for _ in range(4)] for _ in range(rows)]
+                r["nb"] = _pack_lists(np.array(nb, np.int32).reshape(rows, 4),
+                                      rng.integers(limit - 3, limit + 4, (rows, 4)).astype(np.uint8))
+            records[i] = r
+        matcher = SimpleNamespace(records=records, settings=settings)
+        searched = [i for i in ids if rng.random() < 0.9]
+        want = one_by_one(records, searched, allowed)
+        assert IncrementalMatcher._stale(matcher, searched, allowed) == want
+        picked += len(want)
+        mixed += 0 < len(want) < len(searched)
+    assert picked > 100 and mixed > 100
+
+
 def test_an_original_added_after_its_recaptures_is_paired_by_their_framed_pictures(tmp_path):
     """``framed``: the pictures inside a print's border or a monitor's bezel
     are extra hash keys; an original that enters later finds the recaptures
