@@ -184,9 +184,10 @@ def apply_verification(ev: PairEvidence, text: str) -> None:
     """Bring ``ev`` (the evidence a stored verification was made from) to
     what that verification left (``verification_json``)."""
     d = loads(text)
-    for key, name in _CHANGEABLE.items():
-        if key in d:
-            setattr(ev, name, d[key])
+    for key, value in d.items():  # (a few fields: what verification changed)
+        name = _CHANGEABLE.get(key)
+        if name is not None:
+            setattr(ev, name, value)
     if "ver" in d:
         ev.verification = Verification(**d["ver"]) if d["ver"] else None
     if "ov" in d:
@@ -969,7 +970,8 @@ class IncrementalMatcher(PairMatcher):
 
     def verify(self, todo: list[PairEvidence]) -> None:
         todo = [ev for ev in todo if ev.pending]
-        self._collect([self._kind(ev) for ev in todo])
+        if self._running:
+            self._collect([self._kind(ev) for ev in todo])
         work = []
         for ev in todo:
             row = self._rows.get(self._kind(ev))
