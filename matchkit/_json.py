@@ -46,15 +46,7 @@ def dumps_indented(data: Any) -> str | None:
     names, and a tuple reads back as a list; each of those falls back. Where
     the values are equal, only number spelling differs from ``json.dumps``
     (``1e-5`` for ``1e-05``), which every JSON reader takes as the same."""
-    if _orjson is None:  # pragma: no cover
-        return None
-    try:
-        out = _orjson.dumps(data, option=_orjson.OPT_INDENT_2)
-    except (_orjson.JSONEncodeError, TypeError):
-        return None
-    if _orjson.loads(out) != data:
-        return None
-    return out.decode("utf-8")
+    return None if _orjson is None else _same_by_orjson(data, _orjson.OPT_INDENT_2)
 
 
 def dumps_sorted(data: Any) -> str:
@@ -63,11 +55,17 @@ def dumps_sorted(data: Any) -> str:
     ``json.dumps(data, sort_keys=True)``. For texts read back as values,
     never compared as text: the two writers space and spell numbers
     differently."""
-    if _orjson is not None:
-        try:
-            out = _orjson.dumps(data, option=_orjson.OPT_SORT_KEYS)
-        except (_orjson.JSONEncodeError, TypeError):
-            out = None
-        if out is not None and _orjson.loads(out) == data:
-            return out.decode("utf-8")
-    return json.dumps(data, sort_keys=True)
+    out = None if _orjson is None else _same_by_orjson(data, _orjson.OPT_SORT_KEYS)
+    return json.dumps(data, sort_keys=True) if out is None else out
+
+
+def _same_by_orjson(data: Any, option: int) -> str | None:
+    """``data`` written by orjson with ``option``, or None where orjson
+    refuses it or the text would not read back as ``data``."""
+    try:
+        out = _orjson.dumps(data, option=option)
+    except (_orjson.JSONEncodeError, TypeError):
+        return None
+    if _orjson.loads(out) != data:
+        return None
+    return out.decode("utf-8")

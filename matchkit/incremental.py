@@ -917,11 +917,16 @@ class IncrementalMatcher(PairMatcher):
                     for row in rows[start:start + VERIFY_BATCH]]
             self._ensure_templated({i for _, ev in part for i in (ev.a, ev.b)})
             PairMatcher.verify(self, [ev for _, ev in part])
-            for row, ev in part:  # (each row is among ``_changed_rows`` already)
-                row.after, row.relation = verification_json(row.before, ev), None
-                self._ahead.add((ev.a, ev.b, CANDIDATE))
+            for row, ev in part:
+                self._verified_ahead(row, ev)
         report("ahead", len(rows), len(rows))
-        self.verified += len(rows)
+
+    def _verified_ahead(self, row: PairRow, ev: PairEvidence) -> None:
+        """Store a pair verified ahead (its row is among ``_changed_rows``
+        already); it counts as verified, never also as reused."""
+        row.after, row.relation = verification_json(row.before, ev), None
+        self._ahead.add((ev.a, ev.b, CANDIDATE))
+        self.verified += 1
 
     def _verify_in_background(self, rows: list[PairRow]) -> None:
         """Start verifying ``rows`` (pending pairs, none verified) on workers
@@ -938,7 +943,6 @@ class IncrementalMatcher(PairMatcher):
             self._running[(ev.a, ev.b, CANDIDATE)] = (
                 row, ev, self._background.submit(self._verify_read, item))
         report("ahead", len(rows), len(rows))
-        self.verified += len(rows)
 
     def _collect(self, keys) -> None:
         """Take the background verification of those of ``keys`` it holds and
@@ -949,12 +953,9 @@ class IncrementalMatcher(PairMatcher):
             job = self._running.pop(k, None)
             if job is not None:
                 row, ev, done = job
-                if done.cancel():
-                    self.verified -= 1  # (counted again as ``verify`` does it)
-                    continue
-                done.result()
-                row.after, row.relation = verification_json(row.before, ev), None
-                self._ahead.add(k)
+                if not done.cancel():
+                    done.result()
+                    self._verified_ahead(row, ev)
 
     def finish(self) -> None:
         self._collect(sorted(self._running))
