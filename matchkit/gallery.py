@@ -61,6 +61,7 @@ from .fspath import from_db, to_db
 from .io import ImageLoadError, load_image
 from .local import LocalFeatures
 from .stored import decode_colour, decode_thumb, encode_colour, encode_local, stored_features
+from .stored_text import pack, unpack
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embed import Embedder
@@ -87,17 +88,22 @@ _MODEL_KEY = "model:"
 _FILE_KEY = "index:"
 #: Tables of incremental matching (``incremental.py``): per image, what its
 #: candidate search found; per pair, its evidence before and after local
-#: verification; both under the key of the settings they were made with.
-#: Created on first use by a writer, so read-only galleries open as before.
+#: verification; both under the key of the settings they were made with, as
+#: ``stored_text`` deflates them. Created on first use by a writer, so
+#: read-only galleries open as before. The records (2 KB deflated) are in a
+#: rowid table: a WITHOUT ROWID row over 1,002 bytes spills onto an overflow
+#: page of its own, so the records' earlier table (``match_images``, dropped
+#: here) took 4.7 KB per image for 3.9 KB of text.
 _MATCH_SCHEMA = """
-CREATE TABLE IF NOT EXISTS match_images (
+CREATE TABLE IF NOT EXISTS match_records (
     key TEXT NOT NULL,
     image_id INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
-    record TEXT NOT NULL,
+    record BLOB NOT NULL,
     PRIMARY KEY (key, image_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS match_images_image ON match_images(image_id);
+);
+CREATE INDEX IF NOT EXISTS match_records_image ON match_records(image_id);
+DROP TABLE IF EXISTS match_images;
 CREATE TABLE IF NOT EXISTS match_pairs (
     key TEXT NOT NULL,
     a INTEGER NOT NULL,
@@ -1168,28 +1174,30 @@ class Gallery:
         return {int(i): (None if p is None else bytes(p)) for i, p in rows}
 
     # -- incremental matching state (see incremental.py) -------------------
-    def _has_match_tables(self) -> bool:
+    def _has_match_tables(self, table: str = "match_pairs") -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
-                                "name='match_pairs'").fetchone() is not None
+                                "name=?", (table,)).fetchone() is not None
 
     def _drop_matches(self, ids: Sequence[int]) -> None:
         """Inside a transaction: images that changed or left lose their stored
         candidate searches and pair decisions, under every key."""
         if not ids or not self._has_match_tables():
             return
+        records = self._has_match_tables("match_records")
         for chunk in _chunks(list(ids), 900):
             marks = ','.join('?' * len(chunk))
-            self._db.execute(f"DELETE FROM match_images WHERE image_id IN ({marks})", chunk)
+            if records:
+                self._db.execute(f"DELETE FROM match_records WHERE image_id IN ({marks})", chunk)
             self._db.execute(f"DELETE FROM match_pairs WHERE a IN ({marks})", chunk)
             self._db.execute(f"DELETE FROM match_pairs WHERE b IN ({marks})", chunk)
 
     def match_records(self, key: str) -> dict[int, tuple[str, str]]:
         """Stored candidate-search records under ``key``: id -> (sha256, JSON)."""
-        if not self._has_match_tables():
+        if not self._has_match_tables("match_records"):
             return {}
         rows = self._db.execute(
-            "SELECT image_id, sha256, record FROM match_images WHERE key=?", (key,))
-        return {i: (d, r) for i, d, r in rows}
+            "SELECT image_id, sha256, record FROM match_records WHERE key=?", (key,))
+        return {i: (d, unpack(r)) for i, d, r in rows}
 
     def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
         """Stored pair evidence under ``key``: (a, b, kind) -> (before, after,
@@ -1198,7 +1206,8 @@ class Gallery:
             return {}
         rows = self._db.execute("SELECT a, b, kind, before, after, same_pixels, live, relation "
                                 "FROM match_pairs WHERE key=?", (key,))
-        return {(r[0], r[1], r[2]): r[3:] for r in rows}
+        return {(a, b, k): (unpack(before), unpack(after), *rest)
+                for a, b, k, before, after, *rest in rows}
 
     def forget_matches(self, ids: Sequence[int]) -> None:
         """Drop the stored candidate searches and pair decisions naming any of
@@ -1230,21 +1239,22 @@ class Gallery:
             keys = [k for k in json.loads(self._meta(_MATCH_KEYS) or "[]") if k != key]
             keys = [key] + keys
             for old in keys[MAX_MATCH_KEYS:]:
-                self._db.execute("DELETE FROM match_images WHERE key=?", (old,))
+                self._db.execute("DELETE FROM match_records WHERE key=?", (old,))
                 self._db.execute("DELETE FROM match_pairs WHERE key=?", (old,))
             self._set_meta(_MATCH_KEYS, json.dumps(keys[:MAX_MATCH_KEYS]))
             if replace:
-                self._db.execute("DELETE FROM match_images WHERE key=?", (key,))
+                self._db.execute("DELETE FROM match_records WHERE key=?", (key,))
                 self._db.execute("DELETE FROM match_pairs WHERE key=?", (key,))
             present = {i: d for i, d in self._db.execute("SELECT id, sha256 FROM images")}
             self._db.executemany(
-                "INSERT OR REPLACE INTO match_images(key, image_id, sha256, record) "
+                "INSERT OR REPLACE INTO match_records(key, image_id, sha256, record) "
                 "VALUES (?,?,?,?)",
-                [(key, i, d, r) for i, (d, r) in records.items() if present.get(i) == d])
+                [(key, i, d, pack(r)) for i, (d, r) in records.items() if present.get(i) == d])
             self._db.executemany(
                 "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "
                 "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(key, a, b, k, *row) for (a, b, k), row in pairs.items()
+                [(key, a, b, k, pack(before), None if after is None else pack(after), *rest)
+                 for (a, b, k), (before, after, *rest) in pairs.items()
                  if a in present and (b in present or b in elsewhere)])
 
     def update(self, path_or_id: str | int | os.PathLike, *, meta: dict | None = None,

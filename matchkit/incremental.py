@@ -87,8 +87,9 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: looks and icon views made from stored features, ``stored.py``; 4: re-photographs
 #: found by the frame around the shown picture; 5: candidates from the picture
 #: inside a frame, records "fh" and "fr", ``framed.py``; 6: a pair's "after"
-#: holds only what verification changed, ``verification_json``).
-STATE_VERSION = 6
+#: holds only what verification changed, ``verification_json``; 7: texts stored
+#: deflated, ``stored_text.py``, which earlier builds of one version cannot read).
+STATE_VERSION = 7
 #: Steps of bringing the stored state up to date, told as phase "stored"
 #: (``checkpoint.report``): stored records read, gone images found, hash
 #: searches redone, votes patched, frames looked for again, new images

@@ -1,0 +1,98 @@
+"""The deflated texts of incremental matching (``matchkit.stored_text``)."""
+
+import json
+import sqlite3
+
+import pytest
+import random
+
+from matchkit import stored_text
+from test_determinism import _content
+from matchkit.gallery import Gallery
+from matchkit.config import Settings
+
+EVIDENCE = ('{"a": 1, "b": 132, "c": 0.24034792877906977, "cos": null, "d": 92, "oc": null, '
+            '"ov": null, "p": true, "r": "", "v": 0.0, "ver": null, "x": {"colour_agree": true, '
+            '"dihedral": 2, "grey": [false, false], "hue_similarity": 0.5771272443403591, '
+            '"lightness_shift": 15.588359980620154, "reflect": true, "verifiable": true}}')
+
+
+def test_round_trip_and_size_of_an_evidence_text():
+    packed = stored_text.pack(EVIDENCE)
+    assert packed[0] == stored_text.TAG
+    assert stored_text.unpack(packed) == EVIDENCE
+    # the dictionary is what makes a short text small: plain deflate of it is
+    # over twice as long
+    import zlib
+    assert len(packed) < 0.3 * len(EVIDENCE.encode())
+    assert len(packed) * 2 < len(zlib.compress(EVIDENCE.encode(), 9))
+
+
+def test_any_text_comes_back_unchanged():
+    rng = random.Random(3)
+    alphabet = '{}[]":, .0123456789abcdefnulltrue\u00e9\u4e2d\U0001f600'
+    for size in [0, 1, 5, 300, 2047, 2048, 2049, 5000, 40000] + [rng.randrange(9000) for _ in range(100)]:
+        text = "".join(rng.choice(alphabet) for _ in range(size))
+        assert stored_text.unpack(stored_text.pack(text)) == text
+
+
+def test_long_text_beyond_the_small_window():
+    text = json.dumps({"points": [[i * 1.1, i * 2.3] for i in range(3000)]})
+    assert stored_text.unpack(stored_text.pack(text)) == text
+
+
+def test_text_and_none_are_read_as_they_are():
+    assert stored_text.unpack(EVIDENCE) == EVIDENCE
+    assert stored_text.unpack(None) is None
+
+
+@pytest.mark.parametrize("value", [b"", b"\x07abc", stored_text.pack(EVIDENCE)[:-3]])
+def test_damaged_values_raise(value):
+    with pytest.raises((ValueError, Exception)):
+        stored_text.unpack(value)
+
+
+def test_a_gallery_run_stores_its_match_state_deflated_and_reuses_it(photo_dir, tmp_path):
+    from matchkit.dedupe import dedupe
+
+    g = tmp_path / "g"
+    first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    rows = raw.execute("SELECT before, after FROM match_pairs").fetchall()
+    records = raw.execute("SELECT record FROM match_records").fetchall()
+    raw.close()
+    assert rows and records
+    assert all(isinstance(b, bytes) and b[0] == stored_text.TAG for b, _ in rows)
+    assert all(a is None or isinstance(a, bytes) for _, a in rows)
+    assert all(isinstance(r, bytes) for r, in records)
+    # what is read back is the JSON that was written: a second run reuses
+    # every stored pair and gives the same clusters
+    with Gallery(g) as gal:
+        key = json.loads(gal._meta("match_keys"))[0]
+        for before, after, *_ in gal.match_pairs(key).values():
+            assert json.loads(before)["a"] >= 1 and (after is None or json.loads(after) is not None)
+    again = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    assert again.stats["pairs_reused"] > 0
+    assert first.clusters and _content(again) == _content(first)
+
+
+def test_a_gallery_with_the_earlier_record_table_is_matched_again(photo_dir, tmp_path):
+    """A gallery whose records are in the earlier ``match_images`` table (text,
+    WITHOUT ROWID) reads as having none; the next writer drops that table."""
+    from matchkit.dedupe import dedupe
+
+    g = tmp_path / "g"
+    first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    raw.execute("ALTER TABLE match_records RENAME TO match_images")
+    raw.commit()
+    raw.close()
+    with Gallery(g) as gal:
+        key = json.loads(gal._meta("match_keys"))[0]
+        assert gal.match_records(key) == {}
+    again = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    assert again.stats["images_searched"] == first.stats["images_searched"]
+    assert _content(again) == _content(first)
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "match_images" not in tables and "match_records" in tables
