@@ -11,6 +11,13 @@ RESULTS.md shows them side by side.
     PYTHONPATH=/work/main python benchmarks/bench_stored.py --set hard --label before
     PYTHONPATH=$PWD python benchmarks/bench_stored.py --set hard --label after
 
+``--dedupe`` makes the gallery with ``matchkit dedupe --gallery`` instead, so
+the stored matching state (``match_pairs``, the candidate-search records) is
+measured too.
+
+``--measure GALLERY`` prints the same table for a gallery folder made by
+other means (e.g. ``matchkit dedupe --gallery`` of a scale-set collection).
+
 ``--speed CHECKOUT [CHECKOUT ...]`` instead runs ``matchkit dedupe`` on the set
 with each checkout in turn (back to back) and prints pairs, precision,
 recall, wall and CPU seconds (user + system, workers included): on a shared
@@ -35,7 +42,9 @@ from bench_dedupe import add_set_arguments, load_set  # noqa: E402
 #: (table, column) blobs reported; a column an older gallery lacks is skipped.
 BLOBS = [("local_features", "descriptors"), ("local_features", "xy"),
          ("local_features", "thumb"), ("images", "colour"), ("images", "phash"),
-         ("images", "path"), ("images", "pixel_sha256"), ("images", "icon")]
+         ("images", "path"), ("images", "pixel_sha256"), ("images", "icon"),
+         ("match_pairs", "before"), ("match_pairs", "after"), ("match_records", "record"),
+         ("match_images", "record")]
 
 
 def measure(gallery: Path) -> dict:
@@ -88,12 +97,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_set_arguments(ap, default="hard")
     ap.add_argument("--label", help="name of this run's column (e.g. before)")
+    ap.add_argument("--dedupe", action="store_true",
+                    help="make the gallery with dedupe --gallery (matching state included)")
+    ap.add_argument("--measure", type=Path, metavar="GALLERY",
+                    help="print the bytes per image of this gallery folder and stop")
     ap.add_argument("--speed", nargs="+", metavar="CHECKOUT",
                     help="compare dedupe recall and time of these checkouts instead")
-    ap.add_argument("--rows", type=Path, default=C.WORK / "stored-bytes.json",
-                    help="JSON file the runs accumulate in")
+    ap.add_argument("--rows", type=Path, default=None,
+                    help="JSON file the runs accumulate in (default: one per set and mode)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
+    if args.measure:
+        row = measure(args.measure)
+        print(C.table([{"bytes per image": k, "value": round(v)} for k, v in row.items()],
+                      ["bytes per image", "value"]))
+        return
     if not args.speed and not args.label:
         ap.error("--label or --speed is required")
     _, folder, n_images, truth = load_set(args)
@@ -104,10 +122,13 @@ def main() -> None:
         gallery = Path(tmp) / "g"
         # (run from the temp folder: ``-m`` puts the working directory first
         # on sys.path, which would shadow the matchkit PYTHONPATH names)
-        subprocess.run([sys.executable, "-m", "matchkit.cli", "index", str(folder.resolve()),
-                        "--gallery", str(gallery), "-q"], check=True, stdout=subprocess.DEVNULL,
-                       cwd=tmp)
+        command = ["dedupe", "--json", str(Path(tmp) / "out.json")] if args.dedupe else ["index"]
+        subprocess.run([sys.executable, "-m", "matchkit.cli", command[0], str(folder.resolve()),
+                        *command[1:], "--gallery", str(gallery), "-q"], check=True,
+                       stdout=subprocess.DEVNULL, cwd=tmp)
         row = measure(gallery)
+    if args.rows is None:
+        args.rows = C.WORK / f"stored-bytes{'-dedupe' if args.dedupe else ''}-{args.set}.json"
     runs = json.loads(args.rows.read_text()) if args.rows.exists() else {}
     runs[args.label] = row
     args.rows.write_text(json.dumps(runs, indent=1))
@@ -118,12 +139,14 @@ def main() -> None:
     text = C.table(rows, ["bytes per image", *labels])
     print(text)
     if not args.no_write and args.split == "eval":
+        how = "dedupe --gallery" if args.dedupe else "index"
         C.write_section(
-            f"Stored bytes per image ({args.set}, {args.split})",
-            f"`matchkit index` of the {args.set} {args.split} half ({n_images} images); "
+            f"Stored bytes per image ({args.set}, {args.split}{', dedupe' if args.dedupe else ''})",
+            f"`matchkit {how}` of the {args.set} {args.split} half ({n_images} images); "
             "bytes per image by file, by SQLite table (dbstat pages) and by stored blob.\n"
             "Reproduce: `PYTHONPATH=<checkout> python benchmarks/bench_stored.py "
-            f"--set {args.set} --label <name>` for each checkout.\n\n" + text)
+            f"--set {args.set}{' --dedupe' if args.dedupe else ''} --label <name>` "
+            "for each checkout.\n\n" + text)
 
 
 if __name__ == "__main__":
