@@ -61,7 +61,7 @@ from .fspath import from_db, to_db
 from .io import ImageLoadError, load_image
 from .local import LocalFeatures
 from .stored import decode_colour, decode_thumb, encode_colour, encode_local, stored_features
-from .stored_text import pack, unpack
+from .stored_text import pack_many, unpack
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embed import Embedder
@@ -1231,6 +1231,16 @@ class Gallery:
         longer in the gallery (removed meanwhile) are not written; a pair's
         second image may also be one of ``elsewhere`` (the ids of the other
         shards of a sharded gallery)."""
+        # (deflated before the transaction, on both cores: ``stored_text.pack_many``)
+        threads = min(2, self.settings.n_workers())
+        rows = [(i, d, r) for i, (d, r) in records.items()]
+        record_blobs = pack_many([r for _, _, r in rows], threads)
+        pair_rows = list(pairs.items())
+        texts = pack_many([t for _, (before, after, *_) in pair_rows
+                           for t in (before, after) if t is not None], threads)
+        at = iter(texts)
+        packed_pairs = [((a, b, k), (next(at), None if after is None else next(at), *rest))
+                        for (a, b, k), (before, after, *rest) in pair_rows]
         self._lock_for_writing()
         with self._transaction():
             for statement in _MATCH_SCHEMA.split(";"):  # (executescript would commit)
@@ -1249,12 +1259,12 @@ class Gallery:
             self._db.executemany(
                 "INSERT OR REPLACE INTO match_records(key, image_id, sha256, record) "
                 "VALUES (?,?,?,?)",
-                [(key, i, d, pack(r)) for i, (d, r) in records.items() if present.get(i) == d])
+                [(key, i, d, blob) for (i, d, _), blob in zip(rows, record_blobs)
+                 if present.get(i) == d])
             self._db.executemany(
                 "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "
                 "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(key, a, b, k, pack(before), None if after is None else pack(after), *rest)
-                 for (a, b, k), (before, after, *rest) in pairs.items()
+                [(key, a, b, k, *row) for (a, b, k), row in packed_pairs
                  if a in present and (b in present or b in elsewhere)])
 
     def update(self, path_or_id: str | int | os.PathLike, *, meta: dict | None = None,

@@ -96,3 +96,12 @@ def test_a_gallery_with_the_earlier_record_table_is_matched_again(photo_dir, tmp
     raw = sqlite3.connect(g / "gallery.sqlite")
     tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "match_images" not in tables and "match_records" in tables
+
+
+def test_pack_many_on_threads_gives_the_texts_in_order():
+    texts = [EVIDENCE.replace("132", str(i)) * (1 + i % 3) for i in range(3000)]
+    serial = stored_text.pack_many(texts, 1)
+    assert serial == [stored_text.pack(t) for t in texts]
+    assert stored_text.pack_many(texts, 2) == serial
+    assert stored_text.pack_many(texts[:5], 2) == serial[:5]
+    assert stored_text.pack_many([], 2) == []
