@@ -11,6 +11,7 @@ import os
 import shlex
 import sqlite3
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -1421,7 +1422,13 @@ def serve_keys_remove(gallery, key_id):
     click.echo(f"removed key {key_id}")
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as a person reads it on a terminal: one line, no source line."""
+    return f"matchkit: warning: {display(str(message))}\n"
+
+
 def main() -> None:
+    warnings.formatwarning = _one_line_warning
     cli()
 
 

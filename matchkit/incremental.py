@@ -61,6 +61,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -398,11 +399,12 @@ class IncrementalMatcher(PairMatcher):
         report("stored", 0, UPDATE_STEPS)
         self._setup(gallery, ids, settings, calibrator)
         self.key = settings_key(settings, calibrator)
-        self.rematch = rematch
         self.reused = self.verified = 0
         ids = sorted(ids)
         current = gallery.image_digests()
-        stored = {} if rematch else gallery.match_records(self.key)
+        stored = {} if rematch else self._read_state(gallery.match_records)
+        rematch = rematch or stored is None
+        stored = stored or {}
         #: Images new to the indexes since the records were made (new or changed).
         fresh = [i for i in current if i not in stored or stored[i][0] != current[i][0]]
         # The new images' descriptor search (``_patch_votes``) starts first, on
@@ -410,11 +412,16 @@ class IncrementalMatcher(PairMatcher):
         # the stored hash searches (it is the longest step of an add).
         new = (self._new_descriptors(fresh) if fresh and stored
                and self.settings.local_features else None)
-        self._rows = {} if rematch else {k: PairRow(*v) for k, v in
-                                         gallery.match_pairs(self.key).items()}
+        rows = {} if rematch else self._read_state(gallery.match_pairs)
+        records = None if rows is None else self._read_state(
+            lambda _: {i: loads(r) for i, (d, r) in stored.items()
+                       if i in current and current[i][0] == d})
+        if rows is None or records is None:  # (unreadable: every image is matched again)
+            rematch, stored, rows, records, new = True, {}, {}, {}, None
+            fresh = list(current)
+        self.rematch = rematch
+        self._rows = {k: PairRow(*v) for k, v in rows.items()}
         self._changed_rows: set[tuple[int, int, int]] = set()
-        records = {i: loads(r) for i, (d, r) in stored.items()
-                   if i in current and current[i][0] == d}
         report("stored", 1, UPDATE_STEPS)
         allowed = set(ids)
         entering = fresh + [i for i in ids if i in records and not records[i].get("run")]
@@ -468,6 +475,17 @@ class IncrementalMatcher(PairMatcher):
         self._running: dict[tuple[int, int, int], tuple] = {}
         self._background: ThreadPoolExecutor | None = None
         self._verify_ahead()
+
+    def _read_state(self, read):
+        """``read(self.key)``: part of the stored state; None, with a warning,
+        where a stored text does not read back (a damaged or foreign row):
+        the state is then ignored and replaced, as with ``rematch``."""
+        try:
+            return read(self.key)
+        except ValueError as e:
+            warnings.warn(f"gallery {self.gallery.path}: stored matching state unreadable ({e}); "
+                          "matching every image again")
+            return None
 
     # -- which records still hold ------------------------------------------
     def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:

@@ -85,10 +85,13 @@ def unpack(value: str | bytes | None) -> str | None:
     if value[:1] != _TAG_BYTE:
         raise ValueError(f"not a stored text (first byte {value[:1]!r})")
     z = zlib.decompressobj(-15, zdict=_DICTIONARY)
-    data = z.decompress(value[1:])
+    try:
+        data = z.decompress(value[1:])
+    except zlib.error as e:
+        raise ValueError(f"damaged stored text: {e}") from None
     if not z.eof:
         raise ValueError("truncated stored text")
-    return data.decode()
+    return data.decode()  # (UnicodeDecodeError is a ValueError too)
 
 
 #: Texts packed on one thread below this many (``pack_many``).

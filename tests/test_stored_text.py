@@ -105,3 +105,47 @@ def test_pack_many_on_threads_gives_the_texts_in_order():
     assert stored_text.pack_many(texts, 2) == serial
     assert stored_text.pack_many(texts[:5], 2) == serial[:5]
     assert stored_text.pack_many([], 2) == []
+
+
+@pytest.mark.parametrize("table, column", [("match_pairs", "before"),
+                                           ("match_records", "record")])
+def test_a_damaged_stored_text_is_matched_again_with_a_warning(photo_dir, tmp_path, table, column):
+    """A stored text that does not inflate (a damaged row) never ends a run:
+    the stored state is ignored with a warning, every image is matched again,
+    the result is the same, and the state is written anew."""
+    from matchkit.dedupe import dedupe
+
+    g = tmp_path / "g"
+    first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    raw.execute(f"UPDATE {table} SET {column}=? WHERE rowid IN (SELECT rowid FROM {table} LIMIT 1)"
+                if table == "match_records" else
+                f"UPDATE {table} SET {column}=? WHERE (a, b, kind) IN "
+                f"(SELECT a, b, kind FROM {table} LIMIT 1)", (b"\x01garbage\xff\x00",))
+    raw.commit()
+    raw.close()
+    with pytest.warns(UserWarning, match="stored matching state unreadable"):
+        again = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    assert _content(again) == _content(first)
+    assert again.stats["pairs_reused"] == 0
+    third = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    assert _content(third) == _content(first) and third.stats["pairs_reused"] > 0
+
+
+def test_the_cli_tells_a_damaged_state_in_one_line(photo_dir, tmp_path):
+    import subprocess
+    import sys
+
+    g = tmp_path / "g"
+    cmd = [sys.executable, "-m", "matchkit.cli", "dedupe", str(photo_dir), "--gallery", str(g),
+           "--json", str(tmp_path / "out.json"), "-q"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    raw.execute("UPDATE match_pairs SET before=?", (b"\x01garbage",))
+    raw.commit()
+    raw.close()
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if "stored matching state" in ln]
+    assert len(lines) == 1 and lines[0].startswith("matchkit: warning: gallery ")
+    assert "UserWarning" not in run.stderr and "warnings.warn" not in run.stderr
