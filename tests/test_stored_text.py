@@ -149,3 +149,14 @@ def test_the_cli_tells_a_damaged_state_in_one_line(photo_dir, tmp_path):
     lines = [ln for ln in run.stderr.splitlines() if "stored matching state" in ln]
     assert len(lines) == 1 and lines[0].startswith("matchkit: warning: gallery ")
     assert "UserWarning" not in run.stderr and "warnings.warn" not in run.stderr
+
+
+def test_record_hits_read_back_in_either_form():
+    from matchkit.incremental import _hits, _pack_ids
+
+    ids = [3, 17, 250, 70_000, 2**31 - 1]
+    packed = _pack_ids(ids)
+    assert isinstance(packed, str)
+    assert _hits({"hits": packed}).tolist() == ids
+    assert _hits({"hits": ids}).tolist() == ids  # (a JSON list, as earlier builds stored it)
+    assert _hits({"hits": _pack_ids([])}).tolist() == []
