@@ -667,3 +667,43 @@ def test_verifying_ahead_in_the_background_leaves_what_batches_leave(sets, tmp_p
             rows.append(gallery.match_pairs(key))
     assert rows[0] == rows[1] == rows[2]
     assert sum(r[1] is not None for r in rows[0].values()) > 0  # verifications stored
+
+
+def test_a_large_add_searches_every_image_again(sets, tmp_path, monkeypatch):
+    """More than ``SEARCH_ALL_ABOVE`` of the images new: every stored search is
+    made again instead of patched (no radius search of the new descriptors),
+    and the result is a fresh run's."""
+    from matchkit.incremental import SEARCH_ALL_ABOVE, IncrementalMatcher
+
+    patched = []
+    original = IncrementalMatcher._new_descriptors
+    monkeypatch.setattr(IncrementalMatcher, "_new_descriptors",
+                        lambda self, fresh: patched.append(len(fresh)) or original(self, fresh))
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    # 2 pictures and their copies first, then 8 more (ids in name order, as
+    # a fresh run gives them: equal distances rank by id)
+    files = sorted([*old.iterdir(), *new.iterdir()], key=lambda f: f.name)
+    for f in files:
+        if f.name[:3] in ("p00", "p01"):
+            shutil.copy(f, folder / f.name)
+    g = tmp_path / "g"
+    first = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    n_first = len(list(folder.iterdir()))
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    n_all = len(list(folder.iterdir()))
+    assert n_all - n_first > SEARCH_ALL_ABOVE * n_all
+    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(grown) == _content(_fresh([folder]))
+    assert grown.stats["images_searched"] == n_all
+    assert first.stats["pairs_verified"] > 0 and patched == []
+    # (a small add still patches: the stored searches are brought up to date)
+    for f in sets[1].iterdir():
+        f2 = folder / ("z" + f.name)
+        shutil.copy(f, f2)
+        break
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert patched == [1]
