@@ -1206,7 +1206,18 @@ class Gallery:
             return {}
         rows = self._db.execute("SELECT a, b, kind, before, after, same_pixels, live, relation "
                                 "FROM match_pairs WHERE key=?", (key,))
-        return {(a, b, k): (unpack(before), unpack(after), *rest)
+        # Verifications repeat ("no match, 4 ORB matches": 1,650 distinct among
+        # 52,769 on 5,000 images): each distinct one is inflated once and its
+        # text shared.
+        seen: dict = {}
+
+        def after_text(blob):
+            text = seen.get(blob)
+            if text is None and blob is not None:
+                text = seen[blob] = unpack(blob)
+            return text
+
+        return {(a, b, k): (unpack(before), after_text(after), *rest)
                 for a, b, k, before, after, *rest in rows}
 
     def forget_matches(self, ids: Sequence[int]) -> None:
