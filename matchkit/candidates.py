@@ -45,6 +45,19 @@ class Candidates:
     #: With ``per_owner``: query id -> distance of the farthest of the
     #: ``collect_top`` pairs kept beyond ``max_distance`` (when that many were).
     loose_reach: dict[int, int] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> per hash variant, the last ``REACH_TAIL``
+    #: distances of its first search (nearest first; ``nbits + 1`` where the
+    #: index had fewer codes): what the reach becomes as nearer images enter
+    #: (``incremental.merge_hash_search``).
+    tails: dict[int, list[list[int]]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> the pairs kept beyond ``max_distance``
+    #: by its first search, as (id, distance), nearest first (some may also
+    #: be nearer pairs through another variant).
+    loose_kept: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+#: How many of a variant's farthest neighbour distances ``Candidates.tails`` keeps.
+REACH_TAIL = 4
 
 
 def phash_candidates(
@@ -87,8 +100,10 @@ def phash_candidates(
             first = False
             if per_owner:
                 far = np.where(dists[:, -1] <= max_distance, collect, dists[:, -1])
+                tail = dists[:, -REACH_TAIL:]
                 for r, owner in enumerate(ids.tolist()):
                     out.reach[owner] = far[r * n_var:(r + 1) * n_var].tolist()
+                    out.tails[owner] = tail[r * n_var:(r + 1) * n_var].tolist()
         for owner, krow, drow in zip(owners[rows].tolist(), keys.tolist(), dists.tolist()):
             for key, d in zip(krow, drow):
                 if d > collect:
@@ -102,6 +117,8 @@ def phash_candidates(
                 _keep(out, owner, key, d, collect, per_owner)
         for owner, seen in loose.items():
             kept = sorted(seen.items(), key=_by_distance_then_id)[:collect_top]
+            if per_owner and owner not in out.loose_kept:
+                out.loose_kept[owner] = kept
             for key, d in kept:
                 _keep(out, owner, key, d, collect, per_owner)
             if per_owner and len(kept) == collect_top and owner not in out.loose_reach:

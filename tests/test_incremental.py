@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import textured
@@ -707,3 +708,91 @@ def test_a_large_add_searches_every_image_again(sets, tmp_path, monkeypatch):
         break
     dedupe([folder], gallery=g, settings=Settings(workers=1))
     assert patched == [1]
+
+
+@pytest.mark.parametrize("seed,flip", [(0, 0.3), (1, 0.33), (2, 0.36), (3, 0.3)])
+def test_merging_entering_images_into_a_hash_search_equals_searching_again(seed, flip):
+    """``merge_hash_search`` (an add's stored hash searches brought up to
+    date without searching) gives what a search of the grown index gives,
+    for every record it can merge; and it can merge most of them."""
+    from matchkit.candidates import phash_candidates
+    from matchkit.incremental import _phash_fields, merge_hash_search
+    from matchkit.index import HammingIndex
+
+    rng = np.random.default_rng(seed)
+    centre = rng.random(256) < 0.5
+    n, m = 300, 12
+    # Hash variants scattered around one code, so that distances fall on
+    # both sides of the pair (90) and collect (110) distances.
+    bits = centre ^ (rng.random(((n + m) * 8, 256)) < flip)
+    variants = np.packbits(bits, axis=1).reshape(n + m, 8, 32)
+    allowed = set(range(n + m)) - {n + 3}  # (one entering image is not in the run)
+    limits = dict(max_distance=90, collect_distance=110)
+
+    def searched(count):
+        index = HammingIndex(256)
+        index.add(np.arange(count), variants[:count, 0])
+        return phash_candidates(index, list(range(n)), variants[:n], neighbours=16,
+                                allowed=allowed, per_owner=True, **limits)
+
+    before, after = searched(n), searched(n + m)
+    unpacked = np.unpackbits(variants, axis=2)
+    merged = 0
+    for i in range(n):
+        dists = (unpacked[i][None] != unpacked[n:, 0][:, None]).sum(2)
+        out = merge_hash_search(_phash_fields(before, i), list(range(n, n + m)), dists,
+                                allowed, ties_after=True, **limits)
+        if out is None:
+            continue
+        merged += 1
+        want = _phash_fields(after, i)
+        assert {k: v for k, v in out.items() if k != "rt"} == \
+            {k: v for k, v in want.items() if k != "rt"}, i
+        # (the tail is the end of the searched one: it may have lost entries)
+        assert all(t == w[len(w) - len(t):] for t, w in zip(out["rt"], want["rt"]))
+    changed = sum(_phash_fields(before, i) != _phash_fields(after, i) for i in range(n))
+    assert changed > n // 2 and merged > n // 3
+
+
+def test_an_add_merging_hash_searches_stores_what_searching_again_stores(tmp_path, monkeypatch):
+    """A small add merges the new images into the stored hash searches
+    (``_merge_phash``) instead of searching again: the records it stores
+    (but for the reach tails, which may be shorter) and the report equal
+    those of the same add that searches again."""
+    from matchkit.incremental import IncrementalMatcher, settings_key
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    for seed in range(40):
+        textured(500 + seed).save(old / f"p{seed:02d}.jpg", quality=90)
+    for seed in range(40, 44):
+        textured(500 + seed).save(new / f"p{seed:02d}.jpg", quality=90)
+    textured(510).transpose(0).save(new / "p10_flip.jpg", quality=85)  # (a copy of an old one)
+    settings = Settings(workers=1)
+    dedupe([old], gallery=tmp_path / "g", settings=settings)
+    merged: list[int] = []
+    plain = IncrementalMatcher._merge_phash
+
+    def spy(self, todo, entering, allowed):
+        left, templated = plain(self, todo, entering, allowed)
+        merged.append(len(todo) - len(left))
+        return left, templated
+
+    def stored(gallery):
+        with Gallery(gallery) as g:
+            recs = {i: json.loads(r) for i, (_, r) in
+                    g.match_records(settings_key(settings)).items()}
+        for r in recs.values():
+            r.pop("rt", None)
+        return recs
+
+    out = {}
+    for mode in ("merge", "search"):
+        g = tmp_path / f"g-{mode}"
+        shutil.copytree(tmp_path / "g", g)
+        monkeypatch.setattr(IncrementalMatcher, "_merge_phash",
+                            spy if mode == "merge" else lambda self, todo, e, a: (todo, set()))
+        out[mode] = (_content(dedupe([old, new], gallery=g, settings=settings)), stored(g))
+    assert merged and merged[0] >= 10
+    assert out["merge"] == out["search"]
