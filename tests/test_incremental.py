@@ -796,3 +796,21 @@ def test_an_add_merging_hash_searches_stores_what_searching_again_stores(tmp_pat
         out[mode] = (_content(dedupe([old, new], gallery=g, settings=settings)), stored(g))
     assert merged and merged[0] >= 10
     assert out["merge"] == out["search"]
+
+
+def test_the_radius_search_of_new_descriptors_stops_at_its_cap():
+    """``_within`` finds every indexed code within the limit, or the
+    ``max_k`` nearest of them; the add caps it only in an approximate
+    index (an exact one keeps every record what a search now would give)."""
+    from matchkit.incremental import _within
+    from matchkit.index import HammingIndex
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    index = HammingIndex(256)
+    index.add(np.arange(300), codes)
+    every = _within(index, codes[:3], 256)
+    assert np.bincount(every[:, 0]).tolist() == [300, 300, 300]
+    capped = _within(index, codes[:3], 256, max_k=64)
+    assert np.bincount(capped[:, 0]).tolist() == [64, 64, 64]
+    assert set(map(tuple, capped.tolist())) <= set(map(tuple, every.tolist()))
