@@ -215,18 +215,18 @@ def apply_verification(ev: PairEvidence, text: str) -> None:
     """Bring ``ev`` (the evidence a stored verification was made from) to
     what that verification left (``verification_json``)."""
     d = loads(text)
-    for key, value in d.items():  # (a few fields: what verification changed)
-        name = _CHANGEABLE.get(key)
-        if name is not None:
-            setattr(ev, name, value)
+    # (all read before any is set: a damaged text leaves ``ev`` as it was)
+    changes = {_CHANGEABLE[k]: v for k, v in d.items() if k in _CHANGEABLE}
     if "ver" in d:
-        ev.verification = Verification(**d["ver"]) if d["ver"] else None
+        changes["verification"] = Verification(**d["ver"]) if d["ver"] else None
     if "ov" in d:
-        ev.overlap = Overlap(**d["ov"]) if d["ov"] else None
+        changes["overlap"] = Overlap(**d["ov"]) if d["ov"] else None
     if "x+" in d or "x-" in d:
         extra = {k: v for k, v in ev.extra.items() if k not in d.get("x-", ())}
-        extra.update(_extra_objects(d.get("x+", {})))
-        ev.extra = extra
+        extra.update(_extra_objects(dict(d.get("x+", {}))))
+        changes["extra"] = extra
+    for name, value in changes.items():  # (a few fields: what verification changed)
+        setattr(ev, name, value)
 
 
 def _extra_objects(extra: dict) -> dict:
@@ -1012,7 +1012,10 @@ class IncrementalMatcher(PairMatcher):
                     continue
                 # Only the votes changed (a new image took a share): the same
                 # evidence with the new votes, as a new measurement would give.
-                ev = evidence_from_json(row.before)
+                ev = self._stored_evidence((a, b), row)
+                if ev is None:
+                    fresh[(a, b)] = d
+                    continue
                 ev.votes = votes.get((a, b), 0.0)
                 mark_verifiable(ev, top, s)
                 ev.pending = ev.extra["verifiable"] and not ev.rule
@@ -1020,7 +1023,11 @@ class IncrementalMatcher(PairMatcher):
                 if self._rows[(a, b, CANDIDATE)].live:
                     keep.append(ev)
             elif row.live:  # (the others cannot change any cluster)
-                keep.append(ev := evidence_from_json(row.before))
+                ev = self._stored_evidence((a, b), row)
+                if ev is None:
+                    fresh[(a, b)] = d
+                    continue
+                keep.append(ev)
                 if ev.pending:  # (how many earlier runs never asked for: ``_verify_ahead``)
                     self._unasked[0] += row.after is None
                     self._unasked[1] += 1
@@ -1031,6 +1038,25 @@ class IncrementalMatcher(PairMatcher):
         for ev in made:
             self._replace_row(ev, self._rows.get((ev.a, ev.b, CANDIDATE)))
         return sorted(keep + made, key=lambda ev: (ev.a, ev.b))
+
+    def _stored_evidence(self, pair: tuple[int, int], row: PairRow) -> PairEvidence | None:
+        """A stored pair's evidence; None, with a warning, where its text does
+        not read back (a damaged row): the pair is then measured again."""
+        try:
+            return evidence_from_json(row.before)
+        except (ValueError, KeyError, TypeError) as e:
+            self._damaged(f"pair {pair[0]}-{pair[1]}", e)
+            del self._rows[(*pair, CANDIDATE)]
+            return None
+
+    def _damaged(self, what: str, error: Exception) -> None:
+        """Warn of the first damaged stored pair of a run (one line, not one per pair)."""
+        if getattr(self, "_told_damaged", False):
+            return
+        self._told_damaged = True
+        warnings.warn(f"gallery {self.gallery.path}: stored matching state of {what} "
+                      f"unreadable ({type(error).__name__}: {error}); measuring it again "
+                      "(and any other such pair)")
 
     def _replace_row(self, ev: PairEvidence, old: PairRow | None) -> None:
         """Store a candidate pair's new evidence, keeping what was stored of
@@ -1182,7 +1208,13 @@ class IncrementalMatcher(PairMatcher):
         for ev in todo:
             row = self._rows.get(self._kind(ev))
             if row is not None and row.after is not None:
-                apply_verification(ev, row.after)
+                try:
+                    apply_verification(ev, row.after)
+                except (ValueError, KeyError, TypeError) as e:
+                    self._damaged(f"pair {ev.a}-{ev.b}", e)  # (verified again)
+                    row.after = None
+                    work.append(ev)
+                    continue
                 self.reused += self._kind(ev) not in self._ahead
             else:
                 work.append(ev)

@@ -1,6 +1,7 @@
 """The deflated texts of incremental matching (``matchkit.stored_text``)."""
 
 import json
+import warnings
 import sqlite3
 
 import pytest
@@ -160,3 +161,32 @@ def test_record_hits_read_back_in_either_form():
     assert _hits({"hits": packed}).tolist() == ids
     assert _hits({"hits": ids}).tolist() == ids  # (a JSON list, as earlier builds stored it)
     assert _hits({"hits": _pack_ids([])}).tolist() == []
+
+
+@pytest.mark.parametrize("column", ["before", "after"])
+def test_a_stored_pair_text_that_is_not_json_is_measured_again(photo_dir, tmp_path, column):
+    """A pair text that inflates but does not parse (a damaged or foreign
+    row) never ends a run: that pair is measured (or verified) again, with
+    one warning, the others are reused, the result is the same, and the
+    next run reads the row written anew."""
+    from matchkit.dedupe import dedupe
+
+    g = tmp_path / "g"
+    first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    hit = raw.execute(f"UPDATE match_pairs SET {column}=? WHERE (a, b, kind) IN (SELECT a, b, "
+                      f"kind FROM match_pairs WHERE {column} IS NOT NULL LIMIT 3)",
+                      (stored_text.pack('{"a": 1, "ver": [oops'),))
+    assert hit.rowcount == 3
+    raw.commit()
+    raw.close()
+    with pytest.warns(UserWarning, match="unreadable") as told:
+        again = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    assert len([w for w in told if "unreadable" in str(w.message)]) == 1
+    assert _content(again) == _content(first)
+    assert again.stats["pairs_reused"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    assert _content(third) == _content(first)
+    assert third.stats["pairs_verified"] == 0
