@@ -532,7 +532,6 @@ class IncrementalMatcher(PairMatcher):
         stored = stored or {}
         #: Images new to the indexes since the records were made (new or changed).
         fresh = [i for i in current if i not in stored or stored[i][0] != current[i][0]]
-        renewed = any(i in stored for i in fresh)  # (changed: their old hashes were indexed)
         if len(fresh) > SEARCH_ALL_ABOVE * len(current):
             # (a large add: every image is searched again; the stored pair
             # rows still give their verifications where the evidence is the same)
@@ -571,7 +570,7 @@ class IncrementalMatcher(PairMatcher):
         if entering:
             rest = [i for i in searched if i not in full]
             reached = self._phash_reached(rest, entering)
-            if not renewed and len(entering) == len(fresh):  # (only new images enter)
+            if len(entering) == len(fresh) and not self._names_any(fresh):  # (only new images)
                 reached, templated = self._merge_phash(reached, fresh, allowed)
                 full |= templated
             full |= self._refresh_phash(reached, allowed)
@@ -678,6 +677,17 @@ class IncrementalMatcher(PairMatcher):
             if min(d) <= r["crowd"] or any(x <= min(y, limit) for x, y in zip(d, reach)):
                 out.append(i)
         return out
+
+    def _names_any(self, ids: list[int]) -> bool:
+        """Whether a stored hash search names any of ``ids``: they were in the
+        index before (changed images keep their id, and their own records
+        are dropped), so they cannot be merged in as new (``_merge_phash``)."""
+        ids = set(ids)
+        for r in self.records.values():
+            for field in ("near", "ph", "lk"):
+                if any(x[0] in ids for x in r.get(field, ())):
+                    return True
+        return False
 
     def _merge_phash(self, todo: list[int], entering: list[int], allowed: set[int]
                      ) -> tuple[list[int], set[int]]:

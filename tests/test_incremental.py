@@ -814,3 +814,27 @@ def test_the_radius_search_of_new_descriptors_stops_at_its_cap():
     capped = _within(index, codes[:3], 256, max_k=64)
     assert np.bincount(capped[:, 0]).tolist() == [64, 64, 64]
     assert set(map(tuple, capped.tolist())) <= set(map(tuple, every.tolist()))
+
+
+def test_an_add_with_a_changed_image_searches_the_hash_searches_naming_it(tmp_path, monkeypatch):
+    """A changed file keeps its image id and loses its own record; the stored
+    searches that name it cannot take it in as a new image: the add then
+    searches again (no merge), and reports what a run from scratch reports."""
+    from matchkit.incremental import IncrementalMatcher
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(30):
+        textured(700 + seed).save(folder / f"p{seed:02d}.jpg", quality=90)
+    settings = Settings(workers=1)
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=settings)
+    textured(800).save(folder / "p05.jpg", quality=90)  # (changed in place)
+    textured(801).save(folder / "new.jpg", quality=90)
+    merged = []
+    plain = IncrementalMatcher._merge_phash
+    monkeypatch.setattr(IncrementalMatcher, "_merge_phash", lambda self, *a: merged.append(1)
+                        or plain(self, *a))
+    grown = dedupe([folder], gallery=g, settings=settings)
+    assert not merged
+    assert _content(grown) == _content(_fresh([folder], settings))
