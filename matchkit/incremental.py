@@ -223,7 +223,7 @@ def apply_verification(ev: PairEvidence, text: str) -> None:
         changes["overlap"] = Overlap(**d["ov"]) if d["ov"] else None
     if "x+" in d or "x-" in d:
         extra = {k: v for k, v in ev.extra.items() if k not in d.get("x-", ())}
-        extra.update(_extra_objects(dict(d.get("x+", {}))))
+        extra.update(_extra_objects(d.get("x+", {})))
         changes["extra"] = extra
     for name, value in changes.items():  # (a few fields: what verification changed)
         setattr(ev, name, value)
@@ -494,12 +494,6 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int, max_k: int | N
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
-def _named(rows) -> np.ndarray:
-    """The image ids (first items) of a record's ``[id, value]`` rows."""
-    a = np.array(rows, np.int64)
-    return a[:, 0] if a.ndim == 2 else a.reshape(0)
-
-
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, np.uint8).tobytes()).decode()
 
@@ -531,6 +525,7 @@ class IncrementalMatcher(PairMatcher):
         self._setup(gallery, ids, settings, calibrator)
         self.key = settings_key(settings, calibrator)
         self.reused = self.verified = 0
+        self._told_damaged = False  # (``_damaged``: one warning a run)
         ids = sorted(ids)
         current = gallery.image_digests()
         stored = {} if rematch else self._read_state(gallery.match_records)
@@ -1087,7 +1082,7 @@ class IncrementalMatcher(PairMatcher):
 
     def _damaged(self, what: str, error: Exception) -> None:
         """Warn of the first damaged stored pair of a run (one line, not one per pair)."""
-        if getattr(self, "_told_damaged", False):
+        if self._told_damaged:
             return
         self._told_damaged = True
         warnings.warn(f"gallery {self.gallery.path}: stored matching state of {what} "
