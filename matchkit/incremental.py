@@ -69,7 +69,6 @@ import hashlib
 import json
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -84,6 +83,7 @@ from .gallery import ORB_KEY_STRIDE, Gallery
 from .hashing import PHASH_BITS
 from .index import HammingIndex, transient_index
 from .ivf import IVFIndex
+from .linequeue import LineQueue
 from .local import Overlap, Verification
 from .framed import framed_pairs, unframed
 from .match import (VERIFY_BATCH, PairEvidence, PairMatcher, _content_features,
@@ -607,7 +607,7 @@ class IncrementalMatcher(PairMatcher):
         #: Pairs being verified in the background (``_verify_in_background``):
         #: key -> (row, evidence, future).
         self._running: dict[tuple[int, int, int], tuple] = {}
-        self._background: ThreadPoolExecutor | None = None
+        self._background: LineQueue | None = None
         self._verify_ahead()
 
     def _read_state(self, read):
@@ -1200,24 +1200,25 @@ class IncrementalMatcher(PairMatcher):
         part = [(row, evidence_from_json(row.before)) for row in rows]
         self._ensure_templated({i for _, ev in part for i in (ev.a, ev.b)})
         items = self._read_pairs([ev for _, ev in part])
-        self._background = ThreadPoolExecutor(max_workers=self.settings.n_workers())
+        self._background = LineQueue(self._verify_read, self.settings.n_workers())
         for (row, ev), item in zip(part, items):
-            self._running[(ev.a, ev.b, CANDIDATE)] = (
-                row, ev, self._background.submit(self._verify_read, item))
+            k = (ev.a, ev.b, CANDIDATE)
+            self._running[k] = (row, ev)
+            self._background.put(k, item)
         report("ahead", len(rows), len(rows))
 
     def _collect(self, keys) -> None:
         """Take the background verification of those of ``keys`` it holds and
-        store each result, as ``_verify_ahead`` does; one not started yet is
-        taken back (``verify`` then verifies it at once, as a pair not
-        verified ahead), so clustering never waits for the queue."""
+        store each result, as ``_verify_ahead`` does; those not started yet
+        go to the front of its queue (``linequeue.LineQueue``), so clustering
+        waits only for what it asks for."""
+        keys = [k for k in keys if k in self._running]
+        if not keys:
+            return
+        self._background.take(keys)
         for k in keys:
-            job = self._running.pop(k, None)
-            if job is not None:
-                row, ev, done = job
-                if not done.cancel():
-                    done.result()
-                    self._verified_ahead(row, ev)
+            row, ev = self._running.pop(k)
+            self._verified_ahead(row, ev)
 
     def finish(self) -> None:
         self._collect(sorted(self._running))
@@ -1226,7 +1227,7 @@ class IncrementalMatcher(PairMatcher):
         """Workers end; background verification not yet taken is dropped (a
         stopped run: those pairs stay unverified, as if never asked)."""
         if self._background is not None:
-            self._background.shutdown(cancel_futures=True)
+            self._background.close()
             self._background = None
         self._running.clear()
         super().close()
