@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import numpy as np
 
 
@@ -20,3 +22,47 @@ def unique(values) -> np.ndarray:
     keep[0] = True
     np.not_equal(values[1:], values[:-1], out=keep[1:])
     return values[keep]
+
+
+class PackedMasks(MutableMapping):
+    """Boolean masks by key, held as packed bits (8 pixels a byte).
+
+    A matcher keeps every image's content mask (thumbnail pixels) for the
+    whole run: about 11 KB an image as bool arrays, 45 MB of a 4,000-image
+    run's 335 MB of Python objects when clustering ended, and growing with
+    the gallery. Packed they take an eighth of that; a mask is unpacked as
+    it is asked for (a fresh array each time: a few microseconds). None
+    (a mask that is everywhere) is kept as None.
+    """
+
+    def __init__(self, items=()):
+        self._packed: dict = {}
+        self.update(items)
+
+    def __getitem__(self, key) -> np.ndarray | None:
+        v = self._packed[key]
+        if v is None:
+            return None
+        bits, shape = v
+        return np.unpackbits(bits, count=shape[0] * shape[1]).view(bool).reshape(shape)
+
+    def __setitem__(self, key, mask) -> None:
+        if mask is None:
+            self._packed[key] = None
+            return
+        mask = np.asarray(mask, bool)
+        if mask.ndim != 2:
+            raise ValueError(f"a mask is 2-d, not {mask.ndim}-d")
+        self._packed[key] = (np.packbits(mask), mask.shape)
+
+    def __delitem__(self, key) -> None:
+        del self._packed[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._packed
+
+    def __iter__(self):
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from . import candidates as _candidates
+from ._arrays import PackedMasks
 from .candidates import VoteDetail, phash_candidates, vote_candidates
 from .checkpoint import checkpoint, report
 from .colour import BINS, histogram_similarities, histogram_similarity
@@ -505,8 +506,9 @@ class PairMatcher:
         self.cache = _LocalCache(gallery)
         self.templated: dict[int, LocalFeatures] = {}
         #: Content masks (thumbnail pixels): template content or the area inside
-        #: flat borders; None for images that are content edge to edge.
-        self._masks: dict[int, np.ndarray | None] = {}
+        #: flat borders; None for images that are content edge to edge. Kept
+        #: packed: one for every image a run verifies.
+        self._masks: PackedMasks = PackedMasks()
         stored = gallery.images(ids)
         self.paths = {i: img.path for i, img in stored.items()}
         self._full_digests: dict[int, str | None] = {}
