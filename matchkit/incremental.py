@@ -1154,9 +1154,9 @@ class IncrementalMatcher(PairMatcher):
         Up to ``AHEAD_IN_BACKGROUND`` pairs (hand-set rules) are verified in
         the background: their features are read here, then workers of their
         own verify them while clustering starts; when clustering asks for a
-        pair, ``verify`` takes its result, or verifies it at once if the
-        background has not started it (``_collect``); ``finish`` waits for
-        the rest."""
+        pair, ``verify`` takes its result, waiting for it if need be (a pair
+        not started yet goes to the front of the queue, ``_collect``);
+        ``finish`` waits for the rest."""
         unasked, pending = self._unasked
         if not pending or unasked > AHEAD_MAX_UNASKED * pending:
             return

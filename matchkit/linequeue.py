@@ -54,7 +54,8 @@ class LineQueue:
 
     def take(self, keys: Iterable[Hashable]) -> None:
         """Wait for the items of ``keys`` (each put, not taken yet), those not
-        started first in the order given; each is then taken (forgotten)."""
+        started first in the order given; each is then taken (forgotten).
+        KeyError for a key not put, or dropped by ``close`` meanwhile."""
         keys = list(keys)
         with self._cond:
             unknown = [k for k in keys if k not in self._waiting and k not in self._running
@@ -66,6 +67,8 @@ class LineQueue:
             self._cond.notify_all()
             for k in keys:
                 while k not in self._errors:
+                    if k not in self._waiting and k not in self._running:
+                        raise KeyError(k)  # (dropped by ``close``: never to be done)
                     self._cond.wait()
             errors = [self._errors.pop(k) for k in keys]
         for e in errors:

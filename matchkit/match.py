@@ -12,7 +12,7 @@ replace them (issue: calibration).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -970,15 +970,15 @@ def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
 
 
 def _content_features(ids, paths: dict[int, str], found, cache: _LocalCache, settings: Settings,
-                      masks: dict[int, np.ndarray], pool: ThreadPoolExecutor | None = None
-                      ) -> dict[int, LocalFeatures]:
+                      masks: MutableMapping[int, np.ndarray | None],
+                      pool: ThreadPoolExecutor | None = None) -> dict[int, LocalFeatures]:
     """Content-only local features of images that sit in a template crowd
     (``_content_features_started``, waited for)."""
     return _content_features_started(ids, paths, found, cache, settings, masks, pool)()
 
 
 def _content_features_started(ids, paths: dict[int, str], found, cache: _LocalCache,
-                              settings: Settings, masks: dict[int, np.ndarray],
+                              settings: Settings, masks: MutableMapping[int, np.ndarray | None],
                               pool: ThreadPoolExecutor | None = None
                               ) -> Callable[[], dict[int, LocalFeatures]]:
     """Content-only local features of images that sit in a template crowd,

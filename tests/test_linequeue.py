@@ -88,3 +88,28 @@ def test_keys_are_unique_and_known():
         q.take([2])
     q.take([1])
     q.close()
+
+
+def test_close_while_taking_ends_the_wait():
+    """An item dropped by ``close`` never comes: ``take`` says so instead of waiting forever."""
+    q, log, gate = _one_held(3)
+    errors = []
+
+    def taker():
+        try:
+            q.take([2])
+        except KeyError as e:
+            errors.append(e)
+
+    waiter = threading.Thread(target=taker, daemon=True)  # (a hang fails the test, not the run)
+    waiter.start()
+    while q._order[0] != 2:  # (take has moved it ahead)
+        pass
+    closer = threading.Thread(target=q.close)
+    closer.start()
+    while not q._closed:
+        pass
+    gate.set()
+    closer.join(5)
+    waiter.join(5)
+    assert not waiter.is_alive() and len(errors) == 1
