@@ -13,7 +13,9 @@ otherwise). Reported per variant:
   differ when the index is split into N shards and merged, and the vote
   pairs that differ (a sharded or Ray run should equal one machine's).
 
-Variants are ``hnsw`` or ``ivf:VOCAB.npz:PROBES:MAXDIST[:NEIGHBOURS]``.
+Variants are ``hnsw`` or ``ivf:VOCAB.npz:PROBES:MAXDIST[:NEIGHBOURS[:NODES[:BITS]]]``
+(NODES: first-level nodes the probes are chosen in, default 2; BITS: signature
+bits, 64 / 128 / 256, default the vocabulary's).
 
 Example:
     python benchmarks/bench_candidates.py --gallery hard=/tmp/g-hard-calib \\
@@ -71,7 +73,10 @@ def build(variant: str, descs: dict, s: Settings, shard: tuple[int, int] | None 
         limits = {}
     else:
         _, vocab, probes, maxd, *rest = variant.split(":")
-        idx = IVFIndex(Vocabulary.load(vocab), probes=int(probes))
+        voc = Vocabulary.load(vocab)
+        if len(rest) > 2:
+            voc = voc.with_signature_bits(int(rest[2]))
+        idx = IVFIndex(voc, probes=int(probes), nodes=int(rest[1]) if len(rest) > 1 else 2)
         limits = {"max_distance": int(maxd)}
         if rest:
             limits["neighbours"] = int(rest[0])
@@ -154,7 +159,7 @@ def main() -> None:
     if args.section:
         load_avg = os.getloadavg()
         body = ("Command: `python benchmarks/bench_candidates.py " + " ".join(sys.argv[1:])
-                + "`\n\nVariant `VOCAB:PROBES:MAXDIST[:NEIGHBOURS]` is the IVF index; "
+                + "`\n\nVariant `VOCAB:PROBES:MAXDIST[:NEIGHBOURS[:NODES[:BITS]]]` is the IVF index; "
                 "budget = the first variant's candidate pairs; recall_at_budget = recall "
                 "of that many top-voted pairs. Times are CPU ms per image, measured under "
                 f"load (load average {load_avg[0]:.1f}).\n\n" + C.table(rows, cols))

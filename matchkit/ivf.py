@@ -18,8 +18,14 @@ codes were added in, and the top k over the union of several indexes equals
 the merge of each index's top k (``shards.MergedIndex``).
 
 Memory is the postings only: per descriptor its key (4 bytes while keys fit
-in 32 bits, else 8) and signature (4 or 8 bytes), about 1 KB per image of
-100 descriptors; saved files are the same arrays and can be memory-mapped.
+in 32 bits, else 8) and signature (4 or 8 bytes; 16 or 32 with
+``Vocabulary.with_signature_bits``), about 1.2 KB per image of 100
+descriptors with the shipped 64-bit signature, 3.6 KB with the whole
+descriptor; saved files are the same arrays and can be memory-mapped.
+
+Search cost grows with the postings per word, so with this 4,096-word
+vocabulary it grows linearly with the gallery (HNSW's grows about
+logarithmically): a larger gallery needs a larger vocabulary.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from ._fs import atomic_write, file_stamp
 MAX_KEY = 1 << 46
 _MAGIC = b"MKIVF1\n"
 #: Query descriptors searched at once (bounds the temporary candidate arrays).
-_CHUNK = 1024
+_CHUNK = 256
 VOCAB_FILE = Path(__file__).with_name("data") / "orb_vocab.npz"
 
 
@@ -87,25 +93,26 @@ class Vocabulary:
             sig_bits = np.asarray(z["sig_bits"], np.int64)
         if (top.ndim != 2 or top.shape[1] != 32 or leaves.ndim != 3
                 or leaves.shape[:1] != top.shape[:1] or leaves.shape[2] != 32
-                or not len(sig_bits) or 256 % len(sig_bits) or len(sig_bits) > 64
+                or not len(sig_bits) or 256 % len(sig_bits)
                 or sig_bits.min() < 0 or sig_bits.max() > 255):
             raise ValueError(f"{path}: not a descriptor vocabulary")
         return cls(top, leaves, sig_bits)
 
     # -- assignment ---------------------------------------------------------
-    def assign(self, codes: np.ndarray, probes: int = 1) -> np.ndarray:
+    def assign(self, codes: np.ndarray, probes: int = 1, nodes: int = 2) -> np.ndarray:
         """The ``probes`` nearest words of each code (n, 32) uint8: (n, probes)
         int64, nearest first, ties by word number. With one probe this is a
         plain descent of the tree (the best first-level node, then its best
         leaf: the word an entry is filed under); with more, that word comes
-        first and the other leaves of the two best first-level nodes compete
-        for the rest."""
+        first and the other leaves of the ``nodes`` best first-level nodes
+        compete for the rest (a true neighbour filed under another node is
+        found only if its node is among them)."""
         codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, 32)
         out = np.empty((len(codes), probes), np.int64)
         top = self.top.view(np.uint64)                 # (K1, 4)
         leaves = self.leaves.view(np.uint64)           # (K1, K2, 4)
         k1, k2 = self.leaves.shape[:2]
-        nodes = 1 if probes == 1 else min(2, k1)
+        nodes = 1 if probes == 1 else max(1, min(int(nodes), k1))
         for s in range(0, len(codes), 4096):
             q = codes[s:s + 4096].view(np.uint64)      # (n, 4)
             d1 = np.bitwise_count(q[:, None, :] ^ top[None]).sum(-1, dtype=np.int64)
@@ -124,14 +131,37 @@ class Vocabulary:
                 out[s:s + len(q), 1:] = np.take_along_axis(word, pick, 1)
         return out
 
+    def with_signature_bits(self, bits: int) -> "Vocabulary":
+        """The same words with a signature of ``bits`` (64, 128 or 256): this
+        vocabulary's bits first, then evenly spaced others; 256 keeps the whole
+        descriptor, so distances within the probed words are exact.
+
+        Why: a 64-bit signature ranks a word's postings by a noisy estimate
+        of the descriptor distance (benchmarks/RESULTS.md, "candidates: IVF
+        signature bits and probes")."""
+        if bits not in (64, 128, 256) or bits < self.nbits:
+            raise ValueError("signature bits must be 64, 128 or 256, at least the vocabulary's")
+        rest = np.setdiff1d(np.arange(256), self.sig_bits)
+        extra = rest[np.linspace(0, len(rest) - 1, bits - self.nbits).astype(np.int64)] \
+            if bits > self.nbits else rest[:0]
+        sig = np.sort(np.concatenate([self.sig_bits, extra])).astype(np.int64)
+        return Vocabulary(self.top, self.leaves, sig)
+
+    @property
+    def sig_words(self) -> int:
+        """uint64 words per signature."""
+        return -(-self.nbits // 64)
+
     def signatures(self, codes: np.ndarray) -> np.ndarray:
-        """The signature bits of each code, packed into uint64 (n,)."""
+        """The signature bits of each code, packed into uint64: (n,) for
+        signatures of up to 64 bits, else (n, ``sig_words``)."""
         codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, 32)
         bits = np.unpackbits(codes, axis=1)[:, self.sig_bits]
         packed = np.packbits(bits, axis=1, bitorder="little")
-        pad = np.zeros((len(codes), 8), np.uint8)
+        pad = np.zeros((len(codes), 8 * self.sig_words), np.uint8)
         pad[:, : packed.shape[1]] = packed
-        return pad.view("<u8").reshape(-1)
+        out = pad.view("<u8")
+        return out.reshape(-1) if self.sig_words == 1 else out
 
 
 def _smallest(values: np.ndarray, k: int) -> np.ndarray:
@@ -163,18 +193,24 @@ class IVFIndex:
     #: exact searches do the same).
     ranks_ties_by_key = True
 
-    def __init__(self, vocabulary: Vocabulary | None = None, *, probes: int = 1):
+    def __init__(self, vocabulary: Vocabulary | None = None, *, probes: int = 1,
+                 nodes: int = 2):
         self.vocab = vocabulary if vocabulary is not None else default_vocabulary()
         if not 1 <= probes <= self.vocab.leaves.shape[1]:
-            raise ValueError("probes must be at least 1")
+            raise ValueError("probes must be at least 1 and at most the leaves of a node")
+        if not 1 <= nodes <= self.vocab.leaves.shape[0]:
+            raise ValueError("nodes must be at least 1 and at most the first-level nodes")
         #: Words each query descriptor is compared in (entries are in one).
         self.probes = probes
+        #: First-level nodes whose leaves those words are chosen from.
+        self.nodes = nodes
         self._scale = 256 // self.vocab.nbits
         words = self.vocab.words
         #: Postings sorted by (word, key): word w holds rows offsets[w]:offsets[w+1].
         self._offsets = np.zeros(words + 1, np.int64)
         self._keys = np.zeros(0, np.int64)
-        self._sigs = np.zeros(0, np.uint64)
+        self._sigs = np.zeros((0,) if self.vocab.sig_words == 1
+                              else (0, self.vocab.sig_words), np.uint64)
         #: Added since the last merge: (words, keys, sigs) batches.
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._lock = threading.RLock()
@@ -200,7 +236,7 @@ class IVFIndex:
         with self._lock:
             self._merge()
             kb = 4 if len(self._keys) == 0 or int(self._keys.max()) < 2**32 else 8
-            sb = 4 if self.vocab.nbits <= 32 else 8
+            sb = 4 if self.vocab.nbits <= 32 else 8 * self.vocab.sig_words
             return len(self._keys) * (kb + sb) + self._offsets.nbytes
 
     def add(self, keys: np.ndarray, codes: np.ndarray, *, replace: bool = True) -> None:
@@ -285,7 +321,7 @@ class IVFIndex:
         n = len(codes)
         keys = np.full((n, k), -1, dtype=np.int64)
         dists = np.full((n, k), self.nbits + 1, dtype=np.int64)
-        words = self.vocab.assign(codes, self.probes)            # (n, probes)
+        words = self.vocab.assign(codes, self.probes, self.nodes)  # (n, probes)
         qsig = self.vocab.signatures(codes)
         rows = np.repeat(np.arange(n), self.probes)
         w = words.reshape(-1)
@@ -298,17 +334,19 @@ class IVFIndex:
         first = np.cumsum(length) - length
         post = np.arange(total) - np.repeat(first - start, length)
         d = np.bitwise_count(qsig[row] ^ psigs[post]).astype(np.int64)
-        # One int64 per candidate orders by (row, distance, key): bits 53-62
-        # the row (< _CHUNK = 1024), 46-52 the distance (<= 64), 0-45 the key.
-        packed = (row << 53) | (d << 46) | pkeys[post].astype(np.int64)
+        if d.ndim == 2:
+            d = d.sum(1)
+        # One int64 per candidate orders by (row, distance, key): bits 55-62
+        # the row (< _CHUNK = 256), 46-54 the distance (<= 256), 0-45 the key.
+        packed = (row << 55) | (d << 46) | pkeys[post].astype(np.int64)
         packed.sort()
-        row = packed >> 53
+        row = packed >> 55
         head = np.searchsorted(row, np.arange(n))
         rank = np.arange(total) - head[row]
         keep = rank < k
         r, c, sc = row[keep], rank[keep], packed[keep]
         keys[r, c] = sc & (MAX_KEY - 1)
-        dists[r, c] = ((sc >> 46) & 127) * self._scale
+        dists[r, c] = ((sc >> 46) & 511) * self._scale
         return keys, dists
 
     # -- files --------------------------------------------------------------
@@ -316,7 +354,8 @@ class IVFIndex:
         self._merge()
         kdt = "<u4" if len(self._keys) == 0 or int(self._keys.max()) < 2**32 else "<i8"
         sdt = "<u4" if self.vocab.nbits <= 32 else "<u8"
-        arrays = [self._offsets.astype("<i8"), self._keys.astype(kdt), self._sigs.astype(sdt)]
+        arrays = [self._offsets.astype("<i8"), self._keys.astype(kdt),
+                  self._sigs.astype(sdt).reshape(-1)]
         header = {"vocab": self.vocab.digest, "words": self.vocab.words,
                   "count": int(len(self._keys)),
                   "arrays": [[a.dtype.str, len(a)] for a in arrays]}
@@ -342,12 +381,12 @@ class IVFIndex:
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | memoryview, *,
-             vocabulary: Vocabulary | None = None, probes: int = 1,
+             vocabulary: Vocabulary | None = None, probes: int = 1, nodes: int = 2,
              mmap: bool = False) -> "IVFIndex":
         """Open a saved index from a file (``mmap``: its postings stay on disk,
         mapped read-only, until the index changes) or from its bytes (copied).
         Raises ValueError for anything but an index over the same vocabulary."""
-        idx = cls(vocabulary, probes=probes)
+        idx = cls(vocabulary, probes=probes, nodes=nodes)
         if isinstance(source, (bytes, bytearray, memoryview)):
             buf = memoryview(source)
             header, arrays = _unpack(buf)
@@ -360,11 +399,13 @@ class IVFIndex:
         if header.get("vocab") != idx.vocab.digest or header.get("words") != idx.vocab.words:
             raise ValueError("index was built over another vocabulary")
         offsets, keys, sigs = arrays
+        w = idx.vocab.sig_words
         if (len(offsets) != idx.vocab.words + 1 or offsets[0] != 0 or offsets[-1] != len(keys)
-                or len(sigs) != len(keys) or np.any(np.diff(offsets) < 0)):
+                or len(sigs) != len(keys) * w or np.any(np.diff(offsets) < 0)):
             raise ValueError("inconsistent index file")
         # Kept as stored (narrow, and mapped with ``mmap``); a change widens them.
-        idx._offsets, idx._keys, idx._sigs = offsets, keys, sigs
+        idx._offsets, idx._keys = offsets, keys
+        idx._sigs = sigs if w == 1 else sigs.reshape(-1, w)
         return idx
 
 

@@ -25,15 +25,16 @@ def _codes(rng, n, base=None, flips=20):
     return np.packbits(bits ^ flip, axis=1)
 
 
-def _brute(vocab, probes, keys, codes, queries, k):
+def _brute(vocab, probes, keys, codes, queries, k, nodes=2):
     """Reference: every entry in a probed word, sorted by (distance, key)."""
     ew = vocab.assign(codes, 1)[:, 0]
-    qw = vocab.assign(queries, probes)
+    qw = vocab.assign(queries, probes, nodes)
     es, qs = vocab.signatures(codes), vocab.signatures(queries)
     out_k = np.full((len(queries), k), -1, np.int64)
     out_d = np.full((len(queries), k), 257, np.int64)
     for r in range(len(queries)):
-        hits = sorted((int(np.bitwise_count(qs[r] ^ es[j])) * (256 // vocab.nbits), int(keys[j]))
+        hits = sorted((int(np.bitwise_count(qs[r] ^ es[j]).sum()) * (256 // vocab.nbits),
+                       int(keys[j]))
                       for j in range(len(keys)) if ew[j] in set(qw[r].tolist()))[:k]
         for c, (d, key) in enumerate(hits):
             out_k[r, c], out_d[r, c] = key, d
@@ -52,6 +53,40 @@ def test_search_equals_brute_force(probes):
     got = idx.search(queries, 7)
     want = _brute(vocab, probes, keys, codes, queries, 7)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("bits,nodes", [(64, 3), (128, 2), (256, 4)])
+def test_wide_signatures_and_more_nodes_equal_brute_force(bits, nodes, tmp_path):
+    rng = np.random.default_rng(11)
+    vocab = _vocab(rng, top=6, leaves=8, sig=64).with_signature_bits(bits)
+    assert vocab.nbits == bits and len(set(vocab.sig_bits.tolist())) == bits
+    codes = _codes(rng, 300)
+    keys = rng.permutation(10_000)[:300]
+    idx = IVFIndex(vocab, probes=5, nodes=nodes)
+    idx.add(keys, codes)
+    queries = _codes(rng, 40)
+    got = idx.search(queries, 7)
+    want = _brute(vocab, 5, keys, codes, queries, 7, nodes)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    if bits == 256:  # the whole descriptor: distances are exact
+        found = got[0][:, 0] >= 0
+        exact = np.bitwise_count(queries[found][:, None, :] ^ codes[None]).sum(-1)
+        pos = {int(k): i for i, k in enumerate(keys)}
+        rows = exact[np.arange(found.sum()), [pos[int(k)] for k in got[0][found, 0]]]
+        assert np.array_equal(rows, got[1][found, 0])
+    path = tmp_path / "w.ivf"
+    idx.save(path)
+    for again in (IVFIndex.load(path, vocabulary=vocab, probes=5, nodes=nodes),
+                  IVFIndex.load(path, vocabulary=vocab, probes=5, nodes=nodes, mmap=True)):
+        back = again.search(queries, 7)
+        assert np.array_equal(back[0], got[0]) and np.array_equal(back[1], got[1])
+    narrow = _vocab(np.random.default_rng(11), top=6, leaves=8, sig=64)
+    assert (narrow.digest == vocab.digest) == (bits == 64)
+    if bits != 64:  # another signature is another vocabulary
+        with pytest.raises(ValueError):
+            IVFIndex.load(path, vocabulary=narrow)
+    with pytest.raises(ValueError):
+        IVFIndex(vocab, nodes=7)
 
 
 def test_merge_of_shards_equals_one_index_with_many_ties():
