@@ -840,3 +840,58 @@ def test_an_add_with_a_changed_image_searches_the_hash_searches_naming_it(tmp_pa
     grown = dedupe([folder], gallery=g, settings=settings)
     assert not merged
     assert _content(grown) == _content(_fresh([folder], settings))
+
+
+def test_the_template_check_runs_again_only_where_its_same_shape_lookalikes_changed():
+    """``_template_moved``: an image's template check is redone by an add
+    only when the close hash neighbours of its own thumbnail shape (what
+    ``content_masks`` looks at) are another set; a newcomer of another
+    shape, a distance that moved, or an image without a thumbnail is not
+    a reason."""
+    from types import SimpleNamespace
+
+    from matchkit.incremental import IncrementalMatcher
+
+    crowd = Settings().template_crowd_distance
+    shapes = {1: (60, 80), 2: (60, 80), 3: (80, 60), 4: (60, 80), 5: (80, 60), 9: (60, 80)}
+    records = {1: {"near": [[2, 3], [3, 4]]}, 5: {"near": [[3, 2]]},
+               6: {"near": [[2, 1]]}, 9: {"near": [[2, 1], [4, crowd + 1]]}}
+    fake = SimpleNamespace(settings=Settings(), records=records,
+                           cache=SimpleNamespace(thumb_shapes=lambda ids: {
+                               i: shapes[i] for i in ids if i in shapes}))
+    near = {1: [[2, 1], [3, 2], [5, 3]],       # 5 is new, but tall: not a reason
+            5: [[3, 2], [1, 5]],               # 1 is wide: not a reason either
+            6: [[2, 1], [4, 1]],               # no thumbnail: never templated
+            9: [[2, 1], [4, crowd]]}           # 4 came close, same shape: a reason
+    assert IncrementalMatcher._template_moved(fake, near) == [9]
+    near[1] = [[2, 1], [4, crowd]]             # a close newcomer of its own shape
+    assert IncrementalMatcher._template_moved(fake, near) == [1, 9]
+
+
+def test_an_add_that_makes_screenshots_templated_matches_a_run_from_scratch(tmp_path):
+    """Screenshots of one frame with too few look-alikes to show a template,
+    then enough of them added (with pictures of another shape): the add
+    finds the template where a run from scratch does, and reports the same."""
+    frame = textured(40, (480, 360))
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    for i in range(11):  # one frame, a different picture in its slot
+        shot = frame.copy()
+        shot.paste(textured(100 + i, (200, 150)), (140, 100))
+        shot.save((old if i < 6 else new) / f"shot{i:02d}.png")
+    for i in range(20):  # (the add stays small: hash searches are merged, not redone)
+        textured(300 + i).save(old / f"photo{i}.jpg", quality=90)
+    for i in range(3):  # another shape
+        textured(200 + i, (360, 480)).save(new / f"tall{i}.png")
+    settings = Settings(workers=1)
+    dedupe([old], gallery=tmp_path / "g", settings=settings)
+    grown = dedupe([old, new], gallery=tmp_path / "g", settings=settings)
+    assert _content(grown) == _content(_fresh([old, new]))
+    with Gallery(tmp_path / "g") as g:
+        from matchkit.incremental import settings_key
+
+        paths = g.paths()
+        recs = {os.path.basename(paths[i]): json.loads(r) for i, (_, r)
+                in g.match_records(settings_key(settings)).items()}
+    assert any(r.get("tmpl") for n, r in recs.items() if n.startswith("shot"))
