@@ -730,3 +730,26 @@ def test_a_stopping_server_interrupts_its_running_dedupe_job(tmp_path, monkeypat
             time.sleep(0.05)
     assert job["state"] == "interrupted" and job["report"] is None
     assert len(searches) < 20  # of 60
+
+
+def test_the_stop_signal_drains_on_a_thread_of_its_own():
+    """The drain a SIGTERM starts never waits for a lock the interrupted
+    main thread holds (``server.start_drain``): inline, the handler would
+    wait for the lock forever."""
+    from types import SimpleNamespace
+
+    from matchkit.serve.server import start_drain
+
+    lock, drained = threading.Lock(), threading.Event()
+
+    def drain():
+        with lock:
+            drained.set()
+
+    app = SimpleNamespace(state=SimpleNamespace(matchkit=SimpleNamespace(drain=drain)))
+    with lock:  # (what the event loop held when the signal came)
+        t = start_drain(app)
+        assert not drained.wait(0.2)
+    assert drained.wait(5)
+    t.join(5)
+    assert not t.is_alive()

@@ -11,6 +11,8 @@ only the requests already running are waited for (``GRACE_SECONDS`` at most).
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import FastAPI
 
 #: Longest a stop waits for the requests still running.
@@ -23,9 +25,23 @@ def serve_app(app: FastAPI, host: str, port: int) -> None:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            app.state.matchkit.drain()
+            start_drain(app)
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=GRACE_SECONDS)
     Server(config).run()
+
+
+def start_drain(app) -> threading.Thread:
+    """Drain the server (``ServerState.drain``) on a thread of its own.
+
+    Why not in the signal handler itself: Python runs a signal handler in
+    the main thread between two of its bytecodes, and the main thread runs
+    the event loop, which takes the same locks as ``drain`` (queuing a
+    write takes its writer queue's lock). A SIGTERM arriving while the loop
+    held one deadlocked the server: it never exited (seen once in CI, eight
+    clients uploading)."""
+    t = threading.Thread(target=app.state.matchkit.drain, name="matchkit-drain", daemon=True)
+    t.start()
+    return t
