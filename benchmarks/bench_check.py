@@ -41,6 +41,19 @@ def _edit(name: str) -> str:
     return Path(name).stem.split("__", 1)[1]
 
 
+def one_copy_each(files: list[Path], originals: list[Path]) -> list[Path]:
+    """One edited copy (among ``files``) of each of ``originals``, the edit
+    kinds taken in turn; an original without that kind's copy gets none."""
+    edits = sorted({_edit(p.name) for p in files} - {"orig"})
+    by_group = {(sets.group_of(p.name), _edit(p.name)): p for p in files}
+    copies = []
+    for i, o in enumerate(originals):
+        q = by_group.get((sets.group_of(o.name), edits[i % len(edits)]))
+        if q is not None:
+            copies.append(q)
+    return copies
+
+
 def hard_check_set(unrelated: int) -> tuple[list[Path], list[Path], list[Path]]:
     """(gallery originals, edited copies, unrelated photos): the originals of
     the hard eval half, one edited copy of each (edit kinds in turn) and the
@@ -51,13 +64,7 @@ def hard_check_set(unrelated: int) -> tuple[list[Path], list[Path], list[Path]]:
                          "(python benchmarks/bench_dedupe.py builds them)")
     files = sorted(p for p in eval_set.iterdir() if p.suffix.lower() in sets.EXTS)
     originals = [p for p in files if _edit(p.name) == "orig"]
-    edits = sorted({_edit(p.name) for p in files} - {"orig"})
-    by_group = {(sets.group_of(p.name), _edit(p.name)): p for p in files}
-    queries = []
-    for i, o in enumerate(originals):  # one edit per photo, kinds in turn
-        q = by_group.get((sets.group_of(o.name), edits[i % len(edits)]))
-        if q is not None:
-            queries.append(q)
+    queries = one_copy_each(files, originals)
     others = sorted(p for p in calib_set.iterdir()
                     if p.suffix.lower() in sets.EXTS and _edit(p.name) == "orig")
     return originals, queries, others[:unrelated]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -32,10 +33,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import numpy as np  # noqa: E402
+
 import _common as C  # noqa: E402
 import bench_check_latency as L  # noqa: E402
 import sets  # noqa: E402
-from bench_check import _edit  # noqa: E402
+from bench_check import _edit, one_copy_each  # noqa: E402
 
 L.ROOT = Path("/tmp/check-zoom-calib")
 CALIB = C.WORK / "hard-calib-353"
@@ -46,11 +49,7 @@ def split(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in sets.EXTS)
     originals = [p for p in files if _edit(p.name) == "orig"]
     gallery, others = originals[:253], originals[253:]
-    edits = sorted({_edit(p.name) for p in files} - {"orig"})
-    by = {(sets.group_of(p.name), _edit(p.name)): p for p in files}
-    copies = [by[k] for i, o in enumerate(gallery)
-              if (k := (sets.group_of(o.name), edits[i % len(edits)])) in by]
-    return gallery, copies, others
+    return gallery, one_copy_each(files, gallery), others
 
 
 def patch(variant: str) -> None:
@@ -69,11 +68,8 @@ def patch(variant: str) -> None:
             cut = []
             for r in records:
                 if r.local is not None and r.local.octave is not None:
-                    fine = r.local.octave < levels
-                    idx = [i for i, f in enumerate(fine.tolist()) if f][:keep]
-                    r = Q.replace(r, local=Q.replace(r.local, xy=r.local.xy[idx],
-                                                     desc=r.local.desc[idx],
-                                                     octave=r.local.octave[idx]))
+                    keep_idx = np.flatnonzero(r.local.octave < levels)[:keep]
+                    r = replace(r, local=r.local.subset(keep_idx))
                 cut.append(r)
             return plain(self, cut, keys, exclude, *a, **kw)
     elif kind == "search":

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import _common as C  # noqa: E402
 import scale_set  # noqa: E402
-import sets  # noqa: E402
+from bench_dedupe import truth_pairs  # noqa: E402
 
 
 def run(spec: str) -> dict:
@@ -44,20 +44,17 @@ def run(spec: str) -> dict:
         n = int(where[1])
         root = scale_set.default_root(0)
         paths = [str(root / "img" / f"d{i:04d}") for i in range(n // scale_set.PER_FOLDER)]
-        groups = [[os.path.basename(x) for x in g] for g in scale_set.truth(0, n)]
+        truth = C.pairs_from_groups([[os.path.basename(x) for x in g]
+                                     for g in scale_set.truth(0, n)])
     else:
         folder = C.WORK / where[0]
         paths = [str(folder)]
-        by: dict[str, list[str]] = {}
-        for p in folder.iterdir():
-            if p.suffix.lower() in sets.EXTS:
-                by.setdefault(sets.group_of(p.name), []).append(p.name)
-        groups = list(by.values())
+        truth = truth_pairs(folder)
     t, c = time.time(), time.process_time()
     res = dedupe(paths, settings=Settings(query_features=int(qf)))
     pred = C.pairs_from_groups([[os.path.basename(m) for m in cl["members"]]
                                 for cl in res.to_dict()["clusters"]])
-    return {"run": spec, **C.score(pred, C.pairs_from_groups(groups)),
+    return {"run": spec, **C.score(pred, truth),
             "wall_s": round(time.time() - t, 1), "cpu_s": round(time.process_time() - c, 1)}
 
 
