@@ -100,8 +100,10 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: deflated, ``stored_text.py``, which earlier builds of one version cannot read;
 #: 8: hash searches keep their reach tails and loose pairs, "rt" and "lk", which
 #: an add merges new images into, ``merge_hash_search``: an earlier build would
-#: update a record and leave them behind).
-STATE_VERSION = 8
+#: update a record and leave them behind; 9: the overlap check measures a
+#: picture's texture, not its area, and pale hues decide colour agreement
+#: where saturated ones cannot: stored verifications decided otherwise).
+STATE_VERSION = 9
 #: In an approximate (HNSW) descriptor index, a new descriptor is merged into
 #: the neighbour lists of at most this many of its nearest stored descriptors
 #: (``_within``), not of every one within the vote distance: its search from

@@ -121,3 +121,38 @@ def test_no_chaining_across_local_matches(tmp_path):
         assert not {"left.png", "right.png"} <= names or Path(c.keep).name == "wide.png"
         keeper_pairs = {Path(p.b).name for p in c.pairs if p.a == c.keep}
         assert keeper_pairs == names - {Path(c.keep).name}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_smooth_photo_and_its_crop_are_judged_by_their_texture(seed):
+    """A small textured object on a nearly flat backdrop, and a crop around it:
+    most of either picture is flat, so measured against its whole area the
+    overlap was "too small to judge" (correlation -1, the pair refused);
+    against the picture's texture it is judged, and agrees."""
+    from matchkit.local import compare_overlap
+
+    yy, xx = np.mgrid[0:360, 0:480]
+    backdrop = np.stack([180 + xx / 24, 190 + yy / 24, 200 + 0 * xx], -1)
+    photo = Image.fromarray(backdrop.clip(0, 255).astype(np.uint8))
+    photo.paste(textured(seed + 20, (80, 56)), (280, 180))
+    crop = photo.crop((200, 120, 440, 300))
+    (fa, ta, sa), (fb, tb, sb) = _features(crop), _features(photo)
+    v = verify(fa, fb)
+    assert v.inliers >= 30
+    overlap = compare_overlap(ta, tb, v.transform, sa, sb, points=v.points)
+    assert overlap.correlation > 0.9 and overlap.agreement > 0.8
+
+
+def test_a_shared_sticker_on_two_textured_pictures_is_not_a_copy():
+    """The texture rule still asks most of the picture's texture to overlap:
+    one sticker on two different busy photos aligns a corner only."""
+    from matchkit.local import compare_overlap
+
+    sticker = textured(77, (120, 90))
+    a, b = textured(41), textured(42)
+    a.paste(sticker, (20, 20))
+    b.paste(sticker, (20, 20))
+    (fa, ta, sa), (fb, tb, sb) = _features(a), _features(b)
+    v = verify(fa, fb)
+    assert v.transform is not None and v.inliers >= 12
+    assert compare_overlap(ta, tb, v.transform, sa, sb, points=v.points).correlation < 0.5

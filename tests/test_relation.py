@@ -415,3 +415,34 @@ def test_softened_hue_overlap_is_the_pairwise_one():
     one[0] = 1.0
     # The neighbour across the circle's seam counts half, like any other neighbour.
     assert hue_overlap(one, np.roll(one, -1)) == 0.5
+
+
+def _colour_pair(a: Image.Image, b: Image.Image) -> dict:
+    """``match.colour_evidence`` of two images (their stored colour histograms)."""
+    from matchkit.colour import colour_histogram
+    from matchkit.match import PairEvidence, colour_evidence
+
+    ev = PairEvidence(1, 2, 0, 0.5)
+    colour_evidence(ev, {1: colour_histogram(a.resize((64, 48))),
+                         2: colour_histogram(b.resize((64, 48)))})
+    return ev.extra
+
+
+def _tinted(grey: np.ndarray, rgb: tuple[float, float, float]) -> Image.Image:
+    return Image.fromarray((grey[..., None] * np.array(rgb)).clip(0, 255).astype(np.uint8))
+
+
+def test_a_muted_recolour_does_not_agree_in_colour():
+    """One picture in saturated green and in a dark, muted blue (too little
+    saturated colour to compare on its own, but not grey): the paler hues
+    say the colours differ (real dev set: two colourings of one wallpaper).
+    The same picture in a paler green still agrees, and a grey copy is left
+    to the grey rule."""
+    grey = np.asarray(textured(5).convert("L"), np.float64) / 255
+    green = _tinted(grey, (60, 255, 90))
+    muted_blue = _tinted(grey, (110, 118, 150))
+    pale_green = _tinted(grey, (140, 190, 145))
+    assert _colour_pair(green, muted_blue)["colour_agree"] is False
+    assert _colour_pair(green, pale_green)["colour_agree"] is True
+    grey_copy = _colour_pair(green, green.convert("L").convert("RGB"))
+    assert grey_copy["grey"] == (False, True) and grey_copy["colour_agree"] is True
