@@ -329,7 +329,7 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
                     work_a: tuple[int, int], work_b: tuple[int, int],
                     min_pixels: int = 100, content_a: np.ndarray | None = None,
                     content_b: np.ndarray | None = None, min_overlap: float = 0.3,
-                    points: list | None = None) -> Overlap:
+                    points: list | None = None, of_texture: bool = True) -> Overlap:
     """Compare two grey thumbnails where they overlap once aligned.
 
     Keypoints can agree on a shared part (the same emoji, logo or screenshot
@@ -340,6 +340,11 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
     ``content_b`` (boolean masks, thumbnail pixels) leave out what is not the
     picture: padding, a screenshot's frame. ``points`` (inlier rows xa, ya,
     xb, yb in working pixels) give the spread of the matches.
+    ``of_texture``: the overlap must hold ``min_overlap`` of the smaller
+    picture's area and of its texture (else of its area, textured:
+    ``picture.compare_picture``, whose
+    "picture" is the inliers' hull, where a flat sticker's fill is part of
+    what must agree).
     """
     out = Overlap()
     m = np.asarray(transform, dtype=np.float64)
@@ -406,10 +411,14 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
     # background) has little texture anywhere, and against its whole area
     # even its own crop was "too small to judge" and refused (hard calib
     # half: 24 pairs, e.g. a drumstick's 50% crop with 177 inliers).
-    textured_src = _local_std(src_f) > 2.0
-    if src_keep is not None:
-        textured_src &= src_keep
-    if int(mask.sum()) < max(min_pixels, min_overlap * float(textured_src.sum()) * scale_src ** 2):
+    if of_texture:
+        if cov_src < min_overlap:  # (a corner of the picture: no copy, texture or not)
+            return out
+        textured_src = _local_std(src_f) > 2.0
+        if src_keep is not None:
+            textured_src &= src_keep
+        src_area = float(textured_src.sum())
+    if int(mask.sum()) < max(min_pixels, min_overlap * src_area * scale_src ** 2):
         return out
     wm, dm = warped[mask], dst_f[mask]
     x = wm - wm.mean()

@@ -156,3 +156,24 @@ def test_a_shared_sticker_on_two_textured_pictures_is_not_a_copy():
     v = verify(fa, fb)
     assert v.transform is not None and v.inliers >= 12
     assert compare_overlap(ta, tb, v.transform, sa, sb, points=v.points).correlation < 0.5
+
+
+def test_a_corner_that_holds_all_the_texture_is_still_a_corner():
+    """Two flat pictures whose only texture is one patch, aligned patch on
+    patch: the overlap is a corner of each (a fifth of its area) though it
+    holds all their texture. Not judged (a shared sticker on two smooth
+    pictures, scale set at 10,000 images), however well the patch agrees."""
+    from matchkit.local import compare_overlap
+
+    rng = np.random.default_rng(3)
+    patch = (rng.random((24, 32)) * 255).astype(np.uint8)
+    a = np.full((96, 128), 120, np.uint8)
+    b = np.full((96, 128), 140, np.uint8)
+    a[66:90, 90:122] = patch  # bottom right of a
+    b[6:30, 6:38] = patch     # top left of b
+    work = (512, 384)  # 4 working pixels per thumbnail pixel
+    shift = [[1.0, 0.0, -84.0 * 4], [0.0, 1.0, -60.0 * 4]]  # a's patch onto b's
+    overlap = compare_overlap(a, b, shift, work, work)
+    assert overlap.coverage_a < 0.3 and overlap.correlation == -1.0
+    whole = compare_overlap(a, a.copy(), [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], work, work)
+    assert whole.correlation > 0.99  # the same flat picture, whole: judged
