@@ -396,15 +396,13 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray],
             cache[i] = colour_facts(h)
     (grey_a, hue_a, feat_a), (grey_b, hue_b, feat_b) = cache[ev.a], cache[ev.b]
     ev.extra["grey"] = (grey_a, grey_b)
-    ev.extra["colour_agree"] = soft_hues_agree(hue_a, hue_b)
+    # Saturated hues decide; where one image has too few of them to say and
+    # neither is grey, the paler ones do (a dark, muted recolour of a green
+    # wallpaper, real dev set: pale hue similarity 0.001, which the saturated
+    # hues alone, having nothing to compare, called agreeing).
+    pale = (hue_a is None or hue_b is None) and not grey_a and not grey_b
+    ev.extra["colour_agree"] = soft_hues_agree(*((feat_a, feat_b) if pale else (hue_a, hue_b)))
     ev.extra["hue_similarity"] = soft_overlap(feat_a, feat_b)
-    # Too little saturated colour in one of them to say, but neither is grey:
-    # the paler colours say (a dark, muted recolour of a green wallpaper,
-    # real dev set: hue similarity 0.001, which the saturated hues alone
-    # called agreeing).
-    if ((hue_a is None or hue_b is None) and not grey_a and not grey_b
-            and ev.extra["hue_similarity"] is not None):
-        ev.extra["colour_agree"] = soft_hues_agree(feat_a, feat_b)
 
 
 def lightness_evidence(ev: PairEvidence, mean_a: float | None, mean_b: float | None) -> None:
