@@ -100,7 +100,9 @@ class Settings:
     vote_neighbours: int = 4
     #: Largest descriptor distance (bits of 256) that counts as a vote.
     vote_max_distance: int = 56
-    #: Most voted images per query image that are verified.
+    #: Most voted images per query image that are verified (fewer where the
+    #: next image has as many votes as the last ones: tied images are all
+    #: left out, ``candidates.tally_votes``).
     vote_candidates: int = 8
     #: Least votes (descriptors, each vote shared among the images it hits)
     #: that make a voted image a candidate.

@@ -102,8 +102,10 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: an add merges new images into, ``merge_hash_search``: an earlier build would
 #: update a record and leave them behind; 9: the overlap check measures a
 #: picture's texture, not its area, and pale hues decide colour agreement
-#: where saturated ones cannot: stored verifications decided otherwise).
-STATE_VERSION = 9
+#: where saturated ones cannot: stored verifications decided otherwise;
+#: 10: images tied in votes at a query's cut are left out together,
+#: ``candidates.tally_votes``: stored records kept the first by id).
+STATE_VERSION = 10
 #: In an approximate (HNSW) descriptor index, a new descriptor is merged into
 #: the neighbour lists of at most this many of its nearest stored descriptors
 #: (``_within``), not of every one within the vote distance: its search from
