@@ -125,7 +125,7 @@ def main() -> None:
             "640x480 to 1024x768 JPEG, no region shared between pictures) and 5% edited copies "
             "(copy-detection suite edits minus re-photographs and screenshots, whose shared frames "
             "would be regions common to different pictures), ground truth from the generator.\n"
-            f"Command: `nice -n 5 python benchmarks/bench_scale_distinct.py --sizes {args.sizes}`\n"
+            f"Command: `python benchmarks/bench_scale_distinct.py {' '.join(sys.argv[1:])}`\n"
             "Runs: `first` = `matchkit dedupe <folders> --gallery G` on a fresh gallery; `no-op` "
             "= the same again; `add 1%` = the folders plus the next 1% of files. Each in its own "
             "process; `cpu_s` is the CPU time of the dedupe process and the children it reaped (the "
