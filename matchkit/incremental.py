@@ -104,8 +104,10 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: picture's texture, not its area, and pale hues decide colour agreement
 #: where saturated ones cannot: stored verifications decided otherwise;
 #: 10: images tied in votes at a query's cut are left out together,
-#: ``candidates.tally_votes``: stored records kept the first by id).
-STATE_VERSION = 10
+#: ``candidates.tally_votes``: stored records kept the first by id; 11: the
+#: overlap check counts no texture at the edge of the warped picture,
+#: ``local.compare_overlap``).
+STATE_VERSION = 11
 #: In an approximate (HNSW) descriptor index, a new descriptor is merged into
 #: the neighbour lists of at most this many of its nearest stored descriptors
 #: (``_within``), not of every one within the vote distance: its search from

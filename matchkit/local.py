@@ -404,7 +404,13 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
         out.spread = float(min(1.0, hull / overlap))
     # Flat areas in both images (fill colour around a rotated photo, plain
     # backgrounds) agree whatever the pictures are; only texture can testify.
-    mask &= (_local_std(warped) > 2.0) | (_local_std(dst_f) > 2.0)
+    # The warped picture's texture counts only where its 5x5 window lies
+    # inside the warp: at its edge the window sees the black outside, and a
+    # ring as long as the frame's edge would count as texture (two flat
+    # pictures were judged on that ring alone).
+    textured_warp = _local_std(warped) > 2.0
+    textured_warp &= cv2.erode(aligned.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    mask &= textured_warp | (_local_std(dst_f) > 2.0)
     # A copy shows most of the smaller picture; a shared sticker or logo
     # aligns only a corner of it. "Most" in area, and in texture rather than
     # textured area: a smooth photo (a product on a plain backdrop, a blurred

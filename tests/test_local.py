@@ -177,3 +177,20 @@ def test_a_corner_that_holds_all_the_texture_is_still_a_corner():
     assert overlap.coverage_a < 0.3 and overlap.correlation == -1.0
     whole = compare_overlap(a, a.copy(), [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], work, work)
     assert whole.correlation > 0.99  # the same flat picture, whole: judged
+
+
+def test_the_edge_of_the_warped_picture_is_not_texture():
+    """Where the warped picture ends, its 5x5 deviation sees the black
+    outside the warp: that ring is no texture of the picture. Two flat
+    pictures (gentle gradients), one shown at half size inside the other,
+    have nothing to testify, so the overlap is not judged; counting the ring,
+    it was judged on the ring's pixels alone."""
+    from matchkit.local import compare_overlap
+
+    yy, xx = np.mgrid[0:96, 0:128]
+    a = (100 + xx / 4 + yy / 8).astype(np.uint8)
+    b = (150 - yy / 3).astype(np.uint8)
+    work = (512, 384)
+    half = [[0.5, 0.0, 128.0], [0.0, 0.5, 96.0]]  # a at half size in b's middle
+    overlap = compare_overlap(a, b, half, work, work)
+    assert overlap.coverage_a > 0.9 and overlap.correlation == -1.0
