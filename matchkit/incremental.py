@@ -106,8 +106,9 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: 10: images tied in votes at a query's cut are left out together,
 #: ``candidates.tally_votes``: stored records kept the first by id; 11: the
 #: overlap check counts no texture at the edge of the warped picture,
-#: ``local.compare_overlap``).
-STATE_VERSION = 11
+#: ``local.compare_overlap``; 12: a perspective fit from a small patch that
+#: explains under half the matches is a shared part, ``match.relation_of``).
+STATE_VERSION = 12
 #: In an approximate (HNSW) descriptor index, a new descriptor is merged into
 #: the neighbour lists of at most this many of its nearest stored descriptors
 #: (``_within``), not of every one within the vote distance: its search from

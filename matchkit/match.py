@@ -35,8 +35,8 @@ from .io import ImageLoadError, load_image
 from .keeper import FILL_TOLERANCE, hull_share
 from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .picture import (RIM_INLIERS, compare_picture, inner_share, picture_proves_copy,
-                      rephotograph, shared_frame)
+from .picture import (PICTURE_SHARE, RIM_INLIERS, compare_picture, inner_share,
+                      picture_proves_copy, rephotograph, shared_frame)
 from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
                        RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT, RelationEvidence,
                        classify, hue_histogram, in_level, redrawn_icons, soft_hues_agree,
@@ -262,6 +262,15 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     # bezel, a print's border) of the other image (``picture.rephotograph``).
     photographed = (ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE
                     or ev.extra.get("rephoto") is not None)
+    if (ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE and not recaptured
+            and v.inlier_ratio < VARIANT_INLIER_RATIO and picture is not None
+            and min(picture.coverage_a, picture.coverage_b) < PICTURE_SHARE):
+        # A perspective fit from a small patch (the inliers span less than a
+        # sticker's share of an image) that explains fewer than half the
+        # matches: projected over the pictures it is a guess, and whatever
+        # its overlap correlates is not evidence (two emojis on two pictures,
+        # scale set: 30 of 66 matches, 3% of each image, overlap 0.63).
+        return None  # a shared part only
     if (photographed and min(o.coverage_a, o.coverage_b) < WHOLE_COLOURS) or (
             recaptured and not frames_agree
             and min(picture.coverage_a, picture.coverage_b) < WHOLE_COLOURS):
