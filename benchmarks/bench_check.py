@@ -118,7 +118,7 @@ def main() -> None:
     skipped = len(data["skipped"])
     rows = [{"edit": e, "queries": by_edit[e], "found": found[e],
              "recall": found[e] / by_edit[e] if by_edit[e] else 0.0, "wrong_matches": wrong[e]}
-            for e in edits]
+            for e in sorted(by_edit)]
     n_edit = sum(by_edit.values())
     rows.append({"edit": "all edits", "queries": n_edit, "found": sum(found.values()),
                  "recall": sum(found.values()) / max(1, n_edit),
