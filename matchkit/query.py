@@ -331,8 +331,7 @@ class QueryMatcher:
                 votes = vote_candidates(
                     self.gallery.orb_index, queries, key_stride=ORB_KEY_STRIDE,
                     neighbours=s.vote_neighbours, max_distance=s.vote_max_distance,
-                    per_query=s.vote_candidates + wider, allowed=self.allowed,
-                    drop_ties=False)  # (see ``tally_votes``)
+                    per_query=s.vote_candidates + wider, allowed=self.allowed)
             else:
                 votes = self._distinctive_votes(records, keys, exclude)
             voted: list[list[tuple[float, int]]] = [[] for _ in range(n)]
