@@ -252,25 +252,24 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     # The picture the inliers span agrees, whatever surrounds it (a recapture
     # on a new background): the whole-overlap tests below do not apply.
     recaptured = picture_proves_copy(picture, v.inliers)
-    if not recaptured and (o is None or o.correlation <= -1.0 or o.enclosed > MAX_ENCLOSED or (
-            o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT)):
+    keystone = ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE
+    # A perspective fit from a small patch (the inliers span less than a
+    # sticker's share of an image) that explains fewer than half the matches:
+    # projected over the pictures it is a guess, and whatever its overlap
+    # correlates is not evidence (two emojis on two pictures, scale set: 30
+    # of 66 matches, 3% of each image, overlap 0.63).
+    guessed = (keystone and v.inlier_ratio < VARIANT_INLIER_RATIO and picture is not None
+               and min(picture.coverage_a, picture.coverage_b) < PICTURE_SHARE)
+    if not recaptured and (guessed or o is None or o.correlation <= -1.0
+                           or o.enclosed > MAX_ENCLOSED
+                           or (o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT)):
         return None  # a shared part only: a sticker, a logo, a frame
     frames_agree = o.correlation >= ev.extra.get("min_correlation", 0.5) or (
         o.agreement >= COPY_AGREEMENT)
     pixels_agree = recaptured or frames_agree
     # Re-photographed: a keystone, or the one picture shown inside a frame (a
     # bezel, a print's border) of the other image (``picture.rephotograph``).
-    photographed = (ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE
-                    or ev.extra.get("rephoto") is not None)
-    if (ev.extra.get("perspective", 0.0) >= RECAPTURE_PERSPECTIVE and not recaptured
-            and v.inlier_ratio < VARIANT_INLIER_RATIO and picture is not None
-            and min(picture.coverage_a, picture.coverage_b) < PICTURE_SHARE):
-        # A perspective fit from a small patch (the inliers span less than a
-        # sticker's share of an image) that explains fewer than half the
-        # matches: projected over the pictures it is a guess, and whatever
-        # its overlap correlates is not evidence (two emojis on two pictures,
-        # scale set: 30 of 66 matches, 3% of each image, overlap 0.63).
-        return None  # a shared part only
+    photographed = keystone or ev.extra.get("rephoto") is not None
     if (photographed and min(o.coverage_a, o.coverage_b) < WHOLE_COLOURS) or (
             recaptured and not frames_agree
             and min(picture.coverage_a, picture.coverage_b) < WHOLE_COLOURS):
