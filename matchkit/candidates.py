@@ -198,7 +198,6 @@ def vote_candidates(
     min_votes: float = 1.0,
     allowed: set[int] | None = None,
     detail: VoteDetail | None = None,
-    drop_ties: bool = True,
 ) -> dict[tuple[int, int], float]:
     """Images whose indexed local descriptors resemble each query's descriptors.
 
@@ -207,9 +206,9 @@ def vote_candidates(
     descriptor that resembles many images (sky, text, a common logo) spreads
     one vote over all of them, so generic structure cannot outvote a real
     copy. Per query image the ``per_query`` best-voted images with at least
-    ``min_votes`` are returned as pairs ``(a, b)``, ``a < b``; with
-    ``drop_ties``, images with as many votes as the first one left out are
-    left out too (see ``tally_votes``). ``detail`` receives each query's own
+    ``min_votes`` are returned as pairs ``(a, b)``, ``a < b``; images with
+    as many votes as the first one left out are left out too (see
+    ``tally_votes``). ``detail`` receives each query's own
     share of that (see :class:`VoteDetail`).
     """
     out: dict[tuple[int, int], float] = {}
@@ -233,7 +232,7 @@ def vote_candidates(
             detail.lists[int(owner_ids[0])] = (ids32[start:end], d8[start:end])
             start = end
     return tally_votes(owners, other, dists, max_distance=max_distance, per_query=per_query,
-                       min_votes=min_votes, allowed=allowed, detail=detail, drop_ties=drop_ties)
+                       min_votes=min_votes, allowed=allowed, detail=detail)
 
 
 #: Query descriptors searched per index call: a cancelled run stops between two.
