@@ -17,6 +17,7 @@ from pathlib import Path
 from collections import defaultdict
 from itertools import combinations
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
@@ -141,10 +142,20 @@ def dedupe(
             gallery = stack.enter_context(open_gallery(gallery, settings, shards=shards))
         bar = _progress_bar(len(files), progress)
         count = _counter(bar, on_progress, "add", len(files))
+        # With a gallery kept between runs, its descriptor index takes the new
+        # images on a worker thread while the matcher reads the stored state
+        # (``Gallery.index_in_background``); the index files are saved after
+        # matching, or when it stops.
+        behind = (gallery_given and not settings.model and run is None
+                  and isinstance(gallery, Gallery))
+        if behind:
+            gallery.index_in_background = True
+            stack.callback(_save_behind, gallery, stopped=True)
         added = (run or gallery).add(files, progress=count)
         if bar:
             bar.close()
-        gallery.save()
+        if not behind:
+            gallery.save()
         if embedder is not None:
             if on_progress:
                 on_progress("embed", 0, len(added.ids))
@@ -166,6 +177,8 @@ def dedupe(
             make_matcher=make_matcher if incremental or run else None, progress=on_progress)
         for m in made:
             m.save()
+        if behind:
+            _save_behind(gallery)
         rows = gallery.images(added.ids)
         blank = sorted(img.path for img in rows.values() if img.blank)
         report = DedupeReport(
@@ -212,6 +225,24 @@ def dedupe(
                 pairs_verified=sum(m.verified for m in made),
                 rematch=rematch)
     return report
+
+
+def _save_behind(gallery: Gallery, stopped: bool = False) -> None:
+    """Turn ``index_in_background`` off again and save the index files (once:
+    after matching, or when the run stops part way, ``stopped``: the images
+    are in the database by then, and rebuilding an unsaved graph costs
+    minutes; a failure to save is then a warning, not a second error)."""
+    if not gallery.index_in_background:
+        return
+    gallery.index_in_background = False
+    if not stopped:
+        gallery.save()
+        return
+    try:
+        gallery.save()
+    except Exception as e:
+        warnings.warn(f"gallery {gallery.path}: index files not saved ({e}); "
+                      "the next open rebuilds them", RuntimeWarning, stacklevel=2)
 
 
 def _inside_any(folder: str, paths: list) -> bool:

@@ -68,7 +68,7 @@ import functools
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 
 import numpy as np
@@ -501,6 +501,14 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int, max_k: int | N
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
+def _within_ready(ready: Callable[[], HammingIndex], queries: np.ndarray, limit: int):
+    """``_within`` over the index ``ready()`` gives, up to
+    ``WITHIN_MAX_NEIGHBOURS`` each from an approximate one."""
+    index = ready()
+    return _within(index, queries, limit,
+                   None if index.ranks_ties_by_key else WITHIN_MAX_NEIGHBOURS)
+
+
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, np.uint8).tobytes()).decode()
 
@@ -827,12 +835,11 @@ class IncrementalMatcher(PairMatcher):
         descs = np.concatenate([d for _, d in new])
         near = None
         if s.query_features <= s.index_features and s.vote_index != "ivf":
-            index, pool = self.gallery.orb_index, self._pool
-            # (an approximate index: at most WITHIN_MAX_NEIGHBOURS each)
-            cap = None if index.ranks_ties_by_key else WITHIN_MAX_NEIGHBOURS
-            near = (pool.submit(_within, index, descs, s.vote_max_distance, cap).result
-                    if pool is not None
-                    else functools.partial(_within, index, descs, s.vote_max_distance, cap))
+            # (the index as soon as the add has put the new descriptors in:
+            # ``Gallery.index_in_background``; meanwhile this thread goes on)
+            search = functools.partial(_within_ready, self.gallery.orb_index_ready(), descs,
+                                       s.vote_max_distance)
+            near = self._pool.submit(search).result if self._pool is not None else search
         return keys, descs, near
 
     def _patch_votes(self, todo: list[int], new, allowed: set[int], retally: bool) -> None:

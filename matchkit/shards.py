@@ -510,6 +510,12 @@ class ShardedGallery:
     def orb_index(self) -> MergedIndex:
         return self._index("orb")
 
+    def orb_index_ready(self) -> Callable[[], MergedIndex]:
+        """``Gallery.orb_index_ready``: shards index as they add (their
+        ``index_in_background`` stays off), so the index is ready now."""
+        idx = self.orb_index
+        return lambda: idx
+
     def _index(self, name: str) -> MergedIndex:
         if name not in self._merged:
             parts = (self._index_parts(name) if self._index_parts is not None

@@ -258,3 +258,81 @@ def test_leaving_a_with_block_by_an_exception_saves_no_index(photo_dir, tmp_path
     assert not (gdir / PHASH_INDEX_NAME).exists()
     with Gallery(gdir) as g:  # rebuilt from the committed rows
         assert len(g.phash_index) == len(g) == 9
+
+
+# -- the descriptor index built on a worker thread ---------------------------
+
+def test_index_in_background_gives_the_same_index(photo_dir, tmp_path, monkeypatch):
+    """An add with ``index_in_background`` returns before the descriptors are
+    in the graph; ``orb_index_ready()`` (called on this thread, waited on
+    another) and every later use see all of them, and the saved files are
+    current (not rebuilt on the next open)."""
+    import threading
+
+    from matchkit.index import HammingIndex
+
+    files = _files(photo_dir)
+    with Gallery(tmp_path / "plain") as g:
+        g.add(files)
+        keys = sorted(g.orb_index.keys().tolist())
+    release, started = threading.Event(), threading.Event()
+    real_add = HammingIndex.add
+
+    def slow_add(self, *a, **kw):
+        if threading.current_thread().name.startswith("matchkit-index"):
+            started.set()
+            assert release.wait(10)
+        return real_add(self, *a, **kw)
+
+    monkeypatch.setattr(HammingIndex, "add", slow_add)
+    gdir = tmp_path / "behind"
+    with Gallery(gdir) as g:
+        g.orb_index  # (loaded before: the add goes to the loaded graph)
+        g.index_in_background = True
+        g.add(files)  # returns while the worker waits
+        assert started.wait(10) and g._indexing is not None and not g._indexing.done()
+        ready = g.orb_index_ready()
+        got = []
+        reader = threading.Thread(target=lambda: got.append(len(ready())))
+        reader.start()
+        time.sleep(0.2)
+        assert got == []  # (still waiting for the add)
+        release.set()
+        reader.join(10)
+        assert got == [len(keys)]
+        assert sorted(g.orb_index.keys().tolist()) == keys
+    monkeypatch.setattr(HammingIndex, "add", real_add)
+    with Gallery(gdir, create=False) as g:
+        report = g.verify()
+        assert report.differences == [] and report.stale == []
+        assert sorted(g.orb_index.keys().tolist()) == keys
+
+
+def test_index_in_background_failure_is_raised_and_the_index_rebuilt(photo_dir, tmp_path,
+                                                                     monkeypatch):
+    """An add that fails on the worker raises at the next use of the index;
+    the half-built graph is dropped and rebuilt from the database."""
+    import threading
+
+    from matchkit.index import HammingIndex
+
+    files = _files(photo_dir)
+    with Gallery(tmp_path / "plain") as g:
+        g.add(files)
+        keys = sorted(g.orb_index.keys().tolist())
+    real_add = HammingIndex.add
+
+    def failing_add(self, *a, **kw):
+        if threading.current_thread().name.startswith("matchkit-index"):
+            raise MemoryError("no room for the graph")
+        return real_add(self, *a, **kw)
+
+    monkeypatch.setattr(HammingIndex, "add", failing_add)
+    with Gallery(tmp_path / "g") as g:
+        g.index_in_background = True
+        g.add(files)
+        with pytest.raises(MemoryError, match="no room"):
+            g.orb_index
+        g.index_in_background = False
+        assert sorted(g.orb_index.keys().tolist()) == keys  # rebuilt from the database
+        assert g.verify().differences == []

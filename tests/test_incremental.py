@@ -895,3 +895,47 @@ def test_an_add_that_makes_screenshots_templated_matches_a_run_from_scratch(tmp_
         recs = {os.path.basename(paths[i]): json.loads(r) for i, (_, r)
                 in g.match_records(settings_key(settings)).items()}
     assert any(r.get("tmpl") for n, r in recs.items() if n.startswith("shot"))
+
+
+def test_a_gallery_run_indexes_new_descriptors_on_a_worker_and_saves_if_stopped(
+        sets, tmp_path, monkeypatch):
+    """``dedupe`` with a gallery adds the new images' descriptors to the graph
+    on a worker thread (``Gallery.index_in_background``) while the matcher
+    reads the stored state; a run stopped after the add still leaves index
+    files the next open takes as they are, and the next run reports what a
+    run from scratch does."""
+    import threading
+
+    from matchkit.index import HammingIndex
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    threads, graphs = [], set()
+    real_add, real_add_orb = HammingIndex.add, Gallery._add_orb
+    monkeypatch.setattr(HammingIndex, "add", lambda self, keys, *a, **kw: threads.append(
+        (id(self), threading.current_thread().name)) or real_add(self, keys, *a, **kw))
+    monkeypatch.setattr(Gallery, "_add_orb", lambda self, idx, items: graphs.add(id(idx))
+                        or real_add_orb(self, idx, items))
+
+    class Stop(Exception):
+        pass
+
+    def stop(phase, done, total):
+        if phase == "stored" and done == 1:
+            raise Stop
+    with pytest.raises(Stop):
+        dedupe([folder], gallery=g, settings=Settings(workers=1), on_progress=stop)
+    assert len(graphs) == 1 and [t for i, t in threads if i in graphs] == ["matchkit-index_0"]
+    with Gallery(g, create=False) as gal:
+        report = gal.verify()
+        assert report.differences == [] and report.stale == []
+        assert gal.index_in_background is False
+    monkeypatch.setattr(HammingIndex, "add", real_add)
+    monkeypatch.setattr(Gallery, "_add_orb", real_add_orb)
+    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert _content(grown) == _content(_fresh([folder]))
