@@ -1,0 +1,45 @@
+"""Freed heap memory handed back to the operating system between stages.
+
+Adding images passes every image's features through this process: each
+arrives from a decoding worker as a pickle, is unpickled into arrays, written
+to SQLite and to the descriptor index, then freed. The frees leave holes
+between the allocations that stay (the descriptor graph, stored records), and
+glibc's allocator returns only the free memory at the top of its heap to the
+system on its own; the holes stay resident. Measured on the scale set's
+distinct pictures (first ``dedupe --gallery`` run, one process): after adding
+10,000 images the process held 640 MB, of which ``malloc_trim`` gave back
+330 MB; calling it at the ends of the run's stages lowered the whole run's
+peak from 1,265 MB to 908 MB. At 2,000 images one call took 8 ms.
+
+Elsewhere than glibc (macOS, musl) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None).malloc_trim  # the C library this process runs on
+    except (OSError, AttributeError):  # (not glibc)
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def release_memory() -> bool:
+    """Return the allocator's free pages to the system (glibc ``malloc_trim(0)``:
+    free chunks inside the heap too, not only at its top). True if the C
+    library offers it. Safe from any thread: it takes each arena's lock."""
+    fn = _malloc_trim()
+    if fn is None:
+        return False
+    fn(0)
+    return True
