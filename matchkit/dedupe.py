@@ -33,7 +33,6 @@ from .incremental import IncrementalMatcher
 from .match import PairEvidence, PairMatcher
 from ._cvthreads import single_opencv_thread
 from ._gc import with_fewer_collections
-from ._memory import release_memory
 from .picture import dense_picture
 from .relation import check_level, compose
 from .signals import configured as configured_signals, shown as signals_shown, vetoing
@@ -312,7 +311,6 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator)
                if make_matcher is None else make_matcher(visible, same))
     matcher = vetoing(matcher, gallery, settings)  # the extra signals' say (``signals``)
-    release_memory()  # (the candidate searches' and stored state's transients)
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:
         a, b = ev.a, ev.b
@@ -591,7 +589,6 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         matcher.finish()
     finally:
         matcher.close()
-        release_memory()  # (verification's transients, before the report is built)
     in_star = {m for s in stars for m in s.members}
     # Exact classes with no near neighbour are clusters on their own.
     stars += [Star(r, [r]) for r, g in classes.items() if len(g) > 1 and r not in in_star]

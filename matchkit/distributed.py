@@ -66,6 +66,7 @@ from .config import Settings
 from .features import CRASH_HOOK_ENV, extract_many
 from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
 from .io import ImageLoadError
+from ._memory import release_memory
 from .hashing import file_digest
 from .match import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
 from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, place, plan_files,
@@ -159,6 +160,9 @@ class ShardServer:
         return self.gallery.last_id()
 
     def write_records(self, batch, ids) -> AddReport:
+        # The earlier batches' features are free by now (Ray holds a call's
+        # arguments until it returns): hand the holes back (``_memory``).
+        release_memory()
         return self.gallery.write_records(batch, ids)
 
     def remove(self, ids) -> int:
