@@ -488,7 +488,7 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int, max_k: int | N
     rows, k = np.arange(len(queries)), 16
     found = []
     while len(rows) and len(index):
-        keys, dists = index.search(queries[rows], min(k, len(index)))
+        keys, dists = _search_rows(index, queries, rows, min(k, len(index)))
         ok = (keys >= 0) & (dists <= limit)
         more = ok[:, -1]
         last = not more.any() or k >= len(index) or (max_k is not None and k >= max_k)
@@ -499,6 +499,34 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int, max_k: int | N
             break
         rows, k = rows[more], k * 4
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+
+
+#: Neighbour slots (query rows x k) asked of the index in one search: its
+#: result arrays and their copies cost about 60 bytes a slot, and an add asks
+#: each new descriptor for up to ``WITHIN_MAX_NEIGHBOURS`` (a 1% add to
+#: 10,000 images: 10,000 descriptors; unchunked, that step peaked 76 MB higher).
+WITHIN_SEARCH_SLOTS = 1 << 20
+
+
+#: Stored images whose neighbour lists an add merges and counts at once
+#: (``IncrementalMatcher._patch_votes``). All at once, the merge and count of
+#: a 1% add to 10,000 images peaked at 1,080 MB; in parts, 833 MB.
+PATCH_IMAGES = 4096
+
+
+def _search_rows(index: HammingIndex, queries: np.ndarray, rows: np.ndarray, k: int):
+    """``index.search(queries[rows], k)`` in parts of ``WITHIN_SEARCH_SLOTS``
+    slots (each query's neighbours do not depend on the others asked with it)."""
+    step = max(1, WITHIN_SEARCH_SLOTS // k)
+    if len(rows) <= step:
+        return index.search(queries[rows], k)
+    keys = np.empty((len(rows), k), np.int64)
+    dists = np.empty((len(rows), k), np.int64)
+    for start in range(0, len(rows), step):
+        part = rows[start:start + step]
+        keys[start:start + len(part)], dists[start:start + len(part)] = index.search(
+            queries[part], k)
+    return keys, dists
 
 
 def _within_ready(ready: Callable[[], HammingIndex], queries: np.ndarray, limit: int):
@@ -850,10 +878,9 @@ class IncrementalMatcher(PairMatcher):
         (all of ``todo`` if ``retally``: images joined the run; else only
         those whose lists changed)."""
         s = self.settings
-        todo = [i for i in todo if "nb" in self.records[i]]
+        todo = sorted(i for i in todo if "nb" in self.records[i])
         if not todo:
             return
-        lists = {i: _lists(self.records[i]) for i in todo}
         hits = []  # (stored image, its descriptor row, distance, new descriptor key)
         if new is not None:
             keys, descs, near = new
@@ -865,9 +892,12 @@ class IncrementalMatcher(PairMatcher):
             # Stored images' query descriptors are in the index: ask from the
             # new side which of them a new descriptor comes near.
             near = near() if near is not None else np.zeros((0, 3), np.int64)
-            j, r = near[:, 1] // ORB_KEY_STRIDE, near[:, 1] % ORB_KEY_STRIDE
+            j = near[:, 1] // ORB_KEY_STRIDE
             mine = np.isin(j, plain)
-            hits.append(np.stack([j, r, near[:, 2], keys[near[:, 0]]], 1)[mine])
+            near, j = near[mine], j[mine]
+            hits.append(np.stack([j, near[:, 1] % ORB_KEY_STRIDE, near[:, 2],
+                                  keys[near[:, 0]]], 1))
+            del near, j, mine
             # The rest (content-only features of templated images) ask the new ones.
             in_plain = set(plain.tolist())
             others = [i for i in todo if i not in in_plain]
@@ -885,8 +915,23 @@ class IncrementalMatcher(PairMatcher):
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
+        hits = hits[np.argsort(hits[:, 0], kind="stable")]
+        # In parts of the stored images (an image's lists and votes depend on
+        # its own hits alone): the merge and the count hold a few arrays the
+        # size of the lists and hits they are given.
+        ends = np.searchsorted(hits[:, 0], todo, "right")
+        for start in range(0, len(todo), PATCH_IMAGES):
+            part = todo[start:start + PATCH_IMAGES]
+            first = int(ends[start - 1]) if start else 0
+            self._patch_part(part, hits[first:int(ends[start + len(part) - 1])],
+                             allowed, retally)
+
+    def _patch_part(self, part: list[int], hits: np.ndarray, allowed: set[int],
+                    retally: bool) -> None:
+        """``_patch_votes`` of the images ``part`` (ascending) and their ``hits``."""
+        lists = {i: _lists(self.records[i]) for i in part}
         touched = _merge_all(lists, hits, by_key=self.gallery.orb_index.ranks_ties_by_key)
-        recount = todo if retally else touched
+        recount = part if retally else touched
         if not recount:
             return
         owners = np.concatenate([np.full(len(lists[i][0]), i, np.int64) for i in recount])

@@ -62,6 +62,38 @@ def test_adding_images_matches_a_run_from_scratch(sets, tmp_path):
     assert grown.stats["pairs_reused"] > 0
 
 
+def test_an_add_patching_stored_votes_in_parts_stores_the_same_records(sets, tmp_path,
+                                                                        monkeypatch):
+    """``_patch_votes`` merges and counts the stored images in parts of
+    ``PATCH_IMAGES``: parts of 3 images store what one part stores."""
+    from matchkit import incremental
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    dedupe([folder], gallery=tmp_path / "g", settings=Settings(workers=1))
+    shutil.copytree(tmp_path / "g", tmp_path / "g3")
+    for f in new.iterdir():
+        shutil.copy(f, folder / f.name)
+    stored, parts = {}, []
+    patch = incremental.IncrementalMatcher._patch_part
+
+    def counting(self, part, *a, **kw):
+        parts.append(len(part))
+        return patch(self, part, *a, **kw)
+
+    monkeypatch.setattr(incremental.IncrementalMatcher, "_patch_part", counting)
+    for name, size in (("g", 4096), ("g3", 3)):
+        monkeypatch.setattr(incremental, "PATCH_IMAGES", size)
+        parts.clear()
+        report = dedupe([folder], gallery=tmp_path / name, settings=Settings(workers=1))
+        with Gallery(tmp_path / name) as gal:
+            key = json.loads(gal._meta("match_keys"))[0]
+            stored[name] = (gal.match_records(key), _content(report))
+        assert max(parts) <= size and (size > 3 or len(parts) > 3)
+    assert stored["g3"] == stored["g"]
+
+
 def _touching(gal, image_id) -> int:
     rows = [k for key in json.loads(gal._meta("match_keys")) for k in gal.match_pairs(key)]
     recs = [i for key in json.loads(gal._meta("match_keys")) for i in gal.match_records(key)]
@@ -816,6 +848,33 @@ def test_the_radius_search_of_new_descriptors_stops_at_its_cap():
     capped = _within(index, codes[:3], 256, max_k=64)
     assert np.bincount(capped[:, 0]).tolist() == [64, 64, 64]
     assert set(map(tuple, capped.tolist())) <= set(map(tuple, every.tolist()))
+
+
+def test_the_radius_search_asks_the_index_in_parts_with_the_same_result(monkeypatch):
+    """``_within`` bounds each index search to ``WITHIN_SEARCH_SLOTS``
+    neighbour slots (query rows x k); the parts give what one search gives."""
+    from matchkit import incremental
+    from matchkit.index import HammingIndex
+
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 256, (400, 32), dtype=np.uint8)
+    index = HammingIndex(256)
+    index.add(np.arange(400), codes)
+    queries = codes[:50]
+    whole = incremental._within(index, queries, 120)
+    asked = []
+    search = index.search
+
+    def counting(q, k):
+        asked.append(len(q) * k)
+        return search(q, k)
+
+    monkeypatch.setattr(index, "search", counting)
+    monkeypatch.setattr(incremental, "WITHIN_SEARCH_SLOTS", 256)
+    parts = incremental._within(index, queries, 120)
+    assert max(asked) <= 256 and len(asked) > 3
+    assert sorted(map(tuple, parts.tolist())) == sorted(map(tuple, whole.tolist()))
+    assert len(whole) > len(queries)  # (beyond each query's own code)
 
 
 def test_an_add_with_a_changed_image_searches_the_hash_searches_naming_it(tmp_path, monkeypatch):
