@@ -1,4 +1,4 @@
-"""Freed heap memory handed back to the operating system between stages.
+"""Freed heap memory handed back to the operating system after an add's batches.
 
 Adding images passes every image's features through this process: each
 arrives from a decoding worker as a pickle, is unpickled into arrays, written
@@ -8,9 +8,11 @@ glibc's allocator returns only the free memory at the top of its heap to the
 system on its own; the holes stay resident. Measured on the scale set's
 distinct pictures (first ``dedupe --gallery`` run, one process): after adding
 10,000 images the process held 640 MB, of which ``malloc_trim`` gave back
-330 MB (at 2,000 images one call took 8 ms). Later stages gained little from
-it (at 4,000 images: 15-25 MB a call) and reuse their own holes: trimming
-those only makes the pages fault in again.
+330 MB; with a call after every written batch the whole run peaked at 943 MB
+instead of 1,258 MB (50,000 images: 3,967 instead of 5,545). The 40 calls of
+that add took 0.05 s in all. Later stages gained little from it (at 4,000
+images: 15-25 MB a call) and reuse their own holes: trimming those only makes
+the pages fault in again.
 
 Elsewhere than glibc (macOS, musl) this does nothing.
 """
