@@ -222,7 +222,7 @@ def vote_candidates(
     if not desc_list:
         return out
     owners = np.concatenate(owner_list)
-    keys, dists = _search_in_chunks(index, np.concatenate(desc_list), neighbours)
+    keys, dists = search_in_chunks(index, np.concatenate(desc_list), neighbours)
     other = np.where(keys >= 0, keys // key_stride, -1)
     if detail is not None:
         ids32, d8 = other.astype(np.int32), np.minimum(dists, 255).astype(np.uint8)
@@ -239,18 +239,23 @@ def vote_candidates(
 SEARCH_CHUNK = 50_000
 
 
-def _search_in_chunks(index: HammingIndex, desc: np.ndarray, k: int):
-    """``index.search(desc, k)`` in chunks, with a ``checkpoint`` between them
-    (a million descriptors take minutes on a busy machine)."""
-    if len(desc) <= SEARCH_CHUNK:
+def search_in_chunks(index: HammingIndex, desc: np.ndarray, k: int, rows: int | None = None):
+    """``index.search(desc, k)`` in chunks of ``rows`` query rows (default
+    ``SEARCH_CHUNK``), with a ``checkpoint`` between them (a million
+    descriptors take minutes on a busy machine). Each query's neighbours do
+    not depend on the others asked with it, so the chunks give one search's
+    result; it is filled in place (the chunks' own arrays and copies are the
+    transient memory, not a second result)."""
+    rows = SEARCH_CHUNK if rows is None else max(1, int(rows))
+    if len(desc) <= rows:
         return index.search(desc, k)
-    keys, dists = [], []
-    for start in range(0, len(desc), SEARCH_CHUNK):
+    keys = np.empty((len(desc), k), np.int64)
+    dists = np.empty((len(desc), k), np.int64)
+    for start in range(0, len(desc), rows):
         checkpoint()
-        kk, dd = index.search(desc[start:start + SEARCH_CHUNK], k)
-        keys.append(kk)
-        dists.append(dd)
-    return np.concatenate(keys), np.concatenate(dists)
+        keys[start:start + rows], dists[start:start + rows] = index.search(
+            desc[start:start + rows], k)
+    return keys, dists
 
 
 def tally_votes(owners: np.ndarray, other: np.ndarray, dists: np.ndarray, *, max_distance: int,

@@ -76,7 +76,7 @@ import numpy as np
 from . import __version__
 from ._arrays import unique
 from ._json import dumps_sorted, loads
-from .candidates import VoteDetail, phash_candidates, tally_votes
+from .candidates import VoteDetail, phash_candidates, search_in_chunks, tally_votes
 from .checkpoint import checkpoint, report
 from .config import Settings
 from .gallery import ORB_KEY_STRIDE, Gallery
@@ -488,7 +488,9 @@ def _within(index: HammingIndex, queries: np.ndarray, limit: int, max_k: int | N
     rows, k = np.arange(len(queries)), 16
     found = []
     while len(rows) and len(index):
-        keys, dists = _search_rows(index, queries, rows, min(k, len(index)))
+        asked = min(k, len(index))
+        keys, dists = search_in_chunks(index, queries[rows], asked,
+                                       rows=WITHIN_SEARCH_SLOTS // asked)
         ok = (keys >= 0) & (dists <= limit)
         more = ok[:, -1]
         last = not more.any() or k >= len(index) or (max_k is not None and k >= max_k)
@@ -512,21 +514,6 @@ WITHIN_SEARCH_SLOTS = 1 << 20
 #: (``IncrementalMatcher._patch_votes``). All at once, the merge and count of
 #: a 1% add to 10,000 images peaked at 1,080 MB; in parts, 833 MB.
 PATCH_IMAGES = 4096
-
-
-def _search_rows(index: HammingIndex, queries: np.ndarray, rows: np.ndarray, k: int):
-    """``index.search(queries[rows], k)`` in parts of ``WITHIN_SEARCH_SLOTS``
-    slots (each query's neighbours do not depend on the others asked with it)."""
-    step = max(1, WITHIN_SEARCH_SLOTS // k)
-    if len(rows) <= step:
-        return index.search(queries[rows], k)
-    keys = np.empty((len(rows), k), np.int64)
-    dists = np.empty((len(rows), k), np.int64)
-    for start in range(0, len(rows), step):
-        part = rows[start:start + step]
-        keys[start:start + len(part)], dists[start:start + len(part)] = index.search(
-            queries[part], k)
-    return keys, dists
 
 
 def _within_ready(ready: Callable[[], HammingIndex], queries: np.ndarray, limit: int):
