@@ -610,8 +610,10 @@ class IncrementalMatcher(PairMatcher):
                 self._patch_votes([i for i in searched if i not in full], new, allowed,
                                   retally=len(entering) > len(fresh))
         report("stored", 4, UPDATE_STEPS)
-        if self.settings.local_features:
-            self._regate([i for i in searched if i not in full and i in allowed], allowed)
+        #: Kept images whose frames are looked for again (``_regate``), in
+        #: the run's one frame search (``_search``).
+        self._reframe = (self._regate([i for i in searched if i not in full and i in allowed])
+                         if self.settings.local_features else [])
         report("stored", 5, UPDATE_STEPS)
         for i, (digest, _) in current.items():  # markers: seen, not searched
             if i not in records or i in full or bool(records[i].get("run")) != (i in allowed):
@@ -621,6 +623,7 @@ class IncrementalMatcher(PairMatcher):
         #: Images searched again this run.
         self.searched = [i for i in ids if not records[i].get("q")]
         self._search(self.searched, allowed)
+        self._search_frames_again(allowed)
         self.changed.update(self.searched)
         self.plain = {}
         self.crowd = {i: records[i]["crowd"] for i in ids}
@@ -985,7 +988,8 @@ class IncrementalMatcher(PairMatcher):
 
     # -- searching the images that need it ---------------------------------
     def _search(self, todo: list[int], allowed: set[int]) -> None:
-        """Candidate searches of ``todo`` against the whole gallery, as records."""
+        """Candidate searches of ``todo`` against the whole gallery, as records.
+        Its frame search also serves the kept images ``_regate`` chose."""
         if not todo:
             return
         s, g = self.settings, self.gallery
@@ -997,7 +1001,11 @@ class IncrementalMatcher(PairMatcher):
             self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
                                                     self._masks, self._pool))
             self.vote_search(todo, allowed, detail)
-            framed = self._framed_search(todo, allowed, found.nearest)
+            again, self._reframe = self._reframe, []
+            framed = self._framed_search(todo + again, allowed, {
+                **found.nearest, **{i: self.records[i]["near"] for i in again}})
+            for i in again:
+                self._update(i, framed[i])
         for i in todo:
             rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
                    "tmpl": int(i in self.templated)}
@@ -1036,12 +1044,20 @@ class IncrementalMatcher(PairMatcher):
             out[i] = fields
         return out
 
-    def _regate(self, kept: list[int], allowed: set[int]) -> None:
-        """Frames looked for again where an image's hash neighbours now say
-        otherwise (``framed.unframed``: a copy entered near it), as a search
-        from scratch would."""
-        todo = [i for i in kept if bool(self.records[i].get("fx"))
+    def _regate(self, kept: list[int]) -> list[int]:
+        """The kept images whose frames are looked for again, where their hash
+        neighbours now say otherwise (``framed.unframed``: a copy entered near
+        them), as a search from scratch would. They join the new images' frame
+        search (``_search``), or have one of their own
+        (``_search_frames_again``): each search indexes the pictures of every
+        image of the run, which at 50,500 images (66,640 pictures) took 12 s
+        to build."""
+        return [i for i in kept if bool(self.records[i].get("fx"))
                 == unframed(self.records[i]["near"], self.settings)]
+
+    def _search_frames_again(self, allowed: set[int]) -> None:
+        """The frame search of ``_regate``'s images when no new image had one."""
+        todo, self._reframe = self._reframe, []
         if todo:
             framed = self._framed_search(todo, allowed,
                                          {i: self.records[i]["near"] for i in todo})

@@ -998,3 +998,79 @@ def test_a_gallery_run_indexes_new_descriptors_on_a_worker_and_saves_if_stopped(
     monkeypatch.setattr(Gallery, "_add_orb", real_add_orb)
     grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
     assert _content(grown) == _content(_fresh([folder]))
+
+
+def test_frames_looked_for_again_in_an_add_match_a_run_from_scratch(sets, tmp_path,
+                                                                   monkeypatch):
+    """A kept image whose frames were looked for (no copy near it) is looked at
+    again when a copy enters near it (``_regate``): in the new images' frame
+    search, or, when no image is new, in a search of its own. Both give the
+    report of a run from scratch."""
+    from matchkit import incremental
+
+    chosen, alone = [], []
+    real_regate, real_again = (incremental.IncrementalMatcher._regate,
+                               incremental.IncrementalMatcher._search_frames_again)
+
+    def regate(self, kept):
+        out = real_regate(self, kept)
+        chosen.append(out)
+        return out
+
+    def again(self, allowed):
+        alone.append(list(self._reframe))
+        return real_again(self, allowed)
+
+    monkeypatch.setattr(incremental.IncrementalMatcher, "_regate", regate)
+    monkeypatch.setattr(incremental.IncrementalMatcher, "_search_frames_again", again)
+    old, _ = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    textured(777).save(folder / "x.jpg", quality=90)
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    x = _image_id(g, folder / "x.jpg")
+    assert _record(g, x)["fx"] == 1  # nothing near it: its frames were looked for
+
+    # A copy of x enters, with another new picture: x's frames are looked for
+    # again, in the new images' frame search.
+    textured(777).resize((400, 300)).save(folder / "x_small.jpg", quality=85)
+    textured(778).save(folder / "y.jpg", quality=90)
+    chosen.clear(), alone.clear()
+    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    assert x in sum(chosen, []) and not any(alone)
+    assert _record(g, x)["fx"] == 0
+    assert _content(grown) == _content(_fresh([folder]))
+
+    # A copy of x enters the gallery outside the run (indexed, not
+    # deduplicated): nothing is searched, and x is looked at again on its own.
+    side, run = tmp_path / "side", tmp_path / "run"
+    side.mkdir()
+    shutil.copytree(old, run)
+    shutil.copy(folder / "x.jpg", run / "x.jpg")
+    shutil.copy(folder / "x_small.jpg", side / "x_small.jpg")
+    g2, g3 = tmp_path / "g2", tmp_path / "g3"
+    dedupe([run], gallery=g2, settings=Settings(workers=1))
+    x = _image_id(g2, run / "x.jpg")
+    assert _record(g2, x)["fx"] == 1
+    with Gallery(g2) as opened:
+        opened.add([side / "x_small.jpg"])
+    shutil.copytree(g2, g3)  # (the same ids: ties rank by them)
+    chosen.clear(), alone.clear()
+    back = dedupe([run], gallery=g2, settings=Settings(workers=1))
+    assert [x] in alone
+    assert _record(g2, x)["fx"] == 0
+    scratch = dedupe([run], gallery=g3, settings=Settings(workers=1), rematch=True)
+    assert _content(back) == _content(scratch)
+
+
+def _image_id(gallery, path) -> int:
+    with Gallery(gallery) as g:
+        return next(i for i, p in g.paths().items() if os.path.samefile(p, path))
+
+
+def _record(gallery, image_id) -> dict:
+    from matchkit.incremental import settings_key
+
+    with Gallery(gallery) as g:
+        return json.loads(g.match_records(settings_key(Settings(workers=1)))[image_id][1])
