@@ -6,8 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from matchkit import ivf
 from matchkit.ivf import IVFIndex, Vocabulary, default_vocabulary
 from matchkit.shards import MergedIndex
+
+
+@pytest.fixture(autouse=True, params=["gathered", "by word"])
+def search_way(request, monkeypatch):
+    """Every test runs with both ways of searching (``IVFIndex._search_chunk``
+    picks one by the work per probed word; they must give the same result)."""
+    monkeypatch.setattr(ivf, "BY_WORD_FROM", 10**12 if request.param == "gathered" else 0)
+    return request.param
 
 
 def _vocab(rng, top=4, leaves=4, sig=32):
