@@ -74,7 +74,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import __version__
-from ._arrays import unique
+from ._arrays import bit_sums, unique
 from ._json import dumps_sorted, loads
 from .candidates import VoteDetail, phash_candidates, search_in_chunks, tally_votes
 from .checkpoint import checkpoint, report
@@ -765,8 +765,7 @@ class IncrementalMatcher(PairMatcher):
         for at in range(0, len(mergeable), step):
             part = mergeable[at:at + step]
             mine = g.phash_variants(part).copy().view(np.uint64)  # (n, 8, words)
-            dists = np.bitwise_count(mine[:, :, None, :] ^ codes[None, None]).sum(
-                -1, dtype=np.int64)  # (n, 8, m)
+            dists = bit_sums(mine[:, :, None, :] ^ codes[None, None])  # (n, 8, m)
             for n, i in enumerate(part):
                 rec = self.records[i]
                 # (only the images that come near enough change anything)

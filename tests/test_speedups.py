@@ -386,6 +386,19 @@ def test_unique_by_sorting_equals_numpy_unique():
             assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
+def test_bit_sums_equal_numpy_bit_counts_up_to_every_bit_set():
+    from matchkit._arrays import bit_sums
+
+    rng = np.random.default_rng(5)
+    for shape in [(7, 4), (3, 8, 5, 4), (6, 2), (9, 1)]:
+        words = rng.integers(0, 2**64, shape, dtype=np.uint64)
+        words[0] = np.iinfo(np.uint64).max  # every bit set: 256 for four words
+        got = bit_sums(words)
+        want = np.bitwise_count(words).sum(-1, dtype=np.int64)
+        assert got.dtype == np.int64 and np.array_equal(got, want)
+    assert bit_sums(np.full((1, 4), np.iinfo(np.uint64).max, np.uint64))[0] == 256
+
+
 def test_fewer_collections_raises_the_thresholds_and_the_last_block_restores_them():
     import gc
 
