@@ -610,10 +610,10 @@ class IncrementalMatcher(PairMatcher):
                 self._patch_votes([i for i in searched if i not in full], new, allowed,
                                   retally=len(entering) > len(fresh))
         report("stored", 4, UPDATE_STEPS)
-        #: Kept images whose frames are looked for again (``_regate``), in
-        #: the run's one frame search (``_search``).
-        self._reframe = (self._regate([i for i in searched if i not in full and i in allowed])
-                         if self.settings.local_features else [])
+        # Kept images whose frames are looked for again: in the run's one
+        # frame search (``_search``).
+        reframe = (self._regate([i for i in searched if i not in full and i in allowed])
+                   if self.settings.local_features else [])
         report("stored", 5, UPDATE_STEPS)
         for i, (digest, _) in current.items():  # markers: seen, not searched
             if i not in records or i in full or bool(records[i].get("run")) != (i in allowed):
@@ -622,8 +622,7 @@ class IncrementalMatcher(PairMatcher):
                 self._write.add(i)
         #: Images searched again this run.
         self.searched = [i for i in ids if not records[i].get("q")]
-        self._search(self.searched, allowed)
-        self._search_frames_again(allowed)
+        self._search(self.searched, allowed, reframe)
         self.changed.update(self.searched)
         self.plain = {}
         self.crowd = {i: records[i]["crowd"] for i in ids}
@@ -986,10 +985,13 @@ class IncrementalMatcher(PairMatcher):
             partners.update(j for j in old.keys() | new.keys() if old.get(j) != new.get(j))
 
     # -- searching the images that need it ---------------------------------
-    def _search(self, todo: list[int], allowed: set[int]) -> None:
+    def _search(self, todo: list[int], allowed: set[int], reframe: list[int]) -> None:
         """Candidate searches of ``todo`` against the whole gallery, as records.
-        Its frame search also serves the kept images ``_regate`` chose."""
+        Its frame search also serves the kept images ``reframe`` (``_regate``),
+        which have one of their own when nothing is searched."""
         if not todo:
+            if reframe:
+                self._framed_search([], allowed, {}, reframe)
             return
         s, g = self.settings, self.gallery
         variants = g.phash_variants(todo)
@@ -1000,11 +1002,7 @@ class IncrementalMatcher(PairMatcher):
             self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
                                                     self._masks, self._pool))
             self.vote_search(todo, allowed, detail)
-            again, self._reframe = self._reframe, []
-            framed = self._framed_search(todo + again, allowed, {
-                **found.nearest, **{i: self.records[i]["near"] for i in again}})
-            for i in again:
-                self._update(i, framed[i])
+            framed = self._framed_search(todo, allowed, found.nearest, reframe)
         for i in todo:
             rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
                    "tmpl": int(i in self.templated)}
@@ -1017,15 +1015,23 @@ class IncrementalMatcher(PairMatcher):
             self.records[i] = rec
             self._write.add(i)
 
-    def _framed_search(self, todo: list[int], allowed: set[int],
-                       nearest: dict[int, list]) -> dict[int, dict]:
+    def _framed_search(self, todo: list[int], allowed: set[int], nearest: dict[int, list],
+                       again: list[int]) -> dict[int, dict]:
         """Record fields of ``framed`` pairs for ``todo``: "fh", the plain
         hashes of the pictures inside its frames; "fr", the images those pair
         it with, by distance; "fx", whether its frames were looked for (not
         ``framed.unframed`` by its ``nearest`` images). Searched against every
         image of the run (other images' pictures from their records), in both
         directions, so an image entering later finds the pairs of the ones
-        searched before."""
+        searched before.
+
+        The kept images ``again`` (``_regate``, by the nearest images of
+        their records) join the same search, and their records are updated
+        here: each search indexes the pictures of every image of the run,
+        which in an add of 500 images to 50,500 (about 66,000 pictures) took
+        12.5 s to build."""
+        todo = todo + again
+        nearest = {**nearest, **{i: self.records[i]["near"] for i in again}}
         look = {i for i in todo if not unframed(nearest.get(i), self.settings)}
         pictures = self.picture_hashes(sorted(look))
         asked = set(todo)
@@ -1041,27 +1047,16 @@ class IncrementalMatcher(PairMatcher):
                       "fx": int(i in look)}
             fields["fh"] = _b64(pictures[i][:, 0]) if i in pictures else ""
             out[i] = fields
+        for i in again:
+            self._update(i, out[i])
         return out
 
     def _regate(self, kept: list[int]) -> list[int]:
         """The kept images whose frames are looked for again, where their hash
         neighbours now say otherwise (``framed.unframed``: a copy entered near
-        them), as a search from scratch would. They join the new images' frame
-        search (``_search``), or have one of their own
-        (``_search_frames_again``): each search indexes the pictures of every
-        image of the run, which in an add of 500 images to 50,500 (about
-        66,000 pictures) took 12.5 s to build."""
+        them), as a search from scratch would (``_framed_search``)."""
         return [i for i in kept if bool(self.records[i].get("fx"))
                 == unframed(self.records[i]["near"], self.settings)]
-
-    def _search_frames_again(self, allowed: set[int]) -> None:
-        """The frame search of ``_regate``'s images when no new image had one."""
-        todo, self._reframe = self._reframe, []
-        if todo:
-            framed = self._framed_search(todo, allowed,
-                                         {i: self.records[i]["near"] for i in todo})
-            for i in todo:
-                self._update(i, framed[i])
 
     def _ensure_templated(self, ids) -> None:
         """Template-content features of clean images that need them (a

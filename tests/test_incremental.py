@@ -1008,21 +1008,22 @@ def test_frames_looked_for_again_in_an_add_match_a_run_from_scratch(sets, tmp_pa
     report of a run from scratch."""
     from matchkit import incremental
 
-    chosen, alone = [], []
-    real_regate, real_again = (incremental.IncrementalMatcher._regate,
-                               incremental.IncrementalMatcher._search_frames_again)
+    chosen, alone = [], []  # (``alone``: kept images of frame searches of no new image)
+    real_regate, real_search = (incremental.IncrementalMatcher._regate,
+                                incremental.IncrementalMatcher._framed_search)
 
     def regate(self, kept):
         out = real_regate(self, kept)
         chosen.append(out)
         return out
 
-    def again(self, allowed):
-        alone.append(list(self._reframe))
-        return real_again(self, allowed)
+    def framed_search(self, todo, allowed, nearest, again):
+        if not todo:
+            alone.append(list(again))
+        return real_search(self, todo, allowed, nearest, again)
 
     monkeypatch.setattr(incremental.IncrementalMatcher, "_regate", regate)
-    monkeypatch.setattr(incremental.IncrementalMatcher, "_search_frames_again", again)
+    monkeypatch.setattr(incremental.IncrementalMatcher, "_framed_search", framed_search)
     old, _ = sets
     folder = tmp_path / "photos"
     shutil.copytree(old, folder)
