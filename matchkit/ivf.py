@@ -310,8 +310,7 @@ class IVFIndex:
         codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 32)
         n = len(codes)
         k = max(1, int(k))
-        keys = np.full((n, k), -1, dtype=np.int64)
-        dists = np.full((n, k), self.nbits + 1, dtype=np.int64)
+        keys, dists = self._no_neighbours(n, k)
         with self._lock:
             self._merge()
             offsets, pkeys, psigs = self._offsets, self._keys, self._sigs
@@ -323,6 +322,12 @@ class IVFIndex:
             keys[s:s + len(q)] = kk
             dists[s:s + len(q)] = dd
         return keys, dists
+
+    def _no_neighbours(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Result arrays of ``search`` for n queries with nothing found yet:
+        key -1, distance ``nbits + 1``."""
+        return (np.full((n, k), -1, dtype=np.int64),
+                np.full((n, k), self.nbits + 1, dtype=np.int64))
 
     def _search_chunk(self, codes, k, offsets, pkeys, psigs):
         """The k nearest postings of each query by (distance, key), in one of
@@ -339,8 +344,7 @@ class IVFIndex:
         if comparisons >= BY_WORD_FROM * len(unique(w)):
             return self._by_word(codes, words, k, offsets, pkeys, psigs)
         n = len(codes)
-        keys = np.full((n, k), -1, dtype=np.int64)
-        dists = np.full((n, k), self.nbits + 1, dtype=np.int64)
+        keys, dists = self._no_neighbours(n, k)
         for s in range(0, n, _GATHER_CHUNK):
             e = s + _GATHER_CHUNK
             keys[s:e], dists[s:e] = self._gathered(codes[s:e], words[s:e], k, offsets,
@@ -354,8 +358,7 @@ class IVFIndex:
         sorted by key within a word): the union of those per-word lists holds
         every query's k nearest overall."""
         n = len(codes)
-        keys = np.full((n, k), -1, dtype=np.int64)
-        dists = np.full((n, k), self.nbits + 1, dtype=np.int64)
+        keys, dists = self._no_neighbours(n, k)
         words = words.reshape(-1)  # (n * probes)
         rows = np.repeat(np.arange(n), self.probes)
         order = np.argsort(words, kind="stable")
@@ -396,8 +399,7 @@ class IVFIndex:
         """Every candidate posting of up to ``_GATHER_CHUNK`` queries
         compared and sorted at once in numpy."""
         n = len(codes)
-        keys = np.full((n, k), -1, dtype=np.int64)
-        dists = np.full((n, k), self.nbits + 1, dtype=np.int64)
+        keys, dists = self._no_neighbours(n, k)
         qsig = self.vocab.signatures(codes)
         rows = np.repeat(np.arange(n), self.probes)
         w = words.reshape(-1)
