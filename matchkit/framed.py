@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from .hashing import PHASH_BITS, dihedral_phashes
-from .index import transient_index
+from .index import HammingIndex, transient_index
+from .picture_index import PICTURE_KEY_STRIDE, picture_rows
 
 #: Least share of the thumbnail a frame's quadrilateral covers (a smaller
 #: one is a door, a sign or a window in a scene).
@@ -183,8 +184,8 @@ def unframed(nearest, settings) -> bool:
 
 def framed_pairs(index, pictures: dict[int, np.ndarray], plain: dict[int, np.ndarray],
                  queries: list[int], allowed: set[int] | None = None,
-                 max_distance: int = MAX_DISTANCE, neighbours: int = NEIGHBOURS
-                 ) -> dict[int, dict[int, int]]:
+                 max_distance: int = MAX_DISTANCE, neighbours: int = NEIGHBOURS,
+                 picture_index: HammingIndex | None = None) -> dict[int, dict[int, int]]:
     """Per query image, the images its frames' pictures pair it with:
     {query id: {other id: distance}}. ``pictures``: image id ->
     ``picture_hashes`` (n, 8, 32) of every image of the run that has any
@@ -197,13 +198,12 @@ def framed_pairs(index, pictures: dict[int, np.ndarray], plain: dict[int, np.nda
     - one of its pictures, or its own pHash, lies that near one of the
       image's pictures: two recaptures of one picture, an original and its
       recapture seen from the original's side.
+
+    ``picture_index``: the plain codes of ``pictures`` under the keys of
+    ``picture_index.picture_rows`` (kept between runs: ``PictureIndex``);
+    built here when not given.
     """
     out: dict[int, dict[int, int]] = {}
-    rows, row_owner = [], []
-    for i, h in pictures.items():
-        if len(h):
-            rows.append(np.asarray(h)[:, 0])
-            row_owner.append(np.full(len(h), i, np.int64))
     mine, mine_owner, own, own_owner = [], [], [], []
     for i in queries:
         h = pictures.get(i)
@@ -216,14 +216,16 @@ def framed_pairs(index, pictures: dict[int, np.ndarray], plain: dict[int, np.nda
     if mine and len(index):
         keys, dists = index.search(np.concatenate(mine), neighbours + 1)
         _collect(out, np.concatenate(mine_owner), keys, dists, allowed, max_distance)
-    if rows:
-        codes, code_owner = np.concatenate(rows), np.concatenate(row_owner)
-        pics = transient_index(np.arange(len(codes)), codes, codes.shape[1] * 8)
-        k = min(len(codes), neighbours + 2 * MAX_QUADS)
+    pics = picture_index
+    if pics is None:
+        keys, codes = picture_rows(pictures)
+        pics = transient_index(keys, codes, codes.shape[1] * 8) if len(keys) else None
+    if pics is not None and len(pics):
+        k = min(len(pics), neighbours + 2 * MAX_QUADS)
         for q, q_owner in ((mine, mine_owner), (own, own_owner)):
             if q:
                 keys, dists = pics.search(np.concatenate(q), k)
-                keys = np.where(keys >= 0, code_owner[np.maximum(keys, 0)], -1)
+                keys = np.where(keys >= 0, keys // PICTURE_KEY_STRIDE, -1)
                 _collect(out, np.concatenate(q_owner), keys, dists, allowed, max_distance)
     return out
 

@@ -1296,6 +1296,10 @@ class Gallery:
         with self._transaction():
             self._drop_matches(ids)
 
+    def match_keys(self) -> list[str]:
+        """The settings keys whose matching state is kept, last used first."""
+        return list(json.loads(self._meta(_MATCH_KEYS) or "[]"))
+
     def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
                          pairs: dict[tuple[int, int, int], tuple],
                          *, replace: bool = False, elsewhere: Collection[int] = ()) -> None:

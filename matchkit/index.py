@@ -125,6 +125,10 @@ class HammingIndex:
         atomic_write(path, write)
         return stamp
 
+    def to_bytes(self) -> bytes:
+        """The index as ``save`` would write it (``load`` reads it back)."""
+        return bytes(self._index.save())
+
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | memoryview, nbits: int,
              **kw) -> "HammingIndex":

@@ -543,6 +543,10 @@ class ShardedGallery:
     def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
         return {k: v for g in self.parts for k, v in g.match_pairs(key).items()}
 
+    def match_keys(self) -> list[str]:
+        """As ``Gallery.match_keys``, of any shard (each keeps the same keys)."""
+        return list(dict.fromkeys(k for g in self.parts for k in g.match_keys()))
+
     def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
                          pairs: dict[tuple[int, int, int], tuple],
                          *, replace: bool = False) -> None:
