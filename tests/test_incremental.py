@@ -832,6 +832,27 @@ def test_an_add_merging_hash_searches_stores_what_searching_again_stores(tmp_pat
     assert out["merge"] == out["search"]
 
 
+@pytest.mark.parametrize("n_codes", [0, 1, 37, 300])
+def test_nearest_distances_of_stored_variants_to_new_codes_are_exact(n_codes, monkeypatch):
+    """``_nearest_distance`` (OpenCV's batchDistance, in parts) gives every
+    query's distance to its nearest code, as an exhaustive numpy count does;
+    none: one more than the bits."""
+    from matchkit import incremental
+
+    monkeypatch.setattr(incremental, "NEAREST_ROWS", 64)  # (several parts)
+    rng = np.random.default_rng(n_codes)
+    queries = rng.integers(0, 256, (500, 32), dtype=np.uint8)
+    codes = rng.integers(0, 256, (n_codes, 32), dtype=np.uint8)
+    codes[: n_codes // 2] = queries[: n_codes // 2]
+    codes[: n_codes // 2, 0] ^= 1  # (some at distance 1)
+    got = incremental._nearest_distance(queries, codes, 256)
+    if n_codes == 0:
+        assert (got == 257).all()
+        return
+    want = np.unpackbits(queries[:, None, :] ^ codes[None], axis=-1).sum(-1).min(1)
+    assert np.array_equal(got, want) and (got.min() == 1 or n_codes < 2)
+
+
 def test_the_radius_search_of_new_descriptors_stops_at_its_cap():
     """``_within`` finds every indexed code within the limit, or the
     ``max_k`` nearest of them; the add caps it only in an approximate
