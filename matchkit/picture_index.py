@@ -34,9 +34,9 @@ from .index import EXACT_SEARCH_BELOW, HammingIndex, transient_index
 #: Key space of one image's pictures (``framed.picture_hashes`` gives at most
 #: two per frame quad, ``framed.MAX_QUADS`` = 4: eight).
 PICTURE_KEY_STRIDE = 16
-#: Rebuild instead of patching when more than this share of the stored
-#: entries would be removed (an HNSW graph only marks removed nodes; many
-#: of them slow its searches and cost its recall).
+#: Rebuild instead of patching when the entries removed since the index was
+#: built would pass this share of its entries (an HNSW graph only marks
+#: removed nodes; many of them slow its searches and cost its recall).
 REBUILD_ABOVE = 0.25
 
 
@@ -82,17 +82,20 @@ class PictureIndex:
         nbits = codes.shape[1] * 8
         #: Whether the index differs from the file (``save`` writes it).
         self.changed = False
+        #: Entries removed from the graph since it was built (kept in the file).
+        self.removed = 0
         if self.path is None or len(keys) < EXACT_SEARCH_BELOW:
             self.index = transient_index(keys, codes, nbits)
             return
         stored = _read(self.path, nbits)
         if stored is not None:
-            old_keys, old_codes, index = stored
+            old_keys, old_codes, index, removed = stored
             gone, new = _difference(old_keys, old_codes, keys, codes)
-            if len(gone) <= REBUILD_ABOVE * max(len(old_keys), 1):
+            if removed + len(gone) <= REBUILD_ABOVE * max(len(old_keys), 1):
                 index.remove(gone.tolist())
                 index.add(keys[new], codes[new], replace=False)
                 self.index, self.changed = index, bool(len(gone) or len(new))
+                self.removed = removed + len(gone)
                 return
         self.index = HammingIndex(nbits)
         self.index.add(keys, codes, replace=False)
@@ -114,7 +117,8 @@ class PictureIndex:
 
             def write(tmp: Path) -> None:
                 with open(tmp, "wb") as f:
-                    np.savez(f, keys=self.keys, codes=self.codes, graph=graph)
+                    np.savez(f, keys=self.keys, codes=self.codes, graph=graph,
+                             removed=np.int64(self.removed))
 
             atomic_write(self.path, write)
             self.changed = False
@@ -122,9 +126,10 @@ class PictureIndex:
             warnings.warn(f"picture index {self.path} not saved ({e}); the next run builds it")
 
 
-def _read(path: Path, nbits: int) -> tuple[np.ndarray, np.ndarray, HammingIndex] | None:
-    """The stored keys, codes and index; None where there is no file or it
-    does not read back as one (it is then built again)."""
+def _read(path: Path, nbits: int) -> tuple[np.ndarray, np.ndarray, HammingIndex, int] | None:
+    """The stored keys, codes, index and count of entries removed from it;
+    None where there is no file or it does not read back as one (it is then
+    built again)."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -132,6 +137,7 @@ def _read(path: Path, nbits: int) -> tuple[np.ndarray, np.ndarray, HammingIndex]
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
             keys, codes, graph = f["keys"], f["codes"], f["graph"]
+            removed = int(f["removed"]) if "removed" in f.files else 0
         if (keys.dtype != np.int64 or codes.dtype != np.uint8 or codes.ndim != 2
                 or codes.shape != (len(keys), nbits // 8)):
             raise ValueError("keys and codes do not match")
@@ -141,7 +147,7 @@ def _read(path: Path, nbits: int) -> tuple[np.ndarray, np.ndarray, HammingIndex]
     except Exception as e:  # (any damage: the file is only a cache)
         warnings.warn(f"picture index {path} unreadable ({type(e).__name__}: {e}); building it again")
         return None
-    return keys, codes, index
+    return keys, codes, index, removed
 
 
 def _difference(old_keys: np.ndarray, old_codes: np.ndarray, keys: np.ndarray,

@@ -19,9 +19,12 @@ from test_determinism import _content
 
 
 def _pictures(seed: int, ids) -> dict[int, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {i: rng.integers(0, 256, (int(rng.integers(0, 4)), 8, 32), dtype=np.uint8)
-            for i in ids}
+    """0-3 random pictures per image, the same for an image at one seed."""
+    out = {}
+    for i in ids:
+        rng = np.random.default_rng((seed, i))
+        out[i] = rng.integers(0, 256, (int(rng.integers(0, 4)), 8, 32), dtype=np.uint8)
+    return out
 
 
 def _answers(index: HammingIndex, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +94,34 @@ def test_a_mostly_replaced_or_damaged_file_is_built_again(tmp_path, kept_always,
     assert sorted(rebuilt.index.keys().tolist()) == keys.tolist()
     rebuilt.save()
     assert len(PictureIndex(path, keys, codes).index) == len(keys)
+
+
+def test_removals_add_up_until_the_index_is_built_again(tmp_path, kept_always, monkeypatch):
+    """Each run removing a tenth of the pictures patches the file until the
+    removals since it was built pass ``REBUILD_ABOVE`` of it (an HNSW graph
+    keeps removed nodes): then it is built anew, and counting starts again."""
+    path = tmp_path / "p.npz"
+    ids = list(range(200))
+    PictureIndex(path, *picture_rows(_pictures(0, ids))).save()
+    built = []
+    real_init = HammingIndex.__init__
+    monkeypatch.setattr(HammingIndex, "__init__", lambda self, *a, **kw: (
+        built.append(1), real_init(self, *a, **kw))[1])
+    removed = []
+    for step in range(5):
+        ids = ids[20:] + list(range(200 + 20 * step, 220 + 20 * step))
+        built.clear()
+        keys, codes = picture_rows(_pictures(0, ids))
+        index = PictureIndex(path, keys, codes)
+        assert sorted(index.index.keys().tolist()) == keys.tolist()
+        index.save()
+        # (a load makes one HammingIndex; a build another)
+        removed.append((index.removed, len(built) > 1))
+    counts = [r for r, _ in removed]
+    rebuilt = [b for _, b in removed]
+    assert rebuilt.index(True) >= 1 and counts[rebuilt.index(True)] == 0
+    assert all(r <= picture_index.REBUILD_ABOVE * 300 for r in counts)
+    assert counts[0] > 0 and not rebuilt[0]
 
 
 def test_no_file_is_kept_below_the_exhaustive_search_size(tmp_path, monkeypatch):
