@@ -805,7 +805,8 @@ class IncrementalMatcher(PairMatcher):
         if s.local_features:  # the template check, where its look-alikes changed (as there)
             moved = self._template_moved({i: out["near"] for i, out in merged.items()})
             found = SimpleNamespace(nearest={i: merged[i]["near"] for i in moved})
-            templated = {i for i, _, _ in content_masks(moved, found, self.cache, s)}
+            templated = {i for i, _, _ in content_masks(moved, found, self.cache, s,
+                                                             self._pool)}
         for i, out in merged.items():
             if i not in templated:
                 self._update(i, out)
@@ -852,7 +853,7 @@ class IncrementalMatcher(PairMatcher):
                                  **self._phash_limits())
         if s.local_features:  # the template check, where its look-alikes changed
             moved = self._template_moved({i: found.nearest.get(i, []) for i in todo})
-            full.update(i for i, _, _ in content_masks(moved, found, self.cache, s))
+            full.update(i for i, _, _ in content_masks(moved, found, self.cache, s, self._pool))
         for i in todo:
             if i not in full:
                 self._update(i, _phash_fields(found, i))

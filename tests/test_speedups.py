@@ -490,3 +490,10 @@ def test_template_check_reads_only_lookalikes_of_its_own_shape(tmp_path, monkeyp
         for i, mask, _ in got:
             want = content_mask(g.thumbnail(i), [g.thumbnail(j) for j in ids if j != i])
             assert np.array_equal(mask, want)
+        # Made on a pool, in parts (``MASK_PART``): the same masks, in order.
+        from concurrent.futures import ThreadPoolExecutor
+        monkeypatch.setattr(M, "MASK_PART", 5)
+        with ThreadPoolExecutor(2) as pool:
+            pooled = M.content_masks(ids, found, cache, Settings(), pool)
+        assert [i for i, _, _ in pooled] == [i for i, _, _ in got]
+        assert all(np.array_equal(a[1], b[1]) for a, b in zip(pooled, got))
