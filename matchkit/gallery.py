@@ -1325,7 +1325,7 @@ class Gallery:
             for statement in _MATCH_SCHEMA.split(";"):  # (executescript would commit)
                 if statement.strip():
                     self._db.execute(statement)
-            keys = [k for k in json.loads(self._meta(_MATCH_KEYS) or "[]") if k != key]
+            keys = [k for k in self.match_keys() if k != key]
             keys = [key] + keys
             for old in keys[MAX_MATCH_KEYS:]:
                 self._db.execute("DELETE FROM match_records WHERE key=?", (old,))

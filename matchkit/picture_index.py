@@ -76,15 +76,15 @@ class PictureIndex:
     where it holds most of them, else built; ``save`` writes it back when
     it changed."""
 
-    def __init__(self, path: str | os.PathLike | None, keys: np.ndarray, codes: np.ndarray):
-        self.path = None if path is None else Path(path)
+    def __init__(self, path: str | os.PathLike, keys: np.ndarray, codes: np.ndarray):
+        self.path = Path(path)
         self.keys, self.codes = keys, codes
         nbits = codes.shape[1] * 8
         #: Whether the index differs from the file (``save`` writes it).
         self.changed = False
         #: Entries removed from the graph since it was built (kept in the file).
         self.removed = 0
-        if self.path is None or len(keys) < EXACT_SEARCH_BELOW:
+        if len(keys) < EXACT_SEARCH_BELOW:
             self.index = transient_index(keys, codes, nbits)
             return
         stored = _read(self.path, nbits)
@@ -105,8 +105,6 @@ class PictureIndex:
         """Write the index where it will be looked for (atomically; a file
         that cannot be written only costs the next run a rebuild). Below
         ``EXACT_SEARCH_BELOW`` pictures no file is kept."""
-        if self.path is None:
-            return
         try:
             if len(self.keys) < EXACT_SEARCH_BELOW:
                 self.path.unlink(missing_ok=True)

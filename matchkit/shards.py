@@ -544,7 +544,8 @@ class ShardedGallery:
         return {k: v for g in self.parts for k, v in g.match_pairs(key).items()}
 
     def match_keys(self) -> list[str]:
-        """As ``Gallery.match_keys``, of any shard (each keeps the same keys)."""
+        """As ``Gallery.match_keys``: every shard's, once each (the shards
+        save their states together, so they keep the same keys)."""
         return list(dict.fromkeys(k for g in self.parts for k in g.match_keys()))
 
     def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
