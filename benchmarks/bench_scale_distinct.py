@@ -119,10 +119,13 @@ def main() -> None:
     text = C.table(rows, cols)
     print(text)
     if not args.no_write:
-        C.write_section(f"scaling: distinct pictures with planted copies, {args.sizes}", (
+        seed = f", seed {args.seed}" if args.seed else ""  # seed 0's sections came first
+        C.write_section(f"scaling: distinct pictures with planted copies, {args.sizes}{seed}", (
             f"Data: `benchmarks/scale_set.py` seed {args.seed}: distinct procedural pictures "
             "(`synth.py`: fractal-noise textures, shapes, strokes, text, lighting, grain; "
-            "640x480 to 1024x768 JPEG, no region shared between pictures) and 5% edited copies "
+            "640x480 to 1024x768 JPEG, no region shared between pictures, though the letters "
+            "of their one font and the emojis some copies get recur at other sizes and colours) "
+            "and 5% edited copies "
             "(copy-detection suite edits minus re-photographs and screenshots, whose shared frames "
             "would be regions common to different pictures), ground truth from the generator.\n"
             f"Command: `python benchmarks/bench_scale_distinct.py {' '.join(sys.argv[1:])}`\n"

@@ -69,3 +69,39 @@ def test_an_emoji_on_two_pictures_is_no_recapture(tmp_path):
     together = [{Path(m).name for m in c.members} for c in report.clusters]
     assert {paths[1685].name, paths[2879].name} in together  # the planted copy
     assert not any(paths[6439].name in c for c in together)
+
+
+def test_one_emoji_or_font_on_two_pictures_links_no_copies(tmp_path):
+    """The 50,000-image scale run's three false links (slots 16499-17999 and
+    44939-14379: emojis of two sizes and colours; 13605-34714: letters of
+    one font): inliers gathered in part of an overlap that covers under a
+    fifth of one image, correlating 0.53-0.75. Each picture must stay with
+    its planted copy only (before, each false link also pulled the pictures
+    away from their own copies)."""
+    from matchkit.dedupe import dedupe
+
+    planted = [(16485, 16499), (14128, 17999), (27720, 44939), (14360, 14379),
+               (34714, 34719)]
+    slots = {i for pair in planted for i in pair} | {13605}
+    paths = {i: scale_set.make(0, i, tmp_path / "img") for i in slots}
+    for a, b in planted:
+        assert scale_set.slot(0, b).source == a
+    report = dedupe([str(tmp_path / "img")])
+    together = sorted(sorted(Path(m).name for m in c.members) for c in report.clusters)
+    assert together == sorted(sorted((paths[a].name, paths[b].name)) for a, b in planted)
+
+
+def test_shared_part_needs_all_three_signs():
+    """A small, gathered, poorly correlating overlap is a shared part; a
+    small crop whose matches spread over it, or whose pixels agree, is not."""
+    from matchkit.local import Overlap
+    from matchkit.match import shared_part
+
+    emoji = Overlap(correlation=0.53, coverage_a=0.17, coverage_b=0.43, spread=0.17)
+    assert shared_part(emoji)
+    assert not shared_part(Overlap(correlation=0.53, coverage_a=0.17, coverage_b=1.0,
+                                   spread=0.6))
+    assert not shared_part(Overlap(correlation=0.85, coverage_a=0.17, coverage_b=0.43,
+                                   spread=0.17))
+    assert not shared_part(Overlap(correlation=0.53, coverage_a=0.3, coverage_b=0.43,
+                                   spread=0.17))
