@@ -23,26 +23,17 @@ word count suggests).
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from train_vocabulary import gallery_descriptors  # noqa: E402
+
 from matchkit.config import Settings  # noqa: E402
 from matchkit.ivf import Vocabulary  # noqa: E402
-
-
-def descriptors(gallery: Path, per_image: int) -> np.ndarray:
-    """The strongest ``per_image`` stored descriptors of every image, (n, 32) uint8."""
-    db = sqlite3.connect(f"file:{gallery / 'gallery.sqlite'}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT descriptors FROM local_features ORDER BY image_id")
-        out = [np.frombuffer(d, np.uint8).reshape(-1, 32)[:per_image] for (d,) in rows]
-    finally:
-        db.close()
-    return np.concatenate(out) if out else np.zeros((0, 32), np.uint8)
 
 
 def scan_share(vocab: Vocabulary, entries: np.ndarray, queries: np.ndarray, probes: int,
@@ -71,7 +62,8 @@ def main() -> None:
     print("| gallery | words | probes | nodes | scan_share | postings_per_query | occupancy |")
     print("|---|---|---|---|---|---|---|")
     for g in args.gallery:
-        entries, queries = descriptors(g, s.index_features), descriptors(g, s.query_features)
+        entries = gallery_descriptors(g, s.index_features)
+        queries = gallery_descriptors(g, s.query_features)
         for probes, nodes in specs:
             share, occ = scan_share(vocab, entries, queries, probes, nodes)
             print(f"| {g.name} | {vocab.words} | {probes} | {nodes} | {share:.5f} | "
