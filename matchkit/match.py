@@ -244,12 +244,20 @@ SHARED_PART_CORRELATION = 0.8
 
 
 def shared_part(o: Overlap) -> bool:
-    """Whether an overlap looks like one shared object on two pictures rather
-    than a copy: its inliers gather in part of it, it is a small share of one
-    image, and its pixels correlate less than a crop's would."""
-    return (o.spread < SHARED_PART_SPREAD
-            and min(o.coverage_a, o.coverage_b) < SHARED_PART_COVERAGE
-            and o.correlation < SHARED_PART_CORRELATION)
+    """Whether the aligned overlap shows only a part shared by two different
+    pictures (a sticker, a logo, a frame), not a copy: it is too small to
+    judge; a block of other picture sits inside agreeing surroundings (a
+    bezel, an app frame); its inliers sit on one spot of an overlap that does
+    not agree; or they gather in part of an overlap that is a small share of
+    one image and correlates less than a crop's would (one emoji drawn at
+    another size). ``relation_of`` refuses such a pair unless the picture
+    comparison proves a copy, and ``_needs_picture`` asks for that
+    comparison."""
+    return (o.correlation <= -1.0 or o.enclosed > MAX_ENCLOSED
+            or (o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT)
+            or (o.spread < SHARED_PART_SPREAD
+                and min(o.coverage_a, o.coverage_b) < SHARED_PART_COVERAGE
+                and o.correlation < SHARED_PART_CORRELATION))
 
 
 def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
@@ -281,10 +289,7 @@ def relation_of(ev: PairEvidence, global_only: bool = False) -> str | None:
     # of 66 matches, 3% of each image, overlap 0.63).
     guessed = (keystone and v.inlier_ratio < VARIANT_INLIER_RATIO and picture is not None
                and min(picture.coverage_a, picture.coverage_b) < PICTURE_SHARE)
-    if not recaptured and (guessed or o is None or o.correlation <= -1.0
-                           or o.enclosed > MAX_ENCLOSED
-                           or (o.spread < MIN_SPREAD and o.agreement < SPREAD_EXEMPT_AGREEMENT)
-                           or shared_part(o)):
+    if not recaptured and (guessed or o is None or shared_part(o)):
         return None  # a shared part only: a sticker, a logo, a frame
     frames_agree = o.correlation >= ev.extra.get("min_correlation", 0.5) or (
         o.agreement >= COPY_AGREEMENT)
@@ -1321,10 +1326,7 @@ def _needs_picture(ev: PairEvidence) -> bool:
     default correlation), or whole-image colours that would make a variant.
     Most verified copies need none of it."""
     o = ev.overlap
-    copy = (o.correlation > -1.0 and o.enclosed <= MAX_ENCLOSED
-            and (o.spread >= MIN_SPREAD or o.agreement >= SPREAD_EXEMPT_AGREEMENT)
-            and not shared_part(o)
-            and (o.correlation >= 0.5 or o.agreement >= COPY_AGREEMENT))
+    copy = not shared_part(o) and (o.correlation >= 0.5 or o.agreement >= COPY_AGREEMENT)
     return (ev.verification.inliers < RIM_INLIERS or not copy
             or not ev.extra.get("colour_agree", True)
             or ev.colour_similarity < LIGHT_DARK_COLOUR)
