@@ -109,8 +109,10 @@ from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 #: ``candidates.tally_votes``: stored records kept the first by id; 11: the
 #: overlap check counts no texture at the edge of the warped picture,
 #: ``local.compare_overlap``; 12: a perspective fit from a small patch that
-#: explains under half the matches is a shared part, ``match.relation_of``).
-STATE_VERSION = 12
+#: explains under half the matches is a shared part, ``match.relation_of``;
+#: 13: the inliers' spread is measured in the frame the overlap is compared
+#: in, ``local.compare_overlap``, and ``match.MIN_SPREAD`` chosen again).
+STATE_VERSION = 13
 #: In an approximate (HNSW) descriptor index, a new descriptor is merged into
 #: the neighbour lists of at most this many of its nearest stored descriptors
 #: (``_within``), not of every one within the vote distance: its search from

@@ -358,10 +358,10 @@ def compare_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray, transform,
     scale = float(np.sqrt(abs(np.linalg.det(_jacobian(t, centre)))))
     if scale <= 1.0:
         src, dst, warp, src_keep, dst_keep = thumb_a, thumb_b, t, content_a, content_b
-        scale_src, to_dst = scale, (slice(0, 2), sb)
+        scale_src, to_dst = scale, (slice(2, 4), sb)
     else:
         src, dst, warp, src_keep, dst_keep = thumb_b, thumb_a, np.linalg.inv(t), content_b, content_a
-        scale_src, to_dst = 1.0 / scale, (slice(2, 4), sa)
+        scale_src, to_dst = 1.0 / scale, (slice(0, 2), sa)
     h, w = dst.shape[:2]
     src_f = cv2.GaussianBlur(src.astype(np.float32), (0, 0), 1.0)
     dst_f = cv2.GaussianBlur(dst.astype(np.float32), (0, 0), 1.0)

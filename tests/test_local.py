@@ -194,3 +194,26 @@ def test_the_edge_of_the_warped_picture_is_not_texture():
     half = [[0.5, 0.0, 128.0], [0.0, 0.5, 96.0]]  # a at half size in b's middle
     overlap = compare_overlap(a, b, half, work, work)
     assert overlap.coverage_a > 0.9 and overlap.correlation == -1.0
+
+
+def test_spread_is_measured_in_the_frame_the_overlap_is_compared_in():
+    """The inliers' hull is taken from the image whose frame the overlap is
+    compared in. ``a`` shown at half size in the middle of ``b``, inliers on
+    one quarter of ``a``: they span about a quarter of the overlap, whichever
+    image is passed first. (Earlier, the other image's points were used: here
+    a hull four times too large, spread 1.0.)"""
+    from matchkit.local import compare_overlap
+
+    rng = np.random.default_rng(5)
+    a = (rng.random((96, 128)) * 255).astype(np.uint8)
+    b = (rng.random((96, 128)) * 255).astype(np.uint8)
+    work = (512, 384)  # 4 working pixels per thumbnail pixel
+    half = [[0.5, 0.0, 128.0], [0.0, 0.5, 96.0]]  # a at half size in b's middle
+    quarter = [(0, 0), (256, 0), (256, 192), (0, 192), (128, 96)]
+    points = [[x, y, 0.5 * x + 128, 0.5 * y + 96] for x, y in quarter]
+    forward = compare_overlap(a, b, half, work, work, points=points)
+    double = [[2.0, 0.0, -256.0], [0.0, 2.0, -192.0]]  # its inverse: b onto a
+    backward = compare_overlap(b, a, double, work, work,
+                               points=[[p[2], p[3], p[0], p[1]] for p in points])
+    for overlap in (forward, backward):
+        assert 0.2 < overlap.spread < 0.35
