@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common as C  # noqa: E402
 import scale_set  # noqa: E402
 
 from matchkit import local  # noqa: E402
@@ -89,16 +89,14 @@ def main() -> None:
     if any(len(p) != 2 for p in pairs):
         ap.error("--false: A,B (two file names)")
     g = Gallery(args.gallery)
-    with sqlite3.connect(args.gallery / "gallery.sqlite") as db:
-        ids = {os.path.basename(p): i for i, p in db.execute("SELECT id, path FROM images")}
+    ids = {os.path.basename(p): i for i, p in g.paths().items()}
     missing = [x for p in pairs for x in p if x not in ids]
     if missing:
         ap.error(f"--false: not in the gallery: {', '.join(missing)}")
     cols = ["pair", "inliers", "median_df", *(f"df<={c}" for c in CAPS)]
-    print("False links:\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for a, b in pairs:
-        row = summary(f"{a} {b}", *inlier_document_frequency(g, ids[a], ids[b]))
-        print("| " + " | ".join(str(row.get(c, "")) for c in cols) + " |", flush=True)
+    print("False links:\n")
+    print(C.table([summary(f"{a} {b}", *inlier_document_frequency(g, ids[a], ids[b]))
+                   for a, b in pairs], cols), flush=True)
     groups = [grp for grp in scale_set.truth(args.seed, args.size) if len(grp) == 2]
     random.seed(0)
     rows = []
@@ -110,16 +108,15 @@ def main() -> None:
                 rows.append(summary(f"{a} {b}", inliers, df))
     print(f"\nPlanted pairs sampled: {min(args.sample, len(groups))}; with {MIN_INLIERS}+ "
           f"inliers: {len(rows)}\n")
-    print("| cap | pairs with under 12 distinctive inliers | under 5 | fewest distinctive |")
-    print("|---|---|---|---|")
+    caps = []
     for c in CAPS:
         counts = sorted(r[f"df<={c}"] for r in rows)
-        print(f"| df<={c} | {sum(x < 12 for x in counts)} | {sum(x < 5 for x in counts)} | "
-              f"{', '.join(map(str, counts[:8]))} |")
+        caps.append({"cap": f"df<={c}", "pairs with under 12 distinctive inliers":
+                     sum(x < 12 for x in counts), "under 5": sum(x < 5 for x in counts),
+                     "fewest distinctive": ", ".join(map(str, counts[:8]))})
+    print(C.table(caps, list(caps[0])))
     print("\nPlanted pairs with the fewest distinctive inliers (df<=10):\n")
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for row in sorted(rows, key=lambda r: r["df<=10"])[:6]:
-        print("| " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
+    print(C.table(sorted(rows, key=lambda r: r["df<=10"])[:6], cols))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -47,9 +46,7 @@ def test_a_shared_sticker_rests_on_common_descriptors_a_copy_on_its_own(tmp_path
     photo.crop((40, 30, 440, 330)).save(paths[-1])
     with Gallery(tmp_path / "g") as g:
         g.add(paths)
-    with sqlite3.connect(tmp_path / "g" / "gallery.sqlite") as db:
-        ids = {Path(p).stem: i for i, p in db.execute("SELECT id, path FROM images")}
-    with Gallery(tmp_path / "g") as g:
+        ids = {Path(p).stem: i for i, p in g.paths().items()}
         inliers, shared = inlier_df.inlier_document_frequency(g, ids["sticker0"], ids["sticker1"])
         assert inliers >= 12 and shared is not None
         assert np.median(shared) >= 3  # (4 other pictures carry the sticker)
