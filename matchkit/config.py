@@ -51,6 +51,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "mirror_max_distance": _BITS,
     "min_inliers": (3, 10_000),            # an affine fit needs 3 points
     "min_overlap_correlation": (-1.0, 1.0),
+    "burst_pictures": (0, 10_000_000),
     "template_crowd_distance": _BITS,
     "thumb_side": (16, 1024),
     "embedding_neighbours": (1, 1000),
@@ -138,6 +139,10 @@ class Settings:
     min_inliers: int = 12
     #: ... and least correlation of the aligned overlap (photometric check).
     min_overlap_correlation: float = 0.5
+    #: A local match whose inliers gather on a part that at least this many
+    #: other pictures of the run carry (a sticker, a logo) is refused
+    #: (``matchkit/burst.py``; 0: not checked).
+    burst_pictures: int = 32
     #: Look-alikes within this pHash distance are used to detect a shared
     #: template (screenshot frame, form); see matchkit/template.py.
     template_crowd_distance: int = 120

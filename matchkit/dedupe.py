@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from .checkpoint import watching
 from .cluster import Star, UnionFind, lazy_star_clusters
 from .config import Settings
-from .gallery import Gallery, StoredImage
+from .gallery import ORB_KEY_STRIDE, Gallery, StoredImage
 from .shards import ShardedGallery, open_gallery
 from .io import iter_image_files
 from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
@@ -35,6 +35,7 @@ from ._cvthreads import single_opencv_thread
 from ._gc import with_fewer_collections
 from .picture import dense_picture
 from .relation import check_level, compose
+from .burst import bursting
 from .signals import configured as configured_signals, shown as signals_shown, vetoing
 from .report import (MEMBER_RELATIONS_UP_TO, ClusterResult, DedupeReport, MemberRelation,
                      PairResult, SkippedFile)
@@ -311,6 +312,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator)
                if make_matcher is None else make_matcher(visible, same))
     matcher = vetoing(matcher, gallery, settings)  # the extra signals' say (``signals``)
+    matcher = bursting(matcher, gallery, settings, ORB_KEY_STRIDE)  # shared stickers, logos
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:
         a, b = ev.a, ev.b

@@ -147,8 +147,10 @@ AHEAD_IN_BACKGROUND = 4096
 #: took 511 s and peaked at 20.5 GB RSS, where a first run of all 10,100 takes
 #: about 290 s and 1.45 GB.
 SEARCH_ALL_ABOVE = 0.25
-#: Settings that do not change any decision (only how many threads run).
-_NOT_MATCHING = ("workers",)
+#: Settings that change no stored decision: how many threads run, and the
+#: burstiness check (``burst``), which is measured afresh every run after the
+#: stored verifications are read (it depends on which images are in the run).
+_NOT_MATCHING = ("workers", "burst_pictures")
 #: Pair kinds in the ``match_pairs`` table: a candidate pair, and the second
 #: look a cluster takes at a pair outside the candidates (straight, mirrored).
 CANDIDATE, HOP, HOP_MIRRORED = 0, 1, 2

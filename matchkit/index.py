@@ -101,7 +101,8 @@ class HammingIndex:
         counts = np.asarray(getattr(res, "counts", [rk.shape[1]])).reshape(n)
         valid = np.arange(rk.shape[1])[None, :] < counts[:, None]
         rk = np.where(valid, rk.astype(np.int64), -1)
-        rd = np.where(valid, np.rint(rd).astype(np.int64), self.nbits + 1)
+        # (Slots past a row's count hold no distance, NaN with a large k: not cast.)
+        rd = np.where(valid, np.rint(np.where(valid, rd, 0.0)).astype(np.int64), self.nbits + 1)
         if exact:  # (distance, key) order, missing last; then the k nearest
             order = np.lexsort((np.where(rk < 0, np.iinfo(np.int64).max, rk), rd),
                                axis=1)[:, :k]

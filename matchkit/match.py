@@ -118,6 +118,8 @@ class PairEvidence:
                 out["homography"] = v.homography
         if "icon" in self.extra:
             out["icon"] = self.extra["icon"].to_evidence()
+        if self.extra.get("carried_by") is not None:  # (``burst``)
+            out["part_carried_by"] = self.extra["carried_by"]
         if self.extra.get("signals"):  # extra signals' evidence (``matchkit.signals``)
             out["signals"] = self.extra["signals"]
         return out

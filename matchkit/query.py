@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import burst
 from .candidates import phash_candidates, vote_candidates
 from .colour import histogram_similarity
 from .config import Settings, clamp_setting
@@ -220,6 +221,7 @@ class QueryMatcher:
         keys = list(range(base, base + n))
         by_query, vote_of, crowd = self._candidates(records, keys, exclude, phash=True)
         found = self._evidence(records, keys, by_query, vote_of, crowd, {})
+        self._burst(records, keys, found)
         if self.zoom and s.local_features:
             redo = [i for i in range(n) if records[i].local is not None
                     and not any(ev.rule for ev in found[i])]
@@ -238,6 +240,7 @@ class QueryMatcher:
                         if ev.a in by2[j]:
                             by2[j][ev.a] = ev.phash_distance
                 second = self._evidence(recs2, keys2, by2, votes2, crowd, {}, force=True)
+                self._burst(recs2, keys2, second)
                 for j, i in enumerate(redo):
                     best = {ev.a: ev for ev in found[i]}
                     for ev in second[j]:
@@ -257,6 +260,33 @@ class QueryMatcher:
             neighbours.sort(key=lambda nb: (-nb.score, nb.id))
             out.append(neighbours)
         return out
+
+    def _burst(self, records, keys, found: list[list[PairEvidence]]) -> None:
+        """The burstiness check (``burst``) on the local matches of the queries
+        (keys ``keys``), as dedupe applies it: a match on a part many gallery
+        pictures carry (a sticker, a logo) is refused."""
+        s = self.settings
+        if not (s.local_features and s.burst_pictures):
+            return
+        by_key = dict(zip(keys, records))
+
+        def features(i: int):
+            if i in by_key:
+                return by_key[i].local
+            got = self.cache.get(i)
+            return None if got is None else got[0]
+
+        def hashes(ids):
+            out = {i: by_key[i].phashes for i in ids if i in by_key}
+            rest = [i for i in ids if i not in by_key]
+            if rest:
+                out.update(zip(rest, self.gallery.phash_variants(rest)))
+            return out
+
+        evidence = [ev for evs in found for ev in evs]
+        for ev, near in burst.measure(evidence, self.gallery.orb_index, features, hashes, s,
+                                      ORB_KEY_STRIDE, self.allowed):
+            burst.apply(ev, near, s)
 
     def strength(self, ev: PairEvidence) -> float:
         """A neighbour's score: calibrated P(duplicate) under a calibrator,

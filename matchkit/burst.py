@@ -1,0 +1,252 @@
+"""Bursty matches: a pair whose inliers rest on descriptors many images hold.
+
+Why: instance retrieval knows that structures shared by many images (a logo,
+a watermark, a sticker, the strokes of one font) match everywhere, so their
+matches are weak evidence ("burstiness", Jegou, Douze and Schmid, CVPR 2009).
+matchkit met it at scale: at 10,000-50,000 images every false link left in
+the scale sets was the copy suite's sticker on copies of two *different*
+pictures, fitted by a transform whose inliers all sit on the sticker; no
+test of the pair alone told them from copies whose picture survives in one
+place (benchmarks/RESULTS.md, "relations: the inliers' spread ..." and
+"precision: how common the descriptors under a false link's inliers are").
+What tells them apart is the rest of the collection: a sticker's
+descriptors are held by many other images, a picture's by its own copies.
+
+The measure: each inlier's descriptor (from the stored keypoints) is looked
+up in the run's descriptor index; the images holding a descriptor within the
+vote distance among its ``K`` nearest *hold* that inlier. Not counted: the
+pair's two images, images outside the run, and images within the pHash match
+distance of either (copies of the same picture hold its descriptors too).
+An image that holds at least ``SHARED_SHARE`` of the inliers (and at least
+``SHARED_MIN``) carries the matched part. When at least
+``Settings.burst_pictures`` images carry it and the inliers gather in part of
+the overlap (spread under ``SPREAD``), the part is one many pictures carry,
+and the local match is refused (:func:`refuses`).
+
+Why co-occurrence and not each descriptor's frequency: blurred, low-texture
+or re-photographed copies match on generic corners that many images hold one
+by one (on the hard calib half, 31 of 1,635 true local matches had under 3
+inliers held by 10 or fewer other images), but few images hold many of
+them at once; a sticker's other instances hold its whole constellation.
+Why the spread: a picture with many edited copies (a meme template under
+many captions) is carried by many images too, but its inliers cover the
+overlap (benchmarks/RESULTS.md, "precision: a part many pictures carry").
+
+What images hold depends on which images are in the run, so they are not stored
+with a pair's verification: :class:`BurstMatcher` measures them each run,
+after verification (fresh or reused), for the pairs the local rule matched;
+an incremental run therefore decides as a full run on the same images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+#: Neighbours asked of the index per inlier descriptor: enough to tell a
+#: count above any cap used (several may come from one image).
+K = 64
+#: An image carries a pair's matched part when it holds at least this share
+#: of the pair's inliers ...
+SHARED_SHARE = 0.2
+#: ... and at least this many.
+SHARED_MIN = 6
+#: Refused only when the inliers spread over less than this share of the
+#: overlap (``local.Overlap.spread``; stickers on the dev set: 0.06-0.40).
+SPREAD = 0.45
+#: Pixels between an inlier's point and the stored keypoint it came from
+#: (the same keypoint: the points are copied from the stored coordinates).
+POINT_TOLERANCE = 1.5
+
+
+def inlier_rows(xy: np.ndarray, points: np.ndarray, tol: float = POINT_TOLERANCE) -> np.ndarray:
+    """Row in ``xy`` (n, 2) of the keypoint at each of ``points`` (m, 2);
+    -1 where no keypoint is within ``tol`` pixels (a templated image's
+    content features, re-extracted)."""
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    if not len(xy) or not len(points):
+        return np.full(len(points), -1, np.int64)
+    d = ((points[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    rows = d.argmin(1)
+    return np.where(d[np.arange(len(points)), rows] <= tol * tol, rows, -1)
+
+
+def neighbour_images(keys: np.ndarray, dists: np.ndarray, max_distance: int,
+                     key_stride: int) -> list[set[int]]:
+    """Per query row of an index search (``keys``/``dists`` (n, k), key =
+    image id * ``key_stride`` + keypoint), the images holding a descriptor
+    within ``max_distance``."""
+    return [{int(k) // key_stride for k, d in zip(krow, drow) if k >= 0 and d <= max_distance}
+            for krow, drow in zip(np.asarray(keys).tolist(), np.asarray(dists).tolist())]
+
+
+def carriers(near: Sequence[set[int]]) -> int:
+    """How many images hold at least ``SHARED_SHARE`` (and ``SHARED_MIN``) of
+    the inliers whose holders ``near`` lists (one set per inlier)."""
+    need = max(SHARED_MIN, SHARED_SHARE * len(near))
+    counts: dict[int, int] = {}
+    for s in near:
+        for i in s:
+            counts[i] = counts.get(i, 0) + 1
+    return sum(1 for v in counts.values() if v >= need)
+
+
+def refuses(carried_by: int, spread: float | None, settings) -> bool:
+    """Whether a local match whose part ``carried_by`` other images carry, with
+    inliers of ``spread`` over the overlap, is refused as a part many pictures
+    carry (``Settings.burst_pictures``; 0 turns the check off)."""
+    need = settings.burst_pictures
+    return bool(need) and carried_by >= need and (spread is None or spread < SPREAD)
+
+
+def inlier_descriptors(ev, features: Callable) -> np.ndarray | None:
+    """The stored descriptors of a pair's inliers: image a's keypoints at the
+    inliers' points (b's when a's points are not its stored keypoints, as for
+    a templated image's content features, and b is not mirrored).
+    ``features(image)`` gives an image's ``LocalFeatures`` or None."""
+    pts = np.asarray(ev.verification.points, np.float32).reshape(-1, 4)
+    sides = [(ev.a, pts[:, :2])]
+    if not ev.verification.mirrored:
+        sides.append((ev.b, pts[:, 2:]))
+    for image, xy in sides:
+        feats = features(image)
+        if feats is None:
+            continue
+        rows = inlier_rows(feats.xy, xy)
+        if (rows >= 0).sum() * 2 >= len(rows):
+            return feats.desc[rows[rows >= 0]]
+    return None
+
+
+def copies(a: int, b: int, others: set[int], hashes: Callable, max_distance: int) -> set[int]:
+    """Those of ``others`` within pHash ``max_distance`` of ``a`` or ``b`` (any
+    dihedral variant): copies of the pair's pictures, not other pictures
+    carrying the same part. ``hashes(ids)`` gives {id: (8, bytes) uint8}."""
+    got = hashes(sorted(others | {a, b}))
+    ids = sorted(i for i in others if i in got)
+    if not ids:
+        return set()
+    theirs = np.stack([np.asarray(got[i], np.uint8)[0] for i in ids])      # (n, bytes)
+    close = np.zeros(len(ids), bool)
+    for image in (a, b):
+        if image in got:
+            mine = np.asarray(got[image], np.uint8)                         # (8, bytes)
+            d = np.unpackbits(mine[None] ^ theirs[:, None], axis=2).sum(2).min(1)
+            close |= d <= max_distance
+    return {i for i, c in zip(ids, close.tolist()) if c}
+
+
+def measure(evidence: Sequence, index, features: Callable, hashes: Callable, settings,
+            key_stride: int, allowed: set[int] | None = None
+            ) -> list[tuple[object, list[set[int]] | None]]:
+    """(pair, the other images holding each inlier) for the local matches among
+    ``evidence`` (``match.PairEvidence``) not measured yet, with one search of
+    the descriptor ``index`` for all their inliers; None where the inliers'
+    descriptors cannot be told. Not counted: the pair, its copies
+    (:func:`copies`), images outside ``allowed``."""
+    todo = [ev for ev in evidence if ev.rule == "local" and not ev.pending
+            and ev.verification is not None and ev.verification.points
+            and "carried_by" not in ev.extra]
+    if not todo:
+        return []
+    found = [inlier_descriptors(ev, features) for ev in todo]
+    have = [d for d in found if d is not None]
+    if not have:
+        return [(ev, None) for ev in todo]
+    keys, dists = index.search(np.concatenate(have), K)
+    out, at = [], 0
+    for ev, desc in zip(todo, found):
+        if desc is None:
+            out.append((ev, None))
+            continue
+        rows = slice(at, at + len(desc))
+        at += len(desc)
+        near = neighbour_images(keys[rows], dists[rows], settings.vote_max_distance, key_stride)
+        seen = set().union(*near) - {ev.a, ev.b}
+        if allowed is not None:
+            seen &= allowed
+        skip = copies(ev.a, ev.b, seen, hashes, settings.phash_max_distance) | {ev.a, ev.b}
+        out.append((ev, [(s - skip) & allowed if allowed is not None else s - skip
+                         for s in near]))
+    return out
+
+
+def apply(ev, near: list[set[int]] | None, settings) -> None:
+    """Record how many images carry the pair's matched part
+    (``extra["carried_by"]``); refuse the pair if many do (:func:`refuses`):
+    ``rule`` cleared, the reason in ``extra["veto"]``."""
+    if near is None:
+        ev.extra["carried_by"] = None  # (cannot tell: left as matched)
+        return
+    n = carriers(near)
+    ev.extra["carried_by"] = n
+    spread = ev.overlap.spread if ev.overlap is not None else None
+    if refuses(n, spread, settings):
+        ev.extra["veto"] = (f"a part {n} other pictures carry: at least "
+                            f"{max(SHARED_MIN, round(SHARED_SHARE * len(near)))} of its "
+                            f"{len(near)} inliers each")
+        ev.extra["relation"] = None
+        ev.rule = ""
+
+
+class BurstMatcher:
+    """A pair matcher (``match.PairMatcher`` or one with its interface) whose
+    local matches pass the burstiness check: after every verification
+    (fresh, or reused from the gallery) and for its initial evidence, pairs
+    matched by the local rule are measured and applied (:func:`measure`,
+    :func:`apply`) against the run's images."""
+
+    def __init__(self, matcher, gallery, settings, key_stride: int):
+        self._m, self._gallery, self._settings = matcher, gallery, settings
+        self._stride = key_stride
+        ids = getattr(matcher, "paths", None)
+        self._allowed = set(ids) if ids else None
+        self.check(matcher.evidence)
+
+    def __getattr__(self, attr):
+        return getattr(self._m, attr)
+
+    def verify(self, todo) -> None:
+        todo = list(todo)
+        self._m.verify(todo)
+        self.check(todo)
+
+    def evidence_between(self, a: int, b: int, reflect: bool):
+        ev = self._m.evidence_between(a, b, reflect)
+        self.check([ev])
+        return ev
+
+    def check(self, evidence: Sequence) -> None:
+        """Measure and apply the check to the local matches among ``evidence``."""
+        for ev, near in measure(evidence, self._gallery.orb_index, self._features,
+                                self._hashes, self._settings, self._stride, self._allowed):
+            self.apply(ev, near)
+
+    def _hashes(self, ids) -> dict:
+        """pHash variants of ``ids``: the matcher's (an incremental matcher
+        loads only those it needs), the rest read from the gallery."""
+        plain = getattr(self._m, "plain", {})
+        missing = [i for i in ids if i not in plain]
+        if missing:
+            plain.update(zip(missing, self._gallery.phash_variants(missing)))
+        return {i: plain[i] for i in ids}
+
+    def apply(self, ev, near: list[set[int]] | None) -> None:
+        apply(ev, near, self._settings)
+
+    def _features(self, image: int):
+        got = self._m.cache.get(image)
+        return None if got is None else got[0]
+
+
+def bursting(matcher, gallery, settings, key_stride: int):
+    """``matcher`` wrapped in :class:`BurstMatcher` when the check is on."""
+    if not settings.local_features or not settings.burst_pictures:
+        return matcher
+    return BurstMatcher(matcher, gallery, settings, key_stride)
+
+
+__all__ = ["BurstMatcher", "apply", "bursting", "carriers", "copies", "inlier_descriptors",
+           "inlier_rows", "measure", "neighbour_images", "refuses", "K"]
