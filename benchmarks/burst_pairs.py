@@ -43,13 +43,13 @@ def measured_run(folders: list[Path], settings: Settings) -> list[dict]:
 
     rows: list[dict] = []
 
-    def apply(self, ev, near):
+    def apply(self, ev, part):
         paths = self._m.paths
         o = ev.overlap
         rows.append({"a": paths[ev.a], "b": paths[ev.b], "inliers": ev.inliers,
                      "phash": ev.phash_distance,
                      "spread": None if o is None else round(float(o.spread), 3),
-                     "carried_by": None if near is None else burst.carriers(near)})
+                     "carried_by": None if part is None else part.carriers()})
         ev.extra["carried_by"] = None
 
     original = burst.BurstMatcher.apply

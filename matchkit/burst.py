@@ -41,6 +41,7 @@ an incremental run therefore decides as a full run on the same images.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,24 +74,36 @@ def inlier_rows(xy: np.ndarray, points: np.ndarray, tol: float = POINT_TOLERANCE
     return np.where(d[np.arange(len(points)), rows] <= tol * tol, rows, -1)
 
 
-def neighbour_images(keys: np.ndarray, dists: np.ndarray, max_distance: int,
-                     key_stride: int) -> list[set[int]]:
+def holders(keys: np.ndarray, dists: np.ndarray, max_distance: int,
+            key_stride: int) -> np.ndarray:
     """Per query row of an index search (``keys``/``dists`` (n, k), key =
     image id * ``key_stride`` + keypoint), the images holding a descriptor
-    within ``max_distance``."""
-    return [{int(k) // key_stride for k, d in zip(krow, drow) if k >= 0 and d <= max_distance}
-            for krow, drow in zip(np.asarray(keys).tolist(), np.asarray(dists).tolist())]
+    within ``max_distance``, each once per row: (n, k) ids, -1 elsewhere."""
+    keys, dists = np.asarray(keys, np.int64), np.asarray(dists)
+    img = np.sort(np.where((keys >= 0) & (dists <= max_distance), keys // key_stride, -1), 1)
+    img[:, 1:][img[:, 1:] == img[:, :-1]] = -1
+    return img
 
 
-def carriers(near: Sequence[set[int]]) -> int:
-    """How many images hold at least ``SHARED_SHARE`` (and ``SHARED_MIN``) of
-    the inliers whose holders ``near`` lists (one set per inlier)."""
-    need = max(SHARED_MIN, SHARED_SHARE * len(near))
-    counts: dict[int, int] = {}
-    for s in near:
-        for i in s:
-            counts[i] = counts.get(i, 0) + 1
-    return sum(1 for v in counts.values() if v >= need)
+@dataclass(frozen=True)
+class Part:
+    """What the other images of a run hold of a pair's matched part."""
+
+    #: Inliers of the pair (descriptors looked up).
+    inliers: int
+    #: Other images holding any of them (not the pair, nor its copies among
+    #: those that could carry it), and how many of the inliers each holds.
+    images: np.ndarray
+    held: np.ndarray
+
+    @property
+    def need(self) -> float:
+        """Inliers an image must hold to carry the part."""
+        return max(SHARED_MIN, SHARED_SHARE * self.inliers)
+
+    def carriers(self) -> int:
+        """How many images carry the part."""
+        return int((self.held >= self.need).sum())
 
 
 def refuses(carried_by: int, spread: float | None, settings) -> bool:
@@ -139,15 +152,18 @@ def copies(a: int, b: int, others: set[int], hashes: Callable, max_distance: int
 
 
 def measure(evidence: Sequence, index, features: Callable, hashes: Callable, settings,
-            key_stride: int, allowed: set[int] | None = None
-            ) -> list[tuple[object, list[set[int]] | None]]:
-    """(pair, the other images holding each inlier) for the local matches among
-    ``evidence`` (``match.PairEvidence``) not measured yet, with one search of
-    the descriptor ``index`` for all their inliers; None where the inliers'
-    descriptors cannot be told. Not counted: the pair, its copies
-    (:func:`copies`), images outside ``allowed``."""
+            key_stride: int, allowed: np.ndarray | None = None
+            ) -> list[tuple[object, Part | None]]:
+    """(pair, :class:`Part`) for the local matches among ``evidence``
+    (``match.PairEvidence``) not measured yet that the check could refuse
+    (spread under ``SPREAD``), with one search of the descriptor ``index``
+    for all their inliers; None where the inliers' descriptors cannot be
+    told. Not counted: the pair, its copies (:func:`copies`, looked for
+    among the images that could carry the part), images outside the run
+    (``allowed``: a boolean mask by image id)."""
     todo = [ev for ev in evidence if ev.rule == "local" and not ev.pending
             and ev.verification is not None and ev.verification.points
+            and (ev.overlap is None or ev.overlap.spread < SPREAD)
             and "carried_by" not in ev.extra]
     if not todo:
         return []
@@ -156,37 +172,45 @@ def measure(evidence: Sequence, index, features: Callable, hashes: Callable, set
     if not have:
         return [(ev, None) for ev in todo]
     keys, dists = index.search(np.concatenate(have), K)
+    img = holders(keys, dists, settings.vote_max_distance, key_stride)
     out, at = [], 0
     for ev, desc in zip(todo, found):
         if desc is None:
             out.append((ev, None))
             continue
-        rows = slice(at, at + len(desc))
+        rows = img[at:at + len(desc)]
         at += len(desc)
-        near = neighbour_images(keys[rows], dists[rows], settings.vote_max_distance, key_stride)
-        seen = set().union(*near) - {ev.a, ev.b}
+        images, held = np.unique(rows[rows >= 0], return_counts=True)
+        keep = (images != ev.a) & (images != ev.b)
         if allowed is not None:
-            seen &= allowed
-        skip = copies(ev.a, ev.b, seen, hashes, settings.phash_max_distance) | {ev.a, ev.b}
-        out.append((ev, [(s - skip) & allowed if allowed is not None else s - skip
-                         for s in near]))
+            inside = images < len(allowed)
+            keep &= inside
+            keep[inside] &= allowed[images[inside]]
+        images, held = images[keep], held[keep]
+        part = Part(len(desc), images, held)
+        could = set(images[held >= part.need].tolist())
+        if could:
+            skip = copies(ev.a, ev.b, could, hashes, settings.phash_max_distance)
+            if skip:
+                keep = ~np.isin(images, np.fromiter(skip, np.int64, len(skip)))
+                part = Part(len(desc), images[keep], held[keep])
+        out.append((ev, part))
     return out
 
 
-def apply(ev, near: list[set[int]] | None, settings) -> None:
+def apply(ev, part: Part | None, settings) -> None:
     """Record how many images carry the pair's matched part
     (``extra["carried_by"]``); refuse the pair if many do (:func:`refuses`):
     ``rule`` cleared, the reason in ``extra["veto"]``."""
-    if near is None:
+    if part is None:
         ev.extra["carried_by"] = None  # (cannot tell: left as matched)
         return
-    n = carriers(near)
+    n = part.carriers()
     ev.extra["carried_by"] = n
     spread = ev.overlap.spread if ev.overlap is not None else None
     if refuses(n, spread, settings):
         ev.extra["veto"] = (f"a part {n} other pictures carry: at least "
-                            f"{max(SHARED_MIN, round(SHARED_SHARE * len(near)))} of its "
-                            f"{len(near)} inliers each")
+                            f"{round(part.need)} of its {part.inliers} inliers each")
         ev.extra["relation"] = None
         ev.rule = ""
 
@@ -201,8 +225,12 @@ class BurstMatcher:
     def __init__(self, matcher, gallery, settings, key_stride: int):
         self._m, self._gallery, self._settings = matcher, gallery, settings
         self._stride = key_stride
-        ids = getattr(matcher, "paths", None)
-        self._allowed = set(ids) if ids else None
+        ids = list(getattr(matcher, "paths", None) or ())
+        #: Images of the run, as a mask by id.
+        self._allowed = None
+        if ids:
+            self._allowed = np.zeros(max(ids) + 1, bool)
+            self._allowed[ids] = True
         self.check(matcher.evidence)
 
     def __getattr__(self, attr):
@@ -220,9 +248,9 @@ class BurstMatcher:
 
     def check(self, evidence: Sequence) -> None:
         """Measure and apply the check to the local matches among ``evidence``."""
-        for ev, near in measure(evidence, self._gallery.orb_index, self._features,
+        for ev, part in measure(evidence, self._gallery.orb_index, self._features,
                                 self._hashes, self._settings, self._stride, self._allowed):
-            self.apply(ev, near)
+            self.apply(ev, part)
 
     def _hashes(self, ids) -> dict:
         """pHash variants of ``ids``: the matcher's (an incremental matcher
@@ -233,8 +261,8 @@ class BurstMatcher:
             plain.update(zip(missing, self._gallery.phash_variants(missing)))
         return {i: plain[i] for i in ids}
 
-    def apply(self, ev, near: list[set[int]] | None) -> None:
-        apply(ev, near, self._settings)
+    def apply(self, ev, part: Part | None) -> None:
+        apply(ev, part, self._settings)
 
     def _features(self, image: int):
         got = self._m.cache.get(image)
@@ -248,5 +276,5 @@ def bursting(matcher, gallery, settings, key_stride: int):
     return BurstMatcher(matcher, gallery, settings, key_stride)
 
 
-__all__ = ["BurstMatcher", "apply", "bursting", "carriers", "copies", "inlier_descriptors",
-           "inlier_rows", "measure", "neighbour_images", "refuses", "K"]
+__all__ = ["BurstMatcher", "Part", "apply", "bursting", "copies", "holders",
+           "inlier_descriptors", "inlier_rows", "measure", "refuses", "K"]

@@ -6,9 +6,9 @@ labelled examples, or to ask whether a picture is a copy of one in a
 collection. Candidates come from the same two sources dedupe uses (pHash
 neighbours over all 8 dihedral variants, and votes of local descriptors), and
 evidence and decisions come from the same functions (``hash_rule``,
-geometric + photometric verification with the mirrored retry, ``local_rule``),
-so a query matches a gallery image exactly when dedupe would have linked the
-two.
+geometric + photometric verification with the mirrored retry, ``local_rule``,
+the burstiness check of ``burst`` with the gallery's images as the run), so a
+query matches a gallery image exactly when dedupe would have linked the two.
 
 Each query gets a temporary key above the gallery's largest id; candidate
 pairs are then ``(gallery id, query key)`` like any gallery pair, and
@@ -283,10 +283,14 @@ class QueryMatcher:
                 out.update(zip(rest, self.gallery.phash_variants(rest)))
             return out
 
+        allowed = None
+        if self.allowed is not None:
+            allowed = np.zeros(max(self.allowed, default=-1) + 1, bool)
+            allowed[sorted(self.allowed)] = True
         evidence = [ev for evs in found for ev in evs]
-        for ev, near in burst.measure(evidence, self.gallery.orb_index, features, hashes, s,
-                                      ORB_KEY_STRIDE, self.allowed):
-            burst.apply(ev, near, s)
+        for ev, part in burst.measure(evidence, self.gallery.orb_index, features, hashes, s,
+                                      ORB_KEY_STRIDE, allowed):
+            burst.apply(ev, part, s)
 
     def strength(self, ev: PairEvidence) -> float:
         """A neighbour's score: calibrated P(duplicate) under a calibrator,

@@ -28,20 +28,19 @@ def test_inlier_rows_find_the_stored_keypoint_or_none():
     assert burst.inlier_rows(xy[:0], np.array([[1, 1]])).tolist() == [-1]
 
 
-def test_neighbour_images_are_distinct_near_images():
+def test_holders_are_distinct_near_images_per_row():
     keys = np.array([[5 * STRIDE + 1, 5 * STRIDE + 2, 6 * STRIDE, 7 * STRIDE, -1]])
     dists = np.array([[10, 12, 20, 80, 257]])
     # two keypoints of image 5 count once; 7 is too far; -1 is no neighbour
-    assert burst.neighbour_images(keys, dists, 56, STRIDE) == [{5, 6}]
+    img = burst.holders(keys, dists, 56, STRIDE)
+    assert sorted(img[img >= 0].tolist()) == [5, 6]
 
 
 def test_carriers_hold_a_share_of_the_inliers_and_a_least_number():
     # 40 inliers: a carrier holds at least 8 (20%); 10 inliers: at least 6.
-    near = [{1, 2} if i < 8 else {1} for i in range(40)]
-    assert burst.carriers(near) == 2
-    assert burst.carriers([{1, 2} if i < 7 else {1} for i in range(40)]) == 1
-    assert burst.carriers([{3}] * 6 + [set()] * 4) == 1
-    assert burst.carriers([{3}] * 5 + [set()] * 5) == 0
+    part = burst.Part(40, np.array([1, 2, 3]), np.array([40, 8, 7]))
+    assert part.need == 8 and part.carriers() == 2
+    assert burst.Part(10, np.array([3, 4]), np.array([6, 5])).carriers() == 1
 
 
 def test_refuses_reads_the_setting_the_spread_and_zero_turns_it_off():
@@ -197,12 +196,20 @@ def test_dedupe_measures_local_matches_and_never_stores_a_refusal(tmp_path, monk
     assert settings.burst_pictures > 0  # on by default
     first = dedupe([d], gallery=tmp_path / "g", settings=settings)
     pair = next(iter(_pairs(first).values()))
-    assert pair.evidence["rule"] == "local"
+    # A crop's inliers cover the overlap: the check cannot refuse it, so it
+    # is not measured ...
+    assert pair.evidence["rule"] == "local" and pair.evidence["spread"] >= burst.SPREAD
+    assert "part_carried_by" not in pair.evidence
+    # ... unless any spread may be refused.
+    monkeypatch.setattr(burst, "SPREAD", 1.01)
+    first = dedupe([d], gallery=tmp_path / "g", settings=settings)
+    pair = next(iter(_pairs(first).values()))
     assert 0 <= pair.evidence["part_carried_by"] < settings.burst_pictures  # measured, kept
     # Refused in one run (every match refused) ...
     monkeypatch.setattr(burst, "refuses", lambda *a: True)
     assert dedupe([d], gallery=tmp_path / "g", settings=settings).clusters == []
     monkeypatch.undo()
+    monkeypatch.setattr(burst, "SPREAD", 1.01)
     # ... the stored verification still holds the match: measured afresh, kept.
     again = dedupe([d], gallery=tmp_path / "g", settings=settings)
     assert [c.members for c in again.clusters] == [c.members for c in first.clusters]
@@ -217,6 +224,7 @@ def test_check_applies_the_same_check(tmp_path, monkeypatch):
     (d / "a_crop.jpg").rename(crop)
     g = Gallery(tmp_path / "g", settings=Settings(workers=1))
     g.add(sorted(d.iterdir()))
+    monkeypatch.setattr(burst, "SPREAD", 1.01)  # (a crop: measured only so)
     found = query(g, [crop])[0].neighbours
     assert found and found[0].matched and found[0].evidence.extra["carried_by"] is not None
     monkeypatch.setattr(burst, "refuses", lambda *a: True)
