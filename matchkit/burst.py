@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .hashing import dihedral_match_many
+
 #: Neighbours asked of the index per inlier descriptor: enough to tell a
 #: count above any cap used (several may come from one image).
 K = 64
@@ -106,6 +108,14 @@ class Part:
         return int((self.held >= self.need).sum())
 
 
+def run_mask(ids) -> np.ndarray:
+    """The images of a run as a boolean mask by id (``measure``'s ``allowed``)."""
+    ids = sorted(ids)
+    mask = np.zeros(ids[-1] + 1 if ids else 0, bool)
+    mask[ids] = True
+    return mask
+
+
 def refuses(carried_by: int, spread: float | None, settings) -> bool:
     """Whether a local match whose part ``carried_by`` other images carry, with
     inliers of ``spread`` over the overlap, is refused as a part many pictures
@@ -145,9 +155,8 @@ def copies(a: int, b: int, others: set[int], hashes: Callable, max_distance: int
     close = np.zeros(len(ids), bool)
     for image in (a, b):
         if image in got:
-            mine = np.asarray(got[image], np.uint8)                         # (8, bytes)
-            d = np.unpackbits(mine[None] ^ theirs[:, None], axis=2).sum(2).min(1)
-            close |= d <= max_distance
+            mine = np.broadcast_to(np.asarray(got[image], np.uint8), (len(ids), *got[image].shape))
+            close |= dihedral_match_many(mine, theirs)[0] <= max_distance
     return {i for i, c in zip(ids, close.tolist()) if c}
 
 
@@ -225,12 +234,9 @@ class BurstMatcher:
     def __init__(self, matcher, gallery, settings, key_stride: int):
         self._m, self._gallery, self._settings = matcher, gallery, settings
         self._stride = key_stride
-        ids = list(getattr(matcher, "paths", None) or ())
-        #: Images of the run, as a mask by id.
-        self._allowed = None
-        if ids:
-            self._allowed = np.zeros(max(ids) + 1, bool)
-            self._allowed[ids] = True
+        ids = getattr(matcher, "paths", None)
+        #: Images of the run, as a mask by id (None: not known, every image counts).
+        self._allowed = run_mask(ids) if ids else None
         self.check(matcher.evidence)
 
     def __getattr__(self, attr):
@@ -277,4 +283,4 @@ def bursting(matcher, gallery, settings, key_stride: int):
 
 
 __all__ = ["BurstMatcher", "Part", "apply", "bursting", "copies", "holders",
-           "inlier_descriptors", "inlier_rows", "measure", "refuses", "K"]
+           "inlier_descriptors", "inlier_rows", "measure", "refuses", "run_mask", "K"]

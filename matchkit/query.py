@@ -283,10 +283,7 @@ class QueryMatcher:
                 out.update(zip(rest, self.gallery.phash_variants(rest)))
             return out
 
-        allowed = None
-        if self.allowed is not None:
-            allowed = np.zeros(max(self.allowed, default=-1) + 1, bool)
-            allowed[sorted(self.allowed)] = True
+        allowed = None if self.allowed is None else burst.run_mask(self.allowed)
         evidence = [ev for evs in found for ev in evs]
         for ev, part in burst.measure(evidence, self.gallery.orb_index, features, hashes, s,
                                       ORB_KEY_STRIDE, allowed):
