@@ -29,7 +29,7 @@ from .shards import ShardedGallery, open_gallery
 from .io import iter_image_files
 from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
                      same_pixels_criteria, sort_key)
-from .incremental import IncrementalMatcher
+from .incremental import IncrementalMatcher, settings_key
 from .match import PairEvidence, PairMatcher
 from ._cvthreads import single_opencv_thread
 from ._gc import with_fewer_collections
@@ -173,9 +173,14 @@ def dedupe(
 
         if run is not None:
             make_matcher = run.matcher(calibrator)
+        # A re-run on the same images keeps the burstiness check's
+        # measurements (``burst.BurstMemo``; only a plain gallery has one folder).
+        memo_base = (f"{settings_key(settings)}:{gallery.generation}"
+                     if incremental and isinstance(gallery, Gallery) else None)
         clusters, n_exact, n_near = find_clusters(
             gallery, added.ids, settings, calibrator=calibrator, policy=policy,
-            make_matcher=make_matcher if incremental or run else None, progress=on_progress)
+            make_matcher=make_matcher if incremental or run else None, progress=on_progress,
+            burst_memo=memo_base)
         for m in made:
             m.save()
         if behind:
@@ -278,8 +283,8 @@ KEEPER_PASSES = 5
 
 @single_opencv_thread
 def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None,
-                  policy: KeeperPolicy = KeeperPolicy(), make_matcher=None, progress=None
-                  ) -> tuple[list[ClusterResult], int, int]:
+                  policy: KeeperPolicy = KeeperPolicy(), make_matcher=None, progress=None,
+                  burst_memo: str | None = None) -> tuple[list[ClusterResult], int, int]:
     """Cluster the given gallery images; returns clusters and pair counts.
 
     ``calibrator`` (a fitted ``calibrate.PairCalibrator``) decides pairs
@@ -289,7 +294,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     Blank images (one flat colour, e.g. fully transparent) take part in
     exact matching only: same bytes, or same size and pixels.
     ``make_matcher(visible_ids, same)`` builds the pair matcher instead of a
-    fresh ``PairMatcher`` (an incremental one reusing stored decisions)."""
+    fresh ``PairMatcher`` (an incremental one reusing stored decisions).
+    ``burst_memo``: keep the burstiness check's measurements in the gallery
+    folder under this base key (``burst.bursting``)."""
     ids = sorted(set(ids))
     if not ids:
         return [], 0, 0
@@ -312,7 +319,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator)
                if make_matcher is None else make_matcher(visible, same))
     matcher = vetoing(matcher, gallery, settings)  # the extra signals' say (``signals``)
-    matcher = bursting(matcher, gallery, settings, ORB_KEY_STRIDE)  # shared stickers, logos
+    matcher = bursting(matcher, gallery, settings, ORB_KEY_STRIDE,  # shared stickers, logos
+                       memo_base=burst_memo)
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:
         a, b = ev.a, ev.b

@@ -229,3 +229,89 @@ def test_check_applies_the_same_check(tmp_path, monkeypatch):
     assert found and found[0].matched and found[0].evidence.extra["carried_by"] is not None
     monkeypatch.setattr(burst, "refuses", lambda *a: True)
     assert not any(nb.matched for nb in query(g, [crop])[0].neighbours)
+
+
+# -- a re-run on the same images keeps the measurements --------------------------
+
+def _ev(a=1, b=2, shift=0.0):
+    pts = [[10 + shift, 20, 11, 21], [30, 40, 31, 41]]
+    return PairEvidence(a, b, 200, 0.5, rule="local",
+                        verification=Verification(40, 20, [[1, 0, 0], [0, 1, 0]], points=pts))
+
+
+def test_the_memo_reads_back_only_under_its_key(tmp_path):
+    path = tmp_path / burst.MEMO_FILE
+    memo = burst.BurstMemo(path, "k1")
+    memo.put(_ev(), burst.Carried(20, 33))
+    memo.put(_ev(3, 4), None)
+    memo.save()
+    again = burst.BurstMemo(path, "k1")
+    assert again.get(_ev()) == (True, burst.Carried(20, 33))
+    assert again.get(_ev(3, 4)) == (True, None)
+    # Other inliers, the other direction, another run: not found.
+    assert again.get(_ev(shift=0.5)) == (False, None)
+    assert again.get(_ev(2, 1)) == (False, None)
+    assert burst.BurstMemo(path, "k2").stored == {}
+    # A torn file is as none.
+    path.write_bytes(path.read_bytes()[:50])
+    assert burst.BurstMemo(path, "k1").stored == {}
+
+
+def test_the_run_key_follows_the_images_and_the_base():
+    assert burst.run_key("s:1", [3, 1, 2]) == burst.run_key("s:1", {1: "", 2: "", 3: ""})
+    assert burst.run_key("s:1", [1, 2, 3]) != burst.run_key("s:1", [1, 2])
+    assert burst.run_key("s:1", [1, 2]) != burst.run_key("s:2", [1, 2])
+
+
+def _lookups(monkeypatch):
+    """Count the check's look-ups (calls of ``burst.measure`` that search)."""
+    calls = []
+    real = burst.measure
+
+    def counted(evidence, *a, **kw):
+        got = real(evidence, *a, **kw)
+        calls.append(len(got))
+        return got
+    monkeypatch.setattr(burst, "measure", counted)
+    return calls
+
+
+def test_a_rerun_with_nothing_new_reuses_the_measurements(tmp_path, monkeypatch):
+    d = _crop_set(tmp_path)
+    settings = Settings(workers=1)
+    monkeypatch.setattr(burst, "SPREAD", 1.01)  # (the crop pair is measured only so)
+    first = dedupe([d], gallery=tmp_path / "g", settings=settings)
+    assert (tmp_path / "g" / burst.MEMO_FILE).exists()
+    calls = _lookups(monkeypatch)
+    again = dedupe([d], gallery=tmp_path / "g", settings=settings)
+    assert sum(calls) == 0  # nothing looked up ...
+    assert _pairs(again).keys() == _pairs(first).keys()  # ... and the same measurement
+    assert ([p.evidence["part_carried_by"] for p in _pairs(again).values()]
+            == [p.evidence["part_carried_by"] for p in _pairs(first).values()])
+    # How many carriers refuse a match is not part of the key: decided afresh.
+    dedupe([d], gallery=tmp_path / "g", settings=Settings(workers=1, burst_pictures=50))
+    assert sum(calls) == 0
+
+
+def test_a_memo_of_another_run_is_not_used(tmp_path, monkeypatch):
+    d = _crop_set(tmp_path)
+    settings = Settings(workers=1)
+    monkeypatch.setattr(burst, "SPREAD", 1.01)
+    first = dedupe([d], gallery=tmp_path / "g", settings=settings)
+    kept = sorted(c.members for c in first.clusters)
+    # Make the kept measurement say "carried by 100 pictures": a run on the
+    # same images believes it (the memo is a cache of its own run) ...
+    path = tmp_path / "g" / burst.MEMO_FILE
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    data["count"] = np.full_like(data["count"], 100)
+    np.savez(path, **data)
+    assert dedupe([d], gallery=tmp_path / "g", settings=settings).clusters == []
+    # ... a run on other images (one more) measures afresh.
+    textured_extra = d / "other9.jpg"
+    from conftest import textured
+    textured(9).save(textured_extra, quality=90)
+    calls = _lookups(monkeypatch)
+    after = dedupe([d], gallery=tmp_path / "g", settings=settings)
+    assert sum(calls) > 0
+    assert sorted(c.members for c in after.clusters if "other9" not in str(c.members)) == kept
