@@ -182,6 +182,69 @@ def test_shard_answers_shipped_compactly_lose_nothing():
     assert empty[0].shape == (0, 4) and empty[0].dtype == np.int64
 
 
+def _near_codes(rng, n, bases, flips):
+    """Codes a few bits from a few shared bases: many near, many tied."""
+    import numpy as np
+
+    bits = np.unpackbits(bases[rng.integers(0, len(bases), n)], axis=1)
+    return np.packbits(bits ^ (rng.random(bits.shape) < flips / bits.shape[1]), axis=1)
+
+
+def test_a_search_within_a_distance_over_shards_is_the_full_search_cut():
+    """``MergedIndex.search(..., max_distance=d)`` (each part cut at d before
+    the merge) gives the merged full search cut at d (``index.within``),
+    which is the one-index search cut at d (near enough that ties at the
+    k-th are fewer than ``index.TIE_MARGIN``): full rows, rows with a few near
+    neighbours, empty rows, and ties at equal distance across the parts
+    (duplicate codes under several keys)."""
+    import numpy as np
+
+    from matchkit.index import HammingIndex, within
+    from matchkit.shards import MergedIndex
+
+    rng = np.random.default_rng(7)
+    bases = rng.integers(0, 256, (6, 32), dtype=np.uint8)
+    codes = _near_codes(rng, 600, bases, flips=24)
+    codes[300:420] = codes[:120]  # (the same codes under other keys: ties)
+    keys = np.arange(600) * 7 + 3
+    whole = HammingIndex(256)
+    whole.add(keys, codes)
+    parts = [HammingIndex(256) for _ in range(3)]
+    owner = (keys * 2654435761) % 3
+    for n, part in enumerate(parts):
+        part.add(keys[owner == n], codes[owner == n])
+    merged = MergedIndex(parts)
+    queries = np.concatenate([_near_codes(rng, 60, bases, flips=24),
+                              rng.integers(0, 256, (20, 32), dtype=np.uint8)])  # (far: empty)
+    seen = set()
+    for k in (1, 4, 64):
+        for d in (0, 30, 40, 56, 256):
+            got = merged.search(queries, k, max_distance=d)
+            want = within(*merged.search(queries, k), d, 256)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            if d <= 56:  # (far off, ties at the k-th outnumber ``index.TIE_MARGIN``)
+                one = within(*whole.search(queries, k), d, 256)
+                assert np.array_equal(got[0], one[0]) and np.array_equal(got[1], one[1])
+            near = (got[0] >= 0).sum(1)
+            seen.update({"empty" if x == 0 else "full" if x == k else "some"
+                         for x in near.tolist()})
+    assert seen == {"empty", "some", "full"}
+    _, d = merged.search(queries, 64, max_distance=56)
+    assert ((np.diff(d, axis=1) == 0) & (d[:, 1:] <= 56)).sum() > 100  # (ties were there)
+
+
+def test_within_puts_the_near_neighbours_first_in_their_order():
+    import numpy as np
+
+    from matchkit.index import within
+
+    keys = np.array([[4, 9, 2, -1], [1, 2, 3, 5], [8, 6, -1, -1]], np.int64)
+    dists = np.array([[60, 10, 12, 257], [1, 2, 3, 4], [57, 70, 257, 257]], np.int64)
+    k, d = within(keys, dists, 56, 256)
+    assert k.tolist() == [[9, 2, -1, -1], [1, 2, 3, 5], [-1] * 4]
+    assert d.tolist() == [[10, 12, 257, 257], [1, 2, 3, 4], [257] * 4]
+
+
 def test_files_are_keyed_by_their_resolved_path_links_and_loops_included(tmp_path):
     """``stat_files`` resolves each folder once and follows links to files by
     hand; every key equals the full resolution (``gallery._key``), and a loop
