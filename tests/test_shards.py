@@ -245,6 +245,45 @@ def test_within_puts_the_near_neighbours_first_in_their_order():
     assert d.tolist() == [[10, 12, 257, 257], [1, 2, 3, 4], [257] * 4]
 
 
+def test_near_answers_shipped_ragged_round_trip():
+    """A shard's answer within a distance (``distributed._compact_within``):
+    per-row counts, then the near neighbours' keys and distances alone,
+    narrowed where they fit; ``_expand_within`` gives ``index.within``'s
+    (n, k) arrays back, empty rows included."""
+    import numpy as np
+
+    from matchkit.distributed import _compact_within, _expand_within
+    from matchkit.index import within
+
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 5000, (50, 64)).astype(np.int64)
+    dists = np.sort(rng.integers(0, 120, (50, 64)), axis=1).astype(np.int64)
+    keys[45:] = -1  # (no neighbours at all)
+    dists[45:] = 257
+    for big_keys, limit, k in ((False, 56, 64), (True, 56, 64), (False, 256, 64),
+                               (False, 0, 64), (False, 56, 300)):
+        kk = keys * 2 ** 32 if big_keys else keys
+        dd = dists
+        if k == 300:  # (wider than a uint8 count)
+            kk = np.concatenate([kk] * 5, 1)[:, :k]
+            dd = np.sort(np.concatenate([dd] * 5, 1)[:, :k], axis=1)
+        if limit == 256:
+            dd = np.where(dd == 119, 256, dd)
+        kk = np.where(kk < 0, -1, kk)
+        want = within(kk, dd, limit, 256)
+        counts, ck, cd = _compact_within(*want)
+        assert counts.dtype == (np.uint16 if k > 255 else np.uint8)
+        assert ck.dtype == (np.int64 if big_keys else np.int32)
+        assert cd.dtype == (np.uint16 if limit == 256 else np.uint8)
+        assert len(ck) == len(cd) == int((want[0] >= 0).sum()) == int(counts.sum())
+        back = _expand_within(counts, ck, cd, k, 256)
+        assert back[0].dtype == back[1].dtype == np.int64
+        assert np.array_equal(back[0], want[0]) and np.array_equal(back[1], want[1])
+    empty = _expand_within(*_compact_within(np.zeros((0, 4), np.int64),
+                                            np.zeros((0, 4), np.int64)), 4, 64)
+    assert empty[0].shape == empty[1].shape == (0, 4)
+
+
 def test_files_are_keyed_by_their_resolved_path_links_and_loops_included(tmp_path):
     """``stat_files`` resolves each folder once and follows links to files by
     hand; every key equals the full resolution (``gallery._key``), and a loop
