@@ -245,6 +245,59 @@ def test_within_puts_the_near_neighbours_first_in_their_order():
     assert d.tolist() == [[10, 12, 257, 257], [1, 2, 3, 4], [257] * 4]
 
 
+def test_votes_and_holders_asked_within_the_vote_distance_are_unchanged():
+    """The descriptor votes (``candidates.vote_candidates``) and the
+    burstiness check's holders (``burst.holders``) ask shards only for the
+    neighbours within the vote distance: the same votes, hits and holders
+    as from the full search, and lists with the same near neighbours."""
+    import numpy as np
+
+    from matchkit.burst import holders
+    from matchkit.candidates import VoteDetail, vote_candidates
+    from matchkit.index import HammingIndex, within
+    from matchkit.shards import MergedIndex
+
+    class Full:
+        """The merged index, always searched in full (as before the cut)."""
+
+        def __init__(self, index):
+            self.index = index
+
+        def __len__(self):
+            return len(self.index)
+
+        def search(self, codes, k, max_distance=None):
+            return self.index.search(codes, k)
+
+    rng = np.random.default_rng(11)
+    stride, images, per_image = 1000, 40, 30
+    bases = rng.integers(0, 256, (8, 32), dtype=np.uint8)
+    codes = _near_codes(rng, images * per_image, bases, flips=40)
+    keys = np.repeat(np.arange(images), per_image) * stride + np.tile(np.arange(per_image),
+                                                                      images)
+    parts = [HammingIndex(256) for _ in range(3)]
+    for n, part in enumerate(parts):
+        mine = (keys // stride) % 3 == n
+        part.add(keys[mine], codes[mine])
+    merged = MergedIndex(parts)
+    queries = {i: codes[i * per_image:(i + 1) * per_image] for i in range(0, images, 3)}
+    for neighbours in (4, 16):
+        cut, full = VoteDetail(), VoteDetail()
+        kw = dict(key_stride=stride, neighbours=neighbours, max_distance=56, per_query=4)
+        votes = vote_candidates(merged, queries, detail=cut, **kw)
+        assert votes and votes == vote_candidates(Full(merged), queries, detail=full, **kw)
+        assert cut.by_owner == full.by_owner and cut.hits == full.hits
+        for i in queries:
+            near = within(*full.lists[i], 56, 254)  # (none: 255 in the lists)
+            assert np.array_equal(cut.lists[i][0], near[0].astype(np.int32))
+            assert np.array_equal(cut.lists[i][1], near[1].astype(np.uint8))
+        lists = np.concatenate([full.lists[i][1] for i in queries])
+        assert 0.1 < (lists <= 56).mean() < 0.9  # (near and far neighbours both)
+        desc = np.concatenate(list(queries.values()))
+        assert np.array_equal(holders(*merged.search(desc, 64, max_distance=56), 56, stride),
+                              holders(*merged.search(desc, 64), 56, stride))
+
+
 def test_near_answers_shipped_ragged_round_trip():
     """A shard's answer within a distance (``distributed._compact_within``):
     per-row counts, then the near neighbours' keys and distances alone,
