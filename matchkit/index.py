@@ -168,10 +168,11 @@ def within(keys: np.ndarray, dists: np.ndarray, max_distance: int,
     near = (keys >= 0) & (dists <= max_distance)
     if near.all():
         return keys, dists
-    order = np.argsort(~near, axis=1, kind="stable")
-    near = np.take_along_axis(near, order, 1)
-    return (np.where(near, np.take_along_axis(keys, order, 1), -1),
-            np.where(near, np.take_along_axis(dists, order, 1), nbits + 1))
+    if (near[:, 1:] & ~near[:, :-1]).any():  # (not nearest first: reordered)
+        order = np.argsort(~near, axis=1, kind="stable")
+        near = np.take_along_axis(near, order, 1)
+        keys, dists = np.take_along_axis(keys, order, 1), np.take_along_axis(dists, order, 1)
+    return np.where(near, keys, -1), np.where(near, dists, nbits + 1)
 
 
 def transient_index(keys: np.ndarray, codes: np.ndarray, nbits: int) -> HammingIndex:
