@@ -224,7 +224,10 @@ def measure(evidence: Sequence, index, features: Callable, hashes: Callable, set
     have = [d for d in found if d is not None]
     if not have:
         return [(ev, None) for ev in todo]
-    keys, dists = index.search(np.concatenate(have), K)
+    # Only neighbours within the vote distance hold an inlier: a shard sends
+    # back those alone (most of the K are farther; ``index.within``).
+    keys, dists = index.search(np.concatenate(have), K,
+                               max_distance=settings.vote_max_distance)
     img = holders(keys, dists, settings.vote_max_distance, key_stride)
     out, at = [], 0
     for ev, desc in zip(todo, found):

@@ -181,9 +181,11 @@ class VoteDetail:
     #: query id -> sorted ids any of its descriptors voted for (before the cut).
     hits: dict[int, list[int]] = field(default_factory=dict)
     #: query id -> its descriptors' neighbour lists as searched: image ids
-    #: (int32, -1: none) and distances (uint8, 255 for none or farther), shape
-    #: (descriptors, neighbours) each; merged with new images' descriptors,
-    #: they give the votes a new search would (``tally_votes``).
+    #: (int32, -1: none) and distances (uint8, 255 for none), shape
+    #: (descriptors, neighbours) each, only the neighbours within the vote
+    #: distance (lists stored by earlier builds also hold farther ones);
+    #: merged with new images' descriptors, they give the votes a new search
+    #: would (``tally_votes``).
     lists: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
@@ -222,7 +224,13 @@ def vote_candidates(
     if not desc_list:
         return out
     owners = np.concatenate(owner_list)
-    keys, dists = search_in_chunks(index, np.concatenate(desc_list), neighbours)
+    # Only neighbours within ``max_distance`` vote, so only those are asked
+    # for (a shard in another process sends no others): the votes, hits and
+    # lists' near entries are the same (``index.within``); the lists keep
+    # no far ones, which nothing reads (``tally_votes`` and the incremental
+    # merge and staleness check look at the near ones alone).
+    keys, dists = search_in_chunks(index, np.concatenate(desc_list), neighbours,
+                                   max_distance=max_distance)
     other = np.where(keys >= 0, keys // key_stride, -1)
     if detail is not None:
         ids32, d8 = other.astype(np.int32), np.minimum(dists, 255).astype(np.uint8)
@@ -239,22 +247,25 @@ def vote_candidates(
 SEARCH_CHUNK = 50_000
 
 
-def search_in_chunks(index: HammingIndex, desc: np.ndarray, k: int, rows: int | None = None):
-    """``index.search(desc, k)`` in chunks of ``rows`` query rows (default
-    ``SEARCH_CHUNK``), with a ``checkpoint`` between them (a million
-    descriptors take minutes on a busy machine). Each query's neighbours do
-    not depend on the others asked with it, so the chunks give one search's
-    result; it is filled in place (the chunks' own arrays and copies are the
-    transient memory, not a second result)."""
+def search_in_chunks(index: HammingIndex, desc: np.ndarray, k: int, rows: int | None = None,
+                     max_distance: int | None = None):
+    """``index.search(desc, k, max_distance=max_distance)`` in chunks of
+    ``rows`` query rows (default ``SEARCH_CHUNK``), with a ``checkpoint``
+    between them (a million descriptors take minutes on a busy machine).
+    Each query's neighbours do not depend on the others asked with it, so
+    the chunks give one search's result; it is filled in place (the chunks'
+    own arrays and copies are the transient memory, not a second result)."""
     rows = SEARCH_CHUNK if rows is None else max(1, int(rows))
+    # (Asked without a limit, ``index.search(desc, k)`` as ever.)
+    cut = {} if max_distance is None else {"max_distance": max_distance}
     if len(desc) <= rows:
-        return index.search(desc, k)
+        return index.search(desc, k, **cut)
     keys = np.empty((len(desc), k), np.int64)
     dists = np.empty((len(desc), k), np.int64)
     for start in range(0, len(desc), rows):
         checkpoint()
         keys[start:start + rows], dists[start:start + rows] = index.search(
-            desc[start:start + rows], k)
+            desc[start:start + rows], k, **cut)
     return keys, dists
 
 

@@ -26,7 +26,9 @@ then each shard's share of the images (rendezvous hashing: even but for
 sampling noise). Verification chunks go to the node given the fewest pairs
 so far. Candidate queries are put in the object store once per search (so
 they reach each node once) and answered compactly (int32 keys, uint8
-distances where they fit).
+distances where they fit); searches whose callers count only neighbours
+within a distance (descriptor votes, the burstiness check) are answered
+with those alone.
 
 Bytes are counted per node (``Work``): serialised (everything handed to
 Ray) and across nodes (only what left the node it was made on).
@@ -175,12 +177,16 @@ class ShardServer:
         index = getattr(self.gallery, f"{name}_index")
         return index.nbits, len(index), index.ranks_ties_by_key
 
-    def search(self, name: str, codes, k: int):
+    def search(self, name: str, codes, k: int, max_distance: int | None = None):
         """k nearest of each code, compactly: keys as int32 when they fit,
         distances as uint8 when they fit (0 where no neighbour: the caller
-        knows ``nbits + 1`` from the key -1); the same values otherwise."""
-        keys, dists = getattr(self.gallery, f"{name}_index").search(codes, k)
-        return _compact(keys, dists)
+        knows ``nbits + 1`` from the key -1); the same values otherwise.
+        With ``max_distance``, only the neighbours within it, ragged
+        (``_compact_within``): the callers that ask for it count no others."""
+        index = getattr(self.gallery, f"{name}_index")
+        if max_distance is None:
+            return _compact(*index.search(codes, k))
+        return _compact_within(*index.search(codes, k, max_distance=max_distance))
 
 
 def _compact(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,6 +201,31 @@ def _expand(keys: np.ndarray, dists: np.ndarray, nbits: int) -> tuple[np.ndarray
     """``HammingIndex.search``'s arrays again from ``_compact``'s."""
     keys = keys.astype(np.int64)
     return keys, np.where(keys >= 0, dists.astype(np.int64), nbits + 1)
+
+
+def _compact_within(keys: np.ndarray, dists: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A search's rows cut at a distance (``index.within``: the neighbours
+    found come first in each row) as ragged arrays: how many each row has
+    (the smallest unsigned type that holds k), then their keys and distances
+    in row order, narrowed as ``_compact`` narrows them. The burstiness
+    check asks 64 neighbours of each inlier and counts those within the vote
+    distance, mostly none or a few: the rest never leave the shard."""
+    found = keys >= 0
+    counts = found.sum(1).astype(np.min_scalar_type(keys.shape[1]))
+    keys, dists = keys[found], dists[found]
+    return (counts, keys.astype(np.int32) if not len(keys) or keys.max() < 2 ** 31 else keys,
+            dists.astype(np.uint8 if not len(dists) or dists.max() < 256 else np.uint16))
+
+
+def _expand_within(counts: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
+                   nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.within``'s (n, k) arrays again from ``_compact_within``'s."""
+    found = np.arange(k)[None, :] < counts.astype(np.int64)[:, None]
+    out_keys = np.full((len(counts), k), -1, np.int64)
+    out_dists = np.full((len(counts), k), nbits + 1, np.int64)
+    out_keys[found], out_dists[found] = keys, dists
+    return out_keys, out_dists
 
 
 class RemoteIndex:
@@ -213,7 +244,7 @@ class RemoteIndex:
     def __len__(self) -> int:
         return self.size
 
-    def search_async(self, codes, k: int):
+    def search_async(self, codes, k: int, max_distance: int | None = None):
         ray = _ray()
         if self.sent.get("codes") is not codes:
             self.sent.update(codes=codes, ref=ray.put(codes), nodes=set())
@@ -221,16 +252,18 @@ class RemoteIndex:
         if self.node != self.driver_node and self.node not in self.sent["nodes"]:
             self.sent["nodes"].add(self.node)
             self.stats.add("driver", "query_bytes_across_nodes", codes.nbytes)
-        ref = self.actor.search.remote(self.name, self.sent["ref"], k)
+        ref = self.actor.search.remote(self.name, self.sent["ref"], k, max_distance)
         self.stats.add("driver", "queries", len(codes))
 
         def result():
-            keys, dists = ray.get(ref)
-            answer = keys.nbytes + dists.nbytes
+            arrays = ray.get(ref)
+            answer = sum(a.nbytes for a in arrays)
             self.stats.add("driver", "answer_bytes", answer)
             if self.node != self.driver_node:
                 self.stats.add("driver", "answer_bytes_across_nodes", answer)
-            return _expand(keys, dists, self.nbits)
+            if max_distance is None:
+                return _expand(*arrays, self.nbits)
+            return _expand_within(*arrays, k, self.nbits)
         return result
 
 

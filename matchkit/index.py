@@ -80,12 +80,19 @@ class HammingIndex:
         if keys:
             self._index.remove(keys)
 
-    def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, codes: np.ndarray, k: int, max_distance: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest codes for each query: (keys, distances), each (n, k).
 
         Missing neighbours (index smaller than k) have key -1 and distance
-        ``nbits + 1``.
+        ``nbits + 1``; with ``max_distance``, so are those farther than it
+        (:func:`within`).
         """
+        keys, dists = self._search(codes, k)
+        return (keys, dists) if max_distance is None else within(keys, dists, max_distance,
+                                                                 self.nbits)
+
+    def _search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, self.nbits // 8)
         n = len(codes)
         keys = np.full((n, k), -1, dtype=np.int64)
@@ -140,6 +147,32 @@ class HammingIndex:
         if "expansion_search" in kw:  # a search setting, not part of the stored graph
             idx._index.expansion_search = kw["expansion_search"]
         return idx
+
+
+def within(keys: np.ndarray, dists: np.ndarray, max_distance: int,
+           nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """A search's (keys, distances) with only the neighbours within
+    ``max_distance``: each row's in their order, first, then key -1 and
+    distance ``nbits + 1`` (as for missing neighbours).
+
+    Why: the callers that count only near neighbours (descriptor votes, the
+    burstiness check's holders) can ask a shard for these alone, so the far
+    ones never cross the network (``distributed.ShardServer.search``). It
+    is exact for a merged index too: a neighbour within the limit among the
+    k nearest of all shards is among the k nearest of its own shard, so the
+    shards' near ones merged and cut to k are the near ones of the merged
+    top k (``shards.MergedIndex``). A search's rows are nearest first, so
+    the near ones already come first; they are moved to the front anyway,
+    so that any order gives the same rows whether cut here or on a shard."""
+    keys, dists = np.asarray(keys, np.int64), np.asarray(dists, np.int64)
+    near = (keys >= 0) & (dists <= max_distance)
+    if near.all():
+        return keys, dists
+    if (near[:, 1:] & ~near[:, :-1]).any():  # (not nearest first: reordered)
+        order = np.argsort(~near, axis=1, kind="stable")
+        near = np.take_along_axis(near, order, 1)
+        keys, dists = np.take_along_axis(keys, order, 1), np.take_along_axis(dists, order, 1)
+    return np.where(near, keys, -1), np.where(near, dists, nbits + 1)
 
 
 def transient_index(keys: np.ndarray, codes: np.ndarray, nbits: int) -> HammingIndex:

@@ -44,6 +44,7 @@ import numpy as np
 
 from ._arrays import bit_sums, unique
 from ._fs import atomic_write, file_stamp
+from .index import within
 
 #: Keys must be below this (``IVFIndex._gathered`` packs row, distance and key in one int64).
 MAX_KEY = 1 << 46
@@ -302,11 +303,18 @@ class IVFIndex:
         self._set(words[order], keys[order], sigs[order])
 
     # -- search -------------------------------------------------------------
-    def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, codes: np.ndarray, k: int, max_distance: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest codes for each query by (distance, key): (keys, distances),
         each (n, k). Distances are signature Hamming distances scaled to 256
         bits; only entries in the query's ``probes`` nearest words are found.
-        Missing neighbours have key -1 and distance 257."""
+        Missing neighbours have key -1 and distance 257; with
+        ``max_distance``, so are those farther than it (``index.within``)."""
+        keys, dists = self._search(codes, k)
+        return (keys, dists) if max_distance is None else within(keys, dists, max_distance,
+                                                                 self.nbits)
+
+    def _search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 32)
         n = len(codes)
         k = max(1, int(k))

@@ -284,8 +284,12 @@ class MergedIndex:
     """The k nearest codes over several shards' indexes: each shard's k
     nearest, merged by (distance, key). A part is a ``HammingIndex`` or
     anything with ``nbits``, ``ranks_ties_by_key``, ``__len__`` and
-    ``search_async(codes, k)`` returning a function that gives the result (an
-    index in another process)."""
+    ``search_async(codes, k, max_distance)`` returning a function that gives
+    the result (an index in another process).
+
+    ``search(..., max_distance=d)`` asks each part for its neighbours within
+    ``d`` alone (``index.within``: exact after the merge), so a part in
+    another process sends back only those."""
 
     def __init__(self, parts: Sequence):
         self.parts = list(parts)
@@ -302,10 +306,11 @@ class MergedIndex:
         exactly, though together they pass ``index.EXACT_SEARCH_BELOW``."""
         return len(self.parts) > 1 or self.parts[0].ranks_ties_by_key
 
-    def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, codes: np.ndarray, k: int, max_distance: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         if len(self.parts) == 1:
-            return _result(self.parts[0], codes, k)()
-        waiting = [_result(p, codes, k) for p in self.parts]  # all started first
+            return _result(self.parts[0], codes, k, max_distance)()
+        waiting = [_result(p, codes, k, max_distance) for p in self.parts]  # all started first
         found = [get() for get in waiting]
         keys = np.concatenate([f[0] for f in found], axis=1)
         dists = np.concatenate([f[1] for f in found], axis=1)
@@ -314,10 +319,11 @@ class MergedIndex:
                 np.take_along_axis(dists, order, axis=1))
 
 
-def _result(part, codes: np.ndarray, k: int):
+def _result(part, codes: np.ndarray, k: int, max_distance: int | None = None):
+    cut = () if max_distance is None else (max_distance,)  # (unlimited: asked as ever)
     if hasattr(part, "search_async"):
-        return part.search_async(codes, k)
-    found = part.search(codes, k)
+        return part.search_async(codes, k, *cut)
+    found = part.search(codes, k, *cut)
     return lambda: found
 
 

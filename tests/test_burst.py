@@ -15,6 +15,7 @@ from matchkit import burst
 from matchkit.config import Settings
 from matchkit.dedupe import dedupe
 from matchkit.incremental import settings_key
+from matchkit.index import within
 from matchkit.local import LocalFeatures, Overlap, Verification
 from matchkit.match import PairEvidence
 
@@ -59,19 +60,20 @@ def test_burst_settings_do_not_touch_stored_decisions():
 # -- the matcher wrapper, around a fake matcher and index ----------------------
 
 class _Index:
-    """Every query descriptor has the same neighbours: ``holders`` images at ``dist``."""
+    """Every query descriptor has the same neighbours: ``holders`` images at
+    ``dist`` (those within ``max_distance`` when asked, as an index cuts them)."""
 
     def __init__(self, holders, dist=20):
         self.holders, self.dist = list(holders), dist
 
-    def search(self, desc, k):
+    def search(self, desc, k, max_distance=None):
         n = len(desc)
         keys = np.full((n, k), -1, np.int64)
         dists = np.full((n, k), 257, np.int64)
         row = [h * STRIDE for h in self.holders][:k]
         keys[:, :len(row)] = row
         dists[:, :len(row)] = self.dist
-        return keys, dists
+        return (keys, dists) if max_distance is None else within(keys, dists, max_distance, 256)
 
 
 class _Gallery:

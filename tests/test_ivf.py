@@ -98,17 +98,24 @@ def test_wide_signatures_and_more_nodes_equal_brute_force(bits, nodes, tmp_path)
         IVFIndex(vocab, nodes=7)
 
 
+def _whole_and_shards(rng, vocab, n=900, shards=3):
+    """One index of ``n`` codes near a few bases, and the same codes split
+    over ``shards`` indexes by key."""
+    codes = _codes(rng, n, flips=6)
+    keys = np.arange(n) * 3 + 1
+    whole = IVFIndex(vocab, probes=2)
+    whole.add(keys, codes)
+    parts = [IVFIndex(vocab, probes=2) for _ in range(shards)]
+    owner = (keys * 2654435761) % shards
+    for s, part in enumerate(parts):
+        part.add(keys[owner == s], codes[owner == s])
+    return whole, parts
+
+
 def test_merge_of_shards_equals_one_index_with_many_ties():
     rng = np.random.default_rng(2)
     vocab = _vocab(rng, sig=8)  # 8 signature bits: distances tie all the time
-    codes = _codes(rng, 900, flips=6)
-    keys = np.arange(900) * 3 + 1
-    whole = IVFIndex(vocab, probes=2)
-    whole.add(keys, codes)
-    parts = [IVFIndex(vocab, probes=2) for _ in range(3)]
-    owner = (keys * 2654435761) % 3
-    for s, part in enumerate(parts):
-        part.add(keys[owner == s], codes[owner == s])
+    whole, parts = _whole_and_shards(rng, vocab)
     queries = _codes(rng, 60, flips=6)
     for k in (1, 5, 40, 2000):
         a = whole.search(queries, k)
@@ -116,6 +123,28 @@ def test_merge_of_shards_equals_one_index_with_many_ties():
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     _, d = whole.search(queries, 40)
     assert (np.diff(d, axis=1) == 0).mean() > 0.5  # (the ties were really there)
+
+
+def test_a_search_within_a_distance_is_the_search_cut_there_over_shards_too():
+    """``search(..., max_distance=d)``: the neighbours within d of the full
+    search, first in each row (``index.within``), one index or shards merged
+    (each cut before the merge), with many ties."""
+    from matchkit.index import within
+
+    rng = np.random.default_rng(4)
+    whole, parts = _whole_and_shards(rng, _vocab(rng, sig=32))
+    queries = np.concatenate([_codes(rng, 60, flips=6),
+                              rng.integers(0, 256, (10, 32), dtype=np.uint8)])
+    counts = set()
+    for k in (1, 8, 64):
+        full = whole.search(queries, k)
+        for d in (0, 24, 56, 256):
+            want = within(*full, d, whole.nbits)
+            for got in (whole.search(queries, k, max_distance=d),
+                        MergedIndex(parts).search(queries, k, max_distance=d)):
+                assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            counts.update(np.unique((want[0] >= 0).sum(1) * 3 // k).tolist())
+    assert counts == {0, 1, 2, 3}  # (empty, partly and fully near rows)
 
 
 def test_insertion_order_and_batches_do_not_matter():

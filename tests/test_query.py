@@ -175,8 +175,8 @@ def test_the_zoomed_look_votes_with_its_finest_pyramid_levels_only(gallery, tmp_
     index = gallery.orb_index
     real = index.search
     # (k = burst.K: the burstiness check's look-up of matched inliers, not a vote)
-    monkeypatch.setattr(index, "search", lambda codes, k: real(codes, k) if k == burst.K
-                        else searched.append(len(codes)) or real(codes, k))
+    monkeypatch.setattr(index, "search", lambda codes, k, **kw: real(codes, k, **kw)
+                        if k == burst.K else searched.append(len(codes)) or real(codes, k, **kw))
     page.save(tmp_path / "page.jpg", quality=90)
     rec = extract(tmp_path / "page.jpg")
     with QueryMatcher(gallery) as m:

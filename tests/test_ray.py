@@ -178,6 +178,48 @@ def test_index_then_check_and_dedupe_on_the_cluster(images, cluster, reference, 
     assert matches(remote) == matches(local) and all(r.matched for r in local.results)
 
 
+def test_look_ups_within_a_distance_ship_only_the_near_neighbours(images, cluster, tmp_path):
+    """A search of the shard actors' indexes with ``max_distance`` (as the
+    descriptor votes and the burstiness check ask) gives the full search cut
+    at that distance (``index.within``), and the answers counted are the
+    arrays the shards sent: only the near neighbours, ragged
+    (``distributed._compact_within``), fewer bytes than full answers."""
+    import numpy as np
+
+    from matchkit.config import Settings
+    from matchkit.distributed import RayRun, _compact, _compact_within
+    from matchkit.index import within
+
+    limit = Settings().vote_max_distance
+    asked = {}
+    with RayRun("auto", tmp_path / "g", Settings(), shards=3) as run:
+        run.add(sorted(images.iterdir())[:15])
+        g = run.gallery
+        queries = np.concatenate(
+            [g.local_features(i)[0].desc[:40] for i in g.ids()[:6]]
+            + [np.random.default_rng(0).integers(0, 256, (20, 32), dtype=np.uint8)])
+        index, driver = g.orb_index, run.work.by_node["driver"]
+        assert len(index.parts) == 3
+        for k in (8, 64):
+            start = driver["answer_bytes"]
+            full = index.search(queries, k)
+            middle = driver["answer_bytes"]
+            near = index.search(queries, k, max_distance=limit)
+            asked[k] = full, near, middle - start, driver["answer_bytes"] - middle
+    with ShardedGallery(tmp_path / "g", create=False) as local:
+        parts = [p.orb_index for p in local.parts]
+        for k, (full, near, full_bytes, near_bytes) in asked.items():
+            want = within(*full, limit, 256)
+            assert np.array_equal(near[0], want[0]) and np.array_equal(near[1], want[1])
+            rows = {"none" if n == 0 else "all" if n == k else "some"
+                    for n in (near[0] >= 0).sum(1).tolist()}
+            assert {"none", "some"} <= rows and (k > 8 or "all" in rows)
+            assert full_bytes == sum(a.nbytes for p in parts for a in _compact(*p.search(queries, k)))
+            assert near_bytes == sum(a.nbytes for p in parts for a in
+                                     _compact_within(*p.search(queries, k, max_distance=limit)))
+            assert near_bytes < full_bytes / 2
+
+
 CRASH = "crash_me.png"
 
 

@@ -182,6 +182,161 @@ def test_shard_answers_shipped_compactly_lose_nothing():
     assert empty[0].shape == (0, 4) and empty[0].dtype == np.int64
 
 
+def _near_codes(rng, n, bases, flips):
+    """Codes a few bits from a few shared bases: many near, many tied."""
+    import numpy as np
+
+    bits = np.unpackbits(bases[rng.integers(0, len(bases), n)], axis=1)
+    return np.packbits(bits ^ (rng.random(bits.shape) < flips / bits.shape[1]), axis=1)
+
+
+def test_a_search_within_a_distance_over_shards_is_the_full_search_cut():
+    """``MergedIndex.search(..., max_distance=d)`` (each part cut at d before
+    the merge) gives the merged full search cut at d (``index.within``),
+    which is the one-index search cut at d (near enough that ties at the
+    k-th are fewer than ``index.TIE_MARGIN``): full rows, rows with a few near
+    neighbours, empty rows, and ties at equal distance across the parts
+    (duplicate codes under several keys)."""
+    import numpy as np
+
+    from matchkit.index import HammingIndex, within
+    from matchkit.shards import MergedIndex
+
+    rng = np.random.default_rng(7)
+    bases = rng.integers(0, 256, (6, 32), dtype=np.uint8)
+    codes = _near_codes(rng, 600, bases, flips=24)
+    codes[300:420] = codes[:120]  # (the same codes under other keys: ties)
+    keys = np.arange(600) * 7 + 3
+    whole = HammingIndex(256)
+    whole.add(keys, codes)
+    parts = [HammingIndex(256) for _ in range(3)]
+    owner = (keys * 2654435761) % 3
+    for n, part in enumerate(parts):
+        part.add(keys[owner == n], codes[owner == n])
+    merged = MergedIndex(parts)
+    queries = np.concatenate([_near_codes(rng, 60, bases, flips=24),
+                              rng.integers(0, 256, (20, 32), dtype=np.uint8)])  # (far: empty)
+    seen = set()
+    for k in (1, 4, 64):
+        for d in (0, 30, 40, 56, 256):
+            got = merged.search(queries, k, max_distance=d)
+            want = within(*merged.search(queries, k), d, 256)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            if d <= 56:  # (far off, ties at the k-th outnumber ``index.TIE_MARGIN``)
+                one = within(*whole.search(queries, k), d, 256)
+                assert np.array_equal(got[0], one[0]) and np.array_equal(got[1], one[1])
+            near = (got[0] >= 0).sum(1)
+            seen.update({"empty" if x == 0 else "full" if x == k else "some"
+                         for x in near.tolist()})
+    assert seen == {"empty", "some", "full"}
+    _, d = merged.search(queries, 64, max_distance=56)
+    assert ((np.diff(d, axis=1) == 0) & (d[:, 1:] <= 56)).sum() > 100  # (ties were there)
+
+
+def test_within_puts_the_near_neighbours_first_in_their_order():
+    import numpy as np
+
+    from matchkit.index import within
+
+    keys = np.array([[4, 9, 2, -1], [1, 2, 3, 5], [8, 6, -1, -1]], np.int64)
+    dists = np.array([[60, 10, 12, 257], [1, 2, 3, 4], [57, 70, 257, 257]], np.int64)
+    k, d = within(keys, dists, 56, 256)
+    assert k.tolist() == [[9, 2, -1, -1], [1, 2, 3, 5], [-1] * 4]
+    assert d.tolist() == [[10, 12, 257, 257], [1, 2, 3, 4], [257] * 4]
+
+
+def test_votes_and_holders_asked_within_the_vote_distance_are_unchanged():
+    """The descriptor votes (``candidates.vote_candidates``) and the
+    burstiness check's holders (``burst.holders``) ask shards only for the
+    neighbours within the vote distance: the same votes, hits and holders
+    as from the full search, and lists with the same near neighbours."""
+    import numpy as np
+
+    from matchkit.burst import holders
+    from matchkit.candidates import VoteDetail, vote_candidates
+    from matchkit.index import HammingIndex, within
+    from matchkit.shards import MergedIndex
+
+    class Full:
+        """The merged index, always searched in full (as before the cut)."""
+
+        def __init__(self, index):
+            self.index = index
+
+        def __len__(self):
+            return len(self.index)
+
+        def search(self, codes, k, max_distance=None):
+            return self.index.search(codes, k)
+
+    rng = np.random.default_rng(11)
+    stride, images, per_image = 1000, 40, 30
+    bases = rng.integers(0, 256, (8, 32), dtype=np.uint8)
+    codes = _near_codes(rng, images * per_image, bases, flips=40)
+    keys = np.repeat(np.arange(images), per_image) * stride + np.tile(np.arange(per_image),
+                                                                      images)
+    parts = [HammingIndex(256) for _ in range(3)]
+    for n, part in enumerate(parts):
+        mine = (keys // stride) % 3 == n
+        part.add(keys[mine], codes[mine])
+    merged = MergedIndex(parts)
+    queries = {i: codes[i * per_image:(i + 1) * per_image] for i in range(0, images, 3)}
+    for neighbours in (4, 16):
+        cut, full = VoteDetail(), VoteDetail()
+        kw = dict(key_stride=stride, neighbours=neighbours, max_distance=56, per_query=4)
+        votes = vote_candidates(merged, queries, detail=cut, **kw)
+        assert votes and votes == vote_candidates(Full(merged), queries, detail=full, **kw)
+        assert cut.by_owner == full.by_owner and cut.hits == full.hits
+        for i in queries:
+            near = within(*full.lists[i], 56, 254)  # (none: 255 in the lists)
+            assert np.array_equal(cut.lists[i][0], near[0].astype(np.int32))
+            assert np.array_equal(cut.lists[i][1], near[1].astype(np.uint8))
+        lists = np.concatenate([full.lists[i][1] for i in queries])
+        assert 0.1 < (lists <= 56).mean() < 0.9  # (near and far neighbours both)
+        desc = np.concatenate(list(queries.values()))
+        assert np.array_equal(holders(*merged.search(desc, 64, max_distance=56), 56, stride),
+                              holders(*merged.search(desc, 64), 56, stride))
+
+
+def test_near_answers_shipped_ragged_round_trip():
+    """A shard's answer within a distance (``distributed._compact_within``):
+    per-row counts, then the near neighbours' keys and distances alone,
+    narrowed where they fit; ``_expand_within`` gives ``index.within``'s
+    (n, k) arrays back, empty rows included."""
+    import numpy as np
+
+    from matchkit.distributed import _compact_within, _expand_within
+    from matchkit.index import within
+
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 5000, (50, 64)).astype(np.int64)
+    dists = np.sort(rng.integers(0, 120, (50, 64)), axis=1).astype(np.int64)
+    keys[45:] = -1  # (no neighbours at all)
+    dists[45:] = 257
+    for big_keys, limit, k in ((False, 56, 64), (True, 56, 64), (False, 256, 64),
+                               (False, 0, 64), (False, 56, 300)):
+        kk = keys * 2 ** 32 if big_keys else keys
+        dd = dists
+        if k == 300:  # (wider than a uint8 count)
+            kk = np.concatenate([kk] * 5, 1)[:, :k]
+            dd = np.sort(np.concatenate([dd] * 5, 1)[:, :k], axis=1)
+        if limit == 256:
+            dd = np.where(dd == 119, 256, dd)
+        kk = np.where(kk < 0, -1, kk)
+        want = within(kk, dd, limit, 256)
+        counts, ck, cd = _compact_within(*want)
+        assert counts.dtype == (np.uint16 if k > 255 else np.uint8)
+        assert ck.dtype == (np.int64 if big_keys else np.int32)
+        assert cd.dtype == (np.uint16 if limit == 256 else np.uint8)
+        assert len(ck) == len(cd) == int((want[0] >= 0).sum()) == int(counts.sum())
+        back = _expand_within(counts, ck, cd, k, 256)
+        assert back[0].dtype == back[1].dtype == np.int64
+        assert np.array_equal(back[0], want[0]) and np.array_equal(back[1], want[1])
+    empty = _expand_within(*_compact_within(np.zeros((0, 4), np.int64),
+                                            np.zeros((0, 4), np.int64)), 4, 64)
+    assert empty[0].shape == empty[1].shape == (0, 4)
+
+
 def test_files_are_keyed_by_their_resolved_path_links_and_loops_included(tmp_path):
     """``stat_files`` resolves each folder once and follows links to files by
     hand; every key equals the full resolution (``gallery._key``), and a loop
