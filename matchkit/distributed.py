@@ -173,9 +173,11 @@ class ShardServer:
     def save(self) -> None:
         self.gallery.save()
 
-    def index_info(self, name: str) -> tuple[int, int, bool]:
+    def index_info(self, name: str) -> tuple[int, int, bool, tuple | None]:
+        """The index's bits, size, tie order, and how it takes queries
+        encoded (``IVFIndex.encoding``; None: only as codes)."""
         index = getattr(self.gallery, f"{name}_index")
-        return index.nbits, len(index), index.ranks_ties_by_key
+        return index.nbits, len(index), index.ranks_ties_by_key, getattr(index, "encoding", None)
 
     def search(self, name: str, codes, k: int, max_distance: int | None = None):
         """k nearest of each code, compactly: keys as int32 when they fit,
@@ -235,11 +237,16 @@ class RemoteIndex:
     shards it holds."""
 
     def __init__(self, actor, name: str, nbits: int, size: int, stats: "Work", node: str,
-                 driver_node: str, sent: dict, ranks_ties_by_key: bool = False):
+                 driver_node: str, sent: dict, ranks_ties_by_key: bool = False,
+                 encoder=None):
         self.actor, self.name, self.nbits, self.size, self.stats = actor, name, nbits, size, stats
         #: The actor's index's ``ranks_ties_by_key`` when this view was made.
         self.ranks_ties_by_key = ranks_ties_by_key
         self.node, self.driver_node, self.sent = node, driver_node, sent
+        #: An index on the driver whose ``encode`` gives queries the actor's
+        #: index searches as it would the codes (``ivf.EncodedQueries``), or
+        #: None: the codes are sent.
+        self.encoder = encoder
 
     def __len__(self) -> int:
         return self.size
@@ -247,11 +254,12 @@ class RemoteIndex:
     def search_async(self, codes, k: int, max_distance: int | None = None):
         ray = _ray()
         if self.sent.get("codes") is not codes:
-            self.sent.update(codes=codes, ref=ray.put(codes), nodes=set())
-            self.stats.add("driver", "query_bytes", codes.nbytes)
+            query = codes if self.encoder is None else self.encoder.encode(codes)
+            self.sent.update(codes=codes, ref=ray.put(query), nodes=set(), size=query.nbytes)
+            self.stats.add("driver", "query_bytes", query.nbytes)
         if self.node != self.driver_node and self.node not in self.sent["nodes"]:
             self.sent["nodes"].add(self.node)
-            self.stats.add("driver", "query_bytes_across_nodes", codes.nbytes)
+            self.stats.add("driver", "query_bytes_across_nodes", self.sent["size"])
         ref = self.actor.search.remote(self.name, self.sent["ref"], k, max_distance)
         self.stats.add("driver", "queries", len(codes))
 
@@ -265,6 +273,20 @@ class RemoteIndex:
                 return _expand(*arrays, self.nbits)
             return _expand_within(*arrays, k, self.nbits)
         return result
+
+
+def _encoder(encodings: set, settings: Settings):
+    """An index on the driver that encodes queries as every shard's index
+    takes them (``ivf.IVFIndex.encode``): an IVF index of the shipped
+    vocabulary with the settings' probes, when all shards' indexes have its
+    encoding; else None (HNSW indexes, or a vocabulary this driver lacks:
+    the codes themselves are sent)."""
+    if len(encodings) != 1 or None in encodings:
+        return None
+    from .ivf import IVFIndex
+
+    mine = IVFIndex(probes=settings.ivf_probes)
+    return mine if mine.encoding in encodings else None
 
 
 class Work:
@@ -489,8 +511,10 @@ class RayRun:
         infos = _ray().get([a.index_info.remote(name) for a in self.actors])
         sent: dict = {}
         here = _node()
-        return [RemoteIndex(a, name, nbits, size, self.work, node, here, sent, by_key)
-                for a, (nbits, size, by_key), node in zip(self.actors, infos, self.shard_nodes)]
+        encoder = _encoder({info[3] for info in infos}, self.settings)
+        return [RemoteIndex(a, name, nbits, size, self.work, node, here, sent, by_key, encoder)
+                for a, (nbits, size, by_key, _), node in zip(self.actors, infos,
+                                                                self.shard_nodes)]
 
     def add(self, paths: Iterable[str | os.PathLike],
             progress: Callable[[int], None] | None = None, chunk: int | None = None) -> AddReport:

@@ -61,6 +61,31 @@ VOCAB_FILE = Path(__file__).with_name("data") / "orb_vocab.npz"
 
 
 @dataclass(frozen=True, eq=False)
+class EncodedQueries:
+    """Query descriptors as an :class:`IVFIndex` compares them: each one's
+    probed words and signature, which is all its search reads of it.
+
+    Why: a query sent to another machine (a shard held by a Ray actor,
+    ``distributed.RemoteIndex``) is 12 bytes this way with the shipped
+    64-bit signature and 2 probes, against 32 for the descriptor."""
+
+    #: (n, probes) words, nearest first (uint16 while the vocabulary allows).
+    words: np.ndarray
+    #: ``Vocabulary.signatures`` of the descriptors.
+    sigs: np.ndarray
+    #: ``IVFIndex.encoding`` of the index that made them: only an index with
+    #: the same one may search them.
+    encoding: tuple
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @property
+    def nbytes(self) -> int:
+        return self.words.nbytes + self.sigs.nbytes
+
+
+@dataclass(frozen=True, eq=False)
 class Vocabulary:
     """Two-level tree of binary centroids, and the descriptor bits kept as signature."""
 
@@ -303,20 +328,42 @@ class IVFIndex:
         self._set(words[order], keys[order], sigs[order])
 
     # -- search -------------------------------------------------------------
-    def search(self, codes: np.ndarray, k: int, max_distance: int | None = None
+    @property
+    def encoding(self) -> tuple:
+        """What :meth:`encode` depends on: the vocabulary, probes and nodes."""
+        return (self.vocab.digest, self.vocab.nbits, self.probes, self.nodes)
+
+    def encode(self, codes: np.ndarray) -> EncodedQueries:
+        """Query codes (n, 32) as this index compares them (:class:`EncodedQueries`):
+        ``search`` of the result equals ``search`` of the codes, on this index
+        or any other with the same ``encoding``."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 32)
+        words = self.vocab.assign(codes, self.probes, self.nodes)
+        if self.vocab.words <= 1 << 16:
+            words = words.astype(np.uint16)
+        return EncodedQueries(words, self.vocab.signatures(codes), self.encoding)
+
+    def search(self, codes: np.ndarray | EncodedQueries, k: int, max_distance: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest codes for each query by (distance, key): (keys, distances),
         each (n, k). Distances are signature Hamming distances scaled to 256
         bits; only entries in the query's ``probes`` nearest words are found.
         Missing neighbours have key -1 and distance 257; with
-        ``max_distance``, so are those farther than it (``index.within``)."""
+        ``max_distance``, so are those farther than it (``index.within``).
+        The queries may come encoded (:meth:`encode`, by an index of the same
+        ``encoding``: else ValueError)."""
+        if isinstance(codes, EncodedQueries) and codes.encoding != self.encoding:
+            raise ValueError("queries encoded for another vocabulary or probes")
         keys, dists = self._search(codes, k)
         return (keys, dists) if max_distance is None else within(keys, dists, max_distance,
                                                                  self.nbits)
 
-    def _search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 32)
-        n = len(codes)
+    def _search(self, queries: np.ndarray | EncodedQueries, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+        encoded = queries if isinstance(queries, EncodedQueries) else None
+        if encoded is None:
+            queries = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, 32)
+        n = len(queries)
         k = max(1, int(k))
         keys, dists = self._no_neighbours(n, k)
         with self._lock:
@@ -325,10 +372,16 @@ class IVFIndex:
         if n == 0 or len(pkeys) == 0:
             return keys, dists
         for s in range(0, n, _CHUNK):
-            q = codes[s:s + _CHUNK]
-            kk, dd = self._search_chunk(q, k, offsets, pkeys, psigs)
-            keys[s:s + len(q)] = kk
-            dists[s:s + len(q)] = dd
+            if encoded is None:
+                q = queries[s:s + _CHUNK]
+                words = self.vocab.assign(q, self.probes, self.nodes)  # (n, probes)
+                sigs = self.vocab.signatures(q)
+            else:
+                words = encoded.words[s:s + _CHUNK].astype(np.int64)
+                sigs = encoded.sigs[s:s + _CHUNK]
+            kk, dd = self._search_chunk(words, sigs, k, offsets, pkeys, psigs)
+            keys[s:s + len(words)] = kk
+            dists[s:s + len(words)] = dd
         return keys, dists
 
     def _no_neighbours(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +390,7 @@ class IVFIndex:
         return (np.full((n, k), -1, dtype=np.int64),
                 np.full((n, k), self.nbits + 1, dtype=np.int64))
 
-    def _search_chunk(self, codes, k, offsets, pkeys, psigs):
+    def _search_chunk(self, words, sigs, k, offsets, pkeys, psigs):
         """The k nearest postings of each query by (distance, key), in one of
         two ways with the same result: word by word (``_by_word``) where each
         probed word gives its comparison call enough work, else every
@@ -346,26 +399,25 @@ class IVFIndex:
         / by word): 64-bit signatures, 2 probes 0.34 / 0.76 (about 300
         comparisons a probed word in a chunk of 4,096 queries); 256 bits,
         16 probes 3.39 / 2.01 (about 1,700)."""
-        words = self.vocab.assign(codes, self.probes, self.nodes)  # (n, probes)
         w = words.reshape(-1)
         comparisons = int((offsets[w + 1] - offsets[w]).sum())
         if comparisons >= BY_WORD_FROM * len(unique(w)):
-            return self._by_word(codes, words, k, offsets, pkeys, psigs)
-        n = len(codes)
+            return self._by_word(sigs, words, k, offsets, pkeys, psigs)
+        n = len(words)
         keys, dists = self._no_neighbours(n, k)
         for s in range(0, n, _GATHER_CHUNK):
             e = s + _GATHER_CHUNK
-            keys[s:e], dists[s:e] = self._gathered(codes[s:e], words[s:e], k, offsets,
+            keys[s:e], dists[s:e] = self._gathered(sigs[s:e], words[s:e], k, offsets,
                                                    pkeys, psigs)
         return keys, dists
 
-    def _by_word(self, codes, words, k, offsets, pkeys, psigs):
+    def _by_word(self, sigs, words, k, offsets, pkeys, psigs):
         """Each probed word's queries compared with its postings at once by
         OpenCV's Hamming ``batchDistance``, which keeps each query's k
         nearest and, among equal distances, the earlier posting (postings are
         sorted by key within a word): the union of those per-word lists holds
         every query's k nearest overall."""
-        n = len(codes)
+        n = len(words)
         keys, dists = self._no_neighbours(n, k)
         words = words.reshape(-1)  # (n * probes)
         rows = np.repeat(np.arange(n), self.probes)
@@ -373,8 +425,7 @@ class IVFIndex:
         words, rows = words[order], rows[order]
         # Signatures as bytes, queries in the postings' width (narrowed on load).
         width = psigs.dtype.itemsize * (psigs.shape[1] if psigs.ndim == 2 else 1)
-        qsig = np.ascontiguousarray(
-            self.vocab.signatures(codes).astype(psigs.dtype, copy=False)).view(np.uint8)
+        qsig = np.ascontiguousarray(sigs.astype(psigs.dtype, copy=False)).view(np.uint8)
         qsig = qsig.reshape(n, width)
         pbytes = np.ascontiguousarray(psigs).view(np.uint8).reshape(-1, width)
         cuts = np.flatnonzero(np.diff(words)) + 1
@@ -403,12 +454,11 @@ class IVFIndex:
         dists[row[keep], rank[keep]] = d[keep] * self._scale
         return keys, dists
 
-    def _gathered(self, codes, words, k, offsets, pkeys, psigs):
+    def _gathered(self, qsig, words, k, offsets, pkeys, psigs):
         """Every candidate posting of up to ``_GATHER_CHUNK`` queries
         compared and sorted at once in numpy."""
-        n = len(codes)
+        n = len(words)
         keys, dists = self._no_neighbours(n, k)
-        qsig = self.vocab.signatures(codes)
         rows = np.repeat(np.arange(n), self.probes)
         w = words.reshape(-1)
         start, length = offsets[w], offsets[w + 1] - offsets[w]

@@ -338,3 +338,29 @@ def test_settings_key_unchanged_for_hnsw_and_bad_setting():
         Settings(vote_index="faiss")
     with pytest.raises(SettingsError):
         Settings(ivf_probes=0)
+
+
+def test_encoded_queries_search_as_the_codes():
+    """``IVFIndex.encode``: the probed words and signatures are all a search
+    reads of a query, so searching them gives the codes' result, on any
+    index of the same encoding; another encoding is refused."""
+    from matchkit.ivf import IVFIndex
+
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    queries = codes[:200] ^ (rng.random((200, 32)) < 0.03).astype(np.uint8)
+    for bits in (64, 256):
+        vocab = IVFIndex().vocab if bits == 64 else IVFIndex().vocab.with_signature_bits(256)
+        a, b = IVFIndex(vocab, probes=3), IVFIndex(vocab, probes=3)
+        a.add(np.arange(1500), codes[:1500])
+        b.add(np.arange(1500, 3000), codes[1500:])
+        enc = a.encode(queries)
+        assert len(enc) == 200 and enc.words.dtype == np.uint16
+        for idx in (a, b):
+            for limit in (None, 56):
+                want = idx.search(queries, 8, max_distance=limit)
+                got = idx.search(enc, 8, max_distance=limit)
+                assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert (a.search(enc, 8)[0] >= 0).any()
+        with pytest.raises(ValueError):
+            IVFIndex(vocab, probes=2).search(enc, 8)

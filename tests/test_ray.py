@@ -220,6 +220,32 @@ def test_look_ups_within_a_distance_ship_only_the_near_neighbours(images, cluste
             assert near_bytes < full_bytes / 2
 
 
+def test_ivf_queries_travel_encoded(images, cluster, tmp_path):
+    """With IVF votes the driver sends each query descriptor as the shards'
+    indexes compare it (probed words and signature, ``ivf.EncodedQueries``:
+    12 bytes against 32), and the answers equal those for the codes."""
+    import numpy as np
+
+    from matchkit.config import Settings
+    from matchkit.distributed import RayRun
+
+    settings = Settings(vote_index="ivf")
+    with RayRun("auto", tmp_path / "g", settings, shards=3) as run:
+        run.add(sorted(images.iterdir())[:15])
+        g = run.gallery
+        queries = np.concatenate([g.local_features(i)[0].desc[:40] for i in g.ids()[:6]])
+        index, driver = g.orb_index, run.work.by_node["driver"]
+        assert all(p.encoder is not None for p in index.parts)
+        before = driver["query_bytes"]
+        got = index.search(queries, 8, max_distance=settings.vote_max_distance)
+        sent = driver["query_bytes"] - before
+    assert sent == len(queries) * (2 * settings.ivf_probes + 8) < queries.nbytes / 2
+    with ShardedGallery(tmp_path / "g", settings, create=False) as local:
+        want = local.orb_index.search(queries, 8, max_distance=settings.vote_max_distance)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert (got[0] >= 0).any()
+
+
 CRASH = "crash_me.png"
 
 
