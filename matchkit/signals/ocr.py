@@ -21,7 +21,9 @@ vetoed.
 Search (``matchkit search --contains "invoice 2023"``): images ranked by how
 many query words they hold, fuzzily (``difflib`` ratio at least
 ``FUZZY_CUTOFF`` against the gallery's vocabulary), plus ``ORDER_BONUS`` for
-each two query words that follow each other in their text.
+each two query words that follow each other in their text. Accents are
+ignored on both sides (``fold``); of images that score the same, the one
+with less text comes first.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import re
 import shutil
 import subprocess
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,6 +92,15 @@ def normalise(text: str) -> str:
 def words(text: str, min_len: int = 1) -> list[str]:
     """The words (runs of letters and digits) of ``text``, lowercased."""
     return [w for w in _WORD.findall(text.lower()) if len(w) >= min_len]
+
+
+def fold(text: str) -> str:
+    """``text`` without accents (``"café"`` -> ``"cafe"``): what search compares.
+    Users type queries without them, and Tesseract's ``eng`` model adds them
+    to unaccented words it misreads (``"kaffée"``); a difflib ratio would
+    count each as a misspelling (``"cafe"``/``"café"`` is 0.75, the cutoff)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text)
+                   if not unicodedata.combining(c))
 
 
 def text_like_regions(image) -> int:
@@ -309,12 +321,18 @@ def search_text(payloads: dict[int, bytes | None], query: str, k: int = 10,
     image word (at least ``FUZZY_CUTOFF``), plus ``order_bonus`` (default
     ``ORDER_BONUS``) for each two query words that follow each other in the
     image's text as in the query (one word between them allowed: a word
-    misread beyond recognition)."""
+    misread beyond recognition). Words are compared without accents
+    (``fold``). Equal scores are ordered by the image's number of words,
+    fewest first: the same query words in a caption of five words say more
+    about the image than in a page of three hundred, which holds many of a
+    language's common words by chance (and an image id is no reason at all).
+    (Chosen on the calib text set: recall@10 0.9551 -> 0.9593, the length
+    order giving most of it.)"""
     bonus = ORDER_BONUS if order_bonus is None else order_bonus
-    q = words(query)
+    q = words(fold(query))
     if not q:
         return []
-    texts = {i: words(payload_text(p)) for i, p in payloads.items() if p}
+    texts = {i: words(fold(payload_text(p))) for i, p in payloads.items() if p}
     vocabulary = sorted({w for ws in texts.values() for w in ws})
     known = set(vocabulary)
     # Query word -> {vocabulary word: ratio} for the words close enough.
@@ -340,6 +358,6 @@ def search_text(payloads: dict[int, bytes | None], query: str, k: int = 10,
                 b = {p for w in close[j + 1] for p in pos.get(w, ())}
                 if any(p + 1 in b or p + 2 in b for p in a):
                     score += bonus
-        hits.append((i, round(score, 4)))
-    hits.sort(key=lambda h: (-h[1], h[0]))
-    return hits[:k]
+        hits.append((i, round(score, 4), len(ws)))
+    hits.sort(key=lambda h: (-h[1], h[2], h[0]))
+    return [(i, score) for i, score, _ in hits[:k]]
