@@ -6,7 +6,10 @@ cheap gate on a downscaled grey copy looks for short, wide clusters of strong
 edges (lines of glyphs); photos without any are not read at all.
 
 Payload (JSON, UTF-8): the text as read, lowercased with whitespace
-collapsed, and its words with confidence and box (fractions of the image).
+collapsed, and its words with confidence and box (fractions of the image),
+of the words read with at least ``MIN_CONFIDENCE``; and, where it holds more,
+"search": the text of every word read (``SEARCH_MIN_CONFIDENCE``), which
+search looks in.
 
 Evidence of a pair, over words of at least ``MIN_WORD`` letters or digits:
 ``words_a``/``words_b`` (distinct words each image holds) and
