@@ -141,8 +141,9 @@ def search(gallery: Gallery | str | os.PathLike, *,
     ``contains`` (instead of ``image`` or ``text``) finds images by the text
     they show: words read by the "ocr" signal (``matchkit.signals.ocr``), at
     ``Gallery.add`` with ``Settings(signals=("ocr",))``; fuzzy, no model
-    needed. Scores: query words found (each up to 1, by closeness) plus 1
-    for each two of them in the query's order (``signals.ocr.search_text``).
+    needed. Scores: query words found (each up to 1, by closeness; accents
+    ignored) plus 1 for each two of them in the query's order; of equal
+    scores, the image with less text first (``signals.ocr.search_text``).
     """
     if contains is not None:
         if image is not None or text is not None:

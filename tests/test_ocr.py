@@ -191,3 +191,67 @@ def test_caption_masks_keep_an_outlined_caption_not_its_light_background():
     assert white[~band].sum() > 2 * white[band].sum()
     assert light_near_dark[band].sum() > 10 * max(1, light_near_dark[~band].sum())
 
+
+
+def _payloads(texts: dict[int, str]) -> dict[int, bytes]:
+    """Stored ocr payloads (as ``OCRSignal.extract`` writes them) of ``texts``."""
+    return {i: json.dumps({"text": normalise(t), "words": []}).encode() for i, t in texts.items()}
+
+
+def test_search_ignores_accents_on_both_sides():
+    # Tesseract adds accents to words it misreads; users type without them.
+    # Without folding, each word would be a 0.75 fuzzy match (score 1.5 + 1),
+    # not a found one.
+    pay = _payloads({1: "Bienvenue au Café — commandé ici", 2: "plage matin soir"})
+    assert search_text(pay, "cafe commande") == [(1, 3.0)]
+    assert search_text(pay, "café commandé")[0] == (1, 3.0)
+    assert search_text(_payloads({5: "kaffee genehmigt"}), "kafféé genéhmigt") == [(5, 3.0)]
+
+
+def test_search_equal_scores_put_the_shorter_text_first():
+    # The page (id 1) holds both query words apart, as the caption (id 2)
+    # does: equal scores; the caption, whose text the words are more of,
+    # comes first although its id is larger.
+    page = " ".join(["rechnung betrag datum konto kunde"] * 20 + ["bahnhof", "quittung", "markt"])
+    pay = _payloads({1: page, 2: "bahnhof am markt", 3: "sommer strand"})
+    hits = search_text(pay, "bahnhof markt", order_bonus=0)
+    assert [i for i, _ in hits] == [2, 1]
+    assert hits[0][1] == hits[1][1] == 2.0
+    # A better score still wins over a shorter text.
+    hits = search_text(_payloads({1: page + " bahnhof markt", 2: "bahnhof"}), "bahnhof markt")
+    assert [i for i, _ in hits] == [1, 2]
+    # Ties between equally long texts keep the id order (deterministic results).
+    assert [i for i, _ in search_text(_payloads({4: "bahnhof x", 3: "bahnhof y"}),
+                                      "bahnhof")] == [3, 4]
+
+
+def test_low_confidence_words_are_searched_but_not_compared(monkeypatch):
+    from matchkit.signals import ocr
+
+    # Tesseract's tsv: a line of four words, one read at confidence 20 (kept
+    # for search only); a row of another level (a line's box) is no word.
+    head = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext"
+    rows = [("invoice", 95), ("total", 90), ("2413", 20), ("amount", 92)]
+    tsv = "\n".join([head, "4\t1\t1\t1\t1\t0\t0\t0\t50\t8\t-1\tline"]
+                     + [f"5\t1\t1\t1\t1\t{n}\t{10 * n}\t5\t8\t8\t{c}\t{t}"
+                        for n, (t, c) in enumerate(rows, 1)])
+
+    class Done:
+        stdout = tsv.encode()
+
+    monkeypatch.setattr(ocr.subprocess, "run", lambda *a, **k: Done())
+    read = ocr._tesseract(Image.new("L", (40, 20), 255), "eng", 3)
+    assert [r[0] for r in read] == ["invoice", "total", "2413", "amount"]
+    found = ocr.read_text(Image.new("RGB", (1200, 800), (255, 255, 255)))  # a page: read once
+    assert found["text"] == "invoice total amount"
+    assert found["search"] == "invoice total 2413 amount"
+    assert [w[0] for w in found["words"]] == ["invoice", "total", "amount"]
+    payload = json.dumps(found).encode()
+    # Pair evidence and reports use the confident words only ...
+    assert ocr._text_words(payload) == ["invoice", "total", "amount"]
+    assert ocr.OCRSignal().show(payload) == "invoice total amount"
+    # ... search finds the number read at low confidence, next to "total".
+    assert search_text({7: payload}, "total 2413") == [(7, 3.0)]
+    # A payload stored before the "search" text existed is searched by its text.
+    old = json.dumps({"text": "invoice total amount", "words": []}).encode()
+    assert search_text({7: old}, "total 2413") == [(7, 1.0)]
