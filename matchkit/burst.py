@@ -213,13 +213,10 @@ def measure(evidence: Sequence, index, features: Callable, hashes: Callable, set
     for all their inliers; None where the inliers' descriptors cannot be
     told. Not counted: the pair, its copies (:func:`copies`, looked for
     among the images that could carry the part), images outside the run
-    (``allowed``: a boolean mask by image id). ``index`` may be a function
-    giving the index, called only when there is something to look up."""
+    (``allowed``: a boolean mask by image id)."""
     todo = [ev for ev in evidence if measurable(ev)]
     if not todo:
         return []
-    if callable(index):
-        index = index()
     found = [inlier_descriptors(ev, features) for ev in todo]
     have = [d for d in found if d is not None]
     if not have:
@@ -396,7 +393,8 @@ class BurstMatcher:
             todo = rest
         if not todo:
             return
-        for ev, part in measure(todo, lambda: self._gallery.orb_index, self._features,
+        # (the index is loaded here, only when there is something to look up)
+        for ev, part in measure(todo, self._gallery.orb_index, self._features,
                                 self._hashes, self._settings, self._stride, self._allowed):
             carried = summed(part)
             if self.memo is not None:
