@@ -101,6 +101,11 @@ def holders(keys: np.ndarray, dists: np.ndarray, max_distance: int,
     return img
 
 
+def carrying_need(inliers: int) -> float:
+    """Of a part of ``inliers`` inliers, how many an image must hold to carry it."""
+    return max(SHARED_MIN, SHARED_SHARE * inliers)
+
+
 @dataclass(frozen=True)
 class Part:
     """What the other images of a run hold of a pair's matched part."""
@@ -115,7 +120,7 @@ class Part:
     @property
     def need(self) -> float:
         """Inliers an image must hold to carry the part."""
-        return max(SHARED_MIN, SHARED_SHARE * self.inliers)
+        return carrying_need(self.inliers)
 
     def carriers(self) -> int:
         """How many images carry the part."""
@@ -132,7 +137,7 @@ class Carried:
 
     @property
     def need(self) -> float:
-        return max(SHARED_MIN, SHARED_SHARE * self.inliers)
+        return carrying_need(self.inliers)
 
     def carriers(self) -> int:
         return self.count

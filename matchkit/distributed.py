@@ -191,12 +191,16 @@ class ShardServer:
         return _compact_within(*index.search(codes, k, max_distance=max_distance))
 
 
-def _compact(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    found = keys >= 0
-    if not len(keys) or keys.max() < 2 ** 31:
+def _narrow(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys as int32 and distances as uint8 where every value fits (else
+    int64 keys, uint16 distances): what a shard's answer is sent as."""
+    if not keys.size or keys.max() < 2 ** 31:
         keys = keys.astype(np.int32)
-    dists = np.where(found, dists, 0)
-    return keys, dists.astype(np.uint8 if not found.any() or dists.max() < 256 else np.uint16)
+    return keys, dists.astype(np.uint8 if not dists.size or dists.max() < 256 else np.uint16)
+
+
+def _compact(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _narrow(keys, np.where(keys >= 0, dists, 0))
 
 
 def _expand(keys: np.ndarray, dists: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,9 +219,7 @@ def _compact_within(keys: np.ndarray, dists: np.ndarray
     distance, mostly none or a few: the rest never leave the shard."""
     found = keys >= 0
     counts = found.sum(1).astype(np.min_scalar_type(keys.shape[1]))
-    keys, dists = keys[found], dists[found]
-    return (counts, keys.astype(np.int32) if not len(keys) or keys.max() < 2 ** 31 else keys,
-            dists.astype(np.uint8 if not len(dists) or dists.max() < 256 else np.uint16))
+    return (counts, *_narrow(keys[found], dists[found]))
 
 
 def _expand_within(counts: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,

@@ -372,13 +372,12 @@ class IVFIndex:
         if n == 0 or len(pkeys) == 0:
             return keys, dists
         for s in range(0, n, _CHUNK):
-            if encoded is None:
-                q = queries[s:s + _CHUNK]
-                words = self.vocab.assign(q, self.probes, self.nodes)  # (n, probes)
-                sigs = self.vocab.signatures(q)
+            if encoded is None:  # (a chunk at a time: bounded memory)
+                part = self.encode(queries[s:s + _CHUNK])
+                words, sigs = part.words, part.sigs
             else:
-                words = encoded.words[s:s + _CHUNK].astype(np.int64)
-                sigs = encoded.sigs[s:s + _CHUNK]
+                words, sigs = encoded.words[s:s + _CHUNK], encoded.sigs[s:s + _CHUNK]
+            words = words.astype(np.int64)  # (n, probes)
             kk, dd = self._search_chunk(words, sigs, k, offsets, pkeys, psigs)
             keys[s:s + len(words)] = kk
             dists[s:s + len(words)] = dd
