@@ -54,8 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._fs import atomic_write_bytes
-from .hashing import dihedral_match_many
+from matchkit._fs import atomic_write_bytes
+from matchkit.hashing import dihedral_match_many
 
 #: Neighbours asked of the index per inlier descriptor: enough to tell a
 #: count above any cap used (several may come from one image).

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .pairfeatures import FEATURES
+from matchkit.pairfeatures import FEATURES
 
 MODELS = ("boosting", "logistic")
 _TREE_KEYS = ("feature", "threshold", "left", "right", "leaf", "missing_left", "value")
@@ -92,7 +92,7 @@ class PairCalibrator:
         ``held_out`` marks the held-out rows; default: a stable hash of the
         pair id puts a ``holdout`` fraction of pairs aside.
         """
-        from .classify import fit_open_set
+        from matchkit.classify import fit_open_set
 
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r} (known: {', '.join(MODELS)})")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._arrays import unique
-from .checkpoint import checkpoint
-from .index import HammingIndex
+from matchkit._arrays import unique
+from matchkit.checkpoint import checkpoint
+from matchkit.index import HammingIndex
 
 _MAX_NEIGHBOURS = 1024
 

@@ -29,19 +29,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from ._cvthreads import single_opencv_thread
-from .relation import check_level
-from ._fs import atomic_write_bytes
-from .config import Settings
-from .features import digests_prove_same_pixels, full_pixel_digest, stored_pixel_digest
-from .fspath import csv_bytes, json_text
-from .gallery import Gallery
-from .hashing import file_digest
-from .io import ImageLoadError, iter_image_files
-from .match import PairEvidence
-from .query import Neighbour, QueryMatcher
-from .report import SkippedFile
-from .shards import ShardedGallery, open_gallery
+from matchkit._cvthreads import single_opencv_thread
+from matchkit.relation import check_level
+from matchkit._fs import atomic_write_bytes
+from matchkit.config import Settings
+from matchkit.features import digests_prove_same_pixels, full_pixel_digest, stored_pixel_digest
+from matchkit.fspath import csv_bytes, json_text
+from matchkit.gallery import Gallery
+from matchkit.hashing import file_digest
+from matchkit.io import ImageLoadError, iter_image_files
+from matchkit.match import PairEvidence
+from matchkit.query import Neighbour, QueryMatcher
+from matchkit.report import SkippedFile
+from matchkit.shards import ShardedGallery, open_gallery
 
 #: Scores a query's matches: (pair evidence, settings) -> value in [0, 1].
 Scorer = Callable[[PairEvidence, Settings], float]
@@ -231,7 +231,7 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     start = time.perf_counter()
     run = None
     if ray is not None:
-        from .distributed import RayRun
+        from matchkit.distributed import RayRun
         run = RayRun(ray, getattr(gallery, "path", gallery), settings or Settings(), create=False)
         own, g = False, run.gallery
     else:

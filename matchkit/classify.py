@@ -55,13 +55,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._fs import atomic_write_bytes
-from .config import Settings
-from .features import ImageRecord, extract_many
-from .gallery import Gallery, GalleryError
-from .io import ImageLoadError, load_image
-from .labels import UNKNOWN, LabelError
-from .query import QueryMatcher
+from matchkit._fs import atomic_write_bytes
+from matchkit.config import Settings
+from matchkit.features import ImageRecord, extract_many
+from matchkit.gallery import Gallery, GalleryError
+from matchkit.io import ImageLoadError, load_image
+from matchkit.labels import UNKNOWN, LabelError
+from matchkit.query import QueryMatcher
 
 CALIBRATION_FILE = "labeler.json"
 #: Raw confidence an answer needs at least, whatever the calibration says:
@@ -396,7 +396,7 @@ class Labeler:
         if self.k < 1:
             raise ValueError("k must be at least 1")
         if self.level is not None:
-            from .relation import check_level
+            from matchkit.relation import check_level
             check_level(self.level)  # before any gallery is opened
         self.close()
         self.gallery_ = None
@@ -511,7 +511,7 @@ class Labeler:
         if y is None or len(y) != len(X):
             raise ValueError("y must give one label (or list of labels) per vector")
         self.settings_ = self.settings or Settings()
-        from .vectors import VectorIndex
+        from matchkit.vectors import VectorIndex
 
         self._vector_labels = {
             row: [str(v)] if isinstance(v, (str, int, np.integer)) else [str(x) for x in v]
@@ -1015,7 +1015,7 @@ def _load_embedder(embedder):
     """An embedder object as given, or one loaded by registry name or path."""
     if embedder is None or not isinstance(embedder, (str, os.PathLike)):
         return embedder
-    from .embed import load_embedder
+    from matchkit.embed import load_embedder
 
     return load_embedder(str(embedder))
 
@@ -1023,7 +1023,7 @@ def _load_embedder(embedder):
 def embed_paths(embedder, paths: Sequence[str], batch: int = 32) -> tuple[np.ndarray, list[int]]:
     """Embeddings of the readable images among ``paths`` and their positions,
     decoded as the gallery decodes images for embedding."""
-    from .gallery import EMBED_DECODE_SIDE
+    from matchkit.gallery import EMBED_DECODE_SIDE
 
     vecs, kept = [], []
     for start in range(0, len(paths), batch):

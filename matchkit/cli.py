@@ -16,16 +16,16 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from ._fs import atomic_write_bytes
-from .fspath import display, json_text
-from .progress import PhaseProgress
-from .config import Settings
-from .dedupe import dedupe as run_dedupe
-from .distributed import RayUnavailable
-from .gallery import Gallery, GalleryError
-from .shards import is_sharded, open_gallery
-from .relation import DEFAULT_LEVEL, LEVELS
+from matchkit import __version__
+from matchkit._fs import atomic_write_bytes
+from matchkit.fspath import display, json_text
+from matchkit.progress import PhaseProgress
+from matchkit.config import Settings
+from matchkit.dedupe import dedupe as run_dedupe
+from matchkit.distributed import RayUnavailable
+from matchkit.gallery import Gallery, GalleryError
+from matchkit.shards import is_sharded, open_gallery
+from matchkit.relation import DEFAULT_LEVEL, LEVELS
 
 
 class _OneLineErrors(click.Group):
@@ -47,7 +47,7 @@ class _OneLineErrors(click.Group):
             click.echo(f"matchkit: error: {display(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         except sqlite3.DatabaseError as e:  # a damaged gallery database, met mid-run
-            from .gallery import damaged_database_message
+            from matchkit.gallery import damaged_database_message
             click.echo(f"matchkit: error: {damaged_database_message(e)}", err=True)
             sys.exit(2)
         if not standalone_mode:
@@ -84,7 +84,7 @@ _VOTE_INDEX_OPTION = click.option(
 def _check_signals(ctx, param, value) -> tuple[str, ...]:
     """``--signal`` names, checked against the registry (``matchkit.signals``)
     and able to run here, else a one-line error (exit 2)."""
-    from .signals import SignalUnavailable, UnknownSignal, check_names, get
+    from matchkit.signals import SignalUnavailable, UnknownSignal, check_names, get
 
     try:
         names = check_names(value)
@@ -96,7 +96,7 @@ def _check_signals(ctx, param, value) -> tuple[str, ...]:
 
 
 def _signal_option(what: str):
-    from .signals import available
+    from matchkit.signals import available
 
     return click.option(
         "--signal", "signals", multiple=True, callback=_check_signals, metavar="NAME",
@@ -112,13 +112,13 @@ class _Setting(click.ParamType):
     as ``Settings`` and profiles check it (``config.RANGES``)."""
 
     def __init__(self, setting: str):
-        from .config import RANGES, setting_kind
+        from matchkit.config import RANGES, setting_kind
         self.setting, self.kind = setting, setting_kind(setting)
         self.range = RANGES[setting]
         self.name = "integer" if self.kind is int else "number"
 
     def convert(self, value, param, ctx):
-        from .config import SettingsError, check_setting
+        from matchkit.config import SettingsError, check_setting
         if isinstance(value, str):
             try:
                 value = self.kind(value)
@@ -243,7 +243,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
       matchkit dedupe screenshots/ --signal ocr --html review.html
     """
     profile = _load_profile(profile_name, level)
-    from .keeper import parse_preference
+    from matchkit.keeper import parse_preference
     for rule in prefer:
         try:
             parse_preference(rule)
@@ -283,7 +283,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
     except (GalleryError, RayUnavailable) as e:
         _fail(_one_line(e))
     except Exception as e:  # a missing or unusable --model: one line, exit 2
-        from .embed import EmbedderError
+        from matchkit.embed import EmbedderError
         if not isinstance(e, EmbedderError):
             raise
         _fail(str(e))
@@ -300,7 +300,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
             shown("write", files_written, len(writing))
     written(0)
     if html_path:
-        from .html_report import DEFAULT_EVIDENCE_LIMIT, write_html_report
+        from matchkit.html_report import DEFAULT_EVIDENCE_LIMIT, write_html_report
         try:
             page = write_html_report(
                 report, html_path, settings=settings, progress=not quiet,
@@ -312,7 +312,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
         written(1)
     moved = None
     if move_to:
-        from .moves import MoveError, move_duplicates
+        from matchkit.moves import MoveError, move_duplicates
         try:
             moved = move_duplicates(report.to_dict(), move_to, roots=paths, dry_run=dry_run)
         except MoveError as e:
@@ -349,7 +349,7 @@ def _load_profile(name, level=None):
     and a --level the profile was not calibrated for, exit 2."""
     if name is None:
         return None
-    from .profiles import ProfileError, load_profile
+    from matchkit.profiles import ProfileError, load_profile
     try:
         profile = load_profile(name)
         profile.check_level(level)
@@ -402,9 +402,9 @@ def calibrate(paths, out_path, target_precision, suite_name, name, source, plot_
       matchkit dedupe ~/product-shots --profile configs/products.toml --json dupes.json
       matchkit calibrate ~/wallpapers --level variants --out configs/variants.toml
     """
-    from .edits import EditError, load_suite
-    from .pairsets import calibrate_folder
-    from .profiles import ProfileError, save_profile
+    from matchkit.edits import EditError, load_suite
+    from matchkit.pairsets import calibrate_folder
+    from matchkit.profiles import ProfileError, save_profile
 
     try:
         suite = load_suite(suite_name)
@@ -494,7 +494,7 @@ def models(fmt):
     """
     from dataclasses import asdict
 
-    from .embed import list_models
+    from matchkit.embed import list_models
     found = list_models()
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() else "json"
@@ -546,7 +546,7 @@ def undo(manifest, dry_run, json_path, verbose, quiet):
       matchkit undo ~/dupes/matchkit-moves-20250101-120000.json --dry-run
       matchkit undo ~/dupes/matchkit-moves-20250101-120000.json
     """
-    from .moves import MoveError, undo as run_undo
+    from matchkit.moves import MoveError, undo as run_undo
     try:
         result = run_undo(manifest, dry_run=dry_run)
     except MoveError as e:
@@ -598,8 +598,8 @@ def apply_cmd(review, dest, dry_run, json_path, quiet):
       matchkit apply ~/Downloads/matchkit-review.json --to ~/dupes
       matchkit undo ~/dupes/matchkit-moves-20250101-120000.json
     """
-    from .moves import MoveError
-    from .review import ReviewError, apply_review, read_review
+    from matchkit.moves import MoveError
+    from matchkit.review import ReviewError, apply_review, read_review
 
     try:
         sel = read_review(review)
@@ -655,7 +655,7 @@ def _undo_summary(result) -> str:
 
 def _open_gallery(path: str, settings: Settings | None = None):
     """An existing gallery, or a one-line usage error."""
-    from .gallery import Gallery
+    from matchkit.gallery import Gallery
 
     try:
         return Gallery(path, settings or Settings(), create=False)
@@ -667,7 +667,7 @@ def _emit_json(data, json_path: str | None) -> None:
     """JSON to stdout, or atomically to a file."""
     import json
 
-    from ._fs import atomic_write_bytes
+    from matchkit._fs import atomic_write_bytes
 
     text = json.dumps(data, indent=1)
     if json_path in (None, "-"):
@@ -733,8 +733,8 @@ def labels_import(gallery, gallery_opt, folder, csv_file, jsonl_file, json_path)
       matchkit labels import --gallery art-gallery --jsonl artworks.jsonl --json import.json
     """
     gallery = _pick_gallery(gallery, gallery_opt)
-    from .gallery import Gallery
-    from .labels import LabelError, import_folder, import_table
+    from matchkit.gallery import Gallery
+    from matchkit.labels import LabelError, import_folder, import_table
 
     sources = [x for x in (folder, csv_file, jsonl_file) if x]
     if len(sources) != 1:
@@ -762,7 +762,7 @@ def labels_show(gallery, gallery_opt):
       matchkit labels show --gallery parts-gallery | jq '.classes | length'
     """
     gallery = _pick_gallery(gallery, gallery_opt)
-    from .labels import class_counts
+    from matchkit.labels import class_counts
 
     g = _open_gallery(gallery)
     with g:
@@ -773,7 +773,7 @@ def labels_show(gallery, gallery_opt):
 def _calibration_bars(intro: str):
     """Progress of a synthetic calibration on stderr: ``intro`` once it starts,
     then a line and (on a terminal) a bar per stage (``Labeler(progress=)``)."""
-    from .progress import StageBars
+    from matchkit.progress import StageBars
 
     started: list[bool] = []
 
@@ -792,8 +792,8 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
     The embedding model is ``model``, else the one model the gallery holds
     vectors for (``matchkit index --model``), else none.
     """
-    from .classify import Labeler
-    from .labels import LabelError
+    from matchkit.classify import Labeler
+    from matchkit.labels import LabelError
 
     if not (Path(gallery) / "gallery.sqlite").exists():
         _fail(f"no gallery at {gallery} (create one with `matchkit labels import --gallery "
@@ -812,7 +812,7 @@ def _labeler(gallery, k, target, calibration, quiet, samples=200, model=None,
         model = held[0] if held else None
     embedder = None
     if model:
-        from .embed import EmbedderError, load_embedder
+        from matchkit.embed import EmbedderError, load_embedder
         try:
             embedder = load_embedder(model)
         except EmbedderError as e:
@@ -882,7 +882,7 @@ def labels_calibrate(gallery, gallery_opt, k, target, samples, queries, model, n
       matchkit labels calibrate --gallery parts-gallery --queries held-out.csv
     """
     gallery = _pick_gallery(gallery, gallery_opt)
-    from .labels import LabelError, table_labels
+    from matchkit.labels import LabelError, table_labels
 
     bars = None if quiet or queries else _calibration_bars(
         "calibrating the unknown threshold on edited copies of gallery images")
@@ -946,7 +946,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
     """
     import time
 
-    from .io import iter_image_files
+    from matchkit.io import iter_image_files
 
     _check_html_path(html_path)
     start = time.perf_counter()
@@ -961,7 +961,7 @@ def label(queries, gallery, json_path, k, target, calibration, model, no_model, 
         answers = lab.answers(files)
         out = lab.report(answers, seconds=time.perf_counter() - start)  # = the API's JSON
     if html_path:
-        from .result_pages import write_label_html
+        from matchkit.result_pages import write_label_html
         try:
             out["html"] = write_label_html(out, html_path, progress=not quiet).to_dict()
         except OSError as e:
@@ -1023,8 +1023,8 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
       matchkit check --gallery g new/ | jq -r '.results[] | select(.matched) | .path'
       matchkit check --gallery ~/.matchkit/ref incoming/ --profile default
     """
-    from .check import CheckError, check as run_check
-    from .io import iter_image_files
+    from matchkit.check import CheckError, check as run_check
+    from matchkit.io import iter_image_files
 
     _check_html_path(html_path)
     try:
@@ -1040,7 +1040,7 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(_one_line(e))
     data = report.to_dict()
     if html_path:
-        from .result_pages import write_check_html
+        from matchkit.result_pages import write_check_html
         try:
             data["html"] = write_check_html(report, html_path, progress=not quiet).to_dict()
         except OSError as e:
@@ -1106,9 +1106,9 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
       matchkit index archive/ --gallery big --shards 8 --ray auto -q
       matchkit index scans/ --gallery g --signal ocr --no-embed   # then: search --contains
     """
-    from .gallery import DB_NAME
-    from .io import iter_image_files
-    from .metadata import MetadataError, add_exif_dates, import_metadata, read_metadata
+    from matchkit.gallery import DB_NAME
+    from matchkit.io import iter_image_files
+    from matchkit.metadata import MetadataError, add_exif_dates, import_metadata, read_metadata
 
     if model and no_embed:
         _fail("--model and --no-embed contradict each other")
@@ -1136,7 +1136,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
     names = [] if no_embed else [model] if model else list(known)
     embedders = []
     if names:  # load every model first: a missing one fails before any work
-        from .embed import EmbedderError, load_embedder
+        from matchkit.embed import EmbedderError, load_embedder
         for name in names:
             try:
                 embedders.append(load_embedder(name, device=device, batch_size=batch_size))
@@ -1153,7 +1153,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
     out: dict = {"gallery": str(gallery)}
     try:
         if ray is not None:
-            from .distributed import RayRun
+            from matchkit.distributed import RayRun
             with RayRun(ray, gallery, settings, shards=shards) as run:
                 added = _add_with_bar(run, files, quiet)
         with open_gallery(gallery, settings, shards=shards) as g:
@@ -1173,7 +1173,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
     except (GalleryError, MetadataError, RayUnavailable) as e:
         _fail(_one_line(e))
     except Exception as e:
-        from .embed import EmbedderError
+        from matchkit.embed import EmbedderError
         if not isinstance(e, EmbedderError):
             raise
         _fail(_one_line(e))
@@ -1271,10 +1271,10 @@ def search(gallery, image, crop, text, contains, where, k, model, fmt):
       matchkit index scans/ --gallery g --signal ocr --no-embed
       matchkit search --gallery g --contains "invoice 2023" --table
     """
-    from .embed import EmbedderError
-    from .filters import FilterError
-    from .search import SearchError, search as run_search
-    from .vectors import VectorIndexError  # ModelMismatch is one
+    from matchkit.embed import EmbedderError
+    from matchkit.filters import FilterError
+    from matchkit.search import SearchError, search as run_search
+    from matchkit.vectors import VectorIndexError  # ModelMismatch is one
 
     if sum(q is not None for q in (image, text, contains)) != 1:
         _fail("give exactly one of --image or --text (or --contains)")
@@ -1303,7 +1303,7 @@ def _hits_table(hits) -> str:
 
 
 def _progress_bar(total: int, enabled: bool):
-    from .progress import progress_bar
+    from matchkit.progress import progress_bar
 
     return progress_bar(total, enabled)
 
@@ -1350,7 +1350,7 @@ def serve(ctx, galleries, host, port, no_auth, max_upload_mb, max_pixels, rate, 
     try:
         import uvicorn  # noqa: F401  (the serve extra is installed)
 
-        from .serve import ServeSettings, create_app
+        from matchkit.serve import ServeSettings, create_app
     except ImportError as e:
         _fail(f"matchkit serve needs the serve extra: pip install 'matchkit[serve]' ({e})")
     settings = ServeSettings(no_auth=no_auth, max_upload_bytes=int(max_upload_mb * 2**20),
@@ -1362,7 +1362,7 @@ def serve(ctx, galleries, host, port, no_auth, max_upload_mb, max_pixels, rate, 
         _fail(_one_line(e))
     click.echo(f"matchkit: serving {', '.join(app.state.matchkit.galleries)} on "
                f"http://{host}:{port}/api/ (docs: /api/docs)", err=True)
-    from .serve.server import serve_app
+    from matchkit.serve.server import serve_app
 
     serve_app(app, host, port)
 
@@ -1380,8 +1380,8 @@ def serve_keys() -> None:
 
 
 def _key_store(gallery: str):
-    from .gallery import DB_NAME
-    from .serve.keys import KeyStore
+    from matchkit.gallery import DB_NAME
+    from matchkit.serve.keys import KeyStore
 
     if not (Path(gallery) / DB_NAME).is_file():
         _fail(f"no gallery at {gallery} (missing {DB_NAME})")
@@ -1404,7 +1404,7 @@ def serve_keys_add(gallery, scope, name):
 @click.option("--gallery", required=True, type=click.Path(file_okay=False))
 def serve_keys_list(gallery):
     """List the keys of GALLERY (ids, scopes, names; never the keys)."""
-    from .serve.keys import KeyStoreError
+    from matchkit.serve.keys import KeyStoreError
     try:
         keys = _key_store(gallery).keys()
     except KeyStoreError as e:

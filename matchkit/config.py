@@ -18,8 +18,8 @@ import math
 import os
 from dataclasses import dataclass, fields, replace
 
-from .io import DEFAULT_MAX_PIXELS
-from .relation import LEVELS
+from matchkit.io import DEFAULT_MAX_PIXELS
+from matchkit.relation import LEVELS
 
 #: Distances between 256-bit hashes or descriptors, in bits.
 _BITS = (0, 256)
@@ -202,7 +202,7 @@ class _Choices(dict):
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
         if name == "signals":
-            from .signals import available
+            from matchkit.signals import available
             return tuple(available())
         return super().__getitem__(name)
 
@@ -221,7 +221,7 @@ def check_setting(name: str, value):
     if value is None and optional:
         return value
     if kind.startswith("tuple"):  # names of registered signals
-        from .signals import UnknownSignal, check_names
+        from matchkit.signals import UnknownSignal, check_names
 
         if isinstance(value, str) or not isinstance(value, (tuple, list)):
             raise SettingsError(f"{name} must be a list of names, got {value!r}")

@@ -21,23 +21,23 @@ import warnings
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
-from .checkpoint import watching
-from .cluster import Star, UnionFind, lazy_star_clusters
-from .config import Settings
-from .gallery import ORB_KEY_STRIDE, Gallery, StoredImage
-from .shards import ShardedGallery, open_gallery
-from .io import iter_image_files
-from .keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
+from matchkit.checkpoint import watching
+from matchkit.cluster import Star, UnionFind, lazy_star_clusters
+from matchkit.config import Settings
+from matchkit.gallery import ORB_KEY_STRIDE, Gallery, StoredImage
+from matchkit.shards import ShardedGallery, open_gallery
+from matchkit.io import iter_image_files
+from matchkit.keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share, near_criteria,
                      same_pixels_criteria, sort_key)
-from .incremental import IncrementalMatcher, settings_key
-from .match import PairEvidence, PairMatcher
-from ._cvthreads import single_opencv_thread
-from ._gc import with_fewer_collections
-from .picture import dense_picture
-from .relation import check_level, compose
-from .burst import bursting
-from .signals import configured as configured_signals, shown as signals_shown, vetoing
-from .report import (MEMBER_RELATIONS_UP_TO, ClusterResult, DedupeReport, MemberRelation,
+from matchkit.incremental import IncrementalMatcher, settings_key
+from matchkit.match import PairEvidence, PairMatcher
+from matchkit._cvthreads import single_opencv_thread
+from matchkit._gc import with_fewer_collections
+from matchkit.picture import dense_picture
+from matchkit.relation import check_level, compose
+from matchkit.burst import bursting
+from matchkit.signals import configured as configured_signals, shown as signals_shown, vetoing
+from matchkit.report import (MEMBER_RELATIONS_UP_TO, ClusterResult, DedupeReport, MemberRelation,
                      PairResult, SkippedFile)
 
 
@@ -112,7 +112,7 @@ def dedupe(
     configured_signals(settings)  # a signal that cannot run here fails before any work
     embedder = None
     if settings.model:
-        from .embed import load_embedder  # torch/onnxruntime only when asked for
+        from matchkit.embed import load_embedder  # torch/onnxruntime only when asked for
         embedder = load_embedder(settings.model)  # a missing model fails before any work
         settings = settings.with_(model=embedder.name)
     paths = list(paths)
@@ -124,7 +124,7 @@ def dedupe(
             on_progress = _watched(on_progress, stack)
         run = None
         if ray is not None:
-            from .distributed import RayRun
+            from matchkit.distributed import RayRun
 
             if settings.model:
                 raise ValueError("--model is not supported with --ray yet")
@@ -766,6 +766,6 @@ def _counter(bar, on_progress, phase: str, total: int):
 
 
 def _progress_bar(total: int, enabled: bool):
-    from .progress import progress_bar
+    from matchkit.progress import progress_bar
 
     return progress_bar(total, enabled)

@@ -64,14 +64,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Settings
-from .features import CRASH_HOOK_ENV, extract_many
-from .gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
-from .io import ImageLoadError
-from ._memory import release_memory
-from .hashing import file_digest
-from .match import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
-from .shards import (ShardedGallery, create_sharded, is_sharded, merge_report, place, plan_files,
+from matchkit.config import Settings
+from matchkit.features import CRASH_HOOK_ENV, extract_many
+from matchkit.gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
+from matchkit.io import ImageLoadError
+from matchkit._memory import release_memory
+from matchkit.hashing import file_digest
+from matchkit.match import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
+from matchkit.shards import (ShardedGallery, create_sharded, is_sharded, merge_report, place, plan_files,
                      read_manifest, route, shard_of, stat_files)
 
 #: How often Ray retries a task whose worker died, and restarts a dead shard actor.
@@ -285,7 +285,7 @@ def _encoder(encodings: set, settings: Settings):
     the codes themselves are sent)."""
     if len(encodings) != 1 or None in encodings:
         return None
-    from .ivf import IVFIndex
+    from matchkit.ivf import IVFIndex
 
     mine = IVFIndex(probes=settings.ivf_probes)
     return mine if mine.encoding in encodings else None

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from .relation import KINDS, in_level
+from matchkit.relation import KINDS, in_level
 
 if sys.version_info >= (3, 11):
     import tomllib

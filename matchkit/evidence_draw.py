@@ -27,10 +27,10 @@ from threading import Lock
 import cv2
 import numpy as np
 
-from ._fs import atomic_write_bytes
-from .config import Settings
-from .io import ImageLoadError, load_image
-from .local import LocalFeatures, extract_local, verify, working_grey
+from matchkit._fs import atomic_write_bytes
+from matchkit.config import Settings
+from matchkit.io import ImageLoadError, load_image
+from matchkit.local import LocalFeatures, extract_local, verify, working_grey
 
 #: Most lines drawn per picture (evenly chosen among the inliers): more only clutters.
 MAX_LINES = 60

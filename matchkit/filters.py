@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .gallery import Gallery
+    from matchkit.gallery import Gallery
 
 
 class FilterError(ValueError):

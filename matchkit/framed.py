@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .hashing import PHASH_BITS, dihedral_phashes
-from .index import HammingIndex, transient_index
-from .picture_index import PICTURE_KEY_STRIDE, picture_rows
+from matchkit.hashing import PHASH_BITS, dihedral_phashes
+from matchkit.index import HammingIndex, transient_index
+from matchkit.picture_index import PICTURE_KEY_STRIDE, picture_rows
 
 #: Least share of the thumbnail a frame's quadrilateral covers (a smaller
 #: one is a door, a sign or a window in a scene).

@@ -24,7 +24,7 @@ import json
 import os
 import re
 
-from ._json import dumps_indented
+from matchkit._json import dumps_indented
 
 _SURROGATES = re.compile("[\udc80-\udcff]")
 

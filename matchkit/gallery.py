@@ -51,22 +51,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import Settings
-from .features import ImageRecord, extract_many
-from .hashing import PHASH_BITS
-from .index import HammingIndex
-from .ivf import IVFIndex
-from ._fs import fsync_dir, remove_stale_temps, verified_bytes
-from ._lock import LockTimeout, WriterLock, default_timeout
-from .fspath import from_db, to_db
-from .io import ImageLoadError, load_image
-from .local import LocalFeatures
-from .stored import decode_colour, decode_thumb, encode_colour, encode_local, stored_features
-from .stored_text import pack_many, unpack
+from matchkit.config import Settings
+from matchkit.features import ImageRecord, extract_many
+from matchkit.hashing import PHASH_BITS
+from matchkit.index import HammingIndex
+from matchkit.ivf import IVFIndex
+from matchkit._fs import fsync_dir, remove_stale_temps, verified_bytes
+from matchkit._lock import LockTimeout, WriterLock, default_timeout
+from matchkit.fspath import from_db, to_db
+from matchkit.io import ImageLoadError, load_image
+from matchkit.local import LocalFeatures
+from matchkit.stored import decode_colour, decode_thumb, encode_colour, encode_local, stored_features
+from matchkit.stored_text import pack_many, unpack
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .embed import Embedder
-    from .vectors import VectorIndex
+    from matchkit.embed import Embedder
+    from matchkit.vectors import VectorIndex
 
 #: 2: compact stored features (``stored.py``: encoding column of
 #: ``local_features``, icon views, pixel digests made at extraction).
@@ -1031,7 +1031,7 @@ class Gallery:
         skipped files with reasons. A gallery is the one-shard case of a
         sharded one: the same code (``shards.add_files``) does the work.
         """
-        from .shards import add_files
+        from matchkit.shards import add_files
 
         return add_files([self], paths, self.settings, progress, extract=extract_many)
 
@@ -1488,7 +1488,7 @@ class Gallery:
         return self._vectors[model_name]
 
     def _load_or_rebuild_vectors(self, info: dict) -> "VectorIndex":
-        from .vectors import VectorIndex
+        from matchkit.vectors import VectorIndex
 
         name, dim = info["name"], int(info["dim"])
         key = _MODEL_KEY + name
@@ -1516,7 +1516,7 @@ class Gallery:
         return idx
 
     def _vectors_from_bytes(self, data, key: str, name: str, dim: int) -> "VectorIndex":
-        from .vectors import VectorIndex, VectorIndexError
+        from matchkit.vectors import VectorIndex, VectorIndexError
 
         record = (self._file_record(key) or {}).get("record") or {}
         if record.get("model") != name or int(record.get("dim", -1)) != dim:
@@ -1598,7 +1598,7 @@ class Gallery:
         from concurrent.futures import ThreadPoolExecutor
 
         self._lock_for_writing()
-        from .embed.base import embed_isolated
+        from matchkit.embed.base import embed_isolated
 
         name, dim = str(embedder.name), int(embedder.dim)
         info = self._model_info(name)
@@ -1738,7 +1738,7 @@ def _has_wal(db: Path) -> bool:
 
 
 def _progress_bar(total: int, enabled: bool):
-    from .progress import progress_bar
+    from matchkit.progress import progress_bar
 
     return progress_bar(total, enabled)
 

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from ._fs import atomic_write_bytes
-from .config import Settings
-from .evidence_draw import draw_pairs
-from .fspath import display, json_text
-from .hashing import PHASH_BITS
-from .thumbs import DEFAULT_SIDE, make_thumbs
+from matchkit._fs import atomic_write_bytes
+from matchkit.config import Settings
+from matchkit.evidence_draw import draw_pairs
+from matchkit.fspath import display, json_text
+from matchkit.hashing import PHASH_BITS
+from matchkit.thumbs import DEFAULT_SIDE, make_thumbs
 
 #: Cards per page (the reader can change it on the page).
 PER_PAGE = 50
@@ -258,7 +258,7 @@ def _clean_evidence(ev: dict) -> dict:
         if k == "points":
             continue
         if k == "signals" and isinstance(v, dict):  # extra signals: each says it in words
-            from .signals import describe
+            from matchkit.signals import describe
             v = describe(v)
         if isinstance(v, float):
             v = _clean_float(v)
@@ -583,7 +583,7 @@ def write_html_report(report, path: str | os.PathLike, *, title: str | None = No
 
 
 def _bar(total: int, enabled: bool, what: str):
-    from .progress import progress_bar
+    from matchkit.progress import progress_bar
 
     return progress_bar(total, enabled, what)
 

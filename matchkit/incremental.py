@@ -74,23 +74,23 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 
-from . import __version__
-from ._arrays import bit_sums, unique
-from ._json import dumps_sorted, loads
-from .candidates import VoteDetail, phash_candidates, search_in_chunks, tally_votes
-from .checkpoint import checkpoint, report
-from .config import Settings
-from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import PHASH_BITS
-from .index import EXACT_SEARCH_BELOW, HammingIndex, transient_index
-from .ivf import IVFIndex
-from .linequeue import LineQueue
-from .local import Overlap, Verification
-from .framed import framed_pairs, unframed
-from .picture_index import PictureIndex, forget_picture_files, picture_file, picture_rows
-from .match import (VERIFY_BATCH, PairEvidence, PairMatcher, _content_features,
+from matchkit import __version__
+from matchkit._arrays import bit_sums, unique
+from matchkit._json import dumps_sorted, loads
+from matchkit.candidates import VoteDetail, phash_candidates, search_in_chunks, tally_votes
+from matchkit.checkpoint import checkpoint, report
+from matchkit.config import Settings
+from matchkit.gallery import ORB_KEY_STRIDE, Gallery
+from matchkit.hashing import PHASH_BITS
+from matchkit.index import EXACT_SEARCH_BELOW, HammingIndex, transient_index
+from matchkit.ivf import IVFIndex
+from matchkit.linequeue import LineQueue
+from matchkit.local import Overlap, Verification
+from matchkit.framed import framed_pairs, unframed
+from matchkit.picture_index import PictureIndex, forget_picture_files, picture_file, picture_rows
+from matchkit.match import (VERIFY_BATCH, PairEvidence, PairMatcher, _content_features,
                     content_masks, mark_verifiable)
-from .thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
+from matchkit.thumbmatch import IconComparison, IconDecider, icon_candidates, icon_views
 
 #: Bump when what a record or a stored pair means changes, and when the
 #: decision rules change within one matchkit version (2: recapture pictures,
@@ -1095,7 +1095,7 @@ class IncrementalMatcher(PairMatcher):
     def _ensure_templated(self, ids) -> None:
         """Template-content features of clean images that need them (a
         verification or keeper choice touching them), from their records."""
-        from .candidates import Candidates
+        from matchkit.candidates import Candidates
 
         todo = [i for i in ids if self.records.get(i, {}).get("tmpl") and i not in self.templated]
         if todo:

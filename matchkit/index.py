@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from usearch.index import Index
 
-from ._fs import atomic_write, file_stamp
+from matchkit._fs import atomic_write, file_stamp
 
 #: Below this many entries, searches are exhaustive.
 EXACT_SEARCH_BELOW = 20_000

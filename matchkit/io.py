@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .hashing import jpeg_stream_digest, pixel_digest
-from .jpeg_quality import jpeg_quality
+from matchkit.hashing import jpeg_stream_digest, pixel_digest
+from matchkit.jpeg_quality import jpeg_quality
 
 #: File name endings that are treated as images when walking a folder. A file
 #: named explicitly on the command line is always tried, whatever its name.

@@ -42,9 +42,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ._arrays import bit_sums, unique
-from ._fs import atomic_write, file_stamp
-from .index import within
+from matchkit._arrays import bit_sums, unique
+from matchkit._fs import atomic_write, file_stamp
+from matchkit.index import within
 
 #: Keys must be below this (``IVFIndex._gathered`` packs row, distance and key in one int64).
 MAX_KEY = 1 << 46

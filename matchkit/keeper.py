@@ -40,9 +40,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .colour import LEVELS
-from .gallery import StoredImage
-from .jpeg_quality import jpeg_quality  # noqa: F401  (re-exported)
+from matchkit.colour import LEVELS
+from matchkit.gallery import StoredImage
+from matchkit.jpeg_quality import jpeg_quality  # noqa: F401  (re-exported)
 
 FILL_TOLERANCE = 1.0
 """Grey levels a pixel may differ from the border colour and still be fill.

@@ -28,8 +28,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .gallery import Gallery, Skipped
-from .io import IMAGE_EXTENSIONS, iter_image_files
+from matchkit.gallery import Gallery, Skipped
+from matchkit.io import IMAGE_EXTENSIONS, iter_image_files
 
 #: The label an answer gets when nothing in the gallery matches well enough.
 UNKNOWN = "unknown"

@@ -20,32 +20,32 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from . import candidates as _candidates
-from ._arrays import PackedMasks
-from .candidates import VoteDetail, phash_candidates, vote_candidates
-from .checkpoint import checkpoint, report
-from .colour import BINS, histogram_similarities, histogram_similarity
-from .config import Settings
-from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many, hamming
-from . import features as _features
-from .features import digests_prove_same_pixels, full_pixel_digest
-from .framed import framed_pairs, pairs_of, picture_hashes, unframed
-from .io import ImageLoadError, load_image
-from .keeper import FILL_TOLERANCE, hull_share
-from .local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
+from matchkit import candidates as _candidates
+from matchkit._arrays import PackedMasks
+from matchkit.candidates import VoteDetail, phash_candidates, vote_candidates
+from matchkit.checkpoint import checkpoint, report
+from matchkit.colour import BINS, histogram_similarities, histogram_similarity
+from matchkit.config import Settings
+from matchkit.gallery import ORB_KEY_STRIDE, Gallery
+from matchkit.hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many, hamming
+from matchkit import features as _features
+from matchkit.features import digests_prove_same_pixels, full_pixel_digest
+from matchkit.framed import framed_pairs, pairs_of, picture_hashes, unframed
+from matchkit.io import ImageLoadError, load_image
+from matchkit.keeper import FILL_TOLERANCE, hull_share
+from matchkit.local import (LocalFeatures, Overlap, Verification, compare_overlap, extract_local,
                     perspective_strength, verify, working_grey)
-from .picture import (PICTURE_SHARE, RIM_INLIERS, compare_picture, inner_share,
+from matchkit.picture import (PICTURE_SHARE, RIM_INLIERS, compare_picture, inner_share,
                       picture_proves_copy, rephotograph, shared_frame)
-from .relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
+from matchkit.relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
                        RECAPTURE_PERSPECTIVE, UNCHANGED_AGREEMENT, RelationEvidence,
                        classify, hue_histogram, in_level, redrawn_icons, soft_hues_agree,
                        soft_overlap, soften_hues)
-from .stored import thumb_features
-from .template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
+from matchkit.stored import thumb_features
+from matchkit.template import (MIN_LOOKALIKES, border_box, content_mask, keypoints_in_mask,
                        picture_mask)
-from .thumbcheck import frames_prove_copy, marks, thumbnails_refute
-from .thumbmatch import IconDecider, icon_candidates, icon_views
+from matchkit.thumbcheck import frames_prove_copy, marks, thumbnails_refute
+from matchkit.thumbmatch import IconDecider, icon_candidates, icon_views
 
 
 #: Thumbnails of images with identical pixels differ by at most this many grey
@@ -415,7 +415,7 @@ def colour_facts(histogram: np.ndarray) -> tuple:
     grey, and its hue histograms for ``hues_agree`` and for the
     ``hue_similarity`` feature. One image is in tens of candidate pairs, so a
     matcher computes these once per image (``colour_evidence``'s ``cache``)."""
-    from .keeper import GREY_MASS, grey_share
+    from matchkit.keeper import GREY_MASS, grey_share
 
     return (grey_share(histogram) >= GREY_MASS, soften_hues(hue_histogram(histogram)),
             soften_hues(hue_histogram(histogram, FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL)))
@@ -665,7 +665,7 @@ class PairMatcher:
             for ev in evidence:
                 icon_rule(ev, self.icon_decider, settings)
         if calibrator is not None:
-            from .pairfeatures import globally_decidable
+            from matchkit.pairfeatures import globally_decidable
             self.decide(evidence, "model", [globally_decidable(ev, self.crowd) for ev in evidence])
         for ev in evidence:
             ev.pending = ev.extra["verifiable"] and not ev.rule
@@ -676,7 +676,7 @@ class PairMatcher:
         """Calibrated decision of ``evidence`` as it stands: ``rule`` if the
         calibrator accepts the pair (and ``allowed`` says it may be decided
         now), else ""; P(duplicate) goes to ``extra["p"]``."""
-        from .pairfeatures import decide
+        from matchkit.pairfeatures import decide
 
         if evidence:
             decide(self.calibrator, evidence, self.crowd, self.sizes,

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .gallery import Gallery
+    from matchkit.gallery import Gallery
 
 #: Name endings read as CSV (with their delimiter) and as JSON Lines.
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}

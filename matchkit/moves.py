@@ -58,8 +58,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from ._fs import DIGEST, atomic_write_bytes, file_stamp, fsync_dir, read_json_file
-from .fspath import json_text
+from matchkit._fs import DIGEST, atomic_write_bytes, file_stamp, fsync_dir, read_json_file
+from matchkit.fspath import json_text
 
 MANIFEST_VERSION = 2
 #: States an entry of a manifest's ``moves`` can be in.

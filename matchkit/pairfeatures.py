@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .hashing import PHASH_BITS
-from .match import PairEvidence, relation_of
-from .relation import in_level
+from matchkit.hashing import PHASH_BITS
+from matchkit.match import PairEvidence, relation_of
+from matchkit.relation import in_level
 
 FEATURES: tuple[str, ...] = (
     "phash_distance",      # dihedral-minimum pHash distance / 256

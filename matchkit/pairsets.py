@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Settings
-from .edits import EditSuite, same_picture_at, write_edit
-from .gallery import Gallery
-from .match import PairMatcher
-from .pairfeatures import FEATURES, feature_matrix, globally_decidable, level_allows
+from matchkit.config import Settings
+from matchkit.edits import EditSuite, same_picture_at, write_edit
+from matchkit.gallery import Gallery
+from matchkit.match import PairMatcher
+from matchkit.pairfeatures import FEATURES, feature_matrix, globally_decidable, level_allows
 
 
 @dataclass
@@ -62,7 +62,7 @@ def build_pairs(photos: list[Path], suite: EditSuite, settings: Settings = Setti
     With two or more workers the halves run side by side in two processes
     (one core each): most of a half's time is single-threaded Python.
     """
-    from .features import _pool_context
+    from matchkit.features import _pool_context
 
     halves: dict[str, list[Path]] = {"fit": [], "held": []}
     for p in photos:
@@ -244,9 +244,9 @@ def calibrate_folder(paths: list[str | Path], suite: EditSuite, *, name: str,
     --level copies) from a grey or colour-jittered copy (a positive) at high
     precision: on the calib half with the copy-detection suite, held-out
     recall at precision 0.99 was 0.61 (logistic) vs 0.97 (boosting)."""
-    from .calibrate import PairCalibrator, precision_recall_curve
-    from .io import iter_image_files
-    from .profiles import Profile
+    from matchkit.calibrate import PairCalibrator, precision_recall_curve
+    from matchkit.io import iter_image_files
+    from matchkit.profiles import Profile
 
     start = time.perf_counter()
     photos = sorted((Path(p) for p in iter_image_files(paths)), key=lambda p: str(p))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .local import Overlap, compare_overlap
+from matchkit.local import Overlap, compare_overlap
 
 
 def hull_mask(xy: np.ndarray, work_size: tuple[int, int], thumb_shape: tuple[int, int]

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._fs import atomic_write
-from .index import EXACT_SEARCH_BELOW, HammingIndex, transient_index
+from matchkit._fs import atomic_write
+from matchkit.index import EXACT_SEARCH_BELOW, HammingIndex, transient_index
 
 #: Key space of one image's pictures (``framed.picture_hashes`` gives at most
 #: two per frame quad, ``framed.MAX_QUADS`` = 4: eight).

@@ -33,12 +33,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from ._fs import atomic_write_bytes
-from .calibrate import CalibratorError, PairCalibrator
-from .config import Settings, SettingsError, check_setting
-from .edits import configs_dirs
-from .relation import DEFAULT_LEVEL, LEVELS
+from matchkit import __version__
+from matchkit._fs import atomic_write_bytes
+from matchkit.calibrate import CalibratorError, PairCalibrator
+from matchkit.config import Settings, SettingsError, check_setting
+from matchkit.edits import configs_dirs
+from matchkit.relation import DEFAULT_LEVEL, LEVELS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -30,18 +30,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import burst
-from .candidates import phash_candidates, vote_candidates
-from .colour import histogram_similarity
-from .config import Settings, clamp_setting
-from .features import ImageRecord, extract_many
-from .gallery import ORB_KEY_STRIDE, Gallery
-from .hashing import PHASH_BITS, REFLECTIONS, dihedral_match
-from .io import ImageLoadError, load_image, shrink
-from .local import extract_local, working_grey
-from .match import (PairEvidence, ThumbLooks, _LocalCache, _verify_pair, colour_evidence,
+from matchkit import burst
+from matchkit.candidates import phash_candidates, vote_candidates
+from matchkit.colour import histogram_similarity
+from matchkit.config import Settings, clamp_setting
+from matchkit.features import ImageRecord, extract_many
+from matchkit.gallery import ORB_KEY_STRIDE, Gallery
+from matchkit.hashing import PHASH_BITS, REFLECTIONS, dihedral_match
+from matchkit.io import ImageLoadError, load_image, shrink
+from matchkit.local import extract_local, working_grey
+from matchkit.match import (PairEvidence, ThumbLooks, _LocalCache, _verify_pair, colour_evidence,
                     hash_rule, local_rule, settle_global_relation)
-from .template import picture_mask
+from matchkit.template import picture_mask
 
 #: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
 #: worth verifying before any other; 7 in 10 chance look-alikes have fewer.
@@ -299,7 +299,7 @@ class QueryMatcher:
     def _decide(self, evidence: list[PairEvidence], rule: str,
                 allowed: list[bool] | None = None) -> None:
         """Calibrated decision of ``evidence`` as it stands (``pairfeatures.decide``)."""
-        from .pairfeatures import decide
+        from matchkit.pairfeatures import decide
 
         decide(self.calibrator, evidence, self._crowd, self._sizes, self._pictures, rule,
                allowed, level=self.settings.level)
@@ -456,7 +456,7 @@ class QueryMatcher:
                 evs.append(ev)
             per_query.append(evs)
         if self.calibrator is not None:
-            from .pairfeatures import globally_decidable
+            from matchkit.pairfeatures import globally_decidable
 
             self._crowd.update(crowd)
             self._note_pictures(records, keys, gallery_ids)

@@ -236,7 +236,7 @@ FEATURE_MIN_COLOURFUL = 0.03
 
 @functools.lru_cache(maxsize=4)
 def _hue_table(min_chroma: float) -> tuple[np.ndarray, np.ndarray]:
-    from .colour import LEVELS as CL
+    from matchkit.colour import LEVELS as CL
 
     centres = (np.arange(CL) + 0.5) * (256 / CL)
     r, g, b = np.meshgrid(centres, centres, centres, indexing="ij")

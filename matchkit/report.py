@@ -17,8 +17,8 @@ import json
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 
-from ._fs import atomic_write_bytes
-from .fspath import csv_bytes, display, json_text
+from matchkit._fs import atomic_write_bytes
+from matchkit.fspath import csv_bytes, display, json_text
 
 
 _PLAIN = (str, int, float, bool, type(None))

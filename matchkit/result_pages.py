@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .config import Settings
-from .html_report import (DEFAULT_EVIDENCE_LIMIT, PER_PAGE, Card, HtmlReport, PageAssets,
+from matchkit.config import Settings
+from matchkit.html_report import (DEFAULT_EVIDENCE_LIMIT, PER_PAGE, Card, HtmlReport, PageAssets,
                           PageText, PairEntry, histogram_svg, make_assets, page_folder,
                           render_html, score_markers, write_page)
-from .thumbs import DEFAULT_SIDE
+from matchkit.thumbs import DEFAULT_SIDE
 
 CHECK_TEXT = PageText(noun="queries", total_label="queries checked", badge="query",
                       size_sort="most matches first", bytes_sort=False)

@@ -38,8 +38,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._fs import DIGEST, file_stamp, read_json_file
-from .fspath import display
+from matchkit._fs import DIGEST, file_stamp, read_json_file
+from matchkit.fspath import display
 
 REVIEW_VERSION = 1
 #: Changed files named in a refusal before a count takes over.
@@ -260,7 +260,7 @@ def apply_review(review: Review, dest: str | os.PathLike, *, dry_run: bool = Fal
     file changed since the report, and :class:`~matchkit.moves.MoveError`
     for an unusable destination.
     """
-    from .moves import move_duplicates
+    from matchkit.moves import move_duplicates
 
     changed = changed_files(review)
     if changed:

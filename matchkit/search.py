@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .filters import allowed_ids
-from .gallery import DB_NAME, EMBED_DECODE_SIDE, Gallery, GalleryError
-from .io import ImageLoadError, load_image
-from .shards import ShardedGallery, is_sharded
+from matchkit.filters import allowed_ids
+from matchkit.gallery import DB_NAME, EMBED_DECODE_SIDE, Gallery, GalleryError
+from matchkit.io import ImageLoadError, load_image
+from matchkit.shards import ShardedGallery, is_sharded
 
 
 class SearchError(ValueError):
@@ -56,7 +56,7 @@ def resolve_model(gallery: Gallery, model=None):
     or an already loaded embedder (reused across queries). A model the
     gallery holds no vectors for is refused with :class:`GalleryError`.
     """
-    from .embed import load_embedder
+    from matchkit.embed import load_embedder
 
     known = gallery.models()
     if not known:
@@ -105,7 +105,7 @@ def query_image(image: str | os.PathLike | Image.Image,
     """The RGB picture to embed: the image (a path is decoded safely, EXIF-rotated)
     or the ``crop=(x, y, w, h)`` of it, in pixels of the image as displayed."""
     if isinstance(image, Image.Image):
-        from .embed.base import as_rgb
+        from matchkit.embed.base import as_rgb
 
         pil = as_rgb(image)
     else:
@@ -174,7 +174,7 @@ def search(gallery: Gallery | str | os.PathLike, *,
                                   "answer text queries; query with an image instead")
             query = embedder.embed_texts([str(text)])
         else:
-            from .embed.base import EmbedderError
+            from matchkit.embed.base import EmbedderError
 
             picture = query_image(image, crop)
             try:
@@ -215,7 +215,7 @@ CONTAINS_SIGNAL = "ocr"
 
 def _search_contains(gallery, query: str, where: list[str], k: int) -> list[SearchHit]:
     """``search(contains=query)``: see there."""
-    from .signals import get
+    from matchkit.signals import get
 
     if not query.strip():
         raise SearchError("the contains query is empty")

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._fs import atomic_write
-from ._memory import release_memory
-from .config import Settings
-from .features import extract_many
-from .gallery import (AddReport, Gallery, GalleryError, ImageLoadError, Skipped, StoredImage,
+from matchkit._fs import atomic_write
+from matchkit._memory import release_memory
+from matchkit.config import Settings
+from matchkit.features import extract_many
+from matchkit.gallery import (AddReport, Gallery, GalleryError, ImageLoadError, Skipped, StoredImage,
                       _key)
 
 #: The manifest file of a sharded gallery (a folder holding it and its shards).

@@ -27,7 +27,7 @@ import zlib
 import cv2
 import numpy as np
 
-from .local import DESC_BYTES, LocalFeatures, extract_local
+from matchkit.local import DESC_BYTES, LocalFeatures, extract_local
 
 #: How ``local_features`` rows are encoded: 1 raw float32 coordinates and raw
 #: thumbnail pixels (galleries before this module), 2 this module's.

@@ -34,7 +34,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .local import Overlap, compare_overlap
+from matchkit.local import Overlap, compare_overlap
 
 #: A pixel is a mark when it is this many grey levels (0-255) away from the
 #: picture's background (its median grey level).

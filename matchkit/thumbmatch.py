@@ -50,8 +50,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .io import TRANSPARENT_BACKGROUND
-from .relation import ICON_SIDE
+from matchkit.io import TRANSPARENT_BACKGROUND
+from matchkit.relation import ICON_SIDE
 
 #: Longest side of the aligned views: the size of a typical small icon
 #: rendering (48 px); larger pairs are compared at this size.
@@ -380,7 +380,7 @@ def icon_candidates(views: dict[int, IconView], neighbours: int = NEIGHBOURS
     icon in a cosine index, restricted to icons of other sizes (a theme's
     colour and state variants of one size would otherwise fill the
     neighbour list). Flat icons, with no layout to compare, are left out."""
-    from .vectors import VectorIndex
+    from matchkit.vectors import VectorIndex
 
     ids = [i for i, v in views.items() if float(np.abs(v.code).sum()) > 0]
     if len(ids) < 2:

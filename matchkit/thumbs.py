@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._fs import atomic_write
-from .hashing import file_digest
-from .io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from matchkit._fs import atomic_write
+from matchkit.hashing import file_digest
+from matchkit.io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 #: Longer side of a report thumbnail (pixels) and its JPEG quality: about
 #: 6-10 KB per photo, so 4,000 thumbnails stay well under 50 MB.

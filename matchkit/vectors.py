@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from usearch.index import Index
 
-from ._arrays import unique
-from ._fs import atomic_write, atomic_write_bytes, file_stamp
+from matchkit._arrays import unique
+from matchkit._fs import atomic_write, atomic_write_bytes, file_stamp
 
 #: Below this many vectors the whole index is scanned (exact and as fast as HNSW).
 EXACT_SEARCH_BELOW = 20_000

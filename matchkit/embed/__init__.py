@@ -10,8 +10,8 @@ with the first model that needs them (extras ``matchkit[clip]``,
 ``matchkit[onnx]``).
 """
 
-from .base import Embedder, EmbedderError, ModelNotFound
-from .registry import DEFAULT_MODEL, ModelInfo, list_models, load_embedder
+from matchkit.embed.base import Embedder, EmbedderError, ModelNotFound
+from matchkit.embed.registry import DEFAULT_MODEL, ModelInfo, list_models, load_embedder
 
 __all__ = ["Embedder", "EmbedderError", "ModelNotFound", "ModelInfo", "DEFAULT_MODEL",
            "list_models", "load_embedder"]

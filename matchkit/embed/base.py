@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from ..io import _to_rgb
+from matchkit.io import _to_rgb
 
 
 class EmbedderError(Exception):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import HUB_HOWTO, Embedder, EmbedderError, ModelNotFound, as_rgb, batches, l2_normalise
+from matchkit.embed.base import HUB_HOWTO, Embedder, EmbedderError, ModelNotFound, as_rgb, batches, l2_normalise
 
 #: CLIP's own zero-shot prompt; a bare word embeds worse than a caption.
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of {}.",)
@@ -237,7 +237,7 @@ class CLIPEmbedder(Embedder):
         self.context_length = int(model.config.text_config.max_position_embeddings)
         self.text_encoder = None
         if text_model:
-            from .mtext import MultilingualTextEncoder
+            from matchkit.embed.mtext import MultilingualTextEncoder
 
             self.text_encoder = MultilingualTextEncoder(text_model, device=self.device,
                                                         dtype=self.dtype, batch_size=self.batch_size)

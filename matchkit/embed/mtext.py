@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import HUB_HOWTO, EmbedderError, ModelNotFound, batches, l2_normalise
+from matchkit.embed.base import HUB_HOWTO, EmbedderError, ModelNotFound, batches, l2_normalise
 
 _ACTIVATIONS = {"torch.nn.modules.linear.Identity": None, "torch.nn.Identity": None,
                 "torch.nn.modules.activation.Tanh": "tanh", "torch.nn.Tanh": "tanh"}
@@ -32,7 +32,7 @@ _ACTIVATIONS = {"torch.nn.modules.linear.Identity": None, "torch.nn.Identity": N
 
 def _resolve_dir(source: str) -> Path:
     """Local folder, or a hub repo from the cache (downloaded only when online)."""
-    from .clip import _hub_reachable, hub_offline
+    from matchkit.embed.clip import _hub_reachable, hub_offline
 
     local = Path(source).expanduser()
     if local.is_dir():
@@ -106,7 +106,7 @@ class MultilingualTextEncoder:
                 raise EmbedderError(f"module type {mod.get('type')!r} in {root} is not supported")
         if transformer_dir is None:
             raise EmbedderError(f"{root}/modules.json has no Transformer module")
-        from .clip import _quiet_transformers
+        from matchkit.embed.clip import _quiet_transformers
 
         with _quiet_transformers():
             try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import Embedder, EmbedderError, ModelNotFound, as_rgb, batches, l2_normalise
+from matchkit.embed.base import Embedder, EmbedderError, ModelNotFound, as_rgb, batches, l2_normalise
 
 ONNX_INSTALL = "pip install 'matchkit[onnx]'"
 

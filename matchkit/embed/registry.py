@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .base import Embedder, EmbedderError, ModelNotFound
+from matchkit.embed.base import Embedder, EmbedderError, ModelNotFound
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,7 +163,7 @@ def load_embedder(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: st
         cfg.setdefault("name", str(path.resolve()))
         return _build(cfg, base_dir=path.parent, device=device, batch_size=batch_size, kw=kw)
     if path.is_dir():
-        from .clip import is_clip_dir
+        from matchkit.embed.clip import is_clip_dir
 
         if not is_clip_dir(path):
             raise ModelNotFound(f"{path} is a directory but not a CLIP checkpoint "
@@ -199,9 +199,9 @@ def _build(cfg: dict, *, base_dir: Path | None, device: str, batch_size: int,
     name = cfg["name"]
     params = {k: v for k, v in cfg.items() if k not in _META_KEYS}
     if kind == "clip":
-        from .clip import CLIPEmbedder as cls
+        from matchkit.embed.clip import CLIPEmbedder as cls
     else:
-        from .onnxmodel import ONNXEmbedder as cls
+        from matchkit.embed.onnxmodel import ONNXEmbedder as cls
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "path", "source"}
     unknown = sorted(set(params) - allowed)
     if unknown:

@@ -11,9 +11,9 @@ __all__ = ["create_app", "ServeSettings"]
 
 def __getattr__(name: str):
     if name == "create_app":
-        from .app import create_app
+        from matchkit.serve.app import create_app
         return create_app
     if name == "ServeSettings":
-        from .state import ServeSettings
+        from matchkit.serve.state import ServeSettings
         return ServeSettings
     raise AttributeError(name)

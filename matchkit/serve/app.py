@@ -14,15 +14,15 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from .. import __version__
-from ..config import Settings
-from ..gallery import DB_NAME, GalleryError
-from . import errors, routes_dedupe, routes_galleries, routes_images, routes_query
-from .jobs import Jobs
-from .keys import KeyStore
-from .limits import BodyLimit, RateLimiter
-from .state import ServeSettings, ServerState
-from .workers import Pools
+from matchkit import __version__
+from matchkit.config import Settings
+from matchkit.gallery import DB_NAME, GalleryError
+from matchkit.serve import errors, routes_dedupe, routes_galleries, routes_images, routes_query
+from matchkit.serve.jobs import Jobs
+from matchkit.serve.keys import KeyStore
+from matchkit.serve.limits import BodyLimit, RateLimiter
+from matchkit.serve.state import ServeSettings, ServerState
+from matchkit.serve.workers import Pools
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import ApiError
-from .keys import ApiKey, scope_allows
-from .state import state
+from matchkit.serve.errors import ApiError
+from matchkit.serve.keys import ApiKey, scope_allows
+from matchkit.serve.state import state
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `matchkit serve keys add`.")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False,

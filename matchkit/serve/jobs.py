@@ -31,10 +31,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._fs import atomic_write_bytes
-from ..fspath import json_text
-from .errors import ApiError
-from .keys import SERVE_DIR
+from matchkit._fs import atomic_write_bytes
+from matchkit.fspath import json_text
+from matchkit.serve.errors import ApiError
+from matchkit.serve.keys import SERVE_DIR
 
 JOBS_DIR = "jobs"
 #: Job states; "interrupted": the server stopped while it ran.
@@ -147,8 +147,8 @@ class Jobs:
             raise Cancelled(job_id)
 
     def _run(self, job_id: str, gallery) -> None:
-        from ..config import Settings
-        from ..dedupe import dedupe
+        from matchkit.config import Settings
+        from matchkit.dedupe import dedupe
 
         with self._lock:  # a cancel sees either "queued" or "running", never both
             job = self.load(job_id)
@@ -223,7 +223,7 @@ class Jobs:
                       list(r.get("excluded", [])))
 
     def apply(self, job_id: str, dry_run: bool = False) -> dict:
-        from ..moves import MoveError, move_duplicates
+        from matchkit.moves import MoveError, move_duplicates
 
         job = self.done(job_id)
         if job["moves"] and not dry_run:
@@ -242,7 +242,7 @@ class Jobs:
         return out
 
     def undo(self, job_id: str) -> dict:
-        from ..moves import MoveError, undo
+        from matchkit.moves import MoveError, undo
 
         job = self.done(job_id)
         if not job["moves"]:

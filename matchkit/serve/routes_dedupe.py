@@ -7,11 +7,11 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..relation import LEVELS
-from .auth import Caller, access
-from .errors import ApiError
-from .jobs import Review
-from .state import state
+from matchkit.relation import LEVELS
+from matchkit.serve.auth import Caller, access
+from matchkit.serve.errors import ApiError
+from matchkit.serve.jobs import Review
+from matchkit.serve.state import state
 
 router = APIRouter(tags=["dedupe"])
 _JOBS = "/galleries/{gallery}/dedupe"
@@ -57,7 +57,7 @@ async def start(request: Request, gallery: str, body: DedupeParams | None = None
     params = body or DedupeParams()
     if params.level is not None and params.level not in LEVELS:
         raise ApiError(422, f"level must be one of {', '.join(LEVELS)}")
-    from ..keeper import parse_preference
+    from matchkit.keeper import parse_preference
     for rule in params.prefer:
         try:
             parse_preference(rule)
@@ -83,7 +83,7 @@ async def get_job(request: Request, gallery: str, job_id: str, who: Caller = _RE
             summary="A finished job's report (the JSON of matchkit dedupe), as reviewed")
 async def result(request: Request, gallery: str, job_id: str, reviewed: bool = False,
                  who: Caller = _READ) -> dict:
-    from .jobs import reviewed_report
+    from matchkit.serve.jobs import reviewed_report
     jobs = _jobs(request, gallery)
     job = jobs.done(job_id)
     return reviewed_report(job["report"], jobs.review_of(job)) if reviewed else job["report"]

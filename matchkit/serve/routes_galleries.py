@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from ..labels import class_counts
-from .auth import Caller, access, caller
-from .state import state
-from .workers import run
+from matchkit.labels import class_counts
+from matchkit.serve.auth import Caller, access, caller
+from matchkit.serve.state import state
+from matchkit.serve.workers import run
 
 router = APIRouter(tags=["galleries"])
 

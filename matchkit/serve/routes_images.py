@@ -18,14 +18,14 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..fspath import display
-from ..gallery import Gallery
-from .auth import Caller, access
-from .errors import ApiError
-from .keys import SERVE_DIR
-from .state import ServerState, state
-from .uploads import discard, is_upload, read_upload, stage, store
-from .workers import run
+from matchkit.fspath import display
+from matchkit.gallery import Gallery
+from matchkit.serve.auth import Caller, access
+from matchkit.serve.errors import ApiError
+from matchkit.serve.keys import SERVE_DIR
+from matchkit.serve.state import ServerState, state
+from matchkit.serve.uploads import discard, is_upload, read_upload, stage, store
+from matchkit.serve.workers import run
 
 router = APIRouter(tags=["images"])
 #: Image ids are SQLite row ids: positive 64-bit integers.
@@ -67,7 +67,7 @@ def _get(g: Gallery, image_id: int):
 
 def _add(st: ServerState, name: str, g: Gallery, staged: Path, sha: str,
          meta: dict | None, labels: list | None) -> dict:
-    from ..metadata import add_exif_dates
+    from matchkit.metadata import add_exif_dates
 
     embedders = [st.embedder(model) for model in g.models()]  # a missing one fails first
     target = store(g.path, staged, sha)
@@ -117,7 +117,7 @@ async def list_images(request: Request, gallery: str,
     st = state(request)
 
     def read(entry) -> dict:
-        from ..filters import allowed_ids
+        from matchkit.filters import allowed_ids
         g = entry.gallery
         allowed = allowed_ids(g, [w for w in where if w.strip()])
         ids = g.ids() if allowed is None else [int(i) for i in allowed]
@@ -183,7 +183,7 @@ async def remove_image(request: Request, gallery: str, image_id: ImageId,
 async def thumbnail(request: Request, gallery: str, image_id: ImageId,
                     side: int = Query(200, ge=16, le=1024),
                     who: Caller = Depends(access("read"))):
-    from ..thumbs import make_thumb
+    from matchkit.thumbs import make_thumb
     st = state(request)
 
     def read(entry) -> Path:

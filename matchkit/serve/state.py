@@ -8,11 +8,11 @@ from pathlib import Path
 
 from fastapi import Request
 
-from ..config import Settings
-from .jobs import Jobs
-from .keys import KeyStore
-from .limits import RateLimiter
-from .workers import Pools
+from matchkit.config import Settings
+from matchkit.serve.jobs import Jobs
+from matchkit.serve.keys import KeyStore
+from matchkit.serve.limits import RateLimiter
+from matchkit.serve.workers import Pools
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ServerState:
         """A model loaded once per process (its forward passes are thread-safe)."""
         with self._embed_lock:
             if name not in self._embedders:
-                from ..embed import load_embedder
+                from matchkit.embed import load_embedder
                 self._embedders[name] = load_embedder(name)
             return self._embedders[name]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
-from .._fs import atomic_write_bytes, fsync_dir
-from .errors import ApiError
-from .keys import SERVE_DIR
-from .limits import check_image
+from matchkit._fs import atomic_write_bytes, fsync_dir
+from matchkit.serve.errors import ApiError
+from matchkit.serve.keys import SERVE_DIR
+from matchkit.serve.limits import check_image
 
 UPLOADS_DIR = "uploads"
 _EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",

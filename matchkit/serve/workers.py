@@ -51,10 +51,10 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
-from ..gallery import Gallery
-from ..index_cache import SharedIndexes
-from .errors import ApiError, library_error, log
+from matchkit.config import Settings
+from matchkit.gallery import Gallery
+from matchkit.index_cache import SharedIndexes
+from matchkit.serve.errors import ApiError, library_error, log
 
 _local = threading.local()
 #: Longest a reader answers from an older state while the database changes

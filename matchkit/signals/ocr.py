@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import Signal, SignalUnavailable
+from matchkit.signals import Signal, SignalUnavailable
 
 #: Words shorter than this (letters or digits) are ignored by pair evidence:
 #: OCR reads noise in pictures as one- and two-letter words.
