@@ -28,7 +28,7 @@ def build_gallery(folder: Path, photos: list[Path], *, labels: bool = True,
     """A gallery of ``photos``, labelled by their names (``n0144_tench.JPEG`` and its
     edits ``n0144_tench__crop50.jpg``: tench)."""
     from matchkit.config import Settings
-    from matchkit.gallery import Gallery
+    from matchkit.store.gallery import Gallery
 
     settings = Settings(local_features=False) if hash_only else Settings()
     with Gallery(folder, settings) as g:

@@ -131,12 +131,12 @@ def main() -> None:
 
 def _profile_data(path: Path) -> dict:
     sys.path.insert(0, str(C.ROOT))
-    from matchkit.profiles import load_profile
+    from matchkit.match.profiles import load_profile
     return load_profile(path).data
 
 
 def _target(path: Path) -> float:
-    from matchkit.profiles import load_profile
+    from matchkit.match.profiles import load_profile
     return load_profile(path).target_precision
 
 

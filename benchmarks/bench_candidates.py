@@ -1,4 +1,4 @@
-"""Descriptor-vote candidates: today's HNSW index vs IVF variants (``matchkit/ivf.py``).
+"""Descriptor-vote candidates: today's HNSW index vs IVF variants (``matchkit/index/ivf.py``).
 
 For each set (a gallery built from its folder with ``matchkit index``), the
 strongest ``index_features`` ORB descriptors of every image are indexed and
@@ -38,12 +38,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common as C  # noqa: E402
 
-from matchkit.candidates import vote_candidates  # noqa: E402
+from matchkit.match.candidates import vote_candidates  # noqa: E402
 from matchkit.config import Settings  # noqa: E402
-from matchkit.gallery import ORB_KEY_STRIDE, Gallery  # noqa: E402
-from matchkit.index import HammingIndex  # noqa: E402
-from matchkit.ivf import IVFIndex, Vocabulary  # noqa: E402
-from matchkit.shards import MergedIndex  # noqa: E402
+from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery  # noqa: E402
+from matchkit.index.hamming import HammingIndex  # noqa: E402
+from matchkit.index.ivf import IVFIndex, Vocabulary  # noqa: E402
+from matchkit.store.shards import MergedIndex  # noqa: E402
 import sets  # noqa: E402
 
 

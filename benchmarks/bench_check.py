@@ -95,7 +95,7 @@ def main() -> None:
         if rc:
             raise SystemExit("matchkit check failed")
         data = json.loads(out.read_text())
-        from matchkit.result_pages import write_check_html
+        from matchkit.report.pages import write_check_html
         t = time.perf_counter()
         page = write_check_html(data, tmp / "page" / "check.html")
         page_s = time.perf_counter() - t

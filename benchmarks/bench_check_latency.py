@@ -51,7 +51,7 @@ ROOT = C.WORK / "check-latency"
 def build(size: int, vote_index: str, originals: list[Path], scale_root: Path) -> dict:
     """The gallery of ``originals`` + the first ``size`` scale slots (made if missing)."""
     from matchkit.config import Settings
-    from matchkit.gallery import Gallery
+    from matchkit.store.gallery import Gallery
 
     path = ROOT / f"g{size}-{vote_index}"
     done = path / "built.json"
@@ -87,9 +87,9 @@ def measure(gallery: str, queries: list[str]) -> dict:
     """In this process (pinned to one core): open, then check each query alone."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     from matchkit.features import extract_many
-    from matchkit.gallery import Gallery
-    from matchkit.io import ImageLoadError
-    from matchkit.query import QueryMatcher
+    from matchkit.store.gallery import Gallery
+    from matchkit.io.load import ImageLoadError
+    from matchkit.match.query import QueryMatcher
 
     t = time.perf_counter()
     g = Gallery(gallery, create=False)

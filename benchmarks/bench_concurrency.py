@@ -75,7 +75,7 @@ def build_model(path: Path, seed: int = 0) -> Path:
     model = (_field(1, 7) + _field(2, "matchkit-bench") + _field(7, graph)
              + _field(8, _field(1, "") + _field(2, 13)))
     if not path.exists() or path.read_bytes() != model:  # (parallel runs share it)
-        from matchkit._fs import atomic_write_bytes
+        from matchkit.util.fs import atomic_write_bytes
         atomic_write_bytes(path, model)
     return path
 
@@ -95,8 +95,8 @@ def finish(proc: subprocess.Popen, what: str) -> tuple[str, str]:
 _ANSWERS = r"""
 import json, sys
 from matchkit import Gallery
-from matchkit.check import check
-from matchkit.search import search
+from matchkit.jobs.check import check
+from matchkit.jobs.search import search
 gdir, model, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 rep = check(gdir, files, k=3).to_dict()
 found = {r["path"]: sorted(m["path"] for m in r["matches"] if m["matched"]) for r in rep["results"]}

@@ -79,7 +79,7 @@ def method_args(method: str) -> list[str]:
         return []
     if method == "matchkit-hash-only":
         return ["--hash-only"]
-    if method == "matchkit-ivf":  # the IVF descriptor index (matchkit/ivf.py)
+    if method == "matchkit-ivf":  # the IVF descriptor index (matchkit/index/ivf.py)
         return ["--vote-index", "ivf"]
     if method.startswith("matchkit+"):
         model, _, cos = method[len("matchkit+"):].partition("@")
@@ -114,8 +114,8 @@ def run_imagehash(folder: Path, tmp: Path) -> dict:
 
 def sweep(folder: Path, thresholds: list, truth: set, margins: list[int]) -> None:
     from matchkit import Gallery, Settings
-    from matchkit.dedupe import find_clusters
-    from matchkit.io import iter_image_files
+    from matchkit.jobs.dedupe import find_clusters
+    from matchkit.io.load import iter_image_files
 
     with tempfile.TemporaryDirectory() as tmp, Gallery(tmp) as g:
         ids = g.add(list(iter_image_files([folder]))).ids

@@ -42,8 +42,8 @@ import _common as C  # noqa: E402
 import sets  # noqa: E402
 
 from matchkit import Gallery, Settings  # noqa: E402
-from matchkit.classify import Labeler  # noqa: E402
-from matchkit.labels import UNKNOWN, import_labels  # noqa: E402
+from matchkit.jobs.classify import Labeler  # noqa: E402
+from matchkit.jobs.labels import UNKNOWN, import_labels  # noqa: E402
 
 OMNIGLOT = C.ROOT.parent / "shared" / "data" / "omniglot" / "all_runs.zip"
 HOLD_EVERY = 4
@@ -245,7 +245,7 @@ def _ink(path: Path) -> np.ndarray:
 
 def run_omniglot(args) -> None:
     from matchkit.features import extract
-    from matchkit.hashing import hamming
+    from matchkit.signals.hashing import hamming
 
     runs = omniglot_runs(args.omniglot, C.WORK / "omniglot-runs")
     scores: dict[str, list[float]] = defaultdict(list)

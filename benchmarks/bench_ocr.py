@@ -55,8 +55,8 @@ def search_bench(folder: Path, k: int = 10, keep: Path | None = None,
 
     from matchkit import signals
     from matchkit.config import Settings
-    from matchkit.gallery import Gallery
-    from matchkit.search import search
+    from matchkit.store.gallery import Gallery
+    from matchkit.jobs.search import search
 
     truth = json.loads((folder / "truth.json").read_text())
     sig = signals.get("ocr")
@@ -153,7 +153,7 @@ def main() -> None:
                 "The set is indexed with `Settings(signals=('ocr',), local_features=False, "
                 "workers=1)` in this process; each image's OCR (text gate + Tesseract reads) "
                 "is timed; OCR seconds are measured under load (2 cores shared). Queries run "
-                "through `matchkit.search.search(gallery, contains=q, k=10)`. Thresholds were "
+                "through `matchkit.jobs.search.search(gallery, contains=q, k=10)`. Thresholds were "
                 "chosen on the calib half only.\n\n" + C.table([r], cols) + "\n\n"
                 f"Some queries not fully found: {r['missed_examples']}\n")
         print(body)

@@ -49,7 +49,7 @@ def child(folder: str, nodes: int, out: str, vote_index: str = "hnsw") -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     temp = tempfile.mkdtemp(prefix="mkbench-")
     os.makedirs(os.path.join(temp, "ray"))

@@ -177,7 +177,7 @@ def _icon_reasons(pairs: list[tuple[str, str]], images: Path, names: list[str]) 
     """Why ``thumbmatch`` did not pair each of ``pairs`` (files under
     ``images``) that are both icons: the icon views of all ``names``, their
     candidates and one ``IconDecider``, as a run builds them."""
-    from matchkit.thumbmatch import IconDecider, icon_candidates, icon_view
+    from matchkit.signals.thumbmatch import IconDecider, icon_candidates, icon_view
 
     ids = {n: i for i, n in enumerate(names)}
     views = {ids[n]: v for n in names if (v := icon_view(str(images / n))) is not None}

@@ -92,8 +92,8 @@ def open_in_chromium(url: str, runs: int) -> dict:
 
 def synthetic_page(folder: Path, n: int = 10_000) -> Path:
     """``n`` clusters of 2-5 images; thumbnails from a pool of 24 real ones."""
-    from matchkit.html_report import Card, ImageEntry, PairEntry, render_html
-    from matchkit.thumbs import make_thumb
+    from matchkit.report.html import Card, ImageEntry, PairEntry, render_html
+    from matchkit.report.thumbs import make_thumb
 
     assets = folder / "big_files"
     assets.mkdir(parents=True)
@@ -156,7 +156,7 @@ def main() -> None:
     if not _chromium.available():
         raise SystemExit("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
 
-    from matchkit.html_report import DEFAULT_EVIDENCE_LIMIT, write_html_report
+    from matchkit.report.html import DEFAULT_EVIDENCE_LIMIT, write_html_report
 
     limit = DEFAULT_EVIDENCE_LIMIT if args.evidence_limit is None else args.evidence_limit
     folder = collection(args.photos, args.images)

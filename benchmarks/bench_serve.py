@@ -119,7 +119,7 @@ def main() -> int:
     import httpx
 
     from matchkit.embed import load_embedder
-    from matchkit.gallery import DB_NAME, Gallery
+    from matchkit.store.gallery import DB_NAME, Gallery
     from matchkit.serve.keys import KeyStore
 
     work = WORK / "serve-bench"

@@ -14,7 +14,7 @@ measured against exact float32 search (numpy matmul in chunks) over the
 same gallery. expansion_search is swept on one built graph; the filtered
 section times both filtered strategies (exhaustive scan of the allowed ids,
 oversampled graph search) at several selectivities, which is how the
-switch-over constants in matchkit/vectors.py were chosen.
+switch-over constants in matchkit/index/vectors.py were chosen.
 
     python benchmarks/bench_vectors.py --n 100000          # quick
     python benchmarks/bench_vectors.py                      # 1M (long build)
@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _common as C  # noqa: E402
 
-import matchkit.vectors as V  # noqa: E402
-from matchkit.vectors import VectorIndex  # noqa: E402
+import matchkit.index.vectors as V  # noqa: E402
+from matchkit.index.vectors import VectorIndex  # noqa: E402
 
 
 def rss_mib() -> float:

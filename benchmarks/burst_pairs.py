@@ -1,6 +1,6 @@
 """How many other pictures carry the part a dedupe run's local matches rest on.
 
-Why: the burstiness check (``matchkit/burst.py``) refuses a local match
+Why: the burstiness check (``matchkit/match/burst.py``) refuses a local match
 whose inliers gather (spread under ``burst.SPREAD``) on a part that at least
 ``Settings.burst_pictures`` other images carry (each holding at least
 ``burst.SHARED_SHARE`` of its inliers). That number is chosen here, on dev
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common as C  # noqa: E402
 import sets  # noqa: E402
 
-from matchkit import burst  # noqa: E402
+from matchkit.match import burst  # noqa: E402
 from matchkit.config import Settings  # noqa: E402
 
 #: ``burst_pictures`` values reported.
@@ -39,7 +39,7 @@ PICTURES = (10, 16, 20, 25, 32, 40)
 def measured_run(folders: list[Path], settings: Settings) -> list[dict]:
     """Every local match a dedupe of ``folders`` measured: paths, inliers,
     spread and the images holding each inlier (nothing refused)."""
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     rows: list[dict] = []
 

@@ -30,7 +30,7 @@ import _common as C  # noqa: E402
 import scale_set  # noqa: E402
 import sets  # noqa: E402
 from matchkit.config import Settings  # noqa: E402
-from matchkit.hashing import dihedral_phashes  # noqa: E402
+from matchkit.signals.hashing import dihedral_phashes  # noqa: E402
 
 
 def distinct_slots(k: int) -> list[int]:

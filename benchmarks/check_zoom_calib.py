@@ -54,7 +54,7 @@ def split(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
 
 def patch(variant: str) -> None:
     """Make this process's zoomed look the variant."""
-    import matchkit.query as Q
+    import matchkit.match.query as Q
 
     if variant == "all":
         return

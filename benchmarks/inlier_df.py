@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common as C  # noqa: E402
 import scale_set  # noqa: E402
 
-from matchkit import local  # noqa: E402
+from matchkit.signals import local  # noqa: E402
 from matchkit.config import Settings  # noqa: E402
-from matchkit.gallery import ORB_KEY_STRIDE, Gallery  # noqa: E402
+from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery  # noqa: E402
 
 #: Neighbours asked of the index per inlier descriptor (the count saturates here).
 K = 200

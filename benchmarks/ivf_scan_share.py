@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from train_vocabulary import gallery_descriptors  # noqa: E402
 
 from matchkit.config import Settings  # noqa: E402
-from matchkit.ivf import Vocabulary  # noqa: E402
+from matchkit.index.ivf import Vocabulary  # noqa: E402
 
 
 def scan_share(vocab: Vocabulary, entries: np.ndarray, queries: np.ndarray, probes: int,

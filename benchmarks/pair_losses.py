@@ -47,9 +47,9 @@ def pair_kind(a: str, b: str) -> str:
 def run(folder: Path, settings, gallery_dir: Path):
     """Cluster ``folder``; returns (clusters, matcher, {path: id})."""
     from matchkit import Gallery
-    from matchkit.dedupe import find_clusters
-    from matchkit.io import iter_image_files
-    from matchkit.match import PairMatcher
+    from matchkit.jobs.dedupe import find_clusters
+    from matchkit.io.load import iter_image_files
+    from matchkit.match.pairs import PairMatcher
 
     g = Gallery(gallery_dir, settings)
     ids = g.add(list(iter_image_files([folder]))).ids
@@ -74,7 +74,7 @@ def run(folder: Path, settings, gallery_dir: Path):
 
 def stage_of(ev, settings) -> tuple[str, str]:
     """Stage at which a verified (or global) pair failed, and its relation."""
-    from matchkit.match import relation_of
+    from matchkit.match.pairs import relation_of
     from matchkit.relation import in_level
 
     if ev is None:
@@ -101,7 +101,7 @@ def main() -> None:
     import shutil
 
     from matchkit import Settings
-
+    
     base, folder, n_images, truth = B.load_set(args)
     settings = Settings()
     gdir = C.WORK / f"gallery-{folder.name}"

@@ -37,7 +37,7 @@ from bench_dedupe import truth_pairs  # noqa: E402
 def run(spec: str) -> dict:
     """``FOLDER:QF`` (a set folder under benchmarks/_work) or ``scale:N:QF``."""
     from matchkit import Settings
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     *where, qf = spec.split(":")
     if where[0] == "scale":

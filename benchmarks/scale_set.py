@@ -69,7 +69,7 @@ def default_root(seed: int = 0) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _copy_edits() -> tuple:
-    from matchkit.edits import load_suite
+    from matchkit.match.edits import load_suite
 
     return tuple(e for e in load_suite(SUITE).edits if not e.relation and e.name not in SKIP_EDITS)
 
@@ -106,7 +106,7 @@ def make(seed: int, index: int, img_dir: Path) -> Path:
     as a user would edit a downloaded file."""
     from PIL import Image
 
-    from matchkit.edits import apply_edit
+    from matchkit.match.edits import apply_edit
 
     s = slot(seed, index)
     out = img_dir / s.name

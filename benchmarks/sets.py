@@ -144,14 +144,14 @@ def hard_negatives(kind: str, folder: Path) -> set[frozenset]:
 
 
 def recapture_edits(path: Path, out: Path) -> None:
-    """A photo re-photographed (``matchkit.edits`` op ``recapture``, seeded per photo):
+    """A photo re-photographed (``matchkit.match.edits`` op ``recapture``, seeded per photo):
 
     ``monitor``: on one of ``RECAPTURE_SETUPS`` shared monitor setups (the hard
     negatives: other photos on the same bezel); ``screen``: on a monitor at its own
     pose; ``print``: a print with a white border. All at 10-35 degrees off-axis,
     with a lighting gradient, blur, noise and a new background.
     """
-    from matchkit.edits import Edit, apply_edit
+    from matchkit.match.edits import Edit, apply_edit
 
     stem = path.stem
     shutil.copyfile(path, out / f"{stem}__orig{path.suffix.lower()}")

@@ -52,7 +52,7 @@ def make(seed: int, root: Path, index: int) -> Path:
     """Write the sticker copy of slot ``index`` (atomically), from its JPEG."""
     from PIL import Image
 
-    from matchkit.edits import apply_edit, load_suite
+    from matchkit.match.edits import apply_edit, load_suite
 
     edit = next(e for e in load_suite(scale_set.SUITE).edits if e.name == STICKER_EDIT)
     src = root / "img" / scale_set.Slot(index).name
@@ -83,7 +83,7 @@ def evaluate(root: Path, size: int, stickers: int, burst_pictures: int | None) -
     import time
 
     from matchkit.config import Settings
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     truth = json.loads((root / f"sticker-truth-{size}-{stickers}.json").read_text())
     true_pairs = C.pairs_from_groups(truth["groups"])

@@ -1,4 +1,4 @@
-"""Train the visual-word vocabulary of the IVF descriptor index (``matchkit/ivf.py``).
+"""Train the visual-word vocabulary of the IVF descriptor index (``matchkit/index/ivf.py``).
 
 Reads the indexed ORB descriptors (the strongest ``index_features`` per
 image) of galleries built from the *calib* halves only, trains a two-level
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from matchkit.ivf import VOCAB_FILE, Vocabulary  # noqa: E402
+from matchkit.index.ivf import VOCAB_FILE, Vocabulary  # noqa: E402
 
 
 def gallery_descriptors(folder: Path, per_image: int) -> np.ndarray:

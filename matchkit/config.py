@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, fields, replace
 
-from matchkit.io import DEFAULT_MAX_PIXELS
+from matchkit.io.load import DEFAULT_MAX_PIXELS
 from matchkit.relation import LEVELS
 
 #: Distances between 256-bit hashes or descriptors, in bits.
@@ -110,7 +110,7 @@ class Settings:
     vote_min_votes: float = 1.0
     #: Descriptor index the votes search: "hnsw" (USearch graph, approximate
     #: beyond 20,000 descriptors) or "ivf" (inverted file over visual words,
-    #: ``matchkit/ivf.py``: about 1.2 KB per image instead of 12-28 KB, and
+    #: ``matchkit/index/ivf.py``: about 1.2 KB per image instead of 12-28 KB, and
     #: exact for its own score, so shards merge to the same neighbours).
     vote_index: str = "hnsw"
     #: With ``vote_index="ivf"``: visual words each query descriptor looks in.
@@ -141,10 +141,10 @@ class Settings:
     min_overlap_correlation: float = 0.5
     #: A local match whose inliers gather on a part that at least this many
     #: other pictures of the run carry (a sticker, a logo) is refused
-    #: (``matchkit/burst.py``; 0: not checked).
+    #: (``matchkit/match/burst.py``; 0: not checked).
     burst_pictures: int = 32
     #: Look-alikes within this pHash distance are used to detect a shared
-    #: template (screenshot frame, form); see matchkit/template.py.
+    #: template (screenshot frame, form); see matchkit/match/template.py.
     template_crowd_distance: int = 120
     #: Longest side of the stored grey thumbnail used by the photometric check.
     thumb_side: int = 128

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from matchkit.colour import colour_histogram
+from matchkit.signals.colour import colour_histogram
 from matchkit.config import Settings
-from matchkit.hashing import JPEG_STREAM_PREFIX, dihedral_phashes, file_digest
-from matchkit.io import ImageLoadError, load_image, shrink
-from matchkit.local import LocalFeatures, extract_local, working_grey
+from matchkit.signals.hashing import JPEG_STREAM_PREFIX, dihedral_phashes, file_digest
+from matchkit.io.load import ImageLoadError, load_image, shrink
+from matchkit.signals.local import LocalFeatures, extract_local, working_grey
 from matchkit.signals import extract_payloads
-from matchkit.thumbmatch import icon_blob, icon_like
+from matchkit.signals.thumbmatch import icon_blob, icon_like
 
 
 @dataclass

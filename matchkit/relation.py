@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from matchkit.signals.thumbmatch import ICON_SIDE
+
 KINDS: tuple[str, ...] = (
     "exact",        # the same file bytes
     "same-pixels",  # the same decoded pixels in another file or container
@@ -69,8 +71,8 @@ RECAPTURE_PERSPECTIVE = 0.03
 #: similarity of 0.79 or more. Both tests together: a brightness edit of a
 #: photo moves the lightness but keeps most of its colour histogram.
 LIGHT_DARK_SHIFT = 20.0
-#: Icon-sized pictures (both sides at most this many pixels) ...
-ICON_SIDE = 256
+#: Icon-sized pictures (both sides at most ``ICON_SIDE`` pixels, defined by
+#: the icon signal, ``signals.thumbmatch``) ...
 #: ... in these lossless formats, at the same size and with other pixels, were
 #: drawn apart on purpose (a state badge, a folder colour, another member of
 #: an icon family): a codec or a resize would have changed the size or the
@@ -236,7 +238,7 @@ FEATURE_MIN_COLOURFUL = 0.03
 
 @functools.lru_cache(maxsize=4)
 def _hue_table(min_chroma: float) -> tuple[np.ndarray, np.ndarray]:
-    from matchkit.colour import LEVELS as CL
+    from matchkit.signals.colour import LEVELS as CL
 
     centres = (np.arange(CL) + 0.5) * (256 / CL)
     r, g, b = np.meshgrid(centres, centres, centres, indexing="ij")

@@ -16,8 +16,8 @@ import _chromium
 from _check_data import BROKEN, build_check_case
 from _report_data import XSS_NAME, build_collection, textured
 from matchkit import dedupe
-from matchkit.html_report import Card, ImageEntry, PairEntry, render_html, write_html_report
-from matchkit.thumbs import make_thumb
+from matchkit.report.html import Card, ImageEntry, PairEntry, render_html, write_html_report
+from matchkit.report.thumbs import make_thumb
 
 pytestmark = pytest.mark.skipif(not _chromium.available(),
                                 reason="needs chromium and chromium-driver (apt)")
@@ -121,8 +121,8 @@ def test_ten_thousand_clusters_open_filter_and_paginate(browser, tmp_path):
 
 
 def test_check_page_renders_thumbnails_counts_and_keypoints(browser, tmp_path):
-    from matchkit.check import check
-    from matchkit.result_pages import write_check_html
+    from matchkit.jobs.check import check
+    from matchkit.report.pages import write_check_html
 
     gallery, incoming = build_check_case(tmp_path / "case")
     report = check(gallery, sorted(incoming.iterdir()), include_all=True, k=2)
@@ -220,7 +220,7 @@ def test_review_changes_keeper_unticks_saves_and_apply_moves_exactly_that(photo_
     "Save review" downloads the file, and `matchkit apply` moves what it says."""
     from click.testing import CliRunner
 
-    from matchkit.cli import cli
+    from matchkit.cli.commands import cli
 
     downloads = tmp_path / "downloads"
     downloads.mkdir()

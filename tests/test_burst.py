@@ -1,4 +1,4 @@
-"""The burstiness check (matchkit/burst.py): a local match whose inliers gather
+"""The burstiness check (matchkit/match/burst.py): a local match whose inliers gather
 on a part many other pictures of the run carry is refused; copies of the
 pair's pictures, images outside the run and far descriptors do not count,
 nor a part the inliers cover the overlap of."""
@@ -11,13 +11,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from matchkit import burst
+from matchkit.match import burst
 from matchkit.config import Settings
-from matchkit.dedupe import dedupe
-from matchkit.incremental import settings_key
-from matchkit.index import within
-from matchkit.local import LocalFeatures, Overlap, Verification
-from matchkit.match import PairEvidence
+from matchkit.jobs.dedupe import dedupe
+from matchkit.match.incremental import settings_key
+from matchkit.index.hamming import within
+from matchkit.signals.local import LocalFeatures, Overlap, Verification
+from matchkit.match.pairs import PairEvidence
 
 STRIDE = 1000
 
@@ -218,8 +218,8 @@ def test_dedupe_measures_local_matches_and_never_stores_a_refusal(tmp_path, monk
 
 
 def test_check_applies_the_same_check(tmp_path, monkeypatch):
-    from matchkit.gallery import Gallery
-    from matchkit.query import query
+    from matchkit.store.gallery import Gallery
+    from matchkit.match.query import query
 
     d = _crop_set(tmp_path)
     crop = tmp_path / "crop.jpg"

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from matchkit.calibrate import CalibratorError, PairCalibrator
-from matchkit.cli import cli
-from matchkit.edits import EditError, apply_edit, available_suites, load_suite
-from matchkit.pairfeatures import FEATURES
-from matchkit.profiles import load_profile
+from matchkit.match.calibrate import CalibratorError, PairCalibrator
+from matchkit.cli.commands import cli
+from matchkit.match.edits import EditError, apply_edit, available_suites, load_suite
+from matchkit.match.pairfeatures import FEATURES
+from matchkit.match.profiles import load_profile
 
 from conftest import make_photo
 
@@ -184,7 +184,7 @@ def test_dedupe_with_profile_records_it(calibrated):
     stats = json.loads(res.output)["stats"]
     assert stats["profile"] == "mine" and stats["target_precision"] == 0.9
     # The report draws its decision line here (html_report.score_markers).
-    from matchkit.html_report import score_markers
+    from matchkit.report.html import score_markers
     thr = load_profile(out).calibrator.probability_threshold_
     assert stats["score_threshold"] == pytest.approx(thr, abs=1e-4)
     assert score_markers(stats) == [(stats["score_threshold"], "decision threshold")]
@@ -192,7 +192,7 @@ def test_dedupe_with_profile_records_it(calibrated):
 
 def test_halves_in_two_processes_give_the_same_pairs(tmp_path):
     from matchkit.config import Settings
-    from matchkit.pairsets import build_pairs, split_half
+    from matchkit.match.pairsets import build_pairs, split_half
 
     paths = []
     for i in range(8):
@@ -231,9 +231,9 @@ def test_a_small_collection_without_a_crowd_gets_no_false_matches(tmp_path):
     """Fewer images than the crowd needs: the crowd distance is capped at an
     unrelated pair's, so the profile does not accept unrelated photos."""
     from matchkit import dedupe
-    from matchkit.match import PairEvidence
-    from matchkit.pairfeatures import FEATURES, UNKNOWN_CROWD, pair_features
-    from matchkit.profiles import load_profile
+    from matchkit.match.pairs import PairEvidence
+    from matchkit.match.pairfeatures import FEATURES, UNKNOWN_CROWD, pair_features
+    from matchkit.match.profiles import load_profile
 
     ev = PairEvidence(1, 2, 118, 0.2)
     gap = pair_features(ev, {}, {})[FEATURES.index("crowd_gap")]
@@ -246,7 +246,7 @@ def test_a_small_collection_without_a_crowd_gets_no_false_matches(tmp_path):
 def test_variant_edits_change_colour_not_structure():
     """The recolour and light/dark ops keep the drawing (same edges) and change
     what a copy must keep: hues, or lightness."""
-    from matchkit.edits import Edit
+    from matchkit.match.edits import Edit
     img = make_photo(7, (160, 120))
     grey = np.asarray(img.convert("L"), float)
     recol, _ = apply_edit(img, Edit("r", ({"op": "recolour", "degrees": 180},), "variant"), "p")
@@ -258,7 +258,7 @@ def test_variant_edits_change_colour_not_structure():
 
 
 def test_suite_relations_decide_positives_per_level(tmp_path):
-    from matchkit.edits import same_picture_at
+    from matchkit.match.edits import same_picture_at
     suite = load_suite("copy-detection")
     relations = {e.name: e.relation for e in suite.edits}
     assert relations["recolour"] == relations["lightdark"] == "variant"
@@ -279,8 +279,8 @@ def test_variant_edits_are_negatives_at_copies_and_positives_at_variants(tmp_pat
     """A recolour of a photo: not a duplicate for a copies profile, a duplicate
     for a variants one; a plain copy is a duplicate at both."""
     from matchkit.config import Settings
-    from matchkit.edits import Edit, EditSuite
-    from matchkit.pairsets import build_pairs
+    from matchkit.match.edits import Edit, EditSuite
+    from matchkit.match.pairsets import build_pairs
 
     paths = []
     for i in range(6):

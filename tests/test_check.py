@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from _check_data import BROKEN, EXPECTED, build_check_case
 from matchkit import Gallery
-from matchkit.check import CheckError, check
-from matchkit.cli import cli
+from matchkit.jobs.check import CheckError, check
+from matchkit.cli.commands import cli
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_label_html_one_card_per_answer_with_supporting_examples(tmp_path):
 def test_a_profile_decides_and_scores_are_its_probabilities(case, report):
     """configs/default.toml decides instead of the hand rules; scores are its
     P(duplicate), the line is its probability threshold, the JSON records it."""
-    from matchkit.profiles import load_profile
+    from matchkit.match.profiles import load_profile
 
     profile = load_profile("default")
     gallery, incoming = case
@@ -293,7 +293,7 @@ def test_a_png_resave_of_a_large_gallery_jpeg_is_exact(tmp_path):
 def test_check_searches_the_vote_index_the_gallery_was_written_with(tmp_path, monkeypatch):
     from conftest import make_photo
     from matchkit import Settings
-
+    
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):

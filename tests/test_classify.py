@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import make_photo
 from matchkit import Gallery, GalleryError
-from matchkit.classify import (CALIBRATION_FILE, Labeler, Support, fit_open_set, raw_confidence,
-                               synthetic_edit, EDITS, vote)
-from matchkit.cli import cli
-from matchkit.labels import LabelError, UNKNOWN, import_folder
+from matchkit.jobs.classify import (CALIBRATION_FILE, Labeler, Support, fit_open_set, raw_confidence,
+                                    synthetic_edit, EDITS, vote)
+from matchkit.cli.commands import cli
+from matchkit.jobs.labels import LabelError, UNKNOWN, import_folder
 
 SIZE = (480, 360)
 CLASSES = ["apple", "bolt", "cog", "dial", "eel", "fan"]
@@ -385,7 +385,7 @@ def test_label_from_a_csv_gallery(labelled, tmp_path):
     table = tmp_path / "catalogue.csv"
     table.write_text("path,label\n" + "".join(
         f"{labelled / 'tree' / c / 'a.jpg'},sku-{c}\n" for c in CLASSES))
-    from matchkit.labels import import_table
+    from matchkit.jobs.labels import import_table
 
     with Gallery(tmp_path / "g") as g:
         rep = import_table(g, table)
@@ -426,7 +426,7 @@ def test_a_gallery_of_only_unreadable_images_gives_a_clear_error(tmp_path):
 def test_labels_under_a_profile_and_calibrations_kept_apart(labelled):
     """A pair profile decides the instance matches; its calibration is stored
     under its own key, next to the hand rules' one."""
-    from matchkit.profiles import load_profile
+    from matchkit.match.profiles import load_profile
 
     profile = load_profile("default")
     with Labeler(k=3, profile=profile, calibration="none").fit(labelled / "g") as lab:
@@ -464,8 +464,8 @@ def test_synthetic_calibration_reports_progress_and_chunks_change_nothing(labell
     """The first `label` on a gallery calibrates for a minute: each stage reports
     (done, total) from 0 to its end; matching in chunks (for those reports)
     gives the very calibration of one big batch."""
-    from matchkit import classify
-
+    from matchkit.jobs import classify
+    
     def calibrated(chunk: int):
         monkeypatch.setattr(classify, "CALIBRATION_CHUNK", chunk)
         seen = []

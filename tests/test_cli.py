@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from matchkit.cli import cli
+from matchkit.cli.commands import cli
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_dedupe_shows_progress_of_every_phase_with_counts(runner, photo_dir, tmp
 def test_phase_progress_on_a_terminal_draws_bars(tmp_path):
     """A terminal gets a bar per phase (and the phase's last count as a line);
     a repeated keeper pass is a new bar."""
-    from matchkit.progress import PhaseProgress
+    from matchkit.util.progress import PhaseProgress
 
     stream = io.StringIO()
     shown = PhaseProgress(stream=stream, terminal=True)
@@ -227,7 +227,7 @@ def test_search_without_embeddings_says_check_needs_no_model(runner, photo_dir, 
 
 
 def test_label_json_is_built_by_labeler_report_as_for_the_api(runner, tmp_path, monkeypatch):
-    from matchkit.classify import Labeler
+    from matchkit.jobs.classify import Labeler
 
     tree = _labelled_tree(tmp_path / "cat")
     g = tmp_path / "g"
@@ -258,7 +258,7 @@ def test_first_label_shows_calibration_progress_then_not_again(runner, tmp_path)
     query = tree / "red" / "11.jpg"
     r = runner.invoke(cli, ["label", "--gallery", str(g), str(query)])
     assert r.exit_code == 0, r.output
-    from matchkit.classify import CALIBRATION_STAGES
+    from matchkit.jobs.classify import CALIBRATION_STAGES
     lines = r.stderr.splitlines()
     assert "calibrating the unknown threshold" in lines[0]
     # Each stage announced with its size, in order, before the answer.

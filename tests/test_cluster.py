@@ -1,6 +1,6 @@
 """Clusters never chain: every member matches its cluster's keeper directly."""
 
-from matchkit.cluster import UnionFind, star_clusters
+from matchkit.match.cluster import UnionFind, star_clusters
 
 
 def test_chain_is_not_merged():

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from matchkit import Gallery, Settings, dedupe
+from matchkit import Gallery, Settings
+from matchkit import dedupe
 
 from conftest import make_photo
 
@@ -104,7 +105,7 @@ def test_json_shape_is_stable(photo_dir):
 def test_no_chaining_through_a_middle_image(tmp_path):
     """A~B and B~C with A !~ C must not put A and C in one cluster."""
     from matchkit.features import extract
-    from matchkit.hashing import dihedral_distance
+    from matchkit.signals.hashing import dihedral_distance
 
     a, c = make_photo(21), make_photo(22)
     b = Image.blend(a, c, 0.5)
@@ -148,7 +149,7 @@ def test_files_are_never_modified(photo_dir):
 
 
 def test_match_pairs_reports_evidence_for_every_candidate(photo_dir, tmp_path):
-    from matchkit.match import match_pairs
+    from matchkit.match.pairs import match_pairs
     with Gallery(tmp_path / "g") as g:
         ids = g.add(sorted(p for p in photo_dir.rglob("*.jpg"))).ids
         evidence = match_pairs(g, ids, Settings())
@@ -202,8 +203,8 @@ def test_relations_are_settled_once_each_on_any_number_of_workers(photo_dir, mon
     """A report asks for a pair's relation as a keeper pair and again between
     members; the thumbnail comparison behind it runs once per pair, and on
     worker threads it gives what it gives on one thread."""
-    from matchkit import match
-
+    from matchkit.match import pairs as match
+    
     calls = []
     real = match.settle_global_relation
 
@@ -238,7 +239,7 @@ class _TableMatcher:
     """A pair matcher whose decisions come from a table (for the clustering)."""
 
     def __init__(self, ids, matches, candidates):
-        from matchkit.match import PairEvidence
+        from matchkit.match.pairs import PairEvidence
 
         self.matches = {frozenset(p) for p in matches}
         self.evidence = [PairEvidence(min(a, b), max(a, b), 100, 0.5, pending=True)
@@ -253,7 +254,7 @@ class _TableMatcher:
                 self.asked.append((ev.a, ev.b))
 
     def evidence_between(self, a, b, reflect):
-        from matchkit.match import PairEvidence
+        from matchkit.match.pairs import PairEvidence
 
         return PairEvidence(min(a, b), max(a, b), 100, 0.5, pending=True)
 
@@ -284,7 +285,7 @@ def test_leftover_image_joins_a_cluster_it_matches_through_a_member(tmp_path):
     only (after the keeper took that member, so nobody asked); it matches
     that member and, compared afresh, the keeper: it joins. Y matches the
     member only: one pair of three is no join (no chaining)."""
-    from matchkit.dedupe import find_clusters
+    from matchkit.jobs.dedupe import find_clusters
 
     sizes = {"k": (640, 480), "a": (320, 240), "b": (300, 225), "x": (280, 210),
              "y": (260, 195)}

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 import matchkit.features
-import matchkit.index
+import matchkit.index.hamming
 from conftest import textured
 from matchkit import Settings
-from matchkit.dedupe import dedupe
-from matchkit.index import HammingIndex
+from matchkit.jobs.dedupe import dedupe
+from matchkit.index.hamming import HammingIndex
 
 
 def _edits(img: Image.Image, seed: int) -> dict[str, Image.Image]:
@@ -50,7 +50,7 @@ def _content(report) -> dict:
 
 def test_same_report_whatever_workers_order_and_completion(edited_set, monkeypatch):
     # Small sets are searched exhaustively; use the HNSW graphs as large sets do.
-    monkeypatch.setattr(matchkit.index, "EXACT_SEARCH_BELOW", 0)
+    monkeypatch.setattr(matchkit.index.hamming, "EXACT_SEARCH_BELOW", 0)
     files = sorted(edited_set.iterdir())
     reference = _content(dedupe(files, settings=Settings(workers=1)))
     assert sum(len(c["members"]) for c in reference["clusters"]) >= 30  # it found copies
@@ -85,7 +85,7 @@ def test_hamming_index_graph_does_not_depend_on_threads():
 def test_gallery_vector_index_graph_does_not_depend_on_threads(tmp_path):
     """The gallery's embedding index is built with single-threaded adds."""
     from matchkit import Gallery
-
+    
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(6000, 16)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -104,7 +104,7 @@ def test_worker_processes_settle_relations_and_hash_pictures_as_threads_do(edite
                                                                            monkeypatch):
     """Large runs settle relations and hash the pictures inside frames in
     worker processes (forced on here for a small set): the same report."""
-    import matchkit.match as M
+    import matchkit.match.pairs as M
 
     files = sorted(edited_set.iterdir())
     reference = _content(dedupe(files, settings=Settings(workers=2)))
@@ -129,7 +129,7 @@ def test_a_dead_worker_process_leaves_its_part_to_the_main_process(edited_set, m
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    import matchkit.match as M
+    import matchkit.match.pairs as M
 
     files = sorted(edited_set.iterdir())
     reference = _content(dedupe(files, settings=Settings(workers=2)))

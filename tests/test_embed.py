@@ -40,7 +40,7 @@ def photos():
 # -- registry ------------------------------------------------------------------------------
 
 def test_import_matchkit_needs_no_torch_or_onnxruntime():
-    code = ("import sys, matchkit, matchkit.embed, matchkit.vectors;"
+    code = ("import sys, matchkit, matchkit.embed, matchkit.index.vectors;"
             "bad = [m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from matchkit import Gallery, Settings
-from matchkit.cli import cli
-from matchkit.filters import FilterError, allowed_ids, compile_where, parse
+from matchkit.cli.commands import cli
+from matchkit.jobs.filters import FilterError, allowed_ids, compile_where, parse
 
 from conftest import make_photo
 

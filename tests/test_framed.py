@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from matchkit._cvthreads import opencv_threads, single_opencv_thread
-from matchkit.framed import _boxes_at_least, frame_quads
+from matchkit.util.cvthreads import opencv_threads, single_opencv_thread
+from matchkit.match.framed import _boxes_at_least, frame_quads
 
 
 def _edge_maps(n=40, seed=0):

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from matchkit import Settings, dedupe  # noqa: E402
-from matchkit.cli import cli  # noqa: E402
+from matchkit import Settings
+from matchkit import dedupe  # noqa: E402
+from matchkit.cli.commands import cli  # noqa: E402
 from matchkit.embed import load_embedder  # noqa: E402
 
 from conftest import make_photo  # noqa: E402

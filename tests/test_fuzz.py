@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from _fuzz_data import make_fuzz_set
-from matchkit.dedupe import dedupe
-from matchkit.gallery import Gallery
+from matchkit.jobs.dedupe import dedupe
+from matchkit.store.gallery import Gallery
 
 N_FILES = 500
 SEED = 20261202

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from matchkit import Gallery, GalleryError
-from matchkit.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
-from matchkit.io import iter_image_files
+from matchkit.store.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
+from matchkit.io.load import iter_image_files
 
 from conftest import make_photo
 
@@ -76,7 +76,7 @@ def test_unreadable_files_are_remembered_not_redecoded(photo_dir, tmp_path, monk
     with Gallery(tmp_path / "g") as g:
         r1 = g.add(_files(photo_dir))
         assert [s.path for s in r1.skipped] == [str((photo_dir / "bad.jpg").resolve())]
-        import matchkit.gallery as gallery_mod
+        import matchkit.store.gallery as gallery_mod
         calls = []
         real = gallery_mod.extract_many
         monkeypatch.setattr(gallery_mod, "extract_many",
@@ -135,8 +135,8 @@ _CHILD = textwrap.dedent("""
     import sys, time, pathlib
     sys.path.insert(0, {tests!r})
     from matchkit import Gallery
-    from matchkit.index import HammingIndex
-    import matchkit._fs as fs
+    from matchkit.index.hamming import HammingIndex
+    import matchkit.util.fs as fs
     from conftest import make_photo
 
     gdir, photos, mode, marker = sys.argv[1:5]
@@ -163,9 +163,9 @@ _CHILD = textwrap.dedent("""
         elif mode == "before-stamp":
             HammingIndex.save = save_then_hang
         elif mode == "mid-add":
-            import matchkit.gallery as gm
-            import matchkit.shards as sh
-            sh.BATCH = 1
+            import matchkit.store.gallery as gm
+            import matchkit.store.adding as adding
+            adding.BATCH = 1
             real_write = gm.Gallery._write_batch
             def write_then_hang(self, *a):
                 real_write(self, *a)
@@ -225,7 +225,7 @@ def test_gallery_written_before_quality_and_blank_columns_is_migrated(tmp_path):
     once more on the next add (to fill them), then stay unchanged."""
     from PIL import Image
 
-    from matchkit.gallery import SCHEMA_VERSION
+    from matchkit.store.gallery import SCHEMA_VERSION
 
     make_photo(40).save(tmp_path / "a.jpg", quality=70)
     Image.new("RGBA", (50, 40), (0, 0, 0, 0)).save(tmp_path / "empty.png")
@@ -269,7 +269,7 @@ def test_index_in_background_gives_the_same_index(photo_dir, tmp_path, monkeypat
     current (not rebuilt on the next open)."""
     import threading
 
-    from matchkit.index import HammingIndex
+    from matchkit.index.hamming import HammingIndex
 
     files = _files(photo_dir)
     with Gallery(tmp_path / "plain") as g:
@@ -314,7 +314,7 @@ def test_index_in_background_failure_is_raised_and_the_index_rebuilt(photo_dir, 
     the half-built graph is dropped and rebuilt from the database."""
     import threading
 
-    from matchkit.index import HammingIndex
+    from matchkit.index.hamming import HammingIndex
 
     files = _files(photo_dir)
     with Gallery(tmp_path / "plain") as g:

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from matchkit import Gallery, GalleryError
-from matchkit.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
-from matchkit.io import iter_image_files
+from matchkit.store.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
+from matchkit.io.load import iter_image_files
 
 from conftest import make_photo
 
@@ -154,8 +154,8 @@ def test_second_writer_waits_with_a_message_or_times_out(tmp_path, capfd):
 _ANSWERS = r"""
 import json, sys
 from matchkit import Gallery
-from matchkit.check import check
-from matchkit.search import search
+from matchkit.jobs.check import check
+from matchkit.jobs.search import search
 gdir, model, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 rep = check(gdir, files, k=3).to_dict()
 out = {"check": [sorted(m["path"] for m in r.get("matches", []) if m.get("matched"))

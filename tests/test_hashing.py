@@ -1,4 +1,4 @@
-"""Tests for matchkit.hashing: pHash, its eight dihedral variants and digests."""
+"""Tests for matchkit.signals.hashing: pHash, its eight dihedral variants and digests."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from matchkit.hashing import (
-    DIHEDRAL,
-    PHASH_BYTES,
-    dihedral_distance,
-    dihedral_phashes,
-    file_digest,
-    hamming,
-    phash,
-    pixel_digest,
-)
-from matchkit.io import load_image
+from matchkit.signals.hashing import (
+                                      DIHEDRAL,
+                                      PHASH_BYTES,
+                                      dihedral_distance,
+                                      dihedral_phashes,
+                                      file_digest,
+                                      hamming,
+                                      phash,
+                                      pixel_digest,
+                                      )
+from matchkit.io.load import load_image
 
 T = Image.Transpose
 

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from _report_data import XSS_NAME, build_collection
-from matchkit import Settings, dedupe
-from matchkit.cli import cli
-from matchkit.evidence_draw import _FeatureCache, match_points
-from matchkit.html_report import (Card, ImageEntry, PairEntry, histogram_svg, render_html,
+from matchkit import Settings
+from matchkit import dedupe
+from matchkit.cli.commands import cli
+from matchkit.report.evidence import _FeatureCache, match_points
+from matchkit.report.html import (Card, ImageEntry, PairEntry, histogram_svg, render_html,
                                   score_markers, write_html_report)
-from matchkit.thumbs import DEFAULT_SIDE, make_thumb, make_thumbs
+from matchkit.report.thumbs import DEFAULT_SIDE, make_thumb, make_thumbs
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import textured
 from matchkit import Settings
-from matchkit.dedupe import dedupe
-from matchkit.gallery import Gallery
+from matchkit.jobs.dedupe import dedupe
+from matchkit.store.gallery import Gallery
 from test_determinism import _content, _edits
 
 
@@ -66,8 +66,8 @@ def test_an_add_patching_stored_votes_in_parts_stores_the_same_records(sets, tmp
                                                                         monkeypatch):
     """``_patch_votes`` merges and counts the stored images in parts of
     ``PATCH_IMAGES``: parts of 3 images store what one part stores."""
-    from matchkit import incremental
-
+    from matchkit.match import incremental
+    
     old, new = sets
     folder = tmp_path / "photos"
     shutil.copytree(old, folder)
@@ -152,7 +152,7 @@ def test_a_run_without_gallery_reports_no_reuse(sets):
 def test_cli_rematch_and_summary(sets, tmp_path):
     from click.testing import CliRunner
 
-    from matchkit.cli import cli
+    from matchkit.cli.commands import cli
 
     old, _ = sets
     runner = CliRunner()
@@ -196,9 +196,9 @@ def test_stored_evidence_round_trips_every_extra():
     """Whatever verification leaves in ``extra`` (the picture comparison of a
     recapture, an icon comparison, grey flags) is stored and read back as the
     same objects, so a reused decision is judged on the same evidence."""
-    from matchkit.incremental import evidence_from_json, evidence_json
-    from matchkit.local import Overlap, Verification
-    from matchkit.match import PairEvidence, relation_of
+    from matchkit.match.incremental import evidence_from_json, evidence_json
+    from matchkit.signals.local import Overlap, Verification
+    from matchkit.match.pairs import PairEvidence, relation_of
 
     ev = PairEvidence(1, 2, 30, 0.8, votes=5.0)
     ev.verification = Verification(matches=60, inliers=50,
@@ -218,7 +218,7 @@ def test_an_add_measures_again_only_the_pairs_it_can_change(sets, tmp_path, monk
     """Images whose hash search gained only new pairs (or whose nearest few
     changed) keep the stored evidence of their other pairs: every candidate
     pair's stored evidence is still what a --rematch run measures."""
-    from matchkit.incremental import CANDIDATE, IncrementalMatcher, settings_key
+    from matchkit.match.incremental import CANDIDATE, IncrementalMatcher, settings_key
 
     old, new = sets
     folder = tmp_path / "photos"
@@ -258,8 +258,8 @@ def test_merging_every_list_at_once_equals_merging_each_image_alone():
     than a list's last dropped first) gives each image's ``_merge_rows``."""
     import numpy as np
 
-    from matchkit.gallery import ORB_KEY_STRIDE
-    from matchkit.incremental import _merge_all, _merge_rows
+    from matchkit.store.gallery import ORB_KEY_STRIDE
+    from matchkit.match.incremental import _merge_all, _merge_rows
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -297,7 +297,7 @@ def test_stale_records_are_those_naming_an_image_gone_or_out_of_the_run():
 
     import numpy as np
 
-    from matchkit.incremental import IncrementalMatcher, _hits, _lists, _pack_ids, _pack_lists
+    from matchkit.match.incremental import IncrementalMatcher, _hits, _lists, _pack_ids, _pack_lists
 
     settings = Settings()
     limit = settings.vote_max_distance
@@ -356,8 +356,8 @@ def test_an_original_added_after_its_recaptures_is_paired_by_their_framed_pictur
     """``framed``: the pictures inside a print's border or a monitor's bezel
     are extra hash keys; an original that enters later finds the recaptures
     searched before from its side (the records keep their pictures' hashes)."""
-    from matchkit.edits import Edit, apply_edit
-    from matchkit.incremental import settings_key
+    from matchkit.match.edits import Edit, apply_edit
+    from matchkit.match.incremental import settings_key
 
     def recapture(pic, name, **kw):
         edit = Edit(name, ({"op": "recapture", "blur": 1.0, "noise": 5, **kw},))
@@ -391,10 +391,10 @@ def test_indexes_say_whether_they_rank_ties_by_key(monkeypatch):
     key), whatever their total size."""
     import numpy as np
 
-    from matchkit import index
-    from matchkit.index import HammingIndex
-    from matchkit.ivf import IVFIndex
-    from matchkit.shards import MergedIndex
+    from matchkit.index import hamming as index
+    from matchkit.index.hamming import HammingIndex
+    from matchkit.index.ivf import IVFIndex
+    from matchkit.store.shards import MergedIndex
 
     rng = np.random.default_rng(1)
     parts = []
@@ -414,8 +414,9 @@ def test_indexes_say_whether_they_rank_ties_by_key(monkeypatch):
 def test_a_sharded_add_matches_a_sharded_run_from_scratch(sets, tmp_path, monkeypatch):
     """Shards each searched exactly while together they pass the exact-search
     size: the add merges new neighbours by key, as the shards rank them."""
-    from matchkit import incremental, index
-    from matchkit.shards import ShardedGallery
+    from matchkit.match import incremental
+    from matchkit.index import hamming as index
+    from matchkit.store.shards import ShardedGallery
 
     old, new = sets
     folder = tmp_path / "photos"
@@ -447,9 +448,9 @@ def test_a_sharded_add_matches_a_sharded_run_from_scratch(sets, tmp_path, monkey
 def test_a_stored_verification_brings_the_evidence_to_what_verifying_left(sets, tmp_path):
     """Only what verification changed is stored ("after"); applied to the
     evidence it was made from, it gives the verified evidence exactly."""
-    from matchkit.incremental import (apply_verification, evidence_from_json, evidence_json,
-                                      verification_json)
-    from matchkit.match import PairMatcher
+    from matchkit.match.incremental import (apply_verification, evidence_from_json, evidence_json,
+                                            verification_json)
+    from matchkit.match.pairs import PairMatcher
 
     old, _ = sets
     settings = Settings(workers=1)
@@ -474,7 +475,7 @@ def test_a_stored_verification_brings_the_evidence_to_what_verifying_left(sets, 
 def test_bringing_the_stored_state_up_to_date_is_told_step_by_step(sets, tmp_path):
     """A gallery run tells phase "stored" from 0 to every step done, around
     the search of the new images (phase "match")."""
-    from matchkit.incremental import UPDATE_STEPS
+    from matchkit.match.incremental import UPDATE_STEPS
 
     old, new = sets
     folder = tmp_path / "photos"
@@ -500,7 +501,7 @@ def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_
     """An add verifies its changed pairs up front, in one batch or in the
     background (``_verify_ahead``); clustering then sees the same results, in the same
     order, as when it verified each pair on asking."""
-    from matchkit.incremental import IncrementalMatcher, settings_key
+    from matchkit.match.incremental import IncrementalMatcher, settings_key
 
     old, new = sets
     folder = tmp_path / "photos"
@@ -517,7 +518,7 @@ def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_
         real(self)
         ahead.append(len(self._ahead) + len(self._running))  # (done, or in the background)
     monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", counting)
-    monkeypatch.setattr("matchkit.incremental.AHEAD_MAX_UNASKED", 1.0)  # (whatever the history)
+    monkeypatch.setattr("matchkit.match.incremental.AHEAD_MAX_UNASKED", 1.0)  # (whatever the history)
     grown = dedupe([folder], gallery=tmp_path / "g", settings=settings)
     monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", lambda self: None)
     lazy = dedupe([folder], gallery=tmp_path / "lazy", settings=settings)
@@ -539,8 +540,8 @@ def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_
 def test_a_shared_stored_verification_is_never_shared_between_pairs():
     """Pairs whose stored verifications are the same text each get their
     own lists and dicts (one pair's evidence changed leaves the other's)."""
-    from matchkit.incremental import apply_verification
-    from matchkit.match import PairEvidence
+    from matchkit.match.incremental import apply_verification
+    from matchkit.match.pairs import PairEvidence
 
     text = json.dumps({"p": False, "ver": {"homography": [[1.0, 0.0], [0.0, 1.0]],
                                            "inliers": 9, "matches": 12, "mirrored": False,
@@ -561,7 +562,7 @@ def test_a_shared_stored_verification_is_never_shared_between_pairs():
 def test_stored_json_reads_back_as_the_standard_library_reads_it():
     """``_json.loads`` (orjson where installed) gives ``json.loads``'s values,
     NaN and infinities included (orjson refuses those: the fallback)."""
-    from matchkit._json import loads
+    from matchkit.util.jsonfmt import loads
 
     doc = {"a": 1, "c": 0.24034792877906977, "x": {"grey": [False, True], "s": "é\u2603"},
            "n": None, "big": 2 ** 62, "neg": -1e-300}
@@ -578,8 +579,8 @@ def test_indented_reports_read_back_as_the_standard_library_writes_them():
     layout as ``json.dumps(indent=2)``; where orjson would change a value
     (NaN, infinities, tuples, text keys made of numbers, surrogate-escaped
     names) the standard library writes it, exactly as before."""
-    from matchkit._json import dumps_indented
-    from matchkit.fspath import json_text
+    from matchkit.util.jsonfmt import dumps_indented
+    from matchkit.util.fspath import json_text
 
     doc = {"clusters": [{"keep": "/a/é.jpg", "pairs": [{"score": 1e-05, "n": None,
                                                          "ok": True, "xy": [1, 2.5]}]}],
@@ -601,7 +602,7 @@ def test_indented_reports_read_back_as_the_standard_library_writes_them():
 def test_stored_records_are_written_compact_and_read_back_as_the_same_values():
     """Match records are written by orjson with sorted keys where the text
     reads back as the same values, else by ``json.dumps(sort_keys=True)``."""
-    from matchkit._json import dumps_sorted, loads
+    from matchkit.util.jsonfmt import dumps_sorted, loads
 
     rec = {"q": 1, "near": [[3, 40], [9, 41]], "crowd": 88, "memo": {"light": 0.30000001192092896,
            "share": 1e-05}, "nb": [4, "AAAA", "BB=="], "reach": None, "tmpl": 0}
@@ -618,8 +619,8 @@ def test_pairs_are_verified_ahead_only_where_earlier_runs_asked_for_nearly_all(
     """No verification ahead in a first run (no history), nor where earlier
     runs left more than ``AHEAD_MAX_UNASKED`` of their pending pairs unasked;
     only this run's new or changed pairs otherwise."""
-    from matchkit import incremental
-    from matchkit.incremental import IncrementalMatcher
+    from matchkit.match import incremental
+    from matchkit.match.incremental import IncrementalMatcher
 
     old, new = sets
     folder = tmp_path / "photos"
@@ -652,8 +653,8 @@ def test_verifying_ahead_in_the_background_leaves_what_batches_leave(sets, tmp_p
     clustering starts; the report, the counts and every stored pair row are
     those of verifying them in batches first. A run stopped meanwhile stores
     nothing, and the next run is the same again."""
-    from matchkit import incremental
-    from matchkit.incremental import IncrementalMatcher, settings_key
+    from matchkit.match import incremental
+    from matchkit.match.incremental import IncrementalMatcher, settings_key
 
     old, new = sets
     folder = tmp_path / "photos"
@@ -708,7 +709,7 @@ def test_a_large_add_searches_every_image_again(sets, tmp_path, monkeypatch):
     """More than ``SEARCH_ALL_ABOVE`` of the images new: every stored search is
     made again instead of patched (no radius search of the new descriptors),
     and the result is a fresh run's."""
-    from matchkit.incremental import SEARCH_ALL_ABOVE, IncrementalMatcher
+    from matchkit.match.incremental import SEARCH_ALL_ABOVE, IncrementalMatcher
 
     patched = []
     original = IncrementalMatcher._new_descriptors
@@ -749,9 +750,9 @@ def test_merging_entering_images_into_a_hash_search_equals_searching_again(seed,
     """``merge_hash_search`` (an add's stored hash searches brought up to
     date without searching) gives what a search of the grown index gives,
     for every record it can merge; and it can merge most of them."""
-    from matchkit.candidates import phash_candidates
-    from matchkit.incremental import _phash_fields, merge_hash_search
-    from matchkit.index import HammingIndex
+    from matchkit.match.candidates import phash_candidates
+    from matchkit.match.incremental import _phash_fields, merge_hash_search
+    from matchkit.index.hamming import HammingIndex
 
     rng = np.random.default_rng(seed)
     centre = rng.random(256) < 0.5
@@ -793,7 +794,7 @@ def test_an_add_merging_hash_searches_stores_what_searching_again_stores(tmp_pat
     (``_merge_phash``) instead of searching again: the records it stores
     (but for the reach tails, which may be shorter) and the report equal
     those of the same add that searches again."""
-    from matchkit.incremental import IncrementalMatcher, settings_key
+    from matchkit.match.incremental import IncrementalMatcher, settings_key
 
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
@@ -837,8 +838,8 @@ def test_nearest_distances_of_stored_variants_to_new_codes_are_exact(n_codes, mo
     """``_nearest_distance`` (OpenCV's batchDistance, in parts) gives every
     query's distance to its nearest code, as an exhaustive numpy count does;
     none: one more than the bits."""
-    from matchkit import incremental
-
+    from matchkit.match import incremental
+    
     monkeypatch.setattr(incremental, "NEAREST_ROWS", 64)  # (several parts)
     rng = np.random.default_rng(n_codes)
     queries = rng.integers(0, 256, (500, 32), dtype=np.uint8)
@@ -857,8 +858,8 @@ def test_the_radius_search_of_new_descriptors_stops_at_its_cap():
     """``_within`` finds every indexed code within the limit, or the
     ``max_k`` nearest of them; the add caps it only in an approximate
     index (an exact one keeps every record what a search now would give)."""
-    from matchkit.incremental import _within
-    from matchkit.index import HammingIndex
+    from matchkit.match.incremental import _within
+    from matchkit.index.hamming import HammingIndex
 
     rng = np.random.default_rng(5)
     codes = rng.integers(0, 256, (300, 32), dtype=np.uint8)
@@ -874,8 +875,8 @@ def test_the_radius_search_of_new_descriptors_stops_at_its_cap():
 def test_the_radius_search_asks_the_index_in_parts_with_the_same_result(monkeypatch):
     """``_within`` bounds each index search to ``WITHIN_SEARCH_SLOTS``
     neighbour slots (query rows x k); the parts give what one search gives."""
-    from matchkit import incremental
-    from matchkit.index import HammingIndex
+    from matchkit.match import incremental
+    from matchkit.index.hamming import HammingIndex
 
     rng = np.random.default_rng(6)
     codes = rng.integers(0, 256, (400, 32), dtype=np.uint8)
@@ -902,7 +903,7 @@ def test_an_add_with_a_changed_image_searches_the_hash_searches_naming_it(tmp_pa
     """A changed file keeps its image id and loses its own record; the stored
     searches that name it cannot take it in as a new image: the add then
     searches again (no merge), and reports what a run from scratch reports."""
-    from matchkit.incremental import IncrementalMatcher
+    from matchkit.match.incremental import IncrementalMatcher
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -930,7 +931,7 @@ def test_the_template_check_runs_again_only_where_its_same_shape_lookalikes_chan
     a reason."""
     from types import SimpleNamespace
 
-    from matchkit.incremental import IncrementalMatcher
+    from matchkit.match.incremental import IncrementalMatcher
 
     crowd = Settings().template_crowd_distance
     shapes = {1: (60, 80), 2: (60, 80), 3: (80, 60), 4: (60, 80), 5: (80, 60), 9: (60, 80)}
@@ -969,7 +970,7 @@ def test_an_add_that_makes_screenshots_templated_matches_a_run_from_scratch(tmp_
     grown = dedupe([old, new], gallery=tmp_path / "g", settings=settings)
     assert _content(grown) == _content(_fresh([old, new]))
     with Gallery(tmp_path / "g") as g:
-        from matchkit.incremental import settings_key
+        from matchkit.match.incremental import settings_key
 
         paths = g.paths()
         recs = {os.path.basename(paths[i]): json.loads(r) for i, (_, r)
@@ -986,7 +987,7 @@ def test_a_gallery_run_indexes_new_descriptors_on_a_worker_and_saves_if_stopped(
     run from scratch does."""
     import threading
 
-    from matchkit.index import HammingIndex
+    from matchkit.index.hamming import HammingIndex
 
     old, new = sets
     folder = tmp_path / "photos"
@@ -1027,8 +1028,8 @@ def test_frames_looked_for_again_in_an_add_match_a_run_from_scratch(sets, tmp_pa
     again when a copy enters near it (``_regate``): in the new images' frame
     search, or, when no image is new, in a search of its own. Both give the
     report of a run from scratch."""
-    from matchkit import incremental
-
+    from matchkit.match import incremental
+    
     chosen, alone = [], []  # (``alone``: kept images of frame searches of no new image)
     real_regate, real_search = (incremental.IncrementalMatcher._regate,
                                 incremental.IncrementalMatcher._framed_search)
@@ -1092,7 +1093,7 @@ def _image_id(gallery, path) -> int:
 
 
 def _record(gallery, image_id) -> dict:
-    from matchkit.incremental import settings_key
+    from matchkit.match.incremental import settings_key
 
     with Gallery(gallery) as g:
         return json.loads(g.match_records(settings_key(Settings(workers=1)))[image_id][1])

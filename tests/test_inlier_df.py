@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from matchkit.gallery import Gallery
+from matchkit.store.gallery import Gallery
 
 from conftest import textured
 

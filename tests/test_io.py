@@ -1,4 +1,4 @@
-"""Tests for matchkit.io: decoding every kind of file safely, and finding files."""
+"""Tests for matchkit.io.load: decoding every kind of file safely, and finding files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from matchkit.io import ImageLoadError, iter_image_files, load_image
+from matchkit.io.load import ImageLoadError, iter_image_files, load_image
 
 T = Image.Transpose
 
@@ -575,7 +575,7 @@ def test_max_side_large_jpeg(tmp_path):
 def test_max_side_jpeg_is_decoded_at_reduced_scale(tmp_path, monkeypatch):
     # JPEG draft mode: the decoder itself produces a smaller image (1/8 scale
     # here), still at least max_side on the longer side, before any resize.
-    import matchkit.io as mio
+    import matchkit.io.load as mio
 
     p = tmp_path / "big.jpg"
     texture(2000, 1500, seed=12).save(p, quality=90)
@@ -719,7 +719,7 @@ def test_broken_links_with_image_names_are_listed_and_reported_unreadable(tmp_pa
     the user has for it; links to folders are not followed into."""
     import json
 
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     from conftest import make_photo
 
@@ -746,7 +746,7 @@ def test_broken_links_with_image_names_are_listed_and_reported_unreadable(tmp_pa
 def _rglob_listing(root: Path, recursive: bool = True) -> list[Path]:
     """The listing as ``iter_image_files`` made it before its own walk
     (``rglob`` and ``is_file`` on every path): the reference it must equal."""
-    from matchkit.io import IMAGE_EXTENSIONS
+    from matchkit.io.load import IMAGE_EXTENSIONS
 
     walker = sorted(root.rglob("*")) if recursive else sorted(root.iterdir())
     return [f for f in walker
@@ -787,7 +787,7 @@ def test_iter_walk_lists_what_rglob_listed(tree, tmp_path):
 def test_iter_walk_leaves_out_a_folder_removed_while_walking(tree, monkeypatch):
     """A folder that vanishes between its parent's listing and its own is
     left out (the rest is listed), not the end of the run."""
-    import matchkit.io as mio
+    import matchkit.io.load as mio
 
     real = os.scandir
 

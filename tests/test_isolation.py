@@ -16,15 +16,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import make_photo
-from matchkit import features, gallery as gallery_mod
-from matchkit.check import check
-from matchkit.cli import cli
+from matchkit import features
+from matchkit.store import gallery as gallery_mod
+from matchkit.jobs.check import check
+from matchkit.cli.commands import cli
 from matchkit.config import Settings
-from matchkit.dedupe import dedupe
+from matchkit.jobs.dedupe import dedupe
 from matchkit.features import extract
-from matchkit.fspath import display, from_db, json_text, to_db
-from matchkit.gallery import Gallery
-from matchkit.thumbs import make_thumb
+from matchkit.util.fspath import display, from_db, json_text, to_db
+from matchkit.store.gallery import Gallery
+from matchkit.report.thumbs import make_thumb
 
 ODD = b"caf\xe9.jpg"  # Latin-1 e-acute: not valid UTF-8
 
@@ -326,7 +327,7 @@ def test_strict_utf8_terminal_gets_escaped_names(odd_dir, tmp_path):
 
 
 def test_search_query_the_model_fails_on_is_a_one_line_error(tmp_path):
-    from matchkit.search import SearchError, search
+    from matchkit.jobs.search import SearchError, search
 
     d = _photos_and_strip(tmp_path / "in", tmp_path / "strip.png")
     with Gallery(tmp_path / "g") as g:

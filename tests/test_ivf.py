@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matchkit import ivf
-from matchkit.ivf import IVFIndex, Vocabulary, default_vocabulary
-from matchkit.shards import MergedIndex
+from matchkit.index import ivf
+from matchkit.index.ivf import IVFIndex, Vocabulary, default_vocabulary
+from matchkit.store.shards import MergedIndex
 
 
 @pytest.fixture(autouse=True, params=["gathered", "by word"])
@@ -129,7 +129,7 @@ def test_a_search_within_a_distance_is_the_search_cut_there_over_shards_too():
     """``search(..., max_distance=d)``: the neighbours within d of the full
     search, first in each row (``index.within``), one index or shards merged
     (each cut before the merge), with many ties."""
-    from matchkit.index import within
+    from matchkit.index.hamming import within
 
     rng = np.random.default_rng(4)
     whole, parts = _whole_and_shards(rng, _vocab(rng, sig=32))
@@ -259,7 +259,7 @@ def test_incremental_with_ivf_matches_a_run_from_scratch(tmp_path):
     import shutil
 
     from matchkit import Settings
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
     from test_determinism import _content
     from test_incremental import _make
 
@@ -279,7 +279,7 @@ def test_incremental_with_ivf_matches_a_run_from_scratch(tmp_path):
 
 def test_gallery_keeps_one_file_per_kind(tmp_path):
     from matchkit import Settings
-    from matchkit.gallery import Gallery
+    from matchkit.store.gallery import Gallery
     from test_incremental import _make
 
     photo_dir = _make(tmp_path / "photos", range(2))
@@ -306,8 +306,8 @@ def test_gallery_keeps_one_file_per_kind(tmp_path):
 
 def test_sharded_ivf_search_equals_one_gallery(tmp_path):
     from matchkit import Settings
-    from matchkit.gallery import Gallery
-    from matchkit.shards import ShardedGallery
+    from matchkit.store.gallery import Gallery
+    from matchkit.store.shards import ShardedGallery
     from test_incremental import _make
 
     photo_dir = _make(tmp_path / "photos", range(3))
@@ -328,7 +328,7 @@ def test_sharded_ivf_search_equals_one_gallery(tmp_path):
 def test_settings_key_unchanged_for_hnsw_and_bad_setting():
     from matchkit import Settings
     from matchkit.config import SettingsError
-    from matchkit.incremental import settings_key
+    from matchkit.match.incremental import settings_key
 
     assert settings_key(Settings()) == settings_key(Settings(ivf_probes=5))
     assert settings_key(Settings(vote_index="ivf")) != settings_key(Settings())
@@ -344,7 +344,7 @@ def test_encoded_queries_search_as_the_codes():
     """``IVFIndex.encode``: the probed words and signatures are all a search
     reads of a query, so searching them gives the codes' result, on any
     index of the same encoding; another encoding is refused."""
-    from matchkit.ivf import IVFIndex
+    from matchkit.index.ivf import IVFIndex
 
     rng = np.random.default_rng(7)
     codes = rng.integers(0, 256, (3000, 32), dtype=np.uint8)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matchkit.ivf import Vocabulary
+from matchkit.index.ivf import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import ivf_scan_share  # noqa: E402

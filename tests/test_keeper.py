@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from matchkit import dedupe
-from matchkit.colour import colour_histogram
-from matchkit.gallery import StoredImage
-from matchkit.keeper import GREY_MASS, grey_share, keeper_priority, picture_score
+from matchkit.signals.colour import colour_histogram
+from matchkit.store.gallery import StoredImage
+from matchkit.match.keeper import GREY_MASS, grey_share, keeper_priority, picture_score
 
 from conftest import textured
 
@@ -79,8 +79,8 @@ def test_grey_copy_loses_to_colour_copy_of_the_same_size(tmp_path):
 
 def test_natural_flat_border_is_not_fill(tmp_path):
     """A photo on a smooth backdrop (sky, studio) keeps its full resolution."""
-    from matchkit.gallery import Gallery
-    from matchkit.match import PairMatcher
+    from matchkit.store.gallery import Gallery
+    from matchkit.match.pairs import PairMatcher
     from matchkit.config import Settings
 
     w, h = 480, 360
@@ -114,8 +114,8 @@ def test_rotated_copy_joins_a_mirrored_keeper(tmp_path, seed):
 
 
 def test_pending_pair_has_no_known_mirror_state():
-    from matchkit.dedupe import _mirrored
-    from matchkit.match import PairEvidence
+    from matchkit.jobs.dedupe import _mirrored
+    from matchkit.match.pairs import PairEvidence
 
     ev = PairEvidence(1, 2, 110, 0.5)
     ev.extra["reflect"] = True  # the best-aligning variant of far-apart hashes: chance
@@ -134,8 +134,8 @@ def _cluster(folder, **kw):
 
 def test_jpeg_quality_is_read_from_quantisation_tables(tmp_path):
     import io as _io
-    from matchkit.jpeg_quality import jpeg_quality
-    from matchkit.io import load_image
+    from matchkit.io.jpeg_quality import jpeg_quality
+    from matchkit.io.load import load_image
 
     img = textured(3)
     for q in (5, 30, 50, 75, 90, 95, 100):
@@ -258,7 +258,7 @@ def test_prefer_reason_names_the_rule(tmp_path):
 
 @pytest.mark.parametrize("bad", ["biggest", "format:", "path:", "oldest:1", ""])
 def test_bad_prefer_is_refused_before_any_work(tmp_path, bad):
-    from matchkit.keeper import parse_preference
+    from matchkit.match.keeper import parse_preference
 
     with pytest.raises(ValueError, match="--prefer"):
         parse_preference(bad)
@@ -267,7 +267,7 @@ def test_bad_prefer_is_refused_before_any_work(tmp_path, bad):
 
 
 def test_reference_folder_files_are_kept_and_never_moved(tmp_path):
-    from matchkit.moves import plan_moves
+    from matchkit.io.moves import plan_moves
 
     photo = textured(25)
     inbox, ref = tmp_path / "inbox", tmp_path / "archive"
@@ -301,7 +301,7 @@ def test_missing_reference_folder_is_an_error(tmp_path):
 def test_keep_reason_in_csv_and_html(tmp_path):
     import csv as _csv
 
-    from matchkit.html_report import write_html_report
+    from matchkit.report.html import write_html_report
 
     _three_copies(tmp_path / "p")
     report = dedupe([tmp_path / "p"], keep_in=[tmp_path / "p"])
@@ -316,7 +316,7 @@ def test_keep_reason_in_csv_and_html(tmp_path):
 
 
 def test_policy_accepts_one_string_and_gif_is_not_lossless(tmp_path):
-    from matchkit.keeper import KeeperPolicy, quality_rank
+    from matchkit.match.keeper import KeeperPolicy, quality_rank
 
     policy = KeeperPolicy.make(keep_in=str(tmp_path), prefer="oldest")
     assert policy.keep_in == (str(tmp_path.resolve()),) and str(policy.prefer[0]) == "oldest"
@@ -331,7 +331,7 @@ def test_hull_share_equals_the_hull_of_every_mask_pixel():
     the hull of all mask pixels (holes inside count as picture)."""
     import cv2
 
-    from matchkit.keeper import hull_share
+    from matchkit.match.keeper import hull_share
 
     def every_pixel(mask):
         hull = cv2.convexHull(cv2.findNonZero(mask.astype(np.uint8)))

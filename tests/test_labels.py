@@ -9,8 +9,8 @@ import pytest
 
 from conftest import make_photo
 from matchkit import Gallery
-from matchkit.labels import (LabelError, class_counts, folder_labels, import_folder,
-                             import_table, table_labels)
+from matchkit.jobs.labels import (LabelError, class_counts, folder_labels, import_folder,
+                                  import_table, table_labels)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from matchkit.linequeue import LineQueue
+from matchkit.util.linequeue import LineQueue
 
 
 def _gated(log: list, gate: threading.Event):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from matchkit import Settings, dedupe
-from matchkit.io import shrink
-from matchkit.local import extract_local, overlap_correlation, verify, working_grey
+from matchkit import Settings
+from matchkit import dedupe
+from matchkit.io.load import shrink
+from matchkit.signals.local import extract_local, overlap_correlation, verify, working_grey
 
 from conftest import textured
 
@@ -129,7 +130,7 @@ def test_a_smooth_photo_and_its_crop_are_judged_by_their_texture(seed):
     most of either picture is flat, so measured against its whole area the
     overlap was "too small to judge" (correlation -1, the pair refused);
     against the picture's texture it is judged, and agrees."""
-    from matchkit.local import compare_overlap
+    from matchkit.signals.local import compare_overlap
 
     yy, xx = np.mgrid[0:360, 0:480]
     backdrop = np.stack([180 + xx / 24, 190 + yy / 24, 200 + 0 * xx], -1)
@@ -146,7 +147,7 @@ def test_a_smooth_photo_and_its_crop_are_judged_by_their_texture(seed):
 def test_a_shared_sticker_on_two_textured_pictures_is_not_a_copy():
     """The texture rule still asks most of the picture's texture to overlap:
     one sticker on two different busy photos aligns a corner only."""
-    from matchkit.local import compare_overlap
+    from matchkit.signals.local import compare_overlap
 
     sticker = textured(77, (120, 90))
     a, b = textured(41), textured(42)
@@ -163,7 +164,7 @@ def test_a_corner_that_holds_all_the_texture_is_still_a_corner():
     patch: the overlap is a corner of each (a fifth of its area) though it
     holds all their texture. Not judged (a shared sticker on two smooth
     pictures, scale set at 10,000 images), however well the patch agrees."""
-    from matchkit.local import compare_overlap
+    from matchkit.signals.local import compare_overlap
 
     rng = np.random.default_rng(3)
     patch = (rng.random((24, 32)) * 255).astype(np.uint8)
@@ -185,7 +186,7 @@ def test_the_edge_of_the_warped_picture_is_not_texture():
     pictures (gentle gradients), one shown at half size inside the other,
     have nothing to testify, so the overlap is not judged; counting the ring,
     it was judged on the ring's pixels alone."""
-    from matchkit.local import compare_overlap
+    from matchkit.signals.local import compare_overlap
 
     yy, xx = np.mgrid[0:96, 0:128]
     a = (100 + xx / 4 + yy / 8).astype(np.uint8)
@@ -202,7 +203,7 @@ def test_spread_is_measured_in_the_frame_the_overlap_is_compared_in():
     one quarter of ``a``: they span about a quarter of the overlap, whichever
     image is passed first. (Earlier, the other image's points were used: here
     a hull four times too large, spread 1.0.)"""
-    from matchkit.local import compare_overlap
+    from matchkit.signals.local import compare_overlap
 
     rng = np.random.default_rng(5)
     a = (rng.random((96, 128)) * 255).astype(np.uint8)

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from matchkit._memory import release_memory
+from matchkit.util.memory import release_memory
 
 # Run in a fresh interpreter: the heap of a test process that has run other
 # tests holds whatever they left, and new blocks land in their holes.
 _SCENARIO = """
 import sys
 import numpy as np
-from matchkit._memory import release_memory
+from matchkit.util.memory import release_memory
 
 def rss():
     with open("/proc/self/statm") as f:

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from matchkit import Gallery, Settings
-from matchkit.cli import cli
-from matchkit.filters import allowed_ids
-from matchkit.metadata import MetadataError, import_metadata, parse_cell, read_metadata
+from matchkit.cli.commands import cli
+from matchkit.jobs.filters import allowed_ids
+from matchkit.jobs.metadata import MetadataError, import_metadata, parse_cell, read_metadata
 
 from conftest import make_photo
 
@@ -186,7 +186,7 @@ def _jpeg_with_exif(path, seed, **tags):
     ("    :  :     :  :  ", None), ("", None), (None, None), (20190503, None),
 ])
 def test_exif_datetime_parsing(raw, expected):
-    from matchkit.metadata import parse_exif_datetime
+    from matchkit.jobs.metadata import parse_exif_datetime
     got = parse_exif_datetime(raw)
     assert (got.isoformat() if got else None) == expected
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from matchkit import moves
-from matchkit.cli import cli
-from matchkit.moves import MoveError, move_duplicates, plan_moves, read_manifest, undo
+from matchkit.io import moves
+from matchkit.cli.commands import cli
+from matchkit.io.moves import MoveError, move_duplicates, plan_moves, read_manifest, undo
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -225,7 +225,7 @@ def test_corrupted_copy_is_detected_and_original_kept(tree, monkeypatch):
 _CRASH = r"""
 import os, sys
 sys.path.insert(0, {repo!r})
-from matchkit import moves
+from matchkit.io import moves
 real = moves._relocate
 n = [0]
 def relocate(src, dst, expect, created):

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageFont
 
 from matchkit import signals
-from matchkit.cli import cli
+from matchkit.cli.commands import cli
 from matchkit.config import Settings
-from matchkit.dedupe import dedupe
+from matchkit.jobs.dedupe import dedupe
 from matchkit.signals.ocr import normalise, search_text, text_like_regions
 
 needs_tesseract = pytest.mark.skipif(
@@ -106,14 +106,14 @@ def test_dedupe_with_ocr_keeps_copies_and_splits_different_text(shots, tmp_path)
     members = r.clusters[0].members
     assert set(shown) == set(members)
     assert all("quarterly invoice" in shown[m]["ocr"] for m in members)
-    from matchkit.html_report import write_html_report
+    from matchkit.report.html import write_html_report
     write_html_report(r, tmp_path / "page.html", thumbnails=False)
     page = (tmp_path / "page.html").read_text()
     assert "quarterly invoice" in page and '"x":{"ocr":' in page
 
 
 def test_no_signals_no_shown_key(tmp_path):
-    from matchkit.report import DedupeReport
+    from matchkit.report.dedupe_report import DedupeReport
     assert "shown" not in DedupeReport().to_dict()
 
 
@@ -129,8 +129,8 @@ def test_search_contains_finds_the_image(shots, tmp_path):
     hits = json.loads(r.output)
     assert os.path.basename(hits[0]["path"]) == "b.png"
     assert all(os.path.basename(h["path"]) != "b.png" for h in hits[1:])
-    from matchkit.gallery import Gallery
-    from matchkit.search import search
+    from matchkit.store.gallery import Gallery
+    from matchkit.jobs.search import search
     hits = search(g, contains="quarterly invoice", k=5)
     assert {os.path.basename(h.path) for h in hits[:2]} == {"a.png", "a_small.jpg"}
     # Metadata filters apply: with b.png filtered out, its words find nothing of it.
@@ -155,7 +155,7 @@ def test_search_contains_needs_ocr_gallery(tmp_path, photo):
 
 
 def test_review_page_shows_signal_evidence_in_words():
-    from matchkit.html_report import _clean_evidence
+    from matchkit.report.html import _clean_evidence
 
     ev = _clean_evidence({"rule": "phash", "signals": {"ocr": {
         "words_a": 40, "words_b": 38, "text_similarity": 0.93}}})

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from matchkit._arrays import PackedMasks
+from matchkit.util.arrays import PackedMasks
 
 
 def test_masks_read_back_as_stored_in_an_eighth_of_the_bytes():

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from matchkit import dedupe
-from matchkit.edits import Edit, apply_edit
-from matchkit.picture import frame_quad, framed_sides, hull_mask, inner_share, rephotograph
+from matchkit.match.edits import Edit, apply_edit
+from matchkit.match.picture import frame_quad, framed_sides, hull_mask, inner_share, rephotograph
 
 from conftest import textured
 
@@ -120,7 +120,7 @@ def test_the_original_is_kept_over_its_rephotographs(tmp_path):
 # ------------------------------------------------------------ framed pictures as keys
 
 def _grey_thumb(img, side: int = 128) -> np.ndarray:
-    from matchkit.io import shrink
+    from matchkit.io.load import shrink
 
     return np.asarray(shrink(img.convert("RGB"), side).convert("L"))
 
@@ -131,9 +131,9 @@ def _distance(hashes: np.ndarray, code: np.ndarray) -> int:
 
 
 def test_the_picture_inside_a_frame_hashes_like_the_original():
-    from matchkit.framed import MAX_DISTANCE, frame_quads, picture_hashes
-    from matchkit.hashing import dihedral_phashes
-    from matchkit.io import shrink
+    from matchkit.match.framed import MAX_DISTANCE, frame_quads, picture_hashes
+    from matchkit.signals.hashing import dihedral_phashes
+    from matchkit.io.load import shrink
 
     pic = textured(840)
     plain = dihedral_phashes(shrink(pic, 64))[0]
@@ -149,10 +149,10 @@ def test_the_picture_inside_a_frame_hashes_like_the_original():
 
 
 def test_framed_pairs_pair_a_recapture_with_its_original_only():
-    from matchkit.framed import framed_pairs, pairs_of, picture_hashes
-    from matchkit.hashing import dihedral_phashes
-    from matchkit.index import HammingIndex
-    from matchkit.io import shrink
+    from matchkit.match.framed import framed_pairs, pairs_of, picture_hashes
+    from matchkit.signals.hashing import dihedral_phashes
+    from matchkit.index.hamming import HammingIndex
+    from matchkit.io.load import shrink
 
     pics = [textured(850 + i) for i in range(4)]
     plain = {i: dihedral_phashes(shrink(p, 64)) for i, p in enumerate(pics)}
@@ -176,8 +176,8 @@ def test_framed_pairs_pair_a_recapture_with_its_original_only():
 
 
 def test_a_dense_agreeing_picture_of_any_size_backs_a_join_but_proves_no_copy():
-    from matchkit.local import Overlap
-    from matchkit.picture import DENSE_INLIERS, dense_picture, picture_proves_copy
+    from matchkit.signals.local import Overlap
+    from matchkit.match.picture import DENSE_INLIERS, dense_picture, picture_proves_copy
 
     # Two photos of one print: the keypoints crowd on its one textured part,
     # 3% of each frame, whose pixels agree (a shared sticker looks the same).

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import textured
-from matchkit import Settings, picture_index
-from matchkit.dedupe import dedupe
-from matchkit.gallery import Gallery
-from matchkit.index import HammingIndex
-from matchkit.picture_index import (PICTURE_KEY_STRIDE, PictureIndex, forget_picture_files,
-                                    picture_file, picture_rows)
+from matchkit import Settings
+from matchkit.index import pictures as picture_index
+from matchkit.jobs.dedupe import dedupe
+from matchkit.store.gallery import Gallery
+from matchkit.index.hamming import HammingIndex
+from matchkit.index.pictures import (PICTURE_KEY_STRIDE, PictureIndex, forget_picture_files,
+                                     picture_file, picture_rows)
 from test_determinism import _content
 
 
@@ -148,8 +149,8 @@ def test_an_add_with_a_kept_picture_index_matches_a_run_from_scratch(tmp_path, k
                                                                      monkeypatch):
     """Recaptures (pictures inside frames) and an add: the gallery keeps the
     picture index, the add only patches it, and the report is a fresh run's."""
-    from matchkit.edits import Edit, apply_edit
-    from matchkit.incremental import settings_key
+    from matchkit.match.edits import Edit, apply_edit
+    from matchkit.match.incremental import settings_key
 
     def recapture(pic, kind, seed):
         edit = Edit("r", ({"op": "recapture", "blur": 1.0, "noise": 5, "kind": kind,
@@ -194,6 +195,6 @@ def test_an_add_with_a_kept_picture_index_matches_a_run_from_scratch(tmp_path, k
     other = Settings(workers=1, verify_top=settings.verify_top + 1)
     dedupe([folder], gallery=g, settings=other)
     assert picture_file(g, settings_key(other)).exists() and kept.exists()
-    monkeypatch.setattr("matchkit.gallery.MAX_MATCH_KEYS", 1)
+    monkeypatch.setattr("matchkit.store.gallery.MAX_MATCH_KEYS", 1)
     dedupe([folder], gallery=g, settings=settings)
     assert kept.exists() and not picture_file(g, settings_key(other)).exists()

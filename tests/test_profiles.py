@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from matchkit.cli import cli
-from matchkit.pairfeatures import FEATURES
-from matchkit.profiles import (Profile, ProfileError, checksum, dump_toml, load_profile,
-                               save_profile)
+from matchkit.cli.commands import cli
+from matchkit.match.pairfeatures import FEATURES
+from matchkit.match.profiles import (Profile, ProfileError, checksum, dump_toml, load_profile,
+                                     save_profile)
 
 from test_calibrate import _fitted
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from conftest import make_photo
 from matchkit import Gallery, Settings
 from matchkit.features import extract
-from matchkit.query import QueryMatcher, match_strength, query
+from matchkit.match.query import QueryMatcher, match_strength, query
 
 
 @pytest.fixture
@@ -99,8 +99,8 @@ def test_unreadable_query_is_reported_and_others_complete(gallery, tmp_path):
 
 
 def test_match_strength_orders_evidence():
-    from matchkit.local import Verification
-    from matchkit.match import PairEvidence
+    from matchkit.signals.local import Verification
+    from matchkit.match.pairs import PairEvidence
 
     s = Settings()
     exact = PairEvidence(1, 2, 0, 1.0, rule="phash")
@@ -117,7 +117,7 @@ def test_match_strength_orders_evidence():
 
 def test_the_mirrored_look_is_taken_only_where_the_hashes_mean_it(gallery, tmp_path,
                                                                    monkeypatch):
-    import matchkit.match as M
+    import matchkit.match.pairs as M
 
     make_photo(4, (480, 360)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop(
         (12, 9, 468, 351)).rotate(3).save(tmp_path / "flip.jpg", quality=85)
@@ -136,7 +136,7 @@ def test_the_mirrored_look_is_taken_only_where_the_hashes_mean_it(gallery, tmp_p
             distances.append(ev.phash_distance)
         return real_verify(ev, *a, **kw)
 
-    import matchkit.query as Q
+    import matchkit.match.query as Q
     monkeypatch.setattr(Q, "_verify_pair", verify)
     for limit in (256, 100):
         looked.clear()
@@ -158,10 +158,10 @@ def test_the_zoomed_look_votes_with_its_finest_pyramid_levels_only(gallery, tmp_
     scales); the usual look's query features vote whatever their level."""
     import numpy as np
 
-    from matchkit import burst
-
-    from matchkit.local import extract_local, working_grey
-    from matchkit.query import ZOOM_VOTE_LEVELS
+    from matchkit.match import burst
+    
+    from matchkit.signals.local import extract_local, working_grey
+    from matchkit.match.query import ZOOM_VOTE_LEVELS
 
     page = _cluttered_frame(make_photo(5, (480, 360)))
     grey = working_grey(page, 1024)

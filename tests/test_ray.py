@@ -14,11 +14,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from matchkit.check import check  # noqa: E402
-from matchkit.dedupe import dedupe  # noqa: E402
-from matchkit.distributed import KILL_ONCE_ENV, shard_actors  # noqa: E402
-from matchkit.edits import load_suite, write_edit  # noqa: E402
-from matchkit.shards import ShardedGallery  # noqa: E402
+from matchkit.jobs.check import check  # noqa: E402
+from matchkit.jobs.dedupe import dedupe  # noqa: E402
+from matchkit.distributed.ray_jobs import KILL_ONCE_ENV, shard_actors  # noqa: E402
+from matchkit.match.edits import load_suite, write_edit  # noqa: E402
+from matchkit.store.shards import ShardedGallery  # noqa: E402
 
 # The sample photos sit beside the repository (``../shared/data``), also seen
 # from a git worktree one level further down.
@@ -160,7 +160,7 @@ def test_index_then_check_and_dedupe_on_the_cluster(images, cluster, reference, 
     the driver died) reads nothing again; ``check --ray`` answers as locally."""
     from click.testing import CliRunner
 
-    from matchkit.cli import cli
+    from matchkit.cli.commands import cli
 
     out = CliRunner().invoke(cli, ["index", str(images), "--gallery", str(tmp_path / "g"),
                                    "--ray", "auto", "--shards", "2", "-q"])
@@ -187,8 +187,8 @@ def test_look_ups_within_a_distance_ship_only_the_near_neighbours(images, cluste
     import numpy as np
 
     from matchkit.config import Settings
-    from matchkit.distributed import RayRun, _compact, _compact_within
-    from matchkit.index import within
+    from matchkit.distributed.ray_jobs import RayRun, _compact, _compact_within
+    from matchkit.index.hamming import within
 
     limit = Settings().vote_max_distance
     asked = {}
@@ -227,7 +227,7 @@ def test_ivf_queries_travel_encoded(images, cluster, tmp_path):
     import numpy as np
 
     from matchkit.config import Settings
-    from matchkit.distributed import RayRun
+    from matchkit.distributed.ray_jobs import RayRun
 
     settings = Settings(vote_index="ivf")
     with RayRun("auto", tmp_path / "g", settings, shards=3) as run:
@@ -257,7 +257,7 @@ def test_a_file_that_kills_its_worker_is_skipped_as_on_one_machine(images, clust
     reason and remembered; the rest equals the one-machine run, which skips
     it too."""
     from matchkit import features
-
+    
     folder = tmp_path / "in"
     shutil.copytree(images, folder)
     # A byte copy of a photo: were it not skipped, it would join that photo's cluster.
@@ -282,7 +282,7 @@ def test_a_file_that_kills_its_worker_is_skipped_as_on_one_machine(images, clust
 def test_only_worker_deaths_count_as_bad_input():
     """A dead worker or memory exhausted: the chunk is split and the file
     skipped; any other task failure is ours and ends the run as before."""
-    from matchkit.distributed import worker_death
+    from matchkit.distributed.ray_jobs import worker_death
 
     def raised(exc):
         try:

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from matchkit.edits import Edit, apply_edit, load_suite
+from matchkit.match.edits import Edit, apply_edit, load_suite
 
 
 def _photo(seed: int) -> Image.Image:

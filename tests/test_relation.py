@@ -283,9 +283,9 @@ def test_level_in_cli_check_and_csv(tmp_path):
 
     from click.testing import CliRunner
 
-    from matchkit.check import check
-    from matchkit.cli import cli
-    from matchkit.gallery import Gallery
+    from matchkit.jobs.check import check
+    from matchkit.cli.commands import cli
+    from matchkit.store.gallery import Gallery
 
     ref, inc = tmp_path / "ref", tmp_path / "inc"
     ref.mkdir()
@@ -386,7 +386,7 @@ def test_icon_resized_to_another_size_stays_a_copy(tmp_path):
 
 
 def test_reframed_tells_rounding_from_another_framing():
-    from matchkit.match import reframed
+    from matchkit.match.pairs import reframed
 
     assert not reframed((160, 120), (29, 21))       # a thumbnail rounded to whole pixels
     assert not reframed((1920, 1080), (1366, 768))  # 16:9 at two sizes
@@ -419,8 +419,8 @@ def test_softened_hue_overlap_is_the_pairwise_one():
 
 def _colour_pair(a: Image.Image, b: Image.Image) -> dict:
     """``match.colour_evidence`` of two images (their stored colour histograms)."""
-    from matchkit.colour import colour_histogram
-    from matchkit.match import PairEvidence, colour_evidence
+    from matchkit.signals.colour import colour_histogram
+    from matchkit.match.pairs import PairEvidence, colour_evidence
 
     ev = PairEvidence(1, 2, 0, 0.5)
     colour_evidence(ev, {1: colour_histogram(a.resize((64, 48))),

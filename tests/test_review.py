@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from matchkit import dedupe
-from matchkit.cli import cli
-from matchkit.review import ReviewError, parse_review, review_of_report
+from matchkit.cli.commands import cli
+from matchkit.report.review import ReviewError, parse_review, review_of_report
 
 
 def files_under(folder: Path) -> set[str]:

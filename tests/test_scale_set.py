@@ -61,7 +61,7 @@ def test_an_emoji_on_two_pictures_is_no_recapture(tmp_path):
     was taken for a recapture (the 10,000-image scale run's only false link).
     A perspective fit that explains fewer than half the matches, from a patch
     under ``picture.PICTURE_SHARE`` of an image, is a shared part only."""
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     paths = {i: scale_set.make(0, i, tmp_path / "img") for i in (1685, 2879, 6439)}
     assert scale_set.slot(0, 2879).source == 1685 and scale_set.slot(0, 6439).source == 1831
@@ -78,7 +78,7 @@ def test_one_emoji_or_font_on_two_pictures_links_no_copies(tmp_path):
     fifth of one image, correlating 0.53-0.75. Each picture must stay with
     its planted copy only (before, each false link also pulled the pictures
     away from their own copies)."""
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     planted = [(16485, 16499), (14128, 17999), (27720, 44939), (14360, 14379),
                (34714, 34719)]
@@ -94,8 +94,8 @@ def test_one_emoji_or_font_on_two_pictures_links_no_copies(tmp_path):
 def test_shared_part_needs_all_three_signs():
     """A small, gathered, poorly correlating overlap is a shared part; a
     small crop whose matches spread over it, or whose pixels agree, is not."""
-    from matchkit.local import Overlap
-    from matchkit.match import shared_part
+    from matchkit.signals.local import Overlap
+    from matchkit.match.pairs import shared_part
 
     emoji = Overlap(correlation=0.53, coverage_a=0.17, coverage_b=0.43, spread=0.17)
     assert shared_part(emoji)

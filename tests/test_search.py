@@ -22,12 +22,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from matchkit import Gallery, GalleryError, Settings  # noqa: E402
-from matchkit.cli import cli  # noqa: E402
+from matchkit.cli.commands import cli  # noqa: E402
 from matchkit.embed import load_embedder  # noqa: E402
-from matchkit.filters import allowed_ids  # noqa: E402
-from matchkit.gallery import vector_file_name  # noqa: E402
-from matchkit.search import SearchError, search, validate_crop  # noqa: E402
-from matchkit.vectors import VectorIndex  # noqa: E402
+from matchkit.jobs.filters import allowed_ids  # noqa: E402
+from matchkit.store.gallery import vector_file_name  # noqa: E402
+from matchkit.jobs.search import SearchError, search, validate_crop  # noqa: E402
+from matchkit.index.vectors import VectorIndex  # noqa: E402
 
 import tiny_clip  # noqa: E402
 from conftest import make_photo  # noqa: E402
@@ -103,7 +103,7 @@ def test_vectors_are_stored_per_model_and_persisted(indexed, embedder):
         assert len(idx) == N and idx.model == embedder.name
         # The stored vector is the model's embedding of the decoded file.
         rec = g.find(photos / "p03.jpg")
-        from matchkit.io import load_image
+        from matchkit.io.load import load_image
         fresh = embedder.embed_images([load_image(rec.path).image])[0]
         np.testing.assert_allclose(g.vectors(embedder.name, [rec.id])[0], fresh, atol=1e-5)
     # The saved index file is used as it is (no rebuild) when its stamp is current.
@@ -228,7 +228,7 @@ def test_image_query_finds_itself_first(indexed, embedder):
 def test_crop_query(indexed, embedder):
     gdir, photos = indexed
     src = photos / "p04.jpg"
-    from matchkit.io import load_image
+    from matchkit.io.load import load_image
     full = load_image(src).image
     with Gallery(gdir, create=False) as g:
         hits = search(g, image=src, crop=(10, 5, 50, 40), k=4, model=embedder)
@@ -444,7 +444,7 @@ def test_interrupted_embed_keeps_committed_batches(tmp_path, embedder, monkeypat
     saved (what a kill at that moment leaves; SQLite commits themselves are
     kill-safe, see test_gallery's SIGKILL tests): reopening rebuilds the
     index from SQLite and the next run embeds only the rest."""
-    import matchkit.gallery as gm
+    import matchkit.store.gallery as gm
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -484,7 +484,7 @@ def test_search_and_filters_on_a_sharded_gallery(indexed, embedder, tmp_path):
     """``index --shards 3 --model`` embeds each image in its shard; ``search``
     (CLI and Python, with a filter) merges the shards' answers into the one
     gallery's ranking."""
-    from matchkit.shards import ShardedGallery
+    from matchkit.store.shards import ShardedGallery
 
     gdir, photos = indexed
     sdir = tmp_path / "sharded"

@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from matchkit.cli import cli  # noqa: E402
+from matchkit.cli.commands import cli  # noqa: E402
 from matchkit.embed import load_embedder  # noqa: E402
-from matchkit.gallery import Gallery  # noqa: E402
+from matchkit.store.gallery import Gallery  # noqa: E402
 from matchkit.serve import ServeSettings, create_app  # noqa: E402
 from matchkit.serve.keys import KeyStore  # noqa: E402
 
@@ -209,12 +209,12 @@ def test_errors_are_json_with_a_status(client, galleries):
 
 
 def test_unexpected_errors_are_a_json_500_without_traceback(galleries, monkeypatch):
-    import matchkit.labels
+    import matchkit.jobs.labels
     app = create_app({"g": galleries["g"]})
-    monkeypatch.setattr(matchkit.labels, "class_counts",
+    monkeypatch.setattr(matchkit.jobs.labels, "class_counts",
                         lambda g: (_ for _ in ()).throw(RuntimeError("secret detail")))
     import matchkit.serve.routes_galleries as rg
-    monkeypatch.setattr(rg, "class_counts", matchkit.labels.class_counts)
+    monkeypatch.setattr(rg, "class_counts", matchkit.jobs.labels.class_counts)
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get("/api/galleries/g", headers=auth(galleries["keys"]["read"]))
     assert "secret" not in _is_json_error(r, 500)
@@ -519,8 +519,8 @@ def test_cancel_stops_a_running_dedupe_job_which_reports_progress(tmp_path, monk
 def test_cancel_takes_effect_inside_a_long_phase_not_at_its_end(tmp_path, monkeypatch):
     """The candidate search of a big gallery is one phase for minutes: a cancel
     must stop it from inside (checkpoints between index calls), within seconds."""
-    import matchkit.candidates as candidates
-    from matchkit.index import HammingIndex
+    import matchkit.match.candidates as candidates
+    from matchkit.index.hamming import HammingIndex
 
     gdir = _gallery(tmp_path, range(90, 96))
     write, _ = KeyStore(gdir).add("write")
@@ -616,7 +616,7 @@ def test_readers_share_indexes_follow_saved_states_and_keep_their_labelers(tmp_p
     over; a write not yet saved leaves them on the older state."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from matchkit.classify import Labeler
+    from matchkit.jobs.classify import Labeler
     from matchkit.config import Settings
     from matchkit.serve import workers
 
@@ -701,8 +701,8 @@ def test_sigterm_answers_queued_uploads_503_and_exits_without_running_them(tmp_p
 
 
 def test_a_stopping_server_interrupts_its_running_dedupe_job(tmp_path, monkeypatch):
-    import matchkit.candidates as candidates
-    from matchkit.index import HammingIndex
+    import matchkit.match.candidates as candidates
+    from matchkit.index.hamming import HammingIndex
 
     gdir = _gallery(tmp_path, range(90, 96))
     write, _ = KeyStore(gdir).add("write")

@@ -22,7 +22,7 @@ pytest.importorskip("transformers")
 import _chromium  # noqa: E402
 from conftest import make_photo  # noqa: E402
 from matchkit.embed import load_embedder  # noqa: E402
-from matchkit.gallery import Gallery  # noqa: E402
+from matchkit.store.gallery import Gallery  # noqa: E402
 from test_serve import _free_port, _start_server, jpeg  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _chromium.available(),

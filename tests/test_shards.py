@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from matchkit.dedupe import dedupe
-from matchkit.gallery import Gallery, GalleryError
-from matchkit.shards import (MANIFEST_NAME, ShardedGallery, open_gallery, shard_names,
-                             shard_of)
+from matchkit.jobs.dedupe import dedupe
+from matchkit.store.gallery import Gallery, GalleryError
+from matchkit.store.shards import (MANIFEST_NAME, ShardedGallery, open_gallery, shard_names,
+                                   shard_of)
 
 from conftest import make_photo
 
@@ -104,7 +104,7 @@ def test_manifest_errors_are_gallery_errors(tmp_path):
 def test_cli_index_shards_then_dedupe_and_check(dup_dir, tmp_path):
     from click.testing import CliRunner
 
-    from matchkit.cli import cli
+    from matchkit.cli.commands import cli
 
     run = CliRunner().invoke
     g = str(tmp_path / "g")
@@ -155,7 +155,7 @@ def test_sharded_gallery_keeps_matching_state_across_shards(dup_dir, tmp_path):
 
 def _state_key(g) -> str:
     from matchkit.config import Settings
-    from matchkit.incremental import settings_key
+    from matchkit.match.incremental import settings_key
 
     return settings_key(Settings())
 
@@ -166,7 +166,7 @@ def test_shard_answers_shipped_compactly_lose_nothing():
     index's own arrays back (``_expand``), -1 keys at distance nbits + 1."""
     import numpy as np
 
-    from matchkit.distributed import _compact, _expand
+    from matchkit.distributed.ray_jobs import _compact, _expand
 
     keys = np.array([[5, 7, -1], [2 ** 20, 3, -1]], np.int64)
     dists = np.array([[0, 200, 257], [12, 254, 257]], np.int64)
@@ -199,8 +199,8 @@ def test_a_search_within_a_distance_over_shards_is_the_full_search_cut():
     (duplicate codes under several keys)."""
     import numpy as np
 
-    from matchkit.index import HammingIndex, within
-    from matchkit.shards import MergedIndex
+    from matchkit.index.hamming import HammingIndex, within
+    from matchkit.store.shards import MergedIndex
 
     rng = np.random.default_rng(7)
     bases = rng.integers(0, 256, (6, 32), dtype=np.uint8)
@@ -236,7 +236,7 @@ def test_a_search_within_a_distance_over_shards_is_the_full_search_cut():
 def test_within_puts_the_near_neighbours_first_in_their_order():
     import numpy as np
 
-    from matchkit.index import within
+    from matchkit.index.hamming import within
 
     keys = np.array([[4, 9, 2, -1], [1, 2, 3, 5], [8, 6, -1, -1]], np.int64)
     dists = np.array([[60, 10, 12, 257], [1, 2, 3, 4], [57, 70, 257, 257]], np.int64)
@@ -252,10 +252,10 @@ def test_votes_and_holders_asked_within_the_vote_distance_are_unchanged():
     as from the full search, and lists with the same near neighbours."""
     import numpy as np
 
-    from matchkit.burst import holders
-    from matchkit.candidates import VoteDetail, vote_candidates
-    from matchkit.index import HammingIndex, within
-    from matchkit.shards import MergedIndex
+    from matchkit.match.burst import holders
+    from matchkit.match.candidates import VoteDetail, vote_candidates
+    from matchkit.index.hamming import HammingIndex, within
+    from matchkit.store.shards import MergedIndex
 
     class Full:
         """The merged index, always searched in full (as before the cut)."""
@@ -305,8 +305,8 @@ def test_near_answers_shipped_ragged_round_trip():
     (n, k) arrays back, empty rows included."""
     import numpy as np
 
-    from matchkit.distributed import _compact_within, _expand_within
-    from matchkit.index import within
+    from matchkit.distributed.ray_jobs import _compact_within, _expand_within
+    from matchkit.index.hamming import within
 
     rng = np.random.default_rng(5)
     keys = rng.integers(0, 5000, (50, 64)).astype(np.int64)
@@ -343,8 +343,8 @@ def test_files_are_keyed_by_their_resolved_path_links_and_loops_included(tmp_pat
     of links is a skipped file, not an error that ends the run."""
     import os
 
-    from matchkit.gallery import Skipped, _key
-    from matchkit.shards import stat_files
+    from matchkit.store.gallery import Skipped, _key
+    from matchkit.store.shards import stat_files
 
     (tmp_path / "real" / "sub").mkdir(parents=True)
     (tmp_path / "real" / "sub" / "a.jpg").write_bytes(b"x" * 10)

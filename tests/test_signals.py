@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from matchkit import signals
-from matchkit.cli import cli
+from matchkit.cli.commands import cli
 from matchkit.config import Settings, SettingsError
-from matchkit.dedupe import dedupe
-from matchkit.gallery import Gallery
-from matchkit.incremental import settings_key
+from matchkit.jobs.dedupe import dedupe
+from matchkit.store.gallery import Gallery
+from matchkit.match.incremental import settings_key
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ def test_cli_refuses_unknown_signal(tmp_path, photo):
 
 
 def test_evidence_json_roundtrip_keeps_signal_evidence():
-    from matchkit.incremental import evidence_from_json, evidence_json
-    from matchkit.match import PairEvidence
+    from matchkit.match.incremental import evidence_from_json, evidence_json
+    from matchkit.match.pairs import PairEvidence
 
     ev = PairEvidence(1, 2, 30, 0.9, rule="phash")
     ev.extra["signals"] = {"ocr": {"words_a": 7, "words_b": 6, "text_similarity": 0.2}}

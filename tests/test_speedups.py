@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-import matchkit.match as M
-from matchkit import Gallery, Settings, dedupe
-from matchkit.colour import histogram_similarities, histogram_similarity
-from matchkit.hashing import dihedral_match, dihedral_match_many
+import matchkit.match.pairs as M
+from matchkit import Gallery, Settings
+from matchkit import dedupe
+from matchkit.signals.colour import histogram_similarities, histogram_similarity
+from matchkit.signals.hashing import dihedral_match, dihedral_match_many
 
 from conftest import textured
 
@@ -149,7 +150,7 @@ def _border_box_line_by_line(thumb, tolerance=4.0):
 def test_border_box_judges_all_lines_at_once_as_line_by_line():
     """Padded, letterboxed, flat, one-pixel, noisy-border and colour
     thumbnails: the whole-array border box equals the line-by-line one."""
-    from matchkit.template import border_box
+    from matchkit.match.template import border_box
 
     rng = np.random.default_rng(11)
     seen = set()
@@ -192,8 +193,8 @@ def _distinctive_votes_one_by_one(images, dists, owner, keys, exclude, allowed, 
 def test_distinctive_votes_count_as_descriptor_by_descriptor():
     from types import SimpleNamespace
 
-    from matchkit.gallery import ORB_KEY_STRIDE
-    from matchkit.query import QueryMatcher
+    from matchkit.store.gallery import ORB_KEY_STRIDE
+    from matchkit.match.query import QueryMatcher
 
     rng = np.random.default_rng(11)
     voted = 0
@@ -229,7 +230,7 @@ def test_distinctive_votes_count_as_descriptor_by_descriptor():
 
 
 def test_thumbnail_looks_are_found_once_per_image_and_equal_a_fresh_look(monkeypatch):
-    from matchkit.stored import thumb_features
+    from matchkit.store.stored import thumb_features
 
     rng = np.random.default_rng(5)
     thumbs = [np.ascontiguousarray(
@@ -260,7 +261,7 @@ def test_report_records_become_the_dicts_asdict_makes():
     from collections import namedtuple
     from dataclasses import asdict
 
-    from matchkit.report import ClusterResult, MemberRelation, PairResult, SkippedFile, plain
+    from matchkit.report.dedupe_report import ClusterResult, MemberRelation, PairResult, SkippedFile, plain
 
     Point = namedtuple("Point", "x y")
     cluster = ClusterResult(
@@ -317,7 +318,7 @@ def _tally_votes_pair_by_pair(owners, other, dists, *, max_distance, per_query, 
 
 
 def test_vote_tally_counts_as_row_by_row():
-    from matchkit.candidates import VoteDetail, tally_votes
+    from matchkit.match.candidates import VoteDetail, tally_votes
 
     rng = np.random.default_rng(5)
     kept = kept_dropping = kept_first = 0
@@ -353,7 +354,7 @@ def test_votes_tied_at_the_cut_are_left_out_together():
     picking some of them by image id would be arbitrary, and a later image
     that lowers a pair above them would let the next of them in (a 1% add to
     10,000 scale-set images verified 920 such pairs of stored images)."""
-    from matchkit.candidates import tally_votes
+    from matchkit.match.candidates import tally_votes
 
     # Query 0: image 1 with 3 votes, images 2-5 with 1 vote each.
     owners = np.zeros(7, np.int64)
@@ -376,7 +377,7 @@ def test_votes_tied_at_the_cut_are_left_out_together():
 
 
 def test_unique_by_sorting_equals_numpy_unique():
-    from matchkit._arrays import unique
+    from matchkit.util.arrays import unique
 
     rng = np.random.default_rng(3)
     for n in (0, 1, 2, 7, 1000):
@@ -387,7 +388,7 @@ def test_unique_by_sorting_equals_numpy_unique():
 
 
 def test_bit_sums_equal_numpy_bit_counts_up_to_every_bit_set():
-    from matchkit._arrays import bit_sums
+    from matchkit.util.arrays import bit_sums
 
     rng = np.random.default_rng(5)
     for shape in [(7, 4), (3, 8, 5, 4), (6, 2), (9, 1)]:
@@ -402,7 +403,7 @@ def test_bit_sums_equal_numpy_bit_counts_up_to_every_bit_set():
 def test_fewer_collections_raises_the_thresholds_and_the_last_block_restores_them():
     import gc
 
-    from matchkit._gc import JOB_THRESHOLDS, fewer_collections
+    from matchkit.util.gc import JOB_THRESHOLDS, fewer_collections
 
     before = gc.get_threshold()
     assert before != JOB_THRESHOLDS
@@ -421,7 +422,7 @@ def test_fewer_collections_raises_the_thresholds_and_the_last_block_restores_the
 
 
 def test_transient_index_answers_as_a_fully_built_one():
-    from matchkit.index import HammingIndex, transient_index
+    from matchkit.index.hamming import HammingIndex, transient_index
 
     rng = np.random.default_rng(8)
     codes = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
@@ -439,7 +440,7 @@ def test_transient_index_answers_as_a_fully_built_one():
 def test_pixel_median_equals_numpy_median():
     """The template check's per-pixel median gives ``np.median``'s values
     exactly, for odd and even look-alike counts and tied values."""
-    from matchkit.template import pixel_median
+    from matchkit.match.template import pixel_median
 
     rng = np.random.default_rng(3)
     for n in (1, 2, 7, 8, 16, 17):
@@ -456,8 +457,8 @@ def test_template_check_reads_only_lookalikes_of_its_own_shape(tmp_path, monkeyp
     """``content_masks`` decodes only look-alikes whose stored thumbnail has
     the image's shape (``thumb_shapes``, read without decoding) and finds the
     same masks as a check over every look-alike's decoded thumbnail."""
-    from matchkit.candidates import Candidates
-    from matchkit.template import content_mask
+    from matchkit.match.candidates import Candidates
+    from matchkit.match.template import content_mask
 
     d = tmp_path / "imgs"
     d.mkdir()

@@ -11,15 +11,15 @@ import numpy as np
 import PIL.Image
 import pytest
 
-import matchkit.io
+import matchkit.io.load
 from matchkit import Gallery, Settings
-from matchkit.dedupe import find_clusters
+from matchkit.jobs.dedupe import find_clusters
 from matchkit.features import extract
-from matchkit.gallery import DB_NAME, SCHEMA_VERSION
-from matchkit.hashing import jpeg_stream_digest
-from matchkit.local import LocalFeatures, verify
-from matchkit.stored import (decode_colour, encode_colour, encode_local, stored_features,
-                             thumb_features)
+from matchkit.store.gallery import DB_NAME, SCHEMA_VERSION
+from matchkit.signals.hashing import jpeg_stream_digest
+from matchkit.signals.local import LocalFeatures, verify
+from matchkit.store.stored import (decode_colour, encode_colour, encode_local, stored_features,
+                                   thumb_features)
 from test_thumbmatch import _icon
 
 
@@ -55,7 +55,7 @@ def test_a_flipped_images_mirrored_look_is_made_once_for_all_its_pairs(photo_dir
     """``verify_stored`` with a ``ThumbLooks`` (as ``PairMatcher.verify`` passes
     it) makes an image's mirrored thumbnail features once for all its pairs,
     with the same verification as without."""
-    import matchkit.match as M
+    import matchkit.match.pairs as M
 
     recs = {n: extract(photo_dir / n) for n in ("a.jpg", "c.jpg", "a_flip.jpg")}
     feats = {n: (r.local, r.thumb) for n, r in recs.items()}
@@ -152,7 +152,7 @@ def test_matching_reads_no_file(photo_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(PIL.Image, "open", no_files)
     for module in list(sys.modules.values()):  # every ``from .io import load_image`` too
         if (getattr(module, "__name__", "").startswith("matchkit")
-                and getattr(module, "load_image", None) is matchkit.io.load_image):
+                and vars(module).get("load_image") is matchkit.io.load.load_image):
             monkeypatch.setattr(module, "load_image", no_load)
     with Gallery(tmp_path / "g", s) as g2:
         after = _outcome(g2, ids, photo_dir, s)

@@ -1,4 +1,4 @@
-"""The deflated texts of incremental matching (``matchkit.stored_text``)."""
+"""The deflated texts of incremental matching (``matchkit.store.stored_text``)."""
 
 import json
 import warnings
@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 import random
 
-from matchkit import stored_text
+from matchkit.store import stored_text
 from test_determinism import _content
-from matchkit.gallery import Gallery
+from matchkit.store.gallery import Gallery
 from matchkit.config import Settings
 
 EVIDENCE = ('{"a": 1, "b": 132, "c": 0.24034792877906977, "cos": null, "d": 92, "oc": null, '
@@ -54,7 +54,7 @@ def test_damaged_values_raise(value):
 
 
 def test_a_gallery_run_stores_its_match_state_deflated_and_reuses_it(photo_dir, tmp_path):
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     g = tmp_path / "g"
     first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
@@ -80,7 +80,7 @@ def test_a_gallery_run_stores_its_match_state_deflated_and_reuses_it(photo_dir, 
 def test_a_gallery_with_the_earlier_record_table_is_matched_again(photo_dir, tmp_path):
     """A gallery whose records are in the earlier ``match_images`` table (text,
     WITHOUT ROWID) reads as having none; the next writer drops that table."""
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     g = tmp_path / "g"
     first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
@@ -114,7 +114,7 @@ def test_a_damaged_stored_text_is_matched_again_with_a_warning(photo_dir, tmp_pa
     """A stored text that does not inflate (a damaged row) never ends a run:
     the stored state is ignored with a warning, every image is matched again,
     the result is the same, and the state is written anew."""
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     g = tmp_path / "g"
     first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
@@ -153,7 +153,7 @@ def test_the_cli_tells_a_damaged_state_in_one_line(photo_dir, tmp_path):
 
 
 def test_record_hits_read_back_in_either_form():
-    from matchkit.incremental import _hits, _pack_ids
+    from matchkit.match.incremental import _hits, _pack_ids
 
     ids = [3, 17, 250, 70_000, 2**31 - 1]
     packed = _pack_ids(ids)
@@ -169,7 +169,7 @@ def test_a_stored_pair_text_that_is_not_json_is_measured_again(photo_dir, tmp_pa
     row) never ends a run: that pair is measured (or verified) again, with
     one warning, the others are reused, the result is the same, and the
     next run reads the row written anew."""
-    from matchkit.dedupe import dedupe
+    from matchkit.jobs.dedupe import dedupe
 
     g = tmp_path / "g"
     first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))

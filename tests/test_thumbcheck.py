@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from matchkit import dedupe
-from matchkit.thumbcheck import (NEAR_BLANK, PROOF_CORRELATION, equal_share, frame_overlap,
-                                 frames_prove_copy, marks, structure_agreement,
-                                 thumbnails_refute)
+from matchkit.signals.thumbcheck import (NEAR_BLANK, PROOF_CORRELATION, equal_share, frame_overlap,
+                                         frames_prove_copy, marks, structure_agreement,
+                                         thumbnails_refute)
 
 from conftest import textured
 

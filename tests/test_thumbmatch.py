@@ -15,8 +15,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from matchkit import dedupe
-from matchkit.thumbmatch import (IconDecider, compare, icon_candidates, icon_view,
-                                 icon_views)
+from matchkit.signals.thumbmatch import (IconDecider, compare, icon_candidates, icon_view,
+                                         icon_views)
 
 BLUE, RED, TAN = (40, 90, 200), (210, 40, 40), (230, 190, 120)
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from matchkit import dedupe
 from matchkit.features import is_blank
-from matchkit.io import load_image
+from matchkit.io.load import load_image
 
 SIDE = 256
 
@@ -138,7 +138,7 @@ def test_partly_transparent_photo_matches_its_copy(tmp_path, photo):
 
 def test_check_matches_a_blank_query_only_to_its_byte_copy(tmp_path):
     from matchkit import Gallery
-    from matchkit.check import check
+    from matchkit.jobs.check import check
 
     gal, q = tmp_path / "gal", tmp_path / "q"
     gal.mkdir()

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-import matchkit.vectors as vectors_mod
-from matchkit.vectors import ModelMismatch, VectorIndex, VectorIndexError, sidecar_path
+import matchkit.index.vectors as vectors_mod
+from matchkit.index.vectors import ModelMismatch, VectorIndex, VectorIndexError, sidecar_path
 
 DIM = 24
 N = 6000

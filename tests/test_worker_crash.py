@@ -16,12 +16,13 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_photo
-from matchkit import features, gallery as gallery_mod
-from matchkit.cli import cli
+from matchkit import features
+from matchkit.store import gallery as gallery_mod
+from matchkit.cli.commands import cli
 from matchkit.config import Settings
 from matchkit.features import CRASH_HOOK_ENV, ImageRecord, extract_many
-from matchkit.gallery import Gallery
-from matchkit.io import ImageLoadError
+from matchkit.store.gallery import Gallery
+from matchkit.io.load import ImageLoadError
 
 CRASH = "crash_me.png"
 

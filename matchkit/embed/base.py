@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from matchkit.io import _to_rgb
+from matchkit.io.load import _to_rgb
 
 
 class EmbedderError(Exception):
@@ -72,7 +72,7 @@ MAX_ASPECT = 16
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB view of ``image``, by the same rules as :func:`matchkit.io.load_image`
+    """8-bit RGB view of ``image``, by the same rules as :func:`matchkit.io.load.load_image`
     (transparency composited over mid-grey, 16-bit and palette modes converted), so an
     image embeds the same whether it came from a file or from the caller.
     Extreme strips are cut to :data:`MAX_ASPECT` around their centre."""

@@ -12,7 +12,6 @@ torch and transformers are imported when a model is loaded, never by
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from matchkit.embed.hub import _hub_reachable, _quiet_transformers, hub_offline  # noqa: F401
 from matchkit.embed.base import HUB_HOWTO, Embedder, EmbedderError, ModelNotFound, as_rgb, batches, l2_normalise
 
 #: CLIP's own zero-shot prompt; a bare word embeds worse than a caption.
@@ -38,12 +38,6 @@ def _import_backend():
     return torch, transformers
 
 
-def hub_offline() -> bool:
-    """True when the user asked for no network (read now, not at import time)."""
-    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def is_clip_dir(path: str | os.PathLike) -> bool:
     """A directory holding a transformers CLIP config (model_type "clip")."""
     cfg = Path(path) / "config.json"
@@ -55,23 +49,6 @@ def is_clip_dir(path: str | os.PathLike) -> bool:
         return json.loads(cfg.read_text()).get("model_type") == "clip"
     except (OSError, ValueError):
         return False
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' progress bars and info logs while loading."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _from_pretrained(loader, source: str, what: str, **kw):
@@ -106,22 +83,6 @@ def _from_pretrained(loader, source: str, what: str, **kw):
     except Exception as exc:  # network errors come in many classes
         raise ModelNotFound(f"{what} {source!r} is not cached and could not be downloaded "
                             f"({_first_line(exc)}). " + HUB_HOWTO.format(repo=source)) from exc
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the hub (HF_ENDPOINT honoured) before handing over to
-    huggingface_hub, whose retries take about half a minute to give up offline."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -32,7 +32,7 @@ _ACTIVATIONS = {"torch.nn.modules.linear.Identity": None, "torch.nn.Identity": N
 
 def _resolve_dir(source: str) -> Path:
     """Local folder, or a hub repo from the cache (downloaded only when online)."""
-    from matchkit.embed.clip import _hub_reachable, hub_offline
+    from matchkit.embed.hub import _hub_reachable, hub_offline
 
     local = Path(source).expanduser()
     if local.is_dir():
@@ -106,7 +106,7 @@ class MultilingualTextEncoder:
                 raise EmbedderError(f"module type {mod.get('type')!r} in {root} is not supported")
         if transformer_dir is None:
             raise EmbedderError(f"{root}/modules.json has no Transformer module")
-        from matchkit.embed.clip import _quiet_transformers
+        from matchkit.embed.hub import _quiet_transformers
 
         with _quiet_transformers():
             try:

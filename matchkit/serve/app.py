@@ -14,9 +14,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from matchkit import __version__
+from matchkit.util.version import __version__
 from matchkit.config import Settings
-from matchkit.gallery import DB_NAME, GalleryError
+from matchkit.store.gallery import DB_NAME, GalleryError
 from matchkit.serve import errors, routes_dedupe, routes_galleries, routes_images, routes_query
 from matchkit.serve.jobs import Jobs
 from matchkit.serve.keys import KeyStore

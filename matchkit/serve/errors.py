@@ -46,13 +46,13 @@ ERROR_SCHEMA = {
 
 def library_error(e: BaseException) -> ApiError | None:
     """The library's one-line errors about a request as an ApiError (None: not one)."""
-    from matchkit.check import CheckError
+    from matchkit.jobs.check import CheckError
     from matchkit.embed import EmbedderError
-    from matchkit.filters import FilterError
-    from matchkit.gallery import GalleryError
-    from matchkit.labels import LabelError
-    from matchkit.search import SearchError
-    from matchkit.vectors import VectorIndexError
+    from matchkit.jobs.filters import FilterError
+    from matchkit.store.gallery import GalleryError
+    from matchkit.jobs.labels import LabelError
+    from matchkit.jobs.search import SearchError
+    from matchkit.index.vectors import VectorIndexError
 
     if isinstance(e, (SearchError, FilterError, CheckError, LabelError)):
         return ApiError(422, str(e))

@@ -1,6 +1,6 @@
 """Dedupe jobs of a gallery: run in the background, reviewed, applied, undone.
 
-A job runs ``matchkit.dedupe`` over every image of the gallery on the
+A job runs ``matchkit.jobs.dedupe`` over every image of the gallery on the
 gallery's writer queue (dedupe reads files again when they changed, which
 writes), so reads go on meanwhile. Its record lives in
 ``G/serve/jobs/<id>.json`` (written atomically): state, parameters, the
@@ -16,7 +16,7 @@ While a job runs, its record shows ``progress``: the pipeline's phase
 and total counts, as ``dedupe(on_progress=...)`` reports them (kept in
 memory, stored when the run ends). Cancelling a queued job drops it; a running one is told through that
 same callback, which raises at its next call, so the run stops at the next
-checkpoint inside the phase (``matchkit.checkpoint``: about a second) and
+checkpoint inside the phase (``matchkit.util.checkpoint``: about a second) and
 frees the gallery's writer. ``stopped`` records when it did. A server that
 is stopping interrupts its running jobs the same way (state "interrupted").
 """
@@ -31,8 +31,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matchkit._fs import atomic_write_bytes
-from matchkit.fspath import json_text
+from matchkit.util.fs import atomic_write_bytes
+from matchkit.util.fspath import json_text
 from matchkit.serve.errors import ApiError
 from matchkit.serve.keys import SERVE_DIR
 
@@ -148,7 +148,7 @@ class Jobs:
 
     def _run(self, job_id: str, gallery) -> None:
         from matchkit.config import Settings
-        from matchkit.dedupe import dedupe
+        from matchkit.jobs.dedupe import dedupe
 
         with self._lock:  # a cancel sees either "queued" or "running", never both
             job = self.load(job_id)
@@ -223,7 +223,7 @@ class Jobs:
                       list(r.get("excluded", [])))
 
     def apply(self, job_id: str, dry_run: bool = False) -> dict:
-        from matchkit.moves import MoveError, move_duplicates
+        from matchkit.io.moves import MoveError, move_duplicates
 
         job = self.done(job_id)
         if job["moves"] and not dry_run:
@@ -242,7 +242,7 @@ class Jobs:
         return out
 
     def undo(self, job_id: str) -> dict:
-        from matchkit.moves import MoveError, undo
+        from matchkit.io.moves import MoveError, undo
 
         job = self.done(job_id)
         if not job["moves"]:

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from matchkit._fs import atomic_write_bytes
+from matchkit.util.fs import atomic_write_bytes
 
 SCOPES = ("read", "write", "admin")
 #: Folder inside a gallery where the server keeps its own files.

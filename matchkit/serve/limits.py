@@ -109,7 +109,7 @@ class RateLimiter:
 def check_image(path: str | Path, max_pixels: int) -> tuple[int, int, str]:
     """(width, height, format) of an uploaded file, or an ApiError: 413 over
     the pixel limit, 422 for anything that is not a readable image."""
-    from matchkit.io import ImageLoadError, load_image
+    from matchkit.io.load import ImageLoadError, load_image
 
     try:
         loaded = load_image(path, max_side=64, max_pixels=max_pixels)

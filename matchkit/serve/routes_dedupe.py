@@ -57,7 +57,7 @@ async def start(request: Request, gallery: str, body: DedupeParams | None = None
     params = body or DedupeParams()
     if params.level is not None and params.level not in LEVELS:
         raise ApiError(422, f"level must be one of {', '.join(LEVELS)}")
-    from matchkit.keeper import parse_preference
+    from matchkit.match.keeper import parse_preference
     for rule in params.prefer:
         try:
             parse_preference(rule)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from matchkit.labels import class_counts
+from matchkit.jobs.labels import class_counts
 from matchkit.serve.auth import Caller, access, caller
 from matchkit.serve.state import state
 from matchkit.serve.workers import run

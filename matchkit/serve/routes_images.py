@@ -18,8 +18,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from matchkit.fspath import display
-from matchkit.gallery import Gallery
+from matchkit.util.fspath import display
+from matchkit.store.gallery import Gallery
 from matchkit.serve.auth import Caller, access
 from matchkit.serve.errors import ApiError
 from matchkit.serve.keys import SERVE_DIR
@@ -67,7 +67,7 @@ def _get(g: Gallery, image_id: int):
 
 def _add(st: ServerState, name: str, g: Gallery, staged: Path, sha: str,
          meta: dict | None, labels: list | None) -> dict:
-    from matchkit.metadata import add_exif_dates
+    from matchkit.jobs.metadata import add_exif_dates
 
     embedders = [st.embedder(model) for model in g.models()]  # a missing one fails first
     target = store(g.path, staged, sha)
@@ -117,7 +117,7 @@ async def list_images(request: Request, gallery: str,
     st = state(request)
 
     def read(entry) -> dict:
-        from matchkit.filters import allowed_ids
+        from matchkit.jobs.filters import allowed_ids
         g = entry.gallery
         allowed = allowed_ids(g, [w for w in where if w.strip()])
         ids = g.ids() if allowed is None else [int(i) for i in allowed]
@@ -183,7 +183,7 @@ async def remove_image(request: Request, gallery: str, image_id: ImageId,
 async def thumbnail(request: Request, gallery: str, image_id: ImageId,
                     side: int = Query(200, ge=16, le=1024),
                     who: Caller = Depends(access("read"))):
-    from matchkit.thumbs import make_thumb
+    from matchkit.report.thumbs import make_thumb
     st = state(request)
 
     def read(entry) -> Path:

@@ -83,7 +83,7 @@ async def search(request: Request, gallery: str,
                  where: list[str] = Form([], description="Metadata filters, e.g. year>=2020"),
                  k: int = Form(10, ge=1, le=1000),
                  who: Caller = Depends(access("read"))) -> list[dict]:
-    from matchkit.search import search as run_search
+    from matchkit.jobs.search import search as run_search
 
     st = state(request)
     box = _crop(crop)
@@ -108,7 +108,7 @@ async def search(request: Request, gallery: str,
 async def check(request: Request, gallery: str, file: UploadFile = _QUERY, k: int = _K,
                 include_all: bool = Form(False, description="Also list near misses"),
                 level: Level | None = _LEVEL, who: Caller = _READ) -> dict:
-    from matchkit.check import check as run_check
+    from matchkit.jobs.check import check as run_check
 
     name = _client_name(file)
 
@@ -130,7 +130,7 @@ async def label(request: Request, gallery: str, file: UploadFile = _QUERY, k: in
                 target: float = Form(0.99, gt=0.5, lt=1.0),
                 calibration: Calibration = Form(Calibration.auto),
                 level: Level | None = _LEVEL, who: Caller = _READ) -> dict:
-    from matchkit.classify import Labeler
+    from matchkit.jobs.classify import Labeler
 
     st = state(request)
     name = _client_name(file)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
-from matchkit._fs import atomic_write_bytes, fsync_dir
+from matchkit.util.fs import atomic_write_bytes, fsync_dir
 from matchkit.serve.errors import ApiError
 from matchkit.serve.keys import SERVE_DIR
 from matchkit.serve.limits import check_image

@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from matchkit.config import Settings
-from matchkit.gallery import Gallery
-from matchkit.index_cache import SharedIndexes
+from matchkit.store.gallery import Gallery
+from matchkit.index.cache import SharedIndexes
 from matchkit.serve.errors import ApiError, library_error, log
 
 _local = threading.local()

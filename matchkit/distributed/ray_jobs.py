@@ -1,0 +1,686 @@
+"""Dedupe, index and check on a Ray cluster (``pip install 'matchkit[ray]'``).
+
+The work splits along the lines of a sharded gallery (``shards.py``):
+
+* **listing** happens on the driver (this process): which files, which of
+  them the shards already hold unchanged;
+* **extraction** runs in Ray tasks, a chunk of files each: a first pass of
+  small tasks reads and hashes the files (the digest names the owning
+  shard); then each chunk runs on the node of the actor that owns its files
+  (shared storage: every node sees the same paths), decodes them and hands
+  the records to that actor, so no record crosses a node boundary;
+* **each shard is held by an actor** (:class:`ShardServer`) that writes its
+  records and answers candidate queries (pHash neighbours, descriptor votes)
+  against its own indexes; the driver merges the answers per query
+  (``shards.MergedIndex``), exactly as one index would have answered;
+* **verification** of candidate pairs runs in Ray tasks that read the two
+  images' stored features from their shards (``match.verify_stored``);
+* the accepted pairs come back to the driver, which builds the clusters,
+  keepers and report with the one-machine code (``dedupe.find_clusters``),
+  so the result is the same as on one machine.
+
+Shard actors are placed one per node (shard i on node i mod n). Each node
+extracts the files of its own shards, one chunk per CPU in flight, a
+finished chunk replaced by the next of that node's queue; per-node work is
+then each shard's share of the images (rendezvous hashing: even but for
+sampling noise). Verification chunks go to the node given the fewest pairs
+so far. Candidate queries are put in the object store once per search (so
+they reach each node once) and answered compactly (int32 keys, uint8
+distances where they fit); searches whose callers count only neighbours
+within a distance (descriptor votes, the burstiness check) are answered
+with those alone.
+
+Bytes are counted per node (``Work``): serialised (everything handed to
+Ray) and across nodes (only what left the node it was made on).
+
+Faults: tasks are retried by Ray (``max_retries``); writing a record again is
+harmless (the same path, the same id). A chunk whose task still fails after
+its retries because its worker died (a decoder's segfault or ``os._exit``, an
+OOM kill, a ``MemoryError``) is split in two and each half tried again, down to
+one file: the file that still kills its worker is skipped with a reason and
+recorded as failed in its shard, as ``extract_many`` does on one machine.
+A shard actor that dies is restarted by Ray (``max_restarts``) and opens its
+shard again from disk, where every committed record is (the index files are
+rebuilt from SQLite when stale); calls it missed are retried
+(``max_task_retries``).
+
+Still read on the driver: the stored rows, hashes and thumbnails the global
+evidence uses (``PairMatcher``), the descriptors images vote with, the
+files of templated and icon-like images, and full-resolution pixels when
+two images may be identical (``Gallery.pixel_digest``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sqlite3
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from matchkit.config import Settings
+from matchkit.features import CRASH_HOOK_ENV, extract_many
+from matchkit.store.gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
+from matchkit.io.load import ImageLoadError
+from matchkit.util.memory import release_memory
+from matchkit.signals.hashing import file_digest
+from matchkit.match.pairs import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
+from matchkit.store.shards import (ShardedGallery, create_sharded, is_sharded, merge_report, place, plan_files,
+                                   read_manifest, route, shard_of, stat_files)
+
+#: How often Ray retries a task whose worker died, and restarts a dead shard actor.
+TASK_RETRIES = 4
+ACTOR_RESTARTS = 4
+#: Retries of the halves of a chunk whose worker kept dying: one, for a worker
+#: lost to something else; the file that kills every worker is found by
+#: halving, not by retrying (each retry costs a new worker process).
+SPLIT_RETRIES = 1
+#: Files per extraction task at most, and chunks per CPU at least: many small
+#: chunks, each sent to the first node free, even out the work per node (a
+#: chunk takes 0.2-1 s on a loaded node).
+EXTRACT_CHUNK = 16
+CHUNKS_PER_CPU = 16
+#: Logical memory a shard actor asks for (see ``RayRun.__init__``).
+ACTOR_MEMORY = 1 << 20
+#: Files per task that finds the owning shard of each (reads and hashes them).
+OWNER_CHUNK = 256
+#: The queue of extraction chunks any node may run.
+ANY_NODE = "any"
+#: Candidate pairs per verification task.
+VERIFY_CHUNK = 32
+#: Test hook: a folder; while it holds a file ``armed``, each kind of task
+#: ("extract", "verify") kills its own worker once, after its work is sent
+#: but before it returns (a marker file in the folder records that it happened).
+KILL_ONCE_ENV = "MATCHKIT_TEST_RAY_KILL_ONCE"
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or no cluster could be joined."""
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--ray needs Ray: pip install 'matchkit[ray]'") from None
+    return ray
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` ("auto": the one this machine
+    belongs to; "local" or None: start one in this process) unless joined."""
+    ray = _ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=None if address in (None, "local") else address,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayUnavailable(f"cannot join Ray cluster {address!r}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                 ) from None
+
+
+def _node() -> str:
+    return _ray().get_runtime_context().get_node_id()
+
+
+def _kill_once(kind: str) -> None:
+    folder = os.environ.get(KILL_ONCE_ENV)
+    if folder and os.path.exists(os.path.join(folder, "armed")):
+        marker = Path(folder) / kind
+        try:
+            marker.touch(exist_ok=False)
+        except FileExistsError:
+            return
+        os._exit(1)
+
+
+class ShardServer:
+    """One shard of a gallery, held in a Ray actor: writes its records,
+    answers index searches. Opening the shard is all its state, so a
+    restarted actor is the same shard again."""
+
+    def __init__(self, path: str, settings: Settings):
+        self.gallery = Gallery(path, settings)
+
+    def node(self) -> str:
+        return _node()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def plan_add(self, files):
+        return self.gallery.plan_add(files)
+
+    def last_id(self) -> int:
+        return self.gallery.last_id()
+
+    def write_records(self, batch, ids) -> AddReport:
+        # The earlier batches' features are free by now (Ray holds a call's
+        # arguments until it returns): hand the holes back (``_memory``).
+        release_memory()
+        return self.gallery.write_records(batch, ids)
+
+    def remove(self, ids) -> int:
+        return self.gallery.remove(ids)
+
+    def save(self) -> None:
+        self.gallery.save()
+
+    def index_info(self, name: str) -> tuple[int, int, bool, tuple | None]:
+        """The index's bits, size, tie order, and how it takes queries
+        encoded (``IVFIndex.encoding``; None: only as codes)."""
+        index = getattr(self.gallery, f"{name}_index")
+        return index.nbits, len(index), index.ranks_ties_by_key, getattr(index, "encoding", None)
+
+    def search(self, name: str, codes, k: int, max_distance: int | None = None):
+        """k nearest of each code, compactly: keys as int32 when they fit,
+        distances as uint8 when they fit (0 where no neighbour: the caller
+        knows ``nbits + 1`` from the key -1); the same values otherwise.
+        With ``max_distance``, only the neighbours within it, ragged
+        (``_compact_within``): the callers that ask for it count no others."""
+        index = getattr(self.gallery, f"{name}_index")
+        if max_distance is None:
+            return _compact(*index.search(codes, k))
+        return _compact_within(*index.search(codes, k, max_distance=max_distance))
+
+
+def _narrow(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys as int32 and distances as uint8 where every value fits (else
+    int64 keys, uint16 distances): what a shard's answer is sent as."""
+    if not keys.size or keys.max() < 2 ** 31:
+        keys = keys.astype(np.int32)
+    return keys, dists.astype(np.uint8 if not dists.size or dists.max() < 256 else np.uint16)
+
+
+def _compact(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _narrow(keys, np.where(keys >= 0, dists, 0))
+
+
+def _expand(keys: np.ndarray, dists: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``HammingIndex.search``'s arrays again from ``_compact``'s."""
+    keys = keys.astype(np.int64)
+    return keys, np.where(keys >= 0, dists.astype(np.int64), nbits + 1)
+
+
+def _compact_within(keys: np.ndarray, dists: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A search's rows cut at a distance (``index.within``: the neighbours
+    found come first in each row) as ragged arrays: how many each row has
+    (the smallest unsigned type that holds k), then their keys and distances
+    in row order, narrowed as ``_compact`` narrows them. The burstiness
+    check asks 64 neighbours of each inlier and counts those within the vote
+    distance, mostly none or a few: the rest never leave the shard."""
+    found = keys >= 0
+    counts = found.sum(1).astype(np.min_scalar_type(keys.shape[1]))
+    return (counts, *_narrow(keys[found], dists[found]))
+
+
+def _expand_within(counts: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
+                   nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.within``'s (n, k) arrays again from ``_compact_within``'s."""
+    found = np.arange(k)[None, :] < counts.astype(np.int64)[:, None]
+    out_keys = np.full((len(counts), k), -1, np.int64)
+    out_dists = np.full((len(counts), k), nbits + 1, np.int64)
+    out_keys[found], out_dists[found] = keys, dists
+    return out_keys, out_dists
+
+
+class RemoteIndex:
+    """A shard's index held by its actor (a part of ``shards.MergedIndex``).
+    The parts of one merged index share ``sent``: the codes of a search are
+    put in the object store once, and reach each node once, however many
+    shards it holds."""
+
+    def __init__(self, actor, name: str, nbits: int, size: int, stats: "Work", node: str,
+                 driver_node: str, sent: dict, ranks_ties_by_key: bool = False,
+                 encoder=None):
+        self.actor, self.name, self.nbits, self.size, self.stats = actor, name, nbits, size, stats
+        #: The actor's index's ``ranks_ties_by_key`` when this view was made.
+        self.ranks_ties_by_key = ranks_ties_by_key
+        self.node, self.driver_node, self.sent = node, driver_node, sent
+        #: An index on the driver whose ``encode`` gives queries the actor's
+        #: index searches as it would the codes (``ivf.EncodedQueries``), or
+        #: None: the codes are sent.
+        self.encoder = encoder
+
+    def __len__(self) -> int:
+        return self.size
+
+    def search_async(self, codes, k: int, max_distance: int | None = None):
+        ray = _ray()
+        if self.sent.get("codes") is not codes:
+            query = codes if self.encoder is None else self.encoder.encode(codes)
+            self.sent.update(codes=codes, ref=ray.put(query), nodes=set(), size=query.nbytes)
+            self.stats.add("driver", "query_bytes", query.nbytes)
+        if self.node != self.driver_node and self.node not in self.sent["nodes"]:
+            self.sent["nodes"].add(self.node)
+            self.stats.add("driver", "query_bytes_across_nodes", self.sent["size"])
+        ref = self.actor.search.remote(self.name, self.sent["ref"], k, max_distance)
+        self.stats.add("driver", "queries", len(codes))
+
+        def result():
+            arrays = ray.get(ref)
+            answer = sum(a.nbytes for a in arrays)
+            self.stats.add("driver", "answer_bytes", answer)
+            if self.node != self.driver_node:
+                self.stats.add("driver", "answer_bytes_across_nodes", answer)
+            if max_distance is None:
+                return _expand(*arrays, self.nbits)
+            return _expand_within(*arrays, k, self.nbits)
+        return result
+
+
+def _encoder(encodings: set, settings: Settings):
+    """An index on the driver that encodes queries as every shard's index
+    takes them (``ivf.IVFIndex.encode``): an IVF index of the shipped
+    vocabulary with the settings' probes, when all shards' indexes have its
+    encoding; else None (HNSW indexes, or a vocabulary this driver lacks:
+    the codes themselves are sent)."""
+    if len(encodings) != 1 or None in encodings:
+        return None
+    from matchkit.index.ivf import IVFIndex
+
+    mine = IVFIndex(probes=settings.ivf_probes)
+    return mine if mine.encoding in encodings else None
+
+
+class Work:
+    """Per-node counts of the work done (images extracted and the task time
+    it took, pairs verified) and of the bytes handed to Ray, for
+    ``report.stats["ray"]``: ``<what>_bytes`` serialised and
+    ``<what>_bytes_across_nodes`` of those that left their node, for the
+    records, the listing (plans and owning shards), the queries and answers,
+    and the verification chunks (``features_read_bytes``: stored features
+    the verification tasks read from the shards' files)."""
+
+    def __init__(self):
+        self.by_node: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, node: str, what: str, n: int) -> None:
+        self.by_node[node][what] += int(n)
+
+    def to_dict(self) -> dict:
+        return {node: dict(sorted(v.items())) for node, v in sorted(self.by_node.items())}
+
+
+def _owners(paths: list[str], where: dict, names: list[str]) -> tuple:
+    """Ray task: the shard that owns each file (its bytes' digest hashed over
+    the shard names; a file that cannot be read: the shard its failure goes
+    to), as int32, so that its extraction can run on that shard's node."""
+    owners = np.empty(len(paths), np.int32)
+    for n, path in enumerate(paths):
+        try:
+            owners[n] = shard_of(file_digest(path), names)
+        except OSError:
+            owners[n] = route(path, ImageLoadError(path, "unreadable"), where, names)
+    return owners, _node()
+
+
+def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
+                       names: list[str], actors: list, shard_nodes: list[str],
+                       settings: Settings, crash_on: str | None = None) -> tuple:
+    """Ray task: extract a chunk of files, send each record to its shard's actor
+    (``shards.place``: the same rule as on one machine). The driver runs a
+    chunk on the node of the actor that owns its files, so a record normally
+    crosses no node boundary; ``shard_nodes`` (each actor's node) tells which
+    bytes did.
+
+    ``crash_on`` (tests only, ``features.CRASH_HOOK_ENV`` on the driver): a
+    file name on which this worker kills itself, standing in for a decoder
+    that segfaults."""
+    start = time.perf_counter()
+    ray = _ray()
+    if crash_on is not None and any(os.path.basename(p) == crash_on for p in paths):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    node = _node()
+    per_shard: dict[int, list] = defaultdict(list)
+    for path, rec in extract_many(paths, settings.with_(workers=1)):
+        shard, leaves = place(path, rec, where, names)
+        if leaves:
+            ray.get(actors[leaves[0]].remove.remote([leaves[1]]))
+        per_shard[shard].append((path, rec))
+    sizes = {s: len(pickle.dumps(b, protocol=5)) for s, b in per_shard.items()}
+    sent = sum(sizes.values())
+    across = sum(n for s, n in sizes.items() if shard_nodes[s] != node)
+    reports = ray.get([actors[s].write_records.remote(b, ids) for s, b in per_shard.items()])
+    _kill_once("extract")
+    report = AddReport()
+    for r in reports:
+        merge_report(report, r)
+    return report, node, len(paths), sent, across, time.perf_counter() - start
+
+
+_CONNECTIONS: dict[str, sqlite3.Connection] = {}
+
+
+def _shard_db(path: str) -> sqlite3.Connection:
+    """A read-only connection to a shard's database, kept per worker process."""
+    if path not in _CONNECTIONS:
+        _CONNECTIONS[path] = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                             check_same_thread=False, timeout=60.0)
+    return _CONNECTIONS[path]
+
+
+def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict, templated: dict,
+                  settings: Settings, hand_rules: bool) -> tuple:
+    """Ray task: verify candidate pairs from their images' stored features."""
+    feats = {i: read_local_features(_shard_db(db), i) for i, db in dbs.items()}
+    read = sum(len(f[0].desc.tobytes()) + f[1].nbytes for f in feats.values() if f is not None)
+
+    def mask(i: int):
+        if i not in masks:
+            masks[i] = thumb_content_mask(feats[i][1] if feats[i] is not None else None)
+        return masks[i]
+
+    for ev in evidence:
+        verify_stored(ev, feats[ev.a], feats[ev.b], mask(ev.a), mask(ev.b), templated, settings,
+                      hand_rules)
+    _kill_once("verify")
+    return evidence, _node(), read
+
+
+def worker_death(e: BaseException) -> str | None:
+    """Why a task failed for good if its worker process died or ran out of
+    memory (what a decoder can do to it on bad input); None for anything else,
+    a fault of ours, which must not be taken for bad input."""
+    ray = _ray()
+    if isinstance(e, ray.exceptions.OutOfMemoryError):
+        return "out of memory while processing (Ray killed its worker)"
+    if isinstance(e, ray.exceptions.WorkerCrashedError):
+        return "the decoder crashed on this file (its Ray worker process died)"
+    if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, MemoryError):
+        return "out of memory while processing"
+    return None
+
+
+class RayPairMatcher(PairMatcher):
+    """``PairMatcher`` whose local verification runs in Ray tasks."""
+
+    def __init__(self, run: "RayRun", ids: list[int], settings: Settings,
+                 same: dict[int, int] | None = None, calibrator=None):
+        self.run = run
+        super().__init__(run.gallery, ids, settings, same, calibrator)
+
+    def verify(self, todo: list[PairEvidence]) -> None:
+        ray, run = _ray(), self.run
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        todo = [ev for ev in todo if ev.pending]
+        if not todo:
+            return
+        # At least one chunk per node, each to the node given the fewest pairs
+        # so far (soft: elsewhere if it is gone); most calls bring a handful of
+        # pairs, which SPREAD sent mostly to one node.
+        size = min(VERIFY_CHUNK, -(-len(todo) // len(run.node_ids)))
+        starts = range(0, len(todo), size)
+        refs, sizes = [], []
+        for start in starts:
+            chunk = todo[start:start + size]
+            ids = {i for ev in chunk for i in (ev.a, ev.b)}
+            dbs = {i: str(run.gallery.path / run.names[run.gallery.owner(i)] / DB_NAME)
+                   for i in ids}
+            args = (chunk, dbs, {i: self._masks[i] for i in ids if i in self._masks},
+                    {i: self.templated[i] for i in ids if i in self.templated},
+                    self.settings, self.calibrator is None)
+            node = min(run.node_ids, key=lambda n: run.verify_given[n])
+            run.verify_given[node] += len(chunk)
+            sizes.append(len(pickle.dumps(args, protocol=5)))
+            refs.append(run.verify_task.options(
+                max_retries=TASK_RETRIES, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    node, soft=True)).remote(*args))
+        here = _node()
+        for chunk_start, ref, sent in zip(starts, refs, sizes):
+            done, node, read = ray.get(ref)
+            for ev, new in zip(todo[chunk_start:chunk_start + size], done):
+                ev.__dict__.update(new.__dict__)
+            run.work.add(node, "pairs_verified", len(done))
+            run.work.add(node, "features_read_bytes", read)
+            shipped = sent + len(pickle.dumps(done, protocol=5))
+            run.work.add(node, "verify_bytes", shipped)
+            if node != here:
+                run.work.add(node, "verify_bytes_across_nodes", shipped)
+        if self.calibrator is not None:
+            for start in range(0, len(todo), 512):
+                self.decide(todo[start:start + 512], "local")
+
+
+class RayRun:
+    """A sharded gallery worked on by a Ray cluster: one actor per shard.
+
+    ``gallery`` (a :class:`ShardedGallery` whose indexes are the actors')
+    is what matching reads; ``add`` extracts files in tasks."""
+
+    def __init__(self, address: str | None, path: str | os.PathLike, settings: Settings,
+                 shards: int | None = None, create: bool = True):
+        ray = _ray()
+        path = Path(path).resolve()
+        if not create and not is_sharded(path):
+            raise GalleryError(f"no sharded gallery at {path} (--ray needs one: "
+                               "matchkit index --shards N)")
+        connect(address)
+        if not is_sharded(path):
+            if (path / DB_NAME).exists():
+                raise GalleryError(f"{path} is a one-machine gallery; --ray needs a sharded "
+                                   "one (matchkit index --shards N) or a new folder")
+            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+            create_sharded(path, shards or max(1, alive))
+        self.names = read_manifest(path)
+        self.settings = settings
+        self.work = Work()
+        self.token = uuid.uuid4().hex[:8]
+        self.node_cpus = {n["NodeID"]: max(1, int(n["Resources"]["CPU"])) for n in ray.nodes()
+                          if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0}
+        self.node_ids = sorted(self.node_cpus)
+        if not self.node_ids:
+            raise RayUnavailable("no node of the Ray cluster has a CPU for tasks")
+        # Shard i on node i mod n (of those with CPUs), as its images are
+        # extracted there (SPREAD alone put two shards on one node and left
+        # another without work); soft: a restarted actor goes elsewhere if
+        # its node is gone. The actor asks for 1 MiB of (logical) memory: with
+        # no resource request at all, Ray 2.x picks a random node despite a
+        # soft node affinity (ray-project/ray#25360 fixed only the hard case;
+        # measured here: 3 actors aimed at 3 nodes landed on 2).
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        server = ray.remote(ShardServer)
+        self.actors = [server.options(
+            name=f"matchkit-shard-{self.token}-{name}", num_cpus=0, memory=ACTOR_MEMORY,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=TASK_RETRIES, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                self.node_ids[i % len(self.node_ids)], soft=True)).remote(
+                str(path / name), settings) for i, name in enumerate(self.names)]
+        self.extract_task = ray.remote(_extract_and_store)  # (retries set per chunk)
+        self.owner_task = ray.remote(_owners)
+        self.verify_task = ray.remote(_verify_pairs)  # (to a node chosen per chunk)
+        self.verify_given = dict.fromkeys(self.node_ids, 0)
+        self.gallery = None
+        try:
+            self.shard_nodes = ray.get([a.node.remote() for a in self.actors])
+            self.shard_pids = ray.get([a.pid.remote() for a in self.actors])
+            self.gallery = ShardedGallery(path, settings, create=False, indexes=self._indexes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _indexes(self, name: str) -> list[RemoteIndex]:
+        infos = _ray().get([a.index_info.remote(name) for a in self.actors])
+        sent: dict = {}
+        here = _node()
+        encoder = _encoder({info[3] for info in infos}, self.settings)
+        return [RemoteIndex(a, name, nbits, size, self.work, node, here, sent, by_key, encoder)
+                for a, (nbits, size, by_key, _), node in zip(self.actors, infos,
+                                                                self.shard_nodes)]
+
+    def add(self, paths: Iterable[str | os.PathLike],
+            progress: Callable[[int], None] | None = None, chunk: int | None = None) -> AddReport:
+        """``Gallery.add`` on the cluster: files listed here, read in tasks."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        report = AddReport()
+        stats = stat_files(paths)
+        files = [(k, *s) for k, s in stats if isinstance(s, tuple)]
+        answers = ray.get([a.plan_add.remote(files) for a in self.actors])
+        if files:  # (the listing goes to every shard; each answers for every file)
+            here = _node()
+            asked = len(pickle.dumps(files, protocol=5))
+            for answer, node in zip(answers, self.shard_nodes):
+                shipped = asked + len(pickle.dumps(answer, protocol=5))
+                self.work.add("driver", "listing_bytes", shipped)
+                if node != here:
+                    self.work.add("driver", "listing_bytes_across_nodes", shipped)
+        todo, where = plan_files(answers, stats, report)
+        if progress and (report.unchanged or report.skipped):
+            progress(report.unchanged + len(report.skipped))
+        first_new = max(ray.get([a.last_id.remote() for a in self.actors])) + 1
+        ids, next_id = {}, first_new
+        for p in todo:  # (in path order; a file that turns out unreadable leaves a gap)
+            if p in where:
+                ids[p] = where[p][1]
+            else:
+                ids[p], next_id = next_id, next_id + 1
+        # Each file's owning shard first (its digest: a cheap read, any
+        # node), then its extraction on the node of that shard's actor, so the
+        # record is written without crossing nodes. Chunks of files whose
+        # shard sits on a node without CPUs for tasks go to any free node.
+        owner = self._owners(todo, where)
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for p in todo:
+            node = self.shard_nodes[owner[p]]
+            by_node[node if node in self.node_cpus else ANY_NODE].append(p)
+        slots = [n for n in self.node_ids for _ in range(self.node_cpus[n])]
+        size = chunk or max(1, min(EXTRACT_CHUNK,
+                                   -(-len(todo) // (CHUNKS_PER_CPU * len(slots)))))
+        queues = {n: deque((files[s:s + size], TASK_RETRIES) for s in range(0, len(files), size))
+                  for n, files in by_node.items()}
+        crash_on = os.environ.get(CRASH_HOOK_ENV) or None
+        running: dict = {}  # task -> (its files, the queue it came from, its slot)
+        changed = []
+        while any(queues.values()) or running:
+            for slot in list(slots):  # each free slot takes its node's next chunk
+                queue = queues.get(slot) or queues.get(ANY_NODE)
+                if not queue:
+                    continue
+                slots.remove(slot)
+                part, retries = queue.popleft()
+                home = slot if queue is queues.get(slot) else ANY_NODE
+                ref = self.extract_task.options(
+                    max_retries=retries, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                        slot, soft=True)).remote(
+                    part, {p: ids[p] for p in part}, {p: where[p] for p in part if p in where},
+                    self.names, self.actors, self.shard_nodes, self.settings, crash_on)
+                running[ref] = part, home, slot
+            if not running:  # (cannot happen: every queue's node has slots)
+                raise RuntimeError("extraction chunks left with no node to run them")
+            done, _ = ray.wait(list(running), num_returns=1)
+            part, home, slot = running.pop(done[0])
+            slots.append(slot)
+            try:
+                result = ray.get(done[0])
+            except Exception as e:
+                reason = worker_death(e)
+                if reason is None:
+                    raise
+                if len(part) > 1:  # halves first, before the rest of the queue
+                    half = (len(part) + 1) // 2
+                    queues[home].extendleft([(part[half:], SPLIT_RETRIES),
+                                             (part[:half], SPLIT_RETRIES)])
+                    continue
+                result = (self._record_failure(part[0], reason, dict(stats), where),
+                          "driver", 1, 0, 0, 0.0)  # (no node extracted it)
+            part_report, node, n, sent, across, seconds = result
+            changed += part_report.changed
+            part_report.added = part_report.updated = 0  # (counted below: a retried task re-writes)
+            merge_report(report, part_report)
+            if node != "driver":
+                self.work.add(node, "images_extracted", n)
+                self.work.add(node, "records_bytes", sent)
+                self.work.add(node, "records_bytes_across_nodes", across)
+                self.work.add(node, "extract_ms", 1000 * seconds)
+            if progress:
+                progress(n)
+        report.added = sum(1 for i in changed if i >= first_new)
+        report.updated = len(changed) - report.added
+        ray.get([a.save.remote() for a in self.actors])
+        self.gallery.changed()
+        return report
+
+    def _owners(self, todo: list[str], where: dict) -> dict[str, int]:
+        """The shard owning each file of ``todo`` (``_owners`` tasks, chunks
+        spread over the nodes, a bounded number in flight)."""
+        ray = _ray()
+        size = OWNER_CHUNK
+        chunks = deque(todo[s:s + size] for s in range(0, len(todo), size))
+        most = 2 * sum(self.node_cpus.values())
+        here = _node()
+        running: dict = {}
+        out: dict[str, int] = {}
+        while chunks or running:
+            while chunks and len(running) < most:
+                part = chunks.popleft()
+                ref = self.owner_task.options(max_retries=TASK_RETRIES,
+                                              scheduling_strategy="SPREAD").remote(
+                    part, {p: where[p] for p in part if p in where}, self.names)
+                running[ref] = part
+            done, _ = ray.wait(list(running), num_returns=1)
+            part = running.pop(done[0])
+            owners, node = ray.get(done[0])
+            out.update(zip(part, owners.tolist()))
+            shipped = owners.nbytes + sum(len(p) for p in part)  # (paths out, owners back)
+            self.work.add(node, "listing_bytes", shipped)
+            if node != here:
+                self.work.add(node, "listing_bytes_across_nodes", shipped)
+        return out
+
+    def _record_failure(self, path: str, reason: str, stats: dict, where: dict) -> AddReport:
+        """Skip ``path``, whose worker died however small its chunk: record the
+        failure in its shard (stamped with the size and mtime listed), so an
+        unchanged file is not handed to a decoder again, as on one machine."""
+        stat = stats.get(path)
+        err = ImageLoadError(path, reason, size=stat[0] if isinstance(stat, tuple) else None,
+                             mtime_ns=stat[1] if isinstance(stat, tuple) else None)
+        shard = route(path, err, where, self.names)
+        return _ray().get(self.actors[shard].write_records.remote([(path, err)], {}))
+
+    def matcher(self, calibrator=None):
+        """A ``make_matcher`` for ``dedupe.find_clusters``."""
+        def make(ids: list[int], same: dict[int, int]) -> RayPairMatcher:
+            return RayPairMatcher(self, ids, self.settings, same, calibrator)
+        return make
+
+    def stats(self) -> dict:
+        pids = _ray().get([a.pid.remote() for a in self.actors])
+        return {"shards": len(self.names), "shard_nodes": self.shard_nodes,
+                "actor_restarts": sum(a != b for a, b in zip(pids, self.shard_pids)),
+                "work": self.work.to_dict()}
+
+    def close(self) -> None:
+        ray = _ray()
+        if self.gallery is not None:
+            self.gallery.close()
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # already gone
+                pass
+
+    def __enter__(self) -> "RayRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def shard_actors(prefix: str = "matchkit-shard-") -> list:
+    """Handles of the live shard actors (for tests that kill one)."""
+    ray = _ray()
+    from ray.util import list_named_actors
+
+    return [ray.get_actor(n) for n in list_named_actors() if n.startswith(prefix)]

@@ -1,0 +1,346 @@
+"""Candidate pairs from the hash index: k-nearest-neighbour queries, never all pairs.
+
+Each query image asks the pHash index for neighbours of all 8 of its dihedral
+hash variants (the index holds one hash per image), so a flipped or rotated
+copy is found at the distance of its best-aligned variant. The number of
+neighbours grows only for queries whose whole neighbour list was within the
+distance limit (many copies of one picture), so the cost per image stays a
+bounded number of kNN queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from matchkit.util.arrays import unique
+from matchkit.util.checkpoint import checkpoint
+from matchkit.index.hamming import HammingIndex
+
+_MAX_NEIGHBOURS = 1024
+
+
+@dataclass
+class Candidates:
+    """Candidate pairs and how crowded each query's neighbourhood is."""
+
+    #: (a, b) with a < b -> smallest dihedral pHash distance.
+    pairs: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: id -> distance to its ``neighbours``-th nearest other image (the
+    #: "crowd" distance). Small for images in dense regions of hash space:
+    #: document scans, screenshots, photos padded onto the same canvas.
+    crowd: dict[int, int] = field(default_factory=dict)
+    #: id -> its ``neighbours`` nearest other images as (id, distance), nearest first.
+    nearest: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> {other id: distance} of the pairs its own
+    #: search found (``pairs`` is their union, smallest distance); what an
+    #: incremental run stores per image and combines again.
+    by_owner: dict[int, dict[int, int]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> per hash variant, how far its search
+    #: reached (its k-th distance; the collect distance when the list was
+    #: extended): an image entering the index further away changes nothing.
+    reach: dict[int, list[int]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> distance of the farthest of the
+    #: ``collect_top`` pairs kept beyond ``max_distance`` (when that many were).
+    loose_reach: dict[int, int] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> per hash variant, the last ``REACH_TAIL``
+    #: distances of its first search (nearest first; ``nbits + 1`` where the
+    #: index had fewer codes): what the reach becomes as nearer images enter
+    #: (``incremental.merge_hash_search``).
+    tails: dict[int, list[list[int]]] = field(default_factory=dict)
+    #: With ``per_owner``: query id -> the pairs kept beyond ``max_distance``
+    #: by its first search, as (id, distance), nearest first (some may also
+    #: be nearer pairs through another variant).
+    loose_kept: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+#: How many of a variant's farthest neighbour distances ``Candidates.tails`` keeps.
+REACH_TAIL = 4
+
+
+def phash_candidates(
+    index: HammingIndex,
+    ids: Sequence[int],
+    variants: np.ndarray,
+    max_distance: int,
+    neighbours: int = 16,
+    allowed: set[int] | None = None,
+    collect_distance: int | None = None,
+    collect_top: int = 4,
+    per_owner: bool = False,
+) -> Candidates:
+    """Pairs ``(a, b)`` with ``a < b`` whose dihedral pHash distance is within limit.
+
+    ``variants`` has shape (len(ids), 8, nbytes). Only pairs whose other side
+    is in ``allowed`` (default: ``ids``) are returned; the value is the
+    smallest distance over the 8 variants. Every pair within ``max_distance``
+    is found; pairs up to ``collect_distance`` are kept too when they are
+    among the ``collect_top`` nearest of the query (worth a closer look, not
+    a full search). ``per_owner`` also fills ``Candidates.by_owner``.
+    """
+    collect = max(max_distance, collect_distance or 0)
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:  # e.g. every image of a run is blank
+        return Candidates()
+    allowed = set(ids.tolist()) if allowed is None else allowed
+    n_var = variants.shape[1]
+    queries = variants.reshape(len(ids) * n_var, -1)
+    owners = np.repeat(ids, n_var)
+    out = Candidates()
+    rows = np.arange(len(queries))
+    k = max(1, neighbours)
+    first = True
+    while len(rows):
+        keys, dists = index.search(queries[rows], k)
+        loose: dict[int, dict[int, int]] = {}
+        if first:
+            out.crowd, out.nearest = _crowd(owners, keys, dists, k, index.nbits)
+            first = False
+            if per_owner:
+                far = np.where(dists[:, -1] <= max_distance, collect, dists[:, -1])
+                tail = dists[:, -REACH_TAIL:]
+                for r, owner in enumerate(ids.tolist()):
+                    out.reach[owner] = far[r * n_var:(r + 1) * n_var].tolist()
+                    out.tails[owner] = tail[r * n_var:(r + 1) * n_var].tolist()
+        for owner, krow, drow in zip(owners[rows].tolist(), keys.tolist(), dists.tolist()):
+            for key, d in zip(krow, drow):
+                if d > collect:
+                    break
+                if key < 0 or key == owner or key not in allowed:
+                    continue
+                if d > max_distance:
+                    seen = loose.setdefault(owner, {})
+                    seen[key] = min(d, seen.get(key, d))
+                    continue
+                _keep(out, owner, key, d, collect, per_owner)
+        for owner, seen in loose.items():
+            kept = sorted(seen.items(), key=_by_distance_then_id)[:collect_top]
+            if per_owner and owner not in out.loose_kept:
+                out.loose_kept[owner] = kept
+            for key, d in kept:
+                _keep(out, owner, key, d, collect, per_owner)
+            if per_owner and len(kept) == collect_top and owner not in out.loose_reach:
+                out.loose_reach[owner] = kept[-1][1]
+        # Rows whose k-th neighbour is still within the limit may have more.
+        saturated = dists[:, -1] <= max_distance
+        if per_owner:  # (searched again: their loose ones are not all known yet)
+            for owner in set(owners[rows[saturated]].tolist()):
+                out.loose_reach[owner] = collect
+        if k >= min(_MAX_NEIGHBOURS, len(index)) or not saturated.any():
+            break
+        rows = rows[saturated]
+        k = min(k * 4, _MAX_NEIGHBOURS)
+    return out
+
+
+def _keep(out: Candidates, owner: int, key: int, d: int, collect: int, per_owner: bool) -> None:
+    """Record pair (owner, key) at distance ``d`` if nearer than before."""
+    pair = (owner, key) if owner < key else (key, owner)
+    if d < out.pairs.get(pair, collect + 1):
+        out.pairs[pair] = d
+    if per_owner:
+        mine = out.by_owner.setdefault(owner, {})
+        if d < mine.get(key, collect + 1):
+            mine[key] = d
+
+
+def _by_distance_then_id(item: tuple[int, int]) -> tuple[int, int]:
+    """Sort key of (id, distance) items: equal distances in id order, not in
+    the order the index happened to return them."""
+    return item[1], item[0]
+
+
+def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
+           nbits: int) -> tuple[dict[int, int], dict[int, list[tuple[int, int]]]]:
+    """Distance from each owner to its k-th nearest other image, over all variants,
+    and its k nearest other images."""
+    nearest: dict[int, dict[int, int]] = {}
+    for owner, krow, drow in zip(owners.tolist(), keys.tolist(), dists.tolist()):
+        seen = nearest.setdefault(owner, {})
+        for key, d in zip(krow, drow):
+            if key >= 0 and key != owner and d < seen.get(key, nbits + 1):
+                seen[key] = d
+    crowd, order = {}, {}
+    for owner, seen in nearest.items():
+        ranked = sorted(seen.items(), key=_by_distance_then_id)[:k]
+        crowd[owner] = ranked[k - 1][1] if len(ranked) >= k else nbits
+        order[owner] = ranked
+    return crowd, order
+
+
+@dataclass
+class VoteDetail:
+    """What each query image's own descriptor search found (``vote_candidates``
+    fills it when given one): enough to combine the pairs again later, and to
+    tell whether a newly indexed image could change them."""
+
+    #: query id -> {other id: votes} of the pairs its descriptors chose.
+    by_owner: dict[int, dict[int, float]] = field(default_factory=dict)
+    #: query id -> sorted ids any of its descriptors voted for (before the cut).
+    hits: dict[int, list[int]] = field(default_factory=dict)
+    #: query id -> its descriptors' neighbour lists as searched: image ids
+    #: (int32, -1: none) and distances (uint8, 255 for none), shape
+    #: (descriptors, neighbours) each, only the neighbours within the vote
+    #: distance (lists stored by earlier builds also hold farther ones);
+    #: merged with new images' descriptors, they give the votes a new search
+    #: would (``tally_votes``).
+    lists: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def vote_candidates(
+    index: HammingIndex,
+    queries: dict[int, np.ndarray],
+    *,
+    key_stride: int,
+    neighbours: int = 8,
+    max_distance: int = 56,
+    per_query: int = 8,
+    min_votes: float = 1.0,
+    allowed: set[int] | None = None,
+    detail: VoteDetail | None = None,
+) -> dict[tuple[int, int], float]:
+    """Images whose indexed local descriptors resemble each query's descriptors.
+
+    Each query descriptor looks up its nearest indexed descriptors and votes
+    once for every other image among them within ``max_distance``; a
+    descriptor that resembles many images (sky, text, a common logo) spreads
+    one vote over all of them, so generic structure cannot outvote a real
+    copy. Per query image the ``per_query`` best-voted images with at least
+    ``min_votes`` are returned as pairs ``(a, b)``, ``a < b``; images with
+    as many votes as the first one left out are left out too (see
+    ``tally_votes``). ``detail`` receives each query's own
+    share of that (see :class:`VoteDetail`).
+    """
+    out: dict[tuple[int, int], float] = {}
+    if not queries or len(index) == 0:
+        return out
+    owner_list, desc_list = [], []
+    for image_id, desc in queries.items():
+        if len(desc):
+            owner_list.append(np.full(len(desc), image_id, np.int64))
+            desc_list.append(desc)
+    if not desc_list:
+        return out
+    owners = np.concatenate(owner_list)
+    # Only neighbours within ``max_distance`` vote, so only those are asked
+    # for (a shard in another process sends no others): the votes, hits and
+    # lists' near entries are the same (``index.within``); the lists keep
+    # no far ones, which nothing reads (``tally_votes`` and the incremental
+    # merge and staleness check look at the near ones alone).
+    keys, dists = search_in_chunks(index, np.concatenate(desc_list), neighbours,
+                                   max_distance=max_distance)
+    other = np.where(keys >= 0, keys // key_stride, -1)
+    if detail is not None:
+        ids32, d8 = other.astype(np.int32), np.minimum(dists, 255).astype(np.uint8)
+        start = 0
+        for owner_ids in owner_list:
+            end = start + len(owner_ids)
+            detail.lists[int(owner_ids[0])] = (ids32[start:end], d8[start:end])
+            start = end
+    return tally_votes(owners, other, dists, max_distance=max_distance, per_query=per_query,
+                       min_votes=min_votes, allowed=allowed, detail=detail)
+
+
+#: Query descriptors searched per index call: a cancelled run stops between two.
+SEARCH_CHUNK = 50_000
+
+
+def search_in_chunks(index: HammingIndex, desc: np.ndarray, k: int, rows: int | None = None,
+                     max_distance: int | None = None):
+    """``index.search(desc, k, max_distance=max_distance)`` in chunks of
+    ``rows`` query rows (default ``SEARCH_CHUNK``), with a ``checkpoint``
+    between them (a million descriptors take minutes on a busy machine).
+    Each query's neighbours do not depend on the others asked with it, so
+    the chunks give one search's result; it is filled in place (the chunks'
+    own arrays and copies are the transient memory, not a second result)."""
+    rows = SEARCH_CHUNK if rows is None else max(1, int(rows))
+    # (Asked without a limit, ``index.search(desc, k)`` as ever.)
+    cut = {} if max_distance is None else {"max_distance": max_distance}
+    if len(desc) <= rows:
+        return index.search(desc, k, **cut)
+    keys = np.empty((len(desc), k), np.int64)
+    dists = np.empty((len(desc), k), np.int64)
+    for start in range(0, len(desc), rows):
+        checkpoint()
+        keys[start:start + rows], dists[start:start + rows] = index.search(
+            desc[start:start + rows], k, **cut)
+    return keys, dists
+
+
+def tally_votes(owners: np.ndarray, other: np.ndarray, dists: np.ndarray, *, max_distance: int,
+                per_query: int, min_votes: float, allowed: set[int] | None = None,
+                detail: VoteDetail | None = None, drop_ties: bool = True
+                ) -> dict[tuple[int, int], float]:
+    """The votes of ``vote_candidates`` from its descriptors' neighbour lists:
+    ``owners[r]`` is the query image of row ``r``, ``other[r]`` the images of its
+    neighbours (-1: none) and ``dists[r]`` their distances.
+
+    Array operations throughout (an incremental run counts again the votes of
+    most of a gallery's images after an add); the loop at the end visits only
+    the pairs that are kept.
+
+    ``drop_ties``: where the cut at ``per_query`` falls inside a run of equal
+    votes (typically several images with one vote each, one descriptor
+    apiece), none of that run is kept. Votes cannot tell them apart, so the
+    image id would choose; and whenever a later image takes a share of a
+    vote above them, the next of them by id would come in. Measured on the
+    10,000-image scale set: the first run verified 61,419 pairs instead of
+    106,439 and a 1% add 1,718 instead of 2,768 (of which 920 were such
+    pairs of stored images), with the same report; the hard and recapture
+    calib halves and the real dev set gave the same pairs. ``check`` uses
+    the same rule (the same recall on the hard calib half against 10,253
+    images and on the hard eval half's edits, as with the first by id)."""
+    out: dict[tuple[int, int], float] = {}
+    valid = (other >= 0) & (dists <= max_distance) & (other != owners[:, None])
+    if allowed is not None:
+        valid &= np.isin(other, np.fromiter(allowed, np.int64))
+    rows, cols = np.nonzero(valid)
+    if not len(rows):
+        return out
+    other = other.astype(np.int64)
+    span = other.max() + 1
+    # One vote per (query descriptor, other image), shared among the images it hits.
+    pair_code = unique(rows.astype(np.int64) * span + other[rows, cols])
+    row_of, img_of = pair_code // span, pair_code % span
+    per_row = np.bincount(row_of, minlength=len(owners))
+    weights = 1.0 / per_row[row_of]
+    owner_of = np.asarray(owners, np.int64)[row_of]
+    stride = int(max(owner_of.max(), img_of.max()) + 1)
+    uniq, inv = np.unique(owner_of * stride + img_of, return_inverse=True)
+    votes = np.bincount(inv, weights=weights)
+    q_of, o_of = uniq // stride, uniq % stride
+    if detail is not None:  # (``uniq`` is sorted: by query, then other image)
+        qs, starts = np.unique(q_of, return_index=True)
+        others = o_of.tolist()
+        for q, a, b in zip(qs.tolist(), starts.tolist(), [*starts[1:].tolist(), len(others)]):
+            detail.hits.setdefault(q, []).extend(others[a:b])
+        for hit in detail.hits.values():
+            hit.sort()
+    # Per query, its pairs by votes (descending; ties by other image), at
+    # least ``min_votes``, the first ``per_query`` of them (``drop_ties``:
+    # less those with the votes of the first one left out).
+    keep = np.nonzero(votes >= min_votes)[0]
+    order = keep[np.lexsort((-votes[keep], q_of[keep]))]
+    q_sorted = q_of[order]
+    first = np.ones(len(order), bool)
+    first[1:] = q_sorted[1:] != q_sorted[:-1]
+    at = np.arange(len(order))
+    rank = at - np.maximum.accumulate(np.where(first, at, 0))
+    keep = rank < per_query
+    if drop_ties and len(order):
+        # The votes of each query's first pair left out (-1: none left out).
+        # (Rounded: a vote is a sum of shares, 1/2 + 1/2 against 1.)
+        v_sorted = np.round(votes[order], 9)
+        cut = np.full(int(q_sorted.max()) + 1, -1.0)
+        left_out = rank == per_query
+        cut[q_sorted[left_out]] = v_sorted[left_out]
+        keep &= v_sorted > cut[q_sorted]
+    order = order[keep]
+    for q, o, v in zip(q_of[order].tolist(), o_of[order].tolist(), votes[order].tolist()):
+        pair = (q, o) if q < o else (o, q)
+        out[pair] = max(out.get(pair, 0.0), v)
+        if detail is not None:
+            detail.by_owner.setdefault(q, {})[o] = v
+    return out

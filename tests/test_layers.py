@@ -1,0 +1,173 @@
+"""The package's layout is its architecture: each part imports only from the
+parts before it, in the order written once in ``matchkit/__init__.py``.
+
+These tests read the source (every ``import``, also inside functions and
+under ``TYPE_CHECKING``), so an upward import fails here even when it would
+happen to work at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+import matchkit
+from matchkit.util.moved import MOVED
+
+PACKAGE = Path(matchkit.__file__).parent
+
+
+def layers() -> list[str]:
+    """The order from the package docstring's ``Layers:`` block."""
+    block = matchkit.__doc__.split("Layers:", 1)[1]
+    names = []
+    for line in block.splitlines()[1:]:
+        m = re.match(r"\s{4}(\w+)\s{2,}\S", line)
+        if not m:
+            break
+        names.append(m.group(1))
+    return names
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports(name: str, path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, imported module, names) of every matchkit import in one module."""
+    is_package = path.name == "__init__.py"
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name, []) for a in node.names if a.name.split(".")[0] == "matchkit"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "matchkit":
+                out.append((node.lineno, target, [a.name for a in node.names]))
+    return out
+
+
+def layer_of(module: str, order: list[str]) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in order else None
+
+
+def test_every_part_of_the_package_has_a_layer():
+    order = layers()
+    assert order[0] == "util" and order[-1] == "cli" and len(order) == len(set(order))
+    loose = [m for m in modules() if m != "matchkit" and layer_of(m, order) is None]
+    assert not loose, f"modules outside the layers of matchkit/__init__.py: {loose}"
+
+
+def test_imports_go_only_downward():
+    order = layers()
+    rank = {name: i for i, name in enumerate(order)}
+    mods = modules()
+    upward = []
+    for name, path in mods.items():
+        if name == "matchkit":
+            continue  # the top re-exports the public API
+        mine = layer_of(name, order)
+        for line, target, names in imports(name, path):
+            targets = [target]
+            if target == "matchkit":  # `from matchkit import x`: x is a part
+                targets = [f"matchkit.{n}" for n in names]
+            for t in targets:
+                theirs = layer_of(t, order)
+                if theirs is None or rank[theirs] > rank[mine]:
+                    upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({mine}) imports {t}")
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles_between_modules():
+    mods = modules()
+    graph = {name: set() for name in mods}
+    for name, path in mods.items():
+        for _, target, names in imports(name, path):
+            for t in [target] + [f"{target}.{n}" for n in names]:
+                if t in mods and t != name and not mods[t].name == "__init__.py":
+                    graph[name].add(t)
+    # Tarjan's strongly connected components
+    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_nothing_inside_imports_an_old_path():
+    mods = modules()
+    old = []
+    for name, path in mods.items():
+        for line, target, names in imports(name, path):
+            if target in MOVED or any(f"{target}.{n}" in MOVED for n in names):
+                old.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
+    assert not old, old
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED.items())[::7])
+def test_old_paths_still_import_with_a_warning(old, new):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=re.escape(new)):
+        module = importlib.import_module(old)
+    real = importlib.import_module(new)
+    public = [a for a in vars(real) if not a.startswith("_")]
+    assert public and all(getattr(module, a) is getattr(real, a) for a in public)
+
+
+def test_old_names_of_packages_still_resolve():
+    from matchkit.match.pairs import PairMatcher
+    from matchkit.index.hamming import HammingIndex
+
+    with pytest.warns(DeprecationWarning, match="matchkit.match.pairs"):
+        from matchkit.match import PairMatcher as old
+    assert old is PairMatcher
+    with pytest.warns(DeprecationWarning, match="matchkit.index.hamming"):
+        from matchkit.index import TIE_MARGIN  # noqa: F401
+    from matchkit.index import HammingIndex as same  # re-exported: no warning
+    assert same is HammingIndex
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from matchkit.io import load_image  # still the public path
+        from matchkit import Gallery, dedupe  # noqa: F401
+    assert callable(load_image)
