@@ -26,17 +26,16 @@ descriptor; saved files are the same arrays and can be memory-mapped.
 Search cost grows with the postings per word, so with this 4,096-word
 vocabulary it grows linearly with the gallery (HNSW's grows about
 logarithmically): a larger gallery needs a larger vocabulary.
+
+The vocabulary itself is in ``vocabulary.py``, the file format in
+``ivf_file.py``; both are imported back here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -45,10 +44,12 @@ import numpy as np
 from matchkit.util.arrays import bit_sums, unique
 from matchkit.util.fs import atomic_write, file_stamp
 from matchkit.index.hamming import within
+from matchkit.index.ivf_file import _MAGIC, _pack, _unpack  # noqa: F401  (re-exported)
+from matchkit.index.vocabulary import (  # noqa: F401  (re-exported)
+    VOCAB_FILE, Vocabulary, _load_vocabulary, _smallest, default_vocabulary)
 
 #: Keys must be below this (``IVFIndex._gathered`` packs row, distance and key in one int64).
 MAX_KEY = 1 << 46
-_MAGIC = b"MKIVF1\n"
 #: Query descriptors searched at once (bounds the temporary candidate
 #: arrays; larger chunks give each probed word more queries per comparison call).
 _CHUNK = 4096
@@ -57,7 +58,6 @@ _GATHER_CHUNK = 256
 #: Comparisons per probed word from which ``IVFIndex._search_chunk`` goes word
 #: by word (between the two measured points in its docstring, not tuned finer).
 BY_WORD_FROM = 800
-VOCAB_FILE = Path(__file__).resolve().parent.parent / "data" / "orb_vocab.npz"
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,136 +85,6 @@ class EncodedQueries:
         return self.words.nbytes + self.sigs.nbytes
 
 
-@dataclass(frozen=True, eq=False)
-class Vocabulary:
-    """Two-level tree of binary centroids, and the descriptor bits kept as signature."""
-
-    #: (K1, 32) uint8: first-level centroids.
-    top: np.ndarray
-    #: (K1, K2, 32) uint8: second-level centroids; word = i1 * K2 + i2.
-    leaves: np.ndarray
-    #: Bit positions (0..255, in ``np.unpackbits`` order) of the signature.
-    sig_bits: np.ndarray
-
-    @property
-    def words(self) -> int:
-        return self.leaves.shape[0] * self.leaves.shape[1]
-
-    @property
-    def nbits(self) -> int:
-        return len(self.sig_bits)
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for a in (self.top, self.leaves, self.sig_bits.astype(np.int16)):
-            h.update(np.ascontiguousarray(a).tobytes())
-            h.update(str(a.shape).encode())
-        return h.hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike) -> None:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, top=self.top, leaves=self.leaves,
-                            sig_bits=self.sig_bits.astype(np.int16))
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocabulary":
-        with np.load(path) as z:
-            top = np.ascontiguousarray(z["top"], np.uint8)
-            leaves = np.ascontiguousarray(z["leaves"], np.uint8)
-            sig_bits = np.asarray(z["sig_bits"], np.int64)
-        if (top.ndim != 2 or top.shape[1] != 32 or leaves.ndim != 3
-                or leaves.shape[:1] != top.shape[:1] or leaves.shape[2] != 32
-                or not len(sig_bits) or 256 % len(sig_bits)
-                or sig_bits.min() < 0 or sig_bits.max() > 255):
-            raise ValueError(f"{path}: not a descriptor vocabulary")
-        return cls(top, leaves, sig_bits)
-
-    # -- assignment ---------------------------------------------------------
-    def assign(self, codes: np.ndarray, probes: int = 1, nodes: int = 2) -> np.ndarray:
-        """The ``probes`` nearest words of each code (n, 32) uint8: (n, probes)
-        int64, nearest first, ties by word number. With one probe this is a
-        plain descent of the tree (the best first-level node, then its best
-        leaf: the word an entry is filed under); with more, that word comes
-        first and the other leaves of the ``nodes`` best first-level nodes
-        compete for the rest (a true neighbour filed under another node is
-        found only if its node is among them)."""
-        codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, 32)
-        out = np.empty((len(codes), probes), np.int64)
-        top = self.top.view(np.uint64)                 # (K1, 4)
-        leaves = self.leaves.view(np.uint64)           # (K1, K2, 4)
-        k1, k2 = self.leaves.shape[:2]
-        nodes = 1 if probes == 1 else max(1, min(int(nodes), k1))
-        for s in range(0, len(codes), 4096):
-            q = codes[s:s + 4096].view(np.uint64)      # (n, 4)
-            d1 = bit_sums(q[:, None, :] ^ top[None])
-            best = _smallest(d1, nodes)                # (n, nodes)
-            cand = leaves[best]                        # (n, nodes, K2, 4)
-            d2 = bit_sums(q[:, None, None, :] ^ cand)
-            word = best[:, :, None] * k2 + np.arange(k2)[None, None, :]
-            # The descent's leaf (best leaf of the best node) first, always:
-            # what an entry is filed under is what a query looks at first.
-            score = d2 * (k1 * k2) + word
-            out[s:s + len(q), 0] = word[:, 0][np.arange(len(q)), np.argmin(score[:, 0], 1)]
-            if probes > 1:
-                score, word = score.reshape(len(q), -1), word.reshape(len(q), -1)
-                score[word == out[s:s + len(q), :1]] = np.iinfo(np.int64).max
-                pick = _smallest(score, probes - 1)
-                out[s:s + len(q), 1:] = np.take_along_axis(word, pick, 1)
-        return out
-
-    def with_signature_bits(self, bits: int) -> "Vocabulary":
-        """The same words with a signature of ``bits`` (64, 128 or 256): this
-        vocabulary's bits first, then evenly spaced others; 256 keeps the whole
-        descriptor, so distances within the probed words are exact.
-
-        Why: a 64-bit signature ranks a word's postings by a noisy estimate
-        of the descriptor distance (benchmarks/RESULTS.md, "candidates: IVF
-        signature bits and probes")."""
-        if bits not in (64, 128, 256) or bits < self.nbits:
-            raise ValueError("signature bits must be 64, 128 or 256, at least the vocabulary's")
-        rest = np.setdiff1d(np.arange(256), self.sig_bits)
-        extra = rest[np.linspace(0, len(rest) - 1, bits - self.nbits).astype(np.int64)] \
-            if bits > self.nbits else rest[:0]
-        sig = np.sort(np.concatenate([self.sig_bits, extra])).astype(np.int64)
-        return Vocabulary(self.top, self.leaves, sig)
-
-    @property
-    def sig_words(self) -> int:
-        """uint64 words per signature."""
-        return -(-self.nbits // 64)
-
-    def signatures(self, codes: np.ndarray) -> np.ndarray:
-        """The signature bits of each code, packed into uint64: (n,) for
-        signatures of up to 64 bits, else (n, ``sig_words``)."""
-        codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, 32)
-        bits = np.unpackbits(codes, axis=1)[:, self.sig_bits]
-        packed = np.packbits(bits, axis=1, bitorder="little")
-        pad = np.zeros((len(codes), 8 * self.sig_words), np.uint8)
-        pad[:, : packed.shape[1]] = packed
-        out = pad.view("<u8")
-        return out.reshape(-1) if self.sig_words == 1 else out
-
-
-def _smallest(values: np.ndarray, k: int) -> np.ndarray:
-    """Column indexes of the ``k`` smallest values per row, smallest first
-    (values must be distinct within a row for a deterministic order)."""
-    if k >= values.shape[1]:
-        return np.argsort(values, axis=1, kind="stable")[:, :k]
-    part = np.argpartition(values, k - 1, axis=1)[:, :k]
-    order = np.argsort(np.take_along_axis(values, part, 1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1)
-
-
-@lru_cache(maxsize=4)
-def _load_vocabulary(path: str) -> Vocabulary:
-    return Vocabulary.load(path)
-
-
-def default_vocabulary() -> Vocabulary:
-    """The vocabulary shipped with matchkit (``matchkit/data/orb_vocab.npz``)."""
-    return _load_vocabulary(str(VOCAB_FILE))
 
 
 class IVFIndex:
@@ -541,39 +411,3 @@ class IVFIndex:
         idx._offsets, idx._keys = offsets, keys
         idx._sigs = sigs if w == 1 else sigs.reshape(-1, w)
         return idx
-
-
-def _pack(header: dict, arrays: list[np.ndarray]) -> bytes:
-    head = json.dumps(header, sort_keys=True).encode()
-    out = bytearray(_MAGIC)
-    out += len(head).to_bytes(4, "little") + head
-    for a in arrays:
-        out += b"\0" * (-len(out) % 8)
-        out += np.ascontiguousarray(a).tobytes()
-    return bytes(out)
-
-
-def _unpack(buf: memoryview) -> tuple[dict, list[np.ndarray]]:
-    try:
-        if bytes(buf[: len(_MAGIC)]) != _MAGIC:
-            raise ValueError("not an IVF index file")
-        pos = len(_MAGIC)
-        size = int.from_bytes(bytes(buf[pos:pos + 4]), "little")
-        header = json.loads(bytes(buf[pos + 4:pos + 4 + size]))
-        pos += 4 + size
-        arrays = []
-        for dtype, count in header["arrays"]:
-            pos += -pos % 8
-            dt = np.dtype(dtype)
-            if dt.str not in ("<i8", "<u4", "<u8") or int(count) < 0:
-                raise ValueError("bad array type")
-            end = pos + dt.itemsize * int(count)
-            if end > len(buf):
-                raise ValueError("truncated index file")
-            arrays.append(np.frombuffer(buf[pos:end], dtype=dt))
-            pos = end
-        if len(arrays) != 3:
-            raise ValueError("bad array count")
-        return header, arrays
-    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"not an IVF index file ({e})") from None
