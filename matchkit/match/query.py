@@ -18,6 +18,10 @@ With a calibrator (a profile's ``calibrate.PairCalibrator``) the calibrated
 decision replaces the hand rules, exactly as in dedupe: pairs may be accepted
 on global signals only where ``pairfeatures.globally_decidable`` allows, the
 rest after verification, and a neighbour's score is its calibrated P(duplicate).
+
+The candidate search is in ``query_candidates.py`` (``QueryMatcher``'s base
+class), the results and their score in ``query_results.py``; both are
+imported back here.
 """
 
 from __future__ import annotations
@@ -26,37 +30,29 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from matchkit.match import burst
-from matchkit.match.candidates import phash_candidates, vote_candidates
 from matchkit.signals.colour import histogram_similarity
 from matchkit.config import Settings, clamp_setting
 from matchkit.features import ImageRecord, extract_many
 from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
-from matchkit.signals.hashing import PHASH_BITS, REFLECTIONS, dihedral_match
+from matchkit.signals.hashing import REFLECTIONS, dihedral_match
 from matchkit.io.load import ImageLoadError, load_image, shrink
 from matchkit.signals.local import extract_local, working_grey
 from matchkit.match.pairs import (PairEvidence, ThumbLooks, _LocalCache, _verify_pair, colour_evidence,
                                   hash_rule, local_rule, settle_global_relation)
+from matchkit.match.query_candidates import (  # noqa: F401  (re-exported)
+    ZOOM_CANDIDATES, ZOOM_VOTE_LEVELS, QueryCandidates)
+from matchkit.match.query_results import (  # noqa: F401  (re-exported)
+    Neighbour, QueryResult, match_strength)
 from matchkit.match.template import picture_mask
 
 #: Descriptor votes (as ``vote_candidates`` counts them) that make a candidate
 #: worth verifying before any other; 7 in 10 chance look-alikes have fewer.
 STRONG_VOTES = 2.0
-#: Best-voted images verified in the zoomed second look.
-ZOOM_CANDIDATES = 4
-#: The zoomed look votes with the keypoints of ORB's finest pyramid levels
-#: only (0-3 of 8, scale step 1.2): at twice the usual working side, level 4
-#: sees the image at 1/2.07 of that, the scale the first look already
-#: searched. Chosen on the calib halves (gallery: 353 originals and 2,000
-#: scale-set pictures, one core): hard-set screenshots found 290 of 353
-#: against 279 voting with every level (levels 0-4: 287), the zoom's vote
-#: search 53 against 85 ms per query; fewer near-duplicate votes from coarse
-#: levels leave more of the distinctive ones (``_distinctive_votes``).
-ZOOM_VOTE_LEVELS = 4
 
 
 def _worth_verifying(ev: PairEvidence, s: Settings) -> bool:
@@ -64,81 +60,7 @@ def _worth_verifying(ev: PairEvidence, s: Settings) -> bool:
     return ev.votes > 0 or ev.phash_distance <= s.phash_candidate_distance
 
 
-def match_strength(ev: PairEvidence, settings: Settings) -> float:
-    """How strongly the evidence says "same picture", in [0, 1].
-
-    At least 0.5 exactly when a rule matched (``ev.rule``), below 0.5
-    otherwise, and increasing in every signal: closer hashes, more inliers,
-    better-correlated overlap. It only ranks neighbours; what a value means
-    as a probability is learned by calibration (see matchkit/jobs/classify.py).
-    """
-    s = settings
-    d = ev.phash_distance
-    strong, loose = max(1, s.phash_strong_distance), max(s.phash_max_distance, s.phash_strong_distance + 1)
-    if ev.rule == "phash":
-        hashed = 0.75 + 0.25 * (1.0 - min(d, strong) / strong)
-    elif ev.rule in ("phash+colour", "frames"):  # frames: the pHash missed it
-        hashed = 0.5 + 0.25 * max(0.0, (loose - d) / (loose - strong))
-    else:  # a random pair sits near PHASH_BITS / 2
-        hashed = 0.49 * max(0.0, 1.0 - d / (PHASH_BITS / 2))
-    local = 0.0
-    v = ev.verification
-    if v is not None and v.inliers:
-        corr = ev.overlap_correlation if ev.overlap_correlation is not None else -1.0
-        if ev.rule == "local":
-            span = max(1e-6, 1.0 - s.min_overlap_correlation)
-            local = (0.5 + 0.25 * min(1.0, v.inliers / (5.0 * max(1, s.min_inliers)))
-                     + 0.25 * min(1.0, max(0.0, (corr - s.min_overlap_correlation) / span)))
-        else:
-            local = 0.49 * min(1.0, v.inliers / max(1, s.min_inliers)) * max(0.0, corr)
-    score = max(hashed, local)
-    return round(min(score, 1.0) if ev.rule else min(score, 0.49), 6)
-
-
-@dataclass
-class Neighbour:
-    """One gallery image's evidence for one query."""
-
-    id: int
-    path: str
-    #: Pair evidence with ``a`` = the gallery image, ``b`` = the query's temporary key.
-    evidence: PairEvidence
-    #: :func:`match_strength` of the evidence.
-    score: float
-
-    @property
-    def matched(self) -> bool:
-        """Whether the dedupe rules call the query a copy of this image."""
-        return bool(self.evidence.rule)
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "score": self.score,
-                "matched": self.matched, "evidence": self.evidence.to_evidence()}
-
-
-@dataclass
-class QueryResult:
-    """All gallery neighbours examined for one query file, strongest first."""
-
-    path: str
-    neighbours: list[Neighbour] = field(default_factory=list)
-    #: Why the query could not be read (then ``neighbours`` is empty).
-    error: str | None = None
-
-    @property
-    def matches(self) -> list[Neighbour]:
-        return [n for n in self.neighbours if n.matched]
-
-    def to_dict(self) -> dict:
-        out: dict = {"path": self.path}
-        if self.error:
-            out["error"] = self.error
-        else:
-            out["matches"] = [n.to_dict() for n in self.matches]
-        return out
-
-
-class QueryMatcher:
+class QueryMatcher(QueryCandidates):
     """Candidates, evidence and decisions for query images against one gallery.
 
     ``allowed`` restricts the search to some gallery ids (a labeler passes
@@ -315,115 +237,6 @@ class QueryMatcher:
             self._sizes[g] = (img.width, img.height)
             mask = self._gallery_mask(g, self.cache.get(g)) if self.settings.local_features else None
             self._pictures[g] = 1.0 if mask is None else float(mask.mean())
-
-    def _candidates(self, records, keys, exclude, *, phash: bool):
-        """Per query: gallery id -> pHash distance (-1: not yet known), votes
-        by gallery id, and the pHash crowd distances."""
-        s = self.settings
-        n = len(records)
-        index_of = {k: i for i, k in enumerate(keys)}
-        wider = max(len(e) for e in exclude)
-        by_query: list[dict[int, int]] = [{} for _ in range(n)]
-        crowd: dict[int, int] = {}
-        if phash:
-            base_id = self.gallery.last_id() + 1
-            allowed = self.allowed if self.allowed is not None else range(1, base_id)
-            max_distance = max(s.phash_max_distance, s.exact_check_distance)
-            collect_top = 4
-            found = phash_candidates(
-                self.gallery.phash_index, keys, np.stack([r.phashes for r in records]),
-                max_distance=max_distance, neighbours=s.neighbours + wider, allowed=allowed,
-                collect_distance=s.phash_candidate_distance if s.local_features else None,
-                collect_top=collect_top + wider)
-            # Crowd distance: to the query's ``neighbours``-th nearest image,
-            # not counting excluded ones (as the hash rule expects).
-            for key, near in found.nearest.items():
-                kept = [d for g, d in near if g not in exclude[index_of[key]]]
-                crowd[key] = kept[s.neighbours - 1] if len(kept) >= s.neighbours else PHASH_BITS
-            # Every pair within max_distance and the closest few looser ones,
-            # after exclusion (as if excluded images were never indexed).
-            loose: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-            for (g, q), d in found.pairs.items():
-                i = index_of[q]
-                if g in exclude[i]:
-                    continue
-                if d <= max_distance:
-                    by_query[i][g] = d
-                else:
-                    loose[i].append((d, g))
-            for i in range(n):
-                for d, g in sorted(loose[i])[:collect_top]:
-                    by_query[i][g] = d
-        vote_of: list[dict[int, float]] = [{} for _ in range(n)]
-        if s.local_features:
-            if phash:
-                queries = {k: r.local.desc[: s.query_features] for k, r in zip(keys, records)
-                           if r.local is not None}
-                votes = vote_candidates(
-                    self.gallery.orb_index, queries, key_stride=ORB_KEY_STRIDE,
-                    neighbours=s.vote_neighbours, max_distance=s.vote_max_distance,
-                    per_query=s.vote_candidates + wider, allowed=self.allowed)
-            else:
-                votes = self._distinctive_votes(records, keys, exclude)
-            voted: list[list[tuple[float, int]]] = [[] for _ in range(n)]
-            for (g, q), v in votes.items():
-                i = index_of[q]
-                if g not in exclude[i]:
-                    voted[i].append((-v, g))
-            top = s.vote_candidates if phash else ZOOM_CANDIDATES
-            for i in range(n):
-                for v, g in sorted(voted[i])[:top]:
-                    vote_of[i][g] = -v
-                    by_query[i].setdefault(g, -1)
-        return by_query, vote_of, crowd
-
-    def _distinctive_votes(self, records, keys, exclude, ratio: float = 0.8,
-                           neighbours: int = 16, min_votes: int = 3
-                           ) -> dict[tuple[int, int], float]:
-        """Votes of query descriptors that are distinctive: nearer to one
-        gallery image than to any other by Lowe's ratio.
-
-        The zoomed view of a screenshot or a poster has hundreds of keypoints
-        on text and interface elements; shared votes would let gallery images
-        full of similar text outvote the photo inside. A descriptor that is
-        about as close to several images says nothing and casts no vote.
-        """
-        s = self.settings
-        owners, descs = [], []
-        for i, r in enumerate(records):
-            if r.local is not None and len(r.local):
-                desc = r.local.desc
-                if r.local.octave is not None:  # (the zoomed look: ``ZOOM_VOTE_LEVELS``)
-                    desc = desc[r.local.octave < ZOOM_VOTE_LEVELS]
-                owners.append(np.full(len(desc), i))
-                descs.append(desc)
-        if not descs or len(self.gallery.orb_index) == 0:
-            return {}
-        owner = np.concatenate(owners)
-        found, dists = self.gallery.orb_index.search(np.concatenate(descs), neighbours)
-        images = np.where(found >= 0, found // ORB_KEY_STRIDE, -1)
-        usable = images >= 0
-        if self.allowed is not None:
-            usable &= np.isin(images, np.fromiter(self.allowed, np.int64, len(self.allowed)))
-        for i, skip in enumerate(exclude):
-            if skip and (rows := np.flatnonzero(owner == i)).size:
-                usable[rows] &= ~np.isin(images[rows], np.fromiter(skip, np.int64, len(skip)))
-        # Per descriptor: the nearest usable image, and the nearest usable
-        # neighbour of another image (none: twice the code length away).
-        row = np.arange(len(images))
-        has = usable.any(axis=1)
-        at = usable.argmax(axis=1)
-        first, d1 = images[row, at], dists[row, at].astype(np.float64)
-        other = usable & (images != first[:, None])
-        d2 = np.where(other.any(axis=1), dists[row, other.argmax(axis=1)],
-                      2 * self.gallery.orb_index.nbits).astype(np.float64)
-        cast = has & (d1 <= s.vote_max_distance) & (d1 <= ratio * d2)
-        key_of = np.asarray(keys, np.int64)
-        pairs, counts = np.unique(np.stack([first[cast], key_of[owner[cast]]], axis=1),
-                                  axis=0, return_counts=True)
-        votes = {(int(g), int(k)): float(c) for (g, k), c in zip(pairs.tolist(), counts.tolist())}
-        # One or two distinctive votes happen by chance; a copy gets several.
-        return {pair: v for pair, v in votes.items() if v >= min_votes}
 
     def _evidence(self, records, keys, by_query, vote_of, crowd, shared, *, force: bool = False
                   ) -> list[list[PairEvidence]]:
