@@ -48,31 +48,38 @@ Still read on the driver: the stored rows, hashes and thumbnails the global
 evidence uses (``PairMatcher``), the descriptors images vote with, the
 files of templated and icon-like images, and full-resolution pixels when
 two images may be identical (``Gallery.pixel_digest``).
+
+This module is the driver (:class:`RayRun`, :class:`RayPairMatcher`). What
+runs on the workers has its own modules, which Ray workers import by path:
+the shard actors, their indexes as the driver sees them and the byte counts
+in ``actors.py``; the listing, extraction and verification tasks in
+``tasks.py``; joining Ray in ``connect.py``. Their names are imported back
+here.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import signal
-import sqlite3
-import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
-
 from matchkit.config import Settings
-from matchkit.features import CRASH_HOOK_ENV, extract_many
-from matchkit.store.gallery import DB_NAME, AddReport, Gallery, GalleryError, read_local_features
+from matchkit.features import CRASH_HOOK_ENV
+from matchkit.store.gallery import DB_NAME, AddReport, GalleryError
 from matchkit.io.load import ImageLoadError
-from matchkit.util.memory import release_memory
-from matchkit.signals.hashing import file_digest
-from matchkit.match.pairs import PairEvidence, PairMatcher, thumb_content_mask, verify_stored
-from matchkit.store.shards import (ShardedGallery, create_sharded, is_sharded, merge_report, place, plan_files,
-                                   read_manifest, route, shard_of, stat_files)
+from matchkit.match.pairs import PairEvidence, PairMatcher
+from matchkit.store.shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
+                                   read_manifest, route, stat_files)
+from matchkit.distributed.actors import (  # noqa: F401  (re-exported)
+    RemoteIndex, ShardServer, Work, _compact, _compact_within, _encoder, _expand, _expand_within,
+    _narrow)
+from matchkit.distributed.connect import RayUnavailable, _node, _ray, connect  # noqa: F401  (re-exported)
+from matchkit.distributed.tasks import (  # noqa: F401  (re-exported)
+    KILL_ONCE_ENV, _CONNECTIONS, _extract_and_store, _kill_once, _owners, _shard_db, _verify_pairs,
+    worker_death)
 
 #: How often Ray retries a task whose worker died, and restarts a dead shard actor.
 TASK_RETRIES = 4
@@ -94,310 +101,6 @@ OWNER_CHUNK = 256
 ANY_NODE = "any"
 #: Candidate pairs per verification task.
 VERIFY_CHUNK = 32
-#: Test hook: a folder; while it holds a file ``armed``, each kind of task
-#: ("extract", "verify") kills its own worker once, after its work is sent
-#: but before it returns (a marker file in the folder records that it happened).
-KILL_ONCE_ENV = "MATCHKIT_TEST_RAY_KILL_ONCE"
-
-
-class RayUnavailable(RuntimeError):
-    """Ray is not installed, or no cluster could be joined."""
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailable("--ray needs Ray: pip install 'matchkit[ray]'") from None
-    return ray
-
-
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` ("auto": the one this machine
-    belongs to; "local" or None: start one in this process) unless joined."""
-    ray = _ray()
-    if not ray.is_initialized():
-        try:
-            ray.init(address=None if address in (None, "local") else address,
-                     log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise RayUnavailable(f"cannot join Ray cluster {address!r}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                                 ) from None
-
-
-def _node() -> str:
-    return _ray().get_runtime_context().get_node_id()
-
-
-def _kill_once(kind: str) -> None:
-    folder = os.environ.get(KILL_ONCE_ENV)
-    if folder and os.path.exists(os.path.join(folder, "armed")):
-        marker = Path(folder) / kind
-        try:
-            marker.touch(exist_ok=False)
-        except FileExistsError:
-            return
-        os._exit(1)
-
-
-class ShardServer:
-    """One shard of a gallery, held in a Ray actor: writes its records,
-    answers index searches. Opening the shard is all its state, so a
-    restarted actor is the same shard again."""
-
-    def __init__(self, path: str, settings: Settings):
-        self.gallery = Gallery(path, settings)
-
-    def node(self) -> str:
-        return _node()
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def plan_add(self, files):
-        return self.gallery.plan_add(files)
-
-    def last_id(self) -> int:
-        return self.gallery.last_id()
-
-    def write_records(self, batch, ids) -> AddReport:
-        # The earlier batches' features are free by now (Ray holds a call's
-        # arguments until it returns): hand the holes back (``_memory``).
-        release_memory()
-        return self.gallery.write_records(batch, ids)
-
-    def remove(self, ids) -> int:
-        return self.gallery.remove(ids)
-
-    def save(self) -> None:
-        self.gallery.save()
-
-    def index_info(self, name: str) -> tuple[int, int, bool, tuple | None]:
-        """The index's bits, size, tie order, and how it takes queries
-        encoded (``IVFIndex.encoding``; None: only as codes)."""
-        index = getattr(self.gallery, f"{name}_index")
-        return index.nbits, len(index), index.ranks_ties_by_key, getattr(index, "encoding", None)
-
-    def search(self, name: str, codes, k: int, max_distance: int | None = None):
-        """k nearest of each code, compactly: keys as int32 when they fit,
-        distances as uint8 when they fit (0 where no neighbour: the caller
-        knows ``nbits + 1`` from the key -1); the same values otherwise.
-        With ``max_distance``, only the neighbours within it, ragged
-        (``_compact_within``): the callers that ask for it count no others."""
-        index = getattr(self.gallery, f"{name}_index")
-        if max_distance is None:
-            return _compact(*index.search(codes, k))
-        return _compact_within(*index.search(codes, k, max_distance=max_distance))
-
-
-def _narrow(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keys as int32 and distances as uint8 where every value fits (else
-    int64 keys, uint16 distances): what a shard's answer is sent as."""
-    if not keys.size or keys.max() < 2 ** 31:
-        keys = keys.astype(np.int32)
-    return keys, dists.astype(np.uint8 if not dists.size or dists.max() < 256 else np.uint16)
-
-
-def _compact(keys: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _narrow(keys, np.where(keys >= 0, dists, 0))
-
-
-def _expand(keys: np.ndarray, dists: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``HammingIndex.search``'s arrays again from ``_compact``'s."""
-    keys = keys.astype(np.int64)
-    return keys, np.where(keys >= 0, dists.astype(np.int64), nbits + 1)
-
-
-def _compact_within(keys: np.ndarray, dists: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A search's rows cut at a distance (``index.within``: the neighbours
-    found come first in each row) as ragged arrays: how many each row has
-    (the smallest unsigned type that holds k), then their keys and distances
-    in row order, narrowed as ``_compact`` narrows them. The burstiness
-    check asks 64 neighbours of each inlier and counts those within the vote
-    distance, mostly none or a few: the rest never leave the shard."""
-    found = keys >= 0
-    counts = found.sum(1).astype(np.min_scalar_type(keys.shape[1]))
-    return (counts, *_narrow(keys[found], dists[found]))
-
-
-def _expand_within(counts: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
-                   nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``index.within``'s (n, k) arrays again from ``_compact_within``'s."""
-    found = np.arange(k)[None, :] < counts.astype(np.int64)[:, None]
-    out_keys = np.full((len(counts), k), -1, np.int64)
-    out_dists = np.full((len(counts), k), nbits + 1, np.int64)
-    out_keys[found], out_dists[found] = keys, dists
-    return out_keys, out_dists
-
-
-class RemoteIndex:
-    """A shard's index held by its actor (a part of ``shards.MergedIndex``).
-    The parts of one merged index share ``sent``: the codes of a search are
-    put in the object store once, and reach each node once, however many
-    shards it holds."""
-
-    def __init__(self, actor, name: str, nbits: int, size: int, stats: "Work", node: str,
-                 driver_node: str, sent: dict, ranks_ties_by_key: bool = False,
-                 encoder=None):
-        self.actor, self.name, self.nbits, self.size, self.stats = actor, name, nbits, size, stats
-        #: The actor's index's ``ranks_ties_by_key`` when this view was made.
-        self.ranks_ties_by_key = ranks_ties_by_key
-        self.node, self.driver_node, self.sent = node, driver_node, sent
-        #: An index on the driver whose ``encode`` gives queries the actor's
-        #: index searches as it would the codes (``ivf.EncodedQueries``), or
-        #: None: the codes are sent.
-        self.encoder = encoder
-
-    def __len__(self) -> int:
-        return self.size
-
-    def search_async(self, codes, k: int, max_distance: int | None = None):
-        ray = _ray()
-        if self.sent.get("codes") is not codes:
-            query = codes if self.encoder is None else self.encoder.encode(codes)
-            self.sent.update(codes=codes, ref=ray.put(query), nodes=set(), size=query.nbytes)
-            self.stats.add("driver", "query_bytes", query.nbytes)
-        if self.node != self.driver_node and self.node not in self.sent["nodes"]:
-            self.sent["nodes"].add(self.node)
-            self.stats.add("driver", "query_bytes_across_nodes", self.sent["size"])
-        ref = self.actor.search.remote(self.name, self.sent["ref"], k, max_distance)
-        self.stats.add("driver", "queries", len(codes))
-
-        def result():
-            arrays = ray.get(ref)
-            answer = sum(a.nbytes for a in arrays)
-            self.stats.add("driver", "answer_bytes", answer)
-            if self.node != self.driver_node:
-                self.stats.add("driver", "answer_bytes_across_nodes", answer)
-            if max_distance is None:
-                return _expand(*arrays, self.nbits)
-            return _expand_within(*arrays, k, self.nbits)
-        return result
-
-
-def _encoder(encodings: set, settings: Settings):
-    """An index on the driver that encodes queries as every shard's index
-    takes them (``ivf.IVFIndex.encode``): an IVF index of the shipped
-    vocabulary with the settings' probes, when all shards' indexes have its
-    encoding; else None (HNSW indexes, or a vocabulary this driver lacks:
-    the codes themselves are sent)."""
-    if len(encodings) != 1 or None in encodings:
-        return None
-    from matchkit.index.ivf import IVFIndex
-
-    mine = IVFIndex(probes=settings.ivf_probes)
-    return mine if mine.encoding in encodings else None
-
-
-class Work:
-    """Per-node counts of the work done (images extracted and the task time
-    it took, pairs verified) and of the bytes handed to Ray, for
-    ``report.stats["ray"]``: ``<what>_bytes`` serialised and
-    ``<what>_bytes_across_nodes`` of those that left their node, for the
-    records, the listing (plans and owning shards), the queries and answers,
-    and the verification chunks (``features_read_bytes``: stored features
-    the verification tasks read from the shards' files)."""
-
-    def __init__(self):
-        self.by_node: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-
-    def add(self, node: str, what: str, n: int) -> None:
-        self.by_node[node][what] += int(n)
-
-    def to_dict(self) -> dict:
-        return {node: dict(sorted(v.items())) for node, v in sorted(self.by_node.items())}
-
-
-def _owners(paths: list[str], where: dict, names: list[str]) -> tuple:
-    """Ray task: the shard that owns each file (its bytes' digest hashed over
-    the shard names; a file that cannot be read: the shard its failure goes
-    to), as int32, so that its extraction can run on that shard's node."""
-    owners = np.empty(len(paths), np.int32)
-    for n, path in enumerate(paths):
-        try:
-            owners[n] = shard_of(file_digest(path), names)
-        except OSError:
-            owners[n] = route(path, ImageLoadError(path, "unreadable"), where, names)
-    return owners, _node()
-
-
-def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
-                       names: list[str], actors: list, shard_nodes: list[str],
-                       settings: Settings, crash_on: str | None = None) -> tuple:
-    """Ray task: extract a chunk of files, send each record to its shard's actor
-    (``shards.place``: the same rule as on one machine). The driver runs a
-    chunk on the node of the actor that owns its files, so a record normally
-    crosses no node boundary; ``shard_nodes`` (each actor's node) tells which
-    bytes did.
-
-    ``crash_on`` (tests only, ``features.CRASH_HOOK_ENV`` on the driver): a
-    file name on which this worker kills itself, standing in for a decoder
-    that segfaults."""
-    start = time.perf_counter()
-    ray = _ray()
-    if crash_on is not None and any(os.path.basename(p) == crash_on for p in paths):
-        os.kill(os.getpid(), signal.SIGSEGV)
-    node = _node()
-    per_shard: dict[int, list] = defaultdict(list)
-    for path, rec in extract_many(paths, settings.with_(workers=1)):
-        shard, leaves = place(path, rec, where, names)
-        if leaves:
-            ray.get(actors[leaves[0]].remove.remote([leaves[1]]))
-        per_shard[shard].append((path, rec))
-    sizes = {s: len(pickle.dumps(b, protocol=5)) for s, b in per_shard.items()}
-    sent = sum(sizes.values())
-    across = sum(n for s, n in sizes.items() if shard_nodes[s] != node)
-    reports = ray.get([actors[s].write_records.remote(b, ids) for s, b in per_shard.items()])
-    _kill_once("extract")
-    report = AddReport()
-    for r in reports:
-        merge_report(report, r)
-    return report, node, len(paths), sent, across, time.perf_counter() - start
-
-
-_CONNECTIONS: dict[str, sqlite3.Connection] = {}
-
-
-def _shard_db(path: str) -> sqlite3.Connection:
-    """A read-only connection to a shard's database, kept per worker process."""
-    if path not in _CONNECTIONS:
-        _CONNECTIONS[path] = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
-                                             check_same_thread=False, timeout=60.0)
-    return _CONNECTIONS[path]
-
-
-def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict, templated: dict,
-                  settings: Settings, hand_rules: bool) -> tuple:
-    """Ray task: verify candidate pairs from their images' stored features."""
-    feats = {i: read_local_features(_shard_db(db), i) for i, db in dbs.items()}
-    read = sum(len(f[0].desc.tobytes()) + f[1].nbytes for f in feats.values() if f is not None)
-
-    def mask(i: int):
-        if i not in masks:
-            masks[i] = thumb_content_mask(feats[i][1] if feats[i] is not None else None)
-        return masks[i]
-
-    for ev in evidence:
-        verify_stored(ev, feats[ev.a], feats[ev.b], mask(ev.a), mask(ev.b), templated, settings,
-                      hand_rules)
-    _kill_once("verify")
-    return evidence, _node(), read
-
-
-def worker_death(e: BaseException) -> str | None:
-    """Why a task failed for good if its worker process died or ran out of
-    memory (what a decoder can do to it on bad input); None for anything else,
-    a fault of ours, which must not be taken for bad input."""
-    ray = _ray()
-    if isinstance(e, ray.exceptions.OutOfMemoryError):
-        return "out of memory while processing (Ray killed its worker)"
-    if isinstance(e, ray.exceptions.WorkerCrashedError):
-        return "the decoder crashed on this file (its Ray worker process died)"
-    if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, MemoryError):
-        return "out of memory while processing"
-    return None
 
 
 class RayPairMatcher(PairMatcher):
