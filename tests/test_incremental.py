@@ -66,7 +66,7 @@ def test_an_add_patching_stored_votes_in_parts_stores_the_same_records(sets, tmp
                                                                         monkeypatch):
     """``_patch_votes`` merges and counts the stored images in parts of
     ``PATCH_IMAGES``: parts of 3 images store what one part stores."""
-    from matchkit.match import incremental
+    from matchkit.match import incremental, incremental_votes
     
     old, new = sets
     folder = tmp_path / "photos"
@@ -84,7 +84,7 @@ def test_an_add_patching_stored_votes_in_parts_stores_the_same_records(sets, tmp
 
     monkeypatch.setattr(incremental.IncrementalMatcher, "_patch_part", counting)
     for name, size in (("g", 4096), ("g3", 3)):
-        monkeypatch.setattr(incremental, "PATCH_IMAGES", size)
+        monkeypatch.setattr(incremental_votes, "PATCH_IMAGES", size)
         parts.clear()
         report = dedupe([folder], gallery=tmp_path / name, settings=Settings(workers=1))
         with Gallery(tmp_path / name) as gal:
@@ -414,7 +414,7 @@ def test_indexes_say_whether_they_rank_ties_by_key(monkeypatch):
 def test_a_sharded_add_matches_a_sharded_run_from_scratch(sets, tmp_path, monkeypatch):
     """Shards each searched exactly while together they pass the exact-search
     size: the add merges new neighbours by key, as the shards rank them."""
-    from matchkit.match import incremental
+    from matchkit.match import incremental_hash, incremental_votes
     from matchkit.index import hamming as index
     from matchkit.store.shards import ShardedGallery
 
@@ -426,7 +426,7 @@ def test_a_sharded_add_matches_a_sharded_run_from_scratch(sets, tmp_path, monkey
     with ShardedGallery(tmp_path / "probe", shards=2) as g:
         dedupe([folder], gallery=g, settings=Settings(workers=1))
         sizes = [len(p.orb_index) for p in g.parts]
-    for module in (index, incremental):  # (wherever the size is read)
+    for module in (index, incremental_hash):  # (wherever the size is read)
         monkeypatch.setattr(module, "EXACT_SEARCH_BELOW", max(sizes) + 1, raising=False)
     assert sum(sizes) >= index.EXACT_SEARCH_BELOW  # the whole would be a graph search
 
@@ -435,8 +435,8 @@ def test_a_sharded_add_matches_a_sharded_run_from_scratch(sets, tmp_path, monkey
     dedupe([folder], gallery=tmp_path / "g", shards=2, settings=Settings(workers=1))
     for f in new.iterdir():
         shutil.copy(f, folder / f.name)
-    merge, asked = incremental._merge_all, []
-    monkeypatch.setattr(incremental, "_merge_all",
+    merge, asked = incremental_votes._merge_all, []
+    monkeypatch.setattr(incremental_votes, "_merge_all",
                         lambda *a, by_key=False: asked.append(by_key) or merge(*a, by_key=by_key))
     grown = dedupe([folder], gallery=tmp_path / "g", shards=2, settings=Settings(workers=1))
     assert asked and all(asked)  # merged as the shards' exact searches rank
@@ -518,7 +518,8 @@ def test_pairs_verified_ahead_are_what_clustering_would_have_verified(sets, tmp_
         real(self)
         ahead.append(len(self._ahead) + len(self._running))  # (done, or in the background)
     monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", counting)
-    monkeypatch.setattr("matchkit.match.incremental.AHEAD_MAX_UNASKED", 1.0)  # (whatever the history)
+    # (whatever the history)
+    monkeypatch.setattr("matchkit.match.incremental_pairs.AHEAD_MAX_UNASKED", 1.0)
     grown = dedupe([folder], gallery=tmp_path / "g", settings=settings)
     monkeypatch.setattr(IncrementalMatcher, "_verify_ahead", lambda self: None)
     lazy = dedupe([folder], gallery=tmp_path / "lazy", settings=settings)
@@ -619,7 +620,7 @@ def test_pairs_are_verified_ahead_only_where_earlier_runs_asked_for_nearly_all(
     """No verification ahead in a first run (no history), nor where earlier
     runs left more than ``AHEAD_MAX_UNASKED`` of their pending pairs unasked;
     only this run's new or changed pairs otherwise."""
-    from matchkit.match import incremental
+    from matchkit.match import incremental_pairs
     from matchkit.match.incremental import IncrementalMatcher
 
     old, new = sets
@@ -637,11 +638,11 @@ def test_pairs_are_verified_ahead_only_where_earlier_runs_asked_for_nearly_all(
     for f in new.iterdir():
         shutil.copy(f, folder / f.name)
     shutil.copytree(tmp_path / "g", tmp_path / "g2")
-    monkeypatch.setattr(incremental, "AHEAD_MAX_UNASKED", 1.0)
+    monkeypatch.setattr(incremental_pairs, "AHEAD_MAX_UNASKED", 1.0)
     dedupe([folder], gallery=tmp_path / "g", settings=Settings(workers=1))
     done, (unasked, pending), changed = seen[-1]
     assert pending > 0 and done and done <= changed  # this run's pairs only
-    monkeypatch.setattr(incremental, "AHEAD_MAX_UNASKED", (unasked - 0.5) / pending)
+    monkeypatch.setattr(incremental_pairs, "AHEAD_MAX_UNASKED", (unasked - 0.5) / pending)
     dedupe([folder], gallery=tmp_path / "g2", settings=Settings(workers=1))
     assert not seen[-1][0] and seen[-1][1] == (unasked, pending)
     assert first.stats["pairs_verified"] > 0
@@ -653,7 +654,7 @@ def test_verifying_ahead_in_the_background_leaves_what_batches_leave(sets, tmp_p
     clustering starts; the report, the counts and every stored pair row are
     those of verifying them in batches first. A run stopped meanwhile stores
     nothing, and the next run is the same again."""
-    from matchkit.match import incremental
+    from matchkit.match import incremental_pairs
     from matchkit.match.incremental import IncrementalMatcher, settings_key
 
     old, new = sets
@@ -665,14 +666,14 @@ def test_verifying_ahead_in_the_background_leaves_what_batches_leave(sets, tmp_p
         shutil.copy(f, folder / f.name)
     for copy in ("g2", "g3"):
         shutil.copytree(tmp_path / "g", tmp_path / copy)
-    monkeypatch.setattr(incremental, "AHEAD_MAX_UNASKED", 1.0)
+    monkeypatch.setattr(incremental_pairs, "AHEAD_MAX_UNASKED", 1.0)
     started = []
     real = IncrementalMatcher._verify_in_background
     monkeypatch.setattr(IncrementalMatcher, "_verify_in_background",
                         lambda self, rows: started.append(len(rows)) or real(self, rows))
     background = dedupe([folder], gallery=tmp_path / "g", settings=settings)
     assert started and started[0] > 0
-    monkeypatch.setattr(incremental, "AHEAD_IN_BACKGROUND", 0)
+    monkeypatch.setattr(incremental_pairs, "AHEAD_IN_BACKGROUND", 0)
     batches = dedupe([folder], gallery=tmp_path / "g2", settings=settings)
     assert len(started) == 1  # (this run verified ahead in batches)
 
@@ -682,7 +683,7 @@ def test_verifying_ahead_in_the_background_leaves_what_batches_leave(sets, tmp_p
     def stop(phase, done, total):
         if phase == "cluster" and done:
             raise Stop
-    monkeypatch.setattr(incremental, "AHEAD_IN_BACKGROUND", 4096)
+    monkeypatch.setattr(incremental_pairs, "AHEAD_IN_BACKGROUND", 4096)
     with pytest.raises(Stop):
         dedupe([folder], gallery=tmp_path / "g3", settings=settings, on_progress=stop)
     assert len(started) == 2
@@ -838,15 +839,15 @@ def test_nearest_distances_of_stored_variants_to_new_codes_are_exact(n_codes, mo
     """``_nearest_distance`` (OpenCV's batchDistance, in parts) gives every
     query's distance to its nearest code, as an exhaustive numpy count does;
     none: one more than the bits."""
-    from matchkit.match import incremental
+    from matchkit.match import incremental_hash
     
-    monkeypatch.setattr(incremental, "NEAREST_ROWS", 64)  # (several parts)
+    monkeypatch.setattr(incremental_hash, "NEAREST_ROWS", 64)  # (several parts)
     rng = np.random.default_rng(n_codes)
     queries = rng.integers(0, 256, (500, 32), dtype=np.uint8)
     codes = rng.integers(0, 256, (n_codes, 32), dtype=np.uint8)
     codes[: n_codes // 2] = queries[: n_codes // 2]
     codes[: n_codes // 2, 0] ^= 1  # (some at distance 1)
-    got = incremental._nearest_distance(queries, codes, 256)
+    got = incremental_hash._nearest_distance(queries, codes, 256)
     if n_codes == 0:
         assert (got == 257).all()
         return
@@ -875,7 +876,7 @@ def test_the_radius_search_of_new_descriptors_stops_at_its_cap():
 def test_the_radius_search_asks_the_index_in_parts_with_the_same_result(monkeypatch):
     """``_within`` bounds each index search to ``WITHIN_SEARCH_SLOTS``
     neighbour slots (query rows x k); the parts give what one search gives."""
-    from matchkit.match import incremental
+    from matchkit.match import incremental_votes
     from matchkit.index.hamming import HammingIndex
 
     rng = np.random.default_rng(6)
@@ -883,7 +884,7 @@ def test_the_radius_search_asks_the_index_in_parts_with_the_same_result(monkeypa
     index = HammingIndex(256)
     index.add(np.arange(400), codes)
     queries = codes[:50]
-    whole = incremental._within(index, queries, 120)
+    whole = incremental_votes._within(index, queries, 120)
     asked = []
     search = index.search
 
@@ -892,8 +893,8 @@ def test_the_radius_search_asks_the_index_in_parts_with_the_same_result(monkeypa
         return search(q, k)
 
     monkeypatch.setattr(index, "search", counting)
-    monkeypatch.setattr(incremental, "WITHIN_SEARCH_SLOTS", 256)
-    parts = incremental._within(index, queries, 120)
+    monkeypatch.setattr(incremental_votes, "WITHIN_SEARCH_SLOTS", 256)
+    parts = incremental_votes._within(index, queries, 120)
     assert max(asked) <= 256 and len(asked) > 3
     assert sorted(map(tuple, parts.tolist())) == sorted(map(tuple, whole.tolist()))
     assert len(whole) > len(queries)  # (beyond each query's own code)

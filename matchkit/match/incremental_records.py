@@ -1,0 +1,221 @@
+"""The per-image records of incremental matching: which still hold, how one
+changes, and how the images that need it are searched anew.
+
+``StoredRecords`` finds the records naming an image that left (``_stale``),
+sets a record's fields and notes which pairs that can change (``_update``,
+``_note_change``), and makes new records by a full candidate and frame search
+(``_search``, ``_framed_search``). Separate from ``incremental.py`` (which
+decides, per run, what is brought up to date and how): the record-level work
+the hash and vote updates (``incremental_hash.py``, ``incremental_votes.py``)
+build on.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+from matchkit.util.arrays import unique
+from matchkit.match.candidates import VoteDetail, phash_candidates
+from matchkit.util.checkpoint import checkpoint
+from matchkit.signals.hashing import PHASH_BITS
+from matchkit.match.framed import framed_pairs, unframed
+from matchkit.index.pictures import PictureIndex, picture_file, picture_rows
+from matchkit.match.pairs import _content_features
+from matchkit.match.incremental_state import _b64, _pack_lists, _unb64
+from matchkit.match.incremental_hash import _phash_fields
+from matchkit.match.incremental_votes import _vote_fields
+
+#: Record fields whose change alone leaves a pair's global evidence as it was
+#: (``IncrementalMatcher._update``): descriptor lists, how far searches reached,
+#: votes (patched into the pairs' evidence) and hits.
+_NOT_NEIGHBOURHOOD = frozenset({"nb", "reach", "lreach", "rt", "lk", "vo", "hits"})
+
+
+class StoredRecords:
+    """``IncrementalMatcher``'s record keeping (a mixin: it reads and sets
+    the attributes ``IncrementalMatcher.__init__`` sets, such as ``records``,
+    ``changed`` and ``partners``)."""
+
+    # -- which records still hold ------------------------------------------
+    def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:
+        """Records naming an image that left (removed, changed, out of the run):
+        searched again from scratch. Every record's named images are gathered
+        flat and checked at once (a loop over every name took 0.4 s of a
+        5,000-image run; an array per record, 0.8 s of a 10,000-image one)."""
+        records, limit = self.records, self.settings.vote_max_distance
+        # Owners and names, flat: those that must still have a record (hash
+        # neighbours, near descriptors' images) and those that must be in
+        # this run (pairs, votes, hits, framed pictures). Packed ids (hits,
+        # descriptor lists) are gathered as bytes and read at once.
+        kept_owner: list[int] = []
+        kept_name: list[int] = []
+        run_owner: list[int] = []
+        run_name: list[int] = []
+        packed: list[tuple[int, bytes, bytes | None]] = []  # (owner, int32 ids, uint8 dists)
+        for i in searched:
+            checkpoint()
+            r = records[i]
+            near = [x[0] for x in r["near"]]
+            kept_name += near
+            kept_owner += [i] * len(near)
+            for field in ("ph", "vo", "fr"):
+                names = [x[0] for x in r.get(field, ())]
+                run_name += names
+                run_owner += [i] * len(names)
+            hits = r["hits"]
+            if isinstance(hits, str):
+                packed.append((i, base64.b64decode(hits), None))
+            else:  # (a JSON list: earlier builds)
+                run_name += hits
+                run_owner += [i] * len(hits)
+            if "nb" in r:  # a near descriptor of a gone image held a place
+                _, ids, dists = r["nb"]
+                packed.append((i, base64.b64decode(ids), base64.b64decode(dists)))
+        kept_a = [np.asarray(kept_owner, np.int64), np.asarray(kept_name, np.int64)]
+        run_a = [np.asarray(run_owner, np.int64), np.asarray(run_name, np.int64)]
+        for into, rows in ((run_a, [p for p in packed if p[2] is None]),
+                           (kept_a, [p for p in packed if p[2] is not None])):
+            if not rows:
+                continue
+            ids = np.frombuffer(b"".join(p[1] for p in rows), "<i4").astype(np.int64)
+            owner = np.repeat(np.array([p[0] for p in rows], np.int64),
+                              [len(p[1]) // 4 for p in rows])
+            if rows[0][2] is not None:
+                near_enough = np.frombuffer(b"".join(p[2] for p in rows), np.uint8) <= limit
+                ids, owner = ids[near_enough], owner[near_enough]
+            into[0], into[1] = np.concatenate([into[0], owner]), np.concatenate([into[1], ids])
+        out: set[int] = set()
+        for (owner, names), known in ((kept_a, records), (run_a, allowed)):
+            if len(owner):
+                known = np.fromiter(known, np.int64, len(known))
+                out.update(unique(owner[~np.isin(names, known)]).tolist())
+        return out
+
+    # -- changing a record -------------------------------------------------
+    def _update(self, image_id: int, fields: dict) -> None:
+        """Set fields of a record. If its hash neighbourhood or pairs changed,
+        the pairs that can change are measured again (``_note_change``); votes
+        are patched into its pairs' evidence (``_evidence``); neighbour lists
+        alone change nothing. (Its per-image values, ``memo``, depend on the
+        image alone.)"""
+        rec = self.records[image_id]
+        if any(rec.get(k) != v for k, v in fields.items()):
+            moved = [k for k, v in fields.items()
+                     if k not in _NOT_NEIGHBOURHOOD and rec.get(k) != v]
+            if moved:
+                self._note_change(image_id, rec, fields, moved)
+            rec.update(fields)
+            self._write.add(image_id)
+
+    def _note_change(self, i: int, rec: dict, fields: dict, moved: list[str]) -> None:
+        """What a change of image ``i``'s hash search (fields ``moved``, from
+        ``rec`` to ``fields``) can alter among its pairs' global evidence:
+        all of them when its crowd distance changed (the hash rule and the
+        calibrated decision read it) or anything but its nearest list and
+        hash pairs; else only the pairs to images whose hash distance entry
+        changed (new pairs) or that entered or left its ``verify_top``
+        nearest (``mark_verifiable``). A pair's evidence depends on nothing
+        else of the record (``global_evidence``)."""
+        if self.calibrator is not None or any(k not in ("near", "ph") for k in moved):
+            self.changed.add(i)
+            return
+        partners = self.partners.setdefault(i, set())
+        if "near" in moved:
+            top = self.settings.verify_top
+            partners.update({j for j, _ in rec.get("near", [])[:top]}
+                            ^ {j for j, _ in fields["near"][:top]})
+        if "ph" in moved:
+            old, new = dict(map(tuple, rec.get("ph", []))), dict(map(tuple, fields["ph"]))
+            partners.update(j for j in old.keys() | new.keys() if old.get(j) != new.get(j))
+
+    # -- searching the images that need it ---------------------------------
+    def _search(self, todo: list[int], allowed: set[int], reframe: list[int]) -> None:
+        """Candidate searches of ``todo`` against the whole gallery, as records.
+        Its frame search also serves the kept images ``reframe`` (``_regate``),
+        which have one of their own when nothing is searched."""
+        if not todo:
+            if reframe:
+                self._framed_search([], allowed, {}, reframe)
+            return
+        s, g = self.settings, self.gallery
+        variants = g.phash_variants(todo)
+        found = phash_candidates(g.phash_index, todo, variants, neighbours=s.neighbours,
+                                 allowed=allowed, per_owner=True, **self._phash_limits())
+        detail = VoteDetail()
+        if s.local_features:
+            self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
+                                                    self._masks, self._pool))
+            self.vote_search(todo, allowed, detail)
+            framed = self._framed_search(todo, allowed, found.nearest, reframe)
+        for i in todo:
+            rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
+                   "tmpl": int(i in self.templated)}
+            if s.local_features:
+                rec.update(framed.get(i, {}))
+            if i in detail.lists:
+                rec["nb"] = _pack_lists(*detail.lists[i])
+            if i in self.templated:
+                rec["tdesc"] = _b64(self.templated[i].desc[: s.query_features])
+            self.records[i] = rec
+            self._write.add(i)
+
+    def _framed_search(self, todo: list[int], allowed: set[int], nearest: dict[int, list],
+                       again: list[int]) -> dict[int, dict]:
+        """Record fields of ``framed`` pairs for ``todo``: "fh", the plain
+        hashes of the pictures inside its frames; "fr", the images those pair
+        it with, by distance; "fx", whether its frames were looked for (not
+        ``framed.unframed`` by its ``nearest`` images). Searched against every
+        image of the run (other images' pictures from their records), in both
+        directions, so an image entering later finds the pairs of the ones
+        searched before.
+
+        The kept images ``again`` (``_regate``, by the nearest images of
+        their records) join the same search, and their records are updated
+        here: each search needs the pictures of every image of the run
+        indexed (66,640 after an add of 500 images to 50,500), kept between
+        runs (``PictureIndex``), saved with the records (``save``)."""
+        todo = todo + again
+        nearest = {**nearest, **{i: self.records[i]["near"] for i in again}}
+        look = {i for i in todo if not unframed(nearest.get(i), self.settings)}
+        pictures = self.picture_hashes(sorted(look))
+        asked = set(todo)
+        for i in allowed:
+            fh = self.records.get(i, {}).get("fh") if i not in asked else None
+            if fh:
+                pictures[i] = _unb64(fh).reshape(-1, 1, PHASH_BITS // 8)
+        plain = dict(zip(todo, self.gallery.phash_variants(todo)))
+        # (kept beside the gallery: an add indexes only its own pictures)
+        self._pictures = PictureIndex(picture_file(self.gallery.path, self.key),
+                                      *picture_rows(pictures))
+        found = framed_pairs(self.gallery.phash_index, pictures, plain, todo, allowed,
+                             picture_index=self._pictures.index)
+        out = {}
+        for i in todo:
+            fields = {"fr": sorted([j, d] for j, d in found.get(i, {}).items()),
+                      "fx": int(i in look)}
+            fields["fh"] = _b64(pictures[i][:, 0]) if i in pictures else ""
+            out[i] = fields
+        for i in again:
+            self._update(i, out[i])
+        return out
+
+    def _regate(self, kept: list[int]) -> list[int]:
+        """The kept images whose frames are looked for again, where their hash
+        neighbours now say otherwise (``framed.unframed``: a copy entered near
+        them), as a search from scratch would (``_framed_search``)."""
+        return [i for i in kept if bool(self.records[i].get("fx"))
+                == unframed(self.records[i]["near"], self.settings)]
+
+    def _ensure_templated(self, ids) -> None:
+        """Template-content features of clean images that need them (a
+        verification or keeper choice touching them), from their records."""
+        from matchkit.match.candidates import Candidates
+
+        todo = [i for i in ids if self.records.get(i, {}).get("tmpl") and i not in self.templated]
+        if todo:
+            found = Candidates(nearest={i: [tuple(x) for x in self.records[i]["near"]]
+                                        for i in todo})
+            self.templated.update(_content_features(todo, self.paths, found, self.cache,
+                                                    self.settings, self._masks, self._pool))

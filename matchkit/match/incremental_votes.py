@@ -1,0 +1,281 @@
+"""Stored descriptor votes kept current: new descriptors merged into stored lists.
+
+An image's record keeps each query descriptor's neighbour list (image ids and
+distances) and the votes counted from them (``_vote_fields``). An add asks
+which stored descriptors each new one comes near (``_within``), merges those
+into the lists as the index's own search would rank them (``_merge_rows``,
+``_merge_all``) and counts the votes again (``StoredVotes._patch_votes``).
+Separate from ``incremental.py``: the descriptor side of an update, apart
+from the hash searches (``incremental_hash.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
+from matchkit.util.arrays import unique
+from matchkit.match.candidates import VoteDetail, search_in_chunks, tally_votes
+from matchkit.store.gallery import ORB_KEY_STRIDE
+from matchkit.index.hamming import HammingIndex, transient_index
+from matchkit.index.ivf import IVFIndex
+from matchkit.match.incremental_state import _lists, _pack_ids, _pack_lists, _unb64
+
+#: In an approximate (HNSW) descriptor index, a new descriptor is merged into
+#: the neighbour lists of at most this many of its nearest stored descriptors
+#: (``_within``), not of every one within the vote distance: its search from
+#: the new side is no more exact than theirs, and the few descriptors that
+#: lie near thousands of others (flat, generic patches) cost most of an add.
+#: Measured on 1% added to the scale set's galleries (RESULTS "incremental
+#: add: the reverse search's cap"): at 10,100 images the report of a run from
+#: scratch down to a cap of 64; at 50,500 + 500, 256 against 1,024: the same
+#: clusters, keepers, relations and pairs (the vote counts shown differ in 25
+#: of 2,446 clusters), 35-60 s less CPU; 64 changed 4 clusters.
+WITHIN_MAX_NEIGHBOURS = 256
+
+
+def _vote_fields(detail: VoteDetail, i: int) -> dict:
+    """What an image's record keeps of its descriptor votes."""
+    return {"vo": sorted([j, v] for j, v in detail.by_owner.get(i, {}).items()),
+            "hits": _pack_ids(detail.hits.get(i, []))}
+
+
+def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray, *,
+                by_key: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour lists (ids, dists: rows x k) with new neighbours merged in:
+    ``found`` rows are (row, distance, descriptor key). Nearest first; at
+    equal distance the descriptor indexed last ranks first, as an approximate
+    HNSW search ranks them (new ones were indexed after every stored one);
+    ``by_key``: the smaller key first, as exact and IVF searches rank them."""
+    k = ids.shape[1]
+    found = found[np.lexsort((found[:, 2] if by_key else -found[:, 2], found[:, 1],
+                              found[:, 0]))]
+    rows, start = np.unique(found[:, 0], return_index=True)
+    pos = np.arange(len(found)) - np.repeat(start, np.diff(np.append(start, len(found))))
+    width = int(pos.max()) + 1
+    slot = np.searchsorted(rows, found[:, 0])
+    new_ids = np.full((len(rows), width), -1, np.int64)
+    new_d = np.full((len(rows), width), 1 << 20, np.int64)  # (padding: after every stored entry)
+    new_ids[slot, pos] = found[:, 2] // ORB_KEY_STRIDE
+    new_d[slot, pos] = found[:, 1]
+    all_ids = np.concatenate([new_ids, ids[rows].astype(np.int64)], 1)
+    all_d = np.concatenate([new_d, dists[rows].astype(np.int64)], 1)
+    if by_key:  # (equal distance: smaller image id, i.e. smaller key, first; none last)
+        order = np.lexsort((np.where(all_ids < 0, np.iinfo(np.int64).max, all_ids), all_d),
+                           axis=1)[:, :k]
+    else:
+        order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+    ids, dists = ids.copy(), dists.copy()
+    ids[rows] = np.take_along_axis(all_ids, order, 1)
+    dists[rows] = np.take_along_axis(all_d, order, 1)
+    return ids, dists
+
+
+def _merge_all(lists: dict[int, tuple[np.ndarray, np.ndarray]], hits: np.ndarray, *,
+               by_key: bool = False) -> list[int]:
+    """Merge new neighbours into the lists of every image at once (as
+    ``_merge_rows`` of each image's lists would): ``hits`` rows are (image,
+    its descriptor row, distance, new descriptor key); rows an image does not
+    have are ignored. Replaces the lists that changed in ``lists`` and
+    returns those images, ascending (else every new descriptor was farther
+    than its lists). ``by_key``: ties ordered as ``_merge_rows`` says."""
+    images = unique(hits[:, 0]).tolist()
+    if not images:
+        return []
+    touched: list[int] = []
+    by_width: dict[int, list[int]] = {}
+    for j in images:
+        by_width.setdefault(lists[j][0].shape[1], []).append(j)
+    for group in by_width.values():  # (one group: every list has vote_neighbours columns)
+        counts = np.array([len(lists[j][0]) for j in group], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        at = np.searchsorted(group, hits[:, 0])
+        mine = (at < len(group)) & (np.asarray(group, np.int64)[np.minimum(at, len(group) - 1)]
+                                    == hits[:, 0])
+        part, at = hits[mine], at[mine]
+        part = part[part[:, 1] < counts[at]]
+        if not len(part):
+            continue
+        ids = np.concatenate([lists[j][0] for j in group])
+        dists = np.concatenate([lists[j][1] for j in group])
+        found = np.stack([starts[np.searchsorted(group, part[:, 0])] + part[:, 1],
+                          part[:, 2], part[:, 3]], 1)
+        # A neighbour farther than a list's last (of its k, all stored before
+        # it) never enters it: most of a crowded descriptor's many neighbours.
+        found = found[found[:, 1] <= dists[found[:, 0], -1]]
+        if not len(found):
+            continue
+        new_ids, new_d = _merge_rows(ids, dists, found, by_key=by_key)
+        moved = np.nonzero((new_ids != ids).any(1) | (new_d != dists).any(1))[0]
+        for n in unique(np.searchsorted(starts, moved, "right") - 1).tolist():
+            j, a = group[n], int(starts[n])
+            lists[j] = (new_ids[a:a + counts[n]], new_d[a:a + counts[n]])
+            touched.append(j)
+    return sorted(touched)
+
+
+def _within(index: HammingIndex, queries: np.ndarray, limit: int, max_k: int | None = None):
+    """(query row, key, distance) rows (int64, n x 3) of every indexed code
+    within ``limit`` of each query (the neighbour count grows while the
+    farthest is still within; up to ``max_k`` neighbours when given)."""
+    rows, k = np.arange(len(queries)), 16
+    found = []
+    while len(rows) and len(index):
+        asked = min(k, len(index))
+        keys, dists = search_in_chunks(index, queries[rows], asked,
+                                       rows=WITHIN_SEARCH_SLOTS // asked)
+        ok = (keys >= 0) & (dists <= limit)
+        more = ok[:, -1]
+        last = not more.any() or k >= len(index) or (max_k is not None and k >= max_k)
+        done = ok & ~more[:, None] if not last else ok  # (rows searched again: later)
+        r, c = np.nonzero(done)
+        found.append(np.stack([rows[r], keys[r, c], dists[r, c]], 1))
+        if last:
+            break
+        rows, k = rows[more], k * 4
+    return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+
+
+#: Neighbour slots (query rows x k) asked of the index in one search: its
+#: result arrays and their copies cost about 60 bytes a slot, and an add asks
+#: each new descriptor for up to ``WITHIN_MAX_NEIGHBOURS`` (a 1% add to
+#: 10,000 images: 10,000 descriptors; unchunked, that step peaked 76 MB higher).
+WITHIN_SEARCH_SLOTS = 1 << 20
+
+
+#: Stored images whose neighbour lists an add merges and counts at once
+#: (``IncrementalMatcher._patch_votes``). All at once, the merge and count of
+#: a 1% add to 10,000 images peaked at 1,080 MB; in parts, 833 MB.
+PATCH_IMAGES = 4096
+
+
+def _within_ready(ready: Callable[[], HammingIndex], queries: np.ndarray, limit: int):
+    """``_within`` over the index ``ready()`` gives, up to
+    ``WITHIN_MAX_NEIGHBOURS`` each from an approximate one."""
+    index = ready()
+    return _within(index, queries, limit,
+                   None if index.ranks_ties_by_key else WITHIN_MAX_NEIGHBOURS)
+
+
+class StoredVotes:
+    """``IncrementalMatcher``'s vote patching (a mixin: it reads the
+    attributes ``IncrementalMatcher.__init__`` sets, such as ``records`` and
+    ``old_votes``, and changes records through ``_update``,
+    ``incremental_records.py``)."""
+
+    def _new_descriptors(self, fresh: list[int]):
+        """The index descriptors of the images new to the index (keys and
+        codes), and the search that finds every indexed descriptor each comes
+        near (``_within``), started on a worker thread (a function giving
+        its result); None without any descriptor.
+        (Asked from the new side only where stored images' query descriptors
+        are in the index, see ``_patch_votes``.)"""
+        s = self.settings
+        # (Through the cache: the new images' own search reads them next.)
+        new = [(i, lf[0].desc[: s.index_features]) for i, lf in
+               ((i, self.cache.get(i)) for i in fresh) if lf is not None]
+        new = [(i, d) for i, d in new if len(d)]
+        if not new:
+            return None
+        keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
+        descs = np.concatenate([d for _, d in new])
+        near = None
+        if s.query_features <= s.index_features and s.vote_index != "ivf":
+            # (the index as soon as the add has put the new descriptors in:
+            # ``Gallery.index_in_background``; meanwhile this thread goes on)
+            search = functools.partial(_within_ready, self.gallery.orb_index_ready(), descs,
+                                       s.vote_max_distance)
+            near = self._pool.submit(search).result if self._pool is not None else search
+        return keys, descs, near
+
+    def _patch_votes(self, todo: list[int], new, allowed: set[int], retally: bool) -> None:
+        """Votes of ``todo`` as a search now would give them: each stored
+        neighbour list merged with the descriptors of the images new to the
+        index (``new``: ``_new_descriptors``) that come near enough to count
+        (within the vote distance), then counted again over the current run
+        (all of ``todo`` if ``retally``: images joined the run; else only
+        those whose lists changed)."""
+        s = self.settings
+        todo = sorted(i for i in todo if "nb" in self.records[i])
+        if not todo:
+            return
+        hits = []  # (stored image, its descriptor row, distance, new descriptor key)
+        if new is not None:
+            keys, descs, near = new
+            # (IVF: a query looks in several words, an entry sits in one, so
+            # "near" is not symmetric: every stored image asks the new ones.)
+            ivf = s.vote_index == "ivf"
+            plain = np.array(sorted(i for i in todo if near is not None
+                                    and not self.records[i].get("tdesc")), np.int64)
+            # Stored images' query descriptors are in the index: ask from the
+            # new side which of them a new descriptor comes near.
+            near = near() if near is not None else np.zeros((0, 3), np.int64)
+            j = near[:, 1] // ORB_KEY_STRIDE
+            mine = np.isin(j, plain)
+            near, j = near[mine], j[mine]
+            hits.append(np.stack([j, near[:, 1] % ORB_KEY_STRIDE, near[:, 2],
+                                  keys[near[:, 0]]], 1))
+            del near, j, mine
+            # The rest (content-only features of templated images) ask the new ones.
+            in_plain = set(plain.tolist())
+            others = [i for i in todo if i not in in_plain]
+            if others:
+                if ivf:
+                    small = IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes)
+                    small.add(keys, descs, replace=False)
+                else:
+                    small = transient_index(keys, descs, 256)
+                queries = self._query_descriptors(others)
+                owners = np.concatenate([np.full(len(queries[i]), i) for i in others])
+                ranks = np.concatenate([np.arange(len(queries[i])) for i in others])
+                near = _within(small, np.concatenate([queries[i] for i in others]),
+                               s.vote_max_distance)
+                hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
+                                      near[:, 1]], 1))
+        hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
+        hits = hits[np.argsort(hits[:, 0], kind="stable")]
+        # In parts of the stored images (an image's lists and votes depend on
+        # its own hits alone): the merge and the count hold a few arrays the
+        # size of the lists and hits they are given.
+        ends = np.searchsorted(hits[:, 0], todo, "right")
+        for start in range(0, len(todo), PATCH_IMAGES):
+            part = todo[start:start + PATCH_IMAGES]
+            first = int(ends[start - 1]) if start else 0
+            self._patch_part(part, hits[first:int(ends[start + len(part) - 1])],
+                             allowed, retally)
+
+    def _patch_part(self, part: list[int], hits: np.ndarray, allowed: set[int],
+                    retally: bool) -> None:
+        """``_patch_votes`` of the images ``part`` (ascending) and their ``hits``."""
+        lists = {i: _lists(self.records[i]) for i in part}
+        touched = _merge_all(lists, hits, by_key=self.gallery.orb_index.ranks_ties_by_key)
+        recount = part if retally else touched
+        if not recount:
+            return
+        owners = np.concatenate([np.full(len(lists[i][0]), i, np.int64) for i in recount])
+        detail = VoteDetail()
+        tally_votes(owners, np.concatenate([lists[i][0] for i in recount]).astype(np.int64),
+                    np.concatenate([lists[i][1] for i in recount]).astype(np.int64),
+                    allowed=allowed, detail=detail, **{k: v for k, v in self._vote_limits().items()
+                                                       if k != "neighbours"})
+        for i in recount:
+            old = self.records[i].get("vo")
+            self._update(i, {**_vote_fields(detail, i), "nb": _pack_lists(*lists[i])})
+            if self.records[i]["vo"] != old:
+                self.old_votes[i] = dict(map(tuple, old or []))
+
+    def _query_descriptors(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """The descriptors each stored image voted with (content-only ones for
+        templated images, kept in their records)."""
+        out = {}
+        for i in ids:
+            r = self.records[i]
+            if r.get("tdesc"):
+                out[i] = _unb64(r["tdesc"]).reshape(-1, 32)
+            else:
+                lf = self.cache.get(i)
+                out[i] = (lf[0].desc[: self.settings.query_features] if lf is not None
+                          else np.zeros((0, 32), np.uint8))
+        return out
