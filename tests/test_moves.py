@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from matchkit.io import moves
+from matchkit.io import moves, relocate
 from matchkit.cli.commands import cli
 from matchkit.io.moves import MoveError, move_duplicates, plan_moves, read_manifest, undo
 
@@ -176,7 +176,7 @@ def test_read_only_source_folder_leaves_file_in_place(tree, monkeypatch):
 def test_disk_full_during_cross_filesystem_copy_loses_nothing(tree, monkeypatch):
     root, report, dest = tree
     before = snapshot(root)
-    monkeypatch.setattr(moves, "_same_filesystem", lambda src, dst_dir: False)
+    monkeypatch.setattr(relocate, "_same_filesystem", lambda src, dst_dir: False)
     calls = []
 
     def full_disk(src, tmp):
@@ -184,7 +184,7 @@ def test_disk_full_during_cross_filesystem_copy_loses_nothing(tree, monkeypatch)
         with open(tmp, "xb") as f:  # a partial copy reaches the disk, then ENOSPC
             f.write(Path(src).read_bytes()[:7])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
-    monkeypatch.setattr(moves, "_copy_file", full_disk)
+    monkeypatch.setattr(relocate, "_copy_file", full_disk)
     res = move_duplicates(report, dest, roots=[root])
     assert len(calls) == 4 and res.counts() == {"failed": 4}
     assert all("No space left on device" in m.error for m in res.moves)
@@ -196,7 +196,7 @@ def test_disk_full_during_cross_filesystem_copy_loses_nothing(tree, monkeypatch)
 def test_cross_filesystem_copy_verifies_and_undo_restores(tree, monkeypatch):
     root, report, dest = tree
     before = snapshot(root)
-    monkeypatch.setattr(moves, "_same_filesystem", lambda src, dst_dir: False)
+    monkeypatch.setattr(relocate, "_same_filesystem", lambda src, dst_dir: False)
     res = move_duplicates(report, dest, roots=[root])
     assert res.ok and res.counts() == {"moved": 4}
     assert (dest / "sub" / "a_copy.jpg").stat().st_mtime_ns == before["sub/a_copy.jpg"][1]
@@ -207,7 +207,7 @@ def test_cross_filesystem_copy_verifies_and_undo_restores(tree, monkeypatch):
 def test_corrupted_copy_is_detected_and_original_kept(tree, monkeypatch):
     root, report, dest = tree
     before = snapshot(root)
-    monkeypatch.setattr(moves, "_same_filesystem", lambda src, dst_dir: False)
+    monkeypatch.setattr(relocate, "_same_filesystem", lambda src, dst_dir: False)
 
     def bad_copy(src, tmp):
         data = bytearray(Path(src).read_bytes())
@@ -215,7 +215,7 @@ def test_corrupted_copy_is_detected_and_original_kept(tree, monkeypatch):
         with open(tmp, "xb") as f:
             f.write(data)
         return "not checked by the caller"
-    monkeypatch.setattr(moves, "_copy_file", bad_copy)
+    monkeypatch.setattr(relocate, "_copy_file", bad_copy)
     res = move_duplicates(report, dest, roots=[root])
     assert res.counts() == {"failed": 4}
     assert all("hash differs" in m.error for m in res.moves)
@@ -262,7 +262,7 @@ def test_killed_mid_move_then_undo_restores_everything(tree, tmp_path):
 def test_killed_during_cross_filesystem_copy_then_undo(tree, tmp_path, monkeypatch):
     root, report, dest = tree
     before = snapshot(root)
-    monkeypatch.setattr(moves, "_same_filesystem", lambda src, dst_dir: False)
+    monkeypatch.setattr(relocate, "_same_filesystem", lambda src, dst_dir: False)
 
     class Killed(BaseException):
         pass
@@ -271,7 +271,7 @@ def test_killed_during_cross_filesystem_copy_then_undo(tree, tmp_path, monkeypat
         with open(tmp, "xb") as f:
             f.write(b"partial")
         raise Killed
-    monkeypatch.setattr(moves, "_copy_file", dying_copy)
+    monkeypatch.setattr(relocate, "_copy_file", dying_copy)
     with pytest.raises(Killed):
         move_duplicates(report, dest, roots=[root], manifest=tmp_path / "m.json")
     # Pretend the cleanup never ran (a real kill would not run it).

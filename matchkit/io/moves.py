@@ -44,48 +44,27 @@ link inside a scanned folder whose target lies elsewhere is skipped with a
 reason, and a root given through a link keeps its layout. Files already in
 the destination (an earlier run's moves, when the destination lies inside a
 scanned folder) are never moved again.
+
+This module plans, moves and undoes; the manifest's format and rules are
+:mod:`~matchkit.io.move_manifest`, and moving one file on disk is
+:mod:`~matchkit.io.relocate`. Their names can still be imported from here.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import hashlib
 import os
-import re
-import shutil
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from matchkit.util.fs import DIGEST, atomic_write_bytes, file_stamp, fsync_dir, read_json_file
-from matchkit.util.fspath import json_text
-
-MANIFEST_VERSION = 2
-#: States an entry of a manifest's ``moves`` can be in.
-STATES = ("planned", "moved", "failed", "restored", "not_moved", "undo_failed")
-#: Suffix of a partial cross-filesystem copy (never under the final name).
-PART_SUFFIX = ".matchkit-part"
-
-
-class MoveError(Exception):
-    """A manifest or destination that cannot be used at all (bad argument)."""
-
-
-@dataclass
-class Move:
-    """One file to move (``src`` -> ``dst``), and what happened to it."""
-
-    src: str
-    dst: str
-    cluster: int | None = None
-    size: int | None = None
-    #: SHA-256 of the content ("link:<target>" for a symbolic link).
-    sha256: str | None = None
-    #: planned | moved | failed | restored | not_moved | undo_failed; in results also
-    #: skipped (never planned, ``error`` says why) and would_restore (dry run).
-    state: str = "planned"
-    error: str = ""
+from matchkit.util.fs import fsync_dir
+from matchkit.io.move_manifest import (  # noqa: F401  (re-exported)
+    MANIFEST_VERSION, STATES, _SHA256, Move, MoveError, _Checked, _Throttle, _abspath,
+    _check_entry, _check_manifest, _clean_path, _free_name, _load_manifest, _manifest_dict,
+    _shown, _under, _write_manifest, default_manifest_path, read_manifest)
+from matchkit.io.relocate import (  # noqa: F401  (re-exported)
+    PART_SUFFIX, _cleanup, _copy_file, _copy_then_remove, _identity, _makedirs, _place, _reason,
+    _relocate, _same_filesystem)
 
 
 @dataclass
@@ -127,21 +106,11 @@ class MoveResult:
 
 # ---------------------------------------------------------------- planning
 
-def _abspath(p: str | os.PathLike) -> str:
-    # abspath, not resolve: a symbolic link is moved as the link it is.
-    return os.path.abspath(os.fspath(p))
-
-
 def _real_folders(p: str | os.PathLike) -> str:
     """``p`` absolute, with every folder on its path resolved but the last name
     kept: where the entry really is, without following it if it is a link."""
     p = _abspath(p)
     return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
-
-
-def _under(path: str, folder: str) -> bool:
-    """``path`` is ``folder`` or inside it (both absolute and normalised)."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def real_roots(roots: Iterable[str | os.PathLike]) -> list[str]:
@@ -155,19 +124,6 @@ def _base_folder(roots: list[str]) -> str:
     if not dirs:
         raise MoveError("nothing to move")
     return os.path.commonpath(dirs)
-
-
-def _free_name(path: str, taken: set[str]) -> str:
-    """``path``, or ``stem~N.ext`` with the smallest N that is free on disk and in the plan."""
-    if path not in taken and not os.path.lexists(path):
-        return path
-    stem, ext = os.path.splitext(path)
-    n = 1
-    while True:
-        cand = f"{stem}~{n}{ext}"
-        if cand not in taken and not os.path.lexists(cand):
-            return cand
-        n += 1
 
 
 def plan_moves(report, dest: str | os.PathLike,
@@ -222,315 +178,6 @@ def plan_moves(report, dest: str | os.PathLike,
             taken.add(dst)
             moves.append(Move(src, dst, cluster=i))
     return moves
-
-
-# ---------------------------------------------------------------- file operations
-
-def _identity(path: str) -> tuple[int, str]:
-    """Size and content hash of a file ("link:<target>" for a symbolic link)."""
-    if os.path.islink(path):
-        target = os.readlink(path)
-        return len(target), "link:" + target
-    stamp = file_stamp(path)
-    return stamp["size"], stamp[DIGEST]
-
-
-def _same_filesystem(src: str, dst_dir: str) -> bool:
-    try:
-        return os.lstat(src).st_dev == os.stat(dst_dir).st_dev
-    except OSError:
-        return False
-
-
-def _copy_file(src: str, tmp: str) -> str:
-    """Copy ``src`` to the new file ``tmp`` (fsync'ed); returns the copy's SHA-256.
-
-    ``tmp`` is created exclusively, never overwritten.
-    """
-    h = hashlib.sha256()
-    with open(src, "rb") as fi, open(tmp, "xb") as fo:
-        while block := fi.read(1 << 20):
-            fo.write(block)
-            h.update(block)
-        fo.flush()
-        os.fsync(fo.fileno())
-    return h.hexdigest()
-
-
-def _place(tmp_or_src: str, dst: str, *, keep_source: bool) -> None:
-    """Give ``tmp_or_src`` the name ``dst`` without ever overwriting ``dst``.
-
-    A hard link fails if ``dst`` exists (atomically). Filesystems without hard
-    links fall back to check-then-rename. With ``keep_source`` the old name
-    stays (the caller removes it once the new one is durable).
-    """
-    try:
-        os.link(tmp_or_src, dst, follow_symlinks=False)
-    except OSError as e:
-        if e.errno == errno.EEXIST:
-            raise
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
-                           errno.ENOSYS):
-            raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "destination exists", dst) from None
-        if keep_source:
-            raise  # cannot have both names without links
-        os.rename(tmp_or_src, dst)
-        return
-    if not keep_source:
-        os.unlink(tmp_or_src)
-
-
-def _cleanup(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _reason(e: OSError) -> str:
-    return e.strerror or str(e)
-
-
-def _relocate(src: str, dst: str, expect: str, created: list[str]) -> None:
-    """Move one file from ``src`` to a free ``dst`` whose content must hash to
-    ``expect``. On any failure the file is left at ``src`` and ``OSError`` (or
-    ``ValueError`` for a hash mismatch) says why."""
-    parent = os.path.dirname(dst)
-    _makedirs(parent, created)
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, "destination appeared after planning", dst)
-    if _same_filesystem(src, parent):
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except OSError as e:
-            if e.errno == errno.EXDEV:  # bind mounts: same device number, still no link
-                return _copy_then_remove(src, dst, expect)
-            if e.errno == errno.EEXIST:
-                raise
-            # No hard links here (or not allowed): rename never duplicates a file.
-            if os.path.lexists(dst):
-                raise FileExistsError(errno.EEXIST, "destination exists", dst) from None
-            os.rename(src, dst)
-            fsync_dir(parent)
-            fsync_dir(os.path.dirname(src))
-            return
-        fsync_dir(parent)
-        try:
-            os.unlink(src)
-        except OSError:
-            _cleanup(dst)  # the original stays where it was; drop the second name
-            raise
-        fsync_dir(os.path.dirname(src))
-        return
-    _copy_then_remove(src, dst, expect)
-
-
-def _copy_then_remove(src: str, dst: str, expect: str) -> None:
-    """Across filesystems: copy, fsync, verify hash, link into place, then unlink."""
-    parent = os.path.dirname(dst)
-    tmp = os.path.join(parent, f".{os.path.basename(dst)}{PART_SUFFIX}")
-    _cleanup(tmp)  # a partial copy of ours from a crashed run
-    try:
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), tmp)
-            got = "link:" + os.readlink(tmp)
-        else:
-            _copy_file(src, tmp)
-            got = _identity(tmp)[1]  # read back what reached the disk
-        if got != expect:
-            raise ValueError("copy does not match the original (hash differs)")
-        if not os.path.islink(tmp):
-            try:
-                shutil.copystat(src, tmp)
-            except OSError:
-                pass  # times and mode are nice to keep, not worth failing a move for
-        _place(tmp, dst, keep_source=False)
-    except BaseException:
-        _cleanup(tmp)
-        raise
-    fsync_dir(parent)
-    try:
-        os.unlink(src)
-    except OSError:
-        _cleanup(dst)  # original stays; the verified copy was ours to remove
-        raise
-    fsync_dir(os.path.dirname(src))
-
-
-def _makedirs(folder: str, created: list[str]) -> None:
-    missing = []
-    p = folder
-    while not os.path.isdir(p):
-        missing.append(p)
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d)
-            created.append(d)
-        except FileExistsError:
-            pass
-
-
-# ---------------------------------------------------------------- manifest
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _manifest_dict(moves: list[Move], *, dest: str, roots: list[str], status: str,
-                   created: list[str], started: str) -> dict:
-    """The manifest: entries that may move (each with its hash) under ``moves``;
-    files that were never going to move (skipped, unreadable) under ``skipped``."""
-    return {"matchkit_manifest": MANIFEST_VERSION, "created": started, "status": status,
-            "roots": roots, "dest": dest, "created_dirs": created,
-            "moves": [asdict(m) for m in moves if m.sha256 is not None],
-            "skipped": [{"src": m.src, "state": m.state, "error": m.error}
-                        for m in moves if m.sha256 is None]}
-
-
-def _write_manifest(path: str, data: dict) -> None:
-    atomic_write_bytes(path, json_text(data, indent=1).encode("utf-8"))
-
-
-@dataclass
-class _Checked:
-    """A manifest that passed :func:`_check_manifest`."""
-
-    moves: list[Move]
-    roots: list[str]
-    dest: str
-    created: list[str]
-
-
-def _shown(value) -> str:
-    """A value for a one-line message (control characters escaped)."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if text.isprintable() else repr(text)
-
-
-def _clean_path(value, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise MoveError(f"{what} must be a path, got {_shown(value)}")
-    if "\0" in value or not os.path.isabs(value) or os.path.normpath(value) != value:
-        raise MoveError(f"{what} must be an absolute, normalised path (no '..'), "
-                        f"got {_shown(value)}")
-    return value
-
-
-def _check_manifest(data, manifest: str, *, hashes: bool = True) -> _Checked:
-    """Every rule a manifest must follow before :func:`undo` touches a file (see
-    the module docstring); the first broken one raises :class:`MoveError`.
-    ``manifest`` is the absolute path the manifest is (or will be) stored at."""
-    if not isinstance(data, dict):
-        raise MoveError("not a matchkit move manifest")
-    if data.get("matchkit_manifest") == 1:
-        raise MoveError("manifest format 1 records no scanned folders, so undo cannot check "
-                        "where its files may go and refuses it; move the files back by hand "
-                        "from the folder it names as 'dest'")
-    if data.get("matchkit_manifest") != MANIFEST_VERSION or not isinstance(data.get("moves"),
-                                                                           list):
-        raise MoveError("not a matchkit move manifest (or written by a newer matchkit)")
-    roots = data.get("roots")
-    if not isinstance(roots, list) or not roots:
-        raise MoveError("no scanned folders recorded ('roots')")
-    roots = [_clean_path(r, "each root") for r in roots]
-    dest = _clean_path(data.get("dest"), "dest")
-    home = os.path.realpath(os.path.dirname(manifest))
-    if not _under(dest, home):
-        raise MoveError(f"its destination {_shown(dest)} is not inside the manifest's folder "
-                        f"{_shown(home)}")
-    created = data.get("created_dirs", [])
-    if not isinstance(created, list):
-        raise MoveError("created_dirs must be a list")
-    for d in created:
-        _clean_path(d, "each created folder")
-        if not (_under(d, dest) or _under(dest, d)):
-            raise MoveError(f"created folder {_shown(d)} is not inside the destination")
-    if not isinstance(data.get("skipped", []), list):
-        raise MoveError("skipped must be a list")
-    itself = os.path.join(home, os.path.basename(manifest))
-    moves: list[Move] = []
-    srcs: set[str] = set()
-    dsts: set[str] = set()
-    for i, e in enumerate(data["moves"], 1):
-        try:
-            moves.append(_check_entry(e, roots, dest, itself, hashes))
-        except MoveError as err:
-            raise MoveError(f"entry {i}: {err}") from None
-        m = moves[-1]
-        if m.src in srcs or m.dst in dsts:
-            raise MoveError(f"entry {i}: {_shown(m.src if m.src in srcs else m.dst)} "
-                            "appears twice")
-        srcs.add(m.src)
-        dsts.add(m.dst)
-    return _Checked(moves, roots, dest, list(created))
-
-
-def _check_entry(e, roots: list[str], dest: str, manifest: str, hashes: bool) -> Move:
-    if not isinstance(e, dict) or not {"src", "dst", "state"} <= set(e) \
-            or not set(e) <= set(Move.__dataclass_fields__):
-        raise MoveError("not a move entry (needs src, dst, sha256, state)")
-    src, dst = _clean_path(e["src"], "src"), _clean_path(e["dst"], "dst")
-    state, sha = e["state"], e.get("sha256")
-    if state not in STATES:
-        raise MoveError(f"unknown state {_shown(state)}")
-    if hashes and not (isinstance(sha, str) and (_SHA256.fullmatch(sha) or
-                                                 sha.startswith("link:"))):
-        raise MoveError(f"no valid sha256 for {_shown(src)}")
-    for key in ("size", "cluster"):
-        v = e.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise MoveError(f"{key} must be a whole number, got {_shown(v)}")
-    if not isinstance(e.get("error", ""), str):
-        raise MoveError("error must be text")
-    if not any(_under(src, r) for r in roots):
-        raise MoveError(f"source {_shown(src)} is not in a scanned folder the manifest records")
-    if _under(src, dest):
-        raise MoveError(f"source {_shown(src)} lies in the destination")
-    if dst == dest or not _under(dst, dest):
-        raise MoveError(f"destination {_shown(dst)} is not inside {_shown(dest)}")
-    if dst == manifest:
-        raise MoveError("destination is the manifest itself")
-    return Move(**e)
-
-
-def _load_manifest(path: str) -> tuple[dict, _Checked]:
-    data = read_json_file(path, "manifest", MoveError)
-    try:
-        return data, _check_manifest(data, path)
-    except MoveError as e:
-        raise MoveError(f"manifest {path} refused, nothing was changed: {e}") from None
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Load a manifest and check every rule :func:`undo` relies on;
-    :class:`MoveError` (one line) if it breaks one."""
-    return _load_manifest(_abspath(path))[0]
-
-
-def default_manifest_path(dest: str | os.PathLike, taken: set[str] = frozenset()) -> str:
-    """``DEST/matchkit-moves-<UTC time>.json`` (a free name)."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return _free_name(os.path.join(_abspath(dest), f"matchkit-moves-{stamp}.json"), set(taken))
-
-
-class _Throttle:
-    """Call ``fn`` at most every ``seconds`` (and always on ``flush``)."""
-
-    def __init__(self, fn: Callable[[], None], seconds: float = 0.5):
-        self.fn, self.seconds, self.last = fn, seconds, time.monotonic()
-
-    def tick(self) -> None:
-        if time.monotonic() - self.last >= self.seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        self.fn()
-        self.last = time.monotonic()
 
 
 # ---------------------------------------------------------------- move / undo
