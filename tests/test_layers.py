@@ -171,3 +171,19 @@ def test_old_names_of_packages_still_resolve():
         from matchkit.io import load_image  # still the public path
         from matchkit import Gallery, dedupe  # noqa: F401
     assert callable(load_image)
+
+
+def test_importing_the_old_dedupe_module_keeps_matchkit_dedupe_callable(tmp_path):
+    """``import matchkit.dedupe`` (the old module) sets ``matchkit.dedupe`` to
+    the module, over the ``dedupe`` function the package exports."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('ignore')\n"
+            "import matchkit, matchkit.dedupe\n"
+            "from matchkit import dedupe\n"
+            f"r = dedupe([{str(tmp_path)!r}])\n"
+            "print(type(r).__name__, len(r.clusters))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["DedupeReport", "0"]

@@ -93,6 +93,13 @@ class _Forward(types.ModuleType):
     def __dir__(self):
         return dir(self._module())
 
+    def __call__(self, *args, **kwargs):
+        """``matchkit.dedupe(...)`` after ``import matchkit.dedupe``: the import
+        sets the package's attribute to this module, over the function of the
+        same name the package exports; calling it calls that function."""
+        leaf = self.__name__.rsplit(".", 1)[1]
+        return getattr(self._module(), leaf)(*args, **kwargs)
+
 
 class _Loader(importlib.abc.Loader):
     def create_module(self, spec):
