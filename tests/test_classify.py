@@ -464,10 +464,10 @@ def test_synthetic_calibration_reports_progress_and_chunks_change_nothing(labell
     """The first `label` on a gallery calibrates for a minute: each stage reports
     (done, total) from 0 to its end; matching in chunks (for those reports)
     gives the very calibration of one big batch."""
-    from matchkit.jobs import classify
+    from matchkit.jobs import classify, classify_calibration
     
     def calibrated(chunk: int):
-        monkeypatch.setattr(classify, "CALIBRATION_CHUNK", chunk)
+        monkeypatch.setattr(classify_calibration, "CALIBRATION_CHUNK", chunk)
         seen = []
         with Labeler(k=3, calibration="none",
                      progress=lambda *a: seen.append(a)).fit(labelled / "g") as lab:

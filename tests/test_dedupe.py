@@ -203,16 +203,16 @@ def test_relations_are_settled_once_each_on_any_number_of_workers(photo_dir, mon
     """A report asks for a pair's relation as a keeper pair and again between
     members; the thumbnail comparison behind it runs once per pair, and on
     worker threads it gives what it gives on one thread."""
-    from matchkit.match import pairs as match
+    from matchkit.match import settle
     
     calls = []
-    real = match.settle_global_relation
+    real = settle.settle_global_relation
 
     def counted(ev, *a, **kw):
         calls.append(id(ev))
         return real(ev, *a, **kw)
 
-    monkeypatch.setattr(match, "settle_global_relation", counted)
+    monkeypatch.setattr(settle, "settle_global_relation", counted)
     reports = {}
     for workers in (1, 2):
         calls.clear()

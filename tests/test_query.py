@@ -118,6 +118,7 @@ def test_match_strength_orders_evidence():
 def test_the_mirrored_look_is_taken_only_where_the_hashes_mean_it(gallery, tmp_path,
                                                                    monkeypatch):
     import matchkit.match.pairs as M
+    import matchkit.match.verification as V
 
     make_photo(4, (480, 360)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop(
         (12, 9, 468, 351)).rotate(3).save(tmp_path / "flip.jpg", quality=85)
@@ -125,8 +126,8 @@ def test_the_mirrored_look_is_taken_only_where_the_hashes_mean_it(gallery, tmp_p
         make_photo(300 + i, (480, 360)).save(tmp_path / f"other{i}.jpg", quality=85)
     recs = [extract(p) for p in sorted(tmp_path.glob("*.jpg"))]
     looked = []
-    real = M.mirrored_look
-    monkeypatch.setattr(M, "mirrored_look", lambda fa, fb, s, looks=None: looked.append(
+    real = V.mirrored_look
+    monkeypatch.setattr(V, "mirrored_look", lambda fa, fb, s, looks=None: looked.append(
         s.mirror_max_distance) or real(fa, fb, s, looks))
     distances = []
     real_verify = M._verify_pair

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+import matchkit.match.content as C
 import matchkit.match.pairs as M
+import matchkit.match.verification as V
 from matchkit import Gallery, Settings
 from matchkit import dedupe
 from matchkit.signals.colour import histogram_similarities, histogram_similarity
@@ -73,8 +75,8 @@ def test_verification_cascade_decides_like_full_matching(tmp_path, monkeypatch):
     img = textured(21)
     crop = img.crop((50, 30, 50 + 300, 30 + 230))
     calls = []
-    real = M.verify
-    monkeypatch.setattr(M, "verify", lambda a, b: calls.append((len(a), len(b))) or real(a, b))
+    real = V.verify
+    monkeypatch.setattr(V, "verify", lambda a, b: calls.append((len(a), len(b))) or real(a, b))
     g, (a, b) = _gallery_pair(tmp_path, img, crop)
     with g:
         decisions = {}
@@ -237,7 +239,7 @@ def test_thumbnail_looks_are_found_once_per_image_and_equal_a_fresh_look(monkeyp
         np.kron(rng.integers(0, 256, (16, 12)), np.ones((8, 8))).astype(np.uint8))
         for _ in range(3)]
     calls = []
-    monkeypatch.setattr(M, "thumb_features",
+    monkeypatch.setattr(V, "thumb_features",
                         lambda *a, **kw: calls.append(1) or thumb_features(*a, **kw))
     looks = M.ThumbLooks(size=2)
     first = looks.features(thumbs[0], (384, 512), 500, mirror=True)
@@ -493,7 +495,7 @@ def test_template_check_reads_only_lookalikes_of_its_own_shape(tmp_path, monkeyp
             assert np.array_equal(mask, want)
         # Made on a pool, in parts (``MASK_PART``): the same masks, in order.
         from concurrent.futures import ThreadPoolExecutor
-        monkeypatch.setattr(M, "MASK_PART", 5)
+        monkeypatch.setattr(C, "MASK_PART", 5)
         with ThreadPoolExecutor(2) as pool:
             pooled = M.content_masks(ids, found, cache, Settings(), pool)
         assert [i for i, _, _ in pooled] == [i for i, _, _ in got]

@@ -56,6 +56,7 @@ def test_a_flipped_images_mirrored_look_is_made_once_for_all_its_pairs(photo_dir
     it) makes an image's mirrored thumbnail features once for all its pairs,
     with the same verification as without."""
     import matchkit.match.pairs as M
+    import matchkit.match.verification as V
 
     recs = {n: extract(photo_dir / n) for n in ("a.jpg", "c.jpg", "a_flip.jpg")}
     feats = {n: (r.local, r.thumb) for n, r in recs.items()}
@@ -72,8 +73,8 @@ def test_a_flipped_images_mirrored_look_is_made_once_for_all_its_pairs(photo_dir
         return out
 
     calls = []
-    real = M.thumb_features
-    monkeypatch.setattr(M, "thumb_features", lambda thumb, *a, **kw: calls.append(
+    real = V.thumb_features
+    monkeypatch.setattr(V, "thumb_features", lambda thumb, *a, **kw: calls.append(
         (id(thumb), kw.get("mirror", False))) or real(thumb, *a, **kw))
     plain = run(None)
     assert calls.count((id(recs["a_flip.jpg"].thumb), True)) == 2  # once per pair
