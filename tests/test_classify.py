@@ -484,3 +484,24 @@ def test_synthetic_calibration_reports_progress_and_chunks_change_nothing(labell
         assert done == sorted(done)
     assert len([s for s, _, _ in seen if s == classify.CALIBRATION_STAGES[2]]) == 1 + 3  # 8 / 3
     assert calibrated(1000)[1] == cal
+
+
+def test_calibration_verifies_each_pair_once(labelled, monkeypatch):
+    """Synthetic calibration asks each record twice in one call (known, and
+    with its class left out); the two askings share the pair's evidence, which
+    must be verified once, not by two threads at the same time (that raced:
+    one thread read the overlap while the other was still computing it)."""
+    from collections import Counter
+
+    from matchkit.match import query
+
+    real, calls = query._verify_pair, Counter()
+
+    def counted(ev, *args, **kwargs):
+        calls[id(ev)] += 1
+        return real(ev, *args, **kwargs)
+
+    monkeypatch.setattr(query, "_verify_pair", counted)
+    with Labeler(k=3, calibration="none").fit(labelled / "g") as lab:
+        lab.calibrate_synthetic(4)
+    assert calls and max(calls.values()) == 1

@@ -327,6 +327,11 @@ class QueryMatcher(QueryCandidates):
         OpenCV drops the GIL, so pairs run on worker threads."""
         s = self.settings
         query_masks: dict[int, np.ndarray | None] = {}
+        # One verification per evidence object: a caller that asks the same
+        # records twice in one call (the labeler's calibration: known and
+        # left-out askings together) shares the pair's evidence, and two
+        # threads must not verify it at once.
+        todo = list({id(ev): (ev, rec) for ev, rec in todo}.values())
 
         def work(item):
             ev, rec, fa, ma = item
