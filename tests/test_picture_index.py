@@ -195,6 +195,6 @@ def test_an_add_with_a_kept_picture_index_matches_a_run_from_scratch(tmp_path, k
     other = Settings(workers=1, verify_top=settings.verify_top + 1)
     dedupe([folder], gallery=g, settings=other)
     assert picture_file(g, settings_key(other)).exists() and kept.exists()
-    monkeypatch.setattr("matchkit.store.gallery.MAX_MATCH_KEYS", 1)
+    monkeypatch.setattr("matchkit.store.gallery_matches.MAX_MATCH_KEYS", 1)
     dedupe([folder], gallery=g, settings=settings)
     assert kept.exists() and not picture_file(g, settings_key(other)).exists()

@@ -12,7 +12,8 @@ database before use.
 The OS releases a ``flock`` when its process dies, so a killed writer never
 leaves a stale lock behind. Within one process, several ``Gallery`` objects
 on the same folder share the lock (a process cannot wait for itself); their
-index stamps stay truthful through the generation tracking in ``gallery.py``.
+index stamps stay truthful through the generation tracking in
+``store/gallery_indexes.py``.
 """
 
 from __future__ import annotations

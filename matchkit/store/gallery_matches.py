@@ -1,0 +1,139 @@
+"""Incremental matching state in a gallery (see :mod:`matchkit.match.incremental`).
+
+Per image, what its candidate search found (``match_records``); per pair,
+its evidence before and after local verification (``match_pairs``); both
+under the key of the settings they were made with, deflated by
+:mod:`matchkit.store.stored_text`. The tables (``_MATCH_SCHEMA`` in
+:mod:`.schema`) are made by the first ``save_match_state``, so read-only
+galleries open as before. An image that changes or leaves loses its rows in
+the same transaction (``_drop_matches``, called by the gallery's writes).
+
+:class:`_MatchStateMixin` is part of :class:`~matchkit.store.gallery.Gallery`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+
+from matchkit.store.records import _chunks
+from matchkit.store.schema import _MATCH_SCHEMA
+from matchkit.store.stored_text import pack_many, unpack
+
+#: Settings keys whose matching state is kept (most recently used first).
+_MATCH_KEYS = "match_keys"
+#: How many settings keys keep their matching state: switching ``--level``
+#: back and forth reuses both, and an old key's rows do not pile up.
+MAX_MATCH_KEYS = 4
+
+
+class _MatchStateMixin:
+    """The incremental matching state of a :class:`~matchkit.store.gallery.Gallery`."""
+
+    def _has_match_tables(self, table: str = "match_pairs") -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                "name=?", (table,)).fetchone() is not None
+
+    def _drop_matches(self, ids: Sequence[int]) -> None:
+        """Inside a transaction: images that changed or left lose their stored
+        candidate searches and pair decisions, under every key."""
+        if not ids or not self._has_match_tables():
+            return
+        records = self._has_match_tables("match_records")
+        for chunk in _chunks(list(ids), 900):
+            marks = ','.join('?' * len(chunk))
+            if records:
+                self._db.execute(f"DELETE FROM match_records WHERE image_id IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM match_pairs WHERE a IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM match_pairs WHERE b IN ({marks})", chunk)
+
+    def match_records(self, key: str) -> dict[int, tuple[str, str]]:
+        """Stored candidate-search records under ``key``: id -> (sha256, JSON)."""
+        if not self._has_match_tables("match_records"):
+            return {}
+        rows = self._db.execute(
+            "SELECT image_id, sha256, record FROM match_records WHERE key=?", (key,))
+        return {i: (d, unpack(r)) for i, d, r in rows}
+
+    def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
+        """Stored pair evidence under ``key``: (a, b, kind) -> (before, after,
+        same_pixels, live, relation); see ``incremental.PairRow``."""
+        if not self._has_match_tables():
+            return {}
+        rows = self._db.execute("SELECT a, b, kind, before, after, same_pixels, live, relation "
+                                "FROM match_pairs WHERE key=?", (key,))
+        # Verifications repeat ("no match, 4 ORB matches": 1,650 distinct among
+        # 52,769 on 5,000 images): each distinct one is inflated once and its
+        # text shared.
+        seen: dict = {}
+
+        def after_text(blob):
+            text = seen.get(blob)
+            if text is None and blob is not None:
+                text = seen[blob] = unpack(blob)
+            return text
+
+        return {(a, b, k): (unpack(before), after_text(after), *rest)
+                for a, b, k, before, after, *rest in rows}
+
+    def forget_matches(self, ids: Sequence[int]) -> None:
+        """Drop the stored candidate searches and pair decisions naming any of
+        ``ids``, under every key (what a change of those images does here; a
+        sharded gallery asks every shard, as a pair may name an image of
+        another shard)."""
+        ids = [int(i) for i in ids]
+        if not ids or not self._has_match_tables():
+            return
+        self._lock_for_writing()
+        with self._transaction():
+            self._drop_matches(ids)
+
+    def match_keys(self) -> list[str]:
+        """The settings keys whose matching state is kept, last used first."""
+        return list(json.loads(self._meta(_MATCH_KEYS) or "[]"))
+
+    def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
+                         pairs: dict[tuple[int, int, int], tuple],
+                         *, replace: bool = False, elsewhere: Collection[int] = ()) -> None:
+        """Write records and pair rows under ``key`` in one transaction (the
+        writer lock held): a killed run leaves the state of the run before.
+        ``replace`` first drops everything stored under ``key``. Only the
+        ``MAX_MATCH_KEYS`` keys used last keep their rows. Rows of images no
+        longer in the gallery (removed meanwhile) are not written; a pair's
+        second image may also be one of ``elsewhere`` (the ids of the other
+        shards of a sharded gallery)."""
+        # (deflated before the transaction, on both cores: ``stored_text.pack_many``)
+        threads = min(2, self.settings.n_workers())
+        rows = [(i, d, r) for i, (d, r) in records.items()]
+        record_blobs = pack_many([r for _, _, r in rows], threads)
+        pair_rows = list(pairs.items())
+        texts = pack_many([t for _, (before, after, *_) in pair_rows
+                           for t in (before, after) if t is not None], threads)
+        at = iter(texts)
+        packed_pairs = [((a, b, k), (next(at), None if after is None else next(at), *rest))
+                        for (a, b, k), (before, after, *rest) in pair_rows]
+        self._lock_for_writing()
+        with self._transaction():
+            for statement in _MATCH_SCHEMA.split(";"):  # (executescript would commit)
+                if statement.strip():
+                    self._db.execute(statement)
+            keys = [k for k in self.match_keys() if k != key]
+            keys = [key] + keys
+            for old in keys[MAX_MATCH_KEYS:]:
+                self._db.execute("DELETE FROM match_records WHERE key=?", (old,))
+                self._db.execute("DELETE FROM match_pairs WHERE key=?", (old,))
+            self._set_meta(_MATCH_KEYS, json.dumps(keys[:MAX_MATCH_KEYS]))
+            if replace:
+                self._db.execute("DELETE FROM match_records WHERE key=?", (key,))
+                self._db.execute("DELETE FROM match_pairs WHERE key=?", (key,))
+            present = {i: d for i, d in self._db.execute("SELECT id, sha256 FROM images")}
+            self._db.executemany(
+                "INSERT OR REPLACE INTO match_records(key, image_id, sha256, record) "
+                "VALUES (?,?,?,?)",
+                [(key, i, d, blob) for (i, d, _), blob in zip(rows, record_blobs)
+                 if present.get(i) == d])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "
+                "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(key, a, b, k, *row) for (a, b, k), row in packed_pairs
+                 if a in present and (b in present or b in elsewhere)])
