@@ -14,7 +14,7 @@ measured against exact float32 search (numpy matmul in chunks) over the
 same gallery. expansion_search is swept on one built graph; the filtered
 section times both filtered strategies (exhaustive scan of the allowed ids,
 oversampled graph search) at several selectivities, which is how the
-switch-over constants in matchkit/index/vectors.py were chosen.
+switch-over constants in matchkit/index/vectors_search.py were chosen.
 
     python benchmarks/bench_vectors.py --n 100000          # quick
     python benchmarks/bench_vectors.py                      # 1M (long build)
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common as C  # noqa: E402
 
 import matchkit.index.vectors as V  # noqa: E402
+import matchkit.index.vectors_search as S  # noqa: E402
 from matchkit.index.vectors import VectorIndex  # noqa: E402
 
 
@@ -219,12 +220,12 @@ def main() -> None:
     # build it here so its one-off cost is reported rather than hidden in a latency.
     idx.expansion_search = V.EXPANSION_SEARCH
     t = time.perf_counter()
-    idx._fetch(np.arange(min(n, V.DIRECT_GET_MAX + 1), dtype=np.uint64))
+    idx._fetch(np.arange(min(n, S.DIRECT_GET_MAX + 1), dtype=np.uint64))
     rows_s = time.perf_counter() - t
     rows_mib = idx._rows.mat.nbytes / 2**20 if idx._rows is not None else 0.0
     frows = []
     fq = held_out[: args.filter_queries]
-    saved = (V.EXACT_ALLOWED_MAX, V.EXACT_ALLOWED_FRACTION, V.EXACT_SEARCH_BELOW)
+    saved = (S.EXACT_ALLOWED_MAX, S.EXACT_ALLOWED_FRACTION, S.EXACT_SEARCH_BELOW)
     for frac in [float(x) for x in args.filters.split(",") if x]:
         m = max(1, int(round(frac * n)))
         allowed = np.sort(rng.choice(n, size=m, replace=False))
@@ -232,13 +233,13 @@ def main() -> None:
         default_path = "scan" if m <= max(saved[0], saved[1] * n) else "graph"
         for path in ("scan", "graph"):
             if path == "scan":
-                V.EXACT_ALLOWED_MAX, V.EXACT_ALLOWED_FRACTION = n, 1.0
+                S.EXACT_ALLOWED_MAX, S.EXACT_ALLOWED_FRACTION = n, 1.0
             else:
-                V.EXACT_ALLOWED_MAX, V.EXACT_ALLOWED_FRACTION, V.EXACT_SEARCH_BELOW = 0, 0.0, 0
+                S.EXACT_ALLOWED_MAX, S.EXACT_ALLOWED_FRACTION, S.EXACT_SEARCH_BELOW = 0, 0.0, 0
             try:
                 got, lat = timed_queries(idx, fq, k, allowed=allowed)
             finally:
-                V.EXACT_ALLOWED_MAX, V.EXACT_ALLOWED_FRACTION, V.EXACT_SEARCH_BELOW = saved
+                S.EXACT_ALLOWED_MAX, S.EXACT_ALLOWED_FRACTION, S.EXACT_SEARCH_BELOW = saved
             row = {"filter keeps": f"{frac:.1%} ({m:,})", "strategy": path
                    + (" (default)" if path == default_path else ""),
                    f"recall@{k}": recall(got, truth_f),

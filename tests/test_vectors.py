@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import matchkit.index.vectors as vectors_mod
+import matchkit.index.vectors_search as search_mod
 from matchkit.index.vectors import ModelMismatch, VectorIndex, VectorIndexError, sidecar_path
 
 DIM = 24
@@ -91,9 +91,9 @@ def test_filter_keeping_a_tenth_of_a_percent_gives_exactly_k_correct(built, data
 def test_selective_filter_through_the_graph_path_is_still_exact(built, data, monkeypatch):
     # Force the HNSW branch (no exhaustive shortcut) so the oversample-and-grow
     # logic and its fallback are what produce the answer.
-    monkeypatch.setattr(vectors_mod, "EXACT_ALLOWED_MAX", 0)
-    monkeypatch.setattr(vectors_mod, "EXACT_ALLOWED_FRACTION", 0.0)
-    monkeypatch.setattr(vectors_mod, "EXACT_SEARCH_BELOW", 0)
+    monkeypatch.setattr(search_mod, "EXACT_ALLOWED_MAX", 0)
+    monkeypatch.setattr(search_mod, "EXACT_ALLOWED_FRACTION", 0.0)
+    monkeypatch.setattr(search_mod, "EXACT_SEARCH_BELOW", 0)
     scans = []
     real_scan = VectorIndex._subset_search
     monkeypatch.setattr(VectorIndex, "_subset_search",
@@ -226,7 +226,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 def test_row_copy_used_for_large_scans_follows_updates(monkeypatch):
     """Scans of big allowed sets read a row copy of the vectors; it must track
     adds, replacements and removals made after it was built."""
-    monkeypatch.setattr(vectors_mod, "DIRECT_GET_MAX", 0)
+    monkeypatch.setattr(search_mod, "DIRECT_GET_MAX", 0)
     rng = np.random.default_rng(6)
     vecs = unit(rng, 3000, 16)
     idx = VectorIndex("m", 16)
