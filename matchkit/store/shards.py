@@ -19,6 +19,7 @@ is :func:`add_files` with itself as the only shard. :class:`ShardedGallery`
 offers the reading side of a gallery (what matching, dedupe and check use)
 over all its shards; its indexes are merged per query (:class:`MergedIndex`),
 so a shard's index may also live in another process (``distributed.py``).
+The merged indexes are in :mod:`.merged`, importable from here too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from matchkit.store.adding import (BATCH, AddReport, Skipped, _key, add_files,  
                                    merge_report, place, plan_files, route, shard_names, shard_of,
                                    stat_files)
 from matchkit.store.gallery import Gallery, GalleryError, StoredImage
+from matchkit.store.merged import MergedIndex, MergedVectorIndex, _result  # noqa: F401  (re-exported)
 
 #: The manifest file of a sharded gallery (a folder holding it and its shards).
 MANIFEST_NAME = "shards.json"
@@ -92,57 +94,6 @@ def open_gallery(path: str | os.PathLike, settings: Settings | None = None, *,
         return ShardedGallery(path, settings or Settings(), create=create, shards=shards,
                               lock_timeout=lock_timeout)
     return Gallery(path, settings, create=create, lock_timeout=lock_timeout)
-
-
-# -- adding files: the same code for one shard or many ---------------------
-
-# -- reading: indexes merged per query --------------------------------------
-
-class MergedIndex:
-    """The k nearest codes over several shards' indexes: each shard's k
-    nearest, merged by (distance, key). A part is a ``HammingIndex`` or
-    anything with ``nbits``, ``ranks_ties_by_key``, ``__len__`` and
-    ``search_async(codes, k, max_distance)`` returning a function that gives
-    the result (an index in another process).
-
-    ``search(..., max_distance=d)`` asks each part for its neighbours within
-    ``d`` alone (``index.within``: exact after the merge), so a part in
-    another process sends back only those."""
-
-    def __init__(self, parts: Sequence):
-        self.parts = list(parts)
-        self.nbits = self.parts[0].nbits
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
-
-    @property
-    def ranks_ties_by_key(self) -> bool:
-        """Whether equal distances come back in key order: always when parts
-        are merged (by distance, then key), else as the one part does. Not
-        from the total size: three shards of 10,000 codes each are searched
-        exactly, though together they pass ``index.EXACT_SEARCH_BELOW``."""
-        return len(self.parts) > 1 or self.parts[0].ranks_ties_by_key
-
-    def search(self, codes: np.ndarray, k: int, max_distance: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.parts) == 1:
-            return _result(self.parts[0], codes, k, max_distance)()
-        waiting = [_result(p, codes, k, max_distance) for p in self.parts]  # all started first
-        found = [get() for get in waiting]
-        keys = np.concatenate([f[0] for f in found], axis=1)
-        dists = np.concatenate([f[1] for f in found], axis=1)
-        order = np.lexsort((keys, dists), axis=1)[:, :k]
-        return (np.take_along_axis(keys, order, axis=1),
-                np.take_along_axis(dists, order, axis=1))
-
-
-def _result(part, codes: np.ndarray, k: int, max_distance: int | None = None):
-    cut = () if max_distance is None else (max_distance,)  # (unlimited: asked as ever)
-    if hasattr(part, "search_async"):
-        return part.search_async(codes, k, *cut)
-    found = part.search(codes, k, *cut)
-    return lambda: found
 
 
 class ShardedGallery:
@@ -435,26 +386,3 @@ class ShardedGallery:
                 report.unchanged += part.unchanged
                 report.skipped += part.skipped
         return report
-
-
-class MergedVectorIndex:
-    """The k most similar vectors over several shards' vector indexes: each
-    shard's best k (``allowed`` ids of other shards are ignored there), merged
-    by score, then id."""
-
-    def __init__(self, parts: Sequence):
-        self.parts = list(parts)
-        self.model, self.dim = self.parts[0].model, self.parts[0].dim
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
-
-    def search(self, vectors, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        found = [p.search(vectors, k, allowed=allowed) for p in self.parts]
-        ids = np.concatenate([np.asarray(f[0]).reshape(len(f[0]), -1) for f in found], axis=1)
-        scores = np.concatenate([np.asarray(f[1]).reshape(len(f[1]), -1) for f in found], axis=1)
-        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores),
-                           axis=1)[:, :int(k)]
-        return (np.take_along_axis(ids, order, axis=1),
-                np.take_along_axis(scores, order, axis=1).astype(np.float32))
