@@ -37,30 +37,27 @@ Candidates for such images come from a small cosine index over a coarse
 view of each icon (16x16 luminance layout plus 8x8 colour, ``_code``): k
 nearest neighbours of other sizes per icon (``icon_candidates``), so the
 cost per image is bounded, unlike an all-pairs scan.
+
+The views themselves (``IconView``, ``icon_view``, ``icon_blob``...) are
+made in ``thumbmatch_views``; their names are imported back here.
 """
 
 from __future__ import annotations
 
-import io
-import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from matchkit.io.load import TRANSPARENT_BACKGROUND
+from matchkit.signals.thumbmatch_views import COARSE, IconView, _resample
+from matchkit.signals.thumbmatch_views import (  # noqa: F401  (re-exported)
+    CODE_CELLS, CODE_COLOUR, ICON_SIDE, MIN_SIDE, OPAQUE, _code, _icon_rgba, icon_blob, icon_like,
+    icon_view, icon_views)
 
 #: Longest side of the aligned views: the size of a typical small icon
 #: rendering (48 px); larger pairs are compared at this size.
 GRID = 48
-#: Side of the luminance layout used for the correlation and for candidates:
-#: coarse enough that hinting (sharper edges, one-pixel shifts, dropped
-#: fine detail) does not change it.
-COARSE = 16
-#: Alpha above this counts as part of the icon (bounding box, icon area).
-OPAQUE = 0.05
 #: Where either image is at least this opaque counts as the icon's area.
 AREA_ALPHA = 0.3
 #: Per-pixel changes, after the one-pixel tolerance, that count as a changed
@@ -125,29 +122,6 @@ TIE_SLACK = 1e-3
 RANK_DISTANCE = 0.25
 #: Nearest neighbours asked of the candidate index per icon.
 NEIGHBOURS = 16
-#: Colour part of the candidate vector: CODE_CELLS x CODE_CELLS cells of
-#: Lab (a, b), each unit worth this much against the unit luminance layout:
-#: a ribbon recoloured from blue to red (about 80 units over two cells)
-#: moves the vector as much as another glyph does; a redraw's slight colour
-#: shifts move it little.
-CODE_CELLS = 8
-CODE_COLOUR = 1.0 / 200.0
-
-#: Icon-sized pictures: both sides at most this many pixels.
-ICON_SIDE = 256
-
-
-@dataclass
-class IconView:
-    """One icon as compared here: cropped to its opaque part."""
-
-    #: RGB composite over mid-grey (float32 0-1, H x W x 3) and alpha (H x W, 0-1).
-    rgb: np.ndarray
-    alpha: np.ndarray
-    #: Unit candidate vector (``_code``) for the candidate index.
-    code: np.ndarray
-    #: Pixel size of the file.
-    size: tuple[int, int]
 
 
 @dataclass
@@ -198,93 +172,6 @@ class IconComparison:
                  ("recoloured", self.recoloured, "<=", MAX_RECOLOURED))
         return [f"{name} {value:.3f} (limit {op} {limit})" for name, value, op, limit in tests
                 if not (value <= limit if op == "<=" else value >= limit)]
-
-
-#: Icons smaller than this (longer side) are not compared here: the one-pixel
-#: tolerance would be over 5% of the icon and a badge or glyph only a handful
-#: of pixels, so a 16 px folder passes for any other 16 px folder (on 16 px
-#: renderings made from the dev set's icons, 13 look-alikes passed where none
-#: did at 24 or 32 px). Themes draw those sizes as separate, simplified
-#: pictures anyway; such pairs stay with the other rules.
-MIN_SIDE = 20
-
-
-def icon_like(size: tuple[int, int]) -> bool:
-    """Whether an image of this pixel size may be an icon compared here
-    (``MIN_SIDE`` to ``ICON_SIDE``)."""
-    return MIN_SIDE <= max(size) <= ICON_SIDE
-
-
-def _icon_rgba(source: str | bytes, max_side: int = ICON_SIDE) -> np.ndarray | None:
-    """RGBA pixels (uint8) of an icon-like file or stored blob, else None:
-    larger than ``max_side``, unreadable, or without transparent pixels."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            if not icon_like(img.size) or max(img.size) > max_side:
-                return None
-            if img.mode not in ("RGBA", "LA", "PA") and "transparency" not in img.info:
-                return None
-            img.seek(0)
-            rgba = np.asarray(img.convert("RGBA"))
-    except Exception:  # any bad file: not compared here, never a crash
-        return None
-    return rgba if rgba[..., 3].min() < 255 else None
-
-
-def icon_blob(path: str | os.PathLike) -> bytes | None:
-    """What a gallery stores of an icon-like file so that ``icon_view`` needs
-    no file later: its RGBA pixels as PNG (lossless: the same view), or None
-    for anything ``icon_view`` would not view."""
-    rgba = _icon_rgba(str(path))
-    if rgba is None:
-        return None
-    out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(out, "PNG", compress_level=6)
-    return out.getvalue()
-
-
-def icon_view(source: str | bytes, max_side: int = ICON_SIDE) -> IconView | None:
-    """The view of an icon (a file's path, or its stored ``icon_blob``), or
-    None when it is not icon-like: larger than ``max_side``, unreadable, or
-    without transparent pixels (a photo thumbnail has keypoints and a pHash
-    that work; only drawings on transparency are left to this module)."""
-    rgba = _icon_rgba(source, max_side)
-    if rgba is None:
-        return None
-    rgba = rgba.astype(np.float32) / 255.0
-    alpha = rgba[..., 3]
-    ys, xs = np.nonzero(alpha > OPAQUE)
-    if not len(ys):
-        return None  # all transparent: nothing to see
-    box = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
-    grey = np.array(TRANSPARENT_BACKGROUND, np.float32) / 255.0
-    a = alpha[box][..., None]
-    comp = np.ascontiguousarray(rgba[box][..., :3] * a + grey * (1.0 - a))
-    return IconView(comp, np.ascontiguousarray(alpha[box]), _code(comp),
-                    (rgba.shape[1], rgba.shape[0]))
-
-
-def _code(comp: np.ndarray) -> np.ndarray:
-    """Unit candidate vector of a view: its coarse luminance layout (mean
-    removed, unit length) and, weighted by ``CODE_COLOUR``, its coarse colour
-    (Lab a, b), so that a theme's colour variants of one drawing, which share
-    the layout, do not crowd the drawing's own renderings out of the
-    neighbour list. Zero for a flat icon."""
-    lab = cv2.cvtColor(comp, cv2.COLOR_RGB2Lab)
-    lum = _resample(lab[..., 0], COARSE, COARSE).ravel()
-    lum = lum - lum.mean()
-    norm = float(np.linalg.norm(lum))
-    if norm <= 1e-6:
-        return np.zeros(COARSE * COARSE + 2 * CODE_CELLS ** 2, np.float32)
-    ab = _resample(np.ascontiguousarray(lab[..., 1:]), CODE_CELLS, CODE_CELLS).ravel()
-    code = np.concatenate([lum / norm, ab * CODE_COLOUR])
-    return (code / np.linalg.norm(code)).astype(np.float32)
-
-
-def _resample(x: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Area-average down, bilinear up (a crop smaller than the grid)."""
-    shrink = x.shape[0] >= h and x.shape[1] >= w
-    return cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 _TOLERANCE = np.ones((3, 3), np.uint8)
@@ -362,17 +249,6 @@ def _largest(mask: np.ndarray) -> float:
     """Pixel count of the largest 8-connected region of ``mask``."""
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     return float(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0.0
-
-
-def icon_views(sources: dict[int, str | bytes], sizes: dict[int, tuple[int, int]],
-               pool: Executor | None = None) -> dict[int, IconView]:
-    """Views of the icon-like images among ``sources`` (paths, or the stored
-    ``icon_blob`` a gallery keeps; ``sizes`` from the gallery: larger images
-    are not even opened), decoded on ``pool`` if given."""
-    todo = [i for i in sources if icon_like(sizes.get(i, (0, 0)))]
-    views = (pool.map if pool is not None and len(todo) > 1 else map)(
-        icon_view, [sources[i] for i in todo])
-    return {i: v for i, v in zip(todo, views) if v is not None}
 
 
 def icon_candidates(views: dict[int, IconView], neighbours: int = NEIGHBOURS
