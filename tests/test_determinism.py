@@ -60,8 +60,8 @@ def test_same_report_whatever_workers_order_and_completion(edited_set, monkeypat
     # small set; forkserver, so workers never inherit the test process's
     # threads), verification and searches on threads, the input paths in
     # reverse order; twice.
-    monkeypatch.setattr(matchkit.features, "PROCESS_POOL_MIN_FILES", 0)
-    monkeypatch.setattr(matchkit.features, "_pool_context",
+    monkeypatch.setattr(matchkit.features.pool, "PROCESS_POOL_MIN_FILES", 0)
+    monkeypatch.setattr(matchkit.features.pool, "_pool_context",
                         lambda: multiprocessing.get_context("forkserver"))
     for _ in range(2):
         assert _content(dedupe(files[::-1], settings=Settings(workers=2))) == reference

@@ -37,9 +37,9 @@ def test_pool_keeps_a_bounded_window_ahead_of_its_caller(photos, monkeypatch):
             submitted.append(len(paths))
             return super().submit(fn, paths, *args, **kwargs)
 
-    monkeypatch.setattr(features, "ProcessPoolExecutor", Counting)
-    monkeypatch.setattr(features, "PROCESS_POOL_MIN_FILES", 0)
-    monkeypatch.setattr(features, "IMAGES_AHEAD", 1)
+    monkeypatch.setattr(features.pool, "ProcessPoolExecutor", Counting)
+    monkeypatch.setattr(features.pool, "PROCESS_POOL_MIN_FILES", 0)
+    monkeypatch.setattr(features.pool, "IMAGES_AHEAD", 1)
     size = len(photos) // (2 * 8)  # _in_pool's chunk size for 2 workers
     taken, most_out = [], 0
     for path, result in extract_many(photos, Settings(workers=2)):
@@ -65,8 +65,8 @@ def test_crash_past_the_first_window_skips_only_that_file(tmp_path, monkeypatch)
     crash = d / "crash_me.png"
     make_photo(999, (80, 60)).save(crash)
     files.insert(22, crash)
-    monkeypatch.setattr(features, "PROCESS_POOL_MIN_FILES", 0)
-    monkeypatch.setattr(features, "IMAGES_AHEAD", 1)
+    monkeypatch.setattr(features.pool, "PROCESS_POOL_MIN_FILES", 0)
+    monkeypatch.setattr(features.pool, "IMAGES_AHEAD", 1)
     monkeypatch.setenv(features.CRASH_HOOK_ENV, crash.name)
     results = list(extract_many(files, Settings(workers=2)))
     assert [p for p, _ in results] == [str(f) for f in files]

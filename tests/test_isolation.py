@@ -96,7 +96,7 @@ def test_any_exception_in_one_file_skips_that_file_only(tmp_path, monkeypatch):
     d.mkdir()
     for i in range(3):
         make_photo(20 + i).save(d / f"p{i}.jpg")
-    real = features.extract_local
+    real = features.record.extract_local
 
     def flaky(grey, n):
         if grey.shape == (384, 512) and flaky.calls == 1:  # the second file
@@ -106,7 +106,7 @@ def test_any_exception_in_one_file_skips_that_file_only(tmp_path, monkeypatch):
         return real(grey, n)
 
     flaky.calls = 0
-    monkeypatch.setattr(features, "extract_local", flaky)
+    monkeypatch.setattr(features.record, "extract_local", flaky)
     report = dedupe([d])
     assert report.stats["images"] == 2
     assert len(report.skipped) == 1
@@ -124,14 +124,14 @@ def test_query_files_are_isolated_too(tmp_path, monkeypatch):
     (tmp_path / "q").mkdir()
     make_photo(30).resize((200, 150)).save(tmp_path / "q" / "q1.jpg")
     make_photo(31).save(tmp_path / "q" / "q2.jpg")
-    real = features.file_digest
+    real = features.record.file_digest
 
     def bad_digest(path):
         if str(path).endswith("q2.jpg"):
             raise RuntimeError("decoder bug")
         return real(path)
 
-    monkeypatch.setattr(features, "file_digest", bad_digest)
+    monkeypatch.setattr(features.record, "file_digest", bad_digest)
     report = check(g, [tmp_path / "q"])
     assert [Path(r.path).name for r in report.results] == ["q1.jpg"]
     assert report.results[0].matched

@@ -264,7 +264,7 @@ def test_a_file_that_kills_its_worker_is_skipped_as_on_one_machine(images, clust
     shutil.copy(sorted(images.iterdir())[1], folder / CRASH)
     (folder / "broken.jpg").write_bytes(b"not an image")  # a failure a task reports itself
     monkeypatch.setenv(features.CRASH_HOOK_ENV, CRASH)
-    monkeypatch.setattr(features, "EXTRACT_IN_WORKERS", True)  # one machine: in a worker too
+    monkeypatch.setattr(features.pool, "EXTRACT_IN_WORKERS", True)  # one machine: in a worker too
     local = dedupe([folder])
     skipped = ["broken.jpg", CRASH]
     assert [Path(s.path).name for s in local.skipped] == skipped

@@ -50,15 +50,15 @@ import json, multiprocessing, os, signal, sys
 from matchkit import features
 from matchkit.config import Settings
 how, workers, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-real = features.load_image
+real = features.record.load_image
 def crashing(path, *a, **k):
     if os.path.basename(path) == "crash_me.png":
         os.kill(os.getpid(), signal.SIGSEGV) if how == "segv" else os._exit(139)
     return real(path, *a, **k)
-features.load_image = crashing
-features._pool_context = lambda: multiprocessing.get_context("fork")
-features.PROCESS_POOL_MIN_FILES = 0  # the pool even for 31 files
-features.EXTRACT_IN_WORKERS = True  # and one worker process for --workers 1
+features.record.load_image = crashing
+features.pool._pool_context = lambda: multiprocessing.get_context("fork")
+features.pool.PROCESS_POOL_MIN_FILES = 0  # the pool even for 31 files
+features.pool.EXTRACT_IN_WORKERS = True  # and one worker process for --workers 1
 print(json.dumps([(p, r.reason, r.size, r.mtime_ns) if isinstance(r, features.ImageLoadError)
                   else (p, None, None, None) for p, r in features.extract_many(
                       paths, Settings(workers=workers))]))
@@ -66,7 +66,7 @@ print(json.dumps([(p, r.reason, r.size, r.mtime_ns) if isinstance(r, features.Im
 
 
 def _run_patched(files: list[Path], how: str, workers: int) -> list:
-    env = dict(os.environ, PYTHONPATH=str(Path(features.__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(features.__file__).parents[2]))
     env.pop(CRASH_HOOK_ENV, None)
     res = subprocess.run([sys.executable, "-c", _PATCHED_RUN, how, str(workers),
                           *map(str, files)], capture_output=True, text=True, env=env,
@@ -102,9 +102,9 @@ def _rows(results) -> list:
 def test_crash_hook_works_whatever_the_start_method(crash_set, monkeypatch, start_method):
     """The test hook travels to workers as an argument, not through the
     environment a forkserver was started with."""
-    monkeypatch.setattr(features, "PROCESS_POOL_MIN_FILES", 0)
+    monkeypatch.setattr(features.pool, "PROCESS_POOL_MIN_FILES", 0)
     if start_method != "auto":
-        monkeypatch.setattr(features, "_pool_context",
+        monkeypatch.setattr(features.pool, "_pool_context",
                             lambda: multiprocessing.get_context(start_method))
     monkeypatch.setenv(CRASH_HOOK_ENV, CRASH)
     results = list(extract_many(crash_set, Settings(workers=2)))
@@ -113,14 +113,14 @@ def test_crash_hook_works_whatever_the_start_method(crash_set, monkeypatch, star
 
 
 def test_crash_hook_is_inert_without_its_variable(crash_set, monkeypatch):
-    monkeypatch.setattr(features, "EXTRACT_IN_WORKERS", True)
+    monkeypatch.setattr(features.pool, "EXTRACT_IN_WORKERS", True)
     monkeypatch.delenv(CRASH_HOOK_ENV, raising=False)
     results = list(extract_many(crash_set[14:17], Settings(workers=1)))
     assert all(isinstance(r, ImageRecord) for _, r in results)
 
 
 def test_gallery_records_the_crash_and_does_not_retry_it(crash_set, tmp_path, monkeypatch):
-    monkeypatch.setattr(features, "EXTRACT_IN_WORKERS", True)
+    monkeypatch.setattr(features.pool, "EXTRACT_IN_WORKERS", True)
     monkeypatch.setenv(CRASH_HOOK_ENV, CRASH)
     with Gallery(tmp_path / "g") as g:
         first = g.add(crash_set)
@@ -138,7 +138,7 @@ def test_gallery_records_the_crash_and_does_not_retry_it(crash_set, tmp_path, mo
 def test_index_with_one_worker_survives_a_segfault(crash_set, tmp_path, monkeypatch):
     """``--workers 1`` runs extraction in one worker process, not in-process:
     the CLI (this very process under CliRunner) lives on."""
-    monkeypatch.setattr(features, "EXTRACT_IN_WORKERS", True)
+    monkeypatch.setattr(features.pool, "EXTRACT_IN_WORKERS", True)
     monkeypatch.setenv(CRASH_HOOK_ENV, CRASH)
     res = CliRunner().invoke(cli, ["index", str(crash_set[0].parent), "--gallery",
                                    str(tmp_path / "g"), "--no-embed", "--workers", "1", "-q"])
@@ -157,7 +157,7 @@ paths = sys.argv[1:]
 done = 0
 for _ in range(8):  # the hang is a race: about one fork in three
     features._extract_or_reason(paths[0], Settings())  # OpenCV's thread pool now runs here
-    features.EXTRACT_IN_WORKERS = True
+    features.pool.EXTRACT_IN_WORKERS = True
     done += sum(1 for _ in features.extract_many(paths, Settings(workers=1)))
 print(done)
 """
@@ -169,7 +169,7 @@ def test_no_hang_when_opencv_threads_run_in_the_caller(tmp_path):
     files = [tmp_path / f"{i}.jpg" for i in range(3)]
     for i, f in enumerate(files):
         make_photo(i, (800, 600)).save(f, quality=90)
-    env = dict(os.environ, PYTHONPATH=str(Path(features.__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(features.__file__).parents[2]))
     proc = subprocess.Popen([sys.executable, "-c", _AFTER_OPENCV, *map(str, files)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)

@@ -1,8 +1,12 @@
-"""Per-image features: everything later stages need, extracted in one decode.
+"""Extracting many files: :func:`extract_many` and its worker processes.
 
-One pass over each file computes its byte digest, decodes a working-size copy
-(JPEG draft mode keeps this cheap for camera photos) and derives the
-perceptual signals from it. Large batches run in worker processes.
+Large batches run in a pool of worker processes (a decoder that kills its
+worker skips only that file), small ones on threads of the caller. Kept
+apart from :mod:`matchkit.features.record`, which extracts one file, because
+this is process machinery: start methods, priorities, crash recovery. The
+tunables (``PROCESS_POOL_MIN_FILES``, ``EXTRACT_IN_WORKERS``,
+``IMAGES_AHEAD``, ``WORKER_NICE``) are read from this module, so set them
+here (``matchkit.features`` only re-exports their values).
 """
 
 from __future__ import annotations
@@ -14,172 +18,10 @@ import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
-from matchkit.signals.colour import colour_histogram
 from matchkit.config import Settings
-from matchkit.signals.hashing import JPEG_STREAM_PREFIX, dihedral_phashes, file_digest
-from matchkit.io.load import ImageLoadError, load_image, shrink
-from matchkit.signals.local import LocalFeatures, extract_local, working_grey
-from matchkit.signals import extract_payloads
-from matchkit.signals.thumbmatch import icon_blob, icon_like
-
-
-@dataclass
-class ImageRecord:
-    """What the gallery stores about one image file."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str
-    width: int
-    height: int
-    format: str | None
-    #: pHash of each of the 8 dihedral variants, (8, 32) uint8; row 0 is the image as is.
-    phashes: np.ndarray
-    #: Joint RGB histogram of the thumbnail, (512,) counts.
-    colour: np.ndarray
-    #: ORB keypoints on the working image (None when local features are off).
-    local: LocalFeatures | None = None
-    #: Grey thumbnail (longer side ``thumb_side``) for photometric checks.
-    thumb: np.ndarray | None = None
-    #: Estimated JPEG quality from the quantisation tables (None: not a JPEG).
-    jpeg_quality: int | None = None
-    #: Nothing to see: one flat colour once transparency is composited.
-    blank: bool = False
-    #: Digest of the pixels (``io.LoadedImage.pixel_sha256``): equal digests
-    #: mean equal pixels, whatever the container or metadata.
-    pixel_sha256: str | None = None
-    #: PNG of an icon drawn on transparency (``thumbmatch.icon_blob``), else None.
-    icon: bytes | None = None
-    #: Payload of each configured extra signal (``matchkit.signals``), None
-    #: where it has nothing to say; None when no signal is configured.
-    signals: dict[str, bytes | None] | None = None
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-
-def extract(path: str | os.PathLike, settings: Settings = Settings()) -> ImageRecord:
-    """Compute an :class:`ImageRecord` for one file.
-
-    Raises :class:`ImageLoadError` for any failure, whatever raised it
-    (decoder, OpenCV, numpy), stamped with the size and mtime the file had
-    when it was read, so a file that changes afterwards is read again.
-    """
-    path = Path(path)
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise ImageLoadError(path, f"cannot read file: {e.strerror or e}") from None
-    try:
-        return _extract(path, st, settings)
-    except Exception as e:  # one file's failure must never end a run
-        raise ImageLoadError(path, _failure_reason(e), size=st.st_size,
-                             mtime_ns=st.st_mtime_ns) from None
-
-
-def _failure_reason(e: Exception) -> str:
-    """What a user is told about a file whose extraction raised ``e``."""
-    if isinstance(e, ImageLoadError):
-        return e.reason
-    if isinstance(e, OSError):
-        return f"cannot read file: {e.strerror or e}"
-    if isinstance(e, MemoryError):
-        return "out of memory while processing"
-    return f"cannot process image: {type(e).__name__}: {e}"
-
-
-def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
-    digest = file_digest(path)
-    loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels,
-                        digest=True)
-    image = loaded.image
-    payloads = extract_payloads(
-        image, str(path), settings,
-        load=lambda p, side: load_image(p, max_side=side, max_pixels=settings.max_pixels).image)
-    local = grey_thumb = None
-    if settings.local_features:
-        grey = working_grey(image, settings.work_side)
-        local = extract_local(grey, settings.n_features)
-        # Smaller views come from the (already reduced) decode, not the file.
-        image = shrink(image, max(settings.thumb_side, settings.hash_side))
-        grey_thumb = np.asarray(shrink(image, settings.thumb_side).convert("L"))
-    thumb = shrink(image, settings.hash_side)
-    return ImageRecord(
-        path=str(path),
-        size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
-        sha256=digest,
-        width=loaded.width,
-        height=loaded.height,
-        format=loaded.format,
-        phashes=dihedral_phashes(thumb),
-        colour=colour_histogram(thumb),
-        local=local,
-        thumb=grey_thumb,
-        jpeg_quality=loaded.jpeg_quality,
-        blank=is_blank(thumb),
-        pixel_sha256=loaded.pixel_sha256,
-        icon=icon_blob(path) if icon_like((loaded.width, loaded.height)) else None,
-        signals=payloads,
-    )
-
-
-#: Largest difference (levels, any channel) from the median colour that a
-#: blank image's hash thumbnail may have anywhere: JPEG noise on a flat
-#: colour stays well under it, a visible shape does not.
-BLANK_SPREAD = 6
-
-
-def is_blank(thumb) -> bool:
-    """Whether a (small RGB) image shows nothing: one flat colour. A fully
-    transparent image is one, composited over the background; blank images
-    are alike by construction and never near-duplicates of each other."""
-    a = np.asarray(thumb.convert("RGB"), np.int16).reshape(-1, 3)
-    if a.size == 0:
-        return True
-    return bool(np.abs(a - np.median(a, axis=0)).max() <= BLANK_SPREAD)
-
-
-def stored_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str | None:
-    """The pixel digest extraction stores for ``path`` (``ImageRecord.pixel_sha256``),
-    for comparing a file with gallery images. Raises :class:`ImageLoadError`."""
-    return load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels,
-                      digest=True).pixel_sha256
-
-
-def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str | None:
-    """``hashing.pixel_digest`` of ``path`` decoded at full size (no draft
-    mode); None when the file cannot be decoded now (gone, changed, too big)."""
-    try:
-        return load_image(path, max_pixels=settings.max_pixels, digest=True).pixel_sha256
-    except ImageLoadError:
-        return None
-
-
-def digests_prove_same_pixels(da: str | None, db: str | None,
-                              full_a: Callable[[], str | None],
-                              full_b: Callable[[], str | None]) -> bool:
-    """Whether two stored pixel digests (``stored_pixel_digest``) mean identical
-    pixels. Equal digests do. A JPEG decoded in draft mode has only its coded
-    stream's digest (``hashing.JPEG_STREAM_PREFIX``), which says nothing
-    against another container of the same pixels (a PNG re-save): only then
-    are both decoded at full size (``full_a()``/``full_b()``, called lazily;
-    callers ask only for pairs whose hashes already say "same pixels")."""
-    if da is None or db is None:
-        return False
-    if da == db:
-        return True
-    if not (da.startswith(JPEG_STREAM_PREFIX) or db.startswith(JPEG_STREAM_PREFIX)):
-        return False  # both are digests of the full-resolution pixels
-    fa = full_a()
-    return fa is not None and fa == full_b()
+from matchkit.io.load import ImageLoadError
+from matchkit.features.record import ImageRecord, extract
 
 
 def _extract_or_reason(path: str, settings: Settings
