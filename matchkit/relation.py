@@ -8,7 +8,7 @@ clusters: ``copies`` (the default: exact through recapture), ``variants``
 (also the same artwork recoloured) or ``similar`` (also different shots).
 
 ``classify`` is the one place that turns measured evidence (see
-``RelationEvidence``; verification fills it in ``match.py``) into a kind.
+``RelationEvidence``; verification fills it in ``match/pairs.py``) into a kind.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ WHOLE_COVERAGE = 0.9
 #: other's. When neither frame has more than this share inside the other,
 #: they are two windows onto a larger picture, each showing what the other
 #: lacks (neighbouring pages cut from one map, a pan across a scene), not a
-#: copy of either. The share is measured on whole frames (``local.Overlap.
+#: copy of either. The share is measured on whole frames (``local_overlap.Overlap.
 #: contained``): a contained crop gives 0.95-1.0 (thumbnail pixel rounding);
 #: two Tux Paint maps cut from one world map (real dev set) about 0.8 and 0.4.
 CONTAINED_FRAME = 0.9
@@ -115,7 +115,7 @@ class RelationEvidence:
     #: Share of each image's picture inside the aligned overlap.
     coverage_a: float = 1.0
     coverage_b: float = 1.0
-    #: The larger of the two frames' shares inside the other (``local.Overlap.contained``).
+    #: The larger of the two frames' shares inside the other (``local_overlap.Overlap.contained``).
     contained: float = 1.0
     #: The aligned pixels agree: over the whole overlap, or in most of its cells.
     pixels_agree: bool = True
@@ -281,7 +281,7 @@ _NEXT = np.roll(np.arange(HUE_BINS), -1)
 def soften_hues(h: np.ndarray | None) -> np.ndarray | None:
     """A ``hue_histogram`` with half of each bin spread to its two neighbours:
     what ``hue_overlap`` compares. Computed once per image by callers that
-    compare one image with many (``match.colour_facts``)."""
+    compare one image with many (``evidence.colour_facts``)."""
     return None if h is None else 0.5 * h + 0.25 * (h[_PREV] + h[_NEXT])
 
 

@@ -2,7 +2,7 @@
 :class:`ShardServer` (one shard of a gallery held in a Ray actor: writes its
 records, answers index searches), the compact form its answers travel in,
 :class:`RemoteIndex` (a shard's index searched through its actor, a part of
-``shards.MergedIndex``), and the count of work and bytes per node
+``merged.MergedIndex``), and the count of work and bytes per node
 (:class:`Work`).
 
 Separate from the driver (``ray_jobs.py``), which starts the actors: a Ray
@@ -93,7 +93,7 @@ def _expand(keys: np.ndarray, dists: np.ndarray, nbits: int) -> tuple[np.ndarray
 
 def _compact_within(keys: np.ndarray, dists: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A search's rows cut at a distance (``index.within``: the neighbours
+    """A search's rows cut at a distance (``hamming.within``: the neighbours
     found come first in each row) as ragged arrays: how many each row has
     (the smallest unsigned type that holds k), then their keys and distances
     in row order, narrowed as ``_compact`` narrows them. The burstiness
@@ -106,7 +106,7 @@ def _compact_within(keys: np.ndarray, dists: np.ndarray
 
 def _expand_within(counts: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
                    nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``index.within``'s (n, k) arrays again from ``_compact_within``'s."""
+    """``hamming.within``'s (n, k) arrays again from ``_compact_within``'s."""
     found = np.arange(k)[None, :] < counts.astype(np.int64)[:, None]
     out_keys = np.full((len(counts), k), -1, np.int64)
     out_dists = np.full((len(counts), k), nbits + 1, np.int64)
@@ -115,7 +115,7 @@ def _expand_within(counts: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: i
 
 
 class RemoteIndex:
-    """A shard's index held by its actor (a part of ``shards.MergedIndex``).
+    """A shard's index held by its actor (a part of ``merged.MergedIndex``).
     The parts of one merged index share ``sent``: the codes of a search are
     put in the object store once, and reach each node once, however many
     shards it holds."""

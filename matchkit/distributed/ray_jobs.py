@@ -1,6 +1,6 @@
 """Dedupe, index and check on a Ray cluster (``pip install 'matchkit[ray]'``).
 
-The work splits along the lines of a sharded gallery (``shards.py``):
+The work splits along the lines of a sharded gallery (``store/shards.py``):
 
 * **listing** happens on the driver (this process): which files, which of
   them the shards already hold unchanged;
@@ -12,11 +12,11 @@ The work splits along the lines of a sharded gallery (``shards.py``):
 * **each shard is held by an actor** (:class:`ShardServer`) that writes its
   records and answers candidate queries (pHash neighbours, descriptor votes)
   against its own indexes; the driver merges the answers per query
-  (``shards.MergedIndex``), exactly as one index would have answered;
+  (``merged.MergedIndex``), exactly as one index would have answered;
 * **verification** of candidate pairs runs in Ray tasks that read the two
-  images' stored features from their shards (``match.verify_stored``);
+  images' stored features from their shards (``verification.verify_stored``);
 * the accepted pairs come back to the driver, which builds the clusters,
-  keepers and report with the one-machine code (``dedupe.find_clusters``),
+  keepers and report with the one-machine code (``dedupe_clusters.find_clusters``),
   so the result is the same as on one machine.
 
 Shard actors are placed one per node (shard i on node i mod n). Each node
@@ -353,7 +353,7 @@ class RayRun:
         return _ray().get(self.actors[shard].write_records.remote([(path, err)], {}))
 
     def matcher(self, calibrator=None):
-        """A ``make_matcher`` for ``dedupe.find_clusters``."""
+        """A ``make_matcher`` for ``dedupe_clusters.find_clusters``."""
         def make(ids: list[int], same: dict[int, int]) -> RayPairMatcher:
             return RayPairMatcher(self, ids, self.settings, same, calibrator)
         return make

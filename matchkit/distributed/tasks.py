@@ -63,7 +63,7 @@ def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
                        names: list[str], actors: list, shard_nodes: list[str],
                        settings: Settings, crash_on: str | None = None) -> tuple:
     """Ray task: extract a chunk of files, send each record to its shard's actor
-    (``shards.place``: the same rule as on one machine). The driver runs a
+    (``adding.place``: the same rule as on one machine). The driver runs a
     chunk on the node of the actor that owns its files, so a record normally
     crosses no node boundary; ``shard_nodes`` (each actor's node) tells which
     bytes did.

@@ -50,10 +50,10 @@ class ImageRecord:
     jpeg_quality: int | None = None
     #: Nothing to see: one flat colour once transparency is composited.
     blank: bool = False
-    #: Digest of the pixels (``io.LoadedImage.pixel_sha256``): equal digests
+    #: Digest of the pixels (``load.LoadedImage.pixel_sha256``): equal digests
     #: mean equal pixels, whatever the container or metadata.
     pixel_sha256: str | None = None
-    #: PNG of an icon drawn on transparency (``thumbmatch.icon_blob``), else None.
+    #: PNG of an icon drawn on transparency (``thumbmatch_views.icon_blob``), else None.
     icon: bytes | None = None
     #: Payload of each configured extra signal (``matchkit.signals``), None
     #: where it has nothing to say; None when no signal is configured.

@@ -20,7 +20,7 @@ from matchkit.util.fs import atomic_write, file_stamp
 EXACT_SEARCH_BELOW = 20_000
 #: An exact search asks for this many more neighbours than wanted and keeps
 #: the k nearest by (distance, key): equal distances then rank the same way in
-#: one index as in shards merged by ``shards.MergedIndex`` (USearch's own
+#: one index as in shards merged by ``merged.MergedIndex`` (USearch's own
 #: order among equal distances is not the key's).
 TIE_MARGIN = 16
 
@@ -157,11 +157,11 @@ def within(keys: np.ndarray, dists: np.ndarray, max_distance: int,
 
     Why: the callers that count only near neighbours (descriptor votes, the
     burstiness check's holders) can ask a shard for these alone, so the far
-    ones never cross the network (``distributed.ShardServer.search``). It
+    ones never cross the network (``actors.ShardServer.search``). It
     is exact for a merged index too: a neighbour within the limit among the
     k nearest of all shards is among the k nearest of its own shard, so the
     shards' near ones merged and cut to k are the near ones of the merged
-    top k (``shards.MergedIndex``). A search's rows are nearest first, so
+    top k (``merged.MergedIndex``). A search's rows are nearest first, so
     the near ones already come first; they are moved to the front anyway,
     so that any order gives the same rows whether cut here or on a shard."""
     keys, dists = np.asarray(keys, np.int64), np.asarray(dists, np.int64)

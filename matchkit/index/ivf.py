@@ -15,7 +15,7 @@ Unlike an HNSW graph, the result is exact for its own score: the k postings
 with the smallest (distance, key) among the probed words. That score depends
 only on the query and the entry, so the result does not depend on the order
 codes were added in, and the top k over the union of several indexes equals
-the merge of each index's top k (``shards.MergedIndex``).
+the merge of each index's top k (``merged.MergedIndex``).
 
 Memory is the postings only: per descriptor its key (4 bytes while keys fit
 in 32 bits, else 8) and signature (4 or 8 bytes; 16 or 32 with
@@ -66,7 +66,7 @@ class EncodedQueries:
     probed words and signature, which is all its search reads of it.
 
     Why: a query sent to another machine (a shard held by a Ray actor,
-    ``distributed.RemoteIndex``) is 12 bytes this way with the shipped
+    ``actors.RemoteIndex``) is 12 bytes this way with the shipped
     64-bit signature and 2 probes, against 32 for the descriptor."""
 
     #: (n, probes) words, nearest first (uint16 while the vocabulary allows).
@@ -89,10 +89,10 @@ class EncodedQueries:
 
 class IVFIndex:
     """Inverted file of 256-bit codes keyed by integers, searched like
-    ``index.HammingIndex`` (same ``search`` result shapes and padding)."""
+    ``hamming.HammingIndex`` (same ``search`` result shapes and padding)."""
 
     nbits = 256
-    #: Equal distances come back smaller key first (``index.HammingIndex``'s
+    #: Equal distances come back smaller key first (``hamming.HammingIndex``'s
     #: exact searches do the same).
     ranks_ties_by_key = True
 
@@ -219,7 +219,7 @@ class IVFIndex:
         each (n, k). Distances are signature Hamming distances scaled to 256
         bits; only entries in the query's ``probes`` nearest words are found.
         Missing neighbours have key -1 and distance 257; with
-        ``max_distance``, so are those farther than it (``index.within``).
+        ``max_distance``, so are those farther than it (``hamming.within``).
         The queries may come encoded (:meth:`encode`, by an index of the same
         ``encoding``: else ValueError)."""
         if isinstance(codes, EncodedQueries) and codes.encoding != self.encoding:

@@ -1,4 +1,4 @@
-"""The file format of a saved IVF index (``ivf.py``): a magic line, a JSON
+"""The file format of a saved IVF index (``index/ivf.py``): a magic line, a JSON
 header (after its length in 4 bytes), then the postings' arrays, each
 aligned to 8 bytes so that a file can be memory-mapped and its arrays read
 in place.

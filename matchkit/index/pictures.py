@@ -11,7 +11,7 @@ The file is a cache, never the truth: it holds the keys and codes it
 indexes, and a run uses it only after making it index exactly the run's
 pictures (those of images gone, changed or out of the run removed; new ones
 added). A file that does not read back, or that would need most of it
-replaced, is built again. Below ``index.EXACT_SEARCH_BELOW`` pictures the
+replaced, is built again. Below ``hamming.EXACT_SEARCH_BELOW`` pictures the
 search is exhaustive on a transient index built in milliseconds (equal
 distances ranked by key): no file is kept.
 
@@ -64,7 +64,7 @@ def picture_file(folder: str | os.PathLike, key: str) -> Path:
 
 def forget_picture_files(folder: str | os.PathLike, keep: list[str]) -> None:
     """Delete the picture indexes of settings keys no longer kept (the
-    gallery keeps the state of its last ``gallery.MAX_MATCH_KEYS`` keys)."""
+    gallery keeps the state of its last ``gallery_matches.MAX_MATCH_KEYS`` keys)."""
     wanted = {picture_file(folder, k).name for k in keep}
     for f in Path(folder).glob(picture_file("", "*").name):
         if f.name not in wanted:

@@ -1,7 +1,7 @@
 """How a :class:`~matchkit.index.vectors.VectorIndex` searches: its
 ``search`` method and the strategies behind it (:class:`_SearchMixin`, part
 of ``VectorIndex``), with the constants that choose between them. Separate
-from ``vectors.py``, which holds the vectors, their updates and their file.
+from ``index/vectors.py``, which holds the vectors, their updates and their file.
 
 Filtered search ("only images tagged X") has to stay exact when the filter
 is selective. HNSW graphs cannot be told to skip nodes from Python, and

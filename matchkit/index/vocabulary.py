@@ -1,4 +1,4 @@
-"""The visual words of the IVF index (``ivf.py``): a :class:`Vocabulary`
+"""The visual words of the IVF index (``index/ivf.py``): a :class:`Vocabulary`
 (a two-level tree of binary centroids, and the descriptor bits kept as
 signature), how descriptors are assigned to its words, and the vocabulary
 shipped with matchkit (``VOCAB_FILE``, trained by

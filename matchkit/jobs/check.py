@@ -217,8 +217,8 @@ def check(gallery: Gallery | str | os.PathLike, paths: Iterable[str | os.PathLik
     replaces the hand rules with its calibrated decision (module docstring).
     ``level`` ("copies", "variants" or "similar"; default the settings')
     chooses which relations count as a match. ``gallery`` may be sharded
-    (``shards.py``); ``ray`` (an address, "auto" or "local") has its shards'
-    actors on a Ray cluster answer the candidate searches (``distributed.py``;
+    (``store/shards.py``); ``ray`` (an address, "auto" or "local") has its shards'
+    actors on a Ray cluster answer the candidate searches (``distributed/ray_jobs.py``;
     the query files are read here). A gallery opened here from its path
     without ``settings`` is searched with the descriptor index it was written
     with (``Gallery.saved_vote_index``).

@@ -1,10 +1,10 @@
 """What a labelling query answers: the records (``Support``: one example
 behind an answer; ``Answer``: the label, how sure it is and the examples),
 and the plain functions that turn supporting examples into an answer
-(``vote``, ``raw_confidence``, ``calibrated``; see ``classify.py``'s
+(``vote``, ``raw_confidence``, ``calibrated``; see ``jobs/classify.py``'s
 docstring for the reasoning).
 
-Split from ``classify.py`` (which imports these names back): the records
+Split from ``jobs/classify.py`` (which imports these names back): the records
 and the voting are data and arithmetic, with nothing of the ``Labeler``'s
 state; its neighbour search and calibration build on them.
 """

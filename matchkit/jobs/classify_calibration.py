@@ -2,7 +2,7 @@
 fitted on known queries (the user's, or edits of gallery images made here),
 and their storage with the gallery as plain JSON (``labeler.json``).
 
-Split from ``classify.py``: ``LabelerCalibration`` is mixed into ``Labeler``
+Split from ``jobs/classify.py``: ``LabelerCalibration`` is mixed into ``Labeler``
 (its ``-- calibration --`` section); it asks the neighbour search
 (``classify_neighbours``) for the queries' examples and fits with
 ``match.calibrate.fit_open_set``.

@@ -2,7 +2,7 @@
 evidence (``QueryMatcher``), stored vectors and class names by cosine
 similarity, merged into one list of ``Support`` per query.
 
-Split from ``classify.py``: ``LabelerNeighbours`` is mixed into ``Labeler``
+Split from ``jobs/classify.py``: ``LabelerNeighbours`` is mixed into ``Labeler``
 (its ``-- neighbours --`` section) and reads what ``fit`` learned
 (``matcher_``, ``image_labels_``, the vector index and text vectors) and
 the calibration's cosine maps.

@@ -78,16 +78,16 @@ def dedupe(
     the last values every half second or so from the long loops
     (``checkpoint``), so such a stop takes effect within about a second.
 
-    With a ``gallery``, matching is incremental (``incremental.py``): candidate
+    With a ``gallery``, matching is incremental (``match/incremental.py``): candidate
     searches and pair decisions are stored there, and a later run redoes only
     what new, changed or removed images affect, with the same result as a run
     from scratch. ``rematch`` ignores (and replaces) what is stored. Runs with a
     learned ``model`` always match from scratch. A folder holding a shard
-    manifest (``shards.py``) is a sharded gallery; it keeps the same state
+    manifest (``store/shards.py``) is a sharded gallery; it keeps the same state
     across its shards (with ``ray``, matching starts from scratch).
 
     ``ray`` (an address, or "auto"/"local") runs the work on a Ray cluster
-    (``distributed.py``): files are read on its workers, each shard of the
+    (``distributed/ray_jobs.py``): files are read on its workers, each shard of the
     gallery is held by an actor, pairs are verified in tasks; clusters and
     report are built here as on one machine, with the same result.
     ``shards`` makes a new ``gallery`` folder a sharded gallery of that many

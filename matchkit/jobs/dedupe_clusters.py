@@ -277,7 +277,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
             1 for x, y in pairs if not matched(x, y) and supports(x, y)) >= need
 
     def supports(x: int, y: int) -> bool:
-        """A pair refused as sharing a part only (``match.relation_of``: no
+        """A pair refused as sharing a part only (``evidence.relation_of``: no
         relation), whose many inliers crowd on a part of the picture that
         agrees (``picture.dense_picture``): too small to prove a copy (a
         shared sticker looks the same), but next to a matched pair across

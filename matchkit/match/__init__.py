@@ -1,6 +1,7 @@
 """From records to decisions: candidate pairs (:mod:`.candidates`), the
 burstiness check (:mod:`.burst`), verification and the pair decision
-(:mod:`.pairs`, :mod:`.pairfeatures`, :mod:`.calibrate`, :mod:`.profiles`),
+(:mod:`.pairs`, :mod:`.verification`, :mod:`.evidence`, :mod:`.pairfeatures`,
+:mod:`.calibrate`, :mod:`.thresholds`, :mod:`.profiles`),
 picture and template checks (:mod:`.picture`, :mod:`.framed`,
 :mod:`.template`), stored matching state for incremental runs
 (:mod:`.incremental`), queries against a gallery (:mod:`.query`), clusters

@@ -66,7 +66,7 @@ SHARED_SHARE = 0.2
 #: ... and at least this many.
 SHARED_MIN = 6
 #: Refused only when the inliers spread over less than this share of the
-#: overlap (``local.Overlap.spread``; stickers on the dev set: 0.06-0.40).
+#: overlap (``local_overlap.Overlap.spread``; stickers on the dev set: 0.06-0.40).
 SPREAD = 0.45
 #: Pixels between an inlier's point and the stored keypoint it came from
 #: (the same keypoint: the points are copied from the stored coordinates).
@@ -213,7 +213,7 @@ def measure(evidence: Sequence, index, features: Callable, hashes: Callable, set
             key_stride: int, allowed: np.ndarray | None = None
             ) -> list[tuple[object, Part | None]]:
     """(pair, :class:`Part`) for the local matches among ``evidence``
-    (``match.PairEvidence``) not measured yet that the check could refuse
+    (``evidence.PairEvidence``) not measured yet that the check could refuse
     (spread under ``SPREAD``), with one search of the descriptor ``index``
     for all their inliers; None where the inliers' descriptors cannot be
     told. Not counted: the pair, its copies (:func:`copies`, looked for
@@ -227,7 +227,7 @@ def measure(evidence: Sequence, index, features: Callable, hashes: Callable, set
     if not have:
         return [(ev, None) for ev in todo]
     # Only neighbours within the vote distance hold an inlier: a shard sends
-    # back those alone (most of the K are farther; ``index.within``).
+    # back those alone (most of the K are farther; ``hamming.within``).
     keys, dists = index.search(np.concatenate(have), K,
                                max_distance=settings.vote_max_distance)
     img = holders(keys, dists, settings.vote_max_distance, key_stride)
@@ -353,7 +353,7 @@ class BurstMemo:
 
 
 class BurstMatcher:
-    """A pair matcher (``match.PairMatcher`` or one with its interface) whose
+    """A pair matcher (``pairs.PairMatcher`` or one with its interface) whose
     local matches pass the burstiness check: after every verification
     (fresh, or reused from the gallery) and for its initial evidence, pairs
     matched by the local rule are measured and applied (:func:`measure`,

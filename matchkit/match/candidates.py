@@ -48,7 +48,7 @@ class Candidates:
     #: With ``per_owner``: query id -> per hash variant, the last ``REACH_TAIL``
     #: distances of its first search (nearest first; ``nbits + 1`` where the
     #: index had fewer codes): what the reach becomes as nearer images enter
-    #: (``incremental.merge_hash_search``).
+    #: (``incremental_hash.merge_hash_search``).
     tails: dict[int, list[list[int]]] = field(default_factory=dict)
     #: With ``per_owner``: query id -> the pairs kept beyond ``max_distance``
     #: by its first search, as (id, distance), nearest first (some may also
@@ -226,7 +226,7 @@ def vote_candidates(
     owners = np.concatenate(owner_list)
     # Only neighbours within ``max_distance`` vote, so only those are asked
     # for (a shard in another process sends no others): the votes, hits and
-    # lists' near entries are the same (``index.within``); the lists keep
+    # lists' near entries are the same (``hamming.within``); the lists keep
     # no far ones, which nothing reads (``tally_votes`` and the incremental
     # merge and staleness check look at the near ones alone).
     keys, dists = search_in_chunks(index, np.concatenate(desc_list), neighbours,

@@ -135,7 +135,7 @@ def hash_rule(ev: PairEvidence, crowd: dict[int, int], settings: Settings) -> st
 #: hull): a shared sticker, logo or corner gathers them in a small part of it
 #: (false pairs: 0.01-0.12, and at most 0.07 in the hard calib half's fits
 #: with 12+ inliers once the hull was measured in the frame of the overlap,
-#: ``local.compare_overlap``; true re-photographs of a punching bag and an
+#: ``local_overlap.compare_overlap``; true re-photographs of a punching bag and an
 #: accordion, whose inliers sit on the object: 0.108 and 0.109) ...
 MIN_SPREAD = 0.1
 #: ... unless this share of the overlap's cells agree (false pairs with a low
@@ -146,7 +146,7 @@ SPREAD_EXEMPT_AGREEMENT = 0.7
 #: screenshot template (false pairs: 0.41-0.44; an emoji on a copy: up to 0.26
 #: of a partial overlap).
 MAX_ENCLOSED = 0.35
-#: Overlap cells that agree (see ``local.Overlap.agreement``): at or above this
+#: Overlap cells that agree (see ``local_overlap.Overlap.agreement``): at or above this
 #: share (most of the overlap) the pixels prove a copy even when an overlay
 #: (a caption bar) pulls the whole overlap's correlation under
 #: ``Settings.min_overlap_correlation`` ...

@@ -200,7 +200,7 @@ def framed_pairs(index, pictures: dict[int, np.ndarray], plain: dict[int, np.nda
       recapture seen from the original's side.
 
     ``picture_index``: the plain codes of ``pictures`` under the keys of
-    ``picture_index.picture_rows`` (kept between runs: ``PictureIndex``);
+    ``pictures.picture_rows`` (kept between runs: ``PictureIndex``);
     built here when not given.
     """
     out: dict[int, dict[int, int]] = {}

@@ -35,7 +35,7 @@ A run brings every record up to date instead of searching again:
   again from the lists.
 
 With exact searches (an index whose ``ranks_ties_by_key``: below
-``index.EXACT_SEARCH_BELOW`` codes per index or shard, or IVF) every record
+``hamming.EXACT_SEARCH_BELOW`` codes per index or shard, or IVF) every record
 is then what a search now would return, so the candidate pairs, distances,
 votes, crowd and "verify top" sets are those of a full run. Pairs between
 two images whose neighbourhood did not change reuse their stored evidence
@@ -56,7 +56,7 @@ run's by such noise (measured: identical clusters, keepers and relations).
 Records of images outside the run are kept as markers (seen, not searched),
 so a later run knows they are not new. Changing any setting, the profile or
 the version gives another key; each key keeps its own state (the last
-``gallery.MAX_MATCH_KEYS`` keys used), so switching ``--level`` back and forth
+``gallery_matches.MAX_MATCH_KEYS`` keys used), so switching ``--level`` back and forth
 reuses both, and nothing made under one key is read under another.
 """
 
@@ -96,11 +96,11 @@ from matchkit.match.incremental_pairs import (  # noqa: F401  (re-exported)
 #: Bump when what a record or a stored pair means changes, and when the
 #: decision rules change within one matchkit version (2: recapture pictures,
 #: thumbnail checks of pHash matches, recolours by histogram; 3: mirrored
-#: looks and icon views made from stored features, ``stored.py``; 4: re-photographs
+#: looks and icon views made from stored features, ``store/stored.py``; 4: re-photographs
 #: found by the frame around the shown picture; 5: candidates from the picture
-#: inside a frame, records "fh" and "fr", ``framed.py``; 6: a pair's "after"
+#: inside a frame, records "fh" and "fr", ``match/framed.py``; 6: a pair's "after"
 #: holds only what verification changed, ``verification_json``; 7: texts stored
-#: deflated, ``stored_text.py``, which earlier builds of one version cannot read;
+#: deflated, ``store/stored_text.py``, which earlier builds of one version cannot read;
 #: 8: hash searches keep their reach tails and loose pairs, "rt" and "lk", which
 #: an add merges new images into, ``merge_hash_search``: an earlier build would
 #: update a record and leave them behind; 9: the overlap check measures a
@@ -109,10 +109,10 @@ from matchkit.match.incremental_pairs import (  # noqa: F401  (re-exported)
 #: 10: images tied in votes at a query's cut are left out together,
 #: ``candidates.tally_votes``: stored records kept the first by id; 11: the
 #: overlap check counts no texture at the edge of the warped picture,
-#: ``local.compare_overlap``; 12: a perspective fit from a small patch that
-#: explains under half the matches is a shared part, ``match.relation_of``;
+#: ``local_overlap.compare_overlap``; 12: a perspective fit from a small patch that
+#: explains under half the matches is a shared part, ``evidence.relation_of``;
 #: 13: the inliers' spread is measured in the frame the overlap is compared
-#: in, ``local.compare_overlap``, and ``match.MIN_SPREAD`` chosen again).
+#: in, ``local_overlap.compare_overlap``, and ``evidence.MIN_SPREAD`` chosen again).
 STATE_VERSION = 13
 #: Steps of bringing the stored state up to date, told as phase "stored"
 #: (``checkpoint.report``): stored records read, gone images found, hash

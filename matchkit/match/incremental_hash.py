@@ -5,7 +5,7 @@ merge of entering images into it (``merge_hash_search``), the distance of
 stored hash variants to new codes (``_nearest_distance``), and the
 ``IncrementalMatcher`` methods that choose the records a new image reaches
 and merge or redo their searches (``HashSearchUpdates``). Separate from
-``incremental.py``: the hash side of an update, apart from the descriptor
+``match/incremental.py``: the hash side of an update, apart from the descriptor
 votes (``incremental_votes.py``) and the pair rows (``incremental_pairs.py``).
 """
 
@@ -112,7 +112,7 @@ def merge_hash_search(rec: dict, entering: Sequence[int], dists: np.ndarray,
 def _nearest_distance(queries: np.ndarray, codes: np.ndarray, nbits: int) -> np.ndarray:
     """Per query row (packed bits), the Hamming distance to the nearest row of
     ``codes`` (``nbits + 1`` if there is none): exact below
-    ``index.EXACT_SEARCH_BELOW`` codes, by OpenCV's Hamming ``batchDistance``
+    ``hamming.EXACT_SEARCH_BELOW`` codes, by OpenCV's Hamming ``batchDistance``
     in parts of ``NEAREST_ROWS`` queries. The stored records' 8 hash variants
     (404,000 at 50,500 images) against an add's 500 new codes: 1.8 s, where
     an exhaustive USearch search took 4.3 s (the same distances). From that
@@ -223,7 +223,7 @@ class HashSearchUpdates:
 
     def _template_moved(self, near: dict[int, list]) -> list[int]:
         """Those of the images ``near`` gives new hash neighbours for whose
-        template check (``match.content_masks``) may now decide otherwise
+        template check (``content.content_masks``) may now decide otherwise
         than when their record was made (none of them templated then): the
         look-alikes it uses, close neighbours with the image's own thumbnail
         shape, are another set. A newcomer of another shape changes nothing

@@ -6,7 +6,7 @@ where they did (``_evidence``); looks a verification, same-pixels check or
 settled relation up before doing it, and stores what it does; and verifies
 a run's new pending pairs ahead, in batches or in the background, where
 earlier runs asked for nearly all theirs (``_verify_ahead``). Separate from
-``incremental.py``: everything kept per pair (``match_pairs``), apart from
+``match/incremental.py``: everything kept per pair (``match_pairs``), apart from
 the per-image records (``incremental_records.py``).
 """
 

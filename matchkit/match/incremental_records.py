@@ -4,7 +4,7 @@ changes, and how the images that need it are searched anew.
 ``StoredRecords`` finds the records naming an image that left (``_stale``),
 sets a record's fields and notes which pairs that can change (``_update``,
 ``_note_change``), and makes new records by a full candidate and frame search
-(``_search``, ``_framed_search``). Separate from ``incremental.py`` (which
+(``_search``, ``_framed_search``). Separate from ``match/incremental.py`` (which
 decides, per run, what is brought up to date and how): the record-level work
 the hash and vote updates (``incremental_hash.py``, ``incremental_votes.py``)
 build on.

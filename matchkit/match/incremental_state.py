@@ -4,7 +4,7 @@ A pair's evidence as canonical JSON (``evidence_json``, read back by
 ``evidence_from_json``), what verification changed in it
 (``verification_json``, applied by ``apply_verification``), a stored pair
 row (``PairRow``) and its kinds, and the packed arrays of an image's record
-(ids and neighbour lists as base64). Separate from ``incremental.py``: pure
+(ids and neighbour lists as base64). Separate from ``match/incremental.py``: pure
 encoding, with no matcher and no gallery, used by every part of the
 ``IncrementalMatcher`` that reads or writes the state.
 """

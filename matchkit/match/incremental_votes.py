@@ -5,7 +5,7 @@ distances) and the votes counted from them (``_vote_fields``). An add asks
 which stored descriptors each new one comes near (``_within``), merges those
 into the lists as the index's own search would rank them (``_merge_rows``,
 ``_merge_all``) and counts the votes again (``StoredVotes._patch_votes``).
-Separate from ``incremental.py``: the descriptor side of an update, apart
+Separate from ``match/incremental.py``: the descriptor side of an update, apart
 from the hash searches (``incremental_hash.py``).
 """
 

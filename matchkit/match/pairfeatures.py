@@ -137,9 +137,9 @@ def decide(calibrator, evidence: Sequence[PairEvidence], crowd: Mapping[int, int
     ``ev.rule`` becomes ``rule`` where ``calibrator`` (a fitted
     ``calibrate.PairCalibrator``) accepts the pair and ``allowed`` says it may
     be decided now, else ""; its P(duplicate) goes to ``ev.extra["p"]``.
-    Dedupe (``match.PairMatcher``) and queries (``query.QueryMatcher``) both
+    Dedupe (``pairs.PairMatcher``) and queries (``query.QueryMatcher``) both
     decide through here. With a ``level`` an accepted pair also needs a
-    relation (``match.relation_of``) that the level groups: the profile scores
+    relation (``evidence.relation_of``) that the level groups: the profile scores
     how likely a pair is a duplicate, the relation says what kind, so a
     shared sticker or frame (no relation) or a recolour at the copies level
     is refused whatever the score."""
@@ -156,7 +156,7 @@ def decide(calibrator, evidence: Sequence[PairEvidence], crowd: Mapping[int, int
 
 
 def level_allows(ev: PairEvidence, level: str) -> bool:
-    """Whether the pair's relation, as its evidence stands (``match.relation_of``,
+    """Whether the pair's relation, as its evidence stands (``evidence.relation_of``,
     recorded in ``ev.extra["relation"]``), is one ``level`` groups. A calibrated
     decision is gated by this, so calibration fits only the pairs it lets through."""
     ev.extra["relation"] = kind = relation_of(ev, global_only=ev.verification is None)

@@ -4,7 +4,7 @@ A re-photographed print or screen (a recapture) shows the picture on a new
 background, behind a monitor bezel, under a light gradient and a glare. Laid
 on each other frame to frame, two such photos of one picture disagree over
 most of their overlap (two backgrounds), so the whole-overlap comparison of
-``local.compare_overlap`` vetoes them; and two *different* pictures shown on
+``local_overlap.compare_overlap`` vetoes them; and two *different* pictures shown on
 one monitor setup agree over the frame (bezel, desk, light) while their
 pictures differ.
 
@@ -139,7 +139,7 @@ def shared_frame(picture: Overlap | None, inliers: int, inner: float = 1.0) -> b
 #: rest of the picture too smooth or too differently lit to match). Alone
 #: that proves nothing (a shared sticker looks the same), but it supports a
 #: join of two clusters that a matched pair already links
-#: (``dedupe.find_clusters``), with at least this many inliers (false pairs
+#: (``dedupe_clusters.find_clusters``), with at least this many inliers (false pairs
 #: of the recapture calib half, every candidate verified: at most 27, all on
 #: a shared monitor frame).
 DENSE_INLIERS = 40

@@ -85,7 +85,7 @@ class QueryMatcher(QueryCandidates):
         #: stay in memory between calls, least recently used dropped first.
         self.cache = _LocalCache(gallery, cache_size)
         self._masks: OrderedDict[int, np.ndarray | None] = OrderedDict()
-        #: Thumbnail features of the mirrored look, by image (``match.ThumbLooks``).
+        #: Thumbnail features of the mirrored look, by image (``verification.ThumbLooks``).
         self._looks = ThumbLooks()
         self._threads: ThreadPoolExecutor | None = None
 

@@ -2,7 +2,7 @@
 neighbours and descriptor votes, found as dedupe finds its candidates, and
 for the zoomed second look the distinctive votes only.
 
-A part of ``QueryMatcher`` (``query.py``), separate because choosing the
+A part of ``QueryMatcher`` (``match/query.py``), separate because choosing the
 candidates is its own stage: :class:`QueryCandidates` holds these methods,
 the matcher inherits them.
 """

@@ -2,7 +2,7 @@
 (:class:`Neighbour`, ranked by :func:`match_strength`) and all of them for
 one query file (:class:`QueryResult`).
 
-Separate from the matcher (``query.py``): plain results and their score,
+Separate from the matcher (``match/query.py``): plain results and their score,
 which ``check`` and the labeler read, with no matching in them.
 """
 

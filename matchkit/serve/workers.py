@@ -7,7 +7,7 @@ whatever thread answers the request:
 * Reads run on a bounded pool of reader threads. Each keeps its own open
   ``Gallery`` per folder (SQLite connections belong to their thread) and the
   labelers fitted on it, but the loaded indexes are shared by all readers
-  (``index_cache.SharedIndexes``): one copy per saved state of the files,
+  (``cache.SharedIndexes``): one copy per saved state of the files,
   loaded by the first reader that needs it, freed when no reader holds it.
   All readers open every gallery when the server starts (``Pools.warm``), so
   nothing big is built later under load.

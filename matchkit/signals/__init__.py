@@ -10,7 +10,7 @@ only through this interface; it loops over the names in
   decoded image, stored by ``Gallery`` in its generic ``signal_data`` table in
   the same transaction as the image's record (``None``: nothing to say,
   stored as such so the image is not read again);
-- pair decisions (``dedupe.find_clusters`` through :func:`vetoing`): a pair
+- pair decisions (``dedupe_clusters.find_clusters`` through :func:`vetoing`): a pair
   the other signals matched or would verify is refused when a configured
   signal vetoes it; its evidence goes into the pair's ``extra["signals"]``;
 - report pages: ``Signal.describe(evidence)`` for each signal's evidence,
@@ -192,7 +192,7 @@ def pair_evidence(gallery, names: Sequence[str], pairs: Iterable[tuple[int, int]
 
 
 def apply_vetoes(evidence: list, gallery, names: Sequence[str], cache: dict) -> None:
-    """Refuse matched or pending pairs (``match.PairEvidence``) that a
+    """Refuse matched or pending pairs (``evidence.PairEvidence``) that a
     configured signal vetoes: ``rule`` cleared, ``pending`` off, the reason in
     ``extra["veto"]``; each signal's evidence in ``extra["signals"]``."""
     todo = [ev for ev in evidence if (ev.rule or ev.pending) and "signals" not in ev.extra]
@@ -210,7 +210,7 @@ def apply_vetoes(evidence: list, gallery, names: Sequence[str], cache: dict) -> 
 
 
 class VetoingMatcher:
-    """A pair matcher (``match.PairMatcher`` or one with its interface) whose
+    """A pair matcher (``pairs.PairMatcher`` or one with its interface) whose
     decisions pass the configured signals' vetoes: its initial evidence, every
     batch it verifies and every pair it is asked about afresh."""
 

@@ -104,7 +104,7 @@ def structure_agreement(thumb_a: np.ndarray, thumb_b: np.ndarray, turned: bool =
 
 
 def frame_overlap(thumb_a: np.ndarray, thumb_b: np.ndarray) -> Overlap:
-    """``local.compare_overlap`` of the two thumbnails laid frame to frame
+    """``local_overlap.compare_overlap`` of the two thumbnails laid frame to frame
     (b stretched onto a's frame when their aspect ratios differ)."""
     (ha, wa), (hb, wb) = thumb_a.shape[:2], thumb_b.shape[:2]
     return compare_overlap(thumb_a, thumb_b, [[wb / wa, 0, 0], [0, hb / ha, 0]], (wa, ha), (wb, hb))

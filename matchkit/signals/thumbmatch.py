@@ -10,7 +10,7 @@ share the silhouette and most pixels. So for *icon-like* images (both sides
 at most ``ICON_SIDE`` and drawn on transparency) this module:
 
 - views each image as a viewer sees it: composited over the same mid-grey as
-  ``io.TRANSPARENT_BACKGROUND``, cropped to the bounding box of its opaque
+  ``load.TRANSPARENT_BACKGROUND``, cropped to the bounding box of its opaque
   part (themes pad small sizes differently), resampled to the smaller
   image's size (at most ``GRID`` pixels), in Lab, with its alpha;
 - compares two views on what survives a redraw at another size: the

@@ -188,7 +188,7 @@ class Gallery(_ReadingMixin, _WritingMixin, _SignalsMixin, _IndexesMixin, _Verif
         #: generation it was saved with, even if the database moved on since.
         self._as_saved = False
         #: Index objects shared with other open galleries of this process
-        #: (``index_cache.SharedIndexes``, for read-only use), or None.
+        #: (``cache.SharedIndexes``, for read-only use), or None.
         self.shared_indexes = None
         #: When set, ``add`` puts new descriptors into the ORB index on a
         #: worker thread and returns without waiting (``dedupe`` sets it: its
@@ -306,6 +306,6 @@ class Gallery(_ReadingMixin, _WritingMixin, _SignalsMixin, _IndexesMixin, _Verif
         ``progress(n)`` is called as files are processed. Returns the ids of
         all readable files in ``paths`` (new, updated or unchanged) and the
         skipped files with reasons. A gallery is the one-shard case of a
-        sharded one: the same code (``shards.add_files``) does the work.
+        sharded one: the same code (``adding.add_files``) does the work.
         """
         return add_files([self], paths, self.settings, progress, extract=extract_many)

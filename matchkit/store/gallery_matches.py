@@ -57,7 +57,7 @@ class _MatchStateMixin:
 
     def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
         """Stored pair evidence under ``key``: (a, b, kind) -> (before, after,
-        same_pixels, live, relation); see ``incremental.PairRow``."""
+        same_pixels, live, relation); see ``incremental_state.PairRow``."""
         if not self._has_match_tables():
             return {}
         rows = self._db.execute("SELECT a, b, kind, before, after, same_pixels, live, relation "

@@ -106,7 +106,7 @@ class _ReadingMixin:
         return found
 
     def icons(self, ids: Sequence[int]) -> dict[int, bytes]:
-        """Stored icon views (``thumbmatch.icon_blob``) of those of ``ids`` that have one."""
+        """Stored icon views (``thumbmatch_views.icon_blob``) of those of ``ids`` that have one."""
         return {k: v for k, v in self._blobs("icon", ids).items() if v is not None}
 
     def labelled(self) -> dict[int, list]:

@@ -2,10 +2,10 @@
 neighbours, merged per query (:class:`MergedIndex` for pHash and ORB codes,
 :class:`MergedVectorIndex` for embeddings).
 
-Separate from the sharded gallery (``shards.py``), which builds them: they
+Separate from the sharded gallery (``store/shards.py``), which builds them: they
 know nothing of galleries or manifests, only of parts that answer
 ``search``, so a part may also be an index in another process
-(``distributed.py``).
+(``distributed/ray_jobs.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class MergedIndex:
     the result (an index in another process).
 
     ``search(..., max_distance=d)`` asks each part for its neighbours within
-    ``d`` alone (``index.within``: exact after the merge), so a part in
+    ``d`` alone (``hamming.within``: exact after the merge), so a part in
     another process sends back only those."""
 
     def __init__(self, parts: Sequence):
@@ -40,7 +40,7 @@ class MergedIndex:
         """Whether equal distances come back in key order: always when parts
         are merged (by distance, then key), else as the one part does. Not
         from the total size: three shards of 10,000 codes each are searched
-        exactly, though together they pass ``index.EXACT_SEARCH_BELOW``."""
+        exactly, though together they pass ``hamming.EXACT_SEARCH_BELOW``."""
         return len(self.parts) > 1 or self.parts[0].ranks_ties_by_key
 
     def search(self, codes: np.ndarray, k: int, max_distance: int | None = None

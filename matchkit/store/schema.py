@@ -18,7 +18,7 @@ from pathlib import Path
 
 from matchkit.util.fs import fsync_dir
 
-#: 2: compact stored features (``stored.py``: encoding column of
+#: 2: compact stored features (``store/stored.py``: encoding column of
 #: ``local_features``, icon views, pixel digests made at extraction).
 SCHEMA_VERSION = 2
 DB_NAME = "gallery.sqlite"
@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
 CREATE INDEX IF NOT EXISTS embeddings_image ON embeddings(image_id);
 """
 
-#: Tables of incremental matching (``incremental.py``): per image, what its
+#: Tables of incremental matching (``match/incremental.py``): per image, what its
 #: candidate search found; per pair, its evidence before and after local
 #: verification; both under the key of the settings they were made with, as
 #: ``stored_text`` deflates them. Created on first use by a writer, so

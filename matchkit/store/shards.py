@@ -18,7 +18,7 @@ A plain :class:`~matchkit.store.gallery.Gallery` is the one-shard case: its ``ad
 is :func:`add_files` with itself as the only shard. :class:`ShardedGallery`
 offers the reading side of a gallery (what matching, dedupe and check use)
 over all its shards; its indexes are merged per query (:class:`MergedIndex`),
-so a shard's index may also live in another process (``distributed.py``).
+so a shard's index may also live in another process (``distributed/ray_jobs.py``).
 The merged indexes are in :mod:`.merged`, importable from here too.
 """
 
@@ -105,7 +105,7 @@ class ShardedGallery:
     :class:`MergedVectorIndex`) work as on a :class:`Gallery`; labels stay
     per shard (not yet across them).
     ``indexes(name)`` may give the index parts instead of the shards'
-    own (``distributed.py``: indexes held by shard actors)."""
+    own (``distributed/ray_jobs.py``: indexes held by shard actors)."""
 
     def __init__(self, path: str | os.PathLike, settings: Settings = Settings(), *,
                  create: bool = True, shards: int | None = None,
@@ -307,7 +307,7 @@ class ShardedGallery:
         return sum(self.parts[s].update_meta({i: updates[i] for i in part}, replace=replace)
                    for s, part in self._by_shard(updates).items())
 
-    # incremental matching state (``incremental.py``): each image's record
+    # incremental matching state (``match/incremental.py``): each image's record
     # in its shard, each pair in the shard of its first image
     def image_digests(self) -> dict[int, tuple[str, bool]]:
         return dict(sorted((k, v) for g in self.parts for k, v in g.image_digests().items()))

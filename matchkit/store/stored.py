@@ -3,12 +3,12 @@
 A gallery keeps, per image, what matching and verification read: keypoint
 coordinates, ORB descriptors and a grey thumbnail (``local_features`` table),
 the colour histogram, and for the images that need them an icon view
-(``thumbmatch.icon_blob``) and a pixel digest (``io.LoadedImage.pixel_sha256``).
+(``thumbmatch_views.icon_blob``) and a pixel digest (``load.LoadedImage.pixel_sha256``).
 The mirrored look at a flipped copy is made from the stored thumbnails
 (``thumb_features``), icons are compared on their stored views, and same
 pixels are told by stored digests, so those no longer open the image file.
 One look still does: the closer, content-only look at an image inside a
-template crowd (``match._content_features``; without it most screenshot
+template crowd (``content._content_features``; without it most screenshot
 pairs of the hard set were lost).
 
 Encoding 2 (this module) against encoding 1 (raw arrays), per 500-keypoint

@@ -1,7 +1,7 @@
 """The JSON texts of incremental matching, stored deflated.
 
 A gallery keeps, per image, its candidate-search record and, per candidate
-pair, the pair's evidence and what verifying it changed (``incremental.py``).
+pair, the pair's evidence and what verifying it changed (``match/incremental.py``).
 Stored as plain JSON those were 12.4 of a gallery's 47.4 KB per image on the
 5,000-image scale set: about eleven short texts per image (310 and 155 bytes
 on average) that repeat the same field names, and one record of 3.9 KB.
@@ -26,8 +26,8 @@ import zlib
 #: The first byte of a stored value: raw deflate with ``_DICTIONARY``.
 TAG = 1
 
-#: Field names and shapes of the stored texts (``incremental.evidence_json``,
-#: ``incremental.verification_json``, the candidate-search records), the most
+#: Field names and shapes of the stored texts (``incremental_state.evidence_json``,
+#: ``incremental_state.verification_json``, the candidate-search records), the most
 #: frequent last (deflate reaches nearer strings with fewer bits). Never edit:
 #: values stored under ``TAG`` are inflated with exactly these bytes.
 _DICTIONARY = (

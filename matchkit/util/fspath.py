@@ -56,7 +56,7 @@ def json_text(data, **kwargs) -> str:
     names: they become ``\\udcNN`` escapes, so the text encodes as UTF-8 and
     ``json.loads`` returns the same string (``os.fsencode`` gives the bytes).
     Indented by two spaces (the reports), orjson writes it where it can
-    (``_json.dumps_indented``: the same values, faster)."""
+    (``jsonfmt.dumps_indented``: the same values, faster)."""
     if kwargs == {"indent": 2}:
         fast = dumps_indented(data)
         if fast is not None:

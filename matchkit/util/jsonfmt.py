@@ -6,7 +6,7 @@ again (53,000 pairs at 5,000 images): with the standard library that was
 the same Python values for every document ``json.dumps`` writes here, except
 ``NaN`` and ``Infinity``, which it refuses: those fall back to ``json``.
 Stored evidence is still written with ``json.dumps``: it is compared as
-text (``incremental.evidence_json``), and orjson formats differently.
+text (``incremental_state.evidence_json``), and orjson formats differently.
 Stored match records, read back as values only, are written by orjson
 (``dumps_sorted``): 3,900 records changed by a 50-image add to 4,950 took
 0.15 s to encode with the standard library. The
