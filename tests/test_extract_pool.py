@@ -75,6 +75,36 @@ def test_crash_past_the_first_window_skips_only_that_file(tmp_path, monkeypatch)
                                    "(worker process died: signal SIGSEGV)")]
 
 
+def test_pool_broken_before_a_submission_loses_no_file(photos, monkeypatch):
+    """A worker can die between one result and the next submission; then
+    ``submit`` itself raises BrokenProcessPool (CI saw it once). The chunk
+    that was never sent waits for the next pool, and every file still gets
+    its record. Simulated: the first pool refuses its third submission."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    pools = []
+
+    class RefusingPool(ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+            self.sent = 0
+
+        def submit(self, *args, **kwargs):
+            self.sent += 1
+            if len(pools) == 1 and self.sent == 3:
+                raise BrokenProcessPool("a child process terminated abruptly (simulated)")
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(features.pool, "ProcessPoolExecutor", RefusingPool)
+    monkeypatch.setattr(features.pool, "PROCESS_POOL_MIN_FILES", 0)
+    monkeypatch.setattr(features.pool, "IMAGES_AHEAD", 1)
+    results = list(extract_many(photos, Settings(workers=2)))
+    assert [p for p, _ in results] == [str(f) for f in photos]
+    assert all(isinstance(r, ImageRecord) for _, r in results)
+    assert len(pools) >= 2  # the chunks not sent ran in a fresh pool
+
+
 def _niceness(_: object) -> int:
     return os.nice(0)
 

@@ -232,12 +232,22 @@ def _in_pool(paths: list[str], settings: Settings, n: int,
         broken: list[list[int]] = []
         pending = collections.deque(todo)
         out: collections.deque = collections.deque()
+        dead = False  # the pool broke before a chunk could be submitted
         try:
-            while out or (pending and not broken):
-                while pending and len(out) < ahead and not broken:
+            while out or (pending and not broken and not dead):
+                while pending and len(out) < ahead and not broken and not dead:
                     chunk = pending.popleft()
-                    out.append((chunk, pool.submit(_extract_chunk,
-                                                   [paths[i] for i in chunk], settings)))
+                    try:
+                        future = pool.submit(_extract_chunk, [paths[i] for i in chunk], settings)
+                    except BrokenProcessPool:
+                        # A worker died since the last result came back: this
+                        # chunk was never sent, so it waits for the next pool.
+                        pending.appendleft(chunk)
+                        dead = True
+                        break
+                    out.append((chunk, future))
+                if not out:
+                    break
                 chunk, future = out.popleft()
                 try:
                     results = future.result()
