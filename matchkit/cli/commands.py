@@ -7,31 +7,15 @@ The click group ``cli`` and what the commands share are in
 :mod:`matchkit.cli.common`; each family of commands is in its own
 ``cmd_*.py`` module, which attaches its commands to ``cli`` when imported.
 This module imports them all (so importing it registers every command),
-keeps every name importable from here, and holds ``main``.
+keeps the commands and their helpers importable from here, and holds
+``main``.
 """
 
 from __future__ import annotations
 
-import json  # noqa: F401  (re-exported)
-import os  # noqa: F401  (re-exported)
-import shlex  # noqa: F401  (re-exported)
-import sqlite3  # noqa: F401  (re-exported)
-import sys  # noqa: F401  (re-exported)
 import warnings
-from pathlib import Path  # noqa: F401  (re-exported)
 
-import click  # noqa: F401  (re-exported)
-
-from matchkit.util.version import __version__  # noqa: F401  (re-exported)
-from matchkit.util.fs import atomic_write_bytes  # noqa: F401  (re-exported)
-from matchkit.util.fspath import display, json_text  # noqa: F401  (re-exported)
-from matchkit.util.progress import PhaseProgress  # noqa: F401  (re-exported)
-from matchkit.config import Settings  # noqa: F401  (re-exported)
-from matchkit.jobs.dedupe import dedupe as run_dedupe  # noqa: F401  (re-exported)
-from matchkit.distributed.ray_jobs import RayUnavailable  # noqa: F401  (re-exported)
-from matchkit.store.gallery import Gallery, GalleryError  # noqa: F401  (re-exported)
-from matchkit.store.shards import is_sharded, open_gallery  # noqa: F401  (re-exported)
-from matchkit.relation import DEFAULT_LEVEL, LEVELS  # noqa: F401  (re-exported)
+from matchkit.util.fspath import display
 from matchkit.cli.common import (  # noqa: F401  (re-exported)
     _LEVEL_OPTION, _OneLineErrors, _RAY_OPTION, _SHARDS_OPTION, _Setting, _VOTE_INDEX_OPTION,
     _check_html_path, _check_signals, _emit_json, _fail, _load_profile, _one_line,
