@@ -9,6 +9,8 @@ happen to work at run time.
 from __future__ import annotations
 
 import ast
+import functools
+import graphlib
 import re
 import warnings
 from pathlib import Path
@@ -42,6 +44,7 @@ def modules() -> dict[str, Path]:
     return out
 
 
+@functools.cache
 def imports(name: str, path: Path) -> list[tuple[int, str, list[str]]]:
     """(line, imported module, names) of every matchkit import in one module."""
     is_package = path.name == "__init__.py"
@@ -101,35 +104,10 @@ def test_no_import_cycles_between_modules():
             for t in [target] + [f"{target}.{n}" for n in names]:
                 if t in mods and t != name and not mods[t].name == "__init__.py":
                     graph[name].add(t)
-    # Tarjan's strongly connected components
-    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
-
-    def visit(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                cycles.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    assert not cycles, f"import cycles: {cycles}"
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
 
 
 def test_nothing_inside_imports_an_old_path():
