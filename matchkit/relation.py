@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matchkit.signals.thumbmatch import ICON_SIDE
+from matchkit.signals.thumbmatch_views import ICON_SIDE
 
 KINDS: tuple[str, ...] = (
     "exact",        # the same file bytes
@@ -72,7 +72,7 @@ RECAPTURE_PERSPECTIVE = 0.03
 #: photo moves the lightness but keeps most of its colour histogram.
 LIGHT_DARK_SHIFT = 20.0
 #: Icon-sized pictures (both sides at most ``ICON_SIDE`` pixels, defined by
-#: the icon signal, ``signals.thumbmatch``) ...
+#: the icon signal, ``signals.thumbmatch_views``) ...
 #: ... in these lossless formats, at the same size and with other pixels, were
 #: drawn apart on purpose (a state badge, a folder colour, another member of
 #: an icon family): a codec or a resize would have changed the size or the
