@@ -14,17 +14,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from matchkit.signals.colour import colour_histogram
+from matchkit import signals as _signals
 from matchkit.config import Settings
-from matchkit.signals.hashing import JPEG_STREAM_PREFIX, dihedral_phashes, file_digest
+from matchkit.signals.hashing import JPEG_STREAM_PREFIX, file_digest
+from matchkit.signals.image import BLANK_SPREAD, is_blank  # noqa: F401  (re-exported)
 from matchkit.io.load import ImageLoadError, load_image, shrink
-from matchkit.signals.local import LocalFeatures, extract_local, working_grey
+from matchkit.signals.local import LocalFeatures, working_grey
 from matchkit.signals import extract_payloads
-from matchkit.signals.thumbmatch import icon_blob, icon_like
+
+#: The built-in signals, each filling its ``ImageRecord`` fields.
+_BUILTIN = tuple(_signals.builtin())
 
 
 @dataclass
@@ -94,56 +98,55 @@ def _failure_reason(e: Exception) -> str:
     return f"cannot process image: {type(e).__name__}: {e}"
 
 
+class Views:
+    """One decoded file and the views the built-in signals read, each cut
+    once, when first asked for (``Signal.extract_fields``).
+
+    ``image`` is the working decode; ``grey_work`` its grey copy at
+    ``work_side`` (ORB); ``hash_thumb`` the small RGB view hashes and
+    histograms read (``hash_side``); ``grey_thumb`` the grey thumbnail of the
+    photometric checks (``thumb_side``). With local features on, both small
+    views come from one intermediate reduction of the decode (never from the
+    file again), as they always have: the stored values depend on it.
+    """
+
+    def __init__(self, path: Path, loaded, sha256: str, settings: Settings):
+        self.path, self.loaded, self.sha256, self.settings = path, loaded, sha256, settings
+        self.image = loaded.image
+
+    @cached_property
+    def grey_work(self) -> np.ndarray:
+        return working_grey(self.image, self.settings.work_side)
+
+    @cached_property
+    def _small(self):
+        s = self.settings
+        return shrink(self.image, max(s.thumb_side, s.hash_side)) if s.local_features \
+            else self.image
+
+    @cached_property
+    def hash_thumb(self):
+        return shrink(self._small, self.settings.hash_side)
+
+    @cached_property
+    def grey_thumb(self) -> np.ndarray:
+        return np.asarray(shrink(self._small, self.settings.thumb_side).convert("L"))
+
+
 def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
     digest = file_digest(path)
     loaded = load_image(path, max_side=settings.decode_side(), max_pixels=settings.max_pixels,
                         digest=True)
-    image = loaded.image
     payloads = extract_payloads(
-        image, str(path), settings,
+        loaded.image, str(path), settings,
         load=lambda p, side: load_image(p, max_side=side, max_pixels=settings.max_pixels).image)
-    local = grey_thumb = None
-    if settings.local_features:
-        grey = working_grey(image, settings.work_side)
-        local = extract_local(grey, settings.n_features)
-        # Smaller views come from the (already reduced) decode, not the file.
-        image = shrink(image, max(settings.thumb_side, settings.hash_side))
-        grey_thumb = np.asarray(shrink(image, settings.thumb_side).convert("L"))
-    thumb = shrink(image, settings.hash_side)
-    return ImageRecord(
-        path=str(path),
-        size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
-        sha256=digest,
-        width=loaded.width,
-        height=loaded.height,
-        format=loaded.format,
-        phashes=dihedral_phashes(thumb),
-        colour=colour_histogram(thumb),
-        local=local,
-        thumb=grey_thumb,
-        jpeg_quality=loaded.jpeg_quality,
-        blank=is_blank(thumb),
-        pixel_sha256=loaded.pixel_sha256,
-        icon=icon_blob(path) if icon_like((loaded.width, loaded.height)) else None,
-        signals=payloads,
-    )
-
-
-#: Largest difference (levels, any channel) from the median colour that a
-#: blank image's hash thumbnail may have anywhere: JPEG noise on a flat
-#: colour stays well under it, a visible shape does not.
-BLANK_SPREAD = 6
-
-
-def is_blank(thumb) -> bool:
-    """Whether a (small RGB) image shows nothing: one flat colour. A fully
-    transparent image is one, composited over the background; blank images
-    are alike by construction and never near-duplicates of each other."""
-    a = np.asarray(thumb.convert("RGB"), np.int16).reshape(-1, 3)
-    if a.size == 0:
-        return True
-    return bool(np.abs(a - np.median(a, axis=0)).max() <= BLANK_SPREAD)
+    views = Views(path, loaded, digest, settings)
+    fields: dict = {}
+    for sig in _BUILTIN:
+        if sig.enabled(settings):
+            fields.update(sig.extract_fields(views, settings))
+    return ImageRecord(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                       signals=payloads, **fields)
 
 
 def stored_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) -> str | None:

@@ -181,9 +181,12 @@ class PairCalibrator:
     # -- prediction ------------------------------------------------------------
 
     def raw(self, X) -> np.ndarray:
-        """The model's log-odds of each row."""
+        """The model's log-odds of each row (rows in ``pairfeatures.FEATURES``
+        order; a model fitted on another order reads its columns by name)."""
         self._check_fitted()
         X = np.atleast_2d(np.asarray(X, np.float64))
+        if tuple(self.features_) != FEATURES:
+            X = X[:, [FEATURES.index(f) for f in self.features_]]
         if self.model == "logistic":
             return ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
         out = np.full(len(X), self.intercept_)
@@ -267,12 +270,14 @@ class PairCalibrator:
             raise CalibratorError(f"calibrator has unknown keys: {', '.join(sorted(unknown))}")
         if data["model"] not in MODELS:
             raise CalibratorError(f"unknown calibrator model {data['model']!r}")
-        if list(data["features"]) != list(FEATURES):
-            got, want = list(data["features"]), list(FEATURES)
-            diff = sorted(set(got) ^ set(want))
+        # The same named features in any order: the columns are read by name
+        # (``raw``). Any other set was fitted on other evidence: refused.
+        got, want = list(data["features"]), list(FEATURES)
+        if sorted(map(str, got)) != sorted(want):
+            diff = sorted(set(map(str, got)) ^ set(want))
             raise CalibratorError(
                 "calibrator features do not match this matchkit version"
-                + (f" (differ: {', '.join(map(str, diff))})" if diff else " (order differs)"))
+                + (f" (differ: {', '.join(diff)})" if diff else " (a feature is repeated)"))
         n = len(FEATURES)
         c = cls(model=data["model"], target_precision=_number(data, "target_precision"),
                 alpha=_number(data, "alpha", 0.0, 1.0), holdout=_number(data, "holdout", 0.0, 1.0),
@@ -300,7 +305,7 @@ class PairCalibrator:
         if not isinstance(data["stats"], dict):
             raise CalibratorError("calibrator stats must be a table")
         c.stats_ = dict(data["stats"])
-        c.features_ = FEATURES
+        c.features_ = tuple(map(str, got))
         return c
 
 

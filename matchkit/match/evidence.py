@@ -23,6 +23,10 @@ from matchkit.relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_
                                RECAPTURE_PERSPECTIVE, RelationEvidence, classify,
                                hue_histogram, in_level, soft_hues_agree, soft_overlap, soften_hues)
 from matchkit.signals.thumbmatch import IconDecider
+from matchkit import signals as _signals
+
+#: The built-in signals, whose ``evidence`` makes a pair's report entry.
+_BUILTIN = tuple(_signals.builtin())
 
 
 
@@ -73,29 +77,14 @@ class PairEvidence:
         return round(s, 4)
 
     def to_evidence(self) -> dict:
-        out = {"phash_distance": self.phash_distance,
-               "colour_similarity": round(self.colour_similarity, 4), "rule": self.rule}
+        """The pair's evidence for reports: what decided it, then what each
+        built-in signal measured (``Signal.evidence``, in registration
+        order), then the extra signals' evidence."""
+        out: dict = {"rule": self.rule}
         if "p" in self.extra:
             out["probability"] = round(float(self.extra["p"]), 4)
-        if self.votes:
-            out["votes"] = round(self.votes, 2)
-        if self.cosine is not None:
-            out["cosine"] = round(self.cosine, 4)
-        v = self.verification
-        if v is not None:
-            out.update(matches=v.matches, inliers=v.inliers,
-                       inlier_ratio=round(v.inlier_ratio, 3), transform=v.transform)
-            if self.overlap_correlation is not None:
-                out["overlap_correlation"] = round(self.overlap_correlation, 3)
-            if self.overlap is not None and self.overlap.correlation > -1.0:
-                o = self.overlap
-                out.update(agreement=round(o.agreement, 3), spread=round(o.spread, 3),
-                           coverage=[round(o.coverage_a, 3), round(o.coverage_b, 3)],
-                           contained=round(o.contained, 3))
-            if v.homography:
-                out["homography"] = v.homography
-        if "icon" in self.extra:
-            out["icon"] = self.extra["icon"].to_evidence()
+        for sig in _BUILTIN:
+            out.update(sig.evidence(self))
         if self.extra.get("carried_by") is not None:  # (``burst``)
             out["part_carried_by"] = self.extra["carried_by"]
         if self.extra.get("signals"):  # extra signals' evidence (``matchkit.signals``)

@@ -1,8 +1,11 @@
-"""Every signal of one candidate pair as a fixed, named feature vector.
+"""Every signal of one candidate pair as a named feature vector.
 
 The calibrated decision (matchkit/match/calibrate.py) sees a pair only through
-this vector, so its order is part of a profile's contract: a profile stores
-the names it was fitted on and is refused if they differ from ``FEATURES``.
+this vector: the union of the built-in signals' named features
+(``Signal.features``, ``Signal.pair_features``), in the signals'
+registration order (``matchkit.signals``). A profile stores the names it
+was fitted on, reads its columns by name, and is refused if the names are
+not the same set as ``FEATURES``.
 
 Descriptor votes are deliberately not a feature: how many votes a pair
 gets depends on the size and make-up of the descriptor index, i.e. on the
@@ -17,41 +20,30 @@ the global signals already settle.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from matchkit.signals.hashing import PHASH_BITS
+from matchkit import signals as _signals
+from matchkit.signals import PairContext
+from matchkit.signals.hashing import UNKNOWN_CROWD, crowd_distance  # noqa: F401  (re-exported)
 from matchkit.match.evidence import PairEvidence, relation_of
 from matchkit.relation import in_level
 
-FEATURES: tuple[str, ...] = (
-    "phash_distance",      # dihedral-minimum pHash distance / 256
-    "phash_zero",          # identical dihedral pHash (1/0)
-    "crowd_gap",           # (closer crowd distance of the two images - distance) / 256
-    "colour_similarity",   # colour-histogram intersection
-    "reflect",             # hashes align best under a mirror image (1/0)
-    "template",            # one image sits in a shared template frame (1/0)
-    "cosine_missing",      # no learned embedding for the pair (1/0)
-    "cosine",              # embedding cosine (0 when missing)
-    "verified",            # local verification was run (1/0)
-    "log_matches",         # log(1 + ratio-test matches), 0 when not verified
-    "log_inliers",         # log(1 + RANSAC inliers), 0 when not verified
-    "inlier_ratio",        # inliers / matches, 0 when not verified
-    "overlap_missing",     # no aligned-overlap correlation (not verified or no transform)
-    "overlap_correlation", # correlation of the aligned overlap (0 when missing)
-    "log_pixel_ratio",     # |log(pixels a / pixels b)|
-    "aspect_difference",   # |log(aspect a / aspect b)|
-    "picture_fraction",    # smaller share of picture (not flat fill / template frame) of the two
-    "hue_similarity",      # hue-histogram intersection (1 when either image has too little colour)
-)
+#: The built-in signals whose numbers make the vector, in registration order.
+SIGNALS = tuple(_signals.builtin())
+#: The union of their named features: the columns of every feature row.
+#: A profile maps its own columns by name (``calibrate.PairCalibrator``).
+FEATURES: tuple[str, ...] = tuple(f for sig in SIGNALS for f in sig.features)
+#: Which signal each feature belongs to.
+SIGNAL_OF: dict[str, str] = {f: sig.name for sig in SIGNALS for f in sig.features}
 
 
 def pair_features(ev: PairEvidence, crowd: Mapping[int, int],
                   sizes: Mapping[int, tuple[int, int]],
                   picture: Mapping[int, float] | None = None) -> np.ndarray:
-    """The ``FEATURES`` vector of one pair (float64).
+    """The ``FEATURES`` vector of one pair (float64): each built-in signal's
+    ``pair_features``, one after another.
 
     ``crowd`` maps an image id to its crowd distance (pHash distance to its
     16th-nearest image; ``PHASH_BITS`` when unknown), ``sizes`` to its
@@ -61,47 +53,9 @@ def pair_features(ev: PairEvidence, crowd: Mapping[int, int],
     look alike globally because of the canvas, so this tells the model how
     much of the global agreement is about pictures at all.
     """
-    picture = picture or {}
-    d = ev.phash_distance
-    bg = crowd_distance(ev, crowd)
-    v = ev.verification
-    wa, ha = sizes.get(ev.a, (1, 1))
-    wb, hb = sizes.get(ev.b, (1, 1))
-    wa, ha, wb, hb = max(wa, 1), max(ha, 1), max(wb, 1), max(hb, 1)
-    has_overlap = v is not None and ev.overlap_correlation is not None
-    return np.array([
-        d / PHASH_BITS,
-        1.0 if d == 0 else 0.0,
-        (bg - d) / PHASH_BITS,
-        float(ev.colour_similarity),
-        1.0 if ev.extra.get("reflect") else 0.0,
-        1.0 if ev.extra.get("template") else 0.0,
-        1.0 if ev.cosine is None else 0.0,
-        0.0 if ev.cosine is None else float(ev.cosine),
-        0.0 if v is None else 1.0,
-        0.0 if v is None else math.log1p(v.matches),
-        0.0 if v is None else math.log1p(v.inliers),
-        0.0 if v is None else float(v.inlier_ratio),
-        0.0 if has_overlap else 1.0,
-        float(ev.overlap_correlation) if has_overlap else 0.0,
-        abs(math.log((wa * ha) / (wb * hb))),
-        abs(math.log((wa / ha) / (wb / hb))),
-        min(picture.get(ev.a, 1.0), picture.get(ev.b, 1.0)),
-        1.0 if ev.extra.get("hue_similarity") is None else float(ev.extra["hue_similarity"]),
-    ], dtype=np.float64)
-
-
-#: Crowd distance used when a collection is too small to have a crowd (fewer
-#: images than ``Settings.neighbours``; the search then reports PHASH_BITS):
-#: the distance of two unrelated pictures' hashes. Without the cap a small
-#: gallery made every unrelated pair look far closer than its "crowd", and a
-#: profile fitted on large collections accepted them.
-UNKNOWN_CROWD = PHASH_BITS // 2
-
-
-def crowd_distance(ev: PairEvidence, crowd: Mapping[int, int]) -> int:
-    """The closer crowd distance of the pair's two images, capped at UNKNOWN_CROWD."""
-    return min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS), UNKNOWN_CROWD)
+    context = PairContext(crowd, sizes, picture or {})
+    return np.array([x for sig in SIGNALS for x in sig.pair_features(ev, context)],
+                    dtype=np.float64)
 
 
 def globally_decidable(ev: PairEvidence, crowd: Mapping[int, int]) -> bool:

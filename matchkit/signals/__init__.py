@@ -1,15 +1,33 @@
-"""Pluggable pair signals: a small registry, configuration as data.
+"""Signals: a small registry, configuration as data.
 
-A *signal* reads something from each decoded image (its payload), keeps it in
-the gallery, and has a say about pairs: named numbers as evidence, and a veto
-when that evidence says "a different picture". The pipeline knows signals
-only through this interface; it loops over the names in
-``Settings.signals`` (opt-in, default none) at three places, once each:
+A *signal* reads something from each decoded image, keeps it in the
+gallery, and has a say about pairs. Each one declares, in its own module,
+what it extracts, where it is stored (``stores``), how it proposes
+candidates (``candidates``), the named numbers it adds to a pair and what
+it reports. Two kinds:
 
-- extraction (``features._extract``): ``Signal.extract(image, path)`` on the
-  decoded image, stored by ``Gallery`` in its generic ``signal_data`` table in
-  the same transaction as the image's record (``None``: nothing to say,
-  stored as such so the image is not read again);
+**Built-in signals** (:func:`register_builtin`, registered at the bottom of
+this module: image size, exact digests, pHash, colour, local features,
+embeddings, icons) take part in every run they are ``enabled`` for:
+
+- extraction (``features.record._extract``): each fills its
+  ``ImageRecord`` fields (``record_fields``) from the shared views of one
+  decode (``Signal.extract_fields``);
+- the calibrated decision (``match.pairfeatures``): the feature vector is
+  the union of their named ``features``, in registration order, each
+  signal computing its own (``Signal.pair_features``, missing values
+  explicit); profiles read their columns by name and refuse another set;
+- reports (``match.evidence.PairEvidence.to_evidence``): each adds the
+  JSON keys it measured (``Signal.evidence``).
+
+**Extra signals** (:func:`register`; opt-in by name in ``Settings.signals``,
+default none; text in images, ``ocr``) add to that without touching a
+built-in one:
+
+- extraction: ``Signal.extract(image, path)`` on the decoded image, stored
+  by ``Gallery`` in its generic ``signal_data`` table in the same
+  transaction as the image's record (``None``: nothing to say, stored as
+  such so the image is not read again);
 - pair decisions (``dedupe_clusters.find_clusters`` through :func:`vetoing`): a pair
   the other signals matched or would verify is refused when a configured
   signal vetoes it; its evidence goes into the pair's ``extra["signals"]``;
@@ -17,14 +35,16 @@ only through this interface; it loops over the names in
   and ``Signal.show(payload)`` under each image (:func:`shown`; the text an
   image holds, say), kept in the report's JSON as ``shown``.
 
+They have a say by veto only, so a profile fitted without them still applies.
+
 Signals register like timm/open_clip models, by name::
 
     from matchkit import signals
     signals.register("mysignal", "mypackage.module:MySignal")   # lazy: imported when used
-    signals.available()          # ['mysignal', 'ocr']
+    signals.available()          # ['mysignal', 'ocr']: the extra signals
+    signals.builtin_names()      # ['image', 'exact', 'phash', ...]
     signals.get("ocr")           # the instance (one per process)
 
-The built-in registrations are at the bottom of this module, one line each.
 This module imports nothing heavy: a signal's own dependencies load only when
 it is first used.
 """
@@ -32,7 +52,7 @@ it is first used.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -54,6 +74,18 @@ class Signal:
 
     #: Registry name (also the key in ``signal_data`` and in pair evidence).
     name: str = ""
+    #: Named numbers this signal adds to a pair's feature vector, which the
+    #: calibrated decision reads by name (``pairfeatures.FEATURES`` is the
+    #: union over the built-in signals, in registration order).
+    features: tuple[str, ...] = ()
+    #: ``ImageRecord`` fields ``extract_fields`` fills.
+    record_fields: tuple[str, ...] = ()
+    #: Where a gallery keeps it: "table.column" or an index file's name,
+    #: as data (``benchmarks/bench_stored.py`` reports bytes per signal from it).
+    stores: tuple[str, ...] = ()
+    #: How it proposes candidate pairs, in words, naming the function that
+    #: does (None: it only judges pairs other signals propose).
+    candidates: str | None = None
     #: Longest side of the decode the signal needs (None: the pipeline's
     #: working decode is enough). A larger one is decoded once for all
     #: configured signals that ask for it, only when they are configured.
@@ -61,6 +93,28 @@ class Signal:
 
     def check(self) -> None:
         """Raise :class:`SignalUnavailable` if the signal cannot run here."""
+
+    def enabled(self, settings) -> bool:
+        """Whether a built-in signal takes part in a run with ``settings``."""
+        return True
+
+    def extract_fields(self, views, settings) -> dict:
+        """A built-in signal's ``ImageRecord`` fields of one decoded file.
+        ``views`` (``features.record.Views``) holds the decode and the views
+        cut from it once for all signals: ``loaded`` (``io.load.LoadedImage``),
+        ``path``, ``image``, ``grey_work``, ``hash_thumb``, ``grey_thumb``."""
+        return {}
+
+    def pair_features(self, pair, context: "PairContext") -> tuple[float, ...]:
+        """One value per name in ``features`` for a pair (a
+        ``match.evidence.PairEvidence``), every one defined: a missing signal
+        is said by a feature of its own (``cosine_missing``), never by NaN."""
+        return ()
+
+    def evidence(self, pair) -> dict:
+        """What a built-in signal says of a pair in reports (JSON keys, only
+        those it measured), from the pair's ``PairEvidence``."""
+        return {}
 
     def extract(self, image, path: str) -> bytes | None:
         """The payload of one decoded image (a PIL RGB image, ``path`` its
@@ -91,24 +145,60 @@ class Signal:
         raise NotImplementedError(f"signal {self.name!r} cannot be searched")
 
 
+@dataclass(frozen=True)
+class PairContext:
+    """Per-image facts some pair features need besides the pair itself:
+    ``crowd`` (image id -> pHash distance to its crowd), ``sizes`` (id ->
+    (width, height)) and ``picture`` (id -> share of the image that is
+    picture rather than flat fill or a template frame); unknown ids are
+    neutral (see each signal)."""
+
+    crowd: Mapping[int, int]
+    sizes: Mapping[int, tuple[int, int]]
+    picture: Mapping[int, float]
+
+
 #: name -> Signal subclass, factory, or "module:attribute" text (imported on first use).
 _REGISTRY: dict[str, Callable[[], Signal] | str] = {}
 _INSTANCES: dict[str, Signal] = {}
 
 
+#: Names registered by ``register_builtin``, in registration order.
+_BUILTIN: list[str] = []
+
+
 def register(name: str, factory: Callable[[], Signal] | str) -> None:
-    """Make signal ``name`` available; ``factory`` builds it (a class, a
+    """Make extra signal ``name`` available; ``factory`` builds it (a class, a
     callable, or ``"module:attribute"`` imported lazily). Registering a name
     again replaces it."""
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"a signal name is letters, digits, '-' or '_', not {name!r}")
+    if name in _BUILTIN:
+        raise ValueError(f"{name!r} is a built-in signal")
     _REGISTRY[name] = factory
     _INSTANCES.pop(name, None)
 
 
+def register_builtin(name: str, factory: Callable[[], Signal] | str) -> None:
+    """Register a built-in signal: part of every run it is ``enabled`` for,
+    its payload in ``features.ImageRecord`` fields (``record_fields``), its
+    numbers in the calibrated decision (``features``, read in registration
+    order). Extra signals (:func:`register`) are opt-in by ``Settings.signals``,
+    stored in ``signal_data`` and have a say by veto only, so a profile
+    fitted without them still applies."""
+    register(name, factory)
+    _BUILTIN.append(name)
+
+
 def available() -> list[str]:
-    """Names of the registered signals, sorted."""
-    return sorted(_REGISTRY)
+    """Names of the registered extra signals (those ``Settings.signals``
+    takes), sorted."""
+    return sorted(n for n in _REGISTRY if n not in _BUILTIN)
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in signals, in registration order."""
+    return list(_BUILTIN)
 
 
 def check_names(names: Iterable[str]) -> tuple[str, ...]:
@@ -116,6 +206,9 @@ def check_names(names: Iterable[str]) -> tuple[str, ...]:
     name the registry does not know."""
     out: list[str] = []
     for n in names:
+        if isinstance(n, str) and n in _BUILTIN:
+            raise UnknownSignal(f"signal {n!r} is built in and always on "
+                                f"(extra signals: {', '.join(available())})")
         if not isinstance(n, str) or n not in _REGISTRY:
             raise UnknownSignal(f"unknown signal {n!r} (available: {', '.join(available())})")
         if n not in out:
@@ -125,7 +218,8 @@ def check_names(names: Iterable[str]) -> tuple[str, ...]:
 
 def get(name: str) -> Signal:
     """The signal registered as ``name`` (one instance per process)."""
-    check_names([name])
+    if name not in _REGISTRY:
+        check_names([name])
     if name not in _INSTANCES:
         factory = _REGISTRY[name]
         if isinstance(factory, str):
@@ -136,6 +230,12 @@ def get(name: str) -> Signal:
             raise ValueError(f"signal registered as {name!r} calls itself {sig.name!r}")
         _INSTANCES[name] = sig
     return _INSTANCES[name]
+
+
+def builtin() -> list[Signal]:
+    """The built-in signals, in registration order (the order of their
+    features in ``pairfeatures.FEATURES`` and of their keys in evidence)."""
+    return [get(n) for n in _BUILTIN]
 
 
 def configured(settings) -> list[Signal]:
@@ -267,4 +367,13 @@ def shown(gallery, names: Sequence[str], ids: Sequence[int]) -> dict[int, dict[s
 
 
 # -- built-in signals: one line each -----------------------------------------
+# Always on (as ``enabled`` says), in the order their features are read:
+register_builtin("image", "matchkit.signals.image:ImageSignal")
+register_builtin("exact", "matchkit.signals.exact:ExactSignal")
+register_builtin("phash", "matchkit.signals.hashing:PHashSignal")
+register_builtin("colour", "matchkit.signals.colour:ColourSignal")
+register_builtin("local", "matchkit.signals.local_signal:LocalSignal")
+register_builtin("embedding", "matchkit.signals.embedding:EmbeddingSignal")
+register_builtin("icon", "matchkit.signals.thumbmatch:IconSignal")
+# Opt-in (``Settings.signals``):
 register("ocr", "matchkit.signals.ocr:OCRSignal")

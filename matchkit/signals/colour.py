@@ -8,8 +8,12 @@ their colours). Stored as raw counts over an 8x8x8 RGB grid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
+
+from matchkit.signals import PairContext, Signal
 
 LEVELS = 8
 BINS = LEVELS ** 3
@@ -45,3 +49,29 @@ def histogram_similarities(hists: np.ndarray, rows_a: np.ndarray, rows_b: np.nda
         ra, rb = rows_a[s:s + chunk], rows_b[s:s + chunk]
         out[s:s + chunk] = np.minimum(h[ra], h[rb]).sum(axis=1)
     return np.nan_to_num(out, nan=0.0)
+
+
+# -- the colour signal ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class ColourSignal(Signal):
+    """Colour agreement: the RGB histogram of the hash thumbnail, and (in a
+    pair) the soft hue histograms ``relation`` compares."""
+
+    name: str = "colour"
+    features: tuple[str, ...] = (
+        "colour_similarity",  # colour-histogram intersection
+        "hue_similarity",     # hue-histogram intersection (1 when either image has too little colour)
+    )
+    record_fields: tuple[str, ...] = ("colour",)
+    stores: tuple[str, ...] = ("images.colour",)
+
+    def extract_fields(self, views, settings) -> dict:
+        return {"colour": colour_histogram(views.hash_thumb)}
+
+    def pair_features(self, pair, context: PairContext) -> tuple[float, ...]:
+        hue = pair.extra.get("hue_similarity")
+        return float(pair.colour_similarity), 1.0 if hue is None else float(hue)
+
+    def evidence(self, pair) -> dict:
+        return {"colour_similarity": round(pair.colour_similarity, 4)}

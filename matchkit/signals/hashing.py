@@ -14,9 +14,12 @@ pHash are sign flips and a transpose of one 8x8 block of coefficients.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from matchkit.signals import PairContext, Signal
 
 #: 16x16 coefficients = 256 bits: on the calibration half of the transformed
 #: benchmark set it separates copies from other photos far better than the
@@ -114,3 +117,51 @@ def dihedral_match_many(variants_a: np.ndarray, b: np.ndarray) -> tuple[np.ndarr
 
 #: Dihedral variants that mirror the image (determinant -1).
 REFLECTIONS = frozenset({1, 2, 4, 7})
+
+
+# -- the pHash signal ----------------------------------------------------------
+
+#: Crowd distance used when a collection is too small to have a crowd (fewer
+#: images than ``Settings.neighbours``; the search then reports PHASH_BITS):
+#: the distance of two unrelated pictures' hashes. Without the cap a small
+#: gallery made every unrelated pair look far closer than its "crowd", and a
+#: profile fitted on large collections accepted them.
+UNKNOWN_CROWD = PHASH_BITS // 2
+
+
+def crowd_distance(pair, crowd) -> int:
+    """The closer crowd distance (pHash distance to the 16th-nearest image,
+    ``crowd``: id -> distance, PHASH_BITS when unknown) of a pair's two
+    images, capped at UNKNOWN_CROWD."""
+    return min(crowd.get(pair.a, PHASH_BITS), crowd.get(pair.b, PHASH_BITS), UNKNOWN_CROWD)
+
+
+
+
+@dataclass(frozen=True)
+class PHashSignal(Signal):
+    """The dihedral pHash: whole-frame look, invariant to flips and quarter turns."""
+
+    name: str = "phash"
+    features: tuple[str, ...] = (
+        "phash_distance",  # dihedral-minimum pHash distance / 256
+        "phash_zero",      # identical dihedral pHash (1/0)
+        "crowd_gap",       # (closer crowd distance of the two images - distance) / 256
+        "reflect",         # hashes align best under a mirror image (1/0)
+    )
+    record_fields: tuple[str, ...] = ("phashes",)
+    stores: tuple[str, ...] = ("images.phash", "phash.usearch")
+    candidates: str | None = ("nearest images by dihedral pHash distance "
+                              "(match.candidates.phash_candidates, index.hamming.HammingIndex)")
+
+    def extract_fields(self, views, settings) -> dict:
+        return {"phashes": dihedral_phashes(views.hash_thumb)}
+
+    def pair_features(self, pair, context: PairContext) -> tuple[float, ...]:
+        d = pair.phash_distance
+        return (d / PHASH_BITS, 1.0 if d == 0 else 0.0,
+                (crowd_distance(pair, context.crowd) - d) / PHASH_BITS,
+                1.0 if pair.extra.get("reflect") else 0.0)
+
+    def evidence(self, pair) -> dict:
+        return {"phash_distance": pair.phash_distance}

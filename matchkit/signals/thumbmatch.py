@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from matchkit.signals import Signal
 from matchkit.signals.thumbmatch_views import COARSE, IconView, _resample
 from matchkit.signals.thumbmatch_views import (  # noqa: F401  (re-exported)
     CODE_CELLS, CODE_COLOUR, ICON_SIDE, MIN_SIDE, OPAQUE, _code, _icon_rgba, icon_blob, icon_like,
@@ -334,3 +335,23 @@ class IconDecider:
     def _closest(self, x: int, y: int, c: IconComparison) -> bool:
         best = self.best.get((x, self.views[y].size), c.rank())
         return c.rank() <= best + TIE_SLACK
+
+
+# -- the icon signal -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class IconSignal(Signal):
+    """Icons drawn on transparency, compared on aligned thumbnails (above)."""
+
+    name: str = "icon"
+    record_fields: tuple[str, ...] = ("icon",)
+    stores: tuple[str, ...] = ("images.icon",)
+    candidates: str | None = "icons with a close coarse layout (icon_candidates)"
+
+    def extract_fields(self, views, settings) -> dict:
+        loaded = views.loaded
+        return {"icon": icon_blob(views.path) if icon_like((loaded.width, loaded.height))
+                else None}
+
+    def evidence(self, pair) -> dict:
+        return {"icon": pair.extra["icon"].to_evidence()} if "icon" in pair.extra else {}
