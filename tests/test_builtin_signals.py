@@ -176,3 +176,21 @@ def test_a_report_entry_is_the_signals_evidence():
     assert {k: out[k] for k in want} == want
     assert set(out) == {"rule"} | set(want)
     assert {"phash_distance", "colour_similarity", "cosine", "inliers"} <= set(out)
+
+
+def test_each_signal_writes_the_images_columns_it_declares(tmp_path):
+    p = tmp_path / "in" / "a.png"
+    p.parent.mkdir()
+    make_photo(2).save(p)
+    rec = extract(p)
+    for sig in signals.builtin():
+        declared = [w.split(".", 1)[1] for w in sig.stores if w.startswith("images.")]
+        assert list(sig.to_columns(rec)) == declared, sig.name
+    # ... and what the gallery stores reads back as the record it came from.
+    with Gallery(tmp_path / "g") as g:
+        g.add([p])
+        (i,) = g.ids()
+        stored = g.images([i])[i]
+        assert (stored.width, stored.height, stored.sha256) == (rec.width, rec.height, rec.sha256)
+        np.testing.assert_array_equal(g.colours([i])[i], rec.colour)
+        np.testing.assert_array_equal(g.phash_variants([i])[0], rec.phashes)

@@ -13,6 +13,9 @@ embeddings, icons) take part in every run they are ``enabled`` for:
 - extraction (``features.record._extract``): each fills its
   ``ImageRecord`` fields (``record_fields``) from the shared views of one
   decode (``Signal.extract_fields``);
+- storage (``store.gallery_writing``): the gallery writes the ``images``
+  columns each one encodes (``Signal.to_columns``); the local features'
+  own table and the indexes are kept by the gallery (``stores`` names them);
 - the calibrated decision (``match.pairfeatures``): the feature vector is
   the union of their named ``features``, in registration order, each
   signal computing its own (``Signal.pair_features``, missing values
@@ -103,6 +106,13 @@ class Signal:
         ``views`` (``features.record.Views``) holds the decode and the views
         cut from it once for all signals: ``loaded`` (``io.load.LoadedImage``),
         ``path``, ``image``, ``grey_work``, ``hash_thumb``, ``grey_thumb``."""
+        return {}
+
+    def to_columns(self, record) -> dict:
+        """A built-in signal's values for its columns of the gallery's
+        ``images`` table (those ``stores`` names ``images.<column>``), encoded
+        from its ``ImageRecord`` fields: the gallery writes what the signals
+        give it."""
         return {}
 
     def pair_features(self, pair, context: "PairContext") -> tuple[float, ...]:

@@ -8,6 +8,7 @@ their colours). Stored as raw counts over an 8x8x8 RGB grid.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,20 @@ def colour_histogram(image: Image.Image) -> np.ndarray:
     a = np.asarray(image.convert("RGB"), dtype=np.uint16) // (256 // LEVELS)
     cells = (a[..., 0] * LEVELS + a[..., 1]) * LEVELS + a[..., 2]
     return np.bincount(cells.ravel(), minlength=BINS).astype(np.uint32)
+
+
+def encode_colour(histogram: np.ndarray) -> bytes:
+    """A colour histogram as stored: 512 little-endian uint32 counts,
+    zlib-compressed when that is shorter (mostly empty bins: a few hundred
+    bytes instead of 2,048)."""
+    raw = np.asarray(histogram).astype("<u4").tobytes()
+    packed = zlib.compress(raw, 6)
+    return packed if len(packed) < len(raw) else raw
+
+
+def decode_colour(data: bytes) -> np.ndarray:
+    """The histogram ``encode_colour`` stored."""
+    return np.frombuffer(data if len(data) == BINS * 4 else zlib.decompress(data), "<u4")
 
 
 def histogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,6 +83,9 @@ class ColourSignal(Signal):
 
     def extract_fields(self, views, settings) -> dict:
         return {"colour": colour_histogram(views.hash_thumb)}
+
+    def to_columns(self, record) -> dict:
+        return {"colour": encode_colour(record.colour)}
 
     def pair_features(self, pair, context: PairContext) -> tuple[float, ...]:
         hue = pair.extra.get("hue_similarity")

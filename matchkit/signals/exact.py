@@ -24,3 +24,6 @@ class ExactSignal(Signal):
 
     def extract_fields(self, views, settings) -> dict:
         return {"sha256": views.sha256, "pixel_sha256": views.loaded.pixel_sha256}
+
+    def to_columns(self, record) -> dict:
+        return {"sha256": record.sha256, "pixel_sha256": record.pixel_sha256}

@@ -157,6 +157,9 @@ class PHashSignal(Signal):
     def extract_fields(self, views, settings) -> dict:
         return {"phashes": dihedral_phashes(views.hash_thumb)}
 
+    def to_columns(self, record) -> dict:
+        return {"phash": record.phashes.tobytes()}  # the 8 dihedral hashes, 8 x 32 bytes
+
     def pair_features(self, pair, context: PairContext) -> tuple[float, ...]:
         d = pair.phash_distance
         return (d / PHASH_BITS, 1.0 if d == 0 else 0.0,

@@ -56,6 +56,10 @@ class ImageSignal(Signal):
         return {"width": loaded.width, "height": loaded.height, "format": loaded.format,
                 "jpeg_quality": loaded.jpeg_quality, "blank": is_blank(views.hash_thumb)}
 
+    def to_columns(self, record) -> dict:
+        return {"width": record.width, "height": record.height, "format": record.format,
+                "jpeg_quality": record.jpeg_quality, "blank": int(record.blank)}
+
     def pair_features(self, pair, context: PairContext) -> tuple[float, ...]:
         # Unknown sizes count as equal.
         return size_differences(*context.sizes.get(pair.a, (1, 1)),

@@ -353,5 +353,8 @@ class IconSignal(Signal):
         return {"icon": icon_blob(views.path) if icon_like((loaded.width, loaded.height))
                 else None}
 
+    def to_columns(self, record) -> dict:
+        return {"icon": record.icon}  # PNG of the icon view, or NULL
+
     def evidence(self, pair) -> dict:
         return {"icon": pair.extra["icon"].to_evidence()} if "icon" in pair.extra else {}

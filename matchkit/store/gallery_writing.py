@@ -26,7 +26,11 @@ from matchkit.features import ImageRecord
 from matchkit.io.load import ImageLoadError
 from matchkit.store.adding import AddReport, Skipped
 from matchkit.store.records import StoredImage, _chunks
-from matchkit.store.stored import encode_colour, encode_local
+from matchkit.store.stored import encode_local
+from matchkit import signals as _signals
+
+#: The built-in signals: each gives the values of its ``images`` columns.
+_BUILTIN = tuple(_signals.builtin())
 from matchkit.util.fspath import to_db
 
 
@@ -105,23 +109,23 @@ class _WritingMixin:
                     report.skipped.append(Skipped(path, rec.reason))
                     continue
                 self._db.execute("DELETE FROM failures WHERE path=?", (stored,))
-                values = (rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height,
-                          rec.format, rec.phashes.tobytes(), encode_colour(rec.colour),
-                          rec.jpeg_quality, int(rec.blank), rec.pixel_sha256, rec.icon)
+                columns = {"size": rec.size, "mtime_ns": rec.mtime_ns}
+                for sig in _BUILTIN:  # each signal encodes its own columns
+                    columns.update(sig.to_columns(rec))
+                names, values = ", ".join(columns), tuple(columns.values())
                 if old:
                     self._db.execute(
-                        "UPDATE images SET size=?, mtime_ns=?, sha256=?, "
-                        "width=?, height=?, format=?, phash=?, colour=?, jpeg_quality=?, blank=?, "
-                        "pixel_sha256=?, icon=? WHERE id=?", (*values, old[0]))
+                        f"UPDATE images SET ({names}) = ({', '.join('?' * len(columns))}) "
+                        "WHERE id=?", (*values, old[0]))
                     image_id = old[0]
                     replaced.append(image_id)
                     report.updated += 1
                 else:
                     image_id = ids[path]
                     self._db.execute(
-                        "INSERT INTO images(id, path, size, mtime_ns, sha256, width, height, "
-                        "format, phash, colour, jpeg_quality, blank, pixel_sha256, icon, added_at) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (image_id, stored, *values, now))
+                        f"INSERT INTO images(id, path, {names}, added_at) "
+                        f"VALUES ({', '.join('?' * (len(columns) + 3))})",
+                        (image_id, stored, *values, now))
                     report.added += 1
                 report.ids.append(image_id)
                 report.changed.append(image_id)

@@ -16,17 +16,17 @@ photo: coordinates as uint16 sixteenths of a working pixel (4,000 -> 2,000
 bytes; 1/32 px rounding, far below ORB's own keypoint precision), the
 thumbnail as JPEG at quality 90 (about 11.3 -> 3.7 KB on the hard set;
 ``THUMB_QUALITY``), the colour histogram zlib-compressed (2,048 -> about
-160 bytes). Descriptors are random bits and
-do not compress. Rows of encoding 1 stay readable.
+160 bytes; the colour signal's ``encode_colour``). Descriptors are random
+bits and do not compress. Rows of encoding 1 stay readable.
 """
 
 from __future__ import annotations
 
-import zlib
 
 import cv2
 import numpy as np
 
+from matchkit.signals.colour import decode_colour, encode_colour  # noqa: F401  (re-exported)
 from matchkit.signals.local import DESC_BYTES, LocalFeatures, extract_local
 
 #: How ``local_features`` rows are encoded: 1 raw float32 coordinates and raw
@@ -35,8 +35,6 @@ ENCODING = 2
 #: Coordinates are stored in these fractions of a working pixel (uint16, so
 #: sides up to 4,095 working pixels: ``config`` allows ``work_side`` <= 4,096).
 XY_SCALE = 16
-#: Raw length of a colour histogram (512 bins of uint32).
-_COLOUR_BYTES = 512 * 4
 
 
 def encode_xy(xy: np.ndarray) -> bytes:
@@ -92,18 +90,6 @@ def stored_features(row: tuple) -> tuple[LocalFeatures, np.ndarray]:
     local = LocalFeatures(decode_xy(xy, encoding),
                           np.frombuffer(desc, np.uint8).reshape(-1, DESC_BYTES), w, h)
     return local, decode_thumb(thumb, tw, th, encoding)
-
-
-def encode_colour(histogram: np.ndarray) -> bytes:
-    """A colour histogram (512 counts), zlib-compressed when that is shorter
-    (mostly empty bins: a few hundred bytes instead of 2,048)."""
-    raw = np.asarray(histogram).astype("<u4").tobytes()
-    packed = zlib.compress(raw, 6)
-    return packed if len(packed) < len(raw) else raw
-
-
-def decode_colour(data: bytes) -> np.ndarray:
-    return np.frombuffer(data if len(data) == _COLOUR_BYTES else zlib.decompress(data), "<u4")
 
 
 #: Longer side of the grey image the mirrored look runs ORB on: the stored
