@@ -194,3 +194,53 @@ def test_each_signal_writes_the_images_columns_it_declares(tmp_path):
         assert (stored.width, stored.height, stored.sha256) == (rec.width, rec.height, rec.sha256)
         np.testing.assert_array_equal(g.colours([i])[i], rec.colour)
         np.testing.assert_array_equal(g.phash_variants([i])[0], rec.phashes)
+
+
+def _two_photos(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    make_photo(3).save(d / "a.jpg", quality=92)
+    make_photo(3).resize((240, 180)).save(d / "a_small.jpg", quality=85)
+    make_photo(4).save(d / "b.jpg", quality=90)
+    return sorted(d.iterdir())
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_candidate_searches_run_by_signal_in_order(tmp_path, monkeypatch, local):
+    from matchkit.match.pairs import PairMatcher
+    ran = []
+    for name, method in PairMatcher.SEARCHES.items():
+        real = getattr(PairMatcher, method)
+        monkeypatch.setattr(PairMatcher, method,
+                            lambda self, run, real=real, name=name: (ran.append(name),
+                                                                     real(self, run))[1])
+    settings = Settings(local_features=local)
+    with Gallery(tmp_path / "g", settings) as g:
+        ids = g.add(_two_photos(tmp_path)).ids
+        m = PairMatcher(g, ids, settings)
+    # no model configured: no embedding search; no local search without local features
+    assert ran == (["phash", "local", "icon"] if local else ["phash", "icon"])
+    assert any(ev.a != ev.b for ev in m.evidence)
+
+
+def test_a_signal_search_adds_its_pairs(tmp_path):
+    """A search registered for a signal (here: the colour signal, which has
+    none) proposes pairs that then get evidence like any other."""
+    from matchkit.match.pairs import PairMatcher
+
+    class ColourProposes(PairMatcher):
+        SEARCHES = {**PairMatcher.SEARCHES, "colour": "_every_pair"}
+
+        def _every_pair(self, run):
+            for a in run.ids:
+                for b in run.ids:
+                    if a < b:
+                        run.pairs.setdefault((a, b), -1)
+
+    settings = Settings(phash_candidate_distance=0, phash_max_distance=0, local_features=False)
+    with Gallery(tmp_path / "g", settings) as g:
+        ids = g.add(_two_photos(tmp_path)).ids
+        plain = {(ev.a, ev.b) for ev in PairMatcher(g, ids, settings).evidence}
+        every = {(ev.a, ev.b) for ev in ColourProposes(g, ids, settings).evidence}
+    assert every == {(a, b) for a in ids for b in ids if a < b}
+    assert plain < every

@@ -105,12 +105,12 @@ def test_worker_processes_settle_relations_and_hash_pictures_as_threads_do(edite
     """Large runs settle relations and hash the pictures inside frames in
     worker processes (forced on here for a small set): the same report."""
     import matchkit.match.pairs as M
-    from matchkit.match import pools, settle
+    from matchkit.match import pools, searches, settle
 
     files = sorted(edited_set.iterdir())
     reference = _content(dedupe(files, settings=Settings(workers=2)))
     monkeypatch.setattr(pools, "PROCESSES_FROM", 0)
-    monkeypatch.setattr(M, "PROCESS_BATCH", 1)       # (hashing pictures inside frames)
+    monkeypatch.setattr(searches, "PROCESS_BATCH", 1)  # (hashing pictures inside frames)
     monkeypatch.setattr(settle, "PROCESS_BATCH", 1)  # (settling relations)
     used = []
     real = M.PairMatcher._in_processes
@@ -132,7 +132,7 @@ def test_a_dead_worker_process_leaves_its_part_to_the_main_process(edited_set, m
     from concurrent.futures.process import BrokenProcessPool
 
     import matchkit.match.pairs as M
-    from matchkit.match import pools, settle
+    from matchkit.match import pools, searches, settle
 
     files = sorted(edited_set.iterdir())
     reference = _content(dedupe(files, settings=Settings(workers=2)))
@@ -150,7 +150,7 @@ def test_a_dead_worker_process_leaves_its_part_to_the_main_process(edited_set, m
             pass
 
     monkeypatch.setattr(pools, "PROCESSES_FROM", 0)
-    monkeypatch.setattr(M, "PROCESS_BATCH", 1)       # (hashing pictures inside frames)
+    monkeypatch.setattr(searches, "PROCESS_BATCH", 1)  # (hashing pictures inside frames)
     monkeypatch.setattr(settle, "PROCESS_BATCH", 1)  # (settling relations)
     monkeypatch.setattr(M.PairMatcher, "_procs", Broken(), raising=False)
     broken = []

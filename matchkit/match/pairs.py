@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from matchkit.match import candidates as _candidates
+from matchkit.match import candidates as _candidates  # noqa: F401  (old paths)
 from matchkit.util.arrays import PackedMasks
-from matchkit.match.candidates import VoteDetail, phash_candidates, vote_candidates
-from matchkit.util.checkpoint import checkpoint, report
+from matchkit.match.candidates import VoteDetail, phash_candidates, vote_candidates  # noqa: F401  (old paths)
+from matchkit.util.checkpoint import checkpoint, report  # noqa: F401  (old paths)
 from matchkit.signals.colour import BINS, histogram_similarities, histogram_similarity
 from matchkit.config import Settings
 from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
 from matchkit.signals.hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many
-from matchkit.match.framed import framed_pairs, pairs_of, picture_hashes, unframed
+from matchkit.match.framed import framed_pairs, pairs_of, picture_hashes, unframed  # noqa: F401  (old paths)
 from matchkit.signals.local import LocalFeatures
 from matchkit.relation import LIGHT_DARK_COLOUR
 from matchkit.match.evidence import (  # noqa: F401  (also re-exported: old paths)
@@ -57,7 +57,7 @@ from matchkit.match.evidence import (  # noqa: F401  (also re-exported: old path
                                      colour_evidence,
                                      lightness_evidence,
                                      )
-from matchkit.signals.thumbmatch import IconDecider, icon_candidates, icon_views
+from matchkit.signals.thumbmatch import IconDecider, icon_candidates, icon_views  # noqa: F401  (old paths)
 # Moved from here to the modules beside it; imported back for older imports.
 from matchkit.match.content import (  # noqa: F401  (re-exported)
     MASK_PART, _LocalCache, _content_features, _content_features_started, _features_in_region,
@@ -69,39 +69,15 @@ from matchkit.match.settle import (  # noqa: F401  (re-exported)
     RelationSettling, _Settle, _settle_many, _settles, _Size, reframed, settle_global_relation)
 from matchkit.match.pixelchecks import PixelChecks
 from matchkit.match.pools import PROCESS_BATCH, PROCESSES_FROM, MatcherPools  # noqa: F401  (re-exported)
+from matchkit.match.searches import (  # noqa: F401  (re-exported)
+    CandidateRun, CandidateSearches, _embedding_vectors, _picture_hashes_many,
+    embedding_candidates)
 
 
 VERIFY_BATCH = 512
 
 
-def _embedding_vectors(gallery: Gallery, ids: list[int], model: str | None
-                       ) -> dict[int, np.ndarray]:
-    if not model:
-        return {}
-    have = sorted(set(gallery.embedded_ids(model).tolist()) & set(ids))
-    return dict(zip(have, gallery.vectors(model, have))) if have else {}
-
-
-def embedding_candidates(gallery: Gallery, vectors: dict[int, np.ndarray],
-                         settings: Settings) -> set[tuple[int, int]]:
-    """Pairs (a < b) among ``vectors`` that are each other's nearest by the
-    learned embedding (``embedding_neighbours`` per image, cosine at least
-    ``cosine_candidate``): one kNN query per image."""
-    if not vectors or settings.cosine_candidate is None:
-        return set()
-    ids = np.fromiter(vectors, dtype=np.int64, count=len(vectors))
-    index = gallery.vector_index(settings.model)
-    keys, sims = index.search(np.stack([vectors[i] for i in ids.tolist()]),
-                              settings.embedding_neighbours + 1, allowed=np.sort(ids))
-    out = set()
-    for i, krow, srow in zip(ids.tolist(), keys.tolist(), sims.tolist()):
-        for j, c in zip(krow, srow):
-            if j >= 0 and j != i and c >= settings.cosine_candidate:
-                out.add((i, j) if i < j else (j, i))
-    return out
-
-
-class PairMatcher(PixelChecks, RelationSettling, MatcherPools):
+class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools):
     """Candidates and global evidence up front; local verification on demand.
 
     Building the matcher finds candidate pairs among ``ids`` and decides every
@@ -110,89 +86,17 @@ class PairMatcher(PixelChecks, RelationSettling, MatcherPools):
     threads. Callers that cluster lazily (see ``cluster.lazy_star_clusters``)
     only pay for the verifications that can change the result.
 
-    The checks on stored pixels (``pixelchecks.PixelChecks``), the settling
-    of relations (``settle.RelationSettling``) and the worker pools
+    The candidate searches by signal (``searches.CandidateSearches``), the
+    checks on stored pixels (``pixelchecks.PixelChecks``), the settling of
+    relations (``settle.RelationSettling``) and the worker pools
     (``pools.MatcherPools``) are mixed in from their own modules.
     """
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
                  same: dict[int, int] | None = None, calibrator=None):
         self._setup(gallery, ids, settings, calibrator)
-        allowed = set(ids)
-        variants = gallery.phash_variants(ids)
-        #: The 8 dihedral pHashes of every image, loaded once per run.
-        self.plain = {i: variants[n] for n, i in enumerate(ids)}
-        found = phash_candidates(
-            gallery.phash_index, ids, variants, neighbours=settings.neighbours, allowed=allowed,
-            **self._phash_limits())
-        pairs: dict[tuple[int, int], int] = dict(found.pairs)
-        votes: dict[tuple[int, int], float] = {}
-        pictures: dict[int, np.ndarray] = {}
-        if settings.local_features:
-            closer = _content_features_started(ids, self.paths, found, self.cache, settings,
-                                               self._masks, self._pool)
-            # While the pool looks closer at templated images (decodes and
-            # ORB, outside the GIL), this thread hashes the pictures inside
-            # frames (work that holds the GIL): the two overlap.
-            look = [i for i in ids if not unframed(found.nearest.get(i), settings)]
-            pictures = self.picture_hashes(look)
-            self.templated = closer()
-            votes = self.vote_search(ids, allowed)
-            for pair in votes:
-                pairs.setdefault(pair, -1)  # distance filled in below
-
-        #: Learned embeddings of the images (model ``settings.model``), if any.
-        self.vectors = _embedding_vectors(gallery, ids, settings.model)
-        for pair in embedding_candidates(gallery, self.vectors, settings):
-            pairs.setdefault(pair, -1)
-        #: Icons drawn on transparency at up to 256 px (``thumbmatch``): their
-        #: pairs of two sizes are decided on aligned thumbnails, not keypoints.
-        self.icons = icon_views(gallery.icons(ids), self.sizes, self._pool)
-        for pair in icon_candidates(self.icons):
-            pairs.setdefault(pair, -1)
-        #: Per-image context of the pair features: crowd distance.
-        self.crowd = found.crowd
-        top = {i: {j for j, _ in near[:settings.verify_top]} for i, near in found.nearest.items()}
-        if settings.local_features:
-            self.add_framed(ids, allowed, pairs, top, found.nearest, pictures)
-        self.evidence = self.global_evidence(pairs, votes, top, same)
-
-    def add_framed(self, ids: list[int], allowed: set[int], pairs: dict[tuple[int, int], int],
-                   top: dict[int, set[int]], nearest: dict[int, list[tuple[int, int]]],
-                   pictures: dict[int, np.ndarray] | None = None) -> None:
-        """Candidate pairs of the pictures inside frames (``framed``: a print's
-        border, a monitor's bezel, photographed at an angle), added to
-        ``pairs`` and to ``top`` (worth verifying). Images with a strong pHash
-        match (``nearest``: their nearest images) are copies the hashes found;
-        their frames are not looked for (``framed.unframed``). ``pictures``:
-        their ``picture_hashes`` when already computed."""
-        if pictures is None:
-            pictures = self.picture_hashes(
-                [i for i in ids if not unframed(nearest.get(i), self.settings)])
-        found = framed_pairs(self.gallery.phash_index, pictures, self.plain, ids, allowed)
-        for (a, b) in pairs_of(found):
-            pairs.setdefault((a, b), -1)
-            top.setdefault(a, set()).add(b)
-
-    def picture_hashes(self, ids) -> dict[int, np.ndarray]:
-        """``framed.picture_hashes`` of those of ``ids`` that have any, from
-        their stored grey thumbnails. The work on a thumbnail is small steps
-        that mostly hold the GIL: on two worker threads it took longer than on
-        one (hard eval half, 1,302 images: 3.3-3.8 s against 2.7 s), so it
-        runs in the worker processes (``_processes``) or on this thread."""
-        if len(ids) >= PROCESS_BATCH and self._processes is not None:
-            thumbs = [(i, lf[1]) for i in ids if (lf := self.cache.get(i)) is not None]
-            return {i: h for (i, _), h in zip(thumbs, self._in_processes(_picture_hashes_many,
-                                                                         thumbs)) if len(h)}
-        out = {}
-        for start in range(0, len(ids), 512):
-            checkpoint()
-            for i in ids[start:start + 512]:
-                lf = self.cache.get(i)
-                h = picture_hashes(lf[1]) if lf is not None else ()
-                if len(h):
-                    out[i] = h
-        return out
+        run = self.search_candidates(ids)  # (``searches``: each signal's search)
+        self.evidence = self.global_evidence(run.pairs, run.votes, run.top, same)
 
     def _setup(self, gallery: Gallery, ids: list[int], settings: Settings, calibrator) -> None:
         """What every matcher holds before any pair is looked at."""
@@ -216,6 +120,8 @@ class PairMatcher(PixelChecks, RelationSettling, MatcherPools):
         self.formats = {i: img.format for i, img in stored.items()}
         self._lightness: dict[int, float | None] = {}
         self.vectors: dict[int, np.ndarray] = {}
+        #: Icon views by image (``thumbmatch``), made by the icon signal's search.
+        self.icons: dict = {}
         #: Share of each image's thumbnail that stands out from its background.
         self._marked: dict[int, float] = {}
         #: Image id -> ``colour_facts`` (ids name the same images for the run).
@@ -224,49 +130,6 @@ class PairMatcher(PixelChecks, RelationSettling, MatcherPools):
         #: a new image's flipped look serves all its pairs (a 50-image add to
         #: 4,950 made 136 mirrored looks of 50 images).
         self._looks = ThumbLooks()
-
-    def _phash_limits(self) -> dict:
-        s = self.settings
-        return dict(max_distance=max(s.phash_max_distance, s.exact_check_distance),
-                    collect_distance=s.phash_candidate_distance if s.local_features else None)
-
-    def _vote_limits(self) -> dict:
-        s = self.settings
-        return dict(neighbours=s.vote_neighbours, max_distance=s.vote_max_distance,
-                    per_query=s.vote_candidates, min_votes=s.vote_min_votes)
-
-    def vote_queries(self, ids) -> dict[int, np.ndarray]:
-        """The descriptors each image votes with: its strongest (content-only
-        for templated images)."""
-        queries = {}
-        for i in ids:
-            checkpoint()
-            lf = self.cache.get(i)
-            if lf is not None:
-                queries[i] = self.templated.get(i, lf[0]).desc[: self.settings.query_features]
-        return queries
-
-    def vote_search(self, ids: list[int], allowed: set[int],
-                    detail: VoteDetail | None = None) -> dict[tuple[int, int], float]:
-        """``vote_candidates`` of ``ids`` against the descriptor index, in parts
-        of about ``candidates.SEARCH_CHUNK`` query descriptors, reporting the
-        images done as phase "match" (``checkpoint.report``) between parts.
-        The same result as one search: an image's votes come from its own
-        descriptors' neighbour lists alone (parts' pairs combine by maximum,
-        as one call combines its two directions)."""
-        out: dict[tuple[int, int], float] = {}
-        step = max(1, _candidates.SEARCH_CHUNK // max(1, self.settings.query_features))
-        report("match", 0, len(ids))
-        for start in range(0, len(ids), step):
-            part = ids[start:start + step]
-            found = vote_candidates(self.gallery.orb_index, self.vote_queries(part),
-                                    key_stride=ORB_KEY_STRIDE, allowed=allowed, detail=detail,
-                                    **self._vote_limits())
-            for pair, v in found.items():
-                if v > out.get(pair, 0.0):
-                    out[pair] = v
-            report("match", start + len(part), len(ids))
-        return out
 
     def global_evidence(self, pairs: dict[tuple[int, int], int], votes: dict[tuple[int, int], float],
                         top: dict[int, set[int]], same: dict[int, int] | None
@@ -422,8 +285,3 @@ def match_pairs(gallery: Gallery, ids: list[int], settings: Settings,
     matcher = PairMatcher(gallery, ids, settings, same, calibrator)
     matcher.verify(matcher.evidence)
     return matcher.evidence
-
-
-def _picture_hashes_many(thumbs: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
-    """Worker process: ``framed.picture_hashes`` of each (id, thumbnail)."""
-    return [picture_hashes(t) for _, t in thumbs]

@@ -20,6 +20,10 @@ embeddings, icons) take part in every run they are ``enabled`` for:
   the union of their named ``features``, in registration order, each
   signal computing its own (``Signal.pair_features``, missing values
   explicit); profiles read their columns by name and refuse another set;
+- candidates (``match.searches``): a run's candidate search is the search
+  of each signal that proposes pairs (``Signal.candidates`` says how), in
+  registration order; the incremental matcher and gallery queries call the
+  same searches in steps of their own, keeping their results as state;
 - reports (``match.evidence.PairEvidence.to_evidence``): each adds the
   JSON keys it measured (``Signal.evidence``).
 
@@ -87,7 +91,9 @@ class Signal:
     #: as data (``benchmarks/bench_stored.py`` reports bytes per signal from it).
     stores: tuple[str, ...] = ()
     #: How it proposes candidate pairs, in words, naming the function that
-    #: does (None: it only judges pairs other signals propose).
+    #: does (None: it only judges pairs other signals propose). The search
+    #: runs in the match layer (``match.searches.CandidateSearches.SEARCHES``
+    #: maps the signal's name to it), where the indexes and the run are.
     candidates: str | None = None
     #: Longest side of the decode the signal needs (None: the pipeline's
     #: working decode is enough). A larger one is decoded once for all

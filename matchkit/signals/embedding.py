@@ -24,7 +24,7 @@ class EmbeddingSignal(Signal):
     )
     stores: tuple[str, ...] = ("embeddings.vector", "vectors-*.usearch")
     candidates: str | None = ("each other's nearest by cosine "
-                              "(match.pairs.embedding_candidates over the gallery's vector index)")
+                              "(match.searches.embedding_candidates over the gallery's vector index)")
 
     def enabled(self, settings) -> bool:
         return settings.model is not None
