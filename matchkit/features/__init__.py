@@ -4,9 +4,12 @@ One pass over each file computes its byte digest, decodes a working-size copy
 (JPEG draft mode keeps this cheap for camera photos) and derives the
 perceptual signals from it. Large batches run in worker processes.
 
-The layer is a package of two modules: :mod:`.record` extracts one file
-(``ImageRecord``, ``extract``, the pixel digests it stores) and :mod:`.pool`
-runs that over many files (``extract_many`` and its worker processes). Every
+The layer is a package of three modules: :mod:`.record` extracts one file
+(``ImageRecord``, ``extract``, the pixel digests it stores: every built-in
+signal's fields from one decode), :mod:`.pool` runs that over many files
+(``extract_many`` and its worker processes), and :mod:`.embedding` extracts
+the embedding signal in batches (a model runs best on many images at once;
+``Gallery.embed`` stores what it yields). Every
 name is importable from here, as it was from the single ``features.py``;
 code reads them where they are defined, so a test that patches one (say
 ``EXTRACT_IN_WORKERS`` or ``load_image``) patches that module.

@@ -168,7 +168,7 @@ def _normalise(X: np.ndarray) -> np.ndarray:
 def embed_paths(embedder, paths: Sequence[str], batch: int = 32) -> tuple[np.ndarray, list[int]]:
     """Embeddings of the readable images among ``paths`` and their positions,
     decoded as the gallery decodes images for embedding."""
-    from matchkit.store.gallery import EMBED_DECODE_SIDE
+    from matchkit.features.embedding import EMBED_DECODE_SIDE
 
     vecs, kept = [], []
     for start in range(0, len(paths), batch):

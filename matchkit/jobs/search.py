@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from matchkit.jobs.filters import allowed_ids
-from matchkit.store.gallery import DB_NAME, EMBED_DECODE_SIDE, Gallery, GalleryError
+from matchkit.features.embedding import EMBED_DECODE_SIDE
+from matchkit.store.gallery import DB_NAME, Gallery, GalleryError
 from matchkit.io.load import ImageLoadError, load_image
 from matchkit.store.shards import ShardedGallery, is_sharded
 

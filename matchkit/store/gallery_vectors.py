@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matchkit.io.load import ImageLoadError, load_image
+from matchkit.features.embedding import (  # noqa: F401  (EMBED_DECODE_SIDE re-exported)
+    EMBED_DECODE_SIDE, VectorShapeError, embed_images)
 from matchkit.store.adding import Skipped
 from matchkit.store.gallery_indexes import _MODEL_KEY, _StaleIndexFile
-from matchkit.store.records import StoredImage, _chunks
+from matchkit.store.records import _chunks
 from matchkit.store.schema import GalleryError
 from matchkit.util.fspath import from_db, to_db
 
@@ -36,10 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from matchkit.embed import Embedder
     from matchkit.index.vectors import VectorIndex
 
-#: Longest side images are decoded at for embedding (JPEGs in draft mode):
-#: CLIP-style models look at ~224 pixels of the shorter side, so this keeps
-#: even 4:1 panoramas above that while decoding camera photos several times faster.
-EMBED_DECODE_SIDE = 1024
 
 
 @dataclass
@@ -238,11 +234,7 @@ class _VectorsMixin:
         Raises :class:`GalleryError` if the gallery already holds vectors of
         another dimension under this model name.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         self._lock_for_writing()
-        from matchkit.embed.base import embed_isolated
-
         name, dim = str(embedder.name), int(embedder.dim)
         info = self._model_info(name)
         if info is None:
@@ -270,54 +262,23 @@ class _VectorsMixin:
         todo_rows = [rows[i] for i in todo]
         batch_size = max(1, int(getattr(embedder, "batch_size", 32) or 32))
         bar = _progress_bar(len(todo_rows), progress)
-        chunks = list(_chunks(todo_rows, batch_size))
-        with ThreadPoolExecutor(max_workers=workers or self.settings.n_workers()) as pool:
-            pending = [pool.submit(self._load_for_embedding, r) for r in chunks[0]] if chunks else []
-            for n, chunk in enumerate(chunks):
-                loaded = [f.result() for f in pending]
-                pending = ([pool.submit(self._load_for_embedding, r) for r in chunks[n + 1]]
-                           if n + 1 < len(chunks) else [])
-                good = [(rec.id, img) for rec, img in zip(chunk, loaded)
-                        if not isinstance(img, Skipped)]
-                report.skipped += [x for x in loaded if isinstance(x, Skipped)]
-                if good:
-                    vecs, failed = embed_isolated(embedder, [img for _, img in good])
-                    report.skipped += [Skipped(rows[good[i][0]].path, why)
-                                       for i, why in failed.items()]
-                    good = [g for i, g in enumerate(good) if i not in failed]
-                    vecs = np.delete(vecs, list(failed), axis=0)
-                    if vecs.shape != (len(good), dim):
-                        raise GalleryError(f"model {name!r} returned vectors of shape "
-                                           f"{vecs.shape}, expected ({len(good)}, {dim})")
-                    ok = np.isfinite(vecs).all(axis=1) & (np.linalg.norm(vecs, axis=1) > 0)
-                    for (image_id, _), fine in zip(good, ok):
-                        if not fine:
-                            report.skipped.append(Skipped(
-                                rows[image_id].path, f"model {name!r} returned an invalid vector"))
-                    kept = [image_id for (image_id, _), fine in zip(good, ok) if fine]
-                    self._store_vectors(index, info["name"], kept, vecs[ok])
-                    report.embedded += len(kept)
+        batches = embed_images(embedder, todo_rows, batch_size=batch_size,
+                               workers=workers or self.settings.n_workers(),
+                               max_pixels=self.settings.max_pixels)
+        try:
+            for batch in batches:
+                report.skipped += [Skipped(path, why) for path, why in batch.skipped]
+                self._store_vectors(index, info["name"], batch.ids, batch.vectors)
+                report.embedded += len(batch.ids)
                 if bar:
-                    bar.update(len(chunk))
+                    bar.update(batch.done)
+        except VectorShapeError as e:
+            raise GalleryError(str(e)) from None
         if bar:
             bar.close()
         if save:
             self.save()
         return report
-
-    def _load_for_embedding(self, rec: StoredImage):
-        """The image to embed, or a Skipped saying why it cannot be used now."""
-        try:
-            st = os.stat(rec.path)
-        except OSError as e:
-            return Skipped(rec.path, f"cannot read file: {e.strerror or e}")
-        if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
-            return Skipped(rec.path, "file changed since it was added; add it again first")
-        try:
-            return load_image(rec.path, max_side=EMBED_DECODE_SIDE,
-                              max_pixels=self.settings.max_pixels).image
-        except ImageLoadError as e:
-            return Skipped(rec.path, e.reason)
 
     def _store_vectors(self, index: "VectorIndex", name: str, ids: list[int],
                        vecs: np.ndarray) -> None:
