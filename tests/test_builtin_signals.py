@@ -244,3 +244,27 @@ def test_a_signal_search_adds_its_pairs(tmp_path):
         every = {(ev.a, ev.b) for ev in ColourProposes(g, ids, settings).evidence}
     assert every == {(a, b) for a in ids for b in ids if a < b}
     assert plain < every
+
+
+def test_each_signal_writes_the_rows_of_its_own_tables(tmp_path):
+    p = tmp_path / "a.jpg"
+    make_photo(5).save(p, quality=90)
+    rec = extract(p)
+    with Gallery(tmp_path / "g") as g:
+        g.add([p])
+        (i,) = g.ids()
+        db = sqlite3.connect(tmp_path / "g" / "gallery.sqlite")
+        for sig in signals.builtin():
+            rows = sig.to_rows(rec)
+            assert set(rows) <= set(sig.tables), sig.name
+            for table, row in rows.items():
+                cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+                assert set(row) == set(cols) - {"image_id"}, (sig.name, table)
+                stored = db.execute(f"SELECT {', '.join(row)} FROM {table} WHERE image_id=?",
+                                    (i,)).fetchone()
+                assert stored == tuple(row.values())
+        db.close()
+        local, thumb = g.local_features(i)
+        np.testing.assert_array_equal(local.desc, rec.local.desc)
+        assert thumb.shape == rec.thumb.shape
+    assert signals.get("local").to_rows(extract(p, Settings(local_features=False))) == {}

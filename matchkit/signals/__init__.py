@@ -14,8 +14,11 @@ embeddings, icons) take part in every run they are ``enabled`` for:
   ``ImageRecord`` fields (``record_fields``) from the shared views of one
   decode (``Signal.extract_fields``);
 - storage (``store.gallery_writing``): the gallery writes the ``images``
-  columns each one encodes (``Signal.to_columns``); the local features'
-  own table and the indexes are kept by the gallery (``stores`` names them);
+  columns each one encodes (``Signal.to_columns``) and the rows of its own
+  tables (``Signal.to_rows``: the local features' ``local_features``); the
+  signal's module also reads them back (``local_stored.stored_features``).
+  The indexes over them (pHash, descriptors, vectors) are the gallery's
+  (``stores`` names every place);
 - the calibrated decision (``match.pairfeatures``): the feature vector is
   the union of their named ``features``, in registration order, each
   signal computing its own (``Signal.pair_features``, missing values
@@ -87,6 +90,8 @@ class Signal:
     features: tuple[str, ...] = ()
     #: ``ImageRecord`` fields ``extract_fields`` fills.
     record_fields: tuple[str, ...] = ()
+    #: Tables of its own, one row per image keyed by ``image_id`` (``to_rows``).
+    tables: tuple[str, ...] = ()
     #: Where a gallery keeps it: "table.column" or an index file's name,
     #: as data (``benchmarks/bench_stored.py`` reports bytes per signal from it).
     stores: tuple[str, ...] = ()
@@ -112,6 +117,12 @@ class Signal:
         ``views`` (``features.record.Views``) holds the decode and the views
         cut from it once for all signals: ``loaded`` (``io.load.LoadedImage``),
         ``path``, ``image``, ``grey_work``, ``hash_thumb``, ``grey_thumb``."""
+        return {}
+
+    def to_rows(self, record) -> dict[str, dict]:
+        """A built-in signal's rows of its own tables (``tables``: one row per
+        image, keyed by ``image_id``): table -> {column: value}, ``image_id``
+        left out; a table left out gets no row for the image."""
         return {}
 
     def to_columns(self, record) -> dict:

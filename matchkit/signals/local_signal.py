@@ -16,6 +16,7 @@ import numpy as np
 
 from matchkit.signals import PairContext, Signal
 from matchkit.signals.local import extract_local
+from matchkit.signals.local_stored import COLUMNS, encode_local
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class LocalSignal(Signal):
         "picture_fraction",     # smaller share of picture (not flat fill / template frame) of the two
     )
     record_fields: tuple[str, ...] = ("local", "thumb")
+    tables: tuple[str, ...] = ("local_features",)
     stores: tuple[str, ...] = ("local_features.xy", "local_features.descriptors",
                                "local_features.thumb", "orb.usearch", "orb.ivf")
     candidates: str | None = ("images the strongest descriptors vote for "
@@ -46,6 +48,11 @@ class LocalSignal(Signal):
         # masks; both come from the decode, never from the file again.
         return {"local": extract_local(views.grey_work, settings.n_features),
                 "thumb": np.asarray(views.grey_thumb)}
+
+    def to_rows(self, record) -> dict[str, dict]:
+        if record.local is None:
+            return {}
+        return {"local_features": dict(zip(COLUMNS, encode_local(record.local, record.thumb)))}
 
     def pair_features(self, pair, context: PairContext) -> tuple[float, ...]:
         v = pair.verification

@@ -26,11 +26,13 @@ from matchkit.features import ImageRecord
 from matchkit.io.load import ImageLoadError
 from matchkit.store.adding import AddReport, Skipped
 from matchkit.store.records import StoredImage, _chunks
-from matchkit.store.stored import encode_local
 from matchkit import signals as _signals
 
-#: The built-in signals: each gives the values of its ``images`` columns.
+#: The built-in signals: each gives the values of its ``images`` columns and
+#: the rows of its own tables.
 _BUILTIN = tuple(_signals.builtin())
+#: Their own tables (one row per image, keyed by ``image_id``).
+_TABLES = tuple(t for sig in _BUILTIN for t in sig.tables)
 from matchkit.util.fspath import to_db
 
 
@@ -103,7 +105,8 @@ class _WritingMixin:
                         (stored, size, mtime, rec.reason))
                     if old:  # a file that changed into something unreadable
                         self._db.execute("DELETE FROM images WHERE id=?", (old[0],))
-                        self._db.execute("DELETE FROM local_features WHERE image_id=?", (old[0],))
+                        for table in _TABLES:
+                            self._db.execute(f"DELETE FROM {table} WHERE image_id=?", (old[0],))
                         self._drop_signals([old[0]])
                         gone.append(old[0])
                     report.skipped.append(Skipped(path, rec.reason))
@@ -131,12 +134,17 @@ class _WritingMixin:
                 report.changed.append(image_id)
                 new_keys.append(image_id)
                 new_codes.append(rec.phashes[0])
-                self._db.execute("DELETE FROM local_features WHERE image_id=?", (image_id,))
+                for sig in _BUILTIN:  # each signal's own tables: its row, or none
+                    rows = sig.to_rows(rec)
+                    for table in sig.tables:
+                        self._db.execute(f"DELETE FROM {table} WHERE image_id=?", (image_id,))
+                        if table in rows:
+                            row = rows[table]
+                            self._db.execute(
+                                f"INSERT INTO {table}(image_id, {', '.join(row)}) "
+                                f"VALUES ({', '.join('?' * (len(row) + 1))})",
+                                (image_id, *row.values()))
                 if rec.local is not None:
-                    self._db.execute(
-                        "INSERT INTO local_features(image_id, width, height, xy, descriptors, "
-                        "thumb, thumb_width, thumb_height, encoding) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (image_id, *encode_local(rec.local, rec.thumb)))
                     new_local.append((image_id, rec.local.desc))
                 self._drop_signals([image_id])
                 self._store_signals(image_id, rec.signals)
@@ -178,7 +186,8 @@ class _WritingMixin:
                 marks = ','.join('?' * len(chunk))
                 removed += self._db.execute(f"DELETE FROM images WHERE id IN ({marks})",
                                             chunk).rowcount
-                self._db.execute(f"DELETE FROM local_features WHERE image_id IN ({marks})", chunk)
+                for table in _TABLES:
+                    self._db.execute(f"DELETE FROM {table} WHERE image_id IN ({marks})", chunk)
                 self._drop_signals(chunk)
             self._drop_vectors(stale)
             self._drop_matches(ids)
