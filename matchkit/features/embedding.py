@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from matchkit.embed.base import embed_isolated
+from matchkit.embed.base import batches, embed_isolated
 from matchkit.io.load import ImageLoadError, load_image
 
 #: Longest side images are decoded at for embedding (JPEGs in draft mode):
@@ -69,7 +69,7 @@ def embed_images(embedder, images: Sequence, *, batch_size: int, workers: int,
     a model whose vectors have another width than ``embedder.dim`` raises
     :class:`VectorShapeError` (every vector would be wrong)."""
     name, dim = str(embedder.name), int(embedder.dim)
-    chunks = [list(images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
+    chunks = list(batches(images, batch_size))
 
     def load(rec):
         return load_for_embedding(rec.path, rec.size, rec.mtime_ns, max_pixels)

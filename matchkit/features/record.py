@@ -27,9 +27,6 @@ from matchkit.io.load import ImageLoadError, load_image, shrink
 from matchkit.signals.local import LocalFeatures, working_grey
 from matchkit.signals import extract_payloads
 
-#: The built-in signals, each filling its ``ImageRecord`` fields.
-_BUILTIN = tuple(_signals.builtin())
-
 
 @dataclass
 class ImageRecord:
@@ -142,7 +139,7 @@ def _extract(path: Path, st: os.stat_result, settings: Settings) -> ImageRecord:
         load=lambda p, side: load_image(p, max_side=side, max_pixels=settings.max_pixels).image)
     views = Views(path, loaded, digest, settings)
     fields: dict = {}
-    for sig in _BUILTIN:
+    for sig in _signals.builtin():  # each fills its ``ImageRecord`` fields
         if sig.enabled(settings):
             fields.update(sig.extract_fields(views, settings))
     return ImageRecord(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,

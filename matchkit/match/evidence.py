@@ -25,10 +25,6 @@ from matchkit.relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_
 from matchkit.signals.thumbmatch import IconDecider
 from matchkit import signals as _signals
 
-#: The built-in signals, whose ``evidence`` makes a pair's report entry.
-_BUILTIN = tuple(_signals.builtin())
-
-
 
 #: Thumbnails of images with identical pixels differ by at most this many grey
 #: levels (decode paths differ slightly) ... Measured: at most 3 levels over
@@ -83,7 +79,7 @@ class PairEvidence:
         out: dict = {"rule": self.rule}
         if "p" in self.extra:
             out["probability"] = round(float(self.extra["p"]), 4)
-        for sig in _BUILTIN:
+        for sig in _signals.builtin():
             out.update(sig.evidence(self))
         if self.extra.get("carried_by") is not None:  # (``burst``)
             out["part_carried_by"] = self.extra["carried_by"]

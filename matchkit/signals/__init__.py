@@ -93,7 +93,7 @@ class Signal:
     #: Tables of its own, one row per image keyed by ``image_id`` (``to_rows``).
     tables: tuple[str, ...] = ()
     #: Where a gallery keeps it: "table.column" or an index file's name,
-    #: as data (``benchmarks/bench_stored.py`` reports bytes per signal from it).
+    #: as data (``tests/test_builtin_signals.py`` holds each to the gallery).
     stores: tuple[str, ...] = ()
     #: How it proposes candidate pairs, in words, naming the function that
     #: does (None: it only judges pairs other signals propose). The search
@@ -192,6 +192,8 @@ _INSTANCES: dict[str, Signal] = {}
 
 #: Names registered by ``register_builtin``, in registration order.
 _BUILTIN: list[str] = []
+#: Their instances (``builtin``), made on first use.
+_BUILTIN_SIGNALS: tuple[Signal, ...] | None = None
 
 
 def register(name: str, factory: Callable[[], Signal] | str) -> None:
@@ -213,8 +215,10 @@ def register_builtin(name: str, factory: Callable[[], Signal] | str) -> None:
     order). Extra signals (:func:`register`) are opt-in by ``Settings.signals``,
     stored in ``signal_data`` and have a say by veto only, so a profile
     fitted without them still applies."""
+    global _BUILTIN_SIGNALS
     register(name, factory)
     _BUILTIN.append(name)
+    _BUILTIN_SIGNALS = None
 
 
 def available() -> list[str]:
@@ -259,10 +263,14 @@ def get(name: str) -> Signal:
     return _INSTANCES[name]
 
 
-def builtin() -> list[Signal]:
+def builtin() -> tuple[Signal, ...]:
     """The built-in signals, in registration order (the order of their
-    features in ``pairfeatures.FEATURES`` and of their keys in evidence)."""
-    return [get(n) for n in _BUILTIN]
+    features in ``pairfeatures.FEATURES`` and of their keys in evidence);
+    built once, as hot paths (each file, each pair) loop over them."""
+    global _BUILTIN_SIGNALS
+    if _BUILTIN_SIGNALS is None:
+        _BUILTIN_SIGNALS = tuple(get(n) for n in _BUILTIN)
+    return _BUILTIN_SIGNALS
 
 
 def configured(settings) -> list[Signal]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from matchkit.signals import PairContext, Signal
 from matchkit.signals.local import extract_local
 from matchkit.signals.local_stored import COLUMNS, encode_local
@@ -47,7 +45,7 @@ class LocalSignal(Signal):
         # The grey thumbnail serves the photometric checks and the template
         # masks; both come from the decode, never from the file again.
         return {"local": extract_local(views.grey_work, settings.n_features),
-                "thumb": np.asarray(views.grey_thumb)}
+                "thumb": views.grey_thumb}
 
     def to_rows(self, record) -> dict[str, dict]:
         if record.local is None:

@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from matchkit.index.vectors import VectorIndex
 
 
-
 @dataclass
 class EmbedReport:
     """What ``Gallery.embed`` did for one model."""

@@ -27,13 +27,12 @@ from matchkit.io.load import ImageLoadError
 from matchkit.store.adding import AddReport, Skipped
 from matchkit.store.records import StoredImage, _chunks
 from matchkit import signals as _signals
-
-#: The built-in signals: each gives the values of its ``images`` columns and
-#: the rows of its own tables.
-_BUILTIN = tuple(_signals.builtin())
-#: Their own tables (one row per image, keyed by ``image_id``).
-_TABLES = tuple(t for sig in _BUILTIN for t in sig.tables)
 from matchkit.util.fspath import to_db
+
+
+def _own_tables() -> list[str]:
+    """The built-in signals' own tables (one row per image, keyed by ``image_id``)."""
+    return [t for sig in _signals.builtin() for t in sig.tables]
 
 
 class _WritingMixin:
@@ -105,7 +104,7 @@ class _WritingMixin:
                         (stored, size, mtime, rec.reason))
                     if old:  # a file that changed into something unreadable
                         self._db.execute("DELETE FROM images WHERE id=?", (old[0],))
-                        for table in _TABLES:
+                        for table in _own_tables():
                             self._db.execute(f"DELETE FROM {table} WHERE image_id=?", (old[0],))
                         self._drop_signals([old[0]])
                         gone.append(old[0])
@@ -113,7 +112,7 @@ class _WritingMixin:
                     continue
                 self._db.execute("DELETE FROM failures WHERE path=?", (stored,))
                 columns = {"size": rec.size, "mtime_ns": rec.mtime_ns}
-                for sig in _BUILTIN:  # each signal encodes its own columns
+                for sig in _signals.builtin():  # each signal encodes its own columns
                     columns.update(sig.to_columns(rec))
                 names, values = ", ".join(columns), tuple(columns.values())
                 if old:
@@ -134,7 +133,7 @@ class _WritingMixin:
                 report.changed.append(image_id)
                 new_keys.append(image_id)
                 new_codes.append(rec.phashes[0])
-                for sig in _BUILTIN:  # each signal's own tables: its row, or none
+                for sig in _signals.builtin():  # each signal's own tables: its row, or none
                     rows = sig.to_rows(rec)
                     for table in sig.tables:
                         self._db.execute(f"DELETE FROM {table} WHERE image_id=?", (image_id,))
@@ -186,7 +185,7 @@ class _WritingMixin:
                 marks = ','.join('?' * len(chunk))
                 removed += self._db.execute(f"DELETE FROM images WHERE id IN ({marks})",
                                             chunk).rowcount
-                for table in _TABLES:
+                for table in _own_tables():
                     self._db.execute(f"DELETE FROM {table} WHERE image_id IN ({marks})", chunk)
                 self._drop_signals(chunk)
             self._drop_vectors(stale)
