@@ -128,6 +128,36 @@ def test_mirrored_view_is_tried_only_when_the_hashes_mean_it(tmp_path):
     assert outcomes["hop"] == ("local", True, True)
 
 
+def test_mirrored_view_is_not_tried_at_the_crowds_distance(tmp_path):
+    """Where the images' unrelated neighbours sit as close as the pair's
+    hashes (crowd distance), the alignment under a reflection is chance too:
+    no mirrored look unless the pair is ``mirror_crowd_margin`` bits inside
+    the closer crowd distance, or a second hop asks for it."""
+    img = textured(23)
+    rotated_flip = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(
+        25, expand=True, fillcolor=(0, 0, 0))
+    g, (a, b) = _gallery_pair(tmp_path, img, rotated_flip)
+    with g:
+        s = Settings()
+        m = M.PairMatcher(g, [a, b], s)
+        m.crowd = {a: 96, b: 120}  # a's 16th-nearest image is 96 bits away
+        outcomes = {}
+        for label, distance, hop in (("at the crowd", 96 - s.mirror_crowd_margin + 1, False),
+                                     ("inside it", 96 - s.mirror_crowd_margin, False),
+                                     ("hop", 96, True)):
+            ev = M.PairEvidence(a, b, distance, 0.5)
+            ev.extra["reflect"] = True
+            if hop:
+                ev.extra["second_hop"] = True
+            ev.pending = True
+            m.verify([ev])
+            outcomes[label] = (ev.rule, ev.verification.mirrored, "mirror_tried" in ev.extra)
+        m.close()
+    assert outcomes["at the crowd"] == ("", False, False)
+    assert outcomes["inside it"] == ("local", True, True)
+    assert outcomes["hop"] == ("local", True, True)
+
+
 def _border_box_line_by_line(thumb, tolerance=4.0):
     """``template.border_box`` as first written: one line at a time inwards."""
     t = thumb.astype(np.float32)

@@ -131,7 +131,8 @@ class RayPairMatcher(PairMatcher):
                    for i in ids}
             args = (chunk, dbs, {i: self._masks[i] for i in ids if i in self._masks},
                     {i: self.templated[i] for i in ids if i in self.templated},
-                    self.settings, self.calibrator is None)
+                    self.settings, self.calibrator is None,
+                    [self.pair_crowd(ev) for ev in chunk])
             node = min(run.node_ids, key=lambda n: run.verify_given[n])
             run.verify_given[node] += len(chunk)
             sizes.append(len(pickle.dumps(args, protocol=5)))

@@ -105,8 +105,9 @@ def _shard_db(path: str) -> sqlite3.Connection:
 
 
 def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict, templated: dict,
-                  settings: Settings, hand_rules: bool) -> tuple:
-    """Ray task: verify candidate pairs from their images' stored features."""
+                  settings: Settings, hand_rules: bool, crowds: list | None = None) -> tuple:
+    """Ray task: verify candidate pairs from their images' stored features
+    (``crowds``: each pair's closer crowd distance, as on one machine)."""
     feats = {i: read_local_features(_shard_db(db), i) for i, db in dbs.items()}
     read = sum(len(f[0].desc.tobytes()) + f[1].nbytes for f in feats.values() if f is not None)
 
@@ -115,9 +116,9 @@ def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict
             masks[i] = thumb_content_mask(feats[i][1] if feats[i] is not None else None)
         return masks[i]
 
-    for ev in evidence:
+    for n, ev in enumerate(evidence):
         verify_stored(ev, feats[ev.a], feats[ev.b], mask(ev.a), mask(ev.b), templated, settings,
-                      hand_rules)
+                      hand_rules, crowd=None if crowds is None else crowds[n])
     _kill_once("verify")
     return evidence, _node(), read
 

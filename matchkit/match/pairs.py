@@ -27,7 +27,8 @@ from matchkit.util.checkpoint import checkpoint, report  # noqa: F401  (old path
 from matchkit.signals.colour import BINS, histogram_similarities, histogram_similarity
 from matchkit.config import Settings
 from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
-from matchkit.signals.hashing import PHASH_BITS, REFLECTIONS, dihedral_distance, dihedral_match_many
+from matchkit.signals.hashing import (PHASH_BITS, REFLECTIONS, crowd_distance, dihedral_distance,
+                                     dihedral_match_many)
 from matchkit.match.framed import framed_pairs, pairs_of, picture_hashes, unframed  # noqa: F401  (old paths)
 from matchkit.signals.local import LocalFeatures
 from matchkit.relation import LIGHT_DARK_COLOUR
@@ -247,7 +248,14 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         # (Two workers may make one image's mask at once: the same mask.)
         verify_stored(ev, fa, fb, self.content_mask(ev.a, fa[1] if fa else None),
                       self.content_mask(ev.b, fb[1] if fb else None), self.templated,
-                      self.settings, self.calibrator is None, self._looks)
+                      self.settings, self.calibrator is None, self._looks,
+                      crowd=self.pair_crowd(ev))
+
+    def pair_crowd(self, ev: PairEvidence) -> int | None:
+        """The pair's closer crowd distance (``hashing.crowd_distance``), None
+        when no pHash search ran (no crowd known)."""
+        crowd = getattr(self, "crowd", None)
+        return None if crowd is None else crowd_distance(ev, crowd)
 
     def finish(self) -> None:
         """Clustering ended normally: work started in the background is done

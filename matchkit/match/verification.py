@@ -24,22 +24,39 @@ from matchkit.match.template import border_box, keypoints_in_mask
 
 
 def verify_stored(ev: PairEvidence, fa, fb, mask_a, mask_b, templated: dict[int, LocalFeatures],
-                  settings: Settings, hand_rules: bool, looks: ThumbLooks | None = None) -> None:
+                  settings: Settings, hand_rules: bool, looks: ThumbLooks | None = None,
+                  crowd: int | None = None) -> None:
     """Local verification of one pending pair from its images' stored
     features ``fa``/``fb`` (``Gallery.local_features``) and content masks; a
     function of its arguments, so it runs the same in a thread or in a task
     on another machine. The mirrored look comes from the stored thumbnails
     (``mirrored_look``; ``looks`` keeps its features for the next pair of
     the same image); only templated images' content features
-    (``templated``, from ``_content_features``) were read from their files."""
-    mirror = fb is not None and (ev.extra.get("second_hop")
-                                 or ev.phash_distance <= settings.mirror_max_distance)
+    (``templated``, from ``_content_features``) were read from their files.
+    ``crowd``: the pair's closer crowd distance (``hashing.crowd_distance``),
+    which gates the mirrored look (``mirror_worth_trying``)."""
+    mirror = fb is not None and mirror_worth_trying(ev, settings, crowd)
     if mirror and ev.extra.get("reflect"):
         ev.extra["mirror_tried"] = True  # (if the straight look fails)
     _verify_pair(ev, fa, fb, templated, settings, mask_a, mask_b, mirror=mirror, looks=looks)
     if hand_rules:
         ev.rule = local_rule(ev, settings)
     ev.pending = False
+
+
+def mirror_worth_trying(ev: PairEvidence, settings: Settings, crowd: int | None = None) -> bool:
+    """Whether a first-pass verification also looks at the pair mirrored:
+    a second hop asks for it, or the hashes align (under a reflection, when
+    ``ev.extra["reflect"]``) closer than chance: within
+    ``mirror_max_distance`` and ``mirror_crowd_margin`` bits inside the
+    pair's crowd distance ``crowd`` (None: not known, not used). The look
+    runs ORB twice on thumbnails, the dearest part of verifying a pair that
+    does not match."""
+    if ev.extra.get("second_hop"):
+        return True
+    d = ev.phash_distance
+    return d <= settings.mirror_max_distance and (
+        crowd is None or d <= crowd - settings.mirror_crowd_margin)
 
 
 def _verify_pair(ev: PairEvidence, fa, fb, templated: dict[int, LocalFeatures],
