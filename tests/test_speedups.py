@@ -100,21 +100,21 @@ def test_verification_cascade_decides_like_full_matching(tmp_path, monkeypatch):
         assert ev.rule == "" and calls == [(300, 300)]
 
 
-def test_mirrored_view_is_tried_only_when_the_hashes_mean_it(tmp_path):
-    """A far-apart pair whose hashes happen to align best under a reflection
-    is not verified mirrored in the first pass (chance); a close one is, and
-    so is a second-hop pair that asks for it."""
+def _mirror_outcomes(tmp_path, cases, crowd=None) -> dict:
+    """Verify a mirrored-and-turned copy as each case (label, pHash distance,
+    second hop) says, its hashes aligned best under a reflection: (rule,
+    verified mirrored, mirrored look tried) by label. ``crowd``: the images'
+    crowd distances, if known."""
     img = textured(23)
     rotated_flip = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(
         25, expand=True, fillcolor=(0, 0, 0))
     g, (a, b) = _gallery_pair(tmp_path, img, rotated_flip)
+    outcomes = {}
     with g:
-        s = Settings()
-        m = M.PairMatcher(g, [a, b], s)
-        outcomes = {}
-        for label, distance, hop in (("far", s.mirror_max_distance + 10, False),
-                                     ("near", s.mirror_max_distance, False),
-                                     ("hop", s.mirror_max_distance + 10, True)):
+        m = M.PairMatcher(g, [a, b], Settings())
+        if crowd is not None:
+            m.crowd = {a: crowd[0], b: crowd[1]}
+        for label, distance, hop in cases:
             ev = M.PairEvidence(a, b, distance, 0.5)
             ev.extra["reflect"] = True
             if hop:
@@ -123,6 +123,16 @@ def test_mirrored_view_is_tried_only_when_the_hashes_mean_it(tmp_path):
             m.verify([ev])
             outcomes[label] = (ev.rule, ev.verification.mirrored, "mirror_tried" in ev.extra)
         m.close()
+    return outcomes
+
+
+def test_mirrored_view_is_tried_only_when_the_hashes_mean_it(tmp_path):
+    """A far-apart pair whose hashes happen to align best under a reflection
+    is not verified mirrored in the first pass (chance); a close one is, and
+    so is a second-hop pair that asks for it."""
+    limit = Settings().mirror_max_distance
+    outcomes = _mirror_outcomes(tmp_path, (("far", limit + 10, False), ("near", limit, False),
+                                           ("hop", limit + 10, True)))
     assert outcomes["far"] == ("", False, False)
     assert outcomes["near"] == ("local", True, True)
     assert outcomes["hop"] == ("local", True, True)
@@ -133,26 +143,10 @@ def test_mirrored_view_is_not_tried_at_the_crowds_distance(tmp_path):
     hashes (crowd distance), the alignment under a reflection is chance too:
     no mirrored look unless the pair is ``mirror_crowd_margin`` bits inside
     the closer crowd distance, or a second hop asks for it."""
-    img = textured(23)
-    rotated_flip = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(
-        25, expand=True, fillcolor=(0, 0, 0))
-    g, (a, b) = _gallery_pair(tmp_path, img, rotated_flip)
-    with g:
-        s = Settings()
-        m = M.PairMatcher(g, [a, b], s)
-        m.crowd = {a: 96, b: 120}  # a's 16th-nearest image is 96 bits away
-        outcomes = {}
-        for label, distance, hop in (("at the crowd", 96 - s.mirror_crowd_margin + 1, False),
-                                     ("inside it", 96 - s.mirror_crowd_margin, False),
-                                     ("hop", 96, True)):
-            ev = M.PairEvidence(a, b, distance, 0.5)
-            ev.extra["reflect"] = True
-            if hop:
-                ev.extra["second_hop"] = True
-            ev.pending = True
-            m.verify([ev])
-            outcomes[label] = (ev.rule, ev.verification.mirrored, "mirror_tried" in ev.extra)
-        m.close()
+    inside = 96 - Settings().mirror_crowd_margin  # a's 16th-nearest image is 96 bits away
+    outcomes = _mirror_outcomes(tmp_path, (("at the crowd", inside + 1, False),
+                                           ("inside it", inside, False), ("hop", 96, True)),
+                                crowd=(96, 120))
     assert outcomes["at the crowd"] == ("", False, False)
     assert outcomes["inside it"] == ("local", True, True)
     assert outcomes["hop"] == ("local", True, True)
