@@ -121,6 +121,8 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         self.formats = {i: img.format for i, img in stored.items()}
         self._lightness: dict[int, float | None] = {}
         self.vectors: dict[int, np.ndarray] = {}
+        #: Image id -> pHash crowd distance (the pHash search sets it; None until then).
+        self.crowd: dict[int, int] | None = None
         #: Icon views by image (``thumbmatch``), made by the icon signal's search.
         self.icons: dict = {}
         #: Share of each image's thumbnail that stands out from its background.
@@ -254,8 +256,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
     def pair_crowd(self, ev: PairEvidence) -> int | None:
         """The pair's closer crowd distance (``hashing.crowd_distance``), None
         when no pHash search ran (no crowd known)."""
-        crowd = getattr(self, "crowd", None)
-        return None if crowd is None else crowd_distance(ev, crowd)
+        return None if self.crowd is None else crowd_distance(ev, self.crowd)
 
     def finish(self) -> None:
         """Clustering ended normally: work started in the background is done

@@ -42,6 +42,7 @@ from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
 from matchkit.signals.hashing import REFLECTIONS, dihedral_match
 from matchkit.io.load import ImageLoadError, load_image, shrink
 from matchkit.signals.local import extract_local, working_grey
+from matchkit.match.verification import mirror_worth_trying
 from matchkit.match.pairs import (PairEvidence, ThumbLooks, _LocalCache, _verify_pair, colour_evidence,
                                   hash_rule, local_rule, settle_global_relation)
 from matchkit.match.query_candidates import (  # noqa: F401  (re-exported)
@@ -338,9 +339,9 @@ class QueryMatcher(QueryCandidates):
             if id(rec) not in query_masks:
                 query_masks[id(rec)] = _mask(rec.thumb)
             # The mirrored look only where the hashes align under a reflection
-            # closely enough to mean it, as in dedupe (``mirror_max_distance``).
+            # closely enough to mean it, by dedupe's rule without the crowd gate.
             _verify_pair(ev, fa, (rec.local, rec.thumb), {}, s, ma, query_masks[id(rec)],
-                         mirror=ev.phash_distance <= s.mirror_max_distance, looks=self._looks)
+                         mirror=mirror_worth_trying(ev, s), looks=self._looks)
             if self.calibrator is None:
                 ev.rule = local_rule(ev, s)
             ev.pending = False
