@@ -308,6 +308,55 @@ def test_index_in_background_gives_the_same_index(photo_dir, tmp_path, monkeypat
         assert sorted(g.orb_index.keys().tolist()) == keys
 
 
+def _counted_saves(monkeypatch):
+    from matchkit.index.hamming import HammingIndex
+
+    saved = []
+    real_save = HammingIndex.save
+
+    def save(self, path):
+        saved.append(os.path.basename(path))
+        return real_save(self, path)
+    monkeypatch.setattr(HammingIndex, "save", save)
+    return saved
+
+
+def test_index_files_written_ahead_are_recorded_not_written_again(photo_dir, tmp_path,
+                                                                  monkeypatch):
+    """``save_ahead`` writes the changed descriptor index file on the index
+    worker after its add; ``save`` records it without writing it again (and
+    writes the pHash index), and the next open loads both as current. An
+    index changed after that is written again."""
+    files = _files(photo_dir)
+    saved = _counted_saves(monkeypatch)
+    with Gallery(tmp_path / "g") as g:
+        g.index_in_background = True
+        g.add(files[:6])
+        g.save_ahead()
+        g._saving.result(10)
+        assert saved == [ORB_INDEX_NAME]
+        g.save()
+        assert sorted(saved) == sorted([ORB_INDEX_NAME, PHASH_INDEX_NAME])  # (not again)
+        keys = sorted(g.orb_index.keys().tolist())
+    with Gallery(tmp_path / "g", create=False) as g:
+        report = g.verify()
+        assert report.differences == [] and report.stale == []
+        assert sorted(g.orb_index.keys().tolist()) == keys
+        g.index_in_background = True
+        g.save_ahead()  # (nothing changed: nothing written)
+        assert g._saving is None and len(saved) == 2
+        g.add(files[6:8])
+        g.save_ahead()
+        g.add(files[8:])  # (waits for the file, then changes the index again)
+        g.save()
+        assert saved[2:] == [ORB_INDEX_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME]
+        keys = sorted(g.orb_index.keys().tolist())
+    with Gallery(tmp_path / "g", create=False) as g:
+        report = g.verify()
+        assert report.differences == [] and report.stale == []
+        assert sorted(g.orb_index.keys().tolist()) == keys and len(g) == len(files)
+
+
 def test_index_in_background_failure_is_raised_and_the_index_rebuilt(photo_dir, tmp_path,
                                                                      monkeypatch):
     """An add that fails on the worker raises at the next use of the index;
@@ -328,9 +377,12 @@ def test_index_in_background_failure_is_raised_and_the_index_rebuilt(photo_dir, 
         return real_add(self, *a, **kw)
 
     monkeypatch.setattr(HammingIndex, "add", failing_add)
+    saved = _counted_saves(monkeypatch)
     with Gallery(tmp_path / "g") as g:
         g.index_in_background = True
         g.add(files)
+        g.save_ahead()  # (the half-built graph is not written)
+        assert g._saving.result(10) == {} and saved == []
         with pytest.raises(MemoryError, match="no room"):
             g.orb_index
         g.index_in_background = False

@@ -145,8 +145,9 @@ def dedupe(
         count = _counter(bar, on_progress, "add", len(files))
         # With a gallery kept between runs, its descriptor index takes the new
         # images on a worker thread while the matcher reads the stored state
-        # (``Gallery.index_in_background``); the index files are saved after
-        # matching, or when it stops.
+        # (``Gallery.index_in_background``), then writes the index files
+        # (``save_ahead``); their stamps are recorded after matching, or when
+        # it stops.
         behind = (gallery_given and not settings.model and run is None
                   and isinstance(gallery, Gallery))
         if behind:
@@ -157,6 +158,8 @@ def dedupe(
             bar.close()
         if not behind:
             gallery.save()
+        else:  # (the files are written on the index worker while matching goes on)
+            gallery.save_ahead()
         if embedder is not None:
             if on_progress:
                 on_progress("embed", 0, len(added.ids))

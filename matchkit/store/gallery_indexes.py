@@ -134,9 +134,13 @@ class _IndexesMixin:
         return ready
 
     def _settle(self) -> None:
-        """Wait for the ORB index add running in the background, if any. If
-        it failed, the index is dropped (it is rebuilt from the database when
-        next used; its file keeps the last saved state) and the error raised."""
+        """Wait for the ORB index add running in the background, if any, and
+        for its file being written (``save_ahead``: no change while it is
+        read). If the add failed, the index is dropped (it is rebuilt from
+        the database when next used; its file keeps the last saved state)
+        and the error raised."""
+        if self._saving is not None:
+            concurrent.futures.wait([self._saving])
         pending, self._indexing = self._indexing, None
         if pending is None:
             return
@@ -334,6 +338,40 @@ class _IndexesMixin:
     def _remove_orb(self, idx: HammingIndex, ids: Iterable[int]) -> None:
         idx.remove([i * ORB_KEY_STRIDE + j for i in ids for j in range(self.settings.index_features)])
 
+    def save_ahead(self) -> None:
+        """Start writing the descriptor index file now, if it changed, on the
+        index worker after the add it is indexing (``index_in_background``),
+        while this thread goes on; ``save`` then records its stamp, or writes
+        it again if the index changed since. Why: writing the 118 MB descriptor
+        graph of 10,000 images, with its checksum and fsync, took 0.6 s at
+        the end of a 1% add (11.3 s), with one core idle."""
+        if not self.index_in_background or not self._dirty:
+            return
+        self._lock_for_writing()
+        # (the descriptor index alone: every change to it goes through this
+        # worker or waits for it, ``_settle``; the small pHash index is
+        # written by ``save``)
+        todo = [(name, self._indexes[name], self._have[name], self._index_file(name))
+                for name in ("orb",)
+                if name in self._dirty and name in self._indexes and name in self._have]
+        if not todo:
+            return
+        if self._index_worker is None:
+            self._index_worker = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="matchkit-index")
+        self._saving = self._index_worker.submit(_write_indexes, todo, self._indexing)
+
+    def _saved_ahead(self) -> dict:
+        """What ``save_ahead`` wrote: {name: (index, generation, keys, stamp)}
+        ({} if nothing, or if writing failed: ``save`` writes again)."""
+        pending, self._saving = self._saving, None
+        if pending is None:
+            return {}
+        try:
+            return pending.result()
+        except Exception:
+            return {}
+
     def save(self) -> None:
         """Persist the index files so the next open need not rebuild them.
 
@@ -343,6 +381,7 @@ class _IndexesMixin:
         and key count (so it is verified before the next load).
         """
         self._settle()
+        ahead = self._saved_ahead()
         if not self._dirty:
             return
         self._lock_for_writing()
@@ -353,10 +392,27 @@ class _IndexesMixin:
             if name not in self._indexes or name not in self._have:
                 continue
             idx = self._indexes[name]
-            stamp = idx.save(self._index_file(name))
+            got = ahead.get(name)
+            # (written ahead from this very index at this generation, with the
+            # keys it has now: its file is current; else it is written now)
+            if got is not None and got[0] is idx and got[1] == self._have[name] \
+                    and got[2] == len(idx):
+                stamp = got[3]
+            else:
+                stamp = idx.save(self._index_file(name))
             record = {**stamp, "keys": len(idx), "generation": self._have[name],
                       "saved_at": round(time.time(), 3)}
             # One statement: the generation stamp and the checksum change together.
             self._set_meta(_FILE_KEY + self._record_name(name),
                            json.dumps(record, sort_keys=True))
         self._dirty.clear()
+
+
+def _write_indexes(todo: list, indexing: concurrent.futures.Future | None) -> dict:
+    """``GalleryIndexes.save_ahead``'s work on the index worker: each
+    (name, index, generation, file) written, its stamp returned by name;
+    nothing if the add before it (``indexing``, done by now) failed."""
+    if indexing is not None and indexing.exception() is not None:
+        return {}
+    return {name: (idx, generation, len(idx), idx.save(file))
+            for name, idx, generation, file in todo}
