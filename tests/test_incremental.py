@@ -1098,3 +1098,52 @@ def _record(gallery, image_id) -> dict:
 
     with Gallery(gallery) as g:
         return json.loads(g.match_records(settings_key(Settings(workers=1)))[image_id][1])
+
+
+def test_stale_records_are_looked_for_only_where_an_image_can_have_left(sets, tmp_path,
+                                                                        monkeypatch):
+    """An add to a gallery whose stored records are all there, unchanged and
+    in the run skips the look for records naming a gone image
+    (``IncrementalMatcher._none_left``); a run after an image left the run,
+    or lost its record outside a run, looks, and matches as a run that
+    matches every image again on the same gallery."""
+    from matchkit.match.incremental_records import StoredRecords
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    looked = []
+    real = StoredRecords._stale
+    monkeypatch.setattr(StoredRecords, "_stale",
+                        lambda self, *a: looked.append(1) or real(self, *a))
+
+    def again() -> dict:
+        shutil.rmtree(tmp_path / "g2", ignore_errors=True)
+        shutil.copytree(g, tmp_path / "g2")
+        report = dedupe([folder], gallery=g, settings=Settings(workers=1))
+        n = len(looked)
+        assert _content(report) == _content(dedupe([folder], gallery=tmp_path / "g2",
+                                                   settings=Settings(workers=1), rematch=True))
+        del looked[n:]  # (the rematch's own look)
+        return report
+
+    for f in sorted(new.iterdir())[:3]:
+        shutil.copy(f, folder / f.name)
+    again()
+    assert looked == []
+    (folder / "p03_crop.jpg").unlink()  # out of the run (still in the gallery)
+    again()
+    assert looked == [1]
+    with Gallery(g) as gal:  # a record dropped outside a run (the file stays)
+        gal.remove([folder / "p05_over.jpg"])
+    again()
+    assert looked == [1, 1]
+    again()
+    assert looked == [1, 1, 1]  # (p03_crop is still in the gallery, out of the run)
+    shutil.copy(folder / "p05_over.jpg", folder / "p03_crop.jpg")
+    again()  # (back in the run, changed)
+    assert looked == [1, 1, 1, 1]
+    again()  # (every record there, unchanged, in the run)
+    assert looked == [1, 1, 1, 1]

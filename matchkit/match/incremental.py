@@ -72,6 +72,7 @@ from matchkit.util.jsonfmt import dumps_sorted, loads
 from matchkit.util.checkpoint import report
 from matchkit.config import Settings
 from matchkit.store.gallery import Gallery
+from matchkit.store.gallery_matches import record_ids_digest
 from matchkit.util.linequeue import LineQueue
 from matchkit.index.pictures import PictureIndex, forget_picture_files
 from matchkit.match.pairs import PairEvidence, PairMatcher
@@ -220,7 +221,7 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
         #: Images whose votes alone changed: their stored votes, by other image.
         self.old_votes: dict[int, dict[int, float]] = {}
         searched = [i for i, r in records.items() if r.get("q")]
-        full = self._stale(searched, allowed)
+        full = set() if self._none_left(stored, records, allowed) else self._stale(searched, allowed)
         report("stored", 2, UPDATE_STEPS)
         if entering:
             rest = [i for i in searched if i not in full]
@@ -265,6 +266,22 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
         self._running: dict[tuple[int, int, int], tuple] = {}
         self._background: LineQueue | None = None
         self._verify_ahead()
+
+    def _none_left(self, stored: dict, records: dict, allowed: set[int]) -> bool:
+        """Whether no image a record names can have left (so ``_stale`` would
+        find nothing): every record the last run saved is here (the ids'
+        digest saved with them, ``Gallery.match_record_ids``), unchanged, and
+        in this run. Why that suffices: a record names only images of the
+        gallery when it was made, and every image of the gallery gets a
+        record in every run (markers for those outside it); an image that
+        changed or left since lost its record. Why: ``_stale`` reads every
+        name of every record, 0.66 s of an 11 s add of 100 images to 10,000."""
+        saved = getattr(self.gallery, "match_record_ids", None)
+        if saved is None or not stored or len(records) != len(stored):
+            return False
+        if any(i not in allowed for i in stored):
+            return False
+        return saved(self.key) == record_ids_digest(stored)
 
     def _read_state(self, read):
         """``read(self.key)``: part of the stored state; None, with a warning,

@@ -13,8 +13,11 @@ the same transaction (``_drop_matches``, called by the gallery's writes).
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
 
 from matchkit.store.records import _chunks
 from matchkit.store.schema import _MATCH_SCHEMA
@@ -25,6 +28,16 @@ _MATCH_KEYS = "match_keys"
 #: How many settings keys keep their matching state: switching ``--level``
 #: back and forth reuses both, and an old key's rows do not pile up.
 MAX_MATCH_KEYS = 4
+#: Meta entry (the settings key appended): a digest of the image ids whose
+#: records were stored under the key, written with them; a reader that finds
+#: the same ids knows no record was dropped since (``record_ids_digest``).
+_MATCH_IDS = "match_ids:"
+
+
+def record_ids_digest(ids: Iterable[int]) -> str:
+    """A digest of a set of image ids (``_MATCH_IDS``)."""
+    ids = np.asarray(sorted(ids), "<i8")
+    return hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
 
 
 class _MatchStateMixin:
@@ -122,6 +135,7 @@ class _MatchStateMixin:
             for old in keys[MAX_MATCH_KEYS:]:
                 self._db.execute("DELETE FROM match_records WHERE key=?", (old,))
                 self._db.execute("DELETE FROM match_pairs WHERE key=?", (old,))
+                self._db.execute("DELETE FROM meta WHERE key=?", (_MATCH_IDS + old,))
             self._set_meta(_MATCH_KEYS, json.dumps(keys[:MAX_MATCH_KEYS]))
             if replace:
                 self._db.execute("DELETE FROM match_records WHERE key=?", (key,))
@@ -137,3 +151,14 @@ class _MatchStateMixin:
                 "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
                 [(key, a, b, k, *row) for (a, b, k), row in packed_pairs
                  if a in present and (b in present or b in elsewhere)])
+            self._set_meta(_MATCH_IDS + key, record_ids_digest(
+                i for (i,) in self._db.execute(
+                    "SELECT image_id FROM match_records WHERE key=?", (key,))))
+
+    def match_record_ids(self, key: str) -> str | None:
+        """The digest of the image ids whose records the last
+        ``save_match_state`` left under ``key`` (None: not known). An image
+        that changes or leaves loses its record (``_drop_matches``) without
+        changing this, so stored records whose ids give the same digest are
+        all there are."""
+        return self._meta(_MATCH_IDS + key)
