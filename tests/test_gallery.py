@@ -382,7 +382,7 @@ def test_index_in_background_failure_is_raised_and_the_index_rebuilt(photo_dir, 
         g.index_in_background = True
         g.add(files)
         g.save_ahead()  # (the half-built graph is not written)
-        assert g._saving.result(10) == {} and saved == []
+        assert g._saving.result(10) is None and saved == []
         with pytest.raises(MemoryError, match="no room"):
             g.orb_index
         g.index_in_background = False

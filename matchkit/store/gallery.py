@@ -200,7 +200,8 @@ class Gallery(_ReadingMixin, _WritingMixin, _SignalsMixin, _IndexesMixin, _Verif
         self.index_in_background = False
         #: The ORB index add running on ``_index_worker``, or None.
         self._indexing: concurrent.futures.Future | None = None
-        #: The index files being written ahead on ``_index_worker`` (``save_ahead``), or None.
+        #: The descriptor index file being written ahead on ``_index_worker``
+        #: (``save_ahead``), or None.
         self._saving: concurrent.futures.Future | None = None
         self._index_worker: concurrent.futures.ThreadPoolExecutor | None = None
 

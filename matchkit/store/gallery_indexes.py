@@ -24,6 +24,7 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -330,10 +331,15 @@ class _IndexesMixin:
             idx.add(keys, codes, replace=False)
             return
         self._settle()  # (one at a time: ``_write_batch`` has waited for it already)
+        self._indexing = self._worker().submit(idx.add, keys, codes, replace=False)
+
+    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The index worker (one thread: the ORB index's adds and file writes
+        run on it in order), made on first use."""
         if self._index_worker is None:
             self._index_worker = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="matchkit-index")
-        self._indexing = self._index_worker.submit(idx.add, keys, codes, replace=False)
+        return self._index_worker
 
     def _remove_orb(self, idx: HammingIndex, ids: Iterable[int]) -> None:
         idx.remove([i * ORB_KEY_STRIDE + j for i in ids for j in range(self.settings.index_features)])
@@ -344,33 +350,27 @@ class _IndexesMixin:
         while this thread goes on; ``save`` then records its stamp, or writes
         it again if the index changed since. Why: writing the 118 MB descriptor
         graph of 10,000 images, with its checksum and fsync, took 0.6 s at
-        the end of a 1% add (11.3 s), with one core idle."""
-        if not self.index_in_background or not self._dirty:
+        the end of a 1% add (11.3 s), with one core idle. (The descriptor
+        index alone: every change to it goes through this worker or waits for
+        it, ``_settle``; the small pHash index is written by ``save``.)"""
+        if not (self.index_in_background and "orb" in self._dirty
+                and "orb" in self._indexes and "orb" in self._have):
             return
         self._lock_for_writing()
-        # (the descriptor index alone: every change to it goes through this
-        # worker or waits for it, ``_settle``; the small pHash index is
-        # written by ``save``)
-        todo = [(name, self._indexes[name], self._have[name], self._index_file(name))
-                for name in ("orb",)
-                if name in self._dirty and name in self._indexes and name in self._have]
-        if not todo:
-            return
-        if self._index_worker is None:
-            self._index_worker = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="matchkit-index")
-        self._saving = self._index_worker.submit(_write_indexes, todo, self._indexing)
+        self._saving = self._worker().submit(
+            _write_ahead, self._indexes["orb"], self._have["orb"], self._index_file("orb"),
+            self._indexing)
 
-    def _saved_ahead(self) -> dict:
-        """What ``save_ahead`` wrote: {name: (index, generation, keys, stamp)}
-        ({} if nothing, or if writing failed: ``save`` writes again)."""
+    def _saved_ahead(self) -> _WrittenAhead | None:
+        """What ``save_ahead`` wrote (None if nothing, or if writing failed:
+        ``save`` writes again)."""
         pending, self._saving = self._saving, None
         if pending is None:
-            return {}
+            return None
         try:
             return pending.result()
         except Exception:
-            return {}
+            return None
 
     def save(self) -> None:
         """Persist the index files so the next open need not rebuild them.
@@ -392,12 +392,11 @@ class _IndexesMixin:
             if name not in self._indexes or name not in self._have:
                 continue
             idx = self._indexes[name]
-            got = ahead.get(name)
             # (written ahead from this very index at this generation, with the
             # keys it has now: its file is current; else it is written now)
-            if got is not None and got[0] is idx and got[1] == self._have[name] \
-                    and got[2] == len(idx):
-                stamp = got[3]
+            if name == "orb" and ahead is not None and ahead.index is idx \
+                    and ahead.generation == self._have[name] and ahead.keys == len(idx):
+                stamp = ahead.stamp
             else:
                 stamp = idx.save(self._index_file(name))
             record = {**stamp, "keys": len(idx), "generation": self._have[name],
@@ -408,11 +407,21 @@ class _IndexesMixin:
         self._dirty.clear()
 
 
-def _write_indexes(todo: list, indexing: concurrent.futures.Future | None) -> dict:
-    """``GalleryIndexes.save_ahead``'s work on the index worker: each
-    (name, index, generation, file) written, its stamp returned by name;
-    nothing if the add before it (``indexing``, done by now) failed."""
+@dataclass(frozen=True)
+class _WrittenAhead:
+    """A descriptor index file ``save_ahead`` wrote: from which index, at
+    which generation, with how many keys, and its stamp (``HammingIndex.save``)."""
+
+    index: HammingIndex | IVFIndex
+    generation: int
+    keys: int
+    stamp: dict
+
+
+def _write_ahead(idx, generation: int, file: Path,
+                 indexing: concurrent.futures.Future | None) -> _WrittenAhead | None:
+    """``save_ahead``'s work on the index worker: the index written to
+    ``file``; nothing if the add before it (``indexing``, done by now) failed."""
     if indexing is not None and indexing.exception() is not None:
-        return {}
-    return {name: (idx, generation, len(idx), idx.save(file))
-            for name, idx, generation, file in todo}
+        return None
+    return _WrittenAhead(idx, generation, len(idx), idx.save(file))
