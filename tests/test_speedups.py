@@ -152,6 +152,36 @@ def test_mirrored_view_is_not_tried_at_the_crowds_distance(tmp_path):
     assert outcomes["hop"] == ("local", True, True)
 
 
+def test_a_hash_neighbour_at_the_crowds_distance_is_not_verified(tmp_path):
+    """A pair that only the hash ranking made a candidate (no votes, one
+    among the other's ``verify_top`` nearest) is verified only where its
+    pHash distance is ``verify_crowd_margin`` bits inside its crowd distance:
+    at the crowd's own distance it is as near as unrelated pictures. Votes
+    still make it worth a look, as does a margin of 0 or an unknown crowd."""
+    g, (a, b) = _gallery_pair(tmp_path, textured(41), textured(42))
+    margin = Settings().verify_crowd_margin
+    assert margin > 0
+
+    def pending(distance, votes=0.0, crowd=(96, 110), settings=Settings()):
+        m = M.PairMatcher(g, [a, b], settings)
+        m.crowd = None if crowd is None else {a: crowd[0], b: crowd[1]}
+        m.templated = {}
+        try:
+            ev, = m.global_evidence({(a, b): distance}, {(a, b): votes} if votes else {},
+                                    {a: {b}}, None)
+            return ev.extra["verifiable"], ev.pending
+        finally:
+            m.close()
+
+    with g:
+        assert pending(96 - margin) == (True, True)          # inside the crowd
+        assert pending(96 - margin + 1) == (False, False)    # at the crowd's distance
+        assert pending(96) == (False, False)
+        assert pending(96 - margin + 1, votes=1.0) == (True, True)
+        assert pending(96, crowd=None) == (True, True)
+        assert pending(96, settings=Settings(verify_crowd_margin=0)) == (True, True)
+
+
 def _border_box_line_by_line(thumb, tolerance=4.0):
     """``template.border_box`` as first written: one line at a time inwards."""
     t = thumb.astype(np.float32)

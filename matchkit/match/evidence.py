@@ -257,15 +257,20 @@ def embedding_rule(ev: PairEvidence, settings: Settings) -> str:
     return "embedding" if ev.cosine >= settings.min_cosine else ""
 
 
-def mark_verifiable(ev: PairEvidence, top: dict[int, set[int]], settings: Settings) -> None:
+def mark_verifiable(ev: PairEvidence, top: dict[int, set[int]], settings: Settings,
+                    crowd: int | None = None) -> None:
     """Whether the pair is worth verifying locally (if the global signals do
     not settle it): descriptors voted for it, the embeddings are close, or
-    one is among the other's ``verify_top`` nearest by hash (``top``)."""
+    one is among the other's ``verify_top`` nearest by hash (``top``) and,
+    with ``crowd`` (the pair's closer crowd distance, None: not known), more
+    than ``verify_crowd_margin`` bits closer than that: a hash neighbour
+    only as near as the crowd's unrelated pictures is not worth the look."""
     near = (ev.cosine is not None and settings.cosine_candidate is not None
             and ev.cosine >= settings.cosine_candidate)
-    ev.extra["verifiable"] = bool(
-        settings.local_features
-        and (ev.votes > 0 or near or ev.b in top.get(ev.a, ()) or ev.a in top.get(ev.b, ())))
+    neighbour = ev.b in top.get(ev.a, ()) or ev.a in top.get(ev.b, ())
+    if neighbour and crowd is not None and settings.verify_crowd_margin:
+        neighbour = not crowd - settings.verify_crowd_margin < ev.phash_distance <= crowd
+    ev.extra["verifiable"] = bool(settings.local_features and (ev.votes > 0 or near or neighbour))
 
 
 def local_rule(ev: PairEvidence, settings: Settings) -> str:

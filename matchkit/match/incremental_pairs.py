@@ -90,7 +90,7 @@ class StoredPairs:
                     fresh[(a, b)] = d
                     continue
                 ev.votes = votes.get((a, b), 0.0)
-                mark_verifiable(ev, top, s)
+                mark_verifiable(ev, top, s, self.pair_crowd(ev))
                 ev.pending = ev.extra["verifiable"] and not ev.rule
                 self._replace_row(ev, row)
                 if self._rows[(a, b, CANDIDATE)].live:

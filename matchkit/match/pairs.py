@@ -176,7 +176,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
                 if not ev.rule:
                     self.frames_rule(ev)
                 ev.rule = ev.rule or embedding_rule(ev, settings)
-            mark_verifiable(ev, top, settings)
+            mark_verifiable(ev, top, settings, self.pair_crowd(ev))
             evidence.append(ev)
         self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence], self._pool)
         if calibrator is None:
