@@ -14,6 +14,7 @@ from conftest import textured
 from matchkit import Settings
 from matchkit.jobs.dedupe import dedupe
 from matchkit.store.gallery import Gallery
+from matchkit.match.incremental_state import join_record
 from test_determinism import _content, _edits
 
 
@@ -379,7 +380,7 @@ def test_an_original_added_after_its_recaptures_is_paired_by_their_framed_pictur
     assert _content(grown) == _content(_fresh([folder]))
     with Gallery(g, settings) as gallery:
         ids = {p.rsplit("/", 1)[-1]: i for i, p in gallery.paths().items()}
-        records = {i: json.loads(r) for i, (_, r) in
+        records = {i: json.loads(r) for i, (_, r, _) in
                    gallery.match_records(settings_key(settings)).items()}
     assert records[ids["print.jpg"]]["fh"]  # the print's picture, kept
     assert ids["print.jpg"] in {j for j, _ in records[ids["z-original.png"]]["fr"]}
@@ -817,7 +818,7 @@ def test_an_add_merging_hash_searches_stores_what_searching_again_stores(tmp_pat
 
     def stored(gallery):
         with Gallery(gallery) as g:
-            recs = {i: json.loads(r) for i, (_, r) in
+            recs = {i: join_record(json.loads(r), x) for i, (_, r, x) in
                     g.match_records(settings_key(settings)).items()}
         for r in recs.values():
             r.pop("rt", None)
@@ -974,7 +975,7 @@ def test_an_add_that_makes_screenshots_templated_matches_a_run_from_scratch(tmp_
         from matchkit.match.incremental import settings_key
 
         paths = g.paths()
-        recs = {os.path.basename(paths[i]): json.loads(r) for i, (_, r)
+        recs = {os.path.basename(paths[i]): json.loads(r) for i, (_, r, _)
                 in g.match_records(settings_key(settings)).items()}
     assert any(r.get("tmpl") for n, r in recs.items() if n.startswith("shot"))
 
@@ -1097,7 +1098,8 @@ def _record(gallery, image_id) -> dict:
     from matchkit.match.incremental import settings_key
 
     with Gallery(gallery) as g:
-        return json.loads(g.match_records(settings_key(Settings(workers=1)))[image_id][1])
+        _, text, lists = g.match_records(settings_key(Settings(workers=1)))[image_id]
+        return join_record(json.loads(text), lists)
 
 
 def test_stale_records_are_looked_for_only_where_an_image_can_have_left(sets, tmp_path,

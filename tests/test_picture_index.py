@@ -185,7 +185,7 @@ def test_an_add_with_a_kept_picture_index_matches_a_run_from_scratch(tmp_path, k
     (gone, new), = patched
     assert 0 < len(new) < len(now) and len(gone) < len(stored_keys)
     with Gallery(g, settings) as gallery:
-        records = {i: json.loads(r) for i, (_, r) in
+        records = {i: json.loads(r) for i, (_, r, _) in
                    gallery.match_records(settings_key(settings)).items()}
     with_pictures = {i for i, r in records.items() if r.get("fh")}
     assert set((now // PICTURE_KEY_STRIDE).tolist()) == with_pictures

@@ -4,6 +4,7 @@ import json
 import warnings
 import sqlite3
 
+import numpy as np
 import pytest
 import random
 
@@ -75,6 +76,54 @@ def test_a_gallery_run_stores_its_match_state_deflated_and_reuses_it(photo_dir, 
     again = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
     assert again.stats["pairs_reused"] > 0
     assert first.clusters and _content(again) == _content(first)
+
+
+def test_records_stored_whole_by_an_earlier_build_are_reused(photo_dir, tmp_path):
+    """Records whose lists are base64 inside their JSON (as builds before
+    ``split_record`` stored them) are read and reused: no image is searched
+    again, the result is the same, an add gives what it gives on the same
+    gallery stored the new way, and records written again get their lists
+    beside the JSON."""
+    import base64
+
+    from matchkit.jobs.dedupe import dedupe
+    from matchkit.match.incremental_state import join_record
+    from matchkit.util.jsonfmt import dumps_sorted
+
+    import shutil
+
+    g = tmp_path / "g"
+    first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    shutil.copytree(g, tmp_path / "g-now")
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    rows = raw.execute("SELECT key, image_id, record FROM match_records").fetchall()
+    assert rows and all(r[0] == stored_text.TAG_BESIDE for *_, r in rows)
+    for key, i, blob in rows:
+        rec = join_record(json.loads(stored_text.unpack_beside(blob)[0]),
+                          stored_text.unpack_beside(blob)[1])
+        rec["hits"] = base64.b64encode(rec["hits"]).decode()
+        if "nb" in rec:
+            k, ids, dists = rec["nb"]
+            rec["nb"] = [k, base64.b64encode(ids).decode(), base64.b64encode(dists).decode()]
+        raw.execute("UPDATE match_records SET record=? WHERE key=? AND image_id=?",
+                    (stored_text.pack(dumps_sorted(rec)), key, i))
+    raw.commit()
+    raw.close()
+    again = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    assert again.stats["images_searched"] == 0 and again.stats["pairs_reused"] > 0
+    assert _content(again) == _content(first)
+    extra = photo_dir.parent / "more"
+    extra.mkdir()
+    for n in sorted(photo_dir.iterdir())[:2]:
+        (extra / ("copy-" + n.name)).write_bytes(n.read_bytes())
+    grown = dedupe([photo_dir, extra], gallery=g, settings=Settings(workers=1))
+    now = dedupe([photo_dir, extra], gallery=tmp_path / "g-now", settings=Settings(workers=1))
+    assert grown.stats["images_searched"] == now.stats["images_searched"] > 0
+    assert _content(grown) == _content(now)
+    raw = sqlite3.connect(g / "gallery.sqlite")
+    tags = [r[0] for r, in raw.execute("SELECT record FROM match_records")]
+    raw.close()
+    assert stored_text.TAG_BESIDE in tags
 
 
 def test_a_gallery_with_the_earlier_record_table_is_matched_again(photo_dir, tmp_path):
@@ -153,14 +202,66 @@ def test_the_cli_tells_a_damaged_state_in_one_line(photo_dir, tmp_path):
 
 
 def test_record_hits_read_back_in_either_form():
+    import base64
+
     from matchkit.match.incremental import _hits, _pack_ids
 
     ids = [3, 17, 250, 70_000, 2**31 - 1]
     packed = _pack_ids(ids)
-    assert isinstance(packed, str)
+    assert isinstance(packed, bytes)
     assert _hits({"hits": packed}).tolist() == ids
+    assert _hits({"hits": base64.b64encode(packed).decode()}).tolist() == ids  # (stored whole)
     assert _hits({"hits": ids}).tolist() == ids  # (a JSON list, as earlier builds stored it)
     assert _hits({"hits": _pack_ids([])}).tolist() == []
+
+
+def test_record_lists_stored_beside_the_json_read_back_as_they_were():
+    """A record's neighbour lists and hits are stored as bytes beside its
+    JSON (``split_record``), ids in as few bytes as the largest needs; they
+    read back equal (empty slots, no lists, no hits, every id width), a
+    record stored whole before reads back the same, and damaged or cut
+    bytes raise ValueError (the stored state is then matched again)."""
+    import base64
+
+    from matchkit.match.incremental_state import (_lists, _pack_ids, _pack_lists, join_record,
+                                                  split_record)
+    from matchkit.util.jsonfmt import dumps_sorted, loads
+
+    rng = np.random.default_rng(5)
+    widths = set()
+    for top in (3, 200, 60_000, 5_000_000, 2**31 - 2):
+        for k in (0, 1, 4):
+            rows = int(rng.integers(0, 6))
+            ids = rng.integers(-1, top + 1, (rows, k) if k else rows).astype(np.int32)
+            dists = rng.integers(0, 256, ids.shape).astype(np.uint8)
+            rec = {"crowd": 96, "near": [[1, 90]], "vo": [[2, 1.5]],
+                   "hits": _pack_ids(rng.integers(0, top + 1, int(rng.integers(0, 9))))}
+            if rows or k:
+                rec["nb"] = _pack_lists(ids, dists)
+            rest, lists = split_record(rec)
+            assert "nb" not in rest and "hits" not in rest and rest is not rec
+            widths.add(lists[1])
+            stored = stored_text.unpack_beside(stored_text.pack_beside(
+                stored_text.pack(dumps_sorted(rest)), lists))
+            back = join_record(loads(stored[0]), stored[1])
+            assert back == rec
+            if "nb" in rec:
+                got_ids, got_d = _lists(back)
+                assert got_ids.ravel().tolist() == ids.ravel().tolist()
+                assert got_d.ravel().tolist() == dists.ravel().tolist()
+            # A record stored whole, its lists as base64 inside the JSON.
+            whole = {**rest, "hits": base64.b64encode(rec["hits"]).decode()}
+            if "nb" in rec:
+                whole["nb"] = [rec["nb"][0], base64.b64encode(rec["nb"][1]).decode(),
+                               base64.b64encode(rec["nb"][2]).decode()]
+            assert join_record(loads(dumps_sorted(whole)), None) == rec
+            for bad in (lists[:-1], lists + b"\x00", lists[:5]):
+                with pytest.raises(ValueError):
+                    join_record(dict(rest), bad)
+    assert widths == {1, 2, 3, 4}
+    assert split_record({"crowd": 1}) == ({"crowd": 1}, None)
+    with pytest.raises(ValueError):
+        stored_text.unpack_beside(stored_text.pack_beside(stored_text.pack("{}"), b"xy")[:8])
 
 
 @pytest.mark.parametrize("column", ["before", "after"])

@@ -84,7 +84,7 @@ from matchkit.match.incremental_votes import StoredVotes
 from matchkit.match.incremental_state import (  # noqa: F401  (re-exported)
     _CHANGEABLE, CANDIDATE, HOP, HOP_MIRRORED, PairRow, _b64, _extra_objects, _hits, _lists,
     _pack_ids, _pack_lists, _plain, _unb64, _unpack_ids, apply_verification, evidence_from_json,
-    evidence_json, verification_json)
+    evidence_json, join_record, split_record, verification_json)
 from matchkit.match.incremental_hash import (  # noqa: F401  (re-exported)
     NEAREST_ROWS, _by_distance, _nearest_distance, _phash_fields, merge_hash_search)
 from matchkit.match.incremental_votes import (  # noqa: F401  (re-exported)
@@ -199,7 +199,7 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
                and self.settings.local_features else None)
         rows = {} if rematch else self._read_state(gallery.match_pairs)
         records = None if rows is None else self._read_state(
-            lambda _: {i: loads(r) for i, (d, r) in stored.items()
+            lambda _: {i: join_record(loads(r), x) for i, (d, r, x) in stored.items()
                        if i in current and current[i][0] == d})
         if rows is None or records is None:  # (unreadable: every image is matched again)
             rematch, stored, rows, records, new = True, {}, {}, {}, None
@@ -327,8 +327,11 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
     # -- writing back ---------------------------------------------------------
     def save(self) -> None:
         """Store the records and pair rows this run made or completed (one transaction)."""
-        records = {i: (self.digests[i][0], dumps_sorted(self.records[i]))
-                   for i in self._write if i in self.digests}
+        records = {}
+        for i in self._write:
+            if i in self.digests:
+                rest, lists = split_record(self.records[i])
+                records[i] = (self.digests[i][0], dumps_sorted(rest), lists)
         rows = {k: self._rows[k].astuple() for k in self._changed_rows}
         self.gallery.save_match_state(self.key, records, rows, replace=self.rematch)
         if self._pictures is not None:

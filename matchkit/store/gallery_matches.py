@@ -21,7 +21,7 @@ import numpy as np
 
 from matchkit.store.records import _chunks
 from matchkit.store.schema import _MATCH_SCHEMA
-from matchkit.store.stored_text import pack_many, unpack
+from matchkit.store.stored_text import pack_beside, pack_many, unpack, unpack_beside
 
 #: Settings keys whose matching state is kept (most recently used first).
 _MATCH_KEYS = "match_keys"
@@ -60,13 +60,14 @@ class _MatchStateMixin:
             self._db.execute(f"DELETE FROM match_pairs WHERE a IN ({marks})", chunk)
             self._db.execute(f"DELETE FROM match_pairs WHERE b IN ({marks})", chunk)
 
-    def match_records(self, key: str) -> dict[int, tuple[str, str]]:
-        """Stored candidate-search records under ``key``: id -> (sha256, JSON)."""
+    def match_records(self, key: str) -> dict[int, tuple[str, str, bytes | None]]:
+        """Stored candidate-search records under ``key``: id -> (sha256, JSON,
+        the bytes stored beside it or None; ``stored_text.pack_beside``)."""
         if not self._has_match_tables("match_records"):
             return {}
         rows = self._db.execute(
             "SELECT image_id, sha256, record FROM match_records WHERE key=?", (key,))
-        return {i: (d, unpack(r)) for i, d, r in rows}
+        return {i: (d, *unpack_beside(r)) for i, d, r in rows}
 
     def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
         """Stored pair evidence under ``key``: (a, b, kind) -> (before, after,
@@ -105,11 +106,12 @@ class _MatchStateMixin:
         """The settings keys whose matching state is kept, last used first."""
         return list(json.loads(self._meta(_MATCH_KEYS) or "[]"))
 
-    def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
+    def save_match_state(self, key: str, records: dict[int, tuple[str, str, bytes | None]],
                          pairs: dict[tuple[int, int, int], tuple],
                          *, replace: bool = False, elsewhere: Collection[int] = ()) -> None:
         """Write records and pair rows under ``key`` in one transaction (the
         writer lock held): a killed run leaves the state of the run before.
+        ``records``: id -> (sha256, JSON, bytes to store beside it or None).
         ``replace`` first drops everything stored under ``key``. Only the
         ``MAX_MATCH_KEYS`` keys used last keep their rows. Rows of images no
         longer in the gallery (removed meanwhile) are not written; a pair's
@@ -117,8 +119,9 @@ class _MatchStateMixin:
         shards of a sharded gallery)."""
         # (deflated before the transaction, on both cores: ``stored_text.pack_many``)
         threads = min(2, self.settings.n_workers())
-        rows = [(i, d, r) for i, (d, r) in records.items()]
-        record_blobs = pack_many([r for _, _, r in rows], threads)
+        rows = [(i, d, r, x) for i, (d, r, x) in records.items()]
+        record_blobs = [pack_beside(p, x) for p, (*_, x) in
+                        zip(pack_many([r for _, _, r, _ in rows], threads), rows)]
         pair_rows = list(pairs.items())
         texts = pack_many([t for _, (before, after, *_) in pair_rows
                            for t in (before, after) if t is not None], threads)
@@ -144,7 +147,7 @@ class _MatchStateMixin:
             self._db.executemany(
                 "INSERT OR REPLACE INTO match_records(key, image_id, sha256, record) "
                 "VALUES (?,?,?,?)",
-                [(key, i, d, blob) for (i, d, _), blob in zip(rows, record_blobs)
+                [(key, i, d, blob) for (i, d, *_), blob in zip(rows, record_blobs)
                  if present.get(i) == d])
             self._db.executemany(
                 "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "

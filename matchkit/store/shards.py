@@ -312,7 +312,7 @@ class ShardedGallery:
     def image_digests(self) -> dict[int, tuple[str, bool]]:
         return dict(sorted((k, v) for g in self.parts for k, v in g.image_digests().items()))
 
-    def match_records(self, key: str) -> dict[int, tuple[str, str]]:
+    def match_records(self, key: str) -> dict[int, tuple[str, str, bytes | None]]:
         return {k: v for g in self.parts for k, v in g.match_records(key).items()}
 
     def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
@@ -323,7 +323,7 @@ class ShardedGallery:
         save their states together, so they keep the same keys)."""
         return list(dict.fromkeys(k for g in self.parts for k in g.match_keys()))
 
-    def save_match_state(self, key: str, records: dict[int, tuple[str, str]],
+    def save_match_state(self, key: str, records: dict[int, tuple[str, str, bytes | None]],
                          pairs: dict[tuple[int, int, int], tuple],
                          *, replace: bool = False) -> None:
         """As ``Gallery.save_match_state``, one transaction per shard (a run

@@ -16,7 +16,9 @@ cheap: about 10 us to deflate and 3 us to inflate one evidence text here.
 The stored value is the bytes ``b"\\x01" + raw deflate``: the first byte
 names the dictionary, which therefore never changes once shipped (a new one
 takes a new tag). A value that is text (a row written before this module) is
-read as it is.
+read as it is. A text stored with bytes beside it (``pack_beside``: a
+record's neighbour lists, which do not deflate) is ``b"\\x02"``, the packed
+text's length (4 bytes), the packed text, then the bytes as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import zlib
 
 #: The first byte of a stored value: raw deflate with ``_DICTIONARY``.
 TAG = 1
+#: ... a packed text with bytes beside it (``pack_beside``).
+TAG_BESIDE = 2
 
 #: Field names and shapes of the stored texts (``incremental_state.evidence_json``,
 #: ``incremental_state.verification_json``, the candidate-search records), the most
@@ -92,6 +96,25 @@ def unpack(value: str | bytes | None) -> str | None:
     if not z.eof:
         raise ValueError("truncated stored text")
     return data.decode()  # (UnicodeDecodeError is a ValueError too)
+
+
+def pack_beside(packed: bytes, extra: bytes | None) -> bytes:
+    """A value ``pack`` made (``packed``) with ``extra`` bytes beside it, stored
+    as they are (None: the packed text alone)."""
+    if extra is None:
+        return packed
+    return bytes((TAG_BESIDE,)) + len(packed).to_bytes(4, "little") + packed + extra
+
+
+def unpack_beside(value: str | bytes) -> tuple[str, bytes | None]:
+    """(text, bytes beside it or None) of a value ``pack_beside`` or ``pack``
+    made (or a text stored as text)."""
+    if value.__class__ is bytes and value[:1] == b"\x02":
+        n = int.from_bytes(value[1:5], "little")
+        if len(value) < 5 + n:
+            raise ValueError("truncated stored text")
+        return unpack(value[5:5 + n]), value[5 + n:]
+    return unpack(value), None
 
 
 #: Texts packed on one thread below this many (``pack_many``).
