@@ -183,6 +183,8 @@ LIST_FIELDS = ("nb", "hits")
 #: Header of the stored lists: flags (1: "nb", 2: "hits"), bytes per id,
 #: "nb" columns, "nb" entries, "hits" entries.
 _LISTS_HEADER = struct.Struct("<BBHII")
+#: Stored ids (+ 1) by bytes per id (3: the low bytes of "<u4").
+_ID_TYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
 def split_record(rec: dict) -> tuple[dict, bytes | None]:
@@ -211,7 +213,10 @@ def split_record(rec: dict) -> tuple[dict, bytes | None]:
     width = max(1, (int(both.max()).bit_length() + 7) // 8) if len(both) else 1
     if len(both) and (both.min() < 0 or width > 4):
         raise ValueError("record lists: an id out of range")
-    raw = both.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :width].tobytes()
+    if width == 3:
+        raw = both.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        raw = both.astype(_ID_TYPES[width]).tobytes()
     return rest, (_LISTS_HEADER.pack(flags, width, k, len(ids), len(hits))
                   + raw[:len(ids) * width] + dists + raw[len(ids) * width:])
 
@@ -235,9 +240,14 @@ def join_record(rest: dict, lists: bytes | None) -> dict:
         raise ValueError("record lists: damaged")
 
     def ids(start: int, n: int) -> bytes:
-        wide = np.zeros((n, 4), np.uint8)
-        wide[:, :width] = np.frombuffer(lists, np.uint8, n * width, start).reshape(n, width)
-        return (wide.view("<u4").ravel().astype(np.int64) - 1).astype("<i4").tobytes()
+        if width == 3:
+            wide = np.zeros((n, 4), np.uint8)
+            wide[:, :3] = np.frombuffer(lists, np.uint8, n * 3, start).reshape(n, 3)
+            out = wide.view("<u4").ravel().astype("<i4")
+        else:
+            out = np.frombuffer(lists, _ID_TYPES[width], n, start).astype("<i4")
+        out -= 1
+        return out.tobytes()
     if flags & 1:
         rest["nb"] = [k, ids(at, n_ids), lists[at + n_ids * width:at + n_ids * (width + 1)]]
     if flags & 2:
