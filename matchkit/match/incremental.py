@@ -113,8 +113,10 @@ from matchkit.match.incremental_pairs import (  # noqa: F401  (re-exported)
 #: ``local_overlap.compare_overlap``; 12: a perspective fit from a small patch that
 #: explains under half the matches is a shared part, ``evidence.relation_of``;
 #: 13: the inliers' spread is measured in the frame the overlap is compared
-#: in, ``local_overlap.compare_overlap``, and ``evidence.MIN_SPREAD`` chosen again).
-STATE_VERSION = 13
+#: in, ``local_overlap.compare_overlap``, and ``evidence.MIN_SPREAD`` chosen again;
+#: 14: a record's neighbour lists stored as bytes beside its JSON,
+#: ``incremental_state.split_record``, which earlier builds cannot read).
+STATE_VERSION = 14
 #: Steps of bringing the stored state up to date, told as phase "stored"
 #: (``checkpoint.report``): stored records read, gone images found, hash
 #: searches redone, votes patched, frames looked for again, new images
