@@ -554,3 +554,42 @@ def test_template_check_reads_only_lookalikes_of_its_own_shape(tmp_path, monkeyp
             pooled = M.content_masks(ids, found, cache, Settings(), pool)
         assert [i for i, _, _ in pooled] == [i for i, _, _ in got]
         assert all(np.array_equal(a[1], b[1]) for a, b in zip(pooled, got))
+
+
+def test_exhaustive_hamming_search_ranks_by_distance_then_key():
+    """Below ``EXACT_SEARCH_BELOW`` codes a search is exhaustive: every row's
+    k nearest by (distance, key), ties (the same code under many keys) and
+    all included, one row or many (split over threads), before and after
+    the index changes (its codes are read again)."""
+    from matchkit.index import hamming as H
+
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, 256, (700, 32), dtype=np.uint8)
+    codes[400:460] = codes[0]  # (60 ties at distance 0 from a query of code 0)
+    keys = rng.permutation(5000)[:700].astype(np.int64) * 3 + 1
+    index = H.HammingIndex(256)
+    index.add(keys, codes)
+
+    def brute(q, k, keys, codes):
+        d = np.unpackbits(q[:, None, :] ^ codes[None, :, :], axis=2).sum(2)
+        order = np.lexsort((np.broadcast_to(keys, d.shape), d), axis=1)[:, :k]
+        return np.take_along_axis(np.broadcast_to(keys, d.shape), order, 1), \
+            np.take_along_axis(d, order, 1)
+
+    queries = np.concatenate([codes[:1], codes[5:6] ^ 1, rng.integers(0, 256, (300, 32),
+                                                                      dtype=np.uint8)])
+    for rows in (queries[:1], queries[:3], queries):
+        for k in (1, 16, 64, 700):
+            got = index.search(rows, k)
+            want = brute(rows, k, keys, codes)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # More asked than held: the rest missing (key -1, distance nbits + 1).
+    k, d = index.search(queries[:2], 710)
+    assert (k[:, 700:] == -1).all() and (d[:, 700:] == 257).all()
+    index.remove(keys[:100])
+    index.add(np.array([2]), codes[:1])  # (keys are 1 mod 3: a new one)
+    left_keys = np.concatenate([keys[100:], [2]])
+    left = np.concatenate([codes[100:], codes[:1]])
+    got = index.search(queries, 20)
+    want = brute(queries, 20, left_keys, left)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
