@@ -556,7 +556,7 @@ def test_template_check_reads_only_lookalikes_of_its_own_shape(tmp_path, monkeyp
         assert all(np.array_equal(a[1], b[1]) for a, b in zip(pooled, got))
 
 
-def test_exhaustive_hamming_search_ranks_by_distance_then_key():
+def test_exhaustive_hamming_search_ranks_by_distance_then_key(monkeypatch):
     """Below ``EXACT_SEARCH_BELOW`` codes a search is exhaustive: every row's
     k nearest by (distance, key), ties (the same code under many keys) and
     all included, one row or many (split over threads), before and after
@@ -578,6 +578,7 @@ def test_exhaustive_hamming_search_ranks_by_distance_then_key():
 
     queries = np.concatenate([codes[:1], codes[5:6] ^ 1, rng.integers(0, 256, (300, 32),
                                                                       dtype=np.uint8)])
+    monkeypatch.setattr(H, "EXHAUSTIVE_PART_ROWS", 64)  # (parts on two threads, a short last)
     for rows in (queries[:1], queries[:3], queries):
         for k in (1, 16, 64, 700):
             got = index.search(rows, k)

@@ -19,8 +19,8 @@ from matchkit.util.fs import atomic_write, file_stamp
 
 #: Below this many entries, searches are exhaustive.
 EXACT_SEARCH_BELOW = 20_000
-#: Exhaustive searches of at least this many rows are split over two threads.
-EXHAUSTIVE_SPLIT_ROWS = 256
+#: Rows of an exhaustive search asked of OpenCV at once (two parts at a time).
+EXHAUSTIVE_PART_ROWS = 4096
 #: Ties an exact search was once sure to rank by key (it asked USearch for
 #: this many more neighbours than wanted and sorted them by (distance, key)).
 #: Exhaustive searches now rank every tie by key (``_search_exhaustive``);
@@ -108,33 +108,34 @@ class HammingIndex:
         if n == 0 or len(self._index) == 0:
             return keys, dists
         if len(self._index) < EXACT_SEARCH_BELOW:
-            rk, rd = self._search_exhaustive(codes, min(k, len(self._index)))
-        else:
-            res = self._index.search(codes, k, threads=self.threads)
-            rk = np.asarray(res.keys).reshape(n, -1)
-            rd = np.asarray(res.distances).reshape(n, -1)
-            # A single query comes back as Matches (no .counts): all rows valid.
-            counts = np.asarray(getattr(res, "counts", [rk.shape[1]])).reshape(n)
-            valid = np.arange(rk.shape[1])[None, :] < counts[:, None]
-            rk = np.where(valid, rk.astype(np.int64), -1)
-            # (Slots past a row's count hold no distance, NaN with a large k: not cast.)
-            rd = np.where(valid, np.rint(np.where(valid, rd, 0.0)).astype(np.int64),
-                          self.nbits + 1)
+            self._search_exhaustive(codes, keys, dists)
+            return keys, dists
+        res = self._index.search(codes, k, threads=self.threads)
+        rk = np.asarray(res.keys).reshape(n, -1)
+        rd = np.asarray(res.distances).reshape(n, -1)
+        # A single query comes back as Matches (no .counts): all rows valid.
+        counts = np.asarray(getattr(res, "counts", [rk.shape[1]])).reshape(n)
+        valid = np.arange(rk.shape[1])[None, :] < counts[:, None]
+        rk = np.where(valid, rk.astype(np.int64), -1)
+        # (Slots past a row's count hold no distance, NaN with a large k: not cast.)
+        rd = np.where(valid, np.rint(np.where(valid, rd, 0.0)).astype(np.int64), self.nbits + 1)
         keys[:, : rk.shape[1]] = rk
         dists[:, : rd.shape[1]] = rd
         return keys, dists
 
-    def _search_exhaustive(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest of every code (k at most the index's size), by
-        (distance, key): OpenCV's Hamming distances over every entry, whose
-        k nearest keep the lower row at equal distance (rows in key order).
+    def _search_exhaustive(self, codes: np.ndarray, keys: np.ndarray, dists: np.ndarray) -> None:
+        """Fill ``keys``/``dists`` (n x k, missing neighbours already set)
+        with each code's nearest by (distance, key): OpenCV's Hamming
+        distances over every entry, whose nearest keep the lower row at equal
+        distance (rows in key order).
         Why not USearch's exhaustive search: it broke ties its own way (the
         k + ``TIE_MARGIN`` it gave were sorted again) and cost 1.4x the CPU
         (13,000 codes: 8.1 against 5.8 ns per distance); below
         ``EXACT_SEARCH_BELOW`` codes every pHash and frame-picture search of
         a 10,000-image run is exhaustive (a quarter of its matching thread).
-        Two threads split the rows (OpenCV lets go of the GIL; matchkit keeps
-        OpenCV's own pool at one thread while it runs, ``util.cvthreads``)."""
+        Rows go in parts of ``EXHAUSTIVE_PART_ROWS`` (bounded transient
+        memory), split over two threads (OpenCV lets go of the GIL; matchkit
+        keeps OpenCV's own pool at one thread while it runs, ``util.cvthreads``)."""
         import cv2
 
         if self._exact_rows is None:
@@ -142,19 +143,23 @@ class HammingIndex:
             got = np.asarray(self._index.get(stored.astype(np.uint64)), np.uint8)
             self._exact_rows = stored, np.ascontiguousarray(got.reshape(len(stored), -1))
         stored, rows = self._exact_rows
+        k = min(keys.shape[1], len(stored))
 
-        def part(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def part(start: int) -> None:
+            q = codes[start:start + EXHAUSTIVE_PART_ROWS]
             d, at = cv2.batchDistance(q, rows, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=k,
                                       update=0, crosscheck=False)
-            return stored[at.reshape(len(q), k)], d.reshape(len(q), k).astype(np.int64)
+            keys[start:start + len(q), :k] = stored[at.reshape(len(q), k)]
+            dists[start:start + len(q), :k] = d.reshape(len(q), k)
 
-        threads = self.threads or os.cpu_count() or 1
-        if threads < 2 or len(codes) < EXHAUSTIVE_SPLIT_ROWS:
-            return part(codes)
-        half = (len(codes) + 1) // 2
-        with ThreadPoolExecutor(2) as pool:
-            (ka, da), (kb, db) = pool.map(part, (codes[:half], codes[half:]))
-        return np.concatenate([ka, kb]), np.concatenate([da, db])
+        starts = range(0, len(codes), EXHAUSTIVE_PART_ROWS)
+        threads = min(2, self.threads or os.cpu_count() or 1, len(starts))
+        if threads < 2:
+            for start in starts:
+                part(start)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(part, starts))
 
     def save(self, path: str | os.PathLike) -> dict:
         """Write the index atomically (a killed process leaves the old file).
