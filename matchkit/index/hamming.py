@@ -2,8 +2,8 @@
 
 Hashes are stored as packed bits under the Hamming metric, so looking up an
 image's near duplicates is a k-nearest-neighbour query, never a scan of all
-pairs. Small indexes are searched exactly (brute force is both faster and
-exact there); large ones use USearch's HNSW graph.
+pairs. Small indexes are searched exactly (brute force, by OpenCV's Hamming
+distances, is both faster and exact there); large ones use USearch's HNSW graph.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class HammingIndex:
                             connectivity=connectivity, expansion_add=expansion_add,
                             expansion_search=expansion_search)
         #: (keys ascending, their codes) for exhaustive searches; None: not
-        #: read yet, or the index changed since (``_rows``).
+        #: read yet, or the index changed since (``_search_exhaustive``).
         self._exact_rows: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -144,6 +144,8 @@ class HammingIndex:
             self._exact_rows = stored, np.ascontiguousarray(got.reshape(len(stored), -1))
         stored, rows = self._exact_rows
         k = min(keys.shape[1], len(stored))
+        if k == 0:  # (K = 0 would ask OpenCV for every distance)
+            return
 
         def part(start: int) -> None:
             q = codes[start:start + EXHAUSTIVE_PART_ROWS]

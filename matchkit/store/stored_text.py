@@ -29,6 +29,7 @@ import zlib
 TAG = 1
 #: ... a packed text with bytes beside it (``pack_beside``).
 TAG_BESIDE = 2
+_BESIDE_BYTE = bytes((TAG_BESIDE,))
 
 #: Field names and shapes of the stored texts (``incremental_state.evidence_json``,
 #: ``incremental_state.verification_json``, the candidate-search records), the most
@@ -103,13 +104,13 @@ def pack_beside(packed: bytes, extra: bytes | None) -> bytes:
     as they are (None: the packed text alone)."""
     if extra is None:
         return packed
-    return bytes((TAG_BESIDE,)) + len(packed).to_bytes(4, "little") + packed + extra
+    return _BESIDE_BYTE + len(packed).to_bytes(4, "little") + packed + extra
 
 
 def unpack_beside(value: str | bytes) -> tuple[str, bytes | None]:
     """(text, bytes beside it or None) of a value ``pack_beside`` or ``pack``
     made (or a text stored as text)."""
-    if value.__class__ is bytes and value[:1] == b"\x02":
+    if value.__class__ is bytes and value[:1] == _BESIDE_BYTE:
         n = int.from_bytes(value[1:5], "little")
         if len(value) < 5 + n:
             raise ValueError("truncated stored text")
