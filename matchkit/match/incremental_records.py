@@ -12,7 +12,6 @@ build on.
 
 from __future__ import annotations
 
-import base64
 
 import numpy as np
 
@@ -65,17 +64,13 @@ class StoredRecords:
                 run_name += names
                 run_owner += [i] * len(names)
             hits = r["hits"]
-            if hits.__class__ is bytes:
+            if hits.__class__ is bytes:  # (as ``join_record`` reads every stored form)
                 packed.append((i, hits, None))
-            elif isinstance(hits, str):  # (base64: records stored whole)
-                packed.append((i, base64.b64decode(hits), None))
             else:  # (a JSON list: earlier builds)
                 run_name += hits
                 run_owner += [i] * len(hits)
             if "nb" in r:  # a near descriptor of a gone image held a place
                 _, ids, dists = r["nb"]
-                if ids.__class__ is str:
-                    ids, dists = base64.b64decode(ids), base64.b64decode(dists)
                 packed.append((i, ids, dists))
         kept_a = [np.asarray(kept_owner, np.int64), np.asarray(kept_name, np.int64)]
         run_a = [np.asarray(run_owner, np.int64), np.asarray(run_name, np.int64)]

@@ -170,8 +170,6 @@ def _pack_lists(ids: np.ndarray, dists: np.ndarray) -> list:
 def _lists(rec: dict) -> tuple[np.ndarray, np.ndarray]:
     """A record's descriptor neighbour lists (image ids, distances)."""
     k, ids, dists = rec["nb"]
-    if dists.__class__ is str:
-        dists = base64.b64decode(dists)
     return (_unpack_ids(ids).reshape(-1, k or 1),
             np.frombuffer(dists, np.uint8).reshape(-1, k or 1))
 
@@ -203,8 +201,6 @@ def split_record(rec: dict) -> tuple[dict, bytes | None]:
         flags |= 1
         k, packed, dists = rec["nb"]
         ids = _unpack_ids(packed).astype(np.int64)
-        if dists.__class__ is str:
-            dists = base64.b64decode(dists)
     hits = np.zeros(0, np.int64)
     if "hits" in rec:
         flags |= 2
