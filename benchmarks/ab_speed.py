@@ -17,6 +17,7 @@ checkout that finds other pairs shows it.
 
 Usage (checkouts from ``git worktree add /tmp/sp-X X``):
     python benchmarks/ab_speed.py /tmp/sp-NEW /tmp/sp-a26e2d7 --rounds 3
+    python benchmarks/ab_speed.py /tmp/sp-NEW /tmp/sp-OLD --rounds 5 --hash-only
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ def _commit(checkout: Path) -> str:
         return checkout.name
 
 
-def run_once(checkout: Path, folder: Path, truth: set, tmp: Path) -> dict:
+def run_once(checkout: Path, folder: Path, truth: set, tmp: Path,
+             extra: tuple[str, ...] = ()) -> dict:
     out = tmp / "run.json"
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     load = os.getloadavg()[0]
     busy = C.machine_busy_seconds()
     m = C.run_measured_cpu([sys.executable, "-m", "matchkit.cli", "dedupe", str(folder),
-                            "--json", str(out), "-q"], env=env, cwd=tmp)
+                            "--json", str(out), "-q", *extra], env=env, cwd=tmp)
     busy = None if busy is None else round(C.machine_busy_seconds() - busy, 1)
     if m["rc"]:
         raise SystemExit(f"matchkit at {checkout} failed ({m['rc']})")
@@ -69,8 +71,12 @@ def main() -> None:
     ap.add_argument("--sets", default="transformed,hard", help="comma-separated set kinds")
     ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--hash-only", action="store_true",
+                    help="run `dedupe --hash-only` (pHash and colour only)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
+    extra = ("--hash-only",) if args.hash_only else ()
+    mode = ", hash-only" if args.hash_only else ""
     for c in (args.new, args.old):
         if not (c / "matchkit" / "__init__.py").exists():
             ap.error(f"{c} is not a matchkit checkout")
@@ -78,16 +84,18 @@ def main() -> None:
         ap.error("--rounds must be at least 1")
     names = {args.new: _commit(args.new), args.old: _commit(args.old)}
     rows = []
+    n_images: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.sets.split(","):
             ns = argparse.Namespace(set=kind, photos=C.DEFAULT_PHOTOS, split=args.split,
                                     limit=None)
             _, folder, _, truth = load_set(ns)
+            n_images[kind] = sum(1 for p in folder.iterdir() if p.is_file())
             for r in range(1, args.rounds + 1):
                 order = (args.new, args.old) if r % 2 else (args.old, args.new)
                 for c in order:
                     row = {"set": kind, "round": r, "commit": names[c],
-                           **run_once(c, folder, truth, Path(tmp))}
+                           **run_once(c, folder, truth, Path(tmp), extra)}
                     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                     rows.append(row)
     cols = ["set", "round", "commit", "load_1min", "pairs_found", "precision", "recall",
@@ -100,9 +108,12 @@ def main() -> None:
             med[c] = {k: statistics.median(r[k] for r in mine) if all(
                 r[k] is not None for r in mine) else None for k in ("wall_s", "busy_cpu_s")}
         new, old = med[args.new], med[args.old]
-        summary.append({"set": kind, "new": names[args.new], "old": names[args.old],
+        summary.append({"set": kind, "images": n_images[kind],
+                        "new": names[args.new], "old": names[args.old],
                         "new_wall_s": new["wall_s"], "old_wall_s": old["wall_s"],
                         "wall_ratio": round(new["wall_s"] / old["wall_s"], 3),
+                        "new_images_per_s": round(n_images[kind] / new["wall_s"], 1),
+                        "old_images_per_s": round(n_images[kind] / old["wall_s"], 1),
                         "new_busy_cpu_s": new["busy_cpu_s"], "old_busy_cpu_s": old["busy_cpu_s"],
                         "busy_cpu_ratio": round(new["busy_cpu_s"] / old["busy_cpu_s"], 3)
                         if new["busy_cpu_s"] and old["busy_cpu_s"] else None})
@@ -111,8 +122,8 @@ def main() -> None:
     print(text + "\n\nMedians over rounds, new / old:\n\n" + medians)
     if not args.no_write:
         body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {args.sets} "
-                f"--split {args.split} --rounds {args.rounds}` (worktrees of {names[args.new]} "
-                f"and {names[args.old]}; each run `matchkit dedupe SET --json OUT -q` in its own "
+                f"--split {args.split} --rounds {args.rounds}{' --hash-only' if extra else ''}` (worktrees of {names[args.new]} "
+                f"and {names[args.old]}; each run `matchkit dedupe SET --json OUT -q{' --hash-only' if extra else ''}` in its own "
                 f"process, the checkouts alternating, the order flipped every round). `cpu_s`: "
                 f"user + system of that process and the children it waited for, which misses "
                 f"the workers a forkserver starts (extraction; settling relations and frame "
@@ -120,7 +131,7 @@ def main() -> None:
                 f"run (`/proc/stat`), which counts them, and anything else running.\n\n{text}\n\n"
                 f"Medians over rounds, new / old:\n\n{medians}\n")
         C.write_section(f"speed: {names[args.new]} vs {names[args.old]} ({args.split} halves, "
-                        f"{args.rounds} rounds)", body)
+                        f"{args.rounds} rounds{mode})", body)
 
 
 if __name__ == "__main__":

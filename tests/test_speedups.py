@@ -6,6 +6,8 @@ decode, whole-array evidence) is checked against the plain computation.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -69,6 +71,45 @@ def test_thumbnails_prove_different_pixels_but_never_hide_identical_ones(tmp_pat
         assert M.PairMatcher(g2, ids, Settings()).may_share_pixels(*ids)
     report = dedupe([d])
     assert [p.kind for c in report.clusters for p in c.pairs] == ["exact"]
+
+
+def _with_comment(jpeg: bytes, text: bytes) -> bytes:
+    """The same coded picture with a COM segment after SOI: a lossless re-save."""
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
+def test_two_draft_decoded_jpegs_need_no_full_decode(tmp_path, monkeypatch):
+    """Two JPEGs of one size decoded in draft mode: other hashes or another
+    quality prove other pixels without decoding both files at full size; a
+    lossless re-save (a comment added) is still an exact copy, and a PNG of
+    the JPEG's pixels still needs (and gets) the full decode."""
+    import io
+    import matchkit.match.pixelchecks as PC
+    calls: list[str] = []
+    real = PC.full_pixel_digest
+    monkeypatch.setattr(PC, "full_pixel_digest",
+                        lambda path, settings: calls.append(str(path)) or real(path, settings))
+    d = tmp_path / "jpegs"
+    d.mkdir()
+    big = textured(31, (1600, 1200))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    (d / "a.jpg").write_bytes(buf.getvalue())
+    (d / "a-comment.jpg").write_bytes(_with_comment(buf.getvalue(), b"copied"))
+    big.save(d / "a-q60.jpg", quality=60)
+    report = dedupe([d], settings=Settings(local_features=False))
+    kinds = sorted((sorted([Path(p.a).name, Path(p.b).name]), p.kind) for c in report.clusters for p in c.pairs)
+    assert ["a-comment.jpg", "a.jpg"] in [names for names, kind in kinds if kind == "exact"]
+    assert all(kind != "exact" for names, kind in kinds if "a-q60.jpg" in names)
+    assert "a-q60.jpg" in {n for names, _ in kinds for n in names}  # still a near copy
+    assert calls == []
+    with Image.open(d / "a.jpg") as im:
+        im.save(d / "a.png")
+    report = dedupe([d], settings=Settings(local_features=False))
+    assert calls  # the PNG's pixels are compared at full size
+    exact = {n for c in report.clusters for p in c.pairs if p.kind == "exact"
+             for n in (Path(p.a).name, Path(p.b).name)}
+    assert {"a.jpg", "a-comment.jpg", "a.png"} <= exact
 
 
 def test_verification_cascade_decides_like_full_matching(tmp_path, monkeypatch):
@@ -594,3 +635,21 @@ def test_exhaustive_hamming_search_ranks_by_distance_then_key(monkeypatch):
     got = index.search(queries, 20)
     want = brute(queries, 20, left_keys, left)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_blank_check_shortcut_decides_like_the_median_rule():
+    """``is_blank`` settles wide-spread pictures by their extremes; it must
+    agree with the plain rule (every pixel within the limit of the median)."""
+    from matchkit.signals.image import BLANK_SPREAD, is_blank
+    rng = np.random.default_rng(5)
+    seen = set()
+    for _ in range(3000):
+        h, w = rng.integers(1, 9, 2)
+        spread = int(rng.integers(0, 2 * BLANK_SPREAD + 4))
+        base = rng.integers(0, 256, 3)
+        arr = np.clip(base + rng.integers(-spread, spread + 1, (h, w, 3)), 0, 255).astype(np.uint8)
+        a = arr.reshape(-1, 3).astype(np.int16)
+        plain = bool(np.abs(a - np.median(a, axis=0)).max() <= BLANK_SPREAD)
+        assert is_blank(Image.fromarray(arr)) == plain
+        seen.add(plain)
+    assert seen == {True, False}

@@ -17,7 +17,8 @@ code reads them where they are defined, so a test that patches one (say
 
 from matchkit.io.load import ImageLoadError  # noqa: F401  (re-exported)
 from matchkit.features.record import (  # noqa: F401  (re-exported)
-    BLANK_SPREAD, ImageRecord, _extract, _failure_reason, digests_prove_same_pixels, extract,
+    BLANK_SPREAD, ImageRecord, _extract, _failure_reason, both_draft_decoded,
+    digests_prove_same_pixels, extract,
     full_pixel_digest, is_blank, stored_pixel_digest)
 from matchkit.features.pool import (  # noqa: F401  (re-exported)
     CRASH_HOOK_ENV, EXTRACT_IN_WORKERS, IMAGES_AHEAD, PROCESS_POOL_MIN_FILES, WORKER_NICE,

@@ -162,6 +162,19 @@ def full_pixel_digest(path: str | os.PathLike, settings: Settings = Settings()) 
         return None
 
 
+def both_draft_decoded(da: str | None, db: str | None) -> bool:
+    """Whether two stored pixel digests are both JPEG stream digests: both
+    files were decoded in draft mode, and when they are of one size, at one
+    DCT scale. Two such files with identical pixels have identical coded
+    coefficients (a lossless re-save: metadata, Huffman tables, progressive
+    scans), so their draft-mode pixels and hashes are identical too: hashes
+    that differ at all prove the pixels differ, with no full-size decode.
+    (Files coded from different coefficients that still decode to identical
+    full-size pixels are not proven identical: a conservative answer.)"""
+    return (da is not None and db is not None
+            and da.startswith(JPEG_STREAM_PREFIX) and db.startswith(JPEG_STREAM_PREFIX))
+
+
 def digests_prove_same_pixels(da: str | None, db: str | None,
                               full_a: Callable[[], str | None],
                               full_b: Callable[[], str | None]) -> bool:

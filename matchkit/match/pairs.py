@@ -119,6 +119,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         self._settled: dict[int, PairEvidence] = {}
         self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
         self.formats = {i: img.format for i, img in stored.items()}
+        self.qualities = {i: img.jpeg_quality for i, img in stored.items()}
         self._lightness: dict[int, float | None] = {}
         self.vectors: dict[int, np.ndarray] = {}
         #: Image id -> pHash crowd distance (the pHash search sets it; None until then).

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from matchkit.signals.hashing import hamming
-from matchkit.features import digests_prove_same_pixels, full_pixel_digest
+from matchkit.features import both_draft_decoded, digests_prove_same_pixels, full_pixel_digest
 from matchkit.match.keeper import FILL_TOLERANCE, hull_share
 from matchkit.relation import in_level, redrawn_icons
 from matchkit.match.evidence import (SAME_PIXELS_MAX_DIFF, SAME_PIXELS_OUTLIERS, PairEvidence,
@@ -114,12 +114,18 @@ class PixelChecks:
         have identical pixels; only then is it worth decoding both files at
         full resolution (the digests are kept in the gallery)."""
         a, b = ev.a, ev.b
-        if (hamming(self.plain[a][0], self.plain[b][0]) > self.settings.exact_check_distance
-                or not self.may_share_pixels(a, b)):
+        distance = hamming(self.plain[a][0], self.plain[b][0])
+        if distance > self.settings.exact_check_distance or not self.may_share_pixels(a, b):
+            return False
+        da, db = self.gallery.pixel_digest(a), self.gallery.pixel_digest(b)
+        if both_draft_decoded(da, db) and (
+                distance or self.qualities.get(a) != self.qualities.get(b)):
+            # Identical pixels of one size decoded in draft mode hash alike,
+            # and they come from one coefficient set, quantised by one table
+            # (a re-save at another quality codes other pixels).
             return False
         return digests_prove_same_pixels(
-            self.gallery.pixel_digest(a), self.gallery.pixel_digest(b),
-            lambda: self._full_pixel_digest(a), lambda: self._full_pixel_digest(b))
+            da, db, lambda: self._full_pixel_digest(a), lambda: self._full_pixel_digest(b))
 
     def _full_pixel_digest(self, image_id: int) -> str | None:
         """``features.full_pixel_digest`` of a stored image's file, once per
