@@ -90,7 +90,8 @@ def main() -> None:
             ns = argparse.Namespace(set=kind, photos=C.DEFAULT_PHOTOS, split=args.split,
                                     limit=None)
             _, folder, _, truth = load_set(ns)
-            n_images[kind] = sum(1 for p in folder.iterdir() if p.is_file())
+            n_images[kind] = sum(1 for p in folder.iterdir()
+                                 if p.is_file() and not p.name.startswith("."))
             for r in range(1, args.rounds + 1):
                 order = (args.new, args.old) if r % 2 else (args.old, args.new)
                 for c in order:

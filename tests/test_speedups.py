@@ -653,3 +653,53 @@ def test_blank_check_shortcut_decides_like_the_median_rule():
         assert is_blank(Image.fromarray(arr)) == plain
         seen.add(plain)
     assert seen == {True, False}
+
+
+def test_hash_bits_threshold_at_numpys_median():
+    """``bits_from_blocks`` takes the median from a partition; it must set the
+    bits ``np.median`` would, ties and odd sizes included."""
+    from matchkit.signals.hashing import bits_from_blocks
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 3, 64, 256):
+        for ties in (False, True):
+            blocks = (rng.integers(-3, 3, (8, n)).astype(float) if ties
+                      else rng.normal(size=(8, n)))
+            plain = np.packbits(blocks > np.median(blocks, axis=1, keepdims=True), axis=1)
+            assert np.array_equal(bits_from_blocks(blocks), plain)
+
+
+def _crowd_plain(owners, keys, dists, k, nbits):
+    """The crowd as a loop over every neighbour (what ``candidates._crowd``
+    computed before it worked on whole arrays)."""
+    nearest: dict[int, dict[int, int]] = {}
+    for owner, krow, drow in zip(owners.tolist(), keys.tolist(), dists.tolist()):
+        seen = nearest.setdefault(owner, {})
+        for key, d in zip(krow, drow):
+            if key >= 0 and key != owner and d < seen.get(key, nbits + 1):
+                seen[key] = d
+    crowd, order = {}, {}
+    for owner, seen in nearest.items():
+        ranked = sorted(seen.items(), key=lambda item: (item[1], item[0]))[:k]
+        crowd[owner] = ranked[k - 1][1] if len(ranked) >= k else nbits
+        order[owner] = ranked
+    return crowd, order
+
+
+def test_crowd_on_whole_arrays_equals_the_loop():
+    from matchkit.match.candidates import _crowd
+    rng = np.random.default_rng(13)
+    for trial in range(40):
+        n_img, n_var, k = int(rng.integers(1, 30)), 8, int(rng.integers(1, 12))
+        ids = np.sort(rng.choice(1000, n_img, replace=False))
+        owners = np.repeat(ids, n_var)
+        keys = rng.choice(np.r_[ids, -1], (len(owners), k))  # repeats, -1, owner itself
+        dists = rng.integers(0, 40 if trial % 2 else 4, (len(owners), k))  # many ties
+        got = _crowd(owners, keys, dists, k, 256)
+        assert got == _crowd_plain(owners, keys, dists, k, 256)
+        assert list(got[1]) == list(dict.fromkeys(owners.tolist()))
+    assert _crowd(np.array([], np.int64), np.zeros((0, 4), np.int64),
+                  np.zeros((0, 4), np.int64), 4, 256) == ({}, {})
+    from matchkit.match.candidates import _order_by
+    for high in (1000, 2**40):  # a packed key, and one too wide to pack
+        a, b, c = (rng.integers(0, high, 500), rng.integers(0, 3, 500), rng.integers(0, high, 500))
+        assert np.array_equal(_order_by(a, b, c), np.lexsort((c, b, a)))

@@ -8,6 +8,8 @@ gallery decodes the file, and stored with the image.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: IJG (libjpeg) base quantisation tables, natural order: quality q scales them.
@@ -44,10 +46,17 @@ def jpeg_quality(quantization: dict | None) -> int | None:
     if not quantization:
         return None
     try:
-        tables = [np.asarray(list(quantization[k]), np.float64)
-                  for k in sorted(quantization)[:2]]
+        key = tuple(tuple(int(v) for v in quantization[k]) for k in sorted(quantization)[:2])
     except (TypeError, ValueError):
         return None
+    return _quality_of(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _quality_of(key: tuple[tuple[int, ...], ...]) -> int | None:
+    """``jpeg_quality`` of tables as tuples: most files of a collection share
+    a few encoders' tables, so each set is matched against libjpeg's once."""
+    tables = [np.asarray(t, np.float64) for t in key]
     if not tables or any(t.shape != (64,) for t in tables):
         return None
     err = np.zeros(len(_IJG))

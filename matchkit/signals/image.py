@@ -27,15 +27,15 @@ def is_blank(thumb) -> bool:
     """Whether a (small RGB) image shows nothing: one flat colour. A fully
     transparent image is one, composited over the background; blank images
     are alike by construction and never near-duplicates of each other."""
-    a = np.asarray(thumb.convert("RGB")).reshape(-1, 3)
-    if a.size == 0:
+    rgb = thumb.convert("RGB")
+    if rgb.width * rgb.height == 0:
         return True
     # The median lies between each channel's extremes, so a channel spread
     # over more than twice the limit has a pixel beyond it: most pictures
     # are settled here, without the median.
-    if int((a.max(axis=0).astype(np.int16) - a.min(axis=0)).max()) > 2 * BLANK_SPREAD:
+    if max(hi - lo for lo, hi in rgb.getextrema()) > 2 * BLANK_SPREAD:
         return False
-    a = a.astype(np.int16)
+    a = np.asarray(rgb, np.int16).reshape(-1, 3)
     return bool(np.abs(a - np.median(a, axis=0)).max() <= BLANK_SPREAD)
 
 
