@@ -199,3 +199,25 @@ def test_closest_view_is_judged_on_the_coarse_layout(tmp_path):
     decider = IconDecider(views, [(1, 2), (1, 3), (2, 3)])
     assert decider.decide(1, 2)[0] is True
     assert decider.decide(1, 3)[0] is False
+
+
+def test_cached_views_give_the_same_comparisons(tmp_path):
+    """``ViewCache`` keeps each icon's resampled view between comparisons; the
+    measures must be exactly those made from scratch, the cache must stay
+    within its bound, and what it shares must not be writable."""
+    from matchkit.signals.thumbmatch import ViewCache
+    views = [_view(tmp_path, f"v{i}.png", img) for i, img in enumerate([
+        _icon(256), _icon(48), _hinted(), _icon(64, ribbon=RED), _icon(48, part=True),
+        _icon(32), _icon(128).crop((0, 0, 128, 100))])]
+    pairs = [(a, b) for a in range(len(views)) for b in range(len(views)) if a != b]
+    cache = ViewCache()
+    for a, b in pairs + pairs:  # the second round reads everything from the cache
+        assert compare(views[a], views[b], cache) == compare(views[a], views[b])
+    assert 0 < cache.bytes <= cache.max_bytes
+    x = next(iter(cache._entries.values()))[1][0]
+    with pytest.raises(ValueError):
+        x[0, 0, 0] = 1.0
+    small = ViewCache(max_bytes=1)  # holds one entry at a time: still the same answers
+    for a, b in pairs:
+        assert compare(views[a], views[b], small) == compare(views[a], views[b])
+    assert len(small._entries) == 1

@@ -44,8 +44,11 @@ made in ``thumbmatch_views``; their names are imported back here.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -178,39 +181,106 @@ class IconComparison:
 _TOLERANCE = np.ones((3, 3), np.uint8)
 
 
-def _tolerant_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _tolerant_difference(x: np.ndarray, y: np.ndarray,
+                          y_range: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Per pixel and channel, how far x lies outside the range y takes in the
     pixel's 3x3 neighbourhood: a one-pixel shift of an edge (hinting, another
-    rounding of the outline) costs nothing, a recoloured region does."""
+    rounding of the outline) costs nothing, a recoloured region does.
+    ``y_range``: ``_neighbourhood_range(y)``, if already known."""
+    lo, hi = _neighbourhood_range(y) if y_range is None else y_range
+    d = lo - x
+    np.maximum(d, x - hi, out=d)
+    return np.maximum(d, 0.0, out=d)
+
+
+def _neighbourhood_range(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest value of each channel in each pixel's 3x3 neighbourhood."""
     y = np.ascontiguousarray(y)  # (OpenCV takes up to 4 channels at once)
-    lo = cv2.erode(y, _TOLERANCE).reshape(y.shape)
-    hi = cv2.dilate(y, _TOLERANCE).reshape(y.shape)
-    return np.maximum(0.0, np.maximum(lo - x, x - hi))
+    return (cv2.erode(y, _TOLERANCE).reshape(y.shape),
+            cv2.dilate(y, _TOLERANCE).reshape(y.shape))
 
 
-def compare(va: IconView, vb: IconView) -> IconComparison:
-    """Align two icon views (bounding box to bounding box, at the smaller
-    one's size) and measure silhouette, layout and changed regions."""
+class ViewCache:
+    """Resampled views of icons, kept for a run's comparisons (bounded).
+
+    A run compares each icon with many others, nearly always at a handful of
+    grid sizes (the real dev set: 17,908 comparisons needed 3,489 distinct
+    (icon, grid) views of the 35,816 made), and making a view (resampling,
+    Lab conversion) was about half of a comparison. Entries hold their view,
+    so the ``id`` in a key can name no other icon while its entry lives;
+    the least recently used go first past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 128 << 20):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, view: IconView, kind: str, h: int, w: int, make: Callable[[], tuple]):
+        key = (id(view), kind, h, w)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is view:
+                self._entries.move_to_end(key)
+                return entry[1]
+        value = make()
+        for a in value:  # (shared by threads and comparisons: never to be written)
+            a.setflags(write=False)
+        size = sum(a.nbytes for a in value)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= old[2]
+            self._entries[key] = (view, value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes and len(self._entries) > 1:
+                self.bytes -= self._entries.popitem(last=False)[1][2]
+        return value
+
+
+def _grid_view(v: IconView, h: int, w: int) -> tuple[np.ndarray, ...]:
+    """One side of ``compare``: Lab + alpha (x100) at ``h`` x ``w``, the
+    alpha, the coarse luminance layout and the 3x3 range of the first."""
+    alpha = _resample(v.alpha, h, w)
+    lab = cv2.cvtColor(_resample(v.rgb, h, w), cv2.COLOR_RGB2Lab)
+    x = np.concatenate([lab, alpha[..., None] * 100.0], -1)
+    return (x, alpha, _resample(x[..., 0], COARSE, COARSE).ravel(), *_neighbourhood_range(x))
+
+
+def _cells(v: IconView, ch: int, cw: int) -> tuple[np.ndarray, ...]:
+    """One side of ``_coarse_distance``: Lab + alpha (x100) on its coarse
+    grid, and its 3x3 range."""
+    alpha = _resample(v.alpha, ch, cw)
+    lab = cv2.cvtColor(_resample(v.rgb, ch, cw), cv2.COLOR_RGB2Lab)
+    x = np.concatenate([lab, alpha[..., None] * 100.0], -1)
+    return (x, *_neighbourhood_range(x))
+
+
+def _made(cache: ViewCache | None, v: IconView, kind: str, h: int, w: int, make) -> tuple:
+    return make(v, h, w) if cache is None else cache.get(v, kind, h, w, lambda: make(v, h, w))
+
+
+def _grid(va: IconView, vb: IconView) -> tuple[int, int]:
+    """Height and width at which ``compare`` aligns two views: the smaller
+    one's, at most ``GRID`` on the longer side."""
     small = va if va.alpha.size <= vb.alpha.size else vb
     h, w = small.alpha.shape
     s = min(1.0, GRID / max(h, w))
-    h, w = max(8, round(h * s)), max(8, round(w * s))
+    return max(8, round(h * s)), max(8, round(w * s))
 
-    def channels(v: IconView) -> tuple[np.ndarray, np.ndarray]:
-        alpha = _resample(v.alpha, h, w)
-        lab = cv2.cvtColor(_resample(v.rgb, h, w), cv2.COLOR_RGB2Lab)
-        return np.concatenate([lab, alpha[..., None] * 100.0], -1), alpha
 
-    xa, aa = channels(va)
-    xb, ab = channels(vb)
+def compare(va: IconView, vb: IconView, cache: ViewCache | None = None) -> IconComparison:
+    """Align two icon views (bounding box to bounding box, at the smaller
+    one's size) and measure silhouette, layout and changed regions.
+    ``cache`` keeps each side's resampled view for the next comparison."""
+    h, w = _grid(va, vb)
+    xa, aa, la, *range_a = _made(cache, va, "grid", h, w, _grid_view)
+    xb, ab, lb, *range_b = _made(cache, vb, "grid", h, w, _grid_view)
     aspect = abs(float(np.log((va.alpha.shape[1] / va.alpha.shape[0])
                               / (vb.alpha.shape[1] / vb.alpha.shape[0]))))
     iou = float(np.minimum(aa, ab).sum() / max(1e-6, float(np.maximum(aa, ab).sum())))
-    la, lb = _resample(xa[..., 0], COARSE, COARSE).ravel(), _resample(xb[..., 0], COARSE,
-                                                                      COARSE).ravel()
     corr = (float(np.corrcoef(la, lb)[0, 1]) if la.std() > 1e-3 and lb.std() > 1e-3
             else float(np.abs(la - lb).max() < 1.0))
-    d = np.maximum(_tolerant_difference(xa, xb), _tolerant_difference(xb, xa))
+    d = np.maximum(_tolerant_difference(xa, xb, range_b), _tolerant_difference(xb, xa, range_a))
     area = np.maximum(aa, ab) > AREA_ALPHA
     n = max(1, int(area.sum()))
     d_ab = np.hypot(d[..., 1], d[..., 2])
@@ -219,10 +289,11 @@ def compare(va: IconView, vb: IconView) -> IconComparison:
     distance = float((d_ab + d[..., 0] + d[..., 3])[area].mean()) if area.any() else 0.0
     return IconComparison(aspect, iou, corr, float(changed.sum()) / n, _largest(changed) / n,
                           _largest((d_ab > RECOLOUR_AB) & area) / n, distance,
-                          _coarse_distance(va, vb, h, w))
+                          _coarse_distance(va, vb, h, w, cache))
 
 
-def _coarse_distance(va: IconView, vb: IconView, h: int, w: int) -> float:
+def _coarse_distance(va: IconView, vb: IconView, h: int, w: int,
+                     cache: ViewCache | None = None) -> float:
     """Mean tolerant Lab+alpha difference of two views on a grid of
     ``COARSE`` cells on the longer side (the aspect of ``compare``'s ``h`` x
     ``w`` grid), with a one-cell tolerance. What a redraw at another size
@@ -233,14 +304,8 @@ def _coarse_distance(va: IconView, vb: IconView, h: int, w: int) -> float:
     plain 48 px folder than its own 48 px file with the same emblem."""
     s = COARSE / max(h, w)
     ch, cw = max(4, round(h * s)), max(4, round(w * s))
-
-    def cells(v: IconView) -> np.ndarray:
-        alpha = _resample(v.alpha, ch, cw)
-        lab = cv2.cvtColor(_resample(v.rgb, ch, cw), cv2.COLOR_RGB2Lab)
-        return np.concatenate([lab, alpha[..., None] * 100.0], -1)
-
-    xa, xb = cells(va), cells(vb)
-    d = np.maximum(_tolerant_difference(xa, xb), _tolerant_difference(xb, xa))
+    (xa, *range_a), (xb, *range_b) = (_made(cache, v, "cells", ch, cw, _cells) for v in (va, vb))
+    d = np.maximum(_tolerant_difference(xa, xb, range_b), _tolerant_difference(xb, xa, range_a))
     area = np.maximum(xa[..., 3], xb[..., 3]) > AREA_ALPHA * 100.0
     total = np.hypot(d[..., 1], d[..., 2]) + d[..., 0] + d[..., 3]
     return float(total[area].mean()) if area.any() else 0.0
@@ -248,6 +313,8 @@ def _coarse_distance(va: IconView, vb: IconView, h: int, w: int) -> float:
 
 def _largest(mask: np.ndarray) -> float:
     """Pixel count of the largest 8-connected region of ``mask``."""
+    if not mask.any():
+        return 0.0
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     return float(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0.0
 
@@ -300,8 +367,13 @@ class IconDecider:
         self.views = views
         todo = sorted({(min(a, b), max(a, b)) for a, b in pairs
                        if a in views and b in views and a != b})
+        #: Resampled views, shared by this decider's comparisons; pairs
+        #: compared at one grid size come together, so each view is made
+        #: about once per size it is compared at.
+        self._cache = ViewCache()
+        todo.sort(key=lambda ab: (_grid(views[ab[0]], views[ab[1]]), ab))
         results = (pool.map if pool is not None and len(todo) > 1 else map)(
-            lambda ab: compare(views[ab[0]], views[ab[1]]), todo)
+            lambda ab: compare(views[ab[0]], views[ab[1]], self._cache), todo)
         self.compared: dict[tuple[int, int], IconComparison] = dict(zip(todo, results))
         #: Closest view per (image, size of the other image), passing or not
         #: (``IconComparison.rank``).
@@ -318,7 +390,7 @@ class IconDecider:
             va, vb = self.views.get(a), self.views.get(b)
             if va is None or vb is None:
                 return None
-            self.compared[(a, b)] = compare(va, vb)
+            self.compared[(a, b)] = compare(va, vb, self._cache)
         return self.compared[(a, b)]
 
     def decide(self, a: int, b: int) -> tuple[bool | None, IconComparison | None]:
