@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 from bench_dedupe import load_set  # noqa: E402
+from bench_determinism import canonical, digest  # noqa: E402
 
 
 def _commit(checkout: Path) -> str:
@@ -55,9 +56,12 @@ def run_once(checkout: Path, folder: Path, truth: set, tmp: Path,
     busy = None if busy is None else round(C.machine_busy_seconds() - busy, 1)
     if m["rc"]:
         raise SystemExit(f"matchkit at {checkout} failed ({m['rc']})")
-    score = C.score(C.pairs_from_groups(C.clusters_from_json(out)), truth)
+    found = C.pairs_from_groups(C.clusters_from_json(out))
+    score = C.score(found, truth) if truth is not None else {
+        "pairs_found": len(found), "precision": None, "recall": None}
     return {"load_1min": round(load, 2), "pairs_found": score["pairs_found"],
             "precision": score["precision"], "recall": score["recall"],
+            "report": digest(canonical(out)),
             "wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "busy_cpu_s": busy}
 
 
@@ -71,6 +75,9 @@ def main() -> None:
     ap.add_argument("--sets", default="transformed,hard", help="comma-separated set kinds")
     ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--folder", type=Path, action="append", default=[],
+                    help="also (or, with --sets '', only) this folder of images, "
+                         "unscored (repeatable)")
     ap.add_argument("--hash-only", action="store_true",
                     help="run `dedupe --hash-only` (pHash and colour only)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -82,15 +89,22 @@ def main() -> None:
             ap.error(f"{c} is not a matchkit checkout")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    for f in args.folder:
+        if not f.is_dir():
+            ap.error(f"--folder {f}: not a folder")
     names = {args.new: _commit(args.new), args.old: _commit(args.old)}
     rows = []
     n_images: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.sets.split(","):
-            ns = argparse.Namespace(set=kind, photos=C.DEFAULT_PHOTOS, split=args.split,
-                                    limit=None)
-            _, folder, _, truth = load_set(ns)
-            n_images[kind] = sum(1 for p in folder.iterdir()
+        plan = [(kind, None) for kind in args.sets.split(",") if kind]
+        plan += [("/".join(f.resolve().parts[-2:]), f.resolve()) for f in args.folder]
+        for kind, folder in plan:
+            truth = None
+            if folder is None:
+                ns = argparse.Namespace(set=kind, photos=C.DEFAULT_PHOTOS, split=args.split,
+                                        limit=None)
+                _, folder, _, truth = load_set(ns)
+            n_images[kind] = sum(1 for p in folder.rglob("*")
                                  if p.is_file() and not p.name.startswith("."))
             for r in range(1, args.rounds + 1):
                 order = (args.new, args.old) if r % 2 else (args.old, args.new)
@@ -100,9 +114,9 @@ def main() -> None:
                     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                     rows.append(row)
     cols = ["set", "round", "commit", "load_1min", "pairs_found", "precision", "recall",
-            "wall_s", "cpu_s", "busy_cpu_s"]
+            "report", "wall_s", "cpu_s", "busy_cpu_s"]
     summary = []
-    for kind in args.sets.split(","):
+    for kind in n_images:
         med = {}
         for c in (args.new, args.old):
             mine = [r for r in rows if r["set"] == kind and r["commit"] == names[c]]
@@ -122,16 +136,23 @@ def main() -> None:
     medians = C.table(summary, list(summary[0]))
     print(text + "\n\nMedians over rounds, new / old:\n\n" + medians)
     if not args.no_write:
-        body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {args.sets} "
-                f"--split {args.split} --rounds {args.rounds}{' --hash-only' if extra else ''}` (worktrees of {names[args.new]} "
+        body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {args.sets or "''"} "
+                f"--split {args.split} --rounds {args.rounds}"
+                f"{''.join(f' --folder {f}' for f in args.folder)}"
+                f"{' --hash-only' if extra else ''}` (worktrees of {names[args.new]} "
                 f"and {names[args.old]}; each run `matchkit dedupe SET --json OUT -q{' --hash-only' if extra else ''}` in its own "
                 f"process, the checkouts alternating, the order flipped every round). `cpu_s`: "
                 f"user + system of that process and the children it waited for, which misses "
                 f"the workers a forkserver starts (extraction; settling relations and frame "
                 f"hashes in large runs); `busy_cpu_s`: busy CPU of the whole machine during the "
-                f"run (`/proc/stat`), which counts them, and anything else running.\n\n{text}\n\n"
+                f"run (`/proc/stat`), which counts them, and anything else running; `report`: "
+                f"digest of the report's clusters and skipped files (`bench_determinism."
+                f"canonical`); a `--folder` has no truth, so no precision or recall."
+                f"\n\n{text}\n\n"
                 f"Medians over rounds, new / old:\n\n{medians}\n")
-        C.write_section(f"speed: {names[args.new]} vs {names[args.old]} ({args.split} halves, "
+        what = ", ".join(([f"{args.split} halves"] if args.sets else [])
+                         + [kind for kind, f in plan if f is not None])
+        C.write_section(f"speed: {names[args.new]} vs {names[args.old]} ({what}, "
                         f"{args.rounds} rounds{mode})", body)
 
 
