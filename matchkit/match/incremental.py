@@ -257,7 +257,7 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
         # in this run: their pairs are measured again every run (from the
         # small stored icon views; cheap).
         self.icons = icon_views(self.gallery.icons(ids), self.sizes, self._pool)
-        self.icon_decider = IconDecider(self.icons, [], self._pool)
+        self.icon_decider = IconDecider(self.icons, [])
         self.changed.update(self.icons)
         report("stored", 6, UPDATE_STEPS)
         self.evidence = self._evidence(ids, same)

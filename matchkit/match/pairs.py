@@ -179,7 +179,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
                 ev.rule = ev.rule or embedding_rule(ev, settings)
             mark_verifiable(ev, top, settings, self.pair_crowd(ev))
             evidence.append(ev)
-        self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence], self._pool)
+        self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence])
         if calibrator is None:
             for ev in evidence:
                 icon_rule(ev, self.icon_decider, settings)
