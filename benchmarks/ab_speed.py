@@ -136,7 +136,8 @@ def main() -> None:
     medians = C.table(summary, list(summary[0]))
     print(text + "\n\nMedians over rounds, new / old:\n\n" + medians)
     if not args.no_write:
-        body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {args.sets or "''"} "
+        sets_arg = args.sets or "''"
+        body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {sets_arg} "
                 f"--split {args.split} --rounds {args.rounds}"
                 f"{''.join(f' --folder {f}' for f in args.folder)}"
                 f"{' --hash-only' if extra else ''}` (worktrees of {names[args.new]} "
