@@ -221,3 +221,8 @@ def test_cached_views_give_the_same_comparisons(tmp_path):
     for a, b in pairs:
         assert compare(views[a], views[b], small) == compare(views[a], views[b])
     assert len(small._entries) == 1
+    from matchkit.signals.thumbmatch import LATER_VIEWS_BYTES
+    decider = IconDecider(dict(enumerate(views)), pairs)
+    assert decider._cache.bytes <= decider._cache.max_bytes == LATER_VIEWS_BYTES
+    cache.trim(0)
+    assert cache.bytes == 0 and not cache._entries

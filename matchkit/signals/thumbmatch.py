@@ -235,6 +235,17 @@ class ViewCache:
                 self.bytes -= self._entries.popitem(last=False)[1][2]
         return value
 
+    def trim(self, max_bytes: int) -> None:
+        """Lower the bound to ``max_bytes``, dropping the least recently used."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self.bytes > max_bytes and self._entries:
+                self.bytes -= self._entries.popitem(last=False)[1][2]
+
+
+#: What ``IconDecider`` keeps of its views once its pairs are compared.
+LATER_VIEWS_BYTES = 8 << 20
+
 
 def _grid_view(v: IconView, h: int, w: int) -> tuple[np.ndarray, ...]:
     """One side of ``compare``: Lab + alpha (x100) at ``h`` x ``w``, the
@@ -376,6 +387,8 @@ class IconDecider:
         # two threads, 5.7 s on one).
         self.compared: dict[tuple[int, int], IconComparison] = {
             ab: compare(views[ab[0]], views[ab[1]], self._cache) for ab in todo}
+        # Later pairs (second hops) are few: keep a little of the cache for them.
+        self._cache.trim(LATER_VIEWS_BYTES)
         #: Closest view per (image, size of the other image), passing or not
         #: (``IconComparison.rank``).
         self.best: dict[tuple[int, tuple[int, int]], float] = {}
