@@ -226,3 +226,30 @@ def test_cached_views_give_the_same_comparisons(tmp_path):
     assert decider._cache.bytes <= decider._cache.max_bytes == LATER_VIEWS_BYTES
     cache.trim(0)
     assert cache.bytes == 0 and not cache._entries
+
+
+def test_icon_blob_keeps_a_png_as_it_is_unless_it_is_bloated(tmp_path):
+    """A gallery stores an icon's PNG file itself (no second encode), a GIF
+    or a PNG bigger than its raw pixels as a new PNG; the view is the same."""
+    import numpy as np
+    from PIL import PngImagePlugin
+    from matchkit.signals.thumbmatch import icon_blob
+    icon = _icon(48)
+    plain = tmp_path / "plain.png"
+    icon.save(plain)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("padding", "x" * 50_000)  # metadata far bigger than the pixels
+    bloated = tmp_path / "bloated.png"
+    icon.save(bloated, pnginfo=info)
+    gif = tmp_path / "icon.gif"
+    icon.save(gif, transparency=0)
+    assert icon_blob(plain) == plain.read_bytes()
+    for path in (plain, bloated, gif):
+        blob = icon_blob(path)
+        assert blob[:8] == b"\x89PNG\r\n\x1a\n"
+        a, b = icon_view(str(path)), icon_view(blob)
+        assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.alpha, b.alpha)
+    assert len(icon_blob(bloated)) < 48 * 48 * 4 < bloated.stat().st_size
+    assert icon_blob(tmp_path / "missing.png") is None
+    (tmp_path / "opaque.png").write_bytes(b"")
+    assert icon_blob(tmp_path / "opaque.png") is None
