@@ -120,9 +120,10 @@ class PixelChecks:
         da, db = self.gallery.pixel_digest(a), self.gallery.pixel_digest(b)
         if both_draft_decoded(da, db) and (
                 distance or self.qualities.get(a) != self.qualities.get(b)):
-            # Identical pixels of one size decoded in draft mode hash alike,
-            # and they come from one coefficient set, quantised by one table
-            # (a re-save at another quality codes other pixels).
+            # Identical pixels, both decoded in draft mode at one size, come
+            # from one set of coefficients quantised by one table: equal
+            # hashes and quality estimates. A difference in either proves
+            # other pixels, with no full-size decode.
             return False
         return digests_prove_same_pixels(
             da, db, lambda: self._full_pixel_digest(a), lambda: self._full_pixel_digest(b))
