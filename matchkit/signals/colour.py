@@ -52,17 +52,20 @@ def histogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def histogram_similarities(hists: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
-                           chunk: int = 8192) -> np.ndarray:
+                           chunk: int = 2048) -> np.ndarray:
     """:func:`histogram_similarity` of ``hists[rows_a[k]]`` and ``hists[rows_b[k]]``
-    for every k: many pairs over few images, normalised once, in bounded memory."""
+    for every k: many pairs over few images, normalised once, in bounded memory
+    (parts of ``chunk`` pairs, 8 MiB each, the minimum taken in place: fresh
+    arrays of 8,192 pairs cost 4x the time in page faults)."""
     h = np.asarray(hists, np.float64).reshape(-1, BINS)
     total = h.sum(axis=1, keepdims=True)
     h = np.where(total > 0, h / np.where(total > 0, total, 1), np.nan)  # empty: similarity 0
     rows_a, rows_b = np.asarray(rows_a, np.int64), np.asarray(rows_b, np.int64)
     out = np.empty(len(rows_a))
     for s in range(0, len(rows_a), chunk):
-        ra, rb = rows_a[s:s + chunk], rows_b[s:s + chunk]
-        out[s:s + chunk] = np.minimum(h[ra], h[rb]).sum(axis=1)
+        part = h[rows_a[s:s + chunk]]
+        np.minimum(part, h[rows_b[s:s + chunk]], out=part)
+        out[s:s + chunk] = part.sum(axis=1)
     return np.nan_to_num(out, nan=0.0)
 
 
