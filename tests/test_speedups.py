@@ -703,3 +703,41 @@ def test_crowd_on_whole_arrays_equals_the_loop():
     for high in (1000, 2**40):  # a packed key, and one too wide to pack
         a, b, c = (rng.integers(0, high, 500), rng.integers(0, 3, 500), rng.integers(0, high, 500))
         assert np.array_equal(_order_by(a, b, c), np.lexsort((c, b, a)))
+
+
+def test_colour_evidence_of_many_pairs_equals_pair_by_pair():
+    """``colour_evidence_many`` must record what ``colour_evidence`` records
+    for each pair, bit for bit: grey, saturated, pale and colourless images,
+    and images without a stored histogram."""
+    from matchkit.match.evidence import PairEvidence, colour_evidence, colour_evidence_many
+    from matchkit.signals.colour import BINS
+    rng = np.random.default_rng(17)
+    colours = {}
+    for i in range(60):
+        kind = i % 5
+        h = np.zeros(BINS)
+        if kind == 0:  # grey: mass on the diagonal cells
+            h[[0, 73, 146, 219, 292, 365, 438, 511]] = rng.integers(1, 400, 8)
+        elif kind == 1:  # one saturated colour: red, green or blue (R, G, B cells of 8 levels)
+            h[[(7 * 8 + 0) * 8 + 0, (0 * 8 + 7) * 8 + 0, 7][(i // 5) % 3]] = rng.integers(50, 800)
+            h[rng.integers(0, BINS, 2)] += rng.integers(1, 30, 2)
+        elif kind == 2:  # pale: mostly grey, a little colour
+            h[[0, 73, 146, 219, 292, 365, 438, 511]] = rng.integers(100, 400, 8)
+            h[rng.integers(0, BINS, 3)] += rng.integers(1, 20, 3)
+        elif kind == 3:
+            h = rng.integers(0, 30, BINS).astype(float)
+        if kind != 4 or i % 2:  # (some images have no stored histogram)
+            colours[i] = h
+    pairs = [(int(a), int(b)) for a, b in rng.integers(0, 60, (400, 2)) if a != b]
+    many = colour_evidence_many(pairs, colours, {})
+    seen = set()
+    for (a, b), got in zip(pairs, many):
+        ev = PairEvidence(a, b, 0, 0.0)
+        colour_evidence(ev, colours, {})
+        if got is None:
+            assert "grey" not in ev.extra
+            continue
+        want = (ev.extra["grey"], ev.extra["colour_agree"], ev.extra["hue_similarity"])
+        assert got == want
+        seen.add((got[1], got[2] is None))
+    assert len(seen) >= 3  # agreeing, disagreeing, and too little colour to say

@@ -56,6 +56,7 @@ from matchkit.match.evidence import (  # noqa: F401  (also re-exported: old path
                                      icon_rule,
                                      colour_facts,
                                      colour_evidence,
+                                     colour_evidence_many,
                                      lightness_evidence,
                                      )
 from matchkit.signals.thumbmatch import IconDecider, icon_candidates, icon_views  # noqa: F401  (old paths)
@@ -155,14 +156,17 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         row = {i: r for r, i in enumerate(colours)}
         sims = histogram_similarities(np.array(list(colours.values())).reshape(-1, BINS),
                                       [row[a] for a, _, _ in todo], [row[b] for _, b, _ in todo])
-        for (a, b, d), best, variant, sim in zip(todo, dists.tolist(), variants_ab.tolist(),
-                                                 sims.tolist()):
+        colour_of = colour_evidence_many([(a, b) for a, b, _ in todo], colours,
+                                         self._colour_facts)
+        for (a, b, d), best, variant, sim, facts in zip(todo, dists.tolist(), variants_ab.tolist(),
+                                                        sims.tolist(), colour_of):
             ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
             if variant in REFLECTIONS:
                 ev.extra["reflect"] = True
             if variant:
                 ev.extra["dihedral"] = variant  # turned or mirrored: an edit
-            colour_evidence(ev, colours, self._colour_facts)
+            if facts is not None:  # (``colour_evidence``, for all pairs at once)
+                ev.extra["grey"], ev.extra["colour_agree"], ev.extra["hue_similarity"] = facts
             self.mark_redrawn(ev)
             if sim < LIGHT_DARK_COLOUR:
                 lightness_evidence(ev, self.lightness(a), self.lightness(b))
