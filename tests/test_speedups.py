@@ -705,10 +705,27 @@ def test_crowd_on_whole_arrays_equals_the_loop():
         assert np.array_equal(_order_by(a, b, c), np.lexsort((c, b, a)))
 
 
+def _colour_evidence_plain(ev, colours) -> None:
+    """Colour evidence of one pair, one image's hue arrays against the
+    other's (what ``evidence.colour_evidence`` computed before it took one
+    row of ``colour_evidence_many``)."""
+    from matchkit.match.evidence import colour_facts
+    from matchkit.relation import soft_hues_agree, soft_overlap
+    ha, hb = colours.get(ev.a), colours.get(ev.b)
+    if ha is None or hb is None:
+        return
+    (grey_a, hue_a, feat_a), (grey_b, hue_b, feat_b) = colour_facts(ha), colour_facts(hb)
+    ev.extra["grey"] = (grey_a, grey_b)
+    pale = (hue_a is None or hue_b is None) and not grey_a and not grey_b
+    ev.extra["colour_agree"] = soft_hues_agree(*((feat_a, feat_b) if pale else (hue_a, hue_b)))
+    ev.extra["hue_similarity"] = soft_overlap(feat_a, feat_b)
+
+
 def test_colour_evidence_of_many_pairs_equals_pair_by_pair():
-    """``colour_evidence_many`` must record what ``colour_evidence`` records
-    for each pair, bit for bit: grey, saturated, pale and colourless images,
-    and images without a stored histogram."""
+    """``colour_evidence_many`` (and ``colour_evidence``, one pair of it)
+    must record what the per-pair computation records, bit for bit: grey,
+    saturated, pale and colourless images, and images without a stored
+    histogram."""
     from matchkit.match.evidence import PairEvidence, colour_evidence, colour_evidence_many
     from matchkit.signals.colour import BINS
     rng = np.random.default_rng(17)
@@ -732,8 +749,10 @@ def test_colour_evidence_of_many_pairs_equals_pair_by_pair():
     many = colour_evidence_many(pairs, colours, {})
     seen = set()
     for (a, b), got in zip(pairs, many):
-        ev = PairEvidence(a, b, 0, 0.0)
-        colour_evidence(ev, colours, {})
+        ev, one = PairEvidence(a, b, 0, 0.0), PairEvidence(a, b, 0, 0.0)
+        _colour_evidence_plain(ev, colours)
+        colour_evidence(one, colours)
+        assert one.extra == ev.extra
         if got is None:
             assert "grey" not in ev.extra
             continue

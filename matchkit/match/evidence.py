@@ -21,8 +21,7 @@ from matchkit.signals.local import (Overlap, Verification)
 from matchkit.match.picture import (PICTURE_SHARE, picture_proves_copy, shared_frame)
 from matchkit.relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
                                RECAPTURE_PERSPECTIVE, RelationEvidence, classify,
-                               MIN_HUE_SIMILARITY, hue_histogram, in_level, soft_hues_agree,
-                               soft_overlap, soften_hues)
+                               MIN_HUE_SIMILARITY, hue_histogram, in_level, soften_hues)
 from matchkit.signals.thumbmatch import IconDecider
 from matchkit import signals as _signals
 
@@ -318,34 +317,32 @@ def colour_evidence(ev: PairEvidence, colours: dict[int, np.ndarray],
                     cache: dict | None = None) -> None:
     """Record whether the pair's colours agree and which images are grey
     (from the stored colour histograms), for ``relation_of``; and the hue
-    similarity feature. ``cache`` (image id -> ``colour_facts``) must only be
-    shared while ids name the same images."""
-    ha, hb = colours.get(ev.a), colours.get(ev.b)
-    if ha is None or hb is None:
-        return
-    cache = {} if cache is None else cache
-    for i, h in ((ev.a, ha), (ev.b, hb)):
-        if i not in cache:
-            cache[i] = colour_facts(h)
-    (grey_a, hue_a, feat_a), (grey_b, hue_b, feat_b) = cache[ev.a], cache[ev.b]
-    ev.extra["grey"] = (grey_a, grey_b)
-    # Saturated hues decide; where one image has too few of them to say and
-    # neither is grey, the paler ones do (a dark, muted recolour of a green
-    # wallpaper, real dev set: pale hue similarity 0.001, which the saturated
-    # hues alone, having nothing to compare, called agreeing).
-    pale = (hue_a is None or hue_b is None) and not grey_a and not grey_b
-    ev.extra["colour_agree"] = soft_hues_agree(*((feat_a, feat_b) if pale else (hue_a, hue_b)))
-    ev.extra["hue_similarity"] = soft_overlap(feat_a, feat_b)
+    similarity feature (``colour_evidence_many`` of this one pair). ``cache``
+    (image id -> ``colour_facts``) must only be shared while ids name the
+    same images."""
+    record_colour(ev, colour_evidence_many([(ev.a, ev.b)], colours,
+                                           {} if cache is None else cache)[0])
+
+
+def record_colour(ev: PairEvidence, facts: tuple | None) -> None:
+    """Put one pair's ``colour_evidence_many`` result in its evidence (None:
+    an image without colours, nothing recorded)."""
+    if facts is not None:
+        ev.extra["grey"], ev.extra["colour_agree"], ev.extra["hue_similarity"] = facts
 
 
 def colour_evidence_many(pairs: list[tuple[int, int]], colours: dict[int, np.ndarray],
                          cache: dict) -> list[tuple | None]:
-    """``colour_evidence`` of many pairs at once: for each pair, None (an image
-    without colours: nothing recorded) or (grey pair, colour_agree,
-    hue_similarity), the values ``colour_evidence`` records, bit for bit (the
-    same minimum and sum per pair, one row each). ``global_evidence`` measures
-    tens of thousands of pairs; one at a time, each cost two small NumPy
-    reductions and their Python calls."""
+    """For each pair, None (an image without colours: nothing to record) or
+    (whether each image is grey, whether their hues agree, their hue
+    similarity): what ``colour_evidence`` records. Saturated hues decide;
+    where one image has too few of them to say and neither is grey, the
+    paler ones do (a dark, muted recolour of a green wallpaper, real dev
+    set: pale hue similarity 0.001, which the saturated hues alone, having
+    nothing to compare, called agreeing). Whole arrays, one row per pair:
+    ``global_evidence`` measures tens of thousands of pairs, where one at a
+    time each cost two small NumPy reductions and their Python calls; a row's
+    minimum and sum are those of one pair's arrays, bit for bit."""
     ids = sorted({i for pair in pairs for i in pair if i in colours})
     for i in ids:
         if i not in cache:

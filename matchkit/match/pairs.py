@@ -57,6 +57,7 @@ from matchkit.match.evidence import (  # noqa: F401  (also re-exported: old path
                                      colour_facts,
                                      colour_evidence,
                                      colour_evidence_many,
+                                     record_colour,
                                      lightness_evidence,
                                      )
 from matchkit.signals.thumbmatch import IconDecider, icon_candidates, icon_views  # noqa: F401  (old paths)
@@ -165,8 +166,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
                 ev.extra["reflect"] = True
             if variant:
                 ev.extra["dihedral"] = variant  # turned or mirrored: an edit
-            if facts is not None:  # (``colour_evidence``, for all pairs at once)
-                ev.extra["grey"], ev.extra["colour_agree"], ev.extra["hue_similarity"] = facts
+            record_colour(ev, facts)  # (``colour_evidence``, for all pairs at once)
             self.mark_redrawn(ev)
             if sim < LIGHT_DARK_COLOUR:
                 lightness_evidence(ev, self.lightness(a), self.lightness(b))
