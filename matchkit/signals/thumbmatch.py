@@ -44,7 +44,6 @@ made in ``thumbmatch_views``; their names are imported back here.
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -212,35 +211,31 @@ class ViewCache:
     def __init__(self, max_bytes: int = 128 << 20):
         self.max_bytes, self.bytes = max_bytes, 0
         self._entries: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
 
     def get(self, view: IconView, kind: str, h: int, w: int, make: Callable[[], tuple]):
         key = (id(view), kind, h, w)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is view:
-                self._entries.move_to_end(key)
-                return entry[1]
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry[1]
         value = make()
-        for a in value:  # (shared by threads and comparisons: never to be written)
+        for a in value:  # (shared by later comparisons: never to be written)
             a.setflags(write=False)
         size = sum(a.nbytes for a in value)
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.bytes -= old[2]
-            self._entries[key] = (view, value, size)
-            self.bytes += size
-            while self.bytes > self.max_bytes and len(self._entries) > 1:
-                self.bytes -= self._entries.popitem(last=False)[1][2]
+        self._entries[key] = (view, value, size)
+        self.bytes += size
+        self._evict(keep=1)
         return value
 
     def trim(self, max_bytes: int) -> None:
         """Lower the bound to ``max_bytes``, dropping the least recently used."""
-        with self._lock:
-            self.max_bytes = max_bytes
-            while self.bytes > max_bytes and self._entries:
-                self.bytes -= self._entries.popitem(last=False)[1][2]
+        self.max_bytes = max_bytes
+        self._evict(keep=0)
+
+    def _evict(self, keep: int) -> None:
+        """Drop the least recently used entries past ``max_bytes`` (but the last ``keep``)."""
+        while self.bytes > self.max_bytes and len(self._entries) > keep:
+            self.bytes -= self._entries.popitem(last=False)[1][2]
 
 
 #: What ``IconDecider`` keeps of its views once its pairs are compared.
