@@ -12,7 +12,6 @@ build on.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from matchkit.util.arrays import unique
