@@ -4,13 +4,16 @@ changes, and how the images that need it are searched anew.
 ``StoredRecords`` finds the records naming an image that left (``_stale``),
 sets a record's fields and notes which pairs that can change (``_update``,
 ``_note_change``), and makes new records by a full candidate and frame search
-(``_search``, ``_framed_search``). Separate from ``match/incremental.py`` (which
+(``_search``: each enabled signal's search in the signals' order, ``SEARCHES``,
+through the loop every matcher uses, ``searches.signal_steps``; ``_framed_search``). Separate from ``match/incremental.py`` (which
 decides, per run, what is brought up to date and how): the record-level work
 the hash and vote updates (``incremental_hash.py``, ``incremental_votes.py``)
 build on.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from matchkit.signals.hashing import PHASH_BITS
 from matchkit.match.framed import framed_pairs, unframed
 from matchkit.index.pictures import PictureIndex, picture_file, picture_rows
 from matchkit.match.pairs import _content_features
+from matchkit.match.searches import signal_steps
 from matchkit.match.incremental_state import _b64, _pack_lists, _unb64
 from matchkit.match.incremental_hash import _phash_fields
 from matchkit.match.incremental_votes import _vote_fields
@@ -29,6 +33,23 @@ from matchkit.match.incremental_votes import _vote_fields
 #: (``IncrementalMatcher._update``): descriptor lists, how far searches reached,
 #: votes (patched into the pairs' evidence) and hits.
 _NOT_NEIGHBOURHOOD = frozenset({"nb", "reach", "lreach", "rt", "lk", "vo", "hits"})
+
+
+@dataclass
+class RecordRun:
+    """What the searches of the images an incremental run searches again
+    found so far (``StoredRecords._search``)."""
+
+    todo: list[int]
+    allowed: set[int]
+    #: Kept images whose frames are looked for again (``_regate``).
+    reframe: list[int]
+    #: The pHash search (``candidates.phash_candidates``, per owner).
+    found: object | None = None
+    #: The vote search's detail: votes, hits and neighbour lists by image.
+    detail: VoteDetail = field(default_factory=VoteDetail)
+    #: Frame-search record fields by image (``_framed_search``).
+    framed: dict[int, dict] = field(default_factory=dict)
 
 
 class StoredRecords:
@@ -58,8 +79,8 @@ class StoredRecords:
             near = [x[0] for x in r["near"]]
             kept_name += near
             kept_owner += [i] * len(near)
-            for field in ("ph", "vo", "fr"):
-                names = [x[0] for x in r.get(field, ())]
+            for name in ("ph", "vo", "fr"):
+                names = [x[0] for x in r.get(name, ())]
                 run_name += names
                 run_owner += [i] * len(names)
             hits = r["hits"]
@@ -129,6 +150,12 @@ class StoredRecords:
             partners.update(j for j in old.keys() | new.keys() if old.get(j) != new.get(j))
 
     # -- searching the images that need it ---------------------------------
+    #: Built-in signal -> the method that runs its search for the images
+    #: searched again (``searches.signal_steps``: the signals' order,
+    #: enabled ones only). Icons have none here: every run measures their
+    #: pairs afresh from the stored views (``IncrementalMatcher.__init__``).
+    SEARCHES = {"phash": "_phash_records", "local": "_local_records"}
+
     def _search(self, todo: list[int], allowed: set[int], reframe: list[int]) -> None:
         """Candidate searches of ``todo`` against the whole gallery, as records.
         Its frame search also serves the kept images ``reframe`` (``_regate``),
@@ -137,27 +164,40 @@ class StoredRecords:
             if reframe:
                 self._framed_search([], allowed, {}, reframe)
             return
-        s, g = self.settings, self.gallery
-        variants = g.phash_variants(todo)
-        found = phash_candidates(g.phash_index, todo, variants, neighbours=s.neighbours,
-                                 allowed=allowed, per_owner=True, **self._phash_limits())
-        detail = VoteDetail()
-        if s.local_features:
-            self.templated.update(_content_features(todo, self.paths, found, self.cache, s,
-                                                    self._masks, self._pool))
-            self.vote_search(todo, allowed, detail)
-            framed = self._framed_search(todo, allowed, found.nearest, reframe)
+        run = RecordRun(todo, allowed, reframe)
+        for step in signal_steps(self.SEARCHES, self.settings):
+            getattr(self, step)(run)
+        s = self.settings
         for i in todo:
-            rec = {"q": 1, "run": 1, **_phash_fields(found, i), **_vote_fields(detail, i),
+            rec = {"q": 1, "run": 1, **_phash_fields(run.found, i), **_vote_fields(run.detail, i),
                    "tmpl": int(i in self.templated)}
             if s.local_features:
-                rec.update(framed.get(i, {}))
-            if i in detail.lists:
-                rec["nb"] = _pack_lists(*detail.lists[i])
+                rec.update(run.framed.get(i, {}))
+            if i in run.detail.lists:
+                rec["nb"] = _pack_lists(*run.detail.lists[i])
             if i in self.templated:
                 rec["tdesc"] = _b64(self.templated[i].desc[: s.query_features])
             self.records[i] = rec
             self._write.add(i)
+
+    def _phash_records(self, run: "RecordRun") -> None:
+        """The pHash search of the images searched again (per owner: what
+        each image's record keeps of it, ``_phash_fields``)."""
+        s, g = self.settings, self.gallery
+        run.found = phash_candidates(g.phash_index, run.todo, g.phash_variants(run.todo),
+                                     neighbours=s.neighbours, allowed=run.allowed,
+                                     per_owner=True, **self._phash_limits())
+
+    def _local_records(self, run: "RecordRun") -> None:
+        """The local-feature search of the images searched again: template
+        content where a shared frame shows (from the pHash search's nearest
+        images), descriptor votes with their neighbour lists, and the
+        pictures inside frames (which also serves ``run.reframe``)."""
+        s = self.settings
+        self.templated.update(_content_features(run.todo, self.paths, run.found, self.cache, s,
+                                                self._masks, self._pool))
+        self.vote_search(run.todo, run.allowed, run.detail)
+        run.framed = self._framed_search(run.todo, run.allowed, run.found.nearest, run.reframe)
 
     def _framed_search(self, todo: list[int], allowed: set[int], nearest: dict[int, list],
                        again: list[int]) -> dict[int, dict]:

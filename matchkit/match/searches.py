@@ -8,12 +8,14 @@ runs the search of each enabled built-in signal named in ``SEARCHES`` over
 one :class:`CandidateRun`, each adding pairs (and what later searches read:
 the pHash search's nearest images feed the local search's frames). A signal
 without a search only judges pairs the others propose. The incremental
-matcher (``incremental_records._search``) runs the same searches for the
-images it searches again and keeps their results in its records.
+matcher (``incremental_records._search``) and gallery queries
+(``query_candidates``) run the searches they have through the same loop
+(:func:`signal_steps`), each over its own state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +30,23 @@ from matchkit.signals.thumbmatch import icon_candidates, icon_views
 from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
 from matchkit.util.checkpoint import checkpoint, report
 from matchkit.config import Settings
+
+
+def signal_steps(steps: Mapping[str, str], settings: Settings) -> list[str]:
+    """The steps (``steps``: built-in signal name -> a matcher's method name)
+    of the built-in signals enabled by ``settings``, in registration order.
+
+    Every matcher runs its candidate searches through this: a run's
+    (``CandidateSearches.SEARCHES``), the incremental matcher's for the
+    images it searches again (``incremental_records.StoredRecords.SEARCHES``)
+    and a gallery query's (``query_candidates.QueryCandidates.SEARCHES``).
+    Each maps the signals it can search for; a signal it does not map only
+    judges the pairs the others propose there. Why one loop: the order of
+    the searches (the pHash search's nearest images feed the local search's
+    frames and template checks) and which run are the signals' to say, in
+    one place."""
+    return [steps[sig.name] for sig in _signals.builtin()
+            if sig.name in steps and sig.enabled(settings)]
 
 
 @dataclass
@@ -57,10 +76,8 @@ class CandidateSearches:
         """The candidate pairs among ``ids``: each enabled built-in signal's
         search, in the signals' order."""
         run = CandidateRun(ids, set(ids))
-        for sig in _signals.builtin():
-            step = self.SEARCHES.get(sig.name)
-            if step is not None and sig.enabled(self.settings):
-                getattr(self, step)(run)
+        for step in signal_steps(self.SEARCHES, self.settings):
+            getattr(self, step)(run)
         return run
 
     def _phash_search(self, run: CandidateRun) -> None:

@@ -25,8 +25,10 @@ embeddings, icons) take part in every run they are ``enabled`` for:
   explicit); profiles read their columns by name and refuse another set;
 - candidates (``match.searches``): a run's candidate search is the search
   of each signal that proposes pairs (``Signal.candidates`` says how), in
-  registration order; the incremental matcher and gallery queries call the
-  same searches in steps of their own, keeping their results as state;
+  registration order; the incremental matcher and gallery queries run the
+  searches they have through the same loop (``searches.signal_steps``, each
+  matcher's ``SEARCHES`` naming its step per signal), keeping their results
+  as state;
 - reports (``match.evidence.PairEvidence.to_evidence``): each adds the
   JSON keys it measured (``Signal.evidence``).
 
