@@ -223,6 +223,52 @@ def test_candidate_searches_run_by_signal_in_order(tmp_path, monkeypatch, local)
     assert any(ev.a != ev.b for ev in m.evidence)
 
 
+def _spy_searches(monkeypatch, cls, ran: list) -> None:
+    for name, method in cls.SEARCHES.items():
+        real = getattr(cls, method)
+        monkeypatch.setattr(cls, method,
+                            lambda self, run, real=real, name=name: (ran.append(name),
+                                                                     real(self, run))[1])
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_incremental_and_query_searches_run_by_signal_in_order(tmp_path, monkeypatch, local):
+    """The incremental matcher (images searched again) and a gallery query
+    run their searches through the same loop as a run's
+    (``searches.signal_steps``): the signals' order, enabled ones only."""
+    from matchkit.match.incremental import IncrementalMatcher
+    from matchkit.match.query import QueryMatcher
+
+    stored, asked = [], []
+    _spy_searches(monkeypatch, IncrementalMatcher, stored)
+    _spy_searches(monkeypatch, QueryMatcher, asked)
+    settings = Settings(local_features=local)
+    photos = _two_photos(tmp_path)
+    with Gallery(tmp_path / "g", settings) as g:
+        ids = g.add(photos[:2]).ids
+        m = IncrementalMatcher(g, ids, settings)
+        assert m.searched == sorted(ids)
+        with QueryMatcher(g, settings, zoom=False) as q:
+            found = q.match([photos[0]])
+    assert stored == asked == (["phash", "local"] if local else ["phash"])
+    assert ids[0] in {n.id for n in found[0].neighbours if n.matched}
+
+
+def test_every_matcher_names_searches_of_builtin_signals():
+    from matchkit.match.incremental import IncrementalMatcher
+    from matchkit.match.pairs import PairMatcher
+    from matchkit.match.query import QueryMatcher
+    from matchkit.match.searches import signal_steps
+
+    for cls in (PairMatcher, IncrementalMatcher, QueryMatcher):
+        assert set(cls.SEARCHES) <= set(BUILTIN), cls
+        assert all(callable(getattr(cls, m)) for m in cls.SEARCHES.values()), cls
+    steps = {n: n for n in reversed(BUILTIN)}
+    assert signal_steps(steps, Settings()) == [n for n in BUILTIN if n != "embedding"]
+    assert "local" not in signal_steps(steps, Settings(local_features=False))
+    assert "embedding" in signal_steps(steps, Settings(model="some-model"))
+
+
 def test_a_signal_search_adds_its_pairs(tmp_path):
     """A search registered for a signal (here: the colour signal, which has
     none) proposes pairs that then get evidence like any other."""

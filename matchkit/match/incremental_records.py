@@ -4,8 +4,9 @@ changes, and how the images that need it are searched anew.
 ``StoredRecords`` finds the records naming an image that left (``_stale``),
 sets a record's fields and notes which pairs that can change (``_update``,
 ``_note_change``), and makes new records by a full candidate and frame search
-(``_search``: each enabled signal's search in the signals' order, ``SEARCHES``,
-through the loop every matcher uses, ``searches.signal_steps``; ``_framed_search``). Separate from ``match/incremental.py`` (which
+(``_search``: each enabled signal's search, ``SEARCHES``, in the signals'
+order through the loop every matcher uses, ``searches.signal_steps``; and
+``_framed_search``). Separate from ``match/incremental.py`` (which
 decides, per run, what is brought up to date and how): the record-level work
 the hash and vote updates (``incremental_hash.py``, ``incremental_votes.py``)
 build on.
