@@ -308,6 +308,62 @@ def test_index_in_background_gives_the_same_index(photo_dir, tmp_path, monkeypat
         assert sorted(g.orb_index.keys().tolist()) == keys
 
 
+def test_an_add_loads_the_saved_descriptor_index_ahead(photo_dir, tmp_path, monkeypatch):
+    """With ``index_in_background``, an add that has files to decode starts
+    loading the saved descriptor index on the index worker
+    (``prefetch_indexes``); its first use takes that index, which holds what
+    a load on this thread would. An add with nothing to decode starts none."""
+    import threading
+
+    from matchkit.store import gallery_indexes
+
+    files = _files(photo_dir)
+    with Gallery(tmp_path / "g") as g:
+        g.add(files[:6])
+    loaded_on = []
+    real = gallery_indexes.file_loader
+
+    def spy(file, *a, **kw):
+        load = real(file, *a, **kw)
+
+        def wrapped():
+            if Path(file).name == ORB_INDEX_NAME:
+                loaded_on.append(threading.current_thread().name)
+            return load()
+        return wrapped
+
+    monkeypatch.setattr(gallery_indexes, "file_loader", spy)
+    with Gallery(tmp_path / "g", create=False) as g:
+        g.index_in_background = True
+        g.add(files[:6])  # (all unchanged: nothing to decode, nothing loaded ahead)
+        assert g._prefetched is None and loaded_on == []
+        g.add(files[6:])
+        assert g._prefetched is None  # (taken by the add's first write)
+        keys = sorted(g.orb_index.keys().tolist())
+    assert len(loaded_on) == 1 and loaded_on[0].startswith("matchkit-index")
+    with Gallery(tmp_path / "g", create=False) as g:
+        assert g.verify().differences == []
+        assert sorted(g.orb_index.keys().tolist()) == keys
+    with Gallery(tmp_path / "at-once") as g:
+        g.add(files)
+        assert sorted(g.orb_index.keys().tolist()) == keys
+
+
+def test_an_index_loaded_ahead_is_used_only_against_its_own_stamp(photo_dir, tmp_path):
+    files = _files(photo_dir)
+    with Gallery(tmp_path / "g") as g:
+        g.add(files)
+        n = len(g.orb_index)
+    with Gallery(tmp_path / "g", create=False) as g:
+        g.index_in_background = True
+        g.prefetch_indexes()
+        record = g._file_record("orb")
+        assert g._prefetched is not None and g._prefetched[0] == record
+        assert g._take_prefetched("orb", {**record, "sha256": "0" * 64}) is None
+        assert g._prefetched is None
+        assert len(g.orb_index) == n  # (loaded here, as without it)
+
+
 def _counted_saves(monkeypatch):
     from matchkit.index.hamming import HammingIndex
 

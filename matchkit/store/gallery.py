@@ -204,6 +204,9 @@ class Gallery(_ReadingMixin, _WritingMixin, _SignalsMixin, _IndexesMixin, _Verif
         #: (``save_ahead``), or None.
         self._saving: concurrent.futures.Future | None = None
         self._index_worker: concurrent.futures.ThreadPoolExecutor | None = None
+        #: The descriptor index file being loaded ahead on ``_index_worker``
+        #: (``prefetch_indexes``): (the stamp it was checked against, future), or None.
+        self._prefetched: tuple[dict, concurrent.futures.Future] | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def close(self, save: bool = True) -> None:
