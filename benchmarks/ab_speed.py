@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     extra = ("--hash-only",) if args.hash_only else ()
+    flag = "".join(f" {a}" for a in extra)  # (as the command line shows it)
     mode = ", hash-only" if args.hash_only else ""
     for c in (args.new, args.old):
         if not (c / "matchkit" / "__init__.py").exists():
@@ -140,9 +141,9 @@ def main() -> None:
         body = (f"Command: `python benchmarks/ab_speed.py {args.new} {args.old} --sets {sets_arg} "
                 f"--split {args.split} --rounds {args.rounds}"
                 f"{''.join(f' --folder {f}' for f in args.folder)}"
-                f"{' --hash-only' if extra else ''}` (worktrees of {names[args.new]} "
-                f"and {names[args.old]}; each run `matchkit dedupe SET --json OUT -q{' --hash-only' if extra else ''}` in its own "
-                f"process, the checkouts alternating, the order flipped every round). `cpu_s`: "
+                f"{flag}` (worktrees of {names[args.new]} and {names[args.old]}; each "
+                f"run `matchkit dedupe SET --json OUT -q{flag}` in its own process, "
+                f"the checkouts alternating, the order flipped every round). `cpu_s`: "
                 f"user + system of that process and the children it waited for, which misses "
                 f"the workers a forkserver starts (extraction; settling relations and frame "
                 f"hashes in large runs); `busy_cpu_s`: busy CPU of the whole machine during the "

@@ -45,18 +45,21 @@ class QueryRun:
     exclude: list[set[int]]
     first: bool
     #: Per query: gallery id -> pHash distance (-1: not yet known).
-    by_query: list[dict[int, int]] = field(default_factory=list)
+    by_query: list[dict[int, int]] = field(init=False)
     #: Per query: gallery id -> descriptor votes.
-    vote_of: list[dict[int, float]] = field(default_factory=list)
+    vote_of: list[dict[int, float]] = field(init=False)
     #: pHash crowd distance by query key.
     crowd: dict[int, int] = field(default_factory=dict)
+    #: Query key -> its position in ``records``.
+    index_of: dict[int, int] = field(init=False)
+    #: Most gallery ids any query leaves out: searches ask for that many more.
+    wider: int = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.records)
         self.by_query = [{} for _ in range(n)]
         self.vote_of = [{} for _ in range(n)]
         self.index_of = {k: i for i, k in enumerate(self.keys)}
-        #: Most gallery ids any query leaves out: searches ask for that many more.
         self.wider = max(len(e) for e in self.exclude)
 
 

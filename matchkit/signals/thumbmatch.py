@@ -242,21 +242,24 @@ class ViewCache:
 LATER_VIEWS_BYTES = 8 << 20
 
 
+def _lab_alpha(v: IconView, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A view at ``h`` x ``w``: Lab + alpha (x100) channels, and the alpha."""
+    alpha = _resample(v.alpha, h, w)
+    lab = cv2.cvtColor(_resample(v.rgb, h, w), cv2.COLOR_RGB2Lab)
+    return np.concatenate([lab, alpha[..., None] * 100.0], -1), alpha
+
+
 def _grid_view(v: IconView, h: int, w: int) -> tuple[np.ndarray, ...]:
     """One side of ``compare``: Lab + alpha (x100) at ``h`` x ``w``, the
     alpha, the coarse luminance layout and the 3x3 range of the first."""
-    alpha = _resample(v.alpha, h, w)
-    lab = cv2.cvtColor(_resample(v.rgb, h, w), cv2.COLOR_RGB2Lab)
-    x = np.concatenate([lab, alpha[..., None] * 100.0], -1)
+    x, alpha = _lab_alpha(v, h, w)
     return (x, alpha, _resample(x[..., 0], COARSE, COARSE).ravel(), *_neighbourhood_range(x))
 
 
 def _cells(v: IconView, ch: int, cw: int) -> tuple[np.ndarray, ...]:
     """One side of ``_coarse_distance``: Lab + alpha (x100) on its coarse
     grid, and its 3x3 range."""
-    alpha = _resample(v.alpha, ch, cw)
-    lab = cv2.cvtColor(_resample(v.rgb, ch, cw), cv2.COLOR_RGB2Lab)
-    x = np.concatenate([lab, alpha[..., None] * 100.0], -1)
+    x, _ = _lab_alpha(v, ch, cw)
     return (x, *_neighbourhood_range(x))
 
 

@@ -193,10 +193,6 @@ def place(path: str, rec, where: dict[str, tuple[int, int]],
     return shard, (old if old and old[0] != shard else None)
 
 
-def _nothing() -> None:
-    pass
-
-
 def add_files(stores: Sequence[Store], paths: Iterable[str | os.PathLike], settings: Settings,
               progress: Callable[[int], None] | None = None,
               names: Sequence[str] | None = None, extract=extract_many) -> AddReport:
@@ -216,7 +212,9 @@ def add_files(stores: Sequence[Store], paths: Iterable[str | os.PathLike], setti
         progress(report.unchanged + len(report.skipped))
     if todo:  # (a store may start loading its indexes while the files decode)
         for s in stores:
-            getattr(s, "prefetch_indexes", _nothing)()
+            prefetch = getattr(s, "prefetch_indexes", None)
+            if prefetch is not None:
+                prefetch()
     next_id = max(s.last_id() for s in stores) + 1
     pending: list[list] = [[] for _ in stores]
     ids: dict[str, int] = {}

@@ -268,12 +268,12 @@ class _IndexesMixin:
             return None, "no checksum recorded"
         if record.get("generation") != generation and not self._as_saved:
             return None, f"holds generation {record.get('generation')}, database is at {generation}"
-        why = [""]
-        load = file_loader(file, record, loader, why)
         ready = self._take_prefetched(key, record)
         if ready is not None:
             self._have[key] = record.get("generation")
             return ready, ""
+        why = [""]
+        load = file_loader(file, record, loader, why)
         shared = self.shared_indexes
         # (an IVF index's probes are a search setting held by the object: part of the key)
         probes = self.settings.ivf_probes if key == "orb" and self._ivf() else None

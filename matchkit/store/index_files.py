@@ -52,7 +52,7 @@ def file_loader(file: Path, record: dict, loader, why: list[str]):
 
 
 def write_ahead(idx, generation: int, file: Path,
-                 indexing: concurrent.futures.Future | None) -> WrittenAhead | None:
+                indexing: concurrent.futures.Future | None) -> WrittenAhead | None:
     """``save_ahead``'s work on the index worker: the index written to
     ``file``; nothing if the add before it (``indexing``, done by now) failed."""
     if indexing is not None and indexing.exception() is not None:
