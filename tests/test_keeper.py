@@ -13,7 +13,7 @@ from PIL import Image
 from matchkit import dedupe
 from matchkit.signals.colour import colour_histogram
 from matchkit.store.gallery import StoredImage
-from matchkit.match.keeper import GREY_MASS, grey_share, keeper_priority, picture_score
+from matchkit.match.keeper import GREY_MASS, grey_share, grey_shares, keeper_priority, picture_score
 
 from conftest import textured
 
@@ -33,6 +33,16 @@ def test_grey_share_tells_grey_from_colour():
     assert grey_share(colour_histogram(photo)) < GREY_MASS
     assert grey_share(colour_histogram(photo.convert("L"))) >= GREY_MASS
     assert grey_share(np.zeros(512)) == 1.0
+
+
+def test_grey_shares_equal_grey_share_row_by_row():
+    """The batch form a clustering reads gives each histogram's own share."""
+    rows = [colour_histogram(textured(5)), colour_histogram(textured(6).convert("L")),
+            np.zeros(512, np.uint32)]
+    rows += list(np.random.default_rng(0).integers(0, 40, (5, 512)).astype(np.uint32))
+    got = grey_shares(np.stack(rows))
+    assert got.tolist() == [grey_share(h) for h in rows]
+    assert got[1] >= GREY_MASS > got[0] and got[2] == 1.0
 
 
 def test_score_discounts_fill_and_grey_but_resolution_still_wins():

@@ -18,11 +18,13 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
+import numpy as np
+
 from matchkit.config import Settings
 from matchkit.jobs.dedupe_relations import _member_edge, _member_relations, _reported_edges
 from matchkit.match.burst import bursting
 from matchkit.match.cluster import Star, UnionFind, lazy_star_clusters
-from matchkit.match.keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_share,
+from matchkit.match.keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_shares,
                                    near_criteria, same_pixels_criteria, sort_key)
 from matchkit.match.pairs import PairEvidence, PairMatcher
 from matchkit.match.picture import dense_picture
@@ -32,7 +34,7 @@ from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
 from matchkit.util.cvthreads import single_opencv_thread
 
 #: Colour histograms read at once for the keepers' grey test (the next ones
-#: by id after the image asked for: a run asks for nearly all of them).
+#: by id after the image asked for among those clustering ranks).
 GREY_BATCH = 1024
 
 #: Joining two clusters (``find_clusters``): at least this many pairs across
@@ -118,12 +120,20 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
 
     #: Whether each image is grey (for keepers), read in batches as asked for.
     greys: dict[int, bool] = {}
+    groups = exact.groups()
+    #: The images a keeper may be chosen among (in a possible pair or an
+    #: exact class; clustering ranks no other): batches are read from these.
+    ranked = sorted({i for ev in possible for i in (ev.a, ev.b)}
+                    | {i for g in groups if len(g) > 1 for i in g})
 
     def grey(i: int) -> bool:
         if i not in greys:
-            at = bisect.bisect_left(ids, i)  # (ids are sorted)
-            part = [j for j in ids[at:at + GREY_BATCH] if j not in greys] or [i]
-            greys.update((j, grey_share(h) >= GREY_MASS) for j, h in gallery.colours(part).items())
+            at = bisect.bisect_left(ranked, i)  # (sorted)
+            part = [j for j in ranked[at:at + GREY_BATCH] if j not in greys]
+            part = part if i in part else [i]
+            got = gallery.colours(part)
+            shares = grey_shares(np.stack(list(got.values()))) if got else []
+            greys.update(zip(got, (bool(x) for x in np.asarray(shares) >= GREY_MASS)))
         return greys[i]
 
     def candidate(i: int) -> Candidate:
@@ -145,7 +155,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     # among the same pixels, the source file, not the biggest re-save.
     rep = {}
     classes = {}
-    for group in exact.groups():
+    for group in groups:
         if len(group) > 1:  # (a key for every image alone: 0.3 s at 5,000 images)
             group.sort(key=lambda i: sort_key(same_order, candidate(i)))
         for i in group:

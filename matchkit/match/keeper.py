@@ -95,6 +95,16 @@ def grey_share(histogram: np.ndarray) -> float:
     return float(h[diagonal, diagonal, diagonal].sum() / total)
 
 
+def grey_shares(histograms: np.ndarray) -> np.ndarray:
+    """:func:`grey_share` of each row of ``histograms`` (n, bins) at once (a
+    clustering asks it of nearly every image: 40 us each one by one)."""
+    h = np.asarray(histograms).reshape(-1, LEVELS ** 3)
+    total = h.sum(1, dtype=np.float64)
+    diagonal = np.arange(LEVELS) * (LEVELS * LEVELS + LEVELS + 1)
+    on = h[:, diagonal].sum(1, dtype=np.float64)
+    return np.divide(on, total, out=np.ones(len(h)), where=total > 0)
+
+
 def hull_share(mask: np.ndarray) -> float:
     """Share of the image inside the convex hull of a picture mask.
 
