@@ -497,6 +497,21 @@ def test_bit_sums_equal_numpy_bit_counts_up_to_every_bit_set():
     assert bit_sums(np.full((1, 4), np.iinfo(np.uint64).max, np.uint64))[0] == 256
 
 
+def test_cross_bit_distances_equal_the_xor_of_every_pair():
+    """Word-at-a-time distances (an add's hash-search merge) are those of XORing
+    every code of one set with every code of the other."""
+    from matchkit.util.arrays import bit_sums, cross_bit_distances
+
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 2**64, (5, 8, 4), dtype=np.uint64)
+    b = rng.integers(0, 2**64, (7, 4), dtype=np.uint64)
+    a[0, 0], b[0] = np.iinfo(np.uint64).max, 0  # every bit differs: 256
+    got = cross_bit_distances(a, b)
+    assert got.shape == (5, 8, 7) and got.dtype == np.int64
+    assert np.array_equal(got, bit_sums(a[:, :, None, :] ^ b[None, None]))
+    assert got[0, 0, 0] == 256 and cross_bit_distances(a[:1, :1], a[0, :1])[0, 0, 0] == 0
+
+
 def test_fewer_collections_raises_the_thresholds_and_the_last_block_restores_them():
     import gc
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 
-from matchkit.util.arrays import bit_sums
+from matchkit.util.arrays import cross_bit_distances
 from matchkit.match.candidates import phash_candidates
 from matchkit.util.checkpoint import checkpoint
 from matchkit.signals.hashing import PHASH_BITS
@@ -198,7 +198,7 @@ class HashSearchUpdates:
         for at in range(0, len(mergeable), step):
             part = mergeable[at:at + step]
             mine = g.phash_variants(part).copy().view(np.uint64)  # (n, 8, words)
-            dists = bit_sums(mine[:, :, None, :] ^ codes[None, None])  # (n, 8, m)
+            dists = cross_bit_distances(mine, codes)  # (n, 8, m)
             for n, i in enumerate(part):
                 rec = self.records[i]
                 # (only the images that come near enough change anything)
