@@ -86,9 +86,9 @@ def lazy_star_clusters(
 
     A node with no candidate makes no star and, candidates being symmetric,
     is no one's candidate: it is not ranked (a caller's ``priority`` can
-    cost reads per node: 0.5 s of a 1% add to 10,000 images, most of them
-    alone). So ``confirm`` must return only nodes that have candidates, as
-    one that looks further through its candidates' candidates does.
+    cost a read per node). So ``confirm`` must return only nodes that have
+    candidates, as one that looks further through its candidates'
+    candidates does.
     """
     taken: set = set()
     stars: list[Star] = []

@@ -97,7 +97,8 @@ def grey_share(histogram: np.ndarray) -> float:
 
 def grey_shares(histograms: np.ndarray) -> np.ndarray:
     """:func:`grey_share` of each row of ``histograms`` (n, bins) at once (a
-    clustering asks it of nearly every image: 40 us each one by one)."""
+    clustering asks it of most images; one by one it took about 17 us each
+    in a 1% add to 10,000 images, 0.17 s)."""
     h = np.asarray(histograms).reshape(-1, LEVELS ** 3)
     total = h.sum(1, dtype=np.float64)
     diagonal = np.arange(LEVELS) * (LEVELS * LEVELS + LEVELS + 1)
