@@ -309,3 +309,36 @@ def test_leftover_image_joins_a_cluster_it_matches_through_a_member(tmp_path):
         "a.png", "b.png", "x.png"} and n_near == 3
     asked = {frozenset(p) for p in made[0].asked}
     assert {frozenset((x, k)), frozenset((y, k))} <= asked  # compared afresh
+
+
+def test_a_matcher_dropping_refused_pairs_clusters_the_same(photo_dir):
+    """``PairMatcher.keep_refused = False`` (the Ray driver's matcher) keeps
+    only the pairs clustering can use; the clusters, keepers and relations
+    are those of a matcher that keeps every pair."""
+    from matchkit.jobs.dedupe import find_clusters
+    from matchkit.match.pairs import PairMatcher
+
+    for seed in range(5, 13):  # unrelated photos: candidates refused outright
+        make_photo(seed).save(photo_dir / f"other{seed}.jpg", quality=90)
+
+    class Dropping(PairMatcher):
+        keep_refused = False
+
+    def run(cls):
+        made = []
+
+        def make(visible, same):
+            made.append(cls(g, visible, Settings(), same))
+            return made[-1]
+
+        clusters, _, _ = find_clusters(g, added.ids, Settings(), make_matcher=make)
+        return ([(c.keep, sorted(c.members), sorted((p.a, p.b, p.relation) for p in c.pairs))
+                 for c in clusters], made[0].evidence)
+
+    with Gallery(photo_dir.parent / "g", Settings()) as g:
+        added = g.add(sorted(str(p) for p in photo_dir.rglob("*.*")))
+        kept, every = run(PairMatcher)
+        dropped, few = run(Dropping)
+    assert dropped == kept and len(kept) == 2
+    assert 0 < len(few) < len(every)
+    assert all(ev.rule or ev.pending or ev.extra.get("verifiable") for ev in few)

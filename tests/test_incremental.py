@@ -747,6 +747,38 @@ def test_a_large_add_searches_every_image_again(sets, tmp_path, monkeypatch):
     assert patched == [1]
 
 
+def test_a_hash_search_in_parts_finds_what_one_search_finds(monkeypatch):
+    """``phash_candidates`` searches a few thousand images at a time (to bound
+    the memory of the answer); every field it returns, per-owner ones
+    included, is what one search of all images gives, also where one part
+    has rows searched again with more neighbours (a crowd of near copies)."""
+    from matchkit.match import candidates
+    from matchkit.index.hamming import HammingIndex
+
+    rng = np.random.default_rng(5)
+    centre = rng.random(256) < 0.5
+    n = 240
+    bits = centre ^ (rng.random((n * 8, 256)) < 0.3)
+    bits[:40 * 8] = centre ^ (rng.random((40 * 8, 256)) < 0.05)  # a crowd: more neighbours
+    variants = np.packbits(bits, axis=1).reshape(n, 8, 32)
+    index = HammingIndex(256)
+    index.add(np.arange(n), variants[:, 0])
+    allowed = set(range(n)) - {7}
+
+    def search():
+        return candidates.phash_candidates(index, list(range(n)), variants, max_distance=90,
+                                           collect_distance=110, neighbours=16,
+                                           allowed=allowed, per_owner=True)
+
+    whole = search()
+    monkeypatch.setattr(candidates, "PHASH_SEARCH_IMAGES", 37)
+    parts = search()
+    assert len(whole.pairs) > n and max(len(v) for v in whole.by_owner.values()) > 16
+    for name in ("pairs", "crowd", "nearest", "by_owner", "reach", "loose_reach", "tails",
+                 "loose_kept"):
+        assert getattr(parts, name) == getattr(whole, name), name
+
+
 @pytest.mark.parametrize("seed,flip", [(0, 0.3), (1, 0.33), (2, 0.36), (3, 0.3)])
 def test_merging_entering_images_into_a_hash_search_equals_searching_again(seed, flip):
     """``merge_hash_search`` (an add's stored hash searches brought up to

@@ -95,6 +95,12 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
     (``pools.MatcherPools``) are mixed in from their own modules.
     """
 
+    #: Keep the evidence of pairs the global signals refuse that are not worth
+    #: verifying either (calibration reads them; an incremental run stores
+    #: their decisions). Clustering never looks at them: a matcher that holds
+    #: many images' pairs in memory (the Ray driver) drops them.
+    keep_refused: bool = True
+
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
                  same: dict[int, int] | None = None, calibrator=None):
         self._setup(gallery, ids, settings, calibrator)
@@ -182,7 +188,8 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
                     self.frames_rule(ev)
                 ev.rule = ev.rule or embedding_rule(ev, settings)
             mark_verifiable(ev, top, settings, self.pair_crowd(ev))
-            evidence.append(ev)
+            if self.keep_refused or calibrator is not None or not self._refused(ev):
+                evidence.append(ev)
         self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence])
         if calibrator is None:
             for ev in evidence:
@@ -192,7 +199,18 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
             self.decide(evidence, "model", [globally_decidable(ev, self.crowd) for ev in evidence])
         for ev in evidence:
             ev.pending = ev.extra["verifiable"] and not ev.rule
+        if not self.keep_refused:
+            evidence = [ev for ev in evidence if ev.pending or not self._refused(ev)]
         return evidence
+
+    def _refused(self, ev: PairEvidence) -> bool:
+        """Whether ``ev`` is settled as no match by its global evidence, with
+        nothing left to look at: no rule, not worth verifying, not near enough
+        in pHash to be the same pixels (``find_clusters`` checks those) and not
+        a pair of icons (decided by ``icon_rule`` after all pairs are known)."""
+        return not (ev.rule or ev.extra.get("verifiable")
+                    or ev.phash_distance <= self.settings.exact_check_distance
+                    or (ev.a in self.icons and ev.b in self.icons))
 
     def decide(self, evidence: list[PairEvidence], rule: str,
                allowed: list[bool] | None = None) -> None:

@@ -65,6 +65,11 @@ class CandidateRun:
     found: object | None = None
 
 
+#: Images whose thumbnails ``CandidateSearches.picture_hashes`` hands to the
+#: worker processes at once.
+PICTURE_HASH_PART = 1024
+
+
 class CandidateSearches:
     """Mixed into ``pairs.PairMatcher``: its candidate searches by signal."""
 
@@ -145,11 +150,16 @@ class CandidateSearches:
         that mostly hold the GIL: on two worker threads it took longer than on
         one (hard eval half, 1,302 images: 3.3-3.8 s against 2.7 s), so it
         runs in the worker processes (``_processes``) or on this thread."""
-        if len(ids) >= PROCESS_BATCH and self._processes is not None:
-            thumbs = [(i, lf[1]) for i in ids if (lf := self.cache.get(i)) is not None]
-            return {i: h for (i, _), h in zip(thumbs, self._in_processes(_picture_hashes_many,
-                                                                         thumbs)) if len(h)}
         out = {}
+        if len(ids) >= PROCESS_BATCH and self._processes is not None:
+            # In parts: the thumbnails of all images at once (and their
+            # pickled copies for the processes) took about 16 KB per image.
+            for start in range(0, len(ids), PICTURE_HASH_PART):
+                thumbs = [(i, lf[1]) for i in ids[start:start + PICTURE_HASH_PART]
+                          if (lf := self.cache.get(i)) is not None]
+                out.update((i, h) for (i, _), h in zip(
+                    thumbs, self._in_processes(_picture_hashes_many, thumbs)) if len(h))
+            return out
         for start in range(0, len(ids), 512):
             checkpoint()
             for i in ids[start:start + 512]:
