@@ -175,6 +175,31 @@ def test_framed_pairs_pair_a_recapture_with_its_original_only():
 
 
 
+def test_framed_pairs_searched_in_parts_find_what_one_search_finds(monkeypatch):
+    """``framed_pairs`` searches its query rows in parts (to bound the memory
+    of the answers): the pairs and their distances are one search's."""
+    from matchkit.match import framed
+    from matchkit.index.hamming import HammingIndex
+
+    rng = np.random.default_rng(3)
+    centre = rng.random(256) < 0.5
+
+    def near(shape, flip):
+        return np.packbits(centre ^ (rng.random((*shape, 256)) < flip), axis=-1)
+
+    n = 80
+    plain = {i: near((8,), 0.12 if i % 3 else 0.3) for i in range(n)}
+    pictures = {i: near((2, 8), 0.12) for i in range(0, n, 2)}
+    index = HammingIndex(256, threads=1)
+    index.add(np.arange(n), np.stack([plain[i][0] for i in range(n)]))
+    allowed = set(range(n)) - {5}
+    whole = framed.framed_pairs(index, pictures, plain, list(range(n)), allowed)
+    monkeypatch.setattr(framed, "SEARCH_ROWS", 7)
+    parts = framed.framed_pairs(index, pictures, plain, list(range(n)), allowed)
+    assert sum(len(v) for v in whole.values()) > n
+    assert parts == whole and list(parts) == list(whole)
+
+
 def test_a_dense_agreeing_picture_of_any_size_backs_a_join_but_proves_no_copy():
     from matchkit.signals.local import Overlap
     from matchkit.match.picture import DENSE_INLIERS, dense_picture, picture_proves_copy

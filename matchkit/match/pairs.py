@@ -78,6 +78,8 @@ from matchkit.match.searches import (  # noqa: F401  (re-exported)
 
 
 VERIFY_BATCH = 512
+#: Candidate pairs whose global evidence ``PairMatcher.global_evidence`` measures at once.
+EVIDENCE_PART = 8192
 
 
 class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools):
@@ -156,40 +158,46 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         # Known copies (same file bytes) have nothing to measure.
         todo = [(a, b, d) for (a, b), d in sorted(pairs.items())
                 if same is None or same.get(a, a) != same.get(b, b)]
-        # Global evidence of all pairs at once (tens of thousands of pairs).
-        dists, variants_ab = dihedral_match_many(
-            np.array([plain[a] for a, _, _ in todo]).reshape(-1, 8, PHASH_BITS // 8),
-            np.array([plain[b][0] for _, b, _ in todo]).reshape(-1, PHASH_BITS // 8))
+        # Global evidence of many pairs at once (tens of thousands of pairs),
+        # in parts: the arrays of every pair's hashes and colours at once
+        # grew with the collection (the Ray driver's RSS rose by 54 MiB over
+        # this step at 10,000 images).
+        hists = np.array(list(colours.values())).reshape(-1, BINS)
         row = {i: r for r, i in enumerate(colours)}
-        sims = histogram_similarities(np.array(list(colours.values())).reshape(-1, BINS),
-                                      [row[a] for a, _, _ in todo], [row[b] for _, b, _ in todo])
-        colour_of = colour_evidence_many([(a, b) for a, b, _ in todo], colours,
-                                         self._colour_facts)
-        for (a, b, d), best, variant, sim, facts in zip(todo, dists.tolist(), variants_ab.tolist(),
-                                                        sims.tolist(), colour_of):
-            ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
-            if variant in REFLECTIONS:
-                ev.extra["reflect"] = True
-            if variant:
-                ev.extra["dihedral"] = variant  # turned or mirrored: an edit
-            record_colour(ev, facts)  # (``colour_evidence``, for all pairs at once)
-            self.mark_redrawn(ev)
-            if sim < LIGHT_DARK_COLOUR:
-                lightness_evidence(ev, self.lightness(a), self.lightness(b))
-            if a in self.vectors and b in self.vectors:
-                ev.cosine = float(self.vectors[a] @ self.vectors[b])
-            if a in self.templated or b in self.templated:
-                ev.extra["template"] = True  # the frame is shared; only content may decide
-            elif calibrator is None:
-                ev.rule = hash_rule(ev, self.crowd, settings)
-                if ev.rule and self.thumbnails_refute(ev):
-                    ev.rule = ""
-                if not ev.rule:
-                    self.frames_rule(ev)
-                ev.rule = ev.rule or embedding_rule(ev, settings)
-            mark_verifiable(ev, top, settings, self.pair_crowd(ev))
-            if self.keep_refused or calibrator is not None or not self._refused(ev):
-                evidence.append(ev)
+        for start in range(0, len(todo), EVIDENCE_PART):
+            part = todo[start:start + EVIDENCE_PART]
+            dists, variants_ab = dihedral_match_many(
+                np.array([plain[a] for a, _, _ in part]).reshape(-1, 8, PHASH_BITS // 8),
+                np.array([plain[b][0] for _, b, _ in part]).reshape(-1, PHASH_BITS // 8))
+            sims = histogram_similarities(hists, [row[a] for a, _, _ in part],
+                                          [row[b] for _, b, _ in part])
+            colour_of = colour_evidence_many([(a, b) for a, b, _ in part], colours,
+                                             self._colour_facts)
+            for (a, b, d), best, variant, sim, facts in zip(
+                    part, dists.tolist(), variants_ab.tolist(), sims.tolist(), colour_of):
+                ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
+                if variant in REFLECTIONS:
+                    ev.extra["reflect"] = True
+                if variant:
+                    ev.extra["dihedral"] = variant  # turned or mirrored: an edit
+                record_colour(ev, facts)  # (``colour_evidence``, for all pairs at once)
+                self.mark_redrawn(ev)
+                if sim < LIGHT_DARK_COLOUR:
+                    lightness_evidence(ev, self.lightness(a), self.lightness(b))
+                if a in self.vectors and b in self.vectors:
+                    ev.cosine = float(self.vectors[a] @ self.vectors[b])
+                if a in self.templated or b in self.templated:
+                    ev.extra["template"] = True  # the frame is shared; only content may decide
+                elif calibrator is None:
+                    ev.rule = hash_rule(ev, self.crowd, settings)
+                    if ev.rule and self.thumbnails_refute(ev):
+                        ev.rule = ""
+                    if not ev.rule:
+                        self.frames_rule(ev)
+                    ev.rule = ev.rule or embedding_rule(ev, settings)
+                mark_verifiable(ev, top, settings, self.pair_crowd(ev))
+                if self.keep_refused or calibrator is not None or not self._refused(ev):
+                    evidence.append(ev)
         self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence])
         if calibrator is None:
             for ev in evidence:

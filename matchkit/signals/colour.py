@@ -54,19 +54,27 @@ def histogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
 def histogram_similarities(hists: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
                            chunk: int = 2048) -> np.ndarray:
     """:func:`histogram_similarity` of ``hists[rows_a[k]]`` and ``hists[rows_b[k]]``
-    for every k: many pairs over few images, normalised once, in bounded memory
-    (parts of ``chunk`` pairs, 8 MiB each, the minimum taken in place: fresh
-    arrays of 8,192 pairs cost 4x the time in page faults)."""
-    h = np.asarray(hists, np.float64).reshape(-1, BINS)
-    total = h.sum(axis=1, keepdims=True)
-    h = np.where(total > 0, h / np.where(total > 0, total, 1), np.nan)  # empty: similarity 0
+    for every k, in bounded memory: parts of ``chunk`` pairs (8 MiB each, the
+    minimum taken in place: fresh arrays of 8,192 pairs cost 4x the time in
+    page faults), each row normalised as it is needed. (Normalising every
+    image once, as float64, held 8 KB per image of a whole collection's
+    histograms at once; a row's values are the same either way.)"""
+    h = np.asarray(hists).reshape(-1, BINS)
     rows_a, rows_b = np.asarray(rows_a, np.int64), np.asarray(rows_b, np.int64)
     out = np.empty(len(rows_a))
     for s in range(0, len(rows_a), chunk):
-        part = h[rows_a[s:s + chunk]]
-        np.minimum(part, h[rows_b[s:s + chunk]], out=part)
+        part = _normalised(h[rows_a[s:s + chunk]])
+        np.minimum(part, _normalised(h[rows_b[s:s + chunk]]), out=part)
         out[s:s + chunk] = part.sum(axis=1)
     return np.nan_to_num(out, nan=0.0)
+
+
+def _normalised(rows: np.ndarray) -> np.ndarray:
+    """Histogram rows as float64 shares of their total (NaN for an empty
+    one, whose similarity is then 0)."""
+    rows = np.asarray(rows, np.float64)
+    total = rows.sum(axis=1, keepdims=True)
+    return np.where(total > 0, rows / np.where(total > 0, total, 1), np.nan)
 
 
 # -- the colour signal ---------------------------------------------------------
