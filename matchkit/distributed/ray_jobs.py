@@ -70,7 +70,6 @@ from matchkit.config import Settings
 from matchkit.features import CRASH_HOOK_ENV
 from matchkit.store.gallery import DB_NAME, AddReport, GalleryError
 from matchkit.io.load import ImageLoadError
-from matchkit.match.content import _LocalCache
 from matchkit.match.pairs import PairEvidence, PairMatcher
 from matchkit.store.shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
                                    read_manifest, route, stat_files)
@@ -115,15 +114,12 @@ class RayPairMatcher(PairMatcher):
     pairs refused outright (``PairMatcher.keep_refused``)."""
 
     keep_refused = False
+    cache_size = DRIVER_CACHE
 
     def __init__(self, run: "RayRun", ids: list[int], settings: Settings,
                  same: dict[int, int] | None = None, calibrator=None):
         self.run = run
         super().__init__(run.gallery, ids, settings, same, calibrator)
-
-    def _setup(self, gallery, ids: list[int], settings: Settings, calibrator) -> None:
-        super()._setup(gallery, ids, settings, calibrator)
-        self.cache = _LocalCache(gallery, DRIVER_CACHE)
 
     def verify(self, todo: list[PairEvidence]) -> None:
         ray, run = _ray(), self.run

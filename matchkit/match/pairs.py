@@ -102,6 +102,8 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
     #: their decisions). Clustering never looks at them: a matcher that holds
     #: many images' pairs in memory (the Ray driver) drops them.
     keep_refused: bool = True
+    #: Images whose stored features ``cache`` keeps (``content._LocalCache``).
+    cache_size: int = 4096
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
                  same: dict[int, int] | None = None, calibrator=None):
@@ -115,7 +117,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
         self.calibrator = calibrator
         self.gallery = gallery
-        self.cache = _LocalCache(gallery)
+        self.cache = _LocalCache(gallery, self.cache_size)
         self.templated: dict[int, LocalFeatures] = {}
         #: Content masks (thumbnail pixels): template content or the area inside
         #: flat borders; None for images that are content edge to edge. Kept
@@ -208,7 +210,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         for ev in evidence:
             ev.pending = ev.extra["verifiable"] and not ev.rule
         if not self.keep_refused:
-            evidence = [ev for ev in evidence if ev.pending or not self._refused(ev)]
+            evidence = [ev for ev in evidence if not self._refused(ev)]
         return evidence
 
     def _refused(self, ev: PairEvidence) -> bool:
