@@ -27,3 +27,23 @@ def test_a_mask_read_is_its_own_array():
     assert 1 not in masks
     with pytest.raises(ValueError):
         masks[2] = np.ones(3, bool)
+
+
+def test_near_lists_read_as_the_dict_of_lists_they_hold():
+    """``NearLists`` (the pHash search's neighbour lists as arrays) gives
+    back each key's list, keeps insertion order, and a key added again
+    takes its new list, whether parts come as arrays, dicts or another
+    ``NearLists``."""
+    from matchkit.util.arrays import NearLists
+
+    want = {7: [(3, 0), (9, 4)], 2: [], 5: [(7, 12)]}
+    near = NearLists(want)
+    assert near == want and list(near) == [7, 2, 5] and len(near) == 3
+    assert near.get(2) == [] and near.get(4) is None and 5 in near and 4 not in near
+    more = NearLists()
+    more.add([5, 11], np.array([0, 1]), np.array([1, 3]), np.array([8, 1, 2]),
+             np.array([1, 2, 3]))
+    near.update(more)
+    assert near[5] == [(8, 1)] and near[11] == [(1, 2), (2, 3)] and near[7] == want[7]
+    assert all(type(x) is int for pair in near[11] for x in pair)
+    assert {**near} == {7: [(3, 0), (9, 4)], 2: [], 5: [(8, 1)], 11: [(1, 2), (2, 3)]}

@@ -10,12 +10,12 @@ bounded number of kNN queries.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from matchkit.util.arrays import unique
+from matchkit.util.arrays import NearLists, unique
 from matchkit.util.checkpoint import checkpoint
 from matchkit.index.hamming import HammingIndex
 
@@ -32,8 +32,9 @@ class Candidates:
     #: "crowd" distance). Small for images in dense regions of hash space:
     #: document scans, screenshots, photos padded onto the same canvas.
     crowd: dict[int, int] = field(default_factory=dict)
-    #: id -> its ``neighbours`` nearest other images as (id, distance), nearest first.
-    nearest: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    #: id -> its ``neighbours`` nearest other images as (id, distance), nearest
+    #: first (a ``NearLists``, or a dict of lists where read back from records).
+    nearest: Mapping[int, list[tuple[int, int]]] = field(default_factory=NearLists)
     #: With ``per_owner``: query id -> {other id: distance} of the pairs its own
     #: search found (``pairs`` is their union, smallest distance); what an
     #: incremental run stores per image and combines again.
@@ -171,7 +172,7 @@ def _by_distance_then_id(item: tuple[int, int]) -> tuple[int, int]:
 
 
 def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
-           nbits: int) -> tuple[dict[int, int], dict[int, list[tuple[int, int]]]]:
+           nbits: int) -> tuple[dict[int, int], NearLists]:
     """Distance from each owner to its k-th nearest other image, over all variants,
     and its k nearest other images (equal distances in id order).
 
@@ -197,13 +198,13 @@ def _crowd(owners: np.ndarray, keys: np.ndarray, dists: np.ndarray, k: int,
     keep = rank < k
     o, kk, dd, rank = o[keep], kk[keep], dd[keep], rank[keep]
     crowd = dict.fromkeys(np.asarray(owners).tolist(), nbits)
-    order: dict[int, list[tuple[int, int]]] = {owner: [] for owner in crowd}
     last = rank == k - 1
     crowd.update(zip(o[last].tolist(), dd[last].tolist()))
-    pairs = list(zip(kk.tolist(), dd.tolist()))
-    bounds = np.flatnonzero(np.r_[True, o[1:] != o[:-1], True]).tolist() if len(o) else [0]
-    for start, end in zip(bounds, bounds[1:]):
-        order[int(o[start])] = pairs[start:end]
+    # (``o`` is sorted: each owner's neighbours lie between these bounds.)
+    keys = np.fromiter(crowd, np.int64, len(crowd))
+    order = NearLists()
+    order.add(list(crowd), np.searchsorted(o, keys, "left"), np.searchsorted(o, keys, "right"),
+              kk, dd)
     return crowd, order
 
 
