@@ -311,11 +311,27 @@ def test_leftover_image_joins_a_cluster_it_matches_through_a_member(tmp_path):
     assert {frozenset((x, k)), frozenset((y, k))} <= asked  # compared afresh
 
 
+def _clusters_with(g, ids, cls):
+    """Clusters (keeper, members, each pair's relation and evidence) that
+    ``find_clusters`` makes of ``ids`` with matcher class ``cls``, and the
+    matcher's evidence."""
+    from matchkit.jobs.dedupe import find_clusters
+
+    made = []
+
+    def make(visible, same):
+        made.append(cls(g, visible, Settings(), same))
+        return made[-1]
+
+    clusters, _, _ = find_clusters(g, ids, Settings(), make_matcher=make)
+    return ([(c.keep, sorted(c.members), sorted((p.a, p.b, p.relation) for p in c.pairs),
+              [p.evidence for p in c.pairs]) for c in clusters], made[0].evidence)
+
+
 def test_a_matcher_dropping_refused_pairs_clusters_the_same(photo_dir):
     """``PairMatcher.keep_refused = False`` (the Ray driver's matcher) keeps
     only the pairs clustering can use; the clusters, keepers and relations
     are those of a matcher that keeps every pair."""
-    from matchkit.jobs.dedupe import find_clusters
     from matchkit.match.pairs import PairMatcher
 
     for seed in range(5, 13):  # unrelated photos: candidates refused outright
@@ -324,21 +340,38 @@ def test_a_matcher_dropping_refused_pairs_clusters_the_same(photo_dir):
     class Dropping(PairMatcher):
         keep_refused = False
 
-    def run(cls):
-        made = []
-
-        def make(visible, same):
-            made.append(cls(g, visible, Settings(), same))
-            return made[-1]
-
-        clusters, _, _ = find_clusters(g, added.ids, Settings(), make_matcher=make)
-        return ([(c.keep, sorted(c.members), sorted((p.a, p.b, p.relation) for p in c.pairs))
-                 for c in clusters], made[0].evidence)
-
     with Gallery(photo_dir.parent / "g", Settings()) as g:
         added = g.add(sorted(str(p) for p in photo_dir.rglob("*.*")))
-        kept, every = run(PairMatcher)
-        dropped, few = run(Dropping)
+        kept, every = _clusters_with(g, added.ids, PairMatcher)
+        dropped, few = _clusters_with(g, added.ids, Dropping)
     assert dropped == kept and len(kept) == 2
     assert 0 < len(few) < len(every)
     assert all(ev.rule or ev.pending or ev.extra.get("verifiable") for ev in few)
+
+
+def test_a_matcher_forgetting_refused_pairs_clusters_the_same(photo_dir):
+    """``evidence.forget_refused`` after each verification (what the Ray
+    driver keeps of a pair its tasks verified and refused) leaves the
+    clusters, keepers and relations as they were, and refused pairs hold
+    only ``REFUSED_KEEPS``, no inlier points or transform."""
+    from matchkit.match.evidence import REFUSED_KEEPS, forget_refused
+    from matchkit.match.pairs import PairMatcher
+
+    for seed in range(5, 13):
+        make_photo(seed).save(photo_dir / f"other{seed}.jpg", quality=90)
+
+    class Forgetting(PairMatcher):
+        def verify(self, todo):
+            todo = list(todo)
+            super().verify(todo)
+            for ev in todo:
+                forget_refused(ev)
+
+    with Gallery(photo_dir.parent / "g", Settings()) as g:
+        added = g.add(sorted(str(p) for p in photo_dir.rglob("*.*")))
+        kept, _ = _clusters_with(g, added.ids, PairMatcher)
+        forgot, evidence = _clusters_with(g, added.ids, Forgetting)
+    assert forgot == kept and len(kept) == 2
+    refused = [ev for ev in evidence if ev.verification is not None and not ev.rule]
+    assert refused and all(set(ev.extra) <= set(REFUSED_KEEPS) for ev in refused)
+    assert all(not ev.verification.points and not ev.verification.transform for ev in refused)

@@ -70,6 +70,7 @@ from matchkit.config import Settings
 from matchkit.features import CRASH_HOOK_ENV
 from matchkit.store.gallery import DB_NAME, AddReport, GalleryError
 from matchkit.io.load import ImageLoadError
+from matchkit.match.evidence import forget_refused
 from matchkit.match.pairs import PairEvidence, PairMatcher
 from matchkit.store.shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
                                    read_manifest, route, stat_files)
@@ -110,8 +111,9 @@ DRIVER_CACHE = 512
 
 class RayPairMatcher(PairMatcher):
     """``PairMatcher`` whose local verification runs in Ray tasks. It holds
-    less than a one-machine matcher: a small feature cache and no evidence of
-    pairs refused outright (``PairMatcher.keep_refused``)."""
+    less than a one-machine matcher: a small feature cache, no evidence of
+    pairs refused outright (``PairMatcher.keep_refused``) and only what
+    clustering reads of pairs verified and refused (``forget_refused``)."""
 
     keep_refused = False
     cache_size = DRIVER_CACHE
@@ -153,7 +155,7 @@ class RayPairMatcher(PairMatcher):
         for chunk_start, ref, sent in zip(starts, refs, sizes):
             done, node, read = ray.get(ref)
             for ev, new in zip(todo[chunk_start:chunk_start + size], done):
-                ev.__dict__.update(new.__dict__)
+                ev.take(new)
             run.work.add(node, "pairs_verified", len(done))
             run.work.add(node, "features_read_bytes", read)
             shipped = sent + len(pickle.dumps(done, protocol=5))
@@ -163,6 +165,8 @@ class RayPairMatcher(PairMatcher):
         if self.calibrator is not None:
             for start in range(0, len(todo), 512):
                 self.decide(todo[start:start + 512], "local")
+            for ev in todo:
+                forget_refused(ev)
 
 
 class RayRun:

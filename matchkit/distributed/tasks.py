@@ -25,6 +25,7 @@ from matchkit.features import extract_many
 from matchkit.store.gallery import AddReport, read_local_features
 from matchkit.io.load import ImageLoadError
 from matchkit.signals.hashing import file_digest
+from matchkit.match.evidence import forget_refused
 from matchkit.match.pairs import PairEvidence, thumb_content_mask, verify_stored
 from matchkit.store.shards import merge_report, place, route, shard_of
 from matchkit.distributed.connect import _node, _ray
@@ -119,6 +120,8 @@ def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict
     for n, ev in enumerate(evidence):
         verify_stored(ev, feats[ev.a], feats[ev.b], mask(ev.a), mask(ev.b), templated, settings,
                       hand_rules, crowd=None if crowds is None else crowds[n])
+        if hand_rules:  # (a refused pair's details are neither sent back nor held)
+            forget_refused(ev)
     _kill_once("verify")
     return evidence, _node(), read
 

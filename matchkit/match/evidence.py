@@ -37,7 +37,7 @@ SAME_PIXELS_MAX_DIFF = 12
 SAME_PIXELS_OUTLIERS = 16
 
 
-@dataclass
+@dataclass(slots=True)
 class PairEvidence:
     """Everything measured about one candidate pair (ids a < b)."""
 
@@ -61,6 +61,12 @@ class PairEvidence:
     @property
     def inliers(self) -> int:
         return self.verification.inliers if self.verification else 0
+
+    def take(self, other: "PairEvidence") -> None:
+        """Become ``other`` (the same pair measured elsewhere, as a Ray task
+        returns it) in place: clustering holds this object in several lists."""
+        for name in self.__slots__:
+            setattr(self, name, getattr(other, name))
 
     def score(self) -> float:
         """The calibrated P(duplicate) when a profile decided the pair, else a
@@ -282,6 +288,26 @@ def local_rule(ev: PairEvidence, settings: Settings) -> str:
     ev.extra["min_correlation"] = settings.min_overlap_correlation
     ev.extra["relation"] = kind = relation_of(ev)
     return "local" if kind is not None and in_level(kind, settings.level) else ""
+
+
+#: What clustering reads of a pair it verified and refused
+#: (``jobs.dedupe_clusters``): whether the mirrored look was tried and, for a
+#: pair refused as sharing a part only, its relation (None) and picture
+#: comparison (``supports``, with the inlier count).
+REFUSED_KEEPS = ("mirror_tried", "relation", "picture")
+
+
+def forget_refused(ev: PairEvidence) -> None:
+    """Keep of a pair verified and refused only what clustering reads of it.
+    A matcher that holds every pair of a large run (the Ray driver) held
+    about 1 KB a pair, most of them refused; reports describe and draw
+    matched pairs only. Pending and matched pairs are left as they are."""
+    if ev.rule or ev.pending:
+        return
+    ev.extra = {k: ev.extra[k] for k in REFUSED_KEEPS if k in ev.extra}
+    v = ev.verification
+    if v is not None:  # (empty tuples, shared: no lists a refused pair never fills)
+        ev.verification = Verification(v.matches, v.inliers, (), v.mirrored, (), ())
 
 
 def icon_rule(ev: PairEvidence, decider: IconDecider, settings: Settings) -> None:

@@ -123,7 +123,7 @@ def extract_local(grey: np.ndarray, n_features: int = 500, *,
     return LocalFeatures(xy, np.ascontiguousarray(desc[order]), w, h, level)
 
 
-@dataclass
+@dataclass(slots=True)
 class Verification:
     """Outcome of matching two images' keypoints under one similarity transform."""
 

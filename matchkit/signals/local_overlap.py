@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 
-@dataclass
+@dataclass(slots=True)
 class Overlap:
     """How the aligned pixels of two images compare where they overlap."""
 
