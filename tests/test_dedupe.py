@@ -375,3 +375,22 @@ def test_a_matcher_forgetting_refused_pairs_clusters_the_same(photo_dir):
     refused = [ev for ev in evidence if ev.verification is not None and not ev.rule]
     assert refused and all(set(ev.extra) <= set(REFUSED_KEEPS) for ev in refused)
     assert all(not ev.verification.points and not ev.verification.transform for ev in refused)
+
+
+def test_colour_table_holds_the_stored_histograms_read_in_parts(photo_dir, monkeypatch):
+    """``pairs.colour_table`` (the global evidence's colour histograms, read
+    a part of the images at a time) gives each image's stored histogram,
+    whatever the part size."""
+    import numpy as np
+
+    from matchkit.match import pairs as pairs_mod
+
+    with Gallery(photo_dir.parent / "g", Settings()) as g:
+        ids = g.add(sorted(str(p) for p in photo_dir.rglob("*.*"))).ids
+        want = g.colours(ids)
+        for part in (1, 3, 4096):
+            monkeypatch.setattr(pairs_mod, "COLOUR_PART", part)
+            table, row = pairs_mod.colour_table(g, sorted(ids) + [10**6])  # (one without)
+            assert sorted(row) == sorted(want) and len(table) == len(want)
+            assert all(table.dtype == want[i].dtype and np.array_equal(table[row[i]], want[i])
+                       for i in want)

@@ -78,6 +78,24 @@ from matchkit.match.searches import (  # noqa: F401  (re-exported)
 
 
 VERIFY_BATCH = 512
+#: Images whose colour histograms ``colour_table`` reads at once.
+COLOUR_PART = 2048
+
+
+def colour_table(gallery: Gallery, ids: list[int]) -> tuple[np.ndarray, dict[int, int]]:
+    """The colour histograms of those of ``ids`` that have one, as the rows
+    of one array (uint32, ``BINS`` a row), and each image's row. Read in
+    parts: every image's histogram in a dict and then a stacked copy of them
+    (4 KB an image at once, with the stored blobs) were the Ray driver's
+    peak, 57 MiB over this step at 10,000 images."""
+    out = np.zeros((len(ids), BINS), "<u4")
+    row: dict[int, int] = {}
+    for start in range(0, len(ids), COLOUR_PART):
+        for i, h in gallery.colours(ids[start:start + COLOUR_PART]).items():
+            out[len(row)] = h
+            row[i] = len(row)
+    return out[:len(row)], row
+
 #: Candidate pairs whose global evidence ``PairMatcher.global_evidence`` measures at once.
 EVIDENCE_PART = 8192
 
@@ -155,7 +173,8 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         marked ``pending`` where local verification is still worth doing.
         ``self.crowd`` and ``self.templated`` must be known for the pairs' images."""
         settings, plain, calibrator = self.settings, self.plain, self.calibrator
-        colours = self.gallery.colours(sorted({i for pair in pairs for i in pair}))
+        hists, row = colour_table(self.gallery, sorted({i for pair in pairs for i in pair}))
+        colours = {i: hists[r] for i, r in row.items()}  # (views of its rows)
         evidence: list[PairEvidence] = []
         # Known copies (same file bytes) have nothing to measure.
         todo = [(a, b, d) for (a, b), d in sorted(pairs.items())
@@ -164,8 +183,6 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         # in parts: the arrays of every pair's hashes and colours at once
         # grew with the collection (the Ray driver's RSS rose by 54 MiB over
         # this step at 10,000 images).
-        hists = np.array(list(colours.values())).reshape(-1, BINS)
-        row = {i: r for r, i in enumerate(colours)}
         for start in range(0, len(todo), EVIDENCE_PART):
             part = todo[start:start + EVIDENCE_PART]
             dists, variants_ab = dihedral_match_many(
