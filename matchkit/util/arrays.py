@@ -124,19 +124,20 @@ class NearLists(Mapping):
             self._at[key] = (part, start, end)
 
     def update(self, items=()) -> None:
-        if isinstance(items, NearLists):
-            for part, (others, dists) in enumerate(items._parts):
-                mine = [(k, at) for k, at in items._at.items() if at[0] == part]
-                self.add([k for k, _ in mine], [at[1] for _, at in mine],
-                         [at[2] for _, at in mine], others, dists)
+        if isinstance(items, NearLists):  # (its parts' arrays shared, one pass over its keys)
+            by_part: dict[int, list] = {}
+            for key, (part, start, end) in items._at.items():
+                by_part.setdefault(part, []).append((key, start, end))
+            for part, rows in by_part.items():
+                keys, starts, ends = zip(*rows)
+                self.add(keys, starts, ends, *items._parts[part])
             return
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         if pairs:
-            ends = np.cumsum([len(v) for _, v in pairs])
-            flat = [x for _, v in pairs for x in v]
-            arr = np.asarray(flat, np.int64).reshape(-1, 2)
-            self.add([k for k, _ in pairs], ends - [len(v) for _, v in pairs], ends,
-                     arr[:, 0], arr[:, 1])
+            lengths = np.array([len(v) for _, v in pairs], np.int64)
+            ends = np.cumsum(lengths)
+            flat = np.asarray([x for _, v in pairs for x in v], np.int64).reshape(-1, 2)
+            self.add([k for k, _ in pairs], ends - lengths, ends, flat[:, 0], flat[:, 1])
 
     def __getitem__(self, key) -> list[tuple[int, int]]:
         part, start, end = self._at[key]
