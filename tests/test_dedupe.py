@@ -392,5 +392,56 @@ def test_colour_table_holds_the_stored_histograms_read_in_parts(photo_dir, monke
             monkeypatch.setattr(pairs_mod, "COLOUR_PART", part)
             table, row = pairs_mod.colour_table(g, sorted(ids) + [10**6])  # (one without)
             assert sorted(row) == sorted(want) and len(table) == len(want)
-            assert all(table.dtype == want[i].dtype and np.array_equal(table[row[i]], want[i])
-                       for i in want)
+            assert table.dtype == np.uint16  # (a hash thumbnail's counts fit 16 bits)
+            assert all(np.array_equal(table[row[i]], want[i]) for i in want)
+            rows = pairs_mod._TableRows(table, row)
+            assert all(rows[i].dtype == want[i].dtype and np.array_equal(rows[i], want[i])
+                       for i in want) and 10**6 not in rows and len(rows) == len(want)
+
+
+def test_colour_table_widens_to_32_bits_for_counts_past_16():
+    """Counts past 65,535 (``hash_side`` above 255) make the table uint32,
+    whichever part they come in, and no count is cut."""
+    import numpy as np
+
+    from matchkit.match import pairs as pairs_mod
+    from matchkit.signals.colour import BINS
+
+    big = np.zeros(BINS, "<u4")
+    big[5] = 70_000
+    small = np.arange(BINS, dtype="<u4")
+
+    class Store:
+        def colours(self, ids):
+            return {i: (big if i == 3 else small) for i in ids}
+
+    for part in (1, 2, 8):
+        pairs_mod.COLOUR_PART, keep = part, pairs_mod.COLOUR_PART
+        try:
+            table, row = pairs_mod.colour_table(Store(), [1, 2, 3, 4])
+        finally:
+            pairs_mod.COLOUR_PART = keep
+        assert table.dtype == np.uint32 and table[row[3], 5] == 70_000
+        assert all(np.array_equal(table[row[i]], small) for i in (1, 2, 4))
+
+
+def test_pair_arrays_are_the_sorted_pairs_without_known_copies():
+    """``pairs._pair_arrays`` gives the pairs in (a, b) order with their
+    distances, dropping pairs of images ``same`` maps together."""
+    import random
+
+    from matchkit.match.pairs import _pair_arrays
+
+    rng = random.Random(4)
+    pairs = {}
+    while len(pairs) < 300:
+        a, b = sorted(rng.sample(range(1, 80), 2))
+        pairs[(a, b)] = rng.randint(-1, 60)
+    same = {i: i - i % 3 for i in range(1, 80, 2)}
+    for known in (None, same, {}):
+        first, second, dist = _pair_arrays(pairs, known)
+        want = [(a, b, d) for (a, b), d in sorted(pairs.items())
+                if known is None or known.get(a, a) != known.get(b, b)]
+        assert list(zip(first.tolist(), second.tolist(), dist.tolist())) == want
+        assert len(want) < len(pairs) if known else len(want) == len(pairs)
+    assert [len(x) for x in _pair_arrays({}, same)] == [0, 0, 0]

@@ -18,6 +18,8 @@ Their names are imported back here, so older imports keep working.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from matchkit.match import candidates as _candidates  # noqa: F401  (old paths)
@@ -86,17 +88,61 @@ COLOUR_PART = 2048
 
 def colour_table(gallery: Gallery, ids: list[int]) -> tuple[np.ndarray, dict[int, int]]:
     """The colour histograms of those of ``ids`` that have one, as the rows
-    of one array (uint32, ``BINS`` a row), and each image's row. Read in
-    parts: every image's histogram in a dict beside a stacked copy of them
-    held about 4 KB an image at once (with the Ray driver at 20,000 images,
-    its peak fell from 479.8 to 448.4 MiB without them)."""
-    out = np.zeros((len(ids), BINS), "<u4")
+    of one array (``BINS`` a row), and each image's row. Read in parts: every
+    image's histogram in a dict beside a stacked copy of them held about 4 KB
+    an image at once (with the Ray driver at 20,000 images, its peak fell
+    from 479.8 to 448.4 MiB without them). The counts are of a hash
+    thumbnail's pixels, so they fit 16 bits unless ``hash_side`` is set
+    above 255; the table is uint16 then (1 KB an image), else uint32."""
+    out = np.zeros((len(ids), BINS), "<u2")
     row: dict[int, int] = {}
     for start in range(0, len(ids), COLOUR_PART):
         for i, h in gallery.colours(ids[start:start + COLOUR_PART]).items():
+            if out.dtype.itemsize < 4 and h.max(initial=0) > np.iinfo(out.dtype).max:
+                out = out.astype("<u4")
             out[len(row)] = h
             row[i] = len(row)
     return out[:len(row)], row
+
+
+class _TableRows(Mapping):
+    """``colour_table``'s rows by image id, each as the stored histogram's
+    dtype (uint32) when asked: what ``colour_evidence_many`` reads, without a
+    view object per image held for the whole step."""
+
+    def __init__(self, table: np.ndarray, row: dict[int, int]):
+        self.table, self.row = table, row
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.table[self.row[i]].astype("<u4")
+
+    def __contains__(self, i) -> bool:
+        return i in self.row
+
+    def __iter__(self):
+        return iter(self.row)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def _pair_arrays(pairs: dict[tuple[int, int], int], same: dict[int, int] | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs (a < b -> pHash distance) as three int64 arrays in
+    (a, b) order, without the pairs whose images ``same`` maps to one value
+    (known copies). (A sorted list of (a, b, d) tuples beside the dict's
+    sorted items held about 130 bytes a pair: 133,000 pairs at 20,000 images.)"""
+    n = len(pairs)
+    ab = np.fromiter((i for pair in pairs for i in pair), np.int64, count=2 * n).reshape(n, 2)
+    d = np.fromiter(pairs.values(), np.int64, count=n)
+    if same is not None and n:
+        ids = np.unique(ab)
+        to = np.fromiter((same.get(i, i) for i in ids.tolist()), np.int64, count=len(ids))
+        mapped = to[np.searchsorted(ids, ab)]
+        keep = mapped[:, 0] != mapped[:, 1]
+        ab, d = ab[keep], d[keep]
+    order = np.lexsort((ab[:, 1], ab[:, 0]))
+    return ab[order, 0], ab[order, 1], d[order]
 
 
 class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools):
@@ -173,17 +219,17 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         ``self.crowd`` and ``self.templated`` must be known for the pairs' images."""
         settings, plain, calibrator = self.settings, self.plain, self.calibrator
         hists, row = colour_table(self.gallery, sorted({i for pair in pairs for i in pair}))
-        colours = {i: hists[r] for i, r in row.items()}  # (views of its rows)
+        colours = _TableRows(hists, row)
         evidence: list[PairEvidence] = []
         # Known copies (same file bytes) have nothing to measure.
-        todo = [(a, b, d) for (a, b), d in sorted(pairs.items())
-                if same is None or same.get(a, a) != same.get(b, b)]
+        first, second, distance = _pair_arrays(pairs, same)
         # Global evidence of many pairs at once (tens of thousands of pairs),
         # in parts: the arrays of every pair's hashes and colours at once
         # grew with the collection (the Ray driver's RSS rose by 54 MiB over
         # this step at 10,000 images).
-        for start in range(0, len(todo), EVIDENCE_PART):
-            part = todo[start:start + EVIDENCE_PART]
+        for start in range(0, len(first), EVIDENCE_PART):
+            cut = slice(start, start + EVIDENCE_PART)
+            part = list(zip(first[cut].tolist(), second[cut].tolist(), distance[cut].tolist()))
             dists, variants_ab = dihedral_match_many(
                 np.array([plain[a] for a, _, _ in part]).reshape(-1, 8, PHASH_BITS // 8),
                 np.array([plain[b][0] for _, b, _ in part]).reshape(-1, PHASH_BITS // 8))
