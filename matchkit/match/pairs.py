@@ -203,7 +203,11 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         self.icons: dict = {}
         #: Share of each image's thumbnail that stands out from its background.
         self._marked: dict[int, float] = {}
-        #: Image id -> ``colour_facts`` (ids name the same images for the run).
+        #: Image id -> ``colour_facts`` of the images in pairs found outside
+        #: the candidate search (``evidence_between``; ids name the same
+        #: images for the run). ``global_evidence`` keeps its own for the step:
+        #: kept here, every image's facts stayed for the run (about 460 bytes
+        #: an image: 9.2 MiB of the Ray driver at 20,000 images).
         self._colour_facts: dict[int, tuple] = {}
         #: Thumbnail features of the mirrored look, by image (``ThumbLooks``):
         #: a new image's flipped look serves all its pairs (a 50-image add to
@@ -219,7 +223,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         ``self.crowd`` and ``self.templated`` must be known for the pairs' images."""
         settings, plain, calibrator = self.settings, self.plain, self.calibrator
         hists, row = colour_table(self.gallery, sorted({i for pair in pairs for i in pair}))
-        colours = _TableRows(hists, row)
+        colours, facts_of = _TableRows(hists, row), {}
         evidence: list[PairEvidence] = []
         # Known copies (same file bytes) have nothing to measure.
         first, second, distance = _pair_arrays(pairs, same)
@@ -235,8 +239,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
                 np.array([plain[b][0] for _, b, _ in part]).reshape(-1, PHASH_BITS // 8))
             sims = histogram_similarities(hists, [row[a] for a, _, _ in part],
                                           [row[b] for _, b, _ in part])
-            colour_of = colour_evidence_many([(a, b) for a, b, _ in part], colours,
-                                             self._colour_facts)
+            colour_of = colour_evidence_many([(a, b) for a, b, _ in part], colours, facts_of)
             for (a, b, d), best, variant, sim, facts in zip(
                     part, dists.tolist(), variants_ab.tolist(), sims.tolist(), colour_of):
                 ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
