@@ -149,6 +149,13 @@ class RemoteIndex:
 
         def result():
             arrays = ray.get(ref)
+            # Every part was asked before any answer is read (``MergedIndex``),
+            # so the query is let go here: kept until the next search, the
+            # last one pinned its codes' whole base array (a slice of every
+            # image's picture hashes: about 330 bytes an image on the driver)
+            # and its copy in the object store.
+            if self.sent.get("codes") is codes:
+                self.sent.clear()
             answer = sum(a.nbytes for a in arrays)
             self.stats.add("driver", "answer_bytes", answer)
             if self.node != self.driver_node:
