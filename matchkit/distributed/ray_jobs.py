@@ -72,6 +72,7 @@ from matchkit.store.gallery import DB_NAME, AddReport, GalleryError
 from matchkit.io.load import ImageLoadError
 from matchkit.match.evidence import forget_refused
 from matchkit.match.pairs import PairEvidence, PairMatcher
+from matchkit.util.memory import release_memory
 from matchkit.store.shards import (ShardedGallery, create_sharded, is_sharded, merge_report, plan_files,
                                    read_manifest, route, stat_files)
 from matchkit.distributed.actors import (  # noqa: F401  (re-exported)
@@ -122,6 +123,10 @@ class RayPairMatcher(PairMatcher):
                  same: dict[int, int] | None = None, calibrator=None):
         self.run = run
         super().__init__(run.gallery, ids, settings, same, calibrator)
+        # The searches' and the global evidence's freed memory, handed back
+        # before clustering holds its own (``util.memory``: glibc keeps the
+        # holes between what stays resident otherwise).
+        release_memory()
 
     def verify(self, todo: list[PairEvidence]) -> None:
         ray, run = _ray(), self.run
