@@ -47,3 +47,27 @@ def test_near_lists_read_as_the_dict_of_lists_they_hold():
     assert near[5] == [(8, 1)] and near[11] == [(1, 2), (2, 3)] and near[7] == want[7]
     assert all(type(x) is int for pair in near[11] for x in pair)
     assert {**near} == {7: [(3, 0), (9, 4)], 2: [], 5: [(8, 1)], 11: [(1, 2), (2, 3)]}
+
+
+def test_sparse_rows_give_back_the_dense_rows():
+    """``SparseRows`` keeps only non-zero entries yet gives back any rows,
+    in any order and repeated, equal to the dense ones; widening keeps them."""
+    import numpy as np
+
+    from matchkit.util.arrays import SparseRows
+
+    rng = np.random.default_rng(5)
+    dense = rng.integers(0, 9, (60, 512)) * (rng.random((60, 512)) < 0.1)
+    dense[[0, 17, 59]] = 0  # empty rows, first and last among them
+    table = SparseRows(512, "<u2")
+    for start in (0, 1, 25, 40):
+        table.append(dense[start:{0: 1, 1: 25, 25: 40, 40: 60}[start]])
+    asked = rng.integers(0, 60, 200)
+    got = table.dense(asked)
+    assert got.dtype == np.uint16 and np.array_equal(got, dense[asked])
+    assert len(table) == 60 and table.dense([]).shape == (0, 512)
+    assert table.nbytes < dense.astype(np.uint16).nbytes / 3
+    table.widen("<u4")
+    table.append(np.full((1, 512), 70_000))
+    assert table.dense([60, 3]).dtype == np.uint32
+    assert np.array_equal(table.dense([60, 3]), np.vstack([np.full(512, 70_000), dense[3]]))

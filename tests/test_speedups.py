@@ -18,6 +18,7 @@ from matchkit import Gallery, Settings
 from matchkit import dedupe
 from matchkit.signals.colour import histogram_similarities, histogram_similarity
 from matchkit.signals.hashing import dihedral_match, dihedral_match_many
+from matchkit.util.arrays import SparseRows
 
 from conftest import textured
 
@@ -36,8 +37,11 @@ def test_many_pair_evidence_equals_pair_by_pair():
     ra, rb = rng.integers(0, 12, 40), rng.integers(0, 12, 40)
     ra[0] = 7
     sims = histogram_similarities(hists, ra, rb, chunk=16)
-    for table in (hists, hists.astype(np.uint16), hists.astype(np.uint32)):  # (bit for bit)
-        assert histogram_similarities(table, ra, rb, chunk=16).tolist() == [
+    sparse = SparseRows(512, "<u2")
+    sparse.append(hists[:5])
+    sparse.append(hists[5:])
+    for table in (hists, hists.astype(np.uint16), hists.astype(np.uint32), sparse):
+        assert histogram_similarities(table, ra, rb, chunk=16).tolist() == [  # (bit for bit)
             histogram_similarity(hists[a], hists[b]) for a, b in zip(ra, rb)]
     assert sims[0] == 0.0
     assert histogram_similarities(hists, [], []).shape == (0,)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from matchkit.match import candidates as _candidates  # noqa: F401  (old paths)
-from matchkit.util.arrays import PackedMasks
+from matchkit.util.arrays import PackedMasks, SparseRows
 from matchkit.match.candidates import VoteDetail, phash_candidates, vote_candidates  # noqa: F401  (old paths)
 from matchkit.util.checkpoint import checkpoint, report  # noqa: F401  (old paths)
 from matchkit.signals.colour import BINS, histogram_similarities, histogram_similarity
@@ -86,23 +86,26 @@ EVIDENCE_PART = 8192
 COLOUR_PART = 2048
 
 
-def colour_table(gallery: Gallery, ids: list[int]) -> tuple[np.ndarray, dict[int, int]]:
+def colour_table(gallery: Gallery, ids: list[int]) -> tuple[SparseRows, dict[int, int]]:
     """The colour histograms of those of ``ids`` that have one, as the rows
-    of one array (``BINS`` a row), and each image's row. Read in parts: every
-    image's histogram in a dict beside a stacked copy of them held about 4 KB
-    an image at once (with the Ray driver at 20,000 images, its peak fell
-    from 479.8 to 448.4 MiB without them). The counts are of a hash
-    thumbnail's pixels, so they fit 16 bits unless ``hash_side`` is set
-    above 255; the table is uint16 then (1 KB an image), else uint32."""
-    out = np.zeros((len(ids), BINS), "<u2")
-    row: dict[int, int] = {}
+    of one table (``util.arrays.SparseRows``, ``BINS`` wide), and each
+    image's row. Read in parts, kept sparse: a hash thumbnail fills about 50
+    of the 512 cells, so a row takes about 200 bytes (every image's
+    histogram in a dict beside a stacked copy held about 4 KB an image at
+    once; with the Ray driver at 20,000 images its peak fell from 479.8 to
+    448.4 MiB without them). The counts are of a hash thumbnail's pixels:
+    16 bits hold them unless ``hash_side`` is set above 255 (32 bits then)."""
+    table, row = SparseRows(BINS, "<u2"), {}
     for start in range(0, len(ids), COLOUR_PART):
-        for i, h in gallery.colours(ids[start:start + COLOUR_PART]).items():
-            if out.dtype.itemsize < 4 and h.max(initial=0) > np.iinfo(out.dtype).max:
-                out = out.astype("<u4")
-            out[len(row)] = h
-            row[i] = len(row)
-    return out[:len(row)], row
+        got = gallery.colours(ids[start:start + COLOUR_PART])
+        if not got:
+            continue
+        dense = np.stack(list(got.values()))
+        if table.dtype.itemsize < 4 and dense.max(initial=0) > np.iinfo(table.dtype).max:
+            table.widen("<u4")
+        table.append(dense)
+        row.update((i, len(row)) for i in got)
+    return table, row
 
 
 class _TableRows(Mapping):
@@ -110,11 +113,11 @@ class _TableRows(Mapping):
     dtype (uint32) when asked: what ``colour_evidence_many`` reads, without a
     view object per image held for the whole step."""
 
-    def __init__(self, table: np.ndarray, row: dict[int, int]):
+    def __init__(self, table: SparseRows, row: dict[int, int]):
         self.table, self.row = table, row
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.table[self.row[i]].astype("<u4")
+        return self.table.dense([self.row[i]])[0].astype("<u4")
 
     def __contains__(self, i) -> bool:
         return i in self.row

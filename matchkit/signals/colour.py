@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from matchkit.signals import PairContext, Signal
+from matchkit.util.arrays import SparseRows
 
 LEVELS = 8
 BINS = LEVELS ** 3
@@ -54,17 +55,22 @@ def histogram_similarity(a: np.ndarray, b: np.ndarray) -> float:
 def histogram_similarities(hists: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
                            chunk: int = 512) -> np.ndarray:
     """:func:`histogram_similarity` of ``hists[rows_a[k]]`` and ``hists[rows_b[k]]``
-    for every k, in bounded memory: parts of ``chunk`` pairs (2 MiB an array),
-    each row normalised in place as it is needed. (Parts of 2,048 pairs, with
+    for every k (``hists``: an array of rows or a ``util.arrays.SparseRows``),
+    in bounded memory: parts of ``chunk`` pairs (2 MiB an array), each row
+    normalised in place as it is needed. (Parts of 2,048 pairs, with
     three fresh arrays per normalisation, held about 40 MiB at once at the
     Ray driver's peak; normalising every image once, as float64, held 8 KB
     per image of a whole collection. A row's values are the same either way.)"""
-    h = np.asarray(hists).reshape(-1, BINS)
+    if isinstance(hists, SparseRows):
+        take = hists.dense
+    else:
+        h = np.asarray(hists).reshape(-1, BINS)
+        take = h.__getitem__
     rows_a, rows_b = np.asarray(rows_a, np.int64), np.asarray(rows_b, np.int64)
     out = np.empty(len(rows_a))
     for s in range(0, len(rows_a), chunk):
-        part = _normalised(h[rows_a[s:s + chunk]])
-        np.minimum(part, _normalised(h[rows_b[s:s + chunk]]), out=part)
+        part = _normalised(take(rows_a[s:s + chunk]))
+        np.minimum(part, _normalised(take(rows_b[s:s + chunk])), out=part)
         out[s:s + chunk] = part.sum(axis=1)
     return np.nan_to_num(out, nan=0.0)
 

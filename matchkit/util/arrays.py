@@ -152,3 +152,68 @@ class NearLists(Mapping):
 
     def __len__(self) -> int:
         return len(self._at)
+
+
+class SparseRows:
+    """Rows of counts stored as their non-zero entries (compressed sparse
+    rows), given back dense when asked: a table of colour histograms that
+    a collection's pairs read again and again. A 64x64 thumbnail fills about
+    45-60 of a histogram's 512 cells (scale set and ImageNet sample), so its
+    row takes about 200 bytes here against 1 KB dense in 16 bits.
+
+    ``append(dense)`` adds rows (any integer dtype; the values must fit
+    ``dtype``); ``dense(rows)`` gives those rows as a (len(rows), width)
+    array of ``dtype``, the same values bit for bit."""
+
+    def __init__(self, width: int, dtype="<u4"):
+        self.width, self.dtype = int(width), np.dtype(dtype)
+        self._cols: list[np.ndarray] = []
+        self._vals: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self._frozen: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def append(self, dense: np.ndarray) -> None:
+        dense = np.asarray(dense).reshape(-1, self.width)
+        rows, cols = np.nonzero(dense)
+        self._cols.append(cols.astype(np.uint16 if self.width <= 1 << 16 else np.int64))
+        self._vals.append(dense[rows, cols].astype(self.dtype))
+        self._counts.append(np.bincount(rows, minlength=len(dense)))
+        self._frozen = None
+
+    def widen(self, dtype) -> None:
+        """Hold the values as ``dtype`` from now on (a wider integer type)."""
+        self.dtype = np.dtype(dtype)
+        self._vals = [v.astype(self.dtype) for v in self._vals]
+        self._frozen = None
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._frozen is None:
+            counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
+            starts = np.zeros(len(counts) + 1, np.int64)
+            np.cumsum(counts, out=starts[1:])
+            cols = np.concatenate(self._cols) if self._cols else np.zeros(0, np.uint16)
+            vals = np.concatenate(self._vals) if self._vals else np.zeros(0, self.dtype)
+            self._cols, self._vals, self._counts = [cols], [vals], [counts]
+            self._frozen = starts, cols, vals
+        return self._frozen
+
+    def __len__(self) -> int:
+        return len(self._arrays()[0]) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays())
+
+    def dense(self, rows) -> np.ndarray:
+        starts, cols, vals = self._arrays()
+        rows = np.asarray(rows, np.int64).ravel()
+        out = np.zeros((len(rows), self.width), self.dtype)
+        first, lengths = starts[rows], starts[rows + 1] - starts[rows]
+        total = int(lengths.sum())
+        if total:
+            which = np.repeat(np.arange(len(rows)), lengths)
+            # position of each entry inside its row's run, then in ``cols``
+            offset = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            at = np.repeat(first, lengths) + offset
+            out[which, cols[at].astype(np.int64)] = vals[at]
+        return out
