@@ -377,6 +377,27 @@ def test_a_matcher_forgetting_refused_pairs_clusters_the_same(photo_dir):
     assert all(not ev.verification.points and not ev.verification.transform for ev in refused)
 
 
+def test_matcher_calls_between_steps_after_each_search_step(photo_dir):
+    """``between_steps`` (where the Ray driver's matcher hands freed memory
+    back) runs after the pHash, picture-hash, vote and whole local steps and
+    after the global evidence; the matcher's pairs are the same."""
+    from matchkit.match.pairs import PairMatcher
+
+    calls = []
+
+    class Counting(PairMatcher):
+        def between_steps(self):
+            calls.append(self.evidence if hasattr(self, "evidence") else None)
+
+    with Gallery(photo_dir.parent / "g", Settings()) as g:
+        ids = sorted(g.add(sorted(str(p) for p in photo_dir.rglob("*.*"))).ids)
+        plain = PairMatcher(g, ids, Settings())
+        counted = Counting(g, ids, Settings())
+    assert len(calls) >= 5 and calls[-1] is counted.evidence and calls[0] is None
+    assert [(e.a, e.b, e.rule) for e in counted.evidence] == [
+        (e.a, e.b, e.rule) for e in plain.evidence]
+
+
 def test_colour_table_holds_the_stored_histograms_read_in_parts(photo_dir, monkeypatch):
     """``pairs.colour_table`` (the global evidence's colour histograms, read
     a part of the images at a time) gives each image's stored histogram,

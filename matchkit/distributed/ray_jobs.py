@@ -123,9 +123,12 @@ class RayPairMatcher(PairMatcher):
                  same: dict[int, int] | None = None, calibrator=None):
         self.run = run
         super().__init__(run.gallery, ids, settings, same, calibrator)
-        # The searches' and the global evidence's freed memory, handed back
-        # before clustering holds its own (``util.memory``: glibc keeps the
-        # holes between what stays resident otherwise).
+
+    def between_steps(self) -> None:
+        """Freed heap memory handed back after each search step and the
+        global evidence (``util.memory``: glibc keeps the holes between
+        what stays resident otherwise, and the next step's peak stood on
+        them; one call is tens of milliseconds)."""
         release_memory()
 
     def verify(self, todo: list[PairEvidence]) -> None:

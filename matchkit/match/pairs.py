@@ -176,6 +176,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         self._setup(gallery, ids, settings, calibrator)
         run = self.search_candidates(ids)  # (``searches``: each signal's search)
         self.evidence = self.global_evidence(run.pairs, run.votes, run.top, same)
+        self.between_steps()
 
     def _setup(self, gallery: Gallery, ids: list[int], settings: Settings, calibrator) -> None:
         """What every matcher holds before any pair is looked at."""

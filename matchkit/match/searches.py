@@ -83,7 +83,14 @@ class CandidateSearches:
         run = CandidateRun(ids, set(ids))
         for step in signal_steps(self.SEARCHES, self.settings):
             getattr(self, step)(run)
+            self.between_steps()
         return run
+
+    def between_steps(self) -> None:
+        """Called after each step of the candidate search and after the
+        global evidence; nothing here. (A matcher that holds a whole sharded
+        collection on the Ray driver hands freed heap memory back, so that
+        no step's peak stands on the holes the steps before it left.)"""
 
     def _phash_search(self, run: CandidateRun) -> None:
         settings, ids = self.settings, run.ids
@@ -109,7 +116,9 @@ class CandidateSearches:
         look = [i for i in ids if not unframed(found.nearest.get(i), settings)]
         pictures = self.picture_hashes(look)
         self.templated = closer()
+        self.between_steps()
         run.votes = self.vote_search(ids, run.allowed)
+        self.between_steps()
         for pair in run.votes:
             run.pairs.setdefault(pair, -1)  # distance filled in by the evidence
         self.add_framed(ids, run.allowed, run.pairs, run.top, found.nearest, pictures)
