@@ -67,6 +67,11 @@ def test_sparse_rows_give_back_the_dense_rows():
     assert got.dtype == np.uint16 and np.array_equal(got, dense[asked])
     assert len(table) == 60 and table.dense([]).shape == (0, 512)
     assert table.nbytes < dense.astype(np.uint16).nbytes / 3
+    grown = SparseRows(512, "<u2")  # (a value past 16 bits widens the table itself)
+    grown.append(dense[:2])
+    grown.append(np.full((1, 512), 70_000))
+    assert grown.dtype == np.uint32 and grown.dense([2])[0, 0] == 70_000
+    assert np.array_equal(grown.dense([1]), dense[[1]])
     table.widen("<u4")
     table.append(np.full((1, 512), 70_000))
     assert table.dense([60, 3]).dtype == np.uint32

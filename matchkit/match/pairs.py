@@ -100,10 +100,7 @@ def colour_table(gallery: Gallery, ids: list[int]) -> tuple[SparseRows, dict[int
         got = gallery.colours(ids[start:start + COLOUR_PART])
         if not got:
             continue
-        dense = np.stack(list(got.values()))
-        if table.dtype.itemsize < 4 and dense.max(initial=0) > np.iinfo(table.dtype).max:
-            table.widen("<u4")
-        table.append(dense)
+        table.append(np.stack(list(got.values())))  # (widened to 32 bits if need be)
         row.update((i, len(row)) for i in got)
     return table, row
 
@@ -226,11 +223,11 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         marked ``pending`` where local verification is still worth doing.
         ``self.crowd`` and ``self.templated`` must be known for the pairs' images."""
         settings, plain, calibrator = self.settings, self.plain, self.calibrator
-        hists, row = colour_table(self.gallery, sorted({i for pair in pairs for i in pair}))
-        colours, facts_of = _TableRows(hists, row), {}
-        evidence: list[PairEvidence] = []
         # Known copies (same file bytes) have nothing to measure.
         first, second, distance = _pair_arrays(pairs, same)
+        hists, row = colour_table(self.gallery, np.union1d(first, second).tolist())
+        colours, facts_of = _TableRows(hists, row), {}
+        evidence: list[PairEvidence] = []
         # Global evidence of many pairs at once (tens of thousands of pairs),
         # in parts: the arrays of every pair's hashes and colours at once
         # grew with the collection (the Ray driver's RSS rose by 54 MiB over

@@ -161,9 +161,10 @@ class SparseRows:
     45-60 of a histogram's 512 cells (scale set and ImageNet sample), so its
     row takes about 200 bytes here against 1 KB dense in 16 bits.
 
-    ``append(dense)`` adds rows (any integer dtype; the values must fit
-    ``dtype``); ``dense(rows)`` gives those rows as a (len(rows), width)
-    array of ``dtype``, the same values bit for bit."""
+    ``append(dense)`` adds rows of non-negative integers (the table widens
+    to 32 or 64 bits when a value does not fit ``dtype``); ``dense(rows)``
+    gives those rows as a (len(rows), width) array of ``dtype``, the same
+    values bit for bit."""
 
     def __init__(self, width: int, dtype="<u4"):
         self.width, self.dtype = int(width), np.dtype(dtype)
@@ -175,6 +176,9 @@ class SparseRows:
     def append(self, dense: np.ndarray) -> None:
         dense = np.asarray(dense).reshape(-1, self.width)
         rows, cols = np.nonzero(dense)
+        top = int(dense.max(initial=0))
+        if top > np.iinfo(self.dtype).max:
+            self.widen("<u4" if top <= np.iinfo("<u4").max else "<u8")
         self._cols.append(cols.astype(np.uint16 if self.width <= 1 << 16 else np.int64))
         self._vals.append(dense[rows, cols].astype(self.dtype))
         self._counts.append(np.bincount(rows, minlength=len(dense)))
