@@ -297,7 +297,7 @@ def test_leftover_image_joins_a_cluster_it_matches_through_a_member(tmp_path):
         k, a, b, x, y = (ids[n] for n in "kabxy")
         made = []
 
-        def make(visible, same):
+        def make(visible, same, images=None):
             made.append(_TableMatcher(visible, [(k, a), (k, b), (x, a), (x, k), (y, a)],
                                       [(k, a), (k, b), (x, a), (y, a)]))
             return made[0]
@@ -319,7 +319,7 @@ def _clusters_with(g, ids, cls):
 
     made = []
 
-    def make(visible, same):
+    def make(visible, same, images=None):
         made.append(cls(g, visible, Settings(), same))
         return made[-1]
 

@@ -76,3 +76,43 @@ def test_sparse_rows_give_back_the_dense_rows():
     table.append(np.full((1, 512), 70_000))
     assert table.dense([60, 3]).dtype == np.uint32
     assert np.array_equal(table.dense([60, 3]), np.vstack([np.full(512, 70_000), dense[3]]))
+
+
+@pytest.mark.parametrize("ids", [[3, 4, 5, 6], [9, 2, 40, 7], [0], []])
+def test_id_positions_find_each_id_where_it_was_given(ids):
+    from matchkit.util.arrays import IdPositions
+
+    at = IdPositions(ids)
+    assert len(at) == len(ids)
+    assert [at.position(i) for i in ids] == list(range(len(ids)))
+    for absent in (-1, 1, 8, 41, 10**12, None, "3", 3.0, True):
+        if absent not in ids or isinstance(absent, (bool, float, str)):
+            assert at.position(absent) is None
+    if ids:
+        assert at.positions(ids[::-1]).tolist() == list(range(len(ids)))[::-1]
+    with pytest.raises(KeyError):
+        at.positions([*ids, 1000])
+
+
+def test_id_positions_refuse_repeated_ids():
+    from matchkit.util.arrays import IdPositions
+
+    with pytest.raises(ValueError):
+        IdPositions([4, 2, 4])
+
+
+def test_rows_by_id_read_as_the_dict_of_views_they_replace():
+    from matchkit.util.arrays import RowsById
+
+    rng = np.random.default_rng(3)
+    ids = [12, 5, 30, 6]
+    array = rng.integers(0, 255, (4, 8, 8), dtype=np.uint8)
+    as_dict = {i: array[n] for n, i in enumerate(ids)}
+    rows = RowsById(ids, array)
+    assert list(rows) == ids and len(rows) == 4 and 7 not in rows and rows.get(7) is None
+    for i in ids:
+        assert i in rows and np.array_equal(rows[i], as_dict[i])
+    with pytest.raises(KeyError):
+        rows[7]
+    with pytest.raises(ValueError):
+        RowsById([1, 2], array)

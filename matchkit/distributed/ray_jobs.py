@@ -120,9 +120,9 @@ class RayPairMatcher(PairMatcher):
     cache_size = DRIVER_CACHE
 
     def __init__(self, run: "RayRun", ids: list[int], settings: Settings,
-                 same: dict[int, int] | None = None, calibrator=None):
+                 same: dict[int, int] | None = None, calibrator=None, images=None):
         self.run = run
-        super().__init__(run.gallery, ids, settings, same, calibrator)
+        super().__init__(run.gallery, ids, settings, same, calibrator, images=images)
 
     def between_steps(self) -> None:
         """Freed heap memory handed back after each search step and the
@@ -377,8 +377,8 @@ class RayRun:
 
     def matcher(self, calibrator=None):
         """A ``make_matcher`` for ``dedupe_clusters.find_clusters``."""
-        def make(ids: list[int], same: dict[int, int]) -> RayPairMatcher:
-            return RayPairMatcher(self, ids, self.settings, same, calibrator)
+        def make(ids: list[int], same: dict[int, int], images=None) -> RayPairMatcher:
+            return RayPairMatcher(self, ids, self.settings, same, calibrator, images)
         return make
 
     def stats(self) -> dict:

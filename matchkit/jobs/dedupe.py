@@ -35,10 +35,10 @@ from matchkit.relation import check_level
 from matchkit.signals import configured as configured_signals, shown as signals_shown
 from matchkit.report.dedupe_report import DedupeReport, SkippedFile
 from matchkit.jobs.dedupe_clusters import (  # noqa: F401  (re-exported)
-    GREY_BATCH, JOIN_ASK_ALL, JOIN_MAX_PAIRS, JOIN_MIN_PAIRS, KEEPER_PASSES, _mirrored,
-    _union_same_pixel_blanks, find_clusters)
+    GREY_BATCH, JOIN_ASK_ALL, JOIN_MAX_PAIRS, JOIN_MIN_PAIRS, KEEPER_PASSES, find_clusters)
 from matchkit.jobs.dedupe_relations import (  # noqa: F401  (re-exported)
-    _member_edge, _member_relations, _relates_members, _reported_edges)
+    _member_edge, _member_relations, _mirrored, _relates_members, _reported_edges,
+    _union_same_pixel_blanks)
 
 
 @with_fewer_collections
@@ -169,9 +169,10 @@ def dedupe(
         calibrator = profile.calibrator if profile else None
         made: list[IncrementalMatcher] = []
 
-        def make_matcher(visible: list[int], same: dict[int, int]) -> IncrementalMatcher:
+        def make_matcher(visible: list[int], same: dict[int, int],
+                         images=None) -> IncrementalMatcher:
             made.append(IncrementalMatcher(gallery, visible, settings, same, calibrator,
-                                           rematch=rematch))
+                                           rematch=rematch, images=images))
             return made[-1]
 
         if run is not None:

@@ -7,10 +7,11 @@ densely and writes each cluster up with its pairs and keeper reason. The
 run around it (files, gallery, progress, report stats) is
 :func:`matchkit.jobs.dedupe.dedupe`.
 
-About 450 lines, more than the usual 400: ``find_clusters`` alone is about
-370, one function whose steps (``confirm``, ``dense``, ``join_clusters``...)
-share its state (classes, evidence between them, keeper ranks) as closures,
-so it cannot be cut without rewriting it.
+``find_clusters`` alone is about 370 lines, one function whose steps
+(``confirm``, ``dense``, ``join_clusters``...) share its state (classes,
+evidence between them, keeper ranks) as closures, so it cannot be cut
+without rewriting it; its helpers that only read a result are in
+:mod:`matchkit.jobs.dedupe_relations`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from collections import defaultdict
 import numpy as np
 
 from matchkit.config import Settings
-from matchkit.jobs.dedupe_relations import _member_edge, _member_relations, _reported_edges
+from matchkit.jobs.dedupe_relations import (_member_edge, _member_relations, _mirrored,
+                                             _reported_edges, _union_same_pixel_blanks)
 from matchkit.match.burst import bursting
 from matchkit.match.cluster import Star, UnionFind, lazy_star_clusters
 from matchkit.match.keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_shares,
@@ -31,6 +33,7 @@ from matchkit.match.picture import dense_picture
 from matchkit.report.dedupe_report import ClusterResult, PairResult
 from matchkit.signals import vetoing
 from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
+from matchkit.store.image_table import ImageTable, RowCache
 from matchkit.util.cvthreads import single_opencv_thread
 
 #: Colour histograms read at once for the keepers' grey test (the next ones
@@ -66,7 +69,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     ``progress(phase, done, total)``: see ``dedupe``.
     Blank images (one flat colour, e.g. fully transparent) take part in
     exact matching only: same bytes, or same size and pixels.
-    ``make_matcher(visible_ids, same)`` builds the pair matcher instead of a
+    ``make_matcher(visible_ids, same, images)`` builds the pair matcher instead of a
     fresh ``PairMatcher`` (an incremental one reusing stored decisions).
     ``burst_memo``: keep the burstiness check's measurements in the gallery
     folder under this base key (``burst.bursting``)."""
@@ -75,32 +78,40 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         return [], 0, 0
     if progress:
         progress("match", 0, len(ids))
-    images = gallery.images(ids)
+    # The rows as columns (``ImageTable``): a dict of row objects held for
+    # the run cost about 1 KB an image.
+    images = ImageTable.read(gallery, ids)
+    ids = images.ids  # (ids without a row are left out, as gallery.images does)
     exact = UnionFind()
     for i in ids:
         exact.find(i)
     by_sha: dict[str, int] = {}
+    digests = images.column("sha256")
     for i in ids:
-        first = by_sha.setdefault(images[i].sha256, i)
+        first = by_sha.setdefault(digests[i], i)
         if first != i:
             exact.union(first, i)
-    _union_same_pixel_blanks(gallery, [i for i in ids if images[i].blank], images, exact)
-    visible = [i for i in ids if not images[i].blank]
+    del by_sha
+    _union_same_pixel_blanks(gallery, [i for i in ids if images.blank(i)], images, exact)
+    visible = [i for i in ids if not images.blank(i)]
     # Byte-identical files are one class up front; pairs inside it are never
     # examined (a map, not a pair set: 1,000 copies of one file stay cheap).
     same = {i: exact.find(i) for i in visible}
-    matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator)
-               if make_matcher is None else make_matcher(visible, same))
+    shown = images if len(visible) == len(ids) else images.subset(visible)
+    matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator,
+                           images=shown)
+               if make_matcher is None else make_matcher(visible, same, shown))
+    del shown
+    sizes = images.sizes
     matcher = vetoing(matcher, gallery, settings)  # the extra signals' say (``signals``)
     matcher = bursting(matcher, gallery, settings, ORB_KEY_STRIDE,  # shared stickers, logos
                        memo_base=burst_memo)
     possible: list[PairEvidence] = []
     for ev in matcher.evidence:
         a, b = ev.a, ev.b
-        ia, ib = images[a], images[b]
         # Identical pixels need equal sizes and near-equal hashes.
         if (ev.phash_distance <= settings.exact_check_distance
-                and (ia.width, ia.height) == (ib.width, ib.height)
+                and sizes[a] == sizes[b]
                 and exact.find(a) != exact.find(b) and matcher.same_pixels(ev)):
             exact.union(a, b)
             continue
@@ -112,7 +123,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     checked = [0, sum(1 for ev in possible if ev.pending)]
     #: Clustering pass (the first, then keeper passes).
     passes = [0]
-    facts: dict[int, Candidate] = {}
+    #: Image -> (picture share, grey, re-photographed) as the pass first saw it.
+    facts: dict[int, tuple[float, bool, bool]] = {}
 
     #: Class representative -> share of its frame that the picture it
     #: re-photographs takes (learnt from verified pairs; see below).
@@ -137,12 +149,14 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         return greys[i]
 
     def candidate(i: int) -> Candidate:
+        # (What the pass learnt is kept, the row is made again when asked:
+        # candidates holding rows cost about 1 KB an image.)
         if i not in facts:
             share = (matcher.picture_share(i) if settings.local_features
-                     and not images[i].blank else 1.0)
-            facts[i] = Candidate(images[i], min(share, rephotos.get(i, 1.0)), grey=grey(i),
-                                 rephotographed=i in rephotos)
-        return facts[i]
+                     and not images.blank(i) else 1.0)
+            facts[i] = (min(share, rephotos.get(i, 1.0)), grey(i), i in rephotos)
+        share, is_grey, rephotographed = facts[i]
+        return Candidate(images[i], share, grey=is_grey, rephotographed=rephotographed)
 
     ranks: dict[int, tuple] = {}
 
@@ -392,25 +406,26 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         keep = s.keeper
         pairs: list[PairResult] = []
         members: list[int] = []
+        rows = RowCache(images)  # (each row made once per cluster)
         for r in s.members:
             for m in classes[r]:
                 members.append(m)
                 if m == keep:
                     continue
                 if r == keep:
-                    same = images[keep].sha256 == images[m].sha256
-                    pairs.append(PairResult(images[keep].path, images[m].path, 1.0, "exact",
+                    same = rows[keep].sha256 == rows[m].sha256
+                    pairs.append(PairResult(rows[keep].path, rows[m].path, 1.0, "exact",
                                             relation="exact" if same else "same-pixels"))
                     n_exact += 1
                 else:
                     ev = _member_edge(s, r, class_edge)
-                    near = images[keep] if ev is class_edge.get(key(keep, r)) else images[
+                    near = rows[keep] if ev is class_edge.get(key(keep, r)) else rows[
                         rep[ev.a] if rep[ev.a] != r else rep[ev.b]]
-                    pairs.append(PairResult(near.path, images[m].path, ev.score(),
+                    pairs.append(PairResult(near.path, rows[m].path, ev.score(),
                                             "near", ev.to_evidence(),
                                             relation=matcher.settle_relation(ev) or "edited"))
                     n_near += 1
-        member_relations = _member_relations(s, keep, classes, images, pairs, class_edge,
+        member_relations = _member_relations(s, keep, classes, rows, pairs, class_edge,
                                              matcher)
         # Why this picture (against the other pictures), and why this file
         # (against its exact copies).
@@ -419,46 +434,13 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
                   explain(same_order, policy, candidate(keep),
                           [candidate(m) for m in classes[keep][1:]])]
         clusters.append(ClusterResult(
-            images[keep].path, [images[m].path for m in members], pairs,
+            rows[keep].path, [rows[m].path for m in members], pairs,
             keep_reason="; ".join(dict.fromkeys(r for r in reason if r)),
-            references=[images[m].path for m in members if policy.reference(images[m].path)],
-            stamps={images[m].path: {"size": images[m].size, "mtime_ns": images[m].mtime_ns,
-                                     "sha256": images[m].sha256} for m in members},
+            references=[rows[m].path for m in members if policy.reference(rows[m].path)],
+            stamps={rows[m].path: {"size": rows[m].size, "mtime_ns": rows[m].mtime_ns,
+                                   "sha256": rows[m].sha256} for m in members},
             member_relations=member_relations))
     if progress:
         progress("report", len(stars), len(stars))
     clusters.sort(key=lambda c: (-len(c.members), c.keep))
     return clusters, n_exact, n_near
-
-
-def _union_same_pixel_blanks(gallery: Gallery, blank: list[int], images: dict,
-                             exact: UnionFind) -> None:
-    """Blank images are the same picture only with the same size and pixels
-    (byte copies are already joined): compared by full pixel digest, and
-    only within groups of one size and one colour."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    if len(blank) < 2:
-        return
-    colours = gallery.colours(blank)
-    for i in blank:
-        groups[(images[i].width, images[i].height, colours[i].tobytes())].append(i)
-    for group in groups.values():
-        by_digest: dict[str, int] = {}
-        for i in group:
-            if len(group) < 2:
-                break
-            digest = gallery.pixel_digest(i)
-            if digest is not None:
-                exact.union(by_digest.setdefault(digest, i), i)
-
-
-def _mirrored(ev: PairEvidence) -> bool | None:
-    """Whether a pair relates its images through a mirror image; None when
-    not known yet. A pending pair's pHash variant says nothing: far apart
-    hashes align best under a reflection half the time by chance."""
-    if ev.rule == "local" and ev.verification is not None:
-        return ev.verification.mirrored
-    if ev.rule:
-        return bool(ev.extra.get("reflect"))
-    return None
-

@@ -4,17 +4,22 @@ Helpers of :func:`matchkit.jobs.dedupe_clusters.find_clusters` for its last
 step: which matched pair puts each member class in its cluster, which pairs'
 relations the report will name, and each two non-keeper members' relation
 (``member_relations`` of a cluster). Apart from the clustering because they
-only read its result.
+only read its result. Also two facts the clustering asks of pairs and
+classes: which blank images are the same picture, and whether a pair goes
+through a mirror image.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from itertools import combinations
 
-from matchkit.match.cluster import Star
+from matchkit.match.cluster import Star, UnionFind
 from matchkit.match.pairs import PairEvidence
 from matchkit.relation import compose
 from matchkit.report.dedupe_report import MEMBER_RELATIONS_UP_TO, MemberRelation, PairResult
+from matchkit.store.gallery import Gallery
+from matchkit.store.image_table import ImageTable
 
 
 def _member_edge(star: Star, r: int, class_edge: dict) -> PairEvidence:
@@ -70,3 +75,36 @@ def _member_relations(star, keep: int, classes: dict, images: dict, pairs: list[
         else:
             out.append(MemberRelation(pa, pb, compose(to_keeper[pa], to_keeper[pb]), "keeper"))
     return out
+
+
+def _union_same_pixel_blanks(gallery: Gallery, blank: list[int], images: ImageTable,
+                             exact: UnionFind) -> None:
+    """Blank images are the same picture only with the same size and pixels
+    (byte copies are already joined): compared by full pixel digest, and
+    only within groups of one size and one colour."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    if len(blank) < 2:
+        return
+    colours = gallery.colours(blank)
+    for i in blank:
+        groups[(images[i].width, images[i].height, colours[i].tobytes())].append(i)
+    for group in groups.values():
+        by_digest: dict[str, int] = {}
+        for i in group:
+            if len(group) < 2:
+                break
+            digest = gallery.pixel_digest(i)
+            if digest is not None:
+                exact.union(by_digest.setdefault(digest, i), i)
+
+
+def _mirrored(ev: PairEvidence) -> bool | None:
+    """Whether a pair relates its images through a mirror image; None when
+    not known yet. A pending pair's pHash variant says nothing: far apart
+    hashes align best under a reflection half the time by chance."""
+    if ev.rule == "local" and ev.verification is not None:
+        return ev.verification.mirrored
+    if ev.rule:
+        return bool(ev.extra.get("reflect"))
+    return None
+

@@ -416,9 +416,10 @@ class BurstMatcher:
         loads only those it needs), the rest read from the gallery."""
         plain = getattr(self._m, "plain", {})
         missing = [i for i in ids if i not in plain]
-        if missing:
-            plain.update(zip(missing, self._gallery.phash_variants(missing)))
-        return {i: plain[i] for i in ids}
+        read = dict(zip(missing, self._gallery.phash_variants(missing))) if missing else {}
+        if isinstance(plain, dict):  # (an incremental matcher's: it keeps them too)
+            plain.update(read)
+        return {i: read[i] if i in read else plain[i] for i in ids}
 
     def apply(self, ev, part: Part | Carried | None) -> None:
         apply(ev, part, self._settings)

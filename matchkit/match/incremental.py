@@ -73,6 +73,7 @@ from matchkit.util.checkpoint import report
 from matchkit.config import Settings
 from matchkit.store.gallery import Gallery
 from matchkit.store.gallery_matches import record_ids_digest
+from matchkit.store.image_table import ImageTable
 from matchkit.util.linequeue import LineQueue
 from matchkit.index.pictures import PictureIndex, forget_picture_files
 from matchkit.match.pairs import PairEvidence, PairMatcher
@@ -175,9 +176,9 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
                  same: dict[int, int] | None = None, calibrator=None, *,
-                 rematch: bool = False):
+                 rematch: bool = False, images: ImageTable | None = None):
         report("stored", 0, UPDATE_STEPS)
-        self._setup(gallery, ids, settings, calibrator)
+        self._setup(gallery, ids, settings, calibrator, images)
         self.key = settings_key(settings, calibrator)
         self.reused = self.verified = 0
         self._told_damaged = False  # (``_damaged``: one warning a run)

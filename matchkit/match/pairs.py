@@ -29,6 +29,7 @@ from matchkit.util.checkpoint import checkpoint, report  # noqa: F401  (old path
 from matchkit.signals.colour import BINS, histogram_similarities, histogram_similarity
 from matchkit.config import Settings
 from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
+from matchkit.store.image_table import ImageTable
 from matchkit.signals.hashing import (PHASH_BITS, REFLECTIONS, crowd_distance, dihedral_distance,
                                      dihedral_match_many)
 from matchkit.match.framed import framed_pairs, pairs_of, picture_hashes, unframed  # noqa: F401  (old paths)
@@ -169,14 +170,17 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
     cache_size: int = 4096
 
     def __init__(self, gallery: Gallery, ids: list[int], settings: Settings,
-                 same: dict[int, int] | None = None, calibrator=None):
-        self._setup(gallery, ids, settings, calibrator)
+                 same: dict[int, int] | None = None, calibrator=None,
+                 images: ImageTable | None = None):
+        self._setup(gallery, ids, settings, calibrator, images)
         run = self.search_candidates(ids)  # (``searches``: each signal's search)
         self.evidence = self.global_evidence(run.pairs, run.votes, run.top, same)
         self.between_steps()
 
-    def _setup(self, gallery: Gallery, ids: list[int], settings: Settings, calibrator) -> None:
-        """What every matcher holds before any pair is looked at."""
+    def _setup(self, gallery: Gallery, ids: list[int], settings: Settings, calibrator,
+               images: ImageTable | None = None) -> None:
+        """What every matcher holds before any pair is looked at. ``images``:
+        the rows of exactly ``ids`` when the caller has read them already."""
         self.settings = settings
         #: A fitted ``calibrate.PairCalibrator`` replacing the hand rules (None: hand rules).
         self.calibrator = calibrator
@@ -187,15 +191,14 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         #: flat borders; None for images that are content edge to edge. Kept
         #: packed: one for every image a run verifies.
         self._masks: PackedMasks = PackedMasks()
-        stored = gallery.images(ids)
-        self.paths = {i: img.path for i, img in stored.items()}
+        # The rows as columns, read-only mappings by id (``ImageTable``).
+        stored = ImageTable.read(gallery, ids) if images is None else images
+        self.paths = stored.paths
         self._full_digests: dict[int, str | None] = {}
         self._picture_shares: dict[int, float] = {}
         #: id -> pair whose relation ``settle_relation`` has settled.
         self._settled: dict[int, PairEvidence] = {}
-        self.sizes = {i: (img.width, img.height) for i, img in stored.items()}
-        self.formats = {i: img.format for i, img in stored.items()}
-        self.qualities = {i: img.jpeg_quality for i, img in stored.items()}
+        self.sizes, self.formats, self.qualities = stored.sizes, stored.formats, stored.qualities
         self._lightness: dict[int, float | None] = {}
         self.vectors: dict[int, np.ndarray] = {}
         #: Image id -> pHash crowd distance (the pHash search sets it; None until then).

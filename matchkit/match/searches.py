@@ -28,6 +28,7 @@ from matchkit.match.framed import framed_pairs, pairs_of, picture_hashes, unfram
 from matchkit.match.pools import PROCESS_BATCH
 from matchkit.signals.thumbmatch import icon_candidates, icon_views
 from matchkit.store.gallery import ORB_KEY_STRIDE, Gallery
+from matchkit.util.arrays import RowsById
 from matchkit.util.checkpoint import checkpoint, report
 from matchkit.config import Settings
 
@@ -96,7 +97,7 @@ class CandidateSearches:
         settings, ids = self.settings, run.ids
         variants = self.gallery.phash_variants(ids)
         #: The 8 dihedral pHashes of every image, loaded once per run.
-        self.plain = {i: variants[n] for n, i in enumerate(ids)}
+        self.plain = RowsById(ids, variants)  # (not a dict of views: ~300 bytes an image)
         run.found = found = phash_candidates(
             self.gallery.phash_index, ids, variants, neighbours=settings.neighbours,
             allowed=run.allowed, **self._phash_limits())

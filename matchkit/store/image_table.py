@@ -1,0 +1,238 @@
+"""A run's gallery rows kept as columns.
+
+Dedupe reads the row of every image it clusters (paths, digests, sizes,
+formats) and keeps it for the whole run. As :class:`StoredImage` objects in
+a dict that cost about 1 KB an image (plus ~500 bytes for the matcher's own
+dicts of paths, sizes, formats and qualities): 100 MiB of the Ray driver at
+100,000 images. :class:`ImageTable` holds the same values in NumPy columns
+(strings as one UTF-8 buffer with offsets), about 200 bytes an image, and
+makes a :class:`StoredImage` only when one is asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+import numpy as np
+
+from matchkit.store.records import StoredImage
+from matchkit.util.arrays import IdPositions
+
+#: Rows read from the gallery at once while the table is built (the
+#: ``StoredImage`` objects of one part are the build's only transient).
+READ_PART = 4096
+
+#: ``jpeg_quality`` (and any other optional integer) when there is none.
+_NONE = np.iinfo(np.int64).min
+
+
+class Strings:
+    """A column of optional strings: one UTF-8 buffer and offsets. Any
+    ``str`` is kept exactly, lone surrogates included (paths that are not
+    valid UTF-8 arrive as such)."""
+
+    def __init__(self, values: Iterable[str | None]):
+        blobs, none = [], []
+        for v in values:
+            none.append(v is None)
+            blobs.append(b"" if v is None else v.encode("utf-8", "surrogatepass"))
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = b"".join(blobs)
+        self._none = np.array(none, bool) if any(none) else None
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, p: int) -> str | None:
+        if self._none is not None and self._none[p]:
+            return None
+        start = int(self._ends[p - 1]) if p else 0
+        return self._buffer[start:int(self._ends[p])].decode("utf-8", "surrogatepass")
+
+    def take(self, positions) -> "Strings":
+        return Strings(self[int(p)] for p in positions)
+
+    @classmethod
+    def joined(cls, pieces: list["Strings"]) -> "Strings":
+        """One column of the strings of ``pieces`` in order (buffers joined
+        as bytes: no string is made)."""
+        out = cls(())
+        shift = np.cumsum([0] + [len(s._buffer) for s in pieces[:-1]], dtype=np.int64)
+        out._ends = np.concatenate([s._ends + d for s, d in zip(pieces, shift)]
+                                   or [np.zeros(0, np.int64)])
+        out._buffer = b"".join(s._buffer for s in pieces)
+        if any(s._none is not None for s in pieces):
+            out._none = np.concatenate([np.zeros(len(s), bool) if s._none is None else s._none
+                                        for s in pieces])
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._buffer) + self._ends.nbytes + (0 if self._none is None else self._none.nbytes)
+
+
+class ImageTable(Mapping):
+    """Gallery rows by image id, kept as columns: ``table[i]`` is a fresh
+    :class:`StoredImage` (equal to ``gallery.images([i])[i]``); the
+    ``paths``, ``sizes``, ``formats`` and ``qualities`` mappings give one
+    value each without making the row."""
+
+    _STRINGS = ("path", "sha256", "pixel_sha256", "format")
+    _INTS = ("size", "mtime_ns", "width", "height", "jpeg_quality")
+
+    def __init__(self, rows: Iterable[StoredImage] = ()):
+        rows = list(rows)
+        self._at = IdPositions([r.id for r in rows])
+        self._str = {name: Strings(getattr(r, name) for r in rows) for name in self._STRINGS}
+        self._int = {name: np.array([_NONE if getattr(r, name) is None else getattr(r, name)
+                                     for r in rows], np.int64) for name in self._INTS}
+        self._blank = np.array([bool(r.blank) for r in rows], bool)
+        #: Position -> meta / labels, for the rows that have any (most have none).
+        self._meta = {p: r.meta for p, r in enumerate(rows) if r.meta}
+        self._labels = {p: r.labels for p, r in enumerate(rows) if r.labels}
+
+    @classmethod
+    def read(cls, gallery, ids: Iterable[int], part: int = READ_PART) -> "ImageTable":
+        """The rows of ``ids`` (in ascending id order; ids without a row are
+        left out), read in parts so that only one part's objects exist at once."""
+        ids = sorted(set(int(i) for i in ids))
+        pieces = []
+        for start in range(0, len(ids), part):
+            got = gallery.images(ids[start:start + part])
+            pieces.append(cls(got[i] for i in ids[start:start + part] if i in got))
+        return cls.joined(pieces)
+
+    @classmethod
+    def joined(cls, pieces: list["ImageTable"]) -> "ImageTable":
+        """One table of the rows of ``pieces``, in their order."""
+        if len(pieces) == 1:
+            return pieces[0]
+        out = cls()
+        out._at = IdPositions(np.concatenate([t._at.ids for t in pieces]) if pieces else [])
+        for name in cls._STRINGS:
+            out._str[name] = Strings.joined([t._str[name] for t in pieces])
+        for name in cls._INTS:
+            out._int[name] = np.concatenate([t._int[name] for t in pieces] or [np.zeros(0, np.int64)])
+        out._blank = np.concatenate([t._blank for t in pieces] or [np.zeros(0, bool)])
+        offset = 0
+        for t in pieces:
+            out._meta.update({offset + p: v for p, v in t._meta.items()})
+            out._labels.update({offset + p: v for p, v in t._labels.items()})
+            offset += len(t)
+        return out
+
+    def subset(self, ids: Iterable[int]) -> "ImageTable":
+        """A table of only ``ids`` (all among this table's), in the order given."""
+        ids = np.asarray(list(ids), np.int64)
+        where = self._at.positions(ids)
+        out = ImageTable()
+        out._at = IdPositions(ids)
+        out._str = {name: col.take(where) for name, col in self._str.items()}
+        out._int = {name: col[where] for name, col in self._int.items()}
+        out._blank = self._blank[where]
+        back = {int(p): n for n, p in enumerate(where.tolist())}
+        out._meta = {back[p]: v for p, v in self._meta.items() if p in back}
+        out._labels = {back[p]: v for p, v in self._labels.items() if p in back}
+        return out
+
+    @property
+    def ids(self) -> list[int]:
+        return self._at.ids.tolist()
+
+    def _position(self, i) -> int:
+        p = self._at.position(i)
+        if p is None:
+            raise KeyError(i)
+        return p
+
+    def _value(self, name: str, p: int):
+        if name in self._str:
+            return self._str[name][p]
+        v = int(self._int[name][p])
+        return None if v == _NONE else v
+
+    def __getitem__(self, i) -> StoredImage:
+        p = self._position(i)
+        v = {name: self._value(name, p) for name in (*self._STRINGS, *self._INTS)}
+        return StoredImage(int(self._at.ids[p]), v["path"], v["size"], v["mtime_ns"],
+                           v["sha256"], v["pixel_sha256"], v["width"], v["height"], v["format"],
+                           meta=copy.deepcopy(self._meta.get(p, {})),
+                           labels=copy.deepcopy(self._labels.get(p, [])),
+                           jpeg_quality=v["jpeg_quality"], blank=bool(self._blank[p]))
+
+    def __contains__(self, i) -> bool:
+        return self._at.position(i) is not None
+
+    def __iter__(self):
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def blank(self, i: int) -> bool:
+        return bool(self._blank[self._position(i)])
+
+    def column(self, name: str) -> Mapping:
+        """id -> one stored value (``path``, ``sha256``, ``size``...)."""
+        if name not in self._str and name not in self._INTS:
+            raise KeyError(name)
+        return _Column(self, name)
+
+    @property
+    def paths(self) -> Mapping:
+        return self.column("path")
+
+    @property
+    def formats(self) -> Mapping:
+        return self.column("format")
+
+    @property
+    def qualities(self) -> Mapping:
+        return self.column("jpeg_quality")
+
+    @property
+    def sizes(self) -> Mapping:
+        """id -> (width, height)."""
+        return _Column(self, "width x height")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the columns (without the few rows' meta and labels)."""
+        return (sum(s.nbytes for s in self._str.values()) + sum(a.nbytes for a in self._int.values())
+                + self._blank.nbytes + self._at.ids.nbytes)
+
+
+class RowCache(dict):
+    """Rows of an :class:`ImageTable` made once each, when first asked for
+    (the rows a report of one cluster reads again and again)."""
+
+    def __init__(self, table: ImageTable):
+        super().__init__()
+        self.table = table
+
+    def __missing__(self, i: int) -> StoredImage:
+        self[i] = row = self.table[i]
+        return row
+
+
+class _Column(Mapping):
+    """One column of an :class:`ImageTable` as a read-only mapping by id
+    (``"width x height"``: the pair)."""
+
+    def __init__(self, table: ImageTable, name: str):
+        self._table, self._name = table, name
+
+    def __getitem__(self, i):
+        t, p = self._table, self._table._position(i)
+        if self._name == "width x height":
+            return int(t._int["width"][p]), int(t._int["height"][p])
+        return t._value(self._name, p)
+
+    def __contains__(self, i) -> bool:
+        return i in self._table
+
+    def __iter__(self):
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
