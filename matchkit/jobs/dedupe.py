@@ -34,6 +34,7 @@ from matchkit.util.gc import with_fewer_collections
 from matchkit.relation import check_level
 from matchkit.signals import configured as configured_signals, shown as signals_shown
 from matchkit.report.dedupe_report import DedupeReport, SkippedFile
+from matchkit.store.image_table import ImageTable
 from matchkit.jobs.dedupe_clusters import (  # noqa: F401  (re-exported)
     GREY_BATCH, JOIN_ASK_ALL, JOIN_MAX_PAIRS, JOIN_MIN_PAIRS, KEEPER_PASSES, find_clusters)
 from matchkit.jobs.dedupe_relations import (  # noqa: F401  (re-exported)
@@ -189,8 +190,8 @@ def dedupe(
             m.save()
         if behind:
             _save_behind(gallery)
-        rows = gallery.images(added.ids)
-        blank = sorted(img.path for img in rows.values() if img.blank)
+        rows = ImageTable.read(gallery, added.ids)  # (columns: ~200 bytes an image)
+        blank = sorted(rows.paths[i] for i in rows if rows.blank(i))
         report = DedupeReport(
             clusters=clusters,
             skipped=[SkippedFile(s.path, s.reason)  # in path order, as given or not
@@ -199,10 +200,10 @@ def dedupe(
             roots=[os.path.abspath(p) for p in paths],
         )
         if settings.signals and clusters:  # what each signal shows of the members
-            ids = {img.path: i for i, img in rows.items()}
+            ids = {path: i for i, path in rows.paths.items()}
             member_ids = [ids[m] for c in clusters for m in c.members if m in ids]
             by_id = signals_shown(gallery, settings.signals, member_ids)
-            report.shown = {rows[i].path: v for i, v in sorted(by_id.items())}
+            report.shown = {rows.paths[i]: v for i, v in sorted(by_id.items())}
         report.stats = {
             "files": len(files),
             "images": len(added.ids),
