@@ -101,7 +101,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     matcher = (PairMatcher(gallery, visible, settings, same=same, calibrator=calibrator,
                            images=shown)
                if make_matcher is None else make_matcher(visible, same, shown))
-    del shown
+    del shown, same  # (the matcher's now; the classes are ``exact``'s)
     sizes = images.sizes
     matcher = vetoing(matcher, gallery, settings)  # the extra signals' say (``signals``)
     matcher = bursting(matcher, gallery, settings, ORB_KEY_STRIDE,  # shared stickers, logos
@@ -133,6 +133,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     #: Whether each image is grey (for keepers), read in batches as asked for.
     greys: dict[int, bool] = {}
     groups = exact.groups()
+    del exact  # (its map of every image is not read again)
     #: The images a keeper may be chosen among (in a possible pair or an
     #: exact class; clustering ranks no other): batches are read from these.
     ranked = sorted({i for ev in possible for i in (ev.a, ev.b)}
