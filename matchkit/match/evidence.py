@@ -396,9 +396,13 @@ def colour_evidence_many(pairs: list[tuple[int, int]], colours: dict[int, np.nda
     feat_sim = np.minimum(feat[ra], feat[rb]).sum(axis=1)
     feat_both = feat_ok[ra] & feat_ok[rb]
     out: list[tuple | None] = [None] * len(pairs)
+    # (One (grey, grey) tuple of each kind, shared: a tuple per pair was 56
+    # bytes of every pair's evidence, held for the run.)
+    greys: dict[tuple, tuple] = {}
     for p, ag, sim, ok in zip(both, agree.tolist(), feat_sim.tolist(), feat_both.tolist()):
         a, b = pairs[p]
-        out[p] = ((cache[a][0], cache[b][0]), ag, sim if ok else None)
+        pair_grey = (cache[a][0], cache[b][0])
+        out[p] = (greys.setdefault(pair_grey, pair_grey), ag, sim if ok else None)
     return out
 
 

@@ -4,15 +4,20 @@ Dedupe reads the row of every image it clusters (paths, digests, sizes,
 formats) and keeps it for the whole run. As :class:`StoredImage` objects in
 a dict that cost about 1 KB an image (plus ~500 bytes for the matcher's own
 dicts of paths, sizes, formats and qualities): 100 MiB of the Ray driver at
-100,000 images. :class:`ImageTable` holds the same values in NumPy columns
-(strings as one UTF-8 buffer with offsets), about 200 bytes an image, and
-makes a :class:`StoredImage` only when one is asked for.
+100,000 images. :class:`ImageTable` holds the same values in columns
+(integers in ``array.array``, strings as one UTF-8 buffer with offsets),
+about 200 bytes an image, and makes a :class:`StoredImage` only when one is
+asked for. (``array.array`` rather than NumPy: the matcher reads one value
+at a time, once or more per candidate pair, and a NumPy scalar costs ten
+times a plain int to take out.)
 """
 
 from __future__ import annotations
 
 import copy
+from array import array
 from collections.abc import Iterable, Mapping
+
 import numpy as np
 
 from matchkit.store.records import StoredImage
@@ -23,7 +28,11 @@ from matchkit.util.arrays import IdPositions
 READ_PART = 4096
 
 #: ``jpeg_quality`` (and any other optional integer) when there is none.
-_NONE = np.iinfo(np.int64).min
+_NONE = -(2 ** 63)
+
+
+def _ints(values) -> array:
+    return array("q", values)
 
 
 class Strings:
@@ -31,14 +40,14 @@ class Strings:
     ``str`` is kept exactly, lone surrogates included (paths that are not
     valid UTF-8 arrive as such)."""
 
-    def __init__(self, values: Iterable[str | None]):
+    def __init__(self, values: Iterable[str | None] = ()):
         blobs, none = [], []
         for v in values:
             none.append(v is None)
             blobs.append(b"" if v is None else v.encode("utf-8", "surrogatepass"))
-        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._ends = _ints(np.cumsum([len(b) for b in blobs], dtype=np.int64).tolist())
         self._buffer = b"".join(blobs)
-        self._none = np.array(none, bool) if any(none) else None
+        self._none = array("b", none) if any(none) else None
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -46,8 +55,8 @@ class Strings:
     def __getitem__(self, p: int) -> str | None:
         if self._none is not None and self._none[p]:
             return None
-        start = int(self._ends[p - 1]) if p else 0
-        return self._buffer[start:int(self._ends[p])].decode("utf-8", "surrogatepass")
+        ends = self._ends
+        return self._buffer[ends[p - 1] if p else 0:ends[p]].decode("utf-8", "surrogatepass")
 
     def take(self, positions) -> "Strings":
         return Strings(self[int(p)] for p in positions)
@@ -56,19 +65,21 @@ class Strings:
     def joined(cls, pieces: list["Strings"]) -> "Strings":
         """One column of the strings of ``pieces`` in order (buffers joined
         as bytes: no string is made)."""
-        out = cls(())
-        shift = np.cumsum([0] + [len(s._buffer) for s in pieces[:-1]], dtype=np.int64)
-        out._ends = np.concatenate([s._ends + d for s, d in zip(pieces, shift)]
-                                   or [np.zeros(0, np.int64)])
+        out, shift = cls(), 0
+        for s in pieces:
+            out._ends.extend(e + shift for e in s._ends)
+            shift += len(s._buffer)
         out._buffer = b"".join(s._buffer for s in pieces)
         if any(s._none is not None for s in pieces):
-            out._none = np.concatenate([np.zeros(len(s), bool) if s._none is None else s._none
-                                        for s in pieces])
+            out._none = array("b")
+            for s in pieces:
+                out._none.extend(s._none if s._none is not None else bytes(len(s)))
         return out
 
     @property
     def nbytes(self) -> int:
-        return len(self._buffer) + self._ends.nbytes + (0 if self._none is None else self._none.nbytes)
+        return (len(self._buffer) + self._ends.itemsize * len(self._ends)
+                + (0 if self._none is None else len(self._none)))
 
 
 class ImageTable(Mapping):
@@ -84,9 +95,9 @@ class ImageTable(Mapping):
         rows = list(rows)
         self._at = IdPositions([r.id for r in rows])
         self._str = {name: Strings(getattr(r, name) for r in rows) for name in self._STRINGS}
-        self._int = {name: np.array([_NONE if getattr(r, name) is None else getattr(r, name)
-                                     for r in rows], np.int64) for name in self._INTS}
-        self._blank = np.array([bool(r.blank) for r in rows], bool)
+        self._int = {name: _ints(_NONE if getattr(r, name) is None else getattr(r, name)
+                                 for r in rows) for name in self._INTS}
+        self._blank = array("b", (bool(r.blank) for r in rows))
         #: Position -> meta / labels, for the rows that have any (most have none).
         self._meta = {p: r.meta for p, r in enumerate(rows) if r.meta}
         self._labels = {p: r.labels for p, r in enumerate(rows) if r.labels}
@@ -112,10 +123,11 @@ class ImageTable(Mapping):
         for name in cls._STRINGS:
             out._str[name] = Strings.joined([t._str[name] for t in pieces])
         for name in cls._INTS:
-            out._int[name] = np.concatenate([t._int[name] for t in pieces] or [np.zeros(0, np.int64)])
-        out._blank = np.concatenate([t._blank for t in pieces] or [np.zeros(0, bool)])
+            for t in pieces:
+                out._int[name].extend(t._int[name])
         offset = 0
         for t in pieces:
+            out._blank.extend(t._blank)
             out._meta.update({offset + p: v for p, v in t._meta.items()})
             out._labels.update({offset + p: v for p, v in t._labels.items()})
             offset += len(t)
@@ -124,13 +136,13 @@ class ImageTable(Mapping):
     def subset(self, ids: Iterable[int]) -> "ImageTable":
         """A table of only ``ids`` (all among this table's), in the order given."""
         ids = np.asarray(list(ids), np.int64)
-        where = self._at.positions(ids)
+        where = self._at.positions(ids).tolist()
         out = ImageTable()
         out._at = IdPositions(ids)
         out._str = {name: col.take(where) for name, col in self._str.items()}
-        out._int = {name: col[where] for name, col in self._int.items()}
-        out._blank = self._blank[where]
-        back = {int(p): n for n, p in enumerate(where.tolist())}
+        out._int = {name: _ints(col[p] for p in where) for name, col in self._int.items()}
+        out._blank = array("b", (self._blank[p] for p in where))
+        back = {p: n for n, p in enumerate(where)}
         out._meta = {back[p]: v for p, v in self._meta.items() if p in back}
         out._labels = {back[p]: v for p, v in self._labels.items() if p in back}
         return out
@@ -148,17 +160,20 @@ class ImageTable(Mapping):
     def _value(self, name: str, p: int):
         if name in self._str:
             return self._str[name][p]
-        v = int(self._int[name][p])
+        v = self._int[name][p]
         return None if v == _NONE else v
 
     def __getitem__(self, i) -> StoredImage:
         p = self._position(i)
-        v = {name: self._value(name, p) for name in (*self._STRINGS, *self._INTS)}
-        return StoredImage(int(self._at.ids[p]), v["path"], v["size"], v["mtime_ns"],
-                           v["sha256"], v["pixel_sha256"], v["width"], v["height"], v["format"],
-                           meta=copy.deepcopy(self._meta.get(p, {})),
-                           labels=copy.deepcopy(self._labels.get(p, [])),
-                           jpeg_quality=v["jpeg_quality"], blank=bool(self._blank[p]))
+        s, n = self._str, self._int
+        quality = n["jpeg_quality"][p]
+        meta, labels = self._meta.get(p), self._labels.get(p)
+        return StoredImage(int(i), s["path"][p], n["size"][p], n["mtime_ns"][p], s["sha256"][p],
+                           s["pixel_sha256"][p], n["width"][p], n["height"][p], s["format"][p],
+                           meta={} if meta is None else copy.deepcopy(meta),
+                           labels=[] if labels is None else copy.deepcopy(labels),
+                           jpeg_quality=None if quality == _NONE else quality,
+                           blank=bool(self._blank[p]))
 
     def __contains__(self, i) -> bool:
         return self._at.position(i) is not None
@@ -193,13 +208,14 @@ class ImageTable(Mapping):
     @property
     def sizes(self) -> Mapping:
         """id -> (width, height)."""
-        return _Column(self, "width x height")
+        return _Sizes(self)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the columns (without the few rows' meta and labels)."""
-        return (sum(s.nbytes for s in self._str.values()) + sum(a.nbytes for a in self._int.values())
-                + self._blank.nbytes + self._at.ids.nbytes)
+        return (sum(s.nbytes for s in self._str.values())
+                + sum(a.itemsize * len(a) for a in self._int.values())
+                + len(self._blank) + self._at.ids.nbytes)
 
 
 class RowCache(dict):
@@ -216,23 +232,45 @@ class RowCache(dict):
 
 
 class _Column(Mapping):
-    """One column of an :class:`ImageTable` as a read-only mapping by id
-    (``"width x height"``: the pair)."""
+    """One column of an :class:`ImageTable` as a read-only mapping by id."""
 
     def __init__(self, table: ImageTable, name: str):
         self._table, self._name = table, name
+        self._at = table._at
 
     def __getitem__(self, i):
-        t, p = self._table, self._table._position(i)
-        if self._name == "width x height":
-            return int(t._int["width"][p]), int(t._int["height"][p])
-        return t._value(self._name, p)
+        p = self._at.position(i)
+        if p is None:
+            raise KeyError(i)
+        return self._table._value(self._name, p)
+
+    def get(self, i, default=None):
+        p = self._at.position(i)
+        return default if p is None else self._table._value(self._name, p)
 
     def __contains__(self, i) -> bool:
-        return i in self._table
+        return self._at.position(i) is not None
 
     def __iter__(self):
         return iter(self._table)
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+class _Sizes(_Column):
+    """id -> (width, height) of an :class:`ImageTable`."""
+
+    def __init__(self, table: ImageTable):
+        super().__init__(table, "width x height")
+        self._w, self._h = table._int["width"], table._int["height"]
+
+    def __getitem__(self, i) -> tuple[int, int]:
+        p = self._at.position(i)
+        if p is None:
+            raise KeyError(i)
+        return self._w[p], self._h[p]
+
+    def get(self, i, default=None):
+        p = self._at.position(i)
+        return default if p is None else (self._w[p], self._h[p])

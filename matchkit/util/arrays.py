@@ -228,12 +228,13 @@ class IdPositions:
     the ids were given: ``position(i)`` is that index, or None for an id not
     among them. A dict of N ids costs about 100 bytes an id on top of the
     arrays it points into; this costs 16 (8 when the ids are consecutive,
-    as a collection's usually are: then a position is one subtraction)."""
+    as a collection's usually are: then a position is one subtraction).
+    Asked once or more per candidate pair, so the usual case is kept short."""
 
     def __init__(self, ids):
         ids = np.asarray(ids, np.int64).ravel()
         self.ids = ids
-        n = len(ids)
+        self._n = n = len(ids)
         self._start: int | None = None
         self._sorted = self._order = None
         if n and int(ids[-1]) - int(ids[0]) == n - 1 and (n == 1 or bool((np.diff(ids) == 1).all())):
@@ -245,27 +246,30 @@ class IdPositions:
                 raise ValueError("ids must be distinct")
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._n
 
     def position(self, i) -> int | None:
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
-            return None
+        cls = i.__class__
+        if cls is not int:
+            if cls is bool or not isinstance(i, np.integer):
+                return None
+            i = int(i)
         if self._start is not None:
-            p = int(i) - self._start
-            return p if 0 <= p < len(self.ids) else None
+            p = i - self._start
+            return p if 0 <= p < self._n else None
         k = int(np.searchsorted(self._sorted, i))
-        return int(self._order[k]) if k < len(self._sorted) and self._sorted[k] == i else None
+        return int(self._order[k]) if k < self._n and self._sorted[k] == i else None
 
     def positions(self, ids) -> np.ndarray:
         """Positions of ``ids`` (all among them; KeyError otherwise)."""
         ids = np.asarray(ids, np.int64).ravel()
         if self._start is not None:
             p = ids - self._start
-            bad = (p < 0) | (p >= len(self.ids))
+            bad = (p < 0) | (p >= self._n)
         else:
-            k = np.minimum(np.searchsorted(self._sorted, ids), max(len(self._sorted) - 1, 0))
-            bad = (self._sorted[k] != ids) if len(self._sorted) else np.ones(len(ids), bool)
-            p = self._order[k] if len(self._sorted) else k
+            k = np.minimum(np.searchsorted(self._sorted, ids), max(self._n - 1, 0))
+            bad = (self._sorted[k] != ids) if self._n else np.ones(len(ids), bool)
+            p = self._order[k] if self._n else k
         if bad.any():
             raise KeyError(int(ids[np.argmax(bad)]))
         return p
@@ -288,6 +292,10 @@ class RowsById(Mapping):
         if p is None:
             raise KeyError(i)
         return self.array[p]
+
+    def get(self, i, default=None):
+        p = self._at.position(i)
+        return default if p is None else self.array[p]
 
     def __contains__(self, i) -> bool:
         return self._at.position(i) is not None
