@@ -781,3 +781,15 @@ def test_colour_evidence_of_many_pairs_equals_pair_by_pair():
         assert got == want
         seen.add((got[1], got[2] is None))
     assert len(seen) >= 3  # agreeing, disagreeing, and too little colour to say
+
+
+def test_the_steady_heap_settings_are_taken_on_glibc():
+    import platform
+
+    import pytest
+
+    from matchkit.util.memory import steady_heap
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert steady_heap() is True

@@ -46,3 +46,35 @@ def release_memory() -> bool:
         return False
     fn(0)
     return True
+
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+#: Allocations from this size up get their own pages, handed back when freed.
+STEADY_MMAP_THRESHOLD = 128 * 1024
+#: Heaps that threads allocate from, at most.
+STEADY_ARENAS = 2
+
+
+def steady_heap(mmap_threshold: int = STEADY_MMAP_THRESHOLD,
+                arenas: int = STEADY_ARENAS) -> bool:
+    """Keep a long-lived process's heap from holding freed memory (glibc
+    ``mallopt``). glibc serves allocations of 128 KiB and more from their
+    own pages, but after such a block is freed it raises that threshold to
+    the block's size (up to 32 MiB), so the next large transient arrays land
+    inside the heap and leave holes there that ``release_memory`` cannot
+    always return. A fixed threshold keeps them out; fewer arenas keep each
+    thread's frees from stranding pages in a heap of its own. For the Ray
+    driver, which holds a collection's pairs for the whole run while steps
+    come and go around them. True if the C library took both settings."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) & bool(mallopt(_M_ARENA_MAX, int(arenas)))
