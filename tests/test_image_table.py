@@ -46,6 +46,7 @@ def test_joined_and_subset_tables_keep_their_rows():
     part = joined.subset([9, 6])
     assert list(part) == [9, 6] and part[6] == rows[1] and part[9] == rows[2] and 5 not in part
     assert pickle.loads(pickle.dumps(part.sizes))[6] == (1, 2)
+    assert [joined.formats[r.id] for r in rows] == ["JPEG", None, "PNG"]
 
 
 def test_strings_join_without_remaking_them():
@@ -63,6 +64,7 @@ def test_a_table_read_in_parts_equals_the_gallery_rows(photo_dir, tmp_path):
         want = g.images(added.ids)
         table = ImageTable.read(g, added.ids[::-1] + [10**6], part=2)
         assert len(want) > 2 and list(table) == sorted(want)
+        assert len(ImageTable.read(g, [])) == 0 and len(ImageTable.read(g, [10**6])) == 0
         assert {i: table[i] for i in table} == want
         cache = RowCache(table)
         first = cache[added.ids[0]]

@@ -82,6 +82,40 @@ class Strings:
                 + (0 if self._none is None else len(self._none)))
 
 
+class Codes:
+    """A column of a few distinct optional strings (file formats): a code
+    per row and the strings once. Read once or twice per candidate pair
+    (``pixelchecks.mark_redrawn``), where decoding a string each time cost
+    more than the rest of the lookup."""
+
+    def __init__(self, values: Iterable[str | None] = ()):
+        self._names: list[str | None] = []
+        seen: dict[str | None, int] = {}
+        self._codes = array("H")
+        for v in values:
+            if v not in seen:
+                seen[v] = len(self._names)
+                self._names.append(v)
+            self._codes.append(seen[v])
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def __getitem__(self, p: int) -> str | None:
+        return self._names[self._codes[p]]
+
+    def take(self, positions) -> "Codes":
+        return Codes(self[int(p)] for p in positions)
+
+    @classmethod
+    def joined(cls, pieces: list["Codes"]) -> "Codes":
+        return cls(c[p] for c in pieces for p in range(len(c)))
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * len(self._codes)
+
+
 class ImageTable(Mapping):
     """Gallery rows by image id, kept as columns: ``table[i]`` is a fresh
     :class:`StoredImage` (equal to ``gallery.images([i])[i]``); the
@@ -94,7 +128,8 @@ class ImageTable(Mapping):
     def __init__(self, rows: Iterable[StoredImage] = ()):
         rows = list(rows)
         self._at = IdPositions([r.id for r in rows])
-        self._str = {name: Strings(getattr(r, name) for r in rows) for name in self._STRINGS}
+        self._str = {name: (Codes if name == "format" else Strings)(getattr(r, name) for r in rows)
+                     for name in self._STRINGS}
         self._int = {name: _ints(_NONE if getattr(r, name) is None else getattr(r, name)
                                  for r in rows) for name in self._INTS}
         self._blank = array("b", (bool(r.blank) for r in rows))
@@ -121,7 +156,7 @@ class ImageTable(Mapping):
         out = cls()
         out._at = IdPositions(np.concatenate([t._at.ids for t in pieces]) if pieces else [])
         for name in cls._STRINGS:
-            out._str[name] = Strings.joined([t._str[name] for t in pieces])
+            out._str[name] = type(out._str[name]).joined([t._str[name] for t in pieces])
         for name in cls._INTS:
             for t in pieces:
                 out._int[name].extend(t._int[name])
