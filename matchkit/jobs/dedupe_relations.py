@@ -87,7 +87,7 @@ def _union_same_pixel_blanks(gallery: Gallery, blank: list[int], images: ImageTa
         return
     colours = gallery.colours(blank)
     for i in blank:
-        groups[(images[i].width, images[i].height, colours[i].tobytes())].append(i)
+        groups[(*images.sizes[i], colours[i].tobytes())].append(i)
     for group in groups.values():
         by_digest: dict[str, int] = {}
         for i in group:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from matchkit.store.records import StoredImage
-from matchkit.util.arrays import IdPositions
+from matchkit.util.arrays import ByPosition, IdPositions
 
 #: Rows read from the gallery at once while the table is built (the
 #: ``StoredImage`` objects of one part are the build's only transient).
@@ -116,7 +116,7 @@ class Codes:
         return 2 * len(self._codes)
 
 
-class ImageTable(Mapping):
+class ImageTable(ByPosition):
     """Gallery rows by image id, kept as columns: ``table[i]`` is a fresh
     :class:`StoredImage` (equal to ``gallery.images([i])[i]``); the
     ``paths``, ``sizes``, ``formats`` and ``qualities`` mappings give one
@@ -186,38 +186,22 @@ class ImageTable(Mapping):
     def ids(self) -> list[int]:
         return self._at.ids.tolist()
 
-    def _position(self, i) -> int:
-        p = self._at.position(i)
-        if p is None:
-            raise KeyError(i)
-        return p
-
     def _value(self, name: str, p: int):
         if name in self._str:
             return self._str[name][p]
         v = self._int[name][p]
         return None if v == _NONE else v
 
-    def __getitem__(self, i) -> StoredImage:
-        p = self._position(i)
+    def _at_position(self, p: int) -> StoredImage:
         s, n = self._str, self._int
         quality = n["jpeg_quality"][p]
         meta, labels = self._meta.get(p), self._labels.get(p)
-        return StoredImage(int(i), s["path"][p], n["size"][p], n["mtime_ns"][p], s["sha256"][p],
+        return StoredImage(int(self._at.ids[p]), s["path"][p], n["size"][p], n["mtime_ns"][p], s["sha256"][p],
                            s["pixel_sha256"][p], n["width"][p], n["height"][p], s["format"][p],
                            meta={} if meta is None else copy.deepcopy(meta),
                            labels=[] if labels is None else copy.deepcopy(labels),
                            jpeg_quality=None if quality == _NONE else quality,
                            blank=bool(self._blank[p]))
-
-    def __contains__(self, i) -> bool:
-        return self._at.position(i) is not None
-
-    def __iter__(self):
-        return iter(self.ids)
-
-    def __len__(self) -> int:
-        return len(self._at)
 
     def blank(self, i: int) -> bool:
         return bool(self._blank[self._position(i)])
@@ -266,46 +250,21 @@ class RowCache(dict):
         return row
 
 
-class _Column(Mapping):
+class _Column(ByPosition):
     """One column of an :class:`ImageTable` as a read-only mapping by id."""
 
     def __init__(self, table: ImageTable, name: str):
-        self._table, self._name = table, name
-        self._at = table._at
+        self._table, self._name, self._at = table, name, table._at
 
-    def __getitem__(self, i):
-        p = self._at.position(i)
-        if p is None:
-            raise KeyError(i)
+    def _at_position(self, p: int):
         return self._table._value(self._name, p)
 
-    def get(self, i, default=None):
-        p = self._at.position(i)
-        return default if p is None else self._table._value(self._name, p)
 
-    def __contains__(self, i) -> bool:
-        return self._at.position(i) is not None
-
-    def __iter__(self):
-        return iter(self._table)
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-
-class _Sizes(_Column):
+class _Sizes(ByPosition):
     """id -> (width, height) of an :class:`ImageTable`."""
 
     def __init__(self, table: ImageTable):
-        super().__init__(table, "width x height")
-        self._w, self._h = table._int["width"], table._int["height"]
+        self._at, self._w, self._h = table._at, table._int["width"], table._int["height"]
 
-    def __getitem__(self, i) -> tuple[int, int]:
-        p = self._at.position(i)
-        if p is None:
-            raise KeyError(i)
+    def _at_position(self, p: int) -> tuple[int, int]:
         return self._w[p], self._h[p]
-
-    def get(self, i, default=None):
-        p = self._at.position(i)
-        return default if p is None else (self._w[p], self._h[p])
