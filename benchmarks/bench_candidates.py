@@ -21,11 +21,14 @@ Example:
     python benchmarks/bench_candidates.py --gallery hard=/tmp/g-hard-calib \\
         --gallery recapture=/tmp/g-recapture-calib --folder-root benchmarks/_work \\
         --variant hnsw --variant ivf:matchkit/data/orb_vocab.npz:2:56 --section calib
+    python benchmarks/bench_candidates.py --gallery scale=/tmp/g-scale-10k \
+        --truth scale=benchmarks/_work/scale-distinct-s3/truth-10100.json --variant hnsw ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import sys
@@ -47,7 +50,11 @@ from matchkit.store.shards import MergedIndex  # noqa: E402
 import sets  # noqa: E402
 
 
-def load(gallery: Path, per_image: int):
+def load(gallery: Path, per_image: int, truth_file: Path | None = None):
+    """Descriptors by image id, and the true pairs: images of one photo
+    (``sets.group_of``), or with ``truth_file`` the groups it lists
+    ({"groups": [[name, ...], ...]}, as ``scale_set.py`` writes; matched by
+    file name, so folders of links to the set's files work)."""
     db = sqlite3.connect(f"file:{gallery / 'gallery.sqlite'}?mode=ro", uri=True)
     try:
         names = {i: os.path.basename(p) for i, p in db.execute("SELECT id, path FROM images")}
@@ -57,8 +64,14 @@ def load(gallery: Path, per_image: int):
     finally:
         db.close()
     groups: dict[str, list[int]] = {}
-    for i, n in names.items():
-        groups.setdefault(sets.group_of(n), []).append(i)
+    if truth_file is not None:
+        by_name = {n: i for i, n in names.items()}
+        for g, members in enumerate(json.loads(truth_file.read_text())["groups"]):
+            groups[str(g)] = [by_name[os.path.basename(m)] for m in members
+                              if os.path.basename(m) in by_name]
+    else:
+        for i, n in names.items():
+            groups.setdefault(sets.group_of(n), []).append(i)
     truth = {(a, b) for g in groups.values() for a in g for b in g if a < b}
     return descs, truth
 
@@ -128,6 +141,9 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gallery", action="append", required=True, metavar="NAME=FOLDER",
                     help="a set's gallery (built with matchkit index --no-embed)")
+    ap.add_argument("--truth", action="append", default=[], metavar="NAME=FILE",
+                    help="the true groups of set NAME from a file (scale_set.py's "
+                         "truth-N.json), instead of the photo in each file name")
     ap.add_argument("--variant", action="append", required=True)
     ap.add_argument("--shards", type=int, default=1,
                     help="also search N shards (image id mod N) merged, and count the query "
@@ -137,9 +153,11 @@ def main() -> None:
     args = ap.parse_args()
     s = Settings()
     rows = []
+    truths = dict(t.split("=", 1) for t in args.truth)
     for spec in args.gallery:
         name, _, folder = spec.partition("=")
-        descs, truth = load(Path(folder), s.index_features)
+        truth_file = Path(truths[name]) if name in truths else None
+        descs, truth = load(Path(folder), s.index_features, truth_file)
         print(f"{name}: {len(descs)} images, {len(truth)} true pairs", flush=True)
         base = None
         for v in args.variant:

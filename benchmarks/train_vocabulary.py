@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from matchkit.index.ivf import VOCAB_FILE, Vocabulary  # noqa: E402
+from matchkit.util.arrays import cross_bit_distances  # noqa: E402
 
 
 def gallery_descriptors(folder: Path, per_image: int) -> np.ndarray:
@@ -43,8 +44,8 @@ def _hamming(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     """(n, K) Hamming distances between codes (n, 32) and centroids (K, 32)."""
     xv, cv = x.view(np.uint64), c.view(np.uint64)
     out = np.empty((len(x), len(c)), np.int64)
-    for s in range(0, len(x), 2048):
-        out[s:s + 2048] = np.bitwise_count(xv[s:s + 2048, None, :] ^ cv[None]).sum(-1)
+    for s in range(0, len(x), 8192):
+        out[s:s + 8192] = cross_bit_distances(xv[s:s + 8192], cv)
     return out
 
 

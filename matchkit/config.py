@@ -42,7 +42,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "vote_max_distance": _BITS,
     "vote_candidates": (1, 1000),
     "vote_min_votes": (0.0, 1000.0),
-    "ivf_probes": (1, 16),
+    "ivf_probes": (1, 64),
+    "ivf_nodes": (1, 256),
     "phash_candidate_distance": _BITS,
     "verify_top": (0, 1000),
     "verify_crowd_margin": _BITS,
@@ -117,6 +118,11 @@ class Settings:
     vote_index: str = "hnsw"
     #: With ``vote_index="ivf"``: visual words each query descriptor looks in.
     ivf_probes: int = 2
+    #: With ``vote_index="ivf"``: the first-level nodes of the vocabulary tree
+    #: whose words the probes are chosen among.
+    ivf_nodes: int = 2
+    #: With ``vote_index="ivf"``: the shipped vocabulary (``index.vocabulary.VOCABULARIES``).
+    ivf_vocabulary: str = "orb-4k"
     #: Looser pHash distance that still makes a pair worth verifying locally.
     phash_candidate_distance: int = 110
     #: A pair the descriptors did not vote for is verified only if one image is
@@ -231,7 +237,8 @@ class _Choices(dict):
 #: Text settings with a fixed set of values (numbers have ``RANGES``), and
 #: ``signals``, a list of names from the signal registry.
 CHOICES: dict[str, tuple[str, ...]] = _Choices(
-    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "signals": ()})
+    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "ivf_vocabulary": ("orb-4k", "orb-64k"),
+     "signals": ()})
 
 
 def check_setting(name: str, value):

@@ -3,6 +3,7 @@ files (bytes, memory-mapped), bad and empty input."""
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -242,6 +243,21 @@ def test_bad_and_empty_input():
         IVFIndex(_vocab(rng), probes=0)
 
 
+def test_named_vocabularies():
+    from matchkit.config import CHOICES
+    from matchkit.index.vocabulary import VOCABULARIES, named_vocabulary
+
+    assert CHOICES["ivf_vocabulary"] == tuple(VOCABULARIES)
+    assert named_vocabulary("orb-4k") is default_vocabulary()
+    big = named_vocabulary("orb-64k")
+    assert big.words == 65536 and big.nbits == 256
+    codes = np.random.default_rng(2).integers(0, 256, (50, 32), dtype=np.uint8)
+    idx = IVFIndex(big, probes=16, nodes=8)
+    idx.add(np.arange(50), codes)
+    keys, dist = idx.search(codes, 1)
+    assert np.array_equal(keys[:, 0], np.arange(50)) and not dist.any()
+
+
 def test_shipped_vocabulary():
     vocab = default_vocabulary()
     assert vocab.words >= 4096 and 256 % vocab.nbits == 0
@@ -253,9 +269,56 @@ def test_shipped_vocabulary():
     assert (np.diff(np.sort(three, 1), axis=1) != 0).all()
 
 
+
+def _words_by_definition(vocab, code, probes, nodes):
+    """One code's words as ``Vocabulary.assign`` defines them, by plain
+    sorting: the ``nodes`` nearest first-level centroids (ties by number);
+    first the best leaf of the best node, then the ``probes - 1`` nearest
+    other leaves of those nodes, ties by word number."""
+    def dist(a, b):
+        return int(np.bitwise_count(np.bitwise_xor(a, b)).sum())
+    k1, k2 = vocab.leaves.shape[:2]
+    nodes = 1 if probes == 1 else min(nodes, k1)
+    best = sorted(range(k1), key=lambda i: (dist(code, vocab.top[i]), i))[:nodes]
+    leaves = [(dist(code, vocab.leaves[i, j]), i * k2 + j) for i in best for j in range(k2)]
+    first = min(leaves[:k2])
+    rest = sorted(x for x in leaves if x != first)[:probes - 1]
+    return [first[1]] + [w for _, w in rest]
+
+
+@pytest.mark.parametrize("top,leaves,probes,nodes", [(4, 4, 1, 2), (5, 7, 3, 2), (6, 8, 9, 4),
+                                                      (3, 2, 6, 3), (16, 16, 16, 8)])
+def test_words_are_chosen_as_defined(top, leaves, probes, nodes):
+    """Words are chosen node by node (``_leaf_distances`` groups the queries
+    by the nodes they chose); the choice must stay the plain definition,
+    ties included (codes near a few bases tie often), across chunks."""
+    rng = np.random.default_rng(top * 100 + probes)
+    vocab = _vocab(rng, top, leaves)
+    codes = _codes(rng, 300, base=vocab.top[:2], flips=6)
+    got = vocab.assign(codes, probes, nodes)
+    want = np.array([_words_by_definition(vocab, c, probes, nodes) for c in codes])
+    assert np.array_equal(got, want)
+
+
+def test_an_index_filed_by_an_older_build_is_not_loaded(monkeypatch):
+    """Entries filed with word ties broken another way would not be found
+    where queries now look: such a file must be refused (and so rebuilt)."""
+    rng = np.random.default_rng(3)
+    vocab = _vocab(rng)
+    idx = IVFIndex(vocab)
+    idx.add(np.arange(50), _codes(rng, 50))
+    assert len(IVFIndex.load(idx.to_bytes(), vocabulary=vocab)) == 50
+    filing = ivf.FILING
+    monkeypatch.setattr(ivf, "FILING", 1)
+    old = idx.to_bytes()
+    monkeypatch.setattr(ivf, "FILING", filing)
+    with pytest.raises(ValueError, match="filed"):
+        IVFIndex.load(old, vocabulary=vocab)
+
 # -- in a gallery ------------------------------------------------------------
 
-def test_incremental_with_ivf_matches_a_run_from_scratch(tmp_path):
+@pytest.mark.parametrize("words", ["orb-4k", "orb-64k"])
+def test_incremental_with_ivf_matches_a_run_from_scratch(tmp_path, words):
     import shutil
 
     from matchkit import Settings
@@ -263,7 +326,8 @@ def test_incremental_with_ivf_matches_a_run_from_scratch(tmp_path):
     from test_determinism import _content
     from test_incremental import _make
 
-    s = Settings(workers=1, vote_index="ivf")
+    s = Settings(workers=1, vote_index="ivf", ivf_vocabulary=words,
+                 **({"ivf_probes": 16, "ivf_nodes": 8} if words == "orb-64k" else {}))
     old, new = _make(tmp_path / "old", range(5)), _make(tmp_path / "new", range(5, 7))
     folder = tmp_path / "photos"
     shutil.copytree(old, folder)
@@ -304,6 +368,36 @@ def test_gallery_keeps_one_file_per_kind(tmp_path):
         assert g.verify().stale and len(g.orb_index) == n
 
 
+def test_a_reader_not_told_searches_the_vocabulary_written(tmp_path):
+    """A gallery written with the 64k vocabulary is opened without settings
+    (as ``check`` and ``search`` open it): its file is loaded as it is, with
+    the writer's vocabulary, probes and nodes, not rebuilt over the 4k one."""
+    from matchkit import Settings
+    from matchkit.store.gallery import Gallery
+    from matchkit.store.gallery_indexes import _FILE_KEY
+    from test_incremental import _make
+
+    photo_dir = _make(tmp_path / "photos", range(2))
+    big = Settings(workers=1, vote_index="ivf", ivf_vocabulary="orb-64k", ivf_probes=16,
+                   ivf_nodes=8)
+    with Gallery(tmp_path / "g", big) as g:
+        g.add(sorted(photo_dir.iterdir()))
+        n = len(g.orb_index)
+        g.save()
+    with Gallery(tmp_path / "g") as g:
+        s = g.settings
+        assert (s.vote_index, s.ivf_vocabulary, s.ivf_probes, s.ivf_nodes) == \
+            ("ivf", "orb-64k", 16, 8)
+        assert g.load_indexes(only_current=True) and g.orb_index.vocab.words == 65536
+        assert len(g.orb_index) == n
+        # A damaged record still names the kind; the rest falls back to defaults.
+        record = json.loads(g._meta(_FILE_KEY + "orb-ivf"))
+        record["ivf"]["ivf_nodes"] = 10**6
+        g._set_meta(_FILE_KEY + "orb-ivf", json.dumps(record))
+    with Gallery(tmp_path / "g") as g:
+        assert g.settings.vote_index == "ivf" and g.settings.ivf_vocabulary == "orb-4k"
+
+
 def test_sharded_ivf_search_equals_one_gallery(tmp_path):
     from matchkit import Settings
     from matchkit.store.gallery import Gallery
@@ -334,6 +428,12 @@ def test_settings_key_unchanged_for_hnsw_and_bad_setting():
     assert settings_key(Settings(vote_index="ivf")) != settings_key(Settings())
     assert (settings_key(Settings(vote_index="ivf", ivf_probes=3))
             != settings_key(Settings(vote_index="ivf")))
+    assert settings_key(Settings()) == settings_key(Settings(ivf_nodes=4, ivf_vocabulary="orb-64k"))
+    for change in ({"ivf_nodes": 4}, {"ivf_vocabulary": "orb-64k"}):
+        assert (settings_key(Settings(vote_index="ivf", **change))
+                != settings_key(Settings(vote_index="ivf")))
+    with pytest.raises(SettingsError):
+        Settings(vote_index="ivf", ivf_vocabulary="orb-1m")
     with pytest.raises(SettingsError):
         Settings(vote_index="faiss")
     with pytest.raises(SettingsError):

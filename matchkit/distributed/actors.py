@@ -169,14 +169,14 @@ class RemoteIndex:
 def _encoder(encodings: set, settings: Settings):
     """An index on the driver that encodes queries as every shard's index
     takes them (``ivf.IVFIndex.encode``): an IVF index of the shipped
-    vocabulary with the settings' probes, when all shards' indexes have its
+    vocabulary, probes and nodes the settings name, when all shards' indexes have its
     encoding; else None (HNSW indexes, or a vocabulary this driver lacks:
     the codes themselves are sent)."""
     if len(encodings) != 1 or None in encodings:
         return None
-    from matchkit.index.ivf import IVFIndex
+    from matchkit.index.ivf import ivf_index
 
-    mine = IVFIndex(probes=settings.ivf_probes)
+    mine = ivf_index(settings)
     return mine if mine.encoding in encodings else None
 
 

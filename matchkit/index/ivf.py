@@ -46,7 +46,8 @@ from matchkit.util.fs import atomic_write, file_stamp
 from matchkit.index.hamming import within
 from matchkit.index.ivf_file import _MAGIC, _pack, _unpack  # noqa: F401  (re-exported)
 from matchkit.index.vocabulary import (  # noqa: F401  (re-exported)
-    VOCAB_FILE, Vocabulary, _load_vocabulary, _smallest, default_vocabulary)
+    FILING, VOCAB_FILE, Vocabulary, _load_vocabulary, _smallest, default_vocabulary,
+    named_vocabulary)
 
 #: Keys must be below this (``IVFIndex._gathered`` packs row, distance and key in one int64).
 MAX_KEY = 1 << 46
@@ -200,8 +201,8 @@ class IVFIndex:
     # -- search -------------------------------------------------------------
     @property
     def encoding(self) -> tuple:
-        """What :meth:`encode` depends on: the vocabulary, probes and nodes."""
-        return (self.vocab.digest, self.vocab.nbits, self.probes, self.nodes)
+        """What :meth:`encode` depends on: the vocabulary, probes, nodes and filing."""
+        return (self.vocab.digest, self.vocab.nbits, self.probes, self.nodes, FILING)
 
     def encode(self, codes: np.ndarray) -> EncodedQueries:
         """Query codes (n, 32) as this index compares them (:class:`EncodedQueries`):
@@ -360,7 +361,7 @@ class IVFIndex:
         sdt = "<u4" if self.vocab.nbits <= 32 else "<u8"
         arrays = [self._offsets.astype("<i8"), self._keys.astype(kdt),
                   self._sigs.astype(sdt).reshape(-1)]
-        header = {"vocab": self.vocab.digest, "words": self.vocab.words,
+        header = {"vocab": self.vocab.digest, "words": self.vocab.words, "filing": FILING,
                   "count": int(len(self._keys)),
                   "arrays": [[a.dtype.str, len(a)] for a in arrays]}
         return header, arrays
@@ -402,6 +403,8 @@ class IVFIndex:
             header, arrays = _unpack(memoryview(Path(source).read_bytes()))
         if header.get("vocab") != idx.vocab.digest or header.get("words") != idx.vocab.words:
             raise ValueError("index was built over another vocabulary")
+        if header.get("filing", 1) != FILING:
+            raise ValueError("index was filed by another build (word ties broken otherwise)")
         offsets, keys, sigs = arrays
         w = idx.vocab.sig_words
         if (len(offsets) != idx.vocab.words + 1 or offsets[0] != 0 or offsets[-1] != len(keys)
@@ -411,3 +414,17 @@ class IVFIndex:
         idx._offsets, idx._keys = offsets, keys
         idx._sigs = sigs if w == 1 else sigs.reshape(-1, w)
         return idx
+
+
+def ivf_index(settings) -> IVFIndex:
+    """An empty IVF index as ``settings`` (a ``config.Settings``) ask for:
+    ``ivf_vocabulary``, ``ivf_probes`` and ``ivf_nodes``."""
+    return IVFIndex(named_vocabulary(settings.ivf_vocabulary), probes=settings.ivf_probes,
+                    nodes=settings.ivf_nodes)
+
+
+def load_ivf_index(data, settings) -> IVFIndex:
+    """A saved IVF index (``IVFIndex.load``) searched as ``settings`` ask for;
+    ValueError if it was built over another vocabulary."""
+    return IVFIndex.load(data, vocabulary=named_vocabulary(settings.ivf_vocabulary),
+                         probes=settings.ivf_probes, nodes=settings.ivf_nodes)

@@ -20,10 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from matchkit.util.arrays import bit_sums
+from matchkit.util.arrays import cross_bit_distances
 from matchkit.util.fs import atomic_write
 
 VOCAB_FILE = Path(__file__).resolve().parent.parent / "data" / "orb_vocab.npz"
+#: How ``Vocabulary.assign`` breaks ties, saved with every IVF index: an index
+#: filed another way is rebuilt (1: first-level nodes tied at the cut were
+#: taken as ``np.argpartition`` left them, which filed 1.1% of real ORB
+#: descriptors under another word than taking them by number; 2: by number).
+FILING = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +80,8 @@ class Vocabulary:
     # -- assignment ---------------------------------------------------------
     def assign(self, codes: np.ndarray, probes: int = 1, nodes: int = 2) -> np.ndarray:
         """The ``probes`` nearest words of each code (n, 32) uint8: (n, probes)
-        int64, nearest first, ties by word number. With one probe this is a
+        int64, nearest first, ties by word number (and nodes tied at the
+        cut by node number). With one probe this is a
         plain descent of the tree (the best first-level node, then its best
         leaf: the word an entry is filed under); with more, that word comes
         first and the other leaves of the ``nodes`` best first-level nodes
@@ -89,10 +95,11 @@ class Vocabulary:
         nodes = 1 if probes == 1 else max(1, min(int(nodes), k1))
         for s in range(0, len(codes), 4096):
             q = codes[s:s + 4096].view(np.uint64)      # (n, 4)
-            d1 = bit_sums(q[:, None, :] ^ top[None])
-            best = _smallest(d1, nodes)                # (n, nodes)
-            cand = leaves[best]                        # (n, nodes, K2, 4)
-            d2 = bit_sums(q[:, None, None, :] ^ cand)
+            # Nodes tied at the cut are taken by number (as words are), not as
+            # argpartition happens to leave them.
+            d1 = cross_bit_distances(q, top) * k1 + np.arange(k1)
+            best = _smallest(d1, nodes)                            # (n, nodes)
+            d2 = _leaf_distances(q, best, leaves)                  # (n, nodes, K2)
             word = best[:, :, None] * k2 + np.arange(k2)[None, None, :]
             # The descent's leaf (best leaf of the best node) first, always:
             # what an entry is filed under is what a query looks at first.
@@ -138,6 +145,30 @@ class Vocabulary:
         return out.reshape(-1) if self.sig_words == 1 else out
 
 
+def _leaf_distances(q: np.ndarray, best: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """Hamming distances (n, nodes, K2) of each query (n, 4) uint64 to the
+    leaves of its chosen first-level nodes ``best`` (n, nodes).
+
+    Why grouped by node: each node's leaves are compared with the queries
+    that chose it, one ``cross_bit_distances`` call per node, instead of
+    gathering every query's leaves first (``leaves[best]``: 268 MB for 4,096
+    queries, 8 nodes of 256 leaves). For 20,000 random queries against 256 x
+    256 words, 16 probes in 8 nodes: 4.3-5.0 s gathered, 1.1-1.5 s grouped
+    (benchmarks/RESULTS.md, "candidates: words chosen node by node, and a
+    65,536-word vocabulary")."""
+    n, nodes = best.shape
+    out = np.empty((n * nodes, leaves.shape[1]), np.int64)
+    flat = best.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    sorted_nodes = flat[order]
+    starts = np.flatnonzero(np.r_[True, sorted_nodes[1:] != sorted_nodes[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        rows = order[a:b]
+        out[rows] = cross_bit_distances(q[rows // nodes], leaves[sorted_nodes[a]])
+    return out.reshape(n, nodes, -1)
+
+
 def _smallest(values: np.ndarray, k: int) -> np.ndarray:
     """Column indexes of the ``k`` smallest values per row, smallest first
     (values must be distinct within a row for a deterministic order)."""
@@ -156,3 +187,24 @@ def _load_vocabulary(path: str) -> Vocabulary:
 def default_vocabulary() -> Vocabulary:
     """The vocabulary shipped with matchkit (``matchkit/data/orb_vocab.npz``)."""
     return _load_vocabulary(str(VOCAB_FILE))
+
+
+#: The vocabularies shipped with matchkit, by the name ``Settings.ivf_vocabulary``
+#: gives: file in ``matchkit/data`` and the signature bits kept (None: the
+#: file's own). Both trained on the calib halves by
+#: ``benchmarks/train_vocabulary.py``. The larger one scans a sixteenth of the
+#: postings per probe, for large galleries, but finds fewer candidate pairs on
+#: the held-out photo halves (benchmarks/RESULTS.md, "candidates: words chosen
+#: node by node, and a 65,536-word vocabulary").
+VOCABULARIES: dict[str, tuple[str, int | None]] = {
+    "orb-4k": (VOCAB_FILE.name, None),        # 64 x 64 words, 64-bit signatures
+    "orb-64k": ("orb_vocab_64k.npz", 256),    # 256 x 256 words, whole descriptors
+}
+
+
+@lru_cache(maxsize=8)
+def named_vocabulary(name: str) -> Vocabulary:
+    """A shipped vocabulary by name (``VOCABULARIES``); KeyError for others."""
+    file, bits = VOCABULARIES[name]
+    vocab = _load_vocabulary(str(VOCAB_FILE.parent / file))
+    return vocab if bits is None else vocab.with_signature_bits(bits)

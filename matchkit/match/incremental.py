@@ -76,6 +76,7 @@ from matchkit.store.gallery_matches import record_ids_digest
 from matchkit.store.image_table import ImageTable
 from matchkit.util.linequeue import LineQueue
 from matchkit.index.pictures import PictureIndex, forget_picture_files
+from matchkit.index.vocabulary import FILING
 from matchkit.match.pairs import PairEvidence, PairMatcher
 from matchkit.signals.thumbmatch import IconDecider, icon_views
 from matchkit.match.incremental_hash import HashSearchUpdates
@@ -146,6 +147,10 @@ def settings_key(settings: Settings, calibrator=None) -> str:
     if values.get("vote_index") == "hnsw":  # (the default, as before the IVF index existed)
         values.pop("vote_index")
         values.pop("ivf_probes", None)
+        values.pop("ivf_nodes", None)
+        values.pop("ivf_vocabulary", None)
+    else:  # stored IVF searches depend on how words were chosen
+        values["ivf_filing"] = FILING
     if not values.get("signals"):  # (none: the default, as before signals existed)
         values.pop("signals", None)
     cal = None

@@ -223,7 +223,8 @@ class StoredVotes:
             others = [i for i in todo if i not in in_plain]
             if others:
                 if ivf:
-                    small = IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes)
+                    small = IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes,
+                                     nodes=s.ivf_nodes)
                     small.add(keys, descs, replace=False)
                 else:
                     small = transient_index(keys, descs, 256)

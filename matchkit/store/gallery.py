@@ -118,8 +118,9 @@ class Gallery(_ReadingMixin, _WritingMixin, _SignalsMixin, _IndexesMixin, _Verif
         """Open (or with ``create``, make) the gallery in folder ``path``.
 
         ``settings``: default ``Settings()``, with the descriptor index kind
-        the gallery was last written with (``saved_vote_index``), so a reader
-        that is not told searches what the writer built.
+        the gallery was last written with (``saved_vote_index``) and, for an
+        IVF index, its vocabulary, probes and nodes (``saved_index_settings``),
+        so a reader that is not told searches what the writer built.
 
         ``lock_timeout``: seconds a write waits for another process writing
         to this gallery before raising :class:`GalleryError` (default:
@@ -166,8 +167,11 @@ class Gallery(_ReadingMixin, _WritingMixin, _SignalsMixin, _IndexesMixin, _Verif
             raise GalleryError(f"cannot update gallery {self.path}: {e}") from None
         remove_stale_temps(self.path)
         last_opened = self.path
-        if settings is None and (kind := self.saved_vote_index()) is not None:
-            self.settings = self.settings.with_(vote_index=kind)
+        if settings is None and (saved := self.saved_index_settings()):
+            try:
+                self.settings = self.settings.with_(**saved)
+            except ValueError:  # (a damaged record: the kind alone)
+                self.settings = self.settings.with_(vote_index=saved["vote_index"])
         self._writer = WriterLock(self.path, default_timeout() if lock_timeout is None
                                   else lock_timeout)
         self._indexes: dict[str, HammingIndex] = {}

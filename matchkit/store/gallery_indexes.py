@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from matchkit.index.hamming import HammingIndex
-from matchkit.index.ivf import IVFIndex
+from matchkit.index.ivf import IVFIndex, ivf_index, load_ivf_index
 from matchkit.signals.hashing import PHASH_BITS
 from matchkit.store.index_files import WrittenAhead, file_loader, write_ahead
 
@@ -37,6 +37,8 @@ PHASH_INDEX_NAME = "phash.usearch"
 ORB_INDEX_NAME = "orb.usearch"
 #: The ORB index file with ``Settings.vote_index = "ivf"`` (its own stamp, too).
 ORB_IVF_INDEX_NAME = "orb.ivf"
+#: The settings an IVF file is searched with, recorded with its stamp.
+_IVF_SETTINGS = ("ivf_vocabulary", "ivf_probes", "ivf_nodes")
 #: Descriptor keys in the ORB index are image_id * ORB_KEY_STRIDE + rank.
 ORB_KEY_STRIDE = 1024
 #: Prefix of a model's record in the ``meta`` table (value: JSON).
@@ -180,6 +182,20 @@ class _IndexesMixin:
                     best = (when, kind)
         return None if best is None else best[1]
 
+    def saved_index_settings(self) -> dict:
+        """The settings a reader that is not told should search with: the
+        index kind of ``saved_vote_index`` and, for an IVF file, the
+        vocabulary, probes and nodes it was written with (empty: no file)."""
+        kind = self.saved_vote_index()
+        if kind is None:
+            return {}
+        out = {"vote_index": kind}
+        if kind == "ivf":
+            ivf = (self._saved_stamp("orb-ivf") or {}).get("ivf")
+            if isinstance(ivf, dict):
+                out.update({k: ivf[k] for k in _IVF_SETTINGS if k in ivf})
+        return out
+
     def _ivf(self) -> bool:
         return self.settings.vote_index == "ivf"
 
@@ -191,14 +207,14 @@ class _IndexesMixin:
     def _new_index(self, name: str):
         """An empty index of the kind the settings ask for."""
         if name == "orb" and self._ivf():
-            return IVFIndex(probes=self.settings.ivf_probes)
+            return ivf_index(self.settings)
         nbits, params = self._index_params(name)
         return HammingIndex(nbits, **params)
 
     def _index_loader(self, name: str):
         """A function from a saved file's bytes to its index (raises if foreign)."""
         if name == "orb" and self._ivf():
-            return lambda data, p=self.settings.ivf_probes: IVFIndex.load(data, probes=p)
+            return lambda data, s=self.settings: load_ivf_index(data, s)
         nbits, params = self._index_params(name)
         return lambda data: HammingIndex.load(data, nbits, **params)
 
@@ -276,7 +292,9 @@ class _IndexesMixin:
         load = file_loader(file, record, loader, why)
         shared = self.shared_indexes
         # (an IVF index's probes are a search setting held by the object: part of the key)
-        probes = self.settings.ivf_probes if key == "orb" and self._ivf() else None
+        s = self.settings
+        probes = ((s.ivf_vocabulary, s.ivf_probes, s.ivf_nodes)
+                  if key == "orb" and self._ivf() else None)
         idx = (load() if shared is None else shared.get_or_load(
             (str(file), key, record.get("sha256"), record.get("generation"), probes), load))
         if idx is None:
@@ -419,6 +437,8 @@ class _IndexesMixin:
                 stamp = idx.save(self._index_file(name))
             record = {**stamp, "keys": len(idx), "generation": self._have[name],
                       "saved_at": round(time.time(), 3)}
+            if name == "orb" and self._ivf():  # (how a reader that is not told searches it)
+                record["ivf"] = {k: getattr(self.settings, k) for k in _IVF_SETTINGS}
             # One statement: the generation stamp and the checksum change together.
             self._set_meta(_FILE_KEY + self._record_name(name),
                            json.dumps(record, sort_keys=True))
