@@ -286,12 +286,18 @@ def _words_by_definition(vocab, code, probes, nodes):
     return [first[1]] + [w for _, w in rest]
 
 
+@pytest.mark.parametrize("cells", [None, 1, 700])
 @pytest.mark.parametrize("top,leaves,probes,nodes", [(4, 4, 1, 2), (5, 7, 3, 2), (6, 8, 9, 4),
                                                       (3, 2, 6, 3), (16, 16, 16, 8)])
-def test_words_are_chosen_as_defined(top, leaves, probes, nodes):
+def test_words_are_chosen_as_defined(top, leaves, probes, nodes, cells, monkeypatch):
     """Words are chosen node by node (``_leaf_distances`` groups the queries
-    by the nodes they chose); the choice must stay the plain definition,
-    ties included (codes near a few bases tie often), across chunks."""
+    by the nodes they chose), in chunks of queries (``ASSIGN_CELLS``: one
+    query at a time, a few, all at once); the choice must stay the plain
+    definition, ties included (codes near a few bases tie often)."""
+    from matchkit.index import vocabulary
+
+    if cells is not None:
+        monkeypatch.setattr(vocabulary, "ASSIGN_CELLS", cells)
     rng = np.random.default_rng(top * 100 + probes)
     vocab = _vocab(rng, top, leaves)
     codes = _codes(rng, 300, base=vocab.top[:2], flips=6)
