@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import sets  # noqa: E402
+from bench_dedupe import truth_pairs  # noqa: E402
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -60,14 +61,6 @@ def child(folder: Path, changes: dict) -> dict:
     groups = [[Path(m).name for m in cl.members] for cl in report.clusters]
     return {"groups": groups, "wall_s": wall, "cpu_s": cpu,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def truth_pairs(folder: Path) -> set:
-    groups: dict[str, list[str]] = {}
-    for p in folder.iterdir():
-        if not p.name.startswith("."):
-            groups.setdefault(sets.group_of(p.name), []).append(p.name)
-    return C.pairs_from_groups(groups.values())
 
 
 def main() -> None:
