@@ -44,7 +44,8 @@ def score_run(out_json: Path, groups: list[list[str]]) -> dict:
     return C.score(pred, truth)
 
 
-def run_size(n: int, seed: int, root: Path, workers: int, keep: bool) -> list[dict]:
+def run_size(n: int, seed: int, root: Path, workers: int, keep: bool,
+             vote_index: str | None = None) -> list[dict]:
     extra = n // 100
     made = scale_set.build(seed, root, n + extra, workers=workers)
     if made["made"]:
@@ -52,14 +53,15 @@ def run_size(n: int, seed: int, root: Path, workers: int, keep: bool) -> list[di
     img = root / "img"
     folders = [str(img / f"d{f:04d}") for f in range(n // scale_set.PER_FOLDER)]
     added = [str(img / scale_set.Slot(i).name) for i in range(n, n + extra)]
-    gallery = root / f"gallery-{n}"
+    tag = f"-{vote_index}" if vote_index else ""
+    gallery = root / f"gallery-{n}{tag}"
     shutil.rmtree(gallery, ignore_errors=True)
     rows = []
     runs = (("first", folders, n), ("no-op", folders, n), ("add 1%", folders + added, n + extra))
     for name, paths, count in runs:
-        out = root / f"out-{n}-{name.split()[0].replace('%', '')}.json"
+        out = root / f"out-{n}{tag}-{name.split()[0].replace('%', '')}.json"
         cmd = [sys.executable, "-m", "matchkit.cli", "dedupe", *paths, "--gallery", str(gallery),
-               "--json", str(out), "-q"]
+               "--json", str(out), "-q", *(["--vote-index", vote_index] if vote_index else [])]
         load = os.getloadavg()[0]
         u = C.run_usage(cmd)
         if u["rc"] not in (0, 1):
@@ -74,7 +76,7 @@ def run_size(n: int, seed: int, root: Path, workers: int, keep: bool) -> list[di
     first = rows[0]
     for r in rows[1:]:
         r["vs_first_run"] = f"{r['wall_s'] / first['wall_s']:.3f}x wall, {r['cpu_s'] / first['cpu_s']:.3f}x cpu"
-    (root / f"results-{n}.json").write_text(json.dumps(rows, indent=1))
+    (root / f"results-{n}{tag}.json").write_text(json.dumps(rows, indent=1))
     if not keep:
         shutil.rmtree(gallery, ignore_errors=True)
     return rows
@@ -89,6 +91,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="processes for making missing images")
     ap.add_argument("--keep-gallery", action="store_true")
+    ap.add_argument("--vote-index", default=None,
+                    help="pass --vote-index to dedupe (galleries, outputs and results-N-NAME.json "
+                         "are kept apart per index)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     try:
@@ -98,10 +103,13 @@ def main() -> None:
     if not sizes or any(n <= 0 or n % STEP for n in sizes):
         ap.error(f"--sizes: positive multiples of {STEP}")
     root = args.root or scale_set.default_root(args.seed)
-    rows = [r for n in sizes for r in run_size(n, args.seed, root, args.workers, args.keep_gallery)]
+    rows = [r for n in sizes
+            for r in run_size(n, args.seed, root, args.workers, args.keep_gallery, args.vote_index)]
     # Smaller sizes measured by earlier invocations on this collection (their
     # results-N.json) join the table, so a 100k run is compared with the 10k.
-    earlier = sorted((int(f.stem.split("-")[1]), f) for f in root.glob("results-*.json"))
+    tag = f"-{args.vote_index}" if args.vote_index else ""
+    earlier = sorted((int(f.stem.split("-")[1]), f) for f in root.glob("results-*.json")
+                     if f.stem[len("results-"):].lstrip("0123456789") == tag)
     earlier = [(n, f) for n, f in earlier if n < sizes[0]]
     rows = [{**r, "run": r["run"] + " (earlier)"} for _, f in earlier
             for r in json.loads(f.read_text())] + rows
@@ -120,7 +128,8 @@ def main() -> None:
     print(text)
     if not args.no_write:
         seed = f", seed {args.seed}" if args.seed else ""  # seed 0's sections came first
-        C.write_section(f"scaling: distinct pictures with planted copies, {args.sizes}{seed}", (
+        C.write_section(f"scaling: distinct pictures with planted copies, {args.sizes}{seed}"
+                        + (f", --vote-index {args.vote_index}" if args.vote_index else ""), (
             f"Data: `benchmarks/scale_set.py` seed {args.seed}: distinct procedural pictures "
             "(`synth.py`: fractal-noise textures, shapes, strokes, text, lighting, grain; "
             "640x480 to 1024x768 JPEG, no region shared between pictures, though the letters "

@@ -237,8 +237,27 @@ class _Choices(dict):
 #: Text settings with a fixed set of values (numbers have ``RANGES``), and
 #: ``signals``, a list of names from the signal registry.
 CHOICES: dict[str, tuple[str, ...]] = _Choices(
-    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "ivf_vocabulary": ("orb-4k", "orb-64k"),
+    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "ivf_vocabulary": ("orb-4k", "orb-16k", "orb-64k"),
      "signals": ()})
+
+
+#: ``--vote-index`` names (CLI) and the settings each stands for: the index
+#: kind and, for the larger IVF vocabularies, the probes and nodes they were
+#: measured with (benchmarks/RESULTS.md, "candidates: words chosen node by
+#: node, and a 65,536-word vocabulary").
+VOTE_INDEXES: dict[str, dict] = {
+    "hnsw": {"vote_index": "hnsw"},
+    "ivf": {"vote_index": "ivf"},
+    "ivf-16k": {"vote_index": "ivf", "ivf_vocabulary": "orb-16k", "ivf_probes": 16,
+                "ivf_nodes": 8},
+    "ivf-64k": {"vote_index": "ivf", "ivf_vocabulary": "orb-64k", "ivf_probes": 16,
+                "ivf_nodes": 8},
+}
+
+
+def vote_index_settings(name: str | None) -> dict:
+    """The settings a ``--vote-index`` name stands for (none for None)."""
+    return {} if name is None else dict(VOTE_INDEXES[name])
 
 
 def check_setting(name: str, value):

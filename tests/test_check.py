@@ -316,3 +316,35 @@ def test_check_searches_the_vote_index_the_gallery_was_written_with(tmp_path, mo
     out = CliRunner().invoke(cli, ["check", str(tmp_path / "q.jpg"), "--gallery", str(gdir),
                                    "--vote-index", "hnsw", "-q"])
     assert out.exit_code == 0 and '"matched": true' in out.output
+
+
+def test_a_gallery_indexed_with_ivf_64k_is_checked_with_it(tmp_path, monkeypatch):
+    """``--vote-index ivf-64k`` stands for the 64k vocabulary with 16 probes
+    in 8 nodes; ``check`` without the option searches that file as written
+    (no index rebuilt over the default vocabulary) and finds the crop."""
+    from conftest import make_photo
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        make_photo(i, (480, 360)).save(src / f"p{i}.jpg", quality=90)
+    make_photo(2, (480, 360)).crop((40, 30, 440, 330)).save(tmp_path / "q.jpg", quality=80)
+    gdir = tmp_path / "g"
+    out = CliRunner().invoke(cli, ["index", str(src), "--gallery", str(gdir), "--no-embed",
+                                   "--vote-index", "ivf-64k", "-q"])
+    assert out.exit_code == 0, out.output
+    with Gallery(gdir, create=False) as g:
+        s = g.settings
+        assert (s.vote_index, s.ivf_vocabulary, s.ivf_probes, s.ivf_nodes) == \
+            ("ivf", "orb-64k", 16, 8)
+    built = []
+    real = Gallery._new_index
+    monkeypatch.setattr(Gallery, "_new_index", lambda self, name: built.append(name)
+                        or real(self, name))
+    out = CliRunner().invoke(cli, ["check", str(tmp_path / "q.jpg"), "--gallery", str(gdir),
+                                   "-q"])
+    assert out.exit_code == 0 and '"matched": true' in out.output
+    assert built == []
+    bad = CliRunner().invoke(cli, ["check", str(tmp_path / "q.jpg"), "--gallery", str(gdir),
+                                   "--vote-index", "ivf-1m"])
+    assert bad.exit_code == 2

@@ -249,6 +249,7 @@ def test_named_vocabularies():
 
     assert CHOICES["ivf_vocabulary"] == tuple(VOCABULARIES)
     assert named_vocabulary("orb-4k") is default_vocabulary()
+    assert named_vocabulary("orb-16k").words == 16384
     big = named_vocabulary("orb-64k")
     assert big.words == 65536 and big.nbits == 256
     codes = np.random.default_rng(2).integers(0, 256, (50, 32), dtype=np.uint8)

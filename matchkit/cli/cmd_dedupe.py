@@ -14,7 +14,7 @@ import click
 from matchkit.util.fs import atomic_write_bytes
 from matchkit.util.fspath import json_text
 from matchkit.util.progress import PhaseProgress
-from matchkit.config import Settings
+from matchkit.config import Settings, vote_index_settings
 from matchkit.jobs.dedupe import dedupe as run_dedupe
 from matchkit.distributed.ray_jobs import RayUnavailable
 from matchkit.store.gallery import GalleryError
@@ -144,7 +144,8 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
         settings = Settings().with_(phash_max_distance=threshold, max_pixels=max_pixels,
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine,
-                                    vote_index=vote_index, signals=signals or None)
+                                    signals=signals or None,
+                                    **vote_index_settings(vote_index))
         shown = None if quiet else PhaseProgress()
         report = run_dedupe(paths, gallery=gallery, settings=settings, on_progress=shown,
                             profile=profile, keep_in=keep_in, prefer=prefer,

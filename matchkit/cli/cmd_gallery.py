@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from matchkit.config import Settings
+from matchkit.config import Settings, vote_index_settings
 from matchkit.distributed.ray_jobs import RayUnavailable
 from matchkit.store.gallery import GalleryError
 from matchkit.store.shards import is_sharded, open_gallery
@@ -116,7 +116,7 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
                       "new gallery")
     settings = Settings().with_(max_pixels=max_pixels, workers=workers,
                                 local_features=False if hash_only else None,
-                                vote_index=vote_index, signals=signals or None)
+                                signals=signals or None, **vote_index_settings(vote_index))
     out: dict = {"gallery": str(gallery)}
     try:
         if ray is not None:
@@ -177,7 +177,7 @@ def verify(gallery, repair, vote_index):
       matchkit verify ~/.matchkit/photos --repair
       matchkit verify ~/.matchkit/photos --vote-index ivf   # its orb.ivf file
     """
-    with _open_gallery(gallery, Settings().with_(vote_index=vote_index)) as g:
+    with _open_gallery(gallery, Settings().with_(**vote_index_settings(vote_index))) as g:
         try:
             report = g.verify(repair=repair)
         except GalleryError as e:
