@@ -290,15 +290,22 @@ def test_a_png_resave_of_a_large_gallery_jpeg_is_exact(tmp_path):
     assert kinds["x_q60.jpg"] == ["near"]
 
 
-def test_check_searches_the_vote_index_the_gallery_was_written_with(tmp_path, monkeypatch):
+def _four_photos_and_a_crop(tmp_path):
+    """Folder ``src`` of four photos, and ``q.jpg``: a crop of the third."""
     from conftest import make_photo
-    from matchkit import Settings
-    
+
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
         make_photo(i, (480, 360)).save(src / f"p{i}.jpg", quality=90)
     make_photo(2, (480, 360)).crop((40, 30, 440, 330)).save(tmp_path / "q.jpg", quality=80)
+    return src
+
+
+def test_check_searches_the_vote_index_the_gallery_was_written_with(tmp_path, monkeypatch):
+    from matchkit import Settings
+    
+    src = _four_photos_and_a_crop(tmp_path)
     gdir = tmp_path / "g"
     with Gallery(gdir, Settings(vote_index="ivf")) as g:
         g.add(sorted(src.iterdir()))
@@ -322,13 +329,7 @@ def test_a_gallery_indexed_with_ivf_64k_is_checked_with_it(tmp_path, monkeypatch
     """``--vote-index ivf-64k`` stands for the 64k vocabulary with 16 probes
     in 8 nodes; ``check`` without the option searches that file as written
     (no index rebuilt over the default vocabulary) and finds the crop."""
-    from conftest import make_photo
-
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(4):
-        make_photo(i, (480, 360)).save(src / f"p{i}.jpg", quality=90)
-    make_photo(2, (480, 360)).crop((40, 30, 440, 330)).save(tmp_path / "q.jpg", quality=80)
+    src = _four_photos_and_a_crop(tmp_path)
     gdir = tmp_path / "g"
     out = CliRunner().invoke(cli, ["index", str(src), "--gallery", str(gdir), "--no-embed",
                                    "--vote-index", "ivf-64k", "-q"])
