@@ -349,3 +349,7 @@ def test_a_gallery_indexed_with_ivf_64k_is_checked_with_it(tmp_path, monkeypatch
     bad = CliRunner().invoke(cli, ["check", str(tmp_path / "q.jpg"), "--gallery", str(gdir),
                                    "--vote-index", "ivf-1m"])
     assert bad.exit_code == 2
+    # verify, not told either, checks that file (current) and rebuilds nothing
+    out = CliRunner().invoke(cli, ["verify", str(gdir)])
+    assert out.exit_code == 0 and json.loads(out.output)["stale"] == [], out.output
+    assert built == []

@@ -169,7 +169,9 @@ def verify(gallery, repair, vote_index):
     but whose keys differ from the database rows (exit code 1; should never
     happen), "stale" lists files that are missing, older or damaged and are
     rebuilt from the database whenever they are used (--repair rebuilds and
-    saves them once). Safe to run while another matchkit writes.
+    saves them once). Safe to run while another matchkit writes. Without
+    --vote-index the descriptor index checked is the one the gallery was
+    last written with.
 
     \b
     Example:
@@ -177,7 +179,8 @@ def verify(gallery, repair, vote_index):
       matchkit verify ~/.matchkit/photos --repair
       matchkit verify ~/.matchkit/photos --vote-index ivf   # its orb.ivf file
     """
-    with _open_gallery(gallery, Settings().with_(**vote_index_settings(vote_index))) as g:
+    settings = None if vote_index is None else Settings().with_(**vote_index_settings(vote_index))
+    with _open_gallery(gallery, settings) as g:
         try:
             report = g.verify(repair=repair)
         except GalleryError as e:

@@ -165,11 +165,12 @@ def _load_profile(name, level=None):
 
 
 def _open_gallery(path: str, settings: Settings | None = None):
-    """An existing gallery, or a one-line usage error."""
+    """An existing gallery, or a one-line usage error. Without ``settings``
+    it is read with the descriptor index it was written with (``Gallery``)."""
     from matchkit.store.gallery import Gallery
 
     try:
-        return Gallery(path, settings or Settings(), create=False)
+        return Gallery(path, settings, create=False)
     except GalleryError as e:
         _fail(str(e))
 
