@@ -44,6 +44,11 @@ def score_run(out_json: Path, groups: list[list[str]]) -> dict:
     return C.score(pred, truth)
 
 
+def _tag(vote_index: str | None) -> str:
+    """What names a vote index's galleries, outputs and results apart ("" for the default)."""
+    return f"-{vote_index}" if vote_index else ""
+
+
 def run_size(n: int, seed: int, root: Path, workers: int, keep: bool,
              vote_index: str | None = None) -> list[dict]:
     extra = n // 100
@@ -53,7 +58,7 @@ def run_size(n: int, seed: int, root: Path, workers: int, keep: bool,
     img = root / "img"
     folders = [str(img / f"d{f:04d}") for f in range(n // scale_set.PER_FOLDER)]
     added = [str(img / scale_set.Slot(i).name) for i in range(n, n + extra)]
-    tag = f"-{vote_index}" if vote_index else ""
+    tag = _tag(vote_index)
     gallery = root / f"gallery-{n}{tag}"
     shutil.rmtree(gallery, ignore_errors=True)
     rows = []
@@ -107,7 +112,7 @@ def main() -> None:
             for r in run_size(n, args.seed, root, args.workers, args.keep_gallery, args.vote_index)]
     # Smaller sizes measured by earlier invocations on this collection (their
     # results-N.json) join the table, so a 100k run is compared with the 10k.
-    tag = f"-{args.vote_index}" if args.vote_index else ""
+    tag = _tag(args.vote_index)
     earlier = sorted((int(f.stem.split("-")[1]), f) for f in root.glob("results-*.json")
                      if f.stem[len("results-"):].lstrip("0123456789") == tag)
     earlier = [(n, f) for n, f in earlier if n < sizes[0]]

@@ -225,19 +225,24 @@ def _kind(name: str) -> tuple[str, bool]:
 
 class _Choices(dict):
     """``CHOICES``; the names ``signals`` takes are read from the signal
-    registry when asked for (``matchkit.signals``: plugins may register late)."""
+    registry when asked for (``matchkit.signals``: plugins may register late),
+    those of ``ivf_vocabulary`` from the shipped vocabularies
+    (``index.vocabulary.VOCABULARIES``)."""
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
         if name == "signals":
             from matchkit.signals import available
             return tuple(available())
+        if name == "ivf_vocabulary":
+            from matchkit.index.vocabulary import VOCABULARIES
+            return tuple(VOCABULARIES)
         return super().__getitem__(name)
 
 
 #: Text settings with a fixed set of values (numbers have ``RANGES``), and
 #: ``signals``, a list of names from the signal registry.
 CHOICES: dict[str, tuple[str, ...]] = _Choices(
-    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "ivf_vocabulary": ("orb-4k", "orb-16k", "orb-64k"),
+    {"level": tuple(LEVELS), "vote_index": ("hnsw", "ivf"), "ivf_vocabulary": (),
      "signals": ()})
 
 

@@ -244,10 +244,13 @@ def test_bad_and_empty_input():
 
 
 def test_named_vocabularies():
+    from matchkit import Settings
     from matchkit.config import CHOICES
     from matchkit.index.vocabulary import VOCABULARIES, named_vocabulary
 
     assert CHOICES["ivf_vocabulary"] == tuple(VOCABULARIES)
+    for name in VOCABULARIES:  # (every shipped name is a valid setting)
+        assert Settings(vote_index="ivf", ivf_vocabulary=name).ivf_vocabulary == name
     assert named_vocabulary("orb-4k") is default_vocabulary()
     assert named_vocabulary("orb-16k").words == 16384
     big = named_vocabulary("orb-64k")

@@ -416,15 +416,19 @@ class IVFIndex:
         return idx
 
 
-def ivf_index(settings) -> IVFIndex:
-    """An empty IVF index as ``settings`` (a ``config.Settings``) ask for:
+def _index_arguments(settings) -> dict:
+    """The ``IVFIndex`` arguments ``settings`` (a ``config.Settings``) name:
     ``ivf_vocabulary``, ``ivf_probes`` and ``ivf_nodes``."""
-    return IVFIndex(named_vocabulary(settings.ivf_vocabulary), probes=settings.ivf_probes,
-                    nodes=settings.ivf_nodes)
+    return {"vocabulary": named_vocabulary(settings.ivf_vocabulary),
+            "probes": settings.ivf_probes, "nodes": settings.ivf_nodes}
+
+
+def ivf_index(settings) -> IVFIndex:
+    """An empty IVF index as ``settings`` ask for."""
+    return IVFIndex(**_index_arguments(settings))
 
 
 def load_ivf_index(data, settings) -> IVFIndex:
     """A saved IVF index (``IVFIndex.load``) searched as ``settings`` ask for;
     ValueError if it was built over another vocabulary."""
-    return IVFIndex.load(data, vocabulary=named_vocabulary(settings.ivf_vocabulary),
-                         probes=settings.ivf_probes, nodes=settings.ivf_nodes)
+    return IVFIndex.load(data, **_index_arguments(settings))

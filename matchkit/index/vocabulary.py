@@ -203,8 +203,9 @@ def default_vocabulary() -> Vocabulary:
 #: file's own). Both trained on the calib halves by
 #: ``benchmarks/train_vocabulary.py``. The larger ones scan a quarter and a
 #: sixteenth of the postings per probe, for large galleries, but their votes
-#: find fewer candidate pairs on the held-out photo halves (benchmarks/RESULTS.md, "candidates: words chosen
-#: node by node, and a 65,536-word vocabulary").
+#: find fewer candidate pairs on the held-out photo halves
+#: (benchmarks/RESULTS.md, "candidates: words chosen node by node, and a
+#: 65,536-word vocabulary").
 VOCABULARIES: dict[str, tuple[str, int | None]] = {
     "orb-4k": (VOCAB_FILE.name, None),        # 64 x 64 words, 64-bit signatures
     "orb-16k": ("orb_vocab_16k.npz", 256),    # 128 x 128 words, whole descriptors

@@ -291,12 +291,11 @@ class _IndexesMixin:
         why = [""]
         load = file_loader(file, record, loader, why)
         shared = self.shared_indexes
-        # (an IVF index's probes are a search setting held by the object: part of the key)
-        s = self.settings
-        probes = ((s.ivf_vocabulary, s.ivf_probes, s.ivf_nodes)
-                  if key == "orb" and self._ivf() else None)
+        # (an IVF index's vocabulary, probes and nodes are held by the object: part of the key)
+        ivf = (tuple(getattr(self.settings, k) for k in _IVF_SETTINGS)
+               if key == "orb" and self._ivf() else None)
         idx = (load() if shared is None else shared.get_or_load(
-            (str(file), key, record.get("sha256"), record.get("generation"), probes), load))
+            (str(file), key, record.get("sha256"), record.get("generation"), ivf), load))
         if idx is None:
             return None, why[0]
         self._have[key] = record.get("generation")

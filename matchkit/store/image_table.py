@@ -196,8 +196,9 @@ class ImageTable(ByPosition):
         s, n = self._str, self._int
         quality = n["jpeg_quality"][p]
         meta, labels = self._meta.get(p), self._labels.get(p)
-        return StoredImage(int(self._at.ids[p]), s["path"][p], n["size"][p], n["mtime_ns"][p], s["sha256"][p],
-                           s["pixel_sha256"][p], n["width"][p], n["height"][p], s["format"][p],
+        return StoredImage(int(self._at.ids[p]), s["path"][p], n["size"][p], n["mtime_ns"][p],
+                           s["sha256"][p], s["pixel_sha256"][p], n["width"][p], n["height"][p],
+                           s["format"][p],
                            meta={} if meta is None else copy.deepcopy(meta),
                            labels=[] if labels is None else copy.deepcopy(labels),
                            jpeg_quality=None if quality == _NONE else quality,
