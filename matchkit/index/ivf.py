@@ -81,6 +81,10 @@ class EncodedQueries:
     def __len__(self) -> int:
         return len(self.words)
 
+    def __getitem__(self, rows: slice) -> "EncodedQueries":
+        """Some of the queries, encoded as they were (``candidates.search_in_chunks``)."""
+        return EncodedQueries(self.words[rows], self.sigs[rows], self.encoding)
+
     @property
     def nbytes(self) -> int:
         return self.words.nbytes + self.sigs.nbytes

@@ -18,6 +18,7 @@ import numpy as np
 from matchkit.util.arrays import NearLists, unique
 from matchkit.util.checkpoint import checkpoint
 from matchkit.index.hamming import HammingIndex
+from matchkit.index.ivf import IVFIndex
 
 _MAX_NEIGHBOURS = 1024
 
@@ -237,6 +238,11 @@ class VoteDetail:
     #: merged with new images' descriptors, they give the votes a new search
     #: would (``tally_votes``).
     lists: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: query id -> the words each of its descriptors probed (uint16 or
+    #: int64, shape (descriptors, probes)), when the index is an IVF index:
+    #: an add finds from them which stored queries a new entry reaches
+    #: (``ivf_probed.reached``) without assigning them to words again.
+    probes: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def vote_candidates(
@@ -279,8 +285,13 @@ def vote_candidates(
     # lists' near entries are the same (``hamming.within``); the lists keep
     # no far ones, which nothing reads (``tally_votes`` and the incremental
     # merge and staleness check look at the near ones alone).
-    keys, dists = search_in_chunks(index, np.concatenate(desc_list), neighbours,
-                                   max_distance=max_distance)
+    desc = np.concatenate(desc_list)
+    words = None
+    if detail is not None and isinstance(index, IVFIndex):
+        # (encoded once here, as its search would: the probed words are kept)
+        desc = index.encode(desc)
+        words = desc.words
+    keys, dists = search_in_chunks(index, desc, neighbours, max_distance=max_distance)
     other = np.where(keys >= 0, keys // key_stride, -1)
     if detail is not None:
         ids32, d8 = other.astype(np.int32), np.minimum(dists, 255).astype(np.uint8)
@@ -288,6 +299,8 @@ def vote_candidates(
         for owner_ids in owner_list:
             end = start + len(owner_ids)
             detail.lists[int(owner_ids[0])] = (ids32[start:end], d8[start:end])
+            if words is not None:
+                detail.probes[int(owner_ids[0])] = words[start:end]
             start = end
     return tally_votes(owners, other, dists, max_distance=max_distance, per_query=per_query,
                        min_votes=min_votes, allowed=allowed, detail=detail)

@@ -26,14 +26,14 @@ from matchkit.match.framed import framed_pairs, unframed
 from matchkit.index.pictures import PictureIndex, picture_file, picture_rows
 from matchkit.match.pairs import _content_features
 from matchkit.match.searches import signal_steps
-from matchkit.match.incremental_state import _b64, _pack_lists, _unb64
+from matchkit.match.incremental_state import _b64, _pack_lists, _pack_probes, _unb64
 from matchkit.match.incremental_hash import _phash_fields
 from matchkit.match.incremental_votes import _vote_fields
 
 #: Record fields whose change alone leaves a pair's global evidence as it was
 #: (``IncrementalMatcher._update``): descriptor lists, how far searches reached,
-#: votes (patched into the pairs' evidence) and hits.
-_NOT_NEIGHBOURHOOD = frozenset({"nb", "reach", "lreach", "rt", "lk", "vo", "hits"})
+#: votes (patched into the pairs' evidence), hits and probed words.
+_NOT_NEIGHBOURHOOD = frozenset({"nb", "reach", "lreach", "rt", "lk", "vo", "hits", "pw"})
 
 
 @dataclass
@@ -176,6 +176,8 @@ class StoredRecords:
                 rec.update(run.framed.get(i, {}))
             if i in run.detail.lists:
                 rec["nb"] = _pack_lists(*run.detail.lists[i])
+            if i in run.detail.probes:
+                rec["pw"] = _pack_probes(run.detail.probes[i])
             if i in self.templated:
                 rec["tdesc"] = _b64(self.templated[i].desc[: s.query_features])
             self.records[i] = rec

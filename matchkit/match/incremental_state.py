@@ -174,11 +174,30 @@ def _lists(rec: dict) -> tuple[np.ndarray, np.ndarray]:
             np.frombuffer(dists, np.uint8).reshape(-1, k or 1))
 
 
+def _pack_probes(words: np.ndarray) -> list:
+    """A record's "pw": the words its query descriptors probed in an IVF
+    index (``VoteDetail.probes``), as [probes, bytes per word, bytes]."""
+    words = np.asarray(words)
+    width = 2 if not words.size or int(words.max()) < 1 << 16 else 4
+    return [words.shape[1] if words.ndim == 2 else 1, width,
+            np.ascontiguousarray(words, f"<u{width}").tobytes()]
+
+
+def _probes(rec: dict) -> np.ndarray:
+    """A record's probed words (rows, probes), int64 (``_pack_probes``)."""
+    probes, width, raw = rec["pw"]
+    return np.frombuffer(raw, f"<u{width}").reshape(-1, probes).astype(np.int64)
+
+
 # -- a record's lists, stored apart from its JSON ------------------------------
-#: The fields of a record held as packed ids (``_pack_lists``, ``_pack_ids``):
-#: stored as bytes beside the record's JSON (``split_record``), not in it.
-LIST_FIELDS = ("nb", "hits")
-#: Header of the stored lists: flags (1: "nb", 2: "hits"), bytes per id,
+#: The fields of a record held as packed ids (``_pack_lists``, ``_pack_ids``)
+#: or words (``_pack_probes``): stored as bytes beside the record's JSON
+#: (``split_record``), not in it.
+LIST_FIELDS = ("nb", "hits", "pw")
+#: Header of the stored probed words (flag 4, after the lists): bytes per
+#: word, probes per row, rows.
+_PROBES_HEADER = struct.Struct("<BHI")
+#: Header of the stored lists: flags (1: "nb", 2: "hits", 4: "pw"), bytes per id,
 #: "nb" columns, "nb" entries, "hits" entries.
 _LISTS_HEADER = struct.Struct("<BBHII")
 #: Stored ids (+ 1) by bytes per id (3: the low bytes of "<u4").
@@ -213,8 +232,14 @@ def split_record(rec: dict) -> tuple[dict, bytes | None]:
         raw = both.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
     else:
         raw = both.astype(_ID_TYPES[width]).tobytes()
+    probed = b""
+    if "pw" in rec:
+        flags |= 4
+        probes, word_bytes, words = rec["pw"]
+        probed = _PROBES_HEADER.pack(word_bytes, probes, len(words) // (word_bytes * probes)
+                                     if probes else 0) + words
     return rest, (_LISTS_HEADER.pack(flags, width, k, len(ids), len(hits))
-                  + raw[:len(ids) * width] + dists + raw[len(ids) * width:])
+                  + raw[:len(ids) * width] + dists + raw[len(ids) * width:] + probed)
 
 
 def join_record(rest: dict, lists: bytes | None) -> dict:
@@ -232,7 +257,14 @@ def join_record(rest: dict, lists: bytes | None) -> dict:
         raise ValueError("record lists: truncated")
     flags, width, k, n_ids, n_hits = _LISTS_HEADER.unpack_from(lists)
     at = _LISTS_HEADER.size
-    if not 1 <= width <= 4 or len(lists) != at + (n_ids + n_hits) * width + n_ids:
+    end = at + (n_ids + n_hits) * width + n_ids
+    if flags & 4 and 1 <= width <= 4 and len(lists) >= end + _PROBES_HEADER.size:
+        word_bytes, probes, rows = _PROBES_HEADER.unpack_from(lists, end)
+        start = end + _PROBES_HEADER.size
+        end = start + word_bytes * probes * rows
+        if word_bytes in (2, 4) and probes:
+            rest["pw"] = [probes, word_bytes, lists[start:end]]
+    if not 1 <= width <= 4 or len(lists) != end or (flags & 4 and "pw" not in rest):
         raise ValueError("record lists: damaged")
 
     def ids(start: int, n: int) -> bytes:

@@ -21,7 +21,8 @@ from matchkit.match.candidates import VoteDetail, search_in_chunks, tally_votes
 from matchkit.store.gallery import ORB_KEY_STRIDE
 from matchkit.index.hamming import HammingIndex, transient_index
 from matchkit.index.ivf import IVFIndex
-from matchkit.match.incremental_state import _lists, _pack_ids, _pack_lists, _unb64
+from matchkit.index.ivf_probed import FiledEntries, reached
+from matchkit.match.incremental_state import _lists, _pack_ids, _pack_lists, _probes, _unb64
 
 #: In an approximate (HNSW) descriptor index, a new descriptor is merged into
 #: the neighbour lists of at most this many of its nearest stored descriptors
@@ -205,7 +206,8 @@ class StoredVotes:
         if new is not None:
             keys, descs, near = new
             # (IVF: a query looks in several words, an entry sits in one, so
-            # "near" is not symmetric: every stored image asks the new ones.)
+            # "near" is not symmetric: every stored image asks the new ones,
+            # from the words its queries probed where its record keeps them.)
             ivf = s.vote_index == "ivf"
             plain = np.array(sorted(i for i in todo if near is not None
                                     and not self.records[i].get("tdesc")), np.int64)
@@ -221,6 +223,9 @@ class StoredVotes:
             # The rest (content-only features of templated images) ask the new ones.
             in_plain = set(plain.tolist())
             others = [i for i in todo if i not in in_plain]
+            if others and ivf:
+                found, others = self._probed_hits(others, keys, descs)
+                hits.append(found)
             if others:
                 if ivf:
                     small = IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes,
@@ -246,6 +251,30 @@ class StoredVotes:
             first = int(ends[start - 1]) if start else 0
             self._patch_part(part, hits[first:int(ends[start + len(part) - 1])],
                              allowed, retally)
+
+    def _probed_hits(self, ids: list[int], keys: np.ndarray, descs: np.ndarray
+                     ) -> tuple[np.ndarray, list[int]]:
+        """IVF: ``_patch_votes``'s hits of the stored images ``ids`` whose
+        records keep the words their queries probed ("pw"), found from those
+        words (``ivf_probed.reached``) instead of assigning the queries to
+        words again; returns (those hits, the images left to ask the new
+        descriptors themselves)."""
+        s, index = self.settings, self.gallery.orb_index
+        none = np.zeros((0, 4), np.int64)
+        probed = [i for i in ids if "pw" in self.records[i] and not self.records[i].get("tdesc")]
+        if not probed or not isinstance(index, IVFIndex) or s.query_features > s.index_features:
+            return none, ids
+        filed = FiledEntries.of(index, keys, descs)
+        found = []
+        for start in range(0, len(probed), PATCH_IMAGES):
+            part = probed[start:start + PATCH_IMAGES]
+            rows = reached(index, {i: _probes(self.records[i]) for i in part}, filed,
+                           s.vote_max_distance, ORB_KEY_STRIDE)
+            if rows is None:  # (a query's entry is not indexed: ask them all as before)
+                return none, ids
+            found.append(rows)
+        done = set(probed)
+        return np.concatenate(found), [i for i in ids if i not in done]
 
     def _patch_part(self, part: list[int], hits: np.ndarray, allowed: set[int],
                     retally: bool) -> None:
