@@ -176,8 +176,8 @@ class StoredRecords:
                 rec.update(run.framed.get(i, {}))
             if i in run.detail.lists:
                 rec["nb"] = _pack_lists(*run.detail.lists[i])
-            if i in run.detail.probes:
-                rec["pw"] = _pack_probes(run.detail.probes[i])
+            if i in run.detail.probes:  # (packed once: the search's words let go)
+                rec["pw"] = _pack_probes(run.detail.probes.pop(i))
             if i in self.templated:
                 rec["tdesc"] = _b64(self.templated[i].desc[: s.query_features])
             self.records[i] = rec
