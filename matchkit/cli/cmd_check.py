@@ -9,11 +9,11 @@ import click
 
 from matchkit.util.fs import atomic_write_bytes
 from matchkit.util.fspath import json_text
-from matchkit.config import VOTE_INDEXES, Settings, vote_index_settings
 from matchkit.distributed.ray_jobs import RayUnavailable
 from matchkit.store.gallery import GalleryError
 from matchkit.cli.common import (
-    _LEVEL_OPTION, _RAY_OPTION, _check_html_path, _fail, _load_profile, _one_line, cli)
+    _LEVEL_OPTION, _RAY_OPTION, _READ_VOTE_INDEX_OPTION, _check_html_path, _fail,
+    _load_profile, _one_line, _reader_settings, cli)
 
 
 @cli.command("check")
@@ -35,10 +35,7 @@ from matchkit.cli.common import (
                    "or a .toml file); scores are then its P(duplicate).")
 @_LEVEL_OPTION
 @_RAY_OPTION
-@click.option("--vote-index", type=click.Choice(list(VOTE_INDEXES)), default=None,
-              help="Descriptor index to search (default: the kind, vocabulary, probes and "
-                   "nodes the gallery was last written with). "
-                   "Example: matchkit check q.jpg --gallery g --vote-index ivf")
+@_READ_VOTE_INDEX_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, profile_name,
               level, ray, vote_index, quiet):
@@ -71,8 +68,7 @@ def check_cmd(queries, gallery, json_path, csv_path, html_path, k, include_all, 
         _fail(str(e))
     try:
         report = run_check(gallery, files, k=k, include_all=include_all,
-                           settings=None if vote_index is None else Settings().with_(
-                               **vote_index_settings(vote_index)),
+                           settings=_reader_settings(vote_index),
                            profile=_load_profile(profile_name, level), level=level, ray=ray)
     except (GalleryError, CheckError, RayUnavailable) as e:
         _fail(_one_line(e))

@@ -17,8 +17,8 @@ from matchkit.distributed.ray_jobs import RayUnavailable
 from matchkit.store.gallery import GalleryError
 from matchkit.store.shards import is_sharded, open_gallery
 from matchkit.cli.common import (
-    _RAY_OPTION, _SHARDS_OPTION, _VOTE_INDEX_OPTION, _emit_json, _fail, _one_line,
-    _open_gallery, _Setting, _signal_option, cli)
+    _RAY_OPTION, _READ_VOTE_INDEX_OPTION, _SHARDS_OPTION, _VOTE_INDEX_OPTION, _emit_json,
+    _fail, _one_line, _open_gallery, _reader_settings, _Setting, _signal_option, cli)
 
 
 @cli.command()
@@ -161,7 +161,7 @@ def _add_with_bar(gallery, files: list, quiet: bool):
 @click.argument("gallery", type=click.Path(file_okay=False))
 @click.option("--repair", is_flag=True,
               help="Rebuild stale or damaged index files from the database and save them.")
-@_VOTE_INDEX_OPTION
+@_READ_VOTE_INDEX_OPTION
 def verify(gallery, repair, vote_index):
     """Check a gallery's index and vector files against its database.
 
@@ -179,8 +179,7 @@ def verify(gallery, repair, vote_index):
       matchkit verify ~/.matchkit/photos --repair
       matchkit verify ~/.matchkit/photos --vote-index ivf   # its orb.ivf file
     """
-    settings = None if vote_index is None else Settings().with_(**vote_index_settings(vote_index))
-    with _open_gallery(gallery, settings) as g:
+    with _open_gallery(gallery, _reader_settings(vote_index)) as g:
         try:
             report = g.verify(repair=repair)
         except GalleryError as e:

@@ -19,7 +19,7 @@ import click
 
 from matchkit.util.version import __version__
 from matchkit.util.fspath import display
-from matchkit.config import VOTE_INDEXES, Settings
+from matchkit.config import VOTE_INDEXES, Settings, vote_index_settings
 from matchkit.store.gallery import GalleryError
 from matchkit.relation import DEFAULT_LEVEL, LEVELS
 
@@ -78,6 +78,20 @@ _VOTE_INDEX_OPTION = click.option(
          "image; a probe scans a quarter or a sixteenth as much, for large galleries). "
          "A gallery keeps one file per kind. "
          "Example: matchkit dedupe photos/ --gallery g --vote-index ivf-64k")
+
+#: ``--vote-index`` of the commands that read a gallery (``check``, ``verify``):
+#: not told, they use the index the gallery was last written with.
+_READ_VOTE_INDEX_OPTION = click.option(
+    "--vote-index", type=click.Choice(list(VOTE_INDEXES)), default=None,
+    help="Descriptor index to use (default: the kind, vocabulary, probes and nodes the "
+         "gallery was last written with). "
+         "Example: matchkit check q.jpg --gallery g --vote-index ivf")
+
+
+def _reader_settings(vote_index: str | None) -> Settings | None:
+    """Settings of a command that reads a gallery: None (the gallery's own
+    index) unless ``--vote-index`` names one."""
+    return None if vote_index is None else Settings().with_(**vote_index_settings(vote_index))
 
 
 def _check_signals(ctx, param, value) -> tuple[str, ...]:
