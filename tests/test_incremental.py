@@ -95,6 +95,24 @@ def test_an_add_patching_stored_votes_in_parts_stores_the_same_records(sets, tmp
     assert stored["g3"] == stored["g"]
 
 
+def test_the_state_saved_in_parts_is_the_state_saved_at_once(sets, tmp_path, monkeypatch):
+    """``save_match_state`` deflates and writes the records a part at a time
+    (``SAVE_PART``; pairs 8 parts' worth): parts of 2 store what one does."""
+    from matchkit.store import gallery_matches
+
+    old, _ = sets
+    stored = {}
+    for name, size in (("g", 2048), ("g2", 2)):
+        monkeypatch.setattr(gallery_matches, "SAVE_PART", size)
+        report = dedupe([old], gallery=tmp_path / name, settings=Settings(workers=1))
+        with Gallery(tmp_path / name) as gal:
+            key = json.loads(gal._meta("match_keys"))[0]
+            stored[name] = (gal.match_records(key), gal.match_pairs(key),
+                            gal.match_record_ids(key), _content(report))
+        assert len(stored[name][0]) > 2 * 2 and len(stored[name][1]) > 8 * 2
+    assert stored["g2"] == stored["g"]
+
+
 def _touching(gal, image_id) -> int:
     rows = [k for key in json.loads(gal._meta("match_keys")) for k in gal.match_pairs(key)]
     recs = [i for key in json.loads(gal._meta("match_keys")) for i in gal.match_records(key)]

@@ -66,6 +66,7 @@ import dataclasses
 import hashlib
 import json
 import warnings
+from collections.abc import Mapping
 
 from matchkit.util.version import __version__
 from matchkit.util.jsonfmt import dumps_sorted, loads
@@ -335,13 +336,28 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
     # -- writing back ---------------------------------------------------------
     def save(self) -> None:
         """Store the records and pair rows this run made or completed (one transaction)."""
-        records = {}
-        for i in self._write:
-            if i in self.digests:
-                rest, lists = split_record(self.records[i])
-                records[i] = (self.digests[i][0], dumps_sorted(rest), lists)
+        records = _StoredForm(self, sorted(i for i in self._write if i in self.digests))
         rows = {k: self._rows[k].astuple() for k in self._changed_rows}
         self.gallery.save_match_state(self.key, records, rows, replace=self.rematch)
         if self._pictures is not None:
             self._pictures.save()
         forget_picture_files(self.gallery.path, self.gallery.match_keys())
+
+
+class _StoredForm(Mapping):
+    """Records of ``matcher`` as ``Gallery.save_match_state`` stores them
+    (digest, JSON, lists beside it), each made when asked: the save reads
+    them a part at a time, so they are never all held at once."""
+
+    def __init__(self, matcher: IncrementalMatcher, ids: list[int]):
+        self._matcher, self._ids = matcher, ids
+
+    def __getitem__(self, i: int) -> tuple[str, str, bytes | None]:
+        rest, lists = split_record(self._matcher.records[i])
+        return self._matcher.digests[i][0], dumps_sorted(rest), lists
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,8 @@ _MATCH_KEYS = "match_keys"
 #: How many settings keys keep their matching state: switching ``--level``
 #: back and forth reuses both, and an old key's rows do not pile up.
 MAX_MATCH_KEYS = 4
+#: Records ``save_match_state`` deflates and writes at once.
+SAVE_PART = 2048
 #: Meta entry (the settings key appended): a digest of the image ids whose
 #: records were stored under the key, written with them; a reader that finds
 #: the same ids knows no record was dropped since (``record_ids_digest``).
@@ -106,28 +108,19 @@ class _MatchStateMixin:
         """The settings keys whose matching state is kept, last used first."""
         return list(json.loads(self._meta(_MATCH_KEYS) or "[]"))
 
-    def save_match_state(self, key: str, records: dict[int, tuple[str, str, bytes | None]],
+    def save_match_state(self, key: str, records: Mapping[int, tuple[str, str, bytes | None]],
                          pairs: dict[tuple[int, int, int], tuple],
                          *, replace: bool = False, elsewhere: Collection[int] = ()) -> None:
         """Write records and pair rows under ``key`` in one transaction (the
         writer lock held): a killed run leaves the state of the run before.
-        ``records``: id -> (sha256, JSON, bytes to store beside it or None).
-        ``replace`` first drops everything stored under ``key``. Only the
-        ``MAX_MATCH_KEYS`` keys used last keep their rows. Rows of images no
-        longer in the gallery (removed meanwhile) are not written; a pair's
-        second image may also be one of ``elsewhere`` (the ids of the other
-        shards of a sharded gallery)."""
-        # (deflated before the transaction, on both cores: ``stored_text.pack_many``)
+        ``records``: id -> (sha256, JSON, bytes to store beside it or None),
+        read a part at a time (``SAVE_PART``; a mapping that makes each value
+        when asked never holds them all). ``replace`` first drops everything
+        stored under ``key``. Only the ``MAX_MATCH_KEYS`` keys used last keep
+        their rows. Rows of images no longer in the gallery (removed
+        meanwhile) are not written; a pair's second image may also be one of
+        ``elsewhere`` (the ids of the other shards of a sharded gallery)."""
         threads = min(2, self.settings.n_workers())
-        rows = [(i, d, r, x) for i, (d, r, x) in records.items()]
-        record_blobs = [pack_beside(p, x) for p, (*_, x) in
-                        zip(pack_many([r for _, _, r, _ in rows], threads), rows)]
-        pair_rows = list(pairs.items())
-        texts = pack_many([t for _, (before, after, *_) in pair_rows
-                           for t in (before, after) if t is not None], threads)
-        at = iter(texts)
-        packed_pairs = [((a, b, k), (next(at), None if after is None else next(at), *rest))
-                        for (a, b, k), (before, after, *rest) in pair_rows]
         self._lock_for_writing()
         with self._transaction():
             for statement in _MATCH_SCHEMA.split(";"):  # (executescript would commit)
@@ -144,16 +137,30 @@ class _MatchStateMixin:
                 self._db.execute("DELETE FROM match_records WHERE key=?", (key,))
                 self._db.execute("DELETE FROM match_pairs WHERE key=?", (key,))
             present = {i: d for i, d in self._db.execute("SELECT id, sha256 FROM images")}
-            self._db.executemany(
-                "INSERT OR REPLACE INTO match_records(key, image_id, sha256, record) "
-                "VALUES (?,?,?,?)",
-                [(key, i, d, blob) for (i, d, *_), blob in zip(rows, record_blobs)
-                 if present.get(i) == d])
-            self._db.executemany(
-                "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, same_pixels, "
-                "live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(key, a, b, k, *row) for (a, b, k), row in packed_pairs
-                 if a in present and (b in present or b in elsewhere)])
+            # Deflated (on both cores: ``stored_text.pack_many``) and written
+            # a part at a time: all at once, a first run's save was its peak
+            # (three copies of every record's lists: the record's, the split
+            # one and the stored one).
+            for part in _chunks(list(records), SAVE_PART):
+                rows = [(i, *records[i]) for i in part]
+                blobs = [pack_beside(p, x) for p, (*_, x) in
+                         zip(pack_many([r for _, _, r, _ in rows], threads), rows)]
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO match_records(key, image_id, sha256, record) "
+                    "VALUES (?,?,?,?)",
+                    [(key, i, d, blob) for (i, d, *_), blob in zip(rows, blobs)
+                     if present.get(i) == d])
+                del rows, blobs
+            for part in _chunks(list(pairs.items()), 8 * SAVE_PART):
+                texts = iter(pack_many([t for _, (before, after, *_) in part
+                                        for t in (before, after) if t is not None], threads))
+                packed = [((a, b, k), (next(texts), None if after is None else next(texts), *rest))
+                          for (a, b, k), (_, after, *rest) in part]
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO match_pairs(key, a, b, kind, before, after, "
+                    "same_pixels, live, relation) VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(key, a, b, k, *row) for (a, b, k), row in packed
+                     if a in present and (b in present or b in elsewhere)])
             self._set_meta(_MATCH_IDS + key, record_ids_digest(
                 i for (i,) in self._db.execute(
                     "SELECT image_id FROM match_records WHERE key=?", (key,))))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -323,7 +323,7 @@ class ShardedGallery:
         save their states together, so they keep the same keys)."""
         return list(dict.fromkeys(k for g in self.parts for k in g.match_keys()))
 
-    def save_match_state(self, key: str, records: dict[int, tuple[str, str, bytes | None]],
+    def save_match_state(self, key: str, records: Mapping[int, tuple[str, str, bytes | None]],
                          pairs: dict[tuple[int, int, int], tuple],
                          *, replace: bool = False) -> None:
         """As ``Gallery.save_match_state``, one transaction per shard (a run
@@ -332,7 +332,7 @@ class ShardedGallery:
         mine = {i: s for s, g in enumerate(self.parts) for i in g.ids()}
         for s, g in enumerate(self.parts):
             g.save_match_state(
-                key, {i: r for i, r in records.items() if mine.get(i) == s},
+                key, {i: records[i] for i in records if mine.get(i) == s},
                 {k: r for k, r in pairs.items() if mine.get(k[0]) == s},
                 replace=replace, elsewhere={i for i, t in mine.items() if t != s})
 
