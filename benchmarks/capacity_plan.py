@@ -11,8 +11,8 @@ those costs stay flat with size (at 20,000 images the time per image had grown
     python benchmarks/capacity_plan.py --images 1e9 --cores 64 --ram-gb 512
 
 The driver row says where today's design stops: the driver holds about
-120 KB per image while matching, so a plan needs the streaming clustering
-named in the notes, not more nodes.
+11 KB per image while matching (measured at 100,000 images), so a plan
+needs the streaming clustering named in the notes, not more nodes.
 """
 
 from __future__ import annotations
@@ -50,11 +50,14 @@ class Costs:
     #: descriptor index in memory per image ("candidates: HNSW vs IVF votes").
     ram_kb_hnsw: float = 27.7
     ram_kb_ivf: float = 1.2
-    #: "ray: bytes between nodes and driver memory (ray3)": 12.2-12.5 KB per
-    #: image at 3 nodes, about 6.1 KB per other node (queries and answers).
-    across_kb_per_other_node: float = 6.1
-    #: same section: driver peak RSS per image (109-134 KB).
-    driver_kb: float = 120.0
+    #: "ray: driver memory at 100,000 images": queries and answers that
+    #: crossed nodes, 1,247 MB for 100,000 images on 3 nodes (HNSW votes),
+    #: 6.2 KB per image per other node (6.1 at 2,118-3,177 images, "ray3").
+    across_kb_per_other_node: float = 6.2
+    #: same section: driver peak RSS per image at 100,000 images (1,024.6 MiB;
+    #: 9.1 KB per added image from 30,000 up; 120 KB per image in "ray3",
+    #: before the driver's rows became columns).
+    driver_kb: float = 1024.6 * 1.048576 / 100
 
 
 def plan(images: float, nodes: int, cores: int, ram_gb: float, gbit: float,
@@ -109,16 +112,17 @@ def main() -> None:
         f"Command: `python benchmarks/capacity_plan.py --images {args.images:g} --nodes "
         f"{args.nodes} --cores {args.cores} --ram-gb {args.ram_gb:g} --gbit {args.gbit:g}`.\n"
         "**Arithmetic, not a measurement**: every per-image cost is a number measured on "
-        "this 2-core machine at 2,000-20,000 images (sections named in the script's "
-        "`Costs`), assumed flat with size. The runs the issue asks for (the 100k scale "
-        "collection on 1, 2 and 4 simulated nodes) were not made: the largest Ray runs "
-        "are the eval halves (2,118 and 3,177 images on 3 nodes).\n\n"
+        "this 2-core machine at 2,000-100,000 images (sections named in the script's "
+        "`Costs`), assumed flat with size. Of the runs the issue asks for, the 100k scale "
+        "collection ran on 3 simulated nodes (section \"ray: driver memory at 100,000 "
+        "images\": the driver and network costs below); the 1, 2 and 4 node runs were not "
+        "made.\n\n"
         f"Inputs: end-to-end dedupe {c.dedupe_core_ms:.1f} core-ms per image (extraction "
         f"alone {c.extract_core_ms:.1f}); descriptor search {c.search_ms_hnsw} ms (HNSW) "
         f"or {c.search_ms_ivf} ms (IVF) per image; gallery on disk {c.disk_kb_hnsw} KB "
         f"(HNSW) or {c.disk_kb_ivf:.1f} KB (IVF) per image; descriptor index in memory "
         f"{c.ram_kb_hnsw} / {c.ram_kb_ivf} KB per image; {c.across_kb_per_other_node} KB "
-        f"per image per other node crossing the network; driver {c.driver_kb:.0f} KB per "
+        f"per image per other node crossing the network; driver {c.driver_kb:.1f} KB per "
         f"image. Nodes of {args.cores} cores, {args.ram_gb:g} GB RAM (half for the "
         f"index), {args.gbit:g} Gbit/s.\n\n"
         "Columns: `compute_h` extraction, verification and clustering spread over all "
@@ -127,8 +131,9 @@ def main() -> None:
         "shrink with more nodes); `network_h` each node's inbound queries and answers at "
         "line rate; `driver_gb_today` what the driver would hold with today's code.\n\n"
         f"{table}\n\n"
-        "Reading it. (1) **The driver is the first wall**: at ~120 KB per image it holds "
-        "12 TB at 100M (1 GB already at ~8,700 images); the matcher builds per-image "
+        f"Reading it. (1) **The driver is the first wall**: at {c.driver_kb:.1f} KB per image "
+        f"it holds {1e8 * c.driver_kb / 1e9:,.1f} TB at 100M (1 GB at about "
+        f"{1e6 / c.driver_kb:,.0f} images); the matcher builds per-image "
         "structures over all images at once. Clustering only needs the accepted pairs: a "
         "union-find over image ids (8-16 bytes per image, 1-2 GB at 100M) fed by the shards' "
         "verified pairs, with the report written per cluster, is the change that makes "
@@ -136,7 +141,8 @@ def main() -> None:
         "descriptor index needs 2.8 TB of RAM in total (22 nodes of 256 GB just to hold "
         "it), and every node searches for all 100M images (about 3.9 h on 32 cores, "
         "whatever the node count), while the bytes across the network grow with the node "
-        "count (6.1 KB per image per other node). The IVF index (1.2 KB per image, exact "
+        f"count ({c.across_kb_per_other_node} KB per image per other node). The IVF index "
+        "(1.2 KB per image, exact "
         "merge across shards) fits in memory on any of these clusters; split by visual word "
         "instead of by image, each query descriptor would go to one node, so search work "
         "and bytes would divide by the node count (about 3.2 KB per image in total). "
