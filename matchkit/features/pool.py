@@ -19,6 +19,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from matchkit.util.spawned import GUARD_ADVICE, WorkerStartError
 from matchkit.config import Settings
 from matchkit.io.load import ImageLoadError
 from matchkit.features.record import ImageRecord, extract
@@ -120,9 +121,14 @@ def _extract_chunk(paths: list[str], settings: Settings) -> list:
     return [_in_worker(p, settings) for p in paths]
 
 
+#: What a :class:`_SoloWorker` process sends once it is ready for files.
+_READY = "ready"
+
+
 def _solo_loop(conn, settings: Settings, crash_on: str | None) -> None:
     """Body of a :class:`_SoloWorker` process: one path in, one result out."""
     _worker_init(crash_on)
+    conn.send(_READY)
     while True:
         try:
             path = conn.recv()
@@ -160,6 +166,17 @@ class _SoloWorker:
                                  daemon=True)
         self._proc.start()
         child.close()
+        try:  # (a worker that dies before it is ready died of no file)
+            ready = self._conn.recv()
+        except (EOFError, OSError):
+            ready = None
+        if ready != _READY:
+            self._proc.join()
+            code = self._proc.exitcode
+            self._conn.close()
+            self._proc = None
+            raise WorkerStartError(f"worker processes could not start (exit code {code}): "
+                                   f"{GUARD_ADVICE}")
 
     def run(self, path: str):
         """The worker's result for ``path``; an :class:`ImageLoadError` if the

@@ -56,6 +56,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from matchkit.util.spawned import refuse_while_starting
 from matchkit.config import Settings
 from matchkit.features import extract_many
 from matchkit.index.hamming import HammingIndex
@@ -127,6 +128,7 @@ class Gallery(_ReadingMixin, _WritingMixin, _SignalsMixin, _IndexesMixin, _Verif
         ``$MATCHKIT_LOCK_TIMEOUT``, else wait as long as it takes).
         """
         global last_opened
+        refuse_while_starting()  # (else a worker importing an unguarded script waits for our lock)
         self.path = Path(path)
         self.settings = settings or Settings()
         db = self.path / DB_NAME
