@@ -474,3 +474,27 @@ def test_encoded_queries_search_as_the_codes():
         assert (a.search(enc, 8)[0] >= 0).any()
         with pytest.raises(ValueError):
             IVFIndex(vocab, probes=2).search(enc, 8)
+
+
+def test_queries_travel_encoded_only_when_smaller():
+    """The Ray driver encodes queries for the shards only when the encoding
+    is smaller than the 32-byte code: 12 bytes with 4,096 words, 2 probes
+    and 64-bit signatures; 64 with 16 probes and whole descriptors, which go
+    as codes (``actors._encoder``)."""
+    from matchkit.config import Settings, vote_index_settings
+    from matchkit.distributed.actors import _encoder
+    from matchkit.index.ivf import ivf_index
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (5, 32), dtype=np.uint8)
+    sizes = {}
+    for name in ("ivf", "ivf-16k", "ivf-64k"):
+        s = Settings().with_(**vote_index_settings(name))
+        idx = ivf_index(s)
+        enc = idx.encode(codes)
+        assert enc.nbytes == len(codes) * idx.encoded_bytes
+        sizes[name] = idx.encoded_bytes
+        chosen = _encoder({idx.encoding}, s)
+        assert (chosen is not None) == (idx.encoded_bytes < 32)
+        assert _encoder({idx.encoding, None}, s) is None
+    assert sizes == {"ivf": 12, "ivf-16k": 64, "ivf-64k": 64}

@@ -170,14 +170,16 @@ def _encoder(encodings: set, settings: Settings):
     """An index on the driver that encodes queries as every shard's index
     takes them (``ivf.IVFIndex.encode``): an IVF index of the shipped
     vocabulary, probes and nodes the settings name, when all shards' indexes have its
-    encoding; else None (HNSW indexes, or a vocabulary this driver lacks:
-    the codes themselves are sent)."""
+    encoding and it is smaller than the 32-byte code; else None (HNSW indexes,
+    a vocabulary this driver lacks, or an encoding as large as the code, such
+    as 16 probes with whole descriptors as signatures, 64 bytes: the codes
+    themselves are sent, and each shard encodes them)."""
     if len(encodings) != 1 or None in encodings:
         return None
     from matchkit.index.ivf import ivf_index
 
     mine = ivf_index(settings)
-    return mine if mine.encoding in encodings else None
+    return mine if mine.encoding in encodings and mine.encoded_bytes < 32 else None
 
 
 class Work:

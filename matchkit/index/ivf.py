@@ -208,6 +208,11 @@ class IVFIndex:
         """What :meth:`encode` depends on: the vocabulary, probes, nodes and filing."""
         return (self.vocab.digest, self.vocab.nbits, self.probes, self.nodes, FILING)
 
+    @property
+    def encoded_bytes(self) -> int:
+        """Bytes of one query as :meth:`encode` gives it (its words and signature)."""
+        return self.probes * (2 if self.vocab.words <= 1 << 16 else 8) + 8 * self.vocab.sig_words
+
     def encode(self, codes: np.ndarray) -> EncodedQueries:
         """Query codes (n, 32) as this index compares them (:class:`EncodedQueries`):
         ``search`` of the result equals ``search`` of the codes, on this index
