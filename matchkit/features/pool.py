@@ -171,12 +171,17 @@ class _SoloWorker:
         except (EOFError, OSError):
             ready = None
         if ready != _READY:
-            self._proc.join()
-            code = self._proc.exitcode
-            self._conn.close()
-            self._proc = None
-            raise WorkerStartError(f"worker processes could not start (exit code {code}): "
-                                   f"{GUARD_ADVICE}")
+            raise WorkerStartError(f"worker processes could not start (exit code "
+                                   f"{self._ended()}): {GUARD_ADVICE}")
+
+    def _ended(self) -> int | None:
+        """Exit code of the worker, which has died (or is ending); a fresh
+        one is started when next needed."""
+        self._proc.join()
+        code = self._proc.exitcode
+        self._conn.close()
+        self._proc = None
+        return code
 
     def run(self, path: str):
         """The worker's result for ``path``; an :class:`ImageLoadError` if the
@@ -192,11 +197,7 @@ class _SoloWorker:
             self._conn.send(path)
             return self._conn.recv()
         except (EOFError, OSError):
-            self._proc.join()
-            code = self._proc.exitcode
-            self._conn.close()
-            self._proc = None
-            return ImageLoadError(path, _death(code), size=size, mtime_ns=mtime_ns)
+            return ImageLoadError(path, _death(self._ended()), size=size, mtime_ns=mtime_ns)
 
     def close(self) -> None:
         if self._proc is None:

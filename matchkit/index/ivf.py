@@ -211,7 +211,7 @@ class IVFIndex:
     @property
     def encoded_bytes(self) -> int:
         """Bytes of one query as :meth:`encode` gives it (its words and signature)."""
-        return self.probes * (2 if self.vocab.words <= 1 << 16 else 8) + 8 * self.vocab.sig_words
+        return self.encode(np.zeros((1, 32), np.uint8)).nbytes
 
     def encode(self, codes: np.ndarray) -> EncodedQueries:
         """Query codes (n, 32) as this index compares them (:class:`EncodedQueries`):

@@ -160,6 +160,13 @@ def _within_ready(ready: Callable[[], HammingIndex], queries: np.ndarray, limit:
                    None if index.ranks_ties_by_key else WITHIN_MAX_NEIGHBOURS)
 
 
+def _queries_indexed(settings) -> bool:
+    """Whether every stored image's query descriptors are also its entries
+    in the descriptor index (its first ``query_features`` of the
+    ``index_features`` indexed), so an add can find them there."""
+    return settings.query_features <= settings.index_features
+
+
 class StoredVotes:
     """``IncrementalMatcher``'s vote patching (a mixin: it reads the
     attributes ``IncrementalMatcher.__init__`` sets, such as ``records`` and
@@ -183,7 +190,7 @@ class StoredVotes:
         keys = np.concatenate([i * ORB_KEY_STRIDE + np.arange(len(d)) for i, d in new])
         descs = np.concatenate([d for _, d in new])
         near = None
-        if s.query_features <= s.index_features and s.vote_index != "ivf":
+        if _queries_indexed(s) and s.vote_index != "ivf":
             # (the index as soon as the add has put the new descriptors in:
             # ``Gallery.index_in_background``; meanwhile this thread goes on)
             search = functools.partial(_within_ready, self.gallery.orb_index_ready(), descs,
@@ -262,7 +269,7 @@ class StoredVotes:
         s, index = self.settings, self.gallery.orb_index
         none = np.zeros((0, 4), np.int64)
         probed = [i for i in ids if "pw" in self.records[i] and not self.records[i].get("tdesc")]
-        if not probed or not isinstance(index, IVFIndex) or s.query_features > s.index_features:
+        if not probed or not isinstance(index, IVFIndex) or not _queries_indexed(s):
             return none, ids
         filed = FiledEntries.of(index, keys, descs)
         found = []
