@@ -271,9 +271,16 @@ def mark_verifiable(ev: PairEvidence, top: dict[int, set[int]], settings: Settin
     with ``crowd`` (the pair's closer crowd distance, None: not known), more
     than ``verify_crowd_margin`` bits closer than that: a hash neighbour
     only as near as the crowd's unrelated pictures is not worth the look."""
+    mark_verifiable_as(ev, ev.b in top.get(ev.a, ()) or ev.a in top.get(ev.b, ()), settings,
+                       crowd)
+
+
+def mark_verifiable_as(ev: PairEvidence, neighbour: bool, settings: Settings,
+                       crowd: int | None = None) -> None:
+    """``mark_verifiable`` given whether one image is among the other's
+    ``verify_top`` nearest by hash (``neighbour``), looked up beforehand."""
     near = (ev.cosine is not None and settings.cosine_candidate is not None
             and ev.cosine >= settings.cosine_candidate)
-    neighbour = ev.b in top.get(ev.a, ()) or ev.a in top.get(ev.b, ())
     if neighbour and crowd is not None and settings.verify_crowd_margin:
         neighbour = not crowd - settings.verify_crowd_margin < ev.phash_distance <= crowd
     ev.extra["verifiable"] = bool(settings.local_features and (ev.votes > 0 or near or neighbour))

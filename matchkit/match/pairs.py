@@ -55,6 +55,7 @@ from matchkit.match.evidence import (  # noqa: F401  (also re-exported: old path
                                      relation_of,
                                      embedding_rule,
                                      mark_verifiable,
+                                     mark_verifiable_as,
                                      local_rule,
                                      icon_rule,
                                      colour_facts,
@@ -127,23 +128,30 @@ class _TableRows(Mapping):
         return len(self.row)
 
 
-def _pair_arrays(pairs: dict[tuple[int, int], int], same: dict[int, int] | None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The candidate pairs (a < b -> pHash distance) as three int64 arrays in
-    (a, b) order, without the pairs whose images ``same`` maps to one value
-    (known copies). (A sorted list of (a, b, d) tuples beside the dict's
-    sorted items held about 130 bytes a pair: 133,000 pairs at 20,000 images.)"""
+def _pair_arrays(pairs: dict[tuple[int, int], int], same: dict[int, int] | None,
+                 votes: dict[tuple[int, int], float] | None = None,
+                 top: dict[int, set[int]] | None = None) -> tuple[np.ndarray, ...]:
+    """The candidate pairs (a < b -> pHash distance) as int64 arrays of a, b
+    and distance in (a, b) order, without the pairs whose images ``same``
+    maps to one value (known copies); with ``votes`` and ``top`` also each
+    pair's votes and whether one image is among the other's ``top``. (A
+    sorted list of (a, b, d) tuples beside the dict's sorted items held about
+    130 bytes a pair: 133,000 pairs at 20,000 images.)"""
     n = len(pairs)
     ab = np.fromiter((i for pair in pairs for i in pair), np.int64, count=2 * n).reshape(n, 2)
     d = np.fromiter(pairs.values(), np.int64, count=n)
+    more = [] if votes is None else [
+        np.fromiter((votes.get(p, 0.0) for p in pairs), np.float64, count=n),
+        np.fromiter((b in top.get(a, ()) or a in top.get(b, ()) for a, b in pairs), bool,
+                    count=n)]
     if same is not None and n:
         ids = np.unique(ab)
         to = np.fromiter((same.get(i, i) for i in ids.tolist()), np.int64, count=len(ids))
         mapped = to[np.searchsorted(ids, ab)]
         keep = mapped[:, 0] != mapped[:, 1]
-        ab, d = ab[keep], d[keep]
+        ab, d, more = ab[keep], d[keep], [x[keep] for x in more]
     order = np.lexsort((ab[:, 1], ab[:, 0]))
-    return ab[order, 0], ab[order, 1], d[order]
+    return (ab[order, 0], ab[order, 1], d[order], *(x[order] for x in more))
 
 
 class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools):
@@ -174,7 +182,13 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
                  images: ImageTable | None = None):
         self._setup(gallery, ids, settings, calibrator, images)
         run = self.search_candidates(ids)  # (``searches``: each signal's search)
-        self.evidence = self.global_evidence(run.pairs, run.votes, run.top, same)
+        # The pairs as arrays, then the search's dicts and sets go before the
+        # evidence is built (about 300 bytes a pair held beside it: Ray
+        # driver, 395,614 pairs at 100,000 images).
+        table = _pair_arrays(run.pairs, same, run.votes, run.top)
+        del run
+        self.between_steps()
+        self.evidence = self.evidence_of(*table)
         self.between_steps()
 
     def _setup(self, gallery: Gallery, ids: list[int], settings: Settings, calibrator,
@@ -225,9 +239,14 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         unknown) from the global signals, decided where those settle it and
         marked ``pending`` where local verification is still worth doing.
         ``self.crowd`` and ``self.templated`` must be known for the pairs' images."""
-        settings, plain, calibrator = self.settings, self.plain, self.calibrator
         # Known copies (same file bytes) have nothing to measure.
-        first, second, distance = _pair_arrays(pairs, same)
+        return self.evidence_of(*_pair_arrays(pairs, same, votes, top))
+
+    def evidence_of(self, first: np.ndarray, second: np.ndarray, distance: np.ndarray,
+                    votes: np.ndarray, neighbour: np.ndarray) -> list[PairEvidence]:
+        """``global_evidence`` of the pairs as arrays (``_pair_arrays``): a, b,
+        pHash distance, votes and whether one is among the other's top."""
+        settings, plain, calibrator = self.settings, self.plain, self.calibrator
         hists, row = colour_table(self.gallery, np.union1d(first, second).tolist())
         colours, facts_of = _TableRows(hists, row), {}
         evidence: list[PairEvidence] = []
@@ -238,15 +257,17 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         for start in range(0, len(first), EVIDENCE_PART):
             cut = slice(start, start + EVIDENCE_PART)
             part = list(zip(first[cut].tolist(), second[cut].tolist(), distance[cut].tolist()))
+            voted, near = votes[cut].tolist(), neighbour[cut].tolist()
             dists, variants_ab = dihedral_match_many(
                 np.array([plain[a] for a, _, _ in part]).reshape(-1, 8, PHASH_BITS // 8),
                 np.array([plain[b][0] for _, b, _ in part]).reshape(-1, PHASH_BITS // 8))
             sims = histogram_similarities(hists, [row[a] for a, _, _ in part],
                                           [row[b] for _, b, _ in part])
             colour_of = colour_evidence_many([(a, b) for a, b, _ in part], colours, facts_of)
-            for (a, b, d), best, variant, sim, facts in zip(
-                    part, dists.tolist(), variants_ab.tolist(), sims.tolist(), colour_of):
-                ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=votes.get((a, b), 0.0))
+            for (a, b, d), best, variant, sim, facts, vote, top_near in zip(
+                    part, dists.tolist(), variants_ab.tolist(), sims.tolist(), colour_of, voted,
+                    near):
+                ev = PairEvidence(a, b, best if d < 0 else d, sim, votes=vote)
                 if variant in REFLECTIONS:
                     ev.extra["reflect"] = True
                 if variant:
@@ -266,7 +287,7 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
                     if not ev.rule:
                         self.frames_rule(ev)
                     ev.rule = ev.rule or embedding_rule(ev, settings)
-                mark_verifiable(ev, top, settings, self.pair_crowd(ev))
+                mark_verifiable_as(ev, top_near, settings, self.pair_crowd(ev))
                 if self.keep_refused or calibrator is not None or not self._refused(ev):
                     evidence.append(ev)
         self.icon_decider = IconDecider(self.icons, [(ev.a, ev.b) for ev in evidence])
