@@ -119,6 +119,12 @@ def test_dedupe_on_three_nodes_equals_one_machine(images, cluster, reference, tm
     assert len(set(report.stats["ray"]["shard_nodes"])) == 3  # one shard per node
     assert sum(work[n].get("pairs_verified", 0) for n in nodes) > 0
     assert report.stats["ray"]["shards"] == 3
+    # Each shard's node reports its actor's peak memory, and the nodes that
+    # ran tasks their largest worker's (tens of MiB at least: Python, numpy).
+    for node in report.stats["ray"]["shard_nodes"]:
+        assert work[node]["actor_peak_rss_kib"] > 20_000
+    assert all(work[n]["task_peak_rss_kib"] > 20_000 for n in nodes
+               if work[n].get("images_extracted") or work[n].get("pairs_verified"))
     assert {"add", "match", "cluster"} <= set(phases)
     with ShardedGallery(tmp_path / "g", create=False) as g:  # the shards stay on disk
         assert len(g) == n_files and sum(1 for p in g.parts if len(p)) == 3

@@ -20,7 +20,7 @@ import numpy as np
 from matchkit.config import Settings
 from matchkit.store.gallery import AddReport, Gallery
 from matchkit.util.memory import release_memory
-from matchkit.distributed.connect import _node, _ray
+from matchkit.distributed.connect import _node, _ray, peak_rss_kib
 
 
 class ShardServer:
@@ -36,6 +36,9 @@ class ShardServer:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def peak_rss_kib(self) -> int:
+        return peak_rss_kib()
 
     def plan_add(self, files):
         return self.gallery.plan_add(files)
@@ -189,13 +192,19 @@ class Work:
     ``<what>_bytes_across_nodes`` of those that left their node, for the
     records, the listing (plans and owning shards), the queries and answers,
     and the verification chunks (``features_read_bytes``: stored features
-    the verification tasks read from the shards' files)."""
+    the verification tasks read from the shards' files); and the peak RSS
+    of the node's largest task worker and of its shard actor
+    (``task_peak_rss_kib``, ``actor_peak_rss_kib``)."""
 
     def __init__(self):
         self.by_node: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def add(self, node: str, what: str, n: int) -> None:
         self.by_node[node][what] += int(n)
+
+    def peak(self, node: str, what: str, n: int) -> None:
+        """Keep the largest ``n`` seen (peak memory of a node's processes)."""
+        self.by_node[node][what] = max(self.by_node[node][what], int(n))
 
     def to_dict(self) -> dict:
         return {node: dict(sorted(v.items())) for node, v in sorted(self.by_node.items())}

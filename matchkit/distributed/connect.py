@@ -37,3 +37,11 @@ def connect(address: str | None) -> None:
 
 def _node() -> str:
     return _ray().get_runtime_context().get_node_id()
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory (KiB, Linux ``ru_maxrss``): tasks
+    and actors report it, so a run's stats give each node's largest process."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

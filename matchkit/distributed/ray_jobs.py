@@ -167,7 +167,8 @@ class RayPairMatcher(PairMatcher):
                     node, soft=True)).remote(*args))
         here = _node()
         for chunk_start, ref, sent in zip(starts, refs, sizes):
-            done, node, read = ray.get(ref)
+            done, node, read, peak = ray.get(ref)
+            run.work.peak(node, "task_peak_rss_kib", peak)
             for ev, new in zip(todo[chunk_start:chunk_start + size], done):
                 ev.take(new)
             run.work.add(node, "pairs_verified", len(done))
@@ -326,8 +327,8 @@ class RayRun:
                                              (part[:half], SPLIT_RETRIES)])
                     continue
                 result = (self._record_failure(part[0], reason, dict(stats), where),
-                          "driver", 1, 0, 0, 0.0)  # (no node extracted it)
-            part_report, node, n, sent, across, seconds = result
+                          "driver", 1, 0, 0, 0.0, 0)  # (no node extracted it)
+            part_report, node, n, sent, across, seconds, peak = result
             changed += part_report.changed
             part_report.added = part_report.updated = 0  # (counted below: a retried task re-writes)
             merge_report(report, part_report)
@@ -336,6 +337,7 @@ class RayRun:
                 self.work.add(node, "records_bytes", sent)
                 self.work.add(node, "records_bytes_across_nodes", across)
                 self.work.add(node, "extract_ms", 1000 * seconds)
+                self.work.peak(node, "task_peak_rss_kib", peak)
             if progress:
                 progress(n)
         report.added = sum(1 for i in changed if i >= first_new)
@@ -388,7 +390,11 @@ class RayRun:
         return make
 
     def stats(self) -> dict:
-        pids = _ray().get([a.pid.remote() for a in self.actors])
+        ray = _ray()
+        pids = ray.get([a.pid.remote() for a in self.actors])
+        for node, peak in zip(self.shard_nodes, ray.get([a.peak_rss_kib.remote()
+                                                        for a in self.actors])):
+            self.work.peak(node, "actor_peak_rss_kib", peak)
         return {"shards": len(self.names), "shard_nodes": self.shard_nodes,
                 "actor_restarts": sum(a != b for a, b in zip(pids, self.shard_pids)),
                 "work": self.work.to_dict()}

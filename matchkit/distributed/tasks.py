@@ -28,7 +28,7 @@ from matchkit.signals.hashing import file_digest
 from matchkit.match.evidence import forget_refused
 from matchkit.match.pairs import PairEvidence, thumb_content_mask, verify_stored
 from matchkit.store.shards import merge_report, place, route, shard_of
-from matchkit.distributed.connect import _node, _ray
+from matchkit.distributed.connect import _node, _ray, peak_rss_kib
 
 #: Test hook: a folder; while it holds a file ``armed``, each kind of task
 #: ("extract", "verify") kills its own worker once, after its work is sent
@@ -91,7 +91,8 @@ def _extract_and_store(paths: list[str], ids: dict[str, int], where: dict,
     report = AddReport()
     for r in reports:
         merge_report(report, r)
-    return report, node, len(paths), sent, across, time.perf_counter() - start
+    return (report, node, len(paths), sent, across, time.perf_counter() - start,
+            peak_rss_kib())
 
 
 _CONNECTIONS: dict[str, sqlite3.Connection] = {}
@@ -123,7 +124,7 @@ def _verify_pairs(evidence: list[PairEvidence], dbs: dict[int, str], masks: dict
         if hand_rules:  # (a refused pair's details are neither sent back nor held)
             forget_refused(ev)
     _kill_once("verify")
-    return evidence, _node(), read
+    return evidence, _node(), read, peak_rss_kib()
 
 
 def worker_death(e: BaseException) -> str | None:
