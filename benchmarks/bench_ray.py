@@ -42,9 +42,10 @@ def result_key(clusters: list[dict]) -> list:
                   for c in clusters)
 
 
-def child(folder: str, nodes: int, out: str, vote_index: str = "hnsw") -> None:
-    """Start a cluster of ``nodes`` 1-CPU nodes, dedupe ``folder`` on it,
-    write the report and measurements as JSON to ``out``."""
+def child(folder: str | list[str], nodes: int, out: str, vote_index: str = "hnsw") -> None:
+    """Start a cluster of ``nodes`` 1-CPU nodes, dedupe ``folder`` (or a list
+    of folders) into a new sharded gallery on it, write the report and
+    measurements as JSON to ``out``."""
     from matchkit.config import Settings
     import ray
     from ray.cluster_utils import Cluster
@@ -63,7 +64,8 @@ def child(folder: str, nodes: int, out: str, vote_index: str = "hnsw") -> None:
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         joined = _rss_mib()
         start = time.perf_counter()
-        report = dedupe([folder], gallery=os.path.join(temp, "gallery"), ray="auto",
+        folders = [folder] if isinstance(folder, str) else folder
+        report = dedupe(folders, gallery=os.path.join(temp, "gallery"), ray="auto",
                         shards=nodes, settings=Settings().with_(vote_index=vote_index))
         wall = time.perf_counter() - start
         data = report.to_dict()

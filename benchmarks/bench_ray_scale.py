@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,41 +35,6 @@ import _common as C  # noqa: E402
 import bench_ray  # noqa: E402
 import bench_scale_distinct  # noqa: E402
 import scale_set  # noqa: E402
-
-
-def child(folders: list[str], nodes: int, out: str, vote_index: str) -> None:
-    """Start a cluster of ``nodes`` 1-CPU nodes, dedupe ``folders`` into a new
-    sharded gallery on it, write the report and measurements to ``out``."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from matchkit.config import Settings
-    from matchkit.jobs.dedupe import dedupe
-
-    temp = tempfile.mkdtemp(prefix="mkscale-")
-    os.makedirs(os.path.join(temp, "ray"))
-    os.environ["RAY_TMPDIR"] = temp
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "temp_dir": os.path.join(temp, "ray"), "include_dashboard": False})
-    try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        joined = bench_ray._rss_mib()
-        start = time.perf_counter()
-        report = dedupe(folders, gallery=os.path.join(temp, "gallery"), ray="auto",
-                        shards=nodes, settings=Settings().with_(vote_index=vote_index))
-        wall = time.perf_counter() - start
-        data = report.to_dict()
-        data["bench"] = {"wall_s": wall, "driver_joined_rss_mib": joined,
-                         "driver_peak_rss_mib": resource.getrusage(
-                             resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-        Path(out).write_text(json.dumps(data))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def node_memory(work: dict) -> dict:
@@ -123,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         folders, nodes, out = args.child
-        child(json.loads(Path(folders).read_text()), int(nodes), out, args.vote_index)
+        bench_ray.child(json.loads(Path(folders).read_text()), int(nodes), out, args.vote_index)
         return
     try:
         sizes = [int(x) for x in args.sizes.split(",")]
