@@ -135,9 +135,14 @@ class IVFIndex:
 
     def keys(self) -> np.ndarray:
         """Every key in the index (int64, sorted by word then key)."""
+        return np.asarray(self.postings()[0], np.int64).copy()
+
+    def postings(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every entry's key and signature, sorted by word then key: the
+        index's own arrays (no copy; read them, never write them)."""
         with self._lock:
             self._merge()
-            return np.asarray(self._keys, np.int64).copy()
+            return self._keys, self._sigs
 
     def nbytes(self) -> int:
         """Bytes of the postings (as saved: keys narrowed to 32 bits when they fit)."""

@@ -35,9 +35,7 @@ def entries_of_images(index: IVFIndex, images: np.ndarray, stride: int, rows: in
     keyed ``image * stride + r`` with ``image`` one of ``images`` (sorted)
     and ``r < rows``: the first ``rows`` descriptors of those images."""
     images = np.asarray(images, np.int64)
-    with index._lock:
-        index._merge()
-        keys, sigs = index._keys, index._sigs
+    keys, sigs = index.postings()
     if not len(images) or not len(keys):
         return np.zeros(0, np.int64), sigs[:0]
     at = np.flatnonzero((keys >= images[0] * stride) & (keys < (images[-1] + 1) * stride))
