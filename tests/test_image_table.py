@@ -69,3 +69,23 @@ def test_a_table_read_in_parts_equals_the_gallery_rows(photo_dir, tmp_path):
         cache = RowCache(table)
         first = cache[added.ids[0]]
         assert cache[added.ids[0]] is first and first == want[added.ids[0]]
+
+
+def test_a_matcher_refuses_a_table_of_other_rows(photo_dir, tmp_path):
+    """``PairMatcher(images=)`` takes the caller's table instead of reading
+    the rows: a table of other images than ``ids`` would pair one image's
+    path and size with another's features, so it is refused."""
+    from matchkit.config import Settings
+    from matchkit.match.pairs import PairMatcher
+    from matchkit.store.gallery import Gallery
+
+    with Gallery(tmp_path / "g", Settings()) as g:
+        ids = g.add(sorted(str(p) for p in photo_dir.iterdir())).ids
+        table = ImageTable.read(g, ids)
+        with pytest.raises(ValueError, match="exactly"):
+            PairMatcher(g, ids[1:], Settings(), images=table)
+        matcher = PairMatcher(g, ids[::-1], Settings(), images=table)  # (any order)
+        try:
+            assert matcher.paths[ids[0]] == table[ids[0]].path
+        finally:
+            matcher.close()

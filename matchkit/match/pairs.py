@@ -206,6 +206,9 @@ class PairMatcher(CandidateSearches, PixelChecks, RelationSettling, MatcherPools
         #: packed: one for every image a run verifies.
         self._masks: PackedMasks = PackedMasks()
         # The rows as columns, read-only mappings by id (``ImageTable``).
+        if images is not None and not np.array_equal(images.ids,
+                                                     np.unique(np.asarray(ids, np.int64))):
+            raise ValueError("PairMatcher(images=...) must hold the rows of exactly ``ids``")
         stored = ImageTable.read(gallery, ids) if images is None else images
         self.paths = stored.paths
         self._full_digests: dict[int, str | None] = {}
