@@ -184,15 +184,17 @@ def dedupe(
         # measurements (``burst.BurstMemo``; only a plain gallery has one folder).
         memo_base = (f"{settings_key(settings)}:{gallery.generation}"
                      if incremental and isinstance(gallery, Gallery) else None)
+        # The rows as columns (~200 bytes an image), read once: clustering
+        # and the report below both read them.
+        rows = ImageTable.read(gallery, added.ids)
         clusters, n_exact, n_near = find_clusters(
             gallery, added.ids, settings, calibrator=calibrator, policy=policy,
             make_matcher=make_matcher if incremental or run else None, progress=on_progress,
-            burst_memo=memo_base)
+            burst_memo=memo_base, images=rows)
         for m in made:
             m.save()
         if behind:
             _save_behind(gallery)
-        rows = ImageTable.read(gallery, added.ids)  # (columns: ~200 bytes an image)
         blank = sorted(rows.paths[i] for i in rows if rows.blank(i))
         report = DedupeReport(
             clusters=clusters,

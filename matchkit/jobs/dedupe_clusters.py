@@ -60,7 +60,8 @@ KEEPER_PASSES = 5
 @single_opencv_thread
 def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrator=None,
                   policy: KeeperPolicy = KeeperPolicy(), make_matcher=None, progress=None,
-                  burst_memo: str | None = None) -> tuple[list[ClusterResult], int, int]:
+                  burst_memo: str | None = None, images: ImageTable | None = None
+                  ) -> tuple[list[ClusterResult], int, int]:
     """Cluster the given gallery images; returns clusters and pair counts.
 
     ``calibrator`` (a fitted ``calibrate.PairCalibrator``) decides pairs
@@ -72,7 +73,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
     ``make_matcher(visible_ids, same, images)`` builds the pair matcher instead of a
     fresh ``PairMatcher`` (an incremental one reusing stored decisions).
     ``burst_memo``: keep the burstiness check's measurements in the gallery
-    folder under this base key (``burst.bursting``)."""
+    folder under this base key (``burst.bursting``). ``images``: the rows
+    of ``ids`` (``ImageTable.read``) when the caller has read them."""
     ids = sorted(set(ids))
     if not ids:
         return [], 0, 0
@@ -80,7 +82,7 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         progress("match", 0, len(ids))
     # The rows as columns (``ImageTable``): a dict of row objects held for
     # the run cost about 1 KB an image.
-    images = ImageTable.read(gallery, ids)
+    images = ImageTable.read(gallery, ids) if images is None else images
     ids = images.ids  # (ids without a row are left out, as gallery.images does)
     exact = UnionFind()
     for i in ids:
