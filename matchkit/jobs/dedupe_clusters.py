@@ -17,7 +17,6 @@ without rewriting it; its helpers that only read a result are in
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from matchkit.match.burst import bursting
 from matchkit.match.cluster import Star, UnionFind, lazy_star_clusters
 from matchkit.match.keeper import (GREY_MASS, Candidate, KeeperPolicy, explain, grey_shares,
                                    near_criteria, same_pixels_criteria, sort_key)
+from matchkit.match.pairlists import Neighbours, PairLists
 from matchkit.match.pairs import PairEvidence, PairMatcher
 from matchkit.match.picture import dense_picture
 from matchkit.report.dedupe_report import ClusterResult, PairResult
@@ -178,14 +178,13 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         for i in group:
             rep[i] = group[0]
         classes[group[0]] = group
-    between: dict[tuple[int, int], list[PairEvidence]] = defaultdict(list)
-    candidates: dict[int, set[int]] = defaultdict(set)
+    between = PairLists()  # (pair of classes -> their pairs' evidence)
     for ev in possible:
         ra, rb = rep[ev.a], rep[ev.b]
         if ra != rb:
-            between[(ra, rb) if ra < rb else (rb, ra)].append(ev)
-            candidates[ra].add(rb)
-            candidates[rb].add(ra)
+            between.add((ra, rb) if ra < rb else (rb, ra), ev)
+    candidates = Neighbours((rep[ev.a], rep[ev.b]) for ev in possible  # (class -> classes)
+                            if rep[ev.a] != rep[ev.b])
 
     def key(x: int, y: int) -> tuple[int, int]:
         return (x, y) if x < y else (y, x)
@@ -247,10 +246,9 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
             matcher.verify(fresh)
             told(asked, hop=True)
             for ev in fresh:
-                between.setdefault(key(ev.a, ev.b), []).append(ev)
+                between.add(key(ev.a, ev.b), ev)
                 other = ev.b if ev.a == center else ev.a
-                candidates[center].add(other)
-                candidates[other].add(center)
+                candidates.add(center, other)
                 if ev.rule:
                     ok.add(other)
         return ok
@@ -261,9 +259,8 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         steps = [_mirrored(ev) for ev in via]
         mirror = None if None in steps else sum(steps) % 2 == 1
         ev = matcher.evidence_between(x, y, reflect=mirror is not False)
-        between.setdefault(key(ev.a, ev.b), []).append(ev)
-        candidates[x].add(y)
-        candidates[y].add(x)
+        between.add(key(ev.a, ev.b), ev)
+        candidates.add(x, y)
         return ev
 
     def dense(g: list[int], h: list[int]) -> bool:
