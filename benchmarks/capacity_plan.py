@@ -54,10 +54,11 @@ class Costs:
     #: crossed nodes, 1,247 MB for 100,000 images on 3 nodes (HNSW votes),
     #: 6.2 KB per image per other node (6.1 at 2,118-3,177 images, "ray3").
     across_kb_per_other_node: float = 6.2
-    #: same section: driver peak RSS per image at 100,000 images (1,024.6 MiB;
-    #: 9.1 KB per added image from 30,000 up; 120 KB per image in "ray3",
-    #: before the driver's rows became columns).
-    driver_kb: float = 1024.6 * 1.048576 / 100
+    #: "ray: driver memory at 100,000 images, search dicts freed and
+    #: relations settled in parts": driver peak RSS per image at 100,000
+    #: images (914.7 MiB; 1,024.6 before, 120 KB per image in "ray3", before
+    #: the driver's rows became columns).
+    driver_kb: float = 914.7 * 1.048576 / 100
 
 
 def plan(images: float, nodes: int, cores: int, ram_gb: float, gbit: float,
@@ -114,9 +115,10 @@ def main() -> None:
         "**Arithmetic, not a measurement**: every per-image cost is a number measured on "
         "this 2-core machine at 2,000-100,000 images (sections named in the script's "
         "`Costs`), assumed flat with size. Of the runs the issue asks for, the 100k scale "
-        "collection ran on 3 simulated nodes (section \"ray: driver memory at 100,000 "
-        "images\": the driver and network costs below); the 1, 2 and 4 node runs were not "
-        "made.\n\n"
+        "collection ran on 3 simulated nodes (sections \"ray: driver memory at 100,000 "
+        "images\": the network costs below, and \"..., search dicts freed and relations "
+        "settled in parts\": the driver's); the 1, 2 and 4 node runs were made at 10,000 "
+        "images only (section \"ray: scale collection on 1,2,4 simulated nodes\").\n\n"
         f"Inputs: end-to-end dedupe {c.dedupe_core_ms:.1f} core-ms per image (extraction "
         f"alone {c.extract_core_ms:.1f}); descriptor search {c.search_ms_hnsw} ms (HNSW) "
         f"or {c.search_ms_ivf} ms (IVF) per image; gallery on disk {c.disk_kb_hnsw} KB "
