@@ -150,11 +150,13 @@ class RayPairMatcher(PairMatcher):
         size = min(VERIFY_CHUNK, -(-len(todo) // len(run.node_ids)))
         starts = range(0, len(todo), size)
         refs, sizes = [], []
+        # One string per shard, so that a chunk's pickle names each shard's
+        # file once (a string per image was about 100 bytes a pair).
+        db_of = [str(run.gallery.path / name / DB_NAME) for name in run.names]
         for start in starts:
             chunk = todo[start:start + size]
             ids = {i for ev in chunk for i in (ev.a, ev.b)}
-            dbs = {i: str(run.gallery.path / run.names[run.gallery.owner(i)] / DB_NAME)
-                   for i in ids}
+            dbs = {i: db_of[run.gallery.owner(i)] for i in ids}
             args = (chunk, dbs, {i: self._masks[i] for i in ids if i in self._masks},
                     {i: self.templated[i] for i in ids if i in self.templated},
                     self.settings, self.calibrator is None,
