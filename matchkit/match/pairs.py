@@ -140,10 +140,11 @@ def _pair_arrays(pairs: dict[tuple[int, int], int], same: dict[int, int] | None,
     n = len(pairs)
     ab = np.fromiter((i for pair in pairs for i in pair), np.int64, count=2 * n).reshape(n, 2)
     d = np.fromiter(pairs.values(), np.int64, count=n)
+    top = top or {}
     more = [] if votes is None else [
         np.fromiter((votes.get(p, 0.0) for p in pairs), np.float64, count=n),
-        np.fromiter((b in (top or {}).get(a, ()) or a in (top or {}).get(b, ())
-                     for a, b in pairs), bool, count=n)]
+        np.fromiter((b in top.get(a, ()) or a in top.get(b, ()) for a, b in pairs), bool,
+                    count=n)]
     if same is not None and n:
         ids = np.unique(ab)
         to = np.fromiter((same.get(i, i) for i in ids.tolist()), np.int64, count=len(ids))
