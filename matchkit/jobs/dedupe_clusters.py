@@ -178,16 +178,15 @@ def find_clusters(gallery: Gallery, ids: list[int], settings: Settings, calibrat
         for i in group:
             rep[i] = group[0]
         classes[group[0]] = group
-    between = PairLists()  # (pair of classes -> their pairs' evidence)
-    for ev in possible:
-        ra, rb = rep[ev.a], rep[ev.b]
-        if ra != rb:
-            between.add((ra, rb) if ra < rb else (rb, ra), ev)
-    candidates = Neighbours((rep[ev.a], rep[ev.b]) for ev in possible  # (class -> classes)
-                            if rep[ev.a] != rep[ev.b])
-
     def key(x: int, y: int) -> tuple[int, int]:
         return (x, y) if x < y else (y, x)
+
+    between = PairLists()  # (pair of classes -> their pairs' evidence)
+    for ev in possible:
+        if rep[ev.a] != rep[ev.b]:
+            between.add(key(rep[ev.a], rep[ev.b]), ev)
+    candidates = Neighbours((rep[ev.a], rep[ev.b]) for ev in possible  # (class -> classes)
+                            if rep[ev.a] != rep[ev.b])
 
     def matched(x: int, y: int) -> PairEvidence | None:
         # (A plain loop: asked ~200,000 times in a 5,000-image run, where a
