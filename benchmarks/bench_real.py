@@ -247,12 +247,16 @@ def main() -> None:
                     help="also print every missed true pair with its sizes, the output "
                          "clusters its files went to and, for icons, why thumbmatch did not "
                          "pair them (e.g. --no-write --misses)")
+    ap.add_argument("--vote-index", default=None,
+                    help="--vote-index passed to matchkit (e.g. ivf-64k; default: its default)")
     args = ap.parse_args()
 
     truth = load_truth(args.root)
     images = args.root / "images"
     level = cli_has_option("--level")
     extra = ["--level", args.level] if level else []
+    if args.vote_index:
+        extra += ["--vote-index", args.vote_index]
     report, wall = run(images, extra)
     ev = evaluate(report, truth, images)
     s = ev["scores"]
