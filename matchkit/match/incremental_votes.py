@@ -20,7 +20,7 @@ from matchkit.util.arrays import unique
 from matchkit.match.candidates import VoteDetail, search_in_chunks, tally_votes
 from matchkit.store.gallery import ORB_KEY_STRIDE
 from matchkit.index.hamming import HammingIndex, transient_index
-from matchkit.index.ivf import IVFIndex
+from matchkit.index.ivf import IVFIndex, ivf_index
 from matchkit.index.ivf_probed import FiledEntries, reached
 from matchkit.match.incremental_state import _lists, _pack_ids, _pack_lists, _probes, _unb64
 
@@ -235,8 +235,7 @@ class StoredVotes:
                 hits.append(found)
             if others:
                 if ivf:
-                    small = IVFIndex(self.gallery.orb_index.vocab, probes=s.ivf_probes,
-                                     nodes=s.ivf_nodes)
+                    small = ivf_index(s)  # (the gallery's may be shards' merged)
                     small.add(keys, descs, replace=False)
                 else:
                     small = transient_index(keys, descs, 256)
