@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import bench_dedupe  # noqa: E402
 import sets  # noqa: E402
+from matchkit.config import VOTE_INDEXES  # noqa: E402
 
 
 def result_key(clusters: list[dict]) -> list:
@@ -42,11 +43,11 @@ def result_key(clusters: list[dict]) -> list:
                   for c in clusters)
 
 
-def child(folder: str | list[str], nodes: int, out: str, vote_index: str = "hnsw") -> None:
+def child(folder: str | list[str], nodes: int, out: str, vote_index: str = "ivf") -> None:
     """Start a cluster of ``nodes`` 1-CPU nodes, dedupe ``folder`` (or a list
     of folders) into a new sharded gallery on it, write the report and
     measurements as JSON to ``out``."""
-    from matchkit.config import Settings
+    from matchkit.config import Settings, vote_index_settings
     import ray
     from ray.cluster_utils import Cluster
 
@@ -66,7 +67,7 @@ def child(folder: str | list[str], nodes: int, out: str, vote_index: str = "hnsw
         start = time.perf_counter()
         folders = [folder] if isinstance(folder, str) else folder
         report = dedupe(folders, gallery=os.path.join(temp, "gallery"), ray="auto",
-                        shards=nodes, settings=Settings().with_(vote_index=vote_index))
+                        shards=nodes, settings=Settings().with_(**vote_index_settings(vote_index)))
         wall = time.perf_counter() - start
         data = report.to_dict()
         data["bench"] = {"wall_s": wall, "driver_joined_rss_mib": joined,
@@ -143,7 +144,7 @@ def main() -> None:
     ap.add_argument("--split", default="eval", choices=["eval", "calib", "all"])
     ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
     ap.add_argument("--nodes", default="1,2,3")
-    ap.add_argument("--vote-index", default="hnsw", choices=["hnsw", "ivf"],
+    ap.add_argument("--vote-index", default="ivf", choices=list(VOTE_INDEXES),
                     help="descriptor index for votes, on one machine and on the nodes "
                          "(default %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -203,10 +204,10 @@ def main() -> None:
     if not args.no_write:
         cmd = " ".join(["python benchmarks/bench_ray.py", f"--set {args.set}",
                         f"--split {args.split}", f"--nodes {args.nodes}"]
-                       + ([f"--vote-index {args.vote_index}"] if args.vote_index != "hnsw" else [])
+                       + [f"--vote-index {args.vote_index}"]
                        + ([f"--limit {args.limit}"] if args.limit else []))
         C.write_section("ray: dedupe on simulated nodes"
-                        + (f" ({args.vote_index} votes)" if args.vote_index != "hnsw" else ""), (
+                        + f" ({args.vote_index} votes)", (
             f"`{cmd}` (Ray 2.60, `ray.cluster_utils.Cluster`, nodes of 1 CPU on this one "
             "machine, one shard per node; the machine is shared with other sessions, so "
             "wall times are measured under load). `wall_s`: the dedupe call (one machine: "

@@ -78,7 +78,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3, help="scale collection (default seed 3)")
     ap.add_argument("--root", type=Path, default=None,
                     help="collection folder (default benchmarks/_work/scale-distinct-s<seed>)")
-    ap.add_argument("--vote-index", default="hnsw", help="vote index of the sharded gallery")
+    ap.add_argument("--vote-index", default="ivf", help="vote index of the sharded gallery "
+                    "(a --vote-index name; default %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--child", nargs=3, metavar=("FOLDERS_JSON", "NODES", "OUT"),
                     help=argparse.SUPPRESS)

@@ -111,18 +111,21 @@ class Settings:
     #: Least votes (descriptors, each vote shared among the images it hits)
     #: that make a voted image a candidate.
     vote_min_votes: float = 1.0
-    #: Descriptor index the votes search: "hnsw" (USearch graph, approximate
-    #: beyond 20,000 descriptors) or "ivf" (inverted file over visual words,
-    #: ``matchkit/index/ivf.py``: about 1.2 KB per image instead of 12-28 KB, and
-    #: exact for its own score, so shards merge to the same neighbours).
-    vote_index: str = "hnsw"
+    #: Descriptor index the votes search: "ivf" (inverted file over visual
+    #: words, ``matchkit/index/ivf.py``: about 3.6 KB per image in memory and
+    #: on disk, and exact for its own score, so shards merge to the same
+    #: neighbours) or "hnsw" (USearch graph: 23-33 KB per image in memory,
+    #: 11.7 on disk, approximate beyond 20,000 descriptors). IVF has been the
+    #: default since the end-to-end comparison in benchmarks/RESULTS.md,
+    #: "votes: the 65,536-word IVF index as the default (issue 15)".
+    vote_index: str = "ivf"
     #: With ``vote_index="ivf"``: visual words each query descriptor looks in.
-    ivf_probes: int = 2
+    ivf_probes: int = 16
     #: With ``vote_index="ivf"``: the first-level nodes of the vocabulary tree
     #: whose words the probes are chosen among.
-    ivf_nodes: int = 2
+    ivf_nodes: int = 8
     #: With ``vote_index="ivf"``: the shipped vocabulary (``index.vocabulary.VOCABULARIES``).
-    ivf_vocabulary: str = "orb-4k"
+    ivf_vocabulary: str = "orb-64k"
     #: Looser pHash distance that still makes a pair worth verifying locally.
     phash_candidate_distance: int = 110
     #: A pair the descriptors did not vote for is verified only if one image is
@@ -251,8 +254,11 @@ CHOICES: dict[str, tuple[str, ...]] = _Choices(
 #: measured with (benchmarks/RESULTS.md, "candidates: words chosen node by
 #: node, and a 65,536-word vocabulary").
 VOTE_INDEXES: dict[str, dict] = {
+    "ivf": {"vote_index": "ivf", "ivf_vocabulary": "orb-64k", "ivf_probes": 16,
+            "ivf_nodes": 8},
     "hnsw": {"vote_index": "hnsw"},
-    "ivf": {"vote_index": "ivf"},
+    "ivf-4k": {"vote_index": "ivf", "ivf_vocabulary": "orb-4k", "ivf_probes": 2,
+               "ivf_nodes": 2},
     "ivf-16k": {"vote_index": "ivf", "ivf_vocabulary": "orb-16k", "ivf_probes": 16,
                 "ivf_nodes": 8},
     "ivf-64k": {"vote_index": "ivf", "ivf_vocabulary": "orb-64k", "ivf_probes": 16,

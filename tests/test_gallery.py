@@ -14,11 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matchkit import Gallery, GalleryError
+from matchkit import Gallery, GalleryError, Settings
 from matchkit.store.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
+from matchkit.store.gallery_indexes import ORB_IVF_INDEX_NAME
 from matchkit.io.load import iter_image_files
 
 from conftest import make_photo
+
+#: The tests of the descriptor index worked in the background (``HammingIndex``
+#: add and save watched on the index worker) build HNSW galleries.
+HNSW = Settings(vote_index="hnsw")
 
 
 def _files(folder):
@@ -113,11 +118,13 @@ def test_stale_index_file_is_rebuilt(photo_dir, tmp_path):
         assert len(g.phash_index) == len(g) == 9
 
 
-def test_closing_a_writer_saves_the_indexes_it_changed(photo_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind,orb_file", [("ivf", ORB_IVF_INDEX_NAME), ("hnsw", ORB_INDEX_NAME)])
+def test_closing_a_writer_saves_the_indexes_it_changed(photo_dir, tmp_path, monkeypatch, kind,
+                                                        orb_file):
     gdir = tmp_path / "g"
-    with Gallery(gdir) as g:
+    with Gallery(gdir, Settings(vote_index=kind)) as g:
         g.add(_files(photo_dir))
-    assert (gdir / PHASH_INDEX_NAME).exists() and (gdir / ORB_INDEX_NAME).exists()
+    assert (gdir / PHASH_INDEX_NAME).exists() and (gdir / orb_file).exists()
     rebuilt = []
     real = Gallery._new_index
     monkeypatch.setattr(Gallery, "_new_index", lambda self, name: rebuilt.append(name)
@@ -272,7 +279,7 @@ def test_index_in_background_gives_the_same_index(photo_dir, tmp_path, monkeypat
     from matchkit.index.hamming import HammingIndex
 
     files = _files(photo_dir)
-    with Gallery(tmp_path / "plain") as g:
+    with Gallery(tmp_path / "plain", HNSW) as g:
         g.add(files)
         keys = sorted(g.orb_index.keys().tolist())
     release, started = threading.Event(), threading.Event()
@@ -286,7 +293,7 @@ def test_index_in_background_gives_the_same_index(photo_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(HammingIndex, "add", slow_add)
     gdir = tmp_path / "behind"
-    with Gallery(gdir) as g:
+    with Gallery(gdir, HNSW) as g:
         g.orb_index  # (loaded before: the add goes to the loaded graph)
         g.index_in_background = True
         g.add(files)  # returns while the worker waits
@@ -318,7 +325,7 @@ def test_an_add_loads_the_saved_descriptor_index_ahead(photo_dir, tmp_path, monk
     from matchkit.store import gallery_indexes
 
     files = _files(photo_dir)
-    with Gallery(tmp_path / "g") as g:
+    with Gallery(tmp_path / "g", HNSW) as g:
         g.add(files[:6])
     loaded_on = []
     real = gallery_indexes.file_loader
@@ -344,14 +351,14 @@ def test_an_add_loads_the_saved_descriptor_index_ahead(photo_dir, tmp_path, monk
     with Gallery(tmp_path / "g", create=False) as g:
         assert g.verify().differences == []
         assert sorted(g.orb_index.keys().tolist()) == keys
-    with Gallery(tmp_path / "at-once") as g:
+    with Gallery(tmp_path / "at-once", HNSW) as g:
         g.add(files)
         assert sorted(g.orb_index.keys().tolist()) == keys
 
 
 def test_an_index_loaded_ahead_is_used_only_against_its_own_stamp(photo_dir, tmp_path):
     files = _files(photo_dir)
-    with Gallery(tmp_path / "g") as g:
+    with Gallery(tmp_path / "g", HNSW) as g:
         g.add(files)
         n = len(g.orb_index)
     with Gallery(tmp_path / "g", create=False) as g:
@@ -385,7 +392,7 @@ def test_index_files_written_ahead_are_recorded_not_written_again(photo_dir, tmp
     index changed after that is written again."""
     files = _files(photo_dir)
     saved = _counted_saves(monkeypatch)
-    with Gallery(tmp_path / "g") as g:
+    with Gallery(tmp_path / "g", HNSW) as g:
         g.index_in_background = True
         g.add(files[:6])
         g.save_ahead()
@@ -422,7 +429,7 @@ def test_index_in_background_failure_is_raised_and_the_index_rebuilt(photo_dir, 
     from matchkit.index.hamming import HammingIndex
 
     files = _files(photo_dir)
-    with Gallery(tmp_path / "plain") as g:
+    with Gallery(tmp_path / "plain", HNSW) as g:
         g.add(files)
         keys = sorted(g.orb_index.keys().tolist())
     real_add = HammingIndex.add
@@ -434,7 +441,7 @@ def test_index_in_background_failure_is_raised_and_the_index_rebuilt(photo_dir, 
 
     monkeypatch.setattr(HammingIndex, "add", failing_add)
     saved = _counted_saves(monkeypatch)
-    with Gallery(tmp_path / "g") as g:
+    with Gallery(tmp_path / "g", HNSW) as g:
         g.index_in_background = True
         g.add(files)
         g.save_ahead()  # (the half-built graph is not written)

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from matchkit import Gallery, GalleryError
-from matchkit.store.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
+from matchkit.store.gallery import DB_NAME, PHASH_INDEX_NAME
+# (the descriptor index file of the default kind, IVF)
+from matchkit.store.gallery_indexes import ORB_IVF_INDEX_NAME as ORB_INDEX_NAME
 from matchkit.io.load import iter_image_files
 
 from conftest import make_photo

@@ -35,6 +35,10 @@ def sets(tmp_path_factory):
     return old, new
 
 
+#: Settings of the tests of HNSW's background graph add (``HammingIndex``).
+HNSW = Settings(workers=1, vote_index="hnsw")
+
+
 def _fresh(files, settings=Settings(workers=1), **kw):
     return dedupe(files, settings=settings, **kw)
 
@@ -1045,7 +1049,7 @@ def test_a_gallery_run_indexes_new_descriptors_on_a_worker_and_saves_if_stopped(
     folder = tmp_path / "photos"
     shutil.copytree(old, folder)
     g = tmp_path / "g"
-    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    dedupe([folder], gallery=g, settings=HNSW)
     for f in new.iterdir():
         shutil.copy(f, folder / f.name)
     threads, graphs = [], set()
@@ -1062,7 +1066,7 @@ def test_a_gallery_run_indexes_new_descriptors_on_a_worker_and_saves_if_stopped(
         if phase == "stored" and done == 1:
             raise Stop
     with pytest.raises(Stop):
-        dedupe([folder], gallery=g, settings=Settings(workers=1), on_progress=stop)
+        dedupe([folder], gallery=g, settings=HNSW, on_progress=stop)
     assert len(graphs) == 1 and [t for i, t in threads if i in graphs] == ["matchkit-index_0"]
     with Gallery(g, create=False) as gal:
         report = gal.verify()
@@ -1070,8 +1074,8 @@ def test_a_gallery_run_indexes_new_descriptors_on_a_worker_and_saves_if_stopped(
         assert gal.index_in_background is False
     monkeypatch.setattr(HammingIndex, "add", real_add)
     monkeypatch.setattr(Gallery, "_add_orb", real_add_orb)
-    grown = dedupe([folder], gallery=g, settings=Settings(workers=1))
-    assert _content(grown) == _content(_fresh([folder]))
+    grown = dedupe([folder], gallery=g, settings=HNSW)
+    assert _content(grown) == _content(_fresh([folder], HNSW))
 
 
 def test_frames_looked_for_again_in_an_add_match_a_run_from_scratch(sets, tmp_path,

@@ -358,7 +358,7 @@ def test_gallery_keeps_one_file_per_kind(tmp_path):
 
     photo_dir = _make(tmp_path / "photos", range(2))
 
-    ivf, hnsw = Settings(workers=1, vote_index="ivf"), Settings(workers=1)
+    ivf, hnsw = Settings(workers=1, vote_index="ivf"), Settings(workers=1, vote_index="hnsw")
     with Gallery(tmp_path / "g", ivf) as g:
         g.add(sorted(photo_dir.iterdir()))
         n = len(g.orb_index)
@@ -379,33 +379,34 @@ def test_gallery_keeps_one_file_per_kind(tmp_path):
 
 
 def test_a_reader_not_told_searches_the_vocabulary_written(tmp_path):
-    """A gallery written with the 64k vocabulary is opened without settings
+    """A gallery written with the 4k vocabulary is opened without settings
     (as ``check`` and ``search`` open it): its file is loaded as it is, with
-    the writer's vocabulary, probes and nodes, not rebuilt over the 4k one."""
+    the writer's vocabulary, probes and nodes, not rebuilt over the default
+    64k one."""
     from matchkit import Settings
     from matchkit.store.gallery import Gallery
     from matchkit.store.gallery_indexes import _FILE_KEY
     from test_incremental import _make
 
     photo_dir = _make(tmp_path / "photos", range(2))
-    big = Settings(workers=1, vote_index="ivf", ivf_vocabulary="orb-64k", ivf_probes=16,
-                   ivf_nodes=8)
-    with Gallery(tmp_path / "g", big) as g:
+    small = Settings(workers=1, vote_index="ivf", ivf_vocabulary="orb-4k", ivf_probes=2,
+                     ivf_nodes=2)
+    with Gallery(tmp_path / "g", small) as g:
         g.add(sorted(photo_dir.iterdir()))
         n = len(g.orb_index)
         g.save()
     with Gallery(tmp_path / "g") as g:
         s = g.settings
         assert (s.vote_index, s.ivf_vocabulary, s.ivf_probes, s.ivf_nodes) == \
-            ("ivf", "orb-64k", 16, 8)
-        assert g.load_indexes(only_current=True) and g.orb_index.vocab.words == 65536
+            ("ivf", "orb-4k", 2, 2)
+        assert g.load_indexes(only_current=True) and g.orb_index.vocab.words == 4096
         assert len(g.orb_index) == n
         # A damaged record still names the kind; the rest falls back to defaults.
         record = json.loads(g._meta(_FILE_KEY + "orb-ivf"))
         record["ivf"]["ivf_nodes"] = 10**6
         g._set_meta(_FILE_KEY + "orb-ivf", json.dumps(record))
     with Gallery(tmp_path / "g") as g:
-        assert g.settings.vote_index == "ivf" and g.settings.ivf_vocabulary == "orb-4k"
+        assert g.settings.vote_index == "ivf" and g.settings.ivf_vocabulary == "orb-64k"
 
 
 def test_sharded_ivf_search_equals_one_gallery(tmp_path):
@@ -434,12 +435,13 @@ def test_settings_key_unchanged_for_hnsw_and_bad_setting():
     from matchkit.config import SettingsError
     from matchkit.match.incremental import settings_key
 
-    assert settings_key(Settings()) == settings_key(Settings(ivf_probes=5))
-    assert settings_key(Settings(vote_index="ivf")) != settings_key(Settings())
+    hnsw = Settings(vote_index="hnsw")
+    assert settings_key(hnsw) == settings_key(hnsw.with_(ivf_probes=5))
+    assert settings_key(Settings(vote_index="ivf")) != settings_key(hnsw)
     assert (settings_key(Settings(vote_index="ivf", ivf_probes=3))
             != settings_key(Settings(vote_index="ivf")))
-    assert settings_key(Settings()) == settings_key(Settings(ivf_nodes=4, ivf_vocabulary="orb-64k"))
-    for change in ({"ivf_nodes": 4}, {"ivf_vocabulary": "orb-64k"}):
+    assert settings_key(hnsw) == settings_key(hnsw.with_(ivf_nodes=4, ivf_vocabulary="orb-4k"))
+    for change in ({"ivf_nodes": 4}, {"ivf_vocabulary": "orb-4k"}):
         assert (settings_key(Settings(vote_index="ivf", **change))
                 != settings_key(Settings(vote_index="ivf")))
     with pytest.raises(SettingsError):
@@ -488,7 +490,7 @@ def test_queries_travel_encoded_only_when_smaller():
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 256, (5, 32), dtype=np.uint8)
     sizes = {}
-    for name in ("ivf", "ivf-16k", "ivf-64k"):
+    for name in ("ivf", "ivf-4k", "ivf-16k", "ivf-64k"):
         s = Settings().with_(**vote_index_settings(name))
         idx = ivf_index(s)
         enc = idx.encode(codes)
@@ -497,4 +499,4 @@ def test_queries_travel_encoded_only_when_smaller():
         chosen = _encoder({idx.encoding}, s)
         assert (chosen is not None) == (idx.encoded_bytes < 32)
         assert _encoder({idx.encoding, None}, s) is None
-    assert sizes == {"ivf": 12, "ivf-16k": 64, "ivf-64k": 64}
+    assert sizes == {"ivf": 64, "ivf-4k": 12, "ivf-16k": 64, "ivf-64k": 64}

@@ -227,7 +227,8 @@ def test_look_ups_within_a_distance_ship_only_the_near_neighbours(images, cluste
 
 
 def test_ivf_queries_travel_encoded(images, cluster, tmp_path):
-    """With IVF votes the driver sends each query descriptor as the shards'
+    """With IVF votes over the 4,096-word vocabulary (2 probes; the default 64k
+    one sends the codes) the driver sends each query descriptor as the shards'
     indexes compare it (probed words and signature, ``ivf.EncodedQueries``:
     12 bytes against 32), and the answers equal those for the codes."""
     import numpy as np
@@ -235,7 +236,7 @@ def test_ivf_queries_travel_encoded(images, cluster, tmp_path):
     from matchkit.config import Settings
     from matchkit.distributed.ray_jobs import RayRun
 
-    settings = Settings(vote_index="ivf")
+    settings = Settings(vote_index="ivf", ivf_vocabulary="orb-4k", ivf_probes=2, ivf_nodes=2)
     with RayRun("auto", tmp_path / "g", settings, shards=3) as run:
         run.add(sorted(images.iterdir())[:15])
         g = run.gallery

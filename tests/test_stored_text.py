@@ -92,8 +92,9 @@ def test_records_stored_whole_by_an_earlier_build_are_reused(photo_dir, tmp_path
 
     import shutil
 
+    old = Settings(workers=1, vote_index="hnsw")  # (what those builds ran by default)
     g = tmp_path / "g"
-    first = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    first = dedupe([photo_dir], gallery=g, settings=old)
     shutil.copytree(g, tmp_path / "g-now")
     raw = sqlite3.connect(g / "gallery.sqlite")
     rows = raw.execute("SELECT key, image_id, record FROM match_records").fetchall()
@@ -109,15 +110,15 @@ def test_records_stored_whole_by_an_earlier_build_are_reused(photo_dir, tmp_path
                     (stored_text.pack(dumps_sorted(rec)), key, i))
     raw.commit()
     raw.close()
-    again = dedupe([photo_dir], gallery=g, settings=Settings(workers=1))
+    again = dedupe([photo_dir], gallery=g, settings=old)
     assert again.stats["images_searched"] == 0 and again.stats["pairs_reused"] > 0
     assert _content(again) == _content(first)
     extra = photo_dir.parent / "more"
     extra.mkdir()
     for n in sorted(photo_dir.iterdir())[:2]:
         (extra / ("copy-" + n.name)).write_bytes(n.read_bytes())
-    grown = dedupe([photo_dir, extra], gallery=g, settings=Settings(workers=1))
-    now = dedupe([photo_dir, extra], gallery=tmp_path / "g-now", settings=Settings(workers=1))
+    grown = dedupe([photo_dir, extra], gallery=g, settings=old)
+    now = dedupe([photo_dir, extra], gallery=tmp_path / "g-now", settings=old)
     assert grown.stats["images_searched"] == now.stats["images_searched"] > 0
     assert _content(grown) == _content(now)
     raw = sqlite3.connect(g / "gallery.sqlite")

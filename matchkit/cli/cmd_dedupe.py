@@ -14,14 +14,14 @@ import click
 from matchkit.util.fs import atomic_write_bytes
 from matchkit.util.fspath import json_text
 from matchkit.util.progress import PhaseProgress
-from matchkit.config import Settings, vote_index_settings
+from matchkit.config import Settings
 from matchkit.jobs.dedupe import dedupe as run_dedupe
 from matchkit.distributed.ray_jobs import RayUnavailable
 from matchkit.store.gallery import GalleryError
 from matchkit.cli.cmd_moves import _echo_moves
 from matchkit.cli.common import (
     _LEVEL_OPTION, _RAY_OPTION, _SHARDS_OPTION, _VOTE_INDEX_OPTION, _check_html_path, _fail,
-    _load_profile, _one_line, _Setting, _signal_option, cli)
+    _load_profile, _one_line, _Setting, _signal_option, _writer_vote_index, cli)
 
 
 @cli.command()
@@ -145,7 +145,7 @@ def dedupe(paths, json_path, csv_path, gallery, rematch, threshold, max_pixels, 
                                     workers=workers, local_features=False if hash_only else None,
                                     model=model, min_cosine=min_cosine,
                                     signals=signals or None,
-                                    **vote_index_settings(vote_index))
+                                    **_writer_vote_index(vote_index, gallery))
         shown = None if quiet else PhaseProgress()
         report = run_dedupe(paths, gallery=gallery, settings=settings, on_progress=shown,
                             profile=profile, keep_in=keep_in, prefer=prefer,

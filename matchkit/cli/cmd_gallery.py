@@ -12,13 +12,14 @@ from pathlib import Path
 
 import click
 
-from matchkit.config import Settings, vote_index_settings
+from matchkit.config import Settings
 from matchkit.distributed.ray_jobs import RayUnavailable
 from matchkit.store.gallery import GalleryError
 from matchkit.store.shards import is_sharded, open_gallery
 from matchkit.cli.common import (
     _RAY_OPTION, _READ_VOTE_INDEX_OPTION, _SHARDS_OPTION, _VOTE_INDEX_OPTION, _emit_json,
-    _fail, _one_line, _open_gallery, _reader_settings, _Setting, _signal_option, cli)
+    _fail, _one_line, _open_gallery, _reader_settings, _Setting, _signal_option,
+    _writer_vote_index, cli)
 
 
 @cli.command()
@@ -116,7 +117,8 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
                       "new gallery")
     settings = Settings().with_(max_pixels=max_pixels, workers=workers,
                                 local_features=False if hash_only else None,
-                                signals=signals or None, **vote_index_settings(vote_index))
+                                signals=signals or None,
+                                **_writer_vote_index(vote_index, gallery))
     out: dict = {"gallery": str(gallery)}
     try:
         if ray is not None:

@@ -71,13 +71,13 @@ _SHARDS_OPTION = click.option(
 
 _VOTE_INDEX_OPTION = click.option(
     "--vote-index", type=click.Choice(list(VOTE_INDEXES)), default=None,
-    help="Descriptor index the candidate votes search: 'hnsw' (default) or 'ivf' (an "
-         "inverted file over visual words: about 1.2 KB per image instead of 12-28 KB, and "
-         "the same neighbours however the gallery is sharded); 'ivf-16k' and 'ivf-64k' "
-         "file them under 16,384 or 65,536 words with whole descriptors (3.6-4 KB per "
-         "image; a probe scans a quarter or a sixteenth as much, for large galleries). "
-         "A gallery keeps one file per kind. "
-         "Example: matchkit dedupe photos/ --gallery g --vote-index ivf-64k")
+    help="Descriptor index the candidate votes search: 'ivf' (the default: an inverted "
+         "file over 65,536 visual words, about 3.6 KB per image, the same neighbours however "
+         "the gallery is sharded) or 'hnsw' (a USearch graph: 23-33 KB per image in memory, "
+         "approximate); 'ivf-4k' and 'ivf-16k' file descriptors under 4,096 or 16,384 "
+         "words (a probe scans 16 or 4 times as much). Not given: the index an existing "
+         "--gallery was written with. A gallery keeps one file per kind. "
+         "Example: matchkit dedupe photos/ --gallery g --vote-index hnsw")
 
 #: ``--vote-index`` of the commands that read a gallery (``check``, ``verify``):
 #: not told, they use the index the gallery was last written with.
@@ -86,6 +86,22 @@ _READ_VOTE_INDEX_OPTION = click.option(
     help="Descriptor index to use (default: the kind, vocabulary, probes and nodes the "
          "gallery was last written with). "
          "Example: matchkit check q.jpg --gallery g --vote-index ivf")
+
+
+def _writer_vote_index(vote_index: str | None, gallery) -> dict:
+    """The descriptor-index settings of a command that writes a gallery
+    (``index``, ``dedupe``): those ``--vote-index`` names; not told, those
+    the gallery was last written with (``shards.saved_index_settings``),
+    else the defaults."""
+    if vote_index is not None:
+        return vote_index_settings(vote_index)
+    if gallery is None:
+        return {}
+    from matchkit.store.shards import saved_index_settings
+    try:
+        return saved_index_settings(gallery)
+    except (GalleryError, sqlite3.DatabaseError, OSError):
+        return {}  # (the command's own opening of the gallery reports what is wrong)
 
 
 def _reader_settings(vote_index: str | None) -> Settings | None:

@@ -1,6 +1,6 @@
 """The gallery's index files: the pHash index and the ORB descriptor index
-(an HNSW graph, or with ``Settings.vote_index = "ivf"`` an IVF index), each a
-cache derived from SQLite.
+(an IVF index by default, or with ``Settings.vote_index = "hnsw"`` an HNSW
+graph), each a cache derived from SQLite.
 
 Each file is written atomically (``save``) and stamped in the ``meta``
 table with the data generation it really holds, its size, SHA-256 and key

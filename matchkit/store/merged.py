@@ -47,6 +47,7 @@ class MergedIndex:
                ) -> tuple[np.ndarray, np.ndarray]:
         if len(self.parts) == 1:
             return _result(self.parts[0], codes, k, max_distance)()
+        codes = _encoded_once(self.parts, codes)
         waiting = [_result(p, codes, k, max_distance) for p in self.parts]  # all started first
         found = [get() for get in waiting]
         keys = np.concatenate([f[0] for f in found], axis=1)
@@ -54,6 +55,23 @@ class MergedIndex:
         order = np.lexsort((keys, dists), axis=1)[:, :k]
         return (np.take_along_axis(keys, order, axis=1),
                 np.take_along_axis(dists, order, axis=1))
+
+
+def _encoded_once(parts: Sequence, codes):
+    """``codes`` as the IVF indexes among ``parts`` take them encoded
+    (``IVFIndex.encode``) when every part is one of this process with the same
+    encoding; else ``codes`` unchanged.
+
+    Why: each part would otherwise choose the same words for every query
+    again, and with 65,536 words that choice is most of a search (about 50 us
+    a descriptor): a gallery of 3 shards chose every query's words 3 times."""
+    from matchkit.index.ivf import EncodedQueries, IVFIndex
+
+    if isinstance(codes, EncodedQueries) or not all(isinstance(p, IVFIndex) for p in parts):
+        return codes
+    if len({p.encoding for p in parts}) != 1:
+        return codes
+    return parts[0].encode(codes)
 
 
 def _result(part, codes: np.ndarray, k: int, max_distance: int | None = None):

@@ -36,7 +36,7 @@ from matchkit.config import Settings
 from matchkit.store.adding import (BATCH, AddReport, Skipped, _key, add_files,  # noqa: F401  (re-exported)
                                    merge_report, place, plan_files, route, shard_names, shard_of,
                                    stat_files)
-from matchkit.store.gallery import Gallery, GalleryError, StoredImage
+from matchkit.store.gallery import DB_NAME, Gallery, GalleryError, StoredImage
 from matchkit.store.merged import MergedIndex, MergedVectorIndex, _result  # noqa: F401  (re-exported)
 
 #: The manifest file of a sharded gallery (a folder holding it and its shards).
@@ -84,6 +84,27 @@ def create_sharded(path: str | os.PathLike, shards: int) -> list[str]:
     return names
 
 
+def saved_index_settings(path: str | os.PathLike) -> dict:
+    """The descriptor-index settings (``Settings.vote_index`` and, for an IVF
+    index, its vocabulary, probes and nodes) the gallery in folder ``path``
+    was last written with; for a sharded gallery, its first shard's. Empty
+    when there is no gallery there or it saved no descriptor index yet.
+
+    Why: a command not told ``--vote-index`` should go on with the index a
+    gallery already has. Without this, a gallery written before IVF became
+    the default would have its index rebuilt and every stored match decision
+    made again, on its first run after an upgrade."""
+    path = Path(path)
+    try:
+        folder = path / read_manifest(path)[0] if is_sharded(path) else path
+    except GalleryError:
+        return {}
+    if not (folder / DB_NAME).is_file():
+        return {}
+    with Gallery(folder, create=False) as g:
+        return g.saved_index_settings()
+
+
 def open_gallery(path: str | os.PathLike, settings: Settings | None = None, *,
                  create: bool = True, shards: int | None = None,
                  lock_timeout: float | None = None) -> "Gallery | ShardedGallery":
@@ -91,7 +112,9 @@ def open_gallery(path: str | os.PathLike, settings: Settings | None = None, *,
     ``shards`` asks for a new sharded one), else a plain gallery (without
     ``settings``, one searched with the descriptor index it was written with)."""
     if shards is not None and shards > 1 or is_sharded(path):
-        return ShardedGallery(path, settings or Settings(), create=create, shards=shards,
+        if settings is None:
+            settings = Settings().with_(**saved_index_settings(path))
+        return ShardedGallery(path, settings, create=create, shards=shards,
                               lock_timeout=lock_timeout)
     return Gallery(path, settings, create=create, lock_timeout=lock_timeout)
 
