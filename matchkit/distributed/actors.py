@@ -40,6 +40,11 @@ class ShardServer:
     def peak_rss_kib(self) -> int:
         return peak_rss_kib()
 
+    def process(self) -> tuple[int, int]:
+        """(pid, peak RSS in KiB) of the actor's process: what ``RayRun.stats``
+        asks once per actor (the pid tells a restarted actor)."""
+        return os.getpid(), peak_rss_kib()
+
     def plan_add(self, files):
         return self.gallery.plan_add(files)
 

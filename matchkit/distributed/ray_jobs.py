@@ -393,9 +393,10 @@ class RayRun:
 
     def stats(self) -> dict:
         ray = _ray()
-        pids = ray.get([a.pid.remote() for a in self.actors])
-        for node, peak in zip(self.shard_nodes, ray.get([a.peak_rss_kib.remote()
-                                                        for a in self.actors])):
+        pids = []
+        for node, (pid, peak) in zip(self.shard_nodes,
+                                     ray.get([a.process.remote() for a in self.actors])):
+            pids.append(pid)
             self.work.peak(node, "actor_peak_rss_kib", peak)
         return {"shards": len(self.names), "shard_nodes": self.shard_nodes,
                 "actor_restarts": sum(a != b for a, b in zip(pids, self.shard_pids)),
