@@ -250,9 +250,10 @@ CHOICES: dict[str, tuple[str, ...]] = _Choices(
 
 
 #: ``--vote-index`` names (CLI) and the settings each stands for: the index
-#: kind and, for the larger IVF vocabularies, the probes and nodes they were
-#: measured with (benchmarks/RESULTS.md, "candidates: words chosen node by
-#: node, and a 65,536-word vocabulary").
+#: kind and, for IVF, the vocabulary, probes and nodes they were measured with
+#: (benchmarks/RESULTS.md, "candidates: words chosen node by node, and a
+#: 65,536-word vocabulary"). "ivf" is the default's; "ivf-4k" the first IVF
+#: index (4,096 words, 64-bit signatures, 2 probes).
 VOTE_INDEXES: dict[str, dict] = {
     "ivf": {"vote_index": "ivf", "ivf_vocabulary": "orb-64k", "ivf_probes": 16,
             "ivf_nodes": 8},
