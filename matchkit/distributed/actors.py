@@ -37,9 +37,6 @@ class ShardServer:
     def pid(self) -> int:
         return os.getpid()
 
-    def peak_rss_kib(self) -> int:
-        return peak_rss_kib()
-
     def process(self) -> tuple[int, int]:
         """(pid, peak RSS in KiB) of the actor's process: what ``RayRun.stats``
         asks once per actor (the pid tells a restarted actor)."""

@@ -393,13 +393,11 @@ class RayRun:
 
     def stats(self) -> dict:
         ray = _ray()
-        pids = []
-        for node, (pid, peak) in zip(self.shard_nodes,
-                                     ray.get([a.process.remote() for a in self.actors])):
-            pids.append(pid)
+        now = ray.get([a.process.remote() for a in self.actors])  # (pid, peak) each
+        for node, (_, peak) in zip(self.shard_nodes, now):
             self.work.peak(node, "actor_peak_rss_kib", peak)
         return {"shards": len(self.names), "shard_nodes": self.shard_nodes,
-                "actor_restarts": sum(a != b for a, b in zip(pids, self.shard_pids)),
+                "actor_restarts": sum(pid != old for (pid, _), old in zip(now, self.shard_pids)),
                 "work": self.work.to_dict()}
 
     def close(self) -> None:
