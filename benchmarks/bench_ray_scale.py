@@ -35,6 +35,7 @@ import _common as C  # noqa: E402
 import bench_ray  # noqa: E402
 import bench_scale_distinct  # noqa: E402
 import scale_set  # noqa: E402
+from matchkit.config import VOTE_INDEXES  # noqa: E402
 
 
 def node_memory(work: dict) -> dict:
@@ -78,8 +79,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3, help="scale collection (default seed 3)")
     ap.add_argument("--root", type=Path, default=None,
                     help="collection folder (default benchmarks/_work/scale-distinct-s<seed>)")
-    ap.add_argument("--vote-index", default="ivf", help="vote index of the sharded gallery "
-                    "(a --vote-index name; default %(default)s)")
+    ap.add_argument("--vote-index", default="ivf", choices=list(VOTE_INDEXES),
+                    help="vote index of the sharded gallery (default %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--child", nargs=3, metavar=("FOLDERS_JSON", "NODES", "OUT"),
                     help=argparse.SUPPRESS)
