@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matchkit.index import compiled
 from matchkit.util.arrays import cross_bit_distances
 from matchkit.util.fs import atomic_write
 
@@ -45,6 +46,9 @@ class Vocabulary:
     leaves: np.ndarray
     #: Bit positions (0..255, in ``np.unpackbits`` order) of the signature.
     sig_bits: np.ndarray
+    #: Whether ``assign`` may use its compiled form (``compiled``, when
+    #: Numba is installed); False keeps the NumPy form (the same words).
+    compiled: bool = True
 
     @property
     def words(self) -> int:
@@ -90,13 +94,20 @@ class Vocabulary:
         leaf: the word an entry is filed under); with more, that word comes
         first and the other leaves of the ``nodes`` best first-level nodes
         compete for the rest (a true neighbour filed under another node is
-        found only if its node is among them)."""
+        found only if its node is among them).
+
+        Compiled (``compiled.assign_words``, about 5x faster) when Numba is
+        installed and ``compiled`` is set; the NumPy form below is the
+        reference it is tested against."""
         codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, 32)
         out = np.empty((len(codes), probes), np.int64)
         top = self.top.view(np.uint64)                 # (K1, 4)
         leaves = self.leaves.view(np.uint64)           # (K1, K2, 4)
         k1, k2 = self.leaves.shape[:2]
         nodes = 1 if probes == 1 else max(1, min(int(nodes), k1))
+        if compiled.AVAILABLE and self.compiled:
+            compiled.assign_words(codes.view(np.uint64), top, leaves, probes, nodes, out)
+            return out
         step = max(1, min(4096, ASSIGN_CELLS // (nodes * k2)))
         for s in range(0, len(codes), step):
             q = codes[s:s + step].view(np.uint64)      # (n, 4)

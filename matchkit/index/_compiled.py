@@ -1,0 +1,121 @@
+"""The compiled loops behind ``compiled`` (this module imports Numba, so it
+is loaded only on first use)."""
+
+import numba
+import numpy as np
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & _M1)
+    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
+    x = (x + (x >> np.uint64(4))) & _M4
+    return np.int64((x * _H01) >> np.uint64(56))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _distance(q, i, table, j):
+    d = 0
+    for w in range(4):
+        d += _popcount(q[i, w] ^ table[j, w])
+    return d
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _keep(buf, size, filled, value):
+    """Insert ``value`` into the ascending ``buf[:filled]`` holding at most
+    ``size`` values; returns the new fill."""
+    if filled == size:
+        if value >= buf[size - 1]:
+            return filled
+        at = size - 1
+    else:
+        at = filled
+        filled += 1
+    while at > 0 and buf[at - 1] > value:
+        buf[at] = buf[at - 1]
+        at -= 1
+    buf[at] = value
+    return filled
+
+
+@numba.njit(cache=True, nogil=True)
+def assign_words(q, top, leaves, probes, nodes, out):
+    """``Vocabulary.assign`` of queries ``q`` (n, 4) uint64 against ``top``
+    (K1, 4) and ``leaves`` (K1, K2, 4) uint64, into ``out`` (n, probes) int64."""
+    k1 = top.shape[0]
+    k2 = leaves.shape[1]
+    words = k1 * k2
+    best = np.empty(nodes, np.int64)
+    ranked = np.empty(max(probes - 1, 1), np.int64)
+    for i in range(q.shape[0]):
+        filled = 0
+        for j in range(k1):
+            filled = _keep(best, nodes, filled, _distance(q, i, top, j) * k1 + j)
+        filled = 0
+        first = -1
+        first_score = np.int64(0)
+        for s in range(nodes):
+            node = best[s] % k1
+            leaf_rows = leaves[node]
+            base = node * k2
+            if s == 0:
+                # The descent's leaf first: the best leaf of the best node.
+                for leaf in range(k2):
+                    score = _distance(q, i, leaf_rows, leaf) * words + base + leaf
+                    if first < 0 or score < first_score:
+                        first, first_score = leaf, score
+                out[i, 0] = base + first
+                if probes == 1:
+                    break
+            for leaf in range(k2):
+                if s == 0 and leaf == first:
+                    continue
+                filled = _keep(ranked, probes - 1, filled,
+                               _distance(q, i, leaf_rows, leaf) * words + base + leaf)
+        for p in range(probes - 1):
+            out[i, p + 1] = ranked[p] % words
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_or_fill(qsigs, probed, first, esigs, limit, scale, qi, ei, dist):
+    """One pass over every (query, probed word, entry filed there): counts
+    the pairs within ``limit`` (``qi`` empty) or writes them."""
+    n = 0
+    fill = len(qi) > 0
+    words = qsigs.shape[1]
+    for q in range(qsigs.shape[0]):
+        for p in range(probed.shape[1]):
+            w = probed[q, p]
+            for e in range(first[w], first[w + 1]):
+                d = 0
+                for k in range(words):
+                    d += _popcount(qsigs[q, k] ^ esigs[e, k])
+                d *= scale
+                if d <= limit:
+                    if fill:
+                        qi[n] = q
+                        ei[n] = e
+                        dist[n] = d
+                    n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def near_pairs(qsigs, probed, first, esigs, limit, scale):
+    """(query rows, entry rows, distances) of every entry filed under a word
+    a query probed and within ``limit`` of it (signature distance x
+    ``scale``), by query, then probe, then entry."""
+    none = np.zeros(0, np.int64)
+    n = _count_or_fill(qsigs, probed, first, esigs, limit, scale, none, none, none)
+    qi = np.empty(n, np.int64)
+    ei = np.empty(n, np.int64)
+    dist = np.empty(n, np.int64)
+    if n:
+        _count_or_fill(qsigs, probed, first, esigs, limit, scale, qi, ei, dist)
+    return qi, ei, dist
