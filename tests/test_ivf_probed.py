@@ -32,8 +32,11 @@ def _gallery(rng, vocab, probes, nodes, images=12, per=30):
     return index, queries, probed, base
 
 
+@pytest.mark.parametrize("use_compiled", [True, False], ids=["numba", "numpy"])
 @pytest.mark.parametrize("probes,nodes,sig", [(1, 1, 32), (2, 2, 64), (3, 4, 256)])
-def test_reached_equals_asking_an_index_of_the_new_entries(probes, nodes, sig, monkeypatch):
+def test_reached_equals_asking_an_index_of_the_new_entries(probes, nodes, sig, use_compiled,
+                                                           monkeypatch):
+    monkeypatch.setattr(ivf_probed.compiled, "AVAILABLE", use_compiled)
     rng = np.random.default_rng(probes)
     vocab = _vocab(rng, top=4, leaves=4, sig=sig)
     index, queries, probed, base = _gallery(rng, vocab, probes, nodes)
@@ -58,6 +61,20 @@ def test_reached_equals_asking_an_index_of_the_new_entries(probes, nodes, sig, m
     some = {i: probed[i] for i in (3, 7)}
     part = reached(index, some, FiledEntries.of(index, new_keys, new_codes), limit, STRIDE)
     assert rows_of(part) == [r for r in rows_of(want) if r[0] in (3, 7)]
+
+
+@pytest.mark.parametrize("sig", [64, 256])
+def test_compiled_and_numpy_rows_are_the_same_in_the_same_order(sig, monkeypatch):
+    rng = np.random.default_rng(sig)
+    vocab = _vocab(rng, top=4, leaves=4, sig=sig)
+    index, _, probed, base = _gallery(rng, vocab, 3, 4, images=20)
+    filed = FiledEntries.of(index, 60 * STRIDE + np.arange(80), _codes(rng, 80, base, flips=30))
+    fast = reached(index, probed, filed, 90, STRIDE)
+    monkeypatch.setattr(ivf_probed.compiled, "AVAILABLE", False)
+    plain = reached(index, probed, filed, 90, STRIDE)
+    assert fast.dtype == plain.dtype == np.int64
+    assert 50 < len(plain) < 20 * 20 * 80
+    np.testing.assert_array_equal(fast, plain)
 
 
 def test_reached_needs_the_queries_indexed():
