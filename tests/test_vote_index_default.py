@@ -8,7 +8,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from matchkit import Settings
-from matchkit.cli import cli
+from matchkit.cli.commands import cli
 from matchkit.index.ivf import IVFIndex
 from matchkit.store.gallery import Gallery
 from matchkit.store.gallery_indexes import ORB_INDEX_NAME, ORB_IVF_INDEX_NAME
