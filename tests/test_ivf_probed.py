@@ -9,7 +9,7 @@ import pytest
 
 from matchkit.index import ivf_probed
 from matchkit.index.ivf import IVFIndex
-from matchkit.index.ivf_probed import FiledEntries, entries_of_images, reached
+from matchkit.index.ivf_probed import FiledEntries, query_signatures, reached
 from matchkit.match.incremental_state import _pack_probes, _probes, join_record, split_record
 from matchkit.match.incremental_votes import _within
 
@@ -89,12 +89,21 @@ def test_reached_needs_the_queries_indexed():
     assert len(reached(index, {}, filed, 256, STRIDE)) == 0
 
 
-def test_entries_of_images():
+def test_query_signatures():
     rng = np.random.default_rng(6)
-    index, _, _, _ = _gallery(rng, _vocab(rng), 2, 2, images=5, per=30)
-    keys, sigs = entries_of_images(index, np.array([1, 3]), STRIDE, 10)
-    assert keys.tolist() == [1000 + r for r in range(10)] + [3000 + r for r in range(10)]
-    assert len(sigs) == 20
+    index, _, _, _ = _gallery(rng, _vocab(rng, sig=256), 2, 2, images=5, per=30)
+    keys, sigs = index.postings()
+    by_key = {int(k): sigs[j] for j, k in enumerate(keys.tolist())}
+    got = query_signatures(index, np.array([1, 3, 4]), np.array([10, 0, 4]), STRIDE)
+    want = [by_key[1000 + r] for r in range(10)] + [by_key[4000 + r] for r in range(4)]
+    np.testing.assert_array_equal(got, np.stack(want))
+    # One entry missing (a row past the image's 30, or a removed one): None.
+    assert query_signatures(index, np.array([1]), np.array([31]), STRIDE) is None
+    index.remove([3 * STRIDE + 2])
+    assert query_signatures(index, np.array([3]), np.array([3]), STRIDE) is None
+    assert query_signatures(index, np.array([3]), np.array([2]), STRIDE) is not None
+    assert len(query_signatures(index, np.array([], np.int64), np.array([], np.int64),
+                                STRIDE)) == 0
 
 
 def test_probed_words_are_kept_beside_the_record():

@@ -91,7 +91,7 @@ def _count_or_fill(qsigs, probed, first, esigs, limit, scale, qi, ei, dist):
     words = qsigs.shape[1]
     for q in range(qsigs.shape[0]):
         for p in range(probed.shape[1]):
-            w = probed[q, p]
+            w = np.int64(probed[q, p])
             for e in range(first[w], first[w + 1]):
                 d = 0
                 for k in range(words):

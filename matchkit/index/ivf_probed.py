@@ -11,7 +11,7 @@ while the vocabulary and the descriptor stay, so its first search keeps
 them (a record's "pw", 2 bytes a word) and an add only looks them up
 (:func:`reached`). The stored queries' signatures come from the index
 itself: a query descriptor is also an entry, under the key its image and
-row give (``entries_of_images``).
+row give (``query_signatures``).
 """
 
 from __future__ import annotations
@@ -30,21 +30,35 @@ from matchkit.index.ivf import IVFIndex
 PAIRS_AT_ONCE = 1 << 20
 
 
-def entries_of_images(index: IVFIndex, images: np.ndarray, stride: int, rows: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Keys (int64, ascending) and signatures of the entries of ``index``
-    keyed ``image * stride + r`` with ``image`` one of ``images`` (sorted)
-    and ``r < rows``: the first ``rows`` descriptors of those images."""
+def query_signatures(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
+                     stride: int) -> np.ndarray | None:
+    """Signatures of the first ``sizes[j]`` entries of each ``images[j]``
+    (keys ``image * stride + r``, ``r < sizes[j]``), image by image and row by
+    row; None when one of them is not in ``index``.
+
+    Each entry's place is computed from its key (a lookup by image, no sort
+    and no ``np.isin``): at 10,000 images the sorted way took 0.8 s of an add."""
     images = np.asarray(images, np.int64)
+    sizes = np.asarray(sizes, np.int64)
     keys, sigs = index.postings()
-    if not len(images) or not len(keys):
-        return np.zeros(0, np.int64), sigs[:0]
-    at = np.flatnonzero((keys >= images[0] * stride) & (keys < (images[-1] + 1) * stride))
-    k = keys[at].astype(np.int64)
-    keep = (k % stride < rows) & np.isin(k // stride, images)
-    at, k = at[keep], k[keep]
-    order = np.argsort(k, kind="stable")
-    return k[order], sigs[at[order]]
+    total = int(sizes.sum())
+    if not total:
+        return sigs[:0]
+    if not len(keys):
+        return None
+    k = np.asarray(keys, np.int64)
+    image = k // stride
+    r = k - image * stride
+    slot_of = np.full(max(int(images.max()), int(image.max())) + 1, -1, np.int64)
+    slot_of[images] = np.arange(len(images))
+    slot = slot_of[image]
+    mine = np.flatnonzero(slot >= 0)
+    mine = mine[r[mine] < sizes[slot[mine]]]
+    where = np.full(total, -1, np.int64)
+    where[(np.cumsum(sizes) - sizes)[slot[mine]] + r[mine]] = mine
+    if (where < 0).any():
+        return None
+    return sigs[where]
 
 
 @dataclass(frozen=True)
@@ -79,16 +93,14 @@ def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, l
     images = np.array(sorted(probed), np.int64)
     if not len(images) or not len(new.keys):
         return out
-    rows = max(len(probed[i]) for i in images.tolist())
-    keys, sigs = entries_of_images(index, images, stride, rows)
-    owner = np.concatenate([np.full(len(probed[i]), i, np.int64) for i in images.tolist()])
-    row = np.concatenate([np.arange(len(probed[i]), dtype=np.int64) for i in images.tolist()])
-    at = np.searchsorted(keys, owner * stride + row)
-    if np.any(at >= len(keys)) or np.any(keys[np.minimum(at, len(keys) - 1)]
-                                          != owner * stride + row):
+    sizes = np.array([len(probed[i]) for i in images.tolist()], np.int64)
+    qsigs = query_signatures(index, images, sizes, stride)
+    if qsigs is None:
         return None
-    qsigs = sigs[at].astype(np.uint64)
-    pw = np.concatenate([probed[i] for i in images.tolist()]).astype(np.int64)
+    qsigs = qsigs.astype(np.uint64)
+    owner = np.repeat(images, sizes)
+    row = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    pw = np.concatenate([probed[i] for i in images.tolist()])
     scale = 256 // index.vocab.nbits
     if compiled.AVAILABLE:
         q, e, d = compiled.near_pairs(qsigs.reshape(len(qsigs), -1), pw, new.first,
@@ -101,6 +113,7 @@ def _near_numpy(qsigs, pw, new: FiledEntries, limit: int, scale: int, owner, row
     """``reached``'s rows found with NumPy, in parts (``compiled.near_pairs``
     gives the same rows in the same order without the temporaries)."""
     count = np.diff(new.first)
+    pw = pw.astype(np.int64)
     # Every (query, probed word holding new entries); then its entries, in parts.
     q, p = np.nonzero(count[pw] > 0)
     w = pw[q, p]

@@ -184,9 +184,11 @@ def _pack_probes(words: np.ndarray) -> list:
 
 
 def _probes(rec: dict) -> np.ndarray:
-    """A record's probed words (rows, probes), int64 (``_pack_probes``)."""
+    """A record's probed words (rows, probes) as stored (``_pack_probes``:
+    uint16 or uint32, a read-only view: an add reads them for every stored
+    image, and widening them to int64 cost it a tenth of a second)."""
     probes, width, raw = rec["pw"]
-    return np.frombuffer(raw, f"<u{width}").reshape(-1, probes).astype(np.int64)
+    return np.frombuffer(raw, f"<u{width}").reshape(-1, probes)
 
 
 # -- a record's lists, stored apart from its JSON ------------------------------

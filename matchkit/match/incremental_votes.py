@@ -21,6 +21,7 @@ from matchkit.match.candidates import VoteDetail, search_in_chunks, tally_votes
 from matchkit.store.gallery import ORB_KEY_STRIDE
 from matchkit.index.hamming import HammingIndex, transient_index
 from matchkit.index.ivf import IVFIndex, ivf_index
+from matchkit.index import compiled
 from matchkit.index.ivf_probed import FiledEntries, reached
 from matchkit.match.incremental_state import _lists, _pack_ids, _pack_lists, _probes, _unb64
 
@@ -272,8 +273,11 @@ class StoredVotes:
             return none, ids
         filed = FiledEntries.of(index, keys, descs)
         found = []
-        for start in range(0, len(probed), PATCH_IMAGES):
-            part = probed[start:start + PATCH_IMAGES]
+        # (compiled, the comparisons hold no temporaries: all images at once,
+        # so the stored queries' signatures are looked up once)
+        step = len(probed) if compiled.AVAILABLE else PATCH_IMAGES
+        for start in range(0, len(probed), step):
+            part = probed[start:start + step]
             rows = reached(index, {i: _probes(self.records[i]) for i in part}, filed,
                            s.vote_max_distance, ORB_KEY_STRIDE)
             if rows is None:  # (a query's entry is not indexed: ask them all as before)
