@@ -64,3 +64,20 @@ def test_ties_go_by_number_as_in_numpy():
 def test_empty_input():
     vocab = named_vocabulary("orb-64k")
     assert vocab.assign(np.zeros((0, 32), np.uint8), 16, 8).shape == (0, 16)
+
+
+def test_a_numba_that_cannot_load_falls_back_to_numpy(monkeypatch):
+    # (e.g. a Numba release that refuses this NumPy: its import raises)
+    import sys
+
+    vocab = named_vocabulary("orb-16k")
+    codes = _near(vocab, 300, 0.12, 4)
+    want = vocab.assign(codes, 16, 8)
+    monkeypatch.setattr(compiled, "AVAILABLE", True)
+    monkeypatch.setitem(sys.modules, "matchkit.index._compiled", None)  # (import fails)
+    with pytest.warns(RuntimeWarning, match="Numba cannot be used"):
+        got = vocab.assign(codes, 16, 8)
+    np.testing.assert_array_equal(got, want)
+    assert compiled.AVAILABLE is False
+    assert compiled.near_pairs(np.zeros((1, 4), np.uint64), np.zeros((1, 1), np.int64),
+                               np.zeros(2, np.int64), np.zeros((0, 4), np.uint64), 1, 1) is None

@@ -23,33 +23,56 @@ skip its import (0.2 s, and about 115 MB of its shared library mapped).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import warnings
 
 import numpy as np
 
-#: Whether the compiled forms can be used here (Numba is installed).
+#: Whether the compiled forms may be used here: Numba is installed. Set to
+#: False (with one warning) when importing it fails, e.g. a Numba release
+#: that does not support this NumPy yet; the NumPy forms then run.
 AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
-def assign_words(q: np.ndarray, top: np.ndarray, leaves: np.ndarray, probes: int,
-                 nodes: int, out: np.ndarray) -> None:
-    """``Vocabulary.assign`` of queries ``q`` (n, 4) uint64 against ``top``
-    (K1, 4) and ``leaves`` (K1, K2, 4) uint64, into ``out`` (n, probes) int64."""
-    from matchkit.index._compiled import assign_words as compiled
+def _kernels():
+    """The compiled module, or None (and ``AVAILABLE`` False) when it cannot load."""
+    global AVAILABLE
+    try:
+        kernels = importlib.import_module("matchkit.index._compiled")
+    except Exception as e:  # (ImportError, or Numba refusing this NumPy)
+        if AVAILABLE:
+            warnings.warn(f"matchkit: Numba cannot be used ({e}); the NumPy forms run instead "
+                          "(the same results, slower)", RuntimeWarning, stacklevel=3)
+        AVAILABLE = False
+        return None
+    return kernels
 
-    compiled(q, top, leaves, probes, nodes, out)
+
+def assign_words(q: np.ndarray, top: np.ndarray, leaves: np.ndarray, probes: int,
+                 nodes: int, out: np.ndarray) -> bool:
+    """``Vocabulary.assign`` of queries ``q`` (n, 4) uint64 against ``top``
+    (K1, 4) and ``leaves`` (K1, K2, 4) uint64, into ``out`` (n, probes) int64;
+    False (nothing done) when the compiled form cannot load."""
+    kernels = _kernels()
+    if kernels is None:
+        return False
+    kernels.assign_words(q, top, leaves, probes, nodes, out)
+    return True
 
 
 def near_pairs(qsigs: np.ndarray, probed: np.ndarray, first: np.ndarray, esigs: np.ndarray,
-               limit: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               limit: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(query rows, entry rows, distances), int64, of every entry filed under
     a word a query probed and within ``limit`` of it: query signatures
     ``qsigs`` (n, words) uint64, their probed words ``probed`` (n, probes),
     entries ``esigs`` (m, words) filed by word (word w holds rows
     ``first[w]:first[w + 1]``); distance = differing signature bits x
-    ``scale``. In order of query, then probe, then entry."""
-    from matchkit.index._compiled import near_pairs as compiled
-
-    return compiled(np.ascontiguousarray(qsigs, np.uint64), np.ascontiguousarray(probed),
-                    np.ascontiguousarray(first, np.int64), np.ascontiguousarray(esigs, np.uint64),
-                    int(limit), int(scale))
+    ``scale``. In order of query, then probe, then entry. None when the
+    compiled form cannot load."""
+    kernels = _kernels()
+    if kernels is None:
+        return None
+    return kernels.near_pairs(np.ascontiguousarray(qsigs, np.uint64), np.ascontiguousarray(probed),
+                              np.ascontiguousarray(first, np.int64),
+                              np.ascontiguousarray(esigs, np.uint64), int(limit), int(scale))

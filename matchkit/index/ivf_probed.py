@@ -102,9 +102,11 @@ def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, l
     row = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     pw = np.concatenate([probed[i] for i in images.tolist()])
     scale = 256 // index.vocab.nbits
-    if compiled.AVAILABLE:
-        q, e, d = compiled.near_pairs(qsigs.reshape(len(qsigs), -1), pw, new.first,
-                                      new.sigs.reshape(len(new.sigs), -1), limit, scale)
+    found = compiled.near_pairs(qsigs.reshape(len(qsigs), -1), pw, new.first,
+                                new.sigs.reshape(len(new.sigs), -1), limit,
+                                scale) if compiled.AVAILABLE else None
+    if found is not None:
+        q, e, d = found
         return np.stack([owner[q], row[q], d, new.keys[e]], 1)
     return _near_numpy(qsigs, pw, new, limit, scale, owner, row)
 

@@ -105,8 +105,8 @@ class Vocabulary:
         leaves = self.leaves.view(np.uint64)           # (K1, K2, 4)
         k1, k2 = self.leaves.shape[:2]
         nodes = 1 if probes == 1 else max(1, min(int(nodes), k1))
-        if compiled.AVAILABLE and self.compiled:
-            compiled.assign_words(codes.view(np.uint64), top, leaves, probes, nodes, out)
+        if (compiled.AVAILABLE and self.compiled
+                and compiled.assign_words(codes.view(np.uint64), top, leaves, probes, nodes, out)):
             return out
         step = max(1, min(4096, ASSIGN_CELLS // (nodes * k2)))
         for s in range(0, len(codes), step):
