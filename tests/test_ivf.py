@@ -7,15 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from matchkit.index import ivf
+from matchkit.index import compiled, ivf
 from matchkit.index.ivf import IVFIndex, Vocabulary, default_vocabulary
 from matchkit.store.shards import MergedIndex
 
 
-@pytest.fixture(autouse=True, params=["gathered", "by word"])
+@pytest.fixture(autouse=True, params=["compiled", "gathered", "by word"])
 def search_way(request, monkeypatch):
-    """Every test runs with both ways of searching (``IVFIndex._search_chunk``
-    picks one by the work per probed word; they must give the same result)."""
+    """Every test runs with the three ways of searching (``IVFIndex._search_chunk``:
+    compiled when Numba loads, else one of two NumPy ways picked by the work
+    per probed word; they must give the same result)."""
+    monkeypatch.setattr(compiled, "AVAILABLE", request.param == "compiled")
     monkeypatch.setattr(ivf, "BY_WORD_FROM", 10**12 if request.param == "gathered" else 0)
     return request.param
 

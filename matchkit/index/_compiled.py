@@ -119,3 +119,27 @@ def near_pairs(qsigs, probed, first, esigs, limit, scale):
     if n:
         _count_or_fill(qsigs, probed, first, esigs, limit, scale, qi, ei, dist)
     return qi, ei, dist
+
+
+@numba.njit(cache=True, nogil=True)
+def search_postings(qsigs, words, offsets, pkeys, psigs, k, scale, keys, dists):
+    """For each query (signature ``qsigs[i]``, probed words ``words[i]``): the
+    ``k`` postings of those words nearest by (distance, key), into ``keys``
+    and ``dists`` (distance x ``scale``; rows left as they are past what
+    was found). A posting is packed as distance << 46 | key (keys < 2**46),
+    so one sorted buffer of int64 orders by distance, then key."""
+    n_words = qsigs.shape[1]
+    best = np.empty(k, np.int64)
+    low = np.int64((1 << 46) - 1)
+    for i in range(qsigs.shape[0]):
+        filled = 0
+        for p in range(words.shape[1]):
+            w = np.int64(words[i, p])
+            for e in range(offsets[w], offsets[w + 1]):
+                d = 0
+                for b in range(n_words):
+                    d += _popcount(qsigs[i, b] ^ np.uint64(psigs[e, b]))
+                filled = _keep(best, k, filled, (np.int64(d) << 46) | np.int64(pkeys[e]))
+        for c in range(filled):
+            keys[i, c] = best[c] & low
+            dists[i, c] = (best[c] >> 46) * scale

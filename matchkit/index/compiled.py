@@ -11,6 +11,9 @@ order, as their NumPy forms, at a fraction of the time.
   score as the NumPy form (distance, then word number; nodes by distance,
   then node number), whose values are distinct, so any correct selection
   gives the same words in the same order.
+- :func:`search_postings`: an IVF search's comparisons of each query with
+  the postings of its probed words, the k nearest kept in a small sorted
+  buffer (no gathered candidates, no sort).
 - :func:`near_pairs`: the (stored query, new entry) comparisons of an
   incremental IVF add (``ivf_probed.reached``), one pass without the
   (pairs x signature words) temporaries.
@@ -49,6 +52,16 @@ def _kernels():
     return kernels
 
 
+def warm() -> None:
+    """Load the compiled forms now (Numba's import and its cached machine code,
+    about 0.6 s once per process) rather than in the first search: a gallery
+    opened for queries pays it at open, not in its first query's latency."""
+    if AVAILABLE and _kernels() is not None:
+        out = np.zeros((1, 1), np.int64)
+        assign_words(np.zeros((1, 4), np.uint64), np.zeros((1, 4), np.uint64),
+                     np.zeros((1, 1, 4), np.uint64), 1, 1, out)
+
+
 def assign_words(q: np.ndarray, top: np.ndarray, leaves: np.ndarray, probes: int,
                  nodes: int, out: np.ndarray) -> bool:
     """``Vocabulary.assign`` of queries ``q`` (n, 4) uint64 against ``top``
@@ -76,3 +89,20 @@ def near_pairs(qsigs: np.ndarray, probed: np.ndarray, first: np.ndarray, esigs: 
     return kernels.near_pairs(np.ascontiguousarray(qsigs, np.uint64), np.ascontiguousarray(probed),
                               np.ascontiguousarray(first, np.int64),
                               np.ascontiguousarray(esigs, np.uint64), int(limit), int(scale))
+
+
+def search_postings(qsigs: np.ndarray, words: np.ndarray, offsets: np.ndarray,
+                    pkeys: np.ndarray, psigs: np.ndarray, k: int, scale: int,
+                    keys: np.ndarray, dists: np.ndarray) -> bool:
+    """``IVFIndex._search_chunk``: for each query (signature ``qsigs[i]``,
+    (n, words) uint64; probed words ``words[i]``) the ``k`` postings of those
+    words nearest by (distance, key), into ``keys`` and ``dists`` (n, k)
+    int64, which come filled with the "nothing found" values; False
+    (nothing done) when the compiled form cannot load."""
+    kernels = _kernels()
+    if kernels is None:
+        return False
+    kernels.search_postings(np.ascontiguousarray(qsigs, np.uint64), np.ascontiguousarray(words),
+                            np.ascontiguousarray(offsets, np.int64), pkeys, psigs, int(k),
+                            int(scale), keys, dists)
+    return True

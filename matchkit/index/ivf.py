@@ -23,12 +23,10 @@ in 32 bits, else 8) and signature (4 or 8 bytes; 16 or 32 with
 descriptors with the shipped 64-bit signature, 3.6 KB with the whole
 descriptor; saved files are the same arrays and can be memory-mapped.
 
-Search cost grows with the postings per word, so with this 4,096-word
-vocabulary it grows linearly with the gallery (HNSW's grows about
-logarithmically): a larger gallery needs a larger vocabulary.
-
-The vocabulary itself is in ``vocabulary.py``, the file format in
-``ivf_file.py``; both are imported back here.
+Search cost grows with the postings per word, so linearly with the gallery
+for a given vocabulary (HNSW's about logarithmically). The vocabulary is in
+``vocabulary.py``, the file format in ``ivf_file.py``, the compiled loops
+in ``compiled.py``.
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from matchkit.index import compiled
 from matchkit.util.arrays import bit_sums, unique
 from matchkit.util.fs import atomic_write, file_stamp
 from matchkit.index.hamming import within
@@ -56,8 +55,7 @@ MAX_KEY = 1 << 46
 _CHUNK = 4096
 #: Queries gathered at once by ``IVFIndex._gathered`` (its packing needs under 256).
 _GATHER_CHUNK = 256
-#: Comparisons per probed word from which ``IVFIndex._search_chunk`` goes word
-#: by word (between the two measured points in its docstring, not tuned finer).
+#: Comparisons per probed word from which the NumPy search goes word by word.
 BY_WORD_FROM = 800
 
 
@@ -275,21 +273,23 @@ class IVFIndex:
                 np.full((n, k), self.nbits + 1, dtype=np.int64))
 
     def _search_chunk(self, words, sigs, k, offsets, pkeys, psigs):
-        """The k nearest postings of each query by (distance, key), in one of
-        two ways with the same result: word by word (``_by_word``) where each
-        probed word gives its comparison call enough work, else every
-        candidate posting gathered at once (``_gathered``). On 20,000
-        queries of the hard calib gallery (316,652 postings, CPU s, gathered
-        / by word): 64-bit signatures, 2 probes 0.34 / 0.76 (about 300
-        comparisons a probed word in a chunk of 4,096 queries); 256 bits,
-        16 probes 3.39 / 2.01 (about 1,700)."""
+        """The k nearest postings of each query by (distance, key): compiled
+        (``compiled.search_postings``), else in one of two NumPy ways with the
+        same result: word by word (``_by_word``) where each probed word gives
+        its comparison call enough work, else every candidate gathered at once
+        (``_gathered``). 20,000 queries of the hard calib gallery, CPU s,
+        gathered / by word: 64-bit signatures, 2 probes 0.34 / 0.76; 256
+        bits, 16 probes 3.39 / 2.01."""
+        keys, dists = self._no_neighbours(len(words), k)
+        if compiled.AVAILABLE and compiled.search_postings(
+                np.asarray(sigs).reshape(len(words), -1), words, offsets, pkeys,
+                psigs.reshape(len(psigs), -1), k, self._scale, keys, dists):
+            return keys, dists
         w = words.reshape(-1)
         comparisons = int((offsets[w + 1] - offsets[w]).sum())
         if comparisons >= BY_WORD_FROM * len(unique(w)):
             return self._by_word(sigs, words, k, offsets, pkeys, psigs)
-        n = len(words)
-        keys, dists = self._no_neighbours(n, k)
-        for s in range(0, n, _GATHER_CHUNK):
+        for s in range(0, len(words), _GATHER_CHUNK):
             e = s + _GATHER_CHUNK
             keys[s:e], dists[s:e] = self._gathered(sigs[s:e], words[s:e], k, offsets,
                                                    pkeys, psigs)
@@ -432,7 +432,9 @@ class IVFIndex:
 
 def _index_arguments(settings) -> dict:
     """The ``IVFIndex`` arguments ``settings`` (a ``config.Settings``) name:
-    ``ivf_vocabulary``, ``ivf_probes`` and ``ivf_nodes``."""
+    ``ivf_vocabulary``, ``ivf_probes`` and ``ivf_nodes`` (and the compiled
+    searches loaded: ``compiled.warm``)."""
+    compiled.warm()
     return {"vocabulary": named_vocabulary(settings.ivf_vocabulary),
             "probes": settings.ivf_probes, "nodes": settings.ivf_nodes}
 
