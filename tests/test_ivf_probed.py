@@ -104,6 +104,12 @@ def test_query_signatures():
     assert query_signatures(index, np.array([3]), np.array([2]), STRIDE) is not None
     assert len(query_signatures(index, np.array([], np.int64), np.array([], np.int64),
                                 STRIDE)) == 0
+    # A large image id (galleries whose rows were deleted and re-added many times).
+    far = 10**9
+    code = _codes(rng, 2, None)
+    index.add(far * STRIDE + np.arange(2), code)
+    got = query_signatures(index, np.array([1, far]), np.array([1, 2]), STRIDE)
+    np.testing.assert_array_equal(got[1:], index.vocab.signatures(code))
 
 
 def test_probed_words_are_kept_beside_the_record():

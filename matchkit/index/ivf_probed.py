@@ -36,8 +36,9 @@ def query_signatures(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
     (keys ``image * stride + r``, ``r < sizes[j]``), image by image and row by
     row; None when one of them is not in ``index``.
 
-    Each entry's place is computed from its key (a lookup by image, no sort
-    and no ``np.isin``): at 10,000 images the sorted way took 0.8 s of an add."""
+    Each entry's place is computed from its key (its image looked up in
+    ``images``, which must be ascending; no sort of the postings and no
+    ``np.isin``): at 10,000 images the sorted way took 0.8 s of an add."""
     images = np.asarray(images, np.int64)
     sizes = np.asarray(sizes, np.int64)
     keys, sigs = index.postings()
@@ -49,10 +50,9 @@ def query_signatures(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
     k = np.asarray(keys, np.int64)
     image = k // stride
     r = k - image * stride
-    slot_of = np.full(max(int(images.max()), int(image.max())) + 1, -1, np.int64)
-    slot_of[images] = np.arange(len(images))
-    slot = slot_of[image]
-    mine = np.flatnonzero(slot >= 0)
+    # (sorted ``images`` searched, not a table by image id: ids can be large)
+    slot = np.minimum(np.searchsorted(images, image), len(images) - 1)
+    mine = np.flatnonzero(images[slot] == image)
     mine = mine[r[mine] < sizes[slot[mine]]]
     where = np.full(total, -1, np.int64)
     where[(np.cumsum(sizes) - sizes)[slot[mine]] + r[mine]] = mine
