@@ -183,7 +183,8 @@ def _encoder(encodings: set, settings: Settings):
         return None
     from matchkit.index.ivf import ivf_index
 
-    mine = ivf_index(settings)
+    # (not warmed: the compiled searches, Numba's 120 MiB, load only if it encodes)
+    mine = ivf_index(settings, warm=False)
     return mine if mine.encoding in encodings and mine.encoded_bytes < 32 else None
 
 

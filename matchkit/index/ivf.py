@@ -1,5 +1,5 @@
 """A compact inverted-file index over binary visual words (bag of words with
-Hamming embedding), an alternative to the HNSW descriptor index.
+Hamming embedding), the default descriptor index of the votes (else HNSW).
 
 Each indexed 256-bit descriptor is assigned to one visual word of a fixed
 vocabulary (a two-level tree of binary centroids trained by
@@ -18,10 +18,9 @@ codes were added in, and the top k over the union of several indexes equals
 the merge of each index's top k (``merged.MergedIndex``).
 
 Memory is the postings only: per descriptor its key (4 bytes while keys fit
-in 32 bits, else 8) and signature (4 or 8 bytes; 16 or 32 with
-``Vocabulary.with_signature_bits``), about 1.2 KB per image of 100
-descriptors with the shipped 64-bit signature, 3.6 KB with the whole
-descriptor; saved files are the same arrays and can be memory-mapped.
+in 32 bits) and signature (8 bytes with 64 bits, 32 with the whole
+descriptor): 1.2 or 3.6 KB per image of 100 descriptors; saved files are the
+same arrays and can be memory-mapped.
 
 Search cost grows with the postings per word, so linearly with the gallery
 for a given vocabulary (HNSW's about logarithmically). The vocabulary is in
@@ -62,11 +61,9 @@ BY_WORD_FROM = 800
 @dataclass(frozen=True, eq=False)
 class EncodedQueries:
     """Query descriptors as an :class:`IVFIndex` compares them: each one's
-    probed words and signature, which is all its search reads of it.
-
-    Why: a query sent to another machine (a shard held by a Ray actor,
-    ``actors.RemoteIndex``) is 12 bytes this way with the shipped
-    64-bit signature and 2 probes, against 32 for the descriptor."""
+    probed words and signature, all its search reads of it. Why: a query sent
+    to a shard on another machine (``actors.RemoteIndex``) is 12 bytes this
+    way with 64-bit signatures and 2 probes, against 32 for the descriptor."""
 
     #: (n, probes) words, nearest first (uint16 while the vocabulary allows).
     words: np.ndarray
@@ -213,8 +210,10 @@ class IVFIndex:
 
     @property
     def encoded_bytes(self) -> int:
-        """Bytes of one query as :meth:`encode` gives it (its words and signature)."""
-        return self.encode(np.zeros((1, 32), np.uint8)).nbytes
+        """Bytes of one query as :meth:`encode` gives it (words, signature),
+        counted: a Ray driver asks it without ever choosing a word."""
+        return (self.probes * (2 if self.vocab.words <= 1 << 16 else 8)
+                + 8 * self.vocab.sig_words)
 
     def encode(self, codes: np.ndarray) -> EncodedQueries:
         """Query codes (n, 32) as this index compares them (:class:`EncodedQueries`):
@@ -432,19 +431,20 @@ class IVFIndex:
 
 def _index_arguments(settings) -> dict:
     """The ``IVFIndex`` arguments ``settings`` (a ``config.Settings``) name:
-    ``ivf_vocabulary``, ``ivf_probes`` and ``ivf_nodes`` (and the compiled
-    searches loaded: ``compiled.warm``)."""
-    compiled.warm()
+    ``ivf_vocabulary``, ``ivf_probes`` and ``ivf_nodes``."""
     return {"vocabulary": named_vocabulary(settings.ivf_vocabulary),
             "probes": settings.ivf_probes, "nodes": settings.ivf_nodes}
 
 
-def ivf_index(settings) -> IVFIndex:
-    """An empty IVF index as ``settings`` ask for."""
+def ivf_index(settings, warm: bool = True) -> IVFIndex:
+    """An empty IVF index as ``settings`` ask for (compiled code loaded: ``warm``)."""
+    if warm:
+        compiled.warm()
     return IVFIndex(**_index_arguments(settings))
 
 
 def load_ivf_index(data, settings) -> IVFIndex:
     """A saved IVF index (``IVFIndex.load``) searched as ``settings`` ask for;
     ValueError if it was built over another vocabulary."""
+    compiled.warm()
     return IVFIndex.load(data, **_index_arguments(settings))
