@@ -1,8 +1,6 @@
 """The compiled word choice (``index/compiled.py``) gives the words of
 ``Vocabulary.assign``'s NumPy form, in the same order, ties included."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -21,14 +19,22 @@ def _near(vocab: Vocabulary, n: int, flip: float, seed: int) -> np.ndarray:
 
 
 def _both(vocab: Vocabulary, codes: np.ndarray, probes: int, nodes: int):
-    return (vocab.assign(codes, probes, nodes),
-            replace(vocab, compiled=False).assign(codes, probes, nodes))
+    """(compiled words, NumPy words) of ``codes``."""
+    fast = vocab.assign(codes, probes, nodes)
+    was, compiled.AVAILABLE = compiled.AVAILABLE, False
+    try:
+        plain = vocab.assign(codes, probes, nodes)
+    finally:
+        compiled.AVAILABLE = was
+    return fast, plain
 
 
 def test_numba_is_installed_and_used():
     # numba is a dependency: a silent fallback would cost 5x in every IVF search.
     assert compiled.AVAILABLE
-    assert named_vocabulary("orb-64k").compiled
+    out = np.zeros((1, 1), np.int64)
+    assert compiled.assign_words(np.zeros((1, 4), np.uint64), np.zeros((1, 4), np.uint64),
+                                 np.zeros((1, 1, 4), np.uint64), 1, 1, out)
 
 
 @pytest.mark.parametrize("name", ["orb-4k", "orb-16k", "orb-64k"])
@@ -37,9 +43,9 @@ def test_same_words_as_numpy(name, probes, nodes):
     vocab = named_vocabulary(name)
     codes = np.concatenate([_near(vocab, 600, 0.12, 1), _near(vocab, 200, 0.4, 2),
                             np.random.default_rng(3).integers(0, 256, (200, 32), np.uint8)])
-    compiled, plain = _both(vocab, codes, probes, nodes)
-    assert compiled.shape == (len(codes), probes)
-    np.testing.assert_array_equal(compiled, plain)
+    fast, plain = _both(vocab, codes, probes, nodes)
+    assert fast.shape == (len(codes), probes)
+    np.testing.assert_array_equal(fast, plain)
 
 
 def test_ties_go_by_number_as_in_numpy():
@@ -53,8 +59,8 @@ def test_ties_go_by_number_as_in_numpy():
     codes = np.concatenate([base, top, leaves.reshape(-1, 32),
                             rng.integers(0, 256, (64, 32), np.uint8)])
     for probes, nodes in [(1, 1), (4, 3), (16, 8), (12, 2)]:
-        compiled, plain = _both(vocab, codes, probes, nodes)
-        np.testing.assert_array_equal(compiled, plain)
+        fast, plain = _both(vocab, codes, probes, nodes)
+        np.testing.assert_array_equal(fast, plain)
     # The descent's word comes first and no word repeats in a row.
     words = vocab.assign(codes, 16, 8)
     np.testing.assert_array_equal(words[:, 0], vocab.assign(codes, 1)[:, 0])

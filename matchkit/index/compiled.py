@@ -39,14 +39,16 @@ AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
 def _kernels():
-    """The compiled module, or None (and ``AVAILABLE`` False) when it cannot load."""
+    """The compiled module; None when ``AVAILABLE`` is False or it cannot load
+    (then ``AVAILABLE`` becomes False, so the import is not tried again)."""
     global AVAILABLE
+    if not AVAILABLE:
+        return None
     try:
         kernels = importlib.import_module("matchkit.index._compiled")
     except Exception as e:  # (ImportError, or Numba refusing this NumPy)
-        if AVAILABLE:
-            warnings.warn(f"matchkit: Numba cannot be used ({e}); the NumPy forms run instead "
-                          "(the same results, slower)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"matchkit: Numba cannot be used ({e}); the NumPy forms run instead "
+                      "(the same results, slower)", RuntimeWarning, stacklevel=3)
         AVAILABLE = False
         return None
     return kernels
@@ -56,7 +58,7 @@ def warm() -> None:
     """Load the compiled forms now (Numba's import and its cached machine code,
     about 0.6 s once per process) rather than in the first search: a gallery
     opened for queries pays it at open, not in its first query's latency."""
-    if AVAILABLE and _kernels() is not None:
+    if _kernels() is not None:
         out = np.zeros((1, 1), np.int64)
         assign_words(np.zeros((1, 4), np.uint64), np.zeros((1, 4), np.uint64),
                      np.zeros((1, 1, 4), np.uint64), 1, 1, out)

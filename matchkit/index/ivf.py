@@ -280,9 +280,9 @@ class IVFIndex:
         gathered / by word: 64-bit signatures, 2 probes 0.34 / 0.76; 256
         bits, 16 probes 3.39 / 2.01."""
         keys, dists = self._no_neighbours(len(words), k)
-        if compiled.AVAILABLE and compiled.search_postings(
-                np.asarray(sigs).reshape(len(words), -1), words, offsets, pkeys,
-                psigs.reshape(len(psigs), -1), k, self._scale, keys, dists):
+        if compiled.search_postings(np.asarray(sigs).reshape(len(words), -1), words, offsets,
+                                    pkeys, psigs.reshape(len(psigs), -1), k, self._scale,
+                                    keys, dists):
             return keys, dists
         w = words.reshape(-1)
         comparisons = int((offsets[w + 1] - offsets[w]).sum())

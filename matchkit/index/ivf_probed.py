@@ -103,8 +103,7 @@ def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, l
     pw = np.concatenate([probed[i] for i in images.tolist()])
     scale = 256 // index.vocab.nbits
     found = compiled.near_pairs(qsigs.reshape(len(qsigs), -1), pw, new.first,
-                                new.sigs.reshape(len(new.sigs), -1), limit,
-                                scale) if compiled.AVAILABLE else None
+                                new.sigs.reshape(len(new.sigs), -1), limit, scale)
     if found is not None:
         q, e, d = found
         return np.stack([owner[q], row[q], d, new.keys[e]], 1)

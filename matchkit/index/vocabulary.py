@@ -46,9 +46,6 @@ class Vocabulary:
     leaves: np.ndarray
     #: Bit positions (0..255, in ``np.unpackbits`` order) of the signature.
     sig_bits: np.ndarray
-    #: Whether ``assign`` may use its compiled form (``compiled``, when
-    #: Numba is installed); False keeps the NumPy form (the same words).
-    compiled: bool = True
 
     @property
     def words(self) -> int:
@@ -96,17 +93,15 @@ class Vocabulary:
         compete for the rest (a true neighbour filed under another node is
         found only if its node is among them).
 
-        Compiled (``compiled.assign_words``, about 5x faster) when Numba is
-        installed and ``compiled`` is set; the NumPy form below is the
-        reference it is tested against."""
+        Compiled (``compiled.assign_words``, about 5x faster) when Numba
+        loads; the NumPy form below is the reference it is tested against."""
         codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, 32)
         out = np.empty((len(codes), probes), np.int64)
         top = self.top.view(np.uint64)                 # (K1, 4)
         leaves = self.leaves.view(np.uint64)           # (K1, K2, 4)
         k1, k2 = self.leaves.shape[:2]
         nodes = 1 if probes == 1 else max(1, min(int(nodes), k1))
-        if (compiled.AVAILABLE and self.compiled
-                and compiled.assign_words(codes.view(np.uint64), top, leaves, probes, nodes, out)):
+        if compiled.assign_words(codes.view(np.uint64), top, leaves, probes, nodes, out):
             return out
         step = max(1, min(4096, ASSIGN_CELLS // (nodes * k2)))
         for s in range(0, len(codes), step):
