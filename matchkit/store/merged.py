@@ -63,8 +63,9 @@ def _encoded_once(parts: Sequence, codes):
     encoding; else ``codes`` unchanged.
 
     Why: each part would otherwise choose the same words for every query
-    again, and with 65,536 words that choice is most of a search (about 50 us
-    a descriptor): a gallery of 3 shards chose every query's words 3 times."""
+    again, and with 65,536 words that choice is a large part of a search
+    (about 10 us a descriptor compiled, 50 in NumPy): a gallery of 3 shards
+    chose every query's words 3 times."""
     from matchkit.index.ivf import EncodedQueries, IVFIndex
 
     if isinstance(codes, EncodedQueries) or not all(isinstance(p, IVFIndex) for p in parts):
