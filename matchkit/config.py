@@ -262,9 +262,9 @@ VOTE_INDEXES: dict[str, dict] = {
                "ivf_nodes": 2},
     "ivf-16k": {"vote_index": "ivf", "ivf_vocabulary": "orb-16k", "ivf_probes": 16,
                 "ivf_nodes": 8},
-    "ivf-64k": {"vote_index": "ivf", "ivf_vocabulary": "orb-64k", "ivf_probes": 16,
-                "ivf_nodes": 8},
 }
+#: The default's vocabulary by its size, as the other IVF names are given.
+VOTE_INDEXES["ivf-64k"] = VOTE_INDEXES["ivf"]
 
 
 def vote_index_settings(name: str | None) -> dict:
