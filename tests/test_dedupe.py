@@ -467,3 +467,42 @@ def test_pair_arrays_are_the_sorted_pairs_without_known_copies():
         assert list(zip(first.tolist(), second.tolist(), dist.tolist())) == want
         assert len(want) < len(pairs) if known else len(want) == len(pairs)
     assert [len(x) for x in _pair_arrays({}, same)] == [0, 0, 0]
+
+
+def test_stats_tell_each_phases_seconds(photo_dir, tmp_path):
+    """``stats["phase_seconds"]``: every phase the run went through, in order,
+    summing to about the run's ``seconds`` (the time before the first
+    report counts as "start"); "verify" counts as "cluster". Told whether or
+    not the caller asked for progress, and the caller's ``on_progress``
+    still sees every phase, "verify" included."""
+    seen = []
+    first = dedupe([photo_dir], gallery=tmp_path / "g",
+                   on_progress=lambda phase, done, total: seen.append(phase))
+    again = dedupe([photo_dir], gallery=tmp_path / "g")
+    alone = dedupe([photo_dir])
+    for report, stored in ((first, True), (again, True), (alone, False)):
+        phases = report.stats["phase_seconds"]
+        assert list(phases)[:2] == ["start", "add"]
+        assert {"match", "cluster", "report"} <= set(phases) and "verify" not in phases
+        assert ("stored" in phases) == stored  # (only a kept gallery has a stored state)
+        assert all(v >= 0 for v in phases.values())
+        assert abs(sum(phases.values()) - report.stats["seconds"]) < 0.05
+    assert "verify" in seen and "add" in seen
+
+
+def test_phase_times_count_each_span_for_the_phase_it_began_in(monkeypatch):
+    from matchkit.jobs import dedupe as job
+
+    clock = iter([0.0, 1.0, 3.0, 3.5, 6.0, 10.0])
+    monkeypatch.setattr(job.time, "perf_counter", lambda: next(clock))
+    times = job.PhaseTimes()                   # 0.0: start
+    told = []
+    report = times.wrap(lambda *a: told.append(a))
+    report("add", 0, 5)                        # 1.0
+    report("add", 5, 5)                        # (same phase: no clock read)
+    report("cluster", 1, 9)                    # 3.0
+    report("verify", 4, 10)                    # (counts as cluster)
+    report("keepers", 2, 9)                    # 3.5
+    report("cluster", 3, 9)                    # 6.0
+    assert times.totals() == {"start": 1.0, "add": 2.0, "cluster": 0.5 + 4.0, "keepers": 2.5}
+    assert [a[0] for a in told] == ["add", "add", "cluster", "verify", "keepers", "cluster"]
