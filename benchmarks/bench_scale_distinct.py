@@ -44,6 +44,14 @@ def score_run(out_json: Path, groups: list[list[str]]) -> dict:
     return C.score(pred, truth)
 
 
+def _phases(out_json: Path) -> str:
+    """The run's ``stats.phase_seconds`` (where its time went), the steps of
+    at least 0.1 s, as "add 1.5, stored 5.9, ..." ("" from a matchkit
+    that does not report them)."""
+    phases = json.loads(out_json.read_text())["stats"].get("phase_seconds") or {}
+    return ", ".join(f"{k} {v:.1f}" for k, v in phases.items() if v >= 0.1)
+
+
 def _tag(vote_index: str | None) -> str:
     """What names a vote index's galleries, outputs and results apart ("" for the default)."""
     return f"-{vote_index}" if vote_index else ""
@@ -75,7 +83,8 @@ def run_size(n: int, seed: int, root: Path, workers: int, keep: bool,
         row = {"images": count, "run": name, **{k: u[k] for k in ("wall_s", "cpu_s", "peak_rss_mib")},
                "images_per_s": count / u["wall_s"], "cpu_ms_per_image": 1000 * u["cpu_s"] / count,
                "gallery_mb": disk / 2**20, "kb_per_image": disk / 1024 / count,
-               **score_run(out, scale_set.truth(seed, count)), "load_before": load}
+               **score_run(out, scale_set.truth(seed, count)), "load_before": load,
+               "phases": _phases(out)}
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     first = rows[0]
@@ -128,7 +137,7 @@ def main() -> None:
             f"{(r['cpu_s'] / r['images']) / (b['cpu_s'] / b['images']):.2f}x cpu")
     cols = ["images", "run", "wall_s", "images_per_s", "cpu_s", "cpu_ms_per_image",
             "peak_rss_mib", "gallery_mb", "kb_per_image", "precision", "recall", "pairs_found",
-            "true_pairs", "load_before", "vs_first_run", "time_per_image_vs_smallest"]
+            "true_pairs", "load_before", "vs_first_run", "time_per_image_vs_smallest", "phases"]
     text = C.table(rows, cols)
     print(text)
     if not args.no_write:
