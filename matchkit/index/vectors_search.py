@@ -166,7 +166,9 @@ class _SearchMixin:
         dist = np.asarray(res.distances, dtype=np.float32).reshape(len(q), -1)
         counts = np.asarray(getattr(res, "counts", [keys.shape[1]] * len(q))).reshape(len(q))
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
-        return keys, (1.0 - dist), valid
+        # (Past a row's count USearch leaves its distances unset, NaN or inf
+        # at times: they are not subtracted, which warned "invalid value".)
+        return keys, 1.0 - np.where(valid, dist, np.float32(1.0)), valid
 
     def _graph_search(self, q, k, out_ids, out_scores, *, exact: bool) -> None:
         keys, scores, valid = self._raw_search(q, k, exact)
