@@ -122,7 +122,7 @@ def dedupe(
     files = [os.fspath(f) for f in iter_image_files(paths + [f for f in policy.keep_in
                                                              if not _inside_any(f, paths)])]
     gallery_given = gallery is not None
-    phases = PhaseTimes()
+    phases = PhaseTimes(since=start)  # ("start": listing the files and the rest up to "add")
     with ExitStack() as stack:
         on_progress = _watched(phases.wrap(on_progress), stack)
         run = None
@@ -278,17 +278,18 @@ class PhaseTimes:
 
     The time from one report to the next counts for the phase of the first;
     "verify" (told between "cluster" reports, as clustering asks for pairs)
-    counts as "cluster"; the time before the first report as "start", and
-    after the last, to when ``totals`` is asked, for the last phase.
-    Phases in the order first seen."""
+    counts as "cluster"; the time from ``since`` (default: now; ``dedupe``
+    gives its own start, so the phases add up to its ``seconds``) to the
+    first report as "start", and after the last, to when ``totals`` is
+    asked, for the last phase. Phases in the order first seen."""
 
     #: Reported phases counted under another's name.
     SAME_AS = {"verify": "cluster"}
 
-    def __init__(self):
+    def __init__(self, since: float | None = None):
         self._seconds: dict[str, float] = {}
         self._phase = "start"
-        self._since = time.perf_counter()
+        self._since = time.perf_counter() if since is None else since
 
     def mark(self, phase: str) -> None:
         phase = self.SAME_AS.get(phase, phase)
