@@ -16,7 +16,7 @@ import pytest
 
 from matchkit import Gallery, GalleryError, Settings
 from matchkit.store.gallery import DB_NAME, ORB_INDEX_NAME, PHASH_INDEX_NAME
-from matchkit.store.gallery_indexes import ORB_IVF_INDEX_NAME
+from matchkit.store.gallery_indexes import ORB_IVF_INDEX_NAME, ORB_KEY_STRIDE
 from matchkit.io.load import iter_image_files
 
 from conftest import make_photo
@@ -104,6 +104,32 @@ def test_remove_and_update(photo_dir, tmp_path):
         g.save()
     with Gallery(tmp_path / "g") as g:
         assert len(g) == 8 and len(g.phash_index) == 8
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_removing_images_uses_the_saved_index_files(photo_dir, tmp_path, monkeypatch, kind):
+    """A gallery opened to remove images loads its saved index files and
+    takes the images out of them; it does not rebuild them from every row
+    (loaded after the removal's commit, the files looked stale)."""
+    from matchkit.store.gallery_indexes import _IndexesMixin
+
+    gdir, settings = tmp_path / "g", Settings(vote_index=kind)
+    with Gallery(gdir, settings) as g:
+        g.add(_files(photo_dir))
+        gone = g.find(photo_dir / "b.jpg").id
+    built = []
+    real = _IndexesMixin._new_index
+    monkeypatch.setattr(_IndexesMixin, "_new_index",
+                        lambda self, name: built.append(name) or real(self, name))
+    with Gallery(gdir, settings) as g:
+        assert g.remove([photo_dir / "b.jpg"]) == 1
+        assert gone not in g.phash_index and len(g.phash_index) == 8
+    assert built == []
+    with Gallery(gdir, settings) as g:  # (the files saved hold the removal)
+        assert len(g.phash_index) == 8 and gone not in g.phash_index
+        keys = np.asarray(g.orb_index.keys())
+        assert len(keys) and not (keys // ORB_KEY_STRIDE == gone).any()
+    assert built == []
 
 
 def test_stale_index_file_is_rebuilt(photo_dir, tmp_path):
