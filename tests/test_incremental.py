@@ -313,9 +313,11 @@ def test_merging_every_list_at_once_equals_merging_each_image_alone():
 
 def test_stale_records_are_those_naming_an_image_gone_or_out_of_the_run():
     """``_stale`` (every record's names checked at once) picks the records a
-    check of each name alone picks: a hash neighbour or a near descriptor's
-    image (within the vote distance) without a record; a pair, vote, hit or
-    framed picture outside the run."""
+    check of each name alone picks, by what is done again: the hash search
+    where a hash neighbour has no record or a hash pair is out of the run;
+    the votes where a vote or hit is out of the run or a near descriptor's
+    image (within the vote distance) has no record; everything where a framed
+    picture is out of the run."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -326,23 +328,27 @@ def test_stale_records_are_those_naming_an_image_gone_or_out_of_the_run():
     limit = settings.vote_max_distance
 
     def one_by_one(records, searched, allowed):
-        out = set()
+        full, hashes, votes = set(), set(), set()
         for i in searched:
             r = records[i]
+            if any(j not in allowed for j, _ in r.get("fr", ())):
+                full.add(i)
+                continue
             if (any(j not in records for j, _ in r["near"])
-                    or any(j not in allowed for j, _ in r["ph"])
-                    or any(j not in allowed for j, _ in r["vo"])
-                    or any(j not in allowed for j in _hits(r).tolist())
-                    or any(j not in allowed for j, _ in r.get("fr", ()))):
-                out.add(i)
+                    or any(j not in allowed for j, _ in r["ph"])):
+                hashes.add(i)
+            if (any(j not in allowed for j, _ in r["vo"])
+                    or any(j not in allowed for j in _hits(r).tolist())):
+                votes.add(i)
             elif "nb" in r:
                 ids, dists = _lists(r)
                 if any(j not in records for j in set(ids[dists <= limit].tolist())):
-                    out.add(i)
-        return out
+                    votes.add(i)
+        return full, hashes, votes
 
     rng = np.random.default_rng(3)
     picked = mixed = 0
+    kinds = [0, 0, 0]
     for _ in range(200):
         ids = sorted(set(rng.integers(0, 40, 25).tolist()))
         allowed = {i for i in ids if rng.random() < 0.97}
@@ -369,10 +375,15 @@ def test_stale_records_are_those_naming_an_image_gone_or_out_of_the_run():
         matcher = SimpleNamespace(records=records, settings=settings)
         searched = [i for i in ids if rng.random() < 0.9]
         want = one_by_one(records, searched, allowed)
-        assert IncrementalMatcher._stale(matcher, searched, allowed) == want
-        picked += len(want)
-        mixed += 0 < len(want) < len(searched)
+        got = IncrementalMatcher._stale(matcher, searched, allowed)
+        assert (got.full, got.hash, got.votes) == want
+        every = set().union(*want)
+        assert got.every() == every and bool(got) == bool(every)
+        picked += len(every)
+        mixed += 0 < len(every) < len(searched)
+        kinds = [k + bool(w) for k, w in zip(kinds, want)]
     assert picked > 100 and mixed > 100
+    assert min(kinds) > 20  # (each kind found in many of the 200 galleries)
 
 
 def test_an_original_added_after_its_recaptures_is_paired_by_their_framed_pictures(tmp_path):
@@ -1203,3 +1214,52 @@ def test_stale_records_are_looked_for_only_where_an_image_can_have_left(sets, tm
     assert looked == [1, 1, 1, 1]
     again()  # (every record there, unchanged, in the run)
     assert looked == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("grow", [False, True])
+def test_removing_images_counts_votes_again_instead_of_searching_again(sets, tmp_path,
+                                                                       monkeypatch, grow):
+    """Images removed from a gallery leave the records naming them stale; a
+    run then counts those records' votes again (``_repair_votes``: gone
+    entries dropped from their neighbour lists, a full list's query
+    descriptor searched again) and makes their hash searches again, instead
+    of searching them from scratch, and reports what a run that matches
+    every image again reports; also when images are added and one changed
+    in the same run (``grow``: new descriptors merged into lists repaired)."""
+    from matchkit.match import incremental_votes
+    from matchkit.match.incremental_votes import StoredVotes
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    if not grow:
+        for f in sorted(new.iterdir()):
+            shutil.copy(f, folder / f.name)
+    g = tmp_path / "g"
+    dedupe([folder], gallery=g, settings=Settings(workers=1))
+    repaired, searched_rows = [], []
+    real_repair, real_search = StoredVotes._repair_votes, incremental_votes.search_in_chunks
+    monkeypatch.setattr(StoredVotes, "_repair_votes",
+                        lambda self, todo, allowed: repaired.extend(todo)
+                        or real_repair(self, todo, allowed))
+    monkeypatch.setattr(incremental_votes, "search_in_chunks",
+                        lambda index, desc, *a, **kw: searched_rows.append(len(desc))
+                        or real_search(index, desc, *a, **kw))
+    gone = [folder / f"p{seed:02d}_{name}.jpg" for seed, name in
+            ((1, "orig"), (1, "crop"), (4, "over"), (6, "rot"), (7, "orig"))]
+    with Gallery(g) as gal:
+        gal.remove(gone)
+    for f in gone:
+        f.unlink()
+    if grow:
+        for f in sorted(new.iterdir()):
+            shutil.copy(f, folder / f.name)
+        shutil.copy(new / "p08_crop.jpg", folder / "p05_small.jpg")  # (same path, changed)
+    shutil.copytree(g, tmp_path / "g2")
+    after = dedupe([folder], gallery=g, settings=Settings(workers=1))
+    scratch = dedupe([folder], gallery=tmp_path / "g2", settings=Settings(workers=1),
+                     rematch=True)
+    assert _content(after) == _content(scratch)
+    assert len(repaired) >= 10 and sum(searched_rows) >= 1
+    # (searched: the 12 new and the changed image, and a few of those repaired)
+    assert after.stats["images_searched"] - (13 if grow else 0) < len(repaired) // 2

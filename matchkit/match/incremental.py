@@ -15,8 +15,13 @@ profile, matchkit's version):
 
 A run brings every record up to date instead of searching again:
 
-- a record naming an image that is gone, changed or out of the run: searched
-  again from scratch (as are new images and those never searched);
+- a record naming an image that is gone, changed or out of the run
+  (``incremental_records.Stale``): its hash search is made again where a
+  hash neighbour or pair is one, its votes counted again where a vote, hit or
+  near descriptor is one (dropped from its neighbour lists; a full list's
+  query descriptor searched again, ``_repair_votes``), and it is searched
+  again from scratch where a framed picture is one (as are new images, those
+  never searched, and templated ones);
 - a new image whose pHash is within the record's crowd distance, or within
   some variant's reach and the pair (or nearest looser pair) distance: it is
   merged into the record's hash search (``merge_hash_search``: its nearest
@@ -68,6 +73,8 @@ import json
 import warnings
 from collections.abc import Mapping
 
+import numpy as np
+
 from matchkit.util.version import __version__
 from matchkit.util.jsonfmt import dumps_sorted, loads
 from matchkit.util.checkpoint import report
@@ -82,7 +89,7 @@ from matchkit.match.pairs import PairEvidence, PairMatcher
 from matchkit.signals.thumbmatch import IconDecider, icon_views
 from matchkit.match.incremental_hash import HashSearchUpdates
 from matchkit.match.incremental_pairs import StoredPairs
-from matchkit.match.incremental_records import StoredRecords
+from matchkit.match.incremental_records import Stale, StoredRecords
 from matchkit.match.incremental_votes import StoredVotes
 from matchkit.match.incremental_state import (  # noqa: F401  (re-exported)
     _CHANGEABLE, CANDIDATE, HOP, HOP_MIRRORED, PairRow, _b64, _extra_objects, _hits, _lists,
@@ -230,10 +237,19 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
         #: Images whose votes alone changed: their stored votes, by other image.
         self.old_votes: dict[int, dict[int, float]] = {}
         searched = [i for i, r in records.items() if r.get("q")]
-        full = set() if self._none_left(stored, records, allowed) else self._stale(searched, allowed)
+        stale = Stale() if self._none_left(stored, records, allowed) else self._stale(searched,
+                                                                                     allowed)
+        full = set(stale.full)
+        #: Query rows (image * ``ORB_KEY_STRIDE`` + row) searched again this
+        #: run (``_repair_votes``): the new images' descriptors are in them.
+        self.rows_searched = np.zeros(0, np.int64)
+        if self.settings.local_features:  # (before new neighbours enter the lists)
+            full |= self._repair_votes(sorted(stale.votes - full), allowed)
+        else:  # (no votes to count again)
+            full |= stale.votes
         report("stored", 2, UPDATE_STEPS)
         if entering:
-            rest = [i for i in searched if i not in full]
+            rest = [i for i in searched if i not in full and i not in stale.hash]
             reached = self._phash_reached(rest, entering)
             if len(entering) == len(fresh) and not self._names_any(fresh):  # (only new images)
                 reached, templated = self._merge_phash(reached, fresh, allowed)
@@ -243,6 +259,8 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
             if self.settings.local_features:
                 self._patch_votes([i for i in searched if i not in full], new, allowed,
                                   retally=len(entering) > len(fresh))
+        # Records naming an image that left: their hash searches again.
+        full |= self._refresh_phash(sorted(stale.hash - full), allowed)
         report("stored", 4, UPDATE_STEPS)
         # Kept images whose frames are looked for again: in the run's one
         # frame search (``_search``).

@@ -37,6 +37,30 @@ _NOT_NEIGHBOURHOOD = frozenset({"nb", "reach", "lreach", "rt", "lk", "vo", "hits
 
 
 @dataclass
+class Stale:
+    """Stored records naming an image that left (``StoredRecords._stale``),
+    by what is done again for them. Why not all searched again: a removed
+    image's descriptors sit in the neighbour lists of most images (a new
+    one's enter those of 8,000 of 10,000), so removing 1% of a gallery
+    would search nearly all of it again."""
+
+    #: Searched again from scratch: a framed picture names an image out of the run.
+    full: set[int] = field(default_factory=set)
+    #: The hash search again (``HashSearchUpdates._refresh_phash``): a hash
+    #: neighbour without a record, or a hash pair out of the run.
+    hash: set[int] = field(default_factory=set)
+    #: The votes again (``StoredVotes._repair_votes``): a near descriptor's
+    #: image without a record, or a vote or hit out of the run.
+    votes: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.full or self.hash or self.votes)
+
+    def every(self) -> set[int]:
+        return self.full | self.hash | self.votes
+
+
+@dataclass
 class RecordRun:
     """What the searches of the images an incremental run searches again
     found so far (``StoredRecords._search``)."""
@@ -59,58 +83,65 @@ class StoredRecords:
     ``changed`` and ``partners``)."""
 
     # -- which records still hold ------------------------------------------
-    def _stale(self, searched: list[int], allowed: set[int]) -> set[int]:
-        """Records naming an image that left (removed, changed, out of the run):
-        searched again from scratch. Every record's named images are gathered
-        flat and checked at once (a loop over every name took 0.4 s of a
-        5,000-image run; an array per record, 0.8 s of a 10,000-image one)."""
+    def _stale(self, searched: list[int], allowed: set[int]) -> "Stale":
+        """Records naming an image that left (removed, changed, out of the
+        run), by what must be done again (``Stale``). Every record's named
+        images are gathered flat and checked at once (a loop over every name
+        took 0.4 s of a 5,000-image run; an array per record, 0.8 s of a
+        10,000-image one)."""
         records, limit = self.records, self.settings.vote_max_distance
-        # Owners and names, flat: those that must still have a record (hash
-        # neighbours, near descriptors' images) and those that must be in
-        # this run (pairs, votes, hits, framed pictures). Packed ids (hits,
-        # descriptor lists) are gathered as bytes and read at once.
-        kept_owner: list[int] = []
-        kept_name: list[int] = []
-        run_owner: list[int] = []
-        run_name: list[int] = []
+        # Owners and names, flat, by what a name that left means (and whether
+        # it must still have a record, else be in the run): a hash neighbour
+        # without a record or a hash pair out of the run, the hash search
+        # again; a vote or hit out of the run, or a near descriptor's image
+        # without a record, the votes again; a framed picture out of the run,
+        # everything again. Packed ids (hits, descriptor lists) are gathered
+        # as bytes and read at once.
+        fields = {"near": ("hash", True), "ph": ("hash", False), "vo": ("votes", False),
+                  "fr": ("full", False)}
+        flat: dict[tuple[str, bool], tuple[list[int], list[int]]] = {
+            key: ([], []) for key in [*fields.values(), ("votes", True)]}
         packed: list[tuple[int, bytes, bytes | None]] = []  # (owner, int32 ids, uint8 dists)
         for i in searched:
             checkpoint()
             r = records[i]
-            near = [x[0] for x in r["near"]]
-            kept_name += near
-            kept_owner += [i] * len(near)
-            for name in ("ph", "vo", "fr"):
+            for name, key in fields.items():
                 names = [x[0] for x in r.get(name, ())]
-                run_name += names
-                run_owner += [i] * len(names)
+                flat[key][1].extend(names)
+                flat[key][0].extend([i] * len(names))
             hits = r["hits"]
             if hits.__class__ is bytes:  # (as ``join_record`` reads every stored form)
                 packed.append((i, hits, None))
             else:  # (a JSON list: earlier builds)
-                run_name += hits
-                run_owner += [i] * len(hits)
+                flat["votes", False][1].extend(hits)
+                flat["votes", False][0].extend([i] * len(hits))
             if "nb" in r:  # a near descriptor of a gone image held a place
                 _, ids, dists = r["nb"]
                 packed.append((i, ids, dists))
-        kept_a = [np.asarray(kept_owner, np.int64), np.asarray(kept_name, np.int64)]
-        run_a = [np.asarray(run_owner, np.int64), np.asarray(run_name, np.int64)]
-        for into, rows in ((run_a, [p for p in packed if p[2] is None]),
-                           (kept_a, [p for p in packed if p[2] is not None])):
+        arrays = {key: (np.asarray(owner, np.int64), np.asarray(names, np.int64))
+                  for key, (owner, names) in flat.items()}
+        for need_record, rows in ((False, [p for p in packed if p[2] is None]),
+                                  (True, [p for p in packed if p[2] is not None])):
             if not rows:
                 continue
             ids = np.frombuffer(b"".join(p[1] for p in rows), "<i4").astype(np.int64)
             owner = np.repeat(np.array([p[0] for p in rows], np.int64),
                               [len(p[1]) // 4 for p in rows])
-            if rows[0][2] is not None:
+            if need_record:
                 near_enough = np.frombuffer(b"".join(p[2] for p in rows), np.uint8) <= limit
                 ids, owner = ids[near_enough], owner[near_enough]
-            into[0], into[1] = np.concatenate([into[0], owner]), np.concatenate([into[1], ids])
-        out: set[int] = set()
-        for (owner, names), known in ((kept_a, records), (run_a, allowed)):
+            was = arrays["votes", need_record]
+            arrays["votes", need_record] = (np.concatenate([was[0], owner]),
+                                            np.concatenate([was[1], ids]))
+        out = Stale()
+        known = {True: records, False: allowed}
+        for (what, need_record), (owner, names) in arrays.items():
             if len(owner):
-                known = np.fromiter(known, np.int64, len(known))
-                out.update(unique(owner[~np.isin(names, known)]).tolist())
+                have = known[need_record]
+                have = np.fromiter(have, np.int64, len(have))
+                getattr(out, what).update(unique(owner[~np.isin(names, have)]).tolist())
+        out.hash -= out.full
+        out.votes -= out.full
         return out
 
     # -- changing a record -------------------------------------------------

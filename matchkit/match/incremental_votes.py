@@ -248,6 +248,8 @@ class StoredVotes:
                 hits.append(np.stack([owners[near[:, 0]], ranks[near[:, 0]], near[:, 2],
                                       near[:, 1]], 1))
         hits = np.concatenate(hits) if hits else np.zeros((0, 4), np.int64)
+        if len(self.rows_searched):  # (searched again: they hold the new ones, ``_repair_votes``)
+            hits = hits[~np.isin(hits[:, 0] * ORB_KEY_STRIDE + hits[:, 1], self.rows_searched)]
         hits = hits[np.argsort(hits[:, 0], kind="stable")]
         # In parts of the stored images (an image's lists and votes depend on
         # its own hits alone): the merge and the count hold a few arrays the
@@ -291,20 +293,96 @@ class StoredVotes:
         """``_patch_votes`` of the images ``part`` (ascending) and their ``hits``."""
         lists = {i: _lists(self.records[i]) for i in part}
         touched = _merge_all(lists, hits, by_key=self.gallery.orb_index.ranks_ties_by_key)
-        recount = part if retally else touched
-        if not recount:
+        self._count_again(part if retally else touched, lists, allowed)
+
+    def _count_again(self, ids: list[int], lists: dict[int, tuple[np.ndarray, np.ndarray]],
+                     allowed: set[int]) -> None:
+        """Votes of ``ids`` counted from their neighbour ``lists`` over the
+        images ``allowed``, set in their records with the lists; the stored
+        votes of those whose votes changed are kept (``old_votes``: the
+        first ones this run changed, which their stored pairs were made with)."""
+        if not ids:
             return
-        owners = np.concatenate([np.full(len(lists[i][0]), i, np.int64) for i in recount])
+        owners = np.concatenate([np.full(len(lists[i][0]), i, np.int64) for i in ids])
         detail = VoteDetail()
-        tally_votes(owners, np.concatenate([lists[i][0] for i in recount]).astype(np.int64),
-                    np.concatenate([lists[i][1] for i in recount]).astype(np.int64),
+        tally_votes(owners, np.concatenate([lists[i][0] for i in ids]).astype(np.int64),
+                    np.concatenate([lists[i][1] for i in ids]).astype(np.int64),
                     allowed=allowed, detail=detail, **{k: v for k, v in self._vote_limits().items()
                                                        if k != "neighbours"})
-        for i in recount:
+        for i in ids:
             old = self.records[i].get("vo")
             self._update(i, {**_vote_fields(detail, i), "nb": _pack_lists(*lists[i])})
-            if self.records[i]["vo"] != old:
+            if self.records[i]["vo"] != old and i not in self.old_votes:
                 self.old_votes[i] = dict(map(tuple, old or []))
+
+    def _repair_votes(self, todo: list[int], allowed: set[int]) -> set[int]:
+        """Votes of the stored images ``todo`` (``Stale.votes``: their lists
+        or votes name an image that left) as a search now would give them;
+        returns the images that must be searched in full instead (templated
+        ones, whose queries are content features; those outside the run or
+        without features).
+
+        A list entry of an image without a record (gone or changed) is
+        dropped; where the list was full (every slot taken) and that entry
+        was within the vote distance, the next neighbour would have entered,
+        unknown here: that query descriptor alone is searched again
+        (``rows_searched``; it finds the new images' descriptors too, so
+        ``_patch_votes`` merges none into it). The votes are then counted
+        again over this run's images (``_count_again``). Non-full lists: a
+        search finds every entry within the vote distance in its probed
+        words, so dropping is what it would give. Before ``_patch_votes``:
+        after it, a list holds the new descriptors of a changed image under
+        the id its old ones had."""
+        s, records = self.settings, self.records
+        full = {i for i in todo if i not in allowed or i not in self.paths or "nb" not in records[i]
+                or records[i].get("tmpl") or records[i].get("tdesc")}
+        todo = [i for i in todo if i not in full]
+        if not todo:
+            return full
+        have = np.fromiter(records, np.int64, len(records))
+        limit, k = s.vote_max_distance, s.vote_neighbours
+        for start in range(0, len(todo), PATCH_IMAGES):
+            part = todo[start:start + PATCH_IMAGES]
+            lists, again = {}, {}
+            for i in part:
+                ids, dists = _lists(records[i])
+                gone = (ids >= 0) & ~np.isin(ids, have)
+                if gone.any():
+                    rows = np.flatnonzero((gone & (dists <= limit)).any(1) & (ids >= 0).all(1))
+                    if len(rows) and ids.shape[1] != k:  # (lists of other settings)
+                        full.add(i)
+                        continue
+                    if len(rows):
+                        again[i] = rows
+                    order = np.argsort(gone, axis=1, kind="stable")  # (kept ones first, in order)
+                    ids = np.take_along_axis(ids, order, 1)
+                    dists = np.take_along_axis(dists, order, 1)
+                    left = np.take_along_axis(gone, order, 1)
+                    ids, dists = np.where(left, -1, ids), np.where(left, 255, dists)
+                lists[i] = (np.asarray(ids, np.int32), np.asarray(dists, np.uint8))
+            if again:
+                queries = self._query_descriptors(list(again))
+                lost = [i for i, rows in again.items() if len(queries[i]) <= rows.max()]
+                full.update(lost)
+                for i in lost:
+                    del again[i], lists[i]
+            part = [i for i in part if i in lists]
+            if again:
+                desc = np.concatenate([queries[i][rows] for i, rows in again.items()])
+                keys, dists = search_in_chunks(self.gallery.orb_index, desc, k,
+                                               max_distance=limit)
+                self.rows_searched = np.concatenate([self.rows_searched, *(
+                    i * ORB_KEY_STRIDE + rows for i, rows in again.items())])
+                other = np.where(keys >= 0, keys // ORB_KEY_STRIDE, -1).astype(np.int32)
+                near = np.minimum(dists, 255).astype(np.uint8)
+                at = 0
+                for i, rows in again.items():
+                    ids, d = lists[i][0].copy(), lists[i][1].copy()
+                    ids[rows], d[rows] = other[at:at + len(rows)], near[at:at + len(rows)]
+                    lists[i] = (ids, d)
+                    at += len(rows)
+            self._count_again(part, lists, allowed)
+        return full
 
     def _query_descriptors(self, ids: list[int]) -> dict[int, np.ndarray]:
         """The descriptors each stored image voted with (content-only ones for
