@@ -77,6 +77,27 @@ def test_compiled_and_numpy_rows_are_the_same_in_the_same_order(sig, monkeypatch
     np.testing.assert_array_equal(fast, plain)
 
 
+@pytest.mark.parametrize("use_compiled", [True, False], ids=["numba", "numpy"])
+def test_reached_with_cutoffs_leaves_out_the_rows_beyond_each_querys(use_compiled, monkeypatch):
+    """A cutoff per query row (its neighbour list's last distance) leaves out
+    exactly the rows farther than it, keeping those at it (a tie can enter
+    the list by key); the others come back in the same order."""
+    monkeypatch.setattr(ivf_probed.compiled, "AVAILABLE", use_compiled)
+    rng = np.random.default_rng(11)
+    vocab = _vocab(rng, top=4, leaves=4, sig=256)
+    index, _, probed, base = _gallery(rng, vocab, 3, 4, images=20)
+    filed = FiledEntries.of(index, 60 * STRIDE + np.arange(80), _codes(rng, 80, base, flips=30))
+    every = reached(index, probed, filed, 90, STRIDE)
+    cutoffs = {i: rng.integers(0, 120, len(probed[i])).astype(np.uint8) for i in probed}
+    some = every[:: 7]  # (some rows' cutoffs at a found distance: ties kept)
+    for i, r, d, _ in some.tolist():
+        cutoffs[i][r] = d
+    got = reached(index, probed, filed, 90, STRIDE, cutoffs)
+    keep = np.array([d <= cutoffs[i][r] for i, r, d, _ in every.tolist()])
+    assert 0 < keep.sum() < len(every) and len(some) > 5
+    np.testing.assert_array_equal(got, every[keep])
+
+
 def test_reached_needs_the_queries_indexed():
     rng = np.random.default_rng(5)
     vocab = _vocab(rng)

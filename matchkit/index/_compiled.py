@@ -86,12 +86,13 @@ def assign_words(q, top, leaves, probes, nodes, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_or_fill(qsigs, probed, first, esigs, limit, scale, qi, ei, dist):
+def _count_or_fill(qsigs, probed, first, esigs, limits, scale, qi, ei, dist):
     """One pass over every (query, probed word, entry filed there): counts
-    the pairs within ``limit`` (``qi`` empty) or writes them."""
+    the pairs within the query's ``limits[q]`` (``qi`` empty) or writes them."""
     n = 0
     fill = len(qi) > 0
     for q in range(qsigs.shape[0]):
+        limit = limits[q]
         for p in range(probed.shape[1]):
             w = np.int64(probed[q, p])
             for e in range(first[w], first[w + 1]):
@@ -106,17 +107,17 @@ def _count_or_fill(qsigs, probed, first, esigs, limit, scale, qi, ei, dist):
 
 
 @numba.njit(cache=True, nogil=True)
-def near_pairs(qsigs, probed, first, esigs, limit, scale):
+def near_pairs(qsigs, probed, first, esigs, limits, scale):
     """(query rows, entry rows, distances) of every entry filed under a word
-    a query probed and within ``limit`` of it (signature distance x
-    ``scale``), by query, then probe, then entry."""
+    a query probed and within ``limits`` of it (per query; signature
+    distance x ``scale``), by query, then probe, then entry."""
     none = np.zeros(0, np.int64)
-    n = _count_or_fill(qsigs, probed, first, esigs, limit, scale, none, none, none)
+    n = _count_or_fill(qsigs, probed, first, esigs, limits, scale, none, none, none)
     qi = np.empty(n, np.int64)
     ei = np.empty(n, np.int64)
     dist = np.empty(n, np.int64)
     if n:
-        _count_or_fill(qsigs, probed, first, esigs, limit, scale, qi, ei, dist)
+        _count_or_fill(qsigs, probed, first, esigs, limits, scale, qi, ei, dist)
     return qi, ei, dist
 
 

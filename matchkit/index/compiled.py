@@ -77,9 +77,11 @@ def assign_words(q: np.ndarray, top: np.ndarray, leaves: np.ndarray, probes: int
 
 
 def near_pairs(qsigs: np.ndarray, probed: np.ndarray, first: np.ndarray, esigs: np.ndarray,
-               limit: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+               limit: int | np.ndarray, scale: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(query rows, entry rows, distances), int64, of every entry filed under
-    a word a query probed and within ``limit`` of it: query signatures
+    a word a query probed and within ``limit`` of it (one for all, or one
+    per query): query signatures
     ``qsigs`` (n, words) uint64, their probed words ``probed`` (n, probes),
     entries ``esigs`` (m, words) filed by word (word w holds rows
     ``first[w]:first[w + 1]``); distance = differing signature bits x
@@ -88,9 +90,10 @@ def near_pairs(qsigs: np.ndarray, probed: np.ndarray, first: np.ndarray, esigs: 
     kernels = _kernels()
     if kernels is None:
         return None
+    limits = np.ascontiguousarray(np.broadcast_to(np.asarray(limit, np.int64), (len(qsigs),)))
     return kernels.near_pairs(np.ascontiguousarray(qsigs, np.uint64), np.ascontiguousarray(probed),
                               np.ascontiguousarray(first, np.int64),
-                              np.ascontiguousarray(esigs, np.uint64), int(limit), int(scale))
+                              np.ascontiguousarray(esigs, np.uint64), limits, int(scale))
 
 
 def search_postings(qsigs: np.ndarray, words: np.ndarray, offsets: np.ndarray,

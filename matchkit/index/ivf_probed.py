@@ -80,7 +80,7 @@ class FiledEntries:
 
 
 def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, limit: int,
-            stride: int) -> np.ndarray | None:
+            stride: int, cutoffs: dict[int, np.ndarray] | None = None) -> np.ndarray | None:
     """(stored image, its query row, distance, new key) rows, int64 (n x 4):
     every new entry (``new``) within ``limit`` of a stored query descriptor
     that probed the word the entry is filed under, which is what searching
@@ -88,7 +88,11 @@ def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, l
     within the limit). ``probed``: image -> (rows, probes) words its query
     descriptors probed, nearest first, row r being the image's entry
     ``image * stride + r``. None when a query's entry is not in ``index``
-    (its signature is not known here)."""
+    (its signature is not known here). ``cutoffs``: image -> a distance per
+    query row beyond which its entries are not wanted (as far as its
+    neighbour list's last: nearer ones alone can enter it, ``_merge_all``).
+    Why: at 10,000 images, 96% of the rows found lay beyond; at 100,000,
+    they were tens of millions of rows, the add's peak memory."""
     out = np.zeros((0, 4), np.int64)
     images = np.array(sorted(probed), np.int64)
     if not len(images) or not len(new.keys):
@@ -102,15 +106,19 @@ def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, l
     row = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     pw = np.concatenate([probed[i] for i in images.tolist()])
     scale = 256 // index.vocab.nbits
+    limits = np.full(len(qsigs), limit, np.int64)
+    if cutoffs is not None:
+        np.minimum(limits, np.concatenate([cutoffs[i] for i in images.tolist()]), out=limits)
     found = compiled.near_pairs(qsigs.reshape(len(qsigs), -1), pw, new.first,
-                                new.sigs.reshape(len(new.sigs), -1), limit, scale)
+                                new.sigs.reshape(len(new.sigs), -1), limits, scale)
     if found is not None:
         q, e, d = found
         return np.stack([owner[q], row[q], d, new.keys[e]], 1)
-    return _near_numpy(qsigs, pw, new, limit, scale, owner, row)
+    return _near_numpy(qsigs, pw, new, limits, scale, owner, row)
 
 
-def _near_numpy(qsigs, pw, new: FiledEntries, limit: int, scale: int, owner, row) -> np.ndarray:
+def _near_numpy(qsigs, pw, new: FiledEntries, limits: np.ndarray, scale: int, owner,
+                row) -> np.ndarray:
     """``reached``'s rows found with NumPy, in parts (``compiled.near_pairs``
     gives the same rows in the same order without the temporaries)."""
     count = np.diff(new.first)
@@ -132,7 +140,7 @@ def _near_numpy(qsigs, pw, new: FiledEntries, limit: int, scale: int, owner, row
         pair_e = np.repeat(new.first[ww], nn) + offset
         x = qsigs[pair_q] ^ new.sigs[pair_e]
         d = (bit_sums(x) if x.ndim == 2 else np.bitwise_count(x).astype(np.int64)) * scale
-        near = d <= limit
+        near = d <= limits[pair_q]
         found.append(np.stack([owner[pair_q[near]], row[pair_q[near]], d[near],
                                new.keys[pair_e[near]]], 1))
         start = stop

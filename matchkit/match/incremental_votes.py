@@ -44,6 +44,14 @@ def _vote_fields(detail: VoteDetail, i: int) -> dict:
             "hits": _pack_ids(detail.hits.get(i, []))}
 
 
+def _last_distances(rec: dict, rows: int) -> np.ndarray:
+    """The distance of the last neighbour in each of a record's ``rows``
+    neighbour lists: a new neighbour farther than it cannot enter the list
+    (``_merge_all``). 255 (none) where the lists do not have those rows."""
+    dists = _lists(rec)[1]
+    return dists[:, -1] if len(dists) == rows else np.full(rows, 255, np.uint8)
+
+
 def _merge_rows(ids: np.ndarray, dists: np.ndarray, found: np.ndarray, *,
                 by_key: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour lists (ids, dists: rows x k) with new neighbours merged in:
@@ -280,8 +288,9 @@ class StoredVotes:
         step = len(probed) if compiled.AVAILABLE else PATCH_IMAGES
         for start in range(0, len(probed), step):
             part = probed[start:start + step]
-            rows = reached(index, {i: _probes(self.records[i]) for i in part}, filed,
-                           s.vote_max_distance, ORB_KEY_STRIDE)
+            words = {i: _probes(self.records[i]) for i in part}
+            rows = reached(index, words, filed, s.vote_max_distance, ORB_KEY_STRIDE,
+                           {i: _last_distances(self.records[i], len(words[i])) for i in part})
             if rows is None:  # (a query's entry is not indexed: ask them all as before)
                 return none, ids
             found.append(rows)
