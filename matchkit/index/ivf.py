@@ -42,6 +42,7 @@ from matchkit.index import compiled
 from matchkit.util.arrays import bit_sums, unique
 from matchkit.util.fs import atomic_write, file_stamp
 from matchkit.index.hamming import within
+from matchkit.index.postings import merge_postings
 from matchkit.index.ivf_file import _MAGIC, _pack, _unpack  # noqa: F401  (re-exported)
 from matchkit.index.vocabulary import (  # noqa: F401  (re-exported)
     FILING, VOCAB_FILE, Vocabulary, _load_vocabulary, _smallest, default_vocabulary,
@@ -192,15 +193,13 @@ class IVFIndex:
         self._sigs = np.ascontiguousarray(sigs, np.uint64)
 
     def _merge(self) -> None:
-        """Fold the pending additions into the sorted postings."""
+        """Fold the pending additions into the sorted postings (``merge_postings``)."""
         if not self._pending:
             return
-        words = np.concatenate([self._words()] + [p[0] for p in self._pending])
-        keys = np.concatenate([self._keys] + [p[1] for p in self._pending])
-        sigs = np.concatenate([self._sigs] + [p[2] for p in self._pending])
-        self._pending = []
-        order = np.lexsort((keys, words))
-        self._set(words[order], keys[order], sigs[order])
+        pending, self._pending = self._pending, []
+        self._offsets, self._keys, self._sigs = merge_postings(
+            self._offsets, self._keys, self._sigs, *(np.concatenate([p[i] for p in pending])
+                                                     for i in range(3)))
 
     # -- search -------------------------------------------------------------
     @property
