@@ -1263,3 +1263,36 @@ def test_removing_images_counts_votes_again_instead_of_searching_again(sets, tmp
     assert len(repaired) >= 10 and sum(searched_rows) >= 1
     # (searched: the 12 new and the changed image, and a few of those repaired)
     assert after.stats["images_searched"] - (13 if grow else 0) < len(repaired) // 2
+
+
+def test_removing_images_from_a_sharded_gallery_matches_a_rematch(sets, tmp_path, monkeypatch):
+    """Images removed from a sharded gallery: the votes counted again
+    (``_repair_votes``, its full lists searched again over every shard) and
+    hash searches made again give what a rematch of the same gallery gives."""
+    from matchkit.match.incremental_votes import StoredVotes
+    from matchkit.store.shards import ShardedGallery
+
+    old, new = sets
+    folder = tmp_path / "photos"
+    shutil.copytree(old, folder)
+    for f in sorted(new.iterdir()):
+        shutil.copy(f, folder / f.name)
+    dedupe([folder], gallery=tmp_path / "g", shards=2, settings=Settings(workers=1))
+    gone = [folder / f"p{seed:02d}_{name}.jpg" for seed, name in
+            ((2, "orig"), (2, "rot"), (5, "crop"), (9, "small"))]
+    with ShardedGallery(tmp_path / "g") as g:
+        assert g.remove(gone) == len(gone)
+    for f in gone:
+        f.unlink()
+    shutil.copytree(tmp_path / "g", tmp_path / "g2")
+    repaired = []
+    real = StoredVotes._repair_votes
+    monkeypatch.setattr(StoredVotes, "_repair_votes",
+                        lambda self, todo, allowed: repaired.extend(todo)
+                        or real(self, todo, allowed))
+    after = dedupe([folder], gallery=tmp_path / "g", shards=2, settings=Settings(workers=1))
+    scratch = dedupe([folder], gallery=tmp_path / "g2", shards=2,
+                     settings=Settings(workers=1), rematch=True)
+    assert len(repaired) >= 10
+    assert after.stats["images_searched"] < len(repaired) // 2
+    assert _content(after) == _content(scratch)
