@@ -276,3 +276,48 @@ def test_first_label_shows_calibration_progress_then_not_again(runner, tmp_path)
     assert f"matchkit: {CALIBRATION_STAGES[2]} (4)" in r.stderr
     r = runner.invoke(cli, ["labels", "calibrate", "--gallery", str(g), "--samples", "2", "-q"])
     assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_index_forget_missing_forgets_only_gone_files_under_the_folders(runner, photo_dir,
+                                                                        tmp_path):
+    """``index --forget-missing``: images whose files left the folders indexed
+    are forgotten (listed in the summary), files and images elsewhere are
+    left alone, and a gallery dedupe afterwards matches one from scratch."""
+    import shutil
+
+    from matchkit.store.gallery import Gallery
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(photo_dir / "c.jpg", other / "c_elsewhere.jpg")
+    g = tmp_path / "g"
+    for folder in (photo_dir, other):
+        assert runner.invoke(cli, ["index", str(folder), "--gallery", str(g), "--no-embed",
+                                   "-q"]).exit_code == 0
+    gone = [photo_dir / "sub" / "a_copy.jpg", photo_dir / "b_rot90.jpg",
+            other / "c_elsewhere.jpg"]
+    for f in gone:
+        f.unlink()
+    r = runner.invoke(cli, ["index", str(photo_dir), "--gallery", str(g), "--no-embed", "-q"])
+    assert r.exit_code == 0 and "forgotten" not in json.loads(r.stdout)
+    with Gallery(g) as gal:
+        assert len(gal) == 10  # (nothing forgotten without the flag)
+    r = runner.invoke(cli, ["index", str(photo_dir), "--gallery", str(g), "--no-embed",
+                            "--forget-missing", "-q"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert sorted(Path(p).name for p in out["forgotten"]) == ["a_copy.jpg", "b_rot90.jpg"]
+    assert out["images"] == 8
+    with Gallery(g) as gal:
+        kept = {Path(p).name for p in gal.paths().values()}
+    assert "c_elsewhere.jpg" in kept and "a_copy.jpg" not in kept  # (another folder: kept)
+    assert (photo_dir / "a.jpg").exists() and len(list(photo_dir.rglob("*.*"))) == 7
+    r = runner.invoke(cli, ["index", str(photo_dir), "--gallery", str(g), "--no-embed",
+                            "--forget-missing", "-q"])
+    assert json.loads(r.stdout)["forgotten"] == []
+    d1, d2 = tmp_path / "d1.json", tmp_path / "d2.json"
+    assert runner.invoke(cli, ["dedupe", str(photo_dir), "--gallery", str(g), "--json",
+                               str(d1), "-q"]).exit_code in (0, 1)
+    assert runner.invoke(cli, ["dedupe", str(photo_dir), "--json", str(d2),
+                               "-q"]).exit_code in (0, 1)
+    assert json.loads(d1.read_text())["clusters"] == json.loads(d2.read_text())["clusters"]

@@ -54,9 +54,14 @@ from matchkit.cli.common import (
 @_signal_option("read with each image and kept in the gallery; 'ocr' (Tesseract) makes "
                 "`matchkit search --contains TEXT` possible. Example: matchkit index docs/ "
                 "--gallery g --signal ocr --no-embed")
+@click.option("--forget-missing", is_flag=True,
+              help="Also forget the gallery's images under the folders in PATHS whose files "
+                   "are gone (deleted or moved away); files are never touched. Example: "
+                   "matchkit index photos/ --gallery g --forget-missing")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, max_pixels,
-          hash_only, batch_size, device, shards, ray, vote_index, signals, quiet):
+          hash_only, batch_size, device, shards, ray, vote_index, signals, forget_missing,
+          quiet):
     """Add images in PATHS to a gallery; attach metadata and embed them.
 
     Prints a JSON summary on stdout: images added/updated/unchanged, files
@@ -73,10 +78,12 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
       matchkit index photos/ --gallery g --meta more.jsonl --no-embed | jq .metadata
       matchkit index archive/ --gallery big --shards 8 --ray auto -q
       matchkit index scans/ --gallery g --signal ocr --no-embed   # then: search --contains
+      matchkit index photos/ --gallery g --forget-missing   # files deleted since: forgotten
     """
     from matchkit.store.gallery import DB_NAME
     from matchkit.io.load import iter_image_files
     from matchkit.jobs.metadata import MetadataError, add_exif_dates, import_metadata, read_metadata
+    from matchkit.store.missing import forget_missing as forget_missing_images
 
     if model and no_embed:
         _fail("--model and --no-embed contradict each other")
@@ -128,6 +135,8 @@ def index(paths, gallery, model, no_embed, meta_path, no_exif_dates, workers, ma
         with open_gallery(gallery, settings, shards=shards) as g:
             if ray is None:
                 added = _add_with_bar(g, files, quiet)
+            if forget_missing:
+                out["forgotten"] = forget_missing_images(g, paths)
             g.save()
             out.update(files=len(files), images=len(g), added=added.added,
                        updated=added.updated, unchanged=added.unchanged,
