@@ -203,9 +203,10 @@ def main() -> None:
             "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_cpu_ms", "matched_p50_ms",
             "unmatched_p50_ms", "open_s", "rss_mib", "disk_kb_per_image"]
     body = (f"Command: `python benchmarks/bench_check_latency.py --sizes {args.sizes} "
-            f"--vote-index {args.vote_index}`\n\n"
+            f"--vote-index {args.vote_index}"
+            f"{f' --scale-root {args.scale_root}' if args.scale_root else ''}`\n\n"
             "Gallery: the 353 hard eval originals plus the first N slots of the scale "
-            "collection (`scale_set.py`, seed 0). Queries: 353 edited copies (one per "
+            f"collection (`scale_set.py`, {scale_root}). Queries: 353 edited copies (one per "
             f"original, edit kinds in turn) and {args.unrelated} unrelated calib-half "
             "originals, each checked alone in one process pinned to one core "
             "(`Settings(workers=1)`), file read and extraction included. `recall`: the "
