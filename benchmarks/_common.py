@@ -97,6 +97,20 @@ def run_measured_cpu(cmd: list[str], **kw) -> dict:
             "peak_rss_mib": usage.ru_maxrss / 1024.0, "rc": proc.returncode}
 
 
+def status_mib(field: str) -> float | None:
+    """A memory field of this process's ``/proc/self/status`` in MiB ("VmRSS":
+    resident now; "VmHWM": the peak since the process started its program,
+    unlike ``ru_maxrss``, which a child can inherit from its parent); None
+    where there is no such file or field (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def folder_size(path: str | os.PathLike) -> int:
     """Bytes of all files under ``path`` (a gallery's size on disk)."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -119,13 +119,8 @@ def peak_rss_mib() -> float:
     """This process's peak RSS since it started its program: Linux's VmHWM.
     Not ``ru_maxrss``, which a child started by a process that had built a
     100,000-image gallery reported as that process's 2,220 MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = C.status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def percentile(values: list[float], q: float) -> float:

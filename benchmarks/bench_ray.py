@@ -82,11 +82,7 @@ def child(folder: str | list[str], nodes: int, out: str, vote_index: str = "ivf"
 
 def _rss_mib() -> float:
     """This process's resident memory now (MiB)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+    return C.status_mib("VmRSS") or 0.0
 
 
 def first_photos(folder: Path, n: int, out: Path) -> Path:

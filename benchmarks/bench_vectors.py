@@ -45,13 +45,8 @@ from matchkit.index.vectors import VectorIndex  # noqa: E402
 
 
 def rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    now = C.status_mib("VmRSS")
+    return float("nan") if now is None else now
 
 
 def peak_rss_mib() -> float:
