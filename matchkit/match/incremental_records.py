@@ -134,12 +134,12 @@ class StoredRecords:
             arrays["votes", need_record] = (np.concatenate([was[0], owner]),
                                             np.concatenate([was[1], ids]))
         out = Stale()
-        known = {True: records, False: allowed}
+        known = {need: np.fromiter(ids, np.int64, len(ids))
+                 for need, ids in ((True, records), (False, allowed))}
         for (what, need_record), (owner, names) in arrays.items():
             if len(owner):
-                have = known[need_record]
-                have = np.fromiter(have, np.int64, len(have))
-                getattr(out, what).update(unique(owner[~np.isin(names, have)]).tolist())
+                getattr(out, what).update(
+                    unique(owner[~np.isin(names, known[need_record])]).tolist())
         out.hash -= out.full
         out.votes -= out.full
         return out
