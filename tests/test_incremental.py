@@ -239,8 +239,11 @@ def test_stored_evidence_round_trips_every_extra():
 
 def test_an_add_measures_again_only_the_pairs_it_can_change(sets, tmp_path, monkeypatch):
     """Images whose hash search gained only new pairs (or whose nearest few
-    changed) keep the stored evidence of their other pairs: every candidate
-    pair's stored evidence is still what a --rematch run measures."""
+    changed) keep the stored evidence of their other pairs; so do images
+    whose crowd distance alone moved (new images among their 16 nearest),
+    but for the pairs whose hash rule, verifiability or mirrored look the
+    move changes. Every candidate pair's stored evidence, and every stored
+    verification, is still what a --rematch run makes."""
     from matchkit.match.incremental import CANDIDATE, IncrementalMatcher, settings_key
 
     old, new = sets
@@ -257,13 +260,14 @@ def test_an_add_measures_again_only_the_pairs_it_can_change(sets, tmp_path, monk
     def spying(self, ids, same):
         out = real(self, ids, same)
         seen.update(partners=dict(self.partners), changed=set(self.changed),
-                    pairs=[(ev.a, ev.b) for ev in out])
+                    old_crowd=dict(self.old_crowd))
         return out
     monkeypatch.setattr(IncrementalMatcher, "_evidence", spying)
     grown = dedupe([folder], gallery=g, settings=settings)
     monkeypatch.undo()
     assert seen["partners"]  # some images changed for a few pairs only
     assert set(seen["partners"]) - seen["changed"]
+    assert set(seen["old_crowd"]) - seen["changed"]  # crowds moved, images not measured again
     shutil.copytree(g, tmp_path / "g2")
     forced = dedupe([folder], gallery=tmp_path / "g2", settings=settings, rematch=True)
     assert _content(forced) == _content(grown)
@@ -274,6 +278,8 @@ def test_an_add_measures_again_only_the_pairs_it_can_change(sets, tmp_path, monk
     assert len(candidates) > 50
     for k in candidates:
         assert json.loads(kept[k][0]) == json.loads(fresh[k][0]), k
+        if kept[k][1] is not None and fresh[k][1] is not None:
+            assert json.loads(kept[k][1]) == json.loads(fresh[k][1]), k
 
 
 def test_merging_every_list_at_once_equals_merging_each_image_alone():

@@ -236,6 +236,9 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
         self.partners: dict[int, set[int]] = {}
         #: Images whose votes alone changed: their stored votes, by other image.
         self.old_votes: dict[int, dict[int, float]] = {}
+        #: Images whose crowd distance alone moved (with their near lists and
+        #: hash pairs): the distance it was (``_note_change``).
+        self.old_crowd: dict[int, int] = {}
         searched = [i for i, r in records.items() if r.get("q")]
         stale = Stale() if self._none_left(stored, records, allowed) else self._stale(searched,
                                                                                      allowed)

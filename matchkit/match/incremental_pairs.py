@@ -66,6 +66,7 @@ class StoredPairs:
         for p in icon_candidates(self.icons):
             pairs.setdefault(p, -1)
         changed, old_votes, partners = self.changed, self.old_votes, self.partners
+        old_crowd = self.old_crowd
         #: Stored pending pairs that earlier runs never asked to verify, of all.
         self._unasked = [0, 0]
         self.templated_flags = {i for i in ids if records[i].get("tmpl")}
@@ -77,6 +78,8 @@ class StoredPairs:
             row = self._rows.get((a, b, CANDIDATE))
             if (row is None or a in changed or b in changed
                     or b in partners.get(a, ()) or a in partners.get(b, ())):
+                fresh[(a, b)] = d
+            elif (a in old_crowd or b in old_crowd) and self._crowd_moves(a, b, row, top):
                 fresh[(a, b)] = d
             elif (a in old_votes or b in old_votes) and votes.get((a, b), 0.0) != max(
                     old_votes.get(a, vo[a]).get(b, 0.0), old_votes.get(b, vo[b]).get(a, 0.0)):
@@ -111,6 +114,45 @@ class StoredPairs:
         for ev in made:
             self._replace_row(ev, self._rows.get((ev.a, ev.b, CANDIDATE)))
         return sorted(keep + made, key=lambda ev: (ev.a, ev.b))
+
+    def _crowd_moves(self, a: int, b: int, row: PairRow, top: dict[int, set[int]]) -> bool:
+        """Whether the crowd distances that moved this run (``old_crowd``) change
+        what pair (a, b)'s global evidence decides, so that it must be measured
+        again. Without a calibrator a pair's crowd distance enters three
+        comparisons with its hash distance, each made here with the old and
+        the new: the hash rule's (``evidence.hash_rule``), whether a hash
+        neighbour is worth verifying (``evidence.mark_verifiable_as``) and
+        whether verification also looks at the pair mirrored
+        (``verification.mirror_worth_trying``). Where only the last moves,
+        the evidence stands and its stored verification is dropped."""
+        from matchkit.signals.hashing import PHASH_BITS, UNKNOWN_CROWD
+
+        s, crowd, old = self.settings, self.crowd, self.old_crowd
+        now = min(crowd.get(a, PHASH_BITS), crowd.get(b, PHASH_BITS))
+        was = min(old.get(a, PHASH_BITS) if a in crowd and a in old else crowd.get(a, PHASH_BITS),
+                  old.get(b, PHASH_BITS) if b in crowd and b in old else crowd.get(b, PHASH_BITS))
+        if now == was:
+            return False
+        try:
+            ev = evidence_from_json(row.before)
+        except (ValueError, KeyError, TypeError):
+            return True  # (measured again; ``_stored_evidence`` would warn the same)
+        d = ev.phash_distance
+        capped_now, capped_was = min(now, UNKNOWN_CROWD), min(was, UNKNOWN_CROWD)
+        if (not ev.extra.get("template") and s.phash_strong_distance < d <= s.phash_max_distance
+                and ev.colour_similarity >= s.colour_min_similarity
+                and (d <= now - s.crowd_margin) != (d <= was - s.crowd_margin)):
+            return True
+        m = s.verify_crowd_margin
+        if m and (b in top.get(a, ()) or a in top.get(b, ())) and (
+                (capped_now - m < d <= capped_now) != (capped_was - m < d <= capped_was)):
+            return True
+        m = s.mirror_crowd_margin
+        if row.after is not None and d <= s.mirror_max_distance and (
+                (d <= capped_now - m) != (d <= capped_was - m)):
+            row.after = row.relation = None
+            self._changed_rows.add((a, b, CANDIDATE))
+        return False
 
     def _stored_evidence(self, pair: tuple[int, int], row: PairRow) -> PairEvidence | None:
         """A stored pair's evidence; None, with a warning, where its text does
