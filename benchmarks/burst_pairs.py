@@ -3,8 +3,9 @@
 Why: the burstiness check (``matchkit/match/burst.py``) refuses a local match
 whose inliers gather (spread under ``burst.SPREAD``) on a part that at least
 ``Settings.burst_pictures`` other images carry (each holding at least
-``burst.SHARED_SHARE`` of its inliers). That number is chosen here, on dev
-data, from every local match of a run with the check measuring but refusing
+``burst.SHARED_SHARE`` of its inliers), or that fewer carry but that few of
+the pair's descriptors voted for (``Settings.burst_weak_votes`` and
+``burst_weak_pictures``). Those numbers are chosen here, on dev data, from every local match of a run with the check measuring but refusing
 nothing: false links (different pictures) must be refused, true pairs kept.
 Whether a true pair is also matched by pHash is shown too (a refused local
 match changes nothing there).
@@ -47,7 +48,7 @@ def measured_run(folders: list[Path], settings: Settings) -> list[dict]:
         paths = self._m.paths
         o = ev.overlap
         rows.append({"a": paths[ev.a], "b": paths[ev.b], "inliers": ev.inliers,
-                     "phash": ev.phash_distance,
+                     "phash": ev.phash_distance, "votes": round(float(ev.votes), 3),
                      "spread": None if o is None else round(float(o.spread), 3),
                      "carried_by": None if part is None else part.carriers()})
         ev.extra["carried_by"] = None
@@ -63,25 +64,39 @@ def measured_run(folders: list[Path], settings: Settings) -> list[dict]:
     return rows
 
 
+def _tally(rows: list[dict], same, settings: Settings, head: dict) -> dict:
+    """False links and true pairs among ``rows`` that ``settings`` refuses."""
+    r = {**head, "false": 0, "false_refused": 0, "true": 0, "true_refused": 0,
+         "true_refused_no_phash": 0}
+    for row in rows:
+        if row["carried_by"] is None:
+            continue
+        ok = same(row["a"], row["b"])
+        refused = burst.refuses(row["carried_by"], row["spread"], settings, row.get("votes"))
+        kind = "true" if ok else "false"
+        r[kind] += 1
+        r[f"{kind}_refused"] += refused
+        if ok and refused and row["phash"] > settings.phash_max_distance:
+            r["true_refused_no_phash"] += 1
+    return r
+
+
 def summarise(rows: list[dict], same) -> list[dict]:
-    """Per ``burst_pictures`` value: false links and true pairs it refuses."""
-    out = []
-    for need in PICTURES:
-        s = Settings(burst_pictures=need)
-        r = {"burst_pictures": need, "false": 0, "false_refused": 0, "true": 0,
-             "true_refused": 0, "true_refused_no_phash": 0}
-        for row in rows:
-            if row["carried_by"] is None:
-                continue
-            ok = same(row["a"], row["b"])
-            refused = burst.refuses(row["carried_by"], row["spread"], s)
-            kind = "true" if ok else "false"
-            r[kind] += 1
-            r[f"{kind}_refused"] += refused
-            if ok and refused and row["phash"] > s.phash_max_distance:
-                r["true_refused_no_phash"] += 1
-        out.append(r)
-    return out
+    """Per ``burst_pictures`` value (the weak-match rule off): what it refuses."""
+    return [_tally(rows, same, Settings(burst_pictures=n, burst_weak_pictures=0),
+                   {"burst_pictures": n}) for n in PICTURES]
+
+
+#: (votes under, carriers from) pairs of the weak-match rule reported
+#: (``Settings.burst_weak_votes`` / ``burst_weak_pictures``).
+WEAK = tuple((v, c) for v in (1.5, 2.0, 2.5) for c in (6, 8, 10, 12, 16))
+
+
+def summarise_weak(rows: list[dict], same) -> list[dict]:
+    """Per (votes, carriers) pair of the weak-match rule, with
+    ``burst_pictures`` at its default: what both refuse."""
+    return [_tally(rows, same, Settings(burst_weak_votes=v, burst_weak_pictures=c),
+                   {"weak_votes_under": v, "weak_carriers_from": c}) for v, c in WEAK]
 
 
 def main() -> None:
@@ -122,13 +137,22 @@ def main() -> None:
     print(f"{name}: {len(rows)} local matches measured")
     summary = summarise(rows, same)
     print(C.table(summary, list(summary[0])) if summary else '')
+    weak = summarise_weak(rows, same)
+    print(C.table(weak, list(weak[0])) if weak else '')
     for ok, label in ((False, "false"), (True, "true")):
         top = sorted((r for r in rows if r["carried_by"] is not None
                       and same(r["a"], r["b"]) == ok), key=lambda r: -r["carried_by"])[:10]
         print(f"{label} local matches whose part the most pictures carry:")
         for r in top:
             print(f"  {Path(r['a']).name} {Path(r['b']).name}: carried by {r['carried_by']}, "
-                  f"inliers {r['inliers']}, spread {r['spread']}")
+                  f"inliers {r['inliers']}, spread {r['spread']}, votes {r['votes']}")
+    weakest = sorted((r for r in rows if r["carried_by"] is not None and same(r["a"], r["b"])
+                      and (r["spread"] is None or r["spread"] < burst.SPREAD)),
+                     key=lambda r: (r["votes"], -r["carried_by"]))[:10]
+    print("true local matches the weak-match rule could refuse, fewest votes first:")
+    for r in weakest:
+        print(f"  {Path(r['a']).name} {Path(r['b']).name}: votes {r['votes']}, "
+              f"carried by {r['carried_by']}, inliers {r['inliers']}, spread {r['spread']}")
 
 
 if __name__ == "__main__":

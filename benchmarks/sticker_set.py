@@ -20,7 +20,8 @@ relative to ``ROOT``).
     python benchmarks/scale_set.py --size 4000
     python benchmarks/sticker_set.py --size 4000 --stickers 800
     python benchmarks/sticker_set.py --size 4000 --stickers 800 --evaluate
-        # dedupe it (default settings; --burst-pictures N to change the check):
+        # dedupe it (default settings; --burst-pictures N, --burst-weak-pictures N
+        # to change the check):
         # pair precision and recall against the truth, and the false pairs
 """
 
@@ -77,7 +78,8 @@ def truth(seed: int, size: int, stickers: int) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def evaluate(root: Path, size: int, stickers: int, burst_pictures: int | None) -> dict:
+def evaluate(root: Path, size: int, stickers: int, burst_pictures: int | None,
+             weak_pictures: int | None = None) -> dict:
     """Dedupe the set (a temporary gallery) and score its pairs."""
     import tempfile
     import time
@@ -88,7 +90,11 @@ def evaluate(root: Path, size: int, stickers: int, burst_pictures: int | None) -
     truth = json.loads((root / f"sticker-truth-{size}-{stickers}.json").read_text())
     true_pairs = C.pairs_from_groups(truth["groups"])
     folders = [root / "img" / f"d{f:04d}" for f in range(-(-size // scale_set.PER_FOLDER))]
-    settings = Settings() if burst_pictures is None else Settings(burst_pictures=burst_pictures)
+    settings = Settings()
+    if burst_pictures is not None:
+        settings = settings.with_(burst_pictures=burst_pictures)
+    if weak_pictures is not None:
+        settings = settings.with_(burst_weak_pictures=weak_pictures)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rep = dedupe([str(f) for f in folders] + [str(root / "stickers")],
@@ -101,6 +107,7 @@ def evaluate(root: Path, size: int, stickers: int, burst_pictures: int | None) -
     false = sorted(tuple(sorted(p)) for p in found - true_pairs)
     return {"images": size + stickers, "wall_s": round(wall, 1),
             "burst_pictures": settings.burst_pictures,
+            "burst_weak": f"{settings.burst_weak_pictures} / {settings.burst_weak_votes}",
             "precision": round(tp / len(found), 4) if found else 1.0,
             "recall": round(tp / len(true_pairs), 4), "pairs_found": len(found),
             "true_pairs": len(true_pairs), "false_pairs": len(false), "false": false}
@@ -115,6 +122,8 @@ def main() -> None:
     ap.add_argument("--evaluate", action="store_true", help="dedupe the set and score it")
     ap.add_argument("--burst-pictures", type=int, default=None,
                     help="with --evaluate: Settings.burst_pictures (default: the default)")
+    ap.add_argument("--burst-weak-pictures", type=int, default=None,
+                    help="with --evaluate: Settings.burst_weak_pictures (0: off)")
     args = ap.parse_args()
     if args.size <= 0 or args.size % scale_set.BLOCK or args.stickers < 0:
         ap.error(f"--size must be a positive multiple of {scale_set.BLOCK}, --stickers >= 0")
@@ -132,7 +141,8 @@ def main() -> None:
                                "groups": truth(args.seed, args.size, args.stickers)}))
     print(f"{root}: {args.size} slots + {args.stickers} sticker copies; truth in {out.name}")
     if args.evaluate:
-        r = evaluate(root, args.size, args.stickers, args.burst_pictures)
+        r = evaluate(root, args.size, args.stickers, args.burst_pictures,
+                     args.burst_weak_pictures)
         false = r.pop("false")
         print(C.table([r], list(r)))
         for a, b in false[:30]:

@@ -55,6 +55,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "min_inliers": (3, 10_000),            # an affine fit needs 3 points
     "min_overlap_correlation": (-1.0, 1.0),
     "burst_pictures": (0, 10_000_000),
+    "burst_weak_pictures": (0, 10_000_000),
+    "burst_weak_votes": (0.0, 1e9),
     "template_crowd_distance": _BITS,
     "thumb_side": (16, 1024),
     "embedding_neighbours": (1, 1000),
@@ -173,6 +175,12 @@ class Settings:
     #: other pictures of the run carry (a sticker, a logo) is refused
     #: (``matchkit/match/burst.py``; 0: not checked).
     burst_pictures: int = 32
+    #: ... or that at least this many carry (0: not checked) where fewer than
+    #: ``burst_weak_votes`` of the pair's descriptors voted for it. Chosen on
+    #: the sticker dev set and the calib halves (``benchmarks/burst_pairs.py``):
+    #: true matches under 2 votes had at most 7 carriers, sticker links 21+.
+    burst_weak_pictures: int = 12
+    burst_weak_votes: float = 2.0
     #: Look-alikes within this pHash distance are used to detect a shared
     #: template (screenshot frame, form); see matchkit/match/template.py.
     template_crowd_distance: int = 120

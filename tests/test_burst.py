@@ -52,9 +52,23 @@ def test_refuses_reads_the_setting_the_spread_and_zero_turns_it_off():
     assert not burst.refuses(100, 0.1, Settings(burst_pictures=0))
 
 
+def test_a_part_fewer_pictures_carry_is_refused_only_where_few_descriptors_voted():
+    s = Settings(burst_pictures=30, burst_weak_pictures=8, burst_weak_votes=2.0)
+    assert burst.refuses(8, 0.2, s, votes=1.99) and burst.refuses(29, 0.2, s, votes=0.0)
+    assert not burst.refuses(8, 0.2, s, votes=2.0)  # enough of the picture voted
+    assert not burst.refuses(7, 0.2, s, votes=1.0)  # too few carriers
+    assert not burst.refuses(8, burst.SPREAD, s, votes=1.0)  # inliers cover the overlap
+    assert not burst.refuses(8, 0.2, s)  # votes not known: only the count decides
+    assert burst.refuses(30, 0.2, s, votes=50.0)
+    assert not burst.refuses(100, 0.1, s.with_(burst_pictures=0), votes=0.0)  # all off
+    assert not burst.refuses(8, 0.2, s.with_(burst_weak_pictures=0), votes=0.0)
+
+
 def test_burst_settings_do_not_touch_stored_decisions():
     # Measured afresh each run: changing it must not invalidate stored state.
     assert settings_key(Settings(burst_pictures=7)) == settings_key(Settings(burst_pictures=0))
+    assert settings_key(Settings(burst_weak_pictures=3, burst_weak_votes=1.5)) == settings_key(
+        Settings(burst_weak_pictures=0, burst_weak_votes=0.0))
 
 
 # -- the matcher wrapper, around a fake matcher and index ----------------------
@@ -118,10 +132,11 @@ class _Matcher:
             ev.overlap = self.overlap
 
 
-def _checked(holders, *, ids=None, plain=None, dist=20, spread=0.2, **settings):
+def _checked(holders, *, ids=None, plain=None, dist=20, spread=0.2, votes=5.0, **settings):
     ids = ids if ids is not None else [1, 2, *holders]
     m = _Matcher(ids, plain)
     m.overlap = replace(m.overlap, spread=spread)
+    m.verified.votes = votes
     s = Settings(**{"burst_pictures": 20, **settings})
     wrapped = burst.bursting(m, _Gallery(_Index(holders, dist)), s, STRIDE)
     assert isinstance(wrapped, burst.BurstMatcher)
@@ -141,6 +156,13 @@ def test_a_match_on_a_part_few_pictures_carry_is_kept():
     ev = _checked(range(10, 25))  # 15 other images: under 20
     assert ev.rule == "local" and ev.extra["carried_by"] == 15
     assert ev.to_evidence()["part_carried_by"] == 15
+
+
+def test_a_match_few_descriptors_voted_for_is_refused_on_a_part_fewer_pictures_carry():
+    ev = _checked(range(10, 25), votes=1.5)  # 15 carriers: at least 12, under 2 votes
+    assert ev.rule == "" and ev.extra["veto"].endswith("1.50 votes")
+    assert _checked(range(10, 21), votes=1.5).rule == "local"  # 11 carriers
+    assert _checked(range(10, 25), votes=1.5, burst_weak_pictures=0).rule == "local"
 
 
 def test_inliers_that_cover_the_overlap_are_kept():

@@ -18,19 +18,19 @@ vote distance among its ``K`` nearest *hold* that inlier. Not counted: the
 pair's two images, images outside the run, and images within the pHash match
 distance of either (copies of the same picture hold its descriptors too).
 An image that holds at least ``SHARED_SHARE`` of the inliers (and at least
-``SHARED_MIN``) carries the matched part. When at least
-``Settings.burst_pictures`` images carry it and the inliers gather in part of
-the overlap (spread under ``SPREAD``), the part is one many pictures carry,
-and the local match is refused (:func:`refuses`).
+``SHARED_MIN``) carries the matched part. When the inliers gather in part of
+the overlap (spread under ``SPREAD``) and ``Settings.burst_pictures`` images
+carry it, or ``burst_weak_pictures`` do and under ``burst_weak_votes`` of the
+pair's descriptors voted for it, the match is refused (:func:`refuses`).
 
 Why co-occurrence and not each descriptor's frequency: blurred, low-texture
 or re-photographed copies match on generic corners that many images hold one
 by one (on the hard calib half, 31 of 1,635 true local matches had under 3
 inliers held by 10 or fewer other images), but few images hold many of
 them at once; a sticker's other instances hold its whole constellation.
-Why the spread: a picture with many edited copies (a meme template under
-many captions) is carried by many images too, but its inliers cover the
-overlap (benchmarks/RESULTS.md, "precision: a part many pictures carry").
+Why the spread: a picture with many edited copies (a meme under many
+captions) is carried by many images too, but its inliers cover the overlap
+(benchmarks/RESULTS.md, "precision: a part many pictures carry").
 
 What images hold depends on which images are in the run, so they are not stored
 with a pair's verification: :class:`BurstMatcher` measures them each run,
@@ -38,9 +38,8 @@ after verification (fresh or reused), for the pairs the local rule matched;
 an incremental run therefore decides as a full run on the same images.
 The one exception is a run on exactly the images, gallery and settings of
 the run before (a re-run with nothing new): its measurements are those of
-the run before, which a :class:`BurstMemo` in the gallery folder keeps. Why:
-a re-run of 50,500 images spent 14 of its 57 s here, loading the descriptor
-index and searching it again for the same answers.
+the run before, which a :class:`BurstMemo` in the gallery folder keeps (a
+re-run of 50,500 images spent 14 of its 57 s here, searching again).
 """
 
 from __future__ import annotations
@@ -156,12 +155,16 @@ def run_mask(ids) -> np.ndarray:
     return mask
 
 
-def refuses(carried_by: int, spread: float | None, settings) -> bool:
+def refuses(carried_by: int, spread: float | None, settings, votes: float | None = None) -> bool:
     """Whether a local match whose part ``carried_by`` other images carry, with
     inliers of ``spread`` over the overlap, is refused as a part many pictures
-    carry (``Settings.burst_pictures``; 0 turns the check off)."""
-    need = settings.burst_pictures
-    return bool(need) and carried_by >= need and (spread is None or spread < SPREAD)
+    carry (``Settings.burst_pictures``; 0 turns the check off), or fewer
+    (``burst_weak_pictures``) and under ``burst_weak_votes`` ``votes``."""
+    need, weak = settings.burst_pictures, settings.burst_weak_pictures
+    if not need or (spread is not None and spread >= SPREAD):
+        return False
+    return carried_by >= need or (bool(weak) and votes is not None and carried_by >= weak
+                                  and votes < settings.burst_weak_votes)
 
 
 def inlier_descriptors(ev, features: Callable) -> np.ndarray | None:
@@ -257,18 +260,18 @@ def measure(evidence: Sequence, index, features: Callable, hashes: Callable, set
 
 
 def apply(ev, part: Part | Carried | None, settings) -> None:
-    """Record how many images carry the pair's matched part
-    (``extra["carried_by"]``); refuse the pair if many do (:func:`refuses`):
-    ``rule`` cleared, the reason in ``extra["veto"]``."""
+    """Record how many images carry the pair's matched part (``extra["carried_by"]``);
+    refuse it if :func:`refuses`: ``rule`` cleared, the reason in ``extra["veto"]``."""
     if part is None:
         ev.extra["carried_by"] = None  # (cannot tell: left as matched)
         return
     n = part.carriers()
     ev.extra["carried_by"] = n
     spread = ev.overlap.spread if ev.overlap is not None else None
-    if refuses(n, spread, settings):
-        ev.extra["veto"] = (f"a part {n} other pictures carry: at least "
-                            f"{round(part.need)} of its {part.inliers} inliers each")
+    if refuses(n, spread, settings, ev.votes):
+        why = (f"a part {n} other pictures carry: at least {round(part.need)} of its "
+               f"{part.inliers} inliers each")
+        ev.extra["veto"] = why if n >= settings.burst_pictures else f"{why}, {ev.votes:.2f} votes"
         ev.extra["relation"] = None
         ev.rule = ""
 
@@ -333,8 +336,7 @@ class BurstMemo:
         self.made[pair_key(ev)] = carried
 
     def save(self) -> None:
-        """Write this run's measurements (nothing when they are the stored
-        ones). A file that cannot be written costs the next run a search."""
+        """Write this run's measurements (not if stored). Unwritable: the next run searches."""
         if self.made.keys() <= self.stored.keys():
             return
         keys = list(self.made)
@@ -443,6 +445,6 @@ def bursting(matcher, gallery, settings, key_stride: int, memo_base: str | None 
     return BurstMatcher(matcher, gallery, settings, key_stride, memo)
 
 
-__all__ = ["BurstMatcher", "BurstMemo", "Carried", "Part", "apply", "bursting", "copies",
-           "holders", "inlier_descriptors", "inlier_rows", "measurable", "measure", "pair_key",
-           "refuses", "run_key", "run_mask", "summed", "K", "MEMO_FILE"]
+__all__ = ["BurstMatcher", "BurstMemo", "Carried", "Part", "apply", "bursting", "copies", "holders",
+           "inlier_descriptors", "inlier_rows", "measurable", "measure", "pair_key", "refuses",
+           "run_key", "run_mask", "summed", "K", "MEMO_FILE"]

@@ -143,7 +143,7 @@ SEARCH_ALL_ABOVE = 0.25
 #: Settings that change no stored decision: how many threads run, and the
 #: burstiness check (``burst``), which is measured afresh every run after the
 #: stored verifications are read (it depends on which images are in the run).
-_NOT_MATCHING = ("workers", "burst_pictures")
+_NOT_MATCHING = ("workers", "burst_pictures", "burst_weak_pictures", "burst_weak_votes")
 
 
 def settings_key(settings: Settings, calibrator=None) -> str:
