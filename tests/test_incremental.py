@@ -818,11 +818,10 @@ def test_a_hash_search_in_parts_finds_what_one_search_finds(monkeypatch):
         assert getattr(parts, name) == getattr(whole, name), name
 
 
-@pytest.mark.parametrize("seed,flip", [(0, 0.3), (1, 0.33), (2, 0.36), (3, 0.3)])
-def test_merging_entering_images_into_a_hash_search_equals_searching_again(seed, flip):
-    """``merge_hash_search`` (an add's stored hash searches brought up to
-    date without searching) gives what a search of the grown index gives,
-    for every record it can merge; and it can merge most of them."""
+def _merged_hash_searches(seed: int, flip: float) -> tuple[int, int, int]:
+    """(records ``merge_hash_search`` merged, records that changed, records) of
+    a random hash collection that grows by 12 images, each merged record
+    checked against a search of the grown index."""
     from matchkit.match.candidates import phash_candidates
     from matchkit.match.incremental import _phash_fields, merge_hash_search
     from matchkit.index.hamming import HammingIndex
@@ -859,7 +858,31 @@ def test_merging_entering_images_into_a_hash_search_equals_searching_again(seed,
         # (the tail is the end of the searched one: it may have lost entries)
         assert all(t == w[len(w) - len(t):] for t, w in zip(out["rt"], want["rt"]))
     changed = sum(_phash_fields(before, i) != _phash_fields(after, i) for i in range(n))
+    return merged, changed, n
+
+
+@pytest.mark.parametrize("seed,flip", [(0, 0.3), (1, 0.33), (2, 0.36), (3, 0.3)])
+def test_merging_entering_images_into_a_hash_search_equals_searching_again(seed, flip):
+    """``merge_hash_search`` (an add's stored hash searches brought up to
+    date without searching) gives what a search of the grown index gives,
+    for every record it can merge; and it can merge most of them."""
+    merged, changed, n = _merged_hash_searches(seed, flip)
     assert changed > n // 2 and merged > n // 3
+
+
+def test_longer_kept_tails_merge_more_hash_searches(monkeypatch):
+    """Each entering image nearer than a variant's farthest neighbour uses up
+    one distance of that variant's kept tail (``candidates.REACH_TAIL``); a
+    record whose tail runs out is searched again. With 4, a 1% add to 100,000
+    images searched 8,596 records again for that (RESULTS.md "incremental:
+    crowd distances that moved")."""
+    from matchkit.match import candidates
+
+    counts = {}
+    for tail in (4, candidates.REACH_TAIL):
+        monkeypatch.setattr(candidates, "REACH_TAIL", tail)
+        counts[tail] = _merged_hash_searches(0, 0.3)[0]
+    assert candidates.REACH_TAIL > 4 and counts[candidates.REACH_TAIL] > counts[4]
 
 
 def test_an_add_merging_hash_searches_stores_what_searching_again_stores(tmp_path, monkeypatch):
