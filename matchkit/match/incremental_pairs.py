@@ -18,6 +18,7 @@ from matchkit.util.jsonfmt import loads
 from matchkit.util.checkpoint import report
 from matchkit.util.linequeue import LineQueue
 from matchkit.match.pairs import VERIFY_BATCH, PairEvidence, PairMatcher, mark_verifiable
+from matchkit.signals.hashing import PHASH_BITS, UNKNOWN_CROWD
 from matchkit.signals.thumbmatch import icon_candidates
 from matchkit.match.incremental_state import (CANDIDATE, HOP, HOP_MIRRORED, PairRow,
                                               apply_verification, evidence_from_json,
@@ -125,8 +126,6 @@ class StoredPairs:
         whether verification also looks at the pair mirrored
         (``verification.mirror_worth_trying``). Where only the last moves,
         the evidence stands and its stored verification is dropped."""
-        from matchkit.signals.hashing import PHASH_BITS, UNKNOWN_CROWD
-
         s, crowd, old = self.settings, self.crowd, self.old_crowd
         now = min(crowd.get(a, PHASH_BITS), crowd.get(b, PHASH_BITS))
         was = min(old.get(a, PHASH_BITS) if a in crowd and a in old else crowd.get(a, PHASH_BITS),
