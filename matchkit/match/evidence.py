@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matchkit.config import Settings
-from matchkit.signals.hashing import PHASH_BITS
+from matchkit.signals.hashing import PHASH_BITS, closer_crowd
 from matchkit.signals.local import (Overlap, Verification)
 from matchkit.match.picture import (PICTURE_SHARE, picture_proves_copy, shared_frame)
 from matchkit.relation import (FEATURE_MIN_CHROMA, FEATURE_MIN_COLOURFUL, LIGHT_DARK_COLOUR,
@@ -105,18 +105,23 @@ class PairEvidence:
 def hash_rule(ev: PairEvidence, crowd: dict[int, int], settings: Settings) -> str:
     """Match on global signals alone: "phash", "phash+colour" or "" (also
     when the pair's relation is looser than ``settings.level`` allows)."""
-    d = ev.phash_distance
-    if d <= settings.phash_strong_distance:
-        rule = "phash"
-    elif d > settings.phash_max_distance or ev.colour_similarity < settings.colour_min_similarity:
-        return ""
-    else:
-        bg = min(crowd.get(ev.a, PHASH_BITS), crowd.get(ev.b, PHASH_BITS))
-        rule = "phash+colour" if d <= bg - settings.crowd_margin else ""
+    rule = hash_rule_by_distance(ev, closer_crowd(ev.a, ev.b, crowd), settings)
     if not rule:
         return ""
     ev.extra["relation"] = kind = relation_of(ev, global_only=True)
     return rule if in_level(kind, settings.level) else ""
+
+
+def hash_rule_by_distance(ev: PairEvidence, crowd: int, settings: Settings) -> str:
+    """``hash_rule`` before its relation check, given the pair's closer crowd
+    distance (``hashing.closer_crowd``): what the hash distance, colour and
+    crowd decide. (Also asked by ``StoredPairs._crowd_moves``.)"""
+    d = ev.phash_distance
+    if d <= settings.phash_strong_distance:
+        return "phash"
+    if d > settings.phash_max_distance or ev.colour_similarity < settings.colour_min_similarity:
+        return ""
+    return "phash+colour" if d <= crowd - settings.crowd_margin else ""
 
 
 # Local decision, chosen on the calib half of the hard set (all candidate

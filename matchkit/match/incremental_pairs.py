@@ -13,12 +13,15 @@ the per-image records (``incremental_records.py``).
 from __future__ import annotations
 
 import warnings
+from collections import ChainMap
 
 from matchkit.util.jsonfmt import loads
 from matchkit.util.checkpoint import report
 from matchkit.util.linequeue import LineQueue
 from matchkit.match.pairs import VERIFY_BATCH, PairEvidence, PairMatcher, mark_verifiable
-from matchkit.signals.hashing import PHASH_BITS, UNKNOWN_CROWD
+from matchkit.match.evidence import hash_rule_by_distance
+from matchkit.match.verification import mirror_worth_trying
+from matchkit.signals.hashing import closer_crowd, crowd_distance
 from matchkit.signals.thumbmatch import icon_candidates
 from matchkit.match.incremental_state import (CANDIDATE, HOP, HOP_MIRRORED, PairRow,
                                               apply_verification, evidence_from_json,
@@ -120,35 +123,33 @@ class StoredPairs:
         """Whether the crowd distances that moved this run (``old_crowd``) change
         what pair (a, b)'s global evidence decides, so that it must be measured
         again. Without a calibrator a pair's crowd distance enters three
-        comparisons with its hash distance, each made here with the old and
-        the new: the hash rule's (``evidence.hash_rule``), whether a hash
-        neighbour is worth verifying (``evidence.mark_verifiable_as``) and
-        whether verification also looks at the pair mirrored
+        decisions, each asked here of its own function with the old and the
+        new distances: the hash rule (``evidence.hash_rule_by_distance``),
+        whether the pair is worth verifying (``evidence.mark_verifiable``)
+        and whether verification also looks at it mirrored
         (``verification.mirror_worth_trying``). Where only the last moves,
         the evidence stands and its stored verification is dropped."""
-        s, crowd, old = self.settings, self.crowd, self.old_crowd
-        now = min(crowd.get(a, PHASH_BITS), crowd.get(b, PHASH_BITS))
-        was = min(old.get(a, PHASH_BITS) if a in crowd and a in old else crowd.get(a, PHASH_BITS),
-                  old.get(b, PHASH_BITS) if b in crowd and b in old else crowd.get(b, PHASH_BITS))
-        if now == was:
+        s, crowd = self.settings, self.crowd
+        was = ChainMap({x: self.old_crowd[x] for x in (a, b)
+                        if x in self.old_crowd and x in crowd}, crowd)
+        closer, before = closer_crowd(a, b, crowd), closer_crowd(a, b, was)
+        if closer == before:
             return False
         try:
             ev = evidence_from_json(row.before)
         except (ValueError, KeyError, TypeError):
             return True  # (measured again; ``_stored_evidence`` would warn the same)
-        d = ev.phash_distance
-        capped_now, capped_was = min(now, UNKNOWN_CROWD), min(was, UNKNOWN_CROWD)
-        if (not ev.extra.get("template") and s.phash_strong_distance < d <= s.phash_max_distance
-                and ev.colour_similarity >= s.colour_min_similarity
-                and (d <= now - s.crowd_margin) != (d <= was - s.crowd_margin)):
+        if not ev.extra.get("template") and (
+                hash_rule_by_distance(ev, closer, s) != hash_rule_by_distance(ev, before, s)):
             return True
-        m = s.verify_crowd_margin
-        if m and (b in top.get(a, ()) or a in top.get(b, ())) and (
-                (capped_now - m < d <= capped_now) != (capped_was - m < d <= capped_was)):
+        now, then = crowd_distance(ev, crowd), crowd_distance(ev, was)
+        mark_verifiable(ev, top, s, then)
+        verifiable = ev.extra["verifiable"]
+        mark_verifiable(ev, top, s, now)
+        if ev.extra["verifiable"] != verifiable:
             return True
-        m = s.mirror_crowd_margin
-        if row.after is not None and d <= s.mirror_max_distance and (
-                (d <= capped_now - m) != (d <= capped_was - m)):
+        if row.after is not None and (mirror_worth_trying(ev, s, now)
+                                      != mirror_worth_trying(ev, s, then)):
             row.after = row.relation = None
             self._changed_rows.add((a, b, CANDIDATE))
         return False

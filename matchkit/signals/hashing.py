@@ -157,11 +157,15 @@ REFLECTIONS = frozenset({1, 2, 4, 7})
 UNKNOWN_CROWD = PHASH_BITS // 2
 
 
-def crowd_distance(pair, crowd) -> int:
+def closer_crowd(a: int, b: int, crowd) -> int:
     """The closer crowd distance (pHash distance to the 16th-nearest image,
-    ``crowd``: id -> distance, PHASH_BITS when unknown) of a pair's two
-    images, capped at UNKNOWN_CROWD."""
-    return min(crowd.get(pair.a, PHASH_BITS), crowd.get(pair.b, PHASH_BITS), UNKNOWN_CROWD)
+    ``crowd``: id -> distance, PHASH_BITS when unknown) of images a and b."""
+    return min(crowd.get(a, PHASH_BITS), crowd.get(b, PHASH_BITS))
+
+
+def crowd_distance(pair, crowd) -> int:
+    """A pair's ``closer_crowd``, capped at UNKNOWN_CROWD."""
+    return min(closer_crowd(pair.a, pair.b, crowd), UNKNOWN_CROWD)
 
 
 
