@@ -105,23 +105,24 @@ class PairEvidence:
 def hash_rule(ev: PairEvidence, crowd: dict[int, int], settings: Settings) -> str:
     """Match on global signals alone: "phash", "phash+colour" or "" (also
     when the pair's relation is looser than ``settings.level`` allows)."""
-    rule = hash_rule_by_distance(ev, closer_crowd(ev.a, ev.b, crowd), settings)
+    rule = hash_rule_by_distance(ev, crowd, settings)
     if not rule:
         return ""
     ev.extra["relation"] = kind = relation_of(ev, global_only=True)
     return rule if in_level(kind, settings.level) else ""
 
 
-def hash_rule_by_distance(ev: PairEvidence, crowd: int, settings: Settings) -> str:
-    """``hash_rule`` before its relation check, given the pair's closer crowd
-    distance (``hashing.closer_crowd``): what the hash distance, colour and
-    crowd decide. (Also asked by ``StoredPairs._crowd_moves``.)"""
+def hash_rule_by_distance(ev: PairEvidence, crowd, settings: Settings) -> str:
+    """``hash_rule`` before its relation check: what the hash distance, colour
+    and the pair's closer crowd distance (``hashing.closer_crowd`` in
+    ``crowd``, read only when it decides) make of the pair. (Also asked by
+    ``StoredPairs._crowd_moves``, with the crowd distances before and after.)"""
     d = ev.phash_distance
     if d <= settings.phash_strong_distance:
         return "phash"
     if d > settings.phash_max_distance or ev.colour_similarity < settings.colour_min_similarity:
         return ""
-    return "phash+colour" if d <= crowd - settings.crowd_margin else ""
+    return "phash+colour" if d <= closer_crowd(ev.a, ev.b, crowd) - settings.crowd_margin else ""
 
 
 # Local decision, chosen on the calib half of the hard set (all candidate

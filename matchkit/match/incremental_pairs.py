@@ -132,15 +132,14 @@ class StoredPairs:
         s, crowd = self.settings, self.crowd
         was = ChainMap({x: self.old_crowd[x] for x in (a, b)
                         if x in self.old_crowd and x in crowd}, crowd)
-        closer, before = closer_crowd(a, b, crowd), closer_crowd(a, b, was)
-        if closer == before:
+        if closer_crowd(a, b, crowd) == closer_crowd(a, b, was):
             return False
         try:
             ev = evidence_from_json(row.before)
         except (ValueError, KeyError, TypeError):
             return True  # (measured again; ``_stored_evidence`` would warn the same)
         if not ev.extra.get("template") and (
-                hash_rule_by_distance(ev, closer, s) != hash_rule_by_distance(ev, before, s)):
+                hash_rule_by_distance(ev, crowd, s) != hash_rule_by_distance(ev, was, s)):
             return True
         now, then = crowd_distance(ev, crowd), crowd_distance(ev, was)
         mark_verifiable(ev, top, s, then)
