@@ -184,3 +184,25 @@ def test_an_add_reads_the_probed_words_not_the_queries(tmp_path, monkeypatch):
     assert found and sum(len(f) for f in found) > 0
     assert not [i for i in asked if i in with_words]
     assert _content(grown) == _content(dedupe([folder], settings=s))
+
+
+@pytest.mark.parametrize("use_compiled", [True, False], ids=["numba", "numpy"])
+def test_reached_in_parts_gives_the_same_rows_in_the_same_order(use_compiled, monkeypatch):
+    """Queries compared a few images at a time, and the postings read a few
+    at a time to find them, give what all at once gives (with cutoffs)."""
+    monkeypatch.setattr(ivf_probed.compiled, "AVAILABLE", use_compiled)
+    rng = np.random.default_rng(12)
+    vocab = _vocab(rng, top=4, leaves=4, sig=256)
+    index, _, probed, base = _gallery(rng, vocab, 3, 4, images=20)
+    filed = FiledEntries.of(index, 60 * STRIDE + np.arange(80), _codes(rng, 80, base, flips=30))
+    cutoffs = {i: rng.integers(40, 120, len(probed[i])).astype(np.uint8) for i in probed}
+    whole = reached(index, probed, filed, 90, STRIDE, cutoffs)
+    sigs = query_signatures(index, np.arange(20), np.full(20, 20), STRIDE)
+    assert len(whole) > 50
+    # (parts smaller than one image's queries, and not dividing them)
+    for queries, postings in ((7, 5), (45, 64), (1, 1)):
+        monkeypatch.setattr(ivf_probed, "QUERIES_AT_ONCE", queries)
+        monkeypatch.setattr(ivf_probed, "POSTINGS_AT_ONCE", postings)
+        np.testing.assert_array_equal(reached(index, probed, filed, 90, STRIDE, cutoffs), whole)
+        np.testing.assert_array_equal(
+            query_signatures(index, np.arange(20), np.full(20, 20), STRIDE), sigs)

@@ -30,35 +30,53 @@ from matchkit.index.ivf import IVFIndex
 PAIRS_AT_ONCE = 1 << 20
 
 
-def query_signatures(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
-                     stride: int) -> np.ndarray | None:
-    """Signatures of the first ``sizes[j]`` entries of each ``images[j]``
-    (keys ``image * stride + r``, ``r < sizes[j]``), image by image and row by
-    row; None when one of them is not in ``index``.
+def query_rows(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
+               stride: int) -> np.ndarray | None:
+    """Where in ``index.postings()`` the first ``sizes[j]`` entries of each
+    ``images[j]`` are (keys ``image * stride + r``, ``r < sizes[j]``), image
+    by image and row by row; None when one of them is not in ``index``.
 
     Each entry's place is computed from its key (its image looked up in
     ``images``, which must be ascending; no sort of the postings and no
-    ``np.isin``): at 10,000 images the sorted way took 0.8 s of an add."""
+    ``np.isin``): at 10,000 images the sorted way took 0.8 s of an add. The
+    postings are read ``POSTINGS_AT_ONCE`` at a time: at 100,000 images
+    (10M postings) the temporaries of all at once were five arrays of 80 MB."""
     images = np.asarray(images, np.int64)
     sizes = np.asarray(sizes, np.int64)
-    keys, sigs = index.postings()
+    keys, _ = index.postings()
     total = int(sizes.sum())
     if not total:
-        return sigs[:0]
+        return np.zeros(0, np.int64)
     if not len(keys):
         return None
-    k = np.asarray(keys, np.int64)
-    image = k // stride
-    r = k - image * stride
-    # (sorted ``images`` searched, not a table by image id: ids can be large)
-    slot = np.minimum(np.searchsorted(images, image), len(images) - 1)
-    mine = np.flatnonzero(images[slot] == image)
-    mine = mine[r[mine] < sizes[slot[mine]]]
+    starts = np.cumsum(sizes) - sizes
     where = np.full(total, -1, np.int64)
-    where[(np.cumsum(sizes) - sizes)[slot[mine]] + r[mine]] = mine
+    for at in range(0, len(keys), POSTINGS_AT_ONCE):
+        k = np.asarray(keys[at:at + POSTINGS_AT_ONCE], np.int64)
+        image = k // stride
+        r = k - image * stride
+        # (sorted ``images`` searched, not a table by image id: ids can be large)
+        slot = np.minimum(np.searchsorted(images, image), len(images) - 1)
+        mine = np.flatnonzero(images[slot] == image)
+        mine = mine[r[mine] < sizes[slot[mine]]]
+        where[starts[slot[mine]] + r[mine]] = mine + at
     if (where < 0).any():
         return None
-    return sigs[where]
+    return where
+
+
+#: Postings ``query_rows`` reads at once (each costs about 40 bytes in its
+#: temporaries).
+POSTINGS_AT_ONCE = 1 << 21
+
+
+def query_signatures(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
+                     stride: int) -> np.ndarray | None:
+    """Signatures of the first ``sizes[j]`` entries of each ``images[j]``
+    (``query_rows``), image by image and row by row; None when one of them
+    is not in ``index``."""
+    where = query_rows(index, images, sizes, stride)
+    return None if where is None else index.postings()[1][where]
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,7 @@ class FiledEntries:
                    np.searchsorted(words[order], np.arange(vocab.words + 1)))
 
 
+
 def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, limit: int,
             stride: int, cutoffs: dict[int, np.ndarray] | None = None) -> np.ndarray | None:
     """(stored image, its query row, distance, new key) rows, int64 (n x 4):
@@ -92,29 +111,52 @@ def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, l
     query row beyond which its entries are not wanted (as far as its
     neighbour list's last: nearer ones alone can enter it, ``_merge_all``).
     Why: at 10,000 images, 96% of the rows found lay beyond; at 100,000,
-    they were tens of millions of rows, the add's peak memory."""
+    they were tens of millions of rows, the add's peak memory.
+
+    The queries are compared ``QUERIES_AT_ONCE`` at a time (their signatures,
+    probed words, owners and limits gathered for those alone): gathered for
+    all 10M queries of 100,000 images they took 880 MB, an add's peak."""
     out = np.zeros((0, 4), np.int64)
     images = np.array(sorted(probed), np.int64)
     if not len(images) or not len(new.keys):
         return out
     sizes = np.array([len(probed[i]) for i in images.tolist()], np.int64)
-    qsigs = query_signatures(index, images, sizes, stride)
-    if qsigs is None:
+    where = query_rows(index, images, sizes, stride)
+    if where is None:
         return None
-    qsigs = qsigs.astype(np.uint64)
-    owner = np.repeat(images, sizes)
-    row = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    pw = np.concatenate([probed[i] for i in images.tolist()])
+    sigs = index.postings()[1]
     scale = 256 // index.vocab.nbits
-    limits = np.full(len(qsigs), limit, np.int64)
-    if cutoffs is not None:
-        np.minimum(limits, np.concatenate([cutoffs[i] for i in images.tolist()]), out=limits)
-    found = compiled.near_pairs(qsigs.reshape(len(qsigs), -1), pw, new.first,
-                                new.sigs.reshape(len(new.sigs), -1), limits, scale)
-    if found is not None:
-        q, e, d = found
-        return np.stack([owner[q], row[q], d, new.keys[e]], 1)
-    return _near_numpy(qsigs, pw, new, limits, scale, owner, row)
+    ends = np.cumsum(sizes)
+    found = [out]
+    first = 0
+    while first < len(images):
+        start = int(ends[first] - sizes[first])
+        last = max(first + 1, int(np.searchsorted(ends, start + QUERIES_AT_ONCE, "right")))
+        part, psizes = images[first:last], sizes[first:last]
+        stop = int(ends[last - 1])
+        qsigs = sigs[where[start:stop]].astype(np.uint64, copy=False)
+        owner = np.repeat(part, psizes)
+        row = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(psizes) - psizes,
+                                                                psizes)
+        pw = np.concatenate([probed[i] for i in part.tolist()])
+        limits = np.full(len(qsigs), limit, np.int64)
+        if cutoffs is not None:
+            np.minimum(limits, np.concatenate([cutoffs[i] for i in part.tolist()]), out=limits)
+        got = compiled.near_pairs(qsigs.reshape(len(qsigs), -1), pw, new.first,
+                                  new.sigs.reshape(len(new.sigs), -1), limits, scale)
+        if got is not None:
+            q, e, d = got
+            found.append(np.stack([owner[q], row[q], d, new.keys[e]], 1))
+        else:
+            found.append(_near_numpy(qsigs, pw, new, limits, scale, owner, row))
+        del qsigs, owner, row, pw, limits
+        first = last
+    return np.concatenate(found)
+
+
+#: Stored queries ``reached`` compares at once (about 100 bytes each while
+#: gathered, with whole descriptors as signatures).
+QUERIES_AT_ONCE = 1 << 20
 
 
 def _near_numpy(qsigs, pw, new: FiledEntries, limits: np.ndarray, scale: int, owner,

@@ -222,6 +222,11 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
             fresh = list(current)
         self.rematch = rematch
         self._rows = {k: PairRow(*v) for k, v in rows.items()}
+        # The stored texts are parsed now: only their ids are read below.
+        # Held to the end of this method, they were 5.7 KB an image of the
+        # add's peak (each record's JSON text and the lists' bytes beside
+        # it), with the pair rows' dict beside ``_rows``.
+        stored, rows = dict.fromkeys(stored), None
         self._changed_rows: set[tuple[int, int, int]] = set()
         report("stored", 1, UPDATE_STEPS)
         allowed = set(ids)
