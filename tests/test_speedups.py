@@ -439,7 +439,8 @@ def test_vote_tally_counts_as_row_by_row():
         b = _tally_votes_pair_by_pair(owners, other, dists, allowed=allowed, detail=want,
                                       **limits)
         assert a.keys() == b.keys() and all(abs(a[p] - b[p]) < 1e-9 for p in a)
-        assert got.hits == want.hits
+        assert {q: h.tolist() for q, h in got.hits.items()} == want.hits
+        assert all(h.dtype == np.int32 for h in got.hits.values())
         # the same kept pairs per query image, in the same order (best first)
         assert {q: list(d) for q, d in got.by_owner.items()} == \
                {q: list(d) for q, d in want.by_owner.items()}
