@@ -117,6 +117,39 @@ def test_the_state_saved_in_parts_is_the_state_saved_at_once(sets, tmp_path, mon
     assert stored["g2"] == stored["g"]
 
 
+def test_an_add_reads_the_stored_records_and_pairs_one_at_a_time(sets, tmp_path, monkeypatch):
+    """An add parses each stored record and pair row as it is read: it never
+    asks for all their texts at once (``match_records``, ``match_pairs``;
+    at 100,000 images those were 606 and 584 MB of its peak), and stores and
+    reports what an add that did would."""
+    from matchkit.store.gallery_matches import _MatchStateMixin
+
+    old, new = sets
+    contents = []
+    for n in range(2):
+        folder = tmp_path / f"photos{n}"
+        shutil.copytree(old, folder)
+        g = tmp_path / f"g{n}"
+        dedupe([folder], gallery=g, settings=Settings(workers=1))
+        for f in new.iterdir():
+            shutil.copy2(f, folder / f.name)  # (the same stamps in both reports)
+        if n:
+            def refuse(self, key):
+                raise AssertionError("all stored texts read at once")
+            monkeypatch.setattr(_MatchStateMixin, "match_records", refuse)
+            monkeypatch.setattr(_MatchStateMixin, "match_pairs", refuse)
+        report = dedupe([folder], gallery=g, settings=Settings(workers=1))
+        assert report.stats["pairs_reused"] > 0 and report.stats["images_searched"] > 0
+        monkeypatch.undo()
+        with Gallery(g) as gal:
+            key = gal.match_keys()[0]
+            records = gal.match_records(key)
+            assert gal.match_record_digests(key) == {i: d for i, (d, _, _) in records.items()}
+            contents.append((json.dumps(_content(report)).replace(str(folder), "F"), records,
+                             gal.match_pairs(key)))
+    assert contents[1] == contents[0]
+
+
 def _touching(gal, image_id) -> int:
     rows = [k for key in json.loads(gal._meta("match_keys")) for k in gal.match_pairs(key)]
     recs = [i for key in json.loads(gal._meta("match_keys")) for i in gal.match_records(key)]

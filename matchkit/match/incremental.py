@@ -199,11 +199,13 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
         self._pictures: PictureIndex | None = None
         ids = sorted(ids)
         current = gallery.image_digests()
-        stored = {} if rematch else self._read_state(gallery.match_records)
+        # (the digests first: the records are parsed one by one as they are
+        # read, below, so that their texts are never all held at once)
+        stored = {} if rematch else self._read_state(gallery.match_record_digests)
         rematch = rematch or stored is None
         stored = stored or {}
         #: Images new to the indexes since the records were made (new or changed).
-        fresh = [i for i in current if i not in stored or stored[i][0] != current[i][0]]
+        fresh = [i for i in current if i not in stored or stored[i] != current[i][0]]
         if len(fresh) > SEARCH_ALL_ABOVE * len(current):
             # (a large add: every image is searched again; the stored pair
             # rows still give their verifications where the evidence is the same)
@@ -213,20 +215,17 @@ class IncrementalMatcher(StoredRecords, HashSearchUpdates, StoredVotes, StoredPa
         # the stored hash searches (it is the longest step of an add).
         new = (self._new_descriptors(fresh) if fresh and stored
                and self.settings.local_features else None)
-        rows = {} if rematch else self._read_state(gallery.match_pairs)
-        records = None if rows is None else self._read_state(
-            lambda _: {i: join_record(loads(r), x) for i, (d, r, x) in stored.items()
-                       if i in current and current[i][0] == d})
+        rows = {} if rematch else self._read_state(
+            lambda key: {k: PairRow(*v) for k, v in gallery.iter_match_pairs(key)})
+        records = None if rows is None else {} if not stored else self._read_state(
+            lambda key: {i: join_record(loads(r), x) for i, d, r, x in
+                         gallery.iter_match_records(key)
+                         if i in stored and i in current and current[i][0] == d})
         if rows is None or records is None:  # (unreadable: every image is matched again)
             rematch, stored, rows, records, new = True, {}, {}, {}, None
             fresh = list(current)
         self.rematch = rematch
-        self._rows = {k: PairRow(*v) for k, v in rows.items()}
-        # The stored texts are parsed now: only their ids are read below.
-        # Held to the end of this method, they were 5.7 KB an image of the
-        # add's peak (each record's JSON text and the lists' bytes beside
-        # it), with the pair rows' dict beside ``_rows``.
-        stored, rows = dict.fromkeys(stored), None
+        self._rows: dict[tuple[int, int, int], PairRow] = rows
         self._changed_rows: set[tuple[int, int, int]] = set()
         report("stored", 1, UPDATE_STEPS)
         allowed = set(ids)

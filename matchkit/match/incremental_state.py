@@ -116,7 +116,7 @@ def evidence_from_json(text: str, into: PairEvidence | None = None) -> PairEvide
     return ev
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class PairRow:
     """One stored pair: its evidence as the global signals left it, as local
     verification left it (None: not verified yet), whether the two images

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -65,17 +65,38 @@ class _MatchStateMixin:
     def match_records(self, key: str) -> dict[int, tuple[str, str, bytes | None]]:
         """Stored candidate-search records under ``key``: id -> (sha256, JSON,
         the bytes stored beside it or None; ``stored_text.pack_beside``)."""
+        return {i: (d, text, beside) for i, d, text, beside in self.iter_match_records(key)}
+
+    def iter_match_records(self, key: str) -> Iterator[tuple[int, str, str, bytes | None]]:
+        """``match_records`` one (id, sha256, JSON, bytes beside) at a time,
+        each inflated as it is read. Why: a caller that parses each record
+        as it comes never holds all the texts at once (at 100,000 images
+        they were 606 MB, most of it the lists' bytes)."""
         if not self._has_match_tables("match_records"):
-            return {}
+            return
         rows = self._db.execute(
             "SELECT image_id, sha256, record FROM match_records WHERE key=?", (key,))
-        return {i: (d, *unpack_beside(r)) for i, d, r in rows}
+        for i, d, r in rows:
+            yield (i, d, *unpack_beside(r))
+
+    def match_record_digests(self, key: str) -> dict[int, str]:
+        """id -> sha256 of the image as its record under ``key`` was made
+        (without reading the records themselves)."""
+        if not self._has_match_tables("match_records"):
+            return {}
+        return dict(self._db.execute(
+            "SELECT image_id, sha256 FROM match_records WHERE key=?", (key,)))
 
     def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
         """Stored pair evidence under ``key``: (a, b, kind) -> (before, after,
         same_pixels, live, relation); see ``incremental_state.PairRow``."""
+        return dict(self.iter_match_pairs(key))
+
+    def iter_match_pairs(self, key: str) -> Iterator[tuple[tuple[int, int, int], tuple]]:
+        """``match_pairs`` one ((a, b, kind), row) at a time (a caller that
+        makes its own object of each row holds no dict of tuples beside it)."""
         if not self._has_match_tables():
-            return {}
+            return
         rows = self._db.execute("SELECT a, b, kind, before, after, same_pixels, live, relation "
                                 "FROM match_pairs WHERE key=?", (key,))
         # Verifications repeat ("no match, 4 ORB matches": 1,650 distinct among
@@ -89,8 +110,8 @@ class _MatchStateMixin:
                 text = seen[blob] = unpack(blob)
             return text
 
-        return {(a, b, k): (unpack(before), after_text(after), *rest)
-                for a, b, k, before, after, *rest in rows}
+        for a, b, k, before, after, *rest in rows:
+            yield (a, b, k), (unpack(before), after_text(after), *rest)
 
     def forget_matches(self, ids: Sequence[int]) -> None:
         """Drop the stored candidate searches and pair decisions naming any of

@@ -338,8 +338,19 @@ class ShardedGallery:
     def match_records(self, key: str) -> dict[int, tuple[str, str, bytes | None]]:
         return {k: v for g in self.parts for k, v in g.match_records(key).items()}
 
+    def iter_match_records(self, key: str):
+        for g in self.parts:
+            yield from g.iter_match_records(key)
+
+    def match_record_digests(self, key: str) -> dict[int, str]:
+        return {k: v for g in self.parts for k, v in g.match_record_digests(key).items()}
+
     def match_pairs(self, key: str) -> dict[tuple[int, int, int], tuple]:
         return {k: v for g in self.parts for k, v in g.match_pairs(key).items()}
+
+    def iter_match_pairs(self, key: str):
+        for g in self.parts:
+            yield from g.iter_match_pairs(key)
 
     def match_keys(self) -> list[str]:
         """As ``Gallery.match_keys``: every shard's, once each (the shards
