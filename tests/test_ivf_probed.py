@@ -9,7 +9,7 @@ import pytest
 
 from matchkit.index import ivf_probed
 from matchkit.index.ivf import IVFIndex
-from matchkit.index.ivf_probed import FiledEntries, query_signatures, reached
+from matchkit.index.ivf_probed import FiledEntries, query_rows, reached
 from matchkit.match.incremental_state import _pack_probes, _probes, join_record, split_record
 from matchkit.match.incremental_votes import _within
 
@@ -110,7 +110,13 @@ def test_reached_needs_the_queries_indexed():
     assert len(reached(index, {}, filed, 256, STRIDE)) == 0
 
 
-def test_query_signatures():
+def query_signatures(index, images, sizes, stride):
+    """The signatures of the entries ``query_rows`` finds (None as it)."""
+    where = query_rows(index, images, sizes, stride)
+    return None if where is None else index.postings()[1][where]
+
+
+def test_query_rows():
     rng = np.random.default_rng(6)
     index, _, _, _ = _gallery(rng, _vocab(rng, sig=256), 2, 2, images=5, per=30)
     keys, sigs = index.postings()

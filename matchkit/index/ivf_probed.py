@@ -11,7 +11,7 @@ while the vocabulary and the descriptor stay, so its first search keeps
 them (a record's "pw", 2 bytes a word) and an add only looks them up
 (:func:`reached`). The stored queries' signatures come from the index
 itself: a query descriptor is also an entry, under the key its image and
-row give (``query_signatures``).
+row give (``query_rows``).
 """
 
 from __future__ import annotations
@@ -70,15 +70,6 @@ def query_rows(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
 POSTINGS_AT_ONCE = 1 << 21
 
 
-def query_signatures(index: IVFIndex, images: np.ndarray, sizes: np.ndarray,
-                     stride: int) -> np.ndarray | None:
-    """Signatures of the first ``sizes[j]`` entries of each ``images[j]``
-    (``query_rows``), image by image and row by row; None when one of them
-    is not in ``index``."""
-    where = query_rows(index, images, sizes, stride)
-    return None if where is None else index.postings()[1][where]
-
-
 @dataclass(frozen=True)
 class FiledEntries:
     """New entries as an IVF index files them: sorted by (word, key), with
@@ -95,7 +86,6 @@ class FiledEntries:
         order = np.lexsort((keys, words))
         return cls(np.asarray(keys, np.int64)[order], vocab.signatures(codes)[order],
                    np.searchsorted(words[order], np.arange(vocab.words + 1)))
-
 
 
 def reached(index: IVFIndex, probed: dict[int, np.ndarray], new: FiledEntries, limit: int,
